@@ -1,0 +1,190 @@
+"""`loom up`: every Loom service on one machine, each in its own process, in the foreground.
+
+Nothing needs to run beforehand: SQLite in the data directory, a nats-server child with
+JetStream, N simulated hypervisor hosts. A child that dies is restarted (with backoff);
+SIGTERM or SIGINT stops them all in reverse order.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from controlplane.config import LoomConfig
+from controlplane.db import migrate
+from controlplane.runtime.natsserver import NatsServerProcess, free_port, start_nats_server
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    backoff: float = field(default=0.5)
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        log.close()
+        self.started_at = time.monotonic()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if not self.alive():
+            return
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _grpc_healthy(target: str, timeout: float = 0.5) -> bool:
+    channel = grpc.insecure_channel(target)
+    try:
+        stub = health_pb2_grpc.HealthStub(channel)
+        resp = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+    except grpc.RpcError:
+        return False
+    finally:
+        channel.close()
+
+
+def _http_up(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _port_free(hostport: str) -> bool:
+    host, _, port = hostport.rpartition(":")
+    with socket.socket() as s:
+        try:
+            s.bind((host, int(port)))
+            return True
+        except OSError:
+            return False
+
+
+def run_all_in_one(cfg: LoomConfig, *, hosts: int, hypervisor: str = "test") -> int:
+    data = cfg.data_path
+    data.mkdir(parents=True, exist_ok=True)
+    logs = data / "logs"
+    logs.mkdir(exist_ok=True)
+    migrate.upgrade(cfg.database_url)
+
+    nats: NatsServerProcess | None = None
+    nats_url = cfg.nats.url
+    if not nats_url:
+        nats = start_nats_server(data / "nats", sync_always=cfg.nats.sync_always)
+        nats_url = nats.url
+
+    conductor_listen = cfg.conductor.listen
+    if not _port_free(conductor_listen):
+        conductor_listen = f"127.0.0.1:{free_port()}"
+    scheduler_listen = cfg.scheduler.listen
+    if not _port_free(scheduler_listen):
+        scheduler_listen = f"127.0.0.1:{free_port()}"
+
+    env = dict(os.environ)
+    env.update(
+        {
+            "LOOM_DATA_DIR": str(data),
+            "LOOM_DATABASE__URL": cfg.database_url,
+            "LOOM_NATS__URL": nats_url,
+            "LOOM_CONDUCTOR__LISTEN": conductor_listen,
+            "LOOM_SCHEDULER__LISTEN": scheduler_listen,
+            "LOOM_GATEWAY__PORT": str(cfg.gateway.port),
+            "LOOM_GATEWAY__HOST": cfg.gateway.host,
+        }
+    )
+    if hypervisor == "qemu":
+        env["LOOM_AGENT__LIBVIRT_URI"] = "qemu:///system"
+    python = [sys.executable, "-m", "controlplane.cli"]
+    agent_args = ["agent"] if hypervisor == "qemu" else ["agent", "--simulate", str(hosts)]
+    children = [
+        Child("scheduler", [*python, "scheduler"], env, logs / "scheduler.log"),
+        Child("conductor", [*python, "conductor"], env, logs / "conductor.log"),
+        Child("agent", [*python, *agent_args], env, logs / "agent.log"),
+        Child("gateway", [*python, "gateway"], env, logs / "gateway.log"),
+    ]
+    stopping = False
+
+    def on_signal(_sig: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    def ready(child: Child) -> bool:
+        if child.name == "scheduler":
+            return _grpc_healthy(scheduler_listen)
+        if child.name == "conductor":
+            return _grpc_healthy(conductor_listen)
+        if child.name == "gateway":
+            return _http_up(cfg.gateway.host, cfg.gateway.port)
+        return True
+
+    try:
+        for child in children:
+            child.start()
+            deadline = time.monotonic() + 60
+            while not ready(child):
+                if stopping:
+                    return 0
+                if not child.alive() or time.monotonic() > deadline:
+                    print(
+                        f"loom: {child.name} failed to start; see {child.log_path}",
+                        file=sys.stderr,
+                    )
+                    return 1
+                time.sleep(0.1)
+        url = cfg.gateway.public_url or f"http://{cfg.gateway.host}:{cfg.gateway.port}"
+        print(
+            f"Loom is ready: {url} (compute {url}/compute/v2.1, identity {url}/identity/v3); "
+            f"{hosts if hypervisor == 'test' else 1} {hypervisor} host(s); "
+            f"credentials in {data / 'clouds.yaml'}; logs in {logs}",
+            flush=True,
+        )
+        while not stopping:
+            for child in children:
+                if not child.alive() and not stopping:
+                    # Restart with backoff, so a crash loop does not spin the machine.
+                    if time.monotonic() - child.started_at < 10:
+                        child.backoff = min(child.backoff * 2, 30.0)
+                    else:
+                        child.backoff = 0.5
+                    time.sleep(child.backoff)
+                    child.restarts += 1
+                    print(f"loom: restarting {child.name} (restart {child.restarts})", flush=True)
+                    child.start()
+            time.sleep(0.2)
+        return 0
+    finally:
+        for child in reversed(children):
+            child.stop()
+        if nats is not None:
+            nats.stop()

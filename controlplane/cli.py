@@ -1,0 +1,119 @@
+"""The `loom` command: every service, the all-in-one launcher and database upgrades."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from controlplane.config import ConfigError, LoomConfig, load_config
+from controlplane.runtime.lifecycle import install_stop_signals
+from controlplane.runtime.logs import setup_logging
+
+log = logging.getLogger("loom")
+
+# Each long-running service module offers `async def serve(cfg, stop, **options)`:
+# it runs until `stop` is set, logs one "ready" line once serving, then shuts down cleanly.
+SERVICES = {
+    "conductor": "controlplane.conductor.service",
+    "scheduler": "controlplane.scheduler.service",
+    "agent": "nodeagent.service",
+    "gateway": "gateway.service",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="loom", description="Loom cloud fabric controller")
+    p.add_argument("--config", help="TOML configuration file (LOOM_* variables override it)")
+    p.add_argument("--data-dir", help="data directory (default ./.loom)")
+    p.add_argument("--db", help="database URL (default: SQLite in the data directory)")
+    p.add_argument("--nats", help="NATS URL (default for `up`: an embedded nats-server)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run every service, all-in-one, in the foreground")
+    up.add_argument("--hosts", type=int, default=3, help="simulated hypervisor hosts")
+    up.add_argument("--port", type=int, default=None, help="gateway port (default 8774)")
+    up.add_argument(
+        "--hypervisor",
+        choices=["test", "qemu"],
+        default="test",
+        help="test: simulated hosts on libvirt test:///; qemu: real guests on qemu:///system",
+    )
+
+    sub.add_parser("conductor", help="run the conductor")
+    sub.add_parser("scheduler", help="run the scheduler")
+    agent = sub.add_parser("agent", help="run a node agent (or a simulated fleet of them)")
+    agent.add_argument("--simulate", type=int, default=0, help="run N simulated hosts")
+    agent.add_argument("--host-prefix", default="sim", help="name prefix of simulated hosts")
+    gw = sub.add_parser("gateway", help="run the REST gateway")
+    gw.add_argument("--port", type=int, default=None, help="listen port (default 8774)")
+
+    db = sub.add_parser("db", help="database schema")
+    dbsub = db.add_subparsers(dest="db_command", required=True)
+    dbsub.add_parser("upgrade", help="apply the migrations (idempotent)")
+    dbsub.add_parser("current", help="print the applied revision")
+    return p
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    over: dict[str, Any] = {}
+    if args.data_dir:
+        over["data_dir"] = args.data_dir
+    if args.db:
+        over.setdefault("database", {})["url"] = args.db
+    if args.nats:
+        over.setdefault("nats", {})["url"] = args.nats
+    if getattr(args, "port", None) is not None:
+        over.setdefault("gateway", {})["port"] = args.port
+    return over
+
+
+def _run_service(cfg: LoomConfig, name: str, options: dict[str, Any]) -> int:
+    module = importlib.import_module(SERVICES[name])
+    serve: Callable[..., Awaitable[None]] = module.serve
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        await serve(cfg, stop, **options)
+
+    asyncio.run(main())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config, overrides=_overrides(args))
+    except ConfigError as exc:
+        print(f"loom: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(cfg.logging.level, cfg.logging.format)
+
+    if args.command == "db":
+        from controlplane.db import migrate
+
+        cfg.data_path.mkdir(parents=True, exist_ok=True)
+        if args.db_command == "upgrade":
+            migrate.upgrade(cfg.database_url)
+            print(f"database at revision {migrate.current(cfg.database_url)}")
+        else:
+            print(migrate.current(cfg.database_url) or "(empty)")
+        return 0
+    if args.command == "up":
+        from controlplane.allinone import run_all_in_one
+
+        return int(run_all_in_one(cfg, hosts=args.hosts, hypervisor=args.hypervisor))
+    if args.command == "agent":
+        return _run_service(
+            cfg, "agent", {"simulate": args.simulate, "host_prefix": args.host_prefix}
+        )
+    return _run_service(cfg, args.command, {})
+
+
+if __name__ == "__main__":
+    sys.exit(main())

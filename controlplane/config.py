@@ -1,0 +1,230 @@
+"""Loom's configuration: one TOML file, overridden by environment variables.
+
+Every key can be overridden as ``LOOM_<SECTION>__<KEY>`` (for example
+``LOOM_DATABASE__URL`` or ``LOOM_CONDUCTOR__MAX_BUILD_ATTEMPTS``). Values are
+validated; a bad value stops the process with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(Exception):
+    """The configuration is unreadable or invalid; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseConfig(_Section):
+    # Empty means SQLite in the data directory (the embedded default).
+    url: str = ""
+    echo: bool = False
+    pool_size: int = Field(default=10, ge=1, le=200)
+
+
+class NatsConfig(_Section):
+    # Empty means: start an embedded nats-server child with JetStream.
+    url: str = ""
+    # File-backed streams fsync every write when True ("sync_interval: always").
+    sync_always: bool = True
+    # Seconds JetStream remembers message ids for deduplication.
+    duplicate_window_s: int = Field(default=600, ge=1)
+    user: str = ""
+    password: str = ""
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+
+
+class TlsConfig(_Section):
+    # gRPC TLS; empty paths mean plaintext on loopback.
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    require_client_auth: bool = True
+
+
+class ConductorConfig(_Section):
+    listen: str = "127.0.0.1:50051"
+    max_build_attempts: int = Field(default=3, ge=1, le=20)
+    # Seconds without a heartbeat before a host is considered down.
+    service_down_time: int = Field(default=60, ge=2)
+    # Outbox relay: how many rows one publish batch carries.
+    outbox_batch: int = Field(default=256, ge=1)
+    # Upper bound on list page sizes (Nova's max_limit).
+    max_limit: int = Field(default=1000, ge=1)
+    # Nova's defaults for new projects; -1 is unlimited.
+    default_quota_instances: int = 10
+    default_quota_cores: int = 20
+    default_quota_ram: int = 51200
+    default_quota_key_pairs: int = 100
+    default_quota_metadata_items: int = 128
+    default_quota_server_groups: int = 10
+    default_quota_server_group_members: int = 10
+
+
+class SchedulerConfig(_Section):
+    listen: str = "127.0.0.1:50052"
+    # Filters run in this order; names come from the filter registry.
+    filters: tuple[str, ...] = ("enabled_and_up", "availability_zone", "capacity")
+    # Weighers and their multipliers; names come from the weigher registry.
+    weighers: dict[str, float] = Field(default_factory=lambda: {"free_ram": 1.0})
+    num_alternates: int = Field(default=2, ge=0, le=20)
+    # Pick randomly among this many best hosts, so concurrent schedulers collide less.
+    host_subset_size: int = Field(default=1, ge=1)
+    cpu_allocation_ratio: float = Field(default=16.0, gt=0)
+    ram_allocation_ratio: float = Field(default=1.5, gt=0)
+    disk_allocation_ratio: float = Field(default=1.0, gt=0)
+    service_down_time: int = Field(default=60, ge=2)
+
+
+class AgentConfig(_Section):
+    # libvirt URI; test:/// builds a per-host node XML under the data directory.
+    libvirt_uri: str = "test:///default"
+    # Host name of a single agent; empty means the machine's hostname.
+    host: str = ""
+    # gRPC ComputeService listen address; port 0 picks a free port.
+    listen: str = "127.0.0.1:0"
+    heartbeat_interval: float = Field(default=10.0, gt=0)
+    # Simulated host size (test:/// only).
+    sim_vcpus: int = Field(default=32, ge=1)
+    sim_memory_mb: int = Field(default=131072, ge=256)
+    sim_disk_gb: int = Field(default=2048, ge=1)
+    reserved_host_memory_mb: int = Field(default=512, ge=0)
+    reserved_host_disk_gb: int = Field(default=0, ge=0)
+    availability_zone: str = ""
+    # Seconds a graceful shutdown may take before the domain is destroyed.
+    shutdown_timeout: int = Field(default=60, ge=0)
+    power_sync_interval: float = Field(default=10.0, gt=0)
+    # Where images and guest disks live (real hypervisors).
+    instances_path: str = ""
+    image_cache_max_age_s: int = Field(default=86400, ge=0)
+    vnc_listen: str = "127.0.0.1"
+
+
+class GatewayConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8774, ge=0, le=65535)
+    # Public base URL for links and the catalog; empty derives it from host and port.
+    public_url: str = ""
+    # HMAC key for tokens; empty generates one into the data directory.
+    token_secret: str = ""
+    token_ttl_s: int = Field(default=3600, ge=60)
+    console_token_ttl_s: int = Field(default=600, ge=10)
+    region: str = "RegionOne"
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+
+
+class LoomConfig(_Section):
+    data_dir: str = ".loom"
+    database: DatabaseConfig = DatabaseConfig()
+    nats: NatsConfig = NatsConfig()
+    tls: TlsConfig = TlsConfig()
+    conductor: ConductorConfig = ConductorConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    agent: AgentConfig = AgentConfig()
+    gateway: GatewayConfig = GatewayConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @field_validator("data_dir")
+    @classmethod
+    def _data_dir_not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).resolve()
+
+    @property
+    def database_url(self) -> str:
+        """The async SQLAlchemy URL: SQLite in the data directory unless configured."""
+        return async_database_url(self.database.url or f"sqlite:///{self.data_path / 'loom.db'}")
+
+
+def async_database_url(url: str) -> str:
+    """Maps plain URLs to the async drivers Loom uses (psycopg 3, aiosqlite)."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    if url.startswith("sqlite:///") or url == "sqlite://":
+        return "sqlite+aiosqlite://" + url.split("://", 1)[1]
+    return url
+
+
+def sync_database_url(url: str) -> str:
+    """The same database through a synchronous driver (for Alembic)."""
+    return url.replace("+aiosqlite", "").replace("postgresql+psycopg_async", "postgresql+psycopg")
+
+
+_ENV_PREFIX = "LOOM_"
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if not key.startswith(_ENV_PREFIX):
+            continue
+        path = key[len(_ENV_PREFIX) :].lower().split("__")
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        value: Any = raw
+        # Lists and tables come in as TOML values: LOOM_SCHEDULER__FILTERS='["capacity"]'.
+        if raw[:1] in "[{":
+            try:
+                value = tomllib.loads(f"v = {raw}")["v"]
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{key}: not a valid TOML value: {exc}") from exc
+        node[path[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k] = _merge(merged[k], v)
+        else:
+            merged[k] = v
+    return merged
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    environ: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> LoomConfig:
+    """Reads the TOML file (if any), applies LOOM_* variables, then explicit overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {p} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
+    data = _merge(data, _env_overrides(dict(os.environ if environ is None else environ)))
+    if overrides:
+        data = _merge(data, overrides)
+    try:
+        return LoomConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from exc

@@ -1,0 +1,68 @@
+"""Async engines for PostgreSQL (psycopg 3) and SQLite (aiosqlite), with a statement counter."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.pool import NullPool
+
+from controlplane.config import async_database_url
+
+
+class StatementCounter:
+    """Counts statements an engine executes (for benchmarks: statements per boot)."""
+
+    def __init__(self) -> None:
+        self._counter = itertools.count()
+        self.count = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        self.count = next(self._counter) + 1
+
+
+def make_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> AsyncEngine:
+    url = async_database_url(url)
+    if url.startswith("sqlite"):
+        engine = create_async_engine(
+            url,
+            echo=echo,
+            connect_args={"timeout": 30},
+            # One writer at a time is SQLite's rule anyway; NullPool avoids sharing
+            # connections across event loops in tests.
+            poolclass=NullPool,
+        )
+        _sqlite_pragmas(engine.sync_engine)
+        return engine
+    return create_async_engine(
+        url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+    )
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+
+def count_statements(engine: AsyncEngine) -> StatementCounter:
+    counter = StatementCounter()
+    event.listen(engine.sync_engine, "before_cursor_execute", counter)
+    return counter
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)

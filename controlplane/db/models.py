@@ -1,0 +1,376 @@
+"""The schema, as typed SQLAlchemy 2.0 models. Alembic's chain in migrations/ must match it.
+
+Ownership (the only writer of each table):
+  conductor: instances, instance_actions, instance_action_events, flavors, images, keypairs,
+             quotas, services, outbox, projects, users, roles, role_assignments
+  scheduler: resource_providers, allocations
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite only autoincrements INTEGER primary keys; PostgreSQL gets BIGINT.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class TimestampMixin:
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+# --------------------------------------------------------------------------- conductor
+
+
+class Instance(TimestampMixin, Base):
+    __tablename__ = "instances"
+    __table_args__ = (
+        Index("ix_instances_project_deleted_created", "project_id", "deleted", "created_at"),
+        Index("ix_instances_host_deleted", "host", "deleted"),
+        Index("ix_instances_updated_at", "updated_at"),
+        Index("ix_instances_create_request_id", "create_request_id"),
+        Index("ix_instances_reservation_id", "reservation_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    name: Mapped[str] = mapped_column(String(255))
+    project_id: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[str] = mapped_column(String(64))
+    vm_state: Mapped[str] = mapped_column(String(32))
+    task_state: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    power_state: Mapped[int] = mapped_column(Integer, default=0)
+    # Flavor snapshot taken at build time.
+    flavor_id: Mapped[str] = mapped_column(String(255))
+    flavor_name: Mapped[str] = mapped_column(String(255))
+    vcpus: Mapped[int] = mapped_column(Integer)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    root_gb: Mapped[int] = mapped_column(Integer)
+    ephemeral_gb: Mapped[int] = mapped_column(Integer, default=0)
+    swap_mb: Mapped[int] = mapped_column(Integer, default=0)
+    flavor_extra_specs: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    image_id: Mapped[str] = mapped_column(String(36))
+    kernel_id: Mapped[str] = mapped_column(String(36), default="")
+    ramdisk_id: Mapped[str] = mapped_column(String(36), default="")
+    host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    node: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    availability_zone: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    requested_availability_zone: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    key_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    key_data: Mapped[str | None] = mapped_column(Text, nullable=True)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    user_data: Mapped[str | None] = mapped_column(Text, nullable=True)
+    reservation_id: Mapped[str] = mapped_column(String(255))
+    launch_index: Mapped[int] = mapped_column(Integer, default=0)
+    hostname: Mapped[str] = mapped_column(String(255), default="")
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    locked: Mapped[bool] = mapped_column(Boolean, default=False)
+    locked_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    access_ipv4: Mapped[str] = mapped_column(String(64), default="")
+    access_ipv6: Mapped[str] = mapped_column(String(64), default="")
+    config_drive: Mapped[str] = mapped_column(String(16), default="")
+    server_group_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    tags: Mapped[list[Any]] = mapped_column(default=list)
+    addresses: Mapped[list[Any]] = mapped_column(default=list)
+    # {code, message, details, created_at} while in ERROR.
+    fault: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Build bookkeeping: attempts so far, hosts that failed, alternates still to try.
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    failed_hosts: Mapped[list[Any]] = mapped_column(default=list)
+    alternates: Mapped[list[Any]] = mapped_column(default=list)
+    force_host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # The CreateServers request_id: a retry returns the same servers.
+    create_request_id: Mapped[str] = mapped_column(String(255))
+    launched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    terminated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class InstanceAction(Base):
+    __tablename__ = "instance_actions"
+    __table_args__ = (
+        UniqueConstraint("instance_uuid", "request_id", name="uq_instance_actions_request"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    instance_uuid: Mapped[str] = mapped_column(String(36), index=True)
+    action: Mapped[str] = mapped_column(String(64))
+    request_id: Mapped[str] = mapped_column(String(255))
+    user_id: Mapped[str] = mapped_column(String(64))
+    project_id: Mapped[str] = mapped_column(String(64))
+    start_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finish_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class InstanceActionEvent(Base):
+    __tablename__ = "instance_action_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    action_id: Mapped[int] = mapped_column(
+        ForeignKey("instance_actions.id", ondelete="CASCADE"), index=True
+    )
+    event: Mapped[str] = mapped_column(String(255))
+    start_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finish_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    result: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    details: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Flavor(TimestampMixin, Base):
+    __tablename__ = "flavors"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    flavorid: Mapped[str] = mapped_column(String(255), unique=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    vcpus: Mapped[int] = mapped_column(Integer)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    root_gb: Mapped[int] = mapped_column(Integer)
+    ephemeral_gb: Mapped[int] = mapped_column(Integer, default=0)
+    swap_mb: Mapped[int] = mapped_column(Integer, default=0)
+    rxtx_factor: Mapped[float] = mapped_column(Float, default=1.0)
+    is_public: Mapped[bool] = mapped_column(Boolean, default=True)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    extra_specs: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Image(TimestampMixin, Base):
+    __tablename__ = "images"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    status: Mapped[str] = mapped_column(String(32))
+    disk_format: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    container_format: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    virtual_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    checksum: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    os_hash_algo: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    os_hash_value: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    min_disk: Mapped[int] = mapped_column(Integer, default=0)
+    min_ram: Mapped[int] = mapped_column(Integer, default=0)
+    visibility: Mapped[str] = mapped_column(String(16), default="shared")
+    protected: Mapped[bool] = mapped_column(Boolean, default=False)
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    properties: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    tags: Mapped[list[Any]] = mapped_column(default=list)
+    location: Mapped[str | None] = mapped_column(Text, nullable=True)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Keypair(Base):
+    __tablename__ = "keypairs"
+    __table_args__ = (UniqueConstraint("user_id", "name", name="uq_keypairs_user_name"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(String(64))
+    project_id: Mapped[str] = mapped_column(String(64), default="")
+    name: Mapped[str] = mapped_column(String(255))
+    fingerprint: Mapped[str] = mapped_column(String(255))
+    public_key: Mapped[str] = mapped_column(Text)
+    type: Mapped[str] = mapped_column(String(16), default="ssh")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Quota(Base):
+    __tablename__ = "quotas"
+    __table_args__ = (
+        UniqueConstraint("project_id", "resource", name="uq_quotas_project_resource"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    project_id: Mapped[str] = mapped_column(String(64))
+    resource: Mapped[str] = mapped_column(String(64))
+    hard_limit: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Service(TimestampMixin, Base):
+    __tablename__ = "services"
+    __table_args__ = (UniqueConstraint("host", "binary", name="uq_services_host_binary"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    host: Mapped[str] = mapped_column(String(255))
+    binary: Mapped[str] = mapped_column(String(64))
+    zone: Mapped[str] = mapped_column(String(255), default="nova")
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    disabled_reason: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    forced_down: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_seen_up: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    report_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    version: Mapped[str] = mapped_column(String(32), default="")
+    compute_endpoint: Mapped[str] = mapped_column(String(255), default="")
+
+
+class OutboxMessage(Base):
+    """A NATS message committed with the database change that implies it.
+
+    The relay publishes rows in id order with Nats-Msg-Id = msg_id, then deletes them.
+    A crash between commit and publish only delays the message; a crash between publish
+    and delete publishes it again, which JetStream's dedup window turns into a no-op.
+    """
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    subject: Mapped[str] = mapped_column(String(255))
+    msg_id: Mapped[str] = mapped_column(String(255), unique=True)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Project(Base):
+    __tablename__ = "projects"
+    __table_args__ = (UniqueConstraint("domain_id", "name", name="uq_projects_domain_name"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    domain_id: Mapped[str] = mapped_column(String(64), default="default")
+    description: Mapped[str] = mapped_column(Text, default="")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class User(Base):
+    __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("domain_id", "name", name="uq_users_domain_name"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    domain_id: Mapped[str] = mapped_column(String(64), default="default")
+    # A salted, slow hash (scrypt); never logged, never returned.
+    password_hash: Mapped[str] = mapped_column(String(512))
+    email: Mapped[str] = mapped_column(String(255), default="")
+    description: Mapped[str] = mapped_column(Text, default="")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    default_project_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Role(Base):
+    __tablename__ = "roles"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+
+
+class RoleAssignment(Base):
+    __tablename__ = "role_assignments"
+    __table_args__ = (
+        UniqueConstraint("user_id", "project_id", "role_id", name="uq_role_assignments_grant"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    role_id: Mapped[str] = mapped_column(ForeignKey("roles.id", ondelete="CASCADE"))
+
+
+# --------------------------------------------------------------------------- scheduler
+
+
+class ResourceProvider(TimestampMixin, Base):
+    """A host's inventory and usage. Claims are conditional UPDATEs on the *_used columns;
+    the CHECK constraints make over-commit impossible even for a buggy writer."""
+
+    __tablename__ = "resource_providers"
+    __table_args__ = (
+        CheckConstraint("vcpu_used >= 0", name="vcpu_used_nonneg"),
+        CheckConstraint("memory_mb_used >= 0", name="memory_mb_used_nonneg"),
+        CheckConstraint("disk_gb_used >= 0", name="disk_gb_used_nonneg"),
+        CheckConstraint(
+            "vcpu_used <= vcpu_total * vcpu_ratio - vcpu_reserved", name="vcpu_capacity"
+        ),
+        CheckConstraint(
+            "memory_mb_used <= memory_mb_total * memory_mb_ratio - memory_mb_reserved",
+            name="memory_mb_capacity",
+        ),
+        CheckConstraint(
+            "disk_gb_used <= disk_gb_total * disk_gb_ratio - disk_gb_reserved",
+            name="disk_gb_capacity",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    availability_zone: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    vcpu_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    vcpu_reserved: Mapped[int] = mapped_column(BigInteger, default=0)
+    vcpu_ratio: Mapped[float] = mapped_column(Float, default=16.0)
+    vcpu_used: Mapped[int] = mapped_column(BigInteger, default=0)
+    memory_mb_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    memory_mb_reserved: Mapped[int] = mapped_column(BigInteger, default=0)
+    memory_mb_ratio: Mapped[float] = mapped_column(Float, default=1.5)
+    memory_mb_used: Mapped[int] = mapped_column(BigInteger, default=0)
+    disk_gb_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    disk_gb_reserved: Mapped[int] = mapped_column(BigInteger, default=0)
+    disk_gb_ratio: Mapped[float] = mapped_column(Float, default=1.0)
+    disk_gb_used: Mapped[int] = mapped_column(BigInteger, default=0)
+    allocation_count: Mapped[int] = mapped_column(Integer, default=0)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    disabled_reason: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    hypervisor_type: Mapped[str] = mapped_column(String(64), default="")
+    hypervisor_version: Mapped[int] = mapped_column(BigInteger, default=0)
+    compute_endpoint: Mapped[str] = mapped_column(String(255), default="")
+    host_ip: Mapped[str] = mapped_column(String(64), default="")
+    cpu_info: Mapped[str] = mapped_column(Text, default="")
+    last_heartbeat_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+    generation: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Allocation(Base):
+    """What one consumer (instance) holds on one provider. One row per consumer, so a
+    repeated claim is a no-op and a release happens exactly once (DELETE ... RETURNING)."""
+
+    __tablename__ = "allocations"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    consumer_id: Mapped[str] = mapped_column(String(36), unique=True)
+    provider_id: Mapped[int] = mapped_column(ForeignKey("resource_providers.id"), index=True)
+    project_id: Mapped[str] = mapped_column(String(64), default="")
+    vcpus: Mapped[int] = mapped_column(Integer)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    disk_gb: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

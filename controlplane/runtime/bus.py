@@ -1,0 +1,151 @@
+"""The NATS subject bus: subject names, JetStream streams and connecting.
+
+Streams (all file-backed, deduplicated by Nats-Msg-Id):
+  LOOM_COMPUTE    loom.compute.<host>.<verb>   commands to agents (one consumer per host)
+  LOOM_CONDUCTOR  loom.conductor.<verb>        the conductor's own durable work (scheduling)
+  LOOM_EVENTS     loom.events.instance.<host>  instance events from agents (work queue)
+  LOOM_INVENTORY  loom.events.inventory.<host> host inventories (last value per host)
+Heartbeats are plain NATS (loom.events.heartbeat.<host>): losing one only delays liveness.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError
+
+from controlplane.config import NatsConfig
+
+log = logging.getLogger(__name__)
+
+COMPUTE_STREAM = "LOOM_COMPUTE"
+CONDUCTOR_STREAM = "LOOM_CONDUCTOR"
+EVENTS_STREAM = "LOOM_EVENTS"
+INVENTORY_STREAM = "LOOM_INVENTORY"
+
+# Command verbs an agent accepts on loom.compute.<host>.<verb>.
+VERBS = ("build", "delete", "start", "stop", "reboot")
+
+
+def compute_subject(host: str, verb: str) -> str:
+    if verb not in VERBS:
+        raise ValueError(f"unknown compute verb {verb!r}")
+    return f"loom.compute.{host}.{verb}"
+
+
+def compute_host_filter(host: str) -> str:
+    return f"loom.compute.{host}.>"
+
+
+def conductor_subject(verb: str) -> str:
+    return f"loom.conductor.{verb}"
+
+
+def instance_event_subject(host: str) -> str:
+    return f"loom.events.instance.{host}"
+
+
+def inventory_subject(host: str) -> str:
+    return f"loom.events.inventory.{host}"
+
+
+def heartbeat_subject(host: str) -> str:
+    return f"loom.events.heartbeat.{host}"
+
+
+HEARTBEAT_WILDCARD = "loom.events.heartbeat.*"
+INSTANCE_EVENT_WILDCARD = "loom.events.instance.*"
+INVENTORY_WILDCARD = "loom.events.inventory.*"
+
+
+def valid_host_name(host: str) -> bool:
+    """Host names become subject tokens: no dots, spaces or wildcards."""
+    return bool(host) and not any(c in host for c in ". *>\t\r\n")
+
+
+def stream_configs(cfg: NatsConfig) -> list[StreamConfig]:
+    dup = float(cfg.duplicate_window_s)
+    common: dict[str, Any] = {"storage": StorageType.FILE, "duplicate_window": dup}
+    return [
+        StreamConfig(
+            name=COMPUTE_STREAM,
+            subjects=["loom.compute.>"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            **common,
+        ),
+        StreamConfig(
+            name=CONDUCTOR_STREAM,
+            subjects=["loom.conductor.>"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            **common,
+        ),
+        StreamConfig(
+            name=EVENTS_STREAM,
+            subjects=["loom.events.instance.>"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            **common,
+        ),
+        StreamConfig(
+            name=INVENTORY_STREAM,
+            subjects=["loom.events.inventory.>"],
+            retention=RetentionPolicy.LIMITS,
+            max_msgs_per_subject=1,
+            discard=DiscardPolicy.OLD,
+            **common,
+        ),
+    ]
+
+
+async def ensure_streams(js: JetStreamContext, cfg: NatsConfig) -> None:
+    """Creates or updates Loom's streams; safe to call from every process at start."""
+    for sc in stream_configs(cfg):
+        try:
+            await js.add_stream(sc)
+        except BadRequestError:
+            await js.update_stream(sc)
+
+
+ErrorCallback = Callable[[Exception], Awaitable[None]]
+
+
+async def connect(
+    url: str, cfg: NatsConfig, name: str, *, max_reconnect_attempts: int = -1
+) -> NATS:
+    """Connects with endless reconnects (a NATS restart must not end a Loom process)."""
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats error: %s", exc, extra={"client": name})
+
+    async def on_disconnect() -> None:
+        log.warning("nats disconnected", extra={"client": name})
+
+    async def on_reconnect() -> None:
+        log.info("nats reconnected", extra={"client": name})
+
+    kwargs: dict[str, Any] = {
+        "servers": [url],
+        "name": name,
+        "max_reconnect_attempts": max_reconnect_attempts,
+        "reconnect_time_wait": 0.5,
+        "allow_reconnect": True,
+        "error_cb": on_error,
+        "disconnected_cb": on_disconnect,
+        "reconnected_cb": on_reconnect,
+        "connect_timeout": 5,
+    }
+    if cfg.user:
+        kwargs["user"] = cfg.user
+        kwargs["password"] = cfg.password
+    if cfg.tls_ca or cfg.tls_cert:
+        ctx = ssl.create_default_context(cafile=cfg.tls_ca or None)
+        if cfg.tls_cert:
+            ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key or None)
+        kwargs["tls"] = ctx
+    return await nats.connect(**kwargs)

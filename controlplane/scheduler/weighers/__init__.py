@@ -1,0 +1,1 @@
+"""Host weighers: each scores hosts; the pipeline normalises and multiplies by a factor."""

@@ -1,0 +1,1 @@
+"""Test helpers: real PostgreSQL databases, real nats-servers, libvirt test:/// hosts."""
