@@ -70,3 +70,15 @@ async def nc(nats_url: str, nats_config: NatsConfig) -> AsyncIterator[NATS]:
         yield client
     finally:
         await client.drain()
+
+
+@pytest.fixture
+def fresh_nats(tmp_path: Path) -> Iterator[NatsServerProcess]:
+    """A nats-server of this test's own (for whole-stack tests that must not share streams)."""
+    from controlplane.runtime.natsserver import start_nats_server
+
+    server = start_nats_server(tmp_path / "nats-fresh")
+    try:
+        yield server
+    finally:
+        server.stop()

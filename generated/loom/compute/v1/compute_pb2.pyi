@@ -611,6 +611,7 @@ class Heartbeat(_message.Message):
     INSTANCE_COUNT_FIELD_NUMBER: _builtins.int
     COMPUTE_ENDPOINT_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    BINARY_FIELD_NUMBER: _builtins.int
     host: _builtins.str
     """Host name."""
     instance_count: _builtins.int
@@ -619,6 +620,8 @@ class Heartbeat(_message.Message):
     """Address of the agent's gRPC ComputeService."""
     version: _builtins.str
     """Agent software version."""
+    binary: _builtins.str
+    """The service that beats: loom-compute (agents; the default when empty), loom-scheduler..."""
     @_builtins.property
     def sent_at(self) -> _timestamp_pb2.Timestamp:
         """When it was sent."""
@@ -631,10 +634,11 @@ class Heartbeat(_message.Message):
         instance_count: _builtins.int = ...,
         compute_endpoint: _builtins.str = ...,
         version: _builtins.str = ...,
+        binary: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sent_at", b"sent_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_endpoint", b"compute_endpoint", "host", b"host", "instance_count", b"instance_count", "sent_at", b"sent_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["binary", b"binary", "compute_endpoint", b"compute_endpoint", "host", b"host", "instance_count", b"instance_count", "sent_at", b"sent_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
