@@ -1,0 +1,54 @@
+"""The test guest image: a Debian kernel and a busybox initramfs whose init prints a marker."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from controlplane.testimage import MARKER, _cpio_newc, build_test_image
+
+
+def test_the_initramfs_archive_lists_init_and_busybox_to_cpio(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "bin").mkdir(parents=True)
+    (root / "bin" / "busybox").write_bytes(b"\x7fELF" + b"x" * 13)
+    (root / "init").write_text("#!/bin/busybox sh\n")
+    archive = tmp_path / "a.cpio"
+    archive.write_bytes(_cpio_newc(root))
+    listing = subprocess.run(
+        ["cpio", "-t", "--quiet"], input=archive.read_bytes(), capture_output=True, check=True
+    ).stdout.decode()
+    assert sorted(listing.split()) == ["bin", "bin/busybox", "init"]
+
+
+@pytest.fixture(scope="session")
+def built_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    img = build_test_image(tmp_path_factory.mktemp("img"))
+    return img.kernel, img.initrd
+
+
+def test_the_built_image_has_a_bootable_kernel_and_an_init_printing_the_marker(
+    built_image: tuple[Path, Path], tmp_path: Path
+) -> None:
+    kernel, initrd = built_image
+    assert (
+        "Linux kernel x86 boot executable"
+        in subprocess.run(["file", str(kernel)], capture_output=True, text=True, check=True).stdout
+    )
+    subprocess.run(
+        ["cpio", "-id", "--quiet"],
+        cwd=tmp_path,
+        input=gzip.decompress(initrd.read_bytes()),
+        check=True,
+    )
+    assert MARKER in (tmp_path / "init").read_text()
+
+
+def test_building_again_reuses_the_files_already_there(built_image: tuple[Path, Path]) -> None:
+    kernel, _ = built_image
+    before = kernel.stat().st_mtime_ns
+    build_test_image(kernel.parent)
+    assert kernel.stat().st_mtime_ns == before
