@@ -13,6 +13,7 @@ from typing import Any
 from controlplane.config import ConfigError, LoomConfig, load_config
 from controlplane.runtime.lifecycle import install_stop_signals
 from controlplane.runtime.logs import setup_logging
+from controlplane.runtime.stats import start_stats_writer
 
 log = logging.getLogger("loom")
 
@@ -73,6 +74,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_service(cfg: LoomConfig, name: str, options: dict[str, Any]) -> int:
+    start_stats_writer(name)
     module = importlib.import_module(SERVICES[name])
     serve: Callable[..., Awaitable[None]] = module.serve
 

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import NullPool
 
 from controlplane.config import async_database_url
+from controlplane.runtime.stats import STATS
 
 
 class StatementCounter:
@@ -30,7 +31,13 @@ class StatementCounter:
 
 
 def make_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> AsyncEngine:
-    url = async_database_url(url)
+    """An async engine whose statements count into the process's STATS."""
+    engine = _make_engine(async_database_url(url), pool_size=pool_size, echo=echo)
+    event.listen(engine.sync_engine, "before_cursor_execute", STATS.count_statement)
+    return engine
+
+
+def _make_engine(url: str, *, pool_size: int, echo: bool) -> AsyncEngine:
     if url.startswith("sqlite"):
         engine = create_async_engine(
             url,

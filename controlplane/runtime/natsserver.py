@@ -49,6 +49,7 @@ class NatsServerProcess:
     port: int
     store_dir: Path
     host: str = "127.0.0.1"
+    monitor_port: int = 0
 
     @property
     def url(self) -> str:
@@ -78,6 +79,7 @@ def start_nats_server(
     sync_always: bool = True,
     log_file: Path | None = None,
     wait_s: float = 15.0,
+    monitor_port: int = 0,
 ) -> NatsServerProcess:
     """Starts nats-server with JetStream storing under store_dir; waits until it accepts."""
     store_dir.mkdir(parents=True, exist_ok=True)
@@ -91,6 +93,8 @@ def start_nats_server(
         "  sync_interval: always" if sync_always else "",
         "}",
         "max_payload: 8MB",
+        # The monitoring endpoint (/varz) lets benchmarks count messages; off unless asked.
+        f"http_port: {monitor_port}" if monitor_port else "",
     ]
     conf.write_text("\n".join(line for line in lines if line) + "\n")
     log = open(log_file or store_dir / "nats-server.log", "ab")  # noqa: SIM115
@@ -110,7 +114,9 @@ def start_nats_server(
                 f"nats-server exited with {proc.returncode}; see {store_dir / 'nats-server.log'}"
             )
         if _port_open("127.0.0.1", port):
-            return NatsServerProcess(process=proc, port=port, store_dir=store_dir)
+            return NatsServerProcess(
+                process=proc, port=port, store_dir=store_dir, monitor_port=monitor_port
+            )
         time.sleep(0.05)
     proc.kill()
     raise NatsServerError(f"nats-server did not listen on {port} within {wait_s}s")

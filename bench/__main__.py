@@ -1,0 +1,253 @@
+"""`python -m bench` (what `make bench` runs).
+
+  python -m bench                         all three, at the sizes the targets name
+  python -m bench --quick                 smaller sizes, for a first look
+  python -m bench boot-storm -n 1000 --hosts 1000 -c 32
+  python -m bench boot-storm --cloud NAME [--clouds-yaml FILE]   any OpenStack cloud
+  python -m bench scheduler --hosts 1000 10000 --replicas 1 2
+  python -m bench sweep
+
+Results go to bench/results/<time>/: results.json, report.txt and PNG charts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.bootstorm import run_boot_storm
+from bench.client import ComputeClient, resolve_cloud
+from bench.stats import nats_message_count, postgres_cpu_s, read_process, statement_count
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _loom_boot_storm(
+    servers: int, hosts: int, concurrency: int, out: Path, *, sim_memory_mb: int | None = None
+) -> dict[str, Any]:
+    from bench.launch import launch_loom, prepare_tenant
+
+    with launch_loom(hosts, sim_memory_mb=sim_memory_mb) as loom:
+        flavor_name, image = asyncio.run(prepare_tenant(loom))
+        endpoint = resolve_cloud("loom", loom.clouds_yaml)
+        pids = loom.pids()
+        time.sleep(1.0)  # let start-up writes settle before the baseline
+
+        def counters() -> tuple[int, int, float, dict[str, float]]:
+            cpu = {
+                name: (r.cpu_s if (r := read_process(name, pid)) else 0.0)
+                for name, pid in pids.items()
+            }
+            return (
+                statement_count(loom.stats_dir),
+                nats_message_count(loom.nats.monitor_port),
+                postgres_cpu_s(),
+                cpu,
+            )
+
+        # Background work (heartbeats, refreshes) while idle, to report net figures too.
+        idle0 = counters()
+        time.sleep(2.0)
+        idle1 = counters()
+        idle_stmt_rate = (idle1[0] - idle0[0]) / 2.0
+
+        async def storm() -> Any:
+            client = ComputeClient(endpoint, max_connections=concurrency + 4)
+            try:
+                flavor = await client.find_flavor(flavor_name)
+                return await run_boot_storm(
+                    client, servers=servers, concurrency=concurrency, flavor=flavor, image=image
+                )
+            finally:
+                await client.close()
+
+        before = counters()
+        result = asyncio.run(storm())
+        time.sleep(1.0)  # the stats files are written twice a second
+        after = counters()
+        summary = result.summary()
+        n = max(summary["active"], 1)
+        boot_and_delete_s = result.delete_finished - result.boot_started
+        loom_cpu = sum(after[3].values()) - sum(before[3].values())
+        pg_cpu = after[2] - before[2]
+        readings = {name: read_process(name, pid) for name, pid in pids.items()}
+        summary.update(
+            {
+                "hosts": hosts,
+                "sql_statements_per_boot": (after[0] - before[0]) / n,
+                "sql_statements_per_boot_net_of_idle": (
+                    after[0] - before[0] - idle_stmt_rate * (time.time() - result.boot_started)
+                )
+                / n,
+                "nats_messages_per_boot": (after[1] - before[1]) / n,
+                "cpu_ms_per_boot": (loom_cpu + pg_cpu) * 1000 / n,
+                "cpu_ms_per_boot_loom_only": loom_cpu * 1000 / n,
+                "cpu_s_by_process": {
+                    k: round(after[3][k] - before[3].get(k, 0.0), 3) for k in after[3]
+                }
+                | {"postgres": round(pg_cpu, 3)},
+                "peak_rss_mib": {
+                    k: round(r.peak_rss_mib, 1) for k, r in readings.items() if r is not None
+                },
+                "fleet_peak_rss_mib": readings["agent"].peak_rss_mib
+                if readings.get("agent")
+                else float("nan"),
+                "boot_and_delete_wall_s": boot_and_delete_s,
+                "note": "boot and delete counters together; per boot = per boot+delete cycle",
+            }
+        )
+        summary["fleet_rss_kib_per_host"] = summary["fleet_peak_rss_mib"] * 1024 / hosts
+        report.boot_storm_chart(
+            out / f"boot-storm-n{servers}-h{hosts}.png",
+            result.records,
+            f"Loom boot storm: N={servers}, H={hosts}, C={concurrency}",
+        )
+        return summary
+
+
+def _cloud_boot_storm(
+    cloud: str,
+    clouds_yaml: Path | None,
+    servers: int,
+    concurrency: int,
+    flavor: str,
+    image: str,
+    out: Path,
+) -> dict[str, Any]:
+    endpoint = resolve_cloud(cloud, clouds_yaml)
+
+    async def storm() -> Any:
+        client = ComputeClient(endpoint, max_connections=concurrency + 4)
+        try:
+            flavor_id = await client.find_flavor(flavor)
+            return await run_boot_storm(
+                client, servers=servers, concurrency=concurrency, flavor=flavor_id, image=image
+            )
+        finally:
+            await client.close()
+
+    result = asyncio.run(storm())
+    report.boot_storm_chart(
+        out / f"boot-storm-{cloud}.png", result.records, f"{cloud}: N={servers}, C={concurrency}"
+    )
+    return {"cloud": cloud, **result.summary()}
+
+
+BOOT_COLUMNS = [
+    "servers",
+    "hosts",
+    "concurrency",
+    "active",
+    "error",
+    "boots_per_s",
+    "deletes_per_s",
+    "post_ms_p50",
+    "post_ms_p99",
+    "tta_ms_p50",
+    "tta_ms_p99",
+    "sql_statements_per_boot",
+    "nats_messages_per_boot",
+    "cpu_ms_per_boot",
+    "fleet_peak_rss_mib",
+]
+SCHED_COLUMNS = [
+    "hosts",
+    "replicas",
+    "decisions",
+    "placed",
+    "decisions_per_s",
+    "latency_ms_p50",
+    "latency_ms_p99",
+    "overcommitted_hosts",
+    "usage_mismatches",
+    "scheduler_peak_rss_mib",
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench")
+    p.add_argument("--quick", action="store_true", help="smaller sizes")
+    sub = p.add_subparsers(dest="what")
+    bs = sub.add_parser("boot-storm")
+    bs.add_argument("-n", "--servers", type=int, default=1000)
+    bs.add_argument("--hosts", type=int, default=1000)
+    bs.add_argument("-c", "--concurrency", type=int, default=32)
+    bs.add_argument("--cloud", help="a clouds.yaml entry: measure that cloud instead of Loom")
+    bs.add_argument("--clouds-yaml", type=Path)
+    bs.add_argument("--flavor", default="m1.tiny")
+    bs.add_argument("--image", default="", help="image id (with --cloud)")
+    sc = sub.add_parser("scheduler")
+    sc.add_argument("--hosts", type=int, nargs="+", default=[1000, 10000])
+    sc.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
+    sc.add_argument("--decisions", type=int, default=5000)
+    sub.add_parser("sweep")
+    args = p.parse_args(argv)
+
+    out = RESULTS / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"machine": report.machine(), "started": str(datetime.now(UTC))}
+    text: list[str] = []
+    what = args.what or "all"
+
+    if what in ("all", "boot-storm"):
+        if what == "boot-storm" and args.cloud:
+            rows = [
+                _cloud_boot_storm(
+                    args.cloud,
+                    args.clouds_yaml,
+                    args.servers,
+                    args.concurrency,
+                    args.flavor,
+                    args.image,
+                    out,
+                )
+            ]
+        elif what == "boot-storm":
+            rows = [_loom_boot_storm(args.servers, args.hosts, args.concurrency, out)]
+        else:
+            n, h = (200, 100) if args.quick else (1000, 1000)
+            rows = [_loom_boot_storm(n, h, 32, out)]
+        results["boot_storm"] = rows
+        text += ["Boot storm", report.table(rows, BOOT_COLUMNS), ""]
+
+    if what in ("all", "scheduler"):
+        hosts = args.hosts if what == "scheduler" else ([1000] if args.quick else [1000, 10000])
+        replicas = args.replicas if what == "scheduler" else [1, 2]
+        decisions = args.decisions if what == "scheduler" else (1000 if args.quick else 5000)
+        rows = [run_sched(h, r, decisions) for h in hosts for r in replicas]
+        results["scheduler"] = rows
+        text += ["Scheduler select-and-claim", report.table(rows, SCHED_COLUMNS), ""]
+
+    if what in ("all", "sweep"):
+        host_sizes = [10, 100] if args.quick else [10, 100, 1000]
+        server_counts = [100, 500] if args.quick else [100, 1000, 5000]
+        rows = []
+        for h in host_sizes:
+            for n in server_counts:
+                # Few hosts must still hold N servers: give them more memory.
+                mem = max(131072, n * 512 * 2 // h) if h * 256 < n else None
+                rows.append(_loom_boot_storm(n, h, 32, out, sim_memory_mb=mem))
+        results["sweep"] = rows
+        report.sweep_chart(out / "sweep.png", rows)
+        text += ["Scaling sweep", report.table(rows, BOOT_COLUMNS), ""]
+
+    report.write_json(out / "results.json", results)
+    (out / "report.txt").write_text("\n".join(text) + "\n")
+    print("\n".join(text))
+    print(f"results in {out}")
+    return 0
+
+
+def run_sched(hosts: int, replicas: int, decisions: int) -> dict[str, Any]:
+    from bench.scheduler_bench import run_scheduler_bench
+
+    return run_scheduler_bench(hosts, replicas, decisions)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
