@@ -56,7 +56,7 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) ->
 
 def _disk(devices: ET.Element, path: str, dev: str, fmt: str) -> None:
     disk = _sub(devices, "disk", type="file", device="disk")
-    _sub(disk, "driver", name="qemu", type=fmt, cache="none")
+    _sub(disk, "driver", name="qemu", type=fmt)
     _sub(disk, "source", file=path)
     _sub(disk, "target", dev=dev, bus="virtio")
 

@@ -299,7 +299,16 @@ class LibvirtDriver:
             | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
         )
         try:
-            dom.undefineFlags(flags)
+            try:
+                dom.undefineFlags(flags)
+            except libvirt.libvirtError as exc:
+                # Drivers without NVRAM or managed save (test:///) refuse those flags.
+                if exc.get_error_code() not in (
+                    libvirt.VIR_ERR_INVALID_ARG,
+                    libvirt.VIR_ERR_NO_SUPPORT,
+                ):
+                    raise
+                dom.undefine()
         except libvirt.libvirtError as exc:
             if not _is_no_domain(exc):
                 raise
