@@ -69,8 +69,8 @@ class EventReader:
         )
         return cls(sub)
 
-    async def next(self, timeout: float = 10.0) -> compute_pb2.InstanceEvent:
-        msgs = await self._sub.fetch(1, timeout=timeout)
+    async def next(self, wait: float = 10.0) -> compute_pb2.InstanceEvent:
+        msgs = await self._sub.fetch(1, timeout=wait)
         await msgs[0].ack()
         return compute_pb2.InstanceEvent.FromString(msgs[0].data)
 

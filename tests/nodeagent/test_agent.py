@@ -179,7 +179,8 @@ async def test_a_failed_build_reports_build_failed_and_leaves_no_domain(
     event = await events.next()
     assert event.kind == K.INSTANCE_EVENT_KIND_BUILD_FAILED
     assert (event.fault.code, event.attempt) == (500, 3)
-    assert event.fault.message.endswith(".") and event.fault.message.count(".") == 1
+    assert event.fault.message.endswith(".")
+    assert event.fault.message.count(".") == 1
     assert agent.driver.list_instances() == {}
     assert not (agent.driver.instances_dir / spec.instance_id).exists()  # type: ignore[attr-defined]
     await _wait_drained(bus_nc, "h1")
@@ -277,7 +278,7 @@ async def test_a_command_left_unacked_by_a_dead_agent_is_handled_after_restart(
 
     second = make_agent(ack_wait=1.0)
     await second.start()
-    event = await events.next(timeout=15)
+    event = await events.next(wait=15)
     assert (event.kind, event.instance_id) == (
         K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED,
         spec.instance_id,

@@ -84,8 +84,10 @@ def test_the_same_spec_always_gives_the_same_xml() -> None:
 def test_ephemeral_and_swap_disks_appear_only_when_the_flavor_asks_for_them() -> None:
     without = build_domain_xml(make_spec(instance_id=IID), _layout())
     with_both = build_domain_xml(make_spec(instance_id=IID, ephemeral_gb=1, swap_mb=64), _layout())
-    assert "vdb" not in without and "vdc" not in without
-    assert 'dev="vdb"' in with_both and 'dev="vdc"' in with_both
+    assert "vdb" not in without
+    assert "vdc" not in without
+    assert 'dev="vdb"' in with_both
+    assert 'dev="vdc"' in with_both
 
 
 def test_an_unknown_domain_type_is_refused() -> None:
