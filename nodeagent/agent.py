@@ -460,7 +460,9 @@ class HostAgent:
             except grpc.aio.AioRpcError as exc:
                 if self._stopping:
                     return None
-                log.warning(
+                # One warning per host, then quiet: a fleet of simulated hosts would flood.
+                log.log(
+                    logging.WARNING if delay == 0.2 else logging.DEBUG,
                     "conductor unreachable for reconcile; retrying in %.1fs (%s)",
                     delay,
                     exc.code().name,
