@@ -295,3 +295,21 @@ async def test_stopping_an_agent_leaves_its_durable_consumer_for_the_next_one(
     await agent.stop()
     await send(bus_nc.jetstream(), "h1", "build", build_command(make_spec()))
     assert await _consumer_pending(bus_nc, "h1") == (1, 0)
+
+
+async def test_an_unknown_verb_or_an_undecodable_command_is_dropped_without_blocking_the_host(
+    make_agent: AgentFactory, bus_nc: NATS
+) -> None:
+    await make_agent().start()
+    events = await EventReader.open(bus_nc, "h1")
+    js = bus_nc.jetstream()
+    await js.publish("loom.compute.h1.resize", b"", stream=bus.COMPUTE_STREAM)
+    await js.publish(bus.compute_subject("h1", "build"), b"\xff\xff\xff", stream=bus.COMPUTE_STREAM)
+    spec = make_spec()
+    await send(js, "h1", "build", build_command(spec))
+    event = await events.next()
+    assert (event.kind, event.instance_id) == (
+        K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED,
+        spec.instance_id,
+    )
+    await _wait_drained(bus_nc, "h1")
