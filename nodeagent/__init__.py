@@ -1,0 +1,3 @@
+"""Loom's node agent: turns compute commands into libvirt domains on its host."""
+
+__version__ = "0.1.0"

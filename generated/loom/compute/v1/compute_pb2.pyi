@@ -818,12 +818,19 @@ class ListHostInstancesRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    HOST_FIELD_NUMBER: _builtins.int
+    host: _builtins.str
+    """The host to list. May be empty when the agent process serves one host; required
+    when one process simulates several hosts.
+    """
     def __init__(
         self,
+        *,
+        host: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

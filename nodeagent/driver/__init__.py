@@ -1,0 +1,1 @@
+"""Hypervisor drivers: the Protocols, the domain XML builder and the libvirt implementation."""

@@ -1,0 +1,169 @@
+"""The hypervisor boundary: a few verbs, keyed by instance UUID.
+
+Every driver method is synchronous. A driver says whether its calls are cheap enough to
+run on the event loop (`runs_inline`); the agent runs the others in a worker thread.
+Hypervisor ids (domain ids, names chosen by libvirt) never leave a driver: callers speak
+only of instance UUIDs.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from loom.compute.v1 import compute_pb2
+
+
+class PowerState(enum.IntEnum):
+    """A domain's power state, numbered as Nova (and loom.compute.v1.PowerState) number it."""
+
+    NOSTATE = 0
+    RUNNING = 1
+    PAUSED = 3
+    SHUTDOWN = 4
+    CRASHED = 6
+    SUSPENDED = 7
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What the hypervisor says the host is."""
+
+    vcpus: int
+    memory_mb: int
+    disk_gb: int
+    hypervisor_type: str
+    hypervisor_version: int
+    cpu_info: str
+
+
+@dataclass(frozen=True)
+class InstanceDiagnostics:
+    """A point-in-time view of one instance."""
+
+    power_state: PowerState
+    vcpus: int
+    memory_mb: int
+    cpu_time_ns: int
+
+
+@dataclass(frozen=True)
+class ConsoleEndpoint:
+    """Where a graphical console server listens."""
+
+    host: str
+    port: int
+
+
+class DriverError(Exception):
+    """Base of every driver error. `str(err)` is one sentence that is safe to show a user."""
+
+
+class InstanceNotFound(DriverError):
+    """The instance has no domain on this host."""
+
+    def __init__(self, instance_id: str) -> None:
+        super().__init__(f"Instance {instance_id} is not on this host.")
+        self.instance_id = instance_id
+
+
+class BuildFailed(DriverError):
+    """A build did not produce a running instance; the host was cleaned up."""
+
+
+class ActionFailed(DriverError):
+    """A start, stop or reboot did not complete; the instance is in whatever state it reached."""
+
+
+class NotSupported(DriverError):
+    """The hypervisor cannot provide what was asked (for example a serial log)."""
+
+
+@runtime_checkable
+class Driver(Protocol):
+    """The verbs every hypervisor driver offers."""
+
+    @property
+    def runs_inline(self) -> bool:
+        """True when every call returns in microseconds (no thread needed)."""
+        ...
+
+    @property
+    def persistent(self) -> bool:
+        """True when domains survive the agent process (False for libvirt's test driver)."""
+        ...
+
+    def open(self) -> None:
+        """Connects to the hypervisor. Idempotent."""
+        ...
+
+    def close(self) -> None:
+        """Releases the connection. Idempotent; instances keep running on a real hypervisor."""
+        ...
+
+    def create(self, spec: compute_pb2.InstanceSpec, *, power_on: bool = True) -> PowerState:
+        """Defines the instance and starts it (unless power_on is False).
+
+        Running (or defined and shut off) on success; fully cleaned up on failure, raising
+        BuildFailed. Idempotent: when the instance already exists nothing changes and its
+        current state is returned.
+        """
+        ...
+
+    def start(self, instance_id: str) -> PowerState:
+        """Powers the instance on. Succeeds if already running. InstanceNotFound if absent."""
+        ...
+
+    def stop(self, instance_id: str, timeout: float) -> PowerState:
+        """Asks the guest to shut down, waits up to `timeout` seconds, then forces it off.
+
+        Shut off on success; succeeds if already shut off. InstanceNotFound if absent.
+        """
+        ...
+
+    def reboot(self, instance_id: str, *, hard: bool) -> PowerState:
+        """Reboots the instance; a soft reboot the guest refuses falls back to a hard one.
+
+        Running on success; a shut-off instance is started. InstanceNotFound if absent.
+        """
+        ...
+
+    def destroy(self, instance_id: str) -> None:
+        """Removes the domain and every file the instance left. Succeeds if already absent."""
+        ...
+
+    def describe(self, instance_id: str) -> PowerState:
+        """The instance's power state. InstanceNotFound if absent."""
+        ...
+
+    def list_instances(self) -> dict[str, PowerState]:
+        """Every Loom instance on this host (instance UUID → power state)."""
+        ...
+
+    def diagnostics(self, instance_id: str) -> InstanceDiagnostics:
+        """What the hypervisor says of the instance now. InstanceNotFound if absent."""
+        ...
+
+    def host_facts(self) -> HostFacts:
+        """The host's CPUs, memory, disk and hypervisor type and version."""
+        ...
+
+
+@runtime_checkable
+class ConsoleDriver(Protocol):
+    """Optional: consoles."""
+
+    def console_endpoint(self, instance_id: str) -> ConsoleEndpoint:
+        """Where the instance's VNC server listens.
+
+        InstanceNotFound if absent; NotSupported when the hypervisor runs no VNC server.
+        """
+        ...
+
+    def console_output(self, instance_id: str, lines: int) -> str:
+        """The last `lines` lines of the serial console (all when 0).
+
+        InstanceNotFound if absent; NotSupported when the hypervisor writes no serial log.
+        """
+        ...

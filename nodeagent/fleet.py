@@ -1,0 +1,55 @@
+"""What the control plane thinks a host runs, read from the conductor's FleetService."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+from loom.compute.v1 import compute_pb2
+from loom.conductor.v1 import conductor_pb2, conductor_pb2_grpc
+
+from nodeagent.driver.base import PowerState
+from nodeagent.messages import power_from_pb
+
+
+@dataclass(frozen=True)
+class ExpectedInstance:
+    """One instance the control plane places on a host, and the state it recorded."""
+
+    spec: compute_pb2.InstanceSpec
+    vm_state: conductor_pb2.VmState.ValueType
+    task_state: conductor_pb2.TaskState.ValueType
+    power_state: PowerState
+
+    @property
+    def instance_id(self) -> str:
+        return self.spec.instance_id
+
+
+class FleetView(Protocol):
+    async def expected_instances(self, host: str) -> list[ExpectedInstance]:
+        """The host's instances as recorded. Raises grpc.aio.AioRpcError when unreachable."""
+        ...
+
+
+class GrpcFleetView:
+    """FleetService over one shared channel; every call has a deadline."""
+
+    def __init__(self, channel: grpc.aio.Channel, timeout: float = 10.0) -> None:
+        self._stub = conductor_pb2_grpc.FleetServiceStub(channel)
+        self._timeout = timeout
+
+    async def expected_instances(self, host: str) -> list[ExpectedInstance]:
+        resp = await self._stub.ListHostInstances(
+            conductor_pb2.ListHostInstancesRequest(host=host), timeout=self._timeout
+        )
+        return [
+            ExpectedInstance(
+                spec=item.spec,
+                vm_state=item.vm_state,
+                task_state=item.task_state,
+                power_state=power_from_pb(item.power_state),
+            )
+            for item in resp.instances
+        ]

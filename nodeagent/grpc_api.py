@@ -1,0 +1,142 @@
+"""The ComputeService for every host of an agent process, dispatching by instance."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import NoReturn
+
+import grpc
+from loom.compute.v1 import compute_pb2, compute_pb2_grpc
+
+from nodeagent.agent import HostAgent
+from nodeagent.driver.base import ConsoleDriver, InstanceNotFound, NotSupported
+from nodeagent.messages import power_to_pb
+
+SERVICE_NAME = "loom.compute.v1.ComputeService"
+
+
+class ComputeApi(compute_pb2_grpc.ComputeServiceServicer):
+    """`agents` maps host → agent; `placements` maps instance → host (kept by the agents)."""
+
+    def __init__(self, agents: Mapping[str, HostAgent], placements: Mapping[str, str]) -> None:
+        self._agents = agents
+        self._placements = placements
+
+    async def _agent_for(
+        self, instance_id: str, context: grpc.aio.ServicerContext[object, object]
+    ) -> HostAgent:
+        agent = self._agents.get(self._placements.get(instance_id, ""))
+        if agent is None:
+            await _not_found(context, instance_id)
+        return agent
+
+    async def GetConsoleConnectInfo(
+        self,
+        request: compute_pb2.GetConsoleConnectInfoRequest,
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> compute_pb2.GetConsoleConnectInfoResponse:
+        if request.protocol not in ("", "vnc"):
+            await _fail(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"Console protocol {request.protocol!r} is not offered.",
+            )
+        agent = await self._agent_for(request.instance_id, context)
+        driver = agent.driver
+        if not isinstance(driver, ConsoleDriver):
+            await _fail(
+                context, grpc.StatusCode.FAILED_PRECONDITION, "This hypervisor offers no consoles."
+            )
+        try:
+            endpoint = await agent.call_driver(driver.console_endpoint, request.instance_id)
+        except InstanceNotFound:
+            await _not_found(context, request.instance_id)
+        except NotSupported as exc:
+            await _fail(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return compute_pb2.GetConsoleConnectInfoResponse(
+            host=endpoint.host, port=endpoint.port, instance_id=request.instance_id
+        )
+
+    async def GetConsoleOutput(
+        self,
+        request: compute_pb2.GetConsoleOutputRequest,
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> compute_pb2.GetConsoleOutputResponse:
+        agent = await self._agent_for(request.instance_id, context)
+        driver = agent.driver
+        if not isinstance(driver, ConsoleDriver):
+            await _fail(
+                context, grpc.StatusCode.FAILED_PRECONDITION, "This hypervisor offers no consoles."
+            )
+        try:
+            text = await agent.call_driver(
+                driver.console_output, request.instance_id, max(0, request.length)
+            )
+        except InstanceNotFound:
+            await _not_found(context, request.instance_id)
+        except NotSupported as exc:
+            await _fail(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return compute_pb2.GetConsoleOutputResponse(output=text)
+
+    async def GetInstanceDiagnostics(
+        self,
+        request: compute_pb2.GetInstanceDiagnosticsRequest,
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> compute_pb2.GetInstanceDiagnosticsResponse:
+        agent = await self._agent_for(request.instance_id, context)
+        try:
+            diag = await agent.call_driver(agent.driver.diagnostics, request.instance_id)
+        except InstanceNotFound:
+            await _not_found(context, request.instance_id)
+        facts = await agent.call_driver(agent.driver.host_facts)
+        return compute_pb2.GetInstanceDiagnosticsResponse(
+            power_state=power_to_pb(diag.power_state),
+            vcpus=diag.vcpus,
+            memory_mb=diag.memory_mb,
+            cpu_time_ns=diag.cpu_time_ns,
+            driver="libvirt",
+            hypervisor=facts.hypervisor_type,
+        )
+
+    async def ListHostInstances(
+        self,
+        request: compute_pb2.ListHostInstancesRequest,
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> compute_pb2.ListHostInstancesResponse:
+        if request.host:
+            agent = self._agents.get(request.host)
+            if agent is None:
+                await _fail(
+                    context, grpc.StatusCode.NOT_FOUND, f"Host {request.host} is not served here."
+                )
+        elif len(self._agents) == 1:
+            agent = next(iter(self._agents.values()))
+        else:
+            await _fail(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"This agent process serves {len(self._agents)} hosts; name one in `host`.",
+            )
+        states = await agent.call_driver(agent.driver.list_instances)
+        return compute_pb2.ListHostInstancesResponse(
+            host=agent.host,
+            instances=[
+                compute_pb2.HostInstance(instance_id=iid, power_state=power_to_pb(state))
+                for iid, state in sorted(states.items())
+            ],
+        )
+
+
+async def _fail(
+    context: grpc.aio.ServicerContext[object, object], code: grpc.StatusCode, message: str
+) -> NoReturn:
+    await context.abort(code, message)
+    raise AssertionError("unreachable: abort raises")
+
+
+async def _not_found(
+    context: grpc.aio.ServicerContext[object, object], instance_id: str
+) -> NoReturn:
+    await _fail(
+        context, grpc.StatusCode.NOT_FOUND, f"Instance {instance_id} is not on this agent's hosts."
+    )

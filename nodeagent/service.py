@@ -1,0 +1,142 @@
+"""`loom agent`: one host, or a simulated fleet of hosts in one process.
+
+A simulated fleet shares one NATS connection, one gRPC server and one conductor channel;
+each host has its own libvirt connection and its own durable JetStream consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+
+from loom.compute.v1 import compute_pb2_grpc
+
+from controlplane.config import LoomConfig
+from controlplane.runtime import bus
+from controlplane.runtime.grpcserver import (
+    Registration,
+    insecure_or_secure_channel,
+    start_grpc_server,
+)
+from nodeagent.agent import HostAgent
+from nodeagent.driver.libvirt_driver import LibvirtDriver, write_simulated_node
+from nodeagent.fleet import GrpcFleetView
+from nodeagent.grpc_api import SERVICE_NAME, ComputeApi
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+# How many hosts start or stop at once: enough to be quick, few enough to spare NATS.
+_PARALLEL = 32
+
+
+def host_names(cfg: LoomConfig, simulate: int, host_prefix: str) -> list[str]:
+    if simulate > 0:
+        names = [f"{host_prefix}-{i:04d}" for i in range(simulate)]
+    else:
+        names = [cfg.agent.host or socket.gethostname().split(".")[0]]
+    bad = [n for n in names if not bus.valid_host_name(n)]
+    if bad:
+        raise ValueError(f"host name {bad[0]!r} cannot be a NATS subject token")
+    return names
+
+
+def make_driver(cfg: LoomConfig, host: str) -> LibvirtDriver:
+    """A driver for `host`. For test:/// every host gets a node XML of its own, which also
+    gives it a private domain set (see libvirt_driver)."""
+    agent_dir = cfg.data_path / "agent"
+    if cfg.agent.instances_path:
+        instances = Path(cfg.agent.instances_path) / host
+    else:
+        instances = agent_dir / "instances" / host
+    uri = cfg.agent.libvirt_uri
+    disk_gb: int | None = None
+    if uri.startswith("test:"):
+        uri = write_simulated_node(
+            agent_dir / "hosts" / f"{host}.xml",
+            vcpus=cfg.agent.sim_vcpus,
+            memory_mb=cfg.agent.sim_memory_mb,
+        )
+        disk_gb = cfg.agent.sim_disk_gb
+    return LibvirtDriver(
+        uri, host=host, instances_dir=instances, vnc_listen=cfg.agent.vnc_listen, disk_gb=disk_gb
+    )
+
+
+def advertised_host(listen: str) -> str:
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if host in ("", "0.0.0.0", "::"):
+        return socket.gethostname()
+    return host
+
+
+async def _bounded(items: Iterable[HostAgent], fn: Callable[[HostAgent], Awaitable[None]]) -> None:
+    gate = asyncio.Semaphore(_PARALLEL)
+
+    async def one(agent: HostAgent) -> None:
+        async with gate:
+            await fn(agent)
+
+    await asyncio.gather(*(one(a) for a in items))
+
+
+async def serve(
+    cfg: LoomConfig, stop: asyncio.Event, simulate: int = 0, host_prefix: str = "sim"
+) -> None:
+    """Runs the agents until `stop` is set; then drains them and closes everything."""
+    hosts = host_names(cfg, simulate, host_prefix)
+    nc = await bus.connect(cfg.nats.url or DEFAULT_NATS_URL, cfg.nats, f"loom-agent-{hosts[0]}")
+    agents: dict[str, HostAgent] = {}
+    placements: dict[str, str] = {}
+    server = None
+    channel = None
+    started: list[HostAgent] = []
+    try:
+        await bus.ensure_streams(nc.jetstream(), cfg.nats)
+        server = await start_grpc_server(
+            cfg.agent.listen,
+            [
+                Registration(
+                    servicer=ComputeApi(agents, placements),
+                    add_to_server=compute_pb2_grpc.add_ComputeServiceServicer_to_server,
+                    service_name=SERVICE_NAME,
+                )
+            ],
+            cfg.tls,
+        )
+        host_ip = advertised_host(cfg.agent.listen)
+        endpoint = f"{host_ip}:{server.port}"
+        channel = insecure_or_secure_channel(cfg.conductor.listen, cfg.tls)
+        fleet = GrpcFleetView(channel)
+        for host in hosts:
+            agents[host] = HostAgent(
+                host=host,
+                driver=make_driver(cfg, host),
+                nc=nc,
+                cfg=cfg.agent,
+                compute_endpoint=endpoint,
+                host_ip=host_ip,
+                fleet=fleet,
+                placements=placements,
+            )
+
+        async def start(agent: HostAgent) -> None:
+            await agent.start()
+            started.append(agent)
+
+        await _bounded(agents.values(), start)
+        log.info(
+            "ready", extra={"service": "agent", "hosts": len(agents), "grpc_port": server.port}
+        )
+        await stop.wait()
+    finally:
+        await _bounded(started, lambda a: a.stop())
+        if server is not None:
+            await server.stop()
+        if channel is not None:
+            await channel.close()
+        await nc.drain()
+        log.info("stopped", extra={"service": "agent", "hosts": len(started)})

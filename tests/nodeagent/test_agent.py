@@ -1,0 +1,315 @@
+"""A host agent over a real nats-server and libvirt's test driver."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from loom.compute.v1 import compute_pb2
+from nats.aio.client import Client as NATS
+
+from controlplane.runtime import bus
+from nodeagent.driver.base import PowerState
+from tests.nodeagent.conftest import AgentFactory
+from tests.nodeagent.support import EventReader, build_command, make_spec, send
+
+K = compute_pb2
+
+
+async def _consumer_pending(nc: NATS, host: str) -> tuple[int, int]:
+    info = await nc.jetstream().consumer_info(bus.COMPUTE_STREAM, f"agent-{host}")
+    return info.num_pending, info.num_ack_pending
+
+
+async def _wait_drained(nc: NATS, host: str) -> None:
+    for _ in range(200):
+        if await _consumer_pending(nc, host) == (0, 0):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"commands for {host} were never all acked")
+
+
+async def test_a_build_command_runs_the_domain_and_reports_build_succeeded(
+    make_agent: AgentFactory, bus_nc: NATS
+) -> None:
+    agent = make_agent()
+    await agent.start()
+    events = await EventReader.open(bus_nc, "h1")
+    spec = make_spec()
+    cmd = build_command(spec, attempt=2)
+    await send(bus_nc.jetstream(), "h1", "build", cmd)
+
+    event = await events.next()
+    assert event.kind == K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED
+    assert (event.instance_id, event.host, event.request_id) == (
+        spec.instance_id,
+        "h1",
+        cmd.request_id,
+    )
+    assert (event.action, event.attempt) == ("build", 2)
+    assert event.power_state == K.POWER_STATE_RUNNING
+    assert agent.driver.describe(spec.instance_id) == PowerState.RUNNING
+    await _wait_drained(bus_nc, "h1")
+
+
+async def test_a_redelivered_build_changes_nothing_and_reports_again(
+    make_agent: AgentFactory, bus_nc: NATS
+) -> None:
+    agent = make_agent()
+    await agent.start()
+    events = await EventReader.open(bus_nc, "h1")
+    js = bus_nc.jetstream()
+    spec = make_spec()
+    cmd = build_command(spec)
+    await send(js, "h1", "build", cmd)
+    assert (await events.next()).kind == K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED
+    domain_id = agent.driver._c.lookupByUUIDString(spec.instance_id).ID()  # type: ignore[attr-defined]
+
+    # The same command again (a relay resend under another message id): the agent
+    # answers again, and the event's own id makes JetStream drop the duplicate answer.
+    await send(js, "h1", "build", cmd, msg_id=f"resend-{uuid.uuid4()}")
+    await _wait_drained(bus_nc, "h1")
+    assert await events.none_within(0.5)
+
+    # A fresh request for the same instance gets its own answer with the current state.
+    again = build_command(spec)
+    await send(js, "h1", "build", again)
+    event = await events.next()
+    assert (event.kind, event.request_id) == (
+        K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED,
+        again.request_id,
+    )
+    assert event.power_state == K.POWER_STATE_RUNNING
+    assert agent.driver._c.lookupByUUIDString(spec.instance_id).ID() == domain_id  # type: ignore[attr-defined]
+    assert list(agent.driver.list_instances()) == [spec.instance_id]
+
+
+async def test_stop_start_reboot_and_delete_report_their_actions_and_power_states(
+    make_agent: AgentFactory, bus_nc: NATS
+) -> None:
+    agent = make_agent()
+    await agent.start()
+    events = await EventReader.open(bus_nc, "h1")
+    js = bus_nc.jetstream()
+    spec = make_spec()
+    iid = spec.instance_id
+    await send(js, "h1", "build", build_command(spec))
+    assert (await events.next()).kind == K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED
+
+    steps = [
+        (
+            "stop",
+            K.StopInstanceCommand(request_id="r-stop", instance_id=iid),
+            K.POWER_STATE_SHUTDOWN,
+        ),
+        (
+            "start",
+            K.StartInstanceCommand(request_id="r-start", instance_id=iid),
+            K.POWER_STATE_RUNNING,
+        ),
+        (
+            "reboot",
+            K.RebootInstanceCommand(
+                request_id="r-soft", instance_id=iid, reboot_type=K.REBOOT_TYPE_SOFT
+            ),
+            K.POWER_STATE_RUNNING,
+        ),
+        (
+            "reboot",
+            K.RebootInstanceCommand(
+                request_id="r-hard", instance_id=iid, reboot_type=K.REBOOT_TYPE_HARD
+            ),
+            K.POWER_STATE_RUNNING,
+        ),
+    ]
+    for verb, command, power in steps:
+        await send(js, "h1", verb, command)
+        event = await events.next()
+        assert (event.kind, event.action, event.request_id) == (
+            K.INSTANCE_EVENT_KIND_ACTION_SUCCEEDED,
+            verb,
+            command.request_id,
+        )
+        assert event.power_state == power
+
+    await send(js, "h1", "delete", K.DeleteInstanceCommand(request_id="r-del", instance_id=iid))
+    event = await events.next()
+    assert (event.kind, event.action) == (K.INSTANCE_EVENT_KIND_DELETED, "delete")
+    assert agent.driver.list_instances() == {}
+
+
+async def test_deleting_an_absent_instance_succeeds(make_agent: AgentFactory, bus_nc: NATS) -> None:
+    await make_agent().start()
+    events = await EventReader.open(bus_nc, "h1")
+    iid = str(uuid.uuid4())
+    await send(
+        bus_nc.jetstream(),
+        "h1",
+        "delete",
+        K.DeleteInstanceCommand(request_id="d1", instance_id=iid),
+    )
+    event = await events.next()
+    assert (event.kind, event.instance_id) == (K.INSTANCE_EVENT_KIND_DELETED, iid)
+    assert not event.HasField("fault")
+    await _wait_drained(bus_nc, "h1")
+
+
+async def test_starting_an_absent_instance_reports_action_failed_with_a_404_fault(
+    make_agent: AgentFactory, bus_nc: NATS
+) -> None:
+    await make_agent().start()
+    events = await EventReader.open(bus_nc, "h1")
+    iid = str(uuid.uuid4())
+    await send(
+        bus_nc.jetstream(), "h1", "start", K.StartInstanceCommand(request_id="s1", instance_id=iid)
+    )
+    event = await events.next()
+    assert event.kind == K.INSTANCE_EVENT_KIND_ACTION_FAILED
+    assert event.fault.code == 404
+
+
+async def test_a_failed_build_reports_build_failed_and_leaves_no_domain(
+    make_agent: AgentFactory, bus_nc: NATS
+) -> None:
+    agent = make_agent()
+    await agent.start()
+    events = await EventReader.open(bus_nc, "h1")
+    spec = make_spec(vcpus=0)  # libvirt refuses a domain without vCPUs
+    await send(bus_nc.jetstream(), "h1", "build", build_command(spec, attempt=3))
+    event = await events.next()
+    assert event.kind == K.INSTANCE_EVENT_KIND_BUILD_FAILED
+    assert (event.fault.code, event.attempt) == (500, 3)
+    assert event.fault.message.endswith(".")
+    assert event.fault.message.count(".") == 1
+    assert agent.driver.list_instances() == {}
+    assert not (agent.driver.instances_dir / spec.instance_id).exists()  # type: ignore[attr-defined]
+    await _wait_drained(bus_nc, "h1")
+
+
+async def test_heartbeats_are_published_on_the_hosts_subject(
+    make_agent: AgentFactory, bus_nc: NATS
+) -> None:
+    sub = await bus_nc.subscribe(bus.heartbeat_subject("h1"))
+    await make_agent(heartbeat_interval=0.1).start()
+    beats = [
+        compute_pb2.Heartbeat.FromString((await sub.next_msg(timeout=5)).data) for _ in range(3)
+    ]
+    await sub.unsubscribe()
+    assert {b.host for b in beats} == {"h1"}
+    assert {b.binary for b in beats} == {"loom-compute"}
+    assert beats[0].compute_endpoint == "127.0.0.1:1"
+
+
+async def test_the_inventory_report_describes_the_host_and_its_reservations(
+    make_agent: AgentFactory, bus_nc: NATS
+) -> None:
+    await make_agent(reserved_host_memory_mb=1024, reserved_host_disk_gb=5).start()
+    msg = await bus_nc.jetstream().get_last_msg(bus.INVENTORY_STREAM, bus.inventory_subject("h1"))
+    report = compute_pb2.HostInventoryReport.FromString(msg.data)
+    assert (report.vcpu.total, report.memory_mb.total, report.disk_gb.total) == (8, 16384, 100)
+    assert (report.memory_mb.reserved, report.disk_gb.reserved) == (1024, 5)
+    assert report.vcpu.allocation_ratio == 0.0
+    assert (report.hypervisor_type, report.availability_zone) == ("test", "az-test")
+    assert report.hypervisor_version > 0
+    assert report.compute_endpoint == "127.0.0.1:1"
+
+
+async def test_an_unchanged_inventory_is_not_published_again(make_agent: AgentFactory) -> None:
+    agent = make_agent()
+    await agent.start()
+    assert await agent.publish_inventory() is False
+    assert await agent.publish_inventory(force=True) is True
+
+
+async def test_a_power_change_nobody_commanded_is_reported(
+    make_agent: AgentFactory, bus_nc: NATS
+) -> None:
+    agent = make_agent()
+    await agent.start()
+    events = await EventReader.open(bus_nc, "h1")
+    spec = make_spec()
+    await send(bus_nc.jetstream(), "h1", "build", build_command(spec))
+    assert (await events.next()).kind == K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED
+    assert await agent.sync_power_states() == 0
+
+    # The guest powers itself off behind Loom's back.
+    agent.driver._c.lookupByUUIDString(spec.instance_id).destroy()  # type: ignore[attr-defined]
+    assert await agent.sync_power_states() == 1
+    event = await events.next()
+    assert (event.kind, event.power_state, event.action) == (
+        K.INSTANCE_EVENT_KIND_POWER_STATE_CHANGED,
+        K.POWER_STATE_SHUTDOWN,
+        "",
+    )
+    assert await agent.sync_power_states() == 0
+
+
+async def test_the_periodic_power_sync_runs_on_its_own(
+    make_agent: AgentFactory, bus_nc: NATS
+) -> None:
+    agent = make_agent(power_sync_interval=0.1)
+    await agent.start()
+    events = await EventReader.open(bus_nc, "h1")
+    spec = make_spec()
+    await send(bus_nc.jetstream(), "h1", "build", build_command(spec))
+    assert (await events.next()).kind == K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED
+    agent.driver._c.lookupByUUIDString(spec.instance_id).destroy()  # type: ignore[attr-defined]
+    event = await events.next()
+    assert event.kind == K.INSTANCE_EVENT_KIND_POWER_STATE_CHANGED
+
+
+async def test_a_command_left_unacked_by_a_dead_agent_is_handled_after_restart(
+    make_agent: AgentFactory, bus_nc: NATS
+) -> None:
+    first = make_agent(ack_wait=1.0)
+    await first.start()
+    await first.stop()
+    js = bus_nc.jetstream()
+    events = await EventReader.open(bus_nc, "h1")
+
+    # Play the agent that dies mid-command: take the build from the durable consumer
+    # and never acknowledge it.
+    crashed = await js.pull_subscribe_bind(durable="agent-h1", stream=bus.COMPUTE_STREAM)
+    spec = make_spec()
+    await send(js, "h1", "build", build_command(spec))
+    taken = await crashed.fetch(1, timeout=5)
+    assert len(taken) == 1
+    await crashed.unsubscribe()
+
+    second = make_agent(ack_wait=1.0)
+    await second.start()
+    event = await events.next(wait=15)
+    assert (event.kind, event.instance_id) == (
+        K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED,
+        spec.instance_id,
+    )
+    assert second.driver.describe(spec.instance_id) == PowerState.RUNNING
+    await _wait_drained(bus_nc, "h1")
+
+
+async def test_stopping_an_agent_leaves_its_durable_consumer_for_the_next_one(
+    make_agent: AgentFactory, bus_nc: NATS
+) -> None:
+    agent = make_agent()
+    await agent.start()
+    await agent.stop()
+    await send(bus_nc.jetstream(), "h1", "build", build_command(make_spec()))
+    assert await _consumer_pending(bus_nc, "h1") == (1, 0)
+
+
+async def test_an_unknown_verb_or_an_undecodable_command_is_dropped_without_blocking_the_host(
+    make_agent: AgentFactory, bus_nc: NATS
+) -> None:
+    await make_agent().start()
+    events = await EventReader.open(bus_nc, "h1")
+    js = bus_nc.jetstream()
+    await js.publish("loom.compute.h1.resize", b"", stream=bus.COMPUTE_STREAM)
+    await js.publish(bus.compute_subject("h1", "build"), b"\xff\xff\xff", stream=bus.COMPUTE_STREAM)
+    spec = make_spec()
+    await send(js, "h1", "build", build_command(spec))
+    event = await events.next()
+    assert (event.kind, event.instance_id) == (
+        K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED,
+        spec.instance_id,
+    )
+    await _wait_drained(bus_nc, "h1")

@@ -1,0 +1,196 @@
+"""Reconcile at start against a real gRPC FleetService playing the conductor."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+import pytest
+from loom.compute.v1 import compute_pb2
+from loom.conductor.v1 import conductor_pb2, conductor_pb2_grpc
+from nats.aio.client import Client as NATS
+
+from controlplane.runtime.natsserver import free_port
+from nodeagent.driver.base import PowerState
+from nodeagent.fleet import ExpectedInstance, GrpcFleetView
+from nodeagent.reconcile import plan_reconcile
+from tests.nodeagent.conftest import AgentFactory
+from tests.nodeagent.support import EventReader, build_command, make_spec, make_test_driver, send
+
+C = conductor_pb2
+K = compute_pb2
+
+
+class RecordedFleet(conductor_pb2_grpc.FleetServiceServicer):
+    """Answers ListHostInstances with a list the test chooses."""
+
+    def __init__(self, instances: dict[str, Sequence[conductor_pb2.HostInstance]]) -> None:
+        self.instances = instances
+        self.asked: list[str] = []
+
+    async def ListHostInstances(  # type: ignore[override]
+        self, request: conductor_pb2.ListHostInstancesRequest, context: object
+    ) -> conductor_pb2.ListHostInstancesResponse:
+        self.asked.append(request.host)
+        return C.ListHostInstancesResponse(instances=list(self.instances.get(request.host, [])))
+
+
+async def _serve_fleet(fleet: RecordedFleet, port: int) -> grpc.aio.Server:
+    server = grpc.aio.server()
+    conductor_pb2_grpc.add_FleetServiceServicer_to_server(fleet, server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    return server
+
+
+@pytest.fixture
+def fleet_port() -> int:
+    return free_port()
+
+
+def _channel(port: int) -> grpc.aio.Channel:
+    # Quick reconnects, so a conductor that comes up late is found within a test's patience.
+    return grpc.aio.insecure_channel(
+        f"127.0.0.1:{port}",
+        options=[
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 500),
+        ],
+    )
+
+
+def _record(
+    spec: compute_pb2.InstanceSpec,
+    vm: conductor_pb2.VmState.ValueType,
+    power: compute_pb2.PowerState.ValueType,
+    task: conductor_pb2.TaskState.ValueType = C.TASK_STATE_UNSPECIFIED,
+) -> conductor_pb2.HostInstance:
+    return C.HostInstance(spec=spec, vm_state=vm, task_state=task, power_state=power)
+
+
+async def test_reconcile_on_the_test_driver_recreates_drifts_and_removes_orphans(
+    make_agent: AgentFactory, bus_nc: NATS, tmp_path: Path, fleet_port: int
+) -> None:
+    running, stopped, building = make_spec(), make_spec(), make_spec()
+    drifted, orphan = make_spec(), make_spec()
+    driver = make_test_driver(tmp_path, "h1")
+    driver.open()
+    driver.create(drifted)  # recorded as shut off, but running
+    driver.create(orphan)  # not in the control plane's list
+    fleet = RecordedFleet(
+        {
+            "h1": [
+                _record(running, C.VM_STATE_ACTIVE, K.POWER_STATE_RUNNING),
+                _record(stopped, C.VM_STATE_STOPPED, K.POWER_STATE_SHUTDOWN),
+                _record(
+                    building, C.VM_STATE_BUILDING, K.POWER_STATE_UNSPECIFIED, C.TASK_STATE_SPAWNING
+                ),
+                _record(drifted, C.VM_STATE_STOPPED, K.POWER_STATE_SHUTDOWN),
+            ]
+        }
+    )
+    server = await _serve_fleet(fleet, fleet_port)
+    channel = _channel(fleet_port)
+    try:
+        events = await EventReader.open(bus_nc, "h1")
+        agent = make_agent(fleet=GrpcFleetView(channel), driver=driver)
+        await agent.start()
+        await asyncio.wait_for(agent.reconciled.wait(), 10)
+
+        assert fleet.asked == ["h1"]
+        assert driver.list_instances() == {
+            running.instance_id: PowerState.RUNNING,
+            stopped.instance_id: PowerState.SHUTDOWN,
+            drifted.instance_id: PowerState.RUNNING,
+        }
+        event = await events.next()
+        assert (event.kind, event.instance_id, event.power_state) == (
+            K.INSTANCE_EVENT_KIND_POWER_STATE_CHANGED,
+            drifted.instance_id,
+            K.POWER_STATE_RUNNING,
+        )
+        assert await events.none_within(0.3)
+    finally:
+        await channel.close()
+        await server.stop(0)
+
+
+async def test_commands_are_served_while_the_conductor_is_unreachable(
+    make_agent: AgentFactory, bus_nc: NATS, fleet_port: int
+) -> None:
+    orphan_later = make_spec()
+    channel = _channel(fleet_port)
+    try:
+        agent = make_agent(fleet=GrpcFleetView(channel))
+        await agent.start()
+        events = await EventReader.open(bus_nc, "h1")
+        await send(bus_nc.jetstream(), "h1", "build", build_command(orphan_later))
+        assert (await events.next()).kind == K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED
+        assert not agent.reconciled.is_set()
+
+        server = await _serve_fleet(RecordedFleet({}), fleet_port)
+        try:
+            await asyncio.wait_for(agent.reconciled.wait(), 15)
+        finally:
+            await server.stop(0)
+        # Built after the libvirt snapshot reconcile took: never mistaken for an orphan.
+        assert orphan_later.instance_id in agent.driver.list_instances()
+    finally:
+        await channel.close()
+
+
+def _expected(
+    spec: compute_pb2.InstanceSpec,
+    vm: conductor_pb2.VmState.ValueType,
+    power: PowerState,
+    task: conductor_pb2.TaskState.ValueType = C.TASK_STATE_UNSPECIFIED,
+) -> ExpectedInstance:
+    return ExpectedInstance(spec=spec, vm_state=vm, task_state=task, power_state=power)
+
+
+def test_a_persistent_hypervisor_reports_missing_domains_instead_of_recreating_them() -> None:
+    spec = make_spec()
+    plan = plan_reconcile(
+        [_expected(spec, C.VM_STATE_ACTIVE, PowerState.RUNNING)], {}, {}, persistent=True
+    )
+    assert plan.missing == (spec.instance_id,)
+    assert plan.recreate == ()
+
+
+def test_instances_deleted_since_start_are_neither_recreated_nor_reported() -> None:
+    spec = make_spec()
+    plan = plan_reconcile(
+        [_expected(spec, C.VM_STATE_ACTIVE, PowerState.RUNNING)],
+        {},
+        {},
+        persistent=False,
+        deleted_since_start={spec.instance_id},
+    )
+    assert (plan.recreate, plan.missing) == ((), ())
+
+
+def test_instances_in_error_or_mid_task_are_left_to_their_commands() -> None:
+    err, busy = make_spec(), make_spec()
+    plan = plan_reconcile(
+        [
+            _expected(err, C.VM_STATE_ERROR, PowerState.NOSTATE),
+            _expected(busy, C.VM_STATE_ACTIVE, PowerState.RUNNING, C.TASK_STATE_POWERING_OFF),
+        ],
+        {},
+        {},
+        persistent=True,
+    )
+    assert (plan.recreate, plan.missing, plan.drifted, plan.orphans) == ((), (), (), ())
+
+
+def test_an_orphan_is_only_a_domain_seen_before_the_conductor_answered() -> None:
+    seen, fresh = make_spec(), make_spec()
+    plan = plan_reconcile(
+        [],
+        {seen.instance_id: PowerState.RUNNING},
+        {seen.instance_id: PowerState.RUNNING, fresh.instance_id: PowerState.RUNNING},
+        persistent=True,
+    )
+    assert plan.orphans == (seen.instance_id,)

@@ -1,0 +1,147 @@
+"""`serve()`: a simulated fleet in one process, and its gRPC ComputeService."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from loom.compute.v1 import compute_pb2, compute_pb2_grpc
+from nats.aio.client import Client as NATS
+
+from controlplane.config import LoomConfig, load_config
+from controlplane.runtime import bus
+from controlplane.runtime.natsserver import NatsServerProcess, free_port
+from nodeagent.service import serve
+from tests.nodeagent.support import EventReader, build_command, make_spec, send
+
+K = compute_pb2
+
+
+@dataclass
+class Fleet:
+    port: int
+    stub: compute_pb2_grpc.ComputeServiceAsyncStub
+    channel: grpc.aio.Channel
+
+
+def _config(tmp_path: Path, nats_url: str) -> LoomConfig:
+    return load_config(
+        environ={},
+        overrides={
+            "data_dir": str(tmp_path / "data"),
+            "nats": {"url": nats_url},
+            # Nobody listens here: reconcile keeps retrying in the background.
+            "conductor": {"listen": f"127.0.0.1:{free_port()}"},
+            "agent": {"heartbeat_interval": 3600, "power_sync_interval": 3600},
+        },
+    )
+
+
+@pytest.fixture
+async def fleet(
+    tmp_path: Path, fresh_nats: NatsServerProcess, caplog: pytest.LogCaptureFixture
+) -> AsyncIterator[Fleet]:
+    stop = asyncio.Event()
+    caplog.set_level(logging.INFO, logger="nodeagent.service")
+    task = asyncio.create_task(serve(_config(tmp_path, fresh_nats.url), stop, simulate=3))
+    port = 0
+    for _ in range(400):
+        ready = [r for r in caplog.records if r.getMessage() == "ready"]
+        if ready:
+            assert getattr(ready[0], "hosts", None) == 3
+            port = int(getattr(ready[0], "grpc_port", 0))
+            break
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.025)
+    assert port > 0, "serve() never logged ready"
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield Fleet(port=port, stub=compute_pb2_grpc.ComputeServiceStub(channel), channel=channel)
+    finally:
+        await channel.close()
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def test_serve_starts_every_simulated_host_and_each_reports_its_inventory(
+    fleet: Fleet, bus_nc: NATS
+) -> None:
+    js = bus_nc.jetstream()
+    for host in ("sim-0000", "sim-0001", "sim-0002"):
+        msg = await js.get_last_msg(bus.INVENTORY_STREAM, bus.inventory_subject(host))
+        report = compute_pb2.HostInventoryReport.FromString(msg.data)
+        assert report.host == host
+        assert report.compute_endpoint == f"127.0.0.1:{fleet.port}"
+        assert report.vcpu.total == 32
+
+
+async def test_the_agent_process_answers_grpc_health_checks(fleet: Fleet) -> None:
+    health = health_pb2_grpc.HealthStub(fleet.channel)
+    resp = await health.Check(
+        health_pb2.HealthCheckRequest(service="loom.compute.v1.ComputeService"), timeout=5
+    )
+    assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_the_compute_service_finds_an_instance_on_whichever_host_runs_it(
+    fleet: Fleet, bus_nc: NATS
+) -> None:
+    events = await EventReader.open(bus_nc, "sim-0001")
+    spec = make_spec(vcpus=2, memory_mb=512)
+    await send(bus_nc.jetstream(), "sim-0001", "build", build_command(spec))
+    assert (await events.next()).kind == K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED
+
+    diag = await fleet.stub.GetInstanceDiagnostics(
+        K.GetInstanceDiagnosticsRequest(instance_id=spec.instance_id), timeout=5
+    )
+    assert (diag.power_state, diag.vcpus, diag.memory_mb) == (K.POWER_STATE_RUNNING, 2, 512)
+    assert (diag.driver, diag.hypervisor) == ("libvirt", "test")
+
+    listed = await fleet.stub.ListHostInstances(
+        K.ListHostInstancesRequest(host="sim-0001"), timeout=5
+    )
+    assert listed.host == "sim-0001"
+    assert [(i.instance_id, i.power_state) for i in listed.instances] == [
+        (spec.instance_id, K.POWER_STATE_RUNNING)
+    ]
+    other = await fleet.stub.ListHostInstances(
+        K.ListHostInstancesRequest(host="sim-0002"), timeout=5
+    )
+    assert list(other.instances) == []
+
+    for call in (
+        fleet.stub.GetConsoleOutput(K.GetConsoleOutputRequest(instance_id=spec.instance_id)),
+        fleet.stub.GetConsoleConnectInfo(
+            K.GetConsoleConnectInfoRequest(instance_id=spec.instance_id, protocol="vnc")
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "test hypervisor" in (err.value.details() or "")
+
+
+async def test_an_instance_on_no_host_of_the_process_is_not_found(fleet: Fleet) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await fleet.stub.GetInstanceDiagnostics(
+            K.GetInstanceDiagnosticsRequest(instance_id=make_spec().instance_id), timeout=5
+        )
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_listing_without_a_host_is_refused_when_the_process_serves_several(
+    fleet: Fleet,
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await fleet.stub.ListHostInstances(K.ListHostInstancesRequest(), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await fleet.stub.ListHostInstances(K.ListHostInstancesRequest(host="nope"), timeout=5)
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
