@@ -294,7 +294,11 @@ async def test_stopping_an_agent_leaves_its_durable_consumer_for_the_next_one(
     await agent.start()
     await agent.stop()
     await send(bus_nc.jetstream(), "h1", "build", build_command(make_spec()))
-    assert await _consumer_pending(bus_nc, "h1") == (1, 0)
+    # A pull request the stopped agent sent may still be open on the server for its expiry,
+    # so the command can sit as ack-pending (it is redelivered after ack_wait) rather than
+    # pending. Either way the consumer survives and the command is neither acked nor lost.
+    pending, ack_pending = await _consumer_pending(bus_nc, "h1")
+    assert pending + ack_pending == 1
 
 
 async def test_an_unknown_verb_or_an_undecodable_command_is_dropped_without_blocking_the_host(
