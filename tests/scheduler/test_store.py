@@ -45,10 +45,7 @@ async def test_concurrent_claims_through_two_engines_never_overcommit(
     host = await add_host(first, "tight", memory_mb=1000)  # room for exactly 10
 
     results = await asyncio.gather(
-        *(
-            (first if i % 2 else second).claim(host.id, f"c-{i}", "p", MB100)
-            for i in range(40)
-        )
+        *((first if i % 2 else second).claim(host.id, f"c-{i}", "p", MB100) for i in range(40))
     )
 
     claimed = [r for r in results if r.status is ClaimStatus.CLAIMED]
@@ -99,9 +96,7 @@ async def test_a_release_happens_exactly_once_even_when_raced(
     host = await add_host(first, "h")
     await first.claim(host.id, "c-1", "p", MB100)
 
-    results = await asyncio.gather(
-        *((first if i % 2 else second).release("c-1") for i in range(8))
-    )
+    results = await asyncio.gather(*((first if i % 2 else second).release("c-1") for i in range(8)))
 
     assert sum(r.released for r in results) == 1
     usage = await assert_consistent(first.engine)

@@ -59,9 +59,7 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_weigher_prefers(case: Case) -> None:
     cycle = make_cycle()
-    assert case.weigher.weigh_host(case.better, cycle) > case.weigher.weigh_host(
-        case.worse, cycle
-    )
+    assert case.weigher.weigh_host(case.better, cycle) > case.weigher.weigh_host(case.worse, cycle)
 
 
 @pytest.mark.parametrize(
