@@ -11,6 +11,7 @@ from controlplane.scheduler.request import CycleState, PlacementRequest
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 DOWN_AFTER = timedelta(seconds=60)
 _ids = itertools.count(1)
+NOTHING = Resources()
 
 
 def make_host(
@@ -19,9 +20,9 @@ def make_host(
     vcpus: int = 16,
     memory_mb: int = 32768,
     disk_gb: int = 500,
-    used: Resources = Resources(),
+    used: Resources = NOTHING,
     ratios: tuple[float, float, float] = (1.0, 1.0, 1.0),
-    reserved: Resources = Resources(),
+    reserved: Resources = NOTHING,
     zone: str | None = None,
     enabled: bool = True,
     up: bool = True,

@@ -83,7 +83,8 @@ async def test_selecting_again_for_a_placed_consumer_returns_its_host_and_claims
     await add_live_hosts(p, "a", "b")
     first = await p.select_destinations(make_request(memory_mb=600))
     again = await p.select_destinations(make_request(memory_mb=600))
-    assert isinstance(first, Placed) and isinstance(again, Placed)
+    assert isinstance(first, Placed)
+    assert isinstance(again, Placed)
     assert again.selected.name == first.selected.name
     usage = await assert_consistent(engine)
     assert sum(u.allocations for u in usage.values()) == 1
@@ -113,13 +114,15 @@ async def test_a_scheduler_with_a_stale_cache_loses_the_race_and_places_on_the_n
 
     # The other scheduler fills "roomy"; this one's cache still thinks it is empty.
     taken = await theirs.select_destinations(make_request(consumer_id="x", memory_mb=2000))
-    assert isinstance(taken, Placed) and taken.selected.name == "roomy"
+    assert isinstance(taken, Placed)
+    assert taken.selected.name == "roomy"
     outcome = await mine.select_destinations(make_request(consumer_id="y", memory_mb=500))
 
     assert isinstance(outcome, Placed)
     assert outcome.selected.name == "snug"
     cached = mine.cache.get("roomy")
-    assert cached is not None and cached.memory_mb.used == 2000
+    assert cached is not None
+    assert cached.memory_mb.used == 2000
     await assert_consistent(engine)
 
 

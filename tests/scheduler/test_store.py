@@ -68,7 +68,8 @@ async def test_a_repeated_claim_for_the_same_consumer_changes_nothing(
 
     assert first.status is ClaimStatus.CLAIMED
     assert again.status is ClaimStatus.EXISTING
-    assert again.host is not None and again.host.name == "a"
+    assert again.host is not None
+    assert again.host.name == "a"
     assert again.existing == MB100
     assert elsewhere.status is ClaimStatus.EXISTING
     usage = await assert_consistent(store.engine)
@@ -145,7 +146,8 @@ async def test_an_inventory_below_current_usage_is_refused_and_changes_nothing(
     )
     assert await store.upsert_inventory(shrunk) is None
     stored = await store.load_host("h")
-    assert stored is not None and stored.memory_mb.total == 1000
+    assert stored is not None
+    assert stored.memory_mb.total == 1000
 
 
 async def test_an_inventory_update_keeps_usage_and_the_operator_zone(
@@ -173,4 +175,5 @@ async def test_heartbeats_are_stored_and_never_move_backwards(
     await store.record_heartbeats({"h": NOW, "not-a-provider-yet": NOW})
     await store.record_heartbeats({"h": NOW.replace(hour=11)})
     host = await store.load_host("h")
-    assert host is not None and host.last_heartbeat_at == NOW
+    assert host is not None
+    assert host.last_heartbeat_at == NOW

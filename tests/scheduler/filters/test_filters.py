@@ -11,9 +11,11 @@ from controlplane.scheduler.filters import (
     Filter,
     UnknownFilterError,
     build_filters,
+    capacity,
+    enabled_and_up,
+    requested_hosts,
 )
 from controlplane.scheduler.filters import availability_zone as az
-from controlplane.scheduler.filters import capacity, enabled_and_up, requested_hosts
 from controlplane.scheduler.hoststate import HostState, Resources
 from controlplane.scheduler.request import PlacementRequest
 from tests.scheduler.factories import make_cycle, make_host, make_request
