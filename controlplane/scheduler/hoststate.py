@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -50,27 +50,25 @@ class Inventory:
 
     `limit` is the most that may ever be used: total x ratio - reserved. The database's
     CHECK constraints use the same expression, so the filter and the claim agree exactly.
+    `limit` and `free` are computed once per snapshot: filters read them for every host of
+    every decision.
     """
 
     total: int = 0
     reserved: int = 0
     ratio: float = 1.0
     used: int = 0
+    limit: float = field(init=False, repr=False, compare=False)
+    # What can still be claimed, rounded down (never negative).
+    free: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def limit(self) -> float:
-        return self.total * self.ratio - self.reserved
-
-    @property
-    def free(self) -> int:
-        """What can still be claimed, rounded down (never negative)."""
-        return max(0, math.floor(self.limit - self.used))
+    def __post_init__(self) -> None:
+        limit = self.total * self.ratio - self.reserved
+        object.__setattr__(self, "limit", limit)
+        object.__setattr__(self, "free", max(0, math.floor(limit - self.used)))
 
     def fits(self, amount: int) -> bool:
         return self.used + amount <= self.limit
-
-    def plus(self, amount: int) -> Inventory:
-        return dataclasses.replace(self, used=self.used + amount)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,9 +115,14 @@ class HostState:
 
     def first_class_short(self, wanted: Resources) -> ResourceClass | None:
         """The first resource class that cannot take `wanted`, or None when all fit."""
-        for rc in ResourceClass:
-            if not self.inventory(rc).fits(wanted.amount(rc)):
-                return rc
+        # Spelled out rather than looped over the enum: this runs for every host of
+        # every decision, and it is the pipeline's hottest line.
+        if self.vcpu.used + wanted.vcpus > self.vcpu.limit:
+            return ResourceClass.VCPU
+        if self.memory_mb.used + wanted.memory_mb > self.memory_mb.limit:
+            return ResourceClass.MEMORY_MB
+        if self.disk_gb.used + wanted.disk_gb > self.disk_gb.limit:
+            return ResourceClass.DISK_GB
         return None
 
     def with_heartbeat(self, at: datetime | None) -> HostState:

@@ -6,10 +6,12 @@ loses a race, refreshes the host and ranks again (see `scheduler.py`).
 
 from __future__ import annotations
 
+import heapq
 import random
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from controlplane.config import SchedulerConfig
 from controlplane.scheduler.filters import Filter, build_filters, requested_hosts
@@ -27,9 +29,12 @@ class FilterRecord:
     reasons: Mapping[str, int]
 
 
-@dataclass(frozen=True, slots=True)
-class WeighedHost:
-    """A host that passed every filter and its combined weight (higher is better)."""
+class WeighedHost(NamedTuple):
+    """A host that passed every filter and its combined weight (higher is better).
+
+    A named tuple rather than a frozen dataclass: one is built per fit host per decision,
+    and tuples are several times cheaper to build.
+    """
 
     host: HostState
     weight: float
@@ -95,15 +100,17 @@ def rank_hosts(
     cycle: CycleState,
     pipeline: Pipeline,
     rng: random.Random | None = None,
+    keep: int | None = None,
 ) -> Decision:
-    """Every host that can take the request, best first, with each filter's rejections."""
+    """The hosts that can take the request, best first (at most `keep` of them, all when
+    None), with each filter's rejections."""
     # Filters in configured order; the defaults put cheap set and flag checks before
     # capacity arithmetic, so most hosts leave the pipeline as early as possible.
     candidates, records = _apply_filters(hosts, cycle, pipeline.filters)
     # Weigh only the survivors: weighers rank and never remove, so they run once per fit host.
-    weighed = _weigh(candidates, cycle, pipeline.weighers)
+    weighed = _weigh(candidates, cycle, pipeline.weighers, _at_least(keep, pipeline))
     # Pick at random among the best few, so concurrent schedulers rarely race for one host.
-    ranked = _shuffle_best(weighed, pipeline.host_subset_size, rng or _RNG)
+    ranked = _shuffle_best(weighed, pipeline.host_subset_size, rng or _RNG)[:keep]
     return Decision(ranked=tuple(ranked), hosts_considered=len(hosts), rejections=records)
 
 
@@ -126,18 +133,30 @@ def _apply_filters(
     return survivors, tuple(records)
 
 
+def _at_least(keep: int | None, pipeline: Pipeline) -> int | None:
+    return None if keep is None else max(keep, pipeline.host_subset_size)
+
+
 def _weigh(
-    hosts: Sequence[HostState], cycle: CycleState, weighers: Sequence[WeightedWeigher]
+    hosts: Sequence[HostState],
+    cycle: CycleState,
+    weighers: Sequence[WeightedWeigher],
+    keep: int | None,
 ) -> list[WeighedHost]:
     totals = [0.0] * len(hosts)
     for ww in weighers:
         raw = [ww.weigher.weigh_host(h, cycle) for h in hosts]
         for i, score in enumerate(normalise(raw)):
             totals[i] += ww.factor * score
-    weighed = [WeighedHost(h, w) for h, w in zip(hosts, totals, strict=True)]
+
     # Ties break by name so a decision is reproducible.
-    weighed.sort(key=lambda wh: (-wh.weight, wh.host.name))
-    return weighed
+    def order(i: int) -> tuple[float, str]:
+        return -totals[i], hosts[i].name
+
+    # A decision needs only its best few: a partial sort of indexes, then a few objects.
+    indexes = range(len(hosts))
+    best = sorted(indexes, key=order) if keep is None else heapq.nsmallest(keep, indexes, order)
+    return [WeighedHost(hosts[i], totals[i]) for i in best]
 
 
 def normalise(values: Sequence[float]) -> list[float]:

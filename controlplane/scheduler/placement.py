@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
+from itertools import islice
 
 from controlplane.config import SchedulerConfig
 from controlplane.scheduler.hostcache import HostCache
@@ -87,7 +88,12 @@ class PlacementService:
         rechecked = False
         decision: Decision | None = None
         for _ in range(MAX_CLAIM_ATTEMPTS):
-            decision = rank_hosts(self.cache.snapshot(), self.cycle_for(request), self.pipeline)
+            decision = rank_hosts(
+                self.cache.snapshot(),
+                self.cycle_for(request),
+                self.pipeline,
+                keep=request.num_alternates + 1,
+            )
             if not decision.found:
                 if not rechecked and await self.cache.refresh_if_older(STALE_SNAPSHOT_S):
                     rechecked = True
@@ -103,8 +109,8 @@ class PlacementService:
                 continue
             assert result.host is not None
             selected = self.cache.put(result.host)
-            others = [wh.host for wh in decision.ranked if wh.host.name != selected.name]
-            return Placed(selected, tuple(others[: request.num_alternates]))
+            others = (wh.host for wh in decision.ranked if wh.host.name != selected.name)
+            return Placed(selected, tuple(islice(others, request.num_alternates)))
         assert decision is not None
         return NotPlaced(
             decision, f"No valid host: lost the race for capacity {MAX_CLAIM_ATTEMPTS} times."

@@ -146,6 +146,36 @@ def _room_condition(table: Any, amounts: Mapping[ResourceClass, Any]) -> Any:
     )
 
 
+# Claims run thousands of times a second: their statements are built once, with bound
+# parameters, so each claim only binds values (SQLAlchemy caches the compiled SQL).
+_CLAIM_UPDATE = (
+    update(RP)
+    .where(
+        RP.c.id == bindparam("host_id"),
+        _room_condition(RP, {rc: bindparam(f"n_{p}") for rc, p in _PREFIX.items()}),
+    )
+    .values(
+        {
+            **{f"{p}_used": RP.c[f"{p}_used"] + bindparam(f"n_{p}") for p in _PREFIX.values()},
+            "allocation_count": RP.c.allocation_count + 1,
+            "generation": RP.c.generation + 1,
+        }
+    )
+    .returning(*RP.c)
+)
+_ALLOCATION_INSERTS: dict[str, Any] = {}
+
+
+def _allocation_insert(dialect: str) -> Any:
+    """INSERT INTO allocations ... ON CONFLICT (consumer_id) DO NOTHING RETURNING id."""
+    stmt = _ALLOCATION_INSERTS.get(dialect)
+    if stmt is None:
+        base = postgresql.insert(ALLOC) if dialect == "postgresql" else sqlite.insert(ALLOC)
+        stmt = base.on_conflict_do_nothing(index_elements=["consumer_id"]).returning(ALLOC.c.id)
+        _ALLOCATION_INSERTS[dialect] = stmt
+    return stmt
+
+
 class ProviderStore:
     """Reads and atomic writes of resource providers and allocations."""
 
@@ -189,39 +219,30 @@ class ProviderStore:
         async with self.engine.begin() as conn:
             # The allocation goes in first: the unique consumer_id makes a repeated claim
             # (or a concurrent twin) fall through to EXISTING before any usage changes.
-            ins = (
-                _insert_for(conn, ALLOC)
-                .values(
-                    consumer_id=consumer_id,
-                    provider_id=host_id,
-                    project_id=project_id,
-                    vcpus=wanted.vcpus,
-                    memory_mb=wanted.memory_mb,
-                    disk_gb=wanted.disk_gb,
-                    created_at=utcnow(),
-                )
-                .on_conflict_do_nothing(index_elements=["consumer_id"])
-                .returning(ALLOC.c.id)
+            inserted = await conn.execute(
+                _allocation_insert(conn.dialect.name),
+                {
+                    "consumer_id": consumer_id,
+                    "provider_id": host_id,
+                    "project_id": project_id,
+                    "vcpus": wanted.vcpus,
+                    "memory_mb": wanted.memory_mb,
+                    "disk_gb": wanted.disk_gb,
+                    "created_at": utcnow(),
+                },
             )
-            if (await conn.execute(ins)).first() is None:
+            if inserted.first() is None:
                 return await self._existing(conn, consumer_id)
-            amounts = {rc: wanted.amount(rc) for rc in ResourceClass}
-            upd = (
-                update(RP)
-                .where(RP.c.id == host_id, _room_condition(RP, amounts))
-                .values(
-                    {
-                        **{
-                            f"{p}_used": RP.c[f"{p}_used"] + amounts[rc]
-                            for rc, p in _PREFIX.items()
-                        },
-                        "allocation_count": RP.c.allocation_count + 1,
-                        "generation": RP.c.generation + 1,
-                    }
-                )
-                .returning(*RP.c)
+            claimed = await conn.execute(
+                _CLAIM_UPDATE,
+                {
+                    "host_id": host_id,
+                    "n_vcpu": wanted.vcpus,
+                    "n_memory_mb": wanted.memory_mb,
+                    "n_disk_gb": wanted.disk_gb,
+                },
             )
-            row = (await conn.execute(upd)).first()
+            row = claimed.first()
             if row is None:
                 # No room: undo the allocation row with the rest of the transaction.
                 await conn.rollback()
