@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import Table, and_, bindparam, delete, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from controlplane.db.models import Allocation, ResourceProvider
@@ -181,6 +182,9 @@ class ProviderStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self._pg = engine.dialect.name == "postgresql"
+        # Single-statement writes need no BEGIN/COMMIT round trips of their own.
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     # ------------------------------------------------------------------ reads
 
@@ -214,8 +218,10 @@ class ProviderStore:
         Postconditions: CLAIMED means one allocation row exists and the host's usage grew by
         exactly `wanted`, never beyond total x ratio - reserved, whatever ran concurrently.
         EXISTING and NO_ROOM mean nothing changed. Idempotent per consumer.
-        Two statements and a commit on the happy path.
+        On PostgreSQL one statement (one round trip); elsewhere two and a commit.
         """
+        if self._pg:
+            return await self._claim_in_one_statement(host_id, consumer_id, project_id, wanted)
         async with self.engine.begin() as conn:
             # The allocation goes in first: the unique consumer_id makes a repeated claim
             # (or a concurrent twin) fall through to EXISTING before any usage changes.
@@ -249,6 +255,30 @@ class ProviderStore:
                 return ClaimResult(ClaimStatus.NO_ROOM)
             return ClaimResult(ClaimStatus.CLAIMED, host_from_row(row))
 
+    async def _claim_in_one_statement(
+        self, host_id: int, consumer_id: str, project_id: str, wanted: Resources
+    ) -> ClaimResult:
+        params = {
+            "host_id": host_id,
+            "consumer_id": consumer_id,
+            "project_id": project_id,
+            "n_vcpu": wanted.vcpus,
+            "n_memory_mb": wanted.memory_mb,
+            "n_disk_gb": wanted.disk_gb,
+            "now": utcnow(),
+        }
+        try:
+            async with self._autocommit.connect() as conn:
+                row = (await conn.execute(_PG_CLAIM, params)).first()
+                if row is not None:
+                    return ClaimResult(ClaimStatus.CLAIMED, host_from_row(row))
+                return await self._existing(conn, consumer_id)
+        except IntegrityError:
+            # A concurrent claim for the same consumer committed first: the unique
+            # consumer_id rolled this whole statement back, usage included.
+            async with self.engine.connect() as conn:
+                return await self._existing(conn, consumer_id)
+
     async def _existing(self, conn: AsyncConnection, consumer_id: str) -> ClaimResult:
         stmt = (
             select(
@@ -260,7 +290,8 @@ class ProviderStore:
         row = (await conn.execute(stmt)).first()
         await conn.rollback()
         if row is None:
-            # Released between our INSERT and this read; the caller may simply retry.
+            # No allocation: the host had no room (or the consumer's allocation was
+            # released meanwhile; the caller may simply try again).
             return ClaimResult(ClaimStatus.NO_ROOM)
         held = Resources(row.vcpus, row.a_mem, row.a_disk)
         return ClaimResult(ClaimStatus.EXISTING, host_from_row(row), held)
@@ -271,7 +302,15 @@ class ProviderStore:
         Postconditions: the allocation row is gone and the host's usage fell by exactly what
         it held, once: usage only falls for the row this call's DELETE returned, so two
         concurrent releases free it once. Succeeds (released=False) when there is none.
+        On PostgreSQL one statement; elsewhere two and a commit.
         """
+        if self._pg:
+            async with self._autocommit.connect() as conn:
+                params = {"consumer_id": consumer_id, "host": host_name}
+                row = (await conn.execute(_PG_RELEASE, params)).first()
+            if row is None:
+                return ReleaseResult(False)
+            return ReleaseResult(True, host_from_row(row))
         async with self.engine.begin() as conn:
             cond = [ALLOC.c.consumer_id == consumer_id]
             if host_name:
@@ -414,6 +453,58 @@ class ProviderStore:
             hosts = (await conn.execute(select(func.count()).select_from(RP))).scalar_one()
             allocs = (await conn.execute(select(func.count()).select_from(ALLOC))).scalar_one()
         return int(hosts), int(allocs)
+
+
+# PostgreSQL claims in one statement: the UPDATE checks room (the CHECK constraints' own
+# terms) and that the consumer holds nothing yet; the INSERT adds the allocation for the
+# row the UPDATE returned. A concurrent twin claim fails on the unique consumer_id and the
+# whole statement, usage included, rolls back.
+_PG_CLAIM = text(
+    """
+    WITH upd AS (
+        UPDATE resource_providers
+           SET vcpu_used = vcpu_used + :n_vcpu,
+               memory_mb_used = memory_mb_used + :n_memory_mb,
+               disk_gb_used = disk_gb_used + :n_disk_gb,
+               allocation_count = allocation_count + 1,
+               generation = generation + 1
+         WHERE id = :host_id
+           AND NOT EXISTS (SELECT 1 FROM allocations WHERE consumer_id = :consumer_id)
+           AND vcpu_used + :n_vcpu <= vcpu_total * vcpu_ratio - vcpu_reserved
+           AND memory_mb_used + :n_memory_mb
+               <= memory_mb_total * memory_mb_ratio - memory_mb_reserved
+           AND disk_gb_used + :n_disk_gb <= disk_gb_total * disk_gb_ratio - disk_gb_reserved
+        RETURNING *
+    ), ins AS (
+        INSERT INTO allocations
+               (consumer_id, provider_id, project_id, vcpus, memory_mb, disk_gb, created_at)
+        SELECT :consumer_id, id, :project_id, :n_vcpu, :n_memory_mb, :n_disk_gb, :now FROM upd
+        RETURNING id
+    )
+    SELECT * FROM upd
+    """
+)
+# Usage falls only for the allocation row this statement's DELETE returned: exactly once.
+_PG_RELEASE = text(
+    """
+    WITH del AS (
+        DELETE FROM allocations
+         WHERE consumer_id = :consumer_id
+           AND (CAST(:host AS text) = ''
+                OR provider_id = (SELECT id FROM resource_providers WHERE name = :host))
+        RETURNING provider_id, vcpus, memory_mb, disk_gb
+    )
+    UPDATE resource_providers AS rp
+       SET vcpu_used = rp.vcpu_used - del.vcpus,
+           memory_mb_used = rp.memory_mb_used - del.memory_mb,
+           disk_gb_used = rp.disk_gb_used - del.disk_gb,
+           allocation_count = rp.allocation_count - 1,
+           generation = rp.generation + 1
+      FROM del
+     WHERE rp.id = del.provider_id
+    RETURNING rp.*
+    """
+)
 
 
 def _inventory_of(inv: InventoryUpdate, rc: ResourceClass) -> Inventory:
