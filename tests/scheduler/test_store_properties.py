@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
@@ -16,6 +17,12 @@ from controlplane.scheduler.store import ClaimStatus, ProviderStore
 from tests.scheduler.dbcheck import add_host, assert_consistent
 
 HOSTS = ("h0", "h1", "h2")
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    url: str = request.getfixturevalue("pg_url" if request.param == "postgresql" else "sqlite_url")
+    return url
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,6 @@ async def _apply(store: ProviderStore, ids: list[int], op: Claim | Release) -> o
 )
 @given(plan=batches)
 def test_no_sequence_of_claims_and_releases_breaks_capacity_or_accounting(
-    pg_url: str, plan: list[list[Claim | Release]]
+    db_url: str, plan: list[list[Claim | Release]]
 ) -> None:
-    asyncio.run(_run(pg_url, plan))
+    asyncio.run(_run(db_url, plan))
