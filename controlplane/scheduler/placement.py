@@ -14,7 +14,7 @@ from itertools import islice
 
 from controlplane.config import SchedulerConfig
 from controlplane.scheduler.hostcache import HostCache
-from controlplane.scheduler.hoststate import HostState, InventoryUpdate, Resources
+from controlplane.scheduler.hoststate import HostState, InventoryUpdate
 from controlplane.scheduler.pipeline import Decision, Pipeline, rank_hosts
 from controlplane.scheduler.request import CycleState, PlacementRequest
 from controlplane.scheduler.store import AllocationRecord, ClaimStatus, ProviderStore
@@ -186,9 +186,3 @@ class PlacementService:
 
     async def allocations_of(self, consumer_id: str) -> list[AllocationRecord]:
         return await self.store.allocations_of(consumer_id)
-
-
-def resources_are_valid(res: Resources) -> str:
-    """An error message for an invalid amount, or "" when every amount is valid."""
-    bad = res.negative_classes()
-    return f"negative amount for {', '.join(rc.value for rc in bad)}" if bad else ""

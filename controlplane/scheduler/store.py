@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, delete, func, or_, select, text, update
+from sqlalchemy import Table, and_, bindparam, delete, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
@@ -36,14 +36,9 @@ log = logging.getLogger(__name__)
 RP = cast(Table, ResourceProvider.__table__)
 ALLOC = cast(Table, Allocation.__table__)
 
-# Column prefix of each resource class in resource_providers, and its allocations column.
+# Column prefix of each resource class in resource_providers.
 _PREFIX = {
     ResourceClass.VCPU: "vcpu",
-    ResourceClass.MEMORY_MB: "memory_mb",
-    ResourceClass.DISK_GB: "disk_gb",
-}
-_ALLOC_COLUMN = {
-    ResourceClass.VCPU: "vcpus",
     ResourceClass.MEMORY_MB: "memory_mb",
     ResourceClass.DISK_GB: "disk_gb",
 }
@@ -446,13 +441,6 @@ class ProviderStore:
         params: Sequence[dict[str, Any]] = [{"host": h, "at": at} for h, at in seen.items()]
         async with self.engine.begin() as conn:
             await conn.execute(stmt, params)
-
-    async def usage_totals(self) -> tuple[int, int]:
-        """(providers, allocations) counts, for readiness and tests."""
-        async with self.engine.connect() as conn:
-            hosts = (await conn.execute(select(func.count()).select_from(RP))).scalar_one()
-            allocs = (await conn.execute(select(func.count()).select_from(ALLOC))).scalar_one()
-        return int(hosts), int(allocs)
 
 
 # PostgreSQL claims in one statement: the UPDATE checks room (the CHECK constraints' own
