@@ -1,1 +1,48 @@
-"""Host filters: each removes hosts that cannot take a request, with a reason."""
+"""Host filters: each removes hosts that cannot take a request, with a reason.
+
+Operators name filters in SchedulerConfig.filters; `build_filters` turns the names into
+instances through the registry, and an unknown name stops the scheduler at start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from controlplane.scheduler.filters import (
+    availability_zone,
+    capacity,
+    enabled_and_up,
+    requested_hosts,
+)
+from controlplane.scheduler.filters.base import PASSED, Filter, Verdict
+
+FilterFactory = Callable[[], Filter]
+
+REGISTRY: dict[str, FilterFactory] = {
+    requested_hosts.NAME: requested_hosts.RequestedHostsFilter,
+    enabled_and_up.NAME: enabled_and_up.EnabledAndUpFilter,
+    availability_zone.NAME: availability_zone.AvailabilityZoneFilter,
+    capacity.NAME: capacity.CapacityFilter,
+}
+
+
+class UnknownFilterError(ValueError):
+    """A configured filter name is not in the registry."""
+
+
+def build_filters(names: Iterable[str]) -> list[Filter]:
+    """One filter per name, in the given order.
+
+    Raises UnknownFilterError naming every unknown name and the known ones.
+    """
+    names = list(names)
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        raise UnknownFilterError(
+            f"unknown scheduler filter(s) {', '.join(map(repr, unknown))}; "
+            f"known: {', '.join(sorted(REGISTRY))}"
+        )
+    return [REGISTRY[n]() for n in names]
+
+
+__all__ = ["PASSED", "REGISTRY", "Filter", "UnknownFilterError", "Verdict", "build_filters"]

@@ -1,0 +1,123 @@
+"""This process's snapshot of every host, so a decision never reads the whole fleet.
+
+The cache is refreshed from the database periodically and learns the result of each of
+this process's own writes at once (the store returns the row it wrote). It is allowed to
+be stale: the claim re-checks capacity in the database, and a claim that loses a race
+refreshes the host it lost on.
+
+Liveness: heartbeats seen on NATS are kept in memory and written to the database in
+batches; a host's known heartbeat is the later of the two, so a restarted scheduler (or
+another replica) does not take live hosts for dead ones, nor long-dead ones for live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from controlplane.scheduler.hoststate import HostState
+from controlplane.scheduler.store import ProviderStore, utcnow
+
+Clock = Callable[[], datetime]
+
+
+class HostCache:
+    def __init__(self, store: ProviderStore, clock: Clock = utcnow) -> None:
+        self.store = store
+        self.clock = clock
+        self._hosts: dict[str, HostState] = {}
+        self._snapshot: tuple[HostState, ...] | None = ()
+        self._heartbeats: dict[str, datetime] = {}
+        self._unwritten_heartbeats: dict[str, datetime] = {}
+        self._refresh_lock = asyncio.Lock()
+        self._refreshed_at = float("-inf")
+
+    # ------------------------------------------------------------------ reading
+
+    def snapshot(self) -> tuple[HostState, ...]:
+        """Every known host, as of the last refresh or own write (rebuilt only on change)."""
+        if self._snapshot is None:
+            self._snapshot = tuple(self._hosts.values())
+        return self._snapshot
+
+    def get(self, name: str) -> HostState | None:
+        return self._hosts.get(name)
+
+    @property
+    def age(self) -> float:
+        """Seconds since the last full refresh."""
+        return time.monotonic() - self._refreshed_at
+
+    # ------------------------------------------------------------------ updating
+
+    def put(self, host: HostState) -> HostState:
+        """Takes `host` unless the cache already holds a newer generation of it.
+
+        Returns what the cache now holds, with the latest heartbeat this process knows.
+        """
+        current = self._hosts.get(host.name)
+        if current is not None and current.generation > host.generation:
+            host = current.with_heartbeat(host.last_heartbeat_at)
+        host = host.with_heartbeat(self._heartbeats.get(host.name))
+        if current is not host:
+            self._hosts[host.name] = host
+            self._snapshot = None
+        return host
+
+    async def refresh_all(self) -> None:
+        """Reloads every host from the database."""
+        async with self._refresh_lock:
+            await self._refresh_all_locked()
+
+    async def refresh_if_older(self, max_age: float) -> bool:
+        """Reloads every host unless a refresh finished less than `max_age` seconds ago.
+
+        Concurrent callers share one reload. Returns True when the cache is now fresh.
+        """
+        async with self._refresh_lock:
+            if self.age < max_age:
+                return False
+            await self._refresh_all_locked()
+            return True
+
+    async def _refresh_all_locked(self) -> None:
+        started = time.monotonic()
+        for host in await self.store.load_hosts():
+            self.put(host)
+        self._refreshed_at = started
+
+    async def refresh_host(self, name: str) -> HostState | None:
+        """Reloads one host; None when it does not exist."""
+        host = await self.store.load_host(name)
+        return self.put(host) if host is not None else None
+
+    # ------------------------------------------------------------------ liveness
+
+    def record_heartbeat(self, host: str, at: datetime | None = None) -> None:
+        """Notes that `host` beat at `at` (now by default); written later, in a batch."""
+        at = at or self.clock()
+        known = self._heartbeats.get(host)
+        if known is not None and known >= at:
+            return
+        self._heartbeats[host] = at
+        self._unwritten_heartbeats[host] = at
+        current = self._hosts.get(host)
+        if current is not None:
+            self._hosts[host] = current.with_heartbeat(at)
+            self._snapshot = None
+
+    async def flush_heartbeats(self) -> int:
+        """Writes heartbeats seen since the last flush; returns how many hosts it wrote.
+
+        A failed write keeps them for the next flush.
+        """
+        batch, self._unwritten_heartbeats = self._unwritten_heartbeats, {}
+        try:
+            await self.store.record_heartbeats(batch)
+        except BaseException:
+            for host, at in batch.items():
+                self._unwritten_heartbeats.setdefault(host, at)
+            raise
+        return len(batch)

@@ -1,0 +1,152 @@
+"""The scheduler's view of one host: capacity, usage and liveness, as an immutable value.
+
+A `HostState` is a snapshot. Decisions read snapshots; only the store changes the truth,
+and the host cache swaps in a new snapshot after each write it learns of.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+# Hosts in no zone belong to this one (the name clients expect).
+DEFAULT_AVAILABILITY_ZONE = "nova"
+
+
+class ResourceClass(StrEnum):
+    """The resource classes a host provides and a consumer claims."""
+
+    VCPU = "VCPU"
+    MEMORY_MB = "MEMORY_MB"
+    DISK_GB = "DISK_GB"
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """An amount of each resource class (what a consumer claims)."""
+
+    vcpus: int = 0
+    memory_mb: int = 0
+    disk_gb: int = 0
+
+    def amount(self, rc: ResourceClass) -> int:
+        if rc is ResourceClass.VCPU:
+            return self.vcpus
+        if rc is ResourceClass.MEMORY_MB:
+            return self.memory_mb
+        return self.disk_gb
+
+    def negative_classes(self) -> list[ResourceClass]:
+        """The classes with a negative amount (an invalid request when non-empty)."""
+        return [rc for rc in ResourceClass if self.amount(rc) < 0]
+
+
+@dataclass(frozen=True, slots=True)
+class Inventory:
+    """One resource class on one host.
+
+    `limit` is the most that may ever be used: total x ratio - reserved. The database's
+    CHECK constraints use the same expression, so the filter and the claim agree exactly.
+    `limit` and `free` are computed once per snapshot: filters read them for every host of
+    every decision.
+    """
+
+    total: int = 0
+    reserved: int = 0
+    ratio: float = 1.0
+    used: int = 0
+    limit: float = field(init=False, repr=False, compare=False)
+    # What can still be claimed, rounded down (never negative).
+    free: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        limit = self.total * self.ratio - self.reserved
+        object.__setattr__(self, "limit", limit)
+        object.__setattr__(self, "free", max(0, math.floor(limit - self.used)))
+
+    def fits(self, amount: int) -> bool:
+        return self.used + amount <= self.limit
+
+
+@dataclass(frozen=True, slots=True)
+class HostState:
+    """A host as a resource provider, at one moment.
+
+    `up` is not stored: it depends on the clock, so `is_up(now, down_after)` derives it from
+    the last heartbeat the scheduler knows of.
+    """
+
+    id: int
+    name: str
+    uuid: str = ""
+    availability_zone: str | None = None
+    vcpu: Inventory = Inventory()
+    memory_mb: Inventory = Inventory()
+    disk_gb: Inventory = Inventory()
+    allocation_count: int = 0
+    enabled: bool = True
+    disabled_reason: str | None = None
+    last_heartbeat_at: datetime | None = None
+    compute_endpoint: str = ""
+    generation: int = 0
+    hypervisor_type: str = ""
+    hypervisor_version: int = 0
+    host_ip: str = ""
+    cpu_info: str = ""
+
+    @property
+    def zone(self) -> str:
+        """The zone name clients see (the default zone when none is set)."""
+        return self.availability_zone or DEFAULT_AVAILABILITY_ZONE
+
+    def inventory(self, rc: ResourceClass) -> Inventory:
+        if rc is ResourceClass.VCPU:
+            return self.vcpu
+        if rc is ResourceClass.MEMORY_MB:
+            return self.memory_mb
+        return self.disk_gb
+
+    def is_up(self, now: datetime, down_after: timedelta) -> bool:
+        """True when a heartbeat arrived within `down_after` before `now`."""
+        return self.last_heartbeat_at is not None and now - self.last_heartbeat_at <= down_after
+
+    def first_class_short(self, wanted: Resources) -> ResourceClass | None:
+        """The first resource class that cannot take `wanted`, or None when all fit."""
+        # Spelled out rather than looped over the enum: this runs for every host of
+        # every decision, and it is the pipeline's hottest line.
+        if self.vcpu.used + wanted.vcpus > self.vcpu.limit:
+            return ResourceClass.VCPU
+        if self.memory_mb.used + wanted.memory_mb > self.memory_mb.limit:
+            return ResourceClass.MEMORY_MB
+        if self.disk_gb.used + wanted.disk_gb > self.disk_gb.limit:
+            return ResourceClass.DISK_GB
+        return None
+
+    def with_heartbeat(self, at: datetime | None) -> HostState:
+        """This host with the later of its known heartbeat and `at`."""
+        if at is None or (self.last_heartbeat_at is not None and self.last_heartbeat_at >= at):
+            return self
+        return dataclasses.replace(self, last_heartbeat_at=at)
+
+
+@dataclass(frozen=True, slots=True)
+class InventoryUpdate:
+    """A host's capacity as its agent (or an operator) reports it; ratios already resolved.
+
+    `availability_zone` only applies when the host is new: once a host exists, its zone is
+    the operator's to change (SetHostAvailabilityZone), not the agent's.
+    """
+
+    host: str
+    vcpu: Inventory
+    memory_mb: Inventory
+    disk_gb: Inventory
+    hypervisor_type: str = ""
+    hypervisor_version: int = 0
+    compute_endpoint: str = ""
+    host_ip: str = ""
+    cpu_info: str = ""
+    availability_zone: str | None = None

@@ -1,0 +1,188 @@
+"""Placement: rank hosts on the cached snapshot, claim the best in the database, and
+retry on the next best when another scheduler got there first.
+
+This is where the pure pipeline meets the store. It holds no state of its own besides
+the host cache; every decision it returns is backed by a committed claim.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from itertools import islice
+
+from controlplane.config import SchedulerConfig
+from controlplane.scheduler.hostcache import HostCache
+from controlplane.scheduler.hoststate import HostState, InventoryUpdate
+from controlplane.scheduler.pipeline import Decision, Pipeline, rank_hosts
+from controlplane.scheduler.request import CycleState, PlacementRequest
+from controlplane.scheduler.store import AllocationRecord, ClaimStatus, ProviderStore
+
+log = logging.getLogger(__name__)
+
+# A NoValidHost reached on a snapshot older than this is re-checked on a fresh one:
+# capacity freed by another replica, or a host it just created, becomes visible.
+STALE_SNAPSHOT_S = 1.0
+# Bound on lost races per request; each loss refreshes a host, so this is never reached
+# unless the fleet changes faster than the scheduler can read it.
+MAX_CLAIM_ATTEMPTS = 64
+
+REASON_UNKNOWN_HOST = "no such host"
+REASON_HOST_DISABLED = "host disabled"
+REASON_HOST_DOWN = "host down"
+REASON_NO_ROOM = "insufficient resources on the host"
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """A consumer's resources are claimed on `selected`; `alternates` are unclaimed."""
+
+    selected: HostState
+    alternates: tuple[HostState, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NotPlaced:
+    """No host could take the request; `decision` says which filters removed which hosts."""
+
+    decision: Decision
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class HostClaim:
+    """The outcome of a claim on one named host."""
+
+    claimed: bool
+    reason: str = ""
+
+
+class PlacementService:
+    def __init__(
+        self,
+        store: ProviderStore,
+        cache: HostCache,
+        pipeline: Pipeline,
+        cfg: SchedulerConfig,
+    ) -> None:
+        self.store = store
+        self.cache = cache
+        self.pipeline = pipeline
+        self.cfg = cfg
+        self.down_after = timedelta(seconds=cfg.service_down_time)
+
+    def cycle_for(self, request: PlacementRequest) -> CycleState:
+        return CycleState(request=request, now=self.cache.clock(), down_after=self.down_after)
+
+    def is_up(self, host: HostState) -> bool:
+        return host.is_up(self.cache.clock(), self.down_after)
+
+    async def select_destinations(self, request: PlacementRequest) -> Placed | NotPlaced:
+        """Claims the request's resources on the best host, with unclaimed alternates.
+
+        Postconditions: Placed means the allocation is committed on `selected` (a retry for
+        the same consumer returns the host that already holds it, changing nothing);
+        NotPlaced means nothing was claimed.
+        """
+        rechecked = False
+        decision: Decision | None = None
+        for _ in range(MAX_CLAIM_ATTEMPTS):
+            decision = rank_hosts(
+                self.cache.snapshot(),
+                self.cycle_for(request),
+                self.pipeline,
+                keep=request.num_alternates + 1,
+            )
+            if not decision.found:
+                if not rechecked and await self.cache.refresh_if_older(STALE_SNAPSHOT_S):
+                    rechecked = True
+                    continue
+                return await self._not_placed(request, decision)
+            best = decision.ranked[0].host
+            result = await self.store.claim(
+                best.id, request.consumer_id, request.project_id, request.resources
+            )
+            if result.status is ClaimStatus.NO_ROOM:
+                # Another scheduler filled it since our snapshot: learn how full, rank again.
+                await self.cache.refresh_host(best.name)
+                continue
+            assert result.host is not None
+            selected = self.cache.put(result.host)
+            others = (wh.host for wh in decision.ranked if wh.host.name != selected.name)
+            return Placed(selected, tuple(islice(others, request.num_alternates)))
+        assert decision is not None
+        return NotPlaced(
+            decision, f"No valid host: lost the race for capacity {MAX_CLAIM_ATTEMPTS} times."
+        )
+
+    async def _not_placed(
+        self, request: PlacementRequest, decision: Decision
+    ) -> Placed | NotPlaced:
+        # A retry of a placed consumer must see its claim, even on a now-full fleet.
+        held = await self.store.allocations_of(request.consumer_id)
+        if held:
+            host = self.cache.get(held[0].host) or await self.cache.refresh_host(held[0].host)
+            if host is not None:
+                return Placed(host, ())
+        return NotPlaced(decision, decision.explain())
+
+    async def claim_on_host(self, request: PlacementRequest, host_name: str) -> HostClaim:
+        """Claims on one named host (an alternate), if it is enabled, up and has room.
+
+        Idempotent per consumer and host: claiming again where the consumer already holds
+        its allocation succeeds and changes nothing; an allocation elsewhere is refused.
+        """
+        host = self.cache.get(host_name) or await self.cache.refresh_host(host_name)
+        if host is None:
+            return HostClaim(False, REASON_UNKNOWN_HOST)
+        if not host.enabled:
+            return HostClaim(False, REASON_HOST_DISABLED)
+        if not self.is_up(host):
+            return HostClaim(False, REASON_HOST_DOWN)
+        result = await self.store.claim(
+            host.id, request.consumer_id, request.project_id, request.resources
+        )
+        if result.status is ClaimStatus.CLAIMED:
+            assert result.host is not None
+            self.cache.put(result.host)
+            return HostClaim(True)
+        if result.status is ClaimStatus.EXISTING:
+            assert result.host is not None
+            if result.host.name == host_name:
+                return HostClaim(True)
+            return HostClaim(False, f"consumer already holds resources on {result.host.name}")
+        await self.cache.refresh_host(host_name)
+        return HostClaim(False, REASON_NO_ROOM)
+
+    async def release(self, consumer_id: str, host_name: str = "") -> bool:
+        """Frees the consumer's allocation; True only for the call that freed it."""
+        result = await self.store.release(consumer_id, host_name)
+        if result.host is not None:
+            self.cache.put(result.host)
+        return result.released
+
+    async def report_inventory(self, inv: InventoryUpdate) -> HostState | None:
+        """Creates or updates a provider; None when refused (below current usage)."""
+        host = await self.store.upsert_inventory(inv)
+        return self.cache.put(host) if host is not None else None
+
+    async def set_enabled(self, name: str, enabled: bool, reason: str) -> HostState | None:
+        host = await self.store.set_enabled(name, enabled, reason)
+        return self.cache.put(host) if host is not None else None
+
+    async def set_availability_zone(self, name: str, zone: str) -> HostState | None:
+        host = await self.store.set_availability_zone(name, zone)
+        return self.cache.put(host) if host is not None else None
+
+    async def get_host(self, name: str) -> HostState | None:
+        """The host as the database holds it now, with the liveness this process knows."""
+        return await self.cache.refresh_host(name)
+
+    async def list_hosts(self) -> list[HostState]:
+        """Every host as the database holds it now, by name."""
+        await self.cache.refresh_all()
+        return sorted(self.cache.snapshot(), key=lambda h: h.name)
+
+    async def allocations_of(self, consumer_id: str) -> list[AllocationRecord]:
+        return await self.store.allocations_of(consumer_id)

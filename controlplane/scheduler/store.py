@@ -1,0 +1,503 @@
+"""The scheduler's database writes and reads: providers, claims, releases, liveness.
+
+Every write that changes usage is a conditional statement the database checks atomically,
+so correctness never depends on a cache, a lock in this process, or on which database
+(PostgreSQL or SQLite) runs underneath. Each returns the provider row as it now is, so the
+caller's cache learns the truth without another read.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from sqlalchemy import Table, and_, bindparam, delete, or_, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from controlplane.db.models import Allocation, ResourceProvider
+from controlplane.scheduler.hoststate import (
+    HostState,
+    Inventory,
+    InventoryUpdate,
+    ResourceClass,
+    Resources,
+)
+
+log = logging.getLogger(__name__)
+
+RP = cast(Table, ResourceProvider.__table__)
+ALLOC = cast(Table, Allocation.__table__)
+
+# Column prefix of each resource class in resource_providers.
+_PREFIX = {
+    ResourceClass.VCPU: "vcpu",
+    ResourceClass.MEMORY_MB: "memory_mb",
+    ResourceClass.DISK_GB: "disk_gb",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite hands timestamps back without a zone; Loom stores UTC everywhere.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def host_from_row(row: Row[Any] | Mapping[str, Any]) -> HostState:
+    m = row._mapping if isinstance(row, Row) else row
+
+    def inv(p: str) -> Inventory:
+        return Inventory(
+            total=int(m[f"{p}_total"]),
+            reserved=int(m[f"{p}_reserved"]),
+            ratio=float(m[f"{p}_ratio"]),
+            used=int(m[f"{p}_used"]),
+        )
+
+    return HostState(
+        id=int(m["id"]),
+        name=m["name"],
+        uuid=m["uuid"],
+        availability_zone=m["availability_zone"],
+        vcpu=inv("vcpu"),
+        memory_mb=inv("memory_mb"),
+        disk_gb=inv("disk_gb"),
+        allocation_count=int(m["allocation_count"]),
+        enabled=bool(m["enabled"]),
+        disabled_reason=m["disabled_reason"],
+        last_heartbeat_at=_aware(m["last_heartbeat_at"]),
+        compute_endpoint=m["compute_endpoint"],
+        generation=int(m["generation"]),
+        hypervisor_type=m["hypervisor_type"],
+        hypervisor_version=int(m["hypervisor_version"]),
+        host_ip=m["host_ip"],
+        cpu_info=m["cpu_info"],
+    )
+
+
+class ClaimStatus(enum.Enum):
+    """How a claim ended."""
+
+    # Resources are now held for the consumer on the host asked for.
+    CLAIMED = "claimed"
+    # The consumer already held an allocation (maybe on another host); nothing changed.
+    EXISTING = "existing"
+    # The host had no room when the claim ran (another claim got there first).
+    NO_ROOM = "no_room"
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    """A claim's outcome. `host` is the provider as it now is (CLAIMED), or the host that
+    holds the existing allocation (EXISTING), or None (NO_ROOM)."""
+
+    status: ClaimStatus
+    host: HostState | None = None
+    existing: Resources | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseResult:
+    """A release's outcome: the provider as it now is when this call freed something."""
+
+    released: bool
+    host: HostState | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationRecord:
+    """What one consumer holds on one host."""
+
+    host: str
+    resources: Resources
+
+
+def _insert_for(conn: AsyncConnection, table: Table) -> Any:
+    # ON CONFLICT exists in both dialects, under the same API, but in separate modules.
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+def _room_condition(table: Any, amounts: Mapping[ResourceClass, Any]) -> Any:
+    """used + n <= total x ratio - reserved for every class: the CHECK constraints' own terms."""
+    return and_(
+        *(
+            table.c[f"{p}_used"] + amounts[rc]
+            <= table.c[f"{p}_total"] * table.c[f"{p}_ratio"] - table.c[f"{p}_reserved"]
+            for rc, p in _PREFIX.items()
+        )
+    )
+
+
+# Claims run thousands of times a second: their statements are built once, with bound
+# parameters, so each claim only binds values (SQLAlchemy caches the compiled SQL).
+_CLAIM_UPDATE = (
+    update(RP)
+    .where(
+        RP.c.id == bindparam("host_id"),
+        _room_condition(RP, {rc: bindparam(f"n_{p}") for rc, p in _PREFIX.items()}),
+    )
+    .values(
+        {
+            **{f"{p}_used": RP.c[f"{p}_used"] + bindparam(f"n_{p}") for p in _PREFIX.values()},
+            "allocation_count": RP.c.allocation_count + 1,
+            "generation": RP.c.generation + 1,
+        }
+    )
+    .returning(*RP.c)
+)
+_ALLOCATION_INSERTS: dict[str, Any] = {}
+
+
+def _allocation_insert(dialect: str) -> Any:
+    """INSERT INTO allocations ... ON CONFLICT (consumer_id) DO NOTHING RETURNING id."""
+    stmt = _ALLOCATION_INSERTS.get(dialect)
+    if stmt is None:
+        base = postgresql.insert(ALLOC) if dialect == "postgresql" else sqlite.insert(ALLOC)
+        stmt = base.on_conflict_do_nothing(index_elements=["consumer_id"]).returning(ALLOC.c.id)
+        _ALLOCATION_INSERTS[dialect] = stmt
+    return stmt
+
+
+class ProviderStore:
+    """Reads and atomic writes of resource providers and allocations."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._pg = engine.dialect.name == "postgresql"
+        # Single-statement writes need no BEGIN/COMMIT round trips of their own.
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    # ------------------------------------------------------------------ reads
+
+    async def load_hosts(self) -> list[HostState]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(RP).order_by(RP.c.name))).all()
+        return [host_from_row(r) for r in rows]
+
+    async def load_host(self, name: str) -> HostState | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(RP).where(RP.c.name == name))).first()
+        return host_from_row(row) if row is not None else None
+
+    async def allocations_of(self, consumer_id: str) -> list[AllocationRecord]:
+        stmt = (
+            select(RP.c.name, ALLOC.c.vcpus, ALLOC.c.memory_mb, ALLOC.c.disk_gb)
+            .join(RP, RP.c.id == ALLOC.c.provider_id)
+            .where(ALLOC.c.consumer_id == consumer_id)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [AllocationRecord(r.name, Resources(r.vcpus, r.memory_mb, r.disk_gb)) for r in rows]
+
+    # ------------------------------------------------------------------ claims
+
+    async def claim(
+        self, host_id: int, consumer_id: str, project_id: str, wanted: Resources
+    ) -> ClaimResult:
+        """Claims `wanted` for the consumer on the host, atomically.
+
+        Postconditions: CLAIMED means one allocation row exists and the host's usage grew by
+        exactly `wanted`, never beyond total x ratio - reserved, whatever ran concurrently.
+        EXISTING and NO_ROOM mean nothing changed. Idempotent per consumer.
+        On PostgreSQL one statement (one round trip); elsewhere two and a commit.
+        """
+        if self._pg:
+            return await self._claim_in_one_statement(host_id, consumer_id, project_id, wanted)
+        async with self.engine.begin() as conn:
+            # The allocation goes in first: the unique consumer_id makes a repeated claim
+            # (or a concurrent twin) fall through to EXISTING before any usage changes.
+            inserted = await conn.execute(
+                _allocation_insert(conn.dialect.name),
+                {
+                    "consumer_id": consumer_id,
+                    "provider_id": host_id,
+                    "project_id": project_id,
+                    "vcpus": wanted.vcpus,
+                    "memory_mb": wanted.memory_mb,
+                    "disk_gb": wanted.disk_gb,
+                    "created_at": utcnow(),
+                },
+            )
+            if inserted.first() is None:
+                return await self._existing(conn, consumer_id)
+            claimed = await conn.execute(
+                _CLAIM_UPDATE,
+                {
+                    "host_id": host_id,
+                    "n_vcpu": wanted.vcpus,
+                    "n_memory_mb": wanted.memory_mb,
+                    "n_disk_gb": wanted.disk_gb,
+                },
+            )
+            row = claimed.first()
+            if row is None:
+                # No room: undo the allocation row with the rest of the transaction.
+                await conn.rollback()
+                return ClaimResult(ClaimStatus.NO_ROOM)
+            return ClaimResult(ClaimStatus.CLAIMED, host_from_row(row))
+
+    async def _claim_in_one_statement(
+        self, host_id: int, consumer_id: str, project_id: str, wanted: Resources
+    ) -> ClaimResult:
+        params = {
+            "host_id": host_id,
+            "consumer_id": consumer_id,
+            "project_id": project_id,
+            "n_vcpu": wanted.vcpus,
+            "n_memory_mb": wanted.memory_mb,
+            "n_disk_gb": wanted.disk_gb,
+            "now": utcnow(),
+        }
+        try:
+            async with self._autocommit.connect() as conn:
+                row = (await conn.execute(_PG_CLAIM, params)).first()
+                if row is not None:
+                    return ClaimResult(ClaimStatus.CLAIMED, host_from_row(row))
+                return await self._existing(conn, consumer_id)
+        except IntegrityError:
+            # A concurrent claim for the same consumer committed first: the unique
+            # consumer_id rolled this whole statement back, usage included.
+            async with self.engine.connect() as conn:
+                return await self._existing(conn, consumer_id)
+
+    async def _existing(self, conn: AsyncConnection, consumer_id: str) -> ClaimResult:
+        stmt = (
+            select(
+                RP, ALLOC.c.vcpus, ALLOC.c.memory_mb.label("a_mem"), ALLOC.c.disk_gb.label("a_disk")
+            )
+            .join(ALLOC, RP.c.id == ALLOC.c.provider_id)
+            .where(ALLOC.c.consumer_id == consumer_id)
+        )
+        row = (await conn.execute(stmt)).first()
+        await conn.rollback()
+        if row is None:
+            # No allocation: the host had no room (or the consumer's allocation was
+            # released meanwhile; the caller may simply try again).
+            return ClaimResult(ClaimStatus.NO_ROOM)
+        held = Resources(row.vcpus, row.a_mem, row.a_disk)
+        return ClaimResult(ClaimStatus.EXISTING, host_from_row(row), held)
+
+    async def release(self, consumer_id: str, host_name: str = "") -> ReleaseResult:
+        """Frees the consumer's allocation (only on `host_name` when given).
+
+        Postconditions: the allocation row is gone and the host's usage fell by exactly what
+        it held, once: usage only falls for the row this call's DELETE returned, so two
+        concurrent releases free it once. Succeeds (released=False) when there is none.
+        On PostgreSQL one statement; elsewhere two and a commit.
+        """
+        if self._pg:
+            async with self._autocommit.connect() as conn:
+                params = {"consumer_id": consumer_id, "host": host_name}
+                row = (await conn.execute(_PG_RELEASE, params)).first()
+            if row is None:
+                return ReleaseResult(False)
+            return ReleaseResult(True, host_from_row(row))
+        async with self.engine.begin() as conn:
+            cond = [ALLOC.c.consumer_id == consumer_id]
+            if host_name:
+                cond.append(
+                    ALLOC.c.provider_id
+                    == select(RP.c.id).where(RP.c.name == host_name).scalar_subquery()
+                )
+            deleted = (
+                await conn.execute(
+                    delete(ALLOC)
+                    .where(*cond)
+                    .returning(
+                        ALLOC.c.provider_id, ALLOC.c.vcpus, ALLOC.c.memory_mb, ALLOC.c.disk_gb
+                    )
+                )
+            ).first()
+            if deleted is None:
+                return ReleaseResult(False)
+            freed = Resources(deleted.vcpus, deleted.memory_mb, deleted.disk_gb)
+            upd = (
+                update(RP)
+                .where(RP.c.id == deleted.provider_id)
+                .values(
+                    {
+                        **{
+                            f"{p}_used": RP.c[f"{p}_used"] - freed.amount(rc)
+                            for rc, p in _PREFIX.items()
+                        },
+                        "allocation_count": RP.c.allocation_count - 1,
+                        "generation": RP.c.generation + 1,
+                    }
+                )
+                .returning(*RP.c)
+            )
+            row = (await conn.execute(upd)).first()
+        return ReleaseResult(True, host_from_row(row) if row is not None else None)
+
+    # ------------------------------------------------------------------ inventory
+
+    async def upsert_inventory(self, inv: InventoryUpdate) -> HostState | None:
+        """Creates the provider, or updates its capacity and agent facts.
+
+        Postconditions: the stored host carries `inv`'s totals, reserved amounts and ratios;
+        None (and nothing changed) when the new capacity would be below what is already
+        used on an existing host.
+        """
+        now = utcnow()
+        capacity: dict[str, Any] = {}
+        for rc, p in _PREFIX.items():
+            i = _inventory_of(inv, rc)
+            capacity |= {f"{p}_total": i.total, f"{p}_reserved": i.reserved, f"{p}_ratio": i.ratio}
+        facts = {
+            "hypervisor_type": inv.hypervisor_type,
+            "hypervisor_version": inv.hypervisor_version,
+            "compute_endpoint": inv.compute_endpoint,
+            "host_ip": inv.host_ip,
+            "cpu_info": inv.cpu_info,
+        }
+        async with self.engine.begin() as conn:
+            ins = _insert_for(conn, RP).values(
+                uuid=str(uuid.uuid4()),
+                name=inv.host,
+                availability_zone=inv.availability_zone or None,
+                created_at=now,
+                **capacity,
+                **facts,
+            )
+            exc = ins.excluded
+            # The existing usage must still fit under the new capacity, as the CHECKs demand.
+            fits = and_(
+                *(
+                    RP.c[f"{p}_used"]
+                    <= exc[f"{p}_total"] * exc[f"{p}_ratio"] - exc[f"{p}_reserved"]
+                    for p in _PREFIX.values()
+                )
+            )
+            stmt = ins.on_conflict_do_update(
+                index_elements=["name"],
+                set_={
+                    **{k: exc[k] for k in (*capacity, *facts)},
+                    "updated_at": now,
+                    "generation": RP.c.generation + 1,
+                },
+                where=fits,
+            ).returning(*RP.c)
+            row = (await conn.execute(stmt)).first()
+        if row is None:
+            log.warning("inventory refused: capacity below current usage", extra={"host": inv.host})
+            return None
+        return host_from_row(row)
+
+    # ------------------------------------------------------------------ operator changes
+
+    async def set_enabled(self, name: str, enabled: bool, reason: str) -> HostState | None:
+        """The host, now enabled or disabled; None when there is no such host."""
+        return await self._update_host(
+            name, enabled=enabled, disabled_reason=None if enabled else (reason or None)
+        )
+
+    async def set_availability_zone(self, name: str, zone: str) -> HostState | None:
+        """The host, now in `zone` (the default zone when empty); None when no such host."""
+        return await self._update_host(name, availability_zone=zone or None)
+
+    async def _update_host(self, name: str, **values: Any) -> HostState | None:
+        stmt = (
+            update(RP)
+            .where(RP.c.name == name)
+            .values(**values, updated_at=utcnow(), generation=RP.c.generation + 1)
+            .returning(*RP.c)
+        )
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(stmt)).first()
+        return host_from_row(row) if row is not None else None
+
+    # ------------------------------------------------------------------ liveness
+
+    async def record_heartbeats(self, seen: Mapping[str, datetime]) -> None:
+        """Stores the latest heartbeat time per host, in one statement batch.
+
+        Never moves a host's last_heartbeat_at backwards (another replica may have newer).
+        Hosts with no provider yet are skipped.
+        """
+        if not seen:
+            return
+        stmt = (
+            update(RP)
+            .where(
+                RP.c.name == bindparam("host"),
+                or_(RP.c.last_heartbeat_at.is_(None), RP.c.last_heartbeat_at < bindparam("at")),
+            )
+            .values(last_heartbeat_at=bindparam("at"))
+        )
+        params: Sequence[dict[str, Any]] = [{"host": h, "at": at} for h, at in seen.items()]
+        async with self.engine.begin() as conn:
+            await conn.execute(stmt, params)
+
+
+# PostgreSQL claims in one statement: the UPDATE checks room (the CHECK constraints' own
+# terms) and that the consumer holds nothing yet; the INSERT adds the allocation for the
+# row the UPDATE returned. A concurrent twin claim fails on the unique consumer_id and the
+# whole statement, usage included, rolls back.
+_PG_CLAIM = text(
+    """
+    WITH upd AS (
+        UPDATE resource_providers
+           SET vcpu_used = vcpu_used + :n_vcpu,
+               memory_mb_used = memory_mb_used + :n_memory_mb,
+               disk_gb_used = disk_gb_used + :n_disk_gb,
+               allocation_count = allocation_count + 1,
+               generation = generation + 1
+         WHERE id = :host_id
+           AND NOT EXISTS (SELECT 1 FROM allocations WHERE consumer_id = :consumer_id)
+           AND vcpu_used + :n_vcpu <= vcpu_total * vcpu_ratio - vcpu_reserved
+           AND memory_mb_used + :n_memory_mb
+               <= memory_mb_total * memory_mb_ratio - memory_mb_reserved
+           AND disk_gb_used + :n_disk_gb <= disk_gb_total * disk_gb_ratio - disk_gb_reserved
+        RETURNING *
+    ), ins AS (
+        INSERT INTO allocations
+               (consumer_id, provider_id, project_id, vcpus, memory_mb, disk_gb, created_at)
+        SELECT :consumer_id, id, :project_id, :n_vcpu, :n_memory_mb, :n_disk_gb, :now FROM upd
+        RETURNING id
+    )
+    SELECT * FROM upd
+    """
+)
+# Usage falls only for the allocation row this statement's DELETE returned: exactly once.
+_PG_RELEASE = text(
+    """
+    WITH del AS (
+        DELETE FROM allocations
+         WHERE consumer_id = :consumer_id
+           AND (CAST(:host AS text) = ''
+                OR provider_id = (SELECT id FROM resource_providers WHERE name = :host))
+        RETURNING provider_id, vcpus, memory_mb, disk_gb
+    )
+    UPDATE resource_providers AS rp
+       SET vcpu_used = rp.vcpu_used - del.vcpus,
+           memory_mb_used = rp.memory_mb_used - del.memory_mb,
+           disk_gb_used = rp.disk_gb_used - del.disk_gb,
+           allocation_count = rp.allocation_count - 1,
+           generation = rp.generation + 1
+      FROM del
+     WHERE rp.id = del.provider_id
+    RETURNING rp.*
+    """
+)
+
+
+def _inventory_of(inv: InventoryUpdate, rc: ResourceClass) -> Inventory:
+    if rc is ResourceClass.VCPU:
+        return inv.vcpu
+    if rc is ResourceClass.MEMORY_MB:
+        return inv.memory_mb
+    return inv.disk_gb

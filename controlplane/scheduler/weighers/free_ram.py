@@ -1,0 +1,16 @@
+"""Prefers hosts with more free memory: spreads with a positive factor, stacks with a
+negative one."""
+
+from __future__ import annotations
+
+from controlplane.scheduler.hoststate import HostState
+from controlplane.scheduler.request import CycleState
+
+NAME = "free_ram"
+
+
+class FreeRamWeigher:
+    name = NAME
+
+    def weigh_host(self, host: HostState, cycle: CycleState) -> float:
+        return float(host.memory_mb.free)
