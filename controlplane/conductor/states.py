@@ -7,6 +7,7 @@ from (vm_state, task_state), never stored.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 
 
@@ -89,19 +90,30 @@ def derive_status(vm_state: str, task_state: str | None) -> Status:
     return _BY_VM_STATE[vm]
 
 
-def status_vm_states(status: Status) -> tuple[set[str], set[str] | None]:
-    """The (vm_states, task_states) a status filter matches; task_states None means any.
+@dataclass(frozen=True)
+class StatusFilter:
+    """The rows a status filter matches: vm_state in vm_states, and task_state in only_tasks
+    (when given) and not in except_tasks. Lets a status filter run as a WHERE clause."""
 
-    Used to turn a status filter into a WHERE clause instead of filtering rows in Python.
-    """
-    if status is Status.REBOOT:
-        return {VmState.ACTIVE.value}, {TaskState.REBOOTING.value}
-    if status is Status.HARD_REBOOT:
-        return {v.value for v, t in _BY_TASK if t is TaskState.REBOOTING_HARD}, {
-            TaskState.REBOOTING_HARD.value
-        }
-    states = {vm.value for vm, st in _BY_VM_STATE.items() if st is status}
-    return states, None
+    vm_states: frozenset[str]
+    only_tasks: frozenset[str] | None
+    except_tasks: frozenset[str]
+
+
+def status_filter(status: Status) -> StatusFilter:
+    """Exactly the (vm_state, task_state) pairs whose derived status is `status`."""
+    special = [(vm, task) for (vm, task), st in _BY_TASK.items() if st is status]
+    if special:
+        return StatusFilter(
+            frozenset(vm.value for vm, _ in special),
+            frozenset(task.value for _, task in special),
+            frozenset(),
+        )
+    vm_states = frozenset(vm.value for vm, st in _BY_VM_STATE.items() if st is status)
+    # Tasks that make these vm_states show another status (an active server rebooting
+    # shows REBOOT, not ACTIVE).
+    excluded = frozenset(task.value for (vm, task) in _BY_TASK if vm.value in vm_states)
+    return StatusFilter(vm_states, None, excluded)
 
 
 class InvalidState(Exception):

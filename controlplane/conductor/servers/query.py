@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.conductor.convert import STATUS_FROM_PB, VM_STATE_FROM_PB, aware
 from controlplane.conductor.errors import InvalidArgument, NotFound
-from controlplane.conductor.states import status_vm_states
+from controlplane.conductor.states import status_filter
 from controlplane.db.models import Instance
 
 
@@ -96,10 +96,15 @@ def _where(request: conductor_pb2.ListServersRequest) -> list[ColumnElement[bool
     if request.statuses:
         alternatives: list[ColumnElement[bool]] = []
         for pb in request.statuses:
-            vm_states, task_states = status_vm_states(STATUS_FROM_PB[pb])
-            clause: ColumnElement[bool] = Instance.vm_state.in_(vm_states)
-            if task_states is not None:
-                clause = and_(clause, Instance.task_state.in_(task_states))
+            f = status_filter(STATUS_FROM_PB[pb])
+            clause: ColumnElement[bool] = Instance.vm_state.in_(f.vm_states)
+            if f.only_tasks is not None:
+                clause = and_(clause, Instance.task_state.in_(f.only_tasks))
+            if f.except_tasks:
+                clause = and_(
+                    clause,
+                    or_(Instance.task_state.is_(None), Instance.task_state.not_in(f.except_tasks)),
+                )
             alternatives.append(clause)
         cond.append(or_(*alternatives))
     return cond
