@@ -112,7 +112,7 @@ async def stack(pg_url: str, fresh_nats: NatsServerProcess) -> AsyncIterator[Har
             await asyncio.wait(h.tasks, timeout=5)
             for t in h.tasks:
                 t.cancel()
-            await nc.drain()
+            await nc.close()
 
 
 class Agent:
