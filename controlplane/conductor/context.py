@@ -4,9 +4,7 @@ the scheduler client (gRPC only: the conductor never imports the scheduler's cod
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TypeVar
 
 import grpc
 from loom.common.v1 import common_pb2
@@ -17,8 +15,6 @@ from controlplane.conductor.outbox import Wakeup
 from controlplane.config import LoomConfig
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 class SchedulerClient:
@@ -112,7 +108,3 @@ def resources_of(
     """Placement's view of a flavor: swap counts as disk, rounded up to whole GiB."""
     disk = root_gb + ephemeral_gb + (swap_mb + 1023) // 1024
     return common_pb2.Resources(vcpus=vcpus, memory_mb=memory_mb, disk_gb=disk)
-
-
-def first(items: Iterable[T]) -> T | None:
-    return next(iter(items), None)

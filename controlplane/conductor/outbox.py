@@ -102,34 +102,31 @@ class Relay:
         self._timeout = publish_timeout
 
     async def relay_once(self) -> int:
-        """Publishes one batch; returns how many rows were published and deleted.
+        """Publishes one batch; returns how many rows were published and removed.
 
-        Rows whose publish failed stay queued. Only the acked prefix is deleted, so a later
-        row never leaves the outbox before an earlier one that failed; PublishFailed is
-        raised after that prefix is committed.
+        The batch is taken with ONE statement (DELETE ... RETURNING of the oldest rows, locked
+        with SKIP LOCKED on PostgreSQL so other relays take other rows) in a transaction that
+        stays open while JetStream acks. Every ack in → commit. Any publish failed → rollback:
+        all rows of the batch are queued again (the ones already published will be sent
+        again and dropped by JetStream as duplicates) and PublishFailed is raised.
         """
-        published, failure = await self._relay_batch()
-        if failure is not None:
-            raise PublishFailed(f"{published} published, then: {failure}") from failure
-        return published
-
-    async def _relay_batch(self) -> tuple[int, BaseException | None]:
         async with self._sessions() as session, session.begin():
-            stmt = (
-                select(
+            oldest = select(OutboxMessage.id).order_by(OutboxMessage.id).limit(self._batch)
+            if session.get_bind().dialect.name == "postgresql":
+                oldest = oldest.with_for_update(skip_locked=True)
+            taken = await session.execute(
+                delete(OutboxMessage)
+                .where(OutboxMessage.id.in_(oldest.scalar_subquery()))
+                .returning(
                     OutboxMessage.id,
                     OutboxMessage.subject,
                     OutboxMessage.msg_id,
                     OutboxMessage.payload,
                 )
-                .order_by(OutboxMessage.id)
-                .limit(self._batch)
             )
-            if session.get_bind().dialect.name == "postgresql":
-                stmt = stmt.with_for_update(skip_locked=True)
-            rows = (await session.execute(stmt)).all()
+            rows = sorted(taken.all(), key=lambda r: r.id)  # RETURNING has no order
             if not rows:
-                return 0, None
+                return 0
             # Pipelined: every publish is sent before any ack is awaited; tasks start in
             # creation order, so JetStream receives them in id order.
             results = await asyncio.gather(
@@ -144,16 +141,12 @@ class Relay:
                 ),
                 return_exceptions=True,
             )
-            done: list[int] = []
-            failure: BaseException | None = None
-            for row, result in zip(rows, results, strict=True):
-                if isinstance(result, BaseException):
-                    failure = result
-                    break
-                done.append(row.id)
-            if done:
-                await session.execute(delete(OutboxMessage).where(OutboxMessage.id.in_(done)))
-            return len(done), failure
+            failures = [r for r in results if isinstance(r, BaseException)]
+            if failures:
+                raise PublishFailed(
+                    f"{len(failures)} of {len(rows)} publishes failed: {failures[0]!r}"
+                )
+            return len(rows)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relays until stop is set: at once after a local commit, else every poll interval

@@ -5,12 +5,14 @@ Usage is counted, never stored (Nova's "counted quotas"): there is no usage reco
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 from loom.conductor.v1 import conductor_pb2, conductor_pb2_grpc
-from sqlalchemy import and_, func, select
+from sqlalchemy import ScalarSelect, Subquery, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.conductor.dialect import upsert_insert
@@ -93,32 +95,46 @@ class ProjectQuota:
         return min(room) if room else None
 
 
-async def load_project_quota(
-    session: AsyncSession, project_id: str, cfg: ConductorConfig
-) -> ProjectQuota:
-    """Limits and instance usage of a project in ONE statement (scalar subqueries for the
-    overrides ride along with the usage count)."""
-    live = and_(Instance.project_id == project_id, Instance.deleted.is_(False))
-    overrides = {
-        r: select(Quota.hard_limit)
-        .where(Quota.project_id == project_id, Quota.resource == r)
+def usage_columns(project_id: str) -> tuple[Subquery, list[ScalarSelect[Any]]]:
+    """A one-row derived table with the project's instance usage (count, cores, ram) and
+    scalar subqueries for its instances/cores/ram overrides, to join into another query."""
+    usage = (
+        select(
+            func.count(Instance.id).label("instances"),
+            func.coalesce(func.sum(Instance.vcpus), 0).label("cores"),
+            func.coalesce(func.sum(Instance.memory_mb), 0).label("ram"),
+        )
+        .where(Instance.project_id == project_id, Instance.deleted.is_(False))
+        .subquery("usage")
+    )
+    overrides = [override(project_id, r) for r in ("instances", "cores", "ram")]
+    return usage, overrides
+
+
+def override(project_id: str, resource: str) -> ScalarSelect[Any]:
+    return (
+        select(Quota.hard_limit)
+        .where(Quota.project_id == project_id, Quota.resource == resource)
         .scalar_subquery()
-        for r in ("instances", "cores", "ram")
-    }
-    stmt = select(
-        func.count(Instance.id),
-        func.coalesce(func.sum(Instance.vcpus), 0),
-        func.coalesce(func.sum(Instance.memory_mb), 0),
-        overrides["instances"],
-        overrides["cores"],
-        overrides["ram"],
-    ).where(live)
-    row = (await session.execute(stmt)).one()
+    )
+
+
+def project_quota_from(row: Sequence[Any], cfg: ConductorConfig) -> ProjectQuota:
+    """Builds the quota from (instances, cores, ram, instances_limit, cores_limit, ram_limit)."""
     limits = default_limits(cfg)
-    for name, value in zip(("instances", "cores", "ram"), row[3:], strict=True):
+    for name, value in zip(("instances", "cores", "ram"), row[3:6], strict=True):
         if value is not None:
             limits[name] = int(value)
     return ProjectQuota(limits, InstanceUsage(int(row[0]), int(row[1]), int(row[2])))
+
+
+async def load_project_quota(
+    session: AsyncSession, project_id: str, cfg: ConductorConfig
+) -> ProjectQuota:
+    """Limits and instance usage of a project in ONE statement."""
+    usage, overrides = usage_columns(project_id)
+    row = (await session.execute(select(*usage.c, *overrides))).one()
+    return project_quota_from(tuple(row), cfg)
 
 
 async def limit_of(

@@ -91,8 +91,11 @@ async def serve(cfg: LoomConfig, stop: asyncio.Event, **_options: object) -> Non
         for task in pending:
             with contextlib.suppress(BaseException):
                 await task
+        # The workers are done and their acks sent: flush and close (a drain would wait
+        # on the idle pull subscriptions for its whole timeout).
         with contextlib.suppress(Exception):
-            await nc.drain()
+            await nc.flush(timeout=2)
+        await nc.close()
         await channel.close()
         await engine.dispose()
         log.info("stopped", extra={"service": "conductor"})

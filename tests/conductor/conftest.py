@@ -65,10 +65,17 @@ async def harness(url: str, cfg: LoomConfig | None = None) -> AsyncIterator[Harn
     conductor = Conductor(sessions, cfg, Wakeup(), SchedulerClient(channel, timeout=5.0))
     server = await start_grpc_server("127.0.0.1:0", registrations(conductor))
     client = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-    await add(sessions, make_flavor("1"), make_flavor("big", vcpus=8, memory_mb=8192),
-              make_image(IMAGE_ID))
+    await add(
+        sessions,
+        make_flavor("1"),
+        make_flavor("big", vcpus=8, memory_mb=8192),
+        make_image(IMAGE_ID),
+    )
     h = Harness(
-        engine, sessions, conductor, peer,
+        engine,
+        sessions,
+        conductor,
+        peer,
         conductor_pb2_grpc.ServersServiceStub(client),
         conductor_pb2_grpc.QuotasServiceStub(client),
         conductor_pb2_grpc.FleetServiceStub(client),
@@ -123,14 +130,15 @@ class Agent:
         self.host = host
         self._sub: JetStreamContext.PullSubscription | None = None
 
-    async def next_command(self, timeout: float = 10.0) -> tuple[str, bytes]:
+    async def next_command(self, within: float = 10.0) -> tuple[str, bytes]:
         """The next command for this host: (verb, payload); acked."""
         if self._sub is None:
             self._sub = await self.js.pull_subscribe(
-                bus.compute_host_filter(self.host), durable=f"agent-{self.host}",
+                bus.compute_host_filter(self.host),
+                durable=f"agent-{self.host}",
                 stream=bus.COMPUTE_STREAM,
             )
-        msgs = await self._sub.fetch(1, timeout=timeout)
+        msgs = await self._sub.fetch(1, timeout=within)
         await msgs[0].ack()
         return msgs[0].subject.rsplit(".", 1)[1], msgs[0].data
 
@@ -146,14 +154,15 @@ class Agent:
             request_id=str(uuid.uuid4()), instance_id=instance_id, host=self.host, kind=kind, **kw
         )
         await self.js.publish(
-            bus.instance_event_subject(self.host), event.SerializeToString(),
+            bus.instance_event_subject(self.host),
+            event.SerializeToString(),
             headers={"Nats-Msg-Id": event.request_id},
         )
 
 
-async def eventually(check: Any, timeout: float = 10.0) -> Any:
+async def eventually(check: Any, within: float = 10.0) -> Any:
     """Polls an async predicate until it returns something truthy (never asserts timing)."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within
     while True:
         result = await check()
         if result:

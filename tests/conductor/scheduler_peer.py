@@ -85,10 +85,18 @@ class SchedulerPeer(scheduler_pb2_grpc.SchedulerServiceServicer):
         candidates = list(self.hosts.values())
         rejections: list[scheduler_pb2.FilterRejection] = []
         stages = (
-            ("enabled", lambda h: h.enabled and h.name not in request.ignore_hosts
-             and (not request.force_host or h.name == request.force_host)),
-            ("availability_zone", lambda h: not request.availability_zone
-             or h.zone == request.availability_zone),
+            (
+                "enabled",
+                lambda h: (
+                    h.enabled
+                    and h.name not in request.ignore_hosts
+                    and (not request.force_host or h.name == request.force_host)
+                ),
+            ),
+            (
+                "availability_zone",
+                lambda h: not request.availability_zone or h.zone == request.availability_zone,
+            ),
             ("capacity", lambda h: self._fits(h, request.resources)),
         )
         for name, keep in stages:
@@ -96,7 +104,8 @@ class SchedulerPeer(scheduler_pb2_grpc.SchedulerServiceServicer):
             removed = len(candidates) - len(kept)
             rejections.append(
                 scheduler_pb2.FilterRejection(
-                    filter=name, hosts_removed=removed,
+                    filter=name,
+                    hosts_removed=removed,
                     reasons={f"rejected by {name}": removed} if removed else {},
                 )
             )
@@ -104,7 +113,8 @@ class SchedulerPeer(scheduler_pb2_grpc.SchedulerServiceServicer):
         if not candidates:
             return scheduler_pb2.SelectDestinationsResponse(
                 no_valid_host=scheduler_pb2.NoValidHost(
-                    hosts_considered=len(self.hosts), rejections=rejections,
+                    hosts_considered=len(self.hosts),
+                    rejections=rejections,
                     message="no host fits",
                 )
             )
@@ -113,7 +123,9 @@ class SchedulerPeer(scheduler_pb2_grpc.SchedulerServiceServicer):
         self.claims[request.consumer_id] = Claim(chosen.name, request.resources)
         return scheduler_pb2.SelectDestinationsResponse(
             placement=scheduler_pb2.Placement(
-                selected=scheduler_pb2.Destination(host=chosen.name, node=chosen.name, claimed=True),
+                selected=scheduler_pb2.Destination(
+                    host=chosen.name, node=chosen.name, claimed=True
+                ),
                 alternates=[scheduler_pb2.Destination(host=h.name, node=h.name) for h in rest],
             )
         )
@@ -145,8 +157,13 @@ class SchedulerPeer(scheduler_pb2_grpc.SchedulerServiceServicer):
     def _host_pb(self, h: FakeHost) -> scheduler_pb2.Host:
         v, m, d = self._used(h.name)
         return scheduler_pb2.Host(
-            name=h.name, uuid=f"00000000-0000-0000-0000-{h.id:012d}", id=h.id,
-            availability_zone=h.zone, enabled=h.enabled, disabled_reason=h.reason, up=True,
+            name=h.name,
+            uuid=f"00000000-0000-0000-0000-{h.id:012d}",
+            id=h.id,
+            availability_zone=h.zone,
+            enabled=h.enabled,
+            disabled_reason=h.reason,
+            up=True,
             vcpu=scheduler_pb2.ResourceUsage(total=h.vcpus, used=v, free=h.vcpus - v),
             memory_mb=scheduler_pb2.ResourceUsage(total=h.memory_mb, used=m),
             disk_gb=scheduler_pb2.ResourceUsage(total=h.disk_gb, used=d),
@@ -159,8 +176,11 @@ class SchedulerPeer(scheduler_pb2_grpc.SchedulerServiceServicer):
     ) -> scheduler_pb2.ListHostsResponse:
         await self._abort_if_down(context)
         return scheduler_pb2.ListHostsResponse(
-            hosts=[self._host_pb(h) for h in sorted(self.hosts.values(), key=lambda h: h.name)
-                   if request.name_contains in h.name]
+            hosts=[
+                self._host_pb(h)
+                for h in sorted(self.hosts.values(), key=lambda h: h.name)
+                if request.name_contains in h.name
+            ]
         )
 
     async def GetHost(
@@ -181,15 +201,18 @@ class SchedulerPeer(scheduler_pb2_grpc.SchedulerServiceServicer):
         return scheduler_pb2.SetHostEnabledResponse(host=self._host_pb(host))
 
     async def ListAvailabilityZones(
-        self, request: scheduler_pb2.ListAvailabilityZonesRequest,
+        self,
+        request: scheduler_pb2.ListAvailabilityZonesRequest,
         context: grpc.aio.ServicerContext,
     ) -> scheduler_pb2.ListAvailabilityZonesResponse:
         zones: dict[str, list[str]] = {}
         for h in self.hosts.values():
             zones.setdefault(h.zone, []).append(h.name)
         return scheduler_pb2.ListAvailabilityZonesResponse(
-            zones=[scheduler_pb2.AvailabilityZone(name=z, available=True, hosts=sorted(hs))
-                   for z, hs in sorted(zones.items())]
+            zones=[
+                scheduler_pb2.AvailabilityZone(name=z, available=True, hosts=sorted(hs))
+                for z, hs in sorted(zones.items())
+            ]
         )
 
 
@@ -198,6 +221,11 @@ async def start_scheduler_peer(peer: SchedulerPeer) -> RunningServer:
 
     return await start_grpc_server(
         "127.0.0.1:0",
-        [Registration(peer, scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server,
-                      "loom.scheduler.v1.SchedulerService")],
+        [
+            Registration(
+                peer,
+                scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server,
+                "loom.scheduler.v1.SchedulerService",
+            )
+        ],
     )

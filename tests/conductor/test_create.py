@@ -45,26 +45,76 @@ async def counts(sessions: async_sessionmaker[AsyncSession]) -> tuple[int, int, 
 @pytest.mark.parametrize(
     ("over", "setup", "code", "words"),
     [
-        pytest.param({"flavor_id": "nope"}, None, grpc.StatusCode.INVALID_ARGUMENT, "Flavor",
-                     id="a missing flavor is an invalid argument"),
-        pytest.param({"image_id": "00000000-0000-0000-0000-000000000000"}, None,
-                     grpc.StatusCode.INVALID_ARGUMENT, "Image", id="a missing image"),
-        pytest.param({"flavor_id": "off"}, "disabled_flavor", grpc.StatusCode.INVALID_ARGUMENT,
-                     "disabled", id="a disabled flavor"),
-        pytest.param({"image_id": "22222222-2222-2222-2222-222222222222"}, "queued_image",
-                     grpc.StatusCode.INVALID_ARGUMENT, "not active", id="an image not active"),
-        pytest.param({"image_id": "33333333-3333-3333-3333-333333333333"}, "private_image",
-                     grpc.StatusCode.INVALID_ARGUMENT, "Image", id="another project's image"),
-        pytest.param({"key_name": "absent"}, None, grpc.StatusCode.INVALID_ARGUMENT, "key_name",
-                     id="an unknown keypair"),
-        pytest.param({"min_count": 3, "max_count": 2}, None, grpc.StatusCode.INVALID_ARGUMENT,
-                     "min_count", id="min_count above max_count"),
-        pytest.param({"min_count": 11}, None, grpc.StatusCode.RESOURCE_EXHAUSTED, "instances",
-                     id="more instances than the quota"),
-        pytest.param({"flavor_id": "big", "min_count": 3}, None,
-                     grpc.StatusCode.RESOURCE_EXHAUSTED, "cores", id="more cores than the quota"),
-        pytest.param({"flavor_id": "1"}, "ram_quota", grpc.StatusCode.RESOURCE_EXHAUSTED, "ram",
-                     id="more ram than the project's own limit"),
+        pytest.param(
+            {"flavor_id": "nope"},
+            None,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Flavor",
+            id="a missing flavor is an invalid argument",
+        ),
+        pytest.param(
+            {"image_id": "00000000-0000-0000-0000-000000000000"},
+            None,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Image",
+            id="a missing image",
+        ),
+        pytest.param(
+            {"flavor_id": "off"},
+            "disabled_flavor",
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "disabled",
+            id="a disabled flavor",
+        ),
+        pytest.param(
+            {"image_id": "22222222-2222-2222-2222-222222222222"},
+            "queued_image",
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "not active",
+            id="an image not active",
+        ),
+        pytest.param(
+            {"image_id": "33333333-3333-3333-3333-333333333333"},
+            "private_image",
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Image",
+            id="another project's image",
+        ),
+        pytest.param(
+            {"key_name": "absent"},
+            None,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "key_name",
+            id="an unknown keypair",
+        ),
+        pytest.param(
+            {"min_count": 3, "max_count": 2},
+            None,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "min_count",
+            id="min_count above max_count",
+        ),
+        pytest.param(
+            {"min_count": 11},
+            None,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "instances",
+            id="more instances than the quota",
+        ),
+        pytest.param(
+            {"flavor_id": "big", "min_count": 3},
+            None,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "cores",
+            id="more cores than the quota",
+        ),
+        pytest.param(
+            {"flavor_id": "1"},
+            "ram_quota",
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "ram",
+            id="more ram than the project's own limit",
+        ),
     ],
 )
 async def test_an_invalid_create_fails_with_its_code_and_writes_nothing(
@@ -75,8 +125,12 @@ async def test_an_invalid_create_fails_with_its_code_and_writes_nothing(
     elif setup == "queued_image":
         await add(pg.sessions, make_image("22222222-2222-2222-2222-222222222222", status="queued"))
     elif setup == "private_image":
-        await add(pg.sessions, make_image("33333333-3333-3333-3333-333333333333",
-                                          visibility="private", owner="someone-else"))
+        await add(
+            pg.sessions,
+            make_image(
+                "33333333-3333-3333-3333-333333333333", visibility="private", owner="someone-else"
+            ),
+        )
     elif setup == "ram_quota":
         await add(pg.sessions, Quota(project_id=PROJECT, resource="ram", hard_limit=100))
     with pytest.raises(grpc.aio.AioRpcError) as info:

@@ -36,8 +36,11 @@ async def test_heartbeats_on_nats_become_services_that_are_up(pg: Harness, nc: N
                 await nc.publish(bus.heartbeat_subject(host), beat.SerializeToString())
             await nc.flush()
             found = await services(pg)
-            return found if ("beat-1", "loom-compute") in found and (
-                "beat-2", "loom-compute") in found else None
+            return (
+                found
+                if ("beat-1", "loom-compute") in found and ("beat-2", "loom-compute") in found
+                else None
+            )
 
         found = await eventually(both)
         assert found is not None
@@ -65,8 +68,12 @@ async def test_many_heartbeats_are_written_in_one_statement(pg: Harness) -> None
 
 async def test_a_service_whose_heartbeats_stopped_is_down(pg: Harness) -> None:
     old = datetime.now(UTC) - timedelta(seconds=pg.conductor.cfg.conductor.service_down_time + 5)
-    await add(pg.sessions, make_service("stale", last_seen_up=old), make_service("fresh"),
-              make_service("forced", forced_down=True))
+    await add(
+        pg.sessions,
+        make_service("stale", last_seen_up=old),
+        make_service("fresh"),
+        make_service("forced", forced_down=True),
+    )
     found = await services(pg)
     assert not found[("stale", "loom-compute")].up
     assert found[("fresh", "loom-compute")].up
@@ -79,17 +86,23 @@ async def test_disabling_a_compute_service_records_the_reason_and_disables_the_h
     pg.peer.add_host("host-1")
     svc = make_service("host-1")
     await add(pg.sessions, svc)
-    resp = await pg.fleet.UpdateService(conductor_pb2.UpdateServiceRequest(
-        id=str(svc.id), enabled=False, disabled_reason="maintenance"))
+    resp = await pg.fleet.UpdateService(
+        conductor_pb2.UpdateServiceRequest(
+            id=str(svc.id), enabled=False, disabled_reason="maintenance"
+        )
+    )
     assert not resp.service.enabled
     assert resp.service.disabled_reason == "maintenance"
     assert not pg.peer.hosts["host-1"].enabled
     assert pg.peer.hosts["host-1"].reason == "maintenance"
     stored = (await services(pg))[("host-1", "loom-compute")]
-    assert stored.disabled_reason == "maintenance" and not stored.enabled
+    assert stored.disabled_reason == "maintenance"
+    assert not stored.enabled
     again = await pg.fleet.UpdateService(
-        conductor_pb2.UpdateServiceRequest(id=svc.uuid, enabled=True))
-    assert again.service.enabled and again.service.disabled_reason == ""
+        conductor_pb2.UpdateServiceRequest(id=svc.uuid, enabled=True)
+    )
+    assert again.service.enabled
+    assert again.service.disabled_reason == ""
     assert pg.peer.hosts["host-1"].enabled
 
 
@@ -119,19 +132,24 @@ async def test_hypervisors_join_the_schedulers_hosts_with_services_and_servers(
     one = await pg.fleet.GetHypervisor(conductor_pb2.GetHypervisorRequest(id=by_name["hv-2"].uuid))
     assert one.hypervisor.hypervisor_hostname == "hv-2"
     page = await pg.fleet.ListHypervisors(conductor_pb2.ListHypervisorsRequest(limit=1))
-    assert len(page.hypervisors) == 1 and page.next_marker
+    assert len(page.hypervisors) == 1
+    assert page.next_marker
 
 
 async def test_detailed_zones_add_the_internal_zone_with_control_plane_services(
     pg: Harness,
 ) -> None:
     pg.peer.add_host("hv-1", zone="az-1")
-    await add(pg.sessions, make_service("hv-1"), make_service("ctl", binary="loom-conductor",
-                                                               zone="internal"))
+    await add(
+        pg.sessions,
+        make_service("hv-1"),
+        make_service("ctl", binary="loom-conductor", zone="internal"),
+    )
     plain = await pg.fleet.ListAvailabilityZones(conductor_pb2.ListAvailabilityZonesRequest())
     assert [z.name for z in plain.zones] == ["az-1"]
     detailed = await pg.fleet.ListAvailabilityZones(
-        conductor_pb2.ListAvailabilityZonesRequest(detailed=True))
+        conductor_pb2.ListAvailabilityZonesRequest(detailed=True)
+    )
     zones = {z.name: z for z in detailed.zones}
     assert [s.host for s in zones["az-1"].services] == ["hv-1"]
     assert [s.binary for s in zones["internal"].services] == ["loom-conductor"]

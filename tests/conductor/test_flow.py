@@ -24,17 +24,19 @@ async def server(h: Harness, sid: str, **kw: Any) -> conductor_pb2.Server:
     return resp.server
 
 
-async def wait_for(h: Harness, sid: str, check: Any, timeout: float = 15.0) -> conductor_pb2.Server:
+async def wait_for(h: Harness, sid: str, check: Any, within: float = 15.0) -> conductor_pb2.Server:
     async def probe() -> conductor_pb2.Server | None:
         s = await server(h, sid, include_deleted=True)
         return s if check(s) else None
 
-    found = await eventually(probe, timeout)
+    found = await eventually(probe, within)
     assert found is not None, await server(h, sid, include_deleted=True)
     return found
 
 
-async def boot(h: Harness, name: str = "web") -> tuple[str, Agent, compute_pb2.BuildInstanceCommand]:
+async def boot(
+    h: Harness, name: str = "web"
+) -> tuple[str, Agent, compute_pb2.BuildInstanceCommand]:
     """Creates one server and returns it with the agent of the host it landed on."""
     assert h.js is not None
     resp = await h.servers.CreateServers(create_request(request_id=f"req-{name}", name=name))
@@ -46,8 +48,12 @@ async def boot(h: Harness, name: str = "web") -> tuple[str, Agent, compute_pb2.B
 
 async def active_server(h: Harness) -> tuple[str, Agent]:
     sid, agent, cmd = await boot(h)
-    await agent.report(sid, K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED, attempt=cmd.attempt,
-                       power_state=compute_pb2.POWER_STATE_RUNNING)
+    await agent.report(
+        sid,
+        K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED,
+        attempt=cmd.attempt,
+        power_state=compute_pb2.POWER_STATE_RUNNING,
+    )
     await wait_for(h, sid, lambda s: s.status == S.SERVER_STATUS_ACTIVE)
     return sid, agent
 
@@ -65,8 +71,12 @@ async def test_a_server_is_scheduled_built_and_becomes_active(stack: Harness) ->
     building = await server(stack, sid)
     assert building.status == S.SERVER_STATUS_BUILD
     assert building.availability_zone == "zone-1"
-    await agent.report(sid, K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED, attempt=1,
-                       power_state=compute_pb2.POWER_STATE_RUNNING)
+    await agent.report(
+        sid,
+        K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED,
+        attempt=1,
+        power_state=compute_pb2.POWER_STATE_RUNNING,
+    )
     done = await wait_for(stack, sid, lambda s: s.status == S.SERVER_STATUS_ACTIVE)
     assert done.task_state == conductor_pb2.TASK_STATE_UNSPECIFIED
     assert done.power_state == compute_pb2.POWER_STATE_RUNNING
@@ -86,7 +96,9 @@ async def test_a_build_failing_on_every_host_ends_in_error_with_each_claim_relea
         assert cmd.attempt == attempt
         tried.append(agent.host)
         await agent.report(
-            sid, K.INSTANCE_EVENT_KIND_BUILD_FAILED, attempt=attempt,
+            sid,
+            K.INSTANCE_EVENT_KIND_BUILD_FAILED,
+            attempt=attempt,
             fault={"code": 500, "message": f"disk full on {agent.host}"},
         )
         if attempt == 3:
@@ -99,7 +111,7 @@ async def test_a_build_failing_on_every_host_ends_in_error_with_each_claim_relea
     assert failed.fault.code == 500
     assert "maximum number of build attempts" in failed.fault.message
     assert "disk full on" in failed.fault.message
-    assert failed.HasField("fault") and failed.fault.HasField("created_at")
+    assert failed.fault.HasField("created_at")
     assert failed.host == ""
     assert dict(stack.peer.releases) == {(sid, h): 1 for h in tried}
     assert stack.peer.claims == {}
@@ -108,7 +120,7 @@ async def test_a_build_failing_on_every_host_ends_in_error_with_each_claim_relea
 async def test_a_failed_build_whose_alternates_are_gone_is_rescheduled(stack: Harness) -> None:
     for name in ("host-a", "host-b", "host-c"):
         stack.peer.add_host(name)
-    sid, agent, cmd = await boot(stack)
+    sid, agent, _ = await boot(stack)
     assert stack.js is not None
     # Every alternate refuses the claim, so the conductor must ask the scheduler afresh,
     # which finds the host that joined after the first placement.
@@ -134,7 +146,8 @@ async def test_a_redelivered_build_failure_changes_nothing_more(stack: Harness) 
     assert stack.js is not None
     await Agent(stack.js, moved.host).build_command()
     after = await server(stack, sid)
-    assert after.attempts == 2 and after.host == moved.host
+    assert after.attempts == 2
+    assert after.host == moved.host
     assert stack.peer.releases[(sid, agent.host)] == 1
 
 
@@ -143,8 +156,7 @@ async def test_no_valid_host_puts_the_server_in_error_saying_which_filters_remov
 ) -> None:
     stack.peer.add_host("tiny", memory_mb=128)
     resp = await stack.servers.CreateServers(create_request())
-    failed = await wait_for(stack, resp.servers[0].id,
-                            lambda s: s.status == S.SERVER_STATUS_ERROR)
+    failed = await wait_for(stack, resp.servers[0].id, lambda s: s.status == S.SERVER_STATUS_ERROR)
     assert failed.fault.code == 500
     assert failed.fault.message.startswith("No valid host was found.")
     assert "capacity removed 1" in failed.fault.message
@@ -174,11 +186,13 @@ async def test_deleting_a_server_before_it_has_a_host_deletes_it_at_once(stack: 
     sid = resp.servers[0].id
     await stack.servers.DeleteServer(conductor_pb2.DeleteServerRequest(id=sid, request_id="d1"))
     gone = await server(stack, sid, include_deleted=True)
-    assert gone.status == S.SERVER_STATUS_DELETED and gone.deleted
+    assert gone.status == S.SERVER_STATUS_DELETED
+    assert gone.deleted
     stack.peer.down = False
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await server(stack, sid)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
     # The queued schedule message finds it deleted and places nothing.
     async def outbox_empty() -> bool:
         async with stack.sessions() as s:
@@ -239,29 +253,56 @@ async def test_stop_start_and_reboot_set_their_tasks_and_settle_on_the_agents_an
     verb, data = await agent.next_command()
     assert verb == "stop"
     assert compute_pb2.StopInstanceCommand.FromString(data).instance_id == sid
-    await agent.report(sid, K.INSTANCE_EVENT_KIND_ACTION_SUCCEEDED, action="stop",
-                       power_state=compute_pb2.POWER_STATE_SHUTDOWN)
-    await wait_for(stack, sid, lambda s: s.status == S.SERVER_STATUS_SHUTOFF
-                   and s.task_state == conductor_pb2.TASK_STATE_UNSPECIFIED)
+    await agent.report(
+        sid,
+        K.INSTANCE_EVENT_KIND_ACTION_SUCCEEDED,
+        action="stop",
+        power_state=compute_pb2.POWER_STATE_SHUTDOWN,
+    )
+    await wait_for(
+        stack,
+        sid,
+        lambda s: (
+            s.status == S.SERVER_STATUS_SHUTOFF
+            and s.task_state == conductor_pb2.TASK_STATE_UNSPECIFIED
+        ),
+    )
 
     await stack.servers.StartServer(conductor_pb2.StartServerRequest(id=sid, request_id="s2"))
     assert (await server(stack, sid)).task_state == conductor_pb2.TASK_STATE_POWERING_ON
     assert (await agent.next_command())[0] == "start"
-    await agent.report(sid, K.INSTANCE_EVENT_KIND_ACTION_SUCCEEDED, action="start",
-                       power_state=compute_pb2.POWER_STATE_RUNNING)
-    await wait_for(stack, sid, lambda s: s.status == S.SERVER_STATUS_ACTIVE
-                   and s.task_state == conductor_pb2.TASK_STATE_UNSPECIFIED)
+    await agent.report(
+        sid,
+        K.INSTANCE_EVENT_KIND_ACTION_SUCCEEDED,
+        action="start",
+        power_state=compute_pb2.POWER_STATE_RUNNING,
+    )
+    await wait_for(
+        stack,
+        sid,
+        lambda s: (
+            s.status == S.SERVER_STATUS_ACTIVE
+            and s.task_state == conductor_pb2.TASK_STATE_UNSPECIFIED
+        ),
+    )
 
     await stack.servers.RebootServer(conductor_pb2.RebootServerRequest(id=sid, request_id="r1"))
     assert (await server(stack, sid)).status == S.SERVER_STATUS_REBOOT
     # A hard reboot may take over a soft one under way.
-    await stack.servers.RebootServer(conductor_pb2.RebootServerRequest(
-        id=sid, request_id="r2", reboot_type=compute_pb2.REBOOT_TYPE_HARD))
+    await stack.servers.RebootServer(
+        conductor_pb2.RebootServerRequest(
+            id=sid, request_id="r2", reboot_type=compute_pb2.REBOOT_TYPE_HARD
+        )
+    )
     assert (await server(stack, sid)).status == S.SERVER_STATUS_HARD_REBOOT
     verbs = [(await agent.next_command())[0], (await agent.next_command())[0]]
     assert verbs == ["reboot", "reboot"]
-    await agent.report(sid, K.INSTANCE_EVENT_KIND_ACTION_SUCCEEDED, action="reboot",
-                       power_state=compute_pb2.POWER_STATE_RUNNING)
+    await agent.report(
+        sid,
+        K.INSTANCE_EVENT_KIND_ACTION_SUCCEEDED,
+        action="reboot",
+        power_state=compute_pb2.POWER_STATE_RUNNING,
+    )
     await wait_for(stack, sid, lambda s: s.status == S.SERVER_STATUS_ACTIVE)
     listed = await stack.servers.ListInstanceActions(
         conductor_pb2.ListInstanceActionsRequest(id=sid)
@@ -271,7 +312,7 @@ async def test_stop_start_and_reboot_set_their_tasks_and_settle_on_the_agents_an
 
 async def test_a_conflicting_action_is_refused_and_changes_nothing(stack: Harness) -> None:
     stack.peer.add_host("host-a")
-    sid, agent = await active_server(stack)
+    sid, _ = await active_server(stack)
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stack.servers.StartServer(conductor_pb2.StartServerRequest(id=sid, request_id="x"))
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -289,8 +330,9 @@ async def test_a_conflicting_action_is_refused_and_changes_nothing(stack: Harnes
 async def test_an_active_server_found_shut_down_becomes_shutoff(stack: Harness) -> None:
     stack.peer.add_host("host-a")
     sid, agent = await active_server(stack)
-    await agent.report(sid, K.INSTANCE_EVENT_KIND_POWER_STATE_CHANGED,
-                       power_state=compute_pb2.POWER_STATE_SHUTDOWN)
+    await agent.report(
+        sid, K.INSTANCE_EVENT_KIND_POWER_STATE_CHANGED, power_state=compute_pb2.POWER_STATE_SHUTDOWN
+    )
     off = await wait_for(stack, sid, lambda s: s.status == S.SERVER_STATUS_SHUTOFF)
     assert off.power_state == compute_pb2.POWER_STATE_SHUTDOWN
 

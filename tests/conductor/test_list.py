@@ -36,19 +36,55 @@ async def names(h: Harness, **kw: Any) -> list[str]:
 async def fleet(pg: Harness) -> Harness:
     await add(
         pg.sessions,
-        make_instance(name="alpha", created_at=at(1), updated_at=at(1), host="h1",
-                      availability_zone="z1", reservation_id="r-aaaaaaaa",
-                      addresses=[{"network": "private", "address": "10.0.0.5", "version": 4}]),
-        make_instance(name="beta", created_at=at(2), updated_at=at(20), host="h2",
-                      vm_state="stopped", power_state=4, image_id="img-b"),
-        make_instance(name="gamma", created_at=at(3), updated_at=at(3), host="h1",
-                      task_state="rebooting", flavor_id="big"),
-        make_instance(name="delta", created_at=at(4), updated_at=at(30), host="h1",
-                      vm_state="deleted", deleted=True),
-        make_instance(name="other", created_at=at(5), updated_at=at(5),
-                      project_id="project-b", user_id="user-b"),
-        make_instance(name="building", created_at=at(6), updated_at=at(6), host=None,
-                      vm_state="building", task_state="scheduling"),
+        make_instance(
+            name="alpha",
+            created_at=at(1),
+            updated_at=at(1),
+            host="h1",
+            availability_zone="z1",
+            reservation_id="r-aaaaaaaa",
+            addresses=[{"network": "private", "address": "10.0.0.5", "version": 4}],
+        ),
+        make_instance(
+            name="beta",
+            created_at=at(2),
+            updated_at=at(20),
+            host="h2",
+            vm_state="stopped",
+            power_state=4,
+            image_id="img-b",
+        ),
+        make_instance(
+            name="gamma",
+            created_at=at(3),
+            updated_at=at(3),
+            host="h1",
+            task_state="rebooting",
+            flavor_id="big",
+        ),
+        make_instance(
+            name="delta",
+            created_at=at(4),
+            updated_at=at(30),
+            host="h1",
+            vm_state="deleted",
+            deleted=True,
+        ),
+        make_instance(
+            name="other",
+            created_at=at(5),
+            updated_at=at(5),
+            project_id="project-b",
+            user_id="user-b",
+        ),
+        make_instance(
+            name="building",
+            created_at=at(6),
+            updated_at=at(6),
+            host=None,
+            vm_state="building",
+            task_state="scheduling",
+        ),
     )
     return pg
 
@@ -56,11 +92,13 @@ async def fleet(pg: Harness) -> Harness:
 async def test_a_project_sees_only_its_own_servers(fleet: Harness) -> None:
     assert await names(fleet, project_id="project-a") == ["building", "gamma", "beta", "alpha"]
     assert await names(fleet, project_id="project-b") == ["other"]
+    other = (
+        await fleet.servers.ListServers(conductor_pb2.ListServersRequest(project_id="project-b"))
+    ).servers[0]
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        other = (await fleet.servers.ListServers(
-            conductor_pb2.ListServersRequest(project_id="project-b"))).servers[0]
         await fleet.servers.GetServer(
-            conductor_pb2.GetServerRequest(id=other.id, project_id="project-a"))
+            conductor_pb2.GetServerRequest(id=other.id, project_id="project-a")
+        )
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
@@ -69,10 +107,16 @@ async def test_a_project_sees_only_its_own_servers(fleet: Harness) -> None:
     [
         pytest.param({"name": "^(al|ga)"}, ["gamma", "alpha"], id="name is a regular expression"),
         pytest.param({"statuses": [S.SERVER_STATUS_SHUTOFF]}, ["beta"], id="status SHUTOFF"),
-        pytest.param({"statuses": [S.SERVER_STATUS_ACTIVE]}, ["alpha"],
-                     id="status ACTIVE excludes a rebooting server"),
-        pytest.param({"statuses": [S.SERVER_STATUS_REBOOT, S.SERVER_STATUS_BUILD]},
-                     ["building", "gamma"], id="several statuses"),
+        pytest.param(
+            {"statuses": [S.SERVER_STATUS_ACTIVE]},
+            ["alpha"],
+            id="status ACTIVE excludes a rebooting server",
+        ),
+        pytest.param(
+            {"statuses": [S.SERVER_STATUS_REBOOT, S.SERVER_STATUS_BUILD]},
+            ["building", "gamma"],
+            id="several statuses",
+        ),
         pytest.param({"host": "h1"}, ["gamma", "alpha"], id="host"),
         pytest.param({"image_id": "img-b"}, ["beta"], id="image"),
         pytest.param({"flavor_id": "big"}, ["gamma"], id="flavor"),
@@ -80,13 +124,22 @@ async def test_a_project_sees_only_its_own_servers(fleet: Harness) -> None:
         pytest.param({"availability_zone": "z1"}, ["alpha"], id="availability zone"),
         pytest.param({"ip": r"10\.0\.0\.5$"}, ["alpha"], id="ip is a regular expression"),
         pytest.param({"vm_states": [conductor_pb2.VM_STATE_STOPPED]}, ["beta"], id="vm state"),
-        pytest.param({"include_deleted": True}, ["building", "delta", "gamma", "beta", "alpha"],
-                     id="deleted servers on request"),
-        pytest.param({"changes_since": stamp(at(10))}, ["delta", "beta"],
-                     id="changes since includes deleted servers"),
+        pytest.param(
+            {"include_deleted": True},
+            ["building", "delta", "gamma", "beta", "alpha"],
+            id="deleted servers on request",
+        ),
+        pytest.param(
+            {"changes_since": stamp(at(10))},
+            ["delta", "beta"],
+            id="changes since includes deleted servers",
+        ),
         pytest.param({"changes_before": stamp(at(3))}, ["gamma", "alpha"], id="changes before"),
-        pytest.param({"sort_key": "name", "sort_dir": "asc"},
-                     ["alpha", "beta", "building", "gamma"], id="sorted by name"),
+        pytest.param(
+            {"sort_key": "name", "sort_dir": "asc"},
+            ["alpha", "beta", "building", "gamma"],
+            id="sorted by name",
+        ),
     ],
 )
 async def test_list_filters(fleet: Harness, filters: dict[str, Any], expected: list[str]) -> None:
@@ -105,7 +158,8 @@ async def test_pages_follow_the_marker_until_the_last_has_no_next_marker(fleet: 
     pages = 0
     while True:
         resp = await fleet.servers.ListServers(
-            conductor_pb2.ListServersRequest(project_id="project-a", limit=3, marker=marker))
+            conductor_pb2.ListServersRequest(project_id="project-a", limit=3, marker=marker)
+        )
         seen += [s.name for s in resp.servers]
         pages += 1
         if not resp.next_marker:
@@ -117,10 +171,14 @@ async def test_pages_follow_the_marker_until_the_last_has_no_next_marker(fleet: 
 
 async def test_a_filtered_page_is_full_before_it_offers_a_next_marker(fleet: Harness) -> None:
     resp = await fleet.servers.ListServers(
-        conductor_pb2.ListServersRequest(project_id="project-a", name="a", limit=1))
+        conductor_pb2.ListServersRequest(project_id="project-a", name="a", limit=1)
+    )
     assert [s.name for s in resp.servers] == ["gamma"]
-    resp = await fleet.servers.ListServers(conductor_pb2.ListServersRequest(
-        project_id="project-a", name="a", limit=5, marker=resp.next_marker))
+    resp = await fleet.servers.ListServers(
+        conductor_pb2.ListServersRequest(
+            project_id="project-a", name="a", limit=5, marker=resp.next_marker
+        )
+    )
     assert [s.name for s in resp.servers] == ["beta", "alpha"]
     assert resp.next_marker == ""
 
@@ -147,22 +205,28 @@ async def test_metadata_merges_replaces_and_respects_the_quota(pg: Harness) -> N
     row = make_instance(metadata_={"a": "1"})
     await add(pg.sessions, row)
     merged = await pg.servers.SetServerMetadata(
-        conductor_pb2.SetServerMetadataRequest(id=row.uuid, metadata={"b": "2"}))
+        conductor_pb2.SetServerMetadataRequest(id=row.uuid, metadata={"b": "2"})
+    )
     assert dict(merged.metadata) == {"a": "1", "b": "2"}
     replaced = await pg.servers.SetServerMetadata(
-        conductor_pb2.SetServerMetadataRequest(id=row.uuid, metadata={"c": "3"}, replace=True))
+        conductor_pb2.SetServerMetadataRequest(id=row.uuid, metadata={"c": "3"}, replace=True)
+    )
     assert dict(replaced.metadata) == {"c": "3"}
     await pg.servers.DeleteServerMetadataItem(
-        conductor_pb2.DeleteServerMetadataItemRequest(id=row.uuid, key="c"))
+        conductor_pb2.DeleteServerMetadataItemRequest(id=row.uuid, key="c")
+    )
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await pg.servers.DeleteServerMetadataItem(
-            conductor_pb2.DeleteServerMetadataItemRequest(id=row.uuid, key="c"))
+            conductor_pb2.DeleteServerMetadataItemRequest(id=row.uuid, key="c")
+        )
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
-    await pg.quotas.UpdateQuotas(conductor_pb2.UpdateQuotasRequest(
-        project_id=row.project_id, limits={"metadata_items": 1}))
+    await pg.quotas.UpdateQuotas(
+        conductor_pb2.UpdateQuotasRequest(project_id=row.project_id, limits={"metadata_items": 1})
+    )
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await pg.servers.SetServerMetadata(
-            conductor_pb2.SetServerMetadataRequest(id=row.uuid, metadata={"x": "1", "y": "2"}))
+            conductor_pb2.SetServerMetadataRequest(id=row.uuid, metadata={"x": "1", "y": "2"})
+        )
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 

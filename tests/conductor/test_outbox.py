@@ -139,7 +139,7 @@ async def test_a_message_committed_while_nats_is_down_is_published_when_it_is_ba
         async def drained() -> bool:
             return await queued(sessions) == 0
 
-        assert await eventually(drained, timeout=30)
+        assert await eventually(drained, within=30)
         assert await published(js, "outage-host") == [msg_id]
     finally:
         stop.set()

@@ -13,10 +13,16 @@ from tests.conductor.factories import PROJECT, add, make_instance, make_keypair
 async def test_limits_default_to_the_configuration_and_usage_counts_live_servers(
     pg: Harness,
 ) -> None:
-    await add(pg.sessions, make_instance(vcpus=2, memory_mb=1024), make_instance(),
-              make_instance(deleted=True, vm_state="deleted"), make_keypair())
-    resp = await pg.quotas.GetQuotas(conductor_pb2.GetQuotasRequest(project_id=PROJECT,
-                                                                    user_id="user-a"))
+    await add(
+        pg.sessions,
+        make_instance(vcpus=2, memory_mb=1024),
+        make_instance(),
+        make_instance(deleted=True, vm_state="deleted"),
+        make_keypair(),
+    )
+    resp = await pg.quotas.GetQuotas(
+        conductor_pb2.GetQuotasRequest(project_id=PROJECT, user_id="user-a")
+    )
     assert resp.limits.instances == 10
     assert resp.limits.cores == 20
     assert (resp.usage.instances, resp.usage.cores, resp.usage.ram) == (2, 3, 1536)
@@ -24,13 +30,15 @@ async def test_limits_default_to_the_configuration_and_usage_counts_live_servers
 
 
 async def test_updated_limits_override_the_defaults_for_that_project_only(pg: Harness) -> None:
-    resp = await pg.quotas.UpdateQuotas(conductor_pb2.UpdateQuotasRequest(
-        project_id=PROJECT, limits={"instances": 3, "cores": -1}))
+    resp = await pg.quotas.UpdateQuotas(
+        conductor_pb2.UpdateQuotasRequest(project_id=PROJECT, limits={"instances": 3, "cores": -1})
+    )
     assert (resp.limits.instances, resp.limits.cores, resp.limits.ram) == (3, -1, 51200)
     other = await pg.quotas.GetQuotas(conductor_pb2.GetQuotasRequest(project_id="p2"))
     assert other.limits.instances == 10
-    again = await pg.quotas.UpdateQuotas(conductor_pb2.UpdateQuotasRequest(
-        project_id=PROJECT, limits={"instances": 4}))
+    again = await pg.quotas.UpdateQuotas(
+        conductor_pb2.UpdateQuotasRequest(project_id=PROJECT, limits={"instances": 4})
+    )
     assert (again.limits.instances, again.limits.cores) == (4, -1)
 
 
@@ -40,7 +48,8 @@ async def test_unknown_keys_and_limits_below_minus_one_are_refused(
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await pg.quotas.UpdateQuotas(
-            conductor_pb2.UpdateQuotasRequest(project_id=PROJECT, limits=limits))
+            conductor_pb2.UpdateQuotasRequest(project_id=PROJECT, limits=limits)
+        )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     after = await pg.quotas.GetQuotas(conductor_pb2.GetQuotasRequest(project_id=PROJECT))
     assert after.limits.instances == 10

@@ -10,16 +10,22 @@ import string
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from loom.conductor.v1 import conductor_pb2
-from sqlalchemy import func, select
+from sqlalchemy import func, literal, select, true
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.conductor import commands, outbox
 from controlplane.conductor.context import Conductor
 from controlplane.conductor.errors import InvalidArgument, QuotaExceeded
-from controlplane.conductor.quotas import check_metadata_items, limit_of, load_project_quota
+from controlplane.conductor.quotas import (
+    check_metadata_items,
+    override,
+    project_quota_from,
+    usage_columns,
+)
 from controlplane.conductor.states import TaskState, VmState
 from controlplane.db.models import Flavor, Image, Instance, InstanceAction, Keypair
 
@@ -105,14 +111,33 @@ async def create_servers(
         zone, forced = request.availability_zone, request.force_host
 
     async with conductor.sessions() as session:
-        flavor = (
-            await session.execute(select(Flavor).where(Flavor.flavorid == request.flavor_id))
-        ).scalar_one_or_none()
-        if flavor is None:
+        # Every read the validation needs, in ONE statement: flavor, image, usage, limits,
+        # keypair. A boot's statement budget is small (see the conductor's README).
+        usage, overrides = usage_columns(request.project_id)
+        extra: list[Any] = [
+            select(Keypair.public_key)
+            .where(Keypair.user_id == request.user_id, Keypair.name == request.key_name)
+            .scalar_subquery()
+            if request.key_name
+            else literal(None),
+            override(request.project_id, "metadata_items"),
+        ]
+        found = (
+            await session.execute(
+                select(Flavor, Image, *usage.c, *overrides, *extra)
+                .select_from(Flavor)
+                .outerjoin(Image, Image.id == request.image_id)
+                .join(usage, true())
+                .where(Flavor.flavorid == request.flavor_id)
+            )
+        ).one_or_none()
+        if found is None:
             raise InvalidArgument(f"Flavor {request.flavor_id} could not be found.")
+        flavor, image = found[0], found[1]
+        quota = project_quota_from(tuple(found[2:8]), cfg)
+        key_data, metadata_limit = found[8], found[9]
         if flavor.disabled:
             raise InvalidArgument(f"Flavor {request.flavor_id} is disabled and cannot be used.")
-        image = await session.get(Image, request.image_id) if request.image_id else None
         if image is None or image.deleted or not _image_visible(image, request.project_id):
             raise InvalidArgument(f"Image {request.image_id} could not be found.")
         if image.status != "active":
@@ -121,22 +146,12 @@ async def create_servers(
             raise InvalidArgument("Flavor's memory is too small for requested image.")
         if flavor.root_gb and flavor.root_gb < image.min_disk:
             raise InvalidArgument("Flavor's disk is too small for requested image.")
-        key_data = None
-        if request.key_name:
-            key_data = (
-                await session.execute(
-                    select(Keypair.public_key).where(
-                        Keypair.user_id == request.user_id, Keypair.name == request.key_name
-                    )
-                )
-            ).scalar_one_or_none()
-            if key_data is None:
-                raise InvalidArgument(f"Invalid key_name provided: {request.key_name}")
+        if request.key_name and key_data is None:
+            raise InvalidArgument(f"Invalid key_name provided: {request.key_name}")
         if request.metadata:
-            limit = await limit_of(session, request.project_id, "metadata_items", cfg)
-            check_metadata_items(len(request.metadata), limit)
+            limit = cfg.default_quota_metadata_items if metadata_limit is None else metadata_limit
+            check_metadata_items(len(request.metadata), int(limit))
 
-        quota = await load_project_quota(session, request.project_id, cfg)
         room = quota.headroom(flavor.vcpus, flavor.memory_mb)
         count = max_count if room is None else min(max_count, room)
         if count < min_count:
