@@ -14,7 +14,7 @@ from nats.aio.client import Client as NATS
 from controlplane.conductor.fleet import HeartbeatRecorder
 from controlplane.db.engine import count_statements
 from controlplane.runtime import bus
-from tests.conductor.conftest import IMAGE_ID, Harness, eventually
+from tests.conductor.conftest import IMAGE_ID, Harness, eventually, harness
 from tests.conductor.factories import add, make_instance, make_service
 
 
@@ -53,17 +53,23 @@ async def test_heartbeats_on_nats_become_services_that_are_up(pg: Harness, nc: N
         await asyncio.wait([task], timeout=5)
 
 
-async def test_many_heartbeats_are_written_in_one_statement(pg: Harness) -> None:
-    recorder = HeartbeatRecorder(pg.sessions, own_host="ctl-1")
-    for i in range(50):
-        recorder.record(compute_pb2.Heartbeat(host=f"h{i % 10}"))
-    counter = count_statements(pg.engine)
-    assert await recorder.flush() == 10
-    assert counter.count == 1
-    for i in range(10):
-        recorder.record(compute_pb2.Heartbeat(host=f"h{i}"))
-    await recorder.flush()
-    assert len(await services(pg, binary="loom-compute")) == 10
+@pytest.mark.parametrize("database", ["pg_url", "sqlite_url"])
+async def test_many_heartbeats_are_written_in_one_statement(
+    request: pytest.FixtureRequest, database: str
+) -> None:
+    async with harness(request.getfixturevalue(database)) as h:
+        recorder = HeartbeatRecorder(h.sessions, own_host="ctl-1")
+        for i in range(50):
+            recorder.record(compute_pb2.Heartbeat(host=f"h{i % 10}"))
+        counter = count_statements(h.engine)
+        assert await recorder.flush() == 10
+        assert counter.count == 1
+        for i in range(10):
+            recorder.record(compute_pb2.Heartbeat(host=f"h{i}"))
+        await recorder.flush()
+        found = await services(h, binary="loom-compute")
+        assert len(found) == 10
+        assert all(s.up for s in found.values())
 
 
 async def test_a_service_whose_heartbeats_stopped_is_down(pg: Harness) -> None:

@@ -25,9 +25,12 @@ from tests.conductor.conftest import eventually
 NATS_CFG = NatsConfig(duplicate_window_s=120)
 
 
-@pytest.fixture
-async def sessions(pg_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = make_engine(pg_url)
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def sessions(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    url = request.getfixturevalue("pg_url" if request.param == "postgresql" else "sqlite_url")
+    engine = make_engine(url)
     try:
         yield session_factory(engine)
     finally:
