@@ -38,5 +38,11 @@ def grpc_errors(fn: Method[Req, Resp]) -> Method[Req, Resp]:
             code = next(code for cls, code in _CODES if isinstance(exc, cls))
             await context.abort(code, str(exc))
             raise  # abort raises; this keeps mypy sure the function never falls through
+        except grpc.aio.AioRpcError as exc:
+            # A peer (the scheduler) failed: the caller may retry, so say UNAVAILABLE
+            # rather than leak the peer's own status as ours.
+            log.warning("peer call failed: %s %s", exc.code(), exc.details())
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "a Loom service is unavailable")
+            raise
 
     return wrapper

@@ -208,3 +208,22 @@ async def test_create_works_on_sqlite_too(sqlite_url: str) -> None:
         again = await h.servers.CreateServers(create_request(min_count=2, max_count=2))
         assert [s.id for s in again.servers] == [s.id for s in first.servers]
         assert await counts(h.sessions) == (2, 2, 2)
+
+
+async def test_addresses_stay_unique_once_ids_wrap_around_the_network(pg: Harness) -> None:
+    from sqlalchemy import text
+
+    from tests.conductor.factories import make_instance
+
+    # A live server from long ago holds the first address; ids have since wrapped around.
+    old = make_instance(
+        id=1, addresses=[{"network": "private", "address": "10.0.0.2", "version": 4}]
+    )
+    await add(pg.sessions, old)
+    async with pg.sessions() as s, s.begin():
+        await s.execute(text("SELECT setval('instances_id_seq', 65533)"))
+    resp = await pg.servers.CreateServers(create_request(min_count=2, max_count=2))
+    got = [s.addresses[0].address for s in resp.servers]
+    assert address_for_id(65534) == "10.0.0.2"  # the slot the new id would take
+    assert "10.0.0.2" not in got
+    assert len(set(got)) == 2

@@ -169,3 +169,10 @@ async def test_host_instances_give_agents_the_spec_of_each_live_instance(pg: Har
     assert resp.instances[0].spec.image.hash_value == "ab" * 64
     assert resp.instances[0].spec.metadata["k"] == "v"
     assert resp.instances[0].vm_state == conductor_pb2.VM_STATE_ACTIVE
+
+
+async def test_a_fleet_view_needing_an_unreachable_scheduler_is_unavailable(pg: Harness) -> None:
+    pg.peer.down = True
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await pg.fleet.ListHypervisors(conductor_pb2.ListHypervisorsRequest())
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -125,6 +125,18 @@ async def delete_server(
     command is queued (the agent's DELETED event finishes it); with no host yet, the server is
     deleted at once and any claim released. Idempotent: deleting a deleted server succeeds."""
     rid = _request_id(request_id)
+    # Delete wins over whatever task raced it: a guard that lost simply looks again.
+    for _ in range(5):
+        try:
+            return await _delete_once(conductor, instance_uuid, project_id, user_id, rid)
+        except states.InvalidState:
+            continue
+    raise Conflict(f"Instance {instance_uuid} kept changing; delete it again.")
+
+
+async def _delete_once(
+    conductor: Conductor, instance_uuid: str, project_id: str, user_id: str, rid: str
+) -> None:
     release = False
     async with conductor.sessions() as session:
         row = await load_instance(session, instance_uuid, project_id, include_deleted=True)
@@ -154,7 +166,7 @@ async def delete_server(
             )
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 await session.rollback()
-                return await delete_server(conductor, instance_uuid, project_id, user_id, rid)
+                raise states.InvalidState("delete", row.vm_state, row.task_state)
             release = True
         if not await _action_exists(session, row.uuid, rid):
             _record_action(session, row, "delete", rid, user_id, now)
