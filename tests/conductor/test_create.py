@@ -197,9 +197,8 @@ async def test_networks_none_gives_no_address_and_a_keypair_is_embedded(pg: Harn
 async def test_a_single_create_costs_few_statements(pg: Harness) -> None:
     counter = count_statements(pg.engine)
     await pg.servers.CreateServers(create_request())
-    # flavor, image, quota+usage, INSERT instance, UPDATE address, INSERT action, INSERT outbox
-    print("statements per create", counter.count)
-    assert 0 < counter.count <= 7, counter.count
+    # validation (one query), INSERT instance, UPDATE address, INSERT action, INSERT outbox
+    assert 0 < counter.count <= 5, counter.count
 
 
 async def test_create_works_on_sqlite_too(sqlite_url: str) -> None:
