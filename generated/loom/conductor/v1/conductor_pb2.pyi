@@ -4786,3 +4786,35 @@ class ListRoleAssignmentsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListRoleAssignmentsResponse: _TypeAlias = ListRoleAssignmentsResponse  # noqa: Y015
+
+@_typing.final
+class ScheduleInstanceMessage(_message.Message):
+    """The conductor's own durable work item on `loom.conductor.schedule`: find a host for
+    one instance. The attempt makes a redelivered message a no-op once it was placed.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per message; also the NATS message id."""
+    instance_id: _builtins.str
+    """Instance UUID."""
+    attempt: _builtins.int
+    """The build attempt this placement is for (1 for the first)."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "instance_id", b"instance_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduleInstanceMessage: _TypeAlias = ScheduleInstanceMessage  # noqa: Y015

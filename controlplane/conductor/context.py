@@ -1,0 +1,110 @@
+"""What every part of the conductor shares: sessions, configuration, the outbox wakeup and
+the scheduler client (gRPC only: the conductor never imports the scheduler's code)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import grpc
+from loom.common.v1 import common_pb2
+from loom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from controlplane.conductor.outbox import Wakeup
+from controlplane.config import LoomConfig
+
+log = logging.getLogger(__name__)
+
+
+class SchedulerClient:
+    """The scheduler's gRPC API with a deadline on every call (gRPC has none by default)."""
+
+    def __init__(self, channel: grpc.aio.Channel, *, timeout: float = 10.0) -> None:
+        self._stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+        self._timeout = timeout
+
+    async def select_destinations(
+        self, request: scheduler_pb2.SelectDestinationsRequest
+    ) -> scheduler_pb2.SelectDestinationsResponse:
+        resp: scheduler_pb2.SelectDestinationsResponse = await self._stub.SelectDestinations(
+            request, timeout=self._timeout
+        )
+        return resp
+
+    async def claim(
+        self,
+        request_id: str,
+        consumer: str,
+        project: str,
+        resources: common_pb2.Resources,
+        host: str,
+    ) -> scheduler_pb2.ClaimResourcesResponse:
+        resp: scheduler_pb2.ClaimResourcesResponse = await self._stub.ClaimResources(
+            scheduler_pb2.ClaimResourcesRequest(
+                request_id=request_id,
+                consumer_id=consumer,
+                project_id=project,
+                resources=resources,
+                host=host,
+            ),
+            timeout=self._timeout,
+        )
+        return resp
+
+    async def release(self, request_id: str, consumer: str, host: str = "") -> bool:
+        """Releases the consumer's claims (only on host when given); True when one was held."""
+        resp = await self._stub.ReleaseResources(
+            scheduler_pb2.ReleaseResourcesRequest(
+                request_id=request_id, consumer_id=consumer, host=host
+            ),
+            timeout=self._timeout,
+        )
+        return bool(resp.released)
+
+    async def list_hosts(self, name_contains: str = "") -> list[scheduler_pb2.Host]:
+        resp = await self._stub.ListHosts(
+            scheduler_pb2.ListHostsRequest(name_contains=name_contains), timeout=self._timeout
+        )
+        return list(resp.hosts)
+
+    async def get_host(self, name: str) -> scheduler_pb2.Host:
+        resp = await self._stub.GetHost(
+            scheduler_pb2.GetHostRequest(name=name), timeout=self._timeout
+        )
+        host: scheduler_pb2.Host = resp.host
+        return host
+
+    async def set_host_enabled(
+        self, request_id: str, host: str, enabled: bool, reason: str
+    ) -> None:
+        await self._stub.SetHostEnabled(
+            scheduler_pb2.SetHostEnabledRequest(
+                request_id=request_id, host=host, enabled=enabled, reason=reason
+            ),
+            timeout=self._timeout,
+        )
+
+    async def zones(self) -> list[scheduler_pb2.AvailabilityZone]:
+        resp = await self._stub.ListAvailabilityZones(
+            scheduler_pb2.ListAvailabilityZonesRequest(), timeout=self._timeout
+        )
+        return list(resp.zones)
+
+
+@dataclass(frozen=True)
+class Conductor:
+    """The conductor's shared parts, handed to each servicer and worker."""
+
+    sessions: async_sessionmaker[AsyncSession]
+    cfg: LoomConfig
+    wakeup: Wakeup
+    scheduler: SchedulerClient
+
+
+def resources_of(
+    vcpus: int, memory_mb: int, root_gb: int, ephemeral_gb: int, swap_mb: int
+) -> common_pb2.Resources:
+    """Placement's view of a flavor: swap counts as disk, rounded up to whole GiB."""
+    disk = root_gb + ephemeral_gb + (swap_mb + 1023) // 1024
+    return common_pb2.Resources(vcpus=vcpus, memory_mb=memory_mb, disk_gb=disk)

@@ -1,0 +1,23 @@
+"""The one place that knows PostgreSQL and SQLite spell upserts differently."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+
+def upsert_insert(session: AsyncSession, model: Any) -> postgresql.Insert:
+    """An INSERT with on_conflict_do_nothing/do_update for the session's database.
+
+    Typed as PostgreSQL's: SQLite's construct offers the same methods with the same meaning.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        return sqlite.insert(model)  # type: ignore[return-value]
+    return postgresql.insert(model)
+
+
+def locks_rows(session: AsyncSession) -> bool:
+    """True where SELECT ... FOR UPDATE means something (SQLite ignores it: one writer)."""
+    return session.get_bind().dialect.name == "postgresql"

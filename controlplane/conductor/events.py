@@ -1,0 +1,439 @@
+"""The instance-event consumer: what agents report becomes the instance's state.
+
+A durable pull consumer (`conductor-events`, shared by conductor replicas) reads
+`loom.events.instance.*`. Every handler is guarded by the state it expects (host, attempt,
+task), so a redelivered or stale event changes nothing more; an event is acked only after
+its effect is committed. Events of one instance are handled in arrival order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
+from loom.compute.v1 import compute_pb2
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from controlplane.conductor import commands, outbox, states
+from controlplane.conductor.context import Conductor, resources_of
+from controlplane.conductor.convert import aware, instance_spec, make_fault
+from controlplane.conductor.scheduling import consume, load_with_image, record_event
+from controlplane.conductor.states import PowerState, TaskState, VmState
+from controlplane.db.models import Instance, InstanceAction
+from controlplane.runtime import bus
+
+log = logging.getLogger(__name__)
+
+DURABLE = "conductor-events"
+K = compute_pb2.InstanceEventKind
+
+_ACTION_TASKS = {
+    "start": {TaskState.POWERING_ON.value},
+    "stop": {TaskState.POWERING_OFF.value},
+    "reboot": {TaskState.REBOOTING.value, TaskState.REBOOTING_HARD.value},
+}
+
+
+def _when(event: compute_pb2.InstanceEvent) -> datetime:
+    if event.HasField("occurred_at"):
+        return aware(event.occurred_at.ToDatetime())
+    return datetime.now(UTC)
+
+
+class EventConsumer:
+    def __init__(self, conductor: Conductor, js: JetStreamContext, *, batch: int = 128) -> None:
+        self._c = conductor
+        self._js = js
+        self._batch = batch
+
+    async def handle(self, event: compute_pb2.InstanceEvent) -> None:
+        """Applies one event; idempotent. Raises when the effect could not be made durable
+        (database or scheduler unreachable), so the event is redelivered."""
+        handlers = {
+            K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED: self._build_succeeded,
+            K.INSTANCE_EVENT_KIND_BUILD_FAILED: self._build_failed,
+            K.INSTANCE_EVENT_KIND_DELETED: self._deleted,
+            K.INSTANCE_EVENT_KIND_ACTION_SUCCEEDED: self._action_finished,
+            K.INSTANCE_EVENT_KIND_ACTION_FAILED: self._action_finished,
+            K.INSTANCE_EVENT_KIND_POWER_STATE_CHANGED: self._power_changed,
+            K.INSTANCE_EVENT_KIND_MISSING: self._missing,
+        }
+        handler = handlers.get(event.kind)
+        if handler is None:
+            log.warning("ignoring an instance event of unknown kind %s", event.kind)
+            return
+        await handler(event)
+
+    # ------------------------------------------------------------------ builds
+
+    async def _build_succeeded(self, event: compute_pb2.InstanceEvent) -> None:
+        """building/spawning on this host for this attempt → active, running, launched_at.
+        A build that finished for a server deleted meanwhile gets a delete to that host."""
+        async with self._c.sessions() as session:
+            # The common case in one statement: the guard is the WHERE clause.
+            result = await session.execute(
+                update(Instance)
+                .where(
+                    Instance.uuid == event.instance_id,
+                    Instance.host == event.host,
+                    Instance.attempts == event.attempt,
+                    Instance.vm_state == VmState.BUILDING.value,
+                    Instance.task_state == TaskState.SPAWNING.value,
+                    Instance.deleted.is_(False),
+                )
+                .values(
+                    vm_state=VmState.ACTIVE.value,
+                    task_state=None,
+                    power_state=int(PowerState.RUNNING),
+                    launched_at=_when(event),
+                    updated_at=datetime.now(UTC),
+                )
+            )
+            if result.rowcount == 1:  # type: ignore[attr-defined]
+                await session.commit()
+                return
+            loaded = await load_with_image(session, event.instance_id)
+            if loaded is None:
+                return
+            inst = loaded[0]
+            gone = inst.deleted or inst.task_state == TaskState.DELETING
+            elsewhere = inst.host != event.host
+            if gone or elsewhere:
+                # The domain runs where nobody wants it: remove it (the agent's delete
+                # succeeds if it is already gone; the msg id makes a resend a no-op).
+                await outbox.add(session, commands.delete(event.host, event.instance_id))
+                await session.commit()
+                self._c.wakeup.set()
+
+    async def _build_failed(self, event: compute_pb2.InstanceEvent) -> None:
+        """Releases this attempt's claim (the scheduler releases exactly once), then tries the
+        next alternate, or reschedules, or (attempts used up) puts the server in ERROR."""
+        c = self._c
+        async with c.sessions() as session:
+            loaded = await load_with_image(session, event.instance_id)
+            if loaded is None:
+                return
+            inst, image = loaded
+            if (
+                inst.deleted
+                or inst.host != event.host
+                or inst.attempts != event.attempt
+                or inst.task_state != TaskState.SPAWNING
+            ):
+                return  # stale or redelivered: this attempt was settled already
+            await session.commit()  # no connection held across the scheduler calls
+            await c.scheduler.release(f"{event.request_id}-release", inst.uuid, event.host)
+            failed = [*(str(h) for h in inst.failed_hosts or []), event.host]
+            guard = (
+                Instance.id == inst.id,
+                Instance.deleted.is_(False),
+                Instance.host == event.host,
+                Instance.attempts == inst.attempts,
+                Instance.task_state == TaskState.SPAWNING.value,
+            )
+            now = datetime.now(UTC)
+            fault = event.fault if event.HasField("fault") else None
+            reason = fault.message if fault is not None and fault.message else "Build failed"
+            await record_event(
+                session,
+                inst.uuid,
+                "create",
+                "compute_build_and_run_instance",
+                "Error",
+                host=event.host,
+                details=reason,
+            )
+            next_attempt = inst.attempts + 1
+            if inst.attempts < c.cfg.conductor.max_build_attempts:
+                resources = resources_of(
+                    inst.vcpus, inst.memory_mb, inst.root_gb, inst.ephemeral_gb, inst.swap_mb
+                )
+                alternates = [str(h) for h in inst.alternates or [] if str(h) not in failed]
+                while alternates:
+                    alt = alternates.pop(0)
+                    claim = await c.scheduler.claim(
+                        f"claim-{inst.uuid}-{next_attempt}",
+                        inst.uuid,
+                        inst.project_id,
+                        resources,
+                        alt,
+                    )
+                    if not claim.claimed:
+                        continue
+                    moved = await session.execute(
+                        update(Instance)
+                        .where(*guard)
+                        .values(
+                            host=alt,
+                            node=alt,
+                            attempts=next_attempt,
+                            failed_hosts=failed,
+                            alternates=alternates,
+                            updated_at=now,
+                        )
+                    )
+                    if moved.rowcount != 1:  # type: ignore[attr-defined]
+                        await session.rollback()
+                        await c.scheduler.release(
+                            f"claim-{inst.uuid}-{next_attempt}-undo", inst.uuid, alt
+                        )
+                        return
+                    inst.host = alt
+                    await outbox.add(
+                        session, commands.build(alt, instance_spec(inst, image), next_attempt)
+                    )
+                    await session.commit()
+                    c.wakeup.set()
+                    return
+                # No alternate could take it: ask the scheduler afresh, failed hosts ignored.
+                await session.execute(
+                    update(Instance)
+                    .where(*guard)
+                    .values(
+                        host=None,
+                        node=None,
+                        task_state=TaskState.SCHEDULING.value,
+                        failed_hosts=failed,
+                        alternates=[],
+                        updated_at=now,
+                    )
+                )
+                await outbox.add(session, commands.schedule(inst.uuid, next_attempt))
+                await session.commit()
+                c.wakeup.set()
+                return
+            text = (
+                f"Build of instance {inst.uuid} aborted: exceeded maximum number of build "
+                f"attempts ({c.cfg.conductor.max_build_attempts}). Last failure: {reason}"
+            )
+            await session.execute(
+                update(Instance)
+                .where(*guard)
+                .values(
+                    vm_state=VmState.ERROR.value,
+                    task_state=None,
+                    host=None,
+                    node=None,
+                    failed_hosts=failed,
+                    alternates=[],
+                    fault=make_fault(
+                        fault.code if fault is not None and fault.code else 500,
+                        text,
+                        fault.details if fault is not None else "",
+                    ),
+                    updated_at=now,
+                )
+            )
+            await session.commit()
+
+    # ------------------------------------------------------------------ deletes
+
+    async def _deleted(self, event: compute_pb2.InstanceEvent) -> None:
+        """The domain is gone from the host: release the claim, mark the server deleted and
+        finish the delete action. A server that lives on another host is left alone."""
+        c = self._c
+        async with c.sessions() as session:
+            loaded = await load_with_image(session, event.instance_id)
+            if loaded is None:
+                return
+            inst = loaded[0]
+            if inst.deleted or (inst.host and inst.host != event.host):
+                return
+            await session.commit()
+            await c.scheduler.release(f"{event.request_id}-release", inst.uuid)
+            await _mark_deleted(session, inst, _when(event))
+            await session.commit()
+
+    # ------------------------------------------------------------------ power
+
+    async def _action_finished(self, event: compute_pb2.InstanceEvent) -> None:
+        """Settles a start/stop/reboot: task cleared, vm and power state from the outcome."""
+        async with self._c.sessions() as session:
+            loaded = await load_with_image(session, event.instance_id)
+            if loaded is None:
+                return
+            inst = loaded[0]
+            verb = event.action
+            if (
+                inst.deleted
+                or inst.host != event.host
+                or inst.task_state not in _ACTION_TASKS.get(verb, set())
+            ):
+                return
+            ok = event.kind == K.INSTANCE_EVENT_KIND_ACTION_SUCCEEDED
+            vm_state, power = states.after_action(verb, ok, int(event.power_state))
+            values: dict[str, Any] = {
+                "vm_state": vm_state.value,
+                "task_state": None,
+                "power_state": int(power),
+                "updated_at": datetime.now(UTC),
+            }
+            if not ok and vm_state is VmState.ERROR:
+                fault = event.fault
+                values["fault"] = make_fault(
+                    fault.code or 500, fault.message or f"{verb} failed", fault.details
+                )
+            await session.execute(
+                update(Instance)
+                .where(Instance.id == inst.id, Instance.task_state == inst.task_state)
+                .values(**values)
+            )
+            await record_event(
+                session,
+                inst.uuid,
+                verb,
+                f"compute_{verb}_instance",
+                "Success" if ok else "Error",
+                host=event.host,
+                details="" if ok else event.fault.message,
+            )
+            await session.commit()
+
+    async def _power_changed(self, event: compute_pb2.InstanceEvent) -> None:
+        """Records the power state; an active server with no task found shut down becomes
+        stopped (Nova's power sync)."""
+        async with self._c.sessions() as session:
+            loaded = await load_with_image(session, event.instance_id)
+            if loaded is None:
+                return
+            inst = loaded[0]
+            if inst.deleted or inst.host != event.host:
+                return
+            power = int(event.power_state)
+            new_vm = states.power_sync(inst.vm_state, inst.task_state, power)
+            if new_vm is None and inst.power_state == power:
+                return
+            values: dict[str, Any] = {"power_state": power, "updated_at": datetime.now(UTC)}
+            if new_vm is not None:
+                values["vm_state"] = new_vm.value
+            await session.execute(
+                update(Instance)
+                .where(
+                    Instance.id == inst.id,
+                    Instance.vm_state == inst.vm_state,
+                    Instance.task_state.is_(None)
+                    if inst.task_state is None
+                    else Instance.task_state == inst.task_state,
+                )
+                .values(**values)
+            )
+            await session.commit()
+
+    async def _missing(self, event: compute_pb2.InstanceEvent) -> None:
+        """The host has no domain for the server. While deleting, that is the delete done;
+        otherwise the server goes to ERROR with a fault (once)."""
+        c = self._c
+        async with c.sessions() as session:
+            loaded = await load_with_image(session, event.instance_id)
+            if loaded is None:
+                return
+            inst = loaded[0]
+            if inst.deleted or inst.host != event.host:
+                return
+            if inst.task_state == TaskState.DELETING:
+                await session.commit()
+                await c.scheduler.release(f"{event.request_id}-release", inst.uuid)
+                await _mark_deleted(session, inst, _when(event))
+                await session.commit()
+                return
+            if inst.vm_state == VmState.ERROR and inst.task_state is None:
+                return
+            fault = event.fault
+            await session.execute(
+                update(Instance)
+                .where(Instance.id == inst.id, Instance.vm_state == inst.vm_state)
+                .values(
+                    vm_state=VmState.ERROR.value,
+                    task_state=None,
+                    power_state=int(PowerState.NOSTATE),
+                    fault=make_fault(
+                        fault.code or 500,
+                        fault.message or f"Instance {inst.uuid} is missing from host {event.host}",
+                        fault.details,
+                    ),
+                    updated_at=datetime.now(UTC),
+                )
+            )
+            await session.commit()
+
+    # ------------------------------------------------------------------ consuming
+
+    async def _handle_msg(self, msg: Msg) -> bool:
+        try:
+            event = compute_pb2.InstanceEvent.FromString(msg.data)
+        except Exception:
+            log.error("dropping an undecodable instance event")
+            await msg.term()
+            return True
+        try:
+            await self.handle(event)
+        except Exception:
+            log.exception(
+                "instance event failed; will retry", extra={"instance": event.instance_id}
+            )
+            await msg.nak(delay=1.0)
+            return False
+        await msg.ack()
+        return True
+
+    async def _handle_batch(self, msgs: list[Msg]) -> None:
+        # One instance's events in order; different instances in parallel.
+        by_instance: dict[bytes, list[Msg]] = defaultdict(list)
+        for m in msgs:
+            try:
+                key = compute_pb2.InstanceEvent.FromString(m.data).instance_id.encode()
+            except Exception:
+                key = b""
+            by_instance[key].append(m)
+
+        async def in_order(group: list[Msg]) -> None:
+            for i, m in enumerate(group):
+                if not await self._handle_msg(m):
+                    # Later events of this instance wait for the failed one's redelivery.
+                    for later in group[i + 1 :]:
+                        await later.nak(delay=1.0)
+                    return
+
+        await asyncio.gather(*(in_order(g) for g in by_instance.values()))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        sub = await self._js.pull_subscribe(
+            bus.INSTANCE_EVENT_WILDCARD,
+            durable=DURABLE,
+            stream=bus.EVENTS_STREAM,
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60.0, max_ack_pending=-1),
+        )
+        await consume(sub, stop, self._batch, self._handle_batch)
+
+
+async def _mark_deleted(session: AsyncSession, inst: Instance, when: datetime) -> None:
+    now = datetime.now(UTC)
+    await session.execute(
+        update(Instance)
+        .where(Instance.id == inst.id, Instance.deleted.is_(False))
+        .values(
+            deleted=True,
+            vm_state=VmState.DELETED.value,
+            task_state=None,
+            power_state=int(PowerState.NOSTATE),
+            terminated_at=when,
+            deleted_at=now,
+            updated_at=now,
+        )
+    )
+    await session.execute(
+        update(InstanceAction)
+        .where(
+            InstanceAction.instance_uuid == inst.uuid,
+            InstanceAction.action == "delete",
+            InstanceAction.finish_time.is_(None),
+        )
+        .values(finish_time=now, updated_at=now)
+    )

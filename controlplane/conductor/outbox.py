@@ -1,0 +1,166 @@
+"""The transactional outbox: messages committed with the change that implies them.
+
+`add()` writes a row in the caller's transaction. The `Relay` publishes rows in id order
+through JetStream with Nats-Msg-Id = msg_id, waits for the acks, then deletes them. A crash
+after commit only delays a message; a crash after publish and before delete sends it again,
+which JetStream's duplicate window turns into a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from google.protobuf.message import Message
+from nats.js import JetStreamContext
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from controlplane.conductor.dialect import upsert_insert
+from controlplane.db.models import OutboxMessage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message to publish: the subject, its dedup id and the protobuf payload."""
+
+    subject: str
+    msg_id: str
+    payload: Message
+
+
+def _rows(messages: Iterable[Outgoing]) -> list[dict[str, object]]:
+    now = datetime.now(UTC)
+    return [
+        {
+            "subject": m.subject,
+            "msg_id": m.msg_id,
+            "payload": m.payload.SerializeToString(),
+            "created_at": now,
+        }
+        for m in messages
+    ]
+
+
+async def add(session: AsyncSession, *messages: Outgoing) -> None:
+    """Queues the messages in the session's transaction (one INSERT for all of them).
+
+    Idempotent per msg_id: a message whose id is still queued is not queued twice.
+    """
+    rows = _rows(messages)
+    if not rows:
+        return
+    stmt = upsert_insert(session, OutboxMessage).on_conflict_do_nothing(index_elements=["msg_id"])
+    await session.execute(stmt.values(rows))
+
+
+class PublishFailed(Exception):
+    """Part of a batch could not be published; those rows stay queued."""
+
+
+class Wakeup:
+    """Set by writers after a commit that queued messages, so the relay runs at once."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self, seconds: float) -> None:
+        """Returns when set (then clears it) or after `seconds`, whichever comes first."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), seconds)
+        self._event.clear()
+
+
+class Relay:
+    """Publishes queued outbox rows. Several relays (conductors) may run against one database:
+    on PostgreSQL each batch is locked with FOR UPDATE SKIP LOCKED; SQLite has one conductor."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        js: JetStreamContext,
+        wakeup: Wakeup,
+        *,
+        batch: int = 256,
+        poll_interval: float = 1.0,
+        publish_timeout: float = 5.0,
+    ) -> None:
+        self._sessions = sessions
+        self._js = js
+        self._wakeup = wakeup
+        self._batch = batch
+        self._poll = poll_interval
+        self._timeout = publish_timeout
+
+    async def relay_once(self) -> int:
+        """Publishes one batch; returns how many rows were published and removed.
+
+        The batch is taken with ONE statement (DELETE ... RETURNING of the oldest rows, locked
+        with SKIP LOCKED on PostgreSQL so other relays take other rows) in a transaction that
+        stays open while JetStream acks. Every ack in → commit. Any publish failed → rollback:
+        all rows of the batch are queued again (the ones already published will be sent
+        again and dropped by JetStream as duplicates) and PublishFailed is raised.
+        """
+        async with self._sessions() as session, session.begin():
+            oldest = select(OutboxMessage.id).order_by(OutboxMessage.id).limit(self._batch)
+            if session.get_bind().dialect.name == "postgresql":
+                oldest = oldest.with_for_update(skip_locked=True)
+            taken = await session.execute(
+                delete(OutboxMessage)
+                .where(OutboxMessage.id.in_(oldest.scalar_subquery()))
+                .returning(
+                    OutboxMessage.id,
+                    OutboxMessage.subject,
+                    OutboxMessage.msg_id,
+                    OutboxMessage.payload,
+                )
+            )
+            rows = sorted(taken.all(), key=lambda r: r.id)  # RETURNING has no order
+            if not rows:
+                return 0
+            # Pipelined: every publish is sent before any ack is awaited; tasks start in
+            # creation order, so JetStream receives them in id order.
+            results = await asyncio.gather(
+                *(
+                    self._js.publish(
+                        r.subject,
+                        r.payload,
+                        timeout=self._timeout,
+                        headers={"Nats-Msg-Id": r.msg_id},
+                    )
+                    for r in rows
+                ),
+                return_exceptions=True,
+            )
+            failures = [r for r in results if isinstance(r, BaseException)]
+            if failures:
+                raise PublishFailed(
+                    f"{len(failures)} of {len(rows)} publishes failed: {failures[0]!r}"
+                )
+            return len(rows)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Relays until stop is set: at once after a local commit, else every poll interval
+        (for rows a crashed or another conductor left). NATS outages are retried forever."""
+        backoff = 0.0
+        while not stop.is_set():
+            try:
+                n = await self.relay_once()
+                backoff = 0.0
+                if n < self._batch:  # else more are likely waiting: go on at once
+                    await self._wakeup.wait(self._poll)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a database or NATS outage: retry, rows stay queued
+                backoff = min(5.0, backoff * 2 or 0.2)
+                log.warning("outbox relay failed, retrying in %.1fs: %s", backoff, exc)
+                await self._wakeup.wait(backoff)

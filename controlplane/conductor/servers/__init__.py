@@ -1,0 +1,1 @@
+"""Servers and their life: create, read, list, change, delete (loom.conductor.v1.ServersService)."""

@@ -1,0 +1,233 @@
+"""Changing a server: delete, start, stop, reboot, rename, metadata.
+
+Each change is a guarded UPDATE (the WHERE repeats the state the guard saw), so two racing
+requests cannot both win; the loser gets FAILED_PRECONDITION, never a silent overwrite.
+A command to the host goes through the outbox in the same transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from controlplane.conductor import commands, outbox, states
+from controlplane.conductor.context import Conductor
+from controlplane.conductor.errors import Conflict, NotFound
+from controlplane.conductor.quotas import check_metadata_items, limit_of
+from controlplane.conductor.servers.query import load_instance
+from controlplane.conductor.states import TaskState, VmState
+from controlplane.db.models import Instance, InstanceAction
+
+log = logging.getLogger(__name__)
+
+
+def _request_id(request_id: str) -> str:
+    return request_id or f"req-{uuid.uuid4()}"
+
+
+async def _action_exists(session: AsyncSession, instance_uuid: str, request_id: str) -> bool:
+    found = await session.execute(
+        select(InstanceAction.id).where(
+            InstanceAction.instance_uuid == instance_uuid, InstanceAction.request_id == request_id
+        )
+    )
+    return found.first() is not None
+
+
+def _record_action(
+    session: AsyncSession, row: Instance, action: str, request_id: str, user_id: str, now: datetime
+) -> None:
+    session.add(
+        InstanceAction(
+            instance_uuid=row.uuid,
+            action=action,
+            request_id=request_id,
+            user_id=user_id or row.user_id,
+            project_id=row.project_id,
+            start_time=now,
+            updated_at=now,
+        )
+    )
+
+
+async def _guarded_update(
+    session: AsyncSession, row: Instance, action: str, **values: object
+) -> None:
+    """Applies values only if the instance is still in the state the guard checked."""
+    task_cond = (
+        Instance.task_state.is_(None)
+        if row.task_state is None
+        else Instance.task_state == row.task_state
+    )
+    result = await session.execute(
+        update(Instance)
+        .where(Instance.id == row.id, Instance.vm_state == row.vm_state, task_cond)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        await session.rollback()
+        fresh = await load_instance(session, row.uuid, include_deleted=True)
+        raise states.InvalidState(action, fresh.vm_state, fresh.task_state)
+
+
+async def power_action(
+    conductor: Conductor,
+    verb: str,
+    instance_uuid: str,
+    project_id: str,
+    user_id: str,
+    request_id: str,
+    *,
+    hard: bool = False,
+) -> None:
+    """Start, stop or reboot. Postcondition: the task_state is set, a `verb` action is
+    recorded and the command is queued for the host, together; or FAILED_PRECONDITION and
+    nothing changed. A retry with the same request_id is a no-op."""
+    rid = _request_id(request_id)
+    async with conductor.sessions() as session:
+        row = await load_instance(session, instance_uuid, project_id)
+        if request_id and await _action_exists(session, row.uuid, rid):
+            return
+        if verb == "start":
+            states.check_start(row.vm_state, row.task_state)
+            task = TaskState.POWERING_ON
+        elif verb == "stop":
+            states.check_stop(row.vm_state, row.task_state)
+            task = TaskState.POWERING_OFF
+        else:
+            states.check_reboot(row.vm_state, row.task_state, hard=hard)
+            task = states.reboot_task(hard)
+        if not row.host:
+            raise Conflict(f"Instance {row.uuid} has no host; cannot {verb} it.")
+        now = datetime.now(UTC)
+        await _guarded_update(session, row, verb, task_state=task.value, updated_at=now)
+        _record_action(session, row, verb, rid, user_id, now)
+        if verb == "start":
+            cmd = commands.start(row.host, row.uuid, rid)
+        elif verb == "stop":
+            cmd = commands.stop(row.host, row.uuid, rid)
+        else:
+            cmd = commands.reboot(row.host, row.uuid, rid, hard=hard)
+        await outbox.add(session, cmd)
+        await session.commit()
+    conductor.wakeup.set()
+
+
+async def delete_server(
+    conductor: Conductor, instance_uuid: str, project_id: str, user_id: str, request_id: str
+) -> None:
+    """Deletes in every state. Postcondition: with a host, task_state is deleting and a delete
+    command is queued (the agent's DELETED event finishes it); with no host yet, the server is
+    deleted at once and any claim released. Idempotent: deleting a deleted server succeeds."""
+    rid = _request_id(request_id)
+    # Delete wins over whatever task raced it: a guard that lost simply looks again.
+    for _ in range(5):
+        try:
+            return await _delete_once(conductor, instance_uuid, project_id, user_id, rid)
+        except states.InvalidState:
+            continue
+    raise Conflict(f"Instance {instance_uuid} kept changing; delete it again.")
+
+
+async def _delete_once(
+    conductor: Conductor, instance_uuid: str, project_id: str, user_id: str, rid: str
+) -> None:
+    release = False
+    async with conductor.sessions() as session:
+        row = await load_instance(session, instance_uuid, project_id, include_deleted=True)
+        if row.deleted or row.task_state == TaskState.DELETING:
+            return
+        now = datetime.now(UTC)
+        if row.host:
+            await _guarded_update(
+                session, row, "delete", task_state=TaskState.DELETING.value, updated_at=now
+            )
+            await outbox.add(session, commands.delete(row.host, row.uuid))
+        else:
+            # Conditional on host IS NULL: if the scheduling worker placed it meanwhile,
+            # this matches nothing and the delete goes the host's way on the retry below.
+            result = await session.execute(
+                update(Instance)
+                .where(Instance.id == row.id, Instance.host.is_(None), Instance.deleted.is_(False))
+                .values(
+                    vm_state=VmState.DELETED.value,
+                    task_state=None,
+                    deleted=True,
+                    deleted_at=now,
+                    terminated_at=now,
+                    updated_at=now,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                await session.rollback()
+                raise states.InvalidState("delete", row.vm_state, row.task_state)
+            release = True
+        if not await _action_exists(session, row.uuid, rid):
+            _record_action(session, row, "delete", rid, user_id, now)
+        await session.commit()
+    conductor.wakeup.set()
+    if release:
+        # A scheduling worker may hold a claim it has not recorded yet; it also releases
+        # when it finds the instance deleted. Releasing is exactly-once on the scheduler.
+        try:
+            await conductor.scheduler.release(rid, instance_uuid)
+        except Exception as exc:
+            log.warning("release after delete failed: %s", exc, extra={"instance": instance_uuid})
+
+
+async def update_server(
+    conductor: Conductor, instance_uuid: str, project_id: str, values: dict[str, object]
+) -> Instance:
+    """Postcondition: the given fields are stored; the others keep their value."""
+    async with conductor.sessions() as session:
+        row = await load_instance(session, instance_uuid, project_id)
+        for key, value in values.items():
+            setattr(row, key, value)
+        row.updated_at = datetime.now(UTC)
+        await session.commit()
+        return row
+
+
+async def set_metadata(
+    conductor: Conductor,
+    instance_uuid: str,
+    project_id: str,
+    items: dict[str, str],
+    *,
+    replace: bool,
+) -> dict[str, str]:
+    """Postcondition: metadata is items (replace) or items merged over the old; never more
+    keys than the project's metadata_items limit."""
+    async with conductor.sessions() as session:
+        row = await load_instance(session, instance_uuid, project_id, for_update=_locks(session))
+        merged = dict(items) if replace else {**(row.metadata_ or {}), **items}
+        limit = await limit_of(session, row.project_id, "metadata_items", conductor.cfg.conductor)
+        check_metadata_items(len(merged), limit)
+        row.metadata_ = merged
+        row.updated_at = datetime.now(UTC)
+        await session.commit()
+        return {str(k): str(v) for k, v in merged.items()}
+
+
+async def delete_metadata_item(
+    conductor: Conductor, instance_uuid: str, project_id: str, key: str
+) -> None:
+    async with conductor.sessions() as session:
+        row = await load_instance(session, instance_uuid, project_id, for_update=_locks(session))
+        metadata = dict(row.metadata_ or {})
+        if key not in metadata:
+            raise NotFound(f"Metadata item was not found: {key}")
+        del metadata[key]
+        row.metadata_ = metadata
+        row.updated_at = datetime.now(UTC)
+        await session.commit()
+
+
+def _locks(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"

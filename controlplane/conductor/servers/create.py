@@ -1,0 +1,334 @@
+"""CreateServers: validate, then ONE transaction writes the instances, their create actions
+and one schedule message each through the outbox. The build goes on asynchronously."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import secrets
+import string
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from loom.conductor.v1 import conductor_pb2
+from sqlalchemy import func, literal, select, true
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from controlplane.conductor import commands, outbox
+from controlplane.conductor.context import Conductor
+from controlplane.conductor.errors import InvalidArgument, QuotaExceeded
+from controlplane.conductor.quotas import (
+    check_metadata_items,
+    override,
+    project_quota_from,
+    usage_columns,
+)
+from controlplane.conductor.states import TaskState, VmState
+from controlplane.db.models import Flavor, Image, Instance, InstanceAction, Keypair
+
+# Stable instance UUIDs per (project, request_id, index): a retried request collides on the
+# unique uuid instead of creating twice, with no lookup on the fast path.
+_IDEMPOTENCY_NS = uuid.UUID("6f1c1f55-3d5e-4a5f-9a57-2f8e0f3c1e11")
+
+PRIVATE_NETWORK = ipaddress.IPv4Network("10.0.0.0/16")
+# .0.1 is the network's gateway; the broadcast address is never handed out.
+_FIRST_HOST = 2
+_HOST_SLOTS = PRIVATE_NETWORK.num_addresses - 1 - _FIRST_HOST  # 65533
+
+
+@dataclass(frozen=True)
+class CreateResult:
+    servers: list[Instance]
+    reservation_id: str
+
+
+def instance_uuid(project_id: str, request_id: str, index: int) -> str:
+    if not request_id:
+        return str(uuid.uuid4())
+    return str(uuid.uuid5(_IDEMPOTENCY_NS, f"{project_id}/{request_id}/{index}"))
+
+
+def reservation_id() -> str:
+    alphabet = string.ascii_lowercase + string.digits
+    return "r-" + "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def address_for_id(instance_id: int) -> str:
+    """The fixed IPv4 an instance gets by default: its integer id, wrapped into the network."""
+    slot = (instance_id - 1) % _HOST_SLOTS + _FIRST_HOST
+    return str(PRIVATE_NETWORK.network_address + slot)
+
+
+def _slot_of(instance_id: int) -> int:
+    return (instance_id - 1) % _HOST_SLOTS
+
+
+_HOSTNAME_BAD = re.compile(r"[^a-z0-9-]+")
+
+
+def sanitize_hostname(name: str) -> str:
+    """Nova's rule: lower case, letters, digits and hyphens, at most 63 characters."""
+    host = _HOSTNAME_BAD.sub("-", name.lower()).strip("-")[:63]
+    return host or "server"
+
+
+def _counts(request: conductor_pb2.CreateServersRequest) -> tuple[int, int]:
+    min_count = request.min_count or 1
+    max_count = request.max_count or min_count
+    if min_count < 1 or max_count < 1:
+        raise InvalidArgument("min_count and max_count must be at least 1")
+    if min_count > max_count:
+        raise InvalidArgument(f"min_count ({min_count}) must be <= max_count ({max_count})")
+    return min_count, max_count
+
+
+def _image_visible(image: Image, project_id: str) -> bool:
+    return (
+        image.visibility in ("public", "community") or not project_id or image.owner == project_id
+    )
+
+
+async def create_servers(
+    conductor: Conductor, request: conductor_pb2.CreateServersRequest
+) -> CreateResult:
+    """Postcondition: the servers exist in BUILD (building/scheduling) with a create action
+    and a queued schedule message each, all committed together; or nothing was written.
+    A retry with the same request_id returns the servers of the first call."""
+    cfg = conductor.cfg.conductor
+    min_count, max_count = _counts(request)
+    networks = request.networks or "auto"
+    if networks not in ("auto", "none"):
+        raise InvalidArgument(f"networks must be 'auto' or 'none', not {networks!r}")
+    if not request.project_id or not request.user_id:
+        raise InvalidArgument("project_id and user_id are required")
+    if request.availability_zone and ":" in request.availability_zone and not request.force_host:
+        # Nova's "zone:host" form forces a host (admin only: policy is the gateway's).
+        zone, _, forced = request.availability_zone.partition(":")
+    else:
+        zone, forced = request.availability_zone, request.force_host
+
+    async with conductor.sessions() as session:
+        # Every read the validation needs, in ONE statement: flavor, image, usage, limits,
+        # keypair. A boot's statement budget is small (see the conductor's README).
+        usage, overrides = usage_columns(request.project_id)
+        extra: list[Any] = [
+            select(Keypair.public_key)
+            .where(Keypair.user_id == request.user_id, Keypair.name == request.key_name)
+            .scalar_subquery()
+            if request.key_name
+            else literal(None),
+            override(request.project_id, "metadata_items"),
+        ]
+        found = (
+            await session.execute(
+                select(Flavor, Image, *usage.c, *overrides, *extra)
+                .select_from(Flavor)
+                .outerjoin(Image, Image.id == request.image_id)
+                .join(usage, true())
+                .where(Flavor.flavorid == request.flavor_id)
+            )
+        ).one_or_none()
+        if found is None:
+            raise InvalidArgument(f"Flavor {request.flavor_id} could not be found.")
+        flavor, image = found[0], found[1]
+        quota = project_quota_from(tuple(found[2:8]), cfg)
+        key_data, metadata_limit = found[8], found[9]
+        if flavor.disabled:
+            raise InvalidArgument(f"Flavor {request.flavor_id} is disabled and cannot be used.")
+        if image is None or image.deleted or not _image_visible(image, request.project_id):
+            raise InvalidArgument(f"Image {request.image_id} could not be found.")
+        if image.status != "active":
+            raise InvalidArgument(f"Image {request.image_id} is not active.")
+        if flavor.memory_mb < image.min_ram:
+            raise InvalidArgument("Flavor's memory is too small for requested image.")
+        if flavor.root_gb and flavor.root_gb < image.min_disk:
+            raise InvalidArgument("Flavor's disk is too small for requested image.")
+        if request.key_name and key_data is None:
+            raise InvalidArgument(f"Invalid key_name provided: {request.key_name}")
+        if request.metadata:
+            limit = cfg.default_quota_metadata_items if metadata_limit is None else metadata_limit
+            check_metadata_items(len(request.metadata), int(limit))
+
+        room = quota.headroom(flavor.vcpus, flavor.memory_mb)
+        count = max_count if room is None else min(max_count, room)
+        if count < min_count:
+            try:
+                quota.check(min_count, flavor.vcpus * min_count, flavor.memory_mb * min_count)
+            except QuotaExceeded:
+                # The instances of an earlier try of this very request count against the
+                # quota: a retry must get them back, not an error.
+                existing = await _existing(session, request)
+                if existing:
+                    return CreateResult(existing, existing[0].reservation_id)
+                raise
+
+        # The reads above opened the transaction the writes below commit in.
+        now = datetime.now(UTC)
+        rid = reservation_id()
+        rows: list[Instance] = []
+        for index in range(count):
+            name = f"{request.name}-{index + 1}" if count > 1 else request.name
+            kernel_id = str((image.properties or {}).get("kernel_id", ""))
+            ramdisk_id = str((image.properties or {}).get("ramdisk_id", ""))
+            rows.append(
+                Instance(
+                    uuid=instance_uuid(request.project_id, request.request_id, index),
+                    name=name,
+                    project_id=request.project_id,
+                    user_id=request.user_id,
+                    vm_state=VmState.BUILDING.value,
+                    task_state=TaskState.SCHEDULING.value,
+                    power_state=0,
+                    flavor_id=flavor.flavorid,
+                    flavor_name=flavor.name,
+                    vcpus=flavor.vcpus,
+                    memory_mb=flavor.memory_mb,
+                    root_gb=flavor.root_gb,
+                    ephemeral_gb=flavor.ephemeral_gb,
+                    swap_mb=flavor.swap_mb,
+                    flavor_extra_specs=dict(flavor.extra_specs or {}),
+                    image_id=image.id,
+                    kernel_id=kernel_id,
+                    ramdisk_id=ramdisk_id,
+                    requested_availability_zone=zone or None,
+                    availability_zone=zone or None,
+                    key_name=request.key_name or None,
+                    key_data=key_data,
+                    metadata_=dict(request.metadata),
+                    user_data=request.user_data or None,
+                    reservation_id=rid,
+                    launch_index=index,
+                    hostname=sanitize_hostname(
+                        request.hostname if request.hostname and count == 1 else name
+                    ),
+                    description=request.description or None,
+                    access_ipv4=request.access_ipv4,
+                    access_ipv6=request.access_ipv6,
+                    config_drive="True" if request.config_drive else "",
+                    server_group_id=request.server_group_id or None,
+                    tags=list(request.tags),
+                    addresses=[],
+                    attempts=0,
+                    failed_hosts=[],
+                    alternates=[],
+                    force_host=forced or None,
+                    create_request_id=request.request_id,
+                    created_at=now,
+                    updated_at=now,
+                    deleted=False,
+                )
+            )
+        try:
+            session.add_all(rows)
+            await session.flush()  # one INSERT ... RETURNING gives the integer ids
+            if networks == "auto":
+                await _assign_addresses(session, rows)
+            action_request = request.request_id or str(uuid.uuid4())
+            session.add_all(
+                InstanceAction(
+                    instance_uuid=row.uuid,
+                    action="create",
+                    request_id=action_request,
+                    user_id=request.user_id,
+                    project_id=request.project_id,
+                    start_time=now,
+                    updated_at=now,
+                )
+                for row in rows
+            )
+            await outbox.add(session, *(commands.schedule(row.uuid, 1) for row in rows))
+            await session.commit()
+        except IntegrityError:
+            if not request.request_id:
+                raise
+            await session.rollback()
+            existing = await _existing(session, request)
+            if not existing:
+                raise
+            return CreateResult(existing, existing[0].reservation_id)
+    conductor.wakeup.set()
+    return CreateResult(rows, rid)
+
+
+async def _existing(
+    session: AsyncSession, request: conductor_pb2.CreateServersRequest
+) -> list[Instance]:
+    if not request.request_id:
+        return []
+    result = await session.execute(
+        select(Instance)
+        .where(
+            Instance.create_request_id == request.request_id,
+            Instance.project_id == request.project_id,
+        )
+        .order_by(Instance.launch_index)
+    )
+    return list(result.scalars())
+
+
+async def _assign_addresses(session: AsyncSession, rows: list[Instance]) -> None:
+    """Gives each new instance one fixed IPv4 on "private", unique among live instances.
+
+    The address follows from the integer id, so the fast path costs no lookup. Only once
+    ids have wrapped around the network can an old live instance hold the same slot; then
+    the taken slots are read and the colliding instances get free ones.
+    """
+    taken: set[int] = set()
+    if max(r.id for r in rows) > _HOST_SLOTS:
+        slots = {_slot_of(r.id) for r in rows}
+        clash = (
+            await session.execute(
+                select(func.count(Instance.id)).where(
+                    Instance.deleted.is_(False),
+                    Instance.id < min(r.id for r in rows),
+                    ((Instance.id - 1) % _HOST_SLOTS).in_(slots),
+                )
+            )
+        ).scalar_one()
+        if clash:
+            taken = await _taken_slots(session, {r.id for r in rows})
+    for row in rows:
+        slot = _slot_of(row.id)
+        if slot in taken:
+            free = next((s for s in range(_HOST_SLOTS) if s not in taken), None)
+            if free is None:
+                raise QuotaExceeded("fixed_ips", 1, _HOST_SLOTS, _HOST_SLOTS)
+            slot = free
+        taken.add(slot)
+        address = str(PRIVATE_NETWORK.network_address + slot + _FIRST_HOST)
+        row.addresses = [
+            {
+                "network": "private",
+                "address": address,
+                "version": 4,
+                "type": "fixed",
+                "mac_address": _mac_for(row.uuid),
+            }
+        ]
+
+
+async def _taken_slots(session: AsyncSession, exclude_ids: set[int]) -> set[int]:
+    result = await session.execute(
+        select(Instance.id, Instance.addresses).where(Instance.deleted.is_(False))
+    )
+    taken: set[int] = set()
+    for instance_id, addresses in result:
+        if instance_id in exclude_ids:
+            continue
+        for a in addresses or []:
+            try:
+                ip = ipaddress.IPv4Address(str(a.get("address", "")))
+            except ValueError:
+                continue
+            if ip in PRIVATE_NETWORK:
+                taken.add(int(ip) - int(PRIVATE_NETWORK.network_address) - _FIRST_HOST)
+    return taken
+
+
+def _mac_for(instance_uuid: str) -> str:
+    """A locally administered MAC derived from the UUID (stable across reads)."""
+    raw = uuid.UUID(instance_uuid).bytes[-3:]
+    return "fa:16:3e:" + ":".join(f"{b:02x}" for b in raw)

@@ -1,0 +1,101 @@
+"""`loom conductor`: the gRPC server, the outbox relay, the scheduling worker, the event
+consumer and the heartbeat recorder, in one process, until stop is set."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+
+from loom.conductor.v1 import conductor_pb2, conductor_pb2_grpc
+
+from controlplane.conductor import catalog
+from controlplane.conductor.context import Conductor, SchedulerClient
+from controlplane.conductor.events import EventConsumer
+from controlplane.conductor.fleet import FleetServicer, HeartbeatRecorder
+from controlplane.conductor.outbox import Relay, Wakeup
+from controlplane.conductor.quotas import QuotasServicer
+from controlplane.conductor.scheduling import SchedulingWorker
+from controlplane.conductor.servers.servicer import ServersServicer
+from controlplane.config import LoomConfig
+from controlplane.db.engine import make_engine, session_factory
+from controlplane.runtime import bus, grpcserver
+
+log = logging.getLogger(__name__)
+
+
+def _service_name(name: str) -> str:
+    return conductor_pb2.DESCRIPTOR.services_by_name[name].full_name
+
+
+def registrations(conductor: Conductor) -> list[grpcserver.Registration]:
+    """The conductor's own servicers plus the catalog's."""
+    return [
+        grpcserver.Registration(
+            ServersServicer(conductor),
+            conductor_pb2_grpc.add_ServersServiceServicer_to_server,
+            _service_name("ServersService"),
+        ),
+        grpcserver.Registration(
+            QuotasServicer(conductor.sessions, conductor.cfg.conductor),
+            conductor_pb2_grpc.add_QuotasServiceServicer_to_server,
+            _service_name("QuotasService"),
+        ),
+        grpcserver.Registration(
+            FleetServicer(conductor),
+            conductor_pb2_grpc.add_FleetServiceServicer_to_server,
+            _service_name("FleetService"),
+        ),
+        *catalog.registrations(conductor.sessions, conductor.cfg),
+    ]
+
+
+async def serve(cfg: LoomConfig, stop: asyncio.Event, **_options: object) -> None:
+    """Serves until stop is set, then stops taking requests, lets the workers finish their
+    current batch and closes NATS, the scheduler channel and the database pool."""
+    engine = make_engine(cfg.database_url, pool_size=cfg.database.pool_size, echo=cfg.database.echo)
+    sessions = session_factory(engine)
+    # Standalone runs without a configured URL expect a nats-server on the default port.
+    nats_url = cfg.nats.url or "nats://127.0.0.1:4222"
+    nc = await bus.connect(nats_url, cfg.nats, f"loom-conductor-{uuid.uuid4().hex[:6]}")
+    js = nc.jetstream()
+    await bus.ensure_streams(js, cfg.nats)
+    channel = grpcserver.insecure_or_secure_channel(cfg.scheduler.listen, cfg.tls)
+    conductor = Conductor(sessions, cfg, Wakeup(), SchedulerClient(channel))
+    running = await grpcserver.start_grpc_server(
+        cfg.conductor.listen, registrations(conductor), cfg.tls
+    )
+    workers_stop = asyncio.Event()
+    relay = Relay(sessions, js, conductor.wakeup, batch=cfg.conductor.outbox_batch)
+    tasks = [
+        asyncio.create_task(relay.run(workers_stop), name="outbox-relay"),
+        asyncio.create_task(SchedulingWorker(conductor, js).run(workers_stop), name="scheduling"),
+        asyncio.create_task(EventConsumer(conductor, js).run(workers_stop), name="events"),
+        asyncio.create_task(HeartbeatRecorder(sessions).run(nc, workers_stop), name="heartbeats"),
+    ]
+    log.info("ready", extra={"service": "conductor", "grpc_port": running.port})
+    try:
+        waiter = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not waiter and task.exception() is not None:
+                log.error("conductor worker %s died: %s", task.get_name(), task.exception())
+        waiter.cancel()
+    finally:
+        await running.stop()
+        workers_stop.set()
+        _, pending = await asyncio.wait(tasks, timeout=5.0)
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(BaseException):
+                await task
+        # The workers are done and their acks sent: flush and close (a drain would wait
+        # on the idle pull subscriptions for its whole timeout).
+        with contextlib.suppress(Exception):
+            await nc.flush(timeout=2)
+        await nc.close()
+        await channel.close()
+        await engine.dispose()
+        log.info("stopped", extra={"service": "conductor"})

@@ -1,0 +1,172 @@
+"""A conductor under test: real database, real gRPC, the in-test scheduler peer and, for
+whole-path tests, a nats-server of the test's own with the relay and workers running."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import pytest
+from loom.compute.v1 import compute_pb2
+from loom.conductor.v1 import conductor_pb2_grpc
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from controlplane.conductor.context import Conductor, SchedulerClient
+from controlplane.conductor.events import EventConsumer
+from controlplane.conductor.outbox import Relay, Wakeup
+from controlplane.conductor.scheduling import SchedulingWorker
+from controlplane.conductor.service import registrations
+from controlplane.config import LoomConfig, NatsConfig
+from controlplane.db.engine import make_engine, session_factory
+from controlplane.runtime import bus
+from controlplane.runtime.grpcserver import RunningServer, start_grpc_server
+from controlplane.runtime.natsserver import NatsServerProcess
+from tests.conductor.factories import add, make_flavor, make_image
+from tests.conductor.scheduler_peer import SchedulerPeer, start_scheduler_peer
+
+IMAGE_ID = "11111111-2222-3333-4444-555555555555"
+
+
+@dataclass
+class Harness:
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    conductor: Conductor
+    peer: SchedulerPeer
+    servers: conductor_pb2_grpc.ServersServiceStub
+    quotas: conductor_pb2_grpc.QuotasServiceStub
+    fleet: conductor_pb2_grpc.FleetServiceStub
+    nc: NATS | None = None
+    js: JetStreamContext | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+def conductor_config(**conductor: Any) -> LoomConfig:
+    return LoomConfig.model_validate(
+        {"conductor": {"max_build_attempts": 3, **conductor}, "scheduler": {"num_alternates": 2}}
+    )
+
+
+@contextlib.asynccontextmanager
+async def harness(url: str, cfg: LoomConfig | None = None) -> AsyncIterator[Harness]:
+    cfg = cfg or conductor_config()
+    engine = make_engine(url)
+    sessions = session_factory(engine)
+    peer = SchedulerPeer()
+    sched: RunningServer = await start_scheduler_peer(peer)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{sched.port}")
+    conductor = Conductor(sessions, cfg, Wakeup(), SchedulerClient(channel, timeout=5.0))
+    server = await start_grpc_server("127.0.0.1:0", registrations(conductor))
+    client = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    await add(
+        sessions,
+        make_flavor("1"),
+        make_flavor("big", vcpus=8, memory_mb=8192),
+        make_image(IMAGE_ID),
+    )
+    h = Harness(
+        engine,
+        sessions,
+        conductor,
+        peer,
+        conductor_pb2_grpc.ServersServiceStub(client),
+        conductor_pb2_grpc.QuotasServiceStub(client),
+        conductor_pb2_grpc.FleetServiceStub(client),
+    )
+    try:
+        yield h
+    finally:
+        await client.close()
+        await server.stop(0)
+        await channel.close()
+        await sched.stop(0)
+        await engine.dispose()
+
+
+@pytest.fixture
+async def pg(pg_url: str) -> AsyncIterator[Harness]:
+    async with harness(pg_url) as h:
+        yield h
+
+
+@pytest.fixture
+async def stack(pg_url: str, fresh_nats: NatsServerProcess) -> AsyncIterator[Harness]:
+    """The conductor with its relay and workers running against a nats-server of its own."""
+    async with harness(pg_url) as h:
+        cfg = NatsConfig(duplicate_window_s=120)
+        nc = await bus.connect(fresh_nats.url, cfg, f"test-{uuid.uuid4().hex[:6]}")
+        js = nc.jetstream()
+        await bus.ensure_streams(js, cfg)
+        h.nc, h.js = nc, js
+        stop = asyncio.Event()
+        c = h.conductor
+        h.tasks = [
+            asyncio.create_task(Relay(c.sessions, js, c.wakeup, poll_interval=0.2).run(stop)),
+            asyncio.create_task(SchedulingWorker(c, js).run(stop)),
+            asyncio.create_task(EventConsumer(c, js).run(stop)),
+        ]
+        try:
+            yield h
+        finally:
+            stop.set()
+            await asyncio.wait(h.tasks, timeout=5)
+            for t in h.tasks:
+                t.cancel()
+            await nc.close()
+
+
+class Agent:
+    """Plays a node agent on NATS: reads its host's commands, publishes instance events."""
+
+    def __init__(self, js: JetStreamContext, host: str) -> None:
+        self.js = js
+        self.host = host
+        self._sub: JetStreamContext.PullSubscription | None = None
+
+    async def next_command(self, within: float = 10.0) -> tuple[str, bytes]:
+        """The next command for this host: (verb, payload); acked."""
+        if self._sub is None:
+            self._sub = await self.js.pull_subscribe(
+                bus.compute_host_filter(self.host),
+                durable=f"agent-{self.host}",
+                stream=bus.COMPUTE_STREAM,
+            )
+        msgs = await self._sub.fetch(1, timeout=within)
+        await msgs[0].ack()
+        return msgs[0].subject.rsplit(".", 1)[1], msgs[0].data
+
+    async def build_command(self) -> compute_pb2.BuildInstanceCommand:
+        verb, data = await self.next_command()
+        assert verb == "build"
+        return compute_pb2.BuildInstanceCommand.FromString(data)
+
+    async def report(
+        self, instance_id: str, kind: compute_pb2.InstanceEventKind.ValueType, **kw: Any
+    ) -> None:
+        event = compute_pb2.InstanceEvent(
+            request_id=str(uuid.uuid4()), instance_id=instance_id, host=self.host, kind=kind, **kw
+        )
+        await self.js.publish(
+            bus.instance_event_subject(self.host),
+            event.SerializeToString(),
+            headers={"Nats-Msg-Id": event.request_id},
+        )
+
+
+async def eventually(check: Any, within: float = 10.0) -> Any:
+    """Polls an async predicate until it returns something truthy (never asserts timing)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        result = await check()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            return result
+        await asyncio.sleep(0.05)

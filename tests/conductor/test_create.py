@@ -1,0 +1,228 @@
+"""CreateServers: validation writes nothing; success writes instance, action and schedule
+message together; a retry returns the same servers."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import grpc
+import pytest
+from loom.conductor.v1 import conductor_pb2
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from controlplane.conductor.servers.create import address_for_id
+from controlplane.db.engine import count_statements
+from controlplane.db.models import Instance, InstanceAction, OutboxMessage, Quota
+from tests.conductor.conftest import IMAGE_ID, Harness, harness
+from tests.conductor.factories import PROJECT, USER, add, make_flavor, make_image, make_keypair
+
+
+def create_request(**over: Any) -> conductor_pb2.CreateServersRequest:
+    values: dict[str, Any] = {
+        "request_id": "req-1",
+        "project_id": PROJECT,
+        "user_id": USER,
+        "name": "web",
+        "flavor_id": "1",
+        "image_id": IMAGE_ID,
+        "networks": "auto",
+    }
+    values.update(over)
+    return conductor_pb2.CreateServersRequest(**values)
+
+
+async def counts(sessions: async_sessionmaker[AsyncSession]) -> tuple[int, int, int]:
+    async with sessions() as s:
+        return (
+            (await s.execute(select(func.count(Instance.id)))).scalar_one(),
+            (await s.execute(select(func.count(InstanceAction.id)))).scalar_one(),
+            (await s.execute(select(func.count(OutboxMessage.id)))).scalar_one(),
+        )
+
+
+@pytest.mark.parametrize(
+    ("over", "setup", "code", "words"),
+    [
+        pytest.param(
+            {"flavor_id": "nope"},
+            None,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Flavor",
+            id="a missing flavor is an invalid argument",
+        ),
+        pytest.param(
+            {"image_id": "00000000-0000-0000-0000-000000000000"},
+            None,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Image",
+            id="a missing image",
+        ),
+        pytest.param(
+            {"flavor_id": "off"},
+            "disabled_flavor",
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "disabled",
+            id="a disabled flavor",
+        ),
+        pytest.param(
+            {"image_id": "22222222-2222-2222-2222-222222222222"},
+            "queued_image",
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "not active",
+            id="an image not active",
+        ),
+        pytest.param(
+            {"image_id": "33333333-3333-3333-3333-333333333333"},
+            "private_image",
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Image",
+            id="another project's image",
+        ),
+        pytest.param(
+            {"key_name": "absent"},
+            None,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "key_name",
+            id="an unknown keypair",
+        ),
+        pytest.param(
+            {"min_count": 3, "max_count": 2},
+            None,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "min_count",
+            id="min_count above max_count",
+        ),
+        pytest.param(
+            {"min_count": 11},
+            None,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "instances",
+            id="more instances than the quota",
+        ),
+        pytest.param(
+            {"flavor_id": "big", "min_count": 3},
+            None,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "cores",
+            id="more cores than the quota",
+        ),
+        pytest.param(
+            {"flavor_id": "1"},
+            "ram_quota",
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "ram",
+            id="more ram than the project's own limit",
+        ),
+    ],
+)
+async def test_an_invalid_create_fails_with_its_code_and_writes_nothing(
+    pg: Harness, over: dict[str, Any], setup: str | None, code: grpc.StatusCode, words: str
+) -> None:
+    if setup == "disabled_flavor":
+        await add(pg.sessions, make_flavor("off", name="off", disabled=True))
+    elif setup == "queued_image":
+        await add(pg.sessions, make_image("22222222-2222-2222-2222-222222222222", status="queued"))
+    elif setup == "private_image":
+        await add(
+            pg.sessions,
+            make_image(
+                "33333333-3333-3333-3333-333333333333", visibility="private", owner="someone-else"
+            ),
+        )
+    elif setup == "ram_quota":
+        await add(pg.sessions, Quota(project_id=PROJECT, resource="ram", hard_limit=100))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await pg.servers.CreateServers(create_request(**over))
+    assert info.value.code() == code
+    assert words in (info.value.details() or "")
+    assert await counts(pg.sessions) == (0, 0, 0)
+
+
+async def test_create_writes_instances_actions_and_schedule_messages_together(pg: Harness) -> None:
+    resp = await pg.servers.CreateServers(create_request(min_count=2, max_count=2))
+    assert [s.name for s in resp.servers] == ["web-1", "web-2"]
+    assert re.fullmatch(r"r-[a-z0-9]{8}", resp.reservation_id)
+    assert all(s.status == conductor_pb2.SERVER_STATUS_BUILD for s in resp.servers)
+    assert all(s.task_state == conductor_pb2.TASK_STATE_SCHEDULING for s in resp.servers)
+    assert await counts(pg.sessions) == (2, 2, 2)
+    async with pg.sessions() as s:
+        rows = (await s.execute(select(OutboxMessage).order_by(OutboxMessage.id))).scalars().all()
+        ids = (await s.execute(select(Instance.id).order_by(Instance.id))).scalars().all()
+    assert {r.subject for r in rows} == {"loom.conductor.schedule"}
+    payloads = [conductor_pb2.ScheduleInstanceMessage.FromString(r.payload) for r in rows]
+    assert {p.instance_id for p in payloads} == {s.id for s in resp.servers}
+    assert {p.attempt for p in payloads} == {1}
+    assert [s.instance_name for s in resp.servers] == [f"instance-{i:08x}" for i in ids]
+    addresses = [s.addresses[0].address for s in resp.servers]
+    assert addresses == [address_for_id(i) for i in ids]
+    assert len(set(addresses)) == 2
+    assert all(s.addresses[0].network == "private" for s in resp.servers)
+
+
+async def test_a_retried_create_returns_the_same_servers_and_writes_nothing_more(
+    pg: Harness,
+) -> None:
+    first = await pg.servers.CreateServers(create_request(min_count=3, max_count=3))
+    again = await pg.servers.CreateServers(create_request(min_count=3, max_count=3))
+    assert [s.id for s in again.servers] == [s.id for s in first.servers]
+    assert again.reservation_id == first.reservation_id
+    assert await counts(pg.sessions) == (3, 3, 3)
+
+
+async def test_a_retry_that_would_now_exceed_the_quota_still_returns_the_servers(
+    pg: Harness,
+) -> None:
+    first = await pg.servers.CreateServers(create_request(min_count=10, max_count=10))
+    again = await pg.servers.CreateServers(create_request(min_count=10, max_count=10))
+    assert [s.id for s in again.servers] == [s.id for s in first.servers]
+
+
+async def test_max_count_is_trimmed_to_what_the_quota_allows(pg: Harness) -> None:
+    resp = await pg.servers.CreateServers(create_request(min_count=1, max_count=50))
+    assert len(resp.servers) == 10
+
+
+async def test_networks_none_gives_no_address_and_a_keypair_is_embedded(pg: Harness) -> None:
+    await add(pg.sessions, make_keypair("mykey"))
+    resp = await pg.servers.CreateServers(create_request(networks="none", key_name="mykey"))
+    assert list(resp.servers[0].addresses) == []
+    assert resp.servers[0].key_name == "mykey"
+    async with pg.sessions() as s:
+        inst = (await s.execute(select(Instance))).scalar_one()
+    assert inst.key_data == "ssh-ed25519 AAAA test"
+
+
+async def test_a_single_create_costs_few_statements(pg: Harness) -> None:
+    counter = count_statements(pg.engine)
+    await pg.servers.CreateServers(create_request())
+    # validation (one query), INSERT instance, UPDATE address, INSERT action, INSERT outbox
+    assert 0 < counter.count <= 5, counter.count
+
+
+async def test_create_works_on_sqlite_too(sqlite_url: str) -> None:
+    async with harness(sqlite_url) as h:
+        first = await h.servers.CreateServers(create_request(min_count=2, max_count=2))
+        again = await h.servers.CreateServers(create_request(min_count=2, max_count=2))
+        assert [s.id for s in again.servers] == [s.id for s in first.servers]
+        assert await counts(h.sessions) == (2, 2, 2)
+
+
+async def test_addresses_stay_unique_once_ids_wrap_around_the_network(pg: Harness) -> None:
+    from sqlalchemy import text
+
+    from tests.conductor.factories import make_instance
+
+    # A live server from long ago holds the first address; ids have since wrapped around.
+    old = make_instance(
+        id=1, addresses=[{"network": "private", "address": "10.0.0.2", "version": 4}]
+    )
+    await add(pg.sessions, old)
+    async with pg.sessions() as s, s.begin():
+        await s.execute(text("SELECT setval('instances_id_seq', 65533)"))
+    resp = await pg.servers.CreateServers(create_request(min_count=2, max_count=2))
+    got = [s.addresses[0].address for s in resp.servers]
+    assert address_for_id(65534) == "10.0.0.2"  # the slot the new id would take
+    assert "10.0.0.2" not in got
+    assert len(set(got)) == 2

@@ -1,0 +1,60 @@
+"""Quotas: configured defaults, per-project overrides, usage counted from live servers."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from loom.conductor.v1 import conductor_pb2
+
+from tests.conductor.conftest import Harness
+from tests.conductor.factories import PROJECT, add, make_instance, make_keypair
+
+
+async def test_limits_default_to_the_configuration_and_usage_counts_live_servers(
+    pg: Harness,
+) -> None:
+    await add(
+        pg.sessions,
+        make_instance(vcpus=2, memory_mb=1024),
+        make_instance(),
+        make_instance(deleted=True, vm_state="deleted"),
+        make_keypair(),
+    )
+    resp = await pg.quotas.GetQuotas(
+        conductor_pb2.GetQuotasRequest(project_id=PROJECT, user_id="user-a")
+    )
+    assert resp.limits.instances == 10
+    assert resp.limits.cores == 20
+    assert (resp.usage.instances, resp.usage.cores, resp.usage.ram) == (2, 3, 1536)
+    assert resp.usage.key_pairs == 1
+
+
+async def test_updated_limits_override_the_defaults_for_that_project_only(pg: Harness) -> None:
+    resp = await pg.quotas.UpdateQuotas(
+        conductor_pb2.UpdateQuotasRequest(project_id=PROJECT, limits={"instances": 3, "cores": -1})
+    )
+    assert (resp.limits.instances, resp.limits.cores, resp.limits.ram) == (3, -1, 51200)
+    other = await pg.quotas.GetQuotas(conductor_pb2.GetQuotasRequest(project_id="p2"))
+    assert other.limits.instances == 10
+    again = await pg.quotas.UpdateQuotas(
+        conductor_pb2.UpdateQuotasRequest(project_id=PROJECT, limits={"instances": 4})
+    )
+    assert (again.limits.instances, again.limits.cores) == (4, -1)
+
+
+@pytest.mark.parametrize("limits", [{"bogus": 1}, {"instances": -2}])
+async def test_unknown_keys_and_limits_below_minus_one_are_refused(
+    pg: Harness, limits: dict[str, int]
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await pg.quotas.UpdateQuotas(
+            conductor_pb2.UpdateQuotasRequest(project_id=PROJECT, limits=limits)
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    after = await pg.quotas.GetQuotas(conductor_pb2.GetQuotasRequest(project_id=PROJECT))
+    assert after.limits.instances == 10
+
+
+async def test_default_quotas_are_nova_defaults(pg: Harness) -> None:
+    resp = await pg.quotas.GetDefaultQuotas(conductor_pb2.GetDefaultQuotasRequest())
+    assert (resp.limits.instances, resp.limits.ram, resp.limits.metadata_items) == (10, 51200, 128)
