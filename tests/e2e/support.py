@@ -1,0 +1,167 @@
+"""Whole-stack helpers: every service a separate process, real PostgreSQL, NATS and libvirt."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from loom.conductor.v1 import conductor_pb2, conductor_pb2_grpc
+from loom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session
+
+from controlplane.config import sync_database_url
+from tests.conductor.factories import make_flavor, make_image
+from tests.support.stack import Stack
+
+PROJECT = "e2e-project"
+USER = "e2e-user"
+IMAGE_ID = "11111111-2222-3333-4444-555555555555"
+T = TypeVar("T")
+
+
+def seed_catalog(db_url: str, **flavor: Any) -> None:
+    """A flavor "1" (1 vCPU, 512 MiB, 1 GiB unless given) and an active public image."""
+    engine = create_engine(sync_database_url(db_url))
+    try:
+        with Session(engine) as session, session.begin():
+            session.add_all([make_flavor("1", **flavor), make_image(IMAGE_ID)])
+    finally:
+        engine.dispose()
+
+
+def db_scalar(db_url: str, sql: str) -> Any:
+    engine = create_engine(sync_database_url(db_url))
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text(sql)).scalar()
+    finally:
+        engine.dispose()
+
+
+OVERCOMMITTED_HOSTS_SQL = """
+SELECT count(*) FROM resource_providers
+WHERE vcpu_used > vcpu_total * vcpu_ratio - vcpu_reserved
+   OR memory_mb_used > memory_mb_total * memory_mb_ratio - memory_mb_reserved
+   OR disk_gb_used > disk_gb_total * disk_gb_ratio - disk_gb_reserved"""
+
+USAGE_MISMATCH_SQL = """
+SELECT count(*) FROM resource_providers p LEFT JOIN (
+  SELECT provider_id, sum(vcpus) v, sum(memory_mb) m, sum(disk_gb) d, count(*) c
+  FROM allocations GROUP BY provider_id) a ON a.provider_id = p.id
+WHERE p.vcpu_used <> coalesce(a.v, 0) OR p.memory_mb_used <> coalesce(a.m, 0)
+   OR p.disk_gb_used <> coalesce(a.d, 0) OR p.allocation_count <> coalesce(a.c, 0)"""
+
+
+@dataclass
+class Client:
+    channel: grpc.aio.Channel
+    servers: conductor_pb2_grpc.ServersServiceStub
+    quotas: conductor_pb2_grpc.QuotasServiceStub
+
+    @classmethod
+    def connect(cls, target: str) -> Client:
+        channel = grpc.aio.insecure_channel(target)
+        return cls(
+            channel,
+            conductor_pb2_grpc.ServersServiceStub(channel),
+            conductor_pb2_grpc.QuotasServiceStub(channel),
+        )
+
+    async def unlimited_quota(self) -> None:
+        await self.quotas.UpdateQuotas(
+            conductor_pb2.UpdateQuotasRequest(
+                request_id=uuid.uuid4().hex,
+                project_id=PROJECT,
+                limits={"instances": -1, "cores": -1, "ram": -1},
+            ),
+            timeout=10,
+        )
+
+    async def create(self, name: str, count: int = 1) -> list[str]:
+        resp = await self.servers.CreateServers(
+            conductor_pb2.CreateServersRequest(
+                request_id=uuid.uuid4().hex,
+                project_id=PROJECT,
+                user_id=USER,
+                name=name,
+                flavor_id="1",
+                image_id=IMAGE_ID,
+                networks="none",
+                min_count=count,
+                max_count=count,
+            ),
+            timeout=30,
+        )
+        return [s.id for s in resp.servers]
+
+    async def delete(self, server_id: str) -> None:
+        await self.servers.DeleteServer(
+            conductor_pb2.DeleteServerRequest(
+                request_id=uuid.uuid4().hex, id=server_id, project_id=PROJECT, user_id=USER
+            ),
+            timeout=30,
+        )
+
+    async def all_servers(self, include_deleted: bool = False) -> list[conductor_pb2.Server]:
+        out: list[conductor_pb2.Server] = []
+        marker = ""
+        while True:
+            resp = await self.servers.ListServers(
+                conductor_pb2.ListServersRequest(
+                    project_id=PROJECT, limit=1000, marker=marker, include_deleted=include_deleted
+                ),
+                timeout=30,
+            )
+            out.extend(resp.servers)
+            if not resp.next_marker:
+                return out
+            marker = resp.next_marker
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+Status = conductor_pb2.ServerStatus
+TERMINAL = {Status.SERVER_STATUS_ACTIVE, Status.SERVER_STATUS_ERROR, Status.SERVER_STATUS_SHUTOFF}
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T | None]], within: float, what: str, every: float = 0.1
+) -> T:
+    deadline = time.monotonic() + within
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {within}s: {what}")
+        await asyncio.sleep(every)
+
+
+async def wait_for_hosts(stack: Stack, count: int, within: float = 60.0) -> None:
+    async with grpc.aio.insecure_channel(stack.scheduler_target) as channel:
+        stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+
+        async def up() -> bool:
+            resp = await stub.ListHosts(scheduler_pb2.ListHostsRequest(), timeout=10)
+            return sum(1 for h in resp.hosts if h.up and h.enabled) >= count
+
+        await eventually(up, within, f"{count} hosts up in the scheduler")
+
+
+async def settle(client: Client, ids: set[str], within: float) -> dict[str, conductor_pb2.Server]:
+    """Waits until every server in ids is ACTIVE, ERROR or SHUTOFF; returns them by id."""
+
+    async def done() -> dict[str, conductor_pb2.Server] | None:
+        servers = {s.id: s for s in await client.all_servers() if s.id in ids}
+        if len(servers) == len(ids) and all(s.status in TERMINAL for s in servers.values()):
+            return servers
+        return None
+
+    return await eventually(done, within, f"{len(ids)} servers settle", every=0.2)
