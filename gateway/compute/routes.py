@@ -1,0 +1,20 @@
+"""Every compute route, in one table (also the source of /openapi.json)."""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute, Route
+
+from gateway.compute import flavors, keypairs, versions
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/compute", versions.list_versions, methods=["GET"]),
+        Route("/compute/", versions.list_versions, methods=["GET"]),
+        Route("/compute/v2", versions.show_v20, methods=["GET"]),
+        Route("/compute/v2/", versions.show_v20, methods=["GET"]),
+        Route("/compute/v2.1", versions.show_v21, methods=["GET"]),
+        Route("/compute/v2.1/", versions.show_v21, methods=["GET"]),
+        *flavors.routes(),
+        *keypairs.routes(),
+    ]
