@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Route
 
-from gateway.compute import flavors, keypairs, versions
+from gateway.compute import flavors, fleet, keypairs, quotas, servers, versions
 
 
 def routes() -> list[BaseRoute]:
@@ -17,4 +17,7 @@ def routes() -> list[BaseRoute]:
         Route("/compute/v2.1/", versions.show_v21, methods=["GET"]),
         *flavors.routes(),
         *keypairs.routes(),
+        *servers.routes(),
+        *quotas.routes(),
+        *fleet.routes(),
     ]
