@@ -29,6 +29,7 @@ class Conductor:
         self.servers = pb_grpc.ServersServiceStub(channel)
         self.quotas = pb_grpc.QuotasServiceStub(channel)
         self.fleet = pb_grpc.FleetServiceStub(channel)
+        self.server_groups = pb_grpc.ServerGroupsServiceStub(channel)
 
     async def close(self) -> None:
         await self.channel.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Route
 
-from gateway.compute import flavors, fleet, keypairs, quotas, servers, versions
+from gateway.compute import flavors, fleet, keypairs, quotas, server_groups, servers, versions
 
 
 def routes() -> list[BaseRoute]:
@@ -20,4 +20,5 @@ def routes() -> list[BaseRoute]:
         *servers.routes(),
         *quotas.routes(),
         *fleet.routes(),
+        *server_groups.routes(),
     ]

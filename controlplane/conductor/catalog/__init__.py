@@ -1,4 +1,5 @@
-"""The conductor's catalog: identity (projects, users, roles), flavors, images, keypairs.
+"""The conductor's catalog: identity (projects, users, roles), flavors, images, keypairs,
+server groups.
 
 `registrations()` is how the conductor's server picks up the catalog's gRPC services.
 Every servicer seeds the catalog (roles, admin and demo, default flavors) the first
@@ -17,6 +18,7 @@ from controlplane.conductor.catalog.identity import IdentityServicer
 from controlplane.conductor.catalog.images import ImagesServicer
 from controlplane.conductor.catalog.keypairs import KeypairsServicer
 from controlplane.conductor.catalog.seed import Seeder, seed_catalog
+from controlplane.conductor.catalog.server_groups import ServerGroupsServicer
 from controlplane.config import LoomConfig
 from controlplane.runtime.grpcserver import Registration
 
@@ -52,5 +54,10 @@ def registrations(
             KeypairsServicer(sessions, seeder, cfg.conductor.default_quota_key_pairs),
             pb_grpc.add_KeypairsServiceServicer_to_server,
             _name("KeypairsService"),
+        ),
+        Registration(
+            ServerGroupsServicer(sessions, cfg.conductor.default_quota_server_groups),
+            pb_grpc.add_ServerGroupsServiceServicer_to_server,
+            _name("ServerGroupsService"),
         ),
     ]
