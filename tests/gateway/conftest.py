@@ -24,7 +24,9 @@ class Cloud:
     seed: Seed
     catalog: RunningCatalog
 
-    async def token(self, user: str = "demo", project: str | None = None, password: str | None = None) -> str:
+    async def token(
+        self, user: str = "demo", project: str | None = None, password: str | None = None
+    ) -> str:
         seeded = self.seed.user(user)
         body = {
             "auth": {
@@ -50,7 +52,9 @@ class Cloud:
         assert r.status_code == 201, r.text
         return r.headers["x-subject-token"]
 
-    async def headers(self, user: str = "demo", version: str | None = None, **kw: Any) -> dict[str, str]:
+    async def headers(
+        self, user: str = "demo", version: str | None = None, **kw: Any
+    ) -> dict[str, str]:
         h = {"X-Auth-Token": await self.token(user, **kw)}
         if version:
             h["OpenStack-API-Version"] = f"compute {version}"
@@ -75,7 +79,9 @@ class Cloud:
         )
         assert r.status_code == 201, r.text
         uid = r.json()["user"]["id"]
-        roles = (await self.client.get("/identity/v3/roles", params={"name": role}, headers=admin)).json()
+        roles = (
+            await self.client.get("/identity/v3/roles", params={"name": role}, headers=admin)
+        ).json()
         rid = roles["roles"][0]["id"]
         r = await self.client.put(
             f"/identity/v3/projects/{pid}/users/{uid}/roles/{rid}", headers=admin

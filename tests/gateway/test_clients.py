@@ -124,7 +124,14 @@ async def test_openstack_cli_manages_projects_users_and_roles(live: LiveCloud) -
     assert isinstance(user, dict) and user["name"] == "alice"
     await live.cli("role", "add", "--user", "alice", "--project", "team-a", "member", cloud=admin)
     assignments = await live.cli_json(
-        "role", "assignment", "list", "--user", "alice", "--project", "team-a", "--names",
+        "role",
+        "assignment",
+        "list",
+        "--user",
+        "alice",
+        "--project",
+        "team-a",
+        "--names",
         cloud=admin,
     )
     assert isinstance(assignments, list)
@@ -138,8 +145,15 @@ async def test_openstack_cli_uploads_lists_and_downloads_an_image(live: LiveClou
     payload = live.data / "disk.img"
     payload.write_bytes(b"loom-image-bytes" * 4096)
     image = await live.cli_json(
-        "image", "create", "--disk-format", "raw", "--container-format", "bare",
-        "--file", str(payload), "cirros",
+        "image",
+        "create",
+        "--disk-format",
+        "raw",
+        "--container-format",
+        "bare",
+        "--file",
+        str(payload),
+        "cirros",
     )
     assert isinstance(image, dict)
     assert image["status"] == "active"

@@ -7,11 +7,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from controlplane.conductor import catalog
-from controlplane.config import LoomConfig, load_config
-from controlplane.db.engine import make_engine, session_factory
+from controlplane.config import LoomConfig, async_database_url, load_config
+from controlplane.db.engine import session_factory
 from controlplane.runtime.grpcserver import start_grpc_server
 
 
@@ -28,7 +29,9 @@ class RunningCatalog:
 
 @asynccontextmanager
 async def running_catalog(db_url: str, data_dir: Path) -> AsyncIterator[RunningCatalog]:
-    engine = make_engine(db_url)
+    # NullPool: every connection closes when its session ends, so none outlives the test
+    # (a pooled one closed only at dispose can be collected before, which warns).
+    engine = create_async_engine(async_database_url(db_url), poolclass=NullPool)
     sessions = session_factory(engine)
     cfg = load_config(environ={}, overrides={"data_dir": str(data_dir)})
     server = await start_grpc_server("127.0.0.1:0", catalog.registrations(sessions, cfg))
