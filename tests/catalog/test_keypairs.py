@@ -26,6 +26,13 @@ def _ssh_keygen_md5(public_key: str, tmp_path: Path) -> str:
     return out.split()[1].removeprefix("MD5:")
 
 
+def _ssh_keygen_public(private: Path) -> list[str]:
+    out = subprocess.run(
+        ["ssh-keygen", "-y", "-f", str(private)], capture_output=True, text=True, check=True
+    ).stdout
+    return out.split()[:2]
+
+
 async def test_an_imported_key_has_ssh_keygen_s_md5_fingerprint(
     stubs: Stubs, tmp_path: Path
 ) -> None:
@@ -45,9 +52,7 @@ async def test_a_generated_pair_returns_a_private_key_matching_its_public_key(
     private = tmp_path / "id"
     private.write_text(reply.private_key)
     private.chmod(0o600)
-    derived = subprocess.run(
-        ["ssh-keygen", "-y", "-f", str(private)], capture_output=True, text=True, check=True
-    ).stdout.split()[:2]
+    derived = _ssh_keygen_public(private)
     assert derived == reply.keypair.public_key.split()[:2]
     assert reply.keypair.fingerprint == _ssh_keygen_md5(reply.keypair.public_key, tmp_path)
 

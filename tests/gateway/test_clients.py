@@ -90,7 +90,9 @@ async def live(pg_url: str, tmp_path: Path) -> AsyncIterator[LiveCloud]:
 async def test_openstack_cli_issues_a_token_and_lists_flavors(live: LiveCloud) -> None:
     token = await live.cli_json("token", "issue")
     assert isinstance(token, dict)
-    assert token["id"] and token["project_id"] and token["user_id"]
+    assert token["id"]
+    assert token["project_id"]
+    assert token["user_id"]
     flavors = await live.cli_json("flavor", "list")
     assert isinstance(flavors, list)
     assert {f["Name"] for f in flavors} >= {"m1.tiny", "m1.small", "m1.xlarge"}
@@ -107,7 +109,8 @@ async def test_openstack_cli_creates_and_lists_a_keypair(live: LiveCloud) -> Non
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBZ2kFHqVtD6Bw4qK1hJ5QEFgXDvRmiXoHTZ5bRJ0q4S k2\n"
     )
     imported = await live.cli_json("keypair", "create", "--public-key", str(pub), "k2")
-    assert isinstance(imported, dict) and imported["name"] == "k2"
+    assert isinstance(imported, dict)
+    assert imported["name"] == "k2"
     listed = await live.cli_json("keypair", "list")
     assert isinstance(listed, list)
     assert [k["Name"] for k in listed] == ["k1", "k2"]
@@ -117,11 +120,13 @@ async def test_openstack_cli_creates_and_lists_a_keypair(live: LiveCloud) -> Non
 async def test_openstack_cli_manages_projects_users_and_roles(live: LiveCloud) -> None:
     admin = "loom-admin"
     project = await live.cli_json("project", "create", "team-a", cloud=admin)
-    assert isinstance(project, dict) and project["name"] == "team-a"
+    assert isinstance(project, dict)
+    assert project["name"] == "team-a"
     user = await live.cli_json(
         "user", "create", "--project", "team-a", "--password", "s3cret-pw", "alice", cloud=admin
     )
-    assert isinstance(user, dict) and user["name"] == "alice"
+    assert isinstance(user, dict)
+    assert user["name"] == "alice"
     await live.cli("role", "add", "--user", "alice", "--project", "team-a", "member", cloud=admin)
     assignments = await live.cli_json(
         "role",
