@@ -85,6 +85,8 @@ def from_grpc(code: grpc.StatusCode, details: str) -> ApiError:
     if status >= 500 and status not in (501, 503):
         # Internal detail stays in the logs; the tenant gets a generic sentence.
         details = "Unexpected API Error. Please report this at your operator."
+    elif status == 501:
+        details = f"Not implemented by this Loom conductor yet ({details or 'unimplemented'})."
     elif status == 503:
         details = details or "The service is temporarily unavailable."
     return ApiError(status, details or HTTPStatus(status).phrase)

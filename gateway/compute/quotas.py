@@ -91,12 +91,16 @@ async def _quotas(request: Request, project_id: str, user_id: str) -> pb.GetQuot
     return reply
 
 
-@documented(query=[QueryParam("tenant_id")], tag="compute")
+LIMITS_QUERY = [QueryParam("tenant_id"), QueryParam("reserved")]
+
+
+@documented(query=LIMITS_QUERY, tag="compute")
 async def limits(request: Request) -> Response:
     """The project's absolute limits and usage."""
     ctx = context(request)
     ctx.require_read("os_compute_api:limits")
-    q = checked_query(request, [QueryParam("tenant_id")])
+    # `reserved` is accepted and ignored, as Nova does (clients send reserved=False).
+    q = checked_query(request, LIMITS_QUERY)
     project = q.get("tenant_id", ctx.project_id)
     _project_allowed(ctx, project)
     mv = microversion(request)

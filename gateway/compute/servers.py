@@ -39,6 +39,26 @@ _HOSTNAME = {
     "maxLength": 255,
     "pattern": r"^[a-zA-Z0-9][a-zA-Z0-9.-]*$",
 }
+# Clients (the openstack CLI among them) describe "boot from this image on local disk"
+# as a block device mapping; that one form is accepted, since Loom has no volumes.
+_BDM = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "uuid": {"type": "string", "pattern": "^[0-9a-fA-F-]{32,36}$"},
+        "boot_index": {"type": ["integer", "string", "null"]},
+        "source_type": {"type": "string", "enum": ["image", "blank", "volume", "snapshot"]},
+        "destination_type": {"type": "string", "enum": ["local", "volume"]},
+        "delete_on_termination": {"type": ["boolean", "string"]},
+        "device_name": {"type": ["string", "null"]},
+        "device_type": {"type": ["string", "null"]},
+        "disk_bus": {"type": ["string", "null"]},
+        "guest_format": {"type": ["string", "null"]},
+        "volume_size": {"type": ["integer", "string", "null"]},
+        "tag": {"type": "string"},
+        "no_device": {},
+    },
+}
 _NETWORK_ITEM = {
     "type": "object",
     "additionalProperties": False,
@@ -80,7 +100,7 @@ def create_schema(mv: Microversion) -> dict[str, Any]:
                 "additionalProperties": False,
             },
         },
-        "block_device_mapping_v2": {"type": "array", "maxItems": 0},
+        "block_device_mapping_v2": {"type": "array", "items": _BDM},
     }
     if not mv.at_least("2.57"):
         fields["personality"] = {"type": "array", "maxItems": 0}
@@ -383,6 +403,21 @@ def _count(value: Any, name: str) -> int:
         raise BadRequest(f"Invalid input for field/attribute {name}.") from None
 
 
+def _image_from_bdm(mappings: list[dict[str, Any]], image_ref: str) -> str:
+    """The image to boot: imageRef, or the one image-to-local boot mapping."""
+    for m in mappings:
+        local_image = (
+            m.get("source_type") == "image" and m.get("destination_type", "local") == "local"
+        )
+        if not local_image:
+            raise BadRequest("Loom has no volumes: only image-to-local block device mappings work.")
+        if str(m.get("boot_index", "0")) in ("0", "None") and m.get("uuid"):
+            if image_ref and image_ref != m["uuid"]:
+                raise BadRequest("imageRef and the boot block device mapping disagree.")
+            image_ref = m["uuid"]
+    return image_ref
+
+
 def _truthy(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -414,7 +449,8 @@ async def create_server(request: Request) -> Response:
             base64.b64decode(s["user_data"], validate=True)
         except (binascii.Error, ValueError):
             raise BadRequest("User data needs to be valid base 64.") from None
-    if not s.get("imageRef"):
+    image_ref = _image_from_bdm(s.get("block_device_mapping_v2", []), s.get("imageRef", ""))
+    if not image_ref:
         raise BadRequest("Loom boots from images only: imageRef is required.")
     force_host = ""
     az = s.get("availability_zone", "")
@@ -436,7 +472,7 @@ async def create_server(request: Request) -> Response:
             user_id=ctx.user_id,
             name=s["name"],
             flavor_id=str(s["flavorRef"]).rstrip("/").rsplit("/", 1)[-1],
-            image_id=s["imageRef"].rstrip("/").rsplit("/", 1)[-1],
+            image_id=image_ref.rstrip("/").rsplit("/", 1)[-1],
             availability_zone=az,
             key_name=s.get("key_name", ""),
             metadata=s.get("metadata", {}),

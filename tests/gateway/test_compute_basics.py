@@ -141,3 +141,33 @@ async def test_servers_validate_before_calling_the_conductor(cloud: Cloud) -> No
     }
     r = await cloud.client.post("/compute/v2.1/servers", json=body, headers=h)
     assert r.status_code in (202, 501), r.text
+
+
+async def test_an_image_to_local_block_device_mapping_is_accepted_as_the_image(
+    cloud: Cloud,
+) -> None:
+    """The openstack CLI sends the image this way; volumes are refused with a reason."""
+    h = await cloud.headers(version="2.96")
+    image = "9b0b3a25-4c9b-4bb5-8f39-5b8d9f6c3f55"
+    bdm = {
+        "uuid": image,
+        "boot_index": 0,
+        "source_type": "image",
+        "destination_type": "local",
+        "delete_on_termination": True,
+    }
+    body = {
+        "server": {
+            "name": "vm",
+            "flavorRef": "1",
+            "networks": "none",
+            "block_device_mapping_v2": [bdm],
+        }
+    }
+    r = await cloud.client.post("/compute/v2.1/servers", json=body, headers=h)
+    assert r.status_code in (202, 501), r.text
+    volume = {**bdm, "destination_type": "volume"}
+    body["server"]["block_device_mapping_v2"] = [volume]
+    r = await cloud.client.post("/compute/v2.1/servers", json=body, headers=h)
+    assert r.status_code == 400
+    assert "no volumes" in r.json()["badRequest"]["message"]

@@ -187,3 +187,15 @@ async def test_only_the_default_domain_exists(cloud: Cloud) -> None:
         "name"
     ] == "Default"
     assert (await cloud.client.get("/identity/v3/domains/other", headers=h)).status_code == 404
+
+
+async def test_services_and_endpoints_mirror_the_token_catalog(cloud: Cloud) -> None:
+    h = await cloud.headers()
+    services = (await cloud.client.get("/identity/v3/services", headers=h)).json()["services"]
+    assert sorted(s["type"] for s in services) == ["compute", "identity", "image"]
+    compute = next(s for s in services if s["type"] == "compute")
+    endpoints = (
+        await cloud.client.get(f"/identity/v3/endpoints?service_id={compute['id']}", headers=h)
+    ).json()["endpoints"]
+    assert {e["interface"] for e in endpoints} == {"public", "internal", "admin"}
+    assert {e["url"] for e in endpoints} == {"http://loom.test/compute/v2.1"}
