@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -22,6 +23,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 COMPUTE_API = "/compute/v2.1"
+# Keystone project ids are UUIDs, with or without dashes.
+_PROJECT_ID = re.compile(r"^[0-9a-fA-F]{32}$|^[0-9a-fA-F-]{36}$")
 _VERSION_HEADERS = "OpenStack-API-Version, X-OpenStack-Nova-API-Version"
 
 
@@ -47,7 +50,7 @@ class GatewayMiddleware:
             return
         rest = path[len(prefix) :]
         first, _, tail = rest.partition("/")
-        if first and first not in self.collections:
+        if first and first not in self.collections and _PROJECT_ID.match(first):
             # Legacy clients put the project id first: /compute/v2.1/{project_id}/servers.
             scope["loom.path_project_id"] = first
             scope["path"] = COMPUTE_API + ("/" + tail if tail else "")

@@ -151,7 +151,7 @@ async def issue_token(request: Request) -> Response:
             raise
         user_id, user_name = reply.user.id, reply.user.name
         project = reply.project if reply.HasField("project") else None
-        if project is None and reply.user.default_project_id:
+        if project is None and scope != "unscoped" and reply.user.default_project_id:
             project = await _try_default_project(request, reply.user)
     elif "token" in methods and "token" in identity:
         try:

@@ -118,8 +118,12 @@ async def test_the_project_id_may_lead_the_path_as_legacy_clients_send_it(cloud:
     r = await cloud.client.get(f"/compute/v2.1/{project_id}/flavors", headers=h)
     assert r.status_code == 200
     assert len(r.json()["flavors"]) == 5
-    other = await cloud.client.get("/compute/v2.1/0123456789abcdef/flavors", headers=h)
+    other = await cloud.client.get(
+        "/compute/v2.1/0123456789abcdef0123456789abcdef/flavors", headers=h
+    )
     assert other.status_code == 400
+    unknown = await cloud.client.get("/compute/v2.1/images", headers=h)
+    assert unknown.status_code == 404
 
 
 async def test_servers_validate_before_calling_the_conductor(cloud: Cloud) -> None:
