@@ -100,3 +100,12 @@ async def test_a_protected_image_cannot_be_deleted(stubs: Stubs) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stubs.images.DeleteImage(pb.DeleteImageRequest(id=image.id, project_id="p"))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_a_retried_image_create_returns_the_first_image(stubs: Stubs) -> None:
+    req = pb.CreateImageRequest(request_id="req-1", image=pb.Image(name="once", owner="p"))
+    first = (await stubs.images.CreateImage(req)).image
+    again = (await stubs.images.CreateImage(req)).image
+    assert again.id == first.id
+    listed = await stubs.images.ListImages(pb.ListImagesRequest(project_id="p"))
+    assert [i.id for i in listed.images] == [first.id]

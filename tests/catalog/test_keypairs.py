@@ -1,4 +1,4 @@
-"""KeypairsService: generation, import validation, fingerprints, quota, and server groups."""
+"""KeypairsService: generation, import validation, fingerprints and paging."""
 
 from __future__ import annotations
 
@@ -98,37 +98,3 @@ async def test_keypairs_page_by_name_and_deleting_twice_is_not_found(stubs: Stub
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stubs.keypairs.DeleteKeypair(pb.DeleteKeypairRequest(user_id="u", name="a"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
-
-
-async def test_server_groups_are_scoped_to_their_project(stubs: Stubs) -> None:
-    group = (
-        await stubs.server_groups.CreateServerGroup(
-            pb.CreateServerGroupRequest(
-                group=pb.ServerGroup(
-                    name="g",
-                    project_id="p1",
-                    user_id="u",
-                    policy="anti-affinity",
-                    rules={"max_server_per_host": "2"},
-                )
-            )
-        )
-    ).group
-    assert list(group.members) == []
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stubs.server_groups.GetServerGroup(
-            pb.GetServerGroupRequest(id=group.id, project_id="p2")
-        )
-    assert err.value.code() == grpc.StatusCode.NOT_FOUND
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stubs.server_groups.CreateServerGroup(
-            pb.CreateServerGroupRequest(
-                group=pb.ServerGroup(
-                    name="g2",
-                    project_id="p1",
-                    policy="affinity",
-                    rules={"max_server_per_host": "2"},
-                )
-            )
-        )
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -28,6 +28,12 @@ def new_uuid() -> str:
     return str(uuid.uuid4())
 
 
+def id_for_request(kind: str, request_id: str) -> str:
+    """A UUID derived from the caller's request id: a retried create finds the row its
+    first attempt made instead of making a second one."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"loom:{kind}:{request_id}"))
+
+
 def timestamp(value: datetime | None) -> Timestamp | None:
     if value is None:
         return None

@@ -13,7 +13,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
-from controlplane.conductor.catalog._rpc import abort, new_uuid, now, timestamp
+from controlplane.conductor.catalog._rpc import abort, id_for_request, new_uuid, now, timestamp
 from controlplane.conductor.catalog.seed import Seeder
 from controlplane.db.models import Image
 
@@ -103,8 +103,9 @@ class ImagesServicer(pb_grpc.ImagesServiceServicer):
                 context, grpc.StatusCode.INVALID_ARGUMENT, "min_disk and min_ram must be >= 0"
             )
         created = now()
+        derived = not want.id and bool(request.request_id)
         image = Image(
-            id=want.id or new_uuid(),
+            id=want.id or (id_for_request("image", request.request_id) if derived else new_uuid()),
             name=want.name or None,
             status="queued",
             disk_format=want.disk_format or None,
@@ -121,7 +122,11 @@ class ImagesServicer(pb_grpc.ImagesServiceServicer):
             updated_at=created,
         )
         async with self._sessions.begin() as s:
-            if await s.get(Image, image.id) is not None:
+            existing = await s.get(Image, image.id)
+            if existing is not None and derived and existing.owner == image.owner:
+                # A retry of the same request: answer as the first attempt did.
+                return pb.CreateImageResponse(image=image_pb(existing))
+            if existing is not None:
                 await abort(context, grpc.StatusCode.ALREADY_EXISTS, f"Image {image.id} exists")
             s.add(image)
         return pb.CreateImageResponse(image=image_pb(image))

@@ -10,7 +10,7 @@ from loom.conductor.v1 import conductor_pb2_grpc as pb_grpc
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from controlplane.conductor.catalog._rpc import abort, new_uuid, now, timestamp
+from controlplane.conductor.catalog._rpc import abort, id_for_request, new_uuid, now, timestamp
 from controlplane.db.models import Instance, Quota, ServerGroup
 
 POLICIES = ("affinity", "anti-affinity", "soft-affinity", "soft-anti-affinity")
@@ -75,8 +75,10 @@ class ServerGroupsServicer(pb_grpc.ServerGroupsServiceServicer):
                     grpc.StatusCode.INVALID_ARGUMENT,
                     "max_server_per_host must be a positive integer",
                 )
+        derived = not want.id and bool(request.request_id)
         group = ServerGroup(
-            id=want.id or new_uuid(),
+            id=want.id
+            or (id_for_request("server-group", request.request_id) if derived else new_uuid()),
             name=want.name,
             project_id=want.project_id,
             user_id=want.user_id,
@@ -85,6 +87,13 @@ class ServerGroupsServicer(pb_grpc.ServerGroupsServiceServicer):
             created_at=now(),
         )
         async with self._sessions.begin() as s:
+            existing = await s.get(ServerGroup, group.id)
+            if existing is not None and derived and existing.project_id == group.project_id:
+                # A retry of the same request: answer as the first attempt did.
+                members = await self._members(s, [existing.id])
+                return pb.CreateServerGroupResponse(group=self._pb(existing, members[existing.id]))
+            if existing is not None:
+                await abort(context, grpc.StatusCode.ALREADY_EXISTS, f"group {group.id} exists")
             limit = await s.scalar(
                 select(Quota.hard_limit).where(
                     Quota.project_id == want.project_id, Quota.resource == "server_groups"
