@@ -202,3 +202,17 @@ async def test_novaclient_at_2_96_lists_flavors_and_manages_keypairs(live: LiveC
     assert "m1.small" in flavors
     assert fingerprint.count(":") == 15
     assert names == ["nk"]
+
+
+async def test_openstack_cli_shows_the_catalog_and_manages_server_groups(live: LiveCloud) -> None:
+    endpoints = await live.cli_json("endpoint", "list", cloud="loom-admin")
+    assert isinstance(endpoints, list)
+    assert {e["Service Type"] for e in endpoints} == {"identity", "compute", "image"}
+    group = await live.cli_json("server", "group", "create", "--policy", "anti-affinity", "g1")
+    assert isinstance(group, dict)
+    assert group["policy"] == "anti-affinity"
+    groups = await live.cli_json("server", "group", "list")
+    assert isinstance(groups, list)
+    assert [g["Name"] for g in groups] == ["g1"]
+    await live.cli("server", "group", "delete", "g1")
+    assert await live.cli_json("server", "group", "list") == []
