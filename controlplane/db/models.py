@@ -2,7 +2,8 @@
 
 Ownership (the only writer of each table):
   conductor: instances, instance_actions, instance_action_events, flavors, images, keypairs,
-             quotas, services, outbox, projects, users, roles, role_assignments
+             quotas, services, outbox, projects, users, roles, role_assignments,
+             server_groups
   scheduler: resource_providers, allocations
 """
 
@@ -303,6 +304,21 @@ class RoleAssignment(Base):
         ForeignKey("projects.id", ondelete="CASCADE"), index=True
     )
     role_id: Mapped[str] = mapped_column(ForeignKey("roles.id", ondelete="CASCADE"))
+
+
+class ServerGroup(Base):
+    """A server group (os-server-groups); members are instances naming it in
+    instances.server_group_id. Added by migration 0002_catalog_server_groups."""
+
+    __tablename__ = "server_groups"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    project_id: Mapped[str] = mapped_column(String(64), index=True)
+    user_id: Mapped[str] = mapped_column(String(64))
+    policy: Mapped[str] = mapped_column(String(32))
+    rules: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 # --------------------------------------------------------------------------- scheduler

@@ -4818,3 +4818,282 @@ class ScheduleInstanceMessage(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ScheduleInstanceMessage: _TypeAlias = ScheduleInstanceMessage  # noqa: Y015
+
+@_typing.final
+class ServerGroup(_message.Message):
+    """A server group: servers the scheduler places together (affinity) or apart."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class RulesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    RULES_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """UUID."""
+    name: _builtins.str
+    """Display name."""
+    project_id: _builtins.str
+    """Owning project."""
+    user_id: _builtins.str
+    """Creating user."""
+    policy: _builtins.str
+    """affinity, anti-affinity, soft-affinity or soft-anti-affinity."""
+    @_builtins.property
+    def rules(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Policy rules, e.g. max_server_per_host for anti-affinity."""
+
+    @_builtins.property
+    def members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """UUIDs of the servers in the group that are not deleted."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """Created."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        policy: _builtins.str = ...,
+        rules: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        members: _abc.Iterable[_builtins.str] | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "id", b"id", "members", b"members", "name", b"name", "policy", b"policy", "project_id", b"project_id", "rules", b"rules", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServerGroup: _TypeAlias = ServerGroup  # noqa: Y015
+
+@_typing.final
+class CreateServerGroupRequest(_message.Message):
+    """Request for CreateServerGroup."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call."""
+    @_builtins.property
+    def group(self) -> Global___ServerGroup:
+        """The group; an empty id gets a generated UUID."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        group: Global___ServerGroup | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["group", b"group"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateServerGroupRequest: _TypeAlias = CreateServerGroupRequest  # noqa: Y015
+
+@_typing.final
+class CreateServerGroupResponse(_message.Message):
+    """Response of CreateServerGroup."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def group(self) -> Global___ServerGroup:
+        """The group as stored."""
+
+    def __init__(
+        self,
+        *,
+        group: Global___ServerGroup | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["group", b"group"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateServerGroupResponse: _TypeAlias = CreateServerGroupResponse  # noqa: Y015
+
+@_typing.final
+class GetServerGroupRequest(_message.Message):
+    """Request for GetServerGroup."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """UUID."""
+    project_id: _builtins.str
+    """When set, NOT_FOUND unless the group belongs to this project."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "project_id", b"project_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServerGroupRequest: _TypeAlias = GetServerGroupRequest  # noqa: Y015
+
+@_typing.final
+class GetServerGroupResponse(_message.Message):
+    """Response of GetServerGroup."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def group(self) -> Global___ServerGroup:
+        """The group."""
+
+    def __init__(
+        self,
+        *,
+        group: Global___ServerGroup | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["group", b"group"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServerGroupResponse: _TypeAlias = GetServerGroupResponse  # noqa: Y015
+
+@_typing.final
+class ListServerGroupsRequest(_message.Message):
+    """Request for ListServerGroups."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.str
+    """Only this project; empty for every project."""
+    limit: _builtins.int
+    """Page size; 0 for all."""
+    offset: _builtins.int
+    """Groups to skip (Nova pages server groups by offset)."""
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        offset: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "offset", b"offset", "project_id", b"project_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListServerGroupsRequest: _TypeAlias = ListServerGroupsRequest  # noqa: Y015
+
+@_typing.final
+class ListServerGroupsResponse(_message.Message):
+    """Response of ListServerGroups."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUPS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServerGroup]:
+        """The page, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        groups: _abc.Iterable[Global___ServerGroup] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["groups", b"groups"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListServerGroupsResponse: _TypeAlias = ListServerGroupsResponse  # noqa: Y015
+
+@_typing.final
+class DeleteServerGroupRequest(_message.Message):
+    """Request for DeleteServerGroup."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call."""
+    id: _builtins.str
+    """UUID."""
+    project_id: _builtins.str
+    """When set, NOT_FOUND unless the group belongs to this project."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "project_id", b"project_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteServerGroupRequest: _TypeAlias = DeleteServerGroupRequest  # noqa: Y015
+
+@_typing.final
+class DeleteServerGroupResponse(_message.Message):
+    """Response of DeleteServerGroup."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteServerGroupResponse: _TypeAlias = DeleteServerGroupResponse  # noqa: Y015

@@ -2671,3 +2671,211 @@ class IdentityService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class ServerGroupsServiceStub:
+    """Server groups (os-server-groups). Their policies are enforced by the scheduler.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreateServerGroup = channel.unary_unary(
+                '/loom.conductor.v1.ServerGroupsService/CreateServerGroup',
+                request_serializer=loom_dot_conductor_dot_v1_dot_conductor__pb2.CreateServerGroupRequest.SerializeToString,
+                response_deserializer=loom_dot_conductor_dot_v1_dot_conductor__pb2.CreateServerGroupResponse.FromString,
+                _registered_method=True)
+        self.GetServerGroup = channel.unary_unary(
+                '/loom.conductor.v1.ServerGroupsService/GetServerGroup',
+                request_serializer=loom_dot_conductor_dot_v1_dot_conductor__pb2.GetServerGroupRequest.SerializeToString,
+                response_deserializer=loom_dot_conductor_dot_v1_dot_conductor__pb2.GetServerGroupResponse.FromString,
+                _registered_method=True)
+        self.ListServerGroups = channel.unary_unary(
+                '/loom.conductor.v1.ServerGroupsService/ListServerGroups',
+                request_serializer=loom_dot_conductor_dot_v1_dot_conductor__pb2.ListServerGroupsRequest.SerializeToString,
+                response_deserializer=loom_dot_conductor_dot_v1_dot_conductor__pb2.ListServerGroupsResponse.FromString,
+                _registered_method=True)
+        self.DeleteServerGroup = channel.unary_unary(
+                '/loom.conductor.v1.ServerGroupsService/DeleteServerGroup',
+                request_serializer=loom_dot_conductor_dot_v1_dot_conductor__pb2.DeleteServerGroupRequest.SerializeToString,
+                response_deserializer=loom_dot_conductor_dot_v1_dot_conductor__pb2.DeleteServerGroupResponse.FromString,
+                _registered_method=True)
+
+
+class ServerGroupsServiceServicer:
+    """Server groups (os-server-groups). Their policies are enforced by the scheduler.
+    """
+
+    def CreateServerGroup(self, request, context):
+        """Create a group. RESOURCE_EXHAUSTED over the project's server_groups quota.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetServerGroup(self, request, context):
+        """One group. NOT_FOUND when absent or in another project.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListServerGroups(self, request, context):
+        """Groups of a project, or of every project.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteServerGroup(self, request, context):
+        """Delete a group. NOT_FOUND when absent or in another project.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ServerGroupsServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CreateServerGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateServerGroup,
+                    request_deserializer=loom_dot_conductor_dot_v1_dot_conductor__pb2.CreateServerGroupRequest.FromString,
+                    response_serializer=loom_dot_conductor_dot_v1_dot_conductor__pb2.CreateServerGroupResponse.SerializeToString,
+            ),
+            'GetServerGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServerGroup,
+                    request_deserializer=loom_dot_conductor_dot_v1_dot_conductor__pb2.GetServerGroupRequest.FromString,
+                    response_serializer=loom_dot_conductor_dot_v1_dot_conductor__pb2.GetServerGroupResponse.SerializeToString,
+            ),
+            'ListServerGroups': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListServerGroups,
+                    request_deserializer=loom_dot_conductor_dot_v1_dot_conductor__pb2.ListServerGroupsRequest.FromString,
+                    response_serializer=loom_dot_conductor_dot_v1_dot_conductor__pb2.ListServerGroupsResponse.SerializeToString,
+            ),
+            'DeleteServerGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteServerGroup,
+                    request_deserializer=loom_dot_conductor_dot_v1_dot_conductor__pb2.DeleteServerGroupRequest.FromString,
+                    response_serializer=loom_dot_conductor_dot_v1_dot_conductor__pb2.DeleteServerGroupResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'loom.conductor.v1.ServerGroupsService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('loom.conductor.v1.ServerGroupsService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ServerGroupsService:
+    """Server groups (os-server-groups). Their policies are enforced by the scheduler.
+    """
+
+    @staticmethod
+    def CreateServerGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.conductor.v1.ServerGroupsService/CreateServerGroup',
+            loom_dot_conductor_dot_v1_dot_conductor__pb2.CreateServerGroupRequest.SerializeToString,
+            loom_dot_conductor_dot_v1_dot_conductor__pb2.CreateServerGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServerGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.conductor.v1.ServerGroupsService/GetServerGroup',
+            loom_dot_conductor_dot_v1_dot_conductor__pb2.GetServerGroupRequest.SerializeToString,
+            loom_dot_conductor_dot_v1_dot_conductor__pb2.GetServerGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListServerGroups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.conductor.v1.ServerGroupsService/ListServerGroups',
+            loom_dot_conductor_dot_v1_dot_conductor__pb2.ListServerGroupsRequest.SerializeToString,
+            loom_dot_conductor_dot_v1_dot_conductor__pb2.ListServerGroupsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteServerGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.conductor.v1.ServerGroupsService/DeleteServerGroup',
+            loom_dot_conductor_dot_v1_dot_conductor__pb2.DeleteServerGroupRequest.SerializeToString,
+            loom_dot_conductor_dot_v1_dot_conductor__pb2.DeleteServerGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

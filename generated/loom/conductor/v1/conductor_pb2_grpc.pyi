@@ -843,3 +843,70 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         """Role assignments, filtered."""
 
 def add_IdentityServiceServicer_to_server(servicer: IdentityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class ServerGroupsServiceStub:
+    """Server groups (os-server-groups). Their policies are enforced by the scheduler."""
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> ServerGroupsServiceAsyncStub: ...
+    CreateServerGroup: _grpc.UnaryUnaryMultiCallable[_conductor_pb2.CreateServerGroupRequest, _conductor_pb2.CreateServerGroupResponse]
+    """Create a group. RESOURCE_EXHAUSTED over the project's server_groups quota."""
+    GetServerGroup: _grpc.UnaryUnaryMultiCallable[_conductor_pb2.GetServerGroupRequest, _conductor_pb2.GetServerGroupResponse]
+    """One group. NOT_FOUND when absent or in another project."""
+    ListServerGroups: _grpc.UnaryUnaryMultiCallable[_conductor_pb2.ListServerGroupsRequest, _conductor_pb2.ListServerGroupsResponse]
+    """Groups of a project, or of every project."""
+    DeleteServerGroup: _grpc.UnaryUnaryMultiCallable[_conductor_pb2.DeleteServerGroupRequest, _conductor_pb2.DeleteServerGroupResponse]
+    """Delete a group. NOT_FOUND when absent or in another project."""
+
+@_typing.type_check_only
+class ServerGroupsServiceAsyncStub(ServerGroupsServiceStub):
+    """Server groups (os-server-groups). Their policies are enforced by the scheduler."""
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    CreateServerGroup: _aio.UnaryUnaryMultiCallable[_conductor_pb2.CreateServerGroupRequest, _conductor_pb2.CreateServerGroupResponse]  # type: ignore[assignment]
+    """Create a group. RESOURCE_EXHAUSTED over the project's server_groups quota."""
+    GetServerGroup: _aio.UnaryUnaryMultiCallable[_conductor_pb2.GetServerGroupRequest, _conductor_pb2.GetServerGroupResponse]  # type: ignore[assignment]
+    """One group. NOT_FOUND when absent or in another project."""
+    ListServerGroups: _aio.UnaryUnaryMultiCallable[_conductor_pb2.ListServerGroupsRequest, _conductor_pb2.ListServerGroupsResponse]  # type: ignore[assignment]
+    """Groups of a project, or of every project."""
+    DeleteServerGroup: _aio.UnaryUnaryMultiCallable[_conductor_pb2.DeleteServerGroupRequest, _conductor_pb2.DeleteServerGroupResponse]  # type: ignore[assignment]
+    """Delete a group. NOT_FOUND when absent or in another project."""
+
+class ServerGroupsServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Server groups (os-server-groups). Their policies are enforced by the scheduler."""
+
+    @_abc_1.abstractmethod
+    def CreateServerGroup(
+        self,
+        request: _conductor_pb2.CreateServerGroupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_conductor_pb2.CreateServerGroupResponse, _abc.Awaitable[_conductor_pb2.CreateServerGroupResponse]]:
+        """Create a group. RESOURCE_EXHAUSTED over the project's server_groups quota."""
+
+    @_abc_1.abstractmethod
+    def GetServerGroup(
+        self,
+        request: _conductor_pb2.GetServerGroupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_conductor_pb2.GetServerGroupResponse, _abc.Awaitable[_conductor_pb2.GetServerGroupResponse]]:
+        """One group. NOT_FOUND when absent or in another project."""
+
+    @_abc_1.abstractmethod
+    def ListServerGroups(
+        self,
+        request: _conductor_pb2.ListServerGroupsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_conductor_pb2.ListServerGroupsResponse, _abc.Awaitable[_conductor_pb2.ListServerGroupsResponse]]:
+        """Groups of a project, or of every project."""
+
+    @_abc_1.abstractmethod
+    def DeleteServerGroup(
+        self,
+        request: _conductor_pb2.DeleteServerGroupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_conductor_pb2.DeleteServerGroupResponse, _abc.Awaitable[_conductor_pb2.DeleteServerGroupResponse]]:
+        """Delete a group. NOT_FOUND when absent or in another project."""
+
+def add_ServerGroupsServiceServicer_to_server(servicer: ServerGroupsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,432 @@
+"""Compute flavors: list, detail, show, create/update/delete (admin), extra specs and
+the minimal os-flavor-access a catalog of public flavors needs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loom.conductor.v1 import conductor_pb2 as pb
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from gateway.compute.common import context, empty, links, next_link, ok
+from gateway.conductor import call
+from gateway.errors import ApiError, BadRequest, NotFound
+from gateway.microversion import Microversion
+from gateway.routing import checked_body, checked_query, documented
+from gateway.state import gateway_of, json_body, microversion, request_id
+from gateway.validation import QueryParam
+
+_MAX_INT = 2147483647
+_POSITIVE = {
+    "type": ["integer", "string"],
+    "pattern": "^[0-9]*$",
+    "minimum": 1,
+    "maximum": _MAX_INT,
+}
+_NON_NEGATIVE = {
+    "type": ["integer", "string"],
+    "pattern": "^[0-9]*$",
+    "minimum": 0,
+    "maximum": _MAX_INT,
+}
+_FLAVOR_FIELDS: dict[str, Any] = {
+    "name": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 255,
+        "pattern": r"^(?! )[^\x00-\x1f]*(?<! )$",
+    },
+    "id": {
+        "type": ["string", "null"],
+        "minLength": 1,
+        "maxLength": 255,
+        "pattern": r"^(?! )[a-zA-Z0-9. _-]+(?<! )$",
+    },
+    "ram": _POSITIVE,
+    "vcpus": _POSITIVE,
+    "disk": _NON_NEGATIVE,
+    "OS-FLV-EXT-DATA:ephemeral": _NON_NEGATIVE,
+    "swap": _NON_NEGATIVE,
+    "rxtx_factor": {
+        "type": ["number", "string"],
+        "pattern": r"^[0-9]+(\.[0-9]+)?$",
+        "minimum": 0,
+        "maximum": 3.40282e38,
+    },
+    "os-flavor-access:is_public": {"type": "boolean"},
+}
+_DESCRIPTION = {"type": ["string", "null"], "maxLength": 65535}
+
+
+def create_schema(mv: Microversion) -> dict[str, Any]:
+    fields = dict(_FLAVOR_FIELDS)
+    if mv.at_least("2.55"):
+        fields["description"] = _DESCRIPTION
+    return {
+        "type": "object",
+        "required": ["flavor"],
+        "additionalProperties": False,
+        "properties": {
+            "flavor": {
+                "type": "object",
+                "required": ["name", "ram", "vcpus", "disk"],
+                "additionalProperties": False,
+                "properties": fields,
+            }
+        },
+    }
+
+
+UPDATE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["flavor"],
+    "additionalProperties": False,
+    "properties": {
+        "flavor": {
+            "type": "object",
+            "required": ["description"],
+            "additionalProperties": False,
+            "properties": {"description": _DESCRIPTION},
+        }
+    },
+}
+_SPEC_KEY = r"^[a-zA-Z0-9-_:. /]{1,255}$"
+EXTRA_SPECS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["extra_specs"],
+    "additionalProperties": False,
+    "properties": {
+        "extra_specs": {
+            "type": "object",
+            "additionalProperties": {"type": ["string", "number", "boolean"]},
+        }
+    },
+}
+SPEC_ITEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "minProperties": 1,
+    "maxProperties": 1,
+    "additionalProperties": {"type": ["string", "number", "boolean"]},
+}
+
+LIST_QUERY = [
+    QueryParam("is_public"),
+    QueryParam("minRam", "nonneg_integer"),
+    QueryParam("minDisk", "nonneg_integer"),
+    QueryParam("limit", "nonneg_integer"),
+    QueryParam("marker"),
+    QueryParam(
+        "sort_key",
+        enum=(
+            "created_at",
+            "description",
+            "disabled",
+            "ephemeral_gb",
+            "flavorid",
+            "id",
+            "is_public",
+            "memory_mb",
+            "name",
+            "root_gb",
+            "rxtx_factor",
+            "swap",
+            "updated_at",
+            "vcpus",
+        ),
+    ),
+    QueryParam("sort_dir", enum=("asc", "desc")),
+]
+
+
+def _spec_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def brief(request: Request, f: pb.Flavor, mv: Microversion) -> dict[str, Any]:
+    body: dict[str, Any] = {"id": f.id, "name": f.name, "links": links(request, "flavors", f.id)}
+    if mv.at_least("2.55"):
+        body["description"] = f.description or None
+    return body
+
+
+def detail(request: Request, f: pb.Flavor, mv: Microversion) -> dict[str, Any]:
+    body = brief(request, f, mv)
+    body.update(
+        {
+            "ram": f.memory_mb,
+            "disk": f.root_gb,
+            "vcpus": f.vcpus,
+            # Before 2.75 Nova shows a zero swap as "".
+            "swap": f.swap_mb if (f.swap_mb or mv.at_least("2.75")) else "",
+            "OS-FLV-EXT-DATA:ephemeral": f.ephemeral_gb,
+            "OS-FLV-DISABLED:disabled": f.disabled,
+            "os-flavor-access:is_public": f.is_public,
+            "rxtx_factor": f.rxtx_factor,
+        }
+    )
+    if mv.at_least("2.61"):
+        body["extra_specs"] = dict(f.extra_specs)
+    return body
+
+
+def _is_public_filter(raw: str | None, is_admin: bool) -> bool | None:
+    """True: public only; False: private only; None: all (admin only, as Nova)."""
+    if raw is None or not is_admin:
+        return True
+    lowered = raw.lower()
+    if lowered == "none":
+        return None
+    if lowered in ("1", "t", "true", "on", "y", "yes"):
+        return True
+    if lowered in ("0", "f", "false", "off", "n", "no"):
+        return False
+    raise BadRequest(f"Invalid is_public filter [{raw}]")
+
+
+async def _list(request: Request, detailed: bool) -> Response:
+    ctx = context(request)
+    ctx.require_read("os_compute_api:flavors:index")
+    q = checked_query(request, LIST_QUERY)
+    public = _is_public_filter(q.get("is_public"), ctx.is_admin)
+    max_limit = 1000
+    limit = min(q.get("limit", max_limit), max_limit)
+    reply = await call(
+        gateway_of(request).conductor.flavors.ListFlavors,
+        pb.ListFlavorsRequest(
+            include_private=public is not True,
+            min_ram=q.get("minRam", 0),
+            min_disk=q.get("minDisk", 0),
+            limit=limit,
+            marker=q.get("marker", ""),
+            sort_key=q.get("sort_key", "flavorid") if q.get("sort_key") != "id" else "flavorid",
+            sort_dir=q.get("sort_dir", "asc"),
+        ),
+    )
+    mv = microversion(request)
+    flavors = [f for f in reply.flavors if public is not False or not f.is_public]
+    view = detail if detailed else brief
+    body: dict[str, Any] = {"flavors": [view(request, f, mv) for f in flavors]}
+    if reply.next_marker:
+        body["flavors_links"] = next_link(
+            request, "flavors/detail" if detailed else "flavors", reply.next_marker, limit
+        )
+    return ok(body)
+
+
+@documented(query=LIST_QUERY, tag="compute")
+async def list_flavors(request: Request) -> Response:
+    """Flavors (id, name, links)."""
+    return await _list(request, detailed=False)
+
+
+@documented(query=LIST_QUERY, tag="compute")
+async def list_flavors_detail(request: Request) -> Response:
+    """Flavors with their sizes."""
+    return await _list(request, detailed=True)
+
+
+async def _get(request: Request, flavor_id: str) -> pb.Flavor:
+    reply = await call(
+        gateway_of(request).conductor.flavors.GetFlavor, pb.GetFlavorRequest(id=flavor_id)
+    )
+    flavor: pb.Flavor = reply.flavor
+    return flavor
+
+
+@documented(tag="compute")
+async def show_flavor(request: Request) -> Response:
+    """One flavor."""
+    context(request).require_read("os_compute_api:flavors:show")
+    flavor = await _get(request, request.path_params["flavor_id"])
+    return ok({"flavor": detail(request, flavor, microversion(request))})
+
+
+def _as_int(value: Any) -> int:
+    return 0 if value in ("", None) else int(value)
+
+
+@documented(body=create_schema(Microversion(2, 96)), tag="compute")
+async def create_flavor(request: Request) -> Response:
+    """Create a flavor (admin)."""
+    context(request).require_admin("os_compute_api:os-flavor-manage:create")
+    mv = microversion(request)
+    body = await json_body(request)
+    checked_body(create_schema(mv), body)
+    f = body["flavor"]
+    name = f["name"].strip()
+    try:
+        rxtx = float(f.get("rxtx_factor", 1.0))
+    except ValueError:
+        raise BadRequest("rxtx_factor must be a number") from None
+    if rxtx <= 0:
+        raise BadRequest("Invalid input for field/attribute rxtx_factor: must be greater than 0")
+    reply = await call(
+        gateway_of(request).conductor.flavors.CreateFlavor,
+        pb.CreateFlavorRequest(
+            request_id=request_id(request),
+            flavor=pb.Flavor(
+                id=str(f["id"]) if f.get("id") is not None else "",
+                name=name,
+                vcpus=_as_int(f["vcpus"]),
+                memory_mb=_as_int(f["ram"]),
+                root_gb=_as_int(f["disk"]),
+                ephemeral_gb=_as_int(f.get("OS-FLV-EXT-DATA:ephemeral", 0)),
+                swap_mb=_as_int(f.get("swap", 0)),
+                rxtx_factor=rxtx,
+                is_public=f.get("os-flavor-access:is_public", True),
+                description=f.get("description") or "",
+            ),
+        ),
+    )
+    return ok({"flavor": detail(request, reply.flavor, mv)})
+
+
+@documented(body=UPDATE_SCHEMA, tag="compute")
+async def update_flavor(request: Request) -> Response:
+    """Change a flavor's description (admin, 2.55+)."""
+    mv = microversion(request)
+    if not mv.at_least("2.55"):
+        raise ApiError(405, "Updating a flavor needs microversion 2.55 or later.")
+    context(request).require_admin("os_compute_api:os-flavor-manage:update")
+    body = await json_body(request)
+    checked_body(UPDATE_SCHEMA, body)
+    reply = await call(
+        gateway_of(request).conductor.flavors.UpdateFlavor,
+        pb.UpdateFlavorRequest(
+            request_id=request_id(request),
+            id=request.path_params["flavor_id"],
+            description=body["flavor"]["description"] or "",
+        ),
+    )
+    return ok({"flavor": detail(request, reply.flavor, mv)})
+
+
+@documented(tag="compute")
+async def delete_flavor(request: Request) -> Response:
+    """Delete a flavor (admin); servers keep their embedded copy."""
+    context(request).require_admin("os_compute_api:os-flavor-manage:delete")
+    await call(
+        gateway_of(request).conductor.flavors.DeleteFlavor,
+        pb.DeleteFlavorRequest(request_id=request_id(request), id=request.path_params["flavor_id"]),
+    )
+    return empty(202)
+
+
+# ------------------------------------------------------------------ extra specs
+
+
+@documented(tag="compute")
+async def list_extra_specs(request: Request) -> Response:
+    """A flavor's extra specs."""
+    context(request).require_read("os_compute_api:os-flavor-extra-specs:index")
+    flavor = await _get(request, request.path_params["flavor_id"])
+    return ok({"extra_specs": dict(flavor.extra_specs)})
+
+
+@documented(body=EXTRA_SPECS_SCHEMA, tag="compute")
+async def set_extra_specs(request: Request) -> Response:
+    """Merge extra specs into a flavor (admin)."""
+    context(request).require_admin("os_compute_api:os-flavor-extra-specs:create")
+    body = await json_body(request)
+    checked_body(EXTRA_SPECS_SCHEMA, body)
+    specs = {str(k): _spec_value(v) for k, v in body["extra_specs"].items()}
+    _check_spec_keys(specs)
+    await call(
+        gateway_of(request).conductor.flavors.SetFlavorExtraSpecs,
+        pb.SetFlavorExtraSpecsRequest(
+            request_id=request_id(request),
+            id=request.path_params["flavor_id"],
+            extra_specs=specs,
+        ),
+    )
+    return ok({"extra_specs": specs})
+
+
+def _check_spec_keys(specs: dict[str, str]) -> None:
+    import re
+
+    for key, value in specs.items():
+        if not re.match(_SPEC_KEY, key):
+            raise BadRequest(
+                f"Invalid input for field/attribute extra_specs. Key '{key}' is invalid"
+            )
+        if len(value) > 255:
+            raise BadRequest(f"Invalid input for field/attribute {key}. Value is too long")
+
+
+@documented(tag="compute")
+async def show_extra_spec(request: Request) -> Response:
+    """One extra spec."""
+    context(request).require_read("os_compute_api:os-flavor-extra-specs:show")
+    fid, key = request.path_params["flavor_id"], request.path_params["key"]
+    flavor = await _get(request, fid)
+    if key not in flavor.extra_specs:
+        raise NotFound(f"Flavor {fid} has no extra specs with key {key}.")
+    return ok({key: flavor.extra_specs[key]})
+
+
+@documented(body=SPEC_ITEM_SCHEMA, tag="compute")
+async def update_extra_spec(request: Request) -> Response:
+    """Set one extra spec (admin); the body's only key must match the URL's."""
+    context(request).require_admin("os_compute_api:os-flavor-extra-specs:update")
+    key = request.path_params["key"]
+    body = await json_body(request)
+    checked_body(SPEC_ITEM_SCHEMA, body)
+    if key not in body:
+        raise BadRequest("Request body and URI mismatch")
+    specs = {key: _spec_value(body[key])}
+    _check_spec_keys(specs)
+    await call(
+        gateway_of(request).conductor.flavors.SetFlavorExtraSpecs,
+        pb.SetFlavorExtraSpecsRequest(
+            request_id=request_id(request), id=request.path_params["flavor_id"], extra_specs=specs
+        ),
+    )
+    return ok(specs)
+
+
+@documented(tag="compute")
+async def delete_extra_spec(request: Request) -> Response:
+    """Remove one extra spec (admin)."""
+    context(request).require_admin("os_compute_api:os-flavor-extra-specs:delete")
+    await call(
+        gateway_of(request).conductor.flavors.DeleteFlavorExtraSpec,
+        pb.DeleteFlavorExtraSpecRequest(
+            request_id=request_id(request),
+            id=request.path_params["flavor_id"],
+            key=request.path_params["key"],
+        ),
+    )
+    return empty(202)
+
+
+@documented(tag="compute")
+async def flavor_access(request: Request) -> Response:
+    """Projects with access to a private flavor (Loom keeps no access lists yet)."""
+    context(request).require_admin("os_compute_api:os-flavor-access")
+    flavor = await _get(request, request.path_params["flavor_id"])
+    if flavor.is_public:
+        raise NotFound("Access list not available for public flavors.")
+    return ok({"flavor_access": []})
+
+
+def routes() -> list[BaseRoute]:
+    p = "/compute/v2.1/flavors"
+    return [
+        Route(p, list_flavors, methods=["GET"]),
+        Route(p, create_flavor, methods=["POST"]),
+        Route(p + "/detail", list_flavors_detail, methods=["GET"]),
+        Route(p + "/{flavor_id}", show_flavor, methods=["GET"]),
+        Route(p + "/{flavor_id}", update_flavor, methods=["PUT"]),
+        Route(p + "/{flavor_id}", delete_flavor, methods=["DELETE"]),
+        Route(p + "/{flavor_id}/os-extra_specs", list_extra_specs, methods=["GET"]),
+        Route(p + "/{flavor_id}/os-extra_specs", set_extra_specs, methods=["POST"]),
+        Route(p + "/{flavor_id}/os-extra_specs/{key}", show_extra_spec, methods=["GET"]),
+        Route(p + "/{flavor_id}/os-extra_specs/{key}", update_extra_spec, methods=["PUT"]),
+        Route(p + "/{flavor_id}/os-extra_specs/{key}", delete_extra_spec, methods=["DELETE"]),
+        Route(p + "/{flavor_id}/os-flavor-access", flavor_access, methods=["GET"]),
+    ]

@@ -1,0 +1,339 @@
+"""The fleet as operators see it: availability zones, os-services, os-hypervisors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loom.conductor.v1 import conductor_pb2 as pb
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from gateway.compute.common import context, empty, next_link, ok
+from gateway.compute.views_time import iso_micro
+from gateway.conductor import call
+from gateway.errors import ApiError, BadRequest, NotFound
+from gateway.microversion import Microversion
+from gateway.routing import checked_body, checked_query, documented
+from gateway.state import gateway_of, json_body, microversion, request_id
+from gateway.validation import QueryParam
+
+# ------------------------------------------------------------------ availability zones
+
+
+@documented(tag="compute")
+async def list_zones(request: Request) -> Response:
+    """Availability zones."""
+    context(request).require_read("os_compute_api:os-availability-zone:list")
+    reply = await call(
+        gateway_of(request).conductor.fleet.ListAvailabilityZones,
+        pb.ListAvailabilityZonesRequest(detailed=False),
+    )
+    return ok(
+        {
+            "availabilityZoneInfo": [
+                {"zoneName": z.name, "zoneState": {"available": z.available}, "hosts": None}
+                for z in reply.zones
+            ]
+        }
+    )
+
+
+@documented(tag="compute")
+async def list_zones_detail(request: Request) -> Response:
+    """Availability zones with their hosts and services (admin)."""
+    context(request).require_admin("os_compute_api:os-availability-zone:detail")
+    reply = await call(
+        gateway_of(request).conductor.fleet.ListAvailabilityZones,
+        pb.ListAvailabilityZonesRequest(detailed=True),
+    )
+    zones = []
+    for z in reply.zones:
+        hosts: dict[str, dict[str, Any]] = {}
+        for svc in z.services:
+            hosts.setdefault(svc.host, {})[svc.binary] = {
+                "available": svc.up,
+                "active": svc.enabled,
+                "updated_at": iso_micro(svc.updated_at),
+            }
+        zones.append(
+            {"zoneName": z.name, "zoneState": {"available": z.available}, "hosts": hosts or None}
+        )
+    return ok({"availabilityZoneInfo": zones})
+
+
+# ------------------------------------------------------------------ services
+
+
+def _service(svc: pb.Service, mv: Microversion) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": svc.uuid if mv.at_least("2.53") else svc.id,
+        "binary": svc.binary,
+        "host": svc.host,
+        "zone": svc.zone,
+        "status": "enabled" if svc.enabled else "disabled",
+        "state": "up" if svc.up else "down",
+        "updated_at": iso_micro(svc.updated_at),
+        "disabled_reason": svc.disabled_reason or None,
+    }
+    if mv.at_least("2.11"):
+        body["forced_down"] = svc.forced_down
+    return body
+
+
+SERVICES_QUERY = [QueryParam("binary"), QueryParam("host")]
+
+
+@documented(query=SERVICES_QUERY, tag="compute")
+async def list_services(request: Request) -> Response:
+    """Service records with their state (admin)."""
+    context(request).require_admin("os_compute_api:os-services:list")
+    q = checked_query(request, SERVICES_QUERY)
+    reply = await call(
+        gateway_of(request).conductor.fleet.ListServices,
+        pb.ListServicesRequest(binary=q.get("binary", ""), host=q.get("host", "")),
+    )
+    mv = microversion(request)
+    return ok({"services": [_service(s, mv) for s in reply.services]})
+
+
+UPDATE_253: dict[str, Any] = {
+    "type": "object",
+    "minProperties": 1,
+    "additionalProperties": False,
+    "properties": {
+        "status": {"type": "string", "enum": ["enabled", "disabled"]},
+        "disabled_reason": {"type": "string", "minLength": 1, "maxLength": 255},
+        "forced_down": {"type": "boolean"},
+    },
+}
+LEGACY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["host", "binary"],
+    "additionalProperties": False,
+    "properties": {
+        "host": {"type": "string", "minLength": 1, "maxLength": 255},
+        "binary": {"type": "string", "minLength": 1, "maxLength": 255},
+        "disabled_reason": {"type": "string", "minLength": 1, "maxLength": 255},
+        "forced_down": {"type": "boolean"},
+    },
+}
+_LEGACY_ACTIONS = ("enable", "disable", "disable-log-reason", "force-down")
+
+
+async def _update(request: Request, req: pb.UpdateServiceRequest) -> pb.Service:
+    reply = await call(gateway_of(request).conductor.fleet.UpdateService, req)
+    service: pb.Service = reply.service
+    return service
+
+
+@documented(body=UPDATE_253, tag="compute")
+async def update_service(request: Request) -> Response:
+    """Enable, disable (with a reason) or force down a service (admin).
+
+    From 2.53 the path names the service's UUID; before, it names a legacy action
+    (enable, disable, disable-log-reason, force-down) and the body the host and binary.
+    """
+    context(request).require_admin("os_compute_api:os-services:update")
+    mv = microversion(request)
+    target = request.path_params["service_id"]
+    body = await json_body(request)
+    if not mv.at_least("2.53"):
+        return await _legacy_update(request, mv, target, body)
+    checked_body(UPDATE_253, body)
+    if "disabled_reason" in body and body.get("status") != "disabled":
+        raise BadRequest("Specifying a disabled reason is only allowed when status is disabled.")
+    req = pb.UpdateServiceRequest(request_id=request_id(request), id=target)
+    if "status" in body:
+        req.enabled = body["status"] == "enabled"
+    if "disabled_reason" in body:
+        req.disabled_reason = body["disabled_reason"]
+    if "forced_down" in body:
+        req.forced_down = body["forced_down"]
+    return ok({"service": _service(await _update(request, req), mv)})
+
+
+async def _legacy_update(request: Request, mv: Microversion, action: str, body: Any) -> Response:
+    if action not in _LEGACY_ACTIONS or (action == "force-down" and not mv.at_least("2.11")):
+        raise NotFound("Unknown action")
+    checked_body(LEGACY_SCHEMA, body)
+    found = await call(
+        gateway_of(request).conductor.fleet.ListServices,
+        pb.ListServicesRequest(binary=body["binary"], host=body["host"]),
+    )
+    if not found.services:
+        raise NotFound(f"Service {body['binary']} on host {body['host']} could not be found.")
+    req = pb.UpdateServiceRequest(request_id=request_id(request), id=str(found.services[0].id))
+    if action == "enable":
+        req.enabled = True
+    elif action in ("disable", "disable-log-reason"):
+        req.enabled = False
+        if action == "disable-log-reason":
+            if "disabled_reason" not in body:
+                raise BadRequest("Missing disabled reason field")
+            req.disabled_reason = body["disabled_reason"]
+    else:
+        if "forced_down" not in body:
+            raise BadRequest("Missing forced_down field")
+        req.forced_down = body["forced_down"]
+    svc = await _update(request, req)
+    out: dict[str, Any] = {"host": svc.host, "binary": svc.binary}
+    if action == "force-down":
+        out["forced_down"] = svc.forced_down
+    else:
+        out["status"] = "enabled" if svc.enabled else "disabled"
+    if action == "disable-log-reason":
+        out["disabled_reason"] = svc.disabled_reason
+    return ok({"service": out})
+
+
+@documented(tag="compute")
+async def delete_service(request: Request) -> Response:
+    """Remove a service record (admin)."""
+    context(request).require_admin("os_compute_api:os-services:delete")
+    await call(
+        gateway_of(request).conductor.fleet.DeleteService,
+        pb.DeleteServiceRequest(
+            request_id=request_id(request), id=request.path_params["service_id"]
+        ),
+    )
+    return empty(204)
+
+
+# ------------------------------------------------------------------ hypervisors
+
+HYPERVISOR_QUERY = [
+    QueryParam("hypervisor_hostname_pattern"),
+    QueryParam("with_servers", "boolean"),
+    QueryParam("limit", "nonneg_integer"),
+    QueryParam("marker"),
+]
+
+
+def _hypervisor(
+    h: pb.Hypervisor, mv: Microversion, detailed: bool, servers: bool
+) -> dict[str, Any]:
+    uuids = mv.at_least("2.53")
+    body: dict[str, Any] = {
+        "id": h.uuid if uuids else h.id,
+        "hypervisor_hostname": h.hypervisor_hostname,
+        "state": "up" if h.up else "down",
+        "status": "enabled" if h.enabled else "disabled",
+    }
+    if detailed:
+        body.update(
+            {
+                "hypervisor_type": h.hypervisor_type,
+                "hypervisor_version": h.hypervisor_version,
+                "host_ip": h.host_ip,
+                "service": {
+                    "host": h.service.host,
+                    "id": h.service.uuid if uuids else h.service.id,
+                    "disabled_reason": h.service.disabled_reason or None,
+                },
+            }
+        )
+        if not mv.at_least("2.88"):
+            # 2.88 dropped the usage figures: placement is the source of truth for them.
+            body.update(
+                {
+                    "vcpus": h.vcpus,
+                    "vcpus_used": h.vcpus_used,
+                    "memory_mb": h.memory_mb,
+                    "memory_mb_used": h.memory_mb_used,
+                    "free_ram_mb": h.memory_mb - h.memory_mb_used,
+                    "local_gb": h.local_gb,
+                    "local_gb_used": h.local_gb_used,
+                    "free_disk_gb": h.local_gb - h.local_gb_used,
+                    "disk_available_least": h.local_gb - h.local_gb_used,
+                    "running_vms": h.running_vms,
+                    "current_workload": 0,
+                    "cpu_info": h.cpu_info or "{}",
+                }
+            )
+        else:
+            body["uptime"] = None
+    if servers and h.servers:
+        body["servers"] = [{"uuid": s.id, "name": s.name} for s in h.servers]
+    return body
+
+
+async def _list_hypervisors(request: Request, detailed: bool) -> Response:
+    context(request).require_admin("os_compute_api:os-hypervisors:list")
+    mv = microversion(request)
+    q = checked_query(request, HYPERVISOR_QUERY)
+    if not mv.at_least("2.53") and ("with_servers" in q or "hypervisor_hostname_pattern" in q):
+        raise BadRequest("These filters need microversion 2.53 or later.")
+    paged = mv.at_least("2.33")
+    limit = q.get("limit") if paged else None
+    reply = await call(
+        gateway_of(request).conductor.fleet.ListHypervisors,
+        pb.ListHypervisorsRequest(
+            hostname_pattern=q.get("hypervisor_hostname_pattern", ""),
+            with_servers=q.get("with_servers", False),
+            limit=limit or 0,
+            marker=q.get("marker", "") if paged else "",
+        ),
+    )
+    with_servers = bool(q.get("with_servers"))
+    body: dict[str, Any] = {
+        "hypervisors": [_hypervisor(h, mv, detailed, with_servers) for h in reply.hypervisors]
+    }
+    if paged and reply.next_marker:
+        body["hypervisors_links"] = next_link(
+            request,
+            "os-hypervisors/detail" if detailed else "os-hypervisors",
+            reply.next_marker,
+            limit,
+        )
+    return ok(body)
+
+
+@documented(query=HYPERVISOR_QUERY, tag="compute")
+async def list_hypervisors(request: Request) -> Response:
+    """Hypervisors (admin)."""
+    return await _list_hypervisors(request, detailed=False)
+
+
+@documented(query=HYPERVISOR_QUERY, tag="compute")
+async def list_hypervisors_detail(request: Request) -> Response:
+    """Hypervisors with capacity and usage (admin)."""
+    return await _list_hypervisors(request, detailed=True)
+
+
+SHOW_HYPERVISOR_QUERY = [QueryParam("with_servers", "boolean")]
+
+
+@documented(query=SHOW_HYPERVISOR_QUERY, tag="compute")
+async def show_hypervisor(request: Request) -> Response:
+    """One hypervisor (admin)."""
+    context(request).require_admin("os_compute_api:os-hypervisors:show")
+    mv = microversion(request)
+    q = checked_query(request, SHOW_HYPERVISOR_QUERY)
+    try:
+        reply = await call(
+            gateway_of(request).conductor.fleet.GetHypervisor,
+            pb.GetHypervisorRequest(
+                id=request.path_params["hypervisor_id"], with_servers=q.get("with_servers", False)
+            ),
+        )
+    except ApiError as exc:
+        if exc.status == 404:
+            raise NotFound(
+                f"Hypervisor with ID {request.path_params['hypervisor_id']} could not be found."
+            ) from exc
+        raise
+    return ok({"hypervisor": _hypervisor(reply.hypervisor, mv, True, bool(q.get("with_servers")))})
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/compute/v2.1/os-availability-zone", list_zones, methods=["GET"]),
+        Route("/compute/v2.1/os-availability-zone/detail", list_zones_detail, methods=["GET"]),
+        Route("/compute/v2.1/os-services", list_services, methods=["GET"]),
+        Route("/compute/v2.1/os-services/{service_id}", update_service, methods=["PUT"]),
+        Route("/compute/v2.1/os-services/{service_id}", delete_service, methods=["DELETE"]),
+        Route("/compute/v2.1/os-hypervisors", list_hypervisors, methods=["GET"]),
+        Route("/compute/v2.1/os-hypervisors/detail", list_hypervisors_detail, methods=["GET"]),
+        Route("/compute/v2.1/os-hypervisors/{hypervisor_id}", show_hypervisor, methods=["GET"]),
+    ]

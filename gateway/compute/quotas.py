@@ -1,0 +1,238 @@
+"""Absolute limits and os-quota-sets (show, detail, defaults; update for admins)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loom.conductor.v1 import conductor_pb2 as pb
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from gateway.auth.context import RequestContext
+from gateway.compute.common import context, ok
+from gateway.conductor import call
+from gateway.errors import Forbidden
+from gateway.microversion import Microversion
+from gateway.routing import checked_body, checked_query, documented
+from gateway.state import gateway_of, json_body, microversion, request_id
+from gateway.validation import QueryParam
+
+# Quota names per microversion: network quotas went away in 2.36, file injection in 2.57.
+_CORE = (
+    "cores",
+    "instances",
+    "key_pairs",
+    "metadata_items",
+    "ram",
+    "server_groups",
+    "server_group_members",
+)
+_FILES = ("injected_file_content_bytes", "injected_file_path_bytes", "injected_files")
+_NETWORK = ("fixed_ips", "floating_ips", "security_group_rules", "security_groups")
+_NETWORK_DEFAULTS = {
+    "fixed_ips": -1,
+    "floating_ips": 10,
+    "security_group_rules": 20,
+    "security_groups": 10,
+}
+
+
+def quota_names(mv: Microversion) -> tuple[str, ...]:
+    names: tuple[str, ...] = _CORE
+    if not mv.at_least("2.57"):
+        names += _FILES
+    if not mv.at_least("2.36"):
+        names += _NETWORK
+    return names
+
+
+def _limit(limits: pb.QuotaLimits, name: str) -> int:
+    if name in _NETWORK_DEFAULTS:
+        return _NETWORK_DEFAULTS[name]
+    return int(getattr(limits, name))
+
+
+def _usage(usage: pb.QuotaUsage, name: str) -> int:
+    return (
+        int(getattr(usage, name))
+        if name in ("instances", "cores", "ram", "key_pairs", "server_groups")
+        else 0
+    )
+
+
+def update_schema(mv: Microversion) -> dict[str, Any]:
+    value = {"type": ["integer", "string"], "pattern": "^-?[0-9]+$", "minimum": -1}
+    props: dict[str, Any] = dict.fromkeys(quota_names(mv), value)
+    props["force"] = {"type": ["boolean", "string"]}
+    return {
+        "type": "object",
+        "required": ["quota_set"],
+        "additionalProperties": False,
+        "properties": {
+            "quota_set": {"type": "object", "additionalProperties": False, "properties": props}
+        },
+    }
+
+
+QUERY = [QueryParam("user_id")]
+
+
+def _project_allowed(ctx: RequestContext, project_id: str) -> None:
+    if not ctx.is_admin and project_id != ctx.project_id:
+        raise Forbidden("Policy doesn't allow os_compute_api:os-quota-sets:show to be performed.")
+
+
+async def _quotas(request: Request, project_id: str, user_id: str) -> pb.GetQuotasResponse:
+    reply: pb.GetQuotasResponse = await call(
+        gateway_of(request).conductor.quotas.GetQuotas,
+        pb.GetQuotasRequest(project_id=project_id, user_id=user_id),
+    )
+    return reply
+
+
+LIMITS_QUERY = [QueryParam("tenant_id"), QueryParam("reserved")]
+
+
+@documented(query=LIMITS_QUERY, tag="compute")
+async def limits(request: Request) -> Response:
+    """The project's absolute limits and usage."""
+    ctx = context(request)
+    ctx.require_read("os_compute_api:limits")
+    # `reserved` is accepted and ignored, as Nova does (clients send reserved=False).
+    q = checked_query(request, LIMITS_QUERY)
+    project = q.get("tenant_id", ctx.project_id)
+    _project_allowed(ctx, project)
+    mv = microversion(request)
+    reply = await _quotas(request, project, ctx.user_id)
+    lim, use = reply.limits, reply.usage
+    absolute: dict[str, int] = {
+        "maxServerMeta": lim.metadata_items,
+        "maxTotalCores": lim.cores,
+        "maxTotalInstances": lim.instances,
+        "maxTotalKeypairs": lim.key_pairs,
+        "maxTotalRAMSize": lim.ram,
+        "maxServerGroups": lim.server_groups,
+        "maxServerGroupMembers": lim.server_group_members,
+        "totalCoresUsed": use.cores,
+        "totalInstancesUsed": use.instances,
+        "totalRAMUsed": use.ram,
+        "totalServerGroupsUsed": use.server_groups,
+    }
+    if not mv.at_least("2.39"):
+        absolute["maxImageMeta"] = lim.metadata_items
+    if not mv.at_least("2.57"):
+        absolute["maxPersonality"] = lim.injected_files
+        absolute["maxPersonalitySize"] = lim.injected_file_content_bytes
+    if not mv.at_least("2.36"):
+        absolute.update(
+            {
+                "maxSecurityGroups": 10,
+                "maxSecurityGroupRules": 20,
+                "maxTotalFloatingIps": 10,
+                "totalFloatingIpsUsed": 0,
+                "totalSecurityGroupsUsed": 0,
+            }
+        )
+    return ok({"limits": {"absolute": absolute, "rate": []}})
+
+
+@documented(query=QUERY, tag="compute")
+async def show_quotas(request: Request) -> Response:
+    """A project's quota limits."""
+    ctx = context(request)
+    ctx.require_read("os_compute_api:os-quota-sets:show")
+    project = request.path_params["project_id"]
+    _project_allowed(ctx, project)
+    q = checked_query(request, QUERY)
+    reply = await _quotas(request, project, q.get("user_id", ctx.user_id))
+    body: dict[str, Any] = {"id": project}
+    body.update({n: _limit(reply.limits, n) for n in quota_names(microversion(request))})
+    return ok({"quota_set": body})
+
+
+@documented(query=QUERY, tag="compute")
+async def show_quota_detail(request: Request) -> Response:
+    """A project's quota limits with usage."""
+    ctx = context(request)
+    ctx.require_read("os_compute_api:os-quota-sets:detail")
+    project = request.path_params["project_id"]
+    _project_allowed(ctx, project)
+    q = checked_query(request, QUERY)
+    reply = await _quotas(request, project, q.get("user_id", ctx.user_id))
+    body: dict[str, Any] = {"id": project}
+    for n in quota_names(microversion(request)):
+        body[n] = {
+            "limit": _limit(reply.limits, n),
+            "in_use": _usage(reply.usage, n),
+            "reserved": 0,
+        }
+    return ok({"quota_set": body})
+
+
+@documented(tag="compute")
+async def show_defaults(request: Request) -> Response:
+    """The default quota limits."""
+    ctx = context(request)
+    ctx.require_read("os_compute_api:os-quota-sets:defaults")
+    reply = await call(
+        gateway_of(request).conductor.quotas.GetDefaultQuotas, pb.GetDefaultQuotasRequest()
+    )
+    body: dict[str, Any] = {"id": request.path_params["project_id"]}
+    body.update({n: _limit(reply.limits, n) for n in quota_names(microversion(request))})
+    return ok({"quota_set": body})
+
+
+@documented(body=update_schema(Microversion(2, 96)), tag="compute")
+async def update_quotas(request: Request) -> Response:
+    """Change a project's quota limits (admin)."""
+    ctx = context(request)
+    ctx.require_admin("os_compute_api:os-quota-sets:update")
+    mv = microversion(request)
+    body = await json_body(request)
+    checked_body(update_schema(mv), body)
+    changes = {
+        k: int(v)
+        for k, v in body["quota_set"].items()
+        if k != "force" and k not in _NETWORK and k not in _FILES
+    }
+    reply = await call(
+        gateway_of(request).conductor.quotas.UpdateQuotas,
+        pb.UpdateQuotasRequest(
+            request_id=request_id(request),
+            project_id=request.path_params["project_id"],
+            limits=changes,
+        ),
+    )
+    return ok({"quota_set": {n: _limit(reply.limits, n) for n in quota_names(mv)}})
+
+
+@documented(tag="compute")
+async def revert_quotas(request: Request) -> Response:
+    """Reset a project's quotas to the defaults (admin)."""
+    ctx = context(request)
+    ctx.require_admin("os_compute_api:os-quota-sets:delete")
+    defaults = await call(
+        gateway_of(request).conductor.quotas.GetDefaultQuotas, pb.GetDefaultQuotasRequest()
+    )
+    await call(
+        gateway_of(request).conductor.quotas.UpdateQuotas,
+        pb.UpdateQuotasRequest(
+            request_id=request_id(request),
+            project_id=request.path_params["project_id"],
+            limits={n: int(getattr(defaults.limits, n)) for n in _CORE + _FILES},
+        ),
+    )
+    return Response(status_code=202)
+
+
+def routes() -> list[BaseRoute]:
+    p = "/compute/v2.1/os-quota-sets/{project_id}"
+    return [
+        Route("/compute/v2.1/limits", limits, methods=["GET"]),
+        Route(p, show_quotas, methods=["GET"]),
+        Route(p, update_quotas, methods=["PUT"]),
+        Route(p, revert_quotas, methods=["DELETE"]),
+        Route(p + "/detail", show_quota_detail, methods=["GET"]),
+        Route(p + "/defaults", show_defaults, methods=["GET"]),
+    ]

@@ -1,0 +1,24 @@
+"""Every compute route, in one table (also the source of /openapi.json)."""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute, Route
+
+from gateway.compute import flavors, fleet, keypairs, quotas, server_groups, servers, versions
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/compute", versions.list_versions, methods=["GET"]),
+        Route("/compute/", versions.list_versions, methods=["GET"]),
+        Route("/compute/v2", versions.show_v20, methods=["GET"]),
+        Route("/compute/v2/", versions.show_v20, methods=["GET"]),
+        Route("/compute/v2.1", versions.show_v21, methods=["GET"]),
+        Route("/compute/v2.1/", versions.show_v21, methods=["GET"]),
+        *flavors.routes(),
+        *keypairs.routes(),
+        *servers.routes(),
+        *quotas.routes(),
+        *fleet.routes(),
+        *server_groups.routes(),
+    ]

@@ -1,0 +1,788 @@
+"""Compute servers: create (with the 2.37 networks rules), list and detail with their
+filters, show, update, delete, power actions, metadata, ips and instance actions."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from loom.compute.v1 import compute_pb2 as compute_pb
+from loom.conductor.v1 import conductor_pb2 as pb
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from gateway.auth.context import RequestContext
+from gateway.compute.common import context, empty, links, next_link, ok
+from gateway.compute.views_time import iso_micro
+from gateway.conductor import call
+from gateway.errors import ApiError, BadRequest, Forbidden, NotFound
+from gateway.microversion import Microversion
+from gateway.routing import checked_body, checked_query, documented
+from gateway.state import gateway_of, json_body, microversion, request_id
+from gateway.validation import QueryParam
+from gateway.views import servers as views
+
+_NAME = {"type": "string", "minLength": 1, "maxLength": 255}
+_META = {
+    "type": "object",
+    "maxProperties": 128,
+    "additionalProperties": {"type": "string", "maxLength": 255},
+}
+_UUID_PATTERN = "^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
+_HOSTNAME = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 255,
+    "pattern": r"^[a-zA-Z0-9][a-zA-Z0-9.-]*$",
+}
+# Clients (the openstack CLI among them) describe "boot from this image on local disk"
+# as a block device mapping; that one form is accepted, since Loom has no volumes.
+_BDM = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "uuid": {"type": "string", "pattern": "^[0-9a-fA-F-]{32,36}$"},
+        "boot_index": {"type": ["integer", "string", "null"]},
+        "source_type": {"type": "string", "enum": ["image", "blank", "volume", "snapshot"]},
+        "destination_type": {"type": "string", "enum": ["local", "volume"]},
+        "delete_on_termination": {"type": ["boolean", "string"]},
+        "device_name": {"type": ["string", "null"]},
+        "device_type": {"type": ["string", "null"]},
+        "disk_bus": {"type": ["string", "null"]},
+        "guest_format": {"type": ["string", "null"]},
+        "volume_size": {"type": ["integer", "string", "null"]},
+        "tag": {"type": "string"},
+        "no_device": {},
+    },
+}
+_NETWORK_ITEM = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "uuid": {"type": "string"},
+        "port": {"type": ["string", "null"]},
+        "fixed_ip": {"type": "string"},
+        "tag": {"type": "string", "maxLength": 60},
+    },
+}
+
+
+def create_schema(mv: Microversion) -> dict[str, Any]:
+    networks: dict[str, Any] = {"type": "array", "items": _NETWORK_ITEM}
+    if mv.at_least("2.37"):
+        networks = {"anyOf": [networks, {"type": "string", "enum": ["auto", "none"]}]}
+    fields: dict[str, Any] = {
+        "name": _NAME,
+        "imageRef": {"type": "string", "anyOf": [{"pattern": _UUID_PATTERN}, {"maxLength": 0}]},
+        "flavorRef": {"type": ["string", "integer"], "minLength": 1},
+        "adminPass": {"type": "string"},
+        "metadata": _META,
+        "networks": networks,
+        "OS-DCF:diskConfig": {"type": "string", "enum": ["AUTO", "MANUAL"]},
+        "accessIPv4": {"type": "string"},
+        "accessIPv6": {"type": "string"},
+        "availability_zone": {"type": "string", "minLength": 1, "maxLength": 255},
+        "key_name": _NAME,
+        "user_data": {"type": "string", "maxLength": 65535},
+        "config_drive": {"type": ["boolean", "string"]},
+        "min_count": {"type": ["integer", "string"], "pattern": "^[0-9]+$", "minimum": 1},
+        "max_count": {"type": ["integer", "string"], "pattern": "^[0-9]+$", "minimum": 1},
+        "return_reservation_id": {"type": ["boolean", "string"]},
+        "security_groups": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"name": {"type": "string"}},
+                "additionalProperties": False,
+            },
+        },
+        "block_device_mapping_v2": {"type": "array", "items": _BDM},
+    }
+    if not mv.at_least("2.57"):
+        fields["personality"] = {"type": "array", "maxItems": 0}
+    if mv.at_least("2.19"):
+        fields["description"] = {"type": ["string", "null"], "maxLength": 255}
+    if mv.at_least("2.52"):
+        fields["tags"] = {
+            "type": "array",
+            "maxItems": 50,
+            "items": {"type": "string", "minLength": 1, "maxLength": 60, "pattern": "^[^,/]*$"},
+        }
+    if mv.at_least("2.63"):
+        fields["trusted_image_certificates"] = {"type": ["array", "null"], "maxItems": 0}
+    if mv.at_least("2.74"):
+        fields["host"] = {"type": "string", "minLength": 1, "maxLength": 255}
+        fields["hypervisor_hostname"] = {"type": "string", "minLength": 1, "maxLength": 255}
+    if mv.at_least("2.90"):
+        fields["hostname"] = _HOSTNAME
+    required = ["name", "flavorRef"] + (["networks"] if mv.at_least("2.37") else [])
+    hints = {
+        "type": "object",
+        "properties": {"group": {"type": "string", "pattern": _UUID_PATTERN}},
+        "additionalProperties": True,
+    }
+    return {
+        "type": "object",
+        "required": ["server"],
+        "additionalProperties": False,
+        "properties": {
+            "server": {
+                "type": "object",
+                "required": required,
+                "additionalProperties": False,
+                "properties": fields,
+            },
+            "os:scheduler_hints": hints,
+            "OS-SCH-HNT:scheduler_hints": hints,
+        },
+    }
+
+
+def update_schema(mv: Microversion) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "name": _NAME,
+        "accessIPv4": {"type": "string"},
+        "accessIPv6": {"type": "string"},
+        "OS-DCF:diskConfig": {"type": "string", "enum": ["AUTO", "MANUAL"]},
+    }
+    if mv.at_least("2.19"):
+        fields["description"] = {"type": ["string", "null"], "maxLength": 255}
+    if mv.at_least("2.90"):
+        fields["hostname"] = _HOSTNAME
+    return {
+        "type": "object",
+        "required": ["server"],
+        "additionalProperties": False,
+        "properties": {
+            "server": {"type": "object", "additionalProperties": False, "properties": fields}
+        },
+    }
+
+
+ACTION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "minProperties": 1,
+    "maxProperties": 1,
+    "properties": {
+        "os-start": {"type": "null"},
+        "os-stop": {"type": "null"},
+        "reboot": {
+            "type": "object",
+            "required": ["type"],
+            "additionalProperties": False,
+            "properties": {"type": {"type": "string", "enum": ["SOFT", "HARD", "soft", "hard"]}},
+        },
+    },
+    "additionalProperties": False,
+}
+METADATA_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["metadata"],
+    "additionalProperties": False,
+    "properties": {"metadata": _META},
+}
+META_ITEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["meta"],
+    "additionalProperties": False,
+    "properties": {
+        "meta": {
+            "type": "object",
+            "minProperties": 1,
+            "maxProperties": 1,
+            "additionalProperties": {"type": "string", "maxLength": 255},
+        }
+    },
+}
+
+LIST_QUERY = [
+    QueryParam("name"),
+    QueryParam("status", multi=True),
+    QueryParam("host"),
+    QueryParam("node"),
+    QueryParam("changes-since", "datetime"),
+    QueryParam("changes-before", "datetime"),
+    QueryParam("all_tenants"),
+    QueryParam("project_id"),
+    QueryParam("tenant_id"),
+    QueryParam("user_id"),
+    QueryParam("ip"),
+    QueryParam("ip6"),
+    QueryParam("image"),
+    QueryParam("flavor"),
+    QueryParam("reservation_id"),
+    QueryParam("availability_zone"),
+    QueryParam("uuid"),
+    QueryParam("deleted", "boolean"),
+    QueryParam("limit", "nonneg_integer"),
+    QueryParam("marker"),
+    QueryParam("sort_key", multi=True),
+    QueryParam("sort_dir", multi=True, enum=("asc", "desc")),
+]
+# Filters Nova keeps for admins; for anyone else they are silently dropped.
+_ADMIN_FILTERS = ("host", "node", "deleted", "project_id", "tenant_id")
+_SORT_KEYS = (
+    "created_at",
+    "updated_at",
+    "display_name",
+    "name",
+    "launched_at",
+    "terminated_at",
+    "vm_state",
+    "task_state",
+    "uuid",
+    "availability_zone",
+    "host",
+    "hostname",
+    "key_name",
+)
+
+
+def _ts(value: Any) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def _scope(ctx: RequestContext) -> str:
+    return "" if ctx.is_admin else ctx.project_id
+
+
+async def _host_statuses(request: Request, servers: list[pb.Server]) -> dict[str, str]:
+    """Nova's host_status (admin, 2.16+): UP, DOWN, MAINTENANCE or UNKNOWN per host."""
+    hosts = {s.host for s in servers if s.host}
+    if not hosts:
+        return {}
+    try:
+        reply = await call(
+            gateway_of(request).conductor.fleet.ListServices,
+            pb.ListServicesRequest(binary="loom-compute"),
+        )
+    except ApiError:
+        return dict.fromkeys(hosts, "UNKNOWN")
+    out = dict.fromkeys(hosts, "UNKNOWN")
+    for svc in reply.services:
+        if svc.host in out:
+            if svc.forced_down or not svc.up:
+                out[svc.host] = "DOWN"
+            elif not svc.enabled:
+                out[svc.host] = "MAINTENANCE"
+            else:
+                out[svc.host] = "UP"
+    return out
+
+
+async def _render(
+    request: Request, ctx: RequestContext, servers: list[pb.Server]
+) -> list[dict[str, Any]]:
+    mv = microversion(request)
+    statuses = (
+        await _host_statuses(request, servers) if ctx.is_admin and mv.at_least("2.16") else {}
+    )
+    return [
+        views.detail(request, s, mv, is_admin=ctx.is_admin, host_status=statuses.get(s.host, ""))
+        for s in servers
+    ]
+
+
+async def _get(request: Request, ctx: RequestContext) -> pb.Server:
+    reply = await call(
+        gateway_of(request).conductor.servers.GetServer,
+        pb.GetServerRequest(id=request.path_params["server_id"], project_id=_scope(ctx)),
+    )
+    server: pb.Server = reply.server
+    return server
+
+
+# ------------------------------------------------------------------ list / show
+
+
+async def _list(request: Request, detailed: bool) -> Response:
+    ctx = context(request)
+    ctx.require_read("os_compute_api:servers:index")
+    mv = microversion(request)
+    q = checked_query(request, LIST_QUERY)
+    if not ctx.is_admin:
+        for key in _ADMIN_FILTERS:
+            q.pop(key, None)
+    req = pb.ListServersRequest(project_id=ctx.project_id)
+    if "all_tenants" in q:
+        if not ctx.is_admin:
+            raise Forbidden("Policy doesn't allow os_compute_api:servers:index:get_all_tenants.")
+        if str(q["all_tenants"]).lower() not in ("0", "false", "off", "no"):
+            req.project_id = ""
+    if ctx.is_admin and (q.get("project_id") or q.get("tenant_id")):
+        req.project_id = q.get("project_id") or q.get("tenant_id") or ""
+    if "changes-before" in q and not mv.at_least("2.66"):
+        q.pop("changes-before")
+    if "status" in q:
+        wanted = [views.STATUS_BY_NAME.get(s.upper()) for s in q["status"]]
+        if not any(w is not None for w in wanted):
+            # Nova answers an unknown status with an empty list, not an error.
+            return ok({"servers": []})
+        req.statuses.extend(w for w in wanted if w is not None)
+    req.name = q.get("name", "")
+    req.host = q.get("host", "")
+    req.image_id = q.get("image", "")
+    req.flavor_id = q.get("flavor", "")
+    req.reservation_id = q.get("reservation_id", "")
+    req.availability_zone = q.get("availability_zone", "")
+    req.user_id = q.get("user_id", "")
+    req.ip = q.get("ip", "")
+    req.include_deleted = bool(q.get("deleted", False))
+    if "uuid" in q:
+        req.ids.append(q["uuid"])
+    if "changes-since" in q:
+        req.changes_since.CopyFrom(_ts(q["changes-since"]))
+        req.include_deleted = True
+    if "changes-before" in q:
+        req.changes_before.CopyFrom(_ts(q["changes-before"]))
+        req.include_deleted = True
+    if "changes-since" in q and "changes-before" in q and q["changes-since"] > q["changes-before"]:
+        raise BadRequest("The value of changes-since must be less than or equal to changes-before.")
+    keys = q.get("sort_key", [])
+    for key in keys:
+        if key not in _SORT_KEYS:
+            raise BadRequest(f"Invalid input for query parameters sort_key. Value: {key}.")
+    if keys:
+        req.sort_key = "name" if keys[0] == "display_name" else keys[0]
+    dirs = q.get("sort_dir", [])
+    if dirs:
+        req.sort_dir = dirs[0]
+    max_limit = 1000
+    limit = min(q.get("limit", max_limit), max_limit)
+    req.limit = limit
+    req.marker = q.get("marker", "")
+    reply = await call(gateway_of(request).conductor.servers.ListServers, req)
+    servers = list(reply.servers)
+    items = (
+        await _render(request, ctx, servers)
+        if detailed
+        else [views.brief(request, s) for s in servers]
+    )
+    body: dict[str, Any] = {"servers": items}
+    if reply.next_marker:
+        body["servers_links"] = next_link(
+            request, "servers/detail" if detailed else "servers", reply.next_marker, limit
+        )
+    return ok(body)
+
+
+@documented(query=LIST_QUERY, tag="compute")
+async def list_servers(request: Request) -> Response:
+    """Servers (id, name, links), filtered and paginated."""
+    return await _list(request, detailed=False)
+
+
+@documented(query=LIST_QUERY, tag="compute")
+async def list_servers_detail(request: Request) -> Response:
+    """Servers with every field, filtered and paginated."""
+    return await _list(request, detailed=True)
+
+
+@documented(tag="compute")
+async def show_server(request: Request) -> Response:
+    """One server."""
+    ctx = context(request)
+    ctx.require_read("os_compute_api:servers:show")
+    server = await _get(request, ctx)
+    return ok({"server": (await _render(request, ctx, [server]))[0]})
+
+
+# ------------------------------------------------------------------ create
+
+
+def _count(value: Any, name: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise BadRequest(f"Invalid input for field/attribute {name}.") from None
+
+
+def _image_from_bdm(mappings: list[dict[str, Any]], image_ref: str) -> str:
+    """The image to boot: imageRef, or the one image-to-local boot mapping."""
+    for m in mappings:
+        local_image = (
+            m.get("source_type") == "image" and m.get("destination_type", "local") == "local"
+        )
+        if not local_image:
+            raise BadRequest("Loom has no volumes: only image-to-local block device mappings work.")
+        if str(m.get("boot_index", "0")) in ("0", "None") and m.get("uuid"):
+            if image_ref and image_ref != m["uuid"]:
+                raise BadRequest("imageRef and the boot block device mapping disagree.")
+            image_ref = m["uuid"]
+    return image_ref
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() in ("1", "t", "true", "on", "y", "yes")
+
+
+@documented(body=create_schema(Microversion(2, 96)), tag="compute")
+async def create_server(request: Request) -> Response:
+    """Create one or more servers (202; the build goes on asynchronously)."""
+    ctx = context(request)
+    ctx.require_write("os_compute_api:servers:create")
+    mv = microversion(request)
+    body = await json_body(request)
+    checked_body(create_schema(mv), body)
+    s = body["server"]
+    hints = body.get("os:scheduler_hints") or body.get("OS-SCH-HNT:scheduler_hints") or {}
+
+    networks = s.get("networks", "auto")
+    if isinstance(networks, list):
+        if networks:
+            raise BadRequest("Loom has no network service yet: use networks 'auto' or 'none'.")
+        networks = "none"
+    min_count = _count(s.get("min_count", 1), "min_count")
+    max_count = _count(s.get("max_count", min_count), "max_count")
+    if min_count > max_count:
+        raise BadRequest("min_count must be <= max_count")
+    if s.get("user_data"):
+        try:
+            base64.b64decode(s["user_data"], validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest("User data needs to be valid base 64.") from None
+    image_ref = _image_from_bdm(s.get("block_device_mapping_v2", []), s.get("imageRef", ""))
+    if not image_ref:
+        raise BadRequest("Loom boots from images only: imageRef is required.")
+    force_host = ""
+    az = s.get("availability_zone", "")
+    if ":" in az:
+        # The legacy "zone:host" form forces a host; only admins may.
+        az, _, force_host = az.partition(":")
+        force_host = force_host.partition(":")[0]
+    if s.get("host") or s.get("hypervisor_hostname") or force_host:
+        ctx.require_admin("compute:servers:create:requested_destination")
+        force_host = s.get("host") or s.get("hypervisor_hostname") or force_host
+    hostname = s.get("hostname", "")
+    if hostname and max_count > 1:
+        raise BadRequest("Cannot set hostname when creating more than one server.")
+    reply = await call(
+        gateway_of(request).conductor.servers.CreateServers,
+        pb.CreateServersRequest(
+            request_id=request_id(request),
+            project_id=ctx.project_id,
+            user_id=ctx.user_id,
+            name=s["name"],
+            flavor_id=str(s["flavorRef"]).rstrip("/").rsplit("/", 1)[-1],
+            image_id=image_ref.rstrip("/").rsplit("/", 1)[-1],
+            availability_zone=az,
+            key_name=s.get("key_name", ""),
+            metadata=s.get("metadata", {}),
+            user_data=s.get("user_data", ""),
+            networks=networks,
+            min_count=min_count,
+            max_count=max_count,
+            description=s.get("description") or "",
+            hostname=hostname,
+            server_group_id=hints.get("group", ""),
+            tags=s.get("tags", []),
+            access_ipv4=s.get("accessIPv4", ""),
+            access_ipv6=s.get("accessIPv6", ""),
+            config_drive=_truthy(s.get("config_drive", False)),
+            force_host=force_host,
+        ),
+    )
+    if _truthy(s.get("return_reservation_id", False)):
+        return ok({"reservation_id": reply.reservation_id}, 202)
+    if not reply.servers:
+        raise ApiError(500, "The conductor created no server.")
+    first = reply.servers[0]
+    out: dict[str, Any] = {
+        "id": first.id,
+        "links": links(request, "servers", first.id),
+        "OS-DCF:diskConfig": s.get("OS-DCF:diskConfig", "AUTO"),
+        "security_groups": [{"name": "default"}],
+        # Loom sets no guest password; Nova's API still returns one, so clients that
+        # read it keep working.
+        "adminPass": s.get("adminPass") or secrets.token_urlsafe(9),
+    }
+    return ok({"server": out}, 202)
+
+
+# ------------------------------------------------------------------ update / delete / actions
+
+
+@documented(body=update_schema(Microversion(2, 96)), tag="compute")
+async def update_server(request: Request) -> Response:
+    """Rename or redescribe a server."""
+    ctx = context(request)
+    ctx.require_write("os_compute_api:servers:update")
+    mv = microversion(request)
+    body = await json_body(request)
+    checked_body(update_schema(mv), body)
+    s = body["server"]
+    req = pb.UpdateServerRequest(
+        request_id=request_id(request),
+        id=request.path_params["server_id"],
+        project_id=_scope(ctx),
+    )
+    if "name" in s:
+        req.name = s["name"]
+    if "description" in s:
+        req.description = s["description"] or ""
+    if "accessIPv4" in s:
+        req.access_ipv4 = s["accessIPv4"]
+    if "accessIPv6" in s:
+        req.access_ipv6 = s["accessIPv6"]
+    if "hostname" in s:
+        req.hostname = s["hostname"]
+    reply = await call(gateway_of(request).conductor.servers.UpdateServer, req)
+    return ok({"server": (await _render(request, ctx, [reply.server]))[0]})
+
+
+@documented(tag="compute")
+async def delete_server(request: Request) -> Response:
+    """Delete a server (204)."""
+    ctx = context(request)
+    ctx.require_write("os_compute_api:servers:delete")
+    await call(
+        gateway_of(request).conductor.servers.DeleteServer,
+        pb.DeleteServerRequest(
+            request_id=request_id(request),
+            id=request.path_params["server_id"],
+            project_id=_scope(ctx),
+            user_id=ctx.user_id,
+        ),
+    )
+    return empty(204)
+
+
+@documented(body=ACTION_SCHEMA, tag="compute")
+async def server_action(request: Request) -> Response:
+    """Server actions: os-start, os-stop, reboot (202)."""
+    ctx = context(request)
+    body = await json_body(request)
+    if isinstance(body, dict) and len(body) == 1:
+        name = next(iter(body))
+        if name not in ACTION_SCHEMA["properties"]:
+            raise BadRequest(f"There is no such action: {name}")
+    checked_body(ACTION_SCHEMA, body)
+    action = next(iter(body))
+    ctx.require_write(f"os_compute_api:servers:{action}")
+    conductor = gateway_of(request).conductor.servers
+    common = {
+        "request_id": request_id(request),
+        "id": request.path_params["server_id"],
+        "project_id": _scope(ctx),
+        "user_id": ctx.user_id,
+    }
+    if action == "os-start":
+        await call(conductor.StartServer, pb.StartServerRequest(**common))
+    elif action == "os-stop":
+        await call(conductor.StopServer, pb.StopServerRequest(**common))
+    else:
+        kind = (
+            compute_pb.REBOOT_TYPE_HARD
+            if body["reboot"]["type"].upper() == "HARD"
+            else compute_pb.REBOOT_TYPE_SOFT
+        )
+        await call(conductor.RebootServer, pb.RebootServerRequest(**common, reboot_type=kind))
+    return empty(202)
+
+
+# ------------------------------------------------------------------ metadata
+
+
+async def _set_metadata(
+    request: Request, ctx: RequestContext, items: dict[str, str], replace: bool
+) -> dict[str, str]:
+    reply = await call(
+        gateway_of(request).conductor.servers.SetServerMetadata,
+        pb.SetServerMetadataRequest(
+            request_id=request_id(request),
+            id=request.path_params["server_id"],
+            project_id=_scope(ctx),
+            metadata=items,
+            replace=replace,
+        ),
+    )
+    return dict(reply.metadata)
+
+
+def _check_meta_keys(items: dict[str, str]) -> None:
+    for key in items:
+        if not key or len(key) > 255:
+            raise BadRequest("Metadata keys must be 1-255 characters.")
+
+
+@documented(tag="compute")
+async def list_metadata(request: Request) -> Response:
+    """A server's metadata."""
+    ctx = context(request)
+    ctx.require_read("os_compute_api:server-metadata:index")
+    return ok({"metadata": dict((await _get(request, ctx)).metadata)})
+
+
+@documented(body=METADATA_SCHEMA, tag="compute")
+async def merge_metadata(request: Request) -> Response:
+    """Merge metadata items (POST) or replace all metadata (PUT)."""
+    ctx = context(request)
+    ctx.require_write("os_compute_api:server-metadata:update")
+    body = await json_body(request)
+    checked_body(METADATA_SCHEMA, body)
+    _check_meta_keys(body["metadata"])
+    replace = request.method == "PUT"
+    result = await _set_metadata(request, ctx, body["metadata"], replace)
+    return ok({"metadata": result})
+
+
+@documented(tag="compute")
+async def show_metadata_item(request: Request) -> Response:
+    """One metadata item."""
+    ctx = context(request)
+    ctx.require_read("os_compute_api:server-metadata:show")
+    key = request.path_params["key"]
+    meta = (await _get(request, ctx)).metadata
+    if key not in meta:
+        raise NotFound("Metadata item was not found")
+    return ok({"meta": {key: meta[key]}})
+
+
+@documented(body=META_ITEM_SCHEMA, tag="compute")
+async def set_metadata_item(request: Request) -> Response:
+    """Set one metadata item; the body's key must match the URL's."""
+    ctx = context(request)
+    ctx.require_write("os_compute_api:server-metadata:update")
+    key = request.path_params["key"]
+    body = await json_body(request)
+    checked_body(META_ITEM_SCHEMA, body)
+    if key not in body["meta"]:
+        raise BadRequest("Request body and URI mismatch")
+    _check_meta_keys(body["meta"])
+    await _set_metadata(request, ctx, body["meta"], replace=False)
+    return ok({"meta": body["meta"]})
+
+
+@documented(tag="compute")
+async def delete_metadata_item(request: Request) -> Response:
+    """Remove one metadata item (204)."""
+    ctx = context(request)
+    ctx.require_write("os_compute_api:server-metadata:delete")
+    await call(
+        gateway_of(request).conductor.servers.DeleteServerMetadataItem,
+        pb.DeleteServerMetadataItemRequest(
+            request_id=request_id(request),
+            id=request.path_params["server_id"],
+            project_id=_scope(ctx),
+            key=request.path_params["key"],
+        ),
+    )
+    return empty(204)
+
+
+# ------------------------------------------------------------------ ips and actions
+
+
+@documented(tag="compute")
+async def list_ips(request: Request) -> Response:
+    """A server's addresses by network."""
+    ctx = context(request)
+    ctx.require_read("os_compute_api:ips:index")
+    return ok({"addresses": views.addresses(await _get(request, ctx))})
+
+
+@documented(tag="compute")
+async def show_ips(request: Request) -> Response:
+    """A server's addresses on one network."""
+    ctx = context(request)
+    ctx.require_read("os_compute_api:ips:show")
+    network = request.path_params["network"]
+    addrs = views.addresses(await _get(request, ctx))
+    if network not in addrs:
+        raise NotFound("Instance is not a member of specified network")
+    return ok({network: addrs[network]})
+
+
+def _action(a: pb.InstanceAction, mv: Microversion) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "action": a.action,
+        "instance_uuid": a.instance_id,
+        "message": a.message or None,
+        "project_id": a.project_id,
+        "request_id": a.request_id,
+        "start_time": iso_micro(a.start_time),
+        "user_id": a.user_id,
+    }
+    if mv.at_least("2.58"):
+        body["updated_at"] = iso_micro(a.updated_at)
+    return body
+
+
+@documented(tag="compute")
+async def list_instance_actions(request: Request) -> Response:
+    """Actions recorded for a server, newest first."""
+    ctx = context(request)
+    ctx.require_read("os_compute_api:os-instance-actions:list")
+    reply = await call(
+        gateway_of(request).conductor.servers.ListInstanceActions,
+        pb.ListInstanceActionsRequest(id=request.path_params["server_id"], project_id=_scope(ctx)),
+    )
+    mv = microversion(request)
+    return ok({"instanceActions": [_action(a, mv) for a in reply.actions]})
+
+
+@documented(tag="compute")
+async def show_instance_action(request: Request) -> Response:
+    """One action with its events."""
+    ctx = context(request)
+    ctx.require_read("os_compute_api:os-instance-actions:show")
+    reply = await call(
+        gateway_of(request).conductor.servers.GetInstanceAction,
+        pb.GetInstanceActionRequest(
+            id=request.path_params["server_id"],
+            project_id=_scope(ctx),
+            request_id=request.path_params["request_id"],
+        ),
+    )
+    mv = microversion(request)
+    body = _action(reply.action, mv)
+    events = []
+    for e in reply.action.events:
+        event: dict[str, Any] = {
+            "event": e.event,
+            "start_time": iso_micro(e.start_time),
+            "finish_time": iso_micro(e.finish_time),
+            "result": e.result or None,
+        }
+        if ctx.is_admin:
+            event["traceback"] = None
+        if mv.at_least("2.62"):
+            event["hostId"] = views.host_id(reply.action.project_id, e.host)
+            if ctx.is_admin:
+                event["host"] = e.host
+        if mv.at_least("2.84") and ctx.is_admin:
+            event["details"] = e.details or None
+        events.append(event)
+    body["events"] = events
+    return ok({"instanceAction": body})
+
+
+def routes() -> list[BaseRoute]:
+    p = "/compute/v2.1/servers"
+    s = p + "/{server_id}"
+    return [
+        Route(p, list_servers, methods=["GET"]),
+        Route(p, create_server, methods=["POST"]),
+        Route(p + "/detail", list_servers_detail, methods=["GET"]),
+        Route(s, show_server, methods=["GET"]),
+        Route(s, update_server, methods=["PUT"]),
+        Route(s, delete_server, methods=["DELETE"]),
+        Route(s + "/action", server_action, methods=["POST"]),
+        Route(s + "/metadata", list_metadata, methods=["GET"]),
+        Route(s + "/metadata", merge_metadata, methods=["POST", "PUT"]),
+        Route(s + "/metadata/{key}", show_metadata_item, methods=["GET"]),
+        Route(s + "/metadata/{key}", set_metadata_item, methods=["PUT"]),
+        Route(s + "/metadata/{key}", delete_metadata_item, methods=["DELETE"]),
+        Route(s + "/ips", list_ips, methods=["GET"]),
+        Route(s + "/ips/{network}", show_ips, methods=["GET"]),
+        Route(s + "/os-instance-actions", list_instance_actions, methods=["GET"]),
+        Route(s + "/os-instance-actions/{request_id}", show_instance_action, methods=["GET"]),
+    ]

@@ -1,0 +1,680 @@
+"""Identity v3 at /identity: version documents, password and token authentication with
+signed expiring tokens, and the admin API the openstack CLI uses for projects, users,
+roles and role assignments (default domain only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loom.conductor.v1 import conductor_pb2 as pb
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from gateway.auth.context import RequestContext, authenticate, expand_roles
+from gateway.auth.tokens import InvalidToken, TokenClaims
+from gateway.conductor import call
+from gateway.errors import ApiError, BadRequest, Forbidden, NotFound, Unauthorized
+from gateway.identity import catalog_routes, views
+from gateway.identity.schemas import (
+    AUTH_SCHEMA,
+    PROJECT_CREATE,
+    PROJECT_UPDATE,
+    ROLE_CREATE,
+    USER_CREATE,
+    USER_UPDATE,
+)
+from gateway.routing import checked_body, checked_query, documented
+from gateway.state import base_url, gateway_of, json_body, request_id
+from gateway.validation import QueryParam
+
+_TAG = "identity"
+
+# Keystone ignores filters it does not know; Loom does the same for list filters but
+# still types the ones it reads.
+_LIST_Q = [
+    QueryParam("name"),
+    QueryParam("domain_id"),
+    QueryParam("enabled", "boolean"),
+    QueryParam("is_domain", "boolean"),
+    QueryParam("parent_id"),
+]
+_ASSIGN_Q = [
+    QueryParam("user.id"),
+    QueryParam("scope.project.id"),
+    QueryParam("role.id"),
+    QueryParam("effective"),
+    QueryParam("include_names"),
+    QueryParam("include_subtree"),
+    QueryParam("scope.domain.id"),
+    QueryParam("scope.system"),
+    QueryParam("group.id"),
+]
+
+
+def _known_query(request: Request, params: list[QueryParam]) -> dict[str, Any]:
+    names = {p.name for p in params}
+    for key in request.query_params:
+        if key not in names:
+            raise BadRequest(f"Invalid filter: {key} is not a filter Loom supports")
+    return checked_query(request, params)
+
+
+def _admin(request: Request) -> RequestContext:
+    ctx = authenticate(request, gateway_of(request).signer)
+    if not ctx.is_admin:
+        raise Forbidden("You are not authorized to perform the requested action.")
+    return ctx
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+# ------------------------------------------------------------------------ versions
+
+
+@documented(tag=_TAG)
+async def versions(request: Request) -> Response:
+    """Identity API versions."""
+    return _json({"versions": {"values": [views.version_doc(base_url(request))]}}, 300)
+
+
+@documented(tag=_TAG)
+async def version_v3(request: Request) -> Response:
+    """The Identity v3 version document."""
+    return _json({"version": views.version_doc(base_url(request))})
+
+
+# ------------------------------------------------------------------------ tokens
+
+
+async def _scope_roles(
+    request: Request, user_id: str, project_id: str
+) -> tuple[tuple[str, str], ...]:
+    conductor = gateway_of(request).conductor
+    all_roles = await call(conductor.identity.ListRoles, pb.ListRolesRequest())
+    held = await call(
+        conductor.identity.ListRoleAssignments,
+        pb.ListRoleAssignmentsRequest(user_id=user_id, project_id=project_id),
+    )
+    return expand_roles(
+        [(a.role_id, a.role_name) for a in held.assignments],
+        {r.name: r.id for r in all_roles.roles},
+    )
+
+
+def _domain_ref(ref: dict[str, Any] | None) -> str:
+    if not ref:
+        return "default"
+    return str(ref.get("id") or ref.get("name") or "default")
+
+
+@documented(body=AUTH_SCHEMA, tag=_TAG)
+async def issue_token(request: Request) -> Response:
+    """Authenticate with a password or a token; returns a signed token (X-Subject-Token)."""
+    gw = gateway_of(request)
+    body = await json_body(request)
+    checked_body(AUTH_SCHEMA, body)
+    auth = body["auth"]
+    identity = auth["identity"]
+    methods = identity["methods"]
+    scope = auth.get("scope") or {}
+    scope_project = scope.get("project") if isinstance(scope, dict) else None
+    if isinstance(scope, dict) and set(scope) - {"project"}:
+        raise ApiError(401, "Only project-scoped and unscoped tokens are supported.")
+
+    if "password" in methods and "password" in identity:
+        u = identity["password"]["user"]
+        if not u.get("id") and not u.get("name"):
+            raise BadRequest("Expecting to find id or name in user.")
+        req = pb.AuthenticateRequest(
+            user_id=u.get("id", ""),
+            user_name=u.get("name", ""),
+            user_domain=_domain_ref(u.get("domain")),
+            password=u["password"],
+        )
+        if scope_project:
+            req.project_id = scope_project.get("id", "")
+            req.project_name = scope_project.get("name", "")
+            req.project_domain = _domain_ref(scope_project.get("domain"))
+        try:
+            reply = await call(gw.conductor.identity.Authenticate, req)
+        except ApiError as exc:
+            if exc.status in (401, 403):
+                # Keystone answers every authentication failure with 401.
+                raise Unauthorized(
+                    "The request you have made requires authentication."
+                    if exc.status == 401
+                    else exc.message
+                ) from exc
+            raise
+        user_id, user_name = reply.user.id, reply.user.name
+        project = reply.project if reply.HasField("project") else None
+        if project is None and scope != "unscoped" and reply.user.default_project_id:
+            project = await _try_default_project(request, reply.user)
+    elif "token" in methods and "token" in identity:
+        try:
+            prior = gw.signer.verify(identity["token"]["id"])
+        except InvalidToken as exc:
+            raise Unauthorized(str(exc)) from exc
+        user_id, user_name = prior.user_id, prior.user_name
+        project = None
+        if scope_project:
+            ref = scope_project.get("id") or scope_project.get("name") or ""
+            found = await call(gw.conductor.identity.GetProject, pb.GetProjectRequest(id=ref))
+            project = found.project
+    else:
+        raise Unauthorized("Only the password and token methods are supported.")
+
+    roles: tuple[tuple[str, str], ...] = ()
+    if project is not None:
+        roles = await _scope_roles(request, user_id, project.id)
+        if not roles:
+            raise Unauthorized(f"User {user_id} has no access to project {project.id}")
+        if not project.enabled:
+            raise Unauthorized(f"Project {project.id} is disabled")
+    token, claims = gw.signer.issue(
+        user_id=user_id,
+        user_name=user_name,
+        project_id=project.id if project else "",
+        project_name=project.name if project else "",
+        roles=roles,
+        methods=tuple(m for m in methods if m in ("password", "token")),
+    )
+    return _json(
+        views.token(claims, base_url(request), gw.cfg.region, with_catalog=True),
+        201,
+        {"X-Subject-Token": token},
+    )
+
+
+async def _try_default_project(request: Request, user: pb.User) -> pb.Project | None:
+    """Keystone scopes a token to the user's default project when no scope is given."""
+    try:
+        found = await call(
+            gateway_of(request).conductor.identity.GetProject,
+            pb.GetProjectRequest(id=user.default_project_id),
+        )
+    except ApiError:
+        return None
+    project: pb.Project = found.project
+    return project
+
+
+def _subject(request: Request) -> tuple[TokenClaims, str]:
+    gw = gateway_of(request)
+    authenticate_any(request)
+    subject = request.headers.get("x-subject-token", "")
+    try:
+        return gw.signer.verify(subject), subject
+    except InvalidToken as exc:
+        raise NotFound(f"Could not find token: {exc}") from exc
+
+
+def authenticate_any(request: Request) -> TokenClaims:
+    """Any valid token, scoped or not."""
+    token = request.headers.get("x-auth-token", "")
+    if not token:
+        raise Unauthorized()
+    try:
+        return gateway_of(request).signer.verify(token)
+    except InvalidToken as exc:
+        raise Unauthorized(str(exc)) from exc
+
+
+@documented(query=[QueryParam("nocatalog"), QueryParam("allow_expired")], tag=_TAG)
+async def validate_token(request: Request) -> Response:
+    """Validate the token in X-Subject-Token (GET returns it, HEAD only checks it)."""
+    claims, subject = _subject(request)
+    headers = {"X-Subject-Token": subject}
+    if request.method == "HEAD":
+        return Response(status_code=200, headers=headers)
+    gw = gateway_of(request)
+    with_catalog = "nocatalog" not in request.query_params
+    return _json(
+        views.token(claims, base_url(request), gw.cfg.region, with_catalog=with_catalog),
+        200,
+        headers,
+    )
+
+
+@documented(tag=_TAG)
+async def revoke_token(request: Request) -> Response:
+    """Accepted for compatibility: Loom tokens are stateless and end at their expiry."""
+    _subject(request)
+    return Response(status_code=204)
+
+
+@documented(tag=_TAG)
+async def auth_projects(request: Request) -> Response:
+    """Projects the token's user holds a role on."""
+    claims = authenticate_any(request)
+    reply = await call(
+        gateway_of(request).conductor.identity.ListProjects,
+        pb.ListProjectsRequest(user_id=claims.user_id),
+    )
+    base = base_url(request)
+    return _json(
+        {"projects": [views.project(p, base) for p in reply.projects], "links": _links(request)}
+    )
+
+
+@documented(tag=_TAG)
+async def auth_catalog(request: Request) -> Response:
+    """The service catalog of the token."""
+    authenticate_any(request)
+    gw = gateway_of(request)
+    return _json(
+        {"catalog": views.catalog(base_url(request), gw.cfg.region), "links": _links(request)}
+    )
+
+
+def _links(request: Request) -> dict[str, Any]:
+    return {"self": str(request.url), "previous": None, "next": None}
+
+
+# ------------------------------------------------------------------------ domains
+
+
+@documented(query=_LIST_Q, tag=_TAG)
+async def list_domains(request: Request) -> Response:
+    """Domains (Loom has only the default domain)."""
+    authenticate_any(request)
+    q = _known_query(request, _LIST_Q)
+    doms = [views.domain(base_url(request))]
+    if q.get("name") not in (None, "Default", "default"):
+        doms = []
+    return _json({"domains": doms, "links": _links(request)})
+
+
+@documented(tag=_TAG)
+async def show_domain(request: Request) -> Response:
+    """The default domain."""
+    authenticate_any(request)
+    if request.path_params["domain_id"] not in ("default", "Default"):
+        raise NotFound(f"Could not find domain: {request.path_params['domain_id']}.")
+    return _json({"domain": views.domain(base_url(request))})
+
+
+# ------------------------------------------------------------------------ projects
+
+
+@documented(query=_LIST_Q, tag=_TAG)
+async def list_projects(request: Request) -> Response:
+    """Projects (admin)."""
+    _admin(request)
+    q = _known_query(request, _LIST_Q)
+    reply = await call(
+        gateway_of(request).conductor.identity.ListProjects,
+        pb.ListProjectsRequest(name=q.get("name", "")),
+    )
+    projects = [p for p in reply.projects if "enabled" not in q or p.enabled == q["enabled"]]
+    if q.get("domain_id") not in (None, "default"):
+        projects = []
+    base = base_url(request)
+    return _json({"projects": [views.project(p, base) for p in projects], "links": _links(request)})
+
+
+@documented(body=PROJECT_CREATE, tag=_TAG)
+async def create_project(request: Request) -> Response:
+    """Create a project (admin)."""
+    _admin(request)
+    body = await json_body(request)
+    checked_body(PROJECT_CREATE, body)
+    p = body["project"]
+    if p.get("parent_id") not in (None, "default"):
+        raise BadRequest("Loom projects have no hierarchy: parent_id must be the domain.")
+    reply = await call(
+        gateway_of(request).conductor.identity.CreateProject,
+        pb.CreateProjectRequest(
+            request_id=request_id(request),
+            project=pb.Project(
+                name=p["name"],
+                description=p.get("description") or "",
+                domain_id="default",
+                enabled=p.get("enabled", True),
+            ),
+        ),
+    )
+    return _json({"project": views.project(reply.project, base_url(request))}, 201)
+
+
+async def _project_by_id(request: Request, project_id: str) -> pb.Project:
+    reply = await call(
+        gateway_of(request).conductor.identity.GetProject, pb.GetProjectRequest(id=project_id)
+    )
+    if reply.project.id != project_id:
+        # GetProject also matches names; the REST path names an id.
+        raise NotFound(f"Could not find project: {project_id}.")
+    project: pb.Project = reply.project
+    return project
+
+
+@documented(tag=_TAG)
+async def show_project(request: Request) -> Response:
+    """One project (admin, or a member of it)."""
+    ctx = authenticate(request, gateway_of(request).signer)
+    pid = request.path_params["project_id"]
+    if not ctx.is_admin and pid != ctx.project_id:
+        raise Forbidden("You are not authorized to perform the requested action.")
+    try:
+        project = await _project_by_id(request, pid)
+    except ApiError as exc:
+        raise NotFound(f"Could not find project: {pid}.") from exc
+    return _json({"project": views.project(project, base_url(request))})
+
+
+@documented(body=PROJECT_UPDATE, tag=_TAG)
+async def update_project(request: Request) -> Response:
+    """Change a project's name, description or enabled flag (admin)."""
+    _admin(request)
+    body = await json_body(request)
+    checked_body(PROJECT_UPDATE, body)
+    p = body["project"]
+    req = pb.UpdateProjectRequest(
+        request_id=request_id(request), id=request.path_params["project_id"]
+    )
+    if "name" in p:
+        req.name = p["name"]
+    if "description" in p:
+        req.description = p["description"] or ""
+    if "enabled" in p:
+        req.enabled = p["enabled"]
+    reply = await call(gateway_of(request).conductor.identity.UpdateProject, req)
+    return _json({"project": views.project(reply.project, base_url(request))})
+
+
+@documented(tag=_TAG)
+async def delete_project(request: Request) -> Response:
+    """Delete a project and its role assignments (admin)."""
+    _admin(request)
+    await call(
+        gateway_of(request).conductor.identity.DeleteProject,
+        pb.DeleteProjectRequest(
+            request_id=request_id(request), id=request.path_params["project_id"]
+        ),
+    )
+    return Response(status_code=204)
+
+
+# ------------------------------------------------------------------------ users
+
+
+@documented(query=_LIST_Q, tag=_TAG)
+async def list_users(request: Request) -> Response:
+    """Users (admin)."""
+    _admin(request)
+    q = _known_query(request, _LIST_Q)
+    reply = await call(
+        gateway_of(request).conductor.identity.ListUsers,
+        pb.ListUsersRequest(name=q.get("name", "")),
+    )
+    users = [u for u in reply.users if "enabled" not in q or u.enabled == q["enabled"]]
+    if q.get("domain_id") not in (None, "default"):
+        users = []
+    base = base_url(request)
+    return _json({"users": [views.user(u, base) for u in users], "links": _links(request)})
+
+
+@documented(body=USER_CREATE, tag=_TAG)
+async def create_user(request: Request) -> Response:
+    """Create a user (admin)."""
+    _admin(request)
+    body = await json_body(request)
+    checked_body(USER_CREATE, body)
+    u = body["user"]
+    reply = await call(
+        gateway_of(request).conductor.identity.CreateUser,
+        pb.CreateUserRequest(
+            request_id=request_id(request),
+            user=pb.User(
+                name=u["name"],
+                domain_id="default",
+                email=u.get("email") or "",
+                description=u.get("description") or "",
+                enabled=u.get("enabled", True),
+                default_project_id=u.get("default_project_id") or "",
+            ),
+            password=u.get("password") or "",
+        ),
+    )
+    return _json({"user": views.user(reply.user, base_url(request))}, 201)
+
+
+def _self_or_admin(request: Request, user_id: str) -> None:
+    claims = authenticate_any(request)
+    if claims.user_id == user_id:
+        return
+    if not claims.project_id or "admin" not in claims.role_names:
+        raise Forbidden("You are not authorized to perform the requested action.")
+
+
+@documented(tag=_TAG)
+async def show_user(request: Request) -> Response:
+    """One user (admin, or the user)."""
+    uid = request.path_params["user_id"]
+    _self_or_admin(request, uid)
+    reply = await call(gateway_of(request).conductor.identity.GetUser, pb.GetUserRequest(id=uid))
+    if reply.user.id != uid:
+        raise NotFound(f"Could not find user: {uid}.")
+    return _json({"user": views.user(reply.user, base_url(request))})
+
+
+@documented(body=USER_UPDATE, tag=_TAG)
+async def update_user(request: Request) -> Response:
+    """Change a user (admin)."""
+    _admin(request)
+    body = await json_body(request)
+    checked_body(USER_UPDATE, body)
+    u = body["user"]
+    req = pb.UpdateUserRequest(request_id=request_id(request), id=request.path_params["user_id"])
+    for key in ("name", "email", "description", "default_project_id", "password"):
+        if key in u and u[key] is not None:
+            setattr(req, key, u[key])
+    if "enabled" in u:
+        req.enabled = u["enabled"]
+    reply = await call(gateway_of(request).conductor.identity.UpdateUser, req)
+    return _json({"user": views.user(reply.user, base_url(request))})
+
+
+@documented(tag=_TAG)
+async def delete_user(request: Request) -> Response:
+    """Delete a user and their role assignments (admin)."""
+    _admin(request)
+    await call(
+        gateway_of(request).conductor.identity.DeleteUser,
+        pb.DeleteUserRequest(request_id=request_id(request), id=request.path_params["user_id"]),
+    )
+    return Response(status_code=204)
+
+
+@documented(tag=_TAG)
+async def user_projects(request: Request) -> Response:
+    """Projects a user holds a role on (admin, or the user)."""
+    uid = request.path_params["user_id"]
+    _self_or_admin(request, uid)
+    reply = await call(
+        gateway_of(request).conductor.identity.ListProjects, pb.ListProjectsRequest(user_id=uid)
+    )
+    base = base_url(request)
+    return _json(
+        {"projects": [views.project(p, base) for p in reply.projects], "links": _links(request)}
+    )
+
+
+# ------------------------------------------------------------------------ roles
+
+
+@documented(query=_LIST_Q, tag=_TAG)
+async def list_roles(request: Request) -> Response:
+    """Roles."""
+    authenticate(request, gateway_of(request).signer)
+    q = _known_query(request, _LIST_Q)
+    reply = await call(
+        gateway_of(request).conductor.identity.ListRoles,
+        pb.ListRolesRequest(name=q.get("name", "")),
+    )
+    base = base_url(request)
+    return _json({"roles": [views.role(r, base) for r in reply.roles], "links": _links(request)})
+
+
+@documented(body=ROLE_CREATE, tag=_TAG)
+async def create_role(request: Request) -> Response:
+    """Create a role (admin)."""
+    _admin(request)
+    body = await json_body(request)
+    checked_body(ROLE_CREATE, body)
+    reply = await call(
+        gateway_of(request).conductor.identity.CreateRole,
+        pb.CreateRoleRequest(request_id=request_id(request), name=body["role"]["name"]),
+    )
+    return _json({"role": views.role(reply.role, base_url(request))}, 201)
+
+
+@documented(tag=_TAG)
+async def show_role(request: Request) -> Response:
+    """One role."""
+    authenticate(request, gateway_of(request).signer)
+    rid = request.path_params["role_id"]
+    reply = await call(gateway_of(request).conductor.identity.ListRoles, pb.ListRolesRequest())
+    for r in reply.roles:
+        if r.id == rid:
+            return _json({"role": views.role(r, base_url(request))})
+    raise NotFound(f"Could not find role: {rid}.")
+
+
+async def _role_id(request: Request, ref: str) -> pb.Role:
+    reply = await call(gateway_of(request).conductor.identity.ListRoles, pb.ListRolesRequest())
+    for r in reply.roles:
+        if ref == r.id:
+            role: pb.Role = r
+            return role
+    raise NotFound(f"Could not find role: {ref}.")
+
+
+@documented(tag=_TAG)
+async def grant_role(request: Request) -> Response:
+    """Grant (PUT), check (HEAD/GET) or revoke (DELETE) a role of a user on a project."""
+    _admin(request)
+    gw = gateway_of(request)
+    pid = request.path_params["project_id"]
+    uid = request.path_params["user_id"]
+    role = await _role_id(request, request.path_params["role_id"])
+    if request.method == "PUT":
+        await call(
+            gw.conductor.identity.AssignRole,
+            pb.AssignRoleRequest(
+                request_id=request_id(request), user_id=uid, project_id=pid, role=role.id
+            ),
+        )
+    elif request.method == "DELETE":
+        await call(
+            gw.conductor.identity.UnassignRole,
+            pb.UnassignRoleRequest(
+                request_id=request_id(request), user_id=uid, project_id=pid, role=role.id
+            ),
+        )
+    else:
+        reply = await call(
+            gw.conductor.identity.ListRoleAssignments,
+            pb.ListRoleAssignmentsRequest(user_id=uid, project_id=pid, role=role.id),
+        )
+        if not reply.assignments:
+            raise NotFound(f"Could not find role assignment with role: {role.id}.")
+    return Response(status_code=204)
+
+
+@documented(tag=_TAG)
+async def list_grants(request: Request) -> Response:
+    """Roles a user holds on a project (admin)."""
+    _admin(request)
+    reply = await call(
+        gateway_of(request).conductor.identity.ListRoleAssignments,
+        pb.ListRoleAssignmentsRequest(
+            user_id=request.path_params["user_id"], project_id=request.path_params["project_id"]
+        ),
+    )
+    base = base_url(request)
+    roles = [views.role(pb.Role(id=a.role_id, name=a.role_name), base) for a in reply.assignments]
+    return _json({"roles": roles, "links": _links(request)})
+
+
+@documented(query=_ASSIGN_Q, tag=_TAG)
+async def list_role_assignments(request: Request) -> Response:
+    """Role assignments, filtered by user, project and role (admin)."""
+    _admin(request)
+    q = _known_query(request, _ASSIGN_Q)
+    if "scope.domain.id" in q or "scope.system" in q or "group.id" in q:
+        # Loom grants roles on projects to users only: nothing else can match.
+        return _json({"role_assignments": [], "links": _links(request)})
+    gw = gateway_of(request)
+    reply = await call(
+        gw.conductor.identity.ListRoleAssignments,
+        pb.ListRoleAssignmentsRequest(
+            user_id=q.get("user.id", ""),
+            project_id=q.get("scope.project.id", ""),
+            role=q.get("role.id", ""),
+        ),
+    )
+    include_names = str(q.get("include_names", "")).lower() in ("1", "true", "")
+    include_names = include_names and "include_names" in q
+    base = base_url(request)
+    out = [views.assignment(a, base, include_names) for a in reply.assignments]
+    if include_names and out:
+        users = {
+            u.id: u.name
+            for u in (await call(gw.conductor.identity.ListUsers, pb.ListUsersRequest())).users
+        }
+        projects = {
+            p.id: p.name
+            for p in (
+                await call(gw.conductor.identity.ListProjects, pb.ListProjectsRequest())
+            ).projects
+        }
+        for item in out:
+            item["user"]["name"] = users.get(item["user"]["id"], "")
+            item["user"]["domain"] = dict(views.DEFAULT_DOMAIN)
+            proj = item["scope"]["project"]
+            proj["name"] = projects.get(proj["id"], "")
+            proj["domain"] = dict(views.DEFAULT_DOMAIN)
+    return _json({"role_assignments": out, "links": _links(request)})
+
+
+def routes() -> list[BaseRoute]:
+    v3 = "/identity/v3"
+    return [
+        Route("/identity", versions, methods=["GET"]),
+        Route("/identity/", versions, methods=["GET"]),
+        Route(v3, version_v3, methods=["GET"]),
+        Route(v3 + "/", version_v3, methods=["GET"]),
+        Route(v3 + "/auth/tokens", issue_token, methods=["POST"]),
+        Route(v3 + "/auth/tokens", validate_token, methods=["GET", "HEAD"]),
+        Route(v3 + "/auth/tokens", revoke_token, methods=["DELETE"]),
+        Route(v3 + "/auth/projects", auth_projects, methods=["GET"]),
+        Route(v3 + "/auth/catalog", auth_catalog, methods=["GET"]),
+        Route(v3 + "/domains", list_domains, methods=["GET"]),
+        Route(v3 + "/domains/{domain_id}", show_domain, methods=["GET"]),
+        Route(v3 + "/projects", list_projects, methods=["GET"]),
+        Route(v3 + "/projects", create_project, methods=["POST"]),
+        Route(v3 + "/projects/{project_id}", show_project, methods=["GET"]),
+        Route(v3 + "/projects/{project_id}", update_project, methods=["PATCH"]),
+        Route(v3 + "/projects/{project_id}", delete_project, methods=["DELETE"]),
+        Route(v3 + "/projects/{project_id}/users/{user_id}/roles", list_grants, methods=["GET"]),
+        Route(
+            v3 + "/projects/{project_id}/users/{user_id}/roles/{role_id}",
+            grant_role,
+            methods=["PUT", "DELETE", "HEAD", "GET"],
+        ),
+        Route(v3 + "/users", list_users, methods=["GET"]),
+        Route(v3 + "/users", create_user, methods=["POST"]),
+        Route(v3 + "/users/{user_id}", show_user, methods=["GET"]),
+        Route(v3 + "/users/{user_id}", update_user, methods=["PATCH"]),
+        Route(v3 + "/users/{user_id}", delete_user, methods=["DELETE"]),
+        Route(v3 + "/users/{user_id}/projects", user_projects, methods=["GET"]),
+        Route(v3 + "/roles", list_roles, methods=["GET"]),
+        Route(v3 + "/roles", create_role, methods=["POST"]),
+        Route(v3 + "/roles/{role_id}", show_role, methods=["GET"]),
+        Route(v3 + "/role_assignments", list_role_assignments, methods=["GET"]),
+        *catalog_routes.routes(),
+    ]

@@ -1,0 +1,368 @@
+"""Image v2 at /image: Glance-shaped image records whose metadata lives in the
+conductor and whose bytes stream to the gateway's image store."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+from urllib.parse import urlencode
+
+from loom.conductor.v1 import conductor_pb2 as pb
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from gateway.auth.context import RequestContext, authenticate
+from gateway.conductor import call
+from gateway.errors import ApiError, BadRequest, Conflict, Forbidden
+from gateway.image import views
+from gateway.routing import checked_body, checked_query, documented
+from gateway.state import base_url, gateway_of, json_body, request_id
+from gateway.validation import QueryParam
+
+_TAG = "image"
+PATCH_MEDIA_TYPES = (
+    "application/openstack-images-v2.1-json-patch",
+    "application/openstack-images-v2.0-json-patch",
+)
+_DISK = ["ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso", "ploop", None]
+_CONTAINER = ["ami", "ari", "aki", "bare", "ovf", "ova", "docker", "compressed", None]
+_CORE_SCHEMA: dict[str, Any] = {
+    "name": {"type": ["string", "null"], "maxLength": 255},
+    "visibility": {"type": "string", "enum": ["public", "private", "shared", "community"]},
+    "protected": {"type": "boolean"},
+    "min_disk": {"type": "integer", "minimum": 0},
+    "min_ram": {"type": "integer", "minimum": 0},
+    "disk_format": {"type": ["string", "null"], "enum": _DISK},
+    "container_format": {"type": ["string", "null"], "enum": _CONTAINER},
+    "tags": {
+        "type": "array",
+        "items": {"type": "string", "maxLength": 255},
+        "maxItems": 128,
+    },
+    "os_hidden": {"type": "boolean"},
+}
+CREATE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        **_CORE_SCHEMA,
+        "id": {
+            "type": "string",
+            "pattern": "^([0-9a-fA-F]){8}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}"
+            "-([0-9a-fA-F]){12}$",
+        },
+    },
+    # Everything else is a free-form property, which Glance stores as a string.
+    "additionalProperties": {"type": "string", "maxLength": 65535},
+}
+PATCH_SCHEMA: dict[str, Any] = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["op", "path"],
+        "additionalProperties": False,
+        "properties": {
+            "op": {"type": "string", "enum": ["add", "replace", "remove"]},
+            "path": {"type": "string", "pattern": "^/[^/]+$"},
+            "value": {},
+        },
+    },
+}
+LIST_QUERY = [
+    QueryParam("name"),
+    QueryParam("id"),
+    QueryParam("status"),
+    QueryParam("visibility", enum=("public", "private", "shared", "community", "all")),
+    QueryParam("limit", "nonneg_integer"),
+    QueryParam("marker"),
+    QueryParam("sort_key"),
+    QueryParam("sort_dir", enum=("asc", "desc")),
+    QueryParam("sort"),
+    # Accepted for client compatibility; Loom has no members and no hidden images.
+    QueryParam("member_status"),
+    QueryParam("os_hidden", "boolean"),
+]
+_MAX_LIMIT = 1000
+_UUID = re.compile(r"^[0-9a-fA-F-]{36}$")
+
+
+def _ctx(request: Request) -> RequestContext:
+    ctx = authenticate(request, gateway_of(request).signer)
+    ctx.require_read("get_images")
+    return ctx
+
+
+def _scope(ctx: RequestContext) -> str:
+    # An admin sees every image, as in Glance.
+    return "" if ctx.is_admin else ctx.project_id
+
+
+def _version_list(request: Request) -> dict[str, Any]:
+    href = f"{base_url(request)}/image/v2/"
+    values = [
+        {
+            "id": f"v2.{minor}",
+            "status": "CURRENT" if minor == 9 else "SUPPORTED",
+            "links": [{"rel": "self", "href": href}],
+        }
+        for minor in range(9, -1, -1)
+    ]
+    return {"versions": values}
+
+
+@documented(tag=_TAG)
+async def versions(request: Request) -> Response:
+    """Image API versions."""
+    return JSONResponse(_version_list(request), status_code=300)
+
+
+@documented(query=LIST_QUERY, tag=_TAG)
+async def list_images(request: Request) -> Response:
+    """Images visible to the project, filtered and paginated."""
+    ctx = _ctx(request)
+    q = checked_query(request, LIST_QUERY)
+    ids: list[str] = []
+    if "id" in q:
+        raw = q["id"]
+        ids = [i for i in (raw[3:] if raw.startswith("in:") else raw).split(",") if i]
+    sort_key, sort_dir = q.get("sort_key", "created_at"), q.get("sort_dir", "desc")
+    if "sort" in q:
+        key, _, direction = q["sort"].split(",")[0].partition(":")
+        sort_key, sort_dir = key, direction or "desc"
+    limit = min(q.get("limit", 25), _MAX_LIMIT)
+    visibility = q.get("visibility", "")
+    reply = await call(
+        gateway_of(request).conductor.images.ListImages,
+        pb.ListImagesRequest(
+            project_id=_scope(ctx),
+            name=q.get("name", ""),
+            ids=ids,
+            status=q.get("status", ""),
+            visibility="" if visibility == "all" else visibility,
+            limit=limit,
+            marker=q.get("marker", ""),
+            sort_key=sort_key,
+            sort_dir=sort_dir,
+        ),
+    )
+    body: dict[str, Any] = {
+        "images": [views.image(i) for i in reply.images],
+        "first": "/v2/images",
+        "schema": "/v2/schemas/images",
+    }
+    if reply.next_marker:
+        params = [(k, v) for k, v in request.query_params.multi_items() if k not in ("marker",)]
+        if "limit" not in q:
+            params.append(("limit", str(limit)))
+        params.append(("marker", reply.next_marker))
+        body["next"] = f"/v2/images?{urlencode(params)}"
+    return JSONResponse(body)
+
+
+def _reject_read_only(keys: list[str]) -> None:
+    for key in keys:
+        if key in views.READ_ONLY or key.startswith("os_glance"):
+            raise Forbidden(f"Attribute '{key}' is read-only.")
+
+
+@documented(body=CREATE_SCHEMA, tag=_TAG)
+async def create_image(request: Request) -> Response:
+    """Register an image (queued until its data is uploaded)."""
+    ctx = _ctx(request)
+    ctx.require_write("add_image")
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise BadRequest("The image must be a JSON object.")
+    _reject_read_only([k for k in body if k != "id"])
+    checked_body(CREATE_SCHEMA, body)
+    if body.get("visibility") == "public" and not ctx.is_admin:
+        raise Forbidden("You are not authorized to complete publicize_image action.")
+    props = {k: v for k, v in body.items() if k not in views.CORE and k not in ("id", "os_hidden")}
+    reply = await call(
+        gateway_of(request).conductor.images.CreateImage,
+        pb.CreateImageRequest(
+            request_id=request_id(request),
+            image=pb.Image(
+                id=body.get("id", ""),
+                name=body.get("name") or "",
+                visibility=body.get("visibility", "shared"),
+                protected=body.get("protected", False),
+                min_disk=body.get("min_disk", 0),
+                min_ram=body.get("min_ram", 0),
+                disk_format=body.get("disk_format") or "",
+                container_format=body.get("container_format") or "",
+                tags=body.get("tags", []),
+                owner=ctx.project_id,
+                properties=props,
+            ),
+        ),
+    )
+    return JSONResponse(views.image(reply.image), status_code=201)
+
+
+async def _get(request: Request, ctx: RequestContext) -> pb.Image:
+    image_id = request.path_params["image_id"]
+    if not _UUID.match(image_id):
+        raise ApiError(404, f"No image found with ID {image_id}")
+    reply = await call(
+        gateway_of(request).conductor.images.GetImage,
+        pb.GetImageRequest(id=image_id, project_id=_scope(ctx)),
+    )
+    image: pb.Image = reply.image
+    return image
+
+
+@documented(tag=_TAG)
+async def show_image(request: Request) -> Response:
+    """One image."""
+    ctx = _ctx(request)
+    return JSONResponse(views.image(await _get(request, ctx)))
+
+
+def _owned(ctx: RequestContext, image: pb.Image) -> None:
+    if not ctx.is_admin and image.owner != ctx.project_id:
+        raise Forbidden("You are not permitted to modify this image.")
+
+
+@documented(body=PATCH_SCHEMA, tag=_TAG)
+async def update_image(request: Request) -> Response:
+    """Change an image with a JSON patch (application/openstack-images-v2.1-json-patch)."""
+    ctx = _ctx(request)
+    ctx.require_write("modify_image")
+    ctype = request.headers.get("content-type", "").split(";")[0].strip()
+    if ctype not in PATCH_MEDIA_TYPES:
+        raise ApiError(
+            415,
+            f"Unsupported Content-Type {ctype!r}: use {PATCH_MEDIA_TYPES[0]}",
+            headers={"Accept-Patch": ", ".join(PATCH_MEDIA_TYPES)},
+        )
+    ops = await json_body(request)
+    checked_body(PATCH_SCHEMA, ops)
+    image = await _get(request, ctx)
+    _owned(ctx, image)
+    req = pb.UpdateImageRequest(request_id=request_id(request), id=image.id, project_id=_scope(ctx))
+    for op in ops:
+        key = op["path"][1:]
+        _reject_read_only([key])
+        if op["op"] != "remove" and "value" not in op:
+            raise BadRequest(f"Operation {op['op']} on {op['path']} needs a value.")
+        if key in views.CORE or key == "os_hidden":
+            if op["op"] == "remove":
+                raise Forbidden(f"Attribute '{key}' cannot be removed.")
+            checked_body({"type": "object", "properties": _CORE_SCHEMA}, {key: op["value"]})
+            value = op["value"]
+            if key == "visibility" and value == "public" and not ctx.is_admin:
+                raise Forbidden("You are not authorized to complete publicize_image action.")
+            if key == "tags":
+                req.replace_tags = True
+                req.tags[:] = sorted(set(value))
+            elif key != "os_hidden":
+                setattr(req, key, value if value is not None else "")
+        elif op["op"] == "remove":
+            if key not in image.properties:
+                raise ApiError(409, f"Property {key} does not exist.")
+            req.remove_properties.append(key)
+        else:
+            if not isinstance(op["value"], str):
+                raise BadRequest(f"Property {key} must be a string.")
+            req.set_properties[key] = op["value"]
+    reply = await call(gateway_of(request).conductor.images.UpdateImage, req)
+    return JSONResponse(views.image(reply.image))
+
+
+@documented(tag=_TAG)
+async def delete_image(request: Request) -> Response:
+    """Delete an image and its data."""
+    ctx = _ctx(request)
+    ctx.require_write("delete_image")
+    image = await _get(request, ctx)
+    _owned(ctx, image)
+    gw = gateway_of(request)
+    reply = await call(
+        gw.conductor.images.DeleteImage,
+        pb.DeleteImageRequest(request_id=request_id(request), id=image.id, project_id=_scope(ctx)),
+    )
+    if reply.location:
+        gw.image_store.delete(reply.location)
+    return Response(status_code=204)
+
+
+@documented(tag=_TAG)
+async def upload_image(request: Request) -> Response:
+    """Upload the image data (application/octet-stream); the image becomes active."""
+    ctx = _ctx(request)
+    ctx.require_write("upload_image")
+    image = await _get(request, ctx)
+    _owned(ctx, image)
+    if image.status != "queued":
+        raise Conflict(f"Image {image.id} is {image.status}: its data cannot be replaced.")
+    gw = gateway_of(request)
+    # A fresh file name per upload: a failed or racing upload never clobbers live bytes.
+    stored = await gw.image_store.write(f"{image.id}-{uuid.uuid4().hex[:8]}", request.stream())
+    try:
+        await call(
+            gw.conductor.images.RecordImageData,
+            pb.RecordImageDataRequest(
+                request_id=request_id(request),
+                id=image.id,
+                size=stored.size,
+                checksum=stored.checksum,
+                os_hash_algo=stored.os_hash_algo,
+                os_hash_value=stored.os_hash_value,
+                location=stored.location,
+            ),
+        )
+    except ApiError:
+        gw.image_store.delete(stored.location)
+        raise
+    return Response(status_code=204)
+
+
+@documented(tag=_TAG)
+async def download_image(request: Request) -> Response:
+    """Download the image data."""
+    ctx = _ctx(request)
+    ctx.require_read("download_image")
+    image = await _get(request, ctx)
+    gw = gateway_of(request)
+    path = gw.image_store.path_of(image.location) if image.location else None
+    if image.status != "active" or path is None:
+        return Response(status_code=204)
+    return StreamingResponse(
+        gw.image_store.read(path),
+        media_type="application/octet-stream",
+        headers={"Content-MD5": image.checksum, "Content-Length": str(image.size)},
+    )
+
+
+@documented(tag=_TAG)
+async def image_schema(request: Request) -> Response:
+    """A minimal image schema document (clients fetch it to learn the properties)."""
+    props = {k: v for k, v in _CORE_SCHEMA.items()}
+    return JSONResponse(
+        {
+            "name": "image",
+            "properties": {"id": {"type": "string"}, **props},
+            "additionalProperties": {"type": "string"},
+        }
+    )
+
+
+def routes() -> list[BaseRoute]:
+    p = "/image/v2/images"
+    return [
+        Route("/image", versions, methods=["GET"]),
+        Route("/image/", versions, methods=["GET"]),
+        Route("/image/versions", versions, methods=["GET"]),
+        Route("/image/v2", versions, methods=["GET"]),
+        Route("/image/v2/", versions, methods=["GET"]),
+        Route("/image/v2/schemas/image", image_schema, methods=["GET"]),
+        Route(p, list_images, methods=["GET"]),
+        Route(p, create_image, methods=["POST"]),
+        Route(p + "/{image_id}", show_image, methods=["GET"]),
+        Route(p + "/{image_id}", update_image, methods=["PATCH"]),
+        Route(p + "/{image_id}", delete_image, methods=["DELETE"]),
+        Route(p + "/{image_id}/file", upload_image, methods=["PUT"]),
+        Route(p + "/{image_id}/file", download_image, methods=["GET"]),
+    ]

@@ -1,0 +1,119 @@
+"""Outermost ASGI layers: request ids on every response, compute microversion
+negotiation (with the version headers on every compute response), legacy project ids
+in compute paths, and a last-resort 500 in the API's own error shape."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from gateway.errors import glance_text, keystone_body, nova_body
+from gateway.microversion import VersionNotAcceptable, negotiate
+
+log = logging.getLogger("loom.gateway")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+COMPUTE_API = "/compute/v2.1"
+# Keystone project ids are UUIDs, with or without dashes.
+_PROJECT_ID = re.compile(r"^[0-9a-fA-F]{32}$|^[0-9a-fA-F-]{36}$")
+_VERSION_HEADERS = "OpenStack-API-Version, X-OpenStack-Nova-API-Version"
+
+
+def error_response_parts(path: str, status: int, message: str) -> tuple[bytes, str]:
+    """The body and content type of an error, in the shape of the API `path` belongs to."""
+    if path.startswith("/image"):
+        return glance_text(status, message).encode(), "text/plain; charset=UTF-8"
+    if path.startswith("/compute"):
+        return json.dumps(nova_body(status, message)).encode(), "application/json"
+    return json.dumps(keystone_body(status, message)).encode(), "application/json"
+
+
+class GatewayMiddleware:
+    def __init__(self, app: ASGIApp, compute_collections: frozenset[str]) -> None:
+        self.app = app
+        # First path segments under /compute/v2.1 that are resources, not project ids.
+        self.collections = compute_collections
+
+    def _strip_project_id(self, scope: Scope) -> None:
+        path: str = scope["path"]
+        prefix = COMPUTE_API + "/"
+        if not path.startswith(prefix):
+            return
+        rest = path[len(prefix) :]
+        first, _, tail = rest.partition("/")
+        if first and first not in self.collections and _PROJECT_ID.match(first):
+            # Legacy clients put the project id first: /compute/v2.1/{project_id}/servers.
+            scope["loom.path_project_id"] = first
+            scope["path"] = COMPUTE_API + ("/" + tail if tail else "")
+            scope["raw_path"] = scope["path"].encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = f"req-{uuid.uuid4()}"
+        scope["loom.request_id"] = rid
+        path: str = scope["path"]
+        extra: list[tuple[bytes, bytes]] = [(b"x-openstack-request-id", rid.encode())]
+        if path.startswith("/compute"):
+            extra.append((b"x-compute-request-id", rid.encode()))
+        if path == COMPUTE_API or path.startswith(COMPUTE_API + "/"):
+            self._strip_project_id(scope)
+            headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+            try:
+                version = negotiate(headers)
+            except VersionNotAcceptable as exc:
+                await self._send_error(send, path, 406, str(exc), extra)
+                return
+            except ValueError as exc:
+                await self._send_error(send, path, 400, str(exc), extra)
+                return
+            scope["loom.microversion"] = version
+            extra += [
+                (b"openstack-api-version", f"compute {version}".encode()),
+                (b"x-openstack-nova-api-version", str(version).encode()),
+                (b"vary", _VERSION_HEADERS.encode()),
+            ]
+        started = False
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = list(message.get("headers", [])) + extra
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception:
+            log.exception("unhandled error", extra={"request_id": rid, "path": path})
+            if not started:
+                await self._send_error(
+                    send, path, 500, "Unexpected API Error. Please report this.", extra
+                )
+
+    async def _send_error(
+        self, send: Send, path: str, status: int, message: str, extra: list[tuple[bytes, bytes]]
+    ) -> None:
+        body, ctype = error_response_parts(path, status, message)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", ctype.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                    *extra,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

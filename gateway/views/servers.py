@@ -1,0 +1,206 @@
+"""Nova's server bodies per microversion, from the conductor's Server message."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from loom.conductor.v1 import conductor_pb2 as pb
+from starlette.requests import Request
+
+from gateway.compute.common import COMPUTE, links
+from gateway.compute.views_time import iso_micro, iso_z
+from gateway.microversion import Microversion
+from gateway.state import base_url
+
+VM_STATES = {
+    pb.VM_STATE_BUILDING: "building",
+    pb.VM_STATE_ACTIVE: "active",
+    pb.VM_STATE_STOPPED: "stopped",
+    pb.VM_STATE_ERROR: "error",
+    pb.VM_STATE_DELETED: "deleted",
+    pb.VM_STATE_PAUSED: "paused",
+    pb.VM_STATE_SUSPENDED: "suspended",
+}
+TASK_STATES = {
+    pb.TASK_STATE_SCHEDULING: "scheduling",
+    pb.TASK_STATE_SPAWNING: "spawning",
+    pb.TASK_STATE_POWERING_OFF: "powering-off",
+    pb.TASK_STATE_POWERING_ON: "powering-on",
+    pb.TASK_STATE_REBOOTING: "rebooting",
+    pb.TASK_STATE_REBOOTING_HARD: "rebooting_hard",
+    pb.TASK_STATE_DELETING: "deleting",
+    pb.TASK_STATE_NETWORKING: "networking",
+    pb.TASK_STATE_BLOCK_DEVICE_MAPPING: "block_device_mapping",
+}
+STATUSES = {
+    pb.SERVER_STATUS_BUILD: "BUILD",
+    pb.SERVER_STATUS_ACTIVE: "ACTIVE",
+    pb.SERVER_STATUS_SHUTOFF: "SHUTOFF",
+    pb.SERVER_STATUS_ERROR: "ERROR",
+    pb.SERVER_STATUS_REBOOT: "REBOOT",
+    pb.SERVER_STATUS_HARD_REBOOT: "HARD_REBOOT",
+    pb.SERVER_STATUS_DELETED: "DELETED",
+    pb.SERVER_STATUS_PAUSED: "PAUSED",
+    pb.SERVER_STATUS_SUSPENDED: "SUSPENDED",
+    pb.SERVER_STATUS_UNKNOWN: "UNKNOWN",
+}
+STATUS_BY_NAME = {v: k for k, v in STATUSES.items()}
+
+
+def host_id(project_id: str, host: str) -> str:
+    """Nova's hostId: opaque per project, so tenants cannot map hosts across projects."""
+    if not host:
+        return ""
+    return hashlib.sha224((project_id + host).encode()).hexdigest()
+
+
+def addresses(server: pb.Server) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for a in server.addresses:
+        out.setdefault(a.network, []).append(
+            {
+                "version": a.version,
+                "addr": a.address,
+                "OS-EXT-IPS:type": a.type or "fixed",
+                "OS-EXT-IPS-MAC:mac_addr": a.mac_address,
+            }
+        )
+    return out
+
+
+def _flavor(request: Request, server: pb.Server, mv: Microversion) -> dict[str, Any]:
+    f = server.flavor
+    if not mv.at_least("2.47"):
+        return {
+            "id": f.id,
+            "links": [{"href": f"{base_url(request)}{COMPUTE}/flavors/{f.id}", "rel": "bookmark"}],
+        }
+    return {
+        "vcpus": f.vcpus,
+        "ram": f.memory_mb,
+        "disk": f.root_gb,
+        "ephemeral": f.ephemeral_gb,
+        "swap": f.swap_mb,
+        "original_name": f.name,
+        "extra_specs": dict(f.extra_specs),
+    }
+
+
+def _image(request: Request, server: pb.Server) -> dict[str, Any] | str:
+    if not server.image_id:
+        # Volume-backed servers show an empty string, as Nova does.
+        return ""
+    return {
+        "id": server.image_id,
+        "links": [
+            {"href": f"{base_url(request)}{COMPUTE}/images/{server.image_id}", "rel": "bookmark"}
+        ],
+    }
+
+
+def fault(server: pb.Server, is_admin: bool) -> dict[str, Any] | None:
+    if not server.HasField("fault") or server.status not in (
+        pb.SERVER_STATUS_ERROR,
+        pb.SERVER_STATUS_DELETED,
+    ):
+        return None
+    body: dict[str, Any] = {
+        "code": server.fault.code,
+        "message": server.fault.message,
+        "created": iso_z(server.fault.created_at),
+    }
+    # Details of internal failures are for operators only, as Nova has it.
+    if server.fault.details and (is_admin or server.fault.code != 500):
+        body["details"] = server.fault.details
+    return body
+
+
+def brief(request: Request, server: pb.Server) -> dict[str, Any]:
+    return {"id": server.id, "name": server.name, "links": links(request, "servers", server.id)}
+
+
+def detail(
+    request: Request,
+    server: pb.Server,
+    mv: Microversion,
+    *,
+    is_admin: bool,
+    host_status: str | None = None,
+) -> dict[str, Any]:
+    body = brief(request, server)
+    body.update(
+        {
+            "status": STATUSES.get(server.status, "UNKNOWN"),
+            "tenant_id": server.project_id,
+            "user_id": server.user_id,
+            "metadata": dict(server.metadata),
+            "hostId": host_id(server.project_id, server.host),
+            "image": _image(request, server),
+            "flavor": _flavor(request, server, mv),
+            "created": iso_z(server.created_at),
+            "updated": iso_z(server.updated_at) or iso_z(server.created_at),
+            "addresses": addresses(server),
+            "accessIPv4": server.access_ipv4,
+            "accessIPv6": server.access_ipv6,
+            "progress": 0,
+            "key_name": server.key_name or None,
+            "config_drive": server.config_drive,
+            "security_groups": [{"name": "default"}],
+            "OS-DCF:diskConfig": "AUTO",
+            "OS-EXT-AZ:availability_zone": server.availability_zone,
+            "OS-EXT-STS:vm_state": VM_STATES.get(server.vm_state, "error"),
+            "OS-EXT-STS:task_state": TASK_STATES.get(server.task_state),
+            "OS-EXT-STS:power_state": int(server.power_state),
+            "OS-SRV-USG:launched_at": iso_micro(server.launched_at),
+            "OS-SRV-USG:terminated_at": iso_micro(server.terminated_at),
+            "os-extended-volumes:volumes_attached": [],
+        }
+    )
+    if server.status in (pb.SERVER_STATUS_BUILD, pb.SERVER_STATUS_ACTIVE):
+        body["progress"] = 0 if server.status == pb.SERVER_STATUS_BUILD else 100
+    f = fault(server, is_admin)
+    if f is not None:
+        body["fault"] = f
+    if is_admin:
+        body.update(
+            {
+                "OS-EXT-SRV-ATTR:host": server.host or None,
+                "OS-EXT-SRV-ATTR:hypervisor_hostname": server.node or None,
+                "OS-EXT-SRV-ATTR:instance_name": server.instance_name,
+            }
+        )
+        if mv.at_least("2.3"):
+            body.update(
+                {
+                    "OS-EXT-SRV-ATTR:reservation_id": server.reservation_id,
+                    "OS-EXT-SRV-ATTR:launch_index": server.launch_index,
+                    "OS-EXT-SRV-ATTR:kernel_id": server.kernel_id,
+                    "OS-EXT-SRV-ATTR:ramdisk_id": server.ramdisk_id,
+                    "OS-EXT-SRV-ATTR:root_device_name": "/dev/vda",
+                    "OS-EXT-SRV-ATTR:user_data": server.user_data or None,
+                }
+            )
+    if mv.at_least("2.3") and (is_admin or mv.at_least("2.90")):
+        # From 2.90 every caller may see (and set) the hostname.
+        body["OS-EXT-SRV-ATTR:hostname"] = server.hostname
+    if mv.at_least("2.9"):
+        body["locked"] = server.locked
+    if mv.at_least("2.16") and is_admin:
+        body["host_status"] = host_status if host_status is not None else ""
+    if mv.at_least("2.19"):
+        body["description"] = server.description or None
+    if mv.at_least("2.26"):
+        body["tags"] = list(server.tags)
+    if mv.at_least("2.63"):
+        body["trusted_image_certificates"] = None
+    if mv.at_least("2.71"):
+        body["server_groups"] = [server.server_group_id] if server.server_group_id else []
+    if mv.at_least("2.73"):
+        body["locked_reason"] = server.locked_reason or None
+    if mv.at_least("2.96"):
+        body["pinned_availability_zone"] = server.availability_zone or None
+    if mv.at_least("2.3"):
+        # The delete_on_termination flag shows from 2.3 (Loom has no volumes yet).
+        body["os-extended-volumes:volumes_attached"] = []
+    return body

@@ -1,0 +1,201 @@
+"""Identity v3: versions, tokens, and the admin API for projects, users and roles."""
+
+from __future__ import annotations
+
+from tests.gateway.conftest import Cloud
+from tests.gateway.shapes import assert_shape
+
+
+async def test_identity_versions_are_a_300_and_v3_is_stable(cloud: Cloud) -> None:
+    root = await cloud.client.get("/identity")
+    assert root.status_code == 300
+    assert root.json()["versions"]["values"][0]["id"].startswith("v3")
+    v3 = await cloud.client.get("/identity/v3")
+    assert v3.json()["version"]["status"] == "stable"
+    assert v3.json()["version"]["links"][0]["href"] == "http://loom.test/identity/v3/"
+
+
+async def test_a_password_token_carries_roles_and_the_service_catalog(cloud: Cloud) -> None:
+    demo = cloud.seed.user("demo")
+    assert demo is not None
+    body = {
+        "auth": {
+            "identity": {
+                "methods": ["password"],
+                "password": {
+                    "user": {
+                        "name": "demo",
+                        "domain": {"name": "Default"},
+                        "password": demo.password,
+                    }
+                },
+            },
+            "scope": {"project": {"name": "demo", "domain": {"name": "Default"}}},
+        }
+    }
+    r = await cloud.client.post("/identity/v3/auth/tokens", json=body)
+    assert r.status_code == 201
+    assert r.headers["x-subject-token"]
+    assert_shape("identity_token", r.json())
+    token = r.json()["token"]
+    assert sorted(role["name"] for role in token["roles"]) == ["member", "reader"]
+    urls = {s["type"]: s["endpoints"][0]["url"] for s in token["catalog"]}
+    assert urls == {
+        "identity": "http://loom.test/identity",
+        "compute": "http://loom.test/compute/v2.1",
+        "image": "http://loom.test/image",
+    }
+    assert {e["region"] for s in token["catalog"] for e in s["endpoints"]} == {"RegionOne"}
+
+
+async def test_the_admin_token_implies_member_and_reader(cloud: Cloud) -> None:
+    h = await cloud.headers("admin")
+    r = await cloud.client.get(
+        "/identity/v3/auth/tokens", headers={**h, "X-Subject-Token": h["X-Auth-Token"]}
+    )
+    assert sorted(role["name"] for role in r.json()["token"]["roles"]) == [
+        "admin",
+        "member",
+        "reader",
+    ]
+
+
+async def test_a_wrong_password_is_a_keystone_shaped_401(cloud: Cloud) -> None:
+    body = {
+        "auth": {
+            "identity": {
+                "methods": ["password"],
+                "password": {
+                    "user": {"name": "demo", "domain": {"id": "default"}, "password": "x"}
+                },
+            }
+        }
+    }
+    r = await cloud.client.post("/identity/v3/auth/tokens", json=body)
+    assert r.status_code == 401
+    assert_shape("keystone_error", r.json())
+
+
+async def test_a_malformed_auth_body_is_400(cloud: Cloud) -> None:
+    r = await cloud.client.post(
+        "/identity/v3/auth/tokens", json={"auth": {"identity": {"methods": "password"}}}
+    )
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == 400
+
+
+async def test_validating_a_token_returns_it_and_head_checks_it(cloud: Cloud) -> None:
+    h = await cloud.headers()
+    subject = await cloud.token()
+    got = await cloud.client.get(
+        "/identity/v3/auth/tokens", headers={**h, "X-Subject-Token": subject}
+    )
+    assert got.status_code == 200
+    assert got.headers["x-subject-token"] == subject
+    assert_shape("identity_token", got.json())
+    head = await cloud.client.head(
+        "/identity/v3/auth/tokens", headers={**h, "X-Subject-Token": subject}
+    )
+    assert head.status_code == 200
+    bogus = await cloud.client.get(
+        "/identity/v3/auth/tokens", headers={**h, "X-Subject-Token": "x.y"}
+    )
+    assert bogus.status_code == 404
+
+
+async def test_a_token_rescopes_with_the_token_method(cloud: Cloud) -> None:
+    admin_token = await cloud.token("admin")
+    body = {
+        "auth": {
+            "identity": {"methods": ["token"], "token": {"id": admin_token}},
+            "scope": {"project": {"name": "admin", "domain": {"id": "default"}}},
+        }
+    }
+    r = await cloud.client.post("/identity/v3/auth/tokens", json=body)
+    assert r.status_code == 201
+    assert r.json()["token"]["project"]["name"] == "admin"
+
+
+async def test_an_admin_manages_projects_users_and_grants(cloud: Cloud) -> None:
+    h = await cloud.headers("admin")
+    p = await cloud.client.post(
+        "/identity/v3/projects", json={"project": {"name": "team", "description": "t"}}, headers=h
+    )
+    assert p.status_code == 201
+    pid = p.json()["project"]["id"]
+    dup = await cloud.client.post(
+        "/identity/v3/projects", json={"project": {"name": "team"}}, headers=h
+    )
+    assert dup.status_code == 409
+    u = await cloud.client.post(
+        "/identity/v3/users",
+        json={"user": {"name": "carol", "password": "pw-carol", "default_project_id": pid}},
+        headers=h,
+    )
+    assert u.status_code == 201
+    assert "password" not in u.json()["user"]
+    uid = u.json()["user"]["id"]
+    reader = (await cloud.client.get("/identity/v3/roles?name=reader", headers=h)).json()["roles"][
+        0
+    ]["id"]
+    grant = f"/identity/v3/projects/{pid}/users/{uid}/roles/{reader}"
+    assert (await cloud.client.put(grant, headers=h)).status_code == 204
+    assert (await cloud.client.head(grant, headers=h)).status_code == 204
+    listed = await cloud.client.get(
+        f"/identity/v3/role_assignments?user.id={uid}&include_names", headers=h
+    )
+    assignment = listed.json()["role_assignments"][0]
+    assert (
+        assignment["role"]["name"],
+        assignment["user"]["name"],
+        assignment["scope"]["project"]["name"],
+    ) == (
+        "reader",
+        "carol",
+        "team",
+    )
+    token = await cloud.token("carol", project="team", password="pw-carol")
+    assert token
+    assert (await cloud.client.delete(grant, headers=h)).status_code == 204
+    assert (await cloud.client.head(grant, headers=h)).status_code == 404
+    assert (await cloud.client.delete(f"/identity/v3/users/{uid}", headers=h)).status_code == 204
+    assert (await cloud.client.delete(f"/identity/v3/projects/{pid}", headers=h)).status_code == 204
+    assert (await cloud.client.get(f"/identity/v3/projects/{pid}", headers=h)).status_code == 404
+
+
+async def test_members_cannot_use_the_identity_admin_api(cloud: Cloud) -> None:
+    h = await cloud.headers("demo")
+    assert (await cloud.client.get("/identity/v3/users", headers=h)).status_code == 403
+    r = await cloud.client.post("/identity/v3/projects", json={"project": {"name": "x"}}, headers=h)
+    assert r.status_code == 403
+    assert r.json()["error"]["title"] == "Forbidden"
+
+
+async def test_unknown_keys_in_a_project_are_400(cloud: Cloud) -> None:
+    r = await cloud.client.post(
+        "/identity/v3/projects",
+        json={"project": {"name": "x", "colour": "red"}},
+        headers=await cloud.headers("admin"),
+    )
+    assert r.status_code == 400
+    assert "'colour' was unexpected" in r.json()["error"]["message"]
+
+
+async def test_only_the_default_domain_exists(cloud: Cloud) -> None:
+    h = await cloud.headers()
+    assert (await cloud.client.get("/identity/v3/domains/default", headers=h)).json()["domain"][
+        "name"
+    ] == "Default"
+    assert (await cloud.client.get("/identity/v3/domains/other", headers=h)).status_code == 404
+
+
+async def test_services_and_endpoints_mirror_the_token_catalog(cloud: Cloud) -> None:
+    h = await cloud.headers()
+    services = (await cloud.client.get("/identity/v3/services", headers=h)).json()["services"]
+    assert sorted(s["type"] for s in services) == ["compute", "identity", "image"]
+    compute = next(s for s in services if s["type"] == "compute")
+    endpoints = (
+        await cloud.client.get(f"/identity/v3/endpoints?service_id={compute['id']}", headers=h)
+    ).json()["endpoints"]
+    assert {e["interface"] for e in endpoints} == {"public", "internal", "admin"}
+    assert {e["url"] for e in endpoints} == {"http://loom.test/compute/v2.1"}

@@ -1,0 +1,114 @@
+"""Server bodies per microversion and role, rendered from conductor Server messages
+(the conductor's ServersService lands separately; these shapes are the gateway's)."""
+
+from __future__ import annotations
+
+import hashlib
+from types import SimpleNamespace
+
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from loom.common.v1 import common_pb2
+from loom.conductor.v1 import conductor_pb2 as pb
+from starlette.applications import Starlette
+from starlette.requests import Request
+
+from controlplane.config import GatewayConfig
+from gateway.microversion import Microversion
+from gateway.views import servers as views
+from tests.gateway.shapes import assert_shape
+
+
+def _request() -> Request:
+    app = Starlette()
+    app.state.gateway = SimpleNamespace(cfg=GatewayConfig(public_url="http://loom.test"))
+    return Request(
+        {
+            "type": "http",
+            "app": app,
+            "path": "/",
+            "headers": [],
+            "query_string": b"",
+            "method": "GET",
+        }
+    )
+
+
+def make_server(**overrides: object) -> pb.Server:
+    created = Timestamp(seconds=1_700_000_000)
+    server = pb.Server(
+        id="6f1b9f5e-28a4-4bb8-9d8e-6d5c38ae8a11",
+        name="vm-1",
+        project_id="p1",
+        user_id="u1",
+        vm_state=pb.VM_STATE_ERROR,
+        status=pb.SERVER_STATUS_ERROR,
+        flavor=pb.FlavorSnapshot(id="1", name="m1.tiny", vcpus=1, memory_mb=512, root_gb=1),
+        image_id="9b0b3a25-4c9b-4bb5-8f39-5b8d9f6c3f55",
+        host="sim-0001",
+        node="sim-0001",
+        availability_zone="nova",
+        created_at=created,
+        updated_at=created,
+        fault=common_pb2.Fault(
+            code=500, message="No valid host", details="capacity: 3 hosts", created_at=created
+        ),
+        addresses=[
+            pb.ServerAddress(
+                network="private",
+                address="10.0.0.5",
+                version=4,
+                mac_address="fa:16:3e:00:00:01",
+                type="fixed",
+            )
+        ],
+        tags=["a"],
+    )
+    for key, value in overrides.items():
+        setattr(server, key, value)
+    return server
+
+
+@pytest.mark.parametrize(
+    ("version", "admin", "shape"),
+    [
+        ("2.1", False, "server_show_v2.1"),
+        ("2.1", True, "server_show_admin_v2.1"),
+        ("2.96", False, "server_show_v2.96"),
+        ("2.96", True, "server_show_admin_v2.96"),
+    ],
+)
+def test_a_server_body_matches_the_published_shape(version: str, admin: bool, shape: str) -> None:
+    body = views.detail(
+        _request(), make_server(), Microversion.parse(version), is_admin=admin, host_status="UP"
+    )
+    assert_shape(shape, {"server": body})
+
+
+def test_the_host_id_hashes_project_and_host_so_projects_cannot_correlate() -> None:
+    body = views.detail(_request(), make_server(), Microversion(2, 1), is_admin=False)
+    assert body["hostId"] == hashlib.sha224(b"p1sim-0001").hexdigest()
+    assert "OS-EXT-SRV-ATTR:host" not in body
+
+
+def test_a_500_fault_hides_its_details_from_tenants_only() -> None:
+    tenant = views.detail(_request(), make_server(), Microversion(2, 1), is_admin=False)
+    admin = views.detail(_request(), make_server(), Microversion(2, 1), is_admin=True)
+    assert "details" not in tenant["fault"]
+    assert admin["fault"]["details"] == "capacity: 3 hosts"
+
+
+def test_the_flavor_is_a_link_before_2_47_and_embedded_after() -> None:
+    old = views.detail(_request(), make_server(), Microversion(2, 46), is_admin=False)
+    new = views.detail(_request(), make_server(), Microversion(2, 47), is_admin=False)
+    assert old["flavor"]["id"] == "1"
+    assert new["flavor"]["original_name"] == "m1.tiny"
+    assert "id" not in new["flavor"]
+
+
+def test_an_active_server_has_no_fault_and_shows_its_status() -> None:
+    server = make_server(vm_state=pb.VM_STATE_ACTIVE, status=pb.SERVER_STATUS_ACTIVE)
+    body = views.detail(_request(), server, Microversion(2, 1), is_admin=False)
+    assert body["status"] == "ACTIVE"
+    assert "fault" not in body
+    assert body["addresses"]["private"][0]["addr"] == "10.0.0.5"

@@ -1,0 +1,49 @@
+"""A real conductor gRPC server with the catalog services, on a real database."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from controlplane.conductor import catalog
+from controlplane.config import LoomConfig, async_database_url, load_config
+from controlplane.db.engine import session_factory
+from controlplane.runtime.grpcserver import start_grpc_server
+
+
+@dataclass
+class RunningCatalog:
+    cfg: LoomConfig
+    sessions: async_sessionmaker[AsyncSession]
+    port: int
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@asynccontextmanager
+async def running_catalog(db_url: str, data_dir: Path) -> AsyncIterator[RunningCatalog]:
+    # NullPool: every connection closes when its session ends, so none outlives the test
+    # (a pooled one closed only at dispose can be collected before, which warns).
+    engine = create_async_engine(async_database_url(db_url), poolclass=NullPool)
+    sessions = session_factory(engine)
+    cfg = load_config(environ={}, overrides={"data_dir": str(data_dir)})
+    server = await start_grpc_server("127.0.0.1:0", catalog.registrations(sessions, cfg))
+    cfg = load_config(
+        environ={},
+        overrides={
+            "data_dir": str(data_dir),
+            "conductor": {"listen": f"127.0.0.1:{server.port}"},
+        },
+    )
+    try:
+        yield RunningCatalog(cfg=cfg, sessions=sessions, port=server.port)
+    finally:
+        await server.stop(0)
+        await engine.dispose()
