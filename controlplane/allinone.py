@@ -166,6 +166,7 @@ def run_all_in_one(cfg: LoomConfig, *, hosts: int, hypervisor: str = "test") -> 
         print(
             f"Loom is ready: {url} (compute {url}/compute/v2.1, identity {url}/identity/v3); "
             f"{hosts if hypervisor == 'test' else 1} {hypervisor} host(s); "
+            f"gRPC conductor {conductor_listen}, scheduler {scheduler_listen}; "
             f"credentials in {data / 'clouds.yaml'}; logs in {logs}",
             flush=True,
         )

@@ -39,10 +39,8 @@ def nats(tmp_path: Path) -> Iterator[Nats]:
         server.process.stop()
 
 
-@pytest.fixture
-def stack(pg_url: str, nats: Nats, tmp_path: Path) -> Iterator[Stack]:
-    seed_catalog(pg_url)
-    s = Stack(
+def _stack(pg_url: str, nats: Nats, tmp_path: Path) -> Stack:
+    return Stack(
         db_url=pg_url,
         nats_url=nats.url,
         data_dir=tmp_path / "loom",
@@ -51,7 +49,29 @@ def stack(pg_url: str, nats: Nats, tmp_path: Path) -> Iterator[Stack]:
             "LOOM_CONDUCTOR__MAX_BUILD_ATTEMPTS": "3",
         },
     )
+
+
+@pytest.fixture
+def stack(pg_url: str, nats: Nats, tmp_path: Path) -> Iterator[Stack]:
+    """The services (started by the test) over a catalog with flavor "1" and one image."""
+    seed_catalog(pg_url)
+    s = _stack(pg_url, nats, tmp_path)
     try:
+        yield s
+    finally:
+        s.stop_all()
+
+
+@pytest.fixture
+def cloud(pg_url: str, nats: Nats, tmp_path: Path) -> Iterator[Stack]:
+    """Every service running, the gateway included, over the catalog Loom seeds itself
+    (roles, admin and demo users, m1.* flavors); clouds.yaml is in the data directory."""
+    s = _stack(pg_url, nats, tmp_path)
+    try:
+        s.start("scheduler")
+        s.start("conductor")
+        s.start("agent", "--simulate", "3", "--host-prefix", "cloud")
+        s.start("gateway")
         yield s
     finally:
         s.stop_all()

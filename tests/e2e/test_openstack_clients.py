@@ -1,0 +1,174 @@
+"""Unmodified OpenStack clients (openstack CLI, openstacksdk, novaclient 2.96) drive Loom."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.support import wait_for_hosts
+from tests.support.stack import Stack
+
+pytestmark = pytest.mark.slow
+
+OPENSTACK = str(Path(sys.executable).parent / "openstack")
+
+
+def _env(cloud: Stack) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OS_", "LOOM_"))}
+    env["OS_CLIENT_CONFIG_FILE"] = str(cloud.data_dir / "clouds.yaml")
+    return env
+
+
+def osc(cloud: Stack, *args: str, admin: bool = False) -> Any:
+    """Runs the openstack CLI; returns parsed JSON when asked for (-f json), else the text."""
+    name = "loom-admin" if admin else "loom"
+    proc = subprocess.run(
+        [OPENSTACK, "--os-cloud", name, *args],
+        env=_env(cloud),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, f"openstack {' '.join(args)}: {proc.stderr}"
+    out = proc.stdout.strip()
+    return json.loads(out) if "json" in args else out
+
+
+def _status(cloud: Stack, name: str) -> str:
+    return str(osc(cloud, "server", "show", name, "-f", "value", "-c", "status"))
+
+
+def _wait_status(cloud: Stack, name: str, status: str, within: float = 30) -> None:
+    deadline = time.monotonic() + within
+    while (current := _status(cloud, name)) != status:
+        assert time.monotonic() < deadline, f"{name} stayed {current}, wanted {status}"
+        time.sleep(0.3)
+
+
+@pytest.fixture
+async def ready_cloud(cloud: Stack, tmp_path: Path) -> Stack:
+    await wait_for_hosts(cloud, 3)
+    image = tmp_path / "tiny.raw"
+    image.write_bytes(b"\0" * 65536)
+    osc(
+        cloud,
+        "image",
+        "create",
+        "--file",
+        str(image),
+        "--disk-format",
+        "raw",
+        "--container-format",
+        "bare",
+        "--public",
+        "tiny",
+        "-f",
+        "json",
+        admin=True,
+    )
+    return cloud
+
+
+def test_the_openstack_cli_runs_a_server_through_its_whole_life(ready_cloud: Stack) -> None:
+    cloud = ready_cloud
+    flavors = osc(cloud, "flavor", "list", "-f", "json")
+    assert "m1.tiny" in {f["Name"] for f in flavors}
+    key = osc(cloud, "keypair", "create", "k1")
+    assert "PRIVATE KEY" in key
+
+    server = osc(
+        cloud,
+        "server",
+        "create",
+        "--flavor",
+        "m1.tiny",
+        "--image",
+        "tiny",
+        "--key-name",
+        "k1",
+        "--wait",
+        "vm1",
+        "-f",
+        "json",
+    )
+    assert server["status"] == "ACTIVE"
+    assert [s["Name"] for s in osc(cloud, "server", "list", "-f", "json")] == ["vm1"]
+    shown = osc(cloud, "server", "show", "vm1", "-f", "json")
+    assert shown["key_name"] == "k1"
+    # The CLI prints the embedded flavor (microversion 2.47 and later) as an object.
+    flavor = shown["flavor"]
+    assert (flavor["name"] if isinstance(flavor, dict) else flavor).startswith("m1.tiny")
+
+    osc(cloud, "server", "stop", "vm1")
+    _wait_status(cloud, "vm1", "SHUTOFF")
+    osc(cloud, "server", "start", "vm1")
+    _wait_status(cloud, "vm1", "ACTIVE")
+    osc(cloud, "server", "reboot", "--hard", "--wait", "vm1")
+    assert _status(cloud, "vm1") == "ACTIVE"
+    osc(cloud, "server", "reboot", "--wait", "vm1")
+    assert _status(cloud, "vm1") == "ACTIVE"
+
+    limits = {
+        r["Name"]: r["Value"] for r in osc(cloud, "limits", "show", "--absolute", "-f", "json")
+    }
+    # The CLI's column names differ by release: the API's or its own snake_case ones.
+    assert limits.get("totalInstancesUsed", limits.get("instances_used")) == 1
+    quota = osc(cloud, "quota", "show", "-f", "json")
+    assert quota, "quota show printed nothing"
+
+    osc(cloud, "server", "delete", "--wait", "vm1")
+    assert osc(cloud, "server", "list", "-f", "json") == []
+
+
+def test_the_openstack_cli_shows_the_fleet_to_an_admin(ready_cloud: Stack) -> None:
+    cloud = ready_cloud
+    services = osc(cloud, "compute", "service", "list", "-f", "json", admin=True)
+    computes = [s for s in services if s["Binary"] == "loom-compute"]
+    assert len(computes) == 3
+    assert {s["State"] for s in computes} == {"up"}
+    hypervisors = osc(cloud, "hypervisor", "list", "-f", "json", admin=True)
+    assert sorted(h["Hypervisor Hostname"] for h in hypervisors) == [
+        "cloud-0000",
+        "cloud-0001",
+        "cloud-0002",
+    ]
+    zones = osc(cloud, "availability", "zone", "list", "-f", "json")
+    assert {z["Zone Name"] for z in zones} == {"nova"}
+    group = osc(cloud, "server", "group", "create", "--policy", "anti-affinity", "g1", "-f", "json")
+    assert group["name"] == "g1"
+
+
+def test_openstacksdk_and_novaclient_boot_and_delete_servers(ready_cloud: Stack) -> None:
+    import openstack
+    from novaclient import client as nova_client
+
+    os.environ["OS_CLIENT_CONFIG_FILE"] = str(ready_cloud.data_dir / "clouds.yaml")
+    try:
+        conn = openstack.connect(cloud="loom")
+        image = conn.image.find_image("tiny", ignore_missing=False)
+        flavor = conn.compute.find_flavor("m1.tiny", ignore_missing=False)
+        server = conn.create_server("sdk1", image=image.id, flavor=flavor.id, auto_ip=False)
+        server = conn.compute.wait_for_server(server, wait=60)
+        assert server.status == "ACTIVE"
+        conn.delete_server(server.id, wait=True)
+
+        nova = nova_client.Client("2.96", session=conn.session)
+        assert "m1.tiny" in [f.name for f in nova.flavors.list()]
+        created = nova.servers.create("nc1", image.id, flavor.id, nics="none")
+        deadline = time.monotonic() + 30
+        while (srv := nova.servers.get(created.id)).status == "BUILD":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert srv.status == "ACTIVE"
+        srv.delete()
+        conn.close()
+    finally:
+        os.environ.pop("OS_CLIENT_CONFIG_FILE", None)

@@ -1,0 +1,106 @@
+"""`loom up` runs every service on embedded defaults, answers health on every gRPC port,
+serves grpcurl through reflection, and stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from controlplane.runtime.natsserver import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
+
+
+@pytest.fixture
+def loom_up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, list[str]]]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOM_")}
+    env["PYTHONPATH"] = f"{ROOT}:{ROOT / 'generated'}"
+    env["LOOM_CONDUCTOR__LISTEN"] = f"127.0.0.1:{free_port()}"
+    env["LOOM_SCHEDULER__LISTEN"] = f"127.0.0.1:{free_port()}"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "controlplane.cli",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "up",
+            "--port",
+            str(port),
+            "--hosts",
+            "2",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 90
+    ready = ""
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        if line.startswith("Loom is ready"):
+            ready = line
+            break
+    if not ready:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        pytest.fail("loom up printed no ready line")
+    targets = re.findall(r"(?:conductor|scheduler) (127\.0\.0\.1:\d+)", ready)
+    yield proc, f"http://127.0.0.1:{port}", targets
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    proc.stdout.close()
+
+
+def test_loom_up_serves_health_and_reflection_on_every_grpc_port_and_stops_on_sigterm(
+    loom_up: tuple[subprocess.Popen[str], str, list[str]], tmp_path: Path
+) -> None:
+    proc, url, targets = loom_up
+    assert len(targets) == 2
+    for target in targets:
+        health = subprocess.run(
+            [GRPCURL, "-plaintext", target, "grpc.health.v1.Health/Check"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert '"status": "SERVING"' in health.stdout, health.stderr
+        listing = subprocess.run(
+            [GRPCURL, "-plaintext", target, "list"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        ).stdout
+        assert "grpc.health.v1.Health" in listing
+    services = subprocess.run(
+        [GRPCURL, "-plaintext", targets[0], "list"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "loom.conductor.v1.ServersService" in services
+    versions = httpx.get(f"{url}/compute/", timeout=10)
+    assert versions.status_code == 200
+    assert {v["id"] for v in versions.json()["versions"]} == {"v2.0", "v2.1"}
+    assert (tmp_path / "d" / "clouds.yaml").exists()
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
