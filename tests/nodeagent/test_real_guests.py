@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,3 +266,56 @@ async def test_a_guest_built_over_nats_boots_and_its_own_poweroff_is_reported(
     assert (await events.next(wait=30)).kind == m.DELETED
     assert spec.instance_name not in _domain_names()
     assert not (qemu_driver.instances_dir / spec.instance_id).exists()
+
+
+def _defined_xml(driver: LibvirtDriver, iid: str) -> ET.Element:
+    # Tests may look behind the boundary to read what libvirt was given.
+    return ET.fromstring(driver._c.lookupByUUIDString(iid).XMLDesc(0))
+
+
+@pytest.mark.parametrize("disk_format", ["raw", "qcow2"])
+def test_a_whole_disk_image_boots_from_an_overlay_with_no_kernel(
+    qemu_driver: LibvirtDriver, guest_images: GuestImages, disk_format: str
+) -> None:
+    image_id = str(uuid.uuid4())
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", disk_format, str(guest_images.store / image_id), "8M"],
+        check=True,
+    )
+    spec = _spec(guest_images)
+    spec.image.CopyFrom(compute_pb2.ImageRef(id=image_id, disk_format=disk_format))
+    spec.ephemeral_gb = 1
+    # Defined only: a guest without an OS on its disk has nothing to show when started.
+    assert qemu_driver.create(spec, power_on=False) == PowerState.SHUTDOWN
+    xml = _defined_xml(qemu_driver, spec.instance_id)
+    assert xml.find("./os/kernel") is None
+    assert xml.find("./os/boot").get("dev") == "hd"  # type: ignore[union-attr]
+    folder = qemu_driver.instances_dir / spec.instance_id
+    disks = {
+        d.find("target").get("dev"): d.find("source").get("file")  # type: ignore[union-attr]
+        for d in xml.findall("./devices/disk")
+    }
+    assert disks == {"vda": str(folder / "disk"), "vdb": str(folder / "disk.eph0")}
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", str(folder / "disk")],
+            capture_output=True,
+            check=True,
+        ).stdout
+    )
+    assert info["backing-filename-format"] == disk_format
+    assert info["virtual-size"] == 1 * GIB
+
+
+def test_a_kernel_boot_without_a_command_line_property_gets_the_serial_console(
+    qemu_driver: LibvirtDriver, guest_images: GuestImages
+) -> None:
+    spec = _spec(guest_images)
+    del spec.image.properties["os_command_line"]
+    qemu_driver.create(spec, power_on=False)
+    os_el = _defined_xml(qemu_driver, spec.instance_id).find("./os")
+    assert os_el is not None
+    assert qemu_driver.images is not None
+    assert os_el.findtext("cmdline") == "console=ttyS0"
+    assert os_el.findtext("kernel") == str(qemu_driver.images.path_of(guest_images.kernel_id))
+    assert os_el.findtext("initrd") == str(qemu_driver.images.path_of(guest_images.ramdisk_id))
