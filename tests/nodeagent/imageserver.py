@@ -17,6 +17,8 @@ class ImageServer:
     images: dict[str, bytes]
     url: str = ""
     delay_s: float = 0.0
+    # Announce more bytes than are sent, then close: a download cut off midway.
+    truncate: bool = False
     requests: list[str] = field(default_factory=list)
     tokens: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -28,8 +30,10 @@ class ImageServer:
 
 
 @contextmanager
-def image_server(images: dict[str, bytes], delay_s: float = 0.0) -> Iterator[ImageServer]:
-    state = ImageServer(images=images, delay_s=delay_s)
+def image_server(
+    images: dict[str, bytes], delay_s: float = 0.0, truncate: bool = False
+) -> Iterator[ImageServer]:
+    state = ImageServer(images=images, delay_s=delay_s, truncate=truncate)
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -43,7 +47,7 @@ def image_server(images: dict[str, bytes], delay_s: float = 0.0) -> Iterator[Ima
                 return
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Content-Length", str(len(data) + (4096 if state.truncate else 0)))
             self.end_headers()
             # Half now, half after the delay: a second build arrives mid-download.
             half = len(data) // 2
@@ -51,6 +55,7 @@ def image_server(images: dict[str, bytes], delay_s: float = 0.0) -> Iterator[Ima
             self.wfile.flush()
             time.sleep(state.delay_s)
             self.wfile.write(data[half:])
+            self.close_connection = True
 
         def log_message(self, format: str, *args: object) -> None:
             return

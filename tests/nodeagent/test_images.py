@@ -20,6 +20,7 @@ from nodeagent.images.disks import GIB, DiskError, create_overlay
 from nodeagent.images.source import (
     HttpImageSource,
     ImageError,
+    ImageFetchFailed,
     ImageNotFound,
     LocalImageSource,
     file_token,
@@ -110,6 +111,15 @@ def test_the_http_source_sends_the_current_token_and_maps_404_to_not_found(
             cache.ensure(ImageWanted("img-missing", "raw"))
     assert server.tokens == ["secret-1", "secret-2"]
     assert cache.cached() == {"img-a"}
+
+
+def test_a_download_cut_off_midway_fails_and_leaves_no_partial_file(tmp_path: Path) -> None:
+    with image_server({"img-a": PAYLOAD}, truncate=True) as server:
+        cache = ImageCache(tmp_path / "cache", HttpImageSource(server.url, lambda: ""))
+        with pytest.raises(ImageFetchFailed, match="could not be downloaded"):
+            cache.ensure(ImageWanted("img-a", "raw", PAYLOAD_SHA512))
+    assert cache.cached() == set()
+    assert _leftovers(cache) == []
 
 
 def test_a_hash_mismatch_fails_cleanly_and_leaves_no_partial_file(tmp_path: Path) -> None:
