@@ -107,7 +107,17 @@ class AgentConfig(_Section):
     # Where images and guest disks live (real hypervisors).
     instances_path: str = ""
     image_cache_max_age_s: int = Field(default=86400, ge=0)
+    # Seconds between image cache prunes (unused images older than the max age go).
+    image_cache_prune_interval_s: float = Field(default=600.0, gt=0)
     vnc_listen: str = "127.0.0.1"
+    # kvm or qemu (TCG) for real hypervisors; auto decides by probing (see nodeagent).
+    virt_type: Literal["auto", "qemu", "kvm"] = "auto"
+    # The image service's base URL (Image v2 under /v2); empty reads the shared data
+    # directory's image store, <data_dir>/images/<id>, instead.
+    image_url: str = ""
+    # A file holding the X-Auth-Token for the image service, read on every download
+    # so a rotated token needs no restart. Empty sends no token.
+    image_token_file: str = ""
 
 
 class GatewayConfig(_Section):

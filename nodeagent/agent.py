@@ -27,7 +27,13 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from controlplane.config import AgentConfig
 from controlplane.runtime import bus
 from nodeagent import messages as m
-from nodeagent.driver.base import BuildFailed, Driver, InstanceNotFound, PowerState
+from nodeagent.driver.base import (
+    BuildFailed,
+    Driver,
+    ImageCacheDriver,
+    InstanceNotFound,
+    PowerState,
+)
 from nodeagent.fleet import FleetView
 from nodeagent.reconcile import ReconcilePlan, plan_reconcile, wanted_power_on
 
@@ -418,13 +424,19 @@ class HostAgent:
     async def _housekeeping(self) -> None:
         loop = asyncio.get_running_loop()
         hb_every, sync_every = self.cfg.heartbeat_interval, self.cfg.power_sync_interval
+        prune_every = self.cfg.image_cache_prune_interval_s
+        prunes = isinstance(self.driver, ImageCacheDriver)
         # Spread the first ticks so a thousand simulated hosts do not beat in lockstep.
         now = loop.time()
         next_hb = now + hb_every * random.uniform(0.5, 1.0)
         next_sync = now + sync_every * random.uniform(0.5, 1.0)
+        next_prune = now + prune_every * random.uniform(0.5, 1.0) if prunes else float("inf")
         while True:
-            await asyncio.sleep(max(0.0, min(next_hb, next_sync) - loop.time()))
+            await asyncio.sleep(max(0.0, min(next_hb, next_sync, next_prune) - loop.time()))
             now = loop.time()
+            if now >= next_prune:
+                next_prune = now + prune_every
+                await self._guarded(self.prune_image_cache, "image cache prune")
             if now >= next_hb:
                 next_hb = now + hb_every
                 await self._guarded(self.send_heartbeat, "heartbeat")
@@ -432,6 +444,19 @@ class HostAgent:
                 next_sync = now + sync_every
                 await self._guarded(self.sync_power_states, "power-state sync")
                 await self._guarded(self.publish_inventory, "inventory")
+
+    async def prune_image_cache(self) -> list[str]:
+        """Removes cached images unused for image_cache_max_age_s; returns their ids.
+
+        Runs under the host lock, so no build on this host is between recording the
+        images it uses and creating its disks.
+        """
+        if not isinstance(self.driver, ImageCacheDriver):
+            return []
+        async with self._lock:
+            return await self.call_driver(
+                self.driver.prune_image_cache, float(self.cfg.image_cache_max_age_s)
+            )
 
     async def _guarded(self, fn: Callable[[], Awaitable[Any]], what: str) -> None:
         try:

@@ -25,6 +25,8 @@ from nodeagent.agent import HostAgent
 from nodeagent.driver.libvirt_driver import LibvirtDriver, write_simulated_node
 from nodeagent.fleet import GrpcFleetView
 from nodeagent.grpc_api import SERVICE_NAME, ComputeApi
+from nodeagent.images.cache import ImageCache
+from nodeagent.images.source import HttpImageSource, ImageSource, LocalImageSource, file_token
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +46,24 @@ def host_names(cfg: LoomConfig, simulate: int, host_prefix: str) -> list[str]:
     return names
 
 
+def make_image_source(cfg: LoomConfig) -> ImageSource:
+    """The image service over HTTP when `agent.image_url` is set, else the data directory's
+    image store (the all-in-one case)."""
+    if cfg.agent.image_url:
+        token_file = cfg.agent.image_token_file
+
+        def no_token() -> str:
+            return ""
+
+        token = file_token(Path(token_file)) if token_file else no_token
+        return HttpImageSource(cfg.agent.image_url, token)
+    return LocalImageSource(cfg.data_path / "images")
+
+
 def make_driver(cfg: LoomConfig, host: str) -> LibvirtDriver:
     """A driver for `host`. For test:/// every host gets a node XML of its own, which also
-    gives it a private domain set (see libvirt_driver)."""
+    gives it a private domain set (see libvirt_driver). Real hypervisors get an image
+    cache beside their instance folders."""
     agent_dir = cfg.data_path / "agent"
     if cfg.agent.instances_path:
         instances = Path(cfg.agent.instances_path) / host
@@ -54,6 +71,7 @@ def make_driver(cfg: LoomConfig, host: str) -> LibvirtDriver:
         instances = agent_dir / "instances" / host
     uri = cfg.agent.libvirt_uri
     disk_gb: int | None = None
+    images: ImageCache | None = None
     if uri.startswith("test:"):
         uri = write_simulated_node(
             agent_dir / "hosts" / f"{host}.xml",
@@ -61,8 +79,19 @@ def make_driver(cfg: LoomConfig, host: str) -> LibvirtDriver:
             memory_mb=cfg.agent.sim_memory_mb,
         )
         disk_gb = cfg.agent.sim_disk_gb
+    else:
+        images = ImageCache(
+            LibvirtDriver.default_image_cache_dir(instances), make_image_source(cfg)
+        )
     return LibvirtDriver(
-        uri, host=host, instances_dir=instances, vnc_listen=cfg.agent.vnc_listen, disk_gb=disk_gb
+        uri,
+        host=host,
+        instances_dir=instances,
+        vnc_listen=cfg.agent.vnc_listen,
+        disk_gb=disk_gb,
+        images=images,
+        virt_type=cfg.agent.virt_type,
+        soft_reboot_timeout=float(cfg.agent.shutdown_timeout),
     )
 
 

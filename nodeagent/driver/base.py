@@ -167,3 +167,13 @@ class ConsoleDriver(Protocol):
         InstanceNotFound if absent; NotSupported when the hypervisor writes no serial log.
         """
         ...
+
+
+@runtime_checkable
+class ImageCacheDriver(Protocol):
+    """Optional: a host-side image cache that needs periodic pruning."""
+
+    def prune_image_cache(self, max_age_s: float) -> list[str]:
+        """Removes cached images no instance on this host uses that were last used more
+        than max_age_s seconds ago; returns their ids."""
+        ...

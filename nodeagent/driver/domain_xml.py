@@ -115,11 +115,13 @@ def build_domain_xml(spec: compute_pb2.InstanceSpec, layout: DomainLayout) -> st
         _disk(devices, layout.swap_disk, "vdc", "qcow2")
 
     # The serial port writes to a file so GetConsoleOutput can read it without a guest agent.
+    # Appending keeps what the guest printed before a stop or reboot, which is often
+    # exactly what its owner wants to read.
     serial = _sub(devices, "serial", type="file")
-    _sub(serial, "source", path=layout.console_log)
+    _sub(serial, "source", path=layout.console_log, append="on")
     _sub(serial, "target", port="0")
     console = _sub(devices, "console", type="file")
-    _sub(console, "source", path=layout.console_log)
+    _sub(console, "source", path=layout.console_log, append="on")
     _sub(console, "target", type="serial", port="0")
 
     graphics = _sub(devices, "graphics", type="vnc", port="-1", autoport="yes")

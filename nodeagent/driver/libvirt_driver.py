@@ -15,11 +15,12 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import stat
 import threading
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import libvirt
 from loom.compute.v1 import compute_pb2
@@ -33,7 +34,17 @@ from nodeagent.driver.base import (
     NotSupported,
     PowerState,
 )
-from nodeagent.driver.domain_xml import LOOM_XMLNS, DomainLayout, DomainType, build_domain_xml
+from nodeagent.driver.domain_xml import (
+    LOOM_XMLNS,
+    DomainLayout,
+    DomainType,
+    KernelBoot,
+    build_domain_xml,
+)
+from nodeagent.driver.hypervisor import choose_virt_type
+from nodeagent.images.cache import ImageCache, ImageWanted
+from nodeagent.images.disks import DISK_FORMATS, GIB, create_blank, create_overlay
+from nodeagent.images.source import ImageError
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +59,16 @@ _LIBVIRT_POWER = {
     libvirt.VIR_DOMAIN_PMSUSPENDED: PowerState.SUSPENDED,
 }
 
-_GIB = 1024**3
+_MIB = 1024**2
+# Nova's image property for a kernel boot's command line, and Loom's default for it.
+CMDLINE_PROPERTY = "os_command_line"
+DEFAULT_CMDLINE = "console=ttyS0"
+# Which cached images an instance's disks and boot files use, kept in its folder so the
+# cache can tell what is in use without asking libvirt.
+_IMAGES_FILE = "images.json"
+_BASE_DIR = "_base"
+# The most of a serial log console_output returns (Nova caps it similarly).
+_CONSOLE_TAIL_BYTES = 1024 * 1024
 _silenced = threading.Lock()
 _silenced_done = False
 
@@ -99,16 +119,36 @@ class LibvirtDriver:
         instances_dir: Path,
         vnc_listen: str = "127.0.0.1",
         disk_gb: int | None = None,
+        images: ImageCache | None = None,
+        virt_type: Literal["auto", "qemu", "kvm"] = "auto",
+        soft_reboot_timeout: float = 60.0,
     ) -> None:
+        """`images` is required for real hypervisors (it makes their disks); `virt_type`
+        "auto" decides kvm or qemu on open (nodeagent.driver.hypervisor)."""
         self.uri = uri
         self.host = host
         self.instances_dir = instances_dir
         self.vnc_listen = vnc_listen
+        self.images = images
+        self.soft_reboot_timeout = soft_reboot_timeout
         self._disk_gb = disk_gb
         self._conn: Any = None
         # UUID → whether the domain is this host's; metadata never changes after define.
         self._ownership: dict[str, bool] = {}
-        self._domain_type: DomainType = "test" if uri.startswith("test:") else "qemu"
+        self._virt_type = virt_type
+        self._domain_type: DomainType = (
+            "test" if uri.startswith("test:") else ("kvm" if virt_type == "kvm" else "qemu")
+        )
+
+    @property
+    def domain_type(self) -> DomainType:
+        """The libvirt domain type this driver defines (decided on open for "auto")."""
+        return self._domain_type
+
+    @staticmethod
+    def default_image_cache_dir(instances_dir: Path) -> Path:
+        """Where a host keeps its image cache: beside its instance folders, as `_base`."""
+        return instances_dir / _BASE_DIR
 
     # -- Protocol properties ------------------------------------------------------------
 
@@ -124,9 +164,39 @@ class LibvirtDriver:
     # -- connection ---------------------------------------------------------------------
 
     def open(self) -> None:
-        if self._conn is None:
-            _silence_libvirt_stderr()
-            self._conn = libvirt.open(self.uri)
+        if self._conn is not None:
+            return
+        _silence_libvirt_stderr()
+        self._conn = libvirt.open(self.uri)
+        if self._domain_type == "test":
+            return
+        if self._virt_type == "auto":
+            # A URI without a host part ("qemu:///system") means libvirtd runs here.
+            local = self.uri.split("://", 1)[-1].startswith("/")
+            choice = choose_virt_type(self._conn, local=local)
+            self._domain_type = choice.virt_type
+            log.info(
+                "hypervisor chosen",
+                extra={"host": self.host, "virt_type": choice.virt_type, "reason": choice.reason},
+            )
+        else:
+            log.info(
+                "hypervisor configured", extra={"host": self.host, "virt_type": self._virt_type}
+            )
+        self._warn_if_unreachable_by_qemu()
+
+    def _warn_if_unreachable_by_qemu(self) -> None:
+        # libvirt runs QEMU as an unprivileged user: every folder above the guest's files
+        # must let others through, or the first start fails with "Permission denied".
+        self.instances_dir.mkdir(parents=True, exist_ok=True)
+        for folder in [self.instances_dir, *self.instances_dir.parents]:
+            if not folder.stat().st_mode & stat.S_IXOTH:
+                log.warning(
+                    "QEMU may not reach the instance folders: a parent folder is not "
+                    "searchable by others",
+                    extra={"host": self.host, "folder": str(folder)},
+                )
+                return
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -179,7 +249,9 @@ class LibvirtDriver:
     def _instance_dir(self, instance_id: str) -> Path:
         return self.instances_dir / instance_id
 
-    def _layout(self, spec: compute_pb2.InstanceSpec) -> DomainLayout:
+    def _layout(
+        self, spec: compute_pb2.InstanceSpec, kernel_boot: KernelBoot | None = None
+    ) -> DomainLayout:
         d = self._instance_dir(spec.instance_id)
         real = self._domain_type != "test"
         return DomainLayout(
@@ -192,7 +264,43 @@ class LibvirtDriver:
             vnc_listen=self.vnc_listen,
             arch="x86_64" if real else "",
             machine="pc" if real else "",
+            kernel_boot=kernel_boot,
         )
+
+    def _prepare_disks(self, spec: compute_pb2.InstanceSpec) -> KernelBoot | None:
+        """Makes the instance's disks from cached images; returns its kernel boot, if any.
+
+        Postcondition: `<instance folder>/disk` is a qcow2 overlay on the cached root
+        image, sized to the flavor's root_gb when that is larger; ephemeral and swap disks
+        exist when the flavor has them. Raises ImageError (a user-safe sentence) otherwise.
+        """
+        if self.images is None:
+            raise ImageError("This host has no image cache configured.")
+        image = spec.image
+        d = self._instance_dir(spec.instance_id)
+        base_format = DISK_FORMATS.get(image.disk_format)
+        if base_format is None:
+            raise ImageError(f"An image in {image.disk_format or 'no'} format cannot be a disk.")
+        used = [i for i in (image.id, image.kernel_id, image.ramdisk_id) if i]
+        # Recorded before any download, so a prune running meanwhile keeps these images.
+        (d / _IMAGES_FILE).write_text(json.dumps(used))
+        base = self.images.ensure(
+            ImageWanted(image.id, base_format, image.hash_value, image.hash_algo or "sha512")
+        )
+        create_overlay(base, base_format, d / "disk", spec.root_gb * GIB)
+        if spec.ephemeral_gb > 0:
+            create_blank(d / "disk.eph0", spec.ephemeral_gb * GIB)
+        if spec.swap_mb > 0:
+            create_blank(d / "disk.swap", spec.swap_mb * _MIB)
+        if not image.kernel_id:
+            return None
+        # ImageRef carries no hashes for the kernel and ramdisk: they are cached unverified.
+        kernel = self.images.ensure(ImageWanted(image.kernel_id, "aki"))
+        initrd = (
+            self.images.ensure(ImageWanted(image.ramdisk_id, "ari")) if image.ramdisk_id else None
+        )
+        cmdline = image.properties.get(CMDLINE_PROPERTY) or DEFAULT_CMDLINE
+        return KernelBoot(kernel=str(kernel), initrd=str(initrd or ""), cmdline=cmdline)
 
     # -- verbs --------------------------------------------------------------------------
 
@@ -204,9 +312,12 @@ class LibvirtDriver:
         step = "prepare the instance folder"
         try:
             self._instance_dir(spec.instance_id).mkdir(parents=True, exist_ok=True)
-            # Disks from the image cache (qcow2 overlays) come here for real hypervisors.
+            kernel_boot = None
+            if self._domain_type != "test":
+                step = "prepare the disks"
+                kernel_boot = self._prepare_disks(spec)
             step = "define the domain"
-            dom = self._c.defineXML(build_domain_xml(spec, self._layout(spec)))
+            dom = self._c.defineXML(build_domain_xml(spec, self._layout(spec, kernel_boot)))
             self._ownership[spec.instance_id] = True
             if power_on:
                 step = "start the domain"
@@ -224,6 +335,13 @@ class LibvirtDriver:
             )
             self._clean_up_build(dom, spec.instance_id)
             raise BuildFailed(f"The hypervisor could not {step}.") from exc
+        except ImageError as exc:
+            log.warning(
+                "build failed",
+                extra={"host": self.host, "instance_id": spec.instance_id, "error": str(exc)},
+            )
+            self._clean_up_build(dom, spec.instance_id)
+            raise BuildFailed(str(exc)) from exc
 
     def _clean_up_build(self, dom: Any, instance_id: str) -> None:
         # Only what this build made is removed: a domain that failed to define may share a
@@ -264,19 +382,39 @@ class LibvirtDriver:
         if not dom.isActive():
             dom.create()
             return self._power(dom)
-        if not hard:
-            try:
-                dom.reboot(0)
-                return self._power(dom)
-            except libvirt.libvirtError as exc:
-                log.info(
-                    "soft reboot refused; rebooting hard",
-                    extra={"instance_id": instance_id, "error": str(exc)},
-                )
+        if not hard and self._domain_type == "test":
+            dom.reboot(0)
+            return self._power(dom)
+        if not hard and self._soft_reboot(dom, instance_id):
+            return self._power(dom)
         # Hard: power-cycle the domain from its definition, as Nova does.
         dom.destroy()
         dom.create()
         return self._power(dom)
+
+    def _soft_reboot(self, dom: Any, instance_id: str) -> bool:
+        """Shuts the guest down gracefully and starts it again; False when the guest did
+        not shut down within soft_reboot_timeout (the caller then reboots hard).
+
+        An ACPI reboot request cannot be used: libvirt reports success whether or not
+        the guest acts on it, so a guest that ignores ACPI would never reboot. Like Nova,
+        Loom asks for a shutdown, whose effect it can watch.
+        """
+        try:
+            dom.shutdown()
+        except libvirt.libvirtError as exc:
+            log.info("soft reboot refused", extra={"instance_id": instance_id, "error": str(exc)})
+            return False
+        deadline = time.monotonic() + self.soft_reboot_timeout
+        while dom.isActive() and time.monotonic() < deadline:
+            time.sleep(0.25)
+        if dom.isActive():
+            log.info(
+                "guest ignored the soft reboot; rebooting hard", extra={"instance_id": instance_id}
+            )
+            return False
+        dom.create()
+        return True
 
     def destroy(self, instance_id: str) -> None:
         dom = self._lookup(instance_id)
@@ -339,7 +477,7 @@ class LibvirtDriver:
         disk_gb = self._disk_gb
         if disk_gb is None:
             self.instances_dir.mkdir(parents=True, exist_ok=True)
-            disk_gb = shutil.disk_usage(self.instances_dir).total // _GIB
+            disk_gb = shutil.disk_usage(self.instances_dir).total // GIB
         cpu_info = {
             "arch": model,
             "mhz": mhz,
@@ -353,6 +491,25 @@ class LibvirtDriver:
             hypervisor_version=int(self._c.getVersion()),
             cpu_info=json.dumps(cpu_info, sort_keys=True),
         )
+
+    # -- ImageCacheDriver ---------------------------------------------------------------
+
+    def images_in_use(self) -> set[str]:
+        """Ids of the cached images the instance folders on this host record as used."""
+        used: set[str] = set()
+        if not self.instances_dir.is_dir():
+            return used
+        for folder in self.instances_dir.iterdir():
+            try:
+                used.update(json.loads((folder / _IMAGES_FILE).read_text()))
+            except (OSError, ValueError):
+                continue  # not an instance folder, or one that has no disks yet
+        return used
+
+    def prune_image_cache(self, max_age_s: float) -> list[str]:
+        if self.images is None:
+            return []
+        return self.images.prune(max_age_s, self.images_in_use)
 
     # -- ConsoleDriver ------------------------------------------------------------------
 
@@ -372,7 +529,11 @@ class LibvirtDriver:
             raise NotSupported("The test hypervisor writes no serial console log.")
         path = self._instance_dir(instance_id) / "console.log"
         try:
-            text = path.read_text(errors="replace")
+            with path.open("rb") as f:
+                # Only the end is read: a chatty guest's log can be megabytes long.
+                size = f.seek(0, 2)
+                f.seek(max(0, size - _CONSOLE_TAIL_BYTES))
+                text = f.read().decode(errors="replace")
         except FileNotFoundError as exc:
             raise NotSupported("The instance has written no serial console output yet.") from exc
         if lines > 0:

@@ -63,6 +63,23 @@ CASES: dict[str, tuple[compute_pb2.InstanceSpec, DomainLayout]] = {
             ),
         ),
     ),
+    "qemu_overlay_disk": (
+        make_spec(instance_id=IID, instance_name="instance-0000002d", vcpus=2, memory_mb=2048),
+        _layout(domain_type="qemu", arch="x86_64", machine="pc"),
+    ),
+    "kvm_overlay_disk_kernel_initrd": (
+        make_spec(instance_id=IID, instance_name="instance-0000002e", vcpus=2, memory_mb=1024),
+        _layout(
+            domain_type="kvm",
+            arch="x86_64",
+            machine="pc",
+            kernel_boot=KernelBoot(
+                kernel="/var/lib/loom/instances/_base/3c1d-kernel",
+                initrd="/var/lib/loom/instances/_base/3c1d-ramdisk",
+                cmdline="console=ttyS0 root=/dev/vda",
+            ),
+        ),
+    ),
 }
 
 
