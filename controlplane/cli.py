@@ -74,7 +74,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_service(cfg: LoomConfig, name: str, options: dict[str, Any]) -> int:
-    start_stats_writer(name)
+    start_stats_writer(name, cfg.stats_dir)
     module = importlib.import_module(SERVICES[name])
     serve: Callable[..., Awaitable[None]] = module.serve
 

@@ -139,6 +139,8 @@ class LoggingConfig(_Section):
 
 class LoomConfig(_Section):
     data_dir: str = ".loom"
+    # Where each process writes its counters (SQL statements) for benchmarks; empty: off.
+    stats_dir: str = ""
     database: DatabaseConfig = DatabaseConfig()
     nats: NatsConfig = NatsConfig()
     tls: TlsConfig = TlsConfig()

@@ -1,7 +1,7 @@
 """Process counters for benchmarks: SQL statements this process executed.
 
-Every engine made by controlplane.db.engine.make_engine counts into `STATS`. When
-LOOM_STATS_DIR is set, a daemon thread writes `<dir>/<service>-<pid>.json` twice a second
+Every engine made by controlplane.db.engine.make_engine counts into `STATS`. When the
+configuration's stats_dir (LOOM_STATS_DIR) is set, a daemon thread writes
 and once more at exit, so a benchmark can read counts from processes it did not start
 in-process ("counted, not guessed").
 """
@@ -35,9 +35,8 @@ class ProcessStats:
 STATS = ProcessStats()
 
 
-def start_stats_writer(service: str) -> None:
-    """Starts the writer when LOOM_STATS_DIR is set; otherwise does nothing."""
-    directory = os.environ.get("LOOM_STATS_DIR")
+def start_stats_writer(service: str, directory: str) -> None:
+    """Starts the writer when directory is not empty; otherwise does nothing."""
     if not directory:
         return
     path = Path(directory) / f"{service}-{os.getpid()}.json"
