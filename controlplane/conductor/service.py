@@ -58,7 +58,10 @@ async def serve(cfg: LoomConfig, stop: asyncio.Event, **_options: object) -> Non
     sessions = session_factory(engine)
     # Standalone runs without a configured URL expect a nats-server on the default port.
     nats_url = cfg.nats.url or "nats://127.0.0.1:4222"
-    nc = await bus.connect(nats_url, cfg.nats, f"loom-conductor-{uuid.uuid4().hex[:6]}")
+    watch = bus.ConnectionWatch()
+    nc = await bus.connect(
+        nats_url, cfg.nats, f"loom-conductor-{uuid.uuid4().hex[:6]}", watch=watch
+    )
     js = nc.jetstream()
     await bus.ensure_streams(js, cfg.nats)
     channel = grpcserver.insecure_or_secure_channel(cfg.scheduler.listen, cfg.tls)
@@ -67,7 +70,7 @@ async def serve(cfg: LoomConfig, stop: asyncio.Event, **_options: object) -> Non
         cfg.conductor.listen, registrations(conductor), cfg.tls
     )
     workers_stop = asyncio.Event()
-    relay = Relay(sessions, js, conductor.wakeup, batch=cfg.conductor.outbox_batch)
+    relay = Relay(sessions, js, conductor.wakeup, batch=cfg.conductor.outbox_batch, watch=watch)
     tasks = [
         asyncio.create_task(relay.run(workers_stop), name="outbox-relay"),
         asyncio.create_task(SchedulingWorker(conductor, js).run(workers_stop), name="scheduling"),

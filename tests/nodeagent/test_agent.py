@@ -294,11 +294,41 @@ async def test_stopping_an_agent_leaves_its_durable_consumer_for_the_next_one(
     await agent.start()
     await agent.stop()
     await send(bus_nc.jetstream(), "h1", "build", build_command(make_spec()))
-    # A pull request the stopped agent sent may still be open on the server for its expiry,
-    # so the command can sit as ack-pending (it is redelivered after ack_wait) rather than
-    # pending. Either way the consumer survives and the command is neither acked nor lost.
-    pending, ack_pending = await _consumer_pending(bus_nc, "h1")
-    assert pending + ack_pending == 1
+    # stop() lets its last pull request close, so nothing holds the command: it waits,
+    # pending (not ack-pending until ack_wait), for the next agent of the host.
+    assert await _consumer_pending(bus_nc, "h1") == (1, 0)
+
+
+async def test_a_command_that_reaches_a_stopping_agent_is_handled_promptly_by_the_next_one(
+    make_agent: AgentFactory, bus_nc: NATS
+) -> None:
+    # ack_wait stays at its 30 s default: a command stranded on the stopping agent's pull
+    # request would only come back after it, far beyond the wait below.
+    first = make_agent()
+    await first.start()
+    await asyncio.sleep(0.2)  # its pull request is open on the server
+    events = await EventReader.open(bus_nc, "h1")
+    spec = make_spec()
+    # Published without waiting for the stream's ack, so the stop starts while JetStream
+    # hands the command to the first agent's pull request.
+    command = build_command(spec)
+    await bus_nc.publish(
+        bus.compute_subject("h1", "build"),
+        command.SerializeToString(),
+        headers={"Nats-Msg-Id": command.request_id},
+    )
+    await first.stop()
+    info = await bus_nc.jetstream().consumer_info(bus.COMPUTE_STREAM, "agent-h1")
+    assert info.num_waiting == 0, "the stopped agent left a pull request open"
+
+    second = make_agent()
+    await second.start()
+    event = await events.next(wait=10)
+    assert (event.kind, event.instance_id) == (
+        K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED,
+        spec.instance_id,
+    )
+    await _wait_drained(bus_nc, "h1")
 
 
 async def test_an_unknown_verb_or_an_undecodable_command_is_dropped_without_blocking_the_host(
