@@ -56,7 +56,7 @@ async def test_a_delete_waiting_for_a_host_that_then_went_down_completes_when_as
     stack: Harness,
 ) -> None:
     stack.peer.add_host("host-a")
-    sid, agent = await active_server(stack)
+    sid, _ = await active_server(stack)
     service = make_service("host-a")
     await add(stack.sessions, service)
     await stack.servers.DeleteServer(conductor_pb2.DeleteServerRequest(id=sid, request_id="d1"))

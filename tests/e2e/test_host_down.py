@@ -6,7 +6,6 @@ service_down_time (3 s) without heartbeats (agents beat every second here).
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import grpc

@@ -16,10 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.conductor import commands, outbox, states
 from controlplane.conductor.context import Conductor
-from controlplane.conductor.fleet import COMPUTE, is_up
-from controlplane.conductor.scheduling import record_event
 from controlplane.conductor.errors import Conflict, NotFound
+from controlplane.conductor.fleet import COMPUTE, is_up
 from controlplane.conductor.quotas import check_metadata_items, limit_of
+from controlplane.conductor.scheduling import record_event
 from controlplane.conductor.servers.query import load_instance
 from controlplane.conductor.states import PowerState, TaskState, VmState
 from controlplane.db.models import Instance, InstanceAction, Service
