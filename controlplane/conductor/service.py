@@ -18,6 +18,7 @@ from controlplane.conductor.outbox import Relay, Wakeup
 from controlplane.conductor.quotas import QuotasServicer
 from controlplane.conductor.scheduling import SchedulingWorker
 from controlplane.conductor.servers.servicer import ServersServicer
+from controlplane.conductor.stranded import StrandedBuilds
 from controlplane.config import LoomConfig
 from controlplane.db.engine import make_engine, session_factory
 from controlplane.runtime import bus, grpcserver
@@ -76,6 +77,7 @@ async def serve(cfg: LoomConfig, stop: asyncio.Event, **_options: object) -> Non
         asyncio.create_task(SchedulingWorker(conductor, js).run(workers_stop), name="scheduling"),
         asyncio.create_task(EventConsumer(conductor, js).run(workers_stop), name="events"),
         asyncio.create_task(HeartbeatRecorder(sessions).run(nc, workers_stop), name="heartbeats"),
+        asyncio.create_task(StrandedBuilds(conductor).run(workers_stop), name="stranded-builds"),
     ]
     log.info("ready", extra={"service": "conductor", "grpc_port": running.port})
     try:

@@ -6,6 +6,7 @@ service_down_time (3 s) without heartbeats (agents beat every second here).
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import grpc
@@ -120,3 +121,37 @@ async def test_a_server_on_a_host_that_is_down_is_deleted_at_once_and_its_domain
     await eventually(command_taken, 30, f"the delete command taken by {host}'s agent")
     assert db_scalar(stack.db_url, "SELECT count(*) FROM allocations") == 0
     assert db_scalar(stack.db_url, "SELECT count(*) FROM outbox") == 0
+
+
+async def test_builds_stranded_on_a_host_that_died_mid_wave_all_settle_elsewhere_or_in_error(
+    stack: Stack, client: Client
+) -> None:
+    _short_service_down_time(stack)
+    stack.start("scheduler")
+    stack.start("conductor")
+    stack.start("agent#survivor", "--simulate", "1", "--host-prefix", "survivor")
+    stack.start("agent#doomed", "--simulate", "1", "--host-prefix", "doomed")
+    await wait_for_hosts(stack, 2)
+    await client.unlimited_quota()
+
+    ids = {sid for (sid,) in await asyncio.gather(*(client.create(f"wave-{i}") for i in range(40)))}
+    stack.kill("agent#doomed")  # for good: it never comes back
+
+    servers = await settle(client, ids, within=60)
+    dead = "doomed-0000"
+    on_dead = [s for s in servers.values() if s.host == dead]
+    # What had finished there before the kill stays ACTIVE (its host is down, not its
+    # guest); everything else is ACTIVE on the survivor or in ERROR naming the dead host.
+    assert all(s.status == Status.SERVER_STATUS_ACTIVE for s in on_dead)
+    for s in servers.values():
+        if s.host != dead:
+            assert s.status in {Status.SERVER_STATUS_ACTIVE, Status.SERVER_STATUS_ERROR}
+            if s.status == Status.SERVER_STATUS_ACTIVE:
+                assert s.host == "survivor-0000"
+            else:
+                assert dead in s.fault.message
+    # Builds in hand on the dead host were retried on the survivor.
+    assert any(s.attempts >= 2 and s.host == "survivor-0000" for s in servers.values())
+    assert db_scalar(stack.db_url, USAGE_MISMATCH_SQL) == 0
+    live = sum(1 for s in servers.values() if s.status == Status.SERVER_STATUS_ACTIVE)
+    assert db_scalar(stack.db_url, "SELECT count(*) FROM allocations") == live
