@@ -74,7 +74,7 @@ class HostAgent:
         fleet: FleetView | None = None,
         placements: dict[str, str] | None = None,
         ack_wait: float = 30.0,
-        fetch_timeout: float = 20.0,
+        fetch_timeout: float = 2.0,
     ) -> None:
         if not bus.valid_host_name(host):
             raise ValueError(f"host name {host!r} cannot be a NATS subject token")
@@ -90,6 +90,10 @@ class HostAgent:
         # instance → host for the whole process (the gRPC API dispatches with it).
         self._placements: dict[str, str] = {} if placements is None else placements
         self._ack_wait = ack_wait
+        # The expiry of each pull request. Short on purpose: a pull request dies with the
+        # server's memory when NATS restarts, and the client only notices when its own wait
+        # ends, so this bounds how long commands sit unseen after a NATS restart; it also
+        # bounds how long stop() waits for the last pull request to close.
         self._fetch_timeout = fetch_timeout
         self._lock = asyncio.Lock()
         self._known: dict[str, PowerState] = {}
@@ -100,7 +104,7 @@ class HostAgent:
         self._tasks: list[asyncio.Task[None]] = []
         self._consumer: asyncio.Task[None] | None = None
         self._stopping = False
-        self._handling = False
+        self._closed = False
 
     @property
     def durable_name(self) -> str:
@@ -141,21 +145,27 @@ class HostAgent:
         else:
             self.reconciled.set()
 
-    async def stop(self) -> None:
-        """Finishes the command in hand, stops consuming (the durable consumer stays),
-        and closes the driver. Idempotent."""
-        if self._stopping:
-            return
+    async def stop_consuming(self) -> None:
+        """Finishes the command in hand and lets the last pull request close (at most one
+        fetch expiry); a command that arrives meanwhile is handed back at once (nak), so the
+        next agent of this host gets it without waiting out ack_wait. Idempotent."""
         self._stopping = True
-        for task in self._tasks:
-            task.cancel()
         consumer = self._consumer
         if consumer is not None:
-            # Waiting for a message is cancelled; handling one is allowed to finish.
-            if not self._handling:
-                consumer.cancel()
+            # Never cancelled while a pull request is open: a command the server delivered
+            # to it would be dropped with the subscription and sit ack-pending for ack_wait.
             with contextlib.suppress(asyncio.CancelledError):
                 await consumer
+
+    async def stop(self) -> None:
+        """Stops consuming (the durable consumer stays, no pull request is left open),
+        stops the housekeeping and closes the driver. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        await self.stop_consuming()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -209,12 +219,12 @@ class HostAgent:
                 log.warning("fetch failed: %s", exc, extra={"host": self.host})
                 await asyncio.sleep(1.0)
                 continue
-            self._handling = True
-            try:
-                for msg in msgs:
-                    await self._handle_message(msg)
-            finally:
-                self._handling = False
+            for msg in msgs:
+                if self._stopping:
+                    with contextlib.suppress(Exception):
+                        await msg.nak()
+                    continue
+                await self._handle_message(msg)
 
     async def _handle_message(self, msg: Msg) -> None:
         verb = msg.subject.rsplit(".", 1)[-1]

@@ -162,6 +162,8 @@ async def serve(
         )
         await stop.wait()
     finally:
+        # Every host waits out its last pull request at the same time, not 32 at a time.
+        await asyncio.gather(*(a.stop_consuming() for a in started))
         await _bounded(started, lambda a: a.stop())
         if server is not None:
             await server.stop()

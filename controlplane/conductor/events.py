@@ -105,7 +105,11 @@ class EventConsumer:
             inst = loaded[0]
             gone = inst.deleted or inst.task_state == TaskState.DELETING
             elsewhere = inst.host != event.host
-            if gone or elsewhere:
+            # Given up on this host (it went down) while the build was in hand there.
+            abandoned = (
+                inst.vm_state == VmState.BUILDING and inst.task_state == TaskState.SCHEDULING
+            )
+            if gone or elsewhere or abandoned:
                 # The domain runs where nobody wants it: remove it (the agent's delete
                 # succeeds if it is already gone; the msg id makes a resend a no-op).
                 await outbox.add(session, commands.delete(event.host, event.instance_id))
@@ -244,7 +248,10 @@ class EventConsumer:
             if loaded is None:
                 return
             inst = loaded[0]
-            if inst.deleted or (inst.host and inst.host != event.host):
+            # Only a delete of the server where it lives finishes it: a host it left (a build
+            # given up there, a local delete) also answers delete commands, and a server
+            # being rescheduled has no host at all.
+            if inst.deleted or inst.host != event.host:
                 return
             await session.commit()
             await c.scheduler.release(f"{event.request_id}-release", inst.uuid)

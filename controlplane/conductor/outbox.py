@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 from nats.js import JetStreamContext
@@ -22,8 +23,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.conductor.dialect import upsert_insert
 from controlplane.db.models import OutboxMessage
+from controlplane.runtime import bus
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,24 @@ class Wakeup:
         self._event.clear()
 
 
+async def _unless_lost(work: asyncio.Future[list[T]], link: asyncio.Event | None) -> list[T] | None:
+    """The work's result, or None (the work cancelled) if the link drops first."""
+    if link is None:
+        return await work
+    dropped: asyncio.Future[bool] = asyncio.ensure_future(link.wait())
+    try:
+        either: list[asyncio.Future[Any]] = [work, dropped]
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        dropped.cancel()
+    if work.done():
+        return work.result()
+    work.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await work
+    return None
+
+
 class Relay:
     """Publishes queued outbox rows. Several relays (conductors) may run against one database:
     on PostgreSQL each batch is locked with FOR UPDATE SKIP LOCKED; SQLite has one conductor."""
@@ -93,6 +115,7 @@ class Relay:
         batch: int = 256,
         poll_interval: float = 1.0,
         publish_timeout: float = 5.0,
+        watch: bus.ConnectionWatch | None = None,
     ) -> None:
         self._sessions = sessions
         self._js = js
@@ -100,6 +123,11 @@ class Relay:
         self._batch = batch
         self._poll = poll_interval
         self._timeout = publish_timeout
+        self._watch = watch
+        if watch is not None:
+            # Rows left by a failed batch go out as soon as NATS is back, not after the
+            # backoff (which grows to seconds during an outage).
+            watch.on_restored(wakeup.set)
 
     async def relay_once(self) -> int:
         """Publishes one batch; returns how many rows were published and removed.
@@ -127,9 +155,10 @@ class Relay:
             rows = sorted(taken.all(), key=lambda r: r.id)  # RETURNING has no order
             if not rows:
                 return 0
+            link = self._watch.current_link() if self._watch is not None else None
             # Pipelined: every publish is sent before any ack is awaited; tasks start in
             # creation order, so JetStream receives them in id order.
-            results = await asyncio.gather(
+            publishing = asyncio.gather(
                 *(
                     self._js.publish(
                         r.subject,
@@ -141,6 +170,12 @@ class Relay:
                 ),
                 return_exceptions=True,
             )
+            results = await _unless_lost(publishing, link)
+            if results is None:
+                # Acks for publishes sent on the dropped connection never come; give the
+                # batch back now instead of waiting out the publish timeout. Whatever did
+                # reach the stream is dropped as a duplicate when the batch is sent again.
+                raise PublishFailed(f"NATS connection lost with {len(rows)} publishes in flight")
             failures = [r for r in results if isinstance(r, BaseException)]
             if failures:
                 raise PublishFailed(

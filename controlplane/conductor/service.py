@@ -18,6 +18,7 @@ from controlplane.conductor.outbox import Relay, Wakeup
 from controlplane.conductor.quotas import QuotasServicer
 from controlplane.conductor.scheduling import SchedulingWorker
 from controlplane.conductor.servers.servicer import ServersServicer
+from controlplane.conductor.stranded import StrandedBuilds
 from controlplane.config import LoomConfig
 from controlplane.db.engine import make_engine, session_factory
 from controlplane.runtime import bus, grpcserver
@@ -58,7 +59,10 @@ async def serve(cfg: LoomConfig, stop: asyncio.Event, **_options: object) -> Non
     sessions = session_factory(engine)
     # Standalone runs without a configured URL expect a nats-server on the default port.
     nats_url = cfg.nats.url or "nats://127.0.0.1:4222"
-    nc = await bus.connect(nats_url, cfg.nats, f"loom-conductor-{uuid.uuid4().hex[:6]}")
+    watch = bus.ConnectionWatch()
+    nc = await bus.connect(
+        nats_url, cfg.nats, f"loom-conductor-{uuid.uuid4().hex[:6]}", watch=watch
+    )
     js = nc.jetstream()
     await bus.ensure_streams(js, cfg.nats)
     channel = grpcserver.insecure_or_secure_channel(cfg.scheduler.listen, cfg.tls)
@@ -67,12 +71,13 @@ async def serve(cfg: LoomConfig, stop: asyncio.Event, **_options: object) -> Non
         cfg.conductor.listen, registrations(conductor), cfg.tls
     )
     workers_stop = asyncio.Event()
-    relay = Relay(sessions, js, conductor.wakeup, batch=cfg.conductor.outbox_batch)
+    relay = Relay(sessions, js, conductor.wakeup, batch=cfg.conductor.outbox_batch, watch=watch)
     tasks = [
         asyncio.create_task(relay.run(workers_stop), name="outbox-relay"),
         asyncio.create_task(SchedulingWorker(conductor, js).run(workers_stop), name="scheduling"),
         asyncio.create_task(EventConsumer(conductor, js).run(workers_stop), name="events"),
         asyncio.create_task(HeartbeatRecorder(sessions).run(nc, workers_stop), name="heartbeats"),
+        asyncio.create_task(StrandedBuilds(conductor).run(workers_stop), name="stranded-builds"),
     ]
     log.info("ready", extra={"service": "conductor", "grpc_port": running.port})
     try:

@@ -10,6 +10,7 @@ Heartbeats are plain NATS (loom.events.heartbeat.<host>): losing one only delays
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -115,19 +116,58 @@ async def ensure_streams(js: JetStreamContext, cfg: NatsConfig) -> None:
 ErrorCallback = Callable[[Exception], Awaitable[None]]
 
 
+class ConnectionWatch:
+    """Tells waiting work that the NATS connection dropped or came back.
+
+    A request in flight when the connection drops (a JetStream publish waiting for its ack)
+    never gets an answer: the server that would give it is gone or has forgotten the inbox.
+    Without this, such a request waits out its whole timeout after the reconnect.
+    """
+
+    def __init__(self) -> None:
+        self._lost = asyncio.Event()
+        self._restored: list[Callable[[], None]] = []
+
+    def current_link(self) -> asyncio.Event:
+        """An event set once the connection as it is now drops (one per connection)."""
+        return self._lost
+
+    def on_restored(self, callback: Callable[[], None]) -> None:
+        """Calls callback (synchronously, on the loop) after every reconnect."""
+        self._restored.append(callback)
+
+    def lost(self) -> None:
+        lost, self._lost = self._lost, asyncio.Event()
+        lost.set()
+
+    def restored(self) -> None:
+        for callback in self._restored:
+            callback()
+
+
 async def connect(
-    url: str, cfg: NatsConfig, name: str, *, max_reconnect_attempts: int = -1
+    url: str,
+    cfg: NatsConfig,
+    name: str,
+    *,
+    max_reconnect_attempts: int = -1,
+    watch: ConnectionWatch | None = None,
 ) -> NATS:
-    """Connects with endless reconnects (a NATS restart must not end a Loom process)."""
+    """Connects with endless reconnects (a NATS restart must not end a Loom process).
+    With watch, disconnects and reconnects are reported to it."""
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats error: %s", exc, extra={"client": name})
 
     async def on_disconnect() -> None:
         log.warning("nats disconnected", extra={"client": name})
+        if watch is not None:
+            watch.lost()
 
     async def on_reconnect() -> None:
         log.info("nats reconnected", extra={"client": name})
+        if watch is not None:
+            watch.restored()
 
     kwargs: dict[str, Any] = {
         "servers": [url],

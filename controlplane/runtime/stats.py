@@ -2,8 +2,8 @@
 
 Every engine made by controlplane.db.engine.make_engine counts into `STATS`. When the
 configuration's stats_dir (LOOM_STATS_DIR) is set, a daemon thread writes
-`<dir>/<service>-<pid>.json` twice a second and once more at exit, so a benchmark can read counts from processes it did not start
-in-process ("counted, not guessed").
+`<dir>/<service>-<pid>.json` twice a second and once more at exit, so a benchmark can
+read counts from processes it did not start in-process ("counted, not guessed").
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ conductor crashes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
@@ -151,6 +152,32 @@ async def test_a_message_committed_while_nats_is_down_is_published_when_it_is_ba
         await nc.close()
         if restarted is not None:
             restarted.stop()
+
+
+async def test_a_batch_in_flight_when_the_nats_connection_drops_is_given_back_at_once(
+    sessions: async_sessionmaker[AsyncSession], fresh_nats: NatsServerProcess
+) -> None:
+    watch = bus.ConnectionWatch()
+    nc = await bus.connect(fresh_nats.url, NATS_CFG, "test-relay-drop", watch=watch)
+    js = nc.jetstream()
+    await bus.ensure_streams(js, NATS_CFG)
+    # A publish timeout far beyond the wait below: only the dropped link can end the batch.
+    relay = Relay(sessions, js, Wakeup(), publish_timeout=60, watch=watch)
+    try:
+        fresh_nats.stop()
+        await queue(sessions, command("drop-host", f"drop-{uuid.uuid4().hex[:6]}"))
+        in_flight = asyncio.create_task(relay.relay_once())
+        await asyncio.sleep(0.3)
+        assert not in_flight.done()
+        watch.lost()  # what the client reports when the connection it published on drops
+        with pytest.raises(outbox.PublishFailed):
+            await asyncio.wait_for(in_flight, timeout=5)
+        assert await queued(sessions) == 1
+    finally:
+        # The server stays down: closing a client that is still reconnecting may report
+        # the lost socket.
+        with contextlib.suppress(ConnectionResetError):
+            await nc.close()
 
 
 async def test_two_relays_on_postgresql_never_take_the_same_rows(

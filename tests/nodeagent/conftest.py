@@ -72,7 +72,6 @@ async def make_agent(bus_nc: NATS, tmp_path: Path) -> AsyncIterator[AgentFactory
             host_ip="127.0.0.1",
             fleet=fleet,
             ack_wait=ack_wait,
-            fetch_timeout=2.0,
         )
         made.append(agent)
         return agent

@@ -17,10 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from controlplane.conductor import commands, outbox, states
 from controlplane.conductor.context import Conductor
 from controlplane.conductor.errors import Conflict, NotFound
+from controlplane.conductor.fleet import COMPUTE, is_up
 from controlplane.conductor.quotas import check_metadata_items, limit_of
+from controlplane.conductor.scheduling import record_event
 from controlplane.conductor.servers.query import load_instance
-from controlplane.conductor.states import TaskState, VmState
-from controlplane.db.models import Instance, InstanceAction
+from controlplane.conductor.states import PowerState, TaskState, VmState
+from controlplane.db.models import Instance, InstanceAction, Service
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +123,11 @@ async def power_action(
 async def delete_server(
     conductor: Conductor, instance_uuid: str, project_id: str, user_id: str, request_id: str
 ) -> None:
-    """Deletes in every state. Postcondition: with a host, task_state is deleting and a delete
-    command is queued (the agent's DELETED event finishes it); with no host yet, the server is
-    deleted at once and any claim released. Idempotent: deleting a deleted server succeeds."""
+    """Deletes in every state. Postcondition: with a host whose compute service is up,
+    task_state is deleting and a delete command is queued (the agent's DELETED event finishes
+    it); with a host that is down ("local delete"), or no host yet, the server is deleted at
+    once and its claim released — a down host still gets the delete command, for when it
+    returns. Idempotent: deleting a deleted server succeeds."""
     rid = _request_id(request_id)
     # Delete wins over whatever task raced it: a guard that lost simply looks again.
     for _ in range(5):
@@ -140,7 +144,12 @@ async def _delete_once(
     release = False
     async with conductor.sessions() as session:
         row = await load_instance(session, instance_uuid, project_id, include_deleted=True)
-        if row.deleted or row.task_state == TaskState.DELETING:
+        if row.deleted:
+            return
+        if row.host and await _host_is_down(session, row.host, conductor):
+            await _delete_locally(conductor, session, row, rid, user_id)
+            return
+        if row.task_state == TaskState.DELETING:
             return
         now = datetime.now(UTC)
         if row.host:
@@ -179,6 +188,77 @@ async def _delete_once(
             await conductor.scheduler.release(rid, instance_uuid)
         except Exception as exc:
             log.warning("release after delete failed: %s", exc, extra={"instance": instance_uuid})
+
+
+async def _host_is_down(session: AsyncSession, host: str, conductor: Conductor) -> bool:
+    """True when the host's compute service is forced down or has not beaten for
+    service_down_time. A host with no service record is not called down: nothing says so."""
+    service = (
+        await session.execute(
+            select(Service).where(Service.host == host, Service.binary == COMPUTE)
+        )
+    ).scalar_one_or_none()
+    if service is None:
+        return False
+    return not is_up(service, datetime.now(UTC), conductor.cfg.conductor.service_down_time)
+
+
+async def _delete_locally(
+    conductor: Conductor, session: AsyncSession, row: Instance, rid: str, user_id: str
+) -> None:
+    """Nova's local delete: the host is down, so nobody would answer a delete command.
+    The claim is released first (the scheduler releases exactly once; a lost commit is
+    made good by the client's retry, which releases nothing more), then ONE transaction
+    marks the server deleted, records the finished action and still queues the delete
+    command for the host, whose agent removes the domain when it returns (its reconcile
+    would also destroy it as an orphan). Also finishes a delete that was waiting for the
+    host when it went down."""
+    host = str(row.host)
+    await session.commit()  # no connection held across the scheduler call
+    await conductor.scheduler.release(f"{rid}-release", row.uuid)
+    now = datetime.now(UTC)
+    result = await session.execute(
+        update(Instance)
+        .where(Instance.id == row.id, Instance.host == host, Instance.deleted.is_(False))
+        .values(
+            vm_state=VmState.DELETED.value,
+            task_state=None,
+            power_state=int(PowerState.NOSTATE),
+            deleted=True,
+            deleted_at=now,
+            terminated_at=now,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        # Deleted or moved to another host meanwhile: look again.
+        await session.rollback()
+        raise states.InvalidState("delete", row.vm_state, row.task_state)
+    await outbox.add(session, commands.delete(host, row.uuid))
+    if not await _action_exists(session, row.uuid, rid):
+        _record_action(session, row, "delete", rid, user_id, now)
+    await session.flush()
+    await record_event(
+        session,
+        row.uuid,
+        "delete",
+        "conductor_local_delete",
+        "Success",
+        details=f"Compute host {host} is down; deleted locally.",
+    )
+    await session.execute(
+        update(InstanceAction)
+        .where(
+            InstanceAction.instance_uuid == row.uuid,
+            InstanceAction.action == "delete",
+            InstanceAction.finish_time.is_(None),
+        )
+        .values(finish_time=now, updated_at=now)
+    )
+    await session.commit()
+    conductor.wakeup.set()
+    log.info("deleted locally: host is down", extra={"instance": row.uuid, "host": host})
 
 
 async def update_server(
