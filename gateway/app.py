@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from gateway import consoles
 from gateway.compute import routes as compute_routes
 from gateway.errors import ApiError
 from gateway.identity import routes as identity_routes
@@ -54,6 +55,7 @@ def all_routes() -> list[BaseRoute]:
         *identity_routes.routes(),
         *compute_routes.routes(),
         *image_routes.routes(),
+        *consoles.routes(),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
 
