@@ -55,7 +55,6 @@ def all_routes() -> list[BaseRoute]:
         *identity_routes.routes(),
         *compute_routes.routes(),
         *image_routes.routes(),
-        *consoles.routes(),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
 
@@ -73,7 +72,7 @@ def compute_collections(routes: list[BaseRoute]) -> frozenset[str]:
 def build_app(gateway: Gateway) -> Any:
     routes = all_routes()
     app = Starlette(
-        routes=routes,
+        routes=[*routes, *consoles.routes()],
         exception_handlers={
             ApiError: _api_error,
             HTTPException: _http_error,

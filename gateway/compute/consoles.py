@@ -69,6 +69,10 @@ def remote_console_schema(with_mks: bool) -> dict[str, Any]:
 _UNPRINTABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
 
+# The contract's length is an int32; asking for more lines than that is asking for all.
+_MAX_LINES = 2**31 - 1
+
+
 def _scope(ctx: RequestContext) -> str:
     return "" if ctx.is_admin else ctx.project_id
 
@@ -134,7 +138,7 @@ async def _console_output(request: Request, ctx: RequestContext, length: Any) ->
                 id=request.path_params["server_id"],
                 project_id=_scope(ctx),
                 # -1 (or no length) is everything; 0 lines is nothing, asked as one and dropped.
-                length=0 if lines == -1 else max(lines, 1),
+                length=0 if lines == -1 else min(max(lines, 1), _MAX_LINES),
             ),
         )
     except ApiError as exc:

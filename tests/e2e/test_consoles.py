@@ -117,6 +117,11 @@ def test_consoles_on_hosts_without_them_are_clean_nova_errors(cloud: Stack) -> N
         sid = _boot(cloud, demo)
         r = demo.post(f"/servers/{sid}/action", json={"os-getConsoleOutput": {"length": 5}})
         assert _error(r, 404)["message"] == "Guest does not have a console available."
+        # More lines than the contract's int32 can say is "everything", not a 500.
+        r = demo.post(
+            f"/servers/{sid}/action", json={"os-getConsoleOutput": {"length": "99999999999"}}
+        )
+        _error(r, 404)
         r = demo.post(
             f"/servers/{sid}/remote-consoles",
             json={"remote_console": {"protocol": "vnc", "type": "novnc"}},
