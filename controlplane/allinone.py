@@ -3,6 +3,12 @@
 Nothing needs to run beforehand: SQLite in the data directory, a nats-server child with
 JetStream, N simulated hypervisor hosts. A child that dies is restarted (with backoff);
 SIGTERM or SIGINT stops them all in reverse order.
+
+The agent downloads images from the gateway's Image v2 API with a service token that
+`loom up` keeps fresh in `<data_dir>/agent/image-token` (see controlplane.servicetoken).
+With `--hypervisor qemu` the agent drives qemu:///system (instances under
+`agent.instances_path`, default /var/lib/loom/instances, which QEMU's user can reach),
+and the test guest is built and registered as the image `loom-test-guest`.
 """
 
 from __future__ import annotations
@@ -21,7 +27,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from controlplane.config import LoomConfig
 from controlplane.db import migrate
+from controlplane.guestimage import GuestImageError, register_guest_image
 from controlplane.runtime.natsserver import NatsServerProcess, free_port, start_nats_server
+from controlplane.seedfile import load_or_create
+from controlplane.servicetoken import ServiceToken, ServiceTokenError
 
 
 @dataclass
@@ -88,6 +97,9 @@ def _port_free(hostport: str) -> bool:
             return False
 
 
+DEFAULT_QEMU_INSTANCES = "/var/lib/loom/instances"
+
+
 def run_all_in_one(cfg: LoomConfig, *, hosts: int, hypervisor: str = "test") -> int:
     data = cfg.data_path
     data.mkdir(parents=True, exist_ok=True)
@@ -108,6 +120,9 @@ def run_all_in_one(cfg: LoomConfig, *, hosts: int, hypervisor: str = "test") -> 
     if not _port_free(scheduler_listen):
         scheduler_listen = f"127.0.0.1:{free_port()}"
 
+    gw_host = "127.0.0.1" if cfg.gateway.host in ("0.0.0.0", "") else cfg.gateway.host
+    local_url = f"http://{gw_host}:{cfg.gateway.port}"
+    token_path = data / "agent" / "image-token"
     env = dict(os.environ)
     env.update(
         {
@@ -118,10 +133,16 @@ def run_all_in_one(cfg: LoomConfig, *, hosts: int, hypervisor: str = "test") -> 
             "LOOM_SCHEDULER__LISTEN": scheduler_listen,
             "LOOM_GATEWAY__PORT": str(cfg.gateway.port),
             "LOOM_GATEWAY__HOST": cfg.gateway.host,
+            "LOOM_AGENT__IMAGE_URL": f"{local_url}/image",
+            "LOOM_AGENT__IMAGE_TOKEN_FILE": str(token_path),
         }
     )
     if hypervisor == "qemu":
         env["LOOM_AGENT__LIBVIRT_URI"] = "qemu:///system"
+        instances = Path(cfg.agent.instances_path or DEFAULT_QEMU_INSTANCES)
+        # QEMU runs as libvirt-qemu: every folder above its disks needs o+x.
+        instances.mkdir(parents=True, exist_ok=True, mode=0o755)
+        env["LOOM_AGENT__INSTANCES_PATH"] = str(instances)
     python = [sys.executable, "-m", "controlplane.cli"]
     agent_args = ["agent"] if hypervisor == "qemu" else ["agent", "--simulate", str(hosts)]
     children = [
@@ -162,15 +183,38 @@ def run_all_in_one(cfg: LoomConfig, *, hosts: int, hypervisor: str = "test") -> 
                     )
                     return 1
                 time.sleep(0.1)
+        service_token = ServiceToken(f"{local_url}/identity", load_or_create(data), token_path)
+        try:
+            service_token.refresh()
+        except ServiceTokenError as exc:
+            print(f"loom: no service token for image downloads: {exc}", file=sys.stderr)
+            return 1
+        image_note = ""
+        if hypervisor == "qemu":
+            print("loom: making sure the test guest image is registered…", flush=True)
+            try:
+                guest = register_guest_image(
+                    f"{local_url}/image", service_token.token(), data / "testimage"
+                )
+            except (GuestImageError, RuntimeError) as exc:
+                print(f"loom: the test guest image is unavailable: {exc}", file=sys.stderr)
+                return 1
+            image_note = f"default image {guest.id} (loom-test-guest); "
         url = cfg.gateway.public_url or f"http://{cfg.gateway.host}:{cfg.gateway.port}"
         print(
             f"Loom is ready: {url} (compute {url}/compute/v2.1, identity {url}/identity/v3); "
-            f"{hosts if hypervisor == 'test' else 1} {hypervisor} host(s); "
+            f"{hosts if hypervisor == 'test' else 1} {hypervisor} host(s); {image_note}"
             f"gRPC conductor {conductor_listen}, scheduler {scheduler_listen}; "
             f"credentials in {data / 'clouds.yaml'}; logs in {logs}",
             flush=True,
         )
         while not stopping:
+            try:
+                service_token.refresh_if_due()
+            except ServiceTokenError as exc:
+                # Retried on the next turn; the old token is still good for half its life.
+                print(f"loom: service token refresh failed: {exc}", file=sys.stderr, flush=True)
+                service_token.refresh_at = time.monotonic() + 10
             for child in children:
                 if not child.alive() and not stopping:
                     # Restart with backoff, so a crash loop does not spin the machine.

@@ -129,6 +129,11 @@ class GatewayConfig(_Section):
     token_secret: str = ""
     token_ttl_s: int = Field(default=3600, ge=60)
     console_token_ttl_s: int = Field(default=600, ge=10)
+    # Origins (scheme://host[:port]) whose pages may open the console proxy's websocket,
+    # besides the gateway's own public URL.
+    console_allowed_origins: tuple[str, ...] = ()
+    # Where Debian's novnc package puts the noVNC web client.
+    novnc_dir: str = "/usr/share/novnc"
     region: str = "RegionOne"
 
 

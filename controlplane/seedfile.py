@@ -17,6 +17,9 @@ from typing import Any
 import yaml
 
 SEED_FILE = "seed.yaml"
+# The user Loom's own services (the agent's image downloads) authenticate as.
+SERVICE_USER = "loom-service"
+SERVICE_PROJECT = "service"
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ def default_document() -> dict[str, Any]:
     """A fresh seed document; passwords are random so no two installations share one."""
     return {
         "roles": ["admin", "member", "reader"],
-        "projects": ["admin", "demo"],
+        "projects": ["admin", "demo", SERVICE_PROJECT],
         "users": [
             {
                 "name": "admin",
@@ -74,6 +77,12 @@ def default_document() -> dict[str, Any]:
                 "password": secrets.token_urlsafe(18),
                 "project": "demo",
                 "role": "member",
+            },
+            {
+                "name": SERVICE_USER,
+                "password": secrets.token_urlsafe(24),
+                "project": SERVICE_PROJECT,
+                "role": "admin",
             },
         ],
         "flavors": [

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from gateway import consoles
 from gateway.compute import routes as compute_routes
 from gateway.errors import ApiError
 from gateway.identity import routes as identity_routes
@@ -71,7 +72,7 @@ def compute_collections(routes: list[BaseRoute]) -> frozenset[str]:
 def build_app(gateway: Gateway) -> Any:
     routes = all_routes()
     app = Starlette(
-        routes=routes,
+        routes=[*routes, *consoles.routes()],
         exception_handlers={
             ApiError: _api_error,
             HTTPException: _http_error,

@@ -30,6 +30,7 @@ class Conductor:
         self.quotas = pb_grpc.QuotasServiceStub(channel)
         self.fleet = pb_grpc.FleetServiceStub(channel)
         self.server_groups = pb_grpc.ServerGroupsServiceStub(channel)
+        self.consoles = pb_grpc.ConsolesServiceStub(channel)
 
     async def close(self) -> None:
         await self.channel.close()

@@ -31,6 +31,7 @@ def make_gateway(cfg: LoomConfig) -> Gateway:
             load_secret(cfg.gateway.token_secret, cfg.data_path), cfg.gateway.token_ttl_s
         ),
         image_store=ImageStore(cfg.data_path / "images"),
+        agent_tls=cfg.tls,
     )
 
 

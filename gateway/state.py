@@ -7,7 +7,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from controlplane.config import GatewayConfig
+from controlplane.config import GatewayConfig, TlsConfig
 from gateway.auth.tokens import TokenSigner
 from gateway.conductor import Conductor
 from gateway.image.store import ImageStore
@@ -20,6 +20,8 @@ class Gateway:
     conductor: Conductor
     signer: TokenSigner
     image_store: ImageStore
+    # TLS for the console proxy's calls to agents' ComputeService (None: plaintext).
+    agent_tls: TlsConfig | None = None
 
 
 def gateway_of(request: Request) -> Gateway:

@@ -104,3 +104,23 @@ def test_loom_up_serves_health_and_reflection_on_every_grpc_port_and_stops_on_si
 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
+
+
+def test_loom_up_keeps_a_private_service_token_the_image_api_accepts_and_never_logs_it(
+    loom_up: tuple[subprocess.Popen[str], str, list[str]], tmp_path: Path
+) -> None:
+    _, url, _ = loom_up
+    path = tmp_path / "d" / "agent" / "image-token"
+    assert path.stat().st_mode & 0o777 == 0o600
+    token = path.read_text().strip()
+    images = httpx.get(f"{url}/image/v2/images", headers={"X-Auth-Token": token}, timeout=10)
+    assert images.status_code == 200
+    me = httpx.get(
+        f"{url}/identity/v3/auth/tokens",
+        headers={"X-Auth-Token": token, "X-Subject-Token": token},
+        timeout=10,
+    )
+    assert me.status_code == 200, me.text
+    assert me.json()["token"]["user"]["name"] == "loom-service"
+    for log in (tmp_path / "d" / "logs").glob("*.log"):
+        assert token not in log.read_text(errors="replace")

@@ -11,6 +11,7 @@ import uuid
 from loom.conductor.v1 import conductor_pb2, conductor_pb2_grpc
 
 from controlplane.conductor import catalog
+from controlplane.conductor.consoles import ConsolesServicer
 from controlplane.conductor.context import Conductor, SchedulerClient
 from controlplane.conductor.events import EventConsumer
 from controlplane.conductor.fleet import FleetServicer, HeartbeatRecorder
@@ -47,6 +48,11 @@ def registrations(conductor: Conductor) -> list[grpcserver.Registration]:
             FleetServicer(conductor),
             conductor_pb2_grpc.add_FleetServiceServicer_to_server,
             _service_name("FleetService"),
+        ),
+        grpcserver.Registration(
+            ConsolesServicer(conductor),
+            conductor_pb2_grpc.add_ConsolesServiceServicer_to_server,
+            _service_name("ConsolesService"),
         ),
         *catalog.registrations(conductor.sessions, conductor.cfg),
     ]

@@ -3,7 +3,7 @@
 Ownership (the only writer of each table):
   conductor: instances, instance_actions, instance_action_events, flavors, images, keypairs,
              quotas, services, outbox, projects, users, roles, role_assignments,
-             server_groups
+             server_groups, console_auth_tokens
   scheduler: resource_providers, allocations
 """
 
@@ -238,6 +238,23 @@ class Service(TimestampMixin, Base):
     report_count: Mapped[int] = mapped_column(BigInteger, default=0)
     version: Mapped[str] = mapped_column(String(32), default="")
     compute_endpoint: Mapped[str] = mapped_column(String(255), default="")
+
+
+class ConsoleAuthToken(Base):
+    """A console token: only its SHA-256 is kept, bound to one instance and to the console
+    server (host, port) the agent reported when it was made."""
+
+    __tablename__ = "console_auth_tokens"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    instance_uuid: Mapped[str] = mapped_column(String(36), index=True)
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer)
+    protocol: Mapped[str] = mapped_column(String(32))
+    console_type: Mapped[str] = mapped_column(String(32))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class OutboxMessage(Base):

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Route
 
-from gateway.compute import flavors, fleet, keypairs, quotas, server_groups, servers, versions
+from gateway.compute import (
+    consoles,
+    flavors,
+    fleet,
+    keypairs,
+    quotas,
+    server_groups,
+    servers,
+    versions,
+)
 
 
 def routes() -> list[BaseRoute]:
@@ -21,4 +30,5 @@ def routes() -> list[BaseRoute]:
         *quotas.routes(),
         *fleet.routes(),
         *server_groups.routes(),
+        *consoles.routes(),
     ]

@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.auth.context import RequestContext
+from gateway.compute import consoles
 from gateway.compute.common import context, empty, links, next_link, ok
 from gateway.compute.views_time import iso_micro
 from gateway.conductor import call
@@ -176,6 +177,8 @@ ACTION_SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "properties": {"type": {"type": "string", "enum": ["SOFT", "HARD", "soft", "hard"]}},
         },
+        "os-getConsoleOutput": consoles.CONSOLE_OUTPUT_ACTION,
+        "os-getVNCConsole": consoles.VNC_CONSOLE_ACTION,
     },
     "additionalProperties": False,
 }
@@ -557,13 +560,15 @@ async def delete_server(request: Request) -> Response:
 
 @documented(body=ACTION_SCHEMA, tag="compute")
 async def server_action(request: Request) -> Response:
-    """Server actions: os-start, os-stop, reboot (202)."""
+    """Server actions: os-start, os-stop, reboot (202); the console actions (200)."""
     ctx = context(request)
     body = await json_body(request)
     if isinstance(body, dict) and len(body) == 1:
         name = next(iter(body))
         if name not in ACTION_SCHEMA["properties"]:
             raise BadRequest(f"There is no such action: {name}")
+    if isinstance(body, dict) and len(body) == 1 and next(iter(body)) in consoles.CONSOLE_ACTIONS:
+        return await consoles.console_action(request, ctx, body)
     checked_body(ACTION_SCHEMA, body)
     action = next(iter(body))
     ctx.require_write(f"os_compute_api:servers:{action}")

@@ -21,15 +21,17 @@ def test_a_password_hash_is_salted_and_verifies_only_the_right_password() -> Non
     assert not verify_password("correct horse", "not-a-hash")
 
 
-async def test_the_seed_creates_roles_admin_and_demo_and_is_idempotent(stubs: Stubs) -> None:
+async def test_the_seed_creates_roles_admin_demo_and_the_service_user_and_is_idempotent(
+    stubs: Stubs,
+) -> None:
     roles = await stubs.identity.ListRoles(pb.ListRolesRequest())
     assert {r.name for r in roles.roles} == {"admin", "member", "reader"}
     seed = load_or_create(stubs.catalog.cfg.data_path)
     assert await seed_catalog(stubs.catalog.sessions, seed) == 0
     projects = await stubs.identity.ListProjects(pb.ListProjectsRequest())
-    assert sorted(p.name for p in projects.projects) == ["admin", "demo"]
+    assert sorted(p.name for p in projects.projects) == ["admin", "demo", "service"]
     grants = await stubs.identity.ListRoleAssignments(pb.ListRoleAssignmentsRequest())
-    assert sorted(a.role_name for a in grants.assignments) == ["admin", "member"]
+    assert sorted(a.role_name for a in grants.assignments) == ["admin", "admin", "member"]
 
 
 async def test_the_seeded_demo_user_authenticates_with_the_seed_file_password(

@@ -46,6 +46,7 @@ class Harness:
     nc: NATS | None = None
     js: JetStreamContext | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    consoles: conductor_pb2_grpc.ConsolesServiceStub | None = None
 
 
 def conductor_config(**conductor: Any) -> LoomConfig:
@@ -79,6 +80,7 @@ async def harness(url: str, cfg: LoomConfig | None = None) -> AsyncIterator[Harn
         conductor_pb2_grpc.ServersServiceStub(client),
         conductor_pb2_grpc.QuotasServiceStub(client),
         conductor_pb2_grpc.FleetServiceStub(client),
+        consoles=conductor_pb2_grpc.ConsolesServiceStub(client),
     )
     try:
         yield h

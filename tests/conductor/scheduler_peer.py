@@ -27,6 +27,7 @@ class FakeHost:
     enabled: bool = True
     reason: str = ""
     id: int = 0
+    compute_endpoint: str = ""
 
 
 @dataclass
@@ -169,6 +170,7 @@ class SchedulerPeer(scheduler_pb2_grpc.SchedulerServiceServicer):
             disk_gb=scheduler_pb2.ResourceUsage(total=h.disk_gb, used=d),
             allocation_count=sum(1 for c in self.claims.values() if c.host == h.name),
             hypervisor_type="test",
+            compute_endpoint=h.compute_endpoint,
         )
 
     async def ListHosts(

@@ -11,7 +11,7 @@ import logging
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.conductor import commands, outbox, states
@@ -22,7 +22,7 @@ from controlplane.conductor.quotas import check_metadata_items, limit_of
 from controlplane.conductor.scheduling import record_event
 from controlplane.conductor.servers.query import load_instance
 from controlplane.conductor.states import PowerState, TaskState, VmState
-from controlplane.db.models import Instance, InstanceAction, Service
+from controlplane.db.models import ConsoleAuthToken, Instance, InstanceAction, Service
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,12 @@ async def _delete_once(
             release = True
         if not await _action_exists(session, row.uuid, rid):
             _record_action(session, row, "delete", rid, user_id, now)
+        # A deleted server's console tokens die with it, in the same transaction.
+        await session.execute(
+            delete(ConsoleAuthToken)
+            .where(ConsoleAuthToken.instance_uuid == row.uuid)
+            .execution_options(synchronize_session=False)
+        )
         await session.commit()
     conductor.wakeup.set()
     if release:

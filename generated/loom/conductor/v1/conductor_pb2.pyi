@@ -5097,3 +5097,199 @@ class DeleteServerGroupResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteServerGroupResponse: _TypeAlias = DeleteServerGroupResponse  # noqa: Y015
+
+@_typing.final
+class GetConsoleOutputRequest(_message.Message):
+    """Request for GetConsoleOutput."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    LENGTH_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Server UUID."""
+    project_id: _builtins.str
+    """Owning project; empty means any (admin)."""
+    length: _builtins.int
+    """Last N lines; 0 means all."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        length: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "length", b"length", "project_id", b"project_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConsoleOutputRequest: _TypeAlias = GetConsoleOutputRequest  # noqa: Y015
+
+@_typing.final
+class GetConsoleOutputResponse(_message.Message):
+    """Response of GetConsoleOutput."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    output: _builtins.str
+    """The console text."""
+    def __init__(
+        self,
+        *,
+        output: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["output", b"output"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConsoleOutputResponse: _TypeAlias = GetConsoleOutputResponse  # noqa: Y015
+
+@_typing.final
+class CreateConsoleTokenRequest(_message.Message):
+    """Request for CreateConsoleToken."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    PROTOCOL_FIELD_NUMBER: _builtins.int
+    CONSOLE_TYPE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Caller's request id (for logs; every call makes a new token)."""
+    id: _builtins.str
+    """Server UUID."""
+    project_id: _builtins.str
+    """Owning project; empty means any (admin)."""
+    protocol: _builtins.str
+    """Console protocol: vnc."""
+    console_type: _builtins.str
+    """Client type, as Nova names it: novnc."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        protocol: _builtins.str = ...,
+        console_type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["console_type", b"console_type", "id", b"id", "project_id", b"project_id", "protocol", b"protocol", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateConsoleTokenRequest: _TypeAlias = CreateConsoleTokenRequest  # noqa: Y015
+
+@_typing.final
+class CreateConsoleTokenResponse(_message.Message):
+    """Response of CreateConsoleToken."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """The token itself (never stored; only its hash is)."""
+    instance_id: _builtins.str
+    """The server it is bound to."""
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When it stops working."""
+
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        instance_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "instance_id", b"instance_id", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateConsoleTokenResponse: _TypeAlias = CreateConsoleTokenResponse  # noqa: Y015
+
+@_typing.final
+class ValidateConsoleTokenRequest(_message.Message):
+    """Request for ValidateConsoleToken."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """The token as the client presented it."""
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ValidateConsoleTokenRequest: _TypeAlias = ValidateConsoleTokenRequest  # noqa: Y015
+
+@_typing.final
+class ValidateConsoleTokenResponse(_message.Message):
+    """Response of ValidateConsoleToken."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    CONSOLE_HOST_FIELD_NUMBER: _builtins.int
+    CONSOLE_PORT_FIELD_NUMBER: _builtins.int
+    PROTOCOL_FIELD_NUMBER: _builtins.int
+    CONSOLE_TYPE_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    COMPUTE_ENDPOINT_FIELD_NUMBER: _builtins.int
+    instance_id: _builtins.str
+    """The server the token is bound to."""
+    host: _builtins.str
+    """Hypervisor host the server runs on."""
+    console_host: _builtins.str
+    """Address of the console server the token is bound to."""
+    console_port: _builtins.int
+    """Port of the console server the token is bound to."""
+    protocol: _builtins.str
+    """Console protocol: vnc."""
+    console_type: _builtins.str
+    """Client type: novnc."""
+    compute_endpoint: _builtins.str
+    """The host agent's gRPC ComputeService address (host:port), to re-check the console."""
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the token expires."""
+
+    def __init__(
+        self,
+        *,
+        instance_id: _builtins.str = ...,
+        host: _builtins.str = ...,
+        console_host: _builtins.str = ...,
+        console_port: _builtins.int = ...,
+        protocol: _builtins.str = ...,
+        console_type: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        compute_endpoint: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_endpoint", b"compute_endpoint", "console_host", b"console_host", "console_port", b"console_port", "console_type", b"console_type", "expires_at", b"expires_at", "host", b"host", "instance_id", b"instance_id", "protocol", b"protocol"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ValidateConsoleTokenResponse: _TypeAlias = ValidateConsoleTokenResponse  # noqa: Y015

@@ -2879,3 +2879,179 @@ class ServerGroupsService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class ConsolesServiceStub:
+    """---------------------------------------------------------------- consoles
+
+    Instance consoles: serial console output, and console tokens for the console proxy.
+    A token is random, stored only as its SHA-256, bound to one instance and to the host
+    and port its console server listened on when the token was made, and expires.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetConsoleOutput = channel.unary_unary(
+                '/loom.conductor.v1.ConsolesService/GetConsoleOutput',
+                request_serializer=loom_dot_conductor_dot_v1_dot_conductor__pb2.GetConsoleOutputRequest.SerializeToString,
+                response_deserializer=loom_dot_conductor_dot_v1_dot_conductor__pb2.GetConsoleOutputResponse.FromString,
+                _registered_method=True)
+        self.CreateConsoleToken = channel.unary_unary(
+                '/loom.conductor.v1.ConsolesService/CreateConsoleToken',
+                request_serializer=loom_dot_conductor_dot_v1_dot_conductor__pb2.CreateConsoleTokenRequest.SerializeToString,
+                response_deserializer=loom_dot_conductor_dot_v1_dot_conductor__pb2.CreateConsoleTokenResponse.FromString,
+                _registered_method=True)
+        self.ValidateConsoleToken = channel.unary_unary(
+                '/loom.conductor.v1.ConsolesService/ValidateConsoleToken',
+                request_serializer=loom_dot_conductor_dot_v1_dot_conductor__pb2.ValidateConsoleTokenRequest.SerializeToString,
+                response_deserializer=loom_dot_conductor_dot_v1_dot_conductor__pb2.ValidateConsoleTokenResponse.FromString,
+                _registered_method=True)
+
+
+class ConsolesServiceServicer:
+    """---------------------------------------------------------------- consoles
+
+    Instance consoles: serial console output, and console tokens for the console proxy.
+    A token is random, stored only as its SHA-256, bound to one instance and to the host
+    and port its console server listened on when the token was made, and expires.
+    """
+
+    def GetConsoleOutput(self, request, context):
+        """The tail of a server's serial console, read from its host's agent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateConsoleToken(self, request, context):
+        """A new console token for a running server; the secret is returned only here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ValidateConsoleToken(self, request, context):
+        """What a token grants: NOT_FOUND when unknown, expired, or its server is deleted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ConsolesServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetConsoleOutput': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConsoleOutput,
+                    request_deserializer=loom_dot_conductor_dot_v1_dot_conductor__pb2.GetConsoleOutputRequest.FromString,
+                    response_serializer=loom_dot_conductor_dot_v1_dot_conductor__pb2.GetConsoleOutputResponse.SerializeToString,
+            ),
+            'CreateConsoleToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateConsoleToken,
+                    request_deserializer=loom_dot_conductor_dot_v1_dot_conductor__pb2.CreateConsoleTokenRequest.FromString,
+                    response_serializer=loom_dot_conductor_dot_v1_dot_conductor__pb2.CreateConsoleTokenResponse.SerializeToString,
+            ),
+            'ValidateConsoleToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.ValidateConsoleToken,
+                    request_deserializer=loom_dot_conductor_dot_v1_dot_conductor__pb2.ValidateConsoleTokenRequest.FromString,
+                    response_serializer=loom_dot_conductor_dot_v1_dot_conductor__pb2.ValidateConsoleTokenResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'loom.conductor.v1.ConsolesService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('loom.conductor.v1.ConsolesService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ConsolesService:
+    """---------------------------------------------------------------- consoles
+
+    Instance consoles: serial console output, and console tokens for the console proxy.
+    A token is random, stored only as its SHA-256, bound to one instance and to the host
+    and port its console server listened on when the token was made, and expires.
+    """
+
+    @staticmethod
+    def GetConsoleOutput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.conductor.v1.ConsolesService/GetConsoleOutput',
+            loom_dot_conductor_dot_v1_dot_conductor__pb2.GetConsoleOutputRequest.SerializeToString,
+            loom_dot_conductor_dot_v1_dot_conductor__pb2.GetConsoleOutputResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateConsoleToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.conductor.v1.ConsolesService/CreateConsoleToken',
+            loom_dot_conductor_dot_v1_dot_conductor__pb2.CreateConsoleTokenRequest.SerializeToString,
+            loom_dot_conductor_dot_v1_dot_conductor__pb2.CreateConsoleTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ValidateConsoleToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.conductor.v1.ConsolesService/ValidateConsoleToken',
+            loom_dot_conductor_dot_v1_dot_conductor__pb2.ValidateConsoleTokenRequest.SerializeToString,
+            loom_dot_conductor_dot_v1_dot_conductor__pb2.ValidateConsoleTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -910,3 +910,73 @@ class ServerGroupsServiceServicer(metaclass=_abc_1.ABCMeta):
         """Delete a group. NOT_FOUND when absent or in another project."""
 
 def add_ServerGroupsServiceServicer_to_server(servicer: ServerGroupsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class ConsolesServiceStub:
+    """---------------------------------------------------------------- consoles
+
+    Instance consoles: serial console output, and console tokens for the console proxy.
+    A token is random, stored only as its SHA-256, bound to one instance and to the host
+    and port its console server listened on when the token was made, and expires.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> ConsolesServiceAsyncStub: ...
+    GetConsoleOutput: _grpc.UnaryUnaryMultiCallable[_conductor_pb2.GetConsoleOutputRequest, _conductor_pb2.GetConsoleOutputResponse]
+    """The tail of a server's serial console, read from its host's agent."""
+    CreateConsoleToken: _grpc.UnaryUnaryMultiCallable[_conductor_pb2.CreateConsoleTokenRequest, _conductor_pb2.CreateConsoleTokenResponse]
+    """A new console token for a running server; the secret is returned only here."""
+    ValidateConsoleToken: _grpc.UnaryUnaryMultiCallable[_conductor_pb2.ValidateConsoleTokenRequest, _conductor_pb2.ValidateConsoleTokenResponse]
+    """What a token grants: NOT_FOUND when unknown, expired, or its server is deleted."""
+
+@_typing.type_check_only
+class ConsolesServiceAsyncStub(ConsolesServiceStub):
+    """---------------------------------------------------------------- consoles
+
+    Instance consoles: serial console output, and console tokens for the console proxy.
+    A token is random, stored only as its SHA-256, bound to one instance and to the host
+    and port its console server listened on when the token was made, and expires.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    GetConsoleOutput: _aio.UnaryUnaryMultiCallable[_conductor_pb2.GetConsoleOutputRequest, _conductor_pb2.GetConsoleOutputResponse]  # type: ignore[assignment]
+    """The tail of a server's serial console, read from its host's agent."""
+    CreateConsoleToken: _aio.UnaryUnaryMultiCallable[_conductor_pb2.CreateConsoleTokenRequest, _conductor_pb2.CreateConsoleTokenResponse]  # type: ignore[assignment]
+    """A new console token for a running server; the secret is returned only here."""
+    ValidateConsoleToken: _aio.UnaryUnaryMultiCallable[_conductor_pb2.ValidateConsoleTokenRequest, _conductor_pb2.ValidateConsoleTokenResponse]  # type: ignore[assignment]
+    """What a token grants: NOT_FOUND when unknown, expired, or its server is deleted."""
+
+class ConsolesServiceServicer(metaclass=_abc_1.ABCMeta):
+    """---------------------------------------------------------------- consoles
+
+    Instance consoles: serial console output, and console tokens for the console proxy.
+    A token is random, stored only as its SHA-256, bound to one instance and to the host
+    and port its console server listened on when the token was made, and expires.
+    """
+
+    @_abc_1.abstractmethod
+    def GetConsoleOutput(
+        self,
+        request: _conductor_pb2.GetConsoleOutputRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_conductor_pb2.GetConsoleOutputResponse, _abc.Awaitable[_conductor_pb2.GetConsoleOutputResponse]]:
+        """The tail of a server's serial console, read from its host's agent."""
+
+    @_abc_1.abstractmethod
+    def CreateConsoleToken(
+        self,
+        request: _conductor_pb2.CreateConsoleTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_conductor_pb2.CreateConsoleTokenResponse, _abc.Awaitable[_conductor_pb2.CreateConsoleTokenResponse]]:
+        """A new console token for a running server; the secret is returned only here."""
+
+    @_abc_1.abstractmethod
+    def ValidateConsoleToken(
+        self,
+        request: _conductor_pb2.ValidateConsoleTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_conductor_pb2.ValidateConsoleTokenResponse, _abc.Awaitable[_conductor_pb2.ValidateConsoleTokenResponse]]:
+        """What a token grants: NOT_FOUND when unknown, expired, or its server is deleted."""
+
+def add_ConsolesServiceServicer_to_server(servicer: ConsolesServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,374 @@
+"""A real guest through the REST API, on `loom up --hypervisor qemu`: boot, console output,
+the VNC console through Loom's websocket proxy, power actions, a guest that powers itself
+off, and delete leaving nothing behind.
+
+Each TCG boot costs about 8 s on two cores, so the module boots two guests in all. The
+stack is `loom up` itself (on the test's PostgreSQL), so the all-in-one qemu mode, the
+agent's HTTP image downloads with the service token, and the registered test image are
+exercised too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import libvirt
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from controlplane.runtime.natsserver import free_port
+from controlplane.seedfile import load_or_create
+from controlplane.testimage import MARKER
+from tests.support.postgres import temporary_database
+
+pytestmark = pytest.mark.qemu
+
+ROOT = Path(__file__).resolve().parents[2]
+URI = "qemu:///system"
+HOST = "qemu-e2e"
+
+
+def _libvirtd_unreachable() -> str:
+    try:
+        conn = libvirt.open(URI)
+    except libvirt.libvirtError as exc:
+        return f"libvirtd is not reachable at {URI} ({exc.get_error_message()}); run make services"
+    conn.close()
+    return ""
+
+
+@dataclass
+class QemuCloud:
+    url: str
+    image_id: str
+    data: Path
+    instances: Path
+    ready_line: str
+
+    def token(self, user: str) -> str:
+        seeded = load_or_create(self.data).user(user)
+        assert seeded is not None
+        body = {
+            "auth": {
+                "identity": {
+                    "methods": ["password"],
+                    "password": {
+                        "user": {
+                            "name": user,
+                            "domain": {"id": "default"},
+                            "password": seeded.password,
+                        }
+                    },
+                },
+                "scope": {"project": {"name": seeded.project, "domain": {"id": "default"}}},
+            }
+        }
+        r = httpx.post(f"{self.url}/identity/v3/auth/tokens", json=body, timeout=10)
+        assert r.status_code == 201, r.text
+        return r.headers["x-subject-token"]
+
+
+@pytest.fixture(scope="module")
+def qemu_cloud(tmp_path_factory: pytest.TempPathFactory, pg_template: str) -> Iterator[QemuCloud]:
+    reason = _libvirtd_unreachable()
+    if reason:
+        pytest.skip(reason)
+    with temporary_database(pg_template) as db_url:
+        yield from _run_qemu_cloud(tmp_path_factory, db_url)
+
+
+def _run_qemu_cloud(tmp_path_factory: pytest.TempPathFactory, db_url: str) -> Iterator[QemuCloud]:
+    data = tmp_path_factory.mktemp("loom-qemu")
+    # QEMU runs as libvirt-qemu: pytest's 0700 temp root would lock it out of the disks.
+    instances = Path(tempfile.mkdtemp(prefix="loom-qemu-e2e-", dir="/var/tmp"))
+    instances.chmod(0o755)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOM_")}
+    env.update(
+        {
+            "PYTHONPATH": f"{ROOT}:{ROOT / 'generated'}",
+            "LOOM_DATABASE__URL": db_url,
+            "LOOM_CONDUCTOR__LISTEN": f"127.0.0.1:{free_port()}",
+            "LOOM_SCHEDULER__LISTEN": f"127.0.0.1:{free_port()}",
+            "LOOM_AGENT__HOST": HOST,
+            "LOOM_AGENT__INSTANCES_PATH": str(instances),
+            "LOOM_AGENT__HEARTBEAT_INTERVAL": "1",
+            "LOOM_AGENT__POWER_SYNC_INTERVAL": "1",
+            # The busybox guest ignores ACPI: a short grace before libvirt's destroy.
+            "LOOM_AGENT__SHUTDOWN_TIMEOUT": "2",
+            "LOOM_LOGGING__FORMAT": "json",
+        }
+    )
+    argv = [sys.executable, "-m", "controlplane.cli", "--data-dir", str(data)]
+    proc = subprocess.Popen(
+        [*argv, "up", "--port", str(port), "--hypervisor", "qemu"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    ready, seen = "", []
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        seen.append(line)
+        if line.startswith("Loom is ready"):
+            ready = line
+            break
+    try:
+        if not ready:
+            pytest.fail("loom up --hypervisor qemu printed no ready line:\n" + "".join(seen))
+        found = re.search(r"default image ([0-9a-f-]{36})", ready)
+        assert found, ready
+        yield QemuCloud(f"http://127.0.0.1:{port}", found.group(1), data, instances, ready)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        _destroy_leftovers(instances)
+        shutil.rmtree(instances, ignore_errors=True)
+
+
+def _domains() -> dict[str, str]:
+    """UUID → name of every domain on qemu:///system."""
+    conn = libvirt.open(URI)
+    try:
+        return {d.UUIDString(): d.name() for d in conn.listAllDomains(0)}
+    finally:
+        conn.close()
+
+
+def _destroy_leftovers(instances: Path) -> None:
+    """Whatever a failed run left on libvirt: domains whose disks live in our folder."""
+    conn = libvirt.open(URI)
+    try:
+        for dom in conn.listAllDomains(0):
+            if str(instances) not in dom.XMLDesc(0):
+                continue
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+    finally:
+        conn.close()
+
+
+class Api:
+    def __init__(self, cloud: QemuCloud, user: str = "demo", version: str = "2.96") -> None:
+        self.cloud = cloud
+        self.headers = {
+            "X-Auth-Token": cloud.token(user),
+            "OpenStack-API-Version": f"compute {version}",
+        }
+        self.http = httpx.Client(base_url=cloud.url, headers=self.headers, timeout=30)
+
+    def __enter__(self) -> Api:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.http.close()
+
+    def post(self, path: str, body: Any, version: str | None = None) -> httpx.Response:
+        extra = {"OpenStack-API-Version": f"compute {version}"} if version else {}
+        return self.http.post(f"/compute/v2.1{path}", json=body, headers=extra)
+
+    def get(self, path: str, version: str | None = None) -> httpx.Response:
+        extra = {"OpenStack-API-Version": f"compute {version}"} if version else {}
+        return self.http.get(f"/compute/v2.1{path}", headers=extra)
+
+    def status(self, sid: str) -> str:
+        r = self.get(f"/servers/{sid}")
+        if r.status_code == 404:
+            return "DELETED"
+        assert r.status_code == 200, r.text
+        return str(r.json()["server"]["status"])
+
+    def wait_status(self, sid: str, want: str, within: float = 90) -> float:
+        started = time.monotonic()
+        status = ""
+        while time.monotonic() - started < within:
+            status = self.status(sid)
+            if status == want:
+                return time.monotonic() - started
+            if status == "ERROR":
+                pytest.fail(f"server {sid} went to ERROR: {self.get(f'/servers/{sid}').text}")
+            time.sleep(0.3)
+        pytest.fail(f"server {sid} is {status}, not {want}, after {within} s")
+
+    def console_output(self, sid: str, length: int | None = None) -> str:
+        args = {} if length is None else {"length": length}
+        r = self.post(f"/servers/{sid}/action", {"os-getConsoleOutput": args})
+        assert r.status_code == 200, r.text
+        return str(r.json()["output"])
+
+    def wait_marker(self, sid: str, within: float = 90) -> None:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            r = self.post(f"/servers/{sid}/action", {"os-getConsoleOutput": {}})
+            if r.status_code == 200 and MARKER in r.json()["output"]:
+                return
+            time.sleep(0.2)
+        pytest.fail(f"no {MARKER} on the console of {sid} within {within} s")
+
+    def boot(self, name: str, image: str) -> tuple[str, float]:
+        started = time.monotonic()
+        r = self.post(
+            "/servers",
+            {"server": {"name": name, "imageRef": image, "flavorRef": "1", "networks": "none"}},
+        )
+        assert r.status_code == 202, r.text
+        return str(r.json()["server"]["id"]), started
+
+
+def _ws_url(console_url: str) -> str:
+    """The websocket noVNC's vnc_lite.html would open for this console URL."""
+    parts = urlsplit(console_url)
+    path = parse_qs(parts.query)["path"][0]
+    return f"ws://{parts.netloc}/{path}"
+
+
+async def _banner(ws_url: str, origin: str | None) -> bytes:
+    kwargs: dict[str, Any] = {"subprotocols": ["binary"], "open_timeout": 20}
+    if origin is not None:
+        kwargs["origin"] = origin
+    async with connect(ws_url, **kwargs) as ws:
+        assert ws.subprotocol == "binary"
+        data = await asyncio.wait_for(ws.recv(), 20)
+        assert isinstance(data, bytes)
+        return data
+
+
+def _refused_status(ws_url: str, origin: str | None = None) -> int:
+    async def attempt() -> int:
+        try:
+            await _banner(ws_url, origin)
+        except InvalidStatus as exc:
+            return int(exc.response.status_code)
+        return 101
+
+    return asyncio.run(attempt())
+
+
+def test_a_real_guest_boots_shows_its_console_and_vnc_and_leaves_nothing_when_deleted(
+    qemu_cloud: QemuCloud,
+) -> None:
+    with Api(qemu_cloud) as api, Api(qemu_cloud, "admin") as admin:
+        _lifecycle(qemu_cloud, api, admin)
+
+
+def _lifecycle(qemu_cloud: QemuCloud, api: Api, admin: Api) -> None:
+    sid, posted = api.boot("real-1", qemu_cloud.image_id)
+    api.wait_status(sid, "ACTIVE")
+    api.wait_marker(sid)
+    boot_s = time.monotonic() - posted
+    print(f"\nreal guest: POST /servers to {MARKER} on the console took {boot_s:.1f} s")
+    assert boot_s < 90
+    assert "loom test guest" in api.console_output(sid)
+    assert len(api.console_output(sid, length=1).splitlines()) <= 1
+
+    r = api.post(
+        f"/servers/{sid}/remote-consoles", {"remote_console": {"protocol": "vnc", "type": "novnc"}}
+    )
+    assert r.status_code == 200, r.text
+    remote = r.json()["remote_console"]
+    assert (remote["protocol"], remote["type"]) == ("vnc", "novnc")
+    assert remote["url"].startswith(f"{qemu_cloud.url}/vnc/vnc_lite.html?path=")
+    ws_url = _ws_url(remote["url"])
+    assert asyncio.run(_banner(ws_url, qemu_cloud.url)) == b"RFB 003.008\n"
+    # A client that is not a browser sends no Origin, and is let through too.
+    assert asyncio.run(_banner(ws_url, None)) == b"RFB 003.008\n"
+    assert _refused_status(ws_url, "http://evil.example") == 403
+    assert _refused_status(ws_url.replace("token=", "token=x"), qemu_cloud.url) == 404
+    assert _refused_status(ws_url.split("?")[0], qemu_cloud.url) == 401
+    page = httpx.get(remote["url"], timeout=10)
+    assert page.status_code == 200
+    assert "noVNC" in page.text
+
+    token = parse_qs(urlsplit(ws_url).query)["token"][0]
+    shown = admin.get(f"/os-console-auth-tokens/{token}", version="2.31")
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["console"]["instance_uuid"] == sid
+    assert shown.json()["console"]["port"] >= 5900
+    assert api.get(f"/os-console-auth-tokens/{token}", version="2.31").status_code == 403
+
+    legacy = api.post(f"/servers/{sid}/action", {"os-getVNCConsole": {"type": "novnc"}}, "2.1")
+    assert legacy.status_code == 200, legacy.text
+    assert legacy.json()["console"]["type"] == "novnc"
+
+    assert api.post(f"/servers/{sid}/action", {"os-stop": None}).status_code == 202
+    api.wait_status(sid, "SHUTOFF")
+    # The serial log outlives the power-off.
+    assert MARKER in api.console_output(sid)
+    assert api.post(f"/servers/{sid}/action", {"os-start": None}).status_code == 202
+    api.wait_status(sid, "ACTIVE")
+    r = api.post(f"/servers/{sid}/action", {"reboot": {"type": "HARD"}})
+    assert r.status_code == 202, r.text
+    api.wait_status(sid, "ACTIVE")
+
+    folder = qemu_cloud.instances / HOST / sid
+    assert (folder / "disk").exists()
+    assert (folder / "console.log").exists()
+    assert sid.upper() in {u.upper() for u in _domains()}
+    assert api.http.delete(f"/compute/v2.1/servers/{sid}").status_code == 204
+    api.wait_status(sid, "DELETED")
+    assert sid.upper() not in {u.upper() for u in _domains()}
+    assert not folder.exists()
+    assert admin.get(f"/os-console-auth-tokens/{token}", version="2.31").status_code == 404
+    assert _refused_status(ws_url, qemu_cloud.url) == 404
+
+
+def test_a_guest_that_powers_itself_off_becomes_shutoff(qemu_cloud: QemuCloud) -> None:
+    with Api(qemu_cloud) as api, Api(qemu_cloud, "admin") as admin:
+        _power_off(qemu_cloud, api, admin)
+
+
+def _power_off(qemu_cloud: QemuCloud, api: Api, admin: Api) -> None:
+    base = admin.http.get(f"/image/v2/images/{qemu_cloud.image_id}").json()
+    body = {
+        "name": "loom-test-guest-poweroff",
+        "disk_format": "raw",
+        "container_format": "bare",
+        "visibility": "public",
+        "kernel_id": base["kernel_id"],
+        "ramdisk_id": base["ramdisk_id"],
+        "os_command_line": "console=ttyS0 loom_poweroff=2",
+    }
+    created = admin.http.post("/image/v2/images", json=body)
+    assert created.status_code == 201, created.text
+    image_id = created.json()["id"]
+    upload = admin.http.put(
+        f"/image/v2/images/{image_id}/file",
+        content=b"\0" * (1024 * 1024),
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    assert upload.status_code == 204, upload.text
+
+    sid, _ = api.boot("powers-off", image_id)
+    api.wait_status(sid, "ACTIVE")
+    api.wait_marker(sid)
+    api.wait_status(sid, "SHUTOFF", within=60)
+    assert "powering off" in api.console_output(sid)
+    assert api.http.delete(f"/compute/v2.1/servers/{sid}").status_code == 204
+    api.wait_status(sid, "DELETED")
+    assert not (qemu_cloud.instances / HOST / sid).exists()
