@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 from controlplane.scheduler.hoststate import HostState
 from controlplane.scheduler.weighers import HostScoreWeigher, WeightedWeigher
@@ -29,18 +29,27 @@ class OrderSpec:
     """What the order ranks by: the one weigher with a nonzero factor, or none (by name)."""
 
     weighed: WeightedWeigher | None
+    # The weigher's host_score, resolved once: it runs several times per decision.
+    score: Callable[[HostState], float] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        weigher = self.weighed.weigher if self.weighed is not None else None
+        if weigher is None:
+            score: Callable[[HostState], float] = _no_score
+        elif isinstance(weigher, HostScoreWeigher):
+            score = weigher.host_score
+        else:
+            raise TypeError(f"weigher {weigher.name!r} scores by request, not by host alone")
+        object.__setattr__(self, "score", score)
 
     @property
     def descending(self) -> bool:
         """True when a higher score ranks first (a positive factor)."""
         return self.weighed is not None and self.weighed.factor > 0
 
-    def score(self, host: HostState) -> float:
-        if self.weighed is None:
-            return 0.0
-        weigher = self.weighed.weigher
-        assert isinstance(weigher, HostScoreWeigher)
-        return weigher.host_score(host)
+
+def _no_score(host: HostState) -> float:
+    return 0.0
 
 
 def order_spec_for(weighers: tuple[WeightedWeigher, ...]) -> OrderSpec | None:

@@ -31,6 +31,8 @@ BINARY = "loom-scheduler"
 # Full re-reads pick up other replicas' claims and releases; own writes are seen at once.
 REFRESH_INTERVAL_S = 5.0
 OWN_HEARTBEAT_INTERVAL_S = 10.0
+# Enough claims in flight to keep PostgreSQL busy while this process ranks the next ones.
+CLAIM_CONNECTIONS = 4
 
 
 def heartbeat_flush_interval(service_down_time: int) -> float:
@@ -63,7 +65,8 @@ async def serve(cfg: LoomConfig, stop: asyncio.Event) -> None:
     if not cfg.nats.url:
         raise RuntimeError("the scheduler needs nats.url (LOOM_NATS__URL)")
     engine = make_engine(cfg.database_url, pool_size=cfg.database.pool_size, echo=cfg.database.echo)
-    store = ProviderStore(engine)
+    # Claims keep a few connections open, so each is one round trip with no pool checkout.
+    store = ProviderStore(engine, claim_connections=CLAIM_CONNECTIONS)
     cache = HostCache(store)
     placement = PlacementService(store, cache, pipeline, sched)
     tasks: list[asyncio.Task[None]] = []
@@ -122,5 +125,6 @@ async def serve(cfg: LoomConfig, stop: asyncio.Event) -> None:
         if nc is not None:
             with contextlib.suppress(Exception):
                 await nc.drain()
+        await store.close()
         await engine.dispose()
         log.info("stopped", extra={"service": "scheduler"})
