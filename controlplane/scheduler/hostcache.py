@@ -108,9 +108,21 @@ class HostCache:
 
     async def _refresh_all_locked(self) -> None:
         started = time.monotonic()
-        for host in await self.store.load_hosts():
+        # Only rows that changed become new snapshots: at 10,000 hosts most have not.
+        for host in await self.store.load_hosts(known=self._holds):
             self.put(host)
         self._refreshed_at = started
+
+    def _holds(self, name: str, generation: int, last_heartbeat_at: datetime | None) -> bool:
+        """True when a stored row would change nothing in the cache's copy of the host."""
+        current = self._hosts.get(name)
+        if current is None or current.generation != generation:
+            return False
+        if last_heartbeat_at is None:
+            return True
+        return (
+            current.last_heartbeat_at is not None and current.last_heartbeat_at >= last_heartbeat_at
+        )
 
     async def refresh_host(self, name: str) -> HostState | None:
         """Reloads one host; None when it does not exist."""

@@ -13,7 +13,7 @@ import contextlib
 import enum
 import logging
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -23,7 +23,6 @@ from psycopg.rows import dict_row
 from sqlalchemy import Table, and_, bindparam, delete, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from controlplane.db.models import Allocation, ResourceProvider
@@ -46,6 +45,10 @@ _PREFIX = {
     ResourceClass.MEMORY_MB: "memory_mb",
     ResourceClass.DISK_GB: "disk_gb",
 }
+
+
+# (name, generation, last_heartbeat_at) -> True when the caller already holds that row.
+KnownRows = Callable[[str, int, datetime | None], bool]
 
 
 def utcnow() -> datetime:
@@ -197,10 +200,22 @@ class ProviderStore:
 
     # ------------------------------------------------------------------ reads
 
-    async def load_hosts(self) -> list[HostState]:
+    async def load_hosts(self, known: KnownRows | None = None) -> list[HostState]:
+        """Every host, by name; with `known`, only those it does not already know as stored.
+
+        `known(name, generation, last_heartbeat_at)` answers True when the caller holds
+        that row as it is: every write that changes a host bumps its generation, and
+        heartbeats only move forwards.
+        """
         async with self.engine.connect() as conn:
             rows = (await conn.execute(select(RP).order_by(RP.c.name))).all()
-        return [host_from_row(r) for r in rows]
+        if known is None:
+            return [host_from_row(r) for r in rows]
+        return [
+            host_from_row(r)
+            for r in rows
+            if not known(r.name, r.generation, _aware(r.last_heartbeat_at))
+        ]
 
     async def load_host(self, name: str) -> HostState | None:
         async with self.engine.connect() as conn:
