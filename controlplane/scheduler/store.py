@@ -466,6 +466,13 @@ class ProviderStore:
             )
             .values(last_heartbeat_at=bindparam("at"))
         )
+        if self._pg:
+            # One statement over two arrays: at 10,000 hosts a flush is ~10,000 rows.
+            async with self._autocommit.connect() as conn:
+                await conn.execute(
+                    _PG_HEARTBEATS, {"hosts": list(seen), "ats": list(seen.values())}
+                )
+            return
         params: Sequence[dict[str, Any]] = [{"host": h, "at": at} for h, at in seen.items()]
         async with self.engine.begin() as conn:
             await conn.execute(stmt, params)
@@ -572,6 +579,16 @@ async def _driver(conn: AsyncConnection) -> psycopg.AsyncConnection[Any]:
     return cast("psycopg.AsyncConnection[Any]", raw.driver_connection)
 
 
+# Heartbeats never move backwards: another replica may have stored a later one.
+_PG_HEARTBEATS = text(
+    """
+    UPDATE resource_providers AS rp
+       SET last_heartbeat_at = beat.at
+      FROM unnest(CAST(:hosts AS text[]), CAST(:ats AS timestamptz[])) AS beat(name, at)
+     WHERE rp.name = beat.name
+       AND (rp.last_heartbeat_at IS NULL OR rp.last_heartbeat_at < beat.at)
+    """
+)
 # Usage falls only for the allocation row this statement's DELETE returned: exactly once.
 _PG_RELEASE = text(
     """
