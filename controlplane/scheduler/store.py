@@ -514,22 +514,95 @@ _PG_CLAIM_SQL = str(
 )
 
 
+@dataclass(slots=True)
+class _Pending:
+    """A claim statement waiting for a connection, and where its row goes."""
+
+    sql: str
+    params: Mapping[str, Any]
+    row: asyncio.Future[dict[str, Any] | None]
+
+
+# Claims that queued while the connections were busy go out together, up to this many.
+MAX_CLAIM_BATCH = 32
+
+
 class _ClaimLane:
     """Connections for claims: kept open (`size` > 0) or checked out per claim.
 
     A claim is one autocommitted statement sent straight to the driver, prepared once per
-    connection. A connection that breaks is dropped, and the statement runs again once on
-    a fresh one: safe, since a claim for a consumer that already holds an allocation
-    changes nothing.
+    connection. With kept connections, claims that arrive while all are busy queue, and the
+    next free connection sends the queue as one pipeline: one round trip and one commit
+    for all of them. They run in the pipeline's single implicit transaction, in host order
+    (so two replicas' batches lock hosts in the same order), each statement still the
+    conditional UPDATE that cannot exceed capacity, and each seeing the ones before it. If
+    any statement fails (a twin claim's unique violation, a lost connection), the whole
+    batch rolled back and each claim runs again alone. A connection that breaks is
+    dropped, and a lone claim runs again once on a fresh one. Running a claim again is
+    safe: a claim for a consumer that already holds an allocation changes nothing.
     """
 
     def __init__(self, engine: AsyncEngine, size: int) -> None:
         self._engine = engine
         self._size = size
         self._idle: list[AsyncConnection] = []
-        self._slots = asyncio.Semaphore(max(size, 1))
+        self._queue: list[_Pending] = []
+        # At most `size` senders, each on its own connection, each taking the queue.
+        self._senders: set[asyncio.Task[None]] = set()
 
     async def fetch_one(self, sql: str, params: Mapping[str, Any]) -> dict[str, Any] | None:
+        if self._size == 0:
+            return await self._run_alone(sql, params)
+        mine = _Pending(sql, params, asyncio.get_running_loop().create_future())
+        self._queue.append(mine)
+        if len(self._senders) < self._size:
+            # A task of its own: a caller that gives up (cancelled) never strands the
+            # claims of others that its batch carries.
+            sender = asyncio.create_task(self._send_queued())
+            self._senders.add(sender)
+            sender.add_done_callback(self._senders.discard)
+        return await mine.row
+
+    async def _send_queued(self) -> None:
+        while self._queue:
+            batch = [p for p in self._queue[:MAX_CLAIM_BATCH] if not p.row.done()]
+            del self._queue[:MAX_CLAIM_BATCH]
+            if batch:
+                await self._run_batch(batch)
+
+    async def _run_batch(self, batch: list[_Pending]) -> None:
+        if len(batch) > 1:
+            batch.sort(key=lambda p: int(p.params["host_id"]))
+            try:
+                rows = await self._run_pipelined(batch)
+            except psycopg.Error:
+                pass  # rolled back as a whole: each runs again alone, below
+            else:
+                for p, row in zip(batch, rows, strict=True):
+                    if not p.row.done():
+                        p.row.set_result(row)
+                return
+        for p in batch:
+            try:
+                row = await self._run_alone(p.sql, p.params)
+            except Exception as exc:
+                if not p.row.done():
+                    p.row.set_exception(exc)
+            else:
+                if not p.row.done():
+                    p.row.set_result(row)
+
+    async def _run_pipelined(self, batch: list[_Pending]) -> list[dict[str, Any] | None]:
+        async with self._connection() as driver:
+            cursors = []
+            async with driver.pipeline():
+                for p in batch:
+                    cur = driver.cursor(row_factory=dict_row)
+                    await cur.execute(p.sql, p.params, prepare=True)
+                    cursors.append(cur)
+            return [await cur.fetchone() for cur in cursors]
+
+    async def _run_alone(self, sql: str, params: Mapping[str, Any]) -> dict[str, Any] | None:
         for attempt in (1, 2):
             try:
                 async with self._connection() as driver:
@@ -544,27 +617,28 @@ class _ClaimLane:
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A connection: kept ones are used by one sender at a time."""
         if self._size == 0:
             async with self._engine.connect() as conn:
                 yield await _driver(conn)
             return
-        async with self._slots:
-            conn = self._idle.pop() if self._idle else await self._engine.connect()
-            driver: psycopg.AsyncConnection[Any] | None = None
-            try:
-                driver = await _driver(conn)
-                yield driver
-            finally:
-                # Kept only when idle (a statement that failed, such as a twin claim's
-                # unique violation, leaves an autocommitted connection idle); a broken or
-                # interrupted one is dropped.
-                if driver is not None and _is_idle(driver):
-                    self._idle.append(conn)
-                else:
-                    await conn.invalidate()
-                    await conn.close()
+        conn = self._idle.pop() if self._idle else await self._engine.connect()
+        driver: psycopg.AsyncConnection[Any] | None = None
+        try:
+            driver = await _driver(conn)
+            yield driver
+        finally:
+            # Kept only when idle (a statement that failed, such as a twin claim's
+            # unique violation, leaves an autocommitted connection idle); a broken or
+            # interrupted one is dropped.
+            if driver is not None and _is_idle(driver):
+                self._idle.append(conn)
+            else:
+                await conn.invalidate()
+                await conn.close()
 
     async def close(self) -> None:
+        await asyncio.gather(*self._senders, return_exceptions=True)
         idle, self._idle = self._idle, []
         for conn in idle:
             await conn.close()

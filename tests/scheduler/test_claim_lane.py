@@ -74,3 +74,26 @@ async def test_a_claim_after_the_database_dropped_its_kept_connections_still_suc
     assert after.status is ClaimStatus.CLAIMED
     usage = await assert_consistent(engine)
     assert usage["a"].allocations == 2
+
+
+async def test_two_stores_batching_the_same_consumers_claim_each_exactly_once(
+    store: ProviderStore, engine: AsyncEngine
+) -> None:
+    other = ProviderStore(engine, claim_connections=2)
+    try:
+        hosts = [await add_host(store, f"h{i}", memory_mb=100_000) for i in range(4)]
+        # Each consumer is claimed by both stores at once, on different hosts: batches
+        # meet unique violations, roll back whole, and their claims run again alone.
+        results = await asyncio.gather(
+            *(
+                s.claim(hosts[(i + k) % 4].id, f"c-{i}", "p", MB100)
+                for i in range(30)
+                for k, s in enumerate((store, other))
+            )
+        )
+    finally:
+        await other.close()
+    assert sum(r.status is ClaimStatus.CLAIMED for r in results) == 30
+    assert all(r.status is not ClaimStatus.NO_ROOM for r in results)
+    usage = await assert_consistent(engine)
+    assert sum(u.allocations for u in usage.values()) == 30
