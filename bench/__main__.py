@@ -166,6 +166,9 @@ SCHED_COLUMNS = [
     "overcommitted_hosts",
     "usage_mismatches",
     "scheduler_peak_rss_mib",
+    "scheduler_cpu_ms_per_decision",
+    "postgres_cpu_ms_per_decision",
+    "client_cpu_ms_per_decision",
 ]
 
 

@@ -83,7 +83,12 @@ def _run_service(cfg: LoomConfig, name: str, options: dict[str, Any]) -> int:
         install_stop_signals(stop)
         await serve(cfg, stop, **options)
 
-    asyncio.run(main())
+    # A service may name its own event loop (the scheduler runs on uvloop).
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = getattr(
+        module, "event_loop_factory", None
+    )
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main())
     return 0
 
 

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
+from types import MappingProxyType
 
+from controlplane.scheduler.hostorder import HostOrder
 from controlplane.scheduler.hoststate import HostState
 from controlplane.scheduler.store import ProviderStore, utcnow
 
@@ -28,7 +30,9 @@ class HostCache:
         self.store = store
         self.clock = clock
         self._hosts: dict[str, HostState] = {}
+        self._hosts_view: Mapping[str, HostState] = MappingProxyType(self._hosts)
         self._snapshot: tuple[HostState, ...] | None = ()
+        self._orders: list[HostOrder] = []
         self._heartbeats: dict[str, datetime] = {}
         self._unwritten_heartbeats: dict[str, datetime] = {}
         self._refresh_lock = asyncio.Lock()
@@ -44,6 +48,21 @@ class HostCache:
 
     def get(self, name: str) -> HostState | None:
         return self._hosts.get(name)
+
+    @property
+    def hosts(self) -> Mapping[str, HostState]:
+        """Every known host by name: a read-only live view, updated in place.
+
+        A decision that reads it without awaiting sees one consistent state: this process
+        changes it only between awaits.
+        """
+        return self._hosts_view
+
+    def keep_ordered(self, order: HostOrder) -> None:
+        """Keeps `order` holding every host this cache holds, from now on."""
+        for host in self._hosts.values():
+            order.put(host)
+        self._orders.append(order)
 
     @property
     def age(self) -> float:
@@ -62,9 +81,14 @@ class HostCache:
             host = current.with_heartbeat(host.last_heartbeat_at)
         host = host.with_heartbeat(self._heartbeats.get(host.name))
         if current is not host:
-            self._hosts[host.name] = host
-            self._snapshot = None
+            self._replace(host)
         return host
+
+    def _replace(self, host: HostState) -> None:
+        self._hosts[host.name] = host
+        self._snapshot = None
+        for order in self._orders:
+            order.put(host)
 
     async def refresh_all(self) -> None:
         """Reloads every host from the database."""
@@ -84,9 +108,21 @@ class HostCache:
 
     async def _refresh_all_locked(self) -> None:
         started = time.monotonic()
-        for host in await self.store.load_hosts():
+        # Only rows that changed become new snapshots: at 10,000 hosts most have not.
+        for host in await self.store.load_hosts(known=self._holds):
             self.put(host)
         self._refreshed_at = started
+
+    def _holds(self, name: str, generation: int, last_heartbeat_at: datetime | None) -> bool:
+        """True when a stored row would change nothing in the cache's copy of the host."""
+        current = self._hosts.get(name)
+        if current is None or current.generation != generation:
+            return False
+        if last_heartbeat_at is None:
+            return True
+        return (
+            current.last_heartbeat_at is not None and current.last_heartbeat_at >= last_heartbeat_at
+        )
 
     async def refresh_host(self, name: str) -> HostState | None:
         """Reloads one host; None when it does not exist."""
@@ -105,8 +141,7 @@ class HostCache:
         self._unwritten_heartbeats[host] = at
         current = self._hosts.get(host)
         if current is not None:
-            self._hosts[host] = current.with_heartbeat(at)
-            self._snapshot = None
+            self._replace(current.with_heartbeat(at))
 
     async def flush_heartbeats(self) -> int:
         """Writes heartbeats seen since the last flush; returns how many hosts it wrote.

@@ -14,10 +14,12 @@ from itertools import islice
 
 from controlplane.config import SchedulerConfig
 from controlplane.scheduler.hostcache import HostCache
+from controlplane.scheduler.hostorder import HostOrder, order_spec_for
 from controlplane.scheduler.hoststate import HostState, InventoryUpdate
 from controlplane.scheduler.pipeline import Decision, Pipeline, rank_hosts
 from controlplane.scheduler.request import CycleState, PlacementRequest
 from controlplane.scheduler.store import AllocationRecord, ClaimStatus, ProviderStore
+from controlplane.scheduler.walk import rank_walking
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,12 @@ class PlacementService:
         self.pipeline = pipeline
         self.cfg = cfg
         self.down_after = timedelta(seconds=cfg.service_down_time)
+        # Hosts kept in ranking order as they change, so a decision walks the best few
+        # instead of scanning the fleet; None when the weighers allow no such order.
+        spec = order_spec_for(pipeline.weighers)
+        self.order = HostOrder(spec) if spec is not None else None
+        if self.order is not None:
+            cache.keep_ordered(self.order)
 
     def cycle_for(self, request: PlacementRequest) -> CycleState:
         return CycleState(request=request, now=self.cache.clock(), down_after=self.down_after)
@@ -88,12 +96,7 @@ class PlacementService:
         rechecked = False
         decision: Decision | None = None
         for _ in range(MAX_CLAIM_ATTEMPTS):
-            decision = rank_hosts(
-                self.cache.snapshot(),
-                self.cycle_for(request),
-                self.pipeline,
-                keep=request.num_alternates + 1,
-            )
+            decision = self._rank(request)
             if not decision.found:
                 if not rechecked and await self.cache.refresh_if_older(STALE_SNAPSHOT_S):
                     rechecked = True
@@ -115,6 +118,13 @@ class PlacementService:
         return NotPlaced(
             decision, f"No valid host: lost the race for capacity {MAX_CLAIM_ATTEMPTS} times."
         )
+
+    def _rank(self, request: PlacementRequest) -> Decision:
+        cycle = self.cycle_for(request)
+        keep = request.num_alternates + 1
+        if self.order is not None:
+            return rank_walking(self.order, self.cache.hosts, cycle, self.pipeline, keep)
+        return rank_hosts(self.cache.snapshot(), cycle, self.pipeline, keep=keep)
 
     async def _not_placed(
         self, request: PlacementRequest, decision: Decision

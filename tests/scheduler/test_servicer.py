@@ -29,7 +29,7 @@ class Env:
     placement: PlacementService
 
     async def add_host(self, name: str, memory_mb: int = 4096, *, up: bool = True) -> pb.Host:
-        resp = await self.stub.ReportInventory(
+        resp: pb.ReportInventoryResponse = await self.stub.ReportInventory(
             pb.ReportInventoryRequest(
                 host=name,
                 vcpu=pb.ResourceUsage(total=8, allocation_ratio=1.0),

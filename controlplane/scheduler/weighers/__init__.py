@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from controlplane.scheduler.weighers import few_instances, free_ram, free_vcpu
-from controlplane.scheduler.weighers.base import Weigher
+from controlplane.scheduler.weighers.base import HostScoreWeigher, Weigher
 
 WeigherFactory = Callable[[], Weigher]
 
@@ -51,4 +51,11 @@ def build_weighers(factors: Mapping[str, float]) -> list[WeightedWeigher]:
     return [WeightedWeigher(REGISTRY[n](), float(f)) for n, f in factors.items()]
 
 
-__all__ = ["REGISTRY", "UnknownWeigherError", "Weigher", "WeightedWeigher", "build_weighers"]
+__all__ = [
+    "REGISTRY",
+    "HostScoreWeigher",
+    "UnknownWeigherError",
+    "Weigher",
+    "WeightedWeigher",
+    "build_weighers",
+]

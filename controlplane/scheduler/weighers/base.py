@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from controlplane.scheduler.hoststate import HostState
 from controlplane.scheduler.request import CycleState
@@ -20,3 +20,15 @@ class Weigher(Protocol):
     def name(self) -> str: ...
 
     def weigh_host(self, host: HostState, cycle: CycleState) -> float: ...
+
+
+@runtime_checkable
+class HostScoreWeigher(Weigher, Protocol):
+    """An optional capability: a weigher whose score depends on the host alone.
+
+    Postcondition: `weigh_host(host, cycle) == host_score(host)` for every cycle. The
+    scheduler can then keep hosts ordered by that score as they change, and walk them best
+    first instead of weighing the whole fleet for each decision.
+    """
+
+    def host_score(self, host: HostState) -> float: ...

@@ -13,4 +13,7 @@ class FreeRamWeigher:
     name = NAME
 
     def weigh_host(self, host: HostState, cycle: CycleState) -> float:
+        return self.host_score(host)
+
+    def host_score(self, host: HostState) -> float:
         return float(host.memory_mb.free)

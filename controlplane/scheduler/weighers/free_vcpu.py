@@ -12,4 +12,7 @@ class FreeVcpuWeigher:
     name = NAME
 
     def weigh_host(self, host: HostState, cycle: CycleState) -> float:
+        return self.host_score(host)
+
+    def host_score(self, host: HostState) -> float:
         return float(host.vcpu.free)

@@ -1,0 +1,82 @@
+"""The host cache: refreshes rebuild only what changed, and the order follows every change."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from controlplane.db.engine import make_engine
+from controlplane.scheduler.hostcache import HostCache
+from controlplane.scheduler.hostorder import HostOrder, OrderSpec
+from controlplane.scheduler.hoststate import Resources
+from controlplane.scheduler.store import ProviderStore
+from controlplane.scheduler.weighers import WeightedWeigher
+from controlplane.scheduler.weighers.free_ram import FreeRamWeigher
+from tests.scheduler.dbcheck import add_host
+from tests.scheduler.factories import NOW
+
+
+@pytest.fixture
+async def engine(pg_url: str) -> AsyncIterator[AsyncEngine]:
+    eng = make_engine(pg_url)
+    try:
+        yield eng
+    finally:
+        await eng.dispose()
+
+
+async def test_a_refresh_keeps_the_snapshot_of_a_host_whose_row_did_not_change(
+    engine: AsyncEngine,
+) -> None:
+    store = ProviderStore(engine)
+    cache = HostCache(store, lambda: NOW)
+    await add_host(store, "quiet")
+    busy = await add_host(store, "busy")
+    await cache.refresh_all()
+    quiet_before = cache.get("quiet")
+
+    await ProviderStore(engine).claim(busy.id, "c-1", "p", Resources(1, 100, 1))
+    await cache.refresh_all()
+
+    assert cache.get("quiet") is quiet_before
+    busy_after = cache.get("busy")
+    assert busy_after is not None
+    assert busy_after.memory_mb.used == 100
+
+
+async def test_a_refresh_takes_a_newer_stored_heartbeat_of_an_unchanged_host(
+    engine: AsyncEngine,
+) -> None:
+    store = ProviderStore(engine)
+    cache = HostCache(store, lambda: NOW)
+    await add_host(store, "a")
+    await cache.refresh_all()
+    # Another replica heard the beat and stored it; this one did not hear it.
+    await store.record_heartbeats({"a": NOW - timedelta(seconds=3)})
+    await cache.refresh_all()
+    host = cache.get("a")
+    assert host is not None
+    assert host.last_heartbeat_at == NOW - timedelta(seconds=3)
+
+
+async def test_the_kept_order_follows_claims_and_refreshes(engine: AsyncEngine) -> None:
+    store = ProviderStore(engine)
+    cache = HostCache(store, lambda: NOW)
+    order = HostOrder(OrderSpec(WeightedWeigher(FreeRamWeigher(), 1.0)))
+    a = await add_host(store, "a", memory_mb=1000)
+    await add_host(store, "b", memory_mb=900)
+    await cache.refresh_all()
+    cache.keep_ordered(order)
+    assert list(order.best_first()) == ["a", "b"]
+
+    claimed = await store.claim(a.id, "c-1", "p", Resources(1, 200, 1))
+    assert claimed.host is not None
+    cache.put(claimed.host)
+    assert list(order.best_first()) == ["b", "a"]
+
+    await ProviderStore(engine).release("c-1")
+    await cache.refresh_all()
+    assert list(order.best_first()) == ["a", "b"]
