@@ -50,7 +50,13 @@ def _make_engine(url: str, *, pool_size: int, echo: bool) -> AsyncEngine:
         _sqlite_pragmas(engine.sync_engine)
         return engine
     return create_async_engine(
-        url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+        # A bounded overflow: several services and replicas share one server's
+        # max_connections (100 by default).
+        url,
+        echo=echo,
+        pool_size=pool_size,
+        max_overflow=pool_size // 2,
+        pool_pre_ping=True,
     )
 
 
