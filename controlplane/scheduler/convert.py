@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
+from typing import Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from loom.common.v1 import common_pb2
@@ -89,10 +90,20 @@ def claim_request(req: scheduler_pb2.ClaimResourcesRequest) -> PlacementRequest:
     )
 
 
-def _inventory(
-    rc: ResourceClass, total: int, reserved: int, ratio: float, default: float
-) -> Inventory:
+class _InventoryLike(Protocol):
+    """compute.v1 Inventory and scheduler.v1 ResourceUsage both carry these three."""
+
+    @property
+    def total(self) -> int: ...
+    @property
+    def reserved(self) -> int: ...
+    @property
+    def allocation_ratio(self) -> float: ...
+
+
+def _inventory(rc: ResourceClass, given: _InventoryLike, default: float) -> Inventory:
     name = rc.value
+    total, reserved, ratio = given.total, given.reserved, given.allocation_ratio
     if total < 0 or reserved < 0:
         raise InvalidInput(f"{name}: total and reserved must not be negative")
     if not math.isfinite(ratio) or ratio < 0:
@@ -101,33 +112,26 @@ def _inventory(
     return Inventory(total=total, reserved=reserved, ratio=ratio or default)
 
 
+def _classes(
+    vcpu: _InventoryLike, memory_mb: _InventoryLike, disk_gb: _InventoryLike, cfg: SchedulerConfig
+) -> tuple[Inventory, Inventory, Inventory]:
+    return (
+        _inventory(ResourceClass.VCPU, vcpu, cfg.cpu_allocation_ratio),
+        _inventory(ResourceClass.MEMORY_MB, memory_mb, cfg.ram_allocation_ratio),
+        _inventory(ResourceClass.DISK_GB, disk_gb, cfg.disk_allocation_ratio),
+    )
+
+
 def inventory_from_report(
     report: compute_pb2.HostInventoryReport, cfg: SchedulerConfig
 ) -> InventoryUpdate:
     """An agent's report (NATS) as an inventory update."""
+    vcpu, memory_mb, disk_gb = _classes(report.vcpu, report.memory_mb, report.disk_gb, cfg)
     return InventoryUpdate(
         host=require_host(report.host),
-        vcpu=_inventory(
-            ResourceClass.VCPU,
-            report.vcpu.total,
-            report.vcpu.reserved,
-            report.vcpu.allocation_ratio,
-            cfg.cpu_allocation_ratio,
-        ),
-        memory_mb=_inventory(
-            ResourceClass.MEMORY_MB,
-            report.memory_mb.total,
-            report.memory_mb.reserved,
-            report.memory_mb.allocation_ratio,
-            cfg.ram_allocation_ratio,
-        ),
-        disk_gb=_inventory(
-            ResourceClass.DISK_GB,
-            report.disk_gb.total,
-            report.disk_gb.reserved,
-            report.disk_gb.allocation_ratio,
-            cfg.disk_allocation_ratio,
-        ),
+        vcpu=vcpu,
+        memory_mb=memory_mb,
+        disk_gb=disk_gb,
         hypervisor_type=report.hypervisor_type,
         hypervisor_version=report.hypervisor_version,
         compute_endpoint=report.compute_endpoint,
@@ -141,29 +145,12 @@ def inventory_from_request(
     req: scheduler_pb2.ReportInventoryRequest, cfg: SchedulerConfig
 ) -> InventoryUpdate:
     """An inventory reported over gRPC as an inventory update (used and free are ignored)."""
+    vcpu, memory_mb, disk_gb = _classes(req.vcpu, req.memory_mb, req.disk_gb, cfg)
     return InventoryUpdate(
         host=require_host(req.host),
-        vcpu=_inventory(
-            ResourceClass.VCPU,
-            req.vcpu.total,
-            req.vcpu.reserved,
-            req.vcpu.allocation_ratio,
-            cfg.cpu_allocation_ratio,
-        ),
-        memory_mb=_inventory(
-            ResourceClass.MEMORY_MB,
-            req.memory_mb.total,
-            req.memory_mb.reserved,
-            req.memory_mb.allocation_ratio,
-            cfg.ram_allocation_ratio,
-        ),
-        disk_gb=_inventory(
-            ResourceClass.DISK_GB,
-            req.disk_gb.total,
-            req.disk_gb.reserved,
-            req.disk_gb.allocation_ratio,
-            cfg.disk_allocation_ratio,
-        ),
+        vcpu=vcpu,
+        memory_mb=memory_mb,
+        disk_gb=disk_gb,
         hypervisor_type=req.hypervisor_type,
         hypervisor_version=req.hypervisor_version,
         compute_endpoint=req.compute_endpoint,
