@@ -94,8 +94,8 @@ def _loom_boot_storm(
                 "peak_rss_mib": {
                     k: round(r.peak_rss_mib, 1) for k, r in readings.items() if r is not None
                 },
-                "fleet_peak_rss_mib": readings["agent"].peak_rss_mib
-                if readings.get("agent")
+                "fleet_peak_rss_mib": agent.peak_rss_mib
+                if (agent := readings.get("agent")) is not None
                 else float("nan"),
                 "boot_and_delete_wall_s": boot_and_delete_s,
                 "note": "boot and delete counters together; per boot = per boot+delete cycle",
@@ -107,7 +107,7 @@ def _loom_boot_storm(
             result.records,
             f"Loom boot storm: N={servers}, H={hosts}, C={concurrency}",
         )
-        return summary
+        return dict(summary)
 
 
 def _cloud_boot_storm(
