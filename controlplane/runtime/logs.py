@@ -59,5 +59,13 @@ def setup_logging(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("nats", "aiosqlite", "sqlalchemy.engine", "asyncio", "uvicorn.access"):
+    for noisy in (
+        "nats",
+        "aiosqlite",
+        "sqlalchemy.engine",
+        "asyncio",
+        "uvicorn.access",
+        "alembic",
+        "httpx",
+    ):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
