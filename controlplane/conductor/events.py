@@ -18,13 +18,13 @@ from loom.compute.v1 import compute_pb2
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
-from sqlalchemy import update
+from sqlalchemy import DateTime, Integer, String, column, false, update, values
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.conductor import commands, outbox, states
 from controlplane.conductor.context import Conductor, resources_of
 from controlplane.conductor.convert import aware, instance_spec, make_fault
-from controlplane.conductor.scheduling import consume, load_with_image, record_event
+from controlplane.conductor.scheduling import INSTANCES, consume, load_with_image, record_event
 from controlplane.conductor.states import PowerState, TaskState, VmState
 from controlplane.db.models import Instance, InstanceAction
 from controlplane.runtime import bus
@@ -390,15 +390,94 @@ class EventConsumer:
         await msg.ack()
         return True
 
+    async def builds_succeeded(self, events: list[compute_pb2.InstanceEvent]) -> set[str]:
+        """The common case of many BUILD_SUCCEEDED events in ONE guarded UPDATE … FROM
+        (VALUES …): each row is changed only under the guard `_build_succeeded` checks (this
+        host, this attempt, building/spawning, not deleted). Returns the instance ids it
+        changed, committed; the caller sends every other event down the one-at-a-time path,
+        which handles what the guard let through (a build for a server deleted meanwhile…).
+
+        At most one event per instance (the caller takes the first of each). PostgreSQL only:
+        on other databases nothing is applied here."""
+        if not events:
+            return set()
+        async with self._c.sessions() as session:
+            if session.get_bind().dialect.name != "postgresql":
+                return set()
+            v = values(
+                column("uuid", String),
+                column("host", String),
+                column("attempt", Integer),
+                column("launched_at", DateTime(timezone=True)),
+                name="ev",
+            ).data([(e.instance_id, e.host, e.attempt, _when(e)) for e in events])
+            t = INSTANCES
+            result = await session.execute(
+                update(t)
+                .where(
+                    t.c.uuid == v.c.uuid,
+                    t.c.host == v.c.host,
+                    t.c.attempts == v.c.attempt,
+                    t.c.vm_state == VmState.BUILDING.value,
+                    t.c.task_state == TaskState.SPAWNING.value,
+                    t.c.deleted == false(),
+                )
+                .values(
+                    vm_state=VmState.ACTIVE.value,
+                    task_state=None,
+                    power_state=int(PowerState.RUNNING),
+                    launched_at=v.c.launched_at,
+                    updated_at=datetime.now(UTC),
+                )
+                .returning(t.c.uuid)
+            )
+            applied = {str(u) for u in result.scalars()}
+            await session.commit()
+        return applied
+
+    async def _apply_leading_builds(
+        self, groups: dict[bytes, list[tuple[Msg, compute_pb2.InstanceEvent | None]]]
+    ) -> None:
+        """Applies, acks and removes each group's first event when it is a BUILD_SUCCEEDED
+        the batched UPDATE changed; everything else stays for the one-at-a-time path."""
+        leading = [
+            group[0][1]
+            for group in groups.values()
+            if group[0][1] is not None and group[0][1].kind == K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED
+        ]
+        if len(leading) < 2:
+            return
+        try:
+            applied = await self.builds_succeeded(leading)
+        except Exception as exc:  # left to the one-at-a-time path, which retries or naks
+            log.warning("batched build events failed, handling them one by one: %s", exc)
+            return
+        for key in [k for k, g in groups.items() if g[0][1] is not None]:
+            group = groups[key]
+            first = group[0][1]
+            if (
+                first is not None
+                and first.kind == K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED
+                and first.instance_id in applied
+            ):
+                await group[0][0].ack()
+                del group[0]
+                if not group:
+                    del groups[key]
+
     async def _handle_batch(self, msgs: list[Msg]) -> None:
         # One instance's events in order; different instances in parallel.
-        by_instance: dict[bytes, list[Msg]] = defaultdict(list)
+        decoded: dict[bytes, list[tuple[Msg, compute_pb2.InstanceEvent | None]]] = defaultdict(list)
         for m in msgs:
+            event: compute_pb2.InstanceEvent | None
             try:
-                key = compute_pb2.InstanceEvent.FromString(m.data).instance_id.encode()
+                event = compute_pb2.InstanceEvent.FromString(m.data)
+                key = event.instance_id.encode()
             except Exception:
-                key = b""
-            by_instance[key].append(m)
+                event, key = None, b""
+            decoded[key].append((m, event))
+        await self._apply_leading_builds(decoded)
+        by_instance = {k: [m for m, _ in g] for k, g in decoded.items()}
 
         async def in_order(group: list[Msg]) -> None:
             for i, m in enumerate(group):
