@@ -11,7 +11,7 @@ import logging
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.conductor import commands, outbox, states
@@ -143,10 +143,33 @@ async def _delete_once(
 ) -> None:
     release = False
     async with conductor.sessions() as session:
-        row = await load_instance(session, instance_uuid, project_id, include_deleted=True)
+        # The instance, its host's compute service and whether this request's action is
+        # recorded already, in ONE statement (a delete storm pays it per server).
+        found = (
+            await session.execute(
+                select(
+                    Instance,
+                    Service,
+                    exists().where(
+                        InstanceAction.instance_uuid == Instance.uuid,
+                        InstanceAction.request_id == rid,
+                    ),
+                )
+                .outerjoin(Service, and_(Service.host == Instance.host, Service.binary == COMPUTE))
+                .where(Instance.uuid == instance_uuid)
+            )
+        ).one_or_none()
+        if found is None or (project_id and found[0].project_id != project_id):
+            raise NotFound(f"Instance {instance_uuid} could not be found.")
+        row, service, action_recorded = found[0], found[1], bool(found[2])
         if row.deleted:
             return
-        if row.host and await _host_is_down(session, row.host, conductor):
+        # A host with no service record is not called down: nothing says so.
+        if (
+            row.host
+            and service is not None
+            and not is_up(service, datetime.now(UTC), conductor.cfg.conductor.service_down_time)
+        ):
             await _delete_locally(conductor, session, row, rid, user_id)
             return
         if row.task_state == TaskState.DELETING:
@@ -177,7 +200,7 @@ async def _delete_once(
                 await session.rollback()
                 raise states.InvalidState("delete", row.vm_state, row.task_state)
             release = True
-        if not await _action_exists(session, row.uuid, rid):
+        if not action_recorded:
             _record_action(session, row, "delete", rid, user_id, now)
         await session.commit()
     conductor.wakeup.set()
@@ -188,19 +211,6 @@ async def _delete_once(
             await conductor.scheduler.release(rid, instance_uuid)
         except Exception as exc:
             log.warning("release after delete failed: %s", exc, extra={"instance": instance_uuid})
-
-
-async def _host_is_down(session: AsyncSession, host: str, conductor: Conductor) -> bool:
-    """True when the host's compute service is forced down or has not beaten for
-    service_down_time. A host with no service record is not called down: nothing says so."""
-    service = (
-        await session.execute(
-            select(Service).where(Service.host == host, Service.binary == COMPUTE)
-        )
-    ).scalar_one_or_none()
-    if service is None:
-        return False
-    return not is_up(service, datetime.now(UTC), conductor.cfg.conductor.service_down_time)
 
 
 async def _delete_locally(
