@@ -18,7 +18,7 @@ from loom.compute.v1 import compute_pb2
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
-from sqlalchemy import DateTime, Integer, String, column, false, update, values
+from sqlalchemy import DateTime, Integer, String, column, false, select, update, values
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.conductor import commands, outbox, states
@@ -435,31 +435,98 @@ class EventConsumer:
             await session.commit()
         return applied
 
-    async def _apply_leading_builds(
-        self, groups: dict[bytes, list[tuple[Msg, compute_pb2.InstanceEvent | None]]]
+    async def deletes_done(self, events: list[compute_pb2.InstanceEvent]) -> set[str]:
+        """`_deleted` for several DELETED events (at most one per instance): ONE SELECT
+        reads the instances, their claims are released concurrently, then ONE transaction
+        marks them deleted (one guarded UPDATE … FROM (VALUES …)) and finishes their delete
+        actions. Returns the instance ids whose event is settled, committed: applied, or
+        nothing to do (unknown, deleted already, on another host). An event whose release
+        failed is left to the one-at-a-time path. PostgreSQL only, as `builds_succeeded`."""
+        c = self._c
+        t = INSTANCES
+        async with c.sessions() as session:
+            if not events or session.get_bind().dialect.name != "postgresql":
+                return set()
+            rows = (
+                await session.execute(
+                    select(t.c.uuid, t.c.host, t.c.deleted).where(
+                        t.c.uuid.in_([e.instance_id for e in events])
+                    )
+                )
+            ).all()
+        current = {str(r.uuid): (r.host, bool(r.deleted)) for r in rows}
+        settled: set[str] = set()
+        due: list[compute_pb2.InstanceEvent] = []
+        for e in events:
+            host, deleted = current.get(e.instance_id, (None, True))
+            # Only a delete of the server where it lives finishes it (see `_deleted`).
+            if e.instance_id not in current or deleted or host != e.host:
+                settled.add(e.instance_id)
+            else:
+                due.append(e)
+        released = await asyncio.gather(
+            *(c.scheduler.release(f"{e.request_id}-release", e.instance_id) for e in due),
+            return_exceptions=True,
+        )
+        due = [e for e, r in zip(due, released, strict=True) if not isinstance(r, BaseException)]
+        if not due:
+            return settled
+        now = datetime.now(UTC)
+        v = values(
+            column("uuid", String), column("terminated_at", DateTime(timezone=True)), name="gone"
+        ).data([(e.instance_id, _when(e)) for e in due])
+        async with c.sessions() as session:
+            await session.execute(
+                update(t)
+                .where(t.c.uuid == v.c.uuid, t.c.deleted == false())
+                .values(
+                    deleted=True,
+                    vm_state=VmState.DELETED.value,
+                    task_state=None,
+                    power_state=int(PowerState.NOSTATE),
+                    terminated_at=v.c.terminated_at,
+                    deleted_at=now,
+                    updated_at=now,
+                )
+            )
+            await session.execute(
+                update(InstanceAction)
+                .where(
+                    InstanceAction.instance_uuid.in_([e.instance_id for e in due]),
+                    InstanceAction.action == "delete",
+                    InstanceAction.finish_time.is_(None),
+                )
+                .values(finish_time=now, updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            await session.commit()
+        return settled | {e.instance_id for e in due}
+
+    async def _apply_leading(
+        self,
+        groups: dict[bytes, list[tuple[Msg, compute_pb2.InstanceEvent | None]]],
+        kind: compute_pb2.InstanceEventKind.ValueType,
+        apply: Any,
     ) -> None:
-        """Applies, acks and removes each group's first event when it is a BUILD_SUCCEEDED
-        the batched UPDATE changed; everything else stays for the one-at-a-time path."""
+        """Hands each group's first event, when of `kind`, to the batched `apply`; acks and
+        removes those it settled. Everything else stays for the one-at-a-time path, in
+        order behind them."""
         leading = [
             group[0][1]
             for group in groups.values()
-            if group[0][1] is not None and group[0][1].kind == K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED
+            if group[0][1] is not None and group[0][1].kind == kind
         ]
         if len(leading) < 2:
             return
         try:
-            applied = await self.builds_succeeded(leading)
+            settled: set[str] = await apply(leading)
         except Exception as exc:  # left to the one-at-a-time path, which retries or naks
-            log.warning("batched build events failed, handling them one by one: %s", exc)
+            log.warning("batched instance events failed, handling them one by one: %s", exc)
             return
-        for key in [k for k, g in groups.items() if g[0][1] is not None]:
+        for key in list(groups):
             group = groups[key]
             first = group[0][1]
-            if (
-                first is not None
-                and first.kind == K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED
-                and first.instance_id in applied
-            ):
+            if first is not None and first.kind == kind and first.instance_id in settled:
                 await group[0][0].ack()
                 del group[0]
                 if not group:
@@ -476,7 +543,12 @@ class EventConsumer:
             except Exception:
                 event, key = None, b""
             decoded[key].append((m, event))
-        await self._apply_leading_builds(decoded)
+        # The bulk of a storm: builds that succeeded, then domains deleted; each kind in
+        # one batched transaction when it leads its instance's events.
+        await self._apply_leading(
+            decoded, K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED, self.builds_succeeded
+        )
+        await self._apply_leading(decoded, K.INSTANCE_EVENT_KIND_DELETED, self.deletes_done)
         by_instance = {k: [m for m, _ in g] for k, g in decoded.items()}
 
         async def in_order(group: list[Msg]) -> None:

@@ -21,7 +21,7 @@ from sqlalchemy import select
 from controlplane.conductor import commands
 from controlplane.conductor.events import EventConsumer
 from controlplane.conductor.scheduling import SchedulingWorker
-from controlplane.db.models import Instance, OutboxMessage
+from controlplane.db.models import Instance, InstanceAction, OutboxMessage
 from tests.conductor.conftest import IMAGE_ID, Harness
 from tests.conductor.factories import add, make_instance
 
@@ -58,6 +58,10 @@ EVENT_CASES: dict[str, dict[str, Any]] = {
     "redelivered": {"vm_state": "building", "task_state": "spawning"},
     "power-first": {"vm_state": "building", "task_state": "spawning"},
     "then-deleted": {"vm_state": "building", "task_state": "spawning"},
+    "gone": {"vm_state": "active", "task_state": "deleting"},
+    "gone-twice": {"vm_state": "active", "task_state": "deleting"},
+    "gone-elsewhere": {"vm_state": "active", "task_state": "deleting", "host": "host-2"},
+    "gone-already": {"vm_state": "deleted", "task_state": None, "deleted": True},
 }
 
 
@@ -96,6 +100,11 @@ def _events(ids: dict[str, str]) -> list[compute_pb2.InstanceEvent]:
         _event(ids["redelivered"], ok),  # the same success again
         _event(ids["then-deleted"], ok),
         _event(ids["then-deleted"], K.INSTANCE_EVENT_KIND_DELETED),
+        _event(ids["gone"], K.INSTANCE_EVENT_KIND_DELETED),
+        _event(ids["gone-twice"], K.INSTANCE_EVENT_KIND_DELETED),
+        _event(ids["gone-elsewhere"], K.INSTANCE_EVENT_KIND_DELETED),
+        _event(ids["gone-already"], K.INSTANCE_EVENT_KIND_DELETED),
+        _event(ids["gone-twice"], K.INSTANCE_EVENT_KIND_DELETED),  # redelivered
     ]
 
 
@@ -106,6 +115,21 @@ async def _instances(h: Harness, cases: dict[str, dict[str, Any]], **common: Any
         *(
             make_instance(uuid=ids[name], image_id=IMAGE_ID, **{**common, **over})
             for name, over in cases.items()
+        ),
+    )
+    now = datetime.now(UTC)
+    await add(
+        h.sessions,
+        *(
+            InstanceAction(
+                instance_uuid=u,
+                action="delete",
+                request_id=f"req-{u}",
+                user_id="user-a",
+                project_id="project-a",
+                start_time=now,
+            )
+            for u in ids.values()
         ),
     )
     return ids
@@ -133,6 +157,15 @@ async def _state(h: Harness, ids: dict[str, str]) -> dict[str, Any]:
             for r in rows
         }
         queued = (await session.execute(select(OutboxMessage.subject, OutboxMessage.msg_id))).all()
+        finished = (
+            await session.execute(
+                select(InstanceAction.instance_uuid).where(
+                    InstanceAction.instance_uuid.in_(list(ids.values())),
+                    InstanceAction.finish_time.is_not(None),
+                )
+            )
+        ).scalars()
+        out["delete finished"] = sorted(names[u] for u in finished)
     commands_for_these = sorted(
         (subject, msg_id.replace(u, names[u]))
         for subject, msg_id in queued
@@ -159,6 +192,9 @@ async def test_batched_build_events_apply_what_one_at_a_time_handling_did(pg: Ha
     assert got["spawning"][:3] == ("active", None, 1)
     assert got["then-deleted"][3] is True
     assert ("loom.compute.host-1.delete", "delete-deleted-host-1") in got["queued"]
+    assert got["gone"][3] is True
+    assert got["gone-elsewhere"][3] is False
+    assert got["delete finished"] == ["gone", "gone-twice", "then-deleted"]
 
 
 async def test_the_batched_update_changes_only_rows_its_guard_matches(pg: Harness) -> None:
@@ -245,3 +281,18 @@ async def test_a_scheduler_outage_naks_the_batch_and_records_nothing(pg: Harness
     state = await _state(pg, ids)
     assert state["a"][:2] == ("building", "scheduling")
     assert state["queued"] == []
+
+
+async def test_deleted_events_whose_claim_cannot_be_released_are_retried(pg: Harness) -> None:
+    pg.peer.down = True
+    consumer = EventConsumer(pg.conductor, None)  # type: ignore[arg-type]
+    ids = await _instances(pg, {"a": {}, "b": {}}, task_state="deleting", host="host-1")
+    msgs = [
+        FakeMsg(_event(ids[n], K.INSTANCE_EVENT_KIND_DELETED).SerializeToString())
+        for n in ("a", "b")
+    ]
+    await consumer._handle_batch(msgs)  # type: ignore[arg-type]
+    assert [m.outcome for m in msgs] == ["nak", "nak"]
+    state = await _state(pg, ids)
+    assert state["a"][3] is False
+    assert state["delete finished"] == []
