@@ -9,10 +9,12 @@ out-of-order messages.
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from loom.compute.v1 import compute_pb2
 from loom.conductor.v1 import conductor_pb2
@@ -22,10 +24,19 @@ from controlplane.conductor import commands
 from controlplane.conductor.events import EventConsumer
 from controlplane.conductor.scheduling import SchedulingWorker
 from controlplane.db.models import Instance, InstanceAction, OutboxMessage
-from tests.conductor.conftest import IMAGE_ID, Harness
+from tests.conductor.conftest import IMAGE_ID, Harness, harness
 from tests.conductor.factories import add, make_instance
 
 K = compute_pb2.InstanceEventKind
+
+
+@pytest.fixture(params=["pg_url", "sqlite_url"])
+async def db(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    """PostgreSQL (batched statements) and SQLite (the same work, one statement each)."""
+    async with harness(request.getfixturevalue(request.param)) as h:
+        yield h
+
+
 WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
@@ -176,7 +187,8 @@ async def _state(h: Harness, ids: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-async def test_batched_build_events_apply_what_one_at_a_time_handling_did(pg: Harness) -> None:
+async def test_batched_build_events_apply_what_one_at_a_time_handling_did(db: Harness) -> None:
+    pg = db
     consumer = EventConsumer(pg.conductor, None)  # type: ignore[arg-type]
     one_by_one = await _instances(pg, EVENT_CASES, host="host-1", attempts=1)
     for event in _events(one_by_one):
@@ -241,8 +253,9 @@ def _schedule_messages(ids: dict[str, str]) -> list[conductor_pb2.ScheduleInstan
 
 
 async def test_batched_scheduling_records_what_one_at_a_time_scheduling_did(
-    pg: Harness,
+    db: Harness,
 ) -> None:
+    pg = db
     pg.peer.add_host("host-a", zone="zone-1", memory_mb=1 << 20)
     worker = SchedulingWorker(pg.conductor, None)  # type: ignore[arg-type]
     common = {"vm_state": "building", "task_state": "scheduling", "attempts": 0, "host": None}

@@ -10,10 +10,11 @@ import string
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 from loom.conductor.v1 import conductor_pb2
-from sqlalchemy import ScalarSelect, cast, func, literal, select, true
+from sqlalchemy import Integer, Select, String, bindparam, cast, func, literal, select, true
 from sqlalchemy.dialects.postgresql import REGCLASS
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -114,29 +115,18 @@ async def create_servers(
     async with conductor.sessions() as session:
         # Every read the validation needs, in ONE statement: flavor, image, usage, limits,
         # keypair. A boot's statement budget is small (see the conductor's README).
-        usage, overrides = usage_columns(request.project_id)
-        extra: list[Any] = [
-            select(Keypair.public_key)
-            .where(Keypair.user_id == request.user_id, Keypair.name == request.key_name)
-            .scalar_subquery()
-            if request.key_name
-            else literal(None),
-            override(request.project_id, "metadata_items"),
-        ]
         postgres = session.get_bind().dialect.name == "postgresql"
-        if postgres:
-            # The new instances' ids, drawn from their sequence in this same statement, so
-            # the addresses (derived from the ids) go into the INSERT instead of a later
-            # UPDATE. Ids left unused (quota, a retry) are gaps, as a rolled-back INSERT
-            # leaves.
-            extra.append(_next_ids(max_count))
         found = (
             await session.execute(
-                select(Flavor, Image, *usage.c, *overrides, *extra)
-                .select_from(Flavor)
-                .outerjoin(Image, Image.id == request.image_id)
-                .join(usage, true())
-                .where(Flavor.flavorid == request.flavor_id)
+                _validation_query(bool(request.key_name), postgres),
+                {
+                    "project_id": request.project_id,
+                    "user_id": request.user_id,
+                    "key_name": request.key_name,
+                    "image_id": request.image_id,
+                    "flavor_id": request.flavor_id,
+                    "id_count": max_count,
+                },
             )
         ).one_or_none()
         if found is None:
@@ -343,13 +333,42 @@ async def _taken_slots(session: AsyncSession, exclude_ids: set[int]) -> set[int]
     return taken
 
 
-def _next_ids(n: int) -> ScalarSelect[Any]:
-    """An array of n fresh values of the instances' id sequence (PostgreSQL)."""
-    seq = cast(func.pg_get_serial_sequence("instances", "id"), REGCLASS)
-    return (
-        select(func.array_agg(func.nextval(seq)))
-        .select_from(func.generate_series(1, n).alias("n"))
+@cache
+def _validation_query(with_key: bool, postgres: bool) -> Select[Any]:
+    """Every read the validation needs, in ONE statement: flavor, image, usage, limits,
+    keypair and, on PostgreSQL, the new ids. A boot's statement budget is small (see the
+    conductor's README). Built once per variant, with bound parameters: building the
+    expression anew cost as much as running it."""
+    project = bindparam("project_id", type_=String)
+    usage, overrides = usage_columns(project)
+    extra: list[Any] = [
+        select(Keypair.public_key)
+        .where(
+            Keypair.user_id == bindparam("user_id", type_=String),
+            Keypair.name == bindparam("key_name", type_=String),
+        )
         .scalar_subquery()
+        if with_key
+        else literal(None),
+        override(project, "metadata_items"),
+    ]
+    if postgres:
+        # The new instances' ids, drawn from their sequence in this same statement, so the
+        # addresses (derived from the ids) go into the INSERT instead of a later UPDATE.
+        # Ids left unused (quota, a retry) are gaps, as a rolled-back INSERT leaves.
+        seq = cast(func.pg_get_serial_sequence("instances", "id"), REGCLASS)
+        count = bindparam("id_count", type_=Integer)
+        extra.append(
+            select(func.array_agg(func.nextval(seq)))
+            .select_from(func.generate_series(1, count).alias("n"))
+            .scalar_subquery()
+        )
+    return (
+        select(Flavor, Image, *usage.c, *overrides, *extra)
+        .select_from(Flavor)
+        .outerjoin(Image, Image.id == bindparam("image_id", type_=String))
+        .join(usage, true())
+        .where(Flavor.flavorid == bindparam("flavor_id", type_=String))
     )
 
 
