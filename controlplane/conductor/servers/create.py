@@ -14,8 +14,22 @@ from functools import cache
 from typing import Any
 
 from loom.conductor.v1 import conductor_pb2
-from sqlalchemy import Integer, Select, String, bindparam, cast, func, literal, select, true
+from sqlalchemy import (
+    Insert,
+    Integer,
+    Select,
+    String,
+    Table,
+    bindparam,
+    cast,
+    func,
+    insert,
+    literal,
+    select,
+    true,
+)
 from sqlalchemy.dialects.postgresql import REGCLASS
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -29,7 +43,7 @@ from controlplane.conductor.quotas import (
     usage_columns,
 )
 from controlplane.conductor.states import TaskState, VmState
-from controlplane.db.models import Flavor, Image, Instance, InstanceAction, Keypair
+from controlplane.db.models import Flavor, Image, Instance, InstanceAction, Keypair, OutboxMessage
 
 # Stable instance UUIDs per (project, request_id, index): a retried request collides on the
 # unique uuid instead of creating twice, with no lookup on the fast path.
@@ -217,34 +231,39 @@ async def create_servers(
                     created_at=now,
                     updated_at=now,
                     deleted=False,
+                    locked=False,
                 )
             )
+        action_request = request.request_id or str(uuid.uuid4())
+        actions = [
+            {
+                "instance_uuid": row.uuid,
+                "action": "create",
+                "request_id": action_request,
+                "user_id": request.user_id,
+                "project_id": request.project_id,
+                "start_time": now,
+                "updated_at": now,
+            }
+            for row in rows
+        ]
+        scheduled = [commands.schedule(row.uuid, 1) for row in rows]
         try:
             if postgres:
                 for row, new_id in zip(rows, found[10], strict=False):
                     row.id = int(new_id)
                 if networks == "auto":
                     await _assign_addresses(session, rows)
-                session.add_all(rows)
+                # ONE statement writes the instances, their actions and their schedule
+                # messages (writable CTEs); the rows stay plain objects, never flushed.
+                await session.execute(_insert_all(rows, actions, scheduled))
             else:
                 session.add_all(rows)
                 await session.flush()  # one INSERT ... RETURNING gives the integer ids
                 if networks == "auto":
                     await _assign_addresses(session, rows)
-            action_request = request.request_id or str(uuid.uuid4())
-            session.add_all(
-                InstanceAction(
-                    instance_uuid=row.uuid,
-                    action="create",
-                    request_id=action_request,
-                    user_id=request.user_id,
-                    project_id=request.project_id,
-                    start_time=now,
-                    updated_at=now,
-                )
-                for row in rows
-            )
-            await outbox.add(session, *(commands.schedule(row.uuid, 1) for row in rows))
+                session.add_all(InstanceAction(**a) for a in actions)
+                await outbox.add(session, *scheduled)
             await session.commit()
         except IntegrityError:
             if not request.request_id:
@@ -331,6 +350,31 @@ async def _taken_slots(session: AsyncSession, exclude_ids: set[int]) -> set[int]
             if ip in PRIVATE_NETWORK:
                 taken.add(int(ip) - int(PRIVATE_NETWORK.network_address) - _FIRST_HOST)
     return taken
+
+
+_INSTANCES: Table = Instance.__table__  # type: ignore[assignment]
+_ACTIONS: Table = InstanceAction.__table__  # type: ignore[assignment]
+_OUTBOX: Table = OutboxMessage.__table__  # type: ignore[assignment]
+# (attribute, column) of every column of an instance row: metadata_ is "metadata".
+_INSTANCE_COLUMNS = [(a.key, a.columns[0].key) for a in Instance.__mapper__.column_attrs]
+
+
+def _insert_all(
+    rows: list[Instance], actions: list[dict[str, Any]], messages: list[outbox.Outgoing]
+) -> Insert:
+    """INSERT instances, INSERT actions and INSERT outbox as ONE PostgreSQL statement: the
+    first two are writable CTEs, which run whether or not the main statement reads them.
+    A uuid that exists already fails the whole statement (the idempotent retry's signal)."""
+    new_instances = insert(_INSTANCES).values(
+        [{column: getattr(row, attr) for attr, column in _INSTANCE_COLUMNS} for row in rows]
+    )
+    new_actions = insert(_ACTIONS).values(actions)
+    return (
+        pg_insert(_OUTBOX)
+        .values(outbox.rows_of(messages))
+        .on_conflict_do_nothing(index_elements=["msg_id"])
+        .add_cte(new_instances.cte("new_instances"), new_actions.cte("new_actions"))
+    )
 
 
 @cache
