@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import and_, exists, select, update
+from sqlalchemy import Table, and_, exists, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.conductor import commands, outbox, states
@@ -22,9 +24,12 @@ from controlplane.conductor.quotas import check_metadata_items, limit_of
 from controlplane.conductor.scheduling import record_event
 from controlplane.conductor.servers.query import load_instance
 from controlplane.conductor.states import PowerState, TaskState, VmState
-from controlplane.db.models import Instance, InstanceAction, Service
+from controlplane.db.models import Instance, InstanceAction, OutboxMessage, Service
 
 log = logging.getLogger(__name__)
+
+_OUTBOX: Table = OutboxMessage.__table__  # type: ignore[assignment]
+_ACTIONS: Table = InstanceAction.__table__  # type: ignore[assignment]
 
 
 def _request_id(request_id: str) -> str:
@@ -40,20 +45,24 @@ async def _action_exists(session: AsyncSession, instance_uuid: str, request_id: 
     return found.first() is not None
 
 
+def _action_values(
+    row: Instance, action: str, request_id: str, user_id: str, now: datetime
+) -> dict[str, Any]:
+    return {
+        "instance_uuid": row.uuid,
+        "action": action,
+        "request_id": request_id,
+        "user_id": user_id or row.user_id,
+        "project_id": row.project_id,
+        "start_time": now,
+        "updated_at": now,
+    }
+
+
 def _record_action(
     session: AsyncSession, row: Instance, action: str, request_id: str, user_id: str, now: datetime
 ) -> None:
-    session.add(
-        InstanceAction(
-            instance_uuid=row.uuid,
-            action=action,
-            request_id=request_id,
-            user_id=user_id or row.user_id,
-            project_id=row.project_id,
-            start_time=now,
-            updated_at=now,
-        )
-    )
+    session.add(InstanceAction(**_action_values(row, action, request_id, user_id, now)))
 
 
 async def _guarded_update(
@@ -179,7 +188,22 @@ async def _delete_once(
             await _guarded_update(
                 session, row, "delete", task_state=TaskState.DELETING.value, updated_at=now
             )
-            await outbox.add(session, commands.delete(row.host, row.uuid))
+            command = commands.delete(row.host, row.uuid)
+            if session.get_bind().dialect.name == "postgresql" and not action_recorded:
+                # The delete command and the action in ONE statement (a writable CTE).
+                await session.execute(
+                    pg_insert(_OUTBOX)
+                    .values(outbox.rows_of([command]))
+                    .on_conflict_do_nothing(index_elements=["msg_id"])
+                    .add_cte(
+                        insert(_ACTIONS)
+                        .values(_action_values(row, "delete", rid, user_id, now))
+                        .cte("new_action")
+                    )
+                )
+                action_recorded = True
+            else:
+                await outbox.add(session, command)
         else:
             # Conditional on host IS NULL: if the scheduling worker placed it meanwhile,
             # this matches nothing and the delete goes the host's way on the retry below.
