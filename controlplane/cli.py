@@ -10,6 +10,8 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import uvloop
+
 from controlplane.config import ConfigError, LoomConfig, load_config
 from controlplane.runtime.lifecycle import install_stop_signals
 from controlplane.runtime.logs import setup_logging
@@ -83,11 +85,9 @@ def _run_service(cfg: LoomConfig, name: str, options: dict[str, Any]) -> int:
         install_stop_signals(stop)
         await serve(cfg, stop, **options)
 
-    # A service may name its own event loop (the scheduler runs on uvloop).
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = getattr(
-        module, "event_loop_factory", None
-    )
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
+    # uvloop: every service is an event loop full of small socket reads and writes
+    # (psycopg, NATS, gRPC, HTTP); its loop does them with less Python per operation.
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())
     return 0
 

@@ -27,7 +27,8 @@ class DatabaseConfig(_Section):
     # Empty means SQLite in the data directory (the embedded default).
     url: str = ""
     echo: bool = False
-    pool_size: int = Field(default=10, ge=1, le=200)
+    # Connections each process keeps open (and its ceiling: the pool does not overflow).
+    pool_size: int = Field(default=20, ge=1, le=200)
 
 
 class NatsConfig(_Section):

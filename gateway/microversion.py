@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import total_ordering
+from functools import cache, total_ordering
 
 _VERSION = re.compile(r"^([1-9]\d*)\.([1-9]\d*|0)$")
 
@@ -36,7 +36,15 @@ class Microversion:
         return f"{self.major}.{self.minor}"
 
     def at_least(self, text: str) -> bool:
-        return self >= Microversion.parse(text)
+        # Views ask this a dozen times per server rendered: compare tuples, parse once.
+        return (self.major, self.minor) >= _parsed(text)
+
+
+@cache
+def _parsed(text: str) -> tuple[int, int]:
+    """The (major, minor) of a version literal in the code (a small, fixed set)."""
+    v = Microversion.parse(text)
+    return (v.major, v.minor)
 
 
 MIN_VERSION = Microversion(2, 1)

@@ -9,6 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from loom.common.v1 import common_pb2
 from loom.compute.v1 import compute_pb2
 from loom.conductor.v1 import conductor_pb2
+from sqlalchemy import Row
 
 from controlplane.conductor.states import Status, TaskState, VmState, derive_status
 from controlplane.db.models import Image, Instance, InstanceAction, InstanceActionEvent, Service
@@ -90,7 +91,7 @@ def make_fault(code: int, message: str, details: str = "") -> dict[str, Any]:
     }
 
 
-def server_pb(row: Instance) -> conductor_pb2.Server:
+def server_pb(row: Instance | Row[Any]) -> conductor_pb2.Server:
     """The Server message for an instance row; status derived, never stored."""
     vm = VmState(row.vm_state)
     task = TaskState(row.task_state) if row.task_state else None
@@ -147,15 +148,14 @@ def server_pb(row: Instance) -> conductor_pb2.Server:
         attempts=row.attempts,
         deleted=row.deleted,
     )
-    for field, value in (
-        ("created_at", row.created_at),
-        ("updated_at", row.updated_at),
-        ("launched_at", row.launched_at),
-        ("terminated_at", row.terminated_at),
+    for stamp, value in (
+        (server.created_at, row.created_at),
+        (server.updated_at, row.updated_at),
+        (server.launched_at, row.launched_at),
+        (server.terminated_at, row.terminated_at),
     ):
-        stamp = ts(value)
-        if stamp is not None:
-            getattr(server, field).CopyFrom(stamp)
+        if value is not None:
+            stamp.FromDatetime(aware(value))
     fault = fault_pb(row.fault)
     if fault is not None:
         server.fault.CopyFrom(fault)

@@ -18,13 +18,13 @@ from loom.compute.v1 import compute_pb2
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
-from sqlalchemy import update
+from sqlalchemy import DateTime, Integer, String, column, false, select, update, values
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.conductor import commands, outbox, states
 from controlplane.conductor.context import Conductor, resources_of
 from controlplane.conductor.convert import aware, instance_spec, make_fault
-from controlplane.conductor.scheduling import consume, load_with_image, record_event
+from controlplane.conductor.scheduling import INSTANCES, consume, load_with_image, record_event
 from controlplane.conductor.states import PowerState, TaskState, VmState
 from controlplane.db.models import Instance, InstanceAction
 from controlplane.runtime import bus
@@ -390,15 +390,166 @@ class EventConsumer:
         await msg.ack()
         return True
 
+    async def builds_succeeded(self, events: list[compute_pb2.InstanceEvent]) -> set[str]:
+        """The common case of many BUILD_SUCCEEDED events in ONE guarded UPDATE … FROM
+        (VALUES …): each row is changed only under the guard `_build_succeeded` checks (this
+        host, this attempt, building/spawning, not deleted). Returns the instance ids it
+        changed, committed; the caller sends every other event down the one-at-a-time path,
+        which handles what the guard let through (a build for a server deleted meanwhile…).
+
+        At most one event per instance (the caller takes the first of each). PostgreSQL only:
+        on other databases nothing is applied here."""
+        if not events:
+            return set()
+        async with self._c.sessions() as session:
+            if session.get_bind().dialect.name != "postgresql":
+                return set()
+            v = values(
+                column("uuid", String),
+                column("host", String),
+                column("attempt", Integer),
+                column("launched_at", DateTime(timezone=True)),
+                name="ev",
+            ).data([(e.instance_id, e.host, e.attempt, _when(e)) for e in events])
+            t = INSTANCES
+            result = await session.execute(
+                update(t)
+                .where(
+                    t.c.uuid == v.c.uuid,
+                    t.c.host == v.c.host,
+                    t.c.attempts == v.c.attempt,
+                    t.c.vm_state == VmState.BUILDING.value,
+                    t.c.task_state == TaskState.SPAWNING.value,
+                    t.c.deleted == false(),
+                )
+                .values(
+                    vm_state=VmState.ACTIVE.value,
+                    task_state=None,
+                    power_state=int(PowerState.RUNNING),
+                    launched_at=v.c.launched_at,
+                    updated_at=datetime.now(UTC),
+                )
+                .returning(t.c.uuid)
+            )
+            applied = {str(u) for u in result.scalars()}
+            await session.commit()
+        return applied
+
+    async def deletes_done(self, events: list[compute_pb2.InstanceEvent]) -> set[str]:
+        """`_deleted` for several DELETED events (at most one per instance): ONE SELECT
+        reads the instances, their claims are released concurrently, then ONE transaction
+        marks them deleted (one guarded UPDATE … FROM (VALUES …)) and finishes their delete
+        actions. Returns the instance ids whose event is settled, committed: applied, or
+        nothing to do (unknown, deleted already, on another host). An event whose release
+        failed is left to the one-at-a-time path. PostgreSQL only, as `builds_succeeded`."""
+        c = self._c
+        t = INSTANCES
+        async with c.sessions() as session:
+            if not events or session.get_bind().dialect.name != "postgresql":
+                return set()
+            rows = (
+                await session.execute(
+                    select(t.c.uuid, t.c.host, t.c.deleted).where(
+                        t.c.uuid.in_([e.instance_id for e in events])
+                    )
+                )
+            ).all()
+        current = {str(r.uuid): (r.host, bool(r.deleted)) for r in rows}
+        settled: set[str] = set()
+        due: list[compute_pb2.InstanceEvent] = []
+        for e in events:
+            host, deleted = current.get(e.instance_id, (None, True))
+            # Only a delete of the server where it lives finishes it (see `_deleted`).
+            if e.instance_id not in current or deleted or host != e.host:
+                settled.add(e.instance_id)
+            else:
+                due.append(e)
+        released = await asyncio.gather(
+            *(c.scheduler.release(f"{e.request_id}-release", e.instance_id) for e in due),
+            return_exceptions=True,
+        )
+        due = [e for e, r in zip(due, released, strict=True) if not isinstance(r, BaseException)]
+        if not due:
+            return settled
+        now = datetime.now(UTC)
+        v = values(
+            column("uuid", String), column("terminated_at", DateTime(timezone=True)), name="gone"
+        ).data([(e.instance_id, _when(e)) for e in due])
+        async with c.sessions() as session:
+            await session.execute(
+                update(t)
+                .where(t.c.uuid == v.c.uuid, t.c.deleted == false())
+                .values(
+                    deleted=True,
+                    vm_state=VmState.DELETED.value,
+                    task_state=None,
+                    power_state=int(PowerState.NOSTATE),
+                    terminated_at=v.c.terminated_at,
+                    deleted_at=now,
+                    updated_at=now,
+                )
+            )
+            await session.execute(
+                update(InstanceAction)
+                .where(
+                    InstanceAction.instance_uuid.in_([e.instance_id for e in due]),
+                    InstanceAction.action == "delete",
+                    InstanceAction.finish_time.is_(None),
+                )
+                .values(finish_time=now, updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            await session.commit()
+        return settled | {e.instance_id for e in due}
+
+    async def _apply_leading(
+        self,
+        groups: dict[bytes, list[tuple[Msg, compute_pb2.InstanceEvent | None]]],
+        kind: compute_pb2.InstanceEventKind.ValueType,
+        apply: Any,
+    ) -> None:
+        """Hands each group's first event, when of `kind`, to the batched `apply`; acks and
+        removes those it settled. Everything else stays for the one-at-a-time path, in
+        order behind them."""
+        leading = [
+            group[0][1]
+            for group in groups.values()
+            if group[0][1] is not None and group[0][1].kind == kind
+        ]
+        if len(leading) < 2:
+            return
+        try:
+            settled: set[str] = await apply(leading)
+        except Exception as exc:  # left to the one-at-a-time path, which retries or naks
+            log.warning("batched instance events failed, handling them one by one: %s", exc)
+            return
+        for key in list(groups):
+            group = groups[key]
+            first = group[0][1]
+            if first is not None and first.kind == kind and first.instance_id in settled:
+                await group[0][0].ack()
+                del group[0]
+                if not group:
+                    del groups[key]
+
     async def _handle_batch(self, msgs: list[Msg]) -> None:
         # One instance's events in order; different instances in parallel.
-        by_instance: dict[bytes, list[Msg]] = defaultdict(list)
+        decoded: dict[bytes, list[tuple[Msg, compute_pb2.InstanceEvent | None]]] = defaultdict(list)
         for m in msgs:
+            event: compute_pb2.InstanceEvent | None
             try:
-                key = compute_pb2.InstanceEvent.FromString(m.data).instance_id.encode()
+                event = compute_pb2.InstanceEvent.FromString(m.data)
+                key = event.instance_id.encode()
             except Exception:
-                key = b""
-            by_instance[key].append(m)
+                event, key = None, b""
+            decoded[key].append((m, event))
+        # The bulk of a storm: builds that succeeded, then domains deleted; each kind in
+        # one batched transaction when it leads its instance's events.
+        await self._apply_leading(
+            decoded, K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED, self.builds_succeeded
+        )
+        await self._apply_leading(decoded, K.INSTANCE_EVENT_KIND_DELETED, self.deletes_done)
+        by_instance = {k: [m for m, _ in g] for k, g in decoded.items()}
 
         async def in_order(group: list[Msg]) -> None:
             for i, m in enumerate(group):

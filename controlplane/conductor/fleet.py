@@ -9,7 +9,7 @@ import logging
 import socket
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 import grpc
 from loom.compute.v1 import compute_pb2
@@ -17,7 +17,7 @@ from loom.conductor.v1 import conductor_pb2, conductor_pb2_grpc
 from loom.scheduler.v1 import scheduler_pb2
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from sqlalchemy import delete, func, select
+from sqlalchemy import Table, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.conductor.context import Conductor
@@ -107,18 +107,24 @@ class HeartbeatRecorder:
         ]
         try:
             async with self._sessions() as session, session.begin():
-                ins = upsert_insert(session, Service)
+                # Rows passed as parameters (executemany), not rendered into the statement:
+                # the statement is compiled once and cached, where a VALUES list of a
+                # thousand hosts was compiled anew at every flush. RETURNING makes
+                # SQLAlchemy send them as one multi-row INSERT, not one per row.
+                t = cast(Table, Service.__table__)
+                ins = upsert_insert(session, t)
                 await session.execute(
-                    ins.values(rows).on_conflict_do_update(
+                    ins.on_conflict_do_update(
                         index_elements=["host", "binary"],
                         set_={
                             "last_seen_up": ins.excluded.last_seen_up,
                             "updated_at": ins.excluded.updated_at,
                             "version": ins.excluded.version,
                             "compute_endpoint": ins.excluded.compute_endpoint,
-                            "report_count": Service.report_count + 1,
+                            "report_count": t.c.report_count + 1,
                         },
-                    )
+                    ).returning(t.c.id),
+                    rows,
                 )
         except Exception:
             # Keep them for the next flush unless a newer beat arrived meanwhile.

@@ -39,6 +39,12 @@ class Outgoing:
     payload: Message
 
 
+def rows_of(messages: Iterable[Outgoing]) -> list[dict[str, object]]:
+    """The outbox rows for the messages (for callers that write them in a statement of
+    their own, still in their transaction)."""
+    return _rows(messages)
+
+
 def _rows(messages: Iterable[Outgoing]) -> list[dict[str, object]]:
     now = datetime.now(UTC)
     return [

@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 from loom.conductor.v1 import conductor_pb2, conductor_pb2_grpc
-from sqlalchemy import ScalarSelect, Subquery, func, select
+from sqlalchemy import BindParameter, ScalarSelect, Subquery, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.conductor.dialect import upsert_insert
@@ -95,7 +95,9 @@ class ProjectQuota:
         return min(room) if room else None
 
 
-def usage_columns(project_id: str) -> tuple[Subquery, list[ScalarSelect[Any]]]:
+def usage_columns(
+    project_id: str | BindParameter[str],
+) -> tuple[Subquery, list[ScalarSelect[Any]]]:
     """A one-row derived table with the project's instance usage (count, cores, ram) and
     scalar subqueries for its instances/cores/ram overrides, to join into another query."""
     usage = (
@@ -111,7 +113,7 @@ def usage_columns(project_id: str) -> tuple[Subquery, list[ScalarSelect[Any]]]:
     return usage, overrides
 
 
-def override(project_id: str, resource: str) -> ScalarSelect[Any]:
+def override(project_id: str | BindParameter[str], resource: str) -> ScalarSelect[Any]:
     return (
         select(Quota.hard_limit)
         .where(Quota.project_id == project_id, Quota.resource == resource)

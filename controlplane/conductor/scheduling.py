@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from loom.conductor.v1 import conductor_pb2
@@ -20,7 +21,7 @@ from loom.scheduler.v1 import scheduler_pb2
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
-from sqlalchemy import select, update
+from sqlalchemy import JSON, Integer, String, Table, column, false, select, update, values
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.conductor import commands, outbox
@@ -33,6 +34,8 @@ from controlplane.runtime import bus
 log = logging.getLogger(__name__)
 
 DURABLE = "conductor-schedule"
+# The instances table for Core statements on the hot paths (no ORM bookkeeping).
+INSTANCES = cast(Table, Instance.__table__)
 
 
 async def load_with_image(session: AsyncSession, uuid: str) -> tuple[Instance, Image | None] | None:
@@ -45,6 +48,140 @@ async def load_with_image(session: AsyncSession, uuid: str) -> tuple[Instance, I
         )
     ).one_or_none()
     return None if row is None else (row[0], row[1])
+
+
+async def load_many_with_image(
+    session: AsyncSession, uuids: list[str]
+) -> dict[str, tuple[Instance, Image | None]]:
+    """`load_with_image` for several instances in one statement, by uuid."""
+    if not uuids:
+        return {}
+    rows = await session.execute(
+        select(Instance, Image)
+        .outerjoin(Image, Image.id == Instance.image_id)
+        .where(Instance.uuid.in_(uuids))
+    )
+    return {inst.uuid: (inst, image) for inst, image in rows}
+
+
+@dataclass
+class _Placement:
+    """A host the scheduler chose (and claimed) for one message of a batch."""
+
+    index: int
+    inst: Instance
+    image: Image | None
+    attempt: int
+    host: str
+    node: str
+    zone: str | None
+    alternates: list[str]
+
+
+async def _record_placements(session: AsyncSession, placed: list[_Placement]) -> list[_Placement]:
+    """Records each placement under the guard the one-at-a-time path used (not deleted,
+    still scheduling, the attempts seen when it was loaded); returns those recorded.
+
+    PostgreSQL: ONE UPDATE … FROM (VALUES …) RETURNING id. Elsewhere one UPDATE each."""
+    if not placed:
+        return []
+    t = INSTANCES
+    now = datetime.now(UTC)
+    kept: set[int] = set()
+    if session.get_bind().dialect.name == "postgresql":
+        v = values(
+            column("id", Integer),
+            column("seen_attempts", Integer),
+            column("host", String),
+            column("node", String),
+            column("zone", String),
+            column("attempt", Integer),
+            column("alternates", JSON),
+            name="placed",
+        ).data(
+            [
+                (p.inst.id, p.inst.attempts, p.host, p.node, p.zone, p.attempt, p.alternates)
+                for p in placed
+            ]
+        )
+        result = await session.execute(
+            update(t)
+            .where(
+                t.c.id == v.c.id,
+                t.c.deleted == false(),
+                t.c.task_state == TaskState.SCHEDULING.value,
+                t.c.attempts == v.c.seen_attempts,
+            )
+            .values(
+                host=v.c.host,
+                node=v.c.node,
+                availability_zone=v.c.zone,
+                task_state=TaskState.SPAWNING.value,
+                attempts=v.c.attempt,
+                alternates=v.c.alternates,
+                updated_at=now,
+            )
+            .returning(t.c.id)
+        )
+        kept = {int(i) for i in result.scalars()}
+    else:
+        for p in placed:
+            result = await session.execute(
+                update(t)
+                .where(
+                    t.c.id == p.inst.id,
+                    t.c.deleted == false(),
+                    t.c.task_state == TaskState.SCHEDULING.value,
+                    t.c.attempts == p.inst.attempts,
+                )
+                .values(
+                    host=p.host,
+                    node=p.node,
+                    availability_zone=p.zone,
+                    task_state=TaskState.SPAWNING.value,
+                    attempts=p.attempt,
+                    alternates=p.alternates,
+                    updated_at=now,
+                )
+            )
+            if result.rowcount == 1:  # type: ignore[attr-defined]
+                kept.add(p.inst.id)
+    recorded = [p for p in placed if p.inst.id in kept]
+    for p in recorded:
+        p.inst.host = p.host
+    return recorded
+
+
+async def _record_no_valid_host(
+    session: AsyncSession, inst: Instance, nvh: scheduler_pb2.NoValidHost
+) -> None:
+    """ERROR with the scheduler's reasons as the fault, under the same guard."""
+    text, details = no_valid_host_message(nvh)
+    result = await session.execute(
+        update(Instance)
+        .where(
+            Instance.id == inst.id,
+            Instance.deleted.is_(False),
+            Instance.task_state == TaskState.SCHEDULING.value,
+            Instance.attempts == inst.attempts,
+        )
+        .values(
+            vm_state=VmState.ERROR.value,
+            task_state=None,
+            fault=make_fault(500, text, details),
+            updated_at=datetime.now(UTC),
+        )
+    )
+    if result.rowcount == 1:  # type: ignore[attr-defined]
+        await record_event(
+            session,
+            inst.uuid,
+            "create",
+            "conductor_schedule_and_build_instances",
+            "Error",
+            details=text,
+            message="Error",
+        )
 
 
 async def record_event(
@@ -141,127 +278,187 @@ class SchedulingWorker:
         and its build command are committed, or the instance is in ERROR with a fault, or
         there was nothing to do (deleted, already placed). Raises when the scheduler is
         unreachable, so the message is redelivered."""
+        (outcome,) = await self.schedule_many([message])
+        if outcome is not None:
+            raise outcome
+
+    async def schedule_many(
+        self, messages: list[conductor_pb2.ScheduleInstanceMessage]
+    ) -> list[BaseException | None]:
+        """`schedule` for several instances at once (at most one message per instance):
+        one SELECT loads them all, the scheduler is asked for each concurrently, and ONE
+        transaction records every placement (one guarded UPDATE, one outbox INSERT on
+        PostgreSQL). Each message's outcome: None when settled (ack), else the error that
+        stopped it (nak: redelivered, and the redelivery finds whatever was committed)."""
         c = self._c
-        uuid, attempt = message.instance_id, message.attempt
+        outcomes: list[BaseException | None] = [None] * len(messages)
+        loaded: dict[str, tuple[Instance, Image | None]] = {}
+        release: list[int] = []
+        choose: list[int] = []
         async with c.sessions() as session:
-            loaded = await load_with_image(session, uuid)
-            if loaded is None:
-                return
-            inst, image = loaded
-            if inst.deleted:
-                await session.rollback()
-                await c.scheduler.release(f"{message.request_id}-release", uuid)
-                return
-            if inst.attempts >= attempt:
-                # Placed already: make sure the build command is queued (a crash may have
-                # come between commit and ack); the outbox ignores a duplicate msg id.
-                if inst.task_state == TaskState.SPAWNING and inst.attempts == attempt and inst.host:
-                    await outbox.add(
-                        session, commands.build(inst.host, instance_spec(inst, image), attempt)
-                    )
-                    await session.commit()
-                    c.wakeup.set()
-                return
-            if inst.task_state != TaskState.SCHEDULING:
-                return
+            loaded = await load_many_with_image(session, [m.instance_id for m in messages])
+            requeued: list[outbox.Outgoing] = []
+            for i, message in enumerate(messages):
+                found = loaded.get(message.instance_id)
+                if found is None:
+                    continue
+                inst, image = found
+                if inst.deleted:
+                    release.append(i)
+                elif inst.attempts >= message.attempt:
+                    # Placed already: make sure the build command is queued (a crash may have
+                    # come between commit and ack); the outbox ignores a duplicate msg id.
+                    if (
+                        inst.task_state == TaskState.SPAWNING
+                        and inst.attempts == message.attempt
+                        and inst.host
+                    ):
+                        requeued.append(
+                            commands.build(inst.host, instance_spec(inst, image), message.attempt)
+                        )
+                elif inst.task_state == TaskState.SCHEDULING:
+                    choose.append(i)
+            if requeued:
+                await outbox.add(session, *requeued)
             # Hand the connection back while the scheduler decides (commit keeps the rows
             # loaded: the session does not expire on commit); the guarded UPDATE below
             # notices anything that changed meanwhile.
             await session.commit()
-            # The scheduler's claim is keyed by consumer, so a retry returns the same host.
-            response = await c.scheduler.select_destinations(
-                scheduler_pb2.SelectDestinationsRequest(
-                    request_id=message.request_id,
-                    consumer_id=uuid,
-                    project_id=inst.project_id,
-                    resources=resources_of(
-                        inst.vcpus, inst.memory_mb, inst.root_gb, inst.ephemeral_gb, inst.swap_mb
-                    ),
-                    availability_zone=inst.requested_availability_zone or "",
-                    ignore_hosts=[str(h) for h in inst.failed_hosts or []],
-                    num_alternates=c.cfg.scheduler.num_alternates,
-                    force_host=inst.force_host or "",
-                )
-            )
-            guard = (
-                Instance.id == inst.id,
-                Instance.deleted.is_(False),
-                Instance.task_state == TaskState.SCHEDULING.value,
-                Instance.attempts == inst.attempts,
-            )
-            now = datetime.now(UTC)
-            if response.WhichOneof("outcome") != "placement":
-                text, details = no_valid_host_message(response.no_valid_host)
-                result = await session.execute(
-                    update(Instance)
-                    .where(*guard)
-                    .values(
-                        vm_state=VmState.ERROR.value,
-                        task_state=None,
-                        fault=make_fault(500, text, details),
-                        updated_at=now,
+        if requeued:
+            c.wakeup.set()
+        for i in release:
+            outcomes[i] = await self._release(messages[i])
+
+        # The scheduler's claim is keyed by consumer, so a retry returns the same host.
+        answers = await asyncio.gather(
+            *(self._select(messages[i], loaded[messages[i].instance_id][0]) for i in choose),
+            return_exceptions=True,
+        )
+        placed: list[_Placement] = []
+        refused: list[tuple[int, scheduler_pb2.NoValidHost]] = []
+        for i, answer in zip(choose, answers, strict=True):
+            if isinstance(answer, BaseException):
+                outcomes[i] = answer
+            elif answer.WhichOneof("outcome") != "placement":
+                refused.append((i, answer.no_valid_host))
+            else:
+                inst, image = loaded[messages[i].instance_id]
+                host = answer.placement.selected.host
+                zone = inst.requested_availability_zone or await self._zones.zone_of(host)
+                placed.append(
+                    _Placement(
+                        i,
+                        inst,
+                        image,
+                        messages[i].attempt,
+                        host,
+                        answer.placement.selected.node or host,
+                        zone or None,
+                        [d.host for d in answer.placement.alternates],
                     )
                 )
-                if result.rowcount == 1:  # type: ignore[attr-defined]
-                    await record_event(
+        if not placed and not refused:
+            return outcomes
+        recorded: list[_Placement] = []
+        try:
+            async with c.sessions() as session:
+                for i, nvh in refused:
+                    await _record_no_valid_host(session, loaded[messages[i].instance_id][0], nvh)
+                recorded = await _record_placements(session, placed)
+                if recorded:
+                    await outbox.add(
                         session,
-                        uuid,
-                        "create",
-                        "conductor_schedule_and_build_instances",
-                        "Error",
-                        details=text,
-                        message="Error",
+                        *(
+                            commands.build(p.host, instance_spec(p.inst, p.image), p.attempt)
+                            for p in recorded
+                        ),
                     )
                 await session.commit()
-                return
-            placement = response.placement
-            host = placement.selected.host
-            zone = inst.requested_availability_zone or await self._zones.zone_of(host)
-            result = await session.execute(
-                update(Instance)
-                .where(*guard)
-                .values(
-                    host=host,
-                    node=placement.selected.node or host,
-                    availability_zone=zone or None,
-                    task_state=TaskState.SPAWNING.value,
-                    attempts=attempt,
-                    alternates=[d.host for d in placement.alternates],
-                    updated_at=now,
-                )
-            )
-            if result.rowcount != 1:  # type: ignore[attr-defined]
+        except Exception as exc:
+            # Nothing of this transaction is committed: every one of them is retried.
+            for i in [p.index for p in placed] + [i for i, _ in refused]:
+                outcomes[i] = exc
+            return outcomes
+        if recorded:
+            c.wakeup.set()
+        kept = {p.index for p in recorded}
+        for p in placed:
+            if p.index not in kept:
                 # Deleted (or otherwise moved on) while the scheduler was choosing.
-                await session.rollback()
-                await c.scheduler.release(f"{message.request_id}-release", uuid)
-                return
-            inst.host = host
-            await outbox.add(session, commands.build(host, instance_spec(inst, image), attempt))
-            await session.commit()
-        c.wakeup.set()
+                outcomes[p.index] = await self._release(messages[p.index])
+        return outcomes
 
-    async def _handle(self, msg: Msg) -> None:
+    async def _select(
+        self, message: conductor_pb2.ScheduleInstanceMessage, inst: Instance
+    ) -> scheduler_pb2.SelectDestinationsResponse:
+        return await self._c.scheduler.select_destinations(
+            scheduler_pb2.SelectDestinationsRequest(
+                request_id=message.request_id,
+                consumer_id=inst.uuid,
+                project_id=inst.project_id,
+                resources=resources_of(
+                    inst.vcpus, inst.memory_mb, inst.root_gb, inst.ephemeral_gb, inst.swap_mb
+                ),
+                availability_zone=inst.requested_availability_zone or "",
+                ignore_hosts=[str(h) for h in inst.failed_hosts or []],
+                num_alternates=self._c.cfg.scheduler.num_alternates,
+                force_host=inst.force_host or "",
+            )
+        )
+
+    async def _release(self, message: conductor_pb2.ScheduleInstanceMessage) -> Exception | None:
         try:
-            message = conductor_pb2.ScheduleInstanceMessage.FromString(msg.data)
-        except Exception:
-            log.error("dropping an undecodable schedule message")
-            await msg.term()
-            return
-        try:
-            await self.schedule(message)
-        except grpc.aio.AioRpcError as exc:
+            await self._c.scheduler.release(f"{message.request_id}-release", message.instance_id)
+        except Exception as exc:
+            return exc
+        return None
+
+    def _log_failure(
+        self, message: conductor_pb2.ScheduleInstanceMessage, exc: BaseException
+    ) -> None:
+        if isinstance(exc, grpc.aio.AioRpcError):
             log.warning(
                 "scheduler call failed; will retry: %s",
                 exc.code(),
                 extra={"instance": message.instance_id},
             )
-            await msg.nak(delay=1.0)
-            return
-        except Exception:
-            log.exception("scheduling failed; will retry", extra={"instance": message.instance_id})
-            await msg.nak(delay=1.0)
-            return
-        await msg.ack()
+        else:
+            log.error(
+                "scheduling failed; will retry: %r",
+                exc,
+                exc_info=exc,
+                extra={"instance": message.instance_id},
+            )
+
+    async def _handle_batch(self, msgs: list[Msg]) -> None:
+        decoded: list[tuple[Msg, conductor_pb2.ScheduleInstanceMessage]] = []
+        for msg in msgs:
+            try:
+                decoded.append((msg, conductor_pb2.ScheduleInstanceMessage.FromString(msg.data)))
+            except Exception:
+                log.error("dropping an undecodable schedule message")
+                await msg.term()
+        # One message per instance per round: a second one (another attempt) is handled
+        # after the first has settled, as one at a time would.
+        rounds: list[list[tuple[Msg, conductor_pb2.ScheduleInstanceMessage]]] = []
+        for item in decoded:
+            for r in rounds:
+                if all(m.instance_id != item[1].instance_id for _, m in r):
+                    r.append(item)
+                    break
+            else:
+                rounds.append([item])
+        for r in rounds:
+            try:
+                outcomes = await self.schedule_many([m for _, m in r])
+            except Exception as exc:  # the database, before anything was decided
+                outcomes = [exc] * len(r)
+            for (msg, message), outcome in zip(r, outcomes, strict=True):
+                if outcome is None:
+                    await msg.ack()
+                else:
+                    self._log_failure(message, outcome)
+                    await msg.nak(delay=1.0)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consumes until stop is set; survives NATS outages (fetch retries)."""
@@ -272,9 +469,6 @@ class SchedulingWorker:
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60.0, max_ack_pending=-1),
         )
         await consume(sub, stop, self._batch, self._handle_batch)
-
-    async def _handle_batch(self, msgs: list[Msg]) -> None:
-        await asyncio.gather(*(self._handle(m) for m in msgs))
 
 
 async def consume(

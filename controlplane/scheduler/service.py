@@ -8,7 +8,6 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 
-import uvloop
 from loom.compute.v1 import compute_pb2
 from loom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from nats.aio.client import Client as NATS
@@ -34,12 +33,6 @@ REFRESH_INTERVAL_S = 5.0
 OWN_HEARTBEAT_INTERVAL_S = 10.0
 # Enough claims in flight to keep PostgreSQL busy while this process ranks the next ones.
 CLAIM_CONNECTIONS = 4
-
-
-def event_loop_factory() -> asyncio.AbstractEventLoop:
-    """uvloop: its cheaper callbacks and I/O waits raise decisions/s by about a quarter
-    (every decision is a gRPC call and a database round trip on this loop)."""
-    return uvloop.new_event_loop()
 
 
 def heartbeat_flush_interval(service_down_time: int) -> float:

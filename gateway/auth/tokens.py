@@ -15,6 +15,7 @@ import os
 import secrets
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 
 SECRET_FILE = "token-secret"
@@ -41,7 +42,7 @@ class TokenClaims:
     audit_id: str
     methods: tuple[str, ...] = ("password",)
 
-    @property
+    @cached_property
     def role_names(self) -> frozenset[str]:
         return frozenset(name for _, name in self.roles)
 

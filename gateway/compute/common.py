@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlencode
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -46,8 +47,16 @@ def next_link(
     return [{"href": f"{base_url(request)}{API}/{collection}?{urlencode(params)}", "rel": "next"}]
 
 
+class _OrjsonResponse(JSONResponse):
+    """A JSON body encoded by orjson: a detailed list of a thousand servers took the
+    standard encoder a good part of the gateway's time."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+
+
 def ok(body: Any, status: int = 200) -> Response:
-    return JSONResponse(body, status_code=status)
+    return _OrjsonResponse(body, status_code=status)
 
 
 def empty(status: int) -> Response:

@@ -286,8 +286,9 @@ async def _render(
     statuses = (
         await _host_statuses(request, servers) if ctx.is_admin and mv.at_least("2.16") else {}
     )
+    admin = ctx.is_admin
     return [
-        views.detail(request, s, mv, is_admin=ctx.is_admin, host_status=statuses.get(s.host, ""))
+        views.detail(request, s, mv, is_admin=admin, host_status=statuses.get(s.host, ""))
         for s in servers
     ]
 

@@ -236,3 +236,18 @@ async def test_update_changes_only_the_given_fields(pg: Harness) -> None:
     resp = await pg.servers.UpdateServer(conductor_pb2.UpdateServerRequest(id=row.uuid, name="new"))
     assert resp.server.name == "new"
     assert resp.server.description == "keep"
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    ["^bench-1", "bench-1", "^Bench", "h_1", "^bench_", "1-2", "^b.nch", "x|bench-12", "-1$"],
+)
+async def test_a_name_filter_done_in_sql_lists_what_the_regular_expression_matches(
+    pg: Harness, pattern: str
+) -> None:
+    import re
+
+    all_names = ["bench-1", "bench-12", "bench-2", "bench_1", "Bench-1", "xbench-1", "b%nch-1"]
+    await add(pg.sessions, *(make_instance(name=n) for n in all_names))
+    expected = sorted(n for n in all_names if re.search(pattern, n))
+    assert sorted(await names(pg, project_id="project-a", name=pattern)) == expected

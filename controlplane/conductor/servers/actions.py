@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Table, and_, delete, exists, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.conductor import commands, outbox, states
@@ -22,9 +24,18 @@ from controlplane.conductor.quotas import check_metadata_items, limit_of
 from controlplane.conductor.scheduling import record_event
 from controlplane.conductor.servers.query import load_instance
 from controlplane.conductor.states import PowerState, TaskState, VmState
-from controlplane.db.models import ConsoleAuthToken, Instance, InstanceAction, Service
+from controlplane.db.models import (
+    ConsoleAuthToken,
+    Instance,
+    InstanceAction,
+    OutboxMessage,
+    Service,
+)
 
 log = logging.getLogger(__name__)
+
+_OUTBOX: Table = OutboxMessage.__table__  # type: ignore[assignment]
+_ACTIONS: Table = InstanceAction.__table__  # type: ignore[assignment]
 
 
 def _request_id(request_id: str) -> str:
@@ -40,20 +51,24 @@ async def _action_exists(session: AsyncSession, instance_uuid: str, request_id: 
     return found.first() is not None
 
 
+def _action_values(
+    row: Instance, action: str, request_id: str, user_id: str, now: datetime
+) -> dict[str, Any]:
+    return {
+        "instance_uuid": row.uuid,
+        "action": action,
+        "request_id": request_id,
+        "user_id": user_id or row.user_id,
+        "project_id": row.project_id,
+        "start_time": now,
+        "updated_at": now,
+    }
+
+
 def _record_action(
     session: AsyncSession, row: Instance, action: str, request_id: str, user_id: str, now: datetime
 ) -> None:
-    session.add(
-        InstanceAction(
-            instance_uuid=row.uuid,
-            action=action,
-            request_id=request_id,
-            user_id=user_id or row.user_id,
-            project_id=row.project_id,
-            start_time=now,
-            updated_at=now,
-        )
-    )
+    session.add(InstanceAction(**_action_values(row, action, request_id, user_id, now)))
 
 
 async def _guarded_update(
@@ -143,10 +158,33 @@ async def _delete_once(
 ) -> None:
     release = False
     async with conductor.sessions() as session:
-        row = await load_instance(session, instance_uuid, project_id, include_deleted=True)
+        # The instance, its host's compute service and whether this request's action is
+        # recorded already, in ONE statement (a delete storm pays it per server).
+        found = (
+            await session.execute(
+                select(
+                    Instance,
+                    Service,
+                    exists().where(
+                        InstanceAction.instance_uuid == Instance.uuid,
+                        InstanceAction.request_id == rid,
+                    ),
+                )
+                .outerjoin(Service, and_(Service.host == Instance.host, Service.binary == COMPUTE))
+                .where(Instance.uuid == instance_uuid)
+            )
+        ).one_or_none()
+        if found is None or (project_id and found[0].project_id != project_id):
+            raise NotFound(f"Instance {instance_uuid} could not be found.")
+        row, service, action_recorded = found[0], found[1], bool(found[2])
         if row.deleted:
             return
-        if row.host and await _host_is_down(session, row.host, conductor):
+        # A host with no service record is not called down: nothing says so.
+        if (
+            row.host
+            and service is not None
+            and not is_up(service, datetime.now(UTC), conductor.cfg.conductor.service_down_time)
+        ):
             await _delete_locally(conductor, session, row, rid, user_id)
             return
         if row.task_state == TaskState.DELETING:
@@ -156,7 +194,22 @@ async def _delete_once(
             await _guarded_update(
                 session, row, "delete", task_state=TaskState.DELETING.value, updated_at=now
             )
-            await outbox.add(session, commands.delete(row.host, row.uuid))
+            command = commands.delete(row.host, row.uuid)
+            if session.get_bind().dialect.name == "postgresql" and not action_recorded:
+                # The delete command and the action in ONE statement (a writable CTE).
+                await session.execute(
+                    pg_insert(_OUTBOX)
+                    .values(outbox.rows_of([command]))
+                    .on_conflict_do_nothing(index_elements=["msg_id"])
+                    .add_cte(
+                        insert(_ACTIONS)
+                        .values(_action_values(row, "delete", rid, user_id, now))
+                        .cte("new_action")
+                    )
+                )
+                action_recorded = True
+            else:
+                await outbox.add(session, command)
         else:
             # Conditional on host IS NULL: if the scheduling worker placed it meanwhile,
             # this matches nothing and the delete goes the host's way on the retry below.
@@ -177,7 +230,7 @@ async def _delete_once(
                 await session.rollback()
                 raise states.InvalidState("delete", row.vm_state, row.task_state)
             release = True
-        if not await _action_exists(session, row.uuid, rid):
+        if not action_recorded:
             _record_action(session, row, "delete", rid, user_id, now)
         # A deleted server's console tokens die with it, in the same transaction.
         await session.execute(
@@ -194,19 +247,6 @@ async def _delete_once(
             await conductor.scheduler.release(rid, instance_uuid)
         except Exception as exc:
             log.warning("release after delete failed: %s", exc, extra={"instance": instance_uuid})
-
-
-async def _host_is_down(session: AsyncSession, host: str, conductor: Conductor) -> bool:
-    """True when the host's compute service is forced down or has not beaten for
-    service_down_time. A host with no service record is not called down: nothing says so."""
-    service = (
-        await session.execute(
-            select(Service).where(Service.host == host, Service.binary == COMPUTE)
-        )
-    ).scalar_one_or_none()
-    if service is None:
-        return False
-    return not is_up(service, datetime.now(UTC), conductor.cfg.conductor.service_down_time)
 
 
 async def _delete_locally(

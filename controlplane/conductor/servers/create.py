@@ -10,10 +10,26 @@ import string
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 from loom.conductor.v1 import conductor_pb2
-from sqlalchemy import func, literal, select, true
+from sqlalchemy import (
+    Insert,
+    Integer,
+    Select,
+    String,
+    Table,
+    bindparam,
+    cast,
+    func,
+    insert,
+    literal,
+    select,
+    true,
+)
+from sqlalchemy.dialects.postgresql import REGCLASS
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -27,7 +43,7 @@ from controlplane.conductor.quotas import (
     usage_columns,
 )
 from controlplane.conductor.states import TaskState, VmState
-from controlplane.db.models import Flavor, Image, Instance, InstanceAction, Keypair
+from controlplane.db.models import Flavor, Image, Instance, InstanceAction, Keypair, OutboxMessage
 
 # Stable instance UUIDs per (project, request_id, index): a retried request collides on the
 # unique uuid instead of creating twice, with no lookup on the fast path.
@@ -113,22 +129,18 @@ async def create_servers(
     async with conductor.sessions() as session:
         # Every read the validation needs, in ONE statement: flavor, image, usage, limits,
         # keypair. A boot's statement budget is small (see the conductor's README).
-        usage, overrides = usage_columns(request.project_id)
-        extra: list[Any] = [
-            select(Keypair.public_key)
-            .where(Keypair.user_id == request.user_id, Keypair.name == request.key_name)
-            .scalar_subquery()
-            if request.key_name
-            else literal(None),
-            override(request.project_id, "metadata_items"),
-        ]
+        postgres = session.get_bind().dialect.name == "postgresql"
         found = (
             await session.execute(
-                select(Flavor, Image, *usage.c, *overrides, *extra)
-                .select_from(Flavor)
-                .outerjoin(Image, Image.id == request.image_id)
-                .join(usage, true())
-                .where(Flavor.flavorid == request.flavor_id)
+                _validation_query(bool(request.key_name), postgres),
+                {
+                    "project_id": request.project_id,
+                    "user_id": request.user_id,
+                    "key_name": request.key_name,
+                    "image_id": request.image_id,
+                    "flavor_id": request.flavor_id,
+                    "id_count": max_count,
+                },
             )
         ).one_or_none()
         if found is None:
@@ -219,27 +231,39 @@ async def create_servers(
                     created_at=now,
                     updated_at=now,
                     deleted=False,
+                    locked=False,
                 )
             )
+        action_request = request.request_id or str(uuid.uuid4())
+        actions = [
+            {
+                "instance_uuid": row.uuid,
+                "action": "create",
+                "request_id": action_request,
+                "user_id": request.user_id,
+                "project_id": request.project_id,
+                "start_time": now,
+                "updated_at": now,
+            }
+            for row in rows
+        ]
+        scheduled = [commands.schedule(row.uuid, 1) for row in rows]
         try:
-            session.add_all(rows)
-            await session.flush()  # one INSERT ... RETURNING gives the integer ids
-            if networks == "auto":
-                await _assign_addresses(session, rows)
-            action_request = request.request_id or str(uuid.uuid4())
-            session.add_all(
-                InstanceAction(
-                    instance_uuid=row.uuid,
-                    action="create",
-                    request_id=action_request,
-                    user_id=request.user_id,
-                    project_id=request.project_id,
-                    start_time=now,
-                    updated_at=now,
-                )
-                for row in rows
-            )
-            await outbox.add(session, *(commands.schedule(row.uuid, 1) for row in rows))
+            if postgres:
+                for row, new_id in zip(rows, found[10], strict=False):
+                    row.id = int(new_id)
+                if networks == "auto":
+                    await _assign_addresses(session, rows)
+                # ONE statement writes the instances, their actions and their schedule
+                # messages (writable CTEs); the rows stay plain objects, never flushed.
+                await session.execute(_insert_all(rows, actions, scheduled))
+            else:
+                session.add_all(rows)
+                await session.flush()  # one INSERT ... RETURNING gives the integer ids
+                if networks == "auto":
+                    await _assign_addresses(session, rows)
+                session.add_all(InstanceAction(**a) for a in actions)
+                await outbox.add(session, *scheduled)
             await session.commit()
         except IntegrityError:
             if not request.request_id:
@@ -326,6 +350,70 @@ async def _taken_slots(session: AsyncSession, exclude_ids: set[int]) -> set[int]
             if ip in PRIVATE_NETWORK:
                 taken.add(int(ip) - int(PRIVATE_NETWORK.network_address) - _FIRST_HOST)
     return taken
+
+
+_INSTANCES: Table = Instance.__table__  # type: ignore[assignment]
+_ACTIONS: Table = InstanceAction.__table__  # type: ignore[assignment]
+_OUTBOX: Table = OutboxMessage.__table__  # type: ignore[assignment]
+# (attribute, column) of every column of an instance row: metadata_ is "metadata".
+_INSTANCE_COLUMNS = [(a.key, a.columns[0].key) for a in Instance.__mapper__.column_attrs]
+
+
+def _insert_all(
+    rows: list[Instance], actions: list[dict[str, Any]], messages: list[outbox.Outgoing]
+) -> Insert:
+    """INSERT instances, INSERT actions and INSERT outbox as ONE PostgreSQL statement: the
+    first two are writable CTEs, which run whether or not the main statement reads them.
+    A uuid that exists already fails the whole statement (the idempotent retry's signal)."""
+    new_instances = insert(_INSTANCES).values(
+        [{column: getattr(row, attr) for attr, column in _INSTANCE_COLUMNS} for row in rows]
+    )
+    new_actions = insert(_ACTIONS).values(actions)
+    return (
+        pg_insert(_OUTBOX)
+        .values(outbox.rows_of(messages))
+        .on_conflict_do_nothing(index_elements=["msg_id"])
+        .add_cte(new_instances.cte("new_instances"), new_actions.cte("new_actions"))
+    )
+
+
+@cache
+def _validation_query(with_key: bool, postgres: bool) -> Select[Any]:
+    """Every read the validation needs, in ONE statement: flavor, image, usage, limits,
+    keypair and, on PostgreSQL, the new ids. A boot's statement budget is small (see the
+    conductor's README). Built once per variant, with bound parameters: building the
+    expression anew cost as much as running it."""
+    project = bindparam("project_id", type_=String)
+    usage, overrides = usage_columns(project)
+    extra: list[Any] = [
+        select(Keypair.public_key)
+        .where(
+            Keypair.user_id == bindparam("user_id", type_=String),
+            Keypair.name == bindparam("key_name", type_=String),
+        )
+        .scalar_subquery()
+        if with_key
+        else literal(None),
+        override(project, "metadata_items"),
+    ]
+    if postgres:
+        # The new instances' ids, drawn from their sequence in this same statement, so the
+        # addresses (derived from the ids) go into the INSERT instead of a later UPDATE.
+        # Ids left unused (quota, a retry) are gaps, as a rolled-back INSERT leaves.
+        seq = cast(func.pg_get_serial_sequence("instances", "id"), REGCLASS)
+        count = bindparam("id_count", type_=Integer)
+        extra.append(
+            select(func.array_agg(func.nextval(seq)))
+            .select_from(func.generate_series(1, count).alias("n"))
+            .scalar_subquery()
+        )
+    return (
+        select(Flavor, Image, *usage.c, *overrides, *extra)
+        .select_from(Flavor)
+        .outerjoin(Image, Image.id == bindparam("image_id", type_=String))
+        .join(usage, true())
+        .where(Flavor.flavorid == bindparam("flavor_id", type_=String))
+    )
 
 
 def _mac_for(instance_uuid: str) -> str:

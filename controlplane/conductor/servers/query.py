@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loom.conductor.v1 import conductor_pb2
-from sqlalchemy import ColumnElement, Select, and_, func, or_, select, tuple_
+from sqlalchemy import ColumnElement, Row, Select, and_, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.conductor.convert import STATUS_FROM_PB, VM_STATE_FROM_PB, aware
@@ -59,10 +59,32 @@ _SORT_KEYS: dict[str, Any] = {
 }
 
 
+# Lists read plain rows of these columns (keyed by attribute name, as the model has them):
+# a page of up to max_limit servers skips the ORM's identity map and instance state.
+SERVER_COLUMNS = [getattr(Instance, a.key) for a in Instance.__mapper__.column_attrs]
+
+# A name filter made of literal characters only, optionally anchored at the start: SQL can
+# apply it exactly (LIKE), instead of Python reading every row to test the expression.
+_LITERAL_NAME = re.compile(r"(\^?)([A-Za-z0-9 _-]+)")
+
+
 @dataclass(frozen=True)
 class Page:
-    servers: list[Instance]
+    servers: list[Row[Any]]
     next_marker: str
+
+
+def _sql_name_filter(pattern: str, dialect: str) -> ColumnElement[bool] | None:
+    """The SQL equivalent of `re.search(pattern, name)` when there is an exact one.
+
+    Only on PostgreSQL, whose LIKE is case-sensitive as the regular expression is."""
+    m = _LITERAL_NAME.fullmatch(pattern)
+    if m is None or dialect != "postgresql":
+        return None
+    anchored, text = m.groups()
+    if anchored:
+        return Instance.name.startswith(text, autoescape=True)
+    return Instance.name.contains(text, autoescape=True)
 
 
 def _where(request: conductor_pb2.ListServersRequest) -> list[ColumnElement[bool]]:
@@ -119,7 +141,7 @@ def _compile(pattern: str, what: str) -> re.Pattern[str] | None:
         raise InvalidArgument(f"Invalid regular expression for {what}: {exc}") from exc
 
 
-def _python_match(row: Instance, name: re.Pattern[str] | None, ip: re.Pattern[str] | None) -> bool:
+def _python_match(row: Row[Any], name: re.Pattern[str] | None, ip: re.Pattern[str] | None) -> bool:
     if name is not None and not name.search(row.name):
         return False
     return ip is None or any(ip.search(str(a.get("address", ""))) for a in row.addresses or [])
@@ -158,10 +180,15 @@ async def list_servers(
     order = (
         (key.desc(), Instance.id.desc()) if direction == "desc" else (key.asc(), Instance.id.asc())
     )
-    stmt: Select[Instance] = select(Instance).where(*cond).order_by(*order)
+    if name_re is not None:
+        by_sql = _sql_name_filter(request.name, session.get_bind().dialect.name)
+        if by_sql is not None:
+            cond.append(by_sql)
+            name_re = None
+    stmt: Select[Any] = select(*SERVER_COLUMNS).where(*cond).order_by(*order)
 
     if name_re is None and ip_re is None:
-        rows = list((await session.execute(stmt.limit(limit + 1))).scalars())
+        rows = list((await session.execute(stmt.limit(limit + 1))).all())
     else:
         rows = await _filtered(session, stmt, limit + 1, name_re, ip_re)
     more = len(rows) > limit
@@ -171,18 +198,16 @@ async def list_servers(
 
 async def _filtered(
     session: AsyncSession,
-    stmt: Select[Instance],
+    stmt: Select[Any],
     want: int,
     name_re: re.Pattern[str] | None,
     ip_re: re.Pattern[str] | None,
     chunk: int = 500,
-) -> list[Instance]:
-    out: list[Instance] = []
+) -> list[Row[Any]]:
+    out: list[Row[Any]] = []
     offset = 0
     while len(out) < want:
-        batch: Sequence[Instance] = (
-            (await session.execute(stmt.offset(offset).limit(chunk))).scalars().all()
-        )
+        batch: Sequence[Row[Any]] = (await session.execute(stmt.offset(offset).limit(chunk))).all()
         out.extend(r for r in batch if _python_match(r, name_re, ip_re))
         if len(batch) < chunk:
             break
