@@ -165,3 +165,16 @@ async def settle(client: Client, ids: set[str], within: float) -> dict[str, cond
         return None
 
     return await eventually(done, within, f"{len(ids)} servers settle", every=0.2)
+
+
+async def start_boot_path(
+    stack: Stack, client: Client, hosts: int, prefix: str, *, unlimited: bool = True
+) -> None:
+    """Scheduler, conductor and a fleet process of `hosts` simulated agents named
+    `<prefix>-NNNN`, all up; with unlimited, the test project has no quota limits."""
+    stack.start("scheduler")
+    stack.start("conductor")
+    stack.start("agent", "--simulate", str(hosts), "--host-prefix", prefix)
+    await wait_for_hosts(stack, hosts)
+    if unlimited:
+        await client.unlimited_quota()

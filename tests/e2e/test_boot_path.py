@@ -20,6 +20,7 @@ from tests.e2e.support import (
     db_scalar,
     eventually,
     settle,
+    start_boot_path,
     wait_for_hosts,
 )
 from tests.support.stack import Stack
@@ -48,11 +49,7 @@ async def _boot(
 async def test_two_hundred_servers_on_twenty_hosts_all_become_active_and_delete_to_zero(
     stack: Stack, client: Client, pg_url: str
 ) -> None:
-    stack.start("scheduler")
-    stack.start("conductor")
-    stack.start("agent", "--simulate", "20", "--host-prefix", "e2e")
-    await wait_for_hosts(stack, 20)
-    await client.unlimited_quota()
+    await start_boot_path(stack, client, 20, "e2e")
 
     t0 = time.monotonic()
     ids, started = await _boot(client, 200)

@@ -10,7 +10,7 @@ from loom.compute.v1 import compute_pb2, compute_pb2_grpc
 from loom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 from tests.e2e.conftest import Nats
-from tests.e2e.support import Client, Status, db_scalar, settle, wait_for_hosts
+from tests.e2e.support import Client, Status, db_scalar, settle, start_boot_path
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.slow
@@ -40,11 +40,7 @@ async def _running_on_hosts(stack: Stack) -> dict[str, int]:
 async def test_an_agent_killed_mid_build_finishes_every_build_it_held_after_restart(
     stack: Stack, client: Client
 ) -> None:
-    stack.start("scheduler")
-    stack.start("conductor")
-    stack.start("agent", "--simulate", "4", "--host-prefix", "crash")
-    await wait_for_hosts(stack, 4)
-    await client.unlimited_quota()
+    await start_boot_path(stack, client, 4, "crash")
 
     ids = await _create_many(client, 80, "agentcrash")
     await asyncio.sleep(0.3)
@@ -60,11 +56,7 @@ async def test_an_agent_killed_mid_build_finishes_every_build_it_held_after_rest
 async def test_a_conductor_killed_after_commit_and_before_publish_loses_no_build(
     stack: Stack, client: Client, nats: Nats
 ) -> None:
-    stack.start("scheduler")
-    stack.start("conductor")
-    stack.start("agent", "--simulate", "3", "--host-prefix", "outbox")
-    await wait_for_hosts(stack, 3)
-    await client.unlimited_quota()
+    await start_boot_path(stack, client, 3, "outbox")
 
     # With NATS down the creates commit (instance + outbox row) but nothing can be
     # published; then the conductor dies before it ever could.
@@ -86,11 +78,7 @@ async def test_a_conductor_killed_after_commit_and_before_publish_loses_no_build
 async def test_a_nats_restart_in_the_middle_of_a_boot_wave_loses_no_command(
     stack: Stack, client: Client, nats: Nats
 ) -> None:
-    stack.start("scheduler")
-    stack.start("conductor")
-    stack.start("agent", "--simulate", "4", "--host-prefix", "natsdown")
-    await wait_for_hosts(stack, 4)
-    await client.unlimited_quota()
+    await start_boot_path(stack, client, 4, "natsdown")
 
     first = await _create_many(client, 60, "wave1")
     nats.kill()
@@ -120,10 +108,7 @@ async def test_a_build_that_fails_on_every_host_is_rescheduled_then_ends_in_erro
 ) -> None:
     for i in range(3):
         _break_host(stack, f"broken-{i:04d}")
-    stack.start("scheduler")
-    stack.start("conductor")
-    stack.start("agent", "--simulate", "3", "--host-prefix", "broken")
-    await wait_for_hosts(stack, 3)
+    await start_boot_path(stack, client, 3, "broken", unlimited=False)
 
     (sid,) = await client.create("doomed")
     servers = await settle(client, {sid}, within=60)
@@ -143,11 +128,7 @@ async def test_a_build_that_fails_on_two_hosts_lands_on_the_third(
 ) -> None:
     _break_host(stack, "mixed-0000")
     _break_host(stack, "mixed-0001")
-    stack.start("scheduler")
-    stack.start("conductor")
-    stack.start("agent", "--simulate", "3", "--host-prefix", "mixed")
-    await wait_for_hosts(stack, 3)
-    await client.unlimited_quota()
+    await start_boot_path(stack, client, 3, "mixed")
 
     ids = await _create_many(client, 6, "mixed")
     servers = await settle(client, ids, within=60)
