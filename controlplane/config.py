@@ -28,7 +28,9 @@ class DatabaseConfig(_Section):
     url: str = ""
     echo: bool = False
     # Connections each process keeps open (and its ceiling: the pool does not overflow).
-    pool_size: int = Field(default=20, ge=1, le=200)
+    # Kept open per process, no overflow. Several services and replicas share one
+    # server's max_connections (100 by default), so each keeps a modest pool.
+    pool_size: int = Field(default=10, ge=1, le=200)
 
 
 class NatsConfig(_Section):
