@@ -4,7 +4,8 @@ roles and role assignments (default domain only)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol, TypeVar
 
 from loom.conductor.v1 import conductor_pb2 as pb
 from starlette.requests import Request
@@ -300,6 +301,22 @@ async def show_domain(request: Request) -> Response:
 # ------------------------------------------------------------------------ projects
 
 
+class _Enableable(Protocol):
+    @property
+    def enabled(self) -> bool: ...
+
+
+_E = TypeVar("_E", bound=_Enableable)
+
+
+def _listed(items: Iterable[_E], q: dict[str, Any]) -> list[_E]:
+    """The list filters projects and users share: `enabled`, and `domain_id` (only the
+    default domain exists, so any other matches nothing)."""
+    if q.get("domain_id") not in (None, "default"):
+        return []
+    return [i for i in items if "enabled" not in q or i.enabled == q["enabled"]]
+
+
 @documented(query=_LIST_Q, tag=_TAG)
 async def list_projects(request: Request) -> Response:
     """Projects (admin)."""
@@ -309,9 +326,7 @@ async def list_projects(request: Request) -> Response:
         gateway_of(request).conductor.identity.ListProjects,
         pb.ListProjectsRequest(name=q.get("name", "")),
     )
-    projects = [p for p in reply.projects if "enabled" not in q or p.enabled == q["enabled"]]
-    if q.get("domain_id") not in (None, "default"):
-        projects = []
+    projects = _listed(reply.projects, q)
     base = base_url(request)
     return _json({"projects": [views.project(p, base) for p in projects], "links": _links(request)})
 
@@ -410,9 +425,7 @@ async def list_users(request: Request) -> Response:
         gateway_of(request).conductor.identity.ListUsers,
         pb.ListUsersRequest(name=q.get("name", "")),
     )
-    users = [u for u in reply.users if "enabled" not in q or u.enabled == q["enabled"]]
-    if q.get("domain_id") not in (None, "default"):
-        users = []
+    users = _listed(reply.users, q)
     base = base_url(request)
     return _json({"users": [views.user(u, base) for u in users], "links": _links(request)})
 
