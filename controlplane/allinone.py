@@ -28,7 +28,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from controlplane.config import LoomConfig
 from controlplane.db import migrate
 from controlplane.guestimage import GuestImageError, register_guest_image
-from controlplane.runtime.natsserver import NatsServerProcess, free_port, start_nats_server
+from controlplane.runtime.natsserver import (
+    NatsServerProcess,
+    die_with_parent,
+    free_port,
+    start_nats_server,
+)
 from controlplane.seedfile import load_or_create
 from controlplane.servicetoken import ServiceToken, ServiceTokenError
 
@@ -47,7 +52,13 @@ class Child:
     def start(self) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
-            self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            self.argv,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            # If `loom up` itself is killed outright, its services must not live on.
+            preexec_fn=die_with_parent,
         )
         log.close()
         self.started_at = time.monotonic()
@@ -110,7 +121,9 @@ def run_all_in_one(cfg: LoomConfig, *, hosts: int, hypervisor: str = "test") -> 
     nats: NatsServerProcess | None = None
     nats_url = cfg.nats.url
     if not nats_url:
-        nats = start_nats_server(data / "nats", sync_always=cfg.nats.sync_always)
+        nats = start_nats_server(
+            data / "nats", sync_always=cfg.nats.sync_always, tied_to_parent=True
+        )
         nats_url = nats.url
 
     conductor_listen = cfg.conductor.listen

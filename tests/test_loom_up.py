@@ -66,8 +66,12 @@ def loom_up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, list[s
     targets = re.findall(r"(?:conductor|scheduler) (127\.0\.0\.1:\d+)", ready)
     yield proc, f"http://127.0.0.1:{port}", targets
     if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
     proc.stdout.close()
 
 
@@ -124,3 +128,19 @@ def test_loom_up_keeps_a_private_service_token_the_image_api_accepts_and_never_l
     assert me.json()["token"]["user"]["name"] == "loom-service"
     for log in (tmp_path / "d" / "logs").glob("*.log"):
         assert token not in log.read_text(errors="replace")
+
+
+def test_loom_up_killed_outright_takes_its_services_and_nats_server_with_it(
+    loom_up: tuple[subprocess.Popen[str], str, list[str]],
+) -> None:
+    import psutil
+
+    proc, _, _ = loom_up
+    children = psutil.Process(proc.pid).children(recursive=True)
+    names = " ".join(" ".join(c.cmdline()) for c in children)
+    assert "nats-server" in names
+    assert "controlplane.cli conductor" in names
+    proc.kill()
+    proc.wait()
+    _, alive = psutil.wait_procs(children, timeout=60)
+    assert alive == [], f"orphans left running: {[c.pid for c in alive]}"

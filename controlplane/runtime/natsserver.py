@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import shutil
 import signal
@@ -12,6 +13,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+
+def die_with_parent() -> None:
+    """For subprocess preexec_fn: the child gets SIGTERM when its parent dies (Linux
+    PR_SET_PDEATHSIG), so a supervisor killed with SIGKILL leaves no orphans behind."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 class NatsServerError(RuntimeError):
@@ -80,6 +89,7 @@ def start_nats_server(
     log_file: Path | None = None,
     wait_s: float = 15.0,
     monitor_port: int = 0,
+    tied_to_parent: bool = False,
 ) -> NatsServerProcess:
     """Starts nats-server with JetStream storing under store_dir; waits until it accepts."""
     store_dir.mkdir(parents=True, exist_ok=True)
@@ -104,6 +114,7 @@ def start_nats_server(
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
+        preexec_fn=die_with_parent if tied_to_parent else None,
         env={**os.environ},
     )
     log.close()
