@@ -30,21 +30,8 @@ from controlplane.db import migrate
 from controlplane.runtime import bus
 from controlplane.runtime.natsserver import free_port, start_nats_server
 from tests.support import postgres
+from tests.support.invariants import OVERCOMMITTED_HOSTS_SQL, USAGE_MISMATCH_SQL
 from tests.support.stack import Stack
-
-OVERCOMMIT_SQL = """
-SELECT count(*) FROM resource_providers
-WHERE vcpu_used > vcpu_total * vcpu_ratio - vcpu_reserved
-   OR memory_mb_used > memory_mb_total * memory_mb_ratio - memory_mb_reserved
-   OR disk_gb_used > disk_gb_total * disk_gb_ratio - disk_gb_reserved
-"""
-MISMATCH_SQL = """
-SELECT count(*) FROM resource_providers p LEFT JOIN (
-  SELECT provider_id, sum(vcpus) v, sum(memory_mb) m, sum(disk_gb) d, count(*) c
-  FROM allocations GROUP BY provider_id) a ON a.provider_id = p.id
-WHERE p.vcpu_used <> coalesce(a.v, 0) OR p.memory_mb_used <> coalesce(a.m, 0)
-   OR p.disk_gb_used <> coalesce(a.d, 0)
-"""
 
 
 def _usage(total: int, reserved: int = 0) -> scheduler_pb2.ResourceUsage:
@@ -189,8 +176,8 @@ def run_scheduler_bench(
             spent = cpu_after[part] - cpu_before[part]
             result[f"{part}_cpu_ms_per_decision"] = 1000 * spent / decisions
         with psycopg.connect(stack.db_url) as conn:
-            over = conn.execute(OVERCOMMIT_SQL).fetchone()
-            mismatch = conn.execute(MISMATCH_SQL).fetchone()
+            over = conn.execute(OVERCOMMITTED_HOSTS_SQL).fetchone()
+            mismatch = conn.execute(USAGE_MISMATCH_SQL).fetchone()
             allocs = conn.execute("SELECT count(*) FROM allocations").fetchone()
         readings = [
             read_process(name, svc.process.pid)

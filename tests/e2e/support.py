@@ -17,7 +17,10 @@ from sqlalchemy.orm import Session
 
 from controlplane.config import sync_database_url
 from tests.conductor.factories import make_flavor, make_image
+from tests.support.invariants import OVERCOMMITTED_HOSTS_SQL, USAGE_MISMATCH_SQL
 from tests.support.stack import Stack
+
+__all__ = ["OVERCOMMITTED_HOSTS_SQL", "USAGE_MISMATCH_SQL"]
 
 PROJECT = "e2e-project"
 USER = "e2e-user"
@@ -42,20 +45,6 @@ def db_scalar(db_url: str, sql: str) -> Any:
             return conn.execute(text(sql)).scalar()
     finally:
         engine.dispose()
-
-
-OVERCOMMITTED_HOSTS_SQL = """
-SELECT count(*) FROM resource_providers
-WHERE vcpu_used > vcpu_total * vcpu_ratio - vcpu_reserved
-   OR memory_mb_used > memory_mb_total * memory_mb_ratio - memory_mb_reserved
-   OR disk_gb_used > disk_gb_total * disk_gb_ratio - disk_gb_reserved"""
-
-USAGE_MISMATCH_SQL = """
-SELECT count(*) FROM resource_providers p LEFT JOIN (
-  SELECT provider_id, sum(vcpus) v, sum(memory_mb) m, sum(disk_gb) d, count(*) c
-  FROM allocations GROUP BY provider_id) a ON a.provider_id = p.id
-WHERE p.vcpu_used <> coalesce(a.v, 0) OR p.memory_mb_used <> coalesce(a.m, 0)
-   OR p.disk_gb_used <> coalesce(a.d, 0) OR p.allocation_count <> coalesce(a.c, 0)"""
 
 
 @dataclass
