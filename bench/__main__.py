@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.bootstorm import run_boot_storm
+from bench.bootstorm import CLIENT_MODELS, ClientModel, run_boot_storm
 from bench.client import ComputeClient, resolve_cloud
 from bench.stats import nats_message_count, postgres_cpu_s, read_process, statement_count
 
@@ -28,7 +28,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _loom_boot_storm(
-    servers: int, hosts: int, concurrency: int, out: Path, *, sim_memory_mb: int | None = None
+    servers: int,
+    hosts: int,
+    concurrency: int,
+    out: Path,
+    *,
+    sim_memory_mb: int | None = None,
+    client_model: ClientModel = "wait",
 ) -> dict[str, Any]:
     from bench.launch import launch_loom, prepare_tenant
 
@@ -61,7 +67,12 @@ def _loom_boot_storm(
             try:
                 flavor = await client.find_flavor(flavor_name)
                 return await run_boot_storm(
-                    client, servers=servers, concurrency=concurrency, flavor=flavor, image=image
+                    client,
+                    servers=servers,
+                    concurrency=concurrency,
+                    flavor=flavor,
+                    image=image,
+                    client_model=client_model,
                 )
             finally:
                 await client.close()
@@ -118,6 +129,7 @@ def _cloud_boot_storm(
     flavor: str,
     image: str,
     out: Path,
+    client_model: ClientModel = "wait",
 ) -> dict[str, Any]:
     endpoint = resolve_cloud(cloud, clouds_yaml)
 
@@ -126,7 +138,12 @@ def _cloud_boot_storm(
         try:
             flavor_id = await client.find_flavor(flavor)
             return await run_boot_storm(
-                client, servers=servers, concurrency=concurrency, flavor=flavor_id, image=image
+                client,
+                servers=servers,
+                concurrency=concurrency,
+                flavor=flavor_id,
+                image=image,
+                client_model=client_model,
             )
         finally:
             await client.close()
@@ -142,6 +159,7 @@ BOOT_COLUMNS = [
     "servers",
     "hosts",
     "concurrency",
+    "client_model",
     "active",
     "error",
     "boots_per_s",
@@ -184,6 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     bs.add_argument("--clouds-yaml", type=Path)
     bs.add_argument("--flavor", default="m1.tiny")
     bs.add_argument("--image", default="", help="image id (with --cloud)")
+    bs.add_argument(
+        "--client-model",
+        choices=CLIENT_MODELS,
+        default="wait",
+        help="wait: each client waits for its server before the next (default); "
+        "fire: clients POST without waiting",
+    )
     sc = sub.add_parser("scheduler")
     sc.add_argument("--hosts", type=int, nargs="+", default=[1000, 10000])
     sc.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
@@ -208,10 +233,19 @@ def main(argv: list[str] | None = None) -> int:
                     args.flavor,
                     args.image,
                     out,
+                    args.client_model,
                 )
             ]
         elif what == "boot-storm":
-            rows = [_loom_boot_storm(args.servers, args.hosts, args.concurrency, out)]
+            rows = [
+                _loom_boot_storm(
+                    args.servers,
+                    args.hosts,
+                    args.concurrency,
+                    out,
+                    client_model=args.client_model,
+                )
+            ]
         else:
             n, h = (200, 100) if args.quick else (1000, 1000)
             rows = [_loom_boot_storm(n, h, 32, out)]

@@ -1,8 +1,21 @@
 """The boot storm: N servers through the REST API with C concurrent clients, then deletes.
 
+Two client models:
+
+- ``wait`` (the default): each client boots one server and waits until it is ACTIVE (or
+  ERROR) before it boots the next, as ``openstack server create --wait`` does; deletes the
+  same way. At most C servers are in flight, so POST latency and time-to-ACTIVE are the
+  system's own latencies at that load (Little's law: boots/s = C / (POST + time-to-ACTIVE)).
+- ``fire``: each client POSTs as fast as the API answers and never waits; servers queue
+  inside Loom, and POST latency is C / boots/s by construction.
+
 Time-to-ACTIVE is measured from the start of each POST to the first poll that sees the
-server ACTIVE; one poller reads `GET /servers/detail?changes-since=…` every 25 ms, so the
-figures carry up to ~25 ms of poll resolution (said in the report).
+server ACTIVE. One poller reads ``GET /servers/detail?changes-since=…`` every 25 ms, so
+the figures carry up to ~25 ms of poll resolution (said in the report). Each poll asks
+only for what changed since shortly before the previous poll (``POLL_OVERLAP_S``), and a
+full sweep from the start of the phase every ``FULL_SWEEP_S`` catches anything a late
+commit could have slipped past the overlap, so the poller never misses a server and its
+own cost does not grow with N.
 """
 
 from __future__ import annotations
@@ -10,15 +23,21 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench.client import ComputeClient
 
 POLL_INTERVAL_S = 0.025
+POLL_OVERLAP_S = 0.5
+FULL_SWEEP_S = 2.0
+
+ClientModel = Literal["wait", "fire"]
+CLIENT_MODELS: tuple[ClientModel, ...] = ("wait", "fire")
 
 
 @dataclass
@@ -32,17 +51,21 @@ class BootRecord:
     delete_start: float = 0.0
     gone_at: float = 0.0
     error: str = ""
+    settled: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
 
 @dataclass
 class StormResult:
     servers: int
     concurrency: int
+    client_model: ClientModel = "wait"
     records: list[BootRecord] = field(default_factory=list)
     boot_started: float = 0.0
     boot_finished: float = 0.0
     delete_started: float = 0.0
     delete_finished: float = 0.0
+    polls: int = 0
+    polled_servers: int = 0
 
     def summary(self) -> dict[str, Any]:
         from bench.stats import percentile
@@ -56,6 +79,7 @@ class StormResult:
         return {
             "servers": self.servers,
             "concurrency": self.concurrency,
+            "client_model": self.client_model,
             "active": len(ok),
             "error": sum(1 for r in self.records if r.status == "ERROR"),
             "failed_requests": sum(1 for r in self.records if r.error),
@@ -68,6 +92,8 @@ class StormResult:
             "boot_wall_s": boot_span,
             "delete_wall_s": delete_span,
             "poll_resolution_ms": POLL_INTERVAL_S * 1000,
+            "polls": self.polls,
+            "servers_per_poll": self.polled_servers / max(self.polls, 1),
         }
 
 
@@ -82,18 +108,17 @@ async def run_boot_storm(
     concurrency: int,
     flavor: str,
     image: str,
+    client_model: ClientModel = "wait",
     timeout_s: float = 600.0,
     progress: bool = True,
 ) -> StormResult:
     run_id = uuid.uuid4().hex[:6]
     prefix = f"bench-{run_id}-"
-    result = StormResult(servers=servers, concurrency=concurrency)
+    result = StormResult(servers=servers, concurrency=concurrency, client_model=client_model)
     records = [BootRecord(index=i) for i in range(servers)]
     result.records = records
     by_id: dict[str, BootRecord] = {}
-    queue: asyncio.Queue[BootRecord] = asyncio.Queue()
-    for r in records:
-        queue.put_nowait(r)
+    wait = client_model == "wait"
 
     bar = Progress(
         TextColumn("{task.description}"),
@@ -102,37 +127,74 @@ async def run_boot_storm(
         TimeElapsedColumn(),
         disable=not progress,
     )
+
+    async def poll_until(
+        done: Callable[[], bool], on_server: Callable[[dict[str, Any]], None], since: float
+    ) -> None:
+        deadline = time.time() + timeout_s
+        last_sweep = time.time()
+        last_poll = since
+        while time.time() < deadline:
+            started = time.time()
+            if started - last_sweep >= FULL_SWEEP_S:
+                window, last_sweep = since, started
+            else:
+                window = max(since, last_poll - POLL_OVERLAP_S)
+            changed = await client.servers_changed_since(_iso(window - 1e-3), f"^{prefix}")
+            last_poll = started
+            result.polls += 1
+            result.polled_servers += len(changed)
+            for srv in changed:
+                on_server(srv)
+            if done():
+                return
+            await asyncio.sleep(POLL_INTERVAL_S)
+        raise TimeoutError("servers did not settle within the timeout")
+
+    async def run_phase(
+        todo: list[BootRecord],
+        act: Callable[[BootRecord], Any],
+        on_server: Callable[[dict[str, Any]], None],
+        done: Callable[[], bool],
+        since: float,
+    ) -> None:
+        queue: asyncio.Queue[BootRecord] = asyncio.Queue()
+        for rec in todo:
+            queue.put_nowait(rec)
+
+        async def worker() -> None:
+            while not queue.empty():
+                rec = queue.get_nowait()
+                rec.settled.clear()
+                ok = await act(rec)
+                if wait and ok:
+                    await rec.settled.wait()
+
+        poller = asyncio.create_task(poll_until(done, on_server, since))
+        workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
+        try:
+            # The poller ends the phase (or raises on the timeout); workers end before it.
+            await poller
+            await asyncio.gather(*workers)
+        finally:
+            for task in (poller, *workers):
+                task.cancel()
+
     with bar:
         posted = bar.add_task("POST /servers", total=servers)
         activated = bar.add_task("ACTIVE", total=servers)
 
-        async def boot_worker() -> None:
-            while True:
-                try:
-                    rec = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                rec.post_start = time.time()
-                try:
-                    rec.server_id = await client.create_server(
-                        f"{prefix}{rec.index}", flavor, image
-                    )
-                    by_id[rec.server_id] = rec
-                except Exception as exc:  # a failed request is counted, not fatal
-                    rec.error = str(exc)
-                    rec.status = "FAILED"
-                rec.post_end = time.time()
-                bar.advance(posted)
-
-        async def poll_until(predicate_done: Any, on_server: Any, since: float) -> None:
-            deadline = time.time() + timeout_s
-            while time.time() < deadline:
-                for srv in await client.servers_changed_since(_iso(since - 1), f"^{prefix}"):
-                    on_server(srv)
-                if predicate_done():
-                    return
-                await asyncio.sleep(POLL_INTERVAL_S)
-            raise TimeoutError("servers did not settle within the timeout")
+        async def boot(rec: BootRecord) -> bool:
+            rec.post_start = time.time()
+            try:
+                rec.server_id = await client.create_server(f"{prefix}{rec.index}", flavor, image)
+                by_id[rec.server_id] = rec
+            except Exception as exc:  # a failed request is counted, not fatal
+                rec.error = str(exc)
+                rec.status = "FAILED"
+            rec.post_end = time.time()
+            bar.advance(posted)
+            return not rec.error
 
         def on_boot(srv: dict[str, Any]) -> None:
             rec = by_id.get(srv["id"])
@@ -141,42 +203,40 @@ async def run_boot_storm(
             if srv["status"] in ("ACTIVE", "ERROR"):
                 rec.status = srv["status"]
                 rec.active_at = time.time()
+                rec.settled.set()
                 bar.advance(activated)
 
-        def boots_done() -> bool:
-            return all(r.status in ("ACTIVE", "ERROR", "FAILED") for r in records)
-
         result.boot_started = time.time()
-        workers = [asyncio.create_task(boot_worker()) for _ in range(concurrency)]
-        await poll_until(boots_done, on_boot, result.boot_started)
-        await asyncio.gather(*workers)
+        await run_phase(
+            records,
+            boot,
+            on_boot,
+            lambda: all(r.status in ("ACTIVE", "ERROR", "FAILED") for r in records),
+            result.boot_started,
+        )
         result.boot_finished = max((r.active_at for r in records), default=time.time())
 
         deleted = bar.add_task("DELETE", total=len(by_id))
-        del_queue: asyncio.Queue[BootRecord] = asyncio.Queue()
-        for rec in by_id.values():
-            del_queue.put_nowait(rec)
 
-        async def delete_worker() -> None:
-            while True:
-                try:
-                    rec = del_queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                rec.delete_start = time.time()
-                await client.delete_server(rec.server_id)
+        async def delete(rec: BootRecord) -> bool:
+            rec.delete_start = time.time()
+            await client.delete_server(rec.server_id)
+            return True
 
         def on_delete(srv: dict[str, Any]) -> None:
             rec = by_id.get(srv["id"])
             if rec is not None and not rec.gone_at and srv["status"] == "DELETED":
                 rec.gone_at = time.time()
+                rec.settled.set()
                 bar.advance(deleted)
 
         result.delete_started = time.time()
-        del_workers = [asyncio.create_task(delete_worker()) for _ in range(concurrency)]
-        await poll_until(
-            lambda: all(r.gone_at for r in by_id.values()), on_delete, result.delete_started
+        await run_phase(
+            list(by_id.values()),
+            delete,
+            on_delete,
+            lambda: all(r.gone_at for r in by_id.values()),
+            result.delete_started,
         )
-        await asyncio.gather(*del_workers)
         result.delete_finished = max((r.gone_at for r in by_id.values()), default=time.time())
     return result
