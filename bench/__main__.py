@@ -6,6 +6,7 @@
   python -m bench boot-storm --cloud NAME [--clouds-yaml FILE]   any OpenStack cloud
   python -m bench scheduler --hosts 1000 10000 --replicas 1 2
   python -m bench sweep
+  python -m bench memory --hosts 1000 --rounds 1000 2000 4000
 
 Results go to bench/results/<time>/: results.json, report.txt and PNG charts.
 """
@@ -62,6 +63,8 @@ def _loom_boot_storm(
         idle1 = counters()
         idle_stmt_rate = (idle1[0] - idle0[0]) / 2.0
 
+        at_boots_done: list[tuple[int, int, float, dict[str, float]]] = []
+
         async def storm() -> Any:
             client = ComputeClient(endpoint, max_connections=concurrency + 4)
             try:
@@ -73,6 +76,7 @@ def _loom_boot_storm(
                     flavor=flavor,
                     image=image,
                     client_model=client_model,
+                    on_boots_done=lambda: at_boots_done.append(counters()),
                 )
             finally:
                 await client.close()
@@ -108,6 +112,7 @@ def _loom_boot_storm(
                 "fleet_peak_rss_mib": agent.peak_rss_mib
                 if (agent := readings.get("agent")) is not None
                 else float("nan"),
+                "boot_phase": _phase_costs(before, at_boots_done[0], n) if at_boots_done else {},
                 "boot_and_delete_wall_s": boot_and_delete_s,
                 "note": "boot and delete counters together; per boot = per boot+delete cycle",
             }
@@ -119,6 +124,23 @@ def _loom_boot_storm(
             f"Loom boot storm: N={servers}, H={hosts}, C={concurrency}",
         )
         return dict(summary)
+
+
+def _phase_costs(
+    start: tuple[int, int, float, dict[str, float]],
+    end: tuple[int, int, float, dict[str, float]],
+    n: int,
+) -> dict[str, Any]:
+    """Per-boot costs of the boot phase alone (from the first POST to the last ACTIVE).
+    The stats files are written twice a second, so statements here are approximate."""
+    by_process = {k: end[3][k] - start[3].get(k, 0.0) for k in end[3]}
+    by_process["postgres"] = end[2] - start[2]
+    return {
+        "sql_statements_per_boot": (end[0] - start[0]) / n,
+        "nats_messages_per_boot": (end[1] - start[1]) / n,
+        "cpu_ms_per_boot": sum(by_process.values()) * 1000 / n,
+        "cpu_ms_per_boot_by_process": {k: round(v * 1000 / n, 2) for k, v in by_process.items()},
+    }
 
 
 def _cloud_boot_storm(
@@ -214,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     sc.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
     sc.add_argument("--decisions", type=int, default=5000)
     sub.add_parser("sweep")
+    mem_p = sub.add_parser("memory", help="RSS after deletes, over rounds of growing N")
+    mem_p.add_argument("--hosts", type=int, default=1000)
+    mem_p.add_argument("--rounds", type=int, nargs="+", default=[1000, 2000, 4000])
     args = p.parse_args(argv)
 
     out = RESULTS / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -259,6 +284,22 @@ def main(argv: list[str] | None = None) -> int:
         rows = [run_sched(h, r, decisions) for h in hosts for r in replicas]
         results["scheduler"] = rows
         text += ["Scheduler select-and-claim", report.table(rows, SCHED_COLUMNS), ""]
+
+    if what in ("all", "memory"):
+        from bench.memory import memory_rows, run_memory_bench
+
+        if what == "memory":
+            mem_hosts, mem_rounds = args.hosts, args.rounds
+        else:
+            mem_hosts, mem_rounds = (100, [200, 400]) if args.quick else (1000, [1000, 2000, 4000])
+        memory = run_memory_bench(mem_hosts, mem_rounds)
+        results["memory"] = memory
+        rows = memory_rows(memory)
+        text += [
+            f"RSS (MiB) after each round's deletes, H={mem_hosts}",
+            report.table(rows, list(rows[0].keys())),
+            "",
+        ]
 
     if what in ("all", "sweep"):
         host_sizes = [10, 100] if args.quick else [10, 100, 1000]

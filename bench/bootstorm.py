@@ -33,7 +33,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from bench.client import ComputeClient
 
 POLL_INTERVAL_S = 0.025
-POLL_OVERLAP_S = 0.5
+POLL_OVERLAP_S = 0.25
 FULL_SWEEP_S = 2.0
 
 ClientModel = Literal["wait", "fire"]
@@ -111,7 +111,10 @@ async def run_boot_storm(
     client_model: ClientModel = "wait",
     timeout_s: float = 600.0,
     progress: bool = True,
+    on_boots_done: Callable[[], None] | None = None,
 ) -> StormResult:
+    """Boots, then deletes. on_boots_done, when given, is called between the two phases
+    (the benchmark reads its counters there to split boot and delete costs)."""
     run_id = uuid.uuid4().hex[:6]
     prefix = f"bench-{run_id}-"
     result = StormResult(servers=servers, concurrency=concurrency, client_model=client_model)
@@ -215,6 +218,8 @@ async def run_boot_storm(
             result.boot_started,
         )
         result.boot_finished = max((r.active_at for r in records), default=time.time())
+        if on_boots_done is not None:
+            on_boots_done()
 
         deleted = bar.add_task("DELETE", total=len(by_id))
 

@@ -31,6 +31,13 @@ class DatabaseConfig(_Section):
     # Kept open per process, no overflow. Several services and replicas share one
     # server's max_connections (100 by default), so each keeps a modest pool.
     pool_size: int = Field(default=10, ge=1, le=200)
+    # Test each pooled connection with a round trip before handing it out. Off by default:
+    # it cost every transaction a SELECT 1 and two autocommit switches. Without it, the
+    # first statement on a connection the server dropped (a restart, a failover) fails,
+    # the pool discards every connection older than that, and the retry gets a fresh one.
+    pool_pre_ping: bool = False
+    # Seconds after which a pooled connection is replaced (0 keeps them for good).
+    pool_recycle_s: int = Field(default=3600, ge=0)
 
 
 class NatsConfig(_Section):

@@ -61,7 +61,13 @@ def registrations(conductor: Conductor) -> list[grpcserver.Registration]:
 async def serve(cfg: LoomConfig, stop: asyncio.Event, **_options: object) -> None:
     """Serves until stop is set, then stops taking requests, lets the workers finish their
     current batch and closes NATS, the scheduler channel and the database pool."""
-    engine = make_engine(cfg.database_url, pool_size=cfg.database.pool_size, echo=cfg.database.echo)
+    engine = make_engine(
+        cfg.database_url,
+        pool_size=cfg.database.pool_size,
+        echo=cfg.database.echo,
+        pre_ping=cfg.database.pool_pre_ping,
+        recycle_s=cfg.database.pool_recycle_s,
+    )
     sessions = session_factory(engine)
     # Standalone runs without a configured URL expect a nats-server on the default port.
     nats_url = cfg.nats.url or "nats://127.0.0.1:4222"

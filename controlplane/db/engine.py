@@ -30,14 +30,29 @@ class StatementCounter:
         self.count = next(self._counter) + 1
 
 
-def make_engine(url: str, *, pool_size: int = 20, echo: bool = False) -> AsyncEngine:
+def make_engine(
+    url: str,
+    *,
+    pool_size: int = 20,
+    echo: bool = False,
+    pre_ping: bool = False,
+    recycle_s: int = 3600,
+) -> AsyncEngine:
     """An async engine whose statements count into the process's STATS."""
-    engine = _make_engine(async_database_url(url), pool_size=pool_size, echo=echo)
+    engine = _make_engine(
+        async_database_url(url),
+        pool_size=pool_size,
+        echo=echo,
+        pre_ping=pre_ping,
+        recycle_s=recycle_s,
+    )
     event.listen(engine.sync_engine, "before_cursor_execute", STATS.count_statement)
     return engine
 
 
-def _make_engine(url: str, *, pool_size: int, echo: bool) -> AsyncEngine:
+def _make_engine(
+    url: str, *, pool_size: int, echo: bool, pre_ping: bool, recycle_s: int
+) -> AsyncEngine:
     if url.startswith("sqlite"):
         engine = create_async_engine(
             url,
@@ -53,7 +68,12 @@ def _make_engine(url: str, *, pool_size: int, echo: bool) -> AsyncEngine:
     # each checkout past pool_size (a PostgreSQL backend start each). The same ceiling as
     # before (10 + 10 overflow) is now kept open instead; more waiters queue for one.
     return create_async_engine(
-        url, echo=echo, pool_size=pool_size, max_overflow=0, pool_pre_ping=True
+        url,
+        echo=echo,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_pre_ping=pre_ping,
+        pool_recycle=recycle_s or -1,
     )
 
 

@@ -64,7 +64,13 @@ async def serve(cfg: LoomConfig, stop: asyncio.Event) -> None:
     pipeline = build_pipeline(sched)
     if not cfg.nats.url:
         raise RuntimeError("the scheduler needs nats.url (LOOM_NATS__URL)")
-    engine = make_engine(cfg.database_url, pool_size=cfg.database.pool_size, echo=cfg.database.echo)
+    engine = make_engine(
+        cfg.database_url,
+        pool_size=cfg.database.pool_size,
+        echo=cfg.database.echo,
+        pre_ping=cfg.database.pool_pre_ping,
+        recycle_s=cfg.database.pool_recycle_s,
+    )
     # Claims keep a few connections open, so each is one round trip with no pool checkout.
     store = ProviderStore(engine, claim_connections=CLAIM_CONNECTIONS)
     cache = HostCache(store)

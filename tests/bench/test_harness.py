@@ -1,0 +1,57 @@
+"""The benchmark harness itself, on a small real Loom (PostgreSQL, NATS, test:/// hosts)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bench.bootstorm import CLIENT_MODELS, ClientModel, run_boot_storm
+from bench.client import ComputeClient, resolve_cloud
+from bench.launch import launch_loom, prepare_tenant
+from bench.memory import memory_rows, run_memory_bench
+
+
+@pytest.mark.parametrize("model", CLIENT_MODELS)
+def test_a_small_storm_boots_every_server_then_sees_every_one_deleted(model: ClientModel) -> None:
+    with launch_loom(4) as loom:
+        flavor_name, image = asyncio.run(prepare_tenant(loom))
+        endpoint = resolve_cloud("loom", loom.clouds_yaml)
+
+        async def storm() -> dict[str, object]:
+            client = ComputeClient(endpoint, max_connections=8)
+            try:
+                flavor = await client.find_flavor(flavor_name)
+                result = await run_boot_storm(
+                    client,
+                    servers=24,
+                    concurrency=4,
+                    flavor=flavor,
+                    image=image,
+                    client_model=model,
+                    progress=False,
+                )
+            finally:
+                await client.close()
+            assert all(r.post_end >= r.post_start > 0 for r in result.records)
+            assert all(r.active_at >= r.post_end for r in result.records)
+            assert all(r.gone_at >= r.delete_start > 0 for r in result.records)
+            return result.summary()
+
+        summary = asyncio.run(storm())
+    assert (summary["active"], summary["error"], summary["failed_requests"]) == (24, 0, 0)
+    assert summary["client_model"] == model
+    assert summary["deletes_per_s"] > 0
+    assert isinstance(summary["polls"], int) and summary["polls"] > 0
+
+
+def test_the_memory_bench_reads_every_process_after_each_round() -> None:
+    result = run_memory_bench(4, [16, 16], concurrency=4, warmup=8)
+    assert [s["step"] for s in result["steps"]] == ["warm-up", "round 1", "round 2"]
+    for step in result["steps"]:
+        assert (step["active"], step["deleted"]) == (step["servers"], step["servers"])
+        assert set(step["rss_mib"]) == {"gateway", "conductor", "scheduler", "agent", "nats-server"}
+        assert all(v > 1 for v in step["rss_mib"].values())
+    assert result["servers_between_first_and_last_reading"] == 16
+    rows = memory_rows(result)
+    assert rows[-1]["step"] == "growth MiB / 1000 servers"
