@@ -42,7 +42,8 @@ def test_a_small_storm_boots_every_server_then_sees_every_one_deleted(model: Cli
     assert (summary["active"], summary["error"], summary["failed_requests"]) == (24, 0, 0)
     assert summary["client_model"] == model
     assert summary["deletes_per_s"] > 0
-    assert isinstance(summary["polls"], int) and summary["polls"] > 0
+    assert isinstance(summary["polls"], int)
+    assert summary["polls"] > 0
 
 
 def test_the_memory_bench_reads_every_process_after_each_round() -> None:
