@@ -26,6 +26,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from controlplane.db.models import Allocation, ResourceProvider
+from controlplane.runtime.stats import STATS
 from controlplane.scheduler.hoststate import (
     HostState,
     Inventory,
@@ -598,6 +599,7 @@ class _ClaimLane:
             async with driver.pipeline():
                 for p in batch:
                     cur = driver.cursor(row_factory=dict_row)
+                    STATS.count_statement()  # past SQLAlchemy: counted here
                     await cur.execute(p.sql, p.params, prepare=True)
                     cursors.append(cur)
             return [await cur.fetchone() for cur in cursors]
@@ -607,6 +609,7 @@ class _ClaimLane:
             try:
                 async with self._connection() as driver:
                     cur = driver.cursor(row_factory=dict_row)
+                    STATS.count_statement()  # past SQLAlchemy: counted here
                     await cur.execute(sql, params, prepare=True)
                     return await cur.fetchone()
             except psycopg.OperationalError:

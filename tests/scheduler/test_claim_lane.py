@@ -10,6 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from controlplane.db.engine import make_engine
+from controlplane.runtime.stats import STATS
 from controlplane.scheduler.hoststate import Resources
 from controlplane.scheduler.store import ClaimStatus, ProviderStore
 from tests.scheduler.dbcheck import add_host, assert_consistent
@@ -97,3 +98,18 @@ async def test_two_stores_batching_the_same_consumers_claim_each_exactly_once(
     assert all(r.status is not ClaimStatus.NO_ROOM for r in results)
     usage = await assert_consistent(engine)
     assert sum(u.allocations for u in usage.values()) == 30
+
+
+async def test_claims_sent_straight_to_the_driver_count_as_statements(
+    store: ProviderStore,
+) -> None:
+    # The benchmark's "SQL statements per boot" reads this counter: claims bypass
+    # SQLAlchemy, so they must count themselves, one per statement, pipelined or alone.
+    host = await add_host(store, "a", vcpus=64, memory_mb=10_000)
+    before = STATS.snapshot()["statements"]
+    assert (await store.claim(host.id, "alone", "p", MB100)).status is ClaimStatus.CLAIMED
+    assert STATS.snapshot()["statements"] - before == 1
+    before = STATS.snapshot()["statements"]
+    results = await asyncio.gather(*(store.claim(host.id, f"c-{i}", "p", MB100) for i in range(20)))
+    assert all(r.status is ClaimStatus.CLAIMED for r in results)
+    assert STATS.snapshot()["statements"] - before == 20
