@@ -82,7 +82,9 @@ def _loom_boot_storm(
                 await client.close()
 
         before = counters()
+        client_cpu0 = time.process_time()
         result = asyncio.run(storm())
+        client_cpu_s = time.process_time() - client_cpu0
         time.sleep(1.0)  # the stats files are written twice a second
         after = counters()
         summary = result.summary()
@@ -102,6 +104,8 @@ def _loom_boot_storm(
                 "nats_messages_per_boot": (after[1] - before[1]) / n,
                 "cpu_ms_per_boot": (loom_cpu + pg_cpu) * 1000 / n,
                 "cpu_ms_per_boot_loom_only": loom_cpu * 1000 / n,
+                # The load generator (this process: clients and poller) shares the cores.
+                "client_cpu_ms_per_boot": client_cpu_s * 1000 / n,
                 "cpu_s_by_process": {
                     k: round(after[3][k] - before[3].get(k, 0.0), 3) for k in after[3]
                 }
