@@ -25,6 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from controlplane.db.driver import driver_of
 from controlplane.db.models import Allocation, ResourceProvider
 from controlplane.runtime.stats import STATS
 from controlplane.scheduler.hoststate import (
@@ -623,12 +624,12 @@ class _ClaimLane:
         """A connection: kept ones are used by one sender at a time."""
         if self._size == 0:
             async with self._engine.connect() as conn:
-                yield await _driver(conn)
+                yield await driver_of(conn)
             return
         conn = self._idle.pop() if self._idle else await self._engine.connect()
         driver: psycopg.AsyncConnection[Any] | None = None
         try:
-            driver = await _driver(conn)
+            driver = await driver_of(conn)
             yield driver
         finally:
             # Kept only when idle (a statement that failed, such as a twin claim's
@@ -649,11 +650,6 @@ class _ClaimLane:
 
 def _is_idle(driver: psycopg.AsyncConnection[Any]) -> bool:
     return not driver.closed and driver.info.transaction_status is psycopg.pq.TransactionStatus.IDLE
-
-
-async def _driver(conn: AsyncConnection) -> psycopg.AsyncConnection[Any]:
-    raw = await conn.get_raw_connection()
-    return cast("psycopg.AsyncConnection[Any]", raw.driver_connection)
 
 
 # Heartbeats never move backwards: another replica may have stored a later one.

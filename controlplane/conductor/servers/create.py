@@ -11,9 +11,11 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
+import psycopg
 from loom.conductor.v1 import conductor_pb2
 from sqlalchemy import (
     Integer,
@@ -29,7 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import REGCLASS
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from controlplane.conductor import commands, outbox
 from controlplane.conductor.context import Conductor
@@ -41,6 +43,7 @@ from controlplane.conductor.quotas import (
     usage_columns,
 )
 from controlplane.conductor.states import TaskState, VmState
+from controlplane.db import driver
 from controlplane.db.models import Flavor, Image, Instance, InstanceAction, Keypair
 
 # Stable instance UUIDs per (project, request_id, index): a retried request collides on the
@@ -128,19 +131,23 @@ async def create_servers(
         # Every read the validation needs, in ONE statement: flavor, image, usage, limits,
         # keypair. A boot's statement budget is small (see the conductor's README).
         postgres = session.get_bind().dialect.name == "postgresql"
-        found = (
-            await session.execute(
-                _validation_query(bool(request.key_name), postgres),
-                {
-                    "project_id": request.project_id,
-                    "user_id": request.user_id,
-                    "key_name": request.key_name,
-                    "image_id": request.image_id,
-                    "flavor_id": request.flavor_id,
-                    "id_count": max_count,
-                },
+        params = {
+            "project_id": request.project_id,
+            "user_id": request.user_id,
+            "key_name": request.key_name,
+            "image_id": request.image_id,
+            "flavor_id": request.flavor_id,
+            "id_count": max_count,
+        }
+        found: Any
+        if postgres:
+            found = await _validate_on_driver(
+                await driver.session_connection(session), bool(request.key_name), params
             )
-        ).one_or_none()
+        else:
+            found = (
+                await session.execute(_validation_query(bool(request.key_name), False), params)
+            ).one_or_none()
         if found is None:
             raise InvalidArgument(f"Flavor {request.flavor_id} could not be found.")
         flavor, image = found[0], found[1]
@@ -254,7 +261,12 @@ async def create_servers(
                     await _assign_addresses(session, rows)
                 # ONE statement writes the instances, their actions and their schedule
                 # messages (writable CTEs); the rows stay plain objects, never flushed.
-                await session.execute(_INSERT_ALL, _insert_all_params(rows, actions, scheduled))
+                sql, _ = driver.compiled(_INSERT_ALL)
+                await driver.execute(
+                    await driver.session_connection(session),
+                    sql,
+                    _insert_all_params(rows, actions, scheduled),
+                )
             else:
                 session.add_all(rows)
                 await session.flush()  # one INSERT ... RETURNING gives the integer ids
@@ -263,7 +275,7 @@ async def create_servers(
                 session.add_all(InstanceAction(**a) for a in actions)
                 await outbox.add(session, *scheduled)
             await session.commit()
-        except IntegrityError:
+        except (IntegrityError, psycopg.IntegrityError):
             if not request.request_id:
                 raise
             await session.rollback()
@@ -410,6 +422,30 @@ def _insert_all_params(
         "actions": encode(actions),
         "outbox": encode(outbox.rows_of(messages)),
     }
+
+
+_FLAVOR_COLUMNS = [c.key for c in Flavor.__table__.columns]
+_IMAGE_COLUMNS = [c.key for c in Image.__table__.columns]
+
+
+async def _validate_on_driver(
+    db: AsyncConnection, with_key: bool, params: dict[str, Any]
+) -> tuple[Any, ...] | None:
+    """The validation query sent straight to psycopg (PostgreSQL): the same row as the
+    ORM path gives, with the flavor and image as plain attribute bags."""
+    sql, literals = driver.compiled(_validation_query(with_key, True))
+    row = await (await driver.execute(db, sql, {**literals, **params})).fetchone()
+    if row is None:
+        return None
+    nf, ni = len(_FLAVOR_COLUMNS), len(_IMAGE_COLUMNS)
+    flavor = SimpleNamespace(**dict(zip(_FLAVOR_COLUMNS, row[:nf], strict=True)))
+    image_values = row[nf : nf + ni]
+    image = (
+        None
+        if image_values[0] is None
+        else SimpleNamespace(**dict(zip(_IMAGE_COLUMNS, image_values, strict=True)))
+    )
+    return (flavor, image, *row[nf + ni :])
 
 
 @cache
