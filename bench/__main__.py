@@ -36,10 +36,14 @@ def _loom_boot_storm(
     *,
     sim_memory_mb: int | None = None,
     client_model: ClientModel = "wait",
+    settings: dict[str, str] | None = None,
+    conductors: int = 1,
 ) -> dict[str, Any]:
     from bench.launch import launch_loom, prepare_tenant
 
-    with launch_loom(hosts, sim_memory_mb=sim_memory_mb) as loom:
+    with launch_loom(
+        hosts, sim_memory_mb=sim_memory_mb, settings=settings, conductors=conductors
+    ) as loom:
         flavor_name, image = asyncio.run(prepare_tenant(loom))
         endpoint = resolve_cloud("loom", loom.clouds_yaml)
         pids = loom.pids()
@@ -118,6 +122,8 @@ def _loom_boot_storm(
                 else float("nan"),
                 "boot_phase": _phase_costs(before, at_boots_done[0], n) if at_boots_done else {},
                 "boot_and_delete_wall_s": boot_and_delete_s,
+                "settings": settings or {},
+                "conductors": conductors,
                 "note": "boot and delete counters together; per boot = per boot+delete cycle",
             }
         )
@@ -128,6 +134,16 @@ def _loom_boot_storm(
             f"Loom boot storm: N={servers}, H={hosts}, C={concurrency}",
         )
         return dict(summary)
+
+
+def _settings(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or "." not in key:
+            raise SystemExit(f"--set wants SECTION.KEY=VALUE, not {pair!r}")
+        out[key] = value
+    return out
 
 
 def _phase_costs(
@@ -235,6 +251,14 @@ def main(argv: list[str] | None = None) -> int:
         help="wait: each client waits for its server before the next (default); "
         "fire: clients POST without waiting",
     )
+    bs.add_argument("--conductors", type=int, default=1, help="conductor processes")
+    bs.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="a Loom setting for every service, e.g. conductor.scheduling_lanes=2",
+    )
     sc = sub.add_parser("scheduler")
     sc.add_argument("--hosts", type=int, nargs="+", default=[1000, 10000])
     sc.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
@@ -273,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
                     args.concurrency,
                     out,
                     client_model=args.client_model,
+                    settings=_settings(args.set),
+                    conductors=args.conductors,
                 )
             ]
         else:

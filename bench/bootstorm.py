@@ -34,7 +34,7 @@ from bench.client import ComputeClient
 
 POLL_INTERVAL_S = 0.025
 POLL_OVERLAP_S = 0.25
-FULL_SWEEP_S = 2.0
+FULL_SWEEP_S = 10.0
 
 ClientModel = Literal["wait", "fire"]
 CLIENT_MODELS: tuple[ClientModel, ...] = ("wait", "fire")

@@ -62,9 +62,17 @@ def _wait_for_hosts(stack: Stack, hosts: int, timeout: float) -> None:
 
 @contextmanager
 def launch_loom(
-    hosts: int, *, sim_memory_mb: int | None = None, keep: bool = False
+    hosts: int,
+    *,
+    sim_memory_mb: int | None = None,
+    keep: bool = False,
+    settings: dict[str, str] | None = None,
+    conductors: int = 1,
 ) -> Iterator[LoomUnderTest]:
-    """Gateway, conductor, scheduler and a fleet process of `hosts` simulated agents."""
+    """Gateway, conductor, scheduler and a fleet process of `hosts` simulated agents.
+    settings maps configuration keys ("conductor.scheduling_lanes") to values for every
+    service (as LOOM_SECTION__KEY variables). With conductors > 1, that many conductor
+    processes share the work and the gateway spreads its calls over them."""
     postgres.ensure_postgres_running()
     db_name = postgres.create_database(prefix="loom_bench")
     data_dir = Path(tempfile.mkdtemp(prefix="loom-bench-"))
@@ -73,20 +81,32 @@ def launch_loom(
     env = {"LOOM_STATS_DIR": str(stats_dir), "LOOM_LOGGING__LEVEL": "WARNING"}
     if sim_memory_mb:
         env["LOOM_AGENT__SIM_MEMORY_MB"] = str(sim_memory_mb)
+    for key, value in (settings or {}).items():
+        section, _, name = key.partition(".")
+        env[f"LOOM_{section.upper()}__{name.upper()}"] = value
     stack = Stack(
         db_url=postgres.url_for(db_name), nats_url=nats.url, data_dir=data_dir, extra_env=env
     )
     try:
         migrate.upgrade(stack.db_url)
         # WARNING level hides the "ready" lines the stack waits for; keep INFO for start-up.
-        for name, args in (
-            ("scheduler", ()),
-            ("conductor", ()),
-            ("agent", ("--simulate", str(hosts), "--host-prefix", "bench")),
-            ("gateway", ()),
-        ):
+        conductor_targets = [stack.conductor_target] + [
+            f"127.0.0.1:{free_port()}" for _ in range(conductors - 1)
+        ]
+        gateway_env = {"LOOM_GATEWAY__CONDUCTOR_TARGET": "ipv4:" + ",".join(conductor_targets)}
+        plan: list[tuple[str, tuple[str, ...], dict[str, str]]] = [
+            ("scheduler", (), {}),
+            ("conductor", (), {}),
+            *(
+                (f"conductor#{i + 1}", (), {"LOOM_CONDUCTOR__LISTEN": target})
+                for i, target in enumerate(conductor_targets[1:], start=1)
+            ),
+            ("agent", ("--simulate", str(hosts), "--host-prefix", "bench"), {}),
+            ("gateway", (), gateway_env),
+        ]
+        for name, args, own_env in plan:
             stack.extra_env["LOOM_LOGGING__LEVEL"] = "INFO"
-            stack.start(name, *args, timeout=300)
+            stack.start(name, *args, timeout=300, env=own_env)
         _wait_for_hosts(stack, hosts, timeout=300)
         yield LoomUnderTest(stack, nats, db_name, stats_dir, hosts)
     finally:

@@ -69,6 +69,8 @@ class ConductorConfig(_Section):
     service_down_time: int = Field(default=60, ge=2)
     # Outbox relay: how many rows one publish batch carries.
     outbox_batch: int = Field(default=256, ge=1)
+    # Batches of schedule messages one conductor places at once (see SchedulingWorker.run).
+    scheduling_lanes: int = Field(default=2, ge=1, le=16)
     # Upper bound on list page sizes (Nova's max_limit).
     max_limit: int = Field(default=1000, ge=1)
     # Nova's defaults for new projects; -1 is unlimited.
@@ -133,6 +135,9 @@ class AgentConfig(_Section):
 class GatewayConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8774, ge=0, le=65535)
+    # gRPC target of the conductors; empty means conductor.listen. For several conductor
+    # processes: "ipv4:HOST:PORT,HOST:PORT" (calls are spread over them round robin).
+    conductor_target: str = ""
     # Public base URL for links and the catalog; empty derives it from host and port.
     public_url: str = ""
     # HMAC key for tokens; empty generates one into the data directory.

@@ -23,7 +23,9 @@ log = logging.getLogger("loom.gateway")
 
 
 def make_gateway(cfg: LoomConfig) -> Gateway:
-    channel = insecure_or_secure_channel(cfg.conductor.listen, cfg.tls)
+    channel = insecure_or_secure_channel(
+        cfg.gateway.conductor_target or cfg.conductor.listen, cfg.tls
+    )
     return Gateway(
         cfg=cfg.gateway,
         conductor=Conductor(channel),

@@ -460,15 +460,27 @@ class SchedulingWorker:
                     self._log_failure(message, outcome)
                     await msg.nak(delay=1.0)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Consumes until stop is set; survives NATS outages (fetch retries)."""
-        sub = await self._js.pull_subscribe(
-            commands.SCHEDULE_SUBJECT,
-            durable=DURABLE,
-            stream=bus.CONDUCTOR_STREAM,
-            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60.0, max_ack_pending=-1),
-        )
-        await consume(sub, stop, self._batch, self._handle_batch)
+    async def run(self, stop: asyncio.Event, lanes: int = 1) -> None:
+        """Consumes until stop is set; survives NATS outages (fetch retries).
+
+        With lanes > 1, that many batches are in hand at once, each fetched on a pull
+        subscription of its own from the shared durable consumer: while one batch waits
+        on the database or the scheduler, the next is already being placed. Lanes are to
+        one conductor what several conductors are to the fleet, and as safe: every
+        placement is a guarded UPDATE and every claim is keyed by its instance."""
+
+        async def lane() -> None:
+            sub = await self._js.pull_subscribe(
+                commands.SCHEDULE_SUBJECT,
+                durable=DURABLE,
+                stream=bus.CONDUCTOR_STREAM,
+                config=ConsumerConfig(
+                    ack_policy=AckPolicy.EXPLICIT, ack_wait=60.0, max_ack_pending=-1
+                ),
+            )
+            await consume(sub, stop, self._batch, self._handle_batch)
+
+        await asyncio.gather(*(lane() for _ in range(max(1, lanes))))
 
 
 async def consume(

@@ -86,7 +86,10 @@ async def serve(cfg: LoomConfig, stop: asyncio.Event, **_options: object) -> Non
     relay = Relay(sessions, js, conductor.wakeup, batch=cfg.conductor.outbox_batch, watch=watch)
     tasks = [
         asyncio.create_task(relay.run(workers_stop), name="outbox-relay"),
-        asyncio.create_task(SchedulingWorker(conductor, js).run(workers_stop), name="scheduling"),
+        asyncio.create_task(
+            SchedulingWorker(conductor, js).run(workers_stop, cfg.conductor.scheduling_lanes),
+            name="scheduling",
+        ),
         asyncio.create_task(EventConsumer(conductor, js).run(workers_stop), name="events"),
         asyncio.create_task(HeartbeatRecorder(sessions).run(nc, workers_stop), name="heartbeats"),
         asyncio.create_task(StrandedBuilds(conductor).run(workers_stop), name="stranded-builds"),

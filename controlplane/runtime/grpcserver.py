@@ -59,7 +59,11 @@ def channel_credentials(tls: TlsConfig) -> grpc.ChannelCredentials | None:
 
 def insecure_or_secure_channel(target: str, tls: TlsConfig | None = None) -> grpc.aio.Channel:
     creds = channel_credentials(tls) if tls else None
-    options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    options: list[tuple[str, str | int]] = [
+        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        # A target naming several servers ("ipv4:a:1,b:2") spreads calls over all of them.
+        ("grpc.lb_policy_name", "round_robin"),
+    ]
     if creds is None:
         return grpc.aio.insecure_channel(target, options=options)
     return grpc.aio.secure_channel(target, creds, options=options)

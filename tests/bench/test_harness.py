@@ -56,3 +56,32 @@ def test_the_memory_bench_reads_every_process_after_each_round() -> None:
     assert result["servers_between_first_and_last_reading"] == 16
     rows = memory_rows(result)
     assert rows[-1]["step"] == "growth MiB / 1000 servers"
+
+
+def test_with_two_conductors_the_gateway_keeps_creating_servers_when_one_stops() -> None:
+    with launch_loom(2, conductors=2) as loom:
+        flavor_name, image = asyncio.run(prepare_tenant(loom))
+        endpoint = resolve_cloud("loom", loom.clouds_yaml)
+        assert {"conductor", "conductor#2"} <= set(loom.pids())
+
+        async def boot(n: int) -> dict[str, object]:
+            client = ComputeClient(endpoint, max_connections=4)
+            try:
+                flavor = await client.find_flavor(flavor_name)
+                result = await run_boot_storm(
+                    client,
+                    servers=n,
+                    concurrency=2,
+                    flavor=flavor,
+                    image=image,
+                    progress=False,
+                )
+            finally:
+                await client.close()
+            return result.summary()
+
+        both = asyncio.run(boot(8))
+        assert (both["active"], both["failed_requests"]) == (8, 0)
+        loom.stack.stop("conductor")
+        one = asyncio.run(boot(8))
+        assert (one["active"], one["failed_requests"]) == (8, 0)

@@ -36,6 +36,8 @@ class Service:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     ready_lines_seen: int = 0
+    # Settings of this service alone (LOOM_* variables), over the stack's.
+    env: dict[str, str] = field(default_factory=dict)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -100,8 +102,16 @@ class Stack:
         env.update(self.extra_env)
         return env
 
-    def start(self, name: str, *args: str, wait: bool = True, timeout: float = 60.0) -> Service:
-        """Starts (or restarts) a service and, with wait, returns once it logged "ready"."""
+    def start(
+        self,
+        name: str,
+        *args: str,
+        wait: bool = True,
+        timeout: float = 60.0,
+        env: dict[str, str] | None = None,
+    ) -> Service:
+        """Starts (or restarts) a service and, with wait, returns once it logged "ready".
+        env holds settings of this service alone (kept for its restarts)."""
         service_cmd = name.split("#", 1)[0]
         svc = self.services.get(name)
         if svc is None:
@@ -109,6 +119,7 @@ class Stack:
                 name=name,
                 argv=[sys.executable, "-m", "controlplane.cli", service_cmd, *args],
                 log_path=self.data_dir / f"{name.replace('#', '-')}.log",
+                env=dict(env or {}),
             )
             self.services[name] = svc
         if svc.alive():
@@ -118,7 +129,7 @@ class Stack:
         with open(svc.log_path, "ab") as log:
             svc.process = subprocess.Popen(
                 svc.argv,
-                env=self.env(),
+                env=self.env() | svc.env,
                 cwd=ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,
