@@ -19,6 +19,13 @@ fi
 pg_ready && echo "postgresql: up" || echo "postgresql: NOT reachable on 127.0.0.1:5432" >&2
 
 if command -v libvirtd >/dev/null; then
+  # Debian's udev rule gives /dev/kvm to group kvm (mode 0660), where libvirt's qemu user
+  # is; a machine without udev may leave it root-only. Then libvirt's QEMU capability
+  # probe (run as root) sees KVM while its validity check (as the qemu user) does not,
+  # so every domain definition probes QEMU afresh: 30-40 s per define.
+  if [[ -c /dev/kvm ]] && getent group kvm >/dev/null; then
+    chgrp kvm /dev/kvm 2>/dev/null && chmod 0660 /dev/kvm 2>/dev/null || true
+  fi
   mkdir -p /var/log/libvirt /var/run/libvirt
   pgrep -x virtlogd >/dev/null || virtlogd -d 2>/dev/null || true
   pgrep -x libvirtd >/dev/null || libvirtd -d 2>/dev/null || true
