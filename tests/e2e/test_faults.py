@@ -9,8 +9,8 @@ import pytest
 from loom.compute.v1 import compute_pb2, compute_pb2_grpc
 from loom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 
-from tests.e2e.conftest import Nats
 from tests.e2e.support import Client, Status, db_scalar, settle, start_boot_path
+from tests.support.nats import RestartableNats
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.slow
@@ -54,7 +54,7 @@ async def test_an_agent_killed_mid_build_finishes_every_build_it_held_after_rest
 
 
 async def test_a_conductor_killed_after_commit_and_before_publish_loses_no_build(
-    stack: Stack, client: Client, nats: Nats
+    stack: Stack, client: Client, nats: RestartableNats
 ) -> None:
     await start_boot_path(stack, client, 3, "outbox")
 
@@ -76,7 +76,7 @@ async def test_a_conductor_killed_after_commit_and_before_publish_loses_no_build
 
 
 async def test_a_nats_restart_in_the_middle_of_a_boot_wave_loses_no_command(
-    stack: Stack, client: Client, nats: Nats
+    stack: Stack, client: Client, nats: RestartableNats
 ) -> None:
     await start_boot_path(stack, client, 4, "natsdown")
 
