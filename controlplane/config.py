@@ -106,6 +106,10 @@ class AgentConfig(_Section):
     # gRPC ComputeService listen address; port 0 picks a free port.
     listen: str = "127.0.0.1:0"
     heartbeat_interval: float = Field(default=10.0, gt=0)
+    # Seconds each pull request for the host's commands stays open on the server. An idle
+    # host sends one pull request per expiry; nothing waits it out: agents pull afresh at
+    # once after a NATS reconnect, and stopping cancels the open pull request.
+    command_pull_expiry: float = Field(default=30.0, gt=0)
     # Simulated host size (test:/// only).
     sim_vcpus: int = Field(default=32, ge=1)
     sim_memory_mb: int = Field(default=131072, ge=256)

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import random
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
 import grpc
@@ -59,6 +59,70 @@ def _valid_uuid(value: str) -> bool:
     return True
 
 
+# -- the pull subscription, below nats-py's public API -------------------------------------
+# Deliveries to a pull subscription (commands and the status messages that end pull
+# requests) queue in the client until a fetch takes them; fetch() takes queued ones before
+# it asks the server for more, so a command delivered for a pull request whose fetch was
+# ended still reaches the next fetch. nats-py (2.16) offers no public way to the three
+# things below; they use the client's own structures, as the client does itself when it
+# closes. mypy reports a rename in a newer client, and the agent's tests exercise each.
+
+
+def _end_fetch_waits(psub: JetStreamContext.PullSubscription) -> bool:
+    """Ends a fetch waiting for its pull request's answer. False when none is waiting.
+
+    What is cancelled is the client's inner wait, never the fetch itself: a fetch cancelled
+    just after that wait took a command off the queue would drop the command (back only
+    after ack_wait), while a cancelled wait either leaves the command queued or returns it
+    through the fetch.
+    """
+    waits = psub._sub._pending_next_msgs_calls
+    if not waits:
+        return False
+    for wait in list(waits.values()):
+        wait.cancel()
+    return True
+
+
+async def _withdraw_interest(nc: NATS, psub: JetStreamContext.PullSubscription) -> None:
+    """Ends the subscription on the server first and in the client only after a round trip,
+    so every command the server sent to it is in the client's queue.
+
+    Once the server has processed the UNSUB, it drops open pull requests whose reply
+    subject has no interest instead of delivering to them, and a delivery it had already
+    begun finds no subscriber and is queued again for immediate redelivery. Ending the
+    subscription in the client first would discard what the server sent meanwhile, to come
+    back only after ack_wait.
+    """
+    if nc.is_connected:
+        try:
+            async with asyncio.timeout(5):
+                await nc._send_unsubscribe(psub._sub._id)
+                # flush() writes its PING straight to the socket, ahead of commands still
+                # buffered: wait until the UNSUB is written, so the PONG comes after it.
+                await nc._flush_pending(force_flush=True)
+                await nc.flush()
+        except Exception as exc:
+            # Commands delivered meanwhile come back after ack_wait.
+            log.warning("command subscription not ended cleanly: %s", exc)
+    # While reconnecting the server has no subscription to end: nothing can be delivered.
+    with contextlib.suppress(Exception):
+        await psub.unsubscribe()
+
+
+def _take_queued_commands(psub: JetStreamContext.PullSubscription) -> list[Msg]:
+    """Empties the subscription's queue; returns the commands in it (statuses dropped)."""
+    sub = psub._sub
+    queue = sub._pending_queue
+    commands: list[Msg] = []
+    while not queue.empty():
+        msg = queue.get_nowait()
+        sub._pending_size -= len(msg.data)
+        if JetStreamContext.is_status_msg(msg) is None:
+            commands.append(msg)
+    return commands
+
+
 class HostAgent:
     """The agent of one host. `start()` then `stop()`; the driver is owned by the agent."""
 
@@ -74,7 +138,7 @@ class HostAgent:
         fleet: FleetView | None = None,
         placements: dict[str, str] | None = None,
         ack_wait: float = 30.0,
-        fetch_timeout: float = 2.0,
+        watch: bus.ConnectionWatch | None = None,
     ) -> None:
         if not bus.valid_host_name(host):
             raise ValueError(f"host name {host!r} cannot be a NATS subject token")
@@ -90,11 +154,17 @@ class HostAgent:
         # instance → host for the whole process (the gRPC API dispatches with it).
         self._placements: dict[str, str] = {} if placements is None else placements
         self._ack_wait = ack_wait
-        # The expiry of each pull request. Short on purpose: a pull request dies with the
-        # server's memory when NATS restarts, and the client only notices when its own wait
-        # ends, so this bounds how long commands sit unseen after a NATS restart; it also
-        # bounds how long stop() waits for the last pull request to close.
-        self._fetch_timeout = fetch_timeout
+        # The expiry of each pull request. Long is cheap (an idle host sends one pull request
+        # per expiry) and nothing waits it out: a pull request lost with a restarted server
+        # is replaced as soon as the connection is back (watch), and stop ends the open one.
+        self._pull_expiry = cfg.command_pull_expiry
+        self._watch = watch
+        # What the consume loop waits on (a fetch, or the pause after a failed one), and for
+        # a fetch, the connection its pull request went out on (an event set once it drops).
+        self._waiting: asyncio.Task[Any] | None = None
+        self._waiting_is_fetch = False
+        self._waiting_link: asyncio.Event | None = None
+        self._consuming_stopped: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._known: dict[str, PowerState] = {}
         # Deleted by command since start: reconcile must not bring these back.
@@ -138,6 +208,8 @@ class HostAgent:
             pending_msgs_limit=256,
             pending_bytes_limit=4 * 1024 * 1024,
         )
+        if self._watch is not None:
+            self._watch.on_restored(self._pull_again_after_reconnect)
         self._consumer = asyncio.create_task(self._consume(), name=f"consume-{self.host}")
         self._tasks.append(asyncio.create_task(self._housekeeping(), name=f"tick-{self.host}"))
         if self._fleet is not None:
@@ -145,17 +217,61 @@ class HostAgent:
         else:
             self.reconciled.set()
 
+    def repull(self) -> None:
+        """Replaces the open pull request with a fresh one at once (or ends the pause after
+        a failed fetch). A command the old request still brings is queued in the client
+        and taken by the next fetch, so nothing is lost."""
+        if not self._stopping:
+            self._end_wait()
+
+    def _end_wait(self) -> None:
+        waiting = self._waiting
+        if waiting is None or waiting.done():
+            return
+        if self._waiting_is_fetch and self._psub is not None and _end_fetch_waits(self._psub):
+            return
+        # The pause, or a fetch not yet waiting for an answer: it holds no command to drop.
+        waiting.cancel()
+
+    def _pull_again_after_reconnect(self) -> None:
+        # A pull request sent on the connection that dropped may have died with the server;
+        # the client would wait out its expiry. One sent while reconnecting went out on the
+        # new connection and stands.
+        link = self._waiting_link
+        if link is None or link.is_set():
+            self.repull()
+
     async def stop_consuming(self) -> None:
-        """Finishes the command in hand and lets the last pull request close (at most one
-        fetch expiry); a command that arrives meanwhile is handed back at once (nak), so the
-        next agent of this host gets it without waiting out ack_wait. Idempotent."""
-        self._stopping = True
+        """Stops taking commands, promptly: the command in hand is finished, the open pull
+        request is ended, and commands that already reached this agent are handed back at
+        once (nak), so the next agent of this host gets them without waiting out ack_wait.
+        The durable consumer stays. Idempotent; concurrent calls share one stop."""
+        if self._consuming_stopped is None:
+            self._stopping = True
+            self._end_wait()  # a command in hand is finished first
+            self._consuming_stopped = asyncio.create_task(
+                self._stop_consuming(), name=f"stop-consuming-{self.host}"
+            )
+        await asyncio.shield(self._consuming_stopped)
+
+    async def _stop_consuming(self) -> None:
         consumer = self._consumer
         if consumer is not None:
-            # Never cancelled while a pull request is open: a command the server delivered
-            # to it would be dropped with the subscription and sit ack-pending for ack_wait.
-            with contextlib.suppress(asyncio.CancelledError):
-                await consumer
+            await asyncio.wait([consumer])
+            if not consumer.cancelled() and consumer.exception() is not None:
+                log.error(
+                    "command consumer failed",
+                    exc_info=consumer.exception(),
+                    extra={"host": self.host},
+                )
+        psub = self._psub
+        if psub is None:
+            return
+        # The pull request the fetch waited on is still open on the server: end the
+        # subscription (which closes it), then give back what reached this agent.
+        await _withdraw_interest(self._nc, psub)
+        for msg in _take_queued_commands(psub):
+            await self._hand_back(msg)
 
     async def stop(self) -> None:
         """Stops consuming (the durable consumer stays, no pull request is left open),
@@ -169,9 +285,6 @@ class HostAgent:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._psub is not None:
-            with contextlib.suppress(Exception):
-                await self._psub.unsubscribe()
         for iid in self._known:
             if self._placements.get(iid) == self.host:
                 del self._placements[iid]
@@ -207,24 +320,50 @@ class HostAgent:
     # -- commands -----------------------------------------------------------------------
 
     async def _consume(self) -> None:
-        assert self._psub is not None
+        psub = self._psub
+        assert psub is not None
         while not self._stopping:
-            try:
-                msgs = await self._psub.fetch(1, timeout=self._fetch_timeout)
-            except TimeoutError:
-                continue
-            except Exception as exc:
+            link = self._watch.current_link() if self._watch is not None else None
+            fetch = await self._wait_on(
+                psub.fetch(1, timeout=self._pull_expiry), is_fetch=True, link=link
+            )
+            if fetch.cancelled():
+                continue  # repull() or stop: a fresh pull request, or the end
+            exc = fetch.exception()
+            if isinstance(exc, TimeoutError):
+                continue  # the pull request expired with nothing for this host
+            if exc is not None:
                 if self._stopping:
                     return
                 log.warning("fetch failed: %s", exc, extra={"host": self.host})
-                await asyncio.sleep(1.0)
+                await self._wait_on(asyncio.sleep(1.0), is_fetch=False, link=None)
                 continue
-            for msg in msgs:
+            for msg in fetch.result():
                 if self._stopping:
-                    with contextlib.suppress(Exception):
-                        await msg.nak()
+                    await self._hand_back(msg)
                     continue
                 await self._handle_message(msg)
+
+    async def _wait_on(
+        self, work: Coroutine[Any, Any, T], *, is_fetch: bool, link: asyncio.Event | None
+    ) -> asyncio.Task[T]:
+        """Runs work as a task of its own and returns it once finished. repull() and stop
+        end that task, not the loop; cancelling the loop cancels the task too (only at
+        process exit: a command then in flight comes back after ack_wait)."""
+        task = asyncio.create_task(work)
+        self._waiting, self._waiting_is_fetch, self._waiting_link = task, is_fetch, link
+        try:
+            await asyncio.wait([task])
+        finally:
+            self._waiting, self._waiting_is_fetch, self._waiting_link = None, False, None
+            if not task.done():
+                task.cancel()
+        return task
+
+    async def _hand_back(self, msg: Msg) -> None:
+        """Gives a command back to JetStream at once, for the next agent of this host."""
+        with contextlib.suppress(Exception):
+            await msg.nak()
 
     async def _handle_message(self, msg: Msg) -> None:
         verb = msg.subject.rsplit(".", 1)[-1]

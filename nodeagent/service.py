@@ -117,7 +117,12 @@ async def serve(
 ) -> None:
     """Runs the agents until `stop` is set; then drains them and closes everything."""
     hosts = host_names(cfg, simulate, host_prefix)
-    nc = await bus.connect(cfg.nats.url or DEFAULT_NATS_URL, cfg.nats, f"loom-agent-{hosts[0]}")
+    # Tells every host to replace its pull request after a reconnect: the old one may
+    # have died with a restarted server, and waiting out its expiry would stall commands.
+    watch = bus.ConnectionWatch()
+    nc = await bus.connect(
+        cfg.nats.url or DEFAULT_NATS_URL, cfg.nats, f"loom-agent-{hosts[0]}", watch=watch
+    )
     agents: dict[str, HostAgent] = {}
     placements: dict[str, str] = {}
     server = None
@@ -150,6 +155,7 @@ async def serve(
                 host_ip=host_ip,
                 fleet=fleet,
                 placements=placements,
+                watch=watch,
             )
 
         async def start(agent: HostAgent) -> None:
@@ -162,7 +168,8 @@ async def serve(
         )
         await stop.wait()
     finally:
-        # Every host waits out its last pull request at the same time, not 32 at a time.
+        # Every host stops taking commands at once (each finishes the command in hand),
+        # before the slower part of stopping runs 32 at a time.
         await asyncio.gather(*(a.stop_consuming() for a in started))
         await _bounded(started, lambda a: a.stop())
         if server is not None:

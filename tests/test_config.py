@@ -14,6 +14,7 @@ def test_defaults_need_nothing_and_point_at_sqlite_in_the_data_dir(tmp_path: Pat
     assert cfg.database_url == f"sqlite+aiosqlite:///{tmp_path / 'loom.db'}"
     assert cfg.conductor.max_build_attempts == 3
     assert cfg.scheduler.cpu_allocation_ratio == 16.0
+    assert cfg.agent.command_pull_expiry == 30.0
 
 
 def test_environment_overrides_the_file(tmp_path: Path) -> None:
@@ -38,6 +39,7 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
         ({"LOOM_GATEWAY__PORT": "70000"}, "gateway.port"),
         ({"LOOM_CONDUCTOR__NO_SUCH_KEY": "1"}, "conductor.no_such_key"),
         ({"LOOM_LOGGING__LEVEL": "LOUD"}, "logging.level"),
+        ({"LOOM_AGENT__COMMAND_PULL_EXPIRY": "0"}, "agent.command_pull_expiry"),
     ],
 )
 def test_a_bad_value_is_refused_with_the_key_named(environ: dict[str, str], fragment: str) -> None:

@@ -3,43 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from controlplane.runtime.natsserver import NatsServerProcess, start_nats_server
+from controlplane.runtime.natsserver import start_nats_server
 from tests.e2e.support import Client, seed_catalog
+from tests.support.nats import RestartableNats
 from tests.support.stack import Stack
 
 
-@dataclass
-class Nats:
-    """A nats-server the test may kill and start again on the same port and store."""
-
-    process: NatsServerProcess
-
-    @property
-    def url(self) -> str:
-        return self.process.url
-
-    def kill(self) -> None:
-        self.process.kill()
-
-    def restart(self) -> None:
-        self.process = start_nats_server(self.process.store_dir, self.process.port)
-
-
 @pytest.fixture
-def nats(tmp_path: Path) -> Iterator[Nats]:
-    server = Nats(start_nats_server(tmp_path / "nats"))
+def nats(tmp_path: Path) -> Iterator[RestartableNats]:
+    server = RestartableNats(start_nats_server(tmp_path / "nats"))
     try:
         yield server
     finally:
         server.process.stop()
 
 
-def _stack(pg_url: str, nats: Nats, tmp_path: Path) -> Stack:
+def _stack(pg_url: str, nats: RestartableNats, tmp_path: Path) -> Stack:
     return Stack(
         db_url=pg_url,
         nats_url=nats.url,
@@ -52,7 +35,7 @@ def _stack(pg_url: str, nats: Nats, tmp_path: Path) -> Stack:
 
 
 @pytest.fixture
-def stack(pg_url: str, nats: Nats, tmp_path: Path) -> Iterator[Stack]:
+def stack(pg_url: str, nats: RestartableNats, tmp_path: Path) -> Iterator[Stack]:
     """The services (started by the test) over a catalog with flavor "1" and one image."""
     seed_catalog(pg_url)
     s = _stack(pg_url, nats, tmp_path)
@@ -63,7 +46,7 @@ def stack(pg_url: str, nats: Nats, tmp_path: Path) -> Iterator[Stack]:
 
 
 @pytest.fixture
-def cloud(pg_url: str, nats: Nats, tmp_path: Path) -> Iterator[Stack]:
+def cloud(pg_url: str, nats: RestartableNats, tmp_path: Path) -> Iterator[Stack]:
     """Every service running, the gateway included, over the catalog Loom seeds itself
     (roles, admin and demo users, m1.* flavors); clouds.yaml is in the data directory."""
     s = _stack(pg_url, nats, tmp_path)

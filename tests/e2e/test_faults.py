@@ -9,8 +9,8 @@ import pytest
 from loom.compute.v1 import compute_pb2, compute_pb2_grpc
 from loom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 
-from tests.e2e.conftest import Nats
 from tests.e2e.support import Client, Status, db_scalar, settle, start_boot_path
+from tests.support.nats import RestartableNats
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.slow
@@ -54,7 +54,7 @@ async def test_an_agent_killed_mid_build_finishes_every_build_it_held_after_rest
 
 
 async def test_a_conductor_killed_after_commit_and_before_publish_loses_no_build(
-    stack: Stack, client: Client, nats: Nats
+    stack: Stack, client: Client, nats: RestartableNats
 ) -> None:
     await start_boot_path(stack, client, 3, "outbox")
 
@@ -67,8 +67,9 @@ async def test_a_conductor_killed_after_commit_and_before_publish_loses_no_build
     nats.restart()
     stack.start("conductor")
 
-    # Agents re-issue pull requests lost with the old server within one fetch expiry, so
-    # the wave settles in seconds (it took about 20 s when they waited out a 20 s pull).
+    # Agents replace the pull requests lost with the old server as soon as they reconnect
+    # (theirs last 30 s), so the wave settles in seconds (it took about 20 s when they
+    # waited out a 20 s pull).
     servers = await settle(client, ids, within=15)
     assert {s.status for s in servers.values()} == {Status.SERVER_STATUS_ACTIVE}
     assert db_scalar(stack.db_url, "SELECT count(*) FROM outbox") == 0
@@ -76,7 +77,7 @@ async def test_a_conductor_killed_after_commit_and_before_publish_loses_no_build
 
 
 async def test_a_nats_restart_in_the_middle_of_a_boot_wave_loses_no_command(
-    stack: Stack, client: Client, nats: Nats
+    stack: Stack, client: Client, nats: RestartableNats
 ) -> None:
     await start_boot_path(stack, client, 4, "natsdown")
 
@@ -86,8 +87,9 @@ async def test_a_nats_restart_in_the_middle_of_a_boot_wave_loses_no_command(
     await asyncio.sleep(1.0)
     nats.restart()
 
-    # Recovery is prompt: lost pull requests expire within seconds and the relay gives back
-    # a batch stranded on the dropped connection at once (this took about 20 s before).
+    # Recovery is prompt: agents replace the pull requests lost with the server as soon as
+    # they reconnect, and the relay gives back a batch stranded on the dropped connection at
+    # once (this took about 20 s before).
     servers = await settle(client, first | second, within=15)
     assert {s.status for s in servers.values()} == {Status.SERVER_STATUS_ACTIVE}
     assert db_scalar(stack.db_url, "SELECT count(*) FROM allocations") == 80

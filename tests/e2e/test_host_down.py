@@ -18,7 +18,6 @@ from nats.aio.client import Client as NATS
 
 from controlplane.config import NatsConfig
 from controlplane.runtime import bus
-from tests.e2e.conftest import Nats
 from tests.e2e.support import (
     USAGE_MISMATCH_SQL,
     Client,
@@ -28,6 +27,7 @@ from tests.e2e.support import (
     settle,
     wait_for_hosts,
 )
+from tests.support.nats import RestartableNats
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.slow
@@ -64,7 +64,7 @@ async def _domains_on(stack: Stack, host: str) -> set[str] | None:
     return {i.instance_id for i in resp.instances}
 
 
-async def _commands_waiting(nats: Nats, host: str) -> int:
+async def _commands_waiting(nats: RestartableNats, host: str) -> int:
     cfg = NatsConfig()
     nc: NATS = await bus.connect(nats.url, cfg, f"test-{uuid.uuid4().hex[:6]}")
     try:
@@ -75,7 +75,7 @@ async def _commands_waiting(nats: Nats, host: str) -> int:
 
 
 async def test_a_server_on_a_host_that_is_down_is_deleted_at_once_and_its_domain_goes_later(
-    stack: Stack, client: Client, nats: Nats
+    stack: Stack, client: Client, nats: RestartableNats
 ) -> None:
     _short_service_down_time(stack)
     stack.start("scheduler")

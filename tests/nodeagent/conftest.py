@@ -16,6 +16,7 @@ from nodeagent.agent import HostAgent
 from nodeagent.driver.libvirt_driver import LibvirtDriver
 from nodeagent.fleet import FleetView
 from tests.nodeagent.support import make_test_driver
+from tests.support.nats import RestartableNats
 
 
 @pytest.fixture
@@ -26,6 +27,17 @@ def driver(tmp_path: Path) -> Iterator[LibvirtDriver]:
         yield d
     finally:
         d.close()
+
+
+@pytest.fixture
+def restartable_nats(fresh_nats: NatsServerProcess) -> Iterator[RestartableNats]:
+    """This test's nats-server, which the test may kill and start again. Name it before
+    bus_nc and make_agent, so the server outlives their teardown."""
+    server = RestartableNats(fresh_nats)
+    try:
+        yield server
+    finally:
+        server.process.stop()
 
 
 @pytest.fixture
@@ -54,6 +66,8 @@ async def make_agent(bus_nc: NATS, tmp_path: Path) -> AsyncIterator[AgentFactory
         fleet: FleetView | None = None,
         ack_wait: float = 30.0,
         driver: LibvirtDriver | None = None,
+        nc: NATS | None = None,
+        watch: bus.ConnectionWatch | None = None,
         **cfg: Any,
     ) -> HostAgent:
         settings: dict[str, Any] = {
@@ -66,12 +80,13 @@ async def make_agent(bus_nc: NATS, tmp_path: Path) -> AsyncIterator[AgentFactory
         agent = HostAgent(
             host=host,
             driver=driver or make_test_driver(tmp_path, host),
-            nc=bus_nc,
+            nc=nc or bus_nc,
             cfg=AgentConfig(**settings),
             compute_endpoint="127.0.0.1:1",
             host_ip="127.0.0.1",
             fleet=fleet,
             ack_wait=ack_wait,
+            watch=watch,
         )
         made.append(agent)
         return agent

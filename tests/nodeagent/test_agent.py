@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 import uuid
 
+import pytest
 from loom.compute.v1 import compute_pb2
 from nats.aio.client import Client as NATS
+from nats.js.errors import NoStreamResponseError
 
+from controlplane.config import AgentConfig, NatsConfig
 from controlplane.runtime import bus
+from controlplane.runtime.natsserver import NatsServerProcess
 from nodeagent.driver.base import PowerState
 from tests.nodeagent.conftest import AgentFactory
 from tests.nodeagent.support import EventReader, build_command, make_spec, send
+from tests.support.nats import RestartableNats
 
 K = compute_pb2
+# Where an agent's pull requests for host h1 go.
+PULLS_H1 = f"$JS.API.CONSUMER.MSG.NEXT.{bus.COMPUTE_STREAM}.agent-h1"
 
 
 async def _consumer_pending(nc: NATS, host: str) -> tuple[int, int]:
@@ -294,8 +303,8 @@ async def test_stopping_an_agent_leaves_its_durable_consumer_for_the_next_one(
     await agent.start()
     await agent.stop()
     await send(bus_nc.jetstream(), "h1", "build", build_command(make_spec()))
-    # stop() lets its last pull request close, so nothing holds the command: it waits,
-    # pending (not ack-pending until ack_wait), for the next agent of the host.
+    # stop() ends its open pull request, so nothing holds the command: it waits, pending
+    # (not ack-pending until ack_wait), for the next agent of the host.
     assert await _consumer_pending(bus_nc, "h1") == (1, 0)
 
 
@@ -347,3 +356,124 @@ async def test_an_unknown_verb_or_an_undecodable_command_is_dropped_without_bloc
         spec.instance_id,
     )
     await _wait_drained(bus_nc, "h1")
+
+
+async def test_an_idle_agent_keeps_one_pull_request_open_for_the_whole_expiry(
+    make_agent: AgentFactory, fresh_nats: NatsServerProcess
+) -> None:
+    watcher = await bus.connect(fresh_nats.url, NatsConfig(), "pull-watcher")
+    try:
+        pulls = await watcher.subscribe(PULLS_H1)
+        await watcher.flush()
+        await make_agent().start()
+        request = json.loads((await pulls.next_msg(timeout=5)).data)
+        assert request["batch"] == 1
+        expiry_ns = AgentConfig().command_pull_expiry * 1e9
+        assert request["expires"] == pytest.approx(expiry_ns, abs=1e6)
+        # With the former 2 s expiry an idle host pulled again every 2 s.
+        await asyncio.sleep(3.0)
+        assert pulls.pending_msgs == 0
+    finally:
+        await watcher.close()
+
+
+async def test_stopping_ends_the_open_pull_request_at_once_and_leaves_commands_for_the_next_agent(
+    make_agent: AgentFactory, bus_nc: NATS
+) -> None:
+    agent = make_agent()  # its pull requests stay open for 30 s (the default)
+    await agent.start()
+    await asyncio.sleep(0.3)  # its pull request is open on the server
+    began = time.monotonic()
+    await agent.stop()
+    assert time.monotonic() - began < 1.0
+    js = bus_nc.jetstream()
+    assert (await js.consumer_info(bus.COMPUTE_STREAM, "agent-h1")).num_waiting == 0
+    # Nothing serves the host now: the command waits, pending, for the next agent.
+    await send(js, "h1", "build", build_command(make_spec()))
+    await asyncio.sleep(0.2)
+    assert await _consumer_pending(bus_nc, "h1") == (1, 0)
+
+
+async def test_a_command_served_to_a_replaced_pull_request_is_still_handled(
+    make_agent: AgentFactory, bus_nc: NATS
+) -> None:
+    agent = make_agent()
+    await agent.start()
+    events = await EventReader.open(bus_nc, "h1")
+    await asyncio.sleep(0.2)  # its first pull request is open on the server
+    agent.repull()
+    await asyncio.sleep(0.2)  # the second one too; the server serves the oldest first
+    spec = make_spec()
+    await send(bus_nc.jetstream(), "h1", "build", build_command(spec))
+    # ack_wait is 30 s: a command dropped with the first request would not come back here.
+    event = await events.next(wait=5)
+    assert (event.kind, event.instance_id) == (
+        K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED,
+        spec.instance_id,
+    )
+    await _wait_drained(bus_nc, "h1")
+
+
+async def test_replacing_pull_requests_while_commands_arrive_loses_none(
+    make_agent: AgentFactory, bus_nc: NATS
+) -> None:
+    agent = make_agent()
+    await agent.start()
+    events = await EventReader.open(bus_nc, "h1")
+    # The race is timing-dependent: the pull request is replaced at different moments of
+    # the command's way from the publisher to the agent.
+    for attempt in range(8):
+        command = build_command(make_spec())
+        await bus_nc.publish(
+            bus.compute_subject("h1", "build"),
+            command.SerializeToString(),
+            headers={"Nats-Msg-Id": command.request_id},
+        )
+        await asyncio.sleep(0.001 * attempt)
+        agent.repull()
+        event = await events.next(wait=5)
+        assert event.request_id == command.request_id
+    await _wait_drained(bus_nc, "h1")
+
+
+async def _send_when_the_stream_is_back(
+    nc: NATS, command: compute_pb2.BuildInstanceCommand
+) -> None:
+    """Publishes a build for h1 once JetStream has its streams again after a restart."""
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            await send(nc.jetstream(), "h1", "build", command)
+            return
+        except (NoStreamResponseError, TimeoutError):  # a resend is deduplicated
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
+async def test_after_a_nats_restart_an_agent_takes_commands_again_within_seconds(
+    restartable_nats: RestartableNats, make_agent: AgentFactory
+) -> None:
+    watch = bus.ConnectionWatch()
+    nc = await bus.connect(restartable_nats.url, NatsConfig(), "agent-restart", watch=watch)
+    try:
+        agent = make_agent(nc=nc, watch=watch)  # pull requests last 30 s (the default)
+        await agent.start()
+        await asyncio.sleep(0.3)  # its pull request is open on the server, and dies with it
+        back = asyncio.Event()
+        watch.on_restored(back.set)
+        restartable_nats.kill()
+        await asyncio.to_thread(restartable_nats.restart)
+        await asyncio.wait_for(back.wait(), 15)
+
+        command = build_command(make_spec())
+        await _send_when_the_stream_is_back(nc, command)
+        began = time.monotonic()
+        events = await EventReader.open(nc, "h1")
+        event = await events.next(wait=10)
+        assert event.request_id == command.request_id
+        # Without a fresh pull request it would have waited for the lost one to expire.
+        assert time.monotonic() - began < 3.0
+        await agent.stop()
+    finally:
+        await nc.close()

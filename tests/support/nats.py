@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from controlplane.runtime.natsserver import NatsServerProcess, start_nats_server
@@ -23,3 +24,20 @@ def nats_server(store_dir: Path) -> Iterator[NatsServerProcess | None]:
         yield server
     finally:
         server.stop()
+
+
+@dataclass
+class RestartableNats:
+    """A nats-server the test may kill and start again on the same port and store."""
+
+    process: NatsServerProcess
+
+    @property
+    def url(self) -> str:
+        return self.process.url
+
+    def kill(self) -> None:
+        self.process.kill()
+
+    def restart(self) -> None:
+        self.process = start_nats_server(self.process.store_dir, self.process.port)
