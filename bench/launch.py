@@ -93,7 +93,11 @@ def launch_loom(
         conductor_targets = [stack.conductor_target] + [
             f"127.0.0.1:{free_port()}" for _ in range(conductors - 1)
         ]
-        gateway_env = {"LOOM_GATEWAY__CONDUCTOR_TARGET": "ipv4:" + ",".join(conductor_targets)}
+        gateway_env = (
+            {"LOOM_GATEWAY__CONDUCTOR_TARGET": "ipv4:" + ",".join(conductor_targets)}
+            if conductors > 1
+            else {}
+        )
         plan: list[tuple[str, tuple[str, ...], dict[str, str]]] = [
             ("scheduler", (), {}),
             ("conductor", (), {}),
