@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.bootstorm import CLIENT_MODELS, ClientModel, run_boot_storm
-from bench.client import ComputeClient, resolve_cloud
+from bench.bootstorm import CLIENT_MODELS, ClientModel, storm_against
+from bench.client import resolve_cloud
 from bench.stats import nats_message_count, postgres_cpu_s, read_process, statement_count
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -69,25 +69,17 @@ def _loom_boot_storm(
 
         at_boots_done: list[tuple[int, int, float, dict[str, float]]] = []
 
-        async def storm() -> Any:
-            client = ComputeClient(endpoint, max_connections=concurrency + 4)
-            try:
-                flavor = await client.find_flavor(flavor_name)
-                return await run_boot_storm(
-                    client,
-                    servers=servers,
-                    concurrency=concurrency,
-                    flavor=flavor,
-                    image=image,
-                    client_model=client_model,
-                    on_boots_done=lambda: at_boots_done.append(counters()),
-                )
-            finally:
-                await client.close()
-
         before = counters()
         client_cpu0 = time.process_time()
-        result = asyncio.run(storm())
+        result = storm_against(
+            endpoint,
+            flavor_name=flavor_name,
+            image=image,
+            servers=servers,
+            concurrency=concurrency,
+            client_model=client_model,
+            on_boots_done=lambda: at_boots_done.append(counters()),
+        )
         client_cpu_s = time.process_time() - client_cpu0
         time.sleep(1.0)  # the stats files are written twice a second
         after = counters()
@@ -173,24 +165,14 @@ def _cloud_boot_storm(
     out: Path,
     client_model: ClientModel = "wait",
 ) -> dict[str, Any]:
-    endpoint = resolve_cloud(cloud, clouds_yaml)
-
-    async def storm() -> Any:
-        client = ComputeClient(endpoint, max_connections=concurrency + 4)
-        try:
-            flavor_id = await client.find_flavor(flavor)
-            return await run_boot_storm(
-                client,
-                servers=servers,
-                concurrency=concurrency,
-                flavor=flavor_id,
-                image=image,
-                client_model=client_model,
-            )
-        finally:
-            await client.close()
-
-    result = asyncio.run(storm())
+    result = storm_against(
+        resolve_cloud(cloud, clouds_yaml),
+        flavor_name=flavor,
+        image=image,
+        servers=servers,
+        concurrency=concurrency,
+        client_model=client_model,
+    )
     report.boot_storm_chart(
         out / f"boot-storm-{cloud}.png", result.records, f"{cloud}: N={servers}, C={concurrency}"
     )

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bench.client import ComputeClient
+from bench.client import CloudEndpoint, ComputeClient
 
 POLL_INTERVAL_S = 0.025
 POLL_OVERLAP_S = 0.25
@@ -245,3 +245,35 @@ async def run_boot_storm(
         )
         result.delete_finished = max((r.gone_at for r in by_id.values()), default=time.time())
     return result
+
+
+def storm_against(
+    endpoint: CloudEndpoint,
+    *,
+    flavor_name: str,
+    image: str,
+    servers: int,
+    concurrency: int,
+    client_model: ClientModel = "wait",
+    progress: bool = True,
+    on_boots_done: Callable[[], None] | None = None,
+) -> StormResult:
+    """One whole storm against the endpoint, with a client of its own (blocking)."""
+
+    async def storm() -> StormResult:
+        client = ComputeClient(endpoint, max_connections=concurrency + 4)
+        try:
+            return await run_boot_storm(
+                client,
+                servers=servers,
+                concurrency=concurrency,
+                flavor=await client.find_flavor(flavor_name),
+                image=image,
+                client_model=client_model,
+                progress=progress,
+                on_boots_done=on_boots_done,
+            )
+        finally:
+            await client.close()
+
+    return asyncio.run(storm())

@@ -15,8 +15,8 @@ import asyncio
 import time
 from typing import Any
 
-from bench.bootstorm import ClientModel, StormResult, run_boot_storm
-from bench.client import ComputeClient, resolve_cloud
+from bench.bootstorm import ClientModel, StormResult, storm_against
+from bench.client import resolve_cloud
 from bench.stats import read_process
 
 SETTLE_S = 3.0
@@ -45,27 +45,21 @@ def run_memory_bench(
                     out[name] = round(reading.rss_mib, 1)
             return out
 
-        async def one_round(servers: int) -> StormResult:
-            client = ComputeClient(endpoint, max_connections=concurrency + 4)
-            try:
-                flavor = await client.find_flavor(flavor_name)
-                result = await run_boot_storm(
-                    client,
-                    servers=servers,
-                    concurrency=concurrency,
-                    flavor=flavor,
-                    image=image,
-                    client_model=client_model,
-                    progress=False,
-                )
-            finally:
-                await client.close()
-            return result
+        def one_round(servers: int) -> StormResult:
+            return storm_against(
+                endpoint,
+                flavor_name=flavor_name,
+                image=image,
+                servers=servers,
+                concurrency=concurrency,
+                client_model=client_model,
+                progress=False,
+            )
 
         steps: list[dict[str, Any]] = []
         plan = [("warm-up", warmup), *((f"round {i + 1}", n) for i, n in enumerate(rounds))]
         for label, servers in plan:
-            result = asyncio.run(one_round(servers))
+            result = one_round(servers)
             time.sleep(SETTLE_S)
             steps.append(
                 {

@@ -21,7 +21,7 @@ from controlplane.conductor.scheduling import SchedulingWorker
 from controlplane.conductor.servers.servicer import ServersServicer
 from controlplane.conductor.stranded import StrandedBuilds
 from controlplane.config import LoomConfig
-from controlplane.db.engine import make_engine, session_factory
+from controlplane.db.engine import engine_for, session_factory
 from controlplane.runtime import bus, grpcserver
 
 log = logging.getLogger(__name__)
@@ -61,13 +61,7 @@ def registrations(conductor: Conductor) -> list[grpcserver.Registration]:
 async def serve(cfg: LoomConfig, stop: asyncio.Event, **_options: object) -> None:
     """Serves until stop is set, then stops taking requests, lets the workers finish their
     current batch and closes NATS, the scheduler channel and the database pool."""
-    engine = make_engine(
-        cfg.database_url,
-        pool_size=cfg.database.pool_size,
-        echo=cfg.database.echo,
-        pre_ping=cfg.database.pool_pre_ping,
-        recycle_s=cfg.database.pool_recycle_s,
-    )
+    engine = engine_for(cfg.database, cfg.database_url)
     sessions = session_factory(engine)
     # Standalone runs without a configured URL expect a nats-server on the default port.
     nats_url = cfg.nats.url or "nats://127.0.0.1:4222"

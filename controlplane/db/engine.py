@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import NullPool
 
-from controlplane.config import async_database_url
+from controlplane.config import DatabaseConfig, async_database_url
 from controlplane.runtime.stats import STATS
 
 
@@ -48,6 +48,17 @@ def make_engine(
     )
     event.listen(engine.sync_engine, "before_cursor_execute", STATS.count_statement)
     return engine
+
+
+def engine_for(database: DatabaseConfig, url: str) -> AsyncEngine:
+    """make_engine with a service's [database] settings (url: the resolved database URL)."""
+    return make_engine(
+        url,
+        pool_size=database.pool_size,
+        echo=database.echo,
+        pre_ping=database.pool_pre_ping,
+        recycle_s=database.pool_recycle_s,
+    )
 
 
 def _make_engine(

@@ -13,7 +13,7 @@ from loom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from nats.aio.client import Client as NATS
 
 from controlplane.config import LoomConfig
-from controlplane.db.engine import make_engine
+from controlplane.db.engine import engine_for
 from controlplane.runtime import bus
 from controlplane.runtime.grpcserver import Registration, start_grpc_server
 from controlplane.scheduler import convert
@@ -64,13 +64,7 @@ async def serve(cfg: LoomConfig, stop: asyncio.Event) -> None:
     pipeline = build_pipeline(sched)
     if not cfg.nats.url:
         raise RuntimeError("the scheduler needs nats.url (LOOM_NATS__URL)")
-    engine = make_engine(
-        cfg.database_url,
-        pool_size=cfg.database.pool_size,
-        echo=cfg.database.echo,
-        pre_ping=cfg.database.pool_pre_ping,
-        recycle_s=cfg.database.pool_recycle_s,
-    )
+    engine = engine_for(cfg.database, cfg.database_url)
     # Claims keep a few connections open, so each is one round trip with no pool checkout.
     store = ProviderStore(engine, claim_connections=CLAIM_CONNECTIONS)
     cache = HostCache(store)

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from bench.bootstorm import CLIENT_MODELS, ClientModel, run_boot_storm
-from bench.client import ComputeClient, resolve_cloud
+from bench.bootstorm import CLIENT_MODELS, ClientModel, storm_against
+from bench.client import resolve_cloud
 from bench.launch import launch_loom, prepare_tenant
 from bench.memory import memory_rows, run_memory_bench
 
@@ -18,27 +18,19 @@ def test_a_small_storm_boots_every_server_then_sees_every_one_deleted(model: Cli
         flavor_name, image = asyncio.run(prepare_tenant(loom))
         endpoint = resolve_cloud("loom", loom.clouds_yaml)
 
-        async def storm() -> dict[str, object]:
-            client = ComputeClient(endpoint, max_connections=8)
-            try:
-                flavor = await client.find_flavor(flavor_name)
-                result = await run_boot_storm(
-                    client,
-                    servers=24,
-                    concurrency=4,
-                    flavor=flavor,
-                    image=image,
-                    client_model=model,
-                    progress=False,
-                )
-            finally:
-                await client.close()
-            assert all(r.post_end >= r.post_start > 0 for r in result.records)
-            assert all(r.active_at >= r.post_end for r in result.records)
-            assert all(r.gone_at >= r.delete_start > 0 for r in result.records)
-            return result.summary()
-
-        summary = asyncio.run(storm())
+        result = storm_against(
+            endpoint,
+            flavor_name=flavor_name,
+            image=image,
+            servers=24,
+            concurrency=4,
+            client_model=model,
+            progress=False,
+        )
+        assert all(r.post_end >= r.post_start > 0 for r in result.records)
+        assert all(r.active_at >= r.post_end for r in result.records)
+        assert all(r.gone_at >= r.delete_start > 0 for r in result.records)
+        summary = result.summary()
     assert (summary["active"], summary["error"], summary["failed_requests"]) == (24, 0, 0)
     assert summary["client_model"] == model
     assert summary["deletes_per_s"] > 0
@@ -64,24 +56,18 @@ def test_with_two_conductors_the_gateway_keeps_creating_servers_when_one_stops()
         endpoint = resolve_cloud("loom", loom.clouds_yaml)
         assert {"conductor", "conductor#2"} <= set(loom.pids())
 
-        async def boot(n: int) -> dict[str, object]:
-            client = ComputeClient(endpoint, max_connections=4)
-            try:
-                flavor = await client.find_flavor(flavor_name)
-                result = await run_boot_storm(
-                    client,
-                    servers=n,
-                    concurrency=2,
-                    flavor=flavor,
-                    image=image,
-                    progress=False,
-                )
-            finally:
-                await client.close()
-            return result.summary()
+        def boot(n: int) -> dict[str, object]:
+            return storm_against(
+                endpoint,
+                flavor_name=flavor_name,
+                image=image,
+                servers=n,
+                concurrency=2,
+                progress=False,
+            ).summary()
 
-        both = asyncio.run(boot(8))
+        both = boot(8)
         assert (both["active"], both["failed_requests"]) == (8, 0)
         loom.stack.stop("conductor")
-        one = asyncio.run(boot(8))
+        one = boot(8)
         assert (one["active"], one["failed_requests"]) == (8, 0)
