@@ -20,6 +20,22 @@ import httpx
 from controlplane.seedfile import SERVICE_USER, Seed
 
 
+def password_auth(user: str, password: str, project: str) -> dict[str, object]:
+    """An Identity v3 password authentication scoped to a project, all in the default
+    domain: the body of POST /v3/auth/tokens."""
+    return {
+        "auth": {
+            "identity": {
+                "methods": ["password"],
+                "password": {
+                    "user": {"name": user, "domain": {"id": "default"}, "password": password}
+                },
+            },
+            "scope": {"project": {"name": project, "domain": {"id": "default"}}},
+        }
+    }
+
+
 class ServiceTokenError(RuntimeError):
     """No token could be had; the message names the user and the HTTP status, never secrets."""
 
@@ -45,21 +61,7 @@ class ServiceToken:
         self.refresh_at = 0.0
 
     def _issue(self) -> tuple[str, float]:
-        body = {
-            "auth": {
-                "identity": {
-                    "methods": ["password"],
-                    "password": {
-                        "user": {
-                            "name": self._user.name,
-                            "domain": {"id": "default"},
-                            "password": self._user.password,
-                        }
-                    },
-                },
-                "scope": {"project": {"name": self._user.project, "domain": {"id": "default"}}},
-            }
-        }
+        body = password_auth(self._user.name, self._user.password, self._user.project)
         try:
             resp = httpx.post(self._url, json=body, timeout=10.0)
         except httpx.HTTPError as exc:

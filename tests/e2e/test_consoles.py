@@ -14,31 +14,17 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from controlplane.seedfile import load_or_create
+from controlplane.servicetoken import password_auth
 from tests.support.stack import Stack
 
 
 def _token(cloud: Stack, user: str, password: str | None = None, project: str | None = None) -> str:
     seeded = load_or_create(cloud.data_dir).user(user)
-    body = {
-        "auth": {
-            "identity": {
-                "methods": ["password"],
-                "password": {
-                    "user": {
-                        "name": user,
-                        "domain": {"id": "default"},
-                        "password": password or (seeded.password if seeded else ""),
-                    }
-                },
-            },
-            "scope": {
-                "project": {
-                    "name": project or (seeded.project if seeded else ""),
-                    "domain": {"id": "default"},
-                }
-            },
-        }
-    }
+    body = password_auth(
+        user,
+        password or (seeded.password if seeded else ""),
+        project or (seeded.project if seeded else ""),
+    )
     r = httpx.post(f"{cloud.gateway_url}/identity/v3/auth/tokens", json=body, timeout=10)
     assert r.status_code == 201, r.text
     return r.headers["x-subject-token"]

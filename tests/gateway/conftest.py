@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from controlplane.seedfile import Seed, load_or_create
+from controlplane.servicetoken import password_auth
 from gateway.app import build_app
 from gateway.service import make_gateway
 from tests.support.catalog import RunningCatalog, running_catalog
@@ -28,26 +29,11 @@ class Cloud:
         self, user: str = "demo", project: str | None = None, password: str | None = None
     ) -> str:
         seeded = self.seed.user(user)
-        body = {
-            "auth": {
-                "identity": {
-                    "methods": ["password"],
-                    "password": {
-                        "user": {
-                            "name": user,
-                            "domain": {"id": "default"},
-                            "password": password or (seeded.password if seeded else ""),
-                        }
-                    },
-                },
-                "scope": {
-                    "project": {
-                        "name": project or (seeded.project if seeded else user),
-                        "domain": {"id": "default"},
-                    }
-                },
-            }
-        }
+        body = password_auth(
+            user,
+            password or (seeded.password if seeded else ""),
+            project or (seeded.project if seeded else user),
+        )
         r = await self.client.post("/identity/v3/auth/tokens", json=body)
         assert r.status_code == 201, r.text
         return r.headers["x-subject-token"]
