@@ -15,7 +15,7 @@ from typing import Any, cast
 
 import psycopg
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ClauseElement
 
 _DIALECT = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]
@@ -25,12 +25,6 @@ async def driver_of(conn: AsyncConnection) -> psycopg.AsyncConnection[Any]:
     """The psycopg connection under a pooled SQLAlchemy connection."""
     raw = await conn.get_raw_connection()
     return cast("psycopg.AsyncConnection[Any]", raw.driver_connection)
-
-
-async def session_connection(session: AsyncSession) -> AsyncConnection:
-    """The connection of the session's transaction (begun if it was not): what is sent on
-    it with execute() commits or rolls back with the session."""
-    return await session.connection()
 
 
 @cache
@@ -45,7 +39,8 @@ async def execute(
     conn: AsyncConnection, sql: str, params: Mapping[str, Any]
 ) -> psycopg.AsyncCursor[Any]:
     """Runs one prepared statement on the connection's driver, counted by the engine's
-    statement counters."""
+    statement counters. On a session's connection (`await session.connection()`) it is
+    part of the session's transaction and commits or rolls back with it."""
     sync = conn.sync_connection
     if sync is not None:
         sync.dispatch.before_cursor_execute(sync, None, sql, params, None, False)

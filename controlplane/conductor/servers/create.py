@@ -142,7 +142,7 @@ async def create_servers(
         found: Any
         if postgres:
             found = await _validate_on_driver(
-                await driver.session_connection(session), bool(request.key_name), params
+                await session.connection(), bool(request.key_name), params
             )
         else:
             found = (
@@ -263,7 +263,7 @@ async def create_servers(
                 # messages (writable CTEs); the rows stay plain objects, never flushed.
                 sql, _ = driver.compiled(_INSERT_ALL)
                 await driver.execute(
-                    await driver.session_connection(session),
+                    await session.connection(),
                     sql,
                     _insert_all_params(rows, actions, scheduled),
                 )
