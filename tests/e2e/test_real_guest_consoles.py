@@ -32,23 +32,16 @@ from websockets.exceptions import InvalidStatus
 
 from controlplane.runtime.natsserver import free_port
 from controlplane.seedfile import load_or_create
+from controlplane.servicetoken import password_auth
 from controlplane.testimage import MARKER
+from tests.support.libvirtd import SYSTEM_URI, libvirtd_unreachable
 from tests.support.postgres import temporary_database
 
 pytestmark = pytest.mark.qemu
 
 ROOT = Path(__file__).resolve().parents[2]
-URI = "qemu:///system"
+URI = SYSTEM_URI
 HOST = "qemu-e2e"
-
-
-def _libvirtd_unreachable() -> str:
-    try:
-        conn = libvirt.open(URI)
-    except libvirt.libvirtError as exc:
-        return f"libvirtd is not reachable at {URI} ({exc.get_error_message()}); run make services"
-    conn.close()
-    return ""
 
 
 @dataclass
@@ -62,21 +55,7 @@ class QemuCloud:
     def token(self, user: str) -> str:
         seeded = load_or_create(self.data).user(user)
         assert seeded is not None
-        body = {
-            "auth": {
-                "identity": {
-                    "methods": ["password"],
-                    "password": {
-                        "user": {
-                            "name": user,
-                            "domain": {"id": "default"},
-                            "password": seeded.password,
-                        }
-                    },
-                },
-                "scope": {"project": {"name": seeded.project, "domain": {"id": "default"}}},
-            }
-        }
+        body = password_auth(user, seeded.password, seeded.project)
         r = httpx.post(f"{self.url}/identity/v3/auth/tokens", json=body, timeout=10)
         assert r.status_code == 201, r.text
         return r.headers["x-subject-token"]
@@ -84,7 +63,7 @@ class QemuCloud:
 
 @pytest.fixture(scope="module")
 def qemu_cloud(tmp_path_factory: pytest.TempPathFactory, pg_template: str) -> Iterator[QemuCloud]:
-    reason = _libvirtd_unreachable()
+    reason = libvirtd_unreachable(URI)
     if reason:
         pytest.skip(reason)
     with temporary_database(pg_template) as db_url:

@@ -36,20 +36,12 @@ from nodeagent.images.disks import GIB
 from nodeagent.images.source import LocalImageSource
 from tests.nodeagent.conftest import AgentFactory
 from tests.nodeagent.support import EventReader, build_command, send
+from tests.support.libvirtd import SYSTEM_URI, libvirtd_unreachable
 
 pytestmark = pytest.mark.qemu
 
-URI = "qemu:///system"
+URI = SYSTEM_URI
 ROOT_IMAGE_BYTES = 1024 * 1024
-
-
-def _libvirtd_unreachable() -> str:
-    try:
-        conn = libvirt.open(URI)
-    except libvirt.libvirtError as exc:
-        return f"libvirtd is not reachable at {URI} ({exc.get_error_message()}); run make services"
-    conn.close()
-    return ""
 
 
 @dataclass(frozen=True)
@@ -79,7 +71,7 @@ class GuestImages:
 
 @pytest.fixture(scope="module")
 def guest_images() -> Iterator[GuestImages]:
-    reason = _libvirtd_unreachable()
+    reason = libvirtd_unreachable(URI)
     if reason:
         pytest.skip(reason)
     # QEMU runs as an unprivileged user: pytest's 0700 temp root would lock it out.
