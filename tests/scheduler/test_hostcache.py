@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
-import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from controlplane.db.engine import make_engine
 from controlplane.scheduler.hostcache import HostCache
 from controlplane.scheduler.hostorder import HostOrder, OrderSpec
 from controlplane.scheduler.hoststate import Resources
@@ -17,15 +14,6 @@ from controlplane.scheduler.weighers import WeightedWeigher
 from controlplane.scheduler.weighers.free_ram import FreeRamWeigher
 from tests.scheduler.dbcheck import add_host
 from tests.scheduler.factories import NOW
-
-
-@pytest.fixture
-async def engine(pg_url: str) -> AsyncIterator[AsyncEngine]:
-    eng = make_engine(pg_url)
-    try:
-        yield eng
-    finally:
-        await eng.dispose()
 
 
 async def test_a_refresh_keeps_the_snapshot_of_a_host_whose_row_did_not_change(

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
-import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from controlplane.config import SchedulerConfig
-from controlplane.db.engine import make_engine
 from controlplane.scheduler.hostcache import HostCache
 from controlplane.scheduler.pipeline import build_pipeline
 from controlplane.scheduler.placement import (
@@ -34,15 +31,6 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.now
-
-
-@pytest.fixture
-async def engine(pg_url: str) -> AsyncIterator[AsyncEngine]:
-    eng = make_engine(pg_url)
-    try:
-        yield eng
-    finally:
-        await eng.dispose()
 
 
 def make_placement(engine: AsyncEngine, clock: Clock, **cfg: object) -> PlacementService:
