@@ -142,3 +142,51 @@ async def test_a_boot_costs_few_sql_statements_in_total(
             stop.set()
             await asyncio.wait(tasks, timeout=5)
             await nc.close()
+
+
+async def test_several_scheduling_lanes_place_every_instance_exactly_once(
+    pg_url: str, fresh_nats: NatsServerProcess
+) -> None:
+    from controlplane.conductor.outbox import Relay
+    from controlplane.conductor.scheduling import SchedulingWorker
+    from controlplane.config import NatsConfig
+    from tests.conductor.conftest import harness
+
+    async with harness(pg_url) as h:
+        h.peer.add_host("lanes-host")
+        nc = await bus.connect(fresh_nats.url, NatsConfig(), "lanes")
+        js = nc.jetstream()
+        await bus.ensure_streams(js, NatsConfig())
+        stop = asyncio.Event()
+        c = h.conductor
+        tasks = [
+            asyncio.create_task(Relay(c.sessions, js, c.wakeup, poll_interval=0.2).run(stop)),
+            asyncio.create_task(SchedulingWorker(c, js).run(stop, lanes=3)),
+        ]
+        try:
+            n = 10  # the project's default instance quota
+            created = await asyncio.gather(
+                *(h.servers.CreateServers(create_request(request_id=f"lane-{i}")) for i in range(n))
+            )
+            ids = {r.servers[0].id for r in created}
+            agent = Agent(js, "lanes-host")
+            built = [(await agent.build_command()).spec.instance_id for _ in range(n)]
+            assert sorted(built) == sorted(ids)  # each once, none missing
+            with pytest.raises(TimeoutError):  # and no second build for any of them
+                await agent.next_command(within=1.0)
+            assert set(h.peer.claims) == ids
+            probe_engine = make_engine(pg_url)
+            try:
+                async with session_factory(probe_engine)() as s:
+                    spawning = await s.execute(
+                        select(func.count(Instance.id)).where(
+                            Instance.task_state == "spawning", Instance.attempts == 1
+                        )
+                    )
+                    assert spawning.scalar_one() == n
+            finally:
+                await probe_engine.dispose()
+        finally:
+            stop.set()
+            await asyncio.wait(tasks, timeout=5)
+            await nc.close()
