@@ -31,15 +31,14 @@ async def test_after_the_server_drops_every_connection_at_most_one_statement_fai
                 )
             )
             assert dropped.scalar_one() >= 3
-        failures = 0
+        invalidated: list[bool] = []
         for _ in range(2):
             try:
                 assert await one() == 1
                 break
             except DBAPIError as exc:
-                assert exc.connection_invalidated
-                failures += 1
-        assert failures <= 1
+                invalidated.append(exc.connection_invalidated)
+        assert invalidated in ([], [True])  # at most one failure, on a dropped connection
         # The failure retired every connection older than it: all three work again.
         assert await asyncio.gather(one(), one(), one()) == [1, 1, 1]
     finally:
