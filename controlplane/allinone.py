@@ -20,10 +20,12 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from loom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 from controlplane.config import LoomConfig
 from controlplane.db import migrate
@@ -88,6 +90,26 @@ def _grpc_healthy(target: str, timeout: float = 0.5) -> bool:
         return False
     finally:
         channel.close()
+
+
+def hosts_reporting_since(target: str, since: datetime, timeout: float = 2.0) -> int:
+    """How many hosts the scheduler at `target` holds as up, with a heartbeat at or after
+    `since`. A host row left by an earlier run does not count until its agent beats again."""
+    channel = grpc.insecure_channel(target)
+    try:
+        stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+        resp = stub.ListHosts(scheduler_pb2.ListHostsRequest(), timeout=timeout)
+    except grpc.RpcError:
+        return 0
+    finally:
+        channel.close()
+    return sum(
+        1
+        for h in resp.hosts
+        if h.up
+        and h.HasField("last_heartbeat_at")
+        and h.last_heartbeat_at.ToDatetime(tzinfo=UTC) >= since
+    )
 
 
 def _http_up(host: str, port: int) -> bool:
@@ -173,6 +195,10 @@ def run_all_in_one(cfg: LoomConfig, *, hosts: int, hypervisor: str = "test") -> 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
+    expected_hosts = hosts if hypervisor == "test" else 1
+    # The scheduler stamps heartbeats with its own clock, on this machine, as it hears them.
+    agents_since = datetime.now(UTC)
+
     def ready(child: Child) -> bool:
         if child.name == "scheduler":
             return _grpc_healthy(scheduler_listen)
@@ -180,12 +206,14 @@ def run_all_in_one(cfg: LoomConfig, *, hosts: int, hypervisor: str = "test") -> 
             return _grpc_healthy(conductor_listen)
         if child.name == "gateway":
             return _http_up(cfg.gateway.host, cfg.gateway.port)
-        return True
+        # "Ready" promises a server can be placed: every host has reported to the scheduler.
+        return hosts_reporting_since(scheduler_listen, agents_since) >= expected_hosts
 
     try:
         for child in children:
             child.start()
-            deadline = time.monotonic() + 60
+            # An agent on qemu:///system may wait for libvirt to probe QEMU first.
+            deadline = time.monotonic() + (180 if child.name == "agent" else 60)
             while not ready(child):
                 if stopping:
                     return 0

@@ -11,10 +11,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
+from loom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 from controlplane.runtime.natsserver import free_port
 
@@ -22,8 +26,17 @@ ROOT = Path(__file__).resolve().parents[1]
 GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
 
 
+LoomUp = tuple[subprocess.Popen[str], str, list[str]]
+
+
 @pytest.fixture
-def loom_up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, list[str]]]:
+def loom_up(tmp_path: Path) -> Iterator[LoomUp]:
+    with _loom_up(tmp_path, hosts=2) as running:
+        yield running
+
+
+@contextmanager
+def _loom_up(tmp_path: Path, hosts: int) -> Iterator[LoomUp]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOOM_")}
     env["PYTHONPATH"] = f"{ROOT}:{ROOT / 'generated'}"
@@ -40,7 +53,7 @@ def loom_up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, list[s
             "--port",
             str(port),
             "--hosts",
-            "2",
+            str(hosts),
         ],
         cwd=ROOT,
         env=env,
@@ -49,7 +62,7 @@ def loom_up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, list[s
         text=True,
     )
     assert proc.stdout is not None
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 180
     ready = ""
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
@@ -64,19 +77,21 @@ def loom_up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, list[s
         proc.stdout.close()
         pytest.fail("loom up printed no ready line")
     targets = re.findall(r"(?:conductor|scheduler) (127\.0\.0\.1:\d+)", ready)
-    yield proc, f"http://127.0.0.1:{port}", targets
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    proc.stdout.close()
+    try:
+        yield proc, f"http://127.0.0.1:{port}", targets
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        proc.stdout.close()
 
 
 def test_loom_up_serves_health_and_reflection_on_every_grpc_port_and_stops_on_sigterm(
-    loom_up: tuple[subprocess.Popen[str], str, list[str]], tmp_path: Path
+    loom_up: LoomUp, tmp_path: Path
 ) -> None:
     proc, url, targets = loom_up
     assert len(targets) == 2
@@ -110,8 +125,23 @@ def test_loom_up_serves_health_and_reflection_on_every_grpc_port_and_stops_on_si
     assert proc.wait(timeout=60) == 0
 
 
+def test_loom_up_says_ready_only_once_every_simulated_host_is_up_in_the_scheduler(
+    tmp_path: Path,
+) -> None:
+    started = datetime.now(UTC)
+    with _loom_up(tmp_path, hosts=300) as (proc, _, targets):
+        conductor, scheduler = targets
+        assert conductor != scheduler
+        with grpc.insecure_channel(scheduler) as channel:
+            stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+            hosts = stub.ListHosts(scheduler_pb2.ListHostsRequest(), timeout=30).hosts
+        up = [h.name for h in hosts if h.up and h.last_heartbeat_at.ToDatetime(UTC) >= started]
+        assert len(up) == 300, f"{len(up)} of 300 hosts up when Loom said it was ready"
+        assert proc.poll() is None
+
+
 def test_loom_up_keeps_a_private_service_token_the_image_api_accepts_and_never_logs_it(
-    loom_up: tuple[subprocess.Popen[str], str, list[str]], tmp_path: Path
+    loom_up: LoomUp, tmp_path: Path
 ) -> None:
     _, url, _ = loom_up
     path = tmp_path / "d" / "agent" / "image-token"
@@ -131,7 +161,7 @@ def test_loom_up_keeps_a_private_service_token_the_image_api_accepts_and_never_l
 
 
 def test_loom_up_killed_outright_takes_its_services_and_nats_server_with_it(
-    loom_up: tuple[subprocess.Popen[str], str, list[str]],
+    loom_up: LoomUp,
 ) -> None:
     import psutil
 
