@@ -32,7 +32,6 @@ from controlplane.db import migrate
 from controlplane.guestimage import GuestImageError, register_guest_image
 from controlplane.runtime.natsserver import (
     NatsServerProcess,
-    die_with_parent,
     free_port,
     start_nats_server,
 )
@@ -59,8 +58,6 @@ class Child:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            # If `loom up` itself is killed outright, its services must not live on.
-            preexec_fn=die_with_parent,
         )
         log.close()
         self.started_at = time.monotonic()
@@ -178,7 +175,10 @@ def run_all_in_one(cfg: LoomConfig, *, hosts: int, hypervisor: str = "test") -> 
         # QEMU runs as libvirt-qemu: every folder above its disks needs o+x.
         instances.mkdir(parents=True, exist_ok=True, mode=0o755)
         env["LOOM_AGENT__INSTANCES_PATH"] = str(instances)
-    python = [sys.executable, "-m", "controlplane.cli"]
+    # If `loom up` itself is killed outright, its services must not live on. Each child
+    # arranges that itself, so Popen can vfork() it: this process talks gRPC, and gRPC's
+    # fork handlers can hang a plain fork() for good.
+    python = [sys.executable, "-m", "controlplane.cli", "--exit-with-parent", str(os.getpid())]
     agent_args = ["agent"] if hypervisor == "qemu" else ["agent", "--simulate", str(hosts)]
     children = [
         Child("scheduler", [*python, "scheduler"], env, logs / "scheduler.log"),

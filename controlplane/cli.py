@@ -13,7 +13,7 @@ from typing import Any
 import uvloop
 
 from controlplane.config import ConfigError, LoomConfig, load_config
-from controlplane.runtime.lifecycle import install_stop_signals
+from controlplane.runtime.lifecycle import exit_with_parent, install_stop_signals
 from controlplane.runtime.logs import setup_logging
 from controlplane.runtime.stats import start_stats_writer
 
@@ -35,6 +35,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="data directory (default ./.loom)")
     p.add_argument("--db", help="database URL (default: SQLite in the data directory)")
     p.add_argument("--nats", help="NATS URL (default for `up`: an embedded nats-server)")
+    p.add_argument(
+        "--exit-with-parent",
+        type=int,
+        metavar="PID",
+        help="end when the supervisor PID (this process's parent) ends; `loom up` sets it",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run every service, all-in-one, in the foreground")
@@ -94,6 +100,8 @@ def _run_service(cfg: LoomConfig, name: str, options: dict[str, Any]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.exit_with_parent is not None:
+        exit_with_parent(args.exit_with_parent)
     try:
         cfg = load_config(args.config, overrides=_overrides(args))
     except ConfigError as exc:

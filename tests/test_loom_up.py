@@ -169,7 +169,8 @@ def test_loom_up_killed_outright_takes_its_services_and_nats_server_with_it(
     children = psutil.Process(proc.pid).children(recursive=True)
     names = " ".join(" ".join(c.cmdline()) for c in children)
     assert "nats-server" in names
-    assert "controlplane.cli conductor" in names
+    args = {arg for c in children for arg in c.cmdline()}
+    assert {"conductor", "scheduler", "agent", "gateway"} <= args, names
     proc.kill()
     proc.wait()
     _, alive = psutil.wait_procs(children, timeout=60)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 import shutil
 import signal
@@ -14,13 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-
-def die_with_parent() -> None:
-    """For subprocess preexec_fn: the child gets SIGTERM when its parent dies (Linux
-    PR_SET_PDEATHSIG), so a supervisor killed with SIGKILL leaves no orphans behind."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+from controlplane.runtime.lifecycle import die_with_parent
 
 
 class NatsServerError(RuntimeError):
@@ -114,6 +107,7 @@ def start_nats_server(
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
+        # `loom up` starts nats-server before it opens any gRPC channel: fork() is safe.
         preexec_fn=die_with_parent if tied_to_parent else None,
         env={**os.environ},
     )
