@@ -200,6 +200,7 @@ BOOT_COLUMNS = [
 SCHED_COLUMNS = [
     "hosts",
     "replicas",
+    "batch",
     "decisions",
     "placed",
     "decisions_per_s",
@@ -245,6 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     sc.add_argument("--hosts", type=int, nargs="+", default=[1000, 10000])
     sc.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
     sc.add_argument("--decisions", type=int, default=5000)
+    sc.add_argument(
+        "--batch",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="decisions per call: 1 is SelectDestinations, more is SelectDestinationsBatch",
+    )
     sub.add_parser("sweep")
     mem_p = sub.add_parser("memory", help="RSS after deletes, over rounds of growing N")
     mem_p.add_argument("--hosts", type=int, default=1000)
@@ -293,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         hosts = args.hosts if what == "scheduler" else ([1000] if args.quick else [1000, 10000])
         replicas = args.replicas if what == "scheduler" else [1, 2]
         decisions = args.decisions if what == "scheduler" else (1000 if args.quick else 5000)
-        rows = [run_sched(h, r, decisions) for h in hosts for r in replicas]
+        batches = args.batch if what == "scheduler" else [1]
+        rows = [run_sched(h, r, decisions, b) for h in hosts for r in replicas for b in batches]
         results["scheduler"] = rows
         text += ["Scheduler select-and-claim", report.table(rows, SCHED_COLUMNS), ""]
 
@@ -333,10 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_sched(hosts: int, replicas: int, decisions: int) -> dict[str, Any]:
+def run_sched(hosts: int, replicas: int, decisions: int, batch: int = 1) -> dict[str, Any]:
     from bench.scheduler_bench import run_scheduler_bench
 
-    return run_scheduler_bench(hosts, replicas, decisions)
+    return run_scheduler_bench(hosts, replicas, decisions, batch=batch)
 
 
 if __name__ == "__main__":

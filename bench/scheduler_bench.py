@@ -86,7 +86,12 @@ async def _wait_up(targets: list[str], hosts: int, limit_s: float = 120) -> None
                 await asyncio.sleep(0.5)
 
 
-async def _decide(targets: list[str], decisions: int, concurrency: int) -> dict[str, Any]:
+async def _decide(
+    targets: list[str], decisions: int, concurrency: int, batch: int = 1
+) -> dict[str, Any]:
+    """`concurrency` clients ask for `decisions` placements in all, each call carrying
+    `batch` of them: SelectDestinations when 1, else SelectDestinationsBatch (what the
+    conductor's scheduling worker sends). Latency is per call."""
     channels = [grpc.aio.insecure_channel(t) for t in targets]
     stubs = [scheduler_pb2_grpc.SchedulerServiceStub(c) for c in channels]
     latencies: list[float] = []
@@ -95,26 +100,39 @@ async def _decide(targets: list[str], decisions: int, concurrency: int) -> dict[
     counter = iter(range(decisions))
     resources = common_pb2.Resources(vcpus=1, memory_mb=512, disk_gb=1)
 
+    def request() -> scheduler_pb2.SelectDestinationsRequest:
+        return scheduler_pb2.SelectDestinationsRequest(
+            request_id=uuid.uuid4().hex,
+            consumer_id=str(uuid.uuid4()),
+            project_id="bench",
+            resources=resources,
+            num_alternates=2,
+        )
+
     async def worker(w: int) -> None:
         nonlocal placed, no_host
         stub = stubs[w % len(stubs)]
-        for _ in counter:
+        while True:
+            size = sum(1 for _ in zip(range(batch), counter, strict=False))
+            if size == 0:
+                return
             t = time.perf_counter()
-            resp = await stub.SelectDestinations(
-                scheduler_pb2.SelectDestinationsRequest(
-                    request_id=uuid.uuid4().hex,
-                    consumer_id=str(uuid.uuid4()),
-                    project_id="bench",
-                    resources=resources,
-                    num_alternates=2,
-                ),
-                timeout=30,
-            )
-            latencies.append((time.perf_counter() - t) * 1000)
-            if resp.WhichOneof("outcome") == "placement":
-                placed += 1
+            if batch == 1:
+                answers = [await stub.SelectDestinations(request(), timeout=30)]
             else:
-                no_host += 1
+                resp = await stub.SelectDestinationsBatch(
+                    scheduler_pb2.SelectDestinationsBatchRequest(
+                        requests=[request() for _ in range(size)]
+                    ),
+                    timeout=30,
+                )
+                answers = [r.response for r in resp.results]
+            latencies.append((time.perf_counter() - t) * 1000)
+            for answer in answers:
+                if answer.WhichOneof("outcome") == "placement":
+                    placed += 1
+                else:
+                    no_host += 1
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker(w) for w in range(concurrency)))
@@ -123,6 +141,7 @@ async def _decide(targets: list[str], decisions: int, concurrency: int) -> dict[
         await c.close()
     return {
         "decisions": decisions,
+        "batch": batch,
         "placed": placed,
         "no_valid_host": no_host,
         "decisions_per_s": decisions / wall,
@@ -148,7 +167,7 @@ def _cpu_s(stack: Stack) -> dict[str, float]:
 
 
 def run_scheduler_bench(
-    hosts: int, replicas: int, decisions: int, concurrency: int = 32
+    hosts: int, replicas: int, decisions: int, concurrency: int = 32, batch: int = 1
 ) -> dict[str, Any]:
     postgres.ensure_postgres_running()
     db_name = postgres.create_database(prefix="loom_schedbench")
@@ -169,7 +188,7 @@ def run_scheduler_bench(
         # The load generator shares the machine's two cores with what it measures; uvloop
         # keeps its own share of the CPU small (it plays 32 conductors).
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            result = runner.run(_decide(targets, decisions, concurrency))
+            result = runner.run(_decide(targets, decisions, concurrency, batch))
         cpu_after = _cpu_s(stack)
         # CPU per decision, by process group: steadier than decisions/s on a shared machine.
         for part in ("scheduler", "postgres", "client"):

@@ -32,6 +32,22 @@ class SchedulerClient:
         )
         return resp
 
+    async def select_destinations_batch(
+        self, requests: list[scheduler_pb2.SelectDestinationsRequest]
+    ) -> list[scheduler_pb2.SelectDestinationsResult]:
+        """One call for several decisions; one result per request, in order."""
+        resp: scheduler_pb2.SelectDestinationsBatchResponse = (
+            await self._stub.SelectDestinationsBatch(
+                scheduler_pb2.SelectDestinationsBatchRequest(requests=requests),
+                timeout=self._timeout,
+            )
+        )
+        if len(resp.results) != len(requests):
+            raise RuntimeError(
+                f"the scheduler answered {len(resp.results)} of {len(requests)} requests"
+            )
+        return list(resp.results)
+
     async def claim(
         self,
         request_id: str,

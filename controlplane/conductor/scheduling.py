@@ -34,6 +34,12 @@ from controlplane.runtime import bus
 log = logging.getLogger(__name__)
 
 DURABLE = "conductor-schedule"
+
+
+class InvalidSchedulingRequest(Exception):
+    """The scheduler refused one request of a batch as invalid (retried, as before)."""
+
+
 # The instances table for Core statements on the hot paths (no ORM bookkeeping).
 INSTANCES = cast(Table, Instance.__table__)
 
@@ -330,9 +336,8 @@ class SchedulingWorker:
             outcomes[i] = await self._release(messages[i])
 
         # The scheduler's claim is keyed by consumer, so a retry returns the same host.
-        answers = await asyncio.gather(
-            *(self._select(messages[i], loaded[messages[i].instance_id][0]) for i in choose),
-            return_exceptions=True,
+        answers = await self._select_all(
+            [self._select_request(messages[i], loaded[messages[i].instance_id][0]) for i in choose]
         )
         placed: list[_Placement] = []
         refused: list[tuple[int, scheduler_pb2.NoValidHost]] = []
@@ -388,23 +393,47 @@ class SchedulingWorker:
                 outcomes[p.index] = await self._release(messages[p.index])
         return outcomes
 
-    async def _select(
+    def _select_request(
         self, message: conductor_pb2.ScheduleInstanceMessage, inst: Instance
-    ) -> scheduler_pb2.SelectDestinationsResponse:
-        return await self._c.scheduler.select_destinations(
-            scheduler_pb2.SelectDestinationsRequest(
-                request_id=message.request_id,
-                consumer_id=inst.uuid,
-                project_id=inst.project_id,
-                resources=resources_of(
-                    inst.vcpus, inst.memory_mb, inst.root_gb, inst.ephemeral_gb, inst.swap_mb
-                ),
-                availability_zone=inst.requested_availability_zone or "",
-                ignore_hosts=[str(h) for h in inst.failed_hosts or []],
-                num_alternates=self._c.cfg.scheduler.num_alternates,
-                force_host=inst.force_host or "",
-            )
+    ) -> scheduler_pb2.SelectDestinationsRequest:
+        return scheduler_pb2.SelectDestinationsRequest(
+            request_id=message.request_id,
+            consumer_id=inst.uuid,
+            project_id=inst.project_id,
+            resources=resources_of(
+                inst.vcpus, inst.memory_mb, inst.root_gb, inst.ephemeral_gb, inst.swap_mb
+            ),
+            availability_zone=inst.requested_availability_zone or "",
+            ignore_hosts=[str(h) for h in inst.failed_hosts or []],
+            num_alternates=self._c.cfg.scheduler.num_alternates,
+            force_host=inst.force_host or "",
         )
+
+    async def _select_all(
+        self, requests: list[scheduler_pb2.SelectDestinationsRequest]
+    ) -> list[scheduler_pb2.SelectDestinationsResponse | BaseException]:
+        """The scheduler's answer to each request, or the error that stopped it: one call for
+        the whole batch (a failed call fails each of its requests)."""
+        if not requests:
+            return []
+        try:
+            results = await self._c.scheduler.select_destinations_batch(requests)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                return [exc] * len(requests)
+            # A scheduler older than this conductor (a rolling upgrade): one call each.
+            return await asyncio.gather(
+                *(self._c.scheduler.select_destinations(r) for r in requests),
+                return_exceptions=True,
+            )
+        except Exception as exc:
+            return [exc] * len(requests)
+        return [
+            r.response
+            if r.WhichOneof("result") == "response"
+            else InvalidSchedulingRequest(r.invalid_argument)
+            for r in results
+        ]
 
     async def _release(self, message: conductor_pb2.ScheduleInstanceMessage) -> Exception | None:
         try:

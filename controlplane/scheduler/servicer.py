@@ -7,6 +7,7 @@ the SelectDestinations response.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,9 @@ from controlplane.scheduler.hoststate import HostState
 from controlplane.scheduler.placement import Placed, PlacementService
 
 log = logging.getLogger(__name__)
+
+# Decisions per SelectDestinationsBatch call.
+MAX_BATCH = 1000
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -54,6 +58,34 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     @_invalid_input_is_invalid_argument
     async def SelectDestinations(
         self, request: scheduler_pb2.SelectDestinationsRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.SelectDestinationsResponse:
+        return await self._select(request)
+
+    async def SelectDestinationsBatch(
+        self,
+        request: scheduler_pb2.SelectDestinationsBatchRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> scheduler_pb2.SelectDestinationsBatchResponse:
+        if len(request.requests) > MAX_BATCH:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"at most {MAX_BATCH} requests per batch, not {len(request.requests)}",
+            )
+        # Concurrent, as that many single calls would be: claims that meet in the store go
+        # out together.
+        results = await asyncio.gather(*(self._select_result(r) for r in request.requests))
+        return scheduler_pb2.SelectDestinationsBatchResponse(results=results)
+
+    async def _select_result(
+        self, request: scheduler_pb2.SelectDestinationsRequest
+    ) -> scheduler_pb2.SelectDestinationsResult:
+        try:
+            return scheduler_pb2.SelectDestinationsResult(response=await self._select(request))
+        except InvalidInput as exc:
+            return scheduler_pb2.SelectDestinationsResult(invalid_argument=str(exc))
+
+    async def _select(
+        self, request: scheduler_pb2.SelectDestinationsRequest
     ) -> scheduler_pb2.SelectDestinationsResponse:
         outcome = await self.placement.select_destinations(
             convert.placement_request(request, self.cfg)

@@ -44,6 +44,9 @@ class SchedulerPeer(scheduler_pb2_grpc.SchedulerServiceServicer):
     # per claim, which is what the conductor's tests check.
     releases: Counter[tuple[str, str]] = field(default_factory=Counter)
     select_calls: int = 0
+    batch_calls: int = 0
+    # Plays a scheduler older than SelectDestinationsBatch.
+    without_batches: bool = False
     down: bool = False
 
     def add_host(self, name: str, **kw: Any) -> FakeHost:
@@ -75,6 +78,29 @@ class SchedulerPeer(scheduler_pb2_grpc.SchedulerServiceServicer):
         self, request: scheduler_pb2.SelectDestinationsRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.SelectDestinationsResponse:
         await self._abort_if_down(context)
+        return self._select(request)
+
+    async def SelectDestinationsBatch(
+        self,
+        request: scheduler_pb2.SelectDestinationsBatchRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> scheduler_pb2.SelectDestinationsBatchResponse:
+        await self._abort_if_down(context)
+        if self.without_batches:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
+        self.batch_calls += 1
+        return scheduler_pb2.SelectDestinationsBatchResponse(
+            results=[
+                scheduler_pb2.SelectDestinationsResult(response=self._select(r))
+                if r.consumer_id
+                else scheduler_pb2.SelectDestinationsResult(invalid_argument="consumer_id: empty")
+                for r in request.requests
+            ]
+        )
+
+    def _select(
+        self, request: scheduler_pb2.SelectDestinationsRequest
+    ) -> scheduler_pb2.SelectDestinationsResponse:
         self.select_calls += 1
         held = self.claims.get(request.consumer_id)
         if held is not None:

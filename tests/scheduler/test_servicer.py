@@ -117,6 +117,56 @@ async def test_select_destinations_explains_no_valid_host_per_filter(env: Env) -
     assert "enabled_and_up removed 1" in nvh.message
 
 
+async def test_a_batch_answers_each_request_in_order_and_one_bad_request_spoils_nothing(
+    env: Env,
+) -> None:
+    await env.add_host("h1", memory_mb=2048)
+    await env.add_host("h2", memory_mb=1024)
+    requests = [
+        pb.SelectDestinationsRequest(consumer_id="vm-1", resources=res(memory_mb=1024)),
+        pb.SelectDestinationsRequest(consumer_id="", resources=res()),
+        pb.SelectDestinationsRequest(consumer_id="vm-2", resources=res(memory_mb=1024)),
+        pb.SelectDestinationsRequest(consumer_id="vm-3", resources=res(memory_mb=1024)),
+        pb.SelectDestinationsRequest(consumer_id="vm-4", resources=res(memory_mb=1024)),
+        # A retry of vm-1 in the same batch gets vm-1's claim, not a second one.
+        pb.SelectDestinationsRequest(consumer_id="vm-1", resources=res(memory_mb=1024)),
+    ]
+    resp = await env.stub.SelectDestinationsBatch(
+        pb.SelectDestinationsBatchRequest(requests=requests)
+    )
+    assert len(resp.results) == len(requests)
+    kinds = [r.WhichOneof("result") for r in resp.results]
+    assert kinds == ["response", "invalid_argument", "response", "response", "response", "response"]
+    assert "consumer_id" in resp.results[1].invalid_argument
+    outcomes = [r.response.WhichOneof("outcome") for r in resp.results if r.HasField("response")]
+    # 4,096 MiB in all: three of the four consumers fit, the fourth is told why not.
+    assert sorted(outcomes) == ["no_valid_host"] + ["placement"] * 4
+    placed = {
+        requests[i].consumer_id: r.response.placement.selected.host
+        for i, r in enumerate(resp.results)
+        if r.HasField("response") and r.response.WhichOneof("outcome") == "placement"
+    }
+    assert len(placed) == 3
+    assert resp.results[5].response.placement.selected.host == placed["vm-1"]
+    for consumer, host in placed.items():
+        allocs = await env.stub.GetAllocations(pb.GetAllocationsRequest(consumer_id=consumer))
+        assert [a.host for a in allocs.allocations] == [host]
+    usage = await assert_consistent(env.placement.store.engine)
+    assert sum(u.allocation_count for u in usage.values()) == 3
+
+
+async def test_a_batch_of_more_than_a_thousand_requests_is_an_invalid_argument(env: Env) -> None:
+    requests = [
+        pb.SelectDestinationsRequest(consumer_id=f"vm-{i}", resources=res()) for i in range(1001)
+    ]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await env.stub.SelectDestinationsBatch(pb.SelectDestinationsBatchRequest(requests=requests))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 1000" in (err.value.details() or "")
+    empty = await env.stub.SelectDestinationsBatch(pb.SelectDestinationsBatchRequest())
+    assert list(empty.results) == []
+
+
 async def test_claim_and_release_over_grpc_are_idempotent_and_exactly_once(env: Env) -> None:
     await env.add_host("h")
     claim = pb.ClaimResourcesRequest(consumer_id="vm-1", host="h", resources=res())

@@ -360,6 +360,84 @@ class SelectDestinationsResponse(_message.Message):
 Global___SelectDestinationsResponse: _TypeAlias = SelectDestinationsResponse  # noqa: Y015
 
 @_typing.final
+class SelectDestinationsBatchRequest(_message.Message):
+    """Request for SelectDestinationsBatch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___SelectDestinationsRequest]:
+        """The decisions to make, at most 1,000."""
+
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___SelectDestinationsRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SelectDestinationsBatchRequest: _TypeAlias = SelectDestinationsBatchRequest  # noqa: Y015
+
+@_typing.final
+class SelectDestinationsBatchResponse(_message.Message):
+    """Response of SelectDestinationsBatch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___SelectDestinationsResult]:
+        """One per request, in the same order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___SelectDestinationsResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SelectDestinationsBatchResponse: _TypeAlias = SelectDestinationsBatchResponse  # noqa: Y015
+
+@_typing.final
+class SelectDestinationsResult(_message.Message):
+    """The outcome of one request of a batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    INVALID_ARGUMENT_FIELD_NUMBER: _builtins.int
+    invalid_argument: _builtins.str
+    """The request was invalid (SelectDestinations's INVALID_ARGUMENT): the message."""
+    @_builtins.property
+    def response(self) -> Global___SelectDestinationsResponse:
+        """What SelectDestinations would have answered."""
+
+    def __init__(
+        self,
+        *,
+        response: Global___SelectDestinationsResponse | None = ...,
+        invalid_argument: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["invalid_argument", b"invalid_argument", "response", b"response", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invalid_argument", b"invalid_argument", "response", b"response", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["response", "invalid_argument"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___SelectDestinationsResult: _TypeAlias = SelectDestinationsResult  # noqa: Y015
+
+@_typing.final
 class Placement(_message.Message):
     """A chosen host and its alternates."""
 

@@ -40,6 +40,11 @@ class SchedulerServiceStub:
                 request_serializer=loom_dot_scheduler_dot_v1_dot_scheduler__pb2.SelectDestinationsRequest.SerializeToString,
                 response_deserializer=loom_dot_scheduler_dot_v1_dot_scheduler__pb2.SelectDestinationsResponse.FromString,
                 _registered_method=True)
+        self.SelectDestinationsBatch = channel.unary_unary(
+                '/loom.scheduler.v1.SchedulerService/SelectDestinationsBatch',
+                request_serializer=loom_dot_scheduler_dot_v1_dot_scheduler__pb2.SelectDestinationsBatchRequest.SerializeToString,
+                response_deserializer=loom_dot_scheduler_dot_v1_dot_scheduler__pb2.SelectDestinationsBatchResponse.FromString,
+                _registered_method=True)
         self.ClaimResources = channel.unary_unary(
                 '/loom.scheduler.v1.SchedulerService/ClaimResources',
                 request_serializer=loom_dot_scheduler_dot_v1_dot_scheduler__pb2.ClaimResourcesRequest.SerializeToString,
@@ -94,6 +99,15 @@ class SchedulerServiceServicer:
     def SelectDestinations(self, request, context):
         """Pick a host for a consumer and claim its resources there, plus unclaimed
         alternates. Idempotent per consumer: a retry returns the existing claim.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SelectDestinationsBatch(self, request, context):
+        """SelectDestinations for several consumers in one call (at most 1,000): the same
+        decisions, each independent of the others (one consumer's NoValidHost or invalid
+        request leaves the rest unaffected), answered in request order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -171,6 +185,11 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     request_deserializer=loom_dot_scheduler_dot_v1_dot_scheduler__pb2.SelectDestinationsRequest.FromString,
                     response_serializer=loom_dot_scheduler_dot_v1_dot_scheduler__pb2.SelectDestinationsResponse.SerializeToString,
             ),
+            'SelectDestinationsBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SelectDestinationsBatch,
+                    request_deserializer=loom_dot_scheduler_dot_v1_dot_scheduler__pb2.SelectDestinationsBatchRequest.FromString,
+                    response_serializer=loom_dot_scheduler_dot_v1_dot_scheduler__pb2.SelectDestinationsBatchResponse.SerializeToString,
+            ),
             'ClaimResources': grpc.unary_unary_rpc_method_handler(
                     servicer.ClaimResources,
                     request_deserializer=loom_dot_scheduler_dot_v1_dot_scheduler__pb2.ClaimResourcesRequest.FromString,
@@ -245,6 +264,33 @@ class SchedulerService:
             '/loom.scheduler.v1.SchedulerService/SelectDestinations',
             loom_dot_scheduler_dot_v1_dot_scheduler__pb2.SelectDestinationsRequest.SerializeToString,
             loom_dot_scheduler_dot_v1_dot_scheduler__pb2.SelectDestinationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SelectDestinationsBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.scheduler.v1.SchedulerService/SelectDestinationsBatch',
+            loom_dot_scheduler_dot_v1_dot_scheduler__pb2.SelectDestinationsBatchRequest.SerializeToString,
+            loom_dot_scheduler_dot_v1_dot_scheduler__pb2.SelectDestinationsBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

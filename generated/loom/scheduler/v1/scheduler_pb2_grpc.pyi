@@ -40,6 +40,11 @@ class SchedulerServiceStub:
     """Pick a host for a consumer and claim its resources there, plus unclaimed
     alternates. Idempotent per consumer: a retry returns the existing claim.
     """
+    SelectDestinationsBatch: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.SelectDestinationsBatchRequest, _scheduler_pb2.SelectDestinationsBatchResponse]
+    """SelectDestinations for several consumers in one call (at most 1,000): the same
+    decisions, each independent of the others (one consumer's NoValidHost or invalid
+    request leaves the rest unaffected), answered in request order.
+    """
     ClaimResources: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ClaimResourcesRequest, _scheduler_pb2.ClaimResourcesResponse]
     """Claim a consumer's resources on one named host (used for alternates).
     Idempotent per consumer and host.
@@ -69,6 +74,11 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     SelectDestinations: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.SelectDestinationsRequest, _scheduler_pb2.SelectDestinationsResponse]  # type: ignore[assignment]
     """Pick a host for a consumer and claim its resources there, plus unclaimed
     alternates. Idempotent per consumer: a retry returns the existing claim.
+    """
+    SelectDestinationsBatch: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.SelectDestinationsBatchRequest, _scheduler_pb2.SelectDestinationsBatchResponse]  # type: ignore[assignment]
+    """SelectDestinations for several consumers in one call (at most 1,000): the same
+    decisions, each independent of the others (one consumer's NoValidHost or invalid
+    request leaves the rest unaffected), answered in request order.
     """
     ClaimResources: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ClaimResourcesRequest, _scheduler_pb2.ClaimResourcesResponse]  # type: ignore[assignment]
     """Claim a consumer's resources on one named host (used for alternates).
@@ -102,6 +112,17 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_scheduler_pb2.SelectDestinationsResponse, _abc.Awaitable[_scheduler_pb2.SelectDestinationsResponse]]:
         """Pick a host for a consumer and claim its resources there, plus unclaimed
         alternates. Idempotent per consumer: a retry returns the existing claim.
+        """
+
+    @_abc_1.abstractmethod
+    def SelectDestinationsBatch(
+        self,
+        request: _scheduler_pb2.SelectDestinationsBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.SelectDestinationsBatchResponse, _abc.Awaitable[_scheduler_pb2.SelectDestinationsBatchResponse]]:
+        """SelectDestinations for several consumers in one call (at most 1,000): the same
+        decisions, each independent of the others (one consumer's NoValidHost or invalid
+        request leaves the rest unaffected), answered in request order.
         """
 
     @_abc_1.abstractmethod
