@@ -197,6 +197,9 @@ BOOT_COLUMNS = [
     "cpu_ms_per_boot",
     "fleet_peak_rss_mib",
 ]
+# Decisions per scheduler call: single calls, and batches of the size the scheduling worker
+# sends under load.
+SCHED_BATCHES = [1, 8]
 SCHED_COLUMNS = [
     "hosts",
     "replicas",
@@ -250,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         "--batch",
         type=int,
         nargs="+",
-        default=[1],
+        default=SCHED_BATCHES,
         help="decisions per call: 1 is SelectDestinations, more is SelectDestinationsBatch",
     )
     sub.add_parser("sweep")
@@ -301,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         hosts = args.hosts if what == "scheduler" else ([1000] if args.quick else [1000, 10000])
         replicas = args.replicas if what == "scheduler" else [1, 2]
         decisions = args.decisions if what == "scheduler" else (1000 if args.quick else 5000)
-        batches = args.batch if what == "scheduler" else [1]
+        batches = args.batch if what == "scheduler" else SCHED_BATCHES
         rows = [run_sched(h, r, decisions, b) for h in hosts for r in replicas for b in batches]
         results["scheduler"] = rows
         text += ["Scheduler select-and-claim", report.table(rows, SCHED_COLUMNS), ""]
