@@ -10,6 +10,7 @@ from bench.bootstorm import CLIENT_MODELS, ClientModel, storm_against
 from bench.client import resolve_cloud
 from bench.launch import launch_loom, prepare_tenant
 from bench.memory import memory_rows, run_memory_bench
+from bench.scheduler_bench import run_scheduler_bench
 
 
 @pytest.mark.parametrize("model", CLIENT_MODELS)
@@ -71,3 +72,15 @@ def test_with_two_conductors_the_gateway_keeps_creating_servers_when_one_stops()
         loom.stack.stop("conductor")
         one = boot(8)
         assert (one["active"], one["failed_requests"]) == (8, 0)
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_the_scheduler_bench_places_every_decision_and_finds_no_overcommit(batch: int) -> None:
+    # Each host takes 383 servers of 512 MiB (128 GiB x 1.5 - 512 MiB reserved): two hosts
+    # take 766 of 800, and the last 34 find no host.
+    result = run_scheduler_bench(2, 1, 800, concurrency=4, batch=batch)
+    assert result["batch"] == batch
+    assert (result["placed"], result["no_valid_host"]) == (766, 34)
+    assert result["allocations"] == 766
+    assert (result["overcommitted_hosts"], result["usage_mismatches"]) == (0, 0)
+    assert result["decisions_per_s"] > 0
