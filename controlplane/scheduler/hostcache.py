@@ -5,6 +5,13 @@ this process's own writes at once (the store returns the row it wrote). It is al
 be stale: the claim re-checks capacity in the database, and a claim that loses a race
 refreshes the host it lost on.
 
+Claims in flight: between choosing a host and hearing back from the database, a decision
+holds a reservation on that host here, so the decisions that rank meanwhile (the rest of a
+batch, or concurrent calls) see it as if the claim had already succeeded and spread as the
+weighers say, instead of all choosing the host that was best before any of them claimed.
+Every row put in the cache carries the reservations still in flight on it. The database
+stays the only judge of capacity: a reservation only changes what this process ranks.
+
 Liveness: heartbeats seen on NATS are kept in memory and written to the database in
 batches; a host's known heartbeat is the later of the two, so a restarted scheduler (or
 another replica) does not take live hosts for dead ones, nor long-dead ones for live.
@@ -19,7 +26,7 @@ from datetime import datetime
 from types import MappingProxyType
 
 from controlplane.scheduler.hostorder import HostOrder
-from controlplane.scheduler.hoststate import HostState
+from controlplane.scheduler.hoststate import NO_RESOURCES, HostState, Resources
 from controlplane.scheduler.store import ProviderStore, utcnow
 
 Clock = Callable[[], datetime]
@@ -35,6 +42,8 @@ class HostCache:
         self._orders: list[HostOrder] = []
         self._heartbeats: dict[str, datetime] = {}
         self._unwritten_heartbeats: dict[str, datetime] = {}
+        # Host name -> (resources, number of claims) sent and not yet answered.
+        self._in_flight: dict[str, tuple[Resources, int]] = {}
         self._refresh_lock = asyncio.Lock()
         self._refreshed_at = float("-inf")
 
@@ -79,10 +88,32 @@ class HostCache:
         current = self._hosts.get(host.name)
         if current is not None and current.generation > host.generation:
             host = current.with_heartbeat(host.last_heartbeat_at)
+        else:
+            held, claims = self._in_flight.get(host.name, (NO_RESOURCES, 0))
+            host = host.with_usage(held, claims)
         host = host.with_heartbeat(self._heartbeats.get(host.name))
         if current is not host:
             self._replace(host)
         return host
+
+    def reserve(self, name: str, wanted: Resources) -> None:
+        """Counts a claim of `wanted` on host `name` as made until `unreserve` is called."""
+        held, claims = self._in_flight.get(name, (NO_RESOURCES, 0))
+        self._in_flight[name] = (held.plus(wanted), claims + 1)
+        current = self._hosts.get(name)
+        if current is not None:
+            self._replace(current.with_usage(wanted, 1))
+
+    def unreserve(self, name: str, wanted: Resources) -> None:
+        """Takes back a `reserve`: the claim was answered (or failed)."""
+        held, claims = self._in_flight[name]
+        if claims == 1:
+            del self._in_flight[name]
+        else:
+            self._in_flight[name] = (held.plus(wanted, -1), claims - 1)
+        current = self._hosts.get(name)
+        if current is not None:
+            self._replace(current.with_usage(NO_RESOURCES.plus(wanted, -1), -1))
 
     def _replace(self, host: HostState) -> None:
         self._hosts[host.name] = host

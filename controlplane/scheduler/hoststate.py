@@ -43,6 +43,17 @@ class Resources:
         """The classes with a negative amount (an invalid request when non-empty)."""
         return [rc for rc in ResourceClass if self.amount(rc) < 0]
 
+    def plus(self, other: Resources, times: int = 1) -> Resources:
+        """These amounts with `times` x `other` added (negative `times` takes away)."""
+        return Resources(
+            self.vcpus + times * other.vcpus,
+            self.memory_mb + times * other.memory_mb,
+            self.disk_gb + times * other.disk_gb,
+        )
+
+
+NO_RESOURCES = Resources()
+
 
 @dataclass(frozen=True, slots=True)
 class Inventory:
@@ -124,6 +135,21 @@ class HostState:
         if self.disk_gb.used + wanted.disk_gb > self.disk_gb.limit:
             return ResourceClass.DISK_GB
         return None
+
+    def with_usage(self, delta: Resources, allocations: int) -> HostState:
+        """This host with `delta` more in use and `allocations` more consumers (either may be
+        negative: a reservation taken back)."""
+        if allocations == 0 and delta == NO_RESOURCES:
+            return self
+        return dataclasses.replace(
+            self,
+            vcpu=dataclasses.replace(self.vcpu, used=self.vcpu.used + delta.vcpus),
+            memory_mb=dataclasses.replace(
+                self.memory_mb, used=self.memory_mb.used + delta.memory_mb
+            ),
+            disk_gb=dataclasses.replace(self.disk_gb, used=self.disk_gb.used + delta.disk_gb),
+            allocation_count=self.allocation_count + allocations,
+        )
 
     def with_heartbeat(self, at: datetime | None) -> HostState:
         """This host with the later of its known heartbeat and `at`."""

@@ -103,9 +103,14 @@ class PlacementService:
                     continue
                 return await self._not_placed(request, decision)
             best = decision.ranked[0].host
-            result = await self.store.claim(
-                best.id, request.consumer_id, request.project_id, request.resources
-            )
+            # Decisions made while this claim is out rank `best` as holding it already.
+            self.cache.reserve(best.name, request.resources)
+            try:
+                result = await self.store.claim(
+                    best.id, request.consumer_id, request.project_id, request.resources
+                )
+            finally:
+                self.cache.unreserve(best.name, request.resources)
             if result.status is ClaimStatus.NO_ROOM:
                 # Another scheduler filled it since our snapshot: learn how full, rank again.
                 await self.cache.refresh_host(best.name)

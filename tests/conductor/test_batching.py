@@ -281,15 +281,23 @@ async def test_batched_scheduling_records_what_one_at_a_time_scheduling_did(
     assert sum(1 for c in got["queued"] if c[1] == "build-twice-1") == 1
 
 
-async def test_a_batch_of_schedule_messages_asks_the_scheduler_in_one_call(pg: Harness) -> None:
-    pg.peer.add_host("host-a")
+async def _schedule_one_batch(
+    pg: Harness, names: list[str]
+) -> tuple[list[FakeMsg], dict[str, str]]:
+    """Instances waiting to be scheduled, one schedule message each, handled as one batch."""
     worker = SchedulingWorker(pg.conductor, None)  # type: ignore[arg-type]
-    names = [f"vm-{i}" for i in range(5)]
     ids = await _instances(
         pg, {n: {} for n in names}, vm_state="building", task_state="scheduling", attempts=0
     )
     msgs = [FakeMsg(commands.schedule(ids[n], 1).payload.SerializeToString()) for n in names]
     await worker._handle_batch(msgs)  # type: ignore[arg-type]
+    return msgs, ids
+
+
+async def test_a_batch_of_schedule_messages_asks_the_scheduler_in_one_call(pg: Harness) -> None:
+    pg.peer.add_host("host-a")
+    names = [f"vm-{i}" for i in range(5)]
+    msgs, ids = await _schedule_one_batch(pg, names)
     assert [m.outcome for m in msgs] == ["ack"] * 5
     assert (pg.peer.batch_calls, pg.peer.select_calls) == (1, 5)
     state = await _state(pg, ids)
@@ -299,12 +307,7 @@ async def test_a_batch_of_schedule_messages_asks_the_scheduler_in_one_call(pg: H
 async def test_a_scheduler_without_batches_is_asked_once_per_message(pg: Harness) -> None:
     pg.peer.add_host("host-a")
     pg.peer.without_batches = True
-    worker = SchedulingWorker(pg.conductor, None)  # type: ignore[arg-type]
-    ids = await _instances(
-        pg, {"a": {}, "b": {}}, vm_state="building", task_state="scheduling", attempts=0
-    )
-    msgs = [FakeMsg(commands.schedule(ids[n], 1).payload.SerializeToString()) for n in ("a", "b")]
-    await worker._handle_batch(msgs)  # type: ignore[arg-type]
+    msgs, ids = await _schedule_one_batch(pg, ["a", "b"])
     assert [m.outcome for m in msgs] == ["ack", "ack"]
     assert (pg.peer.batch_calls, pg.peer.select_calls) == (0, 2)
     state = await _state(pg, ids)
@@ -314,12 +317,7 @@ async def test_a_scheduler_without_batches_is_asked_once_per_message(pg: Harness
 async def test_a_scheduler_outage_naks_the_batch_and_records_nothing(pg: Harness) -> None:
     pg.peer.add_host("host-a")
     pg.peer.down = True
-    worker = SchedulingWorker(pg.conductor, None)  # type: ignore[arg-type]
-    ids = await _instances(
-        pg, {"a": {}, "b": {}}, vm_state="building", task_state="scheduling", attempts=0
-    )
-    msgs = [FakeMsg(commands.schedule(ids[n], 1).payload.SerializeToString()) for n in ("a", "b")]
-    await worker._handle_batch(msgs)  # type: ignore[arg-type]
+    msgs, ids = await _schedule_one_batch(pg, ["a", "b"])
     assert [m.outcome for m in msgs] == ["nak", "nak"]
     state = await _state(pg, ids)
     assert state["a"][:2] == ("building", "scheduling")

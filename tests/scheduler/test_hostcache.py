@@ -68,3 +68,61 @@ async def test_the_kept_order_follows_claims_and_refreshes(engine: AsyncEngine) 
     await ProviderStore(engine).release("c-1")
     await cache.refresh_all()
     assert list(order.best_first()) == ["a", "b"]
+
+
+async def test_a_claim_in_flight_counts_in_the_order_and_survives_a_refresh_until_answered(
+    engine: AsyncEngine,
+) -> None:
+    store = ProviderStore(engine)
+    cache = HostCache(store, lambda: NOW)
+    order = HostOrder(OrderSpec(WeightedWeigher(FreeRamWeigher(), 1.0)))
+    a = await add_host(store, "a", memory_mb=1000)
+    await add_host(store, "b", memory_mb=900)
+    await cache.refresh_all()
+    cache.keep_ordered(order)
+    wanted = Resources(1, 200, 1)
+
+    cache.reserve("a", wanted)
+    held = cache.get("a")
+    assert held is not None
+    assert (held.memory_mb.used, held.vcpu.used, held.allocation_count) == (200, 1, 1)
+    assert list(order.best_first()) == ["b", "a"]
+    # A refresh reads the row as stored, which does not hold the claim yet: the
+    # reservation stays on top of it.
+    await store.record_heartbeats({"a": NOW})
+    await cache.refresh_all()
+    refreshed = cache.get("a")
+    assert refreshed is not None
+    assert refreshed.memory_mb.used == 200
+
+    claimed = await store.claim(a.id, "c-1", "p", wanted)
+    assert claimed.host is not None
+    cache.unreserve("a", wanted)
+    answered = cache.put(claimed.host)
+    # Counted once: the stored row now holds the claim and no reservation is left.
+    assert (answered.memory_mb.used, answered.allocation_count) == (200, 1)
+    assert list(order.best_first()) == ["b", "a"]
+
+
+async def test_a_claim_that_failed_gives_its_reservation_back(engine: AsyncEngine) -> None:
+    store = ProviderStore(engine)
+    cache = HostCache(store, lambda: NOW)
+    await add_host(store, "a", memory_mb=1000)
+    await cache.refresh_all()
+    before = cache.get("a")
+    assert before is not None
+    cache.reserve("a", Resources(1, 300, 1))
+    cache.reserve("a", Resources(2, 100, 1))
+    cache.unreserve("a", Resources(1, 300, 1))
+    one_left = cache.get("a")
+    assert one_left is not None
+    assert (one_left.vcpu.used, one_left.memory_mb.used, one_left.allocation_count) == (2, 100, 1)
+    cache.unreserve("a", Resources(2, 100, 1))
+    after = cache.get("a")
+    assert after is not None
+    assert (after.vcpu, after.memory_mb, after.disk_gb) == (
+        before.vcpu,
+        before.memory_mb,
+        before.disk_gb,
+    )
+    assert after.allocation_count == before.allocation_count

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -297,3 +298,22 @@ async def test_an_inventory_below_usage_is_a_failed_precondition(env: Env) -> No
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await env.add_host("h", memory_mb=1024)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_the_decisions_of_one_batch_spread_over_hosts_as_the_weighers_say(
+    env: Env,
+) -> None:
+    # Equal hosts and the free-RAM weigher: each claim makes its host the least free, so
+    # eight decisions in one call land two on each of four hosts, as eight calls in a row do.
+    for name in ("h1", "h2", "h3", "h4"):
+        await env.add_host(name, memory_mb=4096)
+    requests = [
+        pb.SelectDestinationsRequest(consumer_id=f"vm-{i}", resources=res(memory_mb=512))
+        for i in range(8)
+    ]
+    resp = await env.stub.SelectDestinationsBatch(
+        pb.SelectDestinationsBatchRequest(requests=requests)
+    )
+    hosts = [r.response.placement.selected.host for r in resp.results]
+    assert sorted(Counter(hosts).values()) == [2, 2, 2, 2], hosts
+    await assert_consistent(env.placement.store.engine)
