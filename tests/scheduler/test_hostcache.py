@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from controlplane.scheduler.hostcache import HostCache
 from controlplane.scheduler.hostorder import HostOrder, OrderSpec
-from controlplane.scheduler.hoststate import Resources
+from controlplane.scheduler.hoststate import HostState, Resources
 from controlplane.scheduler.store import ProviderStore
 from controlplane.scheduler.weighers import WeightedWeigher
 from controlplane.scheduler.weighers.free_ram import FreeRamWeigher
@@ -50,7 +50,10 @@ async def test_a_refresh_takes_a_newer_stored_heartbeat_of_an_unchanged_host(
     assert host.last_heartbeat_at == NOW - timedelta(seconds=3)
 
 
-async def test_the_kept_order_follows_claims_and_refreshes(engine: AsyncEngine) -> None:
+async def _hosts_a_and_b_by_free_ram(
+    engine: AsyncEngine,
+) -> tuple[ProviderStore, HostCache, HostOrder, HostState]:
+    """Host "a" (1,000 MiB) and "b" (900 MiB) in a cache that keeps them ordered by free RAM."""
     store = ProviderStore(engine)
     cache = HostCache(store, lambda: NOW)
     order = HostOrder(OrderSpec(WeightedWeigher(FreeRamWeigher(), 1.0)))
@@ -58,6 +61,11 @@ async def test_the_kept_order_follows_claims_and_refreshes(engine: AsyncEngine) 
     await add_host(store, "b", memory_mb=900)
     await cache.refresh_all()
     cache.keep_ordered(order)
+    return store, cache, order, a
+
+
+async def test_the_kept_order_follows_claims_and_refreshes(engine: AsyncEngine) -> None:
+    store, cache, order, a = await _hosts_a_and_b_by_free_ram(engine)
     assert list(order.best_first()) == ["a", "b"]
 
     claimed = await store.claim(a.id, "c-1", "p", Resources(1, 200, 1))
@@ -73,13 +81,7 @@ async def test_the_kept_order_follows_claims_and_refreshes(engine: AsyncEngine) 
 async def test_a_claim_in_flight_counts_in_the_order_and_survives_a_refresh_until_answered(
     engine: AsyncEngine,
 ) -> None:
-    store = ProviderStore(engine)
-    cache = HostCache(store, lambda: NOW)
-    order = HostOrder(OrderSpec(WeightedWeigher(FreeRamWeigher(), 1.0)))
-    a = await add_host(store, "a", memory_mb=1000)
-    await add_host(store, "b", memory_mb=900)
-    await cache.refresh_all()
-    cache.keep_ordered(order)
+    store, cache, order, a = await _hosts_a_and_b_by_free_ram(engine)
     wanted = Resources(1, 200, 1)
 
     cache.reserve("a", wanted)
