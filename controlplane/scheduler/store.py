@@ -19,10 +19,12 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import psycopg
+from psycopg.errors import DeadlockDetected
 from psycopg.rows import dict_row
 from sqlalchemy import Table, and_, bindparam, delete, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from controlplane.db.driver import driver_of
@@ -330,9 +332,20 @@ class ProviderStore:
         On PostgreSQL one statement; elsewhere two and a commit.
         """
         if self._pg:
-            async with self._autocommit.connect() as conn:
-                params = {"consumer_id": consumer_id, "host": host_name}
-                row = (await conn.execute(_PG_RELEASE, params)).first()
+            params = {"consumer_id": consumer_id, "host": host_name}
+            for attempt in range(1, RELEASE_ATTEMPTS + 1):
+                try:
+                    async with self._autocommit.connect() as conn:
+                        row = (await conn.execute(_PG_RELEASE, params)).first()
+                    break
+                except DBAPIError as exc:
+                    # The release locks the allocation, then its host; a batch of claims
+                    # holding that host and waiting on the same consumer's row (a twin
+                    # claim) closes a cycle, and PostgreSQL aborts one side. An aborted
+                    # release changed nothing: running it again keeps "exactly once".
+                    if not isinstance(exc.orig, DeadlockDetected) or attempt == RELEASE_ATTEMPTS:
+                        raise
+                    log.warning("release of %s lost a deadlock; releasing again", consumer_id)
             if row is None:
                 return ReleaseResult(False)
             return ReleaseResult(True, host_from_row(row))
@@ -524,6 +537,9 @@ class _Pending:
     params: Mapping[str, Any]
     row: asyncio.Future[dict[str, Any] | None]
 
+
+# A release that PostgreSQL chose as a deadlock's victim runs again, up to this many times.
+RELEASE_ATTEMPTS = 3
 
 # Claims that queued while the connections were busy go out together, up to this many.
 MAX_CLAIM_BATCH = 32

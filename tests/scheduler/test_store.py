@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 
+import psycopg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -177,3 +178,50 @@ async def test_heartbeats_are_stored_and_never_move_backwards(
     host = await store.load_host("h")
     assert host is not None
     assert host.last_heartbeat_at == NOW
+
+
+async def test_a_release_chosen_as_a_deadlock_victim_runs_again_and_frees_once(
+    engine: AsyncEngine, pg_url: str
+) -> None:
+    store = ProviderStore(engine)
+    host = await add_host(store, "a", memory_mb=1000)
+    held = await store.claim(host.id, "c2", "p", Resources(1, 100, 1))
+    assert held.status is ClaimStatus.CLAIMED
+    # The other side of the cycle: a transaction that holds the host's row, then claims
+    # for the same consumer (what a batch of claims with a twin does). Its own deadlock
+    # check waits 20 s, so PostgreSQL aborts the release (which checks after 1 s).
+    async with (
+        await psycopg.AsyncConnection.connect(pg_url) as other,
+        await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as watcher,
+    ):
+        await other.execute("SET deadlock_timeout = '20s'")
+        await other.execute(
+            "UPDATE resource_providers SET generation = generation WHERE id = %s", (host.id,)
+        )
+        release = asyncio.create_task(store.release("c2"))
+        # The release has deleted c2's allocation and waits for the host's row.
+        for _ in range(200):
+            cur = await watcher.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
+            waiting = await cur.fetchone()
+            if waiting is not None and waiting[0] > 0:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the release never waited for the host's row")
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            # Waits on the release's DELETE: the cycle. Once the release is aborted, its
+            # DELETE is undone and c2's allocation is there again.
+            await other.execute(
+                "INSERT INTO allocations"
+                " (consumer_id, provider_id, project_id, vcpus, memory_mb, disk_gb, created_at)"
+                " VALUES ('c2', %s, 'p', 1, 100, 1, now())",
+                (host.id,),
+            )
+        await other.rollback()
+        result = await asyncio.wait_for(release, 30)
+    assert result.released
+    assert result.host is not None
+    assert (result.host.memory_mb.used, result.host.allocation_count) == (0, 0)
+    usage = await assert_consistent(engine)
+    assert usage["a"].allocations == 0
+    assert not (await store.release("c2")).released
