@@ -98,30 +98,46 @@ async def pg(pg_url: str) -> AsyncIterator[Harness]:
         yield h
 
 
+@contextlib.asynccontextmanager
+async def running_workers(
+    h: Harness,
+    nats_url: str,
+    *,
+    relay_poll_s: float = 0.2,
+    lanes: int = 1,
+    events: bool = True,
+) -> AsyncIterator[Harness]:
+    """Connects `h` to the nats-server at `nats_url` and runs the conductor's relay, its
+    scheduling worker (`lanes` lanes) and, unless `events` is False, its event consumer,
+    until the block ends."""
+    cfg = NatsConfig(duplicate_window_s=120)
+    nc = await bus.connect(nats_url, cfg, f"test-{uuid.uuid4().hex[:6]}")
+    js = nc.jetstream()
+    await bus.ensure_streams(js, cfg)
+    h.nc, h.js = nc, js
+    stop = asyncio.Event()
+    c = h.conductor
+    h.tasks = [
+        asyncio.create_task(Relay(c.sessions, js, c.wakeup, poll_interval=relay_poll_s).run(stop)),
+        asyncio.create_task(SchedulingWorker(c, js).run(stop, lanes=lanes)),
+    ]
+    if events:
+        h.tasks.append(asyncio.create_task(EventConsumer(c, js).run(stop)))
+    try:
+        yield h
+    finally:
+        stop.set()
+        await asyncio.wait(h.tasks, timeout=5)
+        for t in h.tasks:
+            t.cancel()
+        await nc.close()
+
+
 @pytest.fixture
 async def stack(pg_url: str, fresh_nats: NatsServerProcess) -> AsyncIterator[Harness]:
     """The conductor with its relay and workers running against a nats-server of its own."""
-    async with harness(pg_url) as h:
-        cfg = NatsConfig(duplicate_window_s=120)
-        nc = await bus.connect(fresh_nats.url, cfg, f"test-{uuid.uuid4().hex[:6]}")
-        js = nc.jetstream()
-        await bus.ensure_streams(js, cfg)
-        h.nc, h.js = nc, js
-        stop = asyncio.Event()
-        c = h.conductor
-        h.tasks = [
-            asyncio.create_task(Relay(c.sessions, js, c.wakeup, poll_interval=0.2).run(stop)),
-            asyncio.create_task(SchedulingWorker(c, js).run(stop)),
-            asyncio.create_task(EventConsumer(c, js).run(stop)),
-        ]
-        try:
-            yield h
-        finally:
-            stop.set()
-            await asyncio.wait(h.tasks, timeout=5)
-            for t in h.tasks:
-                t.cancel()
-            await nc.close()
+    async with harness(pg_url) as h, running_workers(h, fresh_nats.url):
+        yield h
 
 
 class Agent:

@@ -19,7 +19,7 @@ from controlplane.db.engine import count_statements, make_engine, session_factor
 from controlplane.db.models import Instance
 from controlplane.runtime import bus
 from controlplane.runtime.natsserver import NatsServerProcess, free_port
-from tests.conductor.conftest import IMAGE_ID, Agent, eventually
+from tests.conductor.conftest import IMAGE_ID, Agent, eventually, harness, running_workers
 from tests.conductor.factories import add, make_flavor, make_image
 from tests.conductor.scheduler_peer import SchedulerPeer, start_scheduler_peer
 from tests.conductor.test_create import create_request
@@ -87,106 +87,74 @@ async def test_a_boot_costs_few_sql_statements_in_total(
 ) -> None:
     """Counts every statement from CreateServers to ACTIVE: create, relay, scheduling,
     build event."""
-    from controlplane.conductor.events import EventConsumer
-    from controlplane.conductor.outbox import Relay
-    from controlplane.conductor.scheduling import SchedulingWorker
-    from controlplane.config import NatsConfig
-    from tests.conductor.conftest import harness
-
-    async with harness(pg_url) as h:
+    # The relay polls rarely: its idle polls would count among the boots' statements.
+    async with harness(pg_url) as h, running_workers(h, fresh_nats.url, relay_poll_s=5):
+        assert h.js is not None
+        js = h.js
         h.peer.add_host("count-host")
-        nc = await bus.connect(fresh_nats.url, NatsConfig(), "count")
-        js = nc.jetstream()
-        await bus.ensure_streams(js, NatsConfig())
-        stop = asyncio.Event()
-        c = h.conductor
-        tasks = [
-            asyncio.create_task(Relay(c.sessions, js, c.wakeup, poll_interval=5).run(stop)),
-            asyncio.create_task(SchedulingWorker(c, js).run(stop)),
-            asyncio.create_task(EventConsumer(c, js).run(stop)),
-        ]
-        try:
-            await asyncio.sleep(0.3)  # workers subscribed and idle
-            counter = count_statements(h.engine)
-            n = 10
-            for i in range(n):  # one request per server, as a benchmark's clients send them
-                await h.servers.CreateServers(create_request(request_id=f"boot-{i}"))
-            agent = Agent(js, "count-host")
-            for _ in range(n):
-                cmd = await agent.build_command()
-                await agent.report(
-                    cmd.spec.instance_id,
-                    compute_pb2.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED,
-                    attempt=cmd.attempt,
+        await asyncio.sleep(0.3)  # workers subscribed and idle
+        counter = count_statements(h.engine)
+        n = 10
+        for i in range(n):  # one request per server, as a benchmark's clients send them
+            await h.servers.CreateServers(create_request(request_id=f"boot-{i}"))
+        agent = Agent(js, "count-host")
+        for _ in range(n):
+            cmd = await agent.build_command()
+            await agent.report(
+                cmd.spec.instance_id,
+                compute_pb2.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED,
+                attempt=cmd.attempt,
+            )
+
+        # Probed through an engine of its own, so the probes are not counted.
+        probe_engine = make_engine(pg_url)
+        probe = session_factory(probe_engine)
+
+        async def all_active() -> bool:
+            async with probe() as s:
+                active = await s.execute(
+                    select(func.count(Instance.id)).where(Instance.vm_state == "active")
                 )
+                return active.scalar_one() == n
 
-            # Probed through an engine of its own, so the probes are not counted.
-            probe_engine = make_engine(pg_url)
-            probe = session_factory(probe_engine)
-
-            async def all_active() -> bool:
-                async with probe() as s:
-                    active = await s.execute(
-                        select(func.count(Instance.id)).where(Instance.vm_state == "active")
-                    )
-                    return active.scalar_one() == n
-
-            try:
-                assert await eventually(all_active)
-            finally:
-                await probe_engine.dispose()
-            per_boot = counter.count / n
-            print(f"SQL statements per boot: {per_boot:.1f}")
-            assert per_boot <= 12
+        try:
+            assert await eventually(all_active)
         finally:
-            stop.set()
-            await asyncio.wait(tasks, timeout=5)
-            await nc.close()
+            await probe_engine.dispose()
+        per_boot = counter.count / n
+        print(f"SQL statements per boot: {per_boot:.1f}")
+        assert per_boot <= 12
 
 
 async def test_several_scheduling_lanes_place_every_instance_exactly_once(
     pg_url: str, fresh_nats: NatsServerProcess
 ) -> None:
-    from controlplane.conductor.outbox import Relay
-    from controlplane.conductor.scheduling import SchedulingWorker
-    from controlplane.config import NatsConfig
-    from tests.conductor.conftest import harness
-
-    async with harness(pg_url) as h:
+    async with (
+        harness(pg_url) as h,
+        running_workers(h, fresh_nats.url, lanes=3, events=False),
+    ):
+        assert h.js is not None
+        js = h.js
         h.peer.add_host("lanes-host")
-        nc = await bus.connect(fresh_nats.url, NatsConfig(), "lanes")
-        js = nc.jetstream()
-        await bus.ensure_streams(js, NatsConfig())
-        stop = asyncio.Event()
-        c = h.conductor
-        tasks = [
-            asyncio.create_task(Relay(c.sessions, js, c.wakeup, poll_interval=0.2).run(stop)),
-            asyncio.create_task(SchedulingWorker(c, js).run(stop, lanes=3)),
-        ]
+        n = 10  # the project's default instance quota
+        created = await asyncio.gather(
+            *(h.servers.CreateServers(create_request(request_id=f"lane-{i}")) for i in range(n))
+        )
+        ids = {r.servers[0].id for r in created}
+        agent = Agent(js, "lanes-host")
+        built = [(await agent.build_command()).spec.instance_id for _ in range(n)]
+        assert sorted(built) == sorted(ids)  # each once, none missing
+        with pytest.raises(TimeoutError):  # and no second build for any of them
+            await agent.next_command(within=1.0)
+        assert set(h.peer.claims) == ids
+        probe_engine = make_engine(pg_url)
         try:
-            n = 10  # the project's default instance quota
-            created = await asyncio.gather(
-                *(h.servers.CreateServers(create_request(request_id=f"lane-{i}")) for i in range(n))
-            )
-            ids = {r.servers[0].id for r in created}
-            agent = Agent(js, "lanes-host")
-            built = [(await agent.build_command()).spec.instance_id for _ in range(n)]
-            assert sorted(built) == sorted(ids)  # each once, none missing
-            with pytest.raises(TimeoutError):  # and no second build for any of them
-                await agent.next_command(within=1.0)
-            assert set(h.peer.claims) == ids
-            probe_engine = make_engine(pg_url)
-            try:
-                async with session_factory(probe_engine)() as s:
-                    spawning = await s.execute(
-                        select(func.count(Instance.id)).where(
-                            Instance.task_state == "spawning", Instance.attempts == 1
-                        )
+            async with session_factory(probe_engine)() as s:
+                spawning = await s.execute(
+                    select(func.count(Instance.id)).where(
+                        Instance.task_state == "spawning", Instance.attempts == 1
                     )
-                    assert spawning.scalar_one() == n
-            finally:
-                await probe_engine.dispose()
+                )
+                assert spawning.scalar_one() == n
         finally:
-            stop.set()
-            await asyncio.wait(tasks, timeout=5)
-            await nc.close()
+            await probe_engine.dispose()
