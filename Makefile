@@ -3,11 +3,12 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+UV := .uv/bin/uv
 export PYTHONPATH := $(CURDIR):$(CURDIR)/generated
 
-.PHONY: install run test lint protos protos-check check bench services clean
+.PHONY: install run test test-fast lint protos protos-check check bench services upgrade clean
 
-$(STAMP): pyproject.toml scripts/install.sh
+$(STAMP): pyproject.toml uv.lock scripts/install.sh
 	scripts/install.sh
 	touch $(STAMP)
 
@@ -21,10 +22,15 @@ run: install
 test: install services
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
+## What needs neither libvirtd nor a whole running stack: a few minutes, for the edit-test loop.
+test-fast: install
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow and not qemu" $(PYTEST_ARGS)
+
 services: install
 	scripts/services.sh
 
 lint: install
+	$(UV) lock --check --quiet
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
@@ -42,6 +48,14 @@ check: lint protos-check test
 
 bench: install services
 	$(PY) -m bench $(BENCH_ARGS)
+
+## Upgrades one locked dependency (PACKAGE=name; PACKAGE=all for every one), installs it and
+## regenerates generated/; commit uv.lock and generated/ together.
+upgrade: install
+	@test -n "$(PACKAGE)" || { echo "usage: make upgrade PACKAGE=<name>|all" >&2; exit 2; }
+	$(UV) lock $(if $(filter all,$(PACKAGE)),--upgrade,--upgrade-package $(PACKAGE))
+	scripts/install.sh
+	scripts/gen_protos.sh
 
 clean:
 	rm -rf .loom .pytest_cache .mypy_cache .ruff_cache

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what Loom needs, idempotently: Debian packages (when root), then the virtualenv.
+# Installs what Loom needs, idempotently: Debian packages (when root), then the virtualenv
+# with exactly the versions in uv.lock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -23,6 +24,19 @@ fi
 
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
-[[ -x $VENV/bin/python ]] || "$PYTHON" -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -e '.[dev]'
+
+# uv, at the version pyproject.toml requires, in a small virtualenv of its own (.uv/), so
+# syncing the project's environment never removes the tool doing the sync.
+UV_VERSION=$(sed -nE 's/^required-version = "==([^"]+)"/\1/p' pyproject.toml)
+UV=${UV:-.uv/bin/uv}
+if ! "$UV" --version 2>/dev/null | grep -qx "uv $UV_VERSION"; then
+  rm -rf .uv
+  "$PYTHON" -m venv .uv
+  .uv/bin/python -m pip install -q --disable-pip-version-check "uv==$UV_VERSION"
+  UV=.uv/bin/uv
+fi
+
+# Exactly what uv.lock says: --frozen never re-resolves, so another day gives the same
+# versions. LOOM_SYNC_ARGS narrows it (an agent host: --no-default-groups).
+# shellcheck disable=SC2086
+UV_PROJECT_ENVIRONMENT=$VENV "$UV" sync --frozen --quiet --python "$PYTHON" ${LOOM_SYNC_ARGS:-}

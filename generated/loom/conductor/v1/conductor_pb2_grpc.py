@@ -5,7 +5,7 @@ import warnings
 
 from loom.conductor.v1 import conductor_pb2 as loom_dot_conductor_dot_v1_dot_conductor__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
