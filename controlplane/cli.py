@@ -29,12 +29,29 @@ SERVICES = {
 }
 
 
+def _add_common(p: argparse.ArgumentParser, *, nats: bool, top: bool) -> None:
+    """The options every command shares. They are accepted before the command and after it
+    (`loom --db URL up` and `loom up --db URL`); below the top level their default is
+    "absent", so a value given before the command is never reset to None after it."""
+    default = None if top else argparse.SUPPRESS
+    p.add_argument(
+        "--config",
+        default=default,
+        help="TOML configuration file (LOOM_* variables override it)",
+    )
+    p.add_argument("--data-dir", default=default, help="data directory (default ./.loom)")
+    p.add_argument(
+        "--db", default=default, help="database URL (default: SQLite in the data directory)"
+    )
+    if nats:
+        p.add_argument(
+            "--nats", default=default, help="NATS URL (default for `up`: an embedded nats-server)"
+        )
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="loom", description="Loom cloud fabric controller")
-    p.add_argument("--config", help="TOML configuration file (LOOM_* variables override it)")
-    p.add_argument("--data-dir", help="data directory (default ./.loom)")
-    p.add_argument("--db", help="database URL (default: SQLite in the data directory)")
-    p.add_argument("--nats", help="NATS URL (default for `up`: an embedded nats-server)")
+    _add_common(p, nats=True, top=True)
     p.add_argument(
         "--exit-with-parent",
         type=int,
@@ -43,7 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    up = sub.add_parser("up", help="run every service, all-in-one, in the foreground")
+    def command(name: str, help_text: str, *, nats: bool = True) -> argparse.ArgumentParser:
+        parser = sub.add_parser(name, help=help_text, description=help_text)
+        _add_common(parser, nats=nats, top=False)
+        return parser
+
+    up = command("up", "run every service, all-in-one, in the foreground")
     up.add_argument("--hosts", type=int, default=3, help="simulated hypervisor hosts")
     up.add_argument("--port", type=int, default=None, help="gateway port (default 8774)")
     up.add_argument(
@@ -53,18 +75,22 @@ def _parser() -> argparse.ArgumentParser:
         help="test: simulated hosts on libvirt test:///; qemu: real guests on qemu:///system",
     )
 
-    sub.add_parser("conductor", help="run the conductor")
-    sub.add_parser("scheduler", help="run the scheduler")
-    agent = sub.add_parser("agent", help="run a node agent (or a simulated fleet of them)")
+    command("conductor", "run the conductor")
+    command("scheduler", "run the scheduler")
+    agent = command("agent", "run a node agent (or a simulated fleet of them)")
     agent.add_argument("--simulate", type=int, default=0, help="run N simulated hosts")
     agent.add_argument("--host-prefix", default="sim", help="name prefix of simulated hosts")
-    gw = sub.add_parser("gateway", help="run the REST gateway")
+    gw = command("gateway", "run the REST gateway")
     gw.add_argument("--port", type=int, default=None, help="listen port (default 8774)")
 
-    db = sub.add_parser("db", help="database schema")
+    db = command("db", "database schema", nats=False)
     dbsub = db.add_subparsers(dest="db_command", required=True)
-    dbsub.add_parser("upgrade", help="apply the migrations (idempotent)")
-    dbsub.add_parser("current", help="print the applied revision")
+    for name, help_text in (
+        ("upgrade", "apply the migrations (idempotent)"),
+        ("current", "print the applied revision"),
+    ):
+        db_command = dbsub.add_parser(name, help=help_text, description=help_text)
+        _add_common(db_command, nats=False, top=False)
     return p
 
 
@@ -112,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "db":
         from controlplane.db import migrate
 
-        cfg.data_path.mkdir(parents=True, exist_ok=True)
+        if not cfg.database.url:
+            # The default database is a file in the data directory; a named one needs none.
+            cfg.data_path.mkdir(parents=True, exist_ok=True)
         if args.db_command == "upgrade":
             migrate.upgrade(cfg.database_url)
             print(f"database at revision {migrate.current(cfg.database_url)}")
