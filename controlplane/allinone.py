@@ -8,12 +8,15 @@ The agent downloads images from the gateway's Image v2 API with a service token 
 `loom up` keeps fresh in `<data_dir>/agent/image-token` (see controlplane.servicetoken).
 With `--hypervisor qemu` the agent drives qemu:///system (instances under
 `agent.instances_path`, default /var/lib/loom/instances, which QEMU's user can reach),
-and the test guest is built and registered as the image `loom-test-guest`.
+and the test guest is built and registered as the image `loom-test-guest`. Every start
+makes sure the public image `loom-tiny` exists (controlplane.tinyimage), and the ready line
+ends with a command that boots a server from it, so a fresh Loom can boot at once.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -24,12 +27,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
+import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from loom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 
+from controlplane import tinyimage
 from controlplane.config import LoomConfig
 from controlplane.db import migrate
-from controlplane.guestimage import GuestImageError, register_guest_image
+from controlplane.guestimage import IMAGE_NAME as GUEST_IMAGE_NAME
+from controlplane.guestimage import GuestImageError, register_guest_image, register_tiny_image
 from controlplane.runtime.natsserver import (
     NatsServerProcess,
     free_port,
@@ -128,6 +134,18 @@ def _port_free(hostport: str) -> bool:
 
 
 DEFAULT_QEMU_INSTANCES = "/var/lib/loom/instances"
+
+
+def boot_command(clouds_yaml: Path, image: str) -> str:
+    """A shell command that boots one server on this Loom, as printed in the ready line: it
+    names the credentials file and the client by absolute path, so it works pasted into
+    any shell on this machine."""
+    client = Path(sys.executable).parent / "openstack"
+    openstack = str(client) if client.exists() else "openstack"
+    return (
+        f"OS_CLIENT_CONFIG_FILE={shlex.quote(str(clouds_yaml))} {shlex.quote(openstack)} "
+        f"--os-cloud loom server create --image {image} --flavor m1.tiny --nic none --wait vm1"
+    )
 
 
 def run_all_in_one(cfg: LoomConfig, *, hosts: int, hypervisor: str = "test") -> int:
@@ -230,23 +248,27 @@ def run_all_in_one(cfg: LoomConfig, *, hosts: int, hypervisor: str = "test") -> 
         except ServiceTokenError as exc:
             print(f"loom: no service token for image downloads: {exc}", file=sys.stderr)
             return 1
-        image_note = ""
+        image_url = f"{local_url}/image"
+        try:
+            register_tiny_image(image_url, service_token.token())
+        except (GuestImageError, httpx.HTTPError) as exc:
+            print(f"loom: the image {tinyimage.IMAGE_NAME} is unavailable: {exc}", file=sys.stderr)
+            return 1
+        boot_image = tinyimage.IMAGE_NAME
         if hypervisor == "qemu":
             print("loom: making sure the test guest image is registered…", flush=True)
             try:
-                guest = register_guest_image(
-                    f"{local_url}/image", service_token.token(), data / "testimage"
-                )
+                register_guest_image(image_url, service_token.token(), data / "testimage")
             except (GuestImageError, RuntimeError) as exc:
                 print(f"loom: the test guest image is unavailable: {exc}", file=sys.stderr)
                 return 1
-            image_note = f"default image {guest.id} (loom-test-guest); "
+            boot_image = GUEST_IMAGE_NAME
         url = cfg.gateway.public_url or f"http://{cfg.gateway.host}:{cfg.gateway.port}"
         print(
             f"Loom is ready: {url} (compute {url}/compute/v2.1, identity {url}/identity/v3); "
-            f"{hosts if hypervisor == 'test' else 1} {hypervisor} host(s); {image_note}"
+            f"{hosts if hypervisor == 'test' else 1} {hypervisor} host(s); "
             f"gRPC conductor {conductor_listen}, scheduler {scheduler_listen}; "
-            f"credentials in {data / 'clouds.yaml'}; logs in {logs}",
+            f"logs in {logs}; boot a server: {boot_command(data / 'clouds.yaml', boot_image)}",
             flush=True,
         )
         while not stopping:

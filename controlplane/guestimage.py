@@ -1,7 +1,10 @@
-"""Registers Loom's test guest in the image service, as Nova's AMI-style images are laid
-out: a kernel (aki), a ramdisk (ari) and a small whole-disk image (raw) whose
-`kernel_id`, `ramdisk_id` and `os_command_line` properties point the driver at the other
-two. Idempotent: an existing active image of that name is reused.
+"""Registers Loom's own images in the image service, idempotently (an existing active image
+of the name is reused):
+
+- `loom-tiny` (controlplane.tinyimage), on every `loom up`: a 1 MiB disk that boots;
+- `loom-test-guest`, for real guests, laid out as Nova's AMI-style images are: a kernel
+  (aki), a ramdisk (ari) and a small whole-disk image (raw) whose `kernel_id`,
+  `ramdisk_id` and `os_command_line` properties point the driver at the other two.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from controlplane import tinyimage
 from controlplane.testimage import build_test_image
 
 IMAGE_NAME = "loom-test-guest"
@@ -57,20 +61,38 @@ def _upload(client: httpx.Client, name: str, fmt: str, data: bytes, **props: str
     return image_id
 
 
+def _active_images(client: httpx.Client, name: str) -> list[dict[str, Any]]:
+    found = _check(client.get("/v2/images", params={"name": name}), "list", 200).json()
+    return [i for i in found.get("images", []) if i.get("status") == "active"]
+
+
 def find_guest_image(client: httpx.Client) -> GuestImage | None:
-    found = _check(client.get("/v2/images", params={"name": IMAGE_NAME}), "list", 200).json()
-    for image in found.get("images", []):
-        if image.get("status") == "active" and image.get("kernel_id"):
+    for image in _active_images(client, IMAGE_NAME):
+        if image.get("kernel_id"):
             return GuestImage(image["id"], image["kernel_id"], image.get("ramdisk_id", ""))
     return None
+
+
+def _image_client(image_url: str, token: str) -> httpx.Client:
+    return httpx.Client(
+        base_url=image_url.rstrip("/"), headers={"X-Auth-Token": token}, timeout=60.0
+    )
+
+
+def register_tiny_image(image_url: str, token: str) -> str:
+    """The id of the public `loom-tiny` image in the image service at image_url (…/image),
+    uploaded when missing."""
+    with _image_client(image_url, token) as client:
+        existing = _active_images(client, tinyimage.IMAGE_NAME)
+        if existing:
+            return str(existing[0]["id"])
+        return _upload(client, tinyimage.IMAGE_NAME, "raw", tinyimage.disk_image())
 
 
 def register_guest_image(image_url: str, token: str, build_dir: Path) -> GuestImage:
     """The test guest's root image in the image service at image_url (…/image), built from
     Debian packages into build_dir when missing."""
-    with httpx.Client(
-        base_url=image_url.rstrip("/"), headers={"X-Auth-Token": token}, timeout=60.0
-    ) as client:
+    with _image_client(image_url, token) as client:
         existing = find_guest_image(client)
         if existing is not None:
             return existing

@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
 
 
-LoomUp = tuple[subprocess.Popen[str], str, list[str]]
+# The process, the gateway URL, the gRPC targets and the ready line.
+LoomUp = tuple[subprocess.Popen[str], str, list[str], str]
 
 
 @pytest.fixture
@@ -78,7 +79,7 @@ def _loom_up(tmp_path: Path, hosts: int) -> Iterator[LoomUp]:
         pytest.fail("loom up printed no ready line")
     targets = re.findall(r"(?:conductor|scheduler) (127\.0\.0\.1:\d+)", ready)
     try:
-        yield proc, f"http://127.0.0.1:{port}", targets
+        yield proc, f"http://127.0.0.1:{port}", targets, ready
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -93,7 +94,7 @@ def _loom_up(tmp_path: Path, hosts: int) -> Iterator[LoomUp]:
 def test_loom_up_serves_health_and_reflection_on_every_grpc_port_and_stops_on_sigterm(
     loom_up: LoomUp, tmp_path: Path
 ) -> None:
-    proc, url, targets = loom_up
+    proc, url, targets, _ = loom_up
     assert len(targets) == 2
     for target in targets:
         health = subprocess.run(
@@ -129,7 +130,7 @@ def test_loom_up_says_ready_only_once_every_simulated_host_is_up_in_the_schedule
     tmp_path: Path,
 ) -> None:
     started = datetime.now(UTC)
-    with _loom_up(tmp_path, hosts=300) as (proc, _, targets):
+    with _loom_up(tmp_path, hosts=300) as (proc, _, targets, _):
         conductor, scheduler = targets
         assert conductor != scheduler
         with grpc.insecure_channel(scheduler) as channel:
@@ -143,7 +144,7 @@ def test_loom_up_says_ready_only_once_every_simulated_host_is_up_in_the_schedule
 def test_loom_up_keeps_a_private_service_token_the_image_api_accepts_and_never_logs_it(
     loom_up: LoomUp, tmp_path: Path
 ) -> None:
-    _, url, _ = loom_up
+    _, url, _, _ = loom_up
     path = tmp_path / "d" / "agent" / "image-token"
     assert path.stat().st_mode & 0o777 == 0o600
     token = path.read_text().strip()
@@ -165,7 +166,7 @@ def test_loom_up_killed_outright_takes_its_services_and_nats_server_with_it(
 ) -> None:
     import psutil
 
-    proc, _, _ = loom_up
+    proc, _, _, _ = loom_up
     children = psutil.Process(proc.pid).children(recursive=True)
     names = " ".join(" ".join(c.cmdline()) for c in children)
     assert "nats-server" in names
@@ -175,3 +176,32 @@ def test_loom_up_killed_outright_takes_its_services_and_nats_server_with_it(
     proc.wait()
     _, alive = psutil.wait_procs(children, timeout=60)
     assert alive == [], f"orphans left running: {[c.pid for c in alive]}"
+
+
+def test_the_ready_lines_boot_command_works_as_printed_and_boots_loom_tiny(
+    tmp_path: Path,
+) -> None:
+    with _loom_up(tmp_path, hosts=2) as (_, url, _, ready):
+        command = ready.split("boot a server: ", 1)[1].strip()
+        assert "--image loom-tiny" in command
+        booted = subprocess.run(
+            ["bash", "-c", f"{command} -f value -c status"],
+            cwd=tmp_path,
+            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert booted.returncode == 0, booted.stderr
+        assert booted.stdout.strip() == "ACTIVE", booted.stdout
+    # Started again on the same data, Loom reuses its image rather than adding a second.
+    with _loom_up(tmp_path, hosts=2) as (_, url, _, _):
+        token = (tmp_path / "d" / "agent" / "image-token").read_text().strip()
+        images = httpx.get(
+            f"{url}/image/v2/images",
+            params={"name": "loom-tiny"},
+            headers={"X-Auth-Token": token},
+            timeout=10,
+        ).json()["images"]
+        assert [(i["status"], i["visibility"]) for i in images] == [("active", "public")]
