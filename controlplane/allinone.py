@@ -149,6 +149,17 @@ def boot_command(clouds_yaml: Path, image: str) -> str:
 
 
 def run_all_in_one(cfg: LoomConfig, *, hosts: int, hypervisor: str = "test") -> int:
+    if hypervisor == "qemu":
+        # Before anything starts: a machine that cannot run guests stops here, plainly.
+        from nodeagent.hostprep import prepare_qemu_host
+
+        host = prepare_qemu_host()
+        for line in host.changed:
+            print(f"loom: {line}", flush=True)
+        for line in host.problems:
+            print(f"loom: {line}", file=sys.stderr, flush=True)
+        if not host.libvirtd_reachable:
+            return 1
     data = cfg.data_path
     data.mkdir(parents=True, exist_ok=True)
     logs = data / "logs"
@@ -250,7 +261,7 @@ def run_all_in_one(cfg: LoomConfig, *, hosts: int, hypervisor: str = "test") -> 
             return 1
         image_url = f"{local_url}/image"
         try:
-            register_tiny_image(image_url, service_token.token())
+            boot_image_id = register_tiny_image(image_url, service_token.token())
         except (GuestImageError, httpx.HTTPError) as exc:
             print(f"loom: the image {tinyimage.IMAGE_NAME} is unavailable: {exc}", file=sys.stderr)
             return 1
@@ -258,15 +269,16 @@ def run_all_in_one(cfg: LoomConfig, *, hosts: int, hypervisor: str = "test") -> 
         if hypervisor == "qemu":
             print("loom: making sure the test guest image is registered…", flush=True)
             try:
-                register_guest_image(image_url, service_token.token(), data / "testimage")
+                guest = register_guest_image(image_url, service_token.token(), data / "testimage")
             except (GuestImageError, RuntimeError) as exc:
                 print(f"loom: the test guest image is unavailable: {exc}", file=sys.stderr)
                 return 1
-            boot_image = GUEST_IMAGE_NAME
+            boot_image, boot_image_id = GUEST_IMAGE_NAME, guest.id
         url = cfg.gateway.public_url or f"http://{cfg.gateway.host}:{cfg.gateway.port}"
         print(
             f"Loom is ready: {url} (compute {url}/compute/v2.1, identity {url}/identity/v3); "
             f"{hosts if hypervisor == 'test' else 1} {hypervisor} host(s); "
+            f"default image {boot_image} ({boot_image_id}); "
             f"gRPC conductor {conductor_listen}, scheduler {scheduler_listen}; "
             f"logs in {logs}; boot a server: {boot_command(data / 'clouds.yaml', boot_image)}",
             flush=True,

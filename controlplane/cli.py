@@ -83,6 +83,16 @@ def _parser() -> argparse.ArgumentParser:
     gw = command("gateway", "run the REST gateway")
     gw.add_argument("--port", type=int, default=None, help="listen port (default 8774)")
 
+    prep = sub.add_parser(
+        "prepare-host",
+        help="make this machine ready for real QEMU guests: /dev/kvm, virtlogd, libvirtd",
+        description="Gives /dev/kvm to libvirt's QEMU user and starts virtlogd and libvirtd "
+        "when they are not running (as root); says plainly what it cannot fix. Exits 1 "
+        "unless libvirtd answers with nothing left to fix. `loom up --hypervisor qemu` and "
+        "`make services` do the same.",
+    )
+    prep.add_argument("--uri", default="qemu:///system", help="libvirt URI to check")
+
     db = command("db", "database schema", nats=False)
     dbsub = db.add_subparsers(dest="db_command", required=True)
     for name, help_text in (
@@ -124,10 +134,25 @@ def _run_service(cfg: LoomConfig, name: str, options: dict[str, Any]) -> int:
     return 0
 
 
+def _prepare_host(uri: str) -> int:
+    from nodeagent.hostprep import prepare_qemu_host
+
+    report = prepare_qemu_host(uri)
+    for line in report.changed:
+        print(f"loom: {line}")
+    for line in report.problems:
+        print(f"loom: {line}", file=sys.stderr)
+    if report.libvirtd_reachable:
+        print(f"loom: libvirtd answers at {uri}")
+    return 0 if report.ready else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.exit_with_parent is not None:
         exit_with_parent(args.exit_with_parent)
+    if args.command == "prepare-host":
+        return _prepare_host(args.uri)
     try:
         cfg = load_config(args.config, overrides=_overrides(args))
     except ConfigError as exc:

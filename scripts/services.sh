@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Starts the services the tests need when they are not running: PostgreSQL (trust on
-# loopback), and virtlogd/libvirtd for real guests. Idempotent; the tests start their own
+# loopback), and (through `loom prepare-host`) virtlogd/libvirtd for real guests. Idempotent; the tests start their own
 # nats-server on a free port.
 set -uo pipefail
 
@@ -18,18 +18,9 @@ if ! pg_ready; then
 fi
 pg_ready && echo "postgresql: up" || echo "postgresql: NOT reachable on 127.0.0.1:5432" >&2
 
+# Real guests: /dev/kvm for libvirt's QEMU user, then virtlogd and libvirtd. The same code
+# as `loom prepare-host` (the README's manual step) and `loom up --hypervisor qemu`.
 if command -v libvirtd >/dev/null; then
-  # Debian's udev rule gives /dev/kvm to group kvm (mode 0660), where libvirt's qemu user
-  # is; a machine without udev may leave it root-only. Then libvirt's QEMU capability
-  # probe (run as root) sees KVM while its validity check (as the qemu user) does not,
-  # so every domain definition probes QEMU afresh: 30-40 s per define.
-  if [[ -c /dev/kvm ]] && getent group kvm >/dev/null; then
-    chgrp kvm /dev/kvm 2>/dev/null && chmod 0660 /dev/kvm 2>/dev/null || true
-  fi
-  mkdir -p /var/log/libvirt /var/run/libvirt
-  pgrep -x virtlogd >/dev/null || virtlogd -d 2>/dev/null || true
-  pgrep -x libvirtd >/dev/null || libvirtd -d 2>/dev/null || true
-  for _ in $(seq 50); do [[ -S /var/run/libvirt/libvirt-sock ]] && break; sleep 0.2; done
-  [[ -S /var/run/libvirt/libvirt-sock ]] && echo "libvirtd: up" || echo "libvirtd: not running" >&2
+  "${VENV:-.venv}/bin/loom" prepare-host || echo "libvirtd: not ready for real guests" >&2
 fi
 exit 0

@@ -73,7 +73,7 @@ _silenced = threading.Lock()
 _silenced_done = False
 
 
-def _silence_libvirt_stderr() -> None:
+def silence_libvirt_stderr() -> None:
     """libvirt prints every error to stderr by default; Loom logs what matters itself."""
     global _silenced_done
     with _silenced:
@@ -166,7 +166,7 @@ class LibvirtDriver:
     def open(self) -> None:
         if self._conn is not None:
             return
-        _silence_libvirt_stderr()
+        silence_libvirt_stderr()
         self._conn = libvirt.open(self.uri)
         if self._domain_type == "test":
             return

@@ -34,7 +34,7 @@ from controlplane.runtime.natsserver import free_port
 from controlplane.seedfile import load_or_create
 from controlplane.servicetoken import password_auth
 from controlplane.testimage import MARKER
-from tests.support.libvirtd import SYSTEM_URI, libvirtd_unreachable
+from tests.support.libvirtd import SYSTEM_URI, require_libvirtd
 from tests.support.postgres import temporary_database
 
 pytestmark = pytest.mark.qemu
@@ -63,9 +63,7 @@ class QemuCloud:
 
 @pytest.fixture(scope="module")
 def qemu_cloud(tmp_path_factory: pytest.TempPathFactory, pg_template: str) -> Iterator[QemuCloud]:
-    reason = libvirtd_unreachable(URI)
-    if reason:
-        pytest.skip(reason)
+    require_libvirtd(URI)
     with temporary_database(pg_template) as db_url:
         yield from _run_qemu_cloud(tmp_path_factory, db_url)
 
@@ -115,7 +113,7 @@ def _run_qemu_cloud(tmp_path_factory: pytest.TempPathFactory, db_url: str) -> It
     try:
         if not ready:
             pytest.fail("loom up --hypervisor qemu printed no ready line:\n" + "".join(seen))
-        found = re.search(r"default image ([0-9a-f-]{36})", ready)
+        found = re.search(r"default image loom-test-guest \(([0-9a-f-]{36})\)", ready)
         assert found, ready
         yield QemuCloud(f"http://127.0.0.1:{port}", found.group(1), data, instances, ready)
     finally:

@@ -10,14 +10,13 @@ import libvirt
 import pytest
 
 from nodeagent.driver.hypervisor import choose_virt_type, kvm_runs_guest_code
+from tests.support.libvirtd import SYSTEM_URI, require_libvirtd
 
 
 @pytest.fixture
 def qemu_conn() -> Iterator[Any]:
-    try:
-        conn = libvirt.open("qemu:///system")
-    except libvirt.libvirtError as exc:
-        pytest.skip(f"libvirtd is not reachable at qemu:///system ({exc.get_error_message()})")
+    require_libvirtd()
+    conn = libvirt.open(SYSTEM_URI)
     try:
         yield conn
     finally:

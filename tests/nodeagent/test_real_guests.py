@@ -36,7 +36,7 @@ from nodeagent.images.disks import GIB
 from nodeagent.images.source import LocalImageSource
 from tests.nodeagent.conftest import AgentFactory
 from tests.nodeagent.support import EventReader, build_command, send
-from tests.support.libvirtd import SYSTEM_URI, libvirtd_unreachable
+from tests.support.libvirtd import SYSTEM_URI, require_libvirtd
 
 pytestmark = pytest.mark.qemu
 
@@ -71,9 +71,7 @@ class GuestImages:
 
 @pytest.fixture(scope="module")
 def guest_images() -> Iterator[GuestImages]:
-    reason = libvirtd_unreachable(URI)
-    if reason:
-        pytest.skip(reason)
+    require_libvirtd(URI)
     # QEMU runs as an unprivileged user: pytest's 0700 temp root would lock it out.
     base = Path(tempfile.mkdtemp(prefix="loom-qemu-test-", dir="/var/tmp"))
     base.chmod(0o755)
