@@ -47,6 +47,23 @@ def test_generated_code_is_current() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_bytecode_caches_left_by_imports_do_not_make_generated_code_stale() -> None:
+    cache = GENERATED / "common" / "__pycache__"
+    probe = cache / "loom-check-probe.pyc"
+    created = not cache.exists()
+    cache.mkdir(exist_ok=True)
+    probe.write_bytes(b"")
+    try:
+        result = subprocess.run(
+            ["scripts/check_generated.sh"], cwd=ROOT, capture_output=True, text=True, check=False
+        )
+    finally:
+        probe.unlink()
+        if created:
+            cache.rmdir()
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_generated_modules_import_by_their_proto_package() -> None:
     from loom.compute.v1 import compute_pb2
     from loom.conductor.v1 import conductor_pb2_grpc
