@@ -87,7 +87,7 @@ class ConductorConfig(_Section):
 class SchedulerConfig(_Section):
     listen: str = "127.0.0.1:50052"
     # Filters run in this order; names come from the filter registry.
-    filters: tuple[str, ...] = ("enabled_and_up", "availability_zone", "capacity")
+    filters: tuple[str, ...] = ("enabled_and_up", "availability_zone", "capacity", "server_group")
     # Weighers and their multipliers; names come from the weigher registry.
     weighers: dict[str, float] = Field(default_factory=lambda: {"free_ram": 1.0})
     num_alternates: int = Field(default=2, ge=0, le=20)

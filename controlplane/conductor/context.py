@@ -4,15 +4,18 @@ the scheduler client (gRPC only: the conductor never imports the scheduler's cod
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import grpc
 from loom.common.v1 import common_pb2
 from loom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.conductor.outbox import Wakeup
 from controlplane.config import LoomConfig
+from controlplane.db.models import ServerGroup
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,7 @@ class SchedulerClient:
         project: str,
         resources: common_pb2.Resources,
         host: str,
+        server_group: scheduler_pb2.ServerGroupPolicy | None = None,
     ) -> scheduler_pb2.ClaimResourcesResponse:
         resp: scheduler_pb2.ClaimResourcesResponse = await self._stub.ClaimResources(
             scheduler_pb2.ClaimResourcesRequest(
@@ -63,6 +67,7 @@ class SchedulerClient:
                 project_id=project,
                 resources=resources,
                 host=host,
+                server_group=server_group,
             ),
             timeout=self._timeout,
         )
@@ -124,3 +129,24 @@ def resources_of(
     """Placement's view of a flavor: swap counts as disk, rounded up to whole GiB."""
     disk = root_gb + ephemeral_gb + (swap_mb + 1023) // 1024
     return common_pb2.Resources(vcpus=vcpus, memory_mb=memory_mb, disk_gb=disk)
+
+
+async def group_policies(
+    session: AsyncSession, group_ids: Iterable[str | None]
+) -> dict[str, scheduler_pb2.ServerGroupPolicy]:
+    """Each named server group's policy as the scheduler takes it (one SELECT, none when
+    no id is given). A group deleted since its members were created is absent: its policy
+    binds no one any more."""
+    ids = sorted({g for g in group_ids if g})
+    if not ids:
+        return {}
+    groups = await session.scalars(select(ServerGroup).where(ServerGroup.id.in_(ids)))
+    return {
+        g.id: scheduler_pb2.ServerGroupPolicy(
+            id=g.id,
+            name=g.name,
+            policy=g.policy,
+            max_server_per_host=int((g.rules or {}).get("max_server_per_host", 0)),
+        )
+        for g in groups
+    }

@@ -22,7 +22,7 @@ from sqlalchemy import DateTime, Integer, String, column, false, select, update,
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.conductor import commands, outbox, states
-from controlplane.conductor.context import Conductor, resources_of
+from controlplane.conductor.context import Conductor, group_policies, resources_of
 from controlplane.conductor.convert import aware, instance_spec, make_fault
 from controlplane.conductor.scheduling import INSTANCES, consume, load_with_image, record_event
 from controlplane.conductor.states import PowerState, TaskState, VmState
@@ -160,6 +160,9 @@ class EventConsumer:
                     inst.vcpus, inst.memory_mb, inst.root_gb, inst.ephemeral_gb, inst.swap_mb
                 )
                 alternates = [str(h) for h in inst.alternates or [] if str(h) not in failed]
+                group = (await group_policies(session, [inst.server_group_id])).get(
+                    inst.server_group_id or ""
+                )
                 while alternates:
                     alt = alternates.pop(0)
                     claim = await c.scheduler.claim(
@@ -168,6 +171,7 @@ class EventConsumer:
                         inst.project_id,
                         resources,
                         alt,
+                        group,
                     )
                     if not claim.claimed:
                         continue

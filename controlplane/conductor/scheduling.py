@@ -25,7 +25,12 @@ from sqlalchemy import JSON, Integer, String, Table, column, false, select, upda
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.conductor import commands, outbox
-from controlplane.conductor.context import Conductor, SchedulerClient, resources_of
+from controlplane.conductor.context import (
+    Conductor,
+    SchedulerClient,
+    group_policies,
+    resources_of,
+)
 from controlplane.conductor.convert import instance_spec, make_fault
 from controlplane.conductor.states import TaskState, VmState
 from controlplane.db.models import Image, Instance, InstanceAction, InstanceActionEvent
@@ -236,9 +241,10 @@ def no_valid_host_message(nvh: scheduler_pb2.NoValidHost) -> tuple[str, str]:
     """The fault message ("No valid host was found. …" with each filter's removals) and the
     per-reason details."""
     parts = [
-        f"{r.filter} removed {r.hosts_removed} of the hosts"
+        f"{n} removed by {r.filter} ({reason})" if reason else f"{n} removed by {r.filter}"
         for r in nvh.rejections
         if r.hosts_removed
+        for reason, n in (sorted(r.reasons.items()) or [("", r.hosts_removed)])
     ]
     summary = "; ".join(parts) if parts else "no hosts are known"
     message = f"No valid host was found. {nvh.hosts_considered} hosts considered: {summary}."
@@ -326,6 +332,9 @@ class SchedulingWorker:
                     choose.append(i)
             if requeued:
                 await outbox.add(session, *requeued)
+            groups = await group_policies(
+                session, (loaded[messages[i].instance_id][0].server_group_id for i in choose)
+            )
             # Hand the connection back while the scheduler decides (commit keeps the rows
             # loaded: the session does not expire on commit); the guarded UPDATE below
             # notices anything that changed meanwhile.
@@ -337,7 +346,10 @@ class SchedulingWorker:
 
         # The scheduler's claim is keyed by consumer, so a retry returns the same host.
         answers = await self._select_all(
-            [self._select_request(messages[i], loaded[messages[i].instance_id][0]) for i in choose]
+            [
+                self._select_request(messages[i], loaded[messages[i].instance_id][0], groups)
+                for i in choose
+            ]
         )
         placed: list[_Placement] = []
         refused: list[tuple[int, scheduler_pb2.NoValidHost]] = []
@@ -394,7 +406,10 @@ class SchedulingWorker:
         return outcomes
 
     def _select_request(
-        self, message: conductor_pb2.ScheduleInstanceMessage, inst: Instance
+        self,
+        message: conductor_pb2.ScheduleInstanceMessage,
+        inst: Instance,
+        groups: dict[str, scheduler_pb2.ServerGroupPolicy],
     ) -> scheduler_pb2.SelectDestinationsRequest:
         return scheduler_pb2.SelectDestinationsRequest(
             request_id=message.request_id,
@@ -407,6 +422,7 @@ class SchedulingWorker:
             ignore_hosts=[str(h) for h in inst.failed_hosts or []],
             num_alternates=self._c.cfg.scheduler.num_alternates,
             force_host=inst.force_host or "",
+            server_group=groups.get(inst.server_group_id or ""),
         )
 
     async def _select_all(

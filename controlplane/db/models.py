@@ -407,3 +407,5 @@ class Allocation(Base):
     memory_mb: Mapped[int] = mapped_column(Integer)
     disk_gb: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The consumer's server group (0004): its policy is checked against these rows.
+    group_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)

@@ -22,7 +22,7 @@ from controlplane.scheduler.hoststate import (
     Resources,
 )
 from controlplane.scheduler.pipeline import Decision
-from controlplane.scheduler.request import PlacementRequest
+from controlplane.scheduler.request import GroupPolicy, PlacementRequest
 
 MAX_ALTERNATES = 20
 MAX_CONSUMER_ID = 36
@@ -60,6 +60,28 @@ def require_host(name: str, field: str = "host") -> str:
     return name
 
 
+def group_policy(pb: scheduler_pb2.ServerGroupPolicy) -> GroupPolicy | None:
+    """The request's server group, or None; an unknown policy is invalid input, never
+    ignored."""
+    if not pb.id:
+        return None
+    if len(pb.id) > MAX_CONSUMER_ID:
+        raise InvalidInput(f"server_group.id is longer than {MAX_CONSUMER_ID} characters")
+    if pb.max_server_per_host < 0:
+        raise InvalidInput("server_group.max_server_per_host must not be negative")
+    if pb.max_server_per_host and pb.policy != "anti-affinity":
+        raise InvalidInput("only the anti-affinity policy takes max_server_per_host")
+    try:
+        return GroupPolicy(
+            id=pb.id,
+            policy=pb.policy,
+            name=pb.name,
+            max_server_per_host=pb.max_server_per_host or 1,
+        )
+    except ValueError as exc:
+        raise InvalidInput(f"server_group: {exc}") from exc
+
+
 def placement_request(
     req: scheduler_pb2.SelectDestinationsRequest, cfg: SchedulerConfig
 ) -> PlacementRequest:
@@ -77,6 +99,7 @@ def placement_request(
         # proto3 cannot tell 0 from unset: 0 means the operator's default.
         num_alternates=req.num_alternates or cfg.num_alternates,
         request_id=req.request_id,
+        group=group_policy(req.server_group),
     )
 
 
@@ -87,6 +110,7 @@ def claim_request(req: scheduler_pb2.ClaimResourcesRequest) -> PlacementRequest:
         resources=resources_from_pb(req.resources),
         project_id=req.project_id,
         request_id=req.request_id,
+        group=group_policy(req.server_group),
     )
 
 

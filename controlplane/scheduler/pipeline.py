@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from controlplane.config import SchedulerConfig
-from controlplane.scheduler.filters import Filter, build_filters, requested_hosts
+from controlplane.scheduler.filters import Filter, build_filters, requested_hosts, server_group
 from controlplane.scheduler.hoststate import HostState
 from controlplane.scheduler.request import CycleState
 from controlplane.scheduler.weighers import WeightedWeigher, build_weighers
@@ -83,11 +83,14 @@ def build_pipeline(cfg: SchedulerConfig) -> Pipeline:
     """The pipeline an operator configured.
 
     The request's own host constraints (ignore_hosts, force_host) always apply, first,
-    even when the configuration does not name them. Raises on unknown names.
+    and its server group's policy always applies, last, even when the configuration does
+    not name them: a policy the API accepted is never ignored. Raises on unknown names.
     """
     names = list(cfg.filters)
     if requested_hosts.NAME not in names:
         names.insert(0, requested_hosts.NAME)
+    if server_group.NAME not in names:
+        names.append(server_group.NAME)
     return Pipeline(
         filters=tuple(build_filters(names)),
         weighers=tuple(build_weighers(cfg.weighers)),

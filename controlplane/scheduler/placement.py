@@ -7,8 +7,9 @@ the host cache; every decision it returns is backed by a committed claim.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from itertools import islice
 
@@ -17,7 +18,7 @@ from controlplane.scheduler.hostcache import HostCache
 from controlplane.scheduler.hostorder import HostOrder, order_spec_for
 from controlplane.scheduler.hoststate import HostState, InventoryUpdate
 from controlplane.scheduler.pipeline import Decision, Pipeline, rank_hosts
-from controlplane.scheduler.request import CycleState, PlacementRequest
+from controlplane.scheduler.request import CycleState, GroupPolicy, GroupRule, PlacementRequest
 from controlplane.scheduler.store import AllocationRecord, ClaimStatus, ProviderStore
 from controlplane.scheduler.walk import rank_walking
 
@@ -52,6 +53,14 @@ class NotPlaced:
     message: str
 
 
+@dataclass
+class _GroupGate:
+    """The lock one server group's decisions take in turn, and how many want it."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class HostClaim:
     """The outcome of a claim on one named host."""
@@ -79,9 +88,14 @@ class PlacementService:
         self.order = HostOrder(spec) if spec is not None else None
         if self.order is not None:
             cache.keep_ordered(self.order)
+        # One decision at a time per server group in this process; the store serialises
+        # the group's claims across processes.
+        self._group_locks: dict[str, _GroupGate] = {}
 
-    def cycle_for(self, request: PlacementRequest) -> CycleState:
-        return CycleState(request=request, now=self.cache.clock(), down_after=self.down_after)
+    def cycle_for(self, request: PlacementRequest, rule: GroupRule | None = None) -> CycleState:
+        return CycleState(
+            request=request, now=self.cache.clock(), down_after=self.down_after, group_rule=rule
+        )
 
     def is_up(self, host: HostState) -> bool:
         return host.is_up(self.cache.clock(), self.down_after)
@@ -91,8 +105,11 @@ class PlacementService:
 
         Postconditions: Placed means the allocation is committed on `selected` (a retry for
         the same consumer returns the host that already holds it, changing nothing);
-        NotPlaced means nothing was claimed.
+        NotPlaced means nothing was claimed. A member of a server group is placed only
+        where its group's policy allows, counted from the group's allocations.
         """
+        if request.group is not None:
+            return await self._select_in_group(request, request.group)
         rechecked = False
         decision: Decision | None = None
         for _ in range(MAX_CLAIM_ATTEMPTS):
@@ -124,8 +141,59 @@ class PlacementService:
             decision, f"No valid host: lost the race for capacity {MAX_CLAIM_ATTEMPTS} times."
         )
 
-    def _rank(self, request: PlacementRequest) -> Decision:
-        cycle = self.cycle_for(request)
+    async def _select_in_group(
+        self, request: PlacementRequest, group: GroupPolicy
+    ) -> Placed | NotPlaced:
+        gate = self._group_locks.setdefault(group.id, _GroupGate())
+        gate.users += 1
+        try:
+            async with gate.lock:
+                return await self._select_in_group_locked(request, group)
+        finally:
+            gate.users -= 1
+            if gate.users == 0:
+                del self._group_locks[group.id]
+
+    async def _select_in_group_locked(
+        self, request: PlacementRequest, group: GroupPolicy
+    ) -> Placed | NotPlaced:
+        rechecked = False
+        decision: Decision | None = None
+        for _ in range(MAX_CLAIM_ATTEMPTS):
+            members = await self.store.group_members(group.id, but=request.consumer_id)
+            # A soft policy's tiers end with one that allows every host, so its NoValidHost
+            # is the plain one; a hard policy has one tier, whose removals are the answer.
+            for rule in GroupRule.tiers(group, members):
+                decision = self._rank(request, rule)
+                if decision.found:
+                    break
+            assert decision is not None
+            if not decision.found:
+                if not rechecked and await self.cache.refresh_if_older(STALE_SNAPSHOT_S):
+                    rechecked = True
+                    continue
+                return await self._not_placed(request, decision)
+            best = decision.ranked[0].host
+            result = await self.store.claim_in_group(
+                best, request.consumer_id, request.project_id, request.resources, group
+            )
+            if result.status is ClaimStatus.NO_ROOM:
+                await self.cache.refresh_host(best.name)
+                continue
+            if result.status is ClaimStatus.GROUP_CONFLICT:
+                # Another scheduler placed a member meanwhile: count again, rank again.
+                continue
+            assert result.host is not None
+            selected = self.cache.put(result.host)
+            others = (wh.host for wh in decision.ranked if wh.host.name != selected.name)
+            return Placed(selected, tuple(islice(others, request.num_alternates)))
+        assert decision is not None
+        return NotPlaced(
+            decision, f"No valid host: lost the race for capacity {MAX_CLAIM_ATTEMPTS} times."
+        )
+
+    def _rank(self, request: PlacementRequest, rule: GroupRule | None = None) -> Decision:
+        cycle = self.cycle_for(request, rule)
         keep = request.num_alternates + 1
         if self.order is not None:
             return rank_walking(self.order, self.cache.hosts, cycle, self.pipeline, keep)
@@ -155,9 +223,16 @@ class PlacementService:
             return HostClaim(False, REASON_HOST_DISABLED)
         if not self.is_up(host):
             return HostClaim(False, REASON_HOST_DOWN)
-        result = await self.store.claim(
-            host.id, request.consumer_id, request.project_id, request.resources
-        )
+        if request.group is not None:
+            result = await self.store.claim_in_group(
+                host, request.consumer_id, request.project_id, request.resources, request.group
+            )
+        else:
+            result = await self.store.claim(
+                host.id, request.consumer_id, request.project_id, request.resources
+            )
+        if result.status is ClaimStatus.GROUP_CONFLICT:
+            return HostClaim(False, result.reason)
         if result.status is ClaimStatus.CLAIMED:
             assert result.host is not None
             self.cache.put(result.host)

@@ -2,10 +2,73 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from controlplane.scheduler.hoststate import DEFAULT_AVAILABILITY_ZONE, Resources
+
+HARD_POLICIES = ("affinity", "anti-affinity")
+SOFT_POLICIES = ("soft-affinity", "soft-anti-affinity")
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPolicy:
+    """A server group's policy: where the group's members may go, relative to each other."""
+
+    id: str
+    policy: str
+    name: str = ""
+    max_server_per_host: int = 1
+
+    def __post_init__(self) -> None:
+        if self.policy not in HARD_POLICIES + SOFT_POLICIES:
+            raise ValueError(f"unknown server group policy {self.policy!r}")
+        if self.max_server_per_host < 1:
+            raise ValueError("max_server_per_host must be at least 1")
+
+    @property
+    def label(self) -> str:
+        return f"{self.policy} (group {self.name or self.id})"
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRule:
+    """One decision's view of a group: members per host, and which hosts it allows.
+
+    `only` restricts the hosts to one (affinity); `at_most` caps members per host
+    (anti-affinity). A soft policy is tried as a sequence of such rules, strictest first,
+    the last allowing every host (`GroupRule.tiers`).
+    """
+
+    group: GroupPolicy
+    members: Mapping[str, int]
+    only: str | None = None
+    at_most: int | None = None
+
+    def reason(self, host: str) -> str:
+        """Why `host` breaks this rule; empty when it does not."""
+        # One text per rule, whatever the host: NoValidHost counts hosts by reason.
+        if self.only is not None and host != self.only:
+            return f"{self.group.label}: its members are on {self.only}"
+        if self.at_most is not None and self.members.get(host, 0) >= self.at_most:
+            return f"{self.group.label}: the host holds {self.at_most} member(s) already"
+        return ""
+
+    @staticmethod
+    def tiers(group: GroupPolicy, members: Mapping[str, int]) -> list[GroupRule]:
+        """The rules to try in order; the first that some host passes decides."""
+        busiest = sorted(members.items(), key=lambda kv: (-kv[1], kv[0]))
+        if group.policy == "affinity":
+            return [GroupRule(group, members, only=busiest[0][0] if busiest else None)]
+        if group.policy == "anti-affinity":
+            return [GroupRule(group, members, at_most=group.max_server_per_host)]
+        if group.policy == "soft-affinity":
+            # The host with the most members first, then the others holding some, then any.
+            return [*(GroupRule(group, members, only=h) for h, _ in busiest), GroupRule(group, {})]
+        # soft-anti-affinity: hosts with the fewest members first, then any.
+        fewest = sorted(set(members.values()) | {0})
+        return [GroupRule(group, members, at_most=n + 1) for n in fewest] + [GroupRule(group, {})]
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +83,7 @@ class PlacementRequest:
     force_host: str = ""
     num_alternates: int = 0
     request_id: str = ""
+    group: GroupPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +97,8 @@ class CycleState:
     request: PlacementRequest
     now: datetime
     down_after: timedelta
+    # The server-group rule this decision keeps; None when the consumer has no group.
+    group_rule: GroupRule | None = None
     # The zone a host must be in, or None for any ("nova" also matches hosts in no zone).
     zone: str | None = field(init=False)
 

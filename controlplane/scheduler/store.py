@@ -21,7 +21,7 @@ from typing import Any, cast
 import psycopg
 from psycopg.errors import DeadlockDetected
 from psycopg.rows import dict_row
-from sqlalchemy import Table, and_, bindparam, delete, or_, select, text, update
+from sqlalchemy import Table, and_, bindparam, delete, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import DBAPIError
@@ -37,6 +37,7 @@ from controlplane.scheduler.hoststate import (
     ResourceClass,
     Resources,
 )
+from controlplane.scheduler.request import HARD_POLICIES, GroupPolicy, GroupRule
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,9 @@ class ClaimStatus(enum.Enum):
     EXISTING = "existing"
     # The host had no room when the claim ran (another claim got there first).
     NO_ROOM = "no_room"
+    # The host would break the consumer's server-group policy, as the group's allocations
+    # stood when the claim ran (a member was placed meanwhile).
+    GROUP_CONFLICT = "group_conflict"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +121,7 @@ class ClaimResult:
     status: ClaimStatus
     host: HostState | None = None
     existing: Resources | None = None
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +241,86 @@ class ProviderStore:
             rows = (await conn.execute(stmt)).all()
         return [AllocationRecord(r.name, Resources(r.vcpus, r.memory_mb, r.disk_gb)) for r in rows]
 
+    async def group_members(self, group_id: str, but: str = "") -> dict[str, int]:
+        """Members of the group per host, as allocations (every consumer but `but`)."""
+        async with self.engine.connect() as conn:
+            return await self._group_members(conn, group_id, but)
+
+    async def _group_members(
+        self, conn: AsyncConnection, group_id: str, but: str = ""
+    ) -> dict[str, int]:
+        stmt = (
+            select(RP.c.name, func.count())
+            .join(RP, RP.c.id == ALLOC.c.provider_id)
+            .where(ALLOC.c.group_id == group_id, ALLOC.c.consumer_id != but)
+            .group_by(RP.c.name)
+        )
+        return {name: int(n) for name, n in (await conn.execute(stmt)).all()}
+
     # ------------------------------------------------------------------ claims
+
+    async def claim_in_group(
+        self,
+        host: HostState,
+        consumer_id: str,
+        project_id: str,
+        wanted: Resources,
+        group: GroupPolicy,
+    ) -> ClaimResult:
+        """`claim`, for a member of a server group: the allocation records the group, and
+        under a hard policy the claim fails (GROUP_CONFLICT) when the host breaks it.
+
+        Claims of one group are serialised in the database (a transaction-scoped advisory
+        lock on PostgreSQL; SQLite has one writer), and the policy is checked against the
+        group's allocations as committed after the lock is held. So two concurrent claims,
+        from one scheduler or several, can never both pass where only one may.
+        """
+        async with self.engine.begin() as conn:
+            if self._pg:
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+                    {"key": f"loom.server_group:{group.id}"},
+                )
+            held = (
+                await conn.execute(select(ALLOC.c.id).where(ALLOC.c.consumer_id == consumer_id))
+            ).first()
+            if held is not None:
+                return await self._existing(conn, consumer_id)
+            if group.policy in HARD_POLICIES:
+                members = await self._group_members(conn, group.id, but=consumer_id)
+                reason = GroupRule.tiers(group, members)[0].reason(host.name)
+                if reason:
+                    await conn.rollback()
+                    return ClaimResult(ClaimStatus.GROUP_CONFLICT, reason=reason)
+            inserted = await conn.execute(
+                _allocation_insert(conn.dialect.name),
+                {
+                    "consumer_id": consumer_id,
+                    "provider_id": host.id,
+                    "project_id": project_id,
+                    "vcpus": wanted.vcpus,
+                    "memory_mb": wanted.memory_mb,
+                    "disk_gb": wanted.disk_gb,
+                    "created_at": utcnow(),
+                    "group_id": group.id,
+                },
+            )
+            if inserted.first() is None:
+                return await self._existing(conn, consumer_id)
+            claimed = await conn.execute(
+                _CLAIM_UPDATE,
+                {
+                    "host_id": host.id,
+                    "n_vcpu": wanted.vcpus,
+                    "n_memory_mb": wanted.memory_mb,
+                    "n_disk_gb": wanted.disk_gb,
+                },
+            )
+            row = claimed.first()
+            if row is None:
+                await conn.rollback()
+                return ClaimResult(ClaimStatus.NO_ROOM)
+            return ClaimResult(ClaimStatus.CLAIMED, host_from_row(row))
 
     async def claim(
         self, host_id: int, consumer_id: str, project_id: str, wanted: Resources

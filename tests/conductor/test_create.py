@@ -4,6 +4,7 @@ message together; a retry returns the same servers."""
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -14,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.conductor.servers.create import address_for_id
 from controlplane.db.engine import count_statements
-from controlplane.db.models import Instance, InstanceAction, OutboxMessage, Quota
+from controlplane.db.models import Instance, InstanceAction, OutboxMessage, Quota, ServerGroup
 from tests.conductor.conftest import IMAGE_ID, Harness, harness
 from tests.conductor.factories import PROJECT, USER, add, make_flavor, make_image, make_keypair
 
@@ -31,6 +32,18 @@ def create_request(**over: Any) -> conductor_pb2.CreateServersRequest:
     }
     values.update(over)
     return conductor_pb2.CreateServersRequest(**values)
+
+
+def make_group(group_id: str, project_id: str) -> ServerGroup:
+    return ServerGroup(
+        id=group_id,
+        name="g",
+        project_id=project_id,
+        user_id=USER,
+        policy="anti-affinity",
+        rules={},
+        created_at=datetime.now(UTC),
+    )
 
 
 async def counts(sessions: async_sessionmaker[AsyncSession]) -> tuple[int, int, int]:
@@ -115,6 +128,27 @@ async def counts(sessions: async_sessionmaker[AsyncSession]) -> tuple[int, int, 
             "ram",
             id="more ram than the project's own limit",
         ),
+        pytest.param(
+            {"server_group_id": "44444444-4444-4444-4444-444444444444"},
+            None,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Instance group",
+            id="an unknown server group (its policy could not be kept)",
+        ),
+        pytest.param(
+            {"server_group_id": "55555555-5555-5555-5555-555555555555"},
+            "foreign_group",
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Instance group",
+            id="another project's server group",
+        ),
+        pytest.param(
+            {"server_group_id": "66666666-6666-6666-6666-666666666666", "min_count": 3},
+            "small_group_quota",
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "server_group_members",
+            id="more members than the group may have",
+        ),
     ],
 )
 async def test_an_invalid_create_fails_with_its_code_and_writes_nothing(
@@ -133,6 +167,13 @@ async def test_an_invalid_create_fails_with_its_code_and_writes_nothing(
         )
     elif setup == "ram_quota":
         await add(pg.sessions, Quota(project_id=PROJECT, resource="ram", hard_limit=100))
+    elif setup == "foreign_group":
+        await add(pg.sessions, make_group("55555555-5555-5555-5555-555555555555", "elsewhere"))
+    elif setup == "small_group_quota":
+        await add(pg.sessions, make_group("66666666-6666-6666-6666-666666666666", PROJECT))
+        await add(
+            pg.sessions, Quota(project_id=PROJECT, resource="server_group_members", hard_limit=2)
+        )
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await pg.servers.CreateServers(create_request(**over))
     assert info.value.code() == code

@@ -159,7 +159,7 @@ async def test_no_valid_host_puts_the_server_in_error_saying_which_filters_remov
     failed = await wait_for(stack, resp.servers[0].id, lambda s: s.status == S.SERVER_STATUS_ERROR)
     assert failed.fault.code == 500
     assert failed.fault.message.startswith("No valid host was found.")
-    assert "capacity removed 1" in failed.fault.message
+    assert "1 removed by capacity" in failed.fault.message
     actions = await stack.servers.GetInstanceAction(
         conductor_pb2.GetInstanceActionRequest(id=failed.id, request_id="req-1")
     )

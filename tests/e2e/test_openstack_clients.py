@@ -172,3 +172,45 @@ def test_openstacksdk_and_novaclient_boot_and_delete_servers(ready_cloud: Stack)
         conn.close()
     finally:
         os.environ.pop("OS_CLIENT_CONFIG_FILE", None)
+
+
+def test_anti_affinity_puts_members_on_different_hosts_and_refuses_one_too_many(
+    ready_cloud: Stack,
+) -> None:
+    cloud = ready_cloud
+    group = osc(cloud, "server", "group", "create", "--policy", "anti-affinity", "g1", "-f", "json")
+    names = [f"apart{i}" for i in range(4)]
+    ids = {}
+    for name in names:  # three hosts: the fourth member has nowhere to go
+        ids[name] = osc(
+            cloud,
+            "server",
+            "create",
+            "--flavor",
+            "m1.tiny",
+            "--image",
+            "tiny",
+            "--nic",
+            "none",
+            "--hint",
+            f"group={group['id']}",
+            name,
+            "-f",
+            "json",
+        )["id"]
+    deadline = time.monotonic() + 60
+    while {_status(cloud, n) for n in names} & {"BUILD"}:
+        assert time.monotonic() < deadline, "a member stayed in BUILD"
+        time.sleep(0.3)
+
+    shown = {n: osc(cloud, "server", "show", ids[n], "-f", "json", admin=True) for n in names}
+    active = [s for s in shown.values() if s["status"] == "ACTIVE"]
+    failed = [s for s in shown.values() if s["status"] == "ERROR"]
+    assert len({s["OS-EXT-SRV-ATTR:host"] for s in active}) == len(active) == 3
+    assert len(failed) == 1
+    assert "anti-affinity (group g1)" in failed[0]["fault"]["message"]
+    members = osc(cloud, "server", "group", "show", "g1", "-f", "json")["members"]
+    assert len(members) == 4  # an ERROR server is a member until it is deleted
+
+    osc(cloud, "server", "delete", "--wait", *names)
+    assert osc(cloud, "server", "group", "show", "g1", "-f", "json")["members"] in ("", [])

@@ -35,12 +35,13 @@ def test_each_filter_records_how_many_hosts_it_removed_and_why() -> None:
         "enabled_and_up": (2, {"host disabled": 1, "host down": 1}),
         "availability_zone": (1, {"not in the requested availability zone": 1}),
         "capacity": (2, {"insufficient MEMORY_MB": 1, "insufficient VCPU": 1}),
+        "server_group": (0, {}),
     }
 
 
-def test_the_request_host_filter_runs_first_even_when_not_configured() -> None:
+def test_the_request_host_filter_runs_first_and_the_group_filter_last_even_unconfigured() -> None:
     pipeline = build_pipeline(SchedulerConfig(filters=("capacity",)))
-    assert [f.name for f in pipeline.filters] == ["requested_hosts", "capacity"]
+    assert [f.name for f in pipeline.filters] == ["requested_hosts", "capacity", "server_group"]
 
 
 def test_no_valid_host_explains_which_filters_removed_how_many_hosts() -> None:

@@ -38,13 +38,22 @@ from controlplane.conductor.context import Conductor
 from controlplane.conductor.errors import InvalidArgument, QuotaExceeded
 from controlplane.conductor.quotas import (
     check_metadata_items,
+    limit_of,
     override,
     project_quota_from,
     usage_columns,
 )
 from controlplane.conductor.states import TaskState, VmState
+from controlplane.config import ConductorConfig
 from controlplane.db import driver
-from controlplane.db.models import Flavor, Image, Instance, InstanceAction, Keypair
+from controlplane.db.models import (
+    Flavor,
+    Image,
+    Instance,
+    InstanceAction,
+    Keypair,
+    ServerGroup,
+)
 
 # Stable instance UUIDs per (project, request_id, index): a retried request collides on the
 # unique uuid instead of creating twice, with no lookup on the fast path.
@@ -170,6 +179,9 @@ async def create_servers(
             check_metadata_items(len(request.metadata), int(limit))
 
         room = quota.headroom(flavor.vcpus, flavor.memory_mb)
+        if request.server_group_id:
+            members_room = await _server_group_room(session, request, cfg)
+            room = members_room if room is None else min(room, members_room)
         count = max_count if room is None else min(max_count, room)
         if count < min_count:
             try:
@@ -285,6 +297,32 @@ async def create_servers(
             return CreateResult(existing, existing[0].reservation_id)
     conductor.wakeup.set()
     return CreateResult(rows, rid)
+
+
+async def _server_group_room(
+    session: AsyncSession, request: conductor_pb2.CreateServersRequest, cfg: ConductorConfig
+) -> int:
+    """How many more members the request's server group may take; the group must exist in
+    the request's project (its policy is enforced by the scheduler, so a group that does
+    not exist is refused here, never ignored)."""
+    group = await session.get(ServerGroup, request.server_group_id)
+    if group is None or group.project_id != request.project_id:
+        raise InvalidArgument(f"Instance group {request.server_group_id} could not be found.")
+    limit = await limit_of(session, request.project_id, "server_group_members", cfg)
+    if limit < 0:
+        return max(1, request.max_count or 1)
+    members = await session.scalar(
+        select(func.count())
+        .select_from(Instance)
+        .where(Instance.server_group_id == group.id, Instance.deleted.is_(False))
+    )
+    room = limit - int(members or 0)
+    if room < max(1, request.min_count or 1):
+        existing = await _existing(session, request)
+        if existing:
+            return len(existing)
+        raise QuotaExceeded("server_group_members", max(1, request.min_count), limit - room, limit)
+    return room
 
 
 async def _existing(

@@ -13,6 +13,7 @@ from controlplane.scheduler.filters import (
     capacity,
     enabled_and_up,
     requested_hosts,
+    server_group,
 )
 from controlplane.scheduler.filters.base import PASSED, Filter, Verdict
 
@@ -23,6 +24,7 @@ REGISTRY: dict[str, FilterFactory] = {
     enabled_and_up.NAME: enabled_and_up.EnabledAndUpFilter,
     availability_zone.NAME: availability_zone.AvailabilityZoneFilter,
     capacity.NAME: capacity.CapacityFilter,
+    server_group.NAME: server_group.ServerGroupFilter,
 }
 
 

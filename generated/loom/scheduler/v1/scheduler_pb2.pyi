@@ -287,6 +287,7 @@ class SelectDestinationsRequest(_message.Message):
     IGNORE_HOSTS_FIELD_NUMBER: _builtins.int
     NUM_ALTERNATES_FIELD_NUMBER: _builtins.int
     FORCE_HOST_FIELD_NUMBER: _builtins.int
+    SERVER_GROUP_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per attempt, for logs and tracing."""
     consumer_id: _builtins.str
@@ -307,6 +308,10 @@ class SelectDestinationsRequest(_message.Message):
     def ignore_hosts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Hosts not to consider (for example those a build already failed on)."""
 
+    @_builtins.property
+    def server_group(self) -> Global___ServerGroupPolicy:
+        """The server group the consumer belongs to, whose policy the placement must keep."""
+
     def __init__(
         self,
         *,
@@ -318,14 +323,51 @@ class SelectDestinationsRequest(_message.Message):
         ignore_hosts: _abc.Iterable[_builtins.str] | None = ...,
         num_alternates: _builtins.int = ...,
         force_host: _builtins.str = ...,
+        server_group: Global___ServerGroupPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources", "server_group", b"server_group"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["availability_zone", b"availability_zone", "consumer_id", b"consumer_id", "force_host", b"force_host", "ignore_hosts", b"ignore_hosts", "num_alternates", b"num_alternates", "project_id", b"project_id", "request_id", b"request_id", "resources", b"resources"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["availability_zone", b"availability_zone", "consumer_id", b"consumer_id", "force_host", b"force_host", "ignore_hosts", b"ignore_hosts", "num_alternates", b"num_alternates", "project_id", b"project_id", "request_id", b"request_id", "resources", b"resources", "server_group", b"server_group"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SelectDestinationsRequest: _TypeAlias = SelectDestinationsRequest  # noqa: Y015
+
+@_typing.final
+class ServerGroupPolicy(_message.Message):
+    """A server group's placement policy, as the scheduler enforces it against the group's
+    allocations in its own database.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    MAX_SERVER_PER_HOST_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The group's id; empty for no group."""
+    name: _builtins.str
+    """The group's name, for messages."""
+    policy: _builtins.str
+    """affinity, anti-affinity, soft-affinity or soft-anti-affinity."""
+    max_server_per_host: _builtins.int
+    """anti-affinity only: members allowed on one host (0 means 1)."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        policy: _builtins.str = ...,
+        max_server_per_host: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "max_server_per_host", b"max_server_per_host", "name", b"name", "policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServerGroupPolicy: _TypeAlias = ServerGroupPolicy  # noqa: Y015
 
 @_typing.final
 class SelectDestinationsResponse(_message.Message):
@@ -478,6 +520,7 @@ class ClaimResourcesRequest(_message.Message):
     PROJECT_ID_FIELD_NUMBER: _builtins.int
     RESOURCES_FIELD_NUMBER: _builtins.int
     HOST_FIELD_NUMBER: _builtins.int
+    SERVER_GROUP_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per attempt."""
     consumer_id: _builtins.str
@@ -490,6 +533,10 @@ class ClaimResourcesRequest(_message.Message):
     def resources(self) -> _common_pb2.Resources:
         """What to claim."""
 
+    @_builtins.property
+    def server_group(self) -> Global___ServerGroupPolicy:
+        """The server group the consumer belongs to; a claim that would break its policy fails."""
+
     def __init__(
         self,
         *,
@@ -498,10 +545,11 @@ class ClaimResourcesRequest(_message.Message):
         project_id: _builtins.str = ...,
         resources: _common_pb2.Resources | None = ...,
         host: _builtins.str = ...,
+        server_group: Global___ServerGroupPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources", "server_group", b"server_group"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consumer_id", b"consumer_id", "host", b"host", "project_id", b"project_id", "request_id", b"request_id", "resources", b"resources"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consumer_id", b"consumer_id", "host", b"host", "project_id", b"project_id", "request_id", b"request_id", "resources", b"resources", "server_group", b"server_group"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
