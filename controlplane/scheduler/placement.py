@@ -19,7 +19,7 @@ from controlplane.scheduler.hostorder import HostOrder, order_spec_for
 from controlplane.scheduler.hoststate import HostState, InventoryUpdate
 from controlplane.scheduler.pipeline import Decision, Pipeline, rank_hosts
 from controlplane.scheduler.request import CycleState, GroupPolicy, GroupRule, PlacementRequest
-from controlplane.scheduler.store import AllocationRecord, ClaimStatus, ProviderStore
+from controlplane.scheduler.store import AllocationRecord, ClaimResult, ClaimStatus, ProviderStore
 from controlplane.scheduler.walk import rank_walking
 
 log = logging.getLogger(__name__)
@@ -132,10 +132,7 @@ class PlacementService:
                 # Another scheduler filled it since our snapshot: learn how full, rank again.
                 await self.cache.refresh_host(best.name)
                 continue
-            assert result.host is not None
-            selected = self.cache.put(result.host)
-            others = (wh.host for wh in decision.ranked if wh.host.name != selected.name)
-            return Placed(selected, tuple(islice(others, request.num_alternates)))
+            return self._placed(result, decision, request.num_alternates)
         assert decision is not None
         return NotPlaced(
             decision, f"No valid host: lost the race for capacity {MAX_CLAIM_ATTEMPTS} times."
@@ -183,14 +180,18 @@ class PlacementService:
             if result.status is ClaimStatus.GROUP_CONFLICT:
                 # Another scheduler placed a member meanwhile: count again, rank again.
                 continue
-            assert result.host is not None
-            selected = self.cache.put(result.host)
-            others = (wh.host for wh in decision.ranked if wh.host.name != selected.name)
-            return Placed(selected, tuple(islice(others, request.num_alternates)))
+            return self._placed(result, decision, request.num_alternates)
         assert decision is not None
         return NotPlaced(
             decision, f"No valid host: lost the race for capacity {MAX_CLAIM_ATTEMPTS} times."
         )
+
+    def _placed(self, result: ClaimResult, decision: Decision, alternates: int) -> Placed:
+        """A claim that succeeded (or found the consumer's own), with unclaimed alternates."""
+        assert result.host is not None
+        selected = self.cache.put(result.host)
+        others = (wh.host for wh in decision.ranked if wh.host.name != selected.name)
+        return Placed(selected, tuple(islice(others, alternates)))
 
     def _rank(self, request: PlacementRequest, rule: GroupRule | None = None) -> Decision:
         cycle = self.cycle_for(request, rule)

@@ -292,35 +292,9 @@ class ProviderStore:
                 if reason:
                     await conn.rollback()
                     return ClaimResult(ClaimStatus.GROUP_CONFLICT, reason=reason)
-            inserted = await conn.execute(
-                _allocation_insert(conn.dialect.name),
-                {
-                    "consumer_id": consumer_id,
-                    "provider_id": host.id,
-                    "project_id": project_id,
-                    "vcpus": wanted.vcpus,
-                    "memory_mb": wanted.memory_mb,
-                    "disk_gb": wanted.disk_gb,
-                    "created_at": utcnow(),
-                    "group_id": group.id,
-                },
+            return await self._insert_and_claim(
+                conn, host.id, consumer_id, project_id, wanted, group.id
             )
-            if inserted.first() is None:
-                return await self._existing(conn, consumer_id)
-            claimed = await conn.execute(
-                _CLAIM_UPDATE,
-                {
-                    "host_id": host.id,
-                    "n_vcpu": wanted.vcpus,
-                    "n_memory_mb": wanted.memory_mb,
-                    "n_disk_gb": wanted.disk_gb,
-                },
-            )
-            row = claimed.first()
-            if row is None:
-                await conn.rollback()
-                return ClaimResult(ClaimStatus.NO_ROOM)
-            return ClaimResult(ClaimStatus.CLAIMED, host_from_row(row))
 
     async def claim(
         self, host_id: int, consumer_id: str, project_id: str, wanted: Resources
@@ -335,37 +309,50 @@ class ProviderStore:
         if self._pg:
             return await self._claim_in_one_statement(host_id, consumer_id, project_id, wanted)
         async with self.engine.begin() as conn:
-            # The allocation goes in first: the unique consumer_id makes a repeated claim
-            # (or a concurrent twin) fall through to EXISTING before any usage changes.
-            inserted = await conn.execute(
-                _allocation_insert(conn.dialect.name),
-                {
-                    "consumer_id": consumer_id,
-                    "provider_id": host_id,
-                    "project_id": project_id,
-                    "vcpus": wanted.vcpus,
-                    "memory_mb": wanted.memory_mb,
-                    "disk_gb": wanted.disk_gb,
-                    "created_at": utcnow(),
-                },
-            )
-            if inserted.first() is None:
-                return await self._existing(conn, consumer_id)
-            claimed = await conn.execute(
-                _CLAIM_UPDATE,
-                {
-                    "host_id": host_id,
-                    "n_vcpu": wanted.vcpus,
-                    "n_memory_mb": wanted.memory_mb,
-                    "n_disk_gb": wanted.disk_gb,
-                },
-            )
-            row = claimed.first()
-            if row is None:
-                # No room: undo the allocation row with the rest of the transaction.
-                await conn.rollback()
-                return ClaimResult(ClaimStatus.NO_ROOM)
-            return ClaimResult(ClaimStatus.CLAIMED, host_from_row(row))
+            return await self._insert_and_claim(conn, host_id, consumer_id, project_id, wanted)
+
+    async def _insert_and_claim(
+        self,
+        conn: AsyncConnection,
+        host_id: int,
+        consumer_id: str,
+        project_id: str,
+        wanted: Resources,
+        group_id: str | None = None,
+    ) -> ClaimResult:
+        """The claim as two statements in the caller's transaction (rolled back on NO_ROOM)."""
+        # The allocation goes in first: the unique consumer_id makes a repeated claim
+        # (or a concurrent twin) fall through to EXISTING before any usage changes.
+        inserted = await conn.execute(
+            _allocation_insert(conn.dialect.name),
+            {
+                "consumer_id": consumer_id,
+                "provider_id": host_id,
+                "project_id": project_id,
+                "vcpus": wanted.vcpus,
+                "memory_mb": wanted.memory_mb,
+                "disk_gb": wanted.disk_gb,
+                "created_at": utcnow(),
+                "group_id": group_id,
+            },
+        )
+        if inserted.first() is None:
+            return await self._existing(conn, consumer_id)
+        claimed = await conn.execute(
+            _CLAIM_UPDATE,
+            {
+                "host_id": host_id,
+                "n_vcpu": wanted.vcpus,
+                "n_memory_mb": wanted.memory_mb,
+                "n_disk_gb": wanted.disk_gb,
+            },
+        )
+        row = claimed.first()
+        if row is None:
+            # No room: undo the allocation row with the rest of the transaction.
+            await conn.rollback()
+            return ClaimResult(ClaimStatus.NO_ROOM)
+        return ClaimResult(ClaimStatus.CLAIMED, host_from_row(row))
 
     async def _claim_in_one_statement(
         self, host_id: int, consumer_id: str, project_id: str, wanted: Resources
