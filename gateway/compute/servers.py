@@ -169,8 +169,9 @@ ACTION_SCHEMA: dict[str, Any] = {
     "minProperties": 1,
     "maxProperties": 1,
     "properties": {
-        "os-start": {"type": "null"},
-        "os-stop": {"type": "null"},
+        # Nova reads no body for these: null and {} are both what clients send.
+        "os-start": {"type": ["null", "object"]},
+        "os-stop": {"type": ["null", "object"]},
         "reboot": {
             "type": "object",
             "required": ["type"],
@@ -359,6 +360,9 @@ async def _list(request: Request, detailed: bool) -> Response:
         req.sort_dir = dirs[0]
     max_limit = 1000
     limit = min(q.get("limit", max_limit), max_limit)
+    if limit == 0:
+        # Nova answers limit=0 with no servers; 0 on the wire would mean "the default".
+        return ok({"servers": []})
     req.limit = limit
     req.marker = q.get("marker", "")
     reply = await call(gateway_of(request).conductor.servers.ListServers, req)

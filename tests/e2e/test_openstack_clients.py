@@ -214,3 +214,32 @@ def test_anti_affinity_puts_members_on_different_hosts_and_refuses_one_too_many(
 
     osc(cloud, "server", "delete", "--wait", *names)
     assert osc(cloud, "server", "group", "show", "g1", "-f", "json")["members"] in ("", [])
+
+
+def test_limit_zero_lists_no_servers_and_os_stop_takes_an_empty_object(
+    ready_cloud: Stack,
+) -> None:
+    import openstack
+
+    os.environ["OS_CLIENT_CONFIG_FILE"] = str(ready_cloud.data_dir / "clouds.yaml")
+    try:
+        conn = openstack.connect(cloud="loom")
+        image = conn.image.find_image("tiny", ignore_missing=False)
+        flavor = conn.compute.find_flavor("m1.tiny", ignore_missing=False)
+        server = conn.create_server("z1", image=image.id, flavor=flavor.id, auto_ip=False)
+        server = conn.compute.wait_for_server(server, wait=60)
+        headers = {"OpenStack-API-Version": "compute 2.96"}
+
+        listed = conn.compute.get("/servers?limit=0", headers=headers)
+        assert (listed.status_code, listed.json()) == (200, {"servers": []})
+        assert len(conn.compute.get("/servers", headers=headers).json()["servers"]) == 1
+
+        stop = conn.compute.post(
+            f"/servers/{server.id}/action", json={"os-stop": {}}, headers=headers
+        )
+        assert stop.status_code == 202, stop.text
+        conn.compute.wait_for_server(server, status="SHUTOFF", wait=60)
+        conn.delete_server(server.id, wait=True)
+        conn.close()
+    finally:
+        os.environ.pop("OS_CLIENT_CONFIG_FILE", None)
