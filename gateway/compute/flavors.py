@@ -17,6 +17,7 @@ from gateway.microversion import Microversion
 from gateway.routing import checked_body, checked_query, documented
 from gateway.state import gateway_of, json_body, microversion, request_id
 from gateway.validation import QueryParam
+from gateway.validation.booleans import BOOLEAN_SCHEMA, parse_bool
 
 _MAX_INT = 2147483647
 _POSITIVE = {
@@ -39,7 +40,8 @@ _FLAVOR_FIELDS: dict[str, Any] = {
         "pattern": r"^(?! )[^\x00-\x1f]*(?<! )$",
     },
     "id": {
-        "type": ["string", "null"],
+        # Nova takes a number too (clients send integer ids) and stores its text.
+        "type": ["string", "number", "null"],
         "minLength": 1,
         "maxLength": 255,
         "pattern": r"^(?! )[a-zA-Z0-9. _-]+(?<! )$",
@@ -55,7 +57,7 @@ _FLAVOR_FIELDS: dict[str, Any] = {
         "minimum": 0,
         "maximum": 3.40282e38,
     },
-    "os-flavor-access:is_public": {"type": "boolean"},
+    "os-flavor-access:is_public": BOOLEAN_SCHEMA,
 }
 _DESCRIPTION = {"type": ["string", "null"], "maxLength": 65535}
 
@@ -177,14 +179,12 @@ def _is_public_filter(raw: str | None, is_admin: bool) -> bool | None:
     """True: public only; False: private only; None: all (admin only, as Nova)."""
     if raw is None or not is_admin:
         return True
-    lowered = raw.lower()
-    if lowered == "none":
+    if raw.lower() == "none":
         return None
-    if lowered in ("1", "t", "true", "on", "y", "yes"):
-        return True
-    if lowered in ("0", "f", "false", "off", "n", "no"):
-        return False
-    raise BadRequest(f"Invalid is_public filter [{raw}]")
+    try:
+        return parse_bool(raw)
+    except ValueError:
+        raise BadRequest(f"Invalid is_public filter [{raw}]") from None
 
 
 async def _list(request: Request, detailed: bool) -> Response:
@@ -277,7 +277,7 @@ async def create_flavor(request: Request) -> Response:
                 ephemeral_gb=_as_int(f.get("OS-FLV-EXT-DATA:ephemeral", 0)),
                 swap_mb=_as_int(f.get("swap", 0)),
                 rxtx_factor=rxtx,
-                is_public=f.get("os-flavor-access:is_public", True),
+                is_public=parse_bool(f.get("os-flavor-access:is_public", True)),
                 description=f.get("description") or "",
             ),
         ),

@@ -25,6 +25,7 @@ from gateway.microversion import Microversion
 from gateway.routing import checked_body, checked_query, documented
 from gateway.state import gateway_of, json_body, microversion, request_id
 from gateway.validation import QueryParam
+from gateway.validation.booleans import TRUE_WORDS
 from gateway.views import servers as views
 
 _NAME = {"type": "string", "minLength": 1, "maxLength": 255}
@@ -429,7 +430,7 @@ def _image_from_bdm(mappings: list[dict[str, Any]], image_ref: str) -> str:
 def _truthy(value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    return str(value).strip().lower() in ("1", "t", "true", "on", "y", "yes")
+    return str(value).strip().lower() in TRUE_WORDS
 
 
 @documented(body=create_schema(Microversion(2, 96)), tag="compute")

@@ -9,6 +9,7 @@ from typing import Any
 
 from starlette.datastructures import QueryParams
 
+from gateway.validation.booleans import parse_bool
 from gateway.validation.schema import ValidationFailed
 
 
@@ -23,15 +24,6 @@ def _int(minimum: int | None = None) -> Callable[[str], int]:
         return value
 
     return parse
-
-
-def _bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "t", "true", "on", "y", "yes"):
-        return True
-    if lowered in ("0", "f", "false", "off", "n", "no"):
-        return False
-    raise ValueError(f"'{text}' is not a boolean")
 
 
 def _datetime(text: str) -> datetime:
@@ -59,7 +51,7 @@ class QueryParam:
             "string": _str,
             "integer": _int(),
             "nonneg_integer": _int(0),
-            "boolean": _bool,
+            "boolean": parse_bool,
             "datetime": _datetime,
         }[self.kind]
 

@@ -69,6 +69,33 @@ async def test_an_admin_creates_updates_and_deletes_a_flavor(cloud: Cloud) -> No
     assert gone.status_code == 404
 
 
+async def test_a_flavor_takes_an_integer_id_and_is_public_as_nova_s_boolean_words(
+    cloud: Cloud,
+) -> None:
+    h = await cloud.headers("admin")
+    base = {"ram": 256, "vcpus": 1, "disk": 0}
+    made = await cloud.client.post(
+        "/compute/v2.1/flavors",
+        json={"flavor": {**base, "name": "n1", "id": 4242, "os-flavor-access:is_public": "True"}},
+        headers=h,
+    )
+    assert made.status_code == 200, made.text
+    assert made.json()["flavor"]["id"] == "4242"
+    assert made.json()["flavor"]["os-flavor-access:is_public"] is True
+    private = await cloud.client.post(
+        "/compute/v2.1/flavors",
+        json={"flavor": {**base, "name": "n2", "os-flavor-access:is_public": "off"}},
+        headers=h,
+    )
+    assert private.json()["flavor"]["os-flavor-access:is_public"] is False
+    bad = await cloud.client.post(
+        "/compute/v2.1/flavors",
+        json={"flavor": {**base, "name": "n3", "os-flavor-access:is_public": "maybe"}},
+        headers=h,
+    )
+    assert bad.status_code == 400
+
+
 async def test_a_member_cannot_create_or_delete_flavors(cloud: Cloud) -> None:
     h = await cloud.headers("demo")
     body = {"flavor": {"name": "c2", "ram": 256, "vcpus": 1, "disk": 0}}
