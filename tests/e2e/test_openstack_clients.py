@@ -216,7 +216,7 @@ def test_anti_affinity_puts_members_on_different_hosts_and_refuses_one_too_many(
     assert osc(cloud, "server", "group", "show", "g1", "-f", "json")["members"] in ("", [])
 
 
-def test_limit_zero_lists_no_servers_and_os_stop_takes_an_empty_object(
+def test_limit_zero_lists_no_servers_os_stop_takes_an_empty_object_and_metadata_has_a_quota(
     ready_cloud: Stack,
 ) -> None:
     import openstack
@@ -233,6 +233,11 @@ def test_limit_zero_lists_no_servers_and_os_stop_takes_an_empty_object(
         listed = conn.compute.get("/servers?limit=0", headers=headers)
         assert (listed.status_code, listed.json()) == (200, {"servers": []})
         assert len(conn.compute.get("/servers", headers=headers).json()["servers"]) == 1
+
+        too_many = {"metadata": {f"k{i}": "v" for i in range(129)}}  # the quota is 128
+        meta = conn.compute.put(f"/servers/{server.id}/metadata", json=too_many, headers=headers)
+        assert meta.status_code == 403, meta.text
+        assert "metadata_items" in meta.text
 
         stop = conn.compute.post(
             f"/servers/{server.id}/action", json={"os-stop": {}}, headers=headers
