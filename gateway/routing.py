@@ -43,11 +43,13 @@ def doc_of(handler: Any) -> ApiDoc:
     return doc
 
 
-def checked_query(request: Request, params: list[QueryParam]) -> dict[str, Any]:
+def checked_query(
+    request: Request, params: list[QueryParam], *, ignore_unknown: bool = False
+) -> dict[str, Any]:
     from gateway.errors import BadRequest
 
     try:
-        return parse_query(request.query_params, params)
+        return parse_query(request.query_params, params, ignore_unknown=ignore_unknown)
     except ValidationFailed as exc:
         raise BadRequest(str(exc)) from None
 

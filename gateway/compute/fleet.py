@@ -88,12 +88,13 @@ SERVICES_QUERY = [QueryParam("binary"), QueryParam("host")]
 async def list_services(request: Request) -> Response:
     """Service records with their state (admin)."""
     context(request).require_admin("os_compute_api:os-services:list")
-    q = checked_query(request, SERVICES_QUERY)
+    mv = microversion(request)
+    # Nova refuses unknown query parameters here only from 2.75; before, it ignores them.
+    q = checked_query(request, SERVICES_QUERY, ignore_unknown=not mv.at_least("2.75"))
     reply = await call(
         gateway_of(request).conductor.fleet.ListServices,
         pb.ListServicesRequest(binary=q.get("binary", ""), host=q.get("host", "")),
     )
-    mv = microversion(request)
     return ok({"services": [_service(s, mv) for s in reply.services]})
 
 

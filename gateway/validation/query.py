@@ -56,12 +56,17 @@ class QueryParam:
         }[self.kind]
 
 
-def parse_query(params: QueryParams, accepted: list[QueryParam]) -> dict[str, Any]:
-    """Parsed values by name (lists for multi); unknown or malformed parameters fail."""
+def parse_query(
+    params: QueryParams, accepted: list[QueryParam], *, ignore_unknown: bool = False
+) -> dict[str, Any]:
+    """Parsed values by name (lists for multi); malformed parameters fail, and unknown ones
+    too unless `ignore_unknown` (Nova ignores them on some APIs before a microversion)."""
     known = {p.name: p for p in accepted}
     out: dict[str, Any] = {}
     for name in params:
         spec = known.get(name)
+        if spec is None and ignore_unknown:
+            continue
         if spec is None:
             raise ValidationFailed(
                 f"Invalid input for query parameters {name}. Value: {params.get(name)}."

@@ -248,3 +248,26 @@ def test_limit_zero_lists_no_servers_os_stop_takes_an_empty_object_and_metadata_
         conn.close()
     finally:
         os.environ.pop("OS_CLIENT_CONFIG_FILE", None)
+
+
+def test_os_services_ignores_unknown_query_parameters_before_2_75_and_refuses_them_after(
+    ready_cloud: Stack,
+) -> None:
+    import openstack
+
+    os.environ["OS_CLIENT_CONFIG_FILE"] = str(ready_cloud.data_dir / "clouds.yaml")
+    try:
+        conn = openstack.connect(cloud="loom-admin")
+        old = conn.compute.get(
+            "/os-services?flavor=1", headers={"OpenStack-API-Version": "compute 2.74"}
+        )
+        assert old.status_code == 200, old.text
+        assert len(old.json()["services"]) >= 3
+        new = conn.compute.get(
+            "/os-services?flavor=1", headers={"OpenStack-API-Version": "compute 2.75"}
+        )
+        assert new.status_code == 400
+        assert "'flavor' was unexpected" in new.json()["badRequest"]["message"]
+        conn.close()
+    finally:
+        os.environ.pop("OS_CLIENT_CONFIG_FILE", None)
