@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from loom.conductor.v1 import conductor_pb2 as pb
@@ -249,7 +250,7 @@ def _hypervisor(
                     "disk_available_least": h.local_gb - h.local_gb_used,
                     "running_vms": h.running_vms,
                     "current_workload": 0,
-                    "cpu_info": h.cpu_info or "{}",
+                    "cpu_info": _cpu_info(h.cpu_info, mv),
                 }
             )
         else:
@@ -257,6 +258,18 @@ def _hypervisor(
     if servers and h.servers:
         body["servers"] = [{"uuid": s.id, "name": s.name} for s in h.servers]
     return body
+
+
+def _cpu_info(stored: str, mv: Microversion) -> str | dict[str, Any]:
+    """The agent's CPU facts: a JSON text before 2.28, the object itself from 2.28."""
+    text = stored or "{}"
+    if not mv.at_least("2.28"):
+        return text
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 async def _list_hypervisors(request: Request, detailed: bool) -> Response:

@@ -271,3 +271,30 @@ def test_os_services_ignores_unknown_query_parameters_before_2_75_and_refuses_th
         conn.close()
     finally:
         os.environ.pop("OS_CLIENT_CONFIG_FILE", None)
+
+
+def test_hypervisor_cpu_info_is_text_before_2_28_and_an_object_from_2_28(
+    ready_cloud: Stack,
+) -> None:
+    import openstack
+
+    os.environ["OS_CLIENT_CONFIG_FILE"] = str(ready_cloud.data_dir / "clouds.yaml")
+    try:
+        conn = openstack.connect(cloud="loom-admin")
+
+        def cpu_infos(version: str) -> list[Any]:
+            r = conn.compute.get(
+                "/os-hypervisors/detail", headers={"OpenStack-API-Version": f"compute {version}"}
+            )
+            assert r.status_code == 200, r.text
+            return [h["cpu_info"] for h in r.json()["hypervisors"]]
+
+        old, new = cpu_infos("2.27"), cpu_infos("2.28")
+        conn.close()
+    finally:
+        os.environ.pop("OS_CLIENT_CONFIG_FILE", None)
+    assert len(old) == len(new) == 3
+    assert all(isinstance(c, str) for c in old)
+    assert all(isinstance(c, dict) for c in new)
+    assert [json.loads(c) for c in old] == new
+    assert "arch" in new[0]
