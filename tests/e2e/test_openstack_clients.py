@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,22 @@ def osc(cloud: Stack, *args: str, admin: bool = False) -> Any:
     assert proc.returncode == 0, f"openstack {' '.join(args)}: {proc.stderr}"
     out = proc.stdout.strip()
     return json.loads(out) if "json" in args else out
+
+
+@contextmanager
+def _sdk(cloud: Stack, name: str) -> Iterator[Any]:
+    """An openstacksdk connection to the cloud named in the stack's clouds.yaml."""
+    import openstack
+
+    os.environ["OS_CLIENT_CONFIG_FILE"] = str(cloud.data_dir / "clouds.yaml")
+    try:
+        conn = openstack.connect(cloud=name)
+        try:
+            yield conn
+        finally:
+            conn.close()
+    finally:
+        os.environ.pop("OS_CLIENT_CONFIG_FILE", None)
 
 
 def _status(cloud: Stack, name: str) -> str:
@@ -147,12 +165,9 @@ def test_the_openstack_cli_shows_the_fleet_to_an_admin(ready_cloud: Stack) -> No
 
 
 def test_openstacksdk_and_novaclient_boot_and_delete_servers(ready_cloud: Stack) -> None:
-    import openstack
     from novaclient import client as nova_client
 
-    os.environ["OS_CLIENT_CONFIG_FILE"] = str(ready_cloud.data_dir / "clouds.yaml")
-    try:
-        conn = openstack.connect(cloud="loom")
+    with _sdk(ready_cloud, "loom") as conn:
         image = conn.image.find_image("tiny", ignore_missing=False)
         flavor = conn.compute.find_flavor("m1.tiny", ignore_missing=False)
         server = conn.create_server("sdk1", image=image.id, flavor=flavor.id, auto_ip=False)
@@ -169,9 +184,6 @@ def test_openstacksdk_and_novaclient_boot_and_delete_servers(ready_cloud: Stack)
             time.sleep(0.2)
         assert srv.status == "ACTIVE"
         srv.delete()
-        conn.close()
-    finally:
-        os.environ.pop("OS_CLIENT_CONFIG_FILE", None)
 
 
 def test_anti_affinity_puts_members_on_different_hosts_and_refuses_one_too_many(
@@ -219,11 +231,7 @@ def test_anti_affinity_puts_members_on_different_hosts_and_refuses_one_too_many(
 def test_limit_zero_lists_no_servers_os_stop_takes_an_empty_object_and_metadata_has_a_quota(
     ready_cloud: Stack,
 ) -> None:
-    import openstack
-
-    os.environ["OS_CLIENT_CONFIG_FILE"] = str(ready_cloud.data_dir / "clouds.yaml")
-    try:
-        conn = openstack.connect(cloud="loom")
+    with _sdk(ready_cloud, "loom") as conn:
         image = conn.image.find_image("tiny", ignore_missing=False)
         flavor = conn.compute.find_flavor("m1.tiny", ignore_missing=False)
         server = conn.create_server("z1", image=image.id, flavor=flavor.id, auto_ip=False)
@@ -245,19 +253,12 @@ def test_limit_zero_lists_no_servers_os_stop_takes_an_empty_object_and_metadata_
         assert stop.status_code == 202, stop.text
         conn.compute.wait_for_server(server, status="SHUTOFF", wait=60)
         conn.delete_server(server.id, wait=True)
-        conn.close()
-    finally:
-        os.environ.pop("OS_CLIENT_CONFIG_FILE", None)
 
 
 def test_os_services_ignores_unknown_query_parameters_before_2_75_and_refuses_them_after(
     ready_cloud: Stack,
 ) -> None:
-    import openstack
-
-    os.environ["OS_CLIENT_CONFIG_FILE"] = str(ready_cloud.data_dir / "clouds.yaml")
-    try:
-        conn = openstack.connect(cloud="loom-admin")
+    with _sdk(ready_cloud, "loom-admin") as conn:
         old = conn.compute.get(
             "/os-services?flavor=1", headers={"OpenStack-API-Version": "compute 2.74"}
         )
@@ -268,19 +269,12 @@ def test_os_services_ignores_unknown_query_parameters_before_2_75_and_refuses_th
         )
         assert new.status_code == 400
         assert "'flavor' was unexpected" in new.json()["badRequest"]["message"]
-        conn.close()
-    finally:
-        os.environ.pop("OS_CLIENT_CONFIG_FILE", None)
 
 
 def test_hypervisor_cpu_info_is_text_before_2_28_and_an_object_from_2_28(
     ready_cloud: Stack,
 ) -> None:
-    import openstack
-
-    os.environ["OS_CLIENT_CONFIG_FILE"] = str(ready_cloud.data_dir / "clouds.yaml")
-    try:
-        conn = openstack.connect(cloud="loom-admin")
+    with _sdk(ready_cloud, "loom-admin") as conn:
 
         def cpu_infos(version: str) -> list[Any]:
             r = conn.compute.get(
@@ -290,9 +284,6 @@ def test_hypervisor_cpu_info_is_text_before_2_28_and_an_object_from_2_28(
             return [h["cpu_info"] for h in r.json()["hypervisors"]]
 
         old, new = cpu_infos("2.27"), cpu_infos("2.28")
-        conn.close()
-    finally:
-        os.environ.pop("OS_CLIENT_CONFIG_FILE", None)
     assert len(old) == len(new) == 3
     assert all(isinstance(c, str) for c in old)
     assert all(isinstance(c, dict) for c in new)
