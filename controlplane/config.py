@@ -1,18 +1,41 @@
-"""Loom's configuration: one TOML file, overridden by environment variables.
+"""Loom's configuration: defaults, a TOML file, environment variables, explicit overrides.
 
-Every key can be overridden as ``LOOM_<SECTION>__<KEY>`` (for example
-``LOOM_DATABASE__URL`` or ``LOOM_CONDUCTOR__MAX_BUILD_ATTEMPTS``). Values are
-validated; a bad value stops the process with a message naming the key.
+`load_config` layers them through pydantic-settings; each layer wins over the ones after it:
+
+1. explicit overrides (the `loom` command's flags: ``--db``, ``--data-dir``, ...);
+2. environment variables ``LOOM_<SECTION>__<KEY>`` (for example ``LOOM_DATABASE__URL`` or
+   ``LOOM_CONDUCTOR__MAX_BUILD_ATTEMPTS``); lists and tables are JSON or TOML values
+   (``LOOM_SCHEDULER__FILTERS='["capacity"]'``, ``LOOM_SCHEDULER__WEIGHERS='{ free_ram = 2.0 }'``),
+   and a table's entries can be set one by one (``LOOM_SCHEDULER__WEIGHERS__FREE_RAM=2.0``);
+3. the TOML file (``--config``);
+4. the defaults below.
+
+Values are validated; a bad value, an unknown key (in the file or in a ``LOOM_*`` variable)
+or an unreadable file stops the process with a `ConfigError` naming the key. `LoomConfig`
+built directly (``LoomConfig()``, ``LoomConfig.model_validate(...)``) holds exactly what it
+is given over the defaults and reads neither the environment nor a file.
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
 
 
 class ConfigError(Exception):
@@ -162,7 +185,82 @@ class LoggingConfig(_Section):
     format: Literal["json", "text"] = "json"
 
 
-class LoomConfig(_Section):
+_ENV_PREFIX = "LOOM_"
+_ENV_DELIMITER = "__"
+
+
+@dataclass(frozen=True)
+class _Layers:
+    toml_file: Path | None
+    environ: Mapping[str, str]
+
+
+# What the load_config call in progress layers under its overrides. pydantic-settings picks
+# sources in a classmethod that takes no per-call arguments, so they travel in a context
+# variable, which leaves LoomConfig built anywhere else reading nothing.
+_layers: ContextVar[_Layers | None] = ContextVar("loom_config_layers", default=None)
+
+
+class _Environment(EnvSettingsSource):
+    """pydantic-settings' environment source, over a given mapping instead of os.environ.
+
+    Two additions: lists and tables may be TOML values as well as JSON, and a LOOM_* variable
+    that names no setting is an error (pydantic-settings looks up the names of fields only and
+    skips every other variable, so a misspelt section would be silently lost).
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls, case_sensitive=False)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # case_sensitive=False: pydantic-settings matches lower-cased names.
+        return {name.lower(): value for name, value in self._environ.items()}
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo | None, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)  # type: ignore[arg-type]
+        except ValueError:
+            pass
+        try:
+            return tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            return value  # validation refuses it, naming the key
+
+    def __call__(self) -> dict[str, Any]:
+        values = super().__call__()
+        prefix = self.env_prefix.lower()
+        unknown = [
+            name.upper()
+            for name in self.env_vars
+            if name.startswith(prefix) and not self._names_a_setting(name[len(prefix) :])
+        ]
+        if unknown:
+            raise SettingsError(f"{', '.join(sorted(unknown))}: no such setting")
+        return values
+
+    def _names_a_setting(self, name: str) -> bool:
+        head, *rest = name.split(_ENV_DELIMITER)
+        field = self.settings_cls.model_fields.get(head)
+        # Keys under a section are checked by the section (extra="forbid"); a plain value
+        # such as data_dir has none.
+        return field is not None and (not rest or self.field_is_complex(field))
+
+
+class LoomConfig(BaseSettings):
+    """The whole configuration, immutable. `load_config` reads it; built directly, it holds
+    the arguments over the defaults and nothing else."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        frozen=True,
+        env_prefix=_ENV_PREFIX,
+        env_nested_delimiter=_ENV_DELIMITER,
+        # Keys in the file and in overrides are exact, as in the sections; only variable
+        # names are matched case-insensitively (see _Environment).
+        case_sensitive=True,
+    )
+
     data_dir: str = ".loom"
     # Where each process writes its counters (SQL statements) for benchmarks; empty: off.
     stats_dir: str = ""
@@ -181,6 +279,28 @@ class LoomConfig(_Section):
         if not v.strip():
             raise ValueError("must not be empty")
         return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        layers = _layers.get()
+        if layers is None:
+            # Built directly: the arguments over the defaults, whatever the process environment.
+            return (init_settings,)
+        # Highest priority first: explicit overrides, LOOM_* variables, the file.
+        sources: tuple[PydanticBaseSettingsSource, ...] = (
+            init_settings,
+            _Environment(settings_cls, layers.environ),
+        )
+        if layers.toml_file is not None:
+            sources += (TomlConfigSettingsSource(settings_cls, toml_file=layers.toml_file),)
+        return sources
 
     @property
     def data_path(self) -> Path:
@@ -206,62 +326,34 @@ def sync_database_url(url: str) -> str:
     return url.replace("+aiosqlite", "").replace("postgresql+psycopg_async", "postgresql+psycopg")
 
 
-_ENV_PREFIX = "LOOM_"
-
-
-def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, raw in environ.items():
-        if not key.startswith(_ENV_PREFIX):
-            continue
-        path = key[len(_ENV_PREFIX) :].lower().split("__")
-        node = out
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        value: Any = raw
-        # Lists and tables come in as TOML values: LOOM_SCHEDULER__FILTERS='["capacity"]'.
-        if raw[:1] in "[{":
-            try:
-                value = tomllib.loads(f"v = {raw}")["v"]
-            except tomllib.TOMLDecodeError as exc:
-                raise ConfigError(f"{key}: not a valid TOML value: {exc}") from exc
-        node[path[-1]] = value
-    return out
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(merged.get(k), dict):
-            merged[k] = _merge(merged[k], v)
-        else:
-            merged[k] = v
-    return merged
-
-
 def load_config(
     path: str | Path | None = None,
     *,
-    environ: dict[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> LoomConfig:
-    """Reads the TOML file (if any), applies LOOM_* variables, then explicit overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        try:
-            data = tomllib.loads(p.read_text())
-        except FileNotFoundError as exc:
-            raise ConfigError(f"config file {p} does not exist") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
-    data = _merge(data, _env_overrides(dict(os.environ if environ is None else environ)))
-    if overrides:
-        data = _merge(data, overrides)
+    """Reads the TOML file (if any), applies LOOM_* variables (from `environ`, by default the
+    process environment), then explicit overrides; raises ConfigError naming the bad key."""
+    toml_file = None if path is None else Path(path)
+    # pydantic-settings skips a file that is not there; Loom asked for it, so it is an error.
+    if toml_file is not None and not toml_file.exists():
+        raise ConfigError(f"config file {toml_file} does not exist")
+    if toml_file is not None and not toml_file.is_file():
+        raise ConfigError(f"config file {toml_file} is not a file")
+    token = _layers.set(_Layers(toml_file, os.environ if environ is None else environ))
     try:
-        return LoomConfig.model_validate(data)
+        return LoomConfig(**(overrides or {}))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {toml_file} is not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"config file {toml_file} is unreadable: {exc.strerror}") from exc
+    except SettingsError as exc:
+        detail = f"{exc}: {exc.__cause__}" if exc.__cause__ else str(exc)
+        raise ConfigError(f"invalid configuration: {detail}") from exc
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"invalid configuration: {problems}") from exc
+    finally:
+        _layers.reset(token)

@@ -1,12 +1,14 @@
-"""Configuration: TOML, LOOM_* overrides, and clear errors for bad values."""
+"""Configuration: defaults, a TOML file, LOOM_* variables and overrides, each layer over
+the one below it, and clear errors for bad values."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from controlplane.config import ConfigError, async_database_url, load_config
+from controlplane.config import ConfigError, LoomConfig, async_database_url, load_config
 
 
 def test_defaults_need_nothing_and_point_at_sqlite_in_the_data_dir(tmp_path: Path) -> None:
@@ -55,3 +57,165 @@ def test_a_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_plain_database_urls_map_to_the_async_drivers() -> None:
     assert async_database_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
     assert async_database_url("sqlite:////x/y.db") == "sqlite+aiosqlite:////x/y.db"
+
+
+def _file(tmp_path: Path, text: str) -> Path:
+    f = tmp_path / "loom.toml"
+    f.write_text(text)
+    return f
+
+
+@pytest.mark.parametrize(
+    ("in_file", "in_env", "in_overrides", "expected"),
+    [
+        (False, False, False, 3),
+        (True, False, False, 5),
+        (True, True, False, 7),
+        (True, True, True, 9),
+        (False, False, True, 9),
+    ],
+    ids=[
+        "the default when nothing sets it",
+        "the file over the default",
+        "the environment over the file",
+        "an explicit override over the environment",
+        "an explicit override over the default",
+    ],
+)
+def test_each_layer_wins_over_the_ones_below_it(
+    tmp_path: Path, in_file: bool, in_env: bool, in_overrides: bool, expected: int
+) -> None:
+    f = _file(tmp_path, "[conductor]\nmax_build_attempts = 5\n")
+    cfg = load_config(
+        f if in_file else None,
+        environ={"LOOM_CONDUCTOR__MAX_BUILD_ATTEMPTS": "7"} if in_env else {},
+        overrides={"conductor": {"max_build_attempts": 9}} if in_overrides else None,
+    )
+    assert cfg.conductor.max_build_attempts == expected
+
+
+def test_layers_merge_key_by_key_within_a_section(tmp_path: Path) -> None:
+    f = _file(tmp_path, "[conductor]\nmax_build_attempts = 5\nservice_down_time = 30\n")
+    cfg = load_config(
+        f,
+        environ={"LOOM_CONDUCTOR__MAX_BUILD_ATTEMPTS": "7", "LOOM_CONDUCTOR__OUTBOX_BATCH": "64"},
+        overrides={"conductor": {"max_limit": 50}},
+    )
+    assert cfg.conductor.service_down_time == 30
+    assert cfg.conductor.max_build_attempts == 7
+    assert cfg.conductor.outbox_batch == 64
+    assert cfg.conductor.max_limit == 50
+    assert cfg.conductor.listen == "127.0.0.1:50051"
+
+
+@pytest.mark.parametrize(
+    ("environ", "weighers"),
+    [
+        ({"LOOM_SCHEDULER__WEIGHERS": '{"free_ram": 2.0}'}, {"free_ram": 2.0}),
+        ({"LOOM_SCHEDULER__WEIGHERS": "{ free_ram = 2.0 }"}, {"free_ram": 2.0}),
+        (
+            {"LOOM_SCHEDULER__WEIGHERS__FREE_RAM": "2.0", "LOOM_SCHEDULER__WEIGHERS__IO": "-1"},
+            {"free_ram": 2.0, "io": -1.0},
+        ),
+        (
+            {"LOOM_SCHEDULER__WEIGHERS": '{"free_ram": 2.0}', "LOOM_SCHEDULER__WEIGHERS__IO": "3"},
+            {"free_ram": 2.0, "io": 3.0},
+        ),
+    ],
+    ids=[
+        "a JSON table",
+        "a TOML table",
+        "one variable per entry",
+        "a table and an entry of its own",
+    ],
+)
+def test_a_table_comes_from_the_environment(
+    environ: dict[str, str], weighers: dict[str, float]
+) -> None:
+    assert load_config(environ=environ).scheduler.weighers == weighers
+
+
+def test_a_list_comes_from_the_environment_as_json_or_toml() -> None:
+    json_list = load_config(environ={"LOOM_SCHEDULER__FILTERS": '["capacity", "server_group"]'})
+    toml_list = load_config(environ={"LOOM_SCHEDULER__FILTERS": "['capacity', 'server_group']"})
+    assert (
+        json_list.scheduler.filters == toml_list.scheduler.filters == ("capacity", "server_group")
+    )
+
+
+def test_variable_names_are_matched_whatever_their_case() -> None:
+    cfg = load_config(environ={"loom_Conductor__Max_Build_Attempts": "4"})
+    assert cfg.conductor.max_build_attempts == 4
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [
+        ("LOOM_CONDUCTOR__MAX_BUILD_ATEMPTS", "conductor.max_build_atempts"),
+        ("LOOM_CONDUCTR__MAX_BUILD_ATTEMPTS", "LOOM_CONDUCTR__MAX_BUILD_ATTEMPTS"),
+        ("LOOM_DATADIR", "LOOM_DATADIR"),
+        ("LOOM_DATA_DIR__PATH", "LOOM_DATA_DIR__PATH"),
+    ],
+    ids=[
+        "a misspelt key in a section",
+        "a misspelt section",
+        "a misspelt top-level key",
+        "a key under a plain value",
+    ],
+)
+def test_a_variable_that_names_no_setting_is_refused(name: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(environ={name: "5"})
+
+
+def test_variables_without_the_loom_prefix_are_not_read() -> None:
+    cfg = load_config(environ={"CONDUCTOR__MAX_BUILD_ATTEMPTS": "zero", "HOME": "/root"})
+    assert cfg.conductor.max_build_attempts == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("[conductr]\nmax_build_attempts = 5\n", "conductr"),
+        ("[conductor]\nmax_build_atempts = 5\n", "conductor.max_build_atempts"),
+        ("[conductor]\nmax_build_attempts = 0\n", "conductor.max_build_attempts"),
+    ],
+    ids=["an unknown section", "an unknown key", "a value out of range"],
+)
+def test_a_bad_file_is_refused_with_the_key_named(tmp_path: Path, text: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
+        load_config(_file(tmp_path, text), environ={})
+
+
+def test_a_file_that_is_not_toml_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        load_config(_file(tmp_path, "[conductor\n"), environ={})
+
+
+def test_a_directory_given_as_the_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is not a file"):
+        load_config(tmp_path, environ={})
+
+
+def test_the_process_environment_is_read_unless_a_mapping_is_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LOOM_CONDUCTOR__MAX_BUILD_ATTEMPTS", "11")
+    assert load_config().conductor.max_build_attempts == 11
+    assert load_config(environ={}).conductor.max_build_attempts == 3
+
+
+def test_a_config_built_directly_reads_no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOOM_CONDUCTOR__MAX_BUILD_ATTEMPTS", "11")
+    monkeypatch.setenv("LOOM_NO_SUCH_SECTION__KEY", "1")
+    assert LoomConfig().conductor.max_build_attempts == 3
+    assert LoomConfig.model_validate({}).conductor.max_build_attempts == 3
+    assert LoomConfig(data_dir="/x").data_dir == "/x"
+
+
+def test_the_config_is_immutable() -> None:
+    cfg = load_config(environ={})
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.data_dir = "/elsewhere"
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.conductor.max_build_attempts = 5
