@@ -220,7 +220,7 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
         value: Any = raw
         # Lists and tables come in as TOML values: LOOM_SCHEDULER__FILTERS='["capacity"]'.
-        if raw[:1] in "[{":
+        if raw.startswith(("[", "{")):
             try:
                 value = tomllib.loads(f"v = {raw}")["v"]
             except tomllib.TOMLDecodeError as exc:

@@ -55,3 +55,8 @@ def test_a_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_plain_database_urls_map_to_the_async_drivers() -> None:
     assert async_database_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
     assert async_database_url("sqlite:////x/y.db") == "sqlite+aiosqlite:////x/y.db"
+
+
+def test_an_empty_variable_sets_an_empty_value_rather_than_failing_as_toml() -> None:
+    # "" was taken for the start of a TOML list or table ("" is in any string).
+    assert load_config(environ={"LOOM_NATS__URL": ""}).nats.url == ""
