@@ -141,6 +141,9 @@ class ClientMetricsInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: i
         except asyncio.CancelledError:
             code = "CANCELLED"
             raise
+        except Exception:
+            code = "UNKNOWN"
+            raise
         finally:
             self._observers.observe(method, code, time.perf_counter() - start)
 
