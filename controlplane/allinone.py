@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -134,6 +135,37 @@ def _port_free(hostport: str) -> bool:
 
 
 DEFAULT_QEMU_INSTANCES = "/var/lib/loom/instances"
+# The children `loom up` starts, in start order.
+SERVICE_NAMES = ("scheduler", "conductor", "agent", "gateway")
+
+
+def _metrics_addresses(cfg: LoomConfig, services: Iterable[str]) -> dict[str, str]:
+    """Each service's /metrics address: as configured, or a free port on the same host when
+    that one is taken (or is port 0), so every child can listen and the ready output can
+    say where. A service whose endpoint is turned off ("") is left out."""
+    out: dict[str, str] = {}
+    for name in services:
+        listen = cfg.metrics.listen_for(name)
+        if not listen:
+            continue
+        host, _, port = listen.rpartition(":")
+        if port == "0" or not _port_free(listen):
+            listen = f"{host}:{free_port()}"
+        out[name] = listen
+    return out
+
+
+def metrics_line(addresses: dict[str, str]) -> str:
+    """Where each child serves /metrics, as `loom up` prints it before the ready line."""
+    if not addresses:
+        return "loom: metrics endpoints are turned off"
+    urls = []
+    for name, listen in addresses.items():
+        host, _, port = listen.rpartition(":")
+        if host.strip("[]") in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        urls.append(f"{name} http://{host}:{port}/metrics")
+    return "loom: metrics: " + ", ".join(urls)
 
 
 def boot_command(clouds_yaml: Path, image: str) -> str:
@@ -181,6 +213,7 @@ def run_all_in_one(cfg: LoomConfig, *, hosts: int, hypervisor: str = "test") -> 
     if not _port_free(scheduler_listen):
         scheduler_listen = f"127.0.0.1:{free_port()}"
 
+    metrics_listen = _metrics_addresses(cfg, SERVICE_NAMES)
     gw_host = "127.0.0.1" if cfg.gateway.host in ("0.0.0.0", "") else cfg.gateway.host
     local_url = f"http://{gw_host}:{cfg.gateway.port}"
     token_path = data / "agent" / "image-token"
@@ -198,6 +231,8 @@ def run_all_in_one(cfg: LoomConfig, *, hosts: int, hypervisor: str = "test") -> 
             "LOOM_AGENT__IMAGE_TOKEN_FILE": str(token_path),
         }
     )
+    for name, listen in metrics_listen.items():
+        env[f"LOOM_METRICS__LISTEN__{name.upper()}"] = listen
     if hypervisor == "qemu":
         env["LOOM_AGENT__LIBVIRT_URI"] = "qemu:///system"
         instances = Path(cfg.agent.instances_path or DEFAULT_QEMU_INSTANCES)
@@ -209,12 +244,9 @@ def run_all_in_one(cfg: LoomConfig, *, hosts: int, hypervisor: str = "test") -> 
     # fork handlers can hang a plain fork() for good.
     python = [sys.executable, "-m", "controlplane.cli", "--exit-with-parent", str(os.getpid())]
     agent_args = ["agent"] if hypervisor == "qemu" else ["agent", "--simulate", str(hosts)]
-    children = [
-        Child("scheduler", [*python, "scheduler"], env, logs / "scheduler.log"),
-        Child("conductor", [*python, "conductor"], env, logs / "conductor.log"),
-        Child("agent", [*python, *agent_args], env, logs / "agent.log"),
-        Child("gateway", [*python, "gateway"], env, logs / "gateway.log"),
-    ]
+    argv = {name: [*python, name] for name in SERVICE_NAMES}
+    argv["agent"] = [*python, *agent_args]
+    children = [Child(name, argv[name], env, logs / f"{name}.log") for name in SERVICE_NAMES]
     stopping = False
 
     def on_signal(_sig: int, _frame: object) -> None:
@@ -275,6 +307,7 @@ def run_all_in_one(cfg: LoomConfig, *, hosts: int, hypervisor: str = "test") -> 
                 return 1
             boot_image, boot_image_id = GUEST_IMAGE_NAME, guest.id
         url = cfg.gateway.public_url or f"http://{cfg.gateway.host}:{cfg.gateway.port}"
+        print(metrics_line(metrics_listen), flush=True)
         print(
             f"Loom is ready: {url} (compute {url}/compute/v2.1, identity {url}/identity/v3); "
             f"{hosts if hypervisor == 'test' else 1} {hypervisor} host(s); "

@@ -15,7 +15,8 @@ import uvloop
 from controlplane.config import ConfigError, LoomConfig, load_config
 from controlplane.runtime.lifecycle import exit_with_parent, install_stop_signals
 from controlplane.runtime.logs import setup_logging
-from controlplane.runtime.stats import start_stats_writer
+from controlplane.runtime.metrics import MetricsListenError
+from controlplane.runtime.process import start_process_metrics
 
 log = logging.getLogger("loom")
 
@@ -118,7 +119,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_service(cfg: LoomConfig, name: str, options: dict[str, Any]) -> int:
-    start_stats_writer(name, cfg.stats_dir)
+    try:
+        start_process_metrics(cfg, name)
+    except MetricsListenError as exc:
+        print(f"loom: {exc}", file=sys.stderr)
+        return 2
     module = importlib.import_module(SERVICES[name])
     serve: Callable[..., Awaitable[None]] = module.serve
 

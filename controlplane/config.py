@@ -180,6 +180,46 @@ class GatewayConfig(_Section):
     region: str = "RegionOne"
 
 
+# Where each service serves /metrics unless told otherwise: distinct ports, so every service
+# of one machine (`loom up`, or one of each started by hand) can listen at once.
+DEFAULT_METRICS_LISTEN: dict[str, str] = {
+    "conductor": "127.0.0.1:9181",
+    "scheduler": "127.0.0.1:9182",
+    "agent": "127.0.0.1:9183",
+    "gateway": "127.0.0.1:9184",
+}
+# A service named nowhere above or in the configuration takes a free port (it logs which).
+FALLBACK_METRICS_LISTEN = "127.0.0.1:0"
+
+
+class MetricsConfig(_Section):
+    # HOST:PORT of each service's Prometheus endpoint (/metrics), by service name, over
+    # DEFAULT_METRICS_LISTEN: LOOM_METRICS__LISTEN__CONDUCTOR=0.0.0.0:9181. Port 0 picks a
+    # free port (logged); "" turns the endpoint off.
+    listen: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_METRICS_LISTEN))
+    # Time every gRPC call Loom makes (loom_grpc_client_handling_seconds), besides the ones
+    # it serves.
+    grpc_client_latency: bool = True
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _over_defaults(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v
+        for service, listen in v.items():
+            if listen and not _is_host_port(str(listen)):
+                raise ValueError(f"{service}: {listen!r} is not HOST:PORT")
+        return {**DEFAULT_METRICS_LISTEN, **v}
+
+    def listen_for(self, service: str) -> str:
+        return self.listen.get(service, FALLBACK_METRICS_LISTEN)
+
+
+def _is_host_port(value: str) -> bool:
+    host, sep, port = value.rpartition(":")
+    return bool(sep and host) and port.isdigit() and 0 <= int(port) <= 65535
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -262,7 +302,8 @@ class LoomConfig(BaseSettings):
     )
 
     data_dir: str = ".loom"
-    # Where each process writes its counters (SQL statements) for benchmarks; empty: off.
+    # Where each process also writes its SQL statement count as a file, for benchmarks
+    # (the same counter /metrics serves as loom_sql_statements_total); empty: off.
     stats_dir: str = ""
     database: DatabaseConfig = DatabaseConfig()
     nats: NatsConfig = NatsConfig()
@@ -272,6 +313,7 @@ class LoomConfig(BaseSettings):
     agent: AgentConfig = AgentConfig()
     gateway: GatewayConfig = GatewayConfig()
     logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @field_validator("data_dir")
     @classmethod

@@ -1,16 +1,19 @@
 """Outermost ASGI layers: request ids on every response, compute microversion
 negotiation (with the version headers on every compute response), legacy project ids
-in compute paths, and a last-resort 500 in the API's own error shape."""
+in compute paths, a last-resort 500 in the API's own error shape, and every request's
+latency (gateway.metrics)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from gateway import metrics
 from gateway.errors import glance_text, keystone_body, nova_body
 from gateway.microversion import VersionNotAcceptable, negotiate
 
@@ -60,6 +63,18 @@ class GatewayMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        start = time.perf_counter()
+        # 500 unless a response starts: what the client sees when none does.
+        status = 500
+        try:
+            status = await self._handle(scope, receive, send)
+        finally:
+            metrics.observe(
+                scope["method"], metrics.route_template(scope), status, time.perf_counter() - start
+            )
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> int:
+        """Answers the request; returns the status it answered with."""
         rid = f"req-{uuid.uuid4()}"
         scope["loom.request_id"] = rid
         path: str = scope["path"]
@@ -73,22 +88,22 @@ class GatewayMiddleware:
                 version = negotiate(headers)
             except VersionNotAcceptable as exc:
                 await self._send_error(send, path, 406, str(exc), extra)
-                return
+                return 406
             except ValueError as exc:
                 await self._send_error(send, path, 400, str(exc), extra)
-                return
+                return 400
             scope["loom.microversion"] = version
             extra += [
                 (b"openstack-api-version", f"compute {version}".encode()),
                 (b"x-openstack-nova-api-version", str(version).encode()),
                 (b"vary", _VERSION_HEADERS.encode()),
             ]
-        started = False
+        status = 0
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal started
+            nonlocal status
             if message["type"] == "http.response.start":
-                started = True
+                status = message["status"]
                 message["headers"] = list(message.get("headers", [])) + extra
             await send(message)
 
@@ -96,10 +111,12 @@ class GatewayMiddleware:
             await self.app(scope, receive, send_with_headers)
         except Exception:
             log.exception("unhandled error", extra={"request_id": rid, "path": path})
-            if not started:
+            if not status:
                 await self._send_error(
                     send, path, 500, "Unexpected API Error. Please report this.", extra
                 )
+                return 500
+        return status or 500
 
     async def _send_error(
         self, send: Send, path: str, status: int, message: str, extra: list[tuple[bytes, bytes]]

@@ -35,6 +35,7 @@ from nodeagent.driver.base import (
     PowerState,
 )
 from nodeagent.fleet import FleetView
+from nodeagent.metrics import HostCounters
 from nodeagent.reconcile import ReconcilePlan, plan_reconcile, wanted_power_on
 
 log = logging.getLogger(__name__)
@@ -175,6 +176,7 @@ class HostAgent:
         self._consumer: asyncio.Task[None] | None = None
         self._stopping = False
         self._closed = False
+        self._counters = HostCounters(host)
 
     @property
     def durable_name(self) -> str:
@@ -548,6 +550,7 @@ class HostAgent:
             compute_endpoint=self.compute_endpoint,
         )
         await self._nc.publish(bus.heartbeat_subject(self.host), beat.SerializeToString())
+        self._counters.heartbeats_sent.inc()
 
     async def sync_power_states(self) -> int:
         """Reports power-state changes nobody commanded; returns how many it reported."""
@@ -558,9 +561,11 @@ class HostAgent:
                 before = self._known.get(iid)
                 if before is not None and before != state:
                     await self._spontaneous(iid, m.POWER_STATE_CHANGED, state)
+                    self._counters.reconcile_action("power_sync", "report_power_state")
                     reported += 1
             for iid in self._known.keys() - actual.keys():
                 await self._spontaneous(iid, m.MISSING, PowerState.NOSTATE)
+                self._counters.reconcile_action("power_sync", "report_missing")
                 reported += 1
             self._replace_known(actual)
         return reported
@@ -671,6 +676,7 @@ class HostAgent:
     async def _apply(self, plan: ReconcilePlan) -> None:
         for iid in plan.orphans:
             await self.call_driver(self.driver.destroy, iid)
+            self._counters.reconcile_action("start", "destroy_orphan")
             log.warning("destroyed orphan domain", extra={"host": self.host, "instance": iid})
         for exp in plan.recreate:
             # Only for hypervisors whose domains die with the agent (libvirt's test driver):
@@ -690,11 +696,15 @@ class HostAgent:
                         fault=m.fault(500, str(exc)),
                     )
                 )
+                self._counters.reconcile_action("start", "report_missing")
                 continue
+            self._counters.reconcile_action("start", "recreate")
             log.info("re-created instance", extra={"host": self.host, "instance": exp.instance_id})
             if exp.power_state != PowerState.NOSTATE and state != exp.power_state:
                 await self._spontaneous(exp.instance_id, m.POWER_STATE_CHANGED, state)
         for iid in plan.missing:
             await self._spontaneous(iid, m.MISSING, PowerState.NOSTATE)
+            self._counters.reconcile_action("start", "report_missing")
         for iid, state in plan.drifted:
             await self._spontaneous(iid, m.POWER_STATE_CHANGED, state)
+            self._counters.reconcile_action("start", "report_power_state")

@@ -27,6 +27,7 @@ from nodeagent.fleet import GrpcFleetView
 from nodeagent.grpc_api import SERVICE_NAME, ComputeApi
 from nodeagent.images.cache import ImageCache
 from nodeagent.images.source import HttpImageSource, ImageSource, LocalImageSource, file_token
+from nodeagent.metrics import watch_consumers
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,7 @@ async def serve(
     server = None
     channel = None
     started: list[HostAgent] = []
+    stop_watching: Callable[[], None] | None = None
     try:
         await bus.ensure_streams(nc.jetstream(), cfg.nats)
         server = await start_grpc_server(
@@ -163,11 +165,14 @@ async def serve(
             started.append(agent)
 
         await _bounded(agents.values(), start)
+        stop_watching = watch_consumers(nc.jetstream(), (a.durable_name for a in agents.values()))
         log.info(
             "ready", extra={"service": "agent", "hosts": len(agents), "grpc_port": server.port}
         )
         await stop.wait()
     finally:
+        if stop_watching is not None:
+            stop_watching()
         # Every host stops taking commands at once (each finishes the command in hand),
         # before the slower part of stopping runs 32 at a time.
         await asyncio.gather(*(a.stop_consuming() for a in started))

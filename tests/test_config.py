@@ -219,3 +219,27 @@ def test_the_config_is_immutable() -> None:
         cfg.data_dir = "/elsewhere"
     with pytest.raises(ValidationError, match="frozen"):
         cfg.conductor.max_build_attempts = 5
+
+
+def test_each_service_has_its_own_metrics_port_and_one_override_keeps_the_others() -> None:
+    defaults = load_config(environ={}).metrics
+    ports = {defaults.listen_for(s) for s in ("conductor", "scheduler", "agent", "gateway")}
+    assert len(ports) == 4
+    cfg = load_config(environ={"LOOM_METRICS__LISTEN__CONDUCTOR": "0.0.0.0:9999"}).metrics
+    assert cfg.listen_for("conductor") == "0.0.0.0:9999"
+    assert cfg.listen_for("scheduler") == defaults.listen_for("scheduler")
+    # A service split out later takes a free port until it is given one.
+    assert cfg.listen_for("identity") == "127.0.0.1:0"
+    assert (
+        load_config(environ={"LOOM_METRICS__LISTEN__AGENT": ""}).metrics.listen_for("agent") == ""
+    )
+
+
+def test_a_metrics_address_that_is_not_host_and_port_is_refused_naming_the_service() -> None:
+    with pytest.raises(ConfigError, match=r"metrics.listen.*gateway"):
+        load_config(environ={"LOOM_METRICS__LISTEN__GATEWAY": "9184"})
+
+
+def test_an_empty_variable_sets_an_empty_value_rather_than_failing_as_toml() -> None:
+    # "" was taken for the start of a TOML list or table ("" is in any string).
+    assert load_config(environ={"LOOM_NATS__URL": ""}).nats.url == ""

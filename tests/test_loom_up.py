@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
 
 
-# The process, the gateway URL, the gRPC targets and the ready line.
+# The process, the gateway URL, the gRPC targets and what it printed up to its ready line.
 LoomUp = tuple[subprocess.Popen[str], str, list[str], str]
 
 
@@ -65,12 +65,14 @@ def _loom_up(tmp_path: Path, hosts: int) -> Iterator[LoomUp]:
     assert proc.stdout is not None
     deadline = time.monotonic() + 180
     ready = ""
+    printed: list[str] = []
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line and proc.poll() is not None:
             break
+        printed.append(line)
         if line.startswith("Loom is ready"):
-            ready = line
+            ready = "".join(printed)
             break
     if not ready:
         proc.kill()
@@ -124,6 +126,27 @@ def test_loom_up_serves_health_and_reflection_on_every_grpc_port_and_stops_on_si
 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
+
+
+def test_loom_up_prints_where_each_service_serves_metrics_and_each_answers(
+    loom_up: LoomUp, tmp_path: Path
+) -> None:
+    _, _, _, printed = loom_up
+    (line,) = [x for x in printed.splitlines() if x.startswith("loom: metrics: ")]
+    urls = dict(re.findall(r"(\w+) (http://127\.0\.0\.1:\d+/metrics)", line))
+    assert set(urls) == {"scheduler", "conductor", "agent", "gateway"}
+    assert len(set(urls.values())) == 4
+    for name, url in urls.items():
+        page = httpx.get(url, timeout=10)
+        assert page.status_code == 200, name
+        assert "loom_sql_statements_total" in page.text, name
+        # Each child also logs where it listens.
+        log = (tmp_path / "d" / "logs" / f"{name}.log").read_text()
+        assert url in log, name
+    agent = httpx.get(urls["agent"], timeout=10).text
+    assert 'loom_agent_heartbeats_sent_total{host="sim-0000"}' in agent
+    gateway = httpx.get(urls["gateway"], timeout=10).text
+    assert "loom_http_request_duration_seconds_count" in gateway
 
 
 def test_loom_up_says_ready_only_once_every_simulated_host_is_up_in_the_scheduler(

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from controlplane.conductor import commands, outbox, states
 from controlplane.conductor.context import Conductor, group_policies, resources_of
 from controlplane.conductor.convert import aware, instance_spec, make_fault
+from controlplane.conductor.metrics import BOOTS_ACTIVE, BOOTS_ERROR, BOOTS_RESCHEDULED
 from controlplane.conductor.scheduling import INSTANCES, consume, load_with_image, record_event
 from controlplane.conductor.states import PowerState, TaskState, VmState
 from controlplane.db.models import Instance, InstanceAction
@@ -98,6 +99,7 @@ class EventConsumer:
             )
             if result.rowcount == 1:  # type: ignore[attr-defined]
                 await session.commit()
+                BOOTS_ACTIVE.inc()
                 return
             loaded = await load_with_image(session, event.instance_id)
             if loaded is None:
@@ -198,6 +200,7 @@ class EventConsumer:
                         session, commands.build(alt, instance_spec(inst, image), next_attempt)
                     )
                     await session.commit()
+                    BOOTS_RESCHEDULED.inc()
                     c.wakeup.set()
                     return
                 # No alternate could take it: ask the scheduler afresh, failed hosts ignored.
@@ -215,13 +218,14 @@ class EventConsumer:
                 )
                 await outbox.add(session, commands.schedule(inst.uuid, next_attempt))
                 await session.commit()
+                BOOTS_RESCHEDULED.inc()
                 c.wakeup.set()
                 return
             text = (
                 f"Build of instance {inst.uuid} aborted: exceeded maximum number of build "
                 f"attempts ({c.cfg.conductor.max_build_attempts}). Last failure: {reason}"
             )
-            await session.execute(
+            failed_for_good = await session.execute(
                 update(Instance)
                 .where(*guard)
                 .values(
@@ -240,6 +244,8 @@ class EventConsumer:
                 )
             )
             await session.commit()
+            if failed_for_good.rowcount == 1:  # type: ignore[attr-defined]
+                BOOTS_ERROR.inc()
 
     # ------------------------------------------------------------------ deletes
 
@@ -437,6 +443,7 @@ class EventConsumer:
             )
             applied = {str(u) for u in result.scalars()}
             await session.commit()
+        BOOTS_ACTIVE.inc(len(applied))
         return applied
 
     async def deletes_done(self, events: list[compute_pb2.InstanceEvent]) -> set[str]:

@@ -32,6 +32,7 @@ from controlplane.conductor.context import (
     resources_of,
 )
 from controlplane.conductor.convert import instance_spec, make_fault
+from controlplane.conductor.metrics import BOOTS_NO_VALID_HOST
 from controlplane.conductor.states import TaskState, VmState
 from controlplane.db.models import Image, Instance, InstanceAction, InstanceActionEvent
 from controlplane.runtime import bus
@@ -165,8 +166,9 @@ async def _record_placements(session: AsyncSession, placed: list[_Placement]) ->
 
 async def _record_no_valid_host(
     session: AsyncSession, inst: Instance, nvh: scheduler_pb2.NoValidHost
-) -> None:
-    """ERROR with the scheduler's reasons as the fault, under the same guard."""
+) -> bool:
+    """ERROR with the scheduler's reasons as the fault, under the same guard; True when
+    this changed the instance."""
     text, details = no_valid_host_message(nvh)
     result = await session.execute(
         update(Instance)
@@ -193,6 +195,8 @@ async def _record_no_valid_host(
             details=text,
             message="Error",
         )
+        return True
+    return False
 
 
 async def record_event(
@@ -377,10 +381,13 @@ class SchedulingWorker:
         if not placed and not refused:
             return outcomes
         recorded: list[_Placement] = []
+        errored = 0
         try:
             async with c.sessions() as session:
                 for i, nvh in refused:
-                    await _record_no_valid_host(session, loaded[messages[i].instance_id][0], nvh)
+                    errored += await _record_no_valid_host(
+                        session, loaded[messages[i].instance_id][0], nvh
+                    )
                 recorded = await _record_placements(session, placed)
                 if recorded:
                     await outbox.add(
@@ -396,6 +403,7 @@ class SchedulingWorker:
             for i in [p.index for p in placed] + [i for i, _ in refused]:
                 outcomes[i] = exc
             return outcomes
+        BOOTS_NO_VALID_HOST.inc(errored)
         if recorded:
             c.wakeup.set()
         kept = {p.index for p in recorded}

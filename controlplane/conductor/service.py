@@ -10,7 +10,8 @@ import uuid
 
 from loom.conductor.v1 import conductor_pb2, conductor_pb2_grpc
 
-from controlplane.conductor import catalog
+from controlplane.conductor import catalog, events, scheduling
+from controlplane.conductor import metrics as conductor_metrics
 from controlplane.conductor.consoles import ConsolesServicer
 from controlplane.conductor.context import Conductor, SchedulerClient
 from controlplane.conductor.events import EventConsumer
@@ -76,6 +77,11 @@ async def serve(cfg: LoomConfig, stop: asyncio.Event, **_options: object) -> Non
     running = await grpcserver.start_grpc_server(
         cfg.conductor.listen, registrations(conductor), cfg.tls
     )
+    stop_watching = conductor_metrics.watch(
+        sessions,
+        js,
+        [(bus.CONDUCTOR_STREAM, scheduling.DURABLE), (bus.EVENTS_STREAM, events.DURABLE)],
+    )
     workers_stop = asyncio.Event()
     relay = Relay(sessions, js, conductor.wakeup, batch=cfg.conductor.outbox_batch, watch=watch)
     tasks = [
@@ -97,6 +103,7 @@ async def serve(cfg: LoomConfig, stop: asyncio.Event, **_options: object) -> Non
                 log.error("conductor worker %s died: %s", task.get_name(), task.exception())
         waiter.cancel()
     finally:
+        stop_watching()
         await running.stop()
         workers_stop.set()
         _, pending = await asyncio.wait(tasks, timeout=5.0)

@@ -1,8 +1,11 @@
-"""A gRPC aio server with health checking and reflection, as every Loom service offers."""
+"""A gRPC aio server with health checking and reflection, as every Loom service offers,
+and the latency histograms of every gRPC call Loom serves or makes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,8 +14,149 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import Histogram
 
 from controlplane.config import TlsConfig
+from controlplane.runtime.metrics import LATENCY_BUCKETS
+
+_LABELS = ("grpc_service", "grpc_method", "grpc_code")
+SERVER_HANDLING = Histogram(
+    "loom_grpc_server_handling_seconds",
+    "Time a unary gRPC call took this server, from its arrival to its answer, by status code.",
+    _LABELS,
+    buckets=LATENCY_BUCKETS,
+)
+CLIENT_HANDLING = Histogram(
+    "loom_grpc_client_handling_seconds",
+    "Time a unary gRPC call Loom made took, from sending to the answer, by status code.",
+    _LABELS,
+    buckets=LATENCY_BUCKETS,
+)
+
+
+def _service_and_method(full: str) -> tuple[str, str]:
+    # "/loom.conductor.v1.ServersService/GetServer" -> ("loom.conductor.v1.ServersService", …)
+    service, _, method = full.lstrip("/").rpartition("/")
+    return service, method
+
+
+class _Observers:
+    """Histogram children by (method path, code), looked up without a lock once seen (labels()
+    locks on every call; a plain dict read does not)."""
+
+    def __init__(self, histogram: Histogram) -> None:
+        self._histogram = histogram
+        self._children: dict[tuple[str, str], Any] = {}
+
+    def observe(self, method: str, code: str, seconds: float) -> None:
+        child = self._children.get((method, code))
+        if child is None:
+            child = self._histogram.labels(*_service_and_method(method), code)
+            self._children[(method, code)] = child
+        child.observe(seconds)
+
+
+class ServerMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Times every unary-unary call by service, method and status code. Streaming calls (the
+    health Watch, reflection) pass untouched: their length says nothing about latency.
+
+    The wrapped handler is made once per method and reused, so a call costs one timing and
+    one observe."""
+
+    def __init__(self) -> None:
+        self._observers = _Observers(SERVER_HANDLING)
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method: str = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = grpc.unary_unary_rpc_method_handler(
+            self._timed(method, handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _timed(
+        self, method: str, behavior: Callable[[Any, Any], Awaitable[Any]]
+    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+        observe = self._observers.observe
+
+        async def timed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            start = time.perf_counter()
+            code = "OK"
+            try:
+                return await behavior(request, context)
+            except grpc.aio.AbortError:
+                raise
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except Exception:
+                code = "UNKNOWN"
+                raise
+            finally:
+                status = context.code()
+                if status is not None:
+                    code = status.name
+                observe(method, code, time.perf_counter() - start)
+
+        return timed
+
+
+class ClientMetricsInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Times every unary-unary call a Loom channel makes, by service, method and code."""
+
+    def __init__(self) -> None:
+        self._observers = _Observers(CLIENT_HANDLING)
+
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[[Any, Any], Awaitable[Any]],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        start = time.perf_counter()
+        method = client_call_details.method
+        if isinstance(method, bytes):
+            method = method.decode()
+        code = "OK"
+        try:
+            call = await continuation(client_call_details, request)
+            await call
+            return call
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code().name
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except Exception:
+            code = "UNKNOWN"
+            raise
+        finally:
+            self._observers.observe(method, code, time.perf_counter() - start)
+
+
+# One per process: its histogram children are shared by every channel.
+_CLIENT_INTERCEPTOR = ClientMetricsInterceptor()
+_client_metrics = True
+
+
+def time_client_calls(enabled: bool) -> None:
+    """Whether channels made from now on time their calls (loom_grpc_client_handling_seconds)."""
+    global _client_metrics
+    _client_metrics = enabled
 
 
 @dataclass(frozen=True)
@@ -64,9 +208,10 @@ def insecure_or_secure_channel(target: str, tls: TlsConfig | None = None) -> grp
         # A target naming several servers ("ipv4:a:1,b:2") spreads calls over all of them.
         ("grpc.lb_policy_name", "round_robin"),
     ]
+    interceptors = [_CLIENT_INTERCEPTOR] if _client_metrics else None
     if creds is None:
-        return grpc.aio.insecure_channel(target, options=options)
-    return grpc.aio.secure_channel(target, creds, options=options)
+        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+    return grpc.aio.secure_channel(target, creds, options=options, interceptors=interceptors)
 
 
 async def start_grpc_server(
@@ -76,10 +221,11 @@ async def start_grpc_server(
 ) -> RunningServer:
     """Starts serving; returns the bound port (useful when listen ends in :0)."""
     server = grpc.aio.server(
+        interceptors=[ServerMetricsInterceptor()],
         options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

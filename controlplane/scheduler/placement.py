@@ -17,6 +17,7 @@ from controlplane.config import SchedulerConfig
 from controlplane.scheduler.hostcache import HostCache
 from controlplane.scheduler.hostorder import HostOrder, order_spec_for
 from controlplane.scheduler.hoststate import HostState, InventoryUpdate
+from controlplane.scheduler.metrics import count_conflict
 from controlplane.scheduler.pipeline import Decision, Pipeline, rank_hosts
 from controlplane.scheduler.request import CycleState, GroupPolicy, GroupRule, PlacementRequest
 from controlplane.scheduler.store import AllocationRecord, ClaimResult, ClaimStatus, ProviderStore
@@ -128,6 +129,7 @@ class PlacementService:
                 )
             finally:
                 self.cache.unreserve(best.name, request.resources)
+            count_conflict(result)
             if result.status is ClaimStatus.NO_ROOM:
                 # Another scheduler filled it since our snapshot: learn how full, rank again.
                 await self.cache.refresh_host(best.name)
@@ -174,6 +176,7 @@ class PlacementService:
             result = await self.store.claim_in_group(
                 best, request.consumer_id, request.project_id, request.resources, group
             )
+            count_conflict(result)
             if result.status is ClaimStatus.NO_ROOM:
                 await self.cache.refresh_host(best.name)
                 continue
@@ -232,6 +235,7 @@ class PlacementService:
             result = await self.store.claim(
                 host.id, request.consumer_id, request.project_id, request.resources
             )
+        count_conflict(result)
         if result.status is ClaimStatus.GROUP_CONFLICT:
             return HostClaim(False, result.reason)
         if result.status is ClaimStatus.CLAIMED:

@@ -19,6 +19,7 @@ from controlplane.runtime.grpcserver import Registration, start_grpc_server
 from controlplane.scheduler import convert
 from controlplane.scheduler.events import subscribe_heartbeats, subscribe_inventory
 from controlplane.scheduler.hostcache import HostCache
+from controlplane.scheduler.metrics import watch_hosts
 from controlplane.scheduler.pipeline import build_pipeline
 from controlplane.scheduler.placement import PlacementService
 from controlplane.scheduler.servicer import SchedulerServicer
@@ -72,6 +73,7 @@ async def serve(cfg: LoomConfig, stop: asyncio.Event) -> None:
     tasks: list[asyncio.Task[None]] = []
     nc: NATS | None = None
     server = None
+    stop_watching = watch_hosts(cache, placement.down_after)
     try:
         await cache.refresh_all()
         nc = await bus.connect(cfg.nats.url, cfg.nats, BINARY)
@@ -113,6 +115,7 @@ async def serve(cfg: LoomConfig, stop: asyncio.Event) -> None:
         log.info("ready", extra={"service": "scheduler", "grpc_port": server.port})
         await stop.wait()
     finally:
+        stop_watching()
         if server is not None:
             await server.stop()
         for task in tasks:

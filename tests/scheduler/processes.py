@@ -48,6 +48,7 @@ def start_scheduler(db_url: str, nats_url: str, log_dir: Path, name: str) -> Sch
         "LOOM_DATABASE__URL": db_url,
         "LOOM_NATS__URL": nats_url,
         "LOOM_SCHEDULER__LISTEN": address,
+        "LOOM_METRICS__LISTEN__SCHEDULER": f"127.0.0.1:{free_port()}",
         "LOOM_DATA_DIR": str(log_dir / name),
     }
     log = log_dir / f"{name}.log"

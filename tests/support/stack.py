@@ -38,6 +38,12 @@ class Service:
     ready_lines_seen: int = 0
     # Settings of this service alone (LOOM_* variables), over the stack's.
     env: dict[str, str] = field(default_factory=dict)
+    # Where it serves /metrics: a port of its own, kept across restarts.
+    metrics_port: int = field(default_factory=free_port)
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -120,6 +126,9 @@ class Stack:
                 argv=[sys.executable, "-m", "controlplane.cli", service_cmd, *args],
                 log_path=self.data_dir / f"{name.replace('#', '-')}.log",
                 env=dict(env or {}),
+            )
+            svc.env.setdefault(
+                f"LOOM_METRICS__LISTEN__{service_cmd.upper()}", f"127.0.0.1:{svc.metrics_port}"
             )
             self.services[name] = svc
         if svc.alive():

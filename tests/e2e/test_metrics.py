@@ -1,0 +1,180 @@
+"""Every service's /metrics, fetched over HTTP from a real stack after a boot through the
+REST API: the boot shows up where an operator would look for it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+from bench.client import resolve_cloud
+from tests.e2e.support import wait_for_hosts
+from tests.support.dashboard import dashboard_metric_names, exported
+from tests.support.stack import Stack
+
+pytestmark = pytest.mark.slow
+
+SERVICES = ("scheduler", "conductor", "agent", "gateway")
+
+
+def scrape(url: str) -> tuple[set[str], list[Sample]]:
+    """The metric families a /metrics page announces (HELP lines), and its samples."""
+    text = httpx.get(url, timeout=10).text
+    families = list(text_string_to_metric_families(text))
+    return {f.name for f in families}, [s for f in families for s in f.samples]
+
+
+def value(samples: list[Sample], name: str, **labels: str) -> float:
+    """The sum of the samples called `name` whose labels include `labels`."""
+    return sum(
+        s.value
+        for s in samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def _boot_one(cloud: Stack, tmp_path: Path) -> str:
+    """Uploads an image (as admin) and boots one server as the tenant; returns its id once
+    ACTIVE."""
+    clouds = cloud.data_dir / "clouds.yaml"
+    admin = resolve_cloud("loom-admin", clouds)
+    tenant = resolve_cloud("loom", clouds)
+    base = admin.compute_url.split("/compute")[0]
+    with httpx.Client(headers={"X-Auth-Token": admin.token}, timeout=30) as http:
+        resp = http.post(
+            f"{base}/image/v2/images",
+            json={
+                "name": "metrics-image",
+                "disk_format": "raw",
+                "container_format": "bare",
+                "visibility": "public",
+            },
+        )
+        resp.raise_for_status()
+        image = resp.json()["id"]
+        http.put(
+            f"{base}/image/v2/images/{image}/file",
+            content=b"\0" * 65536,
+            headers={"Content-Type": "application/octet-stream"},
+        ).raise_for_status()
+    headers = {"X-Auth-Token": tenant.token, "OpenStack-API-Version": "compute 2.37"}
+    with httpx.Client(headers=headers, timeout=30) as http:
+        flavors = http.get(f"{tenant.compute_url}/flavors").json()["flavors"]
+        flavor = next(f["id"] for f in flavors if f["name"] == "m1.tiny")
+        resp = http.post(
+            f"{tenant.compute_url}/servers",
+            json={
+                "server": {
+                    "name": "metrics-vm",
+                    "imageRef": image,
+                    "flavorRef": flavor,
+                    "networks": "none",
+                }
+            },
+        )
+        assert resp.status_code == 202, resp.text
+        server = resp.json()["server"]["id"]
+        deadline = time.monotonic() + 60
+        while (
+            status := http.get(f"{tenant.compute_url}/servers/{server}").json()["server"]["status"]
+        ) != "ACTIVE":
+            assert status != "ERROR"
+            assert time.monotonic() < deadline, f"the server stayed {status}"
+            time.sleep(0.2)
+    return str(server)
+
+
+async def test_each_service_serves_metrics_that_show_a_server_booted_through_the_api(
+    cloud: Stack, tmp_path: Path
+) -> None:
+    await wait_for_hosts(cloud, 3)
+    _boot_one(cloud, tmp_path)
+
+    pages = {name: scrape(cloud.services[name].metrics_url) for name in SERVICES}
+    conductor, scheduler = pages["conductor"][1], pages["scheduler"][1]
+    agent, gateway = pages["agent"][1], pages["gateway"][1]
+
+    assert value(conductor, "loom_boots_total", outcome="active") >= 1
+    assert value(conductor, "loom_sql_statements_total") > 0
+    assert value(scheduler, "loom_sql_statements_total") > 0
+    # The conductor served CreateServers and asked the scheduler to place the server.
+    assert (
+        value(
+            conductor,
+            "loom_grpc_server_handling_seconds_count",
+            grpc_service="loom.conductor.v1.ServersService",
+            grpc_method="CreateServers",
+            grpc_code="OK",
+        )
+        >= 1
+    )
+    assert (
+        value(
+            conductor,
+            "loom_grpc_client_handling_seconds_count",
+            grpc_service="loom.scheduler.v1.SchedulerService",
+        )
+        >= 1
+    )
+    assert (
+        value(
+            scheduler,
+            "loom_grpc_server_handling_seconds_count",
+            grpc_service="loom.scheduler.v1.SchedulerService",
+        )
+        >= 1
+    )
+    # The gateway timed the POST by its route template, and its calls to the conductor.
+    assert (
+        value(
+            gateway,
+            "loom_http_request_duration_seconds_count",
+            method="POST",
+            route="/compute/v2.1/servers",
+            status="202",
+        )
+        == 1
+    )
+    assert (
+        value(
+            gateway,
+            "loom_http_request_duration_seconds_count",
+            method="GET",
+            route="/compute/v2.1/servers/{server_id}",
+            status="200",
+        )
+        >= 1
+    )
+    assert not [
+        s.labels["route"]
+        for s in gateway
+        if s.name == "loom_http_request_duration_seconds_count" and "metrics-vm" in str(s.labels)
+    ]
+    assert (
+        value(gateway, "loom_grpc_client_handling_seconds_count", grpc_method="CreateServers") == 1
+    )
+    # Scrape-time readings: the outbox is drained, the consumers have nothing waiting.
+    assert value(conductor, "loom_outbox_messages") == 0
+    assert {s.labels["consumer"] for s in conductor if s.name.startswith("loom_jetstream")} == {
+        "conductor-schedule",
+        "conductor-events",
+    }
+    assert value(scheduler, "loom_scheduler_hosts", state="up") == 3
+    # One agent process serves its three hosts, each with its own series.
+    beats = {s.labels["host"] for s in agent if s.name == "loom_agent_heartbeats_sent_total"}
+    assert beats == {"cloud-0000", "cloud-0001", "cloud-0002"}
+    lag = {
+        s.labels["consumer"]: s.value
+        for s in agent
+        if s.name == "loom_jetstream_consumer_pending_messages"
+    }
+    assert lag == {"agent-cloud-0000": 0, "agent-cloud-0001": 0, "agent-cloud-0002": 0}
+
+    # Every metric the Grafana dashboard queries is announced by one of these services.
+    announced = set().union(*(families for families, _ in pages.values()))
+    missing = {name for name in dashboard_metric_names() if not exported(name, announced)}
+    assert not missing, f"the dashboard queries metrics no service exports: {missing}"
