@@ -94,6 +94,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     prep.add_argument("--uri", default="qemu:///system", help="libvirt URI to check")
 
+    rotate = sub.add_parser(
+        "token-rotate",
+        help="rotate the identity token keys: the staged key signs from now on",
+        description="Promotes the staged key (0) of the Fernet key repository "
+        "(gateway.fernet_key_repository, default <data_dir>/fernet-keys) to primary, stages "
+        "a new key and removes the oldest keys beyond --max-active-keys. Tokens signed by a "
+        "removed key stop validating. With several gateways, copy the repository to each "
+        "after every rotation; gateways see the change without a restart.",
+    )
+    for option, text in (("--config", "TOML configuration file"), ("--data-dir", "data directory")):
+        rotate.add_argument(option, default=argparse.SUPPRESS, help=text)
+    rotate.add_argument(
+        "--max-active-keys",
+        type=int,
+        default=3,
+        help="keys kept, staged and primary included (default 3: tokens survive one rotation)",
+    )
+
     db = command("db", "database schema", nats=False)
     dbsub = db.add_subparsers(dest="db_command", required=True)
     for name, help_text in (
@@ -152,6 +170,25 @@ def _prepare_host(uri: str) -> int:
     return 0 if report.ready else 1
 
 
+def _rotate_token_keys(cfg: LoomConfig, max_active_keys: int) -> int:
+    from gateway.auth.keys import KeyRepository, repository_path
+
+    if cfg.gateway.token_secret:
+        print(
+            "loom: gateway.token_secret is set: tokens use the one key derived from it; "
+            "unset it to use a key repository, which rotates",
+            file=sys.stderr,
+        )
+        return 2
+    if max_active_keys < 2:
+        print("loom: --max-active-keys must be at least 2", file=sys.stderr)
+        return 2
+    repo = KeyRepository(repository_path(cfg.gateway, cfg.data_path))
+    primary = repo.rotate(max_active_keys)
+    print(f"loom: key {primary} of {repo.path} is the primary; keys now {repo.indices()}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.exit_with_parent is not None:
@@ -177,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(migrate.current(cfg.database_url) or "(empty)")
         return 0
+    if args.command == "token-rotate":
+        return _rotate_token_keys(cfg, args.max_active_keys)
     if args.command == "up":
         from controlplane.allinone import run_all_in_one
 

@@ -26,7 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -168,7 +175,14 @@ class GatewayConfig(_Section):
     conductor_target: str = ""
     # Public base URL for links and the catalog; empty derives it from host and port.
     public_url: str = ""
-    # HMAC key for tokens; empty generates one into the data directory.
+    # Identity tokens are Fernet tokens (as Keystone's). Their keys live in a key
+    # repository: a directory of numbered key files (the highest signs, all verify; see
+    # gateway/auth/keys.py), rotated with `loom token-rotate`. Empty means
+    # <data_dir>/fernet-keys, created with one key on first use.
+    fernet_key_repository: str = ""
+    # Instead of the repository: one fixed key derived from this secret (16 bytes or
+    # more), so gateways given the same secret accept each other's tokens. No rotation:
+    # changing it ends every live token. Not together with fernet_key_repository.
     token_secret: str = ""
     token_ttl_s: int = Field(default=3600, ge=60)
     console_token_ttl_s: int = Field(default=600, ge=10)
@@ -178,6 +192,21 @@ class GatewayConfig(_Section):
     # Where Debian's novnc package puts the noVNC web client.
     novnc_dir: str = "/usr/share/novnc"
     region: str = "RegionOne"
+
+    @field_validator("token_secret")
+    @classmethod
+    def _secret_long_enough(cls, v: str) -> str:
+        if v and len(v.encode()) < 16:
+            raise ValueError("must be at least 16 bytes (or empty: use the key repository)")
+        return v
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> GatewayConfig:
+        if self.token_secret and self.fernet_key_repository:
+            raise ValueError(
+                "token_secret and fernet_key_repository are exclusive: set one of them"
+            )
+        return self
 
 
 # Where each service serves /metrics unless told otherwise: distinct ports, so every service

@@ -13,7 +13,8 @@ from controlplane.config import LoomConfig
 from controlplane.runtime.grpcserver import insecure_or_secure_channel
 from controlplane.seedfile import load_or_create
 from gateway.app import build_app
-from gateway.auth.tokens import TokenSigner, load_secret
+from gateway.auth.keys import token_keys
+from gateway.auth.tokens import TokenSigner
 from gateway.clientconfig import write_client_config
 from gateway.conductor import Conductor
 from gateway.image.store import ImageStore
@@ -29,9 +30,7 @@ def make_gateway(cfg: LoomConfig) -> Gateway:
     return Gateway(
         cfg=cfg.gateway,
         conductor=Conductor(channel),
-        signer=TokenSigner(
-            load_secret(cfg.gateway.token_secret, cfg.data_path), cfg.gateway.token_ttl_s
-        ),
+        signer=TokenSigner(token_keys(cfg.gateway, cfg.data_path), cfg.gateway.token_ttl_s),
         image_store=ImageStore(cfg.data_path / "images"),
         agent_tls=cfg.tls,
     )

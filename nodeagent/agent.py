@@ -23,6 +23,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from controlplane.config import AgentConfig
 from controlplane.runtime import bus
@@ -34,7 +35,7 @@ from nodeagent.driver.base import (
     InstanceNotFound,
     PowerState,
 )
-from nodeagent.fleet import FleetView
+from nodeagent.fleet import ExpectedInstance, FleetView
 from nodeagent.metrics import HostCounters
 from nodeagent.reconcile import ReconcilePlan, plan_reconcile, wanted_power_on
 
@@ -631,24 +632,9 @@ class HostAgent:
         assert self._fleet is not None
         async with self._lock:
             before = await self.call_driver(self.driver.list_instances)
-        delay = 0.2
-        while True:
-            try:
-                expected = await self._fleet.expected_instances(self.host)
-                break
-            except grpc.aio.AioRpcError as exc:
-                if self._stopping:
-                    return None
-                # One warning per host, then quiet: a fleet of simulated hosts would flood.
-                log.log(
-                    logging.WARNING if delay == 0.2 else logging.DEBUG,
-                    "conductor unreachable for reconcile; retrying in %.1fs (%s)",
-                    delay,
-                    exc.code().name,
-                    extra={"host": self.host},
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+        expected = await self._expected_instances()
+        if expected is None:
+            return None
         async with self._lock:
             now = await self.call_driver(self.driver.list_instances)
             plan = plan_reconcile(
@@ -672,6 +658,37 @@ class HostAgent:
             },
         )
         return plan
+
+    async def _expected_instances(self) -> list[ExpectedInstance] | None:
+        """What the conductor records for this host, asked again (0.2 s, doubling up to 30 s)
+        for as long as gRPC fails: the agent may start before the conductor. None when the
+        agent stops first."""
+        fleet = self._fleet
+        assert fleet is not None
+        expected: list[ExpectedInstance] | None = None
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(grpc.aio.AioRpcError),
+            wait=wait_exponential(multiplier=0.2, max=30.0),
+            stop=lambda _: self._stopping,
+            before_sleep=self._log_conductor_unreachable,
+            retry_error_callback=lambda _: None,
+        ):
+            with attempt:
+                expected = await fleet.expected_instances(self.host)
+        return expected
+
+    def _log_conductor_unreachable(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else "?"
+        delay = state.next_action.sleep if state.next_action is not None else 0.0
+        # One warning per host, then quiet: a fleet of simulated hosts would flood.
+        log.log(
+            logging.WARNING if state.attempt_number == 1 else logging.DEBUG,
+            "conductor unreachable for reconcile; retrying in %.1fs (%s)",
+            delay,
+            code,
+            extra={"host": self.host},
+        )
 
     async def _apply(self, plan: ReconcilePlan) -> None:
         for iid in plan.orphans:

@@ -57,6 +57,7 @@ def test_an_option_given_before_the_command_is_not_reset_by_the_command() -> Non
         (["gateway"], ["--db", "--nats", "--port"], []),
         (["db", "upgrade"], ["--db", "--data-dir", "--config"], ["--nats"]),
         (["db", "current"], ["--db"], ["--nats"]),
+        (["token-rotate"], ["--data-dir", "--config", "--max-active-keys"], ["--db", "--nats"]),
     ],
 )
 def test_each_commands_help_lists_the_options_that_apply_to_it(
@@ -91,3 +92,31 @@ def test_db_upgrade_with_db_after_the_command_migrates_that_postgresql_database(
         assert result.returncode == 0, result.stderr
         after = _loom("db", "current", "--db", url, cwd=tmp_path)
         assert after.stdout.strip() not in ("", "(empty)")
+
+
+def test_token_rotate_promotes_the_staged_key_and_keeps_at_most_the_active_keys(
+    tmp_path: Path,
+) -> None:
+    keys = tmp_path / "data" / "fernet-keys"
+    first = _loom("token-rotate", "--data-dir", str(tmp_path / "data"), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert sorted(p.name for p in keys.iterdir()) == ["0", "1"]
+    staged = (keys / "0").read_bytes()
+    for _ in range(3):
+        again = _loom("--data-dir", str(tmp_path / "data"), "token-rotate", cwd=tmp_path)
+        assert again.returncode == 0, again.stderr
+    assert "key 4" in again.stdout
+    assert sorted(p.name for p in keys.iterdir()) == ["0", "3", "4"]
+    assert staged not in {(keys / n).read_bytes() for n in ("0", "3", "4")}
+    assert all((keys / n).stat().st_mode & 0o777 == 0o600 for n in ("0", "3", "4"))
+
+
+def test_token_rotate_refuses_when_a_token_secret_replaces_the_repository(tmp_path: Path) -> None:
+    config = tmp_path / "loom.toml"
+    config.write_text('[gateway]\ntoken_secret = "0123456789abcdef0123"\n')
+    result = _loom(
+        "token-rotate", "--config", str(config), "--data-dir", str(tmp_path), cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert "token_secret" in result.stderr
+    assert not (tmp_path / "fernet-keys").exists()

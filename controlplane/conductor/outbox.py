@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 from nats.js import JetStreamContext
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from controlplane.conductor.dialect import upsert_insert
 from controlplane.db.models import OutboxMessage
@@ -108,6 +109,12 @@ async def _unless_lost(work: asyncio.Future[list[T]], link: asyncio.Event | None
     return None
 
 
+def _log_relay_failed(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome is not None else None
+    delay = state.next_action.sleep if state.next_action is not None else 0.0
+    log.warning("outbox relay failed, retrying in %.1fs: %s", delay, exc)
+
+
 class Relay:
     """Publishes queued outbox rows. Several relays (conductors) may run against one database:
     on PostgreSQL each batch is locked with FOR UPDATE SKIP LOCKED; SQLite has one conductor."""
@@ -192,16 +199,25 @@ class Relay:
     async def run(self, stop: asyncio.Event) -> None:
         """Relays until stop is set: at once after a local commit, else every poll interval
         (for rows a crashed or another conductor left). NATS outages are retried forever."""
-        backoff = 0.0
         while not stop.is_set():
-            try:
-                n = await self.relay_once()
-                backoff = 0.0
-                if n < self._batch:  # else more are likely waiting: go on at once
-                    await self._wakeup.wait(self._poll)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a database or NATS outage: retry, rows stay queued
-                backoff = min(5.0, backoff * 2 or 0.2)
-                log.warning("outbox relay failed, retrying in %.1fs: %s", backoff, exc)
-                await self._wakeup.wait(backoff)
+            n = await self._relay_until_done(stop)
+            if n is not None and n < self._batch:  # else more are likely waiting: go on
+                await self._wakeup.wait(self._poll)
+
+    async def _relay_until_done(self, stop: asyncio.Event) -> int | None:
+        """relay_once, run again after a failure (a database or NATS outage: the rows stay
+        queued) with a backoff from 0.2 s doubling up to 5 s that a commit or a restored
+        NATS connection cuts short (Wakeup). None if stop is set during an outage."""
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(Exception),
+            wait=wait_exponential(multiplier=0.2, max=5.0),
+            sleep=self._wakeup.wait,
+            stop=lambda _: stop.is_set(),
+            before_sleep=_log_relay_failed,
+            retry_error_callback=lambda _: None,
+        ):
+            with attempt:
+                if stop.is_set():  # set during the backoff: no attempt more
+                    return None
+                return await self.relay_once()
+        return None

@@ -26,6 +26,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from tenacity import (
+    RetryCallState,
+    retry,
+    retry_if_exception,
+    retry_if_exception_type,
+    stop_after_attempt,
+)
 
 from controlplane.db.driver import driver_of
 from controlplane.db.models import Allocation, ResourceProvider
@@ -186,6 +193,25 @@ def _allocation_insert(dialect: str) -> Any:
         stmt = base.on_conflict_do_nothing(index_elements=["consumer_id"]).returning(ALLOC.c.id)
         _ALLOCATION_INSERTS[dialect] = stmt
     return stmt
+
+
+# A release that PostgreSQL chose as a deadlock's victim runs again, up to this many times.
+RELEASE_ATTEMPTS = 3
+# A lone claim whose connection broke runs once more, on a fresh connection.
+CLAIM_ATTEMPTS = 2
+
+
+def _lost_a_deadlock(exc: BaseException) -> bool:
+    return isinstance(exc, DBAPIError) and isinstance(exc.orig, DeadlockDetected)
+
+
+def _log_release_again(state: RetryCallState) -> None:
+    params: dict[str, str] = state.args[1]
+    log.warning("release of %s lost a deadlock; releasing again", params["consumer_id"])
+
+
+def _log_claim_again(state: RetryCallState) -> None:
+    log.warning("claim connection lost; claiming again on a new one")
 
 
 class ProviderStore:
@@ -403,20 +429,9 @@ class ProviderStore:
         On PostgreSQL one statement; elsewhere two and a commit.
         """
         if self._pg:
-            params = {"consumer_id": consumer_id, "host": host_name}
-            for attempt in range(1, RELEASE_ATTEMPTS + 1):
-                try:
-                    async with self._autocommit.connect() as conn:
-                        row = (await conn.execute(_PG_RELEASE, params)).first()
-                    break
-                except DBAPIError as exc:
-                    # The release locks the allocation, then its host; a batch of claims
-                    # holding that host and waiting on the same consumer's row (a twin
-                    # claim) closes a cycle, and PostgreSQL aborts one side. An aborted
-                    # release changed nothing: running it again keeps "exactly once".
-                    if not isinstance(exc.orig, DeadlockDetected) or attempt == RELEASE_ATTEMPTS:
-                        raise
-                    log.warning("release of %s lost a deadlock; releasing again", consumer_id)
+            row = await self._release_in_one_statement(
+                {"consumer_id": consumer_id, "host": host_name}
+            )
             if row is None:
                 return ReleaseResult(False)
             return ReleaseResult(True, host_from_row(row))
@@ -456,6 +471,20 @@ class ProviderStore:
             )
             row = (await conn.execute(upd)).first()
         return ReleaseResult(True, host_from_row(row) if row is not None else None)
+
+    # The release locks the allocation, then its host; a batch of claims holding that host
+    # and waiting on the same consumer's row (a twin claim) closes a cycle, and PostgreSQL
+    # aborts one side. An aborted release changed nothing: running it again keeps "exactly
+    # once". Any other error is not retried.
+    @retry(
+        retry=retry_if_exception(_lost_a_deadlock),
+        stop=stop_after_attempt(RELEASE_ATTEMPTS),
+        before_sleep=_log_release_again,
+        reraise=True,
+    )
+    async def _release_in_one_statement(self, params: dict[str, str]) -> Row[Any] | None:
+        async with self._autocommit.connect() as conn:
+            return (await conn.execute(_PG_RELEASE, params)).first()
 
     # ------------------------------------------------------------------ inventory
 
@@ -609,9 +638,6 @@ class _Pending:
     row: asyncio.Future[dict[str, Any] | None]
 
 
-# A release that PostgreSQL chose as a deadlock's victim runs again, up to this many times.
-RELEASE_ATTEMPTS = 3
-
 # Claims that queued while the connections were busy go out together, up to this many.
 MAX_CLAIM_BATCH = 32
 
@@ -692,19 +718,21 @@ class _ClaimLane:
                     cursors.append(cur)
             return [await cur.fetchone() for cur in cursors]
 
+    # A broken connection is dropped by _connection, so the second attempt gets a fresh
+    # one (or another kept one). Only connection failures are retried: a twin claim's
+    # unique violation is an answer, not a failure.
+    @retry(
+        retry=retry_if_exception_type(psycopg.OperationalError),
+        stop=stop_after_attempt(CLAIM_ATTEMPTS),
+        before_sleep=_log_claim_again,
+        reraise=True,
+    )
     async def _run_alone(self, sql: str, params: Mapping[str, Any]) -> dict[str, Any] | None:
-        for attempt in (1, 2):
-            try:
-                async with self._connection() as driver:
-                    cur = driver.cursor(row_factory=dict_row)
-                    STATS.count_statement()  # past SQLAlchemy: counted here
-                    await cur.execute(sql, params, prepare=True)
-                    return await cur.fetchone()
-            except psycopg.OperationalError:
-                if attempt == 2:
-                    raise
-                log.warning("claim connection lost; claiming again on a new one")
-        raise AssertionError("unreachable")
+        async with self._connection() as driver:
+            cur = driver.cursor(row_factory=dict_row)
+            STATS.count_statement()  # past SQLAlchemy: counted here
+            await cur.execute(sql, params, prepare=True)
+            return await cur.fetchone()
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:

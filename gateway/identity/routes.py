@@ -4,6 +4,7 @@ roles and role assignments (default domain only)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from typing import Any, Protocol, TypeVar
 
@@ -159,7 +160,15 @@ async def issue_token(request: Request) -> Response:
             prior = gw.signer.verify(identity["token"]["id"])
         except InvalidToken as exc:
             raise Unauthorized(str(exc)) from exc
-        user_id, user_name = prior.user_id, prior.user_name
+        user_id = prior.user_id
+        try:
+            # The token holds the user's id only (as Keystone's): its name is looked up.
+            found_user = await call(gw.conductor.identity.GetUser, pb.GetUserRequest(id=user_id))
+        except ApiError as exc:
+            if exc.status == 404:
+                raise Unauthorized("The user of this token no longer exists.") from exc
+            raise
+        user_name = found_user.user.name
         project = None
         if scope_project:
             ref = scope_project.get("id") or scope_project.get("name") or ""
@@ -177,17 +186,20 @@ async def issue_token(request: Request) -> Response:
             raise Unauthorized(f"Project {project.id} is disabled")
     token, claims = gw.signer.issue(
         user_id=user_id,
-        user_name=user_name,
         project_id=project.id if project else "",
+        roles=(name for _, name in roles),
+        methods=tuple(methods),
+    )
+    body = views.token(
+        claims,
+        base_url(request),
+        gw.cfg.region,
+        user_name=user_name,
         project_name=project.name if project else "",
         roles=roles,
-        methods=tuple(m for m in methods if m in ("password", "token")),
+        with_catalog=True,
     )
-    return _json(
-        views.token(claims, base_url(request), gw.cfg.region, with_catalog=True),
-        201,
-        {"X-Subject-Token": token},
-    )
+    return _json(body, 201, {"X-Subject-Token": token})
 
 
 async def _try_default_project(request: Request, user: pb.User) -> pb.Project | None:
@@ -232,12 +244,45 @@ async def validate_token(request: Request) -> Response:
     if request.method == "HEAD":
         return Response(status_code=200, headers=headers)
     gw = gateway_of(request)
-    with_catalog = "nocatalog" not in request.query_params
-    return _json(
-        views.token(claims, base_url(request), gw.cfg.region, with_catalog=with_catalog),
-        200,
-        headers,
+    user_name, project_name, roles = await _token_names(request, claims)
+    body = views.token(
+        claims,
+        base_url(request),
+        gw.cfg.region,
+        user_name=user_name,
+        project_name=project_name,
+        roles=roles,
+        with_catalog="nocatalog" not in request.query_params,
     )
+    return _json(body, 200, headers)
+
+
+async def _token_names(
+    request: Request, claims: TokenClaims
+) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+    """The user's and project's names and the (id, name) of each role of a token, which
+    holds ids and role names only. 404 when its user or project is gone (as Keystone)."""
+    identity = gateway_of(request).conductor.identity
+    try:
+        user, project, all_roles = await asyncio.gather(
+            call(identity.GetUser, pb.GetUserRequest(id=claims.user_id)),
+            call(identity.GetProject, pb.GetProjectRequest(id=claims.project_id))
+            if claims.project_id
+            else _no_project(),
+            call(identity.ListRoles, pb.ListRolesRequest()),
+        )
+    except ApiError as exc:
+        if exc.status == 404:
+            raise NotFound("Could not find token: its user or project no longer exists.") from exc
+        raise
+    ids = {r.name: r.id for r in all_roles.roles}
+    # A role deleted since the token was issued has no id left to show.
+    roles = tuple((ids[name], name) for name in claims.roles if name in ids)
+    return user.user.name, project.project.name, roles
+
+
+async def _no_project() -> pb.GetProjectResponse:
+    return pb.GetProjectResponse()  # an unscoped token: its project name is empty
 
 
 @documented(tag=_TAG)

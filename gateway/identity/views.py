@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from loom.conductor.v1 import conductor_pb2 as pb
@@ -129,12 +130,23 @@ def catalog(base: str, region: str) -> list[dict[str, Any]]:
     ]
 
 
-def token(claims: TokenClaims, base: str, region: str, *, with_catalog: bool) -> dict[str, Any]:
+def token(
+    claims: TokenClaims,
+    base: str,
+    region: str,
+    *,
+    user_name: str,
+    project_name: str,
+    roles: Sequence[tuple[str, str]],
+    with_catalog: bool,
+) -> dict[str, Any]:
+    """A token's body. Names and role ids are not in the token: the caller passes them
+    (known when issuing, looked up when validating); `roles` are (id, name) pairs."""
     body: dict[str, Any] = {
         "methods": list(claims.methods),
         "user": {
             "id": claims.user_id,
-            "name": claims.user_name,
+            "name": user_name,
             "domain": dict(DEFAULT_DOMAIN),
             "password_expires_at": None,
         },
@@ -145,11 +157,11 @@ def token(claims: TokenClaims, base: str, region: str, *, with_catalog: bool) ->
     if claims.project_id:
         body["project"] = {
             "id": claims.project_id,
-            "name": claims.project_name,
+            "name": project_name,
             "domain": dict(DEFAULT_DOMAIN),
         }
         body["is_domain"] = False
-        body["roles"] = [{"id": rid, "name": name} for rid, name in claims.roles]
+        body["roles"] = [{"id": rid, "name": name} for rid, name in roles]
         if with_catalog:
             body["catalog"] = catalog(base, region)
     return {"token": body}

@@ -119,7 +119,9 @@ async def test_queueing_a_message_id_that_is_still_queued_keeps_one_row(
 
 
 async def test_a_message_committed_while_nats_is_down_is_published_when_it_is_back(
-    sessions: async_sessionmaker[AsyncSession], fresh_nats: NatsServerProcess
+    sessions: async_sessionmaker[AsyncSession],
+    fresh_nats: NatsServerProcess,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     nc = await bus.connect(fresh_nats.url, NATS_CFG, "test-relay")
     js = nc.jetstream()
@@ -145,6 +147,10 @@ async def test_a_message_committed_while_nats_is_down_is_published_when_it_is_ba
 
         assert await eventually(drained, within=30)
         assert await published(js, "outage-host") == [msg_id]
+        # Each failure waited longer than the one before, from 0.2 s.
+        delays = [float(r.args[0]) for r in caplog.records if "outbox relay failed" in r.msg]
+        assert delays[:2] == [0.2, 0.4]
+        assert delays == sorted(delays)
     finally:
         stop.set()
         await asyncio.wait([task], timeout=5)
@@ -152,6 +158,38 @@ async def test_a_message_committed_while_nats_is_down_is_published_when_it_is_ba
         await nc.close()
         if restarted is not None:
             restarted.stop()
+
+
+async def test_a_relay_asked_to_stop_during_an_outage_ends_and_leaves_the_rows_queued(
+    sessions: async_sessionmaker[AsyncSession],
+    fresh_nats: NatsServerProcess,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    nc = await bus.connect(fresh_nats.url, NATS_CFG, "test-relay-stop")
+    js = nc.jetstream()
+    await bus.ensure_streams(js, NATS_CFG)
+    wakeup = Wakeup()
+    stop = asyncio.Event()
+    relay = Relay(sessions, js, wakeup, poll_interval=0.2, publish_timeout=0.5)
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        fresh_nats.stop()
+        await queue(sessions, command("stop-host", f"stop-{uuid.uuid4().hex[:6]}"))
+        wakeup.set()
+
+        async def failed_twice() -> bool:
+            return sum("outbox relay failed" in r.msg for r in caplog.records) >= 2
+
+        assert await eventually(failed_twice, within=10)
+        stop.set()
+        wakeup.set()  # cuts the backoff short, as a commit would
+        await asyncio.wait_for(task, timeout=5)
+        assert task.exception() is None
+        assert await queued(sessions) == 1
+    finally:
+        task.cancel()
+        with contextlib.suppress(ConnectionResetError):
+            await nc.close()
 
 
 async def test_a_batch_in_flight_when_the_nats_connection_drops_is_given_back_at_once(

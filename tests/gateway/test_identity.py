@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+from datetime import UTC, datetime, timedelta
+
+from gateway.auth.keys import KeyRepository
+from gateway.auth.tokens import TokenSigner
 from tests.gateway.conftest import Cloud
 from tests.gateway.shapes import assert_shape
 
@@ -199,3 +204,73 @@ async def test_services_and_endpoints_mirror_the_token_catalog(cloud: Cloud) -> 
     ).json()["endpoints"]
     assert {e["interface"] for e in endpoints} == {"public", "internal", "admin"}
     assert {e["url"] for e in endpoints} == {"http://loom.test/compute/v2.1"}
+
+
+def _keys(cloud: Cloud) -> KeyRepository:
+    return KeyRepository(cloud.catalog.cfg.data_path / "fernet-keys")
+
+
+async def _flavors(cloud: Cloud, token: str) -> int:
+    r = await cloud.client.get("/compute/v2.1/flavors", headers={"X-Auth-Token": token})
+    return r.status_code
+
+
+async def test_a_token_outlives_a_rotation_and_not_the_removal_of_its_key(cloud: Cloud) -> None:
+    token = await cloud.token()  # signed by key 0, the only one
+    keys = _keys(cloud)
+    keys.rotate(max_active_keys=2)  # that key is now 1, the primary; a new 0 is staged
+    assert await _flavors(cloud, token) == 200
+    keys.rotate(max_active_keys=2)  # 0 becomes 2, the primary; 1 is removed
+    assert keys.indices() == [0, 2]
+    assert await _flavors(cloud, token) == 401
+    after = await cloud.token()
+    assert await _flavors(cloud, after) == 200
+    h = {"X-Auth-Token": after, "X-Subject-Token": token}
+    assert (await cloud.client.get("/identity/v3/auth/tokens", headers=h)).status_code == 404
+
+
+async def test_tampered_and_expired_tokens_are_401(cloud: Cloud) -> None:
+    token = await cloud.token()
+    raw = bytearray(base64.urlsafe_b64decode(token))
+    raw[len(raw) // 2] ^= 0x01
+    assert await _flavors(cloud, base64.urlsafe_b64encode(bytes(raw)).decode()) == 401
+    h = await cloud.headers()
+    valid = await cloud.client.get(
+        "/identity/v3/auth/tokens", headers={**h, "X-Subject-Token": token}
+    )
+    user_id, project_id = (
+        valid.json()["token"]["user"]["id"],
+        valid.json()["token"]["project"]["id"],
+    )
+    expired, _ = TokenSigner(_keys(cloud), 3600).issue(
+        user_id=user_id,
+        project_id=project_id,
+        roles=("member", "reader"),
+        now=datetime.now(UTC) - timedelta(hours=2),
+    )
+    r = await cloud.client.get("/compute/v2.1/flavors", headers={"X-Auth-Token": expired})
+    assert r.status_code == 401
+    assert "expired" in r.text
+
+
+async def test_validation_shows_the_names_a_token_does_not_carry(cloud: Cloud) -> None:
+    h = await cloud.headers("admin")
+    subject = await cloud.token()
+    issued = await cloud.client.post(
+        "/identity/v3/auth/tokens",
+        json={"auth": {"identity": {"methods": ["token"], "token": {"id": subject}}}},
+    )
+    assert issued.status_code == 201
+    assert issued.json()["token"]["user"]["name"] == "demo"
+    got = await cloud.client.get(
+        "/identity/v3/auth/tokens", headers={**h, "X-Subject-Token": subject}
+    )
+    token = got.json()["token"]
+    assert (token["user"]["name"], token["project"]["name"]) == ("demo", "demo")
+    roles = (await cloud.client.get("/identity/v3/roles", headers=h)).json()["roles"]
+    ids = {r["name"]: r["id"] for r in roles}
+    assert sorted((r["name"], r["id"]) for r in token["roles"]) == [
+        ("member", ids["member"]),
+        ("reader", ids["reader"]),
+    ]
+    assert len(subject) < 255

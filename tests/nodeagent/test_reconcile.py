@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -137,6 +138,36 @@ async def test_commands_are_served_while_the_conductor_is_unreachable(
             await server.stop(0)
         # Built after the libvirt snapshot reconcile took: never mistaken for an orphan.
         assert orphan_later.instance_id in agent.driver.list_instances()
+    finally:
+        await channel.close()
+
+
+async def test_reconcile_asks_an_unreachable_conductor_again_backing_off_until_the_agent_stops(
+    make_agent: AgentFactory, fleet_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="nodeagent.agent")
+    channel = _channel(fleet_port)  # nothing listens there
+    try:
+        agent = make_agent(fleet=GrpcFleetView(channel))
+        await agent.start()
+        (task,) = [t for t in asyncio.all_tasks() if t.get_name() == "rec-h1"]
+
+        def retries() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if "unreachable for reconcile" in r.msg]
+
+        for _ in range(200):
+            if len(retries()) >= 3:
+                break
+            await asyncio.sleep(0.05)
+        first = retries()[:3]
+        assert [r.args[0] for r in first] == [0.2, 0.4, 0.8]
+        # One warning, then quiet: a fleet of simulated hosts would flood the log.
+        assert [r.levelno for r in first] == [logging.WARNING, logging.DEBUG, logging.DEBUG]
+        await agent.stop_consuming()
+        # The attempt after the current backoff is the last: reconcile gives up, not fails.
+        await asyncio.wait_for(asyncio.shield(task), 10)
+        assert task.exception() is None
+        assert not agent.reconciled.is_set()
     finally:
         await channel.close()
 
