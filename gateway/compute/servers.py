@@ -26,6 +26,7 @@ from gateway.routing import checked_body, checked_query, documented
 from gateway.state import gateway_of, json_body, microversion, request_id
 from gateway.validation import Query, QueryParam, VersionedSchema, compile_schema
 from gateway.validation.booleans import BOOLEAN_SCHEMA, TRUE_WORDS
+from gateway.validation.schema import shorten
 from gateway.views import servers as views
 
 _NAME = {"type": "string", "minLength": 1, "maxLength": 255, "format": "name"}
@@ -363,7 +364,7 @@ async def _list(request: Request, detailed: bool) -> Response:
     keys = q.get("sort_key", [])
     for key in keys:
         if key not in _SORT_KEYS:
-            raise BadRequest(f"Invalid input for query parameters sort_key. Value: {key}.")
+            raise BadRequest(f"Invalid input for query parameters sort_key. Value: {shorten(key)}.")
     if keys:
         req.sort_key = "name" if keys[0] == "display_name" else keys[0]
     dirs = q.get("sort_dir", [])
@@ -582,7 +583,7 @@ async def server_action(request: Request) -> Response:
     if isinstance(body, dict) and len(body) == 1:
         name = next(iter(body))
         if name not in ACTION_SCHEMA["properties"]:
-            raise BadRequest(f"There is no such action: {name}")
+            raise BadRequest(f"There is no such action: {shorten(name)}")
     if isinstance(body, dict) and len(body) == 1 and next(iter(body)) in consoles.CONSOLE_ACTIONS:
         return await consoles.console_action(request, ctx, body)
     checked_body(ACTION, body)

@@ -20,6 +20,7 @@ from gateway.image import views
 from gateway.routing import checked_body, checked_query, documented
 from gateway.state import base_url, gateway_of, json_body, request_id
 from gateway.validation import Query, QueryParam, compile_schema
+from gateway.validation.schema import shorten
 
 _TAG = "image"
 PATCH_MEDIA_TYPES = (
@@ -67,7 +68,8 @@ PATCH_SCHEMA = compile_schema(
             "additionalProperties": False,
             "properties": {
                 "op": {"type": "string", "enum": ["add", "replace", "remove"]},
-                "path": {"type": "string", "pattern": "^/[^/]+$"},
+                # Glance's property names are at most 255 characters.
+                "path": {"type": "string", "pattern": "^/[^/]+$", "maxLength": 256},
                 "value": {},
             },
         },
@@ -169,7 +171,7 @@ async def list_images(request: Request) -> Response:
 def _reject_read_only(keys: list[str]) -> None:
     for key in keys:
         if key in views.READ_ONLY or key.startswith("os_glance"):
-            raise Forbidden(f"Attribute '{key}' is read-only.")
+            raise Forbidden(f"Attribute '{shorten(key)}' is read-only.")
 
 
 @documented(body=CREATE_SCHEMA, tag=_TAG)
@@ -240,7 +242,7 @@ async def update_image(request: Request) -> Response:
     if ctype not in PATCH_MEDIA_TYPES:
         raise ApiError(
             415,
-            f"Unsupported Content-Type {ctype!r}: use {PATCH_MEDIA_TYPES[0]}",
+            f"Unsupported Content-Type {shorten(ctype)!r}: use {PATCH_MEDIA_TYPES[0]}",
             headers={"Accept-Patch": ", ".join(PATCH_MEDIA_TYPES)},
         )
     ops = await json_body(request)
@@ -252,7 +254,7 @@ async def update_image(request: Request) -> Response:
         key = op["path"][1:]
         _reject_read_only([key])
         if op["op"] != "remove" and "value" not in op:
-            raise BadRequest(f"Operation {op['op']} on {op['path']} needs a value.")
+            raise BadRequest(f"Operation {op['op']} on {shorten(op['path'])} needs a value.")
         if key in views.CORE or key == "os_hidden":
             if op["op"] == "remove":
                 raise Forbidden(f"Attribute '{key}' cannot be removed.")
@@ -267,11 +269,11 @@ async def update_image(request: Request) -> Response:
                 setattr(req, key, value if value is not None else "")
         elif op["op"] == "remove":
             if key not in image.properties:
-                raise ApiError(409, f"Property {key} does not exist.")
+                raise ApiError(409, f"Property {shorten(key)} does not exist.")
             req.remove_properties.append(key)
         else:
             if not isinstance(op["value"], str):
-                raise BadRequest(f"Property {key} must be a string.")
+                raise BadRequest(f"Property {shorten(key)} must be a string.")
             req.set_properties[key] = op["value"]
     reply = await call(gateway_of(request).conductor.images.UpdateImage, req)
     return JSONResponse(views.image(reply.image))

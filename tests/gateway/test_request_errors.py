@@ -168,3 +168,23 @@ async def test_a_zero_rxtx_factor_is_refused_by_the_schema(cloud: Cloud) -> None
     )
     assert r.status_code == 400
     assert "less than or equal to the minimum of 0" in r.json()["badRequest"]["message"]
+
+
+async def test_messages_written_by_handlers_do_not_quote_long_input_either(cloud: Cloud) -> None:
+    h = await cloud.headers("admin")
+    r = await cloud.client.get(f"/compute/v2.1/servers?sort_key={HUGE[:30_000]}", headers=h)
+    assert r.status_code == 400
+    _short(r.json()["badRequest"]["message"])
+    r = await cloud.client.post(f"/compute/v2.1/servers/{SID}/action", json={HUGE: {}}, headers=h)
+    assert r.status_code == 400
+    _short(r.json()["badRequest"]["message"])
+    r = await cloud.client.post("/image/v2/images", json={"os_glance" + HUGE: "x"}, headers=h)
+    assert r.status_code == 403
+    _short(r.text)
+    r = await cloud.client.patch(
+        f"/image/v2/images/{SID}",
+        content=b'[{"op": "add", "path": "/' + HUGE.encode() + b'"}]',
+        headers={**h, "Content-Type": "application/openstack-images-v2.1-json-patch"},
+    )
+    assert r.status_code == 400
+    _short(r.text)
