@@ -56,7 +56,7 @@ def build_document(routes: list[BaseRoute]) -> dict[str, Any]:
             if doc.body is not None:
                 op["requestBody"] = {
                     "required": True,
-                    "content": {"application/json": {"schema": doc.body}},
+                    "content": {"application/json": {"schema": doc.body.schema}},
                 }
             paths.setdefault(path, {})[method.lower()] = op
     return {

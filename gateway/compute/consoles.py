@@ -21,22 +21,32 @@ from gateway.auth.context import RequestContext
 from gateway.compute.common import context, ok
 from gateway.conductor import call
 from gateway.errors import ApiError, BadRequest, NotFound
+from gateway.microversion import Microversion
 from gateway.routing import checked_body, documented
 from gateway.state import base_url, gateway_of, json_body, microversion, request_id
+from gateway.validation import VersionedSchema, compile_schema
 
-CONSOLE_OUTPUT_ACTION: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "length": {"type": ["integer", "string", "null"], "pattern": "^-?[0-9]+$", "minimum": -1}
-    },
-}
-VNC_CONSOLE_ACTION: dict[str, Any] = {
-    "type": "object",
-    "required": ["type"],
-    "additionalProperties": False,
-    "properties": {"type": {"type": "string", "enum": ["novnc", "xvpvnc"]}},
-}
+CONSOLE_OUTPUT_ACTION = compile_schema(
+    {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "length": {
+                "type": ["integer", "string", "null"],
+                "pattern": "^-?[0-9]+$",
+                "minimum": -1,
+            }
+        },
+    }
+)
+VNC_CONSOLE_ACTION = compile_schema(
+    {
+        "type": "object",
+        "required": ["type"],
+        "additionalProperties": False,
+        "properties": {"type": {"type": "string", "enum": ["novnc", "xvpvnc"]}},
+    }
+)
 # The actions this module answers, with the last microversion that has them.
 CONSOLE_ACTIONS: dict[str, str | None] = {"os-getConsoleOutput": None, "os-getVNCConsole": "2.5"}
 
@@ -44,7 +54,9 @@ _PROTOCOLS_2_6 = ["vnc", "spice", "rdp", "serial"]
 _TYPES_2_6 = ["novnc", "xvpvnc", "rdp-html5", "spice-html5", "serial"]
 
 
-def remote_console_schema(with_mks: bool) -> dict[str, Any]:
+def _remote_console_schema(mv: Microversion) -> dict[str, Any]:
+    # mks and webmks came in 2.8.
+    with_mks = mv.at_least("2.8")
     protocols = _PROTOCOLS_2_6 + (["mks"] if with_mks else [])
     types = _TYPES_2_6 + (["webmks"] if with_mks else [])
     return {
@@ -127,10 +139,19 @@ def _next(version: str) -> str:
     return f"{major}.{int(minor) + 1}"
 
 
+def _lines(length: Any) -> int:
+    """The lines asked for: -1 (all) for none; the schema has refused anything below -1.
+
+    A length past int32 means everything too; it is not parsed, since Python will not
+    turn a string of more than 4300 digits into an int."""
+    if length is None:
+        return -1
+    text = str(length)
+    return _MAX_LINES if len(text) > len(str(_MAX_LINES)) else min(int(text), _MAX_LINES)
+
+
 async def _console_output(request: Request, ctx: RequestContext, length: Any) -> Response:
-    lines = -1 if length is None else int(length)
-    if lines < -1:
-        raise BadRequest(f"Invalid input for field/attribute length. Value: {length}.")
+    lines = _lines(length)
     try:
         reply = await call(
             gateway_of(request).conductor.consoles.GetConsoleOutput,
@@ -149,7 +170,10 @@ async def _console_output(request: Request, ctx: RequestContext, length: Any) ->
     return ok({"output": output})
 
 
-@documented(body=remote_console_schema(with_mks=True), tag="compute")
+REMOTE_CONSOLE = VersionedSchema(_remote_console_schema)
+
+
+@documented(body=REMOTE_CONSOLE.newest, tag="compute")
 async def create_remote_console(request: Request) -> Response:
     """A console URL for a server (2.6+): only vnc/novnc is offered."""
     ctx = context(request)
@@ -157,7 +181,7 @@ async def create_remote_console(request: Request) -> Response:
     if not mv.at_least("2.6"):
         raise NotFound("The resource could not be found.")
     body = await json_body(request)
-    checked_body(remote_console_schema(with_mks=mv.at_least("2.8")), body)
+    checked_body(REMOTE_CONSOLE.at(mv), body)
     ctx.require_write("os_compute_api:os-remote-consoles")
     rc = body["remote_console"]
     url = await _create_token(request, ctx, rc["protocol"], rc["type"])

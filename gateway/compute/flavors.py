@@ -16,29 +16,25 @@ from gateway.errors import ApiError, BadRequest, NotFound
 from gateway.microversion import Microversion
 from gateway.routing import checked_body, checked_query, documented
 from gateway.state import gateway_of, json_body, microversion, request_id
-from gateway.validation import QueryParam
+from gateway.validation import Query, QueryParam, VersionedSchema, compile_schema
 from gateway.validation.booleans import BOOLEAN_SCHEMA, parse_bool
+from gateway.validation.schema import shorten
 
 _MAX_INT = 2147483647
 _POSITIVE = {
     "type": ["integer", "string"],
-    "pattern": "^[0-9]*$",
+    "pattern": "^[0-9]+$",
     "minimum": 1,
     "maximum": _MAX_INT,
 }
 _NON_NEGATIVE = {
     "type": ["integer", "string"],
-    "pattern": "^[0-9]*$",
+    "pattern": "^[0-9]+$",
     "minimum": 0,
     "maximum": _MAX_INT,
 }
 _FLAVOR_FIELDS: dict[str, Any] = {
-    "name": {
-        "type": "string",
-        "minLength": 1,
-        "maxLength": 255,
-        "pattern": r"^(?! )[^\x00-\x1f]*(?<! )$",
-    },
+    "name": {"type": "string", "minLength": 1, "maxLength": 255, "format": "name"},
     "id": {
         # Nova takes a number too (clients send integer ids) and stores its text.
         "type": ["string", "number", "null"],
@@ -55,6 +51,7 @@ _FLAVOR_FIELDS: dict[str, Any] = {
         "type": ["number", "string"],
         "pattern": r"^[0-9]+(\.[0-9]+)?$",
         "minimum": 0,
+        "exclusiveMinimum": True,
         "maximum": 3.40282e38,
     },
     "os-flavor-access:is_public": BOOLEAN_SCHEMA,
@@ -62,7 +59,7 @@ _FLAVOR_FIELDS: dict[str, Any] = {
 _DESCRIPTION = {"type": ["string", "null"], "maxLength": 65535}
 
 
-def create_schema(mv: Microversion) -> dict[str, Any]:
+def _create_schema(mv: Microversion) -> dict[str, Any]:
     fields = dict(_FLAVOR_FIELDS)
     if mv.at_least("2.55"):
         fields["description"] = _DESCRIPTION
@@ -81,39 +78,45 @@ def create_schema(mv: Microversion) -> dict[str, Any]:
     }
 
 
-UPDATE_SCHEMA: dict[str, Any] = {
+CREATE = VersionedSchema(_create_schema)
+UPDATE = compile_schema(
+    {
+        "type": "object",
+        "required": ["flavor"],
+        "additionalProperties": False,
+        "properties": {
+            "flavor": {
+                "type": "object",
+                "required": ["description"],
+                "additionalProperties": False,
+                "properties": {"description": _DESCRIPTION},
+            }
+        },
+    }
+)
+# Nova's extra specs: keys of these characters, values of at most 255.
+_SPECS = {
     "type": "object",
-    "required": ["flavor"],
-    "additionalProperties": False,
-    "properties": {
-        "flavor": {
-            "type": "object",
-            "required": ["description"],
-            "additionalProperties": False,
-            "properties": {"description": _DESCRIPTION},
+    "patternProperties": {
+        "^[a-zA-Z0-9-_:. /]{1,255}$": {
+            "type": ["string", "number", "boolean"],
+            "minLength": 1,
+            "maxLength": 255,
         }
     },
-}
-_SPEC_KEY = r"^[a-zA-Z0-9-_:. /]{1,255}$"
-EXTRA_SPECS_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["extra_specs"],
     "additionalProperties": False,
-    "properties": {
-        "extra_specs": {
-            "type": "object",
-            "additionalProperties": {"type": ["string", "number", "boolean"]},
-        }
-    },
 }
-SPEC_ITEM_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "minProperties": 1,
-    "maxProperties": 1,
-    "additionalProperties": {"type": ["string", "number", "boolean"]},
-}
+EXTRA_SPECS = compile_schema(
+    {
+        "type": "object",
+        "required": ["extra_specs"],
+        "additionalProperties": False,
+        "properties": {"extra_specs": _SPECS},
+    }
+)
+SPEC_ITEM = compile_schema({**_SPECS, "minProperties": 1, "maxProperties": 1})
 
-LIST_QUERY = [
+LIST_QUERY = Query(
     QueryParam("is_public"),
     QueryParam("minRam", "nonneg_integer"),
     QueryParam("minDisk", "nonneg_integer"),
@@ -139,7 +142,7 @@ LIST_QUERY = [
         ),
     ),
     QueryParam("sort_dir", enum=("asc", "desc")),
-]
+)
 
 
 def _spec_value(value: Any) -> str:
@@ -184,7 +187,7 @@ def _is_public_filter(raw: str | None, is_admin: bool) -> bool | None:
     try:
         return parse_bool(raw)
     except ValueError:
-        raise BadRequest(f"Invalid is_public filter [{raw}]") from None
+        raise BadRequest(f"Invalid is_public filter [{shorten(raw)}]") from None
 
 
 async def _list(request: Request, detailed: bool) -> Response:
@@ -249,21 +252,16 @@ def _as_int(value: Any) -> int:
     return 0 if value in ("", None) else int(value)
 
 
-@documented(body=create_schema(Microversion(2, 96)), tag="compute")
+@documented(body=CREATE.newest, tag="compute")
 async def create_flavor(request: Request) -> Response:
     """Create a flavor (admin)."""
     context(request).require_admin("os_compute_api:os-flavor-manage:create")
     mv = microversion(request)
     body = await json_body(request)
-    checked_body(create_schema(mv), body)
+    checked_body(CREATE.at(mv), body)
     f = body["flavor"]
     name = f["name"].strip()
-    try:
-        rxtx = float(f.get("rxtx_factor", 1.0))
-    except ValueError:
-        raise BadRequest("rxtx_factor must be a number") from None
-    if rxtx <= 0:
-        raise BadRequest("Invalid input for field/attribute rxtx_factor: must be greater than 0")
+    rxtx = float(f.get("rxtx_factor", 1.0))
     reply = await call(
         gateway_of(request).conductor.flavors.CreateFlavor,
         pb.CreateFlavorRequest(
@@ -285,7 +283,7 @@ async def create_flavor(request: Request) -> Response:
     return ok({"flavor": detail(request, reply.flavor, mv)})
 
 
-@documented(body=UPDATE_SCHEMA, tag="compute")
+@documented(body=UPDATE, tag="compute")
 async def update_flavor(request: Request) -> Response:
     """Change a flavor's description (admin, 2.55+)."""
     mv = microversion(request)
@@ -293,7 +291,7 @@ async def update_flavor(request: Request) -> Response:
         raise ApiError(405, "Updating a flavor needs microversion 2.55 or later.")
     context(request).require_admin("os_compute_api:os-flavor-manage:update")
     body = await json_body(request)
-    checked_body(UPDATE_SCHEMA, body)
+    checked_body(UPDATE, body)
     reply = await call(
         gateway_of(request).conductor.flavors.UpdateFlavor,
         pb.UpdateFlavorRequest(
@@ -327,14 +325,13 @@ async def list_extra_specs(request: Request) -> Response:
     return ok({"extra_specs": dict(flavor.extra_specs)})
 
 
-@documented(body=EXTRA_SPECS_SCHEMA, tag="compute")
+@documented(body=EXTRA_SPECS, tag="compute")
 async def set_extra_specs(request: Request) -> Response:
     """Merge extra specs into a flavor (admin)."""
     context(request).require_admin("os_compute_api:os-flavor-extra-specs:create")
     body = await json_body(request)
-    checked_body(EXTRA_SPECS_SCHEMA, body)
+    checked_body(EXTRA_SPECS, body)
     specs = {str(k): _spec_value(v) for k, v in body["extra_specs"].items()}
-    _check_spec_keys(specs)
     await call(
         gateway_of(request).conductor.flavors.SetFlavorExtraSpecs,
         pb.SetFlavorExtraSpecsRequest(
@@ -344,18 +341,6 @@ async def set_extra_specs(request: Request) -> Response:
         ),
     )
     return ok({"extra_specs": specs})
-
-
-def _check_spec_keys(specs: dict[str, str]) -> None:
-    import re
-
-    for key, value in specs.items():
-        if not re.match(_SPEC_KEY, key):
-            raise BadRequest(
-                f"Invalid input for field/attribute extra_specs. Key '{key}' is invalid"
-            )
-        if len(value) > 255:
-            raise BadRequest(f"Invalid input for field/attribute {key}. Value is too long")
 
 
 @documented(tag="compute")
@@ -369,17 +354,16 @@ async def show_extra_spec(request: Request) -> Response:
     return ok({key: flavor.extra_specs[key]})
 
 
-@documented(body=SPEC_ITEM_SCHEMA, tag="compute")
+@documented(body=SPEC_ITEM, tag="compute")
 async def update_extra_spec(request: Request) -> Response:
     """Set one extra spec (admin); the body's only key must match the URL's."""
     context(request).require_admin("os_compute_api:os-flavor-extra-specs:update")
     key = request.path_params["key"]
     body = await json_body(request)
-    checked_body(SPEC_ITEM_SCHEMA, body)
+    checked_body(SPEC_ITEM, body)
     if key not in body:
         raise BadRequest("Request body and URI mismatch")
     specs = {key: _spec_value(body[key])}
-    _check_spec_keys(specs)
     await call(
         gateway_of(request).conductor.flavors.SetFlavorExtraSpecs,
         pb.SetFlavorExtraSpecsRequest(

@@ -17,7 +17,7 @@ from gateway.errors import ApiError, BadRequest, NotFound
 from gateway.microversion import Microversion
 from gateway.routing import checked_body, checked_query, documented
 from gateway.state import gateway_of, json_body, microversion, request_id
-from gateway.validation import QueryParam
+from gateway.validation import Query, QueryParam, compile_schema
 
 # ------------------------------------------------------------------ availability zones
 
@@ -82,7 +82,7 @@ def _service(svc: pb.Service, mv: Microversion) -> dict[str, Any]:
     return body
 
 
-SERVICES_QUERY = [QueryParam("binary"), QueryParam("host")]
+SERVICES_QUERY = Query(QueryParam("binary"), QueryParam("host"))
 
 
 @documented(query=SERVICES_QUERY, tag="compute")
@@ -99,27 +99,31 @@ async def list_services(request: Request) -> Response:
     return ok({"services": [_service(s, mv) for s in reply.services]})
 
 
-UPDATE_253: dict[str, Any] = {
-    "type": "object",
-    "minProperties": 1,
-    "additionalProperties": False,
-    "properties": {
-        "status": {"type": "string", "enum": ["enabled", "disabled"]},
-        "disabled_reason": {"type": "string", "minLength": 1, "maxLength": 255},
-        "forced_down": {"type": "boolean"},
-    },
-}
-LEGACY_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["host", "binary"],
-    "additionalProperties": False,
-    "properties": {
-        "host": {"type": "string", "minLength": 1, "maxLength": 255},
-        "binary": {"type": "string", "minLength": 1, "maxLength": 255},
-        "disabled_reason": {"type": "string", "minLength": 1, "maxLength": 255},
-        "forced_down": {"type": "boolean"},
-    },
-}
+UPDATE_253 = compile_schema(
+    {
+        "type": "object",
+        "minProperties": 1,
+        "additionalProperties": False,
+        "properties": {
+            "status": {"type": "string", "enum": ["enabled", "disabled"]},
+            "disabled_reason": {"type": "string", "minLength": 1, "maxLength": 255},
+            "forced_down": {"type": "boolean"},
+        },
+    }
+)
+LEGACY_SCHEMA = compile_schema(
+    {
+        "type": "object",
+        "required": ["host", "binary"],
+        "additionalProperties": False,
+        "properties": {
+            "host": {"type": "string", "minLength": 1, "maxLength": 255},
+            "binary": {"type": "string", "minLength": 1, "maxLength": 255},
+            "disabled_reason": {"type": "string", "minLength": 1, "maxLength": 255},
+            "forced_down": {"type": "boolean"},
+        },
+    }
+)
 _LEGACY_ACTIONS = ("enable", "disable", "disable-log-reason", "force-down")
 
 
@@ -204,12 +208,12 @@ async def delete_service(request: Request) -> Response:
 
 # ------------------------------------------------------------------ hypervisors
 
-HYPERVISOR_QUERY = [
+HYPERVISOR_QUERY = Query(
     QueryParam("hypervisor_hostname_pattern"),
     QueryParam("with_servers", "boolean"),
     QueryParam("limit", "nonneg_integer"),
     QueryParam("marker"),
-]
+)
 
 
 def _hypervisor(
@@ -315,7 +319,7 @@ async def list_hypervisors_detail(request: Request) -> Response:
     return await _list_hypervisors(request, detailed=True)
 
 
-SHOW_HYPERVISOR_QUERY = [QueryParam("with_servers", "boolean")]
+SHOW_HYPERVISOR_QUERY = Query(QueryParam("with_servers", "boolean"))
 
 
 @documented(query=SHOW_HYPERVISOR_QUERY, tag="compute")

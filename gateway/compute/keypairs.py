@@ -18,12 +18,12 @@ from gateway.errors import Forbidden
 from gateway.microversion import Microversion
 from gateway.routing import checked_body, checked_query, documented
 from gateway.state import gateway_of, json_body, microversion, request_id
-from gateway.validation import QueryParam
+from gateway.validation import Query, QueryParam, VersionedSchema
 
 _NAME = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": r"^[a-zA-Z0-9 _.@-]+$"}
 
 
-def create_schema(mv: Microversion) -> dict[str, Any]:
+def _create_schema(mv: Microversion) -> dict[str, Any]:
     fields: dict[str, Any] = {"name": _NAME, "public_key": {"type": "string"}}
     if mv.at_least("2.2"):
         fields["type"] = {"type": "string", "enum": ["ssh", "x509"]}
@@ -45,12 +45,13 @@ def create_schema(mv: Microversion) -> dict[str, Any]:
     }
 
 
-LIST_QUERY = [
+CREATE = VersionedSchema(_create_schema)
+LIST_QUERY = Query(
     QueryParam("user_id"),
     QueryParam("limit", "nonneg_integer"),
     QueryParam("marker"),
-]
-SHOW_QUERY = [QueryParam("user_id")]
+)
+SHOW_QUERY = Query(QueryParam("user_id"))
 
 
 def _target_user(ctx: RequestContext, mv: Microversion, asked: str | None) -> str:
@@ -98,14 +99,14 @@ async def list_keypairs(request: Request) -> Response:
     return ok(body)
 
 
-@documented(body=create_schema(Microversion(2, 96)), tag="compute")
+@documented(body=CREATE.newest, tag="compute")
 async def create_keypair(request: Request) -> Response:
     """Import a keypair, or (before 2.92) generate one and return its private key once."""
     ctx = context(request)
     ctx.require_write("os_compute_api:os-keypairs:create")
     mv = microversion(request)
     body = await json_body(request)
-    checked_body(create_schema(mv), body)
+    checked_body(CREATE.at(mv), body)
     k = body["keypair"]
     user_id = _target_user(ctx, mv, k.get("user_id"))
     reply = await call(

@@ -16,7 +16,8 @@ from gateway.errors import Forbidden
 from gateway.microversion import Microversion
 from gateway.routing import checked_body, checked_query, documented
 from gateway.state import gateway_of, json_body, microversion, request_id
-from gateway.validation import QueryParam
+from gateway.validation import Query, QueryParam, VersionedSchema
+from gateway.validation.booleans import BOOLEAN_SCHEMA
 
 # Quota names per microversion: network quotas went away in 2.36, file injection in 2.57.
 _CORE = (
@@ -61,10 +62,10 @@ def _usage(usage: pb.QuotaUsage, name: str) -> int:
     )
 
 
-def update_schema(mv: Microversion) -> dict[str, Any]:
+def _update_schema(mv: Microversion) -> dict[str, Any]:
     value = {"type": ["integer", "string"], "pattern": "^-?[0-9]+$", "minimum": -1}
     props: dict[str, Any] = dict.fromkeys(quota_names(mv), value)
-    props["force"] = {"type": ["boolean", "string"]}
+    props["force"] = BOOLEAN_SCHEMA
     return {
         "type": "object",
         "required": ["quota_set"],
@@ -75,7 +76,8 @@ def update_schema(mv: Microversion) -> dict[str, Any]:
     }
 
 
-QUERY = [QueryParam("user_id")]
+UPDATE = VersionedSchema(_update_schema)
+QUERY = Query(QueryParam("user_id"))
 
 
 def _project_allowed(ctx: RequestContext, project_id: str) -> None:
@@ -91,7 +93,7 @@ async def _quotas(request: Request, project_id: str, user_id: str) -> pb.GetQuot
     return reply
 
 
-LIMITS_QUERY = [QueryParam("tenant_id"), QueryParam("reserved")]
+LIMITS_QUERY = Query(QueryParam("tenant_id"), QueryParam("reserved"))
 
 
 @documented(query=LIMITS_QUERY, tag="compute")
@@ -183,14 +185,14 @@ async def show_defaults(request: Request) -> Response:
     return ok({"quota_set": body})
 
 
-@documented(body=update_schema(Microversion(2, 96)), tag="compute")
+@documented(body=UPDATE.newest, tag="compute")
 async def update_quotas(request: Request) -> Response:
     """Change a project's quota limits (admin)."""
     ctx = context(request)
     ctx.require_admin("os_compute_api:os-quota-sets:update")
     mv = microversion(request)
     body = await json_body(request)
-    checked_body(update_schema(mv), body)
+    checked_body(UPDATE.at(mv), body)
     changes = {
         k: int(v)
         for k, v in body["quota_set"].items()

@@ -16,14 +16,9 @@ from gateway.conductor import call
 from gateway.microversion import Microversion
 from gateway.routing import checked_body, checked_query, documented
 from gateway.state import gateway_of, json_body, microversion, request_id
-from gateway.validation import QueryParam
+from gateway.validation import Query, QueryParam, VersionedSchema
 
-_NAME = {
-    "type": "string",
-    "minLength": 1,
-    "maxLength": 255,
-    "pattern": r"^(?! )[^\x00-\x1f]*(?<! )$",
-}
+_NAME = {"type": "string", "minLength": 1, "maxLength": 255, "format": "name"}
 
 
 def _policies(mv: Microversion) -> list[str]:
@@ -31,7 +26,7 @@ def _policies(mv: Microversion) -> list[str]:
     return base + (["soft-affinity", "soft-anti-affinity"] if mv.at_least("2.15") else [])
 
 
-def create_schema(mv: Microversion) -> dict[str, Any]:
+def _create_schema(mv: Microversion) -> dict[str, Any]:
     if mv.at_least("2.64"):
         group: dict[str, Any] = {
             "type": "object",
@@ -76,11 +71,12 @@ def create_schema(mv: Microversion) -> dict[str, Any]:
     }
 
 
-LIST_QUERY = [
+CREATE = VersionedSchema(_create_schema)
+LIST_QUERY = Query(
     QueryParam("all_projects"),
     QueryParam("limit", "nonneg_integer"),
     QueryParam("offset", "nonneg_integer"),
-]
+)
 
 
 def view(g: pb.ServerGroup, mv: Microversion) -> dict[str, Any]:
@@ -126,14 +122,14 @@ async def list_groups(request: Request) -> Response:
     return ok({"server_groups": [view(g, mv) for g in reply.groups]})
 
 
-@documented(body=create_schema(Microversion(2, 96)), tag="compute")
+@documented(body=CREATE.newest, tag="compute")
 async def create_group(request: Request) -> Response:
     """Create a server group."""
     ctx = context(request)
     ctx.require_write("os_compute_api:os-server-groups:create")
     mv = microversion(request)
     body = await json_body(request)
-    checked_body(create_schema(mv), body)
+    checked_body(CREATE.at(mv), body)
     g = body["server_group"]
     policy = g["policy"] if mv.at_least("2.64") else g["policies"][0]
     rules = {k: str(v) for k, v in (g.get("rules") or {}).items()}

@@ -24,17 +24,19 @@ from gateway.errors import ApiError, BadRequest, Forbidden, NotFound
 from gateway.microversion import Microversion
 from gateway.routing import checked_body, checked_query, documented
 from gateway.state import gateway_of, json_body, microversion, request_id
-from gateway.validation import QueryParam
-from gateway.validation.booleans import TRUE_WORDS
+from gateway.validation import Query, QueryParam, VersionedSchema, compile_schema
+from gateway.validation.booleans import BOOLEAN_SCHEMA, TRUE_WORDS
+from gateway.validation.schema import shorten
 from gateway.views import servers as views
 
-_NAME = {"type": "string", "minLength": 1, "maxLength": 255}
+_NAME = {"type": "string", "minLength": 1, "maxLength": 255, "format": "name"}
 # How many items: the project's metadata_items quota, which the conductor checks (403).
 _META = {
     "type": "object",
     "additionalProperties": {"type": "string", "maxLength": 255},
 }
-_UUID_PATTERN = "^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
+_UUID = {"type": "string", "format": "uuid"}
+_IP_ADDRESS = {"type": "string", "oneOf": [{"format": "ipv4"}, {"format": "ipv6"}]}
 _HOSTNAME = {
     "type": "string",
     "minLength": 1,
@@ -51,7 +53,7 @@ _BDM = {
         "boot_index": {"type": ["integer", "string", "null"]},
         "source_type": {"type": "string", "enum": ["image", "blank", "volume", "snapshot"]},
         "destination_type": {"type": "string", "enum": ["local", "volume"]},
-        "delete_on_termination": {"type": ["boolean", "string"]},
+        "delete_on_termination": BOOLEAN_SCHEMA,
         "device_name": {"type": ["string", "null"]},
         "device_type": {"type": ["string", "null"]},
         "disk_bus": {"type": ["string", "null"]},
@@ -65,35 +67,35 @@ _NETWORK_ITEM = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        "uuid": {"type": "string"},
-        "port": {"type": ["string", "null"]},
-        "fixed_ip": {"type": "string"},
+        "uuid": _UUID,
+        "port": {"type": ["string", "null"], "format": "uuid"},
+        "fixed_ip": _IP_ADDRESS,
         "tag": {"type": "string", "maxLength": 60},
     },
 }
 
 
-def create_schema(mv: Microversion) -> dict[str, Any]:
+def _create_schema(mv: Microversion) -> dict[str, Any]:
     networks: dict[str, Any] = {"type": "array", "items": _NETWORK_ITEM}
     if mv.at_least("2.37"):
         networks = {"anyOf": [networks, {"type": "string", "enum": ["auto", "none"]}]}
     fields: dict[str, Any] = {
         "name": _NAME,
-        "imageRef": {"type": "string", "anyOf": [{"pattern": _UUID_PATTERN}, {"maxLength": 0}]},
+        "imageRef": {"oneOf": [_UUID, {"type": "string", "maxLength": 0}]},
         "flavorRef": {"type": ["string", "integer"], "minLength": 1},
         "adminPass": {"type": "string"},
         "metadata": _META,
         "networks": networks,
         "OS-DCF:diskConfig": {"type": "string", "enum": ["AUTO", "MANUAL"]},
-        "accessIPv4": {"type": "string"},
-        "accessIPv6": {"type": "string"},
+        "accessIPv4": {"type": "string", "format": "ipv4"},
+        "accessIPv6": {"type": "string", "format": "ipv6"},
         "availability_zone": {"type": "string", "minLength": 1, "maxLength": 255},
         "key_name": _NAME,
         "user_data": {"type": "string", "maxLength": 65535},
-        "config_drive": {"type": ["boolean", "string"]},
+        "config_drive": BOOLEAN_SCHEMA,
         "min_count": {"type": ["integer", "string"], "pattern": "^[0-9]+$", "minimum": 1},
         "max_count": {"type": ["integer", "string"], "pattern": "^[0-9]+$", "minimum": 1},
-        "return_reservation_id": {"type": ["boolean", "string"]},
+        "return_reservation_id": BOOLEAN_SCHEMA,
         "security_groups": {
             "type": "array",
             "items": {
@@ -124,7 +126,7 @@ def create_schema(mv: Microversion) -> dict[str, Any]:
     required = ["name", "flavorRef"] + (["networks"] if mv.at_least("2.37") else [])
     hints = {
         "type": "object",
-        "properties": {"group": {"type": "string", "pattern": _UUID_PATTERN}},
+        "properties": {"group": _UUID},
         "additionalProperties": True,
     }
     return {
@@ -144,11 +146,14 @@ def create_schema(mv: Microversion) -> dict[str, Any]:
     }
 
 
-def update_schema(mv: Microversion) -> dict[str, Any]:
+CREATE = VersionedSchema(_create_schema)
+
+
+def _update_schema(mv: Microversion) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "name": _NAME,
-        "accessIPv4": {"type": "string"},
-        "accessIPv6": {"type": "string"},
+        "accessIPv4": {"type": "string", "format": "ipv4"},
+        "accessIPv6": {"type": "string", "format": "ipv6"},
         "OS-DCF:diskConfig": {"type": "string", "enum": ["AUTO", "MANUAL"]},
     }
     if mv.at_least("2.19"):
@@ -165,6 +170,7 @@ def update_schema(mv: Microversion) -> dict[str, Any]:
     }
 
 
+UPDATE = VersionedSchema(_update_schema)
 ACTION_SCHEMA: dict[str, Any] = {
     "type": "object",
     "minProperties": 1,
@@ -179,32 +185,37 @@ ACTION_SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "properties": {"type": {"type": "string", "enum": ["SOFT", "HARD", "soft", "hard"]}},
         },
-        "os-getConsoleOutput": consoles.CONSOLE_OUTPUT_ACTION,
-        "os-getVNCConsole": consoles.VNC_CONSOLE_ACTION,
+        "os-getConsoleOutput": consoles.CONSOLE_OUTPUT_ACTION.schema,
+        "os-getVNCConsole": consoles.VNC_CONSOLE_ACTION.schema,
     },
     "additionalProperties": False,
 }
-METADATA_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["metadata"],
-    "additionalProperties": False,
-    "properties": {"metadata": _META},
-}
-META_ITEM_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["meta"],
-    "additionalProperties": False,
-    "properties": {
-        "meta": {
-            "type": "object",
-            "minProperties": 1,
-            "maxProperties": 1,
-            "additionalProperties": {"type": "string", "maxLength": 255},
-        }
-    },
-}
+ACTION = compile_schema(ACTION_SCHEMA)
+METADATA = compile_schema(
+    {
+        "type": "object",
+        "required": ["metadata"],
+        "additionalProperties": False,
+        "properties": {"metadata": _META},
+    }
+)
+META_ITEM = compile_schema(
+    {
+        "type": "object",
+        "required": ["meta"],
+        "additionalProperties": False,
+        "properties": {
+            "meta": {
+                "type": "object",
+                "minProperties": 1,
+                "maxProperties": 1,
+                "additionalProperties": {"type": "string", "maxLength": 255},
+            }
+        },
+    }
+)
 
-LIST_QUERY = [
+LIST_QUERY = Query(
     QueryParam("name"),
     QueryParam("status", multi=True),
     QueryParam("host"),
@@ -227,7 +238,7 @@ LIST_QUERY = [
     QueryParam("marker"),
     QueryParam("sort_key", multi=True),
     QueryParam("sort_dir", multi=True, enum=("asc", "desc")),
-]
+)
 # Filters Nova keeps for admins; for anyone else they are silently dropped.
 _ADMIN_FILTERS = ("host", "node", "deleted", "project_id", "tenant_id")
 _SORT_KEYS = (
@@ -353,7 +364,7 @@ async def _list(request: Request, detailed: bool) -> Response:
     keys = q.get("sort_key", [])
     for key in keys:
         if key not in _SORT_KEYS:
-            raise BadRequest(f"Invalid input for query parameters sort_key. Value: {key}.")
+            raise BadRequest(f"Invalid input for query parameters sort_key. Value: {shorten(key)}.")
     if keys:
         req.sort_key = "name" if keys[0] == "display_name" else keys[0]
     dirs = q.get("sort_dir", [])
@@ -433,14 +444,14 @@ def _truthy(value: Any) -> bool:
     return str(value).strip().lower() in TRUE_WORDS
 
 
-@documented(body=create_schema(Microversion(2, 96)), tag="compute")
+@documented(body=CREATE.newest, tag="compute")
 async def create_server(request: Request) -> Response:
     """Create one or more servers (202; the build goes on asynchronously)."""
     ctx = context(request)
     ctx.require_write("os_compute_api:servers:create")
     mv = microversion(request)
     body = await json_body(request)
-    checked_body(create_schema(mv), body)
+    checked_body(CREATE.at(mv), body)
     s = body["server"]
     hints = body.get("os:scheduler_hints") or body.get("OS-SCH-HNT:scheduler_hints") or {}
 
@@ -519,14 +530,14 @@ async def create_server(request: Request) -> Response:
 # ------------------------------------------------------------------ update / delete / actions
 
 
-@documented(body=update_schema(Microversion(2, 96)), tag="compute")
+@documented(body=UPDATE.newest, tag="compute")
 async def update_server(request: Request) -> Response:
     """Rename or redescribe a server."""
     ctx = context(request)
     ctx.require_write("os_compute_api:servers:update")
     mv = microversion(request)
     body = await json_body(request)
-    checked_body(update_schema(mv), body)
+    checked_body(UPDATE.at(mv), body)
     s = body["server"]
     req = pb.UpdateServerRequest(
         request_id=request_id(request),
@@ -564,7 +575,7 @@ async def delete_server(request: Request) -> Response:
     return empty(204)
 
 
-@documented(body=ACTION_SCHEMA, tag="compute")
+@documented(body=ACTION, tag="compute")
 async def server_action(request: Request) -> Response:
     """Server actions: os-start, os-stop, reboot (202); the console actions (200)."""
     ctx = context(request)
@@ -572,10 +583,10 @@ async def server_action(request: Request) -> Response:
     if isinstance(body, dict) and len(body) == 1:
         name = next(iter(body))
         if name not in ACTION_SCHEMA["properties"]:
-            raise BadRequest(f"There is no such action: {name}")
+            raise BadRequest(f"There is no such action: {shorten(name)}")
     if isinstance(body, dict) and len(body) == 1 and next(iter(body)) in consoles.CONSOLE_ACTIONS:
         return await consoles.console_action(request, ctx, body)
-    checked_body(ACTION_SCHEMA, body)
+    checked_body(ACTION, body)
     action = next(iter(body))
     ctx.require_write(f"os_compute_api:servers:{action}")
     conductor = gateway_of(request).conductor.servers
@@ -632,13 +643,13 @@ async def list_metadata(request: Request) -> Response:
     return ok({"metadata": dict((await _get(request, ctx)).metadata)})
 
 
-@documented(body=METADATA_SCHEMA, tag="compute")
+@documented(body=METADATA, tag="compute")
 async def merge_metadata(request: Request) -> Response:
     """Merge metadata items (POST) or replace all metadata (PUT)."""
     ctx = context(request)
     ctx.require_write("os_compute_api:server-metadata:update")
     body = await json_body(request)
-    checked_body(METADATA_SCHEMA, body)
+    checked_body(METADATA, body)
     _check_meta_keys(body["metadata"])
     replace = request.method == "PUT"
     result = await _set_metadata(request, ctx, body["metadata"], replace)
@@ -657,14 +668,14 @@ async def show_metadata_item(request: Request) -> Response:
     return ok({"meta": {key: meta[key]}})
 
 
-@documented(body=META_ITEM_SCHEMA, tag="compute")
+@documented(body=META_ITEM, tag="compute")
 async def set_metadata_item(request: Request) -> Response:
     """Set one metadata item; the body's key must match the URL's."""
     ctx = context(request)
     ctx.require_write("os_compute_api:server-metadata:update")
     key = request.path_params["key"]
     body = await json_body(request)
-    checked_body(META_ITEM_SCHEMA, body)
+    checked_body(META_ITEM, body)
     if key not in body["meta"]:
         raise BadRequest("Request body and URI mismatch")
     _check_meta_keys(body["meta"])

@@ -28,20 +28,21 @@ from gateway.identity.schemas import (
 )
 from gateway.routing import checked_body, checked_query, documented
 from gateway.state import base_url, gateway_of, json_body, request_id
-from gateway.validation import QueryParam
+from gateway.validation import Query, QueryParam
+from gateway.validation.schema import shorten
 
 _TAG = "identity"
 
 # Keystone ignores filters it does not know; Loom does the same for list filters but
 # still types the ones it reads.
-_LIST_Q = [
+_LIST_Q = Query(
     QueryParam("name"),
     QueryParam("domain_id"),
     QueryParam("enabled", "boolean"),
     QueryParam("is_domain", "boolean"),
     QueryParam("parent_id"),
-]
-_ASSIGN_Q = [
+)
+_ASSIGN_Q = Query(
     QueryParam("user.id"),
     QueryParam("scope.project.id"),
     QueryParam("role.id"),
@@ -51,14 +52,14 @@ _ASSIGN_Q = [
     QueryParam("scope.domain.id"),
     QueryParam("scope.system"),
     QueryParam("group.id"),
-]
+)
 
 
-def _known_query(request: Request, params: list[QueryParam]) -> dict[str, Any]:
+def _known_query(request: Request, params: Query) -> dict[str, Any]:
     names = {p.name for p in params}
     for key in request.query_params:
         if key not in names:
-            raise BadRequest(f"Invalid filter: {key} is not a filter Loom supports")
+            raise BadRequest(f"Invalid filter: {shorten(key)} is not a filter Loom supports")
     return checked_query(request, params)
 
 
@@ -236,7 +237,7 @@ def authenticate_any(request: Request) -> TokenClaims:
         raise Unauthorized(str(exc)) from exc
 
 
-@documented(query=[QueryParam("nocatalog"), QueryParam("allow_expired")], tag=_TAG)
+@documented(query=Query(QueryParam("nocatalog"), QueryParam("allow_expired")), tag=_TAG)
 async def validate_token(request: Request) -> Response:
     """Validate the token in X-Subject-Token (GET returns it, HEAD only checks it)."""
     claims, subject = _subject(request)

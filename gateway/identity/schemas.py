@@ -1,8 +1,10 @@
-"""Request schemas of the Identity v3 subset."""
+"""Request schemas of the Identity v3 subset, compiled at import."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from gateway.validation import compile_schema
 
 # Keystone is lenient about extra keys in auth bodies (clients add their own), so only
 # what Loom reads is typed, and everything else passes.
@@ -10,106 +12,116 @@ _NAME_OR_ID = {
     "type": "object",
     "properties": {"id": {"type": "string"}, "name": {"type": "string"}},
 }
-AUTH_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["auth"],
-    "properties": {
-        "auth": {
-            "type": "object",
-            "required": ["identity"],
-            "properties": {
-                "identity": {
-                    "type": "object",
-                    "required": ["methods"],
-                    "properties": {
-                        "methods": {"type": "array", "minItems": 1, "items": {"type": "string"}},
-                        "password": {
-                            "type": "object",
-                            "required": ["user"],
-                            "properties": {
-                                "user": {
-                                    "type": "object",
-                                    "required": ["password"],
-                                    "properties": {
-                                        "id": {"type": "string"},
-                                        "name": {"type": "string"},
-                                        "password": {"type": "string"},
-                                        "domain": _NAME_OR_ID,
-                                    },
-                                }
+AUTH_SCHEMA = compile_schema(
+    {
+        "type": "object",
+        "required": ["auth"],
+        "properties": {
+            "auth": {
+                "type": "object",
+                "required": ["identity"],
+                "properties": {
+                    "identity": {
+                        "type": "object",
+                        "required": ["methods"],
+                        "properties": {
+                            "methods": {
+                                "type": "array",
+                                "minItems": 1,
+                                "items": {"type": "string"},
                             },
-                        },
-                        "token": {
-                            "type": "object",
-                            "required": ["id"],
-                            "properties": {"id": {"type": "string"}},
+                            "password": {
+                                "type": "object",
+                                "required": ["user"],
+                                "properties": {
+                                    "user": {
+                                        "type": "object",
+                                        "required": ["password"],
+                                        "properties": {
+                                            "id": {"type": "string"},
+                                            "name": {"type": "string"},
+                                            "password": {"type": "string"},
+                                            "domain": _NAME_OR_ID,
+                                        },
+                                    }
+                                },
+                            },
+                            "token": {
+                                "type": "object",
+                                "required": ["id"],
+                                "properties": {"id": {"type": "string"}},
+                            },
                         },
                     },
-                },
-                "scope": {
-                    "anyOf": [
-                        {"type": "string", "enum": ["unscoped"]},
-                        {
-                            "type": "object",
-                            "properties": {
-                                "project": {
-                                    "type": "object",
-                                    "properties": {
-                                        "id": {"type": "string"},
-                                        "name": {"type": "string"},
-                                        "domain": _NAME_OR_ID,
-                                    },
-                                }
+                    "scope": {
+                        "anyOf": [
+                            {"type": "string", "enum": ["unscoped"]},
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "project": {
+                                        "type": "object",
+                                        "properties": {
+                                            "id": {"type": "string"},
+                                            "name": {"type": "string"},
+                                            "domain": _NAME_OR_ID,
+                                        },
+                                    }
+                                },
                             },
-                        },
-                    ]
+                        ]
+                    },
                 },
-            },
-        }
-    },
-}
+            }
+        },
+    }
+)
 
 _DOMAIN_ID = {"type": "string", "enum": ["default"]}
-PROJECT_CREATE: dict[str, Any] = {
-    "type": "object",
-    "required": ["project"],
-    "additionalProperties": False,
-    "properties": {
-        "project": {
-            "type": "object",
-            "required": ["name"],
-            "additionalProperties": False,
-            "properties": {
-                "name": {"type": "string", "minLength": 1, "maxLength": 64},
-                "description": {"type": ["string", "null"]},
-                "domain_id": _DOMAIN_ID,
-                "parent_id": {"type": ["string", "null"]},
-                "enabled": {"type": "boolean"},
-                "is_domain": {"type": "boolean", "enum": [False]},
-                "tags": {"type": "array", "maxItems": 0},
-                "options": {"type": "object"},
-            },
-        }
-    },
-}
-PROJECT_UPDATE: dict[str, Any] = {
-    "type": "object",
-    "required": ["project"],
-    "additionalProperties": False,
-    "properties": {
-        "project": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "name": {"type": "string", "minLength": 1, "maxLength": 64},
-                "description": {"type": ["string", "null"]},
-                "enabled": {"type": "boolean"},
-                "tags": {"type": "array", "maxItems": 0},
-                "options": {"type": "object"},
-            },
-        }
-    },
-}
+PROJECT_CREATE = compile_schema(
+    {
+        "type": "object",
+        "required": ["project"],
+        "additionalProperties": False,
+        "properties": {
+            "project": {
+                "type": "object",
+                "required": ["name"],
+                "additionalProperties": False,
+                "properties": {
+                    "name": {"type": "string", "minLength": 1, "maxLength": 64},
+                    "description": {"type": ["string", "null"]},
+                    "domain_id": _DOMAIN_ID,
+                    "parent_id": {"type": ["string", "null"]},
+                    "enabled": {"type": "boolean"},
+                    "is_domain": {"type": "boolean", "enum": [False]},
+                    "tags": {"type": "array", "maxItems": 0},
+                    "options": {"type": "object"},
+                },
+            }
+        },
+    }
+)
+PROJECT_UPDATE = compile_schema(
+    {
+        "type": "object",
+        "required": ["project"],
+        "additionalProperties": False,
+        "properties": {
+            "project": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "name": {"type": "string", "minLength": 1, "maxLength": 64},
+                    "description": {"type": ["string", "null"]},
+                    "enabled": {"type": "boolean"},
+                    "tags": {"type": "array", "maxItems": 0},
+                    "options": {"type": "object"},
+                },
+            }
+        },
+    }
+)
 _USER_FIELDS: dict[str, Any] = {
     "name": {"type": "string", "minLength": 1, "maxLength": 255},
     "password": {"type": ["string", "null"]},
@@ -120,42 +132,48 @@ _USER_FIELDS: dict[str, Any] = {
     "enabled": {"type": "boolean"},
     "options": {"type": "object"},
 }
-USER_CREATE: dict[str, Any] = {
-    "type": "object",
-    "required": ["user"],
-    "additionalProperties": False,
-    "properties": {
-        "user": {
-            "type": "object",
-            "required": ["name"],
-            "additionalProperties": False,
-            "properties": _USER_FIELDS,
-        }
-    },
-}
-USER_UPDATE: dict[str, Any] = {
-    "type": "object",
-    "required": ["user"],
-    "additionalProperties": False,
-    "properties": {
-        "user": {"type": "object", "additionalProperties": False, "properties": _USER_FIELDS}
-    },
-}
-ROLE_CREATE: dict[str, Any] = {
-    "type": "object",
-    "required": ["role"],
-    "additionalProperties": False,
-    "properties": {
-        "role": {
-            "type": "object",
-            "required": ["name"],
-            "additionalProperties": False,
-            "properties": {
-                "name": {"type": "string", "minLength": 1, "maxLength": 255},
-                "description": {"type": ["string", "null"]},
-                "domain_id": {"type": "null"},
-                "options": {"type": "object"},
-            },
-        }
-    },
-}
+USER_CREATE = compile_schema(
+    {
+        "type": "object",
+        "required": ["user"],
+        "additionalProperties": False,
+        "properties": {
+            "user": {
+                "type": "object",
+                "required": ["name"],
+                "additionalProperties": False,
+                "properties": _USER_FIELDS,
+            }
+        },
+    }
+)
+USER_UPDATE = compile_schema(
+    {
+        "type": "object",
+        "required": ["user"],
+        "additionalProperties": False,
+        "properties": {
+            "user": {"type": "object", "additionalProperties": False, "properties": _USER_FIELDS}
+        },
+    }
+)
+ROLE_CREATE = compile_schema(
+    {
+        "type": "object",
+        "required": ["role"],
+        "additionalProperties": False,
+        "properties": {
+            "role": {
+                "type": "object",
+                "required": ["name"],
+                "additionalProperties": False,
+                "properties": {
+                    "name": {"type": "string", "minLength": 1, "maxLength": 255},
+                    "description": {"type": ["string", "null"]},
+                    "domain_id": {"type": "null"},
+                    "options": {"type": "object"},
+                },
+            }
+        },
+    }
+)

@@ -19,7 +19,8 @@ from gateway.errors import ApiError, BadRequest, Conflict, Forbidden
 from gateway.image import views
 from gateway.routing import checked_body, checked_query, documented
 from gateway.state import base_url, gateway_of, json_body, request_id
-from gateway.validation import QueryParam
+from gateway.validation import Query, QueryParam, compile_schema
+from gateway.validation.schema import shorten
 
 _TAG = "image"
 PATCH_MEDIA_TYPES = (
@@ -43,33 +44,40 @@ _CORE_SCHEMA: dict[str, Any] = {
     },
     "os_hidden": {"type": "boolean"},
 }
-CREATE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        **_CORE_SCHEMA,
-        "id": {
-            "type": "string",
-            "pattern": "^([0-9a-fA-F]){8}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}"
-            "-([0-9a-fA-F]){12}$",
-        },
-    },
-    # Everything else is a free-form property, which Glance stores as a string.
-    "additionalProperties": {"type": "string", "maxLength": 65535},
-}
-PATCH_SCHEMA: dict[str, Any] = {
-    "type": "array",
-    "items": {
+CREATE_SCHEMA = compile_schema(
+    {
         "type": "object",
-        "required": ["op", "path"],
-        "additionalProperties": False,
         "properties": {
-            "op": {"type": "string", "enum": ["add", "replace", "remove"]},
-            "path": {"type": "string", "pattern": "^/[^/]+$"},
-            "value": {},
+            **_CORE_SCHEMA,
+            "id": {
+                "type": "string",
+                "pattern": "^([0-9a-fA-F]){8}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}"
+                "-([0-9a-fA-F]){4}-([0-9a-fA-F]){12}$",
+            },
         },
-    },
-}
-LIST_QUERY = [
+        # Everything else is a free-form property, which Glance stores as a string.
+        "additionalProperties": {"type": "string", "maxLength": 65535},
+    }
+)
+PATCH_SCHEMA = compile_schema(
+    {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["op", "path"],
+            "additionalProperties": False,
+            "properties": {
+                "op": {"type": "string", "enum": ["add", "replace", "remove"]},
+                # Glance's property names are at most 255 characters.
+                "path": {"type": "string", "pattern": "^/[^/]+$", "maxLength": 256},
+                "value": {},
+            },
+        },
+    }
+)
+# One core attribute a patch sets, checked as the property it names.
+_CORE_VALUE = compile_schema({"type": "object", "properties": _CORE_SCHEMA})
+LIST_QUERY = Query(
     QueryParam("name"),
     QueryParam("id"),
     QueryParam("status"),
@@ -82,7 +90,7 @@ LIST_QUERY = [
     # Accepted for client compatibility; Loom has no members and no hidden images.
     QueryParam("member_status"),
     QueryParam("os_hidden", "boolean"),
-]
+)
 _MAX_LIMIT = 1000
 _UUID = re.compile(r"^[0-9a-fA-F-]{36}$")
 
@@ -163,7 +171,7 @@ async def list_images(request: Request) -> Response:
 def _reject_read_only(keys: list[str]) -> None:
     for key in keys:
         if key in views.READ_ONLY or key.startswith("os_glance"):
-            raise Forbidden(f"Attribute '{key}' is read-only.")
+            raise Forbidden(f"Attribute '{shorten(key)}' is read-only.")
 
 
 @documented(body=CREATE_SCHEMA, tag=_TAG)
@@ -234,7 +242,7 @@ async def update_image(request: Request) -> Response:
     if ctype not in PATCH_MEDIA_TYPES:
         raise ApiError(
             415,
-            f"Unsupported Content-Type {ctype!r}: use {PATCH_MEDIA_TYPES[0]}",
+            f"Unsupported Content-Type {shorten(ctype)!r}: use {PATCH_MEDIA_TYPES[0]}",
             headers={"Accept-Patch": ", ".join(PATCH_MEDIA_TYPES)},
         )
     ops = await json_body(request)
@@ -246,11 +254,11 @@ async def update_image(request: Request) -> Response:
         key = op["path"][1:]
         _reject_read_only([key])
         if op["op"] != "remove" and "value" not in op:
-            raise BadRequest(f"Operation {op['op']} on {op['path']} needs a value.")
+            raise BadRequest(f"Operation {op['op']} on {shorten(op['path'])} needs a value.")
         if key in views.CORE or key == "os_hidden":
             if op["op"] == "remove":
                 raise Forbidden(f"Attribute '{key}' cannot be removed.")
-            checked_body({"type": "object", "properties": _CORE_SCHEMA}, {key: op["value"]})
+            checked_body(_CORE_VALUE, {key: op["value"]})
             value = op["value"]
             if key == "visibility" and value == "public" and not ctx.is_admin:
                 raise Forbidden("You are not authorized to complete publicize_image action.")
@@ -261,11 +269,11 @@ async def update_image(request: Request) -> Response:
                 setattr(req, key, value if value is not None else "")
         elif op["op"] == "remove":
             if key not in image.properties:
-                raise ApiError(409, f"Property {key} does not exist.")
+                raise ApiError(409, f"Property {shorten(key)} does not exist.")
             req.remove_properties.append(key)
         else:
             if not isinstance(op["value"], str):
-                raise BadRequest(f"Property {key} must be a string.")
+                raise BadRequest(f"Property {shorten(key)} must be a string.")
             req.set_properties[key] = op["value"]
     reply = await call(gateway_of(request).conductor.images.UpdateImage, req)
     return JSONResponse(views.image(reply.image))

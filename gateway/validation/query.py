@@ -1,92 +1,92 @@
-"""Query strings: every parameter must be known, each is parsed to its declared type."""
+"""Query strings: every parameter must be known, and each is validated with jsonschema
+(as Nova validates `{name: [values]}`) before it is parsed to its declared type."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from starlette.datastructures import QueryParams
 
-from gateway.validation.booleans import parse_bool
-from gateway.validation.schema import ValidationFailed
+from gateway.validation.booleans import BOOLEAN_SCHEMA, parse_bool
+from gateway.validation.schema import CompiledSchema, Schema
 
-
-def _int(minimum: int | None = None) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise ValueError(f"'{text}' is not an integer") from None
-        if minimum is not None and value < minimum:
-            raise ValueError(f"{value} is less than the minimum of {minimum}")
-        return value
-
-    return parse
-
-
-def _datetime(text: str) -> datetime:
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"'{text}' is not an ISO 8601 time") from None
-
-
-def _str(text: str) -> str:
-    return text
+# What one value of each kind must look like; the schema has checked it before it is parsed.
+_VALUE_SCHEMAS: dict[str, Schema] = {
+    "string": {"type": "string"},
+    "integer": {"type": "string", "pattern": "^-?[0-9]+$"},
+    "nonneg_integer": {"type": "string", "pattern": "^[0-9]+$"},
+    "boolean": {"type": "string", "pattern": BOOLEAN_SCHEMA["pattern"]},
+    "datetime": {"type": "string", "format": "date-time"},
+}
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "string": str,
+    "integer": int,
+    "nonneg_integer": int,
+    "boolean": parse_bool,
+    "datetime": datetime.fromisoformat,
+}
 
 
 @dataclass(frozen=True)
 class QueryParam:
-    """One accepted parameter: its name, how to parse it, and whether it may repeat."""
+    """One accepted parameter: its name, its kind, whether it may repeat, its values."""
 
     name: str
     kind: str = "string"  # string, integer, nonneg_integer, boolean, datetime
     multi: bool = False
     enum: tuple[str, ...] = ()
 
-    def parser(self) -> Callable[[str], Any]:
-        return {
-            "string": _str,
-            "integer": _int(),
-            "nonneg_integer": _int(0),
-            "boolean": parse_bool,
-            "datetime": _datetime,
-        }[self.kind]
+    def schema(self) -> Schema:
+        """The parameter's values as a list (a query string may repeat any name)."""
+        value = dict(_VALUE_SCHEMAS[self.kind])
+        if self.enum:
+            value["enum"] = list(self.enum)
+        values: Schema = {"type": "array", "items": value}
+        if not self.multi:
+            values["maxItems"] = 1
+        return values
+
+    def parse(self, text: str) -> Any:
+        return _PARSERS[self.kind](text)
 
 
-def parse_query(
-    params: QueryParams, accepted: list[QueryParam], *, ignore_unknown: bool = False
-) -> dict[str, Any]:
-    """Parsed values by name (lists for multi); malformed parameters fail, and unknown ones
-    too unless `ignore_unknown` (Nova ignores them on some APIs before a microversion)."""
-    known = {p.name: p for p in accepted}
-    out: dict[str, Any] = {}
-    for name in params:
-        spec = known.get(name)
-        if spec is None and ignore_unknown:
-            continue
-        if spec is None:
-            raise ValidationFailed(
-                f"Invalid input for query parameters {name}. Value: {params.get(name)}."
-                f" Additional properties are not allowed ('{name}' was unexpected)"
-            )
-        values = params.getlist(name)
-        if not spec.multi and len(values) > 1:
-            raise ValidationFailed(f"Invalid input for query parameters {name}: given twice")
-        parsed = []
-        for raw in values:
-            if spec.enum and raw not in spec.enum:
-                raise ValidationFailed(
-                    f"Invalid input for query parameters {name}. Value: {raw}."
-                    f" '{raw}' is not one of {list(spec.enum)}"
-                )
-            try:
-                parsed.append(spec.parser()(raw))
-            except ValueError as exc:
-                raise ValidationFailed(
-                    f"Invalid input for query parameters {name}. Value: {raw}. {exc}"
-                ) from None
-        out[name] = parsed if spec.multi else parsed[0]
-    return out
+class Query:
+    """The parameters one handler accepts, compiled once into one schema."""
+
+    def __init__(self, *params: QueryParam) -> None:
+        self.params = params
+        self._by_name = {p.name: p for p in params}
+        self.schema = CompiledSchema(
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {p.name: p.schema() for p in params},
+            },
+            what="query parameters",
+        )
+
+    def __iter__(self) -> Iterator[QueryParam]:
+        return iter(self.params)
+
+    def parse(self, params: QueryParams, *, ignore_unknown: bool = False) -> dict[str, Any]:
+        """Parsed values by name (lists for multi). Raises ValidationFailed for a malformed
+        or repeated parameter, and an unknown one unless `ignore_unknown` (Nova ignores
+        them on some APIs before a microversion)."""
+        raw = {
+            name: params.getlist(name)
+            for name in params
+            if not ignore_unknown or name in self._by_name
+        }
+        self.schema.validate(raw)
+        out: dict[str, Any] = {}
+        for name, values in raw.items():
+            spec = self._by_name[name]
+            parsed = [spec.parse(v) for v in values]
+            out[name] = parsed if spec.multi else parsed[0]
+        return out
+
+
+NO_QUERY = Query()

@@ -1,127 +1,136 @@
-"""A small, strict JSON Schema subset validator (see the package docstring)."""
+"""Compiled request schemas: jsonschema's draft-4 validator with Loom's FormatChecker,
+behind the strict meta-check, failing with a message in Nova's words.
+
+What Loom adds to jsonschema, and why: the meta-check (strict.py), Nova's reading of
+`minimum`/`maximum` on numeric strings (Nova's schemas take "10" where they take 10, and
+so do Loom's), and the message, which names the field as Nova does and never quotes a
+long value back.
+"""
 
 from __future__ import annotations
 
-import json
-import re
+from collections.abc import Iterator, Mapping
 from typing import Any
+
+from jsonschema import Draft4Validator, ValidationError
+from jsonschema.exceptions import best_match
+from jsonschema.protocols import Validator
+from jsonschema.validators import extend
+
+from gateway.validation.formats import FORMAT_CHECKER, InvalidName
+from gateway.validation.strict import check_keywords
 
 Schema = dict[str, Any]
 
+# The longest value (or key) quoted in an error message; longer ones are cut, with "...".
+MAX_QUOTED = 64
+# The longest reason a message carries, whatever it quotes.
+_MAX_REASON = 512
+
 
 class ValidationFailed(ValueError):
-    """The input does not match its schema; the message says where and why."""
+    """The input does not match its schema; the message says where and why.
+
+    `path` is where in the input (keys and indexes), `reason` what is wrong there.
+    """
+
+    def __init__(self, message: str, path: tuple[str | int, ...] = (), reason: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+        self.reason = reason or message
 
 
-_TYPES: dict[str, tuple[type, ...]] = {
-    "object": (dict,),
-    "array": (list,),
-    "string": (str,),
-    "integer": (int,),
-    "number": (int, float),
-    "boolean": (bool,),
-    "null": (type(None),),
-}
-
-
-def _is_type(value: Any, name: str) -> bool:
-    # JSON has no bool-is-int: true is not an integer, whatever Python says.
-    if name in ("integer", "number") and isinstance(value, bool):
-        return False
-    return isinstance(value, _TYPES[name])
-
-
-def _show(value: Any) -> str:
-    try:
-        return json.dumps(value)
-    except (TypeError, ValueError):
-        return repr(value)
-
-
-def _fail(path: str, value: Any, reason: str) -> ValidationFailed:
-    where = path or "request body"
-    return ValidationFailed(
-        f"Invalid input for field/attribute {where}. Value: {_show(value)}. {reason}"
-    )
-
-
-def validate(schema: Schema, value: Any, path: str = "") -> None:
-    """Raises ValidationFailed on the first mismatch found."""
-    if "anyOf" in schema:
-        errors = []
-        for option in schema["anyOf"]:
-            try:
-                validate(option, value, path)
-                break
-            except ValidationFailed as exc:
-                errors.append(str(exc))
-        else:
-            raise _fail(path, value, f"{_show(value)} is not valid under any of the given schemas")
-    wanted = schema.get("type")
-    if wanted is not None:
-        names = [wanted] if isinstance(wanted, str) else list(wanted)
-        if not any(_is_type(value, n) for n in names):
-            shown = names[0] if len(names) == 1 else names
-            raise _fail(path, value, f"{_show(value)} is not of type {_show(shown)}")
-    if "enum" in schema and value not in schema["enum"]:
-        raise _fail(path, value, f"{_show(value)} is not one of {_show(schema['enum'])}")
+def _number(value: Any) -> int | float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return value
     if isinstance(value, str):
-        _check_string(schema, value, path)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        _check_number(schema, value, path)
-    if isinstance(value, dict):
-        _check_object(schema, value, path)
-    if isinstance(value, list):
-        _check_array(schema, value, path)
+        for parse in (int, float):
+            try:
+                return parse(value)
+            except ValueError:
+                continue
+    return None
 
 
-def _check_string(schema: Schema, value: str, path: str) -> None:
-    if "minLength" in schema and len(value) < schema["minLength"]:
-        raise _fail(path, value, f"{_show(value)} is too short")
-    if "maxLength" in schema and len(value) > schema["maxLength"]:
-        raise _fail(path, value, f"{_show(value)} is too long")
-    if "pattern" in schema and not re.search(schema["pattern"], value):
-        raise _fail(path, value, f"{_show(value)} does not match {_show(schema['pattern'])}")
+def _numeric_keyword(name: str) -> Any:
+    plain = Draft4Validator.VALIDATORS[name]
+
+    def check(validator: Validator, limit: Any, instance: Any, schema: Schema) -> Iterator[Any]:
+        number = _number(instance)
+        if number is not None:
+            yield from plain(validator, limit, number, schema) or ()
+
+    return check
 
 
-def _check_number(schema: Schema, value: float, path: str) -> None:
-    if "minimum" in schema and value < schema["minimum"]:
-        raise _fail(path, value, f"{value} is less than the minimum of {schema['minimum']}")
-    if "maximum" in schema and value > schema["maximum"]:
-        raise _fail(path, value, f"{value} is greater than the maximum of {schema['maximum']}")
+# Draft 4, as Nova's request validator has it: minimum and maximum also bound numeric strings.
+# (types-jsonschema leaves `extend` untyped.)
+_LoomDraft4: type[Validator] = extend(  # type: ignore[no-untyped-call]
+    Draft4Validator,
+    {"minimum": _numeric_keyword("minimum"), "maximum": _numeric_keyword("maximum")},
+)
 
 
-def _check_object(schema: Schema, value: dict[str, Any], path: str) -> None:
-    props: dict[str, Schema] = schema.get("properties", {})
-    for key in schema.get("required", []):
-        if key not in value:
-            raise _fail(path, value, f"'{key}' is a required property")
-    extra = schema.get("additionalProperties", True)
-    for key, item in value.items():
-        sub = f"{path}/{key}" if path else key
-        if key in props:
-            validate(props[key], item, sub)
-        elif extra is False:
-            raise _fail(
-                path, value, f"Additional properties are not allowed ('{key}' was unexpected)"
-            )
-        elif isinstance(extra, dict):
-            validate(extra, item, sub)
-    if "maxProperties" in schema and len(value) > schema["maxProperties"]:
-        raise _fail(path, value, "has too many properties")
-    if "minProperties" in schema and len(value) < schema["minProperties"]:
-        raise _fail(path, value, "does not have enough properties")
+def shorten(text: str, limit: int = MAX_QUOTED) -> str:
+    """`text`, cut to `limit` characters with "..." when longer."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _check_array(schema: Schema, value: list[Any], path: str) -> None:
-    if "minItems" in schema and len(value) < schema["minItems"]:
-        raise _fail(path, value, f"{_show(value)} is too short")
-    if "maxItems" in schema and len(value) > schema["maxItems"]:
-        raise _fail(path, value, f"{_show(value)} is too long")
-    if schema.get("uniqueItems"):
-        seen = [json.dumps(v, sort_keys=True) for v in value]
-        if len(seen) != len(set(seen)):
-            raise _fail(path, value, f"{_show(value)} has non-unique elements")
-    if "items" in schema:
-        for index, item in enumerate(value):
-            validate(schema["items"], item, f"{path}/{index}")
+def _shown(value: Any) -> str:
+    # Nova prints the value with %s: a string as it is, anything else as Python shows it.
+    return shorten(value if isinstance(value, str) else str(value))
+
+
+def _reason(error: ValidationError) -> str:
+    if isinstance(error.cause, InvalidName):
+        return str(error.cause)
+    message = error.message
+    # jsonschema quotes the value (and, for objects, unexpected keys) with repr: shorten them.
+    quoted = [repr(error.instance)]
+    if isinstance(error.instance, Mapping):
+        quoted += [repr(key) for key in error.instance]
+    for text in sorted(quoted, key=len, reverse=True):
+        if len(text) > MAX_QUOTED:
+            message = message.replace(text, shorten(text))
+    return shorten(message, _MAX_REASON)
+
+
+def _failure(error: ValidationError, what: str) -> ValidationFailed:
+    path = tuple(error.absolute_path)
+    reason = _reason(error)
+    if isinstance(error.cause, InvalidName) or not path:
+        return ValidationFailed(reason, path, reason)
+    # Nova names the innermost key of a body, and the parameter of a query string.
+    name = path[0] if what == "query parameters" else path[-1]
+    message = (
+        f"Invalid input for {what} {shorten(str(name))}. Value: {_shown(error.instance)}. {reason}"
+    )
+    return ValidationFailed(message, path, reason)
+
+
+class CompiledSchema:
+    """A schema checked once by the strict meta-check and the draft-4 meta-schema, then
+    ready to validate any number of values. Build these at import, never per request."""
+
+    def __init__(self, schema: Schema, *, what: str = "field/attribute") -> None:
+        check_keywords(schema)
+        _LoomDraft4.check_schema(schema)
+        self.schema = schema
+        self._what = what
+        self._validator = _LoomDraft4(schema, format_checker=FORMAT_CHECKER)
+
+    def validate(self, value: Any) -> None:
+        """Raises ValidationFailed for the most relevant mismatch (jsonschema's best_match)."""
+        error = best_match(self._validator.iter_errors(value))
+        if error is not None:
+            raise _failure(error, self._what)
+
+    def is_valid(self, value: Any) -> bool:
+        return bool(self._validator.is_valid(value))
+
+
+def compile_schema(schema: Schema) -> CompiledSchema:
+    """A request body schema, compiled (see CompiledSchema)."""
+    return CompiledSchema(schema)

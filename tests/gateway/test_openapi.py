@@ -24,6 +24,6 @@ async def test_a_documented_request_schema_is_the_one_enforced(cloud: Cloud) -> 
     doc = (await cloud.client.get("/openapi.json")).json()
     op = doc["paths"]["/compute/v2.1/flavors"]["post"]
     published = op["requestBody"]["content"]["application/json"]["schema"]
-    assert published == flavors.create_flavor.__loom_doc__.body  # type: ignore[attr-defined]
+    assert published == flavors.create_flavor.__loom_doc__.body.schema  # type: ignore[attr-defined]
     params = {p["name"] for p in doc["paths"]["/compute/v2.1/flavors"]["get"]["parameters"]}
     assert params == {q.name for q in flavors.LIST_QUERY}
