@@ -36,6 +36,7 @@ lint: install
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/buf lint
+	scripts/check_breaking.sh
 
 protos: install
 	scripts/gen_protos.sh

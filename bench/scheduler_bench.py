@@ -21,7 +21,7 @@ import psycopg
 import uvloop
 from google.protobuf.timestamp_pb2 import Timestamp
 from loom.common.v1 import common_pb2
-from loom.compute.v1 import compute_pb2
+from loom.compute.v1 import agent_bus_pb2
 from loom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 from bench.stats import percentile, postgres_cpu_s, read_process
@@ -66,7 +66,7 @@ async def _heartbeat_all(nats_url: str, hosts: int) -> None:
     now.GetCurrentTime()
     for i in range(hosts):
         host = f"sb-{i:05d}"
-        beat = compute_pb2.Heartbeat(host=host, sent_at=now, binary="loom-compute")
+        beat = agent_bus_pb2.Heartbeat(host=host, sent_at=now, binary="loom-compute")
         await nc.publish(bus.heartbeat_subject(host), beat.SerializeToString())
     await nc.flush()
     await nc.drain()

@@ -7,7 +7,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-from loom.conductor.v1 import conductor_pb2_grpc as pb_grpc
+from loom.catalog.v1 import flavors_pb2_grpc, keypairs_pb2_grpc, quotas_pb2_grpc
+from loom.conductor.v1 import (
+    consoles_pb2_grpc,
+    fleet_pb2_grpc,
+    server_groups_pb2_grpc,
+    servers_pb2_grpc,
+)
+from loom.identity.v1 import identity_pb2_grpc
+from loom.image.v1 import images_pb2_grpc
 
 from gateway.errors import from_grpc
 
@@ -22,15 +30,15 @@ class Conductor:
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self.channel = channel
-        self.identity = pb_grpc.IdentityServiceStub(channel)
-        self.flavors = pb_grpc.FlavorsServiceStub(channel)
-        self.images = pb_grpc.ImagesServiceStub(channel)
-        self.keypairs = pb_grpc.KeypairsServiceStub(channel)
-        self.servers = pb_grpc.ServersServiceStub(channel)
-        self.quotas = pb_grpc.QuotasServiceStub(channel)
-        self.fleet = pb_grpc.FleetServiceStub(channel)
-        self.server_groups = pb_grpc.ServerGroupsServiceStub(channel)
-        self.consoles = pb_grpc.ConsolesServiceStub(channel)
+        self.identity = identity_pb2_grpc.IdentityServiceStub(channel)
+        self.flavors = flavors_pb2_grpc.FlavorsServiceStub(channel)
+        self.images = images_pb2_grpc.ImagesServiceStub(channel)
+        self.keypairs = keypairs_pb2_grpc.KeypairsServiceStub(channel)
+        self.servers = servers_pb2_grpc.ServersServiceStub(channel)
+        self.quotas = quotas_pb2_grpc.QuotasServiceStub(channel)
+        self.fleet = fleet_pb2_grpc.FleetServiceStub(channel)
+        self.server_groups = server_groups_pb2_grpc.ServerGroupsServiceStub(channel)
+        self.consoles = consoles_pb2_grpc.ConsolesServiceStub(channel)
 
     async def close(self) -> None:
         await self.channel.close()

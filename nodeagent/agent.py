@@ -18,7 +18,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
-from loom.compute.v1 import compute_pb2
+from loom.compute.v1 import agent_bus_pb2
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -45,11 +45,11 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _COMMANDS: dict[str, type[Any]] = {
-    "build": compute_pb2.BuildInstanceCommand,
-    "delete": compute_pb2.DeleteInstanceCommand,
-    "start": compute_pb2.StartInstanceCommand,
-    "stop": compute_pb2.StopInstanceCommand,
-    "reboot": compute_pb2.RebootInstanceCommand,
+    "build": agent_bus_pb2.BuildInstanceCommand,
+    "delete": agent_bus_pb2.DeleteInstanceCommand,
+    "start": agent_bus_pb2.StartInstanceCommand,
+    "stop": agent_bus_pb2.StopInstanceCommand,
+    "reboot": agent_bus_pb2.RebootInstanceCommand,
 }
 
 
@@ -407,7 +407,7 @@ class HostAgent:
             with contextlib.suppress(Exception):
                 await msg.in_progress()
 
-    async def _execute(self, verb: str, command: Any) -> compute_pb2.InstanceEvent:
+    async def _execute(self, verb: str, command: Any) -> agent_bus_pb2.InstanceEvent:
         if verb == "build":
             return await self._build(command)
         if verb == "delete":
@@ -424,20 +424,20 @@ class HostAgent:
             def action() -> PowerState:
                 return self.driver.stop(iid, timeout)
         else:
-            hard = command.reboot_type == compute_pb2.REBOOT_TYPE_HARD
+            hard = command.reboot_type == agent_bus_pb2.REBOOT_TYPE_HARD
 
             def action() -> PowerState:
                 return self.driver.reboot(iid, hard=hard)
 
         return await self._power_action(verb, command.request_id, iid, action)
 
-    async def _build(self, cmd: compute_pb2.BuildInstanceCommand) -> compute_pb2.InstanceEvent:
+    async def _build(self, cmd: agent_bus_pb2.BuildInstanceCommand) -> agent_bus_pb2.InstanceEvent:
         spec = cmd.spec
         iid = spec.instance_id
 
         def answer(
             kind: m.Kind, state: PowerState, fault_msg: str = ""
-        ) -> compute_pb2.InstanceEvent:
+        ) -> agent_bus_pb2.InstanceEvent:
             return m.instance_event(
                 host=self.host,
                 instance_id=iid,
@@ -472,7 +472,9 @@ class HostAgent:
         self._set_known(iid, state)
         return answer(m.BUILD_SUCCEEDED, state)
 
-    async def _delete(self, cmd: compute_pb2.DeleteInstanceCommand) -> compute_pb2.InstanceEvent:
+    async def _delete(
+        self, cmd: agent_bus_pb2.DeleteInstanceCommand
+    ) -> agent_bus_pb2.InstanceEvent:
         iid = cmd.instance_id
         if _valid_uuid(iid):
             await self.call_driver(self.driver.destroy, iid)
@@ -490,7 +492,7 @@ class HostAgent:
 
     async def _power_action(
         self, verb: str, request_id: str, iid: str, action: Callable[[], PowerState]
-    ) -> compute_pb2.InstanceEvent:
+    ) -> agent_bus_pb2.InstanceEvent:
         kind = m.ACTION_SUCCEEDED
         fault = None
         try:
@@ -517,7 +519,7 @@ class HostAgent:
             fault=fault,
         )
 
-    async def _publish_event(self, event: compute_pb2.InstanceEvent) -> None:
+    async def _publish_event(self, event: agent_bus_pb2.InstanceEvent) -> None:
         await self._js.publish(
             bus.instance_event_subject(self.host),
             event.SerializeToString(),

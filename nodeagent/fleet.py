@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
-from loom.compute.v1 import compute_pb2
-from loom.conductor.v1 import conductor_pb2, conductor_pb2_grpc
+from loom.compute.v1 import agent_bus_pb2
+from loom.conductor.v1 import fleet_pb2, fleet_pb2_grpc, servers_pb2
 
 from nodeagent.driver.base import PowerState
 from nodeagent.messages import power_from_pb
@@ -17,9 +17,9 @@ from nodeagent.messages import power_from_pb
 class ExpectedInstance:
     """One instance the control plane places on a host, and the state it recorded."""
 
-    spec: compute_pb2.InstanceSpec
-    vm_state: conductor_pb2.VmState.ValueType
-    task_state: conductor_pb2.TaskState.ValueType
+    spec: agent_bus_pb2.InstanceSpec
+    vm_state: servers_pb2.VmState.ValueType
+    task_state: servers_pb2.TaskState.ValueType
     power_state: PowerState
 
     @property
@@ -37,12 +37,12 @@ class GrpcFleetView:
     """FleetService over one shared channel; every call has a deadline."""
 
     def __init__(self, channel: grpc.aio.Channel, timeout: float = 10.0) -> None:
-        self._stub = conductor_pb2_grpc.FleetServiceStub(channel)
+        self._stub = fleet_pb2_grpc.FleetServiceStub(channel)
         self._timeout = timeout
 
     async def expected_instances(self, host: str) -> list[ExpectedInstance]:
         resp = await self._stub.ListHostInstances(
-            conductor_pb2.ListHostInstancesRequest(host=host), timeout=self._timeout
+            fleet_pb2.ListHostInstancesRequest(host=host), timeout=self._timeout
         )
         return [
             ExpectedInstance(

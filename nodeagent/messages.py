@@ -7,31 +7,31 @@ from typing import TypeAlias
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from loom.common.v1 import common_pb2
-from loom.compute.v1 import compute_pb2
+from loom.compute.v1 import agent_bus_pb2
 
 from controlplane.config import AgentConfig
 from nodeagent import __version__
 from nodeagent.driver.base import HostFacts, PowerState
 
-Kind: TypeAlias = compute_pb2.InstanceEventKind.ValueType
+Kind: TypeAlias = agent_bus_pb2.InstanceEventKind.ValueType
 
-BUILD_SUCCEEDED = compute_pb2.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED
-BUILD_FAILED = compute_pb2.INSTANCE_EVENT_KIND_BUILD_FAILED
-DELETED = compute_pb2.INSTANCE_EVENT_KIND_DELETED
-ACTION_SUCCEEDED = compute_pb2.INSTANCE_EVENT_KIND_ACTION_SUCCEEDED
-ACTION_FAILED = compute_pb2.INSTANCE_EVENT_KIND_ACTION_FAILED
-POWER_STATE_CHANGED = compute_pb2.INSTANCE_EVENT_KIND_POWER_STATE_CHANGED
-MISSING = compute_pb2.INSTANCE_EVENT_KIND_MISSING
+BUILD_SUCCEEDED = agent_bus_pb2.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED
+BUILD_FAILED = agent_bus_pb2.INSTANCE_EVENT_KIND_BUILD_FAILED
+DELETED = agent_bus_pb2.INSTANCE_EVENT_KIND_DELETED
+ACTION_SUCCEEDED = agent_bus_pb2.INSTANCE_EVENT_KIND_ACTION_SUCCEEDED
+ACTION_FAILED = agent_bus_pb2.INSTANCE_EVENT_KIND_ACTION_FAILED
+POWER_STATE_CHANGED = agent_bus_pb2.INSTANCE_EVENT_KIND_POWER_STATE_CHANGED
+MISSING = agent_bus_pb2.INSTANCE_EVENT_KIND_MISSING
 
 HEARTBEAT_BINARY = "loom-compute"
 
 
-def power_to_pb(state: PowerState) -> compute_pb2.PowerState.ValueType:
+def power_to_pb(state: PowerState) -> agent_bus_pb2.PowerState.ValueType:
     # The enum numbers are Nova's on both sides, so the value carries over unchanged.
-    return compute_pb2.PowerState.ValueType(int(state))
+    return agent_bus_pb2.PowerState.ValueType(int(state))
 
 
-def power_from_pb(state: compute_pb2.PowerState.ValueType) -> PowerState:
+def power_from_pb(state: agent_bus_pb2.PowerState.ValueType) -> PowerState:
     try:
         return PowerState(int(state))
     except ValueError:
@@ -46,7 +46,7 @@ def now_pb() -> Timestamp:
 
 def event_msg_id(request_id: str, kind: Kind) -> str:
     """The Nats-Msg-Id of an event: a resend of the same answer to the same command dedupes."""
-    return f"{request_id}:{compute_pb2.InstanceEventKind.Name(kind)}"
+    return f"{request_id}:{agent_bus_pb2.InstanceEventKind.Name(kind)}"
 
 
 def instance_event(
@@ -59,9 +59,9 @@ def instance_event(
     action: str = "",
     attempt: int = 0,
     fault: common_pb2.Fault | None = None,
-) -> compute_pb2.InstanceEvent:
+) -> agent_bus_pb2.InstanceEvent:
     """An event; spontaneous ones (no command) get a fresh request id."""
-    return compute_pb2.InstanceEvent(
+    return agent_bus_pb2.InstanceEvent(
         request_id=request_id or f"agent-{uuid.uuid4()}",
         instance_id=instance_id,
         host=host,
@@ -80,15 +80,15 @@ def fault(code: int, message: str) -> common_pb2.Fault:
 
 def inventory_report(
     *, host: str, facts: HostFacts, cfg: AgentConfig, compute_endpoint: str, host_ip: str
-) -> compute_pb2.HostInventoryReport:
+) -> agent_bus_pb2.HostInventoryReport:
     """allocation_ratio 0 means "use the scheduler's configured default"."""
-    return compute_pb2.HostInventoryReport(
+    return agent_bus_pb2.HostInventoryReport(
         host=host,
-        vcpu=compute_pb2.Inventory(total=facts.vcpus, reserved=0, allocation_ratio=0.0),
-        memory_mb=compute_pb2.Inventory(
+        vcpu=agent_bus_pb2.Inventory(total=facts.vcpus, reserved=0, allocation_ratio=0.0),
+        memory_mb=agent_bus_pb2.Inventory(
             total=facts.memory_mb, reserved=cfg.reserved_host_memory_mb, allocation_ratio=0.0
         ),
-        disk_gb=compute_pb2.Inventory(
+        disk_gb=agent_bus_pb2.Inventory(
             total=facts.disk_gb, reserved=cfg.reserved_host_disk_gb, allocation_ratio=0.0
         ),
         hypervisor_type=facts.hypervisor_type,
@@ -100,8 +100,8 @@ def inventory_report(
     )
 
 
-def heartbeat(*, host: str, instance_count: int, compute_endpoint: str) -> compute_pb2.Heartbeat:
-    return compute_pb2.Heartbeat(
+def heartbeat(*, host: str, instance_count: int, compute_endpoint: str) -> agent_bus_pb2.Heartbeat:
+    return agent_bus_pb2.Heartbeat(
         host=host,
         sent_at=now_pb(),
         instance_count=instance_count,

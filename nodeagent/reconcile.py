@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
-from loom.conductor.v1 import conductor_pb2
+from loom.conductor.v1 import servers_pb2
 
 from nodeagent.driver.base import PowerState
 from nodeagent.fleet import ExpectedInstance
@@ -17,10 +17,10 @@ from nodeagent.fleet import ExpectedInstance
 # are left alone: their commands are redelivered by JetStream and finish the task.
 _AT_REST = frozenset(
     {
-        conductor_pb2.VM_STATE_ACTIVE,
-        conductor_pb2.VM_STATE_STOPPED,
-        conductor_pb2.VM_STATE_PAUSED,
-        conductor_pb2.VM_STATE_SUSPENDED,
+        servers_pb2.VM_STATE_ACTIVE,
+        servers_pb2.VM_STATE_STOPPED,
+        servers_pb2.VM_STATE_PAUSED,
+        servers_pb2.VM_STATE_SUSPENDED,
     }
 )
 
@@ -39,7 +39,7 @@ class ReconcilePlan:
 def wanted_power_on(expected: ExpectedInstance) -> bool:
     if expected.power_state != PowerState.NOSTATE:
         return expected.power_state == PowerState.RUNNING
-    return bool(expected.vm_state == conductor_pb2.VM_STATE_ACTIVE)
+    return bool(expected.vm_state == servers_pb2.VM_STATE_ACTIVE)
 
 
 def plan_reconcile(
@@ -68,7 +68,7 @@ def plan_reconcile(
         actual = now.get(iid)
         if actual is None:
             at_rest = (
-                exp.vm_state in _AT_REST and exp.task_state == conductor_pb2.TASK_STATE_UNSPECIFIED
+                exp.vm_state in _AT_REST and exp.task_state == servers_pb2.TASK_STATE_UNSPECIFIED
             )
             if not at_rest:
                 continue

@@ -3,10 +3,13 @@ by proto package, and runs on every grpcio and protobuf that pyproject.toml admi
 
 from __future__ import annotations
 
+import importlib
 import re
 import subprocess
 import tomllib
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 GENERATED = ROOT / "generated" / "loom"
@@ -64,14 +67,30 @@ def test_bytecode_caches_left_by_imports_do_not_make_generated_code_stale() -> N
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_generated_modules_import_by_their_proto_package() -> None:
-    from loom.compute.v1 import compute_pb2
-    from loom.conductor.v1 import conductor_pb2_grpc
-    from loom.scheduler.v1 import scheduler_pb2
-
-    assert compute_pb2.DESCRIPTOR.package == "loom.compute.v1"
-    assert scheduler_pb2.DESCRIPTOR.package == "loom.scheduler.v1"
-    assert hasattr(conductor_pb2_grpc, "ServersServiceStub")
+@pytest.mark.parametrize(
+    ("module", "package", "services"),
+    [
+        ("loom.identity.v1.identity_pb2", "loom.identity.v1", {"IdentityService"}),
+        ("loom.image.v1.images_pb2", "loom.image.v1", {"ImagesService"}),
+        ("loom.catalog.v1.flavors_pb2", "loom.catalog.v1", {"FlavorsService"}),
+        ("loom.catalog.v1.keypairs_pb2", "loom.catalog.v1", {"KeypairsService"}),
+        ("loom.catalog.v1.quotas_pb2", "loom.catalog.v1", {"QuotasService"}),
+        ("loom.conductor.v1.servers_pb2", "loom.conductor.v1", {"ServersService"}),
+        ("loom.conductor.v1.server_groups_pb2", "loom.conductor.v1", {"ServerGroupsService"}),
+        ("loom.conductor.v1.consoles_pb2", "loom.conductor.v1", {"ConsolesService"}),
+        ("loom.conductor.v1.fleet_pb2", "loom.conductor.v1", {"FleetService"}),
+        ("loom.conductor.v1.conductor_bus_pb2", "loom.conductor.v1", set()),
+        ("loom.scheduler.v1.scheduler_pb2", "loom.scheduler.v1", {"SchedulerService"}),
+        ("loom.compute.v1.compute_pb2", "loom.compute.v1", {"ComputeService"}),
+        ("loom.compute.v1.agent_bus_pb2", "loom.compute.v1", set()),
+    ],
+)
+def test_each_domain_has_its_own_proto_package_and_one_file_per_service(
+    module: str, package: str, services: set[str]
+) -> None:
+    descriptor = importlib.import_module(module).DESCRIPTOR
+    assert descriptor.package == package
+    assert set(descriptor.services_by_name) == services
 
 
 def test_the_stubs_were_made_by_the_locked_grpcio_tools() -> None:

@@ -118,7 +118,16 @@ def test_loom_up_serves_health_and_reflection_on_every_grpc_port_and_stops_on_si
     services = subprocess.run(
         [GRPCURL, "-plaintext", targets[0], "list"], capture_output=True, text=True, check=True
     ).stdout
-    assert "loom.conductor.v1.ServersService" in services
+    # The conductor's port hosts each domain's own services, each in its own proto package.
+    for service in (
+        "loom.conductor.v1.ServersService",
+        "loom.identity.v1.IdentityService",
+        "loom.image.v1.ImagesService",
+        "loom.catalog.v1.FlavorsService",
+        "loom.catalog.v1.KeypairsService",
+        "loom.catalog.v1.QuotasService",
+    ):
+        assert service in services, services
     versions = httpx.get(f"{url}/compute/", timeout=10)
     assert versions.status_code == 200
     assert {v["id"] for v in versions.json()["versions"]} == {"v2.0", "v2.1"}

@@ -7,8 +7,8 @@ JetStream keeps only one copy.
 
 from __future__ import annotations
 
-from loom.compute.v1 import compute_pb2
-from loom.conductor.v1 import conductor_pb2
+from loom.compute.v1 import agent_bus_pb2
+from loom.conductor.v1 import conductor_bus_pb2
 
 from controlplane.conductor.outbox import Outgoing
 from controlplane.runtime import bus
@@ -19,42 +19,42 @@ SCHEDULE_SUBJECT = bus.conductor_subject("schedule")
 def schedule(instance_uuid: str, attempt: int) -> Outgoing:
     """Asks the scheduling worker to place the instance for this build attempt."""
     msg_id = f"schedule-{instance_uuid}-{attempt}"
-    payload = conductor_pb2.ScheduleInstanceMessage(
+    payload = conductor_bus_pb2.ScheduleInstanceMessage(
         request_id=msg_id, instance_id=instance_uuid, attempt=attempt
     )
     return Outgoing(SCHEDULE_SUBJECT, msg_id, payload)
 
 
-def build(host: str, spec: compute_pb2.InstanceSpec, attempt: int) -> Outgoing:
+def build(host: str, spec: agent_bus_pb2.InstanceSpec, attempt: int) -> Outgoing:
     msg_id = f"build-{spec.instance_id}-{attempt}"
-    payload = compute_pb2.BuildInstanceCommand(request_id=msg_id, spec=spec, attempt=attempt)
+    payload = agent_bus_pb2.BuildInstanceCommand(request_id=msg_id, spec=spec, attempt=attempt)
     return Outgoing(bus.compute_subject(host, "build"), msg_id, payload)
 
 
 def delete(host: str, instance_uuid: str) -> Outgoing:
     # One delete per (instance, host) is enough: the agent's delete is idempotent.
     msg_id = f"delete-{instance_uuid}-{host}"
-    payload = compute_pb2.DeleteInstanceCommand(request_id=msg_id, instance_id=instance_uuid)
+    payload = agent_bus_pb2.DeleteInstanceCommand(request_id=msg_id, instance_id=instance_uuid)
     return Outgoing(bus.compute_subject(host, "delete"), msg_id, payload)
 
 
 def start(host: str, instance_uuid: str, request_id: str) -> Outgoing:
     msg_id = f"start-{instance_uuid}-{request_id}"
-    payload = compute_pb2.StartInstanceCommand(request_id=msg_id, instance_id=instance_uuid)
+    payload = agent_bus_pb2.StartInstanceCommand(request_id=msg_id, instance_id=instance_uuid)
     return Outgoing(bus.compute_subject(host, "start"), msg_id, payload)
 
 
 def stop(host: str, instance_uuid: str, request_id: str) -> Outgoing:
     msg_id = f"stop-{instance_uuid}-{request_id}"
-    payload = compute_pb2.StopInstanceCommand(request_id=msg_id, instance_id=instance_uuid)
+    payload = agent_bus_pb2.StopInstanceCommand(request_id=msg_id, instance_id=instance_uuid)
     return Outgoing(bus.compute_subject(host, "stop"), msg_id, payload)
 
 
 def reboot(host: str, instance_uuid: str, request_id: str, *, hard: bool) -> Outgoing:
     msg_id = f"reboot-{instance_uuid}-{request_id}"
-    payload = compute_pb2.RebootInstanceCommand(
+    payload = agent_bus_pb2.RebootInstanceCommand(
         request_id=msg_id,
         instance_id=instance_uuid,
-        reboot_type=compute_pb2.REBOOT_TYPE_HARD if hard else compute_pb2.REBOOT_TYPE_SOFT,
+        reboot_type=agent_bus_pb2.REBOOT_TYPE_HARD if hard else agent_bus_pb2.REBOOT_TYPE_SOFT,
     )
     return Outgoing(bus.compute_subject(host, "reboot"), msg_id, payload)

@@ -23,17 +23,17 @@ from typing import TypeAlias
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from loom.compute.v1 import compute_pb2, compute_pb2_grpc
-from loom.conductor.v1 import conductor_pb2, conductor_pb2_grpc
+from loom.conductor.v1 import consoles_pb2, consoles_pb2_grpc
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.conductor.context import Conductor
-from controlplane.conductor.errors import Conflict, InvalidArgument, NotFound
-from controlplane.conductor.rpc import grpc_errors
 from controlplane.conductor.servers.query import load_instance
 from controlplane.conductor.states import TaskState, VmState
 from controlplane.db.models import ConsoleAuthToken, Instance
+from controlplane.runtime.errors import Conflict, InvalidArgument, NotFound
 from controlplane.runtime.grpcserver import insecure_or_secure_channel
+from controlplane.runtime.rpc import grpc_errors
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def _ts(value: datetime) -> Timestamp:
     return ts
 
 
-class ConsolesServicer(conductor_pb2_grpc.ConsolesServiceServicer):
+class ConsolesServicer(consoles_pb2_grpc.ConsolesServiceServicer):
     def __init__(self, conductor: Conductor) -> None:
         self._c = conductor
 
@@ -127,8 +127,8 @@ class ConsolesServicer(conductor_pb2_grpc.ConsolesServiceServicer):
 
     @grpc_errors
     async def GetConsoleOutput(
-        self, request: conductor_pb2.GetConsoleOutputRequest, context: Ctx
-    ) -> conductor_pb2.GetConsoleOutputResponse:
+        self, request: consoles_pb2.GetConsoleOutputRequest, context: Ctx
+    ) -> consoles_pb2.GetConsoleOutputResponse:
         if request.length < 0:
             raise InvalidArgument("length must be 0 (everything) or a positive line count.")
         async with self._c.sessions() as session:
@@ -138,12 +138,12 @@ class ConsolesServicer(conductor_pb2_grpc.ConsolesServiceServicer):
         assert row.host is not None
         endpoint = await self._compute_endpoint(row.host)
         output = await self._console_output(endpoint, row.uuid, request.length)
-        return conductor_pb2.GetConsoleOutputResponse(output=output)
+        return consoles_pb2.GetConsoleOutputResponse(output=output)
 
     @grpc_errors
     async def CreateConsoleToken(
-        self, request: conductor_pb2.CreateConsoleTokenRequest, context: Ctx
-    ) -> conductor_pb2.CreateConsoleTokenResponse:
+        self, request: consoles_pb2.CreateConsoleTokenRequest, context: Ctx
+    ) -> consoles_pb2.CreateConsoleTokenResponse:
         protocol = request.protocol or "vnc"
         console_type = request.console_type or "novnc"
         if (protocol, console_type) not in SUPPORTED:
@@ -176,14 +176,14 @@ class ConsolesServicer(conductor_pb2_grpc.ConsolesServiceServicer):
             "console token created",
             extra={"instance": row.uuid, "request_id": request.request_id, "protocol": protocol},
         )
-        return conductor_pb2.CreateConsoleTokenResponse(
+        return consoles_pb2.CreateConsoleTokenResponse(
             token=token, expires_at=_ts(expires), instance_id=row.uuid
         )
 
     @grpc_errors
     async def ValidateConsoleToken(
-        self, request: conductor_pb2.ValidateConsoleTokenRequest, context: Ctx
-    ) -> conductor_pb2.ValidateConsoleTokenResponse:
+        self, request: consoles_pb2.ValidateConsoleTokenRequest, context: Ctx
+    ) -> consoles_pb2.ValidateConsoleTokenResponse:
         if not request.token:
             raise NotFound(INVALID_TOKEN)
         now = datetime.now(UTC)
@@ -205,7 +205,7 @@ class ConsolesServicer(conductor_pb2_grpc.ConsolesServiceServicer):
         ):
             raise NotFound(INVALID_TOKEN)
         endpoint = await self._compute_endpoint(inst.host)
-        return conductor_pb2.ValidateConsoleTokenResponse(
+        return consoles_pb2.ValidateConsoleTokenResponse(
             instance_id=inst.uuid,
             host=inst.host,
             console_host=tok.host,

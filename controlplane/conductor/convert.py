@@ -7,45 +7,45 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from loom.common.v1 import common_pb2
-from loom.compute.v1 import compute_pb2
-from loom.conductor.v1 import conductor_pb2
+from loom.compute.v1 import agent_bus_pb2
+from loom.conductor.v1 import fleet_pb2, servers_pb2
 from sqlalchemy import Row
 
 from controlplane.conductor.states import Status, TaskState, VmState, derive_status
 from controlplane.db.models import Image, Instance, InstanceAction, InstanceActionEvent, Service
 
 VM_STATE_PB = {
-    VmState.BUILDING: conductor_pb2.VM_STATE_BUILDING,
-    VmState.ACTIVE: conductor_pb2.VM_STATE_ACTIVE,
-    VmState.STOPPED: conductor_pb2.VM_STATE_STOPPED,
-    VmState.ERROR: conductor_pb2.VM_STATE_ERROR,
-    VmState.DELETED: conductor_pb2.VM_STATE_DELETED,
-    VmState.PAUSED: conductor_pb2.VM_STATE_PAUSED,
-    VmState.SUSPENDED: conductor_pb2.VM_STATE_SUSPENDED,
+    VmState.BUILDING: servers_pb2.VM_STATE_BUILDING,
+    VmState.ACTIVE: servers_pb2.VM_STATE_ACTIVE,
+    VmState.STOPPED: servers_pb2.VM_STATE_STOPPED,
+    VmState.ERROR: servers_pb2.VM_STATE_ERROR,
+    VmState.DELETED: servers_pb2.VM_STATE_DELETED,
+    VmState.PAUSED: servers_pb2.VM_STATE_PAUSED,
+    VmState.SUSPENDED: servers_pb2.VM_STATE_SUSPENDED,
 }
 VM_STATE_FROM_PB = {v: k for k, v in VM_STATE_PB.items()}
 
 TASK_STATE_PB = {
-    TaskState.SCHEDULING: conductor_pb2.TASK_STATE_SCHEDULING,
-    TaskState.SPAWNING: conductor_pb2.TASK_STATE_SPAWNING,
-    TaskState.POWERING_OFF: conductor_pb2.TASK_STATE_POWERING_OFF,
-    TaskState.POWERING_ON: conductor_pb2.TASK_STATE_POWERING_ON,
-    TaskState.REBOOTING: conductor_pb2.TASK_STATE_REBOOTING,
-    TaskState.REBOOTING_HARD: conductor_pb2.TASK_STATE_REBOOTING_HARD,
-    TaskState.DELETING: conductor_pb2.TASK_STATE_DELETING,
+    TaskState.SCHEDULING: servers_pb2.TASK_STATE_SCHEDULING,
+    TaskState.SPAWNING: servers_pb2.TASK_STATE_SPAWNING,
+    TaskState.POWERING_OFF: servers_pb2.TASK_STATE_POWERING_OFF,
+    TaskState.POWERING_ON: servers_pb2.TASK_STATE_POWERING_ON,
+    TaskState.REBOOTING: servers_pb2.TASK_STATE_REBOOTING,
+    TaskState.REBOOTING_HARD: servers_pb2.TASK_STATE_REBOOTING_HARD,
+    TaskState.DELETING: servers_pb2.TASK_STATE_DELETING,
 }
 
 STATUS_PB = {
-    Status.BUILD: conductor_pb2.SERVER_STATUS_BUILD,
-    Status.ACTIVE: conductor_pb2.SERVER_STATUS_ACTIVE,
-    Status.SHUTOFF: conductor_pb2.SERVER_STATUS_SHUTOFF,
-    Status.ERROR: conductor_pb2.SERVER_STATUS_ERROR,
-    Status.REBOOT: conductor_pb2.SERVER_STATUS_REBOOT,
-    Status.HARD_REBOOT: conductor_pb2.SERVER_STATUS_HARD_REBOOT,
-    Status.DELETED: conductor_pb2.SERVER_STATUS_DELETED,
-    Status.PAUSED: conductor_pb2.SERVER_STATUS_PAUSED,
-    Status.SUSPENDED: conductor_pb2.SERVER_STATUS_SUSPENDED,
-    Status.UNKNOWN: conductor_pb2.SERVER_STATUS_UNKNOWN,
+    Status.BUILD: servers_pb2.SERVER_STATUS_BUILD,
+    Status.ACTIVE: servers_pb2.SERVER_STATUS_ACTIVE,
+    Status.SHUTOFF: servers_pb2.SERVER_STATUS_SHUTOFF,
+    Status.ERROR: servers_pb2.SERVER_STATUS_ERROR,
+    Status.REBOOT: servers_pb2.SERVER_STATUS_REBOOT,
+    Status.HARD_REBOOT: servers_pb2.SERVER_STATUS_HARD_REBOOT,
+    Status.DELETED: servers_pb2.SERVER_STATUS_DELETED,
+    Status.PAUSED: servers_pb2.SERVER_STATUS_PAUSED,
+    Status.SUSPENDED: servers_pb2.SERVER_STATUS_SUSPENDED,
+    Status.UNKNOWN: servers_pb2.SERVER_STATUS_UNKNOWN,
 }
 STATUS_FROM_PB = {v: k for k, v in STATUS_PB.items()}
 
@@ -91,20 +91,20 @@ def make_fault(code: int, message: str, details: str = "") -> dict[str, Any]:
     }
 
 
-def server_pb(row: Instance | Row[Any]) -> conductor_pb2.Server:
+def server_pb(row: Instance | Row[Any]) -> servers_pb2.Server:
     """The Server message for an instance row; status derived, never stored."""
     vm = VmState(row.vm_state)
     task = TaskState(row.task_state) if row.task_state else None
-    server = conductor_pb2.Server(
+    server = servers_pb2.Server(
         id=row.uuid,
         name=row.name,
         project_id=row.project_id,
         user_id=row.user_id,
         vm_state=VM_STATE_PB[vm],
-        task_state=TASK_STATE_PB[task] if task else conductor_pb2.TASK_STATE_UNSPECIFIED,
-        power_state=compute_pb2.PowerState.ValueType(row.power_state or 0),
+        task_state=TASK_STATE_PB[task] if task else servers_pb2.TASK_STATE_UNSPECIFIED,
+        power_state=agent_bus_pb2.PowerState.ValueType(row.power_state or 0),
         status=STATUS_PB[derive_status(row.vm_state, row.task_state)],
-        flavor=conductor_pb2.FlavorSnapshot(
+        flavor=servers_pb2.FlavorSnapshot(
             id=row.flavor_id,
             name=row.flavor_name,
             vcpus=row.vcpus,
@@ -121,7 +121,7 @@ def server_pb(row: Instance | Row[Any]) -> conductor_pb2.Server:
         key_name=row.key_name or "",
         metadata={str(k): str(v) for k, v in (row.metadata_ or {}).items()},
         addresses=[
-            conductor_pb2.ServerAddress(
+            servers_pb2.ServerAddress(
                 network=str(a.get("network", "")),
                 address=str(a.get("address", "")),
                 version=int(a.get("version", 4)),
@@ -162,10 +162,10 @@ def server_pb(row: Instance | Row[Any]) -> conductor_pb2.Server:
     return server
 
 
-def instance_spec(row: Instance, image: Image | None) -> compute_pb2.InstanceSpec:
+def instance_spec(row: Instance, image: Image | None) -> agent_bus_pb2.InstanceSpec:
     """Everything an agent needs to build the instance, from its row and its image's row."""
     props = dict(image.properties or {}) if image is not None else {}
-    image_ref = compute_pb2.ImageRef(
+    image_ref = agent_bus_pb2.ImageRef(
         id=row.image_id,
         kernel_id=row.kernel_id,
         ramdisk_id=row.ramdisk_id,
@@ -176,7 +176,7 @@ def instance_spec(row: Instance, image: Image | None) -> compute_pb2.InstanceSpe
         image_ref.size = image.size or 0
         image_ref.hash_value = image.os_hash_value or ""
         image_ref.hash_algo = image.os_hash_algo or ""
-    return compute_pb2.InstanceSpec(
+    return agent_bus_pb2.InstanceSpec(
         instance_id=row.uuid,
         instance_name=instance_name(row.id),
         project_id=row.project_id,
@@ -196,8 +196,8 @@ def instance_spec(row: Instance, image: Image | None) -> compute_pb2.InstanceSpe
 
 def action_pb(
     action: InstanceAction, events: list[InstanceActionEvent] | None = None
-) -> conductor_pb2.InstanceAction:
-    out = conductor_pb2.InstanceAction(
+) -> servers_pb2.InstanceAction:
+    out = servers_pb2.InstanceAction(
         action=action.action,
         instance_id=action.instance_uuid,
         request_id=action.request_id,
@@ -218,8 +218,8 @@ def action_pb(
     return out
 
 
-def service_pb(row: Service, *, up: bool) -> conductor_pb2.Service:
-    out = conductor_pb2.Service(
+def service_pb(row: Service, *, up: bool) -> fleet_pb2.Service:
+    out = fleet_pb2.Service(
         id=row.id,
         uuid=row.uuid,
         binary=row.binary,

@@ -14,7 +14,7 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
-from loom.compute.v1 import compute_pb2
+from loom.compute.v1 import agent_bus_pb2
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
@@ -33,7 +33,7 @@ from controlplane.runtime import bus
 log = logging.getLogger(__name__)
 
 DURABLE = "conductor-events"
-K = compute_pb2.InstanceEventKind
+K = agent_bus_pb2.InstanceEventKind
 
 _ACTION_TASKS = {
     "start": {TaskState.POWERING_ON.value},
@@ -42,7 +42,7 @@ _ACTION_TASKS = {
 }
 
 
-def _when(event: compute_pb2.InstanceEvent) -> datetime:
+def _when(event: agent_bus_pb2.InstanceEvent) -> datetime:
     if event.HasField("occurred_at"):
         return aware(event.occurred_at.ToDatetime())
     return datetime.now(UTC)
@@ -54,7 +54,7 @@ class EventConsumer:
         self._js = js
         self._batch = batch
 
-    async def handle(self, event: compute_pb2.InstanceEvent) -> None:
+    async def handle(self, event: agent_bus_pb2.InstanceEvent) -> None:
         """Applies one event; idempotent. Raises when the effect could not be made durable
         (database or scheduler unreachable), so the event is redelivered."""
         handlers = {
@@ -74,7 +74,7 @@ class EventConsumer:
 
     # ------------------------------------------------------------------ builds
 
-    async def _build_succeeded(self, event: compute_pb2.InstanceEvent) -> None:
+    async def _build_succeeded(self, event: agent_bus_pb2.InstanceEvent) -> None:
         """building/spawning on this host for this attempt → active, running, launched_at.
         A build that finished for a server deleted meanwhile gets a delete to that host."""
         async with self._c.sessions() as session:
@@ -118,7 +118,7 @@ class EventConsumer:
                 await session.commit()
                 self._c.wakeup.set()
 
-    async def _build_failed(self, event: compute_pb2.InstanceEvent) -> None:
+    async def _build_failed(self, event: agent_bus_pb2.InstanceEvent) -> None:
         """Releases this attempt's claim (the scheduler releases exactly once), then tries the
         next alternate, or reschedules, or (attempts used up) puts the server in ERROR."""
         c = self._c
@@ -249,7 +249,7 @@ class EventConsumer:
 
     # ------------------------------------------------------------------ deletes
 
-    async def _deleted(self, event: compute_pb2.InstanceEvent) -> None:
+    async def _deleted(self, event: agent_bus_pb2.InstanceEvent) -> None:
         """The domain is gone from the host: release the claim, mark the server deleted and
         finish the delete action. A server that lives on another host is left alone."""
         c = self._c
@@ -270,7 +270,7 @@ class EventConsumer:
 
     # ------------------------------------------------------------------ power
 
-    async def _action_finished(self, event: compute_pb2.InstanceEvent) -> None:
+    async def _action_finished(self, event: agent_bus_pb2.InstanceEvent) -> None:
         """Settles a start/stop/reboot: task cleared, vm and power state from the outcome."""
         async with self._c.sessions() as session:
             loaded = await load_with_image(session, event.instance_id)
@@ -313,7 +313,7 @@ class EventConsumer:
             )
             await session.commit()
 
-    async def _power_changed(self, event: compute_pb2.InstanceEvent) -> None:
+    async def _power_changed(self, event: agent_bus_pb2.InstanceEvent) -> None:
         """Records the power state; an active server with no task found shut down becomes
         stopped (Nova's power sync)."""
         async with self._c.sessions() as session:
@@ -343,7 +343,7 @@ class EventConsumer:
             )
             await session.commit()
 
-    async def _missing(self, event: compute_pb2.InstanceEvent) -> None:
+    async def _missing(self, event: agent_bus_pb2.InstanceEvent) -> None:
         """The host has no domain for the server. While deleting, that is the delete done;
         otherwise the server goes to ERROR with a fault (once)."""
         c = self._c
@@ -384,7 +384,7 @@ class EventConsumer:
 
     async def _handle_msg(self, msg: Msg) -> bool:
         try:
-            event = compute_pb2.InstanceEvent.FromString(msg.data)
+            event = agent_bus_pb2.InstanceEvent.FromString(msg.data)
         except Exception:
             log.error("dropping an undecodable instance event")
             await msg.term()
@@ -400,7 +400,7 @@ class EventConsumer:
         await msg.ack()
         return True
 
-    async def builds_succeeded(self, events: list[compute_pb2.InstanceEvent]) -> set[str]:
+    async def builds_succeeded(self, events: list[agent_bus_pb2.InstanceEvent]) -> set[str]:
         """The common case of many BUILD_SUCCEEDED events in ONE guarded UPDATE … FROM
         (VALUES …): each row is changed only under the guard `_build_succeeded` checks (this
         host, this attempt, building/spawning, not deleted). Returns the instance ids it
@@ -446,7 +446,7 @@ class EventConsumer:
         BOOTS_ACTIVE.inc(len(applied))
         return applied
 
-    async def deletes_done(self, events: list[compute_pb2.InstanceEvent]) -> set[str]:
+    async def deletes_done(self, events: list[agent_bus_pb2.InstanceEvent]) -> set[str]:
         """`_deleted` for several DELETED events (at most one per instance): ONE SELECT
         reads the instances, their claims are released concurrently, then ONE transaction
         marks them deleted (one guarded UPDATE … FROM (VALUES …)) and finishes their delete
@@ -467,7 +467,7 @@ class EventConsumer:
             ).all()
         current = {str(r.uuid): (r.host, bool(r.deleted)) for r in rows}
         settled: set[str] = set()
-        due: list[compute_pb2.InstanceEvent] = []
+        due: list[agent_bus_pb2.InstanceEvent] = []
         for e in events:
             host, deleted = current.get(e.instance_id, (None, True))
             # Only a delete of the server where it lives finishes it (see `_deleted`).
@@ -515,8 +515,8 @@ class EventConsumer:
 
     async def _apply_leading(
         self,
-        groups: dict[bytes, list[tuple[Msg, compute_pb2.InstanceEvent | None]]],
-        kind: compute_pb2.InstanceEventKind.ValueType,
+        groups: dict[bytes, list[tuple[Msg, agent_bus_pb2.InstanceEvent | None]]],
+        kind: agent_bus_pb2.InstanceEventKind.ValueType,
         apply: Any,
     ) -> None:
         """Hands each group's first event, when of `kind`, to the batched `apply`; acks and
@@ -545,11 +545,13 @@ class EventConsumer:
 
     async def _handle_batch(self, msgs: list[Msg]) -> None:
         # One instance's events in order; different instances in parallel.
-        decoded: dict[bytes, list[tuple[Msg, compute_pb2.InstanceEvent | None]]] = defaultdict(list)
+        decoded: dict[bytes, list[tuple[Msg, agent_bus_pb2.InstanceEvent | None]]] = defaultdict(
+            list
+        )
         for m in msgs:
-            event: compute_pb2.InstanceEvent | None
+            event: agent_bus_pb2.InstanceEvent | None
             try:
-                event = compute_pb2.InstanceEvent.FromString(m.data)
+                event = agent_bus_pb2.InstanceEvent.FromString(m.data)
                 key = event.instance_id.encode()
             except Exception:
                 event, key = None, b""

@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias, cast
 
 import grpc
-from loom.compute.v1 import compute_pb2
-from loom.conductor.v1 import conductor_pb2, conductor_pb2_grpc
+from loom.compute.v1 import agent_bus_pb2
+from loom.conductor.v1 import fleet_pb2, fleet_pb2_grpc, servers_pb2
 from loom.scheduler.v1 import scheduler_pb2
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -28,12 +28,12 @@ from controlplane.conductor.convert import (
     instance_spec,
     service_pb,
 )
-from controlplane.conductor.dialect import upsert_insert
-from controlplane.conductor.errors import Conflict, InvalidArgument, NotFound
-from controlplane.conductor.rpc import grpc_errors
 from controlplane.conductor.states import TaskState, VmState
+from controlplane.db.dialect import upsert_insert
 from controlplane.db.models import Image, Instance, Service
 from controlplane.runtime import bus
+from controlplane.runtime.errors import Conflict, InvalidArgument, NotFound
+from controlplane.runtime.rpc import grpc_errors
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class HeartbeatRecorder:
         self._pending: dict[tuple[str, str], tuple[datetime, str, str]] = {}
         self.own_host = own_host or socket.gethostname()
 
-    def record(self, beat: compute_pb2.Heartbeat) -> None:
+    def record(self, beat: agent_bus_pb2.Heartbeat) -> None:
         if not bus.valid_host_name(beat.host):
             return
         binary = beat.binary or COMPUTE
@@ -79,7 +79,7 @@ class HeartbeatRecorder:
 
     async def on_message(self, msg: Msg) -> None:
         try:
-            self.record(compute_pb2.Heartbeat.FromString(msg.data))
+            self.record(agent_bus_pb2.Heartbeat.FromString(msg.data))
         except Exception:
             log.warning("dropping an undecodable heartbeat on %s", msg.subject)
 
@@ -138,7 +138,7 @@ class HeartbeatRecorder:
         sub = await nc.subscribe(bus.HEARTBEAT_WILDCARD, cb=self.on_message)
         try:
             while not stop.is_set():
-                self.record(compute_pb2.Heartbeat(host=self.own_host, binary=CONDUCTOR))
+                self.record(agent_bus_pb2.Heartbeat(host=self.own_host, binary=CONDUCTOR))
                 try:
                     await self.flush()
                 except Exception as exc:
@@ -159,9 +159,9 @@ def _hypervisor_pb(
     now: datetime,
     down_after_s: int,
     with_servers: bool,
-) -> conductor_pb2.Hypervisor:
+) -> fleet_pb2.Hypervisor:
     up = service is not None and is_up(service, now, down_after_s)
-    out = conductor_pb2.Hypervisor(
+    out = fleet_pb2.Hypervisor(
         id=host.id,
         uuid=host.uuid,
         hypervisor_hostname=host.name,
@@ -183,12 +183,12 @@ def _hypervisor_pb(
         out.service.CopyFrom(service_pb(service, up=up))
     if with_servers:
         out.servers.extend(
-            conductor_pb2.HypervisorServer(id=u, name=f"instance-{i:08x}") for u, i in servers
+            fleet_pb2.HypervisorServer(id=u, name=f"instance-{i:08x}") for u, i in servers
         )
     return out
 
 
-class FleetServicer(conductor_pb2_grpc.FleetServiceServicer):
+class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
     def __init__(self, conductor: Conductor) -> None:
         self._c = conductor
 
@@ -205,8 +205,8 @@ class FleetServicer(conductor_pb2_grpc.FleetServiceServicer):
 
     @grpc_errors
     async def ListServices(
-        self, request: conductor_pb2.ListServicesRequest, context: Ctx
-    ) -> conductor_pb2.ListServicesResponse:
+        self, request: fleet_pb2.ListServicesRequest, context: Ctx
+    ) -> fleet_pb2.ListServicesResponse:
         stmt = select(Service).order_by(Service.id)
         if request.binary:
             stmt = stmt.where(Service.binary == request.binary)
@@ -215,14 +215,14 @@ class FleetServicer(conductor_pb2_grpc.FleetServiceServicer):
         now = datetime.now(UTC)
         async with self._c.sessions() as session:
             rows = (await session.execute(stmt)).scalars().all()
-        return conductor_pb2.ListServicesResponse(
+        return fleet_pb2.ListServicesResponse(
             services=[service_pb(r, up=is_up(r, now, self._down_after)) for r in rows]
         )
 
     @grpc_errors
     async def UpdateService(
-        self, request: conductor_pb2.UpdateServiceRequest, context: Ctx
-    ) -> conductor_pb2.UpdateServiceResponse:
+        self, request: fleet_pb2.UpdateServiceRequest, context: Ctx
+    ) -> fleet_pb2.UpdateServiceResponse:
         """Postcondition: the given flags are stored; for a compute service the scheduler's
         host is enabled or disabled first, so placement never disagrees with the record."""
         if request.HasField("disabled_reason") and request.HasField("enabled") and request.enabled:
@@ -247,14 +247,14 @@ class FleetServicer(conductor_pb2_grpc.FleetServiceServicer):
             session.add(row)
             await session.commit()
         now = datetime.now(UTC)
-        return conductor_pb2.UpdateServiceResponse(
+        return fleet_pb2.UpdateServiceResponse(
             service=service_pb(row, up=is_up(row, now, self._down_after))
         )
 
     @grpc_errors
     async def DeleteService(
-        self, request: conductor_pb2.DeleteServiceRequest, context: Ctx
-    ) -> conductor_pb2.DeleteServiceResponse:
+        self, request: fleet_pb2.DeleteServiceRequest, context: Ctx
+    ) -> fleet_pb2.DeleteServiceResponse:
         async with self._c.sessions() as session:
             row = await self._service(session, request.id)
             if row.binary == COMPUTE:
@@ -271,11 +271,11 @@ class FleetServicer(conductor_pb2_grpc.FleetServiceServicer):
                     )
             await session.execute(delete(Service).where(Service.id == row.id))
             await session.commit()
-        return conductor_pb2.DeleteServiceResponse()
+        return fleet_pb2.DeleteServiceResponse()
 
     async def _hypervisors(
         self, hosts: list[scheduler_pb2.Host], with_servers: bool
-    ) -> list[conductor_pb2.Hypervisor]:
+    ) -> list[fleet_pb2.Hypervisor]:
         names = [h.name for h in hosts]
         async with self._c.sessions() as session:
             services = {
@@ -303,8 +303,8 @@ class FleetServicer(conductor_pb2_grpc.FleetServiceServicer):
 
     @grpc_errors
     async def ListHypervisors(
-        self, request: conductor_pb2.ListHypervisorsRequest, context: Ctx
-    ) -> conductor_pb2.ListHypervisorsResponse:
+        self, request: fleet_pb2.ListHypervisorsRequest, context: Ctx
+    ) -> fleet_pb2.ListHypervisorsResponse:
         hosts = sorted(
             await self._c.scheduler.list_hosts(request.hostname_pattern), key=lambda h: h.id
         )
@@ -321,30 +321,30 @@ class FleetServicer(conductor_pb2_grpc.FleetServiceServicer):
         if request.limit and len(hosts) > request.limit:
             hosts = hosts[: request.limit]
             next_marker = hosts[-1].uuid
-        return conductor_pb2.ListHypervisorsResponse(
+        return fleet_pb2.ListHypervisorsResponse(
             hypervisors=await self._hypervisors(hosts, request.with_servers),
             next_marker=next_marker,
         )
 
     @grpc_errors
     async def GetHypervisor(
-        self, request: conductor_pb2.GetHypervisorRequest, context: Ctx
-    ) -> conductor_pb2.GetHypervisorResponse:
+        self, request: fleet_pb2.GetHypervisorRequest, context: Ctx
+    ) -> fleet_pb2.GetHypervisorResponse:
         hosts = await self._c.scheduler.list_hosts()
         match = [h for h in hosts if request.id in (str(h.id), h.uuid, h.name)]
         if not match:
             raise NotFound(f"Hypervisor {request.id} could not be found.")
         found = await self._hypervisors(match[:1], request.with_servers)
-        return conductor_pb2.GetHypervisorResponse(hypervisor=found[0])
+        return fleet_pb2.GetHypervisorResponse(hypervisor=found[0])
 
     @grpc_errors
     async def ListAvailabilityZones(
-        self, request: conductor_pb2.ListAvailabilityZonesRequest, context: Ctx
-    ) -> conductor_pb2.ListAvailabilityZonesResponse:
+        self, request: fleet_pb2.ListAvailabilityZonesRequest, context: Ctx
+    ) -> fleet_pb2.ListAvailabilityZonesResponse:
         zones = await self._c.scheduler.zones()
-        out = [conductor_pb2.AvailabilityZone(name=z.name, available=z.available) for z in zones]
+        out = [fleet_pb2.AvailabilityZone(name=z.name, available=z.available) for z in zones]
         if not request.detailed:
-            return conductor_pb2.ListAvailabilityZonesResponse(zones=out)
+            return fleet_pb2.ListAvailabilityZonesResponse(zones=out)
         now = datetime.now(UTC)
         async with self._c.sessions() as session:
             services = (await session.execute(select(Service).order_by(Service.id))).scalars().all()
@@ -357,18 +357,18 @@ class FleetServicer(conductor_pb2_grpc.FleetServiceServicer):
         internal = [s for s in services if s.binary != COMPUTE]
         if internal:
             out.append(
-                conductor_pb2.AvailabilityZone(
+                fleet_pb2.AvailabilityZone(
                     name=INTERNAL_ZONE,
                     available=any(is_up(s, now, self._down_after) for s in internal),
                     services=[service_pb(s, up=is_up(s, now, self._down_after)) for s in internal],
                 )
             )
-        return conductor_pb2.ListAvailabilityZonesResponse(zones=out)
+        return fleet_pb2.ListAvailabilityZonesResponse(zones=out)
 
     @grpc_errors
     async def ListHostInstances(
-        self, request: conductor_pb2.ListHostInstancesRequest, context: Ctx
-    ) -> conductor_pb2.ListHostInstancesResponse:
+        self, request: fleet_pb2.ListHostInstancesRequest, context: Ctx
+    ) -> fleet_pb2.ListHostInstancesResponse:
         """Every live instance placed on the host, with the spec to rebuild it."""
         if not request.host:
             raise InvalidArgument("host is required")
@@ -380,13 +380,13 @@ class FleetServicer(conductor_pb2_grpc.FleetServiceServicer):
                 .order_by(Instance.id)
             )
             rows: list[Any] = list(result.all())
-        out = conductor_pb2.ListHostInstancesResponse()
+        out = fleet_pb2.ListHostInstancesResponse()
         for inst, image in rows:
             task = TaskState(inst.task_state) if inst.task_state else None
             out.instances.add(
                 spec=instance_spec(inst, image),
                 vm_state=VM_STATE_PB[VmState(inst.vm_state)],
-                task_state=TASK_STATE_PB[task] if task else conductor_pb2.TASK_STATE_UNSPECIFIED,
-                power_state=compute_pb2.PowerState.ValueType(inst.power_state or 0),
+                task_state=TASK_STATE_PB[task] if task else servers_pb2.TASK_STATE_UNSPECIFIED,
+                power_state=agent_bus_pb2.PowerState.ValueType(inst.power_state or 0),
             )
         return out

@@ -22,7 +22,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
-from controlplane.conductor.dialect import upsert_insert
+from controlplane.db.dialect import upsert_insert
 from controlplane.db.models import OutboxMessage
 from controlplane.runtime import bus
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import grpc
-from loom.conductor.v1 import conductor_pb2
+from loom.conductor.v1 import conductor_bus_pb2
 from loom.scheduler.v1 import scheduler_pb2
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -289,7 +289,7 @@ class SchedulingWorker:
         self._batch = batch
         self._zones = HostZones(conductor.scheduler)
 
-    async def schedule(self, message: conductor_pb2.ScheduleInstanceMessage) -> None:
+    async def schedule(self, message: conductor_bus_pb2.ScheduleInstanceMessage) -> None:
         """Places the instance for message.attempt. Postcondition on return: the placement
         and its build command are committed, or the instance is in ERROR with a fault, or
         there was nothing to do (deleted, already placed). Raises when the scheduler is
@@ -299,7 +299,7 @@ class SchedulingWorker:
             raise outcome
 
     async def schedule_many(
-        self, messages: list[conductor_pb2.ScheduleInstanceMessage]
+        self, messages: list[conductor_bus_pb2.ScheduleInstanceMessage]
     ) -> list[BaseException | None]:
         """`schedule` for several instances at once (at most one message per instance):
         one SELECT loads them all, the scheduler is asked for each concurrently, and ONE
@@ -415,7 +415,7 @@ class SchedulingWorker:
 
     def _select_request(
         self,
-        message: conductor_pb2.ScheduleInstanceMessage,
+        message: conductor_bus_pb2.ScheduleInstanceMessage,
         inst: Instance,
         groups: dict[str, scheduler_pb2.ServerGroupPolicy],
     ) -> scheduler_pb2.SelectDestinationsRequest:
@@ -459,7 +459,9 @@ class SchedulingWorker:
             for r in results
         ]
 
-    async def _release(self, message: conductor_pb2.ScheduleInstanceMessage) -> Exception | None:
+    async def _release(
+        self, message: conductor_bus_pb2.ScheduleInstanceMessage
+    ) -> Exception | None:
         try:
             await self._c.scheduler.release(f"{message.request_id}-release", message.instance_id)
         except Exception as exc:
@@ -467,7 +469,7 @@ class SchedulingWorker:
         return None
 
     def _log_failure(
-        self, message: conductor_pb2.ScheduleInstanceMessage, exc: BaseException
+        self, message: conductor_bus_pb2.ScheduleInstanceMessage, exc: BaseException
     ) -> None:
         if isinstance(exc, grpc.aio.AioRpcError):
             log.warning(
@@ -484,16 +486,18 @@ class SchedulingWorker:
             )
 
     async def _handle_batch(self, msgs: list[Msg]) -> None:
-        decoded: list[tuple[Msg, conductor_pb2.ScheduleInstanceMessage]] = []
+        decoded: list[tuple[Msg, conductor_bus_pb2.ScheduleInstanceMessage]] = []
         for msg in msgs:
             try:
-                decoded.append((msg, conductor_pb2.ScheduleInstanceMessage.FromString(msg.data)))
+                decoded.append(
+                    (msg, conductor_bus_pb2.ScheduleInstanceMessage.FromString(msg.data))
+                )
             except Exception:
                 log.error("dropping an undecodable schedule message")
                 await msg.term()
         # One message per instance per round: a second one (another attempt) is handled
         # after the first has settled, as one at a time would.
-        rounds: list[list[tuple[Msg, conductor_pb2.ScheduleInstanceMessage]]] = []
+        rounds: list[list[tuple[Msg, conductor_bus_pb2.ScheduleInstanceMessage]]] = []
         for item in decoded:
             for r in rounds:
                 if all(m.instance_id != item[1].instance_id for _, m in r):

@@ -1,5 +1,6 @@
-"""`loom conductor`: the gRPC server, the outbox relay, the scheduling worker, the event
-consumer and the heartbeat recorder, in one process, until stop is set."""
+"""`loom conductor`: the compute service's gRPC server, outbox relay, scheduling worker, event
+consumer and heartbeat recorder, in one process, until stop is set. The same gRPC server
+hosts the identity, image and catalog services (see registrations)."""
 
 from __future__ import annotations
 
@@ -7,55 +8,81 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from typing import Any
 
-from loom.conductor.v1 import conductor_pb2, conductor_pb2_grpc
+from loom.conductor.v1 import (
+    consoles_pb2,
+    consoles_pb2_grpc,
+    fleet_pb2,
+    fleet_pb2_grpc,
+    server_groups_pb2,
+    server_groups_pb2_grpc,
+    servers_pb2,
+    servers_pb2_grpc,
+)
 
-from controlplane.conductor import catalog, events, scheduling
+from controlplane.catalog import service as catalog_service
+from controlplane.conductor import events, scheduling
 from controlplane.conductor import metrics as conductor_metrics
 from controlplane.conductor.consoles import ConsolesServicer
 from controlplane.conductor.context import Conductor, SchedulerClient
 from controlplane.conductor.events import EventConsumer
 from controlplane.conductor.fleet import FleetServicer, HeartbeatRecorder
 from controlplane.conductor.outbox import Relay, Wakeup
-from controlplane.conductor.quotas import QuotasServicer
 from controlplane.conductor.scheduling import SchedulingWorker
+from controlplane.conductor.server_groups import ServerGroupsServicer
 from controlplane.conductor.servers.servicer import ServersServicer
 from controlplane.conductor.stranded import StrandedBuilds
 from controlplane.config import LoomConfig
 from controlplane.db.engine import engine_for, session_factory
+from controlplane.identity import service as identity_service
+from controlplane.image import service as image_service
 from controlplane.runtime import bus, grpcserver
 
 log = logging.getLogger(__name__)
 
 
-def _service_name(name: str) -> str:
-    return conductor_pb2.DESCRIPTOR.services_by_name[name].full_name
+def _name(module: Any, service: str) -> str:
+    return str(module.DESCRIPTOR.services_by_name[service].full_name)
 
 
-def registrations(conductor: Conductor) -> list[grpcserver.Registration]:
-    """The conductor's own servicers plus the catalog's."""
+def compute_registrations(conductor: Conductor) -> list[grpcserver.Registration]:
+    """The compute service's own servicers: servers, server groups, consoles, the fleet."""
     return [
         grpcserver.Registration(
             ServersServicer(conductor),
-            conductor_pb2_grpc.add_ServersServiceServicer_to_server,
-            _service_name("ServersService"),
+            servers_pb2_grpc.add_ServersServiceServicer_to_server,
+            _name(servers_pb2, "ServersService"),
         ),
         grpcserver.Registration(
-            QuotasServicer(conductor.sessions, conductor.cfg.conductor),
-            conductor_pb2_grpc.add_QuotasServiceServicer_to_server,
-            _service_name("QuotasService"),
+            ServerGroupsServicer(
+                conductor.sessions, conductor.cfg.conductor.default_quota_server_groups
+            ),
+            server_groups_pb2_grpc.add_ServerGroupsServiceServicer_to_server,
+            _name(server_groups_pb2, "ServerGroupsService"),
         ),
         grpcserver.Registration(
             FleetServicer(conductor),
-            conductor_pb2_grpc.add_FleetServiceServicer_to_server,
-            _service_name("FleetService"),
+            fleet_pb2_grpc.add_FleetServiceServicer_to_server,
+            _name(fleet_pb2, "FleetService"),
         ),
         grpcserver.Registration(
             ConsolesServicer(conductor),
-            conductor_pb2_grpc.add_ConsolesServiceServicer_to_server,
-            _service_name("ConsolesService"),
+            consoles_pb2_grpc.add_ConsolesServiceServicer_to_server,
+            _name(consoles_pb2, "ConsolesService"),
         ),
-        *catalog.registrations(conductor.sessions, conductor.cfg),
+    ]
+
+
+def registrations(conductor: Conductor) -> list[grpcserver.Registration]:
+    """What the conductor process serves: the compute service, and the identity, image and
+    catalog services it hosts (each in its own package, with its own tables)."""
+    sessions, cfg = conductor.sessions, conductor.cfg
+    return [
+        *compute_registrations(conductor),
+        *identity_service.registrations(sessions, cfg),
+        *image_service.registrations(sessions, cfg),
+        *catalog_service.registrations(sessions, cfg),
     ]
 
 
@@ -74,6 +101,10 @@ async def serve(cfg: LoomConfig, stop: asyncio.Event, **_options: object) -> Non
     await bus.ensure_streams(js, cfg.nats)
     channel = grpcserver.insecure_or_secure_channel(cfg.scheduler.listen, cfg.tls)
     conductor = Conductor(sessions, cfg, Wakeup(), SchedulerClient(channel))
+    # The hosted domains seed their rows before serving: a create reads the default flavors
+    # without ever calling the flavors service.
+    await identity_service.seed(sessions, cfg)
+    await catalog_service.seed(sessions, cfg)
     running = await grpcserver.start_grpc_server(
         cfg.conductor.listen, registrations(conductor), cfg.tls
     )

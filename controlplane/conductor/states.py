@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 
+from controlplane.runtime.errors import Conflict
+
 
 class VmState(StrEnum):
     BUILDING = "building"
@@ -116,7 +118,7 @@ def status_filter(status: Status) -> StatusFilter:
     return StatusFilter(vm_states, None, excluded)
 
 
-class InvalidState(Exception):
+class InvalidState(Conflict):
     """The action does not fit the server's state. The message names the state."""
 
     def __init__(self, action: str, vm_state: str, task_state: str | None) -> None:

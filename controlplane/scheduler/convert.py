@@ -9,7 +9,7 @@ from typing import Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from loom.common.v1 import common_pb2
-from loom.compute.v1 import compute_pb2
+from loom.compute.v1 import agent_bus_pb2
 from loom.scheduler.v1 import scheduler_pb2
 
 from controlplane.config import SchedulerConfig
@@ -147,7 +147,7 @@ def _classes(
 
 
 def inventory_from_report(
-    report: compute_pb2.HostInventoryReport, cfg: SchedulerConfig
+    report: agent_bus_pb2.HostInventoryReport, cfg: SchedulerConfig
 ) -> InventoryUpdate:
     """An agent's report (NATS) as an inventory update."""
     vcpu, memory_mb, disk_gb = _classes(report.vcpu, report.memory_mb, report.disk_gb, cfg)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from google.protobuf.message import DecodeError
-from loom.compute.v1 import compute_pb2
+from loom.compute.v1 import agent_bus_pb2
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -41,7 +41,7 @@ async def subscribe_heartbeats(nc: NATS, cache: HostCache) -> Subscription:
     """
 
     async def on_heartbeat(msg: Msg) -> None:
-        beat = compute_pb2.Heartbeat()
+        beat = agent_bus_pb2.Heartbeat()
         try:
             beat.ParseFromString(msg.data)
         except DecodeError:
@@ -66,7 +66,7 @@ async def subscribe_inventory(
     """
 
     async def on_report(msg: Msg) -> None:
-        report = compute_pb2.HostInventoryReport()
+        report = agent_bus_pb2.HostInventoryReport()
         try:
             report.ParseFromString(msg.data)
             update = convert.inventory_from_report(report, cfg)

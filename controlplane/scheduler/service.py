@@ -8,7 +8,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 
-from loom.compute.v1 import compute_pb2
+from loom.compute.v1 import agent_bus_pb2
 from loom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from nats.aio.client import Client as NATS
 
@@ -51,7 +51,7 @@ async def _every(interval: float, job: Callable[[], Awaitable[object]], name: st
 
 
 async def _publish_own_heartbeat(nc: NATS, host: str, endpoint: str) -> None:
-    beat = compute_pb2.Heartbeat(host=host, binary=BINARY, compute_endpoint=endpoint)
+    beat = agent_bus_pb2.Heartbeat(host=host, binary=BINARY, compute_endpoint=endpoint)
     beat.sent_at.CopyFrom(convert.timestamp(utcnow()))
     await nc.publish(bus.heartbeat_subject(host), beat.SerializeToString())
 

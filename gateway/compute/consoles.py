@@ -12,7 +12,7 @@ import re
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from loom.conductor.v1 import conductor_pb2 as pb
+from loom.conductor.v1 import consoles_pb2
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -105,7 +105,7 @@ async def _create_token(
         raise BadRequest(f"Unavailable console type {console_type}.")
     reply = await call(
         gateway_of(request).conductor.consoles.CreateConsoleToken,
-        pb.CreateConsoleTokenRequest(
+        consoles_pb2.CreateConsoleTokenRequest(
             request_id=request_id(request),
             id=request.path_params["server_id"],
             project_id=_scope(ctx),
@@ -155,7 +155,7 @@ async def _console_output(request: Request, ctx: RequestContext, length: Any) ->
     try:
         reply = await call(
             gateway_of(request).conductor.consoles.GetConsoleOutput,
-            pb.GetConsoleOutputRequest(
+            consoles_pb2.GetConsoleOutputRequest(
                 id=request.path_params["server_id"],
                 project_id=_scope(ctx),
                 # -1 (or no length) is everything; 0 lines is nothing, asked as one and dropped.
@@ -197,7 +197,7 @@ async def show_console_auth_token(request: Request) -> Response:
     try:
         reply = await call(
             gateway_of(request).conductor.consoles.ValidateConsoleToken,
-            pb.ValidateConsoleTokenRequest(token=token),
+            consoles_pb2.ValidateConsoleTokenRequest(token=token),
         )
     except ApiError as exc:
         if exc.status == 404:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from loom.conductor.v1 import conductor_pb2 as pb
+from loom.catalog.v1 import flavors_pb2
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -151,14 +151,14 @@ def _spec_value(value: Any) -> str:
     return str(value)
 
 
-def brief(request: Request, f: pb.Flavor, mv: Microversion) -> dict[str, Any]:
+def brief(request: Request, f: flavors_pb2.Flavor, mv: Microversion) -> dict[str, Any]:
     body: dict[str, Any] = {"id": f.id, "name": f.name, "links": links(request, "flavors", f.id)}
     if mv.at_least("2.55"):
         body["description"] = f.description or None
     return body
 
 
-def detail(request: Request, f: pb.Flavor, mv: Microversion) -> dict[str, Any]:
+def detail(request: Request, f: flavors_pb2.Flavor, mv: Microversion) -> dict[str, Any]:
     body = brief(request, f, mv)
     body.update(
         {
@@ -199,7 +199,7 @@ async def _list(request: Request, detailed: bool) -> Response:
     limit = min(q.get("limit", max_limit), max_limit)
     reply = await call(
         gateway_of(request).conductor.flavors.ListFlavors,
-        pb.ListFlavorsRequest(
+        flavors_pb2.ListFlavorsRequest(
             include_private=public is not True,
             min_ram=q.get("minRam", 0),
             min_disk=q.get("minDisk", 0),
@@ -232,11 +232,11 @@ async def list_flavors_detail(request: Request) -> Response:
     return await _list(request, detailed=True)
 
 
-async def _get(request: Request, flavor_id: str) -> pb.Flavor:
+async def _get(request: Request, flavor_id: str) -> flavors_pb2.Flavor:
     reply = await call(
-        gateway_of(request).conductor.flavors.GetFlavor, pb.GetFlavorRequest(id=flavor_id)
+        gateway_of(request).conductor.flavors.GetFlavor, flavors_pb2.GetFlavorRequest(id=flavor_id)
     )
-    flavor: pb.Flavor = reply.flavor
+    flavor: flavors_pb2.Flavor = reply.flavor
     return flavor
 
 
@@ -264,9 +264,9 @@ async def create_flavor(request: Request) -> Response:
     rxtx = float(f.get("rxtx_factor", 1.0))
     reply = await call(
         gateway_of(request).conductor.flavors.CreateFlavor,
-        pb.CreateFlavorRequest(
+        flavors_pb2.CreateFlavorRequest(
             request_id=request_id(request),
-            flavor=pb.Flavor(
+            flavor=flavors_pb2.Flavor(
                 id=str(f["id"]) if f.get("id") is not None else "",
                 name=name,
                 vcpus=_as_int(f["vcpus"]),
@@ -294,7 +294,7 @@ async def update_flavor(request: Request) -> Response:
     checked_body(UPDATE, body)
     reply = await call(
         gateway_of(request).conductor.flavors.UpdateFlavor,
-        pb.UpdateFlavorRequest(
+        flavors_pb2.UpdateFlavorRequest(
             request_id=request_id(request),
             id=request.path_params["flavor_id"],
             description=body["flavor"]["description"] or "",
@@ -309,7 +309,9 @@ async def delete_flavor(request: Request) -> Response:
     context(request).require_admin("os_compute_api:os-flavor-manage:delete")
     await call(
         gateway_of(request).conductor.flavors.DeleteFlavor,
-        pb.DeleteFlavorRequest(request_id=request_id(request), id=request.path_params["flavor_id"]),
+        flavors_pb2.DeleteFlavorRequest(
+            request_id=request_id(request), id=request.path_params["flavor_id"]
+        ),
     )
     return empty(202)
 
@@ -334,7 +336,7 @@ async def set_extra_specs(request: Request) -> Response:
     specs = {str(k): _spec_value(v) for k, v in body["extra_specs"].items()}
     await call(
         gateway_of(request).conductor.flavors.SetFlavorExtraSpecs,
-        pb.SetFlavorExtraSpecsRequest(
+        flavors_pb2.SetFlavorExtraSpecsRequest(
             request_id=request_id(request),
             id=request.path_params["flavor_id"],
             extra_specs=specs,
@@ -366,7 +368,7 @@ async def update_extra_spec(request: Request) -> Response:
     specs = {key: _spec_value(body[key])}
     await call(
         gateway_of(request).conductor.flavors.SetFlavorExtraSpecs,
-        pb.SetFlavorExtraSpecsRequest(
+        flavors_pb2.SetFlavorExtraSpecsRequest(
             request_id=request_id(request), id=request.path_params["flavor_id"], extra_specs=specs
         ),
     )
@@ -379,7 +381,7 @@ async def delete_extra_spec(request: Request) -> Response:
     context(request).require_admin("os_compute_api:os-flavor-extra-specs:delete")
     await call(
         gateway_of(request).conductor.flavors.DeleteFlavorExtraSpec,
-        pb.DeleteFlavorExtraSpecRequest(
+        flavors_pb2.DeleteFlavorExtraSpecRequest(
             request_id=request_id(request),
             id=request.path_params["flavor_id"],
             key=request.path_params["key"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from loom.conductor.v1 import conductor_pb2 as pb
+from loom.conductor.v1 import fleet_pb2
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -28,7 +28,7 @@ async def list_zones(request: Request) -> Response:
     context(request).require_read("os_compute_api:os-availability-zone:list")
     reply = await call(
         gateway_of(request).conductor.fleet.ListAvailabilityZones,
-        pb.ListAvailabilityZonesRequest(detailed=False),
+        fleet_pb2.ListAvailabilityZonesRequest(detailed=False),
     )
     return ok(
         {
@@ -46,7 +46,7 @@ async def list_zones_detail(request: Request) -> Response:
     context(request).require_admin("os_compute_api:os-availability-zone:detail")
     reply = await call(
         gateway_of(request).conductor.fleet.ListAvailabilityZones,
-        pb.ListAvailabilityZonesRequest(detailed=True),
+        fleet_pb2.ListAvailabilityZonesRequest(detailed=True),
     )
     zones = []
     for z in reply.zones:
@@ -66,7 +66,7 @@ async def list_zones_detail(request: Request) -> Response:
 # ------------------------------------------------------------------ services
 
 
-def _service(svc: pb.Service, mv: Microversion) -> dict[str, Any]:
+def _service(svc: fleet_pb2.Service, mv: Microversion) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": svc.uuid if mv.at_least("2.53") else svc.id,
         "binary": svc.binary,
@@ -94,7 +94,7 @@ async def list_services(request: Request) -> Response:
     q = checked_query(request, SERVICES_QUERY, ignore_unknown=not mv.at_least("2.75"))
     reply = await call(
         gateway_of(request).conductor.fleet.ListServices,
-        pb.ListServicesRequest(binary=q.get("binary", ""), host=q.get("host", "")),
+        fleet_pb2.ListServicesRequest(binary=q.get("binary", ""), host=q.get("host", "")),
     )
     return ok({"services": [_service(s, mv) for s in reply.services]})
 
@@ -127,9 +127,9 @@ LEGACY_SCHEMA = compile_schema(
 _LEGACY_ACTIONS = ("enable", "disable", "disable-log-reason", "force-down")
 
 
-async def _update(request: Request, req: pb.UpdateServiceRequest) -> pb.Service:
+async def _update(request: Request, req: fleet_pb2.UpdateServiceRequest) -> fleet_pb2.Service:
     reply = await call(gateway_of(request).conductor.fleet.UpdateService, req)
-    service: pb.Service = reply.service
+    service: fleet_pb2.Service = reply.service
     return service
 
 
@@ -149,7 +149,7 @@ async def update_service(request: Request) -> Response:
     checked_body(UPDATE_253, body)
     if "disabled_reason" in body and body.get("status") != "disabled":
         raise BadRequest("Specifying a disabled reason is only allowed when status is disabled.")
-    req = pb.UpdateServiceRequest(request_id=request_id(request), id=target)
+    req = fleet_pb2.UpdateServiceRequest(request_id=request_id(request), id=target)
     if "status" in body:
         req.enabled = body["status"] == "enabled"
     if "disabled_reason" in body:
@@ -165,11 +165,13 @@ async def _legacy_update(request: Request, mv: Microversion, action: str, body: 
     checked_body(LEGACY_SCHEMA, body)
     found = await call(
         gateway_of(request).conductor.fleet.ListServices,
-        pb.ListServicesRequest(binary=body["binary"], host=body["host"]),
+        fleet_pb2.ListServicesRequest(binary=body["binary"], host=body["host"]),
     )
     if not found.services:
         raise NotFound(f"Service {body['binary']} on host {body['host']} could not be found.")
-    req = pb.UpdateServiceRequest(request_id=request_id(request), id=str(found.services[0].id))
+    req = fleet_pb2.UpdateServiceRequest(
+        request_id=request_id(request), id=str(found.services[0].id)
+    )
     if action == "enable":
         req.enabled = True
     elif action in ("disable", "disable-log-reason"):
@@ -199,7 +201,7 @@ async def delete_service(request: Request) -> Response:
     context(request).require_admin("os_compute_api:os-services:delete")
     await call(
         gateway_of(request).conductor.fleet.DeleteService,
-        pb.DeleteServiceRequest(
+        fleet_pb2.DeleteServiceRequest(
             request_id=request_id(request), id=request.path_params["service_id"]
         ),
     )
@@ -217,7 +219,7 @@ HYPERVISOR_QUERY = Query(
 
 
 def _hypervisor(
-    h: pb.Hypervisor, mv: Microversion, detailed: bool, servers: bool
+    h: fleet_pb2.Hypervisor, mv: Microversion, detailed: bool, servers: bool
 ) -> dict[str, Any]:
     uuids = mv.at_least("2.53")
     body: dict[str, Any] = {
@@ -286,7 +288,7 @@ async def _list_hypervisors(request: Request, detailed: bool) -> Response:
     limit = q.get("limit") if paged else None
     reply = await call(
         gateway_of(request).conductor.fleet.ListHypervisors,
-        pb.ListHypervisorsRequest(
+        fleet_pb2.ListHypervisorsRequest(
             hostname_pattern=q.get("hypervisor_hostname_pattern", ""),
             with_servers=q.get("with_servers", False),
             limit=limit or 0,
@@ -331,7 +333,7 @@ async def show_hypervisor(request: Request) -> Response:
     try:
         reply = await call(
             gateway_of(request).conductor.fleet.GetHypervisor,
-            pb.GetHypervisorRequest(
+            fleet_pb2.GetHypervisorRequest(
                 id=request.path_params["hypervisor_id"], with_servers=q.get("with_servers", False)
             ),
         )

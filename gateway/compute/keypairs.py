@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC
 from typing import Any
 
-from loom.conductor.v1 import conductor_pb2 as pb
+from loom.catalog.v1 import keypairs_pb2
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -63,7 +63,7 @@ def _target_user(ctx: RequestContext, mv: Microversion, asked: str | None) -> st
     return asked
 
 
-def _rfc3339(kp: pb.Keypair) -> str:
+def _rfc3339(kp: keypairs_pb2.Keypair) -> str:
     return kp.created_at.ToDatetime(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
 
 
@@ -79,7 +79,7 @@ async def list_keypairs(request: Request) -> Response:
     limit = q.get("limit") if paged else None
     reply = await call(
         gateway_of(request).conductor.keypairs.ListKeypairs,
-        pb.ListKeypairsRequest(
+        keypairs_pb2.ListKeypairsRequest(
             user_id=user_id, limit=limit or 0, marker=q.get("marker", "") if paged else ""
         ),
     )
@@ -111,7 +111,7 @@ async def create_keypair(request: Request) -> Response:
     user_id = _target_user(ctx, mv, k.get("user_id"))
     reply = await call(
         gateway_of(request).conductor.keypairs.CreateKeypair,
-        pb.CreateKeypairRequest(
+        keypairs_pb2.CreateKeypairRequest(
             request_id=request_id(request),
             user_id=user_id,
             name=k["name"],
@@ -143,7 +143,7 @@ async def show_keypair(request: Request) -> Response:
     q = checked_query(request, SHOW_QUERY)
     reply = await call(
         gateway_of(request).conductor.keypairs.GetKeypair,
-        pb.GetKeypairRequest(
+        keypairs_pb2.GetKeypairRequest(
             user_id=_target_user(ctx, mv, q.get("user_id")), name=request.path_params["name"]
         ),
     )
@@ -173,7 +173,7 @@ async def delete_keypair(request: Request) -> Response:
     q = checked_query(request, SHOW_QUERY)
     await call(
         gateway_of(request).conductor.keypairs.DeleteKeypair,
-        pb.DeleteKeypairRequest(
+        keypairs_pb2.DeleteKeypairRequest(
             request_id=request_id(request),
             user_id=_target_user(ctx, mv, q.get("user_id")),
             name=request.path_params["name"],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from loom.conductor.v1 import conductor_pb2 as pb
+from loom.catalog.v1 import quotas_pb2
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -48,13 +48,13 @@ def quota_names(mv: Microversion) -> tuple[str, ...]:
     return names
 
 
-def _limit(limits: pb.QuotaLimits, name: str) -> int:
+def _limit(limits: quotas_pb2.QuotaLimits, name: str) -> int:
     if name in _NETWORK_DEFAULTS:
         return _NETWORK_DEFAULTS[name]
     return int(getattr(limits, name))
 
 
-def _usage(usage: pb.QuotaUsage, name: str) -> int:
+def _usage(usage: quotas_pb2.QuotaUsage, name: str) -> int:
     return (
         int(getattr(usage, name))
         if name in ("instances", "cores", "ram", "key_pairs", "server_groups")
@@ -85,10 +85,10 @@ def _project_allowed(ctx: RequestContext, project_id: str) -> None:
         raise Forbidden("Policy doesn't allow os_compute_api:os-quota-sets:show to be performed.")
 
 
-async def _quotas(request: Request, project_id: str, user_id: str) -> pb.GetQuotasResponse:
-    reply: pb.GetQuotasResponse = await call(
+async def _quotas(request: Request, project_id: str, user_id: str) -> quotas_pb2.GetQuotasResponse:
+    reply: quotas_pb2.GetQuotasResponse = await call(
         gateway_of(request).conductor.quotas.GetQuotas,
-        pb.GetQuotasRequest(project_id=project_id, user_id=user_id),
+        quotas_pb2.GetQuotasRequest(project_id=project_id, user_id=user_id),
     )
     return reply
 
@@ -178,7 +178,7 @@ async def show_defaults(request: Request) -> Response:
     ctx = context(request)
     ctx.require_read("os_compute_api:os-quota-sets:defaults")
     reply = await call(
-        gateway_of(request).conductor.quotas.GetDefaultQuotas, pb.GetDefaultQuotasRequest()
+        gateway_of(request).conductor.quotas.GetDefaultQuotas, quotas_pb2.GetDefaultQuotasRequest()
     )
     body: dict[str, Any] = {"id": request.path_params["project_id"]}
     body.update({n: _limit(reply.limits, n) for n in quota_names(microversion(request))})
@@ -200,7 +200,7 @@ async def update_quotas(request: Request) -> Response:
     }
     reply = await call(
         gateway_of(request).conductor.quotas.UpdateQuotas,
-        pb.UpdateQuotasRequest(
+        quotas_pb2.UpdateQuotasRequest(
             request_id=request_id(request),
             project_id=request.path_params["project_id"],
             limits=changes,
@@ -215,11 +215,11 @@ async def revert_quotas(request: Request) -> Response:
     ctx = context(request)
     ctx.require_admin("os_compute_api:os-quota-sets:delete")
     defaults = await call(
-        gateway_of(request).conductor.quotas.GetDefaultQuotas, pb.GetDefaultQuotasRequest()
+        gateway_of(request).conductor.quotas.GetDefaultQuotas, quotas_pb2.GetDefaultQuotasRequest()
     )
     await call(
         gateway_of(request).conductor.quotas.UpdateQuotas,
-        pb.UpdateQuotasRequest(
+        quotas_pb2.UpdateQuotasRequest(
             request_id=request_id(request),
             project_id=request.path_params["project_id"],
             limits={n: int(getattr(defaults.limits, n)) for n in _CORE + _FILES},

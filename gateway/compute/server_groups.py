@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from loom.conductor.v1 import conductor_pb2 as pb
+from loom.conductor.v1 import server_groups_pb2
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -79,7 +79,7 @@ LIST_QUERY = Query(
 )
 
 
-def view(g: pb.ServerGroup, mv: Microversion) -> dict[str, Any]:
+def view(g: server_groups_pb2.ServerGroup, mv: Microversion) -> dict[str, Any]:
     body: dict[str, Any] = {"id": g.id, "name": g.name, "members": list(g.members)}
     if mv.at_least("2.64"):
         body["policy"] = g.policy
@@ -112,7 +112,7 @@ async def list_groups(request: Request) -> Response:
     )
     reply = await call(
         gateway_of(request).conductor.server_groups.ListServerGroups,
-        pb.ListServerGroupsRequest(
+        server_groups_pb2.ListServerGroupsRequest(
             project_id="" if all_projects else ctx.project_id,
             limit=q.get("limit", 0),
             offset=q.get("offset", 0),
@@ -135,9 +135,9 @@ async def create_group(request: Request) -> Response:
     rules = {k: str(v) for k, v in (g.get("rules") or {}).items()}
     reply = await call(
         gateway_of(request).conductor.server_groups.CreateServerGroup,
-        pb.CreateServerGroupRequest(
+        server_groups_pb2.CreateServerGroupRequest(
             request_id=request_id(request),
-            group=pb.ServerGroup(
+            group=server_groups_pb2.ServerGroup(
                 name=g["name"],
                 project_id=ctx.project_id,
                 user_id=ctx.user_id,
@@ -156,7 +156,9 @@ async def show_group(request: Request) -> Response:
     ctx.require_read("os_compute_api:os-server-groups:show")
     reply = await call(
         gateway_of(request).conductor.server_groups.GetServerGroup,
-        pb.GetServerGroupRequest(id=request.path_params["group_id"], project_id=_scope(ctx)),
+        server_groups_pb2.GetServerGroupRequest(
+            id=request.path_params["group_id"], project_id=_scope(ctx)
+        ),
     )
     return ok({"server_group": view(reply.group, microversion(request))})
 
@@ -168,7 +170,7 @@ async def delete_group(request: Request) -> Response:
     ctx.require_write("os_compute_api:os-server-groups:delete")
     await call(
         gateway_of(request).conductor.server_groups.DeleteServerGroup,
-        pb.DeleteServerGroupRequest(
+        server_groups_pb2.DeleteServerGroupRequest(
             request_id=request_id(request),
             id=request.path_params["group_id"],
             project_id=_scope(ctx),

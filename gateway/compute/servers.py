@@ -9,8 +9,8 @@ import secrets
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from loom.compute.v1 import compute_pb2 as compute_pb
-from loom.conductor.v1 import conductor_pb2 as pb
+from loom.compute.v1 import agent_bus_pb2
+from loom.conductor.v1 import fleet_pb2, servers_pb2
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -268,7 +268,7 @@ def _scope(ctx: RequestContext) -> str:
     return "" if ctx.is_admin else ctx.project_id
 
 
-async def _host_statuses(request: Request, servers: list[pb.Server]) -> dict[str, str]:
+async def _host_statuses(request: Request, servers: list[servers_pb2.Server]) -> dict[str, str]:
     """Nova's host_status (admin, 2.16+): UP, DOWN, MAINTENANCE or UNKNOWN per host."""
     hosts = {s.host for s in servers if s.host}
     if not hosts:
@@ -276,7 +276,7 @@ async def _host_statuses(request: Request, servers: list[pb.Server]) -> dict[str
     try:
         reply = await call(
             gateway_of(request).conductor.fleet.ListServices,
-            pb.ListServicesRequest(binary="loom-compute"),
+            fleet_pb2.ListServicesRequest(binary="loom-compute"),
         )
     except ApiError:
         return dict.fromkeys(hosts, "UNKNOWN")
@@ -293,7 +293,7 @@ async def _host_statuses(request: Request, servers: list[pb.Server]) -> dict[str
 
 
 async def _render(
-    request: Request, ctx: RequestContext, servers: list[pb.Server]
+    request: Request, ctx: RequestContext, servers: list[servers_pb2.Server]
 ) -> list[dict[str, Any]]:
     mv = microversion(request)
     statuses = (
@@ -306,12 +306,12 @@ async def _render(
     ]
 
 
-async def _get(request: Request, ctx: RequestContext) -> pb.Server:
+async def _get(request: Request, ctx: RequestContext) -> servers_pb2.Server:
     reply = await call(
         gateway_of(request).conductor.servers.GetServer,
-        pb.GetServerRequest(id=request.path_params["server_id"], project_id=_scope(ctx)),
+        servers_pb2.GetServerRequest(id=request.path_params["server_id"], project_id=_scope(ctx)),
     )
-    server: pb.Server = reply.server
+    server: servers_pb2.Server = reply.server
     return server
 
 
@@ -326,7 +326,7 @@ async def _list(request: Request, detailed: bool) -> Response:
     if not ctx.is_admin:
         for key in _ADMIN_FILTERS:
             q.pop(key, None)
-    req = pb.ListServersRequest(project_id=ctx.project_id)
+    req = servers_pb2.ListServersRequest(project_id=ctx.project_id)
     if "all_tenants" in q:
         if not ctx.is_admin:
             raise Forbidden("Policy doesn't allow os_compute_api:servers:index:get_all_tenants.")
@@ -486,7 +486,7 @@ async def create_server(request: Request) -> Response:
         raise BadRequest("Cannot set hostname when creating more than one server.")
     reply = await call(
         gateway_of(request).conductor.servers.CreateServers,
-        pb.CreateServersRequest(
+        servers_pb2.CreateServersRequest(
             request_id=request_id(request),
             project_id=ctx.project_id,
             user_id=ctx.user_id,
@@ -539,7 +539,7 @@ async def update_server(request: Request) -> Response:
     body = await json_body(request)
     checked_body(UPDATE.at(mv), body)
     s = body["server"]
-    req = pb.UpdateServerRequest(
+    req = servers_pb2.UpdateServerRequest(
         request_id=request_id(request),
         id=request.path_params["server_id"],
         project_id=_scope(ctx),
@@ -565,7 +565,7 @@ async def delete_server(request: Request) -> Response:
     ctx.require_write("os_compute_api:servers:delete")
     await call(
         gateway_of(request).conductor.servers.DeleteServer,
-        pb.DeleteServerRequest(
+        servers_pb2.DeleteServerRequest(
             request_id=request_id(request),
             id=request.path_params["server_id"],
             project_id=_scope(ctx),
@@ -597,16 +597,18 @@ async def server_action(request: Request) -> Response:
         "user_id": ctx.user_id,
     }
     if action == "os-start":
-        await call(conductor.StartServer, pb.StartServerRequest(**common))
+        await call(conductor.StartServer, servers_pb2.StartServerRequest(**common))
     elif action == "os-stop":
-        await call(conductor.StopServer, pb.StopServerRequest(**common))
+        await call(conductor.StopServer, servers_pb2.StopServerRequest(**common))
     else:
         kind = (
-            compute_pb.REBOOT_TYPE_HARD
+            agent_bus_pb2.REBOOT_TYPE_HARD
             if body["reboot"]["type"].upper() == "HARD"
-            else compute_pb.REBOOT_TYPE_SOFT
+            else agent_bus_pb2.REBOOT_TYPE_SOFT
         )
-        await call(conductor.RebootServer, pb.RebootServerRequest(**common, reboot_type=kind))
+        await call(
+            conductor.RebootServer, servers_pb2.RebootServerRequest(**common, reboot_type=kind)
+        )
     return empty(202)
 
 
@@ -618,7 +620,7 @@ async def _set_metadata(
 ) -> dict[str, str]:
     reply = await call(
         gateway_of(request).conductor.servers.SetServerMetadata,
-        pb.SetServerMetadataRequest(
+        servers_pb2.SetServerMetadataRequest(
             request_id=request_id(request),
             id=request.path_params["server_id"],
             project_id=_scope(ctx),
@@ -690,7 +692,7 @@ async def delete_metadata_item(request: Request) -> Response:
     ctx.require_write("os_compute_api:server-metadata:delete")
     await call(
         gateway_of(request).conductor.servers.DeleteServerMetadataItem,
-        pb.DeleteServerMetadataItemRequest(
+        servers_pb2.DeleteServerMetadataItemRequest(
             request_id=request_id(request),
             id=request.path_params["server_id"],
             project_id=_scope(ctx),
@@ -723,7 +725,7 @@ async def show_ips(request: Request) -> Response:
     return ok({network: addrs[network]})
 
 
-def _action(a: pb.InstanceAction, mv: Microversion) -> dict[str, Any]:
+def _action(a: servers_pb2.InstanceAction, mv: Microversion) -> dict[str, Any]:
     body: dict[str, Any] = {
         "action": a.action,
         "instance_uuid": a.instance_id,
@@ -745,7 +747,9 @@ async def list_instance_actions(request: Request) -> Response:
     ctx.require_read("os_compute_api:os-instance-actions:list")
     reply = await call(
         gateway_of(request).conductor.servers.ListInstanceActions,
-        pb.ListInstanceActionsRequest(id=request.path_params["server_id"], project_id=_scope(ctx)),
+        servers_pb2.ListInstanceActionsRequest(
+            id=request.path_params["server_id"], project_id=_scope(ctx)
+        ),
     )
     mv = microversion(request)
     return ok({"instanceActions": [_action(a, mv) for a in reply.actions]})
@@ -758,7 +762,7 @@ async def show_instance_action(request: Request) -> Response:
     ctx.require_read("os_compute_api:os-instance-actions:show")
     reply = await call(
         gateway_of(request).conductor.servers.GetInstanceAction,
-        pb.GetInstanceActionRequest(
+        servers_pb2.GetInstanceActionRequest(
             id=request.path_params["server_id"],
             project_id=_scope(ctx),
             request_id=request.path_params["request_id"],

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import grpc
 from loom.compute.v1 import compute_pb2, compute_pb2_grpc
-from loom.conductor.v1 import conductor_pb2 as pb
+from loom.conductor.v1 import consoles_pb2
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -81,7 +81,7 @@ def _public_url(websocket: WebSocket, gateway: Gateway) -> str:
     return f"{scheme}://{host}"
 
 
-async def _check_agent(gateway: Gateway, grant: pb.ValidateConsoleTokenResponse) -> None:
+async def _check_agent(gateway: Gateway, grant: consoles_pb2.ValidateConsoleTokenResponse) -> None:
     """The agent must still place this instance's console where the token says."""
     try:
         async with insecure_or_secure_channel(grant.compute_endpoint, gateway.agent_tls) as ch:
@@ -102,7 +102,9 @@ async def _check_agent(gateway: Gateway, grant: pb.ValidateConsoleTokenResponse)
         raise Refused(403, "The console has moved since the token was made; ask for a new one.")
 
 
-async def _authorise(websocket: WebSocket, gateway: Gateway) -> pb.ValidateConsoleTokenResponse:
+async def _authorise(
+    websocket: WebSocket, gateway: Gateway
+) -> consoles_pb2.ValidateConsoleTokenResponse:
     origin = websocket.headers.get("origin")
     if not origin_allowed(
         origin, _public_url(websocket, gateway), gateway.cfg.console_allowed_origins
@@ -112,9 +114,9 @@ async def _authorise(websocket: WebSocket, gateway: Gateway) -> pb.ValidateConso
     if not token:
         raise Refused(401, "A console token is required (?token=…).")
     try:
-        grant: pb.ValidateConsoleTokenResponse = await call(
+        grant: consoles_pb2.ValidateConsoleTokenResponse = await call(
             gateway.conductor.consoles.ValidateConsoleToken,
-            pb.ValidateConsoleTokenRequest(token=token),
+            consoles_pb2.ValidateConsoleTokenRequest(token=token),
         )
     except ApiError as exc:
         if exc.status == 404:

@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any, Protocol, TypeVar
 
-from loom.conductor.v1 import conductor_pb2 as pb
+from loom.identity.v1 import identity_pb2
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -96,10 +96,10 @@ async def _scope_roles(
     request: Request, user_id: str, project_id: str
 ) -> tuple[tuple[str, str], ...]:
     conductor = gateway_of(request).conductor
-    all_roles = await call(conductor.identity.ListRoles, pb.ListRolesRequest())
+    all_roles = await call(conductor.identity.ListRoles, identity_pb2.ListRolesRequest())
     held = await call(
         conductor.identity.ListRoleAssignments,
-        pb.ListRoleAssignmentsRequest(user_id=user_id, project_id=project_id),
+        identity_pb2.ListRoleAssignmentsRequest(user_id=user_id, project_id=project_id),
     )
     return expand_roles(
         [(a.role_id, a.role_name) for a in held.assignments],
@@ -131,7 +131,7 @@ async def issue_token(request: Request) -> Response:
         u = identity["password"]["user"]
         if not u.get("id") and not u.get("name"):
             raise BadRequest("Expecting to find id or name in user.")
-        req = pb.AuthenticateRequest(
+        req = identity_pb2.AuthenticateRequest(
             user_id=u.get("id", ""),
             user_name=u.get("name", ""),
             user_domain=_domain_ref(u.get("domain")),
@@ -164,7 +164,9 @@ async def issue_token(request: Request) -> Response:
         user_id = prior.user_id
         try:
             # The token holds the user's id only (as Keystone's): its name is looked up.
-            found_user = await call(gw.conductor.identity.GetUser, pb.GetUserRequest(id=user_id))
+            found_user = await call(
+                gw.conductor.identity.GetUser, identity_pb2.GetUserRequest(id=user_id)
+            )
         except ApiError as exc:
             if exc.status == 404:
                 raise Unauthorized("The user of this token no longer exists.") from exc
@@ -173,7 +175,9 @@ async def issue_token(request: Request) -> Response:
         project = None
         if scope_project:
             ref = scope_project.get("id") or scope_project.get("name") or ""
-            found = await call(gw.conductor.identity.GetProject, pb.GetProjectRequest(id=ref))
+            found = await call(
+                gw.conductor.identity.GetProject, identity_pb2.GetProjectRequest(id=ref)
+            )
             project = found.project
     else:
         raise Unauthorized("Only the password and token methods are supported.")
@@ -203,16 +207,18 @@ async def issue_token(request: Request) -> Response:
     return _json(body, 201, {"X-Subject-Token": token})
 
 
-async def _try_default_project(request: Request, user: pb.User) -> pb.Project | None:
+async def _try_default_project(
+    request: Request, user: identity_pb2.User
+) -> identity_pb2.Project | None:
     """Keystone scopes a token to the user's default project when no scope is given."""
     try:
         found = await call(
             gateway_of(request).conductor.identity.GetProject,
-            pb.GetProjectRequest(id=user.default_project_id),
+            identity_pb2.GetProjectRequest(id=user.default_project_id),
         )
     except ApiError:
         return None
-    project: pb.Project = found.project
+    project: identity_pb2.Project = found.project
     return project
 
 
@@ -266,11 +272,11 @@ async def _token_names(
     identity = gateway_of(request).conductor.identity
     try:
         user, project, all_roles = await asyncio.gather(
-            call(identity.GetUser, pb.GetUserRequest(id=claims.user_id)),
-            call(identity.GetProject, pb.GetProjectRequest(id=claims.project_id))
+            call(identity.GetUser, identity_pb2.GetUserRequest(id=claims.user_id)),
+            call(identity.GetProject, identity_pb2.GetProjectRequest(id=claims.project_id))
             if claims.project_id
             else _no_project(),
-            call(identity.ListRoles, pb.ListRolesRequest()),
+            call(identity.ListRoles, identity_pb2.ListRolesRequest()),
         )
     except ApiError as exc:
         if exc.status == 404:
@@ -282,8 +288,8 @@ async def _token_names(
     return user.user.name, project.project.name, roles
 
 
-async def _no_project() -> pb.GetProjectResponse:
-    return pb.GetProjectResponse()  # an unscoped token: its project name is empty
+async def _no_project() -> identity_pb2.GetProjectResponse:
+    return identity_pb2.GetProjectResponse()  # an unscoped token: its project name is empty
 
 
 @documented(tag=_TAG)
@@ -299,7 +305,7 @@ async def auth_projects(request: Request) -> Response:
     claims = authenticate_any(request)
     reply = await call(
         gateway_of(request).conductor.identity.ListProjects,
-        pb.ListProjectsRequest(user_id=claims.user_id),
+        identity_pb2.ListProjectsRequest(user_id=claims.user_id),
     )
     base = base_url(request)
     return _json(
@@ -370,7 +376,7 @@ async def list_projects(request: Request) -> Response:
     q = _known_query(request, _LIST_Q)
     reply = await call(
         gateway_of(request).conductor.identity.ListProjects,
-        pb.ListProjectsRequest(name=q.get("name", "")),
+        identity_pb2.ListProjectsRequest(name=q.get("name", "")),
     )
     projects = _listed(reply.projects, q)
     base = base_url(request)
@@ -388,9 +394,9 @@ async def create_project(request: Request) -> Response:
         raise BadRequest("Loom projects have no hierarchy: parent_id must be the domain.")
     reply = await call(
         gateway_of(request).conductor.identity.CreateProject,
-        pb.CreateProjectRequest(
+        identity_pb2.CreateProjectRequest(
             request_id=request_id(request),
-            project=pb.Project(
+            project=identity_pb2.Project(
                 name=p["name"],
                 description=p.get("description") or "",
                 domain_id="default",
@@ -401,14 +407,15 @@ async def create_project(request: Request) -> Response:
     return _json({"project": views.project(reply.project, base_url(request))}, 201)
 
 
-async def _project_by_id(request: Request, project_id: str) -> pb.Project:
+async def _project_by_id(request: Request, project_id: str) -> identity_pb2.Project:
     reply = await call(
-        gateway_of(request).conductor.identity.GetProject, pb.GetProjectRequest(id=project_id)
+        gateway_of(request).conductor.identity.GetProject,
+        identity_pb2.GetProjectRequest(id=project_id),
     )
     if reply.project.id != project_id:
         # GetProject also matches names; the REST path names an id.
         raise NotFound(f"Could not find project: {project_id}.")
-    project: pb.Project = reply.project
+    project: identity_pb2.Project = reply.project
     return project
 
 
@@ -433,7 +440,7 @@ async def update_project(request: Request) -> Response:
     body = await json_body(request)
     checked_body(PROJECT_UPDATE, body)
     p = body["project"]
-    req = pb.UpdateProjectRequest(
+    req = identity_pb2.UpdateProjectRequest(
         request_id=request_id(request), id=request.path_params["project_id"]
     )
     if "name" in p:
@@ -452,7 +459,7 @@ async def delete_project(request: Request) -> Response:
     _admin(request)
     await call(
         gateway_of(request).conductor.identity.DeleteProject,
-        pb.DeleteProjectRequest(
+        identity_pb2.DeleteProjectRequest(
             request_id=request_id(request), id=request.path_params["project_id"]
         ),
     )
@@ -469,7 +476,7 @@ async def list_users(request: Request) -> Response:
     q = _known_query(request, _LIST_Q)
     reply = await call(
         gateway_of(request).conductor.identity.ListUsers,
-        pb.ListUsersRequest(name=q.get("name", "")),
+        identity_pb2.ListUsersRequest(name=q.get("name", "")),
     )
     users = _listed(reply.users, q)
     base = base_url(request)
@@ -485,9 +492,9 @@ async def create_user(request: Request) -> Response:
     u = body["user"]
     reply = await call(
         gateway_of(request).conductor.identity.CreateUser,
-        pb.CreateUserRequest(
+        identity_pb2.CreateUserRequest(
             request_id=request_id(request),
-            user=pb.User(
+            user=identity_pb2.User(
                 name=u["name"],
                 domain_id="default",
                 email=u.get("email") or "",
@@ -514,7 +521,9 @@ async def show_user(request: Request) -> Response:
     """One user (admin, or the user)."""
     uid = request.path_params["user_id"]
     _self_or_admin(request, uid)
-    reply = await call(gateway_of(request).conductor.identity.GetUser, pb.GetUserRequest(id=uid))
+    reply = await call(
+        gateway_of(request).conductor.identity.GetUser, identity_pb2.GetUserRequest(id=uid)
+    )
     if reply.user.id != uid:
         raise NotFound(f"Could not find user: {uid}.")
     return _json({"user": views.user(reply.user, base_url(request))})
@@ -527,7 +536,9 @@ async def update_user(request: Request) -> Response:
     body = await json_body(request)
     checked_body(USER_UPDATE, body)
     u = body["user"]
-    req = pb.UpdateUserRequest(request_id=request_id(request), id=request.path_params["user_id"])
+    req = identity_pb2.UpdateUserRequest(
+        request_id=request_id(request), id=request.path_params["user_id"]
+    )
     for key in ("name", "email", "description", "default_project_id", "password"):
         if key in u and u[key] is not None:
             setattr(req, key, u[key])
@@ -543,7 +554,9 @@ async def delete_user(request: Request) -> Response:
     _admin(request)
     await call(
         gateway_of(request).conductor.identity.DeleteUser,
-        pb.DeleteUserRequest(request_id=request_id(request), id=request.path_params["user_id"]),
+        identity_pb2.DeleteUserRequest(
+            request_id=request_id(request), id=request.path_params["user_id"]
+        ),
     )
     return Response(status_code=204)
 
@@ -554,7 +567,8 @@ async def user_projects(request: Request) -> Response:
     uid = request.path_params["user_id"]
     _self_or_admin(request, uid)
     reply = await call(
-        gateway_of(request).conductor.identity.ListProjects, pb.ListProjectsRequest(user_id=uid)
+        gateway_of(request).conductor.identity.ListProjects,
+        identity_pb2.ListProjectsRequest(user_id=uid),
     )
     base = base_url(request)
     return _json(
@@ -572,7 +586,7 @@ async def list_roles(request: Request) -> Response:
     q = _known_query(request, _LIST_Q)
     reply = await call(
         gateway_of(request).conductor.identity.ListRoles,
-        pb.ListRolesRequest(name=q.get("name", "")),
+        identity_pb2.ListRolesRequest(name=q.get("name", "")),
     )
     base = base_url(request)
     return _json({"roles": [views.role(r, base) for r in reply.roles], "links": _links(request)})
@@ -586,7 +600,7 @@ async def create_role(request: Request) -> Response:
     checked_body(ROLE_CREATE, body)
     reply = await call(
         gateway_of(request).conductor.identity.CreateRole,
-        pb.CreateRoleRequest(request_id=request_id(request), name=body["role"]["name"]),
+        identity_pb2.CreateRoleRequest(request_id=request_id(request), name=body["role"]["name"]),
     )
     return _json({"role": views.role(reply.role, base_url(request))}, 201)
 
@@ -596,18 +610,22 @@ async def show_role(request: Request) -> Response:
     """One role."""
     authenticate(request, gateway_of(request).signer)
     rid = request.path_params["role_id"]
-    reply = await call(gateway_of(request).conductor.identity.ListRoles, pb.ListRolesRequest())
+    reply = await call(
+        gateway_of(request).conductor.identity.ListRoles, identity_pb2.ListRolesRequest()
+    )
     for r in reply.roles:
         if r.id == rid:
             return _json({"role": views.role(r, base_url(request))})
     raise NotFound(f"Could not find role: {rid}.")
 
 
-async def _role_id(request: Request, ref: str) -> pb.Role:
-    reply = await call(gateway_of(request).conductor.identity.ListRoles, pb.ListRolesRequest())
+async def _role_id(request: Request, ref: str) -> identity_pb2.Role:
+    reply = await call(
+        gateway_of(request).conductor.identity.ListRoles, identity_pb2.ListRolesRequest()
+    )
     for r in reply.roles:
         if ref == r.id:
-            role: pb.Role = r
+            role: identity_pb2.Role = r
             return role
     raise NotFound(f"Could not find role: {ref}.")
 
@@ -623,21 +641,21 @@ async def grant_role(request: Request) -> Response:
     if request.method == "PUT":
         await call(
             gw.conductor.identity.AssignRole,
-            pb.AssignRoleRequest(
+            identity_pb2.AssignRoleRequest(
                 request_id=request_id(request), user_id=uid, project_id=pid, role=role.id
             ),
         )
     elif request.method == "DELETE":
         await call(
             gw.conductor.identity.UnassignRole,
-            pb.UnassignRoleRequest(
+            identity_pb2.UnassignRoleRequest(
                 request_id=request_id(request), user_id=uid, project_id=pid, role=role.id
             ),
         )
     else:
         reply = await call(
             gw.conductor.identity.ListRoleAssignments,
-            pb.ListRoleAssignmentsRequest(user_id=uid, project_id=pid, role=role.id),
+            identity_pb2.ListRoleAssignmentsRequest(user_id=uid, project_id=pid, role=role.id),
         )
         if not reply.assignments:
             raise NotFound(f"Could not find role assignment with role: {role.id}.")
@@ -650,12 +668,15 @@ async def list_grants(request: Request) -> Response:
     _admin(request)
     reply = await call(
         gateway_of(request).conductor.identity.ListRoleAssignments,
-        pb.ListRoleAssignmentsRequest(
+        identity_pb2.ListRoleAssignmentsRequest(
             user_id=request.path_params["user_id"], project_id=request.path_params["project_id"]
         ),
     )
     base = base_url(request)
-    roles = [views.role(pb.Role(id=a.role_id, name=a.role_name), base) for a in reply.assignments]
+    roles = [
+        views.role(identity_pb2.Role(id=a.role_id, name=a.role_name), base)
+        for a in reply.assignments
+    ]
     return _json({"roles": roles, "links": _links(request)})
 
 
@@ -670,7 +691,7 @@ async def list_role_assignments(request: Request) -> Response:
     gw = gateway_of(request)
     reply = await call(
         gw.conductor.identity.ListRoleAssignments,
-        pb.ListRoleAssignmentsRequest(
+        identity_pb2.ListRoleAssignmentsRequest(
             user_id=q.get("user.id", ""),
             project_id=q.get("scope.project.id", ""),
             role=q.get("role.id", ""),
@@ -683,12 +704,14 @@ async def list_role_assignments(request: Request) -> Response:
     if include_names and out:
         users = {
             u.id: u.name
-            for u in (await call(gw.conductor.identity.ListUsers, pb.ListUsersRequest())).users
+            for u in (
+                await call(gw.conductor.identity.ListUsers, identity_pb2.ListUsersRequest())
+            ).users
         }
         projects = {
             p.id: p.name
             for p in (
-                await call(gw.conductor.identity.ListProjects, pb.ListProjectsRequest())
+                await call(gw.conductor.identity.ListProjects, identity_pb2.ListProjectsRequest())
             ).projects
         }
         for item in out:

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from loom.conductor.v1 import conductor_pb2 as pb
+from loom.identity.v1 import identity_pb2
 
 from gateway.auth.tokens import TokenClaims
 
@@ -39,7 +39,7 @@ def domain(base: str) -> dict[str, Any]:
     }
 
 
-def project(p: pb.Project, base: str) -> dict[str, Any]:
+def project(p: identity_pb2.Project, base: str) -> dict[str, Any]:
     return {
         "id": p.id,
         "name": p.name,
@@ -54,7 +54,7 @@ def project(p: pb.Project, base: str) -> dict[str, Any]:
     }
 
 
-def user(u: pb.User, base: str) -> dict[str, Any]:
+def user(u: identity_pb2.User, base: str) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": u.id,
         "name": u.name,
@@ -73,7 +73,7 @@ def user(u: pb.User, base: str) -> dict[str, Any]:
     return body
 
 
-def role(r: pb.Role, base: str) -> dict[str, Any]:
+def role(r: identity_pb2.Role, base: str) -> dict[str, Any]:
     return {
         "id": r.id,
         "name": r.name,
@@ -84,7 +84,7 @@ def role(r: pb.Role, base: str) -> dict[str, Any]:
     }
 
 
-def assignment(a: pb.RoleAssignment, base: str, include_names: bool) -> dict[str, Any]:
+def assignment(a: identity_pb2.RoleAssignment, base: str, include_names: bool) -> dict[str, Any]:
     role_ref: dict[str, Any] = {"id": a.role_id}
     if include_names:
         role_ref["name"] = a.role_name

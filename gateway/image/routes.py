@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 from urllib.parse import urlencode
 
-from loom.conductor.v1 import conductor_pb2 as pb
+from loom.image.v1 import images_pb2
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
@@ -142,7 +142,7 @@ async def list_images(request: Request) -> Response:
     visibility = q.get("visibility", "")
     reply = await call(
         gateway_of(request).conductor.images.ListImages,
-        pb.ListImagesRequest(
+        images_pb2.ListImagesRequest(
             project_id=_scope(ctx),
             name=q.get("name", ""),
             ids=ids,
@@ -189,9 +189,9 @@ async def create_image(request: Request) -> Response:
     props = {k: v for k, v in body.items() if k not in views.CORE and k not in ("id", "os_hidden")}
     reply = await call(
         gateway_of(request).conductor.images.CreateImage,
-        pb.CreateImageRequest(
+        images_pb2.CreateImageRequest(
             request_id=request_id(request),
-            image=pb.Image(
+            image=images_pb2.Image(
                 id=body.get("id", ""),
                 name=body.get("name") or "",
                 visibility=body.get("visibility", "shared"),
@@ -209,15 +209,15 @@ async def create_image(request: Request) -> Response:
     return JSONResponse(views.image(reply.image), status_code=201)
 
 
-async def _get(request: Request, ctx: RequestContext) -> pb.Image:
+async def _get(request: Request, ctx: RequestContext) -> images_pb2.Image:
     image_id = request.path_params["image_id"]
     if not _UUID.match(image_id):
         raise ApiError(404, f"No image found with ID {image_id}")
     reply = await call(
         gateway_of(request).conductor.images.GetImage,
-        pb.GetImageRequest(id=image_id, project_id=_scope(ctx)),
+        images_pb2.GetImageRequest(id=image_id, project_id=_scope(ctx)),
     )
-    image: pb.Image = reply.image
+    image: images_pb2.Image = reply.image
     return image
 
 
@@ -228,7 +228,7 @@ async def show_image(request: Request) -> Response:
     return JSONResponse(views.image(await _get(request, ctx)))
 
 
-def _owned(ctx: RequestContext, image: pb.Image) -> None:
+def _owned(ctx: RequestContext, image: images_pb2.Image) -> None:
     if not ctx.is_admin and image.owner != ctx.project_id:
         raise Forbidden("You are not permitted to modify this image.")
 
@@ -249,7 +249,9 @@ async def update_image(request: Request) -> Response:
     checked_body(PATCH_SCHEMA, ops)
     image = await _get(request, ctx)
     _owned(ctx, image)
-    req = pb.UpdateImageRequest(request_id=request_id(request), id=image.id, project_id=_scope(ctx))
+    req = images_pb2.UpdateImageRequest(
+        request_id=request_id(request), id=image.id, project_id=_scope(ctx)
+    )
     for op in ops:
         key = op["path"][1:]
         _reject_read_only([key])
@@ -289,7 +291,9 @@ async def delete_image(request: Request) -> Response:
     gw = gateway_of(request)
     reply = await call(
         gw.conductor.images.DeleteImage,
-        pb.DeleteImageRequest(request_id=request_id(request), id=image.id, project_id=_scope(ctx)),
+        images_pb2.DeleteImageRequest(
+            request_id=request_id(request), id=image.id, project_id=_scope(ctx)
+        ),
     )
     if reply.location:
         gw.image_store.delete(reply.location)
@@ -311,7 +315,7 @@ async def upload_image(request: Request) -> Response:
     try:
         await call(
             gw.conductor.images.RecordImageData,
-            pb.RecordImageDataRequest(
+            images_pb2.RecordImageDataRequest(
                 request_id=request_id(request),
                 id=image.id,
                 size=stored.size,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC
 from typing import Any
 
-from loom.conductor.v1 import conductor_pb2 as pb
+from loom.image.v1 import images_pb2
 
 # Fields Glance computes or owns; a client may not set them.
 READ_ONLY = frozenset(
@@ -49,7 +49,7 @@ def _time(ts: Any) -> str:
     return str(ts.ToDatetime(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
 
 
-def image(i: pb.Image) -> dict[str, Any]:
+def image(i: images_pb2.Image) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": i.id,
         "name": i.name or None,

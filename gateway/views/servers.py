@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from loom.conductor.v1 import conductor_pb2 as pb
+from loom.conductor.v1 import servers_pb2
 from starlette.requests import Request
 
 from gateway.compute.common import COMPUTE, links
@@ -14,36 +14,36 @@ from gateway.microversion import Microversion
 from gateway.state import base_url
 
 VM_STATES = {
-    pb.VM_STATE_BUILDING: "building",
-    pb.VM_STATE_ACTIVE: "active",
-    pb.VM_STATE_STOPPED: "stopped",
-    pb.VM_STATE_ERROR: "error",
-    pb.VM_STATE_DELETED: "deleted",
-    pb.VM_STATE_PAUSED: "paused",
-    pb.VM_STATE_SUSPENDED: "suspended",
+    servers_pb2.VM_STATE_BUILDING: "building",
+    servers_pb2.VM_STATE_ACTIVE: "active",
+    servers_pb2.VM_STATE_STOPPED: "stopped",
+    servers_pb2.VM_STATE_ERROR: "error",
+    servers_pb2.VM_STATE_DELETED: "deleted",
+    servers_pb2.VM_STATE_PAUSED: "paused",
+    servers_pb2.VM_STATE_SUSPENDED: "suspended",
 }
 TASK_STATES = {
-    pb.TASK_STATE_SCHEDULING: "scheduling",
-    pb.TASK_STATE_SPAWNING: "spawning",
-    pb.TASK_STATE_POWERING_OFF: "powering-off",
-    pb.TASK_STATE_POWERING_ON: "powering-on",
-    pb.TASK_STATE_REBOOTING: "rebooting",
-    pb.TASK_STATE_REBOOTING_HARD: "rebooting_hard",
-    pb.TASK_STATE_DELETING: "deleting",
-    pb.TASK_STATE_NETWORKING: "networking",
-    pb.TASK_STATE_BLOCK_DEVICE_MAPPING: "block_device_mapping",
+    servers_pb2.TASK_STATE_SCHEDULING: "scheduling",
+    servers_pb2.TASK_STATE_SPAWNING: "spawning",
+    servers_pb2.TASK_STATE_POWERING_OFF: "powering-off",
+    servers_pb2.TASK_STATE_POWERING_ON: "powering-on",
+    servers_pb2.TASK_STATE_REBOOTING: "rebooting",
+    servers_pb2.TASK_STATE_REBOOTING_HARD: "rebooting_hard",
+    servers_pb2.TASK_STATE_DELETING: "deleting",
+    servers_pb2.TASK_STATE_NETWORKING: "networking",
+    servers_pb2.TASK_STATE_BLOCK_DEVICE_MAPPING: "block_device_mapping",
 }
 STATUSES = {
-    pb.SERVER_STATUS_BUILD: "BUILD",
-    pb.SERVER_STATUS_ACTIVE: "ACTIVE",
-    pb.SERVER_STATUS_SHUTOFF: "SHUTOFF",
-    pb.SERVER_STATUS_ERROR: "ERROR",
-    pb.SERVER_STATUS_REBOOT: "REBOOT",
-    pb.SERVER_STATUS_HARD_REBOOT: "HARD_REBOOT",
-    pb.SERVER_STATUS_DELETED: "DELETED",
-    pb.SERVER_STATUS_PAUSED: "PAUSED",
-    pb.SERVER_STATUS_SUSPENDED: "SUSPENDED",
-    pb.SERVER_STATUS_UNKNOWN: "UNKNOWN",
+    servers_pb2.SERVER_STATUS_BUILD: "BUILD",
+    servers_pb2.SERVER_STATUS_ACTIVE: "ACTIVE",
+    servers_pb2.SERVER_STATUS_SHUTOFF: "SHUTOFF",
+    servers_pb2.SERVER_STATUS_ERROR: "ERROR",
+    servers_pb2.SERVER_STATUS_REBOOT: "REBOOT",
+    servers_pb2.SERVER_STATUS_HARD_REBOOT: "HARD_REBOOT",
+    servers_pb2.SERVER_STATUS_DELETED: "DELETED",
+    servers_pb2.SERVER_STATUS_PAUSED: "PAUSED",
+    servers_pb2.SERVER_STATUS_SUSPENDED: "SUSPENDED",
+    servers_pb2.SERVER_STATUS_UNKNOWN: "UNKNOWN",
 }
 STATUS_BY_NAME = {v: k for k, v in STATUSES.items()}
 
@@ -55,7 +55,7 @@ def host_id(project_id: str, host: str) -> str:
     return hashlib.sha224((project_id + host).encode()).hexdigest()
 
 
-def addresses(server: pb.Server) -> dict[str, list[dict[str, Any]]]:
+def addresses(server: servers_pb2.Server) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
     for a in server.addresses:
         out.setdefault(a.network, []).append(
@@ -69,7 +69,7 @@ def addresses(server: pb.Server) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def _flavor(request: Request, server: pb.Server, mv: Microversion) -> dict[str, Any]:
+def _flavor(request: Request, server: servers_pb2.Server, mv: Microversion) -> dict[str, Any]:
     f = server.flavor
     if not mv.at_least("2.47"):
         return {
@@ -87,7 +87,7 @@ def _flavor(request: Request, server: pb.Server, mv: Microversion) -> dict[str, 
     }
 
 
-def _image(request: Request, server: pb.Server) -> dict[str, Any] | str:
+def _image(request: Request, server: servers_pb2.Server) -> dict[str, Any] | str:
     if not server.image_id:
         # Volume-backed servers show an empty string, as Nova does.
         return ""
@@ -99,10 +99,10 @@ def _image(request: Request, server: pb.Server) -> dict[str, Any] | str:
     }
 
 
-def fault(server: pb.Server, is_admin: bool) -> dict[str, Any] | None:
+def fault(server: servers_pb2.Server, is_admin: bool) -> dict[str, Any] | None:
     if not server.HasField("fault") or server.status not in (
-        pb.SERVER_STATUS_ERROR,
-        pb.SERVER_STATUS_DELETED,
+        servers_pb2.SERVER_STATUS_ERROR,
+        servers_pb2.SERVER_STATUS_DELETED,
     ):
         return None
     body: dict[str, Any] = {
@@ -116,13 +116,13 @@ def fault(server: pb.Server, is_admin: bool) -> dict[str, Any] | None:
     return body
 
 
-def brief(request: Request, server: pb.Server) -> dict[str, Any]:
+def brief(request: Request, server: servers_pb2.Server) -> dict[str, Any]:
     return {"id": server.id, "name": server.name, "links": links(request, "servers", server.id)}
 
 
 def detail(
     request: Request,
-    server: pb.Server,
+    server: servers_pb2.Server,
     mv: Microversion,
     *,
     is_admin: bool,
@@ -157,8 +157,8 @@ def detail(
             "os-extended-volumes:volumes_attached": [],
         }
     )
-    if server.status in (pb.SERVER_STATUS_BUILD, pb.SERVER_STATUS_ACTIVE):
-        body["progress"] = 0 if server.status == pb.SERVER_STATUS_BUILD else 100
+    if server.status in (servers_pb2.SERVER_STATUS_BUILD, servers_pb2.SERVER_STATUS_ACTIVE):
+        body["progress"] = 0 if server.status == servers_pb2.SERVER_STATUS_BUILD else 100
     f = fault(server, is_admin)
     if f is not None:
         body["fault"] = f

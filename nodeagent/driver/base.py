@@ -12,7 +12,7 @@ import enum
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from loom.compute.v1 import compute_pb2
+from loom.compute.v1 import agent_bus_pb2
 
 
 class PowerState(enum.IntEnum):
@@ -102,7 +102,7 @@ class Driver(Protocol):
         """Releases the connection. Idempotent; instances keep running on a real hypervisor."""
         ...
 
-    def create(self, spec: compute_pb2.InstanceSpec, *, power_on: bool = True) -> PowerState:
+    def create(self, spec: agent_bus_pb2.InstanceSpec, *, power_on: bool = True) -> PowerState:
         """Defines the instance and starts it (unless power_on is False).
 
         Running (or defined and shut off) on success; fully cleaned up on failure, raising

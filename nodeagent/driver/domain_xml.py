@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Literal
 
-from loom.compute.v1 import compute_pb2
+from loom.compute.v1 import agent_bus_pb2
 
 # Loom marks the domains it owns with this metadata namespace. It is how an agent tells
 # its domains from anything else on a shared hypervisor, and which simulated host owns
@@ -61,7 +61,7 @@ def _disk(devices: ET.Element, path: str, dev: str, fmt: str) -> None:
     _sub(disk, "target", dev=dev, bus="virtio")
 
 
-def build_domain_xml(spec: compute_pb2.InstanceSpec, layout: DomainLayout) -> str:
+def build_domain_xml(spec: agent_bus_pb2.InstanceSpec, layout: DomainLayout) -> str:
     """The domain XML for `spec` on a host laid out as `layout`. Deterministic."""
     if layout.domain_type not in ("test", "qemu", "kvm"):
         raise ValueError(f"unknown domain type {layout.domain_type!r}")

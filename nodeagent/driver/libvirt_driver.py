@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import libvirt
-from loom.compute.v1 import compute_pb2
+from loom.compute.v1 import agent_bus_pb2
 
 from nodeagent.driver.base import (
     BuildFailed,
@@ -250,7 +250,7 @@ class LibvirtDriver:
         return self.instances_dir / instance_id
 
     def _layout(
-        self, spec: compute_pb2.InstanceSpec, kernel_boot: KernelBoot | None = None
+        self, spec: agent_bus_pb2.InstanceSpec, kernel_boot: KernelBoot | None = None
     ) -> DomainLayout:
         d = self._instance_dir(spec.instance_id)
         real = self._domain_type != "test"
@@ -267,7 +267,7 @@ class LibvirtDriver:
             kernel_boot=kernel_boot,
         )
 
-    def _prepare_disks(self, spec: compute_pb2.InstanceSpec) -> KernelBoot | None:
+    def _prepare_disks(self, spec: agent_bus_pb2.InstanceSpec) -> KernelBoot | None:
         """Makes the instance's disks from cached images; returns its kernel boot, if any.
 
         Postcondition: `<instance folder>/disk` is a qcow2 overlay on the cached root
@@ -304,7 +304,7 @@ class LibvirtDriver:
 
     # -- verbs --------------------------------------------------------------------------
 
-    def create(self, spec: compute_pb2.InstanceSpec, *, power_on: bool = True) -> PowerState:
+    def create(self, spec: agent_bus_pb2.InstanceSpec, *, power_on: bool = True) -> PowerState:
         existing = self._lookup(spec.instance_id)
         if existing is not None:
             return self._power(existing)

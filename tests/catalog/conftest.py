@@ -8,7 +8,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from loom.conductor.v1 import conductor_pb2_grpc as pb_grpc
+from loom.catalog.v1 import flavors_pb2_grpc, keypairs_pb2_grpc
+from loom.conductor.v1 import server_groups_pb2_grpc
+from loom.identity.v1 import identity_pb2_grpc
+from loom.image.v1 import images_pb2_grpc
 
 from tests.support.catalog import RunningCatalog, running_catalog
 
@@ -16,11 +19,11 @@ from tests.support.catalog import RunningCatalog, running_catalog
 @dataclass
 class Stubs:
     catalog: RunningCatalog
-    identity: pb_grpc.IdentityServiceAsyncStub
-    flavors: pb_grpc.FlavorsServiceAsyncStub
-    images: pb_grpc.ImagesServiceAsyncStub
-    keypairs: pb_grpc.KeypairsServiceAsyncStub
-    server_groups: pb_grpc.ServerGroupsServiceAsyncStub
+    identity: identity_pb2_grpc.IdentityServiceAsyncStub
+    flavors: flavors_pb2_grpc.FlavorsServiceAsyncStub
+    images: images_pb2_grpc.ImagesServiceAsyncStub
+    keypairs: keypairs_pb2_grpc.KeypairsServiceAsyncStub
+    server_groups: server_groups_pb2_grpc.ServerGroupsServiceAsyncStub
 
 
 @pytest.fixture
@@ -30,11 +33,11 @@ async def stubs(pg_url: str, tmp_path: Path) -> AsyncIterator[Stubs]:
         try:
             yield Stubs(
                 catalog=cat,
-                identity=pb_grpc.IdentityServiceStub(channel),
-                flavors=pb_grpc.FlavorsServiceStub(channel),
-                images=pb_grpc.ImagesServiceStub(channel),
-                keypairs=pb_grpc.KeypairsServiceStub(channel),
-                server_groups=pb_grpc.ServerGroupsServiceStub(channel),
+                identity=identity_pb2_grpc.IdentityServiceStub(channel),
+                flavors=flavors_pb2_grpc.FlavorsServiceStub(channel),
+                images=images_pb2_grpc.ImagesServiceStub(channel),
+                keypairs=keypairs_pb2_grpc.KeypairsServiceStub(channel),
+                server_groups=server_groups_pb2_grpc.ServerGroupsServiceStub(channel),
             )
         finally:
             await channel.close()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from loom.conductor.v1 import conductor_pb2 as pb
+from loom.catalog.v1 import flavors_pb2
+from loom.identity.v1 import identity_pb2
 
-from controlplane.conductor.catalog import seed_catalog
-from controlplane.conductor.catalog.passwords import hash_password, verify_password
+from controlplane.catalog.seed import seed_flavors
+from controlplane.identity.passwords import hash_password, verify_password
+from controlplane.identity.seed import seed_identity
 from controlplane.seedfile import load_or_create
 from tests.catalog.conftest import Stubs
 
@@ -24,13 +26,15 @@ def test_a_password_hash_is_salted_and_verifies_only_the_right_password() -> Non
 async def test_the_seed_creates_roles_admin_demo_and_the_service_user_and_is_idempotent(
     stubs: Stubs,
 ) -> None:
-    roles = await stubs.identity.ListRoles(pb.ListRolesRequest())
+    roles = await stubs.identity.ListRoles(identity_pb2.ListRolesRequest())
     assert {r.name for r in roles.roles} == {"admin", "member", "reader"}
     seed = load_or_create(stubs.catalog.cfg.data_path)
-    assert await seed_catalog(stubs.catalog.sessions, seed) == 0
-    projects = await stubs.identity.ListProjects(pb.ListProjectsRequest())
+    assert await seed_identity(stubs.catalog.sessions, seed) == 0
+    await stubs.flavors.ListFlavors(flavors_pb2.ListFlavorsRequest())
+    assert await seed_flavors(stubs.catalog.sessions, seed) == 0
+    projects = await stubs.identity.ListProjects(identity_pb2.ListProjectsRequest())
     assert sorted(p.name for p in projects.projects) == ["admin", "demo", "service"]
-    grants = await stubs.identity.ListRoleAssignments(pb.ListRoleAssignmentsRequest())
+    grants = await stubs.identity.ListRoleAssignments(identity_pb2.ListRoleAssignmentsRequest())
     assert sorted(a.role_name for a in grants.assignments) == ["admin", "admin", "member"]
 
 
@@ -41,7 +45,9 @@ async def test_the_seeded_demo_user_authenticates_with_the_seed_file_password(
     demo = seed.user("demo")
     assert demo is not None
     reply = await stubs.identity.Authenticate(
-        pb.AuthenticateRequest(user_name="demo", password=demo.password, project_name="demo")
+        identity_pb2.AuthenticateRequest(
+            user_name="demo", password=demo.password, project_name="demo"
+        )
     )
     assert reply.user.name == "demo"
     assert reply.project.name == "demo"
@@ -51,7 +57,7 @@ async def test_the_seeded_demo_user_authenticates_with_the_seed_file_password(
 async def test_a_wrong_password_is_unauthenticated(stubs: Stubs) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stubs.identity.Authenticate(
-            pb.AuthenticateRequest(user_name="demo", password="nope", project_name="demo")
+            identity_pb2.AuthenticateRequest(user_name="demo", password="nope", project_name="demo")
         )
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
@@ -62,18 +68,20 @@ async def test_a_user_without_a_role_on_the_project_is_denied(stubs: Stubs) -> N
     assert demo is not None
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stubs.identity.Authenticate(
-            pb.AuthenticateRequest(user_name="demo", password=demo.password, project_name="admin")
+            identity_pb2.AuthenticateRequest(
+                user_name="demo", password=demo.password, project_name="admin"
+            )
         )
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
 async def test_duplicate_project_names_already_exist(stubs: Stubs) -> None:
     await stubs.identity.CreateProject(
-        pb.CreateProjectRequest(project=pb.Project(name="p1", enabled=True))
+        identity_pb2.CreateProjectRequest(project=identity_pb2.Project(name="p1", enabled=True))
     )
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stubs.identity.CreateProject(
-            pb.CreateProjectRequest(project=pb.Project(name="p1", enabled=True))
+            identity_pb2.CreateProjectRequest(project=identity_pb2.Project(name="p1", enabled=True))
         )
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
 
@@ -81,28 +89,30 @@ async def test_duplicate_project_names_already_exist(stubs: Stubs) -> None:
 async def test_granting_twice_is_idempotent_and_revoking_twice_is_not_found(stubs: Stubs) -> None:
     project = (
         await stubs.identity.CreateProject(
-            pb.CreateProjectRequest(project=pb.Project(name="p2", enabled=True))
+            identity_pb2.CreateProjectRequest(project=identity_pb2.Project(name="p2", enabled=True))
         )
     ).project
     user = (
         await stubs.identity.CreateUser(
-            pb.CreateUserRequest(user=pb.User(name="u2", enabled=True), password="pw-u2")
+            identity_pb2.CreateUserRequest(
+                user=identity_pb2.User(name="u2", enabled=True), password="pw-u2"
+            )
         )
     ).user
     for _ in range(2):
         await stubs.identity.AssignRole(
-            pb.AssignRoleRequest(user_id=user.id, project_id=project.id, role="reader")
+            identity_pb2.AssignRoleRequest(user_id=user.id, project_id=project.id, role="reader")
         )
     grants = await stubs.identity.ListRoleAssignments(
-        pb.ListRoleAssignmentsRequest(user_id=user.id)
+        identity_pb2.ListRoleAssignmentsRequest(user_id=user.id)
     )
     assert [a.role_name for a in grants.assignments] == ["reader"]
     await stubs.identity.UnassignRole(
-        pb.UnassignRoleRequest(user_id=user.id, project_id=project.id, role="reader")
+        identity_pb2.UnassignRoleRequest(user_id=user.id, project_id=project.id, role="reader")
     )
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stubs.identity.UnassignRole(
-            pb.UnassignRoleRequest(user_id=user.id, project_id=project.id, role="reader")
+            identity_pb2.UnassignRoleRequest(user_id=user.id, project_id=project.id, role="reader")
         )
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
@@ -110,38 +120,44 @@ async def test_granting_twice_is_idempotent_and_revoking_twice_is_not_found(stub
 async def test_deleting_a_project_removes_its_grants(stubs: Stubs) -> None:
     project = (
         await stubs.identity.CreateProject(
-            pb.CreateProjectRequest(project=pb.Project(name="p3", enabled=True))
+            identity_pb2.CreateProjectRequest(project=identity_pb2.Project(name="p3", enabled=True))
         )
     ).project
     user = (
         await stubs.identity.CreateUser(
-            pb.CreateUserRequest(user=pb.User(name="u3", enabled=True), password="pw")
+            identity_pb2.CreateUserRequest(
+                user=identity_pb2.User(name="u3", enabled=True), password="pw"
+            )
         )
     ).user
     await stubs.identity.AssignRole(
-        pb.AssignRoleRequest(user_id=user.id, project_id=project.id, role="member")
+        identity_pb2.AssignRoleRequest(user_id=user.id, project_id=project.id, role="member")
     )
-    await stubs.identity.DeleteProject(pb.DeleteProjectRequest(id=project.id))
+    await stubs.identity.DeleteProject(identity_pb2.DeleteProjectRequest(id=project.id))
     grants = await stubs.identity.ListRoleAssignments(
-        pb.ListRoleAssignmentsRequest(user_id=user.id)
+        identity_pb2.ListRoleAssignmentsRequest(user_id=user.id)
     )
     assert list(grants.assignments) == []
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stubs.identity.GetProject(pb.GetProjectRequest(id=project.id))
+        await stubs.identity.GetProject(identity_pb2.GetProjectRequest(id=project.id))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def test_changing_a_password_takes_effect(stubs: Stubs) -> None:
     user = (
         await stubs.identity.CreateUser(
-            pb.CreateUserRequest(user=pb.User(name="u4", enabled=True), password="old-pw")
+            identity_pb2.CreateUserRequest(
+                user=identity_pb2.User(name="u4", enabled=True), password="old-pw"
+            )
         )
     ).user
-    await stubs.identity.UpdateUser(pb.UpdateUserRequest(id=user.id, password="new-pw"))
+    await stubs.identity.UpdateUser(identity_pb2.UpdateUserRequest(id=user.id, password="new-pw"))
     reply = await stubs.identity.Authenticate(
-        pb.AuthenticateRequest(user_name="u4", password="new-pw")
+        identity_pb2.AuthenticateRequest(user_name="u4", password="new-pw")
     )
     assert reply.user.id == user.id
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stubs.identity.Authenticate(pb.AuthenticateRequest(user_name="u4", password="old-pw"))
+        await stubs.identity.Authenticate(
+            identity_pb2.AuthenticateRequest(user_name="u4", password="old-pw")
+        )
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from loom.conductor.v1 import conductor_pb2 as pb
+from loom.catalog.v1 import keypairs_pb2
 
 from tests.catalog.conftest import Stubs
 
@@ -37,7 +37,7 @@ async def test_an_imported_key_has_ssh_keygen_s_md5_fingerprint(
     stubs: Stubs, tmp_path: Path
 ) -> None:
     reply = await stubs.keypairs.CreateKeypair(
-        pb.CreateKeypairRequest(user_id="u", name="k", public_key=ED25519, project_id="p")
+        keypairs_pb2.CreateKeypairRequest(user_id="u", name="k", public_key=ED25519, project_id="p")
     )
     assert reply.private_key == ""
     assert reply.keypair.fingerprint == _ssh_keygen_md5(ED25519, tmp_path)
@@ -47,7 +47,7 @@ async def test_a_generated_pair_returns_a_private_key_matching_its_public_key(
     stubs: Stubs, tmp_path: Path
 ) -> None:
     reply = await stubs.keypairs.CreateKeypair(
-        pb.CreateKeypairRequest(user_id="u", name="gen", project_id="p")
+        keypairs_pb2.CreateKeypairRequest(user_id="u", name="gen", project_id="p")
     )
     private = tmp_path / "id"
     private.write_text(reply.private_key)
@@ -70,31 +70,41 @@ async def test_invalid_imports_are_refused(
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stubs.keypairs.CreateKeypair(
-            pb.CreateKeypairRequest(user_id="u", name=name, public_key=key, project_id="p")
+            keypairs_pb2.CreateKeypairRequest(
+                user_id="u", name=name, public_key=key, project_id="p"
+            )
         )
     assert err.value.code() == code
 
 
 async def test_a_duplicate_name_already_exists_but_only_per_user(stubs: Stubs) -> None:
-    req = pb.CreateKeypairRequest(user_id="u1", name="k", public_key=ED25519, project_id="p")
+    req = keypairs_pb2.CreateKeypairRequest(
+        user_id="u1", name="k", public_key=ED25519, project_id="p"
+    )
     await stubs.keypairs.CreateKeypair(req)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stubs.keypairs.CreateKeypair(req)
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
-    other = pb.CreateKeypairRequest(user_id="u2", name="k", public_key=ED25519, project_id="p")
+    other = keypairs_pb2.CreateKeypairRequest(
+        user_id="u2", name="k", public_key=ED25519, project_id="p"
+    )
     assert (await stubs.keypairs.CreateKeypair(other)).keypair.user_id == "u2"
 
 
 async def test_keypairs_page_by_name_and_deleting_twice_is_not_found(stubs: Stubs) -> None:
     for name in ("c", "a", "b"):
         await stubs.keypairs.CreateKeypair(
-            pb.CreateKeypairRequest(user_id="u", name=name, public_key=ED25519, project_id="p")
+            keypairs_pb2.CreateKeypairRequest(
+                user_id="u", name=name, public_key=ED25519, project_id="p"
+            )
         )
-    page = await stubs.keypairs.ListKeypairs(pb.ListKeypairsRequest(user_id="u", limit=2))
+    page = await stubs.keypairs.ListKeypairs(keypairs_pb2.ListKeypairsRequest(user_id="u", limit=2))
     assert ([k.name for k in page.keypairs], page.next_marker) == (["a", "b"], "b")
-    rest = await stubs.keypairs.ListKeypairs(pb.ListKeypairsRequest(user_id="u", marker="b"))
+    rest = await stubs.keypairs.ListKeypairs(
+        keypairs_pb2.ListKeypairsRequest(user_id="u", marker="b")
+    )
     assert [k.name for k in rest.keypairs] == ["c"]
-    await stubs.keypairs.DeleteKeypair(pb.DeleteKeypairRequest(user_id="u", name="a"))
+    await stubs.keypairs.DeleteKeypair(keypairs_pb2.DeleteKeypairRequest(user_id="u", name="a"))
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stubs.keypairs.DeleteKeypair(pb.DeleteKeypairRequest(user_id="u", name="a"))
+        await stubs.keypairs.DeleteKeypair(keypairs_pb2.DeleteKeypairRequest(user_id="u", name="a"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND

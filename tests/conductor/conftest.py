@@ -12,8 +12,9 @@ from typing import Any
 
 import grpc
 import pytest
-from loom.compute.v1 import compute_pb2
-from loom.conductor.v1 import conductor_pb2_grpc
+from loom.catalog.v1 import quotas_pb2_grpc
+from loom.compute.v1 import agent_bus_pb2
+from loom.conductor.v1 import consoles_pb2_grpc, fleet_pb2_grpc, servers_pb2_grpc
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -40,13 +41,13 @@ class Harness:
     sessions: async_sessionmaker[AsyncSession]
     conductor: Conductor
     peer: SchedulerPeer
-    servers: conductor_pb2_grpc.ServersServiceStub
-    quotas: conductor_pb2_grpc.QuotasServiceStub
-    fleet: conductor_pb2_grpc.FleetServiceStub
+    servers: servers_pb2_grpc.ServersServiceStub
+    quotas: quotas_pb2_grpc.QuotasServiceStub
+    fleet: fleet_pb2_grpc.FleetServiceStub
     nc: NATS | None = None
     js: JetStreamContext | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    consoles: conductor_pb2_grpc.ConsolesServiceStub | None = None
+    consoles: consoles_pb2_grpc.ConsolesServiceStub | None = None
 
 
 def conductor_config(**conductor: Any) -> LoomConfig:
@@ -77,10 +78,10 @@ async def harness(url: str, cfg: LoomConfig | None = None) -> AsyncIterator[Harn
         sessions,
         conductor,
         peer,
-        conductor_pb2_grpc.ServersServiceStub(client),
-        conductor_pb2_grpc.QuotasServiceStub(client),
-        conductor_pb2_grpc.FleetServiceStub(client),
-        consoles=conductor_pb2_grpc.ConsolesServiceStub(client),
+        servers_pb2_grpc.ServersServiceStub(client),
+        quotas_pb2_grpc.QuotasServiceStub(client),
+        fleet_pb2_grpc.FleetServiceStub(client),
+        consoles=consoles_pb2_grpc.ConsolesServiceStub(client),
     )
     try:
         yield h
@@ -160,15 +161,15 @@ class Agent:
         await msgs[0].ack()
         return msgs[0].subject.rsplit(".", 1)[1], msgs[0].data
 
-    async def build_command(self) -> compute_pb2.BuildInstanceCommand:
+    async def build_command(self) -> agent_bus_pb2.BuildInstanceCommand:
         verb, data = await self.next_command()
         assert verb == "build"
-        return compute_pb2.BuildInstanceCommand.FromString(data)
+        return agent_bus_pb2.BuildInstanceCommand.FromString(data)
 
     async def report(
-        self, instance_id: str, kind: compute_pb2.InstanceEventKind.ValueType, **kw: Any
+        self, instance_id: str, kind: agent_bus_pb2.InstanceEventKind.ValueType, **kw: Any
     ) -> None:
-        event = compute_pb2.InstanceEvent(
+        event = agent_bus_pb2.InstanceEvent(
             request_id=str(uuid.uuid4()), instance_id=instance_id, host=self.host, kind=kind, **kw
         )
         await self.js.publish(

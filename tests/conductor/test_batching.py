@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from loom.compute.v1 import compute_pb2
-from loom.conductor.v1 import conductor_pb2
+from loom.compute.v1 import agent_bus_pb2
+from loom.conductor.v1 import conductor_bus_pb2
 from sqlalchemy import select
 
 from controlplane.conductor import commands
@@ -27,7 +27,7 @@ from controlplane.db.models import Instance, InstanceAction, OutboxMessage
 from tests.conductor.conftest import IMAGE_ID, Harness, harness
 from tests.conductor.factories import add, make_instance
 
-K = compute_pb2.InstanceEventKind
+K = agent_bus_pb2.InstanceEventKind
 
 
 @pytest.fixture(params=["pg_url", "sqlite_url"])
@@ -77,21 +77,21 @@ EVENT_CASES: dict[str, dict[str, Any]] = {
 
 
 def _event(
-    uuid_: str, kind: compute_pb2.InstanceEventKind.ValueType, **kw: Any
-) -> compute_pb2.InstanceEvent:
+    uuid_: str, kind: agent_bus_pb2.InstanceEventKind.ValueType, **kw: Any
+) -> agent_bus_pb2.InstanceEvent:
     stamp = Timestamp()
     stamp.FromDatetime(WHEN)
     fields: dict[str, Any] = {"host": "host-1", "attempt": 1, "occurred_at": stamp}
     fields.update(kw)
-    return compute_pb2.InstanceEvent(
+    return agent_bus_pb2.InstanceEvent(
         request_id=str(uuid.uuid4()), instance_id=uuid_, kind=kind, **fields
     )
 
 
-def _events(ids: dict[str, str]) -> list[compute_pb2.InstanceEvent]:
+def _events(ids: dict[str, str]) -> list[agent_bus_pb2.InstanceEvent]:
     """One storm's worth of events, in arrival order."""
     ok = K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED
-    running = compute_pb2.POWER_STATE_RUNNING
+    running = agent_bus_pb2.POWER_STATE_RUNNING
     return [
         _event(ids["spawning"], ok, power_state=running),
         _event(ids["spawning-attempt-2"], ok, attempt=1),  # stale attempt
@@ -105,7 +105,7 @@ def _events(ids: dict[str, str]) -> list[compute_pb2.InstanceEvent]:
         _event(
             ids["power-first"],
             K.INSTANCE_EVENT_KIND_POWER_STATE_CHANGED,
-            power_state=compute_pb2.POWER_STATE_SHUTDOWN,
+            power_state=agent_bus_pb2.POWER_STATE_SHUTDOWN,
         ),
         _event(ids["power-first"], ok),
         _event(ids["redelivered"], ok),  # the same success again
@@ -233,10 +233,10 @@ SCHEDULE_CASES: dict[str, dict[str, Any]] = {
 }
 
 
-def _schedule_messages(ids: dict[str, str]) -> list[conductor_pb2.ScheduleInstanceMessage]:
-    def msg(name: str, attempt: int = 1) -> conductor_pb2.ScheduleInstanceMessage:
+def _schedule_messages(ids: dict[str, str]) -> list[conductor_bus_pb2.ScheduleInstanceMessage]:
+    def msg(name: str, attempt: int = 1) -> conductor_bus_pb2.ScheduleInstanceMessage:
         payload = commands.schedule(ids[name], attempt).payload
-        assert isinstance(payload, conductor_pb2.ScheduleInstanceMessage)
+        assert isinstance(payload, conductor_bus_pb2.ScheduleInstanceMessage)
         return payload
 
     return [

@@ -12,8 +12,7 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 from loom.compute.v1 import compute_pb2, compute_pb2_grpc
-from loom.conductor.v1 import conductor_pb2 as pb
-from loom.conductor.v1 import conductor_pb2_grpc
+from loom.conductor.v1 import consoles_pb2, consoles_pb2_grpc, servers_pb2
 from sqlalchemy import select, update
 
 from controlplane.conductor.consoles import hash_token, is_expired
@@ -60,7 +59,7 @@ class ComputePeer(compute_pb2_grpc.ComputeServiceServicer):
 class Consoles:
     h: Harness
     agent: ComputePeer
-    stub: conductor_pb2_grpc.ConsolesServiceStub
+    stub: consoles_pb2_grpc.ConsolesServiceStub
 
 
 @pytest.fixture
@@ -102,7 +101,7 @@ async def _server(c: Consoles, **over: object) -> str:
 
 async def _token(c: Consoles, iid: str, project: str = PROJECT) -> str:
     reply = await c.stub.CreateConsoleToken(
-        pb.CreateConsoleTokenRequest(
+        consoles_pb2.CreateConsoleTokenRequest(
             request_id=uuid.uuid4().hex,
             id=iid,
             project_id=project,
@@ -114,9 +113,9 @@ async def _token(c: Consoles, iid: str, project: str = PROJECT) -> str:
     return str(reply.token)
 
 
-async def _validate(c: Consoles, token: str) -> pb.ValidateConsoleTokenResponse:
-    reply: pb.ValidateConsoleTokenResponse = await c.stub.ValidateConsoleToken(
-        pb.ValidateConsoleTokenRequest(token=token), timeout=10
+async def _validate(c: Consoles, token: str) -> consoles_pb2.ValidateConsoleTokenResponse:
+    reply: consoles_pb2.ValidateConsoleTokenResponse = await c.stub.ValidateConsoleToken(
+        consoles_pb2.ValidateConsoleTokenRequest(token=token), timeout=10
     )
     return reply
 
@@ -180,7 +179,7 @@ async def test_deleting_the_server_invalidates_its_tokens(consoles: Consoles) ->
     other = await _server(consoles)
     token, kept = await _token(consoles, iid), await _token(consoles, other)
     await consoles.h.servers.DeleteServer(
-        pb.DeleteServerRequest(request_id="del-1", id=iid, project_id=PROJECT), timeout=10
+        servers_pb2.DeleteServerRequest(request_id="del-1", id=iid, project_id=PROJECT), timeout=10
     )
     assert await _code(_validate(consoles, token)) == grpc.StatusCode.NOT_FOUND
     async with consoles.h.sessions() as s:
@@ -217,7 +216,9 @@ async def test_a_protocol_other_than_vnc_novnc_is_refused_as_unavailable(
 ) -> None:
     iid = await _server(consoles)
     reply = consoles.stub.CreateConsoleToken(
-        pb.CreateConsoleTokenRequest(id=iid, protocol="spice", console_type="spice-html5"),
+        consoles_pb2.CreateConsoleTokenRequest(
+            id=iid, protocol="spice", console_type="spice-html5"
+        ),
         timeout=10,
     )
     assert await _code(reply) == grpc.StatusCode.INVALID_ARGUMENT
@@ -229,7 +230,9 @@ async def test_a_hypervisor_without_consoles_is_a_clean_refusal_for_tokens_and_o
     iid = await _server(consoles)
     consoles.agent.offers_consoles = False
     assert await _code(_token(consoles, iid)) == grpc.StatusCode.INVALID_ARGUMENT
-    output = consoles.stub.GetConsoleOutput(pb.GetConsoleOutputRequest(id=iid), timeout=10)
+    output = consoles.stub.GetConsoleOutput(
+        consoles_pb2.GetConsoleOutputRequest(id=iid), timeout=10
+    )
     assert await _code(output) == grpc.StatusCode.NOT_FOUND
 
 
@@ -241,14 +244,18 @@ async def test_console_output_is_the_agents_tail_of_the_requested_length(
     consoles.agent.output[iid] = "one\ntwo\nthree"
     consoles.agent.output[stopped] = "still here"
     reply = await consoles.stub.GetConsoleOutput(
-        pb.GetConsoleOutputRequest(id=iid, project_id=PROJECT, length=2), timeout=10
+        consoles_pb2.GetConsoleOutputRequest(id=iid, project_id=PROJECT, length=2), timeout=10
     )
     assert reply.output == "two\nthree"
-    whole = await consoles.stub.GetConsoleOutput(pb.GetConsoleOutputRequest(id=iid), timeout=10)
+    whole = await consoles.stub.GetConsoleOutput(
+        consoles_pb2.GetConsoleOutputRequest(id=iid), timeout=10
+    )
     assert whole.output == "one\ntwo\nthree"
     assert consoles.agent.lengths == [2, 0]
     # The serial log outlives a power-off.
-    off = await consoles.stub.GetConsoleOutput(pb.GetConsoleOutputRequest(id=stopped), timeout=10)
+    off = await consoles.stub.GetConsoleOutput(
+        consoles_pb2.GetConsoleOutputRequest(id=stopped), timeout=10
+    )
     assert off.output == "still here"
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 import pytest
-from loom.conductor.v1 import conductor_pb2
+from loom.conductor.v1 import conductor_bus_pb2, servers_pb2
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -20,7 +20,7 @@ from tests.conductor.conftest import IMAGE_ID, Harness, harness
 from tests.conductor.factories import PROJECT, USER, add, make_flavor, make_image, make_keypair
 
 
-def create_request(**over: Any) -> conductor_pb2.CreateServersRequest:
+def create_request(**over: Any) -> servers_pb2.CreateServersRequest:
     values: dict[str, Any] = {
         "request_id": "req-1",
         "project_id": PROJECT,
@@ -31,7 +31,7 @@ def create_request(**over: Any) -> conductor_pb2.CreateServersRequest:
         "networks": "auto",
     }
     values.update(over)
-    return conductor_pb2.CreateServersRequest(**values)
+    return servers_pb2.CreateServersRequest(**values)
 
 
 def make_group(group_id: str, project_id: str) -> ServerGroup:
@@ -185,14 +185,14 @@ async def test_create_writes_instances_actions_and_schedule_messages_together(pg
     resp = await pg.servers.CreateServers(create_request(min_count=2, max_count=2))
     assert [s.name for s in resp.servers] == ["web-1", "web-2"]
     assert re.fullmatch(r"r-[a-z0-9]{8}", resp.reservation_id)
-    assert all(s.status == conductor_pb2.SERVER_STATUS_BUILD for s in resp.servers)
-    assert all(s.task_state == conductor_pb2.TASK_STATE_SCHEDULING for s in resp.servers)
+    assert all(s.status == servers_pb2.SERVER_STATUS_BUILD for s in resp.servers)
+    assert all(s.task_state == servers_pb2.TASK_STATE_SCHEDULING for s in resp.servers)
     assert await counts(pg.sessions) == (2, 2, 2)
     async with pg.sessions() as s:
         rows = (await s.execute(select(OutboxMessage).order_by(OutboxMessage.id))).scalars().all()
         ids = (await s.execute(select(Instance.id).order_by(Instance.id))).scalars().all()
     assert {r.subject for r in rows} == {"loom.conductor.schedule"}
-    payloads = [conductor_pb2.ScheduleInstanceMessage.FromString(r.payload) for r in rows]
+    payloads = [conductor_bus_pb2.ScheduleInstanceMessage.FromString(r.payload) for r in rows]
     assert {p.instance_id for p in payloads} == {s.id for s in resp.servers}
     assert {p.attempt for p in payloads} == {1}
     assert [s.instance_name for s in resp.servers] == [f"instance-{i:08x}" for i in ids]
@@ -277,5 +277,5 @@ async def test_the_created_servers_are_returned_as_a_read_shows_them(pg: Harness
         create_request(min_count=2, max_count=2, metadata={"k": "v"}, tags=["t1"])
     )
     for created in resp.servers:
-        read = await pg.servers.GetServer(conductor_pb2.GetServerRequest(id=created.id))
+        read = await pg.servers.GetServer(servers_pb2.GetServerRequest(id=created.id))
         assert created == read.server

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from loom.compute.v1 import compute_pb2
-from loom.conductor.v1 import conductor_pb2
+from loom.compute.v1 import agent_bus_pb2
+from loom.conductor.v1 import fleet_pb2, servers_pb2
 from nats.aio.client import Client as NATS
 
 from controlplane.conductor.fleet import HeartbeatRecorder
@@ -18,8 +18,8 @@ from tests.conductor.conftest import IMAGE_ID, Harness, eventually, harness
 from tests.conductor.factories import add, make_instance, make_service
 
 
-async def services(h: Harness, **kw: str) -> dict[tuple[str, str], conductor_pb2.Service]:
-    resp = await h.fleet.ListServices(conductor_pb2.ListServicesRequest(**kw))
+async def services(h: Harness, **kw: str) -> dict[tuple[str, str], fleet_pb2.Service]:
+    resp = await h.fleet.ListServices(fleet_pb2.ListServicesRequest(**kw))
     return {(s.host, s.binary): s for s in resp.services}
 
 
@@ -29,10 +29,10 @@ async def test_heartbeats_on_nats_become_services_that_are_up(pg: Harness, nc: N
     task = asyncio.create_task(recorder.run(nc, stop))
     try:
 
-        async def both() -> dict[tuple[str, str], conductor_pb2.Service] | None:
+        async def both() -> dict[tuple[str, str], fleet_pb2.Service] | None:
             # Agents beat periodically; the first beats may precede the subscription.
             for host in ("beat-1", "beat-2"):
-                beat = compute_pb2.Heartbeat(host=host, compute_endpoint=f"{host}:1")
+                beat = agent_bus_pb2.Heartbeat(host=host, compute_endpoint=f"{host}:1")
                 await nc.publish(bus.heartbeat_subject(host), beat.SerializeToString())
             await nc.flush()
             found = await services(pg)
@@ -60,12 +60,12 @@ async def test_many_heartbeats_are_written_in_one_statement(
     async with harness(request.getfixturevalue(database)) as h:
         recorder = HeartbeatRecorder(h.sessions, own_host="ctl-1")
         for i in range(50):
-            recorder.record(compute_pb2.Heartbeat(host=f"h{i % 10}"))
+            recorder.record(agent_bus_pb2.Heartbeat(host=f"h{i % 10}"))
         counter = count_statements(h.engine)
         assert await recorder.flush() == 10
         assert counter.count == 1
         for i in range(10):
-            recorder.record(compute_pb2.Heartbeat(host=f"h{i}"))
+            recorder.record(agent_bus_pb2.Heartbeat(host=f"h{i}"))
         await recorder.flush()
         found = await services(h, binary="loom-compute")
         assert len(found) == 10
@@ -93,9 +93,7 @@ async def test_disabling_a_compute_service_records_the_reason_and_disables_the_h
     svc = make_service("host-1")
     await add(pg.sessions, svc)
     resp = await pg.fleet.UpdateService(
-        conductor_pb2.UpdateServiceRequest(
-            id=str(svc.id), enabled=False, disabled_reason="maintenance"
-        )
+        fleet_pb2.UpdateServiceRequest(id=str(svc.id), enabled=False, disabled_reason="maintenance")
     )
     assert not resp.service.enabled
     assert resp.service.disabled_reason == "maintenance"
@@ -104,9 +102,7 @@ async def test_disabling_a_compute_service_records_the_reason_and_disables_the_h
     stored = (await services(pg))[("host-1", "loom-compute")]
     assert stored.disabled_reason == "maintenance"
     assert not stored.enabled
-    again = await pg.fleet.UpdateService(
-        conductor_pb2.UpdateServiceRequest(id=svc.uuid, enabled=True)
-    )
+    again = await pg.fleet.UpdateService(fleet_pb2.UpdateServiceRequest(id=svc.uuid, enabled=True))
     assert again.service.enabled
     assert again.service.disabled_reason == ""
     assert pg.peer.hosts["host-1"].enabled
@@ -116,9 +112,9 @@ async def test_a_service_with_servers_on_its_host_cannot_be_deleted(pg: Harness)
     busy, idle = make_service("busy"), make_service("idle")
     await add(pg.sessions, busy, idle, make_instance(host="busy"))
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await pg.fleet.DeleteService(conductor_pb2.DeleteServiceRequest(id=str(busy.id)))
+        await pg.fleet.DeleteService(fleet_pb2.DeleteServiceRequest(id=str(busy.id)))
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    await pg.fleet.DeleteService(conductor_pb2.DeleteServiceRequest(id=str(idle.id)))
+    await pg.fleet.DeleteService(fleet_pb2.DeleteServiceRequest(id=str(idle.id)))
     assert ("idle", "loom-compute") not in await services(pg)
 
 
@@ -129,15 +125,15 @@ async def test_hypervisors_join_the_schedulers_hosts_with_services_and_servers(
     pg.peer.add_host("hv-2")
     inst = make_instance(host="hv-1")
     await add(pg.sessions, make_service("hv-1"), inst, make_instance(host="hv-1", deleted=True))
-    resp = await pg.fleet.ListHypervisors(conductor_pb2.ListHypervisorsRequest(with_servers=True))
+    resp = await pg.fleet.ListHypervisors(fleet_pb2.ListHypervisorsRequest(with_servers=True))
     by_name = {h.hypervisor_hostname: h for h in resp.hypervisors}
     assert by_name["hv-1"].running_vms == 1
     assert [s.id for s in by_name["hv-1"].servers] == [inst.uuid]
     assert by_name["hv-1"].service.host == "hv-1"
     assert by_name["hv-2"].running_vms == 0
-    one = await pg.fleet.GetHypervisor(conductor_pb2.GetHypervisorRequest(id=by_name["hv-2"].uuid))
+    one = await pg.fleet.GetHypervisor(fleet_pb2.GetHypervisorRequest(id=by_name["hv-2"].uuid))
     assert one.hypervisor.hypervisor_hostname == "hv-2"
-    page = await pg.fleet.ListHypervisors(conductor_pb2.ListHypervisorsRequest(limit=1))
+    page = await pg.fleet.ListHypervisors(fleet_pb2.ListHypervisorsRequest(limit=1))
     assert len(page.hypervisors) == 1
     assert page.next_marker
 
@@ -151,10 +147,10 @@ async def test_detailed_zones_add_the_internal_zone_with_control_plane_services(
         make_service("hv-1"),
         make_service("ctl", binary="loom-conductor", zone="internal"),
     )
-    plain = await pg.fleet.ListAvailabilityZones(conductor_pb2.ListAvailabilityZonesRequest())
+    plain = await pg.fleet.ListAvailabilityZones(fleet_pb2.ListAvailabilityZonesRequest())
     assert [z.name for z in plain.zones] == ["az-1"]
     detailed = await pg.fleet.ListAvailabilityZones(
-        conductor_pb2.ListAvailabilityZonesRequest(detailed=True)
+        fleet_pb2.ListAvailabilityZonesRequest(detailed=True)
     )
     zones = {z.name: z for z in detailed.zones}
     assert [s.host for s in zones["az-1"].services] == ["hv-1"]
@@ -164,15 +160,15 @@ async def test_detailed_zones_add_the_internal_zone_with_control_plane_services(
 async def test_host_instances_give_agents_the_spec_of_each_live_instance(pg: Harness) -> None:
     live = make_instance(host="hv-9", image_id=IMAGE_ID, metadata_={"k": "v"})
     await add(pg.sessions, live, make_instance(host="hv-9", deleted=True, vm_state="deleted"))
-    resp = await pg.fleet.ListHostInstances(conductor_pb2.ListHostInstancesRequest(host="hv-9"))
+    resp = await pg.fleet.ListHostInstances(fleet_pb2.ListHostInstancesRequest(host="hv-9"))
     assert [i.spec.instance_id for i in resp.instances] == [live.uuid]
     assert resp.instances[0].spec.image.hash_value == "ab" * 64
     assert resp.instances[0].spec.metadata["k"] == "v"
-    assert resp.instances[0].vm_state == conductor_pb2.VM_STATE_ACTIVE
+    assert resp.instances[0].vm_state == servers_pb2.VM_STATE_ACTIVE
 
 
 async def test_a_fleet_view_needing_an_unreachable_scheduler_is_unavailable(pg: Harness) -> None:
     pg.peer.down = True
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await pg.fleet.ListHypervisors(conductor_pb2.ListHypervisorsRequest())
+        await pg.fleet.ListHypervisors(fleet_pb2.ListHypervisorsRequest())
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -7,25 +7,25 @@ from typing import Any
 
 import grpc
 import pytest
-from loom.compute.v1 import compute_pb2
-from loom.conductor.v1 import conductor_pb2
+from loom.compute.v1 import agent_bus_pb2
+from loom.conductor.v1 import servers_pb2
 from sqlalchemy import func, select
 
 from controlplane.db.models import OutboxMessage
 from tests.conductor.conftest import Agent, Harness, eventually
 from tests.conductor.test_create import create_request
 
-K = compute_pb2.InstanceEventKind
-S = conductor_pb2.ServerStatus
+K = agent_bus_pb2.InstanceEventKind
+S = servers_pb2.ServerStatus
 
 
-async def server(h: Harness, sid: str, **kw: Any) -> conductor_pb2.Server:
-    resp = await h.servers.GetServer(conductor_pb2.GetServerRequest(id=sid, **kw))
+async def server(h: Harness, sid: str, **kw: Any) -> servers_pb2.Server:
+    resp = await h.servers.GetServer(servers_pb2.GetServerRequest(id=sid, **kw))
     return resp.server
 
 
-async def wait_for(h: Harness, sid: str, check: Any, within: float = 15.0) -> conductor_pb2.Server:
-    async def probe() -> conductor_pb2.Server | None:
+async def wait_for(h: Harness, sid: str, check: Any, within: float = 15.0) -> servers_pb2.Server:
+    async def probe() -> servers_pb2.Server | None:
         s = await server(h, sid, include_deleted=True)
         return s if check(s) else None
 
@@ -36,12 +36,12 @@ async def wait_for(h: Harness, sid: str, check: Any, within: float = 15.0) -> co
 
 async def boot(
     h: Harness, name: str = "web"
-) -> tuple[str, Agent, compute_pb2.BuildInstanceCommand]:
+) -> tuple[str, Agent, agent_bus_pb2.BuildInstanceCommand]:
     """Creates one server and returns it with the agent of the host it landed on."""
     assert h.js is not None
     resp = await h.servers.CreateServers(create_request(request_id=f"req-{name}", name=name))
     sid = resp.servers[0].id
-    placed = await wait_for(h, sid, lambda s: s.task_state == conductor_pb2.TASK_STATE_SPAWNING)
+    placed = await wait_for(h, sid, lambda s: s.task_state == servers_pb2.TASK_STATE_SPAWNING)
     agent = Agent(h.js, placed.host)
     return sid, agent, await agent.build_command()
 
@@ -52,7 +52,7 @@ async def active_server(h: Harness) -> tuple[str, Agent]:
         sid,
         K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED,
         attempt=cmd.attempt,
-        power_state=compute_pb2.POWER_STATE_RUNNING,
+        power_state=agent_bus_pb2.POWER_STATE_RUNNING,
     )
     await wait_for(h, sid, lambda s: s.status == S.SERVER_STATUS_ACTIVE)
     return sid, agent
@@ -75,11 +75,11 @@ async def test_a_server_is_scheduled_built_and_becomes_active(stack: Harness) ->
         sid,
         K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED,
         attempt=1,
-        power_state=compute_pb2.POWER_STATE_RUNNING,
+        power_state=agent_bus_pb2.POWER_STATE_RUNNING,
     )
     done = await wait_for(stack, sid, lambda s: s.status == S.SERVER_STATUS_ACTIVE)
-    assert done.task_state == conductor_pb2.TASK_STATE_UNSPECIFIED
-    assert done.power_state == compute_pb2.POWER_STATE_RUNNING
+    assert done.task_state == servers_pb2.TASK_STATE_UNSPECIFIED
+    assert done.power_state == agent_bus_pb2.POWER_STATE_RUNNING
     assert done.HasField("launched_at")
     assert stack.peer.select_calls == 1
 
@@ -161,7 +161,7 @@ async def test_no_valid_host_puts_the_server_in_error_saying_which_filters_remov
     assert failed.fault.message.startswith("No valid host was found.")
     assert "1 removed by capacity" in failed.fault.message
     actions = await stack.servers.GetInstanceAction(
-        conductor_pb2.GetInstanceActionRequest(id=failed.id, request_id="req-1")
+        servers_pb2.GetInstanceActionRequest(id=failed.id, request_id="req-1")
     )
     assert [e.result for e in actions.action.events] == ["Error"]
 
@@ -173,9 +173,9 @@ async def test_an_unreachable_scheduler_delays_scheduling_without_losing_it(
     stack.peer.down = True
     resp = await stack.servers.CreateServers(create_request())
     sid = resp.servers[0].id
-    assert (await server(stack, sid)).task_state == conductor_pb2.TASK_STATE_SCHEDULING
+    assert (await server(stack, sid)).task_state == servers_pb2.TASK_STATE_SCHEDULING
     stack.peer.down = False
-    placed = await wait_for(stack, sid, lambda s: s.task_state == conductor_pb2.TASK_STATE_SPAWNING)
+    placed = await wait_for(stack, sid, lambda s: s.task_state == servers_pb2.TASK_STATE_SPAWNING)
     assert placed.host == "host-a"
 
 
@@ -184,7 +184,7 @@ async def test_deleting_a_server_before_it_has_a_host_deletes_it_at_once(stack: 
     stack.peer.down = True  # keeps it unscheduled
     resp = await stack.servers.CreateServers(create_request())
     sid = resp.servers[0].id
-    await stack.servers.DeleteServer(conductor_pb2.DeleteServerRequest(id=sid, request_id="d1"))
+    await stack.servers.DeleteServer(servers_pb2.DeleteServerRequest(id=sid, request_id="d1"))
     gone = await server(stack, sid, include_deleted=True)
     assert gone.status == S.SERVER_STATUS_DELETED
     assert gone.deleted
@@ -201,7 +201,7 @@ async def test_deleting_a_server_before_it_has_a_host_deletes_it_at_once(stack: 
     assert await eventually(outbox_empty)
     assert stack.peer.claims == {}
     # Deleting again succeeds and changes nothing.
-    await stack.servers.DeleteServer(conductor_pb2.DeleteServerRequest(id=sid, request_id="d2"))
+    await stack.servers.DeleteServer(servers_pb2.DeleteServerRequest(id=sid, request_id="d2"))
 
 
 async def test_deleting_mid_build_sends_a_delete_and_the_late_build_success_is_ignored(
@@ -209,12 +209,12 @@ async def test_deleting_mid_build_sends_a_delete_and_the_late_build_success_is_i
 ) -> None:
     stack.peer.add_host("host-a")
     sid, agent, _ = await boot(stack)
-    await stack.servers.DeleteServer(conductor_pb2.DeleteServerRequest(id=sid, request_id="d1"))
+    await stack.servers.DeleteServer(servers_pb2.DeleteServerRequest(id=sid, request_id="d1"))
     deleting = await server(stack, sid)
-    assert deleting.task_state == conductor_pb2.TASK_STATE_DELETING
+    assert deleting.task_state == servers_pb2.TASK_STATE_DELETING
     verb, data = await agent.next_command()
     assert verb == "delete"
-    assert compute_pb2.DeleteInstanceCommand.FromString(data).instance_id == sid
+    assert agent_bus_pb2.DeleteInstanceCommand.FromString(data).instance_id == sid
     await agent.report(sid, K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED, attempt=1)
     await agent.report(sid, K.INSTANCE_EVENT_KIND_DELETED)
     gone = await wait_for(stack, sid, lambda s: s.deleted)
@@ -228,16 +228,16 @@ async def test_deleting_an_active_server_finishes_when_the_agent_reports_it_gone
 ) -> None:
     stack.peer.add_host("host-a")
     sid, agent = await active_server(stack)
-    await stack.servers.DeleteServer(conductor_pb2.DeleteServerRequest(id=sid, request_id="d1"))
+    await stack.servers.DeleteServer(servers_pb2.DeleteServerRequest(id=sid, request_id="d1"))
     verb, _ = await agent.next_command()
     assert verb == "delete"
     await agent.report(sid, K.INSTANCE_EVENT_KIND_DELETED)
     await agent.report(sid, K.INSTANCE_EVENT_KIND_DELETED)  # redelivered
     gone = await wait_for(stack, sid, lambda s: s.deleted)
-    assert gone.vm_state == conductor_pb2.VM_STATE_DELETED
+    assert gone.vm_state == servers_pb2.VM_STATE_DELETED
     assert stack.peer.releases[(sid, "host-a")] == 1
     action = await stack.servers.GetInstanceAction(
-        conductor_pb2.GetInstanceActionRequest(id=sid, request_id="d1")
+        servers_pb2.GetInstanceActionRequest(id=sid, request_id="d1")
     )
     assert action.action.action == "delete"
 
@@ -248,50 +248,50 @@ async def test_stop_start_and_reboot_set_their_tasks_and_settle_on_the_agents_an
     stack.peer.add_host("host-a")
     sid, agent = await active_server(stack)
 
-    await stack.servers.StopServer(conductor_pb2.StopServerRequest(id=sid, request_id="s1"))
-    assert (await server(stack, sid)).task_state == conductor_pb2.TASK_STATE_POWERING_OFF
+    await stack.servers.StopServer(servers_pb2.StopServerRequest(id=sid, request_id="s1"))
+    assert (await server(stack, sid)).task_state == servers_pb2.TASK_STATE_POWERING_OFF
     verb, data = await agent.next_command()
     assert verb == "stop"
-    assert compute_pb2.StopInstanceCommand.FromString(data).instance_id == sid
+    assert agent_bus_pb2.StopInstanceCommand.FromString(data).instance_id == sid
     await agent.report(
         sid,
         K.INSTANCE_EVENT_KIND_ACTION_SUCCEEDED,
         action="stop",
-        power_state=compute_pb2.POWER_STATE_SHUTDOWN,
+        power_state=agent_bus_pb2.POWER_STATE_SHUTDOWN,
     )
     await wait_for(
         stack,
         sid,
         lambda s: (
             s.status == S.SERVER_STATUS_SHUTOFF
-            and s.task_state == conductor_pb2.TASK_STATE_UNSPECIFIED
+            and s.task_state == servers_pb2.TASK_STATE_UNSPECIFIED
         ),
     )
 
-    await stack.servers.StartServer(conductor_pb2.StartServerRequest(id=sid, request_id="s2"))
-    assert (await server(stack, sid)).task_state == conductor_pb2.TASK_STATE_POWERING_ON
+    await stack.servers.StartServer(servers_pb2.StartServerRequest(id=sid, request_id="s2"))
+    assert (await server(stack, sid)).task_state == servers_pb2.TASK_STATE_POWERING_ON
     assert (await agent.next_command())[0] == "start"
     await agent.report(
         sid,
         K.INSTANCE_EVENT_KIND_ACTION_SUCCEEDED,
         action="start",
-        power_state=compute_pb2.POWER_STATE_RUNNING,
+        power_state=agent_bus_pb2.POWER_STATE_RUNNING,
     )
     await wait_for(
         stack,
         sid,
         lambda s: (
             s.status == S.SERVER_STATUS_ACTIVE
-            and s.task_state == conductor_pb2.TASK_STATE_UNSPECIFIED
+            and s.task_state == servers_pb2.TASK_STATE_UNSPECIFIED
         ),
     )
 
-    await stack.servers.RebootServer(conductor_pb2.RebootServerRequest(id=sid, request_id="r1"))
+    await stack.servers.RebootServer(servers_pb2.RebootServerRequest(id=sid, request_id="r1"))
     assert (await server(stack, sid)).status == S.SERVER_STATUS_REBOOT
     # A hard reboot may take over a soft one under way.
     await stack.servers.RebootServer(
-        conductor_pb2.RebootServerRequest(
-            id=sid, request_id="r2", reboot_type=compute_pb2.REBOOT_TYPE_HARD
+        servers_pb2.RebootServerRequest(
+            id=sid, request_id="r2", reboot_type=agent_bus_pb2.REBOOT_TYPE_HARD
         )
     )
     assert (await server(stack, sid)).status == S.SERVER_STATUS_HARD_REBOOT
@@ -301,12 +301,10 @@ async def test_stop_start_and_reboot_set_their_tasks_and_settle_on_the_agents_an
         sid,
         K.INSTANCE_EVENT_KIND_ACTION_SUCCEEDED,
         action="reboot",
-        power_state=compute_pb2.POWER_STATE_RUNNING,
+        power_state=agent_bus_pb2.POWER_STATE_RUNNING,
     )
     await wait_for(stack, sid, lambda s: s.status == S.SERVER_STATUS_ACTIVE)
-    listed = await stack.servers.ListInstanceActions(
-        conductor_pb2.ListInstanceActionsRequest(id=sid)
-    )
+    listed = await stack.servers.ListInstanceActions(servers_pb2.ListInstanceActionsRequest(id=sid))
     assert [a.action for a in listed.actions][:4] == ["reboot", "reboot", "start", "stop"]
 
 
@@ -314,27 +312,29 @@ async def test_a_conflicting_action_is_refused_and_changes_nothing(stack: Harnes
     stack.peer.add_host("host-a")
     sid, _ = await active_server(stack)
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stack.servers.StartServer(conductor_pb2.StartServerRequest(id=sid, request_id="x"))
+        await stack.servers.StartServer(servers_pb2.StartServerRequest(id=sid, request_id="x"))
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "vm_state active" in (info.value.details() or "")
-    await stack.servers.StopServer(conductor_pb2.StopServerRequest(id=sid, request_id="s1"))
+    await stack.servers.StopServer(servers_pb2.StopServerRequest(id=sid, request_id="s1"))
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stack.servers.RebootServer(conductor_pb2.RebootServerRequest(id=sid, request_id="y"))
+        await stack.servers.RebootServer(servers_pb2.RebootServerRequest(id=sid, request_id="y"))
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "powering-off" in (info.value.details() or "")
-    assert (await server(stack, sid)).task_state == conductor_pb2.TASK_STATE_POWERING_OFF
+    assert (await server(stack, sid)).task_state == servers_pb2.TASK_STATE_POWERING_OFF
     # The same stop retried is accepted as already done.
-    await stack.servers.StopServer(conductor_pb2.StopServerRequest(id=sid, request_id="s1"))
+    await stack.servers.StopServer(servers_pb2.StopServerRequest(id=sid, request_id="s1"))
 
 
 async def test_an_active_server_found_shut_down_becomes_shutoff(stack: Harness) -> None:
     stack.peer.add_host("host-a")
     sid, agent = await active_server(stack)
     await agent.report(
-        sid, K.INSTANCE_EVENT_KIND_POWER_STATE_CHANGED, power_state=compute_pb2.POWER_STATE_SHUTDOWN
+        sid,
+        K.INSTANCE_EVENT_KIND_POWER_STATE_CHANGED,
+        power_state=agent_bus_pb2.POWER_STATE_SHUTDOWN,
     )
     off = await wait_for(stack, sid, lambda s: s.status == S.SERVER_STATUS_SHUTOFF)
-    assert off.power_state == compute_pb2.POWER_STATE_SHUTDOWN
+    assert off.power_state == agent_bus_pb2.POWER_STATE_SHUTDOWN
 
 
 async def test_a_missing_domain_puts_the_server_in_error_with_a_fault(stack: Harness) -> None:

@@ -6,8 +6,8 @@ import asyncio
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
-from loom.compute.v1 import compute_pb2
-from loom.conductor.v1 import conductor_pb2
+from loom.compute.v1 import agent_bus_pb2
+from loom.conductor.v1 import fleet_pb2, servers_pb2
 from sqlalchemy import update
 
 from controlplane.conductor.stranded import StrandedBuilds
@@ -16,7 +16,7 @@ from tests.conductor.conftest import Agent, Harness, conductor_config
 from tests.conductor.factories import add, make_service
 from tests.conductor.test_flow import S, active_server, boot, server, wait_for
 
-K = compute_pb2.InstanceEventKind
+K = agent_bus_pb2.InstanceEventKind
 
 
 def _long_ago(h: Harness) -> datetime:
@@ -30,7 +30,7 @@ async def test_deleting_a_server_whose_host_is_down_deletes_it_at_once_and_still
     sid, agent = await active_server(stack)
     await add(stack.sessions, make_service("host-a", last_seen_up=_long_ago(stack)))
 
-    await stack.servers.DeleteServer(conductor_pb2.DeleteServerRequest(id=sid, request_id="d1"))
+    await stack.servers.DeleteServer(servers_pb2.DeleteServerRequest(id=sid, request_id="d1"))
 
     gone = await server(stack, sid, include_deleted=True)
     assert gone.deleted
@@ -39,7 +39,7 @@ async def test_deleting_a_server_whose_host_is_down_deletes_it_at_once_and_still
     assert stack.peer.releases[(sid, "host-a")] == 1
     assert sid not in stack.peer.claims
     action = await stack.servers.GetInstanceAction(
-        conductor_pb2.GetInstanceActionRequest(id=sid, request_id="d1")
+        servers_pb2.GetInstanceActionRequest(id=sid, request_id="d1")
     )
     assert action.action.action == "delete"
     assert [(e.event, e.result) for e in action.action.events] == [
@@ -48,11 +48,11 @@ async def test_deleting_a_server_whose_host_is_down_deletes_it_at_once_and_still
     # The host still gets the command, for when its agent returns.
     verb, data = await agent.next_command()
     assert verb == "delete"
-    assert compute_pb2.DeleteInstanceCommand.FromString(data).instance_id == sid
+    assert agent_bus_pb2.DeleteInstanceCommand.FromString(data).instance_id == sid
 
     # The agent comes back and answers; nothing is released or changed a second time.
     await agent.report(sid, K.INSTANCE_EVENT_KIND_DELETED)
-    await stack.servers.DeleteServer(conductor_pb2.DeleteServerRequest(id=sid, request_id="d2"))
+    await stack.servers.DeleteServer(servers_pb2.DeleteServerRequest(id=sid, request_id="d2"))
     assert stack.peer.releases[(sid, "host-a")] == 1
     assert (await server(stack, sid, include_deleted=True)).deleted
 
@@ -64,13 +64,13 @@ async def test_a_delete_waiting_for_a_host_that_then_went_down_completes_when_as
     sid, _ = await active_server(stack)
     service = make_service("host-a")
     await add(stack.sessions, service)
-    await stack.servers.DeleteServer(conductor_pb2.DeleteServerRequest(id=sid, request_id="d1"))
-    assert (await server(stack, sid)).task_state == conductor_pb2.TASK_STATE_DELETING
+    await stack.servers.DeleteServer(servers_pb2.DeleteServerRequest(id=sid, request_id="d1"))
+    assert (await server(stack, sid)).task_state == servers_pb2.TASK_STATE_DELETING
 
     await stack.fleet.UpdateService(
-        conductor_pb2.UpdateServiceRequest(request_id="f1", id=service.uuid, forced_down=True)
+        fleet_pb2.UpdateServiceRequest(request_id="f1", id=service.uuid, forced_down=True)
     )
-    await stack.servers.DeleteServer(conductor_pb2.DeleteServerRequest(id=sid, request_id="d2"))
+    await stack.servers.DeleteServer(servers_pb2.DeleteServerRequest(id=sid, request_id="d2"))
 
     gone = await server(stack, sid, include_deleted=True)
     assert gone.deleted
@@ -83,9 +83,9 @@ async def test_deleting_a_server_whose_host_is_up_still_waits_for_the_agent(
     stack.peer.add_host("host-a")
     sid, _ = await active_server(stack)
     await add(stack.sessions, make_service("host-a"))
-    await stack.servers.DeleteServer(conductor_pb2.DeleteServerRequest(id=sid, request_id="d1"))
+    await stack.servers.DeleteServer(servers_pb2.DeleteServerRequest(id=sid, request_id="d1"))
     deleting = await server(stack, sid)
-    assert deleting.task_state == conductor_pb2.TASK_STATE_DELETING
+    assert deleting.task_state == servers_pb2.TASK_STATE_DELETING
     assert not deleting.deleted
     assert stack.peer.releases[(sid, "host-a")] == 0
 
@@ -115,14 +115,14 @@ async def test_a_build_stranded_on_a_down_host_is_rescheduled_by_exactly_one_con
     settled = await asyncio.gather(*(p.run_once() for p in passes))
     assert sorted(settled) == [0, 1]
 
-    moved = await wait_for(stack, sid, lambda s: s.task_state == conductor_pb2.TASK_STATE_SPAWNING)
+    moved = await wait_for(stack, sid, lambda s: s.task_state == servers_pb2.TASK_STATE_SPAWNING)
     assert (moved.host, moved.attempts) == (other, 2)
     assert stack.peer.releases[(sid, agent.host)] == 1
     assert stack.peer.claims[sid].host == other
     # The dead host gets a delete for whatever it built before it went quiet.
     verb, data = await agent.next_command()
     assert verb == "delete"
-    assert compute_pb2.DeleteInstanceCommand.FromString(data).instance_id == sid
+    assert agent_bus_pb2.DeleteInstanceCommand.FromString(data).instance_id == sid
     # A later pass finds nothing more to do.
     assert await passes[0].run_once() == 0
 
@@ -179,6 +179,6 @@ async def test_a_takeover_left_half_done_by_a_dead_conductor_is_finished_by_the_
             update(Service).where(Service.host == agent.host).values(last_seen_up=datetime.now(UTC))
         )
     assert await StrandedBuilds(stack.conductor).run_once() == 1
-    moved = await wait_for(stack, sid, lambda s: s.task_state == conductor_pb2.TASK_STATE_SPAWNING)
+    moved = await wait_for(stack, sid, lambda s: s.task_state == servers_pb2.TASK_STATE_SPAWNING)
     assert (moved.host, moved.attempts) == (other, 2)
     assert stack.peer.releases[(sid, agent.host)] == 1

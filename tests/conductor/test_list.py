@@ -8,12 +8,13 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from loom.conductor.v1 import conductor_pb2
+from loom.catalog.v1 import quotas_pb2
+from loom.conductor.v1 import servers_pb2
 
 from tests.conductor.conftest import Harness, conductor_config, harness
 from tests.conductor.factories import add, make_instance
 
-S = conductor_pb2.ServerStatus
+S = servers_pb2.ServerStatus
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
@@ -28,7 +29,7 @@ def stamp(value: datetime) -> Timestamp:
 
 
 async def names(h: Harness, **kw: Any) -> list[str]:
-    resp = await h.servers.ListServers(conductor_pb2.ListServersRequest(**kw))
+    resp = await h.servers.ListServers(servers_pb2.ListServersRequest(**kw))
     return [s.name for s in resp.servers]
 
 
@@ -93,11 +94,11 @@ async def test_a_project_sees_only_its_own_servers(fleet: Harness) -> None:
     assert await names(fleet, project_id="project-a") == ["building", "gamma", "beta", "alpha"]
     assert await names(fleet, project_id="project-b") == ["other"]
     other = (
-        await fleet.servers.ListServers(conductor_pb2.ListServersRequest(project_id="project-b"))
+        await fleet.servers.ListServers(servers_pb2.ListServersRequest(project_id="project-b"))
     ).servers[0]
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await fleet.servers.GetServer(
-            conductor_pb2.GetServerRequest(id=other.id, project_id="project-a")
+            servers_pb2.GetServerRequest(id=other.id, project_id="project-a")
         )
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
@@ -123,7 +124,7 @@ async def test_a_project_sees_only_its_own_servers(fleet: Harness) -> None:
         pytest.param({"reservation_id": "r-aaaaaaaa"}, ["alpha"], id="reservation"),
         pytest.param({"availability_zone": "z1"}, ["alpha"], id="availability zone"),
         pytest.param({"ip": r"10\.0\.0\.5$"}, ["alpha"], id="ip is a regular expression"),
-        pytest.param({"vm_states": [conductor_pb2.VM_STATE_STOPPED]}, ["beta"], id="vm state"),
+        pytest.param({"vm_states": [servers_pb2.VM_STATE_STOPPED]}, ["beta"], id="vm state"),
         pytest.param(
             {"include_deleted": True},
             ["building", "delta", "gamma", "beta", "alpha"],
@@ -147,7 +148,7 @@ async def test_list_filters(fleet: Harness, filters: dict[str, Any], expected: l
 
 
 async def test_ids_filter_selects_those_servers(fleet: Harness) -> None:
-    every = await fleet.servers.ListServers(conductor_pb2.ListServersRequest())
+    every = await fleet.servers.ListServers(servers_pb2.ListServersRequest())
     wanted = [s.id for s in every.servers if s.name in ("alpha", "other")]
     assert sorted(await names(fleet, ids=wanted)) == ["alpha", "other"]
 
@@ -158,7 +159,7 @@ async def test_pages_follow_the_marker_until_the_last_has_no_next_marker(fleet: 
     pages = 0
     while True:
         resp = await fleet.servers.ListServers(
-            conductor_pb2.ListServersRequest(project_id="project-a", limit=3, marker=marker)
+            servers_pb2.ListServersRequest(project_id="project-a", limit=3, marker=marker)
         )
         seen += [s.name for s in resp.servers]
         pages += 1
@@ -171,11 +172,11 @@ async def test_pages_follow_the_marker_until_the_last_has_no_next_marker(fleet: 
 
 async def test_a_filtered_page_is_full_before_it_offers_a_next_marker(fleet: Harness) -> None:
     resp = await fleet.servers.ListServers(
-        conductor_pb2.ListServersRequest(project_id="project-a", name="a", limit=1)
+        servers_pb2.ListServersRequest(project_id="project-a", name="a", limit=1)
     )
     assert [s.name for s in resp.servers] == ["gamma"]
     resp = await fleet.servers.ListServers(
-        conductor_pb2.ListServersRequest(
+        servers_pb2.ListServersRequest(
             project_id="project-a", name="a", limit=5, marker=resp.next_marker
         )
     )
@@ -186,7 +187,7 @@ async def test_a_filtered_page_is_full_before_it_offers_a_next_marker(fleet: Har
 async def test_page_size_is_capped_at_the_configured_maximum(pg_url: str) -> None:
     async with harness(pg_url, conductor_config(max_limit=2)) as h:
         await add(h.sessions, *(make_instance(name=f"s{i}", created_at=at(i)) for i in range(3)))
-        resp = await h.servers.ListServers(conductor_pb2.ListServersRequest(limit=50))
+        resp = await h.servers.ListServers(servers_pb2.ListServersRequest(limit=50))
         assert len(resp.servers) == 2
         assert resp.next_marker
 
@@ -205,27 +206,27 @@ async def test_metadata_merges_replaces_and_respects_the_quota(pg: Harness) -> N
     row = make_instance(metadata_={"a": "1"})
     await add(pg.sessions, row)
     merged = await pg.servers.SetServerMetadata(
-        conductor_pb2.SetServerMetadataRequest(id=row.uuid, metadata={"b": "2"})
+        servers_pb2.SetServerMetadataRequest(id=row.uuid, metadata={"b": "2"})
     )
     assert dict(merged.metadata) == {"a": "1", "b": "2"}
     replaced = await pg.servers.SetServerMetadata(
-        conductor_pb2.SetServerMetadataRequest(id=row.uuid, metadata={"c": "3"}, replace=True)
+        servers_pb2.SetServerMetadataRequest(id=row.uuid, metadata={"c": "3"}, replace=True)
     )
     assert dict(replaced.metadata) == {"c": "3"}
     await pg.servers.DeleteServerMetadataItem(
-        conductor_pb2.DeleteServerMetadataItemRequest(id=row.uuid, key="c")
+        servers_pb2.DeleteServerMetadataItemRequest(id=row.uuid, key="c")
     )
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await pg.servers.DeleteServerMetadataItem(
-            conductor_pb2.DeleteServerMetadataItemRequest(id=row.uuid, key="c")
+            servers_pb2.DeleteServerMetadataItemRequest(id=row.uuid, key="c")
         )
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     await pg.quotas.UpdateQuotas(
-        conductor_pb2.UpdateQuotasRequest(project_id=row.project_id, limits={"metadata_items": 1})
+        quotas_pb2.UpdateQuotasRequest(project_id=row.project_id, limits={"metadata_items": 1})
     )
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await pg.servers.SetServerMetadata(
-            conductor_pb2.SetServerMetadataRequest(id=row.uuid, metadata={"x": "1", "y": "2"})
+            servers_pb2.SetServerMetadataRequest(id=row.uuid, metadata={"x": "1", "y": "2"})
         )
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
@@ -233,7 +234,7 @@ async def test_metadata_merges_replaces_and_respects_the_quota(pg: Harness) -> N
 async def test_update_changes_only_the_given_fields(pg: Harness) -> None:
     row = make_instance(name="old", description="keep")
     await add(pg.sessions, row)
-    resp = await pg.servers.UpdateServer(conductor_pb2.UpdateServerRequest(id=row.uuid, name="new"))
+    resp = await pg.servers.UpdateServer(servers_pb2.UpdateServerRequest(id=row.uuid, name="new"))
     assert resp.server.name == "new"
     assert resp.server.description == "keep"
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-from loom.compute.v1 import compute_pb2
-from loom.conductor.v1 import conductor_pb2
+from loom.compute.v1 import agent_bus_pb2
+from loom.conductor.v1 import servers_pb2
 from prometheus_client import REGISTRY
 
 from controlplane.conductor import metrics as conductor_metrics
@@ -20,8 +20,8 @@ from tests.conductor.conftest import Agent, Harness
 from tests.conductor.test_create import create_request
 from tests.conductor.test_flow import active_server, boot, wait_for
 
-K = compute_pb2.InstanceEventKind
-S = conductor_pb2.ServerStatus
+K = agent_bus_pb2.InstanceEventKind
+S = servers_pb2.ServerStatus
 
 
 def boots(outcome: str) -> float:
@@ -81,7 +81,7 @@ async def test_a_scrape_reads_the_outbox_depth_the_age_of_its_oldest_row_and_con
             await add(
                 session,
                 *(
-                    Outgoing(bus.conductor_subject("schedule"), f"m-{i}", conductor_pb2.Server())
+                    Outgoing(bus.conductor_subject("schedule"), f"m-{i}", servers_pb2.Server())
                     for i in range(3)
                 ),
             )

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from loom.compute.v1 import compute_pb2
+from loom.compute.v1 import agent_bus_pb2
 from nats.js import JetStreamContext
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -39,7 +39,7 @@ async def sessions(
 
 
 def command(host: str, msg_id: str) -> Outgoing:
-    payload = compute_pb2.DeleteInstanceCommand(request_id=msg_id, instance_id=msg_id)
+    payload = agent_bus_pb2.DeleteInstanceCommand(request_id=msg_id, instance_id=msg_id)
     return Outgoing(bus.compute_subject(host, "delete"), msg_id, payload)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from loom.conductor.v1 import conductor_pb2
+from loom.catalog.v1 import quotas_pb2
 
 from tests.conductor.conftest import Harness
 from tests.conductor.factories import PROJECT, add, make_instance, make_keypair
@@ -21,7 +21,7 @@ async def test_limits_default_to_the_configuration_and_usage_counts_live_servers
         make_keypair(),
     )
     resp = await pg.quotas.GetQuotas(
-        conductor_pb2.GetQuotasRequest(project_id=PROJECT, user_id="user-a")
+        quotas_pb2.GetQuotasRequest(project_id=PROJECT, user_id="user-a")
     )
     assert resp.limits.instances == 10
     assert resp.limits.cores == 20
@@ -31,13 +31,13 @@ async def test_limits_default_to_the_configuration_and_usage_counts_live_servers
 
 async def test_updated_limits_override_the_defaults_for_that_project_only(pg: Harness) -> None:
     resp = await pg.quotas.UpdateQuotas(
-        conductor_pb2.UpdateQuotasRequest(project_id=PROJECT, limits={"instances": 3, "cores": -1})
+        quotas_pb2.UpdateQuotasRequest(project_id=PROJECT, limits={"instances": 3, "cores": -1})
     )
     assert (resp.limits.instances, resp.limits.cores, resp.limits.ram) == (3, -1, 51200)
-    other = await pg.quotas.GetQuotas(conductor_pb2.GetQuotasRequest(project_id="p2"))
+    other = await pg.quotas.GetQuotas(quotas_pb2.GetQuotasRequest(project_id="p2"))
     assert other.limits.instances == 10
     again = await pg.quotas.UpdateQuotas(
-        conductor_pb2.UpdateQuotasRequest(project_id=PROJECT, limits={"instances": 4})
+        quotas_pb2.UpdateQuotasRequest(project_id=PROJECT, limits={"instances": 4})
     )
     assert (again.limits.instances, again.limits.cores) == (4, -1)
 
@@ -48,13 +48,13 @@ async def test_unknown_keys_and_limits_below_minus_one_are_refused(
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await pg.quotas.UpdateQuotas(
-            conductor_pb2.UpdateQuotasRequest(project_id=PROJECT, limits=limits)
+            quotas_pb2.UpdateQuotasRequest(project_id=PROJECT, limits=limits)
         )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    after = await pg.quotas.GetQuotas(conductor_pb2.GetQuotasRequest(project_id=PROJECT))
+    after = await pg.quotas.GetQuotas(quotas_pb2.GetQuotasRequest(project_id=PROJECT))
     assert after.limits.instances == 10
 
 
 async def test_default_quotas_are_nova_defaults(pg: Harness) -> None:
-    resp = await pg.quotas.GetDefaultQuotas(conductor_pb2.GetDefaultQuotasRequest())
+    resp = await pg.quotas.GetDefaultQuotas(quotas_pb2.GetDefaultQuotasRequest())
     assert (resp.limits.instances, resp.limits.ram, resp.limits.metadata_items) == (10, 51200, 128)

@@ -9,8 +9,8 @@ import logging
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from loom.compute.v1 import compute_pb2
-from loom.conductor.v1 import conductor_pb2, conductor_pb2_grpc
+from loom.compute.v1 import agent_bus_pb2
+from loom.conductor.v1 import servers_pb2, servers_pb2_grpc
 from sqlalchemy import func, select
 
 from controlplane.conductor.service import serve
@@ -58,18 +58,18 @@ async def test_serve_runs_the_whole_conductor_until_stopped(
         )
         assert health.status == health_pb2.HealthCheckResponse.SERVING
 
-        servers = conductor_pb2_grpc.ServersServiceStub(channel)
+        servers = servers_pb2_grpc.ServersServiceStub(channel)
         resp = await servers.CreateServers(create_request())
         sid = resp.servers[0].id
         agent = Agent(nc.jetstream(), "svc-host")
         cmd = await agent.build_command()
         await agent.report(
-            sid, compute_pb2.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED, attempt=cmd.attempt
+            sid, agent_bus_pb2.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED, attempt=cmd.attempt
         )
 
         async def active() -> bool:
-            got = await servers.GetServer(conductor_pb2.GetServerRequest(id=sid))
-            return got.server.status == conductor_pb2.SERVER_STATUS_ACTIVE
+            got = await servers.GetServer(servers_pb2.GetServerRequest(id=sid))
+            return got.server.status == servers_pb2.SERVER_STATUS_ACTIVE
 
         assert await eventually(active)
     finally:
@@ -102,7 +102,7 @@ async def test_a_boot_costs_few_sql_statements_in_total(
             cmd = await agent.build_command()
             await agent.report(
                 cmd.spec.instance_id,
-                compute_pb2.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED,
+                agent_bus_pb2.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED,
                 attempt=cmd.attempt,
             )
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
-from loom.conductor.v1 import conductor_pb2, conductor_pb2_grpc
+from loom.catalog.v1 import quotas_pb2, quotas_pb2_grpc
+from loom.conductor.v1 import servers_pb2, servers_pb2_grpc
 from loom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
@@ -50,21 +51,21 @@ def db_scalar(db_url: str, sql: str) -> Any:
 @dataclass
 class Client:
     channel: grpc.aio.Channel
-    servers: conductor_pb2_grpc.ServersServiceStub
-    quotas: conductor_pb2_grpc.QuotasServiceStub
+    servers: servers_pb2_grpc.ServersServiceStub
+    quotas: quotas_pb2_grpc.QuotasServiceStub
 
     @classmethod
     def connect(cls, target: str) -> Client:
         channel = grpc.aio.insecure_channel(target)
         return cls(
             channel,
-            conductor_pb2_grpc.ServersServiceStub(channel),
-            conductor_pb2_grpc.QuotasServiceStub(channel),
+            servers_pb2_grpc.ServersServiceStub(channel),
+            quotas_pb2_grpc.QuotasServiceStub(channel),
         )
 
     async def unlimited_quota(self) -> None:
         await self.quotas.UpdateQuotas(
-            conductor_pb2.UpdateQuotasRequest(
+            quotas_pb2.UpdateQuotasRequest(
                 request_id=uuid.uuid4().hex,
                 project_id=PROJECT,
                 limits={"instances": -1, "cores": -1, "ram": -1},
@@ -74,7 +75,7 @@ class Client:
 
     async def create(self, name: str, count: int = 1) -> list[str]:
         resp = await self.servers.CreateServers(
-            conductor_pb2.CreateServersRequest(
+            servers_pb2.CreateServersRequest(
                 request_id=uuid.uuid4().hex,
                 project_id=PROJECT,
                 user_id=USER,
@@ -91,18 +92,18 @@ class Client:
 
     async def delete(self, server_id: str) -> None:
         await self.servers.DeleteServer(
-            conductor_pb2.DeleteServerRequest(
+            servers_pb2.DeleteServerRequest(
                 request_id=uuid.uuid4().hex, id=server_id, project_id=PROJECT, user_id=USER
             ),
             timeout=30,
         )
 
-    async def all_servers(self, include_deleted: bool = False) -> list[conductor_pb2.Server]:
-        out: list[conductor_pb2.Server] = []
+    async def all_servers(self, include_deleted: bool = False) -> list[servers_pb2.Server]:
+        out: list[servers_pb2.Server] = []
         marker = ""
         while True:
             resp = await self.servers.ListServers(
-                conductor_pb2.ListServersRequest(
+                servers_pb2.ListServersRequest(
                     project_id=PROJECT, limit=1000, marker=marker, include_deleted=include_deleted
                 ),
                 timeout=30,
@@ -116,7 +117,7 @@ class Client:
         await self.channel.close()
 
 
-Status = conductor_pb2.ServerStatus
+Status = servers_pb2.ServerStatus
 TERMINAL = {Status.SERVER_STATUS_ACTIVE, Status.SERVER_STATUS_ERROR, Status.SERVER_STATUS_SHUTOFF}
 
 
@@ -144,10 +145,10 @@ async def wait_for_hosts(stack: Stack, count: int, within: float = 60.0) -> None
         await eventually(up, within, f"{count} hosts up in the scheduler")
 
 
-async def settle(client: Client, ids: set[str], within: float) -> dict[str, conductor_pb2.Server]:
+async def settle(client: Client, ids: set[str], within: float) -> dict[str, servers_pb2.Server]:
     """Waits until every server in ids is ACTIVE, ERROR or SHUTOFF; returns them by id."""
 
-    async def done() -> dict[str, conductor_pb2.Server] | None:
+    async def done() -> dict[str, servers_pb2.Server] | None:
         servers = {s.id: s for s in await client.all_servers() if s.id in ids}
         if len(servers) == len(ids) and all(s.status in TERMINAL for s in servers.values()):
             return servers

@@ -6,7 +6,7 @@ import asyncio
 
 import grpc
 import pytest
-from loom.compute.v1 import compute_pb2, compute_pb2_grpc
+from loom.compute.v1 import agent_bus_pb2, compute_pb2, compute_pb2_grpc
 from loom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 from tests.e2e.support import Client, Status, db_scalar, settle, start_boot_path
@@ -50,7 +50,7 @@ async def test_an_agent_killed_mid_build_finishes_every_build_it_held_after_rest
     servers = await settle(client, ids, within=120)
     assert {s.status for s in servers.values()} == {Status.SERVER_STATUS_ACTIVE}
     on_hosts = await _running_on_hosts(stack)
-    assert {i for i in ids if on_hosts.get(i) == compute_pb2.POWER_STATE_RUNNING} == ids
+    assert {i for i in ids if on_hosts.get(i) == agent_bus_pb2.POWER_STATE_RUNNING} == ids
 
 
 async def test_a_conductor_killed_after_commit_and_before_publish_loses_no_build(

@@ -12,7 +12,7 @@ import uuid
 import grpc
 import pytest
 from loom.compute.v1 import compute_pb2, compute_pb2_grpc
-from loom.conductor.v1 import conductor_pb2, conductor_pb2_grpc
+from loom.conductor.v1 import fleet_pb2, fleet_pb2_grpc
 from loom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from nats.aio.client import Client as NATS
 
@@ -42,8 +42,8 @@ def _short_service_down_time(stack: Stack) -> None:
 
 async def _compute_service_up(stack: Stack, host: str) -> bool | None:
     async with grpc.aio.insecure_channel(stack.conductor_target) as channel:
-        resp = await conductor_pb2_grpc.FleetServiceStub(channel).ListServices(
-            conductor_pb2.ListServicesRequest(host=host, binary="loom-compute"), timeout=10
+        resp = await fleet_pb2_grpc.FleetServiceStub(channel).ListServices(
+            fleet_pb2.ListServicesRequest(host=host, binary="loom-compute"), timeout=10
         )
     return resp.services[0].up if resp.services else None
 

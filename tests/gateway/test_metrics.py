@@ -54,7 +54,7 @@ async def test_a_path_no_route_takes_counts_as_unmatched(cloud: Cloud) -> None:
 
 async def test_the_gateway_times_its_calls_to_the_conductor(cloud: Cloud) -> None:
     labels = {
-        "grpc_service": "loom.conductor.v1.FlavorsService",
+        "grpc_service": "loom.catalog.v1.FlavorsService",
         "grpc_method": "ListFlavors",
         "grpc_code": "OK",
     }

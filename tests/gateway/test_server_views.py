@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from loom.common.v1 import common_pb2
-from loom.conductor.v1 import conductor_pb2 as pb
+from loom.conductor.v1 import servers_pb2
 from starlette.applications import Starlette
 from starlette.requests import Request
 
@@ -34,16 +34,18 @@ def _request() -> Request:
     )
 
 
-def make_server(**overrides: object) -> pb.Server:
+def make_server(**overrides: object) -> servers_pb2.Server:
     created = Timestamp(seconds=1_700_000_000)
-    server = pb.Server(
+    server = servers_pb2.Server(
         id="6f1b9f5e-28a4-4bb8-9d8e-6d5c38ae8a11",
         name="vm-1",
         project_id="p1",
         user_id="u1",
-        vm_state=pb.VM_STATE_ERROR,
-        status=pb.SERVER_STATUS_ERROR,
-        flavor=pb.FlavorSnapshot(id="1", name="m1.tiny", vcpus=1, memory_mb=512, root_gb=1),
+        vm_state=servers_pb2.VM_STATE_ERROR,
+        status=servers_pb2.SERVER_STATUS_ERROR,
+        flavor=servers_pb2.FlavorSnapshot(
+            id="1", name="m1.tiny", vcpus=1, memory_mb=512, root_gb=1
+        ),
         image_id="9b0b3a25-4c9b-4bb5-8f39-5b8d9f6c3f55",
         host="sim-0001",
         node="sim-0001",
@@ -54,7 +56,7 @@ def make_server(**overrides: object) -> pb.Server:
             code=500, message="No valid host", details="capacity: 3 hosts", created_at=created
         ),
         addresses=[
-            pb.ServerAddress(
+            servers_pb2.ServerAddress(
                 network="private",
                 address="10.0.0.5",
                 version=4,
@@ -107,7 +109,9 @@ def test_the_flavor_is_a_link_before_2_47_and_embedded_after() -> None:
 
 
 def test_an_active_server_has_no_fault_and_shows_its_status() -> None:
-    server = make_server(vm_state=pb.VM_STATE_ACTIVE, status=pb.SERVER_STATUS_ACTIVE)
+    server = make_server(
+        vm_state=servers_pb2.VM_STATE_ACTIVE, status=servers_pb2.SERVER_STATUS_ACTIVE
+    )
     body = views.detail(_request(), server, Microversion(2, 1), is_admin=False)
     assert body["status"] == "ACTIVE"
     assert "fault" not in body

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from loom.compute.v1 import compute_pb2
+from loom.compute.v1 import agent_bus_pb2
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
@@ -13,7 +13,7 @@ from controlplane.runtime import bus
 from nodeagent.driver.libvirt_driver import LibvirtDriver, write_simulated_node
 
 
-def make_spec(**overrides: object) -> compute_pb2.InstanceSpec:
+def make_spec(**overrides: object) -> agent_bus_pb2.InstanceSpec:
     iid = str(overrides.pop("instance_id", uuid.uuid4()))
     fields: dict[str, object] = {
         "instance_id": iid,
@@ -22,11 +22,11 @@ def make_spec(**overrides: object) -> compute_pb2.InstanceSpec:
         "vcpus": 1,
         "memory_mb": 256,
         "root_gb": 1,
-        "image": compute_pb2.ImageRef(id="img-1", disk_format="qcow2"),
+        "image": agent_bus_pb2.ImageRef(id="img-1", disk_format="qcow2"),
         "display_name": "vm",
     }
     fields.update(overrides)
-    return compute_pb2.InstanceSpec(**fields)  # type: ignore[arg-type]
+    return agent_bus_pb2.InstanceSpec(**fields)  # type: ignore[arg-type]
 
 
 def make_test_driver(data: Path, host: str) -> LibvirtDriver:
@@ -35,9 +35,9 @@ def make_test_driver(data: Path, host: str) -> LibvirtDriver:
 
 
 def build_command(
-    spec: compute_pb2.InstanceSpec, request_id: str = "", attempt: int = 1
-) -> compute_pb2.BuildInstanceCommand:
-    return compute_pb2.BuildInstanceCommand(
+    spec: agent_bus_pb2.InstanceSpec, request_id: str = "", attempt: int = 1
+) -> agent_bus_pb2.BuildInstanceCommand:
+    return agent_bus_pb2.BuildInstanceCommand(
         request_id=request_id or f"req-{uuid.uuid4()}", spec=spec, attempt=attempt
     )
 
@@ -69,10 +69,10 @@ class EventReader:
         )
         return cls(sub)
 
-    async def next(self, wait: float = 10.0) -> compute_pb2.InstanceEvent:
+    async def next(self, wait: float = 10.0) -> agent_bus_pb2.InstanceEvent:
         msgs = await self._sub.fetch(1, timeout=wait)
         await msgs[0].ack()
-        return compute_pb2.InstanceEvent.FromString(msgs[0].data)
+        return agent_bus_pb2.InstanceEvent.FromString(msgs[0].data)
 
     async def none_within(self, seconds: float) -> bool:
         """True when no event arrives within `seconds`."""

@@ -8,7 +8,7 @@ import time
 import uuid
 
 import pytest
-from loom.compute.v1 import compute_pb2
+from loom.compute.v1 import agent_bus_pb2
 from nats.aio.client import Client as NATS
 from nats.js.errors import NoStreamResponseError
 
@@ -20,7 +20,6 @@ from tests.nodeagent.conftest import AgentFactory
 from tests.nodeagent.support import EventReader, build_command, make_spec, send
 from tests.support.nats import RestartableNats
 
-K = compute_pb2
 # Where an agent's pull requests for host h1 go.
 PULLS_H1 = f"$JS.API.CONSUMER.MSG.NEXT.{bus.COMPUTE_STREAM}.agent-h1"
 
@@ -49,14 +48,14 @@ async def test_a_build_command_runs_the_domain_and_reports_build_succeeded(
     await send(bus_nc.jetstream(), "h1", "build", cmd)
 
     event = await events.next()
-    assert event.kind == K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED
+    assert event.kind == agent_bus_pb2.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED
     assert (event.instance_id, event.host, event.request_id) == (
         spec.instance_id,
         "h1",
         cmd.request_id,
     )
     assert (event.action, event.attempt) == ("build", 2)
-    assert event.power_state == K.POWER_STATE_RUNNING
+    assert event.power_state == agent_bus_pb2.POWER_STATE_RUNNING
     assert agent.driver.describe(spec.instance_id) == PowerState.RUNNING
     await _wait_drained(bus_nc, "h1")
 
@@ -71,7 +70,7 @@ async def test_a_redelivered_build_changes_nothing_and_reports_again(
     spec = make_spec()
     cmd = build_command(spec)
     await send(js, "h1", "build", cmd)
-    assert (await events.next()).kind == K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED
+    assert (await events.next()).kind == agent_bus_pb2.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED
     domain_id = agent.driver._c.lookupByUUIDString(spec.instance_id).ID()  # type: ignore[attr-defined]
 
     # The same command again (a relay resend under another message id): the agent
@@ -85,10 +84,10 @@ async def test_a_redelivered_build_changes_nothing_and_reports_again(
     await send(js, "h1", "build", again)
     event = await events.next()
     assert (event.kind, event.request_id) == (
-        K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED,
+        agent_bus_pb2.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED,
         again.request_id,
     )
-    assert event.power_state == K.POWER_STATE_RUNNING
+    assert event.power_state == agent_bus_pb2.POWER_STATE_RUNNING
     assert agent.driver._c.lookupByUUIDString(spec.instance_id).ID() == domain_id  # type: ignore[attr-defined]
     assert list(agent.driver.list_instances()) == [spec.instance_id]
 
@@ -103,47 +102,49 @@ async def test_stop_start_reboot_and_delete_report_their_actions_and_power_state
     spec = make_spec()
     iid = spec.instance_id
     await send(js, "h1", "build", build_command(spec))
-    assert (await events.next()).kind == K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED
+    assert (await events.next()).kind == agent_bus_pb2.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED
 
     steps = [
         (
             "stop",
-            K.StopInstanceCommand(request_id="r-stop", instance_id=iid),
-            K.POWER_STATE_SHUTDOWN,
+            agent_bus_pb2.StopInstanceCommand(request_id="r-stop", instance_id=iid),
+            agent_bus_pb2.POWER_STATE_SHUTDOWN,
         ),
         (
             "start",
-            K.StartInstanceCommand(request_id="r-start", instance_id=iid),
-            K.POWER_STATE_RUNNING,
+            agent_bus_pb2.StartInstanceCommand(request_id="r-start", instance_id=iid),
+            agent_bus_pb2.POWER_STATE_RUNNING,
         ),
         (
             "reboot",
-            K.RebootInstanceCommand(
-                request_id="r-soft", instance_id=iid, reboot_type=K.REBOOT_TYPE_SOFT
+            agent_bus_pb2.RebootInstanceCommand(
+                request_id="r-soft", instance_id=iid, reboot_type=agent_bus_pb2.REBOOT_TYPE_SOFT
             ),
-            K.POWER_STATE_RUNNING,
+            agent_bus_pb2.POWER_STATE_RUNNING,
         ),
         (
             "reboot",
-            K.RebootInstanceCommand(
-                request_id="r-hard", instance_id=iid, reboot_type=K.REBOOT_TYPE_HARD
+            agent_bus_pb2.RebootInstanceCommand(
+                request_id="r-hard", instance_id=iid, reboot_type=agent_bus_pb2.REBOOT_TYPE_HARD
             ),
-            K.POWER_STATE_RUNNING,
+            agent_bus_pb2.POWER_STATE_RUNNING,
         ),
     ]
     for verb, command, power in steps:
         await send(js, "h1", verb, command)
         event = await events.next()
         assert (event.kind, event.action, event.request_id) == (
-            K.INSTANCE_EVENT_KIND_ACTION_SUCCEEDED,
+            agent_bus_pb2.INSTANCE_EVENT_KIND_ACTION_SUCCEEDED,
             verb,
             command.request_id,
         )
         assert event.power_state == power
 
-    await send(js, "h1", "delete", K.DeleteInstanceCommand(request_id="r-del", instance_id=iid))
+    await send(
+        js, "h1", "delete", agent_bus_pb2.DeleteInstanceCommand(request_id="r-del", instance_id=iid)
+    )
     event = await events.next()
-    assert (event.kind, event.action) == (K.INSTANCE_EVENT_KIND_DELETED, "delete")
+    assert (event.kind, event.action) == (agent_bus_pb2.INSTANCE_EVENT_KIND_DELETED, "delete")
     assert agent.driver.list_instances() == {}
 
 
@@ -155,10 +156,10 @@ async def test_deleting_an_absent_instance_succeeds(make_agent: AgentFactory, bu
         bus_nc.jetstream(),
         "h1",
         "delete",
-        K.DeleteInstanceCommand(request_id="d1", instance_id=iid),
+        agent_bus_pb2.DeleteInstanceCommand(request_id="d1", instance_id=iid),
     )
     event = await events.next()
-    assert (event.kind, event.instance_id) == (K.INSTANCE_EVENT_KIND_DELETED, iid)
+    assert (event.kind, event.instance_id) == (agent_bus_pb2.INSTANCE_EVENT_KIND_DELETED, iid)
     assert not event.HasField("fault")
     await _wait_drained(bus_nc, "h1")
 
@@ -170,10 +171,13 @@ async def test_starting_an_absent_instance_reports_action_failed_with_a_404_faul
     events = await EventReader.open(bus_nc, "h1")
     iid = str(uuid.uuid4())
     await send(
-        bus_nc.jetstream(), "h1", "start", K.StartInstanceCommand(request_id="s1", instance_id=iid)
+        bus_nc.jetstream(),
+        "h1",
+        "start",
+        agent_bus_pb2.StartInstanceCommand(request_id="s1", instance_id=iid),
     )
     event = await events.next()
-    assert event.kind == K.INSTANCE_EVENT_KIND_ACTION_FAILED
+    assert event.kind == agent_bus_pb2.INSTANCE_EVENT_KIND_ACTION_FAILED
     assert event.fault.code == 404
 
 
@@ -186,7 +190,7 @@ async def test_a_failed_build_reports_build_failed_and_leaves_no_domain(
     spec = make_spec(vcpus=0)  # libvirt refuses a domain without vCPUs
     await send(bus_nc.jetstream(), "h1", "build", build_command(spec, attempt=3))
     event = await events.next()
-    assert event.kind == K.INSTANCE_EVENT_KIND_BUILD_FAILED
+    assert event.kind == agent_bus_pb2.INSTANCE_EVENT_KIND_BUILD_FAILED
     assert (event.fault.code, event.attempt) == (500, 3)
     assert event.fault.message.endswith(".")
     assert event.fault.message.count(".") == 1
@@ -201,7 +205,7 @@ async def test_heartbeats_are_published_on_the_hosts_subject(
     sub = await bus_nc.subscribe(bus.heartbeat_subject("h1"))
     await make_agent(heartbeat_interval=0.1).start()
     beats = [
-        compute_pb2.Heartbeat.FromString((await sub.next_msg(timeout=5)).data) for _ in range(3)
+        agent_bus_pb2.Heartbeat.FromString((await sub.next_msg(timeout=5)).data) for _ in range(3)
     ]
     await sub.unsubscribe()
     assert {b.host for b in beats} == {"h1"}
@@ -214,7 +218,7 @@ async def test_the_inventory_report_describes_the_host_and_its_reservations(
 ) -> None:
     await make_agent(reserved_host_memory_mb=1024, reserved_host_disk_gb=5).start()
     msg = await bus_nc.jetstream().get_last_msg(bus.INVENTORY_STREAM, bus.inventory_subject("h1"))
-    report = compute_pb2.HostInventoryReport.FromString(msg.data)
+    report = agent_bus_pb2.HostInventoryReport.FromString(msg.data)
     assert (report.vcpu.total, report.memory_mb.total, report.disk_gb.total) == (8, 16384, 100)
     assert (report.memory_mb.reserved, report.disk_gb.reserved) == (1024, 5)
     assert report.vcpu.allocation_ratio == 0.0
@@ -238,7 +242,7 @@ async def test_a_power_change_nobody_commanded_is_reported(
     events = await EventReader.open(bus_nc, "h1")
     spec = make_spec()
     await send(bus_nc.jetstream(), "h1", "build", build_command(spec))
-    assert (await events.next()).kind == K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED
+    assert (await events.next()).kind == agent_bus_pb2.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED
     assert await agent.sync_power_states() == 0
 
     # The guest powers itself off behind Loom's back.
@@ -246,8 +250,8 @@ async def test_a_power_change_nobody_commanded_is_reported(
     assert await agent.sync_power_states() == 1
     event = await events.next()
     assert (event.kind, event.power_state, event.action) == (
-        K.INSTANCE_EVENT_KIND_POWER_STATE_CHANGED,
-        K.POWER_STATE_SHUTDOWN,
+        agent_bus_pb2.INSTANCE_EVENT_KIND_POWER_STATE_CHANGED,
+        agent_bus_pb2.POWER_STATE_SHUTDOWN,
         "",
     )
     assert await agent.sync_power_states() == 0
@@ -261,10 +265,10 @@ async def test_the_periodic_power_sync_runs_on_its_own(
     events = await EventReader.open(bus_nc, "h1")
     spec = make_spec()
     await send(bus_nc.jetstream(), "h1", "build", build_command(spec))
-    assert (await events.next()).kind == K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED
+    assert (await events.next()).kind == agent_bus_pb2.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED
     agent.driver._c.lookupByUUIDString(spec.instance_id).destroy()  # type: ignore[attr-defined]
     event = await events.next()
-    assert event.kind == K.INSTANCE_EVENT_KIND_POWER_STATE_CHANGED
+    assert event.kind == agent_bus_pb2.INSTANCE_EVENT_KIND_POWER_STATE_CHANGED
 
 
 async def test_a_command_left_unacked_by_a_dead_agent_is_handled_after_restart(
@@ -289,7 +293,7 @@ async def test_a_command_left_unacked_by_a_dead_agent_is_handled_after_restart(
     await second.start()
     event = await events.next(wait=15)
     assert (event.kind, event.instance_id) == (
-        K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED,
+        agent_bus_pb2.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED,
         spec.instance_id,
     )
     assert second.driver.describe(spec.instance_id) == PowerState.RUNNING
@@ -333,7 +337,7 @@ async def test_a_command_that_reaches_a_stopping_agent_is_handled_promptly_by_th
         await successor.start()
         event = await events.next(wait=10)
         assert (event.kind, event.request_id) == (
-            K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED,
+            agent_bus_pb2.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED,
             command.request_id,
         )
         await _wait_drained(bus_nc, "h1")
@@ -352,7 +356,7 @@ async def test_an_unknown_verb_or_an_undecodable_command_is_dropped_without_bloc
     await send(js, "h1", "build", build_command(spec))
     event = await events.next()
     assert (event.kind, event.instance_id) == (
-        K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED,
+        agent_bus_pb2.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED,
         spec.instance_id,
     )
     await _wait_drained(bus_nc, "h1")
@@ -408,7 +412,7 @@ async def test_a_command_served_to_a_replaced_pull_request_is_still_handled(
     # ack_wait is 30 s: a command dropped with the first request would not come back here.
     event = await events.next(wait=5)
     assert (event.kind, event.instance_id) == (
-        K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED,
+        agent_bus_pb2.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED,
         spec.instance_id,
     )
     await _wait_drained(bus_nc, "h1")
@@ -437,7 +441,7 @@ async def test_replacing_pull_requests_while_commands_arrive_loses_none(
 
 
 async def _send_when_the_stream_is_back(
-    nc: NATS, command: compute_pb2.BuildInstanceCommand
+    nc: NATS, command: agent_bus_pb2.BuildInstanceCommand
 ) -> None:
     """Publishes a build for h1 once JetStream has its streams again after a restart."""
     deadline = time.monotonic() + 15

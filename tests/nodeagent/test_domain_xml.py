@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
-from loom.compute.v1 import compute_pb2
+from loom.compute.v1 import agent_bus_pb2
 
 from nodeagent.driver.domain_xml import DomainLayout, KernelBoot, build_domain_xml
 from tests.nodeagent.support import make_spec
@@ -32,7 +32,7 @@ def _layout(**over: object) -> DomainLayout:
     return DomainLayout(**base)  # type: ignore[arg-type]
 
 
-CASES: dict[str, tuple[compute_pb2.InstanceSpec, DomainLayout]] = {
+CASES: dict[str, tuple[agent_bus_pb2.InstanceSpec, DomainLayout]] = {
     "test_minimal": (
         make_spec(instance_id=IID, instance_name="instance-0000002a", vcpus=1, memory_mb=512),
         _layout(),

@@ -7,8 +7,8 @@ import asyncio
 from pathlib import Path
 
 import httpx
-from loom.compute.v1 import compute_pb2
-from loom.conductor.v1 import conductor_pb2
+from loom.compute.v1 import agent_bus_pb2
+from loom.conductor.v1 import servers_pb2
 from nats.aio.client import Client as NATS
 from prometheus_client import REGISTRY
 
@@ -21,8 +21,8 @@ from tests.nodeagent.conftest import AgentFactory
 from tests.nodeagent.support import EventReader, build_command, make_spec, make_test_driver, send
 from tests.nodeagent.test_reconcile import RecordedFleet, _channel, _record, _serve_fleet
 
-C = conductor_pb2
-K = compute_pb2
+C = servers_pb2
+K = agent_bus_pb2
 KINDS = ("destroy_orphan", "recreate", "report_missing", "report_power_state")
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import libvirt
 import pytest
-from loom.compute.v1 import compute_pb2
+from loom.compute.v1 import agent_bus_pb2
 from nats.aio.client import Client as NATS
 
 from controlplane.testimage import MARKER, build_test_image
@@ -56,8 +56,8 @@ class GuestImages:
     root_id: str
     root_sha512: str
 
-    def image_ref(self, cmdline: str = "console=ttyS0") -> compute_pb2.ImageRef:
-        return compute_pb2.ImageRef(
+    def image_ref(self, cmdline: str = "console=ttyS0") -> agent_bus_pb2.ImageRef:
+        return agent_bus_pb2.ImageRef(
             id=self.root_id,
             disk_format="raw",
             size=ROOT_IMAGE_BYTES,
@@ -119,9 +119,9 @@ def qemu_driver(guest_images: GuestImages) -> Iterator[LibvirtDriver]:
         driver.close()
 
 
-def _spec(images: GuestImages, cmdline: str = "console=ttyS0") -> compute_pb2.InstanceSpec:
+def _spec(images: GuestImages, cmdline: str = "console=ttyS0") -> agent_bus_pb2.InstanceSpec:
     iid = str(uuid.uuid4())
-    return compute_pb2.InstanceSpec(
+    return agent_bus_pb2.InstanceSpec(
         instance_id=iid,
         instance_name=f"loom-test-{iid[:8]}",
         project_id="p-1",
@@ -255,7 +255,7 @@ async def test_a_guest_built_over_nats_boots_and_its_own_poweroff_is_reported(
     assert changed.instance_id == spec.instance_id
     assert m.power_from_pb(changed.power_state) == PowerState.SHUTDOWN
 
-    delete = compute_pb2.DeleteInstanceCommand(
+    delete = agent_bus_pb2.DeleteInstanceCommand(
         request_id=f"req-{uuid.uuid4()}", instance_id=spec.instance_id
     )
     await send(js, qemu_driver.host, "delete", delete)
@@ -279,7 +279,7 @@ def test_a_whole_disk_image_boots_from_an_overlay_with_no_kernel(
         check=True,
     )
     spec = _spec(guest_images)
-    spec.image.CopyFrom(compute_pb2.ImageRef(id=image_id, disk_format=disk_format))
+    spec.image.CopyFrom(agent_bus_pb2.ImageRef(id=image_id, disk_format=disk_format))
     spec.ephemeral_gb = 1
     # Defined only: a guest without an OS on its disk has nothing to show when started.
     assert qemu_driver.create(spec, power_on=False) == PowerState.SHUTDOWN

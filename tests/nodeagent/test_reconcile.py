@@ -9,8 +9,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from loom.compute.v1 import compute_pb2
-from loom.conductor.v1 import conductor_pb2, conductor_pb2_grpc
+from loom.compute.v1 import agent_bus_pb2
+from loom.conductor.v1 import fleet_pb2, fleet_pb2_grpc, servers_pb2
 from nats.aio.client import Client as NATS
 
 from controlplane.runtime.natsserver import free_port
@@ -20,27 +20,28 @@ from nodeagent.reconcile import plan_reconcile
 from tests.nodeagent.conftest import AgentFactory
 from tests.nodeagent.support import EventReader, build_command, make_spec, make_test_driver, send
 
-C = conductor_pb2
-K = compute_pb2
+C = servers_pb2
 
 
-class RecordedFleet(conductor_pb2_grpc.FleetServiceServicer):
+class RecordedFleet(fleet_pb2_grpc.FleetServiceServicer):
     """Answers ListHostInstances with a list the test chooses."""
 
-    def __init__(self, instances: dict[str, Sequence[conductor_pb2.HostInstance]]) -> None:
+    def __init__(self, instances: dict[str, Sequence[fleet_pb2.HostInstance]]) -> None:
         self.instances = instances
         self.asked: list[str] = []
 
     async def ListHostInstances(  # type: ignore[override]
-        self, request: conductor_pb2.ListHostInstancesRequest, context: object
-    ) -> conductor_pb2.ListHostInstancesResponse:
+        self, request: fleet_pb2.ListHostInstancesRequest, context: object
+    ) -> fleet_pb2.ListHostInstancesResponse:
         self.asked.append(request.host)
-        return C.ListHostInstancesResponse(instances=list(self.instances.get(request.host, [])))
+        return fleet_pb2.ListHostInstancesResponse(
+            instances=list(self.instances.get(request.host, []))
+        )
 
 
 async def _serve_fleet(fleet: RecordedFleet, port: int) -> grpc.aio.Server:
     server = grpc.aio.server()
-    conductor_pb2_grpc.add_FleetServiceServicer_to_server(fleet, server)
+    fleet_pb2_grpc.add_FleetServiceServicer_to_server(fleet, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     return server
@@ -63,12 +64,12 @@ def _channel(port: int) -> grpc.aio.Channel:
 
 
 def _record(
-    spec: compute_pb2.InstanceSpec,
-    vm: conductor_pb2.VmState.ValueType,
-    power: compute_pb2.PowerState.ValueType,
-    task: conductor_pb2.TaskState.ValueType = C.TASK_STATE_UNSPECIFIED,
-) -> conductor_pb2.HostInstance:
-    return C.HostInstance(spec=spec, vm_state=vm, task_state=task, power_state=power)
+    spec: agent_bus_pb2.InstanceSpec,
+    vm: servers_pb2.VmState.ValueType,
+    power: agent_bus_pb2.PowerState.ValueType,
+    task: servers_pb2.TaskState.ValueType = C.TASK_STATE_UNSPECIFIED,
+) -> fleet_pb2.HostInstance:
+    return fleet_pb2.HostInstance(spec=spec, vm_state=vm, task_state=task, power_state=power)
 
 
 async def test_reconcile_on_the_test_driver_recreates_drifts_and_removes_orphans(
@@ -83,12 +84,15 @@ async def test_reconcile_on_the_test_driver_recreates_drifts_and_removes_orphans
     fleet = RecordedFleet(
         {
             "h1": [
-                _record(running, C.VM_STATE_ACTIVE, K.POWER_STATE_RUNNING),
-                _record(stopped, C.VM_STATE_STOPPED, K.POWER_STATE_SHUTDOWN),
+                _record(running, C.VM_STATE_ACTIVE, agent_bus_pb2.POWER_STATE_RUNNING),
+                _record(stopped, C.VM_STATE_STOPPED, agent_bus_pb2.POWER_STATE_SHUTDOWN),
                 _record(
-                    building, C.VM_STATE_BUILDING, K.POWER_STATE_UNSPECIFIED, C.TASK_STATE_SPAWNING
+                    building,
+                    C.VM_STATE_BUILDING,
+                    agent_bus_pb2.POWER_STATE_UNSPECIFIED,
+                    C.TASK_STATE_SPAWNING,
                 ),
-                _record(drifted, C.VM_STATE_STOPPED, K.POWER_STATE_SHUTDOWN),
+                _record(drifted, C.VM_STATE_STOPPED, agent_bus_pb2.POWER_STATE_SHUTDOWN),
             ]
         }
     )
@@ -108,9 +112,9 @@ async def test_reconcile_on_the_test_driver_recreates_drifts_and_removes_orphans
         }
         event = await events.next()
         assert (event.kind, event.instance_id, event.power_state) == (
-            K.INSTANCE_EVENT_KIND_POWER_STATE_CHANGED,
+            agent_bus_pb2.INSTANCE_EVENT_KIND_POWER_STATE_CHANGED,
             drifted.instance_id,
-            K.POWER_STATE_RUNNING,
+            agent_bus_pb2.POWER_STATE_RUNNING,
         )
         assert await events.none_within(0.3)
     finally:
@@ -128,7 +132,7 @@ async def test_commands_are_served_while_the_conductor_is_unreachable(
         await agent.start()
         events = await EventReader.open(bus_nc, "h1")
         await send(bus_nc.jetstream(), "h1", "build", build_command(orphan_later))
-        assert (await events.next()).kind == K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED
+        assert (await events.next()).kind == agent_bus_pb2.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED
         assert not agent.reconciled.is_set()
 
         server = await _serve_fleet(RecordedFleet({}), fleet_port)
@@ -173,10 +177,10 @@ async def test_reconcile_asks_an_unreachable_conductor_again_backing_off_until_t
 
 
 def _expected(
-    spec: compute_pb2.InstanceSpec,
-    vm: conductor_pb2.VmState.ValueType,
+    spec: agent_bus_pb2.InstanceSpec,
+    vm: servers_pb2.VmState.ValueType,
     power: PowerState,
-    task: conductor_pb2.TaskState.ValueType = C.TASK_STATE_UNSPECIFIED,
+    task: servers_pb2.TaskState.ValueType = C.TASK_STATE_UNSPECIFIED,
 ) -> ExpectedInstance:
     return ExpectedInstance(spec=spec, vm_state=vm, task_state=task, power_state=power)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from loom.compute.v1 import compute_pb2, compute_pb2_grpc
+from loom.compute.v1 import agent_bus_pb2, compute_pb2, compute_pb2_grpc
 from nats.aio.client import Client as NATS
 
 from controlplane.config import LoomConfig, load_config
@@ -19,8 +19,6 @@ from controlplane.runtime import bus
 from controlplane.runtime.natsserver import NatsServerProcess, free_port
 from nodeagent.service import serve
 from tests.nodeagent.support import EventReader, build_command, make_spec, send
-
-K = compute_pb2
 
 
 @dataclass
@@ -76,7 +74,7 @@ async def test_serve_starts_every_simulated_host_and_each_reports_its_inventory(
     js = bus_nc.jetstream()
     for host in ("sim-0000", "sim-0001", "sim-0002"):
         msg = await js.get_last_msg(bus.INVENTORY_STREAM, bus.inventory_subject(host))
-        report = compute_pb2.HostInventoryReport.FromString(msg.data)
+        report = agent_bus_pb2.HostInventoryReport.FromString(msg.data)
         assert report.host == host
         assert report.compute_endpoint == f"127.0.0.1:{fleet.port}"
         assert report.vcpu.total == 32
@@ -96,30 +94,36 @@ async def test_the_compute_service_finds_an_instance_on_whichever_host_runs_it(
     events = await EventReader.open(bus_nc, "sim-0001")
     spec = make_spec(vcpus=2, memory_mb=512)
     await send(bus_nc.jetstream(), "sim-0001", "build", build_command(spec))
-    assert (await events.next()).kind == K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED
+    assert (await events.next()).kind == agent_bus_pb2.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED
 
     diag = await fleet.stub.GetInstanceDiagnostics(
-        K.GetInstanceDiagnosticsRequest(instance_id=spec.instance_id), timeout=5
+        compute_pb2.GetInstanceDiagnosticsRequest(instance_id=spec.instance_id), timeout=5
     )
-    assert (diag.power_state, diag.vcpus, diag.memory_mb) == (K.POWER_STATE_RUNNING, 2, 512)
+    assert (diag.power_state, diag.vcpus, diag.memory_mb) == (
+        agent_bus_pb2.POWER_STATE_RUNNING,
+        2,
+        512,
+    )
     assert (diag.driver, diag.hypervisor) == ("libvirt", "test")
 
     listed = await fleet.stub.ListHostInstances(
-        K.ListHostInstancesRequest(host="sim-0001"), timeout=5
+        compute_pb2.ListHostInstancesRequest(host="sim-0001"), timeout=5
     )
     assert listed.host == "sim-0001"
     assert [(i.instance_id, i.power_state) for i in listed.instances] == [
-        (spec.instance_id, K.POWER_STATE_RUNNING)
+        (spec.instance_id, agent_bus_pb2.POWER_STATE_RUNNING)
     ]
     other = await fleet.stub.ListHostInstances(
-        K.ListHostInstancesRequest(host="sim-0002"), timeout=5
+        compute_pb2.ListHostInstancesRequest(host="sim-0002"), timeout=5
     )
     assert list(other.instances) == []
 
     for call in (
-        fleet.stub.GetConsoleOutput(K.GetConsoleOutputRequest(instance_id=spec.instance_id)),
+        fleet.stub.GetConsoleOutput(
+            compute_pb2.GetConsoleOutputRequest(instance_id=spec.instance_id)
+        ),
         fleet.stub.GetConsoleConnectInfo(
-            K.GetConsoleConnectInfoRequest(instance_id=spec.instance_id, protocol="vnc")
+            compute_pb2.GetConsoleConnectInfoRequest(instance_id=spec.instance_id, protocol="vnc")
         ),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -131,7 +135,8 @@ async def test_the_compute_service_finds_an_instance_on_whichever_host_runs_it(
 async def test_an_instance_on_no_host_of_the_process_is_not_found(fleet: Fleet) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await fleet.stub.GetInstanceDiagnostics(
-            K.GetInstanceDiagnosticsRequest(instance_id=make_spec().instance_id), timeout=5
+            compute_pb2.GetInstanceDiagnosticsRequest(instance_id=make_spec().instance_id),
+            timeout=5,
         )
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
@@ -140,8 +145,10 @@ async def test_listing_without_a_host_is_refused_when_the_process_serves_several
     fleet: Fleet,
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await fleet.stub.ListHostInstances(K.ListHostInstancesRequest(), timeout=5)
+        await fleet.stub.ListHostInstances(compute_pb2.ListHostInstancesRequest(), timeout=5)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(grpc.aio.AioRpcError) as unknown:
-        await fleet.stub.ListHostInstances(K.ListHostInstancesRequest(host="nope"), timeout=5)
+        await fleet.stub.ListHostInstances(
+            compute_pb2.ListHostInstancesRequest(host="nope"), timeout=5
+        )
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import grpc
 from loom.common.v1 import common_pb2
-from loom.compute.v1 import compute_pb2
+from loom.compute.v1 import agent_bus_pb2
 from loom.scheduler.v1 import scheduler_pb2 as pb
 from loom.scheduler.v1 import scheduler_pb2_grpc
 from nats.aio.client import Client as NATS
@@ -60,7 +60,7 @@ async def test_two_scheduler_processes_place_exactly_what_fits(
                 ),
                 timeout=10,
             )
-            beat = compute_pb2.Heartbeat(host=host, binary="loom-compute")
+            beat = agent_bus_pb2.Heartbeat(host=host, binary="loom-compute")
             await nc.publish(bus.heartbeat_subject(host), beat.SerializeToString())
         await nc.flush()
         for stub in stubs:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import pytest
-from loom.compute.v1 import compute_pb2
+from loom.compute.v1 import agent_bus_pb2
 from nats.aio.client import Client as NATS
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -50,11 +50,11 @@ async def eventually(probe: Callable[[], Awaitable[T | None]], within: float = 1
 
 
 def report(host: str, memory_mb: int, ratio: float = 0.0) -> bytes:
-    return compute_pb2.HostInventoryReport(
+    return agent_bus_pb2.HostInventoryReport(
         host=host,
-        vcpu=compute_pb2.Inventory(total=8),
-        memory_mb=compute_pb2.Inventory(total=memory_mb, reserved=512, allocation_ratio=ratio),
-        disk_gb=compute_pb2.Inventory(total=100, allocation_ratio=1.0),
+        vcpu=agent_bus_pb2.Inventory(total=8),
+        memory_mb=agent_bus_pb2.Inventory(total=memory_mb, reserved=512, allocation_ratio=ratio),
+        disk_gb=agent_bus_pb2.Inventory(total=100, allocation_ratio=1.0),
         hypervisor_type="test",
         compute_endpoint="127.0.0.1:7000",
         availability_zone="zone-a",
@@ -144,7 +144,7 @@ async def test_a_compute_heartbeat_makes_its_host_up(nc: NATS, placement: Placem
         assert cached is not None
         assert not placement.is_up(cached)
 
-        beat = compute_pb2.Heartbeat(host=host, binary="loom-compute")
+        beat = agent_bus_pb2.Heartbeat(host=host, binary="loom-compute")
         await nc.publish(bus.heartbeat_subject(host), beat.SerializeToString())
 
         async def up() -> bool | None:
@@ -170,10 +170,10 @@ async def test_heartbeats_of_other_services_do_not_make_a_compute_host_up(
             await add_host(placement.store, name)
         await placement.cache.refresh_all()
 
-        other = compute_pb2.Heartbeat(host=host, binary="loom-scheduler")
+        other = agent_bus_pb2.Heartbeat(host=host, binary="loom-scheduler")
         await nc.publish(bus.heartbeat_subject(host), other.SerializeToString())
         # An agent's heartbeat sent after it proves the first one was processed.
-        agent = compute_pb2.Heartbeat(host=witness)
+        agent = agent_bus_pb2.Heartbeat(host=witness)
         await nc.publish(bus.heartbeat_subject(witness), agent.SerializeToString())
 
         async def witness_up() -> bool | None:

@@ -7,7 +7,7 @@ import contextlib
 
 import grpc
 import pytest
-from loom.compute.v1 import compute_pb2
+from loom.compute.v1 import agent_bus_pb2
 from loom.scheduler.v1 import scheduler_pb2 as pb
 from loom.scheduler.v1 import scheduler_pb2_grpc
 from nats.aio.msg import Msg
@@ -48,19 +48,19 @@ async def test_the_scheduler_serves_beats_as_loom_scheduler_and_stops_when_asked
     nc = await bus.connect(fresh_nats.url, nats_config, "test-service")
     await bus.ensure_streams(nc.jetstream(), nats_config)
     # Reported before the scheduler starts: it must read it from the stream.
-    report = compute_pb2.HostInventoryReport(
+    report = agent_bus_pb2.HostInventoryReport(
         host="reported-early",
-        vcpu=compute_pb2.Inventory(total=4),
-        memory_mb=compute_pb2.Inventory(total=2048),
-        disk_gb=compute_pb2.Inventory(total=20),
+        vcpu=agent_bus_pb2.Inventory(total=4),
+        memory_mb=agent_bus_pb2.Inventory(total=2048),
+        disk_gb=agent_bus_pb2.Inventory(total=20),
     )
     await nc.jetstream().publish(
         bus.inventory_subject("reported-early"), report.SerializeToString()
     )
-    beats: asyncio.Queue[compute_pb2.Heartbeat] = asyncio.Queue()
+    beats: asyncio.Queue[agent_bus_pb2.Heartbeat] = asyncio.Queue()
 
     async def on_beat(msg: Msg) -> None:
-        beat = compute_pb2.Heartbeat()
+        beat = agent_bus_pb2.Heartbeat()
         beat.ParseFromString(msg.data)
         if beat.binary == "loom-scheduler":
             beats.put_nowait(beat)

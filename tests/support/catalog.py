@@ -1,4 +1,5 @@
-"""A real conductor gRPC server with the catalog services, on a real database."""
+"""A real gRPC server with the identity, image and catalog services and server groups, on a
+real database."""
 
 from __future__ import annotations
 
@@ -7,13 +8,17 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from loom.conductor.v1 import server_groups_pb2, server_groups_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from controlplane.conductor import catalog
+from controlplane.catalog import service as catalog_service
+from controlplane.conductor.server_groups import ServerGroupsServicer
 from controlplane.config import LoomConfig, async_database_url, load_config
 from controlplane.db.engine import session_factory
-from controlplane.runtime.grpcserver import start_grpc_server
+from controlplane.identity import service as identity_service
+from controlplane.image import service as image_service
+from controlplane.runtime.grpcserver import Registration, start_grpc_server
 
 
 @dataclass
@@ -34,7 +39,17 @@ async def running_catalog(db_url: str, data_dir: Path) -> AsyncIterator[RunningC
     engine = create_async_engine(async_database_url(db_url), poolclass=NullPool)
     sessions = session_factory(engine)
     cfg = load_config(environ={}, overrides={"data_dir": str(data_dir)})
-    server = await start_grpc_server("127.0.0.1:0", catalog.registrations(sessions, cfg))
+    registrations = [
+        *identity_service.registrations(sessions, cfg),
+        *image_service.registrations(sessions, cfg),
+        *catalog_service.registrations(sessions, cfg),
+        Registration(
+            ServerGroupsServicer(sessions, cfg.conductor.default_quota_server_groups),
+            server_groups_pb2_grpc.add_ServerGroupsServiceServicer_to_server,
+            server_groups_pb2.DESCRIPTOR.services_by_name["ServerGroupsService"].full_name,
+        ),
+    ]
+    server = await start_grpc_server("127.0.0.1:0", registrations)
     cfg = load_config(
         environ={},
         overrides={

@@ -16,11 +16,10 @@ from sqlalchemy import Table, and_, delete, exists, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from controlplane.catalog.quotas import check_metadata_items, limit_of
 from controlplane.conductor import commands, outbox, states
 from controlplane.conductor.context import Conductor
-from controlplane.conductor.errors import Conflict, NotFound
 from controlplane.conductor.fleet import COMPUTE, is_up
-from controlplane.conductor.quotas import check_metadata_items, limit_of
 from controlplane.conductor.scheduling import record_event
 from controlplane.conductor.servers.query import load_instance
 from controlplane.conductor.states import PowerState, TaskState, VmState
@@ -31,6 +30,7 @@ from controlplane.db.models import (
     OutboxMessage,
     Service,
 )
+from controlplane.runtime.errors import Conflict, NotFound
 
 log = logging.getLogger(__name__)
 

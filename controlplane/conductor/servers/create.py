@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 import psycopg
-from loom.conductor.v1 import conductor_pb2
+from loom.conductor.v1 import servers_pb2
 from sqlalchemy import (
     Integer,
     Select,
@@ -33,16 +33,15 @@ from sqlalchemy.dialects.postgresql import REGCLASS
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from controlplane.conductor import commands, outbox
-from controlplane.conductor.context import Conductor
-from controlplane.conductor.errors import InvalidArgument, QuotaExceeded
-from controlplane.conductor.quotas import (
+from controlplane.catalog.quotas import (
     check_metadata_items,
     limit_of,
     override,
     project_quota_from,
     usage_columns,
 )
+from controlplane.conductor import commands, outbox
+from controlplane.conductor.context import Conductor
 from controlplane.conductor.states import TaskState, VmState
 from controlplane.config import ConductorConfig
 from controlplane.db import driver
@@ -54,6 +53,7 @@ from controlplane.db.models import (
     Keypair,
     ServerGroup,
 )
+from controlplane.runtime.errors import InvalidArgument, QuotaExceeded
 
 # Stable instance UUIDs per (project, request_id, index): a retried request collides on the
 # unique uuid instead of creating twice, with no lookup on the fast path.
@@ -101,7 +101,7 @@ def sanitize_hostname(name: str) -> str:
     return host or "server"
 
 
-def _counts(request: conductor_pb2.CreateServersRequest) -> tuple[int, int]:
+def _counts(request: servers_pb2.CreateServersRequest) -> tuple[int, int]:
     min_count = request.min_count or 1
     max_count = request.max_count or min_count
     if min_count < 1 or max_count < 1:
@@ -118,7 +118,7 @@ def _image_visible(image: Image, project_id: str) -> bool:
 
 
 async def create_servers(
-    conductor: Conductor, request: conductor_pb2.CreateServersRequest
+    conductor: Conductor, request: servers_pb2.CreateServersRequest
 ) -> CreateResult:
     """Postcondition: the servers exist in BUILD (building/scheduling) with a create action
     and a queued schedule message each, all committed together; or nothing was written.
@@ -300,7 +300,7 @@ async def create_servers(
 
 
 async def _server_group_room(
-    session: AsyncSession, request: conductor_pb2.CreateServersRequest, cfg: ConductorConfig
+    session: AsyncSession, request: servers_pb2.CreateServersRequest, cfg: ConductorConfig
 ) -> int:
     """How many more members the request's server group may take; the group must exist in
     the request's project (its policy is enforced by the scheduler, so a group that does
@@ -326,7 +326,7 @@ async def _server_group_room(
 
 
 async def _existing(
-    session: AsyncSession, request: conductor_pb2.CreateServersRequest
+    session: AsyncSession, request: servers_pb2.CreateServersRequest
 ) -> list[Instance]:
     if not request.request_id:
         return []

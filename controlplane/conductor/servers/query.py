@@ -11,14 +11,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from loom.conductor.v1 import conductor_pb2
+from loom.conductor.v1 import servers_pb2
 from sqlalchemy import ColumnElement, Row, Select, and_, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.conductor.convert import STATUS_FROM_PB, VM_STATE_FROM_PB, aware
-from controlplane.conductor.errors import InvalidArgument, NotFound
 from controlplane.conductor.states import status_filter
 from controlplane.db.models import Instance
+from controlplane.runtime.errors import InvalidArgument, NotFound
 
 
 async def load_instance(
@@ -87,7 +87,7 @@ def _sql_name_filter(pattern: str, dialect: str) -> ColumnElement[bool] | None:
     return Instance.name.contains(text, autoescape=True)
 
 
-def _where(request: conductor_pb2.ListServersRequest) -> list[ColumnElement[bool]]:
+def _where(request: servers_pb2.ListServersRequest) -> list[ColumnElement[bool]]:
     cond: list[ColumnElement[bool]] = []
     if request.project_id:
         cond.append(Instance.project_id == request.project_id)
@@ -148,7 +148,7 @@ def _python_match(row: Row[Any], name: re.Pattern[str] | None, ip: re.Pattern[st
 
 
 async def list_servers(
-    session: AsyncSession, request: conductor_pb2.ListServersRequest, max_limit: int
+    session: AsyncSession, request: servers_pb2.ListServersRequest, max_limit: int
 ) -> Page:
     """Postcondition: at most min(limit, max_limit) servers in the requested order, starting
     after the marker; next_marker is set exactly when more servers match."""

@@ -5,97 +5,97 @@ from __future__ import annotations
 from typing import TypeAlias
 
 import grpc
-from loom.compute.v1 import compute_pb2
-from loom.conductor.v1 import conductor_pb2, conductor_pb2_grpc
+from loom.compute.v1 import agent_bus_pb2
+from loom.conductor.v1 import servers_pb2, servers_pb2_grpc
 from sqlalchemy import select
 
 from controlplane.conductor.context import Conductor
 from controlplane.conductor.convert import action_pb, server_pb
-from controlplane.conductor.errors import NotFound
-from controlplane.conductor.rpc import grpc_errors
 from controlplane.conductor.servers import actions
 from controlplane.conductor.servers.create import create_servers
 from controlplane.conductor.servers.query import list_servers, load_instance
 from controlplane.db.models import InstanceAction, InstanceActionEvent
+from controlplane.runtime.errors import NotFound
+from controlplane.runtime.rpc import grpc_errors
 
 Ctx: TypeAlias = grpc.aio.ServicerContext
 
 
-class ServersServicer(conductor_pb2_grpc.ServersServiceServicer):
+class ServersServicer(servers_pb2_grpc.ServersServiceServicer):
     def __init__(self, conductor: Conductor) -> None:
         self._c = conductor
 
     @grpc_errors
     async def CreateServers(
-        self, request: conductor_pb2.CreateServersRequest, context: Ctx
-    ) -> conductor_pb2.CreateServersResponse:
+        self, request: servers_pb2.CreateServersRequest, context: Ctx
+    ) -> servers_pb2.CreateServersResponse:
         result = await create_servers(self._c, request)
-        return conductor_pb2.CreateServersResponse(
+        return servers_pb2.CreateServersResponse(
             servers=[server_pb(r) for r in result.servers], reservation_id=result.reservation_id
         )
 
     @grpc_errors
     async def GetServer(
-        self, request: conductor_pb2.GetServerRequest, context: Ctx
-    ) -> conductor_pb2.GetServerResponse:
+        self, request: servers_pb2.GetServerRequest, context: Ctx
+    ) -> servers_pb2.GetServerResponse:
         async with self._c.sessions() as session:
             row = await load_instance(
                 session, request.id, request.project_id, include_deleted=request.include_deleted
             )
-        return conductor_pb2.GetServerResponse(server=server_pb(row))
+        return servers_pb2.GetServerResponse(server=server_pb(row))
 
     @grpc_errors
     async def ListServers(
-        self, request: conductor_pb2.ListServersRequest, context: Ctx
-    ) -> conductor_pb2.ListServersResponse:
+        self, request: servers_pb2.ListServersRequest, context: Ctx
+    ) -> servers_pb2.ListServersResponse:
         async with self._c.sessions() as session:
             page = await list_servers(session, request, self._c.cfg.conductor.max_limit)
-        return conductor_pb2.ListServersResponse(
+        return servers_pb2.ListServersResponse(
             servers=[server_pb(r) for r in page.servers], next_marker=page.next_marker
         )
 
     @grpc_errors
     async def UpdateServer(
-        self, request: conductor_pb2.UpdateServerRequest, context: Ctx
-    ) -> conductor_pb2.UpdateServerResponse:
+        self, request: servers_pb2.UpdateServerRequest, context: Ctx
+    ) -> servers_pb2.UpdateServerResponse:
         values: dict[str, object] = {}
         for field in ("name", "description", "access_ipv4", "access_ipv6", "hostname"):
             if request.HasField(field):
                 values[field] = getattr(request, field)
         row = await actions.update_server(self._c, request.id, request.project_id, values)
-        return conductor_pb2.UpdateServerResponse(server=server_pb(row))
+        return servers_pb2.UpdateServerResponse(server=server_pb(row))
 
     @grpc_errors
     async def DeleteServer(
-        self, request: conductor_pb2.DeleteServerRequest, context: Ctx
-    ) -> conductor_pb2.DeleteServerResponse:
+        self, request: servers_pb2.DeleteServerRequest, context: Ctx
+    ) -> servers_pb2.DeleteServerResponse:
         await actions.delete_server(
             self._c, request.id, request.project_id, request.user_id, request.request_id
         )
-        return conductor_pb2.DeleteServerResponse()
+        return servers_pb2.DeleteServerResponse()
 
     @grpc_errors
     async def StartServer(
-        self, request: conductor_pb2.StartServerRequest, context: Ctx
-    ) -> conductor_pb2.StartServerResponse:
+        self, request: servers_pb2.StartServerRequest, context: Ctx
+    ) -> servers_pb2.StartServerResponse:
         await actions.power_action(
             self._c, "start", request.id, request.project_id, request.user_id, request.request_id
         )
-        return conductor_pb2.StartServerResponse()
+        return servers_pb2.StartServerResponse()
 
     @grpc_errors
     async def StopServer(
-        self, request: conductor_pb2.StopServerRequest, context: Ctx
-    ) -> conductor_pb2.StopServerResponse:
+        self, request: servers_pb2.StopServerRequest, context: Ctx
+    ) -> servers_pb2.StopServerResponse:
         await actions.power_action(
             self._c, "stop", request.id, request.project_id, request.user_id, request.request_id
         )
-        return conductor_pb2.StopServerResponse()
+        return servers_pb2.StopServerResponse()
 
     @grpc_errors
     async def RebootServer(
-        self, request: conductor_pb2.RebootServerRequest, context: Ctx
-    ) -> conductor_pb2.RebootServerResponse:
+        self, request: servers_pb2.RebootServerRequest, context: Ctx
+    ) -> servers_pb2.RebootServerResponse:
         await actions.power_action(
             self._c,
             "reboot",
@@ -103,30 +103,30 @@ class ServersServicer(conductor_pb2_grpc.ServersServiceServicer):
             request.project_id,
             request.user_id,
             request.request_id,
-            hard=request.reboot_type == compute_pb2.REBOOT_TYPE_HARD,
+            hard=request.reboot_type == agent_bus_pb2.REBOOT_TYPE_HARD,
         )
-        return conductor_pb2.RebootServerResponse()
+        return servers_pb2.RebootServerResponse()
 
     @grpc_errors
     async def SetServerMetadata(
-        self, request: conductor_pb2.SetServerMetadataRequest, context: Ctx
-    ) -> conductor_pb2.SetServerMetadataResponse:
+        self, request: servers_pb2.SetServerMetadataRequest, context: Ctx
+    ) -> servers_pb2.SetServerMetadataResponse:
         merged = await actions.set_metadata(
             self._c, request.id, request.project_id, dict(request.metadata), replace=request.replace
         )
-        return conductor_pb2.SetServerMetadataResponse(metadata=merged)
+        return servers_pb2.SetServerMetadataResponse(metadata=merged)
 
     @grpc_errors
     async def DeleteServerMetadataItem(
-        self, request: conductor_pb2.DeleteServerMetadataItemRequest, context: Ctx
-    ) -> conductor_pb2.DeleteServerMetadataItemResponse:
+        self, request: servers_pb2.DeleteServerMetadataItemRequest, context: Ctx
+    ) -> servers_pb2.DeleteServerMetadataItemResponse:
         await actions.delete_metadata_item(self._c, request.id, request.project_id, request.key)
-        return conductor_pb2.DeleteServerMetadataItemResponse()
+        return servers_pb2.DeleteServerMetadataItemResponse()
 
     @grpc_errors
     async def ListInstanceActions(
-        self, request: conductor_pb2.ListInstanceActionsRequest, context: Ctx
-    ) -> conductor_pb2.ListInstanceActionsResponse:
+        self, request: servers_pb2.ListInstanceActionsRequest, context: Ctx
+    ) -> servers_pb2.ListInstanceActionsResponse:
         async with self._c.sessions() as session:
             await load_instance(session, request.id, request.project_id, include_deleted=True)
             rows = (
@@ -136,12 +136,12 @@ class ServersServicer(conductor_pb2_grpc.ServersServiceServicer):
                     .order_by(InstanceAction.start_time.desc(), InstanceAction.id.desc())
                 )
             ).scalars()
-            return conductor_pb2.ListInstanceActionsResponse(actions=[action_pb(a) for a in rows])
+            return servers_pb2.ListInstanceActionsResponse(actions=[action_pb(a) for a in rows])
 
     @grpc_errors
     async def GetInstanceAction(
-        self, request: conductor_pb2.GetInstanceActionRequest, context: Ctx
-    ) -> conductor_pb2.GetInstanceActionResponse:
+        self, request: servers_pb2.GetInstanceActionRequest, context: Ctx
+    ) -> servers_pb2.GetInstanceActionResponse:
         async with self._c.sessions() as session:
             await load_instance(session, request.id, request.project_id, include_deleted=True)
             action = (
@@ -161,4 +161,4 @@ class ServersServicer(conductor_pb2_grpc.ServersServiceServicer):
                     .order_by(InstanceActionEvent.id)
                 )
             ).scalars()
-            return conductor_pb2.GetInstanceActionResponse(action=action_pb(action, list(events)))
+            return servers_pb2.GetInstanceActionResponse(action=action_pb(action, list(events)))

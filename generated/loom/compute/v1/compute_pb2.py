@@ -22,71 +22,34 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
-from loom.common.v1 import common_pb2 as loom_dot_common_dot_v1_dot_common__pb2
+from loom.compute.v1 import agent_bus_pb2 as loom_dot_compute_dot_v1_dot_agent__bus__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dloom/compute/v1/compute.proto\x12\x0floom.compute.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bloom/common/v1/common.proto\"\xf9\x01\n\x08ImageRef\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x64isk_format\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x12\n\nhash_value\x18\x04 \x01(\t\x12\x11\n\thash_algo\x18\x05 \x01(\t\x12\x11\n\tkernel_id\x18\x06 \x01(\t\x12\x12\n\nramdisk_id\x18\x07 \x01(\t\x12=\n\nproperties\x18\x08 \x03(\x0b\x32).loom.compute.v1.ImageRef.PropertiesEntry\x1a\x31\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8f\x03\n\x0cInstanceSpec\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x15\n\rinstance_name\x18\x02 \x01(\t\x12\x12\n\nproject_id\x18\x03 \x01(\t\x12\r\n\x05vcpus\x18\x04 \x01(\x05\x12\x11\n\tmemory_mb\x18\x05 \x01(\x03\x12\x0f\n\x07root_gb\x18\x06 \x01(\x03\x12\x14\n\x0c\x65phemeral_gb\x18\x07 \x01(\x03\x12\x0f\n\x07swap_mb\x18\x08 \x01(\x03\x12(\n\x05image\x18\t \x01(\x0b\x32\x19.loom.compute.v1.ImageRef\x12\x11\n\tuser_data\x18\n \x01(\t\x12\x10\n\x08key_data\x18\x0b \x01(\t\x12=\n\x08metadata\x18\x0c \x03(\x0b\x32+.loom.compute.v1.InstanceSpec.MetadataEntry\x12\x10\n\x08hostname\x18\r \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x0e \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"h\n\x14\x42uildInstanceCommand\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x04spec\x18\x02 \x01(\x0b\x32\x1d.loom.compute.v1.InstanceSpec\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\"@\n\x15\x44\x65leteInstanceCommand\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\"?\n\x14StartInstanceCommand\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\"W\n\x13StopInstanceCommand\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x03 \x01(\x05\"r\n\x15RebootInstanceCommand\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x30\n\x0breboot_type\x18\x03 \x01(\x0e\x32\x1b.loom.compute.v1.RebootType\"\xa2\x02\n\rInstanceEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x30\n\x04kind\x18\x04 \x01(\x0e\x32\".loom.compute.v1.InstanceEventKind\x12\x30\n\x0bpower_state\x18\x05 \x01(\x0e\x32\x1b.loom.compute.v1.PowerState\x12$\n\x05\x66\x61ult\x18\x06 \x01(\x0b\x32\x15.loom.common.v1.Fault\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\x05\x12/\n\x0boccurred_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x61\x63tion\x18\t \x01(\t\"F\n\tInventory\x12\r\n\x05total\x18\x01 \x01(\x03\x12\x10\n\x08reserved\x18\x02 \x01(\x03\x12\x18\n\x10\x61llocation_ratio\x18\x03 \x01(\x01\"\xb6\x02\n\x13HostInventoryReport\x12\x0c\n\x04host\x18\x01 \x01(\t\x12(\n\x04vcpu\x18\x02 \x01(\x0b\x32\x1a.loom.compute.v1.Inventory\x12-\n\tmemory_mb\x18\x03 \x01(\x0b\x32\x1a.loom.compute.v1.Inventory\x12+\n\x07\x64isk_gb\x18\x04 \x01(\x0b\x32\x1a.loom.compute.v1.Inventory\x12\x17\n\x0fhypervisor_type\x18\x05 \x01(\t\x12\x1a\n\x12hypervisor_version\x18\x06 \x01(\x03\x12\x18\n\x10\x63ompute_endpoint\x18\x07 \x01(\t\x12\x19\n\x11\x61vailability_zone\x18\x08 \x01(\t\x12\x0f\n\x07host_ip\x18\t \x01(\t\x12\x10\n\x08\x63pu_info\x18\n \x01(\t\"\x99\x01\n\tHeartbeat\x12\x0c\n\x04host\x18\x01 \x01(\t\x12+\n\x07sent_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0einstance_count\x18\x03 \x01(\x05\x12\x18\n\x10\x63ompute_endpoint\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x0e\n\x06\x62inary\x18\x06 \x01(\t\"E\n\x1cGetConsoleConnectInfoRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x10\n\x08protocol\x18\x02 \x01(\t\"P\n\x1dGetConsoleConnectInfoResponse\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\x05\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\">\n\x17GetConsoleOutputRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06length\x18\x02 \x01(\x05\"*\n\x18GetConsoleOutputResponse\x12\x0e\n\x06output\x18\x01 \x01(\t\"4\n\x1dGetInstanceDiagnosticsRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"\xad\x01\n\x1eGetInstanceDiagnosticsResponse\x12\x30\n\x0bpower_state\x18\x01 \x01(\x0e\x32\x1b.loom.compute.v1.PowerState\x12\r\n\x05vcpus\x18\x02 \x01(\x05\x12\x11\n\tmemory_mb\x18\x03 \x01(\x03\x12\x13\n\x0b\x63pu_time_ns\x18\x04 \x01(\x03\x12\x0e\n\x06\x64river\x18\x05 \x01(\t\x12\x12\n\nhypervisor\x18\x06 \x01(\t\"(\n\x18ListHostInstancesRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\"U\n\x0cHostInstance\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x30\n\x0bpower_state\x18\x02 \x01(\x0e\x32\x1b.loom.compute.v1.PowerState\"[\n\x19ListHostInstancesResponse\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x30\n\tinstances\x18\x02 \x03(\x0b\x32\x1d.loom.compute.v1.HostInstance*\xa8\x01\n\nPowerState\x12\x1b\n\x17POWER_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13POWER_STATE_RUNNING\x10\x01\x12\x16\n\x12POWER_STATE_PAUSED\x10\x03\x12\x18\n\x14POWER_STATE_SHUTDOWN\x10\x04\x12\x17\n\x13POWER_STATE_CRASHED\x10\x06\x12\x19\n\x15POWER_STATE_SUSPENDED\x10\x07*U\n\nRebootType\x12\x1b\n\x17REBOOT_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10REBOOT_TYPE_SOFT\x10\x01\x12\x14\n\x10REBOOT_TYPE_HARD\x10\x02*\xc7\x02\n\x11InstanceEventKind\x12#\n\x1fINSTANCE_EVENT_KIND_UNSPECIFIED\x10\x00\x12\'\n#INSTANCE_EVENT_KIND_BUILD_SUCCEEDED\x10\x01\x12$\n INSTANCE_EVENT_KIND_BUILD_FAILED\x10\x02\x12\x1f\n\x1bINSTANCE_EVENT_KIND_DELETED\x10\x03\x12(\n$INSTANCE_EVENT_KIND_ACTION_SUCCEEDED\x10\x04\x12%\n!INSTANCE_EVENT_KIND_ACTION_FAILED\x10\x05\x12+\n\'INSTANCE_EVENT_KIND_POWER_STATE_CHANGED\x10\x06\x12\x1f\n\x1bINSTANCE_EVENT_KIND_MISSING\x10\x07\x32\xd8\x03\n\x0e\x43omputeService\x12v\n\x15GetConsoleConnectInfo\x12-.loom.compute.v1.GetConsoleConnectInfoRequest\x1a..loom.compute.v1.GetConsoleConnectInfoResponse\x12g\n\x10GetConsoleOutput\x12(.loom.compute.v1.GetConsoleOutputRequest\x1a).loom.compute.v1.GetConsoleOutputResponse\x12y\n\x16GetInstanceDiagnostics\x12..loom.compute.v1.GetInstanceDiagnosticsRequest\x1a/.loom.compute.v1.GetInstanceDiagnosticsResponse\x12j\n\x11ListHostInstances\x12).loom.compute.v1.ListHostInstancesRequest\x1a*.loom.compute.v1.ListHostInstancesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dloom/compute/v1/compute.proto\x12\x0floom.compute.v1\x1a\x1floom/compute/v1/agent_bus.proto\"E\n\x1cGetConsoleConnectInfoRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x10\n\x08protocol\x18\x02 \x01(\t\"P\n\x1dGetConsoleConnectInfoResponse\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\x05\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\">\n\x17GetConsoleOutputRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06length\x18\x02 \x01(\x05\"*\n\x18GetConsoleOutputResponse\x12\x0e\n\x06output\x18\x01 \x01(\t\"4\n\x1dGetInstanceDiagnosticsRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"\xad\x01\n\x1eGetInstanceDiagnosticsResponse\x12\x30\n\x0bpower_state\x18\x01 \x01(\x0e\x32\x1b.loom.compute.v1.PowerState\x12\r\n\x05vcpus\x18\x02 \x01(\x05\x12\x11\n\tmemory_mb\x18\x03 \x01(\x03\x12\x13\n\x0b\x63pu_time_ns\x18\x04 \x01(\x03\x12\x0e\n\x06\x64river\x18\x05 \x01(\t\x12\x12\n\nhypervisor\x18\x06 \x01(\t\"(\n\x18ListHostInstancesRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\"U\n\x0cHostInstance\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x30\n\x0bpower_state\x18\x02 \x01(\x0e\x32\x1b.loom.compute.v1.PowerState\"[\n\x19ListHostInstancesResponse\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x30\n\tinstances\x18\x02 \x03(\x0b\x32\x1d.loom.compute.v1.HostInstance2\xd8\x03\n\x0e\x43omputeService\x12v\n\x15GetConsoleConnectInfo\x12-.loom.compute.v1.GetConsoleConnectInfoRequest\x1a..loom.compute.v1.GetConsoleConnectInfoResponse\x12g\n\x10GetConsoleOutput\x12(.loom.compute.v1.GetConsoleOutputRequest\x1a).loom.compute.v1.GetConsoleOutputResponse\x12y\n\x16GetInstanceDiagnostics\x12..loom.compute.v1.GetInstanceDiagnosticsRequest\x1a/.loom.compute.v1.GetInstanceDiagnosticsResponse\x12j\n\x11ListHostInstances\x12).loom.compute.v1.ListHostInstancesRequest\x1a*.loom.compute.v1.ListHostInstancesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'loom.compute.v1.compute_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_IMAGEREF_PROPERTIESENTRY']._loaded_options = None
-  _globals['_IMAGEREF_PROPERTIESENTRY']._serialized_options = b'8\001'
-  _globals['_INSTANCESPEC_METADATAENTRY']._loaded_options = None
-  _globals['_INSTANCESPEC_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_POWERSTATE']._serialized_start=2756
-  _globals['_POWERSTATE']._serialized_end=2924
-  _globals['_REBOOTTYPE']._serialized_start=2926
-  _globals['_REBOOTTYPE']._serialized_end=3011
-  _globals['_INSTANCEEVENTKIND']._serialized_start=3014
-  _globals['_INSTANCEEVENTKIND']._serialized_end=3341
-  _globals['_IMAGEREF']._serialized_start=113
-  _globals['_IMAGEREF']._serialized_end=362
-  _globals['_IMAGEREF_PROPERTIESENTRY']._serialized_start=313
-  _globals['_IMAGEREF_PROPERTIESENTRY']._serialized_end=362
-  _globals['_INSTANCESPEC']._serialized_start=365
-  _globals['_INSTANCESPEC']._serialized_end=764
-  _globals['_INSTANCESPEC_METADATAENTRY']._serialized_start=717
-  _globals['_INSTANCESPEC_METADATAENTRY']._serialized_end=764
-  _globals['_BUILDINSTANCECOMMAND']._serialized_start=766
-  _globals['_BUILDINSTANCECOMMAND']._serialized_end=870
-  _globals['_DELETEINSTANCECOMMAND']._serialized_start=872
-  _globals['_DELETEINSTANCECOMMAND']._serialized_end=936
-  _globals['_STARTINSTANCECOMMAND']._serialized_start=938
-  _globals['_STARTINSTANCECOMMAND']._serialized_end=1001
-  _globals['_STOPINSTANCECOMMAND']._serialized_start=1003
-  _globals['_STOPINSTANCECOMMAND']._serialized_end=1090
-  _globals['_REBOOTINSTANCECOMMAND']._serialized_start=1092
-  _globals['_REBOOTINSTANCECOMMAND']._serialized_end=1206
-  _globals['_INSTANCEEVENT']._serialized_start=1209
-  _globals['_INSTANCEEVENT']._serialized_end=1499
-  _globals['_INVENTORY']._serialized_start=1501
-  _globals['_INVENTORY']._serialized_end=1571
-  _globals['_HOSTINVENTORYREPORT']._serialized_start=1574
-  _globals['_HOSTINVENTORYREPORT']._serialized_end=1884
-  _globals['_HEARTBEAT']._serialized_start=1887
-  _globals['_HEARTBEAT']._serialized_end=2040
-  _globals['_GETCONSOLECONNECTINFOREQUEST']._serialized_start=2042
-  _globals['_GETCONSOLECONNECTINFOREQUEST']._serialized_end=2111
-  _globals['_GETCONSOLECONNECTINFORESPONSE']._serialized_start=2113
-  _globals['_GETCONSOLECONNECTINFORESPONSE']._serialized_end=2193
-  _globals['_GETCONSOLEOUTPUTREQUEST']._serialized_start=2195
-  _globals['_GETCONSOLEOUTPUTREQUEST']._serialized_end=2257
-  _globals['_GETCONSOLEOUTPUTRESPONSE']._serialized_start=2259
-  _globals['_GETCONSOLEOUTPUTRESPONSE']._serialized_end=2301
-  _globals['_GETINSTANCEDIAGNOSTICSREQUEST']._serialized_start=2303
-  _globals['_GETINSTANCEDIAGNOSTICSREQUEST']._serialized_end=2355
-  _globals['_GETINSTANCEDIAGNOSTICSRESPONSE']._serialized_start=2358
-  _globals['_GETINSTANCEDIAGNOSTICSRESPONSE']._serialized_end=2531
-  _globals['_LISTHOSTINSTANCESREQUEST']._serialized_start=2533
-  _globals['_LISTHOSTINSTANCESREQUEST']._serialized_end=2573
-  _globals['_HOSTINSTANCE']._serialized_start=2575
-  _globals['_HOSTINSTANCE']._serialized_end=2660
-  _globals['_LISTHOSTINSTANCESRESPONSE']._serialized_start=2662
-  _globals['_LISTHOSTINSTANCESRESPONSE']._serialized_end=2753
-  _globals['_COMPUTESERVICE']._serialized_start=3344
-  _globals['_COMPUTESERVICE']._serialized_end=3816
+  _globals['_GETCONSOLECONNECTINFOREQUEST']._serialized_start=83
+  _globals['_GETCONSOLECONNECTINFOREQUEST']._serialized_end=152
+  _globals['_GETCONSOLECONNECTINFORESPONSE']._serialized_start=154
+  _globals['_GETCONSOLECONNECTINFORESPONSE']._serialized_end=234
+  _globals['_GETCONSOLEOUTPUTREQUEST']._serialized_start=236
+  _globals['_GETCONSOLEOUTPUTREQUEST']._serialized_end=298
+  _globals['_GETCONSOLEOUTPUTRESPONSE']._serialized_start=300
+  _globals['_GETCONSOLEOUTPUTRESPONSE']._serialized_end=342
+  _globals['_GETINSTANCEDIAGNOSTICSREQUEST']._serialized_start=344
+  _globals['_GETINSTANCEDIAGNOSTICSREQUEST']._serialized_end=396
+  _globals['_GETINSTANCEDIAGNOSTICSRESPONSE']._serialized_start=399
+  _globals['_GETINSTANCEDIAGNOSTICSRESPONSE']._serialized_end=572
+  _globals['_LISTHOSTINSTANCESREQUEST']._serialized_start=574
+  _globals['_LISTHOSTINSTANCESREQUEST']._serialized_end=614
+  _globals['_HOSTINSTANCE']._serialized_start=616
+  _globals['_HOSTINSTANCE']._serialized_end=701
+  _globals['_LISTHOSTINSTANCESRESPONSE']._serialized_start=703
+  _globals['_LISTHOSTINSTANCESRESPONSE']._serialized_end=794
+  _globals['_COMPUTESERVICE']._serialized_start=797
+  _globals['_COMPUTESERVICE']._serialized_end=1269
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,2 @@
+"""The identity service: projects, users, roles, role assignments and authentication
+(`loom.identity.v1`). See README.md."""
