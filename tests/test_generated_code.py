@@ -4,7 +4,9 @@ by proto package, and runs on every grpcio and protobuf that pyproject.toml admi
 from __future__ import annotations
 
 import importlib
+import os
 import re
+import shutil
 import subprocess
 import tomllib
 from pathlib import Path
@@ -107,3 +109,36 @@ def test_pyproject_admits_no_grpcio_or_protobuf_older_than_the_stubs_need() -> N
     (gencode,) = _stamped(r"# Protobuf Python Version: ([0-9.]+)", "*_pb2.py")
     assert _floor("grpcio") >= grpc_stamp
     assert _floor("protobuf") >= gencode
+
+
+def test_the_breaking_check_refuses_a_renumbered_field_and_passes_a_compatible_tree(
+    tmp_path: Path,
+) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "protos", repo / "protos")
+    shutil.copy(ROOT / "buf.yaml", repo / "buf.yaml")
+    (repo / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "check_breaking.sh", repo / "scripts" / "check_breaking.sh")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "v1"], check=True)
+    env = {
+        **os.environ,
+        "BUF": str(ROOT / ".venv" / "bin" / "buf"),
+        "LOOM_BREAKING_AGAINST": "HEAD",
+    }
+
+    def check() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["scripts/check_breaking.sh"], cwd=repo, env=env, capture_output=True, text=True
+        )
+
+    same = check()
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "compatible with HEAD" in same.stdout
+    keypairs = repo / "protos" / "loom" / "catalog" / "v1" / "keypairs.proto"
+    keypairs.write_text(keypairs.read_text().replace("string name = 1;", "string name = 11;", 1))
+    broken = check()
+    assert broken.returncode != 0
+    assert 'field "1" with name "name" on message "Keypair" was deleted' in broken.stdout
