@@ -33,7 +33,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from loom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 from controlplane import tinyimage
-from controlplane.config import LoomConfig
+from controlplane.config import HOSTABLE_DOMAINS, LoomConfig
 from controlplane.db import migrate
 from controlplane.guestimage import IMAGE_NAME as GUEST_IMAGE_NAME
 from controlplane.guestimage import GuestImageError, register_guest_image, register_tiny_image
@@ -137,6 +137,9 @@ def _port_free(hostport: str) -> bool:
 DEFAULT_QEMU_INSTANCES = "/var/lib/loom/instances"
 # The children `loom up` starts, in start order.
 SERVICE_NAMES = ("scheduler", "conductor", "agent", "gateway")
+# With --split-domains the identity, image and catalog services run apart, before the
+# conductor, which then hosts none of them.
+SPLIT_SERVICE_NAMES = ("scheduler", *HOSTABLE_DOMAINS, "conductor", "agent", "gateway")
 
 
 def _metrics_addresses(cfg: LoomConfig, services: Iterable[str]) -> dict[str, str]:
@@ -180,7 +183,13 @@ def boot_command(clouds_yaml: Path, image: str) -> str:
     )
 
 
-def run_all_in_one(cfg: LoomConfig, *, hosts: int, hypervisor: str = "test") -> int:
+def _listen_or_free(listen: str) -> str:
+    return listen if _port_free(listen) else f"127.0.0.1:{free_port()}"
+
+
+def run_all_in_one(
+    cfg: LoomConfig, *, hosts: int, hypervisor: str = "test", split_domains: bool = False
+) -> int:
     if hypervisor == "qemu":
         # Before anything starts: a machine that cannot run guests stops here, plainly.
         from nodeagent.hostprep import prepare_qemu_host
@@ -206,14 +215,18 @@ def run_all_in_one(cfg: LoomConfig, *, hosts: int, hypervisor: str = "test") -> 
         )
         nats_url = nats.url
 
-    conductor_listen = cfg.conductor.listen
-    if not _port_free(conductor_listen):
-        conductor_listen = f"127.0.0.1:{free_port()}"
-    scheduler_listen = cfg.scheduler.listen
-    if not _port_free(scheduler_listen):
-        scheduler_listen = f"127.0.0.1:{free_port()}"
+    conductor_listen = _listen_or_free(cfg.conductor.listen)
+    scheduler_listen = _listen_or_free(cfg.scheduler.listen)
+    service_names = SPLIT_SERVICE_NAMES if split_domains else SERVICE_NAMES
+    # Each domain running apart listens on its own address (the gateway derives its targets
+    # from them: LoomConfig.domain_target).
+    domain_listen = (
+        {d: _listen_or_free(getattr(cfg, d).listen) for d in HOSTABLE_DOMAINS}
+        if split_domains
+        else {}
+    )
 
-    metrics_listen = _metrics_addresses(cfg, SERVICE_NAMES)
+    metrics_listen = _metrics_addresses(cfg, service_names)
     gw_host = "127.0.0.1" if cfg.gateway.host in ("0.0.0.0", "") else cfg.gateway.host
     local_url = f"http://{gw_host}:{cfg.gateway.port}"
     token_path = data / "agent" / "image-token"
@@ -233,6 +246,10 @@ def run_all_in_one(cfg: LoomConfig, *, hosts: int, hypervisor: str = "test") -> 
     )
     for name, listen in metrics_listen.items():
         env[f"LOOM_METRICS__LISTEN__{name.upper()}"] = listen
+    if split_domains:
+        env["LOOM_CONDUCTOR__HOSTED_DOMAINS"] = "[]"
+        for name, listen in domain_listen.items():
+            env[f"LOOM_{name.upper()}__LISTEN"] = listen
     if hypervisor == "qemu":
         env["LOOM_AGENT__LIBVIRT_URI"] = "qemu:///system"
         instances = Path(cfg.agent.instances_path or DEFAULT_QEMU_INSTANCES)
@@ -244,9 +261,9 @@ def run_all_in_one(cfg: LoomConfig, *, hosts: int, hypervisor: str = "test") -> 
     # fork handlers can hang a plain fork() for good.
     python = [sys.executable, "-m", "controlplane.cli", "--exit-with-parent", str(os.getpid())]
     agent_args = ["agent"] if hypervisor == "qemu" else ["agent", "--simulate", str(hosts)]
-    argv = {name: [*python, name] for name in SERVICE_NAMES}
+    argv = {name: [*python, name] for name in service_names}
     argv["agent"] = [*python, *agent_args]
-    children = [Child(name, argv[name], env, logs / f"{name}.log") for name in SERVICE_NAMES]
+    children = [Child(name, argv[name], env, logs / f"{name}.log") for name in service_names]
     stopping = False
 
     def on_signal(_sig: int, _frame: object) -> None:
@@ -265,6 +282,8 @@ def run_all_in_one(cfg: LoomConfig, *, hosts: int, hypervisor: str = "test") -> 
             return _grpc_healthy(scheduler_listen)
         if child.name == "conductor":
             return _grpc_healthy(conductor_listen)
+        if child.name in domain_listen:
+            return _grpc_healthy(domain_listen[child.name])
         if child.name == "gateway":
             return _http_up(cfg.gateway.host, cfg.gateway.port)
         # "Ready" promises a server can be placed: every host has reported to the scheduler.
@@ -308,11 +327,19 @@ def run_all_in_one(cfg: LoomConfig, *, hosts: int, hypervisor: str = "test") -> 
             boot_image, boot_image_id = GUEST_IMAGE_NAME, guest.id
         url = cfg.gateway.public_url or f"http://{cfg.gateway.host}:{cfg.gateway.port}"
         print(metrics_line(metrics_listen), flush=True)
+        grpc_line = ", ".join(
+            f"{name} {listen}"
+            for name, listen in (
+                ("conductor", conductor_listen),
+                ("scheduler", scheduler_listen),
+                *domain_listen.items(),
+            )
+        )
         print(
             f"Loom is ready: {url} (compute {url}/compute/v2.1, identity {url}/identity/v3); "
             f"{hosts if hypervisor == 'test' else 1} {hypervisor} host(s); "
             f"default image {boot_image} ({boot_image_id}); "
-            f"gRPC conductor {conductor_listen}, scheduler {scheduler_listen}; "
+            f"gRPC {grpc_line}; "
             f"logs in {logs}; boot a server: {boot_command(data / 'clouds.yaml', boot_image)}",
             flush=True,
         )

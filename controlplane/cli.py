@@ -12,7 +12,7 @@ from typing import Any
 
 import uvloop
 
-from controlplane.config import ConfigError, LoomConfig, load_config
+from controlplane.config import HOSTABLE_DOMAINS, ConfigError, LoomConfig, load_config
 from controlplane.runtime.lifecycle import exit_with_parent, install_stop_signals
 from controlplane.runtime.logs import setup_logging
 from controlplane.runtime.metrics import MetricsListenError
@@ -24,6 +24,9 @@ log = logging.getLogger("loom")
 # it runs until `stop` is set, logs one "ready" line once serving, then shuts down cleanly.
 SERVICES = {
     "conductor": "controlplane.conductor.service",
+    "identity": "controlplane.identity.service",
+    "image": "controlplane.image.service",
+    "catalog": "controlplane.catalog.service",
     "scheduler": "controlplane.scheduler.service",
     "agent": "nodeagent.service",
     "gateway": "gateway.service",
@@ -75,8 +78,21 @@ def _parser() -> argparse.ArgumentParser:
         default="test",
         help="test: simulated hosts on libvirt test:///; qemu: real guests on qemu:///system",
     )
+    up.add_argument(
+        "--split-domains",
+        action="store_true",
+        help="run identity, image and catalog as processes of their own (as in production) "
+        "instead of inside the conductor",
+    )
 
-    command("conductor", "run the conductor")
+    command("conductor", "run the conductor (and the domains in conductor.hosted_domains)")
+    for domain in HOSTABLE_DOMAINS:
+        command(
+            domain,
+            f"run the {domain} service alone, on {domain}.listen (for a conductor that does "
+            "not host it: conductor.hosted_domains)",
+            nats=False,
+        )
     command("scheduler", "run the scheduler")
     agent = command("agent", "run a node agent (or a simulated fleet of them)")
     agent.add_argument("--simulate", type=int, default=0, help="run N simulated hosts")
@@ -219,7 +235,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "up":
         from controlplane.allinone import run_all_in_one
 
-        return int(run_all_in_one(cfg, hosts=args.hosts, hypervisor=args.hypervisor))
+        return int(
+            run_all_in_one(
+                cfg,
+                hosts=args.hosts,
+                hypervisor=args.hypervisor,
+                split_domains=args.split_domains,
+            )
+        )
     if args.command == "agent":
         return _run_service(
             cfg, "agent", {"simulate": args.simulate, "host_prefix": args.host_prefix}

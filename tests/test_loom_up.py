@@ -37,7 +37,7 @@ def loom_up(tmp_path: Path) -> Iterator[LoomUp]:
 
 
 @contextmanager
-def _loom_up(tmp_path: Path, hosts: int) -> Iterator[LoomUp]:
+def _loom_up(tmp_path: Path, hosts: int, *extra: str) -> Iterator[LoomUp]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOOM_")}
     env["PYTHONPATH"] = f"{ROOT}:{ROOT / 'generated'}"
@@ -55,6 +55,7 @@ def _loom_up(tmp_path: Path, hosts: int) -> Iterator[LoomUp]:
             str(port),
             "--hosts",
             str(hosts),
+            *extra,
         ],
         cwd=ROOT,
         env=env,
@@ -79,7 +80,8 @@ def _loom_up(tmp_path: Path, hosts: int) -> Iterator[LoomUp]:
         proc.wait()
         proc.stdout.close()
         pytest.fail("loom up printed no ready line")
-    targets = re.findall(r"(?:conductor|scheduler) (127\.0\.0\.1:\d+)", ready)
+    (grpc_part,) = re.findall(r"gRPC ([^;]+);", ready)
+    targets = re.findall(r"\w+ (127\.0\.0\.1:\d+)", grpc_part)
     try:
         yield proc, f"http://127.0.0.1:{port}", targets, ready
     finally:
@@ -237,3 +239,53 @@ def test_the_ready_lines_boot_command_works_as_printed_and_boots_loom_tiny(
             timeout=10,
         ).json()["images"]
         assert [(i["status"], i["visibility"]) for i in images] == [("active", "public")]
+
+
+def _grpc_services(target: str) -> set[str]:
+    listing = subprocess.run(
+        [GRPCURL, "-plaintext", target, "list"], capture_output=True, text=True, check=True
+    ).stdout
+    return {line for line in listing.splitlines() if line.startswith("loom.")}
+
+
+def test_loom_up_split_domains_runs_identity_image_and_catalog_apart_and_a_server_boots(
+    tmp_path: Path,
+) -> None:
+    with _loom_up(tmp_path, 1, "--split-domains") as (proc, _, _, printed):
+        (grpc_part,) = re.findall(r"gRPC ([^;]+);", printed)
+        targets = dict(re.findall(r"(\w+) (127\.0\.0\.1:\d+)", grpc_part))
+        assert set(targets) == {"conductor", "scheduler", "identity", "image", "catalog"}
+        # Each process serves its own domain's services and no other's.
+        assert _grpc_services(targets["identity"]) == {"loom.identity.v1.IdentityService"}
+        assert _grpc_services(targets["image"]) == {"loom.image.v1.ImagesService"}
+        assert _grpc_services(targets["catalog"]) == {
+            "loom.catalog.v1.FlavorsService",
+            "loom.catalog.v1.KeypairsService",
+            "loom.catalog.v1.QuotasService",
+        }
+        conductor = _grpc_services(targets["conductor"])
+        assert "loom.conductor.v1.ServersService" in conductor
+        assert not {s for s in conductor if not s.startswith("loom.conductor.")}, conductor
+        # A boot crosses all four: a token (identity), the image, the flavor (catalog), the
+        # server (compute), through the gateway that routes each to its owner.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+        env["OS_CLIENT_CONFIG_FILE"] = str(tmp_path / "d" / "clouds.yaml")
+        openstack = str(Path(sys.executable).parent / "openstack")
+        create = subprocess.run(
+            [
+                *(openstack, "--os-cloud", "loom", "server", "create", "--image", "loom-tiny"),
+                *("--flavor", "m1.tiny", "--nic", "none", "--wait", "-f", "value", "-c", "status"),
+                "vm1",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert create.returncode == 0, create.stderr
+        assert create.stdout.strip() == "ACTIVE"
+        for name in ("identity", "image", "catalog"):
+            assert (tmp_path / "d" / "logs" / f"{name}.log").exists(), name
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0

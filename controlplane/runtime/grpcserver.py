@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import grpc
@@ -167,6 +168,16 @@ class Registration:
     servicer: Any
     add_to_server: Callable[[Any, grpc.aio.Server], None]
     service_name: str
+
+    @classmethod
+    def of(cls, servicer: Any, pb2: ModuleType, pb2_grpc: ModuleType, service: str) -> Registration:
+        """The registration of `service` (e.g. "FlavorsService") from its generated modules:
+        the add function and the full name come from what protoc generated for it."""
+        return cls(
+            servicer,
+            getattr(pb2_grpc, f"add_{service}Servicer_to_server"),
+            str(pb2.DESCRIPTOR.services_by_name[service].full_name),
+        )
 
 
 @dataclass
