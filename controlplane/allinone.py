@@ -37,6 +37,7 @@ from controlplane.config import HOSTABLE_DOMAINS, LoomConfig
 from controlplane.db import migrate
 from controlplane.guestimage import IMAGE_NAME as GUEST_IMAGE_NAME
 from controlplane.guestimage import GuestImageError, register_guest_image, register_tiny_image
+from controlplane.runtime import certs
 from controlplane.runtime.natsserver import (
     NatsServerProcess,
     free_port,
@@ -84,8 +85,16 @@ class Child:
             self.process.wait()
 
 
-def _grpc_healthy(target: str, timeout: float = 0.5) -> bool:
-    channel = grpc.insecure_channel(target)
+def _sync_channel(target: str, creds: grpc.ChannelCredentials | None) -> grpc.Channel:
+    if creds is None:
+        return grpc.insecure_channel(target)
+    return grpc.secure_channel(target, creds)
+
+
+def _grpc_healthy(
+    target: str, creds: grpc.ChannelCredentials | None = None, timeout: float = 0.5
+) -> bool:
+    channel = _sync_channel(target, creds)
     try:
         stub = health_pb2_grpc.HealthStub(channel)
         resp = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
@@ -96,10 +105,15 @@ def _grpc_healthy(target: str, timeout: float = 0.5) -> bool:
         channel.close()
 
 
-def hosts_reporting_since(target: str, since: datetime, timeout: float = 2.0) -> int:
+def hosts_reporting_since(
+    target: str,
+    since: datetime,
+    creds: grpc.ChannelCredentials | None = None,
+    timeout: float = 2.0,
+) -> int:
     """How many hosts the scheduler at `target` holds as up, with a heartbeat at or after
     `since`. A host row left by an earlier run does not count until its agent beats again."""
-    channel = grpc.insecure_channel(target)
+    channel = _sync_channel(target, creds)
     try:
         stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
         resp = stub.ListHosts(scheduler_pb2.ListHostsRequest(), timeout=timeout)
@@ -183,6 +197,15 @@ def boot_command(clouds_yaml: Path, image: str) -> str:
     )
 
 
+def _tls_env(files: certs.IdentityFiles) -> dict[str, str]:
+    return {
+        "LOOM_TLS__CA": str(files.ca),
+        "LOOM_TLS__CERT": str(files.cert),
+        "LOOM_TLS__KEY": str(files.key),
+        "LOOM_TLS__REQUIRE_CLIENT_AUTH": "true",
+    }
+
+
 def _listen_or_free(listen: str) -> str:
     return listen if _port_free(listen) else f"127.0.0.1:{free_port()}"
 
@@ -263,7 +286,17 @@ def run_all_in_one(
     agent_args = ["agent"] if hypervisor == "qemu" else ["agent", "--simulate", str(hosts)]
     argv = {name: [*python, name] for name in service_names}
     argv["agent"] = [*python, *agent_args]
-    children = [Child(name, argv[name], env, logs / f"{name}.log") for name in service_names]
+    # Mutual TLS on every gRPC wire: each child holds the certificate of its own identity,
+    # which the services it calls authorise (controlplane/runtime/callers.py).
+    tls_dir = data / "tls"
+    child_env = {name: env | _tls_env(certs.issue(tls_dir, name)) for name in service_names}
+    operator = certs.issue(tls_dir, "operator")
+    operator_creds = grpc.ssl_channel_credentials(
+        operator.ca.read_bytes(), operator.key.read_bytes(), operator.cert.read_bytes()
+    )
+    children = [
+        Child(name, argv[name], child_env[name], logs / f"{name}.log") for name in service_names
+    ]
     stopping = False
 
     def on_signal(_sig: int, _frame: object) -> None:
@@ -279,15 +312,17 @@ def run_all_in_one(
 
     def ready(child: Child) -> bool:
         if child.name == "scheduler":
-            return _grpc_healthy(scheduler_listen)
+            return _grpc_healthy(scheduler_listen, operator_creds)
         if child.name == "conductor":
-            return _grpc_healthy(conductor_listen)
+            return _grpc_healthy(conductor_listen, operator_creds)
         if child.name in domain_listen:
-            return _grpc_healthy(domain_listen[child.name])
+            return _grpc_healthy(domain_listen[child.name], operator_creds)
         if child.name == "gateway":
             return _http_up(cfg.gateway.host, cfg.gateway.port)
         # "Ready" promises a server can be placed: every host has reported to the scheduler.
-        return hosts_reporting_since(scheduler_listen, agents_since) >= expected_hosts
+        return (
+            hosts_reporting_since(scheduler_listen, agents_since, operator_creds) >= expected_hosts
+        )
 
     try:
         for child in children:
@@ -340,6 +375,7 @@ def run_all_in_one(
             f"{hosts if hypervisor == 'test' else 1} {hypervisor} host(s); "
             f"default image {boot_image} ({boot_image_id}); "
             f"gRPC {grpc_line}; "
+            f"mutual TLS, certificates in {tls_dir} (operator.pem for grpcurl); "
             f"logs in {logs}; boot a server: {boot_command(data / 'clouds.yaml', boot_image)}",
             flush=True,
         )
