@@ -220,6 +220,9 @@ class GatewayConfig(_Section):
     # changing it ends every live token. Not together with fernet_key_repository.
     token_secret: str = ""
     token_ttl_s: int = Field(default=3600, ge=60)
+    # Request bodies past this many bytes get 413 before any of it is parsed (112 KiB, as
+    # OpenStack's APIs default to). Image data uploads stream and are not bounded by it.
+    max_request_body_bytes: int = Field(default=114688, ge=1024)
     console_token_ttl_s: int = Field(default=600, ge=10)
     # Origins (scheme://host[:port]) whose pages may open the console proxy's websocket,
     # besides the gateway's own public URL.

@@ -81,4 +81,4 @@ def build_app(gateway: Gateway) -> Any:
     )
     app.state.gateway = gateway
     app.router.redirect_slashes = False
-    return GatewayMiddleware(app, compute_collections(routes))
+    return GatewayMiddleware(app, compute_collections(routes), gateway.cfg.max_request_body_bytes)
