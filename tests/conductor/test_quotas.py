@@ -9,8 +9,8 @@ import pytest
 from loom.catalog.v1 import quotas_pb2
 
 from tests.conductor.conftest import Harness
-from tests.conductor.test_create import create_request
 from tests.conductor.factories import PROJECT, add, make_instance, make_keypair
+from tests.conductor.test_create import create_request
 
 
 async def test_limits_default_to_the_configuration_and_usage_counts_live_servers(
