@@ -81,12 +81,19 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
 
 class GatewayMiddleware:
     def __init__(
-        self, app: ASGIApp, compute_collections: frozenset[str], max_body_bytes: int
+        self,
+        app: ASGIApp,
+        compute_collections: frozenset[str],
+        max_body_bytes: int,
+        before_request: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.app = app
         # First path segments under /compute/v2.1 that are resources, not project ids.
         self.collections = compute_collections
         self.max_body_bytes = max_body_bytes
+        # Brings shared state up to date before a request is handled (the token
+        # revocation list: gateway/auth/revocations.py).
+        self.before_request = before_request
 
     def _strip_project_id(self, scope: Scope) -> None:
         path: str = scope["path"]
@@ -152,6 +159,8 @@ class GatewayMiddleware:
                 await self._send_error(send, path, 413, too_large, extra)
                 return 413
             receive = _replay(buffered, receive)
+        if self.before_request is not None:
+            await self.before_request()
         status = 0
 
         async def send_with_headers(message: Message) -> None:
