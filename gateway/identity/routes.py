@@ -144,9 +144,20 @@ async def issue_token(request: Request) -> Response:
             req.project_id = scope_project.get("id", "")
             req.project_name = scope_project.get("name", "")
             req.project_domain = _domain_ref(scope_project.get("domain"))
+        who = req.user_id or f"{req.user_domain}/{req.user_name}"
+        source = request.client.host if request.client else ""
+        wait = gw.sign_ins.retry_after(who, source)
+        if wait:
+            raise ApiError(
+                429,
+                f"Too many failed sign-ins; try again in {wait} seconds.",
+                headers={"Retry-After": str(wait)},
+            )
         try:
             reply = await call(gw.conductor.identity.Authenticate, req)
         except ApiError as exc:
+            if exc.status in (401, 403):
+                gw.sign_ins.failed(who, source)
             if exc.status in (401, 403):
                 # Keystone answers every authentication failure with 401.
                 raise Unauthorized(
@@ -155,6 +166,7 @@ async def issue_token(request: Request) -> Response:
                     else exc.message
                 ) from exc
             raise
+        gw.sign_ins.succeeded(who)
         user_id, user_name = reply.user.id, reply.user.name
         project = reply.project if reply.HasField("project") else None
         if project is None and scope != "unscoped" and reply.user.default_project_id:
