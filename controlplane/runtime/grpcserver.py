@@ -153,6 +153,29 @@ class ClientMetricsInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: i
             self._observers.observe(method, code, time.perf_counter() - start)
 
 
+# What a call made without its own timeout gets: no Loom call waits forever on a peer.
+DEFAULT_DEADLINE_S = 30.0
+
+
+class DefaultDeadline(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Gives every unary call without a timeout the default deadline."""
+
+    def __init__(self, seconds: float = DEFAULT_DEADLINE_S) -> None:
+        self._seconds = seconds
+
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[[Any, Any], Awaitable[Any]],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        if client_call_details.timeout is None:
+            client_call_details = client_call_details._replace(timeout=self._seconds)
+        return await continuation(client_call_details, request)
+
+
+_DEFAULT_DEADLINE = DefaultDeadline()
+
 # One per process: its histogram children are shared by every channel.
 _CLIENT_INTERCEPTOR = ClientMetricsInterceptor()
 _client_metrics = True
@@ -223,7 +246,9 @@ def insecure_or_secure_channel(target: str, tls: TlsConfig | None = None) -> grp
         # A target naming several servers ("ipv4:a:1,b:2") spreads calls over all of them.
         ("grpc.lb_policy_name", "round_robin"),
     ]
-    interceptors = [_CLIENT_INTERCEPTOR] if _client_metrics else None
+    interceptors: list[grpc.aio.ClientInterceptor] = [_DEFAULT_DEADLINE]
+    if _client_metrics:
+        interceptors.append(_CLIENT_INTERCEPTOR)
     if creds is None:
         return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
     return grpc.aio.secure_channel(target, creds, options=options, interceptors=interceptors)
