@@ -258,13 +258,14 @@ async def start_grpc_server(
     listen: str,
     registrations: Iterable[Registration],
     tls: TlsConfig | None = None,
+    interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
 ) -> RunningServer:
     """Starts serving; returns the bound port (useful when listen ends in :0). With mutual
     TLS every call is authorised by its caller's certificate (controlplane/runtime/callers)."""
     creds = server_credentials(tls) if tls else None
-    interceptors: list[grpc.aio.ServerInterceptor] = [ServerMetricsInterceptor()]
+    chain: list[grpc.aio.ServerInterceptor] = [ServerMetricsInterceptor()]
     if creds is not None and tls is not None and tls.ca and tls.require_client_auth:
-        interceptors.append(CallerAuthorisation())
+        chain.append(CallerAuthorisation())
     else:
         log.warning(
             "gRPC callers are not authenticated",
@@ -273,8 +274,9 @@ async def start_grpc_server(
                 "hint": "set tls.ca, tls.cert and tls.key (see `loom certs`) for mutual TLS",
             },
         )
+    chain.extend(interceptors)
     server = grpc.aio.server(
-        interceptors=interceptors,
+        interceptors=chain,
         options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.so_reuseport", 0),
