@@ -20,6 +20,7 @@ from prometheus_client import Histogram
 
 from controlplane.config import TlsConfig
 from controlplane.runtime.callers import CallerAuthorisation
+from controlplane.runtime.interceptors import Behavior, UnaryWrapper
 from controlplane.runtime.metrics import LATENCY_BUCKETS
 
 log = logging.getLogger(__name__)
@@ -61,36 +62,17 @@ class _Observers:
         child.observe(seconds)
 
 
-class ServerMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class ServerMetricsInterceptor(UnaryWrapper):
     """Times every unary-unary call by service, method and status code. Streaming calls (the
     health Watch, reflection) pass untouched: their length says nothing about latency.
-
-    The wrapped handler is made once per method and reused, so a call costs one timing and
-    one observe."""
+    A call costs one timing and one observe."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._observers = _Observers(SERVER_HANDLING)
-        self._wrapped: dict[str, tuple[Any, Any]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        method: str = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = grpc.unary_unary_rpc_method_handler(
-            self._timed(method, handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+    def wrap(self, method: str, behavior: Behavior) -> Behavior:
+        return self._timed(method, behavior)
 
     def _timed(
         self, method: str, behavior: Callable[[Any, Any], Awaitable[Any]]
