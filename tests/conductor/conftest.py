@@ -1,5 +1,6 @@
-"""A conductor under test: real database, real gRPC, the in-test scheduler peer and, for
-whole-path tests, a nats-server of the test's own with the relay and workers running."""
+"""A conductor under test: real database, real gRPC, Loom's real scheduler on the same
+database (tests/support/scheduler.py) and, for whole-path tests, a nats-server of the
+test's own with the relay and workers running."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import nats.js.errors
 import pytest
 from loom.catalog.v1 import quotas_pb2_grpc
 from loom.compute.v1 import agent_bus_pb2
@@ -19,6 +21,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from controlplane.conductor import events, scheduling
 from controlplane.conductor.context import Conductor, SchedulerClient
 from controlplane.conductor.events import EventConsumer
 from controlplane.conductor.outbox import Relay, Wakeup
@@ -27,10 +30,11 @@ from controlplane.conductor.service import registrations
 from controlplane.config import LoomConfig, NatsConfig
 from controlplane.db.engine import make_engine, session_factory
 from controlplane.runtime import bus
-from controlplane.runtime.grpcserver import RunningServer, start_grpc_server
+from controlplane.runtime.grpcserver import insecure_or_secure_channel, start_grpc_server
 from controlplane.runtime.natsserver import NatsServerProcess
 from tests.conductor.factories import add, make_flavor, make_image
-from tests.conductor.scheduler_peer import SchedulerPeer, start_scheduler_peer
+from tests.support import polling
+from tests.support.scheduler import SchedulerUnderTest, running_scheduler
 
 IMAGE_ID = "11111111-2222-3333-4444-555555555555"
 
@@ -40,7 +44,7 @@ class Harness:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     conductor: Conductor
-    peer: SchedulerPeer
+    scheduler: SchedulerUnderTest
     servers: servers_pb2_grpc.ServersServiceStub
     quotas: quotas_pb2_grpc.QuotasServiceStub
     fleet: fleet_pb2_grpc.FleetServiceStub
@@ -56,41 +60,62 @@ def conductor_config(**conductor: Any) -> LoomConfig:
     )
 
 
+# The relay's poll interval in these tests: short, so the whole-path tests run quickly.
+RELAY_POLL_S = 0.2
+# One step of the conductor's path, with every service up (tests/support/polling.py).
+STEP_S = polling.conductor_step_s(RELAY_POLL_S)
+
+
 @contextlib.asynccontextmanager
-async def harness(url: str, cfg: LoomConfig | None = None) -> AsyncIterator[Harness]:
+async def harness(
+    url: str, cfg: LoomConfig | None = None, *, older_scheduler: bool = False
+) -> AsyncIterator[Harness]:
+    """The conductor's gRPC services on the database at `url`, calling Loom's real
+    scheduler on the same database through a channel made as the conductor's own is;
+    `older_scheduler` serves that scheduler without SelectDestinationsBatch."""
     cfg = cfg or conductor_config()
     engine = make_engine(url)
     sessions = session_factory(engine)
-    peer = SchedulerPeer()
-    sched: RunningServer = await start_scheduler_peer(peer)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{sched.port}")
-    conductor = Conductor(sessions, cfg, Wakeup(), SchedulerClient(channel, timeout=5.0))
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            sched = await stack.enter_async_context(
+                running_scheduler(url, cfg.scheduler, older=older_scheduler)
+            )
+            yield await _serve_conductor(stack, engine, sessions, cfg, sched)
+    finally:
+        await engine.dispose()
+
+
+async def _serve_conductor(
+    stack: contextlib.AsyncExitStack,
+    engine: AsyncEngine,
+    sessions: async_sessionmaker[AsyncSession],
+    cfg: LoomConfig,
+    sched: SchedulerUnderTest,
+) -> Harness:
+    channel = insecure_or_secure_channel(sched.target)
+    stack.push_async_callback(channel.close)
+    conductor = Conductor(sessions, cfg, Wakeup(), SchedulerClient(channel))
     server = await start_grpc_server("127.0.0.1:0", registrations(conductor))
+    stack.push_async_callback(server.stop, 0)
     client = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    stack.push_async_callback(client.close)
     await add(
         sessions,
         make_flavor("1"),
         make_flavor("big", vcpus=8, memory_mb=8192),
         make_image(IMAGE_ID),
     )
-    h = Harness(
+    return Harness(
         engine,
         sessions,
         conductor,
-        peer,
+        sched,
         servers_pb2_grpc.ServersServiceStub(client),
         quotas_pb2_grpc.QuotasServiceStub(client),
         fleet_pb2_grpc.FleetServiceStub(client),
         consoles=consoles_pb2_grpc.ConsolesServiceStub(client),
     )
-    try:
-        yield h
-    finally:
-        await client.close()
-        await server.stop(0)
-        await channel.close()
-        await sched.stop(0)
-        await engine.dispose()
 
 
 @pytest.fixture
@@ -104,7 +129,7 @@ async def running_workers(
     h: Harness,
     nats_url: str,
     *,
-    relay_poll_s: float = 0.2,
+    relay_poll_s: float = RELAY_POLL_S,
     lanes: int = 1,
     events: bool = True,
 ) -> AsyncIterator[Harness]:
@@ -141,6 +166,23 @@ async def stack(pg_url: str, fresh_nats: NatsServerProcess) -> AsyncIterator[Har
         yield h
 
 
+async def workers_waiting(h: Harness) -> bool:
+    """True once the scheduling worker and the event consumer each have a pull request open
+    on their stream: subscribed, and idle."""
+    assert h.js is not None
+    waiting = []
+    for stream, durable in (
+        (bus.CONDUCTOR_STREAM, scheduling.DURABLE),
+        (bus.EVENTS_STREAM, events.DURABLE),
+    ):
+        try:
+            info = await h.js.consumer_info(stream, durable)
+        except nats.js.errors.NotFoundError:
+            return False
+        waiting.append((info.num_waiting or 0) > 0)
+    return all(waiting)
+
+
 class Agent:
     """Plays a node agent on NATS: reads its host's commands, publishes instance events."""
 
@@ -149,7 +191,7 @@ class Agent:
         self.host = host
         self._sub: JetStreamContext.PullSubscription | None = None
 
-    async def next_command(self, within: float = 10.0) -> tuple[str, bytes]:
+    async def next_command(self, within: float = STEP_S) -> tuple[str, bytes]:
         """The next command for this host: (verb, payload); acked."""
         if self._sub is None:
             self._sub = await self.js.pull_subscribe(
@@ -179,13 +221,7 @@ class Agent:
         )
 
 
-async def eventually(check: Any, within: float = 10.0) -> Any:
-    """Polls an async predicate until it returns something truthy (never asserts timing)."""
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            return result
-        await asyncio.sleep(0.05)
+async def eventually(check: Any, within: float = STEP_S, what: str = "") -> Any:
+    """Polls an async predicate until it returns something truthy and returns that; fails
+    naming what it waited for (the predicate's name unless told) after `within` seconds."""
+    return await polling.eventually(check, within, what or check.__name__)

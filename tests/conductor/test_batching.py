@@ -26,6 +26,7 @@ from controlplane.conductor.scheduling import SchedulingWorker
 from controlplane.db.models import Instance, InstanceAction, OutboxMessage
 from tests.conductor.conftest import IMAGE_ID, Harness, harness
 from tests.conductor.factories import add, make_instance
+from tests.support.scheduler import BATCH_METHOD
 
 K = agent_bus_pb2.InstanceEventKind
 
@@ -256,7 +257,7 @@ async def test_batched_scheduling_records_what_one_at_a_time_scheduling_did(
     db: Harness,
 ) -> None:
     pg = db
-    pg.peer.add_host("host-a", zone="zone-1", memory_mb=1 << 20)
+    await pg.scheduler.add_host("host-a", zone="zone-1", memory_mb=1 << 20)
     worker = SchedulingWorker(pg.conductor, None)  # type: ignore[arg-type]
     common = {"vm_state": "building", "task_state": "scheduling", "attempts": 0, "host": None}
     common["node"] = None
@@ -295,28 +296,28 @@ async def _schedule_one_batch(
 
 
 async def test_a_batch_of_schedule_messages_asks_the_scheduler_in_one_call(pg: Harness) -> None:
-    pg.peer.add_host("host-a")
+    await pg.scheduler.add_host("host-a")
     names = [f"vm-{i}" for i in range(5)]
     msgs, ids = await _schedule_one_batch(pg, names)
     assert [m.outcome for m in msgs] == ["ack"] * 5
-    assert (pg.peer.batch_calls, pg.peer.select_calls) == (1, 5)
+    assert (pg.scheduler.calls[BATCH_METHOD], pg.scheduler.decisions) == (1, 5)
     state = await _state(pg, ids)
     assert {state[n][4] for n in names} == {"host-a"}
 
 
-async def test_a_scheduler_without_batches_is_asked_once_per_message(pg: Harness) -> None:
-    pg.peer.add_host("host-a")
-    pg.peer.without_batches = True
-    msgs, ids = await _schedule_one_batch(pg, ["a", "b"])
-    assert [m.outcome for m in msgs] == ["ack", "ack"]
-    assert (pg.peer.batch_calls, pg.peer.select_calls) == (0, 2)
-    state = await _state(pg, ids)
-    assert (state["a"][4], state["b"][4]) == ("host-a", "host-a")
+async def test_a_scheduler_without_batches_is_asked_once_per_message(pg_url: str) -> None:
+    async with harness(pg_url, older_scheduler=True) as pg:
+        await pg.scheduler.add_host("host-a")
+        msgs, ids = await _schedule_one_batch(pg, ["a", "b"])
+        assert [m.outcome for m in msgs] == ["ack", "ack"]
+        assert (pg.scheduler.calls["SelectDestinations"], pg.scheduler.decisions) == (2, 2)
+        state = await _state(pg, ids)
+        assert (state["a"][4], state["b"][4]) == ("host-a", "host-a")
 
 
 async def test_a_scheduler_outage_naks_the_batch_and_records_nothing(pg: Harness) -> None:
-    pg.peer.add_host("host-a")
-    pg.peer.down = True
+    await pg.scheduler.add_host("host-a")
+    await pg.scheduler.stop()
     msgs, ids = await _schedule_one_batch(pg, ["a", "b"])
     assert [m.outcome for m in msgs] == ["nak", "nak"]
     state = await _state(pg, ids)
@@ -325,7 +326,7 @@ async def test_a_scheduler_outage_naks_the_batch_and_records_nothing(pg: Harness
 
 
 async def test_deleted_events_whose_claim_cannot_be_released_are_retried(pg: Harness) -> None:
-    pg.peer.down = True
+    await pg.scheduler.stop()
     consumer = EventConsumer(pg.conductor, None)  # type: ignore[arg-type]
     ids = await _instances(pg, {"a": {}, "b": {}}, task_state="deleting", host="host-1")
     msgs = [

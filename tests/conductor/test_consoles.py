@@ -76,7 +76,7 @@ async def consoles(pg_url: str) -> AsyncIterator[Consoles]:
         ],
     )
     async with harness(pg_url) as h:
-        h.peer.add_host("host-1", compute_endpoint=f"127.0.0.1:{server.port}")
+        await h.scheduler.add_host("host-1", compute_endpoint=f"127.0.0.1:{server.port}")
         assert h.consoles is not None
         yield Consoles(h, agent, h.consoles)
     await server.stop(0)

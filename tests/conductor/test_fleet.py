@@ -89,7 +89,7 @@ async def test_a_service_whose_heartbeats_stopped_is_down(pg: Harness) -> None:
 async def test_disabling_a_compute_service_records_the_reason_and_disables_the_host(
     pg: Harness,
 ) -> None:
-    pg.peer.add_host("host-1")
+    await pg.scheduler.add_host("host-1")
     svc = make_service("host-1")
     await add(pg.sessions, svc)
     resp = await pg.fleet.UpdateService(
@@ -97,15 +97,19 @@ async def test_disabling_a_compute_service_records_the_reason_and_disables_the_h
     )
     assert not resp.service.enabled
     assert resp.service.disabled_reason == "maintenance"
-    assert not pg.peer.hosts["host-1"].enabled
-    assert pg.peer.hosts["host-1"].reason == "maintenance"
+    disabled = await pg.scheduler.host("host-1")
+    assert disabled is not None
+    assert not disabled.enabled
+    assert disabled.disabled_reason == "maintenance"
     stored = (await services(pg))[("host-1", "loom-compute")]
     assert stored.disabled_reason == "maintenance"
     assert not stored.enabled
     again = await pg.fleet.UpdateService(fleet_pb2.UpdateServiceRequest(id=svc.uuid, enabled=True))
     assert again.service.enabled
     assert again.service.disabled_reason == ""
-    assert pg.peer.hosts["host-1"].enabled
+    enabled = await pg.scheduler.host("host-1")
+    assert enabled is not None
+    assert enabled.enabled
 
 
 async def test_a_service_with_servers_on_its_host_cannot_be_deleted(pg: Harness) -> None:
@@ -121,8 +125,8 @@ async def test_a_service_with_servers_on_its_host_cannot_be_deleted(pg: Harness)
 async def test_hypervisors_join_the_schedulers_hosts_with_services_and_servers(
     pg: Harness,
 ) -> None:
-    pg.peer.add_host("hv-1")
-    pg.peer.add_host("hv-2")
+    await pg.scheduler.add_host("hv-1")
+    await pg.scheduler.add_host("hv-2")
     inst = make_instance(host="hv-1")
     await add(pg.sessions, make_service("hv-1"), inst, make_instance(host="hv-1", deleted=True))
     resp = await pg.fleet.ListHypervisors(fleet_pb2.ListHypervisorsRequest(with_servers=True))
@@ -141,7 +145,7 @@ async def test_hypervisors_join_the_schedulers_hosts_with_services_and_servers(
 async def test_detailed_zones_add_the_internal_zone_with_control_plane_services(
     pg: Harness,
 ) -> None:
-    pg.peer.add_host("hv-1", zone="az-1")
+    await pg.scheduler.add_host("hv-1", zone="az-1")
     await add(
         pg.sessions,
         make_service("hv-1"),
@@ -168,7 +172,7 @@ async def test_host_instances_give_agents_the_spec_of_each_live_instance(pg: Har
 
 
 async def test_a_fleet_view_needing_an_unreachable_scheduler_is_unavailable(pg: Harness) -> None:
-    pg.peer.down = True
+    await pg.scheduler.stop()
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await pg.fleet.ListHypervisors(fleet_pb2.ListHypervisorsRequest())
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE

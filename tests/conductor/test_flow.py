@@ -1,4 +1,4 @@
-"""The conductor's whole path: create → schedule (in-test scheduler peer) → build command on
+"""The conductor's whole path: create → schedule (Loom's real scheduler) → build command on
 NATS → agent events on NATS → server state. The relay and both workers really run."""
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ async def active_server(h: Harness) -> tuple[str, Agent]:
 
 
 async def test_a_server_is_scheduled_built_and_becomes_active(stack: Harness) -> None:
-    stack.peer.add_host("host-a", zone="zone-1")
+    await stack.scheduler.add_host("host-a", zone="zone-1")
     sid, agent, cmd = await boot(stack)
     assert agent.host == "host-a"
     assert cmd.attempt == 1
@@ -81,14 +81,14 @@ async def test_a_server_is_scheduled_built_and_becomes_active(stack: Harness) ->
     assert done.task_state == servers_pb2.TASK_STATE_UNSPECIFIED
     assert done.power_state == agent_bus_pb2.POWER_STATE_RUNNING
     assert done.HasField("launched_at")
-    assert stack.peer.select_calls == 1
+    assert stack.scheduler.decisions == 1
 
 
 async def test_a_build_failing_on_every_host_ends_in_error_with_each_claim_released_once(
     stack: Harness,
 ) -> None:
     for name in ("host-a", "host-b", "host-c"):
-        stack.peer.add_host(name)
+        await stack.scheduler.add_host(name)
     sid, agent, cmd = await boot(stack)
     assert stack.js is not None
     tried = []
@@ -113,32 +113,32 @@ async def test_a_build_failing_on_every_host_ends_in_error_with_each_claim_relea
     assert "disk full on" in failed.fault.message
     assert failed.fault.HasField("created_at")
     assert failed.host == ""
-    assert dict(stack.peer.releases) == {(sid, h): 1 for h in tried}
-    assert stack.peer.claims == {}
+    assert dict(stack.scheduler.releases) == {(sid, h): 1 for h in tried}
+    assert await stack.scheduler.claims() == {}
 
 
 async def test_a_failed_build_whose_alternates_are_gone_is_rescheduled(stack: Harness) -> None:
     for name in ("host-a", "host-b", "host-c"):
-        stack.peer.add_host(name)
+        await stack.scheduler.add_host(name)
     sid, agent, _ = await boot(stack)
     assert stack.js is not None
     # Every alternate refuses the claim, so the conductor must ask the scheduler afresh,
     # which finds the host that joined after the first placement.
-    for other in stack.peer.hosts.values():
-        if other.name != agent.host:
-            other.enabled = False
-    stack.peer.add_host("host-late")
+    for other in ("host-a", "host-b", "host-c"):
+        if other != agent.host:
+            await stack.scheduler.set_enabled(other, False, "no room for the retry")
+    await stack.scheduler.add_host("host-late")
     await agent.report(sid, K.INSTANCE_EVENT_KIND_BUILD_FAILED, attempt=1)
     moved = await wait_for(stack, sid, lambda s: s.attempts == 2)
     assert moved.host == "host-late"
-    assert stack.peer.select_calls == 2
+    assert stack.scheduler.decisions == 2
     second = await Agent(stack.js, moved.host).build_command()
     assert second.attempt == 2
 
 
 async def test_a_redelivered_build_failure_changes_nothing_more(stack: Harness) -> None:
     for name in ("host-a", "host-b"):
-        stack.peer.add_host(name)
+        await stack.scheduler.add_host(name)
     sid, agent, _ = await boot(stack)
     await agent.report(sid, K.INSTANCE_EVENT_KIND_BUILD_FAILED, attempt=1)
     moved = await wait_for(stack, sid, lambda s: s.attempts == 2)
@@ -148,13 +148,13 @@ async def test_a_redelivered_build_failure_changes_nothing_more(stack: Harness) 
     after = await server(stack, sid)
     assert after.attempts == 2
     assert after.host == moved.host
-    assert stack.peer.releases[(sid, agent.host)] == 1
+    assert stack.scheduler.releases[(sid, agent.host)] == 1
 
 
 async def test_no_valid_host_puts_the_server_in_error_saying_which_filters_removed_hosts(
     stack: Harness,
 ) -> None:
-    stack.peer.add_host("tiny", memory_mb=128)
+    await stack.scheduler.add_host("tiny", memory_mb=128)
     resp = await stack.servers.CreateServers(create_request())
     failed = await wait_for(stack, resp.servers[0].id, lambda s: s.status == S.SERVER_STATUS_ERROR)
     assert failed.fault.code == 500
@@ -169,26 +169,26 @@ async def test_no_valid_host_puts_the_server_in_error_saying_which_filters_remov
 async def test_an_unreachable_scheduler_delays_scheduling_without_losing_it(
     stack: Harness,
 ) -> None:
-    stack.peer.add_host("host-a")
-    stack.peer.down = True
+    await stack.scheduler.add_host("host-a")
+    await stack.scheduler.stop()
     resp = await stack.servers.CreateServers(create_request())
     sid = resp.servers[0].id
     assert (await server(stack, sid)).task_state == servers_pb2.TASK_STATE_SCHEDULING
-    stack.peer.down = False
+    await stack.scheduler.start()
     placed = await wait_for(stack, sid, lambda s: s.task_state == servers_pb2.TASK_STATE_SPAWNING)
     assert placed.host == "host-a"
 
 
 async def test_deleting_a_server_before_it_has_a_host_deletes_it_at_once(stack: Harness) -> None:
-    stack.peer.add_host("host-a")
-    stack.peer.down = True  # keeps it unscheduled
+    await stack.scheduler.add_host("host-a")
+    await stack.scheduler.stop()  # keeps it unscheduled
     resp = await stack.servers.CreateServers(create_request())
     sid = resp.servers[0].id
     await stack.servers.DeleteServer(servers_pb2.DeleteServerRequest(id=sid, request_id="d1"))
     gone = await server(stack, sid, include_deleted=True)
     assert gone.status == S.SERVER_STATUS_DELETED
     assert gone.deleted
-    stack.peer.down = False
+    await stack.scheduler.start()
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await server(stack, sid)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
@@ -199,7 +199,7 @@ async def test_deleting_a_server_before_it_has_a_host_deletes_it_at_once(stack: 
             return (await s.execute(select(func.count(OutboxMessage.id)))).scalar_one() == 0
 
     assert await eventually(outbox_empty)
-    assert stack.peer.claims == {}
+    assert await stack.scheduler.claims() == {}
     # Deleting again succeeds and changes nothing.
     await stack.servers.DeleteServer(servers_pb2.DeleteServerRequest(id=sid, request_id="d2"))
 
@@ -207,7 +207,7 @@ async def test_deleting_a_server_before_it_has_a_host_deletes_it_at_once(stack: 
 async def test_deleting_mid_build_sends_a_delete_and_the_late_build_success_is_ignored(
     stack: Harness,
 ) -> None:
-    stack.peer.add_host("host-a")
+    await stack.scheduler.add_host("host-a")
     sid, agent, _ = await boot(stack)
     await stack.servers.DeleteServer(servers_pb2.DeleteServerRequest(id=sid, request_id="d1"))
     deleting = await server(stack, sid)
@@ -220,13 +220,13 @@ async def test_deleting_mid_build_sends_a_delete_and_the_late_build_success_is_i
     gone = await wait_for(stack, sid, lambda s: s.deleted)
     assert gone.status == S.SERVER_STATUS_DELETED
     assert gone.HasField("terminated_at")
-    assert stack.peer.releases[(sid, "host-a")] == 1
+    assert stack.scheduler.releases[(sid, "host-a")] == 1
 
 
 async def test_deleting_an_active_server_finishes_when_the_agent_reports_it_gone(
     stack: Harness,
 ) -> None:
-    stack.peer.add_host("host-a")
+    await stack.scheduler.add_host("host-a")
     sid, agent = await active_server(stack)
     await stack.servers.DeleteServer(servers_pb2.DeleteServerRequest(id=sid, request_id="d1"))
     verb, _ = await agent.next_command()
@@ -235,7 +235,7 @@ async def test_deleting_an_active_server_finishes_when_the_agent_reports_it_gone
     await agent.report(sid, K.INSTANCE_EVENT_KIND_DELETED)  # redelivered
     gone = await wait_for(stack, sid, lambda s: s.deleted)
     assert gone.vm_state == servers_pb2.VM_STATE_DELETED
-    assert stack.peer.releases[(sid, "host-a")] == 1
+    assert stack.scheduler.releases[(sid, "host-a")] == 1
     action = await stack.servers.GetInstanceAction(
         servers_pb2.GetInstanceActionRequest(id=sid, request_id="d1")
     )
@@ -245,7 +245,7 @@ async def test_deleting_an_active_server_finishes_when_the_agent_reports_it_gone
 async def test_stop_start_and_reboot_set_their_tasks_and_settle_on_the_agents_answer(
     stack: Harness,
 ) -> None:
-    stack.peer.add_host("host-a")
+    await stack.scheduler.add_host("host-a")
     sid, agent = await active_server(stack)
 
     await stack.servers.StopServer(servers_pb2.StopServerRequest(id=sid, request_id="s1"))
@@ -309,7 +309,7 @@ async def test_stop_start_and_reboot_set_their_tasks_and_settle_on_the_agents_an
 
 
 async def test_a_conflicting_action_is_refused_and_changes_nothing(stack: Harness) -> None:
-    stack.peer.add_host("host-a")
+    await stack.scheduler.add_host("host-a")
     sid, _ = await active_server(stack)
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stack.servers.StartServer(servers_pb2.StartServerRequest(id=sid, request_id="x"))
@@ -326,7 +326,7 @@ async def test_a_conflicting_action_is_refused_and_changes_nothing(stack: Harnes
 
 
 async def test_an_active_server_found_shut_down_becomes_shutoff(stack: Harness) -> None:
-    stack.peer.add_host("host-a")
+    await stack.scheduler.add_host("host-a")
     sid, agent = await active_server(stack)
     await agent.report(
         sid,
@@ -338,7 +338,7 @@ async def test_an_active_server_found_shut_down_becomes_shutoff(stack: Harness) 
 
 
 async def test_a_missing_domain_puts_the_server_in_error_with_a_fault(stack: Harness) -> None:
-    stack.peer.add_host("host-a")
+    await stack.scheduler.add_host("host-a")
     sid, agent = await active_server(stack)
     await agent.report(sid, K.INSTANCE_EVENT_KIND_MISSING)
     failed = await wait_for(stack, sid, lambda s: s.status == S.SERVER_STATUS_ERROR)

@@ -26,7 +26,7 @@ def _long_ago(h: Harness) -> datetime:
 async def test_deleting_a_server_whose_host_is_down_deletes_it_at_once_and_still_tells_the_host(
     stack: Harness,
 ) -> None:
-    stack.peer.add_host("host-a")
+    await stack.scheduler.add_host("host-a")
     sid, agent = await active_server(stack)
     await add(stack.sessions, make_service("host-a", last_seen_up=_long_ago(stack)))
 
@@ -36,8 +36,8 @@ async def test_deleting_a_server_whose_host_is_down_deletes_it_at_once_and_still
     assert gone.deleted
     assert gone.status == S.SERVER_STATUS_DELETED
     assert gone.HasField("terminated_at")
-    assert stack.peer.releases[(sid, "host-a")] == 1
-    assert sid not in stack.peer.claims
+    assert stack.scheduler.releases[(sid, "host-a")] == 1
+    assert sid not in await stack.scheduler.claims()
     action = await stack.servers.GetInstanceAction(
         servers_pb2.GetInstanceActionRequest(id=sid, request_id="d1")
     )
@@ -53,14 +53,14 @@ async def test_deleting_a_server_whose_host_is_down_deletes_it_at_once_and_still
     # The agent comes back and answers; nothing is released or changed a second time.
     await agent.report(sid, K.INSTANCE_EVENT_KIND_DELETED)
     await stack.servers.DeleteServer(servers_pb2.DeleteServerRequest(id=sid, request_id="d2"))
-    assert stack.peer.releases[(sid, "host-a")] == 1
+    assert stack.scheduler.releases[(sid, "host-a")] == 1
     assert (await server(stack, sid, include_deleted=True)).deleted
 
 
 async def test_a_delete_waiting_for_a_host_that_then_went_down_completes_when_asked_again(
     stack: Harness,
 ) -> None:
-    stack.peer.add_host("host-a")
+    await stack.scheduler.add_host("host-a")
     sid, _ = await active_server(stack)
     service = make_service("host-a")
     await add(stack.sessions, service)
@@ -74,27 +74,27 @@ async def test_a_delete_waiting_for_a_host_that_then_went_down_completes_when_as
 
     gone = await server(stack, sid, include_deleted=True)
     assert gone.deleted
-    assert stack.peer.releases[(sid, "host-a")] == 1
+    assert stack.scheduler.releases[(sid, "host-a")] == 1
 
 
 async def test_deleting_a_server_whose_host_is_up_still_waits_for_the_agent(
     stack: Harness,
 ) -> None:
-    stack.peer.add_host("host-a")
+    await stack.scheduler.add_host("host-a")
     sid, _ = await active_server(stack)
     await add(stack.sessions, make_service("host-a"))
     await stack.servers.DeleteServer(servers_pb2.DeleteServerRequest(id=sid, request_id="d1"))
     deleting = await server(stack, sid)
     assert deleting.task_state == servers_pb2.TASK_STATE_DELETING
     assert not deleting.deleted
-    assert stack.peer.releases[(sid, "host-a")] == 0
+    assert stack.scheduler.releases[(sid, "host-a")] == 0
 
 
 async def _stranded_on_a_down_host(stack: Harness) -> tuple[str, Agent, str]:
     """A server spawning on a host whose heartbeats stopped; returns it, the host's agent
     and the other host."""
-    stack.peer.add_host("host-a")
-    stack.peer.add_host("host-b")
+    await stack.scheduler.add_host("host-a")
+    await stack.scheduler.add_host("host-b")
     sid, agent, _ = await boot(stack)
     other = "host-b" if agent.host == "host-a" else "host-a"
     await add(
@@ -117,8 +117,8 @@ async def test_a_build_stranded_on_a_down_host_is_rescheduled_by_exactly_one_con
 
     moved = await wait_for(stack, sid, lambda s: s.task_state == servers_pb2.TASK_STATE_SPAWNING)
     assert (moved.host, moved.attempts) == (other, 2)
-    assert stack.peer.releases[(sid, agent.host)] == 1
-    assert stack.peer.claims[sid].host == other
+    assert stack.scheduler.releases[(sid, agent.host)] == 1
+    assert (await stack.scheduler.claims())[sid] == other
     # The dead host gets a delete for whatever it built before it went quiet.
     verb, data = await agent.next_command()
     assert verb == "delete"
@@ -144,8 +144,8 @@ async def test_a_late_build_success_from_the_host_that_went_down_changes_nothing
     await survivor.report(sid, K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED, attempt=2)
     active = await wait_for(stack, sid, lambda s: s.status == S.SERVER_STATUS_ACTIVE)
     assert (active.host, active.attempts, active.deleted) == (other, 2, False)
-    assert stack.peer.releases[(sid, agent.host)] == 1
-    assert stack.peer.claims[sid].host == other
+    assert stack.scheduler.releases[(sid, agent.host)] == 1
+    assert (await stack.scheduler.claims())[sid] == other
 
 
 async def test_a_stranded_build_with_no_attempts_left_ends_in_error_naming_the_host(
@@ -159,8 +159,8 @@ async def test_a_stranded_build_with_no_attempts_left_ends_in_error_naming_the_h
     assert failed.status == S.SERVER_STATUS_ERROR
     assert failed.fault.code == 500
     assert f"Compute host {agent.host} went down" in failed.fault.message
-    assert stack.peer.releases[(sid, agent.host)] == 1
-    assert sid not in stack.peer.claims
+    assert stack.scheduler.releases[(sid, agent.host)] == 1
+    assert sid not in await stack.scheduler.claims()
 
 
 async def test_a_takeover_left_half_done_by_a_dead_conductor_is_finished_by_the_next_pass(
@@ -181,4 +181,4 @@ async def test_a_takeover_left_half_done_by_a_dead_conductor_is_finished_by_the_
     assert await StrandedBuilds(stack.conductor).run_once() == 1
     moved = await wait_for(stack, sid, lambda s: s.task_state == servers_pb2.TASK_STATE_SPAWNING)
     assert (moved.host, moved.attempts) == (other, 2)
-    assert stack.peer.releases[(sid, agent.host)] == 1
+    assert stack.scheduler.releases[(sid, agent.host)] == 1

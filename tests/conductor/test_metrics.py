@@ -29,7 +29,7 @@ def boots(outcome: str) -> float:
 
 
 async def test_a_build_that_succeeds_counts_one_active_boot(stack: Harness) -> None:
-    stack.peer.add_host("host-a")
+    await stack.scheduler.add_host("host-a")
     before = boots("active")
     await active_server(stack)
     assert boots("active") - before == 1
@@ -37,7 +37,7 @@ async def test_a_build_that_succeeds_counts_one_active_boot(stack: Harness) -> N
 
 async def test_failed_builds_count_a_reschedule_each_then_one_error(stack: Harness) -> None:
     for name in ("host-a", "host-b", "host-c"):
-        stack.peer.add_host(name)
+        await stack.scheduler.add_host(name)
     before = {o: boots(o) for o in ("active", "rescheduled", "error")}
     sid, agent, _ = await boot(stack)
     assert stack.js is not None
@@ -57,7 +57,7 @@ async def test_failed_builds_count_a_reschedule_each_then_one_error(stack: Harne
 
 
 async def test_no_valid_host_counts_as_its_own_outcome(stack: Harness) -> None:
-    stack.peer.add_host("tiny", memory_mb=128)
+    await stack.scheduler.add_host("tiny", memory_mb=128)
     before = boots("no_valid_host")
     resp = await stack.servers.CreateServers(create_request())
     await wait_for(stack, resp.servers[0].id, lambda s: s.status == S.SERVER_STATUS_ERROR)

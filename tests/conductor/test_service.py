@@ -1,5 +1,5 @@
 """`serve()`: the conductor process comes up, serves gRPC with health, boots a server end to
-end against the scheduler peer, and stops cleanly."""
+end against Loom's real scheduler, and stops cleanly."""
 
 from __future__ import annotations
 
@@ -19,18 +19,30 @@ from controlplane.db.engine import count_statements, make_engine, session_factor
 from controlplane.db.models import Instance
 from controlplane.runtime import bus
 from controlplane.runtime.natsserver import NatsServerProcess, free_port
-from tests.conductor.conftest import IMAGE_ID, Agent, eventually, harness, running_workers
+from tests.conductor.conftest import (
+    IMAGE_ID,
+    Agent,
+    eventually,
+    harness,
+    running_workers,
+    workers_waiting,
+)
 from tests.conductor.factories import add, make_flavor, make_image
-from tests.conductor.scheduler_peer import SchedulerPeer, start_scheduler_peer
 from tests.conductor.test_create import create_request
+from tests.support.scheduler import running_scheduler
 
 
 async def test_serve_runs_the_whole_conductor_until_stopped(
     pg_url: str, fresh_nats: NatsServerProcess, caplog: pytest.LogCaptureFixture
 ) -> None:
-    peer = SchedulerPeer()
-    peer.add_host("svc-host")
-    sched = await start_scheduler_peer(peer)
+    async with running_scheduler(pg_url) as sched:
+        await sched.add_host("svc-host")
+        await _serve_and_boot(pg_url, fresh_nats, caplog, sched.port)
+
+
+async def _serve_and_boot(
+    pg_url: str, fresh_nats: NatsServerProcess, caplog: pytest.LogCaptureFixture, sched_port: int
+) -> None:
     engine = make_engine(pg_url)
     await add(session_factory(engine), make_flavor("1"), make_image(IMAGE_ID))
     port = free_port()
@@ -39,7 +51,7 @@ async def test_serve_runs_the_whole_conductor_until_stopped(
             "database": {"url": pg_url},
             "nats": {"url": fresh_nats.url, "duplicate_window_s": 120},
             "conductor": {"listen": f"127.0.0.1:{port}"},
-            "scheduler": {"listen": f"127.0.0.1:{sched.port}"},
+            "scheduler": {"listen": f"127.0.0.1:{sched_port}"},
         }
     )
     stop = asyncio.Event()
@@ -77,7 +89,6 @@ async def test_serve_runs_the_whole_conductor_until_stopped(
         await asyncio.wait_for(task, 30)
         await channel.close()
         await nc.close()
-        await sched.stop(0)
         await engine.dispose()
     assert task.exception() is None
 
@@ -91,8 +102,8 @@ async def test_a_boot_costs_few_sql_statements_in_total(
     async with harness(pg_url) as h, running_workers(h, fresh_nats.url, relay_poll_s=5):
         assert h.js is not None
         js = h.js
-        h.peer.add_host("count-host")
-        await asyncio.sleep(0.3)  # workers subscribed and idle
+        await h.scheduler.add_host("count-host")
+        assert await eventually(lambda: workers_waiting(h))
         counter = count_statements(h.engine)
         n = 10
         for i in range(n):  # one request per server, as a benchmark's clients send them
@@ -136,7 +147,7 @@ async def test_several_scheduling_lanes_place_every_instance_exactly_once(
     ):
         assert h.js is not None
         js = h.js
-        h.peer.add_host("lanes-host")
+        await h.scheduler.add_host("lanes-host")
         n = 10  # the project's default instance quota
         created = await asyncio.gather(
             *(h.servers.CreateServers(create_request(request_id=f"lane-{i}")) for i in range(n))
@@ -147,7 +158,7 @@ async def test_several_scheduling_lanes_place_every_instance_exactly_once(
         assert sorted(built) == sorted(ids)  # each once, none missing
         with pytest.raises(TimeoutError):  # and no second build for any of them
             await agent.next_command(within=1.0)
-        assert set(h.peer.claims) == ids
+        assert set(await h.scheduler.claims()) == ids
         probe_engine = make_engine(pg_url)
         try:
             async with session_factory(probe_engine)() as s:

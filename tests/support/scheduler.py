@@ -1,0 +1,241 @@
+"""Loom's real scheduler for tests of its callers (the conductor above all).
+
+`running_scheduler()` serves the real `SchedulerServicer` (placement, host cache, store) over
+real gRPC on the test's own PostgreSQL database, so a caller is exercised against the same
+claims, filters and NoValidHost answers it meets in production. What a test needs to see or
+do around it goes through the scheduler's own API and tables:
+
+- hosts join by `ReportInventory` and are marked up with a heartbeat, as an agent's would;
+- `claims()` and `host()` read the scheduler's tables;
+- `calls` counts the RPCs the scheduler answered (a thin recording subclass of the real
+  servicer: every answer still comes from the real code);
+- `stop()` / `start()` take the gRPC server away and bring it back on the same port: a real
+  outage, seen by the caller's channel as UNAVAILABLE.
+
+The one stand-in left is `older=True`: the same real servicer served without
+`SelectDestinationsBatch`, as a scheduler that predates it is. gRPC itself then answers
+UNIMPLEMENTED. `tests/conductor/test_scheduler_contract.py` runs the same cases against both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from loom.scheduler.v1 import scheduler_pb2 as pb
+from loom.scheduler.v1 import scheduler_pb2_grpc
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from controlplane.config import SchedulerConfig
+from controlplane.db.engine import make_engine
+from controlplane.db.models import Allocation, ResourceProvider
+from controlplane.runtime.grpcserver import Registration, RunningServer, start_grpc_server
+from controlplane.scheduler import convert
+from controlplane.scheduler.hostcache import HostCache
+from controlplane.scheduler.hoststate import HostState
+from controlplane.scheduler.pipeline import build_pipeline
+from controlplane.scheduler.placement import PlacementService
+from controlplane.scheduler.service import SERVICE_NAME
+from controlplane.scheduler.servicer import SchedulerServicer
+from controlplane.scheduler.store import ProviderStore
+
+# The RPC a scheduler older than batched decisions does not have.
+BATCH_METHOD = "SelectDestinationsBatch"
+
+
+class RecordingServicer(SchedulerServicer):
+    """The real servicer, counting the placement RPCs it answers and the releases that
+    freed a claim (per consumer and host), so a test can say "asked once", "released once"."""
+
+    def __init__(self, placement: PlacementService, cfg: SchedulerConfig) -> None:
+        super().__init__(placement, cfg)
+        self.calls: Counter[str] = Counter()
+        # Placement decisions asked for, alone or in batches.
+        self.decisions = 0
+        self.releases: Counter[tuple[str, str]] = Counter()
+
+    async def SelectDestinations(
+        self, request: pb.SelectDestinationsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SelectDestinationsResponse:
+        self.calls["SelectDestinations"] += 1
+        self.decisions += 1
+        return await super().SelectDestinations(request, context)
+
+    async def SelectDestinationsBatch(
+        self, request: pb.SelectDestinationsBatchRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SelectDestinationsBatchResponse:
+        self.calls[BATCH_METHOD] += 1
+        self.decisions += len(request.requests)
+        return await super().SelectDestinationsBatch(request, context)
+
+    async def ClaimResources(
+        self, request: pb.ClaimResourcesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ClaimResourcesResponse:
+        self.calls["ClaimResources"] += 1
+        return await super().ClaimResources(request, context)
+
+    async def ReleaseResources(
+        self, request: pb.ReleaseResourcesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReleaseResourcesResponse:
+        self.calls["ReleaseResources"] += 1
+        # Which host held it, read before the release removes the allocation.
+        held = await self.placement.allocations_of(request.consumer_id)
+        resp = await super().ReleaseResources(request, context)
+        if resp.released:
+            for record in held:
+                self.releases[(request.consumer_id, record.host)] += 1
+        return resp
+
+
+class _Capture:
+    """Receives what the generated add_*_to_server function registers, so a method can be
+    left out before the handlers reach the real server."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self.service = ""
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass  # the same handlers arrive through add_registered_method_handlers
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.service, self.handlers = service, dict(handlers)
+
+
+def _add_without(method: str) -> Callable[[Any, grpc.aio.Server], None]:
+    def add(servicer: Any, server: grpc.aio.Server) -> None:
+        captured = _Capture()
+        scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(servicer, captured)
+        del captured.handlers[method]
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(captured.service, captured.handlers),)
+        )
+        server.add_registered_method_handlers(captured.service, captured.handlers)
+
+    return add
+
+
+@dataclass
+class SchedulerUnderTest:
+    """A running real scheduler and what a test may ask of it."""
+
+    engine: AsyncEngine
+    cfg: SchedulerConfig
+    servicer: RecordingServicer
+    older: bool
+    port: int = 0
+    _server: RunningServer | None = field(default=None, repr=False)
+
+    @property
+    def placement(self) -> PlacementService:
+        return self.servicer.placement
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def calls(self) -> Counter[str]:
+        return self.servicer.calls
+
+    @property
+    def decisions(self) -> int:
+        return self.servicer.decisions
+
+    @property
+    def releases(self) -> Counter[tuple[str, str]]:
+        return self.servicer.releases
+
+    async def start(self) -> None:
+        """Serves (again) on the same port once it has one."""
+        add = (
+            _add_without(BATCH_METHOD)
+            if self.older
+            else scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server
+        )
+        self._server = await start_grpc_server(
+            self.target, [Registration(self.servicer, add, SERVICE_NAME)]
+        )
+        self.port = self._server.port
+
+    async def stop(self) -> None:
+        """Takes the gRPC server away: callers' calls fail with UNAVAILABLE until start()."""
+        if self._server is not None:
+            await self._server.stop(0)
+            self._server = None
+
+    async def add_host(
+        self,
+        name: str,
+        *,
+        vcpus: int = 16,
+        memory_mb: int = 16384,
+        disk_gb: int = 500,
+        zone: str = "",
+        compute_endpoint: str = "",
+    ) -> HostState:
+        """A host that joined as an agent's would (inventory at ratio 1.0, nothing
+        reserved) and is up (a heartbeat just arrived)."""
+        report = await self.placement.report_inventory(
+            convert.inventory_from_request(
+                pb.ReportInventoryRequest(
+                    host=name,
+                    vcpu=pb.ResourceUsage(total=vcpus, allocation_ratio=1.0),
+                    memory_mb=pb.ResourceUsage(total=memory_mb, allocation_ratio=1.0),
+                    disk_gb=pb.ResourceUsage(total=disk_gb, allocation_ratio=1.0),
+                    compute_endpoint=compute_endpoint,
+                    hypervisor_type="test",
+                ),
+                self.cfg,
+            )
+        )
+        assert report is not None, f"inventory of {name} refused"
+        if zone:
+            report = await self.placement.set_availability_zone(name, zone)
+            assert report is not None
+        self.placement.cache.record_heartbeat(name)
+        return report
+
+    async def host(self, name: str) -> HostState | None:
+        """The host as the scheduler's database holds it now."""
+        return await self.placement.get_host(name)
+
+    async def set_enabled(self, name: str, enabled: bool, reason: str = "") -> None:
+        await self.placement.set_enabled(name, enabled, reason)
+
+    async def claims(self) -> dict[str, str]:
+        """Every allocation the scheduler holds: consumer → host."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(Allocation.consumer_id, ResourceProvider.name).join(
+                    ResourceProvider, ResourceProvider.id == Allocation.provider_id
+                )
+            )
+            return {consumer: host for consumer, host in rows}
+
+
+@contextlib.asynccontextmanager
+async def running_scheduler(
+    url: str, cfg: SchedulerConfig | None = None, *, older: bool = False
+) -> AsyncIterator[SchedulerUnderTest]:
+    """The real scheduler on the database at `url`, served on a free port until the block
+    ends; `older` serves it without SelectDestinationsBatch."""
+    cfg = cfg or SchedulerConfig()
+    engine = make_engine(url)
+    store = ProviderStore(engine)
+    placement = PlacementService(store, HostCache(store), build_pipeline(cfg), cfg)
+    sched = SchedulerUnderTest(engine, cfg, RecordingServicer(placement, cfg), older)
+    try:
+        await sched.start()
+        yield sched
+    finally:
+        await sched.stop()
+        await store.close()
+        await engine.dispose()
