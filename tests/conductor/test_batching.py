@@ -8,6 +8,8 @@ out-of-order messages.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from loom.compute.v1 import agent_bus_pb2
 from loom.conductor.v1 import conductor_bus_pb2
+from nats.aio.msg import Msg
 from sqlalchemy import select
 
 from controlplane.conductor import commands
@@ -56,6 +59,19 @@ class FakeMsg:
 
     async def term(self) -> None:
         self.outcome += "term"
+
+
+def test_the_message_stand_in_offers_exactly_what_the_workers_use_of_a_jetstream_message() -> None:
+    """FakeMsg stands in for nats-py's Msg so a batch can be handed to the workers directly;
+    its verbs must keep the real message's names, parameters and async-ness."""
+    assert "data" in {f.name for f in dataclasses.fields(Msg)}
+    for verb in ("ack", "nak", "term"):
+        real, stand_in = getattr(Msg, verb), getattr(FakeMsg, verb)
+        assert inspect.iscoroutinefunction(real)
+        assert inspect.iscoroutinefunction(stand_in)
+        assert list(inspect.signature(stand_in).parameters) == list(
+            inspect.signature(real).parameters
+        ), verb
 
 
 # name → the instance's columns before the events
