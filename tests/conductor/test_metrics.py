@@ -4,15 +4,19 @@ and the outbox read at scrape time."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import httpx
 from loom.compute.v1 import agent_bus_pb2
 from loom.conductor.v1 import servers_pb2
 from prometheus_client import REGISTRY
+from sqlalchemy import select
 
 from controlplane.conductor import metrics as conductor_metrics
+from controlplane.conductor.convert import aware
 from controlplane.conductor.outbox import Outgoing, add
 from controlplane.config import NatsConfig
+from controlplane.db.models import OutboxMessage
 from controlplane.runtime import bus
 from controlplane.runtime.metrics import serve_metrics
 from controlplane.runtime.natsserver import NatsServerProcess
@@ -96,9 +100,18 @@ async def test_a_scrape_reads_the_outbox_depth_the_age_of_its_oldest_row_and_con
         )
         endpoint = serve_metrics("conductor-test", "127.0.0.1:0")
         assert endpoint is not None
+        async with pg.sessions() as session:
+            oldest = aware(
+                (
+                    await session.execute(
+                        select(OutboxMessage.created_at).order_by(OutboxMessage.id).limit(1)
+                    )
+                ).scalar_one()
+            )
         try:
-            await asyncio.sleep(0.05)
+            before = datetime.now(UTC)
             text = (await asyncio.to_thread(httpx.get, endpoint.url, timeout=10)).text
+            after = datetime.now(UTC)
         finally:
             stop()
     finally:
@@ -109,7 +122,8 @@ async def test_a_scrape_reads_the_outbox_depth_the_age_of_its_oldest_row_and_con
         for line in text.splitlines()
         if line.startswith("loom_outbox_oldest_age_seconds ")
     )
-    assert 0.05 <= age < 60
+    # The oldest row's age in seconds, as the clock read it during the scrape.
+    assert (before - oldest).total_seconds() <= age <= (after - oldest).total_seconds()
     assert (
         'loom_jetstream_consumer_pending_messages{consumer="conductor-schedule",'
         'stream="LOOM_CONDUCTOR"} 2.0' in text

@@ -22,6 +22,7 @@ from controlplane.db.models import OutboxMessage
 from controlplane.runtime import bus
 from controlplane.runtime.natsserver import NatsServerProcess, start_nats_server
 from tests.conductor.conftest import eventually
+from tests.support import polling
 
 NATS_CFG = NatsConfig(duplicate_window_s=120)
 
@@ -136,7 +137,11 @@ async def test_a_message_committed_while_nats_is_down_is_published_when_it_is_ba
         msg_id = f"down-{uuid.uuid4().hex[:6]}"
         await queue(sessions, command("outage-host", msg_id))
         wakeup.set()
-        await asyncio.sleep(1.0)  # the relay tries and fails meanwhile
+
+        async def failed_twice() -> bool:
+            return sum("outbox relay failed" in r.msg for r in caplog.records) >= 2
+
+        assert await eventually(failed_twice)
         assert await queued(sessions) == 1
         restarted = await asyncio.to_thread(
             start_nats_server, fresh_nats.store_dir, fresh_nats.port
@@ -145,7 +150,7 @@ async def test_a_message_committed_while_nats_is_down_is_published_when_it_is_ba
         async def drained() -> bool:
             return await queued(sessions) == 0
 
-        assert await eventually(drained, within=30)
+        assert await eventually(drained, polling.relay_after_nats_returns_s(0.5))
         assert await published(js, "outage-host") == [msg_id]
         # Each failure waited longer than the one before, from 0.2 s.
         delays = [float(r.args[0]) for r in caplog.records if "outbox relay failed" in r.msg]
@@ -180,7 +185,7 @@ async def test_a_relay_asked_to_stop_during_an_outage_ends_and_leaves_the_rows_q
         async def failed_twice() -> bool:
             return sum("outbox relay failed" in r.msg for r in caplog.records) >= 2
 
-        assert await eventually(failed_twice, within=10)
+        assert await eventually(failed_twice)
         stop.set()
         wakeup.set()  # cuts the backoff short, as a commit would
         await asyncio.wait_for(task, timeout=5)
@@ -192,10 +197,23 @@ async def test_a_relay_asked_to_stop_during_an_outage_ends_and_leaves_the_rows_q
             await nc.close()
 
 
+class AskedWatch(bus.ConnectionWatch):
+    """The real watch, noting when the relay asks for the link it publishes on (after it
+    has taken its batch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = asyncio.Event()
+
+    def current_link(self) -> asyncio.Event:
+        self.asked.set()
+        return super().current_link()
+
+
 async def test_a_batch_in_flight_when_the_nats_connection_drops_is_given_back_at_once(
     sessions: async_sessionmaker[AsyncSession], fresh_nats: NatsServerProcess
 ) -> None:
-    watch = bus.ConnectionWatch()
+    watch = AskedWatch()
     nc = await bus.connect(fresh_nats.url, NATS_CFG, "test-relay-drop", watch=watch)
     js = nc.jetstream()
     await bus.ensure_streams(js, NATS_CFG)
@@ -205,7 +223,11 @@ async def test_a_batch_in_flight_when_the_nats_connection_drops_is_given_back_at
         fresh_nats.stop()
         await queue(sessions, command("drop-host", f"drop-{uuid.uuid4().hex[:6]}"))
         in_flight = asyncio.create_task(relay.relay_once())
-        await asyncio.sleep(0.3)
+
+        async def publishing() -> bool:
+            return watch.asked.is_set()
+
+        assert await eventually(publishing)  # the batch is taken, its publishes are out
         assert not in_flight.done()
         watch.lost()  # what the client reports when the connection it published on drops
         with pytest.raises(outbox.PublishFailed):

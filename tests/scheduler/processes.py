@@ -6,12 +6,13 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.support import polling
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,19 +70,20 @@ def start_scheduler(db_url: str, nats_url: str, log_dir: Path, name: str) -> Sch
     return proc
 
 
-def _wait_serving(proc: SchedulerProcess, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
+def _wait_serving(proc: SchedulerProcess) -> None:
     with grpc.insecure_channel(proc.address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        while True:
+
+        def serving() -> bool:
             if proc.process.poll() is not None:
                 raise RuntimeError(f"scheduler exited early:\n{proc.log.read_text()}")
             try:
                 status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    return
             except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"scheduler not serving:\n{proc.log.read_text()}")
-            time.sleep(0.1)
+                return False
+            return bool(status == health_pb2.HealthCheckResponse.SERVING)
+
+        try:
+            polling.wait_until(serving, polling.SERVICE_READY_S, "the scheduler serving")
+        except AssertionError as exc:
+            raise TimeoutError(f"{exc}:\n{proc.log.read_text()}") from exc

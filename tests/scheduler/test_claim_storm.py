@@ -13,10 +13,12 @@ from loom.scheduler.v1 import scheduler_pb2 as pb
 from loom.scheduler.v1 import scheduler_pb2_grpc
 from nats.aio.client import Client as NATS
 
+from controlplane.config import LoomConfig
 from controlplane.db.engine import make_engine
 from controlplane.runtime import bus
 from tests.scheduler.dbcheck import assert_consistent
 from tests.scheduler.processes import SchedulerProcess, start_scheduler
+from tests.support import polling
 
 HOSTS = 6
 PER_HOST = 50  # 6 x 50 = 300 placements fit
@@ -29,13 +31,17 @@ def stub_for(channel: grpc.aio.Channel) -> scheduler_pb2_grpc.SchedulerServiceAs
 
 
 async def wait_all_up(stub: scheduler_pb2_grpc.SchedulerServiceAsyncStub) -> None:
-    deadline = time.monotonic() + 20
-    while True:
+    async def all_up() -> list[tuple[str, bool]] | None:
         hosts = (await stub.ListHosts(pb.ListHostsRequest(), timeout=5)).hosts
-        if len(hosts) == HOSTS and all(h.up for h in hosts):
-            return
-        assert time.monotonic() < deadline, [(h.name, h.up) for h in hosts]
-        await asyncio.sleep(0.1)
+        return (
+            None
+            if len(hosts) < HOSTS or not all(h.up for h in hosts)
+            else [(h.name, h.up) for h in hosts]
+        )
+
+    # Only one replica received each heartbeat; the other reads it from the database.
+    within = polling.other_replica_sees_heartbeat_s(LoomConfig())
+    await polling.eventually(all_up, within, f"{HOSTS} hosts up")
 
 
 async def test_two_scheduler_processes_place_exactly_what_fits(

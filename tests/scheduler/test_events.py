@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
@@ -22,6 +21,7 @@ from controlplane.scheduler.pipeline import build_pipeline
 from controlplane.scheduler.placement import PlacementService
 from controlplane.scheduler.store import ProviderStore
 from tests.scheduler.dbcheck import add_host
+from tests.support import polling
 
 
 @pytest.fixture
@@ -38,15 +38,9 @@ async def placement(pg_url: str) -> AsyncIterator[PlacementService]:
 T = TypeVar("T")
 
 
-async def eventually(probe: Callable[[], Awaitable[T | None]], within: float = 10.0) -> T:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        value = await probe()
-        if value is not None:
-            return value
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
+async def eventually(probe: Callable[[], Awaitable[T | None]]) -> T:
+    """What an agent published on NATS, as the scheduler holds it once it has it."""
+    return await polling.eventually(probe, polling.SCHEDULER_SEES_S, "the scheduler sees it")
 
 
 def report(host: str, memory_mb: int, ratio: float = 0.0) -> bytes:

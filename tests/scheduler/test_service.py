@@ -18,6 +18,7 @@ from controlplane.runtime.natsserver import NatsServerProcess
 from controlplane.scheduler.filters import UnknownFilterError
 from controlplane.scheduler.service import serve
 from tests.scheduler.processes import free_port
+from tests.support import polling
 
 
 async def test_an_unknown_filter_name_stops_the_scheduler_before_it_serves(
@@ -69,18 +70,20 @@ async def test_the_scheduler_serves_beats_as_loom_scheduler_and_stops_when_asked
     stop = asyncio.Event()
     task = asyncio.create_task(serve(cfg, stop))
     try:
-        beat = await asyncio.wait_for(beats.get(), 20)
+        # Its first heartbeat goes out once it serves.
+        beat = await asyncio.wait_for(beats.get(), polling.SERVICE_READY_S)
         assert beat.host
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
-            names: list[str] = []
-            for _ in range(200):
+
+            async def names() -> list[str]:
                 listed = await stub.ListHosts(pb.ListHostsRequest(), timeout=5)
-                names = [h.name for h in listed.hosts]
-                if names:
-                    break
-                await asyncio.sleep(0.05)
-            assert names == ["reported-early"]
+                return [h.name for h in listed.hosts]
+
+            listed = await polling.eventually(
+                names, polling.SCHEDULER_SEES_S, "the host reported before the start"
+            )
+            assert listed == ["reported-early"]
         stop.set()
         await asyncio.wait_for(task, 20)
         assert task.exception() is None

@@ -13,6 +13,7 @@ from controlplane.db.engine import make_engine
 from controlplane.scheduler.hoststate import Inventory, InventoryUpdate, Resources
 from controlplane.scheduler.store import ClaimStatus, ProviderStore
 from tests.scheduler.dbcheck import add_host, assert_consistent
+from tests.support import polling
 
 MB100 = Resources(vcpus=1, memory_mb=100, disk_gb=1)
 
@@ -199,15 +200,17 @@ async def test_a_release_chosen_as_a_deadlock_victim_runs_again_and_frees_once(
             "UPDATE resource_providers SET generation = generation WHERE id = %s", (host.id,)
         )
         release = asyncio.create_task(store.release("c2"))
+
         # The release has deleted c2's allocation and waits for the host's row.
-        for _ in range(200):
+        async def release_waits() -> bool:
             cur = await watcher.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
             waiting = await cur.fetchone()
-            if waiting is not None and waiting[0] > 0:
-                break
-            await asyncio.sleep(0.05)
-        else:
-            pytest.fail("the release never waited for the host's row")
+            return waiting is not None and waiting[0] > 0
+
+        # Bounded by the statement's own path: one round trip to a lock it cannot get.
+        await polling.eventually(
+            release_waits, polling.SCHEDULER_CALL_DEADLINE_S, "the release waits for the row"
+        )
         with pytest.raises(psycopg.errors.UniqueViolation):
             # Waits on the release's DELETE: the cycle. Once the release is aborted, its
             # DELETE is undone and c2's allocation is there again.

@@ -17,6 +17,11 @@ from typing import TypeVar
 from controlplane.conductor.context import SchedulerClient
 from controlplane.conductor.outbox import Relay
 from controlplane.config import LoomConfig
+from controlplane.scheduler.service import (
+    OWN_HEARTBEAT_INTERVAL_S,
+    REFRESH_INTERVAL_S,
+    heartbeat_flush_interval,
+)
 
 T = TypeVar("T")
 
@@ -38,9 +43,24 @@ RELAY_POLL_S = _default(Relay.__init__, "poll_interval")
 # The delay before JetStream redelivers a message a conductor worker gave back (NAK):
 # the scheduling worker and the event consumer both give back with this delay.
 REDELIVERY_DELAY_S = 1.0
+# The relay's backoff after a failed publish grows from 0.2 s, doubling, to this at most.
+RELAY_MAX_BACKOFF_S = 5.0
+# How long a NATS client waits between reconnect attempts (controlplane/runtime/bus.py).
+NATS_RECONNECT_WAIT_S = 0.5
 # gRPC's longest reconnect backoff (grpc.max_reconnect_backoff_ms, 120 s by default): how
 # long a channel may take to notice that a server it lost is back.
 GRPC_MAX_RECONNECT_BACKOFF_S = 120.0
+
+
+# A scheduler holds what agents report on NATS (inventory, heartbeats) within one refresh
+# of its host cache: the same time it takes to see another replica's writes.
+SCHEDULER_SEES_S = REFRESH_INTERVAL_S
+# A Loom service process (scheduler, conductor, agent, gateway) started on a migrated
+# database and a running nats-server answers health SERVING, or prints its ready line,
+# within this long.
+SERVICE_READY_S = 30.0
+# A scheduler publishes its own heartbeat when it is ready, then every this often.
+SCHEDULER_OWN_HEARTBEAT_S = OWN_HEARTBEAT_INTERVAL_S
 
 
 def conductor_step_s(relay_poll_s: float = RELAY_POLL_S) -> float:
@@ -54,6 +74,18 @@ def after_scheduler_returns_s(relay_poll_s: float = RELAY_POLL_S) -> float:
     """After a scheduler outage ends, the conductor's next step is done once its channel
     has reconnected (at most gRPC's longest backoff) and one ordinary step later."""
     return GRPC_MAX_RECONNECT_BACKOFF_S + conductor_step_s(relay_poll_s)
+
+
+def other_replica_sees_heartbeat_s(cfg: LoomConfig) -> float:
+    """A heartbeat one scheduler replica received reaches the others through the database:
+    written within one heartbeat flush interval, read within one cache refresh."""
+    return heartbeat_flush_interval(cfg.scheduler.service_down_time) + REFRESH_INTERVAL_S
+
+
+def relay_after_nats_returns_s(publish_timeout_s: float) -> float:
+    """Once a nats-server is back, a queued row is published after the client's reconnect,
+    the relay's longest backoff and one publish."""
+    return NATS_RECONNECT_WAIT_S + RELAY_MAX_BACKOFF_S + publish_timeout_s
 
 
 def host_down_s(cfg: LoomConfig) -> float:
