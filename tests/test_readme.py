@@ -16,7 +16,6 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from controlplane.runtime.natsserver import free_port
+from tests.support import polling
 
 pytestmark = pytest.mark.slow
 
@@ -127,14 +127,18 @@ def served_copy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         )
     ready = ""
     try:
-        deadline = time.monotonic() + _READY_WITHIN_S
-        while time.monotonic() < deadline and proc.poll() is None:
+
+        def ready_line() -> str:
+            if proc.poll() is not None:
+                return "(exited)"
             found = [x for x in log_path.read_text().splitlines() if x.startswith("Loom is ready")]
-            if found:
-                ready = found[0]
-                break
-            time.sleep(0.5)
-        if not ready:
+            return found[0] if found else ""
+
+        try:
+            ready = polling.wait_until(ready_line, _READY_WITHIN_S, "`make run` ready", every=0.5)
+        except AssertionError:
+            ready = ""
+        if not ready.startswith("Loom is ready"):
             pytest.fail(f"`make run` printed no ready line:\n{log_path.read_text()[-4000:]}")
         yield Served(copy, f"http://127.0.0.1:{port}", ready)
     finally:

@@ -17,12 +17,14 @@ async def test_after_the_server_drops_every_connection_at_most_one_statement_fai
     killer = make_engine(pg_url, pool_size=1)
     try:
 
-        async def one() -> int:
+        async def one(hold: asyncio.Barrier | None = None) -> int:
             async with engine.connect() as conn:
-                await asyncio.sleep(0.05)  # hold it, so the pool opens all three
+                if hold is not None:
+                    await hold.wait()  # each holds its own until the pool has opened three
                 return int((await conn.execute(text("SELECT 1"))).scalar_one())
 
-        assert await asyncio.gather(one(), one(), one()) == [1, 1, 1]
+        all_held = asyncio.Barrier(3)
+        assert await asyncio.gather(one(all_held), one(all_held), one(all_held)) == [1, 1, 1]
         async with killer.connect() as conn:
             dropped = await conn.execute(
                 text(

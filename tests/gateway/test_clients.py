@@ -18,6 +18,7 @@ import pytest
 from controlplane.config import load_config
 from controlplane.seedfile import Seed, load_or_create
 from gateway import service
+from tests.support import polling
 from tests.support.catalog import running_catalog
 
 OPENSTACK = str(Path(sys.executable).parent / "openstack")
@@ -74,12 +75,16 @@ async def live(pg_url: str, tmp_path: Path) -> AsyncIterator[LiveCloud]:
         )
         stop = asyncio.Event()
         task = asyncio.create_task(service.serve(cfg, stop))
-        for _ in range(200):
-            if (data / "clouds.yaml").exists():
-                with contextlib.suppress(OSError):
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-            await asyncio.sleep(0.05)
+
+        async def serving() -> bool:
+            if not (data / "clouds.yaml").exists():
+                return False
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return True
+            return False
+
+        await polling.eventually(serving, polling.SERVICE_READY_S, "the gateway serving")
         try:
             yield LiveCloud(url=f"http://127.0.0.1:{port}", data=data, seed=load_or_create(data))
         finally:

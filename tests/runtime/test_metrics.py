@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -92,17 +93,24 @@ async def test_a_slow_reading_is_left_out_of_the_scrape_but_its_family_is_announ
     endpoint = serve_metrics("test", "127.0.0.1:0")
     assert endpoint is not None
 
-    async def never() -> list[Metric]:
+    started, finished = asyncio.Event(), asyncio.Event()
+
+    async def slow() -> list[Metric]:
+        started.set()
+        # Part of the scenario: a reading far slower than the read deadline (and than the
+        # fetch's own timeout, so a scrape that waited for it would fail).
         await asyncio.sleep(30)
+        finished.set()
         return []
 
-    remove = on_scrape("test-slow", [_gauge("loom_test_slow")], never)
+    remove = on_scrape("test-slow", [_gauge("loom_test_slow")], slow)
     try:
-        started = time.monotonic()
         text = await fetch(endpoint.url)
     finally:
         remove()
-    assert time.monotonic() - started < 5
+    # The scrape answered while the reading it started was still running.
+    assert started.is_set()
+    assert not finished.is_set()
     assert "# TYPE loom_test_slow gauge" in text
     assert "\nloom_test_slow " not in text
 
@@ -110,16 +118,24 @@ async def test_a_slow_reading_is_left_out_of_the_scrape_but_its_family_is_announ
 async def test_a_scrape_from_the_loop_thread_itself_gets_the_families_without_waiting() -> None:
     from prometheus_client import generate_latest
 
-    async def read() -> list[Metric]:
+    asked: list[str] = []
+
+    async def never_read() -> list[Metric]:
         raise AssertionError("not read from the loop's own thread")
+
+    def read() -> Coroutine[Any, Any, list[Metric]]:
+        # Called (making the coroutine) only by a scrape that means to run the reading.
+        asked.append("read")
+        return never_read()
 
     remove = on_scrape("test-inline", [_gauge("loom_test_inline")], read)
     try:
-        started = time.monotonic()
         text = generate_latest().decode()
     finally:
         remove()
-    assert time.monotonic() - started < 1
+    # Never asked for, so nothing was waited for: a reading scheduled on the loop the
+    # scrape blocks could only have been waited out.
+    assert asked == []
     assert "# TYPE loom_test_inline gauge" in text
 
 

@@ -55,10 +55,9 @@ GRPC_MAX_RECONNECT_BACKOFF_S = 120.0
 # A scheduler holds what agents report on NATS (inventory, heartbeats) within one refresh
 # of its host cache: the same time it takes to see another replica's writes.
 SCHEDULER_SEES_S = REFRESH_INTERVAL_S
-# A Loom service process (scheduler, conductor, agent, gateway) started on a migrated
-# database and a running nats-server answers health SERVING, or prints its ready line,
-# within this long.
-SERVICE_READY_S = 30.0
+# A process the tests start (a Loom service on a migrated database and a running
+# nats-server, PostgreSQL, nats-server) serves, or prints its ready line, within this long.
+SERVICE_READY_S = 60.0
 # A scheduler publishes its own heartbeat when it is ready, then every this often.
 SCHEDULER_OWN_HEARTBEAT_S = OWN_HEARTBEAT_INTERVAL_S
 

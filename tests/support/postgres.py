@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
+
+from tests.support import polling
 
 ADMIN_URL = os.environ.get(
     "LOOM_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -41,11 +42,12 @@ def ensure_postgres_running() -> None:
             check=False,
             capture_output=True,
         )
-    for _ in range(100):
-        if _reachable():
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"PostgreSQL is not reachable at {ADMIN_URL} and could not be started")
+    try:
+        polling.wait_until(_reachable, polling.SERVICE_READY_S, "PostgreSQL accepting connections")
+    except AssertionError as exc:
+        raise RuntimeError(
+            f"PostgreSQL is not reachable at {ADMIN_URL} and could not be started: {exc}"
+        ) from exc
 
 
 def url_for(dbname: str) -> str:

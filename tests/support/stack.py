@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from controlplane.runtime.natsserver import free_port
+from tests.support import polling
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -113,7 +113,7 @@ class Stack:
         name: str,
         *args: str,
         wait: bool = True,
-        timeout: float = 60.0,
+        timeout: float = polling.SERVICE_READY_S,
         env: dict[str, str] | None = None,
     ) -> Service:
         """Starts (or restarts) a service and, with wait, returns once it logged "ready".
@@ -148,17 +148,19 @@ class Stack:
             self.wait_ready(name, timeout)
         return svc
 
-    def wait_ready(self, name: str, timeout: float = 60.0) -> None:
+    def wait_ready(self, name: str, timeout: float = polling.SERVICE_READY_S) -> None:
         svc = self.services[name]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def ready() -> bool:
             if not svc.alive():
                 raise StackError(f"{name} exited early:\n{svc.log_tail()}")
-            if svc.count_ready_lines() > svc.ready_lines_seen:
-                svc.ready_lines_seen = svc.count_ready_lines()
-                return
-            time.sleep(0.05)
-        raise StackError(f"{name} not ready within {timeout}s:\n{svc.log_tail()}")
+            return svc.count_ready_lines() > svc.ready_lines_seen
+
+        try:
+            polling.wait_until(ready, timeout, f"{name} ready")
+        except AssertionError as exc:
+            raise StackError(f"{exc}:\n{svc.log_tail()}") from exc
+        svc.ready_lines_seen = svc.count_ready_lines()
 
     def stop(self, name: str, timeout: float = 20.0) -> None:
         svc = self.services.get(name)
