@@ -11,6 +11,7 @@ from nats.js import JetStreamContext
 
 from controlplane.runtime import bus
 from nodeagent.driver.libvirt_driver import LibvirtDriver, write_simulated_node
+from tests.support import polling
 
 
 def make_spec(**overrides: object) -> agent_bus_pb2.InstanceSpec:
@@ -69,7 +70,7 @@ class EventReader:
         )
         return cls(sub)
 
-    async def next(self, wait: float = 10.0) -> agent_bus_pb2.InstanceEvent:
+    async def next(self, wait: float = polling.AGENT_COMMAND_S) -> agent_bus_pb2.InstanceEvent:
         msgs = await self._sub.fetch(1, timeout=wait)
         await msgs[0].ack()
         return agent_bus_pb2.InstanceEvent.FromString(msgs[0].data)

@@ -18,6 +18,7 @@ from controlplane.runtime.natsserver import NatsServerProcess
 from nodeagent.driver.base import PowerState
 from tests.nodeagent.conftest import AgentFactory
 from tests.nodeagent.support import EventReader, build_command, make_spec, send
+from tests.support import polling
 from tests.support.nats import RestartableNats
 
 # Where an agent's pull requests for host h1 go.
@@ -30,11 +31,22 @@ async def _consumer_pending(nc: NATS, host: str) -> tuple[int, int]:
 
 
 async def _wait_drained(nc: NATS, host: str) -> None:
-    for _ in range(200):
-        if await _consumer_pending(nc, host) == (0, 0):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"commands for {host} were never all acked")
+    async def drained() -> bool:
+        return await _consumer_pending(nc, host) == (0, 0)
+
+    await polling.eventually(drained, polling.AGENT_COMMAND_S, f"commands for {host} all acked")
+
+
+async def _pulls_open(nc: NATS, host: str, count: int = 1) -> None:
+    """Returns once `count` pull requests of the host's agent are open on the server."""
+
+    async def open_() -> bool:
+        info = await nc.jetstream().consumer_info(bus.COMPUTE_STREAM, f"agent-{host}")
+        return (info.num_waiting or 0) >= count
+
+    await polling.eventually(
+        open_, polling.AGENT_COMMAND_S, f"{count} pull request(s) of {host} open"
+    )
 
 
 async def test_a_build_command_runs_the_domain_and_reports_build_succeeded(
@@ -322,7 +334,10 @@ async def test_a_command_that_reaches_a_stopping_agent_is_handled_promptly_by_th
     for attempt in range(5):
         stopping = make_agent()
         await stopping.start()
-        await asyncio.sleep(0.05 + 0.03 * attempt)  # its pull request is open on the server
+        await _pulls_open(bus_nc, "h1")
+        # Part of the scenario: the command meets the pull request at a different moment of
+        # its life in each attempt.
+        await asyncio.sleep(0.03 * attempt)
         # Published without waiting for the stream's ack, so the stop starts while
         # JetStream hands the command to the stopping agent's pull request.
         command = build_command(make_spec())
@@ -335,7 +350,7 @@ async def test_a_command_that_reaches_a_stopping_agent_is_handled_promptly_by_th
 
         successor = make_agent()
         await successor.start()
-        event = await events.next(wait=10)
+        event = await events.next()
         assert (event.kind, event.request_id) == (
             agent_bus_pb2.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED,
             command.request_id,
@@ -374,7 +389,8 @@ async def test_an_idle_agent_keeps_one_pull_request_open_for_the_whole_expiry(
         assert request["batch"] == 1
         expiry_ns = AgentConfig().command_pull_expiry * 1e9
         assert request["expires"] == pytest.approx(expiry_ns, abs=1e6)
-        # With the former 2 s expiry an idle host pulled again every 2 s.
+        # Part of the scenario: with the former 2 s expiry an idle host pulled again every
+        # 2 s; no second pull request may come in the next 3 s (an absence: nothing to poll).
         await asyncio.sleep(3.0)
         assert pulls.pending_msgs == 0
     finally:
@@ -386,15 +402,21 @@ async def test_stopping_ends_the_open_pull_request_at_once_and_leaves_commands_f
 ) -> None:
     agent = make_agent()  # its pull requests stay open for 30 s (the default)
     await agent.start()
-    await asyncio.sleep(0.3)  # its pull request is open on the server
-    began = time.monotonic()
+    await _pulls_open(bus_nc, "h1")
+    opened = time.monotonic()
     await agent.stop()
-    assert time.monotonic() - began < 1.0
+    # The stop cancelled the pull request: it did not wait for the request to expire.
+    assert time.monotonic() < opened + AgentConfig().command_pull_expiry
     js = bus_nc.jetstream()
     assert (await js.consumer_info(bus.COMPUTE_STREAM, "agent-h1")).num_waiting == 0
     # Nothing serves the host now: the command waits, pending, for the next agent.
     await send(js, "h1", "build", build_command(make_spec()))
-    await asyncio.sleep(0.2)
+
+    async def pending() -> bool:
+        return await _consumer_pending(bus_nc, "h1") == (1, 0)
+
+    await polling.eventually(pending, polling.AGENT_COMMAND_S, "the command pending")
+    # And stays so: nobody takes it.
     assert await _consumer_pending(bus_nc, "h1") == (1, 0)
 
 
@@ -404,13 +426,13 @@ async def test_a_command_served_to_a_replaced_pull_request_is_still_handled(
     agent = make_agent()
     await agent.start()
     events = await EventReader.open(bus_nc, "h1")
-    await asyncio.sleep(0.2)  # its first pull request is open on the server
+    await _pulls_open(bus_nc, "h1")
     agent.repull()
-    await asyncio.sleep(0.2)  # the second one too; the server serves the oldest first
+    await _pulls_open(bus_nc, "h1", 2)  # the second one too; the server serves the oldest first
     spec = make_spec()
     await send(bus_nc.jetstream(), "h1", "build", build_command(spec))
     # ack_wait is 30 s: a command dropped with the first request would not come back here.
-    event = await events.next(wait=5)
+    event = await events.next()
     assert (event.kind, event.instance_id) == (
         agent_bus_pb2.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED,
         spec.instance_id,
@@ -433,9 +455,9 @@ async def test_replacing_pull_requests_while_commands_arrive_loses_none(
             command.SerializeToString(),
             headers={"Nats-Msg-Id": command.request_id},
         )
-        await asyncio.sleep(0.001 * attempt)
+        await asyncio.sleep(0.001 * attempt)  # part of the scenario: a different moment each time
         agent.repull()
-        event = await events.next(wait=5)
+        event = await events.next()
         assert event.request_id == command.request_id
     await _wait_drained(bus_nc, "h1")
 
@@ -444,15 +466,15 @@ async def _send_when_the_stream_is_back(
     nc: NATS, command: agent_bus_pb2.BuildInstanceCommand
 ) -> None:
     """Publishes a build for h1 once JetStream has its streams again after a restart."""
-    deadline = time.monotonic() + 15
-    while True:
+
+    async def sent() -> bool:
         try:
             await send(nc.jetstream(), "h1", "build", command)
-            return
         except (NoStreamResponseError, TimeoutError):  # a resend is deduplicated
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
+            return False
+        return True
+
+    await polling.eventually(sent, polling.SERVICE_READY_S, "JetStream taking the command")
 
 
 async def test_after_a_nats_restart_an_agent_takes_commands_again_within_seconds(
@@ -463,21 +485,21 @@ async def test_after_a_nats_restart_an_agent_takes_commands_again_within_seconds
     try:
         agent = make_agent(nc=nc, watch=watch)  # pull requests last 30 s (the default)
         await agent.start()
-        await asyncio.sleep(0.3)  # its pull request is open on the server, and dies with it
+        await _pulls_open(nc, "h1")  # its pull request is open on the server, and dies with it
         back = asyncio.Event()
         watch.on_restored(back.set)
         restartable_nats.kill()
         await asyncio.to_thread(restartable_nats.restart)
-        await asyncio.wait_for(back.wait(), 15)
+        await asyncio.wait_for(back.wait(), polling.SERVICE_READY_S)
 
         command = build_command(make_spec())
         await _send_when_the_stream_is_back(nc, command)
         began = time.monotonic()
         events = await EventReader.open(nc, "h1")
-        event = await events.next(wait=10)
+        event = await events.next()
         assert event.request_id == command.request_id
         # Without a fresh pull request it would have waited for the lost one to expire.
-        assert time.monotonic() - began < 3.0
+        assert time.monotonic() < began + AgentConfig().command_pull_expiry
         await agent.stop()
     finally:
         await nc.close()

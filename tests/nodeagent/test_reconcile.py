@@ -19,6 +19,7 @@ from nodeagent.fleet import ExpectedInstance, GrpcFleetView
 from nodeagent.reconcile import plan_reconcile
 from tests.nodeagent.conftest import AgentFactory
 from tests.nodeagent.support import EventReader, build_command, make_spec, make_test_driver, send
+from tests.support import polling
 
 C = servers_pb2
 
@@ -159,10 +160,11 @@ async def test_reconcile_asks_an_unreachable_conductor_again_backing_off_until_t
         def retries() -> list[logging.LogRecord]:
             return [r for r in caplog.records if "unreachable for reconcile" in r.msg]
 
-        for _ in range(200):
-            if len(retries()) >= 3:
-                break
-            await asyncio.sleep(0.05)
+        async def three_retries() -> bool:
+            return len(retries()) >= 3
+
+        # Backoffs of 0.2, 0.4 and 0.8 s, each after a connect attempt that fails at once.
+        await polling.eventually(three_retries, polling.AGENT_COMMAND_S, "three retries logged")
         first = retries()[:3]
         assert [r.args[0] for r in first] == [0.2, 0.4, 0.8]
         # One warning, then quiet: a fleet of simulated hosts would flood the log.

@@ -19,6 +19,7 @@ from controlplane.runtime import bus
 from controlplane.runtime.natsserver import NatsServerProcess, free_port
 from nodeagent.service import serve
 from tests.nodeagent.support import EventReader, build_command, make_spec, send
+from tests.support import polling
 
 
 @dataclass
@@ -48,17 +49,16 @@ async def fleet(
     stop = asyncio.Event()
     caplog.set_level(logging.INFO, logger="nodeagent.service")
     task = asyncio.create_task(serve(_config(tmp_path, fresh_nats.url), stop, simulate=3))
-    port = 0
-    for _ in range(400):
-        ready = [r for r in caplog.records if r.getMessage() == "ready"]
-        if ready:
-            assert getattr(ready[0], "hosts", None) == 3
-            port = int(getattr(ready[0], "grpc_port", 0))
-            break
+
+    async def ready() -> logging.LogRecord | None:
         if task.done():
             task.result()
-        await asyncio.sleep(0.025)
-    assert port > 0, "serve() never logged ready"
+        return next((r for r in caplog.records if r.getMessage() == "ready"), None)
+
+    record = await polling.eventually(ready, polling.SERVICE_READY_S, "serve() logging ready")
+    assert getattr(record, "hosts", None) == 3
+    port = int(getattr(record, "grpc_port", 0))
+    assert port > 0
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
         yield Fleet(port=port, stub=compute_pb2_grpc.ComputeServiceStub(channel), channel=channel)

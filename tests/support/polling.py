@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from controlplane.conductor.context import SchedulerClient
 from controlplane.conductor.outbox import Relay
-from controlplane.config import LoomConfig
+from controlplane.config import AgentConfig, LoomConfig
 from controlplane.scheduler.service import (
     OWN_HEARTBEAT_INTERVAL_S,
     REFRESH_INTERVAL_S,
@@ -58,6 +58,10 @@ SCHEDULER_SEES_S = REFRESH_INTERVAL_S
 # A process the tests start (a Loom service on a migrated database and a running
 # nats-server, PostgreSQL, nats-server) serves, or prints its ready line, within this long.
 SERVICE_READY_S = 60.0
+# An agent on libvirt's test:/// driver has handled and acked a command for its host, and
+# published the event it implies, within one of its heartbeat intervals: the agent's own
+# measure of "this host is working" (real guests take longer; their tests say how long).
+AGENT_COMMAND_S = AgentConfig().heartbeat_interval
 # A scheduler publishes its own heartbeat when it is ready, then every this often.
 SCHEDULER_OWN_HEARTBEAT_S = OWN_HEARTBEAT_INTERVAL_S
 
