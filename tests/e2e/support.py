@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from controlplane.config import sync_database_url
 from tests.conductor.factories import make_flavor, make_image
+from tests.support import polling
 from tests.support.invariants import OVERCOMMITTED_HOSTS_SQL, USAGE_MISMATCH_SQL
 from tests.support.stack import Stack
 
@@ -124,14 +123,7 @@ TERMINAL = {Status.SERVER_STATUS_ACTIVE, Status.SERVER_STATUS_ERROR, Status.SERV
 async def eventually(
     check: Callable[[], Awaitable[T | None]], within: float, what: str, every: float = 0.1
 ) -> T:
-    deadline = time.monotonic() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within}s: {what}")
-        await asyncio.sleep(every)
+    return await polling.eventually(check, within, what, every)
 
 
 async def wait_for_hosts(stack: Stack, count: int, within: float = 60.0) -> None:

@@ -5,16 +5,15 @@ should. (Real consoles: test_real_guest_consoles.py.)"""
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import httpx
-import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from controlplane.seedfile import load_or_create
 from controlplane.servicetoken import password_auth
+from tests.support import polling
 from tests.support.stack import Stack
 
 
@@ -70,14 +69,14 @@ def _boot(cloud: Stack, demo: httpx.Client) -> str:
     )
     assert r.status_code == 202, r.text
     sid = str(r.json()["server"]["id"])
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def active() -> bool:
         status = demo.get(f"/servers/{sid}").json()["server"]["status"]
-        if status == "ACTIVE":
-            return sid
         assert status != "ERROR"
-        time.sleep(0.2)
-    pytest.fail("the server did not become ACTIVE")
+        return status == "ACTIVE"
+
+    polling.wait_until(active, polling.boot_s(), f"server {sid} ACTIVE", every=0.2)
+    return sid
 
 
 def _error(r: httpx.Response, status: int) -> dict[str, Any]:

@@ -3,7 +3,6 @@ REST API: the boot shows up where an operator would look for it."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
@@ -13,6 +12,7 @@ from prometheus_client.samples import Sample
 
 from bench.client import resolve_cloud
 from tests.e2e.support import wait_for_hosts
+from tests.support import polling
 from tests.support.dashboard import dashboard_metric_names, exported
 from tests.support.stack import Stack
 
@@ -78,13 +78,14 @@ def _boot_one(cloud: Stack, tmp_path: Path) -> str:
         )
         assert resp.status_code == 202, resp.text
         server = resp.json()["server"]["id"]
-        deadline = time.monotonic() + 60
-        while (
-            status := http.get(f"{tenant.compute_url}/servers/{server}").json()["server"]["status"]
-        ) != "ACTIVE":
+
+        def active() -> bool:
+            url = f"{tenant.compute_url}/servers/{server}"
+            status = http.get(url).json()["server"]["status"]
             assert status != "ERROR"
-            assert time.monotonic() < deadline, f"the server stayed {status}"
-            time.sleep(0.2)
+            return status == "ACTIVE"
+
+        polling.wait_until(active, polling.boot_s(), f"server {server} ACTIVE", every=0.2)
     return str(server)
 
 

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.support import wait_for_hosts
+from tests.support import polling
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.slow
@@ -64,11 +64,10 @@ def _status(cloud: Stack, name: str) -> str:
     return str(osc(cloud, "server", "show", name, "-f", "value", "-c", "status"))
 
 
-def _wait_status(cloud: Stack, name: str, status: str, within: float = 30) -> None:
-    deadline = time.monotonic() + within
-    while (current := _status(cloud, name)) != status:
-        assert time.monotonic() < deadline, f"{name} stayed {current}, wanted {status}"
-        time.sleep(0.3)
+def _wait_status(cloud: Stack, name: str, status: str, within: float = polling.boot_s()) -> None:
+    polling.wait_until(
+        lambda: _status(cloud, name) == status, within, f"{name} {status}", every=0.3
+    )
 
 
 @pytest.fixture
@@ -178,10 +177,12 @@ def test_openstacksdk_and_novaclient_boot_and_delete_servers(ready_cloud: Stack)
         nova = nova_client.Client("2.96", session=conn.session)
         assert "m1.tiny" in [f.name for f in nova.flavors.list()]
         created = nova.servers.create("nc1", image.id, flavor.id, nics="none")
-        deadline = time.monotonic() + 30
-        while (srv := nova.servers.get(created.id)).status == "BUILD":
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+
+        def built() -> Any:
+            srv = nova.servers.get(created.id)
+            return srv if srv.status != "BUILD" else None
+
+        srv = polling.wait_until(built, polling.boot_s(), "nc1 out of BUILD", every=0.2)
         assert srv.status == "ACTIVE"
         srv.delete()
 
@@ -210,10 +211,12 @@ def test_anti_affinity_puts_members_on_different_hosts_and_refuses_one_too_many(
             "-f",
             "json",
         )["id"]
-    deadline = time.monotonic() + 60
-    while {_status(cloud, n) for n in names} & {"BUILD"}:
-        assert time.monotonic() < deadline, "a member stayed in BUILD"
-        time.sleep(0.3)
+    polling.wait_until(
+        lambda: not {_status(cloud, n) for n in names} & {"BUILD"},
+        polling.boot_s(),
+        "every member out of BUILD",
+        every=0.3,
+    )
 
     shown = {n: osc(cloud, "server", "show", ids[n], "-f", "json", admin=True) for n in names}
     active = [s for s in shown.values() if s["status"] == "ACTIVE"]

@@ -91,6 +91,13 @@ def relay_after_nats_returns_s(publish_timeout_s: float) -> float:
     return NATS_RECONNECT_WAIT_S + RELAY_MAX_BACKOFF_S + publish_timeout_s
 
 
+def boot_s(relay_poll_s: float = RELAY_POLL_S) -> float:
+    """A server created with every service up and simulated (test:///) hosts is ACTIVE
+    within three conductor steps (its schedule message relayed and placed, its build
+    command relayed, the agent's event applied) and one agent command."""
+    return 3 * conductor_step_s(relay_poll_s) + AGENT_COMMAND_S
+
+
 def host_down_s(cfg: LoomConfig) -> float:
     """A host whose heartbeats stop is down once service_down_time has passed since the
     last one; the last one may be a heartbeat interval old when they stop."""
