@@ -12,8 +12,9 @@ from loom.conductor.v1 import servers_pb2
 from sqlalchemy import func, select
 
 from controlplane.db.models import OutboxMessage
-from tests.conductor.conftest import Agent, Harness, eventually
+from tests.conductor.conftest import RELAY_POLL_S, STEP_S, Agent, Harness, eventually
 from tests.conductor.test_create import create_request
+from tests.support import polling
 
 K = agent_bus_pb2.InstanceEventKind
 S = servers_pb2.ServerStatus
@@ -24,7 +25,7 @@ async def server(h: Harness, sid: str, **kw: Any) -> servers_pb2.Server:
     return resp.server
 
 
-async def wait_for(h: Harness, sid: str, check: Any, within: float = 15.0) -> servers_pb2.Server:
+async def wait_for(h: Harness, sid: str, check: Any, within: float = STEP_S) -> servers_pb2.Server:
     async def probe() -> servers_pb2.Server | None:
         s = await server(h, sid, include_deleted=True)
         return s if check(s) else None
@@ -175,7 +176,12 @@ async def test_an_unreachable_scheduler_delays_scheduling_without_losing_it(
     sid = resp.servers[0].id
     assert (await server(stack, sid)).task_state == servers_pb2.TASK_STATE_SCHEDULING
     await stack.scheduler.start()
-    placed = await wait_for(stack, sid, lambda s: s.task_state == servers_pb2.TASK_STATE_SPAWNING)
+    placed = await wait_for(
+        stack,
+        sid,
+        lambda s: s.task_state == servers_pb2.TASK_STATE_SPAWNING,
+        polling.after_scheduler_returns_s(RELAY_POLL_S),
+    )
     assert placed.host == "host-a"
 
 

@@ -21,7 +21,7 @@ from controlplane.db.engine import make_engine, session_factory
 from controlplane.db.models import OutboxMessage
 from controlplane.runtime import bus
 from controlplane.runtime.natsserver import NatsServerProcess, start_nats_server
-from tests.conductor.conftest import eventually
+from tests.conductor.conftest import STEP_S, eventually
 from tests.support import polling
 
 NATS_CFG = NatsConfig(duplicate_window_s=120)
@@ -61,13 +61,11 @@ async def published(js: JetStreamContext, host: str) -> list[str]:
     )
     out: list[str] = []
     try:
-        while True:
-            msgs = await sub.fetch(100, timeout=0.5)
-            for m in msgs:
+        # Until the consumer has nothing more to give: what is stored is read at once.
+        while (await sub.consumer_info()).num_pending:
+            for m in await sub.fetch(100, timeout=STEP_S):
                 out.append((m.headers or {}).get("Nats-Msg-Id", ""))
                 await m.ack()
-    except TimeoutError:
-        pass
     finally:
         await sub.unsubscribe()
     return out
@@ -188,7 +186,7 @@ async def test_a_relay_asked_to_stop_during_an_outage_ends_and_leaves_the_rows_q
         assert await eventually(failed_twice)
         stop.set()
         wakeup.set()  # cuts the backoff short, as a commit would
-        await asyncio.wait_for(task, timeout=5)
+        await asyncio.wait_for(task, timeout=STEP_S)
         assert task.exception() is None
         assert await queued(sessions) == 1
     finally:
@@ -231,7 +229,8 @@ async def test_a_batch_in_flight_when_the_nats_connection_drops_is_given_back_at
         assert not in_flight.done()
         watch.lost()  # what the client reports when the connection it published on drops
         with pytest.raises(outbox.PublishFailed):
-            await asyncio.wait_for(in_flight, timeout=5)
+            # At once, not after the publish timeout.
+            await asyncio.wait_for(in_flight, timeout=STEP_S)
         assert await queued(sessions) == 1
     finally:
         # The server stays down: closing a client that is still reconnecting may report

@@ -21,6 +21,7 @@ from controlplane.runtime import bus
 from controlplane.runtime.natsserver import NatsServerProcess, free_port
 from tests.conductor.conftest import (
     IMAGE_ID,
+    RELAY_POLL_S,
     Agent,
     eventually,
     harness,
@@ -29,6 +30,7 @@ from tests.conductor.conftest import (
 )
 from tests.conductor.factories import add, make_flavor, make_image
 from tests.conductor.test_create import create_request
+from tests.support import polling
 from tests.support.scheduler import running_scheduler
 
 
@@ -86,7 +88,7 @@ async def _serve_and_boot(
         assert await eventually(active)
     finally:
         stop.set()
-        await asyncio.wait_for(task, 30)
+        await asyncio.wait_for(task, polling.SERVICE_READY_S)
         await channel.close()
         await nc.close()
         await engine.dispose()
@@ -157,7 +159,8 @@ async def test_several_scheduling_lanes_place_every_instance_exactly_once(
         built = [(await agent.build_command()).spec.instance_id for _ in range(n)]
         assert sorted(built) == sorted(ids)  # each once, none missing
         with pytest.raises(TimeoutError):  # and no second build for any of them
-            await agent.next_command(within=1.0)
+            # A duplicate would come within a relay poll, or a redelivery after a NAK.
+            await agent.next_command(within=RELAY_POLL_S + polling.REDELIVERY_DELAY_S)
         assert set(await h.scheduler.claims()) == ids
         probe_engine = make_engine(pg_url)
         try:
