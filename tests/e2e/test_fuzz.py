@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from controlplane.seedfile import load_or_create
 from controlplane.servicetoken import password_auth
@@ -31,6 +32,8 @@ def _admin_token(cloud: Stack) -> str:
     return r.headers["x-subject-token"]
 
 
+# make fuzz's 10,000 cases take several minutes on two cores.
+@pytest.mark.timeout(1800)
 def test_generated_requests_to_every_operation_never_get_a_server_error(
     cloud: Stack, tmp_path: Path
 ) -> None:
