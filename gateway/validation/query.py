@@ -15,7 +15,8 @@ from gateway.validation.schema import CompiledSchema, Schema
 
 # What one value of each kind must look like; the schema has checked it before it is parsed.
 _VALUE_SCHEMAS: dict[str, Schema] = {
-    "string": {"type": "string"},
+    # No NUL: nothing Loom names or filters on holds one, and the database refuses them.
+    "string": {"type": "string", "pattern": "^[^\\x00]*$"},
     "integer": {"type": "string", "pattern": "^-?[0-9]+$"},
     "nonneg_integer": {"type": "string", "pattern": "^[0-9]+$"},
     "boolean": {"type": "string", "pattern": BOOLEAN_SCHEMA["pattern"]},

@@ -281,3 +281,24 @@ def test_query_integers_are_clamped_to_what_their_fields_hold() -> None:
     assert _bounded_int("0003798285670") == INT32_MAX
     assert _bounded_int("-" + "9" * 30) == -INT32_MAX - 1
     assert _bounded_int("-7") == -7
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("get", "/compute/v2.1/servers/detail?uuid=%00", None),
+        ("get", "/compute/v2.1/servers?name=a%00b", None),
+        ("post", "/compute/v2.1/os-keypairs", {"keypair": {"name": "a\x00b"}}),
+        (
+            "post",
+            "/compute/v2.1/os-server-groups",
+            {"server_group": {"name": "g\x00", "policy": "affinity"}},
+        ),
+    ],
+    ids=["a NUL uuid filter", "a NUL name filter", "a NUL keypair name", "a NUL group name"],
+)
+async def test_a_nul_character_is_a_400_not_a_500(
+    cloud: Cloud, method: str, path: str, body: Any
+) -> None:
+    r = await cloud.client.request(method, path, json=body, headers=await cloud.headers())
+    assert r.status_code == 400, r.text[:300]
