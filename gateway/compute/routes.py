@@ -12,6 +12,7 @@ from gateway.compute import (
     quotas,
     server_groups,
     servers,
+    usage,
     versions,
 )
 
@@ -31,4 +32,5 @@ def routes() -> list[BaseRoute]:
         *fleet.routes(),
         *server_groups.routes(),
         *consoles.routes(),
+        *usage.routes(),
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import secrets
 from typing import Any
 
@@ -438,6 +439,11 @@ def _image_from_bdm(mappings: list[dict[str, Any]], image_ref: str) -> str:
     return image_ref
 
 
+def _canonical_ipv6(text: str) -> str:
+    """The address in its compressed form (the schema has checked it is IPv6)."""
+    return ipaddress.IPv6Address(text).compressed if text else ""
+
+
 def _truthy(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -505,7 +511,7 @@ async def create_server(request: Request) -> Response:
             server_group_id=hints.get("group", ""),
             tags=s.get("tags", []),
             access_ipv4=s.get("accessIPv4", ""),
-            access_ipv6=s.get("accessIPv6", ""),
+            access_ipv6=_canonical_ipv6(s.get("accessIPv6", "")),
             config_drive=_truthy(s.get("config_drive", False)),
             force_host=force_host,
         ),
@@ -551,11 +557,21 @@ async def update_server(request: Request) -> Response:
     if "accessIPv4" in s:
         req.access_ipv4 = s["accessIPv4"]
     if "accessIPv6" in s:
-        req.access_ipv6 = s["accessIPv6"]
+        req.access_ipv6 = _canonical_ipv6(s["accessIPv6"])
     if "hostname" in s:
         req.hostname = s["hostname"]
     reply = await call(gateway_of(request).conductor.servers.UpdateServer, req)
-    return ok({"server": (await _render(request, ctx, [reply.server]))[0]})
+    server = reply.server
+    statuses = (
+        await _host_statuses(request, [server]) if ctx.is_admin and mv.at_least("2.16") else {}
+    )
+    return ok(
+        {
+            "server": views.updated(
+                request, server, mv, is_admin=ctx.is_admin, host_status=statuses.get(server.host)
+            )
+        }
+    )
 
 
 @documented(tag="compute")
@@ -791,6 +807,34 @@ async def show_instance_action(request: Request) -> Response:
     return ok({"instanceAction": body})
 
 
+# ------------------------------------------------------------------ volume attachments
+
+VOLUME_ATTACHMENTS_QUERY = Query(
+    QueryParam("limit", "nonneg_integer"), QueryParam("offset", "nonneg_integer")
+)
+
+
+@documented(query=VOLUME_ATTACHMENTS_QUERY, tag="compute")
+async def list_volume_attachments(request: Request) -> Response:
+    """A server's volume attachments: always none, since Loom has no volumes yet."""
+    ctx = context(request)
+    ctx.require_read("os_compute_api:os-volumes-attachments:index")
+    checked_query(request, VOLUME_ATTACHMENTS_QUERY)
+    await _get(request, ctx)
+    return ok({"volumeAttachments": []})
+
+
+@documented(tag="compute")
+async def show_volume_attachment(request: Request) -> Response:
+    """One volume attachment: none exists (404) while Loom has no volumes."""
+    ctx = context(request)
+    ctx.require_read("os_compute_api:os-volumes-attachments:show")
+    server = await _get(request, ctx)
+    raise NotFound(
+        f"Volume {shorten(request.path_params['volume_id'])} is not attached to server {server.id}."
+    )
+
+
 def routes() -> list[BaseRoute]:
     p = "/compute/v2.1/servers"
     s = p + "/{server_id}"
@@ -809,6 +853,8 @@ def routes() -> list[BaseRoute]:
         Route(s + "/metadata/{key}", delete_metadata_item, methods=["DELETE"]),
         Route(s + "/ips", list_ips, methods=["GET"]),
         Route(s + "/ips/{network}", show_ips, methods=["GET"]),
+        Route(s + "/os-volume_attachments", list_volume_attachments, methods=["GET"]),
+        Route(s + "/os-volume_attachments/{volume_id}", show_volume_attachment, methods=["GET"]),
         Route(s + "/os-instance-actions", list_instance_actions, methods=["GET"]),
         Route(s + "/os-instance-actions/{request_id}", show_instance_action, methods=["GET"]),
     ]

@@ -204,3 +204,56 @@ def detail(
         # The delete_on_termination flag shows from 2.3 (Loom has no volumes yet).
         body["os-extended-volumes:volumes_attached"] = []
     return body
+
+
+# The PUT /servers/{id} body before 2.75: the server's own fields without the extended
+# attributes (OS-EXT-*, OS-SRV-USG, security groups, volumes); from 2.75 it is the full
+# body that GET shows.
+_COMPACT_FIELDS = frozenset(
+    {
+        "id",
+        "name",
+        "status",
+        "image",
+        "flavor",
+        "fault",
+        "user_id",
+        "tenant_id",
+        "created",
+        "updated",
+        "progress",
+        "metadata",
+        "links",
+        "addresses",
+        "hostId",
+        "OS-DCF:diskConfig",
+        "accessIPv4",
+        "accessIPv6",
+        "locked",
+        "description",
+        "tags",
+        "trusted_image_certificates",
+        "server_groups",
+        "locked_reason",
+    }
+)
+
+
+def updated(
+    request: Request,
+    server: servers_pb2.Server,
+    mv: Microversion,
+    *,
+    is_admin: bool,
+    host_status: str | None = None,
+) -> dict[str, Any]:
+    """The body of an update's response for the given microversion."""
+    body = detail(request, server, mv, is_admin=is_admin, host_status=host_status)
+    if mv.at_least("2.75"):
+        return body
+    compact = {k: v for k, v in body.items() if k in _COMPACT_FIELDS}
+    compact["addresses"] = {
+        net: [{"version": a["version"], "addr": a["addr"]} for a in addrs]
+        for net, addrs in body["addresses"].items()
+    }
+    return compact

@@ -834,6 +834,8 @@ class ListServersRequest(_message.Message):
     CHANGES_BEFORE_FIELD_NUMBER: _builtins.int
     VM_STATES_FIELD_NUMBER: _builtins.int
     IP_FIELD_NUMBER: _builtins.int
+    LAUNCHED_BEFORE_FIELD_NUMBER: _builtins.int
+    RUNNING_AFTER_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     """Only this project; empty for all projects."""
     name: _builtins.str
@@ -882,6 +884,14 @@ class ListServersRequest(_message.Message):
     def vm_states(self) -> _containers.RepeatedScalarFieldContainer[Global___VmState.ValueType]:
         """Only these vm states."""
 
+    @_builtins.property
+    def launched_before(self) -> _timestamp_pb2.Timestamp:
+        """Only servers launched before this time (the end of a usage period)."""
+
+    @_builtins.property
+    def running_after(self) -> _timestamp_pb2.Timestamp:
+        """Only servers not terminated by this time (the start of a usage period)."""
+
     def __init__(
         self,
         *,
@@ -904,10 +914,12 @@ class ListServersRequest(_message.Message):
         changes_before: _timestamp_pb2.Timestamp | None = ...,
         vm_states: _abc.Iterable[Global___VmState.ValueType] | None = ...,
         ip: _builtins.str = ...,
+        launched_before: _timestamp_pb2.Timestamp | None = ...,
+        running_after: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["changes_before", b"changes_before", "changes_since", b"changes_since"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["changes_before", b"changes_before", "changes_since", b"changes_since", "launched_before", b"launched_before", "running_after", b"running_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["availability_zone", b"availability_zone", "changes_before", b"changes_before", "changes_since", b"changes_since", "flavor_id", b"flavor_id", "host", b"host", "ids", b"ids", "image_id", b"image_id", "include_deleted", b"include_deleted", "ip", b"ip", "limit", b"limit", "marker", b"marker", "name", b"name", "project_id", b"project_id", "reservation_id", b"reservation_id", "sort_dir", b"sort_dir", "sort_key", b"sort_key", "statuses", b"statuses", "user_id", b"user_id", "vm_states", b"vm_states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["availability_zone", b"availability_zone", "changes_before", b"changes_before", "changes_since", b"changes_since", "flavor_id", b"flavor_id", "host", b"host", "ids", b"ids", "image_id", b"image_id", "include_deleted", b"include_deleted", "ip", b"ip", "launched_before", b"launched_before", "limit", b"limit", "marker", b"marker", "name", b"name", "project_id", b"project_id", "reservation_id", b"reservation_id", "running_after", b"running_after", "sort_dir", b"sort_dir", "sort_key", b"sort_key", "statuses", b"statuses", "user_id", b"user_id", "vm_states", b"vm_states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
