@@ -12,6 +12,7 @@ from gateway.compute import (
     quotas,
     server_groups,
     servers,
+    shares,
     usage,
     versions,
 )
@@ -33,4 +34,5 @@ def routes() -> list[BaseRoute]:
         *server_groups.routes(),
         *consoles.routes(),
         *usage.routes(),
+        *shares.routes(),
     ]

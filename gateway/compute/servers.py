@@ -148,6 +148,8 @@ def _create_schema(mv: Microversion) -> dict[str, Any]:
 
 
 CREATE = VersionedSchema(_create_schema)
+# The scheduler hints placement acts on; any other is refused rather than ignored.
+_HONOURED_HINTS = frozenset({"group"})
 
 
 def _update_schema(mv: Microversion) -> dict[str, Any]:
@@ -460,6 +462,12 @@ async def create_server(request: Request) -> Response:
     checked_body(CREATE.at(mv), body)
     s = body["server"]
     hints = body.get("os:scheduler_hints") or body.get("OS-SCH-HNT:scheduler_hints") or {}
+    unhonoured = sorted(set(hints) - _HONOURED_HINTS)
+    if unhonoured:
+        raise BadRequest(
+            "Loom's scheduler does not honour the scheduler hint(s)"
+            f" {shorten(', '.join(unhonoured))}; only 'group' is."
+        )
 
     networks = s.get("networks", "auto")
     if isinstance(networks, list):

@@ -12,6 +12,7 @@ from gateway.compute.common import COMPUTE, links
 from gateway.compute.views_time import iso_micro, iso_z
 from gateway.microversion import Microversion
 from gateway.state import base_url
+from gateway.views import image_properties
 
 VM_STATES = {
     servers_pb2.VM_STATE_BUILDING: "building",
@@ -87,16 +88,25 @@ def _flavor(request: Request, server: servers_pb2.Server, mv: Microversion) -> d
     }
 
 
-def _image(request: Request, server: servers_pb2.Server) -> dict[str, Any] | str:
+def _image(request: Request, server: servers_pb2.Server, mv: Microversion) -> dict[str, Any] | str:
     if not server.image_id:
         # Volume-backed servers show an empty string, as Nova does.
         return ""
-    return {
+    image: dict[str, Any] = {
         "id": server.image_id,
         "links": [
             {"href": f"{base_url(request)}{COMPUTE}/images/{server.image_id}", "rel": "bookmark"}
         ],
     }
+    if mv.at_least("2.98"):
+        image["properties"] = image_properties.shown(dict(server.image_properties))
+    return image
+
+
+def scheduler_hints(server: servers_pb2.Server) -> dict[str, list[str]]:
+    """The hints the server was created with (2.100): Loom honours only `group`, and
+    refuses the others at creation, so the group is all there is to show."""
+    return {"group": [server.server_group_id]} if server.server_group_id else {}
 
 
 def fault(server: servers_pb2.Server, is_admin: bool) -> dict[str, Any] | None:
@@ -136,7 +146,7 @@ def detail(
             "user_id": server.user_id,
             "metadata": dict(server.metadata),
             "hostId": host_id(server.project_id, server.host),
-            "image": _image(request, server),
+            "image": _image(request, server, mv),
             "flavor": _flavor(request, server, mv),
             "created": iso_z(server.created_at),
             "updated": iso_z(server.updated_at) or iso_z(server.created_at),
@@ -200,6 +210,8 @@ def detail(
         body["locked_reason"] = server.locked_reason or None
     if mv.at_least("2.96"):
         body["pinned_availability_zone"] = server.availability_zone or None
+    if mv.at_least("2.100"):
+        body["scheduler_hints"] = scheduler_hints(server)
     if mv.at_least("2.3"):
         # The delete_on_termination flag shows from 2.3 (Loom has no volumes yet).
         body["os-extended-volumes:volumes_attached"] = []

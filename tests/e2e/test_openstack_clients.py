@@ -517,3 +517,111 @@ def test_simple_tenant_usage_counts_each_server_s_hours_by_flavor(ready_cloud: S
         )
         refused = _get(admin, "/os-simple-tenant-usage?flavor=1", "2.75")
         assert refused.status_code == 400
+
+
+def test_from_2_97_a_server_has_no_shares_and_attaching_one_is_refused(
+    ready_cloud: Stack,
+) -> None:
+    share = "2c4b5e7a-7f8e-4b7c-9a63-3d2f0c1b9e44"
+    with _sdk(ready_cloud, "loom") as conn:
+        server = _boot(conn, "sh1")
+        path = f"/servers/{server.id}/shares"
+        assert _get(conn, path, "2.96").status_code == 404
+        listed = _get(conn, path, "2.97")
+        assert (listed.status_code, listed.json()) == (200, {"shares": []})
+        assert _get(conn, f"{path}/{share}", "2.97").status_code == 404
+        v297 = {"OpenStack-API-Version": "compute 2.97"}
+        body = {"share": {"share_id": share}}
+        running = conn.compute.post(path, json=body, headers=v297)
+        assert running.status_code == 409, running.text
+        conn.compute.stop_server(server)
+        conn.compute.wait_for_server(server, status="SHUTOFF", wait=60)
+        stopped = conn.compute.post(path, json=body, headers=v297)
+        assert stopped.status_code == 403, stopped.text
+        assert "no shared file system service" in stopped.json()["forbidden"]["message"]
+        bad = conn.compute.post(path, json={"share": {"share_id": "x"}}, headers=v297)
+        assert bad.status_code == 400
+        conn.delete_server(server.id, wait=True)
+
+
+def test_from_2_98_a_server_shows_its_image_s_standard_properties_as_they_were_at_creation(
+    ready_cloud: Stack,
+) -> None:
+    with _sdk(ready_cloud, "loom-admin") as admin:
+        image = admin.image.find_image("tiny", ignore_missing=False)
+        admin.image.update_image(image, os_distro="debian", site_note="private")
+    with _sdk(ready_cloud, "loom") as conn:
+        server = _boot(conn, "props")
+    with _sdk(ready_cloud, "loom-admin") as admin:
+        admin.image.update_image(image, os_distro="changed")
+    with _sdk(ready_cloud, "loom") as conn:
+        old = _get(conn, f"/servers/{server.id}", "2.97").json()["server"]["image"]
+        new = _get(conn, f"/servers/{server.id}", "2.98").json()["server"]["image"]
+        assert "properties" not in old
+        assert new["properties"] == {"os_distro": "debian"}
+        listed = _get(conn, "/servers/detail", "2.98").json()["servers"]
+        assert listed[0]["image"]["properties"] == {"os_distro": "debian"}
+        conn.delete_server(server.id, wait=True)
+
+
+def test_from_2_99_spice_direct_is_unavailable_and_token_lookups_refuse_unknown_parameters(
+    ready_cloud: Stack,
+) -> None:
+    with _sdk(ready_cloud, "loom") as conn:
+        server = _boot(conn, "con")
+
+        def spice(version: str) -> Any:
+            return conn.compute.post(
+                f"/servers/{server.id}/remote-consoles",
+                json={"remote_console": {"protocol": "spice", "type": "spice-direct"}},
+                headers={"OpenStack-API-Version": f"compute {version}"},
+            )
+
+        assert "is not one of" in spice("2.98").json()["badRequest"]["message"]
+        unavailable = spice("2.99")
+        assert unavailable.status_code == 400
+        assert unavailable.json()["badRequest"]["message"] == (
+            "Unavailable console type spice-direct."
+        )
+        conn.delete_server(server.id, wait=True)
+    with _sdk(ready_cloud, "loom-admin") as admin:
+        path = "/os-console-auth-tokens/no-such-token?extra=1"
+        assert _get(admin, path, "2.98").status_code == 404
+        refused = _get(admin, path, "2.99")
+        assert refused.status_code == 400
+        assert "'extra' was unexpected" in refused.json()["badRequest"]["message"]
+
+
+def test_scheduler_hints_loom_does_not_honour_are_refused_and_from_2_100_the_group_shows(
+    ready_cloud: Stack,
+) -> None:
+    with _sdk(ready_cloud, "loom") as conn:
+        image = conn.image.find_image("tiny", ignore_missing=False)
+        flavor = conn.compute.find_flavor("m1.tiny", ignore_missing=False)
+        group = conn.compute.create_server_group(name="g", policies=["affinity"])
+
+        def create(hints: dict[str, Any]) -> Any:
+            return conn.compute.post(
+                "/servers",
+                json={
+                    "server": {
+                        "name": "hinted",
+                        "imageRef": image.id,
+                        "flavorRef": flavor.id,
+                        "networks": "none",
+                    },
+                    "os:scheduler_hints": hints,
+                },
+                headers={"OpenStack-API-Version": "compute 2.100"},
+            )
+
+        refused = create({"group": group.id, "same_host": [group.id]})
+        assert refused.status_code == 400
+        assert "same_host" in refused.json()["badRequest"]["message"]
+        created = create({"group": group.id})
+        assert created.status_code == 202, created.text
+        sid = created.json()["server"]["id"]
+        shown = _get(conn, f"/servers/{sid}", "2.100").json()["server"]
+        assert shown["scheduler_hints"] == {"group": [group.id]}
+        assert "scheduler_hints" not in _get(conn, f"/servers/{sid}", "2.99").json()["server"]
+        conn.delete_server(sid, wait=True)

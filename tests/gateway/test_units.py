@@ -17,7 +17,7 @@ def test_admin_implies_member_and_reader() -> None:
 @pytest.mark.parametrize(
     ("headers", "error"),
     [
-        ({"openstack-api-version": "compute 2.97"}, VersionNotAcceptable),
+        ({"openstack-api-version": "compute 2.101"}, VersionNotAcceptable),
         ({"x-openstack-nova-api-version": "2.x"}, ValueError),
         ({"openstack-api-version": "compute 02.1"}, ValueError),
     ],
