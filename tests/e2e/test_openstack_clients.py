@@ -600,7 +600,7 @@ def test_scheduler_hints_loom_does_not_honour_are_refused_and_from_2_100_the_gro
         flavor = conn.compute.find_flavor("m1.tiny", ignore_missing=False)
         group = conn.compute.create_server_group(name="g", policies=["affinity"])
 
-        def create(hints: dict[str, Any]) -> Any:
+        def create(hints: dict[str, Any], version: str = "2.100") -> Any:
             return conn.compute.post(
                 "/servers",
                 json={
@@ -612,10 +612,10 @@ def test_scheduler_hints_loom_does_not_honour_are_refused_and_from_2_100_the_gro
                     },
                     "os:scheduler_hints": hints,
                 },
-                headers={"OpenStack-API-Version": "compute 2.100"},
+                headers={"OpenStack-API-Version": f"compute {version}"},
             )
 
-        refused = create({"group": group.id, "same_host": [group.id]})
+        refused = create({"group": group.id, "same_host": [group.id]}, "2.37")
         assert refused.status_code == 400
         assert "same_host" in refused.json()["badRequest"]["message"]
         created = create({"group": group.id})
