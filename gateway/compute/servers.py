@@ -10,6 +10,7 @@ import secrets
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from loom.catalog.v1 import flavors_pb2
 from loom.compute.v1 import agent_bus_pb2
 from loom.conductor.v1 import fleet_pb2, servers_pb2
 from starlette.requests import Request
@@ -296,7 +297,11 @@ async def _host_statuses(request: Request, servers: list[servers_pb2.Server]) ->
 
 
 async def _render(
-    request: Request, ctx: RequestContext, servers: list[servers_pb2.Server]
+    request: Request,
+    ctx: RequestContext,
+    servers: list[servers_pb2.Server],
+    *,
+    listed: bool = False,
 ) -> list[dict[str, Any]]:
     mv = microversion(request)
     statuses = (
@@ -304,7 +309,9 @@ async def _render(
     )
     admin = ctx.is_admin
     return [
-        views.detail(request, s, mv, is_admin=admin, host_status=statuses.get(s.host, ""))
+        views.detail(
+            request, s, mv, is_admin=admin, host_status=statuses.get(s.host, ""), listed=listed
+        )
         for s in servers
     ]
 
@@ -383,7 +390,7 @@ async def _list(request: Request, detailed: bool) -> Response:
     reply = await call(gateway_of(request).conductor.servers.ListServers, req)
     servers = list(reply.servers)
     items = (
-        await _render(request, ctx, servers)
+        await _render(request, ctx, servers, listed=True)
         if detailed
         else [views.brief(request, s) for s in servers]
     )
@@ -441,6 +448,22 @@ def _image_from_bdm(mappings: list[dict[str, Any]], image_ref: str) -> str:
     return image_ref
 
 
+async def _check_flavor_usable(request: Request, flavor_id: str) -> None:
+    """A private flavor is for admins only (Loom keeps no per-project access lists yet):
+    to anyone else it does not exist, as the API answers for a flavor a project cannot use."""
+    try:
+        reply = await call(
+            gateway_of(request).conductor.flavors.GetFlavor,
+            flavors_pb2.GetFlavorRequest(id=flavor_id),
+        )
+    except ApiError as exc:
+        if exc.status == 404:
+            return  # the conductor answers an unknown flavor itself
+        raise
+    if not reply.flavor.is_public:
+        raise BadRequest(f"Flavor {shorten(flavor_id)} could not be found.")
+
+
 def _canonical_ipv6(text: str) -> str:
     """The address in its compressed form (the schema has checked it is IPv6)."""
     return ipaddress.IPv6Address(text).compressed if text else ""
@@ -495,6 +518,9 @@ async def create_server(request: Request) -> Response:
     if s.get("host") or s.get("hypervisor_hostname") or force_host:
         ctx.require_admin("compute:servers:create:requested_destination")
         force_host = s.get("host") or s.get("hypervisor_hostname") or force_host
+    flavor_id = str(s["flavorRef"]).rstrip("/").rsplit("/", 1)[-1]
+    if not ctx.is_admin:
+        await _check_flavor_usable(request, flavor_id)
     hostname = s.get("hostname", "")
     if hostname and max_count > 1:
         raise BadRequest("Cannot set hostname when creating more than one server.")
@@ -505,7 +531,7 @@ async def create_server(request: Request) -> Response:
             project_id=ctx.project_id,
             user_id=ctx.user_id,
             name=s["name"],
-            flavor_id=str(s["flavorRef"]).rstrip("/").rsplit("/", 1)[-1],
+            flavor_id=flavor_id,
             image_id=image_ref.rstrip("/").rsplit("/", 1)[-1],
             availability_zone=az,
             key_name=s.get("key_name", ""),

@@ -137,7 +137,10 @@ def detail(
     *,
     is_admin: bool,
     host_status: str | None = None,
+    listed: bool = False,
 ) -> dict[str, Any]:
+    """One server's full body; `listed` for an item of GET /servers/detail, which leaves
+    out what only a single server's body carries (its server groups)."""
     body = brief(request, server)
     body.update(
         {
@@ -204,7 +207,7 @@ def detail(
         body["tags"] = list(server.tags)
     if mv.at_least("2.63"):
         body["trusted_image_certificates"] = None
-    if mv.at_least("2.71"):
+    if mv.at_least("2.71") and not listed:
         body["server_groups"] = [server.server_group_id] if server.server_group_id else []
     if mv.at_least("2.73"):
         body["locked_reason"] = server.locked_reason or None

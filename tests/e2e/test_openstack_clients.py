@@ -443,6 +443,9 @@ def test_update_responses_before_2_75_carry_no_extended_attributes_and_from_2_75
         shown = _get(conn, f"/servers/{server.id}", "2.96").json()["server"]
         assert set(new) == set(shown)
         assert {"OS-EXT-SRV-ATTR:host", "server_groups", "pinned_availability_zone"} <= set(new)
+        # A listed server carries no server_groups: only a single server's body does.
+        (listed,) = _get(conn, "/servers/detail", "2.96").json()["servers"]
+        assert set(listed) == set(shown) - {"server_groups"}
         conn.delete_server(server.id, wait=True)
 
 
@@ -625,3 +628,32 @@ def test_scheduler_hints_loom_does_not_honour_are_refused_and_from_2_100_the_gro
         assert shown["scheduler_hints"] == {"group": [group.id]}
         assert "scheduler_hints" not in _get(conn, f"/servers/{sid}", "2.99").json()["server"]
         conn.delete_server(sid, wait=True)
+
+
+def test_a_private_flavor_boots_for_an_admin_and_does_not_exist_for_a_member(
+    ready_cloud: Stack,
+) -> None:
+    with _sdk(ready_cloud, "loom-admin") as admin:
+        private = admin.compute.create_flavor(
+            name="private", ram=64, vcpus=1, disk=1, is_public=False
+        )
+    with _sdk(ready_cloud, "loom") as conn:
+        image = conn.image.find_image("tiny", ignore_missing=False)
+        body = {
+            "server": {
+                "name": "p",
+                "imageRef": image.id,
+                "flavorRef": private.id,
+                "networks": "none",
+            }
+        }
+        v237 = {"OpenStack-API-Version": "compute 2.37"}
+        refused = conn.compute.post("/servers", json=body, headers=v237)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["badRequest"]["message"] == (
+            f"Flavor {private.id} could not be found."
+        )
+    with _sdk(ready_cloud, "loom-admin") as admin:
+        created = admin.compute.post("/servers", json=body, headers=v237)
+        assert created.status_code == 202, created.text
+        admin.delete_server(created.json()["server"]["id"], wait=True)

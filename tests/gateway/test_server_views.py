@@ -139,3 +139,11 @@ def test_from_2_100_the_scheduler_hints_show_the_group_the_server_was_created_in
     assert "scheduler_hints" not in old
     assert new["scheduler_hints"] == {"group": ["0e5f2b1c-7d55-4c6c-9a53-6d1c1f3d2b10"]}
     assert alone["scheduler_hints"] == {}
+
+
+def test_from_2_71_a_server_s_own_body_shows_its_groups_and_a_listed_one_does_not() -> None:
+    server = make_server(server_group_id="0e5f2b1c-7d55-4c6c-9a53-6d1c1f3d2b10")
+    shown = views.detail(_request(), server, Microversion(2, 71), is_admin=False)
+    listed = views.detail(_request(), server, Microversion(2, 71), is_admin=False, listed=True)
+    assert shown["server_groups"] == ["0e5f2b1c-7d55-4c6c-9a53-6d1c1f3d2b10"]
+    assert "server_groups" not in listed
