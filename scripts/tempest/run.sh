@@ -68,7 +68,11 @@ fi
 image=$(osc image show loom-tiny -f value -c id)
 flavor=$(osc flavor show m1.tiny -f value -c id)
 flavor_alt=$(osc flavor show m1.small -f value -c id)
-sed -e "s#@WORKSPACE@#$ws#g" -e "s#@URL@#$url#g" -e "s#@IMAGE@#$image#g" \
+admin_password=$("$repo/.venv/bin/python" -c '
+import sys, yaml
+clouds = yaml.safe_load(open(sys.argv[1]))["clouds"]
+print(clouds["loom-admin"]["auth"]["password"])' "$data/clouds.yaml")
+sed -e "s#@WORKSPACE@#$ws#g" -e "s#@ADMIN_PASSWORD@#$admin_password#g" -e "s#@URL@#$url#g" -e "s#@IMAGE@#$image#g" \
     -e "s#@FLAVOR@#$flavor#g" -e "s#@FLAVOR_ALT@#$flavor_alt#g" \
     "$here/tempest.conf.in" > "$ws/etc/tempest.conf"
 
