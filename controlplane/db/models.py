@@ -83,6 +83,9 @@ class Instance(TimestampMixin, Base):
     swap_mb: Mapped[int] = mapped_column(Integer, default=0)
     flavor_extra_specs: Mapped[dict[str, Any]] = mapped_column(default=dict)
     image_id: Mapped[str] = mapped_column(String(36))
+    # The image's properties when the server was created (a later change to the image
+    # leaves them as they were), as text.
+    image_properties: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
     kernel_id: Mapped[str] = mapped_column(String(36), default="")
     ramdisk_id: Mapped[str] = mapped_column(String(36), default="")
     host: Mapped[str | None] = mapped_column(String(255), nullable=True)

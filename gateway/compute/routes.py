@@ -12,6 +12,8 @@ from gateway.compute import (
     quotas,
     server_groups,
     servers,
+    shares,
+    usage,
     versions,
 )
 
@@ -31,4 +33,6 @@ def routes() -> list[BaseRoute]:
         *fleet.routes(),
         *server_groups.routes(),
         *consoles.routes(),
+        *usage.routes(),
+        *shares.routes(),
     ]
