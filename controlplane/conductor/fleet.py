@@ -197,7 +197,9 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         return self._c.cfg.conductor.service_down_time
 
     async def _service(self, session: AsyncSession, ident: str) -> Service:
-        cond = Service.id == int(ident) if ident.isdigit() else Service.uuid == ident
+        # An id is ASCII digits that fit the column; anything else can only be a uuid.
+        numeric = ident.isascii() and ident.isdigit() and len(ident) <= 18
+        cond = Service.id == int(ident) if numeric else Service.uuid == ident
         row = (await session.execute(select(Service).where(cond))).scalar_one_or_none()
         if row is None:
             raise NotFound(f"Service {ident} could not be found.")

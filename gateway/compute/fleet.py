@@ -422,7 +422,7 @@ def _check_hypervisor_id(mv: Microversion, ident: str) -> None:
             uuid.UUID(ident)
         except ValueError:
             raise BadRequest(f"Invalid uuid {shorten(ident)}") from None
-    elif not ident.isdigit():
+    elif not (ident.isascii() and ident.isdigit()):
         raise NotFound(f"Hypervisor with ID '{shorten(ident)}' could not be found.")
 
 

@@ -172,3 +172,12 @@ async def test_a_fleet_view_needing_an_unreachable_scheduler_is_unavailable(pg: 
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await pg.fleet.ListHypervisors(fleet_pb2.ListHypervisorsRequest())
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize("ident", ["²", "٣", "9" * 5000, "99999999999999999999"])
+async def test_a_service_id_that_is_no_plain_integer_names_no_service(
+    pg: Harness, ident: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await pg.fleet.DeleteService(fleet_pb2.DeleteServiceRequest(id=ident))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND

@@ -302,3 +302,13 @@ async def test_a_nul_character_is_a_400_not_a_500(
 ) -> None:
     r = await cloud.client.request(method, path, json=body, headers=await cloud.headers())
     assert r.status_code == 400, r.text[:300]
+
+
+async def test_an_id_longer_than_the_database_holds_is_a_400_not_a_500(cloud: Cloud) -> None:
+    r = await cloud.client.delete(
+        "/compute/v2.1/os-quota-sets/" + "Ω" * 70, headers=await cloud.headers("admin")
+    )
+    assert r.status_code == 400, r.text[:300]
+    assert r.json()["badRequest"]["message"] == (
+        "A value is too long or out of range for what it names."
+    )
