@@ -185,6 +185,8 @@ class GatewayConfig(_Section):
     # gRPC target of the conductors; empty means conductor.listen. For several conductor
     # processes: "ipv4:HOST:PORT,HOST:PORT" (calls are spread over them round robin).
     conductor_target: str = ""
+    # gRPC target of the schedulers (host aggregates); empty means scheduler.listen.
+    scheduler_target: str = ""
     # Public base URL for links and the catalog; empty derives it from host and port.
     public_url: str = ""
     # Identity tokens are Fernet tokens (as Keystone's). Their keys live in a key

@@ -18,6 +18,7 @@ from gateway.auth.tokens import TokenSigner
 from gateway.clientconfig import write_client_config
 from gateway.conductor import Conductor
 from gateway.image.store import ImageStore
+from gateway.scheduler import Scheduler
 from gateway.state import Gateway
 
 log = logging.getLogger("loom.gateway")
@@ -33,6 +34,7 @@ def make_gateway(cfg: LoomConfig) -> Gateway:
         signer=TokenSigner(token_keys(cfg.gateway, cfg.data_path), cfg.gateway.token_ttl_s),
         image_store=ImageStore(cfg.data_path / "images"),
         agent_tls=cfg.tls,
+        scheduler=Scheduler.for_config(cfg),
     )
 
 
@@ -78,5 +80,7 @@ async def serve(cfg: LoomConfig, stop: asyncio.Event) -> None:
         await task
     stop_wait.cancel()
     await gateway.conductor.close()
+    if gateway.scheduler is not None:
+        await gateway.scheduler.close()
     sock.close()
     log.info("stopped", extra={"service": "gateway"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.routing import BaseRoute, Route
 
 from gateway.compute import (
+    aggregates,
     consoles,
     flavors,
     fleet,
@@ -31,4 +32,5 @@ def routes() -> list[BaseRoute]:
         *fleet.routes(),
         *server_groups.routes(),
         *consoles.routes(),
+        *aggregates.routes(),
     ]
