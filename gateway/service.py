@@ -16,7 +16,7 @@ from gateway.app import build_app
 from gateway.auth.keys import token_keys
 from gateway.auth.tokens import TokenSigner
 from gateway.clientconfig import write_client_config
-from gateway.conductor import Conductor
+from gateway.conductor import Conductor, Domain
 from gateway.image.store import ImageStore
 from gateway.scheduler import Scheduler
 from gateway.state import Gateway
@@ -25,12 +25,14 @@ log = logging.getLogger("loom.gateway")
 
 
 def make_gateway(cfg: LoomConfig) -> Gateway:
-    channel = insecure_or_secure_channel(
-        cfg.gateway.conductor_target or cfg.conductor.listen, cfg.tls
+    domains: tuple[Domain, ...] = ("compute", "identity", "image", "catalog")
+    conductor = Conductor.connect(
+        {domain: cfg.domain_target(domain) for domain in domains},
+        lambda target: insecure_or_secure_channel(target, cfg.tls),
     )
     return Gateway(
         cfg=cfg.gateway,
-        conductor=Conductor(channel),
+        conductor=conductor,
         signer=TokenSigner(token_keys(cfg.gateway, cfg.data_path), cfg.gateway.token_ttl_s),
         image_store=ImageStore(cfg.data_path / "images"),
         agent_tls=cfg.tls,

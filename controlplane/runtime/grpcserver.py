@@ -4,10 +4,12 @@ and the latency histograms of every gRPC call Loom serves or makes."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import grpc
@@ -17,7 +19,10 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import Histogram
 
 from controlplane.config import TlsConfig
+from controlplane.runtime.callers import CallerAuthorisation
 from controlplane.runtime.metrics import LATENCY_BUCKETS
+
+log = logging.getLogger(__name__)
 
 _LABELS = ("grpc_service", "grpc_method", "grpc_code")
 SERVER_HANDLING = Histogram(
@@ -168,6 +173,16 @@ class Registration:
     add_to_server: Callable[[Any, grpc.aio.Server], None]
     service_name: str
 
+    @classmethod
+    def of(cls, servicer: Any, pb2: ModuleType, pb2_grpc: ModuleType, service: str) -> Registration:
+        """The registration of `service` (e.g. "FlavorsService") from its generated modules:
+        the add function and the full name come from what protoc generated for it."""
+        return cls(
+            servicer,
+            getattr(pb2_grpc, f"add_{service}Servicer_to_server"),
+            str(pb2.DESCRIPTOR.services_by_name[service].full_name),
+        )
+
 
 @dataclass
 class RunningServer:
@@ -219,9 +234,22 @@ async def start_grpc_server(
     registrations: Iterable[Registration],
     tls: TlsConfig | None = None,
 ) -> RunningServer:
-    """Starts serving; returns the bound port (useful when listen ends in :0)."""
+    """Starts serving; returns the bound port (useful when listen ends in :0). With mutual
+    TLS every call is authorised by its caller's certificate (controlplane/runtime/callers)."""
+    creds = server_credentials(tls) if tls else None
+    interceptors: list[grpc.aio.ServerInterceptor] = [ServerMetricsInterceptor()]
+    if creds is not None and tls is not None and tls.ca and tls.require_client_auth:
+        interceptors.append(CallerAuthorisation())
+    else:
+        log.warning(
+            "gRPC callers are not authenticated",
+            extra={
+                "listen": listen,
+                "hint": "set tls.ca, tls.cert and tls.key (see `loom certs`) for mutual TLS",
+            },
+        )
     server = grpc.aio.server(
-        interceptors=[ServerMetricsInterceptor()],
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.so_reuseport", 0),
@@ -235,7 +263,6 @@ async def start_grpc_server(
         reg.add_to_server(reg.servicer, server)
         names.append(reg.service_name)
     reflection.enable_server_reflection(names, server)
-    creds = server_credentials(tls) if tls else None
     port = server.add_secure_port(listen, creds) if creds else server.add_insecure_port(listen)
     await server.start()
     for reg in regs:
