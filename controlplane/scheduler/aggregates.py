@@ -252,9 +252,10 @@ class AggregateStore:
 
     async def set_host_zone(self, host: str, zone: str) -> HostState:
         """Puts the host in `zone`: it leaves its other zone aggregates and joins the one
-        whose zone that is (made, named after the zone, when there is none). "" puts it in
-        the default zone. Conflict when the zone would move a host holding instances is not
-        checked here: this is the operator's and the agent's own setting of a host."""
+        whose zone that is (made, named after the zone, when there is none); "" puts it in
+        the default zone. This is a host's own setting (the agent's configured zone, or an
+        operator's SetHostAvailabilityZone), so unlike an aggregate's zone change it does
+        not refuse a host that holds instances. NotFound for an unknown host."""
         zone = valid_zone(zone) if zone.strip() else ""
         async with self._writing() as conn:
             provider_id = await self._provider_id(conn, host)
