@@ -37,7 +37,7 @@ from controlplane.config import HOSTABLE_DOMAINS, LoomConfig
 from controlplane.db import migrate
 from controlplane.guestimage import IMAGE_NAME as GUEST_IMAGE_NAME
 from controlplane.guestimage import GuestImageError, register_guest_image, register_tiny_image
-from controlplane.runtime import certs
+from controlplane.runtime import certs, natsauth
 from controlplane.runtime.natsserver import (
     NatsServerProcess,
     free_port,
@@ -45,6 +45,7 @@ from controlplane.runtime.natsserver import (
 )
 from controlplane.seedfile import load_or_create
 from controlplane.servicetoken import ServiceToken, ServiceTokenError
+from nodeagent.service import host_names
 
 
 @dataclass
@@ -206,6 +207,26 @@ def _tls_env(files: certs.IdentityFiles) -> dict[str, str]:
     }
 
 
+# The children that use NATS, each as a user of its own.
+NATS_CLIENTS = ("conductor", "scheduler", "agent")
+
+
+def _nats_users(directory: Path, agent_hosts: list[str]) -> list[natsauth.NatsUser]:
+    users = [
+        natsauth.NatsUser(name, natsauth.password_for(directory, name))
+        for name in NATS_CLIENTS
+        if name != "agent"
+    ]
+    users.append(
+        natsauth.NatsUser(
+            "agent",
+            natsauth.password_for(directory, "agent"),
+            natsauth.agent_permissions("agent", agent_hosts),
+        )
+    )
+    return users
+
+
 def _listen_or_free(listen: str) -> str:
     return listen if _port_free(listen) else f"127.0.0.1:{free_port()}"
 
@@ -232,11 +253,22 @@ def run_all_in_one(
 
     nats: NatsServerProcess | None = None
     nats_url = cfg.nats.url
+    # The embedded nats-server knows one user per NATS client child; an agent's user may
+    # use its own hosts' subjects only (controlplane/runtime/natsauth.py).
+    nats_env: dict[str, dict[str, str]] = {}
     if not nats_url:
+        agent_hosts = host_names(cfg, hosts if hypervisor == "test" else 0, "sim")
+        users = _nats_users(data / "nats-users", agent_hosts)
         nats = start_nats_server(
-            data / "nats", sync_always=cfg.nats.sync_always, tied_to_parent=True
+            data / "nats",
+            sync_always=cfg.nats.sync_always,
+            tied_to_parent=True,
+            authorization=natsauth.authorization_block(users),
         )
         nats_url = nats.url
+        nats_env = {
+            u.name: {"LOOM_NATS__USER": u.name, "LOOM_NATS__PASSWORD": u.password} for u in users
+        }
 
     conductor_listen = _listen_or_free(cfg.conductor.listen)
     scheduler_listen = _listen_or_free(cfg.scheduler.listen)
@@ -289,7 +321,10 @@ def run_all_in_one(
     # Mutual TLS on every gRPC wire: each child holds the certificate of its own identity,
     # which the services it calls authorise (controlplane/runtime/callers.py).
     tls_dir = data / "tls"
-    child_env = {name: env | _tls_env(certs.issue(tls_dir, name)) for name in service_names}
+    child_env = {
+        name: env | _tls_env(certs.issue(tls_dir, name)) | nats_env.get(name, {})
+        for name in service_names
+    }
     operator = certs.issue(tls_dir, "operator")
     operator_creds = grpc.ssl_channel_credentials(
         operator.ca.read_bytes(), operator.key.read_bytes(), operator.cert.read_bytes()

@@ -208,6 +208,10 @@ class AgentConfig(_Section):
     image_token_file: str = ""
 
 
+# The longest a token may live: revocations are kept this long (controlplane/identity).
+MAX_TOKEN_TTL_S = 7 * 24 * 3600
+
+
 class GatewayConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8774, ge=0, le=65535)
@@ -233,7 +237,10 @@ class GatewayConfig(_Section):
     # more), so gateways given the same secret accept each other's tokens. No rotation:
     # changing it ends every live token. Not together with fernet_key_repository.
     token_secret: str = ""
-    token_ttl_s: int = Field(default=3600, ge=60)
+    token_ttl_s: int = Field(default=3600, ge=60, le=MAX_TOKEN_TTL_S)
+    # Request bodies past this many bytes get 413 before any of it is parsed (112 KiB, as
+    # OpenStack's APIs default to). Image data uploads stream and are not bounded by it.
+    max_request_body_bytes: int = Field(default=114688, ge=1024)
     console_token_ttl_s: int = Field(default=600, ge=10)
     # Origins (scheme://host[:port]) whose pages may open the console proxy's websocket,
     # besides the gateway's own public URL.

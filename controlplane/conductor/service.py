@@ -36,6 +36,7 @@ from controlplane.conductor.servers.servicer import ServersServicer
 from controlplane.conductor.stranded import StrandedBuilds
 from controlplane.config import HostableDomain, LoomConfig
 from controlplane.db.engine import engine_for, session_factory
+from controlplane.db.outage import DatabaseOutage
 from controlplane.identity.service import IdentityDomain
 from controlplane.image.service import ImageDomain
 from controlplane.runtime import bus, grpcserver
@@ -113,7 +114,7 @@ async def serve(cfg: LoomConfig, stop: asyncio.Event, **_options: object) -> Non
     for domain in hosted:
         await domain.seed()
     running = await grpcserver.start_grpc_server(
-        cfg.conductor.listen, registrations(conductor, hosted), cfg.tls
+        cfg.conductor.listen, registrations(conductor, hosted), cfg.tls, [DatabaseOutage()]
     )
     stop_watching = conductor_metrics.watch(
         sessions,

@@ -8,10 +8,12 @@ caller, so a new service is closed until it is given its callers here.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
+
+from controlplane.runtime.interceptors import Behavior, UnaryWrapper, service_of
 
 # Every identity a Loom process or its operator can hold (the common name of its
 # certificate); `operator` is for people and tools (grpcurl, `loom up`'s own health checks)
@@ -72,58 +74,37 @@ def allowed(service: str, identity: str | None) -> bool:
     return callers is ANY_LOOM_PART or identity in callers
 
 
-class CallerAuthorisation(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class CallerAuthorisation(UnaryWrapper):
     """Refuses a call with PERMISSION_DENIED unless CALLERS lets its certificate's identity
-    call that service. Wrapped handlers are made once per method and reused."""
+    call that service."""
 
-    def __init__(self) -> None:
-        self._wrapped: dict[str, tuple[Any, Any]] = {}
+    def wrap(self, method: str, behavior: Behavior) -> Behavior:
+        service = service_of(method)
+        if CALLERS.get(service) is ANY_LOOM_PART:
+            # Health: the TLS handshake already proved a certificate of Loom's CA.
+            return behavior
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method: str = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        service = method.lstrip("/").rpartition("/")[0]
-        wrapped = _guarded(handler, service)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            identity = caller_identity(context)
+            if not allowed(service, identity):
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, _deny(service, identity))
+            return await behavior(request, context)
+
+        return unary
+
+    def wrap_streaming(self, method: str, handler: Any) -> Any:
+        service = service_of(method)
+        if CALLERS.get(service) is ANY_LOOM_PART:
+            # Health Watch and reflection: any certificate of Loom's CA.
+            return handler
+        # Loom's own services are all unary; a streaming method elsewhere stays closed
+        # until this interceptor learns to check it.
+        return _refusing(handler, f"streaming calls to {service} are not authorised")
 
 
 def _deny(service: str, identity: str | None) -> str:
     who = f"caller {identity!r}" if identity else "a caller without a Loom certificate"
     return f"{who} may not call {service}"
-
-
-def _guarded(handler: Any, service: str) -> Any:
-    callers = CALLERS.get(service)
-    if callers is ANY_LOOM_PART:
-        # Health and reflection: the TLS handshake already proved a certificate of Loom's CA.
-        return handler
-    if handler.unary_unary is None:
-        # Loom's own services are all unary; a streaming method elsewhere stays closed
-        # until this interceptor learns to check it.
-        return _refusing(handler, f"streaming calls to {service} are not authorised")
-    behavior = handler.unary_unary
-
-    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        identity = caller_identity(context)
-        if not allowed(service, identity):
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, _deny(service, identity))
-        return await behavior(request, context)
-
-    return grpc.unary_unary_rpc_method_handler(
-        unary,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
 
 
 def _refusing(handler: Any, message: str) -> Any:

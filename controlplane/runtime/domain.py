@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.config import LoomConfig
 from controlplane.db.engine import engine_for, session_factory
+from controlplane.db.outage import DatabaseOutage
 from controlplane.runtime.grpcserver import Registration, start_grpc_server
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,9 @@ async def serve_domain(
         # Seeded before serving: the compute service reads the catalog's default flavors
         # and quota limits from the first boot on, without calling this process.
         await domain.seed()
-        running = await start_grpc_server(listen, domain.registrations(), cfg.tls)
+        running = await start_grpc_server(
+            listen, domain.registrations(), cfg.tls, [DatabaseOutage()]
+        )
         log.info("ready", extra={"service": domain.name, "grpc_port": running.port})
         try:
             await stop.wait()
