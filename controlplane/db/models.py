@@ -85,6 +85,9 @@ class Instance(TimestampMixin, Base):
     swap_mb: Mapped[int] = mapped_column(Integer, default=0)
     flavor_extra_specs: Mapped[dict[str, Any]] = mapped_column(default=dict)
     image_id: Mapped[str] = mapped_column(String(36))
+    # The image's properties when the server was created (a later change to the image
+    # leaves them as they were), as text.
+    image_properties: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
     kernel_id: Mapped[str] = mapped_column(String(36), default="")
     ramdisk_id: Mapped[str] = mapped_column(String(36), default="")
     host: Mapped[str | None] = mapped_column(String(255), nullable=True)
@@ -407,16 +410,16 @@ class ResourceProvider(TimestampMixin, Base):
         DateTime(timezone=True), nullable=True
     )
     generation: Mapped[int] = mapped_column(BigInteger, default=0)
-    # An operator forced the host down (os-services --down): no new placements (0006).
+    # An operator forced the host down (os-services --down): no new placements (0007).
     forced_down: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # The ratios the host's own report asked for; the *_ratio columns hold the effective
     # ones (the lowest of its aggregates' cpu/ram/disk_allocation_ratio, else these).
-    # NULL: the same as *_ratio (0006).
+    # NULL: the same as *_ratio (0007).
     vcpu_host_ratio: Mapped[float | None] = mapped_column(Float, nullable=True)
     memory_mb_host_ratio: Mapped[float | None] = mapped_column(Float, nullable=True)
     disk_gb_host_ratio: Mapped[float | None] = mapped_column(Float, nullable=True)
     # The host's aggregates' metadata merged, {key: [value of each aggregate]}: derived
-    # from the aggregate tables in the same transaction that changes them (0006), so the
+    # from the aggregate tables in the same transaction that changes them (0007), so the
     # host cache and the filters read it with the row.
     aggregate_metadata: Mapped[dict[str, Any]] = mapped_column(
         default=dict, server_default=text("'{}'")

@@ -13,6 +13,8 @@ from gateway.compute import (
     quotas,
     server_groups,
     servers,
+    shares,
+    usage,
     versions,
 )
 
@@ -32,5 +34,7 @@ def routes() -> list[BaseRoute]:
         *fleet.routes(),
         *server_groups.routes(),
         *consoles.routes(),
+        *usage.routes(),
+        *shares.routes(),
         *aggregates.routes(),
     ]

@@ -3,8 +3,14 @@ role taken away revoking the user's tokens. Revoked tokens answer 401 (404 as a 
 
 from __future__ import annotations
 
+import asyncio
 import time
 
+import httpx
+
+from gateway.app import build_app
+from gateway.auth.revocations import DEFAULT_INTERVAL_S
+from gateway.service import make_gateway
 from tests.gateway.conftest import Cloud
 
 V3 = "/identity/v3"
@@ -101,3 +107,27 @@ async def test_disabling_a_user_or_taking_a_role_away_revokes_their_tokens(
     grant += member["roles"][0]["id"]
     assert (await cloud.client.delete(grant, headers=admin)).status_code == 204
     assert await _status(cloud, token) == 401
+
+
+async def test_another_gateway_refuses_a_revoked_token_once_it_refreshes(cloud: Cloud) -> None:
+    # A second gateway on the same services, as behind a balancer.
+    other_gateway = make_gateway(cloud.catalog.cfg)
+    transport = httpx.ASGITransport(app=build_app(other_gateway))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://loom.test") as other:
+            token = await cloud.token()
+            used = await other.get(f"{V3}/auth/projects", headers={"X-Auth-Token": token})
+            assert used.status_code == 200
+            h = {"X-Auth-Token": token, "X-Subject-Token": token}
+            assert (await cloud.client.delete(f"{V3}/auth/tokens", headers=h)).status_code == 204
+            # The other gateway reads new revocations at most DEFAULT_INTERVAL_S apart.
+            deadline = time.monotonic() + DEFAULT_INTERVAL_S + 5
+            while True:
+                r = await other.get(f"{V3}/auth/projects", headers={"X-Auth-Token": token})
+                if r.status_code == 401:
+                    break
+                assert r.status_code == 200
+                assert time.monotonic() < deadline, "the other gateway still accepts the token"
+                await asyncio.sleep(0.1)
+    finally:
+        await other_gateway.conductor.close()

@@ -261,7 +261,7 @@ async def test_placement_counts_what_tenant_isolation_removed_and_skips_forced_d
 
 def test_the_migration_turns_host_zones_into_zone_aggregates(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
-    migrate.upgrade(url, "0005")
+    migrate.upgrade(url, "0006")
     sync = create_engine(sync_database_url(url))
     try:
         with sync.begin() as conn:
