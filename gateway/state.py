@@ -13,6 +13,7 @@ from gateway.auth.tokens import TokenSigner
 from gateway.conductor import Conductor
 from gateway.image.store import ImageStore
 from gateway.microversion import MIN_VERSION, Microversion
+from gateway.scheduler import Scheduler
 
 
 @dataclass
@@ -23,6 +24,8 @@ class Gateway:
     image_store: ImageStore
     # TLS for the console proxy's calls to agents' ComputeService (None: plaintext).
     agent_tls: TlsConfig | None = None
+    # The scheduler's API (os-aggregates); None in a gateway made without one.
+    scheduler: Scheduler | None = None
     # Failed password sign-ins, per user and per source address (gateway/auth/throttle.py).
     sign_ins: SignInThrottle = field(default_factory=SignInThrottle)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.routing import BaseRoute, Route
 
 from gateway.compute import (
+    aggregates,
     consoles,
     flavors,
     fleet,
@@ -35,4 +36,5 @@ def routes() -> list[BaseRoute]:
         *consoles.routes(),
         *usage.routes(),
         *shares.routes(),
+        *aggregates.routes(),
     ]

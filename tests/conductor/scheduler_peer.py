@@ -28,6 +28,9 @@ class FakeHost:
     reason: str = ""
     id: int = 0
     compute_endpoint: str = ""
+    # Liveness, as the scheduler (its owner) reports it.
+    up: bool = True
+    forced_down: bool = False
 
 
 @dataclass
@@ -190,7 +193,8 @@ class SchedulerPeer(scheduler_pb2_grpc.SchedulerServiceServicer):
             availability_zone=h.zone,
             enabled=h.enabled,
             disabled_reason=h.reason,
-            up=True,
+            up=h.up and not h.forced_down,
+            forced_down=h.forced_down,
             vcpu=scheduler_pb2.ResourceUsage(total=h.vcpus, used=v, free=h.vcpus - v),
             memory_mb=scheduler_pb2.ResourceUsage(total=h.memory_mb, used=m),
             disk_gb=scheduler_pb2.ResourceUsage(total=h.disk_gb, used=d),
@@ -227,6 +231,15 @@ class SchedulerPeer(scheduler_pb2_grpc.SchedulerServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, "no such host")
         host.enabled, host.reason = request.enabled, request.reason
         return scheduler_pb2.SetHostEnabledResponse(host=self._host_pb(host))
+
+    async def SetHostForcedDown(
+        self, request: scheduler_pb2.SetHostForcedDownRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.SetHostForcedDownResponse:
+        host = self.hosts.get(request.host)
+        if host is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no such host")
+        host.forced_down = request.forced_down
+        return scheduler_pb2.SetHostForcedDownResponse(host=self._host_pb(host))
 
     async def ListAvailabilityZones(
         self,

@@ -25,6 +25,8 @@ async def services(h: Harness, **kw: str) -> dict[tuple[str, str], fleet_pb2.Ser
 
 async def test_heartbeats_on_nats_become_services_that_are_up(pg: Harness, nc: NATS) -> None:
     recorder = HeartbeatRecorder(pg.sessions, flush_interval=0.1, own_host="ctl-1")
+    # A compute service is up when the scheduler (which hears the same beats) says so.
+    pg.peer.add_host("beat-1")
     stop = asyncio.Event()
     task = asyncio.create_task(recorder.run(nc, stop))
     try:
@@ -59,6 +61,8 @@ async def test_many_heartbeats_are_written_in_one_statement(
 ) -> None:
     async with harness(request.getfixturevalue(database)) as h:
         recorder = HeartbeatRecorder(h.sessions, own_host="ctl-1")
+        for i in range(10):
+            h.peer.add_host(f"h{i}")
         for i in range(50):
             recorder.record(agent_bus_pb2.Heartbeat(host=f"h{i % 10}"))
         counter = count_statements(h.engine)
@@ -72,18 +76,59 @@ async def test_many_heartbeats_are_written_in_one_statement(
         assert all(s.up for s in found.values())
 
 
-async def test_a_service_whose_heartbeats_stopped_is_down(pg: Harness) -> None:
+async def test_a_compute_service_is_up_exactly_when_the_scheduler_holds_its_host_up(
+    pg: Harness,
+) -> None:
+    pg.peer.add_host("stale", up=False)
+    pg.peer.add_host("fresh")
+    pg.peer.add_host("forced", forced_down=True)
     old = datetime.now(UTC) - timedelta(seconds=pg.conductor.cfg.conductor.service_down_time + 5)
     await add(
         pg.sessions,
-        make_service("stale", last_seen_up=old),
-        make_service("fresh"),
-        make_service("forced", forced_down=True),
+        # The conductor's own rows say the opposite: they are not what decides.
+        make_service("stale"),
+        make_service("fresh", last_seen_up=old),
+        make_service("forced"),
+        make_service("unknown"),
     )
     found = await services(pg)
     assert not found[("stale", "loom-compute")].up
     assert found[("fresh", "loom-compute")].up
     assert not found[("forced", "loom-compute")].up
+    assert found[("forced", "loom-compute")].forced_down
+    assert not found[("unknown", "loom-compute")].up
+
+
+async def test_a_conductor_service_whose_heartbeats_stopped_is_down(pg: Harness) -> None:
+    old = datetime.now(UTC) - timedelta(seconds=pg.conductor.cfg.conductor.service_down_time + 5)
+    await add(
+        pg.sessions,
+        make_service("ctl-old", binary="loom-conductor", last_seen_up=old),
+        make_service("ctl-new", binary="loom-conductor"),
+    )
+    found = await services(pg)
+    assert not found[("ctl-old", "loom-conductor")].up
+    assert found[("ctl-new", "loom-conductor")].up
+
+
+async def test_forcing_a_compute_service_down_forces_its_host_down_in_the_scheduler(
+    pg: Harness,
+) -> None:
+    pg.peer.add_host("host-1")
+    svc = make_service("host-1")
+    await add(pg.sessions, svc)
+    resp = await pg.fleet.UpdateService(
+        fleet_pb2.UpdateServiceRequest(id=str(svc.id), forced_down=True)
+    )
+    assert resp.service.forced_down
+    assert not resp.service.up
+    assert pg.peer.hosts["host-1"].forced_down
+
+    back = await pg.fleet.UpdateService(
+        fleet_pb2.UpdateServiceRequest(id=str(svc.id), forced_down=False)
+    )
+    assert back.service.up
+    assert not pg.peer.hosts["host-1"].forced_down
 
 
 async def test_disabling_a_compute_service_records_the_reason_and_disables_the_host(
