@@ -146,7 +146,15 @@ class CatalogConfig(DomainServiceConfig):
 class SchedulerConfig(_Section):
     listen: str = "127.0.0.1:50052"
     # Filters run in this order; names come from the filter registry.
-    filters: tuple[str, ...] = ("enabled_and_up", "availability_zone", "capacity", "server_group")
+    filters: tuple[str, ...] = (
+        "enabled_and_up",
+        "availability_zone",
+        "aggregate_multitenancy_isolation",
+        "aggregate_image_properties_isolation",
+        "aggregate_instance_extra_specs",
+        "capacity",
+        "server_group",
+    )
     # Weighers and their multipliers; names come from the weigher registry.
     weighers: dict[str, float] = Field(default_factory=lambda: {"free_ram": 1.0})
     num_alternates: int = Field(default=2, ge=0, le=20)
@@ -155,7 +163,11 @@ class SchedulerConfig(_Section):
     cpu_allocation_ratio: float = Field(default=16.0, gt=0)
     ram_allocation_ratio: float = Field(default=1.5, gt=0)
     disk_allocation_ratio: float = Field(default=1.0, gt=0)
+    # Compute hosts are down when silent this long (or forced down). The scheduler owns
+    # host liveness; the conductor reads it from the scheduler (docs/design.md).
     service_down_time: int = Field(default=60, ge=2)
+    # The zone of hosts in no aggregate with availability_zone metadata.
+    default_availability_zone: str = Field(default="nova", min_length=1, max_length=255)
 
 
 class AgentConfig(_Section):
@@ -212,6 +224,8 @@ class GatewayConfig(_Section):
     identity_target: str = ""
     image_target: str = ""
     catalog_target: str = ""
+    # gRPC target of the schedulers (host aggregates); empty means scheduler.listen.
+    scheduler_target: str = ""
     # Public base URL for links and the catalog; empty derives it from host and port.
     public_url: str = ""
     # Identity tokens are Fernet tokens (as Keystone's). Their keys live in a key

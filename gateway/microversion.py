@@ -49,7 +49,7 @@ def _parsed(text: str) -> tuple[int, int]:
 
 MIN_VERSION = Microversion(2, 1)
 # The newest microversion whose request and response shapes the gateway honours.
-MAX_VERSION = Microversion(2, 96)
+MAX_VERSION = Microversion(2, 100)
 
 
 class VersionNotAcceptable(Exception):

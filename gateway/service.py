@@ -20,6 +20,7 @@ from gateway.auth.tokens import TokenSigner
 from gateway.clientconfig import write_client_config
 from gateway.conductor import Conductor, Domain, call
 from gateway.image.store import ImageStore
+from gateway.scheduler import Scheduler
 from gateway.state import Gateway
 
 log = logging.getLogger("loom.gateway")
@@ -50,6 +51,7 @@ def make_gateway(cfg: LoomConfig) -> Gateway:
         signer=signer,
         image_store=ImageStore(cfg.data_path / "images"),
         agent_tls=cfg.tls,
+        scheduler=Scheduler.for_config(cfg),
     )
 
 
@@ -95,5 +97,7 @@ async def serve(cfg: LoomConfig, stop: asyncio.Event) -> None:
         await task
     stop_wait.cancel()
     await gateway.conductor.close()
+    if gateway.scheduler is not None:
+        await gateway.scheduler.close()
     sock.close()
     log.info("stopped", extra={"service": "gateway"})

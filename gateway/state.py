@@ -13,6 +13,7 @@ from gateway.auth.tokens import TokenSigner
 from gateway.conductor import Conductor
 from gateway.image.store import ImageStore
 from gateway.microversion import MIN_VERSION, Microversion
+from gateway.scheduler import Scheduler
 
 
 @dataclass
@@ -23,6 +24,8 @@ class Gateway:
     image_store: ImageStore
     # TLS for the console proxy's calls to agents' ComputeService (None: plaintext).
     agent_tls: TlsConfig | None = None
+    # The scheduler's API (os-aggregates); None in a gateway made without one.
+    scheduler: Scheduler | None = None
     # Failed password sign-ins, per user and per source address (gateway/auth/throttle.py).
     sign_ins: SignInThrottle = field(default_factory=SignInThrottle)
 
@@ -59,6 +62,21 @@ async def json_body(request: Request) -> Any:
     import json
 
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except ValueError:
         raise BadRequest("Malformed request body: not valid JSON.") from None
+    # JSON can carry a NUL (\u0000) in a string; no name, id or value of Loom's holds one,
+    # and the database refuses them.
+    if b"\\u0000" in raw and _holds_nul(body):
+        raise BadRequest("Malformed request body: NUL characters are not allowed.")
+    return body
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False

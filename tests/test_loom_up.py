@@ -340,3 +340,36 @@ def test_loom_up_grpc_refuses_plaintext_and_authorises_each_caller_by_its_certif
         "loom.conductor.v1.ServersService/ListServers",
     )
     assert "PermissionDenied" in servers.stderr, servers.stderr
+
+
+def test_loom_up_serves_os_aggregates_from_the_scheduler_over_mutual_tls(
+    loom_up: LoomUp, tmp_path: Path
+) -> None:
+    _, _, targets, _ = loom_up
+    _, scheduler = targets
+    data = tmp_path / "d"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OS_", "LOOM_"))}
+    env["OS_CLIENT_CONFIG_FILE"] = str(data / "clouds.yaml")
+    openstack = str(Path(sys.executable).parent / "openstack")
+
+    def admin(*args: str) -> str:
+        done = subprocess.run(
+            [openstack, "--os-cloud", "loom-admin", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    host = admin("hypervisor", "list", "-f", "value", "-c", "Hypervisor Hostname").split()[0]
+    admin("aggregate", "create", "--zone", "az9", "agg9")
+    admin("aggregate", "add", "host", "agg9", host)
+    assert "az9" in admin("availability", "zone", "list", "-f", "value", "-c", "Zone Name")
+    # The gateway may call the scheduler's aggregates; an agent may not.
+    refused = _grpcurl(
+        data, "agent", scheduler, "loom.scheduler.v1.AggregatesService/ListAggregates"
+    )
+    assert "caller 'agent' may not call loom.scheduler.v1.AggregatesService" in refused.stderr

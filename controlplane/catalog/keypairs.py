@@ -15,6 +15,7 @@ from controlplane.catalog.sshkeys import (
     InvalidKey,
     KeyMaterial,
     generate_ssh_keypair,
+    generate_x509_keypair,
     validate_ssh_public_key,
     validate_x509_certificate,
 )
@@ -75,11 +76,7 @@ class KeypairsServicer(keypairs_pb2_grpc.KeypairsServiceServicer):
                 # RSA generation takes tens of milliseconds: off the event loop.
                 material = await asyncio.to_thread(generate_ssh_keypair)
             else:
-                await abort(
-                    context,
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    "x509 keypairs must be imported: give the certificate as public_key",
-                )
+                material = await asyncio.to_thread(generate_x509_keypair, request.user_id)
         except InvalidKey as exc:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         keypair = Keypair(

@@ -5,10 +5,18 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+# The user principal name (UPN) otherName of a client certificate, which Windows' WinRM
+# maps to a local user.
+_UPN_OID = x509.ObjectIdentifier("1.3.6.1.4.1.311.20.2.3")
+_CERT_DAYS = 3650
 
 
 class InvalidKey(ValueError):
@@ -75,3 +83,46 @@ def generate_ssh_keypair(comment: str = "Generated-by-Loom") -> KeyMaterial:
         + f" {comment}"
     )
     return KeyMaterial(public_key=public, fingerprint=ssh_fingerprint(public), private_key=private)
+
+
+def _der_utf8(text: str) -> bytes:
+    """A DER UTF8String (the otherName's value), for short strings only."""
+    raw = text.encode()
+    if len(raw) > 127:
+        raise InvalidKey("Keypair data is invalid: the user id is too long for a certificate")
+    return bytes([0x0C, len(raw)]) + raw
+
+
+def generate_x509_keypair(user_id: str) -> KeyMaterial:
+    """A self-signed client certificate for `user_id` (CN, and UPN user@localhost), valid
+    ten years; the private key is the key and certificate as base64 PKCS#12 without a
+    password, which is what WinRM clients import."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, user_id)])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=_CERT_DAYS))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.OtherName(_UPN_OID, _der_utf8(f"{user_id}@localhost"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    bundle = pkcs12.serialize_key_and_certificates(
+        None, key, cert, None, serialization.NoEncryption()
+    )
+    return KeyMaterial(
+        public_key=pem,
+        fingerprint=_colon_hex(cert.fingerprint(hashes.SHA1())),
+        private_key=base64.b64encode(bundle).decode(),
+    )

@@ -106,6 +106,35 @@ class SchedulerClient:
             timeout=self._timeout,
         )
 
+    async def set_host_forced_down(self, request_id: str, host: str, forced_down: bool) -> None:
+        await self._stub.SetHostForcedDown(
+            scheduler_pb2.SetHostForcedDownRequest(
+                request_id=request_id, host=host, forced_down=forced_down
+            ),
+            timeout=self._timeout,
+        )
+
+    async def is_down(self, host: str) -> bool:
+        """True when the scheduler holds the host down; False when it is up, unknown, or
+        the scheduler cannot be asked."""
+        try:
+            found = await self.get_host(host)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                log.warning("could not ask the scheduler whether %s is down: %s", host, exc.code())
+            return False
+        return not found.up
+
+    async def down_hosts(self) -> set[str] | None:
+        """The hosts the scheduler holds down (silent, or forced down); None when the
+        scheduler cannot be asked. The scheduler owns host liveness: this is the read."""
+        try:
+            hosts = await self.list_hosts()
+        except grpc.aio.AioRpcError as exc:
+            log.warning("could not ask the scheduler which hosts are down: %s", exc.code())
+            return None
+        return {h.name for h in hosts if not h.up}
+
     async def zones(self) -> list[scheduler_pb2.AvailabilityZone]:
         resp = await self._stub.ListAvailabilityZones(
             scheduler_pb2.ListAvailabilityZonesRequest(), timeout=self._timeout

@@ -115,6 +115,7 @@ def server_pb(row: Instance | Row[Any]) -> servers_pb2.Server:
             extra_specs={str(k): str(v) for k, v in (row.flavor_extra_specs or {}).items()},
         ),
         image_id=row.image_id,
+        image_properties={str(k): str(v) for k, v in (row.image_properties or {}).items()},
         host=row.host or "",
         node=row.node or "",
         availability_zone=row.availability_zone or row.requested_availability_zone or "",

@@ -45,10 +45,30 @@ DEFAULT_ZONE = "nova"
 
 
 def is_up(row: Service, now: datetime, down_after_s: int) -> bool:
-    """Up when not forced down and seen within service_down_time."""
+    """Up when not forced down and seen within service_down_time. For Loom's own services
+    (conductor, scheduler) only: a compute host's liveness is the scheduler's (`up` on its
+    Host), read over gRPC."""
     if row.forced_down or row.last_seen_up is None:
         return False
     return now - aware(row.last_seen_up) <= timedelta(seconds=down_after_s)
+
+
+def service_view(
+    row: Service,
+    hosts: dict[str, scheduler_pb2.Host],
+    now: datetime,
+    down_after_s: int,
+) -> fleet_pb2.Service:
+    """The service as operators see it: a compute service's up, forced_down and zone come
+    from the scheduler's host (down when the scheduler does not know it)."""
+    if row.binary != COMPUTE:
+        return service_pb(row, up=is_up(row, now, down_after_s))
+    host = hosts.get(row.host)
+    out = service_pb(row, up=host is not None and host.up)
+    if host is not None:
+        out.forced_down = host.forced_down
+        out.zone = host.availability_zone
+    return out
 
 
 class HeartbeatRecorder:
@@ -160,12 +180,11 @@ def _hypervisor_pb(
     down_after_s: int,
     with_servers: bool,
 ) -> fleet_pb2.Hypervisor:
-    up = service is not None and is_up(service, now, down_after_s)
     out = fleet_pb2.Hypervisor(
         id=host.id,
         uuid=host.uuid,
         hypervisor_hostname=host.name,
-        up=up if service is not None else host.up,
+        up=host.up,
         enabled=(not service.disabled) if service is not None else host.enabled,
         hypervisor_type=host.hypervisor_type,
         hypervisor_version=host.hypervisor_version,
@@ -180,7 +199,7 @@ def _hypervisor_pb(
         cpu_info=host.cpu_info,
     )
     if service is not None:
-        out.service.CopyFrom(service_pb(service, up=up))
+        out.service.CopyFrom(service_view(service, {host.name: host}, now, down_after_s))
     if with_servers:
         out.servers.extend(
             fleet_pb2.HypervisorServer(id=u, name=f"instance-{i:08x}") for u, i in servers
@@ -196,8 +215,13 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
     def _down_after(self) -> int:
         return self._c.cfg.conductor.service_down_time
 
+    async def _hosts(self) -> dict[str, scheduler_pb2.Host]:
+        return {h.name: h for h in await self._c.scheduler.list_hosts()}
+
     async def _service(self, session: AsyncSession, ident: str) -> Service:
-        cond = Service.id == int(ident) if ident.isdigit() else Service.uuid == ident
+        # An id is ASCII digits that fit the column; anything else can only be a uuid.
+        numeric = ident.isascii() and ident.isdigit() and len(ident) <= 18
+        cond = Service.id == int(ident) if numeric else Service.uuid == ident
         row = (await session.execute(select(Service).where(cond))).scalar_one_or_none()
         if row is None:
             raise NotFound(f"Service {ident} could not be found.")
@@ -215,8 +239,9 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         now = datetime.now(UTC)
         async with self._c.sessions() as session:
             rows = (await session.execute(stmt)).scalars().all()
+        hosts = await self._hosts() if any(r.binary == COMPUTE for r in rows) else {}
         return fleet_pb2.ListServicesResponse(
-            services=[service_pb(r, up=is_up(r, now, self._down_after)) for r in rows]
+            services=[service_view(r, hosts, now, self._down_after) for r in rows]
         )
 
     @grpc_errors
@@ -235,6 +260,12 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
                 await self._c.scheduler.set_host_enabled(
                     request.request_id or str(uuid.uuid4()), row.host, request.enabled, reason
                 )
+            if request.HasField("forced_down") and row.binary == COMPUTE:
+                # The scheduler owns host liveness: it stops placing there before the
+                # record says so.
+                await self._c.scheduler.set_host_forced_down(
+                    request.request_id or str(uuid.uuid4()), row.host, request.forced_down
+                )
             if request.HasField("enabled"):
                 row.disabled = not request.enabled
                 row.disabled_reason = (
@@ -247,8 +278,9 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
             session.add(row)
             await session.commit()
         now = datetime.now(UTC)
+        hosts = await self._hosts() if row.binary == COMPUTE else {}
         return fleet_pb2.UpdateServiceResponse(
-            service=service_pb(row, up=is_up(row, now, self._down_after))
+            service=service_view(row, hosts, now, self._down_after)
         )
 
     @grpc_errors
@@ -349,11 +381,12 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         async with self._c.sessions() as session:
             services = (await session.execute(select(Service).order_by(Service.id))).scalars().all()
         by_host = {s.host: s for s in services if s.binary == COMPUTE}
+        hosts = await self._hosts() if by_host else {}
         for zone, pb in zip(zones, out, strict=True):
             for host in zone.hosts:
                 svc = by_host.get(host)
                 if svc is not None:
-                    pb.services.append(service_pb(svc, up=is_up(svc, now, self._down_after)))
+                    pb.services.append(service_view(svc, hosts, now, self._down_after))
         internal = [s for s in services if s.binary != COMPUTE]
         if internal:
             out.append(

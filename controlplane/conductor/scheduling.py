@@ -9,6 +9,7 @@ message acked. A message redelivered after that finds the placement already reco
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -260,6 +261,13 @@ def no_valid_host_message(nvh: scheduler_pb2.NoValidHost) -> tuple[str, str]:
     return message, details or nvh.message
 
 
+def _strings(items: dict[str, Any] | None) -> dict[str, str]:
+    """A JSON object's items as strings (what a protobuf string map carries)."""
+    if not items:
+        return {}
+    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in items.items()}
+
+
 class HostZones:
     """Which availability zone each host is in, refreshed from the scheduler now and then
     (the placement answer names the host, not its zone)."""
@@ -351,7 +359,7 @@ class SchedulingWorker:
         # The scheduler's claim is keyed by consumer, so a retry returns the same host.
         answers = await self._select_all(
             [
-                self._select_request(messages[i], loaded[messages[i].instance_id][0], groups)
+                self._select_request(messages[i], *loaded[messages[i].instance_id], groups)
                 for i in choose
             ]
         )
@@ -365,7 +373,11 @@ class SchedulingWorker:
             else:
                 inst, image = loaded[messages[i].instance_id]
                 host = answer.placement.selected.host
-                zone = inst.requested_availability_zone or await self._zones.zone_of(host)
+                zone = (
+                    inst.requested_availability_zone
+                    or answer.placement.selected.availability_zone
+                    or await self._zones.zone_of(host)
+                )
                 placed.append(
                     _Placement(
                         i,
@@ -417,6 +429,7 @@ class SchedulingWorker:
         self,
         message: conductor_bus_pb2.ScheduleInstanceMessage,
         inst: Instance,
+        image: Image | None,
         groups: dict[str, scheduler_pb2.ServerGroupPolicy],
     ) -> scheduler_pb2.SelectDestinationsRequest:
         return scheduler_pb2.SelectDestinationsRequest(
@@ -431,6 +444,9 @@ class SchedulingWorker:
             num_alternates=self._c.cfg.scheduler.num_alternates,
             force_host=inst.force_host or "",
             server_group=groups.get(inst.server_group_id or ""),
+            # For the aggregate filters (instance extra specs, image properties isolation).
+            flavor_extra_specs=_strings(inst.flavor_extra_specs),
+            image_properties=_strings(image.properties if image is not None else None),
         )
 
     async def _select_all(

@@ -70,7 +70,7 @@ class ServerGroupsServicer(server_groups_pb2_grpc.ServerGroupsServiceServicer):
             )
         if "max_server_per_host" in rules:
             value = rules["max_server_per_host"]
-            if not value.isdigit() or int(value) < 1:
+            if not (value.isascii() and value.isdigit()) or len(value) > 9 or int(value) < 1:
                 await abort(
                     context,
                     grpc.StatusCode.INVALID_ARGUMENT,

@@ -26,10 +26,9 @@ from sqlalchemy import and_, or_, select, update
 from controlplane.conductor import commands, outbox
 from controlplane.conductor.context import Conductor
 from controlplane.conductor.convert import make_fault
-from controlplane.conductor.fleet import COMPUTE
 from controlplane.conductor.scheduling import record_event
 from controlplane.conductor.states import TaskState, VmState
-from controlplane.db.models import Instance, Service
+from controlplane.db.models import Instance
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +47,7 @@ class StrandedBuild:
 class StrandedBuilds:
     def __init__(self, conductor: Conductor, *, interval: float | None = None) -> None:
         self._c = conductor
-        down_after = conductor.cfg.conductor.service_down_time
+        down_after = conductor.cfg.scheduler.service_down_time
         # Often enough that a stranded build waits little beyond service_down_time itself.
         self._interval = interval if interval is not None else min(10.0, down_after / 3)
 
@@ -56,17 +55,12 @@ class StrandedBuilds:
         """Spawning on a host that is down, or half taken over (scheduling with a host) for
         longer than one pass."""
         now = datetime.now(UTC)
-        cutoff = now - timedelta(seconds=self._c.cfg.conductor.service_down_time)
-        host_down = or_(
-            Service.forced_down.is_(True),
-            Service.last_seen_up.is_(None),
-            Service.last_seen_up < cutoff,
-        )
+        # Which hosts are down is the scheduler's to say (it owns host liveness); when it
+        # cannot be asked, no build counts as stranded on a down host this pass.
+        down = await self._c.scheduler.down_hosts() or set()
         spawning_on_down_host = and_(
             Instance.task_state == TaskState.SPAWNING.value,
-            select(Service.id)
-            .where(Service.host == Instance.host, Service.binary == COMPUTE, host_down)
-            .exists(),
+            Instance.host.in_(sorted(down)),
         )
         half_taken_over = and_(
             Instance.task_state == TaskState.SCHEDULING.value,
@@ -129,7 +123,8 @@ class StrandedBuilds:
             failed = [*(str(h) for h in inst.failed_hosts or []), build.host]
             reason = (
                 f"Compute host {build.host} went down (no heartbeat for "
-                f"{c.cfg.conductor.service_down_time} s) while building instance {build.uuid}."
+                f"{c.cfg.scheduler.service_down_time} s, or forced down) while building "
+                f"instance {build.uuid}."
             )
             now = datetime.now(UTC)
             if build.attempt < c.cfg.conductor.max_build_attempts:

@@ -4,7 +4,7 @@ Ownership (the only writer of each table):
   conductor: instances, instance_actions, instance_action_events, flavors, images, keypairs,
              quotas, services, outbox, projects, users, roles, role_assignments,
              server_groups, console_auth_tokens
-  scheduler: resource_providers, allocations
+  scheduler: resource_providers, allocations, aggregates, aggregate_hosts, aggregate_metadata
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -83,6 +85,9 @@ class Instance(TimestampMixin, Base):
     swap_mb: Mapped[int] = mapped_column(Integer, default=0)
     flavor_extra_specs: Mapped[dict[str, Any]] = mapped_column(default=dict)
     image_id: Mapped[str] = mapped_column(String(36))
+    # The image's properties when the server was created (a later change to the image
+    # leaves them as they were), as text.
+    image_properties: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
     kernel_id: Mapped[str] = mapped_column(String(36), default="")
     ramdisk_id: Mapped[str] = mapped_column(String(36), default="")
     host: Mapped[str | None] = mapped_column(String(255), nullable=True)
@@ -405,6 +410,61 @@ class ResourceProvider(TimestampMixin, Base):
         DateTime(timezone=True), nullable=True
     )
     generation: Mapped[int] = mapped_column(BigInteger, default=0)
+    # An operator forced the host down (os-services --down): no new placements (0007).
+    forced_down: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The ratios the host's own report asked for; the *_ratio columns hold the effective
+    # ones (the lowest of its aggregates' cpu/ram/disk_allocation_ratio, else these).
+    # NULL: the same as *_ratio (0007).
+    vcpu_host_ratio: Mapped[float | None] = mapped_column(Float, nullable=True)
+    memory_mb_host_ratio: Mapped[float | None] = mapped_column(Float, nullable=True)
+    disk_gb_host_ratio: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The host's aggregates' metadata merged, {key: [value of each aggregate]}: derived
+    # from the aggregate tables in the same transaction that changes them (0007), so the
+    # host cache and the filters read it with the row.
+    aggregate_metadata: Mapped[dict[str, Any]] = mapped_column(
+        default=dict, server_default=text("'{}'")
+    )
+
+
+class Aggregate(TimestampMixin, Base):
+    """A host aggregate (os-aggregates); its `availability_zone` metadata makes it a zone."""
+
+    __tablename__ = "aggregates"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+
+
+class AggregateHost(Base):
+    """A host's membership of an aggregate."""
+
+    __tablename__ = "aggregate_hosts"
+    __table_args__ = (
+        UniqueConstraint("aggregate_id", "provider_id", name="uq_aggregate_hosts_member"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    aggregate_id: Mapped[int] = mapped_column(
+        ForeignKey("aggregates.id", ondelete="CASCADE"), index=True
+    )
+    provider_id: Mapped[int] = mapped_column(
+        ForeignKey("resource_providers.id", ondelete="CASCADE"), index=True
+    )
+
+
+class AggregateMetadata(Base):
+    """One metadata item of an aggregate."""
+
+    __tablename__ = "aggregate_metadata"
+    __table_args__ = (UniqueConstraint("aggregate_id", "key", name="uq_aggregate_metadata_key"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    aggregate_id: Mapped[int] = mapped_column(
+        ForeignKey("aggregates.id", ondelete="CASCADE"), index=True
+    )
+    key: Mapped[str] = mapped_column(String(255))
+    value: Mapped[str] = mapped_column(String(255))
 
 
 class Allocation(Base):

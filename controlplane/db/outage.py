@@ -1,5 +1,6 @@
-"""A database outage is UNAVAILABLE, not an internal error: the callee says "try again",
-and the gateway answers 503 with Retry-After instead of 500."""
+"""Database failures in the API's terms, not as internal errors: an outage is UNAVAILABLE
+(the gateway answers 503 with Retry-After: try again), and a value the database cannot
+hold (too long, out of range, a NUL in text) is INVALID_ARGUMENT (400)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 from typing import Any
 
 import grpc
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from controlplane.runtime.interceptors import Behavior, UnaryWrapper
@@ -15,6 +16,7 @@ from controlplane.runtime.interceptors import Behavior, UnaryWrapper
 log = logging.getLogger(__name__)
 
 MESSAGE = "The database is unavailable; try again shortly."
+BAD_VALUE = "A value is too long or out of range for what it names."
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -26,12 +28,15 @@ def is_outage(exc: BaseException) -> bool:
 
 
 class DatabaseOutage(UnaryWrapper):
-    """Turns an outage raised by any unary servicer method into UNAVAILABLE."""
+    """Turns an outage raised by any unary servicer method into UNAVAILABLE, and a value the
+    database refused into INVALID_ARGUMENT."""
 
     def wrap(self, method: str, behavior: Behavior) -> Behavior:
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
                 return await behavior(request, context)
+            except DataError:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, BAD_VALUE)
             except Exception as exc:
                 if not is_outage(exc):
                     raise

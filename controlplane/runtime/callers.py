@@ -51,6 +51,8 @@ CALLERS: Mapping[str, frozenset[str]] = {
     "loom.conductor.v1.FleetService": frozenset({"gateway", "agent", "operator"}),
     # Only the compute service asks for placements and claims.
     "loom.scheduler.v1.SchedulerService": frozenset({"conductor", "operator"}),
+    # Host aggregates are an admin's REST API (os-aggregates), translated by the gateway.
+    "loom.scheduler.v1.AggregatesService": frozenset({"gateway", "operator"}),
     # The conductor asks agents for console endpoints; the gateway's console proxy connects.
     "loom.compute.v1.ComputeService": frozenset({"conductor", "gateway", "operator"}),
 }

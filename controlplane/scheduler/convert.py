@@ -100,6 +100,8 @@ def placement_request(
         num_alternates=req.num_alternates or cfg.num_alternates,
         request_id=req.request_id,
         group=group_policy(req.server_group),
+        flavor_extra_specs=dict(req.flavor_extra_specs),
+        image_properties=dict(req.image_properties),
     )
 
 
@@ -198,12 +200,12 @@ def timestamp(at: datetime) -> Timestamp:
     return ts
 
 
-def host_to_pb(host: HostState, up: bool) -> scheduler_pb2.Host:
+def host_to_pb(host: HostState, up: bool, default_zone: str = "") -> scheduler_pb2.Host:
     pb = scheduler_pb2.Host(
         name=host.name,
         uuid=host.uuid,
         id=host.id,
-        availability_zone=host.zone,
+        availability_zone=host.zone_or(default_zone) if default_zone else host.zone,
         vcpu=_usage_pb(host.vcpu),
         memory_mb=_usage_pb(host.memory_mb),
         disk_gb=_usage_pb(host.disk_gb),
@@ -216,15 +218,22 @@ def host_to_pb(host: HostState, up: bool) -> scheduler_pb2.Host:
         hypervisor_version=host.hypervisor_version,
         host_ip=host.host_ip,
         cpu_info=host.cpu_info,
+        forced_down=host.forced_down,
     )
     if host.last_heartbeat_at is not None:
         pb.last_heartbeat_at.CopyFrom(timestamp(host.last_heartbeat_at))
     return pb
 
 
-def destination(host: HostState, claimed: bool) -> scheduler_pb2.Destination:
+def destination(
+    host: HostState, claimed: bool, default_zone: str = ""
+) -> scheduler_pb2.Destination:
     return scheduler_pb2.Destination(
-        host=host.name, node=host.name, compute_endpoint=host.compute_endpoint, claimed=claimed
+        host=host.name,
+        node=host.name,
+        compute_endpoint=host.compute_endpoint,
+        claimed=claimed,
+        availability_zone=host.zone_or(default_zone) if default_zone else host.zone,
     )
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
+from types import MappingProxyType
 
 # Hosts in no zone belong to this one (the name clients expect).
 DEFAULT_AVAILABILITY_ZONE = "nova"
@@ -53,6 +55,10 @@ class Resources:
 
 
 NO_RESOURCES = Resources()
+
+# Aggregate metadata of a host: each key with the value every aggregate holding it gave.
+AggregateMetadata = Mapping[str, tuple[str, ...]]
+NO_METADATA: AggregateMetadata = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,11 +119,20 @@ class HostState:
     hypervisor_version: int = 0
     host_ip: str = ""
     cpu_info: str = ""
+    # An operator forced it down: not up, whatever its heartbeats say.
+    forced_down: bool = False
+    # Its aggregates' metadata merged (see AggregateMetadata); the store derives it from
+    # the aggregate tables, and the generation changes with it.
+    metadata: AggregateMetadata = field(default_factory=lambda: NO_METADATA, compare=False)
 
     @property
     def zone(self) -> str:
-        """The zone name clients see (the default zone when none is set)."""
+        """The zone name clients see, with the built-in default zone."""
         return self.availability_zone or DEFAULT_AVAILABILITY_ZONE
+
+    def zone_or(self, default: str) -> str:
+        """The zone name clients see, `default` when in no zone aggregate."""
+        return self.availability_zone or default
 
     def inventory(self, rc: ResourceClass) -> Inventory:
         if rc is ResourceClass.VCPU:
@@ -127,8 +142,16 @@ class HostState:
         return self.disk_gb
 
     def is_up(self, now: datetime, down_after: timedelta) -> bool:
-        """True when a heartbeat arrived within `down_after` before `now`."""
-        return self.last_heartbeat_at is not None and now - self.last_heartbeat_at <= down_after
+        """True when not forced down and a heartbeat arrived within `down_after` before `now`."""
+        return (
+            not self.forced_down
+            and self.last_heartbeat_at is not None
+            and now - self.last_heartbeat_at <= down_after
+        )
+
+    def metadata_values(self, key: str) -> set[str]:
+        """Every value the host's aggregates give `key`, comma-separated lists split."""
+        return {v.strip() for raw in self.metadata.get(key, ()) for v in raw.split(",")}
 
     def first_class_short(self, wanted: Resources) -> ResourceClass | None:
         """The first resource class that cannot take `wanted`, or None when all fit."""
@@ -162,6 +185,39 @@ class HostState:
         if at is None or (self.last_heartbeat_at is not None and self.last_heartbeat_at >= at):
             return self
         return dataclasses.replace(self, last_heartbeat_at=at)
+
+
+# Aggregate metadata keys that set a resource class's allocation ratio on member hosts.
+RATIO_KEYS = {
+    ResourceClass.VCPU: "cpu_allocation_ratio",
+    ResourceClass.MEMORY_MB: "ram_allocation_ratio",
+    ResourceClass.DISK_GB: "disk_allocation_ratio",
+}
+
+
+def parse_ratio(text: str) -> float | None:
+    """An allocation ratio given as aggregate metadata; None when not a positive number."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def effective_ratio(rc: ResourceClass, metadata: AggregateMetadata, host_ratio: float) -> float:
+    """The ratio a host's claims are held to: the lowest its aggregates set for the class
+    (a host in several aggregates keeps the strictest promise), else its own."""
+    given = [r for v in metadata.get(RATIO_KEYS[rc], ()) if (r := parse_ratio(v)) is not None]
+    return min(given) if given else host_ratio
+
+
+def merge_metadata(items: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """(key, value) of each aggregate a host is in, as the host's metadata: each key with
+    its values sorted (the form stored on the host's row)."""
+    merged: dict[str, list[str]] = {}
+    for key, value in items:
+        merged.setdefault(key, []).append(value)
+    return {k: sorted(v) for k, v in sorted(merged.items())}
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from itertools import islice
 
 from controlplane.config import SchedulerConfig
+from controlplane.runtime.errors import DomainError
+from controlplane.scheduler.aggregates import AggregateStore
 from controlplane.scheduler.hostcache import HostCache
 from controlplane.scheduler.hostorder import HostOrder, order_spec_for
 from controlplane.scheduler.hoststate import HostState, InventoryUpdate
@@ -77,8 +80,10 @@ class PlacementService:
         cache: HostCache,
         pipeline: Pipeline,
         cfg: SchedulerConfig,
+        aggregates: AggregateStore | None = None,
     ) -> None:
         self.store = store
+        self.aggregates = aggregates or AggregateStore(store.engine)
         self.cache = cache
         self.pipeline = pipeline
         self.cfg = cfg
@@ -95,7 +100,11 @@ class PlacementService:
 
     def cycle_for(self, request: PlacementRequest, rule: GroupRule | None = None) -> CycleState:
         return CycleState(
-            request=request, now=self.cache.clock(), down_after=self.down_after, group_rule=rule
+            request=request,
+            now=self.cache.clock(),
+            down_after=self.down_after,
+            group_rule=rule,
+            default_zone=self.cfg.default_availability_zone,
         )
 
     def is_up(self, host: HostState) -> bool:
@@ -258,17 +267,43 @@ class PlacementService:
         return result.released
 
     async def report_inventory(self, inv: InventoryUpdate) -> HostState | None:
-        """Creates or updates a provider; None when refused (below current usage)."""
+        """Creates or updates a provider; None when refused (below current usage).
+
+        A new host reported with a zone joins that zone's aggregate (made when missing).
+        """
         host = await self.store.upsert_inventory(inv)
-        return self.cache.put(host) if host is not None else None
+        if host is None:
+            return None
+        if host.availability_zone and "availability_zone" not in host.metadata:
+            # Stored by the insert, not yet an aggregate (a crash in between is repaired
+            # by the next report, which finds the same state).
+            try:
+                host = await self.aggregates.set_host_zone(host.name, host.availability_zone)
+            except DomainError as exc:
+                log.warning(
+                    "could not put a new host in its configured zone: %s",
+                    exc,
+                    extra={"host": host.name},
+                )
+        return self.cache.put(host)
 
     async def set_enabled(self, name: str, enabled: bool, reason: str) -> HostState | None:
         host = await self.store.set_enabled(name, enabled, reason)
         return self.cache.put(host) if host is not None else None
 
-    async def set_availability_zone(self, name: str, zone: str) -> HostState | None:
-        host = await self.store.set_availability_zone(name, zone)
+    async def set_availability_zone(self, name: str, zone: str) -> HostState:
+        """The host, now in `zone`'s aggregate and no other zone's ("" for the default
+        zone). Raises NotFound for an unknown host, InvalidArgument for a bad zone name."""
+        return self.cache.put(await self.aggregates.set_host_zone(name, zone))
+
+    async def set_forced_down(self, name: str, forced_down: bool) -> HostState | None:
+        host = await self.store.set_forced_down(name, forced_down)
         return self.cache.put(host) if host is not None else None
+
+    def learn(self, hosts: Iterable[HostState]) -> None:
+        """Puts rows another store just wrote (an aggregate change) in the cache."""
+        for host in hosts:
+            self.cache.put(host)
 
     async def get_host(self, name: str) -> HostState | None:
         """The host as the database holds it now, with the liveness this process knows."""

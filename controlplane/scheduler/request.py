@@ -9,6 +9,9 @@ from datetime import datetime, timedelta
 from controlplane.scheduler.hoststate import DEFAULT_AVAILABILITY_ZONE, Resources
 
 HARD_POLICIES = ("affinity", "anti-affinity")
+# Flavor extra specs under this scope (and unscoped ones) are matched against aggregate
+# metadata.
+AGGREGATE_EXTRA_SPECS_SCOPE = "aggregate_instance_extra_specs"
 SOFT_POLICIES = ("soft-affinity", "soft-anti-affinity")
 
 
@@ -84,6 +87,9 @@ class PlacementRequest:
     num_alternates: int = 0
     request_id: str = ""
     group: GroupPolicy | None = None
+    # Read by the aggregate filters.
+    flavor_extra_specs: Mapping[str, str] = field(default_factory=dict, compare=False)
+    image_properties: Mapping[str, str] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,13 +105,26 @@ class CycleState:
     down_after: timedelta
     # The server-group rule this decision keeps; None when the consumer has no group.
     group_rule: GroupRule | None = None
+    # The zone of hosts in no zone aggregate.
+    default_zone: str = DEFAULT_AVAILABILITY_ZONE
     # The zone a host must be in, or None for any ("nova" also matches hosts in no zone).
     zone: str | None = field(init=False)
+    # The flavor's extra specs the aggregate_instance_extra_specs filter matches, by
+    # metadata key (scope removed); empty when there are none.
+    aggregate_extra_specs: Mapping[str, str] = field(init=False)
 
     def __post_init__(self) -> None:
         zone = self.request.availability_zone.strip() or None
         object.__setattr__(self, "zone", zone)
+        specs: dict[str, str] = {}
+        for key, value in self.request.flavor_extra_specs.items():
+            scope, sep, rest = key.partition(":")
+            if not sep:
+                specs[key] = value
+            elif scope == AGGREGATE_EXTRA_SPECS_SCOPE and rest:
+                specs[rest] = value
+        object.__setattr__(self, "aggregate_extra_specs", specs)
 
     @property
     def zone_is_default(self) -> bool:
-        return self.zone == DEFAULT_AVAILABILITY_ZONE
+        return self.zone == self.default_zone

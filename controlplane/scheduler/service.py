@@ -9,7 +9,12 @@ import socket
 from collections.abc import Awaitable, Callable
 
 from loom.compute.v1 import agent_bus_pb2
-from loom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+from loom.scheduler.v1 import (
+    aggregates_pb2,
+    aggregates_pb2_grpc,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
+)
 from nats.aio.client import Client as NATS
 
 from controlplane.config import LoomConfig
@@ -18,6 +23,7 @@ from controlplane.db.outage import DatabaseOutage
 from controlplane.runtime import bus
 from controlplane.runtime.grpcserver import Registration, start_grpc_server
 from controlplane.scheduler import convert
+from controlplane.scheduler.aggregates_servicer import AggregatesServicer
 from controlplane.scheduler.events import subscribe_heartbeats, subscribe_inventory
 from controlplane.scheduler.hostcache import HostCache
 from controlplane.scheduler.metrics import watch_hosts
@@ -29,6 +35,7 @@ from controlplane.scheduler.store import ProviderStore, utcnow
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name
+AGGREGATES_SERVICE_NAME = aggregates_pb2.DESCRIPTOR.services_by_name["AggregatesService"].full_name
 BINARY = "loom-scheduler"
 # Full re-reads pick up other replicas' claims and releases; own writes are seen at once.
 REFRESH_INTERVAL_S = 5.0
@@ -88,7 +95,12 @@ async def serve(cfg: LoomConfig, stop: asyncio.Event) -> None:
                     SchedulerServicer(placement, sched),
                     scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server,
                     SERVICE_NAME,
-                )
+                ),
+                Registration(
+                    AggregatesServicer(placement),
+                    aggregates_pb2_grpc.add_AggregatesServiceServicer_to_server,
+                    AGGREGATES_SERVICE_NAME,
+                ),
             ],
             cfg.tls,
             [DatabaseOutage()],

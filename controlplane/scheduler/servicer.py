@@ -17,6 +17,7 @@ import grpc
 from loom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 from controlplane.config import SchedulerConfig
+from controlplane.runtime.rpc import grpc_errors
 from controlplane.scheduler import convert
 from controlplane.scheduler.convert import InvalidInput
 from controlplane.scheduler.hoststate import HostState
@@ -50,7 +51,12 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         self.cfg = cfg
 
     def _host_pb(self, host: HostState) -> scheduler_pb2.Host:
-        return convert.host_to_pb(host, self.placement.is_up(host))
+        return convert.host_to_pb(
+            host, self.placement.is_up(host), self.cfg.default_availability_zone
+        )
+
+    def _zone(self, host: HostState) -> str:
+        return host.zone_or(self.cfg.default_availability_zone)
 
     async def _not_found(self, context: grpc.aio.ServicerContext, name: str) -> None:
         await context.abort(grpc.StatusCode.NOT_FOUND, f"host {name!r} not found")
@@ -93,8 +99,13 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         if isinstance(outcome, Placed):
             return scheduler_pb2.SelectDestinationsResponse(
                 placement=scheduler_pb2.Placement(
-                    selected=convert.destination(outcome.selected, claimed=True),
-                    alternates=[convert.destination(h, claimed=False) for h in outcome.alternates],
+                    selected=convert.destination(
+                        outcome.selected, True, self.cfg.default_availability_zone
+                    ),
+                    alternates=[
+                        convert.destination(h, False, self.cfg.default_availability_zone)
+                        for h in outcome.alternates
+                    ],
                 )
             )
         log.info(
@@ -141,7 +152,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         hosts = [
             h
             for h in await self.placement.list_hosts()
-            if (not request.availability_zone or h.zone == request.availability_zone)
+            if (not request.availability_zone or self._zone(h) == request.availability_zone)
             and request.name_contains in h.name
         ]
         return scheduler_pb2.ListHostsResponse(hosts=[self._host_pb(h) for h in hosts])
@@ -167,19 +178,25 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         return scheduler_pb2.SetHostEnabledResponse(host=self._host_pb(host))
 
     @_invalid_input_is_invalid_argument
+    async def SetHostForcedDown(
+        self, request: scheduler_pb2.SetHostForcedDownRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.SetHostForcedDownResponse:
+        convert.require_host(request.host)
+        host = await self.placement.set_forced_down(request.host, request.forced_down)
+        if host is None:
+            await self._not_found(context, request.host)
+            raise AssertionError("unreachable")
+        return scheduler_pb2.SetHostForcedDownResponse(host=self._host_pb(host))
+
+    @grpc_errors
+    @_invalid_input_is_invalid_argument
     async def SetHostAvailabilityZone(
         self,
         request: scheduler_pb2.SetHostAvailabilityZoneRequest,
         context: grpc.aio.ServicerContext,
     ) -> scheduler_pb2.SetHostAvailabilityZoneResponse:
         convert.require_host(request.host)
-        zone = request.availability_zone.strip()
-        if len(zone) > 255:
-            raise InvalidInput("availability_zone is longer than 255 characters")
-        host = await self.placement.set_availability_zone(request.host, zone)
-        if host is None:
-            await self._not_found(context, request.host)
-            raise AssertionError("unreachable")
+        host = await self.placement.set_availability_zone(request.host, request.availability_zone)
         return scheduler_pb2.SetHostAvailabilityZoneResponse(host=self._host_pb(host))
 
     async def ListAvailabilityZones(
@@ -189,7 +206,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     ) -> scheduler_pb2.ListAvailabilityZonesResponse:
         zones: dict[str, list[HostState]] = {}
         for host in await self.placement.list_hosts():
-            zones.setdefault(host.zone, []).append(host)
+            zones.setdefault(self._zone(host), []).append(host)
         return scheduler_pb2.ListAvailabilityZonesResponse(
             zones=[
                 scheduler_pb2.AvailabilityZone(

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any, cast
 
 import psycopg
@@ -38,11 +40,14 @@ from controlplane.db.driver import driver_of
 from controlplane.db.models import Allocation, ResourceProvider
 from controlplane.runtime.stats import STATS
 from controlplane.scheduler.hoststate import (
+    NO_METADATA,
+    AggregateMetadata,
     HostState,
     Inventory,
     InventoryUpdate,
     ResourceClass,
     Resources,
+    effective_ratio,
 )
 from controlplane.scheduler.request import HARD_POLICIES, GroupPolicy, GroupRule
 
@@ -74,6 +79,14 @@ def _aware(value: datetime | None) -> datetime | None:
     return value
 
 
+def _metadata(value: Any) -> AggregateMetadata:
+    if not value:
+        return NO_METADATA
+    if isinstance(value, str):
+        value = json.loads(value)
+    return MappingProxyType({str(k): tuple(v) for k, v in value.items()})
+
+
 def host_from_row(row: Row[Any] | Mapping[str, Any]) -> HostState:
     m = row._mapping if isinstance(row, Row) else row
 
@@ -103,6 +116,8 @@ def host_from_row(row: Row[Any] | Mapping[str, Any]) -> HostState:
         hypervisor_version=int(m["hypervisor_version"]),
         host_ip=m["host_ip"],
         cpu_info=m["cpu_info"],
+        forced_down=bool(m["forced_down"]),
+        metadata=_metadata(m["aggregate_metadata"]),
     )
 
 
@@ -491,15 +506,13 @@ class ProviderStore:
     async def upsert_inventory(self, inv: InventoryUpdate) -> HostState | None:
         """Creates the provider, or updates its capacity and agent facts.
 
-        Postconditions: the stored host carries `inv`'s totals, reserved amounts and ratios;
-        None (and nothing changed) when the new capacity would be below what is already
-        used on an existing host.
+        Postconditions: the stored host carries `inv`'s totals and reserved amounts, and
+        `inv`'s ratios as its own (the *_host_ratio columns); its effective ratios are the
+        lowest its aggregates set, else its own. None (and nothing changed) when the new
+        capacity would be below what is already used on an existing host. A new host's
+        `availability_zone` is stored as given (the caller then makes it an aggregate).
         """
         now = utcnow()
-        capacity: dict[str, Any] = {}
-        for rc, p in _PREFIX.items():
-            i = _inventory_of(inv, rc)
-            capacity |= {f"{p}_total": i.total, f"{p}_reserved": i.reserved, f"{p}_ratio": i.ratio}
         facts = {
             "hypervisor_type": inv.hypervisor_type,
             "hypervisor_version": inv.hypervisor_version,
@@ -508,37 +521,64 @@ class ProviderStore:
             "cpu_info": inv.cpu_info,
         }
         async with self.engine.begin() as conn:
-            ins = _insert_for(conn, RP).values(
-                uuid=str(uuid.uuid4()),
-                name=inv.host,
-                availability_zone=inv.availability_zone or None,
-                created_at=now,
-                **capacity,
-                **facts,
-            )
-            exc = ins.excluded
-            # The existing usage must still fit under the new capacity, as the CHECKs demand.
-            fits = and_(
-                *(
-                    RP.c[f"{p}_used"]
-                    <= exc[f"{p}_total"] * exc[f"{p}_ratio"] - exc[f"{p}_reserved"]
-                    for p in _PREFIX.values()
+            # The row lock orders this write after any aggregate change to the host, so the
+            # metadata read below is the one committed last.
+            row = (
+                await conn.execute(select(RP).where(RP.c.name == inv.host).with_for_update())
+            ).first()
+            if row is None:
+                capacity: dict[str, Any] = {}
+                for rc, p in _PREFIX.items():
+                    i = _inventory_of(inv, rc)
+                    capacity |= {
+                        f"{p}_total": i.total,
+                        f"{p}_reserved": i.reserved,
+                        f"{p}_ratio": i.ratio,
+                        f"{p}_host_ratio": i.ratio,
+                    }
+                ins = (
+                    _insert_for(conn, RP)
+                    .values(
+                        uuid=str(uuid.uuid4()),
+                        name=inv.host,
+                        availability_zone=inv.availability_zone or None,
+                        created_at=now,
+                        **capacity,
+                        **facts,
+                    )
+                    .on_conflict_do_nothing(index_elements=["name"])
+                    .returning(*RP.c)
                 )
+                created = (await conn.execute(ins)).first()
+                if created is not None:
+                    return host_from_row(created)
+                # Another report created it meanwhile: update it as below.
+                row = (
+                    await conn.execute(select(RP).where(RP.c.name == inv.host).with_for_update())
+                ).one()
+            current = host_from_row(row)
+            values: dict[str, Any] = {}
+            for rc, p in _PREFIX.items():
+                i = _inventory_of(inv, rc)
+                ratio = effective_ratio(rc, current.metadata, i.ratio)
+                if current.inventory(rc).used > i.total * ratio - i.reserved:
+                    log.warning(
+                        "inventory refused: capacity below current usage", extra={"host": inv.host}
+                    )
+                    return None
+                values |= {
+                    f"{p}_total": i.total,
+                    f"{p}_reserved": i.reserved,
+                    f"{p}_ratio": ratio,
+                    f"{p}_host_ratio": i.ratio,
+                }
+            stmt = (
+                update(RP)
+                .where(RP.c.id == current.id)
+                .values(**values, **facts, updated_at=now, generation=RP.c.generation + 1)
+                .returning(*RP.c)
             )
-            stmt = ins.on_conflict_do_update(
-                index_elements=["name"],
-                set_={
-                    **{k: exc[k] for k in (*capacity, *facts)},
-                    "updated_at": now,
-                    "generation": RP.c.generation + 1,
-                },
-                where=fits,
-            ).returning(*RP.c)
-            row = (await conn.execute(stmt)).first()
-        if row is None:
-            log.warning("inventory refused: capacity below current usage", extra={"host": inv.host})
-            return None
-        return host_from_row(row)
+            return host_from_row((await conn.execute(stmt)).one())
 
     # ------------------------------------------------------------------ operator changes
 
@@ -548,9 +588,9 @@ class ProviderStore:
             name, enabled=enabled, disabled_reason=None if enabled else (reason or None)
         )
 
-    async def set_availability_zone(self, name: str, zone: str) -> HostState | None:
-        """The host, now in `zone` (the default zone when empty); None when no such host."""
-        return await self._update_host(name, availability_zone=zone or None)
+    async def set_forced_down(self, name: str, forced_down: bool) -> HostState | None:
+        """The host, now forced down or not; None when there is no such host."""
+        return await self._update_host(name, forced_down=forced_down)
 
     async def _update_host(self, name: str, **values: Any) -> HostState | None:
         stmt = (

@@ -100,7 +100,9 @@ class KeyRepository:
             names = os.listdir(self.path)
         except FileNotFoundError:
             return []
-        return sorted(int(n) for n in names if n.isdigit() and (self.path / n).is_file())
+        return sorted(
+            int(n) for n in names if n.isascii() and n.isdigit() and (self.path / n).is_file()
+        )
 
     def ensure(self) -> None:
         """Creates the repository (0700) with one key (0600) unless it holds keys already."""

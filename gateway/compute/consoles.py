@@ -22,9 +22,9 @@ from gateway.compute.common import context, ok
 from gateway.conductor import call
 from gateway.errors import ApiError, BadRequest, NotFound
 from gateway.microversion import Microversion
-from gateway.routing import checked_body, documented
+from gateway.routing import checked_body, checked_query, documented
 from gateway.state import base_url, gateway_of, json_body, microversion, request_id
-from gateway.validation import VersionedSchema, compile_schema
+from gateway.validation import Query, VersionedSchema, compile_schema
 
 CONSOLE_OUTPUT_ACTION = compile_schema(
     {
@@ -59,6 +59,9 @@ def _remote_console_schema(mv: Microversion) -> dict[str, Any]:
     with_mks = mv.at_least("2.8")
     protocols = _PROTOCOLS_2_6 + (["mks"] if with_mks else [])
     types = _TYPES_2_6 + (["webmks"] if with_mks else [])
+    if mv.at_least("2.99"):
+        # A known type from 2.99; Loom offers only noVNC, so asking for it is a 400.
+        types.append("spice-direct")
     return {
         "type": "object",
         "required": ["remote_console"],
@@ -193,6 +196,8 @@ async def show_console_auth_token(request: Request) -> Response:
     """What a console token grants (admin only)."""
     ctx = context(request)
     ctx.require_admin("os_compute_api:os-console-auth-tokens")
+    # Unknown query parameters are ignored before 2.99 and refused from it.
+    checked_query(request, _NO_QUERY, ignore_unknown=not microversion(request).at_least("2.99"))
     token = request.path_params["token"]
     try:
         reply = await call(
@@ -216,6 +221,9 @@ async def show_console_auth_token(request: Request) -> Response:
             }
         }
     )
+
+
+_NO_QUERY = Query()
 
 
 def routes() -> list[BaseRoute]:

@@ -387,7 +387,8 @@ async def delete_extra_spec(request: Request) -> Response:
             key=request.path_params["key"],
         ),
     )
-    return empty(202)
+    # 200 with no body, as the API has always answered this DELETE.
+    return Response(status_code=200)
 
 
 @documented(tag="compute")

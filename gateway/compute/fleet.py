@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 from loom.conductor.v1 import fleet_pb2
@@ -18,6 +19,7 @@ from gateway.microversion import Microversion
 from gateway.routing import checked_body, checked_query, documented
 from gateway.state import gateway_of, json_body, microversion, request_id
 from gateway.validation import Query, QueryParam, compile_schema
+from gateway.validation.schema import shorten
 
 # ------------------------------------------------------------------ availability zones
 
@@ -52,7 +54,7 @@ async def list_zones_detail(request: Request) -> Response:
     for z in reply.zones:
         hosts: dict[str, dict[str, Any]] = {}
         for svc in z.services:
-            hosts.setdefault(svc.host, {})[svc.binary] = {
+            hosts.setdefault(svc.host, {})[api_binary(svc.binary)] = {
                 "available": svc.up,
                 "active": svc.enabled,
                 "updated_at": iso_micro(svc.updated_at),
@@ -65,11 +67,30 @@ async def list_zones_detail(request: Request) -> Response:
 
 # ------------------------------------------------------------------ services
 
+# Loom's services record themselves under their own names; the API shows (and filters on)
+# the binary names that OpenStack's tools and scripts look for.
+_API_BINARY = {
+    "loom-compute": "nova-compute",
+    "loom-scheduler": "nova-scheduler",
+    "loom-conductor": "nova-conductor",
+}
+_LOOM_BINARY = {api: loom for loom, api in _API_BINARY.items()}
+
+
+def api_binary(stored: str) -> str:
+    """The binary name the API shows for a Loom service."""
+    return _API_BINARY.get(stored, stored)
+
+
+def loom_binary(requested: str) -> str:
+    """The stored binary name for one the API was given (either spelling is accepted)."""
+    return _LOOM_BINARY.get(requested, requested)
+
 
 def _service(svc: fleet_pb2.Service, mv: Microversion) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": svc.uuid if mv.at_least("2.53") else svc.id,
-        "binary": svc.binary,
+        "binary": api_binary(svc.binary),
         "host": svc.host,
         "zone": svc.zone,
         "status": "enabled" if svc.enabled else "disabled",
@@ -94,7 +115,9 @@ async def list_services(request: Request) -> Response:
     q = checked_query(request, SERVICES_QUERY, ignore_unknown=not mv.at_least("2.75"))
     reply = await call(
         gateway_of(request).conductor.fleet.ListServices,
-        fleet_pb2.ListServicesRequest(binary=q.get("binary", ""), host=q.get("host", "")),
+        fleet_pb2.ListServicesRequest(
+            binary=loom_binary(q.get("binary", "")), host=q.get("host", "")
+        ),
     )
     return ok({"services": [_service(s, mv) for s in reply.services]})
 
@@ -165,7 +188,7 @@ async def _legacy_update(request: Request, mv: Microversion, action: str, body: 
     checked_body(LEGACY_SCHEMA, body)
     found = await call(
         gateway_of(request).conductor.fleet.ListServices,
-        fleet_pb2.ListServicesRequest(binary=body["binary"], host=body["host"]),
+        fleet_pb2.ListServicesRequest(binary=loom_binary(body["binary"]), host=body["host"]),
     )
     if not found.services:
         raise NotFound(f"Service {body['binary']} on host {body['host']} could not be found.")
@@ -185,7 +208,7 @@ async def _legacy_update(request: Request, mv: Microversion, action: str, body: 
             raise BadRequest("Missing forced_down field")
         req.forced_down = body["forced_down"]
     svc = await _update(request, req)
-    out: dict[str, Any] = {"host": svc.host, "binary": svc.binary}
+    out: dict[str, Any] = {"host": svc.host, "binary": api_binary(svc.binary)}
     if action == "force-down":
         out["forced_down"] = svc.forced_down
     else:
@@ -346,6 +369,108 @@ async def show_hypervisor(request: Request) -> Response:
     return ok({"hypervisor": _hypervisor(reply.hypervisor, mv, True, bool(q.get("with_servers")))})
 
 
+# The routes below were dropped from the API in later microversions: their data moved into
+# the list's query parameters (2.53) or out of the compute API (2.88).
+_GONE = "The resource could not be found."
+
+
+def _until(request: Request, last: str) -> Microversion:
+    mv = microversion(request)
+    if mv > Microversion.parse(last):
+        raise NotFound(_GONE)
+    return mv
+
+
+@documented(tag="compute")
+async def hypervisor_statistics(request: Request) -> Response:
+    """Totals over every hypervisor (admin; up to 2.87)."""
+    context(request).require_admin("os_compute_api:os-hypervisors:statistics")
+    _until(request, "2.87")
+    reply = await call(
+        gateway_of(request).conductor.fleet.ListHypervisors, fleet_pb2.ListHypervisorsRequest()
+    )
+    hs = list(reply.hypervisors)
+    vcpus = sum(h.vcpus for h in hs)
+    memory = sum(h.memory_mb for h in hs)
+    disk = sum(h.local_gb for h in hs)
+    memory_used = sum(h.memory_mb_used for h in hs)
+    disk_used = sum(h.local_gb_used for h in hs)
+    return ok(
+        {
+            "hypervisor_statistics": {
+                "count": len(hs),
+                "vcpus": vcpus,
+                "vcpus_used": sum(h.vcpus_used for h in hs),
+                "memory_mb": memory,
+                "memory_mb_used": memory_used,
+                "free_ram_mb": memory - memory_used,
+                "local_gb": disk,
+                "local_gb_used": disk_used,
+                "free_disk_gb": disk - disk_used,
+                "disk_available_least": disk - disk_used,
+                "running_vms": sum(h.running_vms for h in hs),
+                "current_workload": 0,
+            }
+        }
+    )
+
+
+def _check_hypervisor_id(mv: Microversion, ident: str) -> None:
+    """A UUID from 2.53, an integer before (anything else names no hypervisor)."""
+    if mv.at_least("2.53"):
+        try:
+            uuid.UUID(ident)
+        except ValueError:
+            raise BadRequest(f"Invalid uuid {shorten(ident)}") from None
+    elif not (ident.isascii() and ident.isdigit()):
+        raise NotFound(f"Hypervisor with ID '{shorten(ident)}' could not be found.")
+
+
+@documented(tag="compute")
+async def hypervisor_uptime(request: Request) -> Response:
+    """A hypervisor's uptime (admin; up to 2.87): Loom's agents do not report it (501)."""
+    context(request).require_admin("os_compute_api:os-hypervisors:uptime")
+    mv = _until(request, "2.87")
+    ident = request.path_params["hypervisor_id"]
+    _check_hypervisor_id(mv, ident)
+    try:
+        await call(
+            gateway_of(request).conductor.fleet.GetHypervisor,
+            fleet_pb2.GetHypervisorRequest(id=ident),
+        )
+    except ApiError as exc:
+        if exc.status == 404:
+            raise NotFound(f"Hypervisor with ID '{shorten(ident)}' could not be found.") from exc
+        raise
+    raise ApiError(501, "Loom's compute agents do not report host uptime.")
+
+
+async def _matching(request: Request, with_servers: bool) -> list[dict[str, Any]]:
+    mv = _until(request, "2.52")
+    pattern = request.path_params["pattern"]
+    reply = await call(
+        gateway_of(request).conductor.fleet.ListHypervisors,
+        fleet_pb2.ListHypervisorsRequest(hostname_pattern=pattern, with_servers=with_servers),
+    )
+    if not reply.hypervisors:
+        raise NotFound(f"No hypervisor matching '{shorten(pattern)}' could be found.")
+    return [_hypervisor(h, mv, False, with_servers) for h in reply.hypervisors]
+
+
+@documented(tag="compute")
+async def search_hypervisors(request: Request) -> Response:
+    """Hypervisors whose name contains a pattern (admin; up to 2.52, then a list filter)."""
+    context(request).require_admin("os_compute_api:os-hypervisors:search")
+    return ok({"hypervisors": await _matching(request, with_servers=False)})
+
+
+@documented(tag="compute")
+async def hypervisor_servers(request: Request) -> Response:
+    """Matching hypervisors with their servers (admin; up to 2.52, then a list filter)."""
+    context(request).require_admin("os_compute_api:os-hypervisors:servers")
+    return ok({"hypervisors": await _matching(request, with_servers=True)})
+
+
 def routes() -> list[BaseRoute]:
     return [
         Route("/compute/v2.1/os-availability-zone", list_zones, methods=["GET"]),
@@ -355,5 +480,15 @@ def routes() -> list[BaseRoute]:
         Route("/compute/v2.1/os-services/{service_id}", delete_service, methods=["DELETE"]),
         Route("/compute/v2.1/os-hypervisors", list_hypervisors, methods=["GET"]),
         Route("/compute/v2.1/os-hypervisors/detail", list_hypervisors_detail, methods=["GET"]),
+        Route("/compute/v2.1/os-hypervisors/statistics", hypervisor_statistics, methods=["GET"]),
+        Route(
+            "/compute/v2.1/os-hypervisors/{hypervisor_id}/uptime",
+            hypervisor_uptime,
+            methods=["GET"],
+        ),
+        Route("/compute/v2.1/os-hypervisors/{pattern}/search", search_hypervisors, methods=["GET"]),
+        Route(
+            "/compute/v2.1/os-hypervisors/{pattern}/servers", hypervisor_servers, methods=["GET"]
+        ),
         Route("/compute/v2.1/os-hypervisors/{hypervisor_id}", show_hypervisor, methods=["GET"]),
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.routing import BaseRoute, Route
 
 from gateway.compute import (
+    aggregates,
     consoles,
     flavors,
     fleet,
@@ -12,6 +13,8 @@ from gateway.compute import (
     quotas,
     server_groups,
     servers,
+    shares,
+    usage,
     versions,
 )
 
@@ -31,4 +34,7 @@ def routes() -> list[BaseRoute]:
         *fleet.routes(),
         *server_groups.routes(),
         *consoles.routes(),
+        *usage.routes(),
+        *shares.routes(),
+        *aggregates.routes(),
     ]

@@ -83,7 +83,9 @@ def view(g: server_groups_pb2.ServerGroup, mv: Microversion) -> dict[str, Any]:
     body: dict[str, Any] = {"id": g.id, "name": g.name, "members": list(g.members)}
     if mv.at_least("2.64"):
         body["policy"] = g.policy
-        body["rules"] = {k: int(v) if v.isdigit() else v for k, v in g.rules.items()}
+        body["rules"] = {
+            k: int(v) if v.isascii() and v.isdigit() else v for k, v in g.rules.items()
+        }
     else:
         body["policies"] = [g.policy]
         body["metadata"] = {}

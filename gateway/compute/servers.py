@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import secrets
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from loom.catalog.v1 import flavors_pb2
 from loom.compute.v1 import agent_bus_pb2
 from loom.conductor.v1 import fleet_pb2, servers_pb2
 from starlette.requests import Request
@@ -147,6 +149,8 @@ def _create_schema(mv: Microversion) -> dict[str, Any]:
 
 
 CREATE = VersionedSchema(_create_schema)
+# The scheduler hints placement acts on; any other is refused rather than ignored.
+_HONOURED_HINTS = frozenset({"group"})
 
 
 def _update_schema(mv: Microversion) -> dict[str, Any]:
@@ -293,7 +297,11 @@ async def _host_statuses(request: Request, servers: list[servers_pb2.Server]) ->
 
 
 async def _render(
-    request: Request, ctx: RequestContext, servers: list[servers_pb2.Server]
+    request: Request,
+    ctx: RequestContext,
+    servers: list[servers_pb2.Server],
+    *,
+    listed: bool = False,
 ) -> list[dict[str, Any]]:
     mv = microversion(request)
     statuses = (
@@ -301,7 +309,9 @@ async def _render(
     )
     admin = ctx.is_admin
     return [
-        views.detail(request, s, mv, is_admin=admin, host_status=statuses.get(s.host, ""))
+        views.detail(
+            request, s, mv, is_admin=admin, host_status=statuses.get(s.host, ""), listed=listed
+        )
         for s in servers
     ]
 
@@ -380,7 +390,7 @@ async def _list(request: Request, detailed: bool) -> Response:
     reply = await call(gateway_of(request).conductor.servers.ListServers, req)
     servers = list(reply.servers)
     items = (
-        await _render(request, ctx, servers)
+        await _render(request, ctx, servers, listed=True)
         if detailed
         else [views.brief(request, s) for s in servers]
     )
@@ -438,6 +448,27 @@ def _image_from_bdm(mappings: list[dict[str, Any]], image_ref: str) -> str:
     return image_ref
 
 
+async def _check_flavor_usable(request: Request, flavor_id: str) -> None:
+    """A private flavor is for admins only (Loom keeps no per-project access lists yet):
+    to anyone else it does not exist, as the API answers for a flavor a project cannot use."""
+    try:
+        reply = await call(
+            gateway_of(request).conductor.flavors.GetFlavor,
+            flavors_pb2.GetFlavorRequest(id=flavor_id),
+        )
+    except ApiError as exc:
+        if exc.status == 404:
+            return  # the conductor answers an unknown flavor itself
+        raise
+    if not reply.flavor.is_public:
+        raise BadRequest(f"Flavor {shorten(flavor_id)} could not be found.")
+
+
+def _canonical_ipv6(text: str) -> str:
+    """The address in its compressed form (the schema has checked it is IPv6)."""
+    return ipaddress.IPv6Address(text).compressed if text else ""
+
+
 def _truthy(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -454,6 +485,12 @@ async def create_server(request: Request) -> Response:
     checked_body(CREATE.at(mv), body)
     s = body["server"]
     hints = body.get("os:scheduler_hints") or body.get("OS-SCH-HNT:scheduler_hints") or {}
+    unhonoured = sorted(set(hints) - _HONOURED_HINTS)
+    if unhonoured:
+        raise BadRequest(
+            "Loom's scheduler does not honour the scheduler hint(s)"
+            f" {shorten(', '.join(unhonoured))}; only 'group' is."
+        )
 
     networks = s.get("networks", "auto")
     if isinstance(networks, list):
@@ -481,6 +518,9 @@ async def create_server(request: Request) -> Response:
     if s.get("host") or s.get("hypervisor_hostname") or force_host:
         ctx.require_admin("compute:servers:create:requested_destination")
         force_host = s.get("host") or s.get("hypervisor_hostname") or force_host
+    flavor_id = str(s["flavorRef"]).rstrip("/").rsplit("/", 1)[-1]
+    if not ctx.is_admin:
+        await _check_flavor_usable(request, flavor_id)
     hostname = s.get("hostname", "")
     if hostname and max_count > 1:
         raise BadRequest("Cannot set hostname when creating more than one server.")
@@ -491,7 +531,7 @@ async def create_server(request: Request) -> Response:
             project_id=ctx.project_id,
             user_id=ctx.user_id,
             name=s["name"],
-            flavor_id=str(s["flavorRef"]).rstrip("/").rsplit("/", 1)[-1],
+            flavor_id=flavor_id,
             image_id=image_ref.rstrip("/").rsplit("/", 1)[-1],
             availability_zone=az,
             key_name=s.get("key_name", ""),
@@ -505,7 +545,7 @@ async def create_server(request: Request) -> Response:
             server_group_id=hints.get("group", ""),
             tags=s.get("tags", []),
             access_ipv4=s.get("accessIPv4", ""),
-            access_ipv6=s.get("accessIPv6", ""),
+            access_ipv6=_canonical_ipv6(s.get("accessIPv6", "")),
             config_drive=_truthy(s.get("config_drive", False)),
             force_host=force_host,
         ),
@@ -551,11 +591,21 @@ async def update_server(request: Request) -> Response:
     if "accessIPv4" in s:
         req.access_ipv4 = s["accessIPv4"]
     if "accessIPv6" in s:
-        req.access_ipv6 = s["accessIPv6"]
+        req.access_ipv6 = _canonical_ipv6(s["accessIPv6"])
     if "hostname" in s:
         req.hostname = s["hostname"]
     reply = await call(gateway_of(request).conductor.servers.UpdateServer, req)
-    return ok({"server": (await _render(request, ctx, [reply.server]))[0]})
+    server = reply.server
+    statuses = (
+        await _host_statuses(request, [server]) if ctx.is_admin and mv.at_least("2.16") else {}
+    )
+    return ok(
+        {
+            "server": views.updated(
+                request, server, mv, is_admin=ctx.is_admin, host_status=statuses.get(server.host)
+            )
+        }
+    )
 
 
 @documented(tag="compute")
@@ -791,6 +841,34 @@ async def show_instance_action(request: Request) -> Response:
     return ok({"instanceAction": body})
 
 
+# ------------------------------------------------------------------ volume attachments
+
+VOLUME_ATTACHMENTS_QUERY = Query(
+    QueryParam("limit", "nonneg_integer"), QueryParam("offset", "nonneg_integer")
+)
+
+
+@documented(query=VOLUME_ATTACHMENTS_QUERY, tag="compute")
+async def list_volume_attachments(request: Request) -> Response:
+    """A server's volume attachments: always none, since Loom has no volumes yet."""
+    ctx = context(request)
+    ctx.require_read("os_compute_api:os-volumes-attachments:index")
+    checked_query(request, VOLUME_ATTACHMENTS_QUERY)
+    await _get(request, ctx)
+    return ok({"volumeAttachments": []})
+
+
+@documented(tag="compute")
+async def show_volume_attachment(request: Request) -> Response:
+    """One volume attachment: none exists (404) while Loom has no volumes."""
+    ctx = context(request)
+    ctx.require_read("os_compute_api:os-volumes-attachments:show")
+    server = await _get(request, ctx)
+    raise NotFound(
+        f"Volume {shorten(request.path_params['volume_id'])} is not attached to server {server.id}."
+    )
+
+
 def routes() -> list[BaseRoute]:
     p = "/compute/v2.1/servers"
     s = p + "/{server_id}"
@@ -809,6 +887,8 @@ def routes() -> list[BaseRoute]:
         Route(s + "/metadata/{key}", delete_metadata_item, methods=["DELETE"]),
         Route(s + "/ips", list_ips, methods=["GET"]),
         Route(s + "/ips/{network}", show_ips, methods=["GET"]),
+        Route(s + "/os-volume_attachments", list_volume_attachments, methods=["GET"]),
+        Route(s + "/os-volume_attachments/{volume_id}", show_volume_attachment, methods=["GET"]),
         Route(s + "/os-instance-actions", list_instance_actions, methods=["GET"]),
         Route(s + "/os-instance-actions/{request_id}", show_instance_action, methods=["GET"]),
     ]

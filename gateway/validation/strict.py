@@ -78,7 +78,12 @@ def _check_ref(node: Mapping[str, Any], root: Any, where: str) -> None:
         name = token.replace("~1", "/").replace("~0", "~")
         if isinstance(target, Mapping) and name in target:
             target = target[name]
-        elif isinstance(target, list) and name.isdigit() and int(name) < len(target):
+        elif (
+            isinstance(target, list)
+            and name.isascii()
+            and name.isdigit()
+            and int(name) < len(target)
+        ):
             target = target[int(name)]
         else:
             raise SchemaNotStrict(f"{where}: $ref {ref!r} does not resolve")

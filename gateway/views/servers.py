@@ -12,6 +12,7 @@ from gateway.compute.common import COMPUTE, links
 from gateway.compute.views_time import iso_micro, iso_z
 from gateway.microversion import Microversion
 from gateway.state import base_url
+from gateway.views import image_properties
 
 VM_STATES = {
     servers_pb2.VM_STATE_BUILDING: "building",
@@ -87,16 +88,25 @@ def _flavor(request: Request, server: servers_pb2.Server, mv: Microversion) -> d
     }
 
 
-def _image(request: Request, server: servers_pb2.Server) -> dict[str, Any] | str:
+def _image(request: Request, server: servers_pb2.Server, mv: Microversion) -> dict[str, Any] | str:
     if not server.image_id:
         # Volume-backed servers show an empty string, as Nova does.
         return ""
-    return {
+    image: dict[str, Any] = {
         "id": server.image_id,
         "links": [
             {"href": f"{base_url(request)}{COMPUTE}/images/{server.image_id}", "rel": "bookmark"}
         ],
     }
+    if mv.at_least("2.98"):
+        image["properties"] = image_properties.shown(dict(server.image_properties))
+    return image
+
+
+def scheduler_hints(server: servers_pb2.Server) -> dict[str, list[str]]:
+    """The hints the server was created with (2.100): Loom honours only `group`, and
+    refuses the others at creation, so the group is all there is to show."""
+    return {"group": [server.server_group_id]} if server.server_group_id else {}
 
 
 def fault(server: servers_pb2.Server, is_admin: bool) -> dict[str, Any] | None:
@@ -127,7 +137,10 @@ def detail(
     *,
     is_admin: bool,
     host_status: str | None = None,
+    listed: bool = False,
 ) -> dict[str, Any]:
+    """One server's full body; `listed` for an item of GET /servers/detail, which leaves
+    out what only a single server's body carries (its server groups)."""
     body = brief(request, server)
     body.update(
         {
@@ -136,7 +149,7 @@ def detail(
             "user_id": server.user_id,
             "metadata": dict(server.metadata),
             "hostId": host_id(server.project_id, server.host),
-            "image": _image(request, server),
+            "image": _image(request, server, mv),
             "flavor": _flavor(request, server, mv),
             "created": iso_z(server.created_at),
             "updated": iso_z(server.updated_at) or iso_z(server.created_at),
@@ -194,13 +207,68 @@ def detail(
         body["tags"] = list(server.tags)
     if mv.at_least("2.63"):
         body["trusted_image_certificates"] = None
-    if mv.at_least("2.71"):
+    if mv.at_least("2.71") and not listed:
         body["server_groups"] = [server.server_group_id] if server.server_group_id else []
     if mv.at_least("2.73"):
         body["locked_reason"] = server.locked_reason or None
     if mv.at_least("2.96"):
         body["pinned_availability_zone"] = server.availability_zone or None
+    if mv.at_least("2.100"):
+        body["scheduler_hints"] = scheduler_hints(server)
     if mv.at_least("2.3"):
         # The delete_on_termination flag shows from 2.3 (Loom has no volumes yet).
         body["os-extended-volumes:volumes_attached"] = []
     return body
+
+
+# The PUT /servers/{id} body before 2.75: the server's own fields without the extended
+# attributes (OS-EXT-*, OS-SRV-USG, security groups, volumes); from 2.75 it is the full
+# body that GET shows.
+_COMPACT_FIELDS = frozenset(
+    {
+        "id",
+        "name",
+        "status",
+        "image",
+        "flavor",
+        "fault",
+        "user_id",
+        "tenant_id",
+        "created",
+        "updated",
+        "progress",
+        "metadata",
+        "links",
+        "addresses",
+        "hostId",
+        "OS-DCF:diskConfig",
+        "accessIPv4",
+        "accessIPv6",
+        "locked",
+        "description",
+        "tags",
+        "trusted_image_certificates",
+        "server_groups",
+        "locked_reason",
+    }
+)
+
+
+def updated(
+    request: Request,
+    server: servers_pb2.Server,
+    mv: Microversion,
+    *,
+    is_admin: bool,
+    host_status: str | None = None,
+) -> dict[str, Any]:
+    """The body of an update's response for the given microversion."""
+    body = detail(request, server, mv, is_admin=is_admin, host_status=host_status)
+    if mv.at_least("2.75"):
+        return body
+    compact = {k: v for k, v in body.items() if k in _COMPACT_FIELDS}
+    compact["addresses"] = {
+        net: [{"version": a["version"], "addr": a["addr"]} for a in addrs]
+        for net, addrs in body["addresses"].items()
+    }
+    return compact

@@ -25,6 +25,8 @@ async def services(h: Harness, **kw: str) -> dict[tuple[str, str], fleet_pb2.Ser
 
 async def test_heartbeats_on_nats_become_services_that_are_up(pg: Harness, nc: NATS) -> None:
     recorder = HeartbeatRecorder(pg.sessions, flush_interval=0.1, own_host="ctl-1")
+    # A compute service is up when the scheduler (which hears the same beats) says so.
+    await pg.scheduler.add_host("beat-1")
     stop = asyncio.Event()
     task = asyncio.create_task(recorder.run(nc, stop))
     try:
@@ -59,6 +61,8 @@ async def test_many_heartbeats_are_written_in_one_statement(
 ) -> None:
     async with harness(request.getfixturevalue(database)) as h:
         recorder = HeartbeatRecorder(h.sessions, own_host="ctl-1")
+        for i in range(10):
+            await h.scheduler.add_host(f"h{i}")
         for i in range(50):
             recorder.record(agent_bus_pb2.Heartbeat(host=f"h{i % 10}"))
         counter = count_statements(h.engine)
@@ -72,18 +76,59 @@ async def test_many_heartbeats_are_written_in_one_statement(
         assert all(s.up for s in found.values())
 
 
-async def test_a_service_whose_heartbeats_stopped_is_down(pg: Harness) -> None:
+async def test_a_compute_service_is_up_exactly_when_the_scheduler_holds_its_host_up(
+    pg: Harness,
+) -> None:
+    await pg.scheduler.add_host("stale", up=False)
+    await pg.scheduler.add_host("fresh")
+    await pg.scheduler.add_host("forced", forced_down=True)
     old = datetime.now(UTC) - timedelta(seconds=pg.conductor.cfg.conductor.service_down_time + 5)
     await add(
         pg.sessions,
-        make_service("stale", last_seen_up=old),
-        make_service("fresh"),
-        make_service("forced", forced_down=True),
+        # The conductor's own rows say the opposite: they are not what decides.
+        make_service("stale"),
+        make_service("fresh", last_seen_up=old),
+        make_service("forced"),
+        make_service("unknown"),
     )
     found = await services(pg)
     assert not found[("stale", "loom-compute")].up
     assert found[("fresh", "loom-compute")].up
     assert not found[("forced", "loom-compute")].up
+    assert found[("forced", "loom-compute")].forced_down
+    assert not found[("unknown", "loom-compute")].up
+
+
+async def test_a_conductor_service_whose_heartbeats_stopped_is_down(pg: Harness) -> None:
+    old = datetime.now(UTC) - timedelta(seconds=pg.conductor.cfg.conductor.service_down_time + 5)
+    await add(
+        pg.sessions,
+        make_service("ctl-old", binary="loom-conductor", last_seen_up=old),
+        make_service("ctl-new", binary="loom-conductor"),
+    )
+    found = await services(pg)
+    assert not found[("ctl-old", "loom-conductor")].up
+    assert found[("ctl-new", "loom-conductor")].up
+
+
+async def test_forcing_a_compute_service_down_forces_its_host_down_in_the_scheduler(
+    pg: Harness,
+) -> None:
+    await pg.scheduler.add_host("host-1")
+    svc = make_service("host-1")
+    await add(pg.sessions, svc)
+    resp = await pg.fleet.UpdateService(
+        fleet_pb2.UpdateServiceRequest(id=str(svc.id), forced_down=True)
+    )
+    assert resp.service.forced_down
+    assert not resp.service.up
+    assert (await pg.scheduler.host("host-1")).forced_down  # type: ignore[union-attr]
+
+    back = await pg.fleet.UpdateService(
+        fleet_pb2.UpdateServiceRequest(id=str(svc.id), forced_down=False)
+    )
+    assert back.service.up
+    assert not (await pg.scheduler.host("host-1")).forced_down  # type: ignore[union-attr]
 
 
 async def test_disabling_a_compute_service_records_the_reason_and_disables_the_host(
@@ -176,3 +221,12 @@ async def test_a_fleet_view_needing_an_unreachable_scheduler_is_unavailable(pg: 
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await pg.fleet.ListHypervisors(fleet_pb2.ListHypervisorsRequest())
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize("ident", ["²", "٣", "9" * 5000, "99999999999999999999"])
+async def test_a_service_id_that_is_no_plain_integer_names_no_service(
+    pg: Harness, ident: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await pg.fleet.DeleteService(fleet_pb2.DeleteServiceRequest(id=ident))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND

@@ -20,7 +20,7 @@ K = agent_bus_pb2.InstanceEventKind
 
 
 def _long_ago(h: Harness) -> datetime:
-    return datetime.now(UTC) - timedelta(seconds=h.conductor.cfg.conductor.service_down_time + 5)
+    return datetime.now(UTC) - timedelta(seconds=h.conductor.cfg.scheduler.service_down_time + 5)
 
 
 async def test_deleting_a_server_whose_host_is_down_deletes_it_at_once_and_still_tells_the_host(
@@ -29,6 +29,7 @@ async def test_deleting_a_server_whose_host_is_down_deletes_it_at_once_and_still
     await stack.scheduler.add_host("host-a")
     sid, agent = await active_server(stack)
     await add(stack.sessions, make_service("host-a", last_seen_up=_long_ago(stack)))
+    stack.scheduler.stop_heartbeats("host-a")  # the scheduler owns liveness
 
     await stack.servers.DeleteServer(servers_pb2.DeleteServerRequest(id=sid, request_id="d1"))
 
@@ -102,6 +103,7 @@ async def _stranded_on_a_down_host(stack: Harness) -> tuple[str, Agent, str]:
         make_service(agent.host, last_seen_up=_long_ago(stack)),
         make_service(other),
     )
+    stack.scheduler.stop_heartbeats(agent.host)  # the scheduler owns liveness
     return sid, agent, other
 
 
@@ -178,7 +180,23 @@ async def test_a_takeover_left_half_done_by_a_dead_conductor_is_finished_by_the_
         await s.execute(
             update(Service).where(Service.host == agent.host).values(last_seen_up=datetime.now(UTC))
         )
+    stack.scheduler.heartbeat(agent.host)
     assert await StrandedBuilds(stack.conductor).run_once() == 1
     moved = await wait_for(stack, sid, lambda s: s.task_state == servers_pb2.TASK_STATE_SPAWNING)
     assert (moved.host, moved.attempts) == (other, 2)
     assert stack.scheduler.releases[(sid, agent.host)] == 1
+
+
+async def test_a_host_the_scheduler_holds_down_gets_a_local_delete_whatever_its_service_row_says(
+    stack: Harness,
+) -> None:
+    await stack.scheduler.add_host("host-a")
+    sid, _ = await active_server(stack)
+    # The conductor's own record still shows a fresh heartbeat; the scheduler says down.
+    await add(stack.sessions, make_service("host-a"))
+    stack.scheduler.stop_heartbeats("host-a")
+
+    await stack.servers.DeleteServer(servers_pb2.DeleteServerRequest(id=sid, request_id="d1"))
+
+    assert (await server(stack, sid, include_deleted=True)).deleted
+    assert stack.scheduler.releases[(sid, "host-a")] == 1

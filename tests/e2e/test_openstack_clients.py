@@ -148,7 +148,7 @@ def test_the_openstack_cli_runs_a_server_through_its_whole_life(ready_cloud: Sta
 def test_the_openstack_cli_shows_the_fleet_to_an_admin(ready_cloud: Stack) -> None:
     cloud = ready_cloud
     services = osc(cloud, "compute", "service", "list", "-f", "json", admin=True)
-    computes = [s for s in services if s["Binary"] == "loom-compute"]
+    computes = [s for s in services if s["Binary"] == "nova-compute"]
     assert len(computes) == 3
     assert {s["State"] for s in computes} == {"up"}
     hypervisors = osc(cloud, "hypervisor", "list", "-f", "json", admin=True)
@@ -292,3 +292,371 @@ def test_hypervisor_cpu_info_is_text_before_2_28_and_an_object_from_2_28(
     assert all(isinstance(c, dict) for c in new)
     assert [json.loads(c) for c in old] == new
     assert "arch" in new[0]
+
+
+def _get(conn: Any, path: str, version: str) -> Any:
+    return conn.compute.get(path, headers={"OpenStack-API-Version": f"compute {version}"})
+
+
+def _boot(conn: Any, name: str, **kw: Any) -> Any:
+    image = conn.image.find_image("tiny", ignore_missing=False)
+    flavor = conn.compute.find_flavor("m1.tiny", ignore_missing=False)
+    server = conn.create_server(name, image=image.id, flavor=flavor.id, auto_ip=False, **kw)
+    return conn.compute.wait_for_server(server, wait=60)
+
+
+def test_os_services_show_and_filter_on_the_binary_names_openstack_tools_use(
+    ready_cloud: Stack,
+) -> None:
+    with _sdk(ready_cloud, "loom-admin") as conn:
+        every = _get(conn, "/os-services", "2.53").json()["services"]
+        assert {s["binary"] for s in every} <= {"nova-compute", "nova-conductor", "nova-scheduler"}
+        computes = _get(conn, "/os-services?binary=nova-compute", "2.53").json()["services"]
+        assert sorted(s["host"] for s in computes) == ["cloud-0000", "cloud-0001", "cloud-0002"]
+        zones = _get(conn, "/os-availability-zone/detail", "2.53").json()
+        host = next(z for z in zones["availabilityZoneInfo"] if z["zoneName"] == "nova")
+        assert set(host["hosts"]["cloud-0000"]) == {"nova-compute"}
+        legacy = conn.compute.put(
+            "/os-services/disable",
+            json={"host": "cloud-0001", "binary": "nova-compute"},
+            headers={"OpenStack-API-Version": "compute 2.52"},
+        )
+        assert legacy.status_code == 200, legacy.text
+        assert legacy.json()["service"] == {
+            "host": "cloud-0001",
+            "binary": "nova-compute",
+            "status": "disabled",
+        }
+
+
+def test_hypervisor_statistics_uptime_search_and_servers_routes_keep_their_microversions(
+    ready_cloud: Stack,
+) -> None:
+    with _sdk(ready_cloud, "loom-admin") as admin:
+        detail = _get(admin, "/os-hypervisors/detail", "2.87").json()["hypervisors"]
+        stats = _get(admin, "/os-hypervisors/statistics", "2.87")
+        assert stats.status_code == 200, stats.text
+        totals = stats.json()["hypervisor_statistics"]
+        assert totals["count"] == 3
+        assert totals["vcpus"] == sum(h["vcpus"] for h in detail)
+        assert totals["free_ram_mb"] == totals["memory_mb"] - totals["memory_mb_used"]
+        assert _get(admin, "/os-hypervisors/statistics", "2.88").status_code == 404
+
+        found = _get(admin, "/os-hypervisors/cloud-000/search", "2.52")
+        assert found.status_code == 200, found.text
+        assert sorted(h["hypervisor_hostname"] for h in found.json()["hypervisors"]) == [
+            "cloud-0000",
+            "cloud-0001",
+            "cloud-0002",
+        ]
+        assert _get(admin, "/os-hypervisors/nowhere/search", "2.52").status_code == 404
+        assert _get(admin, "/os-hypervisors/cloud-000/search", "2.53").status_code == 404
+
+        hid = _get(admin, "/os-hypervisors", "2.1").json()["hypervisors"][0]["id"]
+        uptime = _get(admin, f"/os-hypervisors/{hid}/uptime", "2.1")
+        assert uptime.status_code == 501, uptime.text
+        assert "uptime" in uptime.json()["notImplemented"]["message"]
+        assert _get(admin, "/os-hypervisors/999999/uptime", "2.1").status_code == 404
+        uuid = detail[0]["id"]
+        assert _get(admin, f"/os-hypervisors/{uuid}/uptime", "2.87").status_code == 501
+        assert _get(admin, f"/os-hypervisors/{uuid}/uptime", "2.88").status_code == 404
+
+    with _sdk(ready_cloud, "loom") as conn:
+        sid = _boot(conn, "hv1").id
+    with _sdk(ready_cloud, "loom-admin") as admin:
+        shown = _get(admin, f"/servers/{sid}", "2.52").json()["server"]
+        node = shown["OS-EXT-SRV-ATTR:hypervisor_hostname"]
+        on = _get(admin, f"/os-hypervisors/{node}/servers", "2.52")
+        assert on.status_code == 200, on.text
+        (hyp,) = on.json()["hypervisors"]
+        assert hyp["hypervisor_hostname"] == node
+        assert hyp["servers"] == [{"uuid": sid, "name": shown["OS-EXT-SRV-ATTR:instance_name"]}]
+        assert _get(admin, "/os-hypervisors/cloud/servers", "2.53").status_code == 404
+
+
+def test_access_ipv6_is_kept_in_its_compressed_form(ready_cloud: Stack) -> None:
+    with _sdk(ready_cloud, "loom") as conn:
+        image = conn.image.find_image("tiny", ignore_missing=False)
+        flavor = conn.compute.find_flavor("m1.tiny", ignore_missing=False)
+        created = conn.compute.post(
+            "/servers",
+            json={
+                "server": {
+                    "name": "v6",
+                    "imageRef": image.id,
+                    "flavorRef": flavor.id,
+                    "networks": "none",
+                    "accessIPv6": "2001:0DB8:0000:0000:0000:0000:0000:0001",
+                }
+            },
+            headers={"OpenStack-API-Version": "compute 2.37"},
+        )
+        assert created.status_code == 202, created.text
+        sid = created.json()["server"]["id"]
+        assert _get(conn, f"/servers/{sid}", "2.1").json()["server"]["accessIPv6"] == "2001:db8::1"
+        updated = conn.compute.put(
+            f"/servers/{sid}", json={"server": {"accessIPv6": "fe80:0:0:0:0:0:0:00aa"}}
+        )
+        assert updated.json()["server"]["accessIPv6"] == "fe80::aa"
+        assert _get(conn, f"/servers/{sid}", "2.1").json()["server"]["accessIPv6"] == "fe80::aa"
+        conn.delete_server(sid, wait=True)
+
+
+def test_update_responses_before_2_75_carry_no_extended_attributes_and_from_2_75_match_show(
+    ready_cloud: Stack,
+) -> None:
+    with _sdk(ready_cloud, "loom-admin") as conn:
+        server = _boot(conn, "upd")
+
+        def update(version: str) -> dict[str, Any]:
+            r = conn.compute.put(
+                f"/servers/{server.id}",
+                json={"server": {"name": f"upd-{version}"}},
+                headers={"OpenStack-API-Version": f"compute {version}"},
+            )
+            assert r.status_code == 200, r.text
+            body: dict[str, Any] = r.json()["server"]
+            return body
+
+        old = update("2.47")
+        assert set(old) == {
+            "id",
+            "name",
+            "status",
+            "image",
+            "flavor",
+            "user_id",
+            "tenant_id",
+            "created",
+            "updated",
+            "progress",
+            "metadata",
+            "links",
+            "addresses",
+            "hostId",
+            "OS-DCF:diskConfig",
+            "accessIPv4",
+            "accessIPv6",
+            "locked",
+            "description",
+            "tags",
+        }
+        assert set(old["flavor"]) >= {"vcpus", "ram", "original_name"}
+        new = update("2.96")
+        shown = _get(conn, f"/servers/{server.id}", "2.96").json()["server"]
+        assert set(new) == set(shown)
+        assert {"OS-EXT-SRV-ATTR:host", "server_groups", "pinned_availability_zone"} <= set(new)
+        # A listed server carries no server_groups: only a single server's body does.
+        (listed,) = _get(conn, "/servers/detail", "2.96").json()["servers"]
+        assert set(listed) == set(shown) - {"server_groups"}
+        conn.delete_server(server.id, wait=True)
+
+
+def test_volume_attachments_list_is_empty_and_an_unknown_server_is_404(
+    ready_cloud: Stack,
+) -> None:
+    with _sdk(ready_cloud, "loom") as conn:
+        server = _boot(conn, "vol")
+        listed = _get(conn, f"/servers/{server.id}/os-volume_attachments", "2.89")
+        assert (listed.status_code, listed.json()) == (200, {"volumeAttachments": []})
+        missing = _get(
+            conn, "/servers/00000000-0000-4000-8000-000000000000/os-volume_attachments", "2.1"
+        )
+        assert missing.status_code == 404
+        conn.delete_server(server.id, wait=True)
+
+
+def test_simple_tenant_usage_counts_each_server_s_hours_by_flavor(ready_cloud: Stack) -> None:
+    with _sdk(ready_cloud, "loom") as conn:
+        first, second = _boot(conn, "use1"), _boot(conn, "use2")
+        conn.delete_server(second.id, wait=True)
+        project = conn.current_project_id
+        period = "start=2000-01-01T00:00:00&end=2100-01-01T00:00:00.000000"
+        own = _get(conn, f"/os-simple-tenant-usage/{project}?{period}", "2.1")
+        assert own.status_code == 200, own.text
+        usage = own.json()["tenant_usage"]
+        assert usage["tenant_id"] == project
+        by_id = {u["instance_id"]: u for u in usage["server_usages"]}
+        assert set(by_id) == {first.id, second.id}
+        flavor = conn.compute.find_flavor("m1.tiny", ignore_missing=False)
+        running, gone = by_id[first.id], by_id[second.id]
+        assert (running["vcpus"], running["memory_mb"]) == (flavor.vcpus, flavor.ram)
+        assert running["state"] == "active"
+        assert running["ended_at"] is None
+        assert gone["state"] == "terminated"
+        assert gone["ended_at"] is not None
+        assert running["hours"] > 0
+        assert usage["total_hours"] == running["hours"] + gone["hours"]
+        assert usage["total_vcpus_usage"] == sum(u["vcpus"] * u["hours"] for u in by_id.values())
+        assert _get(conn, "/os-simple-tenant-usage", "2.1").status_code == 403
+        backwards = _get(
+            conn,
+            f"/os-simple-tenant-usage/{project}?start=2030-01-02T00:00:00&end=2030-01-01T00:00:00",
+            "2.1",
+        )
+        assert backwards.status_code == 400
+        before = _get(
+            conn,
+            f"/os-simple-tenant-usage/{project}?start=2000-01-01T00:00:00&end=2000-01-02T00:00:00",
+            "2.1",
+        )
+        assert before.json() == {"tenant_usage": {}}
+
+    with _sdk(ready_cloud, "loom-admin") as admin:
+        listed = _get(admin, f"/os-simple-tenant-usage?detailed=1&{period}", "2.1").json()[
+            "tenant_usages"
+        ]
+        mine = next(u for u in listed if u["tenant_id"] == project)
+        assert {u["instance_id"] for u in mine["server_usages"]} == {first.id, second.id}
+        brief = _get(admin, f"/os-simple-tenant-usage?{period}", "2.1").json()["tenant_usages"]
+        assert len(brief) == 1
+        assert all("server_usages" not in u for u in brief)
+        page = _get(admin, f"/os-simple-tenant-usage?limit=1&{period}", "2.40").json()
+        assert len(page["tenant_usages"]) == 1
+        (link,) = page["tenant_usages_links"]
+        assert link["rel"] == "next"
+        assert "marker=" in link["href"]
+        # Before 2.40 there is no paging: limit is an unknown parameter, ignored.
+        assert (
+            "tenant_usages_links"
+            not in _get(admin, "/os-simple-tenant-usage?limit=1", "2.39").json()
+        )
+        refused = _get(admin, "/os-simple-tenant-usage?flavor=1", "2.75")
+        assert refused.status_code == 400
+
+
+def test_from_2_97_a_server_has_no_shares_and_attaching_one_is_refused(
+    ready_cloud: Stack,
+) -> None:
+    share = "2c4b5e7a-7f8e-4b7c-9a63-3d2f0c1b9e44"
+    with _sdk(ready_cloud, "loom") as conn:
+        server = _boot(conn, "sh1")
+        path = f"/servers/{server.id}/shares"
+        assert _get(conn, path, "2.96").status_code == 404
+        listed = _get(conn, path, "2.97")
+        assert (listed.status_code, listed.json()) == (200, {"shares": []})
+        assert _get(conn, f"{path}/{share}", "2.97").status_code == 404
+        v297 = {"OpenStack-API-Version": "compute 2.97"}
+        body = {"share": {"share_id": share}}
+        running = conn.compute.post(path, json=body, headers=v297)
+        assert running.status_code == 409, running.text
+        conn.compute.stop_server(server)
+        conn.compute.wait_for_server(server, status="SHUTOFF", wait=60)
+        stopped = conn.compute.post(path, json=body, headers=v297)
+        assert stopped.status_code == 403, stopped.text
+        assert "no shared file system service" in stopped.json()["forbidden"]["message"]
+        bad = conn.compute.post(path, json={"share": {"share_id": "x"}}, headers=v297)
+        assert bad.status_code == 400
+        conn.delete_server(server.id, wait=True)
+
+
+def test_from_2_98_a_server_shows_its_image_s_standard_properties_as_they_were_at_creation(
+    ready_cloud: Stack,
+) -> None:
+    with _sdk(ready_cloud, "loom-admin") as admin:
+        image = admin.image.find_image("tiny", ignore_missing=False)
+        admin.image.update_image(image, os_distro="debian", site_note="private")
+    with _sdk(ready_cloud, "loom") as conn:
+        server = _boot(conn, "props")
+    with _sdk(ready_cloud, "loom-admin") as admin:
+        admin.image.update_image(image, os_distro="changed")
+    with _sdk(ready_cloud, "loom") as conn:
+        old = _get(conn, f"/servers/{server.id}", "2.97").json()["server"]["image"]
+        new = _get(conn, f"/servers/{server.id}", "2.98").json()["server"]["image"]
+        assert "properties" not in old
+        assert new["properties"] == {"os_distro": "debian"}
+        listed = _get(conn, "/servers/detail", "2.98").json()["servers"]
+        assert listed[0]["image"]["properties"] == {"os_distro": "debian"}
+        conn.delete_server(server.id, wait=True)
+
+
+def test_from_2_99_spice_direct_is_unavailable_and_token_lookups_refuse_unknown_parameters(
+    ready_cloud: Stack,
+) -> None:
+    with _sdk(ready_cloud, "loom") as conn:
+        server = _boot(conn, "con")
+
+        def spice(version: str) -> Any:
+            return conn.compute.post(
+                f"/servers/{server.id}/remote-consoles",
+                json={"remote_console": {"protocol": "spice", "type": "spice-direct"}},
+                headers={"OpenStack-API-Version": f"compute {version}"},
+            )
+
+        assert "is not one of" in spice("2.98").json()["badRequest"]["message"]
+        unavailable = spice("2.99")
+        assert unavailable.status_code == 400
+        assert unavailable.json()["badRequest"]["message"] == (
+            "Unavailable console type spice-direct."
+        )
+        conn.delete_server(server.id, wait=True)
+    with _sdk(ready_cloud, "loom-admin") as admin:
+        path = "/os-console-auth-tokens/no-such-token?extra=1"
+        assert _get(admin, path, "2.98").status_code == 404
+        refused = _get(admin, path, "2.99")
+        assert refused.status_code == 400
+        assert "'extra' was unexpected" in refused.json()["badRequest"]["message"]
+
+
+def test_scheduler_hints_loom_does_not_honour_are_refused_and_from_2_100_the_group_shows(
+    ready_cloud: Stack,
+) -> None:
+    with _sdk(ready_cloud, "loom") as conn:
+        image = conn.image.find_image("tiny", ignore_missing=False)
+        flavor = conn.compute.find_flavor("m1.tiny", ignore_missing=False)
+        group = conn.compute.create_server_group(name="g", policies=["affinity"])
+
+        def create(hints: dict[str, Any], version: str = "2.100") -> Any:
+            return conn.compute.post(
+                "/servers",
+                json={
+                    "server": {
+                        "name": "hinted",
+                        "imageRef": image.id,
+                        "flavorRef": flavor.id,
+                        "networks": "none",
+                    },
+                    "os:scheduler_hints": hints,
+                },
+                headers={"OpenStack-API-Version": f"compute {version}"},
+            )
+
+        refused = create({"group": group.id, "same_host": [group.id]}, "2.37")
+        assert refused.status_code == 400
+        assert "same_host" in refused.json()["badRequest"]["message"]
+        created = create({"group": group.id})
+        assert created.status_code == 202, created.text
+        sid = created.json()["server"]["id"]
+        shown = _get(conn, f"/servers/{sid}", "2.100").json()["server"]
+        assert shown["scheduler_hints"] == {"group": [group.id]}
+        assert "scheduler_hints" not in _get(conn, f"/servers/{sid}", "2.99").json()["server"]
+        conn.delete_server(sid, wait=True)
+
+
+def test_a_private_flavor_boots_for_an_admin_and_does_not_exist_for_a_member(
+    ready_cloud: Stack,
+) -> None:
+    with _sdk(ready_cloud, "loom-admin") as admin:
+        private = admin.compute.create_flavor(
+            name="private", ram=64, vcpus=1, disk=1, is_public=False
+        )
+    with _sdk(ready_cloud, "loom") as conn:
+        image = conn.image.find_image("tiny", ignore_missing=False)
+        body = {
+            "server": {
+                "name": "p",
+                "imageRef": image.id,
+                "flavorRef": private.id,
+                "networks": "none",
+            }
+        }
+        v237 = {"OpenStack-API-Version": "compute 2.37"}
+        refused = conn.compute.post("/servers", json=body, headers=v237)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["badRequest"]["message"] == (
+            f"Flavor {private.id} could not be found."
+        )
+    with _sdk(ready_cloud, "loom-admin") as admin:
+        created = admin.compute.post("/servers", json=body, headers=v237)
+        assert created.status_code == 202, created.text
+        admin.delete_server(created.json()["server"]["id"], wait=True)

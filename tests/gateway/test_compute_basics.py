@@ -18,11 +18,11 @@ async def test_the_compute_root_lists_v2_0_deprecated_and_v2_1_current(cloud: Cl
     assert status == {"v2.0": "DEPRECATED", "v2.1": "CURRENT"}
 
 
-async def test_the_v2_1_document_advertises_2_1_to_2_96_without_a_token(cloud: Cloud) -> None:
+async def test_the_v2_1_document_advertises_2_1_to_2_100_without_a_token(cloud: Cloud) -> None:
     r = await cloud.client.get("/compute/v2.1")
     assert r.status_code == 200
     assert_shape("compute_version_v2.1", r.json())
-    assert (r.json()["version"]["min_version"], r.json()["version"]["version"]) == ("2.1", "2.96")
+    assert (r.json()["version"]["min_version"], r.json()["version"]["version"]) == ("2.1", "2.100")
 
 
 @pytest.mark.parametrize(
@@ -31,7 +31,7 @@ async def test_the_v2_1_document_advertises_2_1_to_2_96_without_a_token(cloud: C
         ({}, "2.1"),
         ({"OpenStack-API-Version": "compute 2.60"}, "2.60"),
         ({"X-OpenStack-Nova-API-Version": "2.35"}, "2.35"),
-        ({"OpenStack-API-Version": "compute latest"}, "2.96"),
+        ({"OpenStack-API-Version": "compute latest"}, "2.100"),
         ({"OpenStack-API-Version": "image 2.5, compute 2.10"}, "2.10"),
     ],
     ids=["no header", "modern header", "legacy header", "latest", "several services"],
@@ -48,14 +48,14 @@ async def test_the_negotiated_version_is_echoed_in_both_headers(
     assert "OpenStack-API-Version" in r.headers["vary"]
 
 
-@pytest.mark.parametrize("version", ["2.0", "2.97", "3.1"])
+@pytest.mark.parametrize("version", ["2.0", "2.101", "3.1"])
 async def test_a_version_out_of_range_is_406(cloud: Cloud, version: str) -> None:
     r = await cloud.client.get(
         "/compute/v2.1/flavors", headers={"OpenStack-API-Version": f"compute {version}"}
     )
     assert r.status_code == 406
     assert_shape("nova_error", r.json())
-    assert "2.96" in r.json()["computeFault"]["message"]
+    assert "2.100" in r.json()["computeFault"]["message"]
 
 
 async def test_a_malformed_version_is_400(cloud: Cloud) -> None:

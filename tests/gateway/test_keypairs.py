@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 from tests.gateway.conftest import Cloud
 from tests.gateway.shapes import assert_shape
 
@@ -97,3 +99,30 @@ async def test_users_never_see_each_other_s_keypairs_but_an_admin_may_from_2_10(
     admin = await cloud.headers("admin", version="2.10")
     seen = await cloud.client.get(f"{KP}?user_id={demo_id}", headers=admin)
     assert [k["keypair"]["name"] for k in seen.json()["keypairs"]] == ["mine"]
+
+
+async def test_from_2_2_an_x509_keypair_without_a_certificate_is_generated(cloud: Cloud) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.serialization import pkcs12
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    h = await cloud.headers(version="2.2")
+    r = await cloud.client.post(KP, json={"keypair": {"name": "win", "type": "x509"}}, headers=h)
+    assert r.status_code == 201, r.text
+    assert_shape("keypair_create_v2.2", r.json())
+    kp = r.json()["keypair"]
+    assert kp["type"] == "x509"
+    cert = x509.load_pem_x509_certificate(kp["public_key"].encode())
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == kp["user_id"]
+    assert cert.issuer == cert.subject
+    usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert kp["fingerprint"] == cert.fingerprint(hashes.SHA1()).hex(":")
+    # The private key is the key and certificate as base64 PKCS#12, without a password.
+    key, bundled, _ = pkcs12.load_key_and_certificates(base64.b64decode(kp["private_key"]), None)
+    assert bundled == cert
+    assert key is not None
+    assert key.public_key() == cert.public_key()
+    shown = await cloud.client.get(f"{KP}/win", headers=h)
+    assert shown.json()["keypair"]["public_key"] == kp["public_key"]

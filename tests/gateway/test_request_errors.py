@@ -257,3 +257,58 @@ async def test_an_integer_past_what_the_database_holds_gets_400_not_500(
     r = await cloud.client.request(method, path, json=body, headers=await cloud.headers("admin"))
     assert r.status_code == 400, r.text[:500]
     _short(r.json()["badRequest"]["message"])
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["limit=1016775&offset=3798285670", "offset=" + "9" * 5000, "limit=" + "9" * 40],
+    ids=["an offset past 32 bits", "a 5,000-digit offset", "a 40-digit limit"],
+)
+async def test_a_huge_paging_value_lists_nothing_more_rather_than_failing(
+    cloud: Cloud, query: str
+) -> None:
+    r = await cloud.client.get(
+        f"/compute/v2.1/os-server-groups?{query}", headers=await cloud.headers()
+    )
+    assert r.status_code == 200, r.text[:300]
+    assert r.json()["server_groups"] == []
+
+
+def test_query_integers_are_clamped_to_what_their_fields_hold() -> None:
+    from gateway.validation.query import INT32_MAX, _bounded_int
+
+    assert _bounded_int("42") == 42
+    assert _bounded_int("0003798285670") == INT32_MAX
+    assert _bounded_int("-" + "9" * 30) == -INT32_MAX - 1
+    assert _bounded_int("-7") == -7
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("get", "/compute/v2.1/servers/detail?uuid=%00", None),
+        ("get", "/compute/v2.1/servers?name=a%00b", None),
+        ("post", "/compute/v2.1/os-keypairs", {"keypair": {"name": "a\x00b"}}),
+        (
+            "post",
+            "/compute/v2.1/os-server-groups",
+            {"server_group": {"name": "g\x00", "policy": "affinity"}},
+        ),
+    ],
+    ids=["a NUL uuid filter", "a NUL name filter", "a NUL keypair name", "a NUL group name"],
+)
+async def test_a_nul_character_is_a_400_not_a_500(
+    cloud: Cloud, method: str, path: str, body: Any
+) -> None:
+    r = await cloud.client.request(method, path, json=body, headers=await cloud.headers())
+    assert r.status_code == 400, r.text[:300]
+
+
+async def test_an_id_longer_than_the_database_holds_is_a_400_not_a_500(cloud: Cloud) -> None:
+    r = await cloud.client.delete(
+        "/compute/v2.1/os-quota-sets/" + "Ω" * 70, headers=await cloud.headers("admin")
+    )
+    assert r.status_code == 400, r.text[:300]
+    assert r.json()["badRequest"]["message"] == (
+        "A value is too long or out of range for what it names."
+    )

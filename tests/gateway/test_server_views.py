@@ -78,6 +78,8 @@ def make_server(**overrides: object) -> servers_pb2.Server:
         ("2.1", True, "server_show_admin_v2.1"),
         ("2.96", False, "server_show_v2.96"),
         ("2.96", True, "server_show_admin_v2.96"),
+        ("2.100", False, "server_show_v2.100"),
+        ("2.100", True, "server_show_admin_v2.100"),
     ],
 )
 def test_a_server_body_matches_the_published_shape(version: str, admin: bool, shape: str) -> None:
@@ -116,3 +118,32 @@ def test_an_active_server_has_no_fault_and_shows_its_status() -> None:
     assert body["status"] == "ACTIVE"
     assert "fault" not in body
     assert body["addresses"]["private"][0]["addr"] == "10.0.0.5"
+
+
+def test_from_2_98_the_image_shows_the_standard_properties_the_server_kept() -> None:
+    server = make_server()
+    server.image_properties.update(
+        {"hw_disk_bus": "virtio", "os_distro": "debian", "site_secret": "x"}
+    )
+    old = views.detail(_request(), server, Microversion(2, 97), is_admin=False)
+    new = views.detail(_request(), server, Microversion(2, 98), is_admin=False)
+    assert "properties" not in old["image"]
+    assert new["image"]["properties"] == {"hw_disk_bus": "virtio", "os_distro": "debian"}
+
+
+def test_from_2_100_the_scheduler_hints_show_the_group_the_server_was_created_in() -> None:
+    grouped = make_server(server_group_id="0e5f2b1c-7d55-4c6c-9a53-6d1c1f3d2b10")
+    old = views.detail(_request(), grouped, Microversion(2, 99), is_admin=False)
+    new = views.detail(_request(), grouped, Microversion(2, 100), is_admin=False)
+    alone = views.detail(_request(), make_server(), Microversion(2, 100), is_admin=False)
+    assert "scheduler_hints" not in old
+    assert new["scheduler_hints"] == {"group": ["0e5f2b1c-7d55-4c6c-9a53-6d1c1f3d2b10"]}
+    assert alone["scheduler_hints"] == {}
+
+
+def test_from_2_71_a_server_s_own_body_shows_its_groups_and_a_listed_one_does_not() -> None:
+    server = make_server(server_group_id="0e5f2b1c-7d55-4c6c-9a53-6d1c1f3d2b10")
+    shown = views.detail(_request(), server, Microversion(2, 71), is_admin=False)
+    listed = views.detail(_request(), server, Microversion(2, 71), is_admin=False, listed=True)
+    assert shown["server_groups"] == ["0e5f2b1c-7d55-4c6c-9a53-6d1c1f3d2b10"]
+    assert "server_groups" not in listed

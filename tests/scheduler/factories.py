@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 
 from controlplane.scheduler.hoststate import HostState, Inventory, Resources
 from controlplane.scheduler.request import CycleState, PlacementRequest
@@ -27,6 +28,8 @@ def make_host(
     enabled: bool = True,
     up: bool = True,
     allocation_count: int = 0,
+    metadata: dict[str, tuple[str, ...]] | None = None,
+    forced_down: bool = False,
 ) -> HostState:
     """A host that is enabled, up and empty unless told otherwise."""
     host_id = next(_ids)
@@ -40,6 +43,8 @@ def make_host(
         enabled=enabled,
         last_heartbeat_at=NOW - timedelta(seconds=5) if up else NOW - timedelta(hours=1),
         allocation_count=allocation_count,
+        metadata=MappingProxyType(metadata or {}),
+        forced_down=forced_down,
     )
 
 
@@ -53,8 +58,14 @@ def make_request(
     ignore_hosts: frozenset[str] = frozenset(),
     force_host: str = "",
     num_alternates: int = 0,
+    project_id: str = "",
+    extra_specs: dict[str, str] | None = None,
+    image_properties: dict[str, str] | None = None,
 ) -> PlacementRequest:
     return PlacementRequest(
+        project_id=project_id,
+        flavor_extra_specs=extra_specs or {},
+        image_properties=image_properties or {},
         consumer_id=consumer_id,
         resources=Resources(vcpus, memory_mb, disk_gb),
         availability_zone=zone,

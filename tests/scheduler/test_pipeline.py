@@ -34,6 +34,9 @@ def test_each_filter_records_how_many_hosts_it_removed_and_why() -> None:
         "requested_hosts": (1, {"host in ignore_hosts": 1}),
         "enabled_and_up": (2, {"host disabled": 1, "host down": 1}),
         "availability_zone": (1, {"not in the requested availability zone": 1}),
+        "aggregate_multitenancy_isolation": (0, {}),
+        "aggregate_image_properties_isolation": (0, {}),
+        "aggregate_instance_extra_specs": (0, {}),
         "capacity": (2, {"insufficient MEMORY_MB": 1, "insufficient VCPU": 1}),
         "server_group": (0, {}),
     }

@@ -226,17 +226,48 @@ async def test_hosts_can_be_listed_fetched_disabled_and_moved_between_zones(env:
     assert got.host.hypervisor_type == "test"
 
 
+async def test_a_host_forced_down_is_down_and_gets_no_placement_until_it_is_lifted(
+    env: Env,
+) -> None:
+    await env.add_host("alpha")
+    down = await env.stub.SetHostForcedDown(
+        pb.SetHostForcedDownRequest(request_id="f1", host="alpha", forced_down=True)
+    )
+    assert (down.host.forced_down, down.host.up) == (True, False)
+    refused = await env.stub.SelectDestinations(
+        pb.SelectDestinationsRequest(
+            consumer_id="c-1", resources=common_pb2.Resources(vcpus=1, memory_mb=64)
+        )
+    )
+    assert refused.WhichOneof("outcome") == "no_valid_host"
+    assert "host forced down: 1" in refused.no_valid_host.message
+
+    up = await env.stub.SetHostForcedDown(
+        pb.SetHostForcedDownRequest(request_id="f2", host="alpha", forced_down=False)
+    )
+    assert (up.host.forced_down, up.host.up) == (False, True)
+    placed = await env.stub.SelectDestinations(
+        pb.SelectDestinationsRequest(
+            consumer_id="c-1", resources=common_pb2.Resources(vcpus=1, memory_mb=64)
+        )
+    )
+    assert placed.placement.selected.host == "alpha"
+    assert placed.placement.selected.availability_zone == "nova"
+
+
 @pytest.mark.parametrize(
     ("call", "request_"),
     [
         ("GetHost", pb.GetHostRequest(name="ghost")),
         ("SetHostEnabled", pb.SetHostEnabledRequest(host="ghost", enabled=False)),
         ("SetHostAvailabilityZone", pb.SetHostAvailabilityZoneRequest(host="ghost")),
+        ("SetHostForcedDown", pb.SetHostForcedDownRequest(host="ghost", forced_down=True)),
     ],
     ids=[
         "getting an unknown host is not found",
         "disabling an unknown host is not found",
         "zoning an unknown host is not found",
+        "forcing down an unknown host is not found",
     ],
 )
 async def test_unknown_hosts_are_not_found(env: Env, call: str, request_: object) -> None:

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from controlplane.db.engine import make_engine
+from controlplane.scheduler.aggregates import AggregateStore
 from controlplane.scheduler.hoststate import Inventory, InventoryUpdate, Resources
 from controlplane.scheduler.store import ClaimStatus, ProviderStore
 from tests.scheduler.dbcheck import add_host, assert_consistent
@@ -158,7 +159,7 @@ async def test_an_inventory_update_keeps_usage_and_the_operator_zone(
     store = ProviderStore(engines())
     host = await add_host(store, "h", memory_mb=1000, zone="agent-zone")
     await store.claim(host.id, "c-1", "p", MB100)
-    await store.set_availability_zone("h", "operator-zone")
+    await AggregateStore(store.engine).set_host_zone("h", "operator-zone")
 
     grown = await add_host(store, "h", memory_mb=2000, zone="agent-zone")
 

@@ -16,6 +16,7 @@ from controlplane.catalog.service import CatalogDomain
 from controlplane.conductor.server_groups import ServerGroupsServicer
 from controlplane.config import LoomConfig, async_database_url, load_config
 from controlplane.db.engine import session_factory
+from controlplane.db.outage import DatabaseOutage
 from controlplane.identity.service import IdentityDomain
 from controlplane.image.service import ImageDomain
 from controlplane.runtime.grpcserver import Registration, start_grpc_server
@@ -49,7 +50,8 @@ async def running_catalog(db_url: str, data_dir: Path) -> AsyncIterator[RunningC
             "ServerGroupsService",
         ),
     ]
-    server = await start_grpc_server("127.0.0.1:0", registrations)
+    # As each domain process serves: database errors in the API's terms.
+    server = await start_grpc_server("127.0.0.1:0", registrations, None, [DatabaseOutage()])
     cfg = load_config(
         environ={},
         overrides={

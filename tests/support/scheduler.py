@@ -23,6 +23,7 @@ import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import grpc
@@ -42,7 +43,7 @@ from controlplane.scheduler.pipeline import build_pipeline
 from controlplane.scheduler.placement import PlacementService
 from controlplane.scheduler.service import SERVICE_NAME
 from controlplane.scheduler.servicer import SchedulerServicer
-from controlplane.scheduler.store import ProviderStore
+from controlplane.scheduler.store import ProviderStore, utcnow
 
 # The RPC a scheduler older than batched decisions does not have.
 BATCH_METHOD = "SelectDestinationsBatch"
@@ -123,6 +124,17 @@ def _add_without(method: str) -> Callable[[Any, grpc.aio.Server], None]:
 
 
 @dataclass
+class SchedulerClock:
+    """The scheduler's clock (HostCache takes one): the real time, plus how far a test
+    moved it on to let heartbeats grow old."""
+
+    offset: timedelta = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return utcnow() + self.offset
+
+
+@dataclass
 class SchedulerUnderTest:
     """A running real scheduler and what a test may ask of it."""
 
@@ -130,6 +142,7 @@ class SchedulerUnderTest:
     cfg: SchedulerConfig
     servicer: RecordingServicer
     older: bool
+    clock: SchedulerClock
     port: int = 0
     _server: RunningServer | None = field(default=None, repr=False)
 
@@ -180,9 +193,12 @@ class SchedulerUnderTest:
         disk_gb: int = 500,
         zone: str = "",
         compute_endpoint: str = "",
+        up: bool = True,
+        forced_down: bool = False,
     ) -> HostState:
         """A host that joined as an agent's would (inventory at ratio 1.0, nothing
-        reserved) and is up (a heartbeat just arrived)."""
+        reserved) and, unless `up` is False, is up (a heartbeat just arrived);
+        `forced_down` forces it down as an operator would."""
         report = await self.placement.report_inventory(
             convert.inventory_from_request(
                 pb.ReportInventoryRequest(
@@ -200,8 +216,28 @@ class SchedulerUnderTest:
         if zone:
             report = await self.placement.set_availability_zone(name, zone)
             assert report is not None
-        self.placement.cache.record_heartbeat(name)
+        if up:
+            self.placement.cache.record_heartbeat(name)
+        if forced_down:
+            report = await self.placement.set_forced_down(name, True)
+            assert report is not None
         return report
+
+    def heartbeat(self, name: str) -> None:
+        """A heartbeat from the host's agent arrives now."""
+        self.placement.cache.record_heartbeat(name)
+
+    def stop_heartbeats(self, *names: str) -> None:
+        """The named hosts' heartbeats stop: the scheduler's clock moves on past
+        service_down_time, and every other host that was up beats again, so only the
+        named ones are down."""
+        cache = self.placement.cache
+        alive = [
+            h.name for h in cache.snapshot() if h.name not in names and self.placement.is_up(h)
+        ]
+        self.clock.offset += timedelta(seconds=self.cfg.service_down_time + 1)
+        for name in alive:
+            cache.record_heartbeat(name)
 
     async def host(self, name: str) -> HostState | None:
         """The host as the scheduler's database holds it now."""
@@ -230,8 +266,9 @@ async def running_scheduler(
     cfg = cfg or SchedulerConfig()
     engine = make_engine(url)
     store = ProviderStore(engine)
-    placement = PlacementService(store, HostCache(store), build_pipeline(cfg), cfg)
-    sched = SchedulerUnderTest(engine, cfg, RecordingServicer(placement, cfg), older)
+    clock = SchedulerClock()
+    placement = PlacementService(store, HostCache(store, clock), build_pipeline(cfg), cfg)
+    sched = SchedulerUnderTest(engine, cfg, RecordingServicer(placement, cfg), older, clock)
     try:
         await sched.start()
         yield sched

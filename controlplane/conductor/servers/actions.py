@@ -12,14 +12,13 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, delete, exists, insert, select, update
+from sqlalchemy import Table, delete, exists, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.catalog.quotas import check_metadata_items, limit_of
 from controlplane.conductor import commands, outbox, states
 from controlplane.conductor.context import Conductor
-from controlplane.conductor.fleet import COMPUTE, is_up
 from controlplane.conductor.scheduling import record_event
 from controlplane.conductor.servers.query import load_instance
 from controlplane.conductor.states import PowerState, TaskState, VmState
@@ -28,7 +27,6 @@ from controlplane.db.models import (
     Instance,
     InstanceAction,
     OutboxMessage,
-    Service,
 )
 from controlplane.runtime.errors import Conflict, NotFound
 
@@ -158,33 +156,27 @@ async def _delete_once(
 ) -> None:
     release = False
     async with conductor.sessions() as session:
-        # The instance, its host's compute service and whether this request's action is
-        # recorded already, in ONE statement (a delete storm pays it per server).
+        # The instance and whether this request's action is recorded already, in ONE
+        # statement (a delete storm pays it per server).
         found = (
             await session.execute(
                 select(
                     Instance,
-                    Service,
                     exists().where(
                         InstanceAction.instance_uuid == Instance.uuid,
                         InstanceAction.request_id == rid,
                     ),
-                )
-                .outerjoin(Service, and_(Service.host == Instance.host, Service.binary == COMPUTE))
-                .where(Instance.uuid == instance_uuid)
+                ).where(Instance.uuid == instance_uuid)
             )
         ).one_or_none()
         if found is None or (project_id and found[0].project_id != project_id):
             raise NotFound(f"Instance {instance_uuid} could not be found.")
-        row, service, action_recorded = found[0], found[1], bool(found[2])
+        row, action_recorded = found[0], bool(found[1])
         if row.deleted:
             return
-        # A host with no service record is not called down: nothing says so.
-        if (
-            row.host
-            and service is not None
-            and not is_up(service, datetime.now(UTC), conductor.cfg.conductor.service_down_time)
-        ):
+        # Whether the host is down is the scheduler's to say; a host it does not know, or
+        # a scheduler that cannot answer, is not called down: nothing says so.
+        if row.host and await conductor.scheduler.is_down(row.host):
             await _delete_locally(conductor, session, row, rid, user_id)
             return
         if row.task_state == TaskState.DELETING:

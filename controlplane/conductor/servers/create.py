@@ -231,6 +231,7 @@ async def create_servers(
                     swap_mb=flavor.swap_mb,
                     flavor_extra_specs=dict(flavor.extra_specs or {}),
                     image_id=image.id,
+                    image_properties={str(k): str(v) for k, v in (image.properties or {}).items()},
                     kernel_id=kernel_id,
                     ramdisk_id=ramdisk_id,
                     requested_availability_zone=zone or None,

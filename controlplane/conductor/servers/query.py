@@ -99,6 +99,12 @@ def _where(request: servers_pb2.ListServersRequest) -> list[ColumnElement[bool]]
         cond.append(Instance.updated_at >= aware(request.changes_since.ToDatetime()))
     if request.HasField("changes_before"):
         cond.append(Instance.updated_at <= aware(request.changes_before.ToDatetime()))
+    if request.HasField("launched_before"):
+        # A server that never launched has used nothing.
+        cond.append(Instance.launched_at < aware(request.launched_before.ToDatetime()))
+    if request.HasField("running_after"):
+        after = aware(request.running_after.ToDatetime())
+        cond.append(or_(Instance.terminated_at.is_(None), Instance.terminated_at > after))
     if request.host:
         cond.append(Instance.host == request.host)
     if request.image_id:

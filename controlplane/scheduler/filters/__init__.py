@@ -9,6 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from controlplane.scheduler.filters import (
+    aggregate_image_properties_isolation,
+    aggregate_instance_extra_specs,
+    aggregate_multitenancy_isolation,
     availability_zone,
     capacity,
     enabled_and_up,
@@ -25,6 +28,15 @@ REGISTRY: dict[str, FilterFactory] = {
     availability_zone.NAME: availability_zone.AvailabilityZoneFilter,
     capacity.NAME: capacity.CapacityFilter,
     server_group.NAME: server_group.ServerGroupFilter,
+    aggregate_instance_extra_specs.NAME: (
+        aggregate_instance_extra_specs.AggregateInstanceExtraSpecsFilter
+    ),
+    aggregate_multitenancy_isolation.NAME: (
+        aggregate_multitenancy_isolation.AggregateMultiTenancyIsolationFilter
+    ),
+    aggregate_image_properties_isolation.NAME: (
+        aggregate_image_properties_isolation.AggregateImagePropertiesIsolationFilter
+    ),
 }
 
 

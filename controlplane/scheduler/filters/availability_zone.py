@@ -14,6 +14,6 @@ class AvailabilityZoneFilter:
     name = NAME
 
     def filter_host(self, host: HostState, cycle: CycleState) -> Verdict:
-        if cycle.zone is None or host.zone == cycle.zone:
+        if cycle.zone is None or (host.availability_zone or cycle.default_zone) == cycle.zone:
             return PASSED
         return Verdict.reject(REASON_OTHER_ZONE)

@@ -1,4 +1,4 @@
-"""Rejects hosts an operator disabled and hosts whose heartbeats stopped."""
+"""Rejects hosts an operator disabled or forced down, and hosts whose heartbeats stopped."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from controlplane.scheduler.request import CycleState
 NAME = "enabled_and_up"
 REASON_DISABLED = "host disabled"
 REASON_DOWN = "host down"
+REASON_FORCED_DOWN = "host forced down"
 
 
 class EnabledAndUpFilter:
@@ -17,6 +18,8 @@ class EnabledAndUpFilter:
     def filter_host(self, host: HostState, cycle: CycleState) -> Verdict:
         if not host.enabled:
             return Verdict.reject(REASON_DISABLED)
+        if host.forced_down:
+            return Verdict.reject(REASON_FORCED_DOWN)
         if not host.is_up(cycle.now, cycle.down_after):
             return Verdict.reject(REASON_DOWN)
         return PASSED

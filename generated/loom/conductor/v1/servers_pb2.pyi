@@ -313,6 +313,26 @@ class Server(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class ImagePropertiesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     PROJECT_ID_FIELD_NUMBER: _builtins.int
@@ -351,6 +371,7 @@ class Server(_message.Message):
     SERVER_GROUP_ID_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     DELETED_FIELD_NUMBER: _builtins.int
+    IMAGE_PROPERTIES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """UUID."""
     name: _builtins.str
@@ -445,6 +466,10 @@ class Server(_message.Message):
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Tags."""
 
+    @_builtins.property
+    def image_properties(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The image's properties as they were when the server was created."""
+
     def __init__(
         self,
         *,
@@ -486,10 +511,11 @@ class Server(_message.Message):
         server_group_id: _builtins.str = ...,
         attempts: _builtins.int = ...,
         deleted: _builtins.bool = ...,
+        image_properties: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "fault", b"fault", "flavor", b"flavor", "launched_at", b"launched_at", "terminated_at", b"terminated_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_ipv4", b"access_ipv4", "access_ipv6", b"access_ipv6", "addresses", b"addresses", "attempts", b"attempts", "availability_zone", b"availability_zone", "config_drive", b"config_drive", "created_at", b"created_at", "deleted", b"deleted", "description", b"description", "fault", b"fault", "flavor", b"flavor", "host", b"host", "hostname", b"hostname", "id", b"id", "image_id", b"image_id", "instance_name", b"instance_name", "kernel_id", b"kernel_id", "key_name", b"key_name", "launch_index", b"launch_index", "launched_at", b"launched_at", "locked", b"locked", "locked_reason", b"locked_reason", "metadata", b"metadata", "name", b"name", "node", b"node", "power_state", b"power_state", "project_id", b"project_id", "ramdisk_id", b"ramdisk_id", "reservation_id", b"reservation_id", "server_group_id", b"server_group_id", "status", b"status", "tags", b"tags", "task_state", b"task_state", "terminated_at", b"terminated_at", "updated_at", b"updated_at", "user_data", b"user_data", "user_id", b"user_id", "vm_state", b"vm_state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_ipv4", b"access_ipv4", "access_ipv6", b"access_ipv6", "addresses", b"addresses", "attempts", b"attempts", "availability_zone", b"availability_zone", "config_drive", b"config_drive", "created_at", b"created_at", "deleted", b"deleted", "description", b"description", "fault", b"fault", "flavor", b"flavor", "host", b"host", "hostname", b"hostname", "id", b"id", "image_id", b"image_id", "image_properties", b"image_properties", "instance_name", b"instance_name", "kernel_id", b"kernel_id", "key_name", b"key_name", "launch_index", b"launch_index", "launched_at", b"launched_at", "locked", b"locked", "locked_reason", b"locked_reason", "metadata", b"metadata", "name", b"name", "node", b"node", "power_state", b"power_state", "project_id", b"project_id", "ramdisk_id", b"ramdisk_id", "reservation_id", b"reservation_id", "server_group_id", b"server_group_id", "status", b"status", "tags", b"tags", "task_state", b"task_state", "terminated_at", b"terminated_at", "updated_at", b"updated_at", "user_data", b"user_data", "user_id", b"user_id", "vm_state", b"vm_state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -834,6 +860,8 @@ class ListServersRequest(_message.Message):
     CHANGES_BEFORE_FIELD_NUMBER: _builtins.int
     VM_STATES_FIELD_NUMBER: _builtins.int
     IP_FIELD_NUMBER: _builtins.int
+    LAUNCHED_BEFORE_FIELD_NUMBER: _builtins.int
+    RUNNING_AFTER_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     """Only this project; empty for all projects."""
     name: _builtins.str
@@ -882,6 +910,14 @@ class ListServersRequest(_message.Message):
     def vm_states(self) -> _containers.RepeatedScalarFieldContainer[Global___VmState.ValueType]:
         """Only these vm states."""
 
+    @_builtins.property
+    def launched_before(self) -> _timestamp_pb2.Timestamp:
+        """Only servers launched before this time (the end of a usage period)."""
+
+    @_builtins.property
+    def running_after(self) -> _timestamp_pb2.Timestamp:
+        """Only servers not terminated by this time (the start of a usage period)."""
+
     def __init__(
         self,
         *,
@@ -904,10 +940,12 @@ class ListServersRequest(_message.Message):
         changes_before: _timestamp_pb2.Timestamp | None = ...,
         vm_states: _abc.Iterable[Global___VmState.ValueType] | None = ...,
         ip: _builtins.str = ...,
+        launched_before: _timestamp_pb2.Timestamp | None = ...,
+        running_after: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["changes_before", b"changes_before", "changes_since", b"changes_since"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["changes_before", b"changes_before", "changes_since", b"changes_since", "launched_before", b"launched_before", "running_after", b"running_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["availability_zone", b"availability_zone", "changes_before", b"changes_before", "changes_since", b"changes_since", "flavor_id", b"flavor_id", "host", b"host", "ids", b"ids", "image_id", b"image_id", "include_deleted", b"include_deleted", "ip", b"ip", "limit", b"limit", "marker", b"marker", "name", b"name", "project_id", b"project_id", "reservation_id", b"reservation_id", "sort_dir", b"sort_dir", "sort_key", b"sort_key", "statuses", b"statuses", "user_id", b"user_id", "vm_states", b"vm_states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["availability_zone", b"availability_zone", "changes_before", b"changes_before", "changes_since", b"changes_since", "flavor_id", b"flavor_id", "host", b"host", "ids", b"ids", "image_id", b"image_id", "include_deleted", b"include_deleted", "ip", b"ip", "launched_before", b"launched_before", "limit", b"limit", "marker", b"marker", "name", b"name", "project_id", b"project_id", "reservation_id", b"reservation_id", "running_after", b"running_after", "sort_dir", b"sort_dir", "sort_key", b"sort_key", "statuses", b"statuses", "user_id", b"user_id", "vm_states", b"vm_states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -84,6 +84,7 @@ class Host(_message.Message):
     HOST_IP_FIELD_NUMBER: _builtins.int
     ID_FIELD_NUMBER: _builtins.int
     CPU_INFO_FIELD_NUMBER: _builtins.int
+    FORCED_DOWN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Host name; unique in the fleet."""
     uuid: _builtins.str
@@ -110,6 +111,8 @@ class Host(_message.Message):
     """Integer id, stable for the host's life (what os-hypervisors shows before 2.53)."""
     cpu_info: _builtins.str
     """CPU model information (JSON)."""
+    forced_down: _builtins.bool
+    """True when an operator forced the host down: it is not up and gets no new work."""
     @_builtins.property
     def vcpu(self) -> Global___ResourceUsage:
         """VCPU."""
@@ -146,10 +149,11 @@ class Host(_message.Message):
         host_ip: _builtins.str = ...,
         id: _builtins.int = ...,
         cpu_info: _builtins.str = ...,
+        forced_down: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["disk_gb", b"disk_gb", "last_heartbeat_at", b"last_heartbeat_at", "memory_mb", b"memory_mb", "vcpu", b"vcpu"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation_count", b"allocation_count", "availability_zone", b"availability_zone", "compute_endpoint", b"compute_endpoint", "cpu_info", b"cpu_info", "disabled_reason", b"disabled_reason", "disk_gb", b"disk_gb", "enabled", b"enabled", "host_ip", b"host_ip", "hypervisor_type", b"hypervisor_type", "hypervisor_version", b"hypervisor_version", "id", b"id", "last_heartbeat_at", b"last_heartbeat_at", "memory_mb", b"memory_mb", "name", b"name", "up", b"up", "uuid", b"uuid", "vcpu", b"vcpu"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation_count", b"allocation_count", "availability_zone", b"availability_zone", "compute_endpoint", b"compute_endpoint", "cpu_info", b"cpu_info", "disabled_reason", b"disabled_reason", "disk_gb", b"disk_gb", "enabled", b"enabled", "forced_down", b"forced_down", "host_ip", b"host_ip", "hypervisor_type", b"hypervisor_type", "hypervisor_version", b"hypervisor_version", "id", b"id", "last_heartbeat_at", b"last_heartbeat_at", "memory_mb", b"memory_mb", "name", b"name", "up", b"up", "uuid", b"uuid", "vcpu", b"vcpu"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -165,6 +169,7 @@ class Destination(_message.Message):
     NODE_FIELD_NUMBER: _builtins.int
     COMPUTE_ENDPOINT_FIELD_NUMBER: _builtins.int
     CLAIMED_FIELD_NUMBER: _builtins.int
+    AVAILABILITY_ZONE_FIELD_NUMBER: _builtins.int
     host: _builtins.str
     """Host name."""
     node: _builtins.str
@@ -173,6 +178,8 @@ class Destination(_message.Message):
     """Address of the agent's gRPC ComputeService."""
     claimed: _builtins.bool
     """True when resources on this host are claimed for the consumer."""
+    availability_zone: _builtins.str
+    """The host's availability zone (the default zone when it is in none)."""
     def __init__(
         self,
         *,
@@ -180,10 +187,11 @@ class Destination(_message.Message):
         node: _builtins.str = ...,
         compute_endpoint: _builtins.str = ...,
         claimed: _builtins.bool = ...,
+        availability_zone: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["claimed", b"claimed", "compute_endpoint", b"compute_endpoint", "host", b"host", "node", b"node"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["availability_zone", b"availability_zone", "claimed", b"claimed", "compute_endpoint", b"compute_endpoint", "host", b"host", "node", b"node"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -279,6 +287,46 @@ class SelectDestinationsRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class FlavorExtraSpecsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class ImagePropertiesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     CONSUMER_ID_FIELD_NUMBER: _builtins.int
     PROJECT_ID_FIELD_NUMBER: _builtins.int
@@ -288,6 +336,8 @@ class SelectDestinationsRequest(_message.Message):
     NUM_ALTERNATES_FIELD_NUMBER: _builtins.int
     FORCE_HOST_FIELD_NUMBER: _builtins.int
     SERVER_GROUP_FIELD_NUMBER: _builtins.int
+    FLAVOR_EXTRA_SPECS_FIELD_NUMBER: _builtins.int
+    IMAGE_PROPERTIES_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per attempt, for logs and tracing."""
     consumer_id: _builtins.str
@@ -312,6 +362,14 @@ class SelectDestinationsRequest(_message.Message):
     def server_group(self) -> Global___ServerGroupPolicy:
         """The server group the consumer belongs to, whose policy the placement must keep."""
 
+    @_builtins.property
+    def flavor_extra_specs(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The flavor's extra specs (aggregate_instance_extra_specs filter)."""
+
+    @_builtins.property
+    def image_properties(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The image's properties (aggregate_image_properties_isolation filter)."""
+
     def __init__(
         self,
         *,
@@ -324,10 +382,12 @@ class SelectDestinationsRequest(_message.Message):
         num_alternates: _builtins.int = ...,
         force_host: _builtins.str = ...,
         server_group: Global___ServerGroupPolicy | None = ...,
+        flavor_extra_specs: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        image_properties: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources", "server_group", b"server_group"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["availability_zone", b"availability_zone", "consumer_id", b"consumer_id", "force_host", b"force_host", "ignore_hosts", b"ignore_hosts", "num_alternates", b"num_alternates", "project_id", b"project_id", "request_id", b"request_id", "resources", b"resources", "server_group", b"server_group"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["availability_zone", b"availability_zone", "consumer_id", b"consumer_id", "flavor_extra_specs", b"flavor_extra_specs", "force_host", b"force_host", "ignore_hosts", b"ignore_hosts", "image_properties", b"image_properties", "num_alternates", b"num_alternates", "project_id", b"project_id", "request_id", b"request_id", "resources", b"resources", "server_group", b"server_group"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -920,6 +980,60 @@ class SetHostAvailabilityZoneResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetHostAvailabilityZoneResponse: _TypeAlias = SetHostAvailabilityZoneResponse  # noqa: Y015
+
+@_typing.final
+class SetHostForcedDownRequest(_message.Message):
+    """Request for SetHostForcedDown."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    FORCED_DOWN_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call."""
+    host: _builtins.str
+    """Host name."""
+    forced_down: _builtins.bool
+    """New value."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        host: _builtins.str = ...,
+        forced_down: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["forced_down", b"forced_down", "host", b"host", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetHostForcedDownRequest: _TypeAlias = SetHostForcedDownRequest  # noqa: Y015
+
+@_typing.final
+class SetHostForcedDownResponse(_message.Message):
+    """Response of SetHostForcedDown."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def host(self) -> Global___Host:
+        """The host as stored."""
+
+    def __init__(
+        self,
+        *,
+        host: Global___Host | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["host", b"host"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetHostForcedDownResponse: _TypeAlias = SetHostForcedDownResponse  # noqa: Y015
 
 @_typing.final
 class ListAvailabilityZonesRequest(_message.Message):

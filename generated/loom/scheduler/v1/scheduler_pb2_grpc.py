@@ -75,6 +75,11 @@ class SchedulerServiceStub:
                 request_serializer=loom_dot_scheduler_dot_v1_dot_scheduler__pb2.SetHostEnabledRequest.SerializeToString,
                 response_deserializer=loom_dot_scheduler_dot_v1_dot_scheduler__pb2.SetHostEnabledResponse.FromString,
                 _registered_method=True)
+        self.SetHostForcedDown = channel.unary_unary(
+                '/loom.scheduler.v1.SchedulerService/SetHostForcedDown',
+                request_serializer=loom_dot_scheduler_dot_v1_dot_scheduler__pb2.SetHostForcedDownRequest.SerializeToString,
+                response_deserializer=loom_dot_scheduler_dot_v1_dot_scheduler__pb2.SetHostForcedDownResponse.FromString,
+                _registered_method=True)
         self.SetHostAvailabilityZone = channel.unary_unary(
                 '/loom.scheduler.v1.SchedulerService/SetHostAvailabilityZone',
                 request_serializer=loom_dot_scheduler_dot_v1_dot_scheduler__pb2.SetHostAvailabilityZoneRequest.SerializeToString,
@@ -156,8 +161,18 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetHostForcedDown(self, request, context):
+        """Force a host down (it is then not up, whatever its heartbeats say, and gets no new
+        placements), or lift that. The scheduler owns host liveness: the conductor reads it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SetHostAvailabilityZone(self, request, context):
-        """Put a host in an availability zone (an aggregate with availability_zone metadata).
+        """Put a host in an availability zone: it joins the aggregate named after the zone (made
+        with that availability_zone metadata when missing) and leaves its other zone
+        aggregates; empty puts it back in the default zone.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -219,6 +234,11 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.SetHostEnabled,
                     request_deserializer=loom_dot_scheduler_dot_v1_dot_scheduler__pb2.SetHostEnabledRequest.FromString,
                     response_serializer=loom_dot_scheduler_dot_v1_dot_scheduler__pb2.SetHostEnabledResponse.SerializeToString,
+            ),
+            'SetHostForcedDown': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetHostForcedDown,
+                    request_deserializer=loom_dot_scheduler_dot_v1_dot_scheduler__pb2.SetHostForcedDownRequest.FromString,
+                    response_serializer=loom_dot_scheduler_dot_v1_dot_scheduler__pb2.SetHostForcedDownResponse.SerializeToString,
             ),
             'SetHostAvailabilityZone': grpc.unary_unary_rpc_method_handler(
                     servicer.SetHostAvailabilityZone,
@@ -453,6 +473,33 @@ class SchedulerService:
             '/loom.scheduler.v1.SchedulerService/SetHostEnabled',
             loom_dot_scheduler_dot_v1_dot_scheduler__pb2.SetHostEnabledRequest.SerializeToString,
             loom_dot_scheduler_dot_v1_dot_scheduler__pb2.SetHostEnabledResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetHostForcedDown(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.scheduler.v1.SchedulerService/SetHostForcedDown',
+            loom_dot_scheduler_dot_v1_dot_scheduler__pb2.SetHostForcedDownRequest.SerializeToString,
+            loom_dot_scheduler_dot_v1_dot_scheduler__pb2.SetHostForcedDownResponse.FromString,
             options,
             channel_credentials,
             insecure,

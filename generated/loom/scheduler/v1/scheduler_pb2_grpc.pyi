@@ -59,8 +59,15 @@ class SchedulerServiceStub:
     """One host."""
     SetHostEnabled: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.SetHostEnabledRequest, _scheduler_pb2.SetHostEnabledResponse]
     """Enable or disable a host for new placements."""
+    SetHostForcedDown: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.SetHostForcedDownRequest, _scheduler_pb2.SetHostForcedDownResponse]
+    """Force a host down (it is then not up, whatever its heartbeats say, and gets no new
+    placements), or lift that. The scheduler owns host liveness: the conductor reads it.
+    """
     SetHostAvailabilityZone: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.SetHostAvailabilityZoneRequest, _scheduler_pb2.SetHostAvailabilityZoneResponse]
-    """Put a host in an availability zone (an aggregate with availability_zone metadata)."""
+    """Put a host in an availability zone: it joins the aggregate named after the zone (made
+    with that availability_zone metadata when missing) and leaves its other zone
+    aggregates; empty puts it back in the default zone.
+    """
     ListAvailabilityZones: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListAvailabilityZonesRequest, _scheduler_pb2.ListAvailabilityZonesResponse]
     """The availability zones and their hosts."""
     GetAllocations: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetAllocationsRequest, _scheduler_pb2.GetAllocationsResponse]
@@ -94,8 +101,15 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     """One host."""
     SetHostEnabled: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.SetHostEnabledRequest, _scheduler_pb2.SetHostEnabledResponse]  # type: ignore[assignment]
     """Enable or disable a host for new placements."""
+    SetHostForcedDown: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.SetHostForcedDownRequest, _scheduler_pb2.SetHostForcedDownResponse]  # type: ignore[assignment]
+    """Force a host down (it is then not up, whatever its heartbeats say, and gets no new
+    placements), or lift that. The scheduler owns host liveness: the conductor reads it.
+    """
     SetHostAvailabilityZone: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.SetHostAvailabilityZoneRequest, _scheduler_pb2.SetHostAvailabilityZoneResponse]  # type: ignore[assignment]
-    """Put a host in an availability zone (an aggregate with availability_zone metadata)."""
+    """Put a host in an availability zone: it joins the aggregate named after the zone (made
+    with that availability_zone metadata when missing) and leaves its other zone
+    aggregates; empty puts it back in the default zone.
+    """
     ListAvailabilityZones: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListAvailabilityZonesRequest, _scheduler_pb2.ListAvailabilityZonesResponse]  # type: ignore[assignment]
     """The availability zones and their hosts."""
     GetAllocations: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetAllocationsRequest, _scheduler_pb2.GetAllocationsResponse]  # type: ignore[assignment]
@@ -176,12 +190,25 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Enable or disable a host for new placements."""
 
     @_abc_1.abstractmethod
+    def SetHostForcedDown(
+        self,
+        request: _scheduler_pb2.SetHostForcedDownRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.SetHostForcedDownResponse, _abc.Awaitable[_scheduler_pb2.SetHostForcedDownResponse]]:
+        """Force a host down (it is then not up, whatever its heartbeats say, and gets no new
+        placements), or lift that. The scheduler owns host liveness: the conductor reads it.
+        """
+
+    @_abc_1.abstractmethod
     def SetHostAvailabilityZone(
         self,
         request: _scheduler_pb2.SetHostAvailabilityZoneRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.SetHostAvailabilityZoneResponse, _abc.Awaitable[_scheduler_pb2.SetHostAvailabilityZoneResponse]]:
-        """Put a host in an availability zone (an aggregate with availability_zone metadata)."""
+        """Put a host in an availability zone: it joins the aggregate named after the zone (made
+        with that availability_zone metadata when missing) and leaves its other zone
+        aggregates; empty puts it back in the default zone.
+        """
 
     @_abc_1.abstractmethod
     def ListAvailabilityZones(

@@ -1,0 +1,32 @@
+"""conductor: instances.image_properties, the image's properties as they were at creation
+
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-12-06 21:00:00
+
+Servers created before this revision get no properties: their image may have changed since.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0006"
+down_revision: str | None = "0005"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("instances", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("image_properties", sa.JSON(), server_default="{}", nullable=False)
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("instances", schema=None) as batch_op:
+        batch_op.drop_column("image_properties")

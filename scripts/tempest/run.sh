@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Runs Tempest's tempest.api.compute against a running `loom up`.
+# Usage: scripts/tempest/run.sh DATA_DIR [URL] [REGEX]
+#   DATA_DIR  the `loom up` data directory (its clouds.yaml has the admin's password)
+#   URL       the gateway (default http://127.0.0.1:8774)
+#   REGEX     tests to run (default ^tempest\.api\.compute)
+# Tempest goes into its own venv (TEMPEST_VENV, default /tmp/tempest-venv), never the
+# project's lock; its workspace is TEMPEST_WORKSPACE (default /tmp/tempest-loom).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+data=$(cd "$1" && pwd)
+url=${2:-http://127.0.0.1:8774}
+regex=${3:-'^tempest\.api\.compute'}
+venv=${TEMPEST_VENV:-/tmp/tempest-venv}
+ws=${TEMPEST_WORKSPACE:-/tmp/tempest-loom}
+version=${TEMPEST_VERSION:-47.0.0}
+
+if [ ! -x "$venv/bin/tempest" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "tempest==$version"
+fi
+
+export OS_CLIENT_CONFIG_FILE="$data/clouds.yaml"
+osc() { "$repo/.venv/bin/openstack" --os-cloud loom-admin "$@"; }
+
+# Pre-provisioned accounts: six projects, each with a member and a reader account (Tempest
+# asks for its project_reader persona in the primary's project), and two admins alone in
+# their projects; Tempest needs about twice its concurrency in accounts. Tempest may hand
+# any non-admin account out as "primary", which creates servers, so the reader accounts hold
+# Loom's member role too: these runs check the API's shapes, not its role checks.
+password=tempest-$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')
+if [ ! -f "$ws/.stestr.conf" ]; then
+  rm -rf "$ws"
+  "$venv/bin/tempest" init "$ws" >/dev/null
+fi
+mkdir -p "$ws/etc" "$ws/logs"
+account() {  # project user persona loom-roles...
+  local project=$1 user=$2 persona=$3
+  shift 3
+  osc project show "$project" >/dev/null 2>&1 || osc project create "$project" >/dev/null
+  if osc user show "$user" >/dev/null 2>&1; then
+    osc user set --password "$password" "$user"
+  else
+    osc user create --project "$project" --password "$password" "$user" >/dev/null
+  fi
+  for role in "$@"; do osc role add --project "$project" --user "$user" "$role"; done
+  {
+    echo "- username: '$user'"
+    echo "  project_name: '$project'"
+    echo "  password: '$password'"
+    echo "  domain_name: 'Default'"
+    if [ "$persona" = admin ]; then echo "  types: ['admin']"; fi
+    echo "  roles: ['$persona']"
+  } >> "$ws/etc/accounts.yaml"
+}
+# Made once per workspace (each account takes a few CLI calls); delete accounts.yaml to
+# make them again.
+if [ ! -s "$ws/etc/accounts.yaml" ]; then
+  for i in 1 2 3 4 5 6; do
+    account "tempest-p$i" "tempest-m$i" member member
+    account "tempest-p$i" "tempest-r$i" reader member reader
+  done
+  account tempest-a1 tempest-a1 admin admin
+  account tempest-a2 tempest-a2 admin admin
+fi
+
+image=$(osc image show loom-tiny -f value -c id)
+flavor=$(osc flavor show m1.tiny -f value -c id)
+flavor_alt=$(osc flavor show m1.small -f value -c id)
+admin_password=$("$repo/.venv/bin/python" -c '
+import sys, yaml
+clouds = yaml.safe_load(open(sys.argv[1]))["clouds"]
+print(clouds["loom-admin"]["auth"]["password"])' "$data/clouds.yaml")
+sed -e "s#@WORKSPACE@#$ws#g" -e "s#@ADMIN_PASSWORD@#$admin_password#g" -e "s#@URL@#$url#g" -e "s#@IMAGE@#$image#g" \
+    -e "s#@FLAVOR@#$flavor#g" -e "s#@FLAVOR_ALT@#$flavor_alt#g" \
+    "$here/tempest.conf.in" > "$ws/etc/tempest.conf"
+
+cd "$ws"
+"$venv/bin/tempest" run --config-file "$ws/etc/tempest.conf" --regex "$regex" \
+  --concurrency "${TEMPEST_CONCURRENCY:-2}" || true
+"$venv/bin/stestr" last --subunit | "$venv/bin/subunit2csv" > "$ws/results.csv" || true
+echo "results: $ws/results.csv"
