@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import Histogram
 
 from controlplane.config import TlsConfig
+from controlplane.runtime import tracing
 from controlplane.runtime.metrics import LATENCY_BUCKETS
 
 _LABELS = ("grpc_service", "grpc_method", "grpc_code")
@@ -208,10 +209,18 @@ def insecure_or_secure_channel(target: str, tls: TlsConfig | None = None) -> grp
         # A target naming several servers ("ipv4:a:1,b:2") spreads calls over all of them.
         ("grpc.lb_policy_name", "round_robin"),
     ]
-    interceptors = [_CLIENT_INTERCEPTOR] if _client_metrics else None
+    interceptors: list[Any] = [_CLIENT_INTERCEPTOR] if _client_metrics else []
+    if tracing.enabled():
+        # opentelemetry-instrumentation-grpc's aio interceptors: a CLIENT span per call,
+        # its context sent in the call's metadata.
+        from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+        interceptors += aio_client_interceptors()  # type: ignore[no-untyped-call]
     if creds is None:
-        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
-    return grpc.aio.secure_channel(target, creds, options=options, interceptors=interceptors)
+        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors or None)
+    return grpc.aio.secure_channel(
+        target, creds, options=options, interceptors=interceptors or None
+    )
 
 
 async def start_grpc_server(
@@ -220,8 +229,14 @@ async def start_grpc_server(
     tls: TlsConfig | None = None,
 ) -> RunningServer:
     """Starts serving; returns the bound port (useful when listen ends in :0)."""
+    interceptors: list[Any] = [ServerMetricsInterceptor()]
+    if tracing.enabled():
+        # A SERVER span per call, a child of the caller's span (from the call's metadata).
+        from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+        interceptors.insert(0, aio_server_interceptor())  # type: ignore[no-untyped-call]
     server = grpc.aio.server(
-        interceptors=[ServerMetricsInterceptor()],
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.so_reuseport", 0),
