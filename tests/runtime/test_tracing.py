@@ -1,0 +1,153 @@
+"""Tracing helpers: off by default and then inert; when on, messages carry W3C trace
+context and consumers continue it; the span file stays whole lines with several writers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from controlplane.config import TracingConfig
+from controlplane.runtime import tracing
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
+    """Tracing on in this process, into memory (the global provider is left alone)."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(tracing, "_tracer", provider.get_tracer("test"))
+    yield exporter
+    provider.shutdown()
+
+
+def test_without_an_exporter_setup_starts_nothing_and_the_helpers_are_inert() -> None:
+    assert tracing.setup(TracingConfig(), "conductor") is False
+    assert not tracing.enabled()
+    headers = {"Nats-Msg-Id": "m-1"}
+    assert tracing.headers_with_trace(headers) == {"Nats-Msg-Id": "m-1"}
+    assert tracing.current_traceparent() is None
+    assert tracing.consumer_spans(
+        "x", [{"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}]
+    ) == [None]
+    with tracing.span("nothing") as s, tracing.child_span("nothing", None) as c:
+        assert s is None
+        assert c is None
+
+
+def test_a_message_queued_inside_a_span_carries_that_span_as_its_traceparent(
+    recorded: InMemorySpanExporter,
+) -> None:
+    with tracing.span("request") as s:
+        assert s is not None
+        headers = tracing.headers_with_trace({"Nats-Msg-Id": "m-1"})
+        ctx = s.get_span_context()
+    assert headers["Nats-Msg-Id"] == "m-1"
+    assert (
+        headers["traceparent"] == f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
+    )
+    assert ctx.trace_flags.sampled
+
+
+def test_a_consumer_span_is_a_child_of_the_span_that_sent_the_message(
+    recorded: InMemorySpanExporter,
+) -> None:
+    with tracing.span("sender"):
+        sent = tracing.headers_with_trace({})
+    first, untraced = tracing.consumer_spans("consumer", [sent, {}])
+    assert untraced is None
+    assert first is not None
+    with tracing.current(first), tracing.span("inside"):
+        pass
+    tracing.end([first, untraced])
+    spans = {s.name: s for s in recorded.get_finished_spans()}
+    sender, consumer, inside = spans["sender"], spans["consumer"], spans["inside"]
+    assert consumer.context.trace_id == sender.context.trace_id
+    assert consumer.parent is not None
+    assert consumer.parent.span_id == sender.context.span_id
+    assert inside.parent is not None
+    assert inside.parent.span_id == consumer.context.span_id
+    assert consumer.attributes == {"loom.batch_size": 2}
+
+
+def test_an_error_marks_the_ended_span_failed(recorded: InMemorySpanExporter) -> None:
+    s = tracing.start_span("failing")
+    tracing.end(s, RuntimeError("no"))
+    (done,) = recorded.get_finished_spans()
+    assert done.status.status_code.name == "ERROR"
+    assert done.status.description == "RuntimeError"
+
+
+def test_a_span_file_line_holds_ids_parent_process_times_and_attributes(
+    recorded: InMemorySpanExporter, tmp_path: Path
+) -> None:
+    with tracing.span("parent"), tracing.span("child", {"loom.host": "h1"}):
+        pass
+    exporter = tracing.JsonLinesExporter(tmp_path / "deep" / "spans.jsonl")
+    exporter.export(recorded.get_finished_spans())
+    exporter.shutdown()
+    lines = [json.loads(x) for x in (tmp_path / "deep" / "spans.jsonl").read_text().splitlines()]
+    child, parent = lines
+    assert (child["name"], parent["name"]) == ("child", "parent")
+    assert child["parent_id"] == parent["span_id"]
+    assert parent["parent_id"] is None
+    assert child["trace_id"] == parent["trace_id"]
+    assert len(child["trace_id"]) == 32
+    assert child["attributes"] == {"loom.host": "h1"}
+    assert parent["start"] <= child["start"] <= child["end"] <= parent["end"]
+    assert child["kind"] == "internal"
+    assert child["status"] == "unset"
+    assert set(child) == {
+        "trace_id",
+        "span_id",
+        "parent_id",
+        "name",
+        "service",
+        "pid",
+        "kind",
+        "start",
+        "end",
+        "status",
+        "attributes",
+        "links",
+    }
+
+
+_WRITER = """
+import sys
+from controlplane.config import TracingConfig
+from controlplane.runtime import tracing
+assert tracing.setup(TracingConfig(exporter="file:" + sys.argv[1]), sys.argv[2])
+for i in range(int(sys.argv[3])):
+    with tracing.span("work", {"i": i, "padding": "x" * 512}):
+        pass
+tracing.shutdown()
+"""
+
+
+def test_processes_appending_to_one_span_file_leave_only_whole_lines(tmp_path: Path) -> None:
+    path = tmp_path / "spans.jsonl"
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(path), f"writer{n}", "400"],
+            env={"PYTHONPATH": f"{ROOT}:{ROOT / 'generated'}", "PATH": "/usr/bin:/bin"},
+        )
+        for n in range(4)
+    ]
+    assert [w.wait(60) for w in writers] == [0, 0, 0, 0]
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    by_service: dict[str, set[int]] = {}
+    for line in lines:
+        by_service.setdefault(line["service"], set()).add(line["attributes"]["i"])
+    assert by_service == {f"loom-writer{n}": set(range(400)) for n in range(4)}
+    assert len(lines) == 1600
