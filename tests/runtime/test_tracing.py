@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -151,3 +154,55 @@ def test_processes_appending_to_one_span_file_leave_only_whole_lines(tmp_path: P
         by_service.setdefault(line["service"], set()).add(line["attributes"]["i"])
     assert by_service == {f"loom-writer{n}": set(range(400)) for n in range(4)}
     assert len(lines) == 1600
+
+
+_OTLP_SENDER = """
+import sys
+from controlplane.config import TracingConfig
+from controlplane.runtime import tracing
+assert tracing.setup(TracingConfig(exporter=sys.argv[1]), "gateway")
+with tracing.span("outer"), tracing.span("inner", {"loom.host": "h1"}):
+    pass
+tracing.shutdown()
+"""
+
+
+def test_an_otlp_http_exporter_posts_the_spans_to_the_collectors_traces_path() -> None:
+    received: list[tuple[str, bytes]] = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.path, body))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Collector)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _OTLP_SENDER, f"http://127.0.0.1:{server.server_port}"],
+            env={"PYTHONPATH": f"{ROOT}:{ROOT / 'generated'}", "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.returncode == 0, done.stderr
+    assert [path for path, _ in received] == ["/v1/traces"]
+    request = ExportTraceServiceRequest.FromString(received[0][1])
+    (resource_spans,) = request.resource_spans
+    service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+    assert service["service.name"] == "loom-gateway"
+    spans = {s.name: s for scope in resource_spans.scope_spans for s in scope.spans}
+    assert set(spans) == {"outer", "inner"}
+    assert spans["inner"].parent_span_id == spans["outer"].span_id
