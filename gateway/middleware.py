@@ -101,6 +101,8 @@ class GatewayMiddleware:
                     span.update_name(f"{method} {route}")
                     span.set_attribute("http.route", route)
                     span.set_attribute("http.response.status_code", status)
+                    # The id the response and the logs carry: from a trace to the logs.
+                    span.set_attribute("loom.request_id", scope.get("loom.request_id", ""))
                     if status >= 500:
                         span.set_status(tracing.Status(tracing.StatusCode.ERROR))
 

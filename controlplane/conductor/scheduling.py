@@ -372,7 +372,7 @@ class SchedulingWorker:
         batch_span = (
             tracing.start_span(
                 "conductor select destinations",
-                tracing.traceparent_of(chosen_spans[0]) if chosen_spans else None,
+                tracing.traceparent_of(chosen_spans[0]),
                 {"loom.batch_size": len(choose)},
                 links=chosen_spans[1:],
             )

@@ -24,8 +24,8 @@ def read_spans(path: Path) -> list[dict[str, Any]]:
 
 
 def spans_of_boot(path: Path, server_id: str, within: float = 30.0) -> list[dict[str, Any]]:
-    """Every span of the trace that boots `server_id`, once the conductor's span for the
-    agent's BUILD_SUCCEEDED event is in the file (spans are exported every half second)."""
+    """The spans of the trace that boots `server_id` in the file so far, once the
+    conductor's span for the agent's BUILD_SUCCEEDED event is there."""
     deadline = time.monotonic() + within
     while True:
         spans = read_spans(path)
@@ -68,9 +68,12 @@ async def test_one_boot_is_one_trace_across_gateway_conductor_scheduler_and_agen
         stack.start("gateway")
         await wait_for_hosts(stack, 2)
         server_id = boot_one_through_api(stack, "traced-vm")
-        spans = spans_of_boot(spans_file, server_id)
+        trace_id = spans_of_boot(spans_file, server_id)[0]["trace_id"]
     finally:
+        # Each process writes its spans every half second and the rest as it stops: once
+        # all have stopped, the file holds every span of the boot.
         stack.stop_all()
+    spans = [s for s in read_spans(spans_file) if s["trace_id"] == trace_id]
 
     by_id = {s["span_id"]: s for s in spans}
     pids = {s["service"]: s["pid"] for s in spans}
@@ -83,6 +86,7 @@ async def test_one_boot_is_one_trace_across_gateway_conductor_scheduler_and_agen
         ("POST /compute/v2.1/servers", "loom-gateway")
     ]
     assert roots[0]["attributes"]["http.response.status_code"] == 202
+    assert roots[0]["attributes"]["loom.request_id"].startswith("req-")
     # Every other span's parent is in the same trace.
     assert all(s["parent_id"] in by_id for s in spans if s["parent_id"] is not None)
 
