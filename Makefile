@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 UV := .uv/bin/uv
 export PYTHONPATH := $(CURDIR):$(CURDIR)/generated
 
-.PHONY: install run test test-fast lint protos protos-check check bench services upgrade clean
+.PHONY: install run test test-fast lint protos protos-check check bench fuzz services upgrade clean
 
 $(STAMP): pyproject.toml uv.lock scripts/install.sh
 	scripts/install.sh
@@ -28,6 +28,10 @@ test-fast: install
 
 services: install
 	scripts/services.sh
+
+## Schemathesis against a running Loom: at least 10,000 generated requests, none may get a 5xx.
+fuzz: install services
+	LOOM_FUZZ_EXAMPLES=120 $(PY) -m pytest -q -s -p no:cacheprovider tests/e2e/test_fuzz.py
 
 lint: install
 	$(UV) lock --check --quiet

@@ -33,10 +33,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from loom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 from controlplane import tinyimage
-from controlplane.config import LoomConfig
+from controlplane.config import HOSTABLE_DOMAINS, LoomConfig
 from controlplane.db import migrate
 from controlplane.guestimage import IMAGE_NAME as GUEST_IMAGE_NAME
 from controlplane.guestimage import GuestImageError, register_guest_image, register_tiny_image
+from controlplane.runtime import certs, natsauth
 from controlplane.runtime.natsserver import (
     NatsServerProcess,
     free_port,
@@ -44,6 +45,7 @@ from controlplane.runtime.natsserver import (
 )
 from controlplane.seedfile import load_or_create
 from controlplane.servicetoken import ServiceToken, ServiceTokenError
+from nodeagent.service import host_names
 
 
 @dataclass
@@ -84,8 +86,16 @@ class Child:
             self.process.wait()
 
 
-def _grpc_healthy(target: str, timeout: float = 0.5) -> bool:
-    channel = grpc.insecure_channel(target)
+def _sync_channel(target: str, creds: grpc.ChannelCredentials | None) -> grpc.Channel:
+    if creds is None:
+        return grpc.insecure_channel(target)
+    return grpc.secure_channel(target, creds)
+
+
+def _grpc_healthy(
+    target: str, creds: grpc.ChannelCredentials | None = None, timeout: float = 0.5
+) -> bool:
+    channel = _sync_channel(target, creds)
     try:
         stub = health_pb2_grpc.HealthStub(channel)
         resp = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
@@ -96,10 +106,15 @@ def _grpc_healthy(target: str, timeout: float = 0.5) -> bool:
         channel.close()
 
 
-def hosts_reporting_since(target: str, since: datetime, timeout: float = 2.0) -> int:
+def hosts_reporting_since(
+    target: str,
+    since: datetime,
+    creds: grpc.ChannelCredentials | None = None,
+    timeout: float = 2.0,
+) -> int:
     """How many hosts the scheduler at `target` holds as up, with a heartbeat at or after
     `since`. A host row left by an earlier run does not count until its agent beats again."""
-    channel = grpc.insecure_channel(target)
+    channel = _sync_channel(target, creds)
     try:
         stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
         resp = stub.ListHosts(scheduler_pb2.ListHostsRequest(), timeout=timeout)
@@ -137,6 +152,9 @@ def _port_free(hostport: str) -> bool:
 DEFAULT_QEMU_INSTANCES = "/var/lib/loom/instances"
 # The children `loom up` starts, in start order.
 SERVICE_NAMES = ("scheduler", "conductor", "agent", "gateway")
+# With --split-domains the identity, image and catalog services run apart, before the
+# conductor, which then hosts none of them.
+SPLIT_SERVICE_NAMES = ("scheduler", *HOSTABLE_DOMAINS, "conductor", "agent", "gateway")
 
 
 def _metrics_addresses(cfg: LoomConfig, services: Iterable[str]) -> dict[str, str]:
@@ -188,7 +206,42 @@ def boot_command(clouds_yaml: Path, image: str) -> str:
     )
 
 
-def run_all_in_one(cfg: LoomConfig, *, hosts: int, hypervisor: str = "test") -> int:
+def _tls_env(files: certs.IdentityFiles) -> dict[str, str]:
+    return {
+        "LOOM_TLS__CA": str(files.ca),
+        "LOOM_TLS__CERT": str(files.cert),
+        "LOOM_TLS__KEY": str(files.key),
+        "LOOM_TLS__REQUIRE_CLIENT_AUTH": "true",
+    }
+
+
+# The children that use NATS, each as a user of its own.
+NATS_CLIENTS = ("conductor", "scheduler", "agent")
+
+
+def _nats_users(directory: Path, agent_hosts: list[str]) -> list[natsauth.NatsUser]:
+    users = [
+        natsauth.NatsUser(name, natsauth.password_for(directory, name))
+        for name in NATS_CLIENTS
+        if name != "agent"
+    ]
+    users.append(
+        natsauth.NatsUser(
+            "agent",
+            natsauth.password_for(directory, "agent"),
+            natsauth.agent_permissions("agent", agent_hosts),
+        )
+    )
+    return users
+
+
+def _listen_or_free(listen: str) -> str:
+    return listen if _port_free(listen) else f"127.0.0.1:{free_port()}"
+
+
+def run_all_in_one(
+    cfg: LoomConfig, *, hosts: int, hypervisor: str = "test", split_domains: bool = False
+) -> int:
     if hypervisor == "qemu":
         # Before anything starts: a machine that cannot run guests stops here, plainly.
         from nodeagent.hostprep import prepare_qemu_host
@@ -208,20 +261,35 @@ def run_all_in_one(cfg: LoomConfig, *, hosts: int, hypervisor: str = "test") -> 
 
     nats: NatsServerProcess | None = None
     nats_url = cfg.nats.url
+    # The embedded nats-server knows one user per NATS client child; an agent's user may
+    # use its own hosts' subjects only (controlplane/runtime/natsauth.py).
+    nats_env: dict[str, dict[str, str]] = {}
     if not nats_url:
+        agent_hosts = host_names(cfg, hosts if hypervisor == "test" else 0, "sim")
+        users = _nats_users(data / "nats-users", agent_hosts)
         nats = start_nats_server(
-            data / "nats", sync_always=cfg.nats.sync_always, tied_to_parent=True
+            data / "nats",
+            sync_always=cfg.nats.sync_always,
+            tied_to_parent=True,
+            authorization=natsauth.authorization_block(users),
         )
         nats_url = nats.url
+        nats_env = {
+            u.name: {"LOOM_NATS__USER": u.name, "LOOM_NATS__PASSWORD": u.password} for u in users
+        }
 
-    conductor_listen = cfg.conductor.listen
-    if not _port_free(conductor_listen):
-        conductor_listen = f"127.0.0.1:{free_port()}"
-    scheduler_listen = cfg.scheduler.listen
-    if not _port_free(scheduler_listen):
-        scheduler_listen = f"127.0.0.1:{free_port()}"
+    conductor_listen = _listen_or_free(cfg.conductor.listen)
+    scheduler_listen = _listen_or_free(cfg.scheduler.listen)
+    service_names = SPLIT_SERVICE_NAMES if split_domains else SERVICE_NAMES
+    # Each domain running apart listens on its own address (the gateway derives its targets
+    # from them: LoomConfig.domain_target).
+    domain_listen = (
+        {d: _listen_or_free(getattr(cfg, d).listen) for d in HOSTABLE_DOMAINS}
+        if split_domains
+        else {}
+    )
 
-    metrics_listen = _metrics_addresses(cfg, SERVICE_NAMES)
+    metrics_listen = _metrics_addresses(cfg, service_names)
     gw_host = "127.0.0.1" if cfg.gateway.host in ("0.0.0.0", "") else cfg.gateway.host
     local_url = f"http://{gw_host}:{cfg.gateway.port}"
     token_path = data / "agent" / "image-token"
@@ -245,6 +313,10 @@ def run_all_in_one(cfg: LoomConfig, *, hosts: int, hypervisor: str = "test") -> 
     if trace_target:
         # Every child records its spans to the same place (a file: all append to it).
         env["LOOM_TRACING__EXPORTER"] = trace_target
+    if split_domains:
+        env["LOOM_CONDUCTOR__HOSTED_DOMAINS"] = "[]"
+        for name, listen in domain_listen.items():
+            env[f"LOOM_{name.upper()}__LISTEN"] = listen
     if hypervisor == "qemu":
         env["LOOM_AGENT__LIBVIRT_URI"] = "qemu:///system"
         instances = Path(cfg.agent.instances_path or DEFAULT_QEMU_INSTANCES)
@@ -256,9 +328,22 @@ def run_all_in_one(cfg: LoomConfig, *, hosts: int, hypervisor: str = "test") -> 
     # fork handlers can hang a plain fork() for good.
     python = [sys.executable, "-m", "controlplane.cli", "--exit-with-parent", str(os.getpid())]
     agent_args = ["agent"] if hypervisor == "qemu" else ["agent", "--simulate", str(hosts)]
-    argv = {name: [*python, name] for name in SERVICE_NAMES}
+    argv = {name: [*python, name] for name in service_names}
     argv["agent"] = [*python, *agent_args]
-    children = [Child(name, argv[name], env, logs / f"{name}.log") for name in SERVICE_NAMES]
+    # Mutual TLS on every gRPC wire: each child holds the certificate of its own identity,
+    # which the services it calls authorise (controlplane/runtime/callers.py).
+    tls_dir = data / "tls"
+    child_env = {
+        name: env | _tls_env(certs.issue(tls_dir, name)) | nats_env.get(name, {})
+        for name in service_names
+    }
+    operator = certs.issue(tls_dir, "operator")
+    operator_creds = grpc.ssl_channel_credentials(
+        operator.ca.read_bytes(), operator.key.read_bytes(), operator.cert.read_bytes()
+    )
+    children = [
+        Child(name, argv[name], child_env[name], logs / f"{name}.log") for name in service_names
+    ]
     stopping = False
 
     def on_signal(_sig: int, _frame: object) -> None:
@@ -274,13 +359,17 @@ def run_all_in_one(cfg: LoomConfig, *, hosts: int, hypervisor: str = "test") -> 
 
     def ready(child: Child) -> bool:
         if child.name == "scheduler":
-            return _grpc_healthy(scheduler_listen)
+            return _grpc_healthy(scheduler_listen, operator_creds)
         if child.name == "conductor":
-            return _grpc_healthy(conductor_listen)
+            return _grpc_healthy(conductor_listen, operator_creds)
+        if child.name in domain_listen:
+            return _grpc_healthy(domain_listen[child.name], operator_creds)
         if child.name == "gateway":
             return _http_up(cfg.gateway.host, cfg.gateway.port)
         # "Ready" promises a server can be placed: every host has reported to the scheduler.
-        return hosts_reporting_since(scheduler_listen, agents_since) >= expected_hosts
+        return (
+            hosts_reporting_since(scheduler_listen, agents_since, operator_creds) >= expected_hosts
+        )
 
     try:
         for child in children:
@@ -322,11 +411,20 @@ def run_all_in_one(cfg: LoomConfig, *, hosts: int, hypervisor: str = "test") -> 
         print(metrics_line(metrics_listen), flush=True)
         if trace_target:
             print(f"loom: tracing: every service's spans to {trace_target}", flush=True)
+        grpc_line = ", ".join(
+            f"{name} {listen}"
+            for name, listen in (
+                ("conductor", conductor_listen),
+                ("scheduler", scheduler_listen),
+                *domain_listen.items(),
+            )
+        )
         print(
             f"Loom is ready: {url} (compute {url}/compute/v2.1, identity {url}/identity/v3); "
             f"{hosts if hypervisor == 'test' else 1} {hypervisor} host(s); "
             f"default image {boot_image} ({boot_image_id}); "
-            f"gRPC conductor {conductor_listen}, scheduler {scheduler_listen}; "
+            f"gRPC {grpc_line}; "
+            f"mutual TLS, certificates in {tls_dir} (operator.pem for grpcurl); "
             f"logs in {logs}; boot a server: {boot_command(data / 'clouds.yaml', boot_image)}",
             flush=True,
         )

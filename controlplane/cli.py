@@ -8,12 +8,14 @@ import importlib
 import logging
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import uvloop
 
-from controlplane.config import ConfigError, LoomConfig, load_config
+from controlplane.config import HOSTABLE_DOMAINS, ConfigError, LoomConfig, load_config
 from controlplane.runtime import tracing
+from controlplane.runtime.callers import IDENTITIES
 from controlplane.runtime.lifecycle import exit_with_parent, install_stop_signals
 from controlplane.runtime.logs import setup_logging
 from controlplane.runtime.metrics import MetricsListenError
@@ -25,6 +27,9 @@ log = logging.getLogger("loom")
 # it runs until `stop` is set, logs one "ready" line once serving, then shuts down cleanly.
 SERVICES = {
     "conductor": "controlplane.conductor.service",
+    "identity": "controlplane.identity.service",
+    "image": "controlplane.image.service",
+    "catalog": "controlplane.catalog.service",
     "scheduler": "controlplane.scheduler.service",
     "agent": "nodeagent.service",
     "gateway": "gateway.service",
@@ -83,8 +88,21 @@ def _parser() -> argparse.ArgumentParser:
         help="record OpenTelemetry spans of every service: file:PATH (JSON lines) or an "
         "OTLP/HTTP collector URL (http://HOST:4318); sets tracing.exporter",
     )
+    up.add_argument(
+        "--split-domains",
+        action="store_true",
+        help="run identity, image and catalog as processes of their own (as in production) "
+        "instead of inside the conductor",
+    )
 
-    command("conductor", "run the conductor")
+    command("conductor", "run the conductor (and the domains in conductor.hosted_domains)")
+    for domain in HOSTABLE_DOMAINS:
+        command(
+            domain,
+            f"run the {domain} service alone, on {domain}.listen (for a conductor that does "
+            "not host it: conductor.hosted_domains)",
+            nats=False,
+        )
     command("scheduler", "run the scheduler")
     agent = command("agent", "run a node agent (or a simulated fleet of them)")
     agent.add_argument("--simulate", type=int, default=0, help="run N simulated hosts")
@@ -101,6 +119,35 @@ def _parser() -> argparse.ArgumentParser:
         "`make services` do the same.",
     )
     prep.add_argument("--uri", default="qemu:///system", help="libvirt URI to check")
+
+    certs_cmd = sub.add_parser(
+        "certs",
+        help="make the CA and the certificates of Loom's identities for mutual TLS",
+        description="Makes (or keeps) a private CA and one certificate per Loom identity in "
+        "DIR, for mutual TLS between Loom's own parts: each service authorises its callers "
+        "by their certificate's identity. Idempotent: a certificate is reissued only when "
+        "missing, expiring within 30 days or lacking a --host. Copy ca.pem and each "
+        "identity's .pem and .key to the machine that runs it, and set tls.ca, tls.cert "
+        "and tls.key there. `loom up` makes its own under <data_dir>/tls.",
+    )
+    for option, text in (("--config", "TOML configuration file"), ("--data-dir", "data directory")):
+        certs_cmd.add_argument(option, default=argparse.SUPPRESS, help=text)
+    certs_cmd.add_argument(
+        "--dir", default=None, help="where the files go (default <data_dir>/tls)"
+    )
+    certs_cmd.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        help="a host name or address the certificates are valid for, besides localhost and "
+        "the loopback addresses (repeat it; give every address a service listens on)",
+    )
+    certs_cmd.add_argument(
+        "identities",
+        nargs="*",
+        metavar="IDENTITY",
+        help=f"identities to certify (default: all: {', '.join(IDENTITIES)})",
+    )
 
     rotate = sub.add_parser(
         "token-rotate",
@@ -205,6 +252,20 @@ def _rotate_token_keys(cfg: LoomConfig, max_active_keys: int) -> int:
     return 0
 
 
+def _make_certs(cfg: LoomConfig, directory: str | None, hosts: list[str], names: list[str]) -> int:
+    from controlplane.runtime.certs import CertError, issue
+
+    target = Path(directory) if directory else cfg.data_path / "tls"
+    try:
+        for name in names or IDENTITIES:
+            files = issue(target, name, tuple(hosts))
+            print(f"{name}: tls.ca = {files.ca}, tls.cert = {files.cert}, tls.key = {files.key}")
+    except CertError as exc:
+        print(f"loom: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.exit_with_parent is not None:
@@ -230,12 +291,21 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(migrate.current(cfg.database_url) or "(empty)")
         return 0
+    if args.command == "certs":
+        return _make_certs(cfg, args.dir, args.host, args.identities)
     if args.command == "token-rotate":
         return _rotate_token_keys(cfg, args.max_active_keys)
     if args.command == "up":
         from controlplane.allinone import run_all_in_one
 
-        return int(run_all_in_one(cfg, hosts=args.hosts, hypervisor=args.hypervisor))
+        return int(
+            run_all_in_one(
+                cfg,
+                hosts=args.hosts,
+                hypervisor=args.hypervisor,
+                split_domains=args.split_domains,
+            )
+        )
     if args.command == "agent":
         return _run_service(
             cfg, "agent", {"simulate": args.simulate, "host_prefix": args.host_prefix}

@@ -92,8 +92,18 @@ class TlsConfig(_Section):
     require_client_auth: bool = True
 
 
+# The domain services a conductor process can host beside compute (see docs/design.md,
+# "Where each domain runs").
+HostableDomain = Literal["identity", "image", "catalog"]
+HOSTABLE_DOMAINS: tuple[HostableDomain, ...] = ("identity", "image", "catalog")
+
+
 class ConductorConfig(_Section):
     listen: str = "127.0.0.1:50051"
+    # The domains this conductor serves on its own gRPC port, beside compute. All three by
+    # default (one process, as `loom up`); () when each runs as `loom identity`, `loom
+    # image` and `loom catalog` on its own listen address.
+    hosted_domains: tuple[HostableDomain, ...] = HOSTABLE_DOMAINS
     max_build_attempts: int = Field(default=3, ge=1, le=20)
     # Seconds without a heartbeat before a host is considered down.
     service_down_time: int = Field(default=60, ge=2)
@@ -112,6 +122,25 @@ class ConductorConfig(_Section):
     default_quota_metadata_items: int = 128
     default_quota_server_groups: int = 10
     default_quota_server_group_members: int = 10
+
+
+class DomainServiceConfig(_Section):
+    """A domain service run as a process of its own (`loom identity`, ...): where it serves
+    gRPC. Unused while the conductor hosts the domain."""
+
+    listen: str
+
+
+class IdentityConfig(DomainServiceConfig):
+    listen: str = "127.0.0.1:50053"
+
+
+class ImageConfig(DomainServiceConfig):
+    listen: str = "127.0.0.1:50054"
+
+
+class CatalogConfig(DomainServiceConfig):
+    listen: str = "127.0.0.1:50055"
 
 
 class SchedulerConfig(_Section):
@@ -167,12 +196,22 @@ class AgentConfig(_Section):
     image_token_file: str = ""
 
 
+# The longest a token may live: revocations are kept this long (controlplane/identity).
+MAX_TOKEN_TTL_S = 7 * 24 * 3600
+
+
 class GatewayConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8774, ge=0, le=65535)
     # gRPC target of the conductors; empty means conductor.listen. For several conductor
     # processes: "ipv4:HOST:PORT,HOST:PORT" (calls are spread over them round robin).
     conductor_target: str = ""
+    # gRPC targets of the identity, image and catalog services; empty means the conductor's
+    # target while the conductor hosts that domain (conductor.hosted_domains), else the
+    # domain's own listen address (identity.listen, ...). Same forms as conductor_target.
+    identity_target: str = ""
+    image_target: str = ""
+    catalog_target: str = ""
     # Public base URL for links and the catalog; empty derives it from host and port.
     public_url: str = ""
     # Identity tokens are Fernet tokens (as Keystone's). Their keys live in a key
@@ -184,7 +223,10 @@ class GatewayConfig(_Section):
     # more), so gateways given the same secret accept each other's tokens. No rotation:
     # changing it ends every live token. Not together with fernet_key_repository.
     token_secret: str = ""
-    token_ttl_s: int = Field(default=3600, ge=60)
+    token_ttl_s: int = Field(default=3600, ge=60, le=MAX_TOKEN_TTL_S)
+    # Request bodies past this many bytes get 413 before any of it is parsed (112 KiB, as
+    # OpenStack's APIs default to). Image data uploads stream and are not bounded by it.
+    max_request_body_bytes: int = Field(default=114688, ge=1024)
     console_token_ttl_s: int = Field(default=600, ge=10)
     # Origins (scheme://host[:port]) whose pages may open the console proxy's websocket,
     # besides the gateway's own public URL.
@@ -216,6 +258,9 @@ DEFAULT_METRICS_LISTEN: dict[str, str] = {
     "scheduler": "127.0.0.1:9182",
     "agent": "127.0.0.1:9183",
     "gateway": "127.0.0.1:9184",
+    "identity": "127.0.0.1:9185",
+    "image": "127.0.0.1:9186",
+    "catalog": "127.0.0.1:9187",
 }
 # A service named nowhere above or in the configuration takes a free port (it logs which).
 FALLBACK_METRICS_LISTEN = "127.0.0.1:0"
@@ -365,6 +410,9 @@ class LoomConfig(BaseSettings):
     nats: NatsConfig = NatsConfig()
     tls: TlsConfig = TlsConfig()
     conductor: ConductorConfig = ConductorConfig()
+    identity: IdentityConfig = IdentityConfig()
+    image: ImageConfig = ImageConfig()
+    catalog: CatalogConfig = CatalogConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     agent: AgentConfig = AgentConfig()
     gateway: GatewayConfig = GatewayConfig()
@@ -404,6 +452,19 @@ class LoomConfig(BaseSettings):
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir).resolve()
+
+    def domain_target(self, domain: HostableDomain | Literal["compute"]) -> str:
+        """Where a client reaches one domain's gRPC services: the gateway's setting for it,
+        else the conductor while it hosts the domain, else the domain's own listen address."""
+        conductor = self.gateway.conductor_target or self.conductor.listen
+        if domain == "compute":
+            return conductor
+        explicit = getattr(self.gateway, f"{domain}_target")
+        if explicit:
+            return str(explicit)
+        if domain in self.conductor.hosted_domains:
+            return conductor
+        return str(getattr(self, domain).listen)
 
     @property
     def database_url(self) -> str:

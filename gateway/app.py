@@ -13,6 +13,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from gateway import consoles
+from gateway.auth.revocations import Revocations
 from gateway.compute import routes as compute_routes
 from gateway.errors import ApiError
 from gateway.identity import routes as identity_routes
@@ -81,4 +82,10 @@ def build_app(gateway: Gateway) -> Any:
     )
     app.state.gateway = gateway
     app.router.redirect_slashes = False
-    return GatewayMiddleware(app, compute_collections(routes))
+    revocations = gateway.signer.revocations
+    return GatewayMiddleware(
+        app,
+        compute_collections(routes),
+        gateway.cfg.max_request_body_bytes,
+        revocations.refresh_if_due if isinstance(revocations, Revocations) else None,
+    )

@@ -1,10 +1,11 @@
-"""The gateway's only way out: typed gRPC stubs to the conductor, with deadlines and
-gRPC failures turned into API errors."""
+"""The gateway's only way out: typed gRPC stubs to the services that own each resource (the
+compute service, identity, image and catalog), with deadlines and gRPC failures turned into
+API errors."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Literal, TypeVar
 
 import grpc
 from loom.catalog.v1 import flavors_pb2_grpc, keypairs_pb2_grpc, quotas_pb2_grpc
@@ -25,23 +26,41 @@ Resp = TypeVar("Resp")
 DEFAULT_DEADLINE_S = 30.0
 
 
-class Conductor:
-    """One channel, one stub per conductor service."""
+Domain = Literal["compute", "identity", "image", "catalog"]
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        self.channel = channel
-        self.identity = identity_pb2_grpc.IdentityServiceStub(channel)
-        self.flavors = flavors_pb2_grpc.FlavorsServiceStub(channel)
-        self.images = images_pb2_grpc.ImagesServiceStub(channel)
-        self.keypairs = keypairs_pb2_grpc.KeypairsServiceStub(channel)
-        self.servers = servers_pb2_grpc.ServersServiceStub(channel)
-        self.quotas = quotas_pb2_grpc.QuotasServiceStub(channel)
-        self.fleet = fleet_pb2_grpc.FleetServiceStub(channel)
-        self.server_groups = server_groups_pb2_grpc.ServerGroupsServiceStub(channel)
-        self.consoles = consoles_pb2_grpc.ConsolesServiceStub(channel)
+
+class Conductor:
+    """One stub per service, each on the channel to the domain that owns it. Domains that
+    share a target (one process hosting several) share one channel."""
+
+    def __init__(self, channels: Mapping[Domain, grpc.aio.Channel]) -> None:
+        self._channels = channels
+        compute, identity = channels["compute"], channels["identity"]
+        image, catalog = channels["image"], channels["catalog"]
+        self.identity = identity_pb2_grpc.IdentityServiceStub(identity)
+        self.images = images_pb2_grpc.ImagesServiceStub(image)
+        self.flavors = flavors_pb2_grpc.FlavorsServiceStub(catalog)
+        self.keypairs = keypairs_pb2_grpc.KeypairsServiceStub(catalog)
+        self.quotas = quotas_pb2_grpc.QuotasServiceStub(catalog)
+        self.servers = servers_pb2_grpc.ServersServiceStub(compute)
+        self.fleet = fleet_pb2_grpc.FleetServiceStub(compute)
+        self.server_groups = server_groups_pb2_grpc.ServerGroupsServiceStub(compute)
+        self.consoles = consoles_pb2_grpc.ConsolesServiceStub(compute)
+
+    @classmethod
+    def connect(
+        cls, targets: Mapping[Domain, str], open_channel: Callable[[str], grpc.aio.Channel]
+    ) -> Conductor:
+        """Opens one channel per distinct target."""
+        by_target: dict[str, grpc.aio.Channel] = {}
+        for target in targets.values():
+            if target not in by_target:
+                by_target[target] = open_channel(target)
+        return cls({domain: by_target[target] for domain, target in targets.items()})
 
     async def close(self) -> None:
-        await self.channel.close()
+        for channel in {id(c): c for c in self._channels.values()}.values():
+            await channel.close()
 
 
 async def call(method: Callable[..., Awaitable[Resp]], request: Any) -> Resp:

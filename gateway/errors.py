@@ -80,6 +80,10 @@ class Conflict(ApiError):
         super().__init__(409, message)
 
 
+# Seconds a 503 asks the client to wait before trying again.
+RETRY_AFTER_S = "5"
+
+
 def from_grpc(code: grpc.StatusCode, details: str) -> ApiError:
     status = _GRPC_TO_HTTP.get(code, 500)
     if status >= 500 and status not in (501, 503):
@@ -89,6 +93,8 @@ def from_grpc(code: grpc.StatusCode, details: str) -> ApiError:
         details = f"Not implemented by this Loom conductor yet ({details or 'unimplemented'})."
     elif status == 503:
         details = details or "The service is temporarily unavailable."
+        # Clients (and balancers) may try again after a pause; nothing was half-done.
+        return ApiError(status, details, headers={"Retry-After": RETRY_AFTER_S})
     return ApiError(status, details or HTTPStatus(status).phrase)
 
 

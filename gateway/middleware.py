@@ -1,5 +1,6 @@
 """Outermost ASGI layers: request ids on every response, compute microversion
-negotiation (with the version headers on every compute response), legacy project ids
+negotiation (with the version headers on every compute response), bounded request bodies
+(413 past gateway.max_request_body_bytes, image data excepted), legacy project ids
 in compute paths, a last-resort 500 in the API's own error shape, and every request's
 latency (gateway.metrics)."""
 
@@ -41,11 +42,59 @@ def error_response_parts(path: str, status: int, message: str) -> tuple[bytes, s
     return json.dumps(keystone_body(status, message)).encode(), "application/json"
 
 
+def _streams_data(path: str) -> bool:
+    """Image data uploads stream to the store, however large; every other body is bounded."""
+    return path.startswith("/image/v2/images/") and path.endswith(("/file", "/stage"))
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _read_bounded(receive: Receive, limit: int) -> list[Message]:
+    """Reads the request body's messages, raising _BodyTooLarge past `limit` bytes (so a
+    client cannot make the gateway hold an unbounded body in memory)."""
+    messages: list[Message] = []
+    size = 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            return messages
+        size += len(message.get("body", b""))
+        if size > limit:
+            raise _BodyTooLarge
+        if not message.get("more_body", False):
+            return messages
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """A receive that gives the buffered messages first, then the real one (disconnects)."""
+    pending = list(messages)
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay
+
+
 class GatewayMiddleware:
-    def __init__(self, app: ASGIApp, compute_collections: frozenset[str]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        compute_collections: frozenset[str],
+        max_body_bytes: int,
+        before_request: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.app = app
         # First path segments under /compute/v2.1 that are resources, not project ids.
         self.collections = compute_collections
+        self.max_body_bytes = max_body_bytes
+        # Brings shared state up to date before a request is handled (the token
+        # revocation list: gateway/auth/revocations.py).
+        self.before_request = before_request
 
     def _strip_project_id(self, scope: Scope) -> None:
         path: str = scope["path"]
@@ -131,6 +180,20 @@ class GatewayMiddleware:
                 (b"x-openstack-nova-api-version", str(version).encode()),
                 (b"vary", _VERSION_HEADERS.encode()),
             ]
+        if not _streams_data(path):
+            too_large = f"Request body is larger than {self.max_body_bytes} bytes."
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.max_body_bytes:
+                await self._send_error(send, path, 413, too_large, extra)
+                return 413
+            try:
+                buffered = await _read_bounded(receive, self.max_body_bytes)
+            except _BodyTooLarge:
+                await self._send_error(send, path, 413, too_large, extra)
+                return 413
+            receive = _replay(buffered, receive)
+        if self.before_request is not None:
+            await self.before_request()
         status = 0
 
         async def send_with_headers(message: Message) -> None:

@@ -8,15 +8,17 @@ import logging
 import socket
 
 import uvicorn
+from loom.identity.v1 import identity_pb2
 
 from controlplane.config import LoomConfig
 from controlplane.runtime.grpcserver import insecure_or_secure_channel
 from controlplane.seedfile import load_or_create
 from gateway.app import build_app
 from gateway.auth.keys import token_keys
+from gateway.auth.revocations import Revocations
 from gateway.auth.tokens import TokenSigner
 from gateway.clientconfig import write_client_config
-from gateway.conductor import Conductor
+from gateway.conductor import Conductor, Domain, call
 from gateway.image.store import ImageStore
 from gateway.state import Gateway
 
@@ -24,13 +26,28 @@ log = logging.getLogger("loom.gateway")
 
 
 def make_gateway(cfg: LoomConfig) -> Gateway:
-    channel = insecure_or_secure_channel(
-        cfg.gateway.conductor_target or cfg.conductor.listen, cfg.tls
+    domains: tuple[Domain, ...] = ("compute", "identity", "image", "catalog")
+    conductor = Conductor.connect(
+        {domain: cfg.domain_target(domain) for domain in domains},
+        lambda target: insecure_or_secure_channel(target, cfg.tls),
+    )
+
+    async def fetch_revocations(after_id: int) -> list[identity_pb2.Revocation]:
+        reply = await call(
+            conductor.identity.ListRevocations,
+            identity_pb2.ListRevocationsRequest(after_id=after_id),
+        )
+        return list(reply.revocations)
+
+    signer = TokenSigner(
+        token_keys(cfg.gateway, cfg.data_path),
+        cfg.gateway.token_ttl_s,
+        Revocations(fetch_revocations),
     )
     return Gateway(
         cfg=cfg.gateway,
-        conductor=Conductor(channel),
-        signer=TokenSigner(token_keys(cfg.gateway, cfg.data_path), cfg.gateway.token_ttl_s),
+        conductor=conductor,
+        signer=signer,
         image_store=ImageStore(cfg.data_path / "images"),
         agent_tls=cfg.tls,
     )

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.requests import Request
 
 from controlplane.config import GatewayConfig, TlsConfig
+from gateway.auth.throttle import SignInThrottle
 from gateway.auth.tokens import TokenSigner
 from gateway.conductor import Conductor
 from gateway.image.store import ImageStore
@@ -22,6 +23,8 @@ class Gateway:
     image_store: ImageStore
     # TLS for the console proxy's calls to agents' ComputeService (None: plaintext).
     agent_tls: TlsConfig | None = None
+    # Failed password sign-ins, per user and per source address (gateway/auth/throttle.py).
+    sign_ins: SignInThrottle = field(default_factory=SignInThrottle)
 
 
 def gateway_of(request: Request) -> Gateway:

@@ -131,7 +131,12 @@ async def serve(
     started: list[HostAgent] = []
     stop_watching: Callable[[], None] | None = None
     try:
-        await bus.ensure_streams(nc.jetstream(), cfg.nats)
+        if cfg.nats.user:
+            # A NATS user of its own (controlplane/runtime/natsauth.py) may read the
+            # streams but not create or change them: the control plane makes them.
+            await bus.wait_for_streams(nc.jetstream())
+        else:
+            await bus.ensure_streams(nc.jetstream(), cfg.nats)
         server = await start_grpc_server(
             cfg.agent.listen,
             [

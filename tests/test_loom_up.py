@@ -27,6 +27,33 @@ ROOT = Path(__file__).resolve().parents[1]
 GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
 
 
+def _grpcurl(data_dir: Path, identity: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """grpcurl as an operator runs it against `loom up`: with the certificate of one of
+    Loom's identities, from the data directory's tls/ folder."""
+    tls = data_dir / "tls"
+    return subprocess.run(
+        [
+            *(GRPCURL, "-cacert", str(tls / "ca.pem")),
+            *("-cert", str(tls / f"{identity}.pem"), "-key", str(tls / f"{identity}.key")),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def _operator_channel(data_dir: Path, target: str) -> grpc.Channel:
+    tls = data_dir / "tls"
+    creds = grpc.ssl_channel_credentials(
+        (tls / "ca.pem").read_bytes(),
+        (tls / "operator.key").read_bytes(),
+        (tls / "operator.pem").read_bytes(),
+    )
+    return grpc.secure_channel(target, creds)
+
+
 # The process, the gateway URL, the gRPC targets and what it printed up to its ready line.
 LoomUp = tuple[subprocess.Popen[str], str, list[str], str]
 
@@ -81,7 +108,8 @@ def _loom_up(tmp_path: Path, hosts: int, *extra: str, cwd: Path = ROOT) -> Itera
         proc.wait()
         proc.stdout.close()
         pytest.fail("loom up printed no ready line")
-    targets = re.findall(r"(?:conductor|scheduler) (127\.0\.0\.1:\d+)", ready)
+    (grpc_part,) = re.findall(r"gRPC ([^;]+);", ready)
+    targets = re.findall(r"\w+ (127\.0\.0\.1:\d+)", grpc_part)
     try:
         yield proc, f"http://127.0.0.1:{port}", targets, ready
     finally:
@@ -100,26 +128,13 @@ def test_loom_up_serves_health_and_reflection_on_every_grpc_port_and_stops_on_si
 ) -> None:
     proc, url, targets, _ = loom_up
     assert len(targets) == 2
+    data = tmp_path / "d"
     for target in targets:
-        health = subprocess.run(
-            [GRPCURL, "-plaintext", target, "grpc.health.v1.Health/Check"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        health = _grpcurl(data, "operator", target, "grpc.health.v1.Health/Check")
         assert '"status": "SERVING"' in health.stdout, health.stderr
-        listing = subprocess.run(
-            [GRPCURL, "-plaintext", target, "list"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        ).stdout
+        listing = _grpcurl(data, "operator", target, "list").stdout
         assert "grpc.health.v1.Health" in listing
-    services = subprocess.run(
-        [GRPCURL, "-plaintext", targets[0], "list"], capture_output=True, text=True, check=True
-    ).stdout
+    services = _grpcurl(data, "operator", targets[0], "list").stdout
     # The conductor's port hosts each domain's own services, each in its own proto package.
     for service in (
         "loom.conductor.v1.ServersService",
@@ -184,7 +199,7 @@ def test_loom_up_says_ready_only_once_every_simulated_host_is_up_in_the_schedule
     with _loom_up(tmp_path, hosts=300) as (proc, _, targets, _):
         conductor, scheduler = targets
         assert conductor != scheduler
-        with grpc.insecure_channel(scheduler) as channel:
+        with _operator_channel(tmp_path / "d", scheduler) as channel:
             stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
             hosts = stub.ListHosts(scheduler_pb2.ListHostsRequest(), timeout=30).hosts
         up = [h.name for h in hosts if h.up and h.last_heartbeat_at.ToDatetime(UTC) >= started]
@@ -256,3 +271,90 @@ def test_the_ready_lines_boot_command_works_as_printed_and_boots_loom_tiny(
             timeout=10,
         ).json()["images"]
         assert [(i["status"], i["visibility"]) for i in images] == [("active", "public")]
+
+
+def _grpc_services(data_dir: Path, target: str) -> set[str]:
+    result = _grpcurl(data_dir, "operator", target, "list")
+    assert result.returncode == 0, result.stderr
+    listing = result.stdout
+    return {line for line in listing.splitlines() if line.startswith("loom.")}
+
+
+def test_loom_up_split_domains_runs_identity_image_and_catalog_apart_and_a_server_boots(
+    tmp_path: Path,
+) -> None:
+    with _loom_up(tmp_path, 1, "--split-domains") as (proc, _, _, printed):
+        (grpc_part,) = re.findall(r"gRPC ([^;]+);", printed)
+        targets = dict(re.findall(r"(\w+) (127\.0\.0\.1:\d+)", grpc_part))
+        assert set(targets) == {"conductor", "scheduler", "identity", "image", "catalog"}
+        # Each process serves its own domain's services and no other's.
+        assert _grpc_services(tmp_path / "d", targets["identity"]) == {
+            "loom.identity.v1.IdentityService"
+        }
+        assert _grpc_services(tmp_path / "d", targets["image"]) == {"loom.image.v1.ImagesService"}
+        assert _grpc_services(tmp_path / "d", targets["catalog"]) == {
+            "loom.catalog.v1.FlavorsService",
+            "loom.catalog.v1.KeypairsService",
+            "loom.catalog.v1.QuotasService",
+        }
+        conductor = _grpc_services(tmp_path / "d", targets["conductor"])
+        assert "loom.conductor.v1.ServersService" in conductor
+        assert not {s for s in conductor if not s.startswith("loom.conductor.")}, conductor
+        # A boot crosses all four: a token (identity), the image, the flavor (catalog), the
+        # server (compute), through the gateway that routes each to its owner.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+        env["OS_CLIENT_CONFIG_FILE"] = str(tmp_path / "d" / "clouds.yaml")
+        openstack = str(Path(sys.executable).parent / "openstack")
+        create = subprocess.run(
+            [
+                *(openstack, "--os-cloud", "loom", "server", "create", "--image", "loom-tiny"),
+                *("--flavor", "m1.tiny", "--nic", "none", "--wait", "-f", "value", "-c", "status"),
+                "vm1",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert create.returncode == 0, create.stderr
+        assert create.stdout.strip() == "ACTIVE"
+        for name in ("identity", "image", "catalog"):
+            assert (tmp_path / "d" / "logs" / f"{name}.log").exists(), name
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+
+
+def test_loom_up_grpc_refuses_plaintext_and_authorises_each_caller_by_its_certificate(
+    loom_up: LoomUp, tmp_path: Path
+) -> None:
+    _, _, targets, _ = loom_up
+    conductor, scheduler = targets
+    data = tmp_path / "d"
+    plain = subprocess.run(
+        [GRPCURL, "-plaintext", conductor, "grpc.health.v1.Health/Check"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert plain.returncode != 0
+    assert '"status": "SERVING"' not in plain.stdout
+    # Every Loom part may ask for health; only the conductor may ask the scheduler for hosts.
+    assert _grpcurl(data, "agent", scheduler, "grpc.health.v1.Health/Check").returncode == 0
+    refused = _grpcurl(data, "agent", scheduler, "loom.scheduler.v1.SchedulerService/ListHosts")
+    assert "PermissionDenied" in refused.stderr, refused.stderr
+    assert "caller 'agent' may not call loom.scheduler.v1.SchedulerService" in refused.stderr
+    allowed = _grpcurl(data, "conductor", scheduler, "loom.scheduler.v1.SchedulerService/ListHosts")
+    assert allowed.returncode == 0, allowed.stderr
+    assert '"hosts"' in allowed.stdout
+    # An empty project means every project: an agent may not ask, only the gateway may.
+    servers = _grpcurl(
+        data,
+        "agent",
+        "-d",
+        "{}",
+        conductor,
+        "loom.conductor.v1.ServersService/ListServers",
+    )
+    assert "PermissionDenied" in servers.stderr, servers.stderr

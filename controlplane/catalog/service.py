@@ -1,7 +1,9 @@
-"""The catalog service's gRPC registrations (flavors, keypairs, quotas), for whichever
-process hosts it."""
+"""The catalog service (flavors, keypairs, quotas): its gRPC registrations for whichever
+process hosts it, and `loom catalog`, the process that serves it alone."""
 
 from __future__ import annotations
+
+import asyncio
 
 from loom.catalog.v1 import (
     flavors_pb2,
@@ -16,36 +18,49 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from controlplane.catalog.flavors import FlavorsServicer
 from controlplane.catalog.keypairs import KeypairsServicer
 from controlplane.catalog.quotas import QuotasServicer
-from controlplane.catalog.seed import FLAVOR_STEPS as STEPS
+from controlplane.catalog.seed import FLAVOR_STEPS
 from controlplane.config import LoomConfig
 from controlplane.db.seeding import Seeder
+from controlplane.runtime.domain import serve_domain
 from controlplane.runtime.grpcserver import Registration
 
 
-def registrations(
-    sessions: async_sessionmaker[AsyncSession], cfg: LoomConfig
-) -> list[Registration]:
-    seeder = Seeder(sessions, cfg.data_path, STEPS)
-    return [
-        Registration(
-            FlavorsServicer(sessions, seeder),
-            flavors_pb2_grpc.add_FlavorsServiceServicer_to_server,
-            flavors_pb2.DESCRIPTOR.services_by_name["FlavorsService"].full_name,
-        ),
-        Registration(
-            KeypairsServicer(sessions, cfg.conductor.default_quota_key_pairs),
-            keypairs_pb2_grpc.add_KeypairsServiceServicer_to_server,
-            keypairs_pb2.DESCRIPTOR.services_by_name["KeypairsService"].full_name,
-        ),
-        Registration(
-            QuotasServicer(sessions, cfg.conductor),
-            quotas_pb2_grpc.add_QuotasServiceServicer_to_server,
-            quotas_pb2.DESCRIPTOR.services_by_name["QuotasService"].full_name,
-        ),
-    ]
+class CatalogDomain:
+    """Flavors, keypairs and quota limits (see README.md)."""
+
+    name = "catalog"
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], cfg: LoomConfig) -> None:
+        self._sessions = sessions
+        self._cfg = cfg
+        self._seeder = Seeder(sessions, cfg.data_path, FLAVOR_STEPS)
+
+    def registrations(self) -> list[Registration]:
+        sessions, conductor_cfg = self._sessions, self._cfg.conductor
+        return [
+            Registration.of(
+                FlavorsServicer(sessions, self._seeder),
+                flavors_pb2,
+                flavors_pb2_grpc,
+                "FlavorsService",
+            ),
+            Registration.of(
+                KeypairsServicer(sessions, conductor_cfg.default_quota_key_pairs),
+                keypairs_pb2,
+                keypairs_pb2_grpc,
+                "KeypairsService",
+            ),
+            Registration.of(
+                QuotasServicer(sessions, conductor_cfg),
+                quotas_pb2,
+                quotas_pb2_grpc,
+                "QuotasService",
+            ),
+        ]
+
+    async def seed(self) -> None:
+        await self._seeder.ensure()
 
 
-async def seed(sessions: async_sessionmaker[AsyncSession], cfg: LoomConfig) -> None:
-    """Seeds this domain now (its servicers would on their first RPC): the process hosting it
-    calls this at start, so other domains that read its rows find them from the first call."""
-    await Seeder(sessions, cfg.data_path, STEPS).ensure()
+async def serve(cfg: LoomConfig, stop: asyncio.Event, **_options: object) -> None:
+    await serve_domain(cfg, stop, CatalogDomain, cfg.catalog.listen)

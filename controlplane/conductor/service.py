@@ -1,6 +1,7 @@
 """`loom conductor`: the compute service's gRPC server, outbox relay, scheduling worker, event
 consumer and heartbeat recorder, in one process, until stop is set. The same gRPC server
-hosts the identity, image and catalog services (see registrations)."""
+hosts the domains named in conductor.hosted_domains (identity, image and catalog by default;
+see registrations)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from typing import Any
 
 from loom.conductor.v1 import (
     consoles_pb2,
@@ -20,8 +20,9 @@ from loom.conductor.v1 import (
     servers_pb2,
     servers_pb2_grpc,
 )
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from controlplane.catalog import service as catalog_service
+from controlplane.catalog.service import CatalogDomain
 from controlplane.conductor import events, scheduling
 from controlplane.conductor import metrics as conductor_metrics
 from controlplane.conductor.consoles import ConsolesServicer
@@ -33,57 +34,63 @@ from controlplane.conductor.scheduling import SchedulingWorker
 from controlplane.conductor.server_groups import ServerGroupsServicer
 from controlplane.conductor.servers.servicer import ServersServicer
 from controlplane.conductor.stranded import StrandedBuilds
-from controlplane.config import LoomConfig
+from controlplane.config import HostableDomain, LoomConfig
 from controlplane.db.engine import engine_for, session_factory
-from controlplane.identity import service as identity_service
-from controlplane.image import service as image_service
+from controlplane.db.outage import DatabaseOutage
+from controlplane.identity.service import IdentityDomain
+from controlplane.image.service import ImageDomain
 from controlplane.runtime import bus, grpcserver
+from controlplane.runtime.domain import DomainFactory, DomainService
 
 log = logging.getLogger(__name__)
 
 
-def _name(module: Any, service: str) -> str:
-    return str(module.DESCRIPTOR.services_by_name[service].full_name)
-
-
 def compute_registrations(conductor: Conductor) -> list[grpcserver.Registration]:
     """The compute service's own servicers: servers, server groups, consoles, the fleet."""
+    Registration = grpcserver.Registration
     return [
-        grpcserver.Registration(
-            ServersServicer(conductor),
-            servers_pb2_grpc.add_ServersServiceServicer_to_server,
-            _name(servers_pb2, "ServersService"),
+        Registration.of(
+            ServersServicer(conductor), servers_pb2, servers_pb2_grpc, "ServersService"
         ),
-        grpcserver.Registration(
+        Registration.of(
             ServerGroupsServicer(
                 conductor.sessions, conductor.cfg.conductor.default_quota_server_groups
             ),
-            server_groups_pb2_grpc.add_ServerGroupsServiceServicer_to_server,
-            _name(server_groups_pb2, "ServerGroupsService"),
+            server_groups_pb2,
+            server_groups_pb2_grpc,
+            "ServerGroupsService",
         ),
-        grpcserver.Registration(
-            FleetServicer(conductor),
-            fleet_pb2_grpc.add_FleetServiceServicer_to_server,
-            _name(fleet_pb2, "FleetService"),
-        ),
-        grpcserver.Registration(
-            ConsolesServicer(conductor),
-            consoles_pb2_grpc.add_ConsolesServiceServicer_to_server,
-            _name(consoles_pb2, "ConsolesService"),
+        Registration.of(FleetServicer(conductor), fleet_pb2, fleet_pb2_grpc, "FleetService"),
+        Registration.of(
+            ConsolesServicer(conductor), consoles_pb2, consoles_pb2_grpc, "ConsolesService"
         ),
     ]
 
 
-def registrations(conductor: Conductor) -> list[grpcserver.Registration]:
-    """What the conductor process serves: the compute service, and the identity, image and
-    catalog services it hosts (each in its own package, with its own tables)."""
-    sessions, cfg = conductor.sessions, conductor.cfg
-    return [
-        *compute_registrations(conductor),
-        *identity_service.registrations(sessions, cfg),
-        *image_service.registrations(sessions, cfg),
-        *catalog_service.registrations(sessions, cfg),
-    ]
+# The domains a conductor can host on its own gRPC port (conductor.hosted_domains).
+HOSTABLE: dict[HostableDomain, DomainFactory] = {
+    "identity": IdentityDomain,
+    "image": ImageDomain,
+    "catalog": CatalogDomain,
+}
+
+
+def hosted_domains(
+    sessions: async_sessionmaker[AsyncSession], cfg: LoomConfig
+) -> list[DomainService]:
+    """The domain services this conductor hosts, in the configured order."""
+    return [HOSTABLE[name](sessions, cfg) for name in cfg.conductor.hosted_domains]
+
+
+def registrations(
+    conductor: Conductor, hosted: list[DomainService] | None = None
+) -> list[grpcserver.Registration]:
+    """What the conductor process serves: the compute service, and the domains it hosts
+    (each in its own package, with its own tables; by default those the configuration
+    names)."""
+    if hosted is None:
+        hosted = hosted_domains(conductor.sessions, conductor.cfg)
+    return [*compute_registrations(conductor), *(r for d in hosted for r in d.registrations())]
 
 
 async def serve(cfg: LoomConfig, stop: asyncio.Event, **_options: object) -> None:
@@ -103,10 +110,11 @@ async def serve(cfg: LoomConfig, stop: asyncio.Event, **_options: object) -> Non
     conductor = Conductor(sessions, cfg, Wakeup(), SchedulerClient(channel))
     # The hosted domains seed their rows before serving: a create reads the default flavors
     # without ever calling the flavors service.
-    await identity_service.seed(sessions, cfg)
-    await catalog_service.seed(sessions, cfg)
+    hosted = hosted_domains(sessions, cfg)
+    for domain in hosted:
+        await domain.seed()
     running = await grpcserver.start_grpc_server(
-        cfg.conductor.listen, registrations(conductor), cfg.tls
+        cfg.conductor.listen, registrations(conductor, hosted), cfg.tls, [DatabaseOutage()]
     )
     stop_watching = conductor_metrics.watch(
         sessions,

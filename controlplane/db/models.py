@@ -312,6 +312,20 @@ class Role(Base):
     name: Mapped[str] = mapped_column(String(255), unique=True)
 
 
+class TokenRevocation(Base):
+    """Tokens no longer valid before their expiry: one token (audit_id), or every token of a
+    user issued at or before issued_before. Written by the identity service alone; token
+    validators keep a copy (ListRevocations). Dropped once expired."""
+
+    __tablename__ = "token_revocations"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    audit_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    user_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    issued_before: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
 class RoleAssignment(Base):
     __tablename__ = "role_assignments"
     __table_args__ = (

@@ -1,31 +1,43 @@
-"""The identity service's gRPC registrations, for whichever process hosts it."""
+"""The identity service: its gRPC registrations for whichever process hosts it, and `loom
+identity`, the process that serves it alone."""
 
 from __future__ import annotations
+
+import asyncio
 
 from loom.identity.v1 import identity_pb2, identity_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.config import LoomConfig
 from controlplane.db.seeding import Seeder
-from controlplane.identity.seed import IDENTITY_STEPS as STEPS
+from controlplane.identity.seed import IDENTITY_STEPS
 from controlplane.identity.servicer import IdentityServicer
+from controlplane.runtime.domain import serve_domain
 from controlplane.runtime.grpcserver import Registration
 
 
-def registrations(
-    sessions: async_sessionmaker[AsyncSession], cfg: LoomConfig
-) -> list[Registration]:
-    seeder = Seeder(sessions, cfg.data_path, STEPS)
-    return [
-        Registration(
-            IdentityServicer(sessions, seeder),
-            identity_pb2_grpc.add_IdentityServiceServicer_to_server,
-            identity_pb2.DESCRIPTOR.services_by_name["IdentityService"].full_name,
-        )
-    ]
+class IdentityDomain:
+    """Projects, users, roles and their assignments (see README.md)."""
+
+    name = "identity"
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], cfg: LoomConfig) -> None:
+        self._sessions = sessions
+        self._seeder = Seeder(sessions, cfg.data_path, IDENTITY_STEPS)
+
+    def registrations(self) -> list[Registration]:
+        return [
+            Registration.of(
+                IdentityServicer(self._sessions, self._seeder),
+                identity_pb2,
+                identity_pb2_grpc,
+                "IdentityService",
+            )
+        ]
+
+    async def seed(self) -> None:
+        await self._seeder.ensure()
 
 
-async def seed(sessions: async_sessionmaker[AsyncSession], cfg: LoomConfig) -> None:
-    """Seeds this domain now (its servicers would on their first RPC): the process hosting it
-    calls this at start, so other domains that read its rows find them from the first call."""
-    await Seeder(sessions, cfg.data_path, STEPS).ensure()
+async def serve(cfg: LoomConfig, stop: asyncio.Event, **_options: object) -> None:
+    await serve_domain(cfg, stop, IdentityDomain, cfg.identity.listen)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -10,10 +11,11 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from controlplane.db.models import Project, Role, RoleAssignment, User
+from controlplane.config import MAX_TOKEN_TTL_S
+from controlplane.db.models import Project, Role, RoleAssignment, TokenRevocation, User
 from controlplane.db.seeding import Seeder
 from controlplane.identity.passwords import hash_password_async, verify_password_async
-from controlplane.runtime.rpc import abort, new_id, now
+from controlplane.runtime.rpc import abort, new_id, now, timestamp
 
 DEFAULT_DOMAIN = "default"
 # Keystone names the default domain "Default" and gives it the id "default".
@@ -22,6 +24,29 @@ _DEFAULT_DOMAIN_NAMES = {"", "default", "Default"}
 
 def _domain_ok(domain: str) -> bool:
     return domain in _DEFAULT_DOMAIN_NAMES
+
+
+def revocation_pb(r: TokenRevocation) -> identity_pb2.Revocation:
+    return identity_pb2.Revocation(
+        id=r.id,
+        audit_id=r.audit_id or "",
+        user_id=r.user_id or "",
+        issued_before=timestamp(r.issued_before),
+        expires_at=timestamp(r.expires_at),
+    )
+
+
+def revoke_user_tokens(s: AsyncSession, user_id: str) -> TokenRevocation:
+    """Revokes every token of the user issued until now (in the caller's transaction): a
+    password change, a disable, a delete or a role taken away ends the user's sessions."""
+    moment = now()
+    row = TokenRevocation(
+        user_id=user_id,
+        issued_before=moment,
+        expires_at=moment + timedelta(seconds=MAX_TOKEN_TTL_S),
+    )
+    s.add(row)
+    return row
 
 
 def project_pb(p: Project) -> identity_pb2.Project:
@@ -280,9 +305,12 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
                     user.name = request.name
                 if new_hash is not None:
                     user.password_hash = new_hash
+                    revoke_user_tokens(s, user.id)
                 if request.HasField("email"):
                     user.email = request.email
                 if request.HasField("enabled"):
+                    if user.enabled and not request.enabled:
+                        revoke_user_tokens(s, user.id)
                     user.enabled = request.enabled
                 if request.HasField("default_project_id"):
                     user.default_project_id = request.default_project_id or None
@@ -300,6 +328,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
                 await abort(context, grpc.StatusCode.NOT_FOUND, f"user {request.id} not found")
             await s.execute(delete(RoleAssignment).where(RoleAssignment.user_id == user.id))
             await s.delete(user)
+            revoke_user_tokens(s, request.id)
         return identity_pb2.DeleteUserResponse()
 
     # ------------------------------------------------------------------ roles
@@ -385,6 +414,8 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
                     grpc.StatusCode.NOT_FOUND,
                     f"role {role.name} is not granted to {user.name} on {project.name}",
                 )
+            # Tokens carry their roles: the user's tokens go, so none keeps the role.
+            revoke_user_tokens(s, user.id)
         return identity_pb2.UnassignRoleResponse()
 
     async def ListRoleAssignments(
@@ -412,3 +443,50 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
                 for a, r in rows
             ]
         )
+
+    # ------------------------------------------------------------------ token revocation
+
+    async def RevokeTokens(self, request: identity_pb2.RevokeTokensRequest, context: Any) -> Any:
+        if bool(request.audit_id) == bool(request.user_id):
+            await abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "give exactly one of audit_id and user_id",
+            )
+        if len(request.audit_id) > 64 or len(request.user_id) > 64:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "id longer than 64")
+        async with self._sessions.begin() as s:
+            if request.user_id:
+                row = revoke_user_tokens(s, request.user_id)
+            else:
+                moment = now()
+                latest = moment + timedelta(seconds=MAX_TOKEN_TTL_S)
+                asked: datetime = (
+                    request.expires_at.ToDatetime(tzinfo=UTC)
+                    if request.HasField("expires_at")
+                    else latest
+                )
+                row = TokenRevocation(
+                    audit_id=request.audit_id,
+                    issued_before=moment,
+                    expires_at=min(max(asked, moment), latest),
+                )
+                s.add(row)
+            await s.flush()
+            return identity_pb2.RevokeTokensResponse(revocation=revocation_pb(row))
+
+    async def ListRevocations(
+        self, request: identity_pb2.ListRevocationsRequest, context: Any
+    ) -> Any:
+        moment = now()
+        async with self._sessions.begin() as s:
+            # Expired revocations match no live token: drop them as they are read.
+            await s.execute(delete(TokenRevocation).where(TokenRevocation.expires_at <= moment))
+            rows = await s.scalars(
+                select(TokenRevocation)
+                .where(TokenRevocation.id > request.after_id)
+                .order_by(TokenRevocation.id)
+            )
+            return identity_pb2.ListRevocationsResponse(
+                revocations=[revocation_pb(r) for r in rows]
+            )

@@ -113,6 +113,21 @@ async def ensure_streams(js: JetStreamContext, cfg: NatsConfig) -> None:
             await js.update_stream(sc)
 
 
+async def wait_for_streams(js: JetStreamContext, timeout_s: float = 60.0) -> None:
+    """Waits until Loom's streams exist, for a process whose NATS user may read streams but
+    not create them (an agent: the control plane creates them)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    for name in (COMPUTE_STREAM, CONDUCTOR_STREAM, EVENTS_STREAM, INVENTORY_STREAM):
+        while True:
+            try:
+                await js.stream_info(name)
+                break
+            except NotFoundError:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
+
 ErrorCallback = Callable[[Exception], Awaitable[None]]
 
 
@@ -183,6 +198,8 @@ async def connect(
     if cfg.user:
         kwargs["user"] = cfg.user
         kwargs["password"] = cfg.password
+        # A user with permissions may receive replies on its own inbox prefix only.
+        kwargs["inbox_prefix"] = f"_INBOX_{cfg.user}"
     if cfg.tls_ca or cfg.tls_cert:
         ctx = ssl.create_default_context(cafile=cfg.tls_ca or None)
         if cfg.tls_cert:

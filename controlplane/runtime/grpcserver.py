@@ -4,10 +4,12 @@ and the latency histograms of every gRPC call Loom serves or makes."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import grpc
@@ -18,7 +20,11 @@ from prometheus_client import Histogram
 
 from controlplane.config import TlsConfig
 from controlplane.runtime import tracing
+from controlplane.runtime.callers import CallerAuthorisation
+from controlplane.runtime.interceptors import Behavior, UnaryWrapper
 from controlplane.runtime.metrics import LATENCY_BUCKETS
+
+log = logging.getLogger(__name__)
 
 _LABELS = ("grpc_service", "grpc_method", "grpc_code")
 SERVER_HANDLING = Histogram(
@@ -57,36 +63,17 @@ class _Observers:
         child.observe(seconds)
 
 
-class ServerMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class ServerMetricsInterceptor(UnaryWrapper):
     """Times every unary-unary call by service, method and status code. Streaming calls (the
     health Watch, reflection) pass untouched: their length says nothing about latency.
-
-    The wrapped handler is made once per method and reused, so a call costs one timing and
-    one observe."""
+    A call costs one timing and one observe."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._observers = _Observers(SERVER_HANDLING)
-        self._wrapped: dict[str, tuple[Any, Any]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        method: str = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = grpc.unary_unary_rpc_method_handler(
-            self._timed(method, handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+    def wrap(self, method: str, behavior: Behavior) -> Behavior:
+        return self._timed(method, behavior)
 
     def _timed(
         self, method: str, behavior: Callable[[Any, Any], Awaitable[Any]]
@@ -149,6 +136,29 @@ class ClientMetricsInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: i
             self._observers.observe(method, code, time.perf_counter() - start)
 
 
+# What a call made without its own timeout gets: no Loom call waits forever on a peer.
+DEFAULT_DEADLINE_S = 30.0
+
+
+class DefaultDeadline(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Gives every unary call without a timeout the default deadline."""
+
+    def __init__(self, seconds: float = DEFAULT_DEADLINE_S) -> None:
+        self._seconds = seconds
+
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[[Any, Any], Awaitable[Any]],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        if client_call_details.timeout is None:
+            client_call_details = client_call_details._replace(timeout=self._seconds)
+        return await continuation(client_call_details, request)
+
+
+_DEFAULT_DEADLINE = DefaultDeadline()
+
 # One per process: its histogram children are shared by every channel.
 _CLIENT_INTERCEPTOR = ClientMetricsInterceptor()
 _client_metrics = True
@@ -168,6 +178,16 @@ class Registration:
     servicer: Any
     add_to_server: Callable[[Any, grpc.aio.Server], None]
     service_name: str
+
+    @classmethod
+    def of(cls, servicer: Any, pb2: ModuleType, pb2_grpc: ModuleType, service: str) -> Registration:
+        """The registration of `service` (e.g. "FlavorsService") from its generated modules:
+        the add function and the full name come from what protoc generated for it."""
+        return cls(
+            servicer,
+            getattr(pb2_grpc, f"add_{service}Servicer_to_server"),
+            str(pb2.DESCRIPTOR.services_by_name[service].full_name),
+        )
 
 
 @dataclass
@@ -209,7 +229,9 @@ def insecure_or_secure_channel(target: str, tls: TlsConfig | None = None) -> grp
         # A target naming several servers ("ipv4:a:1,b:2") spreads calls over all of them.
         ("grpc.lb_policy_name", "round_robin"),
     ]
-    interceptors: list[Any] = [_CLIENT_INTERCEPTOR] if _client_metrics else []
+    interceptors: list[grpc.aio.ClientInterceptor] = [_DEFAULT_DEADLINE]
+    if _client_metrics:
+        interceptors.append(_CLIENT_INTERCEPTOR)
     if tracing.enabled():
         # opentelemetry-instrumentation-grpc's aio interceptors: a CLIENT span per call,
         # its context sent in the call's metadata.
@@ -217,26 +239,38 @@ def insecure_or_secure_channel(target: str, tls: TlsConfig | None = None) -> grp
 
         interceptors += aio_client_interceptors()  # type: ignore[no-untyped-call]
     if creds is None:
-        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors or None)
-    return grpc.aio.secure_channel(
-        target, creds, options=options, interceptors=interceptors or None
-    )
+        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+    return grpc.aio.secure_channel(target, creds, options=options, interceptors=interceptors)
 
 
 async def start_grpc_server(
     listen: str,
     registrations: Iterable[Registration],
     tls: TlsConfig | None = None,
+    interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
 ) -> RunningServer:
-    """Starts serving; returns the bound port (useful when listen ends in :0)."""
-    interceptors: list[Any] = [ServerMetricsInterceptor()]
+    """Starts serving; returns the bound port (useful when listen ends in :0). With mutual
+    TLS every call is authorised by its caller's certificate (controlplane/runtime/callers)."""
+    creds = server_credentials(tls) if tls else None
+    chain: list[grpc.aio.ServerInterceptor] = [ServerMetricsInterceptor()]
     if tracing.enabled():
         # A SERVER span per call, a child of the caller's span (from the call's metadata).
         from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-        interceptors.insert(0, aio_server_interceptor())  # type: ignore[no-untyped-call]
+        chain.insert(0, aio_server_interceptor())  # type: ignore[no-untyped-call]
+    if creds is not None and tls is not None and tls.ca and tls.require_client_auth:
+        chain.append(CallerAuthorisation())
+    else:
+        log.warning(
+            "gRPC callers are not authenticated",
+            extra={
+                "listen": listen,
+                "hint": "set tls.ca, tls.cert and tls.key (see `loom certs`) for mutual TLS",
+            },
+        )
+    chain.extend(interceptors)
     server = grpc.aio.server(
-        interceptors=interceptors,
+        interceptors=chain,
         options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.so_reuseport", 0),
@@ -250,7 +284,6 @@ async def start_grpc_server(
         reg.add_to_server(reg.servicer, server)
         names.append(reg.service_name)
     reflection.enable_server_reflection(names, server)
-    creds = server_credentials(tls) if tls else None
     port = server.add_secure_port(listen, creds) if creds else server.add_insecure_port(listen)
     await server.start()
     for reg in regs:

@@ -83,8 +83,11 @@ def start_nats_server(
     wait_s: float = 15.0,
     monitor_port: int = 0,
     tied_to_parent: bool = False,
+    authorization: str = "",
 ) -> NatsServerProcess:
-    """Starts nats-server with JetStream storing under store_dir; waits until it accepts."""
+    """Starts nats-server with JetStream storing under store_dir; waits until it accepts.
+    `authorization` is an authorization block (controlplane.runtime.natsauth); without one,
+    any client may connect and use every subject."""
     store_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     conf = store_dir / "nats.conf"
@@ -98,6 +101,7 @@ def start_nats_server(
         "max_payload: 8MB",
         # The monitoring endpoint (/varz) lets benchmarks count messages; off unless asked.
         f"http_port: {monitor_port}" if monitor_port else "",
+        authorization,
     ]
     conf.write_text("\n".join(line for line in lines if line) + "\n")
     log = open(log_file or store_dir / "nats-server.log", "ab")  # noqa: SIM115

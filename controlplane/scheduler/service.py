@@ -14,6 +14,7 @@ from nats.aio.client import Client as NATS
 
 from controlplane.config import LoomConfig
 from controlplane.db.engine import engine_for
+from controlplane.db.outage import DatabaseOutage
 from controlplane.runtime import bus
 from controlplane.runtime.grpcserver import Registration, start_grpc_server
 from controlplane.scheduler import convert
@@ -90,6 +91,7 @@ async def serve(cfg: LoomConfig, stop: asyncio.Event) -> None:
                 )
             ],
             cfg.tls,
+            [DatabaseOutage()],
         )
         me = socket.gethostname()
         endpoint = f"{sched.listen.rsplit(':', 1)[0]}:{server.port}"

@@ -39,6 +39,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
+from typing import Protocol
 
 from cryptography.fernet import InvalidToken as FernetInvalidToken
 from cryptography.fernet import MultiFernet
@@ -158,12 +159,20 @@ def unpack_payload(data: bytes, issued_ts: int) -> TokenClaims:
     )
 
 
-class TokenSigner:
-    """Issues and verifies Fernet tokens with the keys in force (`keys.fernet()`)."""
+class RevocationList(Protocol):
+    def revoked(self, claims: TokenClaims) -> bool: ...
 
-    def __init__(self, keys: TokenKeys, ttl_s: int) -> None:
+
+class TokenSigner:
+    """Issues and verifies Fernet tokens with the keys in force (`keys.fernet()`); with a
+    revocation list, a revoked token does not verify."""
+
+    def __init__(
+        self, keys: TokenKeys, ttl_s: int, revocations: RevocationList | None = None
+    ) -> None:
         self._keys = keys
         self._ttl_s = ttl_s
+        self.revocations = revocations
 
     def issue(
         self,
@@ -191,7 +200,7 @@ class TokenSigner:
 
     def verify(self, token: str, now: datetime | None = None) -> TokenClaims:
         """The token's claims; InvalidToken when forged, signed by a key no longer held,
-        malformed or expired."""
+        malformed, expired or revoked."""
         now_ts = int((now or datetime.now(UTC)).timestamp())
         fernet = self._keys.fernet()
         try:
@@ -208,6 +217,8 @@ class TokenSigner:
             raise InvalidToken("The token is malformed.") from exc
         if claims.expires.timestamp() <= now_ts:
             raise InvalidToken("The token has expired.")
+        if self.revocations is not None and self.revocations.revoked(claims):
+            raise InvalidToken("The token has been revoked.")
         return claims
 
 

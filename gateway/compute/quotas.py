@@ -63,7 +63,13 @@ def _usage(usage: quotas_pb2.QuotaUsage, name: str) -> int:
 
 
 def _update_schema(mv: Microversion) -> dict[str, Any]:
-    value = {"type": ["integer", "string"], "pattern": "^-?[0-9]+$", "minimum": -1}
+    # As the database column: a 32-bit signed integer (a larger value is a 400, not a 500).
+    value = {
+        "type": ["integer", "string"],
+        "pattern": "^-?[0-9]+$",
+        "minimum": -1,
+        "maximum": 2147483647,
+    }
     props: dict[str, Any] = dict.fromkeys(quota_names(mv), value)
     props["force"] = BOOLEAN_SCHEMA
     return {

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from loom.identity.v1 import identity_pb2
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.auth.context import RequestContext, authenticate, expand_roles
+from gateway.auth.revocations import Revocations
 from gateway.auth.tokens import InvalidToken, TokenClaims
 from gateway.conductor import call
 from gateway.errors import ApiError, BadRequest, Forbidden, NotFound, Unauthorized
@@ -141,9 +144,20 @@ async def issue_token(request: Request) -> Response:
             req.project_id = scope_project.get("id", "")
             req.project_name = scope_project.get("name", "")
             req.project_domain = _domain_ref(scope_project.get("domain"))
+        who = req.user_id or f"{req.user_domain}/{req.user_name}"
+        source = request.client.host if request.client else ""
+        wait = gw.sign_ins.retry_after(who, source)
+        if wait:
+            raise ApiError(
+                429,
+                f"Too many failed sign-ins; try again in {wait} seconds.",
+                headers={"Retry-After": str(wait)},
+            )
         try:
             reply = await call(gw.conductor.identity.Authenticate, req)
         except ApiError as exc:
+            if exc.status in (401, 403):
+                gw.sign_ins.failed(who, source)
             if exc.status in (401, 403):
                 # Keystone answers every authentication failure with 401.
                 raise Unauthorized(
@@ -152,6 +166,7 @@ async def issue_token(request: Request) -> Response:
                     else exc.message
                 ) from exc
             raise
+        gw.sign_ins.succeeded(who)
         user_id, user_name = reply.user.id, reply.user.name
         project = reply.project if reply.HasField("project") else None
         if project is None and scope != "unscoped" and reply.user.default_project_id:
@@ -292,10 +307,38 @@ async def _no_project() -> identity_pb2.GetProjectResponse:
     return identity_pb2.GetProjectResponse()  # an unscoped token: its project name is empty
 
 
+def _revocations_changed(request: Request) -> None:
+    """The identity service revoked a user's tokens: this gateway reads the revocation
+    before its next request, not an interval later."""
+    revocations = gateway_of(request).signer.revocations
+    if isinstance(revocations, Revocations):
+        revocations.refresh_soon()
+
+
+def _timestamp(moment: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(moment)
+    return ts
+
+
 @documented(tag=_TAG)
 async def revoke_token(request: Request) -> Response:
-    """Accepted for compatibility: Loom tokens are stateless and end at their expiry."""
-    _subject(request)
+    """Revoke the token in X-Subject-Token: at once on this gateway, within seconds on the
+    others. A user may revoke their own tokens; an admin any."""
+    caller = authenticate_any(request)
+    claims, _ = _subject(request)
+    if claims.user_id != caller.user_id and "admin" not in caller.role_names:
+        raise Forbidden("You are not authorized to perform the requested action.")
+    gw = gateway_of(request)
+    reply = await call(
+        gw.conductor.identity.RevokeTokens,
+        identity_pb2.RevokeTokensRequest(
+            audit_id=claims.audit_id, expires_at=_timestamp(claims.expires)
+        ),
+    )
+    revocations = gw.signer.revocations
+    if isinstance(revocations, Revocations):
+        revocations.add(reply.revocation)
     return Response(status_code=204)
 
 
@@ -545,6 +588,8 @@ async def update_user(request: Request) -> Response:
     if "enabled" in u:
         req.enabled = u["enabled"]
     reply = await call(gateway_of(request).conductor.identity.UpdateUser, req)
+    if req.HasField("password") or (req.HasField("enabled") and not req.enabled):
+        _revocations_changed(request)
     return _json({"user": views.user(reply.user, base_url(request))})
 
 
@@ -558,6 +603,7 @@ async def delete_user(request: Request) -> Response:
             request_id=request_id(request), id=request.path_params["user_id"]
         ),
     )
+    _revocations_changed(request)
     return Response(status_code=204)
 
 
@@ -652,6 +698,7 @@ async def grant_role(request: Request) -> Response:
                 request_id=request_id(request), user_id=uid, project_id=pid, role=role.id
             ),
         )
+        _revocations_changed(request)
     else:
         reply = await call(
             gw.conductor.identity.ListRoleAssignments,

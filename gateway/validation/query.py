@@ -21,10 +21,25 @@ _VALUE_SCHEMAS: dict[str, Schema] = {
     "boolean": {"type": "string", "pattern": BOOLEAN_SCHEMA["pattern"]},
     "datetime": {"type": "string", "format": "date-time"},
 }
+# Integers in a query (limits, offsets, sizes) travel in 32-bit fields and count rows or
+# megabytes: a larger value means the same as the largest one (no more rows, no bigger
+# flavor), so it is clamped rather than refused, as an unbounded SQL parameter would be.
+INT32_MAX = 2**31 - 1
+
+
+def _bounded_int(text: str) -> int:
+    digits = text.lstrip("-").lstrip("0") or "0"
+    # Past 10 digits it is out of range whatever the digits: no need to parse them all.
+    value = INT32_MAX + 1 if len(digits) > 10 else int(digits)
+    if text.startswith("-"):
+        return -min(value, INT32_MAX + 1)
+    return min(value, INT32_MAX)
+
+
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "string": str,
-    "integer": int,
-    "nonneg_integer": int,
+    "integer": _bounded_int,
+    "nonneg_integer": _bounded_int,
     "boolean": parse_bool,
     "datetime": datetime.fromisoformat,
 }

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from loom.catalog.v1 import quotas_pb2
 
 from tests.conductor.conftest import Harness
 from tests.conductor.factories import PROJECT, add, make_instance, make_keypair
+from tests.conductor.test_create import create_request
 
 
 async def test_limits_default_to_the_configuration_and_usage_counts_live_servers(
@@ -58,3 +61,24 @@ async def test_unknown_keys_and_limits_below_minus_one_are_refused(
 async def test_default_quotas_are_nova_defaults(pg: Harness) -> None:
     resp = await pg.quotas.GetDefaultQuotas(quotas_pb2.GetDefaultQuotasRequest())
     assert (resp.limits.instances, resp.limits.ram, resp.limits.metadata_items) == (10, 51200, 128)
+
+
+async def test_concurrent_creates_never_take_a_project_past_its_instance_quota(
+    pg: Harness,
+) -> None:
+    await pg.quotas.UpdateQuotas(
+        quotas_pb2.UpdateQuotasRequest(project_id=PROJECT, limits={"instances": 3})
+    )
+
+    async def create(i: int) -> grpc.StatusCode:
+        try:
+            await pg.servers.CreateServers(create_request(request_id=f"req-storm-{i}"))
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+        return grpc.StatusCode.OK
+
+    codes = await asyncio.gather(*(create(i) for i in range(24)))
+    assert codes.count(grpc.StatusCode.OK) == 3, codes
+    assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    usage = await pg.quotas.GetQuotas(quotas_pb2.GetQuotasRequest(project_id=PROJECT))
+    assert usage.usage.instances == 3

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -247,6 +248,45 @@ def _refused_status(ws_url: str, origin: str | None = None) -> int:
     return asyncio.run(attempt())
 
 
+REPLAYS = 1000
+
+
+def _connections(urls: list[str], origin: str) -> int:
+    """How many of these websocket URLs the console proxy let through (101), tried 50 at a
+    time."""
+
+    async def attempt_all() -> int:
+        gate = asyncio.Semaphore(50)
+
+        async def one(url: str) -> int:
+            async with gate:
+                try:
+                    async with connect(url, origin=origin, open_timeout=20):
+                        return 1
+                except InvalidStatus:
+                    return 0
+
+        return sum(await asyncio.gather(*(one(u) for u in urls)))
+
+    return asyncio.run(attempt_all())
+
+
+def _forged(ws_url: str, token: str) -> list[str]:
+    """REPLAYS tokens that are not the real one: random ones of the same length and the real
+    one with one character changed at each position in turn."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    out = []
+    for i in range(REPLAYS):
+        if i % 2:
+            pos = i % len(token)
+            swapped = alphabet[(alphabet.index(token[pos]) + 1) % len(alphabet)]
+            fake = token[:pos] + swapped + token[pos + 1 :]
+        else:
+            fake = secrets.token_urlsafe(len(token))[: len(token)]
+        out.append(ws_url.replace(f"token={token}", f"token={fake}"))
+    return out
+
+
 def test_a_real_guest_boots_shows_its_console_and_vnc_and_leaves_nothing_when_deleted(
     qemu_cloud: QemuCloud,
 ) -> None:
@@ -288,6 +328,8 @@ def _lifecycle(qemu_cloud: QemuCloud, api: Api, admin: Api) -> None:
     assert shown.json()["console"]["instance_uuid"] == sid
     assert shown.json()["console"]["port"] >= 5900
     assert api.get(f"/os-console-auth-tokens/{token}", version="2.31").status_code == 403
+    # Forged tokens: random, and the real one changed in one character. None connects.
+    assert _connections(_forged(ws_url, token), qemu_cloud.url) == 0
 
     legacy = api.post(f"/servers/{sid}/action", {"os-getVNCConsole": {"type": "novnc"}}, "2.1")
     assert legacy.status_code == 200, legacy.text
@@ -313,6 +355,11 @@ def _lifecycle(qemu_cloud: QemuCloud, api: Api, admin: Api) -> None:
     assert not folder.exists()
     assert admin.get(f"/os-console-auth-tokens/{token}", version="2.31").status_code == 404
     assert _refused_status(ws_url, qemu_cloud.url) == 404
+    # The token of the deleted server, replayed: none connects.
+    assert _connections([ws_url] * REPLAYS, qemu_cloud.url) == 0
+    # No service logged the token.
+    for log in (qemu_cloud.data / "logs").glob("*.log"):
+        assert token not in log.read_text(errors="replace"), log.name
 
 
 def test_a_guest_that_powers_itself_off_becomes_shutoff(qemu_cloud: QemuCloud) -> None:

@@ -188,3 +188,96 @@ async def test_messages_written_by_handlers_do_not_quote_long_input_either(cloud
     )
     assert r.status_code == 400
     _short(r.text)
+
+
+async def test_a_body_past_the_limit_gets_413_before_it_is_read_and_is_not_echoed(
+    cloud: Cloud,
+) -> None:
+    body = b'{"auth": {"identity": {"methods": ["password"], "x": "' + b"y" * 200_000 + b'"}}}'
+    r = await cloud.client.post(
+        "/identity/v3/auth/tokens", content=body, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 413
+    assert r.json()["error"]["message"] == "Request body is larger than 114688 bytes."
+    assert len(r.content) < 300
+
+
+async def test_a_chunked_body_without_a_length_is_cut_off_at_the_limit(cloud: Cloud) -> None:
+    async def chunks() -> Any:
+        for _ in range(64):
+            yield b"x" * 16_384
+
+    r = await cloud.client.post(
+        "/compute/v2.1/servers", content=chunks(), headers=await cloud.headers()
+    )
+    assert r.status_code == 413
+    assert r.json()["overLimit"]["message"] == "Request body is larger than 114688 bytes."
+
+
+async def test_image_data_past_the_body_limit_still_uploads(cloud: Cloud) -> None:
+    h = await cloud.headers()
+    image = (
+        await cloud.client.post(
+            "/image/v2/images",
+            json={"name": "big", "disk_format": "raw", "container_format": "bare"},
+            headers=h,
+        )
+    ).json()
+    data = b"z" * (1024 * 1024)
+    put = await cloud.client.put(
+        f"/image/v2/images/{image['id']}/file",
+        content=data,
+        headers={**h, "content-type": "application/octet-stream"},
+    )
+    assert put.status_code == 204, put.text
+    got = await cloud.client.get(f"/image/v2/images/{image['id']}/file", headers=h)
+    assert got.content == data
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        (
+            "post",
+            "/compute/v2.1/flavors",
+            {"flavor": {"name": "f", "ram": 1, "vcpus": "14711416284020006612", "disk": 0}},
+        ),
+        (
+            "put",
+            "/compute/v2.1/os-quota-sets/demo",
+            {"quota_set": {"instances": "123456789012345678901234"}},
+        ),
+        ("put", "/compute/v2.1/os-quota-sets/demo", {"quota_set": {"cores": 2**63}}),
+    ],
+    ids=["flavor vcpus past 64 bits", "a 24-digit quota", "a quota of 2**63"],
+)
+async def test_an_integer_past_what_the_database_holds_gets_400_not_500(
+    cloud: Cloud, method: str, path: str, body: dict[str, Any]
+) -> None:
+    r = await cloud.client.request(method, path, json=body, headers=await cloud.headers("admin"))
+    assert r.status_code == 400, r.text[:500]
+    _short(r.json()["badRequest"]["message"])
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["limit=1016775&offset=3798285670", "offset=" + "9" * 5000, "limit=" + "9" * 40],
+    ids=["an offset past 32 bits", "a 5,000-digit offset", "a 40-digit limit"],
+)
+async def test_a_huge_paging_value_lists_nothing_more_rather_than_failing(
+    cloud: Cloud, query: str
+) -> None:
+    r = await cloud.client.get(
+        f"/compute/v2.1/os-server-groups?{query}", headers=await cloud.headers()
+    )
+    assert r.status_code == 200, r.text[:300]
+    assert r.json()["server_groups"] == []
+
+
+def test_query_integers_are_clamped_to_what_their_fields_hold() -> None:
+    from gateway.validation.query import INT32_MAX, _bounded_int
+
+    assert _bounded_int("42") == 42
+    assert _bounded_int("0003798285670") == INT32_MAX
+    assert _bounded_int("-" + "9" * 30) == -INT32_MAX - 1
+    assert _bounded_int("-7") == -7

@@ -12,12 +12,12 @@ from loom.conductor.v1 import server_groups_pb2, server_groups_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from controlplane.catalog import service as catalog_service
+from controlplane.catalog.service import CatalogDomain
 from controlplane.conductor.server_groups import ServerGroupsServicer
 from controlplane.config import LoomConfig, async_database_url, load_config
 from controlplane.db.engine import session_factory
-from controlplane.identity import service as identity_service
-from controlplane.image import service as image_service
+from controlplane.identity.service import IdentityDomain
+from controlplane.image.service import ImageDomain
 from controlplane.runtime.grpcserver import Registration, start_grpc_server
 
 
@@ -39,14 +39,14 @@ async def running_catalog(db_url: str, data_dir: Path) -> AsyncIterator[RunningC
     engine = create_async_engine(async_database_url(db_url), poolclass=NullPool)
     sessions = session_factory(engine)
     cfg = load_config(environ={}, overrides={"data_dir": str(data_dir)})
+    domains = (IdentityDomain, ImageDomain, CatalogDomain)
     registrations = [
-        *identity_service.registrations(sessions, cfg),
-        *image_service.registrations(sessions, cfg),
-        *catalog_service.registrations(sessions, cfg),
-        Registration(
+        *(r for domain in domains for r in domain(sessions, cfg).registrations()),
+        Registration.of(
             ServerGroupsServicer(sessions, cfg.conductor.default_quota_server_groups),
-            server_groups_pb2_grpc.add_ServerGroupsServiceServicer_to_server,
-            server_groups_pb2.DESCRIPTOR.services_by_name["ServerGroupsService"].full_name,
+            server_groups_pb2,
+            server_groups_pb2_grpc,
+            "ServerGroupsService",
         ),
     ]
     server = await start_grpc_server("127.0.0.1:0", registrations)

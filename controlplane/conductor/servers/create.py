@@ -117,6 +117,12 @@ def _image_visible(image: Image, project_id: str) -> bool:
     )
 
 
+# A transaction-scoped advisory lock per project (released at commit or rollback), in
+# psycopg's parameter style: it goes straight to the driver, prepared, as the create's
+# other statements do.
+_PROJECT_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%(project_id)s, 20231))"
+
+
 async def create_servers(
     conductor: Conductor, request: servers_pb2.CreateServersRequest
 ) -> CreateResult:
@@ -150,9 +156,14 @@ async def create_servers(
         }
         found: Any
         if postgres:
-            found = await _validate_on_driver(
-                await session.connection(), bool(request.key_name), params
-            )
+            # Creates in one project take turns from here to their commit: the usage the
+            # quota check reads below then includes every create committed before, so
+            # concurrent creates cannot both pass on the same headroom. (READ COMMITTED
+            # reads a fresh snapshot per statement, so the lock must come first, on its
+            # own.) SQLite serialises writers by itself.
+            db = await session.connection()
+            await driver.execute(db, _PROJECT_LOCK, {"project_id": request.project_id})
+            found = await _validate_on_driver(db, bool(request.key_name), params)
         else:
             found = (
                 await session.execute(_validation_query(bool(request.key_name), False), params)

@@ -8,6 +8,7 @@ authentication (Identity v3).
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
@@ -19,6 +20,152 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+@_typing.final
+class Revocation(_message.Message):
+    """A revocation in force: tokens matching it are no longer valid."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    AUDIT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ISSUED_BEFORE_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Increasing id: the cursor of ListRevocations."""
+    audit_id: _builtins.str
+    """One token's audit id; empty when the revocation is by user."""
+    user_id: _builtins.str
+    """Every token of this user issued at or before issued_before; empty when by audit id."""
+    @_builtins.property
+    def issued_before(self) -> _timestamp_pb2.Timestamp:
+        """Tokens issued at or before this instant are revoked."""
+
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """After this instant every token it matches has expired: it can be forgotten."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        audit_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        issued_before: _timestamp_pb2.Timestamp | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "issued_before", b"issued_before"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_id", b"audit_id", "expires_at", b"expires_at", "id", b"id", "issued_before", b"issued_before", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Revocation: _TypeAlias = Revocation  # noqa: Y015
+
+@_typing.final
+class RevokeTokensRequest(_message.Message):
+    """Request for RevokeTokens: exactly one of audit_id and user_id."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    audit_id: _builtins.str
+    """The audit id of the token to revoke."""
+    user_id: _builtins.str
+    """The user whose tokens issued until now are revoked."""
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the revoked token would have expired anyway (by audit id): the revocation is
+        dropped after it. For a user, the longest token lifetime from now.
+        """
+
+    def __init__(
+        self,
+        *,
+        audit_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_id", b"audit_id", "expires_at", b"expires_at", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeTokensRequest: _TypeAlias = RevokeTokensRequest  # noqa: Y015
+
+@_typing.final
+class RevokeTokensResponse(_message.Message):
+    """Response for RevokeTokens."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVOCATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def revocation(self) -> Global___Revocation:
+        """The revocation recorded."""
+
+    def __init__(
+        self,
+        *,
+        revocation: Global___Revocation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["revocation", b"revocation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revocation", b"revocation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeTokensResponse: _TypeAlias = RevokeTokensResponse  # noqa: Y015
+
+@_typing.final
+class ListRevocationsRequest(_message.Message):
+    """Request for ListRevocations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_ID_FIELD_NUMBER: _builtins.int
+    after_id: _builtins.int
+    """Only revocations with a larger id (0: all in force)."""
+    def __init__(
+        self,
+        *,
+        after_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_id", b"after_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRevocationsRequest: _TypeAlias = ListRevocationsRequest  # noqa: Y015
+
+@_typing.final
+class ListRevocationsResponse(_message.Message):
+    """Response for ListRevocations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVOCATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def revocations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Revocation]:
+        """In id order; expired ones are left out."""
+
+    def __init__(
+        self,
+        *,
+        revocations: _abc.Iterable[Global___Revocation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revocations", b"revocations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRevocationsResponse: _TypeAlias = ListRevocationsResponse  # noqa: Y015
 
 @_typing.final
 class Project(_message.Message):

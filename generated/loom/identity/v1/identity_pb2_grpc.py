@@ -115,6 +115,16 @@ class IdentityServiceStub:
                 request_serializer=loom_dot_identity_dot_v1_dot_identity__pb2.ListRoleAssignmentsRequest.SerializeToString,
                 response_deserializer=loom_dot_identity_dot_v1_dot_identity__pb2.ListRoleAssignmentsResponse.FromString,
                 _registered_method=True)
+        self.RevokeTokens = channel.unary_unary(
+                '/loom.identity.v1.IdentityService/RevokeTokens',
+                request_serializer=loom_dot_identity_dot_v1_dot_identity__pb2.RevokeTokensRequest.SerializeToString,
+                response_deserializer=loom_dot_identity_dot_v1_dot_identity__pb2.RevokeTokensResponse.FromString,
+                _registered_method=True)
+        self.ListRevocations = channel.unary_unary(
+                '/loom.identity.v1.IdentityService/ListRevocations',
+                request_serializer=loom_dot_identity_dot_v1_dot_identity__pb2.ListRevocationsRequest.SerializeToString,
+                response_deserializer=loom_dot_identity_dot_v1_dot_identity__pb2.ListRevocationsResponse.FromString,
+                _registered_method=True)
 
 
 class IdentityServiceServicer:
@@ -235,6 +245,22 @@ class IdentityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RevokeTokens(self, request, context):
+        """Revoke one token (by its audit id) or every token of a user issued until now.
+        Changing a user's password, disabling or deleting the user revokes that user's
+        tokens by itself.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRevocations(self, request, context):
+        """The revocations still in force, after a cursor: token validators keep a copy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IdentityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -317,6 +343,16 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.ListRoleAssignments,
                     request_deserializer=loom_dot_identity_dot_v1_dot_identity__pb2.ListRoleAssignmentsRequest.FromString,
                     response_serializer=loom_dot_identity_dot_v1_dot_identity__pb2.ListRoleAssignmentsResponse.SerializeToString,
+            ),
+            'RevokeTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeTokens,
+                    request_deserializer=loom_dot_identity_dot_v1_dot_identity__pb2.RevokeTokensRequest.FromString,
+                    response_serializer=loom_dot_identity_dot_v1_dot_identity__pb2.RevokeTokensResponse.SerializeToString,
+            ),
+            'ListRevocations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRevocations,
+                    request_deserializer=loom_dot_identity_dot_v1_dot_identity__pb2.ListRevocationsRequest.FromString,
+                    response_serializer=loom_dot_identity_dot_v1_dot_identity__pb2.ListRevocationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -752,6 +788,60 @@ class IdentityService:
             '/loom.identity.v1.IdentityService/ListRoleAssignments',
             loom_dot_identity_dot_v1_dot_identity__pb2.ListRoleAssignmentsRequest.SerializeToString,
             loom_dot_identity_dot_v1_dot_identity__pb2.ListRoleAssignmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.identity.v1.IdentityService/RevokeTokens',
+            loom_dot_identity_dot_v1_dot_identity__pb2.RevokeTokensRequest.SerializeToString,
+            loom_dot_identity_dot_v1_dot_identity__pb2.RevokeTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRevocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.identity.v1.IdentityService/ListRevocations',
+            loom_dot_identity_dot_v1_dot_identity__pb2.ListRevocationsRequest.SerializeToString,
+            loom_dot_identity_dot_v1_dot_identity__pb2.ListRevocationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

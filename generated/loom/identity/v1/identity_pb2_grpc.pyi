@@ -70,6 +70,13 @@ class IdentityServiceStub:
     """Revoke a role. NOT_FOUND when not granted."""
     ListRoleAssignments: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ListRoleAssignmentsRequest, _identity_pb2.ListRoleAssignmentsResponse]
     """Role assignments, filtered."""
+    RevokeTokens: _grpc.UnaryUnaryMultiCallable[_identity_pb2.RevokeTokensRequest, _identity_pb2.RevokeTokensResponse]
+    """Revoke one token (by its audit id) or every token of a user issued until now.
+    Changing a user's password, disabling or deleting the user revokes that user's
+    tokens by itself.
+    """
+    ListRevocations: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ListRevocationsRequest, _identity_pb2.ListRevocationsResponse]
+    """The revocations still in force, after a cursor: token validators keep a copy."""
 
 @_typing.type_check_only
 class IdentityServiceAsyncStub(IdentityServiceStub):
@@ -111,6 +118,13 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     """Revoke a role. NOT_FOUND when not granted."""
     ListRoleAssignments: _aio.UnaryUnaryMultiCallable[_identity_pb2.ListRoleAssignmentsRequest, _identity_pb2.ListRoleAssignmentsResponse]  # type: ignore[assignment]
     """Role assignments, filtered."""
+    RevokeTokens: _aio.UnaryUnaryMultiCallable[_identity_pb2.RevokeTokensRequest, _identity_pb2.RevokeTokensResponse]  # type: ignore[assignment]
+    """Revoke one token (by its audit id) or every token of a user issued until now.
+    Changing a user's password, disabling or deleting the user revokes that user's
+    tokens by itself.
+    """
+    ListRevocations: _aio.UnaryUnaryMultiCallable[_identity_pb2.ListRevocationsRequest, _identity_pb2.ListRevocationsResponse]  # type: ignore[assignment]
+    """The revocations still in force, after a cursor: token validators keep a copy."""
 
 class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
     """Users, projects and role assignments (the Identity v3 subset's store)."""
@@ -245,5 +259,24 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.ListRoleAssignmentsResponse, _abc.Awaitable[_identity_pb2.ListRoleAssignmentsResponse]]:
         """Role assignments, filtered."""
+
+    @_abc_1.abstractmethod
+    def RevokeTokens(
+        self,
+        request: _identity_pb2.RevokeTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.RevokeTokensResponse, _abc.Awaitable[_identity_pb2.RevokeTokensResponse]]:
+        """Revoke one token (by its audit id) or every token of a user issued until now.
+        Changing a user's password, disabling or deleting the user revokes that user's
+        tokens by itself.
+        """
+
+    @_abc_1.abstractmethod
+    def ListRevocations(
+        self,
+        request: _identity_pb2.ListRevocationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.ListRevocationsResponse, _abc.Awaitable[_identity_pb2.ListRevocationsResponse]]:
+        """The revocations still in force, after a cursor: token validators keep a copy."""
 
 def add_IdentityServiceServicer_to_server(servicer: IdentityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
