@@ -4,6 +4,8 @@
   python -m bench --quick                 smaller sizes, for a first look
   python -m bench boot-storm -n 1000 --hosts 1000 -c 32
   python -m bench boot-storm --cloud NAME [--clouds-yaml FILE]   any OpenStack cloud
+  python -m bench boot-storm -n 400 --hosts 40 -c 32 --trace FILE   spans to FILE
+  python -m bench trace FILE [--server ID]   the slowest (or that) boot's spans as a tree
   python -m bench scheduler --hosts 1000 10000 --replicas 1 2
   python -m bench sweep
   python -m bench memory --hosts 1000 --rounds 1000 2000 4000
@@ -239,6 +241,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     bs.add_argument("--conductors", type=int, default=1, help="conductor processes")
     bs.add_argument(
+        "--trace",
+        type=Path,
+        metavar="FILE",
+        help="every service records spans to FILE (JSON lines); the slowest boot's tree is "
+        "printed and saved as slowest-boot-trace.txt",
+    )
+    bs.add_argument(
         "--set",
         action="append",
         default=[],
@@ -257,10 +266,20 @@ def main(argv: list[str] | None = None) -> int:
         help="decisions per call: 1 is SelectDestinations, more is SelectDestinationsBatch",
     )
     sub.add_parser("sweep")
+    tr = sub.add_parser("trace", help="one boot's spans as a tree, from a span file")
+    tr.add_argument("file", type=Path, help="spans, JSON lines (tracing.exporter file:FILE)")
+    tr.add_argument("--server", help="this server's boot (default: the slowest boot)")
     mem_p = sub.add_parser("memory", help="RSS after deletes, over rounds of growing N")
     mem_p.add_argument("--hosts", type=int, default=1000)
     mem_p.add_argument("--rounds", type=int, nargs="+", default=[1000, 2000, 4000])
     args = p.parse_args(argv)
+    if args.what == "trace":
+        from bench.trace import read_spans, render
+
+        if not args.file.is_file():
+            raise SystemExit(f"no span file {args.file}")
+        print(render(read_spans(args.file), args.server))
+        return 0
 
     out = RESULTS / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out.mkdir(parents=True, exist_ok=True)
@@ -283,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
                 )
             ]
         elif what == "boot-storm":
+            settings = _settings(args.set)
+            if args.trace is not None:
+                args.trace.unlink(missing_ok=True)  # this run's spans only
+                settings["tracing.exporter"] = f"file:{args.trace.resolve()}"
             rows = [
                 _loom_boot_storm(
                     args.servers,
@@ -290,10 +313,16 @@ def main(argv: list[str] | None = None) -> int:
                     args.concurrency,
                     out,
                     client_model=args.client_model,
-                    settings=_settings(args.set),
+                    settings=settings,
                     conductors=args.conductors,
                 )
             ]
+            if args.trace is not None:
+                from bench.trace import read_spans, render
+
+                tree = render(read_spans(args.trace))
+                (out / "slowest-boot-trace.txt").write_text(tree + "\n")
+                print(tree)
         else:
             n, h = (200, 100) if args.quick else (1000, 1000)
             rows = [_loom_boot_storm(n, h, 32, out)]

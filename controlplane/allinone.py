@@ -186,6 +186,14 @@ def metrics_line(addresses: dict[str, str]) -> str:
     return "loom: metrics: " + ", ".join(urls)
 
 
+def tracing_target(exporter: str) -> str:
+    """`tracing.exporter` as the children get it: a file's path made absolute, so it names
+    one file whatever a child's working directory."""
+    if exporter.startswith("file:"):
+        return "file:" + str(Path(exporter[len("file:") :]).resolve())
+    return exporter
+
+
 def boot_command(clouds_yaml: Path, image: str) -> str:
     """A shell command that boots one server on this Loom, as printed in the ready line: it
     names the credentials file and the client by absolute path, so it works pasted into
@@ -301,6 +309,10 @@ def run_all_in_one(
     )
     for name, listen in metrics_listen.items():
         env[f"LOOM_METRICS__LISTEN__{name.upper()}"] = listen
+    trace_target = tracing_target(cfg.tracing.exporter)
+    if trace_target:
+        # Every child records its spans to the same place (a file: all append to it).
+        env["LOOM_TRACING__EXPORTER"] = trace_target
     if split_domains:
         env["LOOM_CONDUCTOR__HOSTED_DOMAINS"] = "[]"
         for name, listen in domain_listen.items():
@@ -397,6 +409,8 @@ def run_all_in_one(
             boot_image, boot_image_id = GUEST_IMAGE_NAME, guest.id
         url = cfg.gateway.public_url or f"http://{cfg.gateway.host}:{cfg.gateway.port}"
         print(metrics_line(metrics_listen), flush=True)
+        if trace_target:
+            print(f"loom: tracing: every service's spans to {trace_target}", flush=True)
         grpc_line = ", ".join(
             f"{name} {listen}"
             for name, listen in (

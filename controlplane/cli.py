@@ -14,6 +14,7 @@ from typing import Any
 import uvloop
 
 from controlplane.config import HOSTABLE_DOMAINS, ConfigError, LoomConfig, load_config
+from controlplane.runtime import tracing
 from controlplane.runtime.callers import IDENTITIES
 from controlplane.runtime.lifecycle import exit_with_parent, install_stop_signals
 from controlplane.runtime.logs import setup_logging
@@ -79,6 +80,13 @@ def _parser() -> argparse.ArgumentParser:
         choices=["test", "qemu"],
         default="test",
         help="test: simulated hosts on libvirt test:///; qemu: real guests on qemu:///system",
+    )
+    up.add_argument(
+        "--trace",
+        metavar="TARGET",
+        default=None,
+        help="record OpenTelemetry spans of every service: file:PATH (JSON lines) or an "
+        "OTLP/HTTP collector URL (http://HOST:4318); sets tracing.exporter",
     )
     up.add_argument(
         "--split-domains",
@@ -180,6 +188,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         over.setdefault("nats", {})["url"] = args.nats
     if getattr(args, "port", None) is not None:
         over.setdefault("gateway", {})["port"] = args.port
+    if getattr(args, "trace", None) is not None:
+        over.setdefault("tracing", {})["exporter"] = args.trace
     return over
 
 
@@ -189,6 +199,9 @@ def _run_service(cfg: LoomConfig, name: str, options: dict[str, Any]) -> int:
     except MetricsListenError as exc:
         print(f"loom: {exc}", file=sys.stderr)
         return 2
+    # Before the service module is imported and makes its channels and servers: they
+    # install the tracing interceptors only when tracing is on.
+    tracing.setup(cfg.tracing, name)
     module = importlib.import_module(SERVICES[name])
     serve: Callable[..., Awaitable[None]] = module.serve
 
@@ -199,8 +212,11 @@ def _run_service(cfg: LoomConfig, name: str, options: dict[str, Any]) -> int:
 
     # uvloop: every service is an event loop full of small socket reads and writes
     # (psycopg, NATS, gRPC, HTTP); its loop does them with less Python per operation.
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(main())
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main())
+    finally:
+        tracing.shutdown()  # the spans still buffered
     return 0
 
 

@@ -308,6 +308,33 @@ def _is_host_port(value: str) -> bool:
     return bool(sep and host) and port.isdigit() and 0 <= int(port) <= 65535
 
 
+class TracingConfig(_Section):
+    # Where spans go: "" (off: no tracer, no interceptors, nothing on the boot path),
+    # "file:PATH" (JSON lines, one span a line, appended by every process; see
+    # controlplane/runtime/tracing.py) or an OTLP/HTTP collector URL (http[s]://HOST:PORT,
+    # spans posted to its /v1/traces unless the URL names that path itself).
+    exporter: str = ""
+    # Each process's spans carry service.name = prefix + its service (loom-conductor, ...).
+    service_name_prefix: str = "loom-"
+    # Share of traces recorded (the root decides; children follow their parent's choice).
+    sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+
+    @field_validator("exporter")
+    @classmethod
+    def _known_exporter(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            return v
+        if v.startswith("file:"):
+            if not v[len("file:") :].strip():
+                raise ValueError("file: needs a path (file:/var/log/loom/spans.jsonl)")
+            return v
+        scheme, sep, rest = v.partition("://")
+        if sep and scheme in ("http", "https") and rest.split("/", 1)[0]:
+            return v
+        raise ValueError("must be empty (off), file:PATH or an OTLP/HTTP URL (http[s]://HOST:PORT)")
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -405,6 +432,7 @@ class LoomConfig(BaseSettings):
     gateway: GatewayConfig = GatewayConfig()
     logging: LoggingConfig = LoggingConfig()
     metrics: MetricsConfig = MetricsConfig()
+    tracing: TracingConfig = TracingConfig()
 
     @field_validator("data_dir")
     @classmethod

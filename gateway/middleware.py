@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from controlplane.runtime import tracing
 from gateway import metrics
 from gateway.errors import glance_text, keystone_body, nova_body
 from gateway.microversion import VersionNotAcceptable, negotiate
@@ -112,6 +113,9 @@ class GatewayMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if tracing.enabled():
+            await self._traced(scope, receive, send)
+            return
         start = time.perf_counter()
         # 500 unless a response starts: what the client sees when none does.
         status = 500
@@ -121,6 +125,35 @@ class GatewayMiddleware:
             metrics.observe(
                 scope["method"], metrics.route_template(scope), status, time.perf_counter() - start
             )
+
+    async def _traced(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The request in a SERVER span named by its route template once routed (a W3C
+        traceparent the client sent is continued): every gRPC call it makes is a child."""
+        start = time.perf_counter()
+        status = 500
+        method: str = scope["method"]
+        traceparent = next(
+            (v.decode("latin-1") for k, v in scope["headers"] if k == b"traceparent"), None
+        )
+        with tracing.child_span(
+            f"HTTP {method}",
+            traceparent,
+            {"http.request.method": method},
+            kind=tracing.SpanKind.SERVER,
+        ) as span:
+            try:
+                status = await self._handle(scope, receive, send)
+            finally:
+                route = metrics.route_template(scope)
+                metrics.observe(method, route, status, time.perf_counter() - start)
+                if span is not None:
+                    span.update_name(f"{method} {route}")
+                    span.set_attribute("http.route", route)
+                    span.set_attribute("http.response.status_code", status)
+                    # The id the response and the logs carry: from a trace to the logs.
+                    span.set_attribute("loom.request_id", scope.get("loom.request_id", ""))
+                    if status >= 500:
+                        span.set_status(tracing.Status(tracing.StatusCode.ERROR))
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> int:
         """Answers the request; returns the status it answered with."""

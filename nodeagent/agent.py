@@ -26,7 +26,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from controlplane.config import AgentConfig
-from controlplane.runtime import bus
+from controlplane.runtime import bus, tracing
 from nodeagent import messages as m
 from nodeagent.driver.base import (
     BuildFailed,
@@ -384,10 +384,25 @@ class HostAgent:
         keepalive = None
         if not self.driver.runs_inline:
             keepalive = asyncio.create_task(self._report_progress(msg))
+        traceparent = msg.headers.get(tracing.TRACEPARENT) if msg.headers else None
         try:
-            async with self._lock:
-                event = await self._execute(verb, command)
-                await self._publish_event(event)
+            # Traced: a child of the conductor's span that queued the command.
+            with tracing.child_span(
+                f"agent {verb}",
+                traceparent,
+                {
+                    "loom.host": self.host,
+                    "loom.instance_id": command.spec.instance_id
+                    if verb == "build"
+                    else command.instance_id,
+                }
+                if tracing.enabled()
+                else None,
+            ):
+                async with self._lock:
+                    event = await self._execute(verb, command)
+                    with tracing.span("agent publish event"):
+                        await self._publish_event(event)
         except Exception:
             # Most likely the event could not be published: leave the command to be
             # redelivered; the handler is idempotent.
@@ -524,7 +539,9 @@ class HostAgent:
             bus.instance_event_subject(self.host),
             event.SerializeToString(),
             stream=bus.EVENTS_STREAM,
-            headers={"Nats-Msg-Id": m.event_msg_id(event.request_id, event.kind)},
+            headers=tracing.headers_with_trace(
+                {"Nats-Msg-Id": m.event_msg_id(event.request_id, event.kind)}
+            ),
         )
 
     # -- reports ------------------------------------------------------------------------

@@ -44,6 +44,18 @@ def test_shared_options_parse_the_same_before_and_after_the_command(argv: list[s
     }
 
 
+def test_up_trace_names_the_exporter_of_every_service() -> None:
+    args = cli._parser().parse_args(["up", "--trace", "file:/tmp/spans.jsonl"])
+    assert cli._overrides(args) == {"tracing": {"exporter": "file:/tmp/spans.jsonl"}}
+
+
+def test_up_refuses_a_trace_target_that_is_neither_a_file_nor_a_url(tmp_path: Path) -> None:
+    done = _loom("up", "--trace", "udp://somewhere", "--data-dir", str(tmp_path))
+    assert done.returncode == 2
+    assert "tracing.exporter" in done.stderr
+    assert not (tmp_path / "logs").exists()  # refused before anything started
+
+
 def test_an_option_given_before_the_command_is_not_reset_by_the_command() -> None:
     args = cli._parser().parse_args(["--db", "sqlite:///a.db", "db", "upgrade"])
     assert args.db == "sqlite:///a.db"
@@ -52,7 +64,11 @@ def test_an_option_given_before_the_command_is_not_reset_by_the_command() -> Non
 @pytest.mark.parametrize(
     ("command", "listed", "not_listed"),
     [
-        (["up"], ["--db", "--nats", "--data-dir", "--config", "--hosts", "--hypervisor"], []),
+        (
+            ["up"],
+            ["--db", "--nats", "--data-dir", "--config", "--hosts", "--hypervisor", "--trace"],
+            [],
+        ),
         (["agent"], ["--db", "--nats", "--simulate"], ["--hypervisor"]),
         (["gateway"], ["--db", "--nats", "--port"], []),
         (["db", "upgrade"], ["--db", "--data-dir", "--config"], ["--nats"]),

@@ -42,11 +42,34 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
         ({"LOOM_CONDUCTOR__NO_SUCH_KEY": "1"}, "conductor.no_such_key"),
         ({"LOOM_LOGGING__LEVEL": "LOUD"}, "logging.level"),
         ({"LOOM_AGENT__COMMAND_PULL_EXPIRY": "0"}, "agent.command_pull_expiry"),
+        ({"LOOM_TRACING__EXPORTER": "jaeger"}, "tracing.exporter"),
+        ({"LOOM_TRACING__EXPORTER": "file:"}, "tracing.exporter"),
+        ({"LOOM_TRACING__EXPORTER": "grpc://collector:4317"}, "tracing.exporter"),
+        ({"LOOM_TRACING__EXPORTER": "http://"}, "tracing.exporter"),
+        ({"LOOM_TRACING__SAMPLE_RATIO": "1.5"}, "tracing.sample_ratio"),
     ],
 )
 def test_a_bad_value_is_refused_with_the_key_named(environ: dict[str, str], fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
         load_config(environ=environ)
+
+
+def test_tracing_is_off_unless_an_exporter_is_named() -> None:
+    assert load_config(environ={}).tracing.exporter == ""
+
+
+@pytest.mark.parametrize(
+    "exporter",
+    [
+        "file:/var/log/loom/spans.jsonl",
+        "file:spans.jsonl",
+        "http://127.0.0.1:4318",
+        "https://otel.example:4318/v1/traces",
+    ],
+)
+def test_a_span_file_or_an_otlp_http_url_is_accepted_as_the_exporter(exporter: str) -> None:
+    cfg = load_config(environ={"LOOM_TRACING__EXPORTER": exporter})
+    assert cfg.tracing.exporter == exporter
 
 
 def test_a_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:

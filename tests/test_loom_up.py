@@ -3,6 +3,7 @@ serves grpcurl through reflection, and stops cleanly on SIGTERM."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -64,7 +65,7 @@ def loom_up(tmp_path: Path) -> Iterator[LoomUp]:
 
 
 @contextmanager
-def _loom_up(tmp_path: Path, hosts: int, *extra: str) -> Iterator[LoomUp]:
+def _loom_up(tmp_path: Path, hosts: int, *extra: str, cwd: Path = ROOT) -> Iterator[LoomUp]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOOM_")}
     env["PYTHONPATH"] = f"{ROOT}:{ROOT / 'generated'}"
@@ -84,7 +85,7 @@ def _loom_up(tmp_path: Path, hosts: int, *extra: str) -> Iterator[LoomUp]:
             str(hosts),
             *extra,
         ],
-        cwd=ROOT,
+        cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -172,6 +173,23 @@ def test_loom_up_prints_where_each_service_serves_metrics_and_each_answers(
     assert 'loom_agent_heartbeats_sent_total{host="sim-0000"}' in agent
     gateway = httpx.get(urls["gateway"], timeout=10).text
     assert "loom_http_request_duration_seconds_count" in gateway
+
+
+def test_loom_up_trace_has_every_service_append_its_spans_to_one_file(tmp_path: Path) -> None:
+    spans = tmp_path / "spans.jsonl"
+    # A relative path, from where loom up runs: its children get the absolute path.
+    with _loom_up(tmp_path, 1, "--trace", "file:spans.jsonl", cwd=tmp_path) as running:
+        assert f"loom: tracing: every service's spans to file:{spans}" in running[3]
+        # Getting ready already made spans in each: health checks answered (conductor,
+        # scheduler, gateway), the agent's calls to the conductor.
+        deadline = time.monotonic() + 30
+        services: set[str] = set()
+        while services != {"loom-conductor", "loom-scheduler", "loom-gateway", "loom-agent"}:
+            assert time.monotonic() < deadline, f"spans only from {services}"
+            time.sleep(0.2)
+            if spans.exists():
+                lines = spans.read_text().splitlines()
+                services = {json.loads(line)["service"] for line in lines}
 
 
 def test_loom_up_says_ready_only_once_every_simulated_host_is_up_in_the_scheduler(

@@ -28,7 +28,7 @@ from controlplane.conductor.metrics import BOOTS_ACTIVE, BOOTS_ERROR, BOOTS_RESC
 from controlplane.conductor.scheduling import INSTANCES, consume, load_with_image, record_event
 from controlplane.conductor.states import PowerState, TaskState, VmState
 from controlplane.db.models import Instance, InstanceAction
-from controlplane.runtime import bus
+from controlplane.runtime import bus, tracing
 
 log = logging.getLogger(__name__)
 
@@ -556,6 +556,26 @@ class EventConsumer:
             except Exception:
                 event, key = None, b""
             decoded[key].append((m, event))
+        # Traced: a span per event, a child of the agent's span that published it, ended
+        # when the whole batch is settled.
+        spans = tracing.consumer_spans("conductor instance event", [m.headers for m in msgs])
+        span_of = {id(m): sp for m, sp in zip(msgs, spans, strict=True) if sp is not None}
+        for group in decoded.values() if span_of else ():
+            for m, event in group:
+                sp = span_of.get(id(m))
+                if sp is not None and event is not None:
+                    sp.set_attribute("loom.instance_id", event.instance_id)
+                    sp.set_attribute("loom.event", K.Name(event.kind))
+        try:
+            await self._settle_batch(decoded, span_of)
+        finally:
+            tracing.end(spans)
+
+    async def _settle_batch(
+        self,
+        decoded: dict[bytes, list[tuple[Msg, agent_bus_pb2.InstanceEvent | None]]],
+        span_of: dict[int, tracing.Span],
+    ) -> None:
         # The bulk of a storm: builds that succeeded, then domains deleted; each kind in
         # one batched transaction when it leads its instance's events.
         await self._apply_leading(
@@ -566,7 +586,9 @@ class EventConsumer:
 
         async def in_order(group: list[Msg]) -> None:
             for i, m in enumerate(group):
-                if not await self._handle_msg(m):
+                with tracing.current(span_of.get(id(m))):
+                    handled = await self._handle_msg(m)
+                if not handled:
                     # Later events of this instance wait for the failed one's redelivery.
                     for later in group[i + 1 :]:
                         await later.nak(delay=1.0)

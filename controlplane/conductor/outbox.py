@@ -24,7 +24,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from controlplane.db.dialect import upsert_insert
 from controlplane.db.models import OutboxMessage
-from controlplane.runtime import bus
+from controlplane.runtime import bus, tracing
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +33,13 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Outgoing:
-    """One message to publish: the subject, its dedup id and the protobuf payload."""
+    """One message to publish: the subject, its dedup id and the protobuf payload; with
+    tracing on, the trace context it continues (None: the span current when queued)."""
 
     subject: str
     msg_id: str
     payload: Message
+    traceparent: str | None = None
 
 
 def rows_of(messages: Iterable[Outgoing]) -> list[dict[str, object]]:
@@ -48,12 +50,14 @@ def rows_of(messages: Iterable[Outgoing]) -> list[dict[str, object]]:
 
 def _rows(messages: Iterable[Outgoing]) -> list[dict[str, object]]:
     now = datetime.now(UTC)
+    here = tracing.current_traceparent()  # None when tracing is off
     return [
         {
             "subject": m.subject,
             "msg_id": m.msg_id,
             "payload": m.payload.SerializeToString(),
             "created_at": now,
+            "traceparent": m.traceparent or here,
         }
         for m in messages
     ]
@@ -107,6 +111,12 @@ async def _unless_lost(work: asyncio.Future[list[T]], link: asyncio.Event | None
     with contextlib.suppress(asyncio.CancelledError):
         await work
     return None
+
+
+def _headers(msg_id: str, traceparent: str | None) -> dict[str, str]:
+    if traceparent is None:
+        return {"Nats-Msg-Id": msg_id}
+    return {"Nats-Msg-Id": msg_id, tracing.TRACEPARENT: traceparent}
 
 
 def _log_relay_failed(state: RetryCallState) -> None:
@@ -163,6 +173,7 @@ class Relay:
                     OutboxMessage.subject,
                     OutboxMessage.msg_id,
                     OutboxMessage.payload,
+                    OutboxMessage.traceparent,
                 )
             )
             rows = sorted(taken.all(), key=lambda r: r.id)  # RETURNING has no order
@@ -177,7 +188,7 @@ class Relay:
                         r.subject,
                         r.payload,
                         timeout=self._timeout,
-                        headers={"Nats-Msg-Id": r.msg_id},
+                        headers=_headers(r.msg_id, r.traceparent),
                     )
                     for r in rows
                 ),

@@ -9,6 +9,7 @@ message acked. A message redelivered after that finds the placement already reco
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -17,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import grpc
+from loom.compute.v1 import agent_bus_pb2
 from loom.conductor.v1 import conductor_bus_pb2
 from loom.scheduler.v1 import scheduler_pb2
 from nats.aio.msg import Msg
@@ -36,7 +38,7 @@ from controlplane.conductor.convert import instance_spec, make_fault
 from controlplane.conductor.metrics import BOOTS_NO_VALID_HOST
 from controlplane.conductor.states import TaskState, VmState
 from controlplane.db.models import Image, Instance, InstanceAction, InstanceActionEvent
-from controlplane.runtime import bus
+from controlplane.runtime import bus, tracing
 
 log = logging.getLogger(__name__)
 
@@ -307,14 +309,29 @@ class SchedulingWorker:
             raise outcome
 
     async def schedule_many(
-        self, messages: list[conductor_bus_pb2.ScheduleInstanceMessage]
+        self,
+        messages: list[conductor_bus_pb2.ScheduleInstanceMessage],
+        spans: list[tracing.Span | None] | None = None,
     ) -> list[BaseException | None]:
         """`schedule` for several instances at once (at most one message per instance):
         one SELECT loads them all, the scheduler is asked for each concurrently, and ONE
         transaction records every placement (one guarded UPDATE, one outbox INSERT on
         PostgreSQL). Each message's outcome: None when settled (ack), else the error that
-        stopped it (nak: redelivered, and the redelivery finds whatever was committed)."""
+        stopped it (nak: redelivered, and the redelivery finds whatever was committed).
+
+        With tracing on, `spans` holds each message's span: the build command it queues
+        continues that message's trace."""
         c = self._c
+        traced = spans if spans is not None and tracing.enabled() else None
+
+        def build(
+            i: int, host: str, spec: agent_bus_pb2.InstanceSpec, attempt: int
+        ) -> outbox.Outgoing:
+            command = commands.build(host, spec, attempt)
+            if traced is None or traced[i] is None:
+                return command
+            return dataclasses.replace(command, traceparent=tracing.traceparent_of(traced[i]))
+
         outcomes: list[BaseException | None] = [None] * len(messages)
         loaded: dict[str, tuple[Instance, Image | None]] = {}
         release: list[int] = []
@@ -338,7 +355,7 @@ class SchedulingWorker:
                         and inst.host
                     ):
                         requeued.append(
-                            commands.build(inst.host, instance_spec(inst, image), message.attempt)
+                            build(i, inst.host, instance_spec(inst, image), message.attempt)
                         )
                 elif inst.task_state == TaskState.SCHEDULING:
                     choose.append(i)
@@ -357,12 +374,27 @@ class SchedulingWorker:
             outcomes[i] = await self._release(messages[i])
 
         # The scheduler's claim is keyed by consumer, so a retry returns the same host.
-        answers = await self._select_all(
-            [
-                self._select_request(messages[i], *loaded[messages[i].instance_id], groups)
-                for i in choose
-            ]
+        # Traced: the one call for the batch is a child of its first traced message's span
+        # and links to the others (a span has one parent).
+        chosen_spans = [traced[i] for i in choose if traced[i] is not None] if traced else []
+        batch_span = (
+            tracing.start_span(
+                "conductor select destinations",
+                tracing.traceparent_of(chosen_spans[0]),
+                {"loom.batch_size": len(choose)},
+                links=chosen_spans[1:],
+            )
+            if chosen_spans
+            else None
         )
+        with tracing.current(batch_span):
+            answers = await self._select_all(
+                [
+                    self._select_request(messages[i], *loaded[messages[i].instance_id], groups)
+                    for i in choose
+                ]
+            )
+        tracing.end(batch_span)
         placed: list[_Placement] = []
         refused: list[tuple[int, scheduler_pb2.NoValidHost]] = []
         for i, answer in zip(choose, answers, strict=True):
@@ -405,7 +437,7 @@ class SchedulingWorker:
                     await outbox.add(
                         session,
                         *(
-                            commands.build(p.host, instance_spec(p.inst, p.image), p.attempt)
+                            build(p.index, p.host, instance_spec(p.inst, p.image), p.attempt)
                             for p in recorded
                         ),
                     )
@@ -522,16 +554,23 @@ class SchedulingWorker:
             else:
                 rounds.append([item])
         for r in rounds:
+            # Traced: a span per message, a child of the span that queued it.
+            spans = tracing.consumer_spans("conductor schedule", [msg.headers for msg, _ in r])
+            for s, (_, message) in zip(spans, r, strict=True):
+                if s is not None:
+                    s.set_attribute("loom.instance_id", message.instance_id)
+                    s.set_attribute("loom.attempt", message.attempt)
             try:
-                outcomes = await self.schedule_many([m for _, m in r])
+                outcomes = await self.schedule_many([m for _, m in r], spans)
             except Exception as exc:  # the database, before anything was decided
                 outcomes = [exc] * len(r)
-            for (msg, message), outcome in zip(r, outcomes, strict=True):
+            for (msg, message), outcome, s in zip(r, outcomes, spans, strict=True):
                 if outcome is None:
                     await msg.ack()
                 else:
                     self._log_failure(message, outcome)
                     await msg.nak(delay=1.0)
+                tracing.end(s, outcome)
 
     async def run(self, stop: asyncio.Event, lanes: int = 1) -> None:
         """Consumes until stop is set; survives NATS outages (fetch retries).

@@ -277,6 +277,9 @@ class OutboxMessage(Base):
     msg_id: Mapped[str] = mapped_column(String(255), unique=True)
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The W3C trace context of the span that queued it (tracing on), sent as the message's
+    # traceparent header, so the consumer's span continues the same trace.
+    traceparent: Mapped[str | None] = mapped_column(String(55), nullable=True)
 
 
 class Project(Base):

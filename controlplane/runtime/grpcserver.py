@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import Histogram
 
 from controlplane.config import TlsConfig
+from controlplane.runtime import tracing
 from controlplane.runtime.callers import CallerAuthorisation
 from controlplane.runtime.interceptors import Behavior, UnaryWrapper
 from controlplane.runtime.metrics import LATENCY_BUCKETS
@@ -231,6 +232,12 @@ def insecure_or_secure_channel(target: str, tls: TlsConfig | None = None) -> grp
     interceptors: list[grpc.aio.ClientInterceptor] = [_DEFAULT_DEADLINE]
     if _client_metrics:
         interceptors.append(_CLIENT_INTERCEPTOR)
+    if tracing.enabled():
+        # opentelemetry-instrumentation-grpc's aio interceptors: a CLIENT span per call,
+        # its context sent in the call's metadata.
+        from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+        interceptors += aio_client_interceptors()  # type: ignore[no-untyped-call]
     if creds is None:
         return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
     return grpc.aio.secure_channel(target, creds, options=options, interceptors=interceptors)
@@ -246,6 +253,11 @@ async def start_grpc_server(
     TLS every call is authorised by its caller's certificate (controlplane/runtime/callers)."""
     creds = server_credentials(tls) if tls else None
     chain: list[grpc.aio.ServerInterceptor] = [ServerMetricsInterceptor()]
+    if tracing.enabled():
+        # A SERVER span per call, a child of the caller's span (from the call's metadata).
+        from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+        chain.insert(0, aio_server_interceptor())  # type: ignore[no-untyped-call]
     if creds is not None and tls is not None and tls.ca and tls.require_client_auth:
         chain.append(CallerAuthorisation())
     else:

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import libvirt
 from loom.compute.v1 import agent_bus_pb2
 
+from controlplane.runtime import tracing
 from nodeagent.driver.base import (
     BuildFailed,
     ConsoleEndpoint,
@@ -315,13 +316,16 @@ class LibvirtDriver:
             kernel_boot = None
             if self._domain_type != "test":
                 step = "prepare the disks"
-                kernel_boot = self._prepare_disks(spec)
+                with tracing.span("agent image fetch and disks", {"loom.image_id": spec.image.id}):
+                    kernel_boot = self._prepare_disks(spec)
             step = "define the domain"
-            dom = self._c.defineXML(build_domain_xml(spec, self._layout(spec, kernel_boot)))
+            with tracing.span("libvirt define"):
+                dom = self._c.defineXML(build_domain_xml(spec, self._layout(spec, kernel_boot)))
             self._ownership[spec.instance_id] = True
             if power_on:
                 step = "start the domain"
-                dom.create()
+                with tracing.span("libvirt start"):
+                    dom.create()
             return self._power(dom)
         except (libvirt.libvirtError, OSError, ValueError) as exc:
             log.warning(

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from controlplane.runtime import tracing
 from nodeagent.images.disks import disk_info
 from nodeagent.images.source import ImageError, ImageSource, check_image_id
 
@@ -105,7 +106,8 @@ class ImageCache:
             if final.exists():
                 os.utime(final)
                 return final
-            self._download(want, final)
+            with tracing.span("agent image download", {"loom.image_id": want.image_id}):
+                self._download(want, final)
             return final
 
     def _download(self, want: ImageWanted, final: Path) -> None:

@@ -21,12 +21,16 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from loom.compute.v1 import agent_bus_pb2
 from loom.conductor.v1 import conductor_bus_pb2
 from nats.aio.msg import Msg
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import select
 
 from controlplane.conductor import commands
 from controlplane.conductor.events import EventConsumer
 from controlplane.conductor.scheduling import SchedulingWorker
 from controlplane.db.models import Instance, InstanceAction, OutboxMessage
+from controlplane.runtime import tracing
 from tests.conductor.conftest import IMAGE_ID, Harness, harness
 from tests.conductor.factories import add, make_instance
 from tests.support.scheduler import BATCH_METHOD
@@ -46,10 +50,12 @@ WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 @dataclass
 class FakeMsg:
-    """What the workers use of a JetStream message: its data and the ack verbs."""
+    """What the workers use of a JetStream message: its data, its headers (None when it
+    has none, as a real message) and the ack verbs."""
 
     data: bytes
     outcome: str = ""
+    headers: dict[str, str] | None = None
 
     async def ack(self) -> None:
         self.outcome += "ack"
@@ -299,14 +305,20 @@ async def test_batched_scheduling_records_what_one_at_a_time_scheduling_did(
 
 
 async def _schedule_one_batch(
-    pg: Harness, names: list[str]
+    pg: Harness, names: list[str], headers: list[dict[str, str]] | None = None
 ) -> tuple[list[FakeMsg], dict[str, str]]:
     """Instances waiting to be scheduled, one schedule message each, handled as one batch."""
     worker = SchedulingWorker(pg.conductor, None)  # type: ignore[arg-type]
     ids = await _instances(
         pg, {n: {} for n in names}, vm_state="building", task_state="scheduling", attempts=0
     )
-    msgs = [FakeMsg(commands.schedule(ids[n], 1).payload.SerializeToString()) for n in names]
+    msgs = [
+        FakeMsg(
+            commands.schedule(ids[n], 1).payload.SerializeToString(),
+            headers=headers[i] if headers else None,
+        )
+        for i, n in enumerate(names)
+    ]
     await worker._handle_batch(msgs)  # type: ignore[arg-type]
     return msgs, ids
 
@@ -329,6 +341,49 @@ async def test_a_scheduler_without_batches_is_asked_once_per_message(pg_url: str
         assert (pg.scheduler.calls["SelectDestinations"], pg.scheduler.decisions) == (2, 2)
         state = await _state(pg, ids)
         assert (state["a"][4], state["b"][4]) == ("host-a", "host-a")
+
+
+async def test_each_build_command_of_a_traced_batch_continues_its_own_messages_trace(
+    pg: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorded = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(recorded))
+    monkeypatch.setattr(tracing, "_tracer", provider.get_tracer("test"))
+    await pg.scheduler.add_host("host-a")
+    names = ["a", "b", "c"]
+    senders = [tracing.start_span(f"create {n}") for n in names]
+    headers = [{"traceparent": tracing.traceparent_of(s) or ""} for s in senders]
+    msgs, ids = await _schedule_one_batch(pg, names, headers)
+    tracing.end(senders)
+    assert [m.outcome for m in msgs] == ["ack"] * 3
+    assert pg.scheduler.calls[BATCH_METHOD] == 1
+
+    spans = recorded.get_finished_spans()
+    schedule = {
+        s.attributes["loom.instance_id"]: s
+        for s in spans
+        if s.name == "conductor schedule" and s.attributes
+    }
+    async with pg.sessions() as session:
+        sent = dict(
+            (await session.execute(select(OutboxMessage.msg_id, OutboxMessage.traceparent))).all()
+        )
+    for name, sender in zip(names, senders, strict=True):
+        mine = schedule[ids[name]]
+        assert mine.parent is not None
+        assert mine.parent.span_id == sender.get_span_context().span_id
+        # The build command queued for it carries its own schedule span, not the batch's.
+        ctx = mine.get_span_context()
+        assert sent[f"build-{ids[name]}-1"].startswith(
+            f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-"
+        )
+    (batch,) = [s for s in spans if s.name == "conductor select destinations"]
+    assert batch.parent is not None
+    assert batch.parent.span_id == schedule[ids["a"]].get_span_context().span_id
+    assert {link.context.span_id for link in batch.links} == {
+        schedule[ids[n]].get_span_context().span_id for n in ("b", "c")
+    }
 
 
 async def test_a_scheduler_outage_naks_the_batch_and_records_nothing(pg: Harness) -> None:

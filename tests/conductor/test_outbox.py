@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 from loom.compute.v1 import agent_bus_pb2
 from nats.js import JetStreamContext
+from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -19,7 +20,7 @@ from controlplane.conductor.outbox import Outgoing, Relay, Wakeup
 from controlplane.config import NatsConfig
 from controlplane.db.engine import make_engine, session_factory
 from controlplane.db.models import OutboxMessage
-from controlplane.runtime import bus
+from controlplane.runtime import bus, tracing
 from controlplane.runtime.natsserver import NatsServerProcess, start_nats_server
 from tests.conductor.conftest import STEP_S, eventually
 from tests.support import polling
@@ -89,6 +90,33 @@ async def test_messages_left_by_a_crashed_conductor_are_published_by_a_new_relay
         assert await published(js, "crash-host") == [f"m-{i}" for i in range(5)]
     finally:
         await nc.drain()
+
+
+async def test_a_message_queued_inside_a_span_is_published_with_that_span_as_traceparent(
+    sessions: async_sessionmaker[AsyncSession],
+    fresh_nats: NatsServerProcess,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    provider = TracerProvider()  # tracing on, spans kept nowhere
+    monkeypatch.setattr(tracing, "_tracer", provider.get_tracer("test"))
+    with tracing.span("request"):
+        await queue(sessions, command("traced-host", "inside"))
+        sender = tracing.current_traceparent()
+    await queue(sessions, command("traced-host", "outside"))
+    nc = await bus.connect(fresh_nats.url, NATS_CFG, "test-relay")
+    try:
+        js = nc.jetstream()
+        await bus.ensure_streams(js, NATS_CFG)
+        assert await Relay(sessions, js, Wakeup()).relay_once() == 2
+        sub = await js.pull_subscribe(
+            bus.compute_host_filter("traced-host"), durable=None, stream=bus.COMPUTE_STREAM
+        )
+        headers = {(m.headers or {})["Nats-Msg-Id"]: m.headers for m in await sub.fetch(2)}
+    finally:
+        await nc.drain()
+    assert sender is not None
+    assert headers["inside"] == {"Nats-Msg-Id": "inside", "traceparent": sender}
+    assert headers["outside"] == {"Nats-Msg-Id": "outside"}
 
 
 async def test_a_resent_message_id_is_dropped_by_jetstream(

@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+import httpx
 from loom.catalog.v1 import quotas_pb2, quotas_pb2_grpc
 from loom.conductor.v1 import servers_pb2, servers_pb2_grpc
 from loom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
+from bench.client import resolve_cloud
 from controlplane.config import sync_database_url
 from tests.conductor.factories import make_flavor, make_image
 from tests.support import polling
@@ -160,3 +162,55 @@ async def start_boot_path(
     await wait_for_hosts(stack, hosts)
     if unlimited:
         await client.unlimited_quota()
+
+
+def boot_one_through_api(cloud: Stack, name: str) -> str:
+    """Uploads an image (as admin) and boots one server as the tenant; returns its id once
+    ACTIVE."""
+    clouds = cloud.data_dir / "clouds.yaml"
+    admin = resolve_cloud("loom-admin", clouds)
+    tenant = resolve_cloud("loom", clouds)
+    base = admin.compute_url.split("/compute")[0]
+    with httpx.Client(headers={"X-Auth-Token": admin.token}, timeout=30) as http:
+        resp = http.post(
+            f"{base}/image/v2/images",
+            json={
+                "name": f"{name}-image",
+                "disk_format": "raw",
+                "container_format": "bare",
+                "visibility": "public",
+            },
+        )
+        resp.raise_for_status()
+        image = resp.json()["id"]
+        http.put(
+            f"{base}/image/v2/images/{image}/file",
+            content=b"\0" * 65536,
+            headers={"Content-Type": "application/octet-stream"},
+        ).raise_for_status()
+    headers = {"X-Auth-Token": tenant.token, "OpenStack-API-Version": "compute 2.37"}
+    with httpx.Client(headers=headers, timeout=30) as http:
+        flavors = http.get(f"{tenant.compute_url}/flavors").json()["flavors"]
+        flavor = next(f["id"] for f in flavors if f["name"] == "m1.tiny")
+        resp = http.post(
+            f"{tenant.compute_url}/servers",
+            json={
+                "server": {
+                    "name": name,
+                    "imageRef": image,
+                    "flavorRef": flavor,
+                    "networks": "none",
+                }
+            },
+        )
+        assert resp.status_code == 202, resp.text
+        server = resp.json()["server"]["id"]
+
+        def active() -> bool:
+            url = f"{tenant.compute_url}/servers/{server}"
+            status = http.get(url).json()["server"]["status"]
+            assert status != "ERROR"
+            return bool(status == "ACTIVE")
+
+        polling.wait_until(active, polling.boot_s(), f"server {server} ACTIVE", every=0.2)
+    return str(server)

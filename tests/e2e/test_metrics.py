@@ -10,9 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from bench.client import resolve_cloud
-from tests.e2e.support import wait_for_hosts
-from tests.support import polling
+from tests.e2e.support import boot_one_through_api, wait_for_hosts
 from tests.support.dashboard import dashboard_metric_names, exported
 from tests.support.stack import Stack
 
@@ -37,63 +35,11 @@ def value(samples: list[Sample], name: str, **labels: str) -> float:
     )
 
 
-def _boot_one(cloud: Stack, tmp_path: Path) -> str:
-    """Uploads an image (as admin) and boots one server as the tenant; returns its id once
-    ACTIVE."""
-    clouds = cloud.data_dir / "clouds.yaml"
-    admin = resolve_cloud("loom-admin", clouds)
-    tenant = resolve_cloud("loom", clouds)
-    base = admin.compute_url.split("/compute")[0]
-    with httpx.Client(headers={"X-Auth-Token": admin.token}, timeout=30) as http:
-        resp = http.post(
-            f"{base}/image/v2/images",
-            json={
-                "name": "metrics-image",
-                "disk_format": "raw",
-                "container_format": "bare",
-                "visibility": "public",
-            },
-        )
-        resp.raise_for_status()
-        image = resp.json()["id"]
-        http.put(
-            f"{base}/image/v2/images/{image}/file",
-            content=b"\0" * 65536,
-            headers={"Content-Type": "application/octet-stream"},
-        ).raise_for_status()
-    headers = {"X-Auth-Token": tenant.token, "OpenStack-API-Version": "compute 2.37"}
-    with httpx.Client(headers=headers, timeout=30) as http:
-        flavors = http.get(f"{tenant.compute_url}/flavors").json()["flavors"]
-        flavor = next(f["id"] for f in flavors if f["name"] == "m1.tiny")
-        resp = http.post(
-            f"{tenant.compute_url}/servers",
-            json={
-                "server": {
-                    "name": "metrics-vm",
-                    "imageRef": image,
-                    "flavorRef": flavor,
-                    "networks": "none",
-                }
-            },
-        )
-        assert resp.status_code == 202, resp.text
-        server = resp.json()["server"]["id"]
-
-        def active() -> bool:
-            url = f"{tenant.compute_url}/servers/{server}"
-            status = http.get(url).json()["server"]["status"]
-            assert status != "ERROR"
-            return status == "ACTIVE"
-
-        polling.wait_until(active, polling.boot_s(), f"server {server} ACTIVE", every=0.2)
-    return str(server)
-
-
 async def test_each_service_serves_metrics_that_show_a_server_booted_through_the_api(
     cloud: Stack, tmp_path: Path
 ) -> None:
     await wait_for_hosts(cloud, 3)
-    _boot_one(cloud, tmp_path)
+    boot_one_through_api(cloud, "metrics-vm")
 
     pages = {name: scrape(cloud.services[name].metrics_url) for name in SERVICES}
     conductor, scheduler = pages["conductor"][1], pages["scheduler"][1]

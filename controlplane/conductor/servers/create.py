@@ -423,7 +423,7 @@ _ACTION_COLUMNS: tuple[str, ...] = (
     "start_time",
     "updated_at",
 )
-_OUTBOX_COLUMNS = ("subject", "msg_id", "payload", "created_at")
+_OUTBOX_COLUMNS = ("subject", "msg_id", "payload", "created_at", "traceparent")
 
 
 def _select_from_json(table: str, columns: tuple[str, ...], param: str) -> str:
