@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from controlplane.conductor.context import Conductor
 from controlplane.conductor.servers.query import load_instance
 from controlplane.conductor.states import TaskState, VmState
+from controlplane.db.dialect import as_utc
 from controlplane.db.models import ConsoleAuthToken, Instance
 from controlplane.runtime.errors import Conflict, InvalidArgument, NotFound
 from controlplane.runtime.grpcserver import insecure_or_secure_channel
@@ -62,11 +63,6 @@ def hash_token(token: str) -> str:
 
 def new_token() -> str:
     return secrets.token_urlsafe(TOKEN_BYTES)
-
-
-def as_utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every stored time is UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def is_expired(expires_at: datetime, now: datetime) -> bool:

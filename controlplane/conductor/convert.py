@@ -12,6 +12,7 @@ from loom.conductor.v1 import fleet_pb2, servers_pb2
 from sqlalchemy import Row
 
 from controlplane.conductor.states import Status, TaskState, VmState, derive_status
+from controlplane.db.dialect import as_utc as aware
 from controlplane.db.models import Image, Instance, InstanceAction, InstanceActionEvent, Service
 
 VM_STATE_PB = {
@@ -56,11 +57,6 @@ def ts(value: datetime | None) -> Timestamp | None:
     out = Timestamp()
     out.FromDatetime(aware(value))
     return out
-
-
-def aware(value: datetime) -> datetime:
-    """SQLite returns naive datetimes; Loom stores UTC everywhere."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def instance_name(instance_id: int) -> str:

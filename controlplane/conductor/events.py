@@ -23,10 +23,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.conductor import commands, outbox, states
 from controlplane.conductor.context import Conductor, group_policies, resources_of
-from controlplane.conductor.convert import aware, instance_spec, make_fault
+from controlplane.conductor.convert import instance_spec, make_fault
 from controlplane.conductor.metrics import BOOTS_ACTIVE, BOOTS_ERROR, BOOTS_RESCHEDULED
 from controlplane.conductor.scheduling import INSTANCES, consume, load_with_image, record_event
 from controlplane.conductor.states import PowerState, TaskState, VmState
+from controlplane.db.dialect import as_utc as aware
 from controlplane.db.models import Instance, InstanceAction
 from controlplane.runtime import bus, tracing
 

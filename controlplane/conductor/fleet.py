@@ -24,11 +24,11 @@ from controlplane.conductor.context import Conductor
 from controlplane.conductor.convert import (
     TASK_STATE_PB,
     VM_STATE_PB,
-    aware,
     instance_spec,
     service_pb,
 )
 from controlplane.conductor.states import TaskState, VmState
+from controlplane.db.dialect import as_utc as aware
 from controlplane.db.dialect import upsert_insert
 from controlplane.db.models import Image, Instance, Service
 from controlplane.runtime import bus

@@ -19,7 +19,7 @@ from prometheus_client.metrics_core import Metric
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from controlplane.conductor.convert import aware
+from controlplane.db.dialect import as_utc as aware
 from controlplane.db.models import OutboxMessage
 from controlplane.runtime import bus, metrics
 

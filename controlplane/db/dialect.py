@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, overload
 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,3 +22,15 @@ def upsert_insert(session: AsyncSession, model: Any) -> postgresql.Insert:
 def locks_rows(session: AsyncSession) -> bool:
     """True where SELECT ... FOR UPDATE means something (SQLite ignores it: one writer)."""
     return session.get_bind().dialect.name == "postgresql"
+
+
+@overload
+def as_utc(value: datetime) -> datetime: ...
+@overload
+def as_utc(value: None) -> None: ...
+def as_utc(value: datetime | None) -> datetime | None:
+    """A stored time as an aware UTC datetime: SQLite hands timestamps back without a zone,
+    and Loom stores UTC everywhere."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value

@@ -19,13 +19,14 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from controlplane.db.dialect import as_utc as _aware
 from controlplane.db.models import Aggregate, AggregateHost, AggregateMetadata, ResourceProvider
 from controlplane.runtime.errors import Conflict, InvalidArgument, NotFound
 from controlplane.scheduler.hoststate import (
@@ -36,7 +37,7 @@ from controlplane.scheduler.hoststate import (
     merge_metadata,
     parse_ratio,
 )
-from controlplane.scheduler.store import host_from_row
+from controlplane.scheduler.store import host_from_row, utcnow
 
 AGG = cast(Table, Aggregate.__table__)
 MEMBERS = cast(Table, AggregateHost.__table__)
@@ -78,16 +79,6 @@ class AggregateChange:
 
     aggregate: AggregateRecord
     hosts: tuple[HostState, ...] = ()
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
 
 
 # ------------------------------------------------------------------ validation

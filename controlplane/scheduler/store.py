@@ -36,6 +36,7 @@ from tenacity import (
     stop_after_attempt,
 )
 
+from controlplane.db.dialect import as_utc as _aware
 from controlplane.db.driver import driver_of
 from controlplane.db.models import Allocation, ResourceProvider
 from controlplane.runtime.stats import STATS
@@ -70,13 +71,6 @@ KnownRows = Callable[[str, int, datetime | None], bool]
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite hands timestamps back without a zone; Loom stores UTC everywhere.
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
 
 
 def _metadata(value: Any) -> AggregateMetadata:

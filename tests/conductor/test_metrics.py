@@ -13,9 +13,9 @@ from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from controlplane.conductor import metrics as conductor_metrics
-from controlplane.conductor.convert import aware
 from controlplane.conductor.outbox import Outgoing, add
 from controlplane.config import NatsConfig
+from controlplane.db.dialect import as_utc as aware
 from controlplane.db.models import OutboxMessage
 from controlplane.runtime import bus
 from controlplane.runtime.metrics import serve_metrics

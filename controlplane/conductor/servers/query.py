@@ -15,8 +15,9 @@ from loom.conductor.v1 import servers_pb2
 from sqlalchemy import ColumnElement, Row, Select, and_, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from controlplane.conductor.convert import STATUS_FROM_PB, VM_STATE_FROM_PB, aware
+from controlplane.conductor.convert import STATUS_FROM_PB, VM_STATE_FROM_PB
 from controlplane.conductor.states import status_filter
+from controlplane.db.dialect import as_utc as aware
 from controlplane.db.models import Instance
 from controlplane.runtime.errors import InvalidArgument, NotFound
 
