@@ -85,8 +85,9 @@ async def _guarded_update(
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
+        uuid = row.uuid  # read before the rollback expires the row
         await session.rollback()
-        fresh = await load_instance(session, row.uuid, include_deleted=True)
+        fresh = await load_instance(session, uuid, include_deleted=True)
         raise states.InvalidState(action, fresh.vm_state, fresh.task_state)
 
 
@@ -219,8 +220,11 @@ async def _delete_once(
                 .execution_options(synchronize_session=False)
             )
             if result.rowcount != 1:  # type: ignore[attr-defined]
+                # Read before the rollback: it expires the row, and reloading an expired
+                # attribute is I/O an async session cannot do implicitly.
+                seen = (row.vm_state, row.task_state)
                 await session.rollback()
-                raise states.InvalidState("delete", row.vm_state, row.task_state)
+                raise states.InvalidState("delete", *seen)
             release = True
         if not action_recorded:
             _record_action(session, row, "delete", rid, user_id, now)
@@ -271,8 +275,9 @@ async def _delete_locally(
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         # Deleted or moved to another host meanwhile: look again.
+        seen = (row.vm_state, row.task_state)  # read before the rollback expires the row
         await session.rollback()
-        raise states.InvalidState("delete", row.vm_state, row.task_state)
+        raise states.InvalidState("delete", *seen)
     await outbox.add(session, commands.delete(host, row.uuid))
     if not await _action_exists(session, row.uuid, rid):
         _record_action(session, row, "delete", rid, user_id, now)
