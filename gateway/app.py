@@ -13,7 +13,6 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from gateway import consoles
-from gateway.auth.revocations import Revocations
 from gateway.compute import routes as compute_routes
 from gateway.errors import ApiError
 from gateway.identity import routes as identity_routes
@@ -87,5 +86,5 @@ def build_app(gateway: Gateway) -> Any:
         app,
         compute_collections(routes),
         gateway.cfg.max_request_body_bytes,
-        revocations.refresh_if_due if isinstance(revocations, Revocations) else None,
+        revocations.refresh_if_due if revocations is not None else None,
     )

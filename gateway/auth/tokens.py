@@ -43,6 +43,7 @@ from typing import Protocol
 
 from cryptography.fernet import InvalidToken as FernetInvalidToken
 from cryptography.fernet import MultiFernet
+from loom.identity.v1 import identity_pb2
 
 from gateway.auth.keys import TokenKeys
 
@@ -160,7 +161,16 @@ def unpack_payload(data: bytes, issued_ts: int) -> TokenClaims:
 
 
 class RevocationList(Protocol):
+    """What the gateway keeps of the identity service's revocations
+    (gateway/auth/revocations.py)."""
+
     def revoked(self, claims: TokenClaims) -> bool: ...
+
+    def add(self, revocation: identity_pb2.Revocation) -> None: ...
+
+    def refresh_soon(self) -> None: ...
+
+    async def refresh_if_due(self) -> None: ...
 
 
 class TokenSigner:
