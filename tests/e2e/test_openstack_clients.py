@@ -163,6 +163,44 @@ def test_the_openstack_cli_shows_the_fleet_to_an_admin(ready_cloud: Stack) -> No
     assert group["name"] == "g1"
 
 
+def test_the_placement_cli_shows_each_host_s_inventory_and_a_server_s_allocation(
+    ready_cloud: Stack,
+) -> None:
+    cloud = ready_cloud
+    server = osc(
+        cloud,
+        "server",
+        "create",
+        "--flavor",
+        "m1.tiny",
+        "--image",
+        "tiny",
+        "--wait",
+        "placed",
+        "-f",
+        "json",
+    )
+    providers = osc(cloud, "resource", "provider", "list", "-f", "json", admin=True)
+    assert sorted(p["name"] for p in providers) == ["cloud-0000", "cloud-0001", "cloud-0002"]
+    shown = osc(cloud, "server", "show", server["id"], "-f", "json", admin=True)
+    host = shown["OS-EXT-SRV-ATTR:host"]
+    (rp,) = [p for p in providers if p["name"] == host]
+    usage = osc(
+        cloud, "resource", "provider", "usage", "show", rp["uuid"], "-f", "json", admin=True
+    )
+    assert {u["resource_class"]: u["usage"] for u in usage}["VCPU"] == 1
+    inventory = osc(
+        cloud, "resource", "provider", "inventory", "list", rp["uuid"], "-f", "json", admin=True
+    )
+    assert {i["resource_class"] for i in inventory} == {"VCPU", "MEMORY_MB", "DISK_GB"}
+    allocation = osc(
+        cloud, "resource", "provider", "allocation", "show", server["id"], "-f", "json", admin=True
+    )
+    assert [(a["resource_provider"], a["resources"]["MEMORY_MB"]) for a in allocation] == [
+        (rp["uuid"], 512)
+    ]
+
+
 def test_openstacksdk_and_novaclient_boot_and_delete_servers(ready_cloud: Stack) -> None:
     from novaclient import client as nova_client
 
