@@ -10,7 +10,6 @@ import secrets
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from loom.catalog.v1 import flavors_pb2
 from loom.compute.v1 import agent_bus_pb2
 from loom.conductor.v1 import fleet_pb2, servers_pb2
 from starlette.requests import Request
@@ -448,22 +447,6 @@ def _image_from_bdm(mappings: list[dict[str, Any]], image_ref: str) -> str:
     return image_ref
 
 
-async def _check_flavor_usable(request: Request, flavor_id: str) -> None:
-    """A private flavor is for admins only (Loom keeps no per-project access lists yet):
-    to anyone else it does not exist, as the API answers for a flavor a project cannot use."""
-    try:
-        reply = await call(
-            gateway_of(request).conductor.flavors.GetFlavor,
-            flavors_pb2.GetFlavorRequest(id=flavor_id),
-        )
-    except ApiError as exc:
-        if exc.status == 404:
-            return  # the conductor answers an unknown flavor itself
-        raise
-    if not reply.flavor.is_public:
-        raise BadRequest(f"Flavor {shorten(flavor_id)} could not be found.")
-
-
 def _canonical_ipv6(text: str) -> str:
     """The address in its compressed form (the schema has checked it is IPv6)."""
     return ipaddress.IPv6Address(text).compressed if text else ""
@@ -519,8 +502,6 @@ async def create_server(request: Request) -> Response:
         ctx.require_admin("compute:servers:create:requested_destination")
         force_host = s.get("host") or s.get("hypervisor_hostname") or force_host
     flavor_id = str(s["flavorRef"]).rstrip("/").rsplit("/", 1)[-1]
-    if not ctx.is_admin:
-        await _check_flavor_usable(request, flavor_id)
     hostname = s.get("hostname", "")
     if hostname and max_count > 1:
         raise BadRequest("Cannot set hostname when creating more than one server.")
@@ -532,6 +513,7 @@ async def create_server(request: Request) -> Response:
             user_id=ctx.user_id,
             name=s["name"],
             flavor_id=flavor_id,
+            private_flavors_allowed=ctx.is_admin,
             image_id=image_ref.rstrip("/").rsplit("/", 1)[-1],
             availability_zone=az,
             key_name=s.get("key_name", ""),

@@ -202,6 +202,8 @@ async def create_servers(
         flavor, image = found[0], found[1]
         quota = project_quota_from(tuple(found[2:8]), cfg)
         key_data, metadata_limit = found[8], found[9]
+        if not flavor.is_public and not request.private_flavors_allowed:
+            raise InvalidArgument(f"Flavor {request.flavor_id} could not be found.")
         if flavor.disabled:
             raise InvalidArgument(f"Flavor {request.flavor_id} is disabled and cannot be used.")
         if image is None or image.deleted or not _image_visible(image, request.project_id):

@@ -674,6 +674,7 @@ class CreateServersRequest(_message.Message):
     ACCESS_IPV6_FIELD_NUMBER: _builtins.int
     CONFIG_DRIVE_FIELD_NUMBER: _builtins.int
     FORCE_HOST_FIELD_NUMBER: _builtins.int
+    PRIVATE_FLAVORS_ALLOWED_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per API call; a retry with the same id returns the same servers."""
     project_id: _builtins.str
@@ -712,6 +713,10 @@ class CreateServersRequest(_message.Message):
     """Config drive requested."""
     force_host: _builtins.str
     """Admin-only: force this host."""
+    private_flavors_allowed: _builtins.bool
+    """The caller may boot a private flavor (the gateway sets it for admins: Loom keeps no
+    per-project flavor access lists). Otherwise a private flavor does not exist for it.
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Tenant metadata."""
@@ -744,10 +749,11 @@ class CreateServersRequest(_message.Message):
         access_ipv6: _builtins.str = ...,
         config_drive: _builtins.bool = ...,
         force_host: _builtins.str = ...,
+        private_flavors_allowed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_ipv4", b"access_ipv4", "access_ipv6", b"access_ipv6", "availability_zone", b"availability_zone", "config_drive", b"config_drive", "description", b"description", "flavor_id", b"flavor_id", "force_host", b"force_host", "hostname", b"hostname", "image_id", b"image_id", "key_name", b"key_name", "max_count", b"max_count", "metadata", b"metadata", "min_count", b"min_count", "name", b"name", "networks", b"networks", "project_id", b"project_id", "request_id", b"request_id", "server_group_id", b"server_group_id", "tags", b"tags", "user_data", b"user_data", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_ipv4", b"access_ipv4", "access_ipv6", b"access_ipv6", "availability_zone", b"availability_zone", "config_drive", b"config_drive", "description", b"description", "flavor_id", b"flavor_id", "force_host", b"force_host", "hostname", b"hostname", "image_id", b"image_id", "key_name", b"key_name", "max_count", b"max_count", "metadata", b"metadata", "min_count", b"min_count", "name", b"name", "networks", b"networks", "private_flavors_allowed", b"private_flavors_allowed", "project_id", b"project_id", "request_id", b"request_id", "server_group_id", b"server_group_id", "tags", b"tags", "user_data", b"user_data", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
