@@ -47,8 +47,8 @@ async def boot(
     return sid, agent, await agent.build_command()
 
 
-async def active_server(h: Harness) -> tuple[str, Agent]:
-    sid, agent, cmd = await boot(h)
+async def active_server(h: Harness, name: str = "web") -> tuple[str, Agent]:
+    sid, agent, cmd = await boot(h, name)
     await agent.report(
         sid,
         K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED,
