@@ -47,10 +47,16 @@ def _stub(request: Request) -> providers_pb2_grpc.ResourceProvidersServiceStub:
     return sched.providers
 
 
-def _admin(request: Request, action: str) -> tuple[RequestContext, tuple[int, int]]:
+def _admin(
+    request: Request, action: str, since: tuple[int, int] = version.MIN
+) -> tuple[RequestContext, tuple[int, int]]:
+    """The caller (an admin) and the microversion; a route younger than the microversion
+    asked for does not exist there (404)."""
     mv = version.requested(request)
     ctx = authenticate(request, gateway_of(request).signer)
     ctx.require_admin(f"placement:{action}")
+    if mv < since:
+        raise NotFound("The resource could not be found.")
     return ctx, mv
 
 
@@ -256,9 +262,7 @@ async def provider_usages(request: Request) -> Response:
 @documented(tag=_TAG)
 async def provider_aggregates(request: Request) -> Response:
     """The host aggregates (UUIDs) a provider is a member of (1.1+)."""
-    _, mv = _admin(request, "resource_providers:aggregates:list")
-    if mv < (1, 1):
-        raise NotFound("The resource could not be found.")
+    _, mv = _admin(request, "resource_providers:aggregates:list", since=(1, 1))
     rp = await _provider(request)
     body: dict[str, Any] = {"aggregates": list(rp.aggregate_uuids)}
     if mv >= (1, 19):
@@ -269,9 +273,7 @@ async def provider_aggregates(request: Request) -> Response:
 @documented(tag=_TAG)
 async def provider_traits(request: Request) -> Response:
     """A provider's traits (1.6+): Loom's hosts carry none."""
-    _, mv = _admin(request, "resource_providers:traits:list")
-    if mv < (1, 6):
-        raise NotFound("The resource could not be found.")
+    _, mv = _admin(request, "resource_providers:traits:list", since=(1, 6))
     rp = await _provider(request)
     return _json({"traits": [], "resource_provider_generation": rp.generation}, mv)
 
@@ -324,9 +326,7 @@ async def consumer_allocations(request: Request) -> Response:
 @documented(tag=_TAG, query=USAGES_QUERY)
 async def project_usages(request: Request) -> Response:
     """What a project's consumers hold in all, per resource class (1.9+)."""
-    _, mv = _admin(request, "usages")
-    if mv < (1, 9):
-        raise NotFound("The resource could not be found.")
+    _, mv = _admin(request, "usages", since=(1, 9))
     q = checked_query(request, USAGES_QUERY)
     if not q.get("project_id"):
         raise BadRequest("'project_id' is a required property")
@@ -346,9 +346,7 @@ async def project_usages(request: Request) -> Response:
 @documented(tag=_TAG)
 async def list_resource_classes(request: Request) -> Response:
     """The resource classes Loom's providers have (1.2+)."""
-    _, mv = _admin(request, "resource_classes:list")
-    if mv < (1, 2):
-        raise NotFound("The resource could not be found.")
+    _, mv = _admin(request, "resource_classes:list", since=(1, 2))
     return _json(
         {
             "resource_classes": [
@@ -366,9 +364,7 @@ async def list_resource_classes(request: Request) -> Response:
 @documented(tag=_TAG)
 async def list_traits(request: Request) -> Response:
     """The traits there are (1.6+): none."""
-    _, mv = _admin(request, "traits:list")
-    if mv < (1, 6):
-        raise NotFound("The resource could not be found.")
+    _, mv = _admin(request, "traits:list", since=(1, 6))
     return _json({"traits": []}, mv)
 
 

@@ -64,6 +64,19 @@ async def test_default_quotas_are_nova_defaults(pg: Harness) -> None:
     assert (resp.limits.instances, resp.limits.ram, resp.limits.metadata_items) == (10, 51200, 128)
 
 
+async def _concurrent_creates(pg: Harness, prefix: str, n: int) -> list[grpc.StatusCode]:
+    """n creates of one server each, all at once; each one's status code."""
+
+    async def create(i: int) -> grpc.StatusCode:
+        try:
+            await pg.servers.CreateServers(create_request(request_id=f"{prefix}-{i}"))
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+        return grpc.StatusCode.OK
+
+    return list(await asyncio.gather(*(create(i) for i in range(n))))
+
+
 async def test_concurrent_creates_never_take_a_project_past_its_instance_quota(
     pg: Harness,
 ) -> None:
@@ -71,14 +84,7 @@ async def test_concurrent_creates_never_take_a_project_past_its_instance_quota(
         quotas_pb2.UpdateQuotasRequest(project_id=PROJECT, limits={"instances": 3})
     )
 
-    async def create(i: int) -> grpc.StatusCode:
-        try:
-            await pg.servers.CreateServers(create_request(request_id=f"req-storm-{i}"))
-        except grpc.aio.AioRpcError as exc:
-            return exc.code()
-        return grpc.StatusCode.OK
-
-    codes = await asyncio.gather(*(create(i) for i in range(24)))
+    codes = await _concurrent_creates(pg, "req-storm", 24)
     assert codes.count(grpc.StatusCode.OK) == 3, codes
     assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
     usage = await pg.quotas.GetQuotas(quotas_pb2.GetQuotasRequest(project_id=PROJECT))
@@ -104,14 +110,7 @@ async def test_a_limit_set_after_unlimited_creates_holds_under_concurrent_create
         quotas_pb2.UpdateQuotasRequest(project_id=PROJECT, limits={"instances": 4})
     )
 
-    async def create(i: int) -> grpc.StatusCode:
-        try:
-            await pg.servers.CreateServers(create_request(request_id=f"req-limited-{i}"))
-        except grpc.aio.AioRpcError as exc:
-            return exc.code()
-        return grpc.StatusCode.OK
-
-    codes = await asyncio.gather(*(create(i) for i in range(64)))
+    codes = await _concurrent_creates(pg, "req-limited", 64)
     assert codes.count(grpc.StatusCode.OK) == 3, codes
     usage = await pg.quotas.GetQuotas(quotas_pb2.GetQuotasRequest(project_id=PROJECT))
     assert usage.usage.instances == 4
