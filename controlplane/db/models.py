@@ -176,6 +176,17 @@ class Flavor(TimestampMixin, Base):
     extra_specs: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
+class FlavorProject(Base):
+    """A project's access to a private flavor (os-flavor-access) (0012)."""
+
+    __tablename__ = "flavor_projects"
+    __table_args__ = (UniqueConstraint("flavor_id", "project_id", name="uq_flavor_projects"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    flavor_id: Mapped[int] = mapped_column(ForeignKey("flavors.id", ondelete="CASCADE"), index=True)
+    project_id: Mapped[str] = mapped_column(String(255), index=True)
+
+
 class Image(TimestampMixin, Base):
     __tablename__ = "images"
 

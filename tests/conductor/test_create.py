@@ -15,7 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.conductor.servers.create import address_for_id
 from controlplane.db.engine import count_statements
-from controlplane.db.models import Instance, InstanceAction, OutboxMessage, Quota, ServerGroup
+from controlplane.db.models import (
+    FlavorProject,
+    Instance,
+    InstanceAction,
+    OutboxMessage,
+    Quota,
+    ServerGroup,
+)
 from tests.conductor.conftest import IMAGE_ID, Harness, harness
 from tests.conductor.factories import PROJECT, USER, add, make_flavor, make_image, make_keypair
 
@@ -195,6 +202,16 @@ async def test_a_private_flavor_boots_for_a_caller_allowed_private_flavors(pg: H
     resp = await pg.servers.CreateServers(
         create_request(flavor_id="priv", private_flavors_allowed=True)
     )
+    assert [s.flavor.name for s in resp.servers] == ["priv"]
+
+
+async def test_a_private_flavor_shared_with_the_project_boots_for_its_members(
+    pg: Harness,
+) -> None:
+    flavor = make_flavor("priv", name="priv", is_public=False)
+    await add(pg.sessions, flavor)
+    await add(pg.sessions, FlavorProject(flavor_id=flavor.id, project_id=PROJECT))
+    resp = await pg.servers.CreateServers(create_request(flavor_id="priv"))
     assert [s.flavor.name for s in resp.servers] == ["priv"]
 
 

@@ -671,7 +671,7 @@ def test_scheduler_hints_loom_does_not_honour_are_refused_and_from_2_100_the_gro
         conn.delete_server(sid, wait=True)
 
 
-def test_a_private_flavor_boots_for_an_admin_and_does_not_exist_for_a_member(
+def test_a_private_flavor_boots_for_an_admin_and_for_a_member_once_shared_with_its_project(
     ready_cloud: Stack,
 ) -> None:
     with _sdk(ready_cloud, "loom-admin") as admin:
@@ -698,3 +698,16 @@ def test_a_private_flavor_boots_for_an_admin_and_does_not_exist_for_a_member(
         created = admin.compute.post("/servers", json=body, headers=v237)
         assert created.status_code == 202, created.text
         admin.delete_server(created.json()["server"]["id"], wait=True)
+    osc(ready_cloud, "flavor", "set", "--project", "demo", "private", admin=True)
+    shown = osc(ready_cloud, "flavor", "show", "private", "-f", "json", admin=True)
+    assert shown["access_project_ids"] == [
+        osc(ready_cloud, "project", "show", "demo", "-f", "value", "-c", "id", admin=True)
+    ]
+    with _sdk(ready_cloud, "loom") as conn:
+        mine = conn.compute.post("/servers", json=body, headers=v237)
+        assert mine.status_code == 202, mine.text
+        conn.delete_server(mine.json()["server"]["id"], wait=True)
+    osc(ready_cloud, "flavor", "unset", "--project", "demo", "private", admin=True)
+    with _sdk(ready_cloud, "loom") as conn:
+        again = conn.compute.post("/servers", json=body, headers=v237)
+        assert again.status_code == 400, again.text

@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     bindparam,
     cast,
+    exists,
     func,
     literal,
     select,
@@ -47,6 +48,7 @@ from controlplane.config import ConductorConfig
 from controlplane.db import driver
 from controlplane.db.models import (
     Flavor,
+    FlavorProject,
     Image,
     Instance,
     InstanceAction,
@@ -202,7 +204,8 @@ async def create_servers(
         flavor, image = found[0], found[1]
         quota = project_quota_from(tuple(found[2:8]), cfg)
         key_data, metadata_limit = found[8], found[9]
-        if not flavor.is_public and not request.private_flavors_allowed:
+        shared_with_project = bool(found[10])
+        if not (flavor.is_public or request.private_flavors_allowed or shared_with_project):
             raise InvalidArgument(f"Flavor {request.flavor_id} could not be found.")
         if flavor.disabled:
             raise InvalidArgument(f"Flavor {request.flavor_id} is disabled and cannot be used.")
@@ -310,7 +313,7 @@ async def create_servers(
         scheduled = [commands.schedule(row.uuid, 1) for row in rows]
         try:
             if postgres:
-                for row, new_id in zip(rows, found[10], strict=False):
+                for row, new_id in zip(rows, found[11], strict=False):
                     row.id = int(new_id)
                 if networks == "auto":
                     await _assign_addresses(session, rows)
@@ -547,6 +550,10 @@ def _validation_query(with_key: bool, postgres: bool) -> Select[Any]:
         if with_key
         else literal(None),
         override(project, "metadata_items"),
+        # Whether the flavor is shared with the project (a private flavor's access list).
+        exists()
+        .where(FlavorProject.flavor_id == Flavor.id, FlavorProject.project_id == project)
+        .correlate(Flavor),
     ]
     if postgres:
         # The new instances' ids, drawn from their sequence in this same statement, so the

@@ -714,8 +714,8 @@ class CreateServersRequest(_message.Message):
     force_host: _builtins.str
     """Admin-only: force this host."""
     private_flavors_allowed: _builtins.bool
-    """The caller may boot a private flavor (the gateway sets it for admins: Loom keeps no
-    per-project flavor access lists). Otherwise a private flavor does not exist for it.
+    """The caller may boot any private flavor (the gateway sets it for admins). Otherwise a
+    private flavor exists for it only when shared with its project (os-flavor-access).
     """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
