@@ -50,8 +50,16 @@ class PrivatePostgres:
             shutil.chown(self.root, "postgres", "postgres")
             shutil.chown(self.sockets, "postgres", "postgres")
         self._as_postgres(
-            str(self._bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
-            "--no-sync", "-E", "UTF8",
+            str(self._bin / "initdb"),
+            "-D",
+            str(self.data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
         )
 
     def start(self) -> None:
@@ -60,8 +68,17 @@ class PrivatePostgres:
             "-c fsync=off -c max_connections=200"
         )
         self._as_postgres(
-            str(self._bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.log),
-            "-w", "-t", "60", "start",
+            str(self._bin / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.log),
+            "-w",
+            "-t",
+            "60",
+            "start",
         )
 
     def stop(self, mode: str = "immediate") -> None:
@@ -73,8 +90,15 @@ class PrivatePostgres:
 
     def create_database(self, name: str) -> str:
         self._as_postgres(
-            str(self._bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-            "-qc", f'CREATE DATABASE "{name}"',
+            str(self._bin / "psql"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-qc",
+            f'CREATE DATABASE "{name}"',
         )
         return self.url(name)
 
