@@ -6,6 +6,7 @@ PostgreSQL refuses to run as root: the cluster belongs to the `postgres` system 
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -107,8 +108,6 @@ class PrivatePostgres:
 
     def destroy(self) -> None:
         if self.running():
-            try:
+            with contextlib.suppress(subprocess.CalledProcessError):
                 self.stop()
-            except subprocess.CalledProcessError:
-                pass
         shutil.rmtree(self.root, ignore_errors=True)
