@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from nodeagent.network import bridge_name, vxlan_name
+from nodeagent.network.model import Rule
 from tests.nodeagent.network.netlab import ALLOW_ALL_OUT, ALLOW_ICMP_IN, Lab, make_port, sh
 
 
@@ -78,3 +79,39 @@ def test_reconcile_after_a_restart_removes_what_is_not_wanted_and_repairs_what_d
     assert restarted.firewall.port_keys() == {keep.port_id[:11]}
     assert bridge_name(net_b) not in _links(h1.config.netns)
     assert g_peer.ping(g_keep.ip)
+
+
+def test_a_guest_that_spoofs_its_address_is_cut_off_and_remote_groups_admit_only_members(
+    lab: Lab, tmp_path: Path
+) -> None:
+    h1, h2 = lab.hosts(2, tmp_path)
+    net, vni = str(uuid.uuid4()), 7000 + int(lab.tag, 16) % 1000
+    member, outsider = "10.77.0.41", "10.77.0.42"
+    from_members = Rule("ingress", "icmp", remote_ips=(member,))
+    target = make_port(net, vni, "10.77.0.40", rules=(from_members, ALLOW_ALL_OUT), n=1)
+    p_member = make_port(net, vni, member, rules=(ALLOW_ALL_OUT, ALLOW_ICMP_IN), n=2)
+    p_outsider = make_port(net, vni, outsider, rules=(ALLOW_ALL_OUT, ALLOW_ICMP_IN), n=3)
+    g_target = lab.guest(h1, target)
+    g_member, g_outsider = lab.guest(h2, p_member), lab.guest(h2, p_outsider)
+    for h, p in ((h1, target), (h2, p_member), (h2, p_outsider)):
+        h.plug(p)
+
+    assert g_member.ping(g_target.ip)
+    assert not g_outsider.ping(g_target.ip)
+
+    # The outsider takes the member's address: its own egress chain drops what it sends.
+    sh("ip", "addr", "flush", "dev", "eth0", netns=g_outsider.netns)
+    sh("ip", "addr", "add", f"{member}/24", "dev", "eth0", netns=g_outsider.netns)
+    spoof = f"loom-s-{p_outsider.port_id[:11]}"
+    dropped_before = _dropped(h2.config.netns, spoof)
+    assert not g_outsider.ping(g_target.ip)
+    # Dropped at the sender's own port (the reply would go to the member in any case).
+    assert _dropped(h2.config.netns, spoof) >= dropped_before + 2
+
+
+def _dropped(netns: str, chain: str) -> int:
+    for line in sh("iptables", "-w", "-vnxL", chain, netns=netns).splitlines():
+        fields = line.split()
+        if len(fields) > 2 and fields[2] == "DROP":
+            return int(fields[0])
+    raise AssertionError(f"{chain} has no DROP rule")
