@@ -26,6 +26,7 @@ import libvirt
 from loom.compute.v1 import agent_bus_pb2
 
 from controlplane.runtime import tracing
+from nodeagent.configdrive import ConfigDriveError, wants_config_drive, write_config_drive
 from nodeagent.driver.base import (
     BuildFailed,
     ConsoleEndpoint,
@@ -46,6 +47,8 @@ from nodeagent.driver.hypervisor import choose_virt_type
 from nodeagent.images.cache import ImageCache, ImageWanted
 from nodeagent.images.disks import DISK_FORMATS, GIB, create_blank, create_overlay
 from nodeagent.images.source import ImageError
+from nodeagent.network import CommandError, HostDataPlane, port_from_proto
+from nodeagent.network.model import InvalidNetworkInput
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,15 @@ DEFAULT_CMDLINE = "console=ttyS0"
 # Which cached images an instance's disks and boot files use, kept in its folder so the
 # cache can tell what is in use without asking libvirt.
 _IMAGES_FILE = "images.json"
+# The ids of the ports wired for the instance, so delete unplugs exactly those.
+_PORTS_FILE = "ports.json"
+_CONFIG_DRIVE = "disk.config"
+
+
+class NoDataPlane(RuntimeError):
+    """A real host without a network data plane was asked to attach ports."""
+
+
 _BASE_DIR = "_base"
 # The most of a serial log console_output returns (Nova caps it similarly).
 _CONSOLE_TAIL_BYTES = 1024 * 1024
@@ -123,6 +135,7 @@ class LibvirtDriver:
         images: ImageCache | None = None,
         virt_type: Literal["auto", "qemu", "kvm"] = "auto",
         soft_reboot_timeout: float = 60.0,
+        dataplane: HostDataPlane | None = None,
     ) -> None:
         """`images` is required for real hypervisors (it makes their disks); `virt_type`
         "auto" decides kvm or qemu on open (nodeagent.driver.hypervisor)."""
@@ -132,6 +145,7 @@ class LibvirtDriver:
         self.vnc_listen = vnc_listen
         self.images = images
         self.soft_reboot_timeout = soft_reboot_timeout
+        self.dataplane = dataplane
         self._disk_gb = disk_gb
         self._conn: Any = None
         # UUID → whether the domain is this host's; metadata never changes after define.
@@ -251,7 +265,10 @@ class LibvirtDriver:
         return self.instances_dir / instance_id
 
     def _layout(
-        self, spec: agent_bus_pb2.InstanceSpec, kernel_boot: KernelBoot | None = None
+        self,
+        spec: agent_bus_pb2.InstanceSpec,
+        kernel_boot: KernelBoot | None = None,
+        config_drive: str = "",
     ) -> DomainLayout:
         d = self._instance_dir(spec.instance_id)
         real = self._domain_type != "test"
@@ -266,6 +283,7 @@ class LibvirtDriver:
             arch="x86_64" if real else "",
             machine="pc" if real else "",
             kernel_boot=kernel_boot,
+            config_drive=config_drive,
         )
 
     def _prepare_disks(self, spec: agent_bus_pb2.InstanceSpec) -> KernelBoot | None:
@@ -318,16 +336,32 @@ class LibvirtDriver:
                 step = "prepare the disks"
                 with tracing.span("agent image fetch and disks", {"loom.image_id": spec.image.id}):
                     kernel_boot = self._prepare_disks(spec)
+            step = "wire the ports"
+            self._plug_ports(spec)
+            config_drive = ""
+            if self._domain_type != "test" and wants_config_drive(spec):
+                step = "write the config drive"
+                path = self._instance_dir(spec.instance_id) / _CONFIG_DRIVE
+                config_drive = str(write_config_drive(spec, path))
             step = "define the domain"
+            xml = build_domain_xml(spec, self._layout(spec, kernel_boot, config_drive))
             with tracing.span("libvirt define"):
-                dom = self._c.defineXML(build_domain_xml(spec, self._layout(spec, kernel_boot)))
+                dom = self._c.defineXML(xml)
             self._ownership[spec.instance_id] = True
             if power_on:
                 step = "start the domain"
                 with tracing.span("libvirt start"):
                     dom.create()
             return self._power(dom)
-        except (libvirt.libvirtError, OSError, ValueError) as exc:
+        except (InvalidNetworkInput, ConfigDriveError, NoDataPlane) as exc:
+            # Sentences meant for the instance's owner: the fault says what was wrong.
+            log.warning(
+                "build failed",
+                extra={"host": self.host, "instance_id": spec.instance_id, "error": str(exc)},
+            )
+            self._clean_up_build(dom, spec.instance_id)
+            raise BuildFailed(str(exc)) from exc
+        except (libvirt.libvirtError, OSError, ValueError, CommandError) as exc:
             log.warning(
                 "build failed",
                 extra={
@@ -353,7 +387,35 @@ class LibvirtDriver:
         if dom is not None:
             self._remove_domain(dom)
         self._ownership.pop(instance_id, None)
+        self._unplug_ports(instance_id)
         shutil.rmtree(self._instance_dir(instance_id), ignore_errors=True)
+
+    def _plug_ports(self, spec: agent_bus_pb2.InstanceSpec) -> None:
+        """Wires every port before the domain is defined (its taps must exist when it
+        starts), recording their ids first so a failure halfway is cleaned up."""
+        if not spec.ports:
+            return
+        ports = [port_from_proto(p) for p in spec.ports]  # validates all before any change
+        if self.dataplane is None:
+            if self._domain_type == "test":
+                return  # a simulated host: the ports live in the domain XML only
+            raise NoDataPlane("This host has no network data plane; ports cannot be attached.")
+        record = self._instance_dir(spec.instance_id) / _PORTS_FILE
+        record.write_text(json.dumps([p.port_id for p in ports]))
+        with tracing.span("agent plug ports"):
+            for port in ports:
+                self.dataplane.plug(port)
+
+    def _unplug_ports(self, instance_id: str) -> None:
+        if self.dataplane is None:
+            return
+        record = self._instance_dir(instance_id) / _PORTS_FILE
+        try:
+            port_ids = json.loads(record.read_text())
+        except (OSError, ValueError):
+            return
+        for port_id in port_ids:
+            self.dataplane.unplug(str(port_id))
 
     def start(self, instance_id: str) -> PowerState:
         dom = self._require(instance_id)
@@ -425,6 +487,7 @@ class LibvirtDriver:
         if dom is not None:
             self._remove_domain(dom)
         self._ownership.pop(instance_id, None)
+        self._unplug_ports(instance_id)
         shutil.rmtree(self._instance_dir(instance_id), ignore_errors=True)
 
     @staticmethod
