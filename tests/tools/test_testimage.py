@@ -45,6 +45,14 @@ def test_the_built_image_has_a_bootable_kernel_and_an_init_printing_the_marker(
         check=True,
     )
     assert MARKER in (tmp_path / "init").read_text()
+    order = (tmp_path / "lib/modules/load-order").read_text().split()
+    # Each module after what it needs: the NIC, the IDE cdrom and ISO 9660 for the
+    # config drive.
+    for before, after in (("virtio", "virtio_net"), ("scsi_mod", "sr_mod"), ("cdrom", "sr_mod")):
+        assert order.index(before) < order.index(after)
+    assert {"virtio_net", "ata_piix", "sr_mod", "isofs"} <= set(order)
+    assert all((tmp_path / "lib/modules" / f"{name}.ko").exists() for name in order)
+    assert (tmp_path / "bin/udhcpc.script").stat().st_mode & 0o111
 
 
 def test_building_again_reuses_the_files_already_there(built_image: tuple[Path, Path]) -> None:
