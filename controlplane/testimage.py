@@ -43,7 +43,7 @@ case "$1" in
     ip addr flush dev "$interface"
     ip addr add "$ip/$mask" dev "$interface"
     [ -n "$router" ] && ip route add default via "${router%% *}" dev "$interface"
-    echo "LOOM-IP $ip/$mask router=$router" ;;
+    echo "LOOM-IP $ip/$mask router=$router" >/dev/console ;;
 esac
 exit 0
 """
@@ -66,7 +66,7 @@ for arg in $(cat /proc/cmdline); do
   esac
 done
 for m in $(cat /lib/modules/load-order 2>/dev/null); do
-  insmod "/lib/modules/$m.ko" 2>/dev/null
+  insmod "/lib/modules/$m.ko" 2>/dev/null || echo "LOOM-MODULE-FAILED $m"
 done
 mkdir -p /mnt/config
 found=""
@@ -107,6 +107,8 @@ if ip link show eth0 >/dev/null 2>&1; then
     done
     if [ -n "$ok" ]; then echo "LOOM-PING-OK $ping_ip"; else echo "LOOM-PING-FAIL $ping_ip"; fi
   fi
+else
+  echo "LOOM-IP none (no eth0; links: $(ls /sys/class/net | tr '\\n' ' '))"
 fi
 while true; do sleep 3600; done
 """
