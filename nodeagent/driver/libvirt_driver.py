@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import libvirt
+from google.protobuf import json_format
 from loom.compute.v1 import agent_bus_pb2
 
 from controlplane.runtime import tracing
@@ -47,7 +48,7 @@ from nodeagent.driver.hypervisor import choose_virt_type
 from nodeagent.images.cache import ImageCache, ImageWanted
 from nodeagent.images.disks import DISK_FORMATS, GIB, create_blank, create_overlay
 from nodeagent.images.source import ImageError
-from nodeagent.network import CommandError, HostDataPlane, port_from_proto
+from nodeagent.network import CommandError, HostDataPlane, Port, port_from_proto
 from nodeagent.network.model import InvalidNetworkInput
 
 log = logging.getLogger(__name__)
@@ -198,6 +199,15 @@ class LibvirtDriver:
             log.info(
                 "hypervisor configured", extra={"host": self.host, "virt_type": self._virt_type}
             )
+        if self.dataplane is not None:
+            try:
+                self.reconcile_network()
+            except (CommandError, OSError, ValueError) as exc:
+                # Ports are wired again at each start; a host that cannot reconcile its
+                # network still serves the rest.
+                log.warning(
+                    "network reconcile failed", extra={"host": self.host, "error": str(exc)}
+                )
         self._warn_if_unreachable_by_qemu()
 
     def _warn_if_unreachable_by_qemu(self) -> None:
@@ -401,26 +411,56 @@ class LibvirtDriver:
                 return  # a simulated host: the ports live in the domain XML only
             raise NoDataPlane("This host has no network data plane; ports cannot be attached.")
         record = self._instance_dir(spec.instance_id) / _PORTS_FILE
-        record.write_text(json.dumps([p.port_id for p in ports]))
+        record.write_text(json.dumps([json_format.MessageToDict(p) for p in spec.ports]))
         with tracing.span("agent plug ports"):
             for port in ports:
                 self.dataplane.plug(port)
 
+    def _recorded_ports(self, instance_id: str) -> list[Port]:
+        """The ports wired for the instance at its build, from its folder."""
+        record = self._instance_dir(instance_id) / _PORTS_FILE
+        try:
+            raw = json.loads(record.read_text())
+            return [
+                port_from_proto(json_format.ParseDict(item, agent_bus_pb2.PortBinding()))
+                for item in raw
+            ]
+        except (OSError, ValueError, json_format.ParseError):
+            return []
+
     def _unplug_ports(self, instance_id: str) -> None:
         if self.dataplane is None:
             return
-        record = self._instance_dir(instance_id) / _PORTS_FILE
-        try:
-            port_ids = json.loads(record.read_text())
-        except (OSError, ValueError):
+        for port in self._recorded_ports(instance_id):
+            self.dataplane.unplug(port.port_id)
+
+    def _start_domain(self, dom: Any, instance_id: str) -> None:
+        # A host reboot takes taps, bridges and chains with it: wire the ports again
+        # (idempotent, quick when all is there) before QEMU opens the taps.
+        if self.dataplane is not None:
+            for port in self._recorded_ports(instance_id):
+                self.dataplane.plug(port)
+        dom.create()
+
+    def reconcile_network(self) -> None:
+        """Makes the host's data plane hold exactly the ports of this host's instance
+        folders: after an agent restart or a host reboot, missing taps, bridges and
+        chains come back and those of deleted instances go. DHCP services of networks
+        that still have ports are left as they are."""
+        if self.dataplane is None or not self.instances_dir.is_dir():
             return
-        for port_id in port_ids:
-            self.dataplane.unplug(str(port_id))
+        wanted = [
+            port
+            for folder in sorted(self.instances_dir.iterdir())
+            if folder.is_dir() and folder.name != _BASE_DIR
+            for port in self._recorded_ports(folder.name)
+        ]
+        self.dataplane.reconcile(wanted, None)
 
     def start(self, instance_id: str) -> PowerState:
         dom = self._require(instance_id)
         if not dom.isActive():
-            dom.create()
+            self._start_domain(dom, instance_id)
         return self._power(dom)
 
     def stop(self, instance_id: str, timeout: float) -> PowerState:
@@ -446,7 +486,7 @@ class LibvirtDriver:
     def reboot(self, instance_id: str, *, hard: bool) -> PowerState:
         dom = self._require(instance_id)
         if not dom.isActive():
-            dom.create()
+            self._start_domain(dom, instance_id)
             return self._power(dom)
         if not hard and self._domain_type == "test":
             dom.reboot(0)
@@ -455,7 +495,7 @@ class LibvirtDriver:
             return self._power(dom)
         # Hard: power-cycle the domain from its definition, as Nova does.
         dom.destroy()
-        dom.create()
+        self._start_domain(dom, instance_id)
         return self._power(dom)
 
     def _soft_reboot(self, dom: Any, instance_id: str) -> bool:
@@ -479,7 +519,7 @@ class LibvirtDriver:
                 "guest ignored the soft reboot; rebooting hard", extra={"instance_id": instance_id}
             )
             return False
-        dom.create()
+        self._start_domain(dom, instance_id)
         return True
 
     def destroy(self, instance_id: str) -> None:

@@ -119,12 +119,14 @@ class HostDataPlane:
                 return str(link.get("ifalias", ""))
         return ""
 
-    def reconcile(self, ports: Iterable[Port], dhcp: Iterable[NetworkDhcp] = ()) -> None:
+    def reconcile(self, ports: Iterable[Port], dhcp: Iterable[NetworkDhcp] | None = ()) -> None:
         """Makes the host hold exactly `ports` and the DHCP services `dhcp` (for networks
         that have a port here): plugs what is missing or drifted, removes what nothing
-        wants. Idempotent; safe after a crash at any step."""
+        wants. `dhcp=None` leaves the DHCP services of networks that keep a port as they
+        are. Idempotent; safe after a crash at any step."""
         wanted = {p.port_id: p for p in ports}
-        services = {d.network_id: d for d in dhcp}
+        keep_dhcp = dhcp is None
+        services = {d.network_id: d for d in (dhcp or ())}
         networks = {p.network_id for p in wanted.values()}
         for port in wanted.values():
             self.plug(port, services.get(port.network_id))
@@ -140,6 +142,7 @@ class HostDataPlane:
             self.firewall.remove(key)
         for network_id in set(state.networks) - networks:
             self._remove_network(network_id, state.networks[network_id] or None)
-        for network_id in state.dhcp - {n for n in services if n in networks}:
+        serving = networks if keep_dhcp else {n for n in services if n in networks}
+        for network_id in state.dhcp - serving:
             self.dhcp.remove(network_id)
         self.firewall.remove_dispatch_if_unused()
