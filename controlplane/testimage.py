@@ -19,6 +19,7 @@ After MARKER the guest reads its config drive and network, printing one line eac
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import lzma
 import os
@@ -216,11 +217,21 @@ def _copy_modules(unpacked: Path, root: Path, wanted: tuple[str, ...]) -> list[s
     return order
 
 
+def recipe() -> str:
+    """A digest of what goes into the initramfs besides busybox and the kernel's modules:
+    a build made from another recipe is made again."""
+    parts = (INIT_SCRIPT, UDHCPC_SCRIPT, " ".join(GUEST_MODULES))
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
 def build_test_image(out_dir: Path, *, force: bool = False) -> TestImage:
-    """Writes vmlinuz and initrd.img into out_dir; a no-op when both exist (unless force)."""
+    """Writes vmlinuz and initrd.img into out_dir; a no-op when both exist and were made
+    from the current recipe (unless force)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     kernel, initrd = out_dir / "vmlinuz", out_dir / "initrd.img"
-    if kernel.exists() and initrd.exists() and not force:
+    stamp = out_dir / "recipe"
+    current = stamp.exists() and stamp.read_text().strip() == recipe()
+    if kernel.exists() and initrd.exists() and current and not force:
         return TestImage(kernel, initrd)
     with tempfile.TemporaryDirectory(prefix="loom-testimage-") as tmp_s:
         tmp = Path(tmp_s)
@@ -246,4 +257,5 @@ def build_test_image(out_dir: Path, *, force: bool = False) -> TestImage:
         (root / "bin" / "udhcpc.script").chmod(0o755)
         _copy_modules(unpacked, root, GUEST_MODULES)
         initrd.write_bytes(gzip.compress(_cpio_newc(root), compresslevel=6))
+    stamp.write_text(recipe() + "\n")
     return TestImage(kernel, initrd)

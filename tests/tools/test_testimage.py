@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.testimage import MARKER, _cpio_newc, build_test_image
+from controlplane.testimage import MARKER, _cpio_newc, build_test_image, recipe
 
 
 def test_the_initramfs_archive_lists_init_and_busybox_to_cpio(tmp_path: Path) -> None:
@@ -60,3 +60,12 @@ def test_building_again_reuses_the_files_already_there(built_image: tuple[Path, 
     before = kernel.stat().st_mtime_ns
     build_test_image(kernel.parent)
     assert kernel.stat().st_mtime_ns == before
+
+
+def test_a_build_made_from_another_recipe_is_made_again(built_image: tuple[Path, Path]) -> None:
+    _, initrd = built_image
+    (initrd.parent / "recipe").write_text("an older init\n")
+    before = initrd.stat().st_mtime_ns
+    build_test_image(initrd.parent)
+    assert initrd.stat().st_mtime_ns != before
+    assert (initrd.parent / "recipe").read_text().strip() == recipe()
