@@ -15,6 +15,11 @@ Both are stateful (conntrack ESTABLISHED,RELATED first), ingress denies by defau
 
 IPv6 is not filtered by rule: every IPv6 frame to or from a port with port security is
 dropped (ip6tables `loom-fwd`), so nothing passes unfiltered.
+
+iptables never sees ARP, nor frames that are not IP. So each port with port security also
+has an ebtables chain `loom-a-<p>` (bridge table, FORWARD, `-i tap`): frames from another
+source MAC are dropped, ARP only with the port's own (IP, MAC) pairs passes. Its policy is
+DROP, so while it is being rewritten it fails closed.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ EGRESS = "loom-egress"
 INGRESS = "loom-ingress"
 ACCEPT = "loom-accept"
 _PORT_CHAIN = re.compile(r"^-N loom-([ois])-(\S+)$")
+_ARP_CHAIN = re.compile(r"^Bridge chain: loom-a-([^,]+),")
 
 
 def _key(port_id: str) -> str:
@@ -46,6 +52,21 @@ def ingress_chain(port_id: str) -> str:
 
 def spoof_chain(port_id: str) -> str:
     return f"loom-s-{_key(port_id)}"
+
+
+def arp_chain(port_id: str) -> str:
+    return f"loom-a-{_key(port_id)}"
+
+
+def arp_rules(port: Port) -> list[list[str]]:
+    """The ebtables rules of a port's `loom-a-` chain, in order."""
+    rules = [["-s", "!", port.mac, "-j", "DROP"]]
+    sources = [f.ip for f in port.fixed_ips] + list(port.allowed_pairs) + ["0.0.0.0"]
+    for src in sources:  # 0.0.0.0: address conflict probes before the guest has one
+        rules.append(["-p", "ARP", "--arp-ip-src", src, "--arp-mac-src", port.mac, "-j", "RETURN"])
+    rules.append(["-p", "ARP", "-j", "DROP"])
+    rules.append(["-j", "RETURN"])
+    return rules
 
 
 def _match(rule: Rule) -> list[str]:
@@ -173,10 +194,34 @@ class SecurityGroupFirewall:
             ["-m", "physdev", "--physdev-out", tap, "--physdev-is-bridged", "-j", "DROP"],
         ]
 
+    def _apply_arp(self, port: Port) -> None:
+        chain, tap = arp_chain(port.port_id), tap_name(port.port_id)
+        jump = ["-i", tap, "-j", chain]
+        if not port.port_security:
+            self._remove_arp(port.port_id)
+            return
+        if not self._r.ok(["ebtables", "-L", chain]):
+            self._r.run(["ebtables", "-N", chain, "-P", "DROP"])
+        self._r.run(["ebtables", "-P", chain, "DROP"])
+        self._r.run(["ebtables", "-F", chain])
+        for rule in arp_rules(port):
+            self._r.run(["ebtables", "-A", chain, *rule])
+        if not self._r.ok(["ebtables", "-C", "FORWARD", *jump]):
+            self._r.run(["ebtables", "-A", "FORWARD", *jump])
+
+    def _remove_arp(self, port_key: str) -> None:
+        chain, tap = arp_chain(port_key), tap_name(port_key)
+        while self._r.ok(["ebtables", "-D", "FORWARD", "-i", tap, "-j", chain]):
+            pass
+        if self._r.ok(["ebtables", "-L", chain]):
+            self._r.run(["ebtables", "-F", chain])
+            self._r.run(["ebtables", "-X", chain])
+
     def apply(self, port: Port) -> None:
         """Postcondition: the port's chains hold exactly its current rules (rewritten in
         one iptables-restore, so no half-applied set is ever visible) and are dispatched."""
         self.setup()
+        self._apply_arp(port)
         self._restore(port_chains(port))
         for chain, spec in self._dispatch(port.port_id):
             self._ensure_rule(chain, spec)
@@ -189,6 +234,7 @@ class SecurityGroupFirewall:
     def remove(self, port_key: str) -> None:
         """Removes a port's dispatch and chains (by port id or its 11-character key).
         Succeeds if already absent."""
+        self._remove_arp(port_key)
         for chain, spec in self._dispatch(port_key):
             self._delete_rule(chain, spec)
         for spec in self._dispatch_v6(port_key):
@@ -223,12 +269,19 @@ class SecurityGroupFirewall:
             m = _PORT_CHAIN.match(line.strip())
             if m:
                 keys.add(m.group(2))
-        return keys
+        return keys | set(self.arp_chain_keys())
+
+    def arp_chain_keys(self) -> list[str]:
+        """The keys of the ports that have an ebtables chain on this host."""
+        out = self._r.run(["ebtables", "-L"])
+        return sorted(m.group(1) for m in map(_ARP_CHAIN.match, out.splitlines()) if m)
 
     def chains(self) -> list[str]:
-        """Every Loom chain on this host (tests list them before and after)."""
-        return sorted(
+        """Every Loom chain on this host, iptables and ebtables (tests list them before
+        and after)."""
+        ipv4 = [
             line.split()[1]
             for line in self._r.run(["iptables", "-w", "-S"]).splitlines()
             if line.startswith("-N loom-")
-        )
+        ]
+        return sorted(ipv4 + [f"loom-a-{key}" for key in self.arp_chain_keys()])

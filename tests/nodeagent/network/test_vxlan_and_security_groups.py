@@ -102,11 +102,42 @@ def test_a_guest_that_spoofs_its_address_is_cut_off_and_remote_groups_admit_only
     # The outsider takes the member's address: its own egress chain drops what it sends.
     sh("ip", "addr", "flush", "dev", "eth0", netns=g_outsider.netns)
     sh("ip", "addr", "add", f"{member}/24", "dev", "eth0", netns=g_outsider.netns)
+    # It sends IP straight away (a static neighbour entry, no ARP): its own egress chain
+    # drops it.
+    sh(
+        "ip",
+        "neigh",
+        "replace",
+        g_target.ip,
+        "lladdr",
+        target.mac,
+        "dev",
+        "eth0",
+        netns=g_outsider.netns,
+    )
     spoof = f"loom-s-{p_outsider.port_id[:11]}"
     dropped_before = _dropped(h2.config.netns, spoof)
     assert not g_outsider.ping(g_target.ip)
-    # Dropped at the sender's own port (the reply would go to the member in any case).
     assert _dropped(h2.config.netns, spoof) >= dropped_before + 2
+    # It claims the member's address by gratuitous ARP: dropped at the bridge, so the
+    # target never maps the member's address to the outsider's MAC.
+    sh(
+        "busybox",
+        "arping",
+        "-U",
+        "-c",
+        "2",
+        "-I",
+        "eth0",
+        member,
+        netns=g_outsider.netns,
+        check=False,
+    )
+    arp = sh("ebtables", "-L", f"loom-a-{p_outsider.port_id[:11]}", "--Lc", netns=h2.config.netns)
+    arp_drop = [line for line in arp.splitlines() if line.startswith("-p ARP -j DROP")]
+    assert arp_drop, arp
+    assert "pcnt = 0 " not in arp_drop[0], arp
+    assert p_outsider.mac not in sh("ip", "neigh", "show", member, netns=g_target.netns)
 
 
 def _dropped(netns: str, chain: str) -> int:
