@@ -8,10 +8,13 @@ crashed halfway through a plug, needs nothing but `reconcile(desired)`.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 from nodeagent.network.bridge import NetworkBridge, PortTap, VxlanConfig
 from nodeagent.network.dhcp import DhcpService
@@ -21,6 +24,20 @@ from nodeagent.network.names import parse_alias
 from nodeagent.network.runner import Runner
 
 log = logging.getLogger(__name__)
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _locked(
+    method: Callable[Concatenate[HostDataPlane, _P], _R],
+) -> Callable[Concatenate[HostDataPlane, _P], _R]:
+    @functools.wraps(method)
+    def run(self: HostDataPlane, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return run
 
 
 @dataclass(frozen=True)
@@ -55,7 +72,11 @@ class HostDataPlane:
         self.taps = PortTap(self.runner)
         self.firewall = SecurityGroupFirewall(self.runner)
         self.dhcp = DhcpService(self.runner, config.state_dir)
+        # Builds run in worker threads; two plugs of one network must not race to make
+        # its bridge. Reentrant: reconcile plugs.
+        self._lock = threading.RLock()
 
+    @_locked
     def plug(self, port: Port, dhcp: NetworkDhcp | None = None) -> str:
         """Postcondition: the port's network bridge and VXLAN exist, its tap is on the
         bridge, its chains hold its rules, and the network's DHCP runs when `dhcp` is
@@ -69,11 +90,13 @@ class HostDataPlane:
             self.dhcp.ensure(dhcp)
         return tap
 
+    @_locked
     def ensure_dhcp(self, dhcp: NetworkDhcp) -> int:
         """Runs (or reloads) the network's DHCP; the bridge is made when missing."""
         self.bridges.ensure(dhcp.network_id, dhcp.vni, dhcp.mtu)
         return self.dhcp.ensure(dhcp)
 
+    @_locked
     def unplug(self, port_id: str) -> None:
         """Removes the port's tap and chains; when it was the network's last port on the
         host, the network's DHCP, bridge and VXLAN go too. Succeeds if already absent."""
@@ -119,6 +142,7 @@ class HostDataPlane:
                 return str(link.get("ifalias", ""))
         return ""
 
+    @_locked
     def reconcile(self, ports: Iterable[Port], dhcp: Iterable[NetworkDhcp] | None = ()) -> None:
         """Makes the host hold exactly `ports` and the DHCP services `dhcp` (for networks
         that have a port here): plugs what is missing or drifted, removes what nothing

@@ -33,9 +33,12 @@ class Runner:
 
     def run(self, argv: list[str], *, check: bool = True, stdin: str | None = None) -> str:
         full = self.argv(argv)
-        proc = subprocess.run(
-            full, input=stdin, capture_output=True, text=True, check=False, timeout=60
-        )
+        try:
+            proc = subprocess.run(
+                full, input=stdin, capture_output=True, text=True, check=False, timeout=60
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise CommandError(full, -1, "timed out after 60 s") from exc
         if check and proc.returncode != 0:
             raise CommandError(full, proc.returncode, proc.stderr)
         return proc.stdout
@@ -43,7 +46,11 @@ class Runner:
     def ok(self, argv: list[str]) -> bool:
         """True when argv exits 0 (used for existence checks such as `iptables -C`)."""
         full = self.argv(argv)
-        return subprocess.run(full, capture_output=True, check=False, timeout=60).returncode == 0
+        try:
+            done = subprocess.run(full, capture_output=True, check=False, timeout=60)
+        except subprocess.TimeoutExpired as exc:
+            raise CommandError(full, -1, "timed out after 60 s") from exc
+        return done.returncode == 0
 
     def links(self) -> list[dict[str, Any]]:
         """`ip -d link show` as parsed JSON: one dict per link of the namespace."""
