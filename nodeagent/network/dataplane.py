@@ -8,7 +8,6 @@ crashed halfway through a plug, needs nothing but `reconcile(desired)`.
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -32,11 +31,11 @@ _R = TypeVar("_R")
 def _locked(
     method: Callable[Concatenate[HostDataPlane, _P], _R],
 ) -> Callable[Concatenate[HostDataPlane, _P], _R]:
-    @functools.wraps(method)
-    def run(self: HostDataPlane, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+    def run(self: HostDataPlane, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         with self._lock:
             return method(self, *args, **kwargs)
 
+    run.__doc__ = method.__doc__
     return run
 
 
