@@ -25,6 +25,8 @@ DROP, so while it is being rewritten it fails closed.
 from __future__ import annotations
 
 import re
+import subprocess
+from pathlib import Path
 
 from nodeagent.network.model import Port, Rule
 from nodeagent.network.names import tap_name
@@ -165,6 +167,9 @@ class SecurityGroupFirewall:
 
     def setup(self) -> None:
         """Turns on netfilter for bridged frames and makes the dispatch chains."""
+        if not Path("/proc/sys/net/bridge").exists():
+            # The sysctls below exist only once br_netfilter is loaded (kernel-wide).
+            subprocess.run(["modprobe", "br_netfilter"], capture_output=True, check=False)
         for name in ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables"):
             self._r.run(["sysctl", "-q", "-w", f"net.bridge.{name}=1"])
         for chain in (FWD, EGRESS, INGRESS, ACCEPT):

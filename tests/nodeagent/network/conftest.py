@@ -4,13 +4,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.nodeagent.network.netlab import Lab, can_run_lab
+from tests.nodeagent.network.netlab import Lab, require_lab
 
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    if not can_run_lab():
-        pytest.skip("needs root and bridge netfilter (br_netfilter)")
+    require_lab()
     made = Lab()
     try:
         yield made

@@ -14,8 +14,11 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from nodeagent.network import DataPlaneConfig, HostDataPlane, Port, tap_name
 from nodeagent.network.model import FixedIp, Rule
+from tests.support.libvirtd import in_ci
 
 
 def sh(*argv: str, netns: str = "", check: bool = True) -> str:
@@ -27,7 +30,22 @@ def sh(*argv: str, netns: str = "", check: bool = True) -> str:
 
 
 def can_run_lab() -> bool:
-    return os.geteuid() == 0 and Path("/proc/sys/net/bridge").exists()
+    if os.geteuid() != 0:
+        return False
+    if not Path("/proc/sys/net/bridge").exists():
+        subprocess.run(["modprobe", "br_netfilter"], capture_output=True, check=False)
+    return Path("/proc/sys/net/bridge").exists()
+
+
+def require_lab() -> None:
+    """Returns when namespaces, bridges and bridge netfilter can be used; otherwise skips
+    the test, or fails it in CI (which runs as root on a machine that has them)."""
+    if can_run_lab():
+        return
+    reason = "needs root and bridge netfilter (br_netfilter)"
+    if in_ci():
+        pytest.fail(f"{reason}: CI must run the data plane tests")
+    pytest.skip(reason)
 
 
 @dataclass

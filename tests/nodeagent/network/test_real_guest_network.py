@@ -30,6 +30,7 @@ from nodeagent.network import (
     bridge_name,
     dhcp_namespace,
 )
+from tests.nodeagent.network.netlab import require_lab
 from tests.nodeagent.test_real_guests import URI, GuestImages, guest_images
 from tests.support.libvirtd import require_libvirtd
 
@@ -45,6 +46,7 @@ USER_DATA = b"LOOM-USERDATA-MARKER-42\necho second line\n"
 @pytest.fixture
 def net_driver(guest_images: GuestImages) -> Iterator[tuple[LibvirtDriver, HostDataPlane]]:
     require_libvirtd(URI)
+    require_lab()
     host = f"qemu-net-{uuid.uuid4().hex[:8]}"
     instances = guest_images.base / host
     plane = HostDataPlane(
