@@ -113,16 +113,18 @@ class HostDataPlane:
         log.info("network removed from host", extra={"network_id": network_id})
 
     def state(self) -> HostNetworkState:
+        """What the host has now: one `ip link` listing, the chains and the DHCP folders."""
         st = HostNetworkState(chain_keys=self.firewall.port_keys(), dhcp=self.dhcp.namespaces())
-        for link in self.runner.links():
+        links = self.runner.links()
+        aliases = {str(link.get("ifname", "")): str(link.get("ifalias", "")) for link in links}
+        for link in links:
             parsed = parse_alias(str(link.get("ifalias", "")))
             if parsed is None:
                 continue
             kind, ident = parsed
             name = str(link.get("ifname", ""))
             if kind == "port":
-                master_alias = self._alias_of(str(link.get("master", "")))
-                net = parse_alias(master_alias) if master_alias else None
+                net = parse_alias(aliases.get(str(link.get("master", "")), ""))
                 if net is not None and net[0] == "network":
                     st.ports[ident] = net[1]
                 else:
@@ -132,14 +134,6 @@ class HostDataPlane:
             elif kind == "network":
                 st.networks.setdefault(ident, 0)
         return st
-
-    def _alias_of(self, ifname: str) -> str:
-        if not ifname:
-            return ""
-        for link in self.runner.links():
-            if link.get("ifname") == ifname:
-                return str(link.get("ifalias", ""))
-        return ""
 
     @_locked
     def reconcile(self, ports: Iterable[Port], dhcp: Iterable[NetworkDhcp] | None = ()) -> None:
