@@ -107,6 +107,10 @@ def test_the_drive_reads_back_with_its_label_metadata_user_data_and_network_data
             {"network": "0.0.0.0", "netmask": "0.0.0.0", "gateway": "10.0.0.1"}
         ]
         assert net["services"] == [{"type": "dns", "address": "10.0.0.2"}]
+        # Joliet names (what Windows guests read) give the same bytes.
+        joliet = io.BytesIO()
+        iso.get_file_from_iso_fp(joliet, joliet_path="/openstack/latest/meta_data.json")
+        assert json.loads(joliet.getvalue()) == meta
         # The dated versions hold the same metadata.
         assert _read(iso, "/openstack/2012-08-10/meta_data.json") == _read(
             iso, "/openstack/latest/meta_data.json"
