@@ -35,7 +35,7 @@ def _links(plane: HostDataPlane) -> str:
     return sh("ip", "-o", "link", netns=plane.config.netns)
 
 
-def test_ports_are_wired_at_build_rewired_after_a_restart_and_removed_at_delete(
+def test_ports_are_wired_at_build_rewired_after_a_restart_or_at_start_and_removed_at_delete(
     lab: Lab, tmp_path: Path
 ) -> None:
     plane, _ = lab.hosts(2, tmp_path)
@@ -47,6 +47,12 @@ def test_ports_are_wired_at_build_rewired_after_a_restart_and_removed_at_delete(
     try:
         assert driver.create(spec) == PowerState.RUNNING
         assert tap_name(port.port_id) in _links(plane)
+        assert plane.state().ports == {port.port_id: net}
+
+        # Lost while the guest is off: starting it wires the port first.
+        assert driver.stop(spec.instance_id, 0) == PowerState.SHUTDOWN
+        plane.reconcile([])
+        assert driver.start(spec.instance_id) == PowerState.RUNNING
         assert plane.state().ports == {port.port_id: net}
 
         # The host rebooted: its taps, bridges and chains are gone.
