@@ -206,6 +206,18 @@ class AgentConfig(_Section):
     # A file holding the X-Auth-Token for the image service, read on every download
     # so a rotated token needs no restart. Empty sends no token.
     image_token_file: str = ""
+    # The network data plane (nodeagent/network, docs/networking.md): bridges, VXLAN, taps,
+    # DHCP and security groups for instances' ports. Off, ports are only described in the
+    # domain XML (enough for test:/// hosts, which skip the data plane and log so); a real
+    # host then refuses to build an instance with ports.
+    network_dataplane: bool = False
+    # This host's VTEP address and the device VXLAN leaves by (empty: routing decides).
+    network_local_ip: str = ""
+    network_underlay_device: str = ""
+    # The VTEP addresses of the other hosts: each network floods to all of them.
+    network_vxlan_peers: list[str] = Field(default_factory=list)
+    # Where DHCP state (hosts, options, leases, pid files) lives; empty: <data_dir>/network.
+    network_state_dir: str = ""
 
 
 # The longest a token may live: revocations are kept this long (controlplane/identity).

@@ -159,8 +159,10 @@ def server_pb(row: Instance | Row[Any]) -> servers_pb2.Server:
     return server
 
 
-def instance_spec(row: Instance, image: Image | None) -> agent_bus_pb2.InstanceSpec:
-    """Everything an agent needs to build the instance, from its row and its image's row."""
+def instance_spec(row: Instance, image: Image | None, zone: str = "") -> agent_bus_pb2.InstanceSpec:
+    """Everything an agent needs to build the instance, from its row and its image's row.
+    `zone` is the availability zone of the placement being made, when the row does not
+    hold it yet."""
     props = dict(image.properties or {}) if image is not None else {}
     image_ref = agent_bus_pb2.ImageRef(
         id=row.image_id,
@@ -188,6 +190,10 @@ def instance_spec(row: Instance, image: Image | None) -> agent_bus_pb2.InstanceS
         metadata={str(k): str(v) for k, v in (row.metadata_ or {}).items()},
         hostname=row.hostname,
         display_name=row.name,
+        config_drive=bool(row.config_drive),
+        key_name=row.key_name or "",
+        availability_zone=zone or row.availability_zone or row.requested_availability_zone or "",
+        launch_index=row.launch_index or 0,
     )
 
 

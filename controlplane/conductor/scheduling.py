@@ -437,7 +437,12 @@ class SchedulingWorker:
                     await outbox.add(
                         session,
                         *(
-                            build(p.index, p.host, instance_spec(p.inst, p.image), p.attempt)
+                            build(
+                                p.index,
+                                p.host,
+                                instance_spec(p.inst, p.image, p.zone or ""),
+                                p.attempt,
+                            )
                             for p in recorded
                         ),
                     )

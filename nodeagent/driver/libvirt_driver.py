@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import libvirt
+from google.protobuf import json_format
 from loom.compute.v1 import agent_bus_pb2
 
 from controlplane.runtime import tracing
+from nodeagent.configdrive import ConfigDriveError, wants_config_drive, write_config_drive
 from nodeagent.driver.base import (
     BuildFailed,
     ConsoleEndpoint,
@@ -46,6 +48,8 @@ from nodeagent.driver.hypervisor import choose_virt_type
 from nodeagent.images.cache import ImageCache, ImageWanted
 from nodeagent.images.disks import DISK_FORMATS, GIB, create_blank, create_overlay
 from nodeagent.images.source import ImageError
+from nodeagent.network import CommandError, HostDataPlane, Port, port_from_proto
+from nodeagent.network.model import InvalidNetworkInput
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,15 @@ DEFAULT_CMDLINE = "console=ttyS0"
 # Which cached images an instance's disks and boot files use, kept in its folder so the
 # cache can tell what is in use without asking libvirt.
 _IMAGES_FILE = "images.json"
+# The ids of the ports wired for the instance, so delete unplugs exactly those.
+_PORTS_FILE = "ports.json"
+_CONFIG_DRIVE = "disk.config"
+
+
+class NoDataPlane(RuntimeError):
+    """A real host without a network data plane was asked to attach ports."""
+
+
 _BASE_DIR = "_base"
 # The most of a serial log console_output returns (Nova caps it similarly).
 _CONSOLE_TAIL_BYTES = 1024 * 1024
@@ -123,6 +136,7 @@ class LibvirtDriver:
         images: ImageCache | None = None,
         virt_type: Literal["auto", "qemu", "kvm"] = "auto",
         soft_reboot_timeout: float = 60.0,
+        dataplane: HostDataPlane | None = None,
     ) -> None:
         """`images` is required for real hypervisors (it makes their disks); `virt_type`
         "auto" decides kvm or qemu on open (nodeagent.driver.hypervisor)."""
@@ -132,6 +146,7 @@ class LibvirtDriver:
         self.vnc_listen = vnc_listen
         self.images = images
         self.soft_reboot_timeout = soft_reboot_timeout
+        self.dataplane = dataplane
         self._disk_gb = disk_gb
         self._conn: Any = None
         # UUID → whether the domain is this host's; metadata never changes after define.
@@ -184,6 +199,15 @@ class LibvirtDriver:
             log.info(
                 "hypervisor configured", extra={"host": self.host, "virt_type": self._virt_type}
             )
+        if self.dataplane is not None:
+            try:
+                self.reconcile_network()
+            except (CommandError, OSError, ValueError) as exc:
+                # Ports are wired again at each start; a host that cannot reconcile its
+                # network still serves the rest.
+                log.warning(
+                    "network reconcile failed", extra={"host": self.host, "error": str(exc)}
+                )
         self._warn_if_unreachable_by_qemu()
 
     def _warn_if_unreachable_by_qemu(self) -> None:
@@ -251,7 +275,10 @@ class LibvirtDriver:
         return self.instances_dir / instance_id
 
     def _layout(
-        self, spec: agent_bus_pb2.InstanceSpec, kernel_boot: KernelBoot | None = None
+        self,
+        spec: agent_bus_pb2.InstanceSpec,
+        kernel_boot: KernelBoot | None = None,
+        config_drive: str = "",
     ) -> DomainLayout:
         d = self._instance_dir(spec.instance_id)
         real = self._domain_type != "test"
@@ -266,6 +293,7 @@ class LibvirtDriver:
             arch="x86_64" if real else "",
             machine="pc" if real else "",
             kernel_boot=kernel_boot,
+            config_drive=config_drive,
         )
 
     def _prepare_disks(self, spec: agent_bus_pb2.InstanceSpec) -> KernelBoot | None:
@@ -318,16 +346,32 @@ class LibvirtDriver:
                 step = "prepare the disks"
                 with tracing.span("agent image fetch and disks", {"loom.image_id": spec.image.id}):
                     kernel_boot = self._prepare_disks(spec)
+            step = "wire the ports"
+            self._plug_ports(spec)
+            config_drive = ""
+            if self._domain_type != "test" and wants_config_drive(spec):
+                step = "write the config drive"
+                path = self._instance_dir(spec.instance_id) / _CONFIG_DRIVE
+                config_drive = str(write_config_drive(spec, path))
             step = "define the domain"
+            xml = build_domain_xml(spec, self._layout(spec, kernel_boot, config_drive))
             with tracing.span("libvirt define"):
-                dom = self._c.defineXML(build_domain_xml(spec, self._layout(spec, kernel_boot)))
+                dom = self._c.defineXML(xml)
             self._ownership[spec.instance_id] = True
             if power_on:
                 step = "start the domain"
                 with tracing.span("libvirt start"):
                     dom.create()
             return self._power(dom)
-        except (libvirt.libvirtError, OSError, ValueError) as exc:
+        except (InvalidNetworkInput, ConfigDriveError, NoDataPlane) as exc:
+            # Sentences meant for the instance's owner: the fault says what was wrong.
+            log.warning(
+                "build failed",
+                extra={"host": self.host, "instance_id": spec.instance_id, "error": str(exc)},
+            )
+            self._clean_up_build(dom, spec.instance_id)
+            raise BuildFailed(str(exc)) from exc
+        except (libvirt.libvirtError, OSError, ValueError, CommandError) as exc:
             log.warning(
                 "build failed",
                 extra={
@@ -353,12 +397,70 @@ class LibvirtDriver:
         if dom is not None:
             self._remove_domain(dom)
         self._ownership.pop(instance_id, None)
+        self._unplug_ports(instance_id)
         shutil.rmtree(self._instance_dir(instance_id), ignore_errors=True)
+
+    def _plug_ports(self, spec: agent_bus_pb2.InstanceSpec) -> None:
+        """Wires every port before the domain is defined (its taps must exist when it
+        starts), recording their ids first so a failure halfway is cleaned up."""
+        if not spec.ports:
+            return
+        ports = [port_from_proto(p) for p in spec.ports]  # validates all before any change
+        if self.dataplane is None:
+            if self._domain_type == "test":
+                return  # a simulated host: the ports live in the domain XML only
+            raise NoDataPlane("This host has no network data plane; ports cannot be attached.")
+        record = self._instance_dir(spec.instance_id) / _PORTS_FILE
+        record.write_text(json.dumps([json_format.MessageToDict(p) for p in spec.ports]))
+        with tracing.span("agent plug ports"):
+            for port in ports:
+                self.dataplane.plug(port)
+
+    def _recorded_ports(self, instance_id: str) -> list[Port]:
+        """The ports wired for the instance at its build, from its folder."""
+        record = self._instance_dir(instance_id) / _PORTS_FILE
+        try:
+            raw = json.loads(record.read_text())
+            return [
+                port_from_proto(json_format.ParseDict(item, agent_bus_pb2.PortBinding()))
+                for item in raw
+            ]
+        except (OSError, ValueError, json_format.ParseError):
+            return []
+
+    def _unplug_ports(self, instance_id: str) -> None:
+        if self.dataplane is None:
+            return
+        for port in self._recorded_ports(instance_id):
+            self.dataplane.unplug(port.port_id)
+
+    def _start_domain(self, dom: Any, instance_id: str) -> None:
+        # A host reboot takes taps, bridges and chains with it: wire the ports again
+        # (idempotent, quick when all is there) before QEMU opens the taps.
+        if self.dataplane is not None:
+            for port in self._recorded_ports(instance_id):
+                self.dataplane.plug(port)
+        dom.create()
+
+    def reconcile_network(self) -> None:
+        """Makes the host's data plane hold exactly the ports of this host's instance
+        folders: after an agent restart or a host reboot, missing taps, bridges and
+        chains come back and those of deleted instances go. DHCP services of networks
+        that still have ports are left as they are."""
+        if self.dataplane is None or not self.instances_dir.is_dir():
+            return
+        wanted = [
+            port
+            for folder in sorted(self.instances_dir.iterdir())
+            if folder.is_dir() and folder.name != _BASE_DIR
+            for port in self._recorded_ports(folder.name)
+        ]
+        self.dataplane.reconcile(wanted, None)
 
     def start(self, instance_id: str) -> PowerState:
         dom = self._require(instance_id)
         if not dom.isActive():
-            dom.create()
+            self._start_domain(dom, instance_id)
         return self._power(dom)
 
     def stop(self, instance_id: str, timeout: float) -> PowerState:
@@ -384,7 +486,7 @@ class LibvirtDriver:
     def reboot(self, instance_id: str, *, hard: bool) -> PowerState:
         dom = self._require(instance_id)
         if not dom.isActive():
-            dom.create()
+            self._start_domain(dom, instance_id)
             return self._power(dom)
         if not hard and self._domain_type == "test":
             dom.reboot(0)
@@ -393,7 +495,7 @@ class LibvirtDriver:
             return self._power(dom)
         # Hard: power-cycle the domain from its definition, as Nova does.
         dom.destroy()
-        dom.create()
+        self._start_domain(dom, instance_id)
         return self._power(dom)
 
     def _soft_reboot(self, dom: Any, instance_id: str) -> bool:
@@ -417,7 +519,7 @@ class LibvirtDriver:
                 "guest ignored the soft reboot; rebooting hard", extra={"instance_id": instance_id}
             )
             return False
-        dom.create()
+        self._start_domain(dom, instance_id)
         return True
 
     def destroy(self, instance_id: str) -> None:
@@ -425,6 +527,7 @@ class LibvirtDriver:
         if dom is not None:
             self._remove_domain(dom)
         self._ownership.pop(instance_id, None)
+        self._unplug_ports(instance_id)
         shutil.rmtree(self._instance_dir(instance_id), ignore_errors=True)
 
     @staticmethod

@@ -69,6 +69,8 @@ async def test_a_server_is_scheduled_built_and_becomes_active(stack: Harness) ->
     assert cmd.spec.image.hash_value == "ab" * 64
     assert cmd.spec.image.properties["hw_disk_bus"] == "virtio"
     assert cmd.spec.memory_mb == 512
+    # What the config drive's meta_data.json needs beyond the instance's own fields.
+    assert (cmd.spec.availability_zone, cmd.spec.launch_index) == ("zone-1", 0)
     building = await server(stack, sid)
     assert building.status == S.SERVER_STATUS_BUILD
     assert building.availability_zone == "zone-1"
@@ -83,6 +85,20 @@ async def test_a_server_is_scheduled_built_and_becomes_active(stack: Harness) ->
     assert done.power_state == agent_bus_pb2.POWER_STATE_RUNNING
     assert done.HasField("launched_at")
     assert stack.scheduler.decisions == 1
+
+
+async def test_a_config_drive_asked_for_at_create_reaches_the_agents_build_command(
+    stack: Harness,
+) -> None:
+    await stack.scheduler.add_host("host-a")
+    assert stack.js is not None
+    resp = await stack.servers.CreateServers(
+        create_request(request_id="req-cd", name="cd", config_drive=True)
+    )
+    sid = resp.servers[0].id
+    placed = await wait_for(stack, sid, lambda s: s.task_state == servers_pb2.TASK_STATE_SPAWNING)
+    cmd = await Agent(stack.js, placed.host).build_command()
+    assert cmd.spec.config_drive is True
 
 
 async def test_a_build_failing_on_every_host_ends_in_error_with_each_claim_released_once(
