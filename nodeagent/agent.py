@@ -29,10 +29,12 @@ from controlplane.config import AgentConfig
 from controlplane.runtime import bus, tracing
 from nodeagent import messages as m
 from nodeagent.driver.base import (
+    ActionFailed,
     BuildFailed,
     Driver,
     ImageCacheDriver,
     InstanceNotFound,
+    PauseSuspendDriver,
     PowerState,
 )
 from nodeagent.fleet import ExpectedInstance, FleetView
@@ -50,6 +52,10 @@ _COMMANDS: dict[str, type[Any]] = {
     "start": agent_bus_pb2.StartInstanceCommand,
     "stop": agent_bus_pb2.StopInstanceCommand,
     "reboot": agent_bus_pb2.RebootInstanceCommand,
+    "pause": agent_bus_pb2.PauseInstanceCommand,
+    "unpause": agent_bus_pb2.UnpauseInstanceCommand,
+    "suspend": agent_bus_pb2.SuspendInstanceCommand,
+    "resume": agent_bus_pb2.ResumeInstanceCommand,
 }
 
 
@@ -429,7 +435,23 @@ class HostAgent:
             return await self._delete(command)
         iid = command.instance_id
         action: Callable[[], PowerState]
-        if verb == "start":
+        if verb in ("pause", "unpause", "suspend", "resume"):
+            driver = self.driver
+            if not isinstance(driver, PauseSuspendDriver):
+                return m.instance_event(
+                    host=self.host,
+                    instance_id=iid,
+                    kind=m.ACTION_FAILED,
+                    power_state=self._known.get(iid, PowerState.NOSTATE),
+                    request_id=command.request_id,
+                    action=verb,
+                    fault=m.fault(400, f"This host's hypervisor cannot {verb} instances."),
+                )
+            verb_fn: Callable[[str], PowerState] = getattr(driver, verb)
+
+            def action() -> PowerState:
+                return verb_fn(iid)
+        elif verb == "start":
 
             def action() -> PowerState:
                 return self.driver.start(iid)
@@ -516,6 +538,13 @@ class HostAgent:
         except InstanceNotFound as exc:
             self._forget(iid)
             kind, state, fault = m.ACTION_FAILED, PowerState.NOSTATE, m.fault(404, str(exc))
+        except ActionFailed as exc:
+            kind, fault = m.ACTION_FAILED, m.fault(409, str(exc))
+            try:
+                state = await self.call_driver(self.driver.describe, iid)
+                self._set_known(iid, state)
+            except Exception:
+                state = PowerState.NOSTATE
         except Exception:
             log.exception("%s failed", verb, extra={"host": self.host, "instance": iid})
             kind, fault = m.ACTION_FAILED, m.fault(500, f"The hypervisor could not {verb} it.")
@@ -734,6 +763,8 @@ class HostAgent:
                 )
                 self._counters.reconcile_action("start", "report_missing")
                 continue
+            if exp.power_state == PowerState.PAUSED and isinstance(self.driver, PauseSuspendDriver):
+                state = await self.call_driver(self.driver.pause, exp.instance_id)
             self._counters.reconcile_action("start", "recreate")
             log.info("re-created instance", extra={"host": self.host, "instance": exp.instance_id})
             if exp.power_state != PowerState.NOSTATE and state != exp.power_state:

@@ -38,7 +38,8 @@ class ReconcilePlan:
 
 def wanted_power_on(expected: ExpectedInstance) -> bool:
     if expected.power_state != PowerState.NOSTATE:
-        return expected.power_state == PowerState.RUNNING
+        # A paused guest is re-created running, then paused again.
+        return expected.power_state in (PowerState.RUNNING, PowerState.PAUSED)
     return bool(expected.vm_state == servers_pb2.VM_STATE_ACTIVE)
 
 

@@ -34,6 +34,10 @@ TASK_STATE_PB = {
     TaskState.REBOOTING: servers_pb2.TASK_STATE_REBOOTING,
     TaskState.REBOOTING_HARD: servers_pb2.TASK_STATE_REBOOTING_HARD,
     TaskState.DELETING: servers_pb2.TASK_STATE_DELETING,
+    TaskState.PAUSING: servers_pb2.TASK_STATE_PAUSING,
+    TaskState.UNPAUSING: servers_pb2.TASK_STATE_UNPAUSING,
+    TaskState.SUSPENDING: servers_pb2.TASK_STATE_SUSPENDING,
+    TaskState.RESUMING: servers_pb2.TASK_STATE_RESUMING,
 }
 
 STATUS_PB = {
@@ -134,6 +138,7 @@ def server_pb(row: Instance | Row[Any]) -> servers_pb2.Server:
         description=row.description or "",
         locked=row.locked,
         locked_reason=row.locked_reason or "",
+        locked_by=row.locked_by or "",
         instance_name=instance_name(row.id),
         tags=[str(t) for t in (row.tags or [])],
         access_ipv4=row.access_ipv4,

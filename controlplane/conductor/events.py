@@ -40,6 +40,7 @@ _ACTION_TASKS = {
     "start": {TaskState.POWERING_ON.value},
     "stop": {TaskState.POWERING_OFF.value},
     "reboot": {TaskState.REBOOTING.value, TaskState.REBOOTING_HARD.value},
+    **{verb: {a.task.value} for verb, a in states.SIMPLE_ACTIONS.items()},
 }
 
 
@@ -272,7 +273,8 @@ class EventConsumer:
     # ------------------------------------------------------------------ power
 
     async def _action_finished(self, event: agent_bus_pb2.InstanceEvent) -> None:
-        """Settles a start/stop/reboot: task cleared, vm and power state from the outcome."""
+        """Settles an action on the host (start, stop, reboot, pause, unpause, suspend,
+        resume): task cleared, vm and power state from the outcome."""
         async with self._c.sessions() as session:
             loaded = await load_with_image(session, event.instance_id)
             if loaded is None:

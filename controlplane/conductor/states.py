@@ -31,6 +31,10 @@ class TaskState(StrEnum):
     REBOOTING = "rebooting"
     REBOOTING_HARD = "rebooting_hard"
     DELETING = "deleting"
+    PAUSING = "pausing"
+    UNPAUSING = "unpausing"
+    SUSPENDING = "suspending"
+    RESUMING = "resuming"
 
 
 class PowerState(IntEnum):
@@ -121,14 +125,23 @@ def status_filter(status: Status) -> StatusFilter:
 class InvalidState(Conflict):
     """The action does not fit the server's state. The message names the state."""
 
-    def __init__(self, action: str, vm_state: str, task_state: str | None) -> None:
+    def __init__(
+        self, action: str, vm_state: str, task_state: str | None, instance_uuid: str = ""
+    ) -> None:
         self.action = action
         self.vm_state = vm_state
         self.task_state = task_state
         task = task_state or "none"
-        super().__init__(
-            f"Cannot '{action}' instance while it is in vm_state {vm_state} and task_state {task}"
-        )
+        if instance_uuid:
+            # The API's own shape: the one attribute that stands in the way.
+            attr, state = ("task_state", task) if task_state is not None else ("vm_state", vm_state)
+            text = f"Cannot '{action}' instance {instance_uuid} while it is in {attr} {state}"
+        else:
+            text = (
+                f"Cannot '{action}' instance while it is in vm_state {vm_state} "
+                f"and task_state {task}"
+            )
+        super().__init__(text)
 
 
 def check_start(vm_state: str, task_state: str | None) -> None:
@@ -157,6 +170,65 @@ def check_reboot(vm_state: str, task_state: str | None, *, hard: bool) -> None:
         raise InvalidState(action, vm_state, task_state)
 
 
+@dataclass(frozen=True)
+class SimpleAction:
+    """An action that takes one stable state to another through one task on the host."""
+
+    verb: str
+    allowed_from: frozenset[VmState]
+    task: TaskState
+    ends_in: VmState
+    ends_powered: PowerState
+
+
+# Nova's rules: pause and suspend need an active server, unpause a paused one, resume a
+# suspended one; none of them may interrupt a task.
+SIMPLE_ACTIONS = {
+    a.verb: a
+    for a in (
+        SimpleAction(
+            "pause",
+            frozenset({VmState.ACTIVE}),
+            TaskState.PAUSING,
+            VmState.PAUSED,
+            PowerState.PAUSED,
+        ),
+        SimpleAction(
+            "unpause",
+            frozenset({VmState.PAUSED}),
+            TaskState.UNPAUSING,
+            VmState.ACTIVE,
+            PowerState.RUNNING,
+        ),
+        SimpleAction(
+            "suspend",
+            frozenset({VmState.ACTIVE}),
+            TaskState.SUSPENDING,
+            VmState.SUSPENDED,
+            PowerState.SUSPENDED,
+        ),
+        SimpleAction(
+            "resume",
+            frozenset({VmState.SUSPENDED}),
+            TaskState.RESUMING,
+            VmState.ACTIVE,
+            PowerState.RUNNING,
+        ),
+    )
+}
+
+
+def check_simple(
+    action: SimpleAction, instance_uuid: str, vm_state: str, task_state: str | None
+) -> None:
+    """Passes only from one of the action's allowed vm_states with no task; the refusal
+    names the vm_state when that is wrong, else the task_state."""
+    if vm_state not in action.allowed_from:
+        raise InvalidState(action.verb, vm_state, None, instance_uuid)
+    if task_state is not None:
+        raise InvalidState(action.verb, vm_state, task_state, instance_uuid)
+
+
 def reboot_task(hard: bool) -> TaskState:
     return TaskState.REBOOTING_HARD if hard else TaskState.REBOOTING
 
@@ -167,17 +239,29 @@ def can_delete(vm_state: str, task_state: str | None) -> bool:
 
 
 def after_action(verb: str, succeeded: bool, power_state: int) -> tuple[VmState, int]:
-    """The (vm_state, power_state) a finished start/stop/reboot leaves; task_state is cleared.
+    """The (vm_state, power_state) a finished action on the host (start, stop, reboot, pause,
+    unpause, suspend, resume) leaves; task_state is cleared.
 
     A failed action settles on what the host reports: running means active, anything else
     stopped (Nova's behaviour after a failed power action is to trust the hypervisor).
     """
+    simple = SIMPLE_ACTIONS.get(verb)
     if succeeded:
+        if simple is not None:
+            return simple.ends_in, simple.ends_powered
         if verb == "stop":
             return VmState.STOPPED, PowerState.SHUTDOWN
         return VmState.ACTIVE, PowerState.RUNNING
     if power_state == PowerState.RUNNING:
         return VmState.ACTIVE, power_state
+    if power_state == PowerState.PAUSED:
+        return VmState.PAUSED, power_state
+    if verb in ("suspend", "resume") and power_state in (
+        PowerState.SHUTDOWN,
+        PowerState.SUSPENDED,
+    ):
+        # The saved memory is kept by the host until a resume consumes it.
+        return VmState.SUSPENDED, power_state
     if power_state in (PowerState.SHUTDOWN, PowerState.CRASHED):
         return VmState.STOPPED, power_state
     return VmState.ERROR, power_state

@@ -189,6 +189,17 @@ ACTION_SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "properties": {"type": {"type": "string", "enum": ["SOFT", "HARD", "soft", "hard"]}},
         },
+        "pause": {"type": ["null", "object"]},
+        "unpause": {"type": ["null", "object"]},
+        "suspend": {"type": ["null", "object"]},
+        "resume": {"type": ["null", "object"]},
+        # The reason is checked against the microversion in _lock (2.73+).
+        "lock": {
+            "type": ["null", "object"],
+            "additionalProperties": False,
+            "properties": {"locked_reason": {"type": ["string", "null"], "maxLength": 255}},
+        },
+        "unlock": {"type": ["null", "object"]},
         "os-getConsoleOutput": consoles.CONSOLE_OUTPUT_ACTION.schema,
         "os-getVNCConsole": consoles.VNC_CONSOLE_ACTION.schema,
     },
@@ -242,6 +253,7 @@ LIST_QUERY = Query(
     QueryParam("marker"),
     QueryParam("sort_key", multi=True),
     QueryParam("sort_dir", multi=True, enum=("asc", "desc")),
+    QueryParam("locked", "boolean"),
 )
 # Filters Nova keeps for admins; for anyone else they are silently dropped.
 _ADMIN_FILTERS = ("host", "node", "deleted", "project_id", "tenant_id")
@@ -361,6 +373,8 @@ async def _list(request: Request, detailed: bool) -> Response:
     req.user_id = q.get("user_id", "")
     req.ip = q.get("ip", "")
     req.include_deleted = bool(q.get("deleted", False))
+    if "locked" in q and mv.at_least("2.73"):
+        req.locked = bool(q["locked"])
     if "uuid" in q:
         req.ids.append(q["uuid"])
     if "changes-since" in q:
@@ -620,14 +634,30 @@ async def delete_server(request: Request) -> Response:
             id=request.path_params["server_id"],
             project_id=_scope(ctx),
             user_id=ctx.user_id,
+            override_lock=ctx.is_admin,
         ),
     )
     return empty(204)
 
 
+# Nova's policy names, for the 403 message.
+_ACTION_POLICIES = {
+    "os-start": "os_compute_api:servers:start",
+    "os-stop": "os_compute_api:servers:stop",
+    "reboot": "os_compute_api:servers:reboot",
+    "pause": "os_compute_api:os-pause-server:pause",
+    "unpause": "os_compute_api:os-pause-server:unpause",
+    "suspend": "os_compute_api:os-suspend-server:suspend",
+    "resume": "os_compute_api:os-suspend-server:resume",
+    "lock": "os_compute_api:os-lock-server:lock",
+    "unlock": "os_compute_api:os-lock-server:unlock",
+}
+
+
 @documented(body=ACTION, tag="compute")
 async def server_action(request: Request) -> Response:
-    """Server actions: os-start, os-stop, reboot (202); the console actions (200)."""
+    """Server actions: os-start, os-stop, reboot, pause, unpause, suspend, resume, lock,
+    unlock (202); the console actions (200)."""
     ctx = context(request)
     body = await json_body(request)
     if isinstance(body, dict) and len(body) == 1:
@@ -638,18 +668,31 @@ async def server_action(request: Request) -> Response:
         return await consoles.console_action(request, ctx, body)
     checked_body(ACTION, body)
     action = next(iter(body))
-    ctx.require_write(f"os_compute_api:servers:{action}")
+    ctx.require_write(_ACTION_POLICIES[action])
     conductor = gateway_of(request).conductor.servers
-    common = {
+    common: dict[str, Any] = {
         "request_id": request_id(request),
         "id": request.path_params["server_id"],
         "project_id": _scope(ctx),
         "user_id": ctx.user_id,
     }
+    if action in ("lock", "unlock"):
+        await _lock(request, ctx, action, body[action], common)
+        return empty(202)
+    # Admins act on locked servers; the conductor refuses everyone else.
+    common["override_lock"] = ctx.is_admin
     if action == "os-start":
         await call(conductor.StartServer, servers_pb2.StartServerRequest(**common))
     elif action == "os-stop":
         await call(conductor.StopServer, servers_pb2.StopServerRequest(**common))
+    elif action == "pause":
+        await call(conductor.PauseServer, servers_pb2.PauseServerRequest(**common))
+    elif action == "unpause":
+        await call(conductor.UnpauseServer, servers_pb2.UnpauseServerRequest(**common))
+    elif action == "suspend":
+        await call(conductor.SuspendServer, servers_pb2.SuspendServerRequest(**common))
+    elif action == "resume":
+        await call(conductor.ResumeServer, servers_pb2.ResumeServerRequest(**common))
     else:
         kind = (
             agent_bus_pb2.REBOOT_TYPE_HARD
@@ -660,6 +703,39 @@ async def server_action(request: Request) -> Response:
             conductor.RebootServer, servers_pb2.RebootServerRequest(**common, reboot_type=kind)
         )
     return empty(202)
+
+
+async def _lock(
+    request: Request,
+    ctx: RequestContext,
+    action: str,
+    args: dict[str, Any] | None,
+    common: dict[str, Any],
+) -> None:
+    """lock (with a reason at 2.73+) and unlock. A server locked by an admin for a project
+    other than the admin's own ("admin" lock) can only be unlocked by an admin."""
+    conductor = gateway_of(request).conductor.servers
+    server = await _get(request, ctx)
+    if action == "lock":
+        req = servers_pb2.LockServerRequest(
+            **common, locked_by="owner" if server.project_id == ctx.project_id else "admin"
+        )
+        if args:
+            if not microversion(request).at_least("2.73"):
+                raise BadRequest(
+                    "Invalid input for field/attribute lock. Value: {...}. "
+                    "Additional properties are not allowed"
+                )
+            if args.get("locked_reason") is not None:
+                req.locked_reason = args["locked_reason"]
+        await call(conductor.LockServer, req)
+        return
+    if server.locked_by == "admin" and not ctx.is_admin:
+        raise Forbidden(
+            "Policy doesn't allow os_compute_api:os-lock-server:unlock:unlock_override "
+            "to be performed."
+        )
+    await call(conductor.UnlockServer, servers_pb2.UnlockServerRequest(**common))
 
 
 # ------------------------------------------------------------------ metadata
@@ -676,6 +752,7 @@ async def _set_metadata(
             project_id=_scope(ctx),
             metadata=items,
             replace=replace,
+            override_lock=ctx.is_admin,
         ),
     )
     return dict(reply.metadata)
@@ -747,6 +824,7 @@ async def delete_metadata_item(request: Request) -> Response:
             id=request.path_params["server_id"],
             project_id=_scope(ctx),
             key=request.path_params["key"],
+            override_lock=ctx.is_admin,
         ),
     )
     return empty(204)

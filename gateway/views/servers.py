@@ -33,6 +33,10 @@ TASK_STATES = {
     servers_pb2.TASK_STATE_DELETING: "deleting",
     servers_pb2.TASK_STATE_NETWORKING: "networking",
     servers_pb2.TASK_STATE_BLOCK_DEVICE_MAPPING: "block_device_mapping",
+    servers_pb2.TASK_STATE_PAUSING: "pausing",
+    servers_pb2.TASK_STATE_UNPAUSING: "unpausing",
+    servers_pb2.TASK_STATE_SUSPENDING: "suspending",
+    servers_pb2.TASK_STATE_RESUMING: "resuming",
 }
 STATUSES = {
     servers_pb2.SERVER_STATUS_BUILD: "BUILD",

@@ -170,6 +170,33 @@ class ConsoleDriver(Protocol):
 
 
 @runtime_checkable
+class PauseSuspendDriver(Protocol):
+    """Optional: freezing a guest in memory (pause) and saving it to disk (suspend)."""
+
+    def pause(self, instance_id: str) -> PowerState:
+        """Stops the guest's vCPUs; its memory stays. Paused on success; succeeds if already
+        paused. ActionFailed when it is not running; InstanceNotFound if absent."""
+        ...
+
+    def unpause(self, instance_id: str) -> PowerState:
+        """Lets a paused guest run again. Running on success; succeeds if already running.
+        ActionFailed when it is shut off; InstanceNotFound if absent."""
+        ...
+
+    def suspend(self, instance_id: str) -> PowerState:
+        """Saves the guest's memory to disk and stops the domain. Suspended on success;
+        succeeds if already saved. ActionFailed when it is neither running nor saved;
+        InstanceNotFound if absent."""
+        ...
+
+    def resume(self, instance_id: str) -> PowerState:
+        """Restores a suspended guest from its saved memory (a domain with no saved memory
+        boots afresh). Running on success; succeeds if already running. InstanceNotFound
+        if absent."""
+        ...
+
+
+@runtime_checkable
 class ImageCacheDriver(Protocol):
     """Optional: a host-side image cache that needs periodic pruning."""
 

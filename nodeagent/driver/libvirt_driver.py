@@ -27,6 +27,7 @@ from loom.compute.v1 import agent_bus_pb2
 
 from controlplane.runtime import tracing
 from nodeagent.driver.base import (
+    ActionFailed,
     BuildFailed,
     ConsoleEndpoint,
     HostFacts,
@@ -245,7 +246,11 @@ class LibvirtDriver:
 
     @staticmethod
     def _power(dom: Any) -> PowerState:
-        return _LIBVIRT_POWER.get(dom.state()[0], PowerState.NOSTATE)
+        state = dom.state()[0]
+        if state == libvirt.VIR_DOMAIN_SHUTOFF and dom.hasManagedSaveImage(0):
+            # Shut off with its memory saved to disk: that is a suspended guest.
+            return PowerState.SUSPENDED
+        return _LIBVIRT_POWER.get(state, PowerState.NOSTATE)
 
     def _instance_dir(self, instance_id: str) -> Path:
         return self.instances_dir / instance_id
@@ -420,6 +425,47 @@ class LibvirtDriver:
         dom.create()
         return True
 
+    # -- PauseSuspendDriver -------------------------------------------------------------
+
+    def pause(self, instance_id: str) -> PowerState:
+        dom = self._require(instance_id)
+        state = self._power(dom)
+        if state == PowerState.PAUSED:
+            return state
+        if state != PowerState.RUNNING:
+            raise ActionFailed("The instance is not running, so it cannot be paused.")
+        dom.suspend()
+        return self._power(dom)
+
+    def unpause(self, instance_id: str) -> PowerState:
+        dom = self._require(instance_id)
+        state = self._power(dom)
+        if state == PowerState.RUNNING:
+            return state
+        if state != PowerState.PAUSED:
+            raise ActionFailed("The instance is not paused, so it cannot be unpaused.")
+        dom.resume()
+        return self._power(dom)
+
+    def suspend(self, instance_id: str) -> PowerState:
+        dom = self._require(instance_id)
+        state = self._power(dom)
+        if state == PowerState.SUSPENDED:
+            return state
+        if state not in (PowerState.RUNNING, PowerState.PAUSED):
+            raise ActionFailed("The instance is not running, so it cannot be suspended.")
+        dom.managedSave(0)
+        return self._power(dom)
+
+    def resume(self, instance_id: str) -> PowerState:
+        dom = self._require(instance_id)
+        if not dom.isActive():
+            # Starting a domain that has a managed save restores it from that save.
+            dom.create()
+        elif self._power(dom) == PowerState.PAUSED:
+            dom.resume()
+        return self._power(dom)
+
     def destroy(self, instance_id: str) -> None:
         dom = self._lookup(instance_id)
         if dom is not None:
@@ -450,6 +496,9 @@ class LibvirtDriver:
                     libvirt.VIR_ERR_NO_SUPPORT,
                 ):
                     raise
+                # Without the flag the saved memory of a suspended guest goes first.
+                if dom.hasManagedSaveImage(0):
+                    dom.managedSaveRemove(0)
                 dom.undefine()
         except libvirt.libvirtError as exc:
             if not _is_no_domain(exc):

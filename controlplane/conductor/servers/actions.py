@@ -1,4 +1,5 @@
-"""Changing a server: delete, start, stop, reboot, rename, metadata.
+"""Changing a server: delete, start, stop, reboot, pause, unpause, suspend, resume, lock,
+unlock, rename, metadata.
 
 Each change is a guarded UPDATE (the WHERE repeats the state the guard saw), so two racing
 requests cannot both win; the loser gets FAILED_PRECONDITION, never a silent overwrite.
@@ -69,6 +70,12 @@ def _record_action(
     session.add(InstanceAction(**_action_values(row, action, request_id, user_id, now)))
 
 
+def check_lock(row: Instance, override_lock: bool) -> None:
+    """A locked server refuses changes from callers that may not override the lock."""
+    if row.locked and not override_lock:
+        raise Conflict(f"Instance {row.uuid} is locked")
+
+
 async def _guarded_update(
     session: AsyncSession, row: Instance, action: str, **values: object
 ) -> None:
@@ -100,6 +107,7 @@ async def power_action(
     request_id: str,
     *,
     hard: bool = False,
+    override_lock: bool = False,
 ) -> None:
     """Start, stop or reboot. Postcondition: the task_state is set, a `verb` action is
     recorded and the command is queued for the host, together; or FAILED_PRECONDITION and
@@ -109,6 +117,7 @@ async def power_action(
         row = await load_instance(session, instance_uuid, project_id)
         if request_id and await _action_exists(session, row.uuid, rid):
             return
+        check_lock(row, override_lock)
         if verb == "start":
             states.check_start(row.vm_state, row.task_state)
             task = TaskState.POWERING_ON
@@ -134,8 +143,87 @@ async def power_action(
     conductor.wakeup.set()
 
 
+async def simple_action(
+    conductor: Conductor,
+    verb: str,
+    instance_uuid: str,
+    project_id: str,
+    user_id: str,
+    request_id: str,
+    *,
+    override_lock: bool = False,
+) -> None:
+    """Pause, unpause, suspend or resume. Postcondition: the action's task_state is set, a
+    `verb` action is recorded and the command is queued for the host, together; or
+    FAILED_PRECONDITION and nothing changed. A retry with the same request_id is a no-op."""
+    action = states.SIMPLE_ACTIONS[verb]
+    rid = _request_id(request_id)
+    async with conductor.sessions() as session:
+        row = await load_instance(session, instance_uuid, project_id)
+        if request_id and await _action_exists(session, row.uuid, rid):
+            return
+        check_lock(row, override_lock)
+        states.check_simple(action, row.uuid, row.vm_state, row.task_state)
+        if not row.host:
+            raise Conflict(f"Instance {row.uuid} has no host; cannot {verb} it.")
+        now = datetime.now(UTC)
+        await _guarded_update(session, row, verb, task_state=action.task.value, updated_at=now)
+        _record_action(session, row, verb, rid, user_id, now)
+        await outbox.add(session, commands.simple(verb, row.host, row.uuid, rid))
+        await session.commit()
+    conductor.wakeup.set()
+
+
+async def set_lock(
+    conductor: Conductor,
+    instance_uuid: str,
+    project_id: str,
+    user_id: str,
+    request_id: str,
+    *,
+    locked: bool,
+    locked_by: str = "owner",
+    reason: str | None = None,
+) -> None:
+    """Locks or unlocks. Postcondition: locked, locked_by and locked_reason are stored and
+    a lock/unlock action with its event is recorded; in any state (Nova locks servers in
+    every state). Locking a locked server keeps the first lock's holder and reason;
+    unlocking an unlocked one changes nothing. Idempotent per request_id."""
+    verb = "lock" if locked else "unlock"
+    rid = _request_id(request_id)
+    async with conductor.sessions() as session:
+        row = await load_instance(session, instance_uuid, project_id, for_update=_locks(session))
+        if request_id and await _action_exists(session, row.uuid, rid):
+            return
+        now = datetime.now(UTC)
+        if locked and not row.locked:
+            row.locked, row.locked_by, row.locked_reason = True, locked_by, reason
+            row.updated_at = now
+        elif not locked and row.locked:
+            row.locked, row.locked_by, row.locked_reason = False, None, None
+            row.updated_at = now
+        _record_action(session, row, verb, rid, user_id, now)
+        await session.flush()
+        await record_event(session, row.uuid, verb, f"api_{verb}", "Success")
+        await session.execute(
+            update(InstanceAction)
+            .where(
+                InstanceAction.instance_uuid == row.uuid,
+                InstanceAction.request_id == rid,
+            )
+            .values(finish_time=now, updated_at=now)
+        )
+        await session.commit()
+
+
 async def delete_server(
-    conductor: Conductor, instance_uuid: str, project_id: str, user_id: str, request_id: str
+    conductor: Conductor,
+    instance_uuid: str,
+    project_id: str,
+    user_id: str,
+    request_id: str,
+    *,
+    override_lock: bool = False,
 ) -> None:
     """Deletes in every state. Postcondition: with a host whose compute service is up,
     task_state is deleting and a delete command is queued (the agent's DELETED event finishes
@@ -146,14 +234,21 @@ async def delete_server(
     # Delete wins over whatever task raced it: a guard that lost simply looks again.
     for _ in range(5):
         try:
-            return await _delete_once(conductor, instance_uuid, project_id, user_id, rid)
+            return await _delete_once(
+                conductor, instance_uuid, project_id, user_id, rid, override_lock
+            )
         except states.InvalidState:
             continue
     raise Conflict(f"Instance {instance_uuid} kept changing; delete it again.")
 
 
 async def _delete_once(
-    conductor: Conductor, instance_uuid: str, project_id: str, user_id: str, rid: str
+    conductor: Conductor,
+    instance_uuid: str,
+    project_id: str,
+    user_id: str,
+    rid: str,
+    override_lock: bool,
 ) -> None:
     release = False
     async with conductor.sessions() as session:
@@ -175,6 +270,7 @@ async def _delete_once(
         row, action_recorded = found[0], bool(found[1])
         if row.deleted:
             return
+        check_lock(row, override_lock)
         # Whether the host is down is the scheduler's to say; a host it does not know, or
         # a scheduler that cannot answer, is not called down: nothing says so.
         if row.host and await conductor.scheduler.is_down(row.host):
@@ -324,11 +420,13 @@ async def set_metadata(
     items: dict[str, str],
     *,
     replace: bool,
+    override_lock: bool = False,
 ) -> dict[str, str]:
     """Postcondition: metadata is items (replace) or items merged over the old; never more
     keys than the project's metadata_items limit."""
     async with conductor.sessions() as session:
         row = await load_instance(session, instance_uuid, project_id, for_update=_locks(session))
+        check_lock(row, override_lock)
         merged = dict(items) if replace else {**(row.metadata_ or {}), **items}
         limit = await limit_of(session, row.project_id, "metadata_items", conductor.cfg.conductor)
         check_metadata_items(len(merged), limit)
@@ -339,10 +437,16 @@ async def set_metadata(
 
 
 async def delete_metadata_item(
-    conductor: Conductor, instance_uuid: str, project_id: str, key: str
+    conductor: Conductor,
+    instance_uuid: str,
+    project_id: str,
+    key: str,
+    *,
+    override_lock: bool = False,
 ) -> None:
     async with conductor.sessions() as session:
         row = await load_instance(session, instance_uuid, project_id, for_update=_locks(session))
+        check_lock(row, override_lock)
         metadata = dict(row.metadata_ or {})
         if key not in metadata:
             raise NotFound(f"Metadata item was not found: {key}")

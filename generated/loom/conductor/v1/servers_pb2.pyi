@@ -95,6 +95,14 @@ class _TaskStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskState.V
     """Networking being set up (reserved for later)."""
     TASK_STATE_BLOCK_DEVICE_MAPPING: _TaskState.ValueType  # 9
     """Block devices being set up (reserved for later)."""
+    TASK_STATE_PAUSING: _TaskState.ValueType  # 10
+    """Pausing (the domain is being frozen in memory)."""
+    TASK_STATE_UNPAUSING: _TaskState.ValueType  # 11
+    """Unpausing."""
+    TASK_STATE_SUSPENDING: _TaskState.ValueType  # 12
+    """Suspending (the domain's memory is being saved to disk)."""
+    TASK_STATE_RESUMING: _TaskState.ValueType  # 13
+    """Resuming from a suspend."""
 
 class TaskState(_TaskState, metaclass=_TaskStateEnumTypeWrapper):
     """What is happening to a server right now, as Nova names it."""
@@ -119,6 +127,14 @@ TASK_STATE_NETWORKING: TaskState.ValueType  # 8
 """Networking being set up (reserved for later)."""
 TASK_STATE_BLOCK_DEVICE_MAPPING: TaskState.ValueType  # 9
 """Block devices being set up (reserved for later)."""
+TASK_STATE_PAUSING: TaskState.ValueType  # 10
+"""Pausing (the domain is being frozen in memory)."""
+TASK_STATE_UNPAUSING: TaskState.ValueType  # 11
+"""Unpausing."""
+TASK_STATE_SUSPENDING: TaskState.ValueType  # 12
+"""Suspending (the domain's memory is being saved to disk)."""
+TASK_STATE_RESUMING: TaskState.ValueType  # 13
+"""Resuming from a suspend."""
 Global___TaskState: _TypeAlias = TaskState  # noqa: Y015
 
 class _ServerStatus:
@@ -372,6 +388,7 @@ class Server(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     DELETED_FIELD_NUMBER: _builtins.int
     IMAGE_PROPERTIES_FIELD_NUMBER: _builtins.int
+    LOCKED_BY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """UUID."""
     name: _builtins.str
@@ -430,6 +447,8 @@ class Server(_message.Message):
     """Build attempt counter."""
     deleted: _builtins.bool
     """Soft-deleted (only returned when the caller asks for deleted servers)."""
+    locked_by: _builtins.str
+    """Who locked it: "owner" or "admin"; empty when unlocked."""
     @_builtins.property
     def flavor(self) -> Global___FlavorSnapshot:
         """Flavor snapshot."""
@@ -512,10 +531,11 @@ class Server(_message.Message):
         attempts: _builtins.int = ...,
         deleted: _builtins.bool = ...,
         image_properties: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        locked_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "fault", b"fault", "flavor", b"flavor", "launched_at", b"launched_at", "terminated_at", b"terminated_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_ipv4", b"access_ipv4", "access_ipv6", b"access_ipv6", "addresses", b"addresses", "attempts", b"attempts", "availability_zone", b"availability_zone", "config_drive", b"config_drive", "created_at", b"created_at", "deleted", b"deleted", "description", b"description", "fault", b"fault", "flavor", b"flavor", "host", b"host", "hostname", b"hostname", "id", b"id", "image_id", b"image_id", "image_properties", b"image_properties", "instance_name", b"instance_name", "kernel_id", b"kernel_id", "key_name", b"key_name", "launch_index", b"launch_index", "launched_at", b"launched_at", "locked", b"locked", "locked_reason", b"locked_reason", "metadata", b"metadata", "name", b"name", "node", b"node", "power_state", b"power_state", "project_id", b"project_id", "ramdisk_id", b"ramdisk_id", "reservation_id", b"reservation_id", "server_group_id", b"server_group_id", "status", b"status", "tags", b"tags", "task_state", b"task_state", "terminated_at", b"terminated_at", "updated_at", b"updated_at", "user_data", b"user_data", "user_id", b"user_id", "vm_state", b"vm_state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_ipv4", b"access_ipv4", "access_ipv6", b"access_ipv6", "addresses", b"addresses", "attempts", b"attempts", "availability_zone", b"availability_zone", "config_drive", b"config_drive", "created_at", b"created_at", "deleted", b"deleted", "description", b"description", "fault", b"fault", "flavor", b"flavor", "host", b"host", "hostname", b"hostname", "id", b"id", "image_id", b"image_id", "image_properties", b"image_properties", "instance_name", b"instance_name", "kernel_id", b"kernel_id", "key_name", b"key_name", "launch_index", b"launch_index", "launched_at", b"launched_at", "locked", b"locked", "locked_by", b"locked_by", "locked_reason", b"locked_reason", "metadata", b"metadata", "name", b"name", "node", b"node", "power_state", b"power_state", "project_id", b"project_id", "ramdisk_id", b"ramdisk_id", "reservation_id", b"reservation_id", "server_group_id", b"server_group_id", "status", b"status", "tags", b"tags", "task_state", b"task_state", "terminated_at", b"terminated_at", "updated_at", b"updated_at", "user_data", b"user_data", "user_id", b"user_id", "vm_state", b"vm_state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -862,6 +882,7 @@ class ListServersRequest(_message.Message):
     IP_FIELD_NUMBER: _builtins.int
     LAUNCHED_BEFORE_FIELD_NUMBER: _builtins.int
     RUNNING_AFTER_FIELD_NUMBER: _builtins.int
+    LOCKED_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     """Only this project; empty for all projects."""
     name: _builtins.str
@@ -890,6 +911,8 @@ class ListServersRequest(_message.Message):
     """Only this user."""
     ip: _builtins.str
     """Only servers whose IP matches this regular expression."""
+    locked: _builtins.bool
+    """Only locked (true) or unlocked (false) servers, when given."""
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[Global___ServerStatus.ValueType]:
         """Only these statuses."""
@@ -942,12 +965,15 @@ class ListServersRequest(_message.Message):
         ip: _builtins.str = ...,
         launched_before: _timestamp_pb2.Timestamp | None = ...,
         running_after: _timestamp_pb2.Timestamp | None = ...,
+        locked: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["changes_before", b"changes_before", "changes_since", b"changes_since", "launched_before", b"launched_before", "running_after", b"running_after"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_locked", b"_locked", "changes_before", b"changes_before", "changes_since", b"changes_since", "launched_before", b"launched_before", "locked", b"locked", "running_after", b"running_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["availability_zone", b"availability_zone", "changes_before", b"changes_before", "changes_since", b"changes_since", "flavor_id", b"flavor_id", "host", b"host", "ids", b"ids", "image_id", b"image_id", "include_deleted", b"include_deleted", "ip", b"ip", "launched_before", b"launched_before", "limit", b"limit", "marker", b"marker", "name", b"name", "project_id", b"project_id", "reservation_id", b"reservation_id", "running_after", b"running_after", "sort_dir", b"sort_dir", "sort_key", b"sort_key", "statuses", b"statuses", "user_id", b"user_id", "vm_states", b"vm_states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_locked", b"_locked", "availability_zone", b"availability_zone", "changes_before", b"changes_before", "changes_since", b"changes_since", "flavor_id", b"flavor_id", "host", b"host", "ids", b"ids", "image_id", b"image_id", "include_deleted", b"include_deleted", "ip", b"ip", "launched_before", b"launched_before", "limit", b"limit", "locked", b"locked", "marker", b"marker", "name", b"name", "project_id", b"project_id", "reservation_id", b"reservation_id", "running_after", b"running_after", "sort_dir", b"sort_dir", "sort_key", b"sort_key", "statuses", b"statuses", "user_id", b"user_id", "vm_states", b"vm_states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__locked: _TypeAlias = _typing.Literal["locked"]  # noqa: Y015
+    _WhichOneofArgType__locked: _TypeAlias = _typing.Literal["_locked", b"_locked"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__locked) -> _WhichOneofReturnType__locked | None: ...
 
 Global___ListServersRequest: _TypeAlias = ListServersRequest  # noqa: Y015
 
@@ -1082,6 +1108,7 @@ class DeleteServerRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     PROJECT_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
+    OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per call."""
     id: _builtins.str
@@ -1090,6 +1117,10 @@ class DeleteServerRequest(_message.Message):
     """When set, NOT_FOUND unless the server belongs to this project."""
     user_id: _builtins.str
     """Who asks (for the action record)."""
+    override_lock: _builtins.bool
+    """The caller may act on a locked server (an admin); otherwise a locked server
+    answers FAILED_PRECONDITION.
+    """
     def __init__(
         self,
         *,
@@ -1097,10 +1128,11 @@ class DeleteServerRequest(_message.Message):
         id: _builtins.str = ...,
         project_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
+        override_lock: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "override_lock", b"override_lock", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1133,6 +1165,7 @@ class StartServerRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     PROJECT_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
+    OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per call."""
     id: _builtins.str
@@ -1141,6 +1174,10 @@ class StartServerRequest(_message.Message):
     """When set, NOT_FOUND unless the server belongs to this project."""
     user_id: _builtins.str
     """Who asks (for the action record)."""
+    override_lock: _builtins.bool
+    """The caller may act on a locked server (an admin); otherwise a locked server
+    answers FAILED_PRECONDITION.
+    """
     def __init__(
         self,
         *,
@@ -1148,10 +1185,11 @@ class StartServerRequest(_message.Message):
         id: _builtins.str = ...,
         project_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
+        override_lock: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "override_lock", b"override_lock", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1184,6 +1222,7 @@ class StopServerRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     PROJECT_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
+    OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per call."""
     id: _builtins.str
@@ -1192,6 +1231,10 @@ class StopServerRequest(_message.Message):
     """When set, NOT_FOUND unless the server belongs to this project."""
     user_id: _builtins.str
     """Who asks (for the action record)."""
+    override_lock: _builtins.bool
+    """The caller may act on a locked server (an admin); otherwise a locked server
+    answers FAILED_PRECONDITION.
+    """
     def __init__(
         self,
         *,
@@ -1199,10 +1242,11 @@ class StopServerRequest(_message.Message):
         id: _builtins.str = ...,
         project_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
+        override_lock: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "override_lock", b"override_lock", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1236,6 +1280,7 @@ class RebootServerRequest(_message.Message):
     PROJECT_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     REBOOT_TYPE_FIELD_NUMBER: _builtins.int
+    OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per call."""
     id: _builtins.str
@@ -1246,6 +1291,10 @@ class RebootServerRequest(_message.Message):
     """Who asks (for the action record)."""
     reboot_type: _agent_bus_pb2.RebootType.ValueType
     """SOFT or HARD."""
+    override_lock: _builtins.bool
+    """The caller may act on a locked server (an admin); otherwise a locked server
+    answers FAILED_PRECONDITION.
+    """
     def __init__(
         self,
         *,
@@ -1254,10 +1303,11 @@ class RebootServerRequest(_message.Message):
         project_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
         reboot_type: _agent_bus_pb2.RebootType.ValueType = ...,
+        override_lock: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "project_id", b"project_id", "reboot_type", b"reboot_type", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "override_lock", b"override_lock", "project_id", b"project_id", "reboot_type", b"reboot_type", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1311,6 +1361,7 @@ class SetServerMetadataRequest(_message.Message):
     PROJECT_ID_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     REPLACE_FIELD_NUMBER: _builtins.int
+    OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per call."""
     id: _builtins.str
@@ -1319,6 +1370,10 @@ class SetServerMetadataRequest(_message.Message):
     """When set, NOT_FOUND unless the server belongs to this project."""
     replace: _builtins.bool
     """Replace all metadata instead of merging."""
+    override_lock: _builtins.bool
+    """The caller may act on a locked server (an admin); otherwise a locked server
+    answers FAILED_PRECONDITION.
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Items to set."""
@@ -1331,10 +1386,11 @@ class SetServerMetadataRequest(_message.Message):
         project_id: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         replace: _builtins.bool = ...,
+        override_lock: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "metadata", b"metadata", "project_id", b"project_id", "replace", b"replace", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "metadata", b"metadata", "override_lock", b"override_lock", "project_id", b"project_id", "replace", b"replace", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1394,6 +1450,7 @@ class DeleteServerMetadataItemRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     PROJECT_ID_FIELD_NUMBER: _builtins.int
     KEY_FIELD_NUMBER: _builtins.int
+    OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per call."""
     id: _builtins.str
@@ -1402,6 +1459,10 @@ class DeleteServerMetadataItemRequest(_message.Message):
     """When set, NOT_FOUND unless the server belongs to this project."""
     key: _builtins.str
     """Key to remove."""
+    override_lock: _builtins.bool
+    """The caller may act on a locked server (an admin); otherwise a locked server
+    answers FAILED_PRECONDITION.
+    """
     def __init__(
         self,
         *,
@@ -1409,10 +1470,11 @@ class DeleteServerMetadataItemRequest(_message.Message):
         id: _builtins.str = ...,
         project_id: _builtins.str = ...,
         key: _builtins.str = ...,
+        override_lock: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "key", b"key", "project_id", b"project_id", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "key", b"key", "override_lock", b"override_lock", "project_id", b"project_id", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1538,3 +1600,335 @@ class GetInstanceActionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetInstanceActionResponse: _TypeAlias = GetInstanceActionResponse  # noqa: Y015
+
+@_typing.final
+class PauseServerRequest(_message.Message):
+    """Request for PauseServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call; a retry with the same id is a no-op."""
+    id: _builtins.str
+    """UUID."""
+    project_id: _builtins.str
+    """When set, NOT_FOUND unless the server belongs to this project."""
+    user_id: _builtins.str
+    """Who asks (for the action record)."""
+    override_lock: _builtins.bool
+    """The caller may act on a locked server (an admin)."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        override_lock: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "override_lock", b"override_lock", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseServerRequest: _TypeAlias = PauseServerRequest  # noqa: Y015
+
+@_typing.final
+class PauseServerResponse(_message.Message):
+    """Response of PauseServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseServerResponse: _TypeAlias = PauseServerResponse  # noqa: Y015
+
+@_typing.final
+class UnpauseServerRequest(_message.Message):
+    """Request for UnpauseServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call; a retry with the same id is a no-op."""
+    id: _builtins.str
+    """UUID."""
+    project_id: _builtins.str
+    """When set, NOT_FOUND unless the server belongs to this project."""
+    user_id: _builtins.str
+    """Who asks (for the action record)."""
+    override_lock: _builtins.bool
+    """The caller may act on a locked server (an admin)."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        override_lock: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "override_lock", b"override_lock", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnpauseServerRequest: _TypeAlias = UnpauseServerRequest  # noqa: Y015
+
+@_typing.final
+class UnpauseServerResponse(_message.Message):
+    """Response of UnpauseServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnpauseServerResponse: _TypeAlias = UnpauseServerResponse  # noqa: Y015
+
+@_typing.final
+class SuspendServerRequest(_message.Message):
+    """Request for SuspendServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call; a retry with the same id is a no-op."""
+    id: _builtins.str
+    """UUID."""
+    project_id: _builtins.str
+    """When set, NOT_FOUND unless the server belongs to this project."""
+    user_id: _builtins.str
+    """Who asks (for the action record)."""
+    override_lock: _builtins.bool
+    """The caller may act on a locked server (an admin)."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        override_lock: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "override_lock", b"override_lock", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SuspendServerRequest: _TypeAlias = SuspendServerRequest  # noqa: Y015
+
+@_typing.final
+class SuspendServerResponse(_message.Message):
+    """Response of SuspendServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SuspendServerResponse: _TypeAlias = SuspendServerResponse  # noqa: Y015
+
+@_typing.final
+class ResumeServerRequest(_message.Message):
+    """Request for ResumeServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call; a retry with the same id is a no-op."""
+    id: _builtins.str
+    """UUID."""
+    project_id: _builtins.str
+    """When set, NOT_FOUND unless the server belongs to this project."""
+    user_id: _builtins.str
+    """Who asks (for the action record)."""
+    override_lock: _builtins.bool
+    """The caller may act on a locked server (an admin)."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        override_lock: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "override_lock", b"override_lock", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeServerRequest: _TypeAlias = ResumeServerRequest  # noqa: Y015
+
+@_typing.final
+class ResumeServerResponse(_message.Message):
+    """Response of ResumeServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeServerResponse: _TypeAlias = ResumeServerResponse  # noqa: Y015
+
+@_typing.final
+class LockServerRequest(_message.Message):
+    """Request for LockServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    LOCKED_REASON_FIELD_NUMBER: _builtins.int
+    LOCKED_BY_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call."""
+    id: _builtins.str
+    """UUID."""
+    project_id: _builtins.str
+    """When set, NOT_FOUND unless the server belongs to this project."""
+    user_id: _builtins.str
+    """Who asks (for the action record)."""
+    locked_reason: _builtins.str
+    """Why; stored and shown at microversion 2.73+."""
+    locked_by: _builtins.str
+    """"admin" when an admin locks someone else's server, else "owner"."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        locked_reason: _builtins.str | None = ...,
+        locked_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_locked_reason", b"_locked_reason", "locked_reason", b"locked_reason"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_locked_reason", b"_locked_reason", "id", b"id", "locked_by", b"locked_by", "locked_reason", b"locked_reason", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__locked_reason: _TypeAlias = _typing.Literal["locked_reason"]  # noqa: Y015
+    _WhichOneofArgType__locked_reason: _TypeAlias = _typing.Literal["_locked_reason", b"_locked_reason"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__locked_reason) -> _WhichOneofReturnType__locked_reason | None: ...
+
+Global___LockServerRequest: _TypeAlias = LockServerRequest  # noqa: Y015
+
+@_typing.final
+class LockServerResponse(_message.Message):
+    """Response of LockServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LockServerResponse: _TypeAlias = LockServerResponse  # noqa: Y015
+
+@_typing.final
+class UnlockServerRequest(_message.Message):
+    """Request for UnlockServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call."""
+    id: _builtins.str
+    """UUID."""
+    project_id: _builtins.str
+    """When set, NOT_FOUND unless the server belongs to this project."""
+    user_id: _builtins.str
+    """Who asks (for the action record)."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnlockServerRequest: _TypeAlias = UnlockServerRequest  # noqa: Y015
+
+@_typing.final
+class UnlockServerResponse(_message.Message):
+    """Response of UnlockServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnlockServerResponse: _TypeAlias = UnlockServerResponse  # noqa: Y015

@@ -1,0 +1,136 @@
+"""Pause, unpause, suspend and resume on a host agent: real nats-server, libvirt's test
+driver (whose managed save works as QEMU's does: the domain stops, its memory on disk)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loom.compute.v1 import agent_bus_pb2
+from nats.aio.client import Client as NATS
+
+from nodeagent.driver.base import PowerState
+from tests.nodeagent.conftest import AgentFactory
+from tests.nodeagent.support import EventReader, build_command, make_spec, send
+
+_COMMANDS: dict[str, Any] = {
+    "pause": agent_bus_pb2.PauseInstanceCommand,
+    "unpause": agent_bus_pb2.UnpauseInstanceCommand,
+    "suspend": agent_bus_pb2.SuspendInstanceCommand,
+    "resume": agent_bus_pb2.ResumeInstanceCommand,
+}
+
+
+async def test_pause_unpause_suspend_resume_report_their_actions_and_power_states(
+    make_agent: AgentFactory, bus_nc: NATS
+) -> None:
+    agent = make_agent()
+    await agent.start()
+    events = await EventReader.open(bus_nc, "h1")
+    js = bus_nc.jetstream()
+    spec = make_spec()
+    iid = spec.instance_id
+    await send(js, "h1", "build", build_command(spec))
+    assert (await events.next()).kind == agent_bus_pb2.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED
+    dom = agent.driver._c.lookupByUUIDString(iid)  # type: ignore[attr-defined]
+
+    steps = [
+        ("pause", agent_bus_pb2.POWER_STATE_PAUSED),
+        # A redelivered pause (same request) finds the domain paused and succeeds again.
+        ("pause", agent_bus_pb2.POWER_STATE_PAUSED),
+        ("unpause", agent_bus_pb2.POWER_STATE_RUNNING),
+        ("suspend", agent_bus_pb2.POWER_STATE_SUSPENDED),
+        ("suspend", agent_bus_pb2.POWER_STATE_SUSPENDED),
+        ("resume", agent_bus_pb2.POWER_STATE_RUNNING),
+    ]
+    for n, (verb, power) in enumerate(steps):
+        command = _COMMANDS[verb](request_id=f"r-{verb}-{n}", instance_id=iid)
+        await send(js, "h1", verb, command)
+        event = await events.next()
+        assert (event.kind, event.action, event.request_id) == (
+            agent_bus_pb2.INSTANCE_EVENT_KIND_ACTION_SUCCEEDED,
+            verb,
+            command.request_id,
+        )
+        assert event.power_state == power
+        if verb == "pause":
+            assert dom.isActive()  # the domain stays in memory
+        if verb == "suspend":
+            assert not dom.isActive()
+            assert dom.hasManagedSaveImage(0)
+    assert not dom.hasManagedSaveImage(0)  # the resume consumed the saved memory
+    assert agent.driver.describe(iid) == PowerState.RUNNING
+
+
+async def test_the_power_sync_reports_nothing_for_a_paused_or_suspended_guest(
+    make_agent: AgentFactory, bus_nc: NATS
+) -> None:
+    agent = make_agent()
+    await agent.start()
+    events = await EventReader.open(bus_nc, "h1")
+    js = bus_nc.jetstream()
+    paused, suspended = make_spec(), make_spec()
+    for spec in (paused, suspended):
+        await send(js, "h1", "build", build_command(spec))
+        assert (await events.next()).kind == agent_bus_pb2.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED
+    await send(
+        js, "h1", "pause", _COMMANDS["pause"](request_id="p", instance_id=paused.instance_id)
+    )
+    await send(
+        js,
+        "h1",
+        "suspend",
+        _COMMANDS["suspend"](request_id="s", instance_id=suspended.instance_id),
+    )
+    assert (await events.next()).action == "pause"
+    assert (await events.next()).action == "suspend"
+    assert await agent.sync_power_states() == 0
+
+
+async def test_unpausing_a_shut_off_guest_fails_with_a_conflict_fault(
+    make_agent: AgentFactory, bus_nc: NATS
+) -> None:
+    agent = make_agent()
+    await agent.start()
+    events = await EventReader.open(bus_nc, "h1")
+    js = bus_nc.jetstream()
+    spec = make_spec()
+    await send(js, "h1", "build", build_command(spec))
+    await events.next()
+    await send(
+        js,
+        "h1",
+        "stop",
+        agent_bus_pb2.StopInstanceCommand(request_id="st", instance_id=spec.instance_id),
+    )
+    await events.next()
+    await send(
+        js, "h1", "unpause", _COMMANDS["unpause"](request_id="u", instance_id=spec.instance_id)
+    )
+    event = await events.next()
+    assert event.kind == agent_bus_pb2.INSTANCE_EVENT_KIND_ACTION_FAILED
+    assert event.fault.code == 409
+    assert event.power_state == agent_bus_pb2.POWER_STATE_SHUTDOWN
+
+
+async def test_deleting_a_suspended_guest_removes_the_domain_and_its_saved_memory(
+    make_agent: AgentFactory, bus_nc: NATS
+) -> None:
+    agent = make_agent()
+    await agent.start()
+    events = await EventReader.open(bus_nc, "h1")
+    js = bus_nc.jetstream()
+    spec = make_spec()
+    await send(js, "h1", "build", build_command(spec))
+    await events.next()
+    await send(
+        js, "h1", "suspend", _COMMANDS["suspend"](request_id="s", instance_id=spec.instance_id)
+    )
+    assert (await events.next()).power_state == agent_bus_pb2.POWER_STATE_SUSPENDED
+    await send(
+        js,
+        "h1",
+        "delete",
+        agent_bus_pb2.DeleteInstanceCommand(request_id="d", instance_id=spec.instance_id),
+    )
+    assert (await events.next()).kind == agent_bus_pb2.INSTANCE_EVENT_KIND_DELETED
+    assert agent.driver.list_instances() == {}
