@@ -56,6 +56,9 @@ _COMMANDS: dict[str, type[Any]] = {
     "unpause": agent_bus_pb2.UnpauseInstanceCommand,
     "suspend": agent_bus_pb2.SuspendInstanceCommand,
     "resume": agent_bus_pb2.ResumeInstanceCommand,
+    "shelve": agent_bus_pb2.ShelveInstanceCommand,
+    "shelve_offload": agent_bus_pb2.ShelveOffloadInstanceCommand,
+    "unshelve": agent_bus_pb2.UnshelveInstanceCommand,
 }
 
 
@@ -433,6 +436,8 @@ class HostAgent:
             return await self._build(command)
         if verb == "delete":
             return await self._delete(command)
+        if verb == "shelve_offload":
+            return await self._offload(command)
         iid = command.instance_id
         action: Callable[[], PowerState]
         if verb in ("pause", "unpause", "suspend", "resume"):
@@ -451,10 +456,18 @@ class HostAgent:
 
             def action() -> PowerState:
                 return verb_fn(iid)
-        elif verb == "start":
+        elif verb in ("start", "unshelve"):
 
             def action() -> PowerState:
                 return self.driver.start(iid)
+        elif verb == "shelve":
+            timeout = command.timeout_seconds or self.cfg.shutdown_timeout
+
+            def action() -> PowerState:
+                # Only a running guest can answer a shutdown request: waiting on a paused
+                # or suspended one would only delay the forced stop.
+                running = self.driver.describe(iid) == PowerState.RUNNING
+                return self.driver.stop(iid, timeout if running else 0)
         elif verb == "stop":
             timeout = command.timeout_seconds or self.cfg.shutdown_timeout
 
@@ -525,6 +538,25 @@ class HostAgent:
             power_state=PowerState.NOSTATE,
             request_id=cmd.request_id,
             action="delete",
+        )
+
+    async def _offload(
+        self, cmd: agent_bus_pb2.ShelveOffloadInstanceCommand
+    ) -> agent_bus_pb2.InstanceEvent:
+        """Removes a shelved instance from this host, as a delete does; reconcile must not
+        bring it back."""
+        iid = cmd.instance_id
+        if _valid_uuid(iid):
+            await self.call_driver(self.driver.destroy, iid)
+            self._deleted.add(iid)
+        self._forget(iid)
+        return m.instance_event(
+            host=self.host,
+            instance_id=iid,
+            kind=m.ACTION_SUCCEEDED,
+            power_state=PowerState.NOSTATE,
+            request_id=cmd.request_id,
+            action="shelve_offload",
         )
 
     async def _power_action(

@@ -21,6 +21,7 @@ _AT_REST = frozenset(
         servers_pb2.VM_STATE_STOPPED,
         servers_pb2.VM_STATE_PAUSED,
         servers_pb2.VM_STATE_SUSPENDED,
+        servers_pb2.VM_STATE_SHELVED,
     }
 )
 

@@ -65,11 +65,15 @@ _SIMPLE_COMMANDS = {
     "unpause": agent_bus_pb2.UnpauseInstanceCommand,
     "suspend": agent_bus_pb2.SuspendInstanceCommand,
     "resume": agent_bus_pb2.ResumeInstanceCommand,
+    "shelve": agent_bus_pb2.ShelveInstanceCommand,
+    "shelve_offload": agent_bus_pb2.ShelveOffloadInstanceCommand,
+    "unshelve": agent_bus_pb2.UnshelveInstanceCommand,
 }
 
 
 def simple(verb: str, host: str, instance_uuid: str, request_id: str) -> Outgoing:
-    """pause, unpause, suspend or resume: each carries only the instance."""
+    """pause, unpause, suspend, resume, shelve, shelve_offload or unshelve (of a server
+    still on its host): each carries only the instance."""
     msg_id = f"{verb}-{instance_uuid}-{request_id}"
     payload = _SIMPLE_COMMANDS[verb](request_id=msg_id, instance_id=instance_uuid)
     return Outgoing(bus.compute_subject(host, verb), msg_id, payload)

@@ -23,6 +23,8 @@ VM_STATE_PB = {
     VmState.DELETED: servers_pb2.VM_STATE_DELETED,
     VmState.PAUSED: servers_pb2.VM_STATE_PAUSED,
     VmState.SUSPENDED: servers_pb2.VM_STATE_SUSPENDED,
+    VmState.SHELVED: servers_pb2.VM_STATE_SHELVED,
+    VmState.SHELVED_OFFLOADED: servers_pb2.VM_STATE_SHELVED_OFFLOADED,
 }
 VM_STATE_FROM_PB = {v: k for k, v in VM_STATE_PB.items()}
 
@@ -38,6 +40,9 @@ TASK_STATE_PB = {
     TaskState.UNPAUSING: servers_pb2.TASK_STATE_UNPAUSING,
     TaskState.SUSPENDING: servers_pb2.TASK_STATE_SUSPENDING,
     TaskState.RESUMING: servers_pb2.TASK_STATE_RESUMING,
+    TaskState.SHELVING: servers_pb2.TASK_STATE_SHELVING,
+    TaskState.SHELVING_OFFLOADING: servers_pb2.TASK_STATE_SHELVING_OFFLOADING,
+    TaskState.UNSHELVING: servers_pb2.TASK_STATE_UNSHELVING,
 }
 
 STATUS_PB = {
@@ -50,6 +55,8 @@ STATUS_PB = {
     Status.DELETED: servers_pb2.SERVER_STATUS_DELETED,
     Status.PAUSED: servers_pb2.SERVER_STATUS_PAUSED,
     Status.SUSPENDED: servers_pb2.SERVER_STATUS_SUSPENDED,
+    Status.SHELVED: servers_pb2.SERVER_STATUS_SHELVED,
+    Status.SHELVED_OFFLOADED: servers_pb2.SERVER_STATUS_SHELVED_OFFLOADED,
     Status.UNKNOWN: servers_pb2.SERVER_STATUS_UNKNOWN,
 }
 STATUS_FROM_PB = {v: k for k, v in STATUS_PB.items()}

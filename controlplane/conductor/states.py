@@ -21,6 +21,8 @@ class VmState(StrEnum):
     DELETED = "deleted"
     PAUSED = "paused"
     SUSPENDED = "suspended"
+    SHELVED = "shelved"
+    SHELVED_OFFLOADED = "shelved_offloaded"
 
 
 class TaskState(StrEnum):
@@ -35,6 +37,9 @@ class TaskState(StrEnum):
     UNPAUSING = "unpausing"
     SUSPENDING = "suspending"
     RESUMING = "resuming"
+    SHELVING = "shelving"
+    SHELVING_OFFLOADING = "shelving_offloading"
+    UNSHELVING = "unshelving"
 
 
 class PowerState(IntEnum):
@@ -58,6 +63,8 @@ class Status(StrEnum):
     DELETED = "DELETED"
     PAUSED = "PAUSED"
     SUSPENDED = "SUSPENDED"
+    SHELVED = "SHELVED"
+    SHELVED_OFFLOADED = "SHELVED_OFFLOADED"
     UNKNOWN = "UNKNOWN"
 
 
@@ -69,6 +76,8 @@ _BY_VM_STATE = {
     VmState.DELETED: Status.DELETED,
     VmState.PAUSED: Status.PAUSED,
     VmState.SUSPENDED: Status.SUSPENDED,
+    VmState.SHELVED: Status.SHELVED,
+    VmState.SHELVED_OFFLOADED: Status.SHELVED_OFFLOADED,
 }
 
 # Tasks that show through the stable state's status (Nova's _STATE_MAP, trimmed to Loom's tasks).
@@ -207,6 +216,29 @@ SIMPLE_ACTIONS = {
             VmState.SUSPENDED,
             PowerState.SUSPENDED,
         ),
+        # Shelve keeps the disk on the host; offload frees the host; unshelve of a server
+        # still on its host powers it on (an offloaded one is scheduled and built again).
+        SimpleAction(
+            "shelve",
+            frozenset({VmState.ACTIVE, VmState.STOPPED, VmState.PAUSED, VmState.SUSPENDED}),
+            TaskState.SHELVING,
+            VmState.SHELVED,
+            PowerState.SHUTDOWN,
+        ),
+        SimpleAction(
+            "shelve_offload",
+            frozenset({VmState.SHELVED}),
+            TaskState.SHELVING_OFFLOADING,
+            VmState.SHELVED_OFFLOADED,
+            PowerState.NOSTATE,
+        ),
+        SimpleAction(
+            "unshelve",
+            frozenset({VmState.SHELVED, VmState.SHELVED_OFFLOADED}),
+            TaskState.UNSHELVING,
+            VmState.ACTIVE,
+            PowerState.RUNNING,
+        ),
         SimpleAction(
             "resume",
             frozenset({VmState.SUSPENDED}),
@@ -252,6 +284,9 @@ def after_action(verb: str, succeeded: bool, power_state: int) -> tuple[VmState,
         if verb == "stop":
             return VmState.STOPPED, PowerState.SHUTDOWN
         return VmState.ACTIVE, PowerState.RUNNING
+    if verb in ("shelve_offload", "unshelve") and power_state != PowerState.RUNNING:
+        # The domain is still there, shut off: the server stays shelved.
+        return VmState.SHELVED, power_state
     if power_state == PowerState.RUNNING:
         return VmState.ACTIVE, power_state
     if power_state == PowerState.PAUSED:

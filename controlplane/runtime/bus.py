@@ -42,6 +42,9 @@ VERBS = (
     "unpause",
     "suspend",
     "resume",
+    "shelve",
+    "shelve_offload",
+    "unshelve",
 )
 
 

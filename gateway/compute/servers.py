@@ -200,6 +200,18 @@ ACTION_SCHEMA: dict[str, Any] = {
             "properties": {"locked_reason": {"type": ["string", "null"], "maxLength": 255}},
         },
         "unlock": {"type": ["null", "object"]},
+        "shelve": {"type": ["null", "object"]},
+        "shelveOffload": {"type": ["null", "object"]},
+        # Checked against the microversion in _unshelve (availability_zone 2.77+, host and
+        # a null zone 2.91+).
+        "unshelve": {
+            "type": ["null", "object"],
+            "additionalProperties": False,
+            "properties": {
+                "availability_zone": {"type": ["string", "null"], "minLength": 1, "maxLength": 255},
+                "host": {"type": "string", "minLength": 1, "maxLength": 255},
+            },
+        },
         "os-getConsoleOutput": consoles.CONSOLE_OUTPUT_ACTION.schema,
         "os-getVNCConsole": consoles.VNC_CONSOLE_ACTION.schema,
     },
@@ -651,13 +663,16 @@ _ACTION_POLICIES = {
     "resume": "os_compute_api:os-suspend-server:resume",
     "lock": "os_compute_api:os-lock-server:lock",
     "unlock": "os_compute_api:os-lock-server:unlock",
+    "shelve": "os_compute_api:os-shelve:shelve",
+    "shelveOffload": "os_compute_api:os-shelve:shelve_offload",
+    "unshelve": "os_compute_api:os-shelve:unshelve",
 }
 
 
 @documented(body=ACTION, tag="compute")
 async def server_action(request: Request) -> Response:
     """Server actions: os-start, os-stop, reboot, pause, unpause, suspend, resume, lock,
-    unlock (202); the console actions (200)."""
+    unlock, shelve, shelveOffload, unshelve (202); the console actions (200)."""
     ctx = context(request)
     body = await json_body(request)
     if isinstance(body, dict) and len(body) == 1:
@@ -681,6 +696,12 @@ async def server_action(request: Request) -> Response:
         return empty(202)
     # Admins act on locked servers; the conductor refuses everyone else.
     common["override_lock"] = ctx.is_admin
+    if action == "shelveOffload":
+        # Nova's default policy keeps offloading to admins.
+        ctx.require_admin(_ACTION_POLICIES[action])
+    if action == "unshelve":
+        await _unshelve(request, ctx, body[action], common)
+        return empty(202)
     if action == "os-start":
         await call(conductor.StartServer, servers_pb2.StartServerRequest(**common))
     elif action == "os-stop":
@@ -693,6 +714,10 @@ async def server_action(request: Request) -> Response:
         await call(conductor.SuspendServer, servers_pb2.SuspendServerRequest(**common))
     elif action == "resume":
         await call(conductor.ResumeServer, servers_pb2.ResumeServerRequest(**common))
+    elif action == "shelve":
+        await call(conductor.ShelveServer, servers_pb2.ShelveServerRequest(**common))
+    elif action == "shelveOffload":
+        await call(conductor.ShelveOffloadServer, servers_pb2.ShelveOffloadServerRequest(**common))
     else:
         kind = (
             agent_bus_pb2.REBOOT_TYPE_HARD
@@ -703,6 +728,50 @@ async def server_action(request: Request) -> Response:
             conductor.RebootServer, servers_pb2.RebootServerRequest(**common, reboot_type=kind)
         )
     return empty(202)
+
+
+async def _unshelve(
+    request: Request, ctx: RequestContext, args: dict[str, Any] | None, common: dict[str, Any]
+) -> None:
+    """unshelve, with a zone to build in at 2.77+ and, at 2.91+, a host (admins) or a null
+    zone (unpinning the server from its zone)."""
+    mv = microversion(request)
+    req = servers_pb2.UnshelveServerRequest(**common)
+    args = args or {}
+    if args and not mv.at_least("2.77"):
+        raise BadRequest(
+            "Invalid input for field/attribute unshelve. Value: {...}. "
+            "Additional properties are not allowed"
+        )
+    if not mv.at_least("2.91"):
+        if "host" in args:
+            raise BadRequest(
+                "Invalid input for field/attribute unshelve. "
+                "Additional properties are not allowed ('host' was unexpected)"
+            )
+        if args and args.get("availability_zone") is None:
+            raise BadRequest(
+                "Invalid input for field/attribute availability_zone. Value: None. "
+                "None is not of type 'string'"
+            )
+    if "host" in args:
+        ctx.require_admin("os_compute_api:os-shelve:unshelve_to_host")
+        req.host = args["host"]
+    if "availability_zone" in args:
+        zone = args["availability_zone"]
+        if zone is not None:
+            await _check_zone(request, zone)
+        req.availability_zone = zone or ""
+    await call(gateway_of(request).conductor.servers.UnshelveServer, req)
+
+
+async def _check_zone(request: Request, zone: str) -> None:
+    reply = await call(
+        gateway_of(request).conductor.fleet.ListAvailabilityZones,
+        fleet_pb2.ListAvailabilityZonesRequest(detailed=False),
+    )
+    if zone not in {z.name for z in reply.zones if z.available}:
+        raise BadRequest(f"The requested availability zone is not available: {shorten(zone)}")
 
 
 async def _lock(

@@ -22,6 +22,8 @@ VM_STATES = {
     servers_pb2.VM_STATE_DELETED: "deleted",
     servers_pb2.VM_STATE_PAUSED: "paused",
     servers_pb2.VM_STATE_SUSPENDED: "suspended",
+    servers_pb2.VM_STATE_SHELVED: "shelved",
+    servers_pb2.VM_STATE_SHELVED_OFFLOADED: "shelved_offloaded",
 }
 TASK_STATES = {
     servers_pb2.TASK_STATE_SCHEDULING: "scheduling",
@@ -37,6 +39,9 @@ TASK_STATES = {
     servers_pb2.TASK_STATE_UNPAUSING: "unpausing",
     servers_pb2.TASK_STATE_SUSPENDING: "suspending",
     servers_pb2.TASK_STATE_RESUMING: "resuming",
+    servers_pb2.TASK_STATE_SHELVING: "shelving",
+    servers_pb2.TASK_STATE_SHELVING_OFFLOADING: "shelving_offloading",
+    servers_pb2.TASK_STATE_UNSHELVING: "unshelving",
 }
 STATUSES = {
     servers_pb2.SERVER_STATUS_BUILD: "BUILD",
@@ -48,6 +53,8 @@ STATUSES = {
     servers_pb2.SERVER_STATUS_DELETED: "DELETED",
     servers_pb2.SERVER_STATUS_PAUSED: "PAUSED",
     servers_pb2.SERVER_STATUS_SUSPENDED: "SUSPENDED",
+    servers_pb2.SERVER_STATUS_SHELVED: "SHELVED",
+    servers_pb2.SERVER_STATUS_SHELVED_OFFLOADED: "SHELVED_OFFLOADED",
     servers_pb2.SERVER_STATUS_UNKNOWN: "UNKNOWN",
 }
 STATUS_BY_NAME = {v: k for k, v in STATUSES.items()}

@@ -118,7 +118,8 @@ class Driver(Protocol):
     def stop(self, instance_id: str, timeout: float) -> PowerState:
         """Asks the guest to shut down, waits up to `timeout` seconds, then forces it off.
 
-        Shut off on success; succeeds if already shut off. InstanceNotFound if absent.
+        Shut off on success; succeeds if already shut off. A suspended instance is shut off
+        by discarding its saved memory. InstanceNotFound if absent.
         """
         ...
 

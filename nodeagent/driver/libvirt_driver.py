@@ -369,6 +369,9 @@ class LibvirtDriver:
     def stop(self, instance_id: str, timeout: float) -> PowerState:
         dom = self._require(instance_id)
         if not dom.isActive():
+            # A suspended guest is stopped by forgetting its saved memory.
+            if dom.hasManagedSaveImage(0):
+                dom.managedSaveRemove(0)
             return PowerState.SHUTDOWN
         if timeout > 0:
             try:

@@ -1,4 +1,4 @@
-"""Pause, suspend and lock through unmodified OpenStack clients against a `loom up` stack
+"""Pause, suspend, lock and shelve through unmodified OpenStack clients against a `loom up` stack
 (simulated hosts on libvirt's test driver)."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.support import db_scalar
 from tests.e2e.test_openstack_clients import _sdk, _wait_status, osc, ready_cloud
 from tests.support.stack import Stack
 
@@ -139,4 +140,79 @@ def test_the_rest_api_refuses_what_the_state_or_the_lock_forbids(ready_cloud: St
         assert act(conn, {"pause": None}).status_code == 409
         assert act(conn, {"resume": None}).status_code == 202
         conn.compute.wait_for_server(server, status="ACTIVE", wait=60)
+        conn.delete_server(sid, wait=True)
+
+
+def _allocations(cloud: Stack, server_id: str) -> int:
+    return int(
+        db_scalar(
+            cloud.db_url, f"SELECT count(*) FROM allocations WHERE consumer_id = '{server_id}'"
+        )
+    )
+
+
+def test_the_openstack_cli_shelves_offloads_and_unshelves_a_server(ready_cloud: Stack) -> None:
+    cloud = ready_cloud
+    server = _boot(cloud, "vm2")
+    sid = server["id"]
+    assert _allocations(cloud, sid) == 1
+
+    # loom up offloads at once (shelved_offload_time 0): the host and its claim are freed.
+    osc(cloud, "server", "shelve", "vm2")
+    _wait_status(cloud, "vm2", "SHELVED_OFFLOADED")
+    shown = osc(cloud, "server", "show", "vm2", "-f", "json", admin=False)
+    assert shown["OS-EXT-STS:vm_state"] == "shelved_offloaded"
+    assert _allocations(cloud, sid) == 0
+    admin_view = osc(cloud, "server", "show", sid, "-f", "json", admin=True)
+    assert not admin_view.get("OS-EXT-SRV-ATTR:host")
+
+    osc(cloud, "server", "unshelve", "vm2")
+    _wait_status(cloud, "vm2", "ACTIVE")
+    assert _allocations(cloud, sid) == 1
+    names = [
+        a.get("Action", a.get("action"))
+        for a in osc(cloud, "server", "event", "list", "vm2", "-f", "json")
+    ]
+    assert names[:2] == ["unshelve", "shelve"]
+    osc(cloud, "server", "delete", "--wait", "vm2")
+
+
+def test_the_rest_api_shapes_shelve_and_unshelve_requests_by_microversion(
+    ready_cloud: Stack,
+) -> None:
+    with _sdk(ready_cloud, "loom") as conn, _sdk(ready_cloud, "loom-admin") as admin:
+        image = conn.image.find_image("tiny", ignore_missing=False)
+        flavor = conn.compute.find_flavor("m1.tiny", ignore_missing=False)
+        server = conn.create_server("z2", image=image.id, flavor=flavor.id, auto_ip=False)
+        server = conn.compute.wait_for_server(server, wait=60)
+        sid = server.id
+
+        def act(c: Any, body: dict[str, Any], version: str = "2.96") -> Any:
+            return c.compute.post(
+                f"/servers/{sid}/action",
+                json=body,
+                headers={"OpenStack-API-Version": f"compute {version}"},
+            )
+
+        r = act(conn, {"unshelve": None})
+        assert r.status_code == 409, r.text
+        # Offloading is for admins.
+        assert act(conn, {"shelveOffload": None}).status_code == 403
+        assert act(conn, {"shelve": None}).status_code == 202
+        conn.compute.wait_for_server(server, status="SHELVED_OFFLOADED", wait=60)
+        # A zone needs 2.77, a host (admins only) or a null zone 2.91.
+        assert act(conn, {"unshelve": {"availability_zone": "nova"}}, "2.76").status_code == 400
+        assert act(conn, {"unshelve": {"availability_zone": None}}, "2.90").status_code == 400
+        assert act(conn, {"unshelve": {"host": "cloud-0001"}}, "2.90").status_code == 400
+        assert act(conn, {"unshelve": {"host": "cloud-0001"}}, "2.91").status_code == 403
+        r = act(conn, {"unshelve": {"availability_zone": "atlantis"}}, "2.77")
+        assert r.status_code == 400, r.text
+        assert "availability zone is not available" in r.text
+        r = act(admin, {"unshelve": {"host": "cloud-0002"}}, "2.91")
+        assert r.status_code == 202, r.text
+        conn.compute.wait_for_server(server, status="ACTIVE", wait=60)
+        shown = admin.compute.get(
+            f"/servers/{sid}", headers={"OpenStack-API-Version": "compute 2.96"}
+        ).json()["server"]
+        assert shown["OS-EXT-SRV-ATTR:host"] == "cloud-0002"
         conn.delete_server(sid, wait=True)

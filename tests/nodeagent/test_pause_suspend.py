@@ -134,3 +134,51 @@ async def test_deleting_a_suspended_guest_removes_the_domain_and_its_saved_memor
     )
     assert (await events.next()).kind == agent_bus_pb2.INSTANCE_EVENT_KIND_DELETED
     assert agent.driver.list_instances() == {}
+
+
+async def test_shelve_stops_unshelve_starts_and_offload_removes_the_domain_for_good(
+    make_agent: AgentFactory, bus_nc: NATS
+) -> None:
+    agent = make_agent()
+    await agent.start()
+    events = await EventReader.open(bus_nc, "h1")
+    js = bus_nc.jetstream()
+    spec = make_spec()
+    iid = spec.instance_id
+    await send(js, "h1", "build", build_command(spec))
+    await events.next()
+    # A suspended guest is shelved too: its saved memory is dropped, it is shut off.
+    await send(js, "h1", "suspend", _COMMANDS["suspend"](request_id="s", instance_id=iid))
+    assert (await events.next()).power_state == agent_bus_pb2.POWER_STATE_SUSPENDED
+    steps: list[tuple[str, Any, int]] = [
+        ("shelve", agent_bus_pb2.ShelveInstanceCommand, agent_bus_pb2.POWER_STATE_SHUTDOWN),
+        ("unshelve", agent_bus_pb2.UnshelveInstanceCommand, agent_bus_pb2.POWER_STATE_RUNNING),
+        ("shelve", agent_bus_pb2.ShelveInstanceCommand, agent_bus_pb2.POWER_STATE_SHUTDOWN),
+        (
+            "shelve_offload",
+            agent_bus_pb2.ShelveOffloadInstanceCommand,
+            agent_bus_pb2.POWER_STATE_UNSPECIFIED,
+        ),
+        # Redelivered: the domain is gone already, and that is success.
+        (
+            "shelve_offload",
+            agent_bus_pb2.ShelveOffloadInstanceCommand,
+            agent_bus_pb2.POWER_STATE_UNSPECIFIED,
+        ),
+    ]
+    for n, (verb, kind, power) in enumerate(steps):
+        command = kind(request_id=f"r-{n}", instance_id=iid)
+        await send(js, "h1", verb, command)
+        event = await events.next()
+        assert (event.kind, event.action, event.power_state) == (
+            agent_bus_pb2.INSTANCE_EVENT_KIND_ACTION_SUCCEEDED,
+            verb,
+            power,
+        )
+        if verb == "shelve":
+            dom = agent.driver._c.lookupByUUIDString(iid)  # type: ignore[attr-defined]
+            assert not dom.isActive()
+            assert not dom.hasManagedSaveImage(0)
+    assert agent.driver.list_instances() == {}
+    # The power sync does not report the offloaded instance missing.
+    assert await agent.sync_power_states() == 0

@@ -1,5 +1,5 @@
-"""Changing a server: delete, start, stop, reboot, pause, unpause, suspend, resume, lock,
-unlock, rename, metadata.
+"""Changing a server: delete, start, stop, reboot, pause, unpause, suspend, resume, shelve,
+shelve_offload, unshelve, lock, unlock, rename, metadata.
 
 Each change is a guarded UPDATE (the WHERE repeats the state the guard saw), so two racing
 requests cannot both win; the loser gets FAILED_PRECONDITION, never a silent overwrite.
@@ -153,9 +153,10 @@ async def simple_action(
     *,
     override_lock: bool = False,
 ) -> None:
-    """Pause, unpause, suspend or resume. Postcondition: the action's task_state is set, a
-    `verb` action is recorded and the command is queued for the host, together; or
-    FAILED_PRECONDITION and nothing changed. A retry with the same request_id is a no-op."""
+    """Pause, unpause, suspend, resume, shelve or shelve_offload. Postcondition: the
+    action's task_state is set, a `verb` action is recorded and the command is queued for
+    the host, together; or FAILED_PRECONDITION and nothing changed. A retry with the same
+    request_id is a no-op."""
     action = states.SIMPLE_ACTIONS[verb]
     rid = _request_id(request_id)
     async with conductor.sessions() as session:
@@ -170,6 +171,66 @@ async def simple_action(
         await _guarded_update(session, row, verb, task_state=action.task.value, updated_at=now)
         _record_action(session, row, verb, rid, user_id, now)
         await outbox.add(session, commands.simple(verb, row.host, row.uuid, rid))
+        await session.commit()
+    conductor.wakeup.set()
+
+
+async def unshelve(
+    conductor: Conductor,
+    instance_uuid: str,
+    project_id: str,
+    user_id: str,
+    request_id: str,
+    *,
+    override_lock: bool = False,
+    availability_zone: str | None = None,
+    host: str = "",
+) -> None:
+    """A shelved server still on its host is powered on there (task unshelving, an unshelve
+    command). An offloaded one is scheduled afresh, as a build is: task scheduling and a
+    schedule message for its next attempt, in one transaction; the scheduler claims a host
+    (in `availability_zone` when given, "" unpinning it; on `host` when given) and the
+    host builds it again from its image. FAILED_PRECONDITION in any other state, or when a
+    zone or host is asked for a server that is not offloaded. Idempotent per request_id."""
+    rid = _request_id(request_id)
+    action = states.SIMPLE_ACTIONS["unshelve"]
+    async with conductor.sessions() as session:
+        row = await load_instance(session, instance_uuid, project_id)
+        if request_id and await _action_exists(session, row.uuid, rid):
+            return
+        check_lock(row, override_lock)
+        states.check_simple(action, row.uuid, row.vm_state, row.task_state)
+        now = datetime.now(UTC)
+        if row.vm_state == VmState.SHELVED:
+            if availability_zone is not None or host:
+                raise Conflict(
+                    "Specifying an availability zone or a host when unshelving server "
+                    f"{row.uuid} with status SHELVED is not supported. The server status "
+                    "must be SHELVED_OFFLOADED."
+                )
+            if not row.host:
+                raise Conflict(f"Instance {row.uuid} has no host; cannot unshelve it.")
+            await _guarded_update(
+                session, row, "unshelve", task_state=action.task.value, updated_at=now
+            )
+            _record_action(session, row, "unshelve", rid, user_id, now)
+            await outbox.add(session, commands.simple("unshelve", row.host, row.uuid, rid))
+        else:
+            values: dict[str, object] = {
+                "task_state": TaskState.SCHEDULING.value,
+                "failed_hosts": [],
+                "alternates": [],
+                "force_host": host or None,
+                "updated_at": now,
+            }
+            if availability_zone is not None:
+                values["requested_availability_zone"] = availability_zone or None
+                if not availability_zone:
+                    values["availability_zone"] = None
+            attempt = row.attempts + 1
+            await _guarded_update(session, row, "unshelve", **values)
+            _record_action(session, row, "unshelve", rid, user_id, now)
+            await outbox.add(session, commands.schedule(row.uuid, attempt))
         await session.commit()
     conductor.wakeup.set()
 

@@ -20,7 +20,9 @@ from controlplane.runtime.rpc import grpc_errors
 
 Ctx: TypeAlias = grpc.aio.ServicerContext
 _SimpleRequest: TypeAlias = (
-    servers_pb2.PauseServerRequest
+    servers_pb2.ShelveServerRequest
+    | servers_pb2.ShelveOffloadServerRequest
+    | servers_pb2.PauseServerRequest
     | servers_pb2.UnpauseServerRequest
     | servers_pb2.SuspendServerRequest
     | servers_pb2.ResumeServerRequest
@@ -266,3 +268,35 @@ class ServersServicer(servers_pb2_grpc.ServersServiceServicer):
             locked=False,
         )
         return servers_pb2.UnlockServerResponse()
+
+    @grpc_errors
+    async def ShelveServer(
+        self, request: servers_pb2.ShelveServerRequest, context: Ctx
+    ) -> servers_pb2.ShelveServerResponse:
+        await self._simple("shelve", request)
+        return servers_pb2.ShelveServerResponse()
+
+    @grpc_errors
+    async def ShelveOffloadServer(
+        self, request: servers_pb2.ShelveOffloadServerRequest, context: Ctx
+    ) -> servers_pb2.ShelveOffloadServerResponse:
+        await self._simple("shelve_offload", request)
+        return servers_pb2.ShelveOffloadServerResponse()
+
+    @grpc_errors
+    async def UnshelveServer(
+        self, request: servers_pb2.UnshelveServerRequest, context: Ctx
+    ) -> servers_pb2.UnshelveServerResponse:
+        await actions.unshelve(
+            self._c,
+            request.id,
+            request.project_id,
+            request.user_id,
+            request.request_id,
+            override_lock=request.override_lock,
+            availability_zone=(
+                request.availability_zone if request.HasField("availability_zone") else None
+            ),
+            host=request.host,
+        )
+        return servers_pb2.UnshelveServerResponse()

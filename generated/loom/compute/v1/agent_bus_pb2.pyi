@@ -551,6 +551,94 @@ class ResumeInstanceCommand(_message.Message):
 Global___ResumeInstanceCommand: _TypeAlias = ResumeInstanceCommand  # noqa: Y015
 
 @_typing.final
+class ShelveInstanceCommand(_message.Message):
+    """Shelve an instance: shut the guest off (gracefully, then forced) and keep its domain and
+    disks. Idempotent: succeeds if already shut off.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per command; also the NATS message id."""
+    instance_id: _builtins.str
+    """Instance UUID."""
+    timeout_seconds: _builtins.int
+    """Seconds to wait for a graceful shutdown before forcing it; 0 means the agent default."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
+        timeout_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "request_id", b"request_id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShelveInstanceCommand: _TypeAlias = ShelveInstanceCommand  # noqa: Y015
+
+@_typing.final
+class ShelveOffloadInstanceCommand(_message.Message):
+    """Offload a shelved instance: destroy its domain and every file it left on the host.
+    Idempotent: succeeds if already absent.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per command; also the NATS message id."""
+    instance_id: _builtins.str
+    """Instance UUID."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShelveOffloadInstanceCommand: _TypeAlias = ShelveOffloadInstanceCommand  # noqa: Y015
+
+@_typing.final
+class UnshelveInstanceCommand(_message.Message):
+    """Unshelve an instance that is still on this host: power it on. Idempotent: succeeds if
+    already running.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per command; also the NATS message id."""
+    instance_id: _builtins.str
+    """Instance UUID."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnshelveInstanceCommand: _TypeAlias = UnshelveInstanceCommand  # noqa: Y015
+
+@_typing.final
 class InstanceEvent(_message.Message):
     """An instance event, published on `loom.events.instance.<host>`."""
 

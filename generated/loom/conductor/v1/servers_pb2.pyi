@@ -47,6 +47,10 @@ class _VmStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_VmState.Value
     """Paused."""
     VM_STATE_SUSPENDED: _VmState.ValueType  # 7
     """Suspended."""
+    VM_STATE_SHELVED: _VmState.ValueType  # 8
+    """Shelved: shut off, still on its host."""
+    VM_STATE_SHELVED_OFFLOADED: _VmState.ValueType  # 9
+    """Shelved and offloaded: on no host, holding no host resources."""
 
 class VmState(_VmState, metaclass=_VmStateEnumTypeWrapper):
     """A server's stable state, as Nova names it."""
@@ -67,6 +71,10 @@ VM_STATE_PAUSED: VmState.ValueType  # 6
 """Paused."""
 VM_STATE_SUSPENDED: VmState.ValueType  # 7
 """Suspended."""
+VM_STATE_SHELVED: VmState.ValueType  # 8
+"""Shelved: shut off, still on its host."""
+VM_STATE_SHELVED_OFFLOADED: VmState.ValueType  # 9
+"""Shelved and offloaded: on no host, holding no host resources."""
 Global___VmState: _TypeAlias = VmState  # noqa: Y015
 
 class _TaskState:
@@ -103,6 +111,12 @@ class _TaskStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskState.V
     """Suspending (the domain's memory is being saved to disk)."""
     TASK_STATE_RESUMING: _TaskState.ValueType  # 13
     """Resuming from a suspend."""
+    TASK_STATE_SHELVING: _TaskState.ValueType  # 14
+    """Shelving (the guest is being shut off)."""
+    TASK_STATE_SHELVING_OFFLOADING: _TaskState.ValueType  # 15
+    """Offloading a shelved server from its host."""
+    TASK_STATE_UNSHELVING: _TaskState.ValueType  # 16
+    """Unshelving a server still on its host."""
 
 class TaskState(_TaskState, metaclass=_TaskStateEnumTypeWrapper):
     """What is happening to a server right now, as Nova names it."""
@@ -135,6 +149,12 @@ TASK_STATE_SUSPENDING: TaskState.ValueType  # 12
 """Suspending (the domain's memory is being saved to disk)."""
 TASK_STATE_RESUMING: TaskState.ValueType  # 13
 """Resuming from a suspend."""
+TASK_STATE_SHELVING: TaskState.ValueType  # 14
+"""Shelving (the guest is being shut off)."""
+TASK_STATE_SHELVING_OFFLOADING: TaskState.ValueType  # 15
+"""Offloading a shelved server from its host."""
+TASK_STATE_UNSHELVING: TaskState.ValueType  # 16
+"""Unshelving a server still on its host."""
 Global___TaskState: _TypeAlias = TaskState  # noqa: Y015
 
 class _ServerStatus:
@@ -165,6 +185,10 @@ class _ServerStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ServerSt
     """SUSPENDED."""
     SERVER_STATUS_UNKNOWN: _ServerStatus.ValueType  # 10
     """UNKNOWN (host down)."""
+    SERVER_STATUS_SHELVED: _ServerStatus.ValueType  # 11
+    """SHELVED."""
+    SERVER_STATUS_SHELVED_OFFLOADED: _ServerStatus.ValueType  # 12
+    """SHELVED_OFFLOADED."""
 
 class ServerStatus(_ServerStatus, metaclass=_ServerStatusEnumTypeWrapper):
     """The status a tenant sees, derived from (vm_state, task_state) as Nova derives it."""
@@ -191,6 +215,10 @@ SERVER_STATUS_SUSPENDED: ServerStatus.ValueType  # 9
 """SUSPENDED."""
 SERVER_STATUS_UNKNOWN: ServerStatus.ValueType  # 10
 """UNKNOWN (host down)."""
+SERVER_STATUS_SHELVED: ServerStatus.ValueType  # 11
+"""SHELVED."""
+SERVER_STATUS_SHELVED_OFFLOADED: ServerStatus.ValueType  # 12
+"""SHELVED_OFFLOADED."""
 Global___ServerStatus: _TypeAlias = ServerStatus  # noqa: Y015
 
 @_typing.final
@@ -1932,3 +1960,178 @@ class UnlockServerResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UnlockServerResponse: _TypeAlias = UnlockServerResponse  # noqa: Y015
+
+@_typing.final
+class ShelveServerRequest(_message.Message):
+    """Request for ShelveServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call; a retry with the same id is a no-op."""
+    id: _builtins.str
+    """UUID."""
+    project_id: _builtins.str
+    """When set, NOT_FOUND unless the server belongs to this project."""
+    user_id: _builtins.str
+    """Who asks (for the action record)."""
+    override_lock: _builtins.bool
+    """The caller may act on a locked server (an admin)."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        override_lock: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "override_lock", b"override_lock", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShelveServerRequest: _TypeAlias = ShelveServerRequest  # noqa: Y015
+
+@_typing.final
+class ShelveServerResponse(_message.Message):
+    """Response of ShelveServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShelveServerResponse: _TypeAlias = ShelveServerResponse  # noqa: Y015
+
+@_typing.final
+class ShelveOffloadServerRequest(_message.Message):
+    """Request for ShelveOffloadServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call; a retry with the same id is a no-op."""
+    id: _builtins.str
+    """UUID."""
+    project_id: _builtins.str
+    """When set, NOT_FOUND unless the server belongs to this project."""
+    user_id: _builtins.str
+    """Who asks (for the action record)."""
+    override_lock: _builtins.bool
+    """The caller may act on a locked server (an admin)."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        override_lock: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "override_lock", b"override_lock", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShelveOffloadServerRequest: _TypeAlias = ShelveOffloadServerRequest  # noqa: Y015
+
+@_typing.final
+class ShelveOffloadServerResponse(_message.Message):
+    """Response of ShelveOffloadServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShelveOffloadServerResponse: _TypeAlias = ShelveOffloadServerResponse  # noqa: Y015
+
+@_typing.final
+class UnshelveServerRequest(_message.Message):
+    """Request for UnshelveServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
+    AVAILABILITY_ZONE_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call; a retry with the same id is a no-op."""
+    id: _builtins.str
+    """UUID."""
+    project_id: _builtins.str
+    """When set, NOT_FOUND unless the server belongs to this project."""
+    user_id: _builtins.str
+    """Who asks (for the action record)."""
+    override_lock: _builtins.bool
+    """The caller may act on a locked server (an admin)."""
+    availability_zone: _builtins.str
+    """Offloaded servers only: the zone to build in; "" unpins the server from its zone."""
+    host: _builtins.str
+    """Offloaded servers only: the host to build on (the caller checked it is an admin)."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        override_lock: _builtins.bool = ...,
+        availability_zone: _builtins.str | None = ...,
+        host: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_availability_zone", b"_availability_zone", "availability_zone", b"availability_zone"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_availability_zone", b"_availability_zone", "availability_zone", b"availability_zone", "host", b"host", "id", b"id", "override_lock", b"override_lock", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__availability_zone: _TypeAlias = _typing.Literal["availability_zone"]  # noqa: Y015
+    _WhichOneofArgType__availability_zone: _TypeAlias = _typing.Literal["_availability_zone", b"_availability_zone"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__availability_zone) -> _WhichOneofReturnType__availability_zone | None: ...
+
+Global___UnshelveServerRequest: _TypeAlias = UnshelveServerRequest  # noqa: Y015
+
+@_typing.final
+class UnshelveServerResponse(_message.Message):
+    """Response of UnshelveServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnshelveServerResponse: _TypeAlias = UnshelveServerResponse  # noqa: Y015

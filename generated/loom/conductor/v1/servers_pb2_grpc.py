@@ -125,6 +125,21 @@ class ServersServiceStub:
                 request_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.UnlockServerRequest.SerializeToString,
                 response_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.UnlockServerResponse.FromString,
                 _registered_method=True)
+        self.ShelveServer = channel.unary_unary(
+                '/loom.conductor.v1.ServersService/ShelveServer',
+                request_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.ShelveServerRequest.SerializeToString,
+                response_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.ShelveServerResponse.FromString,
+                _registered_method=True)
+        self.ShelveOffloadServer = channel.unary_unary(
+                '/loom.conductor.v1.ServersService/ShelveOffloadServer',
+                request_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.ShelveOffloadServerRequest.SerializeToString,
+                response_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.ShelveOffloadServerResponse.FromString,
+                _registered_method=True)
+        self.UnshelveServer = channel.unary_unary(
+                '/loom.conductor.v1.ServersService/UnshelveServer',
+                request_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.UnshelveServerRequest.SerializeToString,
+                response_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.UnshelveServerResponse.FromString,
+                _registered_method=True)
 
 
 class ServersServiceServicer:
@@ -258,6 +273,30 @@ class ServersServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ShelveServer(self, request, context):
+        """Shelve: shut the guest off and keep its disk on the host (Loom takes no snapshot).
+        FAILED_PRECONDITION unless ACTIVE, SHUTOFF, PAUSED or SUSPENDED with no task.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ShelveOffloadServer(self, request, context):
+        """Remove a shelved server from its host and free its claim. FAILED_PRECONDITION unless
+        SHELVED with no task.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnshelveServer(self, request, context):
+        """Unshelve: power a shelved server on where it is, or schedule and build an offloaded one
+        again from its image. FAILED_PRECONDITION unless SHELVED or SHELVED_OFFLOADED, no task.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ServersServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -350,6 +389,21 @@ def add_ServersServiceServicer_to_server(servicer, server):
                     servicer.UnlockServer,
                     request_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.UnlockServerRequest.FromString,
                     response_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.UnlockServerResponse.SerializeToString,
+            ),
+            'ShelveServer': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShelveServer,
+                    request_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.ShelveServerRequest.FromString,
+                    response_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.ShelveServerResponse.SerializeToString,
+            ),
+            'ShelveOffloadServer': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShelveOffloadServer,
+                    request_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.ShelveOffloadServerRequest.FromString,
+                    response_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.ShelveOffloadServerResponse.SerializeToString,
+            ),
+            'UnshelveServer': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnshelveServer,
+                    request_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.UnshelveServerRequest.FromString,
+                    response_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.UnshelveServerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -839,6 +893,87 @@ class ServersService:
             '/loom.conductor.v1.ServersService/UnlockServer',
             loom_dot_conductor_dot_v1_dot_servers__pb2.UnlockServerRequest.SerializeToString,
             loom_dot_conductor_dot_v1_dot_servers__pb2.UnlockServerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShelveServer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.conductor.v1.ServersService/ShelveServer',
+            loom_dot_conductor_dot_v1_dot_servers__pb2.ShelveServerRequest.SerializeToString,
+            loom_dot_conductor_dot_v1_dot_servers__pb2.ShelveServerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShelveOffloadServer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.conductor.v1.ServersService/ShelveOffloadServer',
+            loom_dot_conductor_dot_v1_dot_servers__pb2.ShelveOffloadServerRequest.SerializeToString,
+            loom_dot_conductor_dot_v1_dot_servers__pb2.ShelveOffloadServerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnshelveServer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.conductor.v1.ServersService/UnshelveServer',
+            loom_dot_conductor_dot_v1_dot_servers__pb2.UnshelveServerRequest.SerializeToString,
+            loom_dot_conductor_dot_v1_dot_servers__pb2.UnshelveServerResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -74,6 +74,18 @@ class ServersServiceStub:
     """Lock against changes by non-admins. Idempotent."""
     UnlockServer: _grpc.UnaryUnaryMultiCallable[_servers_pb2.UnlockServerRequest, _servers_pb2.UnlockServerResponse]
     """Unlock. Idempotent."""
+    ShelveServer: _grpc.UnaryUnaryMultiCallable[_servers_pb2.ShelveServerRequest, _servers_pb2.ShelveServerResponse]
+    """Shelve: shut the guest off and keep its disk on the host (Loom takes no snapshot).
+    FAILED_PRECONDITION unless ACTIVE, SHUTOFF, PAUSED or SUSPENDED with no task.
+    """
+    ShelveOffloadServer: _grpc.UnaryUnaryMultiCallable[_servers_pb2.ShelveOffloadServerRequest, _servers_pb2.ShelveOffloadServerResponse]
+    """Remove a shelved server from its host and free its claim. FAILED_PRECONDITION unless
+    SHELVED with no task.
+    """
+    UnshelveServer: _grpc.UnaryUnaryMultiCallable[_servers_pb2.UnshelveServerRequest, _servers_pb2.UnshelveServerResponse]
+    """Unshelve: power a shelved server on where it is, or schedule and build an offloaded one
+    again from its image. FAILED_PRECONDITION unless SHELVED or SHELVED_OFFLOADED, no task.
+    """
 
 @_typing.type_check_only
 class ServersServiceAsyncStub(ServersServiceStub):
@@ -118,6 +130,18 @@ class ServersServiceAsyncStub(ServersServiceStub):
     """Lock against changes by non-admins. Idempotent."""
     UnlockServer: _aio.UnaryUnaryMultiCallable[_servers_pb2.UnlockServerRequest, _servers_pb2.UnlockServerResponse]  # type: ignore[assignment]
     """Unlock. Idempotent."""
+    ShelveServer: _aio.UnaryUnaryMultiCallable[_servers_pb2.ShelveServerRequest, _servers_pb2.ShelveServerResponse]  # type: ignore[assignment]
+    """Shelve: shut the guest off and keep its disk on the host (Loom takes no snapshot).
+    FAILED_PRECONDITION unless ACTIVE, SHUTOFF, PAUSED or SUSPENDED with no task.
+    """
+    ShelveOffloadServer: _aio.UnaryUnaryMultiCallable[_servers_pb2.ShelveOffloadServerRequest, _servers_pb2.ShelveOffloadServerResponse]  # type: ignore[assignment]
+    """Remove a shelved server from its host and free its claim. FAILED_PRECONDITION unless
+    SHELVED with no task.
+    """
+    UnshelveServer: _aio.UnaryUnaryMultiCallable[_servers_pb2.UnshelveServerRequest, _servers_pb2.UnshelveServerResponse]  # type: ignore[assignment]
+    """Unshelve: power a shelved server on where it is, or schedule and build an offloaded one
+    again from its image. FAILED_PRECONDITION unless SHELVED or SHELVED_OFFLOADED, no task.
+    """
 
 class ServersServiceServicer(metaclass=_abc_1.ABCMeta):
     """Servers and their life."""
@@ -267,5 +291,35 @@ class ServersServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_servers_pb2.UnlockServerResponse, _abc.Awaitable[_servers_pb2.UnlockServerResponse]]:
         """Unlock. Idempotent."""
+
+    @_abc_1.abstractmethod
+    def ShelveServer(
+        self,
+        request: _servers_pb2.ShelveServerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_servers_pb2.ShelveServerResponse, _abc.Awaitable[_servers_pb2.ShelveServerResponse]]:
+        """Shelve: shut the guest off and keep its disk on the host (Loom takes no snapshot).
+        FAILED_PRECONDITION unless ACTIVE, SHUTOFF, PAUSED or SUSPENDED with no task.
+        """
+
+    @_abc_1.abstractmethod
+    def ShelveOffloadServer(
+        self,
+        request: _servers_pb2.ShelveOffloadServerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_servers_pb2.ShelveOffloadServerResponse, _abc.Awaitable[_servers_pb2.ShelveOffloadServerResponse]]:
+        """Remove a shelved server from its host and free its claim. FAILED_PRECONDITION unless
+        SHELVED with no task.
+        """
+
+    @_abc_1.abstractmethod
+    def UnshelveServer(
+        self,
+        request: _servers_pb2.UnshelveServerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_servers_pb2.UnshelveServerResponse, _abc.Awaitable[_servers_pb2.UnshelveServerResponse]]:
+        """Unshelve: power a shelved server on where it is, or schedule and build an offloaded one
+        again from its image. FAILED_PRECONDITION unless SHELVED or SHELVED_OFFLOADED, no task.
+        """
 
 def add_ServersServiceServicer_to_server(servicer: ServersServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
