@@ -18,6 +18,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
+from loom.common.v1 import common_pb2
 from loom.compute.v1 import agent_bus_pb2
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -36,6 +37,7 @@ from nodeagent.driver.base import (
     InstanceNotFound,
     PauseSuspendDriver,
     PowerState,
+    RebuildDriver,
 )
 from nodeagent.fleet import ExpectedInstance, FleetView
 from nodeagent.metrics import HostCounters
@@ -59,6 +61,7 @@ _COMMANDS: dict[str, type[Any]] = {
     "shelve": agent_bus_pb2.ShelveInstanceCommand,
     "shelve_offload": agent_bus_pb2.ShelveOffloadInstanceCommand,
     "unshelve": agent_bus_pb2.UnshelveInstanceCommand,
+    "rebuild": agent_bus_pb2.RebuildInstanceCommand,
 }
 
 
@@ -402,7 +405,7 @@ class HostAgent:
                 {
                     "loom.host": self.host,
                     "loom.instance_id": command.spec.instance_id
-                    if verb == "build"
+                    if verb in ("build", "rebuild")
                     else command.instance_id,
                 }
                 if tracing.enabled()
@@ -438,6 +441,8 @@ class HostAgent:
             return await self._delete(command)
         if verb == "shelve_offload":
             return await self._offload(command)
+        if verb == "rebuild":
+            return await self._rebuild(command)
         iid = command.instance_id
         action: Callable[[], PowerState]
         if verb in ("pause", "unpause", "suspend", "resume"):
@@ -539,6 +544,61 @@ class HostAgent:
             request_id=cmd.request_id,
             action="delete",
         )
+
+    async def _rebuild(
+        self, cmd: agent_bus_pb2.RebuildInstanceCommand
+    ) -> agent_bus_pb2.InstanceEvent:
+        spec = cmd.spec
+        iid = spec.instance_id
+
+        def answer(
+            kind: m.Kind, state: PowerState, fault: common_pb2.Fault | None = None
+        ) -> agent_bus_pb2.InstanceEvent:
+            return m.instance_event(
+                host=self.host,
+                instance_id=iid,
+                kind=kind,
+                power_state=state,
+                request_id=cmd.request_id,
+                action="rebuild",
+                fault=fault,
+            )
+
+        driver = self.driver
+        if not isinstance(driver, RebuildDriver):
+            state = self._known.get(iid, PowerState.NOSTATE)
+            return answer(
+                m.ACTION_FAILED, state, m.fault(400, "This host's hypervisor cannot rebuild.")
+            )
+        if not _valid_uuid(iid) or not spec.instance_name:
+            return answer(
+                m.ACTION_FAILED,
+                PowerState.NOSTATE,
+                m.fault(400, "The rebuild command lacks a valid instance UUID or name."),
+            )
+        # Progress, so the server shows rebuild_spawning while the disks are made.
+        await self._publish_event(
+            answer(m.REBUILD_SPAWNING, self._known.get(iid, PowerState.NOSTATE))
+        )
+        try:
+            state = await self.call_driver(
+                driver.rebuild, spec, power_on=cmd.power_on, rebuild_id=cmd.request_id
+            )
+        except BuildFailed as exc:
+            self._forget(iid)
+            return answer(m.ACTION_FAILED, PowerState.NOSTATE, m.fault(500, str(exc)))
+        except Exception:
+            log.exception("rebuild failed unexpectedly", extra={"host": self.host, "instance": iid})
+            with contextlib.suppress(Exception):
+                await self.call_driver(self.driver.destroy, iid)
+            self._forget(iid)
+            return answer(
+                m.ACTION_FAILED,
+                PowerState.NOSTATE,
+                m.fault(500, "An internal error stopped the rebuild."),
+            )
+        self._set_known(iid, state)
+        return answer(m.ACTION_SUCCEEDED, state)
 
     async def _offload(
         self, cmd: agent_bus_pb2.ShelveOffloadInstanceCommand

@@ -77,3 +77,11 @@ def simple(verb: str, host: str, instance_uuid: str, request_id: str) -> Outgoin
     msg_id = f"{verb}-{instance_uuid}-{request_id}"
     payload = _SIMPLE_COMMANDS[verb](request_id=msg_id, instance_id=instance_uuid)
     return Outgoing(bus.compute_subject(host, verb), msg_id, payload)
+
+
+def rebuild(
+    host: str, spec: agent_bus_pb2.InstanceSpec, request_id: str, *, power_on: bool
+) -> Outgoing:
+    msg_id = f"rebuild-{spec.instance_id}-{request_id}"
+    payload = agent_bus_pb2.RebuildInstanceCommand(request_id=msg_id, spec=spec, power_on=power_on)
+    return Outgoing(bus.compute_subject(host, "rebuild"), msg_id, payload)

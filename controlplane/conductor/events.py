@@ -41,6 +41,7 @@ _ACTION_TASKS = {
     "stop": {TaskState.POWERING_OFF.value},
     "reboot": {TaskState.REBOOTING.value, TaskState.REBOOTING_HARD.value},
     **{verb: {a.task.value} for verb, a in states.SIMPLE_ACTIONS.items()},
+    "rebuild": set(states.REBUILD_TASKS),
 }
 
 
@@ -80,6 +81,7 @@ class EventConsumer:
             K.INSTANCE_EVENT_KIND_ACTION_FAILED: self._action_finished,
             K.INSTANCE_EVENT_KIND_POWER_STATE_CHANGED: self._power_changed,
             K.INSTANCE_EVENT_KIND_MISSING: self._missing,
+            K.INSTANCE_EVENT_KIND_REBUILD_SPAWNING: self._rebuild_spawning,
         }
         handler = handlers.get(event.kind)
         if handler is None:
@@ -325,7 +327,8 @@ class EventConsumer:
 
     async def _action_finished(self, event: agent_bus_pb2.InstanceEvent) -> None:
         """Settles an action on the host (start, stop, reboot, pause, unpause, suspend,
-        resume): task cleared, vm and power state from the outcome."""
+        resume, shelve, shelve_offload, unshelve, rebuild): task cleared, vm and power state
+        from the outcome."""
         async with self._c.sessions() as session:
             loaded = await load_with_image(session, event.instance_id)
             if loaded is None:
@@ -420,6 +423,21 @@ class EventConsumer:
                 host=event.host,
             )
         await session.commit()
+
+    async def _rebuild_spawning(self, event: agent_bus_pb2.InstanceEvent) -> None:
+        """The host started on the rebuild: rebuilding → rebuild_spawning (once)."""
+        async with self._c.sessions() as session:
+            await session.execute(
+                update(Instance)
+                .where(
+                    Instance.uuid == event.instance_id,
+                    Instance.host == event.host,
+                    Instance.task_state == TaskState.REBUILDING.value,
+                    Instance.deleted.is_(False),
+                )
+                .values(task_state=TaskState.REBUILD_SPAWNING.value, updated_at=datetime.now(UTC))
+            )
+            await session.commit()
 
     async def _power_changed(self, event: agent_bus_pb2.InstanceEvent) -> None:
         """Records the power state; an active server with no task found shut down becomes

@@ -40,6 +40,8 @@ class TaskState(StrEnum):
     SHELVING = "shelving"
     SHELVING_OFFLOADING = "shelving_offloading"
     UNSHELVING = "unshelving"
+    REBUILDING = "rebuilding"
+    REBUILD_SPAWNING = "rebuild_spawning"
 
 
 class PowerState(IntEnum):
@@ -65,6 +67,7 @@ class Status(StrEnum):
     SUSPENDED = "SUSPENDED"
     SHELVED = "SHELVED"
     SHELVED_OFFLOADED = "SHELVED_OFFLOADED"
+    REBUILD = "REBUILD"
     UNKNOWN = "UNKNOWN"
 
 
@@ -86,6 +89,11 @@ _BY_TASK = {
     (VmState.ACTIVE, TaskState.REBOOTING_HARD): Status.HARD_REBOOT,
     (VmState.STOPPED, TaskState.REBOOTING_HARD): Status.HARD_REBOOT,
     (VmState.ERROR, TaskState.REBOOTING_HARD): Status.HARD_REBOOT,
+    **{
+        (vm, task): Status.REBUILD
+        for vm in (VmState.ACTIVE, VmState.STOPPED, VmState.ERROR)
+        for task in (TaskState.REBUILDING, TaskState.REBUILD_SPAWNING)
+    },
 }
 
 
@@ -261,6 +269,17 @@ def check_simple(
         raise InvalidState(action.verb, vm_state, task_state, instance_uuid)
 
 
+def check_rebuild(instance_uuid: str, vm_state: str, task_state: str | None) -> None:
+    """Rebuilds take active, stopped and errored servers with no task."""
+    if vm_state not in (VmState.ACTIVE, VmState.STOPPED, VmState.ERROR):
+        raise InvalidState("rebuild", vm_state, None, instance_uuid)
+    if task_state is not None:
+        raise InvalidState("rebuild", vm_state, task_state, instance_uuid)
+
+
+REBUILD_TASKS = frozenset({TaskState.REBUILDING.value, TaskState.REBUILD_SPAWNING.value})
+
+
 def reboot_task(hard: bool) -> TaskState:
     return TaskState.REBOOTING_HARD if hard else TaskState.REBOOTING
 
@@ -278,6 +297,11 @@ def after_action(verb: str, succeeded: bool, power_state: int) -> tuple[VmState,
     stopped (Nova's behaviour after a failed power action is to trust the hypervisor).
     """
     simple = SIMPLE_ACTIONS.get(verb)
+    if succeeded and verb == "rebuild":
+        # A server that was shut off is rebuilt and left shut off.
+        if power_state == PowerState.SHUTDOWN:
+            return VmState.STOPPED, PowerState.SHUTDOWN
+        return VmState.ACTIVE, PowerState.RUNNING
     if succeeded:
         if simple is not None:
             return simple.ends_in, simple.ends_powered

@@ -45,6 +45,7 @@ VERBS = (
     "shelve",
     "shelve_offload",
     "unshelve",
+    "rebuild",
 )
 
 

@@ -7,6 +7,7 @@ import base64
 import binascii
 import ipaddress
 import secrets
+import uuid
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -175,6 +176,47 @@ def _update_schema(mv: Microversion) -> dict[str, Any]:
 
 
 UPDATE = VersionedSchema(_update_schema)
+
+
+def _rebuild_schema(mv: Microversion) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "imageRef": {"type": "string", "minLength": 1, "maxLength": 255},
+        "name": _NAME,
+        "metadata": _META,
+        "adminPass": {"type": "string"},
+        "accessIPv4": {"type": "string", "format": "ipv4"},
+        "accessIPv6": {"type": "string", "format": "ipv6"},
+        "OS-DCF:diskConfig": {"type": "string", "enum": ["AUTO", "MANUAL"]},
+        "preserve_ephemeral": BOOLEAN_SCHEMA,
+    }
+    if not mv.at_least("2.57"):
+        fields["personality"] = {"type": "array", "maxItems": 0}
+    if mv.at_least("2.19"):
+        fields["description"] = {"type": ["string", "null"], "maxLength": 255}
+    if mv.at_least("2.54"):
+        fields["key_name"] = {"oneOf": [_NAME, {"type": "null"}]}
+    if mv.at_least("2.57"):
+        fields["user_data"] = {"type": ["string", "null"], "maxLength": 65535}
+    if mv.at_least("2.63"):
+        fields["trusted_image_certificates"] = {"type": ["array", "null"], "maxItems": 0}
+    if mv.at_least("2.90"):
+        fields["hostname"] = _HOSTNAME
+    return {
+        "type": "object",
+        "required": ["rebuild"],
+        "additionalProperties": False,
+        "properties": {
+            "rebuild": {
+                "type": "object",
+                "required": ["imageRef"],
+                "additionalProperties": False,
+                "properties": fields,
+            }
+        },
+    }
+
+
+REBUILD = VersionedSchema(_rebuild_schema)
 ACTION_SCHEMA: dict[str, Any] = {
     "type": "object",
     "minProperties": 1,
@@ -201,6 +243,8 @@ ACTION_SCHEMA: dict[str, Any] = {
         },
         "unlock": {"type": ["null", "object"]},
         "shelve": {"type": ["null", "object"]},
+        # Checked against the microversion's schema in _rebuild.
+        "rebuild": {"type": "object"},
         "shelveOffload": {"type": ["null", "object"]},
         # Checked against the microversion in _unshelve (availability_zone 2.77+, host and
         # a null zone 2.91+).
@@ -666,6 +710,7 @@ _ACTION_POLICIES = {
     "shelve": "os_compute_api:os-shelve:shelve",
     "shelveOffload": "os_compute_api:os-shelve:shelve_offload",
     "unshelve": "os_compute_api:os-shelve:unshelve",
+    "rebuild": "os_compute_api:servers:rebuild",
 }
 
 
@@ -702,6 +747,8 @@ async def server_action(request: Request) -> Response:
     if action == "unshelve":
         await _unshelve(request, ctx, body[action], common)
         return empty(202)
+    if action == "rebuild":
+        return await _rebuild(request, ctx, body, common)
     if action == "os-start":
         await call(conductor.StartServer, servers_pb2.StartServerRequest(**common))
     elif action == "os-stop":
@@ -728,6 +775,62 @@ async def server_action(request: Request) -> Response:
             conductor.RebootServer, servers_pb2.RebootServerRequest(**common, reboot_type=kind)
         )
     return empty(202)
+
+
+async def _rebuild(
+    request: Request, ctx: RequestContext, body: dict[str, Any], common: dict[str, Any]
+) -> Response:
+    """rebuild: the same host, new disks from imageRef; 202 with the server body of the
+    microversion (adminPass included, as at create)."""
+    mv = microversion(request)
+    checked_body(REBUILD.at(mv), body)
+    r = body["rebuild"]
+    if _truthy(r.get("preserve_ephemeral", False)):
+        raise BadRequest("Loom cannot preserve the ephemeral disk across a rebuild.")
+    image_id = r["imageRef"].rstrip("/").rsplit("/", 1)[-1]
+    try:
+        uuid.UUID(image_id)
+    except ValueError:
+        raise BadRequest(f"Invalid imageRef provided: {shorten(r['imageRef'])}") from None
+    if r.get("user_data"):
+        try:
+            base64.b64decode(r["user_data"], validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest("User data needs to be valid base 64.") from None
+    req = servers_pb2.RebuildServerRequest(**common, image_id=image_id)
+    if "name" in r:
+        req.name = r["name"]
+    if "metadata" in r:
+        req.metadata.update(r["metadata"])
+        req.replace_metadata = True
+    if "accessIPv4" in r:
+        req.access_ipv4 = r["accessIPv4"]
+    if "accessIPv6" in r:
+        req.access_ipv6 = _canonical_ipv6(r["accessIPv6"])
+    if "description" in r:
+        req.description = r["description"] or ""
+    if "key_name" in r:
+        req.key_name = r["key_name"] or ""
+    if "user_data" in r:
+        req.user_data = r["user_data"] or ""
+    if "hostname" in r:
+        req.hostname = r["hostname"]
+    reply = await call(gateway_of(request).conductor.servers.RebuildServer, req)
+    server = reply.server
+    statuses = (
+        await _host_statuses(request, [server]) if ctx.is_admin and mv.at_least("2.16") else {}
+    )
+    out = views.updated(
+        request, server, mv, is_admin=ctx.is_admin, host_status=statuses.get(server.host)
+    )
+    if mv.at_least("2.54"):
+        out["key_name"] = server.key_name or None
+    if mv.at_least("2.57"):
+        out.pop("OS-EXT-SRV-ATTR:user_data", None)
+        out["user_data"] = server.user_data or None
+    # Loom sets no guest password; the API returns one as at create.
+    out["adminPass"] = r.get("adminPass") or secrets.token_urlsafe(9)
+    return ok({"server": out}, 202)
 
 
 async def _unshelve(

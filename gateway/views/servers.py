@@ -42,6 +42,8 @@ TASK_STATES = {
     servers_pb2.TASK_STATE_SHELVING: "shelving",
     servers_pb2.TASK_STATE_SHELVING_OFFLOADING: "shelving_offloading",
     servers_pb2.TASK_STATE_UNSHELVING: "unshelving",
+    servers_pb2.TASK_STATE_REBUILDING: "rebuilding",
+    servers_pb2.TASK_STATE_REBUILD_SPAWNING: "rebuild_spawning",
 }
 STATUSES = {
     servers_pb2.SERVER_STATUS_BUILD: "BUILD",
@@ -55,6 +57,7 @@ STATUSES = {
     servers_pb2.SERVER_STATUS_SUSPENDED: "SUSPENDED",
     servers_pb2.SERVER_STATUS_SHELVED: "SHELVED",
     servers_pb2.SERVER_STATUS_SHELVED_OFFLOADED: "SHELVED_OFFLOADED",
+    servers_pb2.SERVER_STATUS_REBUILD: "REBUILD",
     servers_pb2.SERVER_STATUS_UNKNOWN: "UNKNOWN",
 }
 STATUS_BY_NAME = {v: k for k, v in STATUSES.items()}

@@ -198,6 +198,22 @@ class PauseSuspendDriver(Protocol):
 
 
 @runtime_checkable
+class RebuildDriver(Protocol):
+    """Optional: building an instance's disks and domain again, in place."""
+
+    def rebuild(
+        self, spec: agent_bus_pb2.InstanceSpec, *, power_on: bool, rebuild_id: str
+    ) -> PowerState:
+        """Destroys the instance's domain and disks and creates them again from spec.
+
+        Running (or shut off when power_on is False) on success. On failure the instance
+        is gone from the host and BuildFailed is raised. Idempotent per rebuild_id: when
+        that rebuild already finished nothing changes and the current state is returned.
+        """
+        ...
+
+
+@runtime_checkable
 class ImageCacheDriver(Protocol):
     """Optional: a host-side image cache that needs periodic pruning."""
 

@@ -68,6 +68,9 @@ DEFAULT_CMDLINE = "console=ttyS0"
 # Which cached images an instance's disks and boot files use, kept in its folder so the
 # cache can tell what is in use without asking libvirt.
 _IMAGES_FILE = "images.json"
+# The id of the rebuild that made the instance's current disks (a redelivered rebuild
+# command finds it and changes nothing).
+_REBUILD_FILE = "rebuild-id"
 _BASE_DIR = "_base"
 # The most of a serial log console_output returns (Nova caps it similarly).
 _CONSOLE_TAIL_BYTES = 1024 * 1024
@@ -427,6 +430,24 @@ class LibvirtDriver:
             return False
         dom.create()
         return True
+
+    # -- RebuildDriver ------------------------------------------------------------------
+
+    def rebuild(
+        self, spec: agent_bus_pb2.InstanceSpec, *, power_on: bool, rebuild_id: str
+    ) -> PowerState:
+        marker = self._instance_dir(spec.instance_id) / _REBUILD_FILE
+        dom = self._lookup(spec.instance_id)
+        try:
+            done = dom is not None and marker.read_text() == rebuild_id
+        except OSError:
+            done = False
+        if done:
+            return self._power(dom)
+        self.destroy(spec.instance_id)
+        state = self.create(spec, power_on=power_on)
+        marker.write_text(rebuild_id)
+        return state
 
     # -- PauseSuspendDriver -------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """Changing a server: delete, start, stop, reboot, pause, unpause, suspend, resume, shelve,
-shelve_offload, unshelve, lock, unlock, rename, metadata.
+shelve_offload, unshelve, rebuild, lock, unlock, rename, metadata.
 
 Each change is a guarded UPDATE (the WHERE repeats the state the guard saw), so two racing
 requests cannot both win; the loser gets FAILED_PRECONDITION, never a silent overwrite.
@@ -13,6 +13,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from loom.conductor.v1 import servers_pb2
 from sqlalchemy import Table, delete, exists, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,16 +21,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from controlplane.catalog.quotas import check_metadata_items, limit_of
 from controlplane.conductor import commands, outbox, states
 from controlplane.conductor.context import Conductor
+from controlplane.conductor.convert import instance_spec
 from controlplane.conductor.scheduling import record_event
 from controlplane.conductor.servers.query import load_instance
 from controlplane.conductor.states import PowerState, TaskState, VmState
 from controlplane.db.models import (
     ConsoleAuthToken,
+    Image,
     Instance,
     InstanceAction,
+    Keypair,
     OutboxMessage,
 )
-from controlplane.runtime.errors import Conflict, NotFound
+from controlplane.runtime.errors import Conflict, InvalidArgument, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +237,97 @@ async def unshelve(
             await outbox.add(session, commands.schedule(row.uuid, attempt))
         await session.commit()
     conductor.wakeup.set()
+
+
+async def rebuild(conductor: Conductor, request: servers_pb2.RebuildServerRequest) -> Instance:
+    """Postcondition: the server records the new image (and the other given fields), its
+    task is rebuilding, a rebuild action is recorded and the rebuild command is queued for
+    its host, all together; or FAILED_PRECONDITION / INVALID_ARGUMENT and nothing changed.
+    A retry with the same request_id is a no-op returning the server."""
+    rid = _request_id(request.request_id)
+    async with conductor.sessions() as session:
+        row = await load_instance(session, request.id, request.project_id)
+        if request.request_id and await _action_exists(session, row.uuid, rid):
+            return row
+        check_lock(row, request.override_lock)
+        states.check_rebuild(row.uuid, row.vm_state, row.task_state)
+        if not row.host:
+            raise Conflict(f"Instance {row.uuid} has no host; cannot rebuild it.")
+        image = await session.get(Image, request.image_id)
+        if image is None or image.deleted or not _image_visible(image, row.project_id):
+            raise InvalidArgument(f"Image {request.image_id} could not be found.")
+        if image.status != "active":
+            raise InvalidArgument(f"Image {request.image_id} is not active.")
+        if row.memory_mb < image.min_ram:
+            raise InvalidArgument("Flavor's memory is too small for requested image.")
+        if row.root_gb and row.root_gb < image.min_disk:
+            raise InvalidArgument("Flavor's disk is too small for requested image.")
+        values: dict[str, object] = {}
+        if request.HasField("key_name"):
+            key_data = None
+            if request.key_name:
+                key_data = (
+                    await session.execute(
+                        select(Keypair.public_key).where(
+                            Keypair.user_id == (request.user_id or row.user_id),
+                            Keypair.name == request.key_name,
+                        )
+                    )
+                ).scalar_one_or_none()
+                if key_data is None:
+                    raise InvalidArgument(f"Invalid key_name provided: {request.key_name}")
+            values["key_name"] = request.key_name or None
+            values["key_data"] = key_data
+        if request.metadata or request.replace_metadata:
+            merged = (
+                dict(request.metadata)
+                if request.replace_metadata
+                else {**(row.metadata_ or {}), **request.metadata}
+            )
+            limit = await limit_of(
+                session, row.project_id, "metadata_items", conductor.cfg.conductor
+            )
+            check_metadata_items(len(merged), limit)
+            values["metadata_"] = merged
+        for field in ("name", "access_ipv4", "access_ipv6", "hostname"):
+            if request.HasField(field):
+                values[field] = getattr(request, field)
+        if request.HasField("description"):
+            values["description"] = request.description or None
+        if request.HasField("user_data"):
+            values["user_data"] = request.user_data or None
+        props = dict(image.properties or {})
+        now = datetime.now(UTC)
+        power_on = row.vm_state != VmState.STOPPED
+        await _guarded_update(
+            session,
+            row,
+            "rebuild",
+            task_state=TaskState.REBUILDING.value,
+            updated_at=now,
+        )
+        for key, value in {
+            **values,
+            "image_id": image.id,
+            "image_properties": {str(k): str(v) for k, v in props.items()},
+            "kernel_id": str(props.get("kernel_id", "")),
+            "ramdisk_id": str(props.get("ramdisk_id", "")),
+            "task_state": TaskState.REBUILDING.value,
+            "updated_at": now,
+        }.items():
+            setattr(row, key, value)
+        _record_action(session, row, "rebuild", rid, user_id=request.user_id, now=now)
+        await outbox.add(
+            session,
+            commands.rebuild(row.host, instance_spec(row, image), rid, power_on=power_on),
+        )
+        await session.commit()
+    conductor.wakeup.set()
+    return row
+
+
+def _image_visible(image: Image, project_id: str) -> bool:
+    return image.visibility in ("public", "community") or image.owner == project_id
 
 
 async def set_lock(

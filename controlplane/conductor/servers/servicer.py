@@ -300,3 +300,10 @@ class ServersServicer(servers_pb2_grpc.ServersServiceServicer):
             host=request.host,
         )
         return servers_pb2.UnshelveServerResponse()
+
+    @grpc_errors
+    async def RebuildServer(
+        self, request: servers_pb2.RebuildServerRequest, context: Ctx
+    ) -> servers_pb2.RebuildServerResponse:
+        row = await actions.rebuild(self._c, request)
+        return servers_pb2.RebuildServerResponse(server=server_pb(row))

@@ -106,6 +106,8 @@ class _InstanceEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Ins
     """The agent saw the power state change without a command (power-state sync)."""
     INSTANCE_EVENT_KIND_MISSING: _InstanceEventKind.ValueType  # 7
     """The agent found no domain for an instance the control plane places on its host."""
+    INSTANCE_EVENT_KIND_REBUILD_SPAWNING: _InstanceEventKind.ValueType  # 8
+    """A rebuild is making the disks and the domain again (action is "rebuild")."""
 
 class InstanceEventKind(_InstanceEventKind, metaclass=_InstanceEventKindEnumTypeWrapper):
     """What happened to an instance, as an agent reports it."""
@@ -126,6 +128,8 @@ INSTANCE_EVENT_KIND_POWER_STATE_CHANGED: InstanceEventKind.ValueType  # 6
 """The agent saw the power state change without a command (power-state sync)."""
 INSTANCE_EVENT_KIND_MISSING: InstanceEventKind.ValueType  # 7
 """The agent found no domain for an instance the control plane places on its host."""
+INSTANCE_EVENT_KIND_REBUILD_SPAWNING: InstanceEventKind.ValueType  # 8
+"""A rebuild is making the disks and the domain again (action is "rebuild")."""
 Global___InstanceEventKind: _TypeAlias = InstanceEventKind  # noqa: Y015
 
 @_typing.final
@@ -637,6 +641,41 @@ class UnshelveInstanceCommand(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UnshelveInstanceCommand: _TypeAlias = UnshelveInstanceCommand  # noqa: Y015
+
+@_typing.final
+class RebuildInstanceCommand(_message.Message):
+    """Rebuild an instance on this host: destroy its domain and disks, then build them again
+    from spec (its image may differ). Idempotent: a redelivered command for a rebuild that
+    finished reports the instance's state and changes nothing.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    POWER_ON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per command; also the NATS message id."""
+    power_on: _builtins.bool
+    """Start the guest after the rebuild (false for a server that was shut off)."""
+    @_builtins.property
+    def spec(self) -> Global___InstanceSpec:
+        """What to build."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        spec: Global___InstanceSpec | None = ...,
+        power_on: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["power_on", b"power_on", "request_id", b"request_id", "spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RebuildInstanceCommand: _TypeAlias = RebuildInstanceCommand  # noqa: Y015
 
 @_typing.final
 class InstanceEvent(_message.Message):

@@ -117,6 +117,10 @@ class _TaskStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskState.V
     """Offloading a shelved server from its host."""
     TASK_STATE_UNSHELVING: _TaskState.ValueType  # 16
     """Unshelving a server still on its host."""
+    TASK_STATE_REBUILDING: _TaskState.ValueType  # 17
+    """Rebuild accepted; the host has not started on it yet."""
+    TASK_STATE_REBUILD_SPAWNING: _TaskState.ValueType  # 18
+    """The host is making the disks again and starting the guest from the new image."""
 
 class TaskState(_TaskState, metaclass=_TaskStateEnumTypeWrapper):
     """What is happening to a server right now, as Nova names it."""
@@ -155,6 +159,10 @@ TASK_STATE_SHELVING_OFFLOADING: TaskState.ValueType  # 15
 """Offloading a shelved server from its host."""
 TASK_STATE_UNSHELVING: TaskState.ValueType  # 16
 """Unshelving a server still on its host."""
+TASK_STATE_REBUILDING: TaskState.ValueType  # 17
+"""Rebuild accepted; the host has not started on it yet."""
+TASK_STATE_REBUILD_SPAWNING: TaskState.ValueType  # 18
+"""The host is making the disks again and starting the guest from the new image."""
 Global___TaskState: _TypeAlias = TaskState  # noqa: Y015
 
 class _ServerStatus:
@@ -189,6 +197,8 @@ class _ServerStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ServerSt
     """SHELVED."""
     SERVER_STATUS_SHELVED_OFFLOADED: _ServerStatus.ValueType  # 12
     """SHELVED_OFFLOADED."""
+    SERVER_STATUS_REBUILD: _ServerStatus.ValueType  # 13
+    """REBUILD."""
 
 class ServerStatus(_ServerStatus, metaclass=_ServerStatusEnumTypeWrapper):
     """The status a tenant sees, derived from (vm_state, task_state) as Nova derives it."""
@@ -219,6 +229,8 @@ SERVER_STATUS_SHELVED: ServerStatus.ValueType  # 11
 """SHELVED."""
 SERVER_STATUS_SHELVED_OFFLOADED: ServerStatus.ValueType  # 12
 """SHELVED_OFFLOADED."""
+SERVER_STATUS_REBUILD: ServerStatus.ValueType  # 13
+"""REBUILD."""
 Global___ServerStatus: _TypeAlias = ServerStatus  # noqa: Y015
 
 @_typing.final
@@ -2135,3 +2147,154 @@ class UnshelveServerResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UnshelveServerResponse: _TypeAlias = UnshelveServerResponse  # noqa: Y015
+
+@_typing.final
+class RebuildServerRequest(_message.Message):
+    """Request for RebuildServer. Fields not given keep their value."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
+    IMAGE_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    REPLACE_METADATA_FIELD_NUMBER: _builtins.int
+    USER_DATA_FIELD_NUMBER: _builtins.int
+    KEY_NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    ACCESS_IPV4_FIELD_NUMBER: _builtins.int
+    ACCESS_IPV6_FIELD_NUMBER: _builtins.int
+    HOSTNAME_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call; a retry with the same id is a no-op."""
+    id: _builtins.str
+    """UUID."""
+    project_id: _builtins.str
+    """When set, NOT_FOUND unless the server belongs to this project."""
+    user_id: _builtins.str
+    """Who asks (for the action record, and whose key pair key_name names)."""
+    override_lock: _builtins.bool
+    """The caller may act on a locked server (an admin)."""
+    image_id: _builtins.str
+    """The image to rebuild from (it may be the current one)."""
+    name: _builtins.str
+    """New display name."""
+    replace_metadata: _builtins.bool
+    """Whether metadata replaces the server's metadata."""
+    user_data: _builtins.str
+    """New base64 user data; "" removes it."""
+    key_name: _builtins.str
+    """New key pair name; "" removes the key pair."""
+    description: _builtins.str
+    """New description; "" removes it."""
+    access_ipv4: _builtins.str
+    """New IPv4 access address."""
+    access_ipv6: _builtins.str
+    """New IPv6 access address."""
+    hostname: _builtins.str
+    """New guest hostname."""
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """New metadata, replacing all of it when replace_metadata is set."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        override_lock: _builtins.bool = ...,
+        image_id: _builtins.str = ...,
+        name: _builtins.str | None = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        replace_metadata: _builtins.bool = ...,
+        user_data: _builtins.str | None = ...,
+        key_name: _builtins.str | None = ...,
+        description: _builtins.str | None = ...,
+        access_ipv4: _builtins.str | None = ...,
+        access_ipv6: _builtins.str | None = ...,
+        hostname: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_access_ipv4", b"_access_ipv4", "_access_ipv6", b"_access_ipv6", "_description", b"_description", "_hostname", b"_hostname", "_key_name", b"_key_name", "_name", b"_name", "_user_data", b"_user_data", "access_ipv4", b"access_ipv4", "access_ipv6", b"access_ipv6", "description", b"description", "hostname", b"hostname", "key_name", b"key_name", "name", b"name", "user_data", b"user_data"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_access_ipv4", b"_access_ipv4", "_access_ipv6", b"_access_ipv6", "_description", b"_description", "_hostname", b"_hostname", "_key_name", b"_key_name", "_name", b"_name", "_user_data", b"_user_data", "access_ipv4", b"access_ipv4", "access_ipv6", b"access_ipv6", "description", b"description", "hostname", b"hostname", "id", b"id", "image_id", b"image_id", "key_name", b"key_name", "metadata", b"metadata", "name", b"name", "override_lock", b"override_lock", "project_id", b"project_id", "replace_metadata", b"replace_metadata", "request_id", b"request_id", "user_data", b"user_data", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__access_ipv4: _TypeAlias = _typing.Literal["access_ipv4"]  # noqa: Y015
+    _WhichOneofArgType__access_ipv4: _TypeAlias = _typing.Literal["_access_ipv4", b"_access_ipv4"]  # noqa: Y015
+    _WhichOneofReturnType__access_ipv6: _TypeAlias = _typing.Literal["access_ipv6"]  # noqa: Y015
+    _WhichOneofArgType__access_ipv6: _TypeAlias = _typing.Literal["_access_ipv6", b"_access_ipv6"]  # noqa: Y015
+    _WhichOneofReturnType__description: _TypeAlias = _typing.Literal["description"]  # noqa: Y015
+    _WhichOneofArgType__description: _TypeAlias = _typing.Literal["_description", b"_description"]  # noqa: Y015
+    _WhichOneofReturnType__hostname: _TypeAlias = _typing.Literal["hostname"]  # noqa: Y015
+    _WhichOneofArgType__hostname: _TypeAlias = _typing.Literal["_hostname", b"_hostname"]  # noqa: Y015
+    _WhichOneofReturnType__key_name: _TypeAlias = _typing.Literal["key_name"]  # noqa: Y015
+    _WhichOneofArgType__key_name: _TypeAlias = _typing.Literal["_key_name", b"_key_name"]  # noqa: Y015
+    _WhichOneofReturnType__name: _TypeAlias = _typing.Literal["name"]  # noqa: Y015
+    _WhichOneofArgType__name: _TypeAlias = _typing.Literal["_name", b"_name"]  # noqa: Y015
+    _WhichOneofReturnType__user_data: _TypeAlias = _typing.Literal["user_data"]  # noqa: Y015
+    _WhichOneofArgType__user_data: _TypeAlias = _typing.Literal["_user_data", b"_user_data"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__access_ipv4) -> _WhichOneofReturnType__access_ipv4 | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__access_ipv6) -> _WhichOneofReturnType__access_ipv6 | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__description) -> _WhichOneofReturnType__description | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__hostname) -> _WhichOneofReturnType__hostname | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__key_name) -> _WhichOneofReturnType__key_name | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__name) -> _WhichOneofReturnType__name | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__user_data) -> _WhichOneofReturnType__user_data | None: ...
+
+Global___RebuildServerRequest: _TypeAlias = RebuildServerRequest  # noqa: Y015
+
+@_typing.final
+class RebuildServerResponse(_message.Message):
+    """Response of RebuildServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def server(self) -> Global___Server:
+        """The server as stored, rebuilding."""
+
+    def __init__(
+        self,
+        *,
+        server: Global___Server | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["server", b"server"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["server", b"server"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RebuildServerResponse: _TypeAlias = RebuildServerResponse  # noqa: Y015

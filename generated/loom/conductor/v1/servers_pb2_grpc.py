@@ -140,6 +140,11 @@ class ServersServiceStub:
                 request_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.UnshelveServerRequest.SerializeToString,
                 response_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.UnshelveServerResponse.FromString,
                 _registered_method=True)
+        self.RebuildServer = channel.unary_unary(
+                '/loom.conductor.v1.ServersService/RebuildServer',
+                request_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.RebuildServerRequest.SerializeToString,
+                response_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.RebuildServerResponse.FromString,
+                _registered_method=True)
 
 
 class ServersServiceServicer:
@@ -297,6 +302,15 @@ class ServersServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RebuildServer(self, request, context):
+        """Rebuild on the same host from an image: the disks are made again and the guest started
+        (left shut off when it was). FAILED_PRECONDITION unless ACTIVE, SHUTOFF or ERROR with no
+        task; INVALID_ARGUMENT for an unusable image or key pair.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ServersServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -404,6 +418,11 @@ def add_ServersServiceServicer_to_server(servicer, server):
                     servicer.UnshelveServer,
                     request_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.UnshelveServerRequest.FromString,
                     response_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.UnshelveServerResponse.SerializeToString,
+            ),
+            'RebuildServer': grpc.unary_unary_rpc_method_handler(
+                    servicer.RebuildServer,
+                    request_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.RebuildServerRequest.FromString,
+                    response_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.RebuildServerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -974,6 +993,33 @@ class ServersService:
             '/loom.conductor.v1.ServersService/UnshelveServer',
             loom_dot_conductor_dot_v1_dot_servers__pb2.UnshelveServerRequest.SerializeToString,
             loom_dot_conductor_dot_v1_dot_servers__pb2.UnshelveServerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RebuildServer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.conductor.v1.ServersService/RebuildServer',
+            loom_dot_conductor_dot_v1_dot_servers__pb2.RebuildServerRequest.SerializeToString,
+            loom_dot_conductor_dot_v1_dot_servers__pb2.RebuildServerResponse.FromString,
             options,
             channel_credentials,
             insecure,

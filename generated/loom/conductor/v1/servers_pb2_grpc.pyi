@@ -86,6 +86,11 @@ class ServersServiceStub:
     """Unshelve: power a shelved server on where it is, or schedule and build an offloaded one
     again from its image. FAILED_PRECONDITION unless SHELVED or SHELVED_OFFLOADED, no task.
     """
+    RebuildServer: _grpc.UnaryUnaryMultiCallable[_servers_pb2.RebuildServerRequest, _servers_pb2.RebuildServerResponse]
+    """Rebuild on the same host from an image: the disks are made again and the guest started
+    (left shut off when it was). FAILED_PRECONDITION unless ACTIVE, SHUTOFF or ERROR with no
+    task; INVALID_ARGUMENT for an unusable image or key pair.
+    """
 
 @_typing.type_check_only
 class ServersServiceAsyncStub(ServersServiceStub):
@@ -141,6 +146,11 @@ class ServersServiceAsyncStub(ServersServiceStub):
     UnshelveServer: _aio.UnaryUnaryMultiCallable[_servers_pb2.UnshelveServerRequest, _servers_pb2.UnshelveServerResponse]  # type: ignore[assignment]
     """Unshelve: power a shelved server on where it is, or schedule and build an offloaded one
     again from its image. FAILED_PRECONDITION unless SHELVED or SHELVED_OFFLOADED, no task.
+    """
+    RebuildServer: _aio.UnaryUnaryMultiCallable[_servers_pb2.RebuildServerRequest, _servers_pb2.RebuildServerResponse]  # type: ignore[assignment]
+    """Rebuild on the same host from an image: the disks are made again and the guest started
+    (left shut off when it was). FAILED_PRECONDITION unless ACTIVE, SHUTOFF or ERROR with no
+    task; INVALID_ARGUMENT for an unusable image or key pair.
     """
 
 class ServersServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -320,6 +330,17 @@ class ServersServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_servers_pb2.UnshelveServerResponse, _abc.Awaitable[_servers_pb2.UnshelveServerResponse]]:
         """Unshelve: power a shelved server on where it is, or schedule and build an offloaded one
         again from its image. FAILED_PRECONDITION unless SHELVED or SHELVED_OFFLOADED, no task.
+        """
+
+    @_abc_1.abstractmethod
+    def RebuildServer(
+        self,
+        request: _servers_pb2.RebuildServerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_servers_pb2.RebuildServerResponse, _abc.Awaitable[_servers_pb2.RebuildServerResponse]]:
+        """Rebuild on the same host from an image: the disks are made again and the guest started
+        (left shut off when it was). FAILED_PRECONDITION unless ACTIVE, SHUTOFF or ERROR with no
+        task; INVALID_ARGUMENT for an unusable image or key pair.
         """
 
 def add_ServersServiceServicer_to_server(servicer: ServersServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,5 +1,6 @@
-"""Pause, unpause, suspend and resume on a host agent: real nats-server, libvirt's test
-driver (whose managed save works as QEMU's does: the domain stops, its memory on disk)."""
+"""Pause, unpause, suspend, resume, shelve, offload, unshelve and rebuild on a host agent:
+real nats-server, libvirt's test driver (whose managed save works as QEMU's does: the
+domain stops, its memory on disk)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 from loom.compute.v1 import agent_bus_pb2
 from nats.aio.client import Client as NATS
 
-from nodeagent.driver.base import PowerState
+from nodeagent.driver.base import PowerState, RebuildDriver
 from tests.nodeagent.conftest import AgentFactory
 from tests.nodeagent.support import EventReader, build_command, make_spec, send
 
@@ -182,3 +183,45 @@ async def test_shelve_stops_unshelve_starts_and_offload_removes_the_domain_for_g
     assert agent.driver.list_instances() == {}
     # The power sync does not report the offloaded instance missing.
     assert await agent.sync_power_states() == 0
+
+
+async def test_a_rebuild_makes_the_domain_again_once_per_command(
+    make_agent: AgentFactory, bus_nc: NATS
+) -> None:
+    agent = make_agent()
+    await agent.start()
+    events = await EventReader.open(bus_nc, "h1")
+    js = bus_nc.jetstream()
+    spec = make_spec()
+    iid = spec.instance_id
+    await send(js, "h1", "build", build_command(spec))
+    await events.next()
+    conn = agent.driver._c  # type: ignore[attr-defined]
+    before = conn.lookupByUUIDString(iid).ID()
+
+    rebuilt = agent_bus_pb2.InstanceSpec()
+    rebuilt.CopyFrom(spec)
+    rebuilt.display_name = "rebuilt"
+    command = agent_bus_pb2.RebuildInstanceCommand(request_id="rb-1", spec=rebuilt, power_on=True)
+    await send(js, "h1", "rebuild", command)
+    progress = await events.next()
+    assert (progress.kind, progress.action) == (
+        agent_bus_pb2.INSTANCE_EVENT_KIND_REBUILD_SPAWNING,
+        "rebuild",
+    )
+    done = await events.next()
+    assert (done.kind, done.action, done.power_state) == (
+        agent_bus_pb2.INSTANCE_EVENT_KIND_ACTION_SUCCEEDED,
+        "rebuild",
+        agent_bus_pb2.POWER_STATE_RUNNING,
+    )
+    after = conn.lookupByUUIDString(iid).ID()
+    assert after != before  # a new domain
+
+    # The same rebuild again (a redelivery) finds it done and leaves the domain be.
+    driver = agent.driver
+    assert isinstance(driver, RebuildDriver)
+    assert driver.rebuild(rebuilt, power_on=True, rebuild_id="rb-1") == PowerState.RUNNING
+    assert conn.lookupByUUIDString(iid).ID() == after
+    # Another rebuild, shut off this time.
+    assert driver.rebuild(rebuilt, power_on=False, rebuild_id="rb-2") == PowerState.SHUTDOWN
