@@ -820,16 +820,15 @@ async def _rebuild(
     statuses = (
         await _host_statuses(request, [server]) if ctx.is_admin and mv.at_least("2.16") else {}
     )
-    out = views.updated(
-        request, server, mv, is_admin=ctx.is_admin, host_status=statuses.get(server.host)
-    )
-    if mv.at_least("2.54"):
-        out["key_name"] = server.key_name or None
-    if mv.at_least("2.57"):
-        out.pop("OS-EXT-SRV-ATTR:user_data", None)
-        out["user_data"] = server.user_data or None
     # Loom sets no guest password; the API returns one as at create.
-    out["adminPass"] = r.get("adminPass") or secrets.token_urlsafe(9)
+    out = views.rebuilt(
+        request,
+        server,
+        mv,
+        is_admin=ctx.is_admin,
+        admin_pass=r.get("adminPass") or secrets.token_urlsafe(9),
+        host_status=statuses.get(server.host),
+    )
     return ok({"server": out}, 202)
 
 

@@ -286,3 +286,25 @@ def updated(
         for net, addrs in body["addresses"].items()
     }
     return compact
+
+
+def rebuilt(
+    request: Request,
+    server: servers_pb2.Server,
+    mv: Microversion,
+    *,
+    is_admin: bool,
+    admin_pass: str,
+    host_status: str | None = None,
+) -> dict[str, Any]:
+    """The body of a rebuild's 202: the update's body for the microversion, plus key_name
+    (2.54+), user_data (2.57+; it replaces OS-EXT-SRV-ATTR:user_data from 2.75) and the
+    admin password."""
+    body = updated(request, server, mv, is_admin=is_admin, host_status=host_status)
+    if mv.at_least("2.54"):
+        body["key_name"] = server.key_name or None
+    if mv.at_least("2.57"):
+        body.pop("OS-EXT-SRV-ATTR:user_data", None)
+        body["user_data"] = server.user_data or None
+    body["adminPass"] = admin_pass
+    return body

@@ -229,3 +229,19 @@ async def test_an_active_server_refuses_offload_and_unshelve(stack: Harness, ver
         await call
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert info.value.details() == f"Cannot '{verb}' instance {sid} while it is in vm_state active"
+
+
+async def test_deleting_an_offloaded_server_deletes_it_at_once(stack: Harness) -> None:
+    await stack.scheduler.add_host("host-a")
+    sid, agent = await active_server(stack)
+    await stack.servers.ShelveServer(T.ShelveServerRequest(id=sid, request_id="sh1"))
+    await _answer(agent, sid, "shelve", agent_bus_pb2.POWER_STATE_SHUTDOWN)
+    await wait_for(stack, sid, lambda s: s.task_state == T.TASK_STATE_SHELVING_OFFLOADING)
+    await _answer(agent, sid, "shelve_offload", agent_bus_pb2.POWER_STATE_UNSPECIFIED)
+    await wait_for(stack, sid, lambda s: s.status == S.SERVER_STATUS_SHELVED_OFFLOADED)
+    await stack.servers.DeleteServer(T.DeleteServerRequest(id=sid, request_id="d1"))
+    gone = await server(stack, sid, include_deleted=True)
+    assert gone.status == S.SERVER_STATUS_DELETED
+    # No host holds it, so no host is sent a delete.
+    with pytest.raises(TimeoutError):
+        await agent.next_command(within=0.5)
