@@ -161,30 +161,45 @@ class InvalidState(Conflict):
         super().__init__(text)
 
 
-def check_start(vm_state: str, task_state: str | None) -> None:
+def _refuse(
+    action: str, vm_state: str, task_state: str | None, instance_uuid: str, *, vm_ok: bool
+) -> InvalidState:
+    """The refusal; with the instance's uuid, in the API's shape naming the one attribute
+    in the way (the vm_state when it is wrong, else the task_state)."""
+    if instance_uuid and not vm_ok:
+        return InvalidState(action, vm_state, None, instance_uuid)
+    return InvalidState(action, vm_state, task_state, instance_uuid)
+
+
+def check_start(vm_state: str, task_state: str | None, *, instance_uuid: str = "") -> None:
     """Passes only for a stopped server with no task; raises InvalidState otherwise."""
     if vm_state != VmState.STOPPED or task_state is not None:
-        raise InvalidState("start", vm_state, task_state)
+        raise _refuse(
+            "start", vm_state, task_state, instance_uuid, vm_ok=vm_state == VmState.STOPPED
+        )
 
 
-def check_stop(vm_state: str, task_state: str | None) -> None:
+def check_stop(vm_state: str, task_state: str | None, *, instance_uuid: str = "") -> None:
     """Passes for an active or errored server with no task; raises InvalidState otherwise."""
-    if vm_state not in (VmState.ACTIVE, VmState.ERROR) or task_state is not None:
-        raise InvalidState("stop", vm_state, task_state)
+    vm_ok = vm_state in (VmState.ACTIVE, VmState.ERROR)
+    if not vm_ok or task_state is not None:
+        raise _refuse("stop", vm_state, task_state, instance_uuid, vm_ok=vm_ok)
 
 
-def check_reboot(vm_state: str, task_state: str | None, *, hard: bool) -> None:
+def check_reboot(
+    vm_state: str, task_state: str | None, *, hard: bool, instance_uuid: str = ""
+) -> None:
     """Soft reboots need an active server with no task. Hard reboots also take stopped and
     errored servers, and may override a soft reboot under way; raises InvalidState otherwise."""
     action = "reboot" if not hard else "reboot (hard)"
     if not hard:
-        if vm_state != VmState.ACTIVE or task_state is not None:
-            raise InvalidState(action, vm_state, task_state)
+        vm_ok = vm_state == VmState.ACTIVE
+        if not vm_ok or task_state is not None:
+            raise _refuse(action, vm_state, task_state, instance_uuid, vm_ok=vm_ok)
         return
-    if vm_state not in (VmState.ACTIVE, VmState.STOPPED, VmState.ERROR):
-        raise InvalidState(action, vm_state, task_state)
-    if task_state not in (None, TaskState.REBOOTING):
-        raise InvalidState(action, vm_state, task_state)
+    vm_ok = vm_state in (VmState.ACTIVE, VmState.STOPPED, VmState.ERROR)
+    if not vm_ok or task_state not in (None, TaskState.REBOOTING):
+        raise _refuse(action, vm_state, task_state, instance_uuid, vm_ok=vm_ok)
 
 
 @dataclass(frozen=True)

@@ -123,13 +123,13 @@ async def power_action(
             return
         check_lock(row, override_lock)
         if verb == "start":
-            states.check_start(row.vm_state, row.task_state)
+            states.check_start(row.vm_state, row.task_state, instance_uuid=row.uuid)
             task = TaskState.POWERING_ON
         elif verb == "stop":
-            states.check_stop(row.vm_state, row.task_state)
+            states.check_stop(row.vm_state, row.task_state, instance_uuid=row.uuid)
             task = TaskState.POWERING_OFF
         else:
-            states.check_reboot(row.vm_state, row.task_state, hard=hard)
+            states.check_reboot(row.vm_state, row.task_state, hard=hard, instance_uuid=row.uuid)
             task = states.reboot_task(hard)
         if not row.host:
             raise Conflict(f"Instance {row.uuid} has no host; cannot {verb} it.")
