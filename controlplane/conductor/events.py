@@ -128,8 +128,9 @@ class EventConsumer:
             gone = inst.deleted or inst.task_state == TaskState.DELETING
             elsewhere = inst.host != event.host
             # Given up on this host (it went down) while the build was in hand there.
-            abandoned = (
-                inst.vm_state == VmState.BUILDING and inst.task_state == TaskState.SCHEDULING
+            abandoned = inst.task_state == TaskState.SCHEDULING and inst.vm_state in (
+                VmState.BUILDING,
+                VmState.SHELVED_OFFLOADED,
             )
             if gone or elsewhere or abandoned:
                 # The domain runs where nobody wants it: remove it (the agent's delete

@@ -13,6 +13,7 @@ from loom.conductor.v1 import servers_pb2
 from sqlalchemy import select, update
 
 from controlplane.conductor.shelving import ShelvedOffloader
+from controlplane.conductor.stranded import StrandedBuilds
 from controlplane.db.models import Allocation, Instance
 from controlplane.runtime import bus
 from controlplane.runtime.natsserver import NatsServerProcess
@@ -245,3 +246,30 @@ async def test_deleting_an_offloaded_server_deletes_it_at_once(stack: Harness) -
     # No host holds it, so no host is sent a delete.
     with pytest.raises(TimeoutError):
         await agent.next_command(within=0.5)
+
+
+async def test_an_unshelve_build_stranded_on_a_host_that_went_down_is_rescheduled(
+    stack: Harness,
+) -> None:
+    await stack.scheduler.add_host("host-a")
+    sid, agent = await active_server(stack)
+    await stack.servers.ShelveServer(T.ShelveServerRequest(id=sid, request_id="sh1"))
+    await _answer(agent, sid, "shelve", agent_bus_pb2.POWER_STATE_SHUTDOWN)
+    await wait_for(stack, sid, lambda s: s.task_state == T.TASK_STATE_SHELVING_OFFLOADING)
+    await _answer(agent, sid, "shelve_offload", agent_bus_pb2.POWER_STATE_UNSPECIFIED)
+    await wait_for(stack, sid, lambda s: s.status == S.SERVER_STATUS_SHELVED_OFFLOADED)
+    await stack.servers.UnshelveServer(T.UnshelveServerRequest(id=sid, request_id="un1"))
+    build = await agent.build_command()
+    await stack.scheduler.add_host("host-b")
+    stack.scheduler.stop_heartbeats("host-a")
+
+    assert await StrandedBuilds(stack.conductor).run_once() == 1
+    moved = await wait_for(stack, sid, lambda s: s.task_state == T.TASK_STATE_SPAWNING)
+    assert (moved.host, moved.attempts) == ("host-b", build.attempt + 1)
+    assert moved.status == S.SERVER_STATUS_SHELVED_OFFLOADED
+    unshelve = await stack.servers.GetInstanceAction(
+        T.GetInstanceActionRequest(id=sid, request_id="un1")
+    )
+    assert [(e.event, e.result) for e in unshelve.action.events] == [
+        ("compute_unshelve_instance", "Error")
+    ]
