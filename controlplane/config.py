@@ -105,6 +105,9 @@ class ConductorConfig(_Section):
     # image` and `loom catalog` on its own listen address.
     hosted_domains: tuple[HostableDomain, ...] = HOSTABLE_DOMAINS
     max_build_attempts: int = Field(default=3, ge=1, le=20)
+    # Seconds a shelved server keeps its host before it is offloaded: 0 offloads at once
+    # (as part of the shelve), -1 never (Nova's shelved_offload_time).
+    shelved_offload_time: int = Field(default=0, ge=-1)
     # Seconds without a heartbeat before a host is considered down.
     service_down_time: int = Field(default=60, ge=2)
     # Outbox relay: how many rows one publish batch carries.

@@ -23,6 +23,8 @@ VM_STATE_PB = {
     VmState.DELETED: servers_pb2.VM_STATE_DELETED,
     VmState.PAUSED: servers_pb2.VM_STATE_PAUSED,
     VmState.SUSPENDED: servers_pb2.VM_STATE_SUSPENDED,
+    VmState.SHELVED: servers_pb2.VM_STATE_SHELVED,
+    VmState.SHELVED_OFFLOADED: servers_pb2.VM_STATE_SHELVED_OFFLOADED,
 }
 VM_STATE_FROM_PB = {v: k for k, v in VM_STATE_PB.items()}
 
@@ -34,6 +36,15 @@ TASK_STATE_PB = {
     TaskState.REBOOTING: servers_pb2.TASK_STATE_REBOOTING,
     TaskState.REBOOTING_HARD: servers_pb2.TASK_STATE_REBOOTING_HARD,
     TaskState.DELETING: servers_pb2.TASK_STATE_DELETING,
+    TaskState.PAUSING: servers_pb2.TASK_STATE_PAUSING,
+    TaskState.UNPAUSING: servers_pb2.TASK_STATE_UNPAUSING,
+    TaskState.SUSPENDING: servers_pb2.TASK_STATE_SUSPENDING,
+    TaskState.RESUMING: servers_pb2.TASK_STATE_RESUMING,
+    TaskState.SHELVING: servers_pb2.TASK_STATE_SHELVING,
+    TaskState.SHELVING_OFFLOADING: servers_pb2.TASK_STATE_SHELVING_OFFLOADING,
+    TaskState.UNSHELVING: servers_pb2.TASK_STATE_UNSHELVING,
+    TaskState.REBUILDING: servers_pb2.TASK_STATE_REBUILDING,
+    TaskState.REBUILD_SPAWNING: servers_pb2.TASK_STATE_REBUILD_SPAWNING,
 }
 
 STATUS_PB = {
@@ -46,6 +57,9 @@ STATUS_PB = {
     Status.DELETED: servers_pb2.SERVER_STATUS_DELETED,
     Status.PAUSED: servers_pb2.SERVER_STATUS_PAUSED,
     Status.SUSPENDED: servers_pb2.SERVER_STATUS_SUSPENDED,
+    Status.SHELVED: servers_pb2.SERVER_STATUS_SHELVED,
+    Status.SHELVED_OFFLOADED: servers_pb2.SERVER_STATUS_SHELVED_OFFLOADED,
+    Status.REBUILD: servers_pb2.SERVER_STATUS_REBUILD,
     Status.UNKNOWN: servers_pb2.SERVER_STATUS_UNKNOWN,
 }
 STATUS_FROM_PB = {v: k for k, v in STATUS_PB.items()}
@@ -134,6 +148,7 @@ def server_pb(row: Instance | Row[Any]) -> servers_pb2.Server:
         description=row.description or "",
         locked=row.locked,
         locked_reason=row.locked_reason or "",
+        locked_by=row.locked_by or "",
         instance_name=instance_name(row.id),
         tags=[str(t) for t in (row.tags or [])],
         access_ipv4=row.access_ipv4,

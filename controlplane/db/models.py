@@ -104,6 +104,10 @@ class Instance(TimestampMixin, Base):
     description: Mapped[str | None] = mapped_column(Text, nullable=True)
     locked: Mapped[bool] = mapped_column(Boolean, default=False)
     locked_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # "owner" or "admin" while locked: an owner cannot lift an admin's lock.
+    locked_by: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # When it was last shelved: a shelved server is offloaded shelved_offload_time later.
+    shelved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     access_ipv4: Mapped[str] = mapped_column(String(64), default="")
     access_ipv6: Mapped[str] = mapped_column(String(64), default="")
     config_drive: Mapped[str] = mapped_column(String(16), default="")

@@ -32,7 +32,21 @@ EVENTS_STREAM = "LOOM_EVENTS"
 INVENTORY_STREAM = "LOOM_INVENTORY"
 
 # Command verbs an agent accepts on loom.compute.<host>.<verb>.
-VERBS = ("build", "delete", "start", "stop", "reboot")
+VERBS = (
+    "build",
+    "delete",
+    "start",
+    "stop",
+    "reboot",
+    "pause",
+    "unpause",
+    "suspend",
+    "resume",
+    "shelve",
+    "shelve_offload",
+    "unshelve",
+    "rebuild",
+)
 
 
 def compute_subject(host: str, verb: str) -> str:

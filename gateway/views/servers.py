@@ -22,6 +22,8 @@ VM_STATES = {
     servers_pb2.VM_STATE_DELETED: "deleted",
     servers_pb2.VM_STATE_PAUSED: "paused",
     servers_pb2.VM_STATE_SUSPENDED: "suspended",
+    servers_pb2.VM_STATE_SHELVED: "shelved",
+    servers_pb2.VM_STATE_SHELVED_OFFLOADED: "shelved_offloaded",
 }
 TASK_STATES = {
     servers_pb2.TASK_STATE_SCHEDULING: "scheduling",
@@ -33,6 +35,15 @@ TASK_STATES = {
     servers_pb2.TASK_STATE_DELETING: "deleting",
     servers_pb2.TASK_STATE_NETWORKING: "networking",
     servers_pb2.TASK_STATE_BLOCK_DEVICE_MAPPING: "block_device_mapping",
+    servers_pb2.TASK_STATE_PAUSING: "pausing",
+    servers_pb2.TASK_STATE_UNPAUSING: "unpausing",
+    servers_pb2.TASK_STATE_SUSPENDING: "suspending",
+    servers_pb2.TASK_STATE_RESUMING: "resuming",
+    servers_pb2.TASK_STATE_SHELVING: "shelving",
+    servers_pb2.TASK_STATE_SHELVING_OFFLOADING: "shelving_offloading",
+    servers_pb2.TASK_STATE_UNSHELVING: "unshelving",
+    servers_pb2.TASK_STATE_REBUILDING: "rebuilding",
+    servers_pb2.TASK_STATE_REBUILD_SPAWNING: "rebuild_spawning",
 }
 STATUSES = {
     servers_pb2.SERVER_STATUS_BUILD: "BUILD",
@@ -44,6 +55,9 @@ STATUSES = {
     servers_pb2.SERVER_STATUS_DELETED: "DELETED",
     servers_pb2.SERVER_STATUS_PAUSED: "PAUSED",
     servers_pb2.SERVER_STATUS_SUSPENDED: "SUSPENDED",
+    servers_pb2.SERVER_STATUS_SHELVED: "SHELVED",
+    servers_pb2.SERVER_STATUS_SHELVED_OFFLOADED: "SHELVED_OFFLOADED",
+    servers_pb2.SERVER_STATUS_REBUILD: "REBUILD",
     servers_pb2.SERVER_STATUS_UNKNOWN: "UNKNOWN",
 }
 STATUS_BY_NAME = {v: k for k, v in STATUSES.items()}
@@ -272,3 +286,25 @@ def updated(
         for net, addrs in body["addresses"].items()
     }
     return compact
+
+
+def rebuilt(
+    request: Request,
+    server: servers_pb2.Server,
+    mv: Microversion,
+    *,
+    is_admin: bool,
+    admin_pass: str,
+    host_status: str | None = None,
+) -> dict[str, Any]:
+    """The body of a rebuild's 202: the update's body for the microversion, plus key_name
+    (2.54+), user_data (2.57+; it replaces OS-EXT-SRV-ATTR:user_data from 2.75) and the
+    admin password."""
+    body = updated(request, server, mv, is_admin=is_admin, host_status=host_status)
+    if mv.at_least("2.54"):
+        body["key_name"] = server.key_name or None
+    if mv.at_least("2.57"):
+        body.pop("OS-EXT-SRV-ATTR:user_data", None)
+        body["user_data"] = server.user_data or None
+    body["adminPass"] = admin_pass
+    return body

@@ -29,6 +29,7 @@ from loom.compute.v1 import agent_bus_pb2
 from controlplane.runtime import tracing
 from nodeagent.configdrive import ConfigDriveError, wants_config_drive, write_config_drive
 from nodeagent.driver.base import (
+    ActionFailed,
     BuildFailed,
     ConsoleEndpoint,
     HostFacts,
@@ -74,17 +75,18 @@ _IMAGES_FILE = "images.json"
 # The ids of the ports wired for the instance, so delete unplugs exactly those.
 _PORTS_FILE = "ports.json"
 _CONFIG_DRIVE = "disk.config"
-
-
-class NoDataPlane(RuntimeError):
-    """A real host without a network data plane was asked to attach ports."""
-
-
+# The id of the rebuild that made the instance's current disks (a redelivered rebuild
+# command finds it and changes nothing).
+_REBUILD_FILE = "rebuild-id"
 _BASE_DIR = "_base"
 # The most of a serial log console_output returns (Nova caps it similarly).
 _CONSOLE_TAIL_BYTES = 1024 * 1024
 _silenced = threading.Lock()
 _silenced_done = False
+
+
+class NoDataPlane(RuntimeError):
+    """A real host without a network data plane was asked to attach ports."""
 
 
 def silence_libvirt_stderr() -> None:
@@ -269,7 +271,11 @@ class LibvirtDriver:
 
     @staticmethod
     def _power(dom: Any) -> PowerState:
-        return _LIBVIRT_POWER.get(dom.state()[0], PowerState.NOSTATE)
+        state = dom.state()[0]
+        if state == libvirt.VIR_DOMAIN_SHUTOFF and dom.hasManagedSaveImage(0):
+            # Shut off with its memory saved to disk: that is a suspended guest.
+            return PowerState.SUSPENDED
+        return _LIBVIRT_POWER.get(state, PowerState.NOSTATE)
 
     def _instance_dir(self, instance_id: str) -> Path:
         return self.instances_dir / instance_id
@@ -466,6 +472,9 @@ class LibvirtDriver:
     def stop(self, instance_id: str, timeout: float) -> PowerState:
         dom = self._require(instance_id)
         if not dom.isActive():
+            # A suspended guest is stopped by forgetting its saved memory.
+            if dom.hasManagedSaveImage(0):
+                dom.managedSaveRemove(0)
             return PowerState.SHUTDOWN
         if timeout > 0:
             try:
@@ -522,6 +531,65 @@ class LibvirtDriver:
         self._start_domain(dom, instance_id)
         return True
 
+    # -- RebuildDriver ------------------------------------------------------------------
+
+    def rebuild(
+        self, spec: agent_bus_pb2.InstanceSpec, *, power_on: bool, rebuild_id: str
+    ) -> PowerState:
+        marker = self._instance_dir(spec.instance_id) / _REBUILD_FILE
+        dom = self._lookup(spec.instance_id)
+        try:
+            done = dom is not None and marker.read_text() == rebuild_id
+        except OSError:
+            done = False
+        if done:
+            return self._power(dom)
+        self.destroy(spec.instance_id)
+        state = self.create(spec, power_on=power_on)
+        marker.write_text(rebuild_id)
+        return state
+
+    # -- PauseSuspendDriver -------------------------------------------------------------
+
+    def pause(self, instance_id: str) -> PowerState:
+        dom = self._require(instance_id)
+        state = self._power(dom)
+        if state == PowerState.PAUSED:
+            return state
+        if state != PowerState.RUNNING:
+            raise ActionFailed("The instance is not running, so it cannot be paused.")
+        dom.suspend()
+        return self._power(dom)
+
+    def unpause(self, instance_id: str) -> PowerState:
+        dom = self._require(instance_id)
+        state = self._power(dom)
+        if state == PowerState.RUNNING:
+            return state
+        if state != PowerState.PAUSED:
+            raise ActionFailed("The instance is not paused, so it cannot be unpaused.")
+        dom.resume()
+        return self._power(dom)
+
+    def suspend(self, instance_id: str) -> PowerState:
+        dom = self._require(instance_id)
+        state = self._power(dom)
+        if state == PowerState.SUSPENDED:
+            return state
+        if state not in (PowerState.RUNNING, PowerState.PAUSED):
+            raise ActionFailed("The instance is not running, so it cannot be suspended.")
+        dom.managedSave(0)
+        return self._power(dom)
+
+    def resume(self, instance_id: str) -> PowerState:
+        dom = self._require(instance_id)
+        if not dom.isActive():
+            # Starting a domain that has a managed save restores it from that save.
+            dom.create()
+        elif self._power(dom) == PowerState.PAUSED:
+            dom.resume()
+        return self._power(dom)
+
     def destroy(self, instance_id: str) -> None:
         dom = self._lookup(instance_id)
         if dom is not None:
@@ -553,6 +621,9 @@ class LibvirtDriver:
                     libvirt.VIR_ERR_NO_SUPPORT,
                 ):
                     raise
+                # Without the flag the saved memory of a suspended guest goes first.
+                if dom.hasManagedSaveImage(0):
+                    dom.managedSaveRemove(0)
                 dom.undefine()
         except libvirt.libvirtError as exc:
             if not _is_no_domain(exc):

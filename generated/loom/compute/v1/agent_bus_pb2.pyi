@@ -130,6 +130,8 @@ class _InstanceEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Ins
     """The agent saw the power state change without a command (power-state sync)."""
     INSTANCE_EVENT_KIND_MISSING: _InstanceEventKind.ValueType  # 7
     """The agent found no domain for an instance the control plane places on its host."""
+    INSTANCE_EVENT_KIND_REBUILD_SPAWNING: _InstanceEventKind.ValueType  # 8
+    """A rebuild is making the disks and the domain again (action is "rebuild")."""
 
 class InstanceEventKind(_InstanceEventKind, metaclass=_InstanceEventKindEnumTypeWrapper):
     """What happened to an instance, as an agent reports it."""
@@ -150,6 +152,8 @@ INSTANCE_EVENT_KIND_POWER_STATE_CHANGED: InstanceEventKind.ValueType  # 6
 """The agent saw the power state change without a command (power-state sync)."""
 INSTANCE_EVENT_KIND_MISSING: InstanceEventKind.ValueType  # 7
 """The agent found no domain for an instance the control plane places on its host."""
+INSTANCE_EVENT_KIND_REBUILD_SPAWNING: InstanceEventKind.ValueType  # 8
+"""A rebuild is making the disks and the domain again (action is "rebuild")."""
 Global___InstanceEventKind: _TypeAlias = InstanceEventKind  # noqa: Y015
 
 @_typing.final
@@ -763,6 +767,233 @@ class RebootInstanceCommand(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RebootInstanceCommand: _TypeAlias = RebootInstanceCommand  # noqa: Y015
+
+@_typing.final
+class PauseInstanceCommand(_message.Message):
+    """Pause a running instance: its vCPUs stop, its memory stays. Idempotent: succeeds if already paused."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per command; also the NATS message id."""
+    instance_id: _builtins.str
+    """Instance UUID."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseInstanceCommand: _TypeAlias = PauseInstanceCommand  # noqa: Y015
+
+@_typing.final
+class UnpauseInstanceCommand(_message.Message):
+    """Unpause a paused instance. Idempotent: succeeds if already running."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per command; also the NATS message id."""
+    instance_id: _builtins.str
+    """Instance UUID."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnpauseInstanceCommand: _TypeAlias = UnpauseInstanceCommand  # noqa: Y015
+
+@_typing.final
+class SuspendInstanceCommand(_message.Message):
+    """Suspend an instance: its memory is saved to disk and the domain stops (managed save). Idempotent: succeeds if already saved."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per command; also the NATS message id."""
+    instance_id: _builtins.str
+    """Instance UUID."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SuspendInstanceCommand: _TypeAlias = SuspendInstanceCommand  # noqa: Y015
+
+@_typing.final
+class ResumeInstanceCommand(_message.Message):
+    """Resume a suspended instance from its saved memory. Idempotent: succeeds if already running."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per command; also the NATS message id."""
+    instance_id: _builtins.str
+    """Instance UUID."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeInstanceCommand: _TypeAlias = ResumeInstanceCommand  # noqa: Y015
+
+@_typing.final
+class ShelveInstanceCommand(_message.Message):
+    """Shelve an instance: shut the guest off (gracefully, then forced) and keep its domain and
+    disks. Idempotent: succeeds if already shut off.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per command; also the NATS message id."""
+    instance_id: _builtins.str
+    """Instance UUID."""
+    timeout_seconds: _builtins.int
+    """Seconds to wait for a graceful shutdown before forcing it; 0 means the agent default."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
+        timeout_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "request_id", b"request_id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShelveInstanceCommand: _TypeAlias = ShelveInstanceCommand  # noqa: Y015
+
+@_typing.final
+class ShelveOffloadInstanceCommand(_message.Message):
+    """Offload a shelved instance: destroy its domain and every file it left on the host.
+    Idempotent: succeeds if already absent.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per command; also the NATS message id."""
+    instance_id: _builtins.str
+    """Instance UUID."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShelveOffloadInstanceCommand: _TypeAlias = ShelveOffloadInstanceCommand  # noqa: Y015
+
+@_typing.final
+class UnshelveInstanceCommand(_message.Message):
+    """Unshelve an instance that is still on this host: power it on. Idempotent: succeeds if
+    already running.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per command; also the NATS message id."""
+    instance_id: _builtins.str
+    """Instance UUID."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnshelveInstanceCommand: _TypeAlias = UnshelveInstanceCommand  # noqa: Y015
+
+@_typing.final
+class RebuildInstanceCommand(_message.Message):
+    """Rebuild an instance on this host: destroy its domain and disks, then build them again
+    from spec (its image may differ). Idempotent: a redelivered command for a rebuild that
+    finished reports the instance's state and changes nothing.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    POWER_ON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per command; also the NATS message id."""
+    power_on: _builtins.bool
+    """Start the guest after the rebuild (false for a server that was shut off)."""
+    @_builtins.property
+    def spec(self) -> Global___InstanceSpec:
+        """What to build."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        spec: Global___InstanceSpec | None = ...,
+        power_on: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["power_on", b"power_on", "request_id", b"request_id", "spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RebuildInstanceCommand: _TypeAlias = RebuildInstanceCommand  # noqa: Y015
 
 @_typing.final
 class InstanceEvent(_message.Message):
