@@ -226,6 +226,7 @@ class HostAgent:
         if self._watch is not None:
             self._watch.on_restored(self._pull_again_after_reconnect)
         self._consumer = asyncio.create_task(self._consume(), name=f"consume-{self.host}")
+        self._tasks.append(asyncio.create_task(self._heartbeats(), name=f"beat-{self.host}"))
         self._tasks.append(asyncio.create_task(self._housekeeping(), name=f"tick-{self.host}"))
         if self._fleet is not None:
             self._tasks.append(asyncio.create_task(self._reconcile_task(), name=f"rec-{self.host}"))
@@ -716,25 +717,33 @@ class HostAgent:
             m.instance_event(host=self.host, instance_id=iid, kind=kind, power_state=state)
         )
 
+    async def _heartbeats(self) -> None:
+        """Beats on a task of their own: the housekeeping below waits for the host's lock
+        (which a build holds for as long as the hypervisor takes), a heartbeat never does."""
+        loop = asyncio.get_running_loop()
+        every = self.cfg.heartbeat_interval
+        # Spread the first beats so a thousand simulated hosts do not beat in lockstep.
+        next_hb = loop.time() + every * random.uniform(0.5, 1.0)
+        while True:
+            await asyncio.sleep(max(0.0, next_hb - loop.time()))
+            next_hb = loop.time() + every
+            await self._guarded(self.send_heartbeat, "heartbeat")
+
     async def _housekeeping(self) -> None:
         loop = asyncio.get_running_loop()
-        hb_every, sync_every = self.cfg.heartbeat_interval, self.cfg.power_sync_interval
+        sync_every = self.cfg.power_sync_interval
         prune_every = self.cfg.image_cache_prune_interval_s
         prunes = isinstance(self.driver, ImageCacheDriver)
-        # Spread the first ticks so a thousand simulated hosts do not beat in lockstep.
+        # Spread the first ticks so a thousand simulated hosts do not sync in lockstep.
         now = loop.time()
-        next_hb = now + hb_every * random.uniform(0.5, 1.0)
         next_sync = now + sync_every * random.uniform(0.5, 1.0)
         next_prune = now + prune_every * random.uniform(0.5, 1.0) if prunes else float("inf")
         while True:
-            await asyncio.sleep(max(0.0, min(next_hb, next_sync, next_prune) - loop.time()))
+            await asyncio.sleep(max(0.0, min(next_sync, next_prune) - loop.time()))
             now = loop.time()
             if now >= next_prune:
                 next_prune = now + prune_every
                 await self._guarded(self.prune_image_cache, "image cache prune")
-            if now >= next_hb:
-                next_hb = now + hb_every
-                await self._guarded(self.send_heartbeat, "heartbeat")
             if now >= next_sync:
                 next_sync = now + sync_every
                 await self._guarded(self.sync_power_states, "power-state sync")

@@ -117,6 +117,7 @@ def make_driver(cfg: LoomConfig, host: str) -> LibvirtDriver:
         virt_type=cfg.agent.virt_type,
         soft_reboot_timeout=float(cfg.agent.shutdown_timeout),
         dataplane=make_dataplane(cfg, host, simulated=uri.startswith("test:")),
+        simulated_latency_s=cfg.agent.sim_hypervisor_latency_s,
     )
 
 

@@ -139,9 +139,12 @@ class LibvirtDriver:
         virt_type: Literal["auto", "qemu", "kvm"] = "auto",
         soft_reboot_timeout: float = 60.0,
         dataplane: HostDataPlane | None = None,
+        simulated_latency_s: float = 0.0,
     ) -> None:
         """`images` is required for real hypervisors (it makes their disks); `virt_type`
-        "auto" decides kvm or qemu on open (nodeagent.driver.hypervisor)."""
+        "auto" decides kvm or qemu on open (nodeagent.driver.hypervisor).
+        `simulated_latency_s` (test:/// only) makes each build take that long in the
+        hypervisor, as a slow real one does; its calls then run off the agent's loop."""
         self.uri = uri
         self.host = host
         self.instances_dir = instances_dir
@@ -150,6 +153,7 @@ class LibvirtDriver:
         self.soft_reboot_timeout = soft_reboot_timeout
         self.dataplane = dataplane
         self._disk_gb = disk_gb
+        self._latency_s = simulated_latency_s if uri.startswith("test:") else 0.0
         self._conn: Any = None
         # UUID → whether the domain is this host's; metadata never changes after define.
         self._ownership: dict[str, bool] = {}
@@ -173,7 +177,7 @@ class LibvirtDriver:
     @property
     def runs_inline(self) -> bool:
         # The test driver answers in microseconds; anything else may block on I/O.
-        return self._domain_type == "test"
+        return self._domain_type == "test" and not self._latency_s
 
     @property
     def persistent(self) -> bool:
@@ -343,6 +347,8 @@ class LibvirtDriver:
         existing = self._lookup(spec.instance_id)
         if existing is not None:
             return self._power(existing)
+        if self._latency_s:
+            time.sleep(self._latency_s)  # a simulated slow hypervisor (off the loop)
         dom: Any = None
         step = "prepare the instance folder"
         try:
