@@ -24,7 +24,7 @@ from gateway.microversion import Microversion
 from gateway.routing import checked_body, documented
 from gateway.scheduler import Scheduler
 from gateway.state import gateway_of, json_body, microversion, request_id
-from gateway.validation import compile_schema
+from gateway.validation import action_schema, compile_schema
 
 _NAME = {"type": "string", "minLength": 1, "maxLength": 255, "format": "name"}
 _ZONE = {"type": ["string", "null"], "minLength": 1, "maxLength": 255}
@@ -62,49 +62,21 @@ UPDATE = compile_schema(
 )
 
 
-def _host_action(name: str) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": [name],
-        "additionalProperties": False,
-        "properties": {
-            name: {
-                "type": "object",
-                "required": ["host"],
-                "additionalProperties": False,
-                "properties": {"host": _HOST},
-            }
-        },
-    }
-
-
-ADD_HOST = compile_schema(_host_action("add_host"))
-REMOVE_HOST = compile_schema(_host_action("remove_host"))
+ADD_HOST = compile_schema(action_schema("add_host", {"host": _HOST}))
+REMOVE_HOST = compile_schema(action_schema("remove_host", {"host": _HOST}))
 SET_METADATA = compile_schema(
-    {
-        "type": "object",
-        "required": ["set_metadata"],
-        "additionalProperties": False,
-        "properties": {
-            "set_metadata": {
+    action_schema(
+        "set_metadata",
+        {
+            "metadata": {
                 "type": "object",
-                "required": ["metadata"],
-                "additionalProperties": False,
-                "properties": {
-                    "metadata": {
-                        "type": "object",
-                        "patternProperties": {
-                            "^[a-zA-Z0-9-_:. ]{1,255}$": {
-                                "type": ["string", "null"],
-                                "maxLength": 255,
-                            }
-                        },
-                        "additionalProperties": False,
-                    }
+                "patternProperties": {
+                    "^[a-zA-Z0-9-_:. ]{1,255}$": {"type": ["string", "null"], "maxLength": 255}
                 },
+                "additionalProperties": False,
             }
         },
-    }
+    )
 )
 ACTIONS = {"add_host": ADD_HOST, "remove_host": REMOVE_HOST, "set_metadata": SET_METADATA}
 

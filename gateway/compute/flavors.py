@@ -18,7 +18,13 @@ from gateway.errors import ApiError, BadRequest, NotFound
 from gateway.microversion import Microversion
 from gateway.routing import checked_body, checked_query, documented
 from gateway.state import gateway_of, json_body, microversion, request_id
-from gateway.validation import Query, QueryParam, VersionedSchema, compile_schema
+from gateway.validation import (
+    Query,
+    QueryParam,
+    VersionedSchema,
+    action_schema,
+    compile_schema,
+)
 from gateway.validation.booleans import BOOLEAN_SCHEMA, parse_bool
 from gateway.validation.schema import shorten
 
@@ -416,26 +422,14 @@ async def flavor_access(request: Request) -> Response:
     return ok(_access_view(reply.access))
 
 
-def _tenant_action(name: str) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": [name],
-        "additionalProperties": False,
-        "properties": {
-            name: {
-                "type": "object",
-                "required": ["tenant"],
-                "additionalProperties": False,
-                "properties": {
-                    "tenant": {"type": "string", "minLength": 1, "maxLength": 255},
-                },
-            }
-        },
-    }
-
-
+_TENANT = {"tenant": {"type": "string", "minLength": 1, "maxLength": 255}}
 ACTION = compile_schema(
-    {"oneOf": [_tenant_action("addTenantAccess"), _tenant_action("removeTenantAccess")]}
+    {
+        "oneOf": [
+            action_schema("addTenantAccess", _TENANT),
+            action_schema("removeTenantAccess", _TENANT),
+        ]
+    }
 )
 
 

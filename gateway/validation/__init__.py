@@ -9,7 +9,13 @@ of the value.
 """
 
 from gateway.validation.query import NO_QUERY, Query, QueryParam
-from gateway.validation.schema import CompiledSchema, Schema, ValidationFailed, compile_schema
+from gateway.validation.schema import (
+    CompiledSchema,
+    Schema,
+    ValidationFailed,
+    action_schema,
+    compile_schema,
+)
 from gateway.validation.strict import SchemaNotStrict
 from gateway.validation.versioned import VersionedSchema
 
@@ -22,5 +28,6 @@ __all__ = [
     "SchemaNotStrict",
     "ValidationFailed",
     "VersionedSchema",
+    "action_schema",
     "compile_schema",
 ]

@@ -134,3 +134,21 @@ class CompiledSchema:
 def compile_schema(schema: Schema) -> CompiledSchema:
     """A request body schema, compiled (see CompiledSchema)."""
     return CompiledSchema(schema)
+
+
+def action_schema(action: str, members: Mapping[str, Schema]) -> Schema:
+    """The body of one action, `{action: {member: ...}}`, every member required and
+    nothing else allowed at either level."""
+    return {
+        "type": "object",
+        "required": [action],
+        "additionalProperties": False,
+        "properties": {
+            action: {
+                "type": "object",
+                "required": list(members),
+                "additionalProperties": False,
+                "properties": dict(members),
+            }
+        },
+    }
