@@ -1,5 +1,5 @@
-"""The gateway's ASGI app: Identity v3, Compute v2.1 and Image v2 routes, error shapes,
-request ids and microversions."""
+"""The gateway's ASGI app: Identity v3, Compute v2.1, Image v2 and Network v2.0 routes,
+error shapes, request ids and microversions."""
 
 from __future__ import annotations
 
@@ -14,24 +14,28 @@ from starlette.routing import BaseRoute, Route
 
 from gateway import consoles
 from gateway.compute import routes as compute_routes
-from gateway.errors import ApiError
+from gateway.errors import ApiError, TypedApiError
 from gateway.identity import routes as identity_routes
 from gateway.image import routes as image_routes
 from gateway.middleware import COMPUTE_API, GatewayMiddleware, error_response_parts
+from gateway.network import routes as network_routes
 from gateway.openapi import openapi
 from gateway.state import Gateway
 
 log = logging.getLogger("loom.gateway")
 
 
-def _error(request: Request, status: int, message: str, headers: dict[str, str]) -> Response:
-    body, ctype = error_response_parts(request.url.path, status, message)
+def _error(
+    request: Request, status: int, message: str, headers: dict[str, str], error_type: str = ""
+) -> Response:
+    body, ctype = error_response_parts(request.url.path, status, message, error_type)
     return Response(body, status_code=status, media_type=ctype.split(";")[0], headers=headers)
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return _error(request, exc.status, exc.message, exc.headers)
+    error_type = exc.error_type if isinstance(exc, TypedApiError) else ""
+    return _error(request, exc.status, exc.message, exc.headers, error_type)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -55,6 +59,7 @@ def all_routes() -> list[BaseRoute]:
         *identity_routes.routes(),
         *compute_routes.routes(),
         *image_routes.routes(),
+        *network_routes.routes(),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
 

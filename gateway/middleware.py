@@ -16,7 +16,7 @@ from typing import Any
 
 from controlplane.runtime import tracing
 from gateway import metrics
-from gateway.errors import glance_text, keystone_body, nova_body
+from gateway.errors import glance_text, keystone_body, neutron_body, nova_body
 from gateway.microversion import VersionNotAcceptable, negotiate
 
 log = logging.getLogger("loom.gateway")
@@ -33,8 +33,12 @@ _PROJECT_ID = re.compile(r"^[0-9a-fA-F]{32}$|^[0-9a-fA-F-]{36}$")
 _VERSION_HEADERS = "OpenStack-API-Version, X-OpenStack-Nova-API-Version"
 
 
-def error_response_parts(path: str, status: int, message: str) -> tuple[bytes, str]:
+def error_response_parts(
+    path: str, status: int, message: str, error_type: str = ""
+) -> tuple[bytes, str]:
     """The body and content type of an error, in the shape of the API `path` belongs to."""
+    if path.startswith("/network"):
+        return json.dumps(neutron_body(status, message, error_type)).encode(), "application/json"
     if path.startswith("/image"):
         return glance_text(status, message).encode(), "text/plain; charset=UTF-8"
     if path.startswith("/compute"):
