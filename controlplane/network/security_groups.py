@@ -70,15 +70,17 @@ def _rule_row(
     remote_group_id: str | None = None,
     description: str = "",
 ) -> SecurityGroupRule:
+    # Any address (a /0) restricts nothing: the same rule as one without a prefix.
+    matched_prefix = None if remote_ip_prefix in ("0.0.0.0/0", "::/0") else remote_ip_prefix
     signature = "|".join(
-        str(v if v is not None else "")
+        "" if v is None else str(v)
         for v in (
             direction,
             ethertype,
             protocol,
             port_min,
             port_max,
-            remote_ip_prefix,
+            matched_prefix,
             remote_group_id,
         )
     )
@@ -323,8 +325,7 @@ async def create_rule(
                 f"Conflicting value ethertype {ethertype} for CIDR {net}",
                 "SecurityGroupRuleParameterConflict",
             )
-        # Any address is no restriction at all.
-        prefix = None if net.prefixlen == 0 else str(net)
+        prefix = str(net)
     remote_group: str | None = None
     if r.remote_group_id:
         if r.remote_ip_prefix:

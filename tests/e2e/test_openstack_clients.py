@@ -660,3 +660,36 @@ def test_a_private_flavor_boots_for_an_admin_and_does_not_exist_for_a_member(
         created = admin.compute.post("/servers", json=body, headers=v237)
         assert created.status_code == 202, created.text
         admin.delete_server(created.json()["server"]["id"], wait=True)
+
+
+def test_the_openstack_cli_manages_networks_subnets_ports_and_security_group_rules(
+    cloud: Stack,
+) -> None:
+    network = osc(cloud, "network", "create", "n1", "-f", "json")
+    assert network["status"] == "ACTIVE"
+    subnet = osc(
+        cloud, "subnet", "create", "--network", "n1", "--subnet-range", "10.0.0.0/24", "s1",
+        "-f", "json",
+    )  # fmt: skip
+    assert subnet["gateway_ip"] == "10.0.0.1"
+    assert subnet["network_id"] == network["id"]
+    port = osc(cloud, "port", "create", "--network", "n1", "p1", "-f", "json")
+    ((fixed),) = port["fixed_ips"]
+    assert fixed["subnet_id"] == subnet["id"]
+    assert fixed["ip_address"].startswith("10.0.0.")
+    assert port["mac_address"].startswith("fa:16:3e:")
+    rule = osc(
+        cloud, "security", "group", "rule", "create", "--protocol", "tcp", "--dst-port", "22",
+        "default", "-f", "json",
+    )  # fmt: skip
+    assert (rule["protocol"], rule["port_range_min"], rule["port_range_max"]) == ("tcp", 22, 22)
+    assert port["security_group_ids"] == [rule["security_group_id"]]
+    listed = osc(cloud, "network", "list", "-f", "json")
+    assert [(n["Name"], n["Subnets"]) for n in listed] == [("n1", [subnet["id"]])]
+    # The admin's listing shows every project's networks.
+    assert [n["Name"] for n in osc(cloud, "network", "list", "-f", "json", admin=True)] == ["n1"]
+    osc(cloud, "security", "group", "rule", "delete", rule["id"])
+    osc(cloud, "port", "delete", "p1")
+    osc(cloud, "subnet", "delete", "s1")
+    osc(cloud, "network", "delete", "n1")
+    assert osc(cloud, "network", "list", "-f", "json") == []

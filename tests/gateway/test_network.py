@@ -253,6 +253,12 @@ async def test_a_duplicate_rule_answers_409_security_group_rule_exists(cloud: Cl
         f"{N}/security-group-rules", json={"security_group_rule": rule}, headers=h
     )
     assert made["id"] in _neutron_error(r, 409, "SecurityGroupRuleExists")
+    # Any address is the same rule as no prefix at all.
+    no_prefix = {k: v for k, v in rule.items() if k != "remote_ip_prefix"}
+    r = await cloud.client.post(
+        f"{N}/security-group-rules", json={"security_group_rule": no_prefix}, headers=h
+    )
+    _neutron_error(r, 409, "SecurityGroupRuleExists")
     bad = {**rule, "port_range_min": 30, "port_range_max": 20}
     r = await cloud.client.post(
         f"{N}/security-group-rules", json={"security_group_rule": bad}, headers=h
