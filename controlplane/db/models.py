@@ -6,7 +6,8 @@ Ownership (the only writer of each table):
              server_groups, console_auth_tokens
   scheduler: resource_providers, allocations, aggregates, aggregate_hosts, aggregate_metadata
   network:   networks, subnets, ports, port_security_groups, ip_allocations, security_groups,
-             security_group_rules, default_security_groups, network_quotas
+             security_group_rules, default_security_groups, routers, floating_ips,
+             network_quotas
 """
 
 from __future__ import annotations
@@ -631,6 +632,55 @@ class PortSecurityGroup(Base):
     security_group_id: Mapped[str] = mapped_column(
         ForeignKey("security_groups.id"), primary_key=True, index=True
     )
+
+
+class Router(TimestampMixin, Base):
+    """A router; its interfaces and gateway are ports whose device_id is the router's id."""
+
+    __tablename__ = "routers"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(255), default="")
+    description: Mapped[str] = mapped_column(String(255), default="")
+    admin_state_up: Mapped[bool] = mapped_column(Boolean, default=True)
+    status: Mapped[str] = mapped_column(String(16), default="ACTIVE")
+    # The gateway's external network and its port (both null without a gateway).
+    gateway_network_id: Mapped[str | None] = mapped_column(ForeignKey("networks.id"), nullable=True)
+    gateway_port_id: Mapped[str | None] = mapped_column(
+        ForeignKey("ports.id", ondelete="SET NULL"), nullable=True
+    )
+    enable_snat: Mapped[bool] = mapped_column(Boolean, default=True)
+    revision_number: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class FloatingIp(TimestampMixin, Base):
+    """An external network's address held by a port of its own (`floating_port_id`, whose
+    allocation makes it unique), mapped to a tenant port's fixed address when associated.
+    One fixed address has at most one floating IP."""
+
+    __tablename__ = "floating_ips"
+    __table_args__ = (
+        UniqueConstraint("port_id", "fixed_ip_address", name="uq_floating_ips_fixed"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(64), index=True)
+    floating_network_id: Mapped[str] = mapped_column(ForeignKey("networks.id"))
+    floating_port_id: Mapped[str] = mapped_column(
+        ForeignKey("ports.id", ondelete="CASCADE"), unique=True
+    )
+    floating_ip_address: Mapped[str] = mapped_column(String(64))
+    port_id: Mapped[str | None] = mapped_column(
+        ForeignKey("ports.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    fixed_ip_address: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    router_id: Mapped[str | None] = mapped_column(
+        ForeignKey("routers.id", ondelete="SET NULL"), nullable=True
+    )
+    status: Mapped[str] = mapped_column(String(16), default="DOWN")
+    description: Mapped[str] = mapped_column(String(255), default="")
+    revision_number: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class NetworkQuota(Base):

@@ -6,7 +6,15 @@ from collections.abc import Sequence
 
 from loom.network.v1 import network_pb2 as pb
 
-from controlplane.db.models import IpAllocation, Network, Port, SecurityGroup, SecurityGroupRule
+from controlplane.db.models import (
+    FloatingIp,
+    IpAllocation,
+    Network,
+    Port,
+    Router,
+    SecurityGroup,
+    SecurityGroupRule,
+)
 from controlplane.db.models import Subnet as SubnetRow
 from controlplane.runtime.rpc import timestamp
 
@@ -109,4 +117,46 @@ def group_pb(g: SecurityGroup, rules: Sequence[SecurityGroupRule]) -> pb.Securit
         created_at=timestamp(g.created_at),
         updated_at=timestamp(g.updated_at or g.created_at),
         stateful=g.stateful,
+    )
+
+
+def router_pb(r: Router, gateway_ips: Sequence[IpAllocation]) -> pb.Router:
+    out = pb.Router(
+        id=r.id,
+        project_id=r.project_id,
+        name=r.name,
+        description=r.description,
+        admin_state_up=r.admin_state_up,
+        status=r.status,
+        revision_number=r.revision_number,
+        created_at=timestamp(r.created_at),
+        updated_at=timestamp(r.updated_at or r.created_at),
+    )
+    if r.gateway_network_id:
+        out.external_gateway.CopyFrom(
+            pb.ExternalGateway(
+                network_id=r.gateway_network_id,
+                enable_snat=r.enable_snat,
+                external_fixed_ips=[
+                    pb.FixedIp(subnet_id=a.subnet_id, ip_address=a.ip_address) for a in gateway_ips
+                ],
+            )
+        )
+    return out
+
+
+def floating_ip_pb(f: FloatingIp) -> pb.FloatingIp:
+    return pb.FloatingIp(
+        id=f.id,
+        project_id=f.project_id,
+        floating_network_id=f.floating_network_id,
+        floating_ip_address=f.floating_ip_address,
+        port_id=f.port_id or "",
+        fixed_ip_address=f.fixed_ip_address or "",
+        router_id=f.router_id or "",
+        status=f.status,
+        description=f.description,
+        revision_number=f.revision_number,
+        created_at=timestamp(f.created_at),
+        updated_at=timestamp(f.updated_at or f.created_at),
     )

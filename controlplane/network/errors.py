@@ -58,5 +58,7 @@ def not_found(kind: str, ident: str) -> NotFound:
         "Port": "Port",
         "SecurityGroup": "Security group",
         "SecurityGroupRule": "Security group rule",
+        "Router": "Router",
+        "FloatingIP": "Floating IP",
     }
     return NotFound(f"{kind}NotFound", f"{words.get(kind, kind)} {ident} could not be found.")

@@ -15,11 +15,18 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from loom.network.v1 import network_pb2 as pb
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.db.dialect import upsert_insert
-from controlplane.db.models import IpAllocation, Network, Port, PortSecurityGroup, SecurityGroup
+from controlplane.db.models import (
+    FloatingIp,
+    IpAllocation,
+    Network,
+    Port,
+    PortSecurityGroup,
+    SecurityGroup,
+)
 from controlplane.db.models import Subnet as SubnetRow
 from controlplane.network import addresses, quotas
 from controlplane.network.errors import Conflict, Forbidden, Invalid, not_found
@@ -27,12 +34,14 @@ from controlplane.network.networks import get_network
 from controlplane.network.scope import Caller, owned
 from controlplane.runtime.rpc import new_uuid, now
 
+# Ports the network domain makes for its own resources (router interfaces and gateways,
+# floating IPs); the port API may not delete them.
+INTERFACE_OWNER = "network:router_interface"
+GATEWAY_OWNER = "network:router_gateway"
+FLOATING_OWNER = "network:floatingip"
+SERVICE_OWNERS = (INTERFACE_OWNER, GATEWAY_OWNER, FLOATING_OWNER)
 # A router's interface holds its subnet's gateway address; no other port may.
-ROUTER_OWNERS = (
-    "network:router_interface",
-    "network:router_gateway",
-    "network:ha_router_replicated_interface",
-)
+ROUTER_OWNERS = (INTERFACE_OWNER, GATEWAY_OWNER)
 _MAC_ATTEMPTS = 16
 # Every failed candidate is an address another port took meanwhile, so the loop ends
 # when the pools run dry; this bound only guards against a bug.
@@ -219,6 +228,9 @@ async def create_port(
     its own transaction), used unless the request names groups."""
     p = req.port
     network = await get_network(s, caller, p.network_id)
+    if not network.shared and not caller.owns(network.project_id):
+        # An external network is seen by all, but only its floating IPs are theirs.
+        raise Forbidden(f"Tenant {caller.project_id} not allowed to create port on this network")
     project_id = caller.target_project(p.project_id)
     if p.binding_host_id and not caller.is_admin:
         raise Forbidden("Policy doesn't allow setting binding:host_id to be performed.")
@@ -335,18 +347,76 @@ async def _replace_addresses(
     await _assign_addresses(s, network, port, new)
 
 
+async def new_device_port(
+    s: AsyncSession,
+    network: Network,
+    *,
+    project_id: str,
+    device_id: str,
+    device_owner: str,
+    fixed_ips: Sequence[pb.FixedIp] | None,
+) -> Port:
+    """A port the network domain makes for one of its own resources (a router's interface
+    or gateway, a floating IP), with its addresses; no security groups."""
+    port = Port(
+        id=new_uuid(),
+        project_id=project_id,
+        network_id=network.id,
+        name="",
+        description="",
+        admin_state_up=True,
+        mac_address=await _new_mac(s, ""),
+        device_id=device_id,
+        device_owner=device_owner,
+        binding_host_id="",
+        status="DOWN",
+        port_security_enabled=False,
+        revision_number=1,
+        created_at=now(),
+        updated_at=None,
+    )
+    s.add(port)
+    await s.flush()
+    await _assign_addresses(s, network, port, fixed_ips)
+    return port
+
+
+async def forget_floating_ips(s: AsyncSession, port_ids: Sequence[str]) -> None:
+    """A deleted port's floating IPs stay allocated, associated with nothing."""
+    if port_ids:
+        await s.execute(
+            update(FloatingIp)
+            .where(FloatingIp.port_id.in_(port_ids))
+            .values(port_id=None, fixed_ip_address=None, router_id=None, status="DOWN")
+        )
+
+
 async def delete_port(s: AsyncSession, caller: Caller, port_id: str) -> None:
     port = await get_port(s, caller, port_id)
+    if port.device_owner in SERVICE_OWNERS:
+        raise Conflict(
+            "ServicePortInUse",
+            f"Port {port_id} cannot be deleted directly via the port API: has device owner"
+            f" {port.device_owner}.",
+        )
+    await forget_floating_ips(s, [port.id])
     await s.delete(port)
 
 
 async def delete_device_ports(s: AsyncSession, caller: Caller, device_id: str) -> list[str]:
-    gone = await s.execute(
-        delete(Port)
-        .where(Port.device_id == device_id, owned(caller, Port.project_id))
-        .returning(Port.id)
+    ids = list(
+        await s.scalars(
+            select(Port.id).where(
+                Port.device_id == device_id,
+                owned(caller, Port.project_id),
+                Port.device_owner.not_in(SERVICE_OWNERS),
+            )
+        )
     )
-    return [row[0] for row in gone]
+    await forget_floating_ips(s, ids)
+    if ids:
+        await s.execute(delete(Port).where(Port.id.in_(ids)))
+    return ids
 
 
 async def list_ports(

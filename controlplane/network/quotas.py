@@ -9,7 +9,15 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
-from controlplane.db.models import Network, NetworkQuota, Port, SecurityGroup, SecurityGroupRule
+from controlplane.db.models import (
+    FloatingIp,
+    Network,
+    NetworkQuota,
+    Port,
+    Router,
+    SecurityGroup,
+    SecurityGroupRule,
+)
 from controlplane.db.models import Subnet as SubnetRow
 from controlplane.network.errors import Invalid, OverQuota
 
@@ -20,6 +28,8 @@ DEFAULT_LIMITS: Mapping[str, int] = {
     "port": 500,
     "security_group": 10,
     "security_group_rule": 100,
+    "router": 10,
+    "floatingip": 50,
 }
 
 _PROJECT_COLUMNS: Mapping[str, InstrumentedAttribute[str]] = {
@@ -28,6 +38,8 @@ _PROJECT_COLUMNS: Mapping[str, InstrumentedAttribute[str]] = {
     "port": Port.project_id,
     "security_group": SecurityGroup.project_id,
     "security_group_rule": SecurityGroupRule.project_id,
+    "router": Router.project_id,
+    "floatingip": FloatingIp.project_id,
 }
 
 

@@ -1,7 +1,7 @@
 """Who acts, and what each caller sees: the rules every network operation applies.
 
-A non-admin caller sees its own project's resources and every shared network (with its
-subnets); anything else answers NotFound, as if it did not exist. An admin sees all."""
+A non-admin caller sees its own project's resources and every shared or external network
+(with its subnets); anything else answers NotFound, as if it did not exist. An admin sees all."""
 
 from __future__ import annotations
 
@@ -46,12 +46,19 @@ def owned(caller: Caller, column: InstrumentedAttribute[str]) -> ColumnElement[b
 def networks_visible(caller: Caller) -> ColumnElement[bool]:
     if caller.is_admin:
         return true()
-    return or_(Network.project_id == caller.project_id, Network.shared.is_(True))
+    return or_(
+        Network.project_id == caller.project_id,
+        Network.shared.is_(True),
+        Network.router_external.is_(True),
+    )
 
 
 def subnets_visible(caller: Caller) -> ColumnElement[bool]:
-    """A subnet is seen with its network: its own project's, or on a shared network."""
+    """A subnet is seen with its network: its own project's, or on a shared or an external
+    network."""
     if caller.is_admin:
         return true()
-    shared_networks = select(Network.id).where(Network.shared.is_(True))
+    shared_networks = select(Network.id).where(
+        or_(Network.shared.is_(True), Network.router_external.is_(True))
+    )
     return or_(Subnet.project_id == caller.project_id, Subnet.network_id.in_(shared_networks))

@@ -15,9 +15,17 @@ from loom.network.v1 import network_pb2_grpc
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from controlplane.db.models import Port
-from controlplane.network import networks, ports, quotas, security_groups
-from controlplane.network.convert import group_pb, network_pb, port_pb, rule_pb, subnet_pb
+from controlplane.db.models import Port, Router
+from controlplane.network import floating_ips, networks, ports, quotas, routers, security_groups
+from controlplane.network.convert import (
+    floating_ip_pb,
+    group_pb,
+    network_pb,
+    port_pb,
+    router_pb,
+    rule_pb,
+    subnet_pb,
+)
 from controlplane.network.errors import Conflict, Forbidden, NetworkError
 from controlplane.network.scope import Caller
 
@@ -280,6 +288,91 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
         async with self._sessions.begin() as s:
             await security_groups.delete_rule(s, _caller(request.scope), request.id)
         return pb.DeleteSecurityGroupRuleResponse()
+
+    # ------------------------------------------------------------------ routers
+
+    async def _router_pb(self, s: AsyncSession, row: Router) -> pb.Router:
+        ips = await routers.gateway_addresses(s, [row])
+        return router_pb(row, ips.get(row.gateway_port_id or "", []))
+
+    @network_errors
+    async def CreateRouter(self, request: pb.CreateRouterRequest, context: Any) -> Any:
+        async with self._sessions.begin() as s:
+            row = await routers.create_router(s, _caller(request.scope), request)
+            return pb.CreateRouterResponse(router=await self._router_pb(s, row))
+
+    @network_errors
+    async def GetRouter(self, request: pb.GetRouterRequest, context: Any) -> Any:
+        async with self._sessions() as s:
+            row = await routers.get_router(s, _caller(request.scope), request.id)
+            return pb.GetRouterResponse(router=await self._router_pb(s, row))
+
+    @network_errors
+    async def ListRouters(self, request: pb.ListRoutersRequest, context: Any) -> Any:
+        async with self._sessions() as s:
+            rows = await routers.list_routers(s, _caller(request.scope))
+            ips = await routers.gateway_addresses(s, rows)
+            return pb.ListRoutersResponse(
+                routers=[router_pb(r, ips.get(r.gateway_port_id or "", [])) for r in rows]
+            )
+
+    @network_errors
+    async def UpdateRouter(self, request: pb.UpdateRouterRequest, context: Any) -> Any:
+        async with self._sessions.begin() as s:
+            row = await routers.update_router(s, _caller(request.scope), request)
+            return pb.UpdateRouterResponse(router=await self._router_pb(s, row))
+
+    @network_errors
+    async def DeleteRouter(self, request: pb.DeleteRouterRequest, context: Any) -> Any:
+        async with self._sessions.begin() as s:
+            await routers.delete_router(s, _caller(request.scope), request.id)
+        return pb.DeleteRouterResponse()
+
+    @network_errors
+    async def AddRouterInterface(self, request: pb.AddRouterInterfaceRequest, context: Any) -> Any:
+        async with self._sessions.begin() as s:
+            made = await routers.add_interface(s, _caller(request.scope), request)
+        return pb.AddRouterInterfaceResponse(interface=made)
+
+    @network_errors
+    async def RemoveRouterInterface(
+        self, request: pb.RemoveRouterInterfaceRequest, context: Any
+    ) -> Any:
+        async with self._sessions.begin() as s:
+            gone = await routers.remove_interface(s, _caller(request.scope), request)
+        return pb.RemoveRouterInterfaceResponse(interface=gone)
+
+    # ------------------------------------------------------------------ floating IPs
+
+    @network_errors
+    async def CreateFloatingIp(self, request: pb.CreateFloatingIpRequest, context: Any) -> Any:
+        async with self._sessions.begin() as s:
+            row = await floating_ips.create_floating_ip(s, _caller(request.scope), request)
+            return pb.CreateFloatingIpResponse(floating_ip=floating_ip_pb(row))
+
+    @network_errors
+    async def GetFloatingIp(self, request: pb.GetFloatingIpRequest, context: Any) -> Any:
+        async with self._sessions() as s:
+            row = await floating_ips.get_floating_ip(s, _caller(request.scope), request.id)
+            return pb.GetFloatingIpResponse(floating_ip=floating_ip_pb(row))
+
+    @network_errors
+    async def ListFloatingIps(self, request: pb.ListFloatingIpsRequest, context: Any) -> Any:
+        async with self._sessions() as s:
+            rows = await floating_ips.list_floating_ips(s, _caller(request.scope))
+            return pb.ListFloatingIpsResponse(floating_ips=[floating_ip_pb(r) for r in rows])
+
+    @network_errors
+    async def UpdateFloatingIp(self, request: pb.UpdateFloatingIpRequest, context: Any) -> Any:
+        async with self._sessions.begin() as s:
+            row = await floating_ips.update_floating_ip(s, _caller(request.scope), request)
+            return pb.UpdateFloatingIpResponse(floating_ip=floating_ip_pb(row))
+
+    @network_errors
+    async def DeleteFloatingIp(self, request: pb.DeleteFloatingIpRequest, context: Any) -> Any:
+        async with self._sessions.begin() as s:
+            await floating_ips.delete_floating_ip(s, _caller(request.scope), request.id)
+        return pb.DeleteFloatingIpResponse()
 
     # ------------------------------------------------------------------ quotas
 

@@ -130,5 +130,62 @@ RULE_CREATE = _obj(
 
 _LIMIT = {"type": "integer", "minimum": -1, "maximum": 2**31 - 1}
 QUOTA_UPDATE = _obj(
-    {r: _LIMIT for r in ("network", "subnet", "port", "security_group", "security_group_rule")}
+    {
+        r: _LIMIT
+        for r in (
+            "network",
+            "subnet",
+            "port",
+            "security_group",
+            "security_group_rule",
+            "router",
+            "floatingip",
+        )
+    }
+)
+
+_GATEWAY = {
+    "type": ["object", "null"],
+    "additionalProperties": False,
+    "properties": {
+        "network_id": _ID,
+        "enable_snat": _BOOL,
+        "external_fixed_ips": {"type": "array", "items": _FIXED_IP, "maxItems": 16},
+    },
+}
+_ROUTER_COMMON = {
+    "name": _NAME,
+    "description": _NAME,
+    "admin_state_up": _BOOL,
+    "external_gateway_info": _GATEWAY,
+}
+ROUTER_CREATE = _obj({**_ROUTER_COMMON, **_PROJECT})
+ROUTER_UPDATE = _obj({**_ROUTER_COMMON, "routes": {"type": "array", "maxItems": 0}})
+# add_router_interface and remove_router_interface bodies are not wrapped in a key.
+ROUTER_INTERFACE = compile_schema(
+    {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"subnet_id": _ID, "port_id": _ID},
+    }
+)
+
+FLOATING_IP_CREATE = _obj(
+    {
+        "floating_network_id": _ID,
+        "floating_ip_address": _IP,
+        "subnet_id": _ID,
+        "port_id": {"type": ["string", "null"], "maxLength": 255},
+        "fixed_ip_address": {"type": ["string", "null"], "maxLength": 64},
+        "description": _NAME,
+        **_PROJECT,
+    },
+    ("floating_network_id",),
+)
+FLOATING_IP_UPDATE = _obj(
+    {
+        "port_id": {"type": ["string", "null"], "maxLength": 255},
+        "fixed_ip_address": {"type": ["string", "null"], "maxLength": 64},
+        "description": _NAME,
+    }
 )

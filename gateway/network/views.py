@@ -138,3 +138,62 @@ def security_group(g: pb.SecurityGroup) -> dict[str, Any]:
 
 
 SECURITY_GROUP_ATTRS = tuple(security_group(pb.SecurityGroup()))
+
+
+def router(r: pb.Router) -> dict[str, Any]:
+    gateway: dict[str, Any] | None = None
+    if r.HasField("external_gateway"):
+        g = r.external_gateway
+        gateway = {
+            "network_id": g.network_id,
+            "enable_snat": g.enable_snat,
+            "external_fixed_ips": [
+                {"subnet_id": f.subnet_id, "ip_address": f.ip_address} for f in g.external_fixed_ips
+            ],
+        }
+    return {
+        "id": r.id,
+        "name": r.name,
+        "description": r.description,
+        **project_fields(r.project_id),
+        "admin_state_up": r.admin_state_up,
+        "status": r.status,
+        "external_gateway_info": gateway,
+        "routes": [],
+        "availability_zone_hints": [],
+        "availability_zones": [],
+        "flavor_id": None,
+        **_standard(r.revision_number, r.created_at, r.updated_at),
+    }
+
+
+ROUTER_ATTRS = tuple(router(pb.Router()))
+
+
+def router_interface(i: pb.RouterInterface) -> dict[str, Any]:
+    return {
+        "id": i.router_id,
+        **project_fields(i.project_id),
+        "port_id": i.port_id,
+        "network_id": i.network_id,
+        "subnet_id": i.subnet_ids[0] if i.subnet_ids else None,
+        "subnet_ids": list(i.subnet_ids),
+    }
+
+
+def floating_ip(f: pb.FloatingIp) -> dict[str, Any]:
+    return {
+        "id": f.id,
+        **project_fields(f.project_id),
+        "floating_network_id": f.floating_network_id,
+        "floating_ip_address": f.floating_ip_address,
+        "fixed_ip_address": f.fixed_ip_address or None,
+        "port_id": f.port_id or None,
+        "router_id": f.router_id or None,
+        "status": f.status,
+        "description": f.description,
+        **_standard(f.revision_number, f.created_at, f.updated_at),
+    }
+
+
+FLOATING_IP_ATTRS = tuple(floating_ip(pb.FloatingIp()))

@@ -1,4 +1,5 @@
-"""network: networks, subnets, ports, ip allocations, security groups, quotas
+"""network: networks, subnets, ports, ip allocations, security groups, routers, floating IPs,
+quotas
 
 Revision ID: 0011
 Revises: 0008
@@ -224,9 +225,95 @@ def upgrade() -> None:
             ["security_group_id"],
             unique=False,
         )
+    op.create_table(
+        "routers",
+        sa.Column("id", sa.String(length=36), nullable=False),
+        sa.Column("project_id", sa.String(length=64), nullable=False),
+        sa.Column("name", sa.String(length=255), nullable=False),
+        sa.Column("description", sa.String(length=255), nullable=False),
+        sa.Column("admin_state_up", sa.Boolean(), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("gateway_network_id", sa.String(length=36), nullable=True),
+        sa.Column("gateway_port_id", sa.String(length=36), nullable=True),
+        sa.Column("enable_snat", sa.Boolean(), nullable=False),
+        sa.Column("revision_number", sa.Integer(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["gateway_network_id"],
+            ["networks.id"],
+            name=op.f("fk_routers_gateway_network_id_networks"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["gateway_port_id"],
+            ["ports.id"],
+            name=op.f("fk_routers_gateway_port_id_ports"),
+            ondelete="SET NULL",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_routers")),
+    )
+    with op.batch_alter_table("routers", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_routers_project_id"), ["project_id"], unique=False)
+
+    op.create_table(
+        "floating_ips",
+        sa.Column("id", sa.String(length=36), nullable=False),
+        sa.Column("project_id", sa.String(length=64), nullable=False),
+        sa.Column("floating_network_id", sa.String(length=36), nullable=False),
+        sa.Column("floating_port_id", sa.String(length=36), nullable=False),
+        sa.Column("floating_ip_address", sa.String(length=64), nullable=False),
+        sa.Column("port_id", sa.String(length=36), nullable=True),
+        sa.Column("fixed_ip_address", sa.String(length=64), nullable=True),
+        sa.Column("router_id", sa.String(length=36), nullable=True),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("description", sa.String(length=255), nullable=False),
+        sa.Column("revision_number", sa.Integer(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["floating_network_id"],
+            ["networks.id"],
+            name=op.f("fk_floating_ips_floating_network_id_networks"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["floating_port_id"],
+            ["ports.id"],
+            name=op.f("fk_floating_ips_floating_port_id_ports"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["port_id"],
+            ["ports.id"],
+            name=op.f("fk_floating_ips_port_id_ports"),
+            ondelete="SET NULL",
+        ),
+        sa.ForeignKeyConstraint(
+            ["router_id"],
+            ["routers.id"],
+            name=op.f("fk_floating_ips_router_id_routers"),
+            ondelete="SET NULL",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_floating_ips")),
+        sa.UniqueConstraint("floating_port_id", name=op.f("uq_floating_ips_floating_port_id")),
+        sa.UniqueConstraint("port_id", "fixed_ip_address", name="uq_floating_ips_fixed"),
+    )
+    with op.batch_alter_table("floating_ips", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_floating_ips_port_id"), ["port_id"], unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_floating_ips_project_id"), ["project_id"], unique=False
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("floating_ips", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_floating_ips_project_id"))
+        batch_op.drop_index(batch_op.f("ix_floating_ips_port_id"))
+
+    op.drop_table("floating_ips")
+    with op.batch_alter_table("routers", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_routers_project_id"))
+
+    op.drop_table("routers")
     with op.batch_alter_table("port_security_groups", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_port_security_groups_security_group_id"))
 

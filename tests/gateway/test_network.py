@@ -297,8 +297,10 @@ async def test_quotas_show_defaults_and_an_admin_update_is_enforced(cloud: Cloud
     project = net["project_id"]
     r = await cloud.client.get(f"{N}/quotas/{project}", headers=h)
     assert r.json()["quota"] == {
+        "floatingip": 50,
         "network": 100,
         "port": 500,
+        "router": 10,
         "security_group": 10,
         "security_group_rule": 100,
         "subnet": 100,
@@ -331,9 +333,9 @@ async def test_versions_extensions_and_the_catalog_name_the_network_api(cloud: C
         e["alias"]
         for e in (await cloud.client.get(f"{N}/extensions", headers=h)).json()["extensions"]
     }
-    assert {"security-group", "quotas", "binding", "external-net"} <= aliases
-    assert "router" not in aliases
-    r = await cloud.client.get(f"{N}/extensions/router", headers=h)
+    assert {"security-group", "quotas", "binding", "external-net", "router"} <= aliases
+    assert "dvr" not in aliases
+    r = await cloud.client.get(f"{N}/extensions/dvr", headers=h)
     _neutron_error(r, 404, "HTTPNotFound")
     r = await cloud.client.post(
         "/identity/v3/auth/tokens",

@@ -185,6 +185,66 @@ class NetworkServiceStub:
                 request_serializer=loom_dot_network_dot_v1_dot_network__pb2.ListQuotasRequest.SerializeToString,
                 response_deserializer=loom_dot_network_dot_v1_dot_network__pb2.ListQuotasResponse.FromString,
                 _registered_method=True)
+        self.CreateRouter = channel.unary_unary(
+                '/loom.network.v1.NetworkService/CreateRouter',
+                request_serializer=loom_dot_network_dot_v1_dot_network__pb2.CreateRouterRequest.SerializeToString,
+                response_deserializer=loom_dot_network_dot_v1_dot_network__pb2.CreateRouterResponse.FromString,
+                _registered_method=True)
+        self.GetRouter = channel.unary_unary(
+                '/loom.network.v1.NetworkService/GetRouter',
+                request_serializer=loom_dot_network_dot_v1_dot_network__pb2.GetRouterRequest.SerializeToString,
+                response_deserializer=loom_dot_network_dot_v1_dot_network__pb2.GetRouterResponse.FromString,
+                _registered_method=True)
+        self.ListRouters = channel.unary_unary(
+                '/loom.network.v1.NetworkService/ListRouters',
+                request_serializer=loom_dot_network_dot_v1_dot_network__pb2.ListRoutersRequest.SerializeToString,
+                response_deserializer=loom_dot_network_dot_v1_dot_network__pb2.ListRoutersResponse.FromString,
+                _registered_method=True)
+        self.UpdateRouter = channel.unary_unary(
+                '/loom.network.v1.NetworkService/UpdateRouter',
+                request_serializer=loom_dot_network_dot_v1_dot_network__pb2.UpdateRouterRequest.SerializeToString,
+                response_deserializer=loom_dot_network_dot_v1_dot_network__pb2.UpdateRouterResponse.FromString,
+                _registered_method=True)
+        self.DeleteRouter = channel.unary_unary(
+                '/loom.network.v1.NetworkService/DeleteRouter',
+                request_serializer=loom_dot_network_dot_v1_dot_network__pb2.DeleteRouterRequest.SerializeToString,
+                response_deserializer=loom_dot_network_dot_v1_dot_network__pb2.DeleteRouterResponse.FromString,
+                _registered_method=True)
+        self.AddRouterInterface = channel.unary_unary(
+                '/loom.network.v1.NetworkService/AddRouterInterface',
+                request_serializer=loom_dot_network_dot_v1_dot_network__pb2.AddRouterInterfaceRequest.SerializeToString,
+                response_deserializer=loom_dot_network_dot_v1_dot_network__pb2.AddRouterInterfaceResponse.FromString,
+                _registered_method=True)
+        self.RemoveRouterInterface = channel.unary_unary(
+                '/loom.network.v1.NetworkService/RemoveRouterInterface',
+                request_serializer=loom_dot_network_dot_v1_dot_network__pb2.RemoveRouterInterfaceRequest.SerializeToString,
+                response_deserializer=loom_dot_network_dot_v1_dot_network__pb2.RemoveRouterInterfaceResponse.FromString,
+                _registered_method=True)
+        self.CreateFloatingIp = channel.unary_unary(
+                '/loom.network.v1.NetworkService/CreateFloatingIp',
+                request_serializer=loom_dot_network_dot_v1_dot_network__pb2.CreateFloatingIpRequest.SerializeToString,
+                response_deserializer=loom_dot_network_dot_v1_dot_network__pb2.CreateFloatingIpResponse.FromString,
+                _registered_method=True)
+        self.GetFloatingIp = channel.unary_unary(
+                '/loom.network.v1.NetworkService/GetFloatingIp',
+                request_serializer=loom_dot_network_dot_v1_dot_network__pb2.GetFloatingIpRequest.SerializeToString,
+                response_deserializer=loom_dot_network_dot_v1_dot_network__pb2.GetFloatingIpResponse.FromString,
+                _registered_method=True)
+        self.ListFloatingIps = channel.unary_unary(
+                '/loom.network.v1.NetworkService/ListFloatingIps',
+                request_serializer=loom_dot_network_dot_v1_dot_network__pb2.ListFloatingIpsRequest.SerializeToString,
+                response_deserializer=loom_dot_network_dot_v1_dot_network__pb2.ListFloatingIpsResponse.FromString,
+                _registered_method=True)
+        self.UpdateFloatingIp = channel.unary_unary(
+                '/loom.network.v1.NetworkService/UpdateFloatingIp',
+                request_serializer=loom_dot_network_dot_v1_dot_network__pb2.UpdateFloatingIpRequest.SerializeToString,
+                response_deserializer=loom_dot_network_dot_v1_dot_network__pb2.UpdateFloatingIpResponse.FromString,
+                _registered_method=True)
+        self.DeleteFloatingIp = channel.unary_unary(
+                '/loom.network.v1.NetworkService/DeleteFloatingIp',
+                request_serializer=loom_dot_network_dot_v1_dot_network__pb2.DeleteFloatingIpRequest.SerializeToString,
+                response_deserializer=loom_dot_network_dot_v1_dot_network__pb2.DeleteFloatingIpResponse.FromString,
+                _registered_method=True)
 
 
 class NetworkServiceServicer:
@@ -400,6 +460,91 @@ class NetworkServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateRouter(self, request, context):
+        """Create a router (with a gateway on an external network when asked).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRouter(self, request, context):
+        """One router.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRouters(self, request, context):
+        """The routers the scope sees.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateRouter(self, request, context):
+        """Change a router, its gateway included.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRouter(self, request, context):
+        """Delete a router and its gateway port; FAILED_PRECONDITION (RouterInUse) while it has
+        interfaces.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddRouterInterface(self, request, context):
+        """Attach a subnet (a new port holding its gateway address) or a port.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveRouterInterface(self, request, context):
+        """Detach a subnet or port, deleting the interface's port.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateFloatingIp(self, request, context):
+        """Allocate a floating IP from an external network (optionally associated).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFloatingIp(self, request, context):
+        """One floating IP.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFloatingIps(self, request, context):
+        """The floating IPs the scope sees.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateFloatingIp(self, request, context):
+        """Associate with a port, or disassociate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteFloatingIp(self, request, context):
+        """Release a floating IP.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NetworkServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -547,6 +692,66 @@ def add_NetworkServiceServicer_to_server(servicer, server):
                     servicer.ListQuotas,
                     request_deserializer=loom_dot_network_dot_v1_dot_network__pb2.ListQuotasRequest.FromString,
                     response_serializer=loom_dot_network_dot_v1_dot_network__pb2.ListQuotasResponse.SerializeToString,
+            ),
+            'CreateRouter': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateRouter,
+                    request_deserializer=loom_dot_network_dot_v1_dot_network__pb2.CreateRouterRequest.FromString,
+                    response_serializer=loom_dot_network_dot_v1_dot_network__pb2.CreateRouterResponse.SerializeToString,
+            ),
+            'GetRouter': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRouter,
+                    request_deserializer=loom_dot_network_dot_v1_dot_network__pb2.GetRouterRequest.FromString,
+                    response_serializer=loom_dot_network_dot_v1_dot_network__pb2.GetRouterResponse.SerializeToString,
+            ),
+            'ListRouters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRouters,
+                    request_deserializer=loom_dot_network_dot_v1_dot_network__pb2.ListRoutersRequest.FromString,
+                    response_serializer=loom_dot_network_dot_v1_dot_network__pb2.ListRoutersResponse.SerializeToString,
+            ),
+            'UpdateRouter': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateRouter,
+                    request_deserializer=loom_dot_network_dot_v1_dot_network__pb2.UpdateRouterRequest.FromString,
+                    response_serializer=loom_dot_network_dot_v1_dot_network__pb2.UpdateRouterResponse.SerializeToString,
+            ),
+            'DeleteRouter': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRouter,
+                    request_deserializer=loom_dot_network_dot_v1_dot_network__pb2.DeleteRouterRequest.FromString,
+                    response_serializer=loom_dot_network_dot_v1_dot_network__pb2.DeleteRouterResponse.SerializeToString,
+            ),
+            'AddRouterInterface': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddRouterInterface,
+                    request_deserializer=loom_dot_network_dot_v1_dot_network__pb2.AddRouterInterfaceRequest.FromString,
+                    response_serializer=loom_dot_network_dot_v1_dot_network__pb2.AddRouterInterfaceResponse.SerializeToString,
+            ),
+            'RemoveRouterInterface': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveRouterInterface,
+                    request_deserializer=loom_dot_network_dot_v1_dot_network__pb2.RemoveRouterInterfaceRequest.FromString,
+                    response_serializer=loom_dot_network_dot_v1_dot_network__pb2.RemoveRouterInterfaceResponse.SerializeToString,
+            ),
+            'CreateFloatingIp': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateFloatingIp,
+                    request_deserializer=loom_dot_network_dot_v1_dot_network__pb2.CreateFloatingIpRequest.FromString,
+                    response_serializer=loom_dot_network_dot_v1_dot_network__pb2.CreateFloatingIpResponse.SerializeToString,
+            ),
+            'GetFloatingIp': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFloatingIp,
+                    request_deserializer=loom_dot_network_dot_v1_dot_network__pb2.GetFloatingIpRequest.FromString,
+                    response_serializer=loom_dot_network_dot_v1_dot_network__pb2.GetFloatingIpResponse.SerializeToString,
+            ),
+            'ListFloatingIps': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFloatingIps,
+                    request_deserializer=loom_dot_network_dot_v1_dot_network__pb2.ListFloatingIpsRequest.FromString,
+                    response_serializer=loom_dot_network_dot_v1_dot_network__pb2.ListFloatingIpsResponse.SerializeToString,
+            ),
+            'UpdateFloatingIp': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateFloatingIp,
+                    request_deserializer=loom_dot_network_dot_v1_dot_network__pb2.UpdateFloatingIpRequest.FromString,
+                    response_serializer=loom_dot_network_dot_v1_dot_network__pb2.UpdateFloatingIpResponse.SerializeToString,
+            ),
+            'DeleteFloatingIp': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteFloatingIp,
+                    request_deserializer=loom_dot_network_dot_v1_dot_network__pb2.DeleteFloatingIpRequest.FromString,
+                    response_serializer=loom_dot_network_dot_v1_dot_network__pb2.DeleteFloatingIpResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1338,6 +1543,330 @@ class NetworkService:
             '/loom.network.v1.NetworkService/ListQuotas',
             loom_dot_network_dot_v1_dot_network__pb2.ListQuotasRequest.SerializeToString,
             loom_dot_network_dot_v1_dot_network__pb2.ListQuotasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateRouter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.network.v1.NetworkService/CreateRouter',
+            loom_dot_network_dot_v1_dot_network__pb2.CreateRouterRequest.SerializeToString,
+            loom_dot_network_dot_v1_dot_network__pb2.CreateRouterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRouter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.network.v1.NetworkService/GetRouter',
+            loom_dot_network_dot_v1_dot_network__pb2.GetRouterRequest.SerializeToString,
+            loom_dot_network_dot_v1_dot_network__pb2.GetRouterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRouters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.network.v1.NetworkService/ListRouters',
+            loom_dot_network_dot_v1_dot_network__pb2.ListRoutersRequest.SerializeToString,
+            loom_dot_network_dot_v1_dot_network__pb2.ListRoutersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateRouter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.network.v1.NetworkService/UpdateRouter',
+            loom_dot_network_dot_v1_dot_network__pb2.UpdateRouterRequest.SerializeToString,
+            loom_dot_network_dot_v1_dot_network__pb2.UpdateRouterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRouter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.network.v1.NetworkService/DeleteRouter',
+            loom_dot_network_dot_v1_dot_network__pb2.DeleteRouterRequest.SerializeToString,
+            loom_dot_network_dot_v1_dot_network__pb2.DeleteRouterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddRouterInterface(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.network.v1.NetworkService/AddRouterInterface',
+            loom_dot_network_dot_v1_dot_network__pb2.AddRouterInterfaceRequest.SerializeToString,
+            loom_dot_network_dot_v1_dot_network__pb2.AddRouterInterfaceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveRouterInterface(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.network.v1.NetworkService/RemoveRouterInterface',
+            loom_dot_network_dot_v1_dot_network__pb2.RemoveRouterInterfaceRequest.SerializeToString,
+            loom_dot_network_dot_v1_dot_network__pb2.RemoveRouterInterfaceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateFloatingIp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.network.v1.NetworkService/CreateFloatingIp',
+            loom_dot_network_dot_v1_dot_network__pb2.CreateFloatingIpRequest.SerializeToString,
+            loom_dot_network_dot_v1_dot_network__pb2.CreateFloatingIpResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFloatingIp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.network.v1.NetworkService/GetFloatingIp',
+            loom_dot_network_dot_v1_dot_network__pb2.GetFloatingIpRequest.SerializeToString,
+            loom_dot_network_dot_v1_dot_network__pb2.GetFloatingIpResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFloatingIps(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.network.v1.NetworkService/ListFloatingIps',
+            loom_dot_network_dot_v1_dot_network__pb2.ListFloatingIpsRequest.SerializeToString,
+            loom_dot_network_dot_v1_dot_network__pb2.ListFloatingIpsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateFloatingIp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.network.v1.NetworkService/UpdateFloatingIp',
+            loom_dot_network_dot_v1_dot_network__pb2.UpdateFloatingIpRequest.SerializeToString,
+            loom_dot_network_dot_v1_dot_network__pb2.UpdateFloatingIpResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteFloatingIp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.network.v1.NetworkService/DeleteFloatingIp',
+            loom_dot_network_dot_v1_dot_network__pb2.DeleteFloatingIpRequest.SerializeToString,
+            loom_dot_network_dot_v1_dot_network__pb2.DeleteFloatingIpResponse.FromString,
             options,
             channel_credentials,
             insecure,
