@@ -662,7 +662,7 @@ def test_a_private_flavor_boots_for_an_admin_and_does_not_exist_for_a_member(
         admin.delete_server(created.json()["server"]["id"], wait=True)
 
 
-def test_the_openstack_cli_manages_networks_subnets_ports_and_security_group_rules(
+def test_the_openstack_cli_manages_networks_subnets_ports_rules_routers_and_floating_ips(
     cloud: Stack,
 ) -> None:
     network = osc(cloud, "network", "create", "n1", "-f", "json")
@@ -688,6 +688,23 @@ def test_the_openstack_cli_manages_networks_subnets_ports_and_security_group_rul
     assert [(n["Name"], n["Subnets"]) for n in listed] == [("n1", [subnet["id"]])]
     # The admin's listing shows every project's networks.
     assert [n["Name"] for n in osc(cloud, "network", "list", "-f", "json", admin=True)] == ["n1"]
+    # A router to an external network, and a floating IP for the port.
+    osc(cloud, "network", "create", "--external", "public", admin=True)
+    osc(
+        cloud, "subnet", "create", "--network", "public", "--subnet-range", "203.0.113.0/24",
+        "--no-dhcp", "pub", admin=True,
+    )  # fmt: skip
+    osc(cloud, "router", "create", "r1")
+    osc(cloud, "router", "set", "--external-gateway", "public", "r1")
+    osc(cloud, "router", "add", "subnet", "r1", "s1")
+    fip = osc(cloud, "floating", "ip", "create", "--port", "p1", "public", "-f", "json")
+    assert fip["fixed_ip_address"] == fixed["ip_address"]
+    assert fip["floating_ip_address"].startswith("203.0.113.")
+    osc(cloud, "floating", "ip", "delete", fip["id"])
+    osc(cloud, "router", "remove", "subnet", "r1", "s1")
+    osc(cloud, "router", "delete", "r1")
+    osc(cloud, "subnet", "delete", "pub", admin=True)
+    osc(cloud, "network", "delete", "public", admin=True)
     osc(cloud, "security", "group", "rule", "delete", rule["id"])
     osc(cloud, "port", "delete", "p1")
     osc(cloud, "subnet", "delete", "s1")
