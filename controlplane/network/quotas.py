@@ -20,6 +20,7 @@ from controlplane.db.models import (
 )
 from controlplane.db.models import Subnet as SubnetRow
 from controlplane.network.errors import Invalid, OverQuota
+from controlplane.network.scope import check_project_id
 
 # The defaults of a project without limits of its own (Neutron's).
 DEFAULT_LIMITS: Mapping[str, int] = {
@@ -72,6 +73,7 @@ async def check(s: AsyncSession, project_id: str, resource: str, adding: int = 1
 
 
 async def set_limits(s: AsyncSession, project_id: str, new: Mapping[str, int]) -> None:
+    check_project_id(project_id)
     for resource, limit in new.items():
         if resource not in DEFAULT_LIMITS:
             raise Invalid(f"Unrecognized attribute(s) '{resource[:64]}'")

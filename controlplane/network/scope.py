@@ -11,7 +11,9 @@ from sqlalchemy import ColumnElement, or_, select, true
 from sqlalchemy.orm import InstrumentedAttribute
 
 from controlplane.db.models import Network, Subnet
-from controlplane.network.errors import Forbidden
+from controlplane.network.errors import Forbidden, Invalid
+
+PROJECT_ID_MAX = 64
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,14 @@ class Caller:
             return self.project_id
         if not self.is_admin:
             raise Forbidden("Policy doesn't allow creating a resource for another project.")
-        return asked
+        return check_project_id(asked)
+
+
+def check_project_id(value: str) -> str:
+    """A project id as the tables hold it (Keystone's are 32 hex digits)."""
+    if not value or len(value) > PROJECT_ID_MAX:
+        raise Invalid(f"'{value[:64]}' is not a valid project id")
+    return value
 
 
 def owned(caller: Caller, column: InstrumentedAttribute[str]) -> ColumnElement[bool]:

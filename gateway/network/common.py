@@ -161,7 +161,7 @@ def listing(
             raise NeutronError(404, f"Marker {marker[:64]} could not be found.", "HTTPNotFound")
         out = out[index + 1 :]
     body: dict[str, Any] = {}
-    if limit is not None and len(out) > limit:
+    if len(out) > limit:
         out = out[:limit]
         body[f"{collection}_links"] = [
             {"rel": "next", "href": _page_link(request, collection, out[-1]["id"], limit)}
@@ -183,13 +183,15 @@ def _sort_key(key: str) -> Callable[[dict[str, Any]], tuple[bool, str]]:
     return of
 
 
-def _limit(text: str | None) -> int | None:
+def _limit(text: str | None) -> int:
+    """The page size: as asked, at most MAX_PAGE (also without `limit`, so no answer is
+    unbounded; a longer list gets a next link)."""
     if text is None:
-        return None
+        return MAX_PAGE
     if not text.isdigit():
         raise BadRequest(f"Limit must be an integer 0 or greater and not '{text[:20]}'")
-    value = int(text)
-    return None if value == 0 else min(value, MAX_PAGE)
+    value = int(text[:10])
+    return MAX_PAGE if value == 0 else min(value, MAX_PAGE)
 
 
 def _page_link(request: Request, collection: str, marker: str, limit: int) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.gateway.conftest import Cloud
 
@@ -359,3 +360,32 @@ async def test_versions_extensions_and_the_catalog_name_the_network_api(cloud: C
     assert services["network"]["name"] == "neutron"
     r = await cloud.client.get(f"{N}/networks")
     _neutron_error(r, 401, "HTTPUnauthorized")
+
+
+async def test_a_project_id_longer_than_the_tables_hold_is_a_400_not_a_500(cloud: Cloud) -> None:
+    admin = await cloud.headers("admin")
+    long_id = "p" * 100
+    r = await cloud.client.put(
+        f"{N}/quotas/{long_id}", json={"quota": {"network": 5}}, headers=admin
+    )
+    _neutron_error(r, 400, "InvalidInput")
+    r = await cloud.client.post(
+        f"{N}/networks", json={"network": {"name": "x", "project_id": long_id}}, headers=admin
+    )
+    _neutron_error(r, 400, "InvalidInput")
+
+
+async def test_a_list_without_limit_is_cut_to_the_largest_page_with_a_next_link(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.network import common
+
+    monkeypatch.setattr(common, "MAX_PAGE", 2)
+    h = await cloud.headers("demo")
+    made = sorted([(await _net(cloud.client, h, f"n{i}"))["id"] for i in range(3)])
+    body = (await cloud.client.get(f"{N}/networks", headers=h)).json()
+    assert [n["id"] for n in body["networks"]] == made[:2]
+    (link,) = body["networks_links"]
+    assert link["rel"] == "next"
+    rest = (await cloud.client.get(link["href"], headers=h)).json()
+    assert [n["id"] for n in rest["networks"]] == made[2:]
