@@ -13,7 +13,7 @@ from loom.network.v1 import network_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from controlplane.config import async_database_url, load_config
-from controlplane.db.engine import session_factory
+from controlplane.db.engine import engine_for, session_factory
 from controlplane.db.outage import DatabaseOutage
 from controlplane.network.service import NetworkDomain
 from controlplane.runtime.grpcserver import start_grpc_server
@@ -42,13 +42,18 @@ class Net:
         return net.network.id, sub.subnet.id
 
 
-@pytest.fixture
-async def net(pg_url: str, tmp_path: Path) -> AsyncIterator[Net]:
-    # A small pool, as a service has: concurrent calls queue for a connection and still
-    # run their transactions side by side.
-    engine = create_async_engine(async_database_url(pg_url), pool_size=8, max_overflow=0)
-    sessions = session_factory(engine)
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def net(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Net]:
+    """On PostgreSQL (a small pool, as a service has: concurrent calls queue for a
+    connection and still run their transactions side by side) and on SQLite (one writer at
+    a time, the embedded default)."""
     cfg = load_config(environ={}, overrides={"data_dir": str(tmp_path / "data")})
+    if request.param == "postgresql":
+        url = request.getfixturevalue("pg_url")
+        engine = create_async_engine(async_database_url(url), pool_size=8, max_overflow=0)
+    else:
+        engine = engine_for(cfg.database, async_database_url(request.getfixturevalue("sqlite_url")))
+    sessions = session_factory(engine)
     server = await start_grpc_server(
         "127.0.0.1:0", NetworkDomain(sessions, cfg).registrations(), None, [DatabaseOutage()]
     )
