@@ -83,6 +83,8 @@ async def resource_body(request: Request, key: str, schema: CompiledSchema) -> d
     if not isinstance(body, dict) or set(body) != {key} or not isinstance(body[key], dict):
         raise BadRequest(f"Resource body required with key '{key}'.")
     item: dict[str, Any] = body[key]
+    if not encodable(item):
+        raise BadRequest("Malformed request body: strings must be valid UTF-8.")
     unknown = sorted(set(item) - set(schema.schema["properties"]))
     if unknown:
         raise BadRequest(f"Unrecognized attribute(s) '{', '.join(u[:64] for u in unknown)[:200]}'")
@@ -96,6 +98,21 @@ async def resource_body(request: Request, key: str, schema: CompiledSchema) -> d
             raise BadRequest("Invalid input: tenant_id and project_id do not match.")
         item["project_id"] = tenant
     return item
+
+
+def encodable(value: Any) -> bool:
+    """JSON may carry a lone surrogate (\ud800), which no protobuf string can hold."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(encodable(k) and encodable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(encodable(v) for v in value)
+    return True
 
 
 # ------------------------------------------------------------------ lists

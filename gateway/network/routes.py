@@ -18,6 +18,7 @@ from gateway.network.common import (
     API,
     call,
     context,
+    encodable,
     listing,
     one,
     resource_body,
@@ -741,6 +742,8 @@ async def _interface_body(request: Request) -> dict[str, str]:
         schemas.ROUTER_INTERFACE.validate(body)
     except ValidationFailed as exc:
         raise BadRequest(f"Invalid input for operation: {exc}") from None
+    if not encodable(body):
+        raise BadRequest("Malformed request body: strings must be valid UTF-8.")
     out: dict[str, str] = body
     return out
 

@@ -389,3 +389,13 @@ async def test_a_list_without_limit_is_cut_to_the_largest_page_with_a_next_link(
     assert link["rel"] == "next"
     rest = (await cloud.client.get(link["href"], headers=h)).json()
     assert [n["id"] for n in rest["networks"]] == made[2:]
+
+
+async def test_a_lone_surrogate_in_a_body_is_a_400_not_a_500(cloud: Cloud) -> None:
+    h = await cloud.headers("demo")
+    r = await cloud.client.post(
+        f"{N}/networks",
+        content=b'{"network": {"name": "\\ud800"}}',
+        headers={**h, "content-type": "application/json"},
+    )
+    _neutron_error(r, 400, "HTTPBadRequest")
