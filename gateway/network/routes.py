@@ -199,7 +199,7 @@ async def list_networks(request: Request) -> Response:
     return listing(request, "networks", items, attrs=views.NETWORK_ATTRS)
 
 
-@documented(body=schemas.NETWORK_CREATE, tag=TAG)
+@documented(body=schemas.wrapped("network", schemas.NETWORK_CREATE), tag=TAG)
 async def create_network(request: Request) -> Response:
     """Create a network (shared and router:external: admin only)."""
     ctx = context(request)
@@ -232,7 +232,7 @@ async def show_network(request: Request) -> Response:
     return one(request, "network", views.network(reply.network))
 
 
-@documented(body=schemas.NETWORK_UPDATE, tag=TAG)
+@documented(body=schemas.wrapped("network", schemas.NETWORK_UPDATE), tag=TAG)
 async def update_network(request: Request) -> Response:
     """Change a network."""
     ctx = context(request)
@@ -283,7 +283,7 @@ async def list_subnets(request: Request) -> Response:
     return listing(request, "subnets", items, attrs=views.SUBNET_ATTRS)
 
 
-@documented(body=schemas.SUBNET_CREATE, tag=TAG)
+@documented(body=schemas.wrapped("subnet", schemas.SUBNET_CREATE), tag=TAG)
 async def create_subnet(request: Request) -> Response:
     """Create an IPv4 subnet: gateway the first address and the rest one pool unless given."""
     ctx = context(request)
@@ -336,7 +336,7 @@ async def show_subnet(request: Request) -> Response:
     return one(request, "subnet", views.subnet(reply.subnet))
 
 
-@documented(body=schemas.SUBNET_UPDATE, tag=TAG)
+@documented(body=schemas.wrapped("subnet", schemas.SUBNET_UPDATE), tag=TAG)
 async def update_subnet(request: Request) -> Response:
     """Change a subnet (its pools stay as made)."""
     ctx = context(request)
@@ -407,7 +407,7 @@ async def list_ports(request: Request) -> Response:
     return listing(request, "ports", items, attrs=views.PORT_ATTRS)
 
 
-@documented(body=schemas.PORT_CREATE, tag=TAG)
+@documented(body=schemas.wrapped("port", schemas.PORT_CREATE), tag=TAG)
 async def create_port(request: Request) -> Response:
     """Create a port: a MAC, addresses from the network's subnets, the default group."""
     ctx = context(request)
@@ -454,7 +454,7 @@ async def show_port(request: Request) -> Response:
     return one(request, "port", views.port(reply.port, admin=ctx.is_admin))
 
 
-@documented(body=schemas.PORT_UPDATE, tag=TAG)
+@documented(body=schemas.wrapped("port", schemas.PORT_UPDATE), tag=TAG)
 async def update_port(request: Request) -> Response:
     """Change a port (binding:host_id: admin only)."""
     ctx = context(request)
@@ -514,7 +514,7 @@ async def list_security_groups(request: Request) -> Response:
     return listing(request, "security_groups", items, attrs=views.SECURITY_GROUP_ATTRS)
 
 
-@documented(body=schemas.SECURITY_GROUP_CREATE, tag=TAG)
+@documented(body=schemas.wrapped("security_group", schemas.SECURITY_GROUP_CREATE), tag=TAG)
 async def create_security_group(request: Request) -> Response:
     """Create a security group (with egress rules for IPv4 and IPv6)."""
     ctx = context(request)
@@ -546,7 +546,7 @@ async def show_security_group(request: Request) -> Response:
     return one(request, "security_group", views.security_group(reply.security_group))
 
 
-@documented(body=schemas.SECURITY_GROUP_UPDATE, tag=TAG)
+@documented(body=schemas.wrapped("security_group", schemas.SECURITY_GROUP_UPDATE), tag=TAG)
 async def update_security_group(request: Request) -> Response:
     """Rename or describe a security group."""
     ctx = context(request)
@@ -588,7 +588,7 @@ async def list_rules(request: Request) -> Response:
     return listing(request, "security_group_rules", items, attrs=views.RULE_ATTRS)
 
 
-@documented(body=schemas.RULE_CREATE, tag=TAG)
+@documented(body=schemas.wrapped("security_group_rule", schemas.RULE_CREATE), tag=TAG)
 async def create_rule(request: Request) -> Response:
     """Create a rule (409 SecurityGroupRuleExists for a duplicate)."""
     ctx = context(request)
@@ -669,7 +669,7 @@ async def list_routers(request: Request) -> Response:
     return listing(request, "routers", items, attrs=views.ROUTER_ATTRS)
 
 
-@documented(body=schemas.ROUTER_CREATE, tag=TAG)
+@documented(body=schemas.wrapped("router", schemas.ROUTER_CREATE), tag=TAG)
 async def create_router(request: Request) -> Response:
     """Create a router, with a gateway on an external network when asked."""
     ctx = context(request)
@@ -704,7 +704,7 @@ async def show_router(request: Request) -> Response:
     return one(request, "router", views.router(reply.router))
 
 
-@documented(body=schemas.ROUTER_UPDATE, tag=TAG)
+@documented(body=schemas.wrapped("router", schemas.ROUTER_UPDATE), tag=TAG)
 async def update_router(request: Request) -> Response:
     """Change a router or its gateway (static routes are not supported)."""
     ctx = context(request)
@@ -799,7 +799,7 @@ async def list_floating_ips(request: Request) -> Response:
     return listing(request, "floatingips", items, attrs=views.FLOATING_IP_ATTRS)
 
 
-@documented(body=schemas.FLOATING_IP_CREATE, tag=TAG)
+@documented(body=schemas.wrapped("floatingip", schemas.FLOATING_IP_CREATE), tag=TAG)
 async def create_floating_ip(request: Request) -> Response:
     """Allocate a floating IP from an external network (and associate it when asked)."""
     ctx = context(request)
@@ -837,7 +837,7 @@ async def show_floating_ip(request: Request) -> Response:
     return one(request, "floatingip", views.floating_ip(reply.floating_ip))
 
 
-@documented(body=schemas.FLOATING_IP_UPDATE, tag=TAG)
+@documented(body=schemas.wrapped("floatingip", schemas.FLOATING_IP_UPDATE), tag=TAG)
 async def update_floating_ip(request: Request) -> Response:
     """Associate a floating IP with a port (`port_id`), or disassociate it (null)."""
     ctx = context(request)
@@ -933,7 +933,7 @@ async def show_quota_details(request: Request) -> Response:
     )
 
 
-@documented(body=schemas.QUOTA_UPDATE, tag=TAG)
+@documented(body=schemas.wrapped("quota", schemas.QUOTA_UPDATE), tag=TAG)
 async def update_quota(request: Request) -> Response:
     """Set some of a project's limits (admin)."""
     ctx = context(request)

@@ -14,6 +14,18 @@ _PROJECT = {"tenant_id": _ID, "project_id": _ID}
 _IP: dict[str, Any] = {"type": "string", "maxLength": 64}
 
 
+def wrapped(key: str, inner: CompiledSchema) -> CompiledSchema:
+    """The whole body, `{key: {...}}`, as /openapi.json publishes it."""
+    return compile_schema(
+        {
+            "type": "object",
+            "required": [key],
+            "additionalProperties": False,
+            "properties": {key: inner.schema},
+        }
+    )
+
+
 def _obj(props: dict[str, Any], required: tuple[str, ...] = ()) -> CompiledSchema:
     schema: dict[str, Any] = {
         "type": "object",
