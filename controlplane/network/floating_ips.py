@@ -15,7 +15,7 @@ from controlplane.network.networks import get_network
 from controlplane.network.ports import FLOATING_OWNER, get_port, new_device_port
 from controlplane.network.routers import router_reaching
 from controlplane.network.scope import Caller, owned
-from controlplane.runtime.rpc import new_uuid, now
+from controlplane.runtime.rpc import now
 
 
 async def get_floating_ip(s: AsyncSession, caller: Caller, fip_id: str) -> FloatingIp:
@@ -93,7 +93,7 @@ def _disassociate(fip: FloatingIp) -> None:
 
 
 async def create_floating_ip(
-    s: AsyncSession, caller: Caller, req: pb.CreateFloatingIpRequest
+    s: AsyncSession, caller: Caller, req: pb.CreateFloatingIpRequest, ident: str
 ) -> FloatingIp:
     f = req.floating_ip
     network = await get_network(s, caller, f.floating_network_id)
@@ -106,7 +106,7 @@ async def create_floating_ip(
         raise Forbidden("Policy doesn't allow setting floating_ip_address to be performed.")
     project_id = caller.target_project(f.project_id)
     await quotas.check(s, project_id, "floatingip")
-    fip_id = new_uuid()
+    fip_id = ident
     wanted = None
     if f.floating_ip_address or req.subnet_id:
         wanted = [pb.FixedIp(subnet_id=req.subnet_id, ip_address=f.floating_ip_address)]

@@ -14,7 +14,7 @@ from controlplane.db.models import Subnet as SubnetRow
 from controlplane.network import addresses, quotas
 from controlplane.network.errors import Conflict, Forbidden, Invalid, not_found
 from controlplane.network.scope import Caller, networks_visible, subnets_visible
-from controlplane.runtime.rpc import new_uuid, now
+from controlplane.runtime.rpc import now
 
 # Every network is a VXLAN segment on the hosts: 1500 less the VXLAN header.
 DEFAULT_MTU = 1450
@@ -57,13 +57,15 @@ def _check_admin_fields(caller: Caller, shared: bool, external: bool) -> None:
         raise Forbidden("Policy doesn't allow setting shared to be performed.")
 
 
-async def create_network(s: AsyncSession, caller: Caller, req: pb.CreateNetworkRequest) -> Network:
+async def create_network(
+    s: AsyncSession, caller: Caller, req: pb.CreateNetworkRequest, ident: str
+) -> Network:
     n = req.network
     project_id = caller.target_project(n.project_id)
     _check_admin_fields(caller, n.shared, n.router_external)
     await quotas.check(s, project_id, "network")
     row = Network(
-        id=new_uuid(),
+        id=ident,
         project_id=project_id,
         name=n.name,
         description=n.description,
@@ -156,7 +158,9 @@ def _gateway(net: ipaddress.IPv4Network, given: str | None) -> ipaddress.IPv4Add
     return addresses.host_address(net, given)
 
 
-async def create_subnet(s: AsyncSession, caller: Caller, req: pb.CreateSubnetRequest) -> SubnetRow:
+async def create_subnet(
+    s: AsyncSession, caller: Caller, req: pb.CreateSubnetRequest, ident: str
+) -> SubnetRow:
     sub = req.subnet
     network = await get_network(s, caller, sub.network_id)
     # A shared network's subnets are its owner's (or an admin's) to make.
@@ -184,7 +188,7 @@ async def create_subnet(s: AsyncSession, caller: Caller, req: pb.CreateSubnetReq
             )
     await quotas.check(s, project_id, "subnet")
     row = SubnetRow(
-        id=new_uuid(),
+        id=ident,
         project_id=project_id,
         network_id=network.id,
         name=sub.name,

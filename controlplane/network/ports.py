@@ -222,7 +222,11 @@ async def _new_mac(s: AsyncSession, wanted: str) -> str:
 
 
 async def create_port(
-    s: AsyncSession, caller: Caller, req: pb.CreatePortRequest, default_group: str | None
+    s: AsyncSession,
+    caller: Caller,
+    req: pb.CreatePortRequest,
+    default_group: str | None,
+    ident: str,
 ) -> Port:
     """`default_group` is the port's project's default security group (made beforehand in
     its own transaction), used unless the request names groups."""
@@ -249,7 +253,7 @@ async def create_port(
         )
     await quotas.check(s, project_id, "port")
     port = Port(
-        id=new_uuid(),
+        id=ident,
         project_id=project_id,
         network_id=network.id,
         name=p.name,

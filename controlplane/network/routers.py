@@ -23,7 +23,7 @@ from controlplane.network.ports import (
     new_device_port,
 )
 from controlplane.network.scope import Caller, owned
-from controlplane.runtime.rpc import new_uuid, now
+from controlplane.runtime.rpc import now
 
 
 async def get_router(s: AsyncSession, caller: Caller, router_id: str) -> Router:
@@ -107,12 +107,14 @@ async def _set_gateway(
     router.gateway_port_id = port.id
 
 
-async def create_router(s: AsyncSession, caller: Caller, req: pb.CreateRouterRequest) -> Router:
+async def create_router(
+    s: AsyncSession, caller: Caller, req: pb.CreateRouterRequest, ident: str
+) -> Router:
     r = req.router
     project_id = caller.target_project(r.project_id)
     await quotas.check(s, project_id, "router")
     router = Router(
-        id=new_uuid(),
+        id=ident,
         project_id=project_id,
         name=r.name,
         description=r.description,

@@ -194,7 +194,7 @@ async def rules_of(s: AsyncSession, group_ids: list[str]) -> dict[str, list[Secu
 
 
 async def create_group(
-    s: AsyncSession, caller: Caller, req: pb.CreateSecurityGroupRequest
+    s: AsyncSession, caller: Caller, req: pb.CreateSecurityGroupRequest, ident: str
 ) -> SecurityGroup:
     g = req.security_group
     project_id = caller.target_project(g.project_id)
@@ -204,6 +204,7 @@ async def create_group(
         )
     await quotas.check(s, project_id, "security_group")
     group = _new_group(project_id, g.name, g.description)
+    group.id = ident
     s.add(group)
     await s.flush()
     s.add_all(_egress_rules(group))
@@ -303,7 +304,7 @@ def _ports(protocol: str | None, r: pb.SecurityGroupRule) -> tuple[int | None, i
 
 
 async def create_rule(
-    s: AsyncSession, caller: Caller, req: pb.CreateSecurityGroupRuleRequest
+    s: AsyncSession, caller: Caller, req: pb.CreateSecurityGroupRuleRequest, ident: str
 ) -> SecurityGroupRule:
     r = req.rule
     group = await get_group(s, caller, r.security_group_id)
@@ -347,6 +348,7 @@ async def create_rule(
         remote_group_id=remote_group,
         description=r.description,
     )
+    row.id = ident
     inserted = await s.scalar(
         upsert_insert(s, SecurityGroupRule)
         .values({c.key: getattr(row, c.key) for c in SecurityGroupRule.__table__.columns})

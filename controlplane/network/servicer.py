@@ -15,7 +15,16 @@ from loom.network.v1 import network_pb2_grpc
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from controlplane.db.models import Port, Router
+from controlplane.db.models import (
+    Base,
+    FloatingIp,
+    Network,
+    Port,
+    Router,
+    SecurityGroup,
+    SecurityGroupRule,
+)
+from controlplane.db.models import Subnet as SubnetRow
 from controlplane.network import floating_ips, networks, ports, quotas, routers, security_groups
 from controlplane.network.convert import (
     floating_ip_pb,
@@ -28,6 +37,7 @@ from controlplane.network.convert import (
 )
 from controlplane.network.errors import Conflict, Forbidden, NetworkError
 from controlplane.network.scope import Caller
+from controlplane.runtime.rpc import id_for_request, new_uuid
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +62,37 @@ def network_errors(fn: Method[Req, Resp]) -> Method[Req, Resp]:
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
         try:
-            return await fn(self, request, context)
+            try:
+                return await fn(self, request, context)
+            except IntegrityError as exc:
+                # A constraint caught what a concurrent call did between our check and our
+                # write (the same request twice, say): nothing of this call was kept.
+                raise Conflict(
+                    "Conflict", "A concurrent request changed the same resource; try again."
+                ) from exc
         except NetworkError as exc:
             context.set_trailing_metadata(((ERROR_TYPE_KEY, exc.error_type),))
             await context.abort(_CODES[exc.kind], exc.message)
             raise  # abort raises; this keeps mypy sure the function never falls through
 
     return wrapper
+
+
+Row = TypeVar("Row", bound=Base)
+
+
+def _ident(kind: str, request_id: str) -> str:
+    """The id a create makes: derived from the caller's request id, so a retry finds the
+    row its first attempt made instead of making a second one."""
+    return id_for_request(f"network.{kind}", request_id) if request_id else new_uuid()
+
+
+async def _replayed(s: AsyncSession, model: type[Row], ident: str, caller: Caller) -> Row | None:
+    """What an earlier attempt of the same create made, if any."""
+    row = await s.get(model, ident)
+    if row is not None and not caller.owns(str(getattr(row, "project_id", ""))):
+        raise Conflict("RequestIdReused", "This request id was used by another project.")
+    return row
 
 
 def _caller(scope: pb.Scope) -> Caller:
@@ -79,9 +113,12 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
 
     @network_errors
     async def CreateNetwork(self, request: pb.CreateNetworkRequest, context: Any) -> Any:
+        caller, ident = _caller(request.scope), _ident("network", request.request_id)
         async with self._sessions.begin() as s:
-            row = await networks.create_network(s, _caller(request.scope), request)
-            return pb.CreateNetworkResponse(network=network_pb(row, []))
+            row = await _replayed(s, Network, ident, caller) or await networks.create_network(
+                s, caller, request, ident
+            )
+            return pb.CreateNetworkResponse(network=await self._network_pb(s, row))
 
     @network_errors
     async def GetNetwork(self, request: pb.GetNetworkRequest, context: Any) -> Any:
@@ -114,8 +151,11 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
 
     @network_errors
     async def CreateSubnet(self, request: pb.CreateSubnetRequest, context: Any) -> Any:
+        caller, ident = _caller(request.scope), _ident("subnet", request.request_id)
         async with self._sessions.begin() as s:
-            row = await networks.create_subnet(s, _caller(request.scope), request)
+            row = await _replayed(s, SubnetRow, ident, caller) or await networks.create_subnet(
+                s, caller, request, ident
+            )
             return pb.CreateSubnetResponse(subnet=subnet_pb(row))
 
     @network_errors
@@ -150,14 +190,16 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
 
     @network_errors
     async def CreatePort(self, request: pb.CreatePortRequest, context: Any) -> Any:
-        caller = _caller(request.scope)
+        caller, ident = _caller(request.scope), _ident("port", request.request_id)
         default_group = None
         if not request.security_groups_set:
             project_id = caller.target_project(request.port.project_id)
             default_group = await security_groups.ensure_default(self._sessions, project_id)
         try:
             async with self._sessions.begin() as s:
-                row = await ports.create_port(s, caller, request, default_group)
+                row = await _replayed(s, Port, ident, caller) or await ports.create_port(
+                    s, caller, request, default_group, ident
+                )
                 reply = pb.CreatePortResponse(port=await self._port_pb(s, row))
         except IntegrityError as exc:
             # Only the MAC can still collide here (a racing create chose the same one).
@@ -216,8 +258,11 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
         await security_groups.ensure_default(
             self._sessions, caller.target_project(request.security_group.project_id)
         )
+        ident = _ident("security_group", request.request_id)
         async with self._sessions.begin() as s:
-            row = await security_groups.create_group(s, caller, request)
+            row = await _replayed(
+                s, SecurityGroup, ident, caller
+            ) or await security_groups.create_group(s, caller, request, ident)
             return pb.CreateSecurityGroupResponse(security_group=await self._group_pb(s, row))
 
     @network_errors
@@ -259,8 +304,11 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
     ) -> Any:
         caller = _caller(request.scope)
         await security_groups.ensure_default(self._sessions, caller.project_id)
+        ident = _ident("security_group_rule", request.request_id)
         async with self._sessions.begin() as s:
-            row = await security_groups.create_rule(s, caller, request)
+            row = await _replayed(
+                s, SecurityGroupRule, ident, caller
+            ) or await security_groups.create_rule(s, caller, request, ident)
             return pb.CreateSecurityGroupRuleResponse(rule=rule_pb(row))
 
     @network_errors
@@ -297,8 +345,11 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
 
     @network_errors
     async def CreateRouter(self, request: pb.CreateRouterRequest, context: Any) -> Any:
+        caller, ident = _caller(request.scope), _ident("router", request.request_id)
         async with self._sessions.begin() as s:
-            row = await routers.create_router(s, _caller(request.scope), request)
+            row = await _replayed(s, Router, ident, caller) or await routers.create_router(
+                s, caller, request, ident
+            )
             return pb.CreateRouterResponse(router=await self._router_pb(s, row))
 
     @network_errors
@@ -346,8 +397,11 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
 
     @network_errors
     async def CreateFloatingIp(self, request: pb.CreateFloatingIpRequest, context: Any) -> Any:
+        caller, ident = _caller(request.scope), _ident("floating_ip", request.request_id)
         async with self._sessions.begin() as s:
-            row = await floating_ips.create_floating_ip(s, _caller(request.scope), request)
+            row = await _replayed(
+                s, FloatingIp, ident, caller
+            ) or await floating_ips.create_floating_ip(s, caller, request, ident)
             return pb.CreateFloatingIpResponse(floating_ip=floating_ip_pb(row))
 
     @network_errors

@@ -46,3 +46,28 @@ async def test_a_server_cannot_get_a_port_on_another_projects_private_network(ne
             request_id="r1", project_id="tenant", network_id=network_id, device_id="server-1"
         )
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_retried_create_port_with_the_same_request_id_makes_one_port(net: Net) -> None:
+    network_id, _ = await net.network_with_subnet("10.22.0.0/24", project="tenant")
+    client = GrpcPortsClient(net.channel)
+    first = await client.create_port(
+        request_id="boot-1-nic-0", project_id="tenant", network_id=network_id, device_id="s1"
+    )
+    again = await client.create_port(
+        request_id="boot-1-nic-0", project_id="tenant", network_id=network_id, device_id="s1"
+    )
+    assert again == first
+    listed = await net.stub.ListPorts(pb.ListPortsRequest(scope=net.scope("tenant")))
+    assert [p.id for p in listed.ports] == [first.id]
+
+
+async def test_a_retried_create_network_with_the_same_request_id_makes_one_network(
+    net: Net,
+) -> None:
+    req = pb.CreateNetworkRequest(request_id="r-1", scope=net.scope(), network=pb.Network(name="n"))
+    first = await net.stub.CreateNetwork(req)
+    again = await net.stub.CreateNetwork(req)
+    assert again.network.id == first.network.id
+    listed = await net.stub.ListNetworks(pb.ListNetworksRequest(scope=net.scope()))
+    assert len(listed.networks) == 1
