@@ -14,7 +14,7 @@ from controlplane.network.errors import Conflict, Forbidden, Invalid, NotFound, 
 from controlplane.network.networks import get_network
 from controlplane.network.ports import FLOATING_OWNER, get_port, new_device_port
 from controlplane.network.routers import router_reaching
-from controlplane.network.scope import Caller, owned
+from controlplane.network.scope import Caller, Page, owned
 from controlplane.runtime.rpc import now
 
 
@@ -27,12 +27,9 @@ async def get_floating_ip(s: AsyncSession, caller: Caller, fip_id: str) -> Float
     return row
 
 
-async def list_floating_ips(s: AsyncSession, caller: Caller) -> list[FloatingIp]:
-    return list(
-        await s.scalars(
-            select(FloatingIp).where(owned(caller, FloatingIp.project_id)).order_by(FloatingIp.id)
-        )
-    )
+async def list_floating_ips(s: AsyncSession, caller: Caller, page: Page) -> list[FloatingIp]:
+    query = select(FloatingIp).where(owned(caller, FloatingIp.project_id))
+    return list(await s.scalars(page.of(query, FloatingIp.id)))
 
 
 async def _associate(

@@ -13,7 +13,7 @@ from controlplane.db.models import IpAllocation, Network, Port
 from controlplane.db.models import Subnet as SubnetRow
 from controlplane.network import addresses, quotas
 from controlplane.network.errors import Conflict, Forbidden, Invalid, not_found
-from controlplane.network.scope import Caller, networks_visible, subnets_visible
+from controlplane.network.scope import Caller, Page, networks_visible, subnets_visible
 from controlplane.runtime.rpc import now
 
 # Every network is a VXLAN segment on the hosts: 1500 less the VXLAN header.
@@ -132,10 +132,9 @@ async def delete_network(s: AsyncSession, caller: Caller, network_id: str) -> No
     await s.delete(row)
 
 
-async def list_networks(s: AsyncSession, caller: Caller) -> list[Network]:
-    return list(
-        await s.scalars(select(Network).where(networks_visible(caller)).order_by(Network.id))
-    )
+async def list_networks(s: AsyncSession, caller: Caller, page: Page) -> list[Network]:
+    query = select(Network).where(networks_visible(caller))
+    return list(await s.scalars(page.of(query, Network.id)))
 
 
 # --------------------------------------------------------------------------- subnets
@@ -257,8 +256,10 @@ async def delete_subnet(s: AsyncSession, caller: Caller, subnet_id: str) -> None
     await s.delete(row)
 
 
-async def list_subnets(s: AsyncSession, caller: Caller, network_id: str) -> list[SubnetRow]:
-    query = select(SubnetRow).where(subnets_visible(caller)).order_by(SubnetRow.id)
+async def list_subnets(
+    s: AsyncSession, caller: Caller, network_id: str, page: Page
+) -> list[SubnetRow]:
+    query = select(SubnetRow).where(subnets_visible(caller))
     if network_id:
         query = query.where(SubnetRow.network_id == network_id)
-    return list(await s.scalars(query))
+    return list(await s.scalars(page.of(query, SubnetRow.id)))

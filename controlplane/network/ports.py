@@ -31,7 +31,7 @@ from controlplane.db.models import Subnet as SubnetRow
 from controlplane.network import addresses, quotas
 from controlplane.network.errors import Conflict, Forbidden, Invalid, not_found
 from controlplane.network.networks import get_network
-from controlplane.network.scope import Caller, owned
+from controlplane.network.scope import Caller, Page, owned
 from controlplane.runtime.rpc import new_uuid, now
 
 # Ports the network domain makes for its own resources (router interfaces and gateways,
@@ -424,11 +424,11 @@ async def delete_device_ports(s: AsyncSession, caller: Caller, device_id: str) -
 
 
 async def list_ports(
-    s: AsyncSession, caller: Caller, network_id: str, device_id: str
+    s: AsyncSession, caller: Caller, network_id: str, device_id: str, page: Page
 ) -> list[Port]:
-    query = select(Port).where(owned(caller, Port.project_id)).order_by(Port.id)
+    query = select(Port).where(owned(caller, Port.project_id))
     if network_id:
         query = query.where(Port.network_id == network_id)
     if device_id:
         query = query.where(Port.device_id == device_id)
-    return list(await s.scalars(query))
+    return list(await s.scalars(page.of(query, Port.id)))

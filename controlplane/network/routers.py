@@ -22,7 +22,7 @@ from controlplane.network.ports import (
     get_port,
     new_device_port,
 )
-from controlplane.network.scope import Caller, owned
+from controlplane.network.scope import Caller, Page, owned
 from controlplane.runtime.rpc import now
 
 
@@ -35,10 +35,9 @@ async def get_router(s: AsyncSession, caller: Caller, router_id: str) -> Router:
     return row
 
 
-async def list_routers(s: AsyncSession, caller: Caller) -> list[Router]:
-    return list(
-        await s.scalars(select(Router).where(owned(caller, Router.project_id)).order_by(Router.id))
-    )
+async def list_routers(s: AsyncSession, caller: Caller, page: Page) -> list[Router]:
+    query = select(Router).where(owned(caller, Router.project_id))
+    return list(await s.scalars(page.of(query, Router.id)))
 
 
 async def gateway_addresses(

@@ -6,14 +6,16 @@ A non-admin caller sees its own project's resources and every shared or external
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
-from sqlalchemy import ColumnElement, or_, select, true
+from sqlalchemy import ColumnElement, Select, or_, select, true
 from sqlalchemy.orm import InstrumentedAttribute
 
 from controlplane.db.models import Network, Subnet
 from controlplane.network.errors import Forbidden, Invalid
 
 PROJECT_ID_MAX = 64
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,22 @@ def check_project_id(value: str) -> str:
     if not value or len(value) > PROJECT_ID_MAX:
         raise Invalid(f"'{value[:64]}' is not a valid project id")
     return value
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a list by id: at most `limit` rows (0: all) after `marker`."""
+
+    limit: int = 0
+    marker: str = ""
+
+    def of(self, query: Select[T], id_column: InstrumentedAttribute[str]) -> Select[T]:
+        query = query.order_by(id_column)
+        if self.marker:
+            query = query.where(id_column > self.marker)
+        if self.limit > 0:
+            query = query.limit(self.limit)
+        return query
 
 
 def owned(caller: Caller, column: InstrumentedAttribute[str]) -> ColumnElement[bool]:

@@ -20,7 +20,7 @@ from controlplane.db.models import (
 )
 from controlplane.network import quotas
 from controlplane.network.errors import Conflict, Invalid, not_found
-from controlplane.network.scope import Caller, owned
+from controlplane.network.scope import Caller, Page, owned
 from controlplane.runtime.rpc import new_uuid, now
 
 DEFAULT_NAME = "default"
@@ -248,14 +248,9 @@ async def delete_group(s: AsyncSession, caller: Caller, group_id: str) -> None:
     await s.delete(group)
 
 
-async def list_groups(s: AsyncSession, caller: Caller) -> list[SecurityGroup]:
-    return list(
-        await s.scalars(
-            select(SecurityGroup)
-            .where(owned(caller, SecurityGroup.project_id))
-            .order_by(SecurityGroup.id)
-        )
-    )
+async def list_groups(s: AsyncSession, caller: Caller, page: Page) -> list[SecurityGroup]:
+    query = select(SecurityGroup).where(owned(caller, SecurityGroup.project_id))
+    return list(await s.scalars(page.of(query, SecurityGroup.id)))
 
 
 def _protocol(value: str, ethertype: str) -> str | None:
@@ -389,11 +384,6 @@ async def delete_rule(s: AsyncSession, caller: Caller, rule_id: str) -> None:
         group.revision_number += 1
 
 
-async def list_rules(s: AsyncSession, caller: Caller) -> list[SecurityGroupRule]:
-    return list(
-        await s.scalars(
-            select(SecurityGroupRule)
-            .where(owned(caller, SecurityGroupRule.project_id))
-            .order_by(SecurityGroupRule.id)
-        )
-    )
+async def list_rules(s: AsyncSession, caller: Caller, page: Page) -> list[SecurityGroupRule]:
+    query = select(SecurityGroupRule).where(owned(caller, SecurityGroupRule.project_id))
+    return list(await s.scalars(page.of(query, SecurityGroupRule.id)))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from loom.network.v1 import network_pb2 as pb
@@ -36,7 +36,7 @@ from controlplane.network.convert import (
     subnet_pb,
 )
 from controlplane.network.errors import Conflict, Forbidden, NetworkError
-from controlplane.network.scope import Caller
+from controlplane.network.scope import Caller, Page
 from controlplane.runtime.rpc import id_for_request, new_uuid
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,15 @@ async def _replayed(s: AsyncSession, model: type[Row], ident: str, caller: Calle
     return row
 
 
+class _Paged(Protocol):
+    limit: int
+    marker: str
+
+
+def _page(request: _Paged) -> Page:
+    return Page(limit=max(request.limit, 0), marker=request.marker)
+
+
 def _caller(scope: pb.Scope) -> Caller:
     if not scope.project_id:
         raise Forbidden("A project scope is required.")
@@ -129,7 +138,7 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
     @network_errors
     async def ListNetworks(self, request: pb.ListNetworksRequest, context: Any) -> Any:
         async with self._sessions() as s:
-            rows = await networks.list_networks(s, _caller(request.scope))
+            rows = await networks.list_networks(s, _caller(request.scope), _page(request))
             ids = await networks.subnet_ids_of(s, [r.id for r in rows])
             return pb.ListNetworksResponse(
                 networks=[network_pb(r, ids.get(r.id, [])) for r in rows]
@@ -167,7 +176,9 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
     @network_errors
     async def ListSubnets(self, request: pb.ListSubnetsRequest, context: Any) -> Any:
         async with self._sessions() as s:
-            rows = await networks.list_subnets(s, _caller(request.scope), request.network_id)
+            rows = await networks.list_subnets(
+                s, _caller(request.scope), request.network_id, _page(request)
+            )
             return pb.ListSubnetsResponse(subnets=[subnet_pb(r) for r in rows])
 
     @network_errors
@@ -218,7 +229,7 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
     async def ListPorts(self, request: pb.ListPortsRequest, context: Any) -> Any:
         async with self._sessions() as s:
             rows = await ports.list_ports(
-                s, _caller(request.scope), request.network_id, request.device_id
+                s, _caller(request.scope), request.network_id, request.device_id, _page(request)
             )
             ips, groups = await ports.details(s, [r.id for r in rows])
             return pb.ListPortsResponse(
@@ -276,7 +287,7 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
         caller = _caller(request.scope)
         await security_groups.ensure_default(self._sessions, caller.project_id)
         async with self._sessions() as s:
-            rows = await security_groups.list_groups(s, caller)
+            rows = await security_groups.list_groups(s, caller, _page(request))
             rules = await security_groups.rules_of(s, [r.id for r in rows])
             return pb.ListSecurityGroupsResponse(
                 security_groups=[group_pb(r, rules.get(r.id, [])) for r in rows]
@@ -326,7 +337,7 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
         caller = _caller(request.scope)
         await security_groups.ensure_default(self._sessions, caller.project_id)
         async with self._sessions() as s:
-            rows = await security_groups.list_rules(s, caller)
+            rows = await security_groups.list_rules(s, caller, _page(request))
             return pb.ListSecurityGroupRulesResponse(rules=[rule_pb(r) for r in rows])
 
     @network_errors
@@ -361,7 +372,7 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
     @network_errors
     async def ListRouters(self, request: pb.ListRoutersRequest, context: Any) -> Any:
         async with self._sessions() as s:
-            rows = await routers.list_routers(s, _caller(request.scope))
+            rows = await routers.list_routers(s, _caller(request.scope), _page(request))
             ips = await routers.gateway_addresses(s, rows)
             return pb.ListRoutersResponse(
                 routers=[router_pb(r, ips.get(r.gateway_port_id or "", [])) for r in rows]
@@ -413,7 +424,7 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
     @network_errors
     async def ListFloatingIps(self, request: pb.ListFloatingIpsRequest, context: Any) -> Any:
         async with self._sessions() as s:
-            rows = await floating_ips.list_floating_ips(s, _caller(request.scope))
+            rows = await floating_ips.list_floating_ips(s, _caller(request.scope), _page(request))
             return pb.ListFloatingIpsResponse(floating_ips=[floating_ip_pb(r) for r in rows])
 
     @network_errors

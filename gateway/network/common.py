@@ -144,16 +144,63 @@ def _fixed_ips_match(item: Mapping[str, Any], wanted: list[str]) -> bool:
     return True
 
 
-def listing(
-    request: Request, collection: str, items: Iterable[dict[str, Any]], *, attrs: Iterable[str]
+# Fetches one page by id from the network service: (limit, marker) -> items; (0, "") is all.
+Fetch = Callable[[int, str], Awaitable[list[dict[str, Any]]]]
+
+
+async def listing(
+    request: Request,
+    collection: str,
+    fetch: Fetch,
+    *,
+    attrs: Iterable[str],
+    in_service: Iterable[str] = (),
 ) -> Response:
-    """A list answer: filtered by any attribute, sorted, paged and cut to `fields`."""
+    """A list answer: filtered by any attribute, sorted, paged and cut to `fields`.
+
+    A plain page (no sorting, only filters the service applies itself, `in_service`) is
+    read from the service a page at a time; anything else is read whole and filtered,
+    sorted and paged here."""
     params = request.query_params
     known = set(attrs)
     for name in params:
         if name not in known and name not in _PAGING:
             raise BadRequest(f"[{name[:64]}] is invalid attribute for filtering")
-    out = list(items)
+    filters = [name for name in params if name not in _PAGING]
+    service_side = set(in_service)
+    plain = not any(n in params for n in ("sort_key", "sort_dir", "page_reverse")) and all(
+        n in service_side and len(params.getlist(n)) == 1 for n in filters
+    )
+    limit = _limit(params.get("limit"))
+    marker = params.get("marker")
+    if plain:
+        # One more than the page: whether a next page exists.
+        out = await fetch(limit + 1, marker or "")
+    else:
+        out = _filtered_and_sorted(request, await fetch(0, ""), known)
+        if marker:
+            index = next((n for n, i in enumerate(out) if i["id"] == marker), None)
+            if index is None:
+                raise NeutronError(404, f"Marker {marker[:64]} could not be found.", "HTTPNotFound")
+            out = out[index + 1 :]
+    body: dict[str, Any] = {}
+    if len(out) > limit:
+        out = out[:limit]
+        body[f"{collection}_links"] = [
+            {"rel": "next", "href": _page_link(request, collection, out[-1]["id"], limit)}
+        ]
+    fields = params.getlist("fields")
+    if fields:
+        out = [{k: v for k, v in i.items() if k in fields} for i in out]
+    body[collection] = out
+    return ok(body)
+
+
+def _filtered_and_sorted(
+    request: Request, items: list[dict[str, Any]], known: set[str]
+) -> list[dict[str, Any]]:
+    params = request.query_params
+    out = items
     for name in params:
         if name in _PAGING:
             continue
@@ -170,24 +217,7 @@ def listing(
         if key not in known:
             raise BadRequest(f"{key[:64]} is invalid attribute for sort_keys")
         out.sort(key=_sort_key(key), reverse=direction == "desc")
-    limit = _limit(params.get("limit"))
-    marker = params.get("marker")
-    if marker:
-        index = next((n for n, i in enumerate(out) if i["id"] == marker), None)
-        if index is None:
-            raise NeutronError(404, f"Marker {marker[:64]} could not be found.", "HTTPNotFound")
-        out = out[index + 1 :]
-    body: dict[str, Any] = {}
-    if len(out) > limit:
-        out = out[:limit]
-        body[f"{collection}_links"] = [
-            {"rel": "next", "href": _page_link(request, collection, out[-1]["id"], limit)}
-        ]
-    fields = params.getlist("fields")
-    if fields:
-        out = [{k: v for k, v in i.items() if k in fields} for i in out]
-    body[collection] = out
-    return ok(body)
+    return out
 
 
 def _sort_key(key: str) -> Callable[[dict[str, Any]], tuple[bool, str]]:

@@ -194,9 +194,15 @@ async def list_networks(request: Request) -> Response:
     """Networks the caller sees: its own, shared ones (and all, for an admin)."""
     ctx = context(request)
     ctx.require_read("get_network")
-    reply = await call(_stub(request).ListNetworks, pb.ListNetworksRequest(scope=scope(ctx)))
-    items = [views.network(n) for n in reply.networks]
-    return listing(request, "networks", items, attrs=views.NETWORK_ATTRS)
+
+    async def fetch(limit: int, marker: str) -> list[dict[str, Any]]:
+        reply = await call(
+            _stub(request).ListNetworks,
+            pb.ListNetworksRequest(scope=scope(ctx), limit=limit, marker=marker),
+        )
+        return [views.network(n) for n in reply.networks]
+
+    return await listing(request, "networks", fetch, attrs=views.NETWORK_ATTRS)
 
 
 @documented(body=schemas.wrapped("network", schemas.NETWORK_CREATE), tag=TAG)
@@ -273,14 +279,22 @@ async def list_subnets(request: Request) -> Response:
     ctx = context(request)
     ctx.require_read("get_subnet")
     networks = request.query_params.getlist("network_id")
-    reply = await call(
-        _stub(request).ListSubnets,
-        pb.ListSubnetsRequest(
-            scope=scope(ctx), network_id=networks[0] if len(networks) == 1 else ""
-        ),
+
+    async def fetch(limit: int, marker: str) -> list[dict[str, Any]]:
+        reply = await call(
+            _stub(request).ListSubnets,
+            pb.ListSubnetsRequest(
+                scope=scope(ctx),
+                network_id=networks[0] if len(networks) == 1 else "",
+                limit=limit,
+                marker=marker,
+            ),
+        )
+        return [views.subnet(s) for s in reply.subnets]
+
+    return await listing(
+        request, "subnets", fetch, attrs=views.SUBNET_ATTRS, in_service=("network_id",)
     )
-    items = [views.subnet(s) for s in reply.subnets]
-    return listing(request, "subnets", items, attrs=views.SUBNET_ATTRS)
 
 
 @documented(body=schemas.wrapped("subnet", schemas.SUBNET_CREATE), tag=TAG)
@@ -395,16 +409,27 @@ async def list_ports(request: Request) -> Response:
     ctx.require_read("get_port")
     q = request.query_params
     networks, devices = q.getlist("network_id"), q.getlist("device_id")
-    reply = await call(
-        _stub(request).ListPorts,
-        pb.ListPortsRequest(
-            scope=scope(ctx),
-            network_id=networks[0] if len(networks) == 1 else "",
-            device_id=devices[0] if len(devices) == 1 else "",
-        ),
+
+    async def fetch(limit: int, marker: str) -> list[dict[str, Any]]:
+        reply = await call(
+            _stub(request).ListPorts,
+            pb.ListPortsRequest(
+                scope=scope(ctx),
+                network_id=networks[0] if len(networks) == 1 else "",
+                device_id=devices[0] if len(devices) == 1 else "",
+                limit=limit,
+                marker=marker,
+            ),
+        )
+        return [views.port(p, admin=ctx.is_admin) for p in reply.ports]
+
+    return await listing(
+        request,
+        "ports",
+        fetch,
+        attrs=views.PORT_ATTRS,
+        in_service=("network_id", "device_id"),
     )
-    items = [views.port(p, admin=ctx.is_admin) for p in reply.ports]
-    return listing(request, "ports", items, attrs=views.PORT_ATTRS)
 
 
 @documented(body=schemas.wrapped("port", schemas.PORT_CREATE), tag=TAG)
@@ -507,11 +532,15 @@ async def list_security_groups(request: Request) -> Response:
     """Security groups the caller sees (its project's default made on first use)."""
     ctx = context(request)
     ctx.require_read("get_security_group")
-    reply = await call(
-        _stub(request).ListSecurityGroups, pb.ListSecurityGroupsRequest(scope=scope(ctx))
-    )
-    items = [views.security_group(g) for g in reply.security_groups]
-    return listing(request, "security_groups", items, attrs=views.SECURITY_GROUP_ATTRS)
+
+    async def fetch(limit: int, marker: str) -> list[dict[str, Any]]:
+        reply = await call(
+            _stub(request).ListSecurityGroups,
+            pb.ListSecurityGroupsRequest(scope=scope(ctx), limit=limit, marker=marker),
+        )
+        return [views.security_group(g) for g in reply.security_groups]
+
+    return await listing(request, "security_groups", fetch, attrs=views.SECURITY_GROUP_ATTRS)
 
 
 @documented(body=schemas.wrapped("security_group", schemas.SECURITY_GROUP_CREATE), tag=TAG)
@@ -581,11 +610,15 @@ async def list_rules(request: Request) -> Response:
     """Security group rules the caller sees."""
     ctx = context(request)
     ctx.require_read("get_security_group_rule")
-    reply = await call(
-        _stub(request).ListSecurityGroupRules, pb.ListSecurityGroupRulesRequest(scope=scope(ctx))
-    )
-    items = [views.rule(r) for r in reply.rules]
-    return listing(request, "security_group_rules", items, attrs=views.RULE_ATTRS)
+
+    async def fetch(limit: int, marker: str) -> list[dict[str, Any]]:
+        reply = await call(
+            _stub(request).ListSecurityGroupRules,
+            pb.ListSecurityGroupRulesRequest(scope=scope(ctx), limit=limit, marker=marker),
+        )
+        return [views.rule(r) for r in reply.rules]
+
+    return await listing(request, "security_group_rules", fetch, attrs=views.RULE_ATTRS)
 
 
 @documented(body=schemas.wrapped("security_group_rule", schemas.RULE_CREATE), tag=TAG)
@@ -664,9 +697,15 @@ async def list_routers(request: Request) -> Response:
     """Routers the caller sees."""
     ctx = context(request)
     ctx.require_read("get_router")
-    reply = await call(_stub(request).ListRouters, pb.ListRoutersRequest(scope=scope(ctx)))
-    items = [views.router(r) for r in reply.routers]
-    return listing(request, "routers", items, attrs=views.ROUTER_ATTRS)
+
+    async def fetch(limit: int, marker: str) -> list[dict[str, Any]]:
+        reply = await call(
+            _stub(request).ListRouters,
+            pb.ListRoutersRequest(scope=scope(ctx), limit=limit, marker=marker),
+        )
+        return [views.router(r) for r in reply.routers]
+
+    return await listing(request, "routers", fetch, attrs=views.ROUTER_ATTRS)
 
 
 @documented(body=schemas.wrapped("router", schemas.ROUTER_CREATE), tag=TAG)
@@ -794,9 +833,15 @@ async def list_floating_ips(request: Request) -> Response:
     """Floating IPs the caller sees."""
     ctx = context(request)
     ctx.require_read("get_floatingip")
-    reply = await call(_stub(request).ListFloatingIps, pb.ListFloatingIpsRequest(scope=scope(ctx)))
-    items = [views.floating_ip(f) for f in reply.floating_ips]
-    return listing(request, "floatingips", items, attrs=views.FLOATING_IP_ATTRS)
+
+    async def fetch(limit: int, marker: str) -> list[dict[str, Any]]:
+        reply = await call(
+            _stub(request).ListFloatingIps,
+            pb.ListFloatingIpsRequest(scope=scope(ctx), limit=limit, marker=marker),
+        )
+        return [views.floating_ip(f) for f in reply.floating_ips]
+
+    return await listing(request, "floatingips", fetch, attrs=views.FLOATING_IP_ATTRS)
 
 
 @documented(body=schemas.wrapped("floatingip", schemas.FLOATING_IP_CREATE), tag=TAG)

@@ -399,3 +399,16 @@ async def test_a_lone_surrogate_in_a_body_is_a_400_not_a_500(cloud: Cloud) -> No
         headers={**h, "content-type": "application/json"},
     )
     _neutron_error(r, 400, "HTTPBadRequest")
+
+
+async def test_a_sorted_list_pages_in_its_own_order(cloud: Cloud) -> None:
+    h = await cloud.headers("demo")
+    for name in ("b", "d", "a", "c"):
+        await _net(cloud.client, h, name)
+    seen: list[str] = []
+    url: str | None = f"{N}/networks?sort_key=name&sort_dir=desc&limit=3"
+    while url:
+        body = (await cloud.client.get(url, headers=h)).json()
+        seen += [n["name"] for n in body["networks"]]
+        url = next((x["href"] for x in body.get("networks_links", []) if x["rel"] == "next"), None)
+    assert seen == ["d", "c", "b", "a"]

@@ -71,3 +71,22 @@ async def test_a_retried_create_network_with_the_same_request_id_makes_one_netwo
     assert again.network.id == first.network.id
     listed = await net.stub.ListNetworks(pb.ListNetworksRequest(scope=net.scope()))
     assert len(listed.networks) == 1
+
+
+async def test_lists_page_by_id_in_the_service(net: Net) -> None:
+    ids = sorted(
+        [
+            (
+                await net.stub.CreateNetwork(
+                    pb.CreateNetworkRequest(scope=net.scope(), network=pb.Network(name=f"n{i}"))
+                )
+            ).network.id
+            for i in range(5)
+        ]
+    )
+    first = await net.stub.ListNetworks(pb.ListNetworksRequest(scope=net.scope(), limit=2))
+    assert [n.id for n in first.networks] == ids[:2]
+    rest = await net.stub.ListNetworks(
+        pb.ListNetworksRequest(scope=net.scope(), limit=10, marker=ids[1])
+    )
+    assert [n.id for n in rest.networks] == ids[2:]

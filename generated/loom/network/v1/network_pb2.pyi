@@ -868,6 +868,12 @@ class ListNetworksRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SCOPE_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    MARKER_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """Page size; 0 for all."""
+    marker: _builtins.str
+    """The page starts after this id (the list is by id); empty for the first page."""
     @_builtins.property
     def scope(self) -> Global___Scope:
         """The caller."""
@@ -876,10 +882,12 @@ class ListNetworksRequest(_message.Message):
         self,
         *,
         scope: Global___Scope | None = ...,
+        limit: _builtins.int = ...,
+        marker: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "marker", b"marker", "scope", b"scope"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1195,8 +1203,14 @@ class ListSubnetsRequest(_message.Message):
 
     SCOPE_FIELD_NUMBER: _builtins.int
     NETWORK_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    MARKER_FIELD_NUMBER: _builtins.int
     network_id: _builtins.str
     """Only this network's; empty for all."""
+    limit: _builtins.int
+    """Page size; 0 for all."""
+    marker: _builtins.str
+    """The page starts after this id (the list is by id); empty for the first page."""
     @_builtins.property
     def scope(self) -> Global___Scope:
         """The caller."""
@@ -1206,10 +1220,12 @@ class ListSubnetsRequest(_message.Message):
         *,
         scope: Global___Scope | None = ...,
         network_id: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        marker: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["network_id", b"network_id", "scope", b"scope"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "marker", b"marker", "network_id", b"network_id", "scope", b"scope"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1572,10 +1588,16 @@ class ListPortsRequest(_message.Message):
     SCOPE_FIELD_NUMBER: _builtins.int
     NETWORK_ID_FIELD_NUMBER: _builtins.int
     DEVICE_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    MARKER_FIELD_NUMBER: _builtins.int
     network_id: _builtins.str
     """Only this network's; empty for all."""
     device_id: _builtins.str
     """Only this device's; empty for all."""
+    limit: _builtins.int
+    """Page size; 0 for all."""
+    marker: _builtins.str
+    """The page starts after this id (the list is by id); empty for the first page."""
     @_builtins.property
     def scope(self) -> Global___Scope:
         """The caller."""
@@ -1586,10 +1608,12 @@ class ListPortsRequest(_message.Message):
         scope: Global___Scope | None = ...,
         network_id: _builtins.str = ...,
         device_id: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        marker: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "network_id", b"network_id", "scope", b"scope"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "limit", b"limit", "marker", b"marker", "network_id", b"network_id", "scope", b"scope"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1988,6 +2012,12 @@ class ListSecurityGroupsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SCOPE_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    MARKER_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """Page size; 0 for all."""
+    marker: _builtins.str
+    """The page starts after this id (the list is by id); empty for the first page."""
     @_builtins.property
     def scope(self) -> Global___Scope:
         """The caller."""
@@ -1996,10 +2026,12 @@ class ListSecurityGroupsRequest(_message.Message):
         self,
         *,
         scope: Global___Scope | None = ...,
+        limit: _builtins.int = ...,
+        marker: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "marker", b"marker", "scope", b"scope"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2266,6 +2298,12 @@ class ListSecurityGroupRulesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SCOPE_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    MARKER_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """Page size; 0 for all."""
+    marker: _builtins.str
+    """The page starts after this id (the list is by id); empty for the first page."""
     @_builtins.property
     def scope(self) -> Global___Scope:
         """The caller."""
@@ -2274,10 +2312,12 @@ class ListSecurityGroupRulesRequest(_message.Message):
         self,
         *,
         scope: Global___Scope | None = ...,
+        limit: _builtins.int = ...,
+        marker: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "marker", b"marker", "scope", b"scope"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2828,6 +2868,12 @@ class ListRoutersRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SCOPE_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    MARKER_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """Page size; 0 for all."""
+    marker: _builtins.str
+    """The page starts after this id (the list is by id); empty for the first page."""
     @_builtins.property
     def scope(self) -> Global___Scope:
         """The caller."""
@@ -2836,10 +2882,12 @@ class ListRoutersRequest(_message.Message):
         self,
         *,
         scope: Global___Scope | None = ...,
+        limit: _builtins.int = ...,
+        marker: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "marker", b"marker", "scope", b"scope"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -3254,6 +3302,12 @@ class ListFloatingIpsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SCOPE_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    MARKER_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """Page size; 0 for all."""
+    marker: _builtins.str
+    """The page starts after this id (the list is by id); empty for the first page."""
     @_builtins.property
     def scope(self) -> Global___Scope:
         """The caller."""
@@ -3262,10 +3316,12 @@ class ListFloatingIpsRequest(_message.Message):
         self,
         *,
         scope: Global___Scope | None = ...,
+        limit: _builtins.int = ...,
+        marker: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "marker", b"marker", "scope", b"scope"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
