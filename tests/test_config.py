@@ -280,7 +280,7 @@ def test_an_empty_variable_sets_an_empty_value_rather_than_failing_as_toml() -> 
 
 def test_the_gateway_reaches_each_domain_through_the_conductor_while_it_hosts_them() -> None:
     cfg = load_config(environ={"LOOM_CONDUCTOR__LISTEN": "10.0.0.1:1"})
-    for domain in ("compute", "identity", "image", "catalog"):
+    for domain in ("compute", "identity", "image", "catalog", "network"):
         assert cfg.domain_target(domain) == "10.0.0.1:1", domain
 
 
@@ -296,6 +296,7 @@ def test_a_domain_the_conductor_does_not_host_is_reached_on_its_own_listen_addre
     # An explicit gateway target wins, whoever hosts the domain.
     assert cfg.domain_target("image") == "ipv4:10.0.0.3:3,10.0.0.4:3"
     assert cfg.domain_target("catalog") == cfg.conductor.listen
+    assert cfg.domain_target("network") == "127.0.0.1:50056"
 
 
 def test_a_domain_the_conductor_cannot_host_is_refused() -> None:
