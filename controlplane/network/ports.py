@@ -424,9 +424,16 @@ async def delete_device_ports(s: AsyncSession, caller: Caller, device_id: str) -
 
 
 async def list_ports(
-    s: AsyncSession, caller: Caller, network_id: str, device_id: str, page: Page
+    s: AsyncSession,
+    caller: Caller,
+    network_id: str,
+    device_id: str,
+    page: Page,
+    binding_host_id: str = "",
 ) -> list[Port]:
     query = select(Port).where(owned(caller, Port.project_id))
+    if binding_host_id:
+        query = query.where(Port.binding_host_id == binding_host_id)
     if network_id:
         query = query.where(Port.network_id == network_id)
     if device_id:

@@ -229,7 +229,12 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
     async def ListPorts(self, request: pb.ListPortsRequest, context: Any) -> Any:
         async with self._sessions() as s:
             rows = await ports.list_ports(
-                s, _caller(request.scope), request.network_id, request.device_id, _page(request)
+                s,
+                _caller(request.scope),
+                request.network_id,
+                request.device_id,
+                _page(request),
+                request.binding_host_id,
             )
             ips, groups = await ports.details(s, [r.id for r in rows])
             return pb.ListPortsResponse(

@@ -409,6 +409,8 @@ async def list_ports(request: Request) -> Response:
     ctx.require_read("get_port")
     q = request.query_params
     networks, devices = q.getlist("network_id"), q.getlist("device_id")
+    # Only an admin sees (and so may filter on) a port's binding.
+    hosts = q.getlist("binding:host_id") if ctx.is_admin else []
 
     async def fetch(limit: int, marker: str) -> list[dict[str, Any]]:
         reply = await call(
@@ -417,6 +419,7 @@ async def list_ports(request: Request) -> Response:
                 scope=scope(ctx),
                 network_id=networks[0] if len(networks) == 1 else "",
                 device_id=devices[0] if len(devices) == 1 else "",
+                binding_host_id=hosts[0] if len(hosts) == 1 else "",
                 limit=limit,
                 marker=marker,
             ),
@@ -428,7 +431,7 @@ async def list_ports(request: Request) -> Response:
         "ports",
         fetch,
         attrs=views.PORT_ATTRS,
-        in_service=("network_id", "device_id"),
+        in_service=("network_id", "device_id", *(("binding:host_id",) if ctx.is_admin else ())),
     )
 
 

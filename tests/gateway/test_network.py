@@ -225,6 +225,8 @@ async def test_binding_host_id_is_an_admins_and_binds_the_port(cloud: Cloud) -> 
     assert r.status_code == 200, r.text
     assert r.json()["port"]["binding:host_id"] == "sim-1"
     assert r.json()["port"]["status"] == "ACTIVE"
+    r = await cloud.client.get(f"{N}/ports", params={"binding:host_id": "sim-1"}, headers=admin)
+    assert [p["id"] for p in r.json()["ports"]] == [port["id"]]
 
 
 async def test_a_duplicate_rule_answers_409_security_group_rule_exists(cloud: Cloud) -> None:

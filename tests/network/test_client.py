@@ -25,6 +25,10 @@ async def test_a_servers_port_is_created_bound_and_deleted_with_the_server(net: 
     bound = await client.bind_port(request_id="r2", port_id=port.id, host="sim-1")
     assert bound.binding_host_id == "sim-1"
     assert bound.status == "ACTIVE"
+    on_host = await net.stub.ListPorts(
+        pb.ListPortsRequest(scope=net.scope(admin=True), binding_host_id="sim-1")
+    )
+    assert [p.id for p in on_host.ports] == [port.id]
     listed = await net.stub.ListPorts(
         pb.ListPortsRequest(scope=net.scope("tenant"), device_id="server-1")
     )

@@ -1590,6 +1590,7 @@ class ListPortsRequest(_message.Message):
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     MARKER_FIELD_NUMBER: _builtins.int
+    BINDING_HOST_ID_FIELD_NUMBER: _builtins.int
     network_id: _builtins.str
     """Only this network's; empty for all."""
     device_id: _builtins.str
@@ -1598,6 +1599,8 @@ class ListPortsRequest(_message.Message):
     """Page size; 0 for all."""
     marker: _builtins.str
     """The page starts after this id (the list is by id); empty for the first page."""
+    binding_host_id: _builtins.str
+    """Only the ports bound to this host (what a host's data plane wires); empty for all."""
     @_builtins.property
     def scope(self) -> Global___Scope:
         """The caller."""
@@ -1610,10 +1613,11 @@ class ListPortsRequest(_message.Message):
         device_id: _builtins.str = ...,
         limit: _builtins.int = ...,
         marker: _builtins.str = ...,
+        binding_host_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "limit", b"limit", "marker", b"marker", "network_id", b"network_id", "scope", b"scope"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["binding_host_id", b"binding_host_id", "device_id", b"device_id", "limit", b"limit", "marker", b"marker", "network_id", b"network_id", "scope", b"scope"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
