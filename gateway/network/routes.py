@@ -176,6 +176,19 @@ async def list_availability_zones(request: Request) -> Response:
     return ok({"availability_zones": []})
 
 
+@documented(tag=TAG)
+async def tags_refused(request: Request) -> Response:
+    """Resource tags: not served (the standard-attr-tag extension is not listed)."""
+    context(request).require_read("get_tags")
+    from gateway.network.common import NeutronError
+
+    raise NeutronError(
+        404,
+        "Tags are not supported by this cloud (the standard-attr-tag extension is not served).",
+        "HTTPNotFound",
+    )
+
+
 # ------------------------------------------------------------------ networks
 
 
@@ -1076,6 +1089,21 @@ def routes() -> list[BaseRoute]:
             show_floating_ip,
             update_floating_ip,
             delete_floating_ip,
+        ),
+        *(
+            Route(f"{API}/{collection}/{{id}}/tags{tail}", tags_refused, methods=methods)
+            for collection in (
+                "networks",
+                "subnets",
+                "ports",
+                "security-groups",
+                "routers",
+                "floatingips",
+            )
+            for tail, methods in (
+                ("", ["GET", "PUT", "DELETE"]),
+                ("/{tag}", ["GET", "PUT", "DELETE"]),
+            )
         ),
         Route(q, list_quotas, methods=["GET"]),
         Route(q + "/{project_id}", show_quota, methods=["GET"]),

@@ -414,3 +414,12 @@ async def test_a_sorted_list_pages_in_its_own_order(cloud: Cloud) -> None:
         seen += [n["name"] for n in body["networks"]]
         url = next((x["href"] for x in body.get("networks_links", []) if x["rel"] == "next"), None)
     assert seen == ["d", "c", "b", "a"]
+
+
+async def test_tags_are_refused_with_a_reason(cloud: Cloud) -> None:
+    h = await cloud.headers("demo")
+    net = await _net(cloud.client, h)
+    r = await cloud.client.put(f"{N}/networks/{net['id']}/tags/blue", headers=h)
+    assert "not supported" in _neutron_error(r, 404, "HTTPNotFound")
+    r = await cloud.client.get(f"{N}/networks", params={"tags": "blue"}, headers=h)
+    _neutron_error(r, 400, "HTTPBadRequest")
