@@ -223,6 +223,12 @@ async def update_subnet(s: AsyncSession, caller: Caller, req: pb.UpdateSubnetReq
                         f"Gateway ip {gateway} conflicts with allocation pool {p.start}-{p.end}.",
                     )
         row.gateway_ip = None if gateway is None else str(gateway)
+    if req.HasField("allocation_pools"):
+        gateway = None if row.gateway_ip is None else addresses.parse_ip(row.gateway_ip)
+        pools = addresses.check_pools(
+            net, gateway, [(p.start, p.end) for p in req.allocation_pools.pools]
+        )
+        row.allocation_pools = [p.as_dict() for p in pools]
     if req.HasField("name"):
         row.name = req.name
     if req.HasField("description"):

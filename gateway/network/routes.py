@@ -365,14 +365,10 @@ async def show_subnet(request: Request) -> Response:
 
 @documented(body=schemas.wrapped("subnet", schemas.SUBNET_UPDATE), tag=TAG)
 async def update_subnet(request: Request) -> Response:
-    """Change a subnet (its pools stay as made)."""
+    """Change a subnet: name, gateway, DHCP, DNS servers, host routes, pools."""
     ctx = context(request)
     ctx.require_write("update_subnet")
     body = await resource_body(request, "subnet", schemas.SUBNET_UPDATE)
-    if "allocation_pools" in body:
-        raise BadRequest(
-            "Invalid input for operation: changing allocation_pools is not supported by this cloud."
-        )
     req = pb.UpdateSubnetRequest(
         request_id=request_id(request), scope=scope(ctx), id=request.path_params["id"]
     )
@@ -387,6 +383,9 @@ async def update_subnet(request: Request) -> Response:
     if "host_routes" in body:
         req.host_routes.routes.extend(pb.HostRoute(**r) for r in body["host_routes"])
         req.host_routes.SetInParent()
+    if "allocation_pools" in body:
+        req.allocation_pools.pools.extend(pb.AllocationPool(**p) for p in body["allocation_pools"])
+        req.allocation_pools.SetInParent()
     reply = await call(_stub(request).UpdateSubnet, req)
     return ok({"subnet": views.subnet(reply.subnet)})
 

@@ -83,7 +83,9 @@ SUBNET_CREATE = _obj(
     },
     ("network_id",),
 )
-SUBNET_UPDATE = _obj({**_SUBNET_COMMON, "allocation_pools": {"type": "array"}})
+SUBNET_UPDATE = _obj(
+    {**_SUBNET_COMMON, "allocation_pools": {"type": "array", "items": _POOL, "maxItems": 64}}
+)
 
 _FIXED_IP = {
     "type": "object",

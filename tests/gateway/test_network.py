@@ -423,3 +423,25 @@ async def test_tags_are_refused_with_a_reason(cloud: Cloud) -> None:
     assert "not supported" in _neutron_error(r, 404, "HTTPNotFound")
     r = await cloud.client.get(f"{N}/networks", params={"tags": "blue"}, headers=h)
     _neutron_error(r, 400, "HTTPBadRequest")
+
+
+async def test_a_subnets_pools_can_change_and_new_ports_come_from_the_new_pools(
+    cloud: Cloud,
+) -> None:
+    h = await cloud.headers("demo")
+    net = await _net(cloud.client, h)
+    sub = await _subnet(cloud.client, h, net["id"], "10.40.0.0/24")
+    pools = [{"start": "10.40.0.100", "end": "10.40.0.100"}]
+    r = await cloud.client.put(
+        f"{N}/subnets/{sub['id']}", json={"subnet": {"allocation_pools": pools}}, headers=h
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["subnet"]["allocation_pools"] == pools
+    r = await cloud.client.post(f"{N}/ports", json={"port": {"network_id": net["id"]}}, headers=h)
+    assert r.json()["port"]["fixed_ips"][0]["ip_address"] == "10.40.0.100"
+    r = await cloud.client.put(
+        f"{N}/subnets/{sub['id']}",
+        json={"subnet": {"allocation_pools": [{"start": "10.40.0.1", "end": "10.40.0.9"}]}},
+        headers=h,
+    )
+    _neutron_error(r, 409, "GatewayConflictWithAllocationPools")

@@ -1318,6 +1318,7 @@ class UpdateSubnetRequest(_message.Message):
     ENABLE_DHCP_FIELD_NUMBER: _builtins.int
     DNS_NAMESERVERS_FIELD_NUMBER: _builtins.int
     HOST_ROUTES_FIELD_NUMBER: _builtins.int
+    ALLOCATION_POOLS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per call."""
     id: _builtins.str
@@ -1342,6 +1343,10 @@ class UpdateSubnetRequest(_message.Message):
     def host_routes(self) -> Global___HostRouteList:
         """New host routes."""
 
+    @_builtins.property
+    def allocation_pools(self) -> Global___AllocationPoolList:
+        """New allocation pools (addresses already held outside them stay held)."""
+
     def __init__(
         self,
         *,
@@ -1354,10 +1359,11 @@ class UpdateSubnetRequest(_message.Message):
         enable_dhcp: _builtins.bool | None = ...,
         dns_nameservers: Global___StringList | None = ...,
         host_routes: Global___HostRouteList | None = ...,
+        allocation_pools: Global___AllocationPoolList | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "_enable_dhcp", b"_enable_dhcp", "_gateway_ip", b"_gateway_ip", "_name", b"_name", "description", b"description", "dns_nameservers", b"dns_nameservers", "enable_dhcp", b"enable_dhcp", "gateway_ip", b"gateway_ip", "host_routes", b"host_routes", "name", b"name", "scope", b"scope"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "_enable_dhcp", b"_enable_dhcp", "_gateway_ip", b"_gateway_ip", "_name", b"_name", "allocation_pools", b"allocation_pools", "description", b"description", "dns_nameservers", b"dns_nameservers", "enable_dhcp", b"enable_dhcp", "gateway_ip", b"gateway_ip", "host_routes", b"host_routes", "name", b"name", "scope", b"scope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "_enable_dhcp", b"_enable_dhcp", "_gateway_ip", b"_gateway_ip", "_name", b"_name", "description", b"description", "dns_nameservers", b"dns_nameservers", "enable_dhcp", b"enable_dhcp", "gateway_ip", b"gateway_ip", "host_routes", b"host_routes", "id", b"id", "name", b"name", "request_id", b"request_id", "scope", b"scope"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "_enable_dhcp", b"_enable_dhcp", "_gateway_ip", b"_gateway_ip", "_name", b"_name", "allocation_pools", b"allocation_pools", "description", b"description", "dns_nameservers", b"dns_nameservers", "enable_dhcp", b"enable_dhcp", "gateway_ip", b"gateway_ip", "host_routes", b"host_routes", "id", b"id", "name", b"name", "request_id", b"request_id", "scope", b"scope"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__description: _TypeAlias = _typing.Literal["description"]  # noqa: Y015
     _WhichOneofArgType__description: _TypeAlias = _typing.Literal["_description", b"_description"]  # noqa: Y015
@@ -1377,6 +1383,30 @@ class UpdateSubnetRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__name) -> _WhichOneofReturnType__name | None: ...
 
 Global___UpdateSubnetRequest: _TypeAlias = UpdateSubnetRequest  # noqa: Y015
+
+@_typing.final
+class AllocationPoolList(_message.Message):
+    """Allocation pools an update replaces whole."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOLS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def pools(self) -> _containers.RepeatedCompositeFieldContainer[Global___AllocationPool]:
+        """The pools."""
+
+    def __init__(
+        self,
+        *,
+        pools: _abc.Iterable[Global___AllocationPool] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pools", b"pools"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AllocationPoolList: _TypeAlias = AllocationPoolList  # noqa: Y015
 
 @_typing.final
 class UpdateSubnetResponse(_message.Message):
