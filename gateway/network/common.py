@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from loom.network.v1 import network_pb2 as pb
+from loom.network.v1 import network_pb2_grpc
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -23,6 +24,8 @@ from gateway.state import base_url, gateway_of, json_body
 from gateway.validation import CompiledSchema, ValidationFailed
 
 API = "/network/v2.0"
+# The /openapi.json tag of every Network v2.0 operation.
+TAG = "network"
 # The trailing metadata in which the network service names a failure's type.
 ERROR_TYPE_KEY = "loom-error-type"
 # Past this many items a page is cut (as a list without a limit would be unbounded).
@@ -47,6 +50,12 @@ class NeutronError(TypedApiError):
 
 def context(request: Request) -> RequestContext:
     return authenticate(request, gateway_of(request).signer)
+
+
+def stub(request: Request) -> network_pb2_grpc.NetworkServiceStub:
+    """The network service's stub on the gateway's channel to it."""
+    network: network_pb2_grpc.NetworkServiceStub = gateway_of(request).conductor.network
+    return network
 
 
 def scope(ctx: RequestContext) -> pb.Scope:
