@@ -30,6 +30,7 @@ SERVICES = {
     "identity": "controlplane.identity.service",
     "image": "controlplane.image.service",
     "catalog": "controlplane.catalog.service",
+    "network": "controlplane.network.service",
     "scheduler": "controlplane.scheduler.service",
     "agent": "nodeagent.service",
     "gateway": "gateway.service",
@@ -91,8 +92,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--split-domains",
         action="store_true",
-        help="run identity, image and catalog as processes of their own (as in production) "
-        "instead of inside the conductor",
+        help="run identity, image, catalog and network as processes of their own (as in "
+        "production) instead of inside the conductor",
     )
 
     command("conductor", "run the conductor (and the domains in conductor.hosted_domains)")

@@ -94,15 +94,15 @@ class TlsConfig(_Section):
 
 # The domain services a conductor process can host beside compute (see docs/design.md,
 # "Where each domain runs").
-HostableDomain = Literal["identity", "image", "catalog"]
-HOSTABLE_DOMAINS: tuple[HostableDomain, ...] = ("identity", "image", "catalog")
+HostableDomain = Literal["identity", "image", "catalog", "network"]
+HOSTABLE_DOMAINS: tuple[HostableDomain, ...] = ("identity", "image", "catalog", "network")
 
 
 class ConductorConfig(_Section):
     listen: str = "127.0.0.1:50051"
-    # The domains this conductor serves on its own gRPC port, beside compute. All three by
+    # The domains this conductor serves on its own gRPC port, beside compute. All of them by
     # default (one process, as `loom up`); () when each runs as `loom identity`, `loom
-    # image` and `loom catalog` on its own listen address.
+    # image`, `loom catalog` and `loom network` on its own listen address.
     hosted_domains: tuple[HostableDomain, ...] = HOSTABLE_DOMAINS
     max_build_attempts: int = Field(default=3, ge=1, le=20)
     # Seconds a shelved server keeps its host before it is offloaded: 0 offloads at once
@@ -144,6 +144,10 @@ class ImageConfig(DomainServiceConfig):
 
 class CatalogConfig(DomainServiceConfig):
     listen: str = "127.0.0.1:50055"
+
+
+class NetworkConfig(DomainServiceConfig):
+    listen: str = "127.0.0.1:50056"
 
 
 class SchedulerConfig(_Section):
@@ -237,12 +241,13 @@ class GatewayConfig(_Section):
     # gRPC target of the conductors; empty means conductor.listen. For several conductor
     # processes: "ipv4:HOST:PORT,HOST:PORT" (calls are spread over them round robin).
     conductor_target: str = ""
-    # gRPC targets of the identity, image and catalog services; empty means the conductor's
+    # gRPC targets of the identity, image, catalog and network services; empty means the conductor's
     # target while the conductor hosts that domain (conductor.hosted_domains), else the
     # domain's own listen address (identity.listen, ...). Same forms as conductor_target.
     identity_target: str = ""
     image_target: str = ""
     catalog_target: str = ""
+    network_target: str = ""
     # gRPC target of the schedulers (host aggregates); empty means scheduler.listen.
     scheduler_target: str = ""
     # Public base URL for links and the catalog; empty derives it from host and port.
@@ -294,6 +299,7 @@ DEFAULT_METRICS_LISTEN: dict[str, str] = {
     "identity": "127.0.0.1:9185",
     "image": "127.0.0.1:9186",
     "catalog": "127.0.0.1:9187",
+    "network": "127.0.0.1:9188",
 }
 # A service named nowhere above or in the configuration takes a free port (it logs which).
 FALLBACK_METRICS_LISTEN = "127.0.0.1:0"
@@ -446,6 +452,7 @@ class LoomConfig(BaseSettings):
     identity: IdentityConfig = IdentityConfig()
     image: ImageConfig = ImageConfig()
     catalog: CatalogConfig = CatalogConfig()
+    network: NetworkConfig = NetworkConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     agent: AgentConfig = AgentConfig()
     gateway: GatewayConfig = GatewayConfig()

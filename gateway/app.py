@@ -1,5 +1,5 @@
-"""The gateway's ASGI app: Identity v3, Compute v2.1 and Image v2 routes, error shapes,
-request ids and microversions."""
+"""The gateway's ASGI app: Identity v3, Compute v2.1, Image v2 and Network v2.0 routes,
+error shapes, request ids and microversions."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ from starlette.routing import BaseRoute, Route
 
 from gateway import consoles
 from gateway.compute import routes as compute_routes
-from gateway.errors import ApiError
+from gateway.errors import ApiError, TypedApiError
 from gateway.identity import routes as identity_routes
 from gateway.image import routes as image_routes
 from gateway.middleware import COMPUTE_API, GatewayMiddleware, error_response_parts
+from gateway.network import routes as network_routes
 from gateway.openapi import openapi
 from gateway.placement import routes as placement_routes
 from gateway.state import Gateway
@@ -31,14 +32,16 @@ def _error(
     message: str,
     headers: dict[str, str],
     fields: dict[str, Any] | None = None,
+    error_type: str = "",
 ) -> Response:
-    body, ctype = error_response_parts(request.url.path, status, message, fields)
+    body, ctype = error_response_parts(request.url.path, status, message, fields, error_type)
     return Response(body, status_code=status, media_type=ctype.split(";")[0], headers=headers)
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return _error(request, exc.status, exc.message, exc.headers, exc.fields)
+    error_type = exc.error_type if isinstance(exc, TypedApiError) else ""
+    return _error(request, exc.status, exc.message, exc.headers, exc.fields, error_type)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -68,6 +71,7 @@ def all_routes() -> list[BaseRoute]:
         *compute_routes.routes(),
         *image_routes.routes(),
         *placement_routes.routes(),
+        *network_routes.routes(),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
 

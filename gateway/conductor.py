@@ -1,5 +1,5 @@
 """The gateway's only way out: typed gRPC stubs to the services that own each resource (the
-compute service, identity, image and catalog), with deadlines and gRPC failures turned into
+compute service, identity, image, catalog and network), with deadlines and gRPC failures turned into
 API errors."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from loom.conductor.v1 import (
 )
 from loom.identity.v1 import identity_pb2_grpc
 from loom.image.v1 import images_pb2_grpc
+from loom.network.v1 import network_pb2_grpc
 
 from gateway.errors import from_grpc
 
@@ -26,7 +27,7 @@ Resp = TypeVar("Resp")
 DEFAULT_DEADLINE_S = 30.0
 
 
-Domain = Literal["compute", "identity", "image", "catalog"]
+Domain = Literal["compute", "identity", "image", "catalog", "network"]
 
 
 class Conductor:
@@ -46,6 +47,7 @@ class Conductor:
         self.fleet = fleet_pb2_grpc.FleetServiceStub(compute)
         self.server_groups = server_groups_pb2_grpc.ServerGroupsServiceStub(compute)
         self.consoles = consoles_pb2_grpc.ConsolesServiceStub(compute)
+        self.network = network_pb2_grpc.NetworkServiceStub(channels["network"])
 
     @classmethod
     def connect(

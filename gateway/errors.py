@@ -3,8 +3,9 @@
 Handlers raise `ApiError`; the app renders it in the shape of the API the request
 went to: Nova's `{"itemNotFound": {"code": 404, "message": ...}}` under /compute,
 Keystone's `{"error": {"code", "title", "message"}}` under /identity, Glance's
-plain-text bodies under /image, and placement's `{"errors": [...]}` under /placement.
-gRPC failures map to HTTP codes in one table here.
+plain-text bodies under /image, placement's `{"errors": [...]}` under /placement and
+Neutron's `{"NeutronError": {"type", "message", "detail"}}` under /network. gRPC failures
+map to HTTP codes in one table here.
 """
 
 from __future__ import annotations
@@ -66,6 +67,14 @@ class ApiError(Exception):
         self.fields = fields or {}
 
 
+class TypedApiError(ApiError):
+    """An error whose API names its kind (Neutron's `type`: NetworkNotFound, ...)."""
+
+    def __init__(self, status: int, message: str, error_type: str) -> None:
+        super().__init__(status, message)
+        self.error_type = error_type
+
+
 class BadRequest(ApiError):
     def __init__(self, message: str) -> None:
         super().__init__(400, message)
@@ -111,6 +120,27 @@ def from_grpc(code: grpc.StatusCode, details: str) -> ApiError:
 
 def nova_body(status: int, message: str) -> dict[str, Any]:
     return {_NOVA_FAULT_NAMES.get(status, "computeFault"): {"code": status, "message": message}}
+
+
+# Neutron's error types for errors that carry none of their own (webob's exception names).
+_NEUTRON_HTTP_TYPES = {
+    400: "HTTPBadRequest",
+    401: "HTTPUnauthorized",
+    403: "HTTPForbidden",
+    404: "HTTPNotFound",
+    405: "HTTPMethodNotAllowed",
+    409: "HTTPConflict",
+    413: "HTTPRequestEntityTooLarge",
+    415: "HTTPUnsupportedMediaType",
+    429: "HTTPTooManyRequests",
+    501: "HTTPNotImplemented",
+    503: "HTTPServiceUnavailable",
+}
+
+
+def neutron_body(status: int, message: str, error_type: str = "") -> dict[str, Any]:
+    kind = error_type or _NEUTRON_HTTP_TYPES.get(status, "HTTPInternalServerError")
+    return {"NeutronError": {"type": kind, "message": message, "detail": ""}}
 
 
 def keystone_body(status: int, message: str) -> dict[str, Any]:

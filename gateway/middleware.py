@@ -16,7 +16,7 @@ from typing import Any
 
 from controlplane.runtime import tracing
 from gateway import metrics
-from gateway.errors import glance_text, keystone_body, nova_body, placement_body
+from gateway.errors import glance_text, keystone_body, neutron_body, nova_body, placement_body
 from gateway.microversion import VersionNotAcceptable, negotiate
 
 log = logging.getLogger("loom.gateway")
@@ -34,10 +34,17 @@ _VERSION_HEADERS = "OpenStack-API-Version, X-OpenStack-Nova-API-Version"
 
 
 def error_response_parts(
-    path: str, status: int, message: str, fields: dict[str, Any] | None = None
+    path: str,
+    status: int,
+    message: str,
+    fields: dict[str, Any] | None = None,
+    error_type: str = "",
 ) -> tuple[bytes, str]:
     """The body and content type of an error, in the shape of the API `path` belongs to
-    (`fields`: extra members of the error object, where that API has them)."""
+    (`fields`: extra members of the error object, where that API has them; `error_type`:
+    the Network API's error type)."""
+    if path.startswith("/network"):
+        return json.dumps(neutron_body(status, message, error_type)).encode(), "application/json"
     if path.startswith("/image"):
         return glance_text(status, message).encode(), "text/plain; charset=UTF-8"
     if path.startswith("/compute"):

@@ -64,8 +64,9 @@ def build_document(routes: list[BaseRoute]) -> dict[str, Any]:
         "info": {
             "title": "Loom gateway",
             "version": str(MAX_VERSION),
-            "description": "OpenStack-compatible Compute v2.1, Identity v3 and Image v2"
-            " subsets. Compute request schemas shown are those of the newest microversion.",
+            "description": "OpenStack-compatible Compute v2.1, Identity v3, Image v2 and"
+            " Network v2.0 subsets. Compute request schemas shown are those of the newest"
+            " microversion.",
         },
         "paths": dict(sorted(paths.items())),
     }

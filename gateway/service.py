@@ -27,7 +27,7 @@ log = logging.getLogger("loom.gateway")
 
 
 def make_gateway(cfg: LoomConfig) -> Gateway:
-    domains: tuple[Domain, ...] = ("compute", "identity", "image", "catalog")
+    domains: tuple[Domain, ...] = ("compute", "identity", "image", "catalog", "network")
     conductor = Conductor.connect(
         {domain: cfg.domain_target(domain) for domain in domains},
         lambda target: insecure_or_secure_channel(target, cfg.tls),

@@ -246,14 +246,23 @@ def test_the_config_is_immutable() -> None:
 
 def test_each_service_has_its_own_metrics_port_and_one_override_keeps_the_others() -> None:
     defaults = load_config(environ={}).metrics
-    services = ("conductor", "scheduler", "agent", "gateway", "identity", "image", "catalog")
+    services = (
+        "conductor",
+        "scheduler",
+        "agent",
+        "gateway",
+        "identity",
+        "image",
+        "catalog",
+        "network",
+    )
     ports = {defaults.listen_for(s) for s in services}
     assert len(ports) == len(services)
     cfg = load_config(environ={"LOOM_METRICS__LISTEN__CONDUCTOR": "0.0.0.0:9999"}).metrics
     assert cfg.listen_for("conductor") == "0.0.0.0:9999"
     assert cfg.listen_for("scheduler") == defaults.listen_for("scheduler")
     # A service named nowhere takes a free port until it is given one.
-    assert cfg.listen_for("network") == "127.0.0.1:0"
+    assert cfg.listen_for("no-such-service") == "127.0.0.1:0"
     assert (
         load_config(environ={"LOOM_METRICS__LISTEN__AGENT": ""}).metrics.listen_for("agent") == ""
     )
@@ -271,7 +280,7 @@ def test_an_empty_variable_sets_an_empty_value_rather_than_failing_as_toml() -> 
 
 def test_the_gateway_reaches_each_domain_through_the_conductor_while_it_hosts_them() -> None:
     cfg = load_config(environ={"LOOM_CONDUCTOR__LISTEN": "10.0.0.1:1"})
-    for domain in ("compute", "identity", "image", "catalog"):
+    for domain in ("compute", "identity", "image", "catalog", "network"):
         assert cfg.domain_target(domain) == "10.0.0.1:1", domain
 
 
@@ -287,8 +296,9 @@ def test_a_domain_the_conductor_does_not_host_is_reached_on_its_own_listen_addre
     # An explicit gateway target wins, whoever hosts the domain.
     assert cfg.domain_target("image") == "ipv4:10.0.0.3:3,10.0.0.4:3"
     assert cfg.domain_target("catalog") == cfg.conductor.listen
+    assert cfg.domain_target("network") == "127.0.0.1:50056"
 
 
 def test_a_domain_the_conductor_cannot_host_is_refused() -> None:
     with pytest.raises(ConfigError, match="hosted_domains"):
-        load_config(environ={"LOOM_CONDUCTOR__HOSTED_DOMAINS": '["network"]'})
+        load_config(environ={"LOOM_CONDUCTOR__HOSTED_DOMAINS": '["scheduler"]'})

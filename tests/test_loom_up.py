@@ -143,6 +143,7 @@ def test_loom_up_serves_health_and_reflection_on_every_grpc_port_and_stops_on_si
         "loom.catalog.v1.FlavorsService",
         "loom.catalog.v1.KeypairsService",
         "loom.catalog.v1.QuotasService",
+        "loom.network.v1.NetworkService",
     ):
         assert service in services, services
     versions = httpx.get(f"{url}/compute/", timeout=10)
@@ -280,13 +281,20 @@ def _grpc_services(data_dir: Path, target: str) -> set[str]:
     return {line for line in listing.splitlines() if line.startswith("loom.")}
 
 
-def test_loom_up_split_domains_runs_identity_image_and_catalog_apart_and_a_server_boots(
+def test_loom_up_split_domains_runs_identity_image_catalog_and_network_apart_and_a_server_boots(
     tmp_path: Path,
 ) -> None:
     with _loom_up(tmp_path, 1, "--split-domains") as (proc, _, _, printed):
         (grpc_part,) = re.findall(r"gRPC ([^;]+);", printed)
         targets = dict(re.findall(r"(\w+) (127\.0\.0\.1:\d+)", grpc_part))
-        assert set(targets) == {"conductor", "scheduler", "identity", "image", "catalog"}
+        assert set(targets) == {
+            "conductor",
+            "scheduler",
+            "identity",
+            "image",
+            "catalog",
+            "network",
+        }
         # Each process serves its own domain's services and no other's.
         assert _grpc_services(tmp_path / "d", targets["identity"]) == {
             "loom.identity.v1.IdentityService"
@@ -296,6 +304,9 @@ def test_loom_up_split_domains_runs_identity_image_and_catalog_apart_and_a_serve
             "loom.catalog.v1.FlavorsService",
             "loom.catalog.v1.KeypairsService",
             "loom.catalog.v1.QuotasService",
+        }
+        assert _grpc_services(tmp_path / "d", targets["network"]) == {
+            "loom.network.v1.NetworkService"
         }
         conductor = _grpc_services(tmp_path / "d", targets["conductor"])
         assert "loom.conductor.v1.ServersService" in conductor
@@ -319,7 +330,31 @@ def test_loom_up_split_domains_runs_identity_image_and_catalog_apart_and_a_serve
         )
         assert create.returncode == 0, create.stderr
         assert create.stdout.strip() == "ACTIVE"
-        for name in ("identity", "image", "catalog"):
+        # The Network v2 API reaches `loom network` through the same gateway.
+        for args in (
+            ("network", "create", "n1"),
+            ("subnet", "create", "--network", "n1", "--subnet-range", "10.0.0.0/24", "s1"),
+            ("port", "create", "--network", "n1", "p1"),
+        ):
+            made = subprocess.run(
+                [openstack, "--os-cloud", "loom", *args, "-f", "value", "-c", "id"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            assert made.returncode == 0, made.stderr
+        listed = subprocess.run(
+            [openstack, "--os-cloud", "loom", "port", "list", "-f", "value", "-c", "Name"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert listed.stdout.split() == ["p1"], listed.stderr
+        for name in ("identity", "image", "catalog", "network"):
             assert (tmp_path / "d" / "logs" / f"{name}.log").exists(), name
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0

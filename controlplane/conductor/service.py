@@ -40,6 +40,7 @@ from controlplane.db.engine import engine_for, session_factory
 from controlplane.db.outage import DatabaseOutage
 from controlplane.identity.service import IdentityDomain
 from controlplane.image.service import ImageDomain
+from controlplane.network.service import NetworkDomain
 from controlplane.runtime import bus, grpcserver
 from controlplane.runtime.domain import DomainFactory, DomainService
 
@@ -73,6 +74,7 @@ HOSTABLE: dict[HostableDomain, DomainFactory] = {
     "identity": IdentityDomain,
     "image": ImageDomain,
     "catalog": CatalogDomain,
+    "network": NetworkDomain,
 }
 
 

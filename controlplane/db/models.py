@@ -5,6 +5,9 @@ Ownership (the only writer of each table):
              quotas, services, outbox, projects, users, roles, role_assignments,
              server_groups, console_auth_tokens
   scheduler: resource_providers, allocations, aggregates, aggregate_hosts, aggregate_metadata
+  network:   networks, subnets, ports, port_security_groups, ip_allocations, security_groups,
+             security_group_rules, default_security_groups, routers, floating_ips,
+             network_quotas
 """
 
 from __future__ import annotations
@@ -501,3 +504,205 @@ class Allocation(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # The consumer's server group (0004): its policy is checked against these rows.
     group_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
+
+
+# --------------------------------------------------------------------------- network
+
+
+class Network(TimestampMixin, Base):
+    """A tenant's (or a shared, or an external) layer-2 network."""
+
+    __tablename__ = "networks"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(255), default="")
+    description: Mapped[str] = mapped_column(String(255), default="")
+    admin_state_up: Mapped[bool] = mapped_column(Boolean, default=True)
+    shared: Mapped[bool] = mapped_column(Boolean, default=False)
+    router_external: Mapped[bool] = mapped_column(Boolean, default=False)
+    mtu: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="ACTIVE")
+    port_security_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    revision_number: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Subnet(TimestampMixin, Base):
+    """An IPv4 range of a network; its pools are what IPAM hands out."""
+
+    __tablename__ = "subnets"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(64), index=True)
+    network_id: Mapped[str] = mapped_column(
+        ForeignKey("networks.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(255), default="")
+    description: Mapped[str] = mapped_column(String(255), default="")
+    ip_version: Mapped[int] = mapped_column(Integer, default=4)
+    cidr: Mapped[str] = mapped_column(String(64))
+    gateway_ip: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    enable_dhcp: Mapped[bool] = mapped_column(Boolean, default=True)
+    # [{"start": ..., "end": ...}], inclusive, within cidr.
+    allocation_pools: Mapped[list[Any]] = mapped_column(JSON)
+    dns_nameservers: Mapped[list[Any]] = mapped_column(JSON)
+    # [{"destination": ..., "nexthop": ...}]
+    host_routes: Mapped[list[Any]] = mapped_column(JSON)
+    revision_number: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Port(TimestampMixin, Base):
+    """A virtual NIC on a network: its MAC, what uses it, where it is bound."""
+
+    __tablename__ = "ports"
+    __table_args__ = (Index("ix_ports_device_id", "device_id"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(64), index=True)
+    network_id: Mapped[str] = mapped_column(ForeignKey("networks.id"), index=True)
+    name: Mapped[str] = mapped_column(String(255), default="")
+    description: Mapped[str] = mapped_column(String(255), default="")
+    admin_state_up: Mapped[bool] = mapped_column(Boolean, default=True)
+    mac_address: Mapped[str] = mapped_column(String(17), unique=True)
+    device_id: Mapped[str] = mapped_column(String(255), default="")
+    device_owner: Mapped[str] = mapped_column(String(255), default="")
+    binding_host_id: Mapped[str] = mapped_column(String(255), default="")
+    status: Mapped[str] = mapped_column(String(16), default="DOWN")
+    port_security_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    revision_number: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class IpAllocation(Base):
+    """One address held by one port. UNIQUE (subnet_id, ip_address) is what makes IPAM
+    atomic: two ports racing for one address cannot both insert it."""
+
+    __tablename__ = "ip_allocations"
+    __table_args__ = (
+        UniqueConstraint("subnet_id", "ip_address", name="uq_ip_allocations_subnet_address"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    subnet_id: Mapped[str] = mapped_column(ForeignKey("subnets.id", ondelete="CASCADE"))
+    port_id: Mapped[str] = mapped_column(ForeignKey("ports.id", ondelete="CASCADE"), index=True)
+    ip_address: Mapped[str] = mapped_column(String(64))
+
+
+class SecurityGroup(TimestampMixin, Base):
+    __tablename__ = "security_groups"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(255), default="")
+    description: Mapped[str] = mapped_column(String(255), default="")
+    stateful: Mapped[bool] = mapped_column(Boolean, default=True)
+    revision_number: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class DefaultSecurityGroup(Base):
+    """Each project's `default` group: one row per project, so two first uses racing make
+    one group."""
+
+    __tablename__ = "default_security_groups"
+
+    project_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    security_group_id: Mapped[str] = mapped_column(
+        ForeignKey("security_groups.id", ondelete="CASCADE")
+    )
+
+
+class SecurityGroupRule(TimestampMixin, Base):
+    """One rule. `signature` is the rule's matching attributes in one string, unique per
+    group: a duplicate rule cannot be inserted, however concurrently."""
+
+    __tablename__ = "security_group_rules"
+    __table_args__ = (
+        UniqueConstraint(
+            "security_group_id", "signature", name="uq_security_group_rules_signature"
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(64), index=True)
+    security_group_id: Mapped[str] = mapped_column(
+        ForeignKey("security_groups.id", ondelete="CASCADE"), index=True
+    )
+    direction: Mapped[str] = mapped_column(String(8))
+    ethertype: Mapped[str] = mapped_column(String(8))
+    protocol: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    port_range_min: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    port_range_max: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    remote_ip_prefix: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    remote_group_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    description: Mapped[str] = mapped_column(String(255), default="")
+    signature: Mapped[str] = mapped_column(String(255))
+    revision_number: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class PortSecurityGroup(Base):
+    __tablename__ = "port_security_groups"
+
+    port_id: Mapped[str] = mapped_column(
+        ForeignKey("ports.id", ondelete="CASCADE"), primary_key=True
+    )
+    security_group_id: Mapped[str] = mapped_column(
+        ForeignKey("security_groups.id"), primary_key=True, index=True
+    )
+
+
+class Router(TimestampMixin, Base):
+    """A router; its interfaces and gateway are ports whose device_id is the router's id."""
+
+    __tablename__ = "routers"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(255), default="")
+    description: Mapped[str] = mapped_column(String(255), default="")
+    admin_state_up: Mapped[bool] = mapped_column(Boolean, default=True)
+    status: Mapped[str] = mapped_column(String(16), default="ACTIVE")
+    # The gateway's external network and its port (both null without a gateway).
+    gateway_network_id: Mapped[str | None] = mapped_column(ForeignKey("networks.id"), nullable=True)
+    gateway_port_id: Mapped[str | None] = mapped_column(
+        ForeignKey("ports.id", ondelete="SET NULL"), nullable=True
+    )
+    enable_snat: Mapped[bool] = mapped_column(Boolean, default=True)
+    revision_number: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class FloatingIp(TimestampMixin, Base):
+    """An external network's address held by a port of its own (`floating_port_id`, whose
+    allocation makes it unique), mapped to a tenant port's fixed address when associated.
+    One fixed address has at most one floating IP."""
+
+    __tablename__ = "floating_ips"
+    __table_args__ = (
+        UniqueConstraint("port_id", "fixed_ip_address", name="uq_floating_ips_fixed"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(64), index=True)
+    floating_network_id: Mapped[str] = mapped_column(ForeignKey("networks.id"))
+    floating_port_id: Mapped[str] = mapped_column(
+        ForeignKey("ports.id", ondelete="CASCADE"), unique=True
+    )
+    floating_ip_address: Mapped[str] = mapped_column(String(64))
+    port_id: Mapped[str | None] = mapped_column(
+        ForeignKey("ports.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    fixed_ip_address: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    router_id: Mapped[str | None] = mapped_column(
+        ForeignKey("routers.id", ondelete="SET NULL"), nullable=True
+    )
+    status: Mapped[str] = mapped_column(String(16), default="DOWN")
+    description: Mapped[str] = mapped_column(String(255), default="")
+    revision_number: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class NetworkQuota(Base):
+    """A project's own limit for one network resource, over the configured default."""
+
+    __tablename__ = "network_quotas"
+
+    project_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    resource: Mapped[str] = mapped_column(String(32), primary_key=True)
+    hard_limit: Mapped[int] = mapped_column(Integer)

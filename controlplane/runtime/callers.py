@@ -26,6 +26,7 @@ IDENTITIES = (
     "identity",
     "image",
     "catalog",
+    "network",
     "operator",
 )
 
@@ -47,6 +48,9 @@ CALLERS: Mapping[str, frozenset[str]] = {
     "loom.conductor.v1.ServersService": frozenset({"gateway", "operator"}),
     "loom.conductor.v1.ServerGroupsService": frozenset({"gateway", "operator"}),
     "loom.conductor.v1.ConsolesService": frozenset({"gateway", "operator"}),
+    # Tenants' Network v2 requests come through the gateway; the compute service creates,
+    # binds and deletes its servers' ports.
+    "loom.network.v1.NetworkService": frozenset({"gateway", "conductor", "operator"}),
     # Agents read which instances the control plane places on their host.
     "loom.conductor.v1.FleetService": frozenset({"gateway", "agent", "operator"}),
     # Only the compute service asks for placements and claims.

@@ -119,6 +119,7 @@ def catalog(base: str, region: str) -> list[dict[str, Any]]:
         ("compute", "nova", f"{base}/compute/v2.1"),
         ("image", "glance", f"{base}/image"),
         ("placement", "placement", f"{base}/placement"),
+        ("network", "neutron", f"{base}/network"),
     )
     return [
         {

@@ -1,6 +1,6 @@
 """Schemathesis, against a running Loom (gateway, conductor, scheduler, agents) over HTTP
 as a tenant's tools would reach it: generated requests for every operation of
-/openapi.json (compute, image, identity and the console proxy's pages) must never get a
+/openapi.json (compute, image, identity, network and the console proxy's pages) must never get a
 5xx. `make fuzz` runs the same with at least 10,000 cases."""
 
 from __future__ import annotations

@@ -711,3 +711,53 @@ def test_a_private_flavor_boots_for_an_admin_and_for_a_member_once_shared_with_i
     with _sdk(ready_cloud, "loom") as conn:
         again = conn.compute.post("/servers", json=body, headers=v237)
         assert again.status_code == 400, again.text
+
+
+def test_the_openstack_cli_manages_networks_subnets_ports_rules_routers_and_floating_ips(
+    cloud: Stack,
+) -> None:
+    network = osc(cloud, "network", "create", "n1", "-f", "json")
+    assert network["status"] == "ACTIVE"
+    subnet = osc(
+        cloud, "subnet", "create", "--network", "n1", "--subnet-range", "10.0.0.0/24", "s1",
+        "-f", "json",
+    )  # fmt: skip
+    assert subnet["gateway_ip"] == "10.0.0.1"
+    assert subnet["network_id"] == network["id"]
+    port = osc(cloud, "port", "create", "--network", "n1", "p1", "-f", "json")
+    ((fixed),) = port["fixed_ips"]
+    assert fixed["subnet_id"] == subnet["id"]
+    assert fixed["ip_address"].startswith("10.0.0.")
+    assert port["mac_address"].startswith("fa:16:3e:")
+    rule = osc(
+        cloud, "security", "group", "rule", "create", "--protocol", "tcp", "--dst-port", "22",
+        "default", "-f", "json",
+    )  # fmt: skip
+    assert (rule["protocol"], rule["port_range_min"], rule["port_range_max"]) == ("tcp", 22, 22)
+    assert port["security_group_ids"] == [rule["security_group_id"]]
+    listed = osc(cloud, "network", "list", "-f", "json")
+    assert [(n["Name"], n["Subnets"]) for n in listed] == [("n1", [subnet["id"]])]
+    # The admin's listing shows every project's networks.
+    assert [n["Name"] for n in osc(cloud, "network", "list", "-f", "json", admin=True)] == ["n1"]
+    # A router to an external network, and a floating IP for the port.
+    osc(cloud, "network", "create", "--external", "public", admin=True)
+    osc(
+        cloud, "subnet", "create", "--network", "public", "--subnet-range", "203.0.113.0/24",
+        "--no-dhcp", "pub", admin=True,
+    )  # fmt: skip
+    osc(cloud, "router", "create", "r1")
+    osc(cloud, "router", "set", "--external-gateway", "public", "r1")
+    osc(cloud, "router", "add", "subnet", "r1", "s1")
+    fip = osc(cloud, "floating", "ip", "create", "--port", "p1", "public", "-f", "json")
+    assert fip["fixed_ip_address"] == fixed["ip_address"]
+    assert fip["floating_ip_address"].startswith("203.0.113.")
+    osc(cloud, "floating", "ip", "delete", fip["id"])
+    osc(cloud, "router", "remove", "subnet", "r1", "s1")
+    osc(cloud, "router", "delete", "r1")
+    osc(cloud, "subnet", "delete", "pub", admin=True)
+    osc(cloud, "network", "delete", "public", admin=True)
+    osc(cloud, "security", "group", "rule", "delete", rule["id"])
+    osc(cloud, "port", "delete", "p1")
+    osc(cloud, "subnet", "delete", "s1")
+    osc(cloud, "network", "delete", "n1")
+    assert osc(cloud, "network", "list", "-f", "json") == []

@@ -50,6 +50,7 @@ async def test_a_password_token_carries_roles_and_the_service_catalog(cloud: Clo
         "compute": "http://loom.test/compute/v2.1",
         "image": "http://loom.test/image",
         "placement": "http://loom.test/placement",
+        "network": "http://loom.test/network",
     }
     assert {e["region"] for s in token["catalog"] for e in s["endpoints"]} == {"RegionOne"}
 
@@ -198,7 +199,13 @@ async def test_only_the_default_domain_exists(cloud: Cloud) -> None:
 async def test_services_and_endpoints_mirror_the_token_catalog(cloud: Cloud) -> None:
     h = await cloud.headers()
     services = (await cloud.client.get("/identity/v3/services", headers=h)).json()["services"]
-    assert sorted(s["type"] for s in services) == ["compute", "identity", "image", "placement"]
+    assert sorted(s["type"] for s in services) == [
+        "compute",
+        "identity",
+        "image",
+        "network",
+        "placement",
+    ]
     compute = next(s for s in services if s["type"] == "compute")
     endpoints = (
         await cloud.client.get(f"/identity/v3/endpoints?service_id={compute['id']}", headers=h)

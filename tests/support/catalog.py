@@ -19,6 +19,7 @@ from controlplane.db.engine import session_factory
 from controlplane.db.outage import DatabaseOutage
 from controlplane.identity.service import IdentityDomain
 from controlplane.image.service import ImageDomain
+from controlplane.network.service import NetworkDomain
 from controlplane.runtime.grpcserver import Registration, start_grpc_server
 
 
@@ -40,7 +41,7 @@ async def running_catalog(db_url: str, data_dir: Path) -> AsyncIterator[RunningC
     engine = create_async_engine(async_database_url(db_url), poolclass=NullPool)
     sessions = session_factory(engine)
     cfg = load_config(environ={}, overrides={"data_dir": str(data_dir)})
-    domains = (IdentityDomain, ImageDomain, CatalogDomain)
+    domains = (IdentityDomain, ImageDomain, CatalogDomain, NetworkDomain)
     registrations = [
         *(r for domain in domains for r in domain(sessions, cfg).registrations()),
         Registration.of(

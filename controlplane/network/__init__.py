@@ -1,0 +1,1 @@
+"""The network domain: networks, subnets, ports and their addresses, security groups."""

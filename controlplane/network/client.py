@@ -1,0 +1,132 @@
+"""What the compute service asks of the network domain for a server's NICs, as a typed
+Protocol and its gRPC implementation.
+
+The hand-off (docs/design.md, "Ports of a server"): before a build, the compute service
+creates one port per requested network in the server's project (`create_port`, device_id
+the server's id), binds each to the chosen host (`bind_port`, which makes it ACTIVE), and
+deletes them with the server (`delete_ports`, idempotent)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+from loom.network.v1 import network_pb2 as pb
+from loom.network.v1 import network_pb2_grpc
+
+# Device owner of a server's ports (the value Network v2 clients expect).
+COMPUTE_OWNER = "compute:nova"
+DEADLINE_S = 30.0
+
+
+@dataclass(frozen=True)
+class ServerPort:
+    """A server's NIC as the compute service needs it."""
+
+    id: str
+    network_id: str
+    mac_address: str
+    # (subnet_id, ip_address) pairs.
+    fixed_ips: tuple[tuple[str, str], ...]
+    binding_host_id: str
+    status: str
+
+
+class PortsClient(Protocol):
+    async def create_port(
+        self,
+        *,
+        request_id: str,
+        project_id: str,
+        network_id: str,
+        device_id: str,
+        fixed_ips: Sequence[tuple[str, str]] = (),
+        security_group_ids: Sequence[str] | None = None,
+    ) -> ServerPort:
+        """A port on `network_id` for the server `device_id`, in the server's project (so
+        only a network that project sees will do); addresses from `fixed_ips`
+        ((subnet_id, ip_address), either may be empty) or one chosen by IPAM; the
+        project's default security group unless groups are named. Nothing is left when
+        it fails (grpc.aio.AioRpcError with the domain's status and type)."""
+        ...
+
+    async def bind_port(self, *, request_id: str, port_id: str, host: str) -> ServerPort:
+        """Binds the port to `host` (ACTIVE); binding again to the same host is a no-op."""
+        ...
+
+    async def delete_ports(self, *, request_id: str, project_id: str, device_id: str) -> list[str]:
+        """Deletes every port of the server; succeeds (returning []) when none is left."""
+        ...
+
+
+def _server_port(p: pb.Port) -> ServerPort:
+    return ServerPort(
+        id=p.id,
+        network_id=p.network_id,
+        mac_address=p.mac_address,
+        fixed_ips=tuple((f.subnet_id, f.ip_address) for f in p.fixed_ips),
+        binding_host_id=p.binding_host_id,
+        status=p.status,
+    )
+
+
+class GrpcPortsClient:
+    """PortsClient over loom.network.v1 (the compute service's mTLS identity is allowed to
+    call NetworkService: controlplane/runtime/callers.py)."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = network_pb2_grpc.NetworkServiceStub(channel)
+
+    async def create_port(
+        self,
+        *,
+        request_id: str,
+        project_id: str,
+        network_id: str,
+        device_id: str,
+        fixed_ips: Sequence[tuple[str, str]] = (),
+        security_group_ids: Sequence[str] | None = None,
+    ) -> ServerPort:
+        port = pb.Port(
+            network_id=network_id,
+            device_id=device_id,
+            device_owner=COMPUTE_OWNER,
+            fixed_ips=[pb.FixedIp(subnet_id=s, ip_address=a) for s, a in fixed_ips],
+            security_group_ids=list(security_group_ids or ()),
+        )
+        reply = await self._stub.CreatePort(
+            pb.CreatePortRequest(
+                request_id=request_id,
+                # The tenant's own scope: its networks and groups only.
+                scope=pb.Scope(project_id=project_id, is_admin=False),
+                port=port,
+                fixed_ips_set=bool(fixed_ips),
+                security_groups_set=security_group_ids is not None,
+            ),
+            timeout=DEADLINE_S,
+        )
+        return _server_port(reply.port)
+
+    async def bind_port(self, *, request_id: str, port_id: str, host: str) -> ServerPort:
+        req = pb.UpdatePortRequest(
+            request_id=request_id,
+            # Binding is the compute service's act, not the tenant's.
+            scope=pb.Scope(project_id="loom-compute", is_admin=True),
+            id=port_id,
+            binding_host_id=host,
+        )
+        reply = await self._stub.UpdatePort(req, timeout=DEADLINE_S)
+        return _server_port(reply.port)
+
+    async def delete_ports(self, *, request_id: str, project_id: str, device_id: str) -> list[str]:
+        reply = await self._stub.DeleteDevicePorts(
+            pb.DeleteDevicePortsRequest(
+                request_id=request_id,
+                scope=pb.Scope(project_id=project_id, is_admin=False),
+                device_id=device_id,
+            ),
+            timeout=DEADLINE_S,
+        )
+        return list(reply.port_ids)

@@ -1,0 +1,239 @@
+"""Network v2.0 networks and subnets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loom.network.v1 import network_pb2 as pb
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.compute.common import empty, ok
+from gateway.errors import BadRequest
+from gateway.network import schemas, views
+from gateway.network.common import (
+    TAG,
+    call,
+    context,
+    listing,
+    one,
+    resource_body,
+    scope,
+    stub,
+)
+from gateway.routing import documented
+from gateway.state import request_id
+
+# ------------------------------------------------------------------ networks
+
+
+def _set_network_fields(net: pb.Network, body: dict[str, Any]) -> None:
+    for key in ("name", "description", "admin_state_up", "shared", "mtu", "port_security_enabled"):
+        if key in body:
+            setattr(net, key, body[key])
+    if "router:external" in body:
+        net.router_external = body["router:external"]
+    if "project_id" in body:
+        net.project_id = body["project_id"]
+
+
+@documented(tag=TAG)
+async def list_networks(request: Request) -> Response:
+    """Networks the caller sees: its own, shared ones (and all, for an admin)."""
+    ctx = context(request)
+    ctx.require_read("get_network")
+
+    async def fetch(limit: int, marker: str) -> list[dict[str, Any]]:
+        reply = await call(
+            stub(request).ListNetworks,
+            pb.ListNetworksRequest(scope=scope(ctx), limit=limit, marker=marker),
+        )
+        return [views.network(n) for n in reply.networks]
+
+    return await listing(request, "networks", fetch, attrs=views.NETWORK_ATTRS)
+
+
+@documented(body=schemas.wrapped("network", schemas.NETWORK_CREATE), tag=TAG)
+async def create_network(request: Request) -> Response:
+    """Create a network (shared and router:external: admin only)."""
+    ctx = context(request)
+    ctx.require_write("create_network")
+    body = await resource_body(request, "network", schemas.NETWORK_CREATE)
+    net = pb.Network()
+    _set_network_fields(net, body)
+    reply = await call(
+        stub(request).CreateNetwork,
+        pb.CreateNetworkRequest(
+            request_id=request_id(request),
+            scope=scope(ctx),
+            network=net,
+            admin_state_up_set="admin_state_up" in body,
+            port_security_enabled_set="port_security_enabled" in body,
+        ),
+    )
+    return ok({"network": views.network(reply.network)}, 201)
+
+
+@documented(tag=TAG)
+async def show_network(request: Request) -> Response:
+    """One network."""
+    ctx = context(request)
+    ctx.require_read("get_network")
+    reply = await call(
+        stub(request).GetNetwork,
+        pb.GetNetworkRequest(scope=scope(ctx), id=request.path_params["id"]),
+    )
+    return one(request, "network", views.network(reply.network))
+
+
+@documented(body=schemas.wrapped("network", schemas.NETWORK_UPDATE), tag=TAG)
+async def update_network(request: Request) -> Response:
+    """Change a network."""
+    ctx = context(request)
+    ctx.require_write("update_network")
+    body = await resource_body(request, "network", schemas.NETWORK_UPDATE)
+    req = pb.UpdateNetworkRequest(
+        request_id=request_id(request), scope=scope(ctx), id=request.path_params["id"]
+    )
+    for key in ("name", "description", "admin_state_up", "shared", "mtu", "port_security_enabled"):
+        if key in body:
+            setattr(req, key, body[key])
+    if "router:external" in body:
+        req.router_external = body["router:external"]
+    reply = await call(stub(request).UpdateNetwork, req)
+    return ok({"network": views.network(reply.network)})
+
+
+@documented(tag=TAG)
+async def delete_network(request: Request) -> Response:
+    """Delete a network and its subnets (409 NetworkInUse while ports remain)."""
+    ctx = context(request)
+    ctx.require_write("delete_network")
+    await call(
+        stub(request).DeleteNetwork,
+        pb.DeleteNetworkRequest(
+            request_id=request_id(request), scope=scope(ctx), id=request.path_params["id"]
+        ),
+    )
+    return empty(204)
+
+
+# ------------------------------------------------------------------ subnets
+
+
+@documented(tag=TAG)
+async def list_subnets(request: Request) -> Response:
+    """Subnets the caller sees."""
+    ctx = context(request)
+    ctx.require_read("get_subnet")
+    networks = request.query_params.getlist("network_id")
+
+    async def fetch(limit: int, marker: str) -> list[dict[str, Any]]:
+        reply = await call(
+            stub(request).ListSubnets,
+            pb.ListSubnetsRequest(
+                scope=scope(ctx),
+                network_id=networks[0] if len(networks) == 1 else "",
+                limit=limit,
+                marker=marker,
+            ),
+        )
+        return [views.subnet(s) for s in reply.subnets]
+
+    return await listing(
+        request, "subnets", fetch, attrs=views.SUBNET_ATTRS, in_service=("network_id",)
+    )
+
+
+@documented(body=schemas.wrapped("subnet", schemas.SUBNET_CREATE), tag=TAG)
+async def create_subnet(request: Request) -> Response:
+    """Create an IPv4 subnet: gateway the first address and the rest one pool unless given."""
+    ctx = context(request)
+    ctx.require_write("create_subnet")
+    body = await resource_body(request, "subnet", schemas.SUBNET_CREATE)
+    if body.get("ip_version", 4) != 4:
+        raise BadRequest(
+            "Invalid input for operation: IPv6 subnets are not supported by this cloud."
+        )
+    if "cidr" not in body:
+        raise BadRequest(
+            "Invalid input for operation: a cidr is required (subnet pools are not supported"
+            " by this cloud)."
+        )
+    sub = pb.Subnet(
+        network_id=body["network_id"],
+        project_id=body.get("project_id", ""),
+        name=body.get("name", ""),
+        description=body.get("description", ""),
+        ip_version=4,
+        cidr=body["cidr"],
+        gateway_ip=body.get("gateway_ip") or "",
+        enable_dhcp=body.get("enable_dhcp", True),
+        allocation_pools=[pb.AllocationPool(**p) for p in body.get("allocation_pools", [])],
+        dns_nameservers=body.get("dns_nameservers", []),
+        host_routes=[pb.HostRoute(**r) for r in body.get("host_routes", [])],
+    )
+    reply = await call(
+        stub(request).CreateSubnet,
+        pb.CreateSubnetRequest(
+            request_id=request_id(request),
+            scope=scope(ctx),
+            subnet=sub,
+            gateway_ip_set="gateway_ip" in body,
+            enable_dhcp_set="enable_dhcp" in body,
+        ),
+    )
+    return ok({"subnet": views.subnet(reply.subnet)}, 201)
+
+
+@documented(tag=TAG)
+async def show_subnet(request: Request) -> Response:
+    """One subnet."""
+    ctx = context(request)
+    ctx.require_read("get_subnet")
+    reply = await call(
+        stub(request).GetSubnet,
+        pb.GetSubnetRequest(scope=scope(ctx), id=request.path_params["id"]),
+    )
+    return one(request, "subnet", views.subnet(reply.subnet))
+
+
+@documented(body=schemas.wrapped("subnet", schemas.SUBNET_UPDATE), tag=TAG)
+async def update_subnet(request: Request) -> Response:
+    """Change a subnet: name, gateway, DHCP, DNS servers, host routes, pools."""
+    ctx = context(request)
+    ctx.require_write("update_subnet")
+    body = await resource_body(request, "subnet", schemas.SUBNET_UPDATE)
+    req = pb.UpdateSubnetRequest(
+        request_id=request_id(request), scope=scope(ctx), id=request.path_params["id"]
+    )
+    for key in ("name", "description", "enable_dhcp"):
+        if key in body:
+            setattr(req, key, body[key])
+    if "gateway_ip" in body:
+        req.gateway_ip = body["gateway_ip"] or ""
+    if "dns_nameservers" in body:
+        req.dns_nameservers.values.extend(body["dns_nameservers"])
+        req.dns_nameservers.SetInParent()
+    if "host_routes" in body:
+        req.host_routes.routes.extend(pb.HostRoute(**r) for r in body["host_routes"])
+        req.host_routes.SetInParent()
+    if "allocation_pools" in body:
+        req.allocation_pools.pools.extend(pb.AllocationPool(**p) for p in body["allocation_pools"])
+        req.allocation_pools.SetInParent()
+    reply = await call(stub(request).UpdateSubnet, req)
+    return ok({"subnet": views.subnet(reply.subnet)})
+
+
+@documented(tag=TAG)
+async def delete_subnet(request: Request) -> Response:
+    """Delete a subnet (409 SubnetInUse while a port holds one of its addresses)."""
+    ctx = context(request)
+    ctx.require_write("delete_subnet")
+    await call(
+        stub(request).DeleteSubnet,
+        pb.DeleteSubnetRequest(
+            request_id=request_id(request), scope=scope(ctx), id=request.path_params["id"]
+        ),
+    )
+    return empty(204)
