@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -64,7 +65,18 @@ def user_pb(u: User) -> identity_pb2.User:
         enabled=u.enabled,
         default_project_id=u.default_project_id or "",
         description=u.description,
+        extra_json=json.dumps(u.extra, sort_keys=True) if u.extra else "",
     )
+
+
+def _extra(text: str) -> dict[str, Any]:
+    """A JSON object from a request's extra_json; ValueError for anything else."""
+    if not text:
+        return {}
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError("extra_json must be a JSON object")
+    return value
 
 
 class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
@@ -245,6 +257,10 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "user name is required")
         if not _domain_ok(want.domain_id):
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "only the default domain")
+        try:
+            extra = _extra(want.extra_json)
+        except ValueError as exc:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         user = User(
             id=want.id or new_id(),
             name=want.name,
@@ -255,6 +271,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             description=want.description,
             enabled=want.enabled,
             default_project_id=want.default_project_id or None,
+            extra=extra,
             created_at=now(),
         )
         try:
@@ -293,6 +310,10 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
 
     async def UpdateUser(self, request: identity_pb2.UpdateUserRequest, context: Any) -> Any:
         await self._seeder.ensure()
+        try:
+            extra = _extra(request.extra_json)
+        except ValueError as exc:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         new_hash = (
             await hash_password_async(request.password) if request.HasField("password") else None
         )
@@ -316,6 +337,8 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
                     user.default_project_id = request.default_project_id or None
                 if request.HasField("description"):
                     user.description = request.description
+                if request.HasField("extra_json"):
+                    user.extra = {**(user.extra or {}), **extra}
         except IntegrityError:
             await abort(context, grpc.StatusCode.ALREADY_EXISTS, "user name already taken")
         return identity_pb2.UpdateUserResponse(user=user_pb(user))

@@ -5,6 +5,7 @@ roles and role assignments (default domain only)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
@@ -25,6 +26,7 @@ from gateway.identity.schemas import (
     PROJECT_CREATE,
     PROJECT_UPDATE,
     ROLE_CREATE,
+    USER_ATTRIBUTES,
     USER_CREATE,
     USER_UPDATE,
 )
@@ -525,6 +527,13 @@ async def list_users(request: Request) -> Response:
     return _json({"users": [views.user(u, base) for u in users], "links": _links(request)})
 
 
+def _extra_json(u: dict[str, Any]) -> str:
+    """The attributes of a user body beyond Identity v3's own, as a JSON object ("" for
+    none)."""
+    extra = {k: v for k, v in u.items() if k not in USER_ATTRIBUTES}
+    return json.dumps(extra, sort_keys=True) if extra else ""
+
+
 @documented(body=USER_CREATE, tag=_TAG)
 async def create_user(request: Request) -> Response:
     """Create a user (admin)."""
@@ -543,6 +552,7 @@ async def create_user(request: Request) -> Response:
                 description=u.get("description") or "",
                 enabled=u.get("enabled", True),
                 default_project_id=u.get("default_project_id") or "",
+                extra_json=_extra_json(u),
             ),
             password=u.get("password") or "",
         ),
@@ -586,6 +596,8 @@ async def update_user(request: Request) -> Response:
             setattr(req, key, u[key])
     if "enabled" in u:
         req.enabled = u["enabled"]
+    if extra := _extra_json(u):
+        req.extra_json = extra
     reply = await call(gateway_of(request).conductor.identity.UpdateUser, req)
     if req.HasField("password") or (req.HasField("enabled") and not req.enabled):
         _revocations_changed(request)

@@ -122,6 +122,7 @@ PROJECT_UPDATE = compile_schema(
         },
     }
 )
+# The attributes Identity v3 defines for a user; any other a client sends is kept as given.
 _USER_FIELDS: dict[str, Any] = {
     "name": {"type": "string", "minLength": 1, "maxLength": 255},
     "password": {"type": ["string", "null"]},
@@ -132,6 +133,7 @@ _USER_FIELDS: dict[str, Any] = {
     "enabled": {"type": "boolean"},
     "options": {"type": "object"},
 }
+USER_ATTRIBUTES = frozenset(_USER_FIELDS)
 USER_CREATE = compile_schema(
     {
         "type": "object",
@@ -141,7 +143,7 @@ USER_CREATE = compile_schema(
             "user": {
                 "type": "object",
                 "required": ["name"],
-                "additionalProperties": False,
+                # Identity v3 keeps attributes beyond its own and shows them with the user.
                 "properties": _USER_FIELDS,
             }
         },
@@ -152,9 +154,7 @@ USER_UPDATE = compile_schema(
         "type": "object",
         "required": ["user"],
         "additionalProperties": False,
-        "properties": {
-            "user": {"type": "object", "additionalProperties": False, "properties": _USER_FIELDS}
-        },
+        "properties": {"user": {"type": "object", "properties": _USER_FIELDS}},
     }
 )
 ROLE_CREATE = compile_schema(

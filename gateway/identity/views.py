@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -70,6 +71,9 @@ def user(u: identity_pb2.User, base: str) -> dict[str, Any]:
         body["email"] = u.email
     if u.description:
         body["description"] = u.description
+    if u.extra_json:
+        # A client's own attributes, never in place of the standard ones.
+        body = {**json.loads(u.extra_json), **body}
     return body
 
 

@@ -282,3 +282,23 @@ async def test_validation_shows_the_names_a_token_does_not_carry(cloud: Cloud) -
         ("reader", ids["reader"]),
     ]
     assert len(subject) < 255
+
+
+async def test_a_user_keeps_the_attributes_a_client_gave_beyond_identity_s_own(
+    cloud: Cloud,
+) -> None:
+    admin = await cloud.headers("admin")
+    body = {"user": {"name": "extra-u", "password": "pw", "project_id": "p-1", "team": "blue"}}
+    r = await cloud.client.post("/identity/v3/users", json=body, headers=admin)
+    assert r.status_code == 201, r.text
+    made = r.json()["user"]
+    assert (made["project_id"], made["team"], made["name"]) == ("p-1", "blue", "extra-u")
+    uid = made["id"]
+    r = await cloud.client.patch(
+        f"/identity/v3/users/{uid}", json={"user": {"team": "red", "floor": 3}}, headers=admin
+    )
+    assert r.status_code == 200, r.text
+    shown = (await cloud.client.get(f"/identity/v3/users/{uid}", headers=admin)).json()["user"]
+    assert (shown["project_id"], shown["team"], shown["floor"]) == ("p-1", "red", 3)
+    # A client's attribute never stands in for a standard one.
+    assert shown["id"] == uid

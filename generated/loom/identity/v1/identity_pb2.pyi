@@ -218,6 +218,7 @@ class User(_message.Message):
     ENABLED_FIELD_NUMBER: _builtins.int
     DEFAULT_PROJECT_ID_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    EXTRA_JSON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """UUID hex."""
     name: _builtins.str
@@ -232,6 +233,10 @@ class User(_message.Message):
     """Default project id."""
     description: _builtins.str
     """Description."""
+    extra_json: _builtins.str
+    """Attributes a client gave beyond the ones above, as a JSON object (Identity v3 keeps
+    them and shows them with the user); empty for none.
+    """
     def __init__(
         self,
         *,
@@ -242,10 +247,11 @@ class User(_message.Message):
         enabled: _builtins.bool = ...,
         default_project_id: _builtins.str = ...,
         description: _builtins.str = ...,
+        extra_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_project_id", b"default_project_id", "description", b"description", "domain_id", b"domain_id", "email", b"email", "enabled", b"enabled", "id", b"id", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_project_id", b"default_project_id", "description", b"description", "domain_id", b"domain_id", "email", b"email", "enabled", b"enabled", "extra_json", b"extra_json", "id", b"id", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -819,6 +825,7 @@ class UpdateUserRequest(_message.Message):
     ENABLED_FIELD_NUMBER: _builtins.int
     DEFAULT_PROJECT_ID_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    EXTRA_JSON_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per call."""
     id: _builtins.str
@@ -835,6 +842,10 @@ class UpdateUserRequest(_message.Message):
     """New default project, when given."""
     description: _builtins.str
     """New description, when given."""
+    extra_json: _builtins.str
+    """Attributes to set beyond the ones above (a JSON object, merged into the user's),
+    when given.
+    """
     def __init__(
         self,
         *,
@@ -846,10 +857,11 @@ class UpdateUserRequest(_message.Message):
         enabled: _builtins.bool | None = ...,
         default_project_id: _builtins.str | None = ...,
         description: _builtins.str | None = ...,
+        extra_json: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_default_project_id", b"_default_project_id", "_description", b"_description", "_email", b"_email", "_enabled", b"_enabled", "_name", b"_name", "_password", b"_password", "default_project_id", b"default_project_id", "description", b"description", "email", b"email", "enabled", b"enabled", "name", b"name", "password", b"password"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_default_project_id", b"_default_project_id", "_description", b"_description", "_email", b"_email", "_enabled", b"_enabled", "_extra_json", b"_extra_json", "_name", b"_name", "_password", b"_password", "default_project_id", b"default_project_id", "description", b"description", "email", b"email", "enabled", b"enabled", "extra_json", b"extra_json", "name", b"name", "password", b"password"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_default_project_id", b"_default_project_id", "_description", b"_description", "_email", b"_email", "_enabled", b"_enabled", "_name", b"_name", "_password", b"_password", "default_project_id", b"default_project_id", "description", b"description", "email", b"email", "enabled", b"enabled", "id", b"id", "name", b"name", "password", b"password", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_default_project_id", b"_default_project_id", "_description", b"_description", "_email", b"_email", "_enabled", b"_enabled", "_extra_json", b"_extra_json", "_name", b"_name", "_password", b"_password", "default_project_id", b"default_project_id", "description", b"description", "email", b"email", "enabled", b"enabled", "extra_json", b"extra_json", "id", b"id", "name", b"name", "password", b"password", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__default_project_id: _TypeAlias = _typing.Literal["default_project_id"]  # noqa: Y015
     _WhichOneofArgType__default_project_id: _TypeAlias = _typing.Literal["_default_project_id", b"_default_project_id"]  # noqa: Y015
@@ -859,6 +871,8 @@ class UpdateUserRequest(_message.Message):
     _WhichOneofArgType__email: _TypeAlias = _typing.Literal["_email", b"_email"]  # noqa: Y015
     _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
     _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
+    _WhichOneofReturnType__extra_json: _TypeAlias = _typing.Literal["extra_json"]  # noqa: Y015
+    _WhichOneofArgType__extra_json: _TypeAlias = _typing.Literal["_extra_json", b"_extra_json"]  # noqa: Y015
     _WhichOneofReturnType__name: _TypeAlias = _typing.Literal["name"]  # noqa: Y015
     _WhichOneofArgType__name: _TypeAlias = _typing.Literal["_name", b"_name"]  # noqa: Y015
     _WhichOneofReturnType__password: _TypeAlias = _typing.Literal["password"]  # noqa: Y015
@@ -871,6 +885,8 @@ class UpdateUserRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__email) -> _WhichOneofReturnType__email | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__enabled) -> _WhichOneofReturnType__enabled | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__extra_json) -> _WhichOneofReturnType__extra_json | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__name) -> _WhichOneofReturnType__name | None: ...
     @_typing.overload
