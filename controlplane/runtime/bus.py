@@ -32,7 +32,18 @@ EVENTS_STREAM = "LOOM_EVENTS"
 INVENTORY_STREAM = "LOOM_INVENTORY"
 
 # Command verbs an agent accepts on loom.compute.<host>.<verb>.
-VERBS = ("build", "delete", "start", "stop", "reboot")
+VERBS = (
+    "build",
+    "delete",
+    "start",
+    "stop",
+    "reboot",
+    # The steps of a move between hosts (loom.compute.v1.MoveInstanceCommand).
+    "move_stop_source",
+    "move_finish_dest",
+    "move_drop",
+    "move_restore_source",
+)
 
 
 def compute_subject(host: str, verb: str) -> str:

@@ -10,6 +10,7 @@ from gateway.compute import (
     flavors,
     fleet,
     keypairs,
+    migrations,
     quotas,
     server_groups,
     servers,
@@ -37,4 +38,5 @@ def routes() -> list[BaseRoute]:
         *usage.routes(),
         *shares.routes(),
         *aggregates.routes(),
+        *migrations.routes(),
     ]

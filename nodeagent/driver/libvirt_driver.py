@@ -420,6 +420,26 @@ class LibvirtDriver:
         dom.create()
         return True
 
+    def resize_in_place(self, spec: agent_bus_pb2.InstanceSpec, *, power_on: bool) -> PowerState:
+        """Gives an existing domain the flavor's vCPUs and memory (a move that stays on this
+        host): powered off, redefined from its own XML with the new sizes, started when
+        `power_on`. Its disks stay as they are. Idempotent; raises InstanceNotFound."""
+        dom = self._require(spec.instance_id)
+        if dom.isActive():
+            dom.destroy()
+        root = ET.fromstring(dom.XMLDesc(0))
+        for tag in ("memory", "currentMemory"):
+            el = root.find(tag)
+            if el is not None:
+                el.text, el.attrib = str(spec.memory_mb * 1024), {"unit": "KiB"}
+        vcpu = root.find("vcpu")
+        if vcpu is not None:
+            vcpu.text = str(spec.vcpus)
+        dom = self._c.defineXML(ET.tostring(root, encoding="unicode"))
+        if power_on:
+            dom.create()
+        return self._power(dom)
+
     def destroy(self, instance_id: str) -> None:
         dom = self._lookup(instance_id)
         if dom is not None:

@@ -1,0 +1,429 @@
+"""Moves on the whole path: resize, cold migration, confirm, revert, auto-confirm and a
+destination that dies mid-move. Real PostgreSQL, Loom's real scheduler, real NATS, and two
+real node agents on libvirt's test:/// driver, one per host."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from loom.conductor.v1 import migrations_pb2, migrations_pb2_grpc, servers_pb2
+from sqlalchemy import text
+
+from controlplane.conductor.moves import MoveSweeper
+from controlplane.config import AgentConfig, LoomConfig
+from controlplane.runtime import bus
+from controlplane.runtime.natsserver import NatsServerProcess
+from nodeagent.agent import HostAgent
+from nodeagent.driver.base import InstanceNotFound, PowerState
+from nodeagent.driver.libvirt_driver import LibvirtDriver
+from tests.conductor.conftest import (
+    STEP_S,
+    Harness,
+    conductor_config,
+    eventually,
+    harness,
+    running_workers,
+)
+from tests.conductor.factories import add, make_flavor
+from tests.conductor.test_create import PROJECT, USER, create_request
+from tests.nodeagent.support import make_test_driver
+from tests.support.invariants import OVERCOMMITTED_HOSTS_SQL, USAGE_MISMATCH_SQL
+
+S = servers_pb2.ServerStatus
+# A move takes several round trips through the relay, NATS and both agents.
+MOVE_S = 6 * STEP_S
+
+
+@dataclass
+class Fleet:
+    h: Harness
+    migrations: migrations_pb2_grpc.MigrationsServiceStub
+    agents: dict[str, HostAgent]
+
+    def driver(self, host: str) -> LibvirtDriver:
+        d = self.agents[host].driver
+        assert isinstance(d, LibvirtDriver)
+        return d
+
+
+@contextlib.asynccontextmanager
+async def fleet(
+    pg_url: str,
+    nats: NatsServerProcess,
+    tmp_path: Path,
+    cfg: LoomConfig | None = None,
+    *,
+    agents: tuple[str, ...] = ("h1", "h2"),
+    hosts: dict[str, dict[str, int]] | None = None,
+) -> AsyncIterator[Fleet]:
+    async with harness(pg_url, cfg) as h, running_workers(h, nats.url):
+        await add(h.sessions, make_flavor("2", vcpus=2, memory_mb=1024, root_gb=2))
+        for name, size in (hosts or {"h1": {}, "h2": {}}).items():
+            await h.scheduler.add_host(name, **size)
+        assert h.nc is not None
+        started: dict[str, HostAgent] = {}
+        try:
+            for name in agents:
+                agent = HostAgent(
+                    host=name,
+                    driver=make_test_driver(tmp_path, name),
+                    nc=h.nc,
+                    cfg=AgentConfig(
+                        heartbeat_interval=3600.0, power_sync_interval=3600.0, shutdown_timeout=1
+                    ),
+                    compute_endpoint="127.0.0.1:1",
+                    host_ip="127.0.0.1",
+                )
+                await agent.start()
+                started[name] = agent
+            assert h.migrations is not None
+            yield Fleet(h, h.migrations, started)
+        finally:
+            for agent in started.values():
+                await agent.stop()
+
+
+@pytest.fixture
+async def two_hosts(
+    pg_url: str, fresh_nats: NatsServerProcess, tmp_path: Path
+) -> AsyncIterator[Fleet]:
+    async with fleet(pg_url, fresh_nats, tmp_path) as f:
+        yield f
+
+
+async def server(f: Fleet, sid: str) -> servers_pb2.Server:
+    return (await f.h.servers.GetServer(servers_pb2.GetServerRequest(id=sid))).server
+
+
+async def wait_status(
+    f: Fleet, sid: str, status: int, within: float = MOVE_S
+) -> servers_pb2.Server:
+    async def probe() -> servers_pb2.Server | None:
+        s = await server(f, sid)
+        return s if s.status == status and s.task_state == 0 else None
+
+    found = await eventually(probe, within, f"server {S.Name(status)}")
+    assert found is not None
+    return found
+
+
+async def boot(f: Fleet, name: str = "vm", host: str = "h1") -> servers_pb2.Server:
+    resp = await f.h.servers.CreateServers(
+        create_request(request_id=f"req-{name}", name=name, force_host=host)
+    )
+    return await wait_status(f, resp.servers[0].id, S.SERVER_STATUS_ACTIVE)
+
+
+async def claims(f: Fleet) -> dict[str, str]:
+    return await f.h.scheduler.claims()
+
+
+async def assert_usage_is_the_sum_of_allocations(f: Fleet) -> None:
+    async with f.h.engine.connect() as conn:
+        assert (await conn.execute(text(USAGE_MISMATCH_SQL))).scalar_one() == 0
+        assert (await conn.execute(text(OVERCOMMITTED_HOSTS_SQL))).scalar_one() == 0
+
+
+async def resize(f: Fleet, sid: str, flavor: str = "2", rid: str = "") -> migrations_pb2.Migration:
+    resp = await f.migrations.ResizeServer(
+        migrations_pb2.ResizeServerRequest(
+            request_id=rid or f"req-{uuid.uuid4()}",
+            id=sid,
+            project_id=PROJECT,
+            user_id=USER,
+            flavor_id=flavor,
+        )
+    )
+    return resp.migration
+
+
+async def migration(f: Fleet, sid: str) -> migrations_pb2.Migration:
+    resp = await f.migrations.ListMigrations(
+        migrations_pb2.ListMigrationsRequest(instance_uuid=sid)
+    )
+    return resp.migrations[0]
+
+
+def memory_kib(d: LibvirtDriver, sid: str) -> int:
+    dom = d._require(sid)
+    return int(dom.maxMemory())
+
+
+async def test_a_resize_holds_both_hosts_until_confirm_then_only_the_destination(
+    two_hosts: Fleet,
+) -> None:
+    f = two_hosts
+    s = await boot(f)
+    mig = await resize(f, s.id)
+    assert (mig.source_compute, mig.dest_compute, mig.migration_type) == ("h1", "h2", "resize")
+
+    moved = await wait_status(f, s.id, S.SERVER_STATUS_VERIFY_RESIZE)
+    assert (moved.host, moved.flavor.id, moved.flavor.memory_mb) == ("h2", "2", 1024)
+    # The destination claim is the instance's; the source's is the migration's.
+    assert await claims(f) == {s.id: "h2", mig.uuid: "h1"}
+    await assert_usage_is_the_sum_of_allocations(f)
+    assert f.driver("h1").describe(s.id) == PowerState.SHUTDOWN
+    assert f.driver("h2").describe(s.id) == PowerState.RUNNING
+    assert memory_kib(f.driver("h2"), s.id) == 1024 * 1024
+    assert (await migration(f, s.id)).status == "finished"
+
+    await f.migrations.ConfirmResize(
+        migrations_pb2.ConfirmResizeRequest(request_id="req-confirm", id=s.id, user_id=USER)
+    )
+    done = await wait_status(f, s.id, S.SERVER_STATUS_ACTIVE)
+    assert (done.host, done.flavor.id) == ("h2", "2")
+    assert await claims(f) == {s.id: "h2"}
+    await assert_usage_is_the_sum_of_allocations(f)
+    with pytest.raises(InstanceNotFound):
+        f.driver("h1").describe(s.id)
+    assert (await migration(f, s.id)).status == "confirmed"
+    actions = await f.h.servers.ListInstanceActions(servers_pb2.ListInstanceActionsRequest(id=s.id))
+    assert [a.action for a in actions.actions][:2] == ["confirmResize", "resize"]
+
+
+async def test_a_revert_goes_back_to_the_source_with_the_old_flavor_and_frees_the_destination(
+    two_hosts: Fleet,
+) -> None:
+    f = two_hosts
+    s = await boot(f)
+    mig = await resize(f, s.id)
+    await wait_status(f, s.id, S.SERVER_STATUS_VERIFY_RESIZE)
+
+    await f.migrations.RevertResize(
+        migrations_pb2.RevertResizeRequest(request_id="req-revert", id=s.id, user_id=USER)
+    )
+    back = await wait_status(f, s.id, S.SERVER_STATUS_ACTIVE)
+    assert (back.host, back.flavor.id, back.flavor.memory_mb) == ("h1", "1", 512)
+    assert await claims(f) == {s.id: "h1"}
+    await assert_usage_is_the_sum_of_allocations(f)
+    assert f.driver("h1").describe(s.id) == PowerState.RUNNING
+    with pytest.raises(InstanceNotFound):
+        f.driver("h2").describe(s.id)
+    found = await migration(f, s.id)
+    assert (found.uuid, found.status) == (mig.uuid, "reverted")
+
+
+async def test_a_stopped_server_is_resized_stopped_and_stays_stopped_after_confirm(
+    two_hosts: Fleet,
+) -> None:
+    f = two_hosts
+    s = await boot(f)
+    await f.h.servers.StopServer(servers_pb2.StopServerRequest(request_id="req-stop", id=s.id))
+    await wait_status(f, s.id, S.SERVER_STATUS_SHUTOFF)
+    await resize(f, s.id)
+    await wait_status(f, s.id, S.SERVER_STATUS_VERIFY_RESIZE)
+    assert f.driver("h2").describe(s.id) == PowerState.SHUTDOWN
+    await f.migrations.ConfirmResize(migrations_pb2.ConfirmResizeRequest(id=s.id))
+    await wait_status(f, s.id, S.SERVER_STATUS_SHUTOFF)
+
+
+async def test_a_resize_to_the_same_flavor_is_refused_and_changes_nothing(
+    two_hosts: Fleet,
+) -> None:
+    f = two_hosts
+    s = await boot(f)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await resize(f, s.id, flavor="1")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "must change flavor" in (err.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await resize(f, s.id, flavor="nope")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    after = await server(f, s.id)
+    assert (after.status, after.task_state) == (S.SERVER_STATUS_ACTIVE, 0)
+    assert await claims(f) == {s.id: "h1"}
+
+
+async def test_confirm_or_revert_of_a_server_not_waiting_for_it_is_a_conflict(
+    two_hosts: Fleet,
+) -> None:
+    f = two_hosts
+    s = await boot(f)
+    for call in (f.migrations.ConfirmResize, f.migrations.RevertResize):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call(migrations_pb2.ConfirmResizeRequest(id=s.id))  # type: ignore[operator]
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_a_cold_migration_to_a_requested_host_keeps_the_flavor(two_hosts: Fleet) -> None:
+    f = two_hosts
+    s = await boot(f)
+    resp = await f.migrations.MigrateServer(
+        migrations_pb2.MigrateServerRequest(request_id="req-mig", id=s.id, host="h2")
+    )
+    assert resp.migration.migration_type == "migration"
+    moved = await wait_status(f, s.id, S.SERVER_STATUS_VERIFY_RESIZE)
+    assert (moved.host, moved.flavor.id) == ("h2", "1")
+    assert await claims(f) == {s.id: "h2", resp.migration.uuid: "h1"}
+    await f.migrations.ConfirmResize(migrations_pb2.ConfirmResizeRequest(id=s.id))
+    await wait_status(f, s.id, S.SERVER_STATUS_ACTIVE)
+    assert await claims(f) == {s.id: "h2"}
+    await assert_usage_is_the_sum_of_allocations(f)
+
+
+async def test_a_migration_to_an_unknown_or_the_current_host_is_refused(two_hosts: Fleet) -> None:
+    f = two_hosts
+    s = await boot(f)
+    for host in ("nowhere", "h1"):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await f.migrations.MigrateServer(
+                migrations_pb2.MigrateServerRequest(id=s.id, host=host)
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert await claims(f) == {s.id: "h1"}
+    listed = await f.migrations.ListMigrations(migrations_pb2.ListMigrationsRequest())
+    assert list(listed.migrations) == []
+
+
+async def test_a_migration_to_a_host_without_room_is_refused_with_the_source_kept(
+    pg_url: str, fresh_nats: NatsServerProcess, tmp_path: Path
+) -> None:
+    hosts = {"h1": {}, "h2": {"memory_mb": 256}}
+    async with fleet(pg_url, fresh_nats, tmp_path, hosts=hosts) as f:
+        s = await boot(f)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await f.migrations.MigrateServer(
+                migrations_pb2.MigrateServerRequest(id=s.id, host="h2")
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "No valid host" in (err.value.details() or "")
+        after = await server(f, s.id)
+        assert (after.status, after.task_state, after.host) == (S.SERVER_STATUS_ACTIVE, 0, "h1")
+        assert await claims(f) == {s.id: "h1"}
+        assert (await migration(f, s.id)).status == "error"
+        await assert_usage_is_the_sum_of_allocations(f)
+
+
+async def test_two_resizes_into_a_host_with_room_for_one_never_over_commit_it(
+    pg_url: str, fresh_nats: NatsServerProcess, tmp_path: Path
+) -> None:
+    # h2 has room for exactly one server of flavor "2" (1024 MiB).
+    hosts = {"h1": {}, "h2": {"memory_mb": 1536}}
+    async with fleet(pg_url, fresh_nats, tmp_path, hosts=hosts) as f:
+        a = await boot(f, "a")
+        b = await boot(f, "b")
+        outcomes = await asyncio.gather(
+            resize(f, a.id, rid="req-ra"), resize(f, b.id, rid="req-rb"), return_exceptions=True
+        )
+        won = [o for o in outcomes if isinstance(o, migrations_pb2.Migration)]
+        lost = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+        assert len(won) == 1, outcomes
+        assert len(lost) == 1, outcomes
+        assert lost[0].code() == grpc.StatusCode.INVALID_ARGUMENT
+        await assert_usage_is_the_sum_of_allocations(f)
+        winner = won[0].instance_uuid
+        await wait_status(f, winner, S.SERVER_STATUS_VERIFY_RESIZE)
+        await assert_usage_is_the_sum_of_allocations(f)
+
+
+async def test_a_resize_waiting_longer_than_the_confirm_window_is_confirmed_by_the_conductor(
+    pg_url: str, fresh_nats: NatsServerProcess, tmp_path: Path
+) -> None:
+    cfg = conductor_config(resize_confirm_window=1)
+    async with fleet(pg_url, fresh_nats, tmp_path, cfg) as f:
+        s = await boot(f)
+        mig = await resize(f, s.id)
+        await wait_status(f, s.id, S.SERVER_STATUS_VERIFY_RESIZE)
+        sweeper = MoveSweeper(f.h.conductor, interval=0.2)
+        assert await sweeper.sweep() == 0  # not yet: the window has not passed
+        await asyncio.sleep(1.2)
+        assert await sweeper.sweep() == 1
+        await wait_status(f, s.id, S.SERVER_STATUS_ACTIVE)
+        assert (await migration(f, s.id)).status == "confirmed"
+        assert await claims(f) == {s.id: "h2"}
+        assert mig.uuid not in await claims(f)
+        await assert_usage_is_the_sum_of_allocations(f)
+
+
+async def test_a_move_whose_destination_dies_goes_back_to_the_source_with_its_allocation(
+    pg_url: str, fresh_nats: NatsServerProcess, tmp_path: Path
+) -> None:
+    # h2 has no agent: it never answers, and its heartbeats stop.
+    async with fleet(pg_url, fresh_nats, tmp_path, agents=("h1",)) as f:
+        s = await boot(f)
+        mig = await resize(f, s.id)
+
+        async def finishing() -> bool:
+            return (await server(f, s.id)).task_state == servers_pb2.TASK_STATE_RESIZE_FINISH
+
+        await eventually(finishing, MOVE_S)
+        assert await claims(f) == {s.id: "h2", mig.uuid: "h1"}
+        f.h.scheduler.stop_heartbeats("h2")
+        assert await MoveSweeper(f.h.conductor).sweep() == 1
+        back = await wait_status(f, s.id, S.SERVER_STATUS_ACTIVE)
+        assert (back.host, back.flavor.id) == ("h1", "1")
+        assert f.driver("h1").describe(s.id) == PowerState.RUNNING
+        assert await claims(f) == {s.id: "h1"}
+        await assert_usage_is_the_sum_of_allocations(f)
+        assert (await migration(f, s.id)).status == "error"
+        # The down host is told to drop whatever it made, for when it comes back.
+        assert f.h.js is not None
+        info = await f.h.js.stream_info(bus.COMPUTE_STREAM)
+        assert info.state.messages >= 1
+
+
+async def test_a_resize_to_the_same_host_when_allowed_confirms_and_reverts_in_place(
+    pg_url: str, fresh_nats: NatsServerProcess, tmp_path: Path
+) -> None:
+    cfg = conductor_config(allow_resize_to_same_host=True)
+    async with fleet(pg_url, fresh_nats, tmp_path, cfg, agents=("h1",), hosts={"h1": {}}) as f:
+        s = await boot(f)
+        mig = await resize(f, s.id)
+        assert mig.dest_compute == "h1"
+        await wait_status(f, s.id, S.SERVER_STATUS_VERIFY_RESIZE)
+        assert memory_kib(f.driver("h1"), s.id) == 1024 * 1024
+        # Both allocations on the one host, as both sides hold one.
+        assert await claims(f) == {s.id: "h1", mig.uuid: "h1"}
+        await f.migrations.RevertResize(migrations_pb2.RevertResizeRequest(id=s.id))
+        back = await wait_status(f, s.id, S.SERVER_STATUS_ACTIVE)
+        assert (back.host, back.flavor.id) == ("h1", "1")
+        assert memory_kib(f.driver("h1"), s.id) == 512 * 1024
+        assert f.driver("h1").describe(s.id) == PowerState.RUNNING
+        assert await claims(f) == {s.id: "h1"}
+        await assert_usage_is_the_sum_of_allocations(f)
+
+        await resize(f, s.id)
+        await wait_status(f, s.id, S.SERVER_STATUS_VERIFY_RESIZE)
+        await f.migrations.ConfirmResize(migrations_pb2.ConfirmResizeRequest(id=s.id))
+        done = await wait_status(f, s.id, S.SERVER_STATUS_ACTIVE)
+        assert done.flavor.id == "2"
+        assert f.driver("h1").describe(s.id) == PowerState.RUNNING
+        assert await claims(f) == {s.id: "h1"}
+        await assert_usage_is_the_sum_of_allocations(f)
+
+
+async def test_migration_records_are_listed_newest_first_with_filters_and_pages(
+    two_hosts: Fleet,
+) -> None:
+    f = two_hosts
+    a = await boot(f, "a")
+    b = await boot(f, "b")
+    first = await resize(f, a.id)
+    await wait_status(f, a.id, S.SERVER_STATUS_VERIFY_RESIZE)
+    second = await f.migrations.MigrateServer(migrations_pb2.MigrateServerRequest(id=b.id))
+    await wait_status(f, b.id, S.SERVER_STATUS_VERIFY_RESIZE)
+
+    async def listed(**kw: Any) -> list[str]:
+        resp = await f.migrations.ListMigrations(migrations_pb2.ListMigrationsRequest(**kw))
+        return [m.uuid for m in resp.migrations]
+
+    assert await listed() == [second.migration.uuid, first.uuid]
+    assert await listed(migration_type="resize") == [first.uuid]
+    assert await listed(instance_uuid=b.id) == [second.migration.uuid]
+    assert await listed(status="finished", source_compute="h1") == [
+        second.migration.uuid,
+        first.uuid,
+    ]
+    assert await listed(host="h2", limit=1) == [second.migration.uuid]
+    assert await listed(limit=1, marker=second.migration.uuid) == [first.uuid]
+    assert await listed(project_id="another") == []
+    one = await f.migrations.ListMigrations(migrations_pb2.ListMigrationsRequest(limit=1))
+    assert one.migrations[0].new_instance_type_id > 0
