@@ -37,7 +37,7 @@ from typing import Any
 import grpc
 from loom.compute.v1 import agent_bus_pb2
 from loom.scheduler.v1 import scheduler_pb2
-from sqlalchemy import select, update
+from sqlalchemy import Select, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.conductor import outbox, states
@@ -89,6 +89,14 @@ _FLAVOR_COLUMNS = (
     "swap_mb",
     "flavor_extra_specs",
 )
+
+
+def open_on_host(host: str) -> Select[str]:
+    """The instances with a move still open that has this host as source or destination."""
+    return select(Migration.instance_uuid).where(
+        Migration.status.not_in(sorted(DONE)),
+        or_(Migration.source_compute == host, Migration.dest_compute == host),
+    )
 
 
 def _now() -> datetime:

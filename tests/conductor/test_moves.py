@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
-from loom.conductor.v1 import migrations_pb2, migrations_pb2_grpc, servers_pb2
+from loom.conductor.v1 import fleet_pb2, migrations_pb2, migrations_pb2_grpc, servers_pb2
 from sqlalchemy import text
 
 from controlplane.conductor.moves import MoveSweeper
@@ -174,6 +174,9 @@ async def test_a_resize_holds_both_hosts_until_confirm_then_only_the_destination
     assert f.driver("h2").describe(s.id) == PowerState.RUNNING
     assert memory_kib(f.driver("h2"), s.id) == 1024 * 1024
     assert (await migration(f, s.id)).status == "finished"
+    # The source's kept domain is still expected there (a reconcile must not destroy it).
+    listed = await f.h.fleet.ListHostInstances(fleet_pb2.ListHostInstancesRequest(host="h1"))
+    assert [i.spec.instance_id for i in listed.instances] == [s.id]
 
     await f.migrations.ConfirmResize(
         migrations_pb2.ConfirmResizeRequest(request_id="req-confirm", id=s.id, user_id=USER)
@@ -181,6 +184,8 @@ async def test_a_resize_holds_both_hosts_until_confirm_then_only_the_destination
     done = await wait_status(f, s.id, S.SERVER_STATUS_ACTIVE)
     assert (done.host, done.flavor.id) == ("h2", "2")
     assert await claims(f) == {s.id: "h2"}
+    listed = await f.h.fleet.ListHostInstances(fleet_pb2.ListHostInstancesRequest(host="h1"))
+    assert list(listed.instances) == []
     await assert_usage_is_the_sum_of_allocations(f)
     with pytest.raises(InstanceNotFound):
         f.driver("h1").describe(s.id)
