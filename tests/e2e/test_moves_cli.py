@@ -3,9 +3,13 @@ against a running stack (three simulated hosts on test:///)."""
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
+from bench.client import resolve_cloud
+from tests.e2e.support import boot_one_through_api, wait_for_hosts
 from tests.e2e.test_openstack_clients import _wait_status, osc, ready_cloud
+from tests.support import polling
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.slow
@@ -70,3 +74,109 @@ def test_the_openstack_cli_resizes_confirms_reverts_and_migrates_a_server(
         cloud, "server", "migration", "list", "--type", "resize", "-f", "json", admin=True
     )
     assert len(only_resizes) == 2
+
+
+def _api(cloud: Stack, user: str, version: str) -> httpx.Client:
+    clouds = cloud.data_dir / "clouds.yaml"
+    found = resolve_cloud("loom-admin" if user == "admin" else "loom", clouds)
+    return httpx.Client(
+        base_url=found.compute_url,
+        headers={"X-Auth-Token": found.token, "OpenStack-API-Version": f"compute {version}"},
+        timeout=30,
+    )
+
+
+def _wait_api_status(http: httpx.Client, sid: str, status: str) -> None:
+    polling.wait_until(
+        lambda: http.get(f"/servers/{sid}").json()["server"]["status"] == status,
+        polling.boot_s(),
+        f"{sid} {status}",
+        every=0.3,
+    )
+
+
+async def test_the_move_api_refuses_what_it_cannot_do_and_shows_migrations_per_microversion(
+    cloud: Stack,
+) -> None:
+    await wait_for_hosts(cloud, 3)
+    sid = boot_one_through_api(cloud, "vm")
+    action = f"/servers/{sid}/action"
+    with _api(cloud, "demo", "2.96") as demo, _api(cloud, "admin", "2.96") as admin:
+        small = next(
+            f["id"] for f in demo.get("/flavors").json()["flavors"] if f["name"] == "m1.small"
+        )
+        tiny = next(
+            f["id"] for f in demo.get("/flavors").json()["flavors"] if f["name"] == "m1.tiny"
+        )
+        # Refusals, each leaving the server as it was.
+        assert demo.post(action, json={"migrate": None}).status_code == 403
+        assert demo.post(action, json={"resize": {}}).status_code == 400
+        assert demo.post(action, json={"resize": {"flavorRef": tiny}}).status_code == 400
+        assert demo.post(action, json={"resize": {"flavorRef": "nope"}}).status_code == 400
+        assert demo.post(action, json={"confirmResize": None}).status_code == 409
+        assert demo.post(action, json={"revertResize": None}).status_code == 409
+        r = admin.post(action, json={"migrate": {"host": "nowhere"}})
+        assert r.status_code == 400, r.text
+        with _api(cloud, "admin", "2.55") as old:
+            assert old.post(action, json={"migrate": {"host": "x"}}).status_code == 400
+        assert demo.get(f"/servers/{sid}").json()["server"]["status"] == "ACTIVE"
+
+        r = demo.post(action, json={"resize": {"flavorRef": small, "OS-DCF:diskConfig": "AUTO"}})
+        assert r.status_code == 202, r.text
+        _wait_api_status(demo, sid, "VERIFY_RESIZE")
+        assert demo.post(action, json={"resize": {"flavorRef": tiny}}).status_code == 409
+        r = demo.post(action, json={"confirmResize": None})
+        assert r.status_code == 204, r.text
+        _wait_api_status(demo, sid, "ACTIVE")
+
+        assert demo.get("/os-migrations").status_code == 403
+        shapes = {
+            "2.1": set(),
+            "2.23": {"migration_type"},
+            "2.59": {"migration_type", "uuid"},
+            "2.80": {"migration_type", "uuid", "user_id", "project_id"},
+        }
+        base = {
+            "id",
+            "instance_uuid",
+            "source_compute",
+            "source_node",
+            "source_region",
+            "dest_compute",
+            "dest_node",
+            "dest_host",
+            "dest_region",
+            "old_instance_type_id",
+            "new_instance_type_id",
+            "status",
+            "created_at",
+            "updated_at",
+        }
+        for version, extra in shapes.items():
+            with _api(cloud, "admin", version) as http:
+                r = http.get("/os-migrations")
+                assert r.status_code == 200, r.text
+                [m] = r.json()["migrations"]
+                assert set(m) == base | extra, version
+                assert (m["instance_uuid"], m["status"]) == (sid, "confirmed")
+                assert isinstance(m["old_instance_type_id"], int)
+        with _api(cloud, "admin", "2.59") as http:
+            r = http.get("/os-migrations", params={"limit": 1})
+            assert r.json()["migrations_links"][0]["rel"] == "next"
+            assert http.get("/os-migrations", params={"bogus": 1}).status_code == 400
+            assert http.get("/os-migrations", params={"migration_type": "resize"}).json()[
+                "migrations"
+            ]
+            assert (
+                http.get("/os-migrations", params={"migration_type": "migration"}).json()[
+                    "migrations"
+                ]
+                == []
+            )
+        with _api(cloud, "admin", "2.23") as http:
+            assert http.get(f"/servers/{sid}/migrations").json() == {"migrations": []}
+            assert http.get(f"/servers/{sid}/migrations/1").status_code == 404
+            missing = "00000000-0000-0000-0000-000000000000"
+            assert http.get(f"/servers/{missing}/migrations").status_code == 404
+        with _api(cloud, "admin", "2.22") as http:
+            assert http.get(f"/servers/{sid}/migrations").status_code == 404
