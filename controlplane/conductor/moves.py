@@ -40,6 +40,7 @@ from loom.scheduler.v1 import scheduler_pb2
 from sqlalchemy import Select, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from controlplane.catalog.quotas import load_project_quota
 from controlplane.conductor import outbox, states
 from controlplane.conductor.context import Conductor, group_policies, resources_of
 from controlplane.conductor.convert import instance_spec, make_fault
@@ -202,6 +203,14 @@ async def start_move(
             if flavor.root_gb < row.root_gb and flavor.root_gb != 0:
                 raise InvalidArgument("Resize error: Unable to resize disk down.")
             new = _flavor_of_row(flavor)
+            # A resize up counts the difference against the project's quota (the server's
+            # usage is counted at its new size from the finish on).
+            quota = await load_project_quota(session, row.project_id, conductor.cfg.conductor)
+            quota.check(
+                0,
+                max(0, flavor.vcpus - row.vcpus),
+                max(0, flavor.memory_mb - row.memory_mb),
+            )
         else:
             new = dict(old)
         source = str(row.host)

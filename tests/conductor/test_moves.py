@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
+from loom.catalog.v1 import quotas_pb2
 from loom.conductor.v1 import fleet_pb2, migrations_pb2, migrations_pb2_grpc, servers_pb2
 from sqlalchemy import text
 
@@ -432,3 +433,50 @@ async def test_migration_records_are_listed_newest_first_with_filters_and_pages(
     assert await listed(project_id="another") == []
     one = await f.migrations.ListMigrations(migrations_pb2.ListMigrationsRequest(limit=1))
     assert one.migrations[0].new_instance_type_id > 0
+
+
+async def test_a_resize_up_beyond_the_projects_cores_quota_is_refused_and_changes_nothing(
+    two_hosts: Fleet,
+) -> None:
+    f = two_hosts
+    s = await boot(f)
+    await f.h.quotas.UpdateQuotas(
+        quotas_pb2.UpdateQuotasRequest(project_id=PROJECT, limits={"cores": 1})
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await resize(f, s.id)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    after = await server(f, s.id)
+    assert (after.status, after.task_state, after.flavor.id) == (S.SERVER_STATUS_ACTIVE, 0, "1")
+    assert await claims(f) == {s.id: "h1"}
+
+
+async def test_a_server_deleted_while_waiting_for_confirm_leaves_no_allocation_or_domain(
+    two_hosts: Fleet,
+) -> None:
+    f = two_hosts
+    s = await boot(f)
+    await resize(f, s.id)
+    await wait_status(f, s.id, S.SERVER_STATUS_VERIFY_RESIZE)
+    await f.h.servers.DeleteServer(servers_pb2.DeleteServerRequest(request_id="req-del", id=s.id))
+
+    async def gone() -> bool:
+        resp = await f.h.servers.GetServer(
+            servers_pb2.GetServerRequest(id=s.id, include_deleted=True)
+        )
+        return resp.server.deleted
+
+    await eventually(gone, MOVE_S)
+    assert await MoveSweeper(f.h.conductor).sweep() == 1
+    assert await claims(f) == {}
+    await assert_usage_is_the_sum_of_allocations(f)
+    assert (await migration(f, s.id)).status == "confirmed"
+
+    async def dropped_on_both() -> bool:
+        return (
+            s.id not in f.driver("h1").list_instances()
+            and s.id not in f.driver("h2").list_instances()
+        )
+
+    await eventually(dropped_on_both, MOVE_S)
+    assert await MoveSweeper(f.h.conductor).sweep() == 0
