@@ -237,6 +237,15 @@ class LibvirtDriver:
             raise
         return dom if self._owned(dom) else None
 
+    def _defined_for_another_host(self, instance_id: str) -> bool:
+        try:
+            self._c.lookupByUUIDString(instance_id)
+        except libvirt.libvirtError as exc:
+            if _is_no_domain(exc):
+                return False
+            raise
+        return True
+
     def _require(self, instance_id: str) -> Any:
         dom = self._lookup(instance_id)
         if dom is None:
@@ -309,6 +318,10 @@ class LibvirtDriver:
         existing = self._lookup(spec.instance_id)
         if existing is not None:
             return self._power(existing)
+        if self._defined_for_another_host(spec.instance_id):
+            # One libvirt serving two hosts (two agents on one machine) holds one domain
+            # per UUID: defining it again would take over the other host's domain.
+            raise BuildFailed("This hypervisor already defines that instance for another host.")
         dom: Any = None
         step = "prepare the instance folder"
         try:
