@@ -82,6 +82,16 @@ async def execute(
             )
             agent.note_power(iid, state)
             return _answer(agent, verb, cmd, state)
+        if verb == FINISH_DEST and agent.driver.persistent:
+            # A real guest's disks would have to come from the source host; until they
+            # can, the move is refused here and goes back to the source, which kept them.
+            return _answer(
+                agent,
+                verb,
+                cmd,
+                PowerState.NOSTATE,
+                (501, "This host cannot receive a moved guest's disks from another host."),
+            )
         if verb == FINISH_DEST:
             agent.forget_deletion(iid)
             try:

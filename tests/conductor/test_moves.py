@@ -153,6 +153,12 @@ async def migration(f: Fleet, sid: str) -> migrations_pb2.Migration:
     return resp.migrations[0]
 
 
+async def migration_rid(f: Fleet, sid: str) -> str:
+    """The request id of the server's latest resize action."""
+    resp = await f.h.servers.ListInstanceActions(servers_pb2.ListInstanceActionsRequest(id=sid))
+    return next(a.request_id for a in resp.actions if a.action == "resize")
+
+
 def memory_kib(d: LibvirtDriver, sid: str) -> int:
     dom = d._require(sid)
     return int(dom.maxMemory())
@@ -480,3 +486,25 @@ async def test_a_server_deleted_while_waiting_for_confirm_leaves_no_allocation_o
 
     await eventually(dropped_on_both, MOVE_S)
     assert await MoveSweeper(f.h.conductor).sweep() == 0
+
+
+async def test_a_destination_that_cannot_define_the_server_sends_it_back_to_its_source(
+    two_hosts: Fleet,
+) -> None:
+    f = two_hosts
+    # libvirt refuses a domain without vCPUs when it is defined: the destination's step fails.
+    await add(f.h.sessions, make_flavor("novcpu", vcpus=0, memory_mb=1024, root_gb=2))
+    s = await boot(f)
+    await resize(f, s.id, flavor="novcpu")
+    back = await wait_status(f, s.id, S.SERVER_STATUS_ACTIVE)
+    assert (back.host, back.flavor.id) == ("h1", "1")
+    assert f.driver("h1").describe(s.id) == PowerState.RUNNING
+    assert s.id not in f.driver("h2").list_instances()
+    assert await claims(f) == {s.id: "h1"}
+    await assert_usage_is_the_sum_of_allocations(f)
+    assert (await migration(f, s.id)).status == "error"
+    action = await f.h.servers.GetInstanceAction(
+        servers_pb2.GetInstanceActionRequest(id=s.id, request_id=(await migration_rid(f, s.id)))
+    )
+    results = {e.event: e.result for e in action.action.events}
+    assert results["compute_finish_resize"] == "Error"
