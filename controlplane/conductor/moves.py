@@ -79,6 +79,9 @@ FINISH_DEST = "move_finish_dest"
 DROP = "move_drop"
 RESTORE_SOURCE = "move_restore_source"
 VERBS = (STOP_SOURCE, FINISH_DEST, DROP, RESTORE_SOURCE)
+# A move still choosing its destination after this long was cut short (the scheduler call
+# that chooses it has a 10 s deadline).
+STALE_START_S = 60.0
 
 _FLAVOR_COLUMNS = (
     "flavor_id",
@@ -277,7 +280,7 @@ async def start_move(
     try:
         dest = await _claim_destination(conductor, mig, select_req)
     except BaseException as exc:
-        await _abandon(conductor, mig, action, exc)
+        await _abandon(conductor, mig, action, str(exc) or type(exc).__name__)
         raise
     async with conductor.sessions() as session:
         now = _now()
@@ -291,7 +294,8 @@ async def start_move(
             .values(task_state=TaskState.RESIZE_MIGRATING.value, updated_at=now)
         )
         if moved.rowcount != 1:  # type: ignore[attr-defined]
-            # Deleted meanwhile: the sweep cleans the move up.
+            # Deleted meanwhile (nothing else may change a server in resize_prep): the
+            # sweep releases both allocations, the migration's and the destination claim.
             await session.rollback()
             raise Conflict(f"Instance {mig.instance_uuid} changed while it was being moved.")
         await session.execute(
@@ -342,11 +346,19 @@ async def _claim_destination(
     return answer.placement.selected
 
 
-async def _abandon(conductor: Conductor, mig: Migration, action: str, exc: BaseException) -> None:
+async def _abandon(conductor: Conductor, mig: Migration, action: str, reason: str) -> None:
     """Undoes a move that never reached a host: the instance's allocation is the source's
-    again, the task is cleared and the migration is in error. Safe to repeat."""
-    with contextlib.suppress(Exception):
+    again, the task is cleared and the migration is in error. Safe to repeat; when the
+    scheduler cannot be reached, nothing is recorded and the sweep tries again later."""
+    try:
         await _give_back_source(conductor, mig)
+    except Exception as exc:
+        log.warning(
+            "could not give a cut-short move's allocation back yet: %s",
+            exc,
+            extra={"instance": mig.instance_uuid, "migration": mig.uuid},
+        )
+        return
     async with conductor.sessions() as session:
         now = _now()
         await session.execute(
@@ -358,7 +370,9 @@ async def _abandon(conductor: Conductor, mig: Migration, action: str, exc: BaseE
             .values(task_state=None, updated_at=now)
         )
         await session.execute(
-            update(Migration).where(Migration.id == mig.id).values(status=ERROR, updated_at=now)
+            update(Migration)
+            .where(Migration.id == mig.id, Migration.status == PRE_MIGRATING)
+            .values(status=ERROR, updated_at=now)
         )
         await record_event(
             session,
@@ -366,7 +380,7 @@ async def _abandon(conductor: Conductor, mig: Migration, action: str, exc: BaseE
             action,
             "conductor_migrate_server",
             "Error",
-            details=str(exc)[:255],
+            details=reason[:255],
         )
         await session.commit()
 
@@ -556,6 +570,8 @@ async def _source_stopped(
         if loaded is None:
             return
         inst, image = loaded
+        if inst.deleted:
+            return  # deleted meanwhile: the sweep cleans the move up
         if not await _set_migration(session, mig, MIGRATING, POST_MIGRATING):
             return
         await session.execute(
@@ -857,6 +873,7 @@ class MoveSweeper:
     async def sweep(self) -> int:
         """One pass; returns how many moves it acted on."""
         acted = await self._auto_confirm()
+        acted += await self._interrupted_starts()
         acted += await self._same_host_unsettled()
         acted += await self._stranded()
         acted += await self._deleted()
@@ -870,23 +887,46 @@ class MoveSweeper:
         async with self._c.sessions() as session:
             rows = (
                 await session.execute(
-                    select(Migration.instance_uuid, Migration.updated_at).where(
+                    select(Migration.uuid, Migration.instance_uuid, Migration.updated_at).where(
                         Migration.status == FINISHED
                     )
                 )
             ).all()
         acted = 0
-        for instance_uuid, updated_at in rows:
+        for mig_uuid, instance_uuid, updated_at in rows:
             if updated_at is None or as_utc(updated_at) > cutoff:
                 continue
             try:
-                await confirm_resize(
-                    self._c, instance_uuid, "", "", f"req-auto-confirm-{instance_uuid}"
-                )
+                # One request id per move: a retry of this confirm is a no-op, a later
+                # move of the same server is confirmed in its turn.
+                await confirm_resize(self._c, instance_uuid, "", "", f"req-auto-confirm-{mig_uuid}")
                 acted += 1
             except (Conflict, NotFound) as exc:
                 log.info("auto-confirm skipped: %s", exc, extra={"instance": instance_uuid})
         return acted
+
+    async def _interrupted_starts(self) -> int:
+        """A start that never got past choosing the destination (its conductor died between
+        recording the move and claiming): undone, the allocation the instance's again."""
+        cutoff = _now() - timedelta(seconds=STALE_START_S)
+        async with self._c.sessions() as session:
+            migs = list(
+                (
+                    await session.execute(
+                        select(Migration)
+                        .join(Instance, Instance.uuid == Migration.instance_uuid)
+                        .where(
+                            Migration.status == PRE_MIGRATING,
+                            Migration.created_at < cutoff,
+                            Instance.deleted.is_(False),
+                        )
+                    )
+                ).scalars()
+            )
+            await session.commit()
+        for mig in migs:
+            await _abandon(self._c, mig, _action_of(mig), "The move was interrupted.")
+        return len(migs)
 
     async def _same_host_unsettled(self) -> int:
         """A same-host confirm or revert whose settling was cut short (scheduler down)."""
@@ -951,6 +991,8 @@ class MoveSweeper:
             await session.commit()
         for mig in migs:
             await self._c.scheduler.release(f"{mig.uuid}-deleted", mig.uuid)
+            # A deleted server holds nothing; a claim a cut-short start made goes too.
+            await self._c.scheduler.release(f"{mig.uuid}-deleted-instance", mig.instance_uuid)
             async with self._c.sessions() as session:
                 final = CONFIRMED if mig.status == FINISHED else ERROR
                 if not await _set_migration(session, mig, mig.status, final):

@@ -18,6 +18,7 @@ from loom.catalog.v1 import quotas_pb2
 from loom.conductor.v1 import fleet_pb2, migrations_pb2, migrations_pb2_grpc, servers_pb2
 from sqlalchemy import text
 
+from controlplane.conductor import moves
 from controlplane.conductor.moves import MoveSweeper
 from controlplane.config import AgentConfig, LoomConfig
 from controlplane.runtime import bus
@@ -508,3 +509,47 @@ async def test_a_destination_that_cannot_define_the_server_sends_it_back_to_its_
     )
     results = {e.event: e.result for e in action.action.events}
     assert results["compute_finish_resize"] == "Error"
+
+
+async def test_a_second_resize_of_one_server_is_auto_confirmed_too(
+    pg_url: str, fresh_nats: NatsServerProcess, tmp_path: Path
+) -> None:
+    cfg = conductor_config(resize_confirm_window=1)
+    async with fleet(pg_url, fresh_nats, tmp_path, cfg) as f:
+        await add(f.h.sessions, make_flavor("3", vcpus=3, memory_mb=1024, root_gb=2))
+        s = await boot(f)
+        sweeper = MoveSweeper(f.h.conductor, interval=0.2)
+        for flavor in ("2", "3"):
+            await resize(f, s.id, flavor=flavor)
+            await wait_status(f, s.id, S.SERVER_STATUS_VERIFY_RESIZE)
+            await asyncio.sleep(1.2)
+            assert await sweeper.sweep() == 1
+            done = await wait_status(f, s.id, S.SERVER_STATUS_ACTIVE)
+            assert done.flavor.id == flavor
+        await assert_usage_is_the_sum_of_allocations(f)
+
+
+async def test_a_move_cut_short_while_choosing_its_destination_is_undone_by_the_sweep(
+    two_hosts: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    f = two_hosts
+    s = await boot(f)
+    await f.h.scheduler.stop()  # the scheduler cannot be reached: the start stops half-way
+    with pytest.raises(grpc.aio.AioRpcError):
+        await resize(f, s.id)
+    stuck = await server(f, s.id)
+    assert stuck.task_state == servers_pb2.TASK_STATE_RESIZE_PREP
+    await f.h.scheduler.start()
+    monkeypatch.setattr(moves, "STALE_START_S", 0.0)
+    sweeper = MoveSweeper(f.h.conductor)
+
+    async def undone() -> bool:
+        # Each pass tries again until the scheduler answers (its channel reconnects).
+        await sweeper.sweep()
+        return (await migration(f, s.id)).status == "error"
+
+    await eventually(undone, MOVE_S)
+    back = await wait_status(f, s.id, S.SERVER_STATUS_ACTIVE)
+    assert (back.host, back.flavor.id) == ("h1", "1")
+    assert await claims(f) == {s.id: "h1"}
+    await assert_usage_is_the_sum_of_allocations(f)
