@@ -47,6 +47,7 @@ CALLERS: Mapping[str, frozenset[str]] = {
     "loom.conductor.v1.ServersService": frozenset({"gateway", "operator"}),
     "loom.conductor.v1.ServerGroupsService": frozenset({"gateway", "operator"}),
     "loom.conductor.v1.ConsolesService": frozenset({"gateway", "operator"}),
+    "loom.conductor.v1.MigrationsService": frozenset({"gateway", "operator"}),
     # Agents read which instances the control plane places on their host.
     "loom.conductor.v1.FleetService": frozenset({"gateway", "agent", "operator"}),
     # Only the compute service asks for placements and claims.
