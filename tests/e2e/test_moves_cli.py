@@ -9,6 +9,7 @@ import pytest
 from bench.client import resolve_cloud
 from tests.e2e.support import boot_one_through_api, wait_for_hosts
 from tests.e2e.test_openstack_clients import _wait_status, osc, ready_cloud
+from tests.gateway.shapes import assert_shape
 from tests.support import polling
 from tests.support.stack import Stack
 
@@ -130,38 +131,17 @@ async def test_the_move_api_refuses_what_it_cannot_do_and_shows_migrations_per_m
         _wait_api_status(demo, sid, "ACTIVE")
 
         assert demo.get("/os-migrations").status_code == 403
-        shapes = {
-            "2.1": set(),
-            "2.23": {"migration_type"},
-            "2.59": {"migration_type", "uuid"},
-            "2.80": {"migration_type", "uuid", "user_id", "project_id"},
-        }
-        base = {
-            "id",
-            "instance_uuid",
-            "source_compute",
-            "source_node",
-            "source_region",
-            "dest_compute",
-            "dest_node",
-            "dest_host",
-            "dest_region",
-            "old_instance_type_id",
-            "new_instance_type_id",
-            "status",
-            "created_at",
-            "updated_at",
-        }
-        for version, extra in shapes.items():
+        for version in ("2.1", "2.23", "2.59", "2.80"):
             with _api(cloud, "admin", version) as http:
                 r = http.get("/os-migrations")
                 assert r.status_code == 200, r.text
+                assert_shape(f"migrations_list_v{version}", r.json())
                 [m] = r.json()["migrations"]
-                assert set(m) == base | extra, version
                 assert (m["instance_uuid"], m["status"]) == (sid, "confirmed")
                 assert isinstance(m["old_instance_type_id"], int)
         with _api(cloud, "admin", "2.59") as http:
             r = http.get("/os-migrations", params={"limit": 1})
+            assert_shape("migrations_list_v2.59", r.json())
             assert r.json()["migrations_links"][0]["rel"] == "next"
             assert http.get("/os-migrations", params={"bogus": 1}).status_code == 400
             assert http.get("/os-migrations", params={"migration_type": "resize"}).json()[
