@@ -381,7 +381,9 @@ async def _abandon(conductor: Conductor, mig: Migration, action: str, reason: st
             "conductor_migrate_server",
             "Error",
             details=reason[:255],
+            message="Error",
         )
+        await _finish_action(session, mig.instance_uuid, action)
         await session.commit()
 
 
@@ -636,6 +638,7 @@ async def _dest_finished(
             "Success",
             host=event.host,
         )
+        await _finish_action(session, mig.instance_uuid, _action_of(mig))
         await session.commit()
 
 
@@ -816,6 +819,7 @@ async def _move_failed(
             "Error",
             host=event.host if event is not None else mig.dest_compute,
             details=detail[:255],
+            message="Error",
         )
         if mig.dest_compute:
             # The destination may hold a half-made copy: it goes (for when the host returns).

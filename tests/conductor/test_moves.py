@@ -509,6 +509,7 @@ async def test_a_destination_that_cannot_define_the_server_sends_it_back_to_its_
     )
     results = {e.event: e.result for e in action.action.events}
     assert results["compute_finish_resize"] == "Error"
+    assert action.action.message == "Error"
 
 
 async def test_a_second_resize_of_one_server_is_auto_confirmed_too(
