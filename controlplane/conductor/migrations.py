@@ -188,3 +188,18 @@ class MigrationsServicer(migrations_pb2_grpc.MigrationsServiceServicer):
                 raise NotFound(f"Migration {request.id} could not be found.")
             ids = await _flavor_ids(session, [row])
         return migrations_pb2.GetMigrationResponse(migration=migration_pb(row, ids))
+
+    @grpc_errors
+    async def LiveMigrateServer(
+        self, request: migrations_pb2.LiveMigrateServerRequest, context: Ctx
+    ) -> migrations_pb2.LiveMigrateServerResponse:
+        mig = await moves.start_move(
+            self._c,
+            instance_uuid=request.id,
+            project_id=request.project_id,
+            user_id=request.user_id,
+            request_id=request.request_id,
+            migration_type=moves.LIVE,
+            host=request.host,
+        )
+        return migrations_pb2.LiveMigrateServerResponse(migration=migration_pb(mig))

@@ -37,7 +37,7 @@ from typing import Any
 import grpc
 from loom.compute.v1 import agent_bus_pb2
 from loom.scheduler.v1 import scheduler_pb2
-from sqlalchemy import Select, or_, select, update
+from sqlalchemy import Select, and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.catalog.quotas import load_project_quota
@@ -59,6 +59,7 @@ K = agent_bus_pb2.InstanceEventKind
 
 RESIZE = "resize"
 MIGRATION = "migration"
+LIVE = "live-migration"
 
 # Migration statuses (the API's own words).
 PRE_MIGRATING = "pre-migrating"
@@ -71,8 +72,11 @@ REVERTING = "reverting"
 REVERTED = "reverted"
 ERROR = "error"
 FAILED = "failed"
+# A live migration: the destination starts the server, then the source drops it.
+PREPARING = "preparing"
+COMPLETED = "completed"
 # Statuses after which nothing more happens to a move.
-DONE = frozenset({CONFIRMED, REVERTED, ERROR})
+DONE = frozenset({CONFIRMED, REVERTED, ERROR, COMPLETED})
 
 STOP_SOURCE = "move_stop_source"
 FINISH_DEST = "move_finish_dest"
@@ -178,7 +182,9 @@ async def start_move(
     or Conflict (state), nothing is held that was not held before. A retry with the same
     request_id returns the same migration.
     """
-    action = RESIZE if migration_type == RESIZE else "migrate"
+    action = _ACTIONS[migration_type]
+    live = migration_type == LIVE
+    prep_task = TaskState.MIGRATING if live else TaskState.RESIZE_PREP
     rid = request_id or f"req-{uuid.uuid4()}"
     async with conductor.sessions() as session:
         row = await load_instance(session, instance_uuid, project_id)
@@ -191,7 +197,10 @@ async def start_move(
         ).scalar_one_or_none()
         if existing is not None and request_id:
             return existing
-        states.check_move(action, row.vm_state, row.task_state)
+        if live:
+            states.check_live_migration(action, row.vm_state, row.task_state)
+        else:
+            states.check_move(action, row.vm_state, row.task_state)
         if not row.host:
             raise Conflict(f"Instance {row.uuid} has no host; cannot {action} it.")
         old = _flavor_of_instance(row)
@@ -225,7 +234,7 @@ async def start_move(
             if not await _host_exists(conductor, host):
                 raise InvalidArgument(f"Compute host {host[:64]} could not be found.")
         now = _now()
-        await _guarded(session, row, action, task_state=TaskState.RESIZE_PREP.value, updated_at=now)
+        await _guarded(session, row, action, task_state=prep_task.value, updated_at=now)
         mig = Migration(
             uuid=str(uuid.uuid4()),
             instance_uuid=row.uuid,
@@ -288,28 +297,41 @@ async def start_move(
             update(Instance)
             .where(
                 Instance.uuid == mig.instance_uuid,
-                Instance.task_state == TaskState.RESIZE_PREP.value,
+                Instance.task_state == prep_task.value,
                 Instance.deleted.is_(False),
             )
-            .values(task_state=TaskState.RESIZE_MIGRATING.value, updated_at=now)
+            .values(
+                task_state=(TaskState.MIGRATING if live else TaskState.RESIZE_MIGRATING).value,
+                updated_at=now,
+            )
         )
         if moved.rowcount != 1:  # type: ignore[attr-defined]
             # Deleted meanwhile (nothing else may change a server in resize_prep): the
             # sweep releases both allocations, the migration's and the destination claim.
             await session.rollback()
             raise Conflict(f"Instance {mig.instance_uuid} changed while it was being moved.")
+        status = PREPARING if live else MIGRATING
         await session.execute(
             update(Migration)
             .where(Migration.id == mig.id)
             .values(
-                status=MIGRATING,
+                status=status,
                 dest_compute=dest.host,
                 dest_node=dest.node or dest.host,
                 updated_at=now,
             )
         )
-        mig.dest_compute, mig.dest_node, mig.status = dest.host, dest.node or dest.host, MIGRATING
-        await outbox.add(session, command(STOP_SOURCE, mig.source_compute, mig))
+        mig.dest_compute, mig.dest_node, mig.status = dest.host, dest.node or dest.host, status
+        if live:
+            # The destination starts the server while the source still runs it.
+            loaded = await load_with_image(session, mig.instance_uuid)
+            assert loaded is not None
+            await outbox.add(
+                session,
+                command(FINISH_DEST, dest.host, mig, power_on=True, spec=instance_spec(*loaded)),
+            )
+        else:
+            await outbox.add(session, command(STOP_SOURCE, mig.source_compute, mig))
         await record_event(
             session,
             mig.instance_uuid,
@@ -361,18 +383,20 @@ async def _abandon(conductor: Conductor, mig: Migration, action: str, reason: st
         return
     async with conductor.sessions() as session:
         now = _now()
+        won = await session.execute(
+            update(Migration)
+            .where(Migration.id == mig.id, Migration.status == PRE_MIGRATING)
+            .values(status=ERROR, updated_at=now)
+        )
+        if won.rowcount != 1:  # type: ignore[attr-defined]
+            return
         await session.execute(
             update(Instance)
             .where(
                 Instance.uuid == mig.instance_uuid,
-                Instance.task_state == TaskState.RESIZE_PREP.value,
+                Instance.task_state.in_([TaskState.RESIZE_PREP.value, TaskState.MIGRATING.value]),
             )
             .values(task_state=None, updated_at=now)
-        )
-        await session.execute(
-            update(Migration)
-            .where(Migration.id == mig.id, Migration.status == PRE_MIGRATING)
-            .values(status=ERROR, updated_at=now)
         )
         await record_event(
             session,
@@ -530,7 +554,9 @@ async def handle_event(conductor: Conductor, event: agent_bus_pb2.InstanceEvent)
         return
     ok = event.kind == K.INSTANCE_EVENT_KIND_ACTION_SUCCEEDED
     verb = event.action
-    if verb == STOP_SOURCE and mig.status == MIGRATING and event.host == mig.source_compute:
+    if mig.migration_type == LIVE:
+        await _live_event(conductor, mig, event, ok)
+    elif verb == STOP_SOURCE and mig.status == MIGRATING and event.host == mig.source_compute:
         if ok:
             await _source_stopped(conductor, mig, event)
         else:
@@ -548,8 +574,11 @@ async def handle_event(conductor: Conductor, event: agent_bus_pb2.InstanceEvent)
         await _restored(conductor, mig, event)
 
 
+_ACTIONS = {RESIZE: RESIZE, MIGRATION: "migrate", LIVE: "live-migration"}
+
+
 def _action_of(mig: Migration) -> str:
-    return RESIZE if mig.migration_type == RESIZE else "migrate"
+    return _ACTIONS[mig.migration_type]
 
 
 async def _set_migration(
@@ -852,6 +881,118 @@ async def _finish_action(session: AsyncSession, instance_uuid: str, action: str)
     )
 
 
+# ------------------------------------------------------------------ live migration
+
+
+async def _live_event(
+    conductor: Conductor, mig: Migration, event: agent_bus_pb2.InstanceEvent, ok: bool
+) -> None:
+    verb = event.action
+    if verb == FINISH_DEST and mig.status == PREPARING and event.host == mig.dest_compute:
+        if ok:
+            await _live_dest_running(conductor, mig, event)
+        else:
+            await _live_failed(conductor, mig, event.fault.message or "live migration failed")
+    elif verb == DROP and mig.status == POST_MIGRATING and event.host == mig.source_compute:
+        await _live_completed(conductor, mig, event)
+
+
+async def _live_dest_running(
+    conductor: Conductor, mig: Migration, event: agent_bus_pb2.InstanceEvent
+) -> None:
+    """The destination runs the server: it is there now; the source drops its copy."""
+    async with conductor.sessions() as session:
+        if not await _set_migration(session, mig, PREPARING, POST_MIGRATING):
+            return
+        zone = await _zone_of(conductor, str(mig.dest_compute))
+        values: dict[str, Any] = {
+            "host": mig.dest_compute,
+            "node": mig.dest_node,
+            "power_state": int(event.power_state),
+            "updated_at": _now(),
+        }
+        if zone:
+            values["availability_zone"] = zone
+        await session.execute(
+            update(Instance)
+            .where(
+                Instance.uuid == mig.instance_uuid,
+                Instance.task_state == TaskState.MIGRATING.value,
+            )
+            .values(**values)
+        )
+        await record_event(
+            session,
+            mig.instance_uuid,
+            LIVE,
+            "compute_live_migration",
+            "Success",
+            host=event.host,
+        )
+        await outbox.add(session, command(DROP, mig.source_compute, mig))
+        await session.commit()
+    conductor.wakeup.set()
+
+
+async def _live_completed(
+    conductor: Conductor, mig: Migration, event: agent_bus_pb2.InstanceEvent
+) -> None:
+    """The source is clean: its allocation (the migration's) is freed, the server rests."""
+    await conductor.scheduler.release(f"{mig.uuid}-live-done", mig.uuid)
+    async with conductor.sessions() as session:
+        if not await _set_migration(session, mig, POST_MIGRATING, COMPLETED):
+            return
+        await session.execute(
+            update(Instance)
+            .where(
+                Instance.uuid == mig.instance_uuid,
+                Instance.task_state == TaskState.MIGRATING.value,
+            )
+            .values(task_state=None, updated_at=_now())
+        )
+        await record_event(
+            session,
+            mig.instance_uuid,
+            LIVE,
+            "compute_post_live_migration_at_source",
+            "Success",
+            host=event.host,
+        )
+        await _finish_action(session, mig.instance_uuid, LIVE)
+        await session.commit()
+
+
+async def _live_failed(conductor: Conductor, mig: Migration, reason: str) -> None:
+    """The destination could not start the server (or went down): the source never
+    stopped it, so only the claims go back; the destination drops what it made."""
+    await _give_back_source(conductor, mig)
+    async with conductor.sessions() as session:
+        if not await _set_migration(session, mig, PREPARING, ERROR):
+            return
+        await session.execute(
+            update(Instance)
+            .where(
+                Instance.uuid == mig.instance_uuid,
+                Instance.task_state == TaskState.MIGRATING.value,
+            )
+            .values(task_state=None, updated_at=_now())
+        )
+        await record_event(
+            session,
+            mig.instance_uuid,
+            LIVE,
+            "compute_live_migration",
+            "Error",
+            host=mig.dest_compute,
+            details=reason[:255],
+            message="Error",
+        )
+        await _finish_action(session, mig.instance_uuid, LIVE)
+        await outbox.add(session, command(DROP, str(mig.dest_compute), mig))
+        await session.commit()
+    conductor.wakeup.set()
+
+
 # ------------------------------------------------------------------ the periodic
 
 
@@ -962,7 +1103,15 @@ class MoveSweeper:
                 (
                     await session.execute(
                         select(Migration).where(
-                            Migration.status.in_([MIGRATING, POST_MIGRATING]),
+                            or_(
+                                and_(
+                                    Migration.migration_type != LIVE,
+                                    Migration.status.in_([MIGRATING, POST_MIGRATING]),
+                                ),
+                                and_(
+                                    Migration.migration_type == LIVE, Migration.status == PREPARING
+                                ),
+                            ),
                             Migration.dest_compute.in_(sorted(down)),
                         )
                     )
@@ -970,6 +1119,9 @@ class MoveSweeper:
             )
             await session.commit()
         for mig in migs:
+            if mig.migration_type == LIVE:
+                await _live_failed(self._c, mig, f"Destination host {mig.dest_compute} went down.")
+                continue
             await _move_failed(
                 self._c,
                 mig,

@@ -38,6 +38,7 @@ class TaskState(StrEnum):
     RESIZE_FINISH = "resize_finish"
     RESIZE_REVERTING = "resize_reverting"
     RESIZE_CONFIRMING = "resize_confirming"
+    MIGRATING = "migrating"
 
 
 class PowerState(IntEnum):
@@ -96,6 +97,7 @@ _BY_TASK = {
         )
     },
     (VmState.RESIZED, TaskState.RESIZE_REVERTING): Status.REVERT_RESIZE,
+    (VmState.ACTIVE, TaskState.MIGRATING): Status.MIGRATING,
 }
 
 
@@ -232,6 +234,7 @@ MOVE_TASKS = frozenset(
         TaskState.RESIZE_FINISH,
         TaskState.RESIZE_REVERTING,
         TaskState.RESIZE_CONFIRMING,
+        TaskState.MIGRATING,
     }
 )
 
@@ -245,4 +248,10 @@ def check_move(action: str, vm_state: str, task_state: str | None) -> None:
 def check_resized(action: str, vm_state: str, task_state: str | None) -> None:
     """A confirm or revert needs a moved server (VERIFY_RESIZE) with no task."""
     if vm_state != VmState.RESIZED or task_state is not None:
+        raise InvalidState(action, vm_state, task_state)
+
+
+def check_live_migration(action: str, vm_state: str, task_state: str | None) -> None:
+    """A live migration needs a running (active) server with no task."""
+    if vm_state != VmState.ACTIVE or task_state is not None:
         raise InvalidState(action, vm_state, task_state)

@@ -1,6 +1,6 @@
-"""Server moves and migration records: the resize, confirmResize, revertResize and migrate
-server actions; GET /os-migrations (admin); GET /servers/{id}/migrations[/{id}] (in-progress
-live migrations, which Loom does not perform, so those lists are empty)."""
+"""Server moves and migration records: the resize, confirmResize, revertResize, migrate and
+os-migrateLive server actions; GET /os-migrations (admin); GET /servers/{id}/migrations[/{id}]
+(in-progress live migrations)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ from gateway.microversion import Microversion
 from gateway.routing import checked_body, checked_query, documented
 from gateway.state import gateway_of, microversion, request_id
 from gateway.validation import Query, QueryParam, VersionedSchema, compile_schema
+from gateway.validation.booleans import BOOLEAN_SCHEMA, parse_bool
 
-MOVE_ACTIONS = frozenset({"resize", "confirmResize", "revertResize", "migrate"})
+MOVE_ACTIONS = frozenset({"resize", "confirmResize", "revertResize", "migrate", "os-migrateLive"})
 
 _FLAVOR_REF: dict[str, Any] = {
     "type": ["string", "integer"],
@@ -59,6 +60,28 @@ def _migrate_schema(mv: Microversion) -> dict[str, Any]:
 MIGRATE = VersionedSchema(_migrate_schema)
 
 
+def _live_schema(mv: Microversion) -> dict[str, Any]:
+    props: dict[str, Any] = {"host": {"type": ["string", "null"], "maxLength": 255}}
+    required = ["host", "block_migration"]
+    if mv.at_least("2.25"):
+        props["block_migration"] = {"oneOf": [BOOLEAN_SCHEMA, {"enum": ["auto"]}]}
+    else:
+        props["block_migration"] = BOOLEAN_SCHEMA
+        props["disk_over_commit"] = BOOLEAN_SCHEMA
+        required.append("disk_over_commit")
+    if mv.at_least("2.30") and not mv.at_least("2.68"):
+        props["force"] = BOOLEAN_SCHEMA
+    return {
+        "type": "object",
+        "required": required,
+        "additionalProperties": False,
+        "properties": props,
+    }
+
+
+LIVE = VersionedSchema(_live_schema)
+
+
 def _flavor_id(ref: Any) -> str:
     """flavorRef is an id or a link ending in one."""
     text = str(ref).rstrip("/")
@@ -91,6 +114,21 @@ async def move_action(request: Request, ctx: RequestContext, body: dict[str, Any
         checked_body(NO_BODY, args)
         ctx.require_write("os_compute_api:servers:revert_resize")
         await call(stubs.RevertResize, migrations_pb2.RevertResizeRequest(**common))
+    elif action == "os-migrateLive":
+        checked_body(LIVE.at(microversion(request)), args)
+        ctx.require_admin("os_compute_api:os-migrate-server:migrate_live")
+        block = args["block_migration"]
+        if block != "auto" and not parse_bool(block):
+            # Loom's hosts share no instance storage, so every move carries its disks.
+            raise BadRequest("Loom's hosts share no instance storage: use block_migration.")
+        if "disk_over_commit" in args and parse_bool(args["disk_over_commit"]):
+            raise BadRequest("Loom never over-commits disk beyond the host's allocation ratio.")
+        if "force" in args and parse_bool(args["force"]):
+            raise BadRequest("Loom always checks the requested host: force is not offered.")
+        await call(
+            stubs.LiveMigrateServer,
+            migrations_pb2.LiveMigrateServerRequest(**common, host=args.get("host") or ""),
+        )
     else:
         checked_body(MIGRATE.at(microversion(request)), args)
         ctx.require_admin("os_compute_api:os-migrate-server:migrate")
@@ -238,12 +276,13 @@ def _server_migration_view(m: migrations_pb2.Migration, mv: Microversion) -> dic
         "status": m.status,
         "created_at": iso_micro(m.created_at),
         "updated_at": iso_micro(m.updated_at),
-        "memory_processed_bytes": 0,
-        "memory_remaining_bytes": 0,
-        "memory_total_bytes": 0,
-        "disk_processed_bytes": 0,
-        "disk_remaining_bytes": 0,
-        "disk_total_bytes": 0,
+        # Loom does not measure a live migration's progress.
+        "memory_processed_bytes": None,
+        "memory_remaining_bytes": None,
+        "memory_total_bytes": None,
+        "disk_processed_bytes": None,
+        "disk_remaining_bytes": None,
+        "disk_total_bytes": None,
     }
     if mv.at_least("2.59"):
         body["uuid"] = m.uuid

@@ -40,6 +40,7 @@ TASK_STATES = {
     servers_pb2.TASK_STATE_RESIZE_FINISH: "resize_finish",
     servers_pb2.TASK_STATE_RESIZE_REVERTING: "resize_reverting",
     servers_pb2.TASK_STATE_RESIZE_CONFIRMING: "resize_confirming",
+    servers_pb2.TASK_STATE_MIGRATING: "migrating",
 }
 STATUSES = {
     servers_pb2.SERVER_STATUS_BUILD: "BUILD",

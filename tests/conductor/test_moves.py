@@ -554,3 +554,71 @@ async def test_a_move_cut_short_while_choosing_its_destination_is_undone_by_the_
     assert (back.host, back.flavor.id) == ("h1", "1")
     assert await claims(f) == {s.id: "h1"}
     await assert_usage_is_the_sum_of_allocations(f)
+
+
+async def live_migrate(f: Fleet, sid: str, host: str = "") -> migrations_pb2.Migration:
+    resp = await f.migrations.LiveMigrateServer(
+        migrations_pb2.LiveMigrateServerRequest(
+            request_id=f"req-{uuid.uuid4()}", id=sid, user_id=USER, host=host
+        )
+    )
+    return resp.migration
+
+
+async def test_a_live_migration_starts_the_server_on_the_destination_then_drops_the_source(
+    two_hosts: Fleet,
+) -> None:
+    f = two_hosts
+    s = await boot(f)
+    mig = await live_migrate(f, s.id, host="h2")
+    assert mig.migration_type == "live-migration"
+    moved = await wait_status(f, s.id, S.SERVER_STATUS_ACTIVE)
+    assert (moved.host, moved.flavor.id) == ("h2", "1")
+    assert f.driver("h2").describe(s.id) == PowerState.RUNNING
+
+    async def completed() -> bool:
+        return (await migration(f, s.id)).status == "completed"
+
+    await eventually(completed, MOVE_S)
+    assert s.id not in f.driver("h1").list_instances()
+    assert await claims(f) == {s.id: "h2"}
+    await assert_usage_is_the_sum_of_allocations(f)
+    in_progress = await f.migrations.ListMigrations(
+        migrations_pb2.ListMigrationsRequest(instance_uuid=s.id, in_progress=True)
+    )
+    assert list(in_progress.migrations) == []
+
+
+async def test_a_live_migration_of_a_stopped_server_is_a_conflict(two_hosts: Fleet) -> None:
+    f = two_hosts
+    s = await boot(f)
+    await f.h.servers.StopServer(servers_pb2.StopServerRequest(request_id="req-stop", id=s.id))
+    await wait_status(f, s.id, S.SERVER_STATUS_SHUTOFF)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await live_migrate(f, s.id)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert await claims(f) == {s.id: "h1"}
+
+
+async def test_a_live_migration_whose_destination_dies_leaves_the_server_running_at_its_source(
+    pg_url: str, fresh_nats: NatsServerProcess, tmp_path: Path
+) -> None:
+    async with fleet(pg_url, fresh_nats, tmp_path, agents=("h1",)) as f:
+        s = await boot(f)
+        mig = await live_migrate(f, s.id)
+
+        async def migrating() -> bool:
+            got = await server(f, s.id)
+            return got.task_state == servers_pb2.TASK_STATE_MIGRATING
+
+        await eventually(migrating, MOVE_S)
+        assert (await server(f, s.id)).status == S.SERVER_STATUS_MIGRATING
+        assert await claims(f) == {s.id: "h2", mig.uuid: "h1"}
+        f.h.scheduler.stop_heartbeats("h2")
+        assert await MoveSweeper(f.h.conductor).sweep() == 1
+        back = await wait_status(f, s.id, S.SERVER_STATUS_ACTIVE)
+        assert back.host == "h1"
+        assert f.driver("h1").describe(s.id) == PowerState.RUNNING
+        assert await claims(f) == {s.id: "h1"}
+        await assert_usage_is_the_sum_of_allocations(f)
+        assert (await migration(f, s.id)).status == "error"

@@ -23,7 +23,7 @@ def _show(cloud: Stack, name: str) -> dict[str, str]:
     return shown
 
 
-def test_the_openstack_cli_resizes_confirms_reverts_and_migrates_a_server(
+def test_the_openstack_cli_resizes_confirms_reverts_migrates_and_live_migrates_a_server(
     ready_cloud: Stack,
 ) -> None:
     cloud = ready_cloud
@@ -65,8 +65,14 @@ def test_the_openstack_cli_resizes_confirms_reverts_and_migrates_a_server(
     osc(cloud, "server", "resize", "confirm", "vm1")
     _wait_status(cloud, "vm1", "ACTIVE")
 
+    host = _show(cloud, vm)["OS-EXT-SRV-ATTR:host"]
+    osc(cloud, "server", "migrate", "--live-migration", "--wait", vm, admin=True)
+    _wait_status(cloud, "vm1", "ACTIVE")
+    assert _show(cloud, vm)["OS-EXT-SRV-ATTR:host"] != host
+
     listed = osc(cloud, "server", "migration", "list", "-f", "json", admin=True)
     assert [(m["Type"], m["Status"]) for m in listed] == [
+        ("live-migration", "completed"),
         ("migration", "confirmed"),
         ("resize", "reverted"),
         ("resize", "confirmed"),
@@ -130,15 +136,46 @@ async def test_the_move_api_refuses_what_it_cannot_do_and_shows_migrations_per_m
         assert r.status_code == 204, r.text
         _wait_api_status(demo, sid, "ACTIVE")
 
+        # A live migration: refused variants first, then one that moves the server.
+        live = {"os-migrateLive": {"host": None, "block_migration": "auto"}}
+        assert demo.post(action, json=live).status_code == 403
+        no_block = {"os-migrateLive": {"host": None, "block_migration": False}}
+        assert admin.post(action, json=no_block).status_code == 400
+        with _api(cloud, "admin", "2.30") as v230:
+            forced = {"os-migrateLive": {"host": None, "block_migration": "auto", "force": True}}
+            assert v230.post(action, json=forced).status_code == 400
+        with _api(cloud, "admin", "2.24") as v224:
+            auto = {"os-migrateLive": {"host": None, "block_migration": "auto"}}
+            assert v224.post(action, json=auto).status_code == 400  # "auto" came in 2.25
+        before = admin.get(f"/servers/{sid}").json()["server"]["OS-EXT-SRV-ATTR:host"]
+        r = admin.post(action, json=live)
+        assert r.status_code == 202, r.text
+
+        def moved() -> bool:
+            body = admin.get(f"/servers/{sid}").json()["server"]
+            return bool(
+                body["status"] == "ACTIVE"
+                and body["OS-EXT-STS:task_state"] is None
+                and body["OS-EXT-SRV-ATTR:host"] != before
+            )
+
+        polling.wait_until(moved, polling.boot_s(), "live-migrated", every=0.3)
+
         assert demo.get("/os-migrations").status_code == 403
         for version in ("2.1", "2.23", "2.59", "2.80"):
             with _api(cloud, "admin", version) as http:
                 r = http.get("/os-migrations")
                 assert r.status_code == 200, r.text
                 assert_shape(f"migrations_list_v{version}", r.json())
-                [m] = r.json()["migrations"]
-                assert (m["instance_uuid"], m["status"]) == (sid, "confirmed")
-                assert isinstance(m["old_instance_type_id"], int)
+                resize_record, live_record = sorted(r.json()["migrations"], key=lambda m: m["id"])
+                assert (resize_record["instance_uuid"], resize_record["status"]) == (
+                    sid,
+                    "confirmed",
+                )
+                assert isinstance(resize_record["old_instance_type_id"], int)
+                assert live_record["status"] == "completed"
+                if version != "2.1":
+                    assert live_record["migration_type"] == "live-migration"
         with _api(cloud, "admin", "2.59") as http:
             r = http.get("/os-migrations", params={"limit": 1})
             assert_shape("migrations_list_v2.59", r.json())

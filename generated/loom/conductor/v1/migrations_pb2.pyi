@@ -493,3 +493,65 @@ class GetMigrationResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetMigrationResponse: _TypeAlias = GetMigrationResponse  # noqa: Y015
+
+@_typing.final
+class LiveMigrateServerRequest(_message.Message):
+    """Request for LiveMigrateServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call."""
+    id: _builtins.str
+    """Server UUID."""
+    project_id: _builtins.str
+    """When set, NOT_FOUND unless the server belongs to this project."""
+    user_id: _builtins.str
+    """Who asks."""
+    host: _builtins.str
+    """The requested destination; empty lets the scheduler choose (checked by every filter)."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        host: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "id", b"id", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LiveMigrateServerRequest: _TypeAlias = LiveMigrateServerRequest  # noqa: Y015
+
+@_typing.final
+class LiveMigrateServerResponse(_message.Message):
+    """Response of LiveMigrateServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIGRATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def migration(self) -> Global___Migration:
+        """The migration record of this move."""
+
+    def __init__(
+        self,
+        *,
+        migration: Global___Migration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["migration", b"migration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["migration", b"migration"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LiveMigrateServerResponse: _TypeAlias = LiveMigrateServerResponse  # noqa: Y015

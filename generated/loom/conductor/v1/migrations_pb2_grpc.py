@@ -65,6 +65,11 @@ class MigrationsServiceStub:
                 request_serializer=loom_dot_conductor_dot_v1_dot_migrations__pb2.GetMigrationRequest.SerializeToString,
                 response_deserializer=loom_dot_conductor_dot_v1_dot_migrations__pb2.GetMigrationResponse.FromString,
                 _registered_method=True)
+        self.LiveMigrateServer = channel.unary_unary(
+                '/loom.conductor.v1.MigrationsService/LiveMigrateServer',
+                request_serializer=loom_dot_conductor_dot_v1_dot_migrations__pb2.LiveMigrateServerRequest.SerializeToString,
+                response_deserializer=loom_dot_conductor_dot_v1_dot_migrations__pb2.LiveMigrateServerResponse.FromString,
+                _registered_method=True)
 
 
 class MigrationsServiceServicer:
@@ -118,6 +123,15 @@ class MigrationsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LiveMigrateServer(self, request, context):
+        """Move a running server to another host without a confirm step (live migration).
+        On simulated (test:///) hosts the destination starts the server and the source
+        drops it; hosts with real guests refuse it. Errors as MigrateServer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MigrationsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -150,6 +164,11 @@ def add_MigrationsServiceServicer_to_server(servicer, server):
                     servicer.GetMigration,
                     request_deserializer=loom_dot_conductor_dot_v1_dot_migrations__pb2.GetMigrationRequest.FromString,
                     response_serializer=loom_dot_conductor_dot_v1_dot_migrations__pb2.GetMigrationResponse.SerializeToString,
+            ),
+            'LiveMigrateServer': grpc.unary_unary_rpc_method_handler(
+                    servicer.LiveMigrateServer,
+                    request_deserializer=loom_dot_conductor_dot_v1_dot_migrations__pb2.LiveMigrateServerRequest.FromString,
+                    response_serializer=loom_dot_conductor_dot_v1_dot_migrations__pb2.LiveMigrateServerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -315,6 +334,33 @@ class MigrationsService:
             '/loom.conductor.v1.MigrationsService/GetMigration',
             loom_dot_conductor_dot_v1_dot_migrations__pb2.GetMigrationRequest.SerializeToString,
             loom_dot_conductor_dot_v1_dot_migrations__pb2.GetMigrationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LiveMigrateServer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.conductor.v1.MigrationsService/LiveMigrateServer',
+            loom_dot_conductor_dot_v1_dot_migrations__pb2.LiveMigrateServerRequest.SerializeToString,
+            loom_dot_conductor_dot_v1_dot_migrations__pb2.LiveMigrateServerResponse.FromString,
             options,
             channel_credentials,
             insecure,

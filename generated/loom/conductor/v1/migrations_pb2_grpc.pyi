@@ -57,6 +57,11 @@ class MigrationsServiceStub:
     """Migration records, filtered and paginated, newest first."""
     GetMigration: _grpc.UnaryUnaryMultiCallable[_migrations_pb2.GetMigrationRequest, _migrations_pb2.GetMigrationResponse]
     """One migration record. NOT_FOUND when absent (or of another server when given)."""
+    LiveMigrateServer: _grpc.UnaryUnaryMultiCallable[_migrations_pb2.LiveMigrateServerRequest, _migrations_pb2.LiveMigrateServerResponse]
+    """Move a running server to another host without a confirm step (live migration).
+    On simulated (test:///) hosts the destination starts the server and the source
+    drops it; hosts with real guests refuse it. Errors as MigrateServer.
+    """
 
 @_typing.type_check_only
 class MigrationsServiceAsyncStub(MigrationsServiceStub):
@@ -84,6 +89,11 @@ class MigrationsServiceAsyncStub(MigrationsServiceStub):
     """Migration records, filtered and paginated, newest first."""
     GetMigration: _aio.UnaryUnaryMultiCallable[_migrations_pb2.GetMigrationRequest, _migrations_pb2.GetMigrationResponse]  # type: ignore[assignment]
     """One migration record. NOT_FOUND when absent (or of another server when given)."""
+    LiveMigrateServer: _aio.UnaryUnaryMultiCallable[_migrations_pb2.LiveMigrateServerRequest, _migrations_pb2.LiveMigrateServerResponse]  # type: ignore[assignment]
+    """Move a running server to another host without a confirm step (live migration).
+    On simulated (test:///) hosts the destination starts the server and the source
+    drops it; hosts with real guests refuse it. Errors as MigrateServer.
+    """
 
 class MigrationsServiceServicer(metaclass=_abc_1.ABCMeta):
     """Server moves and their records."""
@@ -144,5 +154,16 @@ class MigrationsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_migrations_pb2.GetMigrationResponse, _abc.Awaitable[_migrations_pb2.GetMigrationResponse]]:
         """One migration record. NOT_FOUND when absent (or of another server when given)."""
+
+    @_abc_1.abstractmethod
+    def LiveMigrateServer(
+        self,
+        request: _migrations_pb2.LiveMigrateServerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_migrations_pb2.LiveMigrateServerResponse, _abc.Awaitable[_migrations_pb2.LiveMigrateServerResponse]]:
+        """Move a running server to another host without a confirm step (live migration).
+        On simulated (test:///) hosts the destination starts the server and the source
+        drops it; hosts with real guests refuse it. Errors as MigrateServer.
+        """
 
 def add_MigrationsServiceServicer_to_server(servicer: MigrationsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

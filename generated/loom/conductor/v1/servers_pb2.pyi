@@ -111,6 +111,8 @@ class _TaskStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskState.V
     """A revert of a move under way."""
     TASK_STATE_RESIZE_CONFIRMING: _TaskState.ValueType  # 25
     """A confirm of a move under way."""
+    TASK_STATE_MIGRATING: _TaskState.ValueType  # 26
+    """A live migration under way."""
 
 class TaskState(_TaskState, metaclass=_TaskStateEnumTypeWrapper):
     """What is happening to a server right now, as Nova names it."""
@@ -147,6 +149,8 @@ TASK_STATE_RESIZE_REVERTING: TaskState.ValueType  # 24
 """A revert of a move under way."""
 TASK_STATE_RESIZE_CONFIRMING: TaskState.ValueType  # 25
 """A confirm of a move under way."""
+TASK_STATE_MIGRATING: TaskState.ValueType  # 26
+"""A live migration under way."""
 Global___TaskState: _TypeAlias = TaskState  # noqa: Y015
 
 class _ServerStatus:
