@@ -520,19 +520,21 @@ async def _finish_verify(
             )
         )
         same_host = mig.dest_compute == mig.source_compute
+        target = mig.source_compute if confirm else str(mig.dest_compute)
         if not same_host:
-            target = mig.source_compute if confirm else str(mig.dest_compute)
+            # Queued even for a host that is down: it drops the domain when it returns.
             await outbox.add(session, command(DROP, target, mig))
         await session.commit()
     mig.status = CONFIRMING if confirm else REVERTING
-    if same_host:
-        # One domain serves both sides: nothing to drop, the allocations settle at once
-        # (the sweep finishes this if the scheduler cannot be reached now).
-        await _settle_same_host(conductor, mig)
+    if same_host or await conductor.scheduler.is_down(target):
+        # Nobody to wait for: one domain serves both sides, or the host that would drop
+        # its copy is down (as a delete on a down host is local). The allocations settle
+        # now; the sweep finishes this if the scheduler cannot be reached now.
+        await _settle_locally(conductor, mig)
     conductor.wakeup.set()
 
 
-async def _settle_same_host(conductor: Conductor, mig: Migration) -> None:
+async def _settle_locally(conductor: Conductor, mig: Migration) -> None:
     if mig.status == CONFIRMING:
         await _confirmed(conductor, mig, None)
     elif mig.status == REVERTING:
@@ -714,8 +716,8 @@ async def _dest_dropped(conductor: Conductor, mig: Migration) -> None:
     await _give_back_source(conductor, mig)
     async with conductor.sessions() as session:
         inst = await load_instance(session, mig.instance_uuid, include_deleted=True)
-        if inst.task_state != TaskState.RESIZE_REVERTING.value:
-            return
+        if inst.task_state != TaskState.RESIZE_REVERTING.value or inst.host != mig.dest_compute:
+            return  # not reverting, or this step is done already
         zone = await _zone_of(conductor, mig.source_compute)
         values: dict[str, Any] = {
             **mig.old_flavor,
@@ -1019,7 +1021,7 @@ class MoveSweeper:
         """One pass; returns how many moves it acted on."""
         acted = await self._auto_confirm()
         acted += await self._interrupted_starts()
-        acted += await self._same_host_unsettled()
+        acted += await self._unsettled()
         acted += await self._stranded()
         acted += await self._deleted()
         return acted
@@ -1073,26 +1075,32 @@ class MoveSweeper:
             await _abandon(self._c, mig, _action_of(mig), "The move was interrupted.")
         return len(migs)
 
-    async def _same_host_unsettled(self) -> int:
-        """A same-host confirm or revert whose settling was cut short (scheduler down)."""
+    async def _unsettled(self) -> int:
+        """A confirm or revert that settles without an agent (same host, or the dropping
+        host down) whose settling was cut short (scheduler unreachable), or whose dropping
+        host went down after it was asked."""
         cutoff = _now() - timedelta(seconds=self._interval)
         async with self._c.sessions() as session:
             migs = [
                 m
                 for m in (
                     await session.execute(
-                        select(Migration).where(
-                            Migration.status.in_([CONFIRMING, REVERTING]),
-                            Migration.source_compute == Migration.dest_compute,
-                        )
+                        select(Migration).where(Migration.status.in_([CONFIRMING, REVERTING]))
                     )
                 ).scalars()
                 if m.updated_at is not None and as_utc(m.updated_at) < cutoff
             ]
             await session.commit()
+        if not migs:
+            return 0
+        down = await self._c.scheduler.down_hosts() or set()
+        acted = 0
         for mig in migs:
-            await _settle_same_host(self._c, mig)
-        return len(migs)
+            dropping = mig.source_compute if mig.status == CONFIRMING else mig.dest_compute
+            if mig.source_compute == mig.dest_compute or dropping in down:
+                await _settle_locally(self._c, mig)
+                acted += 1
+        return acted
 
     async def _stranded(self) -> int:
         down = await self._c.scheduler.down_hosts()

@@ -622,3 +622,34 @@ async def test_a_live_migration_whose_destination_dies_leaves_the_server_running
         assert await claims(f) == {s.id: "h1"}
         await assert_usage_is_the_sum_of_allocations(f)
         assert (await migration(f, s.id)).status == "error"
+
+
+async def test_a_confirm_whose_source_host_is_down_settles_at_once(two_hosts: Fleet) -> None:
+    f = two_hosts
+    s = await boot(f)
+    await resize(f, s.id)
+    await wait_status(f, s.id, S.SERVER_STATUS_VERIFY_RESIZE)
+    f.h.scheduler.stop_heartbeats("h1")
+    await f.migrations.ConfirmResize(migrations_pb2.ConfirmResizeRequest(id=s.id))
+    done = await server(f, s.id)  # settled by the call itself: nobody to wait for
+    assert (done.status, done.host) == (S.SERVER_STATUS_ACTIVE, "h2")
+    assert await claims(f) == {s.id: "h2"}
+    await assert_usage_is_the_sum_of_allocations(f)
+    assert (await migration(f, s.id)).status == "confirmed"
+
+
+async def test_a_revert_whose_destination_is_down_goes_back_to_the_source_without_it(
+    two_hosts: Fleet,
+) -> None:
+    f = two_hosts
+    s = await boot(f)
+    await resize(f, s.id)
+    await wait_status(f, s.id, S.SERVER_STATUS_VERIFY_RESIZE)
+    f.h.scheduler.stop_heartbeats("h2")
+    await f.migrations.RevertResize(migrations_pb2.RevertResizeRequest(id=s.id))
+    back = await wait_status(f, s.id, S.SERVER_STATUS_ACTIVE)
+    assert (back.host, back.flavor.id) == ("h1", "1")
+    assert f.driver("h1").describe(s.id) == PowerState.RUNNING
+    assert await claims(f) == {s.id: "h1"}
+    await assert_usage_is_the_sum_of_allocations(f)
+    assert (await migration(f, s.id)).status == "reverted"
