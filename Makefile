@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 UV := .uv/bin/uv
 export PYTHONPATH := $(CURDIR):$(CURDIR)/generated
 
-.PHONY: install run test test-fast lint protos protos-check check bench fuzz services upgrade clean
+.PHONY: install run test test-fast lint protos protos-check check bench fuzz chaos services upgrade clean
 
 $(STAMP): pyproject.toml uv.lock scripts/install.sh
 	scripts/install.sh
@@ -32,6 +32,12 @@ services: install
 ## Schemathesis against a running Loom: at least 10,000 generated requests, none may get a 5xx.
 fuzz: install services
 	LOOM_FUZZ_EXAMPLES=120 $(PY) -m pytest -q -s -p no:cacheprovider tests/e2e/test_fuzz.py
+
+## Faults injected into Loom running as separate processes (tests/chaos at full size); each
+## scenario's figures go to bench/results/chaos-<time>.json (see docs/reliability.md).
+chaos: install services
+	LOOM_CHAOS_SCALE=full LOOM_CHAOS_REPORT=bench/results/chaos-$$(date -u +%Y%m%dT%H%M%SZ).json \
+		$(PY) -m pytest -q -p no:cacheprovider tests/chaos
 
 lint: install
 	$(UV) lock --check --quiet

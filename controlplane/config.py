@@ -105,6 +105,9 @@ class ConductorConfig(_Section):
     # image` and `loom catalog` on its own listen address.
     hosted_domains: tuple[HostableDomain, ...] = HOSTABLE_DOMAINS
     max_build_attempts: int = Field(default=3, ge=1, le=20)
+    # Seconds a shelved server keeps its host before it is offloaded: 0 offloads at once
+    # (as part of the shelve), -1 never (Nova's shelved_offload_time).
+    shelved_offload_time: int = Field(default=0, ge=-1)
     # Seconds without a heartbeat before a host is considered down.
     service_down_time: int = Field(default=60, ge=2)
     # Outbox relay: how many rows one publish batch carries.
@@ -192,6 +195,10 @@ class AgentConfig(_Section):
     sim_vcpus: int = Field(default=32, ge=1)
     sim_memory_mb: int = Field(default=131072, ge=256)
     sim_disk_gb: int = Field(default=2048, ge=1)
+    # Seconds each build takes in a simulated host's hypervisor, as a slow real one's
+    # (test:/// only; 0: at once). Chaos scenarios use it to show that heartbeats never
+    # wait behind hypervisor calls.
+    sim_hypervisor_latency_s: float = Field(default=0.0, ge=0, le=3600)
     reserved_host_memory_mb: int = Field(default=512, ge=0)
     reserved_host_disk_gb: int = Field(default=0, ge=0)
     availability_zone: str = ""
@@ -212,6 +219,18 @@ class AgentConfig(_Section):
     # A file holding the X-Auth-Token for the image service, read on every download
     # so a rotated token needs no restart. Empty sends no token.
     image_token_file: str = ""
+    # The network data plane (nodeagent/network, docs/networking.md): bridges, VXLAN, taps,
+    # DHCP and security groups for instances' ports. Off, ports are only described in the
+    # domain XML (enough for test:/// hosts, which skip the data plane and log so); a real
+    # host then refuses to build an instance with ports.
+    network_dataplane: bool = False
+    # This host's VTEP address and the device VXLAN leaves by (empty: routing decides).
+    network_local_ip: str = ""
+    network_underlay_device: str = ""
+    # The VTEP addresses of the other hosts: each network floods to all of them.
+    network_vxlan_peers: list[str] = Field(default_factory=list)
+    # Where DHCP state (hosts, options, leases, pid files) lives; empty: <data_dir>/network.
+    network_state_dir: str = ""
 
 
 # The longest a token may live: revocations are kept this long (controlplane/identity).

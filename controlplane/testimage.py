@@ -1,16 +1,29 @@
 """Builds Loom's test guest image from Debian packages: a kernel and a busybox initramfs.
 
 The kernel comes from the `linux-image-*-amd64` package (downloaded with apt-get, unpacked
-with dpkg-deb, never installed); the initramfs holds `busybox-static` and an init that
-prints MARKER on the serial console. `loom_poweroff=N` on the kernel command line makes
-the guest power itself off N seconds after boot (tests use it to watch power-state sync).
+with dpkg-deb, never installed); the initramfs holds `busybox-static`, the kernel modules
+for a virtio NIC, an IDE cdrom and ISO 9660 (Debian builds them as modules), and an init
+that prints MARKER on the serial console. `loom_poweroff=N` on the kernel command line
+makes the guest power itself off N seconds after boot (tests use it to watch power-state
+sync).
+
+After MARKER the guest reads its config drive and network, printing one line each:
+
+    LOOM-CONFIG-DRIVE uuid=<instance uuid> hostname=<hostname>   (or LOOM-CONFIG-DRIVE none)
+    LOOM-SSH-KEY sha256=<hex of the key blob> comment=<key comment>
+    LOOM-USERDATA <first line of user_data>
+    LOOM-IP <address>/<prefix> router=<gateway>                  (DHCP on eth0; or LOOM-IP none)
+    LOOM-PING-OK <ip> | LOOM-PING-FAIL <ip>                       (for loom_ping=<ip>)
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
+import lzma
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -20,6 +33,22 @@ from pathlib import Path
 
 MARKER = "LOOM-TEST-GUEST-READY"
 
+# Loaded in this order (each after its dependencies, found from the modules' own
+# `depends=` records): NIC, IDE cdrom, then the file system.
+GUEST_MODULES = ("virtio_pci", "virtio_net", "ata_piix", "sr_mod", "isofs")
+
+UDHCPC_SCRIPT = """#!/bin/busybox sh
+case "$1" in
+  deconfig) ip addr flush dev "$interface"; ip link set "$interface" up ;;
+  bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/$mask" dev "$interface"
+    [ -n "$router" ] && ip route add default via "${router%% *}" dev "$interface"
+    echo "LOOM-IP $ip/$mask router=$router" >/dev/console ;;
+esac
+exit 0
+"""
+
 INIT_SCRIPT = f"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mkdir -p /proc /sys /dev /tmp
@@ -28,13 +57,60 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
 echo "{MARKER}"
 echo "loom test guest: $(uname -r) $(cat /proc/cmdline)"
+ping_ip=""
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     loom_poweroff=*)
       secs="${{arg#loom_poweroff=}}"
       (sleep "$secs"; echo "powering off"; poweroff -f) & ;;
+    loom_ping=*) ping_ip="${{arg#loom_ping=}}" ;;
   esac
 done
+for m in $(cat /lib/modules/load-order 2>/dev/null); do
+  insmod "/lib/modules/$m.ko" 2>/dev/null || echo "LOOM-MODULE-FAILED $m"
+done
+mkdir -p /mnt/config
+found=""
+for _ in 1 2 3 4 5 6 7 8 9 10; do
+  for dev in $(findfs LABEL=config-2 2>/dev/null) /dev/sr0 /dev/sr1; do
+    [ -b "$dev" ] && mount -t iso9660 -o ro "$dev" /mnt/config 2>/dev/null && found="$dev" && break
+  done
+  [ -n "$found" ] && break
+  sleep 1
+done
+if [ -n "$found" ]; then
+  meta=/mnt/config/openstack/latest/meta_data.json
+  uuid=$(sed -n 's/.*"uuid": "\\([^"]*\\)".*/\\1/p' "$meta")
+  host=$(sed -n 's/.*"hostname": "\\([^"]*\\)".*/\\1/p' "$meta")
+  echo "LOOM-CONFIG-DRIVE uuid=$uuid hostname=$host"
+  key=$(sed -n 's/.*"public_keys": {{"[^"]*": "\\([^"]*\\)".*/\\1/p' "$meta")
+  if [ -n "$key" ]; then
+    blob=$(echo "$key" | cut -d' ' -f2)
+    comment=$(echo "$key" | cut -d' ' -f3-)
+    sum=$(echo "$blob" | base64 -d | sha256sum | cut -d' ' -f1)
+    echo "LOOM-SSH-KEY sha256=$sum comment=$comment"
+  fi
+  if [ -f /mnt/config/openstack/latest/user_data ]; then
+    echo "LOOM-USERDATA $(head -n 1 /mnt/config/openstack/latest/user_data)"
+  fi
+else
+  echo "LOOM-CONFIG-DRIVE none"
+fi
+if ip link show eth0 >/dev/null 2>&1; then
+  ip link set lo up
+  udhcpc -i eth0 -n -q -t 10 -T 2 -O mtu -s /bin/udhcpc.script >/dev/null 2>&1 ||
+    echo "LOOM-IP none"
+  if [ -n "$ping_ip" ]; then
+    ok=""
+    for _ in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+      ping -c 1 -W 2 "$ping_ip" >/dev/null 2>&1 && ok=1 && break
+      sleep 1
+    done
+    if [ -n "$ok" ]; then echo "LOOM-PING-OK $ping_ip"; else echo "LOOM-PING-FAIL $ping_ip"; fi
+  fi
+else
+  echo "LOOM-IP none (no eth0; links: $(ls /sys/class/net | tr '\\n' ' '))"
+fi
 while true; do sleep 3600; done
 """
 
@@ -103,11 +179,59 @@ def _cpio_newc(root: Path) -> bytes:
     return buf.getvalue()
 
 
+def _module_depends(ko: Path) -> list[str]:
+    """The `depends=` record of a kernel module (its .modinfo section), as names."""
+    m = re.search(rb"(?:^|\0)depends=([^\0]*)", ko.read_bytes())
+    return [d.decode() for d in m.group(1).split(b",") if d] if m else []
+
+
+def _copy_modules(unpacked: Path, root: Path, wanted: tuple[str, ...]) -> list[str]:
+    """Copies `wanted` and what they depend on into root/lib/modules; returns the load
+    order (dependencies first), which is also written to root/lib/modules/load-order."""
+    found = {}
+    for ko in (unpacked / "lib" / "modules").rglob("*.ko*"):
+        found[ko.name.split(".ko")[0].replace("-", "_")] = ko
+    order: list[str] = []
+
+    def add(name: str) -> None:
+        if name in order:
+            return
+        ko = found.get(name)
+        if ko is None:
+            raise TestImageError(f"the kernel package has no module {name}")
+        data = ko.read_bytes()
+        if ko.name.endswith(".xz"):
+            data = lzma.decompress(data)
+        elif ko.name.endswith(".zst"):
+            raise TestImageError("zstd-compressed modules are not supported")
+        plain = root / "lib" / "modules" / f"{name}.ko"
+        plain.parent.mkdir(parents=True, exist_ok=True)
+        plain.write_bytes(data)
+        for dep in _module_depends(plain):
+            add(dep)
+        order.append(name)
+
+    for name in wanted:
+        add(name)
+    (root / "lib" / "modules" / "load-order").write_text("\n".join(order) + "\n")
+    return order
+
+
+def recipe() -> str:
+    """A digest of what goes into the initramfs besides busybox and the kernel's modules:
+    a build made from another recipe is made again."""
+    parts = (INIT_SCRIPT, UDHCPC_SCRIPT, " ".join(GUEST_MODULES))
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
 def build_test_image(out_dir: Path, *, force: bool = False) -> TestImage:
-    """Writes vmlinuz and initrd.img into out_dir; a no-op when both exist (unless force)."""
+    """Writes vmlinuz and initrd.img into out_dir; a no-op when both exist and were made
+    from the current recipe (unless force)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     kernel, initrd = out_dir / "vmlinuz", out_dir / "initrd.img"
-    if kernel.exists() and initrd.exists() and not force:
+    stamp = out_dir / "recipe"
+    current = stamp.exists() and stamp.read_text().strip() == recipe()
+    if kernel.exists() and initrd.exists() and current and not force:
         return TestImage(kernel, initrd)
     with tempfile.TemporaryDirectory(prefix="loom-testimage-") as tmp_s:
         tmp = Path(tmp_s)
@@ -129,5 +253,9 @@ def build_test_image(out_dir: Path, *, force: bool = False) -> TestImage:
         (root / "bin" / "busybox").chmod(0o755)
         (root / "init").write_text(INIT_SCRIPT)
         (root / "init").chmod(0o755)
+        (root / "bin" / "udhcpc.script").write_text(UDHCPC_SCRIPT)
+        (root / "bin" / "udhcpc.script").chmod(0o755)
+        _copy_modules(unpacked, root, GUEST_MODULES)
         initrd.write_bytes(gzip.compress(_cpio_newc(root), compresslevel=6))
+    stamp.write_text(recipe() + "\n")
     return TestImage(kernel, initrd)

@@ -19,24 +19,36 @@ from gateway.identity import routes as identity_routes
 from gateway.image import routes as image_routes
 from gateway.middleware import COMPUTE_API, GatewayMiddleware, error_response_parts
 from gateway.openapi import openapi
+from gateway.placement import routes as placement_routes
 from gateway.state import Gateway
 
 log = logging.getLogger("loom.gateway")
 
 
-def _error(request: Request, status: int, message: str, headers: dict[str, str]) -> Response:
-    body, ctype = error_response_parts(request.url.path, status, message)
+def _error(
+    request: Request,
+    status: int,
+    message: str,
+    headers: dict[str, str],
+    fields: dict[str, Any] | None = None,
+) -> Response:
+    body, ctype = error_response_parts(request.url.path, status, message, fields)
     return Response(body, status_code=status, media_type=ctype.split(";")[0], headers=headers)
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return _error(request, exc.status, exc.message, exc.headers)
+    return _error(request, exc.status, exc.message, exc.headers, exc.fields)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     messages = {404: "The resource could not be found.", 405: "The method is not allowed."}
+    if exc.status_code == 405 and request.url.path.startswith("/placement"):
+        messages[405] = (
+            "Loom's placement API is read-only: the scheduler alone writes inventories "
+            "(from the agents' reports) and allocations (its claims)."
+        )
     return _error(
         request,
         exc.status_code,
@@ -55,6 +67,7 @@ def all_routes() -> list[BaseRoute]:
         *identity_routes.routes(),
         *compute_routes.routes(),
         *image_routes.routes(),
+        *placement_routes.routes(),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
 

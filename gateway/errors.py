@@ -2,8 +2,9 @@
 
 Handlers raise `ApiError`; the app renders it in the shape of the API the request
 went to: Nova's `{"itemNotFound": {"code": 404, "message": ...}}` under /compute,
-Keystone's `{"error": {"code", "title", "message"}}` under /identity, and Glance's
-plain-text bodies under /image. gRPC failures map to HTTP codes in one table here.
+Keystone's `{"error": {"code", "title", "message"}}` under /identity, Glance's
+plain-text bodies under /image, and placement's `{"errors": [...]}` under /placement.
+gRPC failures map to HTTP codes in one table here.
 """
 
 from __future__ import annotations
@@ -48,11 +49,21 @@ _GRPC_TO_HTTP = {
 class ApiError(Exception):
     """An error a client should see, with its HTTP status and a human message."""
 
-    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        fields: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers or {}
+        # Extra members of the error object, in APIs whose errors carry them (placement's
+        # 406 names the versions it serves).
+        self.fields = fields or {}
 
 
 class BadRequest(ApiError):
@@ -108,6 +119,17 @@ def keystone_body(status: int, message: str) -> dict[str, Any]:
     except ValueError:
         title = "Error"
     return {"error": {"code": status, "title": title, "message": message}}
+
+
+def placement_body(
+    status: int, message: str, fields: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    try:
+        title = HTTPStatus(status).phrase
+    except ValueError:
+        title = "Error"
+    error: dict[str, Any] = {"status": status, "title": title, "detail": message}
+    return {"errors": [{**error, **(fields or {})}]}
 
 
 def glance_text(status: int, message: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 from controlplane.runtime import tracing
 from gateway import metrics
-from gateway.errors import glance_text, keystone_body, nova_body
+from gateway.errors import glance_text, keystone_body, nova_body, placement_body
 from gateway.microversion import VersionNotAcceptable, negotiate
 
 log = logging.getLogger("loom.gateway")
@@ -33,12 +33,17 @@ _PROJECT_ID = re.compile(r"^[0-9a-fA-F]{32}$|^[0-9a-fA-F-]{36}$")
 _VERSION_HEADERS = "OpenStack-API-Version, X-OpenStack-Nova-API-Version"
 
 
-def error_response_parts(path: str, status: int, message: str) -> tuple[bytes, str]:
-    """The body and content type of an error, in the shape of the API `path` belongs to."""
+def error_response_parts(
+    path: str, status: int, message: str, fields: dict[str, Any] | None = None
+) -> tuple[bytes, str]:
+    """The body and content type of an error, in the shape of the API `path` belongs to
+    (`fields`: extra members of the error object, where that API has them)."""
     if path.startswith("/image"):
         return glance_text(status, message).encode(), "text/plain; charset=UTF-8"
     if path.startswith("/compute"):
         return json.dumps(nova_body(status, message)).encode(), "application/json"
+    if path.startswith("/placement"):
+        return json.dumps(placement_body(status, message, fields)).encode(), "application/json"
     return json.dumps(keystone_body(status, message)).encode(), "application/json"
 
 

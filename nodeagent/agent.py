@@ -18,6 +18,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
+from loom.common.v1 import common_pb2
 from loom.compute.v1 import agent_bus_pb2
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -30,11 +31,14 @@ from controlplane.runtime import bus, tracing
 from nodeagent import messages as m
 from nodeagent import moves
 from nodeagent.driver.base import (
+    ActionFailed,
     BuildFailed,
     Driver,
     ImageCacheDriver,
     InstanceNotFound,
+    PauseSuspendDriver,
     PowerState,
+    RebuildDriver,
 )
 from nodeagent.fleet import ExpectedInstance, FleetView
 from nodeagent.metrics import HostCounters
@@ -52,6 +56,14 @@ _COMMANDS: dict[str, type[Any]] = {
     "stop": agent_bus_pb2.StopInstanceCommand,
     "reboot": agent_bus_pb2.RebootInstanceCommand,
     **{verb: agent_bus_pb2.MoveInstanceCommand for verb in moves.VERBS},
+    "pause": agent_bus_pb2.PauseInstanceCommand,
+    "unpause": agent_bus_pb2.UnpauseInstanceCommand,
+    "suspend": agent_bus_pb2.SuspendInstanceCommand,
+    "resume": agent_bus_pb2.ResumeInstanceCommand,
+    "shelve": agent_bus_pb2.ShelveInstanceCommand,
+    "shelve_offload": agent_bus_pb2.ShelveOffloadInstanceCommand,
+    "unshelve": agent_bus_pb2.UnshelveInstanceCommand,
+    "rebuild": agent_bus_pb2.RebuildInstanceCommand,
 }
 
 
@@ -216,6 +228,7 @@ class HostAgent:
         if self._watch is not None:
             self._watch.on_restored(self._pull_again_after_reconnect)
         self._consumer = asyncio.create_task(self._consume(), name=f"consume-{self.host}")
+        self._tasks.append(asyncio.create_task(self._heartbeats(), name=f"beat-{self.host}"))
         self._tasks.append(asyncio.create_task(self._housekeeping(), name=f"tick-{self.host}"))
         if self._fleet is not None:
             self._tasks.append(asyncio.create_task(self._reconcile_task(), name=f"rec-{self.host}"))
@@ -409,7 +422,7 @@ class HostAgent:
                 {
                     "loom.host": self.host,
                     "loom.instance_id": command.spec.instance_id
-                    if verb == "build"
+                    if verb in ("build", "rebuild")
                     else command.instance_id,
                 }
                 if tracing.enabled()
@@ -445,12 +458,40 @@ class HostAgent:
             return await self._delete(command)
         if verb in moves.VERBS:
             return await moves.execute(self, verb, command)
+        if verb == "shelve_offload":
+            return await self._offload(command)
+        if verb == "rebuild":
+            return await self._rebuild(command)
         iid = command.instance_id
         action: Callable[[], PowerState]
-        if verb == "start":
+        if verb in ("pause", "unpause", "suspend", "resume"):
+            driver = self.driver
+            if not isinstance(driver, PauseSuspendDriver):
+                return m.instance_event(
+                    host=self.host,
+                    instance_id=iid,
+                    kind=m.ACTION_FAILED,
+                    power_state=self._known.get(iid, PowerState.NOSTATE),
+                    request_id=command.request_id,
+                    action=verb,
+                    fault=m.fault(400, f"This host's hypervisor cannot {verb} instances."),
+                )
+            verb_fn: Callable[[str], PowerState] = getattr(driver, verb)
+
+            def action() -> PowerState:
+                return verb_fn(iid)
+        elif verb in ("start", "unshelve"):
 
             def action() -> PowerState:
                 return self.driver.start(iid)
+        elif verb == "shelve":
+            timeout = command.timeout_seconds or self.cfg.shutdown_timeout
+
+            def action() -> PowerState:
+                # Only a running guest can answer a shutdown request: waiting on a paused
+                # or suspended one would only delay the forced stop.
+                running = self.driver.describe(iid) == PowerState.RUNNING
+                return self.driver.stop(iid, timeout if running else 0)
         elif verb == "stop":
             timeout = command.timeout_seconds or self.cfg.shutdown_timeout
 
@@ -523,6 +564,80 @@ class HostAgent:
             action="delete",
         )
 
+    async def _rebuild(
+        self, cmd: agent_bus_pb2.RebuildInstanceCommand
+    ) -> agent_bus_pb2.InstanceEvent:
+        spec = cmd.spec
+        iid = spec.instance_id
+
+        def answer(
+            kind: m.Kind, state: PowerState, fault: common_pb2.Fault | None = None
+        ) -> agent_bus_pb2.InstanceEvent:
+            return m.instance_event(
+                host=self.host,
+                instance_id=iid,
+                kind=kind,
+                power_state=state,
+                request_id=cmd.request_id,
+                action="rebuild",
+                fault=fault,
+            )
+
+        driver = self.driver
+        if not isinstance(driver, RebuildDriver):
+            state = self._known.get(iid, PowerState.NOSTATE)
+            return answer(
+                m.ACTION_FAILED, state, m.fault(400, "This host's hypervisor cannot rebuild.")
+            )
+        if not _valid_uuid(iid) or not spec.instance_name:
+            return answer(
+                m.ACTION_FAILED,
+                PowerState.NOSTATE,
+                m.fault(400, "The rebuild command lacks a valid instance UUID or name."),
+            )
+        # Progress, so the server shows rebuild_spawning while the disks are made.
+        await self._publish_event(
+            answer(m.REBUILD_SPAWNING, self._known.get(iid, PowerState.NOSTATE))
+        )
+        try:
+            state = await self.call_driver(
+                driver.rebuild, spec, power_on=cmd.power_on, rebuild_id=cmd.request_id
+            )
+        except BuildFailed as exc:
+            self._forget(iid)
+            return answer(m.ACTION_FAILED, PowerState.NOSTATE, m.fault(500, str(exc)))
+        except Exception:
+            log.exception("rebuild failed unexpectedly", extra={"host": self.host, "instance": iid})
+            with contextlib.suppress(Exception):
+                await self.call_driver(self.driver.destroy, iid)
+            self._forget(iid)
+            return answer(
+                m.ACTION_FAILED,
+                PowerState.NOSTATE,
+                m.fault(500, "An internal error stopped the rebuild."),
+            )
+        self._set_known(iid, state)
+        return answer(m.ACTION_SUCCEEDED, state)
+
+    async def _offload(
+        self, cmd: agent_bus_pb2.ShelveOffloadInstanceCommand
+    ) -> agent_bus_pb2.InstanceEvent:
+        """Removes a shelved instance from this host, as a delete does; reconcile must not
+        bring it back."""
+        iid = cmd.instance_id
+        if _valid_uuid(iid):
+            await self.call_driver(self.driver.destroy, iid)
+            self._deleted.add(iid)
+        self._forget(iid)
+        return m.instance_event(
+            host=self.host,
+            instance_id=iid,
+            kind=m.ACTION_SUCCEEDED,
+            power_state=PowerState.NOSTATE,
+            request_id=cmd.request_id,
+            action="shelve_offload",
+        )
+
     async def _power_action(
         self, verb: str, request_id: str, iid: str, action: Callable[[], PowerState]
     ) -> agent_bus_pb2.InstanceEvent:
@@ -534,6 +649,13 @@ class HostAgent:
         except InstanceNotFound as exc:
             self._forget(iid)
             kind, state, fault = m.ACTION_FAILED, PowerState.NOSTATE, m.fault(404, str(exc))
+        except ActionFailed as exc:
+            kind, fault = m.ACTION_FAILED, m.fault(409, str(exc))
+            try:
+                state = await self.call_driver(self.driver.describe, iid)
+                self._set_known(iid, state)
+            except Exception:
+                state = PowerState.NOSTATE
         except Exception:
             log.exception("%s failed", verb, extra={"host": self.host, "instance": iid})
             kind, fault = m.ACTION_FAILED, m.fault(500, f"The hypervisor could not {verb} it.")
@@ -613,25 +735,33 @@ class HostAgent:
             m.instance_event(host=self.host, instance_id=iid, kind=kind, power_state=state)
         )
 
+    async def _heartbeats(self) -> None:
+        """Beats on a task of their own: the housekeeping below waits for the host's lock
+        (which a build holds for as long as the hypervisor takes), a heartbeat never does."""
+        loop = asyncio.get_running_loop()
+        every = self.cfg.heartbeat_interval
+        # Spread the first beats so a thousand simulated hosts do not beat in lockstep.
+        next_hb = loop.time() + every * random.uniform(0.5, 1.0)
+        while True:
+            await asyncio.sleep(max(0.0, next_hb - loop.time()))
+            next_hb = loop.time() + every
+            await self._guarded(self.send_heartbeat, "heartbeat")
+
     async def _housekeeping(self) -> None:
         loop = asyncio.get_running_loop()
-        hb_every, sync_every = self.cfg.heartbeat_interval, self.cfg.power_sync_interval
+        sync_every = self.cfg.power_sync_interval
         prune_every = self.cfg.image_cache_prune_interval_s
         prunes = isinstance(self.driver, ImageCacheDriver)
-        # Spread the first ticks so a thousand simulated hosts do not beat in lockstep.
+        # Spread the first ticks so a thousand simulated hosts do not sync in lockstep.
         now = loop.time()
-        next_hb = now + hb_every * random.uniform(0.5, 1.0)
         next_sync = now + sync_every * random.uniform(0.5, 1.0)
         next_prune = now + prune_every * random.uniform(0.5, 1.0) if prunes else float("inf")
         while True:
-            await asyncio.sleep(max(0.0, min(next_hb, next_sync, next_prune) - loop.time()))
+            await asyncio.sleep(max(0.0, min(next_sync, next_prune) - loop.time()))
             now = loop.time()
             if now >= next_prune:
                 next_prune = now + prune_every
                 await self._guarded(self.prune_image_cache, "image cache prune")
-            if now >= next_hb:
-                next_hb = now + hb_every
-                await self._guarded(self.send_heartbeat, "heartbeat")
             if now >= next_sync:
                 next_sync = now + sync_every
                 await self._guarded(self.sync_power_states, "power-state sync")
@@ -752,6 +882,8 @@ class HostAgent:
                 )
                 self._counters.reconcile_action("start", "report_missing")
                 continue
+            if exp.power_state == PowerState.PAUSED and isinstance(self.driver, PauseSuspendDriver):
+                state = await self.call_driver(self.driver.pause, exp.instance_id)
             self._counters.reconcile_action("start", "recreate")
             log.info("re-created instance", extra={"host": self.host, "instance": exp.instance_id})
             if exp.power_state != PowerState.NOSTATE and state != exp.power_state:

@@ -21,6 +21,7 @@ _AT_REST = frozenset(
         servers_pb2.VM_STATE_STOPPED,
         servers_pb2.VM_STATE_PAUSED,
         servers_pb2.VM_STATE_SUSPENDED,
+        servers_pb2.VM_STATE_SHELVED,
     }
 )
 
@@ -38,7 +39,8 @@ class ReconcilePlan:
 
 def wanted_power_on(expected: ExpectedInstance) -> bool:
     if expected.power_state != PowerState.NOSTATE:
-        return expected.power_state == PowerState.RUNNING
+        # A paused guest is re-created running, then paused again.
+        return expected.power_state in (PowerState.RUNNING, PowerState.PAUSED)
     return bool(expected.vm_state == servers_pb2.VM_STATE_ACTIVE)
 
 

@@ -28,6 +28,7 @@ from nodeagent.grpc_api import SERVICE_NAME, ComputeApi
 from nodeagent.images.cache import ImageCache
 from nodeagent.images.source import HttpImageSource, ImageSource, LocalImageSource, file_token
 from nodeagent.metrics import watch_consumers
+from nodeagent.network import DataPlaneConfig, HostDataPlane
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,28 @@ def make_image_source(cfg: LoomConfig) -> ImageSource:
         token = file_token(Path(token_file)) if token_file else no_token
         return HttpImageSource(cfg.agent.image_url, token)
     return LocalImageSource(cfg.data_path / "images")
+
+
+def make_dataplane(cfg: LoomConfig, host: str, *, simulated: bool) -> HostDataPlane | None:
+    """The host's network data plane, or None when it is off. Simulated hosts share one
+    machine and have no guests to connect: they always skip it."""
+    if simulated or not cfg.agent.network_dataplane:
+        log.info(
+            "network data plane off: ports are described in domain XML only",
+            extra={"host": host, "reason": "simulated host" if simulated else "configured off"},
+        )
+        return None
+    if not cfg.agent.network_local_ip:
+        raise ValueError("agent.network_dataplane needs agent.network_local_ip (the VTEP)")
+    state = cfg.agent.network_state_dir or str(cfg.data_path / "network")
+    return HostDataPlane(
+        DataPlaneConfig(
+            local_ip=cfg.agent.network_local_ip,
+            underlay_device=cfg.agent.network_underlay_device,
+            peers=tuple(cfg.agent.network_vxlan_peers),
+            state_dir=Path(state),
+        )
+    )
 
 
 def make_driver(cfg: LoomConfig, host: str) -> LibvirtDriver:
@@ -93,6 +116,8 @@ def make_driver(cfg: LoomConfig, host: str) -> LibvirtDriver:
         images=images,
         virt_type=cfg.agent.virt_type,
         soft_reboot_timeout=float(cfg.agent.shutdown_timeout),
+        dataplane=make_dataplane(cfg, host, simulated=uri.startswith("test:")),
+        simulated_latency_s=cfg.agent.sim_hypervisor_latency_s,
     )
 
 

@@ -6,11 +6,11 @@ from typing import Any
 
 import grpc
 from loom.catalog.v1 import flavors_pb2, flavors_pb2_grpc
-from sqlalchemy import select
+from sqlalchemy import exists, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from controlplane.db.models import Flavor
+from controlplane.db.models import Flavor, FlavorProject
 from controlplane.db.seeding import Seeder
 from controlplane.runtime.rpc import abort, new_uuid, now
 
@@ -29,6 +29,16 @@ _SORT_KEYS = {
     "rxtx_factor": "rxtx_factor",
     "created_at": "created_at",
 }
+
+
+def _usable_by(project_id: str) -> Any:
+    """Public, or shared with the project."""
+    return or_(
+        Flavor.is_public.is_(True),
+        exists().where(
+            FlavorProject.flavor_id == Flavor.id, FlavorProject.project_id == project_id
+        ),
+    )
 
 
 def flavor_pb(f: Flavor) -> flavors_pb2.Flavor:
@@ -53,8 +63,14 @@ class FlavorsServicer(flavors_pb2_grpc.FlavorsServiceServicer):
         self._sessions = sessions
         self._seeder = seeder
 
-    async def _get(self, s: AsyncSession, context: Any, flavor_id: str) -> Flavor:
-        flavor = await s.scalar(select(Flavor).where(Flavor.flavorid == flavor_id))
+    async def _get(
+        self, s: AsyncSession, context: Any, flavor_id: str, project_id: str = ""
+    ) -> Flavor:
+        """The flavor; with project_id, only if it is public or shared with that project."""
+        query = select(Flavor).where(Flavor.flavorid == flavor_id)
+        if project_id:
+            query = query.where(_usable_by(project_id))
+        flavor = await s.scalar(query)
         if flavor is None:
             await abort(
                 context, grpc.StatusCode.NOT_FOUND, f"Flavor {flavor_id} could not be found."
@@ -107,7 +123,7 @@ class FlavorsServicer(flavors_pb2_grpc.FlavorsServiceServicer):
         await self._seeder.ensure()
         async with self._sessions() as s:
             return flavors_pb2.GetFlavorResponse(
-                flavor=flavor_pb(await self._get(s, context, request.id))
+                flavor=flavor_pb(await self._get(s, context, request.id, request.project_id))
             )
 
     async def ListFlavors(self, request: flavors_pb2.ListFlavorsRequest, context: Any) -> Any:
@@ -123,7 +139,9 @@ class FlavorsServicer(flavors_pb2_grpc.FlavorsServiceServicer):
         tiebreak = Flavor.flavorid.asc() if direction == "asc" else Flavor.flavorid.desc()
         query = select(Flavor).order_by(order, tiebreak)
         if not request.include_private:
-            query = query.where(Flavor.is_public.is_(True))
+            query = query.where(
+                _usable_by(request.project_id) if request.project_id else Flavor.is_public.is_(True)
+            )
         if request.min_ram:
             query = query.where(Flavor.memory_mb >= request.min_ram)
         if request.min_disk:
@@ -193,3 +211,75 @@ class FlavorsServicer(flavors_pb2_grpc.FlavorsServiceServicer):
             flavor.extra_specs = specs
             flavor.updated_at = now()
         return flavors_pb2.DeleteFlavorExtraSpecResponse()
+
+    async def _access(self, s: AsyncSession, flavor: Flavor) -> list[flavors_pb2.FlavorAccess]:
+        projects = await s.scalars(
+            select(FlavorProject.project_id)
+            .where(FlavorProject.flavor_id == flavor.id)
+            .order_by(FlavorProject.project_id)
+        )
+        return [flavors_pb2.FlavorAccess(flavor_id=flavor.flavorid, project_id=p) for p in projects]
+
+    async def ListFlavorAccess(
+        self, request: flavors_pb2.ListFlavorAccessRequest, context: Any
+    ) -> Any:
+        await self._seeder.ensure()
+        async with self._sessions() as s:
+            flavor = await self._get(s, context, request.id)
+            if flavor.is_public:
+                await abort(
+                    context,
+                    grpc.StatusCode.NOT_FOUND,
+                    "Access list not available for public flavors.",
+                )
+            return flavors_pb2.ListFlavorAccessResponse(access=await self._access(s, flavor))
+
+    async def AddFlavorAccess(
+        self, request: flavors_pb2.AddFlavorAccessRequest, context: Any
+    ) -> Any:
+        await self._seeder.ensure()
+        if not request.project_id:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "project_id is required")
+        try:
+            async with self._sessions.begin() as s:
+                flavor = await self._get(s, context, request.id)
+                if flavor.is_public:
+                    await abort(
+                        context,
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        "Can not add access to a public flavor.",
+                    )
+                s.add(FlavorProject(flavor_id=flavor.id, project_id=request.project_id))
+                await s.flush()
+                access = await self._access(s, flavor)
+        except IntegrityError:
+            await abort(
+                context,
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"Flavor access already exists for flavor {request.id} and project "
+                f"{request.project_id} combination.",
+            )
+        return flavors_pb2.AddFlavorAccessResponse(access=access)
+
+    async def RemoveFlavorAccess(
+        self, request: flavors_pb2.RemoveFlavorAccessRequest, context: Any
+    ) -> Any:
+        await self._seeder.ensure()
+        async with self._sessions.begin() as s:
+            flavor = await self._get(s, context, request.id)
+            row = await s.scalar(
+                select(FlavorProject).where(
+                    FlavorProject.flavor_id == flavor.id,
+                    FlavorProject.project_id == request.project_id,
+                )
+            )
+            if row is None:
+                await abort(
+                    context,
+                    grpc.StatusCode.NOT_FOUND,
+                    f"Flavor access not found for {request.id} / {request.project_id} combination.",
+                )
+            await s.delete(row)
+            await s.flush()
+            access = await self._access(s, flavor)
+        return flavors_pb2.RemoveFlavorAccessResponse(access=access)

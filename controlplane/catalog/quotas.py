@@ -81,6 +81,11 @@ class ProjectQuota:
             if limit >= 0 and used + requested > limit:
                 raise QuotaExceeded(resource, requested, used, limit)
 
+    @property
+    def unlimited(self) -> bool:
+        """No limit on instances, cores or ram: no create can take this project over."""
+        return all(self.limits[r] < 0 for r in ("instances", "cores", "ram"))
+
     def headroom(self, per_instance_cores: int, per_instance_ram: int) -> int | None:
         """How many more instances of this size fit; None when unlimited."""
         room: list[int] = []

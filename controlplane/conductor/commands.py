@@ -58,3 +58,30 @@ def reboot(host: str, instance_uuid: str, request_id: str, *, hard: bool) -> Out
         reboot_type=agent_bus_pb2.REBOOT_TYPE_HARD if hard else agent_bus_pb2.REBOOT_TYPE_SOFT,
     )
     return Outgoing(bus.compute_subject(host, "reboot"), msg_id, payload)
+
+
+_SIMPLE_COMMANDS = {
+    "pause": agent_bus_pb2.PauseInstanceCommand,
+    "unpause": agent_bus_pb2.UnpauseInstanceCommand,
+    "suspend": agent_bus_pb2.SuspendInstanceCommand,
+    "resume": agent_bus_pb2.ResumeInstanceCommand,
+    "shelve": agent_bus_pb2.ShelveInstanceCommand,
+    "shelve_offload": agent_bus_pb2.ShelveOffloadInstanceCommand,
+    "unshelve": agent_bus_pb2.UnshelveInstanceCommand,
+}
+
+
+def simple(verb: str, host: str, instance_uuid: str, request_id: str) -> Outgoing:
+    """pause, unpause, suspend, resume, shelve, shelve_offload or unshelve (of a server
+    still on its host): each carries only the instance."""
+    msg_id = f"{verb}-{instance_uuid}-{request_id}"
+    payload = _SIMPLE_COMMANDS[verb](request_id=msg_id, instance_id=instance_uuid)
+    return Outgoing(bus.compute_subject(host, verb), msg_id, payload)
+
+
+def rebuild(
+    host: str, spec: agent_bus_pb2.InstanceSpec, request_id: str, *, power_on: bool
+) -> Outgoing:
+    msg_id = f"rebuild-{spec.instance_id}-{request_id}"
+    payload = agent_bus_pb2.RebuildInstanceCommand(request_id=msg_id, spec=spec, power_on=power_on)
+    return Outgoing(bus.compute_subject(host, "rebuild"), msg_id, payload)

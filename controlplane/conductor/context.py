@@ -3,7 +3,9 @@ the scheduler client (gRPC only: the conductor never imports the scheduler's cod
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -23,9 +25,17 @@ log = logging.getLogger(__name__)
 class SchedulerClient:
     """The scheduler's gRPC API with a deadline on every call (gRPC has none by default)."""
 
+    # How long one answer to "which hosts are down" serves every delete that asks. A host's
+    # liveness changes over service_down_time (tens of seconds); a second's lag costs
+    # nothing there, and a delete storm asks once a second instead of once a delete.
+    DOWN_HOSTS_TTL_S = 1.0
+
     def __init__(self, channel: grpc.aio.Channel, *, timeout: float = 10.0) -> None:
         self._stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
         self._timeout = timeout
+        self._down: set[str] | None = None
+        self._down_read_at = float("-inf")
+        self._down_lock = asyncio.Lock()
 
     async def select_destinations(
         self, request: scheduler_pb2.SelectDestinationsRequest
@@ -122,6 +132,7 @@ class SchedulerClient:
             ),
             timeout=self._timeout,
         )
+        self._forget_down_hosts()
 
     async def set_host_forced_down(self, request_id: str, host: str, forced_down: bool) -> None:
         await self._stub.SetHostForcedDown(
@@ -130,17 +141,21 @@ class SchedulerClient:
             ),
             timeout=self._timeout,
         )
+        self._forget_down_hosts()
 
     async def is_down(self, host: str) -> bool:
-        """True when the scheduler holds the host down; False when it is up, unknown, or
-        the scheduler cannot be asked."""
-        try:
-            found = await self.get_host(host)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.NOT_FOUND:
-                log.warning("could not ask the scheduler whether %s is down: %s", host, exc.code())
-            return False
-        return not found.up
+        """True when the scheduler held the host down at most DOWN_HOSTS_TTL_S ago; False
+        when it is up, unknown, or the scheduler cannot be asked."""
+        async with self._down_lock:
+            if time.monotonic() - self._down_read_at >= self.DOWN_HOSTS_TTL_S:
+                self._down = await self.down_hosts()
+                self._down_read_at = time.monotonic()
+            down = self._down
+        return down is not None and host in down
+
+    def _forget_down_hosts(self) -> None:
+        """A change this conductor made to a host's state is seen by its next question."""
+        self._down_read_at = float("-inf")
 
     async def down_hosts(self) -> set[str] | None:
         """The hosts the scheduler holds down (silent, or forced down); None when the

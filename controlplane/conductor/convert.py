@@ -24,6 +24,8 @@ VM_STATE_PB = {
     VmState.PAUSED: servers_pb2.VM_STATE_PAUSED,
     VmState.SUSPENDED: servers_pb2.VM_STATE_SUSPENDED,
     VmState.RESIZED: servers_pb2.VM_STATE_RESIZED,
+    VmState.SHELVED: servers_pb2.VM_STATE_SHELVED,
+    VmState.SHELVED_OFFLOADED: servers_pb2.VM_STATE_SHELVED_OFFLOADED,
 }
 VM_STATE_FROM_PB = {v: k for k, v in VM_STATE_PB.items()}
 
@@ -42,6 +44,15 @@ TASK_STATE_PB = {
     TaskState.RESIZE_REVERTING: servers_pb2.TASK_STATE_RESIZE_REVERTING,
     TaskState.RESIZE_CONFIRMING: servers_pb2.TASK_STATE_RESIZE_CONFIRMING,
     TaskState.MIGRATING: servers_pb2.TASK_STATE_MIGRATING,
+    TaskState.PAUSING: servers_pb2.TASK_STATE_PAUSING,
+    TaskState.UNPAUSING: servers_pb2.TASK_STATE_UNPAUSING,
+    TaskState.SUSPENDING: servers_pb2.TASK_STATE_SUSPENDING,
+    TaskState.RESUMING: servers_pb2.TASK_STATE_RESUMING,
+    TaskState.SHELVING: servers_pb2.TASK_STATE_SHELVING,
+    TaskState.SHELVING_OFFLOADING: servers_pb2.TASK_STATE_SHELVING_OFFLOADING,
+    TaskState.UNSHELVING: servers_pb2.TASK_STATE_UNSHELVING,
+    TaskState.REBUILDING: servers_pb2.TASK_STATE_REBUILDING,
+    TaskState.REBUILD_SPAWNING: servers_pb2.TASK_STATE_REBUILD_SPAWNING,
 }
 
 STATUS_PB = {
@@ -54,6 +65,9 @@ STATUS_PB = {
     Status.DELETED: servers_pb2.SERVER_STATUS_DELETED,
     Status.PAUSED: servers_pb2.SERVER_STATUS_PAUSED,
     Status.SUSPENDED: servers_pb2.SERVER_STATUS_SUSPENDED,
+    Status.SHELVED: servers_pb2.SERVER_STATUS_SHELVED,
+    Status.SHELVED_OFFLOADED: servers_pb2.SERVER_STATUS_SHELVED_OFFLOADED,
+    Status.REBUILD: servers_pb2.SERVER_STATUS_REBUILD,
     Status.UNKNOWN: servers_pb2.SERVER_STATUS_UNKNOWN,
     Status.RESIZE: servers_pb2.SERVER_STATUS_RESIZE,
     Status.VERIFY_RESIZE: servers_pb2.SERVER_STATUS_VERIFY_RESIZE,
@@ -146,6 +160,7 @@ def server_pb(row: Instance | Row[Any]) -> servers_pb2.Server:
         description=row.description or "",
         locked=row.locked,
         locked_reason=row.locked_reason or "",
+        locked_by=row.locked_by or "",
         instance_name=instance_name(row.id),
         tags=[str(t) for t in (row.tags or [])],
         access_ipv4=row.access_ipv4,
@@ -171,8 +186,10 @@ def server_pb(row: Instance | Row[Any]) -> servers_pb2.Server:
     return server
 
 
-def instance_spec(row: Instance, image: Image | None) -> agent_bus_pb2.InstanceSpec:
-    """Everything an agent needs to build the instance, from its row and its image's row."""
+def instance_spec(row: Instance, image: Image | None, zone: str = "") -> agent_bus_pb2.InstanceSpec:
+    """Everything an agent needs to build the instance, from its row and its image's row.
+    `zone` is the availability zone of the placement being made, when the row does not
+    hold it yet."""
     props = dict(image.properties or {}) if image is not None else {}
     image_ref = agent_bus_pb2.ImageRef(
         id=row.image_id,
@@ -200,6 +217,10 @@ def instance_spec(row: Instance, image: Image | None) -> agent_bus_pb2.InstanceS
         metadata={str(k): str(v) for k, v in (row.metadata_ or {}).items()},
         hostname=row.hostname,
         display_name=row.name,
+        config_drive=bool(row.config_drive),
+        key_name=row.key_name or "",
+        availability_zone=zone or row.availability_zone or row.requested_availability_zone or "",
+        launch_index=row.launch_index or 0,
     )
 
 

@@ -40,7 +40,22 @@ _ACTION_TASKS = {
     "start": {TaskState.POWERING_ON.value},
     "stop": {TaskState.POWERING_OFF.value},
     "reboot": {TaskState.REBOOTING.value, TaskState.REBOOTING_HARD.value},
+    **{verb: {a.task.value} for verb, a in states.SIMPLE_ACTIONS.items()},
+    "rebuild": set(states.REBUILD_TASKS),
 }
+
+
+# The request id of an offload the conductor started on its own (shelved_offload_time),
+# whose events belong to the shelve action.
+AUTO_OFFLOAD = "auto-"
+
+
+def _action_of(verb: str, command_id: str) -> str:
+    """The instance action an answer belongs to: an offload nobody asked for is the
+    shelve's last step."""
+    if verb == "shelve_offload" and f"-{AUTO_OFFLOAD}" in command_id:
+        return "shelve"
+    return verb
 
 
 def _when(event: agent_bus_pb2.InstanceEvent) -> datetime:
@@ -70,6 +85,7 @@ class EventConsumer:
             K.INSTANCE_EVENT_KIND_ACTION_FAILED: self._action_finished,
             K.INSTANCE_EVENT_KIND_POWER_STATE_CHANGED: self._power_changed,
             K.INSTANCE_EVENT_KIND_MISSING: self._missing,
+            K.INSTANCE_EVENT_KIND_REBUILD_SPAWNING: self._rebuild_spawning,
         }
         handler = handlers.get(event.kind)
         if handler is None:
@@ -106,6 +122,9 @@ class EventConsumer:
                 await session.commit()
                 BOOTS_ACTIVE.inc()
                 return
+            if await self._unshelved(session, event):
+                await session.commit()
+                return
             loaded = await load_with_image(session, event.instance_id)
             if loaded is None:
                 return
@@ -113,8 +132,9 @@ class EventConsumer:
             gone = inst.deleted or inst.task_state == TaskState.DELETING
             elsewhere = inst.host != event.host
             # Given up on this host (it went down) while the build was in hand there.
-            abandoned = (
-                inst.vm_state == VmState.BUILDING and inst.task_state == TaskState.SCHEDULING
+            abandoned = inst.task_state == TaskState.SCHEDULING and inst.vm_state in (
+                VmState.BUILDING,
+                VmState.SHELVED_OFFLOADED,
             )
             if gone or elsewhere or abandoned:
                 # The domain runs where nobody wants it: remove it (the agent's delete
@@ -122,6 +142,40 @@ class EventConsumer:
                 await outbox.add(session, commands.delete(event.host, event.instance_id))
                 await session.commit()
                 self._c.wakeup.set()
+
+    async def _unshelved(self, session: AsyncSession, event: agent_bus_pb2.InstanceEvent) -> bool:
+        """An offloaded server built again by this attempt on this host becomes active; True
+        when this event did that (the caller commits)."""
+        result = await session.execute(
+            update(Instance)
+            .where(
+                Instance.uuid == event.instance_id,
+                Instance.host == event.host,
+                Instance.attempts == event.attempt,
+                Instance.vm_state == VmState.SHELVED_OFFLOADED.value,
+                Instance.task_state == TaskState.SPAWNING.value,
+                Instance.deleted.is_(False),
+            )
+            .values(
+                vm_state=VmState.ACTIVE.value,
+                task_state=None,
+                power_state=int(PowerState.RUNNING),
+                launched_at=_when(event),
+                shelved_at=None,
+                updated_at=datetime.now(UTC),
+            )
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        await record_event(
+            session,
+            event.instance_id,
+            "unshelve",
+            "compute_unshelve_instance",
+            "Success",
+            host=event.host,
+        )
+        return True
 
     async def _build_failed(self, event: agent_bus_pb2.InstanceEvent) -> None:
         """Releases this attempt's claim (the scheduler releases exactly once), then tries the
@@ -152,11 +206,12 @@ class EventConsumer:
             now = datetime.now(UTC)
             fault = event.fault if event.HasField("fault") else None
             reason = fault.message if fault is not None and fault.message else "Build failed"
+            unshelving = inst.vm_state == VmState.SHELVED_OFFLOADED
             await record_event(
                 session,
                 inst.uuid,
-                "create",
-                "compute_build_and_run_instance",
+                "unshelve" if unshelving else "create",
+                "compute_unshelve_instance" if unshelving else "compute_build_and_run_instance",
                 "Error",
                 host=event.host,
                 details=reason,
@@ -276,7 +331,9 @@ class EventConsumer:
     # ------------------------------------------------------------------ power
 
     async def _action_finished(self, event: agent_bus_pb2.InstanceEvent) -> None:
-        """Settles a start/stop/reboot: task cleared, vm and power state from the outcome."""
+        """Settles an action on the host (start, stop, reboot, pause, unpause, suspend,
+        resume, shelve, shelve_offload, unshelve, rebuild): task cleared, vm and power state
+        from the outcome."""
         async with self._c.sessions() as session:
             loaded = await load_with_image(session, event.instance_id)
             if loaded is None:
@@ -290,6 +347,9 @@ class EventConsumer:
             ):
                 return
             ok = event.kind == K.INSTANCE_EVENT_KIND_ACTION_SUCCEEDED
+            if ok and verb == "shelve_offload":
+                await self._offloaded(session, inst, event)
+                return
             vm_state, power = states.after_action(verb, ok, int(event.power_state))
             values: dict[str, Any] = {
                 "vm_state": vm_state.value,
@@ -302,19 +362,85 @@ class EventConsumer:
                 values["fault"] = make_fault(
                     fault.code or 500, fault.message or f"{verb} failed", fault.details
                 )
-            await session.execute(
+            offload_now = False
+            if ok and verb == "shelve":
+                values["shelved_at"] = datetime.now(UTC)
+                # shelved_offload_time 0: the offload follows as part of the shelve.
+                offload_now = self._c.cfg.conductor.shelved_offload_time == 0
+                if offload_now:
+                    values["task_state"] = TaskState.SHELVING_OFFLOADING.value
+            changed = await session.execute(
                 update(Instance)
                 .where(Instance.id == inst.id, Instance.task_state == inst.task_state)
                 .values(**values)
             )
+            if offload_now and changed.rowcount == 1:  # type: ignore[attr-defined]
+                await outbox.add(
+                    session,
+                    commands.simple(
+                        "shelve_offload", event.host, inst.uuid, f"{AUTO_OFFLOAD}{event.request_id}"
+                    ),
+                )
             await record_event(
                 session,
                 inst.uuid,
-                verb,
+                _action_of(verb, event.request_id),
                 f"compute_{verb}_instance",
                 "Success" if ok else "Error",
                 host=event.host,
                 details="" if ok else event.fault.message,
+            )
+            await session.commit()
+            if offload_now:
+                self._c.wakeup.set()
+
+    async def _offloaded(
+        self, session: AsyncSession, inst: Instance, event: agent_bus_pb2.InstanceEvent
+    ) -> None:
+        """The host removed a shelved server: its claim there is released (exactly once, by
+        the scheduler), then the server rests on no host. A redelivered event finds the
+        server no longer offloading from this host and changes nothing."""
+        await session.commit()  # no connection held across the scheduler call
+        await self._c.scheduler.release(f"{event.request_id}-release", inst.uuid, event.host)
+        result = await session.execute(
+            update(Instance)
+            .where(
+                Instance.id == inst.id,
+                Instance.host == event.host,
+                Instance.task_state == TaskState.SHELVING_OFFLOADING.value,
+            )
+            .values(
+                vm_state=VmState.SHELVED_OFFLOADED.value,
+                task_state=None,
+                power_state=int(PowerState.NOSTATE),
+                host=None,
+                node=None,
+                updated_at=datetime.now(UTC),
+            )
+        )
+        if result.rowcount == 1:  # type: ignore[attr-defined]
+            await record_event(
+                session,
+                inst.uuid,
+                _action_of("shelve_offload", event.request_id),
+                "compute_shelve_offload_instance",
+                "Success",
+                host=event.host,
+            )
+        await session.commit()
+
+    async def _rebuild_spawning(self, event: agent_bus_pb2.InstanceEvent) -> None:
+        """The host started on the rebuild: rebuilding → rebuild_spawning (once)."""
+        async with self._c.sessions() as session:
+            await session.execute(
+                update(Instance)
+                .where(
+                    Instance.uuid == event.instance_id,
+                    Instance.host == event.host,
+                    Instance.task_state == TaskState.REBUILDING.value,
+                    Instance.deleted.is_(False),
+                )
+                .values(task_state=TaskState.REBUILD_SPAWNING.value, updated_at=datetime.now(UTC))
             )
             await session.commit()
 

@@ -109,6 +109,7 @@ class MigrationsServicer(migrations_pb2_grpc.MigrationsServiceServicer):
             request_id=request.request_id,
             migration_type=moves.RESIZE,
             flavor_id=request.flavor_id,
+            override_lock=request.override_lock,
         )
         return migrations_pb2.ResizeServerResponse(migration=migration_pb(mig))
 
@@ -124,6 +125,7 @@ class MigrationsServicer(migrations_pb2_grpc.MigrationsServiceServicer):
             request_id=request.request_id,
             migration_type=moves.MIGRATION,
             host=request.host,
+            override_lock=request.override_lock,
         )
         return migrations_pb2.MigrateServerResponse(migration=migration_pb(mig))
 
@@ -132,7 +134,12 @@ class MigrationsServicer(migrations_pb2_grpc.MigrationsServiceServicer):
         self, request: migrations_pb2.ConfirmResizeRequest, context: Ctx
     ) -> migrations_pb2.ConfirmResizeResponse:
         await moves.confirm_resize(
-            self._c, request.id, request.project_id, request.user_id, request.request_id
+            self._c,
+            request.id,
+            request.project_id,
+            request.user_id,
+            request.request_id,
+            override_lock=request.override_lock,
         )
         return migrations_pb2.ConfirmResizeResponse()
 
@@ -141,7 +148,12 @@ class MigrationsServicer(migrations_pb2_grpc.MigrationsServiceServicer):
         self, request: migrations_pb2.RevertResizeRequest, context: Ctx
     ) -> migrations_pb2.RevertResizeResponse:
         await moves.revert_resize(
-            self._c, request.id, request.project_id, request.user_id, request.request_id
+            self._c,
+            request.id,
+            request.project_id,
+            request.user_id,
+            request.request_id,
+            override_lock=request.override_lock,
         )
         return migrations_pb2.RevertResizeResponse()
 
@@ -201,5 +213,6 @@ class MigrationsServicer(migrations_pb2_grpc.MigrationsServiceServicer):
             request_id=request.request_id,
             migration_type=moves.LIVE,
             host=request.host,
+            override_lock=request.override_lock,
         )
         return migrations_pb2.LiveMigrateServerResponse(migration=migration_pb(mig))

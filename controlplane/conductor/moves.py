@@ -46,6 +46,7 @@ from controlplane.conductor.context import Conductor, group_policies, resources_
 from controlplane.conductor.convert import instance_spec, make_fault
 from controlplane.conductor.outbox import Outgoing
 from controlplane.conductor.scheduling import load_with_image, record_event
+from controlplane.conductor.servers.actions import check_lock
 from controlplane.conductor.servers.query import load_instance
 from controlplane.conductor.states import PowerState, TaskState, VmState
 from controlplane.db.dialect import as_utc
@@ -173,6 +174,7 @@ async def start_move(
     migration_type: str,
     flavor_id: str = "",
     host: str = "",
+    override_lock: bool = False,
 ) -> Migration:
     """Starts a resize (flavor_id given) or a cold migration (same flavor, maybe a host).
 
@@ -197,6 +199,7 @@ async def start_move(
         ).scalar_one_or_none()
         if existing is not None and request_id:
             return existing
+        check_lock(row, override_lock)
         if live:
             states.check_live_migration(action, row.vm_state, row.task_state)
         else:
@@ -459,21 +462,49 @@ async def _open_migration(session: AsyncSession, instance_uuid: str) -> Migratio
 
 
 async def confirm_resize(
-    conductor: Conductor, instance_uuid: str, project_id: str, user_id: str, request_id: str
+    conductor: Conductor,
+    instance_uuid: str,
+    project_id: str,
+    user_id: str,
+    request_id: str,
+    *,
+    override_lock: bool = False,
 ) -> None:
     """Keeps the moved server. Postcondition: task resize_confirming, the migration
     confirming and a move_drop queued for the source; the drop's answer frees the source
     allocation and settles the server. Conflict unless VERIFY_RESIZE."""
-    await _finish_verify(conductor, instance_uuid, project_id, user_id, request_id, confirm=True)
+    await _finish_verify(
+        conductor,
+        instance_uuid,
+        project_id,
+        user_id,
+        request_id,
+        confirm=True,
+        override_lock=override_lock,
+    )
 
 
 async def revert_resize(
-    conductor: Conductor, instance_uuid: str, project_id: str, user_id: str, request_id: str
+    conductor: Conductor,
+    instance_uuid: str,
+    project_id: str,
+    user_id: str,
+    request_id: str,
+    *,
+    override_lock: bool = False,
 ) -> None:
     """Goes back to the source. Postcondition: task resize_reverting, the migration
     reverting and a move_drop queued for the destination; its answer frees the destination
     claim, gives the source allocation back to the instance and restarts the source."""
-    await _finish_verify(conductor, instance_uuid, project_id, user_id, request_id, confirm=False)
+    await _finish_verify(
+        conductor,
+        instance_uuid,
+        project_id,
+        user_id,
+        request_id,
+        confirm=False,
+        override_lock=override_lock,
+    )
 
 
 async def _finish_verify(
@@ -484,6 +515,7 @@ async def _finish_verify(
     request_id: str,
     *,
     confirm: bool,
+    override_lock: bool = False,
 ) -> None:
     action = "confirmResize" if confirm else "revertResize"
     rid = request_id or f"req-{uuid.uuid4()}"
@@ -498,6 +530,7 @@ async def _finish_verify(
         ).first()
         if done is not None and request_id:
             return
+        check_lock(row, override_lock)
         states.check_resized(action, row.vm_state, row.task_state)
         mig = await _open_migration(session, row.uuid)
         now = _now()
@@ -1046,7 +1079,14 @@ class MoveSweeper:
             try:
                 # One request id per move: a retry of this confirm is a no-op, a later
                 # move of the same server is confirmed in its turn.
-                await confirm_resize(self._c, instance_uuid, "", "", f"req-auto-confirm-{mig_uuid}")
+                await confirm_resize(
+                    self._c,
+                    instance_uuid,
+                    "",
+                    "",
+                    f"req-auto-confirm-{mig_uuid}",
+                    override_lock=True,
+                )
                 acted += 1
             except (Conflict, NotFound) as exc:
                 log.info("auto-confirm skipped: %s", exc, extra={"instance": instance_uuid})

@@ -173,6 +173,30 @@ async def _record_no_valid_host(
     """ERROR with the scheduler's reasons as the fault, under the same guard; True when
     this changed the instance."""
     text, details = no_valid_host_message(nvh)
+    if inst.vm_state == VmState.SHELVED_OFFLOADED:
+        # An unshelve that finds no host leaves the server offloaded, as it was.
+        result = await session.execute(
+            update(Instance)
+            .where(
+                Instance.id == inst.id,
+                Instance.deleted.is_(False),
+                Instance.task_state == TaskState.SCHEDULING.value,
+                Instance.attempts == inst.attempts,
+            )
+            .values(task_state=None, force_host=None, updated_at=datetime.now(UTC))
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        await record_event(
+            session,
+            inst.uuid,
+            "unshelve",
+            "conductor_unshelve_instance",
+            "Error",
+            details=text,
+            message="Error",
+        )
+        return False
     result = await session.execute(
         update(Instance)
         .where(
@@ -437,7 +461,12 @@ class SchedulingWorker:
                     await outbox.add(
                         session,
                         *(
-                            build(p.index, p.host, instance_spec(p.inst, p.image), p.attempt)
+                            build(
+                                p.index,
+                                p.host,
+                                instance_spec(p.inst, p.image, p.zone or ""),
+                                p.attempt,
+                            )
                             for p in recorded
                         ),
                     )

@@ -37,6 +37,7 @@ from controlplane.conductor.outbox import Relay, Wakeup
 from controlplane.conductor.scheduling import SchedulingWorker
 from controlplane.conductor.server_groups import ServerGroupsServicer
 from controlplane.conductor.servers.servicer import ServersServicer
+from controlplane.conductor.shelving import ShelvedOffloader
 from controlplane.conductor.stranded import StrandedBuilds
 from controlplane.config import HostableDomain, LoomConfig
 from controlplane.db.engine import engine_for, session_factory
@@ -140,6 +141,7 @@ async def serve(cfg: LoomConfig, stop: asyncio.Event, **_options: object) -> Non
         asyncio.create_task(HeartbeatRecorder(sessions).run(nc, workers_stop), name="heartbeats"),
         asyncio.create_task(StrandedBuilds(conductor).run(workers_stop), name="stranded-builds"),
         asyncio.create_task(MoveSweeper(conductor).run(workers_stop), name="moves"),
+        asyncio.create_task(ShelvedOffloader(conductor).run(workers_stop), name="shelved-offload"),
     ]
     log.info("ready", extra={"service": "conductor", "grpc_port": running.port})
     try:

@@ -22,6 +22,8 @@ class VmState(StrEnum):
     PAUSED = "paused"
     SUSPENDED = "suspended"
     RESIZED = "resized"
+    SHELVED = "shelved"
+    SHELVED_OFFLOADED = "shelved_offloaded"
 
 
 class TaskState(StrEnum):
@@ -39,6 +41,15 @@ class TaskState(StrEnum):
     RESIZE_REVERTING = "resize_reverting"
     RESIZE_CONFIRMING = "resize_confirming"
     MIGRATING = "migrating"
+    PAUSING = "pausing"
+    UNPAUSING = "unpausing"
+    SUSPENDING = "suspending"
+    RESUMING = "resuming"
+    SHELVING = "shelving"
+    SHELVING_OFFLOADING = "shelving_offloading"
+    UNSHELVING = "unshelving"
+    REBUILDING = "rebuilding"
+    REBUILD_SPAWNING = "rebuild_spawning"
 
 
 class PowerState(IntEnum):
@@ -62,6 +73,9 @@ class Status(StrEnum):
     DELETED = "DELETED"
     PAUSED = "PAUSED"
     SUSPENDED = "SUSPENDED"
+    SHELVED = "SHELVED"
+    SHELVED_OFFLOADED = "SHELVED_OFFLOADED"
+    REBUILD = "REBUILD"
     UNKNOWN = "UNKNOWN"
     RESIZE = "RESIZE"
     VERIFY_RESIZE = "VERIFY_RESIZE"
@@ -78,6 +92,8 @@ _BY_VM_STATE = {
     VmState.PAUSED: Status.PAUSED,
     VmState.SUSPENDED: Status.SUSPENDED,
     VmState.RESIZED: Status.VERIFY_RESIZE,
+    VmState.SHELVED: Status.SHELVED,
+    VmState.SHELVED_OFFLOADED: Status.SHELVED_OFFLOADED,
 }
 
 # Tasks that show through the stable state's status (Nova's _STATE_MAP, trimmed to Loom's tasks).
@@ -98,6 +114,11 @@ _BY_TASK = {
     },
     (VmState.RESIZED, TaskState.RESIZE_REVERTING): Status.REVERT_RESIZE,
     (VmState.ACTIVE, TaskState.MIGRATING): Status.MIGRATING,
+    **{
+        (vm, task): Status.REBUILD
+        for vm in (VmState.ACTIVE, VmState.STOPPED, VmState.ERROR)
+        for task in (TaskState.REBUILDING, TaskState.REBUILD_SPAWNING)
+    },
 }
 
 
@@ -146,40 +167,157 @@ def status_filter(status: Status) -> StatusFilter:
 class InvalidState(Conflict):
     """The action does not fit the server's state. The message names the state."""
 
-    def __init__(self, action: str, vm_state: str, task_state: str | None) -> None:
+    def __init__(
+        self, action: str, vm_state: str, task_state: str | None, instance_uuid: str = ""
+    ) -> None:
         self.action = action
         self.vm_state = vm_state
         self.task_state = task_state
         task = task_state or "none"
-        super().__init__(
-            f"Cannot '{action}' instance while it is in vm_state {vm_state} and task_state {task}"
+        if instance_uuid:
+            # The API's own shape: the one attribute that stands in the way.
+            attr, state = ("task_state", task) if task_state is not None else ("vm_state", vm_state)
+            text = f"Cannot '{action}' instance {instance_uuid} while it is in {attr} {state}"
+        else:
+            text = (
+                f"Cannot '{action}' instance while it is in vm_state {vm_state} "
+                f"and task_state {task}"
+            )
+        super().__init__(text)
+
+
+def _refuse(
+    action: str, vm_state: str, task_state: str | None, instance_uuid: str, *, vm_ok: bool
+) -> InvalidState:
+    """The refusal; with the instance's uuid, in the API's shape naming the one attribute
+    in the way (the vm_state when it is wrong, else the task_state)."""
+    if instance_uuid and not vm_ok:
+        return InvalidState(action, vm_state, None, instance_uuid)
+    return InvalidState(action, vm_state, task_state, instance_uuid)
+
+
+def check_start(vm_state: str, task_state: str | None, *, instance_uuid: str = "") -> None:
+    """Passes only for a stopped server with no task; raises InvalidState otherwise."""
+    if vm_state != VmState.STOPPED or task_state is not None:
+        raise _refuse(
+            "start", vm_state, task_state, instance_uuid, vm_ok=vm_state == VmState.STOPPED
         )
 
 
-def check_start(vm_state: str, task_state: str | None) -> None:
-    """Passes only for a stopped server with no task; raises InvalidState otherwise."""
-    if vm_state != VmState.STOPPED or task_state is not None:
-        raise InvalidState("start", vm_state, task_state)
-
-
-def check_stop(vm_state: str, task_state: str | None) -> None:
+def check_stop(vm_state: str, task_state: str | None, *, instance_uuid: str = "") -> None:
     """Passes for an active or errored server with no task; raises InvalidState otherwise."""
-    if vm_state not in (VmState.ACTIVE, VmState.ERROR) or task_state is not None:
-        raise InvalidState("stop", vm_state, task_state)
+    vm_ok = vm_state in (VmState.ACTIVE, VmState.ERROR)
+    if not vm_ok or task_state is not None:
+        raise _refuse("stop", vm_state, task_state, instance_uuid, vm_ok=vm_ok)
 
 
-def check_reboot(vm_state: str, task_state: str | None, *, hard: bool) -> None:
+def check_reboot(
+    vm_state: str, task_state: str | None, *, hard: bool, instance_uuid: str = ""
+) -> None:
     """Soft reboots need an active server with no task. Hard reboots also take stopped and
     errored servers, and may override a soft reboot under way; raises InvalidState otherwise."""
     action = "reboot" if not hard else "reboot (hard)"
     if not hard:
-        if vm_state != VmState.ACTIVE or task_state is not None:
-            raise InvalidState(action, vm_state, task_state)
+        vm_ok = vm_state == VmState.ACTIVE
+        if not vm_ok or task_state is not None:
+            raise _refuse(action, vm_state, task_state, instance_uuid, vm_ok=vm_ok)
         return
+    vm_ok = vm_state in (VmState.ACTIVE, VmState.STOPPED, VmState.ERROR)
+    if not vm_ok or task_state not in (None, TaskState.REBOOTING):
+        raise _refuse(action, vm_state, task_state, instance_uuid, vm_ok=vm_ok)
+
+
+@dataclass(frozen=True)
+class SimpleAction:
+    """An action that takes one stable state to another through one task on the host."""
+
+    verb: str
+    allowed_from: frozenset[VmState]
+    task: TaskState
+    ends_in: VmState
+    ends_powered: PowerState
+
+
+# Nova's rules: pause and suspend need an active server, unpause a paused one, resume a
+# suspended one; none of them may interrupt a task.
+SIMPLE_ACTIONS = {
+    a.verb: a
+    for a in (
+        SimpleAction(
+            "pause",
+            frozenset({VmState.ACTIVE}),
+            TaskState.PAUSING,
+            VmState.PAUSED,
+            PowerState.PAUSED,
+        ),
+        SimpleAction(
+            "unpause",
+            frozenset({VmState.PAUSED}),
+            TaskState.UNPAUSING,
+            VmState.ACTIVE,
+            PowerState.RUNNING,
+        ),
+        SimpleAction(
+            "suspend",
+            frozenset({VmState.ACTIVE}),
+            TaskState.SUSPENDING,
+            VmState.SUSPENDED,
+            PowerState.SUSPENDED,
+        ),
+        # Shelve keeps the disk on the host; offload frees the host; unshelve of a server
+        # still on its host powers it on (an offloaded one is scheduled and built again).
+        SimpleAction(
+            "shelve",
+            frozenset({VmState.ACTIVE, VmState.STOPPED, VmState.PAUSED, VmState.SUSPENDED}),
+            TaskState.SHELVING,
+            VmState.SHELVED,
+            PowerState.SHUTDOWN,
+        ),
+        SimpleAction(
+            "shelve_offload",
+            frozenset({VmState.SHELVED}),
+            TaskState.SHELVING_OFFLOADING,
+            VmState.SHELVED_OFFLOADED,
+            PowerState.NOSTATE,
+        ),
+        SimpleAction(
+            "unshelve",
+            frozenset({VmState.SHELVED, VmState.SHELVED_OFFLOADED}),
+            TaskState.UNSHELVING,
+            VmState.ACTIVE,
+            PowerState.RUNNING,
+        ),
+        SimpleAction(
+            "resume",
+            frozenset({VmState.SUSPENDED}),
+            TaskState.RESUMING,
+            VmState.ACTIVE,
+            PowerState.RUNNING,
+        ),
+    )
+}
+
+
+def check_simple(
+    action: SimpleAction, instance_uuid: str, vm_state: str, task_state: str | None
+) -> None:
+    """Passes only from one of the action's allowed vm_states with no task; the refusal
+    names the vm_state when that is wrong, else the task_state."""
+    if vm_state not in action.allowed_from:
+        raise InvalidState(action.verb, vm_state, None, instance_uuid)
+    if task_state is not None:
+        raise InvalidState(action.verb, vm_state, task_state, instance_uuid)
+
+
+def check_rebuild(instance_uuid: str, vm_state: str, task_state: str | None) -> None:
+    """Rebuilds take active, stopped and errored servers with no task."""
     if vm_state not in (VmState.ACTIVE, VmState.STOPPED, VmState.ERROR):
-        raise InvalidState(action, vm_state, task_state)
-    if task_state not in (None, TaskState.REBOOTING):
-        raise InvalidState(action, vm_state, task_state)
+        raise InvalidState("rebuild", vm_state, None, instance_uuid)
+    if task_state is not None:
+        raise InvalidState("rebuild", vm_state, task_state, instance_uuid)
+
+
+REBUILD_TASKS = frozenset({TaskState.REBUILDING.value, TaskState.REBUILD_SPAWNING.value})
 
 
 def reboot_task(hard: bool) -> TaskState:
@@ -192,17 +330,37 @@ def can_delete(vm_state: str, task_state: str | None) -> bool:
 
 
 def after_action(verb: str, succeeded: bool, power_state: int) -> tuple[VmState, int]:
-    """The (vm_state, power_state) a finished start/stop/reboot leaves; task_state is cleared.
+    """The (vm_state, power_state) a finished action on the host (start, stop, reboot, pause,
+    unpause, suspend, resume) leaves; task_state is cleared.
 
     A failed action settles on what the host reports: running means active, anything else
     stopped (Nova's behaviour after a failed power action is to trust the hypervisor).
     """
+    simple = SIMPLE_ACTIONS.get(verb)
+    if succeeded and verb == "rebuild":
+        # A server that was shut off is rebuilt and left shut off.
+        if power_state == PowerState.SHUTDOWN:
+            return VmState.STOPPED, PowerState.SHUTDOWN
+        return VmState.ACTIVE, PowerState.RUNNING
     if succeeded:
+        if simple is not None:
+            return simple.ends_in, simple.ends_powered
         if verb == "stop":
             return VmState.STOPPED, PowerState.SHUTDOWN
         return VmState.ACTIVE, PowerState.RUNNING
+    if verb in ("shelve_offload", "unshelve") and power_state != PowerState.RUNNING:
+        # The domain is still there, shut off: the server stays shelved.
+        return VmState.SHELVED, power_state
     if power_state == PowerState.RUNNING:
         return VmState.ACTIVE, power_state
+    if power_state == PowerState.PAUSED:
+        return VmState.PAUSED, power_state
+    if verb in ("suspend", "resume") and power_state in (
+        PowerState.SHUTDOWN,
+        PowerState.SUSPENDED,
+    ):
+        # The saved memory is kept by the host until a resume consumes it.
+        return VmState.SUSPENDED, power_state
     if power_state in (PowerState.SHUTDOWN, PowerState.CRASHED):
         return VmState.STOPPED, power_state
     return VmState.ERROR, power_state

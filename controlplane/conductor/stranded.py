@@ -32,6 +32,9 @@ from controlplane.db.models import Instance
 
 log = logging.getLogger(__name__)
 
+# Builds: of a new server, and of an offloaded one being unshelved.
+_BUILDS = (VmState.BUILDING.value, VmState.SHELVED_OFFLOADED.value)
+
 
 @dataclass(frozen=True)
 class StrandedBuild:
@@ -76,7 +79,7 @@ class StrandedBuilds:
                     Instance.task_state,
                 ).where(
                     Instance.deleted.is_(False),
-                    Instance.vm_state == VmState.BUILDING.value,
+                    Instance.vm_state.in_(_BUILDS),
                     Instance.host.is_not(None),
                     or_(spawning_on_down_host, half_taken_over),
                 )
@@ -95,7 +98,7 @@ class StrandedBuilds:
         guard = (
             Instance.id == build.instance_id,
             Instance.deleted.is_(False),
-            Instance.vm_state == VmState.BUILDING.value,
+            Instance.vm_state.in_(_BUILDS),
             Instance.host == build.host,
             Instance.attempts == build.attempt,
         )
@@ -151,11 +154,12 @@ class StrandedBuilds:
             if settled.rowcount != 1:  # type: ignore[attr-defined]
                 await session.rollback()
                 return False
+            unshelving = inst.vm_state == VmState.SHELVED_OFFLOADED
             await record_event(
                 session,
                 build.uuid,
-                "create",
-                "compute_build_and_run_instance",
+                "unshelve" if unshelving else "create",
+                "compute_unshelve_instance" if unshelving else "compute_build_and_run_instance",
                 "Error",
                 host=build.host,
                 details=reason,

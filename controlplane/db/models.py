@@ -104,6 +104,10 @@ class Instance(TimestampMixin, Base):
     description: Mapped[str | None] = mapped_column(Text, nullable=True)
     locked: Mapped[bool] = mapped_column(Boolean, default=False)
     locked_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # "owner" or "admin" while locked: an owner cannot lift an admin's lock.
+    locked_by: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # When it was last shelved: a shelved server is offloaded shelved_offload_time later.
+    shelved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     access_ipv4: Mapped[str] = mapped_column(String(64), default="")
     access_ipv6: Mapped[str] = mapped_column(String(64), default="")
     config_drive: Mapped[str] = mapped_column(String(16), default="")
@@ -174,6 +178,17 @@ class Flavor(TimestampMixin, Base):
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     description: Mapped[str | None] = mapped_column(Text, nullable=True)
     extra_specs: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class FlavorProject(Base):
+    """A project's access to a private flavor (os-flavor-access) (0012)."""
+
+    __tablename__ = "flavor_projects"
+    __table_args__ = (UniqueConstraint("flavor_id", "project_id", name="uq_flavor_projects"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    flavor_id: Mapped[int] = mapped_column(ForeignKey("flavors.id", ondelete="CASCADE"), index=True)
+    project_id: Mapped[str] = mapped_column(String(255), index=True)
 
 
 class Image(TimestampMixin, Base):

@@ -43,6 +43,14 @@ VERBS = (
     "move_finish_dest",
     "move_drop",
     "move_restore_source",
+    "pause",
+    "unpause",
+    "suspend",
+    "resume",
+    "shelve",
+    "shelve_offload",
+    "unshelve",
+    "rebuild",
 )
 
 

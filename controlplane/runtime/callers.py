@@ -54,6 +54,8 @@ CALLERS: Mapping[str, frozenset[str]] = {
     "loom.scheduler.v1.SchedulerService": frozenset({"conductor", "operator"}),
     # Host aggregates are an admin's REST API (os-aggregates), translated by the gateway.
     "loom.scheduler.v1.AggregatesService": frozenset({"gateway", "operator"}),
+    # The Placement API's reads (resource providers, usages, allocations), for the gateway.
+    "loom.scheduler.v1.ResourceProvidersService": frozenset({"gateway", "operator"}),
     # The conductor asks agents for console endpoints; the gateway's console proxy connects.
     "loom.compute.v1.ComputeService": frozenset({"conductor", "gateway", "operator"}),
 }

@@ -12,6 +12,8 @@ from loom.compute.v1 import agent_bus_pb2
 from loom.scheduler.v1 import (
     aggregates_pb2,
     aggregates_pb2_grpc,
+    providers_pb2,
+    providers_pb2_grpc,
     scheduler_pb2,
     scheduler_pb2_grpc,
 )
@@ -29,6 +31,7 @@ from controlplane.scheduler.hostcache import HostCache
 from controlplane.scheduler.metrics import watch_hosts
 from controlplane.scheduler.pipeline import build_pipeline
 from controlplane.scheduler.placement import PlacementService
+from controlplane.scheduler.providers_servicer import ResourceProvidersServicer
 from controlplane.scheduler.servicer import SchedulerServicer
 from controlplane.scheduler.store import ProviderStore, utcnow
 
@@ -100,6 +103,12 @@ async def serve(cfg: LoomConfig, stop: asyncio.Event) -> None:
                     AggregatesServicer(placement),
                     aggregates_pb2_grpc.add_AggregatesServiceServicer_to_server,
                     AGGREGATES_SERVICE_NAME,
+                ),
+                Registration.of(
+                    ResourceProvidersServicer(store.engine),
+                    providers_pb2,
+                    providers_pb2_grpc,
+                    "ResourceProvidersService",
                 ),
             ],
             cfg.tls,

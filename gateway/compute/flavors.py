@@ -1,11 +1,13 @@
 """Compute flavors: list, detail, show, create/update/delete (admin), extra specs and
-the minimal os-flavor-access a catalog of public flavors needs."""
+os-flavor-access: private flavors shared with projects."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from loom.catalog.v1 import flavors_pb2
+from loom.identity.v1 import identity_pb2
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -201,6 +203,8 @@ async def _list(request: Request, detailed: bool) -> Response:
         gateway_of(request).conductor.flavors.ListFlavors,
         flavors_pb2.ListFlavorsRequest(
             include_private=public is not True,
+            # A tenant also sees the private flavors shared with its project.
+            project_id="" if ctx.is_admin else ctx.project_id,
             min_ram=q.get("minRam", 0),
             min_disk=q.get("minDisk", 0),
             limit=limit,
@@ -232,9 +236,11 @@ async def list_flavors_detail(request: Request) -> Response:
     return await _list(request, detailed=True)
 
 
-async def _get(request: Request, flavor_id: str) -> flavors_pb2.Flavor:
+async def _get(request: Request, flavor_id: str, project_id: str = "") -> flavors_pb2.Flavor:
+    """The flavor; with project_id, 404 unless it is public or shared with that project."""
     reply = await call(
-        gateway_of(request).conductor.flavors.GetFlavor, flavors_pb2.GetFlavorRequest(id=flavor_id)
+        gateway_of(request).conductor.flavors.GetFlavor,
+        flavors_pb2.GetFlavorRequest(id=flavor_id, project_id=project_id),
     )
     flavor: flavors_pb2.Flavor = reply.flavor
     return flavor
@@ -243,8 +249,10 @@ async def _get(request: Request, flavor_id: str) -> flavors_pb2.Flavor:
 @documented(tag="compute")
 async def show_flavor(request: Request) -> Response:
     """One flavor."""
-    context(request).require_read("os_compute_api:flavors:show")
-    flavor = await _get(request, request.path_params["flavor_id"])
+    ctx = context(request)
+    ctx.require_read("os_compute_api:flavors:show")
+    viewer = "" if ctx.is_admin else ctx.project_id
+    flavor = await _get(request, request.path_params["flavor_id"], viewer)
     return ok({"flavor": detail(request, flavor, microversion(request))})
 
 
@@ -391,14 +399,91 @@ async def delete_extra_spec(request: Request) -> Response:
     return Response(status_code=200)
 
 
+def _access_view(access: Iterable[flavors_pb2.FlavorAccess]) -> dict[str, Any]:
+    return {
+        "flavor_access": [{"flavor_id": a.flavor_id, "tenant_id": a.project_id} for a in access]
+    }
+
+
 @documented(tag="compute")
 async def flavor_access(request: Request) -> Response:
-    """Projects with access to a private flavor (Loom keeps no access lists yet)."""
+    """The projects a private flavor is shared with (admin)."""
     context(request).require_admin("os_compute_api:os-flavor-access")
-    flavor = await _get(request, request.path_params["flavor_id"])
-    if flavor.is_public:
-        raise NotFound("Access list not available for public flavors.")
-    return ok({"flavor_access": []})
+    reply = await call(
+        gateway_of(request).conductor.flavors.ListFlavorAccess,
+        flavors_pb2.ListFlavorAccessRequest(id=request.path_params["flavor_id"]),
+    )
+    return ok(_access_view(reply.access))
+
+
+def _tenant_action(name: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": [name],
+        "additionalProperties": False,
+        "properties": {
+            name: {
+                "type": "object",
+                "required": ["tenant"],
+                "additionalProperties": False,
+                "properties": {
+                    "tenant": {"type": "string", "minLength": 1, "maxLength": 255},
+                },
+            }
+        },
+    }
+
+
+ACTION = compile_schema(
+    {"oneOf": [_tenant_action("addTenantAccess"), _tenant_action("removeTenantAccess")]}
+)
+
+
+@documented(body=ACTION, tag="compute")
+async def flavor_action(request: Request) -> Response:
+    """Share a private flavor with a project, or stop sharing it (admin)."""
+    ctx = context(request)
+    body = await json_body(request)
+    if isinstance(body, dict) and "addTenantAccess" in body:
+        ctx.require_admin("os_compute_api:os-flavor-access:add_tenant_access")
+    else:
+        ctx.require_admin("os_compute_api:os-flavor-access:remove_tenant_access")
+    checked_body(ACTION, body)
+    flavors = gateway_of(request).conductor.flavors
+    flavor_id = request.path_params["flavor_id"]
+    if "addTenantAccess" in body:
+        project = body["addTenantAccess"]["tenant"]
+        await _require_project(request, project)
+        added = await call(
+            flavors.AddFlavorAccess,
+            flavors_pb2.AddFlavorAccessRequest(
+                request_id=request_id(request), id=flavor_id, project_id=project
+            ),
+        )
+        return ok(_access_view(added.access))
+    removed = await call(
+        flavors.RemoveFlavorAccess,
+        flavors_pb2.RemoveFlavorAccessRequest(
+            request_id=request_id(request),
+            id=flavor_id,
+            project_id=body["removeTenantAccess"]["tenant"],
+        ),
+    )
+    return ok(_access_view(removed.access))
+
+
+async def _require_project(request: Request, project_id: str) -> None:
+    """400 unless the identity service knows the project (a flavor is shared with a real
+    project, never with a typo)."""
+    try:
+        await call(
+            gateway_of(request).conductor.identity.GetProject,
+            identity_pb2.GetProjectRequest(id=project_id),
+        )
+    except ApiError as exc:
+        if exc.status == 404:
+            raise BadRequest(f"Project ID {shorten(project_id)} is not a valid project.") from None
+        raise
 
 
 def routes() -> list[BaseRoute]:
@@ -416,4 +501,5 @@ def routes() -> list[BaseRoute]:
         Route(p + "/{flavor_id}/os-extra_specs/{key}", update_extra_spec, methods=["PUT"]),
         Route(p + "/{flavor_id}/os-extra_specs/{key}", delete_extra_spec, methods=["DELETE"]),
         Route(p + "/{flavor_id}/os-flavor-access", flavor_access, methods=["GET"]),
+        Route(p + "/{flavor_id}/action", flavor_action, methods=["POST"]),
     ]

@@ -96,6 +96,8 @@ async def move_action(request: Request, ctx: RequestContext, body: dict[str, Any
         "id": request.path_params["server_id"],
         "project_id": "" if ctx.is_admin else ctx.project_id,
         "user_id": ctx.user_id,
+        # An admin may act on a locked server; its owner may not.
+        "override_lock": ctx.is_admin,
     }
     stubs = gateway_of(request).conductor.migrations
     if action == "resize":

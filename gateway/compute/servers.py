@@ -7,10 +7,10 @@ import base64
 import binascii
 import ipaddress
 import secrets
+import uuid
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from loom.catalog.v1 import flavors_pb2
 from loom.compute.v1 import agent_bus_pb2
 from loom.conductor.v1 import fleet_pb2, servers_pb2
 from starlette.requests import Request
@@ -175,6 +175,47 @@ def _update_schema(mv: Microversion) -> dict[str, Any]:
 
 
 UPDATE = VersionedSchema(_update_schema)
+
+
+def _rebuild_schema(mv: Microversion) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "imageRef": {"type": "string", "minLength": 1, "maxLength": 255},
+        "name": _NAME,
+        "metadata": _META,
+        "adminPass": {"type": "string"},
+        "accessIPv4": {"type": "string", "format": "ipv4"},
+        "accessIPv6": {"type": "string", "format": "ipv6"},
+        "OS-DCF:diskConfig": {"type": "string", "enum": ["AUTO", "MANUAL"]},
+        "preserve_ephemeral": BOOLEAN_SCHEMA,
+    }
+    if not mv.at_least("2.57"):
+        fields["personality"] = {"type": "array", "maxItems": 0}
+    if mv.at_least("2.19"):
+        fields["description"] = {"type": ["string", "null"], "maxLength": 255}
+    if mv.at_least("2.54"):
+        fields["key_name"] = {"oneOf": [_NAME, {"type": "null"}]}
+    if mv.at_least("2.57"):
+        fields["user_data"] = {"type": ["string", "null"], "maxLength": 65535}
+    if mv.at_least("2.63"):
+        fields["trusted_image_certificates"] = {"type": ["array", "null"], "maxItems": 0}
+    if mv.at_least("2.90"):
+        fields["hostname"] = _HOSTNAME
+    return {
+        "type": "object",
+        "required": ["rebuild"],
+        "additionalProperties": False,
+        "properties": {
+            "rebuild": {
+                "type": "object",
+                "required": ["imageRef"],
+                "additionalProperties": False,
+                "properties": fields,
+            }
+        },
+    }
+
+
+REBUILD = VersionedSchema(_rebuild_schema)
 ACTION_SCHEMA: dict[str, Any] = {
     "type": "object",
     "minProperties": 1,
@@ -188,6 +229,31 @@ ACTION_SCHEMA: dict[str, Any] = {
             "required": ["type"],
             "additionalProperties": False,
             "properties": {"type": {"type": "string", "enum": ["SOFT", "HARD", "soft", "hard"]}},
+        },
+        "pause": {"type": ["null", "object"]},
+        "unpause": {"type": ["null", "object"]},
+        "suspend": {"type": ["null", "object"]},
+        "resume": {"type": ["null", "object"]},
+        # The reason is checked against the microversion in _lock (2.73+).
+        "lock": {
+            "type": ["null", "object"],
+            "additionalProperties": False,
+            "properties": {"locked_reason": {"type": ["string", "null"], "maxLength": 255}},
+        },
+        "unlock": {"type": ["null", "object"]},
+        "shelve": {"type": ["null", "object"]},
+        # Checked against the microversion's schema in _rebuild.
+        "rebuild": {"type": "object"},
+        "shelveOffload": {"type": ["null", "object"]},
+        # Checked against the microversion in _unshelve (availability_zone 2.77+, host and
+        # a null zone 2.91+).
+        "unshelve": {
+            "type": ["null", "object"],
+            "additionalProperties": False,
+            "properties": {
+                "availability_zone": {"type": ["string", "null"], "minLength": 1, "maxLength": 255},
+                "host": {"type": "string", "minLength": 1, "maxLength": 255},
+            },
         },
         "os-getConsoleOutput": consoles.CONSOLE_OUTPUT_ACTION.schema,
         "os-getVNCConsole": consoles.VNC_CONSOLE_ACTION.schema,
@@ -242,6 +308,7 @@ LIST_QUERY = Query(
     QueryParam("marker"),
     QueryParam("sort_key", multi=True),
     QueryParam("sort_dir", multi=True, enum=("asc", "desc")),
+    QueryParam("locked", "boolean"),
 )
 # Filters Nova keeps for admins; for anyone else they are silently dropped.
 _ADMIN_FILTERS = ("host", "node", "deleted", "project_id", "tenant_id")
@@ -361,6 +428,8 @@ async def _list(request: Request, detailed: bool) -> Response:
     req.user_id = q.get("user_id", "")
     req.ip = q.get("ip", "")
     req.include_deleted = bool(q.get("deleted", False))
+    if "locked" in q and mv.at_least("2.73"):
+        req.locked = bool(q["locked"])
     if "uuid" in q:
         req.ids.append(q["uuid"])
     if "changes-since" in q:
@@ -448,22 +517,6 @@ def _image_from_bdm(mappings: list[dict[str, Any]], image_ref: str) -> str:
     return image_ref
 
 
-async def _check_flavor_usable(request: Request, flavor_id: str) -> None:
-    """A private flavor is for admins only (Loom keeps no per-project access lists yet):
-    to anyone else it does not exist, as the API answers for a flavor a project cannot use."""
-    try:
-        reply = await call(
-            gateway_of(request).conductor.flavors.GetFlavor,
-            flavors_pb2.GetFlavorRequest(id=flavor_id),
-        )
-    except ApiError as exc:
-        if exc.status == 404:
-            return  # the conductor answers an unknown flavor itself
-        raise
-    if not reply.flavor.is_public:
-        raise BadRequest(f"Flavor {shorten(flavor_id)} could not be found.")
-
-
 def _canonical_ipv6(text: str) -> str:
     """The address in its compressed form (the schema has checked it is IPv6)."""
     return ipaddress.IPv6Address(text).compressed if text else ""
@@ -519,8 +572,6 @@ async def create_server(request: Request) -> Response:
         ctx.require_admin("compute:servers:create:requested_destination")
         force_host = s.get("host") or s.get("hypervisor_hostname") or force_host
     flavor_id = str(s["flavorRef"]).rstrip("/").rsplit("/", 1)[-1]
-    if not ctx.is_admin:
-        await _check_flavor_usable(request, flavor_id)
     hostname = s.get("hostname", "")
     if hostname and max_count > 1:
         raise BadRequest("Cannot set hostname when creating more than one server.")
@@ -532,6 +583,7 @@ async def create_server(request: Request) -> Response:
             user_id=ctx.user_id,
             name=s["name"],
             flavor_id=flavor_id,
+            private_flavors_allowed=ctx.is_admin,
             image_id=image_ref.rstrip("/").rsplit("/", 1)[-1],
             availability_zone=az,
             key_name=s.get("key_name", ""),
@@ -620,14 +672,34 @@ async def delete_server(request: Request) -> Response:
             id=request.path_params["server_id"],
             project_id=_scope(ctx),
             user_id=ctx.user_id,
+            override_lock=ctx.is_admin,
         ),
     )
     return empty(204)
 
 
+# Nova's policy names, for the 403 message.
+_ACTION_POLICIES = {
+    "os-start": "os_compute_api:servers:start",
+    "os-stop": "os_compute_api:servers:stop",
+    "reboot": "os_compute_api:servers:reboot",
+    "pause": "os_compute_api:os-pause-server:pause",
+    "unpause": "os_compute_api:os-pause-server:unpause",
+    "suspend": "os_compute_api:os-suspend-server:suspend",
+    "resume": "os_compute_api:os-suspend-server:resume",
+    "lock": "os_compute_api:os-lock-server:lock",
+    "unlock": "os_compute_api:os-lock-server:unlock",
+    "shelve": "os_compute_api:os-shelve:shelve",
+    "shelveOffload": "os_compute_api:os-shelve:shelve_offload",
+    "unshelve": "os_compute_api:os-shelve:unshelve",
+    "rebuild": "os_compute_api:servers:rebuild",
+}
+
+
 @documented(body=ACTION, tag="compute")
 async def server_action(request: Request) -> Response:
-    """Server actions: os-start, os-stop, reboot (202); the console actions (200)."""
+    """Server actions: os-start, os-stop, reboot, pause, unpause, suspend, resume, lock,
+    unlock, shelve, shelveOffload, unshelve (202); the console actions (200)."""
     ctx = context(request)
     body = await json_body(request)
     if isinstance(body, dict) and len(body) == 1 and next(iter(body)) in migrations.MOVE_ACTIONS:
@@ -640,18 +712,43 @@ async def server_action(request: Request) -> Response:
         return await consoles.console_action(request, ctx, body)
     checked_body(ACTION, body)
     action = next(iter(body))
-    ctx.require_write(f"os_compute_api:servers:{action}")
+    ctx.require_write(_ACTION_POLICIES[action])
     conductor = gateway_of(request).conductor.servers
-    common = {
+    common: dict[str, Any] = {
         "request_id": request_id(request),
         "id": request.path_params["server_id"],
         "project_id": _scope(ctx),
         "user_id": ctx.user_id,
     }
+    if action in ("lock", "unlock"):
+        await _lock(request, ctx, action, body[action], common)
+        return empty(202)
+    # Admins act on locked servers; the conductor refuses everyone else.
+    common["override_lock"] = ctx.is_admin
+    if action == "shelveOffload":
+        # Nova's default policy keeps offloading to admins.
+        ctx.require_admin(_ACTION_POLICIES[action])
+    if action == "unshelve":
+        await _unshelve(request, ctx, body[action], common)
+        return empty(202)
+    if action == "rebuild":
+        return await _rebuild(request, ctx, body, common)
     if action == "os-start":
         await call(conductor.StartServer, servers_pb2.StartServerRequest(**common))
     elif action == "os-stop":
         await call(conductor.StopServer, servers_pb2.StopServerRequest(**common))
+    elif action == "pause":
+        await call(conductor.PauseServer, servers_pb2.PauseServerRequest(**common))
+    elif action == "unpause":
+        await call(conductor.UnpauseServer, servers_pb2.UnpauseServerRequest(**common))
+    elif action == "suspend":
+        await call(conductor.SuspendServer, servers_pb2.SuspendServerRequest(**common))
+    elif action == "resume":
+        await call(conductor.ResumeServer, servers_pb2.ResumeServerRequest(**common))
+    elif action == "shelve":
+        await call(conductor.ShelveServer, servers_pb2.ShelveServerRequest(**common))
+    elif action == "shelveOffload":
+        await call(conductor.ShelveOffloadServer, servers_pb2.ShelveOffloadServerRequest(**common))
     else:
         kind = (
             agent_bus_pb2.REBOOT_TYPE_HARD
@@ -662,6 +759,138 @@ async def server_action(request: Request) -> Response:
             conductor.RebootServer, servers_pb2.RebootServerRequest(**common, reboot_type=kind)
         )
     return empty(202)
+
+
+async def _rebuild(
+    request: Request, ctx: RequestContext, body: dict[str, Any], common: dict[str, Any]
+) -> Response:
+    """rebuild: the same host, new disks from imageRef; 202 with the server body of the
+    microversion (adminPass included, as at create)."""
+    mv = microversion(request)
+    checked_body(REBUILD.at(mv), body)
+    r = body["rebuild"]
+    if _truthy(r.get("preserve_ephemeral", False)):
+        raise BadRequest("Loom cannot preserve the ephemeral disk across a rebuild.")
+    image_id = r["imageRef"].rstrip("/").rsplit("/", 1)[-1]
+    try:
+        uuid.UUID(image_id)
+    except ValueError:
+        raise BadRequest(f"Invalid imageRef provided: {shorten(r['imageRef'])}") from None
+    if r.get("user_data"):
+        try:
+            base64.b64decode(r["user_data"], validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest("User data needs to be valid base 64.") from None
+    req = servers_pb2.RebuildServerRequest(**common, image_id=image_id)
+    if "name" in r:
+        req.name = r["name"]
+    if "metadata" in r:
+        req.metadata.update(r["metadata"])
+        req.replace_metadata = True
+    if "accessIPv4" in r:
+        req.access_ipv4 = r["accessIPv4"]
+    if "accessIPv6" in r:
+        req.access_ipv6 = _canonical_ipv6(r["accessIPv6"])
+    if "description" in r:
+        req.description = r["description"] or ""
+    if "key_name" in r:
+        req.key_name = r["key_name"] or ""
+    if "user_data" in r:
+        req.user_data = r["user_data"] or ""
+    if "hostname" in r:
+        req.hostname = r["hostname"]
+    reply = await call(gateway_of(request).conductor.servers.RebuildServer, req)
+    server = reply.server
+    statuses = (
+        await _host_statuses(request, [server]) if ctx.is_admin and mv.at_least("2.16") else {}
+    )
+    # Loom sets no guest password; the API returns one as at create.
+    out = views.rebuilt(
+        request,
+        server,
+        mv,
+        is_admin=ctx.is_admin,
+        admin_pass=r.get("adminPass") or secrets.token_urlsafe(9),
+        host_status=statuses.get(server.host),
+    )
+    return ok({"server": out}, 202)
+
+
+async def _unshelve(
+    request: Request, ctx: RequestContext, args: dict[str, Any] | None, common: dict[str, Any]
+) -> None:
+    """unshelve, with a zone to build in at 2.77+ and, at 2.91+, a host (admins) or a null
+    zone (unpinning the server from its zone)."""
+    mv = microversion(request)
+    req = servers_pb2.UnshelveServerRequest(**common)
+    args = args or {}
+    if args and not mv.at_least("2.77"):
+        raise BadRequest(
+            "Invalid input for field/attribute unshelve. Value: {...}. "
+            "Additional properties are not allowed"
+        )
+    if not mv.at_least("2.91"):
+        if "host" in args:
+            raise BadRequest(
+                "Invalid input for field/attribute unshelve. "
+                "Additional properties are not allowed ('host' was unexpected)"
+            )
+        if args and args.get("availability_zone") is None:
+            raise BadRequest(
+                "Invalid input for field/attribute availability_zone. Value: None. "
+                "None is not of type 'string'"
+            )
+    if "host" in args:
+        ctx.require_admin("os_compute_api:os-shelve:unshelve_to_host")
+        req.host = args["host"]
+    if "availability_zone" in args:
+        zone = args["availability_zone"]
+        if zone is not None:
+            await _check_zone(request, zone)
+        req.availability_zone = zone or ""
+    await call(gateway_of(request).conductor.servers.UnshelveServer, req)
+
+
+async def _check_zone(request: Request, zone: str) -> None:
+    reply = await call(
+        gateway_of(request).conductor.fleet.ListAvailabilityZones,
+        fleet_pb2.ListAvailabilityZonesRequest(detailed=False),
+    )
+    if zone not in {z.name for z in reply.zones if z.available}:
+        raise BadRequest(f"The requested availability zone is not available: {shorten(zone)}")
+
+
+async def _lock(
+    request: Request,
+    ctx: RequestContext,
+    action: str,
+    args: dict[str, Any] | None,
+    common: dict[str, Any],
+) -> None:
+    """lock (with a reason at 2.73+) and unlock. A server locked by an admin for a project
+    other than the admin's own ("admin" lock) can only be unlocked by an admin."""
+    conductor = gateway_of(request).conductor.servers
+    server = await _get(request, ctx)
+    if action == "lock":
+        req = servers_pb2.LockServerRequest(
+            **common, locked_by="owner" if server.project_id == ctx.project_id else "admin"
+        )
+        if args:
+            if not microversion(request).at_least("2.73"):
+                raise BadRequest(
+                    "Invalid input for field/attribute lock. Value: {...}. "
+                    "Additional properties are not allowed"
+                )
+            if args.get("locked_reason") is not None:
+                req.locked_reason = args["locked_reason"]
+        await call(conductor.LockServer, req)
+        return
+    if server.locked_by == "admin" and not ctx.is_admin:
+        raise Forbidden(
+            "Policy doesn't allow os_compute_api:os-lock-server:unlock:unlock_override "
+            "to be performed."
+        )
+    await call(conductor.UnlockServer, servers_pb2.UnlockServerRequest(**common))
 
 
 # ------------------------------------------------------------------ metadata
@@ -678,6 +907,7 @@ async def _set_metadata(
             project_id=_scope(ctx),
             metadata=items,
             replace=replace,
+            override_lock=ctx.is_admin,
         ),
     )
     return dict(reply.metadata)
@@ -749,6 +979,7 @@ async def delete_metadata_item(request: Request) -> Response:
             id=request.path_params["server_id"],
             project_id=_scope(ctx),
             key=request.path_params["key"],
+            override_lock=ctx.is_admin,
         ),
     )
     return empty(204)

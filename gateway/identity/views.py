@@ -118,6 +118,7 @@ def catalog(base: str, region: str) -> list[dict[str, Any]]:
         ("identity", "keystone", f"{base}/identity"),
         ("compute", "nova", f"{base}/compute/v2.1"),
         ("image", "glance", f"{base}/image"),
+        ("placement", "placement", f"{base}/placement"),
     )
     return [
         {

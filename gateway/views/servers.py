@@ -23,6 +23,8 @@ VM_STATES = {
     servers_pb2.VM_STATE_PAUSED: "paused",
     servers_pb2.VM_STATE_SUSPENDED: "suspended",
     servers_pb2.VM_STATE_RESIZED: "resized",
+    servers_pb2.VM_STATE_SHELVED: "shelved",
+    servers_pb2.VM_STATE_SHELVED_OFFLOADED: "shelved_offloaded",
 }
 TASK_STATES = {
     servers_pb2.TASK_STATE_SCHEDULING: "scheduling",
@@ -41,6 +43,15 @@ TASK_STATES = {
     servers_pb2.TASK_STATE_RESIZE_REVERTING: "resize_reverting",
     servers_pb2.TASK_STATE_RESIZE_CONFIRMING: "resize_confirming",
     servers_pb2.TASK_STATE_MIGRATING: "migrating",
+    servers_pb2.TASK_STATE_PAUSING: "pausing",
+    servers_pb2.TASK_STATE_UNPAUSING: "unpausing",
+    servers_pb2.TASK_STATE_SUSPENDING: "suspending",
+    servers_pb2.TASK_STATE_RESUMING: "resuming",
+    servers_pb2.TASK_STATE_SHELVING: "shelving",
+    servers_pb2.TASK_STATE_SHELVING_OFFLOADING: "shelving_offloading",
+    servers_pb2.TASK_STATE_UNSHELVING: "unshelving",
+    servers_pb2.TASK_STATE_REBUILDING: "rebuilding",
+    servers_pb2.TASK_STATE_REBUILD_SPAWNING: "rebuild_spawning",
 }
 STATUSES = {
     servers_pb2.SERVER_STATUS_BUILD: "BUILD",
@@ -52,6 +63,9 @@ STATUSES = {
     servers_pb2.SERVER_STATUS_DELETED: "DELETED",
     servers_pb2.SERVER_STATUS_PAUSED: "PAUSED",
     servers_pb2.SERVER_STATUS_SUSPENDED: "SUSPENDED",
+    servers_pb2.SERVER_STATUS_SHELVED: "SHELVED",
+    servers_pb2.SERVER_STATUS_SHELVED_OFFLOADED: "SHELVED_OFFLOADED",
+    servers_pb2.SERVER_STATUS_REBUILD: "REBUILD",
     servers_pb2.SERVER_STATUS_UNKNOWN: "UNKNOWN",
     servers_pb2.SERVER_STATUS_RESIZE: "RESIZE",
     servers_pb2.SERVER_STATUS_VERIFY_RESIZE: "VERIFY_RESIZE",
@@ -284,3 +298,25 @@ def updated(
         for net, addrs in body["addresses"].items()
     }
     return compact
+
+
+def rebuilt(
+    request: Request,
+    server: servers_pb2.Server,
+    mv: Microversion,
+    *,
+    is_admin: bool,
+    admin_pass: str,
+    host_status: str | None = None,
+) -> dict[str, Any]:
+    """The body of a rebuild's 202: the update's body for the microversion, plus key_name
+    (2.54+), user_data (2.57+; it replaces OS-EXT-SRV-ATTR:user_data from 2.75) and the
+    admin password."""
+    body = updated(request, server, mv, is_admin=is_admin, host_status=host_status)
+    if mv.at_least("2.54"):
+        body["key_name"] = server.key_name or None
+    if mv.at_least("2.57"):
+        body.pop("OS-EXT-SRV-ATTR:user_data", None)
+        body["user_data"] = server.user_data or None
+    body["adminPass"] = admin_pass
+    return body

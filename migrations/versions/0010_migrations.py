@@ -1,7 +1,7 @@
 """conductor: migrations, one record per move of an instance between hosts
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0012
 Create Date: 2026-12-07 00:00:00
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0010"
-down_revision: str | None = "0008"
+down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

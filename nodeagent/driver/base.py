@@ -118,7 +118,8 @@ class Driver(Protocol):
     def stop(self, instance_id: str, timeout: float) -> PowerState:
         """Asks the guest to shut down, waits up to `timeout` seconds, then forces it off.
 
-        Shut off on success; succeeds if already shut off. InstanceNotFound if absent.
+        Shut off on success; succeeds if already shut off. A suspended instance is shut off
+        by discarding its saved memory. InstanceNotFound if absent.
         """
         ...
 
@@ -165,6 +166,49 @@ class ConsoleDriver(Protocol):
         """The last `lines` lines of the serial console (all when 0).
 
         InstanceNotFound if absent; NotSupported when the hypervisor writes no serial log.
+        """
+        ...
+
+
+@runtime_checkable
+class PauseSuspendDriver(Protocol):
+    """Optional: freezing a guest in memory (pause) and saving it to disk (suspend)."""
+
+    def pause(self, instance_id: str) -> PowerState:
+        """Stops the guest's vCPUs; its memory stays. Paused on success; succeeds if already
+        paused. ActionFailed when it is not running; InstanceNotFound if absent."""
+        ...
+
+    def unpause(self, instance_id: str) -> PowerState:
+        """Lets a paused guest run again. Running on success; succeeds if already running.
+        ActionFailed when it is shut off; InstanceNotFound if absent."""
+        ...
+
+    def suspend(self, instance_id: str) -> PowerState:
+        """Saves the guest's memory to disk and stops the domain. Suspended on success;
+        succeeds if already saved. ActionFailed when it is neither running nor saved;
+        InstanceNotFound if absent."""
+        ...
+
+    def resume(self, instance_id: str) -> PowerState:
+        """Restores a suspended guest from its saved memory (a domain with no saved memory
+        boots afresh). Running on success; succeeds if already running. InstanceNotFound
+        if absent."""
+        ...
+
+
+@runtime_checkable
+class RebuildDriver(Protocol):
+    """Optional: building an instance's disks and domain again, in place."""
+
+    def rebuild(
+        self, spec: agent_bus_pb2.InstanceSpec, *, power_on: bool, rebuild_id: str
+    ) -> PowerState:
+        """Destroys the instance's domain and disks and creates them again from spec.
+
+        Running (or shut off when power_on is False) on success. On failure the instance
+        is gone from the host and BuildFailed is raised. Idempotent per rebuild_id: when
+        that rebuild already finished nothing changes and the current state is returned.
         """
         ...
 

@@ -11,6 +11,8 @@ from typing import Literal
 
 from loom.compute.v1 import agent_bus_pb2
 
+from nodeagent.network.names import tap_name
+
 # Loom marks the domains it owns with this metadata namespace. It is how an agent tells
 # its domains from anything else on a shared hypervisor, and which simulated host owns
 # a domain when several share one connection.
@@ -45,6 +47,8 @@ class DomainLayout:
     machine: str = ""
     kernel_boot: KernelBoot | None = None
     disk_format: str = "qcow2"
+    # The config drive image (nodeagent/configdrive.py), attached as a read-only cdrom.
+    config_drive: str = ""
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
@@ -113,6 +117,26 @@ def build_domain_xml(spec: agent_bus_pb2.InstanceSpec, layout: DomainLayout) -> 
         _disk(devices, layout.ephemeral_disk, "vdb", "qcow2")
     if spec.swap_mb > 0 and layout.swap_disk:
         _disk(devices, layout.swap_disk, "vdc", "qcow2")
+
+    if layout.config_drive:
+        # IDE on the `pc` machine: every guest kernel has a driver for it, and cloud-init
+        # looks for the config-2 label on any block device.
+        cdrom = _sub(devices, "disk", type="file", device="cdrom")
+        _sub(cdrom, "driver", name="qemu", type="raw")
+        _sub(cdrom, "source", file=layout.config_drive)
+        _sub(cdrom, "target", dev="hdd", bus="ide")
+        _sub(cdrom, "readonly")
+
+    # One NIC per port, in order. The tap is made and wired by the data plane
+    # (nodeagent/network) before the domain starts; `managed='no'` makes libvirt open it
+    # as it is and leave it in place when the domain stops.
+    for port in spec.ports:
+        iface = _sub(devices, "interface", type="ethernet")
+        _sub(iface, "mac", address=port.mac_address.lower())
+        _sub(iface, "target", dev=tap_name(port.port_id), managed="no")
+        _sub(iface, "model", type="virtio")
+        if port.mtu:
+            _sub(iface, "mtu", size=str(port.mtu))
 
     # The serial port writes to a file so GetConsoleOutput can read it without a guest agent.
     # Appending keeps what the guest printed before a stop or reboot, which is often

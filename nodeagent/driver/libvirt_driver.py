@@ -23,10 +23,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import libvirt
+from google.protobuf import json_format
 from loom.compute.v1 import agent_bus_pb2
 
 from controlplane.runtime import tracing
+from nodeagent.configdrive import ConfigDriveError, wants_config_drive, write_config_drive
 from nodeagent.driver.base import (
+    ActionFailed,
     BuildFailed,
     ConsoleEndpoint,
     HostFacts,
@@ -46,6 +49,8 @@ from nodeagent.driver.hypervisor import choose_virt_type
 from nodeagent.images.cache import ImageCache, ImageWanted
 from nodeagent.images.disks import DISK_FORMATS, GIB, create_blank, create_overlay
 from nodeagent.images.source import ImageError
+from nodeagent.network import CommandError, HostDataPlane, Port, port_from_proto
+from nodeagent.network.model import InvalidNetworkInput
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +72,21 @@ DEFAULT_CMDLINE = "console=ttyS0"
 # Which cached images an instance's disks and boot files use, kept in its folder so the
 # cache can tell what is in use without asking libvirt.
 _IMAGES_FILE = "images.json"
+# The ids of the ports wired for the instance, so delete unplugs exactly those.
+_PORTS_FILE = "ports.json"
+_CONFIG_DRIVE = "disk.config"
+# The id of the rebuild that made the instance's current disks (a redelivered rebuild
+# command finds it and changes nothing).
+_REBUILD_FILE = "rebuild-id"
 _BASE_DIR = "_base"
 # The most of a serial log console_output returns (Nova caps it similarly).
 _CONSOLE_TAIL_BYTES = 1024 * 1024
 _silenced = threading.Lock()
 _silenced_done = False
+
+
+class NoDataPlane(RuntimeError):
+    """A real host without a network data plane was asked to attach ports."""
 
 
 def silence_libvirt_stderr() -> None:
@@ -123,16 +138,22 @@ class LibvirtDriver:
         images: ImageCache | None = None,
         virt_type: Literal["auto", "qemu", "kvm"] = "auto",
         soft_reboot_timeout: float = 60.0,
+        dataplane: HostDataPlane | None = None,
+        simulated_latency_s: float = 0.0,
     ) -> None:
         """`images` is required for real hypervisors (it makes their disks); `virt_type`
-        "auto" decides kvm or qemu on open (nodeagent.driver.hypervisor)."""
+        "auto" decides kvm or qemu on open (nodeagent.driver.hypervisor).
+        `simulated_latency_s` (test:/// only) makes each build take that long in the
+        hypervisor, as a slow real one does; its calls then run off the agent's loop."""
         self.uri = uri
         self.host = host
         self.instances_dir = instances_dir
         self.vnc_listen = vnc_listen
         self.images = images
         self.soft_reboot_timeout = soft_reboot_timeout
+        self.dataplane = dataplane
         self._disk_gb = disk_gb
+        self._latency_s = simulated_latency_s if uri.startswith("test:") else 0.0
         self._conn: Any = None
         # UUID → whether the domain is this host's; metadata never changes after define.
         self._ownership: dict[str, bool] = {}
@@ -156,7 +177,7 @@ class LibvirtDriver:
     @property
     def runs_inline(self) -> bool:
         # The test driver answers in microseconds; anything else may block on I/O.
-        return self._domain_type == "test"
+        return self._domain_type == "test" and not self._latency_s
 
     @property
     def persistent(self) -> bool:
@@ -184,6 +205,15 @@ class LibvirtDriver:
             log.info(
                 "hypervisor configured", extra={"host": self.host, "virt_type": self._virt_type}
             )
+        if self.dataplane is not None:
+            try:
+                self.reconcile_network()
+            except (CommandError, OSError, ValueError) as exc:
+                # Ports are wired again at each start; a host that cannot reconcile its
+                # network still serves the rest.
+                log.warning(
+                    "network reconcile failed", extra={"host": self.host, "error": str(exc)}
+                )
         self._warn_if_unreachable_by_qemu()
 
     def _warn_if_unreachable_by_qemu(self) -> None:
@@ -254,13 +284,20 @@ class LibvirtDriver:
 
     @staticmethod
     def _power(dom: Any) -> PowerState:
-        return _LIBVIRT_POWER.get(dom.state()[0], PowerState.NOSTATE)
+        state = dom.state()[0]
+        if state == libvirt.VIR_DOMAIN_SHUTOFF and dom.hasManagedSaveImage(0):
+            # Shut off with its memory saved to disk: that is a suspended guest.
+            return PowerState.SUSPENDED
+        return _LIBVIRT_POWER.get(state, PowerState.NOSTATE)
 
     def _instance_dir(self, instance_id: str) -> Path:
         return self.instances_dir / instance_id
 
     def _layout(
-        self, spec: agent_bus_pb2.InstanceSpec, kernel_boot: KernelBoot | None = None
+        self,
+        spec: agent_bus_pb2.InstanceSpec,
+        kernel_boot: KernelBoot | None = None,
+        config_drive: str = "",
     ) -> DomainLayout:
         d = self._instance_dir(spec.instance_id)
         real = self._domain_type != "test"
@@ -275,6 +312,7 @@ class LibvirtDriver:
             arch="x86_64" if real else "",
             machine="pc" if real else "",
             kernel_boot=kernel_boot,
+            config_drive=config_drive,
         )
 
     def _prepare_disks(self, spec: agent_bus_pb2.InstanceSpec) -> KernelBoot | None:
@@ -322,6 +360,8 @@ class LibvirtDriver:
             # One libvirt serving two hosts (two agents on one machine) holds one domain
             # per UUID: defining it again would take over the other host's domain.
             raise BuildFailed("This hypervisor already defines that instance for another host.")
+        if self._latency_s:
+            time.sleep(self._latency_s)  # a simulated slow hypervisor (off the loop)
         dom: Any = None
         step = "prepare the instance folder"
         try:
@@ -331,16 +371,32 @@ class LibvirtDriver:
                 step = "prepare the disks"
                 with tracing.span("agent image fetch and disks", {"loom.image_id": spec.image.id}):
                     kernel_boot = self._prepare_disks(spec)
+            step = "wire the ports"
+            self._plug_ports(spec)
+            config_drive = ""
+            if self._domain_type != "test" and wants_config_drive(spec):
+                step = "write the config drive"
+                path = self._instance_dir(spec.instance_id) / _CONFIG_DRIVE
+                config_drive = str(write_config_drive(spec, path))
             step = "define the domain"
+            xml = build_domain_xml(spec, self._layout(spec, kernel_boot, config_drive))
             with tracing.span("libvirt define"):
-                dom = self._c.defineXML(build_domain_xml(spec, self._layout(spec, kernel_boot)))
+                dom = self._c.defineXML(xml)
             self._ownership[spec.instance_id] = True
             if power_on:
                 step = "start the domain"
                 with tracing.span("libvirt start"):
                     dom.create()
             return self._power(dom)
-        except (libvirt.libvirtError, OSError, ValueError) as exc:
+        except (InvalidNetworkInput, ConfigDriveError, NoDataPlane) as exc:
+            # Sentences meant for the instance's owner: the fault says what was wrong.
+            log.warning(
+                "build failed",
+                extra={"host": self.host, "instance_id": spec.instance_id, "error": str(exc)},
+            )
+            self._clean_up_build(dom, spec.instance_id)
+            raise BuildFailed(str(exc)) from exc
+        except (libvirt.libvirtError, OSError, ValueError, CommandError) as exc:
             log.warning(
                 "build failed",
                 extra={
@@ -366,17 +422,78 @@ class LibvirtDriver:
         if dom is not None:
             self._remove_domain(dom)
         self._ownership.pop(instance_id, None)
+        self._unplug_ports(instance_id)
         shutil.rmtree(self._instance_dir(instance_id), ignore_errors=True)
+
+    def _plug_ports(self, spec: agent_bus_pb2.InstanceSpec) -> None:
+        """Wires every port before the domain is defined (its taps must exist when it
+        starts), recording their ids first so a failure halfway is cleaned up."""
+        if not spec.ports:
+            return
+        ports = [port_from_proto(p) for p in spec.ports]  # validates all before any change
+        if self.dataplane is None:
+            if self._domain_type == "test":
+                return  # a simulated host: the ports live in the domain XML only
+            raise NoDataPlane("This host has no network data plane; ports cannot be attached.")
+        record = self._instance_dir(spec.instance_id) / _PORTS_FILE
+        record.write_text(json.dumps([json_format.MessageToDict(p) for p in spec.ports]))
+        with tracing.span("agent plug ports"):
+            for port in ports:
+                self.dataplane.plug(port)
+
+    def _recorded_ports(self, instance_id: str) -> list[Port]:
+        """The ports wired for the instance at its build, from its folder."""
+        record = self._instance_dir(instance_id) / _PORTS_FILE
+        try:
+            raw = json.loads(record.read_text())
+            return [
+                port_from_proto(json_format.ParseDict(item, agent_bus_pb2.PortBinding()))
+                for item in raw
+            ]
+        except (OSError, ValueError, json_format.ParseError):
+            return []
+
+    def _unplug_ports(self, instance_id: str) -> None:
+        if self.dataplane is None:
+            return
+        for port in self._recorded_ports(instance_id):
+            self.dataplane.unplug(port.port_id)
+
+    def _start_domain(self, dom: Any, instance_id: str) -> None:
+        # A host reboot takes taps, bridges and chains with it: wire the ports again
+        # (idempotent, quick when all is there) before QEMU opens the taps.
+        if self.dataplane is not None:
+            for port in self._recorded_ports(instance_id):
+                self.dataplane.plug(port)
+        dom.create()
+
+    def reconcile_network(self) -> None:
+        """Makes the host's data plane hold exactly the ports of this host's instance
+        folders: after an agent restart or a host reboot, missing taps, bridges and
+        chains come back and those of deleted instances go. DHCP services of networks
+        that still have ports are left as they are."""
+        if self.dataplane is None or not self.instances_dir.is_dir():
+            return
+        wanted = [
+            port
+            for folder in sorted(self.instances_dir.iterdir())
+            if folder.is_dir() and folder.name != _BASE_DIR
+            for port in self._recorded_ports(folder.name)
+        ]
+        self.dataplane.reconcile(wanted, None)
 
     def start(self, instance_id: str) -> PowerState:
         dom = self._require(instance_id)
         if not dom.isActive():
-            dom.create()
+            self._start_domain(dom, instance_id)
         return self._power(dom)
 
     def stop(self, instance_id: str, timeout: float) -> PowerState:
         dom = self._require(instance_id)
         if not dom.isActive():
+            # A suspended guest is stopped by forgetting its saved memory.
+            if dom.hasManagedSaveImage(0):
+                dom.managedSaveRemove(0)
             return PowerState.SHUTDOWN
         if timeout > 0:
             try:
@@ -397,7 +514,7 @@ class LibvirtDriver:
     def reboot(self, instance_id: str, *, hard: bool) -> PowerState:
         dom = self._require(instance_id)
         if not dom.isActive():
-            dom.create()
+            self._start_domain(dom, instance_id)
             return self._power(dom)
         if not hard and self._domain_type == "test":
             dom.reboot(0)
@@ -406,7 +523,7 @@ class LibvirtDriver:
             return self._power(dom)
         # Hard: power-cycle the domain from its definition, as Nova does.
         dom.destroy()
-        dom.create()
+        self._start_domain(dom, instance_id)
         return self._power(dom)
 
     def _soft_reboot(self, dom: Any, instance_id: str) -> bool:
@@ -430,7 +547,7 @@ class LibvirtDriver:
                 "guest ignored the soft reboot; rebooting hard", extra={"instance_id": instance_id}
             )
             return False
-        dom.create()
+        self._start_domain(dom, instance_id)
         return True
 
     def resize_in_place(self, spec: agent_bus_pb2.InstanceSpec, *, power_on: bool) -> PowerState:
@@ -453,11 +570,71 @@ class LibvirtDriver:
             dom.create()
         return self._power(dom)
 
+    # -- RebuildDriver ------------------------------------------------------------------
+
+    def rebuild(
+        self, spec: agent_bus_pb2.InstanceSpec, *, power_on: bool, rebuild_id: str
+    ) -> PowerState:
+        marker = self._instance_dir(spec.instance_id) / _REBUILD_FILE
+        dom = self._lookup(spec.instance_id)
+        try:
+            done = dom is not None and marker.read_text() == rebuild_id
+        except OSError:
+            done = False
+        if done:
+            return self._power(dom)
+        self.destroy(spec.instance_id)
+        state = self.create(spec, power_on=power_on)
+        marker.write_text(rebuild_id)
+        return state
+
+    # -- PauseSuspendDriver -------------------------------------------------------------
+
+    def pause(self, instance_id: str) -> PowerState:
+        dom = self._require(instance_id)
+        state = self._power(dom)
+        if state == PowerState.PAUSED:
+            return state
+        if state != PowerState.RUNNING:
+            raise ActionFailed("The instance is not running, so it cannot be paused.")
+        dom.suspend()
+        return self._power(dom)
+
+    def unpause(self, instance_id: str) -> PowerState:
+        dom = self._require(instance_id)
+        state = self._power(dom)
+        if state == PowerState.RUNNING:
+            return state
+        if state != PowerState.PAUSED:
+            raise ActionFailed("The instance is not paused, so it cannot be unpaused.")
+        dom.resume()
+        return self._power(dom)
+
+    def suspend(self, instance_id: str) -> PowerState:
+        dom = self._require(instance_id)
+        state = self._power(dom)
+        if state == PowerState.SUSPENDED:
+            return state
+        if state not in (PowerState.RUNNING, PowerState.PAUSED):
+            raise ActionFailed("The instance is not running, so it cannot be suspended.")
+        dom.managedSave(0)
+        return self._power(dom)
+
+    def resume(self, instance_id: str) -> PowerState:
+        dom = self._require(instance_id)
+        if not dom.isActive():
+            # Starting a domain that has a managed save restores it from that save.
+            dom.create()
+        elif self._power(dom) == PowerState.PAUSED:
+            dom.resume()
+        return self._power(dom)
+
     def destroy(self, instance_id: str) -> None:
         dom = self._lookup(instance_id)
         if dom is not None:
             self._remove_domain(dom)
         self._ownership.pop(instance_id, None)
+        self._unplug_ports(instance_id)
         shutil.rmtree(self._instance_dir(instance_id), ignore_errors=True)
 
     @staticmethod
@@ -483,6 +660,9 @@ class LibvirtDriver:
                     libvirt.VIR_ERR_NO_SUPPORT,
                 ):
                     raise
+                # Without the flag the saved memory of a suspended guest goes first.
+                if dom.hasManagedSaveImage(0):
+                    dom.managedSaveRemove(0)
                 dom.undefine()
         except libvirt.libvirtError as exc:
             if not _is_no_domain(exc):

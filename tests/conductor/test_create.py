@@ -15,7 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.conductor.servers.create import address_for_id
 from controlplane.db.engine import count_statements
-from controlplane.db.models import Instance, InstanceAction, OutboxMessage, Quota, ServerGroup
+from controlplane.db.models import (
+    FlavorProject,
+    Instance,
+    InstanceAction,
+    OutboxMessage,
+    Quota,
+    ServerGroup,
+)
 from tests.conductor.conftest import IMAGE_ID, Harness, harness
 from tests.conductor.factories import PROJECT, USER, add, make_flavor, make_image, make_keypair
 
@@ -129,6 +136,13 @@ async def counts(sessions: async_sessionmaker[AsyncSession]) -> tuple[int, int, 
             id="more ram than the project's own limit",
         ),
         pytest.param(
+            {"flavor_id": "priv"},
+            "private_flavor",
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Flavor priv could not be found",
+            id="a private flavor, for a caller not allowed private flavors",
+        ),
+        pytest.param(
             {"server_group_id": "44444444-4444-4444-4444-444444444444"},
             None,
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -156,6 +170,8 @@ async def test_an_invalid_create_fails_with_its_code_and_writes_nothing(
 ) -> None:
     if setup == "disabled_flavor":
         await add(pg.sessions, make_flavor("off", name="off", disabled=True))
+    elif setup == "private_flavor":
+        await add(pg.sessions, make_flavor("priv", name="priv", is_public=False))
     elif setup == "queued_image":
         await add(pg.sessions, make_image("22222222-2222-2222-2222-222222222222", status="queued"))
     elif setup == "private_image":
@@ -179,6 +195,24 @@ async def test_an_invalid_create_fails_with_its_code_and_writes_nothing(
     assert info.value.code() == code
     assert words in (info.value.details() or "")
     assert await counts(pg.sessions) == (0, 0, 0)
+
+
+async def test_a_private_flavor_boots_for_a_caller_allowed_private_flavors(pg: Harness) -> None:
+    await add(pg.sessions, make_flavor("priv", name="priv", is_public=False))
+    resp = await pg.servers.CreateServers(
+        create_request(flavor_id="priv", private_flavors_allowed=True)
+    )
+    assert [s.flavor.name for s in resp.servers] == ["priv"]
+
+
+async def test_a_private_flavor_shared_with_the_project_boots_for_its_members(
+    pg: Harness,
+) -> None:
+    flavor = make_flavor("priv", name="priv", is_public=False)
+    await add(pg.sessions, flavor)
+    await add(pg.sessions, FlavorProject(flavor_id=flavor.id, project_id=PROJECT))
+    resp = await pg.servers.CreateServers(create_request(flavor_id="priv"))
+    assert [s.flavor.name for s in resp.servers] == ["priv"]
 
 
 async def test_create_writes_instances_actions_and_schedule_messages_together(pg: Harness) -> None:
@@ -238,9 +272,9 @@ async def test_networks_none_gives_no_address_and_a_keypair_is_embedded(pg: Harn
 async def test_a_single_create_costs_few_statements(pg: Harness) -> None:
     counter = count_statements(pg.engine)
     await pg.servers.CreateServers(create_request())
-    # the project's create lock (so the quota check sees every earlier create), validation
-    # (one query, which also draws the ids), then ONE statement writing the instance, its
-    # action and its schedule message
+    # the project's create lock (its quota has limits: the check must see every earlier
+    # create), validation (one query, which also draws the ids; the flavor's access too),
+    # then ONE statement writing the instance, its action and its schedule message
     assert 0 < counter.count <= 3, counter.count
 
 

@@ -47,8 +47,8 @@ async def boot(
     return sid, agent, await agent.build_command()
 
 
-async def active_server(h: Harness) -> tuple[str, Agent]:
-    sid, agent, cmd = await boot(h)
+async def active_server(h: Harness, name: str = "web") -> tuple[str, Agent]:
+    sid, agent, cmd = await boot(h, name)
     await agent.report(
         sid,
         K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED,
@@ -69,6 +69,8 @@ async def test_a_server_is_scheduled_built_and_becomes_active(stack: Harness) ->
     assert cmd.spec.image.hash_value == "ab" * 64
     assert cmd.spec.image.properties["hw_disk_bus"] == "virtio"
     assert cmd.spec.memory_mb == 512
+    # What the config drive's meta_data.json needs beyond the instance's own fields.
+    assert (cmd.spec.availability_zone, cmd.spec.launch_index) == ("zone-1", 0)
     building = await server(stack, sid)
     assert building.status == S.SERVER_STATUS_BUILD
     assert building.availability_zone == "zone-1"
@@ -83,6 +85,20 @@ async def test_a_server_is_scheduled_built_and_becomes_active(stack: Harness) ->
     assert done.power_state == agent_bus_pb2.POWER_STATE_RUNNING
     assert done.HasField("launched_at")
     assert stack.scheduler.decisions == 1
+
+
+async def test_a_config_drive_asked_for_at_create_reaches_the_agents_build_command(
+    stack: Harness,
+) -> None:
+    await stack.scheduler.add_host("host-a")
+    assert stack.js is not None
+    resp = await stack.servers.CreateServers(
+        create_request(request_id="req-cd", name="cd", config_drive=True)
+    )
+    sid = resp.servers[0].id
+    placed = await wait_for(stack, sid, lambda s: s.task_state == servers_pb2.TASK_STATE_SPAWNING)
+    cmd = await Agent(stack.js, placed.host).build_command()
+    assert cmd.spec.config_drive is True
 
 
 async def test_a_build_failing_on_every_host_ends_in_error_with_each_claim_released_once(
@@ -320,12 +336,14 @@ async def test_a_conflicting_action_is_refused_and_changes_nothing(stack: Harnes
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stack.servers.StartServer(servers_pb2.StartServerRequest(id=sid, request_id="x"))
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "vm_state active" in (info.value.details() or "")
+    assert info.value.details() == f"Cannot 'start' instance {sid} while it is in vm_state active"
     await stack.servers.StopServer(servers_pb2.StopServerRequest(id=sid, request_id="s1"))
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stack.servers.RebootServer(servers_pb2.RebootServerRequest(id=sid, request_id="y"))
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "powering-off" in (info.value.details() or "")
+    assert info.value.details() == (
+        f"Cannot 'reboot' instance {sid} while it is in task_state powering-off"
+    )
     assert (await server(stack, sid)).task_state == servers_pb2.TASK_STATE_POWERING_OFF
     # The same stop retried is accepted as already done.
     await stack.servers.StopServer(servers_pb2.StopServerRequest(id=sid, request_id="s1"))

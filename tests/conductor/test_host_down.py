@@ -200,3 +200,23 @@ async def test_a_host_the_scheduler_holds_down_gets_a_local_delete_whatever_its_
 
     assert (await server(stack, sid, include_deleted=True)).deleted
     assert stack.scheduler.releases[(sid, "host-a")] == 1
+
+
+async def test_a_delete_storm_asks_the_scheduler_which_hosts_are_down_once_not_per_delete(
+    stack: Harness,
+) -> None:
+    await stack.scheduler.add_host("host-a")
+    ids = [(await active_server(stack, name=f"vm-{i}"))[0] for i in range(6)]
+    before = stack.scheduler.calls["ListHosts"] + stack.scheduler.calls["GetHost"]
+
+    await asyncio.gather(
+        *(
+            stack.servers.DeleteServer(servers_pb2.DeleteServerRequest(id=sid, request_id=f"d{i}"))
+            for i, sid in enumerate(ids)
+        )
+    )
+
+    asked = stack.scheduler.calls["ListHosts"] + stack.scheduler.calls["GetHost"] - before
+    assert asked == 1, asked
+    states = [(await server(stack, sid)).task_state for sid in ids]
+    assert states == [servers_pb2.TASK_STATE_DELETING] * len(ids)

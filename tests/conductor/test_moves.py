@@ -653,3 +653,29 @@ async def test_a_revert_whose_destination_is_down_goes_back_to_the_source_withou
     assert await claims(f) == {s.id: "h1"}
     await assert_usage_is_the_sum_of_allocations(f)
     assert (await migration(f, s.id)).status == "reverted"
+
+
+async def test_a_locked_server_is_moved_only_by_a_caller_who_may_override_the_lock(
+    two_hosts: Fleet,
+) -> None:
+    f = two_hosts
+    s = await boot(f)
+    await f.h.servers.LockServer(servers_pb2.LockServerRequest(request_id="req-lock", id=s.id))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await resize(f, s.id)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "locked" in (err.value.details() or "")
+    assert await claims(f) == {s.id: "h1"}
+    await f.migrations.ResizeServer(
+        migrations_pb2.ResizeServerRequest(
+            request_id="req-admin-resize", id=s.id, flavor_id="2", override_lock=True
+        )
+    )
+    await wait_status(f, s.id, S.SERVER_STATUS_VERIFY_RESIZE)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await f.migrations.ConfirmResize(migrations_pb2.ConfirmResizeRequest(id=s.id))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    await f.migrations.ConfirmResize(
+        migrations_pb2.ConfirmResizeRequest(id=s.id, override_lock=True)
+    )
+    await wait_status(f, s.id, S.SERVER_STATUS_ACTIVE)

@@ -140,3 +140,33 @@ def test_a_finished_stop_leaves_the_server_stopped_and_shut_down() -> None:
     assert states.after_action("start", True, 1) == (states.VmState.ACTIVE, 1)
     assert states.after_action("reboot", False, 1) == (states.VmState.ACTIVE, 1)
     assert states.after_action("start", False, 0) == (states.VmState.ERROR, 0)
+
+
+@pytest.mark.parametrize(
+    ("vm_state", "task_state", "status"),
+    [
+        ("paused", None, "PAUSED"),
+        ("paused", "unpausing", "PAUSED"),
+        ("active", "pausing", "ACTIVE"),
+        ("suspended", "resuming", "SUSPENDED"),
+        ("shelved", None, "SHELVED"),
+        ("shelved", "shelving_offloading", "SHELVED"),
+        ("shelved_offloaded", None, "SHELVED_OFFLOADED"),
+        ("shelved_offloaded", "spawning", "SHELVED_OFFLOADED"),
+        ("active", "rebuilding", "REBUILD"),
+        ("stopped", "rebuild_spawning", "REBUILD"),
+        ("error", "rebuilding", "REBUILD"),
+    ],
+)
+def test_the_new_states_show_the_status_the_api_gives_them(
+    vm_state: str, task_state: str | None, status: str
+) -> None:
+    assert states.derive_status(vm_state, task_state) == status
+
+
+def test_a_rebuild_status_filter_matches_only_rebuilding_servers() -> None:
+    f = states.status_filter(states.Status.REBUILD)
+    assert f.vm_states == {"active", "stopped", "error"}
+    assert f.only_tasks == {"rebuilding", "rebuild_spawning"}
+    active = states.status_filter(states.Status.ACTIVE)
+    assert {"rebuilding", "rebuild_spawning"} <= active.except_tasks

@@ -163,6 +163,44 @@ def test_the_openstack_cli_shows_the_fleet_to_an_admin(ready_cloud: Stack) -> No
     assert group["name"] == "g1"
 
 
+def test_the_placement_cli_shows_each_host_s_inventory_and_a_server_s_allocation(
+    ready_cloud: Stack,
+) -> None:
+    cloud = ready_cloud
+    server = osc(
+        cloud,
+        "server",
+        "create",
+        "--flavor",
+        "m1.tiny",
+        "--image",
+        "tiny",
+        "--wait",
+        "placed",
+        "-f",
+        "json",
+    )
+    providers = osc(cloud, "resource", "provider", "list", "-f", "json", admin=True)
+    assert sorted(p["name"] for p in providers) == ["cloud-0000", "cloud-0001", "cloud-0002"]
+    shown = osc(cloud, "server", "show", server["id"], "-f", "json", admin=True)
+    host = shown["OS-EXT-SRV-ATTR:host"]
+    (rp,) = [p for p in providers if p["name"] == host]
+    usage = osc(
+        cloud, "resource", "provider", "usage", "show", rp["uuid"], "-f", "json", admin=True
+    )
+    assert {u["resource_class"]: u["usage"] for u in usage}["VCPU"] == 1
+    inventory = osc(
+        cloud, "resource", "provider", "inventory", "list", rp["uuid"], "-f", "json", admin=True
+    )
+    assert {i["resource_class"] for i in inventory} == {"VCPU", "MEMORY_MB", "DISK_GB"}
+    allocation = osc(
+        cloud, "resource", "provider", "allocation", "show", server["id"], "-f", "json", admin=True
+    )
+    assert [(a["resource_provider"], a["resources"]["MEMORY_MB"]) for a in allocation] == [
+        (rp["uuid"], 512)
+    ]
+
+
 def test_openstacksdk_and_novaclient_boot_and_delete_servers(ready_cloud: Stack) -> None:
     from novaclient import client as nova_client
 
@@ -633,7 +671,7 @@ def test_scheduler_hints_loom_does_not_honour_are_refused_and_from_2_100_the_gro
         conn.delete_server(sid, wait=True)
 
 
-def test_a_private_flavor_boots_for_an_admin_and_does_not_exist_for_a_member(
+def test_a_private_flavor_boots_for_an_admin_and_for_a_member_once_shared_with_its_project(
     ready_cloud: Stack,
 ) -> None:
     with _sdk(ready_cloud, "loom-admin") as admin:
@@ -660,3 +698,16 @@ def test_a_private_flavor_boots_for_an_admin_and_does_not_exist_for_a_member(
         created = admin.compute.post("/servers", json=body, headers=v237)
         assert created.status_code == 202, created.text
         admin.delete_server(created.json()["server"]["id"], wait=True)
+    osc(ready_cloud, "flavor", "set", "--project", "demo", "private", admin=True)
+    shown = osc(ready_cloud, "flavor", "show", "private", "-f", "json", admin=True)
+    assert shown["access_project_ids"] == [
+        osc(ready_cloud, "project", "show", "demo", "-f", "value", "-c", "id", admin=True)
+    ]
+    with _sdk(ready_cloud, "loom") as conn:
+        mine = conn.compute.post("/servers", json=body, headers=v237)
+        assert mine.status_code == 202, mine.text
+        conn.delete_server(mine.json()["server"]["id"], wait=True)
+    osc(ready_cloud, "flavor", "unset", "--project", "demo", "private", admin=True)
+    with _sdk(ready_cloud, "loom") as conn:
+        again = conn.compute.post("/servers", json=body, headers=v237)
+        assert again.status_code == 400, again.text

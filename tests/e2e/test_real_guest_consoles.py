@@ -1,8 +1,9 @@
 """A real guest through the REST API, on `loom up --hypervisor qemu`: boot, console output,
 the VNC console through Loom's websocket proxy, power actions, a guest that powers itself
-off, and delete leaving nothing behind.
+off, a guest that reads its key and user data from its config drive, and delete leaving
+nothing behind.
 
-Each TCG boot costs about 8 s on two cores, so the module boots two guests in all. The
+Each TCG boot costs about 8 s on two cores, so the module boots three guests in all. The
 stack is `loom up` itself (on the test's PostgreSQL), so the all-in-one qemu mode, the
 agent's HTTP image downloads with the service token, and the registered test image are
 exercised too.
@@ -11,6 +12,8 @@ exercised too.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import os
 import re
 import secrets
@@ -28,6 +31,8 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import libvirt
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -393,6 +398,54 @@ def _power_off(qemu_cloud: QemuCloud, api: Api, admin: Api) -> None:
     api.wait_marker(sid)
     api.wait_status(sid, "SHUTOFF", within=60)
     assert "powering off" in api.console_output(sid)
+    assert api.http.delete(f"/compute/v2.1/servers/{sid}").status_code == 204
+    api.wait_status(sid, "DELETED")
+    assert not (qemu_cloud.instances / HOST / sid).exists()
+
+
+def test_a_guest_reads_its_key_and_user_data_from_the_config_drive(qemu_cloud: QemuCloud) -> None:
+    with Api(qemu_cloud) as api:
+        _config_drive(qemu_cloud, api)
+
+
+def _config_drive(qemu_cloud: QemuCloud, api: Api) -> None:
+    key = Ed25519PrivateKey.generate().public_key()
+    openssh = key.public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
+    public = f"{openssh} cd-key@loom"
+    name = f"cd-{secrets.token_hex(3)}"
+    r = api.post("/os-keypairs", {"keypair": {"name": name, "public_key": public}})
+    assert r.status_code in (200, 201), r.text
+    user_data = base64.b64encode(b"LOOM-E2E-USERDATA-7\nmore\n").decode()
+    r = api.post(
+        "/servers",
+        {
+            "server": {
+                "name": "cd-guest",
+                "imageRef": qemu_cloud.image_id,
+                "flavorRef": "1",
+                "networks": "none",
+                "key_name": name,
+                "user_data": user_data,
+                "config_drive": True,
+            }
+        },
+    )
+    assert r.status_code == 202, r.text
+    sid = str(r.json()["server"]["id"])
+    api.wait_status(sid, "ACTIVE")
+    blob = base64.b64decode(openssh.split()[1])
+    want = [
+        f"LOOM-CONFIG-DRIVE uuid={sid} hostname=cd-guest",
+        f"LOOM-SSH-KEY sha256={hashlib.sha256(blob).hexdigest()} comment=cd-key@loom",
+        "LOOM-USERDATA LOOM-E2E-USERDATA-7",
+    ]
+    deadline = time.monotonic() + 90
+    out = ""
+    while time.monotonic() < deadline and not all(w in out for w in want):
+        out = api.console_output(sid)
+        time.sleep(0.5)
+    assert all(w in out for w in want), out[-1500:]
+    assert (qemu_cloud.instances / HOST / sid / "disk.config").exists()
     assert api.http.delete(f"/compute/v2.1/servers/{sid}").status_code == 204
     api.wait_status(sid, "DELETED")
     assert not (qemu_cloud.instances / HOST / sid).exists()

@@ -6,28 +6,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc
-import httpx
 import pytest
-from loom.scheduler.v1 import aggregates_pb2_grpc
 
-from controlplane.config import SchedulerConfig
-from controlplane.db.engine import make_engine
-from controlplane.runtime.grpcserver import Registration, start_grpc_server
-from controlplane.scheduler.aggregates_servicer import AggregatesServicer
-from controlplane.scheduler.hostcache import HostCache
-from controlplane.scheduler.pipeline import build_pipeline
-from controlplane.scheduler.placement import PlacementService
-from controlplane.scheduler.service import AGGREGATES_SERVICE_NAME
-from controlplane.scheduler.store import ProviderStore
-from controlplane.seedfile import load_or_create
-from gateway.app import build_app
-from gateway.scheduler import Scheduler
-from gateway.service import make_gateway
 from tests.gateway.conftest import Cloud
+from tests.gateway.scheduler_cloud import scheduled_cloud
 from tests.gateway.shapes import assert_shape
-from tests.scheduler.dbcheck import add_host
-from tests.support.catalog import running_catalog
 
 AGG = "/compute/v2.1/os-aggregates"
 
@@ -35,36 +18,8 @@ AGG = "/compute/v2.1/os-aggregates"
 @pytest.fixture
 async def cloud(pg_url: str, tmp_path: Path) -> AsyncIterator[Cloud]:
     """The gateway in front of a catalog and of a scheduler knowing hosts h1 and h2."""
-    engine = make_engine(pg_url)
-    cfg = SchedulerConfig()
-    store = ProviderStore(engine)
-    placement = PlacementService(store, HostCache(store), build_pipeline(cfg), cfg)
-    for name in ("h1", "h2"):
-        await add_host(store, name)
-    server = await start_grpc_server(
-        "127.0.0.1:0",
-        [
-            Registration(
-                AggregatesServicer(placement),
-                aggregates_pb2_grpc.add_AggregatesServiceServicer_to_server,
-                AGGREGATES_SERVICE_NAME,
-            )
-        ],
-    )
-    try:
-        async with running_catalog(pg_url, tmp_path / "data") as cat:
-            gateway = make_gateway(cat.cfg)
-            if gateway.scheduler is not None:
-                await gateway.scheduler.close()
-            gateway.scheduler = Scheduler(grpc.aio.insecure_channel(f"127.0.0.1:{server.port}"))
-            transport = httpx.ASGITransport(app=build_app(gateway))
-            async with httpx.AsyncClient(transport=transport, base_url="http://loom.test") as c:
-                yield Cloud(client=c, seed=load_or_create(cat.cfg.data_path), catalog=cat)
-            await gateway.conductor.close()
-            await gateway.scheduler.close()
-    finally:
-        await server.stop(0)
-        await engine.dispose()
+    async with scheduled_cloud(pg_url, tmp_path) as sc:
+        yield sc.cloud
 
 
 async def test_an_admin_creates_shows_updates_lists_and_deletes_an_aggregate(cloud: Cloud) -> None:

@@ -212,7 +212,7 @@ async def test_novaclient_at_2_96_lists_flavors_and_manages_keypairs(live: LiveC
 async def test_openstack_cli_shows_the_catalog_and_manages_server_groups(live: LiveCloud) -> None:
     endpoints = await live.cli_json("endpoint", "list", cloud="loom-admin")
     assert isinstance(endpoints, list)
-    assert {e["Service Type"] for e in endpoints} == {"identity", "compute", "image"}
+    assert {e["Service Type"] for e in endpoints} == {"identity", "compute", "image", "placement"}
     group = await live.cli_json("server", "group", "create", "--policy", "anti-affinity", "g1")
     assert isinstance(group, dict)
     assert group["policy"] == "anti-affinity"

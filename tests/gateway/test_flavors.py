@@ -219,3 +219,54 @@ async def test_public_flavors_have_no_access_list(cloud: Cloud) -> None:
         "/compute/v2.1/flavors/1/os-flavor-access", headers=await cloud.headers("admin")
     )
     assert r.status_code == 404
+
+
+async def test_a_private_flavor_shared_with_a_project_is_seen_there_until_unshared(
+    cloud: Cloud,
+) -> None:
+    admin = await cloud.headers("admin")
+    demo = await cloud.headers()
+    projects = await cloud.client.get("/identity/v3/projects?name=demo", headers=admin)
+    demo_project = projects.json()["projects"][0]["id"]
+    body = {
+        "flavor": {
+            "name": "shared",
+            "id": "p1",
+            "ram": 64,
+            "vcpus": 1,
+            "disk": 0,
+            "os-flavor-access:is_public": False,
+        }
+    }
+    assert (
+        await cloud.client.post("/compute/v2.1/flavors", json=body, headers=admin)
+    ).status_code == 200
+    flavor = "/compute/v2.1/flavors/p1"
+    assert (await cloud.client.get(flavor, headers=demo)).status_code == 404
+
+    add = {"addTenantAccess": {"tenant": demo_project}}
+    r = await cloud.client.post(f"{flavor}/action", json=add, headers=admin)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"flavor_access": [{"flavor_id": "p1", "tenant_id": demo_project}]}
+    again = await cloud.client.post(f"{flavor}/action", json=add, headers=admin)
+    assert again.status_code == 409
+    unknown = {"addTenantAccess": {"tenant": "no-such-project"}}
+    assert (
+        await cloud.client.post(f"{flavor}/action", json=unknown, headers=admin)
+    ).status_code == 400
+    public = await cloud.client.post("/compute/v2.1/flavors/1/action", json=add, headers=admin)
+    assert public.status_code == 409
+    assert (await cloud.client.post(f"{flavor}/action", json=add, headers=demo)).status_code == 403
+
+    assert (await cloud.client.get(flavor, headers=demo)).status_code == 200
+    listed = await cloud.client.get("/compute/v2.1/flavors", headers=demo)
+    assert "shared" in [f["name"] for f in listed.json()["flavors"]]
+    access = await cloud.client.get(f"{flavor}/os-flavor-access", headers=admin)
+    assert access.json()["flavor_access"] == [{"flavor_id": "p1", "tenant_id": demo_project}]
+
+    remove = {"removeTenantAccess": {"tenant": demo_project}}
+    r = await cloud.client.post(f"{flavor}/action", json=remove, headers=admin)
+    assert (r.status_code, r.json()) == (200, {"flavor_access": []})
+    missing = await cloud.client.post(f"{flavor}/action", json=remove, headers=admin)
+    assert missing.status_code == 404
+    assert (await cloud.client.get(flavor, headers=demo)).status_code == 404

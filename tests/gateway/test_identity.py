@@ -49,6 +49,7 @@ async def test_a_password_token_carries_roles_and_the_service_catalog(cloud: Clo
         "identity": "http://loom.test/identity",
         "compute": "http://loom.test/compute/v2.1",
         "image": "http://loom.test/image",
+        "placement": "http://loom.test/placement",
     }
     assert {e["region"] for s in token["catalog"] for e in s["endpoints"]} == {"RegionOne"}
 
@@ -197,7 +198,7 @@ async def test_only_the_default_domain_exists(cloud: Cloud) -> None:
 async def test_services_and_endpoints_mirror_the_token_catalog(cloud: Cloud) -> None:
     h = await cloud.headers()
     services = (await cloud.client.get("/identity/v3/services", headers=h)).json()["services"]
-    assert sorted(s["type"] for s in services) == ["compute", "identity", "image"]
+    assert sorted(s["type"] for s in services) == ["compute", "identity", "image", "placement"]
     compute = next(s for s in services if s["type"] == "compute")
     endpoints = (
         await cloud.client.get(f"/identity/v3/endpoints?service_id={compute['id']}", headers=h)

@@ -99,6 +99,31 @@ async def test_each_role_gets_exactly_what_the_default_policy_allows(cloud: Clou
             None,
             403,
         ),
+        *[
+            (
+                "reader",
+                "POST",
+                "/compute/v2.1/servers/9b0b3a25-4c9b-4bb5-8f39-5b8d9f6c3f55/action",
+                action,
+                403,
+            )
+            for action in (
+                {"pause": None},
+                {"suspend": None},
+                {"lock": None},
+                {"unlock": None},
+                {"shelve": None},
+                {"unshelve": None},
+                {"rebuild": {"imageRef": "9b0b3a25-4c9b-4bb5-8f39-5b8d9f6c3f55"}},
+            )
+        ],
+        (
+            "member",
+            "POST",
+            "/compute/v2.1/servers/9b0b3a25-4c9b-4bb5-8f39-5b8d9f6c3f55/action",
+            {"shelveOffload": None},
+            403,
+        ),
         ("member", "GET", "/compute/v2.1/servers?all_tenants=1", None, 403),
         ("stranger", "GET", f"/compute/v2.1/os-quota-sets/{demo_project}", None, 403),
         (

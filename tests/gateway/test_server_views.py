@@ -89,6 +89,40 @@ def test_a_server_body_matches_the_published_shape(version: str, admin: bool, sh
     assert_shape(shape, {"server": body})
 
 
+@pytest.mark.parametrize(
+    ("version", "shape"),
+    [
+        ("2.1", "server_rebuild_v2.1"),
+        ("2.57", "server_rebuild_v2.57"),
+        ("2.96", "server_rebuild_v2.96"),
+    ],
+)
+def test_a_rebuild_body_has_the_shape_of_its_microversion(version: str, shape: str) -> None:
+    server = make_server(
+        status=servers_pb2.SERVER_STATUS_REBUILD,
+        vm_state=servers_pb2.VM_STATE_ACTIVE,
+        task_state=servers_pb2.TASK_STATE_REBUILDING,
+        key_name="k1",
+        user_data="aGk=",
+    )
+    body = views.rebuilt(
+        _request(), server, Microversion.parse(version), is_admin=False, admin_pass="pw"
+    )
+    assert_shape(shape, {"server": body})
+    assert body["status"] == "REBUILD"
+    if version != "2.1":
+        assert (body["key_name"], body["user_data"]) == ("k1", "aGk=")
+
+
+def test_an_admin_s_rebuild_body_from_2_75_shows_user_data_once() -> None:
+    server = make_server(user_data="aGk=", task_state=servers_pb2.TASK_STATE_REBUILD_SPAWNING)
+    body = views.rebuilt(_request(), server, Microversion(2, 75), is_admin=True, admin_pass="x")
+    assert body["user_data"] == "aGk="
+    assert "OS-EXT-SRV-ATTR:user_data" not in body
+    assert body["OS-EXT-STS:task_state"] == "rebuild_spawning"
+    assert body["OS-EXT-SRV-ATTR:host"] == "sim-0001"
+
+
 def test_the_host_id_hashes_project_and_host_so_projects_cannot_correlate() -> None:
     body = views.detail(_request(), make_server(), Microversion(2, 1), is_admin=False)
     assert body["hostId"] == hashlib.sha224(b"p1sim-0001").hexdigest()

@@ -80,6 +80,35 @@ CASES: dict[str, tuple[agent_bus_pb2.InstanceSpec, DomainLayout]] = {
             ),
         ),
     ),
+    "qemu_ports_and_config_drive": (
+        make_spec(
+            instance_id=IID,
+            instance_name="instance-0000002f",
+            vcpus=1,
+            memory_mb=256,
+            ports=[
+                agent_bus_pb2.PortBinding(
+                    port_id="0b7e6a57-8f0e-4c7b-9d51-9a0f2f6a1c01",
+                    network_id="5f3e0b1c-2d4a-4e8b-8c6d-7e9f0a1b2c3d",
+                    segmentation_id=1001,
+                    mac_address="FA:16:3E:00:00:01",
+                    mtu=1450,
+                ),
+                agent_bus_pb2.PortBinding(
+                    port_id="7d2e1c3b-4a5f-4e6d-8c7b-9a0b1c2d3e4f",
+                    network_id="5f3e0b1c-2d4a-4e8b-8c6d-7e9f0a1b2c3d",
+                    segmentation_id=1001,
+                    mac_address="fa:16:3e:00:00:02",
+                ),
+            ],
+        ),
+        _layout(
+            domain_type="qemu",
+            arch="x86_64",
+            machine="pc",
+            config_drive=f"/var/lib/loom/instances/{IID}/disk.config",
+        ),
+    ),
 }
 
 
@@ -105,6 +134,12 @@ def test_ephemeral_and_swap_disks_appear_only_when_the_flavor_asks_for_them() ->
     assert "vdc" not in without
     assert 'dev="vdb"' in with_both
     assert 'dev="vdc"' in with_both
+
+
+def test_a_spec_without_ports_or_config_drive_has_no_nic_and_no_cdrom() -> None:
+    xml = build_domain_xml(make_spec(instance_id=IID), _layout(domain_type="qemu"))
+    assert "<interface" not in xml
+    assert "cdrom" not in xml
 
 
 def test_an_unknown_domain_type_is_refused() -> None:

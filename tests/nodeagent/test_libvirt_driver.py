@@ -7,6 +7,7 @@ from pathlib import Path
 
 import libvirt
 import pytest
+from loom.compute.v1 import agent_bus_pb2
 
 from nodeagent.driver.base import (
     BuildFailed,
@@ -208,3 +209,35 @@ def test_a_domain_that_loom_did_not_define_is_not_listed(driver: LibvirtDriver) 
     assert driver.list_instances() == {}
     assert len(driver._c.listAllDomains(0)) == 1
     assert isinstance(driver._c, libvirt.virConnect)
+
+
+def test_a_simulated_host_builds_an_instance_with_ports_as_nics_in_its_domain_xml(
+    driver: LibvirtDriver,
+) -> None:
+    port = agent_bus_pb2.PortBinding(
+        port_id="0b7e6a57-8f0e-4c7b-9d51-9a0f2f6a1c01",
+        network_id="5f3e0b1c-2d4a-4e8b-8c6d-7e9f0a1b2c3d",
+        segmentation_id=1001,
+        mac_address="fa:16:3e:00:00:01",
+    )
+    spec = make_spec(ports=[port])
+    assert driver.create(spec) == PowerState.RUNNING
+    xml = driver._c.lookupByUUIDString(spec.instance_id).XMLDesc(0)
+    assert "fa:16:3e:00:00:01" in xml
+    driver.destroy(spec.instance_id)
+
+
+def test_a_port_with_a_bad_mac_fails_the_build_with_a_sentence_and_leaves_nothing(
+    driver: LibvirtDriver,
+) -> None:
+    port = agent_bus_pb2.PortBinding(
+        port_id="0b7e6a57-8f0e-4c7b-9d51-9a0f2f6a1c01",
+        network_id="5f3e0b1c-2d4a-4e8b-8c6d-7e9f0a1b2c3d",
+        segmentation_id=1001,
+        mac_address="not-a-mac",
+    )
+    spec = make_spec(ports=[port])
+    with pytest.raises(BuildFailed, match="mac_address is not a MAC address"):
+        driver.create(spec)
+    assert spec.instance_id not in driver.list_instances()
+    assert not (driver.instances_dir / spec.instance_id).exists()

@@ -315,3 +315,34 @@ def test_a_kernel_boot_without_a_command_line_property_gets_the_serial_console(
     assert os_el.findtext("cmdline") == "console=ttyS0"
     assert os_el.findtext("kernel") == str(qemu_driver.images.path_of(guest_images.kernel_id))
     assert os_el.findtext("initrd") == str(qemu_driver.images.path_of(guest_images.ramdisk_id))
+
+
+def test_a_real_guest_pauses_in_memory_and_suspends_to_disk_and_comes_back(
+    qemu_driver: LibvirtDriver, guest_images: GuestImages
+) -> None:
+    spec = _spec(guest_images)
+    iid = spec.instance_id
+    assert qemu_driver.create(spec) == PowerState.RUNNING
+    _wait_for_marker(qemu_driver, iid)
+    conn = libvirt.open(URI)
+    try:
+        dom = conn.lookupByUUIDString(iid)
+        assert qemu_driver.pause(iid) == PowerState.PAUSED
+        assert dom.isActive()  # the QEMU process and its memory stay
+        assert qemu_driver.pause(iid) == PowerState.PAUSED
+        assert qemu_driver.list_instances() == {iid: PowerState.PAUSED}
+        assert qemu_driver.unpause(iid) == PowerState.RUNNING
+
+        assert qemu_driver.suspend(iid) == PowerState.SUSPENDED
+        assert not dom.isActive()  # no QEMU process: the memory is on disk
+        assert dom.hasManagedSaveImage(0)
+        assert qemu_driver.list_instances() == {iid: PowerState.SUSPENDED}
+        assert qemu_driver.resume(iid) == PowerState.RUNNING
+        assert not dom.hasManagedSaveImage(0)
+
+        # A suspended guest is deleted with its saved memory.
+        assert qemu_driver.suspend(iid) == PowerState.SUSPENDED
+        qemu_driver.destroy(iid)
+        assert spec.instance_name not in _domain_names()
+    finally:
+        conn.close()

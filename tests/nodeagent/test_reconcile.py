@@ -231,3 +231,49 @@ def test_an_orphan_is_only_a_domain_seen_before_the_conductor_answered() -> None
         persistent=True,
     )
     assert plan.orphans == (seen.instance_id,)
+
+
+async def test_reconcile_recreates_paused_guests_paused_and_shelved_ones_shut_off(
+    make_agent: AgentFactory, bus_nc: NATS, tmp_path: Path, fleet_port: int
+) -> None:
+    paused, shelved, rebuilding, pausing = make_spec(), make_spec(), make_spec(), make_spec()
+    driver = make_test_driver(tmp_path, "h1")
+    fleet = RecordedFleet(
+        {
+            "h1": [
+                _record(paused, C.VM_STATE_PAUSED, agent_bus_pb2.POWER_STATE_PAUSED),
+                _record(shelved, C.VM_STATE_SHELVED, agent_bus_pb2.POWER_STATE_SHUTDOWN),
+                # Mid-task: the redelivered rebuild or pause command finishes these.
+                _record(
+                    rebuilding,
+                    C.VM_STATE_ACTIVE,
+                    agent_bus_pb2.POWER_STATE_RUNNING,
+                    C.TASK_STATE_REBUILD_SPAWNING,
+                ),
+                _record(
+                    pausing,
+                    C.VM_STATE_ACTIVE,
+                    agent_bus_pb2.POWER_STATE_RUNNING,
+                    C.TASK_STATE_PAUSING,
+                ),
+            ]
+        }
+    )
+    server = await _serve_fleet(fleet, fleet_port)
+    channel = _channel(fleet_port)
+    try:
+        events = await EventReader.open(bus_nc, "h1")
+        agent = make_agent(fleet=GrpcFleetView(channel), driver=driver)
+        await agent.start()
+        await asyncio.wait_for(agent.reconciled.wait(), 10)
+        assert driver.list_instances() == {
+            paused.instance_id: PowerState.PAUSED,
+            shelved.instance_id: PowerState.SHUTDOWN,
+        }
+        # Both came back in the state recorded: nothing to report.
+        assert await events.none_within(0.3)
+        # A power sync right after leaves the paused guest alone.
+        assert await agent.sync_power_states() == 0
+    finally:
+        await channel.close()
+        await server.stop(0)

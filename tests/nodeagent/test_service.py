@@ -17,7 +17,7 @@ from nats.aio.client import Client as NATS
 from controlplane.config import LoomConfig, load_config
 from controlplane.runtime import bus
 from controlplane.runtime.natsserver import NatsServerProcess, free_port
-from nodeagent.service import serve
+from nodeagent.service import make_dataplane, make_driver, serve
 from tests.nodeagent.support import EventReader, build_command, make_spec, send
 from tests.support import polling
 
@@ -152,3 +152,34 @@ async def test_listing_without_a_host_is_refused_when_the_process_serves_several
             compute_pb2.ListHostInstancesRequest(host="nope"), timeout=5
         )
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def _agent_config(tmp_path: Path, **agent: object) -> LoomConfig:
+    return load_config(environ={}, overrides={"data_dir": str(tmp_path), "agent": agent})
+
+
+def test_simulated_hosts_skip_the_network_data_plane_and_say_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="nodeagent.service")
+    cfg = _agent_config(tmp_path, network_dataplane=True, network_local_ip="192.0.2.1")
+    assert make_driver(cfg, "sim-0001").dataplane is None
+    assert "network data plane off" in caplog.text
+
+
+def test_a_real_host_with_the_data_plane_on_gets_one_and_needs_its_vtep_address(
+    tmp_path: Path,
+) -> None:
+    cfg = _agent_config(
+        tmp_path,
+        libvirt_uri="qemu:///system",
+        network_dataplane=True,
+        network_local_ip="192.0.2.1",
+        network_vxlan_peers=["192.0.2.2"],
+    )
+    plane = make_dataplane(cfg, "h1", simulated=False)
+    assert plane is not None
+    assert plane.config.peers == ("192.0.2.2",)
+    assert plane.config.state_dir.name == "network"
+    with pytest.raises(ValueError, match="network_local_ip"):
+        make_dataplane(_agent_config(tmp_path, network_dataplane=True), "h1", simulated=False)

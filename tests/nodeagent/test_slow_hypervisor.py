@@ -67,3 +67,30 @@ async def test_a_host_keeps_beating_while_a_build_blocks_in_the_hypervisor(
     # them; a heartbeat that waited behind the call would give none).
     during = [t for t in beats if blocked_at <= t <= finished_at]
     assert len(during) >= 2, len(during)
+
+
+async def test_a_host_keeps_beating_when_a_power_sync_comes_due_during_a_blocked_build(
+    make_agent: AgentFactory, bus_nc: NATS, tmp_path: Path
+) -> None:
+    """The power sync waits for the host's lock, which the blocked build holds; the beats
+    must not wait with it."""
+    uri = write_simulated_node(tmp_path / "h1.xml", vcpus=8, memory_mb=16384)
+    driver = BlockingDriver(uri, host="h1", instances_dir=tmp_path / "inst", disk_gb=100)
+    beats: list[float] = []
+
+    async def on_beat(_msg: object) -> None:
+        beats.append(time.monotonic())
+
+    await bus_nc.subscribe(bus.heartbeat_subject("h1"), cb=on_beat)
+    agent = make_agent(driver=driver, heartbeat_interval=HEARTBEAT_S, power_sync_interval=0.2)
+    await agent.start()
+    events = await EventReader.open(bus_nc, "h1")
+    await send(bus_nc.jetstream(), "h1", "build", build_command(make_spec()))
+    assert await asyncio.to_thread(driver.blocking.wait, 30)
+    blocked_at = time.monotonic()
+    event = await events.next()
+    assert event.kind == agent_bus_pb2.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED
+    # By the second half of the block a power sync has come due (every 0.2 s) and waits
+    # for the lock; beats there show that the heartbeat does not wait behind it.
+    second_half = [t for t in beats if blocked_at + BLOCK_S / 2 <= t <= blocked_at + BLOCK_S]
+    assert len(second_half) >= 2, len(second_half)

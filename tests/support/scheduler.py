@@ -80,6 +80,18 @@ class RecordingServicer(SchedulerServicer):
         self.calls["ClaimResources"] += 1
         return await super().ClaimResources(request, context)
 
+    async def ListHosts(
+        self, request: pb.ListHostsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListHostsResponse:
+        self.calls["ListHosts"] += 1
+        return await super().ListHosts(request, context)
+
+    async def GetHost(
+        self, request: pb.GetHostRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetHostResponse:
+        self.calls["GetHost"] += 1
+        return await super().GetHost(request, context)
+
     async def ReleaseResources(
         self, request: pb.ReleaseResourcesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReleaseResourcesResponse:

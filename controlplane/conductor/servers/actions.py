@@ -1,4 +1,5 @@
-"""Changing a server: delete, start, stop, reboot, rename, metadata.
+"""Changing a server: delete, start, stop, reboot, pause, unpause, suspend, resume, shelve,
+shelve_offload, unshelve, rebuild, lock, unlock, rename, metadata.
 
 Each change is a guarded UPDATE (the WHERE repeats the state the guard saw), so two racing
 requests cannot both win; the loser gets FAILED_PRECONDITION, never a silent overwrite.
@@ -12,6 +13,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from loom.conductor.v1 import servers_pb2
 from sqlalchemy import Table, delete, exists, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -19,16 +21,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from controlplane.catalog.quotas import check_metadata_items, limit_of
 from controlplane.conductor import commands, outbox, states
 from controlplane.conductor.context import Conductor
+from controlplane.conductor.convert import instance_spec
 from controlplane.conductor.scheduling import record_event
 from controlplane.conductor.servers.query import load_instance
 from controlplane.conductor.states import PowerState, TaskState, VmState
 from controlplane.db.models import (
     ConsoleAuthToken,
+    Image,
     Instance,
     InstanceAction,
+    Keypair,
     OutboxMessage,
 )
-from controlplane.runtime.errors import Conflict, NotFound
+from controlplane.runtime.errors import Conflict, InvalidArgument, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +74,12 @@ def _record_action(
     session.add(InstanceAction(**_action_values(row, action, request_id, user_id, now)))
 
 
+def check_lock(row: Instance, override_lock: bool) -> None:
+    """A locked server refuses changes from callers that may not override the lock."""
+    if row.locked and not override_lock:
+        raise Conflict(f"Instance {row.uuid} is locked")
+
+
 async def _guarded_update(
     session: AsyncSession, row: Instance, action: str, **values: object
 ) -> None:
@@ -100,6 +111,7 @@ async def power_action(
     request_id: str,
     *,
     hard: bool = False,
+    override_lock: bool = False,
 ) -> None:
     """Start, stop or reboot. Postcondition: the task_state is set, a `verb` action is
     recorded and the command is queued for the host, together; or FAILED_PRECONDITION and
@@ -109,14 +121,15 @@ async def power_action(
         row = await load_instance(session, instance_uuid, project_id)
         if request_id and await _action_exists(session, row.uuid, rid):
             return
+        check_lock(row, override_lock)
         if verb == "start":
-            states.check_start(row.vm_state, row.task_state)
+            states.check_start(row.vm_state, row.task_state, instance_uuid=row.uuid)
             task = TaskState.POWERING_ON
         elif verb == "stop":
-            states.check_stop(row.vm_state, row.task_state)
+            states.check_stop(row.vm_state, row.task_state, instance_uuid=row.uuid)
             task = TaskState.POWERING_OFF
         else:
-            states.check_reboot(row.vm_state, row.task_state, hard=hard)
+            states.check_reboot(row.vm_state, row.task_state, hard=hard, instance_uuid=row.uuid)
             task = states.reboot_task(hard)
         if not row.host:
             raise Conflict(f"Instance {row.uuid} has no host; cannot {verb} it.")
@@ -134,8 +147,239 @@ async def power_action(
     conductor.wakeup.set()
 
 
+async def simple_action(
+    conductor: Conductor,
+    verb: str,
+    instance_uuid: str,
+    project_id: str,
+    user_id: str,
+    request_id: str,
+    *,
+    override_lock: bool = False,
+) -> None:
+    """Pause, unpause, suspend, resume, shelve or shelve_offload. Postcondition: the
+    action's task_state is set, a `verb` action is recorded and the command is queued for
+    the host, together; or FAILED_PRECONDITION and nothing changed. A retry with the same
+    request_id is a no-op."""
+    action = states.SIMPLE_ACTIONS[verb]
+    rid = _request_id(request_id)
+    async with conductor.sessions() as session:
+        row = await load_instance(session, instance_uuid, project_id)
+        if request_id and await _action_exists(session, row.uuid, rid):
+            return
+        check_lock(row, override_lock)
+        states.check_simple(action, row.uuid, row.vm_state, row.task_state)
+        if not row.host:
+            raise Conflict(f"Instance {row.uuid} has no host; cannot {verb} it.")
+        now = datetime.now(UTC)
+        await _guarded_update(session, row, verb, task_state=action.task.value, updated_at=now)
+        _record_action(session, row, verb, rid, user_id, now)
+        await outbox.add(session, commands.simple(verb, row.host, row.uuid, rid))
+        await session.commit()
+    conductor.wakeup.set()
+
+
+async def unshelve(
+    conductor: Conductor,
+    instance_uuid: str,
+    project_id: str,
+    user_id: str,
+    request_id: str,
+    *,
+    override_lock: bool = False,
+    availability_zone: str | None = None,
+    host: str = "",
+) -> None:
+    """A shelved server still on its host is powered on there (task unshelving, an unshelve
+    command). An offloaded one is scheduled afresh, as a build is: task scheduling and a
+    schedule message for its next attempt, in one transaction; the scheduler claims a host
+    (in `availability_zone` when given, "" unpinning it; on `host` when given) and the
+    host builds it again from its image. FAILED_PRECONDITION in any other state, or when a
+    zone or host is asked for a server that is not offloaded. Idempotent per request_id."""
+    rid = _request_id(request_id)
+    action = states.SIMPLE_ACTIONS["unshelve"]
+    async with conductor.sessions() as session:
+        row = await load_instance(session, instance_uuid, project_id)
+        if request_id and await _action_exists(session, row.uuid, rid):
+            return
+        check_lock(row, override_lock)
+        states.check_simple(action, row.uuid, row.vm_state, row.task_state)
+        now = datetime.now(UTC)
+        if row.vm_state == VmState.SHELVED:
+            if availability_zone is not None or host:
+                raise Conflict(
+                    "Specifying an availability zone or a host when unshelving server "
+                    f"{row.uuid} with status SHELVED is not supported. The server status "
+                    "must be SHELVED_OFFLOADED."
+                )
+            if not row.host:
+                raise Conflict(f"Instance {row.uuid} has no host; cannot unshelve it.")
+            await _guarded_update(
+                session, row, "unshelve", task_state=action.task.value, updated_at=now
+            )
+            _record_action(session, row, "unshelve", rid, user_id, now)
+            await outbox.add(session, commands.simple("unshelve", row.host, row.uuid, rid))
+        else:
+            values: dict[str, object] = {
+                "task_state": TaskState.SCHEDULING.value,
+                "failed_hosts": [],
+                "alternates": [],
+                "force_host": host or None,
+                "updated_at": now,
+            }
+            if availability_zone is not None:
+                values["requested_availability_zone"] = availability_zone or None
+                if not availability_zone:
+                    values["availability_zone"] = None
+            attempt = row.attempts + 1
+            await _guarded_update(session, row, "unshelve", **values)
+            _record_action(session, row, "unshelve", rid, user_id, now)
+            await outbox.add(session, commands.schedule(row.uuid, attempt))
+        await session.commit()
+    conductor.wakeup.set()
+
+
+async def rebuild(conductor: Conductor, request: servers_pb2.RebuildServerRequest) -> Instance:
+    """Postcondition: the server records the new image (and the other given fields), its
+    task is rebuilding, a rebuild action is recorded and the rebuild command is queued for
+    its host, all together; or FAILED_PRECONDITION / INVALID_ARGUMENT and nothing changed.
+    A retry with the same request_id is a no-op returning the server."""
+    rid = _request_id(request.request_id)
+    async with conductor.sessions() as session:
+        row = await load_instance(session, request.id, request.project_id)
+        if request.request_id and await _action_exists(session, row.uuid, rid):
+            return row
+        check_lock(row, request.override_lock)
+        states.check_rebuild(row.uuid, row.vm_state, row.task_state)
+        if not row.host:
+            raise Conflict(f"Instance {row.uuid} has no host; cannot rebuild it.")
+        image = await session.get(Image, request.image_id)
+        if image is None or image.deleted or not _image_visible(image, row.project_id):
+            raise InvalidArgument(f"Image {request.image_id} could not be found.")
+        if image.status != "active":
+            raise InvalidArgument(f"Image {request.image_id} is not active.")
+        if row.memory_mb < image.min_ram:
+            raise InvalidArgument("Flavor's memory is too small for requested image.")
+        if row.root_gb and row.root_gb < image.min_disk:
+            raise InvalidArgument("Flavor's disk is too small for requested image.")
+        values: dict[str, object] = {}
+        if request.HasField("key_name"):
+            key_data = None
+            if request.key_name:
+                key_data = (
+                    await session.execute(
+                        select(Keypair.public_key).where(
+                            Keypair.user_id == (request.user_id or row.user_id),
+                            Keypair.name == request.key_name,
+                        )
+                    )
+                ).scalar_one_or_none()
+                if key_data is None:
+                    raise InvalidArgument(f"Invalid key_name provided: {request.key_name}")
+            values["key_name"] = request.key_name or None
+            values["key_data"] = key_data
+        if request.metadata or request.replace_metadata:
+            merged = (
+                dict(request.metadata)
+                if request.replace_metadata
+                else {**(row.metadata_ or {}), **request.metadata}
+            )
+            limit = await limit_of(
+                session, row.project_id, "metadata_items", conductor.cfg.conductor
+            )
+            check_metadata_items(len(merged), limit)
+            values["metadata_"] = merged
+        for field in ("name", "access_ipv4", "access_ipv6", "hostname"):
+            if request.HasField(field):
+                values[field] = getattr(request, field)
+        if request.HasField("description"):
+            values["description"] = request.description or None
+        if request.HasField("user_data"):
+            values["user_data"] = request.user_data or None
+        props = dict(image.properties or {})
+        now = datetime.now(UTC)
+        power_on = row.vm_state != VmState.STOPPED
+        await _guarded_update(
+            session,
+            row,
+            "rebuild",
+            task_state=TaskState.REBUILDING.value,
+            updated_at=now,
+        )
+        for key, value in {
+            **values,
+            "image_id": image.id,
+            "image_properties": {str(k): str(v) for k, v in props.items()},
+            "kernel_id": str(props.get("kernel_id", "")),
+            "ramdisk_id": str(props.get("ramdisk_id", "")),
+            "task_state": TaskState.REBUILDING.value,
+            "updated_at": now,
+        }.items():
+            setattr(row, key, value)
+        _record_action(session, row, "rebuild", rid, user_id=request.user_id, now=now)
+        await outbox.add(
+            session,
+            commands.rebuild(row.host, instance_spec(row, image), rid, power_on=power_on),
+        )
+        await session.commit()
+    conductor.wakeup.set()
+    return row
+
+
+def _image_visible(image: Image, project_id: str) -> bool:
+    return image.visibility in ("public", "community") or image.owner == project_id
+
+
+async def set_lock(
+    conductor: Conductor,
+    instance_uuid: str,
+    project_id: str,
+    user_id: str,
+    request_id: str,
+    *,
+    locked: bool,
+    locked_by: str = "owner",
+    reason: str | None = None,
+) -> None:
+    """Locks or unlocks. Postcondition: locked, locked_by and locked_reason are stored and
+    a lock/unlock action with its event is recorded; in any state (Nova locks servers in
+    every state). Locking a locked server keeps the first lock's holder and reason;
+    unlocking an unlocked one changes nothing. Idempotent per request_id."""
+    verb = "lock" if locked else "unlock"
+    rid = _request_id(request_id)
+    async with conductor.sessions() as session:
+        row = await load_instance(session, instance_uuid, project_id, for_update=_locks(session))
+        if request_id and await _action_exists(session, row.uuid, rid):
+            return
+        now = datetime.now(UTC)
+        if locked and not row.locked:
+            row.locked, row.locked_by, row.locked_reason = True, locked_by, reason
+            row.updated_at = now
+        elif not locked and row.locked:
+            row.locked, row.locked_by, row.locked_reason = False, None, None
+            row.updated_at = now
+        _record_action(session, row, verb, rid, user_id, now)
+        await session.flush()
+        await record_event(session, row.uuid, verb, f"api_{verb}", "Success")
+        await session.execute(
+            update(InstanceAction)
+            .where(
+                InstanceAction.instance_uuid == row.uuid,
+                InstanceAction.request_id == rid,
+            )
+            .values(finish_time=now, updated_at=now)
+        )
+        await session.commit()
+
+
 async def delete_server(
-    conductor: Conductor, instance_uuid: str, project_id: str, user_id: str, request_id: str
+    conductor: Conductor,
+    instance_uuid: str,
+    project_id: str,
+    user_id: str,
+    request_id: str,
+    *,
+    override_lock: bool = False,
 ) -> None:
     """Deletes in every state. Postcondition: with a host whose compute service is up,
     task_state is deleting and a delete command is queued (the agent's DELETED event finishes
@@ -146,14 +390,21 @@ async def delete_server(
     # Delete wins over whatever task raced it: a guard that lost simply looks again.
     for _ in range(5):
         try:
-            return await _delete_once(conductor, instance_uuid, project_id, user_id, rid)
+            return await _delete_once(
+                conductor, instance_uuid, project_id, user_id, rid, override_lock
+            )
         except states.InvalidState:
             continue
     raise Conflict(f"Instance {instance_uuid} kept changing; delete it again.")
 
 
 async def _delete_once(
-    conductor: Conductor, instance_uuid: str, project_id: str, user_id: str, rid: str
+    conductor: Conductor,
+    instance_uuid: str,
+    project_id: str,
+    user_id: str,
+    rid: str,
+    override_lock: bool,
 ) -> None:
     release = False
     async with conductor.sessions() as session:
@@ -175,6 +426,7 @@ async def _delete_once(
         row, action_recorded = found[0], bool(found[1])
         if row.deleted:
             return
+        check_lock(row, override_lock)
         # Whether the host is down is the scheduler's to say; a host it does not know, or
         # a scheduler that cannot answer, is not called down: nothing says so.
         if row.host and await conductor.scheduler.is_down(row.host):
@@ -324,11 +576,13 @@ async def set_metadata(
     items: dict[str, str],
     *,
     replace: bool,
+    override_lock: bool = False,
 ) -> dict[str, str]:
     """Postcondition: metadata is items (replace) or items merged over the old; never more
     keys than the project's metadata_items limit."""
     async with conductor.sessions() as session:
         row = await load_instance(session, instance_uuid, project_id, for_update=_locks(session))
+        check_lock(row, override_lock)
         merged = dict(items) if replace else {**(row.metadata_ or {}), **items}
         limit = await limit_of(session, row.project_id, "metadata_items", conductor.cfg.conductor)
         check_metadata_items(len(merged), limit)
@@ -339,10 +593,16 @@ async def set_metadata(
 
 
 async def delete_metadata_item(
-    conductor: Conductor, instance_uuid: str, project_id: str, key: str
+    conductor: Conductor,
+    instance_uuid: str,
+    project_id: str,
+    key: str,
+    *,
+    override_lock: bool = False,
 ) -> None:
     async with conductor.sessions() as session:
         row = await load_instance(session, instance_uuid, project_id, for_update=_locks(session))
+        check_lock(row, override_lock)
         metadata = dict(row.metadata_ or {})
         if key not in metadata:
             raise NotFound(f"Metadata item was not found: {key}")

@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     bindparam,
     cast,
+    exists,
     func,
     literal,
     select,
@@ -47,6 +48,7 @@ from controlplane.config import ConductorConfig
 from controlplane.db import driver
 from controlplane.db.models import (
     Flavor,
+    FlavorProject,
     Image,
     Instance,
     InstanceAction,
@@ -122,6 +124,22 @@ def _image_visible(image: Image, project_id: str) -> bool:
 # other statements do.
 _PROJECT_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%(project_id)s, 20231))"
 
+# Projects whose last create found a limit to hold (quota or a server group's member
+# limit). Only the ORDER of the create's first statements depends on it (lock first, or
+# read first and lock only when a limit turns up), never whether the lock is taken, so a
+# stale entry costs one statement and nothing else.
+_LIMITED: set[str] = set()
+_LIMITED_MAX = 100_000
+
+
+def _remember_limited(project_id: str, limited: bool) -> None:
+    if not limited:
+        _LIMITED.discard(project_id)
+        return
+    if len(_LIMITED) >= _LIMITED_MAX:
+        _LIMITED.clear()
+    _LIMITED.add(project_id)
+
 
 async def create_servers(
     conductor: Conductor, request: servers_pb2.CreateServersRequest
@@ -156,14 +174,27 @@ async def create_servers(
         }
         found: Any
         if postgres:
-            # Creates in one project take turns from here to their commit: the usage the
-            # quota check reads below then includes every create committed before, so
-            # concurrent creates cannot both pass on the same headroom. (READ COMMITTED
-            # reads a fresh snapshot per statement, so the lock must come first, on its
-            # own.) SQLite serialises writers by itself.
+            # Creates in a project with a limit take turns from the lock to their commit:
+            # the usage the quota check reads after the lock then includes every create
+            # committed before, so concurrent creates cannot both pass on the same
+            # headroom. (READ COMMITTED reads a fresh snapshot per statement, so the lock
+            # must come before the read, on its own.) A project with no limit to hold has
+            # nothing to race for, and its creates run side by side. SQLite serialises
+            # writers by itself.
             db = await session.connection()
-            await driver.execute(db, _PROJECT_LOCK, {"project_id": request.project_id})
+            lock = {"project_id": request.project_id}
+            locked = request.project_id in _LIMITED or bool(request.server_group_id)
+            if locked:
+                await driver.execute(db, _PROJECT_LOCK, lock)
             found = await _validate_on_driver(db, bool(request.key_name), params)
+            limited = found is not None and (
+                bool(request.server_group_id)
+                or not project_quota_from(tuple(found[2:8]), cfg).unlimited
+            )
+            _remember_limited(request.project_id, limited)
+            if limited and not locked:
+                await driver.execute(db, _PROJECT_LOCK, lock)
+                found = await _validate_on_driver(db, bool(request.key_name), params)
         else:
             found = (
                 await session.execute(_validation_query(bool(request.key_name), False), params)
@@ -173,6 +204,9 @@ async def create_servers(
         flavor, image = found[0], found[1]
         quota = project_quota_from(tuple(found[2:8]), cfg)
         key_data, metadata_limit = found[8], found[9]
+        shared_with_project = bool(found[10])
+        if not (flavor.is_public or request.private_flavors_allowed or shared_with_project):
+            raise InvalidArgument(f"Flavor {request.flavor_id} could not be found.")
         if flavor.disabled:
             raise InvalidArgument(f"Flavor {request.flavor_id} is disabled and cannot be used.")
         if image is None or image.deleted or not _image_visible(image, request.project_id):
@@ -279,7 +313,7 @@ async def create_servers(
         scheduled = [commands.schedule(row.uuid, 1) for row in rows]
         try:
             if postgres:
-                for row, new_id in zip(rows, found[10], strict=False):
+                for row, new_id in zip(rows, found[11], strict=False):
                     row.id = int(new_id)
                 if networks == "auto":
                     await _assign_addresses(session, rows)
@@ -516,6 +550,10 @@ def _validation_query(with_key: bool, postgres: bool) -> Select[Any]:
         if with_key
         else literal(None),
         override(project, "metadata_items"),
+        # Whether the flavor is shared with the project (a private flavor's access list).
+        exists()
+        .where(FlavorProject.flavor_id == Flavor.id, FlavorProject.project_id == project)
+        .correlate(Flavor),
     ]
     if postgres:
         # The new instances' ids, drawn from their sequence in this same statement, so the

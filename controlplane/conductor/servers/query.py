@@ -118,6 +118,8 @@ def _where(request: servers_pb2.ListServersRequest) -> list[ColumnElement[bool]]
         cond.append(Instance.reservation_id == request.reservation_id)
     if request.user_id:
         cond.append(Instance.user_id == request.user_id)
+    if request.HasField("locked"):
+        cond.append(Instance.locked.is_(request.locked))
     if request.availability_zone:
         cond.append(Instance.availability_zone == request.availability_zone)
     if request.vm_states:

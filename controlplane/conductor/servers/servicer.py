@@ -19,6 +19,14 @@ from controlplane.runtime.errors import NotFound
 from controlplane.runtime.rpc import grpc_errors
 
 Ctx: TypeAlias = grpc.aio.ServicerContext
+_SimpleRequest: TypeAlias = (
+    servers_pb2.ShelveServerRequest
+    | servers_pb2.ShelveOffloadServerRequest
+    | servers_pb2.PauseServerRequest
+    | servers_pb2.UnpauseServerRequest
+    | servers_pb2.SuspendServerRequest
+    | servers_pb2.ResumeServerRequest
+)
 
 
 class ServersServicer(servers_pb2_grpc.ServersServiceServicer):
@@ -70,7 +78,12 @@ class ServersServicer(servers_pb2_grpc.ServersServiceServicer):
         self, request: servers_pb2.DeleteServerRequest, context: Ctx
     ) -> servers_pb2.DeleteServerResponse:
         await actions.delete_server(
-            self._c, request.id, request.project_id, request.user_id, request.request_id
+            self._c,
+            request.id,
+            request.project_id,
+            request.user_id,
+            request.request_id,
+            override_lock=request.override_lock,
         )
         return servers_pb2.DeleteServerResponse()
 
@@ -79,7 +92,13 @@ class ServersServicer(servers_pb2_grpc.ServersServiceServicer):
         self, request: servers_pb2.StartServerRequest, context: Ctx
     ) -> servers_pb2.StartServerResponse:
         await actions.power_action(
-            self._c, "start", request.id, request.project_id, request.user_id, request.request_id
+            self._c,
+            "start",
+            request.id,
+            request.project_id,
+            request.user_id,
+            request.request_id,
+            override_lock=request.override_lock,
         )
         return servers_pb2.StartServerResponse()
 
@@ -88,7 +107,13 @@ class ServersServicer(servers_pb2_grpc.ServersServiceServicer):
         self, request: servers_pb2.StopServerRequest, context: Ctx
     ) -> servers_pb2.StopServerResponse:
         await actions.power_action(
-            self._c, "stop", request.id, request.project_id, request.user_id, request.request_id
+            self._c,
+            "stop",
+            request.id,
+            request.project_id,
+            request.user_id,
+            request.request_id,
+            override_lock=request.override_lock,
         )
         return servers_pb2.StopServerResponse()
 
@@ -104,6 +129,7 @@ class ServersServicer(servers_pb2_grpc.ServersServiceServicer):
             request.user_id,
             request.request_id,
             hard=request.reboot_type == agent_bus_pb2.REBOOT_TYPE_HARD,
+            override_lock=request.override_lock,
         )
         return servers_pb2.RebootServerResponse()
 
@@ -112,7 +138,12 @@ class ServersServicer(servers_pb2_grpc.ServersServiceServicer):
         self, request: servers_pb2.SetServerMetadataRequest, context: Ctx
     ) -> servers_pb2.SetServerMetadataResponse:
         merged = await actions.set_metadata(
-            self._c, request.id, request.project_id, dict(request.metadata), replace=request.replace
+            self._c,
+            request.id,
+            request.project_id,
+            dict(request.metadata),
+            replace=request.replace,
+            override_lock=request.override_lock,
         )
         return servers_pb2.SetServerMetadataResponse(metadata=merged)
 
@@ -120,7 +151,13 @@ class ServersServicer(servers_pb2_grpc.ServersServiceServicer):
     async def DeleteServerMetadataItem(
         self, request: servers_pb2.DeleteServerMetadataItemRequest, context: Ctx
     ) -> servers_pb2.DeleteServerMetadataItemResponse:
-        await actions.delete_metadata_item(self._c, request.id, request.project_id, request.key)
+        await actions.delete_metadata_item(
+            self._c,
+            request.id,
+            request.project_id,
+            request.key,
+            override_lock=request.override_lock,
+        )
         return servers_pb2.DeleteServerMetadataItemResponse()
 
     @grpc_errors
@@ -162,3 +199,111 @@ class ServersServicer(servers_pb2_grpc.ServersServiceServicer):
                 )
             ).scalars()
             return servers_pb2.GetInstanceActionResponse(action=action_pb(action, list(events)))
+
+    async def _simple(self, verb: str, request: _SimpleRequest) -> None:
+        await actions.simple_action(
+            self._c,
+            verb,
+            request.id,
+            request.project_id,
+            request.user_id,
+            request.request_id,
+            override_lock=request.override_lock,
+        )
+
+    @grpc_errors
+    async def PauseServer(
+        self, request: servers_pb2.PauseServerRequest, context: Ctx
+    ) -> servers_pb2.PauseServerResponse:
+        await self._simple("pause", request)
+        return servers_pb2.PauseServerResponse()
+
+    @grpc_errors
+    async def UnpauseServer(
+        self, request: servers_pb2.UnpauseServerRequest, context: Ctx
+    ) -> servers_pb2.UnpauseServerResponse:
+        await self._simple("unpause", request)
+        return servers_pb2.UnpauseServerResponse()
+
+    @grpc_errors
+    async def SuspendServer(
+        self, request: servers_pb2.SuspendServerRequest, context: Ctx
+    ) -> servers_pb2.SuspendServerResponse:
+        await self._simple("suspend", request)
+        return servers_pb2.SuspendServerResponse()
+
+    @grpc_errors
+    async def ResumeServer(
+        self, request: servers_pb2.ResumeServerRequest, context: Ctx
+    ) -> servers_pb2.ResumeServerResponse:
+        await self._simple("resume", request)
+        return servers_pb2.ResumeServerResponse()
+
+    @grpc_errors
+    async def LockServer(
+        self, request: servers_pb2.LockServerRequest, context: Ctx
+    ) -> servers_pb2.LockServerResponse:
+        await actions.set_lock(
+            self._c,
+            request.id,
+            request.project_id,
+            request.user_id,
+            request.request_id,
+            locked=True,
+            locked_by="admin" if request.locked_by == "admin" else "owner",
+            reason=request.locked_reason if request.HasField("locked_reason") else None,
+        )
+        return servers_pb2.LockServerResponse()
+
+    @grpc_errors
+    async def UnlockServer(
+        self, request: servers_pb2.UnlockServerRequest, context: Ctx
+    ) -> servers_pb2.UnlockServerResponse:
+        await actions.set_lock(
+            self._c,
+            request.id,
+            request.project_id,
+            request.user_id,
+            request.request_id,
+            locked=False,
+        )
+        return servers_pb2.UnlockServerResponse()
+
+    @grpc_errors
+    async def ShelveServer(
+        self, request: servers_pb2.ShelveServerRequest, context: Ctx
+    ) -> servers_pb2.ShelveServerResponse:
+        await self._simple("shelve", request)
+        return servers_pb2.ShelveServerResponse()
+
+    @grpc_errors
+    async def ShelveOffloadServer(
+        self, request: servers_pb2.ShelveOffloadServerRequest, context: Ctx
+    ) -> servers_pb2.ShelveOffloadServerResponse:
+        await self._simple("shelve_offload", request)
+        return servers_pb2.ShelveOffloadServerResponse()
+
+    @grpc_errors
+    async def UnshelveServer(
+        self, request: servers_pb2.UnshelveServerRequest, context: Ctx
+    ) -> servers_pb2.UnshelveServerResponse:
+        await actions.unshelve(
+            self._c,
+            request.id,
+            request.project_id,
+            request.user_id,
+            request.request_id,
+            override_lock=request.override_lock,
+            availability_zone=(
+                request.availability_zone if request.HasField("availability_zone") else None
+            ),
+            host=request.host,
+        )
+        return servers_pb2.UnshelveServerResponse()
+
+    @grpc_errors
+    async def RebuildServer(
+        self, request: servers_pb2.RebuildServerRequest, context: Ctx
+    ) -> servers_pb2.RebuildServerResponse:
+        row = await actions.rebuild(self._c, request)
+        return servers_pb2.RebuildServerResponse(server=server_pb(row))

@@ -167,16 +167,22 @@ class GetFlavorRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Flavor id."""
+    project_id: _builtins.str
+    """When set, only a flavor public or shared with this project is found (a tenant's
+    view); empty for every flavor (an admin's).
+    """
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "project_id", b"project_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -219,6 +225,7 @@ class ListFlavorsRequest(_message.Message):
     MARKER_FIELD_NUMBER: _builtins.int
     SORT_KEY_FIELD_NUMBER: _builtins.int
     SORT_DIR_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
     include_private: _builtins.bool
     """Include non-public flavors."""
     min_ram: _builtins.int
@@ -233,6 +240,8 @@ class ListFlavorsRequest(_message.Message):
     """Sort key (default id... as Nova: flavorid)."""
     sort_dir: _builtins.str
     """asc (default) or desc."""
+    project_id: _builtins.str
+    """With include_private false: also the private flavors shared with this project."""
     def __init__(
         self,
         *,
@@ -243,10 +252,11 @@ class ListFlavorsRequest(_message.Message):
         marker: _builtins.str = ...,
         sort_key: _builtins.str = ...,
         sort_dir: _builtins.str = ...,
+        project_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_private", b"include_private", "limit", b"limit", "marker", b"marker", "min_disk", b"min_disk", "min_ram", b"min_ram", "sort_dir", b"sort_dir", "sort_key", b"sort_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_private", b"include_private", "limit", b"limit", "marker", b"marker", "min_disk", b"min_disk", "min_ram", b"min_ram", "project_id", b"project_id", "sort_dir", b"sort_dir", "sort_key", b"sort_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -519,3 +529,183 @@ class DeleteFlavorExtraSpecResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteFlavorExtraSpecResponse: _TypeAlias = DeleteFlavorExtraSpecResponse  # noqa: Y015
+
+@_typing.final
+class FlavorAccess(_message.Message):
+    """A project's access to a private flavor."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FLAVOR_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    flavor_id: _builtins.str
+    """Flavor id."""
+    project_id: _builtins.str
+    """Project id."""
+    def __init__(
+        self,
+        *,
+        flavor_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["flavor_id", b"flavor_id", "project_id", b"project_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FlavorAccess: _TypeAlias = FlavorAccess  # noqa: Y015
+
+@_typing.final
+class ListFlavorAccessRequest(_message.Message):
+    """Request for ListFlavorAccess."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Flavor id."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFlavorAccessRequest: _TypeAlias = ListFlavorAccessRequest  # noqa: Y015
+
+@_typing.final
+class AddFlavorAccessRequest(_message.Message):
+    """Request for AddFlavorAccess."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call."""
+    id: _builtins.str
+    """Flavor id."""
+    project_id: _builtins.str
+    """The project to share the flavor with."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "project_id", b"project_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddFlavorAccessRequest: _TypeAlias = AddFlavorAccessRequest  # noqa: Y015
+
+@_typing.final
+class RemoveFlavorAccessRequest(_message.Message):
+    """Request for RemoveFlavorAccess."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call."""
+    id: _builtins.str
+    """Flavor id."""
+    project_id: _builtins.str
+    """The project to stop sharing the flavor with."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "project_id", b"project_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveFlavorAccessRequest: _TypeAlias = RemoveFlavorAccessRequest  # noqa: Y015
+
+@_typing.final
+class ListFlavorAccessResponse(_message.Message):
+    """Response of ListFlavorAccess: the projects the flavor is shared with, after the call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCESS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def access(self) -> _containers.RepeatedCompositeFieldContainer[Global___FlavorAccess]:
+        """Sorted by project id."""
+
+    def __init__(
+        self,
+        *,
+        access: _abc.Iterable[Global___FlavorAccess] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFlavorAccessResponse: _TypeAlias = ListFlavorAccessResponse  # noqa: Y015
+
+@_typing.final
+class AddFlavorAccessResponse(_message.Message):
+    """Response of AddFlavorAccess: the projects the flavor is shared with, after the call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCESS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def access(self) -> _containers.RepeatedCompositeFieldContainer[Global___FlavorAccess]:
+        """Sorted by project id."""
+
+    def __init__(
+        self,
+        *,
+        access: _abc.Iterable[Global___FlavorAccess] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddFlavorAccessResponse: _TypeAlias = AddFlavorAccessResponse  # noqa: Y015
+
+@_typing.final
+class RemoveFlavorAccessResponse(_message.Message):
+    """Response of RemoveFlavorAccess: the projects the flavor is shared with, after the call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCESS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def access(self) -> _containers.RepeatedCompositeFieldContainer[Global___FlavorAccess]:
+        """Sorted by project id."""
+
+    def __init__(
+        self,
+        *,
+        access: _abc.Iterable[Global___FlavorAccess] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveFlavorAccessResponse: _TypeAlias = RemoveFlavorAccessResponse  # noqa: Y015

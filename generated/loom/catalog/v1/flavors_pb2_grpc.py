@@ -70,6 +70,21 @@ class FlavorsServiceStub:
                 request_serializer=loom_dot_catalog_dot_v1_dot_flavors__pb2.DeleteFlavorExtraSpecRequest.SerializeToString,
                 response_deserializer=loom_dot_catalog_dot_v1_dot_flavors__pb2.DeleteFlavorExtraSpecResponse.FromString,
                 _registered_method=True)
+        self.ListFlavorAccess = channel.unary_unary(
+                '/loom.catalog.v1.FlavorsService/ListFlavorAccess',
+                request_serializer=loom_dot_catalog_dot_v1_dot_flavors__pb2.ListFlavorAccessRequest.SerializeToString,
+                response_deserializer=loom_dot_catalog_dot_v1_dot_flavors__pb2.ListFlavorAccessResponse.FromString,
+                _registered_method=True)
+        self.AddFlavorAccess = channel.unary_unary(
+                '/loom.catalog.v1.FlavorsService/AddFlavorAccess',
+                request_serializer=loom_dot_catalog_dot_v1_dot_flavors__pb2.AddFlavorAccessRequest.SerializeToString,
+                response_deserializer=loom_dot_catalog_dot_v1_dot_flavors__pb2.AddFlavorAccessResponse.FromString,
+                _registered_method=True)
+        self.RemoveFlavorAccess = channel.unary_unary(
+                '/loom.catalog.v1.FlavorsService/RemoveFlavorAccess',
+                request_serializer=loom_dot_catalog_dot_v1_dot_flavors__pb2.RemoveFlavorAccessRequest.SerializeToString,
+                response_deserializer=loom_dot_catalog_dot_v1_dot_flavors__pb2.RemoveFlavorAccessResponse.FromString,
+                _registered_method=True)
 
 
 class FlavorsServiceServicer:
@@ -125,6 +140,28 @@ class FlavorsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListFlavorAccess(self, request, context):
+        """The projects a private flavor is shared with. NOT_FOUND for a public flavor.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddFlavorAccess(self, request, context):
+        """Shares a private flavor with a project. FAILED_PRECONDITION for a public flavor,
+        ALREADY_EXISTS when already shared.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveFlavorAccess(self, request, context):
+        """Stops sharing a flavor with a project. NOT_FOUND when it was not shared.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FlavorsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -162,6 +199,21 @@ def add_FlavorsServiceServicer_to_server(servicer, server):
                     servicer.DeleteFlavorExtraSpec,
                     request_deserializer=loom_dot_catalog_dot_v1_dot_flavors__pb2.DeleteFlavorExtraSpecRequest.FromString,
                     response_serializer=loom_dot_catalog_dot_v1_dot_flavors__pb2.DeleteFlavorExtraSpecResponse.SerializeToString,
+            ),
+            'ListFlavorAccess': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFlavorAccess,
+                    request_deserializer=loom_dot_catalog_dot_v1_dot_flavors__pb2.ListFlavorAccessRequest.FromString,
+                    response_serializer=loom_dot_catalog_dot_v1_dot_flavors__pb2.ListFlavorAccessResponse.SerializeToString,
+            ),
+            'AddFlavorAccess': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddFlavorAccess,
+                    request_deserializer=loom_dot_catalog_dot_v1_dot_flavors__pb2.AddFlavorAccessRequest.FromString,
+                    response_serializer=loom_dot_catalog_dot_v1_dot_flavors__pb2.AddFlavorAccessResponse.SerializeToString,
+            ),
+            'RemoveFlavorAccess': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveFlavorAccess,
+                    request_deserializer=loom_dot_catalog_dot_v1_dot_flavors__pb2.RemoveFlavorAccessRequest.FromString,
+                    response_serializer=loom_dot_catalog_dot_v1_dot_flavors__pb2.RemoveFlavorAccessResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -354,6 +406,87 @@ class FlavorsService:
             '/loom.catalog.v1.FlavorsService/DeleteFlavorExtraSpec',
             loom_dot_catalog_dot_v1_dot_flavors__pb2.DeleteFlavorExtraSpecRequest.SerializeToString,
             loom_dot_catalog_dot_v1_dot_flavors__pb2.DeleteFlavorExtraSpecResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFlavorAccess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.catalog.v1.FlavorsService/ListFlavorAccess',
+            loom_dot_catalog_dot_v1_dot_flavors__pb2.ListFlavorAccessRequest.SerializeToString,
+            loom_dot_catalog_dot_v1_dot_flavors__pb2.ListFlavorAccessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddFlavorAccess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.catalog.v1.FlavorsService/AddFlavorAccess',
+            loom_dot_catalog_dot_v1_dot_flavors__pb2.AddFlavorAccessRequest.SerializeToString,
+            loom_dot_catalog_dot_v1_dot_flavors__pb2.AddFlavorAccessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveFlavorAccess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.catalog.v1.FlavorsService/RemoveFlavorAccess',
+            loom_dot_catalog_dot_v1_dot_flavors__pb2.RemoveFlavorAccessRequest.SerializeToString,
+            loom_dot_catalog_dot_v1_dot_flavors__pb2.RemoveFlavorAccessResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,14 @@ class FlavorsServiceStub:
     """Set (merge) extra specs."""
     DeleteFlavorExtraSpec: _grpc.UnaryUnaryMultiCallable[_flavors_pb2.DeleteFlavorExtraSpecRequest, _flavors_pb2.DeleteFlavorExtraSpecResponse]
     """Remove one extra spec. NOT_FOUND when absent."""
+    ListFlavorAccess: _grpc.UnaryUnaryMultiCallable[_flavors_pb2.ListFlavorAccessRequest, _flavors_pb2.ListFlavorAccessResponse]
+    """The projects a private flavor is shared with. NOT_FOUND for a public flavor."""
+    AddFlavorAccess: _grpc.UnaryUnaryMultiCallable[_flavors_pb2.AddFlavorAccessRequest, _flavors_pb2.AddFlavorAccessResponse]
+    """Shares a private flavor with a project. FAILED_PRECONDITION for a public flavor,
+    ALREADY_EXISTS when already shared.
+    """
+    RemoveFlavorAccess: _grpc.UnaryUnaryMultiCallable[_flavors_pb2.RemoveFlavorAccessRequest, _flavors_pb2.RemoveFlavorAccessResponse]
+    """Stops sharing a flavor with a project. NOT_FOUND when it was not shared."""
 
 @_typing.type_check_only
 class FlavorsServiceAsyncStub(FlavorsServiceStub):
@@ -69,6 +77,14 @@ class FlavorsServiceAsyncStub(FlavorsServiceStub):
     """Set (merge) extra specs."""
     DeleteFlavorExtraSpec: _aio.UnaryUnaryMultiCallable[_flavors_pb2.DeleteFlavorExtraSpecRequest, _flavors_pb2.DeleteFlavorExtraSpecResponse]  # type: ignore[assignment]
     """Remove one extra spec. NOT_FOUND when absent."""
+    ListFlavorAccess: _aio.UnaryUnaryMultiCallable[_flavors_pb2.ListFlavorAccessRequest, _flavors_pb2.ListFlavorAccessResponse]  # type: ignore[assignment]
+    """The projects a private flavor is shared with. NOT_FOUND for a public flavor."""
+    AddFlavorAccess: _aio.UnaryUnaryMultiCallable[_flavors_pb2.AddFlavorAccessRequest, _flavors_pb2.AddFlavorAccessResponse]  # type: ignore[assignment]
+    """Shares a private flavor with a project. FAILED_PRECONDITION for a public flavor,
+    ALREADY_EXISTS when already shared.
+    """
+    RemoveFlavorAccess: _aio.UnaryUnaryMultiCallable[_flavors_pb2.RemoveFlavorAccessRequest, _flavors_pb2.RemoveFlavorAccessResponse]  # type: ignore[assignment]
+    """Stops sharing a flavor with a project. NOT_FOUND when it was not shared."""
 
 class FlavorsServiceServicer(metaclass=_abc_1.ABCMeta):
     """Flavors."""
@@ -128,5 +144,31 @@ class FlavorsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_flavors_pb2.DeleteFlavorExtraSpecResponse, _abc.Awaitable[_flavors_pb2.DeleteFlavorExtraSpecResponse]]:
         """Remove one extra spec. NOT_FOUND when absent."""
+
+    @_abc_1.abstractmethod
+    def ListFlavorAccess(
+        self,
+        request: _flavors_pb2.ListFlavorAccessRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_flavors_pb2.ListFlavorAccessResponse, _abc.Awaitable[_flavors_pb2.ListFlavorAccessResponse]]:
+        """The projects a private flavor is shared with. NOT_FOUND for a public flavor."""
+
+    @_abc_1.abstractmethod
+    def AddFlavorAccess(
+        self,
+        request: _flavors_pb2.AddFlavorAccessRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_flavors_pb2.AddFlavorAccessResponse, _abc.Awaitable[_flavors_pb2.AddFlavorAccessResponse]]:
+        """Shares a private flavor with a project. FAILED_PRECONDITION for a public flavor,
+        ALREADY_EXISTS when already shared.
+        """
+
+    @_abc_1.abstractmethod
+    def RemoveFlavorAccess(
+        self,
+        request: _flavors_pb2.RemoveFlavorAccessRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_flavors_pb2.RemoveFlavorAccessResponse, _abc.Awaitable[_flavors_pb2.RemoveFlavorAccessResponse]]:
+        """Stops sharing a flavor with a project. NOT_FOUND when it was not shared."""
 
 def add_FlavorsServiceServicer_to_server(servicer: FlavorsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from loom.common.v1 import common_pb2 as loom_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1floom/compute/v1/agent_bus.proto\x12\x0floom.compute.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bloom/common/v1/common.proto\"\xf9\x01\n\x08ImageRef\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x64isk_format\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x12\n\nhash_value\x18\x04 \x01(\t\x12\x11\n\thash_algo\x18\x05 \x01(\t\x12\x11\n\tkernel_id\x18\x06 \x01(\t\x12\x12\n\nramdisk_id\x18\x07 \x01(\t\x12=\n\nproperties\x18\x08 \x03(\x0b\x32).loom.compute.v1.ImageRef.PropertiesEntry\x1a\x31\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8f\x03\n\x0cInstanceSpec\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x15\n\rinstance_name\x18\x02 \x01(\t\x12\x12\n\nproject_id\x18\x03 \x01(\t\x12\r\n\x05vcpus\x18\x04 \x01(\x05\x12\x11\n\tmemory_mb\x18\x05 \x01(\x03\x12\x0f\n\x07root_gb\x18\x06 \x01(\x03\x12\x14\n\x0c\x65phemeral_gb\x18\x07 \x01(\x03\x12\x0f\n\x07swap_mb\x18\x08 \x01(\x03\x12(\n\x05image\x18\t \x01(\x0b\x32\x19.loom.compute.v1.ImageRef\x12\x11\n\tuser_data\x18\n \x01(\t\x12\x10\n\x08key_data\x18\x0b \x01(\t\x12=\n\x08metadata\x18\x0c \x03(\x0b\x32+.loom.compute.v1.InstanceSpec.MetadataEntry\x12\x10\n\x08hostname\x18\r \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x0e \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"h\n\x14\x42uildInstanceCommand\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x04spec\x18\x02 \x01(\x0b\x32\x1d.loom.compute.v1.InstanceSpec\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\"@\n\x15\x44\x65leteInstanceCommand\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\"?\n\x14StartInstanceCommand\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\"W\n\x13StopInstanceCommand\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x03 \x01(\x05\"r\n\x15RebootInstanceCommand\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x30\n\x0breboot_type\x18\x03 \x01(\x0e\x32\x1b.loom.compute.v1.RebootType\"\xb8\x02\n\rInstanceEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x30\n\x04kind\x18\x04 \x01(\x0e\x32\".loom.compute.v1.InstanceEventKind\x12\x30\n\x0bpower_state\x18\x05 \x01(\x0e\x32\x1b.loom.compute.v1.PowerState\x12$\n\x05\x66\x61ult\x18\x06 \x01(\x0b\x32\x15.loom.common.v1.Fault\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\x05\x12/\n\x0boccurred_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x61\x63tion\x18\t \x01(\t\x12\x14\n\x0cmigration_id\x18\n \x01(\t\"F\n\tInventory\x12\r\n\x05total\x18\x01 \x01(\x03\x12\x10\n\x08reserved\x18\x02 \x01(\x03\x12\x18\n\x10\x61llocation_ratio\x18\x03 \x01(\x01\"\xb6\x02\n\x13HostInventoryReport\x12\x0c\n\x04host\x18\x01 \x01(\t\x12(\n\x04vcpu\x18\x02 \x01(\x0b\x32\x1a.loom.compute.v1.Inventory\x12-\n\tmemory_mb\x18\x03 \x01(\x0b\x32\x1a.loom.compute.v1.Inventory\x12+\n\x07\x64isk_gb\x18\x04 \x01(\x0b\x32\x1a.loom.compute.v1.Inventory\x12\x17\n\x0fhypervisor_type\x18\x05 \x01(\t\x12\x1a\n\x12hypervisor_version\x18\x06 \x01(\x03\x12\x18\n\x10\x63ompute_endpoint\x18\x07 \x01(\t\x12\x19\n\x11\x61vailability_zone\x18\x08 \x01(\t\x12\x0f\n\x07host_ip\x18\t \x01(\t\x12\x10\n\x08\x63pu_info\x18\n \x01(\t\"\x99\x01\n\tHeartbeat\x12\x0c\n\x04host\x18\x01 \x01(\t\x12+\n\x07sent_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0einstance_count\x18\x03 \x01(\x05\x12\x18\n\x10\x63ompute_endpoint\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x0e\n\x06\x62inary\x18\x06 \x01(\t\"\xa8\x01\n\x13MoveInstanceCommand\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0cmigration_id\x18\x02 \x01(\t\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\x12+\n\x04spec\x18\x04 \x01(\x0b\x32\x1d.loom.compute.v1.InstanceSpec\x12\x10\n\x08power_on\x18\x05 \x01(\x08\x12\x13\n\x0bsource_host\x18\x06 \x01(\t*\xa8\x01\n\nPowerState\x12\x1b\n\x17POWER_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13POWER_STATE_RUNNING\x10\x01\x12\x16\n\x12POWER_STATE_PAUSED\x10\x03\x12\x18\n\x14POWER_STATE_SHUTDOWN\x10\x04\x12\x17\n\x13POWER_STATE_CRASHED\x10\x06\x12\x19\n\x15POWER_STATE_SUSPENDED\x10\x07*U\n\nRebootType\x12\x1b\n\x17REBOOT_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10REBOOT_TYPE_SOFT\x10\x01\x12\x14\n\x10REBOOT_TYPE_HARD\x10\x02*\xc7\x02\n\x11InstanceEventKind\x12#\n\x1fINSTANCE_EVENT_KIND_UNSPECIFIED\x10\x00\x12\'\n#INSTANCE_EVENT_KIND_BUILD_SUCCEEDED\x10\x01\x12$\n INSTANCE_EVENT_KIND_BUILD_FAILED\x10\x02\x12\x1f\n\x1bINSTANCE_EVENT_KIND_DELETED\x10\x03\x12(\n$INSTANCE_EVENT_KIND_ACTION_SUCCEEDED\x10\x04\x12%\n!INSTANCE_EVENT_KIND_ACTION_FAILED\x10\x05\x12+\n\'INSTANCE_EVENT_KIND_POWER_STATE_CHANGED\x10\x06\x12\x1f\n\x1bINSTANCE_EVENT_KIND_MISSING\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1floom/compute/v1/agent_bus.proto\x12\x0floom.compute.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bloom/common/v1/common.proto\"\xf9\x01\n\x08ImageRef\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x64isk_format\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x12\n\nhash_value\x18\x04 \x01(\t\x12\x11\n\thash_algo\x18\x05 \x01(\t\x12\x11\n\tkernel_id\x18\x06 \x01(\t\x12\x12\n\nramdisk_id\x18\x07 \x01(\t\x12=\n\nproperties\x18\x08 \x03(\x0b\x32).loom.compute.v1.ImageRef.PropertiesEntry\x1a\x31\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x95\x04\n\x0cInstanceSpec\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x15\n\rinstance_name\x18\x02 \x01(\t\x12\x12\n\nproject_id\x18\x03 \x01(\t\x12\r\n\x05vcpus\x18\x04 \x01(\x05\x12\x11\n\tmemory_mb\x18\x05 \x01(\x03\x12\x0f\n\x07root_gb\x18\x06 \x01(\x03\x12\x14\n\x0c\x65phemeral_gb\x18\x07 \x01(\x03\x12\x0f\n\x07swap_mb\x18\x08 \x01(\x03\x12(\n\x05image\x18\t \x01(\x0b\x32\x19.loom.compute.v1.ImageRef\x12\x11\n\tuser_data\x18\n \x01(\t\x12\x10\n\x08key_data\x18\x0b \x01(\t\x12=\n\x08metadata\x18\x0c \x03(\x0b\x32+.loom.compute.v1.InstanceSpec.MetadataEntry\x12\x10\n\x08hostname\x18\r \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x0e \x01(\t\x12+\n\x05ports\x18\x0f \x03(\x0b\x32\x1c.loom.compute.v1.PortBinding\x12\x14\n\x0c\x63onfig_drive\x18\x10 \x01(\x08\x12\x10\n\x08key_name\x18\x11 \x01(\t\x12\x19\n\x11\x61vailability_zone\x18\x12 \x01(\t\x12\x14\n\x0claunch_index\x18\x13 \x01(\x05\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"p\n\x07\x46ixedIp\x12\x11\n\tsubnet_id\x18\x01 \x01(\t\x12\x12\n\nip_address\x18\x02 \x01(\t\x12\x11\n\tprefixlen\x18\x03 \x01(\x05\x12\x12\n\ngateway_ip\x18\x04 \x01(\t\x12\x17\n\x0f\x64ns_nameservers\x18\x05 \x03(\t\"\x80\x02\n\x11SecurityGroupRule\x12\x0f\n\x07rule_id\x18\x01 \x01(\t\x12\x31\n\tdirection\x18\x02 \x01(\x0e\x32\x1e.loom.compute.v1.RuleDirection\x12\x11\n\tethertype\x18\x03 \x01(\t\x12\x10\n\x08protocol\x18\x04 \x01(\t\x12\x16\n\x0eport_range_min\x18\x05 \x01(\x05\x12\x16\n\x0eport_range_max\x18\x06 \x01(\x05\x12\x18\n\x10remote_ip_prefix\x18\x07 \x01(\t\x12\x17\n\x0fremote_group_id\x18\x08 \x01(\t\x12\x1f\n\x17remote_group_member_ips\x18\t \x03(\t\"\x9a\x02\n\x0bPortBinding\x12\x0f\n\x07port_id\x18\x01 \x01(\t\x12\x12\n\nnetwork_id\x18\x02 \x01(\t\x12\x17\n\x0fsegmentation_id\x18\x03 \x01(\x05\x12\x13\n\x0bmac_address\x18\x04 \x01(\t\x12+\n\tfixed_ips\x18\x05 \x03(\x0b\x32\x18.loom.compute.v1.FixedIp\x12\x0b\n\x03mtu\x18\x06 \x01(\x05\x12@\n\x14security_group_rules\x18\x07 \x03(\x0b\x32\".loom.compute.v1.SecurityGroupRule\x12\x1d\n\x15port_security_enabled\x18\x08 \x01(\x08\x12\x1d\n\x15\x61llowed_address_pairs\x18\t \x03(\t\"F\n\tDhcpLease\x12\x13\n\x0bmac_address\x18\x01 \x01(\t\x12\x12\n\nip_address\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\"r\n\nDhcpSubnet\x12\x11\n\tsubnet_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63idr\x18\x02 \x01(\t\x12\x12\n\ngateway_ip\x18\x03 \x01(\t\x12\x17\n\x0f\x64ns_nameservers\x18\x04 \x03(\t\x12\x16\n\x0e\x64hcp_server_ip\x18\x05 \x01(\t\"\xaf\x01\n\x0bNetworkDhcp\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\x12\x0b\n\x03vni\x18\x02 \x01(\x05\x12,\n\x07subnets\x18\x03 \x03(\x0b\x32\x1b.loom.compute.v1.DhcpSubnet\x12*\n\x06leases\x18\x04 \x03(\x0b\x32\x1a.loom.compute.v1.DhcpLease\x12\x0b\n\x03mtu\x18\x05 \x01(\x05\x12\x18\n\x10\x64hcp_mac_address\x18\x06 \x01(\t\"h\n\x14\x42uildInstanceCommand\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x04spec\x18\x02 \x01(\x0b\x32\x1d.loom.compute.v1.InstanceSpec\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\"@\n\x15\x44\x65leteInstanceCommand\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\"?\n\x14StartInstanceCommand\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\"W\n\x13StopInstanceCommand\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x03 \x01(\x05\"r\n\x15RebootInstanceCommand\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x30\n\x0breboot_type\x18\x03 \x01(\x0e\x32\x1b.loom.compute.v1.RebootType\"?\n\x14PauseInstanceCommand\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\"A\n\x16UnpauseInstanceCommand\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\"A\n\x16SuspendInstanceCommand\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\"@\n\x15ResumeInstanceCommand\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\"Y\n\x15ShelveInstanceCommand\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x03 \x01(\x05\"G\n\x1cShelveOffloadInstanceCommand\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\"B\n\x17UnshelveInstanceCommand\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\"k\n\x16RebuildInstanceCommand\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x04spec\x18\x02 \x01(\x0b\x32\x1d.loom.compute.v1.InstanceSpec\x12\x10\n\x08power_on\x18\x03 \x01(\x08\"\xb8\x02\n\rInstanceEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x30\n\x04kind\x18\x04 \x01(\x0e\x32\".loom.compute.v1.InstanceEventKind\x12\x30\n\x0bpower_state\x18\x05 \x01(\x0e\x32\x1b.loom.compute.v1.PowerState\x12$\n\x05\x66\x61ult\x18\x06 \x01(\x0b\x32\x15.loom.common.v1.Fault\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\x05\x12/\n\x0boccurred_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x61\x63tion\x18\t \x01(\t\x12\x14\n\x0cmigration_id\x18\n \x01(\t\"F\n\tInventory\x12\r\n\x05total\x18\x01 \x01(\x03\x12\x10\n\x08reserved\x18\x02 \x01(\x03\x12\x18\n\x10\x61llocation_ratio\x18\x03 \x01(\x01\"\xb6\x02\n\x13HostInventoryReport\x12\x0c\n\x04host\x18\x01 \x01(\t\x12(\n\x04vcpu\x18\x02 \x01(\x0b\x32\x1a.loom.compute.v1.Inventory\x12-\n\tmemory_mb\x18\x03 \x01(\x0b\x32\x1a.loom.compute.v1.Inventory\x12+\n\x07\x64isk_gb\x18\x04 \x01(\x0b\x32\x1a.loom.compute.v1.Inventory\x12\x17\n\x0fhypervisor_type\x18\x05 \x01(\t\x12\x1a\n\x12hypervisor_version\x18\x06 \x01(\x03\x12\x18\n\x10\x63ompute_endpoint\x18\x07 \x01(\t\x12\x19\n\x11\x61vailability_zone\x18\x08 \x01(\t\x12\x0f\n\x07host_ip\x18\t \x01(\t\x12\x10\n\x08\x63pu_info\x18\n \x01(\t\"\x99\x01\n\tHeartbeat\x12\x0c\n\x04host\x18\x01 \x01(\t\x12+\n\x07sent_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0einstance_count\x18\x03 \x01(\x05\x12\x18\n\x10\x63ompute_endpoint\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x0e\n\x06\x62inary\x18\x06 \x01(\t\"\xa8\x01\n\x13MoveInstanceCommand\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0cmigration_id\x18\x02 \x01(\t\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\x12+\n\x04spec\x18\x04 \x01(\x0b\x32\x1d.loom.compute.v1.InstanceSpec\x12\x10\n\x08power_on\x18\x05 \x01(\x08\x12\x13\n\x0bsource_host\x18\x06 \x01(\t*\xa8\x01\n\nPowerState\x12\x1b\n\x17POWER_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13POWER_STATE_RUNNING\x10\x01\x12\x16\n\x12POWER_STATE_PAUSED\x10\x03\x12\x18\n\x14POWER_STATE_SHUTDOWN\x10\x04\x12\x17\n\x13POWER_STATE_CRASHED\x10\x06\x12\x19\n\x15POWER_STATE_SUSPENDED\x10\x07*U\n\nRebootType\x12\x1b\n\x17REBOOT_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10REBOOT_TYPE_SOFT\x10\x01\x12\x14\n\x10REBOOT_TYPE_HARD\x10\x02*f\n\rRuleDirection\x12\x1e\n\x1aRULE_DIRECTION_UNSPECIFIED\x10\x00\x12\x1a\n\x16RULE_DIRECTION_INGRESS\x10\x01\x12\x19\n\x15RULE_DIRECTION_EGRESS\x10\x02*\xf1\x02\n\x11InstanceEventKind\x12#\n\x1fINSTANCE_EVENT_KIND_UNSPECIFIED\x10\x00\x12\'\n#INSTANCE_EVENT_KIND_BUILD_SUCCEEDED\x10\x01\x12$\n INSTANCE_EVENT_KIND_BUILD_FAILED\x10\x02\x12\x1f\n\x1bINSTANCE_EVENT_KIND_DELETED\x10\x03\x12(\n$INSTANCE_EVENT_KIND_ACTION_SUCCEEDED\x10\x04\x12%\n!INSTANCE_EVENT_KIND_ACTION_FAILED\x10\x05\x12+\n\'INSTANCE_EVENT_KIND_POWER_STATE_CHANGED\x10\x06\x12\x1f\n\x1bINSTANCE_EVENT_KIND_MISSING\x10\x07\x12(\n$INSTANCE_EVENT_KIND_REBUILD_SPAWNING\x10\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,38 +37,68 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IMAGEREF_PROPERTIESENTRY']._serialized_options = b'8\001'
   _globals['_INSTANCESPEC_METADATAENTRY']._loaded_options = None
   _globals['_INSTANCESPEC_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_POWERSTATE']._serialized_start=2238
-  _globals['_POWERSTATE']._serialized_end=2406
-  _globals['_REBOOTTYPE']._serialized_start=2408
-  _globals['_REBOOTTYPE']._serialized_end=2493
-  _globals['_INSTANCEEVENTKIND']._serialized_start=2496
-  _globals['_INSTANCEEVENTKIND']._serialized_end=2823
+  _globals['_POWERSTATE']._serialized_start=4002
+  _globals['_POWERSTATE']._serialized_end=4170
+  _globals['_REBOOTTYPE']._serialized_start=4172
+  _globals['_REBOOTTYPE']._serialized_end=4257
+  _globals['_RULEDIRECTION']._serialized_start=4259
+  _globals['_RULEDIRECTION']._serialized_end=4361
+  _globals['_INSTANCEEVENTKIND']._serialized_start=4364
+  _globals['_INSTANCEEVENTKIND']._serialized_end=4733
   _globals['_IMAGEREF']._serialized_start=115
   _globals['_IMAGEREF']._serialized_end=364
   _globals['_IMAGEREF_PROPERTIESENTRY']._serialized_start=315
   _globals['_IMAGEREF_PROPERTIESENTRY']._serialized_end=364
   _globals['_INSTANCESPEC']._serialized_start=367
-  _globals['_INSTANCESPEC']._serialized_end=766
-  _globals['_INSTANCESPEC_METADATAENTRY']._serialized_start=719
-  _globals['_INSTANCESPEC_METADATAENTRY']._serialized_end=766
-  _globals['_BUILDINSTANCECOMMAND']._serialized_start=768
-  _globals['_BUILDINSTANCECOMMAND']._serialized_end=872
-  _globals['_DELETEINSTANCECOMMAND']._serialized_start=874
-  _globals['_DELETEINSTANCECOMMAND']._serialized_end=938
-  _globals['_STARTINSTANCECOMMAND']._serialized_start=940
-  _globals['_STARTINSTANCECOMMAND']._serialized_end=1003
-  _globals['_STOPINSTANCECOMMAND']._serialized_start=1005
-  _globals['_STOPINSTANCECOMMAND']._serialized_end=1092
-  _globals['_REBOOTINSTANCECOMMAND']._serialized_start=1094
-  _globals['_REBOOTINSTANCECOMMAND']._serialized_end=1208
-  _globals['_INSTANCEEVENT']._serialized_start=1211
-  _globals['_INSTANCEEVENT']._serialized_end=1523
-  _globals['_INVENTORY']._serialized_start=1525
-  _globals['_INVENTORY']._serialized_end=1595
-  _globals['_HOSTINVENTORYREPORT']._serialized_start=1598
-  _globals['_HOSTINVENTORYREPORT']._serialized_end=1908
-  _globals['_HEARTBEAT']._serialized_start=1911
-  _globals['_HEARTBEAT']._serialized_end=2064
-  _globals['_MOVEINSTANCECOMMAND']._serialized_start=2067
-  _globals['_MOVEINSTANCECOMMAND']._serialized_end=2235
+  _globals['_INSTANCESPEC']._serialized_end=900
+  _globals['_INSTANCESPEC_METADATAENTRY']._serialized_start=853
+  _globals['_INSTANCESPEC_METADATAENTRY']._serialized_end=900
+  _globals['_FIXEDIP']._serialized_start=902
+  _globals['_FIXEDIP']._serialized_end=1014
+  _globals['_SECURITYGROUPRULE']._serialized_start=1017
+  _globals['_SECURITYGROUPRULE']._serialized_end=1273
+  _globals['_PORTBINDING']._serialized_start=1276
+  _globals['_PORTBINDING']._serialized_end=1558
+  _globals['_DHCPLEASE']._serialized_start=1560
+  _globals['_DHCPLEASE']._serialized_end=1630
+  _globals['_DHCPSUBNET']._serialized_start=1632
+  _globals['_DHCPSUBNET']._serialized_end=1746
+  _globals['_NETWORKDHCP']._serialized_start=1749
+  _globals['_NETWORKDHCP']._serialized_end=1924
+  _globals['_BUILDINSTANCECOMMAND']._serialized_start=1926
+  _globals['_BUILDINSTANCECOMMAND']._serialized_end=2030
+  _globals['_DELETEINSTANCECOMMAND']._serialized_start=2032
+  _globals['_DELETEINSTANCECOMMAND']._serialized_end=2096
+  _globals['_STARTINSTANCECOMMAND']._serialized_start=2098
+  _globals['_STARTINSTANCECOMMAND']._serialized_end=2161
+  _globals['_STOPINSTANCECOMMAND']._serialized_start=2163
+  _globals['_STOPINSTANCECOMMAND']._serialized_end=2250
+  _globals['_REBOOTINSTANCECOMMAND']._serialized_start=2252
+  _globals['_REBOOTINSTANCECOMMAND']._serialized_end=2366
+  _globals['_PAUSEINSTANCECOMMAND']._serialized_start=2368
+  _globals['_PAUSEINSTANCECOMMAND']._serialized_end=2431
+  _globals['_UNPAUSEINSTANCECOMMAND']._serialized_start=2433
+  _globals['_UNPAUSEINSTANCECOMMAND']._serialized_end=2498
+  _globals['_SUSPENDINSTANCECOMMAND']._serialized_start=2500
+  _globals['_SUSPENDINSTANCECOMMAND']._serialized_end=2565
+  _globals['_RESUMEINSTANCECOMMAND']._serialized_start=2567
+  _globals['_RESUMEINSTANCECOMMAND']._serialized_end=2631
+  _globals['_SHELVEINSTANCECOMMAND']._serialized_start=2633
+  _globals['_SHELVEINSTANCECOMMAND']._serialized_end=2722
+  _globals['_SHELVEOFFLOADINSTANCECOMMAND']._serialized_start=2724
+  _globals['_SHELVEOFFLOADINSTANCECOMMAND']._serialized_end=2795
+  _globals['_UNSHELVEINSTANCECOMMAND']._serialized_start=2797
+  _globals['_UNSHELVEINSTANCECOMMAND']._serialized_end=2863
+  _globals['_REBUILDINSTANCECOMMAND']._serialized_start=2865
+  _globals['_REBUILDINSTANCECOMMAND']._serialized_end=2972
+  _globals['_INSTANCEEVENT']._serialized_start=2975
+  _globals['_INSTANCEEVENT']._serialized_end=3287
+  _globals['_INVENTORY']._serialized_start=3289
+  _globals['_INVENTORY']._serialized_end=3359
+  _globals['_HOSTINVENTORYREPORT']._serialized_start=3362
+  _globals['_HOSTINVENTORYREPORT']._serialized_end=3672
+  _globals['_HEARTBEAT']._serialized_start=3675
+  _globals['_HEARTBEAT']._serialized_end=3828
+  _globals['_MOVEINSTANCECOMMAND']._serialized_start=3831
+  _globals['_MOVEINSTANCECOMMAND']._serialized_end=3999
 # @@protoc_insertion_point(module_scope)

@@ -84,6 +84,30 @@ REBOOT_TYPE_HARD: RebootType.ValueType  # 2
 """Reset the domain."""
 Global___RebootType: _TypeAlias = RebootType  # noqa: Y015
 
+class _RuleDirection:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RuleDirectionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RuleDirection.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RULE_DIRECTION_UNSPECIFIED: _RuleDirection.ValueType  # 0
+    """Not given; never valid."""
+    RULE_DIRECTION_INGRESS: _RuleDirection.ValueType  # 1
+    """Traffic towards the port (to the guest)."""
+    RULE_DIRECTION_EGRESS: _RuleDirection.ValueType  # 2
+    """Traffic from the port (from the guest)."""
+
+class RuleDirection(_RuleDirection, metaclass=_RuleDirectionEnumTypeWrapper):
+    """Which way a security group rule lets traffic through, seen from the port."""
+
+RULE_DIRECTION_UNSPECIFIED: RuleDirection.ValueType  # 0
+"""Not given; never valid."""
+RULE_DIRECTION_INGRESS: RuleDirection.ValueType  # 1
+"""Traffic towards the port (to the guest)."""
+RULE_DIRECTION_EGRESS: RuleDirection.ValueType  # 2
+"""Traffic from the port (from the guest)."""
+Global___RuleDirection: _TypeAlias = RuleDirection  # noqa: Y015
+
 class _InstanceEventKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -106,6 +130,8 @@ class _InstanceEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Ins
     """The agent saw the power state change without a command (power-state sync)."""
     INSTANCE_EVENT_KIND_MISSING: _InstanceEventKind.ValueType  # 7
     """The agent found no domain for an instance the control plane places on its host."""
+    INSTANCE_EVENT_KIND_REBUILD_SPAWNING: _InstanceEventKind.ValueType  # 8
+    """A rebuild is making the disks and the domain again (action is "rebuild")."""
 
 class InstanceEventKind(_InstanceEventKind, metaclass=_InstanceEventKindEnumTypeWrapper):
     """What happened to an instance, as an agent reports it."""
@@ -126,6 +152,8 @@ INSTANCE_EVENT_KIND_POWER_STATE_CHANGED: InstanceEventKind.ValueType  # 6
 """The agent saw the power state change without a command (power-state sync)."""
 INSTANCE_EVENT_KIND_MISSING: InstanceEventKind.ValueType  # 7
 """The agent found no domain for an instance the control plane places on its host."""
+INSTANCE_EVENT_KIND_REBUILD_SPAWNING: InstanceEventKind.ValueType  # 8
+"""A rebuild is making the disks and the domain again (action is "rebuild")."""
 Global___InstanceEventKind: _TypeAlias = InstanceEventKind  # noqa: Y015
 
 @_typing.final
@@ -242,6 +270,11 @@ class InstanceSpec(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     HOSTNAME_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    PORTS_FIELD_NUMBER: _builtins.int
+    CONFIG_DRIVE_FIELD_NUMBER: _builtins.int
+    KEY_NAME_FIELD_NUMBER: _builtins.int
+    AVAILABILITY_ZONE_FIELD_NUMBER: _builtins.int
+    LAUNCH_INDEX_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     """Instance UUID; also the libvirt domain UUID."""
     instance_name: _builtins.str
@@ -266,6 +299,14 @@ class InstanceSpec(_message.Message):
     """Guest hostname."""
     display_name: _builtins.str
     """The display name."""
+    config_drive: _builtins.bool
+    """Attach a config drive even when nothing else asks for one."""
+    key_name: _builtins.str
+    """Name of the key pair whose public key is key_data."""
+    availability_zone: _builtins.str
+    """Availability zone the instance was placed in."""
+    launch_index: _builtins.int
+    """Index of the instance within a multi-create request (0 for a single one)."""
     @_builtins.property
     def image(self) -> Global___ImageRef:
         """The image to boot."""
@@ -273,6 +314,10 @@ class InstanceSpec(_message.Message):
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Tenant metadata."""
+
+    @_builtins.property
+    def ports(self) -> _containers.RepeatedCompositeFieldContainer[Global___PortBinding]:
+        """The instance's network ports on this host, in guest NIC order. Empty: no NICs."""
 
     def __init__(
         self,
@@ -291,14 +336,291 @@ class InstanceSpec(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         hostname: _builtins.str = ...,
         display_name: _builtins.str = ...,
+        ports: _abc.Iterable[Global___PortBinding] | None = ...,
+        config_drive: _builtins.bool = ...,
+        key_name: _builtins.str = ...,
+        availability_zone: _builtins.str = ...,
+        launch_index: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "ephemeral_gb", b"ephemeral_gb", "hostname", b"hostname", "image", b"image", "instance_id", b"instance_id", "instance_name", b"instance_name", "key_data", b"key_data", "memory_mb", b"memory_mb", "metadata", b"metadata", "project_id", b"project_id", "root_gb", b"root_gb", "swap_mb", b"swap_mb", "user_data", b"user_data", "vcpus", b"vcpus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["availability_zone", b"availability_zone", "config_drive", b"config_drive", "display_name", b"display_name", "ephemeral_gb", b"ephemeral_gb", "hostname", b"hostname", "image", b"image", "instance_id", b"instance_id", "instance_name", b"instance_name", "key_data", b"key_data", "key_name", b"key_name", "launch_index", b"launch_index", "memory_mb", b"memory_mb", "metadata", b"metadata", "ports", b"ports", "project_id", b"project_id", "root_gb", b"root_gb", "swap_mb", b"swap_mb", "user_data", b"user_data", "vcpus", b"vcpus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InstanceSpec: _TypeAlias = InstanceSpec  # noqa: Y015
+
+@_typing.final
+class FixedIp(_message.Message):
+    """An IP address a port holds on one subnet."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBNET_ID_FIELD_NUMBER: _builtins.int
+    IP_ADDRESS_FIELD_NUMBER: _builtins.int
+    PREFIXLEN_FIELD_NUMBER: _builtins.int
+    GATEWAY_IP_FIELD_NUMBER: _builtins.int
+    DNS_NAMESERVERS_FIELD_NUMBER: _builtins.int
+    subnet_id: _builtins.str
+    """Subnet UUID."""
+    ip_address: _builtins.str
+    """The address, IPv4 dotted quad."""
+    prefixlen: _builtins.int
+    """The subnet's prefix length, e.g. 24."""
+    gateway_ip: _builtins.str
+    """The subnet's gateway, empty when it has none."""
+    @_builtins.property
+    def dns_nameservers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The subnet's DNS servers."""
+
+    def __init__(
+        self,
+        *,
+        subnet_id: _builtins.str = ...,
+        ip_address: _builtins.str = ...,
+        prefixlen: _builtins.int = ...,
+        gateway_ip: _builtins.str = ...,
+        dns_nameservers: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dns_nameservers", b"dns_nameservers", "gateway_ip", b"gateway_ip", "ip_address", b"ip_address", "prefixlen", b"prefixlen", "subnet_id", b"subnet_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FixedIp: _TypeAlias = FixedIp  # noqa: Y015
+
+@_typing.final
+class SecurityGroupRule(_message.Message):
+    """One security group rule, resolved for a port: remote groups are given as member IPs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_ID_FIELD_NUMBER: _builtins.int
+    DIRECTION_FIELD_NUMBER: _builtins.int
+    ETHERTYPE_FIELD_NUMBER: _builtins.int
+    PROTOCOL_FIELD_NUMBER: _builtins.int
+    PORT_RANGE_MIN_FIELD_NUMBER: _builtins.int
+    PORT_RANGE_MAX_FIELD_NUMBER: _builtins.int
+    REMOTE_IP_PREFIX_FIELD_NUMBER: _builtins.int
+    REMOTE_GROUP_ID_FIELD_NUMBER: _builtins.int
+    REMOTE_GROUP_MEMBER_IPS_FIELD_NUMBER: _builtins.int
+    rule_id: _builtins.str
+    """Rule UUID."""
+    direction: Global___RuleDirection.ValueType
+    """Ingress or egress."""
+    ethertype: _builtins.str
+    """"IPv4" or "IPv6"."""
+    protocol: _builtins.str
+    """"tcp", "udp", "icmp", a protocol number, or empty for any."""
+    port_range_min: _builtins.int
+    """First port (or ICMP type) matched; 0 with port_range_max 0 means any."""
+    port_range_max: _builtins.int
+    """Last port (or ICMP code) matched."""
+    remote_ip_prefix: _builtins.str
+    """Remote CIDR, empty for any (unless remote_group_id is set)."""
+    remote_group_id: _builtins.str
+    """Remote security group UUID, empty when the rule names none."""
+    @_builtins.property
+    def remote_group_member_ips(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The addresses of the remote group's members, resolved by the control plane."""
+
+    def __init__(
+        self,
+        *,
+        rule_id: _builtins.str = ...,
+        direction: Global___RuleDirection.ValueType = ...,
+        ethertype: _builtins.str = ...,
+        protocol: _builtins.str = ...,
+        port_range_min: _builtins.int = ...,
+        port_range_max: _builtins.int = ...,
+        remote_ip_prefix: _builtins.str = ...,
+        remote_group_id: _builtins.str = ...,
+        remote_group_member_ips: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["direction", b"direction", "ethertype", b"ethertype", "port_range_max", b"port_range_max", "port_range_min", b"port_range_min", "protocol", b"protocol", "remote_group_id", b"remote_group_id", "remote_group_member_ips", b"remote_group_member_ips", "remote_ip_prefix", b"remote_ip_prefix", "rule_id", b"rule_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecurityGroupRule: _TypeAlias = SecurityGroupRule  # noqa: Y015
+
+@_typing.final
+class PortBinding(_message.Message):
+    """A network port bound to an instance on this host: all the agent needs to wire it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORT_ID_FIELD_NUMBER: _builtins.int
+    NETWORK_ID_FIELD_NUMBER: _builtins.int
+    SEGMENTATION_ID_FIELD_NUMBER: _builtins.int
+    MAC_ADDRESS_FIELD_NUMBER: _builtins.int
+    FIXED_IPS_FIELD_NUMBER: _builtins.int
+    MTU_FIELD_NUMBER: _builtins.int
+    SECURITY_GROUP_RULES_FIELD_NUMBER: _builtins.int
+    PORT_SECURITY_ENABLED_FIELD_NUMBER: _builtins.int
+    ALLOWED_ADDRESS_PAIRS_FIELD_NUMBER: _builtins.int
+    port_id: _builtins.str
+    """Port UUID."""
+    network_id: _builtins.str
+    """Network UUID."""
+    segmentation_id: _builtins.int
+    """VXLAN network identifier of the network."""
+    mac_address: _builtins.str
+    """The port's MAC address, lower-case colon-separated."""
+    mtu: _builtins.int
+    """The network's MTU; 0 means the agent default."""
+    port_security_enabled: _builtins.bool
+    """False when port security is disabled: no anti-spoofing and no filtering."""
+    @_builtins.property
+    def fixed_ips(self) -> _containers.RepeatedCompositeFieldContainer[Global___FixedIp]:
+        """The port's addresses."""
+
+    @_builtins.property
+    def security_group_rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecurityGroupRule]:
+        """The rules of all the port's security groups, resolved."""
+
+    @_builtins.property
+    def allowed_address_pairs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Extra addresses the port may send from (allowed address pairs), CIDR or IP."""
+
+    def __init__(
+        self,
+        *,
+        port_id: _builtins.str = ...,
+        network_id: _builtins.str = ...,
+        segmentation_id: _builtins.int = ...,
+        mac_address: _builtins.str = ...,
+        fixed_ips: _abc.Iterable[Global___FixedIp] | None = ...,
+        mtu: _builtins.int = ...,
+        security_group_rules: _abc.Iterable[Global___SecurityGroupRule] | None = ...,
+        port_security_enabled: _builtins.bool = ...,
+        allowed_address_pairs: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_address_pairs", b"allowed_address_pairs", "fixed_ips", b"fixed_ips", "mac_address", b"mac_address", "mtu", b"mtu", "network_id", b"network_id", "port_id", b"port_id", "port_security_enabled", b"port_security_enabled", "security_group_rules", b"security_group_rules", "segmentation_id", b"segmentation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PortBinding: _TypeAlias = PortBinding  # noqa: Y015
+
+@_typing.final
+class DhcpLease(_message.Message):
+    """A DHCP reservation: this MAC gets this IP and hostname."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAC_ADDRESS_FIELD_NUMBER: _builtins.int
+    IP_ADDRESS_FIELD_NUMBER: _builtins.int
+    HOSTNAME_FIELD_NUMBER: _builtins.int
+    mac_address: _builtins.str
+    """The port's MAC address."""
+    ip_address: _builtins.str
+    """The address handed out."""
+    hostname: _builtins.str
+    """Hostname handed out, may be empty."""
+    def __init__(
+        self,
+        *,
+        mac_address: _builtins.str = ...,
+        ip_address: _builtins.str = ...,
+        hostname: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hostname", b"hostname", "ip_address", b"ip_address", "mac_address", b"mac_address"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DhcpLease: _TypeAlias = DhcpLease  # noqa: Y015
+
+@_typing.final
+class DhcpSubnet(_message.Message):
+    """One subnet as the DHCP server of a network serves it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBNET_ID_FIELD_NUMBER: _builtins.int
+    CIDR_FIELD_NUMBER: _builtins.int
+    GATEWAY_IP_FIELD_NUMBER: _builtins.int
+    DNS_NAMESERVERS_FIELD_NUMBER: _builtins.int
+    DHCP_SERVER_IP_FIELD_NUMBER: _builtins.int
+    subnet_id: _builtins.str
+    """Subnet UUID."""
+    cidr: _builtins.str
+    """Subnet CIDR, e.g. 10.0.0.0/24."""
+    gateway_ip: _builtins.str
+    """Gateway IP handed out as the router, empty for none."""
+    dhcp_server_ip: _builtins.str
+    """The DHCP server's own address on the subnet."""
+    @_builtins.property
+    def dns_nameservers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """DNS servers handed out."""
+
+    def __init__(
+        self,
+        *,
+        subnet_id: _builtins.str = ...,
+        cidr: _builtins.str = ...,
+        gateway_ip: _builtins.str = ...,
+        dns_nameservers: _abc.Iterable[_builtins.str] | None = ...,
+        dhcp_server_ip: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cidr", b"cidr", "dhcp_server_ip", b"dhcp_server_ip", "dns_nameservers", b"dns_nameservers", "gateway_ip", b"gateway_ip", "subnet_id", b"subnet_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DhcpSubnet: _TypeAlias = DhcpSubnet  # noqa: Y015
+
+@_typing.final
+class NetworkDhcp(_message.Message):
+    """The DHCP service a host runs for one network: static leases only."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NETWORK_ID_FIELD_NUMBER: _builtins.int
+    VNI_FIELD_NUMBER: _builtins.int
+    SUBNETS_FIELD_NUMBER: _builtins.int
+    LEASES_FIELD_NUMBER: _builtins.int
+    MTU_FIELD_NUMBER: _builtins.int
+    DHCP_MAC_ADDRESS_FIELD_NUMBER: _builtins.int
+    network_id: _builtins.str
+    """Network UUID."""
+    vni: _builtins.int
+    """VXLAN network identifier."""
+    mtu: _builtins.int
+    """The network's MTU; 0 means the agent default."""
+    dhcp_mac_address: _builtins.str
+    """MAC address of the DHCP server's port."""
+    @_builtins.property
+    def subnets(self) -> _containers.RepeatedCompositeFieldContainer[Global___DhcpSubnet]:
+        """The network's subnets with DHCP enabled."""
+
+    @_builtins.property
+    def leases(self) -> _containers.RepeatedCompositeFieldContainer[Global___DhcpLease]:
+        """The reservations (every port of the network, not only this host's)."""
+
+    def __init__(
+        self,
+        *,
+        network_id: _builtins.str = ...,
+        vni: _builtins.int = ...,
+        subnets: _abc.Iterable[Global___DhcpSubnet] | None = ...,
+        leases: _abc.Iterable[Global___DhcpLease] | None = ...,
+        mtu: _builtins.int = ...,
+        dhcp_mac_address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dhcp_mac_address", b"dhcp_mac_address", "leases", b"leases", "mtu", b"mtu", "network_id", b"network_id", "subnets", b"subnets", "vni", b"vni"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkDhcp: _TypeAlias = NetworkDhcp  # noqa: Y015
 
 @_typing.final
 class BuildInstanceCommand(_message.Message):
@@ -445,6 +767,233 @@ class RebootInstanceCommand(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RebootInstanceCommand: _TypeAlias = RebootInstanceCommand  # noqa: Y015
+
+@_typing.final
+class PauseInstanceCommand(_message.Message):
+    """Pause a running instance: its vCPUs stop, its memory stays. Idempotent: succeeds if already paused."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per command; also the NATS message id."""
+    instance_id: _builtins.str
+    """Instance UUID."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseInstanceCommand: _TypeAlias = PauseInstanceCommand  # noqa: Y015
+
+@_typing.final
+class UnpauseInstanceCommand(_message.Message):
+    """Unpause a paused instance. Idempotent: succeeds if already running."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per command; also the NATS message id."""
+    instance_id: _builtins.str
+    """Instance UUID."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnpauseInstanceCommand: _TypeAlias = UnpauseInstanceCommand  # noqa: Y015
+
+@_typing.final
+class SuspendInstanceCommand(_message.Message):
+    """Suspend an instance: its memory is saved to disk and the domain stops (managed save). Idempotent: succeeds if already saved."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per command; also the NATS message id."""
+    instance_id: _builtins.str
+    """Instance UUID."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SuspendInstanceCommand: _TypeAlias = SuspendInstanceCommand  # noqa: Y015
+
+@_typing.final
+class ResumeInstanceCommand(_message.Message):
+    """Resume a suspended instance from its saved memory. Idempotent: succeeds if already running."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per command; also the NATS message id."""
+    instance_id: _builtins.str
+    """Instance UUID."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeInstanceCommand: _TypeAlias = ResumeInstanceCommand  # noqa: Y015
+
+@_typing.final
+class ShelveInstanceCommand(_message.Message):
+    """Shelve an instance: shut the guest off (gracefully, then forced) and keep its domain and
+    disks. Idempotent: succeeds if already shut off.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per command; also the NATS message id."""
+    instance_id: _builtins.str
+    """Instance UUID."""
+    timeout_seconds: _builtins.int
+    """Seconds to wait for a graceful shutdown before forcing it; 0 means the agent default."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
+        timeout_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "request_id", b"request_id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShelveInstanceCommand: _TypeAlias = ShelveInstanceCommand  # noqa: Y015
+
+@_typing.final
+class ShelveOffloadInstanceCommand(_message.Message):
+    """Offload a shelved instance: destroy its domain and every file it left on the host.
+    Idempotent: succeeds if already absent.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per command; also the NATS message id."""
+    instance_id: _builtins.str
+    """Instance UUID."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShelveOffloadInstanceCommand: _TypeAlias = ShelveOffloadInstanceCommand  # noqa: Y015
+
+@_typing.final
+class UnshelveInstanceCommand(_message.Message):
+    """Unshelve an instance that is still on this host: power it on. Idempotent: succeeds if
+    already running.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per command; also the NATS message id."""
+    instance_id: _builtins.str
+    """Instance UUID."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnshelveInstanceCommand: _TypeAlias = UnshelveInstanceCommand  # noqa: Y015
+
+@_typing.final
+class RebuildInstanceCommand(_message.Message):
+    """Rebuild an instance on this host: destroy its domain and disks, then build them again
+    from spec (its image may differ). Idempotent: a redelivered command for a rebuild that
+    finished reports the instance's state and changes nothing.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    POWER_ON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per command; also the NATS message id."""
+    power_on: _builtins.bool
+    """Start the guest after the rebuild (false for a server that was shut off)."""
+    @_builtins.property
+    def spec(self) -> Global___InstanceSpec:
+        """What to build."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        spec: Global___InstanceSpec | None = ...,
+        power_on: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["power_on", b"power_on", "request_id", b"request_id", "spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RebuildInstanceCommand: _TypeAlias = RebuildInstanceCommand  # noqa: Y015
 
 @_typing.final
 class InstanceEvent(_message.Message):

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"loom/conductor/v1/migrations.proto\x12\x11loom.conductor.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbc\x03\n\tMigration\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04uuid\x18\x02 \x01(\t\x12\x15\n\rinstance_uuid\x18\x03 \x01(\t\x12\x16\n\x0esource_compute\x18\x04 \x01(\t\x12\x13\n\x0bsource_node\x18\x05 \x01(\t\x12\x14\n\x0c\x64\x65st_compute\x18\x06 \x01(\t\x12\x11\n\tdest_node\x18\x07 \x01(\t\x12\x11\n\tdest_host\x18\x08 \x01(\t\x12\x15\n\rold_flavor_id\x18\t \x01(\t\x12\x15\n\rnew_flavor_id\x18\n \x01(\t\x12\x0e\n\x06status\x18\x0b \x01(\t\x12\x16\n\x0emigration_type\x18\x0c \x01(\t\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07user_id\x18\x0f \x01(\t\x12\x12\n\nproject_id\x18\x10 \x01(\t\x12\x1c\n\x14old_instance_type_id\x18\x11 \x01(\x03\x12\x1c\n\x14new_instance_type_id\x18\x12 \x01(\x03\"m\n\x13ResizeServerRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x12\n\nproject_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x11\n\tflavor_id\x18\x05 \x01(\t\"G\n\x14ResizeServerResponse\x12/\n\tmigration\x18\x01 \x01(\x0b\x32\x1c.loom.conductor.v1.Migration\"i\n\x14MigrateServerRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x12\n\nproject_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x0c\n\x04host\x18\x05 \x01(\t\"H\n\x15MigrateServerResponse\x12/\n\tmigration\x18\x01 \x01(\x0b\x32\x1c.loom.conductor.v1.Migration\"[\n\x14\x43onfirmResizeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x12\n\nproject_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\"\x17\n\x15\x43onfirmResizeResponse\"Z\n\x13RevertResizeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x12\n\nproject_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\"\x16\n\x14RevertResizeResponse\"\xbc\x02\n\x15ListMigrationsRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x15\n\rinstance_uuid\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x16\n\x0emigration_type\x18\x05 \x01(\t\x12\x16\n\x0esource_compute\x18\x06 \x01(\t\x12\x0f\n\x07user_id\x18\x07 \x01(\t\x12\x31\n\rchanges_since\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63hanges_before\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05limit\x18\n \x01(\x05\x12\x0e\n\x06marker\x18\x0b \x01(\t\x12\x13\n\x0bin_progress\x18\x0c \x01(\x08\"J\n\x16ListMigrationsResponse\x12\x30\n\nmigrations\x18\x01 \x03(\x0b\x32\x1c.loom.conductor.v1.Migration\"L\n\x13GetMigrationRequest\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x15\n\rinstance_uuid\x18\x02 \x01(\t\x12\x12\n\nproject_id\x18\x03 \x01(\t\"G\n\x14GetMigrationResponse\x12/\n\tmigration\x18\x01 \x01(\x0b\x32\x1c.loom.conductor.v1.Migration\"m\n\x18LiveMigrateServerRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x12\n\nproject_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x0c\n\x04host\x18\x05 \x01(\t\"L\n\x19LiveMigrateServerResponse\x12/\n\tmigration\x18\x01 \x01(\x0b\x32\x1c.loom.conductor.v1.Migration2\xd5\x05\n\x11MigrationsService\x12_\n\x0cResizeServer\x12&.loom.conductor.v1.ResizeServerRequest\x1a\'.loom.conductor.v1.ResizeServerResponse\x12\x62\n\rMigrateServer\x12\'.loom.conductor.v1.MigrateServerRequest\x1a(.loom.conductor.v1.MigrateServerResponse\x12\x62\n\rConfirmResize\x12\'.loom.conductor.v1.ConfirmResizeRequest\x1a(.loom.conductor.v1.ConfirmResizeResponse\x12_\n\x0cRevertResize\x12&.loom.conductor.v1.RevertResizeRequest\x1a\'.loom.conductor.v1.RevertResizeResponse\x12\x65\n\x0eListMigrations\x12(.loom.conductor.v1.ListMigrationsRequest\x1a).loom.conductor.v1.ListMigrationsResponse\x12_\n\x0cGetMigration\x12&.loom.conductor.v1.GetMigrationRequest\x1a\'.loom.conductor.v1.GetMigrationResponse\x12n\n\x11LiveMigrateServer\x12+.loom.conductor.v1.LiveMigrateServerRequest\x1a,.loom.conductor.v1.LiveMigrateServerResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"loom/conductor/v1/migrations.proto\x12\x11loom.conductor.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbc\x03\n\tMigration\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04uuid\x18\x02 \x01(\t\x12\x15\n\rinstance_uuid\x18\x03 \x01(\t\x12\x16\n\x0esource_compute\x18\x04 \x01(\t\x12\x13\n\x0bsource_node\x18\x05 \x01(\t\x12\x14\n\x0c\x64\x65st_compute\x18\x06 \x01(\t\x12\x11\n\tdest_node\x18\x07 \x01(\t\x12\x11\n\tdest_host\x18\x08 \x01(\t\x12\x15\n\rold_flavor_id\x18\t \x01(\t\x12\x15\n\rnew_flavor_id\x18\n \x01(\t\x12\x0e\n\x06status\x18\x0b \x01(\t\x12\x16\n\x0emigration_type\x18\x0c \x01(\t\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07user_id\x18\x0f \x01(\t\x12\x12\n\nproject_id\x18\x10 \x01(\t\x12\x1c\n\x14old_instance_type_id\x18\x11 \x01(\x03\x12\x1c\n\x14new_instance_type_id\x18\x12 \x01(\x03\"\x84\x01\n\x13ResizeServerRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x12\n\nproject_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x11\n\tflavor_id\x18\x05 \x01(\t\x12\x15\n\roverride_lock\x18\x06 \x01(\x08\"G\n\x14ResizeServerResponse\x12/\n\tmigration\x18\x01 \x01(\x0b\x32\x1c.loom.conductor.v1.Migration\"\x80\x01\n\x14MigrateServerRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x12\n\nproject_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x0c\n\x04host\x18\x05 \x01(\t\x12\x15\n\roverride_lock\x18\x06 \x01(\x08\"H\n\x15MigrateServerResponse\x12/\n\tmigration\x18\x01 \x01(\x0b\x32\x1c.loom.conductor.v1.Migration\"r\n\x14\x43onfirmResizeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x12\n\nproject_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x15\n\roverride_lock\x18\x05 \x01(\x08\"\x17\n\x15\x43onfirmResizeResponse\"q\n\x13RevertResizeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x12\n\nproject_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x15\n\roverride_lock\x18\x05 \x01(\x08\"\x16\n\x14RevertResizeResponse\"\xbc\x02\n\x15ListMigrationsRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x15\n\rinstance_uuid\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x16\n\x0emigration_type\x18\x05 \x01(\t\x12\x16\n\x0esource_compute\x18\x06 \x01(\t\x12\x0f\n\x07user_id\x18\x07 \x01(\t\x12\x31\n\rchanges_since\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63hanges_before\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05limit\x18\n \x01(\x05\x12\x0e\n\x06marker\x18\x0b \x01(\t\x12\x13\n\x0bin_progress\x18\x0c \x01(\x08\"J\n\x16ListMigrationsResponse\x12\x30\n\nmigrations\x18\x01 \x03(\x0b\x32\x1c.loom.conductor.v1.Migration\"L\n\x13GetMigrationRequest\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x15\n\rinstance_uuid\x18\x02 \x01(\t\x12\x12\n\nproject_id\x18\x03 \x01(\t\"G\n\x14GetMigrationResponse\x12/\n\tmigration\x18\x01 \x01(\x0b\x32\x1c.loom.conductor.v1.Migration\"\x84\x01\n\x18LiveMigrateServerRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x12\n\nproject_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x0c\n\x04host\x18\x05 \x01(\t\x12\x15\n\roverride_lock\x18\x06 \x01(\x08\"L\n\x19LiveMigrateServerResponse\x12/\n\tmigration\x18\x01 \x01(\x0b\x32\x1c.loom.conductor.v1.Migration2\xd5\x05\n\x11MigrationsService\x12_\n\x0cResizeServer\x12&.loom.conductor.v1.ResizeServerRequest\x1a\'.loom.conductor.v1.ResizeServerResponse\x12\x62\n\rMigrateServer\x12\'.loom.conductor.v1.MigrateServerRequest\x1a(.loom.conductor.v1.MigrateServerResponse\x12\x62\n\rConfirmResize\x12\'.loom.conductor.v1.ConfirmResizeRequest\x1a(.loom.conductor.v1.ConfirmResizeResponse\x12_\n\x0cRevertResize\x12&.loom.conductor.v1.RevertResizeRequest\x1a\'.loom.conductor.v1.RevertResizeResponse\x12\x65\n\x0eListMigrations\x12(.loom.conductor.v1.ListMigrationsRequest\x1a).loom.conductor.v1.ListMigrationsResponse\x12_\n\x0cGetMigration\x12&.loom.conductor.v1.GetMigrationRequest\x1a\'.loom.conductor.v1.GetMigrationResponse\x12n\n\x11LiveMigrateServer\x12+.loom.conductor.v1.LiveMigrateServerRequest\x1a,.loom.conductor.v1.LiveMigrateServerResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,34 +34,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MIGRATION']._serialized_start=91
   _globals['_MIGRATION']._serialized_end=535
-  _globals['_RESIZESERVERREQUEST']._serialized_start=537
-  _globals['_RESIZESERVERREQUEST']._serialized_end=646
-  _globals['_RESIZESERVERRESPONSE']._serialized_start=648
-  _globals['_RESIZESERVERRESPONSE']._serialized_end=719
-  _globals['_MIGRATESERVERREQUEST']._serialized_start=721
-  _globals['_MIGRATESERVERREQUEST']._serialized_end=826
-  _globals['_MIGRATESERVERRESPONSE']._serialized_start=828
-  _globals['_MIGRATESERVERRESPONSE']._serialized_end=900
-  _globals['_CONFIRMRESIZEREQUEST']._serialized_start=902
-  _globals['_CONFIRMRESIZEREQUEST']._serialized_end=993
-  _globals['_CONFIRMRESIZERESPONSE']._serialized_start=995
-  _globals['_CONFIRMRESIZERESPONSE']._serialized_end=1018
-  _globals['_REVERTRESIZEREQUEST']._serialized_start=1020
-  _globals['_REVERTRESIZEREQUEST']._serialized_end=1110
-  _globals['_REVERTRESIZERESPONSE']._serialized_start=1112
-  _globals['_REVERTRESIZERESPONSE']._serialized_end=1134
-  _globals['_LISTMIGRATIONSREQUEST']._serialized_start=1137
-  _globals['_LISTMIGRATIONSREQUEST']._serialized_end=1453
-  _globals['_LISTMIGRATIONSRESPONSE']._serialized_start=1455
-  _globals['_LISTMIGRATIONSRESPONSE']._serialized_end=1529
-  _globals['_GETMIGRATIONREQUEST']._serialized_start=1531
-  _globals['_GETMIGRATIONREQUEST']._serialized_end=1607
-  _globals['_GETMIGRATIONRESPONSE']._serialized_start=1609
-  _globals['_GETMIGRATIONRESPONSE']._serialized_end=1680
-  _globals['_LIVEMIGRATESERVERREQUEST']._serialized_start=1682
-  _globals['_LIVEMIGRATESERVERREQUEST']._serialized_end=1791
-  _globals['_LIVEMIGRATESERVERRESPONSE']._serialized_start=1793
-  _globals['_LIVEMIGRATESERVERRESPONSE']._serialized_end=1869
-  _globals['_MIGRATIONSSERVICE']._serialized_start=1872
-  _globals['_MIGRATIONSSERVICE']._serialized_end=2597
+  _globals['_RESIZESERVERREQUEST']._serialized_start=538
+  _globals['_RESIZESERVERREQUEST']._serialized_end=670
+  _globals['_RESIZESERVERRESPONSE']._serialized_start=672
+  _globals['_RESIZESERVERRESPONSE']._serialized_end=743
+  _globals['_MIGRATESERVERREQUEST']._serialized_start=746
+  _globals['_MIGRATESERVERREQUEST']._serialized_end=874
+  _globals['_MIGRATESERVERRESPONSE']._serialized_start=876
+  _globals['_MIGRATESERVERRESPONSE']._serialized_end=948
+  _globals['_CONFIRMRESIZEREQUEST']._serialized_start=950
+  _globals['_CONFIRMRESIZEREQUEST']._serialized_end=1064
+  _globals['_CONFIRMRESIZERESPONSE']._serialized_start=1066
+  _globals['_CONFIRMRESIZERESPONSE']._serialized_end=1089
+  _globals['_REVERTRESIZEREQUEST']._serialized_start=1091
+  _globals['_REVERTRESIZEREQUEST']._serialized_end=1204
+  _globals['_REVERTRESIZERESPONSE']._serialized_start=1206
+  _globals['_REVERTRESIZERESPONSE']._serialized_end=1228
+  _globals['_LISTMIGRATIONSREQUEST']._serialized_start=1231
+  _globals['_LISTMIGRATIONSREQUEST']._serialized_end=1547
+  _globals['_LISTMIGRATIONSRESPONSE']._serialized_start=1549
+  _globals['_LISTMIGRATIONSRESPONSE']._serialized_end=1623
+  _globals['_GETMIGRATIONREQUEST']._serialized_start=1625
+  _globals['_GETMIGRATIONREQUEST']._serialized_end=1701
+  _globals['_GETMIGRATIONRESPONSE']._serialized_start=1703
+  _globals['_GETMIGRATIONRESPONSE']._serialized_end=1774
+  _globals['_LIVEMIGRATESERVERREQUEST']._serialized_start=1777
+  _globals['_LIVEMIGRATESERVERREQUEST']._serialized_end=1909
+  _globals['_LIVEMIGRATESERVERRESPONSE']._serialized_start=1911
+  _globals['_LIVEMIGRATESERVERRESPONSE']._serialized_end=1987
+  _globals['_MIGRATIONSSERVICE']._serialized_start=1990
+  _globals['_MIGRATIONSSERVICE']._serialized_end=2715
 # @@protoc_insertion_point(module_scope)

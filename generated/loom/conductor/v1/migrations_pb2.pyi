@@ -129,6 +129,7 @@ class ResizeServerRequest(_message.Message):
     PROJECT_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     FLAVOR_ID_FIELD_NUMBER: _builtins.int
+    OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per call; a retry with the same id changes nothing more."""
     id: _builtins.str
@@ -139,6 +140,10 @@ class ResizeServerRequest(_message.Message):
     """Who asks."""
     flavor_id: _builtins.str
     """The new flavor's id."""
+    override_lock: _builtins.bool
+    """The caller may act on a locked server (an admin); otherwise a locked server
+    answers FAILED_PRECONDITION.
+    """
     def __init__(
         self,
         *,
@@ -147,10 +152,11 @@ class ResizeServerRequest(_message.Message):
         project_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
         flavor_id: _builtins.str = ...,
+        override_lock: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["flavor_id", b"flavor_id", "id", b"id", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["flavor_id", b"flavor_id", "id", b"id", "override_lock", b"override_lock", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -191,6 +197,7 @@ class MigrateServerRequest(_message.Message):
     PROJECT_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     HOST_FIELD_NUMBER: _builtins.int
+    OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per call."""
     id: _builtins.str
@@ -203,6 +210,10 @@ class MigrateServerRequest(_message.Message):
     """The requested destination; empty lets the scheduler choose. Still checked by every
     filter (it is a request, not a force).
     """
+    override_lock: _builtins.bool
+    """The caller may act on a locked server (an admin); otherwise a locked server
+    answers FAILED_PRECONDITION.
+    """
     def __init__(
         self,
         *,
@@ -211,10 +222,11 @@ class MigrateServerRequest(_message.Message):
         project_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
         host: _builtins.str = ...,
+        override_lock: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "id", b"id", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "id", b"id", "override_lock", b"override_lock", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -254,6 +266,7 @@ class ConfirmResizeRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     PROJECT_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
+    OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per call."""
     id: _builtins.str
@@ -262,6 +275,10 @@ class ConfirmResizeRequest(_message.Message):
     """When set, NOT_FOUND unless the server belongs to this project."""
     user_id: _builtins.str
     """Who asks."""
+    override_lock: _builtins.bool
+    """The caller may act on a locked server (an admin); otherwise a locked server
+    answers FAILED_PRECONDITION.
+    """
     def __init__(
         self,
         *,
@@ -269,10 +286,11 @@ class ConfirmResizeRequest(_message.Message):
         id: _builtins.str = ...,
         project_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
+        override_lock: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "override_lock", b"override_lock", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -305,6 +323,7 @@ class RevertResizeRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     PROJECT_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
+    OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per call."""
     id: _builtins.str
@@ -313,6 +332,10 @@ class RevertResizeRequest(_message.Message):
     """When set, NOT_FOUND unless the server belongs to this project."""
     user_id: _builtins.str
     """Who asks."""
+    override_lock: _builtins.bool
+    """The caller may act on a locked server (an admin); otherwise a locked server
+    answers FAILED_PRECONDITION.
+    """
     def __init__(
         self,
         *,
@@ -320,10 +343,11 @@ class RevertResizeRequest(_message.Message):
         id: _builtins.str = ...,
         project_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
+        override_lock: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "override_lock", b"override_lock", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -505,6 +529,7 @@ class LiveMigrateServerRequest(_message.Message):
     PROJECT_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     HOST_FIELD_NUMBER: _builtins.int
+    OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per call."""
     id: _builtins.str
@@ -515,6 +540,10 @@ class LiveMigrateServerRequest(_message.Message):
     """Who asks."""
     host: _builtins.str
     """The requested destination; empty lets the scheduler choose (checked by every filter)."""
+    override_lock: _builtins.bool
+    """The caller may act on a locked server (an admin); otherwise a locked server
+    answers FAILED_PRECONDITION.
+    """
     def __init__(
         self,
         *,
@@ -523,10 +552,11 @@ class LiveMigrateServerRequest(_message.Message):
         project_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
         host: _builtins.str = ...,
+        override_lock: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "id", b"id", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "id", b"id", "override_lock", b"override_lock", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

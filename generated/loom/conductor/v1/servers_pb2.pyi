@@ -49,6 +49,10 @@ class _VmStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_VmState.Value
     """Suspended."""
     VM_STATE_RESIZED: _VmState.ValueType  # 20
     """Moved (resized or migrated) and waiting for a confirm or a revert."""
+    VM_STATE_SHELVED: _VmState.ValueType  # 8
+    """Shelved: shut off, still on its host."""
+    VM_STATE_SHELVED_OFFLOADED: _VmState.ValueType  # 9
+    """Shelved and offloaded: on no host, holding no host resources."""
 
 class VmState(_VmState, metaclass=_VmStateEnumTypeWrapper):
     """A server's stable state, as Nova names it."""
@@ -71,6 +75,10 @@ VM_STATE_SUSPENDED: VmState.ValueType  # 7
 """Suspended."""
 VM_STATE_RESIZED: VmState.ValueType  # 20
 """Moved (resized or migrated) and waiting for a confirm or a revert."""
+VM_STATE_SHELVED: VmState.ValueType  # 8
+"""Shelved: shut off, still on its host."""
+VM_STATE_SHELVED_OFFLOADED: VmState.ValueType  # 9
+"""Shelved and offloaded: on no host, holding no host resources."""
 Global___VmState: _TypeAlias = VmState  # noqa: Y015
 
 class _TaskState:
@@ -113,6 +121,24 @@ class _TaskStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskState.V
     """A confirm of a move under way."""
     TASK_STATE_MIGRATING: _TaskState.ValueType  # 26
     """A live migration under way."""
+    TASK_STATE_PAUSING: _TaskState.ValueType  # 10
+    """Pausing (the domain is being frozen in memory)."""
+    TASK_STATE_UNPAUSING: _TaskState.ValueType  # 11
+    """Unpausing."""
+    TASK_STATE_SUSPENDING: _TaskState.ValueType  # 12
+    """Suspending (the domain's memory is being saved to disk)."""
+    TASK_STATE_RESUMING: _TaskState.ValueType  # 13
+    """Resuming from a suspend."""
+    TASK_STATE_SHELVING: _TaskState.ValueType  # 14
+    """Shelving (the guest is being shut off)."""
+    TASK_STATE_SHELVING_OFFLOADING: _TaskState.ValueType  # 15
+    """Offloading a shelved server from its host."""
+    TASK_STATE_UNSHELVING: _TaskState.ValueType  # 16
+    """Unshelving a server still on its host."""
+    TASK_STATE_REBUILDING: _TaskState.ValueType  # 17
+    """Rebuild accepted; the host has not started on it yet."""
+    TASK_STATE_REBUILD_SPAWNING: _TaskState.ValueType  # 18
+    """The host is making the disks again and starting the guest from the new image."""
 
 class TaskState(_TaskState, metaclass=_TaskStateEnumTypeWrapper):
     """What is happening to a server right now, as Nova names it."""
@@ -151,6 +177,24 @@ TASK_STATE_RESIZE_CONFIRMING: TaskState.ValueType  # 25
 """A confirm of a move under way."""
 TASK_STATE_MIGRATING: TaskState.ValueType  # 26
 """A live migration under way."""
+TASK_STATE_PAUSING: TaskState.ValueType  # 10
+"""Pausing (the domain is being frozen in memory)."""
+TASK_STATE_UNPAUSING: TaskState.ValueType  # 11
+"""Unpausing."""
+TASK_STATE_SUSPENDING: TaskState.ValueType  # 12
+"""Suspending (the domain's memory is being saved to disk)."""
+TASK_STATE_RESUMING: TaskState.ValueType  # 13
+"""Resuming from a suspend."""
+TASK_STATE_SHELVING: TaskState.ValueType  # 14
+"""Shelving (the guest is being shut off)."""
+TASK_STATE_SHELVING_OFFLOADING: TaskState.ValueType  # 15
+"""Offloading a shelved server from its host."""
+TASK_STATE_UNSHELVING: TaskState.ValueType  # 16
+"""Unshelving a server still on its host."""
+TASK_STATE_REBUILDING: TaskState.ValueType  # 17
+"""Rebuild accepted; the host has not started on it yet."""
+TASK_STATE_REBUILD_SPAWNING: TaskState.ValueType  # 18
+"""The host is making the disks again and starting the guest from the new image."""
 Global___TaskState: _TypeAlias = TaskState  # noqa: Y015
 
 class _ServerStatus:
@@ -189,6 +233,12 @@ class _ServerStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ServerSt
     """REVERT_RESIZE (a revert under way)."""
     SERVER_STATUS_MIGRATING: _ServerStatus.ValueType  # 23
     """MIGRATING (a live migration under way)."""
+    SERVER_STATUS_SHELVED: _ServerStatus.ValueType  # 11
+    """SHELVED."""
+    SERVER_STATUS_SHELVED_OFFLOADED: _ServerStatus.ValueType  # 12
+    """SHELVED_OFFLOADED."""
+    SERVER_STATUS_REBUILD: _ServerStatus.ValueType  # 13
+    """REBUILD."""
 
 class ServerStatus(_ServerStatus, metaclass=_ServerStatusEnumTypeWrapper):
     """The status a tenant sees, derived from (vm_state, task_state) as Nova derives it."""
@@ -223,6 +273,12 @@ SERVER_STATUS_REVERT_RESIZE: ServerStatus.ValueType  # 22
 """REVERT_RESIZE (a revert under way)."""
 SERVER_STATUS_MIGRATING: ServerStatus.ValueType  # 23
 """MIGRATING (a live migration under way)."""
+SERVER_STATUS_SHELVED: ServerStatus.ValueType  # 11
+"""SHELVED."""
+SERVER_STATUS_SHELVED_OFFLOADED: ServerStatus.ValueType  # 12
+"""SHELVED_OFFLOADED."""
+SERVER_STATUS_REBUILD: ServerStatus.ValueType  # 13
+"""REBUILD."""
 Global___ServerStatus: _TypeAlias = ServerStatus  # noqa: Y015
 
 @_typing.final
@@ -420,6 +476,7 @@ class Server(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     DELETED_FIELD_NUMBER: _builtins.int
     IMAGE_PROPERTIES_FIELD_NUMBER: _builtins.int
+    LOCKED_BY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """UUID."""
     name: _builtins.str
@@ -478,6 +535,8 @@ class Server(_message.Message):
     """Build attempt counter."""
     deleted: _builtins.bool
     """Soft-deleted (only returned when the caller asks for deleted servers)."""
+    locked_by: _builtins.str
+    """Who locked it: "owner" or "admin"; empty when unlocked."""
     @_builtins.property
     def flavor(self) -> Global___FlavorSnapshot:
         """Flavor snapshot."""
@@ -560,10 +619,11 @@ class Server(_message.Message):
         attempts: _builtins.int = ...,
         deleted: _builtins.bool = ...,
         image_properties: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        locked_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "fault", b"fault", "flavor", b"flavor", "launched_at", b"launched_at", "terminated_at", b"terminated_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_ipv4", b"access_ipv4", "access_ipv6", b"access_ipv6", "addresses", b"addresses", "attempts", b"attempts", "availability_zone", b"availability_zone", "config_drive", b"config_drive", "created_at", b"created_at", "deleted", b"deleted", "description", b"description", "fault", b"fault", "flavor", b"flavor", "host", b"host", "hostname", b"hostname", "id", b"id", "image_id", b"image_id", "image_properties", b"image_properties", "instance_name", b"instance_name", "kernel_id", b"kernel_id", "key_name", b"key_name", "launch_index", b"launch_index", "launched_at", b"launched_at", "locked", b"locked", "locked_reason", b"locked_reason", "metadata", b"metadata", "name", b"name", "node", b"node", "power_state", b"power_state", "project_id", b"project_id", "ramdisk_id", b"ramdisk_id", "reservation_id", b"reservation_id", "server_group_id", b"server_group_id", "status", b"status", "tags", b"tags", "task_state", b"task_state", "terminated_at", b"terminated_at", "updated_at", b"updated_at", "user_data", b"user_data", "user_id", b"user_id", "vm_state", b"vm_state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_ipv4", b"access_ipv4", "access_ipv6", b"access_ipv6", "addresses", b"addresses", "attempts", b"attempts", "availability_zone", b"availability_zone", "config_drive", b"config_drive", "created_at", b"created_at", "deleted", b"deleted", "description", b"description", "fault", b"fault", "flavor", b"flavor", "host", b"host", "hostname", b"hostname", "id", b"id", "image_id", b"image_id", "image_properties", b"image_properties", "instance_name", b"instance_name", "kernel_id", b"kernel_id", "key_name", b"key_name", "launch_index", b"launch_index", "launched_at", b"launched_at", "locked", b"locked", "locked_by", b"locked_by", "locked_reason", b"locked_reason", "metadata", b"metadata", "name", b"name", "node", b"node", "power_state", b"power_state", "project_id", b"project_id", "ramdisk_id", b"ramdisk_id", "reservation_id", b"reservation_id", "server_group_id", b"server_group_id", "status", b"status", "tags", b"tags", "task_state", b"task_state", "terminated_at", b"terminated_at", "updated_at", b"updated_at", "user_data", b"user_data", "user_id", b"user_id", "vm_state", b"vm_state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -722,6 +782,7 @@ class CreateServersRequest(_message.Message):
     ACCESS_IPV6_FIELD_NUMBER: _builtins.int
     CONFIG_DRIVE_FIELD_NUMBER: _builtins.int
     FORCE_HOST_FIELD_NUMBER: _builtins.int
+    PRIVATE_FLAVORS_ALLOWED_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per API call; a retry with the same id returns the same servers."""
     project_id: _builtins.str
@@ -760,6 +821,10 @@ class CreateServersRequest(_message.Message):
     """Config drive requested."""
     force_host: _builtins.str
     """Admin-only: force this host."""
+    private_flavors_allowed: _builtins.bool
+    """The caller may boot any private flavor (the gateway sets it for admins). Otherwise a
+    private flavor exists for it only when shared with its project (os-flavor-access).
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Tenant metadata."""
@@ -792,10 +857,11 @@ class CreateServersRequest(_message.Message):
         access_ipv6: _builtins.str = ...,
         config_drive: _builtins.bool = ...,
         force_host: _builtins.str = ...,
+        private_flavors_allowed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_ipv4", b"access_ipv4", "access_ipv6", b"access_ipv6", "availability_zone", b"availability_zone", "config_drive", b"config_drive", "description", b"description", "flavor_id", b"flavor_id", "force_host", b"force_host", "hostname", b"hostname", "image_id", b"image_id", "key_name", b"key_name", "max_count", b"max_count", "metadata", b"metadata", "min_count", b"min_count", "name", b"name", "networks", b"networks", "project_id", b"project_id", "request_id", b"request_id", "server_group_id", b"server_group_id", "tags", b"tags", "user_data", b"user_data", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_ipv4", b"access_ipv4", "access_ipv6", b"access_ipv6", "availability_zone", b"availability_zone", "config_drive", b"config_drive", "description", b"description", "flavor_id", b"flavor_id", "force_host", b"force_host", "hostname", b"hostname", "image_id", b"image_id", "key_name", b"key_name", "max_count", b"max_count", "metadata", b"metadata", "min_count", b"min_count", "name", b"name", "networks", b"networks", "private_flavors_allowed", b"private_flavors_allowed", "project_id", b"project_id", "request_id", b"request_id", "server_group_id", b"server_group_id", "tags", b"tags", "user_data", b"user_data", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -910,6 +976,7 @@ class ListServersRequest(_message.Message):
     IP_FIELD_NUMBER: _builtins.int
     LAUNCHED_BEFORE_FIELD_NUMBER: _builtins.int
     RUNNING_AFTER_FIELD_NUMBER: _builtins.int
+    LOCKED_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     """Only this project; empty for all projects."""
     name: _builtins.str
@@ -938,6 +1005,8 @@ class ListServersRequest(_message.Message):
     """Only this user."""
     ip: _builtins.str
     """Only servers whose IP matches this regular expression."""
+    locked: _builtins.bool
+    """Only locked (true) or unlocked (false) servers, when given."""
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[Global___ServerStatus.ValueType]:
         """Only these statuses."""
@@ -990,12 +1059,15 @@ class ListServersRequest(_message.Message):
         ip: _builtins.str = ...,
         launched_before: _timestamp_pb2.Timestamp | None = ...,
         running_after: _timestamp_pb2.Timestamp | None = ...,
+        locked: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["changes_before", b"changes_before", "changes_since", b"changes_since", "launched_before", b"launched_before", "running_after", b"running_after"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_locked", b"_locked", "changes_before", b"changes_before", "changes_since", b"changes_since", "launched_before", b"launched_before", "locked", b"locked", "running_after", b"running_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["availability_zone", b"availability_zone", "changes_before", b"changes_before", "changes_since", b"changes_since", "flavor_id", b"flavor_id", "host", b"host", "ids", b"ids", "image_id", b"image_id", "include_deleted", b"include_deleted", "ip", b"ip", "launched_before", b"launched_before", "limit", b"limit", "marker", b"marker", "name", b"name", "project_id", b"project_id", "reservation_id", b"reservation_id", "running_after", b"running_after", "sort_dir", b"sort_dir", "sort_key", b"sort_key", "statuses", b"statuses", "user_id", b"user_id", "vm_states", b"vm_states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_locked", b"_locked", "availability_zone", b"availability_zone", "changes_before", b"changes_before", "changes_since", b"changes_since", "flavor_id", b"flavor_id", "host", b"host", "ids", b"ids", "image_id", b"image_id", "include_deleted", b"include_deleted", "ip", b"ip", "launched_before", b"launched_before", "limit", b"limit", "locked", b"locked", "marker", b"marker", "name", b"name", "project_id", b"project_id", "reservation_id", b"reservation_id", "running_after", b"running_after", "sort_dir", b"sort_dir", "sort_key", b"sort_key", "statuses", b"statuses", "user_id", b"user_id", "vm_states", b"vm_states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__locked: _TypeAlias = _typing.Literal["locked"]  # noqa: Y015
+    _WhichOneofArgType__locked: _TypeAlias = _typing.Literal["_locked", b"_locked"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__locked) -> _WhichOneofReturnType__locked | None: ...
 
 Global___ListServersRequest: _TypeAlias = ListServersRequest  # noqa: Y015
 
@@ -1130,6 +1202,7 @@ class DeleteServerRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     PROJECT_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
+    OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per call."""
     id: _builtins.str
@@ -1138,6 +1211,10 @@ class DeleteServerRequest(_message.Message):
     """When set, NOT_FOUND unless the server belongs to this project."""
     user_id: _builtins.str
     """Who asks (for the action record)."""
+    override_lock: _builtins.bool
+    """The caller may act on a locked server (an admin); otherwise a locked server
+    answers FAILED_PRECONDITION.
+    """
     def __init__(
         self,
         *,
@@ -1145,10 +1222,11 @@ class DeleteServerRequest(_message.Message):
         id: _builtins.str = ...,
         project_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
+        override_lock: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "override_lock", b"override_lock", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1181,6 +1259,7 @@ class StartServerRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     PROJECT_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
+    OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per call."""
     id: _builtins.str
@@ -1189,6 +1268,10 @@ class StartServerRequest(_message.Message):
     """When set, NOT_FOUND unless the server belongs to this project."""
     user_id: _builtins.str
     """Who asks (for the action record)."""
+    override_lock: _builtins.bool
+    """The caller may act on a locked server (an admin); otherwise a locked server
+    answers FAILED_PRECONDITION.
+    """
     def __init__(
         self,
         *,
@@ -1196,10 +1279,11 @@ class StartServerRequest(_message.Message):
         id: _builtins.str = ...,
         project_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
+        override_lock: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "override_lock", b"override_lock", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1232,6 +1316,7 @@ class StopServerRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     PROJECT_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
+    OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per call."""
     id: _builtins.str
@@ -1240,6 +1325,10 @@ class StopServerRequest(_message.Message):
     """When set, NOT_FOUND unless the server belongs to this project."""
     user_id: _builtins.str
     """Who asks (for the action record)."""
+    override_lock: _builtins.bool
+    """The caller may act on a locked server (an admin); otherwise a locked server
+    answers FAILED_PRECONDITION.
+    """
     def __init__(
         self,
         *,
@@ -1247,10 +1336,11 @@ class StopServerRequest(_message.Message):
         id: _builtins.str = ...,
         project_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
+        override_lock: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "override_lock", b"override_lock", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1284,6 +1374,7 @@ class RebootServerRequest(_message.Message):
     PROJECT_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     REBOOT_TYPE_FIELD_NUMBER: _builtins.int
+    OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per call."""
     id: _builtins.str
@@ -1294,6 +1385,10 @@ class RebootServerRequest(_message.Message):
     """Who asks (for the action record)."""
     reboot_type: _agent_bus_pb2.RebootType.ValueType
     """SOFT or HARD."""
+    override_lock: _builtins.bool
+    """The caller may act on a locked server (an admin); otherwise a locked server
+    answers FAILED_PRECONDITION.
+    """
     def __init__(
         self,
         *,
@@ -1302,10 +1397,11 @@ class RebootServerRequest(_message.Message):
         project_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
         reboot_type: _agent_bus_pb2.RebootType.ValueType = ...,
+        override_lock: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "project_id", b"project_id", "reboot_type", b"reboot_type", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "override_lock", b"override_lock", "project_id", b"project_id", "reboot_type", b"reboot_type", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1359,6 +1455,7 @@ class SetServerMetadataRequest(_message.Message):
     PROJECT_ID_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     REPLACE_FIELD_NUMBER: _builtins.int
+    OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per call."""
     id: _builtins.str
@@ -1367,6 +1464,10 @@ class SetServerMetadataRequest(_message.Message):
     """When set, NOT_FOUND unless the server belongs to this project."""
     replace: _builtins.bool
     """Replace all metadata instead of merging."""
+    override_lock: _builtins.bool
+    """The caller may act on a locked server (an admin); otherwise a locked server
+    answers FAILED_PRECONDITION.
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Items to set."""
@@ -1379,10 +1480,11 @@ class SetServerMetadataRequest(_message.Message):
         project_id: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         replace: _builtins.bool = ...,
+        override_lock: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "metadata", b"metadata", "project_id", b"project_id", "replace", b"replace", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "metadata", b"metadata", "override_lock", b"override_lock", "project_id", b"project_id", "replace", b"replace", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1442,6 +1544,7 @@ class DeleteServerMetadataItemRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     PROJECT_ID_FIELD_NUMBER: _builtins.int
     KEY_FIELD_NUMBER: _builtins.int
+    OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per call."""
     id: _builtins.str
@@ -1450,6 +1553,10 @@ class DeleteServerMetadataItemRequest(_message.Message):
     """When set, NOT_FOUND unless the server belongs to this project."""
     key: _builtins.str
     """Key to remove."""
+    override_lock: _builtins.bool
+    """The caller may act on a locked server (an admin); otherwise a locked server
+    answers FAILED_PRECONDITION.
+    """
     def __init__(
         self,
         *,
@@ -1457,10 +1564,11 @@ class DeleteServerMetadataItemRequest(_message.Message):
         id: _builtins.str = ...,
         project_id: _builtins.str = ...,
         key: _builtins.str = ...,
+        override_lock: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "key", b"key", "project_id", b"project_id", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "key", b"key", "override_lock", b"override_lock", "project_id", b"project_id", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1586,3 +1694,661 @@ class GetInstanceActionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetInstanceActionResponse: _TypeAlias = GetInstanceActionResponse  # noqa: Y015
+
+@_typing.final
+class PauseServerRequest(_message.Message):
+    """Request for PauseServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call; a retry with the same id is a no-op."""
+    id: _builtins.str
+    """UUID."""
+    project_id: _builtins.str
+    """When set, NOT_FOUND unless the server belongs to this project."""
+    user_id: _builtins.str
+    """Who asks (for the action record)."""
+    override_lock: _builtins.bool
+    """The caller may act on a locked server (an admin)."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        override_lock: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "override_lock", b"override_lock", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseServerRequest: _TypeAlias = PauseServerRequest  # noqa: Y015
+
+@_typing.final
+class PauseServerResponse(_message.Message):
+    """Response of PauseServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseServerResponse: _TypeAlias = PauseServerResponse  # noqa: Y015
+
+@_typing.final
+class UnpauseServerRequest(_message.Message):
+    """Request for UnpauseServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call; a retry with the same id is a no-op."""
+    id: _builtins.str
+    """UUID."""
+    project_id: _builtins.str
+    """When set, NOT_FOUND unless the server belongs to this project."""
+    user_id: _builtins.str
+    """Who asks (for the action record)."""
+    override_lock: _builtins.bool
+    """The caller may act on a locked server (an admin)."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        override_lock: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "override_lock", b"override_lock", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnpauseServerRequest: _TypeAlias = UnpauseServerRequest  # noqa: Y015
+
+@_typing.final
+class UnpauseServerResponse(_message.Message):
+    """Response of UnpauseServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnpauseServerResponse: _TypeAlias = UnpauseServerResponse  # noqa: Y015
+
+@_typing.final
+class SuspendServerRequest(_message.Message):
+    """Request for SuspendServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call; a retry with the same id is a no-op."""
+    id: _builtins.str
+    """UUID."""
+    project_id: _builtins.str
+    """When set, NOT_FOUND unless the server belongs to this project."""
+    user_id: _builtins.str
+    """Who asks (for the action record)."""
+    override_lock: _builtins.bool
+    """The caller may act on a locked server (an admin)."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        override_lock: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "override_lock", b"override_lock", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SuspendServerRequest: _TypeAlias = SuspendServerRequest  # noqa: Y015
+
+@_typing.final
+class SuspendServerResponse(_message.Message):
+    """Response of SuspendServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SuspendServerResponse: _TypeAlias = SuspendServerResponse  # noqa: Y015
+
+@_typing.final
+class ResumeServerRequest(_message.Message):
+    """Request for ResumeServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call; a retry with the same id is a no-op."""
+    id: _builtins.str
+    """UUID."""
+    project_id: _builtins.str
+    """When set, NOT_FOUND unless the server belongs to this project."""
+    user_id: _builtins.str
+    """Who asks (for the action record)."""
+    override_lock: _builtins.bool
+    """The caller may act on a locked server (an admin)."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        override_lock: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "override_lock", b"override_lock", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeServerRequest: _TypeAlias = ResumeServerRequest  # noqa: Y015
+
+@_typing.final
+class ResumeServerResponse(_message.Message):
+    """Response of ResumeServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeServerResponse: _TypeAlias = ResumeServerResponse  # noqa: Y015
+
+@_typing.final
+class LockServerRequest(_message.Message):
+    """Request for LockServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    LOCKED_REASON_FIELD_NUMBER: _builtins.int
+    LOCKED_BY_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call."""
+    id: _builtins.str
+    """UUID."""
+    project_id: _builtins.str
+    """When set, NOT_FOUND unless the server belongs to this project."""
+    user_id: _builtins.str
+    """Who asks (for the action record)."""
+    locked_reason: _builtins.str
+    """Why; stored and shown at microversion 2.73+."""
+    locked_by: _builtins.str
+    """"admin" when an admin locks someone else's server, else "owner"."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        locked_reason: _builtins.str | None = ...,
+        locked_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_locked_reason", b"_locked_reason", "locked_reason", b"locked_reason"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_locked_reason", b"_locked_reason", "id", b"id", "locked_by", b"locked_by", "locked_reason", b"locked_reason", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__locked_reason: _TypeAlias = _typing.Literal["locked_reason"]  # noqa: Y015
+    _WhichOneofArgType__locked_reason: _TypeAlias = _typing.Literal["_locked_reason", b"_locked_reason"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__locked_reason) -> _WhichOneofReturnType__locked_reason | None: ...
+
+Global___LockServerRequest: _TypeAlias = LockServerRequest  # noqa: Y015
+
+@_typing.final
+class LockServerResponse(_message.Message):
+    """Response of LockServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LockServerResponse: _TypeAlias = LockServerResponse  # noqa: Y015
+
+@_typing.final
+class UnlockServerRequest(_message.Message):
+    """Request for UnlockServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call."""
+    id: _builtins.str
+    """UUID."""
+    project_id: _builtins.str
+    """When set, NOT_FOUND unless the server belongs to this project."""
+    user_id: _builtins.str
+    """Who asks (for the action record)."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnlockServerRequest: _TypeAlias = UnlockServerRequest  # noqa: Y015
+
+@_typing.final
+class UnlockServerResponse(_message.Message):
+    """Response of UnlockServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnlockServerResponse: _TypeAlias = UnlockServerResponse  # noqa: Y015
+
+@_typing.final
+class ShelveServerRequest(_message.Message):
+    """Request for ShelveServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call; a retry with the same id is a no-op."""
+    id: _builtins.str
+    """UUID."""
+    project_id: _builtins.str
+    """When set, NOT_FOUND unless the server belongs to this project."""
+    user_id: _builtins.str
+    """Who asks (for the action record)."""
+    override_lock: _builtins.bool
+    """The caller may act on a locked server (an admin)."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        override_lock: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "override_lock", b"override_lock", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShelveServerRequest: _TypeAlias = ShelveServerRequest  # noqa: Y015
+
+@_typing.final
+class ShelveServerResponse(_message.Message):
+    """Response of ShelveServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShelveServerResponse: _TypeAlias = ShelveServerResponse  # noqa: Y015
+
+@_typing.final
+class ShelveOffloadServerRequest(_message.Message):
+    """Request for ShelveOffloadServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call; a retry with the same id is a no-op."""
+    id: _builtins.str
+    """UUID."""
+    project_id: _builtins.str
+    """When set, NOT_FOUND unless the server belongs to this project."""
+    user_id: _builtins.str
+    """Who asks (for the action record)."""
+    override_lock: _builtins.bool
+    """The caller may act on a locked server (an admin)."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        override_lock: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "override_lock", b"override_lock", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShelveOffloadServerRequest: _TypeAlias = ShelveOffloadServerRequest  # noqa: Y015
+
+@_typing.final
+class ShelveOffloadServerResponse(_message.Message):
+    """Response of ShelveOffloadServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShelveOffloadServerResponse: _TypeAlias = ShelveOffloadServerResponse  # noqa: Y015
+
+@_typing.final
+class UnshelveServerRequest(_message.Message):
+    """Request for UnshelveServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
+    AVAILABILITY_ZONE_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call; a retry with the same id is a no-op."""
+    id: _builtins.str
+    """UUID."""
+    project_id: _builtins.str
+    """When set, NOT_FOUND unless the server belongs to this project."""
+    user_id: _builtins.str
+    """Who asks (for the action record)."""
+    override_lock: _builtins.bool
+    """The caller may act on a locked server (an admin)."""
+    availability_zone: _builtins.str
+    """Offloaded servers only: the zone to build in; "" unpins the server from its zone."""
+    host: _builtins.str
+    """Offloaded servers only: the host to build on (the caller checked it is an admin)."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        override_lock: _builtins.bool = ...,
+        availability_zone: _builtins.str | None = ...,
+        host: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_availability_zone", b"_availability_zone", "availability_zone", b"availability_zone"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_availability_zone", b"_availability_zone", "availability_zone", b"availability_zone", "host", b"host", "id", b"id", "override_lock", b"override_lock", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__availability_zone: _TypeAlias = _typing.Literal["availability_zone"]  # noqa: Y015
+    _WhichOneofArgType__availability_zone: _TypeAlias = _typing.Literal["_availability_zone", b"_availability_zone"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__availability_zone) -> _WhichOneofReturnType__availability_zone | None: ...
+
+Global___UnshelveServerRequest: _TypeAlias = UnshelveServerRequest  # noqa: Y015
+
+@_typing.final
+class UnshelveServerResponse(_message.Message):
+    """Response of UnshelveServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnshelveServerResponse: _TypeAlias = UnshelveServerResponse  # noqa: Y015
+
+@_typing.final
+class RebuildServerRequest(_message.Message):
+    """Request for RebuildServer. Fields not given keep their value."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
+    IMAGE_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    REPLACE_METADATA_FIELD_NUMBER: _builtins.int
+    USER_DATA_FIELD_NUMBER: _builtins.int
+    KEY_NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    ACCESS_IPV4_FIELD_NUMBER: _builtins.int
+    ACCESS_IPV6_FIELD_NUMBER: _builtins.int
+    HOSTNAME_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call; a retry with the same id is a no-op."""
+    id: _builtins.str
+    """UUID."""
+    project_id: _builtins.str
+    """When set, NOT_FOUND unless the server belongs to this project."""
+    user_id: _builtins.str
+    """Who asks (for the action record, and whose key pair key_name names)."""
+    override_lock: _builtins.bool
+    """The caller may act on a locked server (an admin)."""
+    image_id: _builtins.str
+    """The image to rebuild from (it may be the current one)."""
+    name: _builtins.str
+    """New display name."""
+    replace_metadata: _builtins.bool
+    """Whether metadata replaces the server's metadata."""
+    user_data: _builtins.str
+    """New base64 user data; "" removes it."""
+    key_name: _builtins.str
+    """New key pair name; "" removes the key pair."""
+    description: _builtins.str
+    """New description; "" removes it."""
+    access_ipv4: _builtins.str
+    """New IPv4 access address."""
+    access_ipv6: _builtins.str
+    """New IPv6 access address."""
+    hostname: _builtins.str
+    """New guest hostname."""
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """New metadata, replacing all of it when replace_metadata is set."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        override_lock: _builtins.bool = ...,
+        image_id: _builtins.str = ...,
+        name: _builtins.str | None = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        replace_metadata: _builtins.bool = ...,
+        user_data: _builtins.str | None = ...,
+        key_name: _builtins.str | None = ...,
+        description: _builtins.str | None = ...,
+        access_ipv4: _builtins.str | None = ...,
+        access_ipv6: _builtins.str | None = ...,
+        hostname: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_access_ipv4", b"_access_ipv4", "_access_ipv6", b"_access_ipv6", "_description", b"_description", "_hostname", b"_hostname", "_key_name", b"_key_name", "_name", b"_name", "_user_data", b"_user_data", "access_ipv4", b"access_ipv4", "access_ipv6", b"access_ipv6", "description", b"description", "hostname", b"hostname", "key_name", b"key_name", "name", b"name", "user_data", b"user_data"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_access_ipv4", b"_access_ipv4", "_access_ipv6", b"_access_ipv6", "_description", b"_description", "_hostname", b"_hostname", "_key_name", b"_key_name", "_name", b"_name", "_user_data", b"_user_data", "access_ipv4", b"access_ipv4", "access_ipv6", b"access_ipv6", "description", b"description", "hostname", b"hostname", "id", b"id", "image_id", b"image_id", "key_name", b"key_name", "metadata", b"metadata", "name", b"name", "override_lock", b"override_lock", "project_id", b"project_id", "replace_metadata", b"replace_metadata", "request_id", b"request_id", "user_data", b"user_data", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__access_ipv4: _TypeAlias = _typing.Literal["access_ipv4"]  # noqa: Y015
+    _WhichOneofArgType__access_ipv4: _TypeAlias = _typing.Literal["_access_ipv4", b"_access_ipv4"]  # noqa: Y015
+    _WhichOneofReturnType__access_ipv6: _TypeAlias = _typing.Literal["access_ipv6"]  # noqa: Y015
+    _WhichOneofArgType__access_ipv6: _TypeAlias = _typing.Literal["_access_ipv6", b"_access_ipv6"]  # noqa: Y015
+    _WhichOneofReturnType__description: _TypeAlias = _typing.Literal["description"]  # noqa: Y015
+    _WhichOneofArgType__description: _TypeAlias = _typing.Literal["_description", b"_description"]  # noqa: Y015
+    _WhichOneofReturnType__hostname: _TypeAlias = _typing.Literal["hostname"]  # noqa: Y015
+    _WhichOneofArgType__hostname: _TypeAlias = _typing.Literal["_hostname", b"_hostname"]  # noqa: Y015
+    _WhichOneofReturnType__key_name: _TypeAlias = _typing.Literal["key_name"]  # noqa: Y015
+    _WhichOneofArgType__key_name: _TypeAlias = _typing.Literal["_key_name", b"_key_name"]  # noqa: Y015
+    _WhichOneofReturnType__name: _TypeAlias = _typing.Literal["name"]  # noqa: Y015
+    _WhichOneofArgType__name: _TypeAlias = _typing.Literal["_name", b"_name"]  # noqa: Y015
+    _WhichOneofReturnType__user_data: _TypeAlias = _typing.Literal["user_data"]  # noqa: Y015
+    _WhichOneofArgType__user_data: _TypeAlias = _typing.Literal["_user_data", b"_user_data"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__access_ipv4) -> _WhichOneofReturnType__access_ipv4 | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__access_ipv6) -> _WhichOneofReturnType__access_ipv6 | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__description) -> _WhichOneofReturnType__description | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__hostname) -> _WhichOneofReturnType__hostname | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__key_name) -> _WhichOneofReturnType__key_name | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__name) -> _WhichOneofReturnType__name | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__user_data) -> _WhichOneofReturnType__user_data | None: ...
+
+Global___RebuildServerRequest: _TypeAlias = RebuildServerRequest  # noqa: Y015
+
+@_typing.final
+class RebuildServerResponse(_message.Message):
+    """Response of RebuildServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def server(self) -> Global___Server:
+        """The server as stored, rebuilding."""
+
+    def __init__(
+        self,
+        *,
+        server: Global___Server | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["server", b"server"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["server", b"server"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RebuildServerResponse: _TypeAlias = RebuildServerResponse  # noqa: Y015

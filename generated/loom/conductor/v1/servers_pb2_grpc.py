@@ -95,6 +95,56 @@ class ServersServiceStub:
                 request_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.GetInstanceActionRequest.SerializeToString,
                 response_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.GetInstanceActionResponse.FromString,
                 _registered_method=True)
+        self.PauseServer = channel.unary_unary(
+                '/loom.conductor.v1.ServersService/PauseServer',
+                request_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.PauseServerRequest.SerializeToString,
+                response_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.PauseServerResponse.FromString,
+                _registered_method=True)
+        self.UnpauseServer = channel.unary_unary(
+                '/loom.conductor.v1.ServersService/UnpauseServer',
+                request_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.UnpauseServerRequest.SerializeToString,
+                response_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.UnpauseServerResponse.FromString,
+                _registered_method=True)
+        self.SuspendServer = channel.unary_unary(
+                '/loom.conductor.v1.ServersService/SuspendServer',
+                request_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.SuspendServerRequest.SerializeToString,
+                response_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.SuspendServerResponse.FromString,
+                _registered_method=True)
+        self.ResumeServer = channel.unary_unary(
+                '/loom.conductor.v1.ServersService/ResumeServer',
+                request_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.ResumeServerRequest.SerializeToString,
+                response_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.ResumeServerResponse.FromString,
+                _registered_method=True)
+        self.LockServer = channel.unary_unary(
+                '/loom.conductor.v1.ServersService/LockServer',
+                request_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.LockServerRequest.SerializeToString,
+                response_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.LockServerResponse.FromString,
+                _registered_method=True)
+        self.UnlockServer = channel.unary_unary(
+                '/loom.conductor.v1.ServersService/UnlockServer',
+                request_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.UnlockServerRequest.SerializeToString,
+                response_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.UnlockServerResponse.FromString,
+                _registered_method=True)
+        self.ShelveServer = channel.unary_unary(
+                '/loom.conductor.v1.ServersService/ShelveServer',
+                request_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.ShelveServerRequest.SerializeToString,
+                response_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.ShelveServerResponse.FromString,
+                _registered_method=True)
+        self.ShelveOffloadServer = channel.unary_unary(
+                '/loom.conductor.v1.ServersService/ShelveOffloadServer',
+                request_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.ShelveOffloadServerRequest.SerializeToString,
+                response_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.ShelveOffloadServerResponse.FromString,
+                _registered_method=True)
+        self.UnshelveServer = channel.unary_unary(
+                '/loom.conductor.v1.ServersService/UnshelveServer',
+                request_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.UnshelveServerRequest.SerializeToString,
+                response_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.UnshelveServerResponse.FromString,
+                _registered_method=True)
+        self.RebuildServer = channel.unary_unary(
+                '/loom.conductor.v1.ServersService/RebuildServer',
+                request_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.RebuildServerRequest.SerializeToString,
+                response_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.RebuildServerResponse.FromString,
+                _registered_method=True)
 
 
 class ServersServiceServicer:
@@ -186,6 +236,81 @@ class ServersServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PauseServer(self, request, context):
+        """Pause (freeze in memory). FAILED_PRECONDITION unless ACTIVE with no task.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnpauseServer(self, request, context):
+        """Unpause. FAILED_PRECONDITION unless PAUSED with no task.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SuspendServer(self, request, context):
+        """Suspend (memory saved to disk). FAILED_PRECONDITION unless ACTIVE with no task.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeServer(self, request, context):
+        """Resume a suspended server. FAILED_PRECONDITION unless SUSPENDED with no task.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LockServer(self, request, context):
+        """Lock against changes by non-admins. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnlockServer(self, request, context):
+        """Unlock. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ShelveServer(self, request, context):
+        """Shelve: shut the guest off and keep its disk on the host (Loom takes no snapshot).
+        FAILED_PRECONDITION unless ACTIVE, SHUTOFF, PAUSED or SUSPENDED with no task.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ShelveOffloadServer(self, request, context):
+        """Remove a shelved server from its host and free its claim. FAILED_PRECONDITION unless
+        SHELVED with no task.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnshelveServer(self, request, context):
+        """Unshelve: power a shelved server on where it is, or schedule and build an offloaded one
+        again from its image. FAILED_PRECONDITION unless SHELVED or SHELVED_OFFLOADED, no task.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RebuildServer(self, request, context):
+        """Rebuild on the same host from an image: the disks are made again and the guest started
+        (left shut off when it was). FAILED_PRECONDITION unless ACTIVE, SHUTOFF or ERROR with no
+        task; INVALID_ARGUMENT for an unusable image or key pair.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ServersServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -248,6 +373,56 @@ def add_ServersServiceServicer_to_server(servicer, server):
                     servicer.GetInstanceAction,
                     request_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.GetInstanceActionRequest.FromString,
                     response_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.GetInstanceActionResponse.SerializeToString,
+            ),
+            'PauseServer': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseServer,
+                    request_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.PauseServerRequest.FromString,
+                    response_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.PauseServerResponse.SerializeToString,
+            ),
+            'UnpauseServer': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnpauseServer,
+                    request_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.UnpauseServerRequest.FromString,
+                    response_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.UnpauseServerResponse.SerializeToString,
+            ),
+            'SuspendServer': grpc.unary_unary_rpc_method_handler(
+                    servicer.SuspendServer,
+                    request_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.SuspendServerRequest.FromString,
+                    response_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.SuspendServerResponse.SerializeToString,
+            ),
+            'ResumeServer': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeServer,
+                    request_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.ResumeServerRequest.FromString,
+                    response_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.ResumeServerResponse.SerializeToString,
+            ),
+            'LockServer': grpc.unary_unary_rpc_method_handler(
+                    servicer.LockServer,
+                    request_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.LockServerRequest.FromString,
+                    response_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.LockServerResponse.SerializeToString,
+            ),
+            'UnlockServer': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnlockServer,
+                    request_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.UnlockServerRequest.FromString,
+                    response_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.UnlockServerResponse.SerializeToString,
+            ),
+            'ShelveServer': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShelveServer,
+                    request_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.ShelveServerRequest.FromString,
+                    response_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.ShelveServerResponse.SerializeToString,
+            ),
+            'ShelveOffloadServer': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShelveOffloadServer,
+                    request_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.ShelveOffloadServerRequest.FromString,
+                    response_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.ShelveOffloadServerResponse.SerializeToString,
+            ),
+            'UnshelveServer': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnshelveServer,
+                    request_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.UnshelveServerRequest.FromString,
+                    response_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.UnshelveServerResponse.SerializeToString,
+            ),
+            'RebuildServer': grpc.unary_unary_rpc_method_handler(
+                    servicer.RebuildServer,
+                    request_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.RebuildServerRequest.FromString,
+                    response_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.RebuildServerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -575,6 +750,276 @@ class ServersService:
             '/loom.conductor.v1.ServersService/GetInstanceAction',
             loom_dot_conductor_dot_v1_dot_servers__pb2.GetInstanceActionRequest.SerializeToString,
             loom_dot_conductor_dot_v1_dot_servers__pb2.GetInstanceActionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseServer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.conductor.v1.ServersService/PauseServer',
+            loom_dot_conductor_dot_v1_dot_servers__pb2.PauseServerRequest.SerializeToString,
+            loom_dot_conductor_dot_v1_dot_servers__pb2.PauseServerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnpauseServer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.conductor.v1.ServersService/UnpauseServer',
+            loom_dot_conductor_dot_v1_dot_servers__pb2.UnpauseServerRequest.SerializeToString,
+            loom_dot_conductor_dot_v1_dot_servers__pb2.UnpauseServerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SuspendServer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.conductor.v1.ServersService/SuspendServer',
+            loom_dot_conductor_dot_v1_dot_servers__pb2.SuspendServerRequest.SerializeToString,
+            loom_dot_conductor_dot_v1_dot_servers__pb2.SuspendServerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeServer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.conductor.v1.ServersService/ResumeServer',
+            loom_dot_conductor_dot_v1_dot_servers__pb2.ResumeServerRequest.SerializeToString,
+            loom_dot_conductor_dot_v1_dot_servers__pb2.ResumeServerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LockServer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.conductor.v1.ServersService/LockServer',
+            loom_dot_conductor_dot_v1_dot_servers__pb2.LockServerRequest.SerializeToString,
+            loom_dot_conductor_dot_v1_dot_servers__pb2.LockServerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnlockServer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.conductor.v1.ServersService/UnlockServer',
+            loom_dot_conductor_dot_v1_dot_servers__pb2.UnlockServerRequest.SerializeToString,
+            loom_dot_conductor_dot_v1_dot_servers__pb2.UnlockServerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShelveServer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.conductor.v1.ServersService/ShelveServer',
+            loom_dot_conductor_dot_v1_dot_servers__pb2.ShelveServerRequest.SerializeToString,
+            loom_dot_conductor_dot_v1_dot_servers__pb2.ShelveServerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShelveOffloadServer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.conductor.v1.ServersService/ShelveOffloadServer',
+            loom_dot_conductor_dot_v1_dot_servers__pb2.ShelveOffloadServerRequest.SerializeToString,
+            loom_dot_conductor_dot_v1_dot_servers__pb2.ShelveOffloadServerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnshelveServer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.conductor.v1.ServersService/UnshelveServer',
+            loom_dot_conductor_dot_v1_dot_servers__pb2.UnshelveServerRequest.SerializeToString,
+            loom_dot_conductor_dot_v1_dot_servers__pb2.UnshelveServerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RebuildServer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.conductor.v1.ServersService/RebuildServer',
+            loom_dot_conductor_dot_v1_dot_servers__pb2.RebuildServerRequest.SerializeToString,
+            loom_dot_conductor_dot_v1_dot_servers__pb2.RebuildServerResponse.FromString,
             options,
             channel_credentials,
             insecure,

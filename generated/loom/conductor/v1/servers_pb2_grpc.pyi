@@ -62,6 +62,35 @@ class ServersServiceStub:
     """Actions recorded for a server."""
     GetInstanceAction: _grpc.UnaryUnaryMultiCallable[_servers_pb2.GetInstanceActionRequest, _servers_pb2.GetInstanceActionResponse]
     """One action with its events."""
+    PauseServer: _grpc.UnaryUnaryMultiCallable[_servers_pb2.PauseServerRequest, _servers_pb2.PauseServerResponse]
+    """Pause (freeze in memory). FAILED_PRECONDITION unless ACTIVE with no task."""
+    UnpauseServer: _grpc.UnaryUnaryMultiCallable[_servers_pb2.UnpauseServerRequest, _servers_pb2.UnpauseServerResponse]
+    """Unpause. FAILED_PRECONDITION unless PAUSED with no task."""
+    SuspendServer: _grpc.UnaryUnaryMultiCallable[_servers_pb2.SuspendServerRequest, _servers_pb2.SuspendServerResponse]
+    """Suspend (memory saved to disk). FAILED_PRECONDITION unless ACTIVE with no task."""
+    ResumeServer: _grpc.UnaryUnaryMultiCallable[_servers_pb2.ResumeServerRequest, _servers_pb2.ResumeServerResponse]
+    """Resume a suspended server. FAILED_PRECONDITION unless SUSPENDED with no task."""
+    LockServer: _grpc.UnaryUnaryMultiCallable[_servers_pb2.LockServerRequest, _servers_pb2.LockServerResponse]
+    """Lock against changes by non-admins. Idempotent."""
+    UnlockServer: _grpc.UnaryUnaryMultiCallable[_servers_pb2.UnlockServerRequest, _servers_pb2.UnlockServerResponse]
+    """Unlock. Idempotent."""
+    ShelveServer: _grpc.UnaryUnaryMultiCallable[_servers_pb2.ShelveServerRequest, _servers_pb2.ShelveServerResponse]
+    """Shelve: shut the guest off and keep its disk on the host (Loom takes no snapshot).
+    FAILED_PRECONDITION unless ACTIVE, SHUTOFF, PAUSED or SUSPENDED with no task.
+    """
+    ShelveOffloadServer: _grpc.UnaryUnaryMultiCallable[_servers_pb2.ShelveOffloadServerRequest, _servers_pb2.ShelveOffloadServerResponse]
+    """Remove a shelved server from its host and free its claim. FAILED_PRECONDITION unless
+    SHELVED with no task.
+    """
+    UnshelveServer: _grpc.UnaryUnaryMultiCallable[_servers_pb2.UnshelveServerRequest, _servers_pb2.UnshelveServerResponse]
+    """Unshelve: power a shelved server on where it is, or schedule and build an offloaded one
+    again from its image. FAILED_PRECONDITION unless SHELVED or SHELVED_OFFLOADED, no task.
+    """
+    RebuildServer: _grpc.UnaryUnaryMultiCallable[_servers_pb2.RebuildServerRequest, _servers_pb2.RebuildServerResponse]
+    """Rebuild on the same host from an image: the disks are made again and the guest started
+    (left shut off when it was). FAILED_PRECONDITION unless ACTIVE, SHUTOFF or ERROR with no
+    task; INVALID_ARGUMENT for an unusable image or key pair.
+    """
 
 @_typing.type_check_only
 class ServersServiceAsyncStub(ServersServiceStub):
@@ -94,6 +123,35 @@ class ServersServiceAsyncStub(ServersServiceStub):
     """Actions recorded for a server."""
     GetInstanceAction: _aio.UnaryUnaryMultiCallable[_servers_pb2.GetInstanceActionRequest, _servers_pb2.GetInstanceActionResponse]  # type: ignore[assignment]
     """One action with its events."""
+    PauseServer: _aio.UnaryUnaryMultiCallable[_servers_pb2.PauseServerRequest, _servers_pb2.PauseServerResponse]  # type: ignore[assignment]
+    """Pause (freeze in memory). FAILED_PRECONDITION unless ACTIVE with no task."""
+    UnpauseServer: _aio.UnaryUnaryMultiCallable[_servers_pb2.UnpauseServerRequest, _servers_pb2.UnpauseServerResponse]  # type: ignore[assignment]
+    """Unpause. FAILED_PRECONDITION unless PAUSED with no task."""
+    SuspendServer: _aio.UnaryUnaryMultiCallable[_servers_pb2.SuspendServerRequest, _servers_pb2.SuspendServerResponse]  # type: ignore[assignment]
+    """Suspend (memory saved to disk). FAILED_PRECONDITION unless ACTIVE with no task."""
+    ResumeServer: _aio.UnaryUnaryMultiCallable[_servers_pb2.ResumeServerRequest, _servers_pb2.ResumeServerResponse]  # type: ignore[assignment]
+    """Resume a suspended server. FAILED_PRECONDITION unless SUSPENDED with no task."""
+    LockServer: _aio.UnaryUnaryMultiCallable[_servers_pb2.LockServerRequest, _servers_pb2.LockServerResponse]  # type: ignore[assignment]
+    """Lock against changes by non-admins. Idempotent."""
+    UnlockServer: _aio.UnaryUnaryMultiCallable[_servers_pb2.UnlockServerRequest, _servers_pb2.UnlockServerResponse]  # type: ignore[assignment]
+    """Unlock. Idempotent."""
+    ShelveServer: _aio.UnaryUnaryMultiCallable[_servers_pb2.ShelveServerRequest, _servers_pb2.ShelveServerResponse]  # type: ignore[assignment]
+    """Shelve: shut the guest off and keep its disk on the host (Loom takes no snapshot).
+    FAILED_PRECONDITION unless ACTIVE, SHUTOFF, PAUSED or SUSPENDED with no task.
+    """
+    ShelveOffloadServer: _aio.UnaryUnaryMultiCallable[_servers_pb2.ShelveOffloadServerRequest, _servers_pb2.ShelveOffloadServerResponse]  # type: ignore[assignment]
+    """Remove a shelved server from its host and free its claim. FAILED_PRECONDITION unless
+    SHELVED with no task.
+    """
+    UnshelveServer: _aio.UnaryUnaryMultiCallable[_servers_pb2.UnshelveServerRequest, _servers_pb2.UnshelveServerResponse]  # type: ignore[assignment]
+    """Unshelve: power a shelved server on where it is, or schedule and build an offloaded one
+    again from its image. FAILED_PRECONDITION unless SHELVED or SHELVED_OFFLOADED, no task.
+    """
+    RebuildServer: _aio.UnaryUnaryMultiCallable[_servers_pb2.RebuildServerRequest, _servers_pb2.RebuildServerResponse]  # type: ignore[assignment]
+    """Rebuild on the same host from an image: the disks are made again and the guest started
+    (left shut off when it was). FAILED_PRECONDITION unless ACTIVE, SHUTOFF or ERROR with no
+    task; INVALID_ARGUMENT for an unusable image or key pair.
+    """
 
 class ServersServiceServicer(metaclass=_abc_1.ABCMeta):
     """Servers and their life."""
@@ -195,5 +253,94 @@ class ServersServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_servers_pb2.GetInstanceActionResponse, _abc.Awaitable[_servers_pb2.GetInstanceActionResponse]]:
         """One action with its events."""
+
+    @_abc_1.abstractmethod
+    def PauseServer(
+        self,
+        request: _servers_pb2.PauseServerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_servers_pb2.PauseServerResponse, _abc.Awaitable[_servers_pb2.PauseServerResponse]]:
+        """Pause (freeze in memory). FAILED_PRECONDITION unless ACTIVE with no task."""
+
+    @_abc_1.abstractmethod
+    def UnpauseServer(
+        self,
+        request: _servers_pb2.UnpauseServerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_servers_pb2.UnpauseServerResponse, _abc.Awaitable[_servers_pb2.UnpauseServerResponse]]:
+        """Unpause. FAILED_PRECONDITION unless PAUSED with no task."""
+
+    @_abc_1.abstractmethod
+    def SuspendServer(
+        self,
+        request: _servers_pb2.SuspendServerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_servers_pb2.SuspendServerResponse, _abc.Awaitable[_servers_pb2.SuspendServerResponse]]:
+        """Suspend (memory saved to disk). FAILED_PRECONDITION unless ACTIVE with no task."""
+
+    @_abc_1.abstractmethod
+    def ResumeServer(
+        self,
+        request: _servers_pb2.ResumeServerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_servers_pb2.ResumeServerResponse, _abc.Awaitable[_servers_pb2.ResumeServerResponse]]:
+        """Resume a suspended server. FAILED_PRECONDITION unless SUSPENDED with no task."""
+
+    @_abc_1.abstractmethod
+    def LockServer(
+        self,
+        request: _servers_pb2.LockServerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_servers_pb2.LockServerResponse, _abc.Awaitable[_servers_pb2.LockServerResponse]]:
+        """Lock against changes by non-admins. Idempotent."""
+
+    @_abc_1.abstractmethod
+    def UnlockServer(
+        self,
+        request: _servers_pb2.UnlockServerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_servers_pb2.UnlockServerResponse, _abc.Awaitable[_servers_pb2.UnlockServerResponse]]:
+        """Unlock. Idempotent."""
+
+    @_abc_1.abstractmethod
+    def ShelveServer(
+        self,
+        request: _servers_pb2.ShelveServerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_servers_pb2.ShelveServerResponse, _abc.Awaitable[_servers_pb2.ShelveServerResponse]]:
+        """Shelve: shut the guest off and keep its disk on the host (Loom takes no snapshot).
+        FAILED_PRECONDITION unless ACTIVE, SHUTOFF, PAUSED or SUSPENDED with no task.
+        """
+
+    @_abc_1.abstractmethod
+    def ShelveOffloadServer(
+        self,
+        request: _servers_pb2.ShelveOffloadServerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_servers_pb2.ShelveOffloadServerResponse, _abc.Awaitable[_servers_pb2.ShelveOffloadServerResponse]]:
+        """Remove a shelved server from its host and free its claim. FAILED_PRECONDITION unless
+        SHELVED with no task.
+        """
+
+    @_abc_1.abstractmethod
+    def UnshelveServer(
+        self,
+        request: _servers_pb2.UnshelveServerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_servers_pb2.UnshelveServerResponse, _abc.Awaitable[_servers_pb2.UnshelveServerResponse]]:
+        """Unshelve: power a shelved server on where it is, or schedule and build an offloaded one
+        again from its image. FAILED_PRECONDITION unless SHELVED or SHELVED_OFFLOADED, no task.
+        """
+
+    @_abc_1.abstractmethod
+    def RebuildServer(
+        self,
+        request: _servers_pb2.RebuildServerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_servers_pb2.RebuildServerResponse, _abc.Awaitable[_servers_pb2.RebuildServerResponse]]:
+        """Rebuild on the same host from an image: the disks are made again and the guest started
+        (left shut off when it was). FAILED_PRECONDITION unless ACTIVE, SHUTOFF or ERROR with no
+        task; INVALID_ARGUMENT for an unusable image or key pair.
+        """
 
 def add_ServersServiceServicer_to_server(servicer: ServersServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,2 @@
+"""Placement API (read-only) at /placement, translated to the scheduler's
+ResourceProvidersService."""

@@ -1,0 +1,165 @@
+"""`HostDataPlane`: plug and unplug ports, and make a host match a desired set.
+
+Nothing is kept in memory: what the host has is read back from the devices' aliases
+(`loom:port:<id>`, `loom:network:<id>`, `loom:vxlan:<id>`, `loom:dhcp:<id>`), the
+`loom-*` chains and the DHCP state folders. So an agent that restarts, or one that
+crashed halfway through a plug, needs nothing but `reconcile(desired)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
+
+from nodeagent.network.bridge import NetworkBridge, PortTap, VxlanConfig
+from nodeagent.network.dhcp import DhcpService
+from nodeagent.network.firewall import SecurityGroupFirewall
+from nodeagent.network.model import NetworkDhcp, Port
+from nodeagent.network.names import parse_alias
+from nodeagent.network.runner import Runner
+
+log = logging.getLogger(__name__)
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _locked(
+    method: Callable[Concatenate[HostDataPlane, _P], _R],
+) -> Callable[Concatenate[HostDataPlane, _P], _R]:
+    def run(self: HostDataPlane, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    run.__doc__ = method.__doc__
+    return run
+
+
+@dataclass(frozen=True)
+class DataPlaneConfig:
+    """A host's data plane settings (`[agent]` keys network_*)."""
+
+    local_ip: str
+    underlay_device: str = ""
+    peers: tuple[str, ...] = ()
+    state_dir: Path = Path("/var/lib/loom/network")
+    # Run every host-side command in this network namespace (tests: a namespace per host).
+    netns: str = ""
+
+
+@dataclass
+class HostNetworkState:
+    """What the host has now, as read from the kernel and the state folder."""
+
+    ports: dict[str, str] = field(default_factory=dict)  # port_id -> network_id
+    networks: dict[str, int] = field(default_factory=dict)  # network_id -> vni
+    orphan_taps: set[str] = field(default_factory=set)
+    chain_keys: set[str] = field(default_factory=set)
+    dhcp: set[str] = field(default_factory=set)  # network ids with DHCP state
+
+
+class HostDataPlane:
+    def __init__(self, config: DataPlaneConfig) -> None:
+        self.config = config
+        self.runner = Runner(config.netns)
+        vx = VxlanConfig(config.local_ip, config.underlay_device, config.peers)
+        self.bridges = NetworkBridge(self.runner, vx)
+        self.taps = PortTap(self.runner)
+        self.firewall = SecurityGroupFirewall(self.runner)
+        self.dhcp = DhcpService(self.runner, config.state_dir)
+        # Builds run in worker threads; two plugs of one network must not race to make
+        # its bridge. Reentrant: reconcile plugs.
+        self._lock = threading.RLock()
+
+    @_locked
+    def plug(self, port: Port, dhcp: NetworkDhcp | None = None) -> str:
+        """Postcondition: the port's network bridge and VXLAN exist, its tap is on the
+        bridge, its chains hold its rules, and the network's DHCP runs when `dhcp` is
+        given. Idempotent. Returns the tap name."""
+        self.bridges.ensure(port.network_id, port.vni, port.mtu)
+        tap = self.taps.ensure(port.port_id, port.network_id, port.mtu)
+        self.firewall.apply(port)
+        if dhcp is not None:
+            if dhcp.network_id != port.network_id:
+                raise ValueError("the DHCP service given is for another network")
+            self.dhcp.ensure(dhcp)
+        return tap
+
+    @_locked
+    def ensure_dhcp(self, dhcp: NetworkDhcp) -> int:
+        """Runs (or reloads) the network's DHCP; the bridge is made when missing."""
+        self.bridges.ensure(dhcp.network_id, dhcp.vni, dhcp.mtu)
+        return self.dhcp.ensure(dhcp)
+
+    @_locked
+    def unplug(self, port_id: str) -> None:
+        """Removes the port's tap and chains; when it was the network's last port on the
+        host, the network's DHCP, bridge and VXLAN go too. Succeeds if already absent."""
+        state = self.state()
+        network_id = state.ports.get(port_id)
+        self.firewall.remove(port_id)
+        self.taps.remove(port_id)
+        if network_id is not None and network_id not in set(self.state().ports.values()):
+            self._remove_network(network_id, state.networks.get(network_id))
+        self.firewall.remove_dispatch_if_unused()
+
+    def _remove_network(self, network_id: str, vni: int | None) -> None:
+        self.dhcp.remove(network_id)
+        self.bridges.remove(network_id, vni)
+        log.info("network removed from host", extra={"network_id": network_id})
+
+    def state(self) -> HostNetworkState:
+        """What the host has now: one `ip link` listing, the chains and the DHCP folders."""
+        st = HostNetworkState(chain_keys=self.firewall.port_keys(), dhcp=self.dhcp.namespaces())
+        links = self.runner.links()
+        aliases = {str(link.get("ifname", "")): str(link.get("ifalias", "")) for link in links}
+        for link in links:
+            parsed = parse_alias(str(link.get("ifalias", "")))
+            if parsed is None:
+                continue
+            kind, ident = parsed
+            name = str(link.get("ifname", ""))
+            if kind == "port":
+                net = parse_alias(aliases.get(str(link.get("master", "")), ""))
+                if net is not None and net[0] == "network":
+                    st.ports[ident] = net[1]
+                else:
+                    st.orphan_taps.add(ident)
+            elif kind == "vxlan" and name.startswith("vxlan-"):
+                st.networks[ident] = int(name.removeprefix("vxlan-"))
+            elif kind == "network":
+                st.networks.setdefault(ident, 0)
+        return st
+
+    @_locked
+    def reconcile(self, ports: Iterable[Port], dhcp: Iterable[NetworkDhcp] | None = ()) -> None:
+        """Makes the host hold exactly `ports` and the DHCP services `dhcp` (for networks
+        that have a port here): plugs what is missing or drifted, removes what nothing
+        wants. `dhcp=None` leaves the DHCP services of networks that keep a port as they
+        are. Idempotent; safe after a crash at any step."""
+        wanted = {p.port_id: p for p in ports}
+        keep_dhcp = dhcp is None
+        services = {d.network_id: d for d in (dhcp or ())}
+        networks = {p.network_id for p in wanted.values()}
+        for port in wanted.values():
+            self.plug(port, services.get(port.network_id))
+        state = self.state()
+        keys = {pid[:11] for pid in wanted}
+        for port_id in set(state.ports) - set(wanted):
+            self.firewall.remove(port_id)
+            self.taps.remove(port_id)
+        for port_id in state.orphan_taps - set(wanted):
+            self.firewall.remove(port_id)
+            self.taps.remove(port_id)
+        for key in state.chain_keys - keys:
+            self.firewall.remove(key)
+        for network_id in set(state.networks) - networks:
+            self._remove_network(network_id, state.networks[network_id] or None)
+        serving = networks if keep_dhcp else {n for n in services if n in networks}
+        for network_id in state.dhcp - serving:
+            self.dhcp.remove(network_id)
+        self.firewall.remove_dispatch_if_unused()

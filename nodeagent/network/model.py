@@ -1,0 +1,245 @@
+"""The data plane's typed input: frozen values made from `loom.compute.v1` messages.
+
+Conversion validates everything that reaches a command line (ids, MACs, addresses), so
+the plumbing below never quotes or second-guesses its arguments.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from loom.compute.v1 import agent_bus_pb2
+
+DEFAULT_MTU = 1450  # 1500 on the underlay less the 50 bytes VXLAN over IPv4 adds
+
+_ID = re.compile(r"^[0-9a-zA-Z][0-9a-zA-Z-]{10,63}$")
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_PROTOCOLS = {"tcp": "tcp", "udp": "udp", "icmp": "icmp", "6": "tcp", "17": "udp", "1": "icmp"}
+
+Direction = Literal["ingress", "egress"]
+
+
+class InvalidNetworkInput(ValueError):
+    """A binding the agent cannot wire: the message says which field is wrong."""
+
+
+def _id(value: str, what: str) -> str:
+    if not _ID.match(value):
+        raise InvalidNetworkInput(f"{what} is not a valid id")
+    return value
+
+
+def _mac(value: str, what: str = "mac_address") -> str:
+    mac = value.lower()
+    if not _MAC.match(mac):
+        raise InvalidNetworkInput(f"{what} is not a MAC address")
+    return mac
+
+
+def _ipv4(value: str, what: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError as exc:
+        raise InvalidNetworkInput(f"{what} is not an IPv4 address") from exc
+
+
+def _vni(value: int) -> int:
+    if not 1 <= value <= 0xFFFFFF:
+        raise InvalidNetworkInput("segmentation_id is not a VXLAN VNI (1..16777215)")
+    return value
+
+
+def _mtu(value: int) -> int:
+    if value == 0:
+        return DEFAULT_MTU
+    if not 576 <= value <= 9000:
+        raise InvalidNetworkInput("mtu is out of range (576..9000)")
+    return value
+
+
+@dataclass(frozen=True)
+class FixedIp:
+    subnet_id: str
+    ip: str
+    prefixlen: int
+    gateway: str = ""
+    dns: tuple[str, ...] = ()
+
+    @property
+    def interface(self) -> ipaddress.IPv4Interface:
+        return ipaddress.IPv4Interface(f"{self.ip}/{self.prefixlen}")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One security group rule, IPv4, with remote groups already resolved to addresses."""
+
+    direction: Direction
+    protocol: str = ""  # "", "tcp", "udp" or "icmp"
+    port_min: int = 0
+    port_max: int = 0
+    remote_prefix: str = ""  # CIDR; "" means any
+    # None: the rule names no remote group. A tuple (maybe empty): only these addresses.
+    remote_ips: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Port:
+    port_id: str
+    network_id: str
+    vni: int
+    mac: str
+    fixed_ips: tuple[FixedIp, ...] = ()
+    mtu: int = DEFAULT_MTU
+    rules: tuple[Rule, ...] = ()
+    port_security: bool = True
+    allowed_pairs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DhcpSubnet:
+    subnet_id: str
+    cidr: str
+    server_ip: str
+    gateway: str = ""
+    dns: tuple[str, ...] = ()
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(self.cidr)
+
+
+@dataclass(frozen=True)
+class DhcpLease:
+    mac: str
+    ip: str
+    hostname: str = ""
+
+
+@dataclass(frozen=True)
+class NetworkDhcp:
+    network_id: str
+    vni: int
+    subnets: tuple[DhcpSubnet, ...]
+    leases: tuple[DhcpLease, ...] = ()
+    mtu: int = DEFAULT_MTU
+    server_mac: str = ""
+
+
+def _rule_from_proto(msg: agent_bus_pb2.SecurityGroupRule) -> Rule | None:
+    """The rule as the data plane applies it; None for an IPv6 rule (IPv6 is not wired)."""
+    if msg.ethertype and msg.ethertype != "IPv4":
+        return None
+    if msg.direction == agent_bus_pb2.RULE_DIRECTION_INGRESS:
+        direction: Direction = "ingress"
+    elif msg.direction == agent_bus_pb2.RULE_DIRECTION_EGRESS:
+        direction = "egress"
+    else:
+        raise InvalidNetworkInput("security group rule has no direction")
+    protocol = ""
+    if msg.protocol and msg.protocol.lower() not in ("any", "0"):
+        found = _PROTOCOLS.get(msg.protocol.lower())
+        if found is None:
+            raise InvalidNetworkInput(f"protocol {msg.protocol[:16]!r} is not supported")
+        protocol = found
+    lo, hi = msg.port_range_min, msg.port_range_max
+    if protocol in ("tcp", "udp"):
+        if (lo, hi) != (0, 0) and not (1 <= lo <= hi <= 65535):
+            raise InvalidNetworkInput("port range is invalid")
+    elif protocol == "icmp":
+        if not (0 <= lo <= 255 and 0 <= hi <= 255):
+            raise InvalidNetworkInput("ICMP type/code is invalid")
+    elif (lo, hi) != (0, 0):
+        raise InvalidNetworkInput("a port range needs tcp, udp or icmp")
+    prefix = ""
+    if msg.remote_ip_prefix:
+        try:
+            prefix = str(ipaddress.IPv4Network(msg.remote_ip_prefix, strict=False))
+        except ValueError as exc:
+            raise InvalidNetworkInput("remote_ip_prefix is not an IPv4 CIDR") from exc
+    remote_ips = None
+    if msg.remote_group_id:
+        remote_ips = tuple(
+            _ipv4(ip, "remote group member") for ip in msg.remote_group_member_ips if ":" not in ip
+        )
+    return Rule(direction, protocol, lo, hi, prefix, remote_ips)
+
+
+def port_from_proto(msg: agent_bus_pb2.PortBinding) -> Port:
+    """A validated `Port`; raises InvalidNetworkInput naming the bad field."""
+    fixed = tuple(
+        FixedIp(
+            subnet_id=f.subnet_id,
+            ip=_ipv4(f.ip_address, "fixed ip"),
+            prefixlen=f.prefixlen if 0 < f.prefixlen <= 32 else _bad_prefix(),
+            gateway=_ipv4(f.gateway_ip, "gateway_ip") if f.gateway_ip else "",
+            dns=tuple(_ipv4(d, "dns nameserver") for d in f.dns_nameservers),
+        )
+        for f in msg.fixed_ips
+        if ":" not in f.ip_address  # IPv6 addresses are not wired (docs/networking.md)
+    )
+    rules = tuple(r for r in map(_rule_from_proto, msg.security_group_rules) if r is not None)
+    pairs = []
+    for pair in msg.allowed_address_pairs:
+        try:
+            pairs.append(str(ipaddress.IPv4Network(pair, strict=False)))
+        except ValueError as exc:
+            raise InvalidNetworkInput("allowed address pair is not IPv4") from exc
+    return Port(
+        port_id=_id(msg.port_id, "port_id"),
+        network_id=_id(msg.network_id, "network_id"),
+        vni=_vni(msg.segmentation_id),
+        mac=_mac(msg.mac_address),
+        fixed_ips=fixed,
+        mtu=_mtu(msg.mtu),
+        rules=rules,
+        port_security=msg.port_security_enabled,
+        allowed_pairs=tuple(pairs),
+    )
+
+
+def _bad_prefix() -> int:
+    raise InvalidNetworkInput("prefixlen is out of range")
+
+
+def dhcp_from_proto(msg: agent_bus_pb2.NetworkDhcp) -> NetworkDhcp:
+    """A validated `NetworkDhcp`; raises InvalidNetworkInput naming the bad field."""
+    subnets = []
+    for s in msg.subnets:
+        try:
+            net = ipaddress.IPv4Network(s.cidr)
+        except ValueError as exc:
+            raise InvalidNetworkInput("subnet cidr is not an IPv4 network") from exc
+        server = _ipv4(s.dhcp_server_ip, "dhcp_server_ip")
+        if ipaddress.IPv4Address(server) not in net:
+            raise InvalidNetworkInput("dhcp_server_ip is outside the subnet")
+        subnets.append(
+            DhcpSubnet(
+                subnet_id=_id(s.subnet_id, "subnet_id"),
+                cidr=str(net),
+                server_ip=server,
+                gateway=_ipv4(s.gateway_ip, "gateway_ip") if s.gateway_ip else "",
+                dns=tuple(_ipv4(d, "dns nameserver") for d in s.dns_nameservers),
+            )
+        )
+    if not subnets:
+        raise InvalidNetworkInput("a DHCP service needs at least one subnet")
+    leases = []
+    for lease in msg.leases:
+        if lease.hostname and not _HOSTNAME.match(lease.hostname):
+            raise InvalidNetworkInput("lease hostname is not a valid host name")
+        leases.append(
+            DhcpLease(_mac(lease.mac_address), _ipv4(lease.ip_address, "lease ip"), lease.hostname)
+        )
+    return NetworkDhcp(
+        network_id=_id(msg.network_id, "network_id"),
+        vni=_vni(msg.vni),
+        subnets=tuple(subnets),
+        leases=tuple(leases),
+        mtu=_mtu(msg.mtu),
+        server_mac=_mac(msg.dhcp_mac_address, "dhcp_mac_address") if msg.dhcp_mac_address else "",
+    )

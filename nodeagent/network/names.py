@@ -1,0 +1,45 @@
+"""Device and namespace names. Linux interface names hold at most 15 characters."""
+
+from __future__ import annotations
+
+# Every device Loom makes carries an alias `loom:<kind>:<uuid>`: it is how reconcile tells
+# Loom's devices from anything else on the host, and which port or network one belongs to.
+ALIAS_PREFIX = "loom:"
+
+
+def bridge_name(network_id: str) -> str:
+    return f"brq{network_id[:11]}"
+
+
+def vxlan_name(vni: int) -> str:
+    return f"vxlan-{vni}"
+
+
+def tap_name(port_id: str) -> str:
+    return f"tap{port_id[:11]}"
+
+
+def dhcp_namespace(network_id: str) -> str:
+    return f"qdhcp-{network_id}"
+
+
+def dhcp_bridge_end(network_id: str) -> str:
+    """The DHCP veth's end on the bridge (host side)."""
+    return f"dhb{network_id[:11]}"
+
+
+def dhcp_ns_end(network_id: str) -> str:
+    """The DHCP veth's end inside the qdhcp namespace."""
+    return f"dhn{network_id[:11]}"
+
+
+def alias(kind: str, ident: str) -> str:
+    return f"{ALIAS_PREFIX}{kind}:{ident}"
+
+
+def parse_alias(text: str) -> tuple[str, str] | None:
+    """(kind, id) of a Loom alias, None for anything else."""
+    if not text.startswith(ALIAS_PREFIX):
+        return None
+    kind, _, ident = text[len(ALIAS_PREFIX) :].partition(":")
+    return (kind, ident) if kind and ident else None

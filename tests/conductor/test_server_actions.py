@@ -1,0 +1,206 @@
+"""Pause, unpause, suspend, resume, lock and unlock through the conductor: the state rules,
+the commands on NATS, the agent's answers and the instance actions."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from loom.compute.v1 import agent_bus_pb2
+from loom.conductor.v1 import servers_pb2
+
+from tests.conductor.conftest import Agent, Harness
+from tests.conductor.test_flow import K, S, active_server, server, wait_for
+
+T = servers_pb2
+
+
+async def _answer(agent: Agent, sid: str, verb: str, power: int, ok: bool = True) -> None:
+    got, data = await agent.next_command()
+    assert got == verb
+    cmd = {
+        "pause": agent_bus_pb2.PauseInstanceCommand,
+        "unpause": agent_bus_pb2.UnpauseInstanceCommand,
+        "suspend": agent_bus_pb2.SuspendInstanceCommand,
+        "resume": agent_bus_pb2.ResumeInstanceCommand,
+    }[verb].FromString(data)
+    assert cmd.instance_id == sid
+    assert cmd.request_id.startswith(f"{verb}-{sid}-")
+    await agent.report(
+        sid,
+        K.INSTANCE_EVENT_KIND_ACTION_SUCCEEDED if ok else K.INSTANCE_EVENT_KIND_ACTION_FAILED,
+        action=verb,
+        power_state=power,
+    )
+
+
+async def test_pause_then_unpause_passes_through_their_tasks_and_records_both_actions(
+    stack: Harness,
+) -> None:
+    await stack.scheduler.add_host("host-a")
+    sid, agent = await active_server(stack)
+
+    await stack.servers.PauseServer(T.PauseServerRequest(id=sid, request_id="p1"))
+    pausing = await server(stack, sid)
+    assert pausing.task_state == T.TASK_STATE_PAUSING
+    assert pausing.status == S.SERVER_STATUS_ACTIVE
+    await _answer(agent, sid, "pause", agent_bus_pb2.POWER_STATE_PAUSED)
+    paused = await wait_for(
+        stack, sid, lambda s: s.status == S.SERVER_STATUS_PAUSED and not s.task_state
+    )
+    assert paused.vm_state == T.VM_STATE_PAUSED
+    assert paused.power_state == agent_bus_pb2.POWER_STATE_PAUSED
+
+    await stack.servers.UnpauseServer(T.UnpauseServerRequest(id=sid, request_id="u1"))
+    assert (await server(stack, sid)).task_state == T.TASK_STATE_UNPAUSING
+    await _answer(agent, sid, "unpause", agent_bus_pb2.POWER_STATE_RUNNING)
+    await wait_for(stack, sid, lambda s: s.status == S.SERVER_STATUS_ACTIVE and not s.task_state)
+
+    action = await stack.servers.GetInstanceAction(
+        T.GetInstanceActionRequest(id=sid, request_id="p1")
+    )
+    assert action.action.action == "pause"
+    assert [e.event for e in action.action.events] == ["compute_pause_instance"]
+    assert action.action.events[0].result == "Success"
+    listed = await stack.servers.ListInstanceActions(T.ListInstanceActionsRequest(id=sid))
+    assert [a.action for a in listed.actions][:2] == ["unpause", "pause"]
+
+
+async def test_suspend_then_resume_settle_on_suspended_and_active(stack: Harness) -> None:
+    await stack.scheduler.add_host("host-a")
+    sid, agent = await active_server(stack)
+    await stack.servers.SuspendServer(T.SuspendServerRequest(id=sid, request_id="s1"))
+    assert (await server(stack, sid)).task_state == T.TASK_STATE_SUSPENDING
+    await _answer(agent, sid, "suspend", agent_bus_pb2.POWER_STATE_SUSPENDED)
+    suspended = await wait_for(stack, sid, lambda s: s.status == S.SERVER_STATUS_SUSPENDED)
+    assert suspended.vm_state == T.VM_STATE_SUSPENDED
+    assert suspended.power_state == agent_bus_pb2.POWER_STATE_SUSPENDED
+
+    await stack.servers.ResumeServer(T.ResumeServerRequest(id=sid, request_id="r1"))
+    assert (await server(stack, sid)).task_state == T.TASK_STATE_RESUMING
+    await _answer(agent, sid, "resume", agent_bus_pb2.POWER_STATE_RUNNING)
+    await wait_for(stack, sid, lambda s: s.status == S.SERVER_STATUS_ACTIVE and not s.task_state)
+
+
+async def test_a_failed_unpause_leaves_the_server_paused_as_the_host_reports(
+    stack: Harness,
+) -> None:
+    await stack.scheduler.add_host("host-a")
+    sid, agent = await active_server(stack)
+    await stack.servers.PauseServer(T.PauseServerRequest(id=sid, request_id="p1"))
+    await _answer(agent, sid, "pause", agent_bus_pb2.POWER_STATE_PAUSED)
+    await wait_for(stack, sid, lambda s: s.status == S.SERVER_STATUS_PAUSED)
+    await stack.servers.UnpauseServer(T.UnpauseServerRequest(id=sid, request_id="u1"))
+    await _answer(agent, sid, "unpause", agent_bus_pb2.POWER_STATE_PAUSED, ok=False)
+    await wait_for(stack, sid, lambda s: s.status == S.SERVER_STATUS_PAUSED and not s.task_state)
+
+
+@pytest.mark.parametrize(
+    ("first", "refused"),
+    [
+        ("active", "unpause"),
+        ("active", "resume"),
+        ("paused", "pause"),
+        ("paused", "suspend"),
+        ("paused", "resume"),
+        ("suspended", "pause"),
+        ("suspended", "unpause"),
+        ("suspended", "suspend"),
+    ],
+)
+async def test_an_action_the_state_forbids_is_refused_naming_the_state(
+    stack: Harness, first: str, refused: str
+) -> None:
+    await stack.scheduler.add_host("host-a")
+    sid, agent = await active_server(stack)
+    if first == "paused":
+        await stack.servers.PauseServer(T.PauseServerRequest(id=sid, request_id="p1"))
+        await _answer(agent, sid, "pause", agent_bus_pb2.POWER_STATE_PAUSED)
+        await wait_for(stack, sid, lambda s: s.status == S.SERVER_STATUS_PAUSED)
+    elif first == "suspended":
+        await stack.servers.SuspendServer(T.SuspendServerRequest(id=sid, request_id="s1"))
+        await _answer(agent, sid, "suspend", agent_bus_pb2.POWER_STATE_SUSPENDED)
+        await wait_for(stack, sid, lambda s: s.status == S.SERVER_STATUS_SUSPENDED)
+    before = await server(stack, sid)
+    rpc = {
+        "pause": (stack.servers.PauseServer, T.PauseServerRequest),
+        "unpause": (stack.servers.UnpauseServer, T.UnpauseServerRequest),
+        "suspend": (stack.servers.SuspendServer, T.SuspendServerRequest),
+        "resume": (stack.servers.ResumeServer, T.ResumeServerRequest),
+    }[refused]
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await rpc[0](rpc[1](id=sid, request_id="x"))  # type: ignore[operator]
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert info.value.details() == (
+        f"Cannot '{refused}' instance {sid} while it is in vm_state {first}"
+    )
+    after = await server(stack, sid)
+    assert (after.vm_state, after.task_state) == (before.vm_state, before.task_state)
+
+
+async def test_an_action_under_way_refuses_a_pause_and_a_retried_pause_is_a_no_op(
+    stack: Harness,
+) -> None:
+    await stack.scheduler.add_host("host-a")
+    sid, agent = await active_server(stack)
+    await stack.servers.PauseServer(T.PauseServerRequest(id=sid, request_id="p1"))
+    await stack.servers.PauseServer(T.PauseServerRequest(id=sid, request_id="p1"))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stack.servers.SuspendServer(T.SuspendServerRequest(id=sid, request_id="s1"))
+    assert info.value.details() == (
+        f"Cannot 'suspend' instance {sid} while it is in task_state pausing"
+    )
+    assert (await agent.next_command())[0] == "pause"
+    with pytest.raises(TimeoutError):
+        await agent.next_command(within=0.5)
+
+
+async def test_a_locked_server_refuses_actions_and_delete_unless_overridden(
+    stack: Harness,
+) -> None:
+    await stack.scheduler.add_host("host-a")
+    sid, agent = await active_server(stack)
+    await stack.servers.LockServer(
+        T.LockServerRequest(id=sid, request_id="l1", locked_reason="maintenance")
+    )
+    locked = await server(stack, sid)
+    assert (locked.locked, locked.locked_reason, locked.locked_by) == (
+        True,
+        "maintenance",
+        "owner",
+    )
+    refusals = [
+        stack.servers.PauseServer(T.PauseServerRequest(id=sid, request_id="a")),
+        stack.servers.StopServer(T.StopServerRequest(id=sid, request_id="b")),
+        stack.servers.RebootServer(T.RebootServerRequest(id=sid, request_id="c")),
+        stack.servers.DeleteServer(T.DeleteServerRequest(id=sid, request_id="d")),
+        stack.servers.SetServerMetadata(
+            T.SetServerMetadataRequest(id=sid, request_id="e", metadata={"a": "b"})
+        ),
+    ]
+    for call in refusals:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert info.value.details() == f"Instance {sid} is locked"
+    assert (await server(stack, sid)).task_state == T.TASK_STATE_UNSPECIFIED
+    # An admin's request overrides the lock.
+    await stack.servers.PauseServer(
+        T.PauseServerRequest(id=sid, request_id="p-admin", override_lock=True)
+    )
+    assert (await agent.next_command())[0] == "pause"
+
+    await stack.servers.UnlockServer(T.UnlockServerRequest(id=sid, request_id="u1"))
+    unlocked = await server(stack, sid)
+    assert (unlocked.locked, unlocked.locked_reason, unlocked.locked_by) == (False, "", "")
+    listed = await stack.servers.ListInstanceActions(T.ListInstanceActionsRequest(id=sid))
+    assert [a.action for a in listed.actions][:3] == ["unlock", "pause", "lock"]
+
+
+async def test_the_locked_filter_lists_only_locked_or_unlocked_servers(stack: Harness) -> None:
+    await stack.scheduler.add_host("host-a")
+    sid, _ = await active_server(stack)
+    await stack.servers.LockServer(T.LockServerRequest(id=sid, request_id="l1"))
+    locked = await stack.servers.ListServers(T.ListServersRequest(locked=True))
+    assert [s.id for s in locked.servers] == [sid]
+    unlocked = await stack.servers.ListServers(T.ListServersRequest(locked=False))
+    assert sid not in [s.id for s in unlocked.servers]
