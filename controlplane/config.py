@@ -125,6 +125,12 @@ class ConductorConfig(_Section):
     default_quota_metadata_items: int = 128
     default_quota_server_groups: int = 10
     default_quota_server_group_members: int = 10
+    # Moves (resize, cold migration): whether a resize may land on the host it leaves
+    # (Nova's allow_resize_to_same_host, default false), and after how many seconds a
+    # moved server waiting in VERIFY_RESIZE is confirmed by the conductor (Nova's
+    # resize_confirm_window; 0 = never).
+    allow_resize_to_same_host: bool = False
+    resize_confirm_window: int = Field(default=0, ge=0)
 
 
 class DomainServiceConfig(_Section):

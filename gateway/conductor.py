@@ -12,6 +12,7 @@ from loom.catalog.v1 import flavors_pb2_grpc, keypairs_pb2_grpc, quotas_pb2_grpc
 from loom.conductor.v1 import (
     consoles_pb2_grpc,
     fleet_pb2_grpc,
+    migrations_pb2_grpc,
     server_groups_pb2_grpc,
     servers_pb2_grpc,
 )
@@ -47,6 +48,7 @@ class Conductor:
         self.fleet = fleet_pb2_grpc.FleetServiceStub(compute)
         self.server_groups = server_groups_pb2_grpc.ServerGroupsServiceStub(compute)
         self.consoles = consoles_pb2_grpc.ConsolesServiceStub(compute)
+        self.migrations = migrations_pb2_grpc.MigrationsServiceStub(compute)
         self.network = network_pb2_grpc.NetworkServiceStub(channels["network"])
 
     @classmethod

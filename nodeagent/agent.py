@@ -29,6 +29,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 from controlplane.config import AgentConfig
 from controlplane.runtime import bus, tracing
 from nodeagent import messages as m
+from nodeagent import moves
 from nodeagent.driver.base import (
     ActionFailed,
     BuildFailed,
@@ -54,6 +55,7 @@ _COMMANDS: dict[str, type[Any]] = {
     "start": agent_bus_pb2.StartInstanceCommand,
     "stop": agent_bus_pb2.StopInstanceCommand,
     "reboot": agent_bus_pb2.RebootInstanceCommand,
+    **{verb: agent_bus_pb2.MoveInstanceCommand for verb in moves.VERBS},
     "pause": agent_bus_pb2.PauseInstanceCommand,
     "unpause": agent_bus_pb2.UnpauseInstanceCommand,
     "suspend": agent_bus_pb2.SuspendInstanceCommand,
@@ -329,6 +331,20 @@ class HostAgent:
         for iid, state in actual.items():
             self._set_known(iid, state)
 
+    # What a move step (nodeagent/moves.py) records about an instance on this host.
+    def note_power(self, iid: str, state: PowerState) -> None:
+        self._set_known(iid, state)
+
+    def forget(self, iid: str) -> None:
+        self._forget(iid)
+
+    def note_deleted(self, iid: str) -> None:
+        self._deleted.add(iid)
+        self._forget(iid)
+
+    def forget_deletion(self, iid: str) -> None:
+        self._deleted.discard(iid)
+
     @property
     def instance_count(self) -> int:
         return len(self._known)
@@ -440,6 +456,8 @@ class HostAgent:
             return await self._build(command)
         if verb == "delete":
             return await self._delete(command)
+        if verb in moves.VERBS:
+            return await moves.execute(self, verb, command)
         if verb == "shelve_offload":
             return await self._offload(command)
         if verb == "rebuild":

@@ -93,6 +93,23 @@ class SchedulerClient:
         )
         return bool(resp.released)
 
+    async def move_allocations(self, request_id: str, source: str, target: str) -> str:
+        """Hands the source consumer's allocation to the target; returns the host the
+        target's allocation is on ("" when it holds none). Idempotent."""
+        resp = await self._stub.MoveAllocations(
+            scheduler_pb2.MoveAllocationsRequest(
+                request_id=request_id, source_consumer_id=source, target_consumer_id=target
+            ),
+            timeout=self._timeout,
+        )
+        return str(resp.host)
+
+    async def allocations(self, consumer: str) -> list[scheduler_pb2.Allocation]:
+        resp = await self._stub.GetAllocations(
+            scheduler_pb2.GetAllocationsRequest(consumer_id=consumer), timeout=self._timeout
+        )
+        return list(resp.allocations)
+
     async def list_hosts(self, name_contains: str = "") -> list[scheduler_pb2.Host]:
         resp = await self._stub.ListHosts(
             scheduler_pb2.ListHostsRequest(name_contains=name_contains), timeout=self._timeout

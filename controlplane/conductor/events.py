@@ -21,7 +21,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from sqlalchemy import DateTime, Integer, String, column, false, select, update, values
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from controlplane.conductor import commands, outbox, states
+from controlplane.conductor import commands, moves, outbox, states
 from controlplane.conductor.context import Conductor, group_policies, resources_of
 from controlplane.conductor.convert import instance_spec, make_fault
 from controlplane.conductor.metrics import BOOTS_ACTIVE, BOOTS_ERROR, BOOTS_RESCHEDULED
@@ -73,6 +73,10 @@ class EventConsumer:
     async def handle(self, event: agent_bus_pb2.InstanceEvent) -> None:
         """Applies one event; idempotent. Raises when the effect could not be made durable
         (database or scheduler unreachable), so the event is redelivered."""
+        if event.migration_id:
+            # A step of a move (resize, migration): moves.py owns that protocol.
+            await moves.handle_event(self._c, event)
+            return
         handlers = {
             K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED: self._build_succeeded,
             K.INSTANCE_EVENT_KIND_BUILD_FAILED: self._build_failed,

@@ -17,9 +17,10 @@ from loom.conductor.v1 import fleet_pb2, fleet_pb2_grpc, servers_pb2
 from loom.scheduler.v1 import scheduler_pb2
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from sqlalchemy import Table, delete, func, select
+from sqlalchemy import Table, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from controlplane.conductor import moves
 from controlplane.conductor.context import Conductor
 from controlplane.conductor.convert import (
     TASK_STATE_PB,
@@ -405,11 +406,17 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         """Every live instance placed on the host, with the spec to rebuild it."""
         if not request.host:
             raise InvalidArgument("host is required")
+        # A server in the middle of a move also has a domain on the host it is not "on"
+        # (the source's, kept for a revert): listed, so a reconcile keeps it.
+        moving_here = moves.open_on_host(request.host)
         async with self._c.sessions() as session:
             result = await session.execute(
                 select(Instance, Image)
                 .outerjoin(Image, Image.id == Instance.image_id)
-                .where(Instance.host == request.host, Instance.deleted.is_(False))
+                .where(
+                    or_(Instance.host == request.host, Instance.uuid.in_(moving_here)),
+                    Instance.deleted.is_(False),
+                )
                 .order_by(Instance.id)
             )
             rows: list[Any] = list(result.all())

@@ -15,6 +15,8 @@ from loom.conductor.v1 import (
     consoles_pb2_grpc,
     fleet_pb2,
     fleet_pb2_grpc,
+    migrations_pb2,
+    migrations_pb2_grpc,
     server_groups_pb2,
     server_groups_pb2_grpc,
     servers_pb2,
@@ -29,6 +31,8 @@ from controlplane.conductor.consoles import ConsolesServicer
 from controlplane.conductor.context import Conductor, SchedulerClient
 from controlplane.conductor.events import EventConsumer
 from controlplane.conductor.fleet import FleetServicer, HeartbeatRecorder
+from controlplane.conductor.migrations import MigrationsServicer
+from controlplane.conductor.moves import MoveSweeper
 from controlplane.conductor.outbox import Relay, Wakeup
 from controlplane.conductor.scheduling import SchedulingWorker
 from controlplane.conductor.server_groups import ServerGroupsServicer
@@ -65,6 +69,9 @@ def compute_registrations(conductor: Conductor) -> list[grpcserver.Registration]
         Registration.of(FleetServicer(conductor), fleet_pb2, fleet_pb2_grpc, "FleetService"),
         Registration.of(
             ConsolesServicer(conductor), consoles_pb2, consoles_pb2_grpc, "ConsolesService"
+        ),
+        Registration.of(
+            MigrationsServicer(conductor), migrations_pb2, migrations_pb2_grpc, "MigrationsService"
         ),
     ]
 
@@ -135,6 +142,7 @@ async def serve(cfg: LoomConfig, stop: asyncio.Event, **_options: object) -> Non
         asyncio.create_task(EventConsumer(conductor, js).run(workers_stop), name="events"),
         asyncio.create_task(HeartbeatRecorder(sessions).run(nc, workers_stop), name="heartbeats"),
         asyncio.create_task(StrandedBuilds(conductor).run(workers_stop), name="stranded-builds"),
+        asyncio.create_task(MoveSweeper(conductor).run(workers_stop), name="moves"),
         asyncio.create_task(ShelvedOffloader(conductor).run(workers_stop), name="shelved-offload"),
     ]
     log.info("ready", extra={"service": "conductor", "grpc_port": running.port})

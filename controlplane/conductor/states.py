@@ -21,6 +21,7 @@ class VmState(StrEnum):
     DELETED = "deleted"
     PAUSED = "paused"
     SUSPENDED = "suspended"
+    RESIZED = "resized"
     SHELVED = "shelved"
     SHELVED_OFFLOADED = "shelved_offloaded"
 
@@ -33,6 +34,13 @@ class TaskState(StrEnum):
     REBOOTING = "rebooting"
     REBOOTING_HARD = "rebooting_hard"
     DELETING = "deleting"
+    RESIZE_PREP = "resize_prep"
+    RESIZE_MIGRATING = "resize_migrating"
+    RESIZE_MIGRATED = "resize_migrated"
+    RESIZE_FINISH = "resize_finish"
+    RESIZE_REVERTING = "resize_reverting"
+    RESIZE_CONFIRMING = "resize_confirming"
+    MIGRATING = "migrating"
     PAUSING = "pausing"
     UNPAUSING = "unpausing"
     SUSPENDING = "suspending"
@@ -69,6 +77,10 @@ class Status(StrEnum):
     SHELVED_OFFLOADED = "SHELVED_OFFLOADED"
     REBUILD = "REBUILD"
     UNKNOWN = "UNKNOWN"
+    RESIZE = "RESIZE"
+    VERIFY_RESIZE = "VERIFY_RESIZE"
+    REVERT_RESIZE = "REVERT_RESIZE"
+    MIGRATING = "MIGRATING"
 
 
 _BY_VM_STATE = {
@@ -79,6 +91,7 @@ _BY_VM_STATE = {
     VmState.DELETED: Status.DELETED,
     VmState.PAUSED: Status.PAUSED,
     VmState.SUSPENDED: Status.SUSPENDED,
+    VmState.RESIZED: Status.VERIFY_RESIZE,
     VmState.SHELVED: Status.SHELVED,
     VmState.SHELVED_OFFLOADED: Status.SHELVED_OFFLOADED,
 }
@@ -89,6 +102,18 @@ _BY_TASK = {
     (VmState.ACTIVE, TaskState.REBOOTING_HARD): Status.HARD_REBOOT,
     (VmState.STOPPED, TaskState.REBOOTING_HARD): Status.HARD_REBOOT,
     (VmState.ERROR, TaskState.REBOOTING_HARD): Status.HARD_REBOOT,
+    **{
+        (vm, task): Status.RESIZE
+        for vm in (VmState.ACTIVE, VmState.STOPPED)
+        for task in (
+            TaskState.RESIZE_PREP,
+            TaskState.RESIZE_MIGRATING,
+            TaskState.RESIZE_MIGRATED,
+            TaskState.RESIZE_FINISH,
+        )
+    },
+    (VmState.RESIZED, TaskState.RESIZE_REVERTING): Status.REVERT_RESIZE,
+    (VmState.ACTIVE, TaskState.MIGRATING): Status.MIGRATING,
     **{
         (vm, task): Status.REBUILD
         for vm in (VmState.ACTIVE, VmState.STOPPED, VmState.ERROR)
@@ -355,3 +380,36 @@ def power_sync(vm_state: str, task_state: str | None, power_state: int) -> VmSta
     # A stopped server found running is left stopped with the power state recorded: Nova
     # would stop it again, which needs a command, and that is the operator's call in Loom.
     return None
+
+
+# -- moves (resize, cold migration) -----------------------------------------------------
+
+MOVE_TASKS = frozenset(
+    {
+        TaskState.RESIZE_PREP,
+        TaskState.RESIZE_MIGRATING,
+        TaskState.RESIZE_MIGRATED,
+        TaskState.RESIZE_FINISH,
+        TaskState.RESIZE_REVERTING,
+        TaskState.RESIZE_CONFIRMING,
+        TaskState.MIGRATING,
+    }
+)
+
+
+def check_move(action: str, vm_state: str, task_state: str | None) -> None:
+    """A resize or migration needs an active or stopped server with no task."""
+    if vm_state not in (VmState.ACTIVE, VmState.STOPPED) or task_state is not None:
+        raise InvalidState(action, vm_state, task_state)
+
+
+def check_resized(action: str, vm_state: str, task_state: str | None) -> None:
+    """A confirm or revert needs a moved server (VERIFY_RESIZE) with no task."""
+    if vm_state != VmState.RESIZED or task_state is not None:
+        raise InvalidState(action, vm_state, task_state)
+
+
+def check_live_migration(action: str, vm_state: str, task_state: str | None) -> None:
+    """A live migration needs a running (active) server with no task."""
+    if vm_state != VmState.ACTIVE or task_state is not None:
+        raise InvalidState(action, vm_state, task_state)

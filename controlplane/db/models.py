@@ -3,7 +3,7 @@
 Ownership (the only writer of each table):
   conductor: instances, instance_actions, instance_action_events, flavors, images, keypairs,
              quotas, services, outbox, projects, users, roles, role_assignments,
-             server_groups, console_auth_tokens
+             server_groups, console_auth_tokens, migrations
   scheduler: resource_providers, allocations, aggregates, aggregate_hosts, aggregate_metadata
   network:   networks, subnets, ports, port_security_groups, ip_allocations, security_groups,
              security_group_rules, default_security_groups, routers, floating_ips,
@@ -506,6 +506,34 @@ class Allocation(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # The consumer's server group (0004): its policy is checked against these rows.
     group_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
+
+
+class Migration(Base):
+    """One move of one instance between hosts (resize, cold migration). Its uuid is also
+    the placement consumer that holds the source host's allocation while the move is open."""
+
+    __tablename__ = "migrations"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    instance_uuid: Mapped[str] = mapped_column(String(36), index=True)
+    request_id: Mapped[str] = mapped_column(String(255))
+    migration_type: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    source_compute: Mapped[str] = mapped_column(String(255))
+    source_node: Mapped[str] = mapped_column(String(255))
+    dest_compute: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    dest_node: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    dest_host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # The instance's flavor snapshot before and after (Instance's flavor columns as JSON).
+    old_flavor: Mapped[dict[str, Any]] = mapped_column(JSON)
+    new_flavor: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Whether the instance ran when the move began (a revert starts it again).
+    was_running: Mapped[bool] = mapped_column(Boolean, default=True)
+    user_id: Mapped[str] = mapped_column(String(64))
+    project_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 # --------------------------------------------------------------------------- network

@@ -38,6 +38,11 @@ VERBS = (
     "start",
     "stop",
     "reboot",
+    # The steps of a move between hosts (loom.compute.v1.MoveInstanceCommand).
+    "move_stop_source",
+    "move_finish_dest",
+    "move_drop",
+    "move_restore_source",
     "pause",
     "unpause",
     "suspend",

@@ -48,6 +48,7 @@ CALLERS: Mapping[str, frozenset[str]] = {
     "loom.conductor.v1.ServersService": frozenset({"gateway", "operator"}),
     "loom.conductor.v1.ServerGroupsService": frozenset({"gateway", "operator"}),
     "loom.conductor.v1.ConsolesService": frozenset({"gateway", "operator"}),
+    "loom.conductor.v1.MigrationsService": frozenset({"gateway", "operator"}),
     # Tenants' Network v2 requests come through the gateway; the compute service creates,
     # binds and deletes its servers' ports.
     "loom.network.v1.NetworkService": frozenset({"gateway", "conductor", "operator"}),

@@ -23,7 +23,13 @@ from controlplane.scheduler.hoststate import HostState, InventoryUpdate
 from controlplane.scheduler.metrics import count_conflict
 from controlplane.scheduler.pipeline import Decision, Pipeline, rank_hosts
 from controlplane.scheduler.request import CycleState, GroupPolicy, GroupRule, PlacementRequest
-from controlplane.scheduler.store import AllocationRecord, ClaimResult, ClaimStatus, ProviderStore
+from controlplane.scheduler.store import (
+    AllocationRecord,
+    ClaimResult,
+    ClaimStatus,
+    MoveResult,
+    ProviderStore,
+)
 from controlplane.scheduler.walk import rank_walking
 
 log = logging.getLogger(__name__)
@@ -316,3 +322,7 @@ class PlacementService:
 
     async def allocations_of(self, consumer_id: str) -> list[AllocationRecord]:
         return await self.store.allocations_of(consumer_id)
+
+    async def move_allocation(self, source_consumer: str, target_consumer: str) -> MoveResult:
+        """Hands one consumer's allocation to another; no host's usage changes."""
+        return await self.store.move_allocation(source_consumer, target_consumer)

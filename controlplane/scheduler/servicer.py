@@ -22,6 +22,7 @@ from controlplane.scheduler import convert
 from controlplane.scheduler.convert import InvalidInput
 from controlplane.scheduler.hoststate import HostState
 from controlplane.scheduler.placement import Placed, PlacementService
+from controlplane.scheduler.store import MoveStatus
 
 log = logging.getLogger(__name__)
 
@@ -231,4 +232,24 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                 )
                 for r in records
             ]
+        )
+
+    @_invalid_input_is_invalid_argument
+    async def MoveAllocations(
+        self, request: scheduler_pb2.MoveAllocationsRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.MoveAllocationsResponse:
+        convert.require_consumer(request.source_consumer_id)
+        convert.require_consumer(request.target_consumer_id)
+        if request.source_consumer_id == request.target_consumer_id:
+            raise InvalidInput("source_consumer_id and target_consumer_id must differ")
+        result = await self.placement.move_allocation(
+            request.source_consumer_id, request.target_consumer_id
+        )
+        if result.status is MoveStatus.TARGET_HOLDS_ANOTHER:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"consumer {request.target_consumer_id} already holds an allocation",
+            )
+        return scheduler_pb2.MoveAllocationsResponse(
+            moved=result.status is MoveStatus.MOVED, host=result.host
         )

@@ -26,7 +26,7 @@ from psycopg.rows import dict_row
 from sqlalchemy import Table, and_, bindparam, delete, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tenacity import (
     RetryCallState,
@@ -146,6 +146,25 @@ class ReleaseResult:
 
     released: bool
     host: HostState | None = None
+
+
+class MoveStatus(enum.Enum):
+    """How a move of an allocation between consumers ended."""
+
+    # The target now holds what the source held.
+    MOVED = "moved"
+    # Nothing to do: the target already holds it, or the source holds nothing.
+    NOTHING = "nothing"
+    # Both consumers hold an allocation; nothing changed.
+    TARGET_HOLDS_ANOTHER = "target_holds_another"
+
+
+@dataclass(frozen=True, slots=True)
+class MoveResult:
+    """A move's outcome and the host of the allocation the target holds ("" for none)."""
+
+    status: MoveStatus
+    host: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -494,6 +513,46 @@ class ProviderStore:
     async def _release_in_one_statement(self, params: dict[str, str]) -> Row[Any] | None:
         async with self._autocommit.connect() as conn:
             return (await conn.execute(_PG_RELEASE, params)).first()
+
+    async def move_allocation(self, source_consumer: str, target_consumer: str) -> MoveResult:
+        """Hands the source consumer's allocation to the target consumer: the same row,
+        host and amounts under a new consumer id, so no host's usage changes.
+
+        Postconditions: MOVED means the target now holds what the source held; NOTHING
+        means nothing changed (the target already holds it, or the source holds none);
+        TARGET_HOLDS_ANOTHER means both hold one and nothing changed. The unique consumer
+        id makes two concurrent moves of one allocation end with one winner.
+        """
+        stmt = (
+            select(ALLOC.c.consumer_id, RP.c.name)
+            .join(RP, RP.c.id == ALLOC.c.provider_id)
+            .where(ALLOC.c.consumer_id.in_([source_consumer, target_consumer]))
+        )
+        try:
+            async with self.engine.begin() as conn:
+                held = {r.consumer_id: r.name for r in (await conn.execute(stmt)).all()}
+                if target_consumer in held:
+                    status = (
+                        MoveStatus.TARGET_HOLDS_ANOTHER
+                        if source_consumer in held
+                        else MoveStatus.NOTHING
+                    )
+                    return MoveResult(status, held[target_consumer])
+                if source_consumer not in held:
+                    return MoveResult(MoveStatus.NOTHING, "")
+                moved = await conn.execute(
+                    update(ALLOC)
+                    .where(ALLOC.c.consumer_id == source_consumer)
+                    .values(consumer_id=target_consumer)
+                )
+                if moved.rowcount != 1:
+                    return MoveResult(MoveStatus.NOTHING, "")
+                return MoveResult(MoveStatus.MOVED, held[source_consumer])
+        except IntegrityError:
+            # A concurrent move gave the target its allocation first.
+            async with self.engine.connect() as conn:
+                held = {r.consumer_id: r.name for r in (await conn.execute(stmt)).all()}
+            return MoveResult(MoveStatus.NOTHING, held.get(target_consumer, ""))
 
     # ------------------------------------------------------------------ inventory
 

@@ -11,6 +11,7 @@ from gateway.compute import (
     fleet,
     images,
     keypairs,
+    migrations,
     quotas,
     server_groups,
     servers,
@@ -39,4 +40,5 @@ def routes() -> list[BaseRoute]:
         *usage.routes(),
         *shares.routes(),
         *aggregates.routes(),
+        *migrations.routes(),
     ]

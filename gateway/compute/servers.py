@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.auth.context import RequestContext
-from gateway.compute import consoles
+from gateway.compute import consoles, migrations
 from gateway.compute.common import context, empty, links, next_link, ok
 from gateway.compute.views_time import iso_micro
 from gateway.conductor import call
@@ -702,6 +702,8 @@ async def server_action(request: Request) -> Response:
     unlock, shelve, shelveOffload, unshelve (202); the console actions (200)."""
     ctx = context(request)
     body = await json_body(request)
+    if isinstance(body, dict) and len(body) == 1 and next(iter(body)) in migrations.MOVE_ACTIONS:
+        return await migrations.move_action(request, ctx, body)
     if isinstance(body, dict) and len(body) == 1:
         name = next(iter(body))
         if name not in ACTION_SCHEMA["properties"]:

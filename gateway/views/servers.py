@@ -22,6 +22,7 @@ VM_STATES = {
     servers_pb2.VM_STATE_DELETED: "deleted",
     servers_pb2.VM_STATE_PAUSED: "paused",
     servers_pb2.VM_STATE_SUSPENDED: "suspended",
+    servers_pb2.VM_STATE_RESIZED: "resized",
     servers_pb2.VM_STATE_SHELVED: "shelved",
     servers_pb2.VM_STATE_SHELVED_OFFLOADED: "shelved_offloaded",
 }
@@ -35,6 +36,13 @@ TASK_STATES = {
     servers_pb2.TASK_STATE_DELETING: "deleting",
     servers_pb2.TASK_STATE_NETWORKING: "networking",
     servers_pb2.TASK_STATE_BLOCK_DEVICE_MAPPING: "block_device_mapping",
+    servers_pb2.TASK_STATE_RESIZE_PREP: "resize_prep",
+    servers_pb2.TASK_STATE_RESIZE_MIGRATING: "resize_migrating",
+    servers_pb2.TASK_STATE_RESIZE_MIGRATED: "resize_migrated",
+    servers_pb2.TASK_STATE_RESIZE_FINISH: "resize_finish",
+    servers_pb2.TASK_STATE_RESIZE_REVERTING: "resize_reverting",
+    servers_pb2.TASK_STATE_RESIZE_CONFIRMING: "resize_confirming",
+    servers_pb2.TASK_STATE_MIGRATING: "migrating",
     servers_pb2.TASK_STATE_PAUSING: "pausing",
     servers_pb2.TASK_STATE_UNPAUSING: "unpausing",
     servers_pb2.TASK_STATE_SUSPENDING: "suspending",
@@ -59,6 +67,10 @@ STATUSES = {
     servers_pb2.SERVER_STATUS_SHELVED_OFFLOADED: "SHELVED_OFFLOADED",
     servers_pb2.SERVER_STATUS_REBUILD: "REBUILD",
     servers_pb2.SERVER_STATUS_UNKNOWN: "UNKNOWN",
+    servers_pb2.SERVER_STATUS_RESIZE: "RESIZE",
+    servers_pb2.SERVER_STATUS_VERIFY_RESIZE: "VERIFY_RESIZE",
+    servers_pb2.SERVER_STATUS_REVERT_RESIZE: "REVERT_RESIZE",
+    servers_pb2.SERVER_STATUS_MIGRATING: "MIGRATING",
 }
 STATUS_BY_NAME = {v: k for k, v in STATUSES.items()}
 

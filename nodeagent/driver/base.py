@@ -221,3 +221,13 @@ class ImageCacheDriver(Protocol):
         """Removes cached images no instance on this host uses that were last used more
         than max_age_s seconds ago; returns their ids."""
         ...
+
+
+@runtime_checkable
+class ResizeInPlaceDriver(Protocol):
+    """Optional: a move that stays on one host (resize to the same host, and its revert)."""
+
+    def resize_in_place(self, spec: agent_bus_pb2.InstanceSpec, *, power_on: bool) -> PowerState:
+        """Gives the existing domain the spec's vCPUs and memory, keeping its disks; running
+        afterwards when power_on, shut off otherwise. Idempotent; InstanceNotFound if absent."""
+        ...

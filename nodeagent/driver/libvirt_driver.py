@@ -267,6 +267,15 @@ class LibvirtDriver:
             raise
         return dom if self._owned(dom) else None
 
+    def _defined_for_another_host(self, instance_id: str) -> bool:
+        try:
+            self._c.lookupByUUIDString(instance_id)
+        except libvirt.libvirtError as exc:
+            if _is_no_domain(exc):
+                return False
+            raise
+        return True
+
     def _require(self, instance_id: str) -> Any:
         dom = self._lookup(instance_id)
         if dom is None:
@@ -347,6 +356,10 @@ class LibvirtDriver:
         existing = self._lookup(spec.instance_id)
         if existing is not None:
             return self._power(existing)
+        if self._defined_for_another_host(spec.instance_id):
+            # One libvirt serving two hosts (two agents on one machine) holds one domain
+            # per UUID: defining it again would take over the other host's domain.
+            raise BuildFailed("This hypervisor already defines that instance for another host.")
         if self._latency_s:
             time.sleep(self._latency_s)  # a simulated slow hypervisor (off the loop)
         dom: Any = None
@@ -536,6 +549,26 @@ class LibvirtDriver:
             return False
         self._start_domain(dom, instance_id)
         return True
+
+    def resize_in_place(self, spec: agent_bus_pb2.InstanceSpec, *, power_on: bool) -> PowerState:
+        """Gives an existing domain the flavor's vCPUs and memory (a move that stays on this
+        host): powered off, redefined from its own XML with the new sizes, started when
+        `power_on`. Its disks stay as they are. Idempotent; raises InstanceNotFound."""
+        dom = self._require(spec.instance_id)
+        if dom.isActive():
+            dom.destroy()
+        root = ET.fromstring(dom.XMLDesc(0))
+        for tag in ("memory", "currentMemory"):
+            el = root.find(tag)
+            if el is not None:
+                el.text, el.attrib = str(spec.memory_mb * 1024), {"unit": "KiB"}
+        vcpu = root.find("vcpu")
+        if vcpu is not None:
+            vcpu.text = str(spec.vcpus)
+        dom = self._c.defineXML(ET.tostring(root, encoding="unicode"))
+        if power_on:
+            dom.create()
+        return self._power(dom)
 
     # -- RebuildDriver ------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ fi
 export OS_CLIENT_CONFIG_FILE="$data/clouds.yaml"
 osc() { "$repo/.venv/bin/openstack" --os-cloud loom-admin "$@"; }
 
-# Pre-provisioned accounts: six projects, each with a member and a reader account (Tempest
+# Pre-provisioned accounts: six projects, each with a member, a reader and a manager account (Tempest
 # asks for its project_reader persona in the primary's project), and two admins alone in
 # their projects; Tempest needs about twice its concurrency in accounts. Tempest may hand
 # any non-admin account out as "primary", which creates servers, so the reader accounts hold
@@ -60,6 +60,9 @@ if [ ! -s "$ws/etc/accounts.yaml" ]; then
   for i in 1 2 3 4 5 6; do
     account "tempest-p$i" "tempest-m$i" member member
     account "tempest-p$i" "tempest-r$i" reader member reader
+    # Loom has no manager role: a member stands in for Tempest's project_manager persona,
+    # which classes such as MigrationsAdminTest ask for beside their primary.
+    account "tempest-p$i" "tempest-g$i" manager member
   done
   account tempest-a1 tempest-a1 admin admin
   account tempest-a2 tempest-a2 admin admin

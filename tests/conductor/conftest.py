@@ -16,7 +16,12 @@ import nats.js.errors
 import pytest
 from loom.catalog.v1 import quotas_pb2_grpc
 from loom.compute.v1 import agent_bus_pb2
-from loom.conductor.v1 import consoles_pb2_grpc, fleet_pb2_grpc, servers_pb2_grpc
+from loom.conductor.v1 import (
+    consoles_pb2_grpc,
+    fleet_pb2_grpc,
+    migrations_pb2_grpc,
+    servers_pb2_grpc,
+)
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -52,6 +57,7 @@ class Harness:
     js: JetStreamContext | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     consoles: consoles_pb2_grpc.ConsolesServiceStub | None = None
+    migrations: migrations_pb2_grpc.MigrationsServiceStub | None = None
 
 
 def conductor_config(**conductor: Any) -> LoomConfig:
@@ -115,6 +121,7 @@ async def _serve_conductor(
         quotas_pb2_grpc.QuotasServiceStub(client),
         fleet_pb2_grpc.FleetServiceStub(client),
         consoles=consoles_pb2_grpc.ConsolesServiceStub(client),
+        migrations=migrations_pb2_grpc.MigrationsServiceStub(client),
     )
 
 

@@ -1,5 +1,6 @@
-"""Property: whatever sequence of claims and releases runs, concurrently or not, no host
-is ever over capacity and every host's usage is exactly the sum of its allocations."""
+"""Property: whatever sequence of claims, releases and moves of an allocation from one
+consumer to another runs, concurrently or not, no host is ever over capacity and every
+host's usage is exactly the sum of its allocations."""
 
 from __future__ import annotations
 
@@ -37,6 +38,15 @@ class Release:
     consumer: int
 
 
+@dataclass(frozen=True)
+class Move:
+    """Hand one consumer's allocation to another (a resize's source allocation going to
+    its migration record, and back)."""
+
+    source: int
+    target: int
+
+
 operations = st.one_of(
     st.builds(
         Claim,
@@ -50,12 +60,15 @@ operations = st.one_of(
         ),
     ),
     st.builds(Release, consumer=st.integers(0, 11)),
+    st.builds(Move, source=st.integers(0, 11), target=st.integers(0, 11)).filter(
+        lambda m: m.source != m.target
+    ),
 )
 # Operations run in batches; the operations of one batch run concurrently.
 batches = st.lists(st.lists(operations, min_size=1, max_size=6), min_size=1, max_size=6)
 
 
-async def _run(url: str, plan: list[list[Claim | Release]]) -> None:
+async def _run(url: str, plan: list[list[Claim | Release | Move]]) -> None:
     engine = make_engine(url, pool_size=6)
     try:
         async with engine.begin() as conn:
@@ -84,7 +97,9 @@ async def _run(url: str, plan: list[list[Claim | Release]]) -> None:
         await engine.dispose()
 
 
-async def _apply(store: ProviderStore, ids: list[int], op: Claim | Release) -> object:
+async def _apply(store: ProviderStore, ids: list[int], op: Claim | Release | Move) -> object:
+    if isinstance(op, Move):
+        return (await store.move_allocation(f"c{op.source}", f"c{op.target}")).status
     if isinstance(op, Claim):
         result = await store.claim(ids[op.host], f"c{op.consumer}", "p", op.resources)
         return result.status if result.status in ClaimStatus else None
@@ -97,7 +112,7 @@ async def _apply(store: ProviderStore, ids: list[int], op: Claim | Release) -> o
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(plan=batches)
-def test_no_sequence_of_claims_and_releases_breaks_capacity_or_accounting(
-    db_url: str, plan: list[list[Claim | Release]]
+def test_no_sequence_of_claims_releases_and_moves_breaks_capacity_or_accounting(
+    db_url: str, plan: list[list[Claim | Release | Move]]
 ) -> None:
     asyncio.run(_run(db_url, plan))

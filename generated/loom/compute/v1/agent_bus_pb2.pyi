@@ -1010,6 +1010,7 @@ class InstanceEvent(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
     ACTION_FIELD_NUMBER: _builtins.int
+    MIGRATION_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The command this answers, or a fresh id for spontaneous events."""
     instance_id: _builtins.str
@@ -1024,6 +1025,8 @@ class InstanceEvent(_message.Message):
     """The attempt number of the build this answers (BUILD_* kinds)."""
     action: _builtins.str
     """The command verb this answers: build, delete, start, stop, reboot; empty for spontaneous events."""
+    migration_id: _builtins.str
+    """The migration a move step (MoveInstanceCommand) belongs to; empty otherwise."""
     @_builtins.property
     def fault(self) -> _common_pb2.Fault:
         """Set for failures."""
@@ -1044,10 +1047,11 @@ class InstanceEvent(_message.Message):
         attempt: _builtins.int = ...,
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
         action: _builtins.str = ...,
+        migration_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["fault", b"fault", "occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempt", b"attempt", "fault", b"fault", "host", b"host", "instance_id", b"instance_id", "kind", b"kind", "occurred_at", b"occurred_at", "power_state", b"power_state", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempt", b"attempt", "fault", b"fault", "host", b"host", "instance_id", b"instance_id", "kind", b"kind", "migration_id", b"migration_id", "occurred_at", b"occurred_at", "power_state", b"power_state", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1190,3 +1194,59 @@ class Heartbeat(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
+
+@_typing.final
+class MoveInstanceCommand(_message.Message):
+    """One step of moving an instance between hosts (resize, cold migration). The verb of the
+    subject says which step:
+    - `move_stop_source`: power the instance off on the source host and keep its domain
+      and disks (they are what a revert goes back to). Succeeds if already off.
+    - `move_finish_dest`: define the instance on the destination host with `spec` (the new
+      flavor), with its disks, and start it when `power_on`. Succeeds if already defined.
+    - `move_drop`: destroy what the move left on this host (the source's domain after a
+      confirm, the destination's after a revert). Succeeds if already absent.
+    - `move_restore_source`: start the kept domain on the source again when `power_on`
+      (after a revert). Succeeds if already in that state.
+    The agent answers with an InstanceEvent whose `action` is the verb and whose
+    `migration_id` is this command's.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    MIGRATION_ID_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    POWER_ON_FIELD_NUMBER: _builtins.int
+    SOURCE_HOST_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per command; also the NATS message id."""
+    migration_id: _builtins.str
+    """The migration record this step belongs to."""
+    instance_id: _builtins.str
+    """Instance UUID."""
+    power_on: _builtins.bool
+    """Whether the instance should run when the step is done."""
+    source_host: _builtins.str
+    """The host the instance moves from (informational for the destination)."""
+    @_builtins.property
+    def spec(self) -> Global___InstanceSpec:
+        """The instance as the destination must define it (move_finish_dest only)."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        migration_id: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
+        spec: Global___InstanceSpec | None = ...,
+        power_on: _builtins.bool = ...,
+        source_host: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "migration_id", b"migration_id", "power_on", b"power_on", "request_id", b"request_id", "source_host", b"source_host", "spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MoveInstanceCommand: _TypeAlias = MoveInstanceCommand  # noqa: Y015

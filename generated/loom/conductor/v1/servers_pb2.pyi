@@ -47,6 +47,8 @@ class _VmStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_VmState.Value
     """Paused."""
     VM_STATE_SUSPENDED: _VmState.ValueType  # 7
     """Suspended."""
+    VM_STATE_RESIZED: _VmState.ValueType  # 20
+    """Moved (resized or migrated) and waiting for a confirm or a revert."""
     VM_STATE_SHELVED: _VmState.ValueType  # 8
     """Shelved: shut off, still on its host."""
     VM_STATE_SHELVED_OFFLOADED: _VmState.ValueType  # 9
@@ -71,6 +73,8 @@ VM_STATE_PAUSED: VmState.ValueType  # 6
 """Paused."""
 VM_STATE_SUSPENDED: VmState.ValueType  # 7
 """Suspended."""
+VM_STATE_RESIZED: VmState.ValueType  # 20
+"""Moved (resized or migrated) and waiting for a confirm or a revert."""
 VM_STATE_SHELVED: VmState.ValueType  # 8
 """Shelved: shut off, still on its host."""
 VM_STATE_SHELVED_OFFLOADED: VmState.ValueType  # 9
@@ -103,6 +107,20 @@ class _TaskStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskState.V
     """Networking being set up (reserved for later)."""
     TASK_STATE_BLOCK_DEVICE_MAPPING: _TaskState.ValueType  # 9
     """Block devices being set up (reserved for later)."""
+    TASK_STATE_RESIZE_PREP: _TaskState.ValueType  # 20
+    """A move (resize or migration): choosing and claiming the destination."""
+    TASK_STATE_RESIZE_MIGRATING: _TaskState.ValueType  # 21
+    """A move: the source powers the instance off."""
+    TASK_STATE_RESIZE_MIGRATED: _TaskState.ValueType  # 22
+    """A move: the source is done, the destination not yet asked."""
+    TASK_STATE_RESIZE_FINISH: _TaskState.ValueType  # 23
+    """A move: the destination defines and starts the instance."""
+    TASK_STATE_RESIZE_REVERTING: _TaskState.ValueType  # 24
+    """A revert of a move under way."""
+    TASK_STATE_RESIZE_CONFIRMING: _TaskState.ValueType  # 25
+    """A confirm of a move under way."""
+    TASK_STATE_MIGRATING: _TaskState.ValueType  # 26
+    """A live migration under way."""
     TASK_STATE_PAUSING: _TaskState.ValueType  # 10
     """Pausing (the domain is being frozen in memory)."""
     TASK_STATE_UNPAUSING: _TaskState.ValueType  # 11
@@ -145,6 +163,20 @@ TASK_STATE_NETWORKING: TaskState.ValueType  # 8
 """Networking being set up (reserved for later)."""
 TASK_STATE_BLOCK_DEVICE_MAPPING: TaskState.ValueType  # 9
 """Block devices being set up (reserved for later)."""
+TASK_STATE_RESIZE_PREP: TaskState.ValueType  # 20
+"""A move (resize or migration): choosing and claiming the destination."""
+TASK_STATE_RESIZE_MIGRATING: TaskState.ValueType  # 21
+"""A move: the source powers the instance off."""
+TASK_STATE_RESIZE_MIGRATED: TaskState.ValueType  # 22
+"""A move: the source is done, the destination not yet asked."""
+TASK_STATE_RESIZE_FINISH: TaskState.ValueType  # 23
+"""A move: the destination defines and starts the instance."""
+TASK_STATE_RESIZE_REVERTING: TaskState.ValueType  # 24
+"""A revert of a move under way."""
+TASK_STATE_RESIZE_CONFIRMING: TaskState.ValueType  # 25
+"""A confirm of a move under way."""
+TASK_STATE_MIGRATING: TaskState.ValueType  # 26
+"""A live migration under way."""
 TASK_STATE_PAUSING: TaskState.ValueType  # 10
 """Pausing (the domain is being frozen in memory)."""
 TASK_STATE_UNPAUSING: TaskState.ValueType  # 11
@@ -193,6 +225,14 @@ class _ServerStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ServerSt
     """SUSPENDED."""
     SERVER_STATUS_UNKNOWN: _ServerStatus.ValueType  # 10
     """UNKNOWN (host down)."""
+    SERVER_STATUS_RESIZE: _ServerStatus.ValueType  # 20
+    """RESIZE (a resize or cold migration under way)."""
+    SERVER_STATUS_VERIFY_RESIZE: _ServerStatus.ValueType  # 21
+    """VERIFY_RESIZE (moved; waiting for a confirm or a revert)."""
+    SERVER_STATUS_REVERT_RESIZE: _ServerStatus.ValueType  # 22
+    """REVERT_RESIZE (a revert under way)."""
+    SERVER_STATUS_MIGRATING: _ServerStatus.ValueType  # 23
+    """MIGRATING (a live migration under way)."""
     SERVER_STATUS_SHELVED: _ServerStatus.ValueType  # 11
     """SHELVED."""
     SERVER_STATUS_SHELVED_OFFLOADED: _ServerStatus.ValueType  # 12
@@ -225,6 +265,14 @@ SERVER_STATUS_SUSPENDED: ServerStatus.ValueType  # 9
 """SUSPENDED."""
 SERVER_STATUS_UNKNOWN: ServerStatus.ValueType  # 10
 """UNKNOWN (host down)."""
+SERVER_STATUS_RESIZE: ServerStatus.ValueType  # 20
+"""RESIZE (a resize or cold migration under way)."""
+SERVER_STATUS_VERIFY_RESIZE: ServerStatus.ValueType  # 21
+"""VERIFY_RESIZE (moved; waiting for a confirm or a revert)."""
+SERVER_STATUS_REVERT_RESIZE: ServerStatus.ValueType  # 22
+"""REVERT_RESIZE (a revert under way)."""
+SERVER_STATUS_MIGRATING: ServerStatus.ValueType  # 23
+"""MIGRATING (a live migration under way)."""
 SERVER_STATUS_SHELVED: ServerStatus.ValueType  # 11
 """SHELVED."""
 SERVER_STATUS_SHELVED_OFFLOADED: ServerStatus.ValueType  # 12

@@ -1181,3 +1181,59 @@ class GetAllocationsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetAllocationsResponse: _TypeAlias = GetAllocationsResponse  # noqa: Y015
+
+@_typing.final
+class MoveAllocationsRequest(_message.Message):
+    """Request for MoveAllocations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_CONSUMER_ID_FIELD_NUMBER: _builtins.int
+    TARGET_CONSUMER_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call."""
+    source_consumer_id: _builtins.str
+    """The consumer that holds the allocation now."""
+    target_consumer_id: _builtins.str
+    """The consumer that holds it afterwards."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        source_consumer_id: _builtins.str = ...,
+        target_consumer_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "source_consumer_id", b"source_consumer_id", "target_consumer_id", b"target_consumer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MoveAllocationsRequest: _TypeAlias = MoveAllocationsRequest  # noqa: Y015
+
+@_typing.final
+class MoveAllocationsResponse(_message.Message):
+    """Response of MoveAllocations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MOVED_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    moved: _builtins.bool
+    """True when this call moved an allocation."""
+    host: _builtins.str
+    """The host of the allocation the target holds now; empty when none."""
+    def __init__(
+        self,
+        *,
+        moved: _builtins.bool = ...,
+        host: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "moved", b"moved"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MoveAllocationsResponse: _TypeAlias = MoveAllocationsResponse  # noqa: Y015

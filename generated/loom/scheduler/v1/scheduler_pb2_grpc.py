@@ -95,6 +95,11 @@ class SchedulerServiceStub:
                 request_serializer=loom_dot_scheduler_dot_v1_dot_scheduler__pb2.GetAllocationsRequest.SerializeToString,
                 response_deserializer=loom_dot_scheduler_dot_v1_dot_scheduler__pb2.GetAllocationsResponse.FromString,
                 _registered_method=True)
+        self.MoveAllocations = channel.unary_unary(
+                '/loom.scheduler.v1.SchedulerService/MoveAllocations',
+                request_serializer=loom_dot_scheduler_dot_v1_dot_scheduler__pb2.MoveAllocationsRequest.SerializeToString,
+                response_deserializer=loom_dot_scheduler_dot_v1_dot_scheduler__pb2.MoveAllocationsResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServiceServicer:
@@ -192,6 +197,17 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MoveAllocations(self, request, context):
+        """Hand one consumer's allocation to another consumer, on the same host and with the
+        same amounts, in one atomic write: no host's usage changes. A move hands the
+        instance's source allocation to its migration record, and back on a revert.
+        Idempotent: when the target already holds it and the source holds nothing, moved is
+        false and nothing changes. FAILED_PRECONDITION when the target already holds another.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -254,6 +270,11 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.GetAllocations,
                     request_deserializer=loom_dot_scheduler_dot_v1_dot_scheduler__pb2.GetAllocationsRequest.FromString,
                     response_serializer=loom_dot_scheduler_dot_v1_dot_scheduler__pb2.GetAllocationsResponse.SerializeToString,
+            ),
+            'MoveAllocations': grpc.unary_unary_rpc_method_handler(
+                    servicer.MoveAllocations,
+                    request_deserializer=loom_dot_scheduler_dot_v1_dot_scheduler__pb2.MoveAllocationsRequest.FromString,
+                    response_serializer=loom_dot_scheduler_dot_v1_dot_scheduler__pb2.MoveAllocationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -581,6 +602,33 @@ class SchedulerService:
             '/loom.scheduler.v1.SchedulerService/GetAllocations',
             loom_dot_scheduler_dot_v1_dot_scheduler__pb2.GetAllocationsRequest.SerializeToString,
             loom_dot_scheduler_dot_v1_dot_scheduler__pb2.GetAllocationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MoveAllocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.scheduler.v1.SchedulerService/MoveAllocations',
+            loom_dot_scheduler_dot_v1_dot_scheduler__pb2.MoveAllocationsRequest.SerializeToString,
+            loom_dot_scheduler_dot_v1_dot_scheduler__pb2.MoveAllocationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -72,6 +72,13 @@ class SchedulerServiceStub:
     """The availability zones and their hosts."""
     GetAllocations: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetAllocationsRequest, _scheduler_pb2.GetAllocationsResponse]
     """Allocations of one consumer."""
+    MoveAllocations: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.MoveAllocationsRequest, _scheduler_pb2.MoveAllocationsResponse]
+    """Hand one consumer's allocation to another consumer, on the same host and with the
+    same amounts, in one atomic write: no host's usage changes. A move hands the
+    instance's source allocation to its migration record, and back on a revert.
+    Idempotent: when the target already holds it and the source holds nothing, moved is
+    false and nothing changes. FAILED_PRECONDITION when the target already holds another.
+    """
 
 @_typing.type_check_only
 class SchedulerServiceAsyncStub(SchedulerServiceStub):
@@ -114,6 +121,13 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     """The availability zones and their hosts."""
     GetAllocations: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetAllocationsRequest, _scheduler_pb2.GetAllocationsResponse]  # type: ignore[assignment]
     """Allocations of one consumer."""
+    MoveAllocations: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.MoveAllocationsRequest, _scheduler_pb2.MoveAllocationsResponse]  # type: ignore[assignment]
+    """Hand one consumer's allocation to another consumer, on the same host and with the
+    same amounts, in one atomic write: no host's usage changes. A move hands the
+    instance's source allocation to its migration record, and back on a revert.
+    Idempotent: when the target already holds it and the source holds nothing, moved is
+    false and nothing changes. FAILED_PRECONDITION when the target already holds another.
+    """
 
 class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     """The service."""
@@ -225,5 +239,18 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.GetAllocationsResponse, _abc.Awaitable[_scheduler_pb2.GetAllocationsResponse]]:
         """Allocations of one consumer."""
+
+    @_abc_1.abstractmethod
+    def MoveAllocations(
+        self,
+        request: _scheduler_pb2.MoveAllocationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.MoveAllocationsResponse, _abc.Awaitable[_scheduler_pb2.MoveAllocationsResponse]]:
+        """Hand one consumer's allocation to another consumer, on the same host and with the
+        same amounts, in one atomic write: no host's usage changes. A move hands the
+        instance's source allocation to its migration record, and back on a revert.
+        Idempotent: when the target already holds it and the source holds nothing, moved is
+        false and nothing changes. FAILED_PRECONDITION when the target already holds another.
+        """
 
 def add_SchedulerServiceServicer_to_server(servicer: SchedulerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
