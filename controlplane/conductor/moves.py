@@ -674,25 +674,15 @@ async def _dest_finished(
     async with conductor.sessions() as session:
         if not await _set_migration(session, mig, POST_MIGRATING, FINISHED):
             return
-        zone = await _zone_of(conductor, str(mig.dest_compute))
-        values: dict[str, Any] = {
+        await _place_on_dest(
+            conductor,
+            session,
+            mig,
+            event,
+            TaskState.RESIZE_FINISH,
             **mig.new_flavor,
-            "host": mig.dest_compute,
-            "node": mig.dest_node,
-            "vm_state": VmState.RESIZED.value,
-            "task_state": None,
-            "power_state": int(event.power_state),
-            "updated_at": _now(),
-        }
-        if zone:
-            values["availability_zone"] = zone
-        await session.execute(
-            update(Instance)
-            .where(
-                Instance.uuid == mig.instance_uuid,
-                Instance.task_state == TaskState.RESIZE_FINISH.value,
-            )
-            .values(**values)
+            vm_state=VmState.RESIZED.value,
+            task_state=None,
         )
         await record_event(
             session,
@@ -704,6 +694,33 @@ async def _dest_finished(
         )
         await _finish_action(session, mig.instance_uuid, _action_of(mig))
         await session.commit()
+
+
+async def _place_on_dest(
+    conductor: Conductor,
+    session: AsyncSession,
+    mig: Migration,
+    event: agent_bus_pb2.InstanceEvent,
+    expect: TaskState,
+    **values: Any,
+) -> None:
+    """The instance is on the destination now: its host, node, zone and power state there
+    (and `values`), written only while it is still in the move's `expect` task state."""
+    row: dict[str, Any] = {
+        "host": mig.dest_compute,
+        "node": mig.dest_node,
+        "power_state": int(event.power_state),
+        "updated_at": _now(),
+        **values,
+    }
+    zone = await _zone_of(conductor, str(mig.dest_compute))
+    if zone:
+        row["availability_zone"] = zone
+    await session.execute(
+        update(Instance)
+        .where(Instance.uuid == mig.instance_uuid, Instance.task_state == expect.value)
+        .values(**row)
+    )
 
 
 async def _zone_of(conductor: Conductor, host: str) -> str:
@@ -939,23 +956,7 @@ async def _live_dest_running(
     async with conductor.sessions() as session:
         if not await _set_migration(session, mig, PREPARING, POST_MIGRATING):
             return
-        zone = await _zone_of(conductor, str(mig.dest_compute))
-        values: dict[str, Any] = {
-            "host": mig.dest_compute,
-            "node": mig.dest_node,
-            "power_state": int(event.power_state),
-            "updated_at": _now(),
-        }
-        if zone:
-            values["availability_zone"] = zone
-        await session.execute(
-            update(Instance)
-            .where(
-                Instance.uuid == mig.instance_uuid,
-                Instance.task_state == TaskState.MIGRATING.value,
-            )
-            .values(**values)
-        )
+        await _place_on_dest(conductor, session, mig, event, TaskState.MIGRATING)
         await record_event(
             session,
             mig.instance_uuid,

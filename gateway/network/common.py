@@ -20,7 +20,7 @@ from gateway.auth.context import RequestContext, authenticate
 from gateway.compute.common import ok
 from gateway.conductor import DEFAULT_DEADLINE_S
 from gateway.errors import BadRequest, TypedApiError, from_grpc
-from gateway.state import base_url, gateway_of, json_body
+from gateway.state import base_url, gateway_of, json_body, request_id
 from gateway.validation import CompiledSchema, ValidationFailed
 
 API = "/network/v2.0"
@@ -262,3 +262,17 @@ def one(request: Request, key: str, item: dict[str, Any]) -> Response:
     if fields:
         item = {k: v for k, v in item.items() if k in fields}
     return ok({key: item})
+
+
+async def delete_by_id(request: Request, policy: str, rpc: str) -> Response:
+    """A DELETE of one resource by the id in its path: the caller must be allowed `policy`;
+    the NetworkService method `rpc` (with its request message of the same name) deletes it
+    in the caller's scope; 204."""
+    ctx = context(request)
+    ctx.require_write(policy)
+    message = getattr(pb, f"{rpc}Request")
+    await call(
+        getattr(stub(request), rpc),
+        message(request_id=request_id(request), scope=scope(ctx), id=request.path_params["id"]),
+    )
+    return Response(status_code=204)

@@ -9,13 +9,14 @@ from loom.network.v1 import network_pb2 as pb
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.compute.common import empty, ok
+from gateway.compute.common import ok
 from gateway.errors import BadRequest
 from gateway.network import schemas, views
 from gateway.network.common import (
     TAG,
     call,
     context,
+    delete_by_id,
     encodable,
     listing,
     one,
@@ -116,15 +117,7 @@ async def update_router(request: Request) -> Response:
 @documented(tag=TAG)
 async def delete_router(request: Request) -> Response:
     """Delete a router (409 RouterInUse while it has interfaces)."""
-    ctx = context(request)
-    ctx.require_write("delete_router")
-    await call(
-        stub(request).DeleteRouter,
-        pb.DeleteRouterRequest(
-            request_id=request_id(request), scope=scope(ctx), id=request.path_params["id"]
-        ),
-    )
-    return empty(204)
+    return await delete_by_id(request, "delete_router", "DeleteRouter")
 
 
 async def _interface_body(request: Request) -> dict[str, str]:
@@ -257,12 +250,4 @@ async def update_floating_ip(request: Request) -> Response:
 @documented(tag=TAG)
 async def delete_floating_ip(request: Request) -> Response:
     """Release a floating IP."""
-    ctx = context(request)
-    ctx.require_write("delete_floatingip")
-    await call(
-        stub(request).DeleteFloatingIp,
-        pb.DeleteFloatingIpRequest(
-            request_id=request_id(request), scope=scope(ctx), id=request.path_params["id"]
-        ),
-    )
-    return empty(204)
+    return await delete_by_id(request, "delete_floatingip", "DeleteFloatingIp")

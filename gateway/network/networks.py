@@ -8,13 +8,14 @@ from loom.network.v1 import network_pb2 as pb
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.compute.common import empty, ok
+from gateway.compute.common import ok
 from gateway.errors import BadRequest
 from gateway.network import schemas, views
 from gateway.network.common import (
     TAG,
     call,
     context,
+    delete_by_id,
     listing,
     one,
     resource_body,
@@ -107,15 +108,7 @@ async def update_network(request: Request) -> Response:
 @documented(tag=TAG)
 async def delete_network(request: Request) -> Response:
     """Delete a network and its subnets (409 NetworkInUse while ports remain)."""
-    ctx = context(request)
-    ctx.require_write("delete_network")
-    await call(
-        stub(request).DeleteNetwork,
-        pb.DeleteNetworkRequest(
-            request_id=request_id(request), scope=scope(ctx), id=request.path_params["id"]
-        ),
-    )
-    return empty(204)
+    return await delete_by_id(request, "delete_network", "DeleteNetwork")
 
 
 # ------------------------------------------------------------------ subnets
@@ -228,12 +221,4 @@ async def update_subnet(request: Request) -> Response:
 @documented(tag=TAG)
 async def delete_subnet(request: Request) -> Response:
     """Delete a subnet (409 SubnetInUse while a port holds one of its addresses)."""
-    ctx = context(request)
-    ctx.require_write("delete_subnet")
-    await call(
-        stub(request).DeleteSubnet,
-        pb.DeleteSubnetRequest(
-            request_id=request_id(request), scope=scope(ctx), id=request.path_params["id"]
-        ),
-    )
-    return empty(204)
+    return await delete_by_id(request, "delete_subnet", "DeleteSubnet")

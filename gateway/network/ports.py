@@ -8,12 +8,13 @@ from loom.network.v1 import network_pb2 as pb
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.compute.common import empty, ok
+from gateway.compute.common import ok
 from gateway.network import schemas, views
 from gateway.network.common import (
     TAG,
     call,
     context,
+    delete_by_id,
     listing,
     one,
     resource_body,
@@ -147,12 +148,4 @@ async def update_port(request: Request) -> Response:
 @documented(tag=TAG)
 async def delete_port(request: Request) -> Response:
     """Delete a port and free its addresses."""
-    ctx = context(request)
-    ctx.require_write("delete_port")
-    await call(
-        stub(request).DeletePort,
-        pb.DeletePortRequest(
-            request_id=request_id(request), scope=scope(ctx), id=request.path_params["id"]
-        ),
-    )
-    return empty(204)
+    return await delete_by_id(request, "delete_port", "DeletePort")

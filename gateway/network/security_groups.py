@@ -8,12 +8,13 @@ from loom.network.v1 import network_pb2 as pb
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.compute.common import empty, ok
+from gateway.compute.common import ok
 from gateway.network import schemas, views
 from gateway.network.common import (
     TAG,
     call,
     context,
+    delete_by_id,
     listing,
     one,
     resource_body,
@@ -93,15 +94,7 @@ async def update_security_group(request: Request) -> Response:
 @documented(tag=TAG)
 async def delete_security_group(request: Request) -> Response:
     """Delete a security group (409 SecurityGroupInUse while a port uses it)."""
-    ctx = context(request)
-    ctx.require_write("delete_security_group")
-    await call(
-        stub(request).DeleteSecurityGroup,
-        pb.DeleteSecurityGroupRequest(
-            request_id=request_id(request), scope=scope(ctx), id=request.path_params["id"]
-        ),
-    )
-    return empty(204)
+    return await delete_by_id(request, "delete_security_group", "DeleteSecurityGroup")
 
 
 @documented(tag=TAG)
@@ -164,12 +157,4 @@ async def show_rule(request: Request) -> Response:
 @documented(tag=TAG)
 async def delete_rule(request: Request) -> Response:
     """Delete a security group rule."""
-    ctx = context(request)
-    ctx.require_write("delete_security_group_rule")
-    await call(
-        stub(request).DeleteSecurityGroupRule,
-        pb.DeleteSecurityGroupRuleRequest(
-            request_id=request_id(request), scope=scope(ctx), id=request.path_params["id"]
-        ),
-    )
-    return empty(204)
+    return await delete_by_id(request, "delete_security_group_rule", "DeleteSecurityGroupRule")
