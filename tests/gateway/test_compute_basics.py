@@ -124,7 +124,7 @@ async def test_the_project_id_may_lead_the_path_as_legacy_clients_send_it(cloud:
         "/compute/v2.1/0123456789abcdef0123456789abcdef/flavors", headers=h
     )
     assert other.status_code == 400
-    unknown = await cloud.client.get("/compute/v2.1/images", headers=h)
+    unknown = await cloud.client.get("/compute/v2.1/os-cells", headers=h)
     assert unknown.status_code == 404
 
 
