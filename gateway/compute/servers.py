@@ -255,6 +255,12 @@ ACTION_SCHEMA: dict[str, Any] = {
                 "host": {"type": "string", "minLength": 1, "maxLength": 255},
             },
         },
+        "os-resetState": {
+            "type": "object",
+            "required": ["state"],
+            "additionalProperties": False,
+            "properties": {"state": {"type": "string", "enum": ["active", "error"]}},
+        },
         "os-getConsoleOutput": consoles.CONSOLE_OUTPUT_ACTION.schema,
         "os-getVNCConsole": consoles.VNC_CONSOLE_ACTION.schema,
     },
@@ -693,13 +699,15 @@ _ACTION_POLICIES = {
     "shelveOffload": "os_compute_api:os-shelve:shelve_offload",
     "unshelve": "os_compute_api:os-shelve:unshelve",
     "rebuild": "os_compute_api:servers:rebuild",
+    "os-resetState": "os_compute_api:os-admin-actions:reset_state",
 }
 
 
 @documented(body=ACTION, tag="compute")
 async def server_action(request: Request) -> Response:
     """Server actions: os-start, os-stop, reboot, pause, unpause, suspend, resume, lock,
-    unlock, shelve, shelveOffload, unshelve (202); the console actions (200)."""
+    unlock, shelve, shelveOffload, unshelve, rebuild, os-resetState (202); the console
+    actions (200)."""
     ctx = context(request)
     body = await json_body(request)
     if isinstance(body, dict) and len(body) == 1 and next(iter(body)) in migrations.MOVE_ACTIONS:
@@ -722,6 +730,16 @@ async def server_action(request: Request) -> Response:
     }
     if action in ("lock", "unlock"):
         await _lock(request, ctx, action, body[action], common)
+        return empty(202)
+    if action == "os-resetState":
+        # An operator's act (Nova's default policy: admins only), in any project.
+        ctx.require_admin(_ACTION_POLICIES[action])
+        await call(
+            conductor.ResetServerState,
+            servers_pb2.ResetServerStateRequest(
+                request_id=common["request_id"], id=common["id"], state=body[action]["state"]
+            ),
+        )
         return empty(202)
     # Admins act on locked servers; the conductor refuses everyone else.
     common["override_lock"] = ctx.is_admin

@@ -204,3 +204,37 @@ async def test_the_locked_filter_lists_only_locked_or_unlocked_servers(stack: Ha
     assert [s.id for s in locked.servers] == [sid]
     unlocked = await stack.servers.ListServers(T.ListServersRequest(locked=False))
     assert sid not in [s.id for s in unlocked.servers]
+
+
+async def test_an_operator_resets_a_server_stuck_in_a_task_to_active_or_error(
+    stack: Harness,
+) -> None:
+    await stack.scheduler.add_host("host-a")
+    sid, _ = await active_server(stack)
+    await stack.servers.StopServer(servers_pb2.StopServerRequest(id=sid, request_id="stop-1"))
+    assert (await server(stack, sid)).task_state == servers_pb2.TASK_STATE_POWERING_OFF
+
+    reset = await stack.servers.ResetServerState(
+        servers_pb2.ResetServerStateRequest(request_id="r1", id=sid, state="error")
+    )
+    assert (reset.server.status, reset.server.task_state) == (
+        S.SERVER_STATUS_ERROR,
+        servers_pb2.TASK_STATE_UNSPECIFIED,
+    )
+    again = await stack.servers.ResetServerState(
+        servers_pb2.ResetServerStateRequest(request_id="r2", id=sid, state="active")
+    )
+    assert again.server.status == S.SERVER_STATUS_ACTIVE
+
+    with pytest.raises(grpc.aio.AioRpcError) as bad:
+        await stack.servers.ResetServerState(
+            servers_pb2.ResetServerStateRequest(request_id="r3", id=sid, state="building")
+        )
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await stack.servers.ResetServerState(
+            servers_pb2.ResetServerStateRequest(
+                request_id="r4", id="00000000-0000-0000-0000-000000000000", state="error"
+            )
+        )
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND

@@ -35,9 +35,11 @@ def _boot(cloud: Stack, name: str) -> dict[str, Any]:
     return server
 
 
-def test_the_openstack_cli_pauses_suspends_and_locks_a_server(ready_cloud: Stack) -> None:
+def test_the_openstack_cli_pauses_suspends_locks_and_an_admin_resets_a_server(
+    ready_cloud: Stack,
+) -> None:
     cloud = ready_cloud
-    _boot(cloud, "vm1")
+    made = _boot(cloud, "vm1")
 
     osc(cloud, "server", "pause", "vm1")
     _wait_status(cloud, "vm1", "PAUSED")
@@ -63,6 +65,16 @@ def test_the_openstack_cli_pauses_suspends_and_locks_a_server(ready_cloud: Stack
     names = [a.get("Action", a.get("action")) for a in actions]
     for verb in ("pause", "unpause", "suspend", "resume", "lock", "unlock"):
         assert verb in names
+
+    with _sdk(cloud, "loom") as conn:
+        refused = conn.compute.post(
+            f"/servers/{made['id']}/action", json={"os-resetState": {"state": "error"}}
+        )
+        assert refused.status_code == 403, refused.text
+    osc(cloud, "server", "set", "--auto-approve", "--state", "error", made["id"], admin=True)
+    _wait_status(cloud, "vm1", "ERROR")
+    osc(cloud, "server", "set", "--auto-approve", "--state", "active", made["id"], admin=True)
+    _wait_status(cloud, "vm1", "ACTIVE")
     osc(cloud, "server", "delete", "--wait", "vm1")
 
 

@@ -614,3 +614,19 @@ async def delete_metadata_item(
 
 def _locks(session: AsyncSession) -> bool:
     return session.get_bind().dialect.name == "postgresql"
+
+
+async def reset_state(conductor: Conductor, instance_uuid: str, state: str) -> Instance:
+    """An operator's reset (os-resetState): vm_state `state` ("active" or "error"), no task
+    state, whatever the server was doing; nothing is sent to its host. The server as
+    stored after it."""
+    wanted = {"active": VmState.ACTIVE, "error": VmState.ERROR}.get(state)
+    if wanted is None:
+        raise InvalidArgument(f"state must be 'active' or 'error', not {state!r}")
+    async with conductor.sessions() as session:
+        row = await load_instance(session, instance_uuid, for_update=_locks(session))
+        row.vm_state = wanted.value
+        row.task_state = None
+        row.updated_at = datetime.now(UTC)
+        await session.commit()
+        return row

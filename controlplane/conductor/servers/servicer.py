@@ -307,3 +307,10 @@ class ServersServicer(servers_pb2_grpc.ServersServiceServicer):
     ) -> servers_pb2.RebuildServerResponse:
         row = await actions.rebuild(self._c, request)
         return servers_pb2.RebuildServerResponse(server=server_pb(row))
+
+    @grpc_errors
+    async def ResetServerState(
+        self, request: servers_pb2.ResetServerStateRequest, context: Ctx
+    ) -> servers_pb2.ResetServerStateResponse:
+        row = await actions.reset_state(self._c, request.id, request.state)
+        return servers_pb2.ResetServerStateResponse(server=server_pb(row))

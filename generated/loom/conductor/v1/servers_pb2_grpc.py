@@ -145,6 +145,11 @@ class ServersServiceStub:
                 request_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.RebuildServerRequest.SerializeToString,
                 response_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.RebuildServerResponse.FromString,
                 _registered_method=True)
+        self.ResetServerState = channel.unary_unary(
+                '/loom.conductor.v1.ServersService/ResetServerState',
+                request_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.ResetServerStateRequest.SerializeToString,
+                response_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.ResetServerStateResponse.FromString,
+                _registered_method=True)
 
 
 class ServersServiceServicer:
@@ -311,6 +316,14 @@ class ServersServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResetServerState(self, request, context):
+        """An operator's reset of a server's state (os-resetState): vm_state active or error, no
+        task. Nothing is sent to the host. NOT_FOUND for an unknown or deleted server.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ServersServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -423,6 +436,11 @@ def add_ServersServiceServicer_to_server(servicer, server):
                     servicer.RebuildServer,
                     request_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.RebuildServerRequest.FromString,
                     response_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.RebuildServerResponse.SerializeToString,
+            ),
+            'ResetServerState': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetServerState,
+                    request_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.ResetServerStateRequest.FromString,
+                    response_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.ResetServerStateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1020,6 +1038,33 @@ class ServersService:
             '/loom.conductor.v1.ServersService/RebuildServer',
             loom_dot_conductor_dot_v1_dot_servers__pb2.RebuildServerRequest.SerializeToString,
             loom_dot_conductor_dot_v1_dot_servers__pb2.RebuildServerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetServerState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.conductor.v1.ServersService/ResetServerState',
+            loom_dot_conductor_dot_v1_dot_servers__pb2.ResetServerStateRequest.SerializeToString,
+            loom_dot_conductor_dot_v1_dot_servers__pb2.ResetServerStateResponse.FromString,
             options,
             channel_credentials,
             insecure,

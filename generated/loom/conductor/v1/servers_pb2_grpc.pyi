@@ -91,6 +91,10 @@ class ServersServiceStub:
     (left shut off when it was). FAILED_PRECONDITION unless ACTIVE, SHUTOFF or ERROR with no
     task; INVALID_ARGUMENT for an unusable image or key pair.
     """
+    ResetServerState: _grpc.UnaryUnaryMultiCallable[_servers_pb2.ResetServerStateRequest, _servers_pb2.ResetServerStateResponse]
+    """An operator's reset of a server's state (os-resetState): vm_state active or error, no
+    task. Nothing is sent to the host. NOT_FOUND for an unknown or deleted server.
+    """
 
 @_typing.type_check_only
 class ServersServiceAsyncStub(ServersServiceStub):
@@ -151,6 +155,10 @@ class ServersServiceAsyncStub(ServersServiceStub):
     """Rebuild on the same host from an image: the disks are made again and the guest started
     (left shut off when it was). FAILED_PRECONDITION unless ACTIVE, SHUTOFF or ERROR with no
     task; INVALID_ARGUMENT for an unusable image or key pair.
+    """
+    ResetServerState: _aio.UnaryUnaryMultiCallable[_servers_pb2.ResetServerStateRequest, _servers_pb2.ResetServerStateResponse]  # type: ignore[assignment]
+    """An operator's reset of a server's state (os-resetState): vm_state active or error, no
+    task. Nothing is sent to the host. NOT_FOUND for an unknown or deleted server.
     """
 
 class ServersServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -341,6 +349,16 @@ class ServersServiceServicer(metaclass=_abc_1.ABCMeta):
         """Rebuild on the same host from an image: the disks are made again and the guest started
         (left shut off when it was). FAILED_PRECONDITION unless ACTIVE, SHUTOFF or ERROR with no
         task; INVALID_ARGUMENT for an unusable image or key pair.
+        """
+
+    @_abc_1.abstractmethod
+    def ResetServerState(
+        self,
+        request: _servers_pb2.ResetServerStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_servers_pb2.ResetServerStateResponse, _abc.Awaitable[_servers_pb2.ResetServerStateResponse]]:
+        """An operator's reset of a server's state (os-resetState): vm_state active or error, no
+        task. Nothing is sent to the host. NOT_FOUND for an unknown or deleted server.
         """
 
 def add_ServersServiceServicer_to_server(servicer: ServersServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
