@@ -233,6 +233,24 @@ def _owned(ctx: RequestContext, image: images_pb2.Image) -> None:
         raise Forbidden("You are not permitted to modify this image.")
 
 
+def _from_v2_0_patch(ops: Any) -> Any:
+    """The v2.0 patch media type writes an operation as its verb naming the path
+    (`{"replace": "/name", "value": ...}`); v2.1's is `{"op", "path", "value"}`. Anything
+    that is not one verb's operation is left as it is, for the schema to refuse."""
+    if not isinstance(ops, list):
+        return ops
+    out: list[Any] = []
+    for op in ops:
+        verbs = [v for v in ("add", "replace", "remove") if isinstance(op, dict) and v in op]
+        if len(verbs) == 1 and "op" not in op and "path" not in op:
+            verb = verbs[0]
+            rest = {k: v for k, v in op.items() if k != verb}
+            out.append({"op": verb, "path": op[verb], **rest})
+        else:
+            out.append(op)
+    return out
+
+
 @documented(body=PATCH_SCHEMA, tag=_TAG)
 async def update_image(request: Request) -> Response:
     """Change an image with a JSON patch (application/openstack-images-v2.1-json-patch)."""
@@ -246,6 +264,8 @@ async def update_image(request: Request) -> Response:
             headers={"Accept-Patch": ", ".join(PATCH_MEDIA_TYPES)},
         )
     ops = await json_body(request)
+    if ctype == PATCH_MEDIA_TYPES[1]:
+        ops = _from_v2_0_patch(ops)
     checked_body(PATCH_SCHEMA, ops)
     image = await _get(request, ctx)
     _owned(ctx, image)

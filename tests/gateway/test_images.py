@@ -75,6 +75,24 @@ async def test_a_patch_renames_sets_and_removes_properties(cloud: Cloud) -> None
     assert "flavour" not in body
 
 
+async def test_a_v2_0_patch_names_each_operation_by_its_verb(cloud: Cloud) -> None:
+    h = await cloud.headers()
+    image = await _image(cloud, h, name="a", flavour="x")
+    ops = [
+        {"replace": "/name", "value": "b"},
+        {"add": "/hw_disk_bus", "value": "virtio"},
+        {"remove": "/flavour"},
+    ]
+    v20 = {"Content-Type": "application/openstack-images-v2.0-json-patch"}
+    r = await cloud.client.patch(f"{IMAGES}/{image['id']}", json=ops, headers={**h, **v20})
+    assert r.status_code == 200, r.text
+    assert (r.json()["name"], r.json()["hw_disk_bus"]) == ("b", "virtio")
+    assert "flavour" not in r.json()
+    both = [{"replace": "/name", "add": "/x", "value": "c"}]
+    r = await cloud.client.patch(f"{IMAGES}/{image['id']}", json=both, headers={**h, **v20})
+    assert r.status_code == 400
+
+
 async def test_a_patch_needs_the_json_patch_media_type(cloud: Cloud) -> None:
     h = await cloud.headers()
     image = await _image(cloud, h, name="a")
