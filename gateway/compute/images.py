@@ -18,7 +18,8 @@ from gateway.auth.context import RequestContext
 from gateway.compute.common import API, COMPUTE, context, empty, next_link, ok
 from gateway.compute.views_time import iso_z
 from gateway.conductor import call
-from gateway.errors import BadRequest, Forbidden, NotFound
+from gateway.errors import BadRequest, NotFound
+from gateway.image.access import delete_with_data, require_owner, scope
 from gateway.microversion import Microversion
 from gateway.routing import checked_body, checked_query, documented
 from gateway.state import base_url, gateway_of, json_body, microversion, request_id
@@ -90,10 +91,6 @@ def _ctx(request: Request) -> RequestContext:
     return ctx
 
 
-def _scope(ctx: RequestContext) -> str:
-    return "" if ctx.is_admin else ctx.project_id
-
-
 def _links(request: Request, image_id: str) -> list[dict[str, str]]:
     base = base_url(request)
     return [
@@ -144,7 +141,7 @@ async def _all(request: Request, ctx: RequestContext, name: str) -> list[images_
         reply = await call(
             gateway_of(request).conductor.images.ListImages,
             images_pb2.ListImagesRequest(
-                project_id=_scope(ctx), name=name, limit=1000, marker=marker
+                project_id=scope(ctx), name=name, limit=1000, marker=marker
             ),
         )
         images.extend(reply.images)
@@ -207,15 +204,10 @@ async def _get(request: Request, ctx: RequestContext) -> images_pb2.Image:
         raise NotFound("Image not found.")
     reply = await call(
         gateway_of(request).conductor.images.GetImage,
-        images_pb2.GetImageRequest(id=request.path_params["image_id"], project_id=_scope(ctx)),
+        images_pb2.GetImageRequest(id=request.path_params["image_id"], project_id=scope(ctx)),
     )
     image: images_pb2.Image = reply.image
     return image
-
-
-def _owned(ctx: RequestContext, image: images_pb2.Image) -> None:
-    if not ctx.is_admin and image.owner != ctx.project_id:
-        raise Forbidden("You are not permitted to modify this image.")
 
 
 @documented(tag="compute")
@@ -229,17 +221,7 @@ async def show_image(request: Request) -> Response:
 async def delete_image(request: Request) -> Response:
     """Delete an image and its data (its owner or an admin), up to 2.35."""
     ctx = _ctx(request)
-    image = await _get(request, ctx)
-    _owned(ctx, image)
-    gw = gateway_of(request)
-    reply = await call(
-        gw.conductor.images.DeleteImage,
-        images_pb2.DeleteImageRequest(
-            request_id=request_id(request), id=image.id, project_id=_scope(ctx)
-        ),
-    )
-    if reply.location:
-        gw.image_store.delete(reply.location)
+    await delete_with_data(request, ctx, await _get(request, ctx))
     return empty(204)
 
 
@@ -250,13 +232,13 @@ async def _set_properties(
     values: dict[str, str],
     remove: list[str],
 ) -> dict[str, str]:
-    _owned(ctx, image)
+    require_owner(ctx, image)
     reply = await call(
         gateway_of(request).conductor.images.UpdateImage,
         images_pb2.UpdateImageRequest(
             request_id=request_id(request),
             id=image.id,
-            project_id=_scope(ctx),
+            project_id=scope(ctx),
             set_properties=values,
             remove_properties=remove,
         ),

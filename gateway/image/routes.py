@@ -17,6 +17,7 @@ from gateway.auth.context import RequestContext, authenticate
 from gateway.conductor import call
 from gateway.errors import ApiError, BadRequest, Conflict, Forbidden
 from gateway.image import views
+from gateway.image.access import delete_with_data, require_owner, scope
 from gateway.routing import checked_body, checked_query, documented
 from gateway.state import base_url, gateway_of, json_body, request_id
 from gateway.validation import Query, QueryParam, compile_schema
@@ -101,11 +102,6 @@ def _ctx(request: Request) -> RequestContext:
     return ctx
 
 
-def _scope(ctx: RequestContext) -> str:
-    # An admin sees every image, as in Glance.
-    return "" if ctx.is_admin else ctx.project_id
-
-
 def _version_list(request: Request) -> dict[str, Any]:
     href = f"{base_url(request)}/image/v2/"
     values = [
@@ -143,7 +139,7 @@ async def list_images(request: Request) -> Response:
     reply = await call(
         gateway_of(request).conductor.images.ListImages,
         images_pb2.ListImagesRequest(
-            project_id=_scope(ctx),
+            project_id=scope(ctx),
             name=q.get("name", ""),
             ids=ids,
             status=q.get("status", ""),
@@ -215,7 +211,7 @@ async def _get(request: Request, ctx: RequestContext) -> images_pb2.Image:
         raise ApiError(404, f"No image found with ID {image_id}")
     reply = await call(
         gateway_of(request).conductor.images.GetImage,
-        images_pb2.GetImageRequest(id=image_id, project_id=_scope(ctx)),
+        images_pb2.GetImageRequest(id=image_id, project_id=scope(ctx)),
     )
     image: images_pb2.Image = reply.image
     return image
@@ -226,11 +222,6 @@ async def show_image(request: Request) -> Response:
     """One image."""
     ctx = _ctx(request)
     return JSONResponse(views.image(await _get(request, ctx)))
-
-
-def _owned(ctx: RequestContext, image: images_pb2.Image) -> None:
-    if not ctx.is_admin and image.owner != ctx.project_id:
-        raise Forbidden("You are not permitted to modify this image.")
 
 
 def _from_v2_0_patch(ops: Any) -> Any:
@@ -268,9 +259,9 @@ async def update_image(request: Request) -> Response:
         ops = _from_v2_0_patch(ops)
     checked_body(PATCH_SCHEMA, ops)
     image = await _get(request, ctx)
-    _owned(ctx, image)
+    require_owner(ctx, image)
     req = images_pb2.UpdateImageRequest(
-        request_id=request_id(request), id=image.id, project_id=_scope(ctx)
+        request_id=request_id(request), id=image.id, project_id=scope(ctx)
     )
     for op in ops:
         key = op["path"][1:]
@@ -306,17 +297,7 @@ async def delete_image(request: Request) -> Response:
     """Delete an image and its data."""
     ctx = _ctx(request)
     ctx.require_write("delete_image")
-    image = await _get(request, ctx)
-    _owned(ctx, image)
-    gw = gateway_of(request)
-    reply = await call(
-        gw.conductor.images.DeleteImage,
-        images_pb2.DeleteImageRequest(
-            request_id=request_id(request), id=image.id, project_id=_scope(ctx)
-        ),
-    )
-    if reply.location:
-        gw.image_store.delete(reply.location)
+    await delete_with_data(request, ctx, await _get(request, ctx))
     return Response(status_code=204)
 
 
@@ -326,7 +307,7 @@ async def upload_image(request: Request) -> Response:
     ctx = _ctx(request)
     ctx.require_write("upload_image")
     image = await _get(request, ctx)
-    _owned(ctx, image)
+    require_owner(ctx, image)
     if image.status != "queued":
         raise Conflict(f"Image {image.id} is {image.status}: its data cannot be replaced.")
     gw = gateway_of(request)
