@@ -633,6 +633,7 @@ class BuildInstanceCommand(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    DHCP_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per command; also the NATS message id."""
     attempt: _builtins.int
@@ -641,16 +642,24 @@ class BuildInstanceCommand(_message.Message):
     def spec(self) -> Global___InstanceSpec:
         """What to build."""
 
+    @_builtins.property
+    def dhcp(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkDhcp]:
+        """The DHCP service this host runs for each network of spec.ports (distributed DHCP:
+        every host with a port on a network serves that network's guests on this host, with
+        the same server address and MAC, isolated from the VXLAN; docs/networking.md).
+        """
+
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
         spec: Global___InstanceSpec | None = ...,
         attempt: _builtins.int = ...,
+        dhcp: _abc.Iterable[Global___NetworkDhcp] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "request_id", b"request_id", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "dhcp", b"dhcp", "request_id", b"request_id", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
