@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 APT_PACKAGES=(libvirt-dev pkg-config gcc python3-venv python3-dev
   libvirt-daemon-system qemu-system-x86 qemu-utils dnsmasq-base
-  busybox-static cpio postgresql novnc)
+  busybox-static cpio postgresql novnc chromium chromium-driver)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -23,4 +23,6 @@ pg_ready && echo "postgresql: up" || echo "postgresql: NOT reachable on 127.0.0.
 if command -v libvirtd >/dev/null; then
   "${VENV:-.venv}/bin/loom" prepare-host || echo "libvirtd: not ready for real guests" >&2
 fi
+# OpenStack's dashboard for tests/e2e/test_horizon.py, in a virtualenv of its own.
+scripts/horizon/install.sh || echo "horizon: not installed" >&2
 exit 0
