@@ -264,6 +264,18 @@ def one(request: Request, key: str, item: dict[str, Any]) -> Response:
     return ok({key: item})
 
 
+async def get_by_id(request: Request, policy: str, rpc: str) -> Any:
+    """The reply to a read of one resource by the id in its path: the caller must be
+    allowed `policy`; the NetworkService method `rpc` (with its request message of the same
+    name) finds it in the caller's scope (NotFound otherwise)."""
+    ctx = context(request)
+    ctx.require_read(policy)
+    message = getattr(pb, f"{rpc}Request")
+    return await call(
+        getattr(stub(request), rpc), message(scope=scope(ctx), id=request.path_params["id"])
+    )
+
+
 async def delete_by_id(request: Request, policy: str, rpc: str) -> Response:
     """A DELETE of one resource by the id in its path: the caller must be allowed `policy`;
     the NetworkService method `rpc` (with its request message of the same name) deletes it

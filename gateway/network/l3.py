@@ -18,6 +18,7 @@ from gateway.network.common import (
     context,
     delete_by_id,
     encodable,
+    get_by_id,
     listing,
     one,
     resource_body,
@@ -87,12 +88,7 @@ async def create_router(request: Request) -> Response:
 @documented(tag=TAG)
 async def show_router(request: Request) -> Response:
     """One router."""
-    ctx = context(request)
-    ctx.require_read("get_router")
-    reply = await call(
-        stub(request).GetRouter,
-        pb.GetRouterRequest(scope=scope(ctx), id=request.path_params["id"]),
-    )
+    reply = await get_by_id(request, "get_router", "GetRouter")
     return one(request, "router", views.router(reply.router))
 
 
@@ -218,12 +214,7 @@ async def create_floating_ip(request: Request) -> Response:
 @documented(tag=TAG)
 async def show_floating_ip(request: Request) -> Response:
     """One floating IP."""
-    ctx = context(request)
-    ctx.require_read("get_floatingip")
-    reply = await call(
-        stub(request).GetFloatingIp,
-        pb.GetFloatingIpRequest(scope=scope(ctx), id=request.path_params["id"]),
-    )
+    reply = await get_by_id(request, "get_floatingip", "GetFloatingIp")
     return one(request, "floatingip", views.floating_ip(reply.floating_ip))
 
 

@@ -16,6 +16,7 @@ from gateway.network.common import (
     call,
     context,
     delete_by_id,
+    get_by_id,
     listing,
     one,
     resource_body,
@@ -78,12 +79,7 @@ async def create_network(request: Request) -> Response:
 @documented(tag=TAG)
 async def show_network(request: Request) -> Response:
     """One network."""
-    ctx = context(request)
-    ctx.require_read("get_network")
-    reply = await call(
-        stub(request).GetNetwork,
-        pb.GetNetworkRequest(scope=scope(ctx), id=request.path_params["id"]),
-    )
+    reply = await get_by_id(request, "get_network", "GetNetwork")
     return one(request, "network", views.network(reply.network))
 
 
@@ -182,12 +178,7 @@ async def create_subnet(request: Request) -> Response:
 @documented(tag=TAG)
 async def show_subnet(request: Request) -> Response:
     """One subnet."""
-    ctx = context(request)
-    ctx.require_read("get_subnet")
-    reply = await call(
-        stub(request).GetSubnet,
-        pb.GetSubnetRequest(scope=scope(ctx), id=request.path_params["id"]),
-    )
+    reply = await get_by_id(request, "get_subnet", "GetSubnet")
     return one(request, "subnet", views.subnet(reply.subnet))
 
 

@@ -15,6 +15,7 @@ from gateway.network.common import (
     call,
     context,
     delete_by_id,
+    get_by_id,
     listing,
     one,
     resource_body,
@@ -106,12 +107,8 @@ async def create_port(request: Request) -> Response:
 @documented(tag=TAG)
 async def show_port(request: Request) -> Response:
     """One port."""
-    ctx = context(request)
-    ctx.require_read("get_port")
-    reply = await call(
-        stub(request).GetPort, pb.GetPortRequest(scope=scope(ctx), id=request.path_params["id"])
-    )
-    return one(request, "port", views.port(reply.port, admin=ctx.is_admin))
+    reply = await get_by_id(request, "get_port", "GetPort")
+    return one(request, "port", views.port(reply.port, admin=context(request).is_admin))
 
 
 @documented(body=schemas.wrapped("port", schemas.PORT_UPDATE), tag=TAG)

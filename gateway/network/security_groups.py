@@ -15,6 +15,7 @@ from gateway.network.common import (
     call,
     context,
     delete_by_id,
+    get_by_id,
     listing,
     one,
     resource_body,
@@ -66,12 +67,7 @@ async def create_security_group(request: Request) -> Response:
 @documented(tag=TAG)
 async def show_security_group(request: Request) -> Response:
     """One security group with its rules."""
-    ctx = context(request)
-    ctx.require_read("get_security_group")
-    reply = await call(
-        stub(request).GetSecurityGroup,
-        pb.GetSecurityGroupRequest(scope=scope(ctx), id=request.path_params["id"]),
-    )
+    reply = await get_by_id(request, "get_security_group", "GetSecurityGroup")
     return one(request, "security_group", views.security_group(reply.security_group))
 
 
@@ -145,12 +141,7 @@ async def create_rule(request: Request) -> Response:
 @documented(tag=TAG)
 async def show_rule(request: Request) -> Response:
     """One security group rule."""
-    ctx = context(request)
-    ctx.require_read("get_security_group_rule")
-    reply = await call(
-        stub(request).GetSecurityGroupRule,
-        pb.GetSecurityGroupRuleRequest(scope=scope(ctx), id=request.path_params["id"]),
-    )
+    reply = await get_by_id(request, "get_security_group_rule", "GetSecurityGroupRule")
     return one(request, "security_group_rule", views.rule(reply.rule))
 
 
