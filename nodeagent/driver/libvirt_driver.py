@@ -12,6 +12,7 @@ only the domains whose metadata names its host.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import shutil
@@ -19,6 +20,8 @@ import stat
 import threading
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,7 +30,12 @@ from google.protobuf import json_format
 from loom.compute.v1 import agent_bus_pb2
 
 from controlplane.runtime import tracing
-from nodeagent.configdrive import ConfigDriveError, wants_config_drive, write_config_drive
+from nodeagent.configdrive import (
+    ConfigDriveError,
+    metadata_tree,
+    wants_config_drive,
+    write_config_drive,
+)
 from nodeagent.driver.base import (
     ActionFailed,
     BuildFailed,
@@ -49,7 +57,15 @@ from nodeagent.driver.hypervisor import choose_virt_type
 from nodeagent.images.cache import ImageCache, ImageWanted
 from nodeagent.images.disks import DISK_FORMATS, GIB, create_blank, create_overlay
 from nodeagent.images.source import ImageError
-from nodeagent.network import CommandError, HostDataPlane, Port, port_from_proto
+from nodeagent.network import (
+    CommandError,
+    DhcpLease,
+    HostDataPlane,
+    NetworkDhcp,
+    Port,
+    dhcp_from_proto,
+    port_from_proto,
+)
 from nodeagent.network.model import InvalidNetworkInput
 
 log = logging.getLogger(__name__)
@@ -74,6 +90,11 @@ DEFAULT_CMDLINE = "console=ttyS0"
 _IMAGES_FILE = "images.json"
 # The ids of the ports wired for the instance, so delete unplugs exactly those.
 _PORTS_FILE = "ports.json"
+# The DHCP services its build command carried (with when they were recorded: the newest
+# record of a network wins), and its metadata service documents: a restart, a host
+# reboot or reconcile serves both again from these.
+_DHCP_FILE = "dhcp.json"
+_METADATA_FILE = "metadata.json"
 _CONFIG_DRIVE = "disk.config"
 # The id of the rebuild that made the instance's current disks (a redelivered rebuild
 # command finds it and changes nothing).
@@ -87,6 +108,24 @@ _silenced_done = False
 
 class NoDataPlane(RuntimeError):
     """A real host without a network data plane was asked to attach ports."""
+
+
+@dataclass(frozen=True)
+class NetworkWiring:
+    """A build's network input, validated before anything on the host changes."""
+
+    ports: list[Port]
+    dhcp_messages: list[agent_bus_pb2.NetworkDhcp]
+    dhcp: dict[str, NetworkDhcp]
+    documents: dict[str, bytes]  # the metadata service's answers (configdrive.metadata_tree)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Writes a file only root reads (it holds user data and keys), atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o600)
+    tmp.replace(path)
 
 
 def silence_libvirt_stderr() -> None:
@@ -352,7 +391,13 @@ class LibvirtDriver:
 
     # -- verbs --------------------------------------------------------------------------
 
-    def create(self, spec: agent_bus_pb2.InstanceSpec, *, power_on: bool = True) -> PowerState:
+    def create(
+        self,
+        spec: agent_bus_pb2.InstanceSpec,
+        *,
+        power_on: bool = True,
+        dhcp: Sequence[agent_bus_pb2.NetworkDhcp] = (),
+    ) -> PowerState:
         existing = self._lookup(spec.instance_id)
         if existing is not None:
             return self._power(existing)
@@ -363,8 +408,11 @@ class LibvirtDriver:
         if self._latency_s:
             time.sleep(self._latency_s)  # a simulated slow hypervisor (off the loop)
         dom: Any = None
-        step = "prepare the instance folder"
+        step = "check the ports"
         try:
+            # Before anything changes: a bad binding or DHCP service fails the build here.
+            wiring = self._network_wiring(spec, dhcp)
+            step = "prepare the instance folder"
             self._instance_dir(spec.instance_id).mkdir(parents=True, exist_ok=True)
             kernel_boot = None
             if self._domain_type != "test":
@@ -372,7 +420,7 @@ class LibvirtDriver:
                 with tracing.span("agent image fetch and disks", {"loom.image_id": spec.image.id}):
                     kernel_boot = self._prepare_disks(spec)
             step = "wire the ports"
-            self._plug_ports(spec)
+            self._plug_ports(spec, wiring)
             config_drive = ""
             if self._domain_type != "test" and wants_config_drive(spec):
                 step = "write the config drive"
@@ -422,24 +470,151 @@ class LibvirtDriver:
         if dom is not None:
             self._remove_domain(dom)
         self._ownership.pop(instance_id, None)
-        self._unplug_ports(instance_id)
-        shutil.rmtree(self._instance_dir(instance_id), ignore_errors=True)
+        self._release_network(instance_id)
 
-    def _plug_ports(self, spec: agent_bus_pb2.InstanceSpec) -> None:
+    def _network_wiring(
+        self, spec: agent_bus_pb2.InstanceSpec, dhcp: Sequence[agent_bus_pb2.NetworkDhcp]
+    ) -> NetworkWiring:
+        """The spec's ports, DHCP services and metadata documents, validated. Raises
+        InvalidNetworkInput or ConfigDriveError with a sentence for the instance's owner."""
+        ports = [port_from_proto(p) for p in spec.ports]
+        vnis = {p.network_id: p.vni for p in ports}
+        services: dict[str, NetworkDhcp] = {}
+        for msg in dhcp:
+            try:
+                service = dhcp_from_proto(msg)
+            except InvalidNetworkInput as exc:
+                raise InvalidNetworkInput(
+                    f"The DHCP service of a network is invalid: {exc}."
+                ) from exc
+            if service.network_id not in vnis:
+                raise InvalidNetworkInput(
+                    "A DHCP service was given for a network that none of the ports is on."
+                )
+            if service.vni != vnis[service.network_id]:
+                raise InvalidNetworkInput(
+                    "A DHCP service's vni differs from its network's segmentation_id."
+                )
+            if service.network_id in services:
+                raise InvalidNetworkInput("Two DHCP services were given for one network.")
+            services[service.network_id] = service
+        documents = metadata_tree(spec) if ports and self.dataplane is not None else {}
+        return NetworkWiring(ports, list(dhcp), services, documents)
+
+    def _plug_ports(self, spec: agent_bus_pb2.InstanceSpec, wiring: NetworkWiring) -> None:
         """Wires every port before the domain is defined (its taps must exist when it
-        starts), recording their ids first so a failure halfway is cleaned up."""
-        if not spec.ports:
+        starts), recording the ports, DHCP services and metadata first so a failure
+        halfway is cleaned up and a restart serves them again."""
+        if not wiring.ports:
             return
-        ports = [port_from_proto(p) for p in spec.ports]  # validates all before any change
         if self.dataplane is None:
             if self._domain_type == "test":
                 return  # a simulated host: the ports live in the domain XML only
             raise NoDataPlane("This host has no network data plane; ports cannot be attached.")
-        record = self._instance_dir(spec.instance_id) / _PORTS_FILE
-        record.write_text(json.dumps([json_format.MessageToDict(p) for p in spec.ports]))
+        folder = self._instance_dir(spec.instance_id)
+        (folder / _PORTS_FILE).write_text(
+            json.dumps([json_format.MessageToDict(p) for p in spec.ports])
+        )
+        _write_private(
+            folder / _DHCP_FILE,
+            json.dumps(
+                {
+                    "recorded_at_ns": time.time_ns(),
+                    "dhcp": [json_format.MessageToDict(d) for d in wiring.dhcp_messages],
+                }
+            ),
+        )
+        _write_private(
+            folder / _METADATA_FILE,
+            json.dumps({k: base64.b64encode(v).decode() for k, v in wiring.documents.items()}),
+        )
         with tracing.span("agent plug ports"):
-            for port in ports:
-                self.dataplane.plug(port)
+            self._wire(wiring.ports, spec.instance_id)
+
+    def _wire(self, ports: list[Port], instance_id: str) -> None:
+        """Plugs `ports` with their networks' DHCP as the host's instance folders now want
+        it, and serves the instance's metadata documents."""
+        assert self.dataplane is not None
+        services = self.dhcp_services()
+        for port in ports:
+            self.dataplane.plug(port, services.get(port.network_id))
+        self._publish_metadata(ports, instance_id)
+
+    def _publish_metadata(self, ports: list[Port], instance_id: str) -> None:
+        assert self.dataplane is not None
+        documents = self._recorded_metadata(instance_id)
+        if not documents:
+            return
+        for port in ports:
+            self.dataplane.publish_metadata(port, documents)
+
+    def _recorded_metadata(self, instance_id: str) -> dict[str, bytes]:
+        try:
+            raw = json.loads((self._instance_dir(instance_id) / _METADATA_FILE).read_text())
+            return {str(k): base64.b64decode(v) for k, v in raw.items()}
+        except (OSError, ValueError, AttributeError):
+            return {}
+
+    def _recorded_dhcp(self, instance_id: str) -> tuple[int, list[NetworkDhcp]]:
+        """(when recorded, the DHCP services) of the instance's build, from its folder."""
+        try:
+            raw = json.loads((self._instance_dir(instance_id) / _DHCP_FILE).read_text())
+            services = [
+                dhcp_from_proto(json_format.ParseDict(item, agent_bus_pb2.NetworkDhcp()))
+                for item in raw["dhcp"]
+            ]
+            return int(raw["recorded_at_ns"]), services
+        except (OSError, ValueError, KeyError, TypeError, json_format.ParseError):
+            return 0, []
+
+    def _recorded_dhcp_messages(self, instance_id: str) -> list[agent_bus_pb2.NetworkDhcp]:
+        try:
+            raw = json.loads((self._instance_dir(instance_id) / _DHCP_FILE).read_text())
+            return [
+                json_format.ParseDict(item, agent_bus_pb2.NetworkDhcp()) for item in raw["dhcp"]
+            ]
+        except (OSError, ValueError, KeyError, TypeError, json_format.ParseError):
+            return []
+
+    def _instance_folders(self) -> list[str]:
+        if not self.instances_dir.is_dir():
+            return []
+        return [
+            f.name
+            for f in sorted(self.instances_dir.iterdir())
+            if f.is_dir() and f.name != _BASE_DIR
+        ]
+
+    def dhcp_services(self) -> dict[str, NetworkDhcp]:
+        """The DHCP service this host runs for each network its instances have ports on,
+        from the instance folders: the newest recorded service of the network (subnets,
+        MTU, server MAC), holding the leases of this host's ports only (a lease from the
+        newest record that has it). A departed instance's lease goes with its folder."""
+        records: list[tuple[int, NetworkDhcp]] = []
+        local_macs: dict[str, set[str]] = {}
+        for name in self._instance_folders():
+            for port in self._recorded_ports(name):
+                local_macs.setdefault(port.network_id, set()).add(port.mac)
+            when, services = self._recorded_dhcp(name)
+            records += [(when, s) for s in services]
+        newest: dict[str, NetworkDhcp] = {}
+        leases: dict[str, dict[str, DhcpLease]] = {}
+        for _when, service in sorted(records, key=lambda r: r[0]):
+            newest[service.network_id] = service
+            for lease in service.leases:
+                leases.setdefault(service.network_id, {})[lease.mac] = lease
+        return {
+            net: replace(
+                service,
+                leases=tuple(
+                    lease
+                    for mac, lease in sorted(leases.get(net, {}).items())
+                    if mac in local_macs.get(net, set())
+                ),
+            )
+            for net, service in newest.items()
+            if net in local_macs
+        }
 
     def _recorded_ports(self, instance_id: str) -> list[Port]:
         """The ports wired for the instance at its build, from its folder."""
@@ -454,33 +629,44 @@ class LibvirtDriver:
             return []
 
     def _unplug_ports(self, instance_id: str) -> None:
+        """Unplugs the instance's ports; call with its folder gone, or about to go."""
         if self.dataplane is None:
             return
         for port in self._recorded_ports(instance_id):
             self.dataplane.unplug(port.port_id)
 
+    def _release_network(self, instance_id: str) -> None:
+        """Unplugs the instance's ports and removes its folder; the DHCP of networks that
+        keep ports here is served again without its leases."""
+        ports = self._recorded_ports(instance_id) if self.dataplane is not None else []
+        self._unplug_ports(instance_id)
+        shutil.rmtree(self._instance_dir(instance_id), ignore_errors=True)
+        if self.dataplane is None or not ports:
+            return
+        services = self.dhcp_services()
+        for network_id in {p.network_id for p in ports}:
+            if network_id in services:
+                self.dataplane.ensure_dhcp(services[network_id])
+
     def _start_domain(self, dom: Any, instance_id: str) -> None:
-        # A host reboot takes taps, bridges and chains with it: wire the ports again
+        # A host reboot takes taps, bridges, chains and DHCP with it: wire the ports again
         # (idempotent, quick when all is there) before QEMU opens the taps.
         if self.dataplane is not None:
-            for port in self._recorded_ports(instance_id):
-                self.dataplane.plug(port)
+            self._wire(self._recorded_ports(instance_id), instance_id)
         dom.create()
 
     def reconcile_network(self) -> None:
-        """Makes the host's data plane hold exactly the ports of this host's instance
-        folders: after an agent restart or a host reboot, missing taps, bridges and
-        chains come back and those of deleted instances go. DHCP services of networks
-        that still have ports are left as they are."""
+        """Makes the host's data plane hold exactly the ports, DHCP services and metadata
+        documents of this host's instance folders: after an agent restart or a host
+        reboot, missing taps, bridges, chains, dnsmasq and metadata servers come back and
+        those of deleted instances go."""
         if self.dataplane is None or not self.instances_dir.is_dir():
             return
-        wanted = [
-            port
-            for folder in sorted(self.instances_dir.iterdir())
-            if folder.is_dir() and folder.name != _BASE_DIR
-            for port in self._recorded_ports(folder.name)
-        ]
-        self.dataplane.reconcile(wanted, None)
+        folders = self._instance_folders()
+        wanted = [port for name in folders for port in self._recorded_ports(name)]
+        self.dataplane.reconcile(wanted, list(self.dhcp_services().values()))
+        for name in folders:
+            self._publish_metadata(self._recorded_ports(name), name)
 
     def start(self, instance_id: str) -> PowerState:
         dom = self._require(instance_id)
@@ -583,8 +769,10 @@ class LibvirtDriver:
             done = False
         if done:
             return self._power(dom)
+        # The rebuild command carries no DHCP services: the build's record serves again.
+        dhcp = self._recorded_dhcp_messages(spec.instance_id)
         self.destroy(spec.instance_id)
-        state = self.create(spec, power_on=power_on)
+        state = self.create(spec, power_on=power_on, dhcp=dhcp)
         marker.write_text(rebuild_id)
         return state
 
@@ -634,8 +822,7 @@ class LibvirtDriver:
         if dom is not None:
             self._remove_domain(dom)
         self._ownership.pop(instance_id, None)
-        self._unplug_ports(instance_id)
-        shutil.rmtree(self._instance_dir(instance_id), ignore_errors=True)
+        self._release_network(instance_id)
 
     @staticmethod
     def _remove_domain(dom: Any) -> None:

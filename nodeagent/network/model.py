@@ -13,6 +13,8 @@ from typing import Literal
 
 from loom.compute.v1 import agent_bus_pb2
 
+# Where guests find the metadata service (OpenStack and EC2 layouts), on every network.
+METADATA_IP = "169.254.169.254"
 DEFAULT_MTU = 1450  # 1500 on the underlay less the 50 bytes VXLAN over IPv4 adds
 
 _ID = re.compile(r"^[0-9a-zA-Z][0-9a-zA-Z-]{10,63}$")
