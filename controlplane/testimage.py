@@ -104,7 +104,9 @@ if ip link show eth0 >/dev/null 2>&1; then
   ip link set lo up
   dhcp_args="-i eth0 -n -q -t 10 -T 2 -O mtu -O staticroutes -s /bin/udhcpc.script"
   if udhcpc $dhcp_args >/dev/null 2>&1; then
-    meta=$(wget -q -T 5 -O - http://169.254.169.254/openstack/latest/meta_data.json 2>/dev/null)
+    meta_url=http://169.254.169.254/openstack/latest/meta_data.json
+    # (busybox wget -T crashes in Debian's static build: timeout bounds it instead)
+    meta=$(timeout 10 wget -q -O - "$meta_url" 2>/dev/null)
     if [ -n "$meta" ]; then
       uuid=$(echo "$meta" | sed -n 's/.*"uuid": "\\([^"]*\\)".*/\\1/p')
       host=$(echo "$meta" | sed -n 's/.*"hostname": "\\([^"]*\\)".*/\\1/p')
