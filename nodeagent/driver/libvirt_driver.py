@@ -12,7 +12,6 @@ only the domains whose metadata names its host.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import shutil
@@ -21,21 +20,15 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import libvirt
-from google.protobuf import json_format
 from loom.compute.v1 import agent_bus_pb2
 
 from controlplane.runtime import tracing
-from nodeagent.configdrive import (
-    ConfigDriveError,
-    metadata_tree,
-    wants_config_drive,
-    write_config_drive,
-)
+from nodeagent.configdrive import ConfigDriveError, wants_config_drive, write_config_drive
+from nodeagent.driver import netrecords
 from nodeagent.driver.base import (
     ActionFailed,
     BuildFailed,
@@ -57,15 +50,7 @@ from nodeagent.driver.hypervisor import choose_virt_type
 from nodeagent.images.cache import ImageCache, ImageWanted
 from nodeagent.images.disks import DISK_FORMATS, GIB, create_blank, create_overlay
 from nodeagent.images.source import ImageError
-from nodeagent.network import (
-    CommandError,
-    DhcpLease,
-    HostDataPlane,
-    NetworkDhcp,
-    Port,
-    dhcp_from_proto,
-    port_from_proto,
-)
+from nodeagent.network import CommandError, HostDataPlane, Port
 from nodeagent.network.model import InvalidNetworkInput
 
 log = logging.getLogger(__name__)
@@ -88,13 +73,6 @@ DEFAULT_CMDLINE = "console=ttyS0"
 # Which cached images an instance's disks and boot files use, kept in its folder so the
 # cache can tell what is in use without asking libvirt.
 _IMAGES_FILE = "images.json"
-# The ids of the ports wired for the instance, so delete unplugs exactly those.
-_PORTS_FILE = "ports.json"
-# The DHCP services its build command carried (with when they were recorded: the newest
-# record of a network wins), and its metadata service documents: a restart, a host
-# reboot or reconcile serves both again from these.
-_DHCP_FILE = "dhcp.json"
-_METADATA_FILE = "metadata.json"
 _CONFIG_DRIVE = "disk.config"
 # The id of the rebuild that made the instance's current disks (a redelivered rebuild
 # command finds it and changes nothing).
@@ -108,24 +86,6 @@ _silenced_done = False
 
 class NoDataPlane(RuntimeError):
     """A real host without a network data plane was asked to attach ports."""
-
-
-@dataclass(frozen=True)
-class NetworkWiring:
-    """A build's network input, validated before anything on the host changes."""
-
-    ports: list[Port]
-    dhcp_messages: list[agent_bus_pb2.NetworkDhcp]
-    dhcp: dict[str, NetworkDhcp]
-    documents: dict[str, bytes]  # the metadata service's answers (configdrive.metadata_tree)
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Writes a file only root reads (it holds user data and keys), atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.chmod(0o600)
-    tmp.replace(path)
 
 
 def silence_libvirt_stderr() -> None:
@@ -411,7 +371,9 @@ class LibvirtDriver:
         step = "check the ports"
         try:
             # Before anything changes: a bad binding or DHCP service fails the build here.
-            wiring = self._network_wiring(spec, dhcp)
+            wiring = netrecords.network_wiring(
+                spec, dhcp, with_documents=self.dataplane is not None
+            )
             step = "prepare the instance folder"
             self._instance_dir(spec.instance_id).mkdir(parents=True, exist_ok=True)
             kernel_boot = None
@@ -472,36 +434,9 @@ class LibvirtDriver:
         self._ownership.pop(instance_id, None)
         self._release_network(instance_id)
 
-    def _network_wiring(
-        self, spec: agent_bus_pb2.InstanceSpec, dhcp: Sequence[agent_bus_pb2.NetworkDhcp]
-    ) -> NetworkWiring:
-        """The spec's ports, DHCP services and metadata documents, validated. Raises
-        InvalidNetworkInput or ConfigDriveError with a sentence for the instance's owner."""
-        ports = [port_from_proto(p) for p in spec.ports]
-        vnis = {p.network_id: p.vni for p in ports}
-        services: dict[str, NetworkDhcp] = {}
-        for msg in dhcp:
-            try:
-                service = dhcp_from_proto(msg)
-            except InvalidNetworkInput as exc:
-                raise InvalidNetworkInput(
-                    f"The DHCP service of a network is invalid: {exc}."
-                ) from exc
-            if service.network_id not in vnis:
-                raise InvalidNetworkInput(
-                    "A DHCP service was given for a network that none of the ports is on."
-                )
-            if service.vni != vnis[service.network_id]:
-                raise InvalidNetworkInput(
-                    "A DHCP service's vni differs from its network's segmentation_id."
-                )
-            if service.network_id in services:
-                raise InvalidNetworkInput("Two DHCP services were given for one network.")
-            services[service.network_id] = service
-        documents = metadata_tree(spec) if ports and self.dataplane is not None else {}
-        return NetworkWiring(ports, list(dhcp), services, documents)
-
-    def _plug_ports(self, spec: agent_bus_pb2.InstanceSpec, wiring: NetworkWiring) -> None:
+    def _plug_ports(
+        self, spec: agent_bus_pb2.InstanceSpec, wiring: netrecords.NetworkWiring
+    ) -> None:
         """Wires every port before the domain is defined (its taps must exist when it
         starts), recording the ports, DHCP services and metadata first so a failure
         halfway is cleaned up and a restart serves them again."""
@@ -511,122 +446,37 @@ class LibvirtDriver:
             if self._domain_type == "test":
                 return  # a simulated host: the ports live in the domain XML only
             raise NoDataPlane("This host has no network data plane; ports cannot be attached.")
-        folder = self._instance_dir(spec.instance_id)
-        (folder / _PORTS_FILE).write_text(
-            json.dumps([json_format.MessageToDict(p) for p in spec.ports])
-        )
-        _write_private(
-            folder / _DHCP_FILE,
-            json.dumps(
-                {
-                    "recorded_at_ns": time.time_ns(),
-                    "dhcp": [json_format.MessageToDict(d) for d in wiring.dhcp_messages],
-                }
-            ),
-        )
-        _write_private(
-            folder / _METADATA_FILE,
-            json.dumps({k: base64.b64encode(v).decode() for k, v in wiring.documents.items()}),
-        )
+        netrecords.write(self._instance_dir(spec.instance_id), wiring)
         with tracing.span("agent plug ports"):
-            self._wire(wiring.ports, spec.instance_id)
+            self._wire(spec.instance_id)
 
-    def _wire(self, ports: list[Port], instance_id: str) -> None:
-        """Plugs `ports` with their networks' DHCP as the host's instance folders now want
-        it, and serves the instance's metadata documents."""
+    def _wire(self, instance_id: str) -> None:
+        """Plugs the instance's recorded ports with their networks' DHCP (as the host's
+        instance folders now want it) and serves its metadata documents."""
         assert self.dataplane is not None
-        services = self.dhcp_services()
+        ports = self._recorded_ports(instance_id)
+        services = netrecords.dhcp_services(self._instance_folders())
         for port in ports:
             self.dataplane.plug(port, services.get(port.network_id))
-        self._publish_metadata(ports, instance_id)
+        self._publish_metadata(instance_id, ports)
 
-    def _publish_metadata(self, ports: list[Port], instance_id: str) -> None:
+    def _publish_metadata(self, instance_id: str, ports: list[Port]) -> None:
         assert self.dataplane is not None
-        documents = self._recorded_metadata(instance_id)
-        if not documents:
-            return
-        for port in ports:
-            self.dataplane.publish_metadata(port, documents)
+        documents = netrecords.metadata(self._instance_dir(instance_id))
+        if documents:
+            for port in ports:
+                self.dataplane.publish_metadata(port, documents)
 
-    def _recorded_metadata(self, instance_id: str) -> dict[str, bytes]:
-        try:
-            raw = json.loads((self._instance_dir(instance_id) / _METADATA_FILE).read_text())
-            return {str(k): base64.b64decode(v) for k, v in raw.items()}
-        except (OSError, ValueError, AttributeError):
-            return {}
-
-    def _recorded_dhcp(self, instance_id: str) -> tuple[int, list[NetworkDhcp]]:
-        """(when recorded, the DHCP services) of the instance's build, from its folder."""
-        try:
-            raw = json.loads((self._instance_dir(instance_id) / _DHCP_FILE).read_text())
-            services = [
-                dhcp_from_proto(json_format.ParseDict(item, agent_bus_pb2.NetworkDhcp()))
-                for item in raw["dhcp"]
-            ]
-            return int(raw["recorded_at_ns"]), services
-        except (OSError, ValueError, KeyError, TypeError, json_format.ParseError):
-            return 0, []
-
-    def _recorded_dhcp_messages(self, instance_id: str) -> list[agent_bus_pb2.NetworkDhcp]:
-        try:
-            raw = json.loads((self._instance_dir(instance_id) / _DHCP_FILE).read_text())
-            return [
-                json_format.ParseDict(item, agent_bus_pb2.NetworkDhcp()) for item in raw["dhcp"]
-            ]
-        except (OSError, ValueError, KeyError, TypeError, json_format.ParseError):
-            return []
-
-    def _instance_folders(self) -> list[str]:
+    def _instance_folders(self) -> list[Path]:
         if not self.instances_dir.is_dir():
             return []
         return [
-            f.name
-            for f in sorted(self.instances_dir.iterdir())
-            if f.is_dir() and f.name != _BASE_DIR
+            f for f in sorted(self.instances_dir.iterdir()) if f.is_dir() and f.name != _BASE_DIR
         ]
-
-    def dhcp_services(self) -> dict[str, NetworkDhcp]:
-        """The DHCP service this host runs for each network its instances have ports on,
-        from the instance folders: the newest recorded service of the network (subnets,
-        MTU, server MAC), holding the leases of this host's ports only (a lease from the
-        newest record that has it). A departed instance's lease goes with its folder."""
-        records: list[tuple[int, NetworkDhcp]] = []
-        local_macs: dict[str, set[str]] = {}
-        for name in self._instance_folders():
-            for port in self._recorded_ports(name):
-                local_macs.setdefault(port.network_id, set()).add(port.mac)
-            when, services = self._recorded_dhcp(name)
-            records += [(when, s) for s in services]
-        newest: dict[str, NetworkDhcp] = {}
-        leases: dict[str, dict[str, DhcpLease]] = {}
-        for _when, service in sorted(records, key=lambda r: r[0]):
-            newest[service.network_id] = service
-            for lease in service.leases:
-                leases.setdefault(service.network_id, {})[lease.mac] = lease
-        return {
-            net: replace(
-                service,
-                leases=tuple(
-                    lease
-                    for mac, lease in sorted(leases.get(net, {}).items())
-                    if mac in local_macs.get(net, set())
-                ),
-            )
-            for net, service in newest.items()
-            if net in local_macs
-        }
 
     def _recorded_ports(self, instance_id: str) -> list[Port]:
         """The ports wired for the instance at its build, from its folder."""
-        record = self._instance_dir(instance_id) / _PORTS_FILE
-        try:
-            raw = json.loads(record.read_text())
-            return [
-                port_from_proto(json_format.ParseDict(item, agent_bus_pb2.PortBinding()))
-                for item in raw
-            ]
-        except (OSError, ValueError, json_format.ParseError):
-            return []
+        return netrecords.ports(self._instance_dir(instance_id))
 
     def _unplug_ports(self, instance_id: str) -> None:
         """Unplugs the instance's ports; call with its folder gone, or about to go."""
@@ -643,7 +493,7 @@ class LibvirtDriver:
         shutil.rmtree(self._instance_dir(instance_id), ignore_errors=True)
         if self.dataplane is None or not ports:
             return
-        services = self.dhcp_services()
+        services = netrecords.dhcp_services(self._instance_folders())
         for network_id in {p.network_id for p in ports}:
             if network_id in services:
                 self.dataplane.ensure_dhcp(services[network_id])
@@ -652,7 +502,7 @@ class LibvirtDriver:
         # A host reboot takes taps, bridges, chains and DHCP with it: wire the ports again
         # (idempotent, quick when all is there) before QEMU opens the taps.
         if self.dataplane is not None:
-            self._wire(self._recorded_ports(instance_id), instance_id)
+            self._wire(instance_id)
         dom.create()
 
     def reconcile_network(self) -> None:
@@ -663,10 +513,11 @@ class LibvirtDriver:
         if self.dataplane is None or not self.instances_dir.is_dir():
             return
         folders = self._instance_folders()
-        wanted = [port for name in folders for port in self._recorded_ports(name)]
-        self.dataplane.reconcile(wanted, list(self.dhcp_services().values()))
-        for name in folders:
-            self._publish_metadata(self._recorded_ports(name), name)
+        wanted = [port for folder in folders for port in netrecords.ports(folder)]
+        services = netrecords.dhcp_services(folders)
+        self.dataplane.reconcile(wanted, list(services.values()))
+        for folder in folders:
+            self._publish_metadata(folder.name, netrecords.ports(folder))
 
     def start(self, instance_id: str) -> PowerState:
         dom = self._require(instance_id)
@@ -770,7 +621,7 @@ class LibvirtDriver:
         if done:
             return self._power(dom)
         # The rebuild command carries no DHCP services: the build's record serves again.
-        dhcp = self._recorded_dhcp_messages(spec.instance_id)
+        dhcp = netrecords.dhcp_messages(self._instance_dir(spec.instance_id))
         self.destroy(spec.instance_id)
         state = self.create(spec, power_on=power_on, dhcp=dhcp)
         marker.write_text(rebuild_id)

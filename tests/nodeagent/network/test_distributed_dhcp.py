@@ -381,6 +381,7 @@ def test_a_later_build_updates_the_networks_dhcp_and_a_restart_brings_back_a_los
         ("other_network", "none of the ports is on"),
         ("other_vni", "vni differs"),
         ("twice", "Two DHCP services"),
+        ("server_mac_of_a_port", "dhcp_mac_address is also the MAC of a lease"),
     ],
 )
 def test_a_bad_dhcp_service_fails_the_build_before_anything_changes(
@@ -401,6 +402,8 @@ def test_a_bad_dhcp_service_fails_the_build_before_anything_changes(
         service.network_id = str(uuid.uuid4())
     elif change == "other_vni":
         service.vni = vni + 1
+    elif change == "server_mac_of_a_port":
+        service.dhcp_mac_address = port.mac_address
     else:
         services = [service, service]
     spec = make_spec(ports=[port])

@@ -115,7 +115,13 @@ def _spec(images: GuestImages, port: pb.PortBinding, cmdline: str) -> pb.Instanc
     )
 
 
-def _wait_for(driver: LibvirtDriver, iid: str, texts: list[str], wait: float = 150) -> str:
+def _wait_for(
+    driver: LibvirtDriver,
+    iid: str,
+    texts: list[str],
+    wait: float = 150,
+    dhcp_log: Path | None = None,
+) -> str:
     deadline = time.monotonic() + wait
     out = ""
     while time.monotonic() < deadline:
@@ -128,7 +134,8 @@ def _wait_for(driver: LibvirtDriver, iid: str, texts: list[str], wait: float = 1
         if "LOOM-IP none" in out or "LOOM-PING-FAIL" in out:
             break
         time.sleep(0.5)
-    pytest.fail(f"console lacks {[t for t in texts if t not in out]}:\n{out[-2000:]}")
+    log = dhcp_log.read_text()[-2000:] if dhcp_log is not None and dhcp_log.exists() else ""
+    pytest.fail(f"console lacks {[t for t in texts if t not in out]}:\n{out[-2000:]}\n{log}")
 
 
 def test_two_real_guests_read_their_config_drive_and_metadata_get_dhcp_and_ping_each_other(
@@ -143,7 +150,7 @@ def test_two_real_guests_read_their_config_drive_and_metadata_get_dhcp_and_ping_
         network_id=net,
         vni=vni,
         mtu=1450,
-        dhcp_mac_address="fa:16:3e:5a:00:02",
+        dhcp_mac_address="fa:16:3e:5a:00:fe",  # unlike any port's
         subnets=[
             pb.DhcpSubnet(
                 subnet_id="subnet-0000-0078",
@@ -175,9 +182,15 @@ def test_two_real_guests_read_their_config_drive_and_metadata_get_dhcp_and_ping_
             # Through the option 121 route to this host's metadata server.
             f"LOOM-METADATA uuid={s1.instance_id} hostname={s1.hostname}",
         ],
+        dhcp_log=plane.dhcp.folder(net) / "log",
     )
     assert "second line" not in out1
-    _wait_for(driver, s2.instance_id, ["LOOM-IP 10.78.0.12/24", "LOOM-PING-OK 10.78.0.11"])
+    _wait_for(
+        driver,
+        s2.instance_id,
+        ["LOOM-IP 10.78.0.12/24", "LOOM-PING-OK 10.78.0.11"],
+        dhcp_log=plane.dhcp.folder(net) / "log",
+    )
 
     driver.destroy(s1.instance_id)
     driver.destroy(s2.instance_id)
