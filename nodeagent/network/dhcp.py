@@ -131,6 +131,8 @@ class DhcpService:
         inside.run(["ip", "link", "set", "dev", "lo", "up"])
         inside.run(["ip", "link", "set", "dev", inner, "up"])
         wanted = {f"{s.server_ip}/{ipaddress.IPv4Network(s.cidr).prefixlen}" for s in dhcp.subnets}
+        # The metadata service's address lives here too (metadata.py): kept, never flapped.
+        wanted.add(f"{METADATA_IP}/32")
         have = set()
         for line in inside.run(["ip", "-4", "-o", "addr", "show", "dev", inner]).splitlines():
             parts = line.split()

@@ -138,6 +138,11 @@ def test_each_host_answers_dhcp_for_its_own_guests_only_and_guests_still_ping_ac
     h1.plug(p1, dhcp)
     h2.plug(p2, dhcp)
     h1.plug(p1, dhcp)  # idempotent
+    # Reloading DHCP alone keeps the metadata address beside the server's.
+    h1.dhcp.ensure(dhcp)
+    inner = sh("ip", "-4", "-o", "addr", "show", netns=h1.dhcp.namespace(net))
+    assert " 169.254.169.254/32 " in inner, inner
+    assert f" {SERVER_IP}/24 " in inner, inner
     for plane in (h1, h2):
         assert _isolated(plane, dhcp_bridge_end(net))
         assert _isolated(plane, f"vxlan-{vni}")
