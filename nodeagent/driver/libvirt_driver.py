@@ -207,9 +207,10 @@ class LibvirtDriver:
         if self.dataplane is not None:
             try:
                 self.reconcile_network()
-            except (CommandError, OSError, ValueError) as exc:
+            except (RuntimeError, OSError, ValueError) as exc:
                 # Ports are wired again at each start; a host that cannot reconcile its
-                # network still serves the rest.
+                # network still serves the rest. RuntimeError: a failed command
+                # (CommandError) or a dnsmasq or metadata server that did not start.
                 log.warning(
                     "network reconcile failed", extra={"host": self.host, "error": str(exc)}
                 )
