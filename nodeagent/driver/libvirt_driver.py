@@ -50,7 +50,7 @@ from nodeagent.driver.hypervisor import choose_virt_type
 from nodeagent.images.cache import ImageCache, ImageWanted
 from nodeagent.images.disks import DISK_FORMATS, GIB, create_blank, create_overlay
 from nodeagent.images.source import ImageError
-from nodeagent.network import CommandError, HostDataPlane, Port
+from nodeagent.network import HostDataPlane, Port
 from nodeagent.network.model import InvalidNetworkInput
 
 log = logging.getLogger(__name__)
@@ -407,7 +407,9 @@ class LibvirtDriver:
             )
             self._clean_up_build(dom, spec.instance_id)
             raise BuildFailed(str(exc)) from exc
-        except (libvirt.libvirtError, OSError, ValueError, CommandError) as exc:
+        except (libvirt.libvirtError, OSError, ValueError, RuntimeError) as exc:
+            # RuntimeError: a failed command (CommandError), or a DHCP or metadata server
+            # that did not start.
             log.warning(
                 "build failed",
                 extra={
