@@ -8,7 +8,8 @@ The agent downloads images from the gateway's Image v2 API with a service token 
 `loom up` keeps fresh in `<data_dir>/agent/image-token` (see controlplane.servicetoken).
 With `--hypervisor qemu` the agent drives qemu:///system (instances under
 `agent.instances_path`, default /var/lib/loom/instances, which QEMU's user can reach),
-and the test guest is built and registered as the image `loom-test-guest`. Every start
+and the test guest is built and registered as the image `loom-test-guest`; the agent's
+network data plane (bridges, VXLAN, DHCP, metadata) is on unless configured off. Every start
 makes sure the public image `loom-tiny` exists (controlplane.tinyimage), and the ready line
 ends with a command that boots a server from it, so a fresh Loom can boot at once.
 """
@@ -45,7 +46,7 @@ from controlplane.runtime.natsserver import (
 )
 from controlplane.seedfile import load_or_create
 from controlplane.servicetoken import ServiceToken, ServiceTokenError
-from nodeagent.service import host_names
+from nodeagent.service import default_vtep_address, host_names
 
 
 @dataclass
@@ -235,6 +236,20 @@ def _nats_users(directory: Path, agent_hosts: list[str]) -> list[natsauth.NatsUs
     return users
 
 
+def qemu_dataplane_env(cfg: LoomConfig) -> dict[str, str]:
+    """The agent's network data plane under `loom up --hypervisor qemu`: on unless the
+    configuration turns it off, so a server booted on a network gets its NIC, DHCP and
+    metadata. One host needs no VXLAN peers; its VTEP is the configured address or the
+    source address of the default route. Simulated hosts always skip the data plane."""
+    agent = cfg.agent
+    if "network_dataplane" in agent.model_fields_set and not agent.network_dataplane:
+        return {}
+    env = {"LOOM_AGENT__NETWORK_DATAPLANE": "true"}
+    if not agent.network_local_ip:
+        env["LOOM_AGENT__NETWORK_LOCAL_IP"] = default_vtep_address()
+    return env
+
+
 def _listen_or_free(listen: str) -> str:
     return listen if _port_free(listen) else f"127.0.0.1:{free_port()}"
 
@@ -323,6 +338,11 @@ def run_all_in_one(
         # QEMU runs as libvirt-qemu: every folder above its disks needs o+x.
         instances.mkdir(parents=True, exist_ok=True, mode=0o755)
         env["LOOM_AGENT__INSTANCES_PATH"] = str(instances)
+        dataplane = qemu_dataplane_env(cfg)
+        env.update(dataplane)
+        if dataplane:
+            vtep = dataplane.get("LOOM_AGENT__NETWORK_LOCAL_IP", cfg.agent.network_local_ip)
+            print(f"loom: network data plane on (VTEP {vtep})", flush=True)
     # If `loom up` itself is killed outright, its services must not live on. Each child
     # arranges that itself, so Popen can vfork() it: this process talks gRPC, and gRPC's
     # fork handlers can hang a plain fork() for good.

@@ -224,9 +224,11 @@ class AgentConfig(_Section):
     # so a rotated token needs no restart. Empty sends no token.
     image_token_file: str = ""
     # The network data plane (nodeagent/network, docs/networking.md): bridges, VXLAN, taps,
-    # DHCP and security groups for instances' ports. Off, ports are only described in the
-    # domain XML (enough for test:/// hosts, which skip the data plane and log so); a real
-    # host then refuses to build an instance with ports.
+    # DHCP, metadata and security groups for instances' ports. Off, ports are only
+    # described in the domain XML; a real host then refuses to build an instance with ports.
+    # Simulated (test:///) hosts always skip the data plane, on or off, and log so.
+    # `loom up --hypervisor qemu` turns it on unless it is set to false here (its VTEP:
+    # network_local_ip, else the default route's source address, else 127.0.0.1).
     network_dataplane: bool = False
     # This host's VTEP address and the device VXLAN leaves by (empty: routing decides).
     network_local_ip: str = ""

@@ -13,6 +13,7 @@ After MARKER the guest reads its config drive and network, printing one line eac
     LOOM-SSH-KEY sha256=<hex of the key blob> comment=<key comment>
     LOOM-USERDATA <first line of user_data>
     LOOM-IP <address>/<prefix> router=<gateway>                  (DHCP on eth0; or LOOM-IP none)
+    LOOM-METADATA uuid=<uuid> hostname=<hostname>                 (from 169.254.169.254; or none)
     LOOM-PING-OK <ip> | LOOM-PING-FAIL <ip>                       (for loom_ping=<ip>)
 """
 
@@ -43,7 +44,10 @@ case "$1" in
   bound|renew)
     ip addr flush dev "$interface"
     ip addr add "$ip/$mask" dev "$interface"
-    [ -n "$router" ] && ip route add default via "${router%% *}" dev "$interface"
+    # Option 121 (the metadata address via the DHCP server, and the default route).
+    set -- $staticroutes
+    while [ $# -ge 2 ]; do ip route replace "$1" via "$2" dev "$interface"; shift 2; done
+    [ -n "$router" ] && ip route replace default via "${router%% *}" dev "$interface"
     echo "LOOM-IP $ip/$mask router=$router" >/dev/console ;;
 esac
 exit 0
@@ -98,8 +102,21 @@ else
 fi
 if ip link show eth0 >/dev/null 2>&1; then
   ip link set lo up
-  udhcpc -i eth0 -n -q -t 10 -T 2 -O mtu -s /bin/udhcpc.script >/dev/null 2>&1 ||
+  dhcp_args="-i eth0 -n -q -t 10 -T 2 -O mtu -O staticroutes -s /bin/udhcpc.script"
+  if udhcpc $dhcp_args >/dev/null 2>&1; then
+    meta_url=http://169.254.169.254/openstack/latest/meta_data.json
+    # (busybox wget -T crashes in Debian's static build: timeout bounds it instead)
+    meta=$(timeout 10 wget -q -O - "$meta_url" 2>/dev/null)
+    if [ -n "$meta" ]; then
+      uuid=$(echo "$meta" | sed -n 's/.*"uuid": "\\([^"]*\\)".*/\\1/p')
+      host=$(echo "$meta" | sed -n 's/.*"hostname": "\\([^"]*\\)".*/\\1/p')
+      echo "LOOM-METADATA uuid=$uuid hostname=$host"
+    else
+      echo "LOOM-METADATA none"
+    fi
+  else
     echo "LOOM-IP none"
+  fi
   if [ -n "$ping_ip" ]; then
     ok=""
     for _ in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do

@@ -531,7 +531,7 @@ class HostAgent:
             )
         self._deleted.discard(iid)
         try:
-            state = await self.call_driver(self.driver.create, spec)
+            state = await self.call_driver(self.driver.create, spec, dhcp=list(cmd.dhcp))
         except BuildFailed as exc:
             self._forget(iid)
             return answer(m.BUILD_FAILED, PowerState.NOSTATE, str(exc))

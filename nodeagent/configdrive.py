@@ -20,6 +20,7 @@ import binascii
 import io
 import ipaddress
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,73 @@ def drive_files(spec: agent_bus_pb2.InstanceSpec) -> list[DriveFile]:
         if version >= _NETWORK_DATA_FROM:
             files.append(DriveFile(f"{base}/network_data.json", net))
     return files
+
+
+# The EC2-style versions the metadata service answers (cloud-init's EC2 source asks for
+# 2009-04-04); both hold the same documents.
+EC2_VERSIONS = ("2009-04-04", "latest")
+
+
+def ec2_meta_data(spec: agent_bus_pb2.InstanceSpec) -> dict[str, str]:
+    """The EC2 `meta-data/` leaves (path under meta-data -> value), from the same values as
+    meta_data.json and network_data.json."""
+    meta = meta_data(spec)
+    name = re.fullmatch(r"instance-([0-9a-f]{8})", spec.instance_name)
+    leaves = {
+        # Nova's EC2 id: i- and the instance's number in hex, as its name carries it.
+        "instance-id": f"i-{name.group(1)}" if name else str(meta["uuid"]),
+        "ami-launch-index": str(meta["launch_index"]),
+        "hostname": str(meta["hostname"]),
+        "local-hostname": str(meta["hostname"]),
+        "placement/availability-zone": str(meta["availability_zone"]),
+    }
+    ips = [n["ip_address"] for n in network_data(spec)["networks"]]
+    if ips:
+        leaves["local-ipv4"] = ips[0]
+    for n, key in enumerate(meta.get("keys", [])):
+        if key["type"] == "ssh":
+            leaves[f"public-keys/{n}/openssh-key"] = key["data"]
+    return leaves
+
+
+def metadata_tree(spec: agent_bus_pb2.InstanceSpec) -> dict[str, bytes]:
+    """Every answer of the metadata service for this instance, path (no leading or trailing
+    slash) -> body: the config drive's files under `openstack/`, the EC2 layout under
+    `<version>/meta-data/` and `<version>/user-data`, and a listing for every folder
+    (one name a line; a sub-folder ends in `/` in the EC2 layout, and `public-keys` lists
+    `<n>=<key name>` as EC2 does). Raises ConfigDriveError for bad user data."""
+    tree: dict[str, bytes] = {}
+    listing: dict[str, list[str]] = {}
+
+    def add(path: str, body: bytes, *, ec2: bool) -> None:
+        tree[path] = body
+        parts = path.split("/")
+        for depth in range(len(parts)):
+            parent, child = "/".join(parts[:depth]), parts[depth]
+            if ec2 and depth < len(parts) - 1:
+                child += "/"
+            names = listing.setdefault(parent, [])
+            if child not in names:
+                names.append(child)
+
+    for f in drive_files(spec):
+        add(f.path, f.data, ec2=False)
+    udata = user_data(spec)
+    meta = meta_data(spec)
+    for version in EC2_VERSIONS:
+        for leaf, value in sorted(ec2_meta_data(spec).items()):
+            add(f"{version}/meta-data/{leaf}", value.encode(), ec2=True)
+        if udata is not None:
+            add(f"{version}/user-data", udata, ec2=True)
+        if meta.get("keys"):
+            listing[f"{version}/meta-data/public-keys"] = [
+                f"{n}={key['name']}" for n, key in enumerate(meta["keys"]) if key["type"] == "ssh"
+            ]
+    # The root lists the EC2 versions only, as Nova's does; /openstack is not in it.
+    listing[""] = [v for v in EC2_VERSIONS]
+    for folder, names in listing.items():
+        tree[folder] = "\n".join(sorted(names)).encode()
+    return tree
 
 
 def _iso_name(part: str, *, is_file: bool) -> str:

@@ -84,6 +84,21 @@ def make_dataplane(cfg: LoomConfig, host: str, *, simulated: bool) -> HostDataPl
     )
 
 
+def default_vtep_address() -> str:
+    """The address this machine would send from towards the outside (the source address of
+    its default route), a sensible VTEP when none is configured; 127.0.0.1 when there is
+    no route out (a lone host needs no peers: its VXLAN devices flood nowhere)."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        # A UDP connect only picks a route and a source address; nothing is sent.
+        probe.connect(("192.0.2.1", 4789))
+        return str(probe.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"
+    finally:
+        probe.close()
+
+
 def make_driver(cfg: LoomConfig, host: str) -> LibvirtDriver:
     """A driver for `host`. For test:/// every host gets a node XML of its own, which also
     gives it a private domain set (see libvirt_driver). Real hypervisors get an image

@@ -426,3 +426,35 @@ def test_loom_up_serves_os_aggregates_from_the_scheduler_over_mutual_tls(
         data, "agent", scheduler, "loom.scheduler.v1.AggregatesService/ListAggregates"
     )
     assert "caller 'agent' may not call loom.scheduler.v1.AggregatesService" in refused.stderr
+
+
+def test_loom_up_with_qemu_turns_the_network_data_plane_on_unless_configured_off(
+    tmp_path: Path,
+) -> None:
+    from controlplane.allinone import qemu_dataplane_env
+    from controlplane.config import load_config
+    from nodeagent.service import make_dataplane
+
+    cfg = load_config(environ={}, overrides={"data_dir": str(tmp_path)})
+    env = qemu_dataplane_env(cfg)
+    assert env["LOOM_AGENT__NETWORK_DATAPLANE"] == "true"
+    assert env["LOOM_AGENT__NETWORK_LOCAL_IP"]  # picked: default route's source or loopback
+    # What the agent child then reads: a real host with a data plane and no VXLAN peers.
+    agent_cfg = load_config(
+        environ=env | {"LOOM_AGENT__LIBVIRT_URI": "qemu:///system"},
+        overrides={"data_dir": str(tmp_path)},
+    )
+    plane = make_dataplane(agent_cfg, "h1", simulated=False)
+    assert plane is not None
+    assert plane.config.peers == ()
+    assert plane.config.local_ip == env["LOOM_AGENT__NETWORK_LOCAL_IP"]
+
+    configured = load_config(
+        environ={"LOOM_AGENT__NETWORK_LOCAL_IP": "192.0.2.7"},
+        overrides={"data_dir": str(tmp_path)},
+    )
+    assert qemu_dataplane_env(configured) == {"LOOM_AGENT__NETWORK_DATAPLANE": "true"}
+    off = load_config(
+        environ={"LOOM_AGENT__NETWORK_DATAPLANE": "false"}, overrides={"data_dir": str(tmp_path)}
+    )
+    assert qemu_dataplane_env(off) == {}

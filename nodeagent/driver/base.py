@@ -9,6 +9,7 @@ only of instance UUIDs.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -102,8 +103,15 @@ class Driver(Protocol):
         """Releases the connection. Idempotent; instances keep running on a real hypervisor."""
         ...
 
-    def create(self, spec: agent_bus_pb2.InstanceSpec, *, power_on: bool = True) -> PowerState:
-        """Defines the instance and starts it (unless power_on is False).
+    def create(
+        self,
+        spec: agent_bus_pb2.InstanceSpec,
+        *,
+        power_on: bool = True,
+        dhcp: Sequence[agent_bus_pb2.NetworkDhcp] = (),
+    ) -> PowerState:
+        """Defines the instance and starts it (unless power_on is False). `dhcp` is the
+        DHCP service of each network of spec.ports, run on this host for its guests.
 
         Running (or defined and shut off) on success; fully cleaned up on failure, raising
         BuildFailed. Idempotent: when the instance already exists nothing changes and its

@@ -19,15 +19,16 @@ import stat
 import threading
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import libvirt
-from google.protobuf import json_format
 from loom.compute.v1 import agent_bus_pb2
 
 from controlplane.runtime import tracing
 from nodeagent.configdrive import ConfigDriveError, wants_config_drive, write_config_drive
+from nodeagent.driver import netrecords
 from nodeagent.driver.base import (
     ActionFailed,
     BuildFailed,
@@ -49,7 +50,7 @@ from nodeagent.driver.hypervisor import choose_virt_type
 from nodeagent.images.cache import ImageCache, ImageWanted
 from nodeagent.images.disks import DISK_FORMATS, GIB, create_blank, create_overlay
 from nodeagent.images.source import ImageError
-from nodeagent.network import CommandError, HostDataPlane, Port, port_from_proto
+from nodeagent.network import HostDataPlane, Port
 from nodeagent.network.model import InvalidNetworkInput
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,6 @@ DEFAULT_CMDLINE = "console=ttyS0"
 # Which cached images an instance's disks and boot files use, kept in its folder so the
 # cache can tell what is in use without asking libvirt.
 _IMAGES_FILE = "images.json"
-# The ids of the ports wired for the instance, so delete unplugs exactly those.
-_PORTS_FILE = "ports.json"
 _CONFIG_DRIVE = "disk.config"
 # The id of the rebuild that made the instance's current disks (a redelivered rebuild
 # command finds it and changes nothing).
@@ -208,9 +207,10 @@ class LibvirtDriver:
         if self.dataplane is not None:
             try:
                 self.reconcile_network()
-            except (CommandError, OSError, ValueError) as exc:
+            except (RuntimeError, OSError, ValueError) as exc:
                 # Ports are wired again at each start; a host that cannot reconcile its
-                # network still serves the rest.
+                # network still serves the rest. RuntimeError: a failed command
+                # (CommandError) or a dnsmasq or metadata server that did not start.
                 log.warning(
                     "network reconcile failed", extra={"host": self.host, "error": str(exc)}
                 )
@@ -352,7 +352,13 @@ class LibvirtDriver:
 
     # -- verbs --------------------------------------------------------------------------
 
-    def create(self, spec: agent_bus_pb2.InstanceSpec, *, power_on: bool = True) -> PowerState:
+    def create(
+        self,
+        spec: agent_bus_pb2.InstanceSpec,
+        *,
+        power_on: bool = True,
+        dhcp: Sequence[agent_bus_pb2.NetworkDhcp] = (),
+    ) -> PowerState:
         existing = self._lookup(spec.instance_id)
         if existing is not None:
             return self._power(existing)
@@ -363,8 +369,13 @@ class LibvirtDriver:
         if self._latency_s:
             time.sleep(self._latency_s)  # a simulated slow hypervisor (off the loop)
         dom: Any = None
-        step = "prepare the instance folder"
+        step = "check the ports"
         try:
+            # Before anything changes: a bad binding or DHCP service fails the build here.
+            wiring = netrecords.network_wiring(
+                spec, dhcp, with_documents=self.dataplane is not None
+            )
+            step = "prepare the instance folder"
             self._instance_dir(spec.instance_id).mkdir(parents=True, exist_ok=True)
             kernel_boot = None
             if self._domain_type != "test":
@@ -372,7 +383,7 @@ class LibvirtDriver:
                 with tracing.span("agent image fetch and disks", {"loom.image_id": spec.image.id}):
                     kernel_boot = self._prepare_disks(spec)
             step = "wire the ports"
-            self._plug_ports(spec)
+            self._plug_ports(spec, wiring)
             config_drive = ""
             if self._domain_type != "test" and wants_config_drive(spec):
                 step = "write the config drive"
@@ -396,7 +407,9 @@ class LibvirtDriver:
             )
             self._clean_up_build(dom, spec.instance_id)
             raise BuildFailed(str(exc)) from exc
-        except (libvirt.libvirtError, OSError, ValueError, CommandError) as exc:
+        except (libvirt.libvirtError, OSError, ValueError, RuntimeError) as exc:
+            # RuntimeError: a failed command (CommandError), or a DHCP or metadata server
+            # that did not start.
             log.warning(
                 "build failed",
                 extra={
@@ -422,65 +435,92 @@ class LibvirtDriver:
         if dom is not None:
             self._remove_domain(dom)
         self._ownership.pop(instance_id, None)
-        self._unplug_ports(instance_id)
-        shutil.rmtree(self._instance_dir(instance_id), ignore_errors=True)
+        self._release_network(instance_id)
 
-    def _plug_ports(self, spec: agent_bus_pb2.InstanceSpec) -> None:
+    def _plug_ports(
+        self, spec: agent_bus_pb2.InstanceSpec, wiring: netrecords.NetworkWiring
+    ) -> None:
         """Wires every port before the domain is defined (its taps must exist when it
-        starts), recording their ids first so a failure halfway is cleaned up."""
-        if not spec.ports:
+        starts), recording the ports, DHCP services and metadata first so a failure
+        halfway is cleaned up and a restart serves them again."""
+        if not wiring.ports:
             return
-        ports = [port_from_proto(p) for p in spec.ports]  # validates all before any change
         if self.dataplane is None:
             if self._domain_type == "test":
                 return  # a simulated host: the ports live in the domain XML only
             raise NoDataPlane("This host has no network data plane; ports cannot be attached.")
-        record = self._instance_dir(spec.instance_id) / _PORTS_FILE
-        record.write_text(json.dumps([json_format.MessageToDict(p) for p in spec.ports]))
+        netrecords.write(self._instance_dir(spec.instance_id), wiring)
         with tracing.span("agent plug ports"):
+            self._wire(spec.instance_id)
+
+    def _wire(self, instance_id: str) -> None:
+        """Plugs the instance's recorded ports with their networks' DHCP (as the host's
+        instance folders now want it) and serves its metadata documents."""
+        assert self.dataplane is not None
+        ports = self._recorded_ports(instance_id)
+        services = netrecords.dhcp_services(self._instance_folders())
+        for port in ports:
+            self.dataplane.plug(port, services.get(port.network_id))
+        self._publish_metadata(instance_id, ports)
+
+    def _publish_metadata(self, instance_id: str, ports: list[Port]) -> None:
+        assert self.dataplane is not None
+        documents = netrecords.metadata(self._instance_dir(instance_id))
+        if documents:
             for port in ports:
-                self.dataplane.plug(port)
+                self.dataplane.publish_metadata(port, documents)
+
+    def _instance_folders(self) -> list[Path]:
+        if not self.instances_dir.is_dir():
+            return []
+        return [
+            f for f in sorted(self.instances_dir.iterdir()) if f.is_dir() and f.name != _BASE_DIR
+        ]
 
     def _recorded_ports(self, instance_id: str) -> list[Port]:
         """The ports wired for the instance at its build, from its folder."""
-        record = self._instance_dir(instance_id) / _PORTS_FILE
-        try:
-            raw = json.loads(record.read_text())
-            return [
-                port_from_proto(json_format.ParseDict(item, agent_bus_pb2.PortBinding()))
-                for item in raw
-            ]
-        except (OSError, ValueError, json_format.ParseError):
-            return []
+        return netrecords.ports(self._instance_dir(instance_id))
 
     def _unplug_ports(self, instance_id: str) -> None:
+        """Unplugs the instance's ports; call with its folder gone, or about to go."""
         if self.dataplane is None:
             return
         for port in self._recorded_ports(instance_id):
             self.dataplane.unplug(port.port_id)
 
+    def _release_network(self, instance_id: str) -> None:
+        """Unplugs the instance's ports and removes its folder; the DHCP of networks that
+        keep ports here is served again without its leases."""
+        ports = self._recorded_ports(instance_id) if self.dataplane is not None else []
+        self._unplug_ports(instance_id)
+        shutil.rmtree(self._instance_dir(instance_id), ignore_errors=True)
+        if self.dataplane is None or not ports:
+            return
+        services = netrecords.dhcp_services(self._instance_folders())
+        for network_id in {p.network_id for p in ports}:
+            if network_id in services:
+                self.dataplane.ensure_dhcp(services[network_id])
+
     def _start_domain(self, dom: Any, instance_id: str) -> None:
-        # A host reboot takes taps, bridges and chains with it: wire the ports again
+        # A host reboot takes taps, bridges, chains and DHCP with it: wire the ports again
         # (idempotent, quick when all is there) before QEMU opens the taps.
         if self.dataplane is not None:
-            for port in self._recorded_ports(instance_id):
-                self.dataplane.plug(port)
+            self._wire(instance_id)
         dom.create()
 
     def reconcile_network(self) -> None:
-        """Makes the host's data plane hold exactly the ports of this host's instance
-        folders: after an agent restart or a host reboot, missing taps, bridges and
-        chains come back and those of deleted instances go. DHCP services of networks
-        that still have ports are left as they are."""
+        """Makes the host's data plane hold exactly the ports, DHCP services and metadata
+        documents of this host's instance folders: after an agent restart or a host
+        reboot, missing taps, bridges, chains, dnsmasq and metadata servers come back and
+        those of deleted instances go."""
         if self.dataplane is None or not self.instances_dir.is_dir():
             return
-        wanted = [
-            port
-            for folder in sorted(self.instances_dir.iterdir())
-            if folder.is_dir() and folder.name != _BASE_DIR
-            for port in self._recorded_ports(folder.name)
-        ]
-        self.dataplane.reconcile(wanted, None)
+        folders = self._instance_folders()
+        wanted = [port for folder in folders for port in netrecords.ports(folder)]
+        services = netrecords.dhcp_services(folders)
+        self.dataplane.reconcile(wanted, list(services.values()))
+        for folder in folders:
+            self._publish_metadata(folder.name, netrecords.ports(folder))
 
     def start(self, instance_id: str) -> PowerState:
         dom = self._require(instance_id)
@@ -583,8 +623,10 @@ class LibvirtDriver:
             done = False
         if done:
             return self._power(dom)
+        # The rebuild command carries no DHCP services: the build's record serves again.
+        dhcp = netrecords.dhcp_messages(self._instance_dir(spec.instance_id))
         self.destroy(spec.instance_id)
-        state = self.create(spec, power_on=power_on)
+        state = self.create(spec, power_on=power_on, dhcp=dhcp)
         marker.write_text(rebuild_id)
         return state
 
@@ -634,8 +676,7 @@ class LibvirtDriver:
         if dom is not None:
             self._remove_domain(dom)
         self._ownership.pop(instance_id, None)
-        self._unplug_ports(instance_id)
-        shutil.rmtree(self._instance_dir(instance_id), ignore_errors=True)
+        self._release_network(instance_id)
 
     @staticmethod
     def _remove_domain(dom: Any) -> None:

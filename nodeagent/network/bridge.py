@@ -54,6 +54,11 @@ class NetworkBridge:
         r.run(["ip", "link", "set", "dev", vx, "alias", alias("vxlan", network_id)])
         r.run(["ip", "link", "set", "dev", vx, "mtu", str(mtu)])
         r.run(["ip", "link", "set", "dev", vx, "master", br])
+        # Isolated bridge ports never forward to each other; only the DHCP veth is the
+        # other isolated port, so this host's DHCP and metadata server never answers, nor
+        # hears, another host's guests (distributed DHCP). Taps are not isolated: guests
+        # reach the VXLAN and the DHCP veth as before.
+        r.run(["bridge", "link", "set", "dev", vx, "isolated", "on"])
         r.run(["ip", "link", "set", "dev", vx, "up"])
         r.run(["ip", "link", "set", "dev", br, "mtu", str(mtu)])
         r.run(["ip", "link", "set", "dev", br, "up"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
@@ -18,6 +18,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 from nodeagent.network.bridge import NetworkBridge, PortTap, VxlanConfig
 from nodeagent.network.dhcp import DhcpService
 from nodeagent.network.firewall import SecurityGroupFirewall
+from nodeagent.network.metadata import MetadataService
 from nodeagent.network.model import NetworkDhcp, Port
 from nodeagent.network.names import parse_alias
 from nodeagent.network.runner import Runner
@@ -71,6 +72,7 @@ class HostDataPlane:
         self.taps = PortTap(self.runner)
         self.firewall = SecurityGroupFirewall(self.runner)
         self.dhcp = DhcpService(self.runner, config.state_dir)
+        self.metadata = MetadataService(self.dhcp)
         # Builds run in worker threads; two plugs of one network must not race to make
         # its bridge. Reentrant: reconcile plugs.
         self._lock = threading.RLock()
@@ -79,21 +81,35 @@ class HostDataPlane:
     def plug(self, port: Port, dhcp: NetworkDhcp | None = None) -> str:
         """Postcondition: the port's network bridge and VXLAN exist, its tap is on the
         bridge, its chains hold its rules, and the network's DHCP runs when `dhcp` is
-        given. Idempotent. Returns the tap name."""
+        given (with its metadata server). Idempotent. Returns the tap name."""
         self.bridges.ensure(port.network_id, port.vni, port.mtu)
         tap = self.taps.ensure(port.port_id, port.network_id, port.mtu)
         self.firewall.apply(port)
         if dhcp is not None:
             if dhcp.network_id != port.network_id:
                 raise ValueError("the DHCP service given is for another network")
-            self.dhcp.ensure(dhcp)
+            self._ensure_dhcp(dhcp)
         return tap
 
     @_locked
     def ensure_dhcp(self, dhcp: NetworkDhcp) -> int:
-        """Runs (or reloads) the network's DHCP; the bridge is made when missing."""
+        """Runs (or reloads) the network's DHCP and its metadata server; the bridge is
+        made when missing. Returns dnsmasq's pid."""
         self.bridges.ensure(dhcp.network_id, dhcp.vni, dhcp.mtu)
-        return self.dhcp.ensure(dhcp)
+        return self._ensure_dhcp(dhcp)
+
+    def _ensure_dhcp(self, dhcp: NetworkDhcp) -> int:
+        pid = self.dhcp.ensure(dhcp)
+        self.metadata.ensure(dhcp.network_id)
+        return pid
+
+    @_locked
+    def publish_metadata(self, port: Port, files: Mapping[str, bytes]) -> bool:
+        """Serves `files` (path -> body: nodeagent.configdrive.metadata_tree) at
+        169.254.169.254 to the guest behind `port`, found by its fixed IPv4 addresses.
+        False when the port's network has no DHCP service here (nor a metadata server)."""
+        ips = [f.ip for f in port.fixed_ips]
+        return self.metadata.publish(port.network_id, port.port_id, ips, files)
 
     @_locked
     def unplug(self, port_id: str) -> None:
@@ -103,11 +119,13 @@ class HostDataPlane:
         network_id = state.ports.get(port_id)
         self.firewall.remove(port_id)
         self.taps.remove(port_id)
+        self.metadata.withdraw([port_id])
         if network_id is not None and network_id not in set(self.state().ports.values()):
             self._remove_network(network_id, state.networks.get(network_id))
         self.firewall.remove_dispatch_if_unused()
 
     def _remove_network(self, network_id: str, vni: int | None) -> None:
+        self.metadata.remove(network_id)
         self.dhcp.remove(network_id)
         self.bridges.remove(network_id, vni)
         log.info("network removed from host", extra={"network_id": network_id})
@@ -161,5 +179,7 @@ class HostDataPlane:
             self._remove_network(network_id, state.networks[network_id] or None)
         serving = networks if keep_dhcp else {n for n in services if n in networks}
         for network_id in state.dhcp - serving:
+            self.metadata.remove(network_id)
             self.dhcp.remove(network_id)
+        self.metadata.withdraw(self.metadata.published_ports() - set(wanted))
         self.firewall.remove_dispatch_if_unused()

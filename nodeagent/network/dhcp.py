@@ -18,7 +18,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from nodeagent.network.model import NetworkDhcp
+from nodeagent.network.model import METADATA_IP, NetworkDhcp
 from nodeagent.network.names import (
     alias,
     bridge_name,
@@ -44,12 +44,20 @@ def hosts_file(dhcp: NetworkDhcp) -> str:
 
 
 def opts_file(dhcp: NetworkDhcp) -> str:
-    """dnsmasq --dhcp-optsfile lines: router, DNS servers and MTU per subnet tag."""
+    """dnsmasq --dhcp-optsfile lines: router, DNS servers, MTU and classless static routes
+    per subnet tag."""
     lines = []
     for n, subnet in enumerate(dhcp.subnets):
         tag = f"tag:s{n}"
         # An empty router option tells the client there is no default route.
         lines.append(f"{tag},option:router" + (f",{subnet.gateway}" if subnet.gateway else ""))
+        # Option 121: the metadata address via this host's DHCP server (which holds it).
+        # A client given option 121 ignores the router option (RFC 3442), so the default
+        # route is repeated here.
+        routes = f"{METADATA_IP}/32,{subnet.server_ip}"
+        if subnet.gateway:
+            routes += f",0.0.0.0/0,{subnet.gateway}"
+        lines.append(f"{tag},option:classless-static-route,{routes}")
         if subnet.dns:
             lines.append(f"{tag},option:dns-server," + ",".join(subnet.dns))
         lines.append(f"{tag},option:mtu,{dhcp.mtu}")
@@ -64,11 +72,16 @@ class DhcpService:
         self._r = runner
         self._dir = state_dir / "dhcp"
 
-    def _files(self, network_id: str) -> Path:
+    def folder(self, network_id: str) -> Path:
+        """The network's DHCP state folder (its metadata service's files live there too)."""
         return self._dir / network_id
 
+    def namespace(self, network_id: str) -> str:
+        """The network's DHCP namespace on this host."""
+        return dhcp_namespace(network_id, self._r.netns)
+
     def _ns(self, network_id: str) -> Runner:
-        return Runner(dhcp_namespace(network_id))
+        return Runner(self.namespace(network_id))
 
     def namespaces(self) -> set[str]:
         """Network ids that have a DHCP state folder on this host."""
@@ -78,16 +91,23 @@ class DhcpService:
 
     def pid(self, network_id: str) -> int | None:
         """The running dnsmasq of the network, or None."""
-        pid_file = self._files(network_id) / "pid"
+        return self.running_pid(self.folder(network_id) / "pid", self.folder(network_id))
+
+    @staticmethod
+    def running_pid(pid_file: Path, marker: Path) -> int | None:
+        """The pid in `pid_file` if that process runs and its command line names `marker`
+        (a recycled pid names something else), else None. A zombie does not run."""
         try:
             pid = int(pid_file.read_text().strip())
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (OSError, ValueError):
+            with open(f"/proc/{pid}/stat") as f:
+                zombie = f.read().split(")")[-1].split()[0] == "Z"
+        except (OSError, ValueError, IndexError):
             return None
-        return pid if str(self._files(network_id)).encode() in cmdline else None
+        return pid if str(marker).encode() in cmdline and not zombie else None
 
     def _ensure_namespace(self, dhcp: NetworkDhcp) -> None:
-        ns = dhcp_namespace(dhcp.network_id)
+        ns = self.namespace(dhcp.network_id)
         outer, inner = dhcp_bridge_end(dhcp.network_id), dhcp_ns_end(dhcp.network_id)
         if not Path(f"/var/run/netns/{ns}").exists():
             subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
@@ -100,6 +120,10 @@ class DhcpService:
         self._r.run(["ip", "link", "set", "dev", outer, "alias", alias("dhcp", dhcp.network_id)])
         self._r.run(["ip", "link", "set", "dev", outer, "mtu", str(dhcp.mtu)])
         self._r.run(["ip", "link", "set", "dev", outer, "master", bridge_name(dhcp.network_id)])
+        # Distributed DHCP: every host serves the network with the same address and MAC.
+        # The VXLAN port is isolated too (bridge.py), and two isolated ports never forward
+        # to each other: this server neither hears nor answers another host's guests.
+        self._r.run(["bridge", "link", "set", "dev", outer, "isolated", "on"])
         self._r.run(["ip", "link", "set", "dev", outer, "up"])
         if dhcp.server_mac:
             inside.run(["ip", "link", "set", "dev", inner, "address", dhcp.server_mac])
@@ -107,6 +131,8 @@ class DhcpService:
         inside.run(["ip", "link", "set", "dev", "lo", "up"])
         inside.run(["ip", "link", "set", "dev", inner, "up"])
         wanted = {f"{s.server_ip}/{ipaddress.IPv4Network(s.cidr).prefixlen}" for s in dhcp.subnets}
+        # The metadata service's address lives here too (metadata.py): kept, never flapped.
+        wanted.add(f"{METADATA_IP}/32")
         have = set()
         for line in inside.run(["ip", "-4", "-o", "addr", "show", "dev", inner]).splitlines():
             parts = line.split()
@@ -117,7 +143,7 @@ class DhcpService:
             inside.run(["ip", "addr", "del", addr, "dev", inner])
 
     def _argv(self, dhcp: NetworkDhcp) -> list[str]:
-        files = self._files(dhcp.network_id)
+        files = self.folder(dhcp.network_id)
         argv = [
             DNSMASQ,
             "--conf-file=/dev/null",
@@ -131,6 +157,7 @@ class DhcpService:
             f"--dhcp-hostsfile={files / 'hosts'}",
             f"--dhcp-optsfile={files / 'opts'}",
             f"--dhcp-leasefile={files / 'leases'}",
+            f"--log-facility={files / 'log'}",
             "--dhcp-authoritative",
             "--user=root",
             "--group=root",
@@ -145,7 +172,7 @@ class DhcpService:
     def ensure(self, dhcp: NetworkDhcp) -> int:
         """Postcondition: the network's dnsmasq runs with these leases and options.
         Returns its pid. Needs the network's bridge."""
-        files = self._files(dhcp.network_id)
+        files = self.folder(dhcp.network_id)
         files.mkdir(parents=True, exist_ok=True)
         self._ensure_namespace(dhcp)
         changed = False
@@ -161,7 +188,7 @@ class DhcpService:
         pid = self.pid(dhcp.network_id)
         if pid is not None and args_file.exists() and args_file.read_text() != "\n".join(argv):
             # New subnets or ranges: dnsmasq reads those only at start.
-            self._kill(pid)
+            self.kill(pid)
             pid = None
         if pid is not None:
             if changed:
@@ -176,7 +203,8 @@ class DhcpService:
         return pid
 
     @staticmethod
-    def _kill(pid: int) -> None:
+    def kill(pid: int) -> None:
+        """SIGTERM, then SIGKILL after 5 s; returns once the process is gone or a zombie."""
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -194,15 +222,22 @@ class DhcpService:
         os.kill(pid, signal.SIGKILL)
 
     def remove(self, network_id: str) -> None:
-        """Stops dnsmasq, deletes the veth, the namespace and the state folder.
-        Succeeds if already absent."""
+        """Stops dnsmasq and whatever else runs in the namespace (the metadata server),
+        deletes the veth, the namespace and the state folder. Succeeds if already absent."""
         pid = self.pid(network_id)
         if pid is not None:
-            self._kill(pid)
+            self.kill(pid)
         outer = dhcp_bridge_end(network_id)
         if self._r.link_exists(outer):
             self._r.run(["ip", "link", "del", "dev", outer])
-        ns = dhcp_namespace(network_id)
+        ns = self.namespace(network_id)
         if Path(f"/var/run/netns/{ns}").exists():
+            # A process left in a deleted namespace would keep it alive, unreachable.
+            pids = subprocess.run(
+                ["ip", "netns", "pids", ns], capture_output=True, text=True, check=False
+            ).stdout.split()
+            for left in pids:
+                if left.isdigit():
+                    self.kill(int(left))
             subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
-        shutil.rmtree(self._files(network_id), ignore_errors=True)
+        shutil.rmtree(self.folder(network_id), ignore_errors=True)

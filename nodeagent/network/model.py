@@ -13,6 +13,8 @@ from typing import Literal
 
 from loom.compute.v1 import agent_bus_pb2
 
+# Where guests find the metadata service (OpenStack and EC2 layouts), on every network.
+METADATA_IP = "169.254.169.254"
 DEFAULT_MTU = 1450  # 1500 on the underlay less the 50 bytes VXLAN over IPv4 adds
 
 _ID = re.compile(r"^[0-9a-zA-Z][0-9a-zA-Z-]{10,63}$")
@@ -235,11 +237,15 @@ def dhcp_from_proto(msg: agent_bus_pb2.NetworkDhcp) -> NetworkDhcp:
         leases.append(
             DhcpLease(_mac(lease.mac_address), _ipv4(lease.ip_address, "lease ip"), lease.hostname)
         )
+    server_mac = _mac(msg.dhcp_mac_address, "dhcp_mac_address") if msg.dhcp_mac_address else ""
+    if server_mac and any(lease.mac == server_mac for lease in leases):
+        # The bridge would learn one MAC on two ports: that guest would get no replies.
+        raise InvalidNetworkInput("dhcp_mac_address is also the MAC of a lease")
     return NetworkDhcp(
         network_id=_id(msg.network_id, "network_id"),
         vni=_vni(msg.vni),
         subnets=tuple(subnets),
         leases=tuple(leases),
         mtu=_mtu(msg.mtu),
-        server_mac=_mac(msg.dhcp_mac_address, "dhcp_mac_address") if msg.dhcp_mac_address else "",
+        server_mac=server_mac,
     )

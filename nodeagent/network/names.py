@@ -19,8 +19,10 @@ def tap_name(port_id: str) -> str:
     return f"tap{port_id[:11]}"
 
 
-def dhcp_namespace(network_id: str) -> str:
-    return f"qdhcp-{network_id}"
+def dhcp_namespace(network_id: str, host_netns: str = "") -> str:
+    """`qdhcp-<network id>`; a host that is itself a namespace (tests: one per simulated
+    host) prefixes its own name, so two such hosts can serve the same network."""
+    return f"{host_netns}-qdhcp-{network_id}" if host_netns else f"qdhcp-{network_id}"
 
 
 def dhcp_bridge_end(network_id: str) -> str:

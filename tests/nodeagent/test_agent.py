@@ -211,6 +211,42 @@ async def test_a_failed_build_reports_build_failed_and_leaves_no_domain(
     await _wait_drained(bus_nc, "h1")
 
 
+async def test_a_build_whose_dhcp_service_is_invalid_fails_with_a_sentence_saying_so(
+    make_agent: AgentFactory, bus_nc: NATS
+) -> None:
+    agent = make_agent()
+    await agent.start()
+    events = await EventReader.open(bus_nc, "h1")
+    net = str(uuid.uuid4())
+    port = agent_bus_pb2.PortBinding(
+        port_id=str(uuid.uuid4()),
+        network_id=net,
+        segmentation_id=77,
+        mac_address="fa:16:3e:00:00:07",
+    )
+    spec = make_spec(ports=[port])
+    command = build_command(spec)
+    command.dhcp.append(
+        agent_bus_pb2.NetworkDhcp(
+            network_id=net,
+            vni=77,
+            subnets=[
+                agent_bus_pb2.DhcpSubnet(
+                    subnet_id="subnet-0000-0007", cidr="10.7.0.0/24", dhcp_server_ip="10.8.0.2"
+                )
+            ],
+        )
+    )
+    await send(bus_nc.jetstream(), "h1", "build", command)
+    event = await events.next()
+    assert event.kind == agent_bus_pb2.INSTANCE_EVENT_KIND_BUILD_FAILED
+    assert event.fault.message == (
+        "The DHCP service of a network is invalid: dhcp_server_ip is outside the subnet."
+    )
+    assert agent.driver.list_instances() == {}
+    await _wait_drained(bus_nc, "h1")
+
+
 async def test_heartbeats_are_published_on_the_hosts_subject(
     make_agent: AgentFactory, bus_nc: NATS
 ) -> None:

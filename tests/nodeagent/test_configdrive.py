@@ -16,6 +16,8 @@ from loom.compute.v1 import agent_bus_pb2 as pb
 from nodeagent.configdrive import (
     ConfigDriveError,
     build_iso,
+    drive_files,
+    metadata_tree,
     wants_config_drive,
     write_config_drive,
 )
@@ -154,3 +156,46 @@ def test_a_drive_is_wanted_only_when_the_guest_has_something_to_read_or_asked() 
 def test_user_data_that_is_not_base64_is_refused_with_a_sentence() -> None:
     with pytest.raises(ConfigDriveError, match="not valid base64"):
         build_iso(_spec(user_data="not*base64"))
+
+
+def test_the_metadata_service_answers_the_config_drives_files_and_the_ec2_layout() -> None:
+    spec = _spec(instance_name="instance-0000002a", launch_index=2)
+    tree = metadata_tree(spec)
+    # Every file of the drive, byte for byte: one source for both.
+    for f in drive_files(spec):
+        assert tree[f.path] == f.data
+    assert tree["openstack"] == b"2012-08-10\n2015-10-15\nlatest"
+    assert tree["openstack/latest"] == b"meta_data.json\nnetwork_data.json\nuser_data"
+    assert tree[""] == b"2009-04-04\nlatest"
+    assert tree["latest"] == b"meta-data/\nuser-data"
+    assert tree["latest/meta-data"].split(b"\n") == [
+        b"ami-launch-index",
+        b"hostname",
+        b"instance-id",
+        b"local-hostname",
+        b"local-ipv4",
+        b"placement/",
+        b"public-keys/",
+    ]
+    assert tree["latest/meta-data/instance-id"] == b"i-0000002a"
+    assert tree["latest/meta-data/ami-launch-index"] == b"2"
+    assert tree["latest/meta-data/local-ipv4"] == b"10.0.0.5"
+    assert tree["latest/meta-data/placement/availability-zone"] == b"az-1"
+    assert tree["latest/meta-data/public-keys"] == b"0=mykey"
+    assert tree["latest/meta-data/public-keys/0"] == b"openssh-key"
+    assert tree["latest/meta-data/public-keys/0/openssh-key"] == KEY.encode()
+    assert tree["2009-04-04/user-data"] == b"#!/bin/sh\necho LOOM-USERDATA-OK\n"
+
+    bare = metadata_tree(_spec(key_data="", user_data="", ports=[], instance_name="web-odd"))
+    assert "latest/user-data" not in bare
+    assert "openstack/latest/user_data" not in bare
+    assert bare["latest/meta-data"].split(b"\n") == [
+        b"ami-launch-index",
+        b"hostname",
+        b"instance-id",
+        b"local-hostname",
+        b"placement/",
+    ]
+    assert bare["latest/meta-data/instance-id"] == b"6f1c2a9e-0b4d-4c3a-9a57-1d2e3f405162"
+    with pytest.raises(ConfigDriveError):
+        metadata_tree(_spec(user_data="not base64!"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from loom.compute.v1 import agent_bus_pb2
@@ -34,10 +35,16 @@ class BlockingDriver(LibvirtDriver):
     def runs_inline(self) -> bool:
         return False
 
-    def create(self, spec: agent_bus_pb2.InstanceSpec, *, power_on: bool = True) -> PowerState:
+    def create(
+        self,
+        spec: agent_bus_pb2.InstanceSpec,
+        *,
+        power_on: bool = True,
+        dhcp: Sequence[agent_bus_pb2.NetworkDhcp] = (),
+    ) -> PowerState:
         self.blocking.set()
         time.sleep(BLOCK_S)  # a hypervisor call that does not return for a while
-        return super().create(spec, power_on=power_on)
+        return super().create(spec, power_on=power_on, dhcp=dhcp)
 
 
 async def test_a_host_keeps_beating_while_a_build_blocks_in_the_hypervisor(

@@ -99,6 +99,6 @@ def test_dnsmasq_hands_a_guest_its_ipam_address_and_stops_with_the_last_port(
 
     h1.unplug(port.port_id)
     assert h1.dhcp.pid(net) is None
-    assert not Path(f"/var/run/netns/{dhcp_namespace(net)}").exists()
+    assert not Path(f"/var/run/netns/{dhcp_namespace(net, h1.config.netns)}").exists()
     assert _dnsmasq_pids() <= dnsmasq_before
     assert "brq" not in sh("ip", "-o", "link", netns=h1.config.netns)

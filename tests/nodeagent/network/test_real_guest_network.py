@@ -1,4 +1,5 @@
-"""Real guests (QEMU under libvirtd) on the data plane: config drive, DHCP, two guests.
+"""Real guests (QEMU under libvirtd) on the data plane: config drive, DHCP from the build
+command, the metadata service, two guests.
 
 The data plane runs in the machine's own namespace here (QEMU opens its taps there), with
 names unique to the test; everything it made is removed at the end, even on failure.
@@ -23,10 +24,7 @@ from nodeagent.images.cache import ImageCache
 from nodeagent.images.source import LocalImageSource
 from nodeagent.network import (
     DataPlaneConfig,
-    DhcpLease,
-    DhcpSubnet,
     HostDataPlane,
-    NetworkDhcp,
     bridge_name,
     dhcp_namespace,
 )
@@ -117,7 +115,13 @@ def _spec(images: GuestImages, port: pb.PortBinding, cmdline: str) -> pb.Instanc
     )
 
 
-def _wait_for(driver: LibvirtDriver, iid: str, texts: list[str], wait: float = 150) -> str:
+def _wait_for(
+    driver: LibvirtDriver,
+    iid: str,
+    texts: list[str],
+    wait: float = 150,
+    dhcp_log: Path | None = None,
+) -> str:
     deadline = time.monotonic() + wait
     out = ""
     while time.monotonic() < deadline:
@@ -130,24 +134,41 @@ def _wait_for(driver: LibvirtDriver, iid: str, texts: list[str], wait: float = 1
         if "LOOM-IP none" in out or "LOOM-PING-FAIL" in out:
             break
         time.sleep(0.5)
-    pytest.fail(f"console lacks {[t for t in texts if t not in out]}:\n{out[-2000:]}")
+    log = dhcp_log.read_text()[-2000:] if dhcp_log is not None and dhcp_log.exists() else ""
+    pytest.fail(f"console lacks {[t for t in texts if t not in out]}:\n{out[-2000:]}\n{log}")
 
 
-def test_two_real_guests_read_their_config_drive_get_dhcp_addresses_and_ping_each_other(
+def test_two_real_guests_read_their_config_drive_and_metadata_get_dhcp_and_ping_each_other(
     net_driver: tuple[LibvirtDriver, HostDataPlane], guest_images: GuestImages
 ) -> None:
     driver, plane = net_driver
     net, vni = str(uuid.uuid4()), 9000 + uuid.uuid4().int % 1000
     p1 = _port(net, vni, "10.78.0.11", 1)
     p2 = _port(net, vni, "10.78.0.12", 2)
-    subnet = DhcpSubnet("subnet-0000-0078", "10.78.0.0/24", "10.78.0.2", "10.78.0.1")
-    leases = (DhcpLease(p1.mac_address, "10.78.0.11"), DhcpLease(p2.mac_address, "10.78.0.12"))
-    plane.ensure_dhcp(NetworkDhcp(net, vni, (subnet,), leases, 1450))
+    # The DHCP service comes with the build command, as the conductor sends it.
+    dhcp = pb.NetworkDhcp(
+        network_id=net,
+        vni=vni,
+        mtu=1450,
+        dhcp_mac_address="fa:16:3e:5a:00:fe",  # unlike any port's
+        subnets=[
+            pb.DhcpSubnet(
+                subnet_id="subnet-0000-0078",
+                cidr="10.78.0.0/24",
+                gateway_ip="10.78.0.1",
+                dhcp_server_ip="10.78.0.2",
+            )
+        ],
+        leases=[
+            pb.DhcpLease(mac_address=p1.mac_address, ip_address="10.78.0.11"),
+            pb.DhcpLease(mac_address=p2.mac_address, ip_address="10.78.0.12"),
+        ],
+    )
 
     s1 = _spec(guest_images, p1, "console=ttyS0")
     s2 = _spec(guest_images, p2, "console=ttyS0 loom_ping=10.78.0.11")
-    assert driver.create(s1) == PowerState.RUNNING
-    assert driver.create(s2) == PowerState.RUNNING
+    assert driver.create(s1, dhcp=[dhcp]) == PowerState.RUNNING
+    assert driver.create(s2, dhcp=[dhcp]) == PowerState.RUNNING
 
     fingerprint = hashlib.sha256(base64.b64decode(KEY_BLOB)).hexdigest()
     out1 = _wait_for(
@@ -158,10 +179,18 @@ def test_two_real_guests_read_their_config_drive_get_dhcp_addresses_and_ping_eac
             f"LOOM-SSH-KEY sha256={fingerprint} comment=loom-key@test",
             "LOOM-USERDATA LOOM-USERDATA-MARKER-42",
             "LOOM-IP 10.78.0.11/24 router=10.78.0.1",
+            # Through the option 121 route to this host's metadata server.
+            f"LOOM-METADATA uuid={s1.instance_id} hostname={s1.hostname}",
         ],
+        dhcp_log=plane.dhcp.folder(net) / "log",
     )
     assert "second line" not in out1
-    _wait_for(driver, s2.instance_id, ["LOOM-IP 10.78.0.12/24", "LOOM-PING-OK 10.78.0.11"])
+    _wait_for(
+        driver,
+        s2.instance_id,
+        ["LOOM-IP 10.78.0.12/24", "LOOM-PING-OK 10.78.0.11"],
+        dhcp_log=plane.dhcp.folder(net) / "log",
+    )
 
     driver.destroy(s1.instance_id)
     driver.destroy(s2.instance_id)
@@ -170,5 +199,6 @@ def test_two_real_guests_read_their_config_drive_get_dhcp_addresses_and_ping_eac
     assert bridge_name(net) not in links
     assert f"tap{p1.port_id[:11]}" not in links
     assert not Path(f"/var/run/netns/{dhcp_namespace(net)}").exists()
+    assert plane.metadata.pid(net) is None
     assert plane.dhcp.pid(net) is None
     assert plane.firewall.port_keys() & {p1.port_id[:11], p2.port_id[:11]} == set()

@@ -1,0 +1,176 @@
+"""What an instance folder records of the instance's network, and what the host serves
+from those records.
+
+    <instance folder>/ports.json     the PortBindings, in guest NIC order
+    <instance folder>/dhcp.json      {"recorded_at_ns", "dhcp": [NetworkDhcp]}: the build
+                                     command's DHCP service of each of its networks
+    <instance folder>/metadata.json  {path: base64 body}: its metadata service answers
+                                     (user data and keys: root only)
+
+The driver writes them at build, before anything is plugged, and reads them back at every
+start, at reconcile and at delete, so a restarted agent or a rebooted host serves the same
+network again. Nothing here touches the host.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from google.protobuf import json_format
+from loom.compute.v1 import agent_bus_pb2
+
+from nodeagent.configdrive import metadata_tree
+from nodeagent.network import DhcpLease, NetworkDhcp, Port, dhcp_from_proto, port_from_proto
+from nodeagent.network.model import InvalidNetworkInput
+
+PORTS_FILE = "ports.json"
+DHCP_FILE = "dhcp.json"
+METADATA_FILE = "metadata.json"
+
+
+@dataclass(frozen=True)
+class NetworkWiring:
+    """A build's network input, validated before anything on the host changes."""
+
+    ports: list[Port]
+    bindings: list[agent_bus_pb2.PortBinding]
+    dhcp: list[agent_bus_pb2.NetworkDhcp]
+    documents: dict[str, bytes]  # the metadata service's answers (configdrive.metadata_tree)
+
+
+def network_wiring(
+    spec: agent_bus_pb2.InstanceSpec,
+    dhcp: Sequence[agent_bus_pb2.NetworkDhcp],
+    *,
+    with_documents: bool,
+) -> NetworkWiring:
+    """The spec's ports, DHCP services and (when `with_documents`) metadata documents,
+    validated. Raises InvalidNetworkInput or ConfigDriveError with a sentence for the
+    instance's owner."""
+    ports = [port_from_proto(p) for p in spec.ports]
+    vnis = {p.network_id: p.vni for p in ports}
+    seen: set[str] = set()
+    for msg in dhcp:
+        try:
+            service = dhcp_from_proto(msg)
+        except InvalidNetworkInput as exc:
+            raise InvalidNetworkInput(f"The DHCP service of a network is invalid: {exc}.") from exc
+        if service.network_id not in vnis:
+            raise InvalidNetworkInput(
+                "A DHCP service was given for a network that none of the ports is on."
+            )
+        if service.vni != vnis[service.network_id]:
+            raise InvalidNetworkInput(
+                "A DHCP service's vni differs from its network's segmentation_id."
+            )
+        if service.network_id in seen:
+            raise InvalidNetworkInput("Two DHCP services were given for one network.")
+        seen.add(service.network_id)
+    documents = metadata_tree(spec) if ports and with_documents else {}
+    return NetworkWiring(ports, list(spec.ports), list(dhcp), documents)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Writes a file only root reads, atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o600)
+    tmp.replace(path)
+
+
+def write(folder: Path, wiring: NetworkWiring) -> None:
+    """Records the wiring in the instance folder (the ports first: a failure after this
+    point is cleaned up by unplugging exactly these)."""
+    (folder / PORTS_FILE).write_text(
+        json.dumps([json_format.MessageToDict(p) for p in wiring.bindings])
+    )
+    _write_private(
+        folder / DHCP_FILE,
+        json.dumps(
+            {
+                "recorded_at_ns": time.time_ns(),
+                "dhcp": [json_format.MessageToDict(d) for d in wiring.dhcp],
+            }
+        ),
+    )
+    _write_private(
+        folder / METADATA_FILE,
+        json.dumps({k: base64.b64encode(v).decode() for k, v in wiring.documents.items()}),
+    )
+
+
+def ports(folder: Path) -> list[Port]:
+    """The ports wired for the instance at its build; [] when none are recorded."""
+    try:
+        raw = json.loads((folder / PORTS_FILE).read_text())
+        return [
+            port_from_proto(json_format.ParseDict(item, agent_bus_pb2.PortBinding()))
+            for item in raw
+        ]
+    except (OSError, ValueError, json_format.ParseError):
+        return []
+
+
+def dhcp_messages(folder: Path) -> list[agent_bus_pb2.NetworkDhcp]:
+    """The DHCP services the instance's build command carried."""
+    return _dhcp_record(folder)[1]
+
+
+def _dhcp_record(folder: Path) -> tuple[int, list[agent_bus_pb2.NetworkDhcp]]:
+    try:
+        raw = json.loads((folder / DHCP_FILE).read_text())
+        messages = [json_format.ParseDict(i, agent_bus_pb2.NetworkDhcp()) for i in raw["dhcp"]]
+        return int(raw["recorded_at_ns"]), messages
+    except (OSError, ValueError, KeyError, TypeError, json_format.ParseError):
+        return 0, []
+
+
+def metadata(folder: Path) -> dict[str, bytes]:
+    """The instance's metadata service answers (path -> body); {} when none are recorded."""
+    try:
+        raw = json.loads((folder / METADATA_FILE).read_text())
+        return {str(k): base64.b64decode(v) for k, v in raw.items()}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def dhcp_services(folders: Iterable[Path]) -> dict[str, NetworkDhcp]:
+    """The DHCP service the host runs for each network its instances have ports on: the
+    newest recorded service of the network (subnets, MTU, server MAC), holding the leases
+    of the host's own ports only, each from the newest record that has it. An instance
+    that left the host (its folder gone) takes its lease with it; other hosts' ports get
+    theirs from their own hosts (distributed DHCP)."""
+    records: list[tuple[int, NetworkDhcp]] = []
+    local_macs: dict[str, set[str]] = {}
+    for folder in folders:
+        for port in ports(folder):
+            local_macs.setdefault(port.network_id, set()).add(port.mac)
+        when, messages = _dhcp_record(folder)
+        for msg in messages:
+            try:
+                records.append((when, dhcp_from_proto(msg)))
+            except InvalidNetworkInput:
+                continue  # validated at build; a record edited since serves nothing
+    newest: dict[str, NetworkDhcp] = {}
+    leases: dict[str, dict[str, DhcpLease]] = {}
+    for _when, service in sorted(records, key=lambda r: r[0]):
+        newest[service.network_id] = service
+        for lease in service.leases:
+            leases.setdefault(service.network_id, {})[lease.mac] = lease
+    return {
+        net: replace(
+            service,
+            leases=tuple(
+                lease
+                for mac, lease in sorted(leases.get(net, {}).items())
+                if mac in local_macs[net]
+            ),
+        )
+        for net, service in newest.items()
+        if net in local_macs
+    }
