@@ -36,6 +36,8 @@ def _set_compute(cloud: Stack, host: str, state: str) -> None:
     osc(cloud, "compute", "service", "set", state, host, "nova-compute", admin=True)
 
 
+# Three simulated hosts and a dozen CLI runs take minutes on a busy machine.
+@pytest.mark.timeout(600)
 def test_the_openstack_cli_evacuates_servers_of_a_host_forced_down(ready_cloud: Stack) -> None:
     cloud = ready_cloud
     vm1 = _boot(cloud, "vm1")
