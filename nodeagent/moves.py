@@ -6,6 +6,7 @@ moves.py) owns the protocol and decides the next step.
 
     move_stop_source     power off, keep the domain and its disks     (source)
     move_finish_dest     define with the new flavor, start if it ran  (destination)
+                         (an evacuation's, from_image: fresh disks from the image)
     move_drop            destroy what the move left here              (either)
     move_restore_source  start the kept domain again if it ran        (source)
 """
@@ -82,7 +83,7 @@ async def execute(
             )
             agent.note_power(iid, state)
             return _answer(agent, verb, cmd, state)
-        if verb == FINISH_DEST and agent.driver.persistent:
+        if verb == FINISH_DEST and agent.driver.persistent and not cmd.from_image:
             # A real guest's disks would have to come from the source host; until they
             # can, the move is refused here and goes back to the source, which kept them.
             return _answer(

@@ -10,7 +10,7 @@ from loom.conductor.v1 import migrations_pb2, migrations_pb2_grpc
 from sqlalchemy import Select, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from controlplane.conductor import moves
+from controlplane.conductor import evacuate, moves
 from controlplane.conductor.context import Conductor
 from controlplane.conductor.convert import ts
 from controlplane.conductor.servers.query import load_instance
@@ -216,3 +216,19 @@ class MigrationsServicer(migrations_pb2_grpc.MigrationsServiceServicer):
             override_lock=request.override_lock,
         )
         return migrations_pb2.LiveMigrateServerResponse(migration=migration_pb(mig))
+
+    @grpc_errors
+    async def EvacuateServer(
+        self, request: migrations_pb2.EvacuateServerRequest, context: Ctx
+    ) -> migrations_pb2.EvacuateServerResponse:
+        mig = await evacuate.evacuate_server(
+            self._c,
+            instance_uuid=request.id,
+            project_id=request.project_id,
+            user_id=request.user_id,
+            request_id=request.request_id,
+            host=request.host,
+            force=request.force,
+            stop_at_destination=request.stop_at_destination,
+        )
+        return migrations_pb2.EvacuateServerResponse(migration=migration_pb(mig))

@@ -61,6 +61,8 @@ K = agent_bus_pb2.InstanceEventKind
 RESIZE = "resize"
 MIGRATION = "migration"
 LIVE = "live-migration"
+# Rebuilding a server of a down host elsewhere (evacuate.py owns that protocol).
+EVACUATION = "evacuation"
 
 # Migration statuses (the API's own words).
 PRE_MIGRATING = "pre-migrating"
@@ -101,10 +103,14 @@ _FLAVOR_COLUMNS = (
 
 
 def open_on_host(host: str) -> Select[str]:
-    """The instances with a move still open that has this host as source or destination."""
+    """The instances with a move still open that has this host as source or destination.
+    The source of an evacuation is not one: its copy is to be destroyed when it returns."""
     return select(Migration.instance_uuid).where(
         Migration.status.not_in(sorted(DONE)),
-        or_(Migration.source_compute == host, Migration.dest_compute == host),
+        or_(
+            and_(Migration.source_compute == host, Migration.migration_type != EVACUATION),
+            Migration.dest_compute == host,
+        ),
     )
 
 
@@ -587,6 +593,12 @@ async def handle_event(conductor: Conductor, event: agent_bus_pb2.InstanceEvent)
         await session.commit()
     if mig is None or mig.instance_uuid != event.instance_id:
         return
+    if mig.migration_type == EVACUATION:
+        # Imported here: evacuate.py builds on this module's steps.
+        from controlplane.conductor import evacuate
+
+        await evacuate.handle_event(conductor, mig, event)
+        return
     ok = event.kind == K.INSTANCE_EVENT_KIND_ACTION_SUCCEEDED
     verb = event.action
     if mig.migration_type == LIVE:
@@ -609,7 +621,7 @@ async def handle_event(conductor: Conductor, event: agent_bus_pb2.InstanceEvent)
         await _restored(conductor, mig, event)
 
 
-_ACTIONS = {RESIZE: RESIZE, MIGRATION: "migrate", LIVE: "live-migration"}
+_ACTIONS = {RESIZE: RESIZE, MIGRATION: "migrate", LIVE: "live-migration", EVACUATION: "evacuate"}
 
 
 def _action_of(mig: Migration) -> str:
@@ -1105,6 +1117,7 @@ class MoveSweeper:
                         .join(Instance, Instance.uuid == Migration.instance_uuid)
                         .where(
                             Migration.status == PRE_MIGRATING,
+                            Migration.migration_type != EVACUATION,
                             Migration.created_at < cutoff,
                             Instance.deleted.is_(False),
                         )

@@ -1,9 +1,10 @@
-"""Server moves and migration records: the resize, confirmResize, revertResize, migrate and
-os-migrateLive server actions; GET /os-migrations (admin); GET /servers/{id}/migrations[/{id}]
-(in-progress live migrations)."""
+"""Server moves and migration records: the resize, confirmResize, revertResize, migrate,
+os-migrateLive and evacuate server actions; GET /os-migrations (admin);
+GET /servers/{id}/migrations[/{id}] (in-progress live migrations)."""
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from loom.conductor.v1 import migrations_pb2, servers_pb2
@@ -22,7 +23,9 @@ from gateway.state import gateway_of, microversion, request_id
 from gateway.validation import Query, QueryParam, VersionedSchema, compile_schema
 from gateway.validation.booleans import BOOLEAN_SCHEMA, parse_bool
 
-MOVE_ACTIONS = frozenset({"resize", "confirmResize", "revertResize", "migrate", "os-migrateLive"})
+MOVE_ACTIONS = frozenset(
+    {"resize", "confirmResize", "revertResize", "migrate", "os-migrateLive", "evacuate"}
+)
 
 _FLAVOR_REF: dict[str, Any] = {
     "type": ["string", "integer"],
@@ -82,6 +85,28 @@ def _live_schema(mv: Microversion) -> dict[str, Any]:
 LIVE = VersionedSchema(_live_schema)
 
 
+def _evacuate_schema(mv: Microversion) -> dict[str, Any]:
+    """Nova's evacuate body: onSharedStorage (required) before 2.14, force 2.29 to 2.67."""
+    props: dict[str, Any] = {
+        "host": {"type": "string", "minLength": 1, "maxLength": 255},
+        "adminPass": {"type": "string"},
+    }
+    schema: dict[str, Any] = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": props,
+    }
+    if not mv.at_least("2.14"):
+        props["onSharedStorage"] = BOOLEAN_SCHEMA
+        schema["required"] = ["onSharedStorage"]
+    if mv.at_least("2.29") and not mv.at_least("2.68"):
+        props["force"] = BOOLEAN_SCHEMA
+    return schema
+
+
+EVACUATE = VersionedSchema(_evacuate_schema)
+
+
 def _flavor_id(ref: Any) -> str:
     """flavorRef is an id or a link ending in one."""
     text = str(ref).rstrip("/")
@@ -116,6 +141,8 @@ async def move_action(request: Request, ctx: RequestContext, body: dict[str, Any
         checked_body(NO_BODY, args)
         ctx.require_write("os_compute_api:servers:revert_resize")
         await call(stubs.RevertResize, migrations_pb2.RevertResizeRequest(**common))
+    elif action == "evacuate":
+        return await _evacuate(request, ctx, args, common)
     elif action == "os-migrateLive":
         checked_body(LIVE.at(microversion(request)), args)
         ctx.require_admin("os_compute_api:os-migrate-server:migrate_live")
@@ -137,6 +164,36 @@ async def move_action(request: Request, ctx: RequestContext, body: dict[str, Any
         host = (args or {}).get("host") or ""
         await call(stubs.MigrateServer, migrations_pb2.MigrateServerRequest(**common, host=host))
     return empty(202)
+
+
+async def _evacuate(
+    request: Request, ctx: RequestContext, args: Any, common: dict[str, Any]
+) -> Response:
+    """evacuate (admin): 200, with {"adminPass": ...} before 2.14 and no body from 2.14."""
+    mv = microversion(request)
+    checked_body(EVACUATE.at(mv), args)
+    ctx.require_admin("os_compute_api:os-evacuate")
+    if "onSharedStorage" in args and parse_bool(args["onSharedStorage"]):
+        raise BadRequest("Loom's hosts share no instance storage: onSharedStorage must be false.")
+    force = "force" in args and parse_bool(args["force"])
+    host = args.get("host") or ""
+    if force and not host:
+        raise BadRequest("Can't force to a non-provided destination")
+    common.pop("override_lock")
+    await call(
+        gateway_of(request).conductor.migrations.EvacuateServer,
+        migrations_pb2.EvacuateServerRequest(
+            **common,
+            host=host,
+            force=force,
+            # From 2.95 an evacuated server rests stopped on its new host.
+            stop_at_destination=mv.at_least("2.95"),
+        ),
+    )
+    if mv.at_least("2.14"):
+        return empty(200)
+    # Loom sets no guest password (as for rebuild); the API answers one as Nova does.
+    return ok({"adminPass": args.get("adminPass") or secrets.token_urlsafe(9)})
 
 
 # ------------------------------------------------------------------ records

@@ -123,3 +123,38 @@ async def test_a_real_guest_is_resized_in_place_and_survives_a_refused_move_to_a
     assert ev.power_state == agent_bus_pb2.POWER_STATE_RUNNING
     _wait_boots(src_driver, iid, 3)
     assert src_driver.list_instances() == {iid: PowerState.RUNNING}
+
+
+async def test_an_evacuated_real_guest_boots_from_its_image_on_the_destination(
+    two_drivers: tuple[LibvirtDriver, LibvirtDriver],
+    guest_images: GuestImages,
+    make_agent: AgentFactory,
+) -> None:
+    src_driver, dst_driver = two_drivers
+    dst = make_agent(dst_driver.host, driver=dst_driver)
+    spec = _spec(guest_images)
+    iid = spec.instance_id
+    assert src_driver.create(spec) == PowerState.RUNNING
+    _wait_boots(src_driver, iid, 1)
+    # The source host dies: its hypervisor holds the guest no more (here the two share one
+    # libvirtd, so the source's domain is removed as a dead host's would be unreachable).
+    src_driver.destroy(iid)
+
+    # An ordinary move is refused (its disks would have to come from the source) ...
+    gone = src_driver.host
+    ev = await moves.execute(
+        dst, moves.FINISH_DEST, _cmd(moves.FINISH_DEST, spec, gone, spec=spec, power_on=True)
+    )
+    assert (ev.kind, ev.fault.code) == (agent_bus_pb2.INSTANCE_EVENT_KIND_ACTION_FAILED, 501)
+    # ... an evacuation's builds fresh disks from the image, as a boot does.
+    ev = await moves.execute(
+        dst,
+        moves.FINISH_DEST,
+        _cmd(moves.FINISH_DEST, spec, gone, spec=spec, power_on=True, from_image=True),
+    )
+    assert (ev.kind, ev.power_state) == (
+        agent_bus_pb2.INSTANCE_EVENT_KIND_ACTION_SUCCEEDED,
+        agent_bus_pb2.POWER_STATE_RUNNING,
+    )
+    _wait_boots(dst_driver, iid, 1)
+    assert dst_driver.list_instances() == {iid: PowerState.RUNNING}

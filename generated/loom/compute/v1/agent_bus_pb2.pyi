@@ -1228,6 +1228,7 @@ class MoveInstanceCommand(_message.Message):
     SPEC_FIELD_NUMBER: _builtins.int
     POWER_ON_FIELD_NUMBER: _builtins.int
     SOURCE_HOST_FIELD_NUMBER: _builtins.int
+    FROM_IMAGE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per command; also the NATS message id."""
     migration_id: _builtins.str
@@ -1238,6 +1239,10 @@ class MoveInstanceCommand(_message.Message):
     """Whether the instance should run when the step is done."""
     source_host: _builtins.str
     """The host the instance moves from (informational for the destination)."""
+    from_image: _builtins.bool
+    """move_finish_dest of an evacuation: build fresh disks from the image as a boot does;
+    nothing is received from the source (which is down).
+    """
     @_builtins.property
     def spec(self) -> Global___InstanceSpec:
         """The instance as the destination must define it (move_finish_dest only)."""
@@ -1251,10 +1256,11 @@ class MoveInstanceCommand(_message.Message):
         spec: Global___InstanceSpec | None = ...,
         power_on: _builtins.bool = ...,
         source_host: _builtins.str = ...,
+        from_image: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "migration_id", b"migration_id", "power_on", b"power_on", "request_id", b"request_id", "source_host", b"source_host", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_image", b"from_image", "instance_id", b"instance_id", "migration_id", b"migration_id", "power_on", b"power_on", "request_id", b"request_id", "source_host", b"source_host", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -68,7 +68,8 @@ class Migration(_message.Message):
     """Flavor id after the move."""
     status: _builtins.str
     """pre-migrating, migrating, post-migrating, finished, confirming, confirmed, reverting,
-    reverted, error, failed.
+    reverted, error, failed; an evacuation: accepted, pre-migrating, done, completed,
+    failed, error.
     """
     migration_type: _builtins.str
     """resize, migration, live-migration or evacuation."""
@@ -585,3 +586,79 @@ class LiveMigrateServerResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LiveMigrateServerResponse: _TypeAlias = LiveMigrateServerResponse  # noqa: Y015
+
+@_typing.final
+class EvacuateServerRequest(_message.Message):
+    """Request for EvacuateServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
+    STOP_AT_DESTINATION_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call; a retry with the same id returns the same migration."""
+    id: _builtins.str
+    """Server UUID."""
+    project_id: _builtins.str
+    """When set, NOT_FOUND unless the server belongs to this project."""
+    user_id: _builtins.str
+    """Who asks."""
+    host: _builtins.str
+    """The requested destination; empty lets the scheduler choose. Checked by every filter
+    unless force is set.
+    """
+    force: _builtins.bool
+    """Claim the requested host without running the scheduler's filters (capacity is still
+    claimed atomically). Requires host.
+    """
+    stop_at_destination: _builtins.bool
+    """Leave the server stopped on the destination (the API's 2.95 behaviour); otherwise
+    it ends as it was (running unless it was stopped).
+    """
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        host: _builtins.str = ...,
+        force: _builtins.bool = ...,
+        stop_at_destination: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "host", b"host", "id", b"id", "project_id", b"project_id", "request_id", b"request_id", "stop_at_destination", b"stop_at_destination", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvacuateServerRequest: _TypeAlias = EvacuateServerRequest  # noqa: Y015
+
+@_typing.final
+class EvacuateServerResponse(_message.Message):
+    """Response of EvacuateServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIGRATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def migration(self) -> Global___Migration:
+        """The migration record (type evacuation) of this evacuation."""
+
+    def __init__(
+        self,
+        *,
+        migration: Global___Migration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["migration", b"migration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["migration", b"migration"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvacuateServerResponse: _TypeAlias = EvacuateServerResponse  # noqa: Y015

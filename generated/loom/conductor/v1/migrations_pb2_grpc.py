@@ -70,6 +70,11 @@ class MigrationsServiceStub:
                 request_serializer=loom_dot_conductor_dot_v1_dot_migrations__pb2.LiveMigrateServerRequest.SerializeToString,
                 response_deserializer=loom_dot_conductor_dot_v1_dot_migrations__pb2.LiveMigrateServerResponse.FromString,
                 _registered_method=True)
+        self.EvacuateServer = channel.unary_unary(
+                '/loom.conductor.v1.MigrationsService/EvacuateServer',
+                request_serializer=loom_dot_conductor_dot_v1_dot_migrations__pb2.EvacuateServerRequest.SerializeToString,
+                response_deserializer=loom_dot_conductor_dot_v1_dot_migrations__pb2.EvacuateServerResponse.FromString,
+                _registered_method=True)
 
 
 class MigrationsServiceServicer:
@@ -132,6 +137,17 @@ class MigrationsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EvacuateServer(self, request, context):
+        """Rebuild a server of a down host on another host (evacuation), from its image: the
+        disk contents of the source are lost. INVALID_ARGUMENT when the source host is up or
+        the requested host is the source; NOT_FOUND for an unknown requested host;
+        FAILED_PRECONDITION when its state does not allow it. No valid host is not an error
+        of the call: the server goes to ERROR with a fault and the migration to error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MigrationsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +185,11 @@ def add_MigrationsServiceServicer_to_server(servicer, server):
                     servicer.LiveMigrateServer,
                     request_deserializer=loom_dot_conductor_dot_v1_dot_migrations__pb2.LiveMigrateServerRequest.FromString,
                     response_serializer=loom_dot_conductor_dot_v1_dot_migrations__pb2.LiveMigrateServerResponse.SerializeToString,
+            ),
+            'EvacuateServer': grpc.unary_unary_rpc_method_handler(
+                    servicer.EvacuateServer,
+                    request_deserializer=loom_dot_conductor_dot_v1_dot_migrations__pb2.EvacuateServerRequest.FromString,
+                    response_serializer=loom_dot_conductor_dot_v1_dot_migrations__pb2.EvacuateServerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -361,6 +382,33 @@ class MigrationsService:
             '/loom.conductor.v1.MigrationsService/LiveMigrateServer',
             loom_dot_conductor_dot_v1_dot_migrations__pb2.LiveMigrateServerRequest.SerializeToString,
             loom_dot_conductor_dot_v1_dot_migrations__pb2.LiveMigrateServerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvacuateServer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.conductor.v1.MigrationsService/EvacuateServer',
+            loom_dot_conductor_dot_v1_dot_migrations__pb2.EvacuateServerRequest.SerializeToString,
+            loom_dot_conductor_dot_v1_dot_migrations__pb2.EvacuateServerResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -62,6 +62,13 @@ class MigrationsServiceStub:
     On simulated (test:///) hosts the destination starts the server and the source
     drops it; hosts with real guests refuse it. Errors as MigrateServer.
     """
+    EvacuateServer: _grpc.UnaryUnaryMultiCallable[_migrations_pb2.EvacuateServerRequest, _migrations_pb2.EvacuateServerResponse]
+    """Rebuild a server of a down host on another host (evacuation), from its image: the
+    disk contents of the source are lost. INVALID_ARGUMENT when the source host is up or
+    the requested host is the source; NOT_FOUND for an unknown requested host;
+    FAILED_PRECONDITION when its state does not allow it. No valid host is not an error
+    of the call: the server goes to ERROR with a fault and the migration to error.
+    """
 
 @_typing.type_check_only
 class MigrationsServiceAsyncStub(MigrationsServiceStub):
@@ -93,6 +100,13 @@ class MigrationsServiceAsyncStub(MigrationsServiceStub):
     """Move a running server to another host without a confirm step (live migration).
     On simulated (test:///) hosts the destination starts the server and the source
     drops it; hosts with real guests refuse it. Errors as MigrateServer.
+    """
+    EvacuateServer: _aio.UnaryUnaryMultiCallable[_migrations_pb2.EvacuateServerRequest, _migrations_pb2.EvacuateServerResponse]  # type: ignore[assignment]
+    """Rebuild a server of a down host on another host (evacuation), from its image: the
+    disk contents of the source are lost. INVALID_ARGUMENT when the source host is up or
+    the requested host is the source; NOT_FOUND for an unknown requested host;
+    FAILED_PRECONDITION when its state does not allow it. No valid host is not an error
+    of the call: the server goes to ERROR with a fault and the migration to error.
     """
 
 class MigrationsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -164,6 +178,19 @@ class MigrationsServiceServicer(metaclass=_abc_1.ABCMeta):
         """Move a running server to another host without a confirm step (live migration).
         On simulated (test:///) hosts the destination starts the server and the source
         drops it; hosts with real guests refuse it. Errors as MigrateServer.
+        """
+
+    @_abc_1.abstractmethod
+    def EvacuateServer(
+        self,
+        request: _migrations_pb2.EvacuateServerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_migrations_pb2.EvacuateServerResponse, _abc.Awaitable[_migrations_pb2.EvacuateServerResponse]]:
+        """Rebuild a server of a down host on another host (evacuation), from its image: the
+        disk contents of the source are lost. INVALID_ARGUMENT when the source host is up or
+        the requested host is the source; NOT_FOUND for an unknown requested host;
+        FAILED_PRECONDITION when its state does not allow it. No valid host is not an error
+        of the call: the server goes to ERROR with a fault and the migration to error.
         """
 
 def add_MigrationsServiceServicer_to_server(servicer: MigrationsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
