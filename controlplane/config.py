@@ -82,6 +82,14 @@ class NatsConfig(_Section):
     tls_ca: str = ""
     tls_cert: str = ""
     tls_key: str = ""
+    # Seconds a consumer's delivery may stay unacked before JetStream redelivers it; 0
+    # keeps each consumer's own (30 s for an agent's commands, 60 s for the conductor's).
+    # Applies when a durable consumer is created.
+    ack_wait_s: float = Field(default=0.0, ge=0, le=3600)
+    # Fault injection for chaos scenarios (controlplane/runtime/busfaults.py): every
+    # fetched message handled twice, and this fraction of them never acked.
+    fault_duplicate: bool = False
+    fault_drop_before_ack: float = Field(default=0.0, ge=0, le=1)
 
 
 class TlsConfig(_Section):

@@ -28,6 +28,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from controlplane.config import AgentConfig
 from controlplane.runtime import bus, tracing
+from controlplane.runtime.busfaults import BusFaults
 from nodeagent import messages as m
 from nodeagent import moves
 from nodeagent.driver.base import (
@@ -155,6 +156,7 @@ class HostAgent:
         placements: dict[str, str] | None = None,
         ack_wait: float = 30.0,
         watch: bus.ConnectionWatch | None = None,
+        faults: BusFaults | None = None,
     ) -> None:
         if not bus.valid_host_name(host):
             raise ValueError(f"host name {host!r} cannot be a NATS subject token")
@@ -170,6 +172,8 @@ class HostAgent:
         # instance → host for the whole process (the gRPC API dispatches with it).
         self._placements: dict[str, str] = {} if placements is None else placements
         self._ack_wait = ack_wait
+        # Chaos faults on the commands fetched (none by default; redeliveries counted).
+        self._faults = faults or BusFaults()
         # The expiry of each pull request. Long is cheap (an idle host sends one pull request
         # per expiry) and nothing waits it out: a pull request lost with a restarted server
         # is replaced as soon as the connection is back (watch), and stop ends the open one.
@@ -370,7 +374,7 @@ class HostAgent:
                 log.warning("fetch failed: %s", exc, extra={"host": self.host})
                 await self._wait_on(asyncio.sleep(1.0), is_fetch=False, link=None)
                 continue
-            for msg in fetch.result():
+            for msg in self._faults.apply("agent", fetch.result()):
                 if self._stopping:
                     await self._hand_back(msg)
                     continue
