@@ -68,6 +68,11 @@ _COMMANDS: dict[str, type[Any]] = {
 }
 
 
+# Build requests remembered as deleted, per host: enough for every redelivery JetStream
+# can still make (a build is redelivered until acked, at most a few times ack_wait late).
+_DELETED_BUILDS_KEPT = 65536
+
+
 def _valid_uuid(value: str) -> bool:
     try:
         uuid.UUID(value)
@@ -189,6 +194,12 @@ class HostAgent:
         self._known: dict[str, PowerState] = {}
         # Deleted by command since start: reconcile must not bring these back.
         self._deleted: set[str] = set()
+        # instance → the request of the build that made its domain here; and the requests
+        # of builds whose instance a delete command has removed since. A build command
+        # JetStream delivers again after that delete (its ack was lost) is not carried out
+        # again: it would leave a domain nobody owns (chaos scenario R3).
+        self._built: dict[str, str] = {}
+        self._deleted_builds: dict[str, None] = {}
         self._last_inventory = b""
         self._psub: JetStreamContext.PullSubscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -533,6 +544,12 @@ class HostAgent:
                 PowerState.NOSTATE,
                 "The build command lacks a valid instance UUID or name.",
             )
+        if cmd.request_id in self._deleted_builds:
+            return answer(
+                m.BUILD_FAILED,
+                PowerState.NOSTATE,
+                "The instance was deleted on this host after this build; it is not built again.",
+            )
         self._deleted.discard(iid)
         try:
             state = await self.call_driver(self.driver.create, spec)
@@ -548,6 +565,7 @@ class HostAgent:
                 m.BUILD_FAILED, PowerState.NOSTATE, "An internal error stopped the build."
             )
         self._set_known(iid, state)
+        self._built[iid] = cmd.request_id
         return answer(m.BUILD_SUCCEEDED, state)
 
     async def _delete(
@@ -557,6 +575,11 @@ class HostAgent:
         if _valid_uuid(iid):
             await self.call_driver(self.driver.destroy, iid)
             self._deleted.add(iid)
+            built = self._built.pop(iid, None)
+            if built is not None:
+                self._deleted_builds[built] = None
+                while len(self._deleted_builds) > _DELETED_BUILDS_KEPT:
+                    del self._deleted_builds[next(iter(self._deleted_builds))]
         # An invalid UUID names nothing on this host: it is already absent.
         self._forget(iid)
         return m.instance_event(

@@ -143,8 +143,10 @@ class LibvirtDriver:
     ) -> None:
         """`images` is required for real hypervisors (it makes their disks); `virt_type`
         "auto" decides kvm or qemu on open (nodeagent.driver.hypervisor).
-        `simulated_latency_s` (test:/// only) makes each build take that long in the
-        hypervisor, as a slow real one does; its calls then run off the agent's loop."""
+        `simulated_latency_s` (test:/// only) makes each call that changes a domain (build,
+        start, stop, reboot, delete, pause, suspend, their reverses, resize in place) take
+        that long in the hypervisor, as a slow real one does; its calls then run off the
+        agent's loop."""
         self.uri = uri
         self.host = host
         self.instances_dir = instances_dir
@@ -352,6 +354,10 @@ class LibvirtDriver:
 
     # -- verbs --------------------------------------------------------------------------
 
+    def _simulate_latency(self) -> None:
+        if self._latency_s:
+            time.sleep(self._latency_s)  # a simulated slow hypervisor (off the loop)
+
     def create(self, spec: agent_bus_pb2.InstanceSpec, *, power_on: bool = True) -> PowerState:
         existing = self._lookup(spec.instance_id)
         if existing is not None:
@@ -360,8 +366,7 @@ class LibvirtDriver:
             # One libvirt serving two hosts (two agents on one machine) holds one domain
             # per UUID: defining it again would take over the other host's domain.
             raise BuildFailed("This hypervisor already defines that instance for another host.")
-        if self._latency_s:
-            time.sleep(self._latency_s)  # a simulated slow hypervisor (off the loop)
+        self._simulate_latency()
         dom: Any = None
         step = "prepare the instance folder"
         try:
@@ -483,12 +488,14 @@ class LibvirtDriver:
         self.dataplane.reconcile(wanted, None)
 
     def start(self, instance_id: str) -> PowerState:
+        self._simulate_latency()
         dom = self._require(instance_id)
         if not dom.isActive():
             self._start_domain(dom, instance_id)
         return self._power(dom)
 
     def stop(self, instance_id: str, timeout: float) -> PowerState:
+        self._simulate_latency()
         dom = self._require(instance_id)
         if not dom.isActive():
             # A suspended guest is stopped by forgetting its saved memory.
@@ -512,6 +519,7 @@ class LibvirtDriver:
         return self._power(dom)
 
     def reboot(self, instance_id: str, *, hard: bool) -> PowerState:
+        self._simulate_latency()
         dom = self._require(instance_id)
         if not dom.isActive():
             self._start_domain(dom, instance_id)
@@ -554,6 +562,7 @@ class LibvirtDriver:
         """Gives an existing domain the flavor's vCPUs and memory (a move that stays on this
         host): powered off, redefined from its own XML with the new sizes, started when
         `power_on`. Its disks stay as they are. Idempotent; raises InstanceNotFound."""
+        self._simulate_latency()
         dom = self._require(spec.instance_id)
         if dom.isActive():
             dom.destroy()
@@ -591,6 +600,7 @@ class LibvirtDriver:
     # -- PauseSuspendDriver -------------------------------------------------------------
 
     def pause(self, instance_id: str) -> PowerState:
+        self._simulate_latency()
         dom = self._require(instance_id)
         state = self._power(dom)
         if state == PowerState.PAUSED:
@@ -601,6 +611,7 @@ class LibvirtDriver:
         return self._power(dom)
 
     def unpause(self, instance_id: str) -> PowerState:
+        self._simulate_latency()
         dom = self._require(instance_id)
         state = self._power(dom)
         if state == PowerState.RUNNING:
@@ -611,6 +622,7 @@ class LibvirtDriver:
         return self._power(dom)
 
     def suspend(self, instance_id: str) -> PowerState:
+        self._simulate_latency()
         dom = self._require(instance_id)
         state = self._power(dom)
         if state == PowerState.SUSPENDED:
@@ -621,6 +633,7 @@ class LibvirtDriver:
         return self._power(dom)
 
     def resume(self, instance_id: str) -> PowerState:
+        self._simulate_latency()
         dom = self._require(instance_id)
         if not dom.isActive():
             # Starting a domain that has a managed save restores it from that save.
@@ -630,6 +643,7 @@ class LibvirtDriver:
         return self._power(dom)
 
     def destroy(self, instance_id: str) -> None:
+        self._simulate_latency()
         dom = self._lookup(instance_id)
         if dom is not None:
             self._remove_domain(dom)
