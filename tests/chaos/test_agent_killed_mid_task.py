@@ -56,6 +56,7 @@ class Case:
 
 
 CASES = [
+    # Loom finishes the build: its command comes back and is carried out (docs/reliability.md).
     Case("spawning", "-", None, "ERROR", ("ACTIVE", "RUNNING")),
     Case("powering-off", "ACTIVE", {"os-stop": None}, "SHUTOFF", ("SHUTOFF", "SHUTDOWN")),
     Case("powering-on", "SHUTOFF", {"os-start": None}, "ACTIVE", ("ACTIVE", "RUNNING")),
