@@ -105,7 +105,9 @@ async def _powers(agent_target: str) -> dict[str, str]:
                 compute_pb2.ListHostInstancesRequest(host=f"{PREFIX}-{i:04d}"), timeout=10
             )
             for inst in resp.instances:
-                found[inst.instance_id] = agent_bus_pb2.PowerState.Name(inst.power_state)
+                found[inst.instance_id] = agent_bus_pb2.PowerState.Name(
+                    inst.power_state
+                ).removeprefix("POWER_STATE_")
     return found
 
 
