@@ -68,6 +68,23 @@ _COMMANDS: dict[str, type[Any]] = {
 }
 
 
+# Verbs that act on the instance's existing domain (a build, a delete or a move's
+# destination step needs none).
+_ACTS_ON_DOMAIN = frozenset(
+    {
+        "start",
+        "stop",
+        "reboot",
+        "pause",
+        "unpause",
+        "suspend",
+        "resume",
+        "shelve",
+        moves.STOP_SOURCE,
+        moves.RESTORE_SOURCE,
+    }
+)
+
 # Build requests remembered as deleted, per host: enough for every redelivery JetStream
 # can still make (a build is redelivered until acked, at most a few times ack_wait late).
 _DELETED_BUILDS_KEPT = 65536
@@ -425,6 +442,11 @@ class HostAgent:
             log.error("undecodable %s command; dropped", verb, extra={"host": self.host})
             await msg.term()
             return
+        if verb in _ACTS_ON_DOMAIN and self._domain_may_come_back(command.instance_id):
+            # Its domain died with the previous agent process; the first reconcile re-creates
+            # it (nodeagent/reconcile.py). Acting now would find nothing and fail the task.
+            await msg.nak(delay=1.0)
+            return
         keepalive = None
         if not self.driver.runs_inline:
             keepalive = asyncio.create_task(self._report_progress(msg))
@@ -458,6 +480,13 @@ class HostAgent:
             if keepalive is not None:
                 keepalive.cancel()
         await msg.ack()
+
+    def _domain_may_come_back(self, iid: str) -> bool:
+        """True until the first reconcile of a hypervisor whose domains die with the agent
+        (test:///), for an instance this host has no domain of."""
+        return (
+            not self.driver.persistent and not self.reconciled.is_set() and iid not in self._known
+        )
 
     async def _report_progress(self, msg: Msg) -> None:
         """Long real operations tell JetStream they are alive, so it does not redeliver."""

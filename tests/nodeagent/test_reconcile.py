@@ -309,3 +309,46 @@ def test_a_lost_simulated_domain_mid_task_is_recreated_for_its_redelivered_comma
         s.instance_id for s in specs.values()
     )
     assert plan.missing == ()
+
+
+async def test_a_command_for_a_domain_reconcile_may_bring_back_waits_for_that_reconcile(
+    make_agent: AgentFactory, bus_nc: NATS, fleet_port: int
+) -> None:
+    # Found by chaos scenario R2: the stop redelivered to a restarted agent of simulated
+    # hosts ran before reconcile had re-created the domain, found none, and the server went
+    # to ERROR.
+    stopping = make_spec()
+    channel = _channel(fleet_port)
+    try:
+        agent = make_agent(fleet=GrpcFleetView(channel))
+        await agent.start()
+        events = await EventReader.open(bus_nc, "h1")
+        stop = agent_bus_pb2.StopInstanceCommand(request_id="s1", instance_id=stopping.instance_id)
+        await send(bus_nc.jetstream(), "h1", "stop", stop)
+        # The conductor is unreachable: no reconcile yet, so no answer either.
+        assert await events.none_within(1.5)
+
+        fleet = RecordedFleet(
+            {
+                "h1": [
+                    _record(
+                        stopping,
+                        C.VM_STATE_ACTIVE,
+                        agent_bus_pb2.POWER_STATE_RUNNING,
+                        C.TASK_STATE_POWERING_OFF,
+                    )
+                ]
+            }
+        )
+        server = await _serve_fleet(fleet, fleet_port)
+        try:
+            event = await events.next()
+        finally:
+            await server.stop(0)
+        assert (event.kind, event.request_id, event.power_state) == (
+            agent_bus_pb2.INSTANCE_EVENT_KIND_ACTION_SUCCEEDED,
+            "s1",
+            agent_bus_pb2.POWER_STATE_SHUTDOWN,
+        )
+    finally:
+        await channel.close()
