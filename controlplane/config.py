@@ -82,6 +82,14 @@ class NatsConfig(_Section):
     tls_ca: str = ""
     tls_cert: str = ""
     tls_key: str = ""
+    # Seconds a consumer's delivery may stay unacked before JetStream redelivers it; 0
+    # keeps each consumer's own (30 s for an agent's commands, 60 s for the conductor's).
+    # Applies when a durable consumer is created.
+    ack_wait_s: float = Field(default=0.0, ge=0, le=3600)
+    # Fault injection for chaos scenarios (controlplane/runtime/busfaults.py): every
+    # fetched message handled twice, and this fraction of them never acked.
+    fault_duplicate: bool = False
+    fault_drop_before_ack: float = Field(default=0.0, ge=0, le=1)
 
 
 class TlsConfig(_Section):
@@ -199,9 +207,10 @@ class AgentConfig(_Section):
     sim_vcpus: int = Field(default=32, ge=1)
     sim_memory_mb: int = Field(default=131072, ge=256)
     sim_disk_gb: int = Field(default=2048, ge=1)
-    # Seconds each build takes in a simulated host's hypervisor, as a slow real one's
-    # (test:/// only; 0: at once). Chaos scenarios use it to show that heartbeats never
-    # wait behind hypervisor calls.
+    # Seconds each call that changes a domain (build, start, stop, reboot, delete...)
+    # takes in a simulated host's hypervisor, as a slow real one's (test:/// only; 0: at
+    # once). Chaos scenarios use it to show that heartbeats never wait behind hypervisor
+    # calls (R4) and to kill an agent while a call is in progress (R2).
     sim_hypervisor_latency_s: float = Field(default=0.0, ge=0, le=3600)
     reserved_host_memory_mb: int = Field(default=512, ge=0)
     reserved_host_disk_gb: int = Field(default=0, ge=0)

@@ -28,6 +28,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from controlplane.config import AgentConfig
 from controlplane.runtime import bus, tracing
+from controlplane.runtime.busfaults import BusFaults
 from nodeagent import messages as m
 from nodeagent import moves
 from nodeagent.driver.base import (
@@ -65,6 +66,28 @@ _COMMANDS: dict[str, type[Any]] = {
     "unshelve": agent_bus_pb2.UnshelveInstanceCommand,
     "rebuild": agent_bus_pb2.RebuildInstanceCommand,
 }
+
+
+# Verbs that act on the instance's existing domain (a build, a delete or a move's
+# destination step needs none).
+_ACTS_ON_DOMAIN = frozenset(
+    {
+        "start",
+        "stop",
+        "reboot",
+        "pause",
+        "unpause",
+        "suspend",
+        "resume",
+        "shelve",
+        moves.STOP_SOURCE,
+        moves.RESTORE_SOURCE,
+    }
+)
+
+# Build requests remembered as deleted, per host: enough for every redelivery JetStream
+# can still make (a build is redelivered until acked, at most a few times ack_wait late).
+_DELETED_BUILDS_KEPT = 65536
 
 
 def _valid_uuid(value: str) -> bool:
@@ -155,6 +178,7 @@ class HostAgent:
         placements: dict[str, str] | None = None,
         ack_wait: float = 30.0,
         watch: bus.ConnectionWatch | None = None,
+        faults: BusFaults | None = None,
     ) -> None:
         if not bus.valid_host_name(host):
             raise ValueError(f"host name {host!r} cannot be a NATS subject token")
@@ -170,6 +194,8 @@ class HostAgent:
         # instance → host for the whole process (the gRPC API dispatches with it).
         self._placements: dict[str, str] = {} if placements is None else placements
         self._ack_wait = ack_wait
+        # Chaos faults on the commands fetched (none by default; redeliveries counted).
+        self._faults = faults or BusFaults()
         # The expiry of each pull request. Long is cheap (an idle host sends one pull request
         # per expiry) and nothing waits it out: a pull request lost with a restarted server
         # is replaced as soon as the connection is back (watch), and stop ends the open one.
@@ -185,6 +211,12 @@ class HostAgent:
         self._known: dict[str, PowerState] = {}
         # Deleted by command since start: reconcile must not bring these back.
         self._deleted: set[str] = set()
+        # instance → the request of the build that made its domain here; and the requests
+        # of builds whose instance a delete command has removed since. A build command
+        # JetStream delivers again after that delete (its ack was lost) is not carried out
+        # again: it would leave a domain nobody owns (chaos scenario R3).
+        self._built: dict[str, str] = {}
+        self._deleted_builds: dict[str, None] = {}
         self._last_inventory = b""
         self._psub: JetStreamContext.PullSubscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -370,7 +402,7 @@ class HostAgent:
                 log.warning("fetch failed: %s", exc, extra={"host": self.host})
                 await self._wait_on(asyncio.sleep(1.0), is_fetch=False, link=None)
                 continue
-            for msg in fetch.result():
+            for msg in self._faults.apply("agent", fetch.result()):
                 if self._stopping:
                     await self._hand_back(msg)
                     continue
@@ -410,6 +442,11 @@ class HostAgent:
             log.error("undecodable %s command; dropped", verb, extra={"host": self.host})
             await msg.term()
             return
+        if verb in _ACTS_ON_DOMAIN and self._domain_may_come_back(command.instance_id):
+            # Its domain died with the previous agent process; the first reconcile re-creates
+            # it (nodeagent/reconcile.py). Acting now would find nothing and fail the task.
+            await msg.nak(delay=1.0)
+            return
         keepalive = None
         if not self.driver.runs_inline:
             keepalive = asyncio.create_task(self._report_progress(msg))
@@ -443,6 +480,13 @@ class HostAgent:
             if keepalive is not None:
                 keepalive.cancel()
         await msg.ack()
+
+    def _domain_may_come_back(self, iid: str) -> bool:
+        """True until the first reconcile of a hypervisor whose domains die with the agent
+        (test:///), for an instance this host has no domain of."""
+        return (
+            not self.driver.persistent and not self.reconciled.is_set() and iid not in self._known
+        )
 
     async def _report_progress(self, msg: Msg) -> None:
         """Long real operations tell JetStream they are alive, so it does not redeliver."""
@@ -529,6 +573,12 @@ class HostAgent:
                 PowerState.NOSTATE,
                 "The build command lacks a valid instance UUID or name.",
             )
+        if cmd.request_id in self._deleted_builds:
+            return answer(
+                m.BUILD_FAILED,
+                PowerState.NOSTATE,
+                "The instance was deleted on this host after this build; it is not built again.",
+            )
         self._deleted.discard(iid)
         try:
             state = await self.call_driver(self.driver.create, spec, dhcp=list(cmd.dhcp))
@@ -544,6 +594,7 @@ class HostAgent:
                 m.BUILD_FAILED, PowerState.NOSTATE, "An internal error stopped the build."
             )
         self._set_known(iid, state)
+        self._built[iid] = cmd.request_id
         return answer(m.BUILD_SUCCEEDED, state)
 
     async def _delete(
@@ -553,6 +604,11 @@ class HostAgent:
         if _valid_uuid(iid):
             await self.call_driver(self.driver.destroy, iid)
             self._deleted.add(iid)
+            built = self._built.pop(iid, None)
+            if built is not None:
+                self._deleted_builds[built] = None
+                while len(self._deleted_builds) > _DELETED_BUILDS_KEPT:
+                    del self._deleted_builds[next(iter(self._deleted_builds))]
         # An invalid UUID names nothing on this host: it is already absent.
         self._forget(iid)
         return m.instance_event(

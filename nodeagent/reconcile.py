@@ -25,6 +25,25 @@ _AT_REST = frozenset(
     }
 )
 
+# Tasks whose command acts on an existing domain of this host. On a hypervisor whose
+# domains die with the agent (test:///) such a domain is re-created, in its recorded power
+# state, so that the redelivered command finds it (chaos scenario R2); a build makes its
+# own domain and a delete needs none.
+_ACTS_ON_DOMAIN = frozenset(
+    {
+        servers_pb2.TASK_STATE_POWERING_OFF,
+        servers_pb2.TASK_STATE_POWERING_ON,
+        servers_pb2.TASK_STATE_REBOOTING,
+        servers_pb2.TASK_STATE_REBOOTING_HARD,
+        servers_pb2.TASK_STATE_RESIZE_MIGRATING,
+        servers_pb2.TASK_STATE_PAUSING,
+        servers_pb2.TASK_STATE_UNPAUSING,
+        servers_pb2.TASK_STATE_SUSPENDING,
+        servers_pb2.TASK_STATE_RESUMING,
+        servers_pb2.TASK_STATE_SHELVING,
+    }
+)
+
 
 @dataclass(frozen=True)
 class ReconcilePlan:
@@ -72,6 +91,9 @@ def plan_reconcile(
             at_rest = (
                 exp.vm_state in _AT_REST and exp.task_state == servers_pb2.TASK_STATE_UNSPECIFIED
             )
+            if not persistent and exp.task_state in _ACTS_ON_DOMAIN:
+                recreate.append(exp)
+                continue
             if not at_rest:
                 continue
             if persistent:

@@ -16,6 +16,7 @@ from loom.compute.v1 import compute_pb2_grpc
 
 from controlplane.config import LoomConfig
 from controlplane.runtime import bus
+from controlplane.runtime.busfaults import BusFaults
 from controlplane.runtime.grpcserver import (
     Registration,
     insecure_or_secure_channel,
@@ -203,6 +204,8 @@ async def serve(
                 fleet=fleet,
                 placements=placements,
                 watch=watch,
+                ack_wait=cfg.nats.ack_wait_s or 30.0,
+                faults=BusFaults.from_config(cfg.nats),
             )
 
         async def start(agent: HostAgent) -> None:

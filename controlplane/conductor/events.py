@@ -30,6 +30,7 @@ from controlplane.conductor.states import PowerState, TaskState, VmState
 from controlplane.db.dialect import as_utc as aware
 from controlplane.db.models import Instance, InstanceAction
 from controlplane.runtime import bus, tracing
+from controlplane.runtime.busfaults import BusFaults
 
 log = logging.getLogger(__name__)
 
@@ -732,9 +733,14 @@ class EventConsumer:
             bus.INSTANCE_EVENT_WILDCARD,
             durable=DURABLE,
             stream=bus.EVENTS_STREAM,
-            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60.0, max_ack_pending=-1),
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=self._c.cfg.nats.ack_wait_s or 60.0,
+                max_ack_pending=-1,
+            ),
         )
-        await consume(sub, stop, self._batch, self._handle_batch)
+        faults = BusFaults.from_config(self._c.cfg.nats)
+        await consume(sub, stop, self._batch, self._handle_batch, faults, DURABLE)
 
 
 async def _mark_deleted(session: AsyncSession, inst: Instance, when: datetime) -> None:

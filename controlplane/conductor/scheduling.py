@@ -39,6 +39,7 @@ from controlplane.conductor.metrics import BOOTS_NO_VALID_HOST
 from controlplane.conductor.states import TaskState, VmState
 from controlplane.db.models import Image, Instance, InstanceAction, InstanceActionEvent
 from controlplane.runtime import bus, tracing
+from controlplane.runtime.busfaults import BusFaults
 
 log = logging.getLogger(__name__)
 
@@ -616,10 +617,13 @@ class SchedulingWorker:
                 durable=DURABLE,
                 stream=bus.CONDUCTOR_STREAM,
                 config=ConsumerConfig(
-                    ack_policy=AckPolicy.EXPLICIT, ack_wait=60.0, max_ack_pending=-1
+                    ack_policy=AckPolicy.EXPLICIT,
+                    ack_wait=self._c.cfg.nats.ack_wait_s or 60.0,
+                    max_ack_pending=-1,
                 ),
             )
-            await consume(sub, stop, self._batch, self._handle_batch)
+            faults = BusFaults.from_config(self._c.cfg.nats)
+            await consume(sub, stop, self._batch, self._handle_batch, faults, DURABLE)
 
         await asyncio.gather(*(lane() for _ in range(max(1, lanes))))
 
@@ -629,8 +633,12 @@ async def consume(
     stop: asyncio.Event,
     batch: int,
     handle: Any,
+    faults: BusFaults | None = None,
+    consumer: str = "",
 ) -> None:
-    """Fetches batches until stop is set; an outage only pauses it."""
+    """Fetches batches until stop is set; an outage only pauses it. Each batch passes
+    through `faults` (redeliveries counted under `consumer`; chaos faults when on)."""
+    faults = faults or BusFaults()
     while not stop.is_set():
         try:
             msgs = await sub.fetch(batch, timeout=0.5)
@@ -642,4 +650,4 @@ async def consume(
             log.warning("fetch failed: %s", exc)
             await asyncio.sleep(0.5)
             continue
-        await handle(msgs)
+        await handle(faults.apply(consumer, msgs))

@@ -142,8 +142,10 @@ class LibvirtDriver:
     ) -> None:
         """`images` is required for real hypervisors (it makes their disks); `virt_type`
         "auto" decides kvm or qemu on open (nodeagent.driver.hypervisor).
-        `simulated_latency_s` (test:/// only) makes each build take that long in the
-        hypervisor, as a slow real one does; its calls then run off the agent's loop."""
+        `simulated_latency_s` (test:/// only) makes each call that changes a domain (build,
+        start, stop, reboot, delete, pause, suspend, their reverses, resize in place) take
+        that long in the hypervisor, as a slow real one does; its calls then run off the
+        agent's loop."""
         self.uri = uri
         self.host = host
         self.instances_dir = instances_dir
@@ -352,6 +354,10 @@ class LibvirtDriver:
 
     # -- verbs --------------------------------------------------------------------------
 
+    def _simulate_latency(self) -> None:
+        if self._latency_s:
+            time.sleep(self._latency_s)  # a simulated slow hypervisor (off the loop)
+
     def create(
         self,
         spec: agent_bus_pb2.InstanceSpec,
@@ -366,8 +372,7 @@ class LibvirtDriver:
             # One libvirt serving two hosts (two agents on one machine) holds one domain
             # per UUID: defining it again would take over the other host's domain.
             raise BuildFailed("This hypervisor already defines that instance for another host.")
-        if self._latency_s:
-            time.sleep(self._latency_s)  # a simulated slow hypervisor (off the loop)
+        self._simulate_latency()
         dom: Any = None
         step = "check the ports"
         try:
@@ -523,12 +528,14 @@ class LibvirtDriver:
             self._publish_metadata(folder.name, netrecords.ports(folder))
 
     def start(self, instance_id: str) -> PowerState:
+        self._simulate_latency()
         dom = self._require(instance_id)
         if not dom.isActive():
             self._start_domain(dom, instance_id)
         return self._power(dom)
 
     def stop(self, instance_id: str, timeout: float) -> PowerState:
+        self._simulate_latency()
         dom = self._require(instance_id)
         if not dom.isActive():
             # A suspended guest is stopped by forgetting its saved memory.
@@ -552,6 +559,7 @@ class LibvirtDriver:
         return self._power(dom)
 
     def reboot(self, instance_id: str, *, hard: bool) -> PowerState:
+        self._simulate_latency()
         dom = self._require(instance_id)
         if not dom.isActive():
             self._start_domain(dom, instance_id)
@@ -594,6 +602,7 @@ class LibvirtDriver:
         """Gives an existing domain the flavor's vCPUs and memory (a move that stays on this
         host): powered off, redefined from its own XML with the new sizes, started when
         `power_on`. Its disks stay as they are. Idempotent; raises InstanceNotFound."""
+        self._simulate_latency()
         dom = self._require(spec.instance_id)
         if dom.isActive():
             dom.destroy()
@@ -633,6 +642,7 @@ class LibvirtDriver:
     # -- PauseSuspendDriver -------------------------------------------------------------
 
     def pause(self, instance_id: str) -> PowerState:
+        self._simulate_latency()
         dom = self._require(instance_id)
         state = self._power(dom)
         if state == PowerState.PAUSED:
@@ -643,6 +653,7 @@ class LibvirtDriver:
         return self._power(dom)
 
     def unpause(self, instance_id: str) -> PowerState:
+        self._simulate_latency()
         dom = self._require(instance_id)
         state = self._power(dom)
         if state == PowerState.RUNNING:
@@ -653,6 +664,7 @@ class LibvirtDriver:
         return self._power(dom)
 
     def suspend(self, instance_id: str) -> PowerState:
+        self._simulate_latency()
         dom = self._require(instance_id)
         state = self._power(dom)
         if state == PowerState.SUSPENDED:
@@ -663,6 +675,7 @@ class LibvirtDriver:
         return self._power(dom)
 
     def resume(self, instance_id: str) -> PowerState:
+        self._simulate_latency()
         dom = self._require(instance_id)
         if not dom.isActive():
             # Starting a domain that has a managed save restores it from that save.
@@ -672,6 +685,7 @@ class LibvirtDriver:
         return self._power(dom)
 
     def destroy(self, instance_id: str) -> None:
+        self._simulate_latency()
         dom = self._lookup(instance_id)
         if dom is not None:
             self._remove_domain(dom)

@@ -539,3 +539,37 @@ async def test_after_a_nats_restart_an_agent_takes_commands_again_within_seconds
         await agent.stop()
     finally:
         await nc.close()
+
+
+async def test_a_build_redelivered_after_its_instance_was_deleted_does_not_bring_it_back(
+    make_agent: AgentFactory, bus_nc: NATS
+) -> None:
+    # Found by chaos scenario R3: a build whose ack never reached JetStream came back
+    # after the server had been deleted and left a domain nobody owns.
+    agent = make_agent()
+    await agent.start()
+    events = await EventReader.open(bus_nc, "h1")
+    js = bus_nc.jetstream()
+    spec = make_spec()
+    cmd = build_command(spec)
+    await send(js, "h1", "build", cmd)
+    assert (await events.next()).kind == agent_bus_pb2.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED
+    delete = agent_bus_pb2.DeleteInstanceCommand(request_id="d1", instance_id=spec.instance_id)
+    await send(js, "h1", "delete", delete)
+    assert (await events.next()).kind == agent_bus_pb2.INSTANCE_EVENT_KIND_DELETED
+
+    # The same build command again, as JetStream redelivers one it never saw acked.
+    await send(js, "h1", "build", cmd, msg_id=f"redelivered-{uuid.uuid4()}")
+    event = await events.next()
+    assert (event.kind, event.request_id) == (
+        agent_bus_pb2.INSTANCE_EVENT_KIND_BUILD_FAILED,
+        cmd.request_id,
+    )
+    assert agent.driver.list_instances() == {}
+    await _wait_drained(bus_nc, "h1")
+
+    # A new build of that instance (another attempt) is still carried out.
+    again = build_command(spec, attempt=2)
+    await send(js, "h1", "build", again)
+    assert (await events.next()).kind == agent_bus_pb2.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED
+    assert list(agent.driver.list_instances()) == [spec.instance_id]

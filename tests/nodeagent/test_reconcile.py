@@ -243,7 +243,8 @@ async def test_reconcile_recreates_paused_guests_paused_and_shelved_ones_shut_of
             "h1": [
                 _record(paused, C.VM_STATE_PAUSED, agent_bus_pb2.POWER_STATE_PAUSED),
                 _record(shelved, C.VM_STATE_SHELVED, agent_bus_pb2.POWER_STATE_SHUTDOWN),
-                # Mid-task: the redelivered rebuild or pause command finishes these.
+                # Mid-task: the redelivered rebuild or pause command finishes these; the
+                # pause acts on a domain, so that one is re-created as recorded first.
                 _record(
                     rebuilding,
                     C.VM_STATE_ACTIVE,
@@ -269,11 +270,85 @@ async def test_reconcile_recreates_paused_guests_paused_and_shelved_ones_shut_of
         assert driver.list_instances() == {
             paused.instance_id: PowerState.PAUSED,
             shelved.instance_id: PowerState.SHUTDOWN,
+            pausing.instance_id: PowerState.RUNNING,
         }
-        # Both came back in the state recorded: nothing to report.
+        # All came back in the state recorded: nothing to report.
         assert await events.none_within(0.3)
         # A power sync right after leaves the paused guest alone.
         assert await agent.sync_power_states() == 0
     finally:
         await channel.close()
         await server.stop(0)
+
+
+def test_a_lost_simulated_domain_mid_task_is_recreated_for_its_redelivered_command() -> None:
+    # Found by chaos scenario R2: an agent of simulated hosts killed during a stop, start,
+    # reboot or move came back without the domain, so the redelivered command found
+    # nothing to act on and the server went to ERROR. Builds and deletes need no domain.
+    acting = {
+        C.TASK_STATE_POWERING_OFF: PowerState.RUNNING,
+        C.TASK_STATE_POWERING_ON: PowerState.SHUTDOWN,
+        C.TASK_STATE_REBOOTING: PowerState.RUNNING,
+        C.TASK_STATE_REBOOTING_HARD: PowerState.RUNNING,
+        C.TASK_STATE_RESIZE_MIGRATING: PowerState.RUNNING,
+        C.TASK_STATE_PAUSING: PowerState.RUNNING,
+    }
+    specs = {task: make_spec() for task in acting}
+    build, delete = make_spec(), make_spec()
+    plan = plan_reconcile(
+        [
+            *(_expected(specs[t], C.VM_STATE_ACTIVE, p, t) for t, p in acting.items()),
+            _expected(build, C.VM_STATE_BUILDING, PowerState.NOSTATE, C.TASK_STATE_SPAWNING),
+            _expected(delete, C.VM_STATE_ACTIVE, PowerState.RUNNING, C.TASK_STATE_DELETING),
+        ],
+        {},
+        {},
+        persistent=False,
+    )
+    assert sorted(e.instance_id for e in plan.recreate) == sorted(
+        s.instance_id for s in specs.values()
+    )
+    assert plan.missing == ()
+
+
+async def test_a_command_for_a_domain_reconcile_may_bring_back_waits_for_that_reconcile(
+    make_agent: AgentFactory, bus_nc: NATS, fleet_port: int
+) -> None:
+    # Found by chaos scenario R2: the stop redelivered to a restarted agent of simulated
+    # hosts ran before reconcile had re-created the domain, found none, and the server went
+    # to ERROR.
+    stopping = make_spec()
+    channel = _channel(fleet_port)
+    try:
+        agent = make_agent(fleet=GrpcFleetView(channel))
+        await agent.start()
+        events = await EventReader.open(bus_nc, "h1")
+        stop = agent_bus_pb2.StopInstanceCommand(request_id="s1", instance_id=stopping.instance_id)
+        await send(bus_nc.jetstream(), "h1", "stop", stop)
+        # The conductor is unreachable: no reconcile yet, so no answer either.
+        assert await events.none_within(1.5)
+
+        fleet = RecordedFleet(
+            {
+                "h1": [
+                    _record(
+                        stopping,
+                        C.VM_STATE_ACTIVE,
+                        agent_bus_pb2.POWER_STATE_RUNNING,
+                        C.TASK_STATE_POWERING_OFF,
+                    )
+                ]
+            }
+        )
+        server = await _serve_fleet(fleet, fleet_port)
+        try:
+            event = await events.next()
+        finally:
+            await server.stop(0)
+        assert (event.kind, event.request_id, event.power_state) == (
+            agent_bus_pb2.INSTANCE_EVENT_KIND_ACTION_SUCCEEDED,
+            "s1",
+            agent_bus_pb2.POWER_STATE_SHUTDOWN,
+        )
+    finally:
+        await channel.close()
