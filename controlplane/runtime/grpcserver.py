@@ -222,12 +222,19 @@ def channel_credentials(tls: TlsConfig) -> grpc.ChannelCredentials | None:
     )
 
 
+# The longest a client waits between tries to reach a server it lost. gRPC's default
+# grows to 120 s, so a service restarted after a minute's outage would go unseen by its
+# callers for up to two more minutes; a restarted replica is found within this instead.
+MAX_RECONNECT_BACKOFF_S = 2.0
+
+
 def insecure_or_secure_channel(target: str, tls: TlsConfig | None = None) -> grpc.aio.Channel:
     creds = channel_credentials(tls) if tls else None
     options: list[tuple[str, str | int]] = [
         ("grpc.max_receive_message_length", 64 * 1024 * 1024),
         # A target naming several servers ("ipv4:a:1,b:2") spreads calls over all of them.
         ("grpc.lb_policy_name", "round_robin"),
+        ("grpc.max_reconnect_backoff_ms", int(MAX_RECONNECT_BACKOFF_S * 1000)),
     ]
     interceptors: list[grpc.aio.ClientInterceptor] = [_DEFAULT_DEADLINE]
     if _client_metrics:

@@ -17,6 +17,7 @@ from typing import TypeVar
 from controlplane.conductor.context import SchedulerClient
 from controlplane.conductor.outbox import Relay
 from controlplane.config import AgentConfig, LoomConfig
+from controlplane.runtime.grpcserver import MAX_RECONNECT_BACKOFF_S
 from controlplane.scheduler.service import (
     OWN_HEARTBEAT_INTERVAL_S,
     REFRESH_INTERVAL_S,
@@ -47,9 +48,9 @@ REDELIVERY_DELAY_S = 1.0
 RELAY_MAX_BACKOFF_S = 5.0
 # How long a NATS client waits between reconnect attempts (controlplane/runtime/bus.py).
 NATS_RECONNECT_WAIT_S = 0.5
-# gRPC's longest reconnect backoff (grpc.max_reconnect_backoff_ms, 120 s by default): how
-# long a channel may take to notice that a server it lost is back.
-GRPC_MAX_RECONNECT_BACKOFF_S = 120.0
+# The longest reconnect backoff of Loom's channels (grpc.max_reconnect_backoff_ms), with
+# gRPC's 20% jitter: how long a channel may take to notice that a server it lost is back.
+GRPC_MAX_RECONNECT_BACKOFF_S = 1.2 * MAX_RECONNECT_BACKOFF_S
 
 
 # A scheduler holds what agents report on NATS (inventory, heartbeats) within one refresh
