@@ -31,9 +31,12 @@ def build(host: str, spec: agent_bus_pb2.InstanceSpec, attempt: int) -> Outgoing
     return Outgoing(bus.compute_subject(host, "build"), msg_id, payload)
 
 
-def delete(host: str, instance_uuid: str) -> Outgoing:
-    # One delete per (instance, host) is enough: the agent's delete is idempotent.
-    msg_id = f"delete-{instance_uuid}-{host}"
+def delete(host: str, instance_uuid: str, *, after: str = "") -> Outgoing:
+    """One delete per (instance, host) is enough for the user's delete (the agent's is
+    idempotent). `after` names what made a further one necessary (the id of the event
+    of a domain that came back): its own message id, so JetStream does not drop it as a
+    resend of the first within its duplicate window."""
+    msg_id = f"delete-{instance_uuid}-{host}" + (f"-after-{after}" if after else "")
     payload = agent_bus_pb2.DeleteInstanceCommand(request_id=msg_id, instance_id=instance_uuid)
     return Outgoing(bus.compute_subject(host, "delete"), msg_id, payload)
 

@@ -139,8 +139,12 @@ class EventConsumer:
             )
             if gone or elsewhere or abandoned:
                 # The domain runs where nobody wants it: remove it (the agent's delete
-                # succeeds if it is already gone; the msg id makes a resend a no-op).
-                await outbox.add(session, commands.delete(event.host, event.instance_id))
+                # succeeds if it is already gone). Keyed by this event, so a redelivered
+                # event queues nothing new and another late build gets its own delete.
+                await outbox.add(
+                    session,
+                    commands.delete(event.host, event.instance_id, after=event.request_id),
+                )
                 await session.commit()
                 self._c.wakeup.set()
 

@@ -245,6 +245,25 @@ async def test_deleting_mid_build_sends_a_delete_and_the_late_build_success_is_i
     assert stack.scheduler.releases[(sid, "host-a")] == 1
 
 
+async def test_a_build_that_comes_back_after_its_delete_ran_is_sent_a_delete_of_its_own(
+    stack: Harness,
+) -> None:
+    """The user's delete went to the host and ran; then a build of the same server that
+    was still in hand there finished and reported the domain running. The clean-up delete
+    must reach the host, not be taken by JetStream for a resend of the user's delete."""
+    await stack.scheduler.add_host("host-a")
+    sid, agent, _ = await boot(stack)
+    await stack.servers.DeleteServer(servers_pb2.DeleteServerRequest(id=sid, request_id="d1"))
+    verb, _ = await agent.next_command()
+    assert verb == "delete"
+    await agent.report(sid, K.INSTANCE_EVENT_KIND_DELETED)
+    await wait_for(stack, sid, lambda s: s.deleted)
+    await agent.report(sid, K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED, attempt=1)
+    verb, data = await agent.next_command()
+    assert verb == "delete"
+    assert agent_bus_pb2.DeleteInstanceCommand.FromString(data).instance_id == sid
+
+
 async def test_deleting_an_active_server_finishes_when_the_agent_reports_it_gone(
     stack: Harness,
 ) -> None:
