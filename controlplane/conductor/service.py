@@ -13,6 +13,8 @@ import uuid
 from loom.conductor.v1 import (
     consoles_pb2,
     consoles_pb2_grpc,
+    diagnostics_pb2,
+    diagnostics_pb2_grpc,
     fleet_pb2,
     fleet_pb2_grpc,
     migrations_pb2,
@@ -29,6 +31,7 @@ from controlplane.conductor import events, scheduling
 from controlplane.conductor import metrics as conductor_metrics
 from controlplane.conductor.consoles import ConsolesServicer
 from controlplane.conductor.context import Conductor, SchedulerClient
+from controlplane.conductor.diagnostics import DiagnosticsServicer
 from controlplane.conductor.events import EventConsumer
 from controlplane.conductor.fleet import FleetServicer, HeartbeatRecorder
 from controlplane.conductor.migrations import MigrationsServicer
@@ -72,6 +75,12 @@ def compute_registrations(conductor: Conductor) -> list[grpcserver.Registration]
         ),
         Registration.of(
             MigrationsServicer(conductor), migrations_pb2, migrations_pb2_grpc, "MigrationsService"
+        ),
+        Registration.of(
+            DiagnosticsServicer(conductor),
+            diagnostics_pb2,
+            diagnostics_pb2_grpc,
+            "DiagnosticsService",
         ),
     ]
 

@@ -7,8 +7,11 @@ from starlette.routing import BaseRoute, Route
 from gateway.compute import (
     aggregates,
     consoles,
+    diagnostics,
+    extensions,
     flavors,
     fleet,
+    hosts,
     images,
     keypairs,
     migrations,
@@ -41,4 +44,7 @@ def routes() -> list[BaseRoute]:
         *shares.routes(),
         *aggregates.routes(),
         *migrations.routes(),
+        *extensions.routes(),
+        *diagnostics.routes(),
+        *hosts.routes(),
     ]
