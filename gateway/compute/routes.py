@@ -6,6 +6,7 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.compute import (
     aggregates,
+    audit_log,
     consoles,
     diagnostics,
     extensions,
@@ -15,6 +16,7 @@ from gateway.compute import (
     images,
     keypairs,
     migrations,
+    networks,
     quotas,
     server_groups,
     servers,
@@ -47,4 +49,6 @@ def routes() -> list[BaseRoute]:
         *extensions.routes(),
         *diagnostics.routes(),
         *hosts.routes(),
+        *audit_log.routes(),
+        *networks.routes(),
     ]

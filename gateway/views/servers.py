@@ -186,7 +186,8 @@ def detail(
             "key_name": server.key_name or None,
             "config_drive": server.config_drive,
             "security_groups": [{"name": "default"}],
-            "OS-DCF:diskConfig": "AUTO",
+            # The root disk is the image as it is: its partition is never grown.
+            "OS-DCF:diskConfig": "MANUAL",
             "OS-EXT-AZ:availability_zone": server.availability_zone,
             "OS-EXT-STS:vm_state": VM_STATES.get(server.vm_state, "error"),
             "OS-EXT-STS:task_state": TASK_STATES.get(server.task_state),

@@ -4,6 +4,7 @@ server diagnostics (libvirt's counters) and hypervisor uptime."""
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 
 import httpx
 
@@ -54,6 +55,21 @@ def test_diagnostics_and_uptime_come_from_the_agents(cloud: Stack) -> None:
         new = new_admin.get("/os-hypervisors").json()["hypervisors"][0]["id"]
         shown = new_admin.get(f"/os-hypervisors/{new}").json()["hypervisor"]
         assert _UPTIME.match(shown["uptime"]), shown
+
+        # The audit log's period is the last whole month before the time given: a time in
+        # the month after this one counts the server booted now.
+        today = datetime.now(UTC)
+        ahead = today.replace(day=1) + timedelta(days=40)
+        r = old_admin.get(f"/os-instance_usage_audit_log/{ahead:%Y-%m-%d %H:%M:%S}")
+        assert r.status_code == 200, r.text
+        audit = r.json()["instance_usage_audit_log"]
+        assert audit["period_beginning"] == f"{today:%Y-%m}-01 00:00:00"
+        assert (audit["num_hosts"], audit["total_instances"]) == (3, 1)
+        assert sorted(e["instances"] for e in audit["log"].values()) == [0, 0, 1]
+        listed = old_admin.get("/os-instance_usage_audit_log").json()["instance_usage_audit_logs"]
+        assert listed["total_instances"] == 0, "nothing ran last month"
+        assert old_admin.get("/os-instance_usage_audit_log/invalid_time").status_code == 400
+        assert demo.get("/os-instance_usage_audit_log").status_code == 403
 
 
 def test_os_hosts_lists_shows_and_disables_hosts_and_refuses_power_actions(cloud: Stack) -> None:
