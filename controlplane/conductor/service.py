@@ -37,6 +37,7 @@ from controlplane.conductor.fleet import FleetServicer, HeartbeatRecorder
 from controlplane.conductor.migrations import MigrationsServicer
 from controlplane.conductor.moves import MoveSweeper
 from controlplane.conductor.outbox import Relay, Wakeup
+from controlplane.conductor.reclaim import Reclaimer
 from controlplane.conductor.scheduling import SchedulingWorker
 from controlplane.conductor.server_groups import ServerGroupsServicer
 from controlplane.conductor.servers.servicer import ServersServicer
@@ -153,6 +154,7 @@ async def serve(cfg: LoomConfig, stop: asyncio.Event, **_options: object) -> Non
         asyncio.create_task(StrandedBuilds(conductor).run(workers_stop), name="stranded-builds"),
         asyncio.create_task(MoveSweeper(conductor).run(workers_stop), name="moves"),
         asyncio.create_task(ShelvedOffloader(conductor).run(workers_stop), name="shelved-offload"),
+        asyncio.create_task(Reclaimer(conductor).run(workers_stop), name="reclaim"),
     ]
     log.info("ready", extra={"service": "conductor", "grpc_port": running.port})
     try:

@@ -262,6 +262,9 @@ ACTION_SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "properties": {"state": {"type": "string", "enum": ["active", "error"]}},
         },
+        # Soft delete (reclaim_instance_interval > 0): bring back, or delete now.
+        "restore": {"type": ["null", "object"]},
+        "forceDelete": {"type": ["null", "object"]},
         "os-getConsoleOutput": consoles.CONSOLE_OUTPUT_ACTION.schema,
         "os-getVNCConsole": consoles.VNC_CONSOLE_ACTION.schema,
     },
@@ -703,14 +706,16 @@ _ACTION_POLICIES = {
     "unshelve": "os_compute_api:os-shelve:unshelve",
     "rebuild": "os_compute_api:servers:rebuild",
     "os-resetState": "os_compute_api:os-admin-actions:reset_state",
+    "restore": "os_compute_api:os-deferred-delete:restore",
+    "forceDelete": "os_compute_api:os-deferred-delete:force",
 }
 
 
 @documented(body=ACTION, tag="compute")
 async def server_action(request: Request) -> Response:
     """Server actions: os-start, os-stop, reboot, pause, unpause, suspend, resume, lock,
-    unlock, shelve, shelveOffload, unshelve, rebuild, os-resetState (202); the console
-    actions (200)."""
+    unlock, shelve, shelveOffload, unshelve, rebuild, os-resetState, restore, forceDelete
+    (202); the console actions (200)."""
     ctx = context(request)
     body = await json_body(request)
     if isinstance(body, dict) and len(body) == 1 and next(iter(body)) in migrations.MOVE_ACTIONS:
@@ -770,6 +775,10 @@ async def server_action(request: Request) -> Response:
         await call(conductor.ShelveServer, servers_pb2.ShelveServerRequest(**common))
     elif action == "shelveOffload":
         await call(conductor.ShelveOffloadServer, servers_pb2.ShelveOffloadServerRequest(**common))
+    elif action == "restore":
+        await call(conductor.RestoreServer, servers_pb2.RestoreServerRequest(**common))
+    elif action == "forceDelete":
+        await call(conductor.DeleteServer, servers_pb2.DeleteServerRequest(**common, force=True))
     else:
         kind = (
             agent_bus_pb2.REBOOT_TYPE_HARD
