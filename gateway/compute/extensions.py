@@ -32,6 +32,11 @@ _SERVED: tuple[tuple[str, str, str], ...] = (
     ("os-availability-zone", "AvailabilityZone", "Availability zones and their hosts."),
     ("os-console-output", "ConsoleOutput", "A server's serial console output."),
     ("os-consoles", "Consoles", "Interactive (VNC) consoles of servers."),
+    (
+        "os-deferred-delete",
+        "DeferredDelete",
+        "restore and forceDelete of soft-deleted servers (reclaim_instance_interval).",
+    ),
     ("os-extended-quotas", "ExtendedQuotas", "Deleting a project's quotas (admin)."),
     ("os-flavor-access", "FlavorAccess", "Private flavors and the projects that may use them."),
     ("os-flavor-extra-specs", "FlavorExtraSpecs", "A flavor's extra specs."),
