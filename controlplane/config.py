@@ -116,6 +116,11 @@ class ConductorConfig(_Section):
     # Seconds a shelved server keeps its host before it is offloaded: 0 offloads at once
     # (as part of the shelve), -1 never (Nova's shelved_offload_time).
     shelved_offload_time: int = Field(default=0, ge=-1)
+    # Seconds a deleted server is kept (SOFT_DELETED, powered off, still counted in its
+    # project's quota and holding its host's claim) so `restore` can bring it back, before
+    # the conductor's reclaim pass deletes it; 0 deletes at once (Nova's
+    # reclaim_instance_interval).
+    reclaim_instance_interval: int = Field(default=0, ge=0)
     # Seconds without a heartbeat before a host is considered down.
     service_down_time: int = Field(default=60, ge=2)
     # Outbox relay: how many rows one publish batch carries.

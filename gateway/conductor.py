@@ -11,6 +11,7 @@ import grpc
 from loom.catalog.v1 import flavors_pb2_grpc, keypairs_pb2_grpc, quotas_pb2_grpc
 from loom.conductor.v1 import (
     consoles_pb2_grpc,
+    diagnostics_pb2_grpc,
     fleet_pb2_grpc,
     migrations_pb2_grpc,
     server_groups_pb2_grpc,
@@ -48,6 +49,7 @@ class Conductor:
         self.fleet = fleet_pb2_grpc.FleetServiceStub(compute)
         self.server_groups = server_groups_pb2_grpc.ServerGroupsServiceStub(compute)
         self.consoles = consoles_pb2_grpc.ConsolesServiceStub(compute)
+        self.diagnostics = diagnostics_pb2_grpc.DiagnosticsServiceStub(compute)
         self.migrations = migrations_pb2_grpc.MigrationsServiceStub(compute)
         self.network = network_pb2_grpc.NetworkServiceStub(channels["network"])
 

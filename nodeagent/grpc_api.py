@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import NoReturn
 
@@ -9,7 +10,14 @@ import grpc
 from loom.compute.v1 import compute_pb2, compute_pb2_grpc
 
 from nodeagent.agent import HostAgent
-from nodeagent.driver.base import ConsoleDriver, InstanceNotFound, NotSupported
+from nodeagent.driver.base import (
+    ConsoleDriver,
+    DiskCounters,
+    InstanceNotFound,
+    NicCounters,
+    NotSupported,
+)
+from nodeagent.hostuptime import read_host_uptime
 from nodeagent.messages import power_to_pb
 
 SERVICE_NAME = "loom.compute.v1.ComputeService"
@@ -96,6 +104,29 @@ class ComputeApi(compute_pb2_grpc.ComputeServiceServicer):
             cpu_time_ns=diag.cpu_time_ns,
             driver="libvirt",
             hypervisor=facts.hypervisor_type,
+            max_memory_mb=diag.max_memory_mb,
+            vcpu_times_ns=list(diag.vcpu_times_ns),
+            disks=[_disk_pb(d) for d in diag.disks],
+            nics=[_nic_pb(n) for n in diag.nics],
+        )
+
+    async def GetHostUptime(
+        self,
+        request: compute_pb2.GetHostUptimeRequest,
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> compute_pb2.GetHostUptimeResponse:
+        if request.host and request.host not in self._agents:
+            await _fail(
+                context, grpc.StatusCode.NOT_FOUND, f"Host {request.host} is not served here."
+            )
+        # Simulated hosts of one process share its machine, and so its uptime.
+        up = await asyncio.to_thread(read_host_uptime)
+        return compute_pb2.GetHostUptimeResponse(
+            uptime_seconds=up.uptime_s,
+            load_1=up.load_1,
+            load_5=up.load_5,
+            load_15=up.load_15,
+            users=up.users,
         )
 
     async def ListHostInstances(
@@ -139,4 +170,30 @@ async def _not_found(
 ) -> NoReturn:
     await _fail(
         context, grpc.StatusCode.NOT_FOUND, f"Instance {instance_id} is not on this agent's hosts."
+    )
+
+
+def _disk_pb(d: DiskCounters) -> compute_pb2.DiskCounters:
+    return compute_pb2.DiskCounters(
+        device=d.device,
+        read_bytes=d.read_bytes,
+        read_requests=d.read_requests,
+        write_bytes=d.write_bytes,
+        write_requests=d.write_requests,
+        errors=d.errors,
+    )
+
+
+def _nic_pb(n: NicCounters) -> compute_pb2.NicCounters:
+    return compute_pb2.NicCounters(
+        device=n.device,
+        mac_address=n.mac_address,
+        rx_bytes=n.rx_bytes,
+        rx_packets=n.rx_packets,
+        rx_errors=n.rx_errors,
+        rx_drop=n.rx_drop,
+        tx_bytes=n.tx_bytes,
+        tx_packets=n.tx_packets,
+        tx_errors=n.tx_errors,
+        tx_drop=n.tx_drop,
     )

@@ -22,6 +22,8 @@ _AT_REST = frozenset(
         servers_pb2.VM_STATE_PAUSED,
         servers_pb2.VM_STATE_SUSPENDED,
         servers_pb2.VM_STATE_SHELVED,
+        # Powered off, kept until reclaimed or restored.
+        servers_pb2.VM_STATE_SOFT_DELETED,
     }
 )
 

@@ -1,11 +1,16 @@
-"""Quotas: limits (configured defaults overridden per project) and usage counted from live rows.
+"""Quotas: limits and usage counted from live rows.
+
+A project's limit for a resource is, first found: its own (table quotas), the quota class
+"default" (table quota_classes, what `PUT /os-quota-class-sets/default` stores), the
+configured default. Other class names can be stored and read, as Nova allows, but only
+"default" applies to projects.
 
 Usage is counted, never stored (Nova's "counted quotas"): there is no usage record to drift.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.config import ConductorConfig
 from controlplane.db.dialect import upsert_insert
-from controlplane.db.models import Instance, Keypair, Quota
+from controlplane.db.models import Instance, Keypair, Quota, QuotaClass
 from controlplane.runtime.errors import InvalidArgument, QuotaExceeded
 from controlplane.runtime.rpc import grpc_errors
 
@@ -32,6 +37,10 @@ RESOURCES = (
     "injected_files",
     "injected_file_content_bytes",
     "injected_file_path_bytes",
+    "fixed_ips",
+    "floating_ips",
+    "security_groups",
+    "security_group_rules",
 )
 
 # Legacy limits Loom does not enforce but reports, with Nova's defaults.
@@ -39,10 +48,20 @@ _LEGACY_DEFAULTS = {
     "injected_files": 5,
     "injected_file_content_bytes": 10240,
     "injected_file_path_bytes": 255,
+    # nova-network's quotas, shown by the compute API before 2.36 (quota sets) and 2.50
+    # (quota classes); networking quotas are the network service's own.
+    "fixed_ips": -1,
+    "floating_ips": 10,
+    "security_groups": 10,
+    "security_group_rules": 20,
 }
 
 
+DEFAULT_CLASS = "default"
+
+
 def default_limits(cfg: ConductorConfig) -> dict[str, int]:
+    """The configured defaults (before the stored "default" class)."""
     return {
         "instances": cfg.default_quota_instances,
         "cores": cfg.default_quota_cores,
@@ -119,11 +138,34 @@ def usage_columns(
 
 
 def override(project_id: str | BindParameter[str], resource: str) -> ScalarSelect[Any]:
-    return (
+    """The project's own limit, else the "default" class's; NULL when neither is stored."""
+    own = (
         select(Quota.hard_limit)
         .where(Quota.project_id == project_id, Quota.resource == resource)
         .scalar_subquery()
     )
+    of_class = (
+        select(QuotaClass.hard_limit)
+        .where(QuotaClass.class_name == DEFAULT_CLASS, QuotaClass.resource == resource)
+        .scalar_subquery()
+    )
+    return select(func.coalesce(own, of_class)).scalar_subquery()
+
+
+async def class_limits(
+    session: AsyncSession, class_name: str, cfg: ConductorConfig
+) -> dict[str, int]:
+    """The configured defaults with the class's stored limits over them."""
+    limits = default_limits(cfg)
+    rows = await session.execute(
+        select(QuotaClass.resource, QuotaClass.hard_limit).where(
+            QuotaClass.class_name == class_name
+        )
+    )
+    for resource, hard_limit in rows:
+        if resource in limits:
+            limits[resource] = int(hard_limit)
+    return limits
 
 
 def project_quota_from(row: Sequence[Any], cfg: ConductorConfig) -> ProjectQuota:
@@ -147,20 +189,14 @@ async def load_project_quota(
 async def limit_of(
     session: AsyncSession, project_id: str, resource: str, cfg: ConductorConfig
 ) -> int:
-    value = (
-        await session.execute(
-            select(Quota.hard_limit).where(
-                Quota.project_id == project_id, Quota.resource == resource
-            )
-        )
-    ).scalar_one_or_none()
+    value = (await session.execute(select(override(project_id, resource)))).scalar_one_or_none()
     return default_limits(cfg)[resource] if value is None else int(value)
 
 
 async def all_limits(
     session: AsyncSession, project_id: str, cfg: ConductorConfig
 ) -> dict[str, int]:
-    limits = default_limits(cfg)
+    limits = await class_limits(session, DEFAULT_CLASS, cfg)
     rows = await session.execute(
         select(Quota.resource, Quota.hard_limit).where(Quota.project_id == project_id)
     )
@@ -216,11 +252,7 @@ class QuotasServicer(quotas_pb2_grpc.QuotasServiceServicer):
         Unknown keys or values below -1 change nothing and give INVALID_ARGUMENT."""
         if not request.project_id:
             raise InvalidArgument("project_id is required")
-        for key, value in request.limits.items():
-            if key not in RESOURCES:
-                raise InvalidArgument(f"Unknown quota resource: {key}")
-            if value < -1:
-                raise InvalidArgument(f"Quota limit {value} for {key} must be -1 or greater")
+        _check_limits(request.limits)
         async with self._sessions() as session:
             async with session.begin():
                 if request.limits:
@@ -250,4 +282,60 @@ class QuotasServicer(quotas_pb2_grpc.QuotasServiceServicer):
     async def GetDefaultQuotas(
         self, request: quotas_pb2.GetDefaultQuotasRequest, context: grpc.aio.ServicerContext
     ) -> quotas_pb2.GetDefaultQuotasResponse:
-        return quotas_pb2.GetDefaultQuotasResponse(limits=limits_pb(default_limits(self._cfg)))
+        async with self._sessions() as session:
+            limits = await class_limits(session, DEFAULT_CLASS, self._cfg)
+        return quotas_pb2.GetDefaultQuotasResponse(limits=limits_pb(limits))
+
+    @grpc_errors
+    async def GetQuotaClass(
+        self, request: quotas_pb2.GetQuotaClassRequest, context: grpc.aio.ServicerContext
+    ) -> quotas_pb2.GetQuotaClassResponse:
+        if not request.class_name:
+            raise InvalidArgument("class_name is required")
+        async with self._sessions() as session:
+            limits = await class_limits(session, request.class_name, self._cfg)
+        return quotas_pb2.GetQuotaClassResponse(limits=limits_pb(limits))
+
+    @grpc_errors
+    async def UpdateQuotaClass(
+        self, request: quotas_pb2.UpdateQuotaClassRequest, context: grpc.aio.ServicerContext
+    ) -> quotas_pb2.UpdateQuotaClassResponse:
+        """Postcondition: every given limit of the class is stored (a retry stores the same
+        values again); the class "default" is then the default of every project without a
+        limit of its own. Unknown keys or values below -1 change nothing: INVALID_ARGUMENT."""
+        if not request.class_name:
+            raise InvalidArgument("class_name is required")
+        _check_limits(request.limits)
+        async with self._sessions() as session:
+            async with session.begin():
+                if request.limits:
+                    now = datetime.now(UTC)
+                    rows = [
+                        {
+                            "class_name": request.class_name,
+                            "resource": k,
+                            "hard_limit": v,
+                            "updated_at": now,
+                        }
+                        for k, v in request.limits.items()
+                    ]
+                    ins = upsert_insert(session, QuotaClass)
+                    await session.execute(
+                        ins.values(rows).on_conflict_do_update(
+                            index_elements=["class_name", "resource"],
+                            set_={
+                                "hard_limit": ins.excluded.hard_limit,
+                                "updated_at": ins.excluded.updated_at,
+                            },
+                        )
+                    )
+            limits = await class_limits(session, request.class_name, self._cfg)
+        return quotas_pb2.UpdateQuotaClassResponse(limits=limits_pb(limits))
+
+
+def _check_limits(limits: Mapping[str, int]) -> None:
+    for key, value in limits.items():
+        if key not in RESOURCES:
+            raise InvalidArgument(f"Unknown quota resource: {key}")
+        if value < -1:
+            raise InvalidArgument(f"Quota limit {value} for {key} must be -1 or greater")

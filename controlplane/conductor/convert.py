@@ -26,6 +26,7 @@ VM_STATE_PB = {
     VmState.RESIZED: servers_pb2.VM_STATE_RESIZED,
     VmState.SHELVED: servers_pb2.VM_STATE_SHELVED,
     VmState.SHELVED_OFFLOADED: servers_pb2.VM_STATE_SHELVED_OFFLOADED,
+    VmState.SOFT_DELETED: servers_pb2.VM_STATE_SOFT_DELETED,
 }
 VM_STATE_FROM_PB = {v: k for k, v in VM_STATE_PB.items()}
 
@@ -53,6 +54,8 @@ TASK_STATE_PB = {
     TaskState.UNSHELVING: servers_pb2.TASK_STATE_UNSHELVING,
     TaskState.REBUILDING: servers_pb2.TASK_STATE_REBUILDING,
     TaskState.REBUILD_SPAWNING: servers_pb2.TASK_STATE_REBUILD_SPAWNING,
+    TaskState.SOFT_DELETING: servers_pb2.TASK_STATE_SOFT_DELETING,
+    TaskState.RESTORING: servers_pb2.TASK_STATE_RESTORING,
 }
 
 STATUS_PB = {
@@ -73,6 +76,7 @@ STATUS_PB = {
     Status.VERIFY_RESIZE: servers_pb2.SERVER_STATUS_VERIFY_RESIZE,
     Status.REVERT_RESIZE: servers_pb2.SERVER_STATUS_REVERT_RESIZE,
     Status.MIGRATING: servers_pb2.SERVER_STATUS_MIGRATING,
+    Status.SOFT_DELETED: servers_pb2.SERVER_STATUS_SOFT_DELETED,
 }
 STATUS_FROM_PB = {v: k for k, v in STATUS_PB.items()}
 

@@ -38,8 +38,9 @@ DURABLE = "conductor-events"
 K = agent_bus_pb2.InstanceEventKind
 
 _ACTION_TASKS = {
-    "start": {TaskState.POWERING_ON.value},
-    "stop": {TaskState.POWERING_OFF.value},
+    # A restore powers on, a soft delete powers off.
+    "start": {TaskState.POWERING_ON.value, TaskState.RESTORING.value},
+    "stop": {TaskState.POWERING_OFF.value, TaskState.SOFT_DELETING.value},
     "reboot": {TaskState.REBOOTING.value, TaskState.REBOOTING_HARD.value},
     **{verb: {a.task.value} for verb, a in states.SIMPLE_ACTIONS.items()},
     "rebuild": set(states.REBUILD_TASKS),
@@ -49,6 +50,13 @@ _ACTION_TASKS = {
 # The request id of an offload the conductor started on its own (shelved_offload_time),
 # whose events belong to the shelve action.
 AUTO_OFFLOAD = "auto-"
+
+
+# The instance action (and event name) a power command answers for, by the task it ran in.
+_ACTION_BY_TASK = {
+    TaskState.SOFT_DELETING.value: ("delete", "compute_soft_delete_instance"),
+    TaskState.RESTORING.value: ("restore", "compute_restore_instance"),
+}
 
 
 def _action_of(verb: str, command_id: str) -> str:
@@ -356,6 +364,9 @@ class EventConsumer:
                 await self._offloaded(session, inst, event)
                 return
             vm_state, power = states.after_action(verb, ok, int(event.power_state))
+            if inst.task_state == TaskState.SOFT_DELETING:
+                # Deleted for its owner whatever the power-off did; the reclaim deletes it.
+                vm_state = VmState.SOFT_DELETED
             values: dict[str, Any] = {
                 "vm_state": vm_state.value,
                 "task_state": None,
@@ -386,11 +397,15 @@ class EventConsumer:
                         "shelve_offload", event.host, inst.uuid, f"{AUTO_OFFLOAD}{event.request_id}"
                     ),
                 )
+            action, event_name = _ACTION_BY_TASK.get(
+                str(inst.task_state),
+                (_action_of(verb, event.request_id), f"compute_{verb}_instance"),
+            )
             await record_event(
                 session,
                 inst.uuid,
-                _action_of(verb, event.request_id),
-                f"compute_{verb}_instance",
+                action,
+                event_name,
                 "Success" if ok else "Error",
                 host=event.host,
                 details="" if ok else event.fault.message,

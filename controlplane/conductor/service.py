@@ -13,6 +13,8 @@ import uuid
 from loom.conductor.v1 import (
     consoles_pb2,
     consoles_pb2_grpc,
+    diagnostics_pb2,
+    diagnostics_pb2_grpc,
     fleet_pb2,
     fleet_pb2_grpc,
     migrations_pb2,
@@ -29,11 +31,13 @@ from controlplane.conductor import events, scheduling
 from controlplane.conductor import metrics as conductor_metrics
 from controlplane.conductor.consoles import ConsolesServicer
 from controlplane.conductor.context import Conductor, SchedulerClient
+from controlplane.conductor.diagnostics import DiagnosticsServicer
 from controlplane.conductor.events import EventConsumer
 from controlplane.conductor.fleet import FleetServicer, HeartbeatRecorder
 from controlplane.conductor.migrations import MigrationsServicer
 from controlplane.conductor.moves import MoveSweeper
 from controlplane.conductor.outbox import Relay, Wakeup
+from controlplane.conductor.reclaim import Reclaimer
 from controlplane.conductor.scheduling import SchedulingWorker
 from controlplane.conductor.server_groups import ServerGroupsServicer
 from controlplane.conductor.servers.servicer import ServersServicer
@@ -72,6 +76,12 @@ def compute_registrations(conductor: Conductor) -> list[grpcserver.Registration]
         ),
         Registration.of(
             MigrationsServicer(conductor), migrations_pb2, migrations_pb2_grpc, "MigrationsService"
+        ),
+        Registration.of(
+            DiagnosticsServicer(conductor),
+            diagnostics_pb2,
+            diagnostics_pb2_grpc,
+            "DiagnosticsService",
         ),
     ]
 
@@ -144,6 +154,7 @@ async def serve(cfg: LoomConfig, stop: asyncio.Event, **_options: object) -> Non
         asyncio.create_task(StrandedBuilds(conductor).run(workers_stop), name="stranded-builds"),
         asyncio.create_task(MoveSweeper(conductor).run(workers_stop), name="moves"),
         asyncio.create_task(ShelvedOffloader(conductor).run(workers_stop), name="shelved-offload"),
+        asyncio.create_task(Reclaimer(conductor).run(workers_stop), name="reclaim"),
     ]
     log.info("ready", extra={"service": "conductor", "grpc_port": running.port})
     try:

@@ -24,6 +24,7 @@ class VmState(StrEnum):
     RESIZED = "resized"
     SHELVED = "shelved"
     SHELVED_OFFLOADED = "shelved_offloaded"
+    SOFT_DELETED = "soft-delete"
 
 
 class TaskState(StrEnum):
@@ -50,6 +51,8 @@ class TaskState(StrEnum):
     UNSHELVING = "unshelving"
     REBUILDING = "rebuilding"
     REBUILD_SPAWNING = "rebuild_spawning"
+    SOFT_DELETING = "soft-deleting"
+    RESTORING = "restoring"
 
 
 class PowerState(IntEnum):
@@ -81,6 +84,7 @@ class Status(StrEnum):
     VERIFY_RESIZE = "VERIFY_RESIZE"
     REVERT_RESIZE = "REVERT_RESIZE"
     MIGRATING = "MIGRATING"
+    SOFT_DELETED = "SOFT_DELETED"
 
 
 _BY_VM_STATE = {
@@ -94,6 +98,7 @@ _BY_VM_STATE = {
     VmState.RESIZED: Status.VERIFY_RESIZE,
     VmState.SHELVED: Status.SHELVED,
     VmState.SHELVED_OFFLOADED: Status.SHELVED_OFFLOADED,
+    VmState.SOFT_DELETED: Status.SOFT_DELETED,
 }
 
 # Tasks that show through the stable state's status (Nova's _STATE_MAP, trimmed to Loom's tasks).
@@ -322,6 +327,26 @@ REBUILD_TASKS = frozenset({TaskState.REBUILDING.value, TaskState.REBUILD_SPAWNIN
 
 def reboot_task(hard: bool) -> TaskState:
     return TaskState.REBOOTING_HARD if hard else TaskState.REBOOTING
+
+
+def check_soft_delete(vm_state: str, task_state: str | None) -> bool:
+    """Whether a delete may be soft (Nova: a server that was launched, with no task, in a
+    state the host can power off from); otherwise the delete is a real one."""
+    return task_state is None and vm_state in (
+        VmState.ACTIVE,
+        VmState.STOPPED,
+        VmState.PAUSED,
+        VmState.SUSPENDED,
+        VmState.ERROR,
+    )
+
+
+def check_restore(instance_uuid: str, vm_state: str, task_state: str | None) -> None:
+    """Only a soft-deleted server with no task may be restored."""
+    if vm_state != VmState.SOFT_DELETED:
+        raise InvalidState("restore", vm_state, None, instance_uuid)
+    if task_state is not None:
+        raise InvalidState("restore", vm_state, task_state, instance_uuid)
 
 
 def can_delete(vm_state: str, task_state: str | None) -> bool:

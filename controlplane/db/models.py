@@ -2,7 +2,7 @@
 
 Ownership (the only writer of each table):
   conductor: instances, instance_actions, instance_action_events, flavors, images, keypairs,
-             quotas, services, outbox, projects, users, roles, role_assignments,
+             quotas, quota_classes, services, outbox, projects, users, roles, role_assignments,
              server_groups, console_auth_tokens, migrations
   scheduler: resource_providers, allocations, aggregates, aggregate_hosts, aggregate_metadata
   network:   networks, subnets, ports, port_security_groups, ip_allocations, security_groups,
@@ -240,6 +240,22 @@ class Quota(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     project_id: Mapped[str] = mapped_column(String(64))
+    resource: Mapped[str] = mapped_column(String(64))
+    hard_limit: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class QuotaClass(Base):
+    """A stored default limit: the class "default" (Nova's only class) overrides the
+    configured defaults of every project that has no limit of its own for the resource."""
+
+    __tablename__ = "quota_classes"
+    __table_args__ = (
+        UniqueConstraint("class_name", "resource", name="uq_quota_classes_class_name"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    class_name: Mapped[str] = mapped_column(String(255))
     resource: Mapped[str] = mapped_column(String(64))
     hard_limit: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

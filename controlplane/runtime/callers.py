@@ -49,6 +49,8 @@ CALLERS: Mapping[str, frozenset[str]] = {
     "loom.conductor.v1.ServerGroupsService": frozenset({"gateway", "operator"}),
     "loom.conductor.v1.ConsolesService": frozenset({"gateway", "operator"}),
     "loom.conductor.v1.MigrationsService": frozenset({"gateway", "operator"}),
+    # Server diagnostics and hypervisor uptime, read from the agents for admins' requests.
+    "loom.conductor.v1.DiagnosticsService": frozenset({"gateway", "operator"}),
     # Tenants' Network v2 requests come through the gateway; the compute service creates,
     # binds and deletes its servers' ports.
     "loom.network.v1.NetworkService": frozenset({"gateway", "conductor", "operator"}),

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
-from loom.conductor.v1 import fleet_pb2
+from loom.conductor.v1 import diagnostics_pb2, fleet_pb2
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.compute.common import context, empty, next_link, ok
+from gateway.compute.uptime_view import uptime_text
 from gateway.compute.views_time import iso_micro
 from gateway.conductor import call
 from gateway.errors import ApiError, BadRequest, NotFound
@@ -366,7 +368,10 @@ async def show_hypervisor(request: Request) -> Response:
                 f"Hypervisor with ID {request.path_params['hypervisor_id']} could not be found."
             ) from exc
         raise
-    return ok({"hypervisor": _hypervisor(reply.hypervisor, mv, True, bool(q.get("with_servers")))})
+    body = _hypervisor(reply.hypervisor, mv, True, bool(q.get("with_servers")))
+    if mv.at_least("2.88") and reply.hypervisor.up:
+        body["uptime"] = await _uptime_text(request, reply.hypervisor.service.host)
+    return ok({"hypervisor": body})
 
 
 # The routes below were dropped from the API in later microversions: their data moved into
@@ -428,13 +433,13 @@ def _check_hypervisor_id(mv: Microversion, ident: str) -> None:
 
 @documented(tag="compute")
 async def hypervisor_uptime(request: Request) -> Response:
-    """A hypervisor's uptime (admin; up to 2.87): Loom's agents do not report it (501)."""
+    """A hypervisor's uptime (admin; up to 2.87), as `uptime` prints it on its host."""
     context(request).require_admin("os_compute_api:os-hypervisors:uptime")
     mv = _until(request, "2.87")
     ident = request.path_params["hypervisor_id"]
     _check_hypervisor_id(mv, ident)
     try:
-        await call(
+        reply = await call(
             gateway_of(request).conductor.fleet.GetHypervisor,
             fleet_pb2.GetHypervisorRequest(id=ident),
         )
@@ -442,7 +447,33 @@ async def hypervisor_uptime(request: Request) -> Response:
         if exc.status == 404:
             raise NotFound(f"Hypervisor with ID '{shorten(ident)}' could not be found.") from exc
         raise
-    raise ApiError(501, "Loom's compute agents do not report host uptime.")
+    h = reply.hypervisor
+    if not h.up:
+        # Nova's ComputeServiceUnavailable: its agent cannot be asked.
+        raise BadRequest(f"Compute service of {h.service.host} is unavailable at this time.")
+    text = await _uptime_text(request, h.service.host)
+    if text is None:
+        raise BadRequest(f"Compute service of {h.service.host} is unavailable at this time.")
+    body = _hypervisor(h, mv, False, False)
+    body["uptime"] = text
+    return ok({"hypervisor": body})
+
+
+async def _uptime_text(request: Request, host: str) -> str | None:
+    """The host's `uptime` line from its agent; None when the agent cannot answer."""
+    try:
+        reply: diagnostics_pb2.GetHostUptimeResponse = await call(
+            gateway_of(request).conductor.diagnostics.GetHostUptime,
+            diagnostics_pb2.GetHostUptimeRequest(host=host),
+        )
+    except ApiError as exc:
+        if exc.status in (404, 409, 503, 504):
+            return None
+        raise
+    u = reply.uptime
+    return uptime_text(
+        datetime.now(UTC), u.uptime_seconds, u.users, (u.load_1, u.load_5, u.load_15)
+    )
 
 
 async def _matching(request: Request, with_servers: bool) -> list[dict[str, Any]]:

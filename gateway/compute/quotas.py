@@ -1,4 +1,5 @@
-"""Absolute limits and os-quota-sets (show, detail, defaults; update for admins)."""
+"""Absolute limits, os-quota-sets (show, detail, defaults; update for admins) and
+os-quota-class-sets (the stored defaults; admins)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from starlette.routing import BaseRoute, Route
 from gateway.auth.context import RequestContext
 from gateway.compute.common import context, ok
 from gateway.conductor import call
-from gateway.errors import Forbidden
+from gateway.errors import BadRequest, Forbidden
 from gateway.microversion import Microversion
 from gateway.routing import checked_body, checked_query, documented
 from gateway.state import gateway_of, json_body, microversion, request_id
@@ -31,12 +32,7 @@ _CORE = (
 )
 _FILES = ("injected_file_content_bytes", "injected_file_path_bytes", "injected_files")
 _NETWORK = ("fixed_ips", "floating_ips", "security_group_rules", "security_groups")
-_NETWORK_DEFAULTS = {
-    "fixed_ips": -1,
-    "floating_ips": 10,
-    "security_group_rules": 20,
-    "security_groups": 10,
-}
+_SERVER_GROUPS = ("server_groups", "server_group_members")
 
 
 def quota_names(mv: Microversion) -> tuple[str, ...]:
@@ -48,9 +44,17 @@ def quota_names(mv: Microversion) -> tuple[str, ...]:
     return names
 
 
+def class_quota_names(mv: Microversion) -> tuple[str, ...]:
+    """A quota class's names: Nova dropped the network ones in 2.50 (when server groups
+    appeared in the class) and file injection in 2.57."""
+    if mv.at_least("2.57"):
+        return _CORE
+    if mv.at_least("2.50"):
+        return _CORE + _FILES
+    return tuple(n for n in _CORE if n not in _SERVER_GROUPS) + _FILES + _NETWORK
+
+
 def _limit(limits: quotas_pb2.QuotaLimits, name: str) -> int:
-    if name in _NETWORK_DEFAULTS:
-        return _NETWORK_DEFAULTS[name]
     return int(getattr(limits, name))
 
 
@@ -83,6 +87,26 @@ def _update_schema(mv: Microversion) -> dict[str, Any]:
 
 
 UPDATE = VersionedSchema(_update_schema)
+
+
+def _class_update_schema(mv: Microversion) -> dict[str, Any]:
+    value = _update_schema(mv)["properties"]["quota_set"]["properties"]["cores"]
+    names = set(class_quota_names(mv)) | set(_SERVER_GROUPS)
+    return {
+        "type": "object",
+        "required": ["quota_class_set"],
+        "additionalProperties": False,
+        "properties": {
+            "quota_class_set": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": dict.fromkeys(sorted(names), value),
+            }
+        },
+    }
+
+
+CLASS_UPDATE = VersionedSchema(_class_update_schema)
 QUERY = Query(QueryParam("user_id"))
 
 
@@ -135,9 +159,9 @@ async def limits(request: Request) -> Response:
     if not mv.at_least("2.36"):
         absolute.update(
             {
-                "maxSecurityGroups": 10,
-                "maxSecurityGroupRules": 20,
-                "maxTotalFloatingIps": 10,
+                "maxSecurityGroups": lim.security_groups,
+                "maxSecurityGroupRules": lim.security_group_rules,
+                "maxTotalFloatingIps": lim.floating_ips,
                 "totalFloatingIpsUsed": 0,
                 "totalSecurityGroupsUsed": 0,
             }
@@ -199,11 +223,8 @@ async def update_quotas(request: Request) -> Response:
     mv = microversion(request)
     body = await json_body(request)
     checked_body(UPDATE.at(mv), body)
-    changes = {
-        k: int(v)
-        for k, v in body["quota_set"].items()
-        if k != "force" and k not in _NETWORK and k not in _FILES
-    }
+    # The legacy keys are stored and shown back, as Nova does; none of them is enforced.
+    changes = {k: int(v) for k, v in body["quota_set"].items() if k != "force"}
     reply = await call(
         gateway_of(request).conductor.quotas.UpdateQuotas,
         quotas_pb2.UpdateQuotasRequest(
@@ -228,15 +249,62 @@ async def revert_quotas(request: Request) -> Response:
         quotas_pb2.UpdateQuotasRequest(
             request_id=request_id(request),
             project_id=request.path_params["project_id"],
-            limits={n: int(getattr(defaults.limits, n)) for n in _CORE + _FILES},
+            limits={n: int(getattr(defaults.limits, n)) for n in _CORE + _FILES + _NETWORK},
         ),
     )
     return Response(status_code=202)
 
 
+def _class_body(
+    limits: quotas_pb2.QuotaLimits, mv: Microversion, class_name: str | None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {} if class_name is None else {"id": class_name}
+    body.update({n: _limit(limits, n) for n in class_quota_names(mv)})
+    return {"quota_class_set": body}
+
+
+@documented(tag="compute")
+async def show_quota_class(request: Request) -> Response:
+    """A quota class's limits (admin); the class "default" holds every project's defaults."""
+    ctx = context(request)
+    ctx.require_admin("os_compute_api:os-quota-class-sets:show")
+    name = request.path_params["class_name"]
+    reply: quotas_pb2.GetQuotaClassResponse = await call(
+        gateway_of(request).conductor.quotas.GetQuotaClass,
+        quotas_pb2.GetQuotaClassRequest(class_name=name),
+    )
+    return ok(_class_body(reply.limits, microversion(request), name))
+
+
+@documented(body=CLASS_UPDATE.newest, tag="compute")
+async def update_quota_class(request: Request) -> Response:
+    """Store a quota class's limits (admin); "default" changes every project's defaults."""
+    ctx = context(request)
+    ctx.require_admin("os_compute_api:os-quota-class-sets:update")
+    mv = microversion(request)
+    body = await json_body(request)
+    checked_body(CLASS_UPDATE.at(mv), body)
+    name = request.path_params["class_name"]
+    if len(name) > 255:
+        raise BadRequest("Quota class name must be 255 characters or fewer.")
+    reply: quotas_pb2.UpdateQuotaClassResponse = await call(
+        gateway_of(request).conductor.quotas.UpdateQuotaClass,
+        quotas_pb2.UpdateQuotaClassRequest(
+            request_id=request_id(request),
+            class_name=name,
+            limits={k: int(v) for k, v in body["quota_class_set"].items()},
+        ),
+    )
+    # As Nova: the update's answer has no id.
+    return ok(_class_body(reply.limits, mv, None))
+
+
 def routes() -> list[BaseRoute]:
     p = "/compute/v2.1/os-quota-sets/{project_id}"
+    c = "/compute/v2.1/os-quota-class-sets/{class_name}"
     return [
+        Route(c, show_quota_class, methods=["GET"]),
+        Route(c, update_quota_class, methods=["PUT"]),
         Route("/compute/v2.1/limits", limits, methods=["GET"]),
         Route(p, show_quotas, methods=["GET"]),
         Route(p, update_quotas, methods=["PUT"]),

@@ -6,12 +6,17 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.compute import (
     aggregates,
+    audit_log,
     consoles,
+    diagnostics,
+    extensions,
     flavors,
     fleet,
+    hosts,
     images,
     keypairs,
     migrations,
+    networks,
     quotas,
     server_groups,
     servers,
@@ -41,4 +46,9 @@ def routes() -> list[BaseRoute]:
         *shares.routes(),
         *aggregates.routes(),
         *migrations.routes(),
+        *extensions.routes(),
+        *diagnostics.routes(),
+        *hosts.routes(),
+        *audit_log.routes(),
+        *networks.routes(),
     ]

@@ -19,7 +19,7 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.auth.context import RequestContext
 from gateway.compute import consoles, migrations
-from gateway.compute.common import context, empty, links, next_link, ok
+from gateway.compute.common import context, empty, links, next_link, ok, refuse_auto_disk_config
 from gateway.compute.views_time import iso_micro
 from gateway.conductor import call
 from gateway.errors import ApiError, BadRequest, Forbidden, NotFound
@@ -149,6 +149,7 @@ def _create_schema(mv: Microversion) -> dict[str, Any]:
 
 
 CREATE = VersionedSchema(_create_schema)
+
 # The scheduler hints placement acts on; any other is refused rather than ignored.
 _HONOURED_HINTS = frozenset({"group"})
 
@@ -261,6 +262,9 @@ ACTION_SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "properties": {"state": {"type": "string", "enum": ["active", "error"]}},
         },
+        # Soft delete (reclaim_instance_interval > 0): bring back, or delete now.
+        "restore": {"type": ["null", "object"]},
+        "forceDelete": {"type": ["null", "object"]},
         "os-getConsoleOutput": consoles.CONSOLE_OUTPUT_ACTION.schema,
         "os-getVNCConsole": consoles.VNC_CONSOLE_ACTION.schema,
     },
@@ -543,6 +547,7 @@ async def create_server(request: Request) -> Response:
     body = await json_body(request)
     checked_body(CREATE.at(mv), body)
     s = body["server"]
+    refuse_auto_disk_config(s)
     hints = body.get("os:scheduler_hints") or body.get("OS-SCH-HNT:scheduler_hints") or {}
     unhonoured = sorted(set(hints) - _HONOURED_HINTS)
     if unhonoured:
@@ -616,7 +621,7 @@ async def create_server(request: Request) -> Response:
     out: dict[str, Any] = {
         "id": first.id,
         "links": links(request, "servers", first.id),
-        "OS-DCF:diskConfig": s.get("OS-DCF:diskConfig", "AUTO"),
+        "OS-DCF:diskConfig": "MANUAL",
         "security_groups": [{"name": "default"}],
         # Loom sets no guest password; Nova's API still returns one, so clients that
         # read it keep working.
@@ -637,6 +642,7 @@ async def update_server(request: Request) -> Response:
     body = await json_body(request)
     checked_body(UPDATE.at(mv), body)
     s = body["server"]
+    refuse_auto_disk_config(s)
     req = servers_pb2.UpdateServerRequest(
         request_id=request_id(request),
         id=request.path_params["server_id"],
@@ -700,14 +706,16 @@ _ACTION_POLICIES = {
     "unshelve": "os_compute_api:os-shelve:unshelve",
     "rebuild": "os_compute_api:servers:rebuild",
     "os-resetState": "os_compute_api:os-admin-actions:reset_state",
+    "restore": "os_compute_api:os-deferred-delete:restore",
+    "forceDelete": "os_compute_api:os-deferred-delete:force",
 }
 
 
 @documented(body=ACTION, tag="compute")
 async def server_action(request: Request) -> Response:
     """Server actions: os-start, os-stop, reboot, pause, unpause, suspend, resume, lock,
-    unlock, shelve, shelveOffload, unshelve, rebuild, os-resetState (202); the console
-    actions (200)."""
+    unlock, shelve, shelveOffload, unshelve, rebuild, os-resetState, restore, forceDelete
+    (202); the console actions (200)."""
     ctx = context(request)
     body = await json_body(request)
     if isinstance(body, dict) and len(body) == 1 and next(iter(body)) in migrations.MOVE_ACTIONS:
@@ -767,6 +775,10 @@ async def server_action(request: Request) -> Response:
         await call(conductor.ShelveServer, servers_pb2.ShelveServerRequest(**common))
     elif action == "shelveOffload":
         await call(conductor.ShelveOffloadServer, servers_pb2.ShelveOffloadServerRequest(**common))
+    elif action == "restore":
+        await call(conductor.RestoreServer, servers_pb2.RestoreServerRequest(**common))
+    elif action == "forceDelete":
+        await call(conductor.DeleteServer, servers_pb2.DeleteServerRequest(**common, force=True))
     else:
         kind = (
             agent_bus_pb2.REBOOT_TYPE_HARD
@@ -787,6 +799,7 @@ async def _rebuild(
     mv = microversion(request)
     checked_body(REBUILD.at(mv), body)
     r = body["rebuild"]
+    refuse_auto_disk_config(r)
     if _truthy(r.get("preserve_ephemeral", False)):
         raise BadRequest("Loom cannot preserve the ephemeral disk across a rebuild.")
     image_id = r["imageRef"].rstrip("/").rsplit("/", 1)[-1]

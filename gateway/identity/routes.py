@@ -81,6 +81,21 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
 # ------------------------------------------------------------------------ versions
 
 
+def refuse_options(resource: str, fields: dict[str, Any]) -> None:
+    """Loom stores and enforces no resource options (a user's lock_password,
+    ignore_lockout_failure_attempts, multi-factor rules; a project's or role's immutable
+    flag): setting one is a 400 rather than a silent no-op. Unsetting one (null) is
+    accepted: none is ever set."""
+    options = fields.get("options") or {}
+    set_ = sorted(str(k) for k, v in options.items() if v is not None)
+    if set_:
+        named = ", ".join(k[:64] for k in set_[:5])
+        raise BadRequest(
+            f"Invalid input for field 'options': Loom does not enforce {resource} options "
+            f"({named})."
+        )
+
+
 @documented(tag=_TAG)
 async def versions(request: Request) -> Response:
     """Identity API versions."""
@@ -434,6 +449,7 @@ async def create_project(request: Request) -> Response:
     body = await json_body(request)
     checked_body(PROJECT_CREATE, body)
     p = body["project"]
+    refuse_options("project", p)
     if p.get("parent_id") not in (None, "default"):
         raise BadRequest("Loom projects have no hierarchy: parent_id must be the domain.")
     reply = await call(
@@ -484,6 +500,7 @@ async def update_project(request: Request) -> Response:
     body = await json_body(request)
     checked_body(PROJECT_UPDATE, body)
     p = body["project"]
+    refuse_options("project", p)
     req = identity_pb2.UpdateProjectRequest(
         request_id=request_id(request), id=request.path_params["project_id"]
     )
@@ -541,6 +558,7 @@ async def create_user(request: Request) -> Response:
     body = await json_body(request)
     checked_body(USER_CREATE, body)
     u = body["user"]
+    refuse_options("user", u)
     reply = await call(
         gateway_of(request).conductor.identity.CreateUser,
         identity_pb2.CreateUserRequest(
@@ -588,6 +606,7 @@ async def update_user(request: Request) -> Response:
     body = await json_body(request)
     checked_body(USER_UPDATE, body)
     u = body["user"]
+    refuse_options("user", u)
     req = identity_pb2.UpdateUserRequest(
         request_id=request_id(request), id=request.path_params["user_id"]
     )
@@ -655,6 +674,7 @@ async def create_role(request: Request) -> Response:
     _admin(request)
     body = await json_body(request)
     checked_body(ROLE_CREATE, body)
+    refuse_options("role", body["role"])
     reply = await call(
         gateway_of(request).conductor.identity.CreateRole,
         identity_pb2.CreateRoleRequest(request_id=request_id(request), name=body["role"]["name"]),

@@ -25,6 +25,7 @@ VM_STATES = {
     servers_pb2.VM_STATE_RESIZED: "resized",
     servers_pb2.VM_STATE_SHELVED: "shelved",
     servers_pb2.VM_STATE_SHELVED_OFFLOADED: "shelved_offloaded",
+    servers_pb2.VM_STATE_SOFT_DELETED: "soft-delete",
 }
 TASK_STATES = {
     servers_pb2.TASK_STATE_SCHEDULING: "scheduling",
@@ -52,6 +53,8 @@ TASK_STATES = {
     servers_pb2.TASK_STATE_UNSHELVING: "unshelving",
     servers_pb2.TASK_STATE_REBUILDING: "rebuilding",
     servers_pb2.TASK_STATE_REBUILD_SPAWNING: "rebuild_spawning",
+    servers_pb2.TASK_STATE_SOFT_DELETING: "soft-deleting",
+    servers_pb2.TASK_STATE_RESTORING: "restoring",
 }
 STATUSES = {
     servers_pb2.SERVER_STATUS_BUILD: "BUILD",
@@ -71,6 +74,7 @@ STATUSES = {
     servers_pb2.SERVER_STATUS_VERIFY_RESIZE: "VERIFY_RESIZE",
     servers_pb2.SERVER_STATUS_REVERT_RESIZE: "REVERT_RESIZE",
     servers_pb2.SERVER_STATUS_MIGRATING: "MIGRATING",
+    servers_pb2.SERVER_STATUS_SOFT_DELETED: "SOFT_DELETED",
 }
 STATUS_BY_NAME = {v: k for k, v in STATUSES.items()}
 
@@ -186,7 +190,8 @@ def detail(
             "key_name": server.key_name or None,
             "config_drive": server.config_drive,
             "security_groups": [{"name": "default"}],
-            "OS-DCF:diskConfig": "AUTO",
+            # The root disk is the image as it is: its partition is never grown.
+            "OS-DCF:diskConfig": "MANUAL",
             "OS-EXT-AZ:availability_zone": server.availability_zone,
             "OS-EXT-STS:vm_state": VM_STATES.get(server.vm_state, "error"),
             "OS-EXT-STS:task_state": TASK_STATES.get(server.task_state),

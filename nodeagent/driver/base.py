@@ -40,6 +40,34 @@ class HostFacts:
 
 
 @dataclass(frozen=True)
+class DiskCounters:
+    """One disk's I/O counters since the guest started; None where the hypervisor gives none."""
+
+    device: str
+    read_bytes: int | None
+    read_requests: int | None
+    write_bytes: int | None
+    write_requests: int | None
+    errors: int | None
+
+
+@dataclass(frozen=True)
+class NicCounters:
+    """One interface's counters since the guest started (host side of the tap)."""
+
+    device: str
+    mac_address: str
+    rx_bytes: int | None
+    rx_packets: int | None
+    rx_errors: int | None
+    rx_drop: int | None
+    tx_bytes: int | None
+    tx_packets: int | None
+    tx_errors: int | None
+    tx_drop: int | None
+
+
+@dataclass(frozen=True)
 class InstanceDiagnostics:
     """A point-in-time view of one instance."""
 
@@ -47,6 +75,22 @@ class InstanceDiagnostics:
     vcpus: int
     memory_mb: int
     cpu_time_ns: int
+    max_memory_mb: int = 0
+    # CPU time of each vCPU in nanoseconds, by vCPU number (empty when not running).
+    vcpu_times_ns: tuple[int, ...] = ()
+    disks: tuple[DiskCounters, ...] = ()
+    nics: tuple[NicCounters, ...] = ()
+
+
+@dataclass(frozen=True)
+class HostUptime:
+    """What `uptime` prints about the machine an agent runs on."""
+
+    uptime_s: float
+    load_1: float
+    load_5: float
+    load_15: float
+    users: int
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ only the domains whose metadata names its host.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -33,9 +34,11 @@ from nodeagent.driver.base import (
     ActionFailed,
     BuildFailed,
     ConsoleEndpoint,
+    DiskCounters,
     HostFacts,
     InstanceDiagnostics,
     InstanceNotFound,
+    NicCounters,
     NotSupported,
     PowerState,
 )
@@ -735,12 +738,19 @@ class LibvirtDriver:
 
     def diagnostics(self, instance_id: str) -> InstanceDiagnostics:
         dom = self._require(instance_id)
-        state, _max_kib, mem_kib, vcpus, cpu_time = dom.info()
+        state, max_kib, mem_kib, vcpus, cpu_time = dom.info()
+        power = _LIBVIRT_POWER.get(state, PowerState.NOSTATE)
+        running = power in (PowerState.RUNNING, PowerState.PAUSED)
+        root = ET.fromstring(dom.XMLDesc(0))
         return InstanceDiagnostics(
-            power_state=_LIBVIRT_POWER.get(state, PowerState.NOSTATE),
+            power_state=power,
             vcpus=int(vcpus),
             memory_mb=int(mem_kib) // 1024,
             cpu_time_ns=int(cpu_time),
+            max_memory_mb=int(max_kib) // 1024,
+            vcpu_times_ns=_vcpu_times(dom) if running else (),
+            disks=tuple(_disk_counters(dom, root, running)),
+            nics=tuple(_nic_counters(dom, root, running)),
         )
 
     def host_facts(self) -> HostFacts:
@@ -811,3 +821,48 @@ class LibvirtDriver:
         if lines > 0:
             text = "\n".join(text.splitlines()[-lines:])
         return text
+
+
+# Counters a stopped guest has none of, or a hypervisor does not keep, are None: the API
+# shows null rather than a made-up zero.
+
+
+def _vcpu_times(dom: Any) -> tuple[int, ...]:
+    try:
+        per_vcpu, _pinning = dom.vcpus()
+    except libvirt.libvirtError:
+        return ()
+    return tuple(int(cpu_time) for _num, _state, cpu_time, _pcpu in per_vcpu)
+
+
+def _disk_counters(dom: Any, root: ET.Element, running: bool) -> list[DiskCounters]:
+    found: list[DiskCounters] = []
+    for disk in root.findall("./devices/disk[@device='disk']"):
+        target = disk.find("target")
+        dev = target.get("dev") if target is not None else None
+        if not dev:
+            continue
+        stats: tuple[int | None, ...] = (None,) * 5
+        if running:
+            try:
+                rd_req, rd_bytes, wr_req, wr_bytes, errs = dom.blockStats(dev)
+                stats = (rd_bytes, rd_req, wr_bytes, wr_req, None if errs < 0 else errs)
+            except libvirt.libvirtError:
+                pass
+        found.append(DiskCounters(dev, *stats))
+    return found
+
+
+def _nic_counters(dom: Any, root: ET.Element, running: bool) -> list[NicCounters]:
+    found: list[NicCounters] = []
+    for nic in root.findall("./devices/interface"):
+        target, mac = nic.find("target"), nic.find("mac")
+        dev = target.get("dev", "") if target is not None else ""
+        address = mac.get("address", "") if mac is not None else ""
+        stats: tuple[int | None, ...] = (None,) * 8
+        if running and dev:
+            with contextlib.suppress(libvirt.libvirtError):
+                stats = tuple(int(v) for v in dom.interfaceStats(dev))
+        rx_b, rx_p, rx_e, rx_d, tx_b, tx_p, tx_e, tx_d = stats
+        found.append(NicCounters(dev, address, rx_b, rx_p, rx_e, rx_d, tx_b, tx_p, tx_e, tx_d))
+    return found

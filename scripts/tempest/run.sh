@@ -68,6 +68,10 @@ if [ ! -s "$ws/etc/accounts.yaml" ]; then
   account tempest-a2 tempest-a2 admin admin
 fi
 
+# A shared network every project sees, as a deployment's provider network: the compute
+# API's os-networks proxy (Tempest's ComputeNetworksTest) lists it.
+osc network show tempest-shared >/dev/null 2>&1 || osc network create --share tempest-shared >/dev/null
+
 image=$(osc image show loom-tiny -f value -c id)
 flavor=$(osc flavor show m1.tiny -f value -c id)
 flavor_alt=$(osc flavor show m1.small -f value -c id)

@@ -170,3 +170,19 @@ def test_a_rebuild_status_filter_matches_only_rebuilding_servers() -> None:
     assert f.only_tasks == {"rebuilding", "rebuild_spawning"}
     active = states.status_filter(states.Status.ACTIVE)
     assert {"rebuilding", "rebuild_spawning"} <= active.except_tasks
+
+
+def test_a_soft_deleted_server_shows_soft_deleted_and_only_it_may_be_restored() -> None:
+    assert states.derive_status("soft-delete", None) is states.Status.SOFT_DELETED
+    states.check_restore("u", "soft-delete", None)
+    for vm_state, task_state in (("active", None), ("soft-delete", "restoring")):
+        with pytest.raises(states.InvalidState):
+            states.check_restore("u", vm_state, task_state)
+
+
+def test_only_a_server_at_rest_on_its_host_is_soft_deleted() -> None:
+    assert states.check_soft_delete("active", None)
+    assert states.check_soft_delete("stopped", None)
+    assert not states.check_soft_delete("active", "rebooting")
+    assert not states.check_soft_delete("building", None)
+    assert not states.check_soft_delete("shelved_offloaded", None)

@@ -177,3 +177,31 @@ async def test_an_image_to_local_block_device_mapping_is_accepted_as_the_image(
     r = await cloud.client.post("/compute/v2.1/servers", json=body, headers=h)
     assert r.status_code == 400
     assert "no volumes" in r.json()["badRequest"]["message"]
+
+
+async def test_disk_config_auto_is_refused_since_loom_never_grows_the_root_partition(
+    cloud: Cloud,
+) -> None:
+    h = await cloud.headers("demo")
+    body = {
+        "server": {
+            "name": "dcf",
+            "imageRef": "6f1b5c8e-1d7e-4a57-9d3a-2b8c1f0e9a11",
+            "flavorRef": "1",
+            "OS-DCF:diskConfig": "AUTO",
+        }
+    }
+    r = await cloud.client.post("/compute/v2.1/servers", json=body, headers=h)
+    assert r.status_code == 400, r.text
+    assert "AUTO is not supported" in r.json()["badRequest"]["message"]
+    sid = "6f1b5c8e-1d7e-4a57-9d3a-2b8c1f0e9a11"
+    r = await cloud.client.put(
+        f"/compute/v2.1/servers/{sid}", json={"server": {"OS-DCF:diskConfig": "AUTO"}}, headers=h
+    )
+    assert r.status_code == 400, r.text
+    r = await cloud.client.post(
+        f"/compute/v2.1/servers/{sid}/action",
+        json={"rebuild": {"imageRef": sid, "OS-DCF:diskConfig": "AUTO"}},
+        headers=h,
+    )
+    assert r.status_code == 400, r.text

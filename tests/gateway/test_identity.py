@@ -302,3 +302,38 @@ async def test_a_user_keeps_the_attributes_a_client_gave_beyond_identity_s_own(
     assert (shown["project_id"], shown["team"], shown["floor"]) == ("p-1", "red", 3)
     # A client's attribute never stands in for a standard one.
     assert shown["id"] == uid
+
+
+async def test_resource_options_loom_does_not_enforce_are_refused(cloud: Cloud) -> None:
+    admin = await cloud.headers("admin")
+    users = "/identity/v3/users"
+    body = {"user": {"name": "opt-u", "password": "pw", "options": {"lock_password": True}}}
+    r = await cloud.client.post(users, json=body, headers=admin)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert (error["code"], error["title"]) == (400, "Bad Request")
+    assert "lock_password" in error["message"]
+    # No options, or unsetting one, is what Loom has: accepted.
+    body = {"user": {"name": "opt-u", "password": "pw", "options": {}}}
+    r = await cloud.client.post(users, json=body, headers=admin)
+    assert r.status_code == 201, r.text
+    uid = r.json()["user"]["id"]
+    assert r.json()["user"]["options"] == {}
+    r = await cloud.client.patch(
+        f"{users}/{uid}",
+        json={"user": {"options": {"ignore_lockout_failure_attempts": None}}},
+        headers=admin,
+    )
+    assert r.status_code == 200, r.text
+    r = await cloud.client.patch(
+        f"{users}/{uid}",
+        json={"user": {"options": {"multi_factor_auth_enabled": True}}},
+        headers=admin,
+    )
+    assert r.status_code == 400, r.text
+    r = await cloud.client.post(
+        "/identity/v3/projects",
+        json={"project": {"name": "opt-p", "options": {"immutable": True}}},
+        headers=admin,
+    )
+    assert r.status_code == 400, r.text

@@ -72,3 +72,20 @@ def test_usage_hours_count_only_the_part_of_a_server_s_life_inside_the_period(
     assert usage["hours"] == hours
     assert usage["local_gb"] == 2
     assert usage["state"] == ("terminated" if terminated is not None else "active")
+
+
+def test_uptime_text_reads_as_procps_prints_it() -> None:
+    from datetime import datetime
+
+    from gateway.compute.uptime_view import uptime_text
+
+    now = datetime(2026, 12, 7, 8, 32, 11)
+    up = 93 * 86400 + 18 * 3600 + 25 * 60 + 7
+    assert (
+        uptime_text(now, up, 1, (0.2, 0.12, 0.14))
+        == " 08:32:11 up 93 days, 18:25,  1 user,  load average: 0.20, 0.12, 0.14"
+    )
+    assert (
+        uptime_text(now, 600, 2, (0, 0, 0))
+        == " 08:32:11 up 10 min,  2 users,  load average: 0.00, 0.00, 0.00"
+    )

@@ -105,6 +105,19 @@ async def test_the_compute_service_finds_an_instance_on_whichever_host_runs_it(
         512,
     )
     assert (diag.driver, diag.hypervisor) == ("libvirt", "test")
+    # Counters from libvirt: one time per vCPU, the root disk and each interface.
+    assert len(diag.vcpu_times_ns) == 2
+    assert diag.max_memory_mb == 512
+    assert [d.device for d in diag.disks][:1] == ["vda"]
+
+    up = await fleet.stub.GetHostUptime(
+        compute_pb2.GetHostUptimeRequest(host="sim-0001"), timeout=5
+    )
+    assert up.uptime_seconds > 0
+    assert up.load_1 >= 0
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await fleet.stub.GetHostUptime(compute_pb2.GetHostUptimeRequest(host="nope"), timeout=5)
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
 
     listed = await fleet.stub.ListHostInstances(
         compute_pb2.ListHostInstancesRequest(host="sim-0001"), timeout=5

@@ -380,18 +380,24 @@ async def delete_server(
     request_id: str,
     *,
     override_lock: bool = False,
+    force: bool = False,
 ) -> None:
-    """Deletes in every state. Postcondition: with a host whose compute service is up,
-    task_state is deleting and a delete command is queued (the agent's DELETED event finishes
-    it); with a host that is down ("local delete"), or no host yet, the server is deleted at
-    once and its claim released — a down host still gets the delete command, for when it
-    returns. Idempotent: deleting a deleted server succeeds."""
+    """Deletes in every state. With reclaim_instance_interval > 0 and not `force`, a
+    launched server with no task on a host that is up is soft deleted instead: task
+    soft-deleting and a power-off queued (the agent's answer makes it SOFT_DELETED), its
+    claim and quota usage kept until the reclaim pass or a forceDelete deletes it;
+    deleting a soft-deleted server again changes nothing. Otherwise, postcondition: with a
+    host whose compute service is up, task_state is deleting and a delete command is
+    queued (the agent's DELETED event finishes it); with a host that is down ("local
+    delete"), or no host yet, the server is deleted at once and its claim released — a
+    down host still gets the delete command, for when it returns. Idempotent: deleting a
+    deleted server succeeds."""
     rid = _request_id(request_id)
     # Delete wins over whatever task raced it: a guard that lost simply looks again.
     for _ in range(5):
         try:
             return await _delete_once(
-                conductor, instance_uuid, project_id, user_id, rid, override_lock
+                conductor, instance_uuid, project_id, user_id, rid, override_lock, force
             )
         except states.InvalidState:
             continue
@@ -405,6 +411,7 @@ async def _delete_once(
     user_id: str,
     rid: str,
     override_lock: bool,
+    force: bool = False,
 ) -> None:
     release = False
     async with conductor.sessions() as session:
@@ -435,6 +442,29 @@ async def _delete_once(
         if row.task_state == TaskState.DELETING:
             return
         now = datetime.now(UTC)
+        soft = conductor.cfg.conductor.reclaim_instance_interval > 0 and not force
+        if soft and row.vm_state == VmState.SOFT_DELETED:
+            return  # already waiting to be reclaimed
+        if (
+            soft
+            and row.host
+            and row.launched_at is not None
+            and states.check_soft_delete(row.vm_state, row.task_state)
+        ):
+            await _guarded_update(
+                session,
+                row,
+                "delete",
+                task_state=TaskState.SOFT_DELETING.value,
+                deleted_at=now,
+                updated_at=now,
+            )
+            if not action_recorded:
+                _record_action(session, row, "delete", rid, user_id, now)
+            await outbox.add(session, commands.stop(row.host, row.uuid, rid))
+            await session.commit()
+            conductor.wakeup.set()
+            return
         if row.host:
             await _guarded_update(
                 session, row, "delete", task_state=TaskState.DELETING.value, updated_at=now
@@ -554,6 +584,43 @@ async def _delete_locally(
     await session.commit()
     conductor.wakeup.set()
     log.info("deleted locally: host is down", extra={"instance": row.uuid, "host": host})
+
+
+async def restore_server(
+    conductor: Conductor,
+    instance_uuid: str,
+    project_id: str,
+    user_id: str,
+    request_id: str,
+    *,
+    override_lock: bool = False,
+) -> None:
+    """Brings a soft-deleted server back. Postcondition: task restoring, deleted_at
+    cleared, a `restore` action recorded and a power-on queued for its host, together (the
+    agent's answer makes it ACTIVE); or FAILED_PRECONDITION and nothing changed. A retry
+    with the same request_id is a no-op."""
+    rid = _request_id(request_id)
+    async with conductor.sessions() as session:
+        row = await load_instance(session, instance_uuid, project_id)
+        if request_id and await _action_exists(session, row.uuid, rid):
+            return
+        check_lock(row, override_lock)
+        states.check_restore(row.uuid, row.vm_state, row.task_state)
+        if not row.host:
+            raise Conflict(f"Instance {row.uuid} has no host; cannot restore it.")
+        now = datetime.now(UTC)
+        await _guarded_update(
+            session,
+            row,
+            "restore",
+            task_state=TaskState.RESTORING.value,
+            deleted_at=None,
+            updated_at=now,
+        )
+        _record_action(session, row, "restore", rid, user_id, now)
+        await outbox.add(session, commands.start(row.host, row.uuid, rid))
+        await session.commit()
+    conductor.wakeup.set()
 
 
 async def update_server(

@@ -84,8 +84,23 @@ class ServersServicer(servers_pb2_grpc.ServersServiceServicer):
             request.user_id,
             request.request_id,
             override_lock=request.override_lock,
+            force=request.force,
         )
         return servers_pb2.DeleteServerResponse()
+
+    @grpc_errors
+    async def RestoreServer(
+        self, request: servers_pb2.RestoreServerRequest, context: Ctx
+    ) -> servers_pb2.RestoreServerResponse:
+        await actions.restore_server(
+            self._c,
+            request.id,
+            request.project_id,
+            request.user_id,
+            request.request_id,
+            override_lock=request.override_lock,
+        )
+        return servers_pb2.RestoreServerResponse()
 
     @grpc_errors
     async def StartServer(

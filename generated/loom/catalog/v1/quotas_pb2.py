@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cloom/catalog/v1/quotas.proto\x12\x0floom.catalog.v1\"\xfb\x01\n\x0bQuotaLimits\x12\x11\n\tinstances\x18\x01 \x01(\x03\x12\r\n\x05\x63ores\x18\x02 \x01(\x03\x12\x0b\n\x03ram\x18\x03 \x01(\x03\x12\x11\n\tkey_pairs\x18\x04 \x01(\x03\x12\x16\n\x0emetadata_items\x18\x05 \x01(\x03\x12\x15\n\rserver_groups\x18\x06 \x01(\x03\x12\x1c\n\x14server_group_members\x18\x07 \x01(\x03\x12\x16\n\x0einjected_files\x18\x08 \x01(\x03\x12#\n\x1binjected_file_content_bytes\x18\t \x01(\x03\x12 \n\x18injected_file_path_bytes\x18\n \x01(\x03\"e\n\nQuotaUsage\x12\x11\n\tinstances\x18\x01 \x01(\x03\x12\r\n\x05\x63ores\x18\x02 \x01(\x03\x12\x0b\n\x03ram\x18\x03 \x01(\x03\x12\x11\n\tkey_pairs\x18\x04 \x01(\x03\x12\x15\n\rserver_groups\x18\x05 \x01(\x03\"7\n\x10GetQuotasRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"m\n\x11GetQuotasResponse\x12,\n\x06limits\x18\x01 \x01(\x0b\x32\x1c.loom.catalog.v1.QuotaLimits\x12*\n\x05usage\x18\x02 \x01(\x0b\x32\x1b.loom.catalog.v1.QuotaUsage\"\xae\x01\n\x13UpdateQuotasRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nproject_id\x18\x02 \x01(\t\x12@\n\x06limits\x18\x03 \x03(\x0b\x32\x30.loom.catalog.v1.UpdateQuotasRequest.LimitsEntry\x1a-\n\x0bLimitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"D\n\x14UpdateQuotasResponse\x12,\n\x06limits\x18\x01 \x01(\x0b\x32\x1c.loom.catalog.v1.QuotaLimits\"\x19\n\x17GetDefaultQuotasRequest\"H\n\x18GetDefaultQuotasResponse\x12,\n\x06limits\x18\x01 \x01(\x0b\x32\x1c.loom.catalog.v1.QuotaLimits2\xa9\x02\n\rQuotasService\x12R\n\tGetQuotas\x12!.loom.catalog.v1.GetQuotasRequest\x1a\".loom.catalog.v1.GetQuotasResponse\x12[\n\x0cUpdateQuotas\x12$.loom.catalog.v1.UpdateQuotasRequest\x1a%.loom.catalog.v1.UpdateQuotasResponse\x12g\n\x10GetDefaultQuotas\x12(.loom.catalog.v1.GetDefaultQuotasRequest\x1a).loom.catalog.v1.GetDefaultQuotasResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cloom/catalog/v1/quotas.proto\x12\x0floom.catalog.v1\"\xdb\x02\n\x0bQuotaLimits\x12\x11\n\tinstances\x18\x01 \x01(\x03\x12\r\n\x05\x63ores\x18\x02 \x01(\x03\x12\x0b\n\x03ram\x18\x03 \x01(\x03\x12\x11\n\tkey_pairs\x18\x04 \x01(\x03\x12\x16\n\x0emetadata_items\x18\x05 \x01(\x03\x12\x15\n\rserver_groups\x18\x06 \x01(\x03\x12\x1c\n\x14server_group_members\x18\x07 \x01(\x03\x12\x16\n\x0einjected_files\x18\x08 \x01(\x03\x12#\n\x1binjected_file_content_bytes\x18\t \x01(\x03\x12 \n\x18injected_file_path_bytes\x18\n \x01(\x03\x12\x11\n\tfixed_ips\x18\x0b \x01(\x03\x12\x14\n\x0c\x66loating_ips\x18\x0c \x01(\x03\x12\x17\n\x0fsecurity_groups\x18\r \x01(\x03\x12\x1c\n\x14security_group_rules\x18\x0e \x01(\x03\"e\n\nQuotaUsage\x12\x11\n\tinstances\x18\x01 \x01(\x03\x12\r\n\x05\x63ores\x18\x02 \x01(\x03\x12\x0b\n\x03ram\x18\x03 \x01(\x03\x12\x11\n\tkey_pairs\x18\x04 \x01(\x03\x12\x15\n\rserver_groups\x18\x05 \x01(\x03\"7\n\x10GetQuotasRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"m\n\x11GetQuotasResponse\x12,\n\x06limits\x18\x01 \x01(\x0b\x32\x1c.loom.catalog.v1.QuotaLimits\x12*\n\x05usage\x18\x02 \x01(\x0b\x32\x1b.loom.catalog.v1.QuotaUsage\"\xae\x01\n\x13UpdateQuotasRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nproject_id\x18\x02 \x01(\t\x12@\n\x06limits\x18\x03 \x03(\x0b\x32\x30.loom.catalog.v1.UpdateQuotasRequest.LimitsEntry\x1a-\n\x0bLimitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"D\n\x14UpdateQuotasResponse\x12,\n\x06limits\x18\x01 \x01(\x0b\x32\x1c.loom.catalog.v1.QuotaLimits\"\x19\n\x17GetDefaultQuotasRequest\"H\n\x18GetDefaultQuotasResponse\x12,\n\x06limits\x18\x01 \x01(\x0b\x32\x1c.loom.catalog.v1.QuotaLimits\"*\n\x14GetQuotaClassRequest\x12\x12\n\nclass_name\x18\x01 \x01(\t\"E\n\x15GetQuotaClassResponse\x12,\n\x06limits\x18\x01 \x01(\x0b\x32\x1c.loom.catalog.v1.QuotaLimits\"\xb6\x01\n\x17UpdateQuotaClassRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nclass_name\x18\x02 \x01(\t\x12\x44\n\x06limits\x18\x03 \x03(\x0b\x32\x34.loom.catalog.v1.UpdateQuotaClassRequest.LimitsEntry\x1a-\n\x0bLimitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"H\n\x18UpdateQuotaClassResponse\x12,\n\x06limits\x18\x01 \x01(\x0b\x32\x1c.loom.catalog.v1.QuotaLimits2\xf2\x03\n\rQuotasService\x12R\n\tGetQuotas\x12!.loom.catalog.v1.GetQuotasRequest\x1a\".loom.catalog.v1.GetQuotasResponse\x12[\n\x0cUpdateQuotas\x12$.loom.catalog.v1.UpdateQuotasRequest\x1a%.loom.catalog.v1.UpdateQuotasResponse\x12g\n\x10GetDefaultQuotas\x12(.loom.catalog.v1.GetDefaultQuotasRequest\x1a).loom.catalog.v1.GetDefaultQuotasResponse\x12^\n\rGetQuotaClass\x12%.loom.catalog.v1.GetQuotaClassRequest\x1a&.loom.catalog.v1.GetQuotaClassResponse\x12g\n\x10UpdateQuotaClass\x12(.loom.catalog.v1.UpdateQuotaClassRequest\x1a).loom.catalog.v1.UpdateQuotaClassResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,24 +33,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_UPDATEQUOTASREQUEST_LIMITSENTRY']._loaded_options = None
   _globals['_UPDATEQUOTASREQUEST_LIMITSENTRY']._serialized_options = b'8\001'
+  _globals['_UPDATEQUOTACLASSREQUEST_LIMITSENTRY']._loaded_options = None
+  _globals['_UPDATEQUOTACLASSREQUEST_LIMITSENTRY']._serialized_options = b'8\001'
   _globals['_QUOTALIMITS']._serialized_start=50
-  _globals['_QUOTALIMITS']._serialized_end=301
-  _globals['_QUOTAUSAGE']._serialized_start=303
-  _globals['_QUOTAUSAGE']._serialized_end=404
-  _globals['_GETQUOTASREQUEST']._serialized_start=406
-  _globals['_GETQUOTASREQUEST']._serialized_end=461
-  _globals['_GETQUOTASRESPONSE']._serialized_start=463
-  _globals['_GETQUOTASRESPONSE']._serialized_end=572
-  _globals['_UPDATEQUOTASREQUEST']._serialized_start=575
-  _globals['_UPDATEQUOTASREQUEST']._serialized_end=749
-  _globals['_UPDATEQUOTASREQUEST_LIMITSENTRY']._serialized_start=704
-  _globals['_UPDATEQUOTASREQUEST_LIMITSENTRY']._serialized_end=749
-  _globals['_UPDATEQUOTASRESPONSE']._serialized_start=751
-  _globals['_UPDATEQUOTASRESPONSE']._serialized_end=819
-  _globals['_GETDEFAULTQUOTASREQUEST']._serialized_start=821
-  _globals['_GETDEFAULTQUOTASREQUEST']._serialized_end=846
-  _globals['_GETDEFAULTQUOTASRESPONSE']._serialized_start=848
-  _globals['_GETDEFAULTQUOTASRESPONSE']._serialized_end=920
-  _globals['_QUOTASSERVICE']._serialized_start=923
-  _globals['_QUOTASSERVICE']._serialized_end=1220
+  _globals['_QUOTALIMITS']._serialized_end=397
+  _globals['_QUOTAUSAGE']._serialized_start=399
+  _globals['_QUOTAUSAGE']._serialized_end=500
+  _globals['_GETQUOTASREQUEST']._serialized_start=502
+  _globals['_GETQUOTASREQUEST']._serialized_end=557
+  _globals['_GETQUOTASRESPONSE']._serialized_start=559
+  _globals['_GETQUOTASRESPONSE']._serialized_end=668
+  _globals['_UPDATEQUOTASREQUEST']._serialized_start=671
+  _globals['_UPDATEQUOTASREQUEST']._serialized_end=845
+  _globals['_UPDATEQUOTASREQUEST_LIMITSENTRY']._serialized_start=800
+  _globals['_UPDATEQUOTASREQUEST_LIMITSENTRY']._serialized_end=845
+  _globals['_UPDATEQUOTASRESPONSE']._serialized_start=847
+  _globals['_UPDATEQUOTASRESPONSE']._serialized_end=915
+  _globals['_GETDEFAULTQUOTASREQUEST']._serialized_start=917
+  _globals['_GETDEFAULTQUOTASREQUEST']._serialized_end=942
+  _globals['_GETDEFAULTQUOTASRESPONSE']._serialized_start=944
+  _globals['_GETDEFAULTQUOTASRESPONSE']._serialized_end=1016
+  _globals['_GETQUOTACLASSREQUEST']._serialized_start=1018
+  _globals['_GETQUOTACLASSREQUEST']._serialized_end=1060
+  _globals['_GETQUOTACLASSRESPONSE']._serialized_start=1062
+  _globals['_GETQUOTACLASSRESPONSE']._serialized_end=1131
+  _globals['_UPDATEQUOTACLASSREQUEST']._serialized_start=1134
+  _globals['_UPDATEQUOTACLASSREQUEST']._serialized_end=1316
+  _globals['_UPDATEQUOTACLASSREQUEST_LIMITSENTRY']._serialized_start=800
+  _globals['_UPDATEQUOTACLASSREQUEST_LIMITSENTRY']._serialized_end=845
+  _globals['_UPDATEQUOTACLASSRESPONSE']._serialized_start=1318
+  _globals['_UPDATEQUOTACLASSRESPONSE']._serialized_end=1390
+  _globals['_QUOTASSERVICE']._serialized_start=1393
+  _globals['_QUOTASSERVICE']._serialized_end=1891
 # @@protoc_insertion_point(module_scope)

@@ -34,6 +34,10 @@ class QuotaLimits(_message.Message):
     INJECTED_FILES_FIELD_NUMBER: _builtins.int
     INJECTED_FILE_CONTENT_BYTES_FIELD_NUMBER: _builtins.int
     INJECTED_FILE_PATH_BYTES_FIELD_NUMBER: _builtins.int
+    FIXED_IPS_FIELD_NUMBER: _builtins.int
+    FLOATING_IPS_FIELD_NUMBER: _builtins.int
+    SECURITY_GROUPS_FIELD_NUMBER: _builtins.int
+    SECURITY_GROUP_RULES_FIELD_NUMBER: _builtins.int
     instances: _builtins.int
     """Servers."""
     cores: _builtins.int
@@ -54,6 +58,14 @@ class QuotaLimits(_message.Message):
     """Injected file content bytes (legacy)."""
     injected_file_path_bytes: _builtins.int
     """Injected file path bytes (legacy)."""
+    fixed_ips: _builtins.int
+    """Fixed IPs (legacy nova-network quota, reported before compute 2.36/2.50, not enforced)."""
+    floating_ips: _builtins.int
+    """Floating IPs (legacy, not enforced)."""
+    security_groups: _builtins.int
+    """Security groups (legacy, not enforced: the network service has its own quotas)."""
+    security_group_rules: _builtins.int
+    """Security group rules (legacy, not enforced)."""
     def __init__(
         self,
         *,
@@ -67,10 +79,14 @@ class QuotaLimits(_message.Message):
         injected_files: _builtins.int = ...,
         injected_file_content_bytes: _builtins.int = ...,
         injected_file_path_bytes: _builtins.int = ...,
+        fixed_ips: _builtins.int = ...,
+        floating_ips: _builtins.int = ...,
+        security_groups: _builtins.int = ...,
+        security_group_rules: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cores", b"cores", "injected_file_content_bytes", b"injected_file_content_bytes", "injected_file_path_bytes", b"injected_file_path_bytes", "injected_files", b"injected_files", "instances", b"instances", "key_pairs", b"key_pairs", "metadata_items", b"metadata_items", "ram", b"ram", "server_group_members", b"server_group_members", "server_groups", b"server_groups"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cores", b"cores", "fixed_ips", b"fixed_ips", "floating_ips", b"floating_ips", "injected_file_content_bytes", b"injected_file_content_bytes", "injected_file_path_bytes", b"injected_file_path_bytes", "injected_files", b"injected_files", "instances", b"instances", "key_pairs", b"key_pairs", "metadata_items", b"metadata_items", "ram", b"ram", "security_group_rules", b"security_group_rules", "security_groups", b"security_groups", "server_group_members", b"server_group_members", "server_groups", b"server_groups"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -286,3 +302,125 @@ class GetDefaultQuotasResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetDefaultQuotasResponse: _TypeAlias = GetDefaultQuotasResponse  # noqa: Y015
+
+@_typing.final
+class GetQuotaClassRequest(_message.Message):
+    """Request for GetQuotaClass."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLASS_NAME_FIELD_NUMBER: _builtins.int
+    class_name: _builtins.str
+    """The class ("default" is the one that applies to projects)."""
+    def __init__(
+        self,
+        *,
+        class_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_name", b"class_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetQuotaClassRequest: _TypeAlias = GetQuotaClassRequest  # noqa: Y015
+
+@_typing.final
+class GetQuotaClassResponse(_message.Message):
+    """Response of GetQuotaClass."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMITS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def limits(self) -> Global___QuotaLimits:
+        """The class's limits."""
+
+    def __init__(
+        self,
+        *,
+        limits: Global___QuotaLimits | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetQuotaClassResponse: _TypeAlias = GetQuotaClassResponse  # noqa: Y015
+
+@_typing.final
+class UpdateQuotaClassRequest(_message.Message):
+    """Request for UpdateQuotaClass."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LimitsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CLASS_NAME_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call."""
+    class_name: _builtins.str
+    """The class."""
+    @_builtins.property
+    def limits(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """New limits; only the keys present change."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        class_name: _builtins.str = ...,
+        limits: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_name", b"class_name", "limits", b"limits", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateQuotaClassRequest: _TypeAlias = UpdateQuotaClassRequest  # noqa: Y015
+
+@_typing.final
+class UpdateQuotaClassResponse(_message.Message):
+    """Response of UpdateQuotaClass."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMITS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def limits(self) -> Global___QuotaLimits:
+        """The class's limits after the change."""
+
+    def __init__(
+        self,
+        *,
+        limits: Global___QuotaLimits | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateQuotaClassResponse: _TypeAlias = UpdateQuotaClassResponse  # noqa: Y015

@@ -50,6 +50,16 @@ class QuotasServiceStub:
                 request_serializer=loom_dot_catalog_dot_v1_dot_quotas__pb2.GetDefaultQuotasRequest.SerializeToString,
                 response_deserializer=loom_dot_catalog_dot_v1_dot_quotas__pb2.GetDefaultQuotasResponse.FromString,
                 _registered_method=True)
+        self.GetQuotaClass = channel.unary_unary(
+                '/loom.catalog.v1.QuotasService/GetQuotaClass',
+                request_serializer=loom_dot_catalog_dot_v1_dot_quotas__pb2.GetQuotaClassRequest.SerializeToString,
+                response_deserializer=loom_dot_catalog_dot_v1_dot_quotas__pb2.GetQuotaClassResponse.FromString,
+                _registered_method=True)
+        self.UpdateQuotaClass = channel.unary_unary(
+                '/loom.catalog.v1.QuotasService/UpdateQuotaClass',
+                request_serializer=loom_dot_catalog_dot_v1_dot_quotas__pb2.UpdateQuotaClassRequest.SerializeToString,
+                response_deserializer=loom_dot_catalog_dot_v1_dot_quotas__pb2.UpdateQuotaClassResponse.FromString,
+                _registered_method=True)
 
 
 class QuotasServiceServicer:
@@ -71,7 +81,21 @@ class QuotasServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetDefaultQuotas(self, request, context):
-        """The defaults.
+        """The defaults: the configured ones with the quota class "default" over them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetQuotaClass(self, request, context):
+        """A quota class's limits (the configured defaults where the class stores none).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateQuotaClass(self, request, context):
+        """Store a quota class's limits; the class "default" is every project's default.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -94,6 +118,16 @@ def add_QuotasServiceServicer_to_server(servicer, server):
                     servicer.GetDefaultQuotas,
                     request_deserializer=loom_dot_catalog_dot_v1_dot_quotas__pb2.GetDefaultQuotasRequest.FromString,
                     response_serializer=loom_dot_catalog_dot_v1_dot_quotas__pb2.GetDefaultQuotasResponse.SerializeToString,
+            ),
+            'GetQuotaClass': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQuotaClass,
+                    request_deserializer=loom_dot_catalog_dot_v1_dot_quotas__pb2.GetQuotaClassRequest.FromString,
+                    response_serializer=loom_dot_catalog_dot_v1_dot_quotas__pb2.GetQuotaClassResponse.SerializeToString,
+            ),
+            'UpdateQuotaClass': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateQuotaClass,
+                    request_deserializer=loom_dot_catalog_dot_v1_dot_quotas__pb2.UpdateQuotaClassRequest.FromString,
+                    response_serializer=loom_dot_catalog_dot_v1_dot_quotas__pb2.UpdateQuotaClassResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +212,60 @@ class QuotasService:
             '/loom.catalog.v1.QuotasService/GetDefaultQuotas',
             loom_dot_catalog_dot_v1_dot_quotas__pb2.GetDefaultQuotasRequest.SerializeToString,
             loom_dot_catalog_dot_v1_dot_quotas__pb2.GetDefaultQuotasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQuotaClass(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.catalog.v1.QuotasService/GetQuotaClass',
+            loom_dot_catalog_dot_v1_dot_quotas__pb2.GetQuotaClassRequest.SerializeToString,
+            loom_dot_catalog_dot_v1_dot_quotas__pb2.GetQuotaClassResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateQuotaClass(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.catalog.v1.QuotasService/UpdateQuotaClass',
+            loom_dot_catalog_dot_v1_dot_quotas__pb2.UpdateQuotaClassRequest.SerializeToString,
+            loom_dot_catalog_dot_v1_dot_quotas__pb2.UpdateQuotaClassResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,7 +38,11 @@ class QuotasServiceStub:
     UpdateQuotas: _grpc.UnaryUnaryMultiCallable[_quotas_pb2.UpdateQuotasRequest, _quotas_pb2.UpdateQuotasResponse]
     """Change a project's limits; fields left unset keep their value."""
     GetDefaultQuotas: _grpc.UnaryUnaryMultiCallable[_quotas_pb2.GetDefaultQuotasRequest, _quotas_pb2.GetDefaultQuotasResponse]
-    """The defaults."""
+    """The defaults: the configured ones with the quota class "default" over them."""
+    GetQuotaClass: _grpc.UnaryUnaryMultiCallable[_quotas_pb2.GetQuotaClassRequest, _quotas_pb2.GetQuotaClassResponse]
+    """A quota class's limits (the configured defaults where the class stores none)."""
+    UpdateQuotaClass: _grpc.UnaryUnaryMultiCallable[_quotas_pb2.UpdateQuotaClassRequest, _quotas_pb2.UpdateQuotaClassResponse]
+    """Store a quota class's limits; the class "default" is every project's default."""
 
 @_typing.type_check_only
 class QuotasServiceAsyncStub(QuotasServiceStub):
@@ -50,7 +54,11 @@ class QuotasServiceAsyncStub(QuotasServiceStub):
     UpdateQuotas: _aio.UnaryUnaryMultiCallable[_quotas_pb2.UpdateQuotasRequest, _quotas_pb2.UpdateQuotasResponse]  # type: ignore[assignment]
     """Change a project's limits; fields left unset keep their value."""
     GetDefaultQuotas: _aio.UnaryUnaryMultiCallable[_quotas_pb2.GetDefaultQuotasRequest, _quotas_pb2.GetDefaultQuotasResponse]  # type: ignore[assignment]
-    """The defaults."""
+    """The defaults: the configured ones with the quota class "default" over them."""
+    GetQuotaClass: _aio.UnaryUnaryMultiCallable[_quotas_pb2.GetQuotaClassRequest, _quotas_pb2.GetQuotaClassResponse]  # type: ignore[assignment]
+    """A quota class's limits (the configured defaults where the class stores none)."""
+    UpdateQuotaClass: _aio.UnaryUnaryMultiCallable[_quotas_pb2.UpdateQuotaClassRequest, _quotas_pb2.UpdateQuotaClassResponse]  # type: ignore[assignment]
+    """Store a quota class's limits; the class "default" is every project's default."""
 
 class QuotasServiceServicer(metaclass=_abc_1.ABCMeta):
     """Quotas."""
@@ -77,6 +85,22 @@ class QuotasServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _quotas_pb2.GetDefaultQuotasRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_quotas_pb2.GetDefaultQuotasResponse, _abc.Awaitable[_quotas_pb2.GetDefaultQuotasResponse]]:
-        """The defaults."""
+        """The defaults: the configured ones with the quota class "default" over them."""
+
+    @_abc_1.abstractmethod
+    def GetQuotaClass(
+        self,
+        request: _quotas_pb2.GetQuotaClassRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_quotas_pb2.GetQuotaClassResponse, _abc.Awaitable[_quotas_pb2.GetQuotaClassResponse]]:
+        """A quota class's limits (the configured defaults where the class stores none)."""
+
+    @_abc_1.abstractmethod
+    def UpdateQuotaClass(
+        self,
+        request: _quotas_pb2.UpdateQuotaClassRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_quotas_pb2.UpdateQuotaClassResponse, _abc.Awaitable[_quotas_pb2.UpdateQuotaClassResponse]]:
+        """Store a quota class's limits; the class "default" is every project's default."""
 
 def add_QuotasServiceServicer_to_server(servicer: QuotasServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from loom.compute.v1 import agent_bus_pb2 as loom_dot_compute_dot_v1_dot_agent__bus__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dloom/compute/v1/compute.proto\x12\x0floom.compute.v1\x1a\x1floom/compute/v1/agent_bus.proto\"E\n\x1cGetConsoleConnectInfoRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x10\n\x08protocol\x18\x02 \x01(\t\"P\n\x1dGetConsoleConnectInfoResponse\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\x05\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\">\n\x17GetConsoleOutputRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06length\x18\x02 \x01(\x05\"*\n\x18GetConsoleOutputResponse\x12\x0e\n\x06output\x18\x01 \x01(\t\"4\n\x1dGetInstanceDiagnosticsRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"\xad\x01\n\x1eGetInstanceDiagnosticsResponse\x12\x30\n\x0bpower_state\x18\x01 \x01(\x0e\x32\x1b.loom.compute.v1.PowerState\x12\r\n\x05vcpus\x18\x02 \x01(\x05\x12\x11\n\tmemory_mb\x18\x03 \x01(\x03\x12\x13\n\x0b\x63pu_time_ns\x18\x04 \x01(\x03\x12\x0e\n\x06\x64river\x18\x05 \x01(\t\x12\x12\n\nhypervisor\x18\x06 \x01(\t\"(\n\x18ListHostInstancesRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\"U\n\x0cHostInstance\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x30\n\x0bpower_state\x18\x02 \x01(\x0e\x32\x1b.loom.compute.v1.PowerState\"[\n\x19ListHostInstancesResponse\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x30\n\tinstances\x18\x02 \x03(\x0b\x32\x1d.loom.compute.v1.HostInstance2\xd8\x03\n\x0e\x43omputeService\x12v\n\x15GetConsoleConnectInfo\x12-.loom.compute.v1.GetConsoleConnectInfoRequest\x1a..loom.compute.v1.GetConsoleConnectInfoResponse\x12g\n\x10GetConsoleOutput\x12(.loom.compute.v1.GetConsoleOutputRequest\x1a).loom.compute.v1.GetConsoleOutputResponse\x12y\n\x16GetInstanceDiagnostics\x12..loom.compute.v1.GetInstanceDiagnosticsRequest\x1a/.loom.compute.v1.GetInstanceDiagnosticsResponse\x12j\n\x11ListHostInstances\x12).loom.compute.v1.ListHostInstancesRequest\x1a*.loom.compute.v1.ListHostInstancesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dloom/compute/v1/compute.proto\x12\x0floom.compute.v1\x1a\x1floom/compute/v1/agent_bus.proto\"E\n\x1cGetConsoleConnectInfoRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x10\n\x08protocol\x18\x02 \x01(\t\"P\n\x1dGetConsoleConnectInfoResponse\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\x05\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\">\n\x17GetConsoleOutputRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06length\x18\x02 \x01(\x05\"*\n\x18GetConsoleOutputResponse\x12\x0e\n\x06output\x18\x01 \x01(\t\"4\n\x1dGetInstanceDiagnosticsRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"\xb5\x02\n\x1eGetInstanceDiagnosticsResponse\x12\x30\n\x0bpower_state\x18\x01 \x01(\x0e\x32\x1b.loom.compute.v1.PowerState\x12\r\n\x05vcpus\x18\x02 \x01(\x05\x12\x11\n\tmemory_mb\x18\x03 \x01(\x03\x12\x13\n\x0b\x63pu_time_ns\x18\x04 \x01(\x03\x12\x0e\n\x06\x64river\x18\x05 \x01(\t\x12\x12\n\nhypervisor\x18\x06 \x01(\t\x12\x15\n\rmax_memory_mb\x18\x07 \x01(\x03\x12\x15\n\rvcpu_times_ns\x18\x08 \x03(\x03\x12,\n\x05\x64isks\x18\t \x03(\x0b\x32\x1d.loom.compute.v1.DiskCounters\x12*\n\x04nics\x18\n \x03(\x0b\x32\x1c.loom.compute.v1.NicCounters\"\xee\x01\n\x0c\x44iskCounters\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x17\n\nread_bytes\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x1a\n\rread_requests\x18\x03 \x01(\x03H\x01\x88\x01\x01\x12\x18\n\x0bwrite_bytes\x18\x04 \x01(\x03H\x02\x88\x01\x01\x12\x1b\n\x0ewrite_requests\x18\x05 \x01(\x03H\x03\x88\x01\x01\x12\x13\n\x06\x65rrors\x18\x06 \x01(\x03H\x04\x88\x01\x01\x42\r\n\x0b_read_bytesB\x10\n\x0e_read_requestsB\x0e\n\x0c_write_bytesB\x11\n\x0f_write_requestsB\t\n\x07_errors\"\xda\x02\n\x0bNicCounters\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x13\n\x0bmac_address\x18\x02 \x01(\t\x12\x15\n\x08rx_bytes\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x17\n\nrx_packets\x18\x04 \x01(\x03H\x01\x88\x01\x01\x12\x16\n\trx_errors\x18\x05 \x01(\x03H\x02\x88\x01\x01\x12\x14\n\x07rx_drop\x18\x06 \x01(\x03H\x03\x88\x01\x01\x12\x15\n\x08tx_bytes\x18\x07 \x01(\x03H\x04\x88\x01\x01\x12\x17\n\ntx_packets\x18\x08 \x01(\x03H\x05\x88\x01\x01\x12\x16\n\ttx_errors\x18\t \x01(\x03H\x06\x88\x01\x01\x12\x14\n\x07tx_drop\x18\n \x01(\x03H\x07\x88\x01\x01\x42\x0b\n\t_rx_bytesB\r\n\x0b_rx_packetsB\x0c\n\n_rx_errorsB\n\n\x08_rx_dropB\x0b\n\t_tx_bytesB\r\n\x0b_tx_packetsB\x0c\n\n_tx_errorsB\n\n\x08_tx_drop\"$\n\x14GetHostUptimeRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\"o\n\x15GetHostUptimeResponse\x12\x16\n\x0euptime_seconds\x18\x01 \x01(\x01\x12\x0e\n\x06load_1\x18\x02 \x01(\x01\x12\x0e\n\x06load_5\x18\x03 \x01(\x01\x12\x0f\n\x07load_15\x18\x04 \x01(\x01\x12\r\n\x05users\x18\x05 \x01(\x05\"(\n\x18ListHostInstancesRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\"U\n\x0cHostInstance\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x30\n\x0bpower_state\x18\x02 \x01(\x0e\x32\x1b.loom.compute.v1.PowerState\"[\n\x19ListHostInstancesResponse\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x30\n\tinstances\x18\x02 \x03(\x0b\x32\x1d.loom.compute.v1.HostInstance2\xb8\x04\n\x0e\x43omputeService\x12v\n\x15GetConsoleConnectInfo\x12-.loom.compute.v1.GetConsoleConnectInfoRequest\x1a..loom.compute.v1.GetConsoleConnectInfoResponse\x12g\n\x10GetConsoleOutput\x12(.loom.compute.v1.GetConsoleOutputRequest\x1a).loom.compute.v1.GetConsoleOutputResponse\x12y\n\x16GetInstanceDiagnostics\x12..loom.compute.v1.GetInstanceDiagnosticsRequest\x1a/.loom.compute.v1.GetInstanceDiagnosticsResponse\x12j\n\x11ListHostInstances\x12).loom.compute.v1.ListHostInstancesRequest\x1a*.loom.compute.v1.ListHostInstancesResponse\x12^\n\rGetHostUptime\x12%.loom.compute.v1.GetHostUptimeRequest\x1a&.loom.compute.v1.GetHostUptimeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,13 +43,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETINSTANCEDIAGNOSTICSREQUEST']._serialized_start=344
   _globals['_GETINSTANCEDIAGNOSTICSREQUEST']._serialized_end=396
   _globals['_GETINSTANCEDIAGNOSTICSRESPONSE']._serialized_start=399
-  _globals['_GETINSTANCEDIAGNOSTICSRESPONSE']._serialized_end=572
-  _globals['_LISTHOSTINSTANCESREQUEST']._serialized_start=574
-  _globals['_LISTHOSTINSTANCESREQUEST']._serialized_end=614
-  _globals['_HOSTINSTANCE']._serialized_start=616
-  _globals['_HOSTINSTANCE']._serialized_end=701
-  _globals['_LISTHOSTINSTANCESRESPONSE']._serialized_start=703
-  _globals['_LISTHOSTINSTANCESRESPONSE']._serialized_end=794
-  _globals['_COMPUTESERVICE']._serialized_start=797
-  _globals['_COMPUTESERVICE']._serialized_end=1269
+  _globals['_GETINSTANCEDIAGNOSTICSRESPONSE']._serialized_end=708
+  _globals['_DISKCOUNTERS']._serialized_start=711
+  _globals['_DISKCOUNTERS']._serialized_end=949
+  _globals['_NICCOUNTERS']._serialized_start=952
+  _globals['_NICCOUNTERS']._serialized_end=1298
+  _globals['_GETHOSTUPTIMEREQUEST']._serialized_start=1300
+  _globals['_GETHOSTUPTIMEREQUEST']._serialized_end=1336
+  _globals['_GETHOSTUPTIMERESPONSE']._serialized_start=1338
+  _globals['_GETHOSTUPTIMERESPONSE']._serialized_end=1449
+  _globals['_LISTHOSTINSTANCESREQUEST']._serialized_start=1451
+  _globals['_LISTHOSTINSTANCESREQUEST']._serialized_end=1491
+  _globals['_HOSTINSTANCE']._serialized_start=1493
+  _globals['_HOSTINSTANCE']._serialized_end=1578
+  _globals['_LISTHOSTINSTANCESRESPONSE']._serialized_start=1580
+  _globals['_LISTHOSTINSTANCESRESPONSE']._serialized_end=1671
+  _globals['_COMPUTESERVICE']._serialized_start=1674
+  _globals['_COMPUTESERVICE']._serialized_end=2242
 # @@protoc_insertion_point(module_scope)

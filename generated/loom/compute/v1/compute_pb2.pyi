@@ -159,6 +159,10 @@ class GetInstanceDiagnosticsResponse(_message.Message):
     CPU_TIME_NS_FIELD_NUMBER: _builtins.int
     DRIVER_FIELD_NUMBER: _builtins.int
     HYPERVISOR_FIELD_NUMBER: _builtins.int
+    MAX_MEMORY_MB_FIELD_NUMBER: _builtins.int
+    VCPU_TIMES_NS_FIELD_NUMBER: _builtins.int
+    DISKS_FIELD_NUMBER: _builtins.int
+    NICS_FIELD_NUMBER: _builtins.int
     power_state: _agent_bus_pb2.PowerState.ValueType
     """Power state."""
     vcpus: _builtins.int
@@ -171,6 +175,20 @@ class GetInstanceDiagnosticsResponse(_message.Message):
     """Driver name, e.g. libvirt."""
     hypervisor: _builtins.str
     """Hypervisor type, e.g. QEMU or test."""
+    max_memory_mb: _builtins.int
+    """Maximum memory in MiB."""
+    @_builtins.property
+    def vcpu_times_ns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """CPU time of each vCPU in nanoseconds, by vCPU number (empty when not running)."""
+
+    @_builtins.property
+    def disks(self) -> _containers.RepeatedCompositeFieldContainer[Global___DiskCounters]:
+        """The disks' counters."""
+
+    @_builtins.property
+    def nics(self) -> _containers.RepeatedCompositeFieldContainer[Global___NicCounters]:
+        """The interfaces' counters."""
+
     def __init__(
         self,
         *,
@@ -180,14 +198,228 @@ class GetInstanceDiagnosticsResponse(_message.Message):
         cpu_time_ns: _builtins.int = ...,
         driver: _builtins.str = ...,
         hypervisor: _builtins.str = ...,
+        max_memory_mb: _builtins.int = ...,
+        vcpu_times_ns: _abc.Iterable[_builtins.int] | None = ...,
+        disks: _abc.Iterable[Global___DiskCounters] | None = ...,
+        nics: _abc.Iterable[Global___NicCounters] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_time_ns", b"cpu_time_ns", "driver", b"driver", "hypervisor", b"hypervisor", "memory_mb", b"memory_mb", "power_state", b"power_state", "vcpus", b"vcpus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_time_ns", b"cpu_time_ns", "disks", b"disks", "driver", b"driver", "hypervisor", b"hypervisor", "max_memory_mb", b"max_memory_mb", "memory_mb", b"memory_mb", "nics", b"nics", "power_state", b"power_state", "vcpu_times_ns", b"vcpu_times_ns", "vcpus", b"vcpus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetInstanceDiagnosticsResponse: _TypeAlias = GetInstanceDiagnosticsResponse  # noqa: Y015
+
+@_typing.final
+class DiskCounters(_message.Message):
+    """One disk's I/O counters since the guest started; unset where the hypervisor gives none."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_FIELD_NUMBER: _builtins.int
+    READ_BYTES_FIELD_NUMBER: _builtins.int
+    READ_REQUESTS_FIELD_NUMBER: _builtins.int
+    WRITE_BYTES_FIELD_NUMBER: _builtins.int
+    WRITE_REQUESTS_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    device: _builtins.str
+    """Target device, e.g. vda."""
+    read_bytes: _builtins.int
+    """Bytes read."""
+    read_requests: _builtins.int
+    """Read requests."""
+    write_bytes: _builtins.int
+    """Bytes written."""
+    write_requests: _builtins.int
+    """Write requests."""
+    errors: _builtins.int
+    """I/O errors."""
+    def __init__(
+        self,
+        *,
+        device: _builtins.str = ...,
+        read_bytes: _builtins.int | None = ...,
+        read_requests: _builtins.int | None = ...,
+        write_bytes: _builtins.int | None = ...,
+        write_requests: _builtins.int | None = ...,
+        errors: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_errors", b"_errors", "_read_bytes", b"_read_bytes", "_read_requests", b"_read_requests", "_write_bytes", b"_write_bytes", "_write_requests", b"_write_requests", "errors", b"errors", "read_bytes", b"read_bytes", "read_requests", b"read_requests", "write_bytes", b"write_bytes", "write_requests", b"write_requests"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_errors", b"_errors", "_read_bytes", b"_read_bytes", "_read_requests", b"_read_requests", "_write_bytes", b"_write_bytes", "_write_requests", b"_write_requests", "device", b"device", "errors", b"errors", "read_bytes", b"read_bytes", "read_requests", b"read_requests", "write_bytes", b"write_bytes", "write_requests", b"write_requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__errors: _TypeAlias = _typing.Literal["errors"]  # noqa: Y015
+    _WhichOneofArgType__errors: _TypeAlias = _typing.Literal["_errors", b"_errors"]  # noqa: Y015
+    _WhichOneofReturnType__read_bytes: _TypeAlias = _typing.Literal["read_bytes"]  # noqa: Y015
+    _WhichOneofArgType__read_bytes: _TypeAlias = _typing.Literal["_read_bytes", b"_read_bytes"]  # noqa: Y015
+    _WhichOneofReturnType__read_requests: _TypeAlias = _typing.Literal["read_requests"]  # noqa: Y015
+    _WhichOneofArgType__read_requests: _TypeAlias = _typing.Literal["_read_requests", b"_read_requests"]  # noqa: Y015
+    _WhichOneofReturnType__write_bytes: _TypeAlias = _typing.Literal["write_bytes"]  # noqa: Y015
+    _WhichOneofArgType__write_bytes: _TypeAlias = _typing.Literal["_write_bytes", b"_write_bytes"]  # noqa: Y015
+    _WhichOneofReturnType__write_requests: _TypeAlias = _typing.Literal["write_requests"]  # noqa: Y015
+    _WhichOneofArgType__write_requests: _TypeAlias = _typing.Literal["_write_requests", b"_write_requests"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__errors) -> _WhichOneofReturnType__errors | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__read_bytes) -> _WhichOneofReturnType__read_bytes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__read_requests) -> _WhichOneofReturnType__read_requests | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__write_bytes) -> _WhichOneofReturnType__write_bytes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__write_requests) -> _WhichOneofReturnType__write_requests | None: ...
+
+Global___DiskCounters: _TypeAlias = DiskCounters  # noqa: Y015
+
+@_typing.final
+class NicCounters(_message.Message):
+    """One interface's counters since the guest started, as the host's tap counts them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_FIELD_NUMBER: _builtins.int
+    MAC_ADDRESS_FIELD_NUMBER: _builtins.int
+    RX_BYTES_FIELD_NUMBER: _builtins.int
+    RX_PACKETS_FIELD_NUMBER: _builtins.int
+    RX_ERRORS_FIELD_NUMBER: _builtins.int
+    RX_DROP_FIELD_NUMBER: _builtins.int
+    TX_BYTES_FIELD_NUMBER: _builtins.int
+    TX_PACKETS_FIELD_NUMBER: _builtins.int
+    TX_ERRORS_FIELD_NUMBER: _builtins.int
+    TX_DROP_FIELD_NUMBER: _builtins.int
+    device: _builtins.str
+    """Host device, e.g. tap0123."""
+    mac_address: _builtins.str
+    """The guest's MAC address."""
+    rx_bytes: _builtins.int
+    """Bytes received."""
+    rx_packets: _builtins.int
+    """Packets received."""
+    rx_errors: _builtins.int
+    """Receive errors."""
+    rx_drop: _builtins.int
+    """Received packets dropped."""
+    tx_bytes: _builtins.int
+    """Bytes sent."""
+    tx_packets: _builtins.int
+    """Packets sent."""
+    tx_errors: _builtins.int
+    """Send errors."""
+    tx_drop: _builtins.int
+    """Sent packets dropped."""
+    def __init__(
+        self,
+        *,
+        device: _builtins.str = ...,
+        mac_address: _builtins.str = ...,
+        rx_bytes: _builtins.int | None = ...,
+        rx_packets: _builtins.int | None = ...,
+        rx_errors: _builtins.int | None = ...,
+        rx_drop: _builtins.int | None = ...,
+        tx_bytes: _builtins.int | None = ...,
+        tx_packets: _builtins.int | None = ...,
+        tx_errors: _builtins.int | None = ...,
+        tx_drop: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_rx_bytes", b"_rx_bytes", "_rx_drop", b"_rx_drop", "_rx_errors", b"_rx_errors", "_rx_packets", b"_rx_packets", "_tx_bytes", b"_tx_bytes", "_tx_drop", b"_tx_drop", "_tx_errors", b"_tx_errors", "_tx_packets", b"_tx_packets", "rx_bytes", b"rx_bytes", "rx_drop", b"rx_drop", "rx_errors", b"rx_errors", "rx_packets", b"rx_packets", "tx_bytes", b"tx_bytes", "tx_drop", b"tx_drop", "tx_errors", b"tx_errors", "tx_packets", b"tx_packets"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_rx_bytes", b"_rx_bytes", "_rx_drop", b"_rx_drop", "_rx_errors", b"_rx_errors", "_rx_packets", b"_rx_packets", "_tx_bytes", b"_tx_bytes", "_tx_drop", b"_tx_drop", "_tx_errors", b"_tx_errors", "_tx_packets", b"_tx_packets", "device", b"device", "mac_address", b"mac_address", "rx_bytes", b"rx_bytes", "rx_drop", b"rx_drop", "rx_errors", b"rx_errors", "rx_packets", b"rx_packets", "tx_bytes", b"tx_bytes", "tx_drop", b"tx_drop", "tx_errors", b"tx_errors", "tx_packets", b"tx_packets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__rx_bytes: _TypeAlias = _typing.Literal["rx_bytes"]  # noqa: Y015
+    _WhichOneofArgType__rx_bytes: _TypeAlias = _typing.Literal["_rx_bytes", b"_rx_bytes"]  # noqa: Y015
+    _WhichOneofReturnType__rx_drop: _TypeAlias = _typing.Literal["rx_drop"]  # noqa: Y015
+    _WhichOneofArgType__rx_drop: _TypeAlias = _typing.Literal["_rx_drop", b"_rx_drop"]  # noqa: Y015
+    _WhichOneofReturnType__rx_errors: _TypeAlias = _typing.Literal["rx_errors"]  # noqa: Y015
+    _WhichOneofArgType__rx_errors: _TypeAlias = _typing.Literal["_rx_errors", b"_rx_errors"]  # noqa: Y015
+    _WhichOneofReturnType__rx_packets: _TypeAlias = _typing.Literal["rx_packets"]  # noqa: Y015
+    _WhichOneofArgType__rx_packets: _TypeAlias = _typing.Literal["_rx_packets", b"_rx_packets"]  # noqa: Y015
+    _WhichOneofReturnType__tx_bytes: _TypeAlias = _typing.Literal["tx_bytes"]  # noqa: Y015
+    _WhichOneofArgType__tx_bytes: _TypeAlias = _typing.Literal["_tx_bytes", b"_tx_bytes"]  # noqa: Y015
+    _WhichOneofReturnType__tx_drop: _TypeAlias = _typing.Literal["tx_drop"]  # noqa: Y015
+    _WhichOneofArgType__tx_drop: _TypeAlias = _typing.Literal["_tx_drop", b"_tx_drop"]  # noqa: Y015
+    _WhichOneofReturnType__tx_errors: _TypeAlias = _typing.Literal["tx_errors"]  # noqa: Y015
+    _WhichOneofArgType__tx_errors: _TypeAlias = _typing.Literal["_tx_errors", b"_tx_errors"]  # noqa: Y015
+    _WhichOneofReturnType__tx_packets: _TypeAlias = _typing.Literal["tx_packets"]  # noqa: Y015
+    _WhichOneofArgType__tx_packets: _TypeAlias = _typing.Literal["_tx_packets", b"_tx_packets"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__rx_bytes) -> _WhichOneofReturnType__rx_bytes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__rx_drop) -> _WhichOneofReturnType__rx_drop | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__rx_errors) -> _WhichOneofReturnType__rx_errors | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__rx_packets) -> _WhichOneofReturnType__rx_packets | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tx_bytes) -> _WhichOneofReturnType__tx_bytes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tx_drop) -> _WhichOneofReturnType__tx_drop | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tx_errors) -> _WhichOneofReturnType__tx_errors | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tx_packets) -> _WhichOneofReturnType__tx_packets | None: ...
+
+Global___NicCounters: _TypeAlias = NicCounters  # noqa: Y015
+
+@_typing.final
+class GetHostUptimeRequest(_message.Message):
+    """Request for GetHostUptime."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOST_FIELD_NUMBER: _builtins.int
+    host: _builtins.str
+    """The host; may be empty when the agent process serves one host."""
+    def __init__(
+        self,
+        *,
+        host: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHostUptimeRequest: _TypeAlias = GetHostUptimeRequest  # noqa: Y015
+
+@_typing.final
+class GetHostUptimeResponse(_message.Message):
+    """Response of GetHostUptime."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPTIME_SECONDS_FIELD_NUMBER: _builtins.int
+    LOAD_1_FIELD_NUMBER: _builtins.int
+    LOAD_5_FIELD_NUMBER: _builtins.int
+    LOAD_15_FIELD_NUMBER: _builtins.int
+    USERS_FIELD_NUMBER: _builtins.int
+    uptime_seconds: _builtins.float
+    """Seconds since the machine booted."""
+    load_1: _builtins.float
+    """Load average over 1 minute."""
+    load_5: _builtins.float
+    """Load average over 5 minutes."""
+    load_15: _builtins.float
+    """Load average over 15 minutes."""
+    users: _builtins.int
+    """Logged-in users."""
+    def __init__(
+        self,
+        *,
+        uptime_seconds: _builtins.float = ...,
+        load_1: _builtins.float = ...,
+        load_5: _builtins.float = ...,
+        load_15: _builtins.float = ...,
+        users: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["load_1", b"load_1", "load_15", b"load_15", "load_5", b"load_5", "uptime_seconds", b"uptime_seconds", "users", b"users"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHostUptimeResponse: _TypeAlias = GetHostUptimeResponse  # noqa: Y015
 
 @_typing.final
 class ListHostInstancesRequest(_message.Message):

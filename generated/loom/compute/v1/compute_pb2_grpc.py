@@ -55,6 +55,11 @@ class ComputeServiceStub:
                 request_serializer=loom_dot_compute_dot_v1_dot_compute__pb2.ListHostInstancesRequest.SerializeToString,
                 response_deserializer=loom_dot_compute_dot_v1_dot_compute__pb2.ListHostInstancesResponse.FromString,
                 _registered_method=True)
+        self.GetHostUptime = channel.unary_unary(
+                '/loom.compute.v1.ComputeService/GetHostUptime',
+                request_serializer=loom_dot_compute_dot_v1_dot_compute__pb2.GetHostUptimeRequest.SerializeToString,
+                response_deserializer=loom_dot_compute_dot_v1_dot_compute__pb2.GetHostUptimeResponse.FromString,
+                _registered_method=True)
 
 
 class ComputeServiceServicer:
@@ -89,6 +94,13 @@ class ComputeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetHostUptime(self, request, context):
+        """How long the machine the agent runs on has been up, and its load averages.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ComputeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +123,11 @@ def add_ComputeServiceServicer_to_server(servicer, server):
                     servicer.ListHostInstances,
                     request_deserializer=loom_dot_compute_dot_v1_dot_compute__pb2.ListHostInstancesRequest.FromString,
                     response_serializer=loom_dot_compute_dot_v1_dot_compute__pb2.ListHostInstancesResponse.SerializeToString,
+            ),
+            'GetHostUptime': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHostUptime,
+                    request_deserializer=loom_dot_compute_dot_v1_dot_compute__pb2.GetHostUptimeRequest.FromString,
+                    response_serializer=loom_dot_compute_dot_v1_dot_compute__pb2.GetHostUptimeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +239,33 @@ class ComputeService:
             '/loom.compute.v1.ComputeService/ListHostInstances',
             loom_dot_compute_dot_v1_dot_compute__pb2.ListHostInstancesRequest.SerializeToString,
             loom_dot_compute_dot_v1_dot_compute__pb2.ListHostInstancesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHostUptime(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.compute.v1.ComputeService/GetHostUptime',
+            loom_dot_compute_dot_v1_dot_compute__pb2.GetHostUptimeRequest.SerializeToString,
+            loom_dot_compute_dot_v1_dot_compute__pb2.GetHostUptimeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,8 @@ class ComputeServiceStub:
     """What libvirt says of an instance right now."""
     ListHostInstances: _grpc.UnaryUnaryMultiCallable[_compute_pb2.ListHostInstancesRequest, _compute_pb2.ListHostInstancesResponse]
     """The instances this host runs, as libvirt sees them."""
+    GetHostUptime: _grpc.UnaryUnaryMultiCallable[_compute_pb2.GetHostUptimeRequest, _compute_pb2.GetHostUptimeResponse]
+    """How long the machine the agent runs on has been up, and its load averages."""
 
 @_typing.type_check_only
 class ComputeServiceAsyncStub(ComputeServiceStub):
@@ -57,6 +59,8 @@ class ComputeServiceAsyncStub(ComputeServiceStub):
     """What libvirt says of an instance right now."""
     ListHostInstances: _aio.UnaryUnaryMultiCallable[_compute_pb2.ListHostInstancesRequest, _compute_pb2.ListHostInstancesResponse]  # type: ignore[assignment]
     """The instances this host runs, as libvirt sees them."""
+    GetHostUptime: _aio.UnaryUnaryMultiCallable[_compute_pb2.GetHostUptimeRequest, _compute_pb2.GetHostUptimeResponse]  # type: ignore[assignment]
+    """How long the machine the agent runs on has been up, and its load averages."""
 
 class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
     """The agent's synchronous API."""
@@ -92,5 +96,13 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_compute_pb2.ListHostInstancesResponse, _abc.Awaitable[_compute_pb2.ListHostInstancesResponse]]:
         """The instances this host runs, as libvirt sees them."""
+
+    @_abc_1.abstractmethod
+    def GetHostUptime(
+        self,
+        request: _compute_pb2.GetHostUptimeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_pb2.GetHostUptimeResponse, _abc.Awaitable[_compute_pb2.GetHostUptimeResponse]]:
+        """How long the machine the agent runs on has been up, and its load averages."""
 
 def add_ComputeServiceServicer_to_server(servicer: ComputeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

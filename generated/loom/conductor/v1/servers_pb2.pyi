@@ -53,6 +53,8 @@ class _VmStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_VmState.Value
     """Shelved: shut off, still on its host."""
     VM_STATE_SHELVED_OFFLOADED: _VmState.ValueType  # 9
     """Shelved and offloaded: on no host, holding no host resources."""
+    VM_STATE_SOFT_DELETED: _VmState.ValueType  # 10
+    """Deleted by its owner but kept, powered off, until reclaimed (reclaim_instance_interval)."""
 
 class VmState(_VmState, metaclass=_VmStateEnumTypeWrapper):
     """A server's stable state, as Nova names it."""
@@ -79,6 +81,8 @@ VM_STATE_SHELVED: VmState.ValueType  # 8
 """Shelved: shut off, still on its host."""
 VM_STATE_SHELVED_OFFLOADED: VmState.ValueType  # 9
 """Shelved and offloaded: on no host, holding no host resources."""
+VM_STATE_SOFT_DELETED: VmState.ValueType  # 10
+"""Deleted by its owner but kept, powered off, until reclaimed (reclaim_instance_interval)."""
 Global___VmState: _TypeAlias = VmState  # noqa: Y015
 
 class _TaskState:
@@ -139,6 +143,10 @@ class _TaskStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskState.V
     """Rebuild accepted; the host has not started on it yet."""
     TASK_STATE_REBUILD_SPAWNING: _TaskState.ValueType  # 18
     """The host is making the disks again and starting the guest from the new image."""
+    TASK_STATE_SOFT_DELETING: _TaskState.ValueType  # 27
+    """A soft delete: the host powers the server off."""
+    TASK_STATE_RESTORING: _TaskState.ValueType  # 28
+    """A restore of a soft-deleted server: the host powers it on."""
 
 class TaskState(_TaskState, metaclass=_TaskStateEnumTypeWrapper):
     """What is happening to a server right now, as Nova names it."""
@@ -195,6 +203,10 @@ TASK_STATE_REBUILDING: TaskState.ValueType  # 17
 """Rebuild accepted; the host has not started on it yet."""
 TASK_STATE_REBUILD_SPAWNING: TaskState.ValueType  # 18
 """The host is making the disks again and starting the guest from the new image."""
+TASK_STATE_SOFT_DELETING: TaskState.ValueType  # 27
+"""A soft delete: the host powers the server off."""
+TASK_STATE_RESTORING: TaskState.ValueType  # 28
+"""A restore of a soft-deleted server: the host powers it on."""
 Global___TaskState: _TypeAlias = TaskState  # noqa: Y015
 
 class _ServerStatus:
@@ -239,6 +251,8 @@ class _ServerStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ServerSt
     """SHELVED_OFFLOADED."""
     SERVER_STATUS_REBUILD: _ServerStatus.ValueType  # 13
     """REBUILD."""
+    SERVER_STATUS_SOFT_DELETED: _ServerStatus.ValueType  # 14
+    """SOFT_DELETED (deleted, waiting to be reclaimed; restore brings it back)."""
 
 class ServerStatus(_ServerStatus, metaclass=_ServerStatusEnumTypeWrapper):
     """The status a tenant sees, derived from (vm_state, task_state) as Nova derives it."""
@@ -279,6 +293,8 @@ SERVER_STATUS_SHELVED_OFFLOADED: ServerStatus.ValueType  # 12
 """SHELVED_OFFLOADED."""
 SERVER_STATUS_REBUILD: ServerStatus.ValueType  # 13
 """REBUILD."""
+SERVER_STATUS_SOFT_DELETED: ServerStatus.ValueType  # 14
+"""SOFT_DELETED (deleted, waiting to be reclaimed; restore brings it back)."""
 Global___ServerStatus: _TypeAlias = ServerStatus  # noqa: Y015
 
 @_typing.final
@@ -1203,6 +1219,7 @@ class DeleteServerRequest(_message.Message):
     PROJECT_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per call."""
     id: _builtins.str
@@ -1215,6 +1232,10 @@ class DeleteServerRequest(_message.Message):
     """The caller may act on a locked server (an admin); otherwise a locked server
     answers FAILED_PRECONDITION.
     """
+    force: _builtins.bool
+    """Delete now even when soft delete is on (reclaim_instance_interval > 0): forceDelete,
+    and the conductor's own reclaim of a soft-deleted server.
+    """
     def __init__(
         self,
         *,
@@ -1223,10 +1244,11 @@ class DeleteServerRequest(_message.Message):
         project_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
         override_lock: _builtins.bool = ...,
+        force: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "override_lock", b"override_lock", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "id", b"id", "override_lock", b"override_lock", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1248,6 +1270,61 @@ class DeleteServerResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteServerResponse: _TypeAlias = DeleteServerResponse  # noqa: Y015
+
+@_typing.final
+class RestoreServerRequest(_message.Message):
+    """Request for RestoreServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call."""
+    id: _builtins.str
+    """UUID."""
+    project_id: _builtins.str
+    """When set, NOT_FOUND unless the server belongs to this project."""
+    user_id: _builtins.str
+    """Who asks (for the action record)."""
+    override_lock: _builtins.bool
+    """The caller may act on a locked server (an admin)."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        override_lock: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "override_lock", b"override_lock", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestoreServerRequest: _TypeAlias = RestoreServerRequest  # noqa: Y015
+
+@_typing.final
+class RestoreServerResponse(_message.Message):
+    """Response of RestoreServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestoreServerResponse: _TypeAlias = RestoreServerResponse  # noqa: Y015
 
 @_typing.final
 class StartServerRequest(_message.Message):

@@ -150,6 +150,11 @@ class ServersServiceStub:
                 request_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.ResetServerStateRequest.SerializeToString,
                 response_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.ResetServerStateResponse.FromString,
                 _registered_method=True)
+        self.RestoreServer = channel.unary_unary(
+                '/loom.conductor.v1.ServersService/RestoreServer',
+                request_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.RestoreServerRequest.SerializeToString,
+                response_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.RestoreServerResponse.FromString,
+                _registered_method=True)
 
 
 class ServersServiceServicer:
@@ -324,6 +329,14 @@ class ServersServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RestoreServer(self, request, context):
+        """Brings a soft-deleted server back: the host powers it on and it is ACTIVE again.
+        FAILED_PRECONDITION unless it is soft-deleted with no task.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ServersServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -441,6 +454,11 @@ def add_ServersServiceServicer_to_server(servicer, server):
                     servicer.ResetServerState,
                     request_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.ResetServerStateRequest.FromString,
                     response_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.ResetServerStateResponse.SerializeToString,
+            ),
+            'RestoreServer': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreServer,
+                    request_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.RestoreServerRequest.FromString,
+                    response_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.RestoreServerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1065,6 +1083,33 @@ class ServersService:
             '/loom.conductor.v1.ServersService/ResetServerState',
             loom_dot_conductor_dot_v1_dot_servers__pb2.ResetServerStateRequest.SerializeToString,
             loom_dot_conductor_dot_v1_dot_servers__pb2.ResetServerStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreServer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.conductor.v1.ServersService/RestoreServer',
+            loom_dot_conductor_dot_v1_dot_servers__pb2.RestoreServerRequest.SerializeToString,
+            loom_dot_conductor_dot_v1_dot_servers__pb2.RestoreServerResponse.FromString,
             options,
             channel_credentials,
             insecure,

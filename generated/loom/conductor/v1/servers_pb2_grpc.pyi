@@ -95,6 +95,10 @@ class ServersServiceStub:
     """An operator's reset of a server's state (os-resetState): vm_state active or error, no
     task. Nothing is sent to the host. NOT_FOUND for an unknown or deleted server.
     """
+    RestoreServer: _grpc.UnaryUnaryMultiCallable[_servers_pb2.RestoreServerRequest, _servers_pb2.RestoreServerResponse]
+    """Brings a soft-deleted server back: the host powers it on and it is ACTIVE again.
+    FAILED_PRECONDITION unless it is soft-deleted with no task.
+    """
 
 @_typing.type_check_only
 class ServersServiceAsyncStub(ServersServiceStub):
@@ -159,6 +163,10 @@ class ServersServiceAsyncStub(ServersServiceStub):
     ResetServerState: _aio.UnaryUnaryMultiCallable[_servers_pb2.ResetServerStateRequest, _servers_pb2.ResetServerStateResponse]  # type: ignore[assignment]
     """An operator's reset of a server's state (os-resetState): vm_state active or error, no
     task. Nothing is sent to the host. NOT_FOUND for an unknown or deleted server.
+    """
+    RestoreServer: _aio.UnaryUnaryMultiCallable[_servers_pb2.RestoreServerRequest, _servers_pb2.RestoreServerResponse]  # type: ignore[assignment]
+    """Brings a soft-deleted server back: the host powers it on and it is ACTIVE again.
+    FAILED_PRECONDITION unless it is soft-deleted with no task.
     """
 
 class ServersServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -359,6 +367,16 @@ class ServersServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_servers_pb2.ResetServerStateResponse, _abc.Awaitable[_servers_pb2.ResetServerStateResponse]]:
         """An operator's reset of a server's state (os-resetState): vm_state active or error, no
         task. Nothing is sent to the host. NOT_FOUND for an unknown or deleted server.
+        """
+
+    @_abc_1.abstractmethod
+    def RestoreServer(
+        self,
+        request: _servers_pb2.RestoreServerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_servers_pb2.RestoreServerResponse, _abc.Awaitable[_servers_pb2.RestoreServerResponse]]:
+        """Brings a soft-deleted server back: the host powers it on and it is ACTIVE again.
+        FAILED_PRECONDITION unless it is soft-deleted with no task.
         """
 
 def add_ServersServiceServicer_to_server(servicer: ServersServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,129 @@
+"""os-networks, the compute API's proxy to the network service (up to 2.35; 404 from 2.36),
+as Nova serves it over Neutron: the networks the caller sees with their `id` and `label`
+(the name) and every nova-network field null; creating, deleting, adding and
+disassociating networks are gone (410), since only the Network API manages networks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loom.network.v1 import network_pb2
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from gateway.auth.context import RequestContext
+from gateway.compute.common import context, ok
+from gateway.conductor import call
+from gateway.errors import ApiError, BadRequest, NotFound
+from gateway.routing import documented
+from gateway.state import gateway_of, json_body, microversion
+
+_GONE = "The resource could not be found."
+_FIELDS = (
+    "id", "cidr", "netmask", "gateway", "broadcast", "dns1", "dns2", "cidr_v6", "gateway_v6",
+    "label", "netmask_v6",
+)  # fmt: skip
+_ADMIN_FIELDS = (
+    "created_at", "updated_at", "deleted_at", "deleted", "injected", "bridge", "vlan",
+    "vpn_public_address", "vpn_public_port", "vpn_private_address", "dhcp_start",
+    "project_id", "host", "bridge_interface", "multi_host", "priority", "rxtx_base", "mtu",
+    "dhcp_server", "enable_dhcp", "share_address",
+)  # fmt: skip
+
+
+def _until_2_35(request: Request) -> None:
+    if microversion(request).at_least("2.36"):
+        raise NotFound(_GONE)
+
+
+def _scope(ctx: RequestContext) -> network_pb2.Scope:
+    return network_pb2.Scope(project_id=ctx.project_id, is_admin=ctx.is_admin)
+
+
+def network_view(net: network_pb2.Network, is_admin: bool) -> dict[str, Any]:
+    """Nova's body over Neutron: two fields of thirty-two carry a value."""
+    fields = _FIELDS + _ADMIN_FIELDS if is_admin else _FIELDS
+    body: dict[str, Any] = dict.fromkeys(fields)
+    body["id"] = net.id
+    body["label"] = net.name
+    return body
+
+
+@documented(tag="compute")
+async def list_networks(request: Request) -> Response:
+    """The networks the caller sees (its own and shared ones; all for an admin)."""
+    _until_2_35(request)
+    ctx = context(request)
+    ctx.require_read("os_compute_api:os-networks:list")
+    reply = await call(
+        gateway_of(request).conductor.network.ListNetworks,
+        network_pb2.ListNetworksRequest(scope=_scope(ctx)),
+    )
+    return ok({"networks": [network_view(n, ctx.is_admin) for n in reply.networks]})
+
+
+@documented(tag="compute")
+async def show_network(request: Request) -> Response:
+    """One network the caller sees; 404 otherwise."""
+    _until_2_35(request)
+    ctx = context(request)
+    ctx.require_read("os_compute_api:os-networks:show")
+    try:
+        reply = await call(
+            gateway_of(request).conductor.network.GetNetwork,
+            network_pb2.GetNetworkRequest(scope=_scope(ctx), id=request.path_params["network_id"]),
+        )
+    except ApiError as exc:
+        if exc.status in (400, 404):
+            raise NotFound("Network not found") from exc
+        raise
+    return ok({"network": network_view(reply.network, ctx.is_admin)})
+
+
+async def _gone(request: Request) -> Response:
+    _until_2_35(request)
+    context(request)
+    raise ApiError(410, "The resource is gone: networks are managed through the Network API.")
+
+
+@documented(tag="compute")
+async def create_network(request: Request) -> Response:
+    """Gone (410), as in Nova since nova-network: create networks with the Network API."""
+    return await _gone(request)
+
+
+@documented(tag="compute")
+async def add_network(request: Request) -> Response:
+    """Gone (410), as in Nova since nova-network."""
+    return await _gone(request)
+
+
+@documented(tag="compute")
+async def delete_network(request: Request) -> Response:
+    """Gone (410), as in Nova since nova-network: delete networks with the Network API."""
+    return await _gone(request)
+
+
+@documented(tag="compute")
+async def network_action(request: Request) -> Response:
+    """`disassociate` is gone (410), as in Nova since nova-network; no other action exists."""
+    _until_2_35(request)
+    context(request)
+    body = await json_body(request)
+    if isinstance(body, dict) and len(body) == 1 and "disassociate" in body:
+        return await _gone(request)
+    name = next(iter(body), "") if isinstance(body, dict) else ""
+    raise BadRequest(f"There is no such action: {str(name)[:64]}")
+
+
+def routes() -> list[BaseRoute]:
+    p = "/compute/v2.1/os-networks"
+    return [
+        Route(p, list_networks, methods=["GET"]),
+        Route(p, create_network, methods=["POST"]),
+        Route(p + "/add", add_network, methods=["POST"]),
+        Route(p + "/{network_id}", show_network, methods=["GET"]),
+        Route(p + "/{network_id}", delete_network, methods=["DELETE"]),
+        Route(p + "/{network_id}/action", network_action, methods=["POST"]),
+    ]
