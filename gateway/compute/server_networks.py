@@ -190,7 +190,8 @@ async def _security_groups(
             raise BadRequest(f"Unable to find security_group with name or id '{name[:64]}'")
         if len(found) > 1:
             raise Conflict(
-                f"Multiple security_group matches found for name '{name[:64]}', use an ID to be more specific."
+                f"Multiple security_group matches found for name '{name[:64]}', use an ID"
+                " to be more specific."
             )
         out.append(found[0])
     return list(dict.fromkeys(out))
