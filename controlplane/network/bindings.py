@@ -106,13 +106,10 @@ async def bind_device_ports(
 async def _segmentation_ids(s: AsyncSession, network_ids: Sequence[str]) -> dict[str, int]:
     """Each network's VNI, given on first need: the next free number (UNIQUE decides a
     race; the loser takes the next)."""
-    rows = dict(
-        (
-            await s.execute(
-                select(Network.id, Network.segmentation_id).where(Network.id.in_(network_ids))
-            )
-        ).tuples()
+    result = await s.execute(
+        select(Network.id, Network.segmentation_id).where(Network.id.in_(network_ids))
     )
+    rows: dict[str, int | None] = {str(i): v for i, v in result}
     out: dict[str, int] = {}
     for network_id in network_ids:
         vni = rows.get(network_id)
