@@ -11,6 +11,7 @@ import pytest
 
 from bench.client import resolve_cloud
 from tests.e2e.test_openstack_clients import osc, ready_cloud  # noqa: F401 (a fixture)
+from tests.support import polling
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.slow
@@ -125,7 +126,16 @@ def test_the_compute_api_refuses_what_a_server_cannot_have_on_a_network(
         assert "is not in any subnet" in message(create([{"uuid": auto, "fixed_ip": outside}]), 400)
         prefix = cidr.rsplit(".", 1)[0]
         fixed = f"{prefix}.77"
-        assert create([{"uuid": auto, "fixed_ip": fixed}]).status_code == 202
+        first = create([{"uuid": auto, "fixed_ip": fixed}])
+        assert first.status_code == 202, first.text
+        url = f"{tenant.compute_url}/servers/{first.json()['server']['id']}"
+        # Its port is made once the host is chosen: from then on the address is taken.
+        polling.wait_until(
+            lambda: http.get(url).json()["server"]["status"] == "ACTIVE",
+            polling.boot_s(),
+            "the fixed-IP server ACTIVE",
+            every=0.3,
+        )
         assert "already in use" in message(create([{"uuid": auto, "fixed_ip": fixed}]), 400)
         port = http.post(
             f"{base}/network/v2.0/ports",
