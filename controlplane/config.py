@@ -167,6 +167,11 @@ class CatalogConfig(DomainServiceConfig):
 
 class NetworkConfig(DomainServiceConfig):
     listen: str = "127.0.0.1:50056"
+    # "Get me a network" (server create with networks "auto" in a project that sees no
+    # network): the project's network gets one subnet of this size from this pool, the
+    # first that overlaps none of the project's other subnets.
+    auto_allocate_pool: str = "10.128.0.0/9"
+    auto_allocate_prefixlen: int = Field(default=24, ge=8, le=29)
 
 
 class SchedulerConfig(_Section):

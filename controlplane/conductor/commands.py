@@ -7,6 +7,8 @@ JetStream keeps only one copy.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from loom.compute.v1 import agent_bus_pb2
 from loom.conductor.v1 import conductor_bus_pb2
 
@@ -25,9 +27,16 @@ def schedule(instance_uuid: str, attempt: int) -> Outgoing:
     return Outgoing(SCHEDULE_SUBJECT, msg_id, payload)
 
 
-def build(host: str, spec: agent_bus_pb2.InstanceSpec, attempt: int) -> Outgoing:
+def build(
+    host: str,
+    spec: agent_bus_pb2.InstanceSpec,
+    attempt: int,
+    dhcp: Sequence[agent_bus_pb2.NetworkDhcp] = (),
+) -> Outgoing:
     msg_id = f"build-{spec.instance_id}-{attempt}"
-    payload = agent_bus_pb2.BuildInstanceCommand(request_id=msg_id, spec=spec, attempt=attempt)
+    payload = agent_bus_pb2.BuildInstanceCommand(
+        request_id=msg_id, spec=spec, attempt=attempt, dhcp=list(dhcp)
+    )
     return Outgoing(bus.compute_subject(host, "build"), msg_id, payload)
 
 

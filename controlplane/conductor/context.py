@@ -1,5 +1,6 @@
 """What every part of the conductor shares: sessions, configuration, the outbox wakeup and
-the scheduler client (gRPC only: the conductor never imports the scheduler's code)."""
+the scheduler client (gRPC only: the conductor never imports the scheduler's code) and the
+network service's port client (gRPC, through its typed client)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from controlplane.conductor.outbox import Wakeup
 from controlplane.config import LoomConfig
 from controlplane.db.models import ServerGroup
+from controlplane.network.client import PortsClient
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +184,9 @@ class Conductor:
     cfg: LoomConfig
     wakeup: Wakeup
     scheduler: SchedulerClient
+    # The network service's port API (servers' NICs); None where no network service is
+    # reachable: a server with networks then fails its build with a fault.
+    network: PortsClient | None = None
 
 
 def resources_of(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 from loom.common.v1 import common_pb2
 from loom.compute.v1 import agent_bus_pb2
@@ -225,6 +226,12 @@ def instance_spec(row: Instance, image: Image | None, zone: str = "") -> agent_b
         key_name=row.key_name or "",
         availability_zone=zone or row.availability_zone or row.requested_availability_zone or "",
         launch_index=row.launch_index or 0,
+        # The NICs as last bound (a new host's build binds them there first: nics.py).
+        ports=[
+            json_format.ParseDict(n["binding"], agent_bus_pb2.PortBinding())
+            for n in row.network_info or []
+            if n.get("binding")
+        ],
     )
 
 

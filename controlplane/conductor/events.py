@@ -14,6 +14,7 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
+import grpc
 from loom.compute.v1 import agent_bus_pb2
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -21,7 +22,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from sqlalchemy import DateTime, Integer, String, column, false, select, update, values
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from controlplane.conductor import commands, moves, outbox, states
+from controlplane.conductor import commands, moves, nics, outbox, states
 from controlplane.conductor.context import Conductor, group_policies, resources_of
 from controlplane.conductor.convert import instance_spec, make_fault
 from controlplane.conductor.metrics import BOOTS_ACTIVE, BOOTS_ERROR, BOOTS_RESCHEDULED
@@ -250,6 +251,28 @@ class EventConsumer:
                     )
                     if not claim.claimed:
                         continue
+                    # Its ports move to the alternate before its build is queued there.
+                    try:
+                        alt_nics = await nics.bind_on_host(c, inst, alt)
+                    except (nics.PortsUnavailable, grpc.aio.AioRpcError) as exc:
+                        log.warning(
+                            "could not bind the ports on alternate %s: %s",
+                            alt,
+                            exc,
+                            extra={"instance": inst.uuid},
+                        )
+                        await c.scheduler.release(
+                            f"claim-{inst.uuid}-{next_attempt}-undo", inst.uuid, alt
+                        )
+                        break
+                    networked: dict[str, Any] = (
+                        {}
+                        if alt_nics is None
+                        else {
+                            "network_info": alt_nics.network_info,
+                            "addresses": alt_nics.addresses,
+                        }
+                    )
                     moved = await session.execute(
                         update(Instance)
                         .where(*guard)
@@ -260,6 +283,7 @@ class EventConsumer:
                             failed_hosts=failed,
                             alternates=alternates,
                             updated_at=now,
+                            **networked,
                         )
                     )
                     if moved.rowcount != 1:  # type: ignore[attr-defined]
@@ -270,7 +294,13 @@ class EventConsumer:
                         return
                     inst.host = alt
                     await outbox.add(
-                        session, commands.build(alt, instance_spec(inst, image), next_attempt)
+                        session,
+                        commands.build(
+                            alt,
+                            nics.with_ports(instance_spec(inst, image), alt_nics),
+                            next_attempt,
+                            () if alt_nics is None else alt_nics.dhcp,
+                        ),
                     )
                     await session.commit()
                     BOOTS_RESCHEDULED.inc()
@@ -338,6 +368,8 @@ class EventConsumer:
                 return
             await session.commit()
             await c.scheduler.release(f"{event.request_id}-release", inst.uuid)
+            # Its ports go before the row says deleted: a failure retries the event.
+            await nics.release(c, inst)
             await _mark_deleted(session, inst, _when(event))
             await session.commit()
 
@@ -508,6 +540,7 @@ class EventConsumer:
             if inst.task_state == TaskState.DELETING:
                 await session.commit()
                 await c.scheduler.release(f"{event.request_id}-release", inst.uuid)
+                await nics.release(c, inst)
                 await _mark_deleted(session, inst, _when(event))
                 await session.commit()
                 return
@@ -611,12 +644,19 @@ class EventConsumer:
                 return set()
             rows = (
                 await session.execute(
-                    select(t.c.uuid, t.c.host, t.c.deleted).where(
-                        t.c.uuid.in_([e.instance_id for e in events])
-                    )
+                    select(
+                        t.c.uuid, t.c.host, t.c.deleted, t.c.project_id, t.c.requested_networks
+                    ).where(t.c.uuid.in_([e.instance_id for e in events]))
                 )
             ).all()
         current = {str(r.uuid): (r.host, bool(r.deleted)) for r in rows}
+        networked = {
+            str(r.uuid): Instance(
+                uuid=r.uuid, project_id=r.project_id, requested_networks=r.requested_networks
+            )
+            for r in rows
+            if r.requested_networks
+        }
         settled: set[str] = set()
         due: list[agent_bus_pb2.InstanceEvent] = []
         for e in events:
@@ -631,6 +671,18 @@ class EventConsumer:
             return_exceptions=True,
         )
         due = [e for e, r in zip(due, released, strict=True) if not isinstance(r, BaseException)]
+        # Their ports go before the rows say deleted (a server with no network asks
+        # nothing); one whose ports could not be released is left for the retry.
+        unbound = await asyncio.gather(
+            *(nics.release(c, networked[e.instance_id]) for e in due if e.instance_id in networked),
+            return_exceptions=True,
+        )
+        failed = {
+            e.instance_id
+            for e, r in zip([e for e in due if e.instance_id in networked], unbound, strict=True)
+            if isinstance(r, BaseException)
+        }
+        due = [e for e in due if e.instance_id not in failed]
         if not due:
             return settled
         now = datetime.now(UTC)

@@ -41,7 +41,7 @@ from sqlalchemy import Select, and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.catalog.quotas import load_project_quota
-from controlplane.conductor import outbox, states
+from controlplane.conductor import nics, outbox, states
 from controlplane.conductor.context import Conductor, group_policies, resources_of
 from controlplane.conductor.convert import instance_spec, make_fault
 from controlplane.conductor.outbox import Outgoing
@@ -335,6 +335,8 @@ async def start_move(
             # The destination starts the server while the source still runs it.
             loaded = await load_with_image(session, mig.instance_uuid)
             assert loaded is not None
+            # Its ports bound on the destination (the source's guest keeps its NICs).
+            await nics.rebind(conductor, session, loaded[0], dest.host)
             await outbox.add(
                 session,
                 command(FINISH_DEST, dest.host, mig, power_on=True, spec=instance_spec(*loaded)),
@@ -661,6 +663,8 @@ async def _source_stopped(
                 updated_at=_now(),
             )
         )
+        # Its ports move to the destination with it.
+        await nics.rebind(conductor, session, inst, str(mig.dest_compute))
         spec = instance_spec(inst, image)
         _size(spec, mig.new_flavor)
         await record_event(
@@ -807,6 +811,11 @@ async def _dest_dropped(conductor: Conductor, mig: Migration) -> None:
             host=mig.dest_compute,
         )
         spec = None
+        if mig.dest_compute != mig.source_compute:
+            # Its ports go back to the source with it.
+            back = await load_with_image(session, inst.uuid)
+            if back is not None:
+                await nics.rebind(conductor, session, back[0], mig.source_compute)
         if mig.dest_compute == mig.source_compute:
             # The one domain takes the old flavor back.
             loaded = await load_with_image(session, inst.uuid)

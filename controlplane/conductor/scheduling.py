@@ -28,6 +28,7 @@ from sqlalchemy import JSON, Integer, String, Table, column, false, select, upda
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.conductor import commands, outbox
+from controlplane.conductor import nics as nics_
 from controlplane.conductor.context import (
     Conductor,
     SchedulerClient,
@@ -92,6 +93,8 @@ class _Placement:
     node: str
     zone: str | None
     alternates: list[str]
+    # The server's ports bound to the host (None: no network).
+    nics: nics_.Nics | None = None
 
 
 async def _record_placements(session: AsyncSession, placed: list[_Placement]) -> list[_Placement]:
@@ -113,10 +116,22 @@ async def _record_placements(session: AsyncSession, placed: list[_Placement]) ->
             column("zone", String),
             column("attempt", Integer),
             column("alternates", JSON),
+            column("network_info", JSON),
+            column("addresses", JSON),
             name="placed",
         ).data(
             [
-                (p.inst.id, p.inst.attempts, p.host, p.node, p.zone, p.attempt, p.alternates)
+                (
+                    p.inst.id,
+                    p.inst.attempts,
+                    p.host,
+                    p.node,
+                    p.zone,
+                    p.attempt,
+                    p.alternates,
+                    None if p.nics is None else p.nics.network_info,
+                    [] if p.nics is None else p.nics.addresses,
+                )
                 for p in placed
             ]
         )
@@ -135,6 +150,8 @@ async def _record_placements(session: AsyncSession, placed: list[_Placement]) ->
                 task_state=TaskState.SPAWNING.value,
                 attempts=v.c.attempt,
                 alternates=v.c.alternates,
+                network_info=v.c.network_info,
+                addresses=v.c.addresses,
                 updated_at=now,
             )
             .returning(t.c.id)
@@ -157,6 +174,8 @@ async def _record_placements(session: AsyncSession, placed: list[_Placement]) ->
                     task_state=TaskState.SPAWNING.value,
                     attempts=p.attempt,
                     alternates=p.alternates,
+                    network_info=None if p.nics is None else p.nics.network_info,
+                    addresses=[] if p.nics is None else p.nics.addresses,
                     updated_at=now,
                 )
             )
@@ -165,7 +184,44 @@ async def _record_placements(session: AsyncSession, placed: list[_Placement]) ->
     recorded = [p for p in placed if p.inst.id in kept]
     for p in recorded:
         p.inst.host = p.host
+        if p.nics is not None:
+            p.inst.network_info = p.nics.network_info
+            p.inst.addresses = p.nics.addresses
     return recorded
+
+
+async def _record_port_failure(
+    session: AsyncSession, inst: Instance, failure: nics_.PortsUnavailable
+) -> bool:
+    """ERROR with the network service's refusal as the fault, under the placement's guard;
+    True when this changed the instance."""
+    result = await session.execute(
+        update(Instance)
+        .where(
+            Instance.id == inst.id,
+            Instance.deleted.is_(False),
+            Instance.task_state == TaskState.SCHEDULING.value,
+            Instance.attempts == inst.attempts,
+        )
+        .values(
+            vm_state=VmState.ERROR.value,
+            task_state=None,
+            fault=make_fault(failure.code, failure.message, ""),
+            updated_at=datetime.now(UTC),
+        )
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    await record_event(
+        session,
+        inst.uuid,
+        "create",
+        "conductor_schedule_and_build_instances",
+        "Error",
+        details=failure.message,
+        message="Error",
+    )
+    return True
 
 
 async def _record_no_valid_host(
@@ -350,9 +406,13 @@ class SchedulingWorker:
         traced = spans if spans is not None and tracing.enabled() else None
 
         def build(
-            i: int, host: str, spec: agent_bus_pb2.InstanceSpec, attempt: int
+            i: int,
+            host: str,
+            spec: agent_bus_pb2.InstanceSpec,
+            attempt: int,
+            nics: nics_.Nics | None = None,
         ) -> outbox.Outgoing:
-            command = commands.build(host, spec, attempt)
+            command = commands.build(host, spec, attempt, () if nics is None else nics.dhcp)
             if traced is None or traced[i] is None:
                 return command
             return dataclasses.replace(command, traceparent=tracing.traceparent_of(traced[i]))
@@ -379,8 +439,16 @@ class SchedulingWorker:
                         and inst.attempts == message.attempt
                         and inst.host
                     ):
+                        # The ports are bound already: binding again returns them.
+                        placed_nics = await self._nics_or_none(inst, inst.host)
                         requeued.append(
-                            build(i, inst.host, instance_spec(inst, image), message.attempt)
+                            build(
+                                i,
+                                inst.host,
+                                nics_.with_ports(instance_spec(inst, image), placed_nics),
+                                message.attempt,
+                                placed_nics,
+                            )
                         )
                 elif inst.task_state == TaskState.SCHEDULING:
                     choose.append(i)
@@ -449,14 +517,22 @@ class SchedulingWorker:
                 )
         if not placed and not refused:
             return outcomes
+        # The servers' ports, bound to their hosts, before the build is recorded: the
+        # build carries them. Only servers with networks ask (none asks nothing).
+        placed, port_failures = await self._bind_ports(placed, outcomes)
         recorded: list[_Placement] = []
         errored = 0
+        failed_ports: list[_Placement] = []
         try:
             async with c.sessions() as session:
                 for i, nvh in refused:
                     errored += await _record_no_valid_host(
                         session, loaded[messages[i].instance_id][0], nvh
                     )
+                for p, failure in port_failures:
+                    if await _record_port_failure(session, p.inst, failure):
+                        errored += 1
+                        failed_ports.append(p)
                 recorded = await _record_placements(session, placed)
                 if recorded:
                     await outbox.add(
@@ -465,8 +541,11 @@ class SchedulingWorker:
                             build(
                                 p.index,
                                 p.host,
-                                instance_spec(p.inst, p.image, p.zone or ""),
+                                nics_.with_ports(
+                                    instance_spec(p.inst, p.image, p.zone or ""), p.nics
+                                ),
                                 p.attempt,
+                                p.nics,
                             )
                             for p in recorded
                         ),
@@ -474,9 +553,16 @@ class SchedulingWorker:
                 await session.commit()
         except Exception as exc:
             # Nothing of this transaction is committed: every one of them is retried.
-            for i in [p.index for p in placed] + [i for i, _ in refused]:
+            for i in (
+                [p.index for p in placed]
+                + [i for i, _ in refused]
+                + [p.index for p, _ in port_failures]
+            ):
                 outcomes[i] = exc
             return outcomes
+        for p, _ in port_failures:
+            # Failed: its claim goes back and no port of it is left (ERROR with a fault).
+            outcomes[p.index] = await self._release(messages[p.index]) or await self._unbind(p.inst)
         BOOTS_NO_VALID_HOST.inc(errored)
         if recorded:
             c.wakeup.set()
@@ -485,7 +571,55 @@ class SchedulingWorker:
             if p.index not in kept:
                 # Deleted (or otherwise moved on) while the scheduler was choosing.
                 outcomes[p.index] = await self._release(messages[p.index])
+                if p.nics is not None and await self._deleted(p.inst):
+                    # Its delete may have released its ports before they were bound here.
+                    outcomes[p.index] = outcomes[p.index] or await self._unbind(p.inst)
         return outcomes
+
+    async def _nics_or_none(self, inst: Instance, host: str) -> nics_.Nics | None:
+        try:
+            return await nics_.bind_on_host(self._c, inst, host)
+        except nics_.PortsUnavailable:
+            return None
+
+    async def _bind_ports(
+        self, placed: list[_Placement], outcomes: list[BaseException | None]
+    ) -> tuple[list[_Placement], list[tuple[_Placement, nics_.PortsUnavailable]]]:
+        """Binds each networked placement's ports to its host, concurrently. Returns the
+        placements ready to record and those the network service refused; a placement
+        whose call failed otherwise (unreachable) gets its error as its outcome and is
+        retried, its claim kept (the scheduler's claim is keyed by instance)."""
+        networked = [p for p in placed if p.inst.requested_networks]
+        if not networked:
+            return placed, []
+        answers = await asyncio.gather(
+            *(nics_.bind_on_host(self._c, p.inst, p.host) for p in networked),
+            return_exceptions=True,
+        )
+        failed: list[tuple[_Placement, nics_.PortsUnavailable]] = []
+        dropped: set[int] = set()
+        for p, answer in zip(networked, answers, strict=True):
+            if isinstance(answer, nics_.PortsUnavailable):
+                failed.append((p, answer))
+                dropped.add(p.index)
+            elif isinstance(answer, BaseException):
+                outcomes[p.index] = answer
+                dropped.add(p.index)
+            else:
+                p.nics = answer
+        return [p for p in placed if p.index not in dropped], failed
+
+    async def _deleted(self, inst: Instance) -> bool:
+        async with self._c.sessions() as session:
+            deleted = await session.scalar(select(Instance.deleted).where(Instance.id == inst.id))
+        return deleted is not False
+
+    async def _unbind(self, inst: Instance) -> Exception | None:
+        try:
+            await nics_.release(self._c, inst)
+        except Exception as exc:
+            return exc
+        return None
 
     def _select_request(
         self,

@@ -48,6 +48,7 @@ from controlplane.db.engine import engine_for, session_factory
 from controlplane.db.outage import DatabaseOutage
 from controlplane.identity.service import IdentityDomain
 from controlplane.image.service import ImageDomain
+from controlplane.network.client import GrpcPortsClient
 from controlplane.network.service import NetworkDomain
 from controlplane.runtime import bus, grpcserver
 from controlplane.runtime.domain import DomainFactory, DomainService
@@ -127,7 +128,10 @@ async def serve(cfg: LoomConfig, stop: asyncio.Event, **_options: object) -> Non
     js = nc.jetstream()
     await bus.ensure_streams(js, cfg.nats)
     channel = grpcserver.insecure_or_secure_channel(cfg.scheduler.listen, cfg.tls)
-    conductor = Conductor(sessions, cfg, Wakeup(), SchedulerClient(channel))
+    network_channel = grpcserver.insecure_or_secure_channel(cfg.domain_target("network"), cfg.tls)
+    conductor = Conductor(
+        sessions, cfg, Wakeup(), SchedulerClient(channel), GrpcPortsClient(network_channel)
+    )
     # The hosted domains seed their rows before serving: a create reads the default flavors
     # without ever calling the flavors service.
     hosted = hosted_domains(sessions, cfg)
@@ -180,5 +184,6 @@ async def serve(cfg: LoomConfig, stop: asyncio.Event, **_options: object) -> Non
             await nc.flush(timeout=2)
         await nc.close()
         await channel.close()
+        await network_channel.close()
         await engine.dispose()
         log.info("stopped", extra={"service": "conductor"})

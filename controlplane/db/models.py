@@ -117,6 +117,13 @@ class Instance(TimestampMixin, Base):
     server_group_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     tags: Mapped[list[Any]] = mapped_column(default=list)
     addresses: Mapped[list[Any]] = mapped_column(default=list)
+    # What server create asked for, resolved: {"networks": [{"network_id", "port_id",
+    # "fixed_ip"}], "security_group_ids": [...] or null for the project's default}; null
+    # for a server with no network ("none").
+    requested_networks: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Its ports once bound: [{"port_id", "network_id", "network_name", "mac_address",
+    # "fixed_ips": [...], "user_port"}], in NIC order.
+    network_info: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     # {code, message, details, created_at} while in ERROR.
     fault: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # Build bookkeeping: attempts so far, hosts that failed, alternates still to try.
@@ -571,6 +578,18 @@ class Network(TimestampMixin, Base):
     status: Mapped[str] = mapped_column(String(16), default="ACTIVE")
     port_security_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     revision_number: Mapped[int] = mapped_column(Integer, default=0)
+    # Its VXLAN VNI, given when a port of it is first bound to a host.
+    segmentation_id: Mapped[int | None] = mapped_column(Integer, nullable=True, unique=True)
+
+
+class AutoAllocatedNetwork(Base):
+    """The network "auto" gave a project ("get me a network"): one per project, which
+    the primary key makes so under concurrency."""
+
+    __tablename__ = "auto_allocated_networks"
+
+    project_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    network_id: Mapped[str] = mapped_column(ForeignKey("networks.id", ondelete="CASCADE"))
 
 
 class Subnet(TimestampMixin, Base):

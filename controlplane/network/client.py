@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
+from loom.compute.v1 import agent_bus_pb2 as agent
 from loom.network.v1 import network_pb2 as pb
 from loom.network.v1 import network_pb2_grpc
 
@@ -32,6 +33,26 @@ class ServerPort:
     fixed_ips: tuple[tuple[str, str], ...]
     binding_host_id: str
     status: str
+
+
+@dataclass(frozen=True)
+class RequestedNic:
+    """One NIC a server asked for: a new port on `network_id` (at `fixed_ip` when given),
+    or the existing port `port_id`."""
+
+    network_id: str = ""
+    port_id: str = ""
+    fixed_ip: str = ""
+
+
+@dataclass(frozen=True)
+class HostPorts:
+    """A server's ports bound to one host, and what that host's agent wires for them."""
+
+    ports: list[ServerPort]
+    network_names: list[str]
+    bindings: list[agent.PortBinding]
+    dhcp: list[agent.NetworkDhcp]
 
 
 class PortsClient(Protocol):
@@ -56,8 +77,30 @@ class PortsClient(Protocol):
         """Binds the port to `host` (ACTIVE); binding again to the same host is a no-op."""
         ...
 
-    async def delete_ports(self, *, request_id: str, project_id: str, device_id: str) -> list[str]:
-        """Deletes every port of the server; succeeds (returning []) when none is left."""
+    async def delete_ports(
+        self, *, request_id: str, project_id: str, device_id: str, keep: Sequence[str] = ()
+    ) -> list[str]:
+        """Deletes every port of the server but those in `keep`, which are unbound and
+        released (a user's own ports); succeeds (returning []) when none is left."""
+        ...
+
+    async def bind_server_ports(
+        self,
+        *,
+        request_id: str,
+        project_id: str,
+        device_id: str,
+        host: str,
+        requested: Sequence[RequestedNic],
+        security_group_ids: Sequence[str] | None = None,
+    ) -> HostPorts:
+        """Gets or creates the server's ports (one per requested NIC, the same ones on
+        every retry), binds them to `host` and returns what the host wires. Nothing of the
+        call is left when it fails."""
+        ...
+
+    async def auto_allocated_network(self, *, request_id: str, project_id: str) -> str:
+        """The id of the project's "get me a network" network, made once."""
         ...
 
 
@@ -120,13 +163,59 @@ class GrpcPortsClient:
         reply = await self._stub.UpdatePort(req, timeout=DEADLINE_S)
         return _server_port(reply.port)
 
-    async def delete_ports(self, *, request_id: str, project_id: str, device_id: str) -> list[str]:
+    async def delete_ports(
+        self, *, request_id: str, project_id: str, device_id: str, keep: Sequence[str] = ()
+    ) -> list[str]:
         reply = await self._stub.DeleteDevicePorts(
             pb.DeleteDevicePortsRequest(
                 request_id=request_id,
                 scope=pb.Scope(project_id=project_id, is_admin=False),
                 device_id=device_id,
+                keep_port_ids=list(keep),
             ),
             timeout=DEADLINE_S,
         )
         return list(reply.port_ids)
+
+    async def bind_server_ports(
+        self,
+        *,
+        request_id: str,
+        project_id: str,
+        device_id: str,
+        host: str,
+        requested: Sequence[RequestedNic],
+        security_group_ids: Sequence[str] | None = None,
+    ) -> HostPorts:
+        reply = await self._stub.BindDevicePorts(
+            pb.BindDevicePortsRequest(
+                request_id=request_id,
+                project_id=project_id,
+                device_id=device_id,
+                host=host,
+                requested=[
+                    pb.RequestedPort(
+                        network_id=r.network_id, port_id=r.port_id, fixed_ip=r.fixed_ip
+                    )
+                    for r in requested
+                ],
+                security_group_ids=list(security_group_ids or ()),
+                security_groups_set=security_group_ids is not None,
+            ),
+            timeout=DEADLINE_S,
+        )
+        return HostPorts(
+            ports=[_server_port(p) for p in reply.ports],
+            network_names=list(reply.network_names),
+            bindings=list(reply.bindings),
+            dhcp=list(reply.dhcp),
+        )
+
+    async def auto_allocated_network(self, *, request_id: str, project_id: str) -> str:
+        reply = await self._stub.GetAutoAllocatedNetwork(
+            pb.GetAutoAllocatedNetworkRequest(
+                request_id=request_id, scope=pb.Scope(project_id=project_id, is_admin=False)
+            ),
+            timeout=DEADLINE_S,
+        )
+        return str(reply.network.id)

@@ -250,8 +250,14 @@ async def update_subnet(s: AsyncSession, caller: Caller, req: pb.UpdateSubnetReq
 async def delete_subnet(s: AsyncSession, caller: Caller, subnet_id: str) -> None:
     row = await get_subnet(s, caller, subnet_id)
     caller.require_owner(row.project_id, "delete_subnet")
+    # The network's own DHCP port gives its address on the subnet back.
+    own = select(Port.id).where(
+        Port.network_id == row.network_id, Port.device_owner.in_(_OWN_PORT_OWNERS)
+    )
     held = await s.scalar(
-        select(func.count()).select_from(IpAllocation).where(IpAllocation.subnet_id == subnet_id)
+        select(func.count())
+        .select_from(IpAllocation)
+        .where(IpAllocation.subnet_id == subnet_id, IpAllocation.port_id.not_in(own))
     )
     if held:
         raise Conflict(
@@ -259,6 +265,11 @@ async def delete_subnet(s: AsyncSession, caller: Caller, subnet_id: str) -> None
             f"Unable to complete operation on subnet {subnet_id}: One or more ports have an IP"
             " allocation from this subnet.",
         )
+    await s.execute(
+        delete(IpAllocation).where(
+            IpAllocation.subnet_id == subnet_id, IpAllocation.port_id.in_(own)
+        )
+    )
     await s.delete(row)
 
 

@@ -407,7 +407,13 @@ async def delete_port(s: AsyncSession, caller: Caller, port_id: str) -> None:
     await s.delete(port)
 
 
-async def delete_device_ports(s: AsyncSession, caller: Caller, device_id: str) -> list[str]:
+async def delete_device_ports(
+    s: AsyncSession, caller: Caller, device_id: str, keep: Sequence[str] = ()
+) -> list[str]:
+    """Deletes the device's ports, except those in `keep`: they are released (unbound,
+    no device) and stay, as a port a user handed to a server does when it goes."""
+    if not device_id:
+        raise Invalid("device_id is required")
     ids = list(
         await s.scalars(
             select(Port.id).where(
@@ -417,6 +423,21 @@ async def delete_device_ports(s: AsyncSession, caller: Caller, device_id: str) -
             )
         )
     )
+    kept = [i for i in ids if i in set(keep)]
+    if kept:
+        await s.execute(
+            update(Port)
+            .where(Port.id.in_(kept))
+            .values(
+                device_id="",
+                device_owner="",
+                binding_host_id="",
+                status="DOWN",
+                revision_number=Port.revision_number + 1,
+                updated_at=now(),
+            )
+        )
+    ids = [i for i in ids if i not in set(keep)]
     await forget_floating_ips(s, ids)
     if ids:
         await s.execute(delete(Port).where(Port.id.in_(ids)))

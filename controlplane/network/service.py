@@ -26,7 +26,14 @@ class NetworkDomain:
     def registrations(self) -> list[Registration]:
         return [
             Registration.of(
-                NetworkServicer(self._sessions), network_pb2, network_pb2_grpc, "NetworkService"
+                NetworkServicer(
+                    self._sessions,
+                    auto_pool=self._cfg.network.auto_allocate_pool,
+                    auto_prefixlen=self._cfg.network.auto_allocate_prefixlen,
+                ),
+                network_pb2,
+                network_pb2_grpc,
+                "NetworkService",
             )
         ]
 

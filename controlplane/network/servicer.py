@@ -5,6 +5,7 @@ metadata `loom-error-type` (the gateway shows it as NeutronError.type)."""
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
@@ -12,6 +13,7 @@ from typing import Any, Protocol, TypeVar
 import grpc
 from loom.network.v1 import network_pb2 as pb
 from loom.network.v1 import network_pb2_grpc
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -25,7 +27,15 @@ from controlplane.db.models import (
     SecurityGroupRule,
 )
 from controlplane.db.models import Subnet as SubnetRow
-from controlplane.network import floating_ips, networks, ports, quotas, routers, security_groups
+from controlplane.network import (
+    bindings,
+    floating_ips,
+    networks,
+    ports,
+    quotas,
+    routers,
+    security_groups,
+)
 from controlplane.network.convert import (
     floating_ip_pb,
     group_pb,
@@ -35,7 +45,7 @@ from controlplane.network.convert import (
     rule_pb,
     subnet_pb,
 )
-from controlplane.network.errors import Conflict, Forbidden, NetworkError
+from controlplane.network.errors import Conflict, Forbidden, Invalid, NetworkError
 from controlplane.network.scope import Caller, Page
 from controlplane.runtime.rpc import id_for_request, new_uuid
 
@@ -111,8 +121,16 @@ def _caller(scope: pb.Scope) -> Caller:
 
 
 class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        auto_pool: str = "10.128.0.0/9",
+        auto_prefixlen: int = 24,
+    ) -> None:
         self._sessions = sessions
+        self._auto_pool = ipaddress.IPv4Network(auto_pool)
+        self._auto_prefixlen = auto_prefixlen
 
     # ------------------------------------------------------------------ networks
 
@@ -256,8 +274,52 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
     @network_errors
     async def DeleteDevicePorts(self, request: pb.DeleteDevicePortsRequest, context: Any) -> Any:
         async with self._sessions.begin() as s:
-            gone = await ports.delete_device_ports(s, _caller(request.scope), request.device_id)
+            gone = await ports.delete_device_ports(
+                s, _caller(request.scope), request.device_id, request.keep_port_ids
+            )
         return pb.DeleteDevicePortsResponse(port_ids=gone)
+
+    @network_errors
+    async def BindDevicePorts(self, request: pb.BindDevicePortsRequest, context: Any) -> Any:
+        if not request.project_id or not request.device_id or not request.host:
+            raise Invalid("project_id, device_id and host are required")
+        default_group = None
+        if not request.security_groups_set and any(not r.port_id for r in request.requested):
+            default_group = await security_groups.ensure_default(self._sessions, request.project_id)
+        try:
+            async with self._sessions.begin() as s:
+                rows = await bindings.bind_device_ports(s, request, default_group)
+                port_ids = [r.id for r in rows]
+                network_ids = [r.network_id for r in rows]
+        except IntegrityError as exc:
+            # Only the MAC can collide here (a racing create chose the same one).
+            raise Conflict(
+                "MacAddressInUse", "Unable to complete operation: the mac address is in use."
+            ) from exc
+        await bindings.ensure_dhcp_ports(self._sessions, network_ids)
+        async with self._sessions.begin() as s:
+            rows = list(await s.scalars(select(Port).where(Port.id.in_(port_ids))))
+            by_id = {r.id: r for r in rows}
+            ordered = [by_id[i] for i in port_ids]
+            view = await bindings.host_view(s, ordered, request.host)
+            return pb.BindDevicePortsResponse(
+                ports=[await self._port_pb(s, r) for r in ordered],
+                bindings=view.bindings,
+                dhcp=view.dhcp,
+                network_names=view.network_names,
+            )
+
+    @network_errors
+    async def GetAutoAllocatedNetwork(
+        self, request: pb.GetAutoAllocatedNetworkRequest, context: Any
+    ) -> Any:
+        caller = _caller(request.scope)
+        network_id = await bindings.auto_allocated_network(
+            self._sessions, caller.project_id, self._auto_pool, self._auto_prefixlen
+        )
+        async with self._sessions() as s:
+            row = await networks.get_network(s, caller, network_id)
+            return pb.GetAutoAllocatedNetworkResponse(network=await self._network_pb(s, row))
 
     # ------------------------------------------------------------------ security groups
 

@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.auth.context import RequestContext
-from gateway.compute import consoles, migrations
+from gateway.compute import consoles, migrations, server_networks
 from gateway.compute.common import context, empty, links, next_link, ok, refuse_auto_disk_config
 from gateway.compute.views_time import iso_micro
 from gateway.conductor import call
@@ -556,11 +556,6 @@ async def create_server(request: Request) -> Response:
             f" {shorten(', '.join(unhonoured))}; only 'group' is."
         )
 
-    networks = s.get("networks", "auto")
-    if isinstance(networks, list):
-        if networks:
-            raise BadRequest("Loom has no network service yet: use networks 'auto' or 'none'.")
-        networks = "none"
     min_count = _count(s.get("min_count", 1), "min_count")
     max_count = _count(s.get("max_count", min_count), "max_count")
     if min_count > max_count:
@@ -586,6 +581,8 @@ async def create_server(request: Request) -> Response:
     hostname = s.get("hostname", "")
     if hostname and max_count > 1:
         raise BadRequest("Cannot set hostname when creating more than one server.")
+    # Checked against the network service before the 202 (none asks it nothing).
+    nics = await server_networks.resolve(request, ctx, s, max_count)
     reply = await call(
         gateway_of(request).conductor.servers.CreateServers,
         servers_pb2.CreateServersRequest(
@@ -600,7 +597,9 @@ async def create_server(request: Request) -> Response:
             key_name=s.get("key_name", ""),
             metadata=s.get("metadata", {}),
             user_data=s.get("user_data", ""),
-            networks=networks,
+            networks=nics.networks,
+            requested_networks=nics.requested,
+            security_group_ids=nics.security_group_ids,
             min_count=min_count,
             max_count=max_count,
             description=s.get("description") or "",
@@ -622,7 +621,10 @@ async def create_server(request: Request) -> Response:
         "id": first.id,
         "links": links(request, "servers", first.id),
         "OS-DCF:diskConfig": "MANUAL",
-        "security_groups": [{"name": "default"}],
+        "security_groups": [
+            {"name": str(g.get("name", ""))} for g in s.get("security_groups") or []
+        ]
+        or [{"name": "default"}],
         # Loom sets no guest password; Nova's API still returns one, so clients that
         # read it keep working.
         "adminPass": s.get("adminPass") or secrets.token_urlsafe(9),

@@ -9,7 +9,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import nats.js.errors
@@ -22,6 +22,7 @@ from loom.conductor.v1 import (
     migrations_pb2_grpc,
     servers_pb2_grpc,
 )
+from loom.network.v1 import network_pb2_grpc
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -34,6 +35,7 @@ from controlplane.conductor.scheduling import SchedulingWorker
 from controlplane.conductor.service import registrations
 from controlplane.config import LoomConfig, NatsConfig
 from controlplane.db.engine import make_engine, session_factory
+from controlplane.network.client import GrpcPortsClient, PortsClient
 from controlplane.runtime import bus
 from controlplane.runtime.grpcserver import insecure_or_secure_channel, start_grpc_server
 from controlplane.runtime.natsserver import NatsServerProcess
@@ -58,6 +60,27 @@ class Harness:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     consoles: consoles_pb2_grpc.ConsolesServiceStub | None = None
     migrations: migrations_pb2_grpc.MigrationsServiceStub | None = None
+    # The network service the conductor hosts, and the conductor's client of it.
+    network: network_pb2_grpc.NetworkServiceStub | None = None
+    ports: CountingPorts | None = None
+
+
+class CountingPorts:
+    """The conductor's real port client (GrpcPortsClient on the network service it
+    serves), recording the name of every call made through it."""
+
+    def __init__(self) -> None:
+        self.inner: GrpcPortsClient | None = None
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.inner, name)
+
+        async def counted(**kw: Any) -> Any:
+            self.calls.append(name)
+            return await method(**kw)
+
+        return counted
 
 
 def conductor_config(**conductor: Any) -> LoomConfig:
@@ -101,11 +124,16 @@ async def _serve_conductor(
 ) -> Harness:
     channel = insecure_or_secure_channel(sched.target)
     stack.push_async_callback(channel.close)
-    conductor = Conductor(sessions, cfg, Wakeup(), SchedulerClient(channel))
+    ports = CountingPorts()
+    conductor = Conductor(
+        sessions, cfg, Wakeup(), SchedulerClient(channel), cast(PortsClient, ports)
+    )
     server = await start_grpc_server("127.0.0.1:0", registrations(conductor))
     stack.push_async_callback(server.stop, 0)
     client = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
     stack.push_async_callback(client.close)
+    # The conductor reaches the network service it hosts as it would in production.
+    ports.inner = GrpcPortsClient(client)
     await add(
         sessions,
         make_flavor("1"),
@@ -122,6 +150,8 @@ async def _serve_conductor(
         fleet_pb2_grpc.FleetServiceStub(client),
         consoles=consoles_pb2_grpc.ConsolesServiceStub(client),
         migrations=migrations_pb2_grpc.MigrationsServiceStub(client),
+        network=network_pb2_grpc.NetworkServiceStub(client),
+        ports=ports,
     )
 
 

@@ -13,7 +13,6 @@ from loom.conductor.v1 import conductor_bus_pb2, servers_pb2
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from controlplane.conductor.servers.create import address_for_id
 from controlplane.db.engine import count_statements
 from controlplane.db.models import (
     FlavorProject,
@@ -35,7 +34,7 @@ def create_request(**over: Any) -> servers_pb2.CreateServersRequest:
         "name": "web",
         "flavor_id": "1",
         "image_id": IMAGE_ID,
-        "networks": "auto",
+        "networks": "none",
     }
     values.update(over)
     return servers_pb2.CreateServersRequest(**values)
@@ -230,10 +229,6 @@ async def test_create_writes_instances_actions_and_schedule_messages_together(pg
     assert {p.instance_id for p in payloads} == {s.id for s in resp.servers}
     assert {p.attempt for p in payloads} == {1}
     assert [s.instance_name for s in resp.servers] == [f"instance-{i:08x}" for i in ids]
-    addresses = [s.addresses[0].address for s in resp.servers]
-    assert addresses == [address_for_id(i) for i in ids]
-    assert len(set(addresses)) == 2
-    assert all(s.addresses[0].network == "private" for s in resp.servers)
 
 
 async def test_a_retried_create_returns_the_same_servers_and_writes_nothing_more(
@@ -284,25 +279,6 @@ async def test_create_works_on_sqlite_too(sqlite_url: str) -> None:
         again = await h.servers.CreateServers(create_request(min_count=2, max_count=2))
         assert [s.id for s in again.servers] == [s.id for s in first.servers]
         assert await counts(h.sessions) == (2, 2, 2)
-
-
-async def test_addresses_stay_unique_once_ids_wrap_around_the_network(pg: Harness) -> None:
-    from sqlalchemy import text
-
-    from tests.conductor.factories import make_instance
-
-    # A live server from long ago holds the first address; ids have since wrapped around.
-    old = make_instance(
-        id=1, addresses=[{"network": "private", "address": "10.0.0.2", "version": 4}]
-    )
-    await add(pg.sessions, old)
-    async with pg.sessions() as s, s.begin():
-        await s.execute(text("SELECT setval('instances_id_seq', 65533)"))
-    resp = await pg.servers.CreateServers(create_request(min_count=2, max_count=2))
-    got = [s.addresses[0].address for s in resp.servers]
-    assert address_for_id(65534) == "10.0.0.2"  # the slot the new id would take
-    assert "10.0.0.2" not in got
-    assert len(set(got)) == 2
 
 
 async def test_the_created_servers_are_returned_as_a_read_shows_them(pg: Harness) -> None:

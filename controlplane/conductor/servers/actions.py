@@ -19,7 +19,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.catalog.quotas import check_metadata_items, limit_of
-from controlplane.conductor import commands, outbox, states
+from controlplane.conductor import commands, nics, outbox, states
 from controlplane.conductor.context import Conductor
 from controlplane.conductor.convert import instance_spec
 from controlplane.conductor.scheduling import record_event
@@ -525,6 +525,17 @@ async def _delete_once(
             await conductor.scheduler.release(rid, instance_uuid)
         except Exception as exc:
             log.warning("release after delete failed: %s", exc, extra={"instance": instance_uuid})
+        # A server that never got a host may still have ports (a failed build, a
+        # reschedule that found no host); a worker binding them now releases them itself
+        # when it finds the server deleted.
+        try:
+            await nics.release(conductor, row)
+        except Exception as exc:
+            log.warning(
+                "releasing the ports of a deleted server failed: %s",
+                exc,
+                extra={"instance": instance_uuid},
+            )
 
 
 async def _delete_locally(
@@ -540,6 +551,7 @@ async def _delete_locally(
     host = str(row.host)
     await session.commit()  # no connection held across the scheduler call
     await conductor.scheduler.release(f"{rid}-release", row.uuid)
+    await nics.release(conductor, row)
     now = datetime.now(UTC)
     result = await session.execute(
         update(Instance)

@@ -3,7 +3,6 @@ and one schedule message each through the outbox. The build goes on asynchronous
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import secrets
 import string
@@ -61,11 +60,6 @@ from controlplane.runtime.errors import InvalidArgument, QuotaExceeded
 # unique uuid instead of creating twice, with no lookup on the fast path.
 _IDEMPOTENCY_NS = uuid.UUID("6f1c1f55-3d5e-4a5f-9a57-2f8e0f3c1e11")
 
-PRIVATE_NETWORK = ipaddress.IPv4Network("10.0.0.0/16")
-# .0.1 is the network's gateway; the broadcast address is never handed out.
-_FIRST_HOST = 2
-_HOST_SLOTS = PRIVATE_NETWORK.num_addresses - 1 - _FIRST_HOST  # 65533
-
 
 @dataclass(frozen=True)
 class CreateResult:
@@ -84,16 +78,6 @@ def reservation_id() -> str:
     return "r-" + "".join(secrets.choice(alphabet) for _ in range(8))
 
 
-def address_for_id(instance_id: int) -> str:
-    """The fixed IPv4 an instance gets by default: its integer id, wrapped into the network."""
-    slot = (instance_id - 1) % _HOST_SLOTS + _FIRST_HOST
-    return str(PRIVATE_NETWORK.network_address + slot)
-
-
-def _slot_of(instance_id: int) -> int:
-    return (instance_id - 1) % _HOST_SLOTS
-
-
 _HOSTNAME_BAD = re.compile(r"[^a-z0-9-]+")
 
 
@@ -101,6 +85,34 @@ def sanitize_hostname(name: str) -> str:
     """Nova's rule: lower case, letters, digits and hyphens, at most 63 characters."""
     host = _HOSTNAME_BAD.sub("-", name.lower()).strip("-")[:63]
     return host or "server"
+
+
+def _requested_networks(request: servers_pb2.CreateServersRequest) -> dict[str, Any] | None:
+    """What the instances record of their NICs: None for "none"; the resolved list
+    otherwise. "auto" is the caller's to resolve (the gateway picks or makes the
+    project's network), so the conductor never guesses a network."""
+    if request.networks == "none":
+        if request.requested_networks:
+            raise InvalidArgument("networks 'none' cannot come with requested networks")
+        return None
+    if request.networks or not request.requested_networks:
+        raise InvalidArgument(
+            "networks must be 'none' or a list of requested networks ('auto' is resolved"
+            f" to a network before the conductor is asked), not {request.networks!r}"
+        )
+    nics: list[dict[str, str]] = []
+    for r in request.requested_networks:
+        if bool(r.network_id) == bool(r.port_id):
+            raise InvalidArgument("each requested network names a network or a port")
+        if r.port_id and r.fixed_ip:
+            raise InvalidArgument("a requested port cannot come with a fixed_ip")
+        nics.append({"network_id": r.network_id, "port_id": r.port_id, "fixed_ip": r.fixed_ip})
+    if any(n["port_id"] or n["fixed_ip"] for n in nics) and (request.max_count or 1) > 1:
+        raise InvalidArgument(
+            "Unable to launch multiple instances with a single configured port ID or fixed IP."
+        )
+    groups = list(dict.fromkeys(request.security_group_ids)) or None
+    return {"networks": nics, "security_group_ids": groups}
 
 
 def _counts(request: servers_pb2.CreateServersRequest) -> tuple[int, int]:
@@ -149,9 +161,7 @@ async def create_servers(
     A retry with the same request_id returns the servers of the first call."""
     cfg = conductor.cfg.conductor
     min_count, max_count = _counts(request)
-    networks = request.networks or "auto"
-    if networks not in ("auto", "none"):
-        raise InvalidArgument(f"networks must be 'auto' or 'none', not {networks!r}")
+    requested = _requested_networks(request)
     if not request.project_id or not request.user_id:
         raise InvalidArgument("project_id and user_id are required")
     if request.availability_zone and ":" in request.availability_zone and not request.force_host:
@@ -286,6 +296,8 @@ async def create_servers(
                     server_group_id=request.server_group_id or None,
                     tags=list(request.tags),
                     addresses=[],
+                    requested_networks=requested,
+                    network_info=None,
                     attempts=0,
                     failed_hosts=[],
                     alternates=[],
@@ -315,8 +327,6 @@ async def create_servers(
             if postgres:
                 for row, new_id in zip(rows, found[11], strict=False):
                     row.id = int(new_id)
-                if networks == "auto":
-                    await _assign_addresses(session, rows)
                 # ONE statement writes the instances, their actions and their schedule
                 # messages (writable CTEs); the rows stay plain objects, never flushed.
                 sql, _ = driver.compiled(_INSERT_ALL)
@@ -328,8 +338,6 @@ async def create_servers(
             else:
                 session.add_all(rows)
                 await session.flush()  # one INSERT ... RETURNING gives the integer ids
-                if networks == "auto":
-                    await _assign_addresses(session, rows)
                 session.add_all(InstanceAction(**a) for a in actions)
                 await outbox.add(session, *scheduled)
             await session.commit()
@@ -385,65 +393,6 @@ async def _existing(
         .order_by(Instance.launch_index)
     )
     return list(result.scalars())
-
-
-async def _assign_addresses(session: AsyncSession, rows: list[Instance]) -> None:
-    """Gives each new instance one fixed IPv4 on "private", unique among live instances.
-
-    The address follows from the integer id, so the fast path costs no lookup. Only once
-    ids have wrapped around the network can an old live instance hold the same slot; then
-    the taken slots are read and the colliding instances get free ones.
-    """
-    taken: set[int] = set()
-    if max(r.id for r in rows) > _HOST_SLOTS:
-        slots = {_slot_of(r.id) for r in rows}
-        clash = (
-            await session.execute(
-                select(func.count(Instance.id)).where(
-                    Instance.deleted.is_(False),
-                    Instance.id < min(r.id for r in rows),
-                    ((Instance.id - 1) % _HOST_SLOTS).in_(slots),
-                )
-            )
-        ).scalar_one()
-        if clash:
-            taken = await _taken_slots(session, {r.id for r in rows})
-    for row in rows:
-        slot = _slot_of(row.id)
-        if slot in taken:
-            free = next((s for s in range(_HOST_SLOTS) if s not in taken), None)
-            if free is None:
-                raise QuotaExceeded("fixed_ips", 1, _HOST_SLOTS, _HOST_SLOTS)
-            slot = free
-        taken.add(slot)
-        address = str(PRIVATE_NETWORK.network_address + slot + _FIRST_HOST)
-        row.addresses = [
-            {
-                "network": "private",
-                "address": address,
-                "version": 4,
-                "type": "fixed",
-                "mac_address": _mac_for(row.uuid),
-            }
-        ]
-
-
-async def _taken_slots(session: AsyncSession, exclude_ids: set[int]) -> set[int]:
-    result = await session.execute(
-        select(Instance.id, Instance.addresses).where(Instance.deleted.is_(False))
-    )
-    taken: set[int] = set()
-    for instance_id, addresses in result:
-        if instance_id in exclude_ids:
-            continue
-        for a in addresses or []:
-            try:
-                ip = ipaddress.IPv4Address(str(a.get("address", "")))
-            except ValueError:
-                continue
-            if ip in PRIVATE_NETWORK:
-                taken.add(int(ip) - int(PRIVATE_NETWORK.network_address) - _FIRST_HOST)
-    return taken
 
 
 # (attribute, column) of every column of an instance row: metadata_ is "metadata".
@@ -573,9 +522,3 @@ def _validation_query(with_key: bool, postgres: bool) -> Select[Any]:
         .join(usage, true())
         .where(Flavor.flavorid == bindparam("flavor_id", type_=String))
     )
-
-
-def _mac_for(instance_uuid: str) -> str:
-    """A locally administered MAC derived from the UUID (stable across reads)."""
-    raw = uuid.UUID(instance_uuid).bytes[-3:]
-    return "fa:16:3e:" + ":".join(f"{b:02x}" for b in raw)

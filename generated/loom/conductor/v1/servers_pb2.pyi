@@ -14,6 +14,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from loom.common.v1 import common_pb2 as _common_pb2
 from loom.compute.v1 import agent_bus_pb2 as _agent_bus_pb2
+from loom.network.v1 import network_pb2 as _network_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -799,6 +800,8 @@ class CreateServersRequest(_message.Message):
     CONFIG_DRIVE_FIELD_NUMBER: _builtins.int
     FORCE_HOST_FIELD_NUMBER: _builtins.int
     PRIVATE_FLAVORS_ALLOWED_FIELD_NUMBER: _builtins.int
+    REQUESTED_NETWORKS_FIELD_NUMBER: _builtins.int
+    SECURITY_GROUP_IDS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per API call; a retry with the same id returns the same servers."""
     project_id: _builtins.str
@@ -818,7 +821,9 @@ class CreateServersRequest(_message.Message):
     user_data: _builtins.str
     """Base64 user data."""
     networks: _builtins.str
-    """auto or none."""
+    """"none" (no NIC), or empty with requested_networks. "auto" is resolved by the gateway
+    into requested_networks (the conductor refuses it).
+    """
     min_count: _builtins.int
     """At least this many, or fail."""
     max_count: _builtins.int
@@ -849,6 +854,16 @@ class CreateServersRequest(_message.Message):
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Tags."""
 
+    @_builtins.property
+    def requested_networks(self) -> _containers.RepeatedCompositeFieldContainer[_network_pb2.RequestedPort]:
+        """The NICs, resolved by the caller (networks exist and are visible, ports free): used
+        when networks is empty. Each server gets a port per entry.
+        """
+
+    @_builtins.property
+    def security_group_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Security groups of the new ports (ids in the project); none: the project's default."""
+
     def __init__(
         self,
         *,
@@ -874,10 +889,12 @@ class CreateServersRequest(_message.Message):
         config_drive: _builtins.bool = ...,
         force_host: _builtins.str = ...,
         private_flavors_allowed: _builtins.bool = ...,
+        requested_networks: _abc.Iterable[_network_pb2.RequestedPort] | None = ...,
+        security_group_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_ipv4", b"access_ipv4", "access_ipv6", b"access_ipv6", "availability_zone", b"availability_zone", "config_drive", b"config_drive", "description", b"description", "flavor_id", b"flavor_id", "force_host", b"force_host", "hostname", b"hostname", "image_id", b"image_id", "key_name", b"key_name", "max_count", b"max_count", "metadata", b"metadata", "min_count", b"min_count", "name", b"name", "networks", b"networks", "private_flavors_allowed", b"private_flavors_allowed", "project_id", b"project_id", "request_id", b"request_id", "server_group_id", b"server_group_id", "tags", b"tags", "user_data", b"user_data", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_ipv4", b"access_ipv4", "access_ipv6", b"access_ipv6", "availability_zone", b"availability_zone", "config_drive", b"config_drive", "description", b"description", "flavor_id", b"flavor_id", "force_host", b"force_host", "hostname", b"hostname", "image_id", b"image_id", "key_name", b"key_name", "max_count", b"max_count", "metadata", b"metadata", "min_count", b"min_count", "name", b"name", "networks", b"networks", "private_flavors_allowed", b"private_flavors_allowed", "project_id", b"project_id", "request_id", b"request_id", "requested_networks", b"requested_networks", "security_group_ids", b"security_group_ids", "server_group_id", b"server_group_id", "tags", b"tags", "user_data", b"user_data", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

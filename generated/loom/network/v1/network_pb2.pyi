@@ -13,6 +13,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from loom.compute.v1 import agent_bus_pb2 as _agent_bus_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -1882,6 +1883,7 @@ class DeleteDevicePortsRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     SCOPE_FIELD_NUMBER: _builtins.int
     DEVICE_ID_FIELD_NUMBER: _builtins.int
+    KEEP_PORT_IDS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per call."""
     device_id: _builtins.str
@@ -1890,16 +1892,23 @@ class DeleteDevicePortsRequest(_message.Message):
     def scope(self) -> Global___Scope:
         """The caller."""
 
+    @_builtins.property
+    def keep_port_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Ports of the device that are kept, unbound and released (device_id, device_owner and
+        binding cleared) instead of deleted: the ports a user handed to a server.
+        """
+
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
         scope: Global___Scope | None = ...,
         device_id: _builtins.str = ...,
+        keep_port_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "request_id", b"request_id", "scope", b"scope"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "keep_port_ids", b"keep_port_ids", "request_id", b"request_id", "scope", b"scope"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -3508,3 +3517,183 @@ class DeleteFloatingIpResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteFloatingIpResponse: _TypeAlias = DeleteFloatingIpResponse  # noqa: Y015
+
+@_typing.final
+class RequestedPort(_message.Message):
+    """One NIC a server asked for."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NETWORK_ID_FIELD_NUMBER: _builtins.int
+    PORT_ID_FIELD_NUMBER: _builtins.int
+    FIXED_IP_FIELD_NUMBER: _builtins.int
+    network_id: _builtins.str
+    """The network of a new port; empty when port_id is given."""
+    port_id: _builtins.str
+    """An existing port the server takes over; empty for a new port."""
+    fixed_ip: _builtins.str
+    """The address a new port must get; empty to let IPAM choose."""
+    def __init__(
+        self,
+        *,
+        network_id: _builtins.str = ...,
+        port_id: _builtins.str = ...,
+        fixed_ip: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fixed_ip", b"fixed_ip", "network_id", b"network_id", "port_id", b"port_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestedPort: _TypeAlias = RequestedPort  # noqa: Y015
+
+@_typing.final
+class BindDevicePortsRequest(_message.Message):
+    """Request for BindDevicePorts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    REQUESTED_FIELD_NUMBER: _builtins.int
+    SECURITY_GROUP_IDS_FIELD_NUMBER: _builtins.int
+    SECURITY_GROUPS_SET_FIELD_NUMBER: _builtins.int
+    HOSTNAME_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call."""
+    project_id: _builtins.str
+    """The server's project: new ports are made in its scope (its networks, its groups)."""
+    device_id: _builtins.str
+    """The server id (the ports' device_id)."""
+    host: _builtins.str
+    """The host to bind to (binding:host_id)."""
+    security_groups_set: _builtins.bool
+    """security_group_ids was given."""
+    hostname: _builtins.str
+    """Hostname handed out with the server's DHCP leases."""
+    @_builtins.property
+    def requested(self) -> _containers.RepeatedCompositeFieldContainer[Global___RequestedPort]:
+        """The NICs, in guest order."""
+
+    @_builtins.property
+    def security_group_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Security groups of new ports (ids in the project); the project's default when unset."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        device_id: _builtins.str = ...,
+        host: _builtins.str = ...,
+        requested: _abc.Iterable[Global___RequestedPort] | None = ...,
+        security_group_ids: _abc.Iterable[_builtins.str] | None = ...,
+        security_groups_set: _builtins.bool = ...,
+        hostname: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "host", b"host", "hostname", b"hostname", "project_id", b"project_id", "request_id", b"request_id", "requested", b"requested", "security_group_ids", b"security_group_ids", "security_groups_set", b"security_groups_set"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BindDevicePortsRequest: _TypeAlias = BindDevicePortsRequest  # noqa: Y015
+
+@_typing.final
+class BindDevicePortsResponse(_message.Message):
+    """Response of BindDevicePorts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORTS_FIELD_NUMBER: _builtins.int
+    BINDINGS_FIELD_NUMBER: _builtins.int
+    DHCP_FIELD_NUMBER: _builtins.int
+    NETWORK_NAMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ports(self) -> _containers.RepeatedCompositeFieldContainer[Global___Port]:
+        """The ports, in the order requested."""
+
+    @_builtins.property
+    def bindings(self) -> _containers.RepeatedCompositeFieldContainer[_agent_bus_pb2.PortBinding]:
+        """What the host's agent wires for each port, in the same order."""
+
+    @_builtins.property
+    def dhcp(self) -> _containers.RepeatedCompositeFieldContainer[_agent_bus_pb2.NetworkDhcp]:
+        """The DHCP service of each network of the ports, with the leases of that network's
+        ports bound to the host.
+        """
+
+    @_builtins.property
+    def network_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Each port's network name, in the same order."""
+
+    def __init__(
+        self,
+        *,
+        ports: _abc.Iterable[Global___Port] | None = ...,
+        bindings: _abc.Iterable[_agent_bus_pb2.PortBinding] | None = ...,
+        dhcp: _abc.Iterable[_agent_bus_pb2.NetworkDhcp] | None = ...,
+        network_names: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bindings", b"bindings", "dhcp", b"dhcp", "network_names", b"network_names", "ports", b"ports"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BindDevicePortsResponse: _TypeAlias = BindDevicePortsResponse  # noqa: Y015
+
+@_typing.final
+class GetAutoAllocatedNetworkRequest(_message.Message):
+    """Request for GetAutoAllocatedNetwork."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call."""
+    @_builtins.property
+    def scope(self) -> Global___Scope:
+        """The project (non-admin scope)."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAutoAllocatedNetworkRequest: _TypeAlias = GetAutoAllocatedNetworkRequest  # noqa: Y015
+
+@_typing.final
+class GetAutoAllocatedNetworkResponse(_message.Message):
+    """Response of GetAutoAllocatedNetwork."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NETWORK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def network(self) -> Global___Network:
+        """The project's auto-allocated network."""
+
+    def __init__(
+        self,
+        *,
+        network: Global___Network | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["network", b"network"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["network", b"network"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAutoAllocatedNetworkResponse: _TypeAlias = GetAutoAllocatedNetworkResponse  # noqa: Y015

@@ -120,6 +120,16 @@ class NetworkServiceStub:
                 request_serializer=loom_dot_network_dot_v1_dot_network__pb2.DeleteDevicePortsRequest.SerializeToString,
                 response_deserializer=loom_dot_network_dot_v1_dot_network__pb2.DeleteDevicePortsResponse.FromString,
                 _registered_method=True)
+        self.BindDevicePorts = channel.unary_unary(
+                '/loom.network.v1.NetworkService/BindDevicePorts',
+                request_serializer=loom_dot_network_dot_v1_dot_network__pb2.BindDevicePortsRequest.SerializeToString,
+                response_deserializer=loom_dot_network_dot_v1_dot_network__pb2.BindDevicePortsResponse.FromString,
+                _registered_method=True)
+        self.GetAutoAllocatedNetwork = channel.unary_unary(
+                '/loom.network.v1.NetworkService/GetAutoAllocatedNetwork',
+                request_serializer=loom_dot_network_dot_v1_dot_network__pb2.GetAutoAllocatedNetworkRequest.SerializeToString,
+                response_deserializer=loom_dot_network_dot_v1_dot_network__pb2.GetAutoAllocatedNetworkResponse.FromString,
+                _registered_method=True)
         self.CreateSecurityGroup = channel.unary_unary(
                 '/loom.network.v1.NetworkService/CreateSecurityGroup',
                 request_serializer=loom_dot_network_dot_v1_dot_network__pb2.CreateSecurityGroupRequest.SerializeToString,
@@ -364,6 +374,25 @@ class NetworkServiceServicer:
 
     def DeleteDevicePorts(self, request, context):
         """Delete every port of one device (idempotent: succeeds when none is left).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BindDevicePorts(self, request, context):
+        """The compute service's one call for a server's NICs on a host: gets or creates the
+        server's ports (one per requested network, keyed by device and network; a given port
+        is taken over), binds them all to the host and returns what the host's agent needs
+        (PortBinding per port, NetworkDhcp per network). One transaction: on failure no port
+        of this call is left and nothing is rebound. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAutoAllocatedNetwork(self, request, context):
+        """The network "auto" gives a project that sees none: made once per project (an IPv4
+        subnet from the configured pool, clear of the project's other subnets), then reused.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -627,6 +656,16 @@ def add_NetworkServiceServicer_to_server(servicer, server):
                     servicer.DeleteDevicePorts,
                     request_deserializer=loom_dot_network_dot_v1_dot_network__pb2.DeleteDevicePortsRequest.FromString,
                     response_serializer=loom_dot_network_dot_v1_dot_network__pb2.DeleteDevicePortsResponse.SerializeToString,
+            ),
+            'BindDevicePorts': grpc.unary_unary_rpc_method_handler(
+                    servicer.BindDevicePorts,
+                    request_deserializer=loom_dot_network_dot_v1_dot_network__pb2.BindDevicePortsRequest.FromString,
+                    response_serializer=loom_dot_network_dot_v1_dot_network__pb2.BindDevicePortsResponse.SerializeToString,
+            ),
+            'GetAutoAllocatedNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAutoAllocatedNetwork,
+                    request_deserializer=loom_dot_network_dot_v1_dot_network__pb2.GetAutoAllocatedNetworkRequest.FromString,
+                    response_serializer=loom_dot_network_dot_v1_dot_network__pb2.GetAutoAllocatedNetworkResponse.SerializeToString,
             ),
             'CreateSecurityGroup': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateSecurityGroup,
@@ -1192,6 +1231,60 @@ class NetworkService:
             '/loom.network.v1.NetworkService/DeleteDevicePorts',
             loom_dot_network_dot_v1_dot_network__pb2.DeleteDevicePortsRequest.SerializeToString,
             loom_dot_network_dot_v1_dot_network__pb2.DeleteDevicePortsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BindDevicePorts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.network.v1.NetworkService/BindDevicePorts',
+            loom_dot_network_dot_v1_dot_network__pb2.BindDevicePortsRequest.SerializeToString,
+            loom_dot_network_dot_v1_dot_network__pb2.BindDevicePortsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAutoAllocatedNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.network.v1.NetworkService/GetAutoAllocatedNetwork',
+            loom_dot_network_dot_v1_dot_network__pb2.GetAutoAllocatedNetworkRequest.SerializeToString,
+            loom_dot_network_dot_v1_dot_network__pb2.GetAutoAllocatedNetworkResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -78,6 +78,17 @@ class NetworkServiceStub:
     """Delete a port and free its addresses."""
     DeleteDevicePorts: _grpc.UnaryUnaryMultiCallable[_network_pb2.DeleteDevicePortsRequest, _network_pb2.DeleteDevicePortsResponse]
     """Delete every port of one device (idempotent: succeeds when none is left)."""
+    BindDevicePorts: _grpc.UnaryUnaryMultiCallable[_network_pb2.BindDevicePortsRequest, _network_pb2.BindDevicePortsResponse]
+    """The compute service's one call for a server's NICs on a host: gets or creates the
+    server's ports (one per requested network, keyed by device and network; a given port
+    is taken over), binds them all to the host and returns what the host's agent needs
+    (PortBinding per port, NetworkDhcp per network). One transaction: on failure no port
+    of this call is left and nothing is rebound. Idempotent.
+    """
+    GetAutoAllocatedNetwork: _grpc.UnaryUnaryMultiCallable[_network_pb2.GetAutoAllocatedNetworkRequest, _network_pb2.GetAutoAllocatedNetworkResponse]
+    """The network "auto" gives a project that sees none: made once per project (an IPv4
+    subnet from the configured pool, clear of the project's other subnets), then reused.
+    """
     CreateSecurityGroup: _grpc.UnaryUnaryMultiCallable[_network_pb2.CreateSecurityGroupRequest, _network_pb2.CreateSecurityGroupResponse]
     """Create a security group."""
     GetSecurityGroup: _grpc.UnaryUnaryMultiCallable[_network_pb2.GetSecurityGroupRequest, _network_pb2.GetSecurityGroupResponse]
@@ -176,6 +187,17 @@ class NetworkServiceAsyncStub(NetworkServiceStub):
     """Delete a port and free its addresses."""
     DeleteDevicePorts: _aio.UnaryUnaryMultiCallable[_network_pb2.DeleteDevicePortsRequest, _network_pb2.DeleteDevicePortsResponse]  # type: ignore[assignment]
     """Delete every port of one device (idempotent: succeeds when none is left)."""
+    BindDevicePorts: _aio.UnaryUnaryMultiCallable[_network_pb2.BindDevicePortsRequest, _network_pb2.BindDevicePortsResponse]  # type: ignore[assignment]
+    """The compute service's one call for a server's NICs on a host: gets or creates the
+    server's ports (one per requested network, keyed by device and network; a given port
+    is taken over), binds them all to the host and returns what the host's agent needs
+    (PortBinding per port, NetworkDhcp per network). One transaction: on failure no port
+    of this call is left and nothing is rebound. Idempotent.
+    """
+    GetAutoAllocatedNetwork: _aio.UnaryUnaryMultiCallable[_network_pb2.GetAutoAllocatedNetworkRequest, _network_pb2.GetAutoAllocatedNetworkResponse]  # type: ignore[assignment]
+    """The network "auto" gives a project that sees none: made once per project (an IPv4
+    subnet from the configured pool, clear of the project's other subnets), then reused.
+    """
     CreateSecurityGroup: _aio.UnaryUnaryMultiCallable[_network_pb2.CreateSecurityGroupRequest, _network_pb2.CreateSecurityGroupResponse]  # type: ignore[assignment]
     """Create a security group."""
     GetSecurityGroup: _aio.UnaryUnaryMultiCallable[_network_pb2.GetSecurityGroupRequest, _network_pb2.GetSecurityGroupResponse]  # type: ignore[assignment]
@@ -367,6 +389,29 @@ class NetworkServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_network_pb2.DeleteDevicePortsResponse, _abc.Awaitable[_network_pb2.DeleteDevicePortsResponse]]:
         """Delete every port of one device (idempotent: succeeds when none is left)."""
+
+    @_abc_1.abstractmethod
+    def BindDevicePorts(
+        self,
+        request: _network_pb2.BindDevicePortsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_network_pb2.BindDevicePortsResponse, _abc.Awaitable[_network_pb2.BindDevicePortsResponse]]:
+        """The compute service's one call for a server's NICs on a host: gets or creates the
+        server's ports (one per requested network, keyed by device and network; a given port
+        is taken over), binds them all to the host and returns what the host's agent needs
+        (PortBinding per port, NetworkDhcp per network). One transaction: on failure no port
+        of this call is left and nothing is rebound. Idempotent.
+        """
+
+    @_abc_1.abstractmethod
+    def GetAutoAllocatedNetwork(
+        self,
+        request: _network_pb2.GetAutoAllocatedNetworkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_network_pb2.GetAutoAllocatedNetworkResponse, _abc.Awaitable[_network_pb2.GetAutoAllocatedNetworkResponse]]:
+        """The network "auto" gives a project that sees none: made once per project (an IPv4
+        subnet from the configured pool, clear of the project's other subnets), then reused.
+        """
 
     @_abc_1.abstractmethod
     def CreateSecurityGroup(

@@ -1,0 +1,397 @@
+"""A server's ports on a host: what the compute service gets in one call.
+
+`bind_device_ports` gets or creates the server's ports (a new port's id follows from the
+server's id and the NIC's index, so a retried call finds what the first made), takes over
+the ports a user handed in, and binds every one to the host, in ONE transaction: on
+failure none of this call's ports is left. `host_view` then reads what the host's agent
+wires: a PortBinding per port (the network's VNI, the addresses with their subnets'
+prefix, gateway and DNS, the rules of the port's groups with remote groups resolved to
+their members' addresses) and a NetworkDhcp per network (its DHCP port's address on each
+DHCP subnet and its MAC, the same on every host, and the leases of the network's ports
+bound to the host).
+
+`auto_allocated_network` is "get me a network": one network per project, made once."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from loom.compute.v1 import agent_bus_pb2 as agent
+from loom.network.v1 import network_pb2 as pb
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from controlplane.db.models import (
+    AutoAllocatedNetwork,
+    IpAllocation,
+    Network,
+    Port,
+    PortSecurityGroup,
+    SecurityGroupRule,
+)
+from controlplane.db.models import Subnet as SubnetRow
+from controlplane.network import addresses, networks, ports, security_groups
+from controlplane.network.errors import Conflict, Invalid, not_found
+from controlplane.network.scope import Caller
+from controlplane.runtime.rpc import id_for_request, now
+
+COMPUTE_OWNER = "compute:nova"
+DHCP_OWNER = "network:dhcp"
+AUTO_NETWORK_NAME = "auto_allocated_network"
+_MAX_VNI = 16_777_215
+_VNI_ATTEMPTS = 32
+
+
+def server_port_id(device_id: str, index: int) -> str:
+    """The id of the port a server's NIC `index` gets: the same on every retry."""
+    return id_for_request("network.server_port", f"{device_id}/{index}")
+
+
+def dhcp_port_id(network_id: str) -> str:
+    return id_for_request("network.dhcp_port", network_id)
+
+
+async def bind_device_ports(
+    s: AsyncSession, req: pb.BindDevicePortsRequest, default_group: str | None
+) -> list[Port]:
+    """The server's ports, in NIC order, each bound to req.host. A port the user handed
+    in must be the project's and free (or the server's already): PortInUse otherwise."""
+    tenant = Caller(req.project_id, False)
+    out: list[Port] = []
+    for index, wanted in enumerate(req.requested):
+        if wanted.port_id:
+            port = await ports.get_port(s, tenant, wanted.port_id)
+            if port.device_id and port.device_id != req.device_id:
+                raise Conflict(
+                    "PortInUse",
+                    f"Port {port.id} is still in use.",
+                )
+            port.device_id = req.device_id
+            port.device_owner = COMPUTE_OWNER
+        else:
+            ident = server_port_id(req.device_id, index)
+            found = await s.get(Port, ident)
+            if found is not None:
+                port = found
+            else:
+                create = pb.CreatePortRequest(
+                    scope=pb.Scope(project_id=req.project_id),
+                    port=pb.Port(
+                        network_id=wanted.network_id,
+                        device_id=req.device_id,
+                        device_owner=COMPUTE_OWNER,
+                        fixed_ips=[pb.FixedIp(ip_address=wanted.fixed_ip)]
+                        if wanted.fixed_ip
+                        else [],
+                        security_group_ids=list(req.security_group_ids),
+                    ),
+                    fixed_ips_set=bool(wanted.fixed_ip),
+                    security_groups_set=req.security_groups_set,
+                )
+                port = await ports.create_port(s, tenant, create, default_group, ident)
+        if port.binding_host_id != req.host:
+            port.binding_host_id = req.host
+            port.status = "ACTIVE"
+            port.revision_number += 1
+            port.updated_at = now()
+        out.append(port)
+    await s.flush()
+    return out
+
+
+async def _segmentation_ids(s: AsyncSession, network_ids: Sequence[str]) -> dict[str, int]:
+    """Each network's VNI, given on first need: the next free number (UNIQUE decides a
+    race; the loser takes the next)."""
+    result = await s.execute(
+        select(Network.id, Network.segmentation_id).where(Network.id.in_(network_ids))
+    )
+    rows: dict[str, int | None] = {str(i): v for i, v in result}
+    out: dict[str, int] = {}
+    for network_id in network_ids:
+        vni = rows.get(network_id)
+        for _ in range(_VNI_ATTEMPTS):
+            if vni is not None:
+                break
+            top = await s.scalar(select(func.max(Network.segmentation_id)))
+            candidate = int(top or 0) + 1
+            if candidate > _MAX_VNI:
+                raise Conflict("NoNetworkAvailable", "No VXLAN segment is left for the network.")
+            try:
+                async with s.begin_nested():
+                    await s.execute(
+                        update(Network)
+                        .where(Network.id == network_id, Network.segmentation_id.is_(None))
+                        .values(segmentation_id=candidate)
+                    )
+            except IntegrityError:
+                continue
+            vni = await s.scalar(select(Network.segmentation_id).where(Network.id == network_id))
+        if vni is None:
+            raise Conflict("NoNetworkAvailable", "No VXLAN segment could be given the network.")
+        out[network_id] = int(vni)
+    return out
+
+
+async def ensure_dhcp_ports(
+    sessions: async_sessionmaker[AsyncSession], network_ids: Sequence[str]
+) -> None:
+    """Each network with a DHCP subnet gets its DHCP server's port (device_owner
+    network:dhcp, an address on each DHCP subnet), in its own transaction: two first
+    binds racing make one (the loser's insert conflicts on the port's id)."""
+    for network_id in dict.fromkeys(network_ids):
+        ident = dhcp_port_id(network_id)
+        async with sessions() as s:
+            exists = await s.get(Port, ident)
+            subnets = list(
+                await s.scalars(
+                    select(SubnetRow.id).where(
+                        SubnetRow.network_id == network_id, SubnetRow.enable_dhcp.is_(True)
+                    )
+                )
+            )
+        if exists is not None or not subnets:
+            continue
+        try:
+            async with sessions.begin() as s:
+                network = await s.get(Network, network_id)
+                if network is None:
+                    continue
+                port = Port(
+                    id=ident,
+                    project_id=network.project_id,
+                    network_id=network.id,
+                    name="",
+                    description="",
+                    admin_state_up=True,
+                    mac_address=addresses.random_mac(),
+                    device_id=f"dhcp-{network.id}",
+                    device_owner=DHCP_OWNER,
+                    binding_host_id="",
+                    status="ACTIVE",
+                    port_security_enabled=False,
+                    revision_number=1,
+                    created_at=now(),
+                    updated_at=None,
+                )
+                s.add(port)
+                await s.flush()
+                for subnet_id in subnets:
+                    sub = await s.get(SubnetRow, subnet_id)
+                    if sub is not None:
+                        await ports.allocate_address(s, sub, port.id, None, DHCP_OWNER)
+        except IntegrityError:
+            continue  # a concurrent bind made it (or took its MAC: the next bind retries)
+
+
+@dataclass(frozen=True)
+class HostView:
+    bindings: list[agent.PortBinding]
+    dhcp: list[agent.NetworkDhcp]
+    network_names: list[str]
+
+
+def _lease_hostname(address: str) -> str:
+    return "host-" + address.replace(".", "-")
+
+
+async def host_view(s: AsyncSession, server_ports: Sequence[Port], host: str) -> HostView:
+    """What `host`'s agent needs for these ports (see the module's docstring)."""
+    network_ids = list(dict.fromkeys(p.network_id for p in server_ports))
+    vnis = await _segmentation_ids(s, network_ids)
+    nets = {n.id: n for n in await s.scalars(select(Network).where(Network.id.in_(network_ids)))}
+    subnets = {
+        sub.id: sub
+        for sub in await s.scalars(select(SubnetRow).where(SubnetRow.network_id.in_(network_ids)))
+    }
+    ips, groups = await ports.details(s, [p.id for p in server_ports])
+    group_ids = sorted({g for gs in groups.values() for g in gs})
+    rules = await security_groups.rules_of(s, group_ids)
+    remote_ids = sorted(
+        {r.remote_group_id for rs in rules.values() for r in rs if r.remote_group_id}
+    )
+    members: dict[str, list[str]] = defaultdict(list)
+    if remote_ids:
+        rows = await s.execute(
+            select(PortSecurityGroup.security_group_id, IpAllocation.ip_address)
+            .join(IpAllocation, IpAllocation.port_id == PortSecurityGroup.port_id)
+            .where(PortSecurityGroup.security_group_id.in_(remote_ids))
+            .order_by(IpAllocation.ip_address)
+        )
+        for group_id, address in rows:
+            members[group_id].append(address)
+
+    def fixed(a: IpAllocation) -> agent.FixedIp:
+        sub = subnets[a.subnet_id]
+        return agent.FixedIp(
+            subnet_id=a.subnet_id,
+            ip_address=a.ip_address,
+            prefixlen=ipaddress.ip_network(sub.cidr).prefixlen,
+            gateway_ip=sub.gateway_ip or "",
+            dns_nameservers=[str(d) for d in sub.dns_nameservers or []],
+        )
+
+    def rule(r: SecurityGroupRule) -> agent.SecurityGroupRule:
+        return agent.SecurityGroupRule(
+            rule_id=r.id,
+            direction=agent.RULE_DIRECTION_INGRESS
+            if r.direction == "ingress"
+            else agent.RULE_DIRECTION_EGRESS,
+            ethertype=r.ethertype,
+            protocol=r.protocol or "",
+            port_range_min=r.port_range_min or 0,
+            port_range_max=r.port_range_max or 0,
+            remote_ip_prefix=r.remote_ip_prefix or "",
+            remote_group_id=r.remote_group_id or "",
+            remote_group_member_ips=members.get(r.remote_group_id or "", []),
+        )
+
+    bindings = [
+        agent.PortBinding(
+            port_id=p.id,
+            network_id=p.network_id,
+            segmentation_id=vnis[p.network_id],
+            mac_address=p.mac_address,
+            fixed_ips=[fixed(a) for a in ips.get(p.id, [])],
+            mtu=nets[p.network_id].mtu,
+            security_group_rules=[rule(r) for g in sorted(groups.get(p.id, [])) for r in rules[g]]
+            if p.port_security_enabled
+            else [],
+            port_security_enabled=p.port_security_enabled,
+        )
+        for p in server_ports
+    ]
+    dhcp = await _dhcp_services(s, network_ids, nets, subnets, vnis, host)
+    return HostView(bindings, dhcp, [nets[p.network_id].name for p in server_ports])
+
+
+async def _dhcp_services(
+    s: AsyncSession,
+    network_ids: Sequence[str],
+    nets: dict[str, Network],
+    subnets: dict[str, SubnetRow],
+    vnis: dict[str, int],
+    host: str,
+) -> list[agent.NetworkDhcp]:
+    out: list[agent.NetworkDhcp] = []
+    for network_id in network_ids:
+        served = [
+            sub for sub in subnets.values() if sub.network_id == network_id and sub.enable_dhcp
+        ]
+        server = await s.get(Port, dhcp_port_id(network_id))
+        if not served or server is None:
+            continue
+        server_ips = {
+            a.subnet_id: a.ip_address
+            for a in await s.scalars(select(IpAllocation).where(IpAllocation.port_id == server.id))
+        }
+        leased = await s.execute(
+            select(Port.mac_address, IpAllocation.ip_address, IpAllocation.subnet_id)
+            .join(IpAllocation, IpAllocation.port_id == Port.id)
+            .where(
+                Port.network_id == network_id,
+                Port.binding_host_id == host,
+                Port.device_owner.like("compute:%"),
+            )
+            .order_by(Port.id, IpAllocation.id)
+        )
+        served_ids = {sub.id for sub in served}
+        out.append(
+            agent.NetworkDhcp(
+                network_id=network_id,
+                vni=vnis[network_id],
+                mtu=nets[network_id].mtu,
+                dhcp_mac_address=server.mac_address,
+                subnets=[
+                    agent.DhcpSubnet(
+                        subnet_id=sub.id,
+                        cidr=sub.cidr,
+                        gateway_ip=sub.gateway_ip or "",
+                        dns_nameservers=[str(d) for d in sub.dns_nameservers or []],
+                        dhcp_server_ip=server_ips[sub.id],
+                    )
+                    for sub in sorted(served, key=lambda x: (x.created_at, x.id))
+                    if sub.id in server_ips
+                ],
+                leases=[
+                    agent.DhcpLease(
+                        mac_address=mac, ip_address=address, hostname=_lease_hostname(address)
+                    )
+                    for mac, address, subnet_id in leased
+                    if subnet_id in served_ids
+                ],
+            )
+        )
+    return out
+
+
+async def auto_allocated_network(
+    sessions: async_sessionmaker[AsyncSession],
+    project_id: str,
+    pool: ipaddress.IPv4Network,
+    prefixlen: int,
+) -> str:
+    """The id of the project's auto-allocated network, made (with one IPv4 subnet of
+    `prefixlen` from `pool`, clear of the project's other subnets) on first use. Two first
+    uses racing make one: the second waits on the first's row and reads it."""
+    async with sessions() as s:
+        found = await s.scalar(
+            select(AutoAllocatedNetwork.network_id).where(
+                AutoAllocatedNetwork.project_id == project_id
+            )
+        )
+    if found is not None:
+        return found
+    # The network's id follows from the project: a racing first use collides on it
+    # (waiting for the winner's commit) and reads the winner's below.
+    ident = id_for_request("network.auto_allocated", project_id)
+    caller = Caller(project_id, False)
+    try:
+        async with sessions.begin() as s:
+            await networks.create_network(
+                s,
+                caller,
+                pb.CreateNetworkRequest(network=pb.Network(name=AUTO_NETWORK_NAME)),
+                ident,
+            )
+            await s.flush()
+            taken = [
+                ipaddress.ip_network(c)
+                for c in await s.scalars(
+                    select(SubnetRow.cidr).where(SubnetRow.project_id == project_id)
+                )
+            ]
+            cidr = next(
+                (
+                    c
+                    for c in pool.subnets(new_prefix=prefixlen)
+                    if not any(c.overlaps(t) for t in taken)
+                ),
+                None,
+            )
+            if cidr is None:
+                raise Invalid(f"No free /{prefixlen} is left in {pool} for the project.")
+            await networks.create_subnet(
+                s,
+                caller,
+                pb.CreateSubnetRequest(
+                    subnet=pb.Subnet(network_id=ident, name="auto_allocated_subnet", cidr=str(cidr))
+                ),
+                id_for_request("network.auto_allocated_subnet", project_id),
+            )
+            s.add(AutoAllocatedNetwork(project_id=project_id, network_id=ident))
+            await s.flush()
+    except IntegrityError:
+        pass
+    async with sessions() as s:
+        network_id = await s.scalar(
+            select(AutoAllocatedNetwork.network_id).where(
+                AutoAllocatedNetwork.project_id == project_id
+            )
+        )
+    if network_id is None:
+        raise not_found("Network", ident)
+    return network_id
