@@ -116,7 +116,9 @@ async def serve(cfg: LoomConfig, stop: asyncio.Event, **_options: object) -> Non
     )
     js = nc.jetstream()
     await bus.ensure_streams(js, cfg.nats)
-    channel = grpcserver.insecure_or_secure_channel(cfg.scheduler.listen, cfg.tls)
+    channel = grpcserver.insecure_or_secure_channel(
+        cfg.conductor.scheduler_target or cfg.scheduler.listen, cfg.tls
+    )
     conductor = Conductor(sessions, cfg, Wakeup(), SchedulerClient(channel))
     # The hosted domains seed their rows before serving: a create reads the default flavors
     # without ever calling the flavors service.
