@@ -82,6 +82,12 @@ def heartbeat_subject(host: str) -> str:
     return f"loom.events.heartbeat.{host}"
 
 
+def consumer_leader_elected_subject(stream: str, consumer: str) -> str:
+    """The JetStream advisory a cluster publishes when a consumer gets a new leader. Pull
+    requests waiting at the old leader die with it, unanswered."""
+    return f"$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.{stream}.{consumer}"
+
+
 HEARTBEAT_WILDCARD = "loom.events.heartbeat.*"
 INSTANCE_EVENT_WILDCARD = "loom.events.instance.*"
 INVENTORY_WILDCARD = "loom.events.inventory.*"
@@ -138,8 +144,8 @@ async def ensure_streams(
     js: JetStreamContext, cfg: NatsConfig, timeout_s: float = _STREAMS_READY_S
 ) -> None:
     """Creates or updates Loom's streams; safe to call from every process at start. A
-    cluster that cannot answer yet (no meta leader: 503, or no reply) is asked again until
-    timeout_s has passed."""
+    cluster that cannot answer yet (no meta leader: 503, no reply, a stream it answered
+    for but cannot show) is asked again until timeout_s has passed."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     for sc in stream_configs(cfg):
         while True:
@@ -148,8 +154,16 @@ async def ensure_streams(
                     await js.add_stream(sc)
                 except BadRequestError:
                     await js.update_stream(sc)
+                # A cluster still forming may answer a create and then lose it with its
+                # first meta leader: the stream is there only once it can be read back.
+                await js.stream_info(sc.name)
                 break
-            except (ServiceUnavailableError, NatsTimeoutError, NoRespondersError) as exc:
+            except (
+                ServiceUnavailableError,
+                NatsTimeoutError,
+                NoRespondersError,
+                NotFoundError,
+            ) as exc:
                 if asyncio.get_running_loop().time() > deadline:
                     raise
                 log.warning("JetStream not ready for stream %s: %r", sc.name, exc)

@@ -4,6 +4,9 @@ node's URL carries on through a survivor when the node it used is killed."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,10 +23,13 @@ from controlplane.runtime.natsserver import (
     ClusterNode,
     NatsCluster,
     Route,
+    find_nats_server,
+    free_port,
     server_config,
     start_nats_cluster,
 )
 
+ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_CFG = NatsConfig(duplicate_window_s=120, stream_replicas=3)
 
 
@@ -76,7 +82,8 @@ async def test_streams_on_a_three_node_cluster_keep_three_copies(cluster: NatsCl
         for name in (bus.COMPUTE_STREAM, bus.CONDUCTOR_STREAM, bus.EVENTS_STREAM):
             info = await js.stream_info(name)
             assert info.config.num_replicas == 3
-            assert info.cluster is not None and info.cluster.leader
+            assert info.cluster is not None
+            assert info.cluster.leader
             assert len(info.cluster.replicas or []) == 2
         # A process starting later with the same settings changes nothing.
         await bus.ensure_streams(js, CLUSTER_CFG)
@@ -129,7 +136,8 @@ async def test_a_client_carries_on_through_a_survivor_when_its_node_and_the_lead
         # Every message once: none lost by the kill, none doubled by the resends.
         info = await js.stream_info(bus.COMPUTE_STREAM)
         assert info.state.messages == 100
-        assert info.cluster is not None and info.cluster.leader != names[victim]
+        assert info.cluster is not None
+        assert info.cluster.leader != names[victim]
         assert nc.is_connected
         assert nc.connected_url is not None
         assert nc.connected_url.port != cluster.nodes[victim].port
@@ -139,3 +147,85 @@ async def test_a_client_carries_on_through_a_survivor_when_its_node_and_the_lead
         assert (await js.stream_info(bus.COMPUTE_STREAM)).state.messages == 100
     finally:
         await nc.close()
+
+
+def _start_nodes_from_loom_nats_config(
+    tmp_path: Path, secrets: Path
+) -> tuple[str, list[subprocess.Popen[bytes]]]:
+    """Three nodes, each run by nats-server from what `loom nats-config` printed for it."""
+    ports = [(free_port(), free_port(), free_port()) for _ in range(3)]  # client, route, monitor
+    nodes: list[subprocess.Popen[bytes]] = []
+    for i, (port, route_port, monitor) in enumerate(ports):
+        others = [f"127.0.0.1:{r}" for j, (_, r, _) in enumerate(ports) if j != i]
+        argv = [
+            "nats-config",
+            f"--name=n{i}",
+            f"--port={port}",
+            f"--cluster-port={route_port}",
+            f"--monitor-port={monitor}",
+            f"--store-dir={tmp_path / f'store-{i}'}",
+            f"--secrets-dir={secrets}",
+            "--agent-host=h1",
+            *(f"--route={o}" for o in others),
+        ]
+        made = subprocess.run(
+            [sys.executable, "-m", "controlplane.cli", *argv],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'generated'}"},
+        )
+        conf = tmp_path / f"n{i}.conf"
+        conf.write_text(made.stdout)
+        nodes.append(
+            subprocess.Popen(
+                [find_nats_server(), "-c", str(conf)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    return ",".join(f"nats://127.0.0.1:{p}" for p, _, _ in ports), nodes
+
+
+async def test_loom_nats_config_writes_nodes_that_form_a_cluster_loom_s_users_can_use(
+    tmp_path: Path,
+) -> None:
+    secrets = tmp_path / "secrets"
+    url, nodes = await asyncio.to_thread(_start_nodes_from_loom_nats_config, tmp_path, secrets)
+    try:
+        cfg = NatsConfig(
+            url=url,
+            stream_replicas=3,
+            user="conductor",
+            password=(secrets / "conductor").read_text().strip(),
+        )
+        # Straight away, as processes started with the cluster do: it may have no leader yet.
+        nc = await bus.connect(url, cfg, "test-made-config")
+        try:
+            js = nc.jetstream()
+            await bus.ensure_streams(js, cfg)
+            info = await js.stream_info(bus.COMPUTE_STREAM)
+            assert info.cluster is not None
+            assert len(info.cluster.replicas or []) == 2
+        finally:
+            await nc.close()
+        assert (secrets / "route").stat().st_mode & 0o077 == 0
+    finally:
+        for node in nodes:
+            node.kill()
+            node.wait()
+
+
+def test_loom_nats_config_refuses_a_route_that_is_not_host_port(tmp_path: Path) -> None:
+    made = subprocess.run(
+        [
+            *(sys.executable, "-m", "controlplane.cli", "nats-config", "--name=n0"),
+            *(f"--store-dir={tmp_path}", f"--secrets-dir={tmp_path / 's'}", "--route=nohost"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'generated'}"},
+    )
+    assert made.returncode == 2
+    assert "--route 'nohost' is not HOST:PORT" in made.stderr
