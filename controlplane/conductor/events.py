@@ -17,7 +17,6 @@ from typing import Any
 from loom.compute.v1 import agent_bus_pb2
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig
 from sqlalchemy import DateTime, Integer, String, column, false, select, update, values
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -25,7 +24,13 @@ from controlplane.conductor import commands, moves, outbox, states
 from controlplane.conductor.context import Conductor, group_policies, resources_of
 from controlplane.conductor.convert import instance_spec, make_fault
 from controlplane.conductor.metrics import BOOTS_ACTIVE, BOOTS_ERROR, BOOTS_RESCHEDULED
-from controlplane.conductor.scheduling import INSTANCES, consume, load_with_image, record_event
+from controlplane.conductor.scheduling import (
+    INSTANCES,
+    consume,
+    load_with_image,
+    record_event,
+    subscribe_shared,
+)
 from controlplane.conductor.states import PowerState, TaskState, VmState
 from controlplane.db.dialect import as_utc as aware
 from controlplane.db.models import Instance, InstanceAction
@@ -728,11 +733,8 @@ class EventConsumer:
         await asyncio.gather(*(in_order(g) for g in by_instance.values()))
 
     async def run(self, stop: asyncio.Event) -> None:
-        sub = await self._js.pull_subscribe(
-            bus.INSTANCE_EVENT_WILDCARD,
-            durable=DURABLE,
-            stream=bus.EVENTS_STREAM,
-            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60.0, max_ack_pending=-1),
+        sub = await subscribe_shared(
+            self._js, bus.INSTANCE_EVENT_WILDCARD, DURABLE, bus.EVENTS_STREAM
         )
         await consume(sub, stop, self._batch, self._handle_batch)
 

@@ -9,6 +9,7 @@ message acked. A message redelivered after that finds the placement already reco
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -611,17 +612,47 @@ class SchedulingWorker:
         placement is a guarded UPDATE and every claim is keyed by its instance."""
 
         async def lane() -> None:
-            sub = await self._js.pull_subscribe(
-                commands.SCHEDULE_SUBJECT,
-                durable=DURABLE,
-                stream=bus.CONDUCTOR_STREAM,
-                config=ConsumerConfig(
-                    ack_policy=AckPolicy.EXPLICIT, ack_wait=60.0, max_ack_pending=-1
-                ),
+            sub = await subscribe_shared(
+                self._js, commands.SCHEDULE_SUBJECT, DURABLE, bus.CONDUCTOR_STREAM
             )
             await consume(sub, stop, self._batch, self._handle_batch)
 
         await asyncio.gather(*(lane() for _ in range(max(1, lanes))))
+
+
+# How long a message one conductor took stays its own without an answer. A conductor that
+# dies holding messages (SIGKILL, a lost machine) gives them back to the other replicas
+# after this long; a batch still being handled says so every third of it (in_progress).
+SHARED_ACK_WAIT_S = 10.0
+
+
+async def subscribe_shared(
+    js: JetStreamContext, subject: str, durable: str, stream: str
+) -> JetStreamContext.PullSubscription:
+    """A pull subscription on a durable consumer the conductor replicas share. The consumer
+    is created, or updated to this configuration (one made with another ack_wait by an
+    older conductor is brought to SHARED_ACK_WAIT_S)."""
+    await js.add_consumer(
+        stream,
+        ConsumerConfig(
+            durable_name=durable,
+            filter_subject=subject,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=SHARED_ACK_WAIT_S,
+            max_ack_pending=-1,
+        ),
+    )
+    return await js.pull_subscribe(subject, durable=durable, stream=stream)
+
+
+async def _report_progress(msgs: list[Msg]) -> None:
+    """Tells JetStream every third of the ack wait that a batch is still being handled."""
+    while True:
+        await asyncio.sleep(SHARED_ACK_WAIT_S / 3)
+        for msg in msgs:
+            if not msg._ackd:
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
 
 
 async def consume(
@@ -642,4 +673,8 @@ async def consume(
             log.warning("fetch failed: %s", exc)
             await asyncio.sleep(0.5)
             continue
-        await handle(msgs)
+        progress = asyncio.create_task(_report_progress(msgs))
+        try:
+            await handle(msgs)
+        finally:
+            progress.cancel()

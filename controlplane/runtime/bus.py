@@ -156,7 +156,7 @@ async def ensure_streams(
                     await js.update_stream(sc)
                 # A cluster still forming may answer a create and then lose it with its
                 # first meta leader: the stream is there only once it can be read back.
-                await js.stream_info(sc.name)
+                await js.stream_info(str(sc.name))
                 break
             except (
                 ServiceUnavailableError,
