@@ -13,7 +13,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import APIError
+from nats.js.errors import APIError, NoStreamResponseError
 
 from controlplane.config import NatsConfig
 from controlplane.runtime import bus
@@ -100,7 +100,7 @@ async def test_an_agent_pulls_again_at_once_when_its_consumer_leader_dies(
                 headers={"Nats-Msg-Id": command.request_id},
             )
             break
-        except (NatsTimeoutError, NoRespondersError, APIError):
+        except (NatsTimeoutError, NoRespondersError, NoStreamResponseError, APIError):
             assert time.monotonic() - killed < 30, "the stream found no new leader"
             await asyncio.sleep(0.2)
     while True:  # this reader's own consumer may be electing a leader too
