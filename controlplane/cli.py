@@ -168,6 +168,48 @@ def _parser() -> argparse.ArgumentParser:
         help="keys kept, staged and primary included (default 3: tokens survive one rotation)",
     )
 
+    nats_conf = sub.add_parser(
+        "nats-config",
+        help="print the nats-server configuration of one node of a JetStream cluster",
+        description="Prints (to stdout) the configuration of one nats-server node of a "
+        "JetStream cluster for Loom: server_name, client and route listen addresses, "
+        "routes to the other nodes (authenticated with one route password), JetStream "
+        "storing under --store-dir with sync_interval: always, and Loom's NATS users "
+        "(conductor, scheduler, and agent limited to --agent-host's subjects). Passwords "
+        "are made on first use in --secrets-dir (0600): run it once per node with the same "
+        "directory (copy it to each node's machine), and give each Loom process its user's "
+        "password (nats.user, nats.password). Run nats-server -c FILE on each node.",
+    )
+    nats_conf.add_argument("--name", required=True, help="this node's server_name (unique)")
+    nats_conf.add_argument(
+        "--host", default="127.0.0.1", help="address this node listens on (clients and routes)"
+    )
+    nats_conf.add_argument("--port", type=int, default=4222, help="client port (default 4222)")
+    nats_conf.add_argument(
+        "--cluster-port", type=int, default=6222, help="route port (default 6222)"
+    )
+    nats_conf.add_argument(
+        "--route",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="another node's route address (repeat it for every other node)",
+    )
+    nats_conf.add_argument("--store-dir", required=True, help="JetStream's store directory")
+    nats_conf.add_argument(
+        "--secrets-dir", required=True, help="where the route and user passwords are kept"
+    )
+    nats_conf.add_argument(
+        "--agent-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="a compute host whose subjects the agent user may use (repeat it)",
+    )
+    nats_conf.add_argument(
+        "--monitor-port", type=int, default=8222, help="/healthz and /varz port (0: off)"
+    )
+
     db = command("db", "database schema", nats=False)
     dbsub = db.add_subparsers(dest="db_command", required=True)
     for name, help_text in (
@@ -267,12 +309,65 @@ def _make_certs(cfg: LoomConfig, directory: str | None, hosts: list[str], names:
     return 0
 
 
+def _route(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"--route {value!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def _nats_config(args: argparse.Namespace) -> int:
+    from controlplane.runtime import natsauth
+    from controlplane.runtime.natsserver import ClusterNode, Route, server_config
+
+    try:
+        routes = tuple(Route(*_route(r)) for r in args.route)
+    except ValueError as exc:
+        print(f"loom: {exc}", file=sys.stderr)
+        return 2
+    if not routes:
+        print("loom: a cluster node needs --route for every other node", file=sys.stderr)
+        return 2
+    secrets = Path(args.secrets_dir)
+    node = ClusterNode(
+        server_name=args.name,
+        cluster_port=args.cluster_port,
+        routes=routes,
+        host=args.host,
+        route_password=natsauth.password_for(secrets, "route"),
+    )
+    users = [
+        natsauth.NatsUser(name, natsauth.password_for(secrets, name))
+        for name in ("conductor", "scheduler")
+    ]
+    users.append(
+        natsauth.NatsUser(
+            "agent",
+            natsauth.password_for(secrets, "agent"),
+            natsauth.agent_permissions("agent", args.agent_host),
+        )
+    )
+    print(
+        server_config(
+            Path(args.store_dir),
+            args.port,
+            monitor_port=args.monitor_port,
+            authorization=natsauth.authorization_block(users),
+            cluster=node,
+        ),
+        end="",
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.exit_with_parent is not None:
         exit_with_parent(args.exit_with_parent)
     if args.command == "prepare-host":
         return _prepare_host(args.uri)
+    if args.command == "nats-config":
+        return _nats_config(args)
     try:
         cfg = load_config(args.config, overrides=_overrides(args))
     except ConfigError as exc:

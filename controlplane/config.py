@@ -71,8 +71,14 @@ class DatabaseConfig(_Section):
 
 
 class NatsConfig(_Section):
-    # Empty means: start an embedded nats-server child with JetStream.
+    # Empty means: start an embedded nats-server child with JetStream. Several servers (the
+    # nodes of a cluster) are comma-separated, "nats://a:4222,nats://b:4222,nats://c:4222":
+    # a client connects to one and, when it goes, reconnects to another.
     url: str = ""
+    # Copies JetStream keeps of each of Loom's streams (and their consumers): 1 on a single
+    # server, 3 on a cluster of three or more (a stream then survives one node lost). Set
+    # on every control-plane process alike: each creates or updates the streams at start.
+    stream_replicas: int = Field(default=1, ge=1, le=5)
     # File-backed streams fsync every write when True ("sync_interval: always").
     sync_always: bool = True
     # Seconds JetStream remembers message ids for deduplication.
@@ -91,6 +97,11 @@ class NatsConfig(_Section):
     fault_duplicate: bool = False
     fault_drop_before_ack: float = Field(default=0.0, ge=0, le=1)
 
+    @property
+    def servers(self) -> list[str]:
+        """The URLs in `url`, in order (empty when it is empty)."""
+        return [u.strip() for u in self.url.split(",") if u.strip()]
+
 
 class TlsConfig(_Section):
     # gRPC TLS; empty paths mean plaintext on loopback.
@@ -108,6 +119,10 @@ HOSTABLE_DOMAINS: tuple[HostableDomain, ...] = ("identity", "image", "catalog", 
 
 class ConductorConfig(_Section):
     listen: str = "127.0.0.1:50051"
+    # gRPC target of the schedulers; empty means scheduler.listen. For several scheduler
+    # processes: "ipv4:HOST:PORT,HOST:PORT" (calls are spread over them round robin, and a
+    # scheduler that is gone is skipped).
+    scheduler_target: str = ""
     # The domains this conductor serves on its own gRPC port, beside compute. All of them by
     # default (one process, as `loom up`); () when each runs as `loom identity`, `loom
     # image`, `loom catalog` and `loom network` on its own listen address.
@@ -208,6 +223,9 @@ class AgentConfig(_Section):
     host: str = ""
     # gRPC ComputeService listen address; port 0 picks a free port.
     listen: str = "127.0.0.1:0"
+    # gRPC target of the conductors (the fleet view an agent reconciles against); empty
+    # means conductor.listen. Same forms as gateway.conductor_target.
+    conductor_target: str = ""
     heartbeat_interval: float = Field(default=10.0, gt=0)
     # Seconds each pull request for the host's commands stays open on the server. An idle
     # host sends one pull request per expiry; nothing waits it out: agents pull afresh at

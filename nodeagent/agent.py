@@ -22,6 +22,7 @@ from loom.common.v1 import common_pb2
 from loom.compute.v1 import agent_bus_pb2
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
@@ -105,6 +106,10 @@ def _valid_uuid(value: str) -> bool:
 # ended still reaches the next fetch. nats-py (2.16) offers no public way to the three
 # things below; they use the client's own structures, as the client does itself when it
 # closes. mypy reports a rename in a newer client, and the agent's tests exercise each.
+
+
+# The second pull request after a consumer's leader changed goes this long after the first.
+_AFTER_LEADER_CHANGE_S = 1.0
 
 
 def _end_fetch_waits(psub: JetStreamContext.PullSubscription) -> bool:
@@ -219,6 +224,7 @@ class HostAgent:
         self._deleted_builds: dict[str, None] = {}
         self._last_inventory = b""
         self._psub: JetStreamContext.PullSubscription | None = None
+        self._leader_sub: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._consumer: asyncio.Task[None] | None = None
         self._stopping = False
@@ -259,6 +265,12 @@ class HostAgent:
         )
         if self._watch is not None:
             self._watch.on_restored(self._pull_again_after_reconnect)
+        # On a cluster, the consumer's leader holds the open pull request; when that node
+        # dies, the request dies unanswered and the agent would wait out its expiry.
+        self._leader_sub = await self._nc.subscribe(
+            bus.consumer_leader_elected_subject(bus.COMPUTE_STREAM, self.durable_name),
+            cb=self._pull_again_after_leader_change,
+        )
         self._consumer = asyncio.create_task(self._consume(), name=f"consume-{self.host}")
         self._tasks.append(asyncio.create_task(self._heartbeats(), name=f"beat-{self.host}"))
         self._tasks.append(asyncio.create_task(self._housekeeping(), name=f"tick-{self.host}"))
@@ -291,6 +303,14 @@ class HostAgent:
         if link is None or link.is_set():
             self.repull()
 
+    async def _pull_again_after_leader_change(self, _advisory: Msg) -> None:
+        log.info("command consumer has a new leader; pulling again", extra={"host": self.host})
+        self.repull()
+        # The advisory may overtake the new leader's interest in pull requests on its way
+        # through the cluster's routes: a pull request sent at once can find nobody and be
+        # lost as well. One more, a moment later, reaches the leader.
+        asyncio.get_running_loop().call_later(_AFTER_LEADER_CHANGE_S, self.repull)
+
     async def stop_consuming(self) -> None:
         """Stops taking commands, promptly: the command in hand is finished, the open pull
         request is ended, and commands that already reached this agent are handed back at
@@ -305,6 +325,9 @@ class HostAgent:
         await asyncio.shield(self._consuming_stopped)
 
     async def _stop_consuming(self) -> None:
+        if self._leader_sub is not None:
+            with contextlib.suppress(Exception):
+                await self._leader_sub.unsubscribe()
         consumer = self._consumer
         if consumer is not None:
             await asyncio.wait([consumer])

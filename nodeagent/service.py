@@ -191,7 +191,9 @@ async def serve(
         )
         host_ip = advertised_host(cfg.agent.listen)
         endpoint = f"{host_ip}:{server.port}"
-        channel = insecure_or_secure_channel(cfg.conductor.listen, cfg.tls)
+        channel = insecure_or_secure_channel(
+            cfg.agent.conductor_target or cfg.conductor.listen, cfg.tls
+        )
         fleet = GrpcFleetView(channel)
         for host in hosts:
             agents[host] = HostAgent(

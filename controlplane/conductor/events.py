@@ -18,7 +18,6 @@ import grpc
 from loom.compute.v1 import agent_bus_pb2
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig
 from sqlalchemy import DateTime, Integer, String, column, false, select, update, values
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -26,7 +25,14 @@ from controlplane.conductor import commands, moves, nics, outbox, states
 from controlplane.conductor.context import Conductor, group_policies, resources_of
 from controlplane.conductor.convert import instance_spec, make_fault
 from controlplane.conductor.metrics import BOOTS_ACTIVE, BOOTS_ERROR, BOOTS_RESCHEDULED
-from controlplane.conductor.scheduling import INSTANCES, consume, load_with_image, record_event
+from controlplane.conductor.scheduling import (
+    INSTANCES,
+    SHARED_ACK_WAIT_S,
+    consume,
+    load_with_image,
+    record_event,
+    subscribe_shared,
+)
 from controlplane.conductor.states import PowerState, TaskState, VmState
 from controlplane.db.dialect import as_utc as aware
 from controlplane.db.models import Instance, InstanceAction
@@ -800,18 +806,23 @@ class EventConsumer:
         await asyncio.gather(*(in_order(g) for g in by_instance.values()))
 
     async def run(self, stop: asyncio.Event) -> None:
-        sub = await self._js.pull_subscribe(
+        sub = await subscribe_shared(
+            self._js,
             bus.INSTANCE_EVENT_WILDCARD,
-            durable=DURABLE,
-            stream=bus.EVENTS_STREAM,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=self._c.cfg.nats.ack_wait_s or 60.0,
-                max_ack_pending=-1,
-            ),
+            DURABLE,
+            bus.EVENTS_STREAM,
+            ack_wait=self._c.cfg.nats.ack_wait_s or SHARED_ACK_WAIT_S,
         )
         faults = BusFaults.from_config(self._c.cfg.nats)
-        await consume(sub, stop, self._batch, self._handle_batch, faults, DURABLE)
+        await consume(
+            sub,
+            stop,
+            self._batch,
+            self._handle_batch,
+            faults,
+            DURABLE,
+            ack_wait=self._c.cfg.nats.ack_wait_s or SHARED_ACK_WAIT_S,
+        )
 
 
 async def _mark_deleted(session: AsyncSession, inst: Instance, when: datetime) -> None:

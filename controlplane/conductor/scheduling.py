@@ -9,6 +9,7 @@ message acked. A message redelivered after that finds the placement already reco
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -746,20 +747,66 @@ class SchedulingWorker:
         placement is a guarded UPDATE and every claim is keyed by its instance."""
 
         async def lane() -> None:
-            sub = await self._js.pull_subscribe(
+            sub = await subscribe_shared(
+                self._js,
                 commands.SCHEDULE_SUBJECT,
-                durable=DURABLE,
-                stream=bus.CONDUCTOR_STREAM,
-                config=ConsumerConfig(
-                    ack_policy=AckPolicy.EXPLICIT,
-                    ack_wait=self._c.cfg.nats.ack_wait_s or 60.0,
-                    max_ack_pending=-1,
-                ),
+                DURABLE,
+                bus.CONDUCTOR_STREAM,
+                ack_wait=self._c.cfg.nats.ack_wait_s or SHARED_ACK_WAIT_S,
             )
             faults = BusFaults.from_config(self._c.cfg.nats)
-            await consume(sub, stop, self._batch, self._handle_batch, faults, DURABLE)
+            await consume(
+                sub,
+                stop,
+                self._batch,
+                self._handle_batch,
+                faults,
+                DURABLE,
+                ack_wait=self._c.cfg.nats.ack_wait_s or SHARED_ACK_WAIT_S,
+            )
 
         await asyncio.gather(*(lane() for _ in range(max(1, lanes))))
+
+
+# How long a message one conductor took stays its own without an answer. A conductor that
+# dies holding messages (SIGKILL, a lost machine) gives them back to the other replicas
+# after this long; a batch still being handled says so every third of it (in_progress).
+SHARED_ACK_WAIT_S = 10.0
+
+
+async def subscribe_shared(
+    js: JetStreamContext,
+    subject: str,
+    durable: str,
+    stream: str,
+    *,
+    ack_wait: float = SHARED_ACK_WAIT_S,
+) -> JetStreamContext.PullSubscription:
+    """A pull subscription on a durable consumer the conductor replicas share. The consumer
+    is created, or updated to this configuration (one made with another ack_wait by an
+    older conductor is brought to `ack_wait`: SHARED_ACK_WAIT_S unless `nats.ack_wait_s`
+    sets one)."""
+    await js.add_consumer(
+        stream,
+        ConsumerConfig(
+            durable_name=durable,
+            filter_subject=subject,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=ack_wait,
+            max_ack_pending=-1,
+        ),
+    )
+    return await js.pull_subscribe(subject, durable=durable, stream=stream)
+
+
+async def _report_progress(msgs: list[Msg], ack_wait: float) -> None:
+    """Tells JetStream every third of the ack wait that a batch is still being handled."""
+    while True:
+        await asyncio.sleep(ack_wait / 3)
+        for msg in msgs:
+            if not msg._ackd:
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
 
 
 async def consume(
@@ -769,6 +816,7 @@ async def consume(
     handle: Any,
     faults: BusFaults | None = None,
     consumer: str = "",
+    ack_wait: float = SHARED_ACK_WAIT_S,
 ) -> None:
     """Fetches batches until stop is set; an outage only pauses it. Each batch passes
     through `faults` (redeliveries counted under `consumer`; chaos faults when on)."""
@@ -784,4 +832,8 @@ async def consume(
             log.warning("fetch failed: %s", exc)
             await asyncio.sleep(0.5)
             continue
-        await handle(faults.apply(consumer, msgs))
+        progress = asyncio.create_task(_report_progress(msgs, ack_wait))
+        try:
+            await handle(faults.apply(consumer, msgs))
+        finally:
+            progress.cancel()

@@ -127,7 +127,9 @@ async def serve(cfg: LoomConfig, stop: asyncio.Event, **_options: object) -> Non
     )
     js = nc.jetstream()
     await bus.ensure_streams(js, cfg.nats)
-    channel = grpcserver.insecure_or_secure_channel(cfg.scheduler.listen, cfg.tls)
+    channel = grpcserver.insecure_or_secure_channel(
+        cfg.conductor.scheduler_target or cfg.scheduler.listen, cfg.tls
+    )
     network_channel = grpcserver.insecure_or_secure_channel(cfg.domain_target("network"), cfg.tls)
     conductor = Conductor(
         sessions, cfg, Wakeup(), SchedulerClient(channel), GrpcPortsClient(network_channel)

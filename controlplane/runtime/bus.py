@@ -18,9 +18,11 @@ from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 
 from controlplane.config import NatsConfig
 
@@ -80,6 +82,12 @@ def heartbeat_subject(host: str) -> str:
     return f"loom.events.heartbeat.{host}"
 
 
+def consumer_leader_elected_subject(stream: str, consumer: str) -> str:
+    """The JetStream advisory a cluster publishes when a consumer gets a new leader. Pull
+    requests waiting at the old leader die with it, unanswered."""
+    return f"$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.{stream}.{consumer}"
+
+
 HEARTBEAT_WILDCARD = "loom.events.heartbeat.*"
 INSTANCE_EVENT_WILDCARD = "loom.events.instance.*"
 INVENTORY_WILDCARD = "loom.events.inventory.*"
@@ -92,7 +100,11 @@ def valid_host_name(host: str) -> bool:
 
 def stream_configs(cfg: NatsConfig) -> list[StreamConfig]:
     dup = float(cfg.duplicate_window_s)
-    common: dict[str, Any] = {"storage": StorageType.FILE, "duplicate_window": dup}
+    common: dict[str, Any] = {
+        "storage": StorageType.FILE,
+        "duplicate_window": dup,
+        "num_replicas": cfg.stream_replicas,
+    }
     return [
         StreamConfig(
             name=COMPUTE_STREAM,
@@ -123,25 +135,52 @@ def stream_configs(cfg: NatsConfig) -> list[StreamConfig]:
     ]
 
 
-async def ensure_streams(js: JetStreamContext, cfg: NatsConfig) -> None:
-    """Creates or updates Loom's streams; safe to call from every process at start."""
+# How long a process starting keeps asking a cluster that has no JetStream leader yet (a
+# node restarting, an election under way) before it gives up.
+_STREAMS_READY_S = 60.0
+
+
+async def ensure_streams(
+    js: JetStreamContext, cfg: NatsConfig, timeout_s: float = _STREAMS_READY_S
+) -> None:
+    """Creates or updates Loom's streams; safe to call from every process at start. A
+    cluster that cannot answer yet (no meta leader: 503, no reply, a stream it answered
+    for but cannot show) is asked again until timeout_s has passed."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
     for sc in stream_configs(cfg):
-        try:
-            await js.add_stream(sc)
-        except BadRequestError:
-            await js.update_stream(sc)
+        while True:
+            try:
+                try:
+                    await js.add_stream(sc)
+                except BadRequestError:
+                    await js.update_stream(sc)
+                # A cluster still forming may answer a create and then lose it with its
+                # first meta leader: the stream is there only once it can be read back.
+                await js.stream_info(str(sc.name))
+                break
+            except (
+                ServiceUnavailableError,
+                NatsTimeoutError,
+                NoRespondersError,
+                NotFoundError,
+            ) as exc:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                log.warning("JetStream not ready for stream %s: %r", sc.name, exc)
+                await asyncio.sleep(0.5)
 
 
 async def wait_for_streams(js: JetStreamContext, timeout_s: float = 60.0) -> None:
     """Waits until Loom's streams exist, for a process whose NATS user may read streams but
-    not create them (an agent: the control plane creates them)."""
+    not create them (an agent: the control plane creates them), or until a cluster without a
+    JetStream leader yet can answer."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     for name in (COMPUTE_STREAM, CONDUCTOR_STREAM, EVENTS_STREAM, INVENTORY_STREAM):
         while True:
             try:
                 await js.stream_info(name)
                 break
-            except NotFoundError:
+            except (NotFoundError, ServiceUnavailableError, NatsTimeoutError, NoRespondersError):
                 if asyncio.get_running_loop().time() > deadline:
                     raise
                 await asyncio.sleep(0.2)
@@ -188,7 +227,9 @@ async def connect(
     watch: ConnectionWatch | None = None,
 ) -> NATS:
     """Connects with endless reconnects (a NATS restart must not end a Loom process).
-    With watch, disconnects and reconnects are reported to it."""
+    `url` may name several servers, comma-separated (the nodes of a cluster): the client
+    picks one at random and, when it goes, reconnects to another of them or of the nodes
+    the cluster announced. With watch, disconnects and reconnects are reported to it."""
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats error: %s", exc, extra={"client": name})
@@ -204,7 +245,7 @@ async def connect(
             watch.restored()
 
     kwargs: dict[str, Any] = {
-        "servers": [url],
+        "servers": [u.strip() for u in url.split(",") if u.strip()],
         "name": name,
         "max_reconnect_attempts": max_reconnect_attempts,
         "reconnect_time_wait": 0.5,

@@ -6,7 +6,8 @@ An agent's user may:
   `agent-<host>` of LOOM_COMPUTE, and ack its messages;
 - publish its hosts' instance events, inventory and heartbeats;
 - read the streams' configuration (it waits for them; it cannot create or change them);
-- receive replies on its own inbox prefix only (`_INBOX_<user>.>`).
+- receive replies on its own inbox prefix only (`_INBOX_<user>.>`), and the advisory that
+  its hosts' consumers have a new leader (on a cluster).
 It cannot publish another host's commands or events, nor read another host's consumer.
 """
 
@@ -56,9 +57,12 @@ def agent_permissions(user: str, hosts: Sequence[str]) -> dict[str, dict[str, li
             f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}",
             f"$JS.ACK.{stream}.{durable}.>",
         ]
+    # On a cluster, a new leader of the host's consumer means its pull request is gone.
+    subscribe = [f"{inbox_prefix(user)}.>"]
+    subscribe += [bus.consumer_leader_elected_subject(stream, f"agent-{host}") for host in hosts]
     return {
         "publish": {"allow": publish},
-        "subscribe": {"allow": [f"{inbox_prefix(user)}.>"]},
+        "subscribe": {"allow": subscribe},
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -10,8 +11,12 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from controlplane.runtime.lifecycle import die_with_parent
 
@@ -43,6 +48,51 @@ def _port_open(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+@dataclass(frozen=True)
+class Route:
+    """Another node of the cluster, as a route reaches it."""
+
+    host: str
+    cluster_port: int
+
+
+@dataclass(frozen=True)
+class ClusterNode:
+    """One node's place in a JetStream cluster: its name, where it listens for routes, the
+    other nodes, and the credential every route presents (the same on all nodes)."""
+
+    server_name: str
+    cluster_port: int
+    routes: tuple[Route, ...]
+    cluster_name: str = "loom"
+    host: str = "127.0.0.1"
+    route_user: str = "route"
+    route_password: str = ""
+
+    def block(self) -> str:
+        """The `cluster { ... }` block: routes to every other node, authenticated."""
+        cred = ""
+        if self.route_password:
+            cred = f"{quote(self.route_user, safe='')}:{quote(self.route_password, safe='')}@"
+        routes = ", ".join(
+            json.dumps(f"nats://{cred}{r.host}:{r.cluster_port}") for r in self.routes
+        )
+        auth = ""
+        if self.route_password:
+            auth = (
+                f"  authorization {{ user: {json.dumps(self.route_user)}, "
+                f"password: {json.dumps(self.route_password)} }}\n"
+            )
+        return (
+            "cluster {\n"
+            f"  name: {json.dumps(self.cluster_name)}\n"
+            f"  listen: {self.host}:{self.cluster_port}\n"
+            f"{auth}"
+            f"  routes: [{routes}]\n"
+            "}"
+        )
+
+
 @dataclass
 class NatsServerProcess:
     """A running nats-server; stop() ends it (SIGTERM, then SIGKILL)."""
@@ -52,6 +102,9 @@ class NatsServerProcess:
     store_dir: Path
     host: str = "127.0.0.1"
     monitor_port: int = 0
+    cluster: ClusterNode | None = None
+    sync_always: bool = True
+    authorization: str = ""
 
     @property
     def url(self) -> str:
@@ -73,6 +126,47 @@ class NatsServerProcess:
             self.process.kill()
             self.process.wait()
 
+    def restarted(self) -> NatsServerProcess:
+        """The same server started again: same port, store, cluster place and users."""
+        self.stop()
+        return start_nats_server(
+            self.store_dir,
+            self.port,
+            sync_always=self.sync_always,
+            monitor_port=self.monitor_port,
+            authorization=self.authorization,
+            cluster=self.cluster,
+        )
+
+
+def server_config(
+    store_dir: Path,
+    port: int,
+    *,
+    sync_always: bool = True,
+    monitor_port: int = 0,
+    authorization: str = "",
+    cluster: ClusterNode | None = None,
+) -> str:
+    """nats-server's configuration for one server with JetStream storing under store_dir;
+    with `cluster`, one node of a JetStream cluster (server_name, cluster block, routes)."""
+    lines = [
+        f"server_name: {json.dumps(cluster.server_name)}" if cluster else "",
+        f"listen: {cluster.host if cluster else '127.0.0.1'}:{port}",
+        "jetstream {",
+        f"  store_dir: {json.dumps(str(store_dir))}",
+        # Acknowledge a write only once it is on disk: a lost command would matter.
+        "  sync_interval: always" if sync_always else "",
+        "}",
+        "max_payload: 8MB",
+        # The monitoring endpoint (/varz, /healthz) lets benchmarks count messages and
+        # tests wait for a cluster's JetStream; off unless asked.
+        f"http_port: {monitor_port}" if monitor_port else "",
+        cluster.block() if cluster else "",
+        authorization,
+    ]
+    return "\n".join(line for line in lines if line) + "\n"
+
 
 def start_nats_server(
     store_dir: Path,
@@ -84,26 +178,25 @@ def start_nats_server(
     monitor_port: int = 0,
     tied_to_parent: bool = False,
     authorization: str = "",
+    cluster: ClusterNode | None = None,
 ) -> NatsServerProcess:
     """Starts nats-server with JetStream storing under store_dir; waits until it accepts.
     `authorization` is an authorization block (controlplane.runtime.natsauth); without one,
-    any client may connect and use every subject."""
+    any client may connect and use every subject. With `cluster` it is one node of a
+    cluster (start_nats_cluster starts all of them)."""
     store_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     conf = store_dir / "nats.conf"
-    lines = [
-        f"listen: 127.0.0.1:{port}",
-        "jetstream {",
-        f'  store_dir: "{store_dir}"',
-        # Acknowledge a write only once it is on disk: a lost command would matter.
-        "  sync_interval: always" if sync_always else "",
-        "}",
-        "max_payload: 8MB",
-        # The monitoring endpoint (/varz) lets benchmarks count messages; off unless asked.
-        f"http_port: {monitor_port}" if monitor_port else "",
-        authorization,
-    ]
-    conf.write_text("\n".join(line for line in lines if line) + "\n")
+    conf.write_text(
+        server_config(
+            store_dir,
+            port,
+            sync_always=sync_always,
+            monitor_port=monitor_port,
+            authorization=authorization,
+            cluster=cluster,
+        )
+    )
     log = open(log_file or store_dir / "nats-server.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen(
         [find_nats_server(), "-c", str(conf)],
@@ -124,7 +217,13 @@ def start_nats_server(
             )
         if _port_open("127.0.0.1", port):
             return NatsServerProcess(
-                process=proc, port=port, store_dir=store_dir, monitor_port=monitor_port
+                process=proc,
+                port=port,
+                store_dir=store_dir,
+                monitor_port=monitor_port,
+                cluster=cluster,
+                sync_always=sync_always,
+                authorization=authorization,
             )
         time.sleep(0.05)
     proc.kill()
@@ -133,3 +232,105 @@ def start_nats_server(
 
 async def start_nats_server_async(store_dir: Path, port: int = 0) -> NatsServerProcess:
     return await asyncio.to_thread(start_nats_server, store_dir, port)
+
+
+@dataclass
+class NatsCluster:
+    """A JetStream cluster of nats-server processes on this machine (tests, benchmarks, or
+    an operator trying the layout out); `nodes[i]` may be killed and restarted."""
+
+    nodes: list[NatsServerProcess]
+
+    @property
+    def url(self) -> str:
+        """Every node's client URL, comma-separated: the form nats.url takes."""
+        return ",".join(node.url for node in self.nodes)
+
+    def restart(self, index: int) -> None:
+        self.nodes[index] = self.nodes[index].restarted()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def wait_healthy(self, timeout_s: float = 30.0, indices: Iterable[int] | None = None) -> None:
+        """Waits until the nodes report JetStream healthy (/healthz: a meta leader known,
+        their streams and consumers current)."""
+        wanted = list(range(len(self.nodes))) if indices is None else list(indices)
+        deadline = time.monotonic() + timeout_s
+        for i in wanted:
+            while not _healthy(self.nodes[i].monitor_port):
+                if time.monotonic() > deadline:
+                    raise NatsServerError(f"nats node {i} not healthy within {timeout_s}s")
+                time.sleep(0.1)
+
+
+def _healthy(monitor_port: int) -> bool:
+    try:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{monitor_port}/healthz", timeout=1.0
+        ) as answer:
+            return bool(answer.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def cluster_nodes(
+    size: int, *, route_password: str = "", host: str = "127.0.0.1", name: str = "loom"
+) -> list[tuple[int, ClusterNode]]:
+    """(client port, ClusterNode) for each node of a cluster of `size` on free ports, each
+    routed to all the others."""
+    client_ports = [free_port(host) for _ in range(size)]
+    cluster_ports = [free_port(host) for _ in range(size)]
+    nodes = []
+    for i in range(size):
+        routes = tuple(Route(host, cluster_ports[j]) for j in range(size) if j != i)
+        nodes.append(
+            (
+                client_ports[i],
+                ClusterNode(
+                    server_name=f"{name}-nats-{i}",
+                    cluster_port=cluster_ports[i],
+                    routes=routes,
+                    cluster_name=name,
+                    host=host,
+                    route_password=route_password,
+                ),
+            )
+        )
+    return nodes
+
+
+def start_nats_cluster(
+    base_dir: Path,
+    size: int = 3,
+    *,
+    sync_always: bool = True,
+    authorization: str = "",
+    route_password: str = "",
+    wait_s: float = 30.0,
+) -> NatsCluster:
+    """Starts a JetStream cluster of `size` nodes (stores under base_dir/node-<i>), each
+    with a monitoring port, and waits until every node reports JetStream healthy."""
+    if size < 1:
+        raise ValueError("a cluster has at least one node")
+    nodes: list[NatsServerProcess] = []
+    try:
+        for i, (port, node) in enumerate(cluster_nodes(size, route_password=route_password)):
+            nodes.append(
+                start_nats_server(
+                    base_dir / f"node-{i}",
+                    port,
+                    sync_always=sync_always,
+                    monitor_port=free_port(),
+                    authorization=authorization,
+                    cluster=node,
+                )
+            )
+        cluster = NatsCluster(nodes)
+        cluster.wait_healthy(wait_s)
+    except BaseException:
+        for started in nodes:
+            started.kill()
+        raise
+    return cluster

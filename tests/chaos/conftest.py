@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from controlplane.db import migrate
-from controlplane.runtime.natsserver import start_nats_server
+from controlplane.runtime.natsserver import NatsCluster, start_nats_cluster, start_nats_server
 from tests.support.nats import RestartableNats
 from tests.support.private_postgres import PrivatePostgres
 from tests.support.stack import Stack
@@ -79,3 +79,13 @@ def chaos_stack(private_pg: PrivatePostgres, tmp_path: Path) -> Iterator[Stack]:
     finally:
         stack.stop_all()
         nats.process.stop()
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """Three nats-server nodes in one JetStream cluster, routes authenticated."""
+    cluster = start_nats_cluster(tmp_path / "nats-cluster", 3, route_password="chaos-routes")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
