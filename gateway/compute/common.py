@@ -61,15 +61,3 @@ def ok(body: Any, status: int = 200) -> Response:
 
 def empty(status: int) -> Response:
     return Response(status_code=status)
-
-
-def refuse_auto_disk_config(fields: dict[str, Any]) -> None:
-    """Loom's root disk is the image as it is (the guest's partition is never grown), which
-    is what MANUAL means; AUTO would be accepted and not done, so it is refused."""
-    if fields.get("OS-DCF:diskConfig") == "AUTO":
-        from gateway.errors import BadRequest
-
-        raise BadRequest(
-            "OS-DCF:diskConfig AUTO is not supported: Loom does not resize the root "
-            "partition. Use MANUAL."
-        )

@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.auth.context import RequestContext
-from gateway.compute.common import context, empty, next_link, ok, refuse_auto_disk_config
+from gateway.compute.common import context, empty, next_link, ok
 from gateway.compute.views_time import iso_micro
 from gateway.conductor import call
 from gateway.errors import BadRequest, NotFound
@@ -127,7 +127,6 @@ async def move_action(request: Request, ctx: RequestContext, body: dict[str, Any
     stubs = gateway_of(request).conductor.migrations
     if action == "resize":
         checked_body(RESIZE, args)
-        refuse_auto_disk_config(args)
         ctx.require_write("os_compute_api:servers:resize")
         await call(
             stubs.ResizeServer,

@@ -19,7 +19,7 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.auth.context import RequestContext
 from gateway.compute import consoles, migrations, server_networks
-from gateway.compute.common import context, empty, links, next_link, ok, refuse_auto_disk_config
+from gateway.compute.common import context, empty, links, next_link, ok
 from gateway.compute.views_time import iso_micro
 from gateway.conductor import call
 from gateway.errors import ApiError, BadRequest, Forbidden, NotFound
@@ -547,7 +547,6 @@ async def create_server(request: Request) -> Response:
     body = await json_body(request)
     checked_body(CREATE.at(mv), body)
     s = body["server"]
-    refuse_auto_disk_config(s)
     hints = body.get("os:scheduler_hints") or body.get("OS-SCH-HNT:scheduler_hints") or {}
     unhonoured = sorted(set(hints) - _HONOURED_HINTS)
     if unhonoured:
@@ -644,7 +643,6 @@ async def update_server(request: Request) -> Response:
     body = await json_body(request)
     checked_body(UPDATE.at(mv), body)
     s = body["server"]
-    refuse_auto_disk_config(s)
     req = servers_pb2.UpdateServerRequest(
         request_id=request_id(request),
         id=request.path_params["server_id"],
@@ -801,7 +799,6 @@ async def _rebuild(
     mv = microversion(request)
     checked_body(REBUILD.at(mv), body)
     r = body["rebuild"]
-    refuse_auto_disk_config(r)
     if _truthy(r.get("preserve_ephemeral", False)):
         raise BadRequest("Loom cannot preserve the ephemeral disk across a rebuild.")
     image_id = r["imageRef"].rstrip("/").rsplit("/", 1)[-1]
