@@ -33,12 +33,12 @@ from loom.scheduler.v1 import scheduler_pb2
 from sqlalchemy import select, update
 
 from controlplane.conductor import moves, outbox
-from controlplane.conductor.context import Conductor, group_policies
+from controlplane.conductor.context import Conductor
 from controlplane.conductor.convert import instance_spec, make_fault
 from controlplane.conductor.scheduling import load_with_image, record_event
 from controlplane.conductor.servers.query import load_instance
 from controlplane.conductor.states import InvalidState, PowerState, TaskState, VmState
-from controlplane.db.models import Instance, InstanceAction, Migration
+from controlplane.db.models import Instance, Migration
 from controlplane.runtime.errors import Conflict, InvalidArgument, NotFound
 
 log = logging.getLogger(__name__)
@@ -142,38 +142,17 @@ async def evacuate_server(
             created_at=now,
             updated_at=now,
         )
-        session.add(mig)
-        session.add(
-            InstanceAction(
-                instance_uuid=row.uuid,
-                action=ACTION,
-                request_id=rid,
-                user_id=user_id or row.user_id,
-                project_id=row.project_id,
-                start_time=now,
-                updated_at=now,
-            )
-        )
-        await session.commit()
-        loaded = await load_with_image(session, row.uuid)
-        assert loaded is not None
-        inst, image = loaded
-        groups = await group_policies(session, [inst.server_group_id])
-        group = groups.get(inst.server_group_id or "")
-        select_req = scheduler_pb2.SelectDestinationsRequest(
-            request_id=f"{rid}-evacuate",
-            consumer_id=inst.uuid,
-            project_id=inst.project_id,
-            resources=moves._resources(flavor),
-            availability_zone=inst.requested_availability_zone or "",
+        select_req = await moves.record_and_ask_placement(
+            session,
+            row,
+            mig,
+            action=ACTION,
+            user_id=user_id,
+            now=now,
+            flavor=flavor,
             ignore_hosts=[source],
-            num_alternates=0,
             force_host=host,
-            server_group=group,
-            flavor_extra_specs={str(k): str(v) for k, v in flavor["flavor_extra_specs"].items()},
-            image_properties={
-                str(k): str(v) for k, v in ((image.properties if image else None) or {}).items()
-            },
+            request_suffix="evacuate",
         )
         await session.commit()
     try:

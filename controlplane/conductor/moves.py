@@ -260,39 +260,19 @@ async def start_move(
             created_at=now,
             updated_at=now,
         )
-        session.add(mig)
-        session.add(
-            InstanceAction(
-                instance_uuid=row.uuid,
-                action=action,
-                request_id=rid,
-                user_id=user_id or row.user_id,
-                project_id=row.project_id,
-                start_time=now,
-                updated_at=now,
-            )
-        )
-        await session.commit()
-        loaded = await load_with_image(session, row.uuid)
-        assert loaded is not None
-        inst, image = loaded
-        groups = await group_policies(session, [inst.server_group_id])
-        select_req = scheduler_pb2.SelectDestinationsRequest(
-            request_id=f"{rid}-move",
-            consumer_id=inst.uuid,
-            project_id=inst.project_id,
-            resources=_resources(new),
-            availability_zone=inst.requested_availability_zone or "",
+        select_req = await record_and_ask_placement(
+            session,
+            row,
+            mig,
+            action=action,
+            user_id=user_id,
+            now=now,
+            flavor=new,
             ignore_hosts=[]
             if migration_type == RESIZE and conductor.cfg.conductor.allow_resize_to_same_host
             else [source],
-            num_alternates=0,
             force_host=host,
-            server_group=groups.get(inst.server_group_id or ""),
-            flavor_extra_specs={str(k): str(v) for k, v in new["flavor_extra_specs"].items()},
-            image_properties={
-                str(k): str(v) for k, v in ((image.properties if image else None) or {}).items()
-            },
+            request_suffix="move",
         )
         await session.commit()
     try:
@@ -364,6 +344,56 @@ async def _host_exists(conductor: Conductor, host: str) -> bool:
             return False
         raise
     return True
+
+
+async def record_and_ask_placement(
+    session: AsyncSession,
+    row: Instance,
+    mig: Migration,
+    *,
+    action: str,
+    user_id: str,
+    now: datetime,
+    flavor: dict[str, Any],
+    ignore_hosts: list[str],
+    force_host: str,
+    request_suffix: str,
+) -> scheduler_pb2.SelectDestinationsRequest:
+    """Records a move's migration and its instance action (committed), and returns the
+    placement request for its destination: the flavor's resources, the server's zone,
+    group and image properties, `ignore_hosts` and `force_host` as given."""
+    session.add(mig)
+    session.add(
+        InstanceAction(
+            instance_uuid=row.uuid,
+            action=action,
+            request_id=mig.request_id,
+            user_id=user_id or row.user_id,
+            project_id=row.project_id,
+            start_time=now,
+            updated_at=now,
+        )
+    )
+    await session.commit()
+    loaded = await load_with_image(session, row.uuid)
+    assert loaded is not None
+    inst, image = loaded
+    groups = await group_policies(session, [inst.server_group_id])
+    return scheduler_pb2.SelectDestinationsRequest(
+        request_id=f"{mig.request_id}-{request_suffix}",
+        consumer_id=inst.uuid,
+        project_id=inst.project_id,
+        resources=_resources(flavor),
+        availability_zone=inst.requested_availability_zone or "",
+        ignore_hosts=ignore_hosts,
+        num_alternates=0,
+        force_host=force_host,
+        server_group=groups.get(inst.server_group_id or ""),
+        flavor_extra_specs={str(k): str(v) for k, v in flavor["flavor_extra_specs"].items()},
+        image_properties={
+            str(k): str(v) for k, v in ((image.properties if image else None) or {}).items()
+        },
+    )
 
 
 async def _claim_destination(
