@@ -69,8 +69,11 @@ if [ ! -s "$ws/etc/accounts.yaml" ]; then
 fi
 
 # A shared network every project sees, as a deployment's provider network: the compute
-# API's os-networks proxy (Tempest's ComputeNetworksTest) lists it.
+# API's os-networks proxy (Tempest's ComputeNetworksTest) lists it, and servers created
+# with `auto` networks (or none named, before 2.37) get their port on it, so it has a subnet.
 osc network show tempest-shared >/dev/null 2>&1 || osc network create --share tempest-shared >/dev/null
+osc subnet show tempest-shared-v4 >/dev/null 2>&1 ||
+  osc subnet create --network tempest-shared --subnet-range 10.250.0.0/16 tempest-shared-v4 >/dev/null
 
 image=$(osc image show loom-tiny -f value -c id)
 flavor=$(osc flavor show m1.tiny -f value -c id)
