@@ -10,6 +10,7 @@ import httpx
 
 from bench.client import resolve_cloud
 from tests.e2e.support import boot_one_through_api
+from tests.support import polling
 from tests.support.stack import Stack
 
 _UPTIME = re.compile(r"^ \d\d:\d\d:\d\d up .+,  \d+ users?,  load average: [\d.]+, [\d.]+, [\d.]+$")
@@ -79,10 +80,18 @@ def test_os_hosts_lists_shows_and_disables_hosts_and_refuses_power_actions(cloud
         _client(cloud, "loom", "2.42") as demo,
         _client(cloud, "loom-admin", "2.43") as gone,
     ):
-        hosts = admin.get("/os-hosts").json()["hosts"]
+
+        def every_service_listed() -> list[dict[str, str]] | None:
+            # The scheduler records its own service row with its first heartbeat, which
+            # may come after the first boot on a loaded machine.
+            found: list[dict[str, str]] = admin.get("/os-hosts").json()["hosts"]
+            return found if {"conductor", "scheduler"} <= {h["service"] for h in found} else None
+
+        hosts = polling.wait_until(
+            every_service_listed, polling.SERVICE_READY_S, "conductor and scheduler in os-hosts"
+        )
         computes = [h for h in hosts if h["service"] == "compute"]
         assert len(computes) == 3
-        assert {"conductor", "scheduler"} <= {h["service"] for h in hosts}
         zone = computes[0]["zone"]
         assert computes[0] in admin.get("/os-hosts", params={"zone": zone}).json()["hosts"]
         assert admin.get("/os-hosts", params={"zone": "xxx"}).json()["hosts"] == []
