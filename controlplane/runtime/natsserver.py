@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -36,7 +37,36 @@ def find_nats_server() -> str:
     return found
 
 
+_EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST_CHOSEN_PORT = 10000
+
+
+def ephemeral_port_range() -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections (Linux's default when
+    the file cannot be read)."""
+    try:
+        low, high = _EPHEMERAL_RANGE_FILE.read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port that is free now, for a service started a moment later.
+
+    It is chosen below the kernel's ephemeral range: a port the kernel handed out (bind to 0)
+    and released can be taken in the meantime as the local end of any outgoing connection (a
+    fleet of agents opens hundreds), and the service then fails with "Address already in use".
+    Outside that range only another explicit bind can take it."""
+    low, _ = ephemeral_port_range()
+    candidates = list(range(_LOWEST_CHOSEN_PORT, low))
+    for port in random.sample(candidates, min(len(candidates), 64)):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])

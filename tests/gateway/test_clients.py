@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from controlplane.config import load_config
+from controlplane.runtime.natsserver import free_port
 from controlplane.seedfile import Seed, load_or_create
 from gateway import service
 from tests.support import polling
@@ -54,17 +55,11 @@ class LiveCloud:
         return json.loads(await self.cli(*args, "-f", "json", cloud=cloud))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 async def live(pg_url: str, tmp_path: Path) -> AsyncIterator[LiveCloud]:
     data = tmp_path / "data"
     async with running_catalog(pg_url, data) as cat:
-        port = _free_port()
+        port = free_port()
         cfg = load_config(
             environ={},
             overrides={
