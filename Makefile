@@ -20,7 +20,7 @@ run: install
 
 ## Starts the services the tests use (PostgreSQL; libvirtd for real guests), then runs every test.
 test: install services
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider --durations=40 $(PYTEST_ARGS)
 
 ## What needs neither libvirtd nor a whole running stack: a few minutes, for the edit-test loop.
 test-fast: install
