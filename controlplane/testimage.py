@@ -15,6 +15,8 @@ After MARKER the guest reads its config drive and network, printing one line eac
     LOOM-IP <address>/<prefix> router=<gateway>                  (DHCP on eth0; or LOOM-IP none)
     LOOM-METADATA uuid=<uuid> hostname=<hostname>                 (from 169.254.169.254; or none)
     LOOM-PING-OK <ip> | LOOM-PING-FAIL <ip>                       (for loom_ping=<ip>)
+    LOOM-PINGLOOP <n> up|down <ip>     (for loom_pingloop=<ip>: pings every second for ever,
+                                        a numbered line at each change of answer)
 """
 
 from __future__ import annotations
@@ -62,12 +64,14 @@ mount -t devtmpfs dev /dev 2>/dev/null
 echo "{MARKER}"
 echo "loom test guest: $(uname -r) $(cat /proc/cmdline)"
 ping_ip=""
+loop_ip=""
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     loom_poweroff=*)
       secs="${{arg#loom_poweroff=}}"
       (sleep "$secs"; echo "powering off"; poweroff -f) & ;;
     loom_ping=*) ping_ip="${{arg#loom_ping=}}" ;;
+    loom_pingloop=*) loop_ip="${{arg#loom_pingloop=}}" ;;
   esac
 done
 for m in $(cat /lib/modules/load-order 2>/dev/null); do
@@ -124,6 +128,19 @@ if ip link show eth0 >/dev/null 2>&1; then
       sleep 1
     done
     if [ -n "$ok" ]; then echo "LOOM-PING-OK $ping_ip"; else echo "LOOM-PING-FAIL $ping_ip"; fi
+  fi
+  if [ -n "$loop_ip" ]; then
+    n=0
+    was=""
+    while true; do
+      if ping -c 1 -W 1 "$loop_ip" >/dev/null 2>&1; then now=up; else now=down; fi
+      if [ "$now" != "$was" ]; then
+        n=$((n + 1))
+        echo "LOOM-PINGLOOP $n $now $loop_ip"
+        was=$now
+      fi
+      sleep 1
+    done
   fi
 else
   echo "LOOM-IP none (no eth0; links: $(ls /sys/class/net | tr '\\n' ' '))"

@@ -39,6 +39,7 @@ from nodeagent.driver.base import (
     ImageCacheDriver,
     InstanceNotFound,
     PauseSuspendDriver,
+    PortSecurityDriver,
     PowerState,
     RebuildDriver,
 )
@@ -66,6 +67,7 @@ _COMMANDS: dict[str, type[Any]] = {
     "shelve_offload": agent_bus_pb2.ShelveOffloadInstanceCommand,
     "unshelve": agent_bus_pb2.UnshelveInstanceCommand,
     "rebuild": agent_bus_pb2.RebuildInstanceCommand,
+    "port_security": agent_bus_pb2.RefreshPortSecurityCommand,
 }
 
 
@@ -465,6 +467,9 @@ class HostAgent:
             log.error("undecodable %s command; dropped", verb, extra={"host": self.host})
             await msg.term()
             return
+        if verb == "port_security":
+            await self._refresh_port_security(msg, command)
+            return
         if verb in _ACTS_ON_DOMAIN and self._domain_may_come_back(command.instance_id):
             # Its domain died with the previous agent process; the first reconcile re-creates
             # it (nodeagent/reconcile.py). Acting now would find nothing and fail the task.
@@ -502,6 +507,33 @@ class HostAgent:
         finally:
             if keepalive is not None:
                 keepalive.cancel()
+        await msg.ack()
+
+    async def _refresh_port_security(
+        self, msg: Msg, command: agent_bus_pb2.RefreshPortSecurityCommand
+    ) -> None:
+        """Applies newer bindings of this host's ports (no instance event: nothing about
+        an instance's state changed). Acked once the chains and records are written."""
+        driver = self.driver
+        try:
+            if isinstance(driver, PortSecurityDriver):
+                async with self._lock:
+                    rewritten = await self.call_driver(
+                        driver.refresh_port_security, list(command.ports)
+                    )
+                log.info(
+                    "port security refreshed",
+                    extra={
+                        "host": self.host,
+                        "ports": len(command.ports),
+                        "rewritten": rewritten,
+                    },
+                )
+        except Exception:
+            log.exception("port security not refreshed; will be redelivered")
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=2.0)
+            return
         await msg.ack()
 
     def _domain_may_come_back(self, iid: str) -> bool:

@@ -97,3 +97,12 @@ def rebuild(
     msg_id = f"rebuild-{spec.instance_id}-{request_id}"
     payload = agent_bus_pb2.RebuildInstanceCommand(request_id=msg_id, spec=spec, power_on=power_on)
     return Outgoing(bus.compute_subject(host, "rebuild"), msg_id, payload)
+
+
+def refresh_port_security(host: str, bindings: Sequence[agent_bus_pb2.PortBinding]) -> Outgoing:
+    """The current bindings of the host's ports a security change touched. One take of
+    changes gives one revision to all its bindings: the id is the host and that revision."""
+    revision = max((b.security_revision for b in bindings), default=0)
+    msg_id = f"port-security-{host}-{revision}"
+    payload = agent_bus_pb2.RefreshPortSecurityCommand(request_id=msg_id, ports=list(bindings))
+    return Outgoing(bus.compute_subject(host, "port_security"), msg_id, payload)

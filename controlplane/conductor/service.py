@@ -37,6 +37,7 @@ from controlplane.conductor.fleet import FleetServicer, HeartbeatRecorder
 from controlplane.conductor.migrations import MigrationsServicer
 from controlplane.conductor.moves import MoveSweeper
 from controlplane.conductor.outbox import Relay, Wakeup
+from controlplane.conductor.port_security import PortSecurityCourier
 from controlplane.conductor.reclaim import Reclaimer
 from controlplane.conductor.scheduling import SchedulingWorker
 from controlplane.conductor.server_groups import ServerGroupsServicer
@@ -131,9 +132,8 @@ async def serve(cfg: LoomConfig, stop: asyncio.Event, **_options: object) -> Non
         cfg.conductor.scheduler_target or cfg.scheduler.listen, cfg.tls
     )
     network_channel = grpcserver.insecure_or_secure_channel(cfg.domain_target("network"), cfg.tls)
-    conductor = Conductor(
-        sessions, cfg, Wakeup(), SchedulerClient(channel), GrpcPortsClient(network_channel)
-    )
+    ports_client = GrpcPortsClient(network_channel)
+    conductor = Conductor(sessions, cfg, Wakeup(), SchedulerClient(channel), ports_client)
     # The hosted domains seed their rows before serving: a create reads the default flavors
     # without ever calling the flavors service.
     hosted = hosted_domains(sessions, cfg)
@@ -161,6 +161,10 @@ async def serve(cfg: LoomConfig, stop: asyncio.Event, **_options: object) -> Non
         asyncio.create_task(MoveSweeper(conductor).run(workers_stop), name="moves"),
         asyncio.create_task(ShelvedOffloader(conductor).run(workers_stop), name="shelved-offload"),
         asyncio.create_task(Reclaimer(conductor).run(workers_stop), name="reclaim"),
+        asyncio.create_task(
+            PortSecurityCourier(sessions, ports_client, conductor.wakeup).run(workers_stop),
+            name="port-security",
+        ),
     ]
     log.info("ready", extra={"service": "conductor", "grpc_port": running.port})
     try:

@@ -714,6 +714,33 @@ class PortSecurityGroup(Base):
     )
 
 
+class PortSecurityChange(Base):
+    """A change to what some bound ports' chains must say, not yet sent to their hosts: a
+    group's rules or members changed (group_id), or a port's own groups, addresses or port
+    security (port_id). Written in the transaction of the change; the conductor claims rows
+    (claimed_until), sends the affected ports' bindings to their hosts, then deletes them.
+    """
+
+    __tablename__ = "port_security_changes"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    group_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    port_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class NetworkCounter(Base):
+    """A named counter of the network domain. `port_security`: the security_revision of
+    port bindings; incremented (row-locked) before a binding is read, so a later revision
+    always describes a later state."""
+
+    __tablename__ = "network_counters"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 class Router(TimestampMixin, Base):
     """A router; its interfaces and gateway are ports whose device_id is the router's id."""
 

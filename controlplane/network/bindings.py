@@ -198,8 +198,11 @@ def _lease_hostname(address: str) -> str:
     return "host-" + address.replace(".", "-")
 
 
-async def host_view(s: AsyncSession, server_ports: Sequence[Port], host: str) -> HostView:
-    """What `host`'s agent needs for these ports (see the module's docstring)."""
+async def host_view(
+    s: AsyncSession, server_ports: Sequence[Port], host: str, revision: int
+) -> HostView:
+    """What `host`'s agent needs for these ports (see the module's docstring); the bindings
+    carry `revision` (port_security.next_revision)."""
     network_ids = list(dict.fromkeys(p.network_id for p in server_ports))
     vnis = await _segmentation_ids(s, network_ids)
     nets = {n.id: n for n in await s.scalars(select(Network).where(Network.id.in_(network_ids)))}
@@ -207,6 +210,33 @@ async def host_view(s: AsyncSession, server_ports: Sequence[Port], host: str) ->
         sub.id: sub
         for sub in await s.scalars(select(SubnetRow).where(SubnetRow.network_id.in_(network_ids)))
     }
+    bindings = await _bindings(s, server_ports, vnis, nets, subnets, revision)
+    dhcp = await _dhcp_services(s, network_ids, nets, subnets, vnis, host)
+    return HostView(bindings, dhcp, [nets[p.network_id].name for p in server_ports])
+
+
+async def port_bindings(
+    s: AsyncSession, bound: Sequence[Port], revision: int
+) -> list[agent.PortBinding]:
+    """The current bindings of ports already bound (their networks have VNIs), in order."""
+    network_ids = list(dict.fromkeys(p.network_id for p in bound))
+    vnis = await _segmentation_ids(s, network_ids)
+    nets = {n.id: n for n in await s.scalars(select(Network).where(Network.id.in_(network_ids)))}
+    subnets = {
+        sub.id: sub
+        for sub in await s.scalars(select(SubnetRow).where(SubnetRow.network_id.in_(network_ids)))
+    }
+    return await _bindings(s, bound, vnis, nets, subnets, revision)
+
+
+async def _bindings(
+    s: AsyncSession,
+    server_ports: Sequence[Port],
+    vnis: dict[str, int],
+    nets: dict[str, Network],
+    subnets: dict[str, SubnetRow],
+    revision: int,
+) -> list[agent.PortBinding]:
     ips, groups = await ports.details(s, [p.id for p in server_ports])
     group_ids = sorted({g for gs in groups.values() for g in gs})
     rules = await security_groups.rules_of(s, group_ids)
@@ -249,7 +279,7 @@ async def host_view(s: AsyncSession, server_ports: Sequence[Port], host: str) ->
             remote_group_member_ips=members.get(r.remote_group_id or "", []),
         )
 
-    bindings = [
+    return [
         agent.PortBinding(
             port_id=p.id,
             network_id=p.network_id,
@@ -261,11 +291,10 @@ async def host_view(s: AsyncSession, server_ports: Sequence[Port], host: str) ->
             if p.port_security_enabled
             else [],
             port_security_enabled=p.port_security_enabled,
+            security_revision=revision,
         )
         for p in server_ports
     ]
-    dhcp = await _dhcp_services(s, network_ids, nets, subnets, vnis, host)
-    return HostView(bindings, dhcp, [nets[p.network_id].name for p in server_ports])
 
 
 async def _dhcp_services(

@@ -55,6 +55,25 @@ class HostPorts:
     dhcp: list[agent.NetworkDhcp]
 
 
+@dataclass(frozen=True)
+class SecurityChanges:
+    """Security changes taken from the network domain: the bindings each host must apply,
+    and the change ids to acknowledge once they are queued for the hosts."""
+
+    change_ids: list[int]
+    hosts: dict[str, list[agent.PortBinding]]
+
+
+class PortSecurityFeed(Protocol):
+    async def take_security_changes(self, *, limit: int, lease_s: float) -> SecurityChanges:
+        """Claims unsent changes for lease_s seconds (network.v1 TakePortSecurityChanges)."""
+        ...
+
+    async def ack_security_changes(self, change_ids: Sequence[int]) -> None:
+        """Forgets changes whose bindings are queued for their hosts."""
+        ...
+
+
 class PortsClient(Protocol):
     async def create_port(
         self,
@@ -219,3 +238,18 @@ class GrpcPortsClient:
             timeout=DEADLINE_S,
         )
         return str(reply.network.id)
+
+    async def take_security_changes(self, *, limit: int, lease_s: float) -> SecurityChanges:
+        reply = await self._stub.TakePortSecurityChanges(
+            pb.TakePortSecurityChangesRequest(limit=limit, lease_seconds=lease_s),
+            timeout=DEADLINE_S,
+        )
+        return SecurityChanges(
+            change_ids=list(reply.change_ids),
+            hosts={h.host: list(h.ports) for h in reply.hosts},
+        )
+
+    async def ack_security_changes(self, change_ids: Sequence[int]) -> None:
+        await self._stub.AckPortSecurityChanges(
+            pb.AckPortSecurityChangesRequest(change_ids=list(change_ids)), timeout=DEADLINE_S
+        )

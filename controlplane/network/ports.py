@@ -28,7 +28,7 @@ from controlplane.db.models import (
     SecurityGroup,
 )
 from controlplane.db.models import Subnet as SubnetRow
-from controlplane.network import addresses, quotas
+from controlplane.network import addresses, quotas, security_changes
 from controlplane.network.errors import Conflict, Forbidden, Invalid, not_found
 from controlplane.network.networks import get_network
 from controlplane.network.scope import Caller, Page, owned
@@ -275,6 +275,7 @@ async def create_port(
     await s.flush()
     await _assign_addresses(s, network, port, list(p.fixed_ips) if req.fixed_ips_set else None)
     s.add_all(PortSecurityGroup(port_id=port.id, security_group_id=g) for g in groups)
+    await security_changes.note_groups(s, groups)  # new members
     await s.flush()
     return port
 
@@ -298,13 +299,24 @@ async def update_port(s: AsyncSession, caller: Caller, req: pb.UpdatePortRequest
         port.device_owner = req.device_owner
     if req.HasField("port_security_enabled"):
         port.port_security_enabled = req.port_security_enabled
+    # Groups the port leaves, joins or shows new addresses to: their members' rules change.
+    touched_groups = await security_changes.groups_of(s, [port.id])
     if req.HasField("security_group_ids"):
         groups = await _groups_for(s, caller, port.project_id, req.security_group_ids.values)
         await s.execute(delete(PortSecurityGroup).where(PortSecurityGroup.port_id == port.id))
         await s.flush()
         s.add_all(PortSecurityGroup(port_id=port.id, security_group_id=g) for g in groups)
+        touched_groups += groups
     if req.HasField("fixed_ips"):
         await _replace_addresses(s, caller, port, list(req.fixed_ips.fixed_ips))
+    if req.HasField("security_group_ids") or req.HasField("fixed_ips"):
+        await security_changes.note_groups(s, touched_groups)
+    if (
+        req.HasField("security_group_ids")
+        or req.HasField("fixed_ips")
+        or req.HasField("port_security_enabled")
+    ):
+        await security_changes.note_ports(s, [port.id])
     has_groups = await s.scalar(
         select(PortSecurityGroup.port_id).where(PortSecurityGroup.port_id == port.id).limit(1)
     )
@@ -404,6 +416,7 @@ async def delete_port(s: AsyncSession, caller: Caller, port_id: str) -> None:
             f" {port.device_owner}.",
         )
     await forget_floating_ips(s, [port.id])
+    await security_changes.note_groups(s, await security_changes.groups_of(s, [port.id]))
     await s.delete(port)
 
 
@@ -439,6 +452,7 @@ async def delete_device_ports(
         )
     ids = [i for i in ids if i not in set(keep)]
     await forget_floating_ips(s, ids)
+    await security_changes.note_groups(s, await security_changes.groups_of(s, ids))
     if ids:
         await s.execute(delete(Port).where(Port.id.in_(ids)))
     return ids

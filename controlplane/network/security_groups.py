@@ -18,7 +18,7 @@ from controlplane.db.models import (
     SecurityGroup,
     SecurityGroupRule,
 )
-from controlplane.network import quotas
+from controlplane.network import quotas, security_changes
 from controlplane.network.errors import Conflict, Invalid, not_found
 from controlplane.network.scope import Caller, Page, owned
 from controlplane.runtime.rpc import new_uuid, now
@@ -245,6 +245,9 @@ async def delete_group(s: AsyncSession, caller: Caller, group_id: str) -> None:
     used = await s.scalar(select(exists().where(PortSecurityGroup.security_group_id == group_id)))
     if used:
         raise Conflict("SecurityGroupInUse", f"Security Group {group_id} in use.")
+    # Rules of other groups naming it as their remote group go with it: their ports change.
+    touched = await security_changes.affected_ports(s, [group_id], [])
+    await security_changes.note_ports(s, [p.id for p in touched])
     await s.delete(group)
 
 
@@ -361,6 +364,7 @@ async def create_rule(
             "SecurityGroupRuleExists", f"Security group rule already exists. Rule id is {existing}."
         )
     group.revision_number += 1
+    await security_changes.note_groups(s, [group.id])
     await s.flush()
     return row
 
@@ -379,6 +383,7 @@ async def get_rule(s: AsyncSession, caller: Caller, rule_id: str) -> SecurityGro
 async def delete_rule(s: AsyncSession, caller: Caller, rule_id: str) -> None:
     row = await get_rule(s, caller, rule_id)
     group = await s.get(SecurityGroup, row.security_group_id)
+    await security_changes.note_groups(s, [row.security_group_id])
     await s.delete(row)
     if group is not None:
         group.revision_number += 1

@@ -31,6 +31,7 @@ from controlplane.network import (
     bindings,
     floating_ips,
     networks,
+    port_security,
     ports,
     quotas,
     routers,
@@ -280,6 +281,33 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
         return pb.DeleteDevicePortsResponse(port_ids=gone)
 
     @network_errors
+    async def TakePortSecurityChanges(
+        self, request: pb.TakePortSecurityChangesRequest, context: Any
+    ) -> Any:
+        if request.limit < 0 or request.limit > port_security.MAX_LIMIT:
+            raise Invalid(f"limit must be between 0 and {port_security.MAX_LIMIT}")
+        if request.lease_seconds < 0 or request.lease_seconds > 3600:
+            raise Invalid("lease_seconds must be between 0 and 3600")
+        async with self._sessions.begin() as s:
+            ids, hosts = await port_security.take(
+                s,
+                request.limit or port_security.DEFAULT_LIMIT,
+                request.lease_seconds or port_security.DEFAULT_LEASE_S,
+            )
+        return pb.TakePortSecurityChangesResponse(
+            change_ids=ids,
+            hosts=[pb.HostPortSecurity(host=h, ports=b) for h, b in sorted(hosts.items())],
+        )
+
+    @network_errors
+    async def AckPortSecurityChanges(
+        self, request: pb.AckPortSecurityChangesRequest, context: Any
+    ) -> Any:
+        async with self._sessions.begin() as s:
+            await port_security.ack(s, list(request.change_ids))
+        return pb.AckPortSecurityChangesResponse()
+
+    @network_errors
     async def BindDevicePorts(self, request: pb.BindDevicePortsRequest, context: Any) -> Any:
         if not request.project_id or not request.device_id or not request.host:
             raise Invalid("project_id, device_id and host are required")
@@ -301,7 +329,8 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
             rows = list(await s.scalars(select(Port).where(Port.id.in_(port_ids))))
             by_id = {r.id: r for r in rows}
             ordered = [by_id[i] for i in port_ids]
-            view = await bindings.host_view(s, ordered, request.host)
+            revision = await port_security.next_revision(s)  # before anything is read
+            view = await bindings.host_view(s, ordered, request.host, revision)
             return pb.BindDevicePortsResponse(
                 ports=[await self._port_pb(s, r) for r in ordered],
                 bindings=view.bindings,

@@ -53,6 +53,8 @@ VERBS = (
     "shelve_offload",
     "unshelve",
     "rebuild",
+    # The current security of the host's ports (loom.compute.v1.RefreshPortSecurityCommand).
+    "port_security",
 )
 
 

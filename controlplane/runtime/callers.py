@@ -67,6 +67,14 @@ CALLERS: Mapping[str, frozenset[str]] = {
 }
 
 
+# Methods a narrower set may call than their service's callers (full method name).
+METHOD_CALLERS: Mapping[str, frozenset[str]] = {
+    # The compute service carries security changes to the hosts; no tenant's path does.
+    "/loom.network.v1.NetworkService/TakePortSecurityChanges": frozenset({"conductor", "operator"}),
+    "/loom.network.v1.NetworkService/AckPortSecurityChanges": frozenset({"conductor", "operator"}),
+}
+
+
 def caller_identity(context: grpc.aio.ServicerContext) -> str | None:
     """The common name of the caller's verified client certificate, or None."""
     names = context.auth_context().get("x509_common_name")
@@ -93,10 +101,14 @@ class CallerAuthorisation(UnaryWrapper):
             # Health: the TLS handshake already proved a certificate of Loom's CA.
             return behavior
 
+        narrower = METHOD_CALLERS.get(method)
+
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             identity = caller_identity(context)
             if not allowed(service, identity):
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, _deny(service, identity))
+            if narrower is not None and identity not in narrower:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, _deny(method, identity))
             return await behavior(request, context)
 
         return unary

@@ -250,6 +250,18 @@ class PauseSuspendDriver(Protocol):
 
 
 @runtime_checkable
+class PortSecurityDriver(Protocol):
+    """Optional: applying the network service's newer bindings of ports on this host."""
+
+    def refresh_port_security(self, bindings: Sequence[agent_bus_pb2.PortBinding]) -> int:
+        """Keeps each binding whose security_revision is newer than the host's copy of its
+        port (the instance folder's record, or a pending one for a port whose build has
+        not come yet) and rewrites the chains of those plugged here. Returns how many
+        ports' chains were rewritten. Idempotent."""
+        ...
+
+
+@runtime_checkable
 class RebuildDriver(Protocol):
     """Optional: building an instance's disks and domain again, in place."""
 

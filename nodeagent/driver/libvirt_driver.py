@@ -53,7 +53,7 @@ from nodeagent.driver.hypervisor import choose_virt_type
 from nodeagent.images.cache import ImageCache, ImageWanted
 from nodeagent.images.disks import DISK_FORMATS, GIB, create_blank, create_overlay
 from nodeagent.images.source import ImageError
-from nodeagent.network import HostDataPlane, Port
+from nodeagent.network import HostDataPlane, Port, port_from_proto
 from nodeagent.network.model import InvalidNetworkInput
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,10 @@ _CONFIG_DRIVE = "disk.config"
 # command finds it and changes nothing).
 _REBUILD_FILE = "rebuild-id"
 _BASE_DIR = "_base"
+# Under the data plane's state folder: bindings refreshed before their port's build came.
+_PENDING_SECURITY_DIR = "port-security"
+# A pending binding no build took within this long is forgotten at reconcile.
+_PENDING_SECURITY_KEEP_S = 3600.0
 # The most of a serial log console_output returns (Nova caps it similarly).
 _CONSOLE_TAIL_BYTES = 1024 * 1024
 _silenced = threading.Lock()
@@ -376,6 +380,7 @@ class LibvirtDriver:
             # per UUID: defining it again would take over the other host's domain.
             raise BuildFailed("This hypervisor already defines that instance for another host.")
         self._simulate_latency()
+        spec = self._with_newest_bindings(spec)
         dom: Any = None
         step = "check the ports"
         try:
@@ -458,8 +463,63 @@ class LibvirtDriver:
                 return  # a simulated host: the ports live in the domain XML only
             raise NoDataPlane("This host has no network data plane; ports cannot be attached.")
         netrecords.write(self._instance_dir(spec.instance_id), wiring)
+        # Taken into the spec (_with_newest_bindings); the folder's record holds them now.
+        netrecords.drop_pending(self._pending_dir(), [p.port_id for p in wiring.ports])
         with tracing.span("agent plug ports"):
             self._wire(spec.instance_id)
+
+    def _pending_dir(self) -> Path:
+        assert self.dataplane is not None
+        return self.dataplane.config.state_dir / _PENDING_SECURITY_DIR
+
+    def _with_newest_bindings(self, spec: agent_bus_pb2.InstanceSpec) -> agent_bus_pb2.InstanceSpec:
+        """The spec with each port's newest binding this host has seen: the instance
+        folder's record (a rebuild, a redelivered build) or one refreshed before the build
+        came (RefreshPortSecurityCommand), when its security_revision is higher."""
+        if self.dataplane is None or not spec.ports:
+            return spec
+        ports = list(spec.ports)
+        best = netrecords.newest(
+            ports,
+            netrecords.bindings(self._instance_dir(spec.instance_id)),
+            netrecords.pending_for(self._pending_dir(), [p.port_id for p in ports]),
+        )
+        if best == ports:
+            return spec
+        merged = agent_bus_pb2.InstanceSpec()
+        merged.CopyFrom(spec)
+        del merged.ports[:]
+        merged.ports.extend(best)
+        return merged
+
+    # -- PortSecurityDriver ---------------------------------------------------------------
+
+    def refresh_port_security(self, bindings: Sequence[agent_bus_pb2.PortBinding]) -> int:
+        if self.dataplane is None:
+            return 0  # a simulated host: its ports live in the domain XML only
+        holders = {
+            binding.port_id: folder
+            for folder in self._instance_folders()
+            for binding in netrecords.bindings(folder)
+        }
+        rewritten = 0
+        for binding in bindings:
+            try:
+                port = port_from_proto(binding)
+            except InvalidNetworkInput as exc:
+                log.warning(
+                    "refreshed binding refused",
+                    extra={"host": self.host, "port_id": binding.port_id, "error": str(exc)},
+                )
+                continue
+            folder = holders.get(binding.port_id)
+            if folder is None:
+                netrecords.keep_pending(self._pending_dir(), binding)
+                continue
+            if netrecords.replace_binding(folder, binding):
+                self.dataplane.apply_security(port)
+                rewritten += 1
+        return rewritten
 
     def _wire(self, instance_id: str) -> None:
         """Plugs the instance's recorded ports with their networks' DHCP (as the host's
@@ -523,6 +583,7 @@ class LibvirtDriver:
         those of deleted instances go."""
         if self.dataplane is None or not self.instances_dir.is_dir():
             return
+        netrecords.drop_pending(self._pending_dir(), (), older_than_s=_PENDING_SECURITY_KEEP_S)
         folders = self._instance_folders()
         wanted = [port for folder in folders for port in netrecords.ports(folder)]
         services = netrecords.dhcp_services(folders)
@@ -637,6 +698,7 @@ class LibvirtDriver:
             return self._power(dom)
         # The rebuild command carries no DHCP services: the build's record serves again.
         dhcp = netrecords.dhcp_messages(self._instance_dir(spec.instance_id))
+        spec = self._with_newest_bindings(spec)  # before its folder goes
         self.destroy(spec.instance_id)
         state = self.create(spec, power_on=power_on, dhcp=dhcp)
         marker.write_text(rebuild_id)

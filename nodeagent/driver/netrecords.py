@@ -6,6 +6,11 @@ from those records.
                                      command's DHCP service of each of its networks
     <instance folder>/metadata.json  {path: base64 body}: its metadata service answers
                                      (user data and keys: root only)
+    <pending dir>/<port id>.json     a port's binding refreshed before its build came
+                                     (RefreshPortSecurityCommand); the build takes it
+
+Every binding carries the network service's security_revision: of two bindings of a port,
+the higher revision is the newer state, and the records only ever move forward.
 
 The driver writes them at build, before anything is plugged, and reads them back at every
 start, at reconcile and at delete, so a restarted agent or a rebooted host serves the same
@@ -15,6 +20,7 @@ network again. Nothing here touches the host.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import time
 from collections.abc import Iterable, Sequence
@@ -102,6 +108,94 @@ def write(folder: Path, wiring: NetworkWiring) -> None:
         folder / METADATA_FILE,
         json.dumps({k: base64.b64encode(v).decode() for k, v in wiring.documents.items()}),
     )
+
+
+def bindings(folder: Path) -> list[agent_bus_pb2.PortBinding]:
+    """The recorded bindings, in guest NIC order; [] when none are recorded."""
+    try:
+        raw = json.loads((folder / PORTS_FILE).read_text())
+        return [json_format.ParseDict(item, agent_bus_pb2.PortBinding()) for item in raw]
+    except (OSError, ValueError, TypeError, json_format.ParseError):
+        return []
+
+
+def _write_bindings(folder: Path, items: Sequence[agent_bus_pb2.PortBinding]) -> None:
+    tmp = folder / (PORTS_FILE + ".tmp")
+    tmp.write_text(json.dumps([json_format.MessageToDict(p) for p in items]))
+    tmp.replace(folder / PORTS_FILE)
+
+
+def replace_binding(folder: Path, newer: agent_bus_pb2.PortBinding) -> bool:
+    """Records `newer` in place of the folder's binding of the same port when its
+    security_revision is higher; False when the folder has no such port or a binding as new."""
+    items = bindings(folder)
+    for i, item in enumerate(items):
+        if item.port_id == newer.port_id:
+            if newer.security_revision <= item.security_revision:
+                return False
+            items[i] = newer
+            _write_bindings(folder, items)
+            return True
+    return False
+
+
+def _pending_file(pending_dir: Path, port_id: str) -> Path:
+    return pending_dir / f"{port_id}.json"
+
+
+def _pending(pending_dir: Path, port_id: str) -> agent_bus_pb2.PortBinding | None:
+    try:
+        return json_format.Parse(
+            _pending_file(pending_dir, port_id).read_text(), agent_bus_pb2.PortBinding()
+        )
+    except (OSError, ValueError, json_format.ParseError):
+        return None
+
+
+def keep_pending(pending_dir: Path, newer: agent_bus_pb2.PortBinding) -> bool:
+    """Keeps the binding of a port no instance folder holds yet (its refresh came before
+    its build), unless a binding as new is kept already."""
+    held = _pending(pending_dir, newer.port_id)
+    if held is not None and held.security_revision >= newer.security_revision:
+        return False
+    pending_dir.mkdir(parents=True, exist_ok=True)
+    path = _pending_file(pending_dir, newer.port_id)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json_format.MessageToJson(newer))
+    tmp.replace(path)
+    return True
+
+
+def newest(
+    given: Sequence[agent_bus_pb2.PortBinding], *known: Sequence[agent_bus_pb2.PortBinding]
+) -> list[agent_bus_pb2.PortBinding]:
+    """`given` with each port's binding replaced by a known one of a higher revision."""
+    best = {b.port_id: b for b in given}
+    for items in known:
+        for item in items:
+            mine = best.get(item.port_id)
+            if mine is not None and item.security_revision > mine.security_revision:
+                best[item.port_id] = item
+    return [best[b.port_id] for b in given]
+
+
+def pending_for(pending_dir: Path, port_ids: Iterable[str]) -> list[agent_bus_pb2.PortBinding]:
+    """The pending bindings kept for these ports."""
+    found = (_pending(pending_dir, p) for p in port_ids)
+    return [b for b in found if b is not None]
+
+
+def drop_pending(pending_dir: Path, port_ids: Iterable[str], *, older_than_s: float = 0) -> None:
+    """Forgets pending bindings: these ports', or (older_than_s > 0) every one older."""
+    if older_than_s > 0:
+        cutoff = time.time() - older_than_s
+        for path in pending_dir.glob("*.json") if pending_dir.is_dir() else ():
+            with contextlib.suppress(OSError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+        return
+    for port_id in port_ids:
+        _pending_file(pending_dir, port_id).unlink(missing_ok=True)
 
 
 def ports(folder: Path) -> list[Port]:

@@ -92,6 +92,13 @@ class HostDataPlane:
         return tap
 
     @_locked
+    def apply_security(self, port: Port) -> None:
+        """Rewrites the port's chains with its current rules and addresses (one
+        iptables-restore: no half-applied set is ever visible); bridge, tap and DHCP are
+        left as they are."""
+        self.firewall.apply(port)
+
+    @_locked
     def ensure_dhcp(self, dhcp: NetworkDhcp) -> int:
         """Runs (or reloads) the network's DHCP and its metadata server; the bridge is
         made when missing. Returns dnsmasq's pid."""

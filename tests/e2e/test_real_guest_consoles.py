@@ -214,11 +214,11 @@ class Api:
             time.sleep(0.2)
         pytest.fail(f"no {MARKER} on the console of {sid} within {within} s")
 
-    def boot(self, name: str, image: str) -> tuple[str, float]:
+    def boot(self, name: str, image: str, networks: Any = "none") -> tuple[str, float]:
         started = time.monotonic()
         r = self.post(
             "/servers",
-            {"server": {"name": name, "imageRef": image, "flavorRef": "1", "networks": "none"}},
+            {"server": {"name": name, "imageRef": image, "flavorRef": "1", "networks": networks}},
         )
         assert r.status_code == 202, r.text
         return str(r.json()["server"]["id"]), started
@@ -372,27 +372,34 @@ def test_a_guest_that_powers_itself_off_becomes_shutoff(qemu_cloud: QemuCloud) -
         _power_off(qemu_cloud, api, admin)
 
 
-def _power_off(qemu_cloud: QemuCloud, api: Api, admin: Api) -> None:
+def _guest_image(qemu_cloud: QemuCloud, admin: Api, name: str, cmdline: str) -> str:
+    """The test guest's kernel and initramfs with another kernel command line."""
     base = admin.http.get(f"/image/v2/images/{qemu_cloud.image_id}").json()
     body = {
-        "name": "loom-test-guest-poweroff",
+        "name": name,
         "disk_format": "raw",
         "container_format": "bare",
         "visibility": "public",
         "kernel_id": base["kernel_id"],
         "ramdisk_id": base["ramdisk_id"],
-        "os_command_line": "console=ttyS0 loom_poweroff=2",
+        "os_command_line": cmdline,
     }
     created = admin.http.post("/image/v2/images", json=body)
     assert created.status_code == 201, created.text
-    image_id = created.json()["id"]
+    image_id = str(created.json()["id"])
     upload = admin.http.put(
         f"/image/v2/images/{image_id}/file",
         content=b"\0" * (1024 * 1024),
         headers={"Content-Type": "application/octet-stream"},
     )
     assert upload.status_code == 204, upload.text
+    return image_id
 
+
+def _power_off(qemu_cloud: QemuCloud, api: Api, admin: Api) -> None:
+    image_id = _guest_image(
+        qemu_cloud, admin, "loom-test-guest-poweroff", "console=ttyS0 loom_poweroff=2"
+    )
     sid, _ = api.boot("powers-off", image_id)
     api.wait_status(sid, "ACTIVE")
     api.wait_marker(sid)
@@ -449,3 +456,77 @@ def _config_drive(qemu_cloud: QemuCloud, api: Api) -> None:
     assert api.http.delete(f"/compute/v2.1/servers/{sid}").status_code == 204
     api.wait_status(sid, "DELETED")
     assert not (qemu_cloud.instances / HOST / sid).exists()
+
+
+def _wait_pingloop(api: Api, sid: str, want: str, after: int, within: float = 60) -> int:
+    """The number of the first LOOM-PINGLOOP line past `after` that says `want`."""
+    deadline = time.monotonic() + within
+    out = ""
+    while time.monotonic() < deadline:
+        out = api.console_output(sid)
+        for n, state in re.findall(r"LOOM-PINGLOOP (\d+) (up|down) ", out):
+            if int(n) > after and state == want:
+                return int(n)
+        time.sleep(0.5)
+    pytest.fail(f"the guest's ping did not go {want} within {within} s:\n{out[-1500:]}")
+
+
+def test_two_guests_on_a_network_ping_while_their_security_group_lets_them_and_stop_when_not(
+    qemu_cloud: QemuCloud,
+) -> None:
+    """The default group admits its own members; the second guest joins after the first
+    was built, and a rule removed or added later reaches the first guest's host."""
+    with Api(qemu_cloud) as api, Api(qemu_cloud, "admin") as admin:
+        net = api.http.post("/network/v2.0/networks", json={"network": {"name": "sg-e2e"}})
+        assert net.status_code == 201, net.text
+        net_id = net.json()["network"]["id"]
+        sub = api.http.post(
+            "/network/v2.0/subnets",
+            json={"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "10.61.0.0/24"}},
+        )
+        assert sub.status_code == 201, sub.text
+        first, _ = api.boot("sg-first", qemu_cloud.image_id, [{"uuid": net_id}])
+        api.wait_status(first, "ACTIVE")
+        shown = api.get(f"/servers/{first}").json()["server"]
+        first_ip = shown["addresses"]["sg-e2e"][0]["addr"]
+        pinger = _guest_image(
+            qemu_cloud, admin, "loom-test-guest-pingloop", f"console=ttyS0 loom_pingloop={first_ip}"
+        )
+        second, _ = api.boot("sg-second", pinger, [{"uuid": net_id}])
+        api.wait_status(second, "ACTIVE")
+        try:
+            # The first guest's host heard that the second joined the default group.
+            up = _wait_pingloop(api, second, "up", 0, within=120)
+            groups = api.http.get("/network/v2.0/security-groups", params={"name": "default"})
+            default = groups.json()["security_groups"][0]
+            from_members = [
+                r["id"]
+                for r in default["security_group_rules"]
+                if r["direction"] == "ingress"
+                and r["ethertype"] == "IPv4"
+                and r["remote_group_id"] == default["id"]
+            ]
+            assert len(from_members) == 1, default
+            gone = api.http.delete(f"/network/v2.0/security-group-rules/{from_members[0]}")
+            assert gone.status_code == 204, gone.text
+            down = _wait_pingloop(api, second, "down", up)
+            icmp = api.http.post(
+                "/network/v2.0/security-group-rules",
+                json={
+                    "security_group_rule": {
+                        "security_group_id": default["id"],
+                        "direction": "ingress",
+                        "ethertype": "IPv4",
+                        "protocol": "icmp",
+                        "remote_ip_prefix": "0.0.0.0/0",
+                    }
+                },
+            )
+            assert icmp.status_code == 201, icmp.text
+            _wait_pingloop(api, second, "up", down)
+        finally:
+            for sid in (first, second):
+                assert api.http.delete(f"/compute/v2.1/servers/{sid}").status_code == 204
+            for sid in (first, second):
+                api.wait_status(sid, "DELETED")
+        assert api.http.delete(f"/network/v2.0/networks/{net_id}").status_code == 204

@@ -6,17 +6,19 @@ import importlib
 import pkgutil
 import stat
 from pathlib import Path
+from typing import Any
 
 import grpc
 import loom
 import pytest
 from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from loom.network.v1 import network_pb2, network_pb2_grpc
 
 from controlplane.config import TlsConfig
 from controlplane.runtime.callers import CALLERS, IDENTITIES, allowed
 from controlplane.runtime.certs import CertError, issue
-from controlplane.runtime.grpcserver import start_grpc_server
+from controlplane.runtime.grpcserver import Registration, start_grpc_server
 
 
 def test_certificates_are_made_once_and_kept_while_they_still_fit(tmp_path: Path) -> None:
@@ -117,5 +119,37 @@ async def test_a_server_with_mutual_tls_refuses_a_certificate_from_another_ca(
         no_cert = grpc.ssl_channel_credentials((ours / "ca.pem").read_bytes())
         with pytest.raises(grpc.aio.AioRpcError):
             await _health(target, no_cert)
+    finally:
+        await running.stop(0)
+
+
+class _FeedOnly(network_pb2_grpc.NetworkServiceServicer):
+    """Answers the security feed with nothing taken: the interceptor is what is tested."""
+
+    async def TakePortSecurityChanges(self, request: Any, context: Any) -> Any:
+        return network_pb2.TakePortSecurityChangesResponse()
+
+
+async def test_only_the_compute_service_may_take_the_security_changes_bound_for_hosts(
+    tmp_path: Path,
+) -> None:
+    server_files = issue(tmp_path, "network")
+    for identity in ("conductor", "gateway"):
+        issue(tmp_path, identity)
+    tls = TlsConfig(ca=str(server_files.ca), cert=str(server_files.cert), key=str(server_files.key))
+    registration = Registration.of(_FeedOnly(), network_pb2, network_pb2_grpc, "NetworkService")
+    running = await start_grpc_server("127.0.0.1:0", [registration], tls)
+    target = f"localhost:{running.port}"
+    take = network_pb2.TakePortSecurityChangesRequest()
+    try:
+        async with grpc.aio.secure_channel(target, _creds(tmp_path, "conductor")) as channel:
+            stub = network_pb2_grpc.NetworkServiceStub(channel)
+            assert (await stub.TakePortSecurityChanges(take, timeout=5)).change_ids == []
+        async with grpc.aio.secure_channel(target, _creds(tmp_path, "gateway")) as channel:
+            stub = network_pb2_grpc.NetworkServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.TakePortSecurityChanges(take, timeout=5)
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "TakePortSecurityChanges" in (refused.value.details() or "")
     finally:
         await running.stop(0)

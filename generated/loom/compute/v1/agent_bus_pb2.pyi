@@ -461,6 +461,7 @@ class PortBinding(_message.Message):
     SECURITY_GROUP_RULES_FIELD_NUMBER: _builtins.int
     PORT_SECURITY_ENABLED_FIELD_NUMBER: _builtins.int
     ALLOWED_ADDRESS_PAIRS_FIELD_NUMBER: _builtins.int
+    SECURITY_REVISION_FIELD_NUMBER: _builtins.int
     port_id: _builtins.str
     """Port UUID."""
     network_id: _builtins.str
@@ -473,6 +474,11 @@ class PortBinding(_message.Message):
     """The network's MTU; 0 means the agent default."""
     port_security_enabled: _builtins.bool
     """False when port security is disabled: no anti-spoofing and no filtering."""
+    security_revision: _builtins.int
+    """The network service's revision of what this binding says (rules, members, addresses).
+    Revisions grow with every change; a host keeps the newest binding of a port it has
+    seen, whatever order a build and a RefreshPortSecurityCommand arrive in. 0: none given.
+    """
     @_builtins.property
     def fixed_ips(self) -> _containers.RepeatedCompositeFieldContainer[Global___FixedIp]:
         """The port's addresses."""
@@ -497,10 +503,11 @@ class PortBinding(_message.Message):
         security_group_rules: _abc.Iterable[Global___SecurityGroupRule] | None = ...,
         port_security_enabled: _builtins.bool = ...,
         allowed_address_pairs: _abc.Iterable[_builtins.str] | None = ...,
+        security_revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_address_pairs", b"allowed_address_pairs", "fixed_ips", b"fixed_ips", "mac_address", b"mac_address", "mtu", b"mtu", "network_id", b"network_id", "port_id", b"port_id", "port_security_enabled", b"port_security_enabled", "security_group_rules", b"security_group_rules", "segmentation_id", b"segmentation_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_address_pairs", b"allowed_address_pairs", "fixed_ips", b"fixed_ips", "mac_address", b"mac_address", "mtu", b"mtu", "network_id", b"network_id", "port_id", b"port_id", "port_security_enabled", b"port_security_enabled", "security_group_rules", b"security_group_rules", "security_revision", b"security_revision", "segmentation_id", b"segmentation_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1003,6 +1010,40 @@ class RebuildInstanceCommand(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RebuildInstanceCommand: _TypeAlias = RebuildInstanceCommand  # noqa: Y015
+
+@_typing.final
+class RefreshPortSecurityCommand(_message.Message):
+    """The current security of ports bound to this host (their groups' rules, remote groups
+    resolved to their members, addresses and address pairs), sent on
+    loom.compute.<host>.port_security after a rule, a group's membership or a port changed.
+    Each binding replaces the host's copy of that port when its security_revision is newer;
+    its chains are rewritten when the port is plugged here. A port not (yet) here is kept
+    for its build. Idempotent; publishes no instance event.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PORTS_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per command; also the NATS message id."""
+    @_builtins.property
+    def ports(self) -> _containers.RepeatedCompositeFieldContainer[Global___PortBinding]:
+        """The full bindings of the affected ports on this host."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        ports: _abc.Iterable[Global___PortBinding] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ports", b"ports", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefreshPortSecurityCommand: _TypeAlias = RefreshPortSecurityCommand  # noqa: Y015
 
 @_typing.final
 class InstanceEvent(_message.Message):

@@ -3647,6 +3647,131 @@ class BindDevicePortsResponse(_message.Message):
 Global___BindDevicePortsResponse: _TypeAlias = BindDevicePortsResponse  # noqa: Y015
 
 @_typing.final
+class TakePortSecurityChangesRequest(_message.Message):
+    """Request for TakePortSecurityChanges."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    LEASE_SECONDS_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """At most this many changes (1..1000; 0 means 256)."""
+    lease_seconds: _builtins.float
+    """How long the changes stay claimed (0 means 30 s)."""
+    def __init__(
+        self,
+        *,
+        limit: _builtins.int = ...,
+        lease_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_seconds", b"lease_seconds", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TakePortSecurityChangesRequest: _TypeAlias = TakePortSecurityChangesRequest  # noqa: Y015
+
+@_typing.final
+class HostPortSecurity(_message.Message):
+    """The bindings of the ports on one host that the taken changes affect."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOST_FIELD_NUMBER: _builtins.int
+    PORTS_FIELD_NUMBER: _builtins.int
+    host: _builtins.str
+    """The host the ports are bound to."""
+    @_builtins.property
+    def ports(self) -> _containers.RepeatedCompositeFieldContainer[_agent_bus_pb2.PortBinding]:
+        """Their current bindings, each with its security_revision."""
+
+    def __init__(
+        self,
+        *,
+        host: _builtins.str = ...,
+        ports: _abc.Iterable[_agent_bus_pb2.PortBinding] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "ports", b"ports"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HostPortSecurity: _TypeAlias = HostPortSecurity  # noqa: Y015
+
+@_typing.final
+class TakePortSecurityChangesResponse(_message.Message):
+    """Response of TakePortSecurityChanges."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGE_IDS_FIELD_NUMBER: _builtins.int
+    HOSTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def change_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The changes taken, to acknowledge once the hosts' commands are queued."""
+
+    @_builtins.property
+    def hosts(self) -> _containers.RepeatedCompositeFieldContainer[Global___HostPortSecurity]:
+        """What each affected host must apply (empty when no bound port is affected)."""
+
+    def __init__(
+        self,
+        *,
+        change_ids: _abc.Iterable[_builtins.int] | None = ...,
+        hosts: _abc.Iterable[Global___HostPortSecurity] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_ids", b"change_ids", "hosts", b"hosts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TakePortSecurityChangesResponse: _TypeAlias = TakePortSecurityChangesResponse  # noqa: Y015
+
+@_typing.final
+class AckPortSecurityChangesRequest(_message.Message):
+    """Request for AckPortSecurityChanges."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGE_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def change_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """From TakePortSecurityChangesResponse.change_ids."""
+
+    def __init__(
+        self,
+        *,
+        change_ids: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_ids", b"change_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AckPortSecurityChangesRequest: _TypeAlias = AckPortSecurityChangesRequest  # noqa: Y015
+
+@_typing.final
+class AckPortSecurityChangesResponse(_message.Message):
+    """Response of AckPortSecurityChanges."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AckPortSecurityChangesResponse: _TypeAlias = AckPortSecurityChangesResponse  # noqa: Y015
+
+@_typing.final
 class GetAutoAllocatedNetworkRequest(_message.Message):
     """Request for GetAutoAllocatedNetwork."""
 

@@ -130,6 +130,16 @@ class NetworkServiceStub:
                 request_serializer=loom_dot_network_dot_v1_dot_network__pb2.GetAutoAllocatedNetworkRequest.SerializeToString,
                 response_deserializer=loom_dot_network_dot_v1_dot_network__pb2.GetAutoAllocatedNetworkResponse.FromString,
                 _registered_method=True)
+        self.TakePortSecurityChanges = channel.unary_unary(
+                '/loom.network.v1.NetworkService/TakePortSecurityChanges',
+                request_serializer=loom_dot_network_dot_v1_dot_network__pb2.TakePortSecurityChangesRequest.SerializeToString,
+                response_deserializer=loom_dot_network_dot_v1_dot_network__pb2.TakePortSecurityChangesResponse.FromString,
+                _registered_method=True)
+        self.AckPortSecurityChanges = channel.unary_unary(
+                '/loom.network.v1.NetworkService/AckPortSecurityChanges',
+                request_serializer=loom_dot_network_dot_v1_dot_network__pb2.AckPortSecurityChangesRequest.SerializeToString,
+                response_deserializer=loom_dot_network_dot_v1_dot_network__pb2.AckPortSecurityChangesResponse.FromString,
+                _registered_method=True)
         self.CreateSecurityGroup = channel.unary_unary(
                 '/loom.network.v1.NetworkService/CreateSecurityGroup',
                 request_serializer=loom_dot_network_dot_v1_dot_network__pb2.CreateSecurityGroupRequest.SerializeToString,
@@ -393,6 +403,24 @@ class NetworkServiceServicer:
     def GetAutoAllocatedNetwork(self, request, context):
         """The network "auto" gives a project that sees none: made once per project (an IPv4
         subnet from the configured pool, clear of the project's other subnets), then reused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TakePortSecurityChanges(self, request, context):
+        """Claims the oldest unsent security changes (a group's rules or members, a port's groups,
+        addresses or port security) for lease_seconds and returns the current bindings of the
+        bound ports they affect, by host, each with a new security_revision. The caller sends
+        them to the hosts, then acknowledges the changes; unacknowledged ones are claimed
+        again after the lease. Several callers take disjoint changes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AckPortSecurityChanges(self, request, context):
+        """Forgets changes whose bindings reached the hosts' command streams.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -666,6 +694,16 @@ def add_NetworkServiceServicer_to_server(servicer, server):
                     servicer.GetAutoAllocatedNetwork,
                     request_deserializer=loom_dot_network_dot_v1_dot_network__pb2.GetAutoAllocatedNetworkRequest.FromString,
                     response_serializer=loom_dot_network_dot_v1_dot_network__pb2.GetAutoAllocatedNetworkResponse.SerializeToString,
+            ),
+            'TakePortSecurityChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.TakePortSecurityChanges,
+                    request_deserializer=loom_dot_network_dot_v1_dot_network__pb2.TakePortSecurityChangesRequest.FromString,
+                    response_serializer=loom_dot_network_dot_v1_dot_network__pb2.TakePortSecurityChangesResponse.SerializeToString,
+            ),
+            'AckPortSecurityChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.AckPortSecurityChanges,
+                    request_deserializer=loom_dot_network_dot_v1_dot_network__pb2.AckPortSecurityChangesRequest.FromString,
+                    response_serializer=loom_dot_network_dot_v1_dot_network__pb2.AckPortSecurityChangesResponse.SerializeToString,
             ),
             'CreateSecurityGroup': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateSecurityGroup,
@@ -1285,6 +1323,60 @@ class NetworkService:
             '/loom.network.v1.NetworkService/GetAutoAllocatedNetwork',
             loom_dot_network_dot_v1_dot_network__pb2.GetAutoAllocatedNetworkRequest.SerializeToString,
             loom_dot_network_dot_v1_dot_network__pb2.GetAutoAllocatedNetworkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TakePortSecurityChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.network.v1.NetworkService/TakePortSecurityChanges',
+            loom_dot_network_dot_v1_dot_network__pb2.TakePortSecurityChangesRequest.SerializeToString,
+            loom_dot_network_dot_v1_dot_network__pb2.TakePortSecurityChangesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AckPortSecurityChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.network.v1.NetworkService/AckPortSecurityChanges',
+            loom_dot_network_dot_v1_dot_network__pb2.AckPortSecurityChangesRequest.SerializeToString,
+            loom_dot_network_dot_v1_dot_network__pb2.AckPortSecurityChangesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -89,6 +89,15 @@ class NetworkServiceStub:
     """The network "auto" gives a project that sees none: made once per project (an IPv4
     subnet from the configured pool, clear of the project's other subnets), then reused.
     """
+    TakePortSecurityChanges: _grpc.UnaryUnaryMultiCallable[_network_pb2.TakePortSecurityChangesRequest, _network_pb2.TakePortSecurityChangesResponse]
+    """Claims the oldest unsent security changes (a group's rules or members, a port's groups,
+    addresses or port security) for lease_seconds and returns the current bindings of the
+    bound ports they affect, by host, each with a new security_revision. The caller sends
+    them to the hosts, then acknowledges the changes; unacknowledged ones are claimed
+    again after the lease. Several callers take disjoint changes.
+    """
+    AckPortSecurityChanges: _grpc.UnaryUnaryMultiCallable[_network_pb2.AckPortSecurityChangesRequest, _network_pb2.AckPortSecurityChangesResponse]
+    """Forgets changes whose bindings reached the hosts' command streams."""
     CreateSecurityGroup: _grpc.UnaryUnaryMultiCallable[_network_pb2.CreateSecurityGroupRequest, _network_pb2.CreateSecurityGroupResponse]
     """Create a security group."""
     GetSecurityGroup: _grpc.UnaryUnaryMultiCallable[_network_pb2.GetSecurityGroupRequest, _network_pb2.GetSecurityGroupResponse]
@@ -198,6 +207,15 @@ class NetworkServiceAsyncStub(NetworkServiceStub):
     """The network "auto" gives a project that sees none: made once per project (an IPv4
     subnet from the configured pool, clear of the project's other subnets), then reused.
     """
+    TakePortSecurityChanges: _aio.UnaryUnaryMultiCallable[_network_pb2.TakePortSecurityChangesRequest, _network_pb2.TakePortSecurityChangesResponse]  # type: ignore[assignment]
+    """Claims the oldest unsent security changes (a group's rules or members, a port's groups,
+    addresses or port security) for lease_seconds and returns the current bindings of the
+    bound ports they affect, by host, each with a new security_revision. The caller sends
+    them to the hosts, then acknowledges the changes; unacknowledged ones are claimed
+    again after the lease. Several callers take disjoint changes.
+    """
+    AckPortSecurityChanges: _aio.UnaryUnaryMultiCallable[_network_pb2.AckPortSecurityChangesRequest, _network_pb2.AckPortSecurityChangesResponse]  # type: ignore[assignment]
+    """Forgets changes whose bindings reached the hosts' command streams."""
     CreateSecurityGroup: _aio.UnaryUnaryMultiCallable[_network_pb2.CreateSecurityGroupRequest, _network_pb2.CreateSecurityGroupResponse]  # type: ignore[assignment]
     """Create a security group."""
     GetSecurityGroup: _aio.UnaryUnaryMultiCallable[_network_pb2.GetSecurityGroupRequest, _network_pb2.GetSecurityGroupResponse]  # type: ignore[assignment]
@@ -412,6 +430,27 @@ class NetworkServiceServicer(metaclass=_abc_1.ABCMeta):
         """The network "auto" gives a project that sees none: made once per project (an IPv4
         subnet from the configured pool, clear of the project's other subnets), then reused.
         """
+
+    @_abc_1.abstractmethod
+    def TakePortSecurityChanges(
+        self,
+        request: _network_pb2.TakePortSecurityChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_network_pb2.TakePortSecurityChangesResponse, _abc.Awaitable[_network_pb2.TakePortSecurityChangesResponse]]:
+        """Claims the oldest unsent security changes (a group's rules or members, a port's groups,
+        addresses or port security) for lease_seconds and returns the current bindings of the
+        bound ports they affect, by host, each with a new security_revision. The caller sends
+        them to the hosts, then acknowledges the changes; unacknowledged ones are claimed
+        again after the lease. Several callers take disjoint changes.
+        """
+
+    @_abc_1.abstractmethod
+    def AckPortSecurityChanges(
+        self,
+        request: _network_pb2.AckPortSecurityChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_network_pb2.AckPortSecurityChangesResponse, _abc.Awaitable[_network_pb2.AckPortSecurityChangesResponse]]:
+        """Forgets changes whose bindings reached the hosts' command streams."""
 
     @_abc_1.abstractmethod
     def CreateSecurityGroup(

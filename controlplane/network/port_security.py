@@ -1,0 +1,108 @@
+"""Security changes on their way to the hosts.
+
+A change to what a bound port's chains must say is noted in the transaction that makes it
+(security_changes.py): a group's rules changed or its members came or went (a
+port joined, left or changed addresses), or a port's own groups, addresses or port
+security changed. The conductor takes the noted changes (`take`: claimed for a lease,
+several callers take disjoint rows), queues each affected host's bindings as a
+RefreshPortSecurityCommand in its outbox, then acknowledges them (`ack`). A caller that
+dies before the ack leaves the rows to be taken again after the lease: a host may get a
+binding twice, never miss one.
+
+Every binding read for a host (at a bind or a take) carries a security_revision from
+`next_revision`, taken before the binding is read: the counter's row stays locked to the
+end of the transaction, so a later revision always describes a later state and a host
+that keeps the newest revision of each port keeps the newest state, whatever order a
+build and a refresh reach it in.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import timedelta
+
+from loom.compute.v1 import agent_bus_pb2 as agent
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from controlplane.db.dialect import locks_rows, upsert_insert
+from controlplane.db.models import (
+    NetworkCounter,
+    PortSecurityChange,
+)
+from controlplane.network import bindings, security_changes
+from controlplane.runtime.rpc import now
+
+COUNTER = "port_security"
+DEFAULT_LIMIT = 256
+MAX_LIMIT = 1000
+DEFAULT_LEASE_S = 30.0
+
+
+async def next_revision(s: AsyncSession) -> int:
+    """The next security_revision; its row stays locked until the transaction ends."""
+    bump = (
+        update(NetworkCounter)
+        .where(NetworkCounter.name == COUNTER)
+        .values(value=NetworkCounter.value + 1)
+        .returning(NetworkCounter.value)
+    )
+    value = await s.scalar(bump)
+    if value is None:
+        await s.execute(
+            upsert_insert(s, NetworkCounter)
+            .values(name=COUNTER, value=0)
+            .on_conflict_do_nothing(index_elements=["name"])
+        )
+        value = await s.scalar(bump)
+    assert value is not None
+    return int(value)
+
+
+async def claim(s: AsyncSession, limit: int, lease_s: float) -> list[PortSecurityChange]:
+    """The oldest changes no one holds, now claimed for `lease_s` seconds."""
+    at = now()
+    query = (
+        select(PortSecurityChange)
+        .where(
+            or_(
+                PortSecurityChange.claimed_until.is_(None),
+                PortSecurityChange.claimed_until < at,
+            )
+        )
+        .order_by(PortSecurityChange.id)
+        .limit(limit)
+    )
+    if locks_rows(s):
+        query = query.with_for_update(skip_locked=True)
+    rows = list(await s.scalars(query))
+    for row in rows:
+        row.claimed_until = at + timedelta(seconds=lease_s)
+    await s.flush()
+    return rows
+
+
+async def take(
+    s: AsyncSession, limit: int, lease_s: float
+) -> tuple[list[int], dict[str, list[agent.PortBinding]]]:
+    """Claims changes and reads the bindings they affect, by host, at a new revision."""
+    changes = await claim(s, limit, lease_s)
+    if not changes:
+        return [], {}
+    group_ids = sorted({c.group_id for c in changes if c.group_id})
+    port_ids = sorted({c.port_id for c in changes if c.port_id})
+    revision = await next_revision(s)
+    ports = await security_changes.affected_ports(s, group_ids, port_ids)
+    out: dict[str, list[agent.PortBinding]] = defaultdict(list)
+    if ports:
+        for port, binding in zip(
+            ports, await bindings.port_bindings(s, ports, revision), strict=True
+        ):
+            out[port.binding_host_id].append(binding)
+    return [c.id for c in changes], dict(out)
+
+
+async def ack(s: AsyncSession, change_ids: Sequence[int]) -> None:
+    if change_ids:
+        await s.execute(delete(PortSecurityChange).where(PortSecurityChange.id.in_(change_ids)))
