@@ -324,6 +324,11 @@ def run_all_in_one(
     )
     for name, listen in metrics_listen.items():
         env[f"LOOM_METRICS__LISTEN__{name.upper()}"] = listen
+    if not cfg.network.l3_host:
+        # The first host serves the routers (a simulated one has no data plane to do it).
+        env["LOOM_NETWORK__L3_HOST"] = host_names(cfg, hosts if hypervisor == "test" else 0, "sim")[
+            0
+        ]
     trace_target = tracing_target(cfg.tracing.exporter)
     if trace_target:
         # Every child records its spans to the same place (a file: all append to it).

@@ -187,6 +187,10 @@ class NetworkConfig(DomainServiceConfig):
     # first that overlaps none of the project's other subnets.
     auto_allocate_pool: str = "10.128.0.0/9"
     auto_allocate_prefixlen: int = Field(default=24, ge=8, le=29)
+    # The host whose agent serves every router: its namespace, the NAT of its gateway and
+    # floating IPs (one L3 host, as a single network node). Empty: no router can have a
+    # gateway and no floating IP can be associated. `loom up` names its first host.
+    l3_host: str = ""
 
 
 class SchedulerConfig(_Section):

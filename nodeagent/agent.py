@@ -42,6 +42,7 @@ from nodeagent.driver.base import (
     PortSecurityDriver,
     PowerState,
     RebuildDriver,
+    RouterDriver,
 )
 from nodeagent.fleet import ExpectedInstance, FleetView
 from nodeagent.metrics import HostCounters
@@ -68,6 +69,7 @@ _COMMANDS: dict[str, type[Any]] = {
     "unshelve": agent_bus_pb2.UnshelveInstanceCommand,
     "rebuild": agent_bus_pb2.RebuildInstanceCommand,
     "port_security": agent_bus_pb2.RefreshPortSecurityCommand,
+    "routers": agent_bus_pb2.RefreshRoutersCommand,
 }
 
 
@@ -468,7 +470,14 @@ class HostAgent:
             await msg.term()
             return
         if verb == "port_security":
-            await self._refresh_port_security(msg, command)
+            driver = self.driver
+            apply = driver.refresh_port_security if isinstance(driver, PortSecurityDriver) else None
+            await self._refresh(msg, "port security", apply, list(command.ports))
+            return
+        if verb == "routers":
+            driver = self.driver
+            serve = driver.refresh_routers if isinstance(driver, RouterDriver) else None
+            await self._refresh(msg, "routers", serve, list(command.routers))
             return
         if verb in _ACTS_ON_DOMAIN and self._domain_may_come_back(command.instance_id):
             # Its domain died with the previous agent process; the first reconcile re-creates
@@ -509,28 +518,27 @@ class HostAgent:
                 keepalive.cancel()
         await msg.ack()
 
-    async def _refresh_port_security(
-        self, msg: Msg, command: agent_bus_pb2.RefreshPortSecurityCommand
+    async def _refresh(
+        self,
+        msg: Msg,
+        what: str,
+        apply: Callable[[list[Any]], int] | None,
+        items: list[Any],
     ) -> None:
-        """Applies newer bindings of this host's ports (no instance event: nothing about
-        an instance's state changed). Acked once the chains and records are written."""
-        driver = self.driver
+        """Applies newer network bindings (ports' security, routers) to this host; no
+        instance event: nothing about an instance's state changed. Acked once the host
+        and its records are written; a driver without that part acks at once."""
         try:
-            if isinstance(driver, PortSecurityDriver):
+            if apply is not None:
                 async with self._lock:
-                    rewritten = await self.call_driver(
-                        driver.refresh_port_security, list(command.ports)
-                    )
+                    changed = await self.call_driver(apply, items)
                 log.info(
-                    "port security refreshed",
-                    extra={
-                        "host": self.host,
-                        "ports": len(command.ports),
-                        "rewritten": rewritten,
-                    },
+                    "%s refreshed",
+                    what,
+                    extra={"host": self.host, "items": len(items), "changed": changed},
                 )
         except Exception:
-            log.exception("port security not refreshed; will be redelivered")
+            log.exception("%s not refreshed; will be redelivered", what)
             with contextlib.suppress(Exception):
                 await msg.nak(delay=2.0)
             return

@@ -106,3 +106,12 @@ def refresh_port_security(host: str, bindings: Sequence[agent_bus_pb2.PortBindin
     msg_id = f"port-security-{host}-{revision}"
     payload = agent_bus_pb2.RefreshPortSecurityCommand(request_id=msg_id, ports=list(bindings))
     return Outgoing(bus.compute_subject(host, "port_security"), msg_id, payload)
+
+
+def refresh_routers(host: str, routers: Sequence[agent_bus_pb2.RouterBinding]) -> Outgoing:
+    """The current bindings of the routers a change touched, for the host serving them;
+    one take gives one revision to all: the id is the host and that revision."""
+    revision = max((r.revision for r in routers), default=0)
+    msg_id = f"routers-{host}-{revision}"
+    payload = agent_bus_pb2.RefreshRoutersCommand(request_id=msg_id, routers=list(routers))
+    return Outgoing(bus.compute_subject(host, "routers"), msg_id, payload)

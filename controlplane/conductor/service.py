@@ -36,8 +36,12 @@ from controlplane.conductor.events import EventConsumer
 from controlplane.conductor.fleet import FleetServicer, HeartbeatRecorder
 from controlplane.conductor.migrations import MigrationsServicer
 from controlplane.conductor.moves import MoveSweeper
+from controlplane.conductor.network_changes import (
+    ChangeCourier,
+    PortSecurityChanges,
+    RouterChanges,
+)
 from controlplane.conductor.outbox import Relay, Wakeup
-from controlplane.conductor.port_security import PortSecurityCourier
 from controlplane.conductor.reclaim import Reclaimer
 from controlplane.conductor.scheduling import SchedulingWorker
 from controlplane.conductor.server_groups import ServerGroupsServicer
@@ -162,8 +166,16 @@ async def serve(cfg: LoomConfig, stop: asyncio.Event, **_options: object) -> Non
         asyncio.create_task(ShelvedOffloader(conductor).run(workers_stop), name="shelved-offload"),
         asyncio.create_task(Reclaimer(conductor).run(workers_stop), name="reclaim"),
         asyncio.create_task(
-            PortSecurityCourier(sessions, ports_client, conductor.wakeup).run(workers_stop),
+            ChangeCourier(sessions, PortSecurityChanges(ports_client), conductor.wakeup).run(
+                workers_stop
+            ),
             name="port-security",
+        ),
+        asyncio.create_task(
+            ChangeCourier(sessions, RouterChanges(ports_client), conductor.wakeup).run(
+                workers_stop
+            ),
+            name="routers",
         ),
     ]
     log.info("ready", extra={"service": "conductor", "grpc_port": running.port})

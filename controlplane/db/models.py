@@ -730,6 +730,20 @@ class PortSecurityChange(Base):
     claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
+class RouterChange(Base):
+    """A change to what a router's host must serve (its gateway, interfaces, floating IPs,
+    admin state, or the router's deletion), not yet sent to the host. Written in the
+    transaction of the change; the conductor claims rows (claimed_until), sends the
+    routers' bindings to the L3 host, then deletes them."""
+
+    __tablename__ = "router_changes"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    router_id: Mapped[str] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
 class NetworkCounter(Base):
     """A named counter of the network domain. `port_security`: the security_revision of
     port bindings; incremented (row-locked) before a binding is read, so a later revision

@@ -74,6 +74,25 @@ class PortSecurityFeed(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class RouterUpdates:
+    """Router changes taken from the network domain: the router bindings each host (the
+    L3 host) must apply, and the change ids to acknowledge once they are queued."""
+
+    change_ids: list[int]
+    hosts: dict[str, list[agent.RouterBinding]]
+
+
+class RouterFeed(Protocol):
+    async def take_router_changes(self, *, limit: int, lease_s: float) -> RouterUpdates:
+        """Claims unsent router changes for lease_s seconds (network.v1 TakeRouterChanges)."""
+        ...
+
+    async def ack_router_changes(self, change_ids: Sequence[int]) -> None:
+        """Forgets router changes whose bindings are queued for their host."""
+        ...
+
+
 class PortsClient(Protocol):
     async def create_port(
         self,
@@ -252,4 +271,18 @@ class GrpcPortsClient:
     async def ack_security_changes(self, change_ids: Sequence[int]) -> None:
         await self._stub.AckPortSecurityChanges(
             pb.AckPortSecurityChangesRequest(change_ids=list(change_ids)), timeout=DEADLINE_S
+        )
+
+    async def take_router_changes(self, *, limit: int, lease_s: float) -> RouterUpdates:
+        reply = await self._stub.TakeRouterChanges(
+            pb.TakeRouterChangesRequest(limit=limit, lease_seconds=lease_s), timeout=DEADLINE_S
+        )
+        return RouterUpdates(
+            change_ids=list(reply.change_ids),
+            hosts={h.host: list(h.routers) for h in reply.hosts},
+        )
+
+    async def ack_router_changes(self, change_ids: Sequence[int]) -> None:
+        await self._stub.AckRouterChanges(
+            pb.AckRouterChangesRequest(change_ids=list(change_ids)), timeout=DEADLINE_S
         )

@@ -1,6 +1,7 @@
 """Floating IPs: an address of an external network (held by a port of the network domain's
 own, so IPAM keeps it unique), associated with a tenant port's fixed address through a
-router that reaches both. API and IPAM only: the NAT is the hosts' data plane."""
+router that reaches both. Every change to a mapping is noted for the router's host
+(router_changes), whose router namespace does the NAT."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.db.models import FloatingIp, IpAllocation, Port
-from controlplane.network import quotas
+from controlplane.network import quotas, router_changes
 from controlplane.network.errors import Conflict, Forbidden, Invalid, NotFound, not_found
 from controlplane.network.networks import get_network
 from controlplane.network.ports import FLOATING_OWNER, get_port, new_device_port
@@ -78,15 +79,19 @@ async def _associate(
             f"External network {fip.floating_network_id} is not reachable from subnet"
             f" {chosen.subnet_id}. Therefore, cannot associate Port {port.id} with a Floating IP.",
         )
+    router_changes.note(s, [fip.router_id, router_id])
     fip.port_id = port.id
     fip.fixed_ip_address = chosen.ip_address
     fip.router_id = router_id
+    fip.status = "DOWN"  # until its router's host is sent the mapping (router_feed.ack)
 
 
-def _disassociate(fip: FloatingIp) -> None:
+def _disassociate(s: AsyncSession, fip: FloatingIp) -> None:
+    router_changes.note(s, [fip.router_id])
     fip.port_id = None
     fip.fixed_ip_address = None
     fip.router_id = None
+    fip.status = "DOWN"
 
 
 async def create_floating_ip(
@@ -147,7 +152,7 @@ async def update_floating_ip(
         if req.port_id:
             await _associate(s, caller, fip, req.port_id, req.fixed_ip_address)
         else:
-            _disassociate(fip)
+            _disassociate(s, fip)
     if req.HasField("description"):
         fip.description = req.description
     fip.revision_number += 1
@@ -159,6 +164,7 @@ async def update_floating_ip(
 async def delete_floating_ip(s: AsyncSession, caller: Caller, fip_id: str) -> None:
     fip = await get_floating_ip(s, caller, fip_id)
     port = await s.get(Port, fip.floating_port_id)
+    router_changes.note(s, [fip.router_id])
     await s.delete(fip)
     await s.flush()
     if port is not None:

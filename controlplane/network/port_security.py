@@ -20,74 +20,26 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import timedelta
 
 from loom.compute.v1 import agent_bus_pb2 as agent
-from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from controlplane.db.dialect import locks_rows, upsert_insert
-from controlplane.db.models import (
-    NetworkCounter,
-    PortSecurityChange,
-)
-from controlplane.network import bindings, security_changes
-from controlplane.runtime.rpc import now
+from controlplane.db.models import PortSecurityChange
+from controlplane.network import bindings, change_feed, security_changes
 
 COUNTER = "port_security"
-DEFAULT_LIMIT = 256
-MAX_LIMIT = 1000
-DEFAULT_LEASE_S = 30.0
 
 
 async def next_revision(s: AsyncSession) -> int:
     """The next security_revision; its row stays locked until the transaction ends."""
-    bump = (
-        update(NetworkCounter)
-        .where(NetworkCounter.name == COUNTER)
-        .values(value=NetworkCounter.value + 1)
-        .returning(NetworkCounter.value)
-    )
-    value = await s.scalar(bump)
-    if value is None:
-        await s.execute(
-            upsert_insert(s, NetworkCounter)
-            .values(name=COUNTER, value=0)
-            .on_conflict_do_nothing(index_elements=["name"])
-        )
-        value = await s.scalar(bump)
-    assert value is not None
-    return int(value)
-
-
-async def claim(s: AsyncSession, limit: int, lease_s: float) -> list[PortSecurityChange]:
-    """The oldest changes no one holds, now claimed for `lease_s` seconds."""
-    at = now()
-    query = (
-        select(PortSecurityChange)
-        .where(
-            or_(
-                PortSecurityChange.claimed_until.is_(None),
-                PortSecurityChange.claimed_until < at,
-            )
-        )
-        .order_by(PortSecurityChange.id)
-        .limit(limit)
-    )
-    if locks_rows(s):
-        query = query.with_for_update(skip_locked=True)
-    rows = list(await s.scalars(query))
-    for row in rows:
-        row.claimed_until = at + timedelta(seconds=lease_s)
-    await s.flush()
-    return rows
+    return await change_feed.next_revision(s, COUNTER)
 
 
 async def take(
     s: AsyncSession, limit: int, lease_s: float
 ) -> tuple[list[int], dict[str, list[agent.PortBinding]]]:
     """Claims changes and reads the bindings they affect, by host, at a new revision."""
-    changes = await claim(s, limit, lease_s)
+    changes = await change_feed.claim(s, PortSecurityChange, limit, lease_s)
     if not changes:
         return [], {}
     group_ids = sorted({c.group_id for c in changes if c.group_id})
@@ -104,5 +56,4 @@ async def take(
 
 
 async def ack(s: AsyncSession, change_ids: Sequence[int]) -> None:
-    if change_ids:
-        await s.execute(delete(PortSecurityChange).where(PortSecurityChange.id.in_(change_ids)))
+    await change_feed.ack(s, PortSecurityChange, change_ids)

@@ -28,7 +28,7 @@ from controlplane.db.models import (
     SecurityGroup,
 )
 from controlplane.db.models import Subnet as SubnetRow
-from controlplane.network import addresses, quotas, security_changes
+from controlplane.network import addresses, quotas, router_changes, security_changes
 from controlplane.network.errors import Conflict, Forbidden, Invalid, not_found
 from controlplane.network.networks import get_network
 from controlplane.network.scope import Caller, Page, owned
@@ -398,8 +398,12 @@ async def new_device_port(
 
 
 async def forget_floating_ips(s: AsyncSession, port_ids: Sequence[str]) -> None:
-    """A deleted port's floating IPs stay allocated, associated with nothing."""
+    """A deleted port's floating IPs stay allocated, associated with nothing; their
+    routers' host is told."""
     if port_ids:
+        router_changes.note(
+            s, await s.scalars(select(FloatingIp.router_id).where(FloatingIp.port_id.in_(port_ids)))
+        )
         await s.execute(
             update(FloatingIp)
             .where(FloatingIp.port_id.in_(port_ids))

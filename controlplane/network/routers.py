@@ -1,6 +1,7 @@
 """Routers: a gateway port on an external network and interface ports on tenant subnets,
-each holding its subnet's gateway address. API and IPAM only: forwarding and NAT are the
-hosts' data plane."""
+each holding its subnet's gateway address. Every change a router's host must serve is
+noted (router_changes) in its transaction; the L3 host's router namespace forwards and
+NATs (router_feed.py, nodeagent/network/router.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.db.models import FloatingIp, IpAllocation, Network, Port, Router
 from controlplane.db.models import Subnet as SubnetRow
-from controlplane.network import quotas
+from controlplane.network import quotas, router_changes
 from controlplane.network.errors import Conflict, Forbidden, Invalid, NotFound, not_found
 from controlplane.network.networks import get_network, get_subnet
 from controlplane.network.ports import (
@@ -72,6 +73,7 @@ async def _drop_gateway(s: AsyncSession, router: Router) -> None:
             " network is required by one or more floating IPs.",
         )
     if router.gateway_port_id:
+        router_changes.note(s, [router.id])
         port = await s.get(Port, router.gateway_port_id)
         router.gateway_port_id = None
         await s.flush()
@@ -104,6 +106,7 @@ async def _set_gateway(
     )
     router.gateway_network_id = network.id
     router.gateway_port_id = port.id
+    router_changes.note(s, [router.id])
 
 
 async def create_router(
@@ -144,6 +147,8 @@ async def update_router(s: AsyncSession, caller: Caller, req: pb.UpdateRouterReq
         router.admin_state_up = req.admin_state_up
     if req.HasField("gateway"):
         await _set_gateway(s, caller, router, req.gateway)
+    if req.HasField("admin_state_up") or req.HasField("gateway"):
+        router_changes.note(s, [router.id])
     router.revision_number += 1
     router.updated_at = now()
     await s.flush()
@@ -163,6 +168,7 @@ async def delete_router(s: AsyncSession, caller: Caller, router_id: str) -> None
     if await _interface_ports(s, router.id):
         raise Conflict("RouterInUse", f"Router {router_id} still has ports")
     await _drop_gateway(s, router)
+    router_changes.note(s, [router.id])
     await s.delete(router)
 
 
@@ -257,6 +263,7 @@ async def add_interface(
         port.revision_number += 1
         port.updated_at = now()
     router.revision_number += 1
+    router_changes.note(s, [router.id])
     await s.flush()
     return await _interface_pb(s, router, port)
 
@@ -320,6 +327,7 @@ async def remove_interface(
     out = await _interface_pb(s, router, port)
     await s.delete(port)
     router.revision_number += 1
+    router_changes.note(s, [router.id])
     await s.flush()
     return out
 

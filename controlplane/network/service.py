@@ -30,6 +30,7 @@ class NetworkDomain:
                     self._sessions,
                     auto_pool=self._cfg.network.auto_allocate_pool,
                     auto_prefixlen=self._cfg.network.auto_allocate_prefixlen,
+                    l3_host=self._cfg.network.l3_host,
                 ),
                 network_pb2,
                 network_pb2_grpc,

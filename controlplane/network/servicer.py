@@ -29,11 +29,13 @@ from controlplane.db.models import (
 from controlplane.db.models import Subnet as SubnetRow
 from controlplane.network import (
     bindings,
+    change_feed,
     floating_ips,
     networks,
     port_security,
     ports,
     quotas,
+    router_feed,
     routers,
     security_groups,
 )
@@ -115,6 +117,14 @@ def _page(request: _Paged) -> Page:
     return Page(limit=max(request.limit, 0), marker=request.marker)
 
 
+def _take_bounds(limit: int, lease_seconds: float) -> tuple[int, float]:
+    if limit < 0 or limit > change_feed.MAX_LIMIT:
+        raise Invalid(f"limit must be between 0 and {change_feed.MAX_LIMIT}")
+    if lease_seconds < 0 or lease_seconds > 3600:
+        raise Invalid("lease_seconds must be between 0 and 3600")
+    return change_feed.bounds(limit, lease_seconds)
+
+
 def _caller(scope: pb.Scope) -> Caller:
     if not scope.project_id:
         raise Forbidden("A project scope is required.")
@@ -128,8 +138,12 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
         *,
         auto_pool: str = "10.128.0.0/9",
         auto_prefixlen: int = 24,
+        l3_host: str = "",
     ) -> None:
         self._sessions = sessions
+        # The host whose agent serves every router (namespaces, NAT); "" for none, and then
+        # gateways and floating IP associations are refused rather than left unserved.
+        self._l3_host = l3_host
         self._auto_pool = ipaddress.IPv4Network(auto_pool)
         self._auto_prefixlen = auto_prefixlen
 
@@ -284,16 +298,9 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
     async def TakePortSecurityChanges(
         self, request: pb.TakePortSecurityChangesRequest, context: Any
     ) -> Any:
-        if request.limit < 0 or request.limit > port_security.MAX_LIMIT:
-            raise Invalid(f"limit must be between 0 and {port_security.MAX_LIMIT}")
-        if request.lease_seconds < 0 or request.lease_seconds > 3600:
-            raise Invalid("lease_seconds must be between 0 and 3600")
+        limit, lease_s = _take_bounds(request.limit, request.lease_seconds)
         async with self._sessions.begin() as s:
-            ids, hosts = await port_security.take(
-                s,
-                request.limit or port_security.DEFAULT_LIMIT,
-                request.lease_seconds or port_security.DEFAULT_LEASE_S,
-            )
+            ids, hosts = await port_security.take(s, limit, lease_s)
         return pb.TakePortSecurityChangesResponse(
             change_ids=ids,
             hosts=[pb.HostPortSecurity(host=h, ports=b) for h, b in sorted(hosts.items())],
@@ -306,6 +313,30 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
         async with self._sessions.begin() as s:
             await port_security.ack(s, list(request.change_ids))
         return pb.AckPortSecurityChangesResponse()
+
+    @network_errors
+    async def TakeRouterChanges(self, request: pb.TakeRouterChangesRequest, context: Any) -> Any:
+        limit, lease_s = _take_bounds(request.limit, request.lease_seconds)
+        async with self._sessions.begin() as s:
+            ids, hosts = await router_feed.take(s, limit, lease_s, self._l3_host)
+        return pb.TakeRouterChangesResponse(
+            change_ids=ids,
+            hosts=[pb.HostRouters(host=h, routers=b) for h, b in sorted(hosts.items())],
+        )
+
+    @network_errors
+    async def AckRouterChanges(self, request: pb.AckRouterChangesRequest, context: Any) -> Any:
+        async with self._sessions.begin() as s:
+            await router_feed.ack(s, list(request.change_ids))
+        return pb.AckRouterChangesResponse()
+
+    def _require_l3_host(self, what: str) -> None:
+        if not self._l3_host:
+            raise Invalid(
+                f"Bad {what} request: no host serves routers in this cloud"
+                " (network.l3_host is not set).",
+                "BadRequest",
+            )
 
     @network_errors
     async def BindDevicePorts(self, request: pb.BindDevicePortsRequest, context: Any) -> Any:
@@ -453,6 +484,8 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
     @network_errors
     async def CreateRouter(self, request: pb.CreateRouterRequest, context: Any) -> Any:
         caller, ident = _caller(request.scope), _ident("router", request.request_id)
+        if request.HasField("gateway") and request.gateway.network_id:
+            self._require_l3_host("router")
         async with self._sessions.begin() as s:
             row = await _replayed(s, Router, ident, caller) or await routers.create_router(
                 s, caller, request, ident
@@ -476,6 +509,8 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
 
     @network_errors
     async def UpdateRouter(self, request: pb.UpdateRouterRequest, context: Any) -> Any:
+        if request.HasField("gateway") and request.gateway.network_id:
+            self._require_l3_host("router")
         async with self._sessions.begin() as s:
             row = await routers.update_router(s, _caller(request.scope), request)
             return pb.UpdateRouterResponse(router=await self._router_pb(s, row))
@@ -505,6 +540,8 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
     @network_errors
     async def CreateFloatingIp(self, request: pb.CreateFloatingIpRequest, context: Any) -> Any:
         caller, ident = _caller(request.scope), _ident("floating_ip", request.request_id)
+        if request.floating_ip.port_id:
+            self._require_l3_host("floatingip")
         async with self._sessions.begin() as s:
             row = await _replayed(
                 s, FloatingIp, ident, caller
@@ -525,6 +562,8 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
 
     @network_errors
     async def UpdateFloatingIp(self, request: pb.UpdateFloatingIpRequest, context: Any) -> Any:
+        if request.HasField("port_id") and request.port_id:
+            self._require_l3_host("floatingip")
         async with self._sessions.begin() as s:
             row = await floating_ips.update_floating_ip(s, _caller(request.scope), request)
             return pb.UpdateFloatingIpResponse(floating_ip=floating_ip_pb(row))

@@ -55,6 +55,8 @@ VERBS = (
     "rebuild",
     # The current security of the host's ports (loom.compute.v1.RefreshPortSecurityCommand).
     "port_security",
+    # The current state of the routers the host serves (loom.compute.v1.RefreshRoutersCommand).
+    "routers",
 )
 
 

@@ -69,9 +69,12 @@ CALLERS: Mapping[str, frozenset[str]] = {
 
 # Methods a narrower set may call than their service's callers (full method name).
 METHOD_CALLERS: Mapping[str, frozenset[str]] = {
-    # The compute service carries security changes to the hosts; no tenant's path does.
+    # The compute service carries security and router changes to the hosts; no tenant's
+    # path does.
     "/loom.network.v1.NetworkService/TakePortSecurityChanges": frozenset({"conductor", "operator"}),
     "/loom.network.v1.NetworkService/AckPortSecurityChanges": frozenset({"conductor", "operator"}),
+    "/loom.network.v1.NetworkService/TakeRouterChanges": frozenset({"conductor", "operator"}),
+    "/loom.network.v1.NetworkService/AckRouterChanges": frozenset({"conductor", "operator"}),
 }
 
 

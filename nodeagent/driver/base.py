@@ -262,6 +262,17 @@ class PortSecurityDriver(Protocol):
 
 
 @runtime_checkable
+class RouterDriver(Protocol):
+    """Optional: serving routers (the L3 host): their namespaces, legs and NAT."""
+
+    def refresh_routers(self, routers: Sequence[agent_bus_pb2.RouterBinding]) -> int:
+        """Keeps each binding whose revision is newer than the host's record of its router
+        and makes the host serve it as it says (removed when deleted or down). Returns how
+        many routers changed. Idempotent."""
+        ...
+
+
+@runtime_checkable
 class RebuildDriver(Protocol):
     """Optional: building an instance's disks and domain again, in place."""
 

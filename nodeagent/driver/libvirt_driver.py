@@ -54,7 +54,7 @@ from nodeagent.images.cache import ImageCache, ImageWanted
 from nodeagent.images.disks import DISK_FORMATS, GIB, create_blank, create_overlay
 from nodeagent.images.source import ImageError
 from nodeagent.network import HostDataPlane, Port, port_from_proto
-from nodeagent.network.model import InvalidNetworkInput
+from nodeagent.network.model import InvalidNetworkInput, Router, router_from_proto
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,8 @@ _REBUILD_FILE = "rebuild-id"
 _BASE_DIR = "_base"
 # Under the data plane's state folder: bindings refreshed before their port's build came.
 _PENDING_SECURITY_DIR = "port-security"
+# The routers this host serves (network.l3_host), each its newest binding (netrecords).
+_ROUTERS_DIR = "routers"
 # A pending binding no build took within this long is forgotten at reconcile.
 _PENDING_SECURITY_KEEP_S = 3600.0
 # The most of a serial log console_output returns (Nova caps it similarly).
@@ -521,6 +523,48 @@ class LibvirtDriver:
                 rewritten += 1
         return rewritten
 
+    # -- RouterDriver ---------------------------------------------------------------------
+
+    def _routers_dir(self) -> Path:
+        assert self.dataplane is not None
+        return self.dataplane.config.state_dir / _ROUTERS_DIR
+
+    def refresh_routers(self, routers: Sequence[agent_bus_pb2.RouterBinding]) -> int:
+        if self.dataplane is None:
+            return 0  # a simulated host serves no router (it has no data plane)
+        changed = 0
+        for binding in routers:
+            try:
+                router = router_from_proto(binding)
+                # Recorded first: a crash halfway through is finished by the next reconcile.
+                if not netrecords.keep_router(self._routers_dir(), binding):
+                    continue
+                if binding.deleted or not binding.admin_state_up:
+                    self.dataplane.remove_router(binding.router_id)
+                else:
+                    self.dataplane.ensure_router(router)
+            except InvalidNetworkInput as exc:
+                # Not served, and not retried: the same binding would be refused again.
+                log.error(
+                    "router refused",
+                    extra={"host": self.host, "router_id": binding.router_id, "error": str(exc)},
+                )
+                continue
+            changed += 1
+        return changed
+
+    def _served_routers(self) -> list[Router]:
+        """The routers this host's records say it serves now."""
+        served = []
+        for binding in netrecords.routers(self._routers_dir()):
+            if binding.deleted or not binding.admin_state_up:
+                continue
+            try:
+                served.append(router_from_proto(binding))
+            except InvalidNetworkInput:
+                continue
+        return served
+
     def _wire(self, instance_id: str) -> None:
         """Plugs the instance's recorded ports with their networks' DHCP (as the host's
         instance folders now want it) and serves its metadata documents."""
@@ -581,13 +625,16 @@ class LibvirtDriver:
         documents of this host's instance folders: after an agent restart or a host
         reboot, missing taps, bridges, chains, dnsmasq and metadata servers come back and
         those of deleted instances go."""
-        if self.dataplane is None or not self.instances_dir.is_dir():
+        if self.dataplane is None:
             return
         netrecords.drop_pending(self._pending_dir(), (), older_than_s=_PENDING_SECURITY_KEEP_S)
         folders = self._instance_folders()
         wanted = [port for folder in folders for port in netrecords.ports(folder)]
         services = netrecords.dhcp_services(folders)
-        self.dataplane.reconcile(wanted, list(services.values()))
+        netrecords.drop_router_tombstones(
+            self._routers_dir(), older_than_s=_PENDING_SECURITY_KEEP_S
+        )
+        self.dataplane.reconcile(wanted, list(services.values()), routers=self._served_routers())
         for folder in folders:
             self._publish_metadata(folder.name, netrecords.ports(folder))
 

@@ -268,3 +268,47 @@ def dhcp_services(folders: Iterable[Path]) -> dict[str, NetworkDhcp]:
         for net, service in newest.items()
         if net in local_macs
     }
+
+
+# -- routers (the L3 host) ------------------------------------------------------------------
+# `<network_state_dir>/routers/<router id>.json`: the newest RouterBinding the host was sent
+# for each router, a deleted one kept as a tombstone (so an older binding arriving late
+# cannot bring the router back) until the reconcile forgets it after an hour.
+
+
+def _router_file(routers_dir: Path, router_id: str) -> Path:
+    return routers_dir / f"{router_id}.json"
+
+
+def _router(routers_dir: Path, router_id: str) -> agent_bus_pb2.RouterBinding | None:
+    path = _router_file(routers_dir, router_id)
+    if not path.is_file():
+        return None
+    return json_format.Parse(path.read_text(), agent_bus_pb2.RouterBinding())
+
+
+def keep_router(routers_dir: Path, newer: agent_bus_pb2.RouterBinding) -> bool:
+    """Records the router's binding unless one as new is recorded; True when recorded."""
+    held = _router(routers_dir, newer.router_id)
+    if held is not None and held.revision >= newer.revision:
+        return False
+    routers_dir.mkdir(parents=True, exist_ok=True)
+    _write_private(_router_file(routers_dir, newer.router_id), json_format.MessageToJson(newer))
+    return True
+
+
+def routers(routers_dir: Path) -> list[agent_bus_pb2.RouterBinding]:
+    """Every recorded router binding, tombstones included, by router id."""
+    if not routers_dir.is_dir():
+        return []
+    found = (_router(routers_dir, p.stem) for p in sorted(routers_dir.glob("*.json")))
+    return [b for b in found if b is not None]
+
+
+def drop_router_tombstones(routers_dir: Path, *, older_than_s: float) -> None:
+    cutoff = time.time() - older_than_s
+    for binding in routers(routers_dir):
+        path = _router_file(routers_dir, binding.router_id)
+        with contextlib.suppress(OSError):
+            if binding.deleted and path.stat().st_mtime < cutoff:
+                path.unlink()

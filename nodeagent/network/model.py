@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -103,6 +104,59 @@ class Port:
 
 
 @dataclass(frozen=True)
+class RouterLeg:
+    """A router's port on one network: a veth from the network's bridge into the router's
+    namespace, holding the port's MAC and addresses."""
+
+    port_id: str
+    network_id: str
+    vni: int
+    mac: str
+    fixed_ips: tuple[FixedIp, ...]
+    mtu: int = DEFAULT_MTU
+
+
+@dataclass(frozen=True)
+class FloatingIpMapping:
+    """Traffic to `floating_ip` goes to `fixed_ip` (DNAT); `fixed_ip` leaves as
+    `floating_ip` (SNAT)."""
+
+    floating_ip_id: str
+    floating_ip: str
+    fixed_ip: str
+    port_id: str
+
+
+@dataclass(frozen=True)
+class Router:
+    """One router as the L3 host serves it. Validated by `router_from_proto`: the gateway
+    leg, when there is one, has a first fixed IP with a gateway (the next hop), every
+    interface leg an IPv4 address, and floating IPs come only with a gateway leg."""
+
+    router_id: str
+    revision: int = 0
+    admin_state_up: bool = True
+    gateway: RouterLeg | None = None
+    enable_snat: bool = True
+    interfaces: tuple[RouterLeg, ...] = ()
+    floating_ips: tuple[FloatingIpMapping, ...] = ()
+    deleted: bool = False
+
+    @property
+    def serving(self) -> bool:
+        """False when the host should not hold the router at all (down or deleted)."""
+        return self.admin_state_up and not self.deleted
+
+    @property
+    def legs(self) -> tuple[RouterLeg, ...]:
+        return ((self.gateway,) if self.gateway else ()) + self.interfaces
+
+    @property
+    def network_ids(self) -> set[str]:
+        return {leg.network_id for leg in self.legs}
+
+
+@dataclass(frozen=True)
 class DhcpSubnet:
     subnet_id: str
     cidr: str
@@ -171,9 +225,8 @@ def _rule_from_proto(msg: agent_bus_pb2.SecurityGroupRule) -> Rule | None:
     return Rule(direction, protocol, lo, hi, prefix, remote_ips)
 
 
-def port_from_proto(msg: agent_bus_pb2.PortBinding) -> Port:
-    """A validated `Port`; raises InvalidNetworkInput naming the bad field."""
-    fixed = tuple(
+def _fixed_ips(msgs: Iterable[agent_bus_pb2.FixedIp]) -> tuple[FixedIp, ...]:
+    return tuple(
         FixedIp(
             subnet_id=f.subnet_id,
             ip=_ipv4(f.ip_address, "fixed ip"),
@@ -181,9 +234,14 @@ def port_from_proto(msg: agent_bus_pb2.PortBinding) -> Port:
             gateway=_ipv4(f.gateway_ip, "gateway_ip") if f.gateway_ip else "",
             dns=tuple(_ipv4(d, "dns nameserver") for d in f.dns_nameservers),
         )
-        for f in msg.fixed_ips
+        for f in msgs
         if ":" not in f.ip_address  # IPv6 addresses are not wired (docs/networking.md)
     )
+
+
+def port_from_proto(msg: agent_bus_pb2.PortBinding) -> Port:
+    """A validated `Port`; raises InvalidNetworkInput naming the bad field."""
+    fixed = _fixed_ips(msg.fixed_ips)
     rules = tuple(r for r in map(_rule_from_proto, msg.security_group_rules) if r is not None)
     pairs = []
     for pair in msg.allowed_address_pairs:
@@ -248,4 +306,104 @@ def dhcp_from_proto(msg: agent_bus_pb2.NetworkDhcp) -> NetworkDhcp:
         leases=tuple(leases),
         mtu=_mtu(msg.mtu),
         server_mac=server_mac,
+    )
+
+
+def _leg_from_proto(msg: agent_bus_pb2.RouterLeg, what: str) -> RouterLeg:
+    try:
+        leg = RouterLeg(
+            port_id=_id(msg.port_id, "port_id"),
+            network_id=_id(msg.network_id, "network_id"),
+            vni=_vni(msg.segmentation_id),
+            mac=_mac(msg.mac_address),
+            fixed_ips=_fixed_ips(msg.fixed_ips),
+            mtu=_mtu(msg.mtu),
+        )
+    except InvalidNetworkInput as exc:
+        raise InvalidNetworkInput(f"{what}: {exc}") from exc
+    if not leg.fixed_ips:
+        raise InvalidNetworkInput(f"{what}: fixed_ips holds no IPv4 address")
+    return leg
+
+
+def _gateway_from_proto(msg: agent_bus_pb2.RouterLeg) -> RouterLeg:
+    leg = _leg_from_proto(msg, "gateway leg")
+    first = leg.fixed_ips[0]
+    if not first.gateway:
+        raise InvalidNetworkInput(
+            "gateway leg: its first fixed ip needs a gateway_ip (the router's next hop)"
+        )
+    gateway = ipaddress.IPv4Address(first.gateway)
+    if gateway not in first.interface.network or gateway == first.interface.ip:
+        raise InvalidNetworkInput(
+            "gateway leg: gateway_ip must be another address of the fixed ip's subnet"
+        )
+    return leg
+
+
+def _floating_ip_from_proto(msg: agent_bus_pb2.FloatingIpMapping) -> FloatingIpMapping:
+    try:
+        return FloatingIpMapping(
+            floating_ip_id=_id(msg.floating_ip_id, "floating_ip_id"),
+            floating_ip=_ipv4(msg.floating_ip_address, "floating_ip_address"),
+            fixed_ip=_ipv4(msg.fixed_ip_address, "fixed_ip_address"),
+            port_id=_id(msg.port_id, "port_id"),
+        )
+    except InvalidNetworkInput as exc:
+        raise InvalidNetworkInput(f"floating ip: {exc}") from exc
+
+
+def router_from_proto(msg: agent_bus_pb2.RouterBinding) -> Router:
+    """A validated `Router`; raises InvalidNetworkInput naming the bad field. IPv6 fixed
+    IPs are left out (not wired), as for ports. A binding that is deleted or down becomes
+    a Router without legs: the host removes it, and nothing but its id can stop that."""
+    router_id = _id(msg.router_id, "router_id")
+    if msg.deleted or not msg.admin_state_up:
+        return Router(
+            router_id=router_id,
+            revision=msg.revision,
+            admin_state_up=msg.admin_state_up,
+            enable_snat=msg.enable_snat,
+            deleted=msg.deleted,
+        )
+    gateway = _gateway_from_proto(msg.gateway) if msg.HasField("gateway") else None
+    interfaces = tuple(
+        _leg_from_proto(leg, f"interface {n}") for n, leg in enumerate(msg.interfaces)
+    )
+    legs = ((gateway,) if gateway else ()) + interfaces
+    keys: set[str] = set()
+    vnis: dict[str, int] = {}
+    for leg in legs:
+        if leg.port_id[:11] in keys:
+            # Device names hold the port id's first 11 characters only.
+            raise InvalidNetworkInput(
+                f"port_id {leg.port_id} is on two legs (or shares its first 11 characters)"
+            )
+        keys.add(leg.port_id[:11])
+        if vnis.setdefault(leg.network_id, leg.vni) != leg.vni:
+            raise InvalidNetworkInput(
+                f"segmentation_id differs between two legs on network {leg.network_id}"
+            )
+    floating = tuple(_floating_ip_from_proto(f) for f in msg.floating_ips)
+    if floating and gateway is None:
+        raise InvalidNetworkInput("floating_ips need the router's gateway leg")
+    seen: set[str] = set()
+    mapped: set[str] = set()
+    for fip in floating:
+        if fip.floating_ip in seen:
+            raise InvalidNetworkInput(f"floating_ip_address {fip.floating_ip} appears twice")
+        if fip.fixed_ip in mapped:
+            # Its outgoing traffic could leave as only one of them (SNAT).
+            raise InvalidNetworkInput(f"fixed_ip_address {fip.fixed_ip} has two floating IPs")
+        seen.add(fip.floating_ip)
+        mapped.add(fip.fixed_ip)
+    return Router(
+        router_id=router_id,
+        revision=msg.revision,
+        admin_state_up=msg.admin_state_up,
+        gateway=gateway,
+        enable_snat=msg.enable_snat,
+        interfaces=interfaces,
+        floating_ips=floating,
+        deleted=msg.deleted,
     )

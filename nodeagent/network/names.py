@@ -45,3 +45,29 @@ def parse_alias(text: str) -> tuple[str, str] | None:
         return None
     kind, _, ident = text[len(ALIAS_PREFIX) :].partition(":")
     return (kind, ident) if kind and ident else None
+
+
+def router_namespace(router_id: str, host_netns: str = "") -> str:
+    """`qrouter-<router id>`, prefixed like `dhcp_namespace` on a host that is itself a
+    namespace."""
+    return f"{host_netns}-qrouter-{router_id}" if host_netns else f"qrouter-{router_id}"
+
+
+def router_interface_name(port_id: str) -> str:
+    """An interface leg's veth end inside the router's namespace."""
+    return f"qr-{port_id[:11]}"
+
+
+def router_gateway_name(port_id: str) -> str:
+    """The gateway leg's veth end inside the router's namespace."""
+    return f"qg-{port_id[:11]}"
+
+
+def router_bridge_end(port_id: str) -> str:
+    """An interface leg's veth end on the network's bridge (host side)."""
+    return f"qrb{port_id[:11]}"
+
+
+def router_gateway_bridge_end(port_id: str) -> str:
+    """The gateway leg's veth end on the external network's bridge (host side)."""
+    return f"qgb{port_id[:11]}"

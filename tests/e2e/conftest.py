@@ -30,6 +30,9 @@ def _stack(pg_url: str, nats: RestartableNats, tmp_path: Path) -> Stack:
         extra_env={
             "LOOM_AGENT__HEARTBEAT_INTERVAL": "1",
             "LOOM_CONDUCTOR__MAX_BUILD_ATTEMPTS": "3",
+            # The first simulated host of the `cloud` fixture serves routers (it has no data
+            # plane: the API and the router feed are what these tests see).
+            "LOOM_NETWORK__L3_HOST": "cloud-0000",
         },
     )
 

@@ -715,8 +715,9 @@ def test_a_private_flavor_boots_for_an_admin_and_for_a_member_once_shared_with_i
 
 
 def test_the_openstack_cli_manages_networks_subnets_ports_rules_routers_and_floating_ips(
-    cloud: Stack,
+    ready_cloud: Stack,
 ) -> None:
+    cloud = ready_cloud
     network = osc(cloud, "network", "create", "n1", "-f", "json")
     assert network["status"] == "ACTIVE"
     subnet = osc(
@@ -746,13 +747,25 @@ def test_the_openstack_cli_manages_networks_subnets_ports_rules_routers_and_floa
         cloud, "subnet", "create", "--network", "public", "--subnet-range", "203.0.113.0/24",
         "--no-dhcp", "pub", admin=True,
     )  # fmt: skip
-    osc(cloud, "router", "create", "r1")
+    r1 = osc(cloud, "router", "create", "r1", "-f", "json")
     osc(cloud, "router", "set", "--external-gateway", "public", "r1")
     osc(cloud, "router", "add", "subnet", "r1", "s1")
     fip = osc(cloud, "floating", "ip", "create", "--port", "p1", "public", "-f", "json")
     assert fip["fixed_ip_address"] == fixed["ip_address"]
     assert fip["floating_ip_address"].startswith("203.0.113.")
     osc(cloud, "floating", "ip", "delete", fip["id"])
+    # A server on the network gets a floating IP through the compute verbs.
+    osc(cloud, "server", "create", "--image", "tiny", "--flavor", "m1.tiny",
+        "--nic", "net-id=n1", "--wait", "vm-fip")  # fmt: skip
+    spare = osc(cloud, "floating", "ip", "create", "public", "-f", "json")
+    osc(cloud, "server", "add", "floating", "ip", "vm-fip", spare["floating_ip_address"])
+    server_port = osc(cloud, "port", "list", "--server", "vm-fip", "-f", "json")[0]
+    added = osc(cloud, "floating", "ip", "show", spare["id"], "-f", "json")
+    assert (added["port_id"], added["router_id"]) == (server_port["ID"], r1["id"])
+    osc(cloud, "server", "remove", "floating", "ip", "vm-fip", spare["floating_ip_address"])
+    assert osc(cloud, "floating", "ip", "show", spare["id"], "-f", "json")["port_id"] is None
+    osc(cloud, "server", "delete", "--wait", "vm-fip")
+    osc(cloud, "floating", "ip", "delete", spare["id"])
     osc(cloud, "router", "remove", "subnet", "r1", "s1")
     osc(cloud, "router", "delete", "r1")
     osc(cloud, "subnet", "delete", "pub", admin=True)

@@ -214,12 +214,14 @@ class Api:
             time.sleep(0.2)
         pytest.fail(f"no {MARKER} on the console of {sid} within {within} s")
 
-    def boot(self, name: str, image: str, networks: Any = "none") -> tuple[str, float]:
+    def boot(
+        self, name: str, image: str, networks: Any = "none", groups: tuple[str, ...] = ()
+    ) -> tuple[str, float]:
         started = time.monotonic()
-        r = self.post(
-            "/servers",
-            {"server": {"name": name, "imageRef": image, "flavorRef": "1", "networks": networks}},
-        )
+        server = {"name": name, "imageRef": image, "flavorRef": "1", "networks": networks}
+        if groups:
+            server["security_groups"] = [{"name": g} for g in groups]
+        r = self.post("/servers", {"server": server})
         assert r.status_code == 202, r.text
         return str(r.json()["server"]["id"]), started
 
@@ -530,3 +532,153 @@ def test_two_guests_on_a_network_ping_while_their_security_group_lets_them_and_s
             for sid in (first, second):
                 api.wait_status(sid, "DELETED")
         assert api.http.delete(f"/network/v2.0/networks/{net_id}").status_code == 204
+
+
+def _host_pings(ip: str) -> bool:
+    """One ping from this machine (the L3 host's own namespace)."""
+    done = subprocess.run(
+        ["busybox", "ping", "-c", "1", "-W", "1", ip], capture_output=True, check=False
+    )
+    return done.returncode == 0
+
+
+def _wait_host_ping(ip: str, want: bool, within: float = 60) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if _host_pings(ip) == want:
+            return
+        time.sleep(0.5)
+    pytest.fail(f"a ping from the host to {ip} did not {'answer' if want else 'stop'}")
+
+
+def _namespaces() -> set[str]:
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    return {line.split()[0] for line in listed.stdout.splitlines() if line.strip()}
+
+
+def test_a_floating_ip_reaches_a_guest_from_the_host_only_while_its_group_lets_it_in(
+    qemu_cloud: QemuCloud,
+) -> None:
+    """A router with a gateway on an external network and an interface on the tenant's
+    subnet: the guest reaches the host through the router's source NAT, and the host
+    reaches the guest's floating IP (DNAT) once the guest's security group admits ICMP."""
+    with Api(qemu_cloud) as api, Api(qemu_cloud, "admin") as admin:
+        ext = admin.http.post(
+            "/network/v2.0/networks",
+            json={"network": {"name": "public-e2e", "router:external": True}},
+        )
+        assert ext.status_code == 201, ext.text
+        ext_id = ext.json()["network"]["id"]
+        ext_sub = admin.http.post(
+            "/network/v2.0/subnets",
+            json={
+                "subnet": {
+                    "network_id": ext_id,
+                    "ip_version": 4,
+                    "cidr": "198.51.100.0/24",
+                    "enable_dhcp": False,
+                }
+            },
+        )
+        assert ext_sub.status_code == 201, ext_sub.text
+        net = api.http.post("/network/v2.0/networks", json={"network": {"name": "fip-e2e"}})
+        assert net.status_code == 201, net.text
+        net_id = net.json()["network"]["id"]
+        sub = api.http.post(
+            "/network/v2.0/subnets",
+            json={"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "10.62.0.0/24"}},
+        )
+        assert sub.status_code == 201, sub.text
+        router = api.http.post(
+            "/network/v2.0/routers",
+            json={"router": {"name": "r-e2e", "external_gateway_info": {"network_id": ext_id}}},
+        )
+        assert router.status_code == 201, router.text
+        router_id = router.json()["router"]["id"]
+        added = api.http.put(
+            f"/network/v2.0/routers/{router_id}/add_router_interface",
+            json={"subnet_id": sub.json()["subnet"]["id"]},
+        )
+        assert added.status_code == 200, added.text
+        # The guest pings the host's address on the external network: through the router's
+        # source NAT (egress is allowed, and the replies belong to its connection).
+        pinger = _guest_image(
+            qemu_cloud,
+            admin,
+            "loom-test-guest-ping-host",
+            "console=ttyS0 loom_pingloop=198.51.100.1",
+        )
+        # A group of its own (egress only): the module's other tests change `default`.
+        group = api.http.post(
+            "/network/v2.0/security-groups", json={"security_group": {"name": "fip-e2e"}}
+        )
+        assert group.status_code == 201, group.text
+        group_id = group.json()["security_group"]["id"]
+        sid, _ = api.boot("fip-guest", pinger, [{"uuid": net_id}], ("fip-e2e",))
+        fip_id = ""
+        try:
+            api.wait_status(sid, "ACTIVE")
+            _wait_pingloop(api, sid, "up", 0, within=120)
+            ports = api.http.get("/network/v2.0/ports", params={"device_id": sid}).json()["ports"]
+            fip = api.http.post(
+                "/network/v2.0/floatingips",
+                json={"floatingip": {"floating_network_id": ext_id, "port_id": ports[0]["id"]}},
+            )
+            assert fip.status_code == 201, fip.text
+            fip_id = fip.json()["floatingip"]["id"]
+            address = fip.json()["floatingip"]["floating_ip_address"]
+            deadline = time.monotonic() + 30
+            while (
+                api.http.get(f"/network/v2.0/floatingips/{fip_id}").json()["floatingip"]["status"]
+                != "ACTIVE"
+            ):
+                assert time.monotonic() < deadline, "the floating IP never went ACTIVE"
+                time.sleep(0.5)
+            # Its group lets nothing in yet.
+            time.sleep(3)
+            assert not _host_pings(address)
+            icmp = api.http.post(
+                "/network/v2.0/security-group-rules",
+                json={
+                    "security_group_rule": {
+                        "security_group_id": group_id,
+                        "direction": "ingress",
+                        "ethertype": "IPv4",
+                        "protocol": "icmp",
+                        "remote_ip_prefix": "0.0.0.0/0",
+                    }
+                },
+            )
+            assert icmp.status_code == 201, icmp.text
+            _wait_host_ping(address, True)
+            # Released from the port: the router stops answering for it.
+            released = api.http.put(
+                f"/network/v2.0/floatingips/{fip_id}", json={"floatingip": {"port_id": None}}
+            )
+            assert released.status_code == 200, released.text
+            _wait_host_ping(address, False)
+            assert (
+                api.http.delete(
+                    f"/network/v2.0/security-group-rules/{icmp.json()['security_group_rule']['id']}"
+                ).status_code
+                == 204
+            )
+        finally:
+            assert api.http.delete(f"/compute/v2.1/servers/{sid}").status_code == 204
+            api.wait_status(sid, "DELETED")
+            if fip_id:
+                assert api.http.delete(f"/network/v2.0/floatingips/{fip_id}").status_code == 204
+        removed = api.http.put(
+            f"/network/v2.0/routers/{router_id}/remove_router_interface",
+            json={"subnet_id": sub.json()["subnet"]["id"]},
+        )
+        assert removed.status_code == 200, removed.text
+        assert api.http.delete(f"/network/v2.0/routers/{router_id}").status_code == 204
+        assert api.http.delete(f"/network/v2.0/networks/{net_id}").status_code == 204
+        assert admin.http.delete(f"/network/v2.0/networks/{ext_id}").status_code == 204
+        assert api.http.delete(f"/network/v2.0/security-groups/{group_id}").status_code == 204
+        # Nothing of the router is left on the host.
+        deadline = time.monotonic() + 30
+        while any(n.startswith("qrouter-") for n in _namespaces()):
+            assert time.monotonic() < deadline, sorted(_namespaces())
+            time.sleep(0.5)

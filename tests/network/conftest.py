@@ -18,6 +18,9 @@ from controlplane.db.outage import DatabaseOutage
 from controlplane.network.service import NetworkDomain
 from controlplane.runtime.grpcserver import start_grpc_server
 
+# The host the network service names as serving every router.
+L3_HOST = "l3-host"
+
 
 @dataclass
 class Net:
@@ -47,7 +50,10 @@ async def net(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[N
     """On PostgreSQL (a small pool, as a service has: concurrent calls queue for a
     connection and still run their transactions side by side) and on SQLite (one writer at
     a time, the embedded default)."""
-    cfg = load_config(environ={}, overrides={"data_dir": str(tmp_path / "data")})
+    cfg = load_config(
+        environ={},
+        overrides={"data_dir": str(tmp_path / "data"), "network": {"l3_host": L3_HOST}},
+    )
     if request.param == "postgresql":
         url = request.getfixturevalue("pg_url")
         engine = create_async_engine(async_database_url(url), pool_size=8, max_overflow=0)

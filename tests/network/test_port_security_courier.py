@@ -10,8 +10,8 @@ import pytest
 from loom.compute.v1 import agent_bus_pb2 as agent
 from sqlalchemy import delete, select
 
+from controlplane.conductor.network_changes import ChangeCourier, PortSecurityChanges
 from controlplane.conductor.outbox import Wakeup
-from controlplane.conductor.port_security import PortSecurityCourier
 from controlplane.db.models import OutboxMessage
 from controlplane.network.client import GrpcPortsClient, SecurityChanges
 from tests.network.conftest import Net
@@ -41,7 +41,7 @@ async def test_each_affected_host_gets_one_refresh_command_in_the_outbox(net: Ne
     b = await _bind(net, network_id, "h2")
     await _clear_outbox(net)
     wakeup = Wakeup()
-    courier = PortSecurityCourier(net.sessions, GrpcPortsClient(net.channel), wakeup)
+    courier = ChangeCourier(net.sessions, PortSecurityChanges(GrpcPortsClient(net.channel)), wakeup)
     assert await courier.carry_once() > 0
     queued = dict(await _queued(net))
     assert set(queued) == {"loom.compute.h1.port_security", "loom.compute.h2.port_security"}
@@ -69,13 +69,13 @@ async def test_changes_a_dead_courier_did_not_acknowledge_are_carried_again(net:
     a = await _bind(net, network_id, "h1")
     await _clear_outbox(net)
     client = GrpcPortsClient(net.channel)
-    dying = PortSecurityCourier(net.sessions, _DiesBeforeTheAck(client), Wakeup())
+    dying = ChangeCourier(net.sessions, PortSecurityChanges(_DiesBeforeTheAck(client)), Wakeup())
     with pytest.raises(ConnectionError):
         await dying.carry_once()
     first = await _queued(net)
     assert len(first) == 1
     await asyncio.sleep(0.8)  # the lease ends
-    assert await PortSecurityCourier(net.sessions, client, Wakeup()).carry_once() > 0
+    assert await ChangeCourier(net.sessions, PortSecurityChanges(client), Wakeup()).carry_once() > 0
     again = await _queued(net)
     assert len(again) == 2, "the second courier queued the change again, under a new id"
     assert again[1][1].ports[0].port_id == a.ports[0].id

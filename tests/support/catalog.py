@@ -40,7 +40,9 @@ async def running_catalog(db_url: str, data_dir: Path) -> AsyncIterator[RunningC
     # (a pooled one closed only at dispose can be collected before, which warns).
     engine = create_async_engine(async_database_url(db_url), poolclass=NullPool)
     sessions = session_factory(engine)
-    cfg = load_config(environ={}, overrides={"data_dir": str(data_dir)})
+    cfg = load_config(
+        environ={}, overrides={"data_dir": str(data_dir), "network": {"l3_host": "l3-host"}}
+    )
     domains = (IdentityDomain, ImageDomain, CatalogDomain, NetworkDomain)
     registrations = [
         *(r for domain in domains for r in domain(sessions, cfg).registrations()),

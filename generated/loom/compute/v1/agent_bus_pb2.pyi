@@ -1046,6 +1046,176 @@ class RefreshPortSecurityCommand(_message.Message):
 Global___RefreshPortSecurityCommand: _TypeAlias = RefreshPortSecurityCommand  # noqa: Y015
 
 @_typing.final
+class RouterLeg(_message.Message):
+    """One leg of a router on a network: a port of the router's holding its address there."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORT_ID_FIELD_NUMBER: _builtins.int
+    NETWORK_ID_FIELD_NUMBER: _builtins.int
+    SEGMENTATION_ID_FIELD_NUMBER: _builtins.int
+    MAC_ADDRESS_FIELD_NUMBER: _builtins.int
+    FIXED_IPS_FIELD_NUMBER: _builtins.int
+    MTU_FIELD_NUMBER: _builtins.int
+    port_id: _builtins.str
+    """Port UUID."""
+    network_id: _builtins.str
+    """Network UUID."""
+    segmentation_id: _builtins.int
+    """VXLAN network identifier of the network."""
+    mac_address: _builtins.str
+    """The port's MAC address, lower-case colon-separated."""
+    mtu: _builtins.int
+    """The network's MTU; 0 means the agent default."""
+    @_builtins.property
+    def fixed_ips(self) -> _containers.RepeatedCompositeFieldContainer[Global___FixedIp]:
+        """The router's addresses on the network (an interface: its subnet's gateway_ip; the
+        gateway leg: its address on the external subnet, whose gateway_ip is the next hop).
+        """
+
+    def __init__(
+        self,
+        *,
+        port_id: _builtins.str = ...,
+        network_id: _builtins.str = ...,
+        segmentation_id: _builtins.int = ...,
+        mac_address: _builtins.str = ...,
+        fixed_ips: _abc.Iterable[Global___FixedIp] | None = ...,
+        mtu: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fixed_ips", b"fixed_ips", "mac_address", b"mac_address", "mtu", b"mtu", "network_id", b"network_id", "port_id", b"port_id", "segmentation_id", b"segmentation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RouterLeg: _TypeAlias = RouterLeg  # noqa: Y015
+
+@_typing.final
+class FloatingIpMapping(_message.Message):
+    """A floating IP served by a router: traffic to floating_ip_address goes to
+    fixed_ip_address (DNAT), and that address leaves as the floating one (SNAT).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FLOATING_IP_ID_FIELD_NUMBER: _builtins.int
+    FLOATING_IP_ADDRESS_FIELD_NUMBER: _builtins.int
+    FIXED_IP_ADDRESS_FIELD_NUMBER: _builtins.int
+    PORT_ID_FIELD_NUMBER: _builtins.int
+    floating_ip_id: _builtins.str
+    """Floating IP UUID."""
+    floating_ip_address: _builtins.str
+    """The external address."""
+    fixed_ip_address: _builtins.str
+    """The tenant port's fixed address it maps to."""
+    port_id: _builtins.str
+    """The tenant port."""
+    def __init__(
+        self,
+        *,
+        floating_ip_id: _builtins.str = ...,
+        floating_ip_address: _builtins.str = ...,
+        fixed_ip_address: _builtins.str = ...,
+        port_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fixed_ip_address", b"fixed_ip_address", "floating_ip_address", b"floating_ip_address", "floating_ip_id", b"floating_ip_id", "port_id", b"port_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FloatingIpMapping: _TypeAlias = FloatingIpMapping  # noqa: Y015
+
+@_typing.final
+class RouterBinding(_message.Message):
+    """Everything a host needs to serve one router: its namespace, legs, NAT and floating IPs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUTER_ID_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    ADMIN_STATE_UP_FIELD_NUMBER: _builtins.int
+    GATEWAY_FIELD_NUMBER: _builtins.int
+    ENABLE_SNAT_FIELD_NUMBER: _builtins.int
+    INTERFACES_FIELD_NUMBER: _builtins.int
+    FLOATING_IPS_FIELD_NUMBER: _builtins.int
+    DELETED_FIELD_NUMBER: _builtins.int
+    router_id: _builtins.str
+    """Router UUID."""
+    revision: _builtins.int
+    """The network service's revision of this binding; a host keeps the newest it has seen."""
+    admin_state_up: _builtins.bool
+    """False: the router forwards nothing (its namespace is removed)."""
+    enable_snat: _builtins.bool
+    """Source NAT of the interfaces' subnets to the gateway address."""
+    deleted: _builtins.bool
+    """The router is gone (or no longer served by this host): remove it."""
+    @_builtins.property
+    def gateway(self) -> Global___RouterLeg:
+        """The gateway leg on the external network; absent when the router has no gateway."""
+
+    @_builtins.property
+    def interfaces(self) -> _containers.RepeatedCompositeFieldContainer[Global___RouterLeg]:
+        """The interfaces on tenant subnets."""
+
+    @_builtins.property
+    def floating_ips(self) -> _containers.RepeatedCompositeFieldContainer[Global___FloatingIpMapping]:
+        """The floating IPs associated through this router."""
+
+    def __init__(
+        self,
+        *,
+        router_id: _builtins.str = ...,
+        revision: _builtins.int = ...,
+        admin_state_up: _builtins.bool = ...,
+        gateway: Global___RouterLeg | None = ...,
+        enable_snat: _builtins.bool = ...,
+        interfaces: _abc.Iterable[Global___RouterLeg] | None = ...,
+        floating_ips: _abc.Iterable[Global___FloatingIpMapping] | None = ...,
+        deleted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["gateway", b"gateway"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin_state_up", b"admin_state_up", "deleted", b"deleted", "enable_snat", b"enable_snat", "floating_ips", b"floating_ips", "gateway", b"gateway", "interfaces", b"interfaces", "revision", b"revision", "router_id", b"router_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RouterBinding: _TypeAlias = RouterBinding  # noqa: Y015
+
+@_typing.final
+class RefreshRoutersCommand(_message.Message):
+    """The current state of routers served by this host (network.l3_host), sent on
+    loom.compute.<host>.routers after a router, one of its interfaces or floating IPs, or
+    its gateway changed. Each binding replaces the host's copy when its revision is newer.
+    Idempotent; publishes no instance event.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ROUTERS_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per command; also the NATS message id."""
+    @_builtins.property
+    def routers(self) -> _containers.RepeatedCompositeFieldContainer[Global___RouterBinding]:
+        """The full bindings of the changed routers."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        routers: _abc.Iterable[Global___RouterBinding] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "routers", b"routers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefreshRoutersCommand: _TypeAlias = RefreshRoutersCommand  # noqa: Y015
+
+@_typing.final
 class InstanceEvent(_message.Message):
     """An instance event, published on `loom.events.instance.<host>`."""
 

@@ -3772,6 +3772,131 @@ class AckPortSecurityChangesResponse(_message.Message):
 Global___AckPortSecurityChangesResponse: _TypeAlias = AckPortSecurityChangesResponse  # noqa: Y015
 
 @_typing.final
+class TakeRouterChangesRequest(_message.Message):
+    """Request for TakeRouterChanges."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    LEASE_SECONDS_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """At most this many changes (1..1000; 0 means 256)."""
+    lease_seconds: _builtins.float
+    """How long the changes stay claimed (0 means 30 s)."""
+    def __init__(
+        self,
+        *,
+        limit: _builtins.int = ...,
+        lease_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_seconds", b"lease_seconds", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TakeRouterChangesRequest: _TypeAlias = TakeRouterChangesRequest  # noqa: Y015
+
+@_typing.final
+class HostRouters(_message.Message):
+    """The bindings of the changed routers that one host serves."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOST_FIELD_NUMBER: _builtins.int
+    ROUTERS_FIELD_NUMBER: _builtins.int
+    host: _builtins.str
+    """The host serving them (network.l3_host)."""
+    @_builtins.property
+    def routers(self) -> _containers.RepeatedCompositeFieldContainer[_agent_bus_pb2.RouterBinding]:
+        """Their current bindings (deleted ones say so), each with its revision."""
+
+    def __init__(
+        self,
+        *,
+        host: _builtins.str = ...,
+        routers: _abc.Iterable[_agent_bus_pb2.RouterBinding] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "routers", b"routers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HostRouters: _TypeAlias = HostRouters  # noqa: Y015
+
+@_typing.final
+class TakeRouterChangesResponse(_message.Message):
+    """Response of TakeRouterChanges."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGE_IDS_FIELD_NUMBER: _builtins.int
+    HOSTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def change_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The changes taken, to acknowledge once the hosts' commands are queued."""
+
+    @_builtins.property
+    def hosts(self) -> _containers.RepeatedCompositeFieldContainer[Global___HostRouters]:
+        """What each host must apply."""
+
+    def __init__(
+        self,
+        *,
+        change_ids: _abc.Iterable[_builtins.int] | None = ...,
+        hosts: _abc.Iterable[Global___HostRouters] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_ids", b"change_ids", "hosts", b"hosts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TakeRouterChangesResponse: _TypeAlias = TakeRouterChangesResponse  # noqa: Y015
+
+@_typing.final
+class AckRouterChangesRequest(_message.Message):
+    """Request for AckRouterChanges."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGE_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def change_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """From TakeRouterChangesResponse.change_ids."""
+
+    def __init__(
+        self,
+        *,
+        change_ids: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_ids", b"change_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AckRouterChangesRequest: _TypeAlias = AckRouterChangesRequest  # noqa: Y015
+
+@_typing.final
+class AckRouterChangesResponse(_message.Message):
+    """Response of AckRouterChanges."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AckRouterChangesResponse: _TypeAlias = AckRouterChangesResponse  # noqa: Y015
+
+@_typing.final
 class GetAutoAllocatedNetworkRequest(_message.Message):
     """Request for GetAutoAllocatedNetwork."""
 

@@ -140,6 +140,16 @@ class NetworkServiceStub:
                 request_serializer=loom_dot_network_dot_v1_dot_network__pb2.AckPortSecurityChangesRequest.SerializeToString,
                 response_deserializer=loom_dot_network_dot_v1_dot_network__pb2.AckPortSecurityChangesResponse.FromString,
                 _registered_method=True)
+        self.TakeRouterChanges = channel.unary_unary(
+                '/loom.network.v1.NetworkService/TakeRouterChanges',
+                request_serializer=loom_dot_network_dot_v1_dot_network__pb2.TakeRouterChangesRequest.SerializeToString,
+                response_deserializer=loom_dot_network_dot_v1_dot_network__pb2.TakeRouterChangesResponse.FromString,
+                _registered_method=True)
+        self.AckRouterChanges = channel.unary_unary(
+                '/loom.network.v1.NetworkService/AckRouterChanges',
+                request_serializer=loom_dot_network_dot_v1_dot_network__pb2.AckRouterChangesRequest.SerializeToString,
+                response_deserializer=loom_dot_network_dot_v1_dot_network__pb2.AckRouterChangesResponse.FromString,
+                _registered_method=True)
         self.CreateSecurityGroup = channel.unary_unary(
                 '/loom.network.v1.NetworkService/CreateSecurityGroup',
                 request_serializer=loom_dot_network_dot_v1_dot_network__pb2.CreateSecurityGroupRequest.SerializeToString,
@@ -426,6 +436,22 @@ class NetworkServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TakeRouterChanges(self, request, context):
+        """Claims noted router changes (routers, interfaces, gateways, floating IPs) for a lease
+        and returns the current binding of each changed router, by the host that serves it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AckRouterChanges(self, request, context):
+        """Forgets router changes whose hosts' commands are queued; their floating IPs become
+        ACTIVE (associated) or DOWN.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateSecurityGroup(self, request, context):
         """Create a security group.
         """
@@ -704,6 +730,16 @@ def add_NetworkServiceServicer_to_server(servicer, server):
                     servicer.AckPortSecurityChanges,
                     request_deserializer=loom_dot_network_dot_v1_dot_network__pb2.AckPortSecurityChangesRequest.FromString,
                     response_serializer=loom_dot_network_dot_v1_dot_network__pb2.AckPortSecurityChangesResponse.SerializeToString,
+            ),
+            'TakeRouterChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.TakeRouterChanges,
+                    request_deserializer=loom_dot_network_dot_v1_dot_network__pb2.TakeRouterChangesRequest.FromString,
+                    response_serializer=loom_dot_network_dot_v1_dot_network__pb2.TakeRouterChangesResponse.SerializeToString,
+            ),
+            'AckRouterChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.AckRouterChanges,
+                    request_deserializer=loom_dot_network_dot_v1_dot_network__pb2.AckRouterChangesRequest.FromString,
+                    response_serializer=loom_dot_network_dot_v1_dot_network__pb2.AckRouterChangesResponse.SerializeToString,
             ),
             'CreateSecurityGroup': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateSecurityGroup,
@@ -1377,6 +1413,60 @@ class NetworkService:
             '/loom.network.v1.NetworkService/AckPortSecurityChanges',
             loom_dot_network_dot_v1_dot_network__pb2.AckPortSecurityChangesRequest.SerializeToString,
             loom_dot_network_dot_v1_dot_network__pb2.AckPortSecurityChangesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TakeRouterChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.network.v1.NetworkService/TakeRouterChanges',
+            loom_dot_network_dot_v1_dot_network__pb2.TakeRouterChangesRequest.SerializeToString,
+            loom_dot_network_dot_v1_dot_network__pb2.TakeRouterChangesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AckRouterChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.network.v1.NetworkService/AckRouterChanges',
+            loom_dot_network_dot_v1_dot_network__pb2.AckRouterChangesRequest.SerializeToString,
+            loom_dot_network_dot_v1_dot_network__pb2.AckRouterChangesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -98,6 +98,14 @@ class NetworkServiceStub:
     """
     AckPortSecurityChanges: _grpc.UnaryUnaryMultiCallable[_network_pb2.AckPortSecurityChangesRequest, _network_pb2.AckPortSecurityChangesResponse]
     """Forgets changes whose bindings reached the hosts' command streams."""
+    TakeRouterChanges: _grpc.UnaryUnaryMultiCallable[_network_pb2.TakeRouterChangesRequest, _network_pb2.TakeRouterChangesResponse]
+    """Claims noted router changes (routers, interfaces, gateways, floating IPs) for a lease
+    and returns the current binding of each changed router, by the host that serves it.
+    """
+    AckRouterChanges: _grpc.UnaryUnaryMultiCallable[_network_pb2.AckRouterChangesRequest, _network_pb2.AckRouterChangesResponse]
+    """Forgets router changes whose hosts' commands are queued; their floating IPs become
+    ACTIVE (associated) or DOWN.
+    """
     CreateSecurityGroup: _grpc.UnaryUnaryMultiCallable[_network_pb2.CreateSecurityGroupRequest, _network_pb2.CreateSecurityGroupResponse]
     """Create a security group."""
     GetSecurityGroup: _grpc.UnaryUnaryMultiCallable[_network_pb2.GetSecurityGroupRequest, _network_pb2.GetSecurityGroupResponse]
@@ -216,6 +224,14 @@ class NetworkServiceAsyncStub(NetworkServiceStub):
     """
     AckPortSecurityChanges: _aio.UnaryUnaryMultiCallable[_network_pb2.AckPortSecurityChangesRequest, _network_pb2.AckPortSecurityChangesResponse]  # type: ignore[assignment]
     """Forgets changes whose bindings reached the hosts' command streams."""
+    TakeRouterChanges: _aio.UnaryUnaryMultiCallable[_network_pb2.TakeRouterChangesRequest, _network_pb2.TakeRouterChangesResponse]  # type: ignore[assignment]
+    """Claims noted router changes (routers, interfaces, gateways, floating IPs) for a lease
+    and returns the current binding of each changed router, by the host that serves it.
+    """
+    AckRouterChanges: _aio.UnaryUnaryMultiCallable[_network_pb2.AckRouterChangesRequest, _network_pb2.AckRouterChangesResponse]  # type: ignore[assignment]
+    """Forgets router changes whose hosts' commands are queued; their floating IPs become
+    ACTIVE (associated) or DOWN.
+    """
     CreateSecurityGroup: _aio.UnaryUnaryMultiCallable[_network_pb2.CreateSecurityGroupRequest, _network_pb2.CreateSecurityGroupResponse]  # type: ignore[assignment]
     """Create a security group."""
     GetSecurityGroup: _aio.UnaryUnaryMultiCallable[_network_pb2.GetSecurityGroupRequest, _network_pb2.GetSecurityGroupResponse]  # type: ignore[assignment]
@@ -451,6 +467,26 @@ class NetworkServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_network_pb2.AckPortSecurityChangesResponse, _abc.Awaitable[_network_pb2.AckPortSecurityChangesResponse]]:
         """Forgets changes whose bindings reached the hosts' command streams."""
+
+    @_abc_1.abstractmethod
+    def TakeRouterChanges(
+        self,
+        request: _network_pb2.TakeRouterChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_network_pb2.TakeRouterChangesResponse, _abc.Awaitable[_network_pb2.TakeRouterChangesResponse]]:
+        """Claims noted router changes (routers, interfaces, gateways, floating IPs) for a lease
+        and returns the current binding of each changed router, by the host that serves it.
+        """
+
+    @_abc_1.abstractmethod
+    def AckRouterChanges(
+        self,
+        request: _network_pb2.AckRouterChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_network_pb2.AckRouterChangesResponse, _abc.Awaitable[_network_pb2.AckRouterChangesResponse]]:
+        """Forgets router changes whose hosts' commands are queued; their floating IPs become
+        ACTIVE (associated) or DOWN.
+        """
 
     @_abc_1.abstractmethod
     def CreateSecurityGroup(

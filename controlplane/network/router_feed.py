@@ -1,0 +1,139 @@
+"""Router changes on their way to the L3 host.
+
+Every change to what a router's host must serve is noted in the transaction that makes it
+(router_changes.note): a gateway set or cleared, an interface added or removed, the admin state, a
+floating IP associated, moved or released (also when its port goes), the router deleted.
+The conductor takes the noted changes (`take`: claimed for a lease), queues the routers'
+bindings for the host that serves routers (`network.l3_host`) as a RefreshRoutersCommand
+in its outbox, then acknowledges them (`ack`), which marks the routers' associated
+floating IPs ACTIVE. Each binding carries a revision from the `router` counter, taken
+before the routers are read, so the host that keeps the newest keeps the newest state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from loom.compute.v1 import agent_bus_pb2 as agent
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from controlplane.db.models import FloatingIp, Port, Router, RouterChange
+from controlplane.network import bindings, change_feed
+from controlplane.network.ports import INTERFACE_OWNER
+
+COUNTER = "router"
+
+
+def _leg(binding: agent.PortBinding) -> agent.RouterLeg:
+    return agent.RouterLeg(
+        port_id=binding.port_id,
+        network_id=binding.network_id,
+        segmentation_id=binding.segmentation_id,
+        mac_address=binding.mac_address,
+        fixed_ips=list(binding.fixed_ips),
+        mtu=binding.mtu,
+    )
+
+
+async def router_bindings(
+    s: AsyncSession, router_ids: Sequence[str], revision: int
+) -> list[agent.RouterBinding]:
+    """The current binding of each router, in order; a router that is gone (or has
+    neither gateway nor interfaces) says `deleted`."""
+    routers = {r.id: r for r in await s.scalars(select(Router).where(Router.id.in_(router_ids)))}
+    legs = list(
+        await s.scalars(
+            select(Port)
+            .where(Port.device_id.in_(list(routers)))
+            .where(
+                (Port.device_owner == INTERFACE_OWNER)
+                | Port.id.in_([r.gateway_port_id for r in routers.values() if r.gateway_port_id])
+            )
+            .order_by(Port.id)
+        )
+    )
+    leg_of = {
+        b.port_id: _leg(b)
+        for b in (await bindings.port_bindings(s, legs, revision) if legs else [])
+    }
+    fips = list(
+        await s.scalars(
+            select(FloatingIp)
+            .where(FloatingIp.router_id.in_(list(routers)), FloatingIp.port_id.is_not(None))
+            .order_by(FloatingIp.floating_ip_address)
+        )
+    )
+    out = []
+    for router_id in router_ids:
+        router = routers.get(router_id)
+        interfaces = [
+            leg_of[p.id]
+            for p in legs
+            if router is not None and p.device_id == router.id and p.id != router.gateway_port_id
+        ]
+        gateway = leg_of.get(router.gateway_port_id or "") if router is not None else None
+        if router is None or (gateway is None and not interfaces):
+            out.append(agent.RouterBinding(router_id=router_id, revision=revision, deleted=True))
+            continue
+        out.append(
+            agent.RouterBinding(
+                router_id=router.id,
+                revision=revision,
+                admin_state_up=router.admin_state_up,
+                gateway=gateway,
+                enable_snat=router.enable_snat,
+                interfaces=interfaces,
+                floating_ips=[
+                    agent.FloatingIpMapping(
+                        floating_ip_id=f.id,
+                        floating_ip_address=f.floating_ip_address,
+                        fixed_ip_address=f.fixed_ip_address or "",
+                        port_id=f.port_id or "",
+                    )
+                    for f in fips
+                    if f.router_id == router.id and gateway is not None
+                ],
+            )
+        )
+    return out
+
+
+async def take(
+    s: AsyncSession, limit: int, lease_s: float, l3_host: str
+) -> tuple[list[int], dict[str, list[agent.RouterBinding]]]:
+    """Claims changes and reads the changed routers' bindings at a new revision, for the
+    L3 host (none when no host serves routers: the changes are then only forgotten)."""
+    changes = await change_feed.claim(s, RouterChange, limit, lease_s)
+    if not changes:
+        return [], {}
+    router_ids = sorted({c.router_id for c in changes})
+    revision = await change_feed.next_revision(s, COUNTER)
+    found = await router_bindings(s, router_ids, revision)
+    return [c.id for c in changes], ({l3_host: found} if l3_host else {})
+
+
+async def ack(s: AsyncSession, change_ids: Sequence[int]) -> None:
+    """Forgets the changes; the floating IPs their routers serve are now ACTIVE."""
+    if not change_ids:
+        return
+    router_ids = list(
+        await s.scalars(select(RouterChange.router_id).where(RouterChange.id.in_(change_ids)))
+    )
+    await change_feed.ack(s, RouterChange, change_ids)
+    if router_ids:
+        up = select(Router.id).where(
+            Router.id.in_(router_ids),
+            Router.admin_state_up.is_(True),
+            Router.gateway_port_id.is_not(None),
+        )
+        await s.execute(
+            update(FloatingIp)
+            .where(FloatingIp.router_id.in_(up), FloatingIp.port_id.is_not(None))
+            .values(status="ACTIVE")
+        )
+        await s.execute(
+            update(FloatingIp)
+            .where(FloatingIp.router_id.in_(router_ids), FloatingIp.router_id.not_in(up))
+            .values(status="DOWN")
+        )
