@@ -5,6 +5,7 @@
   python -m bench boot-storm -n 1000 --hosts 1000 -c 32
   python -m bench boot-storm --cloud NAME [--clouds-yaml FILE]   any OpenStack cloud
   python -m bench boot-storm -n 400 --hosts 40 -c 32 --trace FILE   spans to FILE
+  python -m bench boot-storm -n 400 --hosts 40 --ports   each server on a tenant network
   python -m bench trace FILE [--server ID]   the slowest (or that) boot's spans as a tree
   python -m bench scheduler --hosts 1000 10000 --replicas 1 2
   python -m bench sweep
@@ -40,13 +41,15 @@ def _loom_boot_storm(
     client_model: ClientModel = "wait",
     settings: dict[str, str] | None = None,
     conductors: int = 1,
+    ports: bool = False,
 ) -> dict[str, Any]:
-    from bench.launch import launch_loom, prepare_tenant
+    from bench.launch import launch_loom, prepare_network, prepare_tenant
 
     with launch_loom(
         hosts, sim_memory_mb=sim_memory_mb, settings=settings, conductors=conductors
     ) as loom:
         flavor_name, image = asyncio.run(prepare_tenant(loom))
+        network_id = asyncio.run(prepare_network(loom, servers)) if ports else ""
         endpoint = resolve_cloud("loom", loom.clouds_yaml)
         pids = loom.pids()
         time.sleep(1.0)  # let start-up writes settle before the baseline
@@ -80,6 +83,7 @@ def _loom_boot_storm(
             servers=servers,
             concurrency=concurrency,
             client_model=client_model,
+            network_id=network_id,
             on_boots_done=lambda: at_boots_done.append(counters()),
         )
         client_cpu_s = time.process_time() - client_cpu0
@@ -118,6 +122,7 @@ def _loom_boot_storm(
                 "boot_and_delete_wall_s": boot_and_delete_s,
                 "settings": settings or {},
                 "conductors": conductors,
+                "ports_per_server": 1 if ports else 0,
                 "note": "boot and delete counters together; per boot = per boot+delete cycle",
             }
         )
@@ -241,6 +246,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     bs.add_argument("--conductors", type=int, default=1, help="conductor processes")
     bs.add_argument(
+        "--ports",
+        action="store_true",
+        help="each server on a port of one tenant network (simulated hosts: no data plane)",
+    )
+    bs.add_argument(
         "--trace",
         type=Path,
         metavar="FILE",
@@ -315,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                     client_model=args.client_model,
                     settings=settings,
                     conductors=args.conductors,
+                    ports=args.ports,
                 )
             ]
             if args.trace is not None:

@@ -109,6 +109,7 @@ async def run_boot_storm(
     flavor: str,
     image: str,
     client_model: ClientModel = "wait",
+    network_id: str = "",
     timeout_s: float = 600.0,
     progress: bool = True,
     on_boots_done: Callable[[], None] | None = None,
@@ -190,7 +191,9 @@ async def run_boot_storm(
         async def boot(rec: BootRecord) -> bool:
             rec.post_start = time.time()
             try:
-                rec.server_id = await client.create_server(f"{prefix}{rec.index}", flavor, image)
+                rec.server_id = await client.create_server(
+                    f"{prefix}{rec.index}", flavor, image, network_id
+                )
                 by_id[rec.server_id] = rec
             except Exception as exc:  # a failed request is counted, not fatal
                 rec.error = str(exc)
@@ -255,10 +258,12 @@ def storm_against(
     servers: int,
     concurrency: int,
     client_model: ClientModel = "wait",
+    network_id: str = "",
     progress: bool = True,
     on_boots_done: Callable[[], None] | None = None,
 ) -> StormResult:
-    """One whole storm against the endpoint, with a client of its own (blocking)."""
+    """One whole storm against the endpoint, with a client of its own (blocking); with
+    `network_id`, each server has a port on that network."""
 
     async def storm() -> StormResult:
         client = ComputeClient(endpoint, max_connections=concurrency + 4)
@@ -270,6 +275,7 @@ def storm_against(
                 flavor=await client.find_flavor(flavor_name),
                 image=image,
                 client_model=client_model,
+                network_id=network_id,
                 progress=progress,
                 on_boots_done=on_boots_done,
             )

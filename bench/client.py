@@ -76,9 +76,11 @@ class ComputeClient:
                 return str(flavor["id"])
         raise RuntimeError(f"no flavor named {name!r}")
 
-    async def create_server(self, name: str, flavor: str, image: str) -> str:
+    async def create_server(self, name: str, flavor: str, image: str, network_id: str = "") -> str:
+        """Boots a server; with `network_id`, on a port of that network, else with no NIC."""
+        networks: Any = [{"uuid": network_id}] if network_id else "none"
         body = {
-            "server": {"name": name, "flavorRef": flavor, "imageRef": image, "networks": "none"}
+            "server": {"name": name, "flavorRef": flavor, "imageRef": image, "networks": networks}
         }
         created = await self._json("POST", "/servers", (202,), json=body)
         return str(created["server"]["id"])

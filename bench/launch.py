@@ -152,6 +152,43 @@ async def prepare_tenant(loom: LoomUnderTest, cloud: str = "loom") -> tuple[str,
     return "m1.tiny", str(image_id)
 
 
+async def prepare_network(loom: LoomUnderTest, servers: int, cloud: str = "loom") -> str:
+    """A tenant network with one subnet large enough for `servers` ports, its port quota
+    lifted (as admin); returns the network's id."""
+    from bench.client import resolve_cloud
+
+    admin = resolve_cloud("loom-admin", loom.clouds_yaml)
+    tenant = resolve_cloud(cloud, loom.clouds_yaml)
+    network_url = admin.compute_url.split("/compute")[0] + "/network/v2.0"
+    prefix = max(8, min(24, 32 - (servers + 16).bit_length()))
+    async with httpx.AsyncClient(timeout=60) as http:
+        resp = await http.put(
+            f"{network_url}/quotas/{tenant.project_id}",
+            json={"quota": {"port": -1}},
+            headers={"X-Auth-Token": admin.token},
+        )
+        resp.raise_for_status()
+        h = {"X-Auth-Token": tenant.token}
+        resp = await http.post(
+            f"{network_url}/networks", json={"network": {"name": "bench-net"}}, headers=h
+        )
+        resp.raise_for_status()
+        network_id = str(resp.json()["network"]["id"])
+        resp = await http.post(
+            f"{network_url}/subnets",
+            json={
+                "subnet": {
+                    "network_id": network_id,
+                    "ip_version": 4,
+                    "cidr": f"10.192.0.0/{prefix}",
+                }
+            },
+            headers=h,
+        )
+        resp.raise_for_status()
+    return network_id
+
+
 def summary_json(obj: object) -> str:
     return json.dumps(obj, indent=2, default=str)
 

@@ -37,8 +37,18 @@ class PortsUnavailable(Exception):
         self.code = code
 
 
-# Statuses that are the network domain's answer about this server's ports (the build
-# fails), as opposed to the service being unreachable (the message is retried).
+# Statuses that say the network service could not be reached or could not answer now (an
+# outage, a deadline, a conflict to retry): the build's message is retried. Any other
+# status is the domain's answer about this server's ports, and the build fails with it;
+# an unexpected error (INTERNAL, UNKNOWN) would fail again on every retry.
+_RETRIED = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
 _REFUSALS = {
     grpc.StatusCode.NOT_FOUND: 400,
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -47,6 +57,14 @@ _REFUSALS = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: 403,
     grpc.StatusCode.PERMISSION_DENIED: 403,
 }
+
+
+def refusal_code(status: grpc.StatusCode) -> int | None:
+    """The fault code a build fails with for this status of the network service's
+    answer; None when the call is to be retried."""
+    if status in _RETRIED:
+        return None
+    return _REFUSALS.get(status, 500)
 
 
 @dataclass(frozen=True)
@@ -133,7 +151,7 @@ async def bind_on_host(conductor: Conductor, row: Instance, host: str) -> Nics |
             security_group_ids=groups,
         )
     except grpc.aio.AioRpcError as exc:
-        code = _REFUSALS.get(exc.code())
+        code = refusal_code(exc.code())
         if code is None:
             raise
         message = exc.details() or "The server's ports could not be made."
