@@ -6,9 +6,10 @@ router must serve (its gateway, interfaces, floating IPs). Every conductor runs 
 `ChangeCourier` per feed: it takes the noted changes (claimed for a lease, disjoint
 between conductors), queues one command per affected host in the outbox
 (RefreshPortSecurityCommand, RefreshRoutersCommand), commits, and then acknowledges the
-changes. A conductor that dies before the ack leaves them to be taken again when the
-lease ends: a host may apply a binding twice (its revision makes that a no-op), never
-miss one.
+changes. The router feed also names the servers whose floating IPs changed: their
+`addresses` are written in the same transaction. A conductor that dies before the ack
+leaves them to be taken again when the lease ends: a host may apply a binding twice (its
+revision makes that a no-op), never miss one.
 """
 
 from __future__ import annotations
@@ -16,13 +17,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
+from loom.compute.v1 import agent_bus_pb2
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.conductor import commands, outbox
 from controlplane.conductor.outbox import Outgoing, Wakeup
+from controlplane.db.models import Instance
 from controlplane.network.client import PortSecurityFeed, RouterFeed
 
 log = logging.getLogger(__name__)
@@ -31,13 +36,23 @@ BATCH = 256
 LEASE_S = 30.0
 
 
+@dataclass(frozen=True)
+class Taken:
+    """Changes taken: their ids, the commands for the affected hosts, and what the compute
+    service records of them itself (written with the commands, in one transaction)."""
+
+    change_ids: list[int]
+    outgoing: list[Outgoing]
+    record: Callable[[AsyncSession], Awaitable[None]] | None = None
+
+
 class HostChangeFeed(Protocol):
     """One feed of noted changes, as the hosts' commands they call for."""
 
     kind: str
 
-    async def take(self, *, limit: int, lease_s: float) -> tuple[list[int], list[Outgoing]]:
-        """Claims changes; returns their ids and the commands for the affected hosts."""
+    async def take(self, *, limit: int, lease_s: float) -> Taken:
+        """Claims changes; returns them as Taken."""
         ...
 
     async def ack(self, change_ids: Sequence[int]) -> None: ...
@@ -49,12 +64,15 @@ class PortSecurityChanges:
     def __init__(self, feed: PortSecurityFeed) -> None:
         self._feed = feed
 
-    async def take(self, *, limit: int, lease_s: float) -> tuple[list[int], list[Outgoing]]:
+    async def take(self, *, limit: int, lease_s: float) -> Taken:
         taken = await self._feed.take_security_changes(limit=limit, lease_s=lease_s)
-        return taken.change_ids, [
-            commands.refresh_port_security(host, bindings)
-            for host, bindings in sorted(taken.hosts.items())
-        ]
+        return Taken(
+            taken.change_ids,
+            [
+                commands.refresh_port_security(host, bindings)
+                for host, bindings in sorted(taken.hosts.items())
+            ],
+        )
 
     async def ack(self, change_ids: Sequence[int]) -> None:
         await self._feed.ack_security_changes(change_ids)
@@ -66,16 +84,50 @@ class RouterChanges:
     def __init__(self, feed: RouterFeed) -> None:
         self._feed = feed
 
-    async def take(self, *, limit: int, lease_s: float) -> tuple[list[int], list[Outgoing]]:
+    async def take(self, *, limit: int, lease_s: float) -> Taken:
         taken = await self._feed.take_router_changes(limit=limit, lease_s=lease_s)
-        return taken.change_ids, [
-            commands.refresh_routers(host, routers)
-            for host, routers in sorted(taken.hosts.items())
-            if routers
-        ]
+        devices = taken.devices
+
+        async def record(session: AsyncSession) -> None:
+            await show_floating_ips(session, devices)
+
+        return Taken(
+            taken.change_ids,
+            [
+                commands.refresh_routers(host, routers)
+                for host, routers in sorted(taken.hosts.items())
+                if routers
+            ],
+            record if devices else None,
+        )
 
     async def ack(self, change_ids: Sequence[int]) -> None:
         await self._feed.ack_router_changes(change_ids)
+
+
+async def show_floating_ips(
+    session: AsyncSession, devices: Mapping[str, Sequence[agent_bus_pb2.FloatingIpMapping]]
+) -> None:
+    """Each server's addresses with its floating IPs now: each right after the fixed
+    address it maps to (type `floating`, that port's MAC), as Nova lists them."""
+    rows = await session.scalars(
+        select(Instance).where(Instance.uuid.in_(list(devices)), Instance.deleted.is_(False))
+    )
+    for row in rows:
+        by_fixed: dict[str, list[str]] = {}
+        for f in devices[row.uuid]:
+            by_fixed.setdefault(f.fixed_ip_address, []).append(f.floating_ip_address)
+        shown: list[dict[str, Any]] = []
+        for a in row.addresses or []:
+            if a.get("type") == "floating":
+                continue
+            shown.append(a)
+            shown.extend(
+                {**a, "address": fip, "type": "floating"}
+                for fip in by_fixed.get(str(a.get("address")), [])
+            )
+        if shown != list(row.addresses or []):
+            row.addresses = shown
 
 
 class ChangeCourier:
@@ -95,13 +147,17 @@ class ChangeCourier:
     async def carry_once(self) -> int:
         """Takes one batch of changes and queues their hosts' commands; returns how many
         changes it took (0: none were waiting)."""
-        change_ids, outgoing = await self._feed.take(limit=BATCH, lease_s=LEASE_S)
+        taken = await self._feed.take(limit=BATCH, lease_s=LEASE_S)
+        change_ids, outgoing = taken.change_ids, taken.outgoing
         if not change_ids:
             return 0
-        if outgoing:
+        if outgoing or taken.record is not None:
             async with self._sessions.begin() as session:
                 await outbox.add(session, *outgoing)
-            self._wakeup.set()
+                if taken.record is not None:
+                    await taken.record(session)
+            if outgoing:
+                self._wakeup.set()
         await self._feed.ack(change_ids)
         log.info(
             "network changes queued for hosts",

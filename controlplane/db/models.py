@@ -732,14 +732,18 @@ class PortSecurityChange(Base):
 
 class RouterChange(Base):
     """A change to what a router's host must serve (its gateway, interfaces, floating IPs,
-    admin state, or the router's deletion), not yet sent to the host. Written in the
-    transaction of the change; the conductor claims rows (claimed_until), sends the
-    routers' bindings to the L3 host, then deletes them."""
+    admin state, or the router's deletion), or to a device's floating IPs, not yet sent.
+    Written in the transaction of the change; the conductor claims rows (claimed_until),
+    sends the routers' bindings to the L3 host and records the devices' floating IPs,
+    then deletes them."""
 
     __tablename__ = "router_changes"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    router_id: Mapped[str] = mapped_column(String(36))
+    # The router whose host must be told (null for a device-only change).
+    router_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    # A device (server) whose floating IPs changed: the compute service's addresses follow.
+    device_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 

@@ -81,6 +81,8 @@ class RouterUpdates:
 
     change_ids: list[int]
     hosts: dict[str, list[agent.RouterBinding]]
+    # Servers whose floating IPs changed: all their floating IPs now.
+    devices: dict[str, list[agent.FloatingIpMapping]]
 
 
 class RouterFeed(Protocol):
@@ -280,6 +282,7 @@ class GrpcPortsClient:
         return RouterUpdates(
             change_ids=list(reply.change_ids),
             hosts={h.host: list(h.routers) for h in reply.hosts},
+            devices={d.device_id: list(d.floating_ips) for d in reply.devices},
         )
 
     async def ack_router_changes(self, change_ids: Sequence[int]) -> None:

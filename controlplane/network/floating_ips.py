@@ -80,14 +80,16 @@ async def _associate(
             f" {chosen.subnet_id}. Therefore, cannot associate Port {port.id} with a Floating IP.",
         )
     router_changes.note(s, [fip.router_id, router_id])
+    await router_changes.note_port_devices(s, [fip.port_id, port.id])
     fip.port_id = port.id
     fip.fixed_ip_address = chosen.ip_address
     fip.router_id = router_id
     fip.status = "DOWN"  # until its router's host is sent the mapping (router_feed.ack)
 
 
-def _disassociate(s: AsyncSession, fip: FloatingIp) -> None:
+async def _disassociate(s: AsyncSession, fip: FloatingIp) -> None:
     router_changes.note(s, [fip.router_id])
+    await router_changes.note_port_devices(s, [fip.port_id])
     fip.port_id = None
     fip.fixed_ip_address = None
     fip.router_id = None
@@ -152,7 +154,7 @@ async def update_floating_ip(
         if req.port_id:
             await _associate(s, caller, fip, req.port_id, req.fixed_ip_address)
         else:
-            _disassociate(s, fip)
+            await _disassociate(s, fip)
     if req.HasField("description"):
         fip.description = req.description
     fip.revision_number += 1
@@ -165,6 +167,7 @@ async def delete_floating_ip(s: AsyncSession, caller: Caller, fip_id: str) -> No
     fip = await get_floating_ip(s, caller, fip_id)
     port = await s.get(Port, fip.floating_port_id)
     router_changes.note(s, [fip.router_id])
+    await router_changes.note_port_devices(s, [fip.port_id])
     await s.delete(fip)
     await s.flush()
     if port is not None:

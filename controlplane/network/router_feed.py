@@ -6,13 +6,16 @@ floating IP associated, moved or released (also when its port goes), the router 
 The conductor takes the noted changes (`take`: claimed for a lease), queues the routers'
 bindings for the host that serves routers (`network.l3_host`) as a RefreshRoutersCommand
 in its outbox, then acknowledges them (`ack`), which marks the routers' associated
-floating IPs ACTIVE. Each binding carries a revision from the `router` counter, taken
+floating IPs ACTIVE. A floating IP's change also names its ports' devices: the take gives
+each such server's floating IPs now, for the compute service's addresses. Each binding
+carries a revision from the `router` counter, taken
 before the routers are read, so the host that keeps the newest keeps the newest state.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from loom.compute.v1 import agent_bus_pb2 as agent
 from sqlalchemy import select, update
@@ -99,27 +102,65 @@ async def router_bindings(
     return out
 
 
-async def take(
-    s: AsyncSession, limit: int, lease_s: float, l3_host: str
-) -> tuple[list[int], dict[str, list[agent.RouterBinding]]]:
+@dataclass(frozen=True)
+class RouterTake:
+    change_ids: list[int]
+    hosts: dict[str, list[agent.RouterBinding]]
+    devices: dict[str, list[agent.FloatingIpMapping]]
+
+
+async def device_floating_ips(
+    s: AsyncSession, device_ids: Sequence[str]
+) -> dict[str, list[agent.FloatingIpMapping]]:
+    """Each device's floating IPs now (an empty list for one that has none left)."""
+    out: dict[str, list[agent.FloatingIpMapping]] = {d: [] for d in device_ids}
+    if device_ids:
+        rows = await s.execute(
+            select(Port.device_id, FloatingIp)
+            .join(FloatingIp, FloatingIp.port_id == Port.id)
+            .where(Port.device_id.in_(list(device_ids)))
+            .order_by(FloatingIp.floating_ip_address)
+        )
+        for device_id, f in rows:
+            out[device_id].append(
+                agent.FloatingIpMapping(
+                    floating_ip_id=f.id,
+                    floating_ip_address=f.floating_ip_address,
+                    fixed_ip_address=f.fixed_ip_address or "",
+                    port_id=f.port_id or "",
+                )
+            )
+    return out
+
+
+async def take(s: AsyncSession, limit: int, lease_s: float, l3_host: str) -> RouterTake:
     """Claims changes and reads the changed routers' bindings at a new revision, for the
-    L3 host (none when no host serves routers: the changes are then only forgotten)."""
+    L3 host (none when no host serves routers: the changes are then only forgotten), and
+    the changed devices' floating IPs."""
     changes = await change_feed.claim(s, RouterChange, limit, lease_s)
     if not changes:
-        return [], {}
-    router_ids = sorted({c.router_id for c in changes})
-    revision = await change_feed.next_revision(s, COUNTER)
-    found = await router_bindings(s, router_ids, revision)
-    return [c.id for c in changes], ({l3_host: found} if l3_host else {})
+        return RouterTake([], {}, {})
+    router_ids = sorted({c.router_id for c in changes if c.router_id})
+    device_ids = sorted({c.device_id for c in changes if c.device_id})
+    hosts: dict[str, list[agent.RouterBinding]] = {}
+    if router_ids and l3_host:
+        revision = await change_feed.next_revision(s, COUNTER)
+        hosts[l3_host] = await router_bindings(s, router_ids, revision)
+    devices = await device_floating_ips(s, device_ids)
+    return RouterTake([c.id for c in changes], hosts, devices)
 
 
 async def ack(s: AsyncSession, change_ids: Sequence[int]) -> None:
     """Forgets the changes; the floating IPs their routers serve are now ACTIVE."""
     if not change_ids:
         return
-    router_ids = list(
-        await s.scalars(select(RouterChange.router_id).where(RouterChange.id.in_(change_ids)))
-    )
+    router_ids = [
+        r
+        for r in await s.scalars(
+            select(RouterChange.router_id).where(RouterChange.id.in_(change_ids))
+        )
+        if r
+    ]
     await change_feed.ack(s, RouterChange, change_ids)
     if router_ids:
         up = select(Router.id).where(

@@ -318,10 +318,14 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
     async def TakeRouterChanges(self, request: pb.TakeRouterChangesRequest, context: Any) -> Any:
         limit, lease_s = _take_bounds(request.limit, request.lease_seconds)
         async with self._sessions.begin() as s:
-            ids, hosts = await router_feed.take(s, limit, lease_s, self._l3_host)
+            taken = await router_feed.take(s, limit, lease_s, self._l3_host)
         return pb.TakeRouterChangesResponse(
-            change_ids=ids,
-            hosts=[pb.HostRouters(host=h, routers=b) for h, b in sorted(hosts.items())],
+            change_ids=taken.change_ids,
+            hosts=[pb.HostRouters(host=h, routers=b) for h, b in sorted(taken.hosts.items())],
+            devices=[
+                pb.DeviceFloatingIps(device_id=d, floating_ips=f)
+                for d, f in sorted(taken.devices.items())
+            ],
         )
 
     @network_errors

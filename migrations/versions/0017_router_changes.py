@@ -1,4 +1,4 @@
-"""router changes waiting for the L3 host, and the revision counter of router bindings
+"""router and floating IP changes waiting to be sent, and the router binding revisions
 
 Revision ID: 0017
 Revises: 0016
@@ -24,7 +24,8 @@ def upgrade() -> None:
     op.create_table(
         "router_changes",
         sa.Column("id", _BIG_ID, autoincrement=True, nullable=False),
-        sa.Column("router_id", sa.String(length=36), nullable=False),
+        sa.Column("router_id", sa.String(length=36), nullable=True),
+        sa.Column("device_id", sa.String(length=36), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("claimed_until", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_router_changes")),

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -714,6 +715,26 @@ def test_a_private_flavor_boots_for_an_admin_and_for_a_member_once_shared_with_i
         assert again.status_code == 400, again.text
 
 
+def _wait_addresses(cloud: Stack, server: str, *, with_floating: str | None) -> None:
+    """Waits (10 s at most) for the server's addresses to hold exactly that floating IP
+    (or none), as the compute API shows them."""
+    deadline = time.monotonic() + 10
+    while True:
+        with _sdk(cloud, "loom") as conn:
+            found = conn.compute.find_server(server, ignore_missing=False)
+            shown = conn.compute.get_server(found.id).addresses
+        floating = [
+            a["addr"]
+            for addrs in shown.values()
+            for a in addrs
+            if a.get("OS-EXT-IPS:type") == "floating"
+        ]
+        if floating == ([with_floating] if with_floating else []):
+            return
+        assert time.monotonic() < deadline, shown
+        time.sleep(0.5)
+
+
 def test_the_openstack_cli_manages_networks_subnets_ports_rules_routers_and_floating_ips(
     ready_cloud: Stack,
 ) -> None:
@@ -762,8 +783,11 @@ def test_the_openstack_cli_manages_networks_subnets_ports_rules_routers_and_floa
     server_port = osc(cloud, "port", "list", "--server", "vm-fip", "-f", "json")[0]
     added = osc(cloud, "floating", "ip", "show", spare["id"], "-f", "json")
     assert (added["port_id"], added["router_id"]) == (server_port["ID"], r1["id"])
+    # The server's addresses show it (type floating) once the change is carried.
+    _wait_addresses(cloud, "vm-fip", with_floating=spare["floating_ip_address"])
     osc(cloud, "server", "remove", "floating", "ip", "vm-fip", spare["floating_ip_address"])
     assert osc(cloud, "floating", "ip", "show", spare["id"], "-f", "json")["port_id"] is None
+    _wait_addresses(cloud, "vm-fip", with_floating=None)
     osc(cloud, "server", "delete", "--wait", "vm-fip")
     osc(cloud, "floating", "ip", "delete", spare["id"])
     osc(cloud, "router", "remove", "subnet", "r1", "s1")

@@ -70,8 +70,16 @@ async def test_a_router_its_legs_and_a_floating_ip_reach_the_l3_host_and_the_ip_
     ).floating_ip
     assert fip.status == "DOWN"  # not yet sent to the router's host
 
-    hosts = await _take_all(net)
+    taken = await net.stub.TakeRouterChanges(pb.TakeRouterChangesRequest())
+    await net.stub.AckRouterChanges(pb.AckRouterChangesRequest(change_ids=taken.change_ids))
+    hosts = {h.host: {r.router_id: r for r in h.routers} for h in taken.hosts}
     assert list(hosts) == [L3_HOST]
+    # The server's floating IPs now, for its addresses.
+    server = bound.ports[0].device_id
+    assert [
+        (d.device_id, [(f.floating_ip_address, f.fixed_ip_address) for f in d.floating_ips])
+        for d in taken.devices
+    ] == [(server, [(fip.floating_ip_address, bound.bindings[0].fixed_ips[0].ip_address)])]
     binding = hosts[L3_HOST][router.id]
     assert not binding.deleted
     assert binding.admin_state_up
@@ -142,6 +150,19 @@ async def test_a_router_set_down_is_sent_down_and_its_floating_ips_go_down(net: 
             )
         )
     ).floating_ip
+    await _take_all(net)
+    # Released: the server has no floating IP left.
+    await net.stub.UpdateFloatingIp(
+        pb.UpdateFloatingIpRequest(scope=net.scope(), id=fip.id, port_id="")
+    )
+    released = await net.stub.TakeRouterChanges(pb.TakeRouterChangesRequest())
+    await net.stub.AckRouterChanges(pb.AckRouterChangesRequest(change_ids=released.change_ids))
+    assert [(d.device_id, list(d.floating_ips)) for d in released.devices] == [
+        (bound.ports[0].device_id, [])
+    ]
+    await net.stub.UpdateFloatingIp(
+        pb.UpdateFloatingIpRequest(scope=net.scope(), id=fip.id, port_id=bound.ports[0].id)
+    )
     await _take_all(net)
     await net.stub.UpdateRouter(
         pb.UpdateRouterRequest(scope=net.scope(), id=router.id, admin_state_up=False)

@@ -3826,6 +3826,34 @@ class HostRouters(_message.Message):
 Global___HostRouters: _TypeAlias = HostRouters  # noqa: Y015
 
 @_typing.final
+class DeviceFloatingIps(_message.Message):
+    """The floating IPs of one device (a server) now, after a change to one of them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    FLOATING_IPS_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    """The device (port device_id): a server's UUID."""
+    @_builtins.property
+    def floating_ips(self) -> _containers.RepeatedCompositeFieldContainer[_agent_bus_pb2.FloatingIpMapping]:
+        """Every floating IP associated with one of its ports (none: all were released)."""
+
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        floating_ips: _abc.Iterable[_agent_bus_pb2.FloatingIpMapping] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "floating_ips", b"floating_ips"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeviceFloatingIps: _TypeAlias = DeviceFloatingIps  # noqa: Y015
+
+@_typing.final
 class TakeRouterChangesResponse(_message.Message):
     """Response of TakeRouterChanges."""
 
@@ -3833,6 +3861,7 @@ class TakeRouterChangesResponse(_message.Message):
 
     CHANGE_IDS_FIELD_NUMBER: _builtins.int
     HOSTS_FIELD_NUMBER: _builtins.int
+    DEVICES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def change_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """The changes taken, to acknowledge once the hosts' commands are queued."""
@@ -3841,15 +3870,22 @@ class TakeRouterChangesResponse(_message.Message):
     def hosts(self) -> _containers.RepeatedCompositeFieldContainer[Global___HostRouters]:
         """What each host must apply."""
 
+    @_builtins.property
+    def devices(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeviceFloatingIps]:
+        """The devices whose floating IPs changed, with their current ones (the compute
+        service shows them in its servers' addresses).
+        """
+
     def __init__(
         self,
         *,
         change_ids: _abc.Iterable[_builtins.int] | None = ...,
         hosts: _abc.Iterable[Global___HostRouters] | None = ...,
+        devices: _abc.Iterable[Global___DeviceFloatingIps] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_ids", b"change_ids", "hosts", b"hosts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_ids", b"change_ids", "devices", b"devices", "hosts", b"hosts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
