@@ -97,7 +97,7 @@ async def execute(
             agent.forget_deletion(iid)
             try:
                 state = await agent.call_driver(
-                    agent.driver.create, cmd.spec, power_on=cmd.power_on
+                    agent.driver.create, cmd.spec, power_on=cmd.power_on, dhcp=list(cmd.dhcp)
                 )
             except BuildFailed as exc:
                 agent.forget(iid)

@@ -32,7 +32,7 @@ from loom.compute.v1 import agent_bus_pb2
 from loom.scheduler.v1 import scheduler_pb2
 from sqlalchemy import select, update
 
-from controlplane.conductor import moves, outbox
+from controlplane.conductor import moves, nics, outbox
 from controlplane.conductor.context import Conductor
 from controlplane.conductor.convert import instance_spec, make_fault
 from controlplane.conductor.scheduling import load_with_image, record_event
@@ -166,7 +166,15 @@ async def evacuate_server(
     except BaseException as exc:
         await _abandon(conductor, mig, str(exc) or type(exc).__name__)
         raise
-    await _send_to_hosts(conductor, mig, dest_host, dest_node)
+    try:
+        await _send_to_hosts(conductor, mig, dest_host, dest_node)
+    except nics.PortsUnavailable as exc:
+        # The network service refused the ports there: nothing moved.
+        await _abandon(conductor, mig, exc.message)
+        raise Conflict(f"The server's ports cannot be bound on {dest_host}: {exc.message}") from exc
+    except BaseException as exc:
+        await _abandon(conductor, mig, str(exc) or type(exc).__name__)
+        raise
     return mig
 
 
@@ -298,8 +306,15 @@ async def _send_to_hosts(conductor: Conductor, mig: Migration, dest: str, node: 
         mig.dest_compute, mig.dest_node, mig.status = dest, node, PRE_MIGRATING
         loaded = await load_with_image(session, mig.instance_uuid)
         assert loaded is not None
+        # Its ports are bound to the destination before its build there is queued.
+        found = await nics.rebind(conductor, session, loaded[0], dest)
         build = moves.command(
-            moves.FINISH_DEST, dest, mig, power_on=mig.was_running, spec=instance_spec(*loaded)
+            moves.FINISH_DEST,
+            dest,
+            mig,
+            power_on=mig.was_running,
+            spec=instance_spec(*loaded),
+            nics_found=found,
         )
         assert isinstance(build.payload, agent_bus_pb2.MoveInstanceCommand)
         build.payload.from_image = True

@@ -152,6 +152,7 @@ def command(
     *,
     power_on: bool = False,
     spec: agent_bus_pb2.InstanceSpec | None = None,
+    nics_found: nics.Nics | None = None,
 ) -> Outgoing:
     """One move step for one host. The id names the migration, the step and the host, so
     taking the same decision twice queues one message."""
@@ -163,6 +164,8 @@ def command(
         spec=spec,
         power_on=power_on,
         source_host=mig.source_compute,
+        # The DHCP of the server's networks on the host its ports were just bound to.
+        dhcp=() if nics_found is None else nics_found.dhcp,
     )
     return Outgoing(bus.compute_subject(host, verb), msg_id, payload)
 
@@ -316,10 +319,17 @@ async def start_move(
             loaded = await load_with_image(session, mig.instance_uuid)
             assert loaded is not None
             # Its ports bound on the destination (the source's guest keeps its NICs).
-            await nics.rebind(conductor, session, loaded[0], dest.host)
+            found = await nics.rebind(conductor, session, loaded[0], dest.host)
             await outbox.add(
                 session,
-                command(FINISH_DEST, dest.host, mig, power_on=True, spec=instance_spec(*loaded)),
+                command(
+                    FINISH_DEST,
+                    dest.host,
+                    mig,
+                    power_on=True,
+                    spec=instance_spec(*loaded),
+                    nics_found=found,
+                ),
             )
         else:
             await outbox.add(session, command(STOP_SOURCE, mig.source_compute, mig))
@@ -694,7 +704,7 @@ async def _source_stopped(
             )
         )
         # Its ports move to the destination with it.
-        await nics.rebind(conductor, session, inst, str(mig.dest_compute))
+        found = await nics.rebind(conductor, session, inst, str(mig.dest_compute))
         spec = instance_spec(inst, image)
         _size(spec, mig.new_flavor)
         await record_event(
@@ -707,7 +717,14 @@ async def _source_stopped(
         )
         await outbox.add(
             session,
-            command(FINISH_DEST, str(mig.dest_compute), mig, power_on=mig.was_running, spec=spec),
+            command(
+                FINISH_DEST,
+                str(mig.dest_compute),
+                mig,
+                power_on=mig.was_running,
+                spec=spec,
+                nics_found=found,
+            ),
         )
         await session.commit()
     conductor.wakeup.set()
@@ -841,11 +858,12 @@ async def _dest_dropped(conductor: Conductor, mig: Migration) -> None:
             host=mig.dest_compute,
         )
         spec = None
+        found = None
         if mig.dest_compute != mig.source_compute:
             # Its ports go back to the source with it.
             back = await load_with_image(session, inst.uuid)
             if back is not None:
-                await nics.rebind(conductor, session, back[0], mig.source_compute)
+                found = await nics.rebind(conductor, session, back[0], mig.source_compute)
         if mig.dest_compute == mig.source_compute:
             # The one domain takes the old flavor back.
             loaded = await load_with_image(session, inst.uuid)
@@ -854,7 +872,14 @@ async def _dest_dropped(conductor: Conductor, mig: Migration) -> None:
             _size(spec, mig.old_flavor)
         await outbox.add(
             session,
-            command(RESTORE_SOURCE, mig.source_compute, mig, power_on=mig.was_running, spec=spec),
+            command(
+                RESTORE_SOURCE,
+                mig.source_compute,
+                mig,
+                power_on=mig.was_running,
+                spec=spec,
+                nics_found=found,
+            ),
         )
         await session.commit()
     conductor.wakeup.set()

@@ -353,3 +353,26 @@ async def test_a_forced_destination_skips_the_filters_that_a_requested_one_must_
     assert moved.host == "h2"
     assert await claims(f) == {a.id: "h2", b.id: "h2", forced.uuid: "h1"}
     await assert_usage_is_the_sum_of_allocations(f)
+
+
+async def test_an_evacuated_servers_ports_are_bound_to_its_new_host(two_hosts: Fleet) -> None:
+    """Its port follows it (binding:host_id), so security changes and DHCP reach the host
+    that runs it, and the build there carries the network's DHCP service."""
+    from tests.conductor.test_server_ports import network_with_subnet, on_network, ports_of
+
+    f = two_hosts
+    net = await network_with_subnet(f.h)
+    resp = await f.h.servers.CreateServers(
+        on_network(net, request_id="req-net", name="net", force_host="h1")
+    )
+    s = await wait_status(f, resp.servers[0].id, S.SERVER_STATUS_ACTIVE)
+    (before,) = await ports_of(f.h, s.id)
+    assert before.binding_host_id == "h1"
+    await host_goes_down(f, "h1")
+
+    await evacuate(f, s.id)
+    moved = await wait_status(f, s.id, S.SERVER_STATUS_ACTIVE)
+    assert moved.host == "h2"
+    (after,) = await ports_of(f.h, s.id)
+    assert (after.id, after.binding_host_id) == (before.id, "h2")
+    assert [a.address for a in moved.addresses] == [before.fixed_ips[0].ip_address]

@@ -1440,6 +1440,7 @@ class MoveInstanceCommand(_message.Message):
     POWER_ON_FIELD_NUMBER: _builtins.int
     SOURCE_HOST_FIELD_NUMBER: _builtins.int
     FROM_IMAGE_FIELD_NUMBER: _builtins.int
+    DHCP_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per command; also the NATS message id."""
     migration_id: _builtins.str
@@ -1458,6 +1459,13 @@ class MoveInstanceCommand(_message.Message):
     def spec(self) -> Global___InstanceSpec:
         """The instance as the destination must define it (move_finish_dest only)."""
 
+    @_builtins.property
+    def dhcp(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkDhcp]:
+        """move_finish_dest and move_restore_source: the DHCP service of each network of the
+        instance's ports, with the leases of that network's ports bound to this host (as
+        BuildInstanceCommand.dhcp).
+        """
+
     def __init__(
         self,
         *,
@@ -1468,10 +1476,11 @@ class MoveInstanceCommand(_message.Message):
         power_on: _builtins.bool = ...,
         source_host: _builtins.str = ...,
         from_image: _builtins.bool = ...,
+        dhcp: _abc.Iterable[Global___NetworkDhcp] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_image", b"from_image", "instance_id", b"instance_id", "migration_id", b"migration_id", "power_on", b"power_on", "request_id", b"request_id", "source_host", b"source_host", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dhcp", b"dhcp", "from_image", b"from_image", "instance_id", b"instance_id", "migration_id", b"migration_id", "power_on", b"power_on", "request_id", b"request_id", "source_host", b"source_host", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
