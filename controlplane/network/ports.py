@@ -469,8 +469,12 @@ async def list_ports(
     device_id: str,
     page: Page,
     binding_host_id: str = "",
+    device_ids: Sequence[str] = (),
 ) -> list[Port]:
     query = select(Port).where(owned(caller, Port.project_id))
+    if device_ids:
+        query = query.where(Port.device_id.in_([*device_ids, *([device_id] if device_id else [])]))
+        device_id = ""
     if binding_host_id:
         query = query.where(Port.binding_host_id == binding_host_id)
     if network_id:

@@ -268,6 +268,7 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
                 request.device_id,
                 _page(request),
                 request.binding_host_id,
+                list(request.device_ids),
             )
             ips, groups = await ports.details(s, [r.id for r in rows])
             return pb.ListPortsResponse(

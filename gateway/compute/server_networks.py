@@ -35,7 +35,7 @@ class Resolved:
     security_group_ids: list[str] = field(default_factory=list)
 
 
-async def _call(
+async def call_network(
     method: Callable[..., Awaitable[Resp]],
     req: Any,
     not_found: str | None = None,
@@ -48,7 +48,7 @@ async def _call(
         raise from_grpc(exc.code(), exc.details() or "") from exc
 
 
-def _stub(request: Request) -> network_pb2_grpc.NetworkServiceStub:
+def network_stub(request: Request) -> network_pb2_grpc.NetworkServiceStub:
     network: network_pb2_grpc.NetworkServiceStub = gateway_of(request).conductor.network
     return network
 
@@ -67,7 +67,7 @@ async def resolve(
         if server.get("security_groups"):
             raise BadRequest("security_groups cannot be given with networks 'none'.")
         return Resolved("none")
-    stub = _stub(request)
+    stub = network_stub(request)
     tenant = npb.Scope(project_id=ctx.project_id, is_admin=False)
     if networks == "auto":
         requested = [npb.RequestedPort(network_id=await _auto_network(request, stub, tenant))]
@@ -83,7 +83,7 @@ async def resolve(
 async def _auto_network(
     request: Request, stub: network_pb2_grpc.NetworkServiceStub, tenant: npb.Scope
 ) -> str:
-    listed = await _call(stub.ListNetworks, npb.ListNetworksRequest(scope=tenant))
+    listed = await call_network(stub.ListNetworks, npb.ListNetworksRequest(scope=tenant))
     usable = [
         n
         for n in listed.networks
@@ -98,7 +98,7 @@ async def _auto_network(
                 f"Network {network.id} requires a subnet in order to boot instances on."
             )
         return str(network.id)
-    made = await _call(
+    made = await call_network(
         stub.GetAutoAllocatedNetwork,
         npb.GetAutoAllocatedNetworkRequest(request_id=request_id(request), scope=tenant),
     )
@@ -120,7 +120,7 @@ async def _one(
                 "Unable to launch multiple instances with a single configured port ID. Please"
                 " launch your instance one by one with different ports."
             )
-        got = await _call(
+        got = await call_network(
             stub.GetPort,
             npb.GetPortRequest(scope=tenant, id=port_id),
             not_found=f"Port id {port_id} could not be found.",
@@ -135,7 +135,7 @@ async def _one(
         raise BadRequest("Each entry of networks needs a uuid or a port.")
     if fixed_ip and max_count > 1:
         raise BadRequest("max_count cannot be greater than 1 if an fixed_ip is specified.")
-    got_net = await _call(
+    got_net = await call_network(
         stub.GetNetwork,
         npb.GetNetworkRequest(scope=tenant, id=network_id),
         not_found=f"Network {network_id} could not be found.",
@@ -155,7 +155,7 @@ async def _one(
 async def _check_fixed_ip(
     stub: network_pb2_grpc.NetworkServiceStub, tenant: npb.Scope, network_id: str, fixed_ip: str
 ) -> None:
-    subnets = await _call(
+    subnets = await call_network(
         stub.ListSubnets, npb.ListSubnetsRequest(scope=tenant, network_id=network_id)
     )
     address = ipaddress.ip_address(fixed_ip)
@@ -165,7 +165,9 @@ async def _check_fixed_ip(
         )
     # Every port of the network, whoever's: the address must be free on it.
     admin = npb.Scope(project_id=tenant.project_id, is_admin=True)
-    ports = await _call(stub.ListPorts, npb.ListPortsRequest(scope=admin, network_id=network_id))
+    ports = await call_network(
+        stub.ListPorts, npb.ListPortsRequest(scope=admin, network_id=network_id)
+    )
     for p in ports.ports:
         if any(f.ip_address == fixed_ip for f in p.fixed_ips):
             raise BadRequest(
@@ -181,7 +183,9 @@ async def _security_groups(
     names = [str(g.get("name", "")) for g in asked]
     if not names:
         return []
-    listed = await _call(stub.ListSecurityGroups, npb.ListSecurityGroupsRequest(scope=tenant))
+    listed = await call_network(
+        stub.ListSecurityGroups, npb.ListSecurityGroupsRequest(scope=tenant)
+    )
     mine = [g for g in listed.security_groups if g.project_id == tenant.project_id]
     out: list[str] = []
     for name in names:

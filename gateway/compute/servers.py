@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.auth.context import RequestContext
-from gateway.compute import consoles, migrations, server_networks
+from gateway.compute import consoles, migrations, server_networks, server_security_groups
 from gateway.compute.common import context, empty, links, next_link, ok
 from gateway.compute.views_time import iso_micro
 from gateway.conductor import call
@@ -242,6 +242,9 @@ ACTION_SCHEMA: dict[str, Any] = {
             "properties": {"locked_reason": {"type": ["string", "null"], "maxLength": 255}},
         },
         "unlock": {"type": ["null", "object"]},
+        # Parsed as Nova does, with its messages (server_security_groups.py).
+        "addSecurityGroup": {},
+        "removeSecurityGroup": {},
         "shelve": {"type": ["null", "object"]},
         # Checked against the microversion's schema in _rebuild.
         "rebuild": {"type": "object"},
@@ -385,9 +388,16 @@ async def _render(
         await _host_statuses(request, servers) if ctx.is_admin and mv.at_least("2.16") else {}
     )
     admin = ctx.is_admin
+    groups = await server_security_groups.names_by_server(request, ctx, servers)
     return [
         views.detail(
-            request, s, mv, is_admin=admin, host_status=statuses.get(s.host, ""), listed=listed
+            request,
+            s,
+            mv,
+            is_admin=admin,
+            host_status=statuses.get(s.host, ""),
+            listed=listed,
+            security_groups=groups.get(s.id),
         )
         for s in servers
     ]
@@ -708,14 +718,16 @@ _ACTION_POLICIES = {
     "os-resetState": "os_compute_api:os-admin-actions:reset_state",
     "restore": "os_compute_api:os-deferred-delete:restore",
     "forceDelete": "os_compute_api:os-deferred-delete:force",
+    "addSecurityGroup": "os_compute_api:os-security-groups:add",
+    "removeSecurityGroup": "os_compute_api:os-security-groups:remove",
 }
 
 
 @documented(body=ACTION, tag="compute")
 async def server_action(request: Request) -> Response:
     """Server actions: os-start, os-stop, reboot, pause, unpause, suspend, resume, lock,
-    unlock, shelve, shelveOffload, unshelve, rebuild, os-resetState, restore, forceDelete
-    (202); the console actions (200)."""
+    unlock, shelve, shelveOffload, unshelve, rebuild, os-resetState, restore, forceDelete,
+    addSecurityGroup, removeSecurityGroup (202); the console actions (200)."""
     ctx = context(request)
     body = await json_body(request)
     if isinstance(body, dict) and len(body) == 1 and next(iter(body)) in migrations.MOVE_ACTIONS:
@@ -738,6 +750,11 @@ async def server_action(request: Request) -> Response:
     }
     if action in ("lock", "unlock"):
         await _lock(request, ctx, action, body[action], common)
+        return empty(202)
+    if action in ("addSecurityGroup", "removeSecurityGroup"):
+        await server_security_groups.change(
+            request, ctx, await _get(request, ctx), action, body[action]
+        )
         return empty(202)
     if action == "os-resetState":
         # An operator's act (Nova's default policy: admins only), in any project.

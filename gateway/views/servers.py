@@ -168,9 +168,11 @@ def detail(
     is_admin: bool,
     host_status: str | None = None,
     listed: bool = False,
+    security_groups: list[str] | None = None,
 ) -> dict[str, Any]:
     """One server's full body; `listed` for an item of GET /servers/detail, which leaves
-    out what only a single server's body carries (its server groups)."""
+    out what only a single server's body carries (its server groups). `security_groups`:
+    its ports' groups' names; None (no port) leaves the key out, as Nova does."""
     body = brief(request, server)
     body.update(
         {
@@ -189,7 +191,6 @@ def detail(
             "progress": 0,
             "key_name": server.key_name or None,
             "config_drive": server.config_drive,
-            "security_groups": [{"name": "default"}],
             # The root disk is the image as it is: its partition is never grown.
             "OS-DCF:diskConfig": "MANUAL",
             "OS-EXT-AZ:availability_zone": server.availability_zone,
@@ -249,6 +250,8 @@ def detail(
     if mv.at_least("2.3"):
         # The delete_on_termination flag shows from 2.3 (Loom has no volumes yet).
         body["os-extended-volumes:volumes_attached"] = []
+    if security_groups is not None:
+        body["security_groups"] = [{"name": n} for n in security_groups]
     return body
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs Tempest's tempest.api.compute against a running `loom up`.
 # Usage: scripts/tempest/run.sh DATA_DIR [URL] [REGEX]
+#   TEMPEST_NEUTRON=true turns the network service on (for '^tempest\.api\.network').
 #   DATA_DIR  the `loom up` data directory (its clouds.yaml has the admin's password)
 #   URL       the gateway (default http://127.0.0.1:8774)
 #   REGEX     tests to run (default ^tempest\.api\.compute)
@@ -75,6 +76,16 @@ osc network show tempest-shared >/dev/null 2>&1 || osc network create --share te
 osc subnet show tempest-shared-v4 >/dev/null 2>&1 ||
   osc subnet create --network tempest-shared --subnet-range 10.250.0.0/16 tempest-shared-v4 >/dev/null
 
+# The external network floating IPs come from (tempest.api.network, TEMPEST_NEUTRON=true).
+neutron=${TEMPEST_NEUTRON:-false}
+public_id=
+if [ "$neutron" = true ]; then
+  osc network show tempest-public >/dev/null 2>&1 || osc network create --external tempest-public >/dev/null
+  osc subnet show tempest-public-v4 >/dev/null 2>&1 ||
+    osc subnet create --network tempest-public --subnet-range 203.0.113.0/24 --no-dhcp tempest-public-v4 >/dev/null
+  public_id=$(osc network show tempest-public -f value -c id)
+fi
+
 image=$(osc image show loom-tiny -f value -c id)
 flavor=$(osc flavor show m1.tiny -f value -c id)
 flavor_alt=$(osc flavor show m1.small -f value -c id)
@@ -84,6 +95,7 @@ clouds = yaml.safe_load(open(sys.argv[1]))["clouds"]
 print(clouds["loom-admin"]["auth"]["password"])' "$data/clouds.yaml")
 sed -e "s#@WORKSPACE@#$ws#g" -e "s#@ADMIN_PASSWORD@#$admin_password#g" -e "s#@URL@#$url#g" -e "s#@IMAGE@#$image#g" \
     -e "s#@FLAVOR@#$flavor#g" -e "s#@FLAVOR_ALT@#$flavor_alt#g" \
+    -e "s#@NEUTRON@#$neutron#g" -e "s#@PUBLIC_NETWORK_ID@#$public_id#g" \
     "$here/tempest.conf.in" > "$ws/etc/tempest.conf"
 
 cd "$ws"

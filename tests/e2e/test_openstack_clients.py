@@ -788,7 +788,29 @@ def test_the_openstack_cli_manages_networks_subnets_ports_rules_routers_and_floa
     osc(cloud, "server", "remove", "floating", "ip", "vm-fip", spare["floating_ip_address"])
     assert osc(cloud, "floating", "ip", "show", spare["id"], "-f", "json")["port_id"] is None
     _wait_addresses(cloud, "vm-fip", with_floating=None)
+
+    # Its security groups are its port's, and the compute verbs change them.
+    def groups() -> list[str]:
+        shown = osc(cloud, "server", "show", "vm-fip", "-f", "json")
+        return sorted(g["name"] for g in shown["security_groups"])
+
+    assert groups() == ["default"]
+    osc(cloud, "security", "group", "create", "web")
+    osc(cloud, "server", "add", "security", "group", "vm-fip", "web")
+    assert groups() == ["default", "web"]
+    port_groups = osc(cloud, "port", "show", server_port["ID"], "-f", "json")["security_group_ids"]
+    assert len(port_groups) == 2
+    osc(cloud, "server", "remove", "security", "group", "vm-fip", "default")
+    assert groups() == ["web"]
+    refused = subprocess.run(
+        [OPENSTACK, "--os-cloud", "loom", "server", "remove", "security", "group", "vm-fip",
+         "default"],
+        env=_env(cloud), capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "is not associated with the instance" in refused.stderr
     osc(cloud, "server", "delete", "--wait", "vm-fip")
+    osc(cloud, "security", "group", "delete", "web")
     osc(cloud, "floating", "ip", "delete", spare["id"])
     osc(cloud, "router", "remove", "subnet", "r1", "s1")
     osc(cloud, "router", "delete", "r1")

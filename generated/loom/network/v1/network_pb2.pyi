@@ -1622,6 +1622,7 @@ class ListPortsRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _builtins.int
     MARKER_FIELD_NUMBER: _builtins.int
     BINDING_HOST_ID_FIELD_NUMBER: _builtins.int
+    DEVICE_IDS_FIELD_NUMBER: _builtins.int
     network_id: _builtins.str
     """Only this network's; empty for all."""
     device_id: _builtins.str
@@ -1636,6 +1637,10 @@ class ListPortsRequest(_message.Message):
     def scope(self) -> Global___Scope:
         """The caller."""
 
+    @_builtins.property
+    def device_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these devices' ports (with device_id, either one's); empty for all."""
+
     def __init__(
         self,
         *,
@@ -1645,10 +1650,11 @@ class ListPortsRequest(_message.Message):
         limit: _builtins.int = ...,
         marker: _builtins.str = ...,
         binding_host_id: _builtins.str = ...,
+        device_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["binding_host_id", b"binding_host_id", "device_id", b"device_id", "limit", b"limit", "marker", b"marker", "network_id", b"network_id", "scope", b"scope"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["binding_host_id", b"binding_host_id", "device_id", b"device_id", "device_ids", b"device_ids", "limit", b"limit", "marker", b"marker", "network_id", b"network_id", "scope", b"scope"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
