@@ -9,7 +9,7 @@ network ("get me a network", made once). "none" asks the network service nothing
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -186,16 +186,25 @@ async def _security_groups(
     listed = await call_network(
         stub.ListSecurityGroups, npb.ListSecurityGroupsRequest(scope=tenant)
     )
-    mine = [g for g in listed.security_groups if g.project_id == tenant.project_id]
     out: list[str] = []
     for name in names:
-        found = [g.id for g in mine if g.id == name] or [g.id for g in mine if g.name == name]
-        if not found:
+        found = match_security_group(listed.security_groups, tenant.project_id, name)
+        if found is None:
             raise BadRequest(f"Unable to find security_group with name or id '{name[:64]}'")
-        if len(found) > 1:
-            raise Conflict(
-                f"Multiple security_group matches found for name '{name[:64]}', use an ID"
-                " to be more specific."
-            )
-        out.append(found[0])
+        out.append(found)
     return list(dict.fromkeys(out))
+
+
+def match_security_group(
+    groups: Sequence[npb.SecurityGroup], project_id: str, name: str
+) -> str | None:
+    """The id of the project's group with this id, or else this name (None: no such
+    group); 409 when the name is ambiguous, as Nova answers."""
+    mine = [g for g in groups if g.project_id == project_id]
+    found = [g.id for g in mine if g.id == name] or [g.id for g in mine if g.name == name]
+    if len(found) > 1:
+        raise Conflict(
+            f"Multiple security_group matches found for name '{name[:64]}', use an ID"
+            " to be more specific."
+        )
+    return found[0] if found else None

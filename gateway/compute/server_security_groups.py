@@ -14,8 +14,8 @@ from loom.network.v1 import network_pb2 as npb
 from starlette.requests import Request
 
 from gateway.auth.context import RequestContext
-from gateway.compute.server_networks import call_network, network_stub
-from gateway.errors import BadRequest, Conflict, NotFound
+from gateway.compute.server_networks import call_network, match_security_group, network_stub
+from gateway.errors import BadRequest, NotFound
 from gateway.state import request_id
 
 
@@ -68,16 +68,9 @@ async def change(
     stub = network_stub(request)
     scope = npb.Scope(project_id=server.project_id, is_admin=False)
     listed = await call_network(stub.ListSecurityGroups, npb.ListSecurityGroupsRequest(scope=scope))
-    mine = [g for g in listed.security_groups if g.project_id == server.project_id]
-    found = [g.id for g in mine if g.id == name] or [g.id for g in mine if g.name == name]
-    if not found:
+    group_id = match_security_group(listed.security_groups, server.project_id, name)
+    if group_id is None:
         raise NotFound(f"Security group {name[:64]} not found.")
-    if len(found) > 1:
-        raise Conflict(
-            f"Multiple security_group matches found for name '{name[:64]}', use an ID to be"
-            " more specific."
-        )
-    group_id = found[0]
     ports = (
         await call_network(stub.ListPorts, npb.ListPortsRequest(scope=scope, device_id=server.id))
     ).ports
