@@ -634,6 +634,8 @@ class Port(TimestampMixin, Base):
     binding_host_id: Mapped[str] = mapped_column(String(255), default="")
     status: Mapped[str] = mapped_column(String(16), default="DOWN")
     port_security_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Extra addresses it may send from: [{"ip_address": IPv4 or CIDR, "mac_address": MAC}].
+    allowed_address_pairs: Mapped[list[Any]] = mapped_column(default=list)
     revision_number: Mapped[int] = mapped_column(Integer, default=0)
 
 

@@ -291,6 +291,9 @@ async def _bindings(
             if p.port_security_enabled
             else [],
             port_security_enabled=p.port_security_enabled,
+            allowed_address_pairs=[a["ip_address"] for a in p.allowed_address_pairs or []]
+            if p.port_security_enabled
+            else [],
             security_revision=revision,
         )
         for p in server_ports

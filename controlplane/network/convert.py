@@ -81,6 +81,10 @@ def port_pb(p: Port, ips: Sequence[IpAllocation], groups: Sequence[str]) -> pb.P
         created_at=timestamp(p.created_at),
         updated_at=timestamp(p.updated_at or p.created_at),
         port_security_enabled=p.port_security_enabled,
+        allowed_address_pairs=[
+            pb.AddressPair(ip_address=a["ip_address"], mac_address=a["mac_address"])
+            for a in p.allowed_address_pairs or []
+        ],
     )
 
 

@@ -221,6 +221,58 @@ async def _new_mac(s: AsyncSession, wanted: str) -> str:
     raise Conflict("MacAddressGenerationFailure", "Unable to generate unique mac.")
 
 
+# Neutron's max_allowed_address_pair.
+MAX_ADDRESS_PAIRS = 10
+
+
+def _pair(stored: dict[str, str]) -> pb.AddressPair:
+    return pb.AddressPair(ip_address=stored["ip_address"], mac_address=stored["mac_address"])
+
+
+def address_pairs(
+    pairs: Sequence[pb.AddressPair], mac: str, port_security: bool
+) -> list[dict[str, str]]:
+    """A port's allowed address pairs as stored, checked: IPv4 addresses or networks,
+    each once, with the port's own MAC (the host holds a port to its MAC), at most
+    MAX_ADDRESS_PAIRS, and only with port security (nothing to allow without it)."""
+    if pairs and not port_security:
+        raise Conflict(
+            "AddressPairAndPortSecurityRequired",
+            "Port Security must be enabled in order to have allowed address pairs on a port.",
+        )
+    if len(pairs) > MAX_ADDRESS_PAIRS:
+        raise Invalid(
+            f"Exceeded maximum amount of allowed address pairs {MAX_ADDRESS_PAIRS}",
+            "AllowedAddressPairExhausted",
+        )
+    out: list[dict[str, str]] = []
+    for pair in pairs:
+        try:
+            net = ipaddress.ip_network(pair.ip_address, strict=False)
+        except ValueError:
+            raise Invalid(
+                f"'{pair.ip_address[:64]}' is not a valid IP address or network.",
+                "HTTPBadRequest",
+            ) from None
+        if net.version != 4:
+            raise Invalid("Only IPv4 allowed address pairs are supported.", "HTTPBadRequest")
+        if pair.mac_address and pair.mac_address.lower() != mac.lower():
+            raise Invalid(
+                "An allowed address pair must use the port's own MAC address: its host"
+                " holds the port to that MAC.",
+                "HTTPBadRequest",
+            )
+        ip = str(net.network_address) if net.prefixlen == 32 else str(net)
+        item = {"ip_address": ip, "mac_address": mac}
+        if item in out:
+            raise Invalid(
+                f"Request contains duplicate address pair: mac_address {mac} ip_address {ip}.",
+                "DuplicateAddressPairInRequest",
+            )
+        out.append(item)
+    return out
+
+
 async def create_port(
     s: AsyncSession,
     caller: Caller,
@@ -270,6 +322,8 @@ async def create_port(
         updated_at=None,
     )
     s.add(port)
+    mac = port.mac_address
+    port.allowed_address_pairs = address_pairs(p.allowed_address_pairs, mac, port_security)
     # The MAC is UNIQUE: a racing create with the same MAC fails here (IntegrityError,
     # turned into MacAddressInUse by the servicer), with nothing written.
     await s.flush()
@@ -299,6 +353,12 @@ async def update_port(s: AsyncSession, caller: Caller, req: pb.UpdatePortRequest
         port.device_owner = req.device_owner
     if req.HasField("port_security_enabled"):
         port.port_security_enabled = req.port_security_enabled
+    if req.HasField("allowed_address_pairs"):
+        port.allowed_address_pairs = address_pairs(
+            req.allowed_address_pairs.pairs, port.mac_address, port.port_security_enabled
+        )
+    elif req.HasField("port_security_enabled") and not port.port_security_enabled:
+        address_pairs([_pair(p) for p in port.allowed_address_pairs], port.mac_address, False)
     # Groups the port leaves, joins or shows new addresses to: their members' rules change.
     touched_groups = await security_changes.groups_of(s, [port.id])
     if req.HasField("security_group_ids"):
@@ -315,6 +375,7 @@ async def update_port(s: AsyncSession, caller: Caller, req: pb.UpdatePortRequest
         req.HasField("security_group_ids")
         or req.HasField("fixed_ips")
         or req.HasField("port_security_enabled")
+        or req.HasField("allowed_address_pairs")
     ):
         await security_changes.note_ports(s, [port.id])
     has_groups = await s.scalar(

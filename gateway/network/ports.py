@@ -68,6 +68,14 @@ async def list_ports(request: Request) -> Response:
     )
 
 
+def address_pairs(given: list[dict[str, Any]] | None) -> list[pb.AddressPair]:
+    """The body's allowed address pairs (a missing MAC means the port's own)."""
+    return [
+        pb.AddressPair(ip_address=p["ip_address"], mac_address=p.get("mac_address") or "")
+        for p in given or []
+    ]
+
+
 @documented(body=schemas.wrapped("port", schemas.PORT_CREATE), tag=TAG)
 async def create_port(request: Request) -> Response:
     """Create a port: a MAC, addresses from the network's subnets, the default group."""
@@ -88,6 +96,7 @@ async def create_port(request: Request) -> Response:
         security_group_ids=groups or [],
         binding_host_id=body.get("binding:host_id", ""),
         port_security_enabled=body.get("port_security_enabled", True),
+        allowed_address_pairs=address_pairs(body.get("allowed_address_pairs")),
     )
     reply = await call(
         stub(request).CreatePort,
@@ -138,6 +147,9 @@ async def update_port(request: Request) -> Response:
     if "fixed_ips" in body:
         req.fixed_ips.fixed_ips.extend(fixed_ips(body["fixed_ips"]))
         req.fixed_ips.SetInParent()
+    if "allowed_address_pairs" in body:
+        req.allowed_address_pairs.pairs.extend(address_pairs(body["allowed_address_pairs"]))
+        req.allowed_address_pairs.SetInParent()
     reply = await call(stub(request).UpdatePort, req)
     return ok({"port": views.port(reply.port, admin=ctx.is_admin)})
 

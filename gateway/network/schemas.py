@@ -103,6 +103,19 @@ _PORT_COMMON = {
     "binding:host_id": _NAME,
     "binding:vnic_type": {"type": "string", "enum": ["normal"]},
     "port_security_enabled": _BOOL,
+    "allowed_address_pairs": {
+        "type": ["array", "null"],
+        "maxItems": 64,
+        "items": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["ip_address"],
+            "properties": {
+                "ip_address": {"type": "string", "maxLength": 64},
+                "mac_address": {"type": ["string", "null"], "maxLength": 32},
+            },
+        },
+    },
 }
 PORT_CREATE = _obj(
     {

@@ -35,6 +35,11 @@ EXTENSIONS = (
         "Adds external network attribute to network resource.",
     ),
     ("port-security", "Port Security", "Provides port security"),
+    (
+        "allowed-address-pairs",
+        "Allowed Address Pairs",
+        "Provides allowed address pairs (IPv4, with the port's own MAC)",
+    ),
     ("net-mtu", "Network MTU", "Provides MTU attribute for a network resource."),
     (
         "standard-attr-description",

@@ -86,7 +86,10 @@ def port(p: pb.Port, *, admin: bool) -> dict[str, Any]:
         "security_groups": list(p.security_group_ids),
         "status": p.status,
         "port_security_enabled": p.port_security_enabled,
-        "allowed_address_pairs": [],
+        "allowed_address_pairs": [
+            {"ip_address": a.ip_address, "mac_address": a.mac_address}
+            for a in p.allowed_address_pairs
+        ],
         "extra_dhcp_opts": [],
         "binding:vnic_type": "normal",
         **_standard(p.revision_number, p.created_at, p.updated_at),

@@ -189,3 +189,69 @@ async def test_port_security_off_refuses_security_groups(cloud: Cloud) -> None:
         f"{N}/ports/{port['id']}", json={"port": {"security_groups": [groups[0]["id"]]}}, headers=h
     )
     assert _type(r, 409) == "PortSecurityAndIPRequiredForSecurityGroups"
+
+
+async def test_allowed_address_pairs_are_kept_with_the_ports_mac_and_checked(
+    cloud: Cloud,
+) -> None:
+    h = await cloud.headers("demo")
+    net = await _post(cloud.client, h, "networks", {"name": "vip"})
+    await _post(
+        cloud.client,
+        h,
+        "subnets",
+        {"network_id": net["id"], "ip_version": 4, "cidr": "10.4.0.0/24"},
+    )
+    port = await _post(
+        cloud.client,
+        h,
+        "ports",
+        {"network_id": net["id"], "allowed_address_pairs": [{"ip_address": "10.4.0.200"}]},
+    )
+    mac = port["mac_address"]
+    assert port["allowed_address_pairs"] == [{"ip_address": "10.4.0.200", "mac_address": mac}]
+    # An update replaces them; a network is kept as a CIDR.
+    r = await cloud.client.put(
+        f"{N}/ports/{port['id']}",
+        json={
+            "port": {
+                "allowed_address_pairs": [
+                    {"ip_address": "10.4.0.201/32"},
+                    {"ip_address": "10.4.1.0/24", "mac_address": mac.upper()},
+                ]
+            }
+        },
+        headers=h,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["port"]["allowed_address_pairs"] == [
+        {"ip_address": "10.4.0.201", "mac_address": mac},
+        {"ip_address": "10.4.1.0/24", "mac_address": mac},
+    ]
+    shown = (await cloud.client.get(f"{N}/ports/{port['id']}", headers=h)).json()["port"]
+    assert len(shown["allowed_address_pairs"]) == 2
+    # Refused: another MAC, IPv6, garbage, duplicates, too many, and port security off.
+    for pairs, status, kind in (
+        ([{"ip_address": "10.4.0.9", "mac_address": "fa:16:3e:00:00:01"}], 400, "HTTPBadRequest"),
+        ([{"ip_address": "2001:db8::1"}], 400, "HTTPBadRequest"),
+        ([{"ip_address": "not-an-ip"}], 400, "HTTPBadRequest"),
+        ([{"ip_address": "10.4.0.9"}, {"ip_address": "10.4.0.9"}], 400,
+         "DuplicateAddressPairInRequest"),
+        ([{"ip_address": f"10.4.2.{i}"} for i in range(11)], 400, "AllowedAddressPairExhausted"),
+    ):  # fmt: skip
+        r = await cloud.client.put(
+            f"{N}/ports/{port['id']}", json={"port": {"allowed_address_pairs": pairs}}, headers=h
+        )
+        assert _type(r, status) == kind, pairs
+    r = await cloud.client.put(
+        f"{N}/ports/{port['id']}",
+        json={"port": {"port_security_enabled": False, "security_groups": []}},
+        headers=h,
+    )
+    assert _type(r, 409) == "AddressPairAndPortSecurityRequired"
+    r = await cloud.client.put(
+        f"{N}/ports/{port['id']}", json={"port": {"allowed_address_pairs": []}}, headers=h
+    )
+    assert r.json()["port"]["allowed_address_pairs"] == []
+    extensions = (await cloud.client.get(f"{N}/extensions", headers=h)).json()["extensions"]
+    assert "allowed-address-pairs" in {e["alias"] for e in extensions}

@@ -135,3 +135,21 @@ async def test_changes_taken_and_not_acknowledged_are_taken_again_after_their_le
     assert list(again.change_ids) == list(first.change_ids)
     assert again.hosts[0].ports[0].port_id == a.ports[0].id
     assert again.hosts[0].ports[0].security_revision > first.hosts[0].ports[0].security_revision
+
+
+async def test_a_ports_allowed_address_pairs_reach_its_host_when_they_change(net: Net) -> None:
+    network_id, _ = await net.network_with_subnet("10.44.0.0/24")
+    a = await _bind(net, network_id, "h1")
+    assert list(a.bindings[0].allowed_address_pairs) == []
+    await _take_all(net)
+    await net.stub.UpdatePort(
+        pb.UpdatePortRequest(
+            scope=net.scope(),
+            id=a.ports[0].id,
+            allowed_address_pairs=pb.AddressPairList(
+                pairs=[pb.AddressPair(ip_address="10.44.0.250")]
+            ),
+        )
+    )
+    hosts = await _take_all(net)
+    assert list(hosts["h1"][a.ports[0].id].allowed_address_pairs) == ["10.44.0.250"]

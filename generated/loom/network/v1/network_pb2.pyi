@@ -322,6 +322,7 @@ class Port(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     PORT_SECURITY_ENABLED_FIELD_NUMBER: _builtins.int
+    ALLOWED_ADDRESS_PAIRS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """UUID."""
     project_id: _builtins.str
@@ -364,6 +365,10 @@ class Port(_message.Message):
     def updated_at(self) -> _timestamp_pb2.Timestamp:
         """Last changed."""
 
+    @_builtins.property
+    def allowed_address_pairs(self) -> _containers.RepeatedCompositeFieldContainer[Global___AddressPair]:
+        """Extra addresses the port may send from (allowed address pairs)."""
+
     def __init__(
         self,
         *,
@@ -384,10 +389,11 @@ class Port(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         port_security_enabled: _builtins.bool = ...,
+        allowed_address_pairs: _abc.Iterable[Global___AddressPair] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin_state_up", b"admin_state_up", "binding_host_id", b"binding_host_id", "created_at", b"created_at", "description", b"description", "device_id", b"device_id", "device_owner", b"device_owner", "fixed_ips", b"fixed_ips", "id", b"id", "mac_address", b"mac_address", "name", b"name", "network_id", b"network_id", "port_security_enabled", b"port_security_enabled", "project_id", b"project_id", "revision_number", b"revision_number", "security_group_ids", b"security_group_ids", "status", b"status", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin_state_up", b"admin_state_up", "allowed_address_pairs", b"allowed_address_pairs", "binding_host_id", b"binding_host_id", "created_at", b"created_at", "description", b"description", "device_id", b"device_id", "device_owner", b"device_owner", "fixed_ips", b"fixed_ips", "id", b"id", "mac_address", b"mac_address", "name", b"name", "network_id", b"network_id", "port_security_enabled", b"port_security_enabled", "project_id", b"project_id", "revision_number", b"revision_number", "security_group_ids", b"security_group_ids", "status", b"status", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1709,6 +1715,56 @@ class FixedIpList(_message.Message):
 Global___FixedIpList: _TypeAlias = FixedIpList  # noqa: Y015
 
 @_typing.final
+class AddressPair(_message.Message):
+    """An extra address a port may send from (an allowed address pair)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IP_ADDRESS_FIELD_NUMBER: _builtins.int
+    MAC_ADDRESS_FIELD_NUMBER: _builtins.int
+    ip_address: _builtins.str
+    """An IPv4 address or CIDR."""
+    mac_address: _builtins.str
+    """The MAC it is used with: the port's own."""
+    def __init__(
+        self,
+        *,
+        ip_address: _builtins.str = ...,
+        mac_address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ip_address", b"ip_address", "mac_address", b"mac_address"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddressPair: _TypeAlias = AddressPair  # noqa: Y015
+
+@_typing.final
+class AddressPairList(_message.Message):
+    """A port's allowed address pairs, given whole (an update replaces them)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAIRS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def pairs(self) -> _containers.RepeatedCompositeFieldContainer[Global___AddressPair]:
+        """The pairs."""
+
+    def __init__(
+        self,
+        *,
+        pairs: _abc.Iterable[Global___AddressPair] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pairs", b"pairs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddressPairList: _TypeAlias = AddressPairList  # noqa: Y015
+
+@_typing.final
 class UpdatePortRequest(_message.Message):
     """Request for UpdatePort; only the fields set change."""
 
@@ -1726,6 +1782,7 @@ class UpdatePortRequest(_message.Message):
     SECURITY_GROUP_IDS_FIELD_NUMBER: _builtins.int
     FIXED_IPS_FIELD_NUMBER: _builtins.int
     PORT_SECURITY_ENABLED_FIELD_NUMBER: _builtins.int
+    ALLOWED_ADDRESS_PAIRS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per call."""
     id: _builtins.str
@@ -1756,6 +1813,10 @@ class UpdatePortRequest(_message.Message):
     def fixed_ips(self) -> Global___FixedIpList:
         """New addresses (kept ones stay, others are freed, new ones allocated)."""
 
+    @_builtins.property
+    def allowed_address_pairs(self) -> Global___AddressPairList:
+        """Replaces the allowed address pairs; absent leaves them."""
+
     def __init__(
         self,
         *,
@@ -1771,10 +1832,11 @@ class UpdatePortRequest(_message.Message):
         security_group_ids: Global___StringList | None = ...,
         fixed_ips: Global___FixedIpList | None = ...,
         port_security_enabled: _builtins.bool | None = ...,
+        allowed_address_pairs: Global___AddressPairList | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_admin_state_up", b"_admin_state_up", "_binding_host_id", b"_binding_host_id", "_description", b"_description", "_device_id", b"_device_id", "_device_owner", b"_device_owner", "_name", b"_name", "_port_security_enabled", b"_port_security_enabled", "admin_state_up", b"admin_state_up", "binding_host_id", b"binding_host_id", "description", b"description", "device_id", b"device_id", "device_owner", b"device_owner", "fixed_ips", b"fixed_ips", "name", b"name", "port_security_enabled", b"port_security_enabled", "scope", b"scope", "security_group_ids", b"security_group_ids"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_admin_state_up", b"_admin_state_up", "_binding_host_id", b"_binding_host_id", "_description", b"_description", "_device_id", b"_device_id", "_device_owner", b"_device_owner", "_name", b"_name", "_port_security_enabled", b"_port_security_enabled", "admin_state_up", b"admin_state_up", "allowed_address_pairs", b"allowed_address_pairs", "binding_host_id", b"binding_host_id", "description", b"description", "device_id", b"device_id", "device_owner", b"device_owner", "fixed_ips", b"fixed_ips", "name", b"name", "port_security_enabled", b"port_security_enabled", "scope", b"scope", "security_group_ids", b"security_group_ids"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_admin_state_up", b"_admin_state_up", "_binding_host_id", b"_binding_host_id", "_description", b"_description", "_device_id", b"_device_id", "_device_owner", b"_device_owner", "_name", b"_name", "_port_security_enabled", b"_port_security_enabled", "admin_state_up", b"admin_state_up", "binding_host_id", b"binding_host_id", "description", b"description", "device_id", b"device_id", "device_owner", b"device_owner", "fixed_ips", b"fixed_ips", "id", b"id", "name", b"name", "port_security_enabled", b"port_security_enabled", "request_id", b"request_id", "scope", b"scope", "security_group_ids", b"security_group_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_admin_state_up", b"_admin_state_up", "_binding_host_id", b"_binding_host_id", "_description", b"_description", "_device_id", b"_device_id", "_device_owner", b"_device_owner", "_name", b"_name", "_port_security_enabled", b"_port_security_enabled", "admin_state_up", b"admin_state_up", "allowed_address_pairs", b"allowed_address_pairs", "binding_host_id", b"binding_host_id", "description", b"description", "device_id", b"device_id", "device_owner", b"device_owner", "fixed_ips", b"fixed_ips", "id", b"id", "name", b"name", "port_security_enabled", b"port_security_enabled", "request_id", b"request_id", "scope", b"scope", "security_group_ids", b"security_group_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__admin_state_up: _TypeAlias = _typing.Literal["admin_state_up"]  # noqa: Y015
     _WhichOneofArgType__admin_state_up: _TypeAlias = _typing.Literal["_admin_state_up", b"_admin_state_up"]  # noqa: Y015
