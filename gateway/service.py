@@ -30,7 +30,9 @@ def make_gateway(cfg: LoomConfig) -> Gateway:
     domains: tuple[Domain, ...] = ("compute", "identity", "image", "catalog", "network")
     conductor = Conductor.connect(
         {domain: cfg.domain_target(domain) for domain in domains},
-        lambda target: insecure_or_secure_channel(target, cfg.tls),
+        # Every mutating call the gateway makes carries its request's id: a retry on
+        # another replica after one died mid-call is safe.
+        lambda target: insecure_or_secure_channel(target, cfg.tls, retry_unavailable=True),
     )
 
     async def fetch_revocations(after_id: int) -> list[identity_pb2.Revocation]:

@@ -4,6 +4,7 @@ and the latency histograms of every gRPC call Loom serves or makes."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -228,7 +229,33 @@ def channel_credentials(tls: TlsConfig) -> grpc.ChannelCredentials | None:
 MAX_RECONNECT_BACKOFF_S = 2.0
 
 
-def insecure_or_secure_channel(target: str, tls: TlsConfig | None = None) -> grpc.aio.Channel:
+# A call that fails UNAVAILABLE before the server answered (the replica it went to died or
+# went away) is tried again, on another replica when the target names several: at most
+# three tries in all, 0.1 s and then 0.2 s apart.
+RETRY_UNAVAILABLE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{}],
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "0.2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+
+
+def insecure_or_secure_channel(
+    target: str, tls: TlsConfig | None = None, *, retry_unavailable: bool = False
+) -> grpc.aio.Channel:
+    """A client channel. `retry_unavailable`: for callers whose every mutating call is
+    idempotent (it carries a request_id), so a retry after a replica died cannot act twice
+    (RETRY_UNAVAILABLE_CONFIG)."""
     creds = channel_credentials(tls) if tls else None
     options: list[tuple[str, str | int]] = [
         ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -236,6 +263,8 @@ def insecure_or_secure_channel(target: str, tls: TlsConfig | None = None) -> grp
         ("grpc.lb_policy_name", "round_robin"),
         ("grpc.max_reconnect_backoff_ms", int(MAX_RECONNECT_BACKOFF_S * 1000)),
     ]
+    if retry_unavailable:
+        options += [("grpc.enable_retries", 1), ("grpc.service_config", RETRY_UNAVAILABLE_CONFIG)]
     interceptors: list[grpc.aio.ClientInterceptor] = [_DEFAULT_DEADLINE]
     if _client_metrics:
         interceptors.append(_CLIENT_INTERCEPTOR)
