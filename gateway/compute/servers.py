@@ -676,10 +676,24 @@ async def update_server(request: Request) -> Response:
     return ok(
         {
             "server": views.updated(
-                request, server, mv, is_admin=ctx.is_admin, host_status=statuses.get(server.host)
+                request,
+                server,
+                mv,
+                is_admin=ctx.is_admin,
+                host_status=statuses.get(server.host),
+                security_groups=await _groups_from_2_75(request, ctx, server),
             )
         }
     )
+
+
+async def _groups_from_2_75(
+    request: Request, ctx: RequestContext, server: servers_pb2.Server
+) -> list[str] | None:
+    """The server's security groups for an update's or rebuild's response (2.75+)."""
+    if not microversion(request).at_least("2.75"):
+        return None
+    return (await server_security_groups.names_by_server(request, ctx, [server])).get(server.id)
 
 
 @documented(tag="compute")
@@ -859,6 +873,7 @@ async def _rebuild(
         is_admin=ctx.is_admin,
         admin_pass=r.get("adminPass") or secrets.token_urlsafe(9),
         host_status=statuses.get(server.host),
+        security_groups=await _groups_from_2_75(request, ctx, server),
     )
     return ok({"server": out}, 202)
 

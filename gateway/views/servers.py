@@ -295,9 +295,18 @@ def updated(
     *,
     is_admin: bool,
     host_status: str | None = None,
+    security_groups: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The body of an update's response for the given microversion."""
-    body = detail(request, server, mv, is_admin=is_admin, host_status=host_status)
+    """The body of an update's response for the given microversion (its security groups
+    from 2.75, as a show's)."""
+    body = detail(
+        request,
+        server,
+        mv,
+        is_admin=is_admin,
+        host_status=host_status,
+        security_groups=security_groups,
+    )
     if mv.at_least("2.75"):
         return body
     compact = {k: v for k, v in body.items() if k in _COMPACT_FIELDS}
@@ -316,11 +325,19 @@ def rebuilt(
     is_admin: bool,
     admin_pass: str,
     host_status: str | None = None,
+    security_groups: list[str] | None = None,
 ) -> dict[str, Any]:
     """The body of a rebuild's 202: the update's body for the microversion, plus key_name
     (2.54+), user_data (2.57+; it replaces OS-EXT-SRV-ATTR:user_data from 2.75) and the
     admin password."""
-    body = updated(request, server, mv, is_admin=is_admin, host_status=host_status)
+    body = updated(
+        request,
+        server,
+        mv,
+        is_admin=is_admin,
+        host_status=host_status,
+        security_groups=security_groups,
+    )
     if mv.at_least("2.54"):
         body["key_name"] = server.key_name or None
     if mv.at_least("2.57"):
