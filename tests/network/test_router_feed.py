@@ -5,6 +5,8 @@ and acknowledging them makes the floating IPs they serve ACTIVE."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import grpc
 import pytest
 from loom.compute.v1 import agent_bus_pb2 as agent
@@ -42,16 +44,27 @@ async def _take_all(net: Net) -> dict[str, dict[str, agent.RouterBinding]]:
     return {h.host: {r.router_id: r for r in h.routers} for h in taken.hosts}
 
 
-async def test_a_router_its_legs_and_a_floating_ip_reach_the_l3_host_and_the_ip_goes_active(
-    net: Net,
-) -> None:
+@dataclass
+class Routed:
+    """A router with a gateway on an external network and an interface on a tenant
+    subnet, and a server's port on that subnet (bound to h1) with a floating IP."""
+
+    ext_id: str
+    network_id: str
+    subnet_id: str
+    router: pb.Router
+    bound: pb.BindDevicePortsResponse
+    fip: pb.FloatingIp
+
+
+async def _routed(net: Net, cidr: str) -> Routed:
     ext_id, _ = await _external(net)
-    network_id, subnet_id = await net.network_with_subnet("10.50.0.0/24")
+    network_id, subnet_id = await net.network_with_subnet(cidr)
     router = (
         await net.stub.CreateRouter(
             pb.CreateRouterRequest(
                 scope=net.scope(),
-                router=pb.Router(name="r1"),
+                router=pb.Router(name="r"),
                 gateway=pb.GatewayRequest(network_id=ext_id),
             )
         )
@@ -68,6 +81,15 @@ async def test_a_router_its_legs_and_a_floating_ip_reach_the_l3_host_and_the_ip_
             )
         )
     ).floating_ip
+    return Routed(ext_id, network_id, subnet_id, router, bound, fip)
+
+
+async def test_a_router_its_legs_and_a_floating_ip_reach_the_l3_host_and_the_ip_goes_active(
+    net: Net,
+) -> None:
+    r = await _routed(net, "10.50.0.0/24")
+    ext_id, network_id, subnet_id = r.ext_id, r.network_id, r.subnet_id
+    router, bound, fip = r.router, r.bound, r.fip
     assert fip.status == "DOWN"  # not yet sent to the router's host
 
     taken = await net.stub.TakeRouterChanges(pb.TakeRouterChangesRequest())
@@ -127,29 +149,8 @@ async def test_a_router_its_legs_and_a_floating_ip_reach_the_l3_host_and_the_ip_
 
 
 async def test_a_router_set_down_is_sent_down_and_its_floating_ips_go_down(net: Net) -> None:
-    ext_id, _ = await _external(net)
-    network_id, subnet_id = await net.network_with_subnet("10.51.0.0/24")
-    router = (
-        await net.stub.CreateRouter(
-            pb.CreateRouterRequest(
-                scope=net.scope(),
-                router=pb.Router(name="r"),
-                gateway=pb.GatewayRequest(network_id=ext_id),
-            )
-        )
-    ).router
-    await net.stub.AddRouterInterface(
-        pb.AddRouterInterfaceRequest(scope=net.scope(), router_id=router.id, subnet_id=subnet_id)
-    )
-    bound = await _bind(net, network_id, "h1")
-    fip = (
-        await net.stub.CreateFloatingIp(
-            pb.CreateFloatingIpRequest(
-                scope=net.scope(),
-                floating_ip=pb.FloatingIp(floating_network_id=ext_id, port_id=bound.ports[0].id),
-            )
-        )
-    ).floating_ip
+    r = await _routed(net, "10.51.0.0/24")
+    router, bound, fip = r.router, r.bound, r.fip
     await _take_all(net)
     # Released: the server has no floating IP left.
     await net.stub.UpdateFloatingIp(
