@@ -225,8 +225,12 @@ async def _new_mac(s: AsyncSession, wanted: str) -> str:
 MAX_ADDRESS_PAIRS = 10
 
 
-def _pair(stored: dict[str, str]) -> pb.AddressPair:
-    return pb.AddressPair(ip_address=stored["ip_address"], mac_address=stored["mac_address"])
+def _pairs_need_port_security(has_pairs: bool, port_security: bool) -> None:
+    if has_pairs and not port_security:
+        raise Conflict(
+            "AddressPairAndPortSecurityRequired",
+            "Port Security must be enabled in order to have allowed address pairs on a port.",
+        )
 
 
 def address_pairs(
@@ -235,11 +239,7 @@ def address_pairs(
     """A port's allowed address pairs as stored, checked: IPv4 addresses or networks,
     each once, with the port's own MAC (the host holds a port to its MAC), at most
     MAX_ADDRESS_PAIRS, and only with port security (nothing to allow without it)."""
-    if pairs and not port_security:
-        raise Conflict(
-            "AddressPairAndPortSecurityRequired",
-            "Port Security must be enabled in order to have allowed address pairs on a port.",
-        )
+    _pairs_need_port_security(bool(pairs), port_security)
     if len(pairs) > MAX_ADDRESS_PAIRS:
         raise Invalid(
             f"Exceeded maximum amount of allowed address pairs {MAX_ADDRESS_PAIRS}",
@@ -357,8 +357,8 @@ async def update_port(s: AsyncSession, caller: Caller, req: pb.UpdatePortRequest
         port.allowed_address_pairs = address_pairs(
             req.allowed_address_pairs.pairs, port.mac_address, port.port_security_enabled
         )
-    elif req.HasField("port_security_enabled") and not port.port_security_enabled:
-        address_pairs([_pair(p) for p in port.allowed_address_pairs], port.mac_address, False)
+    else:
+        _pairs_need_port_security(bool(port.allowed_address_pairs), port.port_security_enabled)
     # Groups the port leaves, joins or shows new addresses to: their members' rules change.
     touched_groups = await security_changes.groups_of(s, [port.id])
     if req.HasField("security_group_ids"):
@@ -533,13 +533,11 @@ async def list_ports(
     device_ids: Sequence[str] = (),
 ) -> list[Port]:
     query = select(Port).where(owned(caller, Port.project_id))
-    if device_ids:
-        query = query.where(Port.device_id.in_([*device_ids, *([device_id] if device_id else [])]))
-        device_id = ""
+    devices = [*device_ids, *([device_id] if device_id else [])]
+    if devices:
+        query = query.where(Port.device_id.in_(devices))
     if binding_host_id:
         query = query.where(Port.binding_host_id == binding_host_id)
     if network_id:
         query = query.where(Port.network_id == network_id)
-    if device_id:
-        query = query.where(Port.device_id == device_id)
     return list(await s.scalars(page.of(query, Port.id)))

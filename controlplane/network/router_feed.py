@@ -1,15 +1,15 @@
 """Router changes on their way to the L3 host.
 
-Every change to what a router's host must serve is noted in the transaction that makes it
-(router_changes.note): a gateway set or cleared, an interface added or removed, the admin state, a
-floating IP associated, moved or released (also when its port goes), the router deleted.
-The conductor takes the noted changes (`take`: claimed for a lease), queues the routers'
-bindings for the host that serves routers (`network.l3_host`) as a RefreshRoutersCommand
-in its outbox, then acknowledges them (`ack`), which marks the routers' associated
-floating IPs ACTIVE. A floating IP's change also names its ports' devices: the take gives
-each such server's floating IPs now, for the compute service's addresses. Each binding
-carries a revision from the `router` counter, taken
-before the routers are read, so the host that keeps the newest keeps the newest state.
+Every change to what a router's host must serve is noted in the transaction that makes
+it (router_changes.note): a gateway set or cleared, an interface added or removed, the
+admin state, a floating IP associated, moved or released (also when its port goes), the
+router deleted. The conductor takes the noted changes (`take`: claimed for a lease),
+queues the routers' bindings for the host that serves routers (`network.l3_host`) as a
+RefreshRoutersCommand in its outbox, then acknowledges them (`ack`), which marks the
+routers' associated floating IPs ACTIVE. A floating IP's change also names its ports'
+devices: the take gives each such server's floating IPs now, for the compute service's
+addresses. Each binding carries a revision from the `router` counter, taken before the
+routers are read, so the host that keeps the newest keeps the newest state.
 """
 
 from __future__ import annotations
