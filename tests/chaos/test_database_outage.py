@@ -13,6 +13,7 @@ import pytest
 
 from bench.client import CloudEndpoint, resolve_cloud
 from tests.chaos.conftest import Report, scale
+from tests.chaos.support import public_image
 from tests.e2e.support import wait_for_hosts
 from tests.support.private_postgres import PrivatePostgres
 from tests.support.stack import Stack
@@ -24,29 +25,6 @@ HOSTS = 3
 
 def _h(cloud: CloudEndpoint) -> dict[str, str]:
     return {"X-Auth-Token": cloud.token, "OpenStack-API-Version": "compute 2.37"}
-
-
-async def _public_image(http: httpx.AsyncClient, stack: Stack, admin: CloudEndpoint) -> str:
-    images = f"{stack.gateway_url}/image/v2/images"
-    made = await http.post(
-        images,
-        json={
-            "name": "chaos",
-            "disk_format": "raw",
-            "container_format": "bare",
-            "visibility": "public",
-        },
-        headers=_h(admin),
-    )
-    assert made.status_code == 201, made.text
-    image_id = str(made.json()["id"])
-    put = await http.put(
-        f"{images}/{image_id}/file",
-        content=b"\0" * 65536,
-        headers={**_h(admin), "Content-Type": "application/octet-stream"},
-    )
-    assert put.status_code == 204, put.text
-    return image_id
 
 
 async def _server_status(http: httpx.AsyncClient, member: CloudEndpoint, sid: str) -> str:
@@ -70,7 +48,7 @@ async def test_r5_a_database_outage_answers_503_with_retry_after_and_loses_no_ac
     outage_s = scale(6, 20)
 
     async with httpx.AsyncClient(timeout=60) as http:
-        image = await _public_image(http, stack, admin)
+        image = await public_image(http, stack, admin, "chaos")
         lifted = await http.put(
             f"{admin.compute_url}/os-quota-sets/{member.project_id}",
             json={"quota_set": {"instances": -1, "cores": -1, "ram": -1}},

@@ -22,6 +22,7 @@ from loom.compute.v1 import agent_bus_pb2, compute_pb2, compute_pb2_grpc
 from bench.client import CloudEndpoint, resolve_cloud
 from controlplane.runtime.natsserver import free_port
 from tests.chaos.conftest import Report, scale
+from tests.chaos.support import public_image
 from tests.e2e.support import db_scalar, wait_for_hosts
 from tests.support import invariants
 from tests.support.stack import Stack
@@ -47,25 +48,6 @@ class EndState:
     status: str
     domains: int
     power: str
-
-
-async def _image(http: httpx.AsyncClient, stack: Stack, admin: CloudEndpoint) -> str:
-    images = f"{stack.gateway_url}/image/v2/images"
-    made = await http.post(
-        images,
-        json={"name": "r3", "disk_format": "raw", "container_format": "bare"}
-        | {"visibility": "public"},
-        headers=_h(admin),
-    )
-    assert made.status_code == 201, made.text
-    image_id = str(made.json()["id"])
-    put = await http.put(
-        f"{images}/{image_id}/file",
-        content=b"\0" * 65536,
-        headers={**_h(admin), "Content-Type": "application/octet-stream"},
-    )
-    assert put.status_code == 204, put.text
-    return image_id
 
 
 async def _statuses(
@@ -221,7 +203,7 @@ async def test_r3_duplicated_and_unacked_bus_messages_end_where_a_clean_run_ends
     n = scale(8, 200)
 
     async with httpx.AsyncClient(timeout=60) as http:
-        image = await _image(http, stack, admin)
+        image = await public_image(http, stack, admin, "r3")
         lifted = await http.put(
             f"{admin.compute_url}/os-quota-sets/{admin.project_id}",
             json={"quota_set": {"instances": -1, "cores": -1, "ram": -1}},

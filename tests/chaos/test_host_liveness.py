@@ -15,6 +15,7 @@ from loom.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 from bench.client import CloudEndpoint, resolve_cloud
 from tests.chaos.conftest import Report, scale
+from tests.chaos.support import public_image
 from tests.e2e.support import wait_for_hosts
 from tests.support.stack import Stack
 
@@ -34,23 +35,6 @@ async def _up_hosts(stack: Stack) -> dict[str, bool]:
             scheduler_pb2.ListHostsRequest(), timeout=10
         )
     return {h.name: h.up for h in resp.hosts}
-
-
-async def _image(http: httpx.AsyncClient, stack: Stack, admin: CloudEndpoint) -> str:
-    images = f"{stack.gateway_url}/image/v2/images"
-    made = await http.post(
-        images,
-        json={"name": "r4", "disk_format": "raw", "container_format": "bare"}
-        | {"visibility": "public"},
-        headers=_h(admin),
-    )
-    image_id = str(made.json()["id"])
-    await http.put(
-        f"{images}/{image_id}/file",
-        content=b"\0" * 65536,
-        headers={**_h(admin), "Content-Type": "application/octet-stream"},
-    )
-    return image_id
 
 
 async def _wait_settled(
@@ -107,7 +91,7 @@ async def test_r4_a_dead_agent_s_hosts_go_down_in_time_and_a_slow_hypervisor_s_h
         await asyncio.sleep(0.1)
 
     async with httpx.AsyncClient(timeout=60) as http:
-        image = await _image(http, stack, admin)
+        image = await public_image(http, stack, admin, "r4")
         body = {"server": {"name": "r4", "imageRef": image, "flavorRef": "1", "networks": "none"}}
         made = [
             await http.post(f"{admin.compute_url}/servers", json=body, headers=_h(admin))

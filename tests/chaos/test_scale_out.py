@@ -27,8 +27,9 @@ from bench.client import CloudEndpoint, resolve_cloud
 from controlplane.config import NatsConfig
 from controlplane.db import migrate
 from controlplane.runtime import bus
-from controlplane.runtime.natsserver import NatsCluster, free_port
+from controlplane.runtime.natsserver import NatsCluster
 from tests.chaos.conftest import Report, scale
+from tests.chaos.support import Layout, headers, public_image
 from tests.e2e.support import (
     OVERCOMMITTED_HOSTS_SQL,
     USAGE_MISMATCH_SQL,
@@ -54,52 +55,13 @@ KILLS = ("gateway", "conductor", "scheduler", "nats")
 
 
 def _h(cloud: CloudEndpoint) -> dict[str, str]:
-    return {"X-Auth-Token": cloud.token, "OpenStack-API-Version": "compute 2.37"}
+    return headers(cloud)
 
 
-def _targets(ports: list[int]) -> str:
-    """A gRPC target naming every replica (calls are spread round robin)."""
-    return "ipv4:" + ",".join(f"127.0.0.1:{p}" for p in ports)
-
-
-@dataclass
-class Layout:
-    """Two of each control-plane service, each replica on a port of its own."""
-
-    stack: Stack
-    scheduler_ports: list[int]
-    conductor_ports: list[int]
-    gateway_ports: list[int]
-
-    @classmethod
-    def of(cls, stack: Stack) -> Layout:
-        return cls(
-            stack,
-            [stack.scheduler_port, free_port()],
-            [stack.conductor_port, free_port()],
-            [stack.gateway_port, free_port()],
-        )
-
-    def shared_env(self) -> dict[str, str]:
-        return {
-            "LOOM_NATS__STREAM_REPLICAS": "3",
-            "LOOM_CONDUCTOR__SCHEDULER_TARGET": _targets(self.scheduler_ports),
-            "LOOM_GATEWAY__CONDUCTOR_TARGET": _targets(self.conductor_ports),
-            "LOOM_GATEWAY__SCHEDULER_TARGET": _targets(self.scheduler_ports),
-            "LOOM_AGENT__CONDUCTOR_TARGET": _targets(self.conductor_ports),
-            "LOOM_AGENT__HEARTBEAT_INTERVAL": "1",
-        }
-
-    def start_all(self) -> None:
-        # One at a time: the first conductor seeds the catalog and the first gateway makes
-        # the token keys the second then shares (same data directory).
-        for i, port in enumerate(self.scheduler_ports):
-            self.stack.start(f"scheduler#{i}", env={"LOOM_SCHEDULER__LISTEN": f"127.0.0.1:{port}"})
-        for i, port in enumerate(self.conductor_ports):
-            self.stack.start(f"conductor#{i}", env={"LOOM_CONDUCTOR__LISTEN": f"127.0.0.1:{port}"})
-        self.stack.start("agent", "--simulate", str(HOSTS), "--host-prefix", "scale")
-        for i, port in enumerate(self.gateway_ports):
-            self.stack.start(f"gateway#{i}", env={"LOOM_GATEWAY__PORT": str(port)})
+def _start_all(layout: Layout) -> None:
+    layout.start_control_plane()
+    layout.stack.start("agent", "--simulate", str(HOSTS), "--host-prefix", "scale")
+    layout.start_gateways()
 
 
 @dataclass
@@ -167,25 +129,6 @@ class Gateways:
             if r.status_code == 200:
                 return list(r.json()["servers"])
         return []
-
-
-async def _public_image(http: httpx.AsyncClient, stack: Stack, admin: CloudEndpoint) -> str:
-    images = f"{stack.gateway_url}/image/v2/images"
-    made = await http.post(
-        images,
-        json={"name": "r6", "disk_format": "raw", "container_format": "bare"}
-        | {"visibility": "public"},
-        headers=_h(admin),
-    )
-    assert made.status_code == 201, made.text
-    image_id = str(made.json()["id"])
-    put = await http.put(
-        f"{images}/{image_id}/file",
-        content=b"\0" * 65536,
-        headers={**_h(admin), "Content-Type": "application/octet-stream"},
-    )
-    assert put.status_code == 204, put.text
-    return image_id
 
 
 async def _run_storm(
@@ -289,7 +232,7 @@ async def test_r6_two_of_each_service_on_a_nats_cluster_lose_nothing_when_one_of
     layout = Layout.of(stack)
     stack.extra_env.update(layout.shared_env())
     try:
-        await asyncio.to_thread(layout.start_all)
+        await asyncio.to_thread(_start_all, layout)
         await wait_for_hosts(stack, HOSTS)
         clouds = stack.data_dir / "clouds.yaml"
         member = resolve_cloud("loom", clouds)
@@ -303,7 +246,7 @@ async def test_r6_two_of_each_service_on_a_nats_cluster_lose_nothing_when_one_of
         }
         limits = httpx.Limits(max_keepalive_connections=0)
         async with httpx.AsyncClient(timeout=60, limits=limits) as http:
-            image = await _public_image(http, stack, admin)
+            image = await public_image(http, stack, admin, "r6")
             lifted = await http.put(
                 f"{admin.compute_url}/os-quota-sets/{member.project_id}",
                 json={"quota_set": {"instances": -1, "cores": -1, "ram": -1}},

@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +40,8 @@ class Service:
     env: dict[str, str] = field(default_factory=dict)
     # Where it serves /metrics: a port of its own, kept across restarts.
     metrics_port: int = field(default_factory=free_port)
+    # Run in its process before it starts (e.g. entering a cgroup), at every (re)start.
+    preexec: Callable[[], None] | None = None
 
     @property
     def metrics_url(self) -> str:
@@ -115,9 +117,11 @@ class Stack:
         wait: bool = True,
         timeout: float = polling.SERVICE_READY_S,
         env: dict[str, str] | None = None,
+        preexec: Callable[[], None] | None = None,
     ) -> Service:
         """Starts (or restarts) a service and, with wait, returns once it logged "ready".
-        env holds settings of this service alone (kept for its restarts)."""
+        env holds settings of this service alone, and preexec runs in its process before it
+        starts (both kept for its restarts)."""
         service_cmd = name.split("#", 1)[0]
         svc = self.services.get(name)
         if svc is None:
@@ -126,6 +130,7 @@ class Stack:
                 argv=[sys.executable, "-m", "controlplane.cli", service_cmd, *args],
                 log_path=self.data_dir / f"{name.replace('#', '-')}.log",
                 env=dict(env or {}),
+                preexec=preexec,
             )
             svc.env.setdefault(
                 f"LOOM_METRICS__LISTEN__{service_cmd.upper()}", f"127.0.0.1:{svc.metrics_port}"
@@ -143,6 +148,7 @@ class Stack:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                preexec_fn=svc.preexec,
             )
         if wait:
             self.wait_ready(name, timeout)
