@@ -83,6 +83,12 @@ class NatsConfig(_Section):
     sync_always: bool = True
     # Seconds JetStream remembers message ids for deduplication.
     duplicate_window_s: int = Field(default=600, ge=1)
+    # A client pings its server this often, and takes the connection for dead (and
+    # reconnects) when this many pings are unanswered: a link that drops packets silently
+    # is noticed within about ping_interval_s x max_outstanding_pings, and a reconnect gets
+    # through as soon as the link is back, instead of after TCP's retransmission backoff.
+    ping_interval_s: float = Field(default=5.0, gt=0, le=300)
+    max_outstanding_pings: int = Field(default=3, ge=1, le=100)
     user: str = ""
     password: str = ""
     tls_ca: str = ""

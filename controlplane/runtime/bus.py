@@ -258,6 +258,8 @@ async def connect(
         "disconnected_cb": on_disconnect,
         "reconnected_cb": on_reconnect,
         "connect_timeout": 5,
+        "ping_interval": cfg.ping_interval_s,
+        "max_outstanding_pings": cfg.max_outstanding_pings,
     }
     if cfg.user:
         kwargs["user"] = cfg.user
