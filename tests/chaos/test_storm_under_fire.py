@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import statistics
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -66,6 +67,8 @@ class Boots:
     """What the clients asked for and were told, and what the watcher saw of it."""
 
     accepted: dict[str, str] = field(default_factory=dict)  # name -> server id
+    accepted_at: dict[str, float] = field(default_factory=dict)  # server id -> t
+    settled_at: dict[str, float] = field(default_factory=dict)  # server id -> t first seen
     answers: Counter[str] = field(default_factory=Counter)
     resent: int = 0
     given_up: list[str] = field(default_factory=list)
@@ -80,7 +83,7 @@ class Boots:
 
 @dataclass
 class Fault:
-    """One failure: injected once `at` of the boots are accepted, undone `lasts_s` later."""
+    """One failure: injected once `at` of the boots have settled, undone `lasts_s` later."""
 
     name: str
     at: float
@@ -141,6 +144,7 @@ class Clients:
                 if r.status_code == 202:
                     server_id = str(r.json()["server"]["id"])
                     boots.accepted[name] = server_id
+                    boots.accepted_at[server_id] = time.monotonic()
                     try:
                         # As a client that waits for its server before its next one.
                         await asyncio.wait_for(boots.settled_event(server_id).wait(), SETTLE_S)
@@ -209,6 +213,7 @@ async def _storm(clients: Clients, boots: Boots, faults: list[Fault]) -> None:
                         if not event.is_set():
                             event.set()
                             boots.settled_count += 1
+                            boots.settled_at[str(s["id"])] = time.monotonic()
             async with progress:
                 progress.notify_all()
             await asyncio.sleep(WATCH_S)
@@ -420,8 +425,25 @@ async def test_r1_a_boot_storm_survives_every_component_failing_once_and_loses_n
     status = Counter(str(s["status"]) for s in servers)
     by_name = Counter(str(s["name"]) for s in servers)
     domain_count = Counter(sid for _, sid in domains)
+    took = sorted(
+        boots.settled_at[sid] - t for sid, t in boots.accepted_at.items() if sid in boots.settled_at
+    )
     figures.update(
         {
+            "boot_s_median": round(statistics.median(took), 1) if took else None,
+            "boot_s_p99": round(took[int(0.99 * (len(took) - 1))], 1) if took else None,
+            "boot_s_max": round(took[-1], 1) if took else None,
+            "boots_over_10_s": sum(1 for t in took if t > 10),
+            # Where the slow boots were built: the agent that held each one's host.
+            "boots_over_10_s_by_agent": dict(
+                sorted(
+                    Counter(
+                        host_of.get(sid, "?").split("-")[0]
+                        for sid, t in boots.accepted_at.items()
+                        if boots.settled_at.get(sid, t) - t > 10
+                    ).items()
+                )
+            ),
             "storm_s": round(storm_s, 1),
             "boots_per_s": round(len(accepted) / storm_s, 1),
             "settled_s_after_storm": round(settle_s, 1),
@@ -460,7 +482,7 @@ async def test_r1_a_boot_storm_survives_every_component_failing_once_and_loses_n
             "faults": [
                 {
                     "fault": f.name,
-                    "at_accepted": f.at,
+                    "at_settled": f.at,
                     "injected_after_s": f.injected_after_s,
                     "undone_after_s": f.undone_after_s,
                     **f.detail,
