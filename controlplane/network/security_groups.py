@@ -273,31 +273,41 @@ def _protocol(value: str, ethertype: str) -> str | None:
 
 
 def _ports(protocol: str | None, r: pb.SecurityGroupRule) -> tuple[int | None, int | None]:
+    """The rule's port range (or ICMP type and code), checked with the network API's own
+    errors and messages."""
     low = r.port_range_min if r.HasField("port_range_min") else None
     high = r.port_range_max if r.HasField("port_range_max") else None
     if low is None and high is None:
         return None, None
     if protocol in _ICMP_PROTOCOLS:
-        for v, what in ((low, "type"), (high, "code")):
+        for v, field, attr in ((low, "type", "port_range_min"), (high, "code", "port_range_max")):
             if v is not None and not 0 <= v <= 255:
-                raise Invalid(f"ICMP {what} {v} is out of range 0-255")
+                raise Invalid(
+                    f"Invalid value for ICMP {field} ({attr}) {v}. It must be 0 to 255.",
+                    "SecurityGroupInvalidIcmpValue",
+                )
         if low is None and high is not None:
-            raise Invalid("ICMP code (port-range-max) is given without an ICMP type")
+            raise Invalid(
+                f"ICMP code (port-range-max) {high} is provided but ICMP type"
+                " (port-range-min) is missing.",
+                "SecurityGroupMissingIcmpType",
+            )
         return low, high
+    for v in (low, high):
+        if v is not None and not 0 <= v <= 65535:
+            raise Invalid(f"Invalid value for port {v}")
     if protocol not in _PORT_PROTOCOLS:
         raise Invalid(
             "Port range is only valid with protocols tcp, udp, sctp, dccp and udplite"
             " (and ICMP type/code with icmp)"
         )
-    if low is None or high is None:
-        raise Invalid("both port_range_min and port_range_max are required for a port range")
-    if not 1 <= low <= 65535 or not 1 <= high <= 65535:
-        raise Invalid("ports must be between 1 and 65535")
-    if low > high:
+    if low is None or high is None or low > high:
         raise Invalid(
             "For TCP/UDP protocols, port_range_min must be <= port_range_max",
             "SecurityGroupInvalidPortRange",
         )
+    if low == 0:
+        raise Invalid("Invalid value for port 0")
     return low, high
 
 

@@ -138,7 +138,9 @@ SECURITY_GROUP_CREATE = _obj(
 )
 SECURITY_GROUP_UPDATE = _obj({"name": _NAME, "description": _NAME})
 
-_PORT = {"type": ["integer", "null"], "minimum": 0, "maximum": 65535}
+# Ports and ICMP type/code are checked by the network service, with the network API's
+# messages; here only what fits the wire.
+_PORT = {"type": ["integer", "null"], "minimum": -(2**31), "maximum": 2**31 - 1}
 RULE_CREATE = _obj(
     {
         "security_group_id": _ID,

@@ -273,6 +273,42 @@ async def test_a_duplicate_rule_answers_409_security_group_rule_exists(cloud: Cl
     assert r.status_code == 204
 
 
+async def test_invalid_rule_ports_and_icmp_values_answer_400_with_the_api_messages(
+    cloud: Cloud,
+) -> None:
+    h = await cloud.headers("demo")
+    r = await cloud.client.post(
+        f"{N}/security-groups", json={"security_group": {"name": "ports"}}, headers=h
+    )
+    group = r.json()["security_group"]["id"]
+    cases = [
+        ("tcp", -16, 80, "Invalid value for port -16"),
+        ("tcp", 80, 79, "port_range_min must be <= port_range_max"),
+        ("tcp", 80, 65536, "Invalid value for port 65536"),
+        ("tcp", None, 6, "port_range_min must be <= port_range_max"),
+        ("tcp", -16, 65536, "Invalid value for port"),
+        ("tcp", 0, 80, "Invalid value for port 0"),
+        ("icmp", 1, 256, "Invalid value for ICMP code"),
+        ("icmp", -1, 25, "Invalid value"),
+        ("icmp", None, 6, "ICMP type (port-range-min) is missing"),
+        ("icmp", 300, 1, "Invalid value for ICMP type"),
+        ("tcp", 10**12, 80, "Invalid input"),
+    ]
+    for protocol, low, high, message in cases:
+        rule = {
+            "security_group_id": group,
+            "direction": "ingress",
+            "protocol": protocol,
+            "port_range_min": low,
+            "port_range_max": high,
+        }
+        r = await cloud.client.post(
+            f"{N}/security-group-rules", json={"security_group_rule": rule}, headers=h
+        )
+        assert r.status_code == 400, (protocol, low, high, r.text)
+        assert message in r.json()["NeutronError"]["message"], (protocol, low, high, r.text)
+
+
 async def test_lists_filter_by_attribute_cut_to_fields_and_page_with_links(cloud: Cloud) -> None:
     h = await cloud.headers("demo")
     made = [await _net(cloud.client, h, f"net{i}") for i in range(5)]
