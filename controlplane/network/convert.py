@@ -38,7 +38,8 @@ def network_pb(n: Network, subnet_ids: Sequence[str]) -> pb.Network:
     )
 
 
-def subnet_pb(s: SubnetRow) -> pb.Subnet:
+def subnet_pb(s: SubnetRow, external: bool) -> pb.Subnet:
+    """The subnet; `external`: its network is external."""
     return pb.Subnet(
         id=s.id,
         project_id=s.project_id,
@@ -59,6 +60,7 @@ def subnet_pb(s: SubnetRow) -> pb.Subnet:
         revision_number=s.revision_number,
         created_at=timestamp(s.created_at),
         updated_at=timestamp(s.updated_at or s.created_at),
+        router_external=external,
     )
 
 

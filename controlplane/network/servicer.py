@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -125,6 +125,22 @@ def _take_bounds(limit: int, lease_seconds: float) -> tuple[int, float]:
     return change_feed.bounds(limit, lease_seconds)
 
 
+async def _subnets_pb(s: AsyncSession, rows: Sequence[SubnetRow]) -> list[pb.Subnet]:
+    """The subnets, each marked external when its network is (one query for all)."""
+    external = (
+        set(
+            await s.scalars(
+                select(Network.id).where(
+                    Network.id.in_({r.network_id for r in rows}), Network.router_external.is_(True)
+                )
+            )
+        )
+        if rows
+        else set()
+    )
+    return [subnet_pb(r, r.network_id in external) for r in rows]
+
+
 def _caller(scope: pb.Scope) -> Caller:
     if not scope.project_id:
         raise Forbidden("A project scope is required.")
@@ -198,13 +214,13 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
             row = await _replayed(s, SubnetRow, ident, caller) or await networks.create_subnet(
                 s, caller, request, ident
             )
-            return pb.CreateSubnetResponse(subnet=subnet_pb(row))
+            return pb.CreateSubnetResponse(subnet=(await _subnets_pb(s, [row]))[0])
 
     @network_errors
     async def GetSubnet(self, request: pb.GetSubnetRequest, context: Any) -> Any:
         async with self._sessions() as s:
             row = await networks.get_subnet(s, _caller(request.scope), request.id)
-            return pb.GetSubnetResponse(subnet=subnet_pb(row))
+            return pb.GetSubnetResponse(subnet=(await _subnets_pb(s, [row]))[0])
 
     @network_errors
     async def ListSubnets(self, request: pb.ListSubnetsRequest, context: Any) -> Any:
@@ -212,13 +228,13 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
             rows = await networks.list_subnets(
                 s, _caller(request.scope), request.network_id, _page(request)
             )
-            return pb.ListSubnetsResponse(subnets=[subnet_pb(r) for r in rows])
+            return pb.ListSubnetsResponse(subnets=await _subnets_pb(s, rows))
 
     @network_errors
     async def UpdateSubnet(self, request: pb.UpdateSubnetRequest, context: Any) -> Any:
         async with self._sessions.begin() as s:
             row = await networks.update_subnet(s, _caller(request.scope), request)
-            return pb.UpdateSubnetResponse(subnet=subnet_pb(row))
+            return pb.UpdateSubnetResponse(subnet=(await _subnets_pb(s, [row]))[0])
 
     @network_errors
     async def DeleteSubnet(self, request: pb.DeleteSubnetRequest, context: Any) -> Any:

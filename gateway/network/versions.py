@@ -81,6 +81,12 @@ EXTENSIONS = (
         "Extension of the router abstraction for specifying whether SNAT should occur on the"
         " external gateway",
     ),
+    (
+        "subnet-external-network",
+        "Subnet external network",
+        "Subnets show whether their network is external (router:external); the subnets of"
+        " an external network are seen by every project.",
+    ),
 )
 _COLLECTIONS = (
     ("network", "networks"),

@@ -64,6 +64,7 @@ def subnet(s: pb.Subnet) -> dict[str, Any]:
         "subnetpool_id": None,
         "segment_id": None,
         "service_types": [],
+        "router:external": s.router_external,
         **_standard(s.revision_number, s.created_at, s.updated_at),
     }
 

@@ -45,6 +45,32 @@ async def _external(cloud: Cloud) -> tuple[dict[str, Any], dict[str, Any]]:
     return ext, sub
 
 
+async def test_every_project_sees_an_external_networks_subnets_marked_external(
+    cloud: Cloud,
+) -> None:
+    ext, ext_sub = await _external(cloud)
+    h = await cloud.headers("demo")
+    own = await _post(cloud.client, h, "networks", {"name": "own"})
+    own_sub = await _post(
+        cloud.client,
+        h,
+        "subnets",
+        {"network_id": own["id"], "ip_version": 4, "cidr": "10.9.0.0/24"},
+    )
+    aliases = {
+        e["alias"]
+        for e in (await cloud.client.get(f"{N}/extensions", headers=h)).json()["extensions"]
+    }
+    assert "subnet-external-network" in aliases
+    listed = (
+        await cloud.client.get(f"{N}/subnets", params={"network_id": ext["id"]}, headers=h)
+    ).json()["subnets"]
+    assert [(s["id"], s["router:external"]) for s in listed] == [(ext_sub["id"], True)]
+    shown = (await cloud.client.get(f"{N}/subnets/{own_sub['id']}", headers=h)).json()
+    assert shown["subnet"]["router:external"] is False
+    assert own_sub["router:external"] is False
+
+
 async def test_a_router_gets_a_gateway_and_interfaces_holding_each_subnets_gateway(
     cloud: Cloud,
 ) -> None:

@@ -206,6 +206,7 @@ class Subnet(_message.Message):
     REVISION_NUMBER_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    ROUTER_EXTERNAL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """UUID."""
     project_id: _builtins.str
@@ -226,6 +227,8 @@ class Subnet(_message.Message):
     """DHCP served on it."""
     revision_number: _builtins.int
     """Bumped on every change."""
+    router_external: _builtins.bool
+    """Its network is external (router:external); read-only."""
     @_builtins.property
     def allocation_pools(self) -> _containers.RepeatedCompositeFieldContainer[Global___AllocationPool]:
         """Address pools."""
@@ -264,10 +267,11 @@ class Subnet(_message.Message):
         revision_number: _builtins.int = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        router_external: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation_pools", b"allocation_pools", "cidr", b"cidr", "created_at", b"created_at", "description", b"description", "dns_nameservers", b"dns_nameservers", "enable_dhcp", b"enable_dhcp", "gateway_ip", b"gateway_ip", "host_routes", b"host_routes", "id", b"id", "ip_version", b"ip_version", "name", b"name", "network_id", b"network_id", "project_id", b"project_id", "revision_number", b"revision_number", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation_pools", b"allocation_pools", "cidr", b"cidr", "created_at", b"created_at", "description", b"description", "dns_nameservers", b"dns_nameservers", "enable_dhcp", b"enable_dhcp", "gateway_ip", b"gateway_ip", "host_routes", b"host_routes", "id", b"id", "ip_version", b"ip_version", "name", b"name", "network_id", b"network_id", "project_id", b"project_id", "revision_number", b"revision_number", "router_external", b"router_external", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
