@@ -12,8 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from controlplane.db.models import FloatingIp, IpAllocation, Port
 from controlplane.network import quotas, router_changes
 from controlplane.network.errors import Conflict, Forbidden, Invalid, NotFound, not_found
-from controlplane.network.networks import get_network
-from controlplane.network.ports import FLOATING_OWNER, get_port, new_device_port
+from controlplane.network.networks import FLOATING_OWNER, get_network
+from controlplane.network.ports import get_port, new_device_port
 from controlplane.network.routers import router_reaching
 from controlplane.network.scope import Caller, Page, owned
 from controlplane.runtime.rpc import now

@@ -6,10 +6,10 @@ import ipaddress
 from collections import defaultdict
 
 from loom.network.v1 import network_pb2 as pb
-from sqlalchemy import delete, exists, func, select
+from sqlalchemy import delete, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from controlplane.db.models import IpAllocation, Network, Port
+from controlplane.db.models import FloatingIp, IpAllocation, Network, Port
 from controlplane.db.models import Subnet as SubnetRow
 from controlplane.network import addresses, quotas
 from controlplane.network.errors import Conflict, Forbidden, Invalid, not_found
@@ -21,6 +21,8 @@ DEFAULT_MTU = 1450
 MIN_MTU = 68
 # Ports the network owns itself (its DHCP server) do not keep it from being deleted.
 _OWN_PORT_OWNERS = ("network:dhcp",)
+# The port holding a floating IP's address on its external network.
+FLOATING_OWNER = "network:floatingip"
 
 
 async def get_network(s: AsyncSession, caller: Caller, network_id: str) -> Network:
@@ -112,12 +114,21 @@ async def update_network(s: AsyncSession, caller: Caller, req: pb.UpdateNetworkR
 
 
 async def delete_network(s: AsyncSession, caller: Caller, network_id: str) -> None:
+    """Deletes the network with its subnets, its DHCP port and (an external network) its
+    floating IPs that map to no port. A port in use, a router's gateway or a floating IP
+    still associated makes it NetworkInUse (409)."""
     row = await get_network(s, caller, network_id)
     caller.require_owner(row.project_id, "delete_network")
     in_use = await s.scalar(
         select(
-            exists().where(
-                Port.network_id == network_id, Port.device_owner.not_in(_OWN_PORT_OWNERS)
+            or_(
+                exists().where(
+                    Port.network_id == network_id,
+                    Port.device_owner.not_in((*_OWN_PORT_OWNERS, FLOATING_OWNER)),
+                ),
+                exists().where(
+                    FloatingIp.floating_network_id == network_id, FloatingIp.port_id.is_not(None)
+                ),
             )
         )
     )
@@ -127,6 +138,7 @@ async def delete_network(s: AsyncSession, caller: Caller, network_id: str) -> No
             f"Unable to complete operation on network {network_id}. There are one or more"
             " ports still in use on the network.",
         )
+    await s.execute(delete(FloatingIp).where(FloatingIp.floating_network_id == network_id))
     await s.execute(delete(Port).where(Port.network_id == network_id))
     await s.execute(delete(SubnetRow).where(SubnetRow.network_id == network_id))
     await s.delete(row)

@@ -30,7 +30,7 @@ from controlplane.db.models import (
 from controlplane.db.models import Subnet as SubnetRow
 from controlplane.network import addresses, quotas, router_changes, security_changes
 from controlplane.network.errors import Conflict, Forbidden, Invalid, not_found
-from controlplane.network.networks import get_network
+from controlplane.network.networks import FLOATING_OWNER, get_network
 from controlplane.network.scope import Caller, Page, owned
 from controlplane.runtime.rpc import new_uuid, now
 
@@ -38,7 +38,6 @@ from controlplane.runtime.rpc import new_uuid, now
 # floating IPs); the port API may not delete them.
 INTERFACE_OWNER = "network:router_interface"
 GATEWAY_OWNER = "network:router_gateway"
-FLOATING_OWNER = "network:floatingip"
 SERVICE_OWNERS = (INTERFACE_OWNER, GATEWAY_OWNER, FLOATING_OWNER)
 # A router's interface holds its subnet's gateway address; no other port may.
 ROUTER_OWNERS = (INTERFACE_OWNER, GATEWAY_OWNER)

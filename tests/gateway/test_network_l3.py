@@ -143,6 +143,34 @@ async def test_a_router_gets_a_gateway_and_interfaces_holding_each_subnets_gatew
     assert ports == []
 
 
+async def test_deleting_an_external_network_takes_its_unassociated_floating_ips_with_it(
+    cloud: Cloud,
+) -> None:
+    ext, ext_sub = await _external(cloud)
+    admin = await cloud.headers("admin")
+    fip = await _post(cloud.client, admin, "floatingips", {"floating_network_id": ext["id"]})
+    r = await cloud.client.delete(f"{N}/networks/{ext['id']}", headers=admin)
+    assert r.status_code == 204, r.text
+    r = await cloud.client.get(f"{N}/floatingips/{fip['id']}", headers=admin)
+    assert _type(r, 404) == "FloatingIPNotFound"
+    r = await cloud.client.get(f"{N}/subnets/{ext_sub['id']}", headers=admin)
+    assert r.status_code == 404
+    # A router's gateway on it keeps an external network in use.
+    ext, _ = await _external(cloud)
+    router = await _post(
+        cloud.client,
+        admin,
+        "routers",
+        {"name": "r", "external_gateway_info": {"network_id": ext["id"]}},
+    )
+    r = await cloud.client.delete(f"{N}/networks/{ext['id']}", headers=admin)
+    assert _type(r, 409) == "NetworkInUse"
+    r = await cloud.client.delete(f"{N}/routers/{router['id']}", headers=admin)
+    assert r.status_code == 204, r.text
+    r = await cloud.client.delete(f"{N}/networks/{ext['id']}", headers=admin)
+    assert r.status_code == 204, r.text
+
+
 async def test_a_floating_ip_comes_from_the_external_network_and_maps_to_a_reachable_port(
     cloud: Cloud,
 ) -> None:
