@@ -7,7 +7,7 @@ import ipaddress
 from collections import defaultdict
 
 from loom.network.v1 import network_pb2 as pb
-from sqlalchemy import exists, select
+from sqlalchemy import delete, exists, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -248,6 +248,7 @@ async def delete_group(s: AsyncSession, caller: Caller, group_id: str) -> None:
     # Rules of other groups naming it as their remote group go with it: their ports change.
     touched = await security_changes.affected_ports(s, [group_id], [])
     await security_changes.note_ports(s, [p.id for p in touched])
+    await s.execute(delete(SecurityGroupRule).where(SecurityGroupRule.remote_group_id == group_id))
     await s.delete(group)
 
 

@@ -20,7 +20,8 @@ from gateway.routing import documented
 from gateway.state import gateway_of
 
 
-async def _server(request: Request, ctx: RequestContext) -> servers_pb2.Server:
+async def server_of(request: Request, ctx: RequestContext) -> servers_pb2.Server:
+    """The server the path names, as the caller may see it (404 otherwise)."""
     reply = await call(
         gateway_of(request).conductor.servers.GetServer,
         servers_pb2.GetServerRequest(
@@ -58,7 +59,7 @@ async def list_interfaces(request: Request) -> Response:
     """A server's ports."""
     ctx = context(request)
     ctx.require_read("os_compute_api:os-attach-interfaces:list")
-    server = await _server(request, ctx)
+    server = await server_of(request, ctx)
     ports = await _ports(request, ctx, server.id)
     return ok({"interfaceAttachments": [_attachment(p) for p in ports]})
 
@@ -68,7 +69,7 @@ async def show_interface(request: Request) -> Response:
     """One port of a server."""
     ctx = context(request)
     ctx.require_read("os_compute_api:os-attach-interfaces:show")
-    server = await _server(request, ctx)
+    server = await server_of(request, ctx)
     port_id = request.path_params["port_id"]
     for p in await _ports(request, ctx, server.id):
         if p.id == port_id:
@@ -81,7 +82,7 @@ async def attach_interface(request: Request) -> Response:
     """Refused: a NIC is attached at create only."""
     ctx = context(request)
     ctx.require_write("os_compute_api:os-attach-interfaces:create")
-    await _server(request, ctx)
+    await server_of(request, ctx)
     raise Conflict(
         "Attaching an interface to an existing server is not supported by this cloud (its"
         " hosts do not hot-plug NICs): give the networks when the server is created."
@@ -93,7 +94,7 @@ async def detach_interface(request: Request) -> Response:
     """Refused: a NIC goes with its server only."""
     ctx = context(request)
     ctx.require_write("os_compute_api:os-attach-interfaces:delete")
-    await _server(request, ctx)
+    await server_of(request, ctx)
     raise Conflict(
         "Detaching an interface from a server is not supported by this cloud (its hosts do"
         " not hot-unplug NICs): the server's ports go when it is deleted."

@@ -19,6 +19,7 @@ from gateway.compute import (
     migrations,
     networks,
     quotas,
+    security_groups,
     server_groups,
     servers,
     shares,
@@ -53,4 +54,5 @@ def routes() -> list[BaseRoute]:
         *hosts.routes(),
         *audit_log.routes(),
         *networks.routes(),
+        *security_groups.routes(),
     ]

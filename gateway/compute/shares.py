@@ -16,10 +16,10 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.auth.context import RequestContext
 from gateway.compute.common import context, ok
-from gateway.conductor import call
+from gateway.compute.interfaces import server_of
 from gateway.errors import ApiError, Conflict, Forbidden, NotFound
 from gateway.routing import checked_body, checked_query, documented
-from gateway.state import gateway_of, json_body, microversion
+from gateway.state import json_body, microversion
 from gateway.validation import Query, compile_schema
 from gateway.validation.schema import shorten
 from gateway.views.servers import VM_STATES
@@ -53,15 +53,7 @@ _NO_QUERY = Query()
 async def _server(request: Request, ctx: RequestContext) -> servers_pb2.Server:
     if not microversion(request).at_least("2.97"):
         raise NotFound("The resource could not be found.")
-    reply = await call(
-        gateway_of(request).conductor.servers.GetServer,
-        servers_pb2.GetServerRequest(
-            id=request.path_params["server_id"],
-            project_id="" if ctx.is_admin else ctx.project_id,
-        ),
-    )
-    server: servers_pb2.Server = reply.server
-    return server
+    return await server_of(request, ctx)
 
 
 def _require_state(server: servers_pb2.Server, allowed: tuple[str, ...], action: str) -> None:
