@@ -79,6 +79,16 @@ STATUSES = {
 STATUS_BY_NAME = {v: k for k, v in STATUSES.items()}
 
 
+# The statuses whose servers show `progress`, and its value: a step under way is at 0.
+_PROGRESS = {
+    servers_pb2.SERVER_STATUS_BUILD: 0,
+    servers_pb2.SERVER_STATUS_REBUILD: 0,
+    servers_pb2.SERVER_STATUS_RESIZE: 0,
+    servers_pb2.SERVER_STATUS_ACTIVE: 100,
+    servers_pb2.SERVER_STATUS_VERIFY_RESIZE: 100,
+}
+
+
 def host_id(project_id: str, host: str) -> str:
     """Nova's hostId: opaque per project, so tenants cannot map hosts across projects."""
     if not host:
@@ -188,7 +198,6 @@ def detail(
             "addresses": addresses(server),
             "accessIPv4": server.access_ipv4,
             "accessIPv6": server.access_ipv6,
-            "progress": 0,
             "key_name": server.key_name or None,
             "config_drive": server.config_drive,
             # The root disk is the image as it is: its partition is never grown.
@@ -202,8 +211,9 @@ def detail(
             "os-extended-volumes:volumes_attached": [],
         }
     )
-    if server.status in (servers_pb2.SERVER_STATUS_BUILD, servers_pb2.SERVER_STATUS_ACTIVE):
-        body["progress"] = 0 if server.status == servers_pb2.SERVER_STATUS_BUILD else 100
+    progress = _PROGRESS.get(server.status)
+    if progress is not None:
+        body["progress"] = progress
     f = fault(server, is_admin)
     if f is not None:
         body["fault"] = f

@@ -181,3 +181,22 @@ def test_from_2_71_a_server_s_own_body_shows_its_groups_and_a_listed_one_does_no
     listed = views.detail(_request(), server, Microversion(2, 71), is_admin=False, listed=True)
     assert shown["server_groups"] == ["0e5f2b1c-7d55-4c6c-9a53-6d1c1f3d2b10"]
     assert "server_groups" not in listed
+
+
+@pytest.mark.parametrize(
+    ("status", "progress"),
+    [
+        (servers_pb2.SERVER_STATUS_BUILD, 0),
+        (servers_pb2.SERVER_STATUS_ACTIVE, 100),
+        (servers_pb2.SERVER_STATUS_VERIFY_RESIZE, 100),
+        (servers_pb2.SERVER_STATUS_SHUTOFF, None),
+        (servers_pb2.SERVER_STATUS_ERROR, None),
+        (servers_pb2.SERVER_STATUS_PAUSED, None),
+    ],
+)
+def test_only_a_server_building_active_or_moving_shows_progress(
+    status: servers_pb2.ServerStatus.ValueType, progress: int | None
+) -> None:
+    body = views.detail(_request(), make_server(status=status), Microversion(2, 1), is_admin=False)
+    assert body.get("progress") == progress
+    assert ("progress" in body) is (progress is not None)
