@@ -33,9 +33,11 @@ from gateway.views import servers as views
 
 _NAME = {"type": "string", "minLength": 1, "maxLength": 255, "format": "name"}
 # How many items: the project's metadata_items quota, which the conductor checks (403).
+# Keys of 1-255 of these characters, values up to 255 characters (the compute API's rule).
 _META = {
     "type": "object",
-    "additionalProperties": {"type": "string", "maxLength": 255},
+    "patternProperties": {"^[a-zA-Z0-9-_:. ]{1,255}$": {"type": "string", "maxLength": 255}},
+    "additionalProperties": False,
 }
 _UUID = {"type": "string", "format": "uuid"}
 _IP_ADDRESS = {"type": "string", "oneOf": [{"format": "ipv4"}, {"format": "ipv6"}]}
@@ -428,9 +430,9 @@ async def _list(request: Request, detailed: bool) -> Response:
         if not ctx.is_admin:
             raise Forbidden("Policy doesn't allow os_compute_api:servers:index:get_all_tenants.")
         if str(q["all_tenants"]).lower() not in ("0", "false", "off", "no"):
-            req.project_id = ""
-    if ctx.is_admin and (q.get("project_id") or q.get("tenant_id")):
-        req.project_id = q.get("project_id") or q.get("tenant_id") or ""
+            # Every project, or the one project_id / tenant_id names; without all_tenants
+            # those are ignored and an admin lists its own project, as in the compute API.
+            req.project_id = q.get("project_id") or q.get("tenant_id") or ""
     if "changes-before" in q and not mv.at_least("2.66"):
         q.pop("changes-before")
     if "status" in q:

@@ -297,6 +297,28 @@ def test_limit_zero_lists_no_servers_os_stop_takes_an_empty_object_and_metadata_
         conn.delete_server(server.id, wait=True)
 
 
+def test_an_admin_s_tenant_id_filter_applies_only_with_all_tenants(ready_cloud: Stack) -> None:
+    """Without all_tenants the compute API ignores tenant_id and project_id (an admin lists
+    its own project); with it, they pick the project."""
+    with _sdk(ready_cloud, "loom") as conn:
+        image = conn.image.find_image("tiny", ignore_missing=False)
+        flavor = conn.compute.find_flavor("m1.tiny", ignore_missing=False)
+        server = conn.create_server("t1", image=image.id, flavor=flavor.id, auto_ip=False)
+        project = conn.current_project_id
+    with _sdk(ready_cloud, "loom-admin") as admin:
+
+        def listed(query: str) -> set[str]:
+            r = admin.compute.get(f"/servers{query}")
+            assert r.status_code == 200, r.text
+            return {s["id"] for s in r.json()["servers"]}
+
+        assert server.id not in listed(f"?tenant_id={project}")
+        assert server.id not in listed(f"?project_id={project}")
+        assert server.id in listed(f"?all_tenants=&tenant_id={project}")
+        assert server.id in listed("?all_tenants=1")
+        admin.delete_server(server.id, wait=True)
+
+
 def test_os_services_ignores_unknown_query_parameters_before_2_75_and_refuses_them_after(
     ready_cloud: Stack,
 ) -> None:

@@ -108,6 +108,9 @@ async def test_a_100_kb_image_field_gets_a_short_glance_400(cloud: Cloud) -> Non
         ({"imageRef": "not-a-uuid"}, "Invalid input for field/attribute imageRef."),
         ({"config_drive": "maybe"}, "Invalid input for field/attribute config_drive."),
         ({"min_count": "0"}, "0 is less than the minimum of 1"),
+        ({"metadata": {"": "v"}}, "Invalid input for field/attribute metadata."),
+        ({"metadata": {"k" * 256: "v"}}, "Invalid input for field/attribute metadata."),
+        ({"metadata": {"a/b": "v"}}, "Invalid input for field/attribute metadata."),
     ],
     ids=[
         "a padded name",
@@ -116,6 +119,9 @@ async def test_a_100_kb_image_field_gets_a_short_glance_400(cloud: Cloud) -> Non
         "a bad imageRef",
         "a bad boolean",
         "a zero count as a string",
+        "a blank metadata key",
+        "a metadata key of 256 characters",
+        "a metadata key with a slash",
     ],
 )
 async def test_server_create_checks_formats_as_nova(
