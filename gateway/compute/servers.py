@@ -24,7 +24,7 @@ from gateway.compute.views_time import iso_micro
 from gateway.conductor import call
 from gateway.errors import ApiError, BadRequest, Forbidden, NotFound
 from gateway.microversion import Microversion
-from gateway.routing import checked_body, checked_query, documented
+from gateway.routing import ADMIN, MEMBER, READER, Policy, checked_body, checked_query, documented
 from gateway.state import gateway_of, json_body, microversion, request_id
 from gateway.validation import Query, QueryParam, VersionedSchema, compile_schema
 from gateway.validation.booleans import BOOLEAN_SCHEMA, TRUE_WORDS
@@ -491,19 +491,19 @@ async def _list(request: Request, detailed: bool) -> Response:
     return ok(body)
 
 
-@documented(query=LIST_QUERY, tag="compute")
+@documented(query=LIST_QUERY, tag="compute", policy=READER)
 async def list_servers(request: Request) -> Response:
     """Servers (id, name, links), filtered and paginated."""
     return await _list(request, detailed=False)
 
 
-@documented(query=LIST_QUERY, tag="compute")
+@documented(query=LIST_QUERY, tag="compute", policy=READER)
 async def list_servers_detail(request: Request) -> Response:
     """Servers with every field, filtered and paginated."""
     return await _list(request, detailed=True)
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=READER)
 async def show_server(request: Request) -> Response:
     """One server."""
     ctx = context(request)
@@ -548,7 +548,7 @@ def _truthy(value: Any) -> bool:
     return str(value).strip().lower() in TRUE_WORDS
 
 
-@documented(body=CREATE.newest, tag="compute")
+@documented(body=CREATE.newest, tag="compute", policy=MEMBER)
 async def create_server(request: Request) -> Response:
     """Create one or more servers (202; the build goes on asynchronously)."""
     ctx = context(request)
@@ -644,7 +644,7 @@ async def create_server(request: Request) -> Response:
 # ------------------------------------------------------------------ update / delete / actions
 
 
-@documented(body=UPDATE.newest, tag="compute")
+@documented(body=UPDATE.newest, tag="compute", policy=MEMBER)
 async def update_server(request: Request) -> Response:
     """Rename or redescribe a server."""
     ctx = context(request)
@@ -696,7 +696,7 @@ async def _groups_from_2_75(
     return (await server_security_groups.names_by_server(request, ctx, [server])).get(server.id)
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=MEMBER)
 async def delete_server(request: Request) -> Response:
     """Delete a server (204)."""
     ctx = context(request)
@@ -736,8 +736,38 @@ _ACTION_POLICIES = {
     "removeSecurityGroup": "os_compute_api:os-security-groups:remove",
 }
 
+# Who may send each action (the body's one key): the dispatcher's table, published in
+# /openapi.json and checked by the generated policy matrix. A project's member acts on
+# its own servers; moving a server between hosts, offloading it and forcing its state are
+# an operator's (admin's).
+SERVER_ACTION_POLICY = Policy(
+    "member",
+    actions={
+        **{
+            action: MEMBER
+            for action in (
+                *(a for a in _ACTION_POLICIES if a not in ("shelveOffload", "os-resetState")),
+                "resize",
+                "confirmResize",
+                "revertResize",
+                *consoles.CONSOLE_ACTIONS,
+            )
+        },
+        **{
+            action: ADMIN
+            for action in (
+                "shelveOffload",
+                "os-resetState",
+                "migrate",
+                "os-migrateLive",
+                "evacuate",
+            )
+        },
+    },
+)
 
-@documented(body=ACTION, tag="compute")
+
+@documented(body=ACTION, tag="compute", policy=SERVER_ACTION_POLICY)
 async def server_action(request: Request) -> Response:
     """Server actions: os-start, os-stop, reboot, pause, unpause, suspend, resume, lock,
     unlock, shelve, shelveOffload, unshelve, rebuild, os-resetState, restore, forceDelete,
@@ -981,7 +1011,7 @@ def _check_meta_keys(items: dict[str, str]) -> None:
             raise BadRequest("Metadata keys must be 1-255 characters.")
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=READER)
 async def list_metadata(request: Request) -> Response:
     """A server's metadata."""
     ctx = context(request)
@@ -989,7 +1019,7 @@ async def list_metadata(request: Request) -> Response:
     return ok({"metadata": dict((await _get(request, ctx)).metadata)})
 
 
-@documented(body=METADATA, tag="compute")
+@documented(body=METADATA, tag="compute", policy=MEMBER)
 async def merge_metadata(request: Request) -> Response:
     """Merge metadata items (POST) or replace all metadata (PUT)."""
     ctx = context(request)
@@ -1002,7 +1032,7 @@ async def merge_metadata(request: Request) -> Response:
     return ok({"metadata": result})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=READER)
 async def show_metadata_item(request: Request) -> Response:
     """One metadata item."""
     ctx = context(request)
@@ -1014,7 +1044,7 @@ async def show_metadata_item(request: Request) -> Response:
     return ok({"meta": {key: meta[key]}})
 
 
-@documented(body=META_ITEM, tag="compute")
+@documented(body=META_ITEM, tag="compute", policy=MEMBER)
 async def set_metadata_item(request: Request) -> Response:
     """Set one metadata item; the body's key must match the URL's."""
     ctx = context(request)
@@ -1029,7 +1059,7 @@ async def set_metadata_item(request: Request) -> Response:
     return ok({"meta": body["meta"]})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=MEMBER)
 async def delete_metadata_item(request: Request) -> Response:
     """Remove one metadata item (204)."""
     ctx = context(request)
@@ -1050,7 +1080,7 @@ async def delete_metadata_item(request: Request) -> Response:
 # ------------------------------------------------------------------ ips and actions
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=READER)
 async def list_ips(request: Request) -> Response:
     """A server's addresses by network."""
     ctx = context(request)
@@ -1058,7 +1088,7 @@ async def list_ips(request: Request) -> Response:
     return ok({"addresses": views.addresses(await _get(request, ctx))})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=READER)
 async def show_ips(request: Request) -> Response:
     """A server's addresses on one network."""
     ctx = context(request)
@@ -1085,7 +1115,7 @@ def _action(a: servers_pb2.InstanceAction, mv: Microversion) -> dict[str, Any]:
     return body
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=READER)
 async def list_instance_actions(request: Request) -> Response:
     """Actions recorded for a server, newest first."""
     ctx = context(request)
@@ -1100,7 +1130,7 @@ async def list_instance_actions(request: Request) -> Response:
     return ok({"instanceActions": [_action(a, mv) for a in reply.actions]})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=READER)
 async def show_instance_action(request: Request) -> Response:
     """One action with its events."""
     ctx = context(request)
@@ -1143,7 +1173,7 @@ VOLUME_ATTACHMENTS_QUERY = Query(
 )
 
 
-@documented(query=VOLUME_ATTACHMENTS_QUERY, tag="compute")
+@documented(query=VOLUME_ATTACHMENTS_QUERY, tag="compute", policy=READER)
 async def list_volume_attachments(request: Request) -> Response:
     """A server's volume attachments: always none, since Loom has no volumes yet."""
     ctx = context(request)
@@ -1153,7 +1183,7 @@ async def list_volume_attachments(request: Request) -> Response:
     return ok({"volumeAttachments": []})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=READER)
 async def show_volume_attachment(request: Request) -> Response:
     """One volume attachment: none exists (404) while Loom has no volumes."""
     ctx = context(request)
