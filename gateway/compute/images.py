@@ -91,6 +91,14 @@ def _ctx(request: Request) -> RequestContext:
     return ctx
 
 
+def _writer(request: Request) -> RequestContext:
+    """The caller of a change: a member (or admin), as the image API asks of the same
+    change; whether the image is theirs is checked once it is found."""
+    ctx = _ctx(request)
+    ctx.require_write("os_compute_api:images")
+    return ctx
+
+
 def _links(request: Request, image_id: str) -> list[dict[str, str]]:
     base = base_url(request)
     return [
@@ -220,7 +228,7 @@ async def show_image(request: Request) -> Response:
 @documented(tag="compute", policy=MEMBER)
 async def delete_image(request: Request) -> Response:
     """Delete an image and its data (its owner or an admin), up to 2.35."""
-    ctx = _ctx(request)
+    ctx = _writer(request)
     await delete_with_data(request, ctx, await _get(request, ctx))
     return empty(204)
 
@@ -256,7 +264,7 @@ async def show_metadata(request: Request) -> Response:
 @documented(body=METADATA, tag="compute", policy=MEMBER)
 async def replace_metadata(request: Request) -> Response:
     """Replace an image's metadata, up to 2.35."""
-    ctx = _ctx(request)
+    ctx = _writer(request)
     body = await json_body(request)
     checked_body(METADATA, body)
     image = await _get(request, ctx)
@@ -268,7 +276,7 @@ async def replace_metadata(request: Request) -> Response:
 @documented(body=METADATA, tag="compute", policy=MEMBER)
 async def update_metadata(request: Request) -> Response:
     """Add to or change an image's metadata, up to 2.35."""
-    ctx = _ctx(request)
+    ctx = _writer(request)
     body = await json_body(request)
     checked_body(METADATA, body)
     image = await _get(request, ctx)
@@ -289,7 +297,7 @@ async def show_metadata_item(request: Request) -> Response:
 @documented(body=META_ITEM, tag="compute", policy=MEMBER)
 async def set_metadata_item(request: Request) -> Response:
     """Set one metadata item of an image, up to 2.35."""
-    ctx = _ctx(request)
+    ctx = _writer(request)
     key = request.path_params["key"]
     body = await json_body(request)
     checked_body(META_ITEM, body)
@@ -304,7 +312,7 @@ async def set_metadata_item(request: Request) -> Response:
 @documented(tag="compute", policy=MEMBER)
 async def delete_metadata_item(request: Request) -> Response:
     """Remove one metadata item of an image, up to 2.35."""
-    ctx = _ctx(request)
+    ctx = _writer(request)
     key = request.path_params["key"]
     image = await _get(request, ctx)
     if key not in image.properties:
