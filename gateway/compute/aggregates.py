@@ -192,12 +192,14 @@ async def aggregate_action(request: Request) -> Response:
     ctx = context(request)
     agg_id = _aggregate_id(request)
     body = await json_body(request)
-    if not isinstance(body, dict) or len(body) != 1 or next(iter(body)) not in ACTIONS:
+    named = next(iter(body), "") if isinstance(body, dict) and len(body) == 1 else ""
+    # The policy before the body: whoever may not act learns nothing of its shape.
+    ctx.require_admin(f"os_compute_api:os-aggregates:{named if named in ACTIONS else 'action'}")
+    if named not in ACTIONS:
         raise BadRequest(
             "The action body must hold exactly one of add_host, remove_host, set_metadata."
         )
-    action = next(iter(body))
-    ctx.require_admin(f"os_compute_api:os-aggregates:{action}")
+    action = named
     checked_body(ACTIONS[action], body)
     stubs = _scheduler(request).aggregates
     rid = request_id(request)

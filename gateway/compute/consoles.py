@@ -183,9 +183,9 @@ async def create_remote_console(request: Request) -> Response:
     mv = microversion(request)
     if not mv.at_least("2.6"):
         raise NotFound("The resource could not be found.")
+    ctx.require_write("os_compute_api:os-remote-consoles")
     body = await json_body(request)
     checked_body(REMOTE_CONSOLE.at(mv), body)
-    ctx.require_write("os_compute_api:os-remote-consoles")
     rc = body["remote_console"]
     url = await _create_token(request, ctx, rc["protocol"], rc["type"])
     return ok({"remote_console": {"protocol": rc["protocol"], "type": rc["type"], "url": url}})
