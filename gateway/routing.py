@@ -37,12 +37,15 @@ class Policy:
 
     `rule` is the least a caller needs. With `owner`, a caller below admin must also own
     what that path parameter names (else 403). Resources of another project are a separate
-    matter: they answer 404 to anyone but an admin, whatever the rule. `actions` is the
-    rule of each body key of an action route (`{"os-stop": null}`), checked after `rule`.
+    matter: they answer 404 to anyone but an admin, whatever the rule. `target` says in
+    words what else the answer depends on (the target's owner, a field or filter kept to
+    admins); it is published, and checked by the handlers' own tests, not the matrix.
+    `actions` is the rule of each body key of an action route (`{"os-stop": null}`).
     """
 
     rule: Rule
     owner: Owner = ""
+    target: str = ""
     actions: dict[str, Policy] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
@@ -50,6 +53,8 @@ class Policy:
         out: dict[str, Any] = {"rule": self.rule}
         if self.owner:
             out["owner"] = self.owner
+        if self.target:
+            out["target"] = self.target
         if self.actions:
             out["actions"] = {k: p.describe() for k, p in sorted(self.actions.items())}
         return out
@@ -66,6 +71,12 @@ READER_OF_PROJECT = Policy("reader", owner="project_id")
 SELF_OR_ADMIN = Policy("authenticated", owner="user_id")
 # Admin, or the path's project is the token's (any role on it).
 AUTHENTICATED_IN_PROJECT = Policy("authenticated", owner="project_id")
+# A change to an image: a member, and the image's owner or an admin.
+IMAGE_OWNER = Policy(
+    "member",
+    target="the image's owner or an admin: another project's image the caller sees"
+    " (public or shared) is 403, one it does not see 404",
+)
 
 
 @dataclass(frozen=True)

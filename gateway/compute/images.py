@@ -21,7 +21,7 @@ from gateway.conductor import call
 from gateway.errors import BadRequest, NotFound
 from gateway.image.access import delete_with_data, require_owner, scope
 from gateway.microversion import Microversion
-from gateway.routing import MEMBER, READER, checked_body, checked_query, documented
+from gateway.routing import IMAGE_OWNER, READER, checked_body, checked_query, documented
 from gateway.state import base_url, gateway_of, json_body, microversion, request_id
 from gateway.validation import Query, QueryParam, compile_schema
 
@@ -225,7 +225,7 @@ async def show_image(request: Request) -> Response:
     return ok({"image": _detail(request, await _get(request, ctx))})
 
 
-@documented(tag="compute", policy=MEMBER)
+@documented(tag="compute", policy=IMAGE_OWNER)
 async def delete_image(request: Request) -> Response:
     """Delete an image and its data (its owner or an admin), up to 2.35."""
     ctx = _writer(request)
@@ -261,7 +261,7 @@ async def show_metadata(request: Request) -> Response:
     return ok({"metadata": dict((await _get(request, ctx)).properties)})
 
 
-@documented(body=METADATA, tag="compute", policy=MEMBER)
+@documented(body=METADATA, tag="compute", policy=IMAGE_OWNER)
 async def replace_metadata(request: Request) -> Response:
     """Replace an image's metadata, up to 2.35."""
     ctx = _writer(request)
@@ -273,7 +273,7 @@ async def replace_metadata(request: Request) -> Response:
     return ok({"metadata": await _set_properties(request, ctx, image, new, gone)})
 
 
-@documented(body=METADATA, tag="compute", policy=MEMBER)
+@documented(body=METADATA, tag="compute", policy=IMAGE_OWNER)
 async def update_metadata(request: Request) -> Response:
     """Add to or change an image's metadata, up to 2.35."""
     ctx = _writer(request)
@@ -294,7 +294,7 @@ async def show_metadata_item(request: Request) -> Response:
     return ok({"meta": {key: props[key]}})
 
 
-@documented(body=META_ITEM, tag="compute", policy=MEMBER)
+@documented(body=META_ITEM, tag="compute", policy=IMAGE_OWNER)
 async def set_metadata_item(request: Request) -> Response:
     """Set one metadata item of an image, up to 2.35."""
     ctx = _writer(request)
@@ -309,7 +309,7 @@ async def set_metadata_item(request: Request) -> Response:
     return ok({"meta": {key: value}})
 
 
-@documented(tag="compute", policy=MEMBER)
+@documented(tag="compute", policy=IMAGE_OWNER)
 async def delete_metadata_item(request: Request) -> Response:
     """Remove one metadata item of an image, up to 2.35."""
     ctx = _writer(request)

@@ -14,7 +14,7 @@ from gateway.auth.context import RequestContext
 from gateway.compute.common import context, empty, ok
 from gateway.conductor import call
 from gateway.microversion import Microversion
-from gateway.routing import MEMBER, READER, checked_body, checked_query, documented
+from gateway.routing import MEMBER, READER, Policy, checked_body, checked_query, documented
 from gateway.state import gateway_of, json_body, microversion, request_id
 from gateway.validation import Query, QueryParam, VersionedSchema
 
@@ -99,7 +99,7 @@ def _scope(ctx: RequestContext) -> str:
     return "" if ctx.is_admin else ctx.project_id
 
 
-@documented(query=LIST_QUERY, tag="compute", policy=READER)
+@documented(query=LIST_QUERY, tag="compute", policy=Policy("reader", target="all_projects: admin"))
 async def list_groups(request: Request) -> Response:
     """Server groups of the project (admins: of every project with all_projects)."""
     ctx = context(request)

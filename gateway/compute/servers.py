@@ -491,13 +491,21 @@ async def _list(request: Request, detailed: bool) -> Response:
     return ok(body)
 
 
-@documented(query=LIST_QUERY, tag="compute", policy=READER)
+@documented(
+    query=LIST_QUERY,
+    tag="compute",
+    policy=Policy("reader", target="all_tenants, and filtering by another project: admin"),
+)
 async def list_servers(request: Request) -> Response:
     """Servers (id, name, links), filtered and paginated."""
     return await _list(request, detailed=False)
 
 
-@documented(query=LIST_QUERY, tag="compute", policy=READER)
+@documented(
+    query=LIST_QUERY,
+    tag="compute",
+    policy=Policy("reader", target="all_tenants, and filtering by another project: admin"),
+)
 async def list_servers_detail(request: Request) -> Response:
     """Servers with every field, filtered and paginated."""
     return await _list(request, detailed=True)
@@ -548,7 +556,11 @@ def _truthy(value: Any) -> bool:
     return str(value).strip().lower() in TRUE_WORDS
 
 
-@documented(body=CREATE.newest, tag="compute", policy=MEMBER)
+@documented(
+    body=CREATE.newest,
+    tag="compute",
+    policy=Policy("member", target="a forced host (an availability_zone of zone:host): admin"),
+)
 async def create_server(request: Request) -> Response:
     """Create one or more servers (202; the build goes on asynchronously)."""
     ctx = context(request)

@@ -36,6 +36,7 @@ from gateway.routing import (
     AUTHENTICATED_IN_PROJECT,
     PUBLIC,
     SELF_OR_ADMIN,
+    Policy,
     checked_body,
     checked_query,
     documented,
@@ -262,6 +263,10 @@ async def _try_default_project(
     return project
 
 
+# Any valid token may ask, for a token of its own user; an admin's, for anyone's.
+REVOKE = Policy("authenticated", target="the subject token's user, or an admin (else 403)")
+
+
 def _subject(request: Request) -> tuple[TokenClaims, str]:
     gw = gateway_of(request)
     authenticate_any(request)
@@ -350,7 +355,7 @@ def _timestamp(moment: datetime) -> Timestamp:
     return ts
 
 
-@documented(tag=_TAG, policy=AUTHENTICATED)
+@documented(tag=_TAG, policy=REVOKE)
 async def revoke_token(request: Request) -> Response:
     """Revoke the token in X-Subject-Token: at once on this gateway, within seconds on the
     others. A user may revoke their own tokens; an admin any."""

@@ -18,7 +18,15 @@ from gateway.conductor import call
 from gateway.errors import ApiError, BadRequest, Conflict, Forbidden
 from gateway.image import views
 from gateway.image.access import delete_with_data, require_owner, scope
-from gateway.routing import MEMBER, PUBLIC, READER, checked_body, checked_query, documented
+from gateway.routing import (
+    IMAGE_OWNER,
+    MEMBER,
+    PUBLIC,
+    READER,
+    checked_body,
+    checked_query,
+    documented,
+)
 from gateway.state import base_url, gateway_of, json_body, request_id
 from gateway.validation import Query, QueryParam, compile_schema
 from gateway.validation.schema import shorten
@@ -242,7 +250,7 @@ def _from_v2_0_patch(ops: Any) -> Any:
     return out
 
 
-@documented(body=PATCH_SCHEMA, tag=_TAG, policy=MEMBER)
+@documented(body=PATCH_SCHEMA, tag=_TAG, policy=IMAGE_OWNER)
 async def update_image(request: Request) -> Response:
     """Change an image with a JSON patch (application/openstack-images-v2.1-json-patch)."""
     ctx = _ctx(request)
@@ -292,7 +300,7 @@ async def update_image(request: Request) -> Response:
     return JSONResponse(views.image(reply.image))
 
 
-@documented(tag=_TAG, policy=MEMBER)
+@documented(tag=_TAG, policy=IMAGE_OWNER)
 async def delete_image(request: Request) -> Response:
     """Delete an image and its data."""
     ctx = _ctx(request)
@@ -301,7 +309,7 @@ async def delete_image(request: Request) -> Response:
     return Response(status_code=204)
 
 
-@documented(tag=_TAG, policy=MEMBER)
+@documented(tag=_TAG, policy=IMAGE_OWNER)
 async def upload_image(request: Request) -> Response:
     """Upload the image data (application/octet-stream); the image becomes active."""
     ctx = _ctx(request)

@@ -23,7 +23,7 @@ from gateway.network.common import (
     scope,
     stub,
 )
-from gateway.routing import MEMBER, READER, documented
+from gateway.routing import MEMBER, READER, Policy, documented
 from gateway.state import request_id
 
 # ------------------------------------------------------------------ networks
@@ -55,7 +55,11 @@ async def list_networks(request: Request) -> Response:
     return await listing(request, "networks", fetch, attrs=views.NETWORK_ATTRS)
 
 
-@documented(body=schemas.wrapped("network", schemas.NETWORK_CREATE), tag=TAG, policy=MEMBER)
+@documented(
+    body=schemas.wrapped("network", schemas.NETWORK_CREATE),
+    tag=TAG,
+    policy=Policy("member", target="shared and router:external: admin"),
+)
 async def create_network(request: Request) -> Response:
     """Create a network (shared and router:external: admin only)."""
     ctx = context(request)

@@ -22,7 +22,7 @@ from gateway.network.common import (
     scope,
     stub,
 )
-from gateway.routing import MEMBER, READER, documented
+from gateway.routing import MEMBER, READER, Policy, documented
 from gateway.state import request_id
 
 # ------------------------------------------------------------------ ports
@@ -76,7 +76,11 @@ def address_pairs(given: list[dict[str, Any]] | None) -> list[pb.AddressPair]:
     ]
 
 
-@documented(body=schemas.wrapped("port", schemas.PORT_CREATE), tag=TAG, policy=MEMBER)
+@documented(
+    body=schemas.wrapped("port", schemas.PORT_CREATE),
+    tag=TAG,
+    policy=Policy("member", target="binding:host_id: admin"),
+)
 async def create_port(request: Request) -> Response:
     """Create a port: a MAC, addresses from the network's subnets, the default group."""
     ctx = context(request)
@@ -120,7 +124,11 @@ async def show_port(request: Request) -> Response:
     return one(request, "port", views.port(reply.port, admin=context(request).is_admin))
 
 
-@documented(body=schemas.wrapped("port", schemas.PORT_UPDATE), tag=TAG, policy=MEMBER)
+@documented(
+    body=schemas.wrapped("port", schemas.PORT_UPDATE),
+    tag=TAG,
+    policy=Policy("member", target="binding:host_id: admin"),
+)
 async def update_port(request: Request) -> Response:
     """Change a port (binding:host_id: admin only)."""
     ctx = context(request)

@@ -264,7 +264,7 @@ KIND_OF_COLLECTION = {
 # The metadata item every server and image made here carries.
 META_KEY = "k"
 # Routes that look nothing up: tags are not served (404 to everyone, owner or not), and
-# nova-network's changes are gone (410 to everyone).
+# the compute API's os-networks changes are gone (410 to everyone).
 NOT_SERVED = {
     network_versions.tags_refused,
     compute_networks.delete_network,
@@ -516,3 +516,13 @@ async def test_another_project_s_resources_answer_404_on_every_route_naming_them
     print(f"\n{len(by_id)} route x method cases naming a resource by id, each for both")
     print("\n".join(wrong))
     assert wrong == []
+
+
+async def test_a_member_may_not_force_a_server_onto_a_host(cloud: Cloud) -> None:
+    h = await cloud.headers(version="2.74")
+    server = {"name": "vm", "flavorRef": "1", "imageRef": PLACEHOLDER, "networks": "none"}
+    for where in ({"availability_zone": "nova:h1"}, {"host": "h1"}):
+        r = await cloud.client.post(
+            "/compute/v2.1/servers", json={"server": {**server, **where}}, headers=h
+        )
+        assert r.status_code == 403, (where, r.text)
