@@ -24,7 +24,16 @@ from gateway.compute.views_time import iso_micro
 from gateway.conductor import call
 from gateway.errors import ApiError, BadRequest, Forbidden, NotFound
 from gateway.microversion import Microversion
-from gateway.routing import ADMIN, MEMBER, READER, Policy, checked_body, checked_query, documented
+from gateway.routing import (
+    ADMIN,
+    MEMBER,
+    READER,
+    Policy,
+    Rule,
+    checked_body,
+    checked_query,
+    documented,
+)
 from gateway.state import gateway_of, json_body, microversion, request_id
 from gateway.validation import Query, QueryParam, VersionedSchema, compile_schema
 from gateway.validation.booleans import BOOLEAN_SCHEMA, TRUE_WORDS
@@ -775,8 +784,34 @@ SERVER_ACTION_POLICY = Policy(
                 "evacuate",
             )
         },
+        "unshelve": Policy("member", target="a host to unshelve onto: admin"),
+        "unlock": Policy("member", target="a server an admin locked: admin"),
     },
 )
+
+
+# The name each action is refused under, as the handlers of each kind name it.
+_POLICY_NAMES = {
+    **_ACTION_POLICIES,
+    "resize": "os_compute_api:servers:resize",
+    "confirmResize": "os_compute_api:servers:confirm_resize",
+    "revertResize": "os_compute_api:servers:revert_resize",
+    "migrate": "os_compute_api:os-migrate-server:migrate",
+    "os-migrateLive": "os_compute_api:os-migrate-server:migrate_live",
+    "evacuate": "os_compute_api:os-evacuate",
+    "os-getConsoleOutput": "os_compute_api:os-console-output",
+    "os-getVNCConsole": "os_compute_api:os-remote-consoles",
+}
+
+
+def _require(ctx: RequestContext, rule: Rule, name: str) -> None:
+    """Refuses (403) a caller whose roles fall short of `rule` (the token is checked)."""
+    if rule == "admin":
+        ctx.require_admin(name)
+    elif rule == "member":
+        ctx.require_write(name)
+    elif rule == "reader":
+        ctx.require_read(name)
 
 
 @documented(body=ACTION, tag="compute", policy=SERVER_ACTION_POLICY)
@@ -786,6 +821,11 @@ async def server_action(request: Request) -> Response:
     addSecurityGroup, removeSecurityGroup (202); the console actions (200)."""
     ctx = context(request)
     body = await json_body(request)
+    named = next(iter(body)) if isinstance(body, dict) and len(body) == 1 else ""
+    if named in SERVER_ACTION_POLICY.actions:
+        # The action's declared rule before its body: whoever may not act learns nothing
+        # of the body's shape.
+        _require(ctx, SERVER_ACTION_POLICY.actions[named].rule, _POLICY_NAMES[named])
     if isinstance(body, dict) and len(body) == 1 and next(iter(body)) in migrations.MOVE_ACTIONS:
         return await migrations.move_action(request, ctx, body)
     if isinstance(body, dict) and len(body) == 1:

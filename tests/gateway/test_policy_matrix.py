@@ -526,3 +526,24 @@ async def test_a_member_may_not_force_a_server_onto_a_host(cloud: Cloud) -> None
             "/compute/v2.1/servers", json={"server": {**server, **where}}, headers=h
         )
         assert r.status_code == 403, (where, r.text)
+
+
+async def test_a_server_action_is_refused_by_its_policy_before_its_body_is_read(
+    cloud: Cloud,
+) -> None:
+    await cloud.make_user("rita", "reader", "demo")
+    reader = {"X-Auth-Token": await cloud.token("rita", project="demo", password="pw-rita")}
+    member = {"X-Auth-Token": await cloud.token("demo")}
+    action = f"/compute/v2.1/servers/{PLACEHOLDER}/action"
+    refused = [
+        (reader, {"resize": {}}),
+        (reader, {"os-getConsoleOutput": {"length": "all of it"}}),
+        (reader, {"reboot": {"type": "GENTLE"}}),
+        (member, {"migrate": {"host": 5}}),
+        (member, {"evacuate": {"onSharedStorage": "perhaps"}}),
+        (member, {"os-migrateLive": {}}),
+        (member, {"os-resetState": {"state": "asleep"}}),
+    ]
+    for who, body in refused:
+        r = await cloud.client.post(action, json=body, headers=who)
+        assert r.status_code == 403, (body, r.text)
