@@ -1,5 +1,10 @@
-"""/openapi.json, generated from the route table and each handler's documented schemas,
-so the published description is always the one the gateway enforces."""
+"""/openapi.json, generated from the route table and each handler's documented schemas and
+policy, so the published description is always the one the gateway enforces.
+
+Each operation carries `x-loom-policy`: the least a caller needs ("public": no token;
+"authenticated": any valid token; "reader", "member", "admin": that role or one implying
+it), with `owner` naming the path parameter a caller below admin must own and, for an
+action route, `actions`: the rule of each body key."""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.microversion import MAX_VERSION
-from gateway.routing import doc_of
+from gateway.routing import PUBLIC, doc_of, documented
 from gateway.validation import QueryParam
 
 _PARAM = re.compile(r"{([^}:]+)(:[^}]+)?}")
@@ -53,6 +58,8 @@ def build_document(routes: list[BaseRoute]) -> dict[str, Any]:
                 "parameters": params + [_query_param(q) for q in doc.query],
                 "responses": {"default": {"description": "See the OpenStack API reference."}},
             }
+            if doc.policy is not None:
+                op["x-loom-policy"] = doc.policy.describe()
             if doc.body is not None:
                 op["requestBody"] = {
                     "required": True,
@@ -72,6 +79,7 @@ def build_document(routes: list[BaseRoute]) -> dict[str, Any]:
     }
 
 
+@documented(policy=PUBLIC)
 async def openapi(request: Request) -> Response:
     """This document."""
     return JSONResponse(build_document(list(request.app.routes)))

@@ -21,7 +21,7 @@ from gateway.compute.views_time import iso_micro
 from gateway.conductor import call
 from gateway.errors import ApiError, BadRequest, NotFound
 from gateway.microversion import Microversion
-from gateway.routing import checked_body, documented
+from gateway.routing import ADMIN, checked_body, documented
 from gateway.scheduler import Scheduler
 from gateway.state import gateway_of, json_body, microversion, request_id
 from gateway.validation import action_schema, compile_schema
@@ -115,7 +115,7 @@ def _aggregate_id(request: Request) -> int:
     return int(raw)
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=ADMIN)
 async def list_aggregates(request: Request) -> Response:
     """Every host aggregate (admin)."""
     context(request).require_admin("os_compute_api:os-aggregates:index")
@@ -126,7 +126,7 @@ async def list_aggregates(request: Request) -> Response:
     return ok({"aggregates": [view(a, mv) for a in reply.aggregates]})
 
 
-@documented(body=CREATE, tag="compute")
+@documented(body=CREATE, tag="compute", policy=ADMIN)
 async def create_aggregate(request: Request) -> Response:
     """Create a host aggregate, a zone when given `availability_zone` (admin)."""
     context(request).require_admin("os_compute_api:os-aggregates:create")
@@ -144,7 +144,7 @@ async def create_aggregate(request: Request) -> Response:
     return ok({"aggregate": view(reply.aggregate, microversion(request), created=True)})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=ADMIN)
 async def show_aggregate(request: Request) -> Response:
     """One host aggregate with its hosts and metadata (admin)."""
     context(request).require_admin("os_compute_api:os-aggregates:show")
@@ -155,7 +155,7 @@ async def show_aggregate(request: Request) -> Response:
     return ok({"aggregate": view(reply.aggregate, microversion(request))})
 
 
-@documented(body=UPDATE, tag="compute")
+@documented(body=UPDATE, tag="compute", policy=ADMIN)
 async def update_aggregate(request: Request) -> Response:
     """Rename a host aggregate and/or change its zone (admin)."""
     context(request).require_admin("os_compute_api:os-aggregates:update")
@@ -173,7 +173,7 @@ async def update_aggregate(request: Request) -> Response:
     return ok({"aggregate": view(reply.aggregate, microversion(request))})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=ADMIN)
 async def delete_aggregate(request: Request) -> Response:
     """Delete an empty host aggregate (admin)."""
     context(request).require_admin("os_compute_api:os-aggregates:delete")
@@ -186,18 +186,20 @@ async def delete_aggregate(request: Request) -> Response:
     return Response(status_code=200)
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=ADMIN)
 async def aggregate_action(request: Request) -> Response:
     """add_host, remove_host or set_metadata (admin)."""
     ctx = context(request)
     agg_id = _aggregate_id(request)
     body = await json_body(request)
-    if not isinstance(body, dict) or len(body) != 1 or next(iter(body)) not in ACTIONS:
+    named = next(iter(body), "") if isinstance(body, dict) and len(body) == 1 else ""
+    # The policy before the body: whoever may not act learns nothing of its shape.
+    ctx.require_admin(f"os_compute_api:os-aggregates:{named if named in ACTIONS else 'action'}")
+    if named not in ACTIONS:
         raise BadRequest(
             "The action body must hold exactly one of add_host, remove_host, set_metadata."
         )
-    action = next(iter(body))
-    ctx.require_admin(f"os_compute_api:os-aggregates:{action}")
+    action = named
     checked_body(ACTIONS[action], body)
     stubs = _scheduler(request).aggregates
     rid = request_id(request)
@@ -228,7 +230,7 @@ async def aggregate_action(request: Request) -> Response:
     return ok({"aggregate": view(reply.aggregate, microversion(request))})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=ADMIN)
 async def cache_images(request: Request) -> Response:
     """Image pre-caching on an aggregate's hosts (2.81): not supported, said plainly."""
     context(request).require_admin("os_compute_api:os-aggregates:images")

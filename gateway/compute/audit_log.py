@@ -25,7 +25,7 @@ from starlette.routing import BaseRoute, Route
 from gateway.compute.common import context, ok
 from gateway.conductor import call
 from gateway.errors import BadRequest
-from gateway.routing import documented
+from gateway.routing import ADMIN, documented
 from gateway.state import gateway_of
 from gateway.validation.schema import shorten
 
@@ -120,7 +120,7 @@ async def _audit(request: Request, before: datetime) -> dict[str, Any]:
     }
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=ADMIN)
 async def list_audit_logs(request: Request) -> Response:
     """The last whole month's servers per compute host (admin)."""
     context(request).require_admin("os_compute_api:os-instance-usage-audit-log:list")
@@ -128,7 +128,7 @@ async def list_audit_logs(request: Request) -> Response:
     return ok({"instance_usage_audit_logs": await _audit(request, now)})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=ADMIN)
 async def show_audit_log(request: Request) -> Response:
     """The servers per compute host of the last whole month before a time (admin)."""
     context(request).require_admin("os_compute_api:os-instance-usage-audit-log:show")

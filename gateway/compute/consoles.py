@@ -22,7 +22,7 @@ from gateway.compute.common import context, ok
 from gateway.conductor import call
 from gateway.errors import ApiError, BadRequest, NotFound
 from gateway.microversion import Microversion
-from gateway.routing import checked_body, checked_query, documented
+from gateway.routing import ADMIN, MEMBER, checked_body, checked_query, documented
 from gateway.state import base_url, gateway_of, json_body, microversion, request_id
 from gateway.validation import Query, VersionedSchema, compile_schema
 
@@ -176,22 +176,22 @@ async def _console_output(request: Request, ctx: RequestContext, length: Any) ->
 REMOTE_CONSOLE = VersionedSchema(_remote_console_schema)
 
 
-@documented(body=REMOTE_CONSOLE.newest, tag="compute")
+@documented(body=REMOTE_CONSOLE.newest, tag="compute", policy=MEMBER)
 async def create_remote_console(request: Request) -> Response:
     """A console URL for a server (2.6+): only vnc/novnc is offered."""
     ctx = context(request)
     mv = microversion(request)
     if not mv.at_least("2.6"):
         raise NotFound("The resource could not be found.")
+    ctx.require_write("os_compute_api:os-remote-consoles")
     body = await json_body(request)
     checked_body(REMOTE_CONSOLE.at(mv), body)
-    ctx.require_write("os_compute_api:os-remote-consoles")
     rc = body["remote_console"]
     url = await _create_token(request, ctx, rc["protocol"], rc["type"])
     return ok({"remote_console": {"protocol": rc["protocol"], "type": rc["type"], "url": url}})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=ADMIN)
 async def show_console_auth_token(request: Request) -> Response:
     """What a console token grants (admin only)."""
     ctx = context(request)

@@ -14,7 +14,7 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.compute.common import context, ok
 from gateway.conductor import call
-from gateway.routing import documented
+from gateway.routing import ADMIN, documented
 from gateway.state import gateway_of, microversion
 
 # Nova's power state names, as the 2.48 body's `state` gives them.
@@ -113,7 +113,7 @@ def legacy_body(reply: diagnostics_pb2.GetServerDiagnosticsResponse) -> dict[str
     return body
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=ADMIN)
 async def show_diagnostics(request: Request) -> Response:
     """A server's hypervisor counters (admin); 409 while it is not on a host."""
     context(request).require_admin("os_compute_api:os-server-diagnostics")

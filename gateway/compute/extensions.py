@@ -15,7 +15,7 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.compute.common import context, ok
 from gateway.errors import NotFound
-from gateway.routing import documented
+from gateway.routing import READER, documented
 
 # (alias, name, description): Nova's alias and name, Loom's own description.
 _SERVED: tuple[tuple[str, str, str], ...] = (
@@ -88,14 +88,14 @@ EXTENSIONS: dict[str, dict[str, Any]] = {
 }
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=READER)
 async def list_extensions(request: Request) -> Response:
     """The extensions Loom serves, sorted by alias."""
     context(request).require_read("os_compute_api:extensions")
     return ok({"extensions": [EXTENSIONS[a] for a in sorted(EXTENSIONS)]})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=READER)
 async def show_extension(request: Request) -> Response:
     """One extension by its alias; 404 for one Loom does not serve."""
     context(request).require_read("os_compute_api:extensions")

@@ -16,7 +16,7 @@ from gateway.compute.common import context, empty, links, next_link, ok
 from gateway.conductor import call
 from gateway.errors import ApiError, BadRequest, NotFound
 from gateway.microversion import Microversion
-from gateway.routing import checked_body, checked_query, documented
+from gateway.routing import ADMIN, READER, checked_body, checked_query, documented
 from gateway.state import gateway_of, json_body, microversion, request_id
 from gateway.validation import (
     Query,
@@ -230,13 +230,13 @@ async def _list(request: Request, detailed: bool) -> Response:
     return ok(body)
 
 
-@documented(query=LIST_QUERY, tag="compute")
+@documented(query=LIST_QUERY, tag="compute", policy=READER)
 async def list_flavors(request: Request) -> Response:
     """Flavors (id, name, links)."""
     return await _list(request, detailed=False)
 
 
-@documented(query=LIST_QUERY, tag="compute")
+@documented(query=LIST_QUERY, tag="compute", policy=READER)
 async def list_flavors_detail(request: Request) -> Response:
     """Flavors with their sizes."""
     return await _list(request, detailed=True)
@@ -252,7 +252,7 @@ async def _get(request: Request, flavor_id: str, project_id: str = "") -> flavor
     return flavor
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=READER)
 async def show_flavor(request: Request) -> Response:
     """One flavor."""
     ctx = context(request)
@@ -266,7 +266,7 @@ def _as_int(value: Any) -> int:
     return 0 if value in ("", None) else int(value)
 
 
-@documented(body=CREATE.newest, tag="compute")
+@documented(body=CREATE.newest, tag="compute", policy=ADMIN)
 async def create_flavor(request: Request) -> Response:
     """Create a flavor (admin)."""
     context(request).require_admin("os_compute_api:os-flavor-manage:create")
@@ -297,7 +297,7 @@ async def create_flavor(request: Request) -> Response:
     return ok({"flavor": detail(request, reply.flavor, mv)})
 
 
-@documented(body=UPDATE, tag="compute")
+@documented(body=UPDATE, tag="compute", policy=ADMIN)
 async def update_flavor(request: Request) -> Response:
     """Change a flavor's description (admin, 2.55+)."""
     mv = microversion(request)
@@ -317,7 +317,7 @@ async def update_flavor(request: Request) -> Response:
     return ok({"flavor": detail(request, reply.flavor, mv)})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=ADMIN)
 async def delete_flavor(request: Request) -> Response:
     """Delete a flavor (admin); servers keep their embedded copy."""
     context(request).require_admin("os_compute_api:os-flavor-manage:delete")
@@ -333,7 +333,7 @@ async def delete_flavor(request: Request) -> Response:
 # ------------------------------------------------------------------ extra specs
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=READER)
 async def list_extra_specs(request: Request) -> Response:
     """A flavor's extra specs."""
     context(request).require_read("os_compute_api:os-flavor-extra-specs:index")
@@ -341,7 +341,7 @@ async def list_extra_specs(request: Request) -> Response:
     return ok({"extra_specs": dict(flavor.extra_specs)})
 
 
-@documented(body=EXTRA_SPECS, tag="compute")
+@documented(body=EXTRA_SPECS, tag="compute", policy=ADMIN)
 async def set_extra_specs(request: Request) -> Response:
     """Merge extra specs into a flavor (admin)."""
     context(request).require_admin("os_compute_api:os-flavor-extra-specs:create")
@@ -359,7 +359,7 @@ async def set_extra_specs(request: Request) -> Response:
     return ok({"extra_specs": specs})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=READER)
 async def show_extra_spec(request: Request) -> Response:
     """One extra spec."""
     context(request).require_read("os_compute_api:os-flavor-extra-specs:show")
@@ -370,7 +370,7 @@ async def show_extra_spec(request: Request) -> Response:
     return ok({key: flavor.extra_specs[key]})
 
 
-@documented(body=SPEC_ITEM, tag="compute")
+@documented(body=SPEC_ITEM, tag="compute", policy=ADMIN)
 async def update_extra_spec(request: Request) -> Response:
     """Set one extra spec (admin); the body's only key must match the URL's."""
     context(request).require_admin("os_compute_api:os-flavor-extra-specs:update")
@@ -389,7 +389,7 @@ async def update_extra_spec(request: Request) -> Response:
     return ok(specs)
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=ADMIN)
 async def delete_extra_spec(request: Request) -> Response:
     """Remove one extra spec (admin)."""
     context(request).require_admin("os_compute_api:os-flavor-extra-specs:delete")
@@ -411,7 +411,7 @@ def _access_view(access: Iterable[flavors_pb2.FlavorAccess]) -> dict[str, Any]:
     }
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=ADMIN)
 async def flavor_access(request: Request) -> Response:
     """The projects a private flavor is shared with (admin)."""
     context(request).require_admin("os_compute_api:os-flavor-access")
@@ -433,7 +433,7 @@ ACTION = compile_schema(
 )
 
 
-@documented(body=ACTION, tag="compute")
+@documented(body=ACTION, tag="compute", policy=ADMIN)
 async def flavor_action(request: Request) -> Response:
     """Share a private flavor with a project, or stop sharing it (admin)."""
     ctx = context(request)

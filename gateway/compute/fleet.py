@@ -18,7 +18,7 @@ from gateway.compute.views_time import iso_micro
 from gateway.conductor import call
 from gateway.errors import ApiError, BadRequest, NotFound
 from gateway.microversion import Microversion
-from gateway.routing import checked_body, checked_query, documented
+from gateway.routing import ADMIN, READER, checked_body, checked_query, documented
 from gateway.state import gateway_of, json_body, microversion, request_id
 from gateway.validation import Query, QueryParam, compile_schema
 from gateway.validation.schema import shorten
@@ -26,7 +26,7 @@ from gateway.validation.schema import shorten
 # ------------------------------------------------------------------ availability zones
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=READER)
 async def list_zones(request: Request) -> Response:
     """Availability zones."""
     context(request).require_read("os_compute_api:os-availability-zone:list")
@@ -44,7 +44,7 @@ async def list_zones(request: Request) -> Response:
     )
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=ADMIN)
 async def list_zones_detail(request: Request) -> Response:
     """Availability zones with their hosts and services (admin)."""
     context(request).require_admin("os_compute_api:os-availability-zone:detail")
@@ -108,7 +108,7 @@ def _service(svc: fleet_pb2.Service, mv: Microversion) -> dict[str, Any]:
 SERVICES_QUERY = Query(QueryParam("binary"), QueryParam("host"))
 
 
-@documented(query=SERVICES_QUERY, tag="compute")
+@documented(query=SERVICES_QUERY, tag="compute", policy=ADMIN)
 async def list_services(request: Request) -> Response:
     """Service records with their state (admin)."""
     context(request).require_admin("os_compute_api:os-services:list")
@@ -158,7 +158,7 @@ async def _update(request: Request, req: fleet_pb2.UpdateServiceRequest) -> flee
     return service
 
 
-@documented(body=UPDATE_253, tag="compute")
+@documented(body=UPDATE_253, tag="compute", policy=ADMIN)
 async def update_service(request: Request) -> Response:
     """Enable, disable (with a reason) or force down a service (admin).
 
@@ -220,7 +220,7 @@ async def _legacy_update(request: Request, mv: Microversion, action: str, body: 
     return ok({"service": out})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=ADMIN)
 async def delete_service(request: Request) -> Response:
     """Remove a service record (admin)."""
     context(request).require_admin("os_compute_api:os-services:delete")
@@ -334,13 +334,13 @@ async def _list_hypervisors(request: Request, detailed: bool) -> Response:
     return ok(body)
 
 
-@documented(query=HYPERVISOR_QUERY, tag="compute")
+@documented(query=HYPERVISOR_QUERY, tag="compute", policy=ADMIN)
 async def list_hypervisors(request: Request) -> Response:
     """Hypervisors (admin)."""
     return await _list_hypervisors(request, detailed=False)
 
 
-@documented(query=HYPERVISOR_QUERY, tag="compute")
+@documented(query=HYPERVISOR_QUERY, tag="compute", policy=ADMIN)
 async def list_hypervisors_detail(request: Request) -> Response:
     """Hypervisors with capacity and usage (admin)."""
     return await _list_hypervisors(request, detailed=True)
@@ -349,7 +349,7 @@ async def list_hypervisors_detail(request: Request) -> Response:
 SHOW_HYPERVISOR_QUERY = Query(QueryParam("with_servers", "boolean"))
 
 
-@documented(query=SHOW_HYPERVISOR_QUERY, tag="compute")
+@documented(query=SHOW_HYPERVISOR_QUERY, tag="compute", policy=ADMIN)
 async def show_hypervisor(request: Request) -> Response:
     """One hypervisor (admin)."""
     context(request).require_admin("os_compute_api:os-hypervisors:show")
@@ -386,7 +386,7 @@ def _until(request: Request, last: str) -> Microversion:
     return mv
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=ADMIN)
 async def hypervisor_statistics(request: Request) -> Response:
     """Totals over every hypervisor (admin; up to 2.87)."""
     context(request).require_admin("os_compute_api:os-hypervisors:statistics")
@@ -431,7 +431,7 @@ def _check_hypervisor_id(mv: Microversion, ident: str) -> None:
         raise NotFound(f"Hypervisor with ID '{shorten(ident)}' could not be found.")
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=ADMIN)
 async def hypervisor_uptime(request: Request) -> Response:
     """A hypervisor's uptime (admin; up to 2.87), as `uptime` prints it on its host."""
     context(request).require_admin("os_compute_api:os-hypervisors:uptime")
@@ -488,14 +488,14 @@ async def _matching(request: Request, with_servers: bool) -> list[dict[str, Any]
     return [_hypervisor(h, mv, False, with_servers) for h in reply.hypervisors]
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=ADMIN)
 async def search_hypervisors(request: Request) -> Response:
     """Hypervisors whose name contains a pattern (admin; up to 2.52, then a list filter)."""
     context(request).require_admin("os_compute_api:os-hypervisors:search")
     return ok({"hypervisors": await _matching(request, with_servers=False)})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=ADMIN)
 async def hypervisor_servers(request: Request) -> Response:
     """Matching hypervisors with their servers (admin; up to 2.52, then a list filter)."""
     context(request).require_admin("os_compute_api:os-hypervisors:servers")

@@ -15,7 +15,7 @@ from starlette.routing import BaseRoute, Route
 from gateway.compute.common import context, ok
 from gateway.conductor import call
 from gateway.errors import ApiError, NotFound
-from gateway.routing import checked_body, checked_query, documented
+from gateway.routing import ADMIN, checked_body, checked_query, documented
 from gateway.state import gateway_of, json_body, microversion, request_id
 from gateway.validation import Query, QueryParam, compile_schema
 from gateway.validation.schema import shorten
@@ -47,7 +47,7 @@ def _topic(binary: str) -> str:
     return binary.split("-", 1)[1] if "-" in binary else binary
 
 
-@documented(query=LIST_QUERY, tag="compute")
+@documented(query=LIST_QUERY, tag="compute", policy=ADMIN)
 async def list_hosts(request: Request) -> Response:
     """The hosts of the enabled services, optionally of one zone (admin; up to 2.42)."""
     _until_2_42(request)
@@ -95,7 +95,7 @@ def _resource(host: str, project: str, cpu: int, memory_mb: int, disk_gb: int) -
     }
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=ADMIN)
 async def show_host(request: Request) -> Response:
     """A compute host's resources: total, used now (claims), used at most by its servers'
     flavors, and per project (admin; up to 2.42)."""
@@ -125,7 +125,7 @@ async def show_host(request: Request) -> Response:
     return ok({"host": resources})
 
 
-@documented(body=UPDATE, tag="compute")
+@documented(body=UPDATE, tag="compute", policy=ADMIN)
 async def update_host(request: Request) -> Response:
     """Enable or disable a compute host (its compute service, as os-services does);
     maintenance mode is refused (501), as Nova's libvirt driver does (admin; up to 2.42)."""
@@ -157,19 +157,19 @@ async def _power_action(request: Request, action: str) -> Response:
     raise ApiError(501, _NOT_SUPPORTED)
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=ADMIN)
 async def reboot_host(request: Request) -> Response:
     """Refused (501): Loom does not reboot its hosts (admin; up to 2.42)."""
     return await _power_action(request, "reboot")
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=ADMIN)
 async def shutdown_host(request: Request) -> Response:
     """Refused (501): Loom does not shut its hosts down (admin; up to 2.42)."""
     return await _power_action(request, "shutdown")
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=ADMIN)
 async def startup_host(request: Request) -> Response:
     """Refused (501): Loom does not start its hosts up (admin; up to 2.42)."""
     return await _power_action(request, "start")

@@ -21,7 +21,7 @@ from gateway.conductor import call
 from gateway.errors import BadRequest, NotFound
 from gateway.image.access import delete_with_data, require_owner, scope
 from gateway.microversion import Microversion
-from gateway.routing import checked_body, checked_query, documented
+from gateway.routing import IMAGE_OWNER, READER, checked_body, checked_query, documented
 from gateway.state import base_url, gateway_of, json_body, microversion, request_id
 from gateway.validation import Query, QueryParam, compile_schema
 
@@ -88,6 +88,14 @@ def _ctx(request: Request) -> RequestContext:
         raise NotFound("The resource could not be found.")
     ctx = context(request)
     ctx.require_read("os_compute_api:images")
+    return ctx
+
+
+def _writer(request: Request) -> RequestContext:
+    """The caller of a change: a member (or admin), as the image API asks of the same
+    change; whether the image is theirs is checked once it is found."""
+    ctx = _ctx(request)
+    ctx.require_write("os_compute_api:images")
     return ctx
 
 
@@ -187,13 +195,13 @@ async def _list(request: Request, detailed: bool) -> Response:
     return ok(body)
 
 
-@documented(query=LIST_QUERY, tag="compute")
+@documented(query=LIST_QUERY, tag="compute", policy=READER)
 async def list_images(request: Request) -> Response:
     """Images (id, name, links), up to 2.35."""
     return await _list(request, detailed=False)
 
 
-@documented(query=LIST_QUERY, tag="compute")
+@documented(query=LIST_QUERY, tag="compute", policy=READER)
 async def list_images_detail(request: Request) -> Response:
     """Images with their status, sizes and metadata, up to 2.35."""
     return await _list(request, detailed=True)
@@ -210,17 +218,17 @@ async def _get(request: Request, ctx: RequestContext) -> images_pb2.Image:
     return image
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=READER)
 async def show_image(request: Request) -> Response:
     """One image, up to 2.35."""
     ctx = _ctx(request)
     return ok({"image": _detail(request, await _get(request, ctx))})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=IMAGE_OWNER)
 async def delete_image(request: Request) -> Response:
     """Delete an image and its data (its owner or an admin), up to 2.35."""
-    ctx = _ctx(request)
+    ctx = _writer(request)
     await delete_with_data(request, ctx, await _get(request, ctx))
     return empty(204)
 
@@ -246,17 +254,17 @@ async def _set_properties(
     return dict(reply.image.properties)
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=READER)
 async def show_metadata(request: Request) -> Response:
     """An image's metadata (its properties), up to 2.35."""
     ctx = _ctx(request)
     return ok({"metadata": dict((await _get(request, ctx)).properties)})
 
 
-@documented(body=METADATA, tag="compute")
+@documented(body=METADATA, tag="compute", policy=IMAGE_OWNER)
 async def replace_metadata(request: Request) -> Response:
     """Replace an image's metadata, up to 2.35."""
-    ctx = _ctx(request)
+    ctx = _writer(request)
     body = await json_body(request)
     checked_body(METADATA, body)
     image = await _get(request, ctx)
@@ -265,17 +273,17 @@ async def replace_metadata(request: Request) -> Response:
     return ok({"metadata": await _set_properties(request, ctx, image, new, gone)})
 
 
-@documented(body=METADATA, tag="compute")
+@documented(body=METADATA, tag="compute", policy=IMAGE_OWNER)
 async def update_metadata(request: Request) -> Response:
     """Add to or change an image's metadata, up to 2.35."""
-    ctx = _ctx(request)
+    ctx = _writer(request)
     body = await json_body(request)
     checked_body(METADATA, body)
     image = await _get(request, ctx)
     return ok({"metadata": await _set_properties(request, ctx, image, body["metadata"], [])})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=READER)
 async def show_metadata_item(request: Request) -> Response:
     """One metadata item of an image, up to 2.35."""
     ctx = _ctx(request)
@@ -286,10 +294,10 @@ async def show_metadata_item(request: Request) -> Response:
     return ok({"meta": {key: props[key]}})
 
 
-@documented(body=META_ITEM, tag="compute")
+@documented(body=META_ITEM, tag="compute", policy=IMAGE_OWNER)
 async def set_metadata_item(request: Request) -> Response:
     """Set one metadata item of an image, up to 2.35."""
-    ctx = _ctx(request)
+    ctx = _writer(request)
     key = request.path_params["key"]
     body = await json_body(request)
     checked_body(META_ITEM, body)
@@ -301,10 +309,10 @@ async def set_metadata_item(request: Request) -> Response:
     return ok({"meta": {key: value}})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=IMAGE_OWNER)
 async def delete_metadata_item(request: Request) -> Response:
     """Remove one metadata item of an image, up to 2.35."""
-    ctx = _ctx(request)
+    ctx = _writer(request)
     key = request.path_params["key"]
     image = await _get(request, ctx)
     if key not in image.properties:

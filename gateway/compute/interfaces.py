@@ -16,7 +16,7 @@ from gateway.auth.context import RequestContext
 from gateway.compute.common import context, ok
 from gateway.conductor import call
 from gateway.errors import Conflict, NotFound
-from gateway.routing import documented
+from gateway.routing import MEMBER, READER, documented
 from gateway.state import gateway_of
 
 
@@ -54,7 +54,7 @@ def _attachment(p: npb.Port) -> dict[str, Any]:
     }
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=READER)
 async def list_interfaces(request: Request) -> Response:
     """A server's ports."""
     ctx = context(request)
@@ -64,7 +64,7 @@ async def list_interfaces(request: Request) -> Response:
     return ok({"interfaceAttachments": [_attachment(p) for p in ports]})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=READER)
 async def show_interface(request: Request) -> Response:
     """One port of a server."""
     ctx = context(request)
@@ -77,7 +77,7 @@ async def show_interface(request: Request) -> Response:
     raise NotFound(f"Port id {port_id[:64]} could not be found.")
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=MEMBER)
 async def attach_interface(request: Request) -> Response:
     """Refused: a NIC is attached at create only."""
     ctx = context(request)
@@ -89,7 +89,7 @@ async def attach_interface(request: Request) -> Response:
     )
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=MEMBER)
 async def detach_interface(request: Request) -> Response:
     """Refused: a NIC goes with its server only."""
     ctx = context(request)

@@ -16,7 +16,7 @@ from gateway.compute.common import context, empty, next_link, ok
 from gateway.conductor import call
 from gateway.errors import Forbidden
 from gateway.microversion import Microversion
-from gateway.routing import checked_body, checked_query, documented
+from gateway.routing import MEMBER, READER, checked_body, checked_query, documented
 from gateway.state import gateway_of, json_body, microversion, request_id
 from gateway.validation import Query, QueryParam, VersionedSchema
 
@@ -67,7 +67,7 @@ def _rfc3339(kp: keypairs_pb2.Keypair) -> str:
     return kp.created_at.ToDatetime(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
 
 
-@documented(query=LIST_QUERY, tag="compute")
+@documented(query=LIST_QUERY, tag="compute", policy=READER)
 async def list_keypairs(request: Request) -> Response:
     """The caller's keypairs (or, for an admin from 2.10, another user's)."""
     ctx = context(request)
@@ -99,7 +99,7 @@ async def list_keypairs(request: Request) -> Response:
     return ok(body)
 
 
-@documented(body=CREATE.newest, tag="compute")
+@documented(body=CREATE.newest, tag="compute", policy=MEMBER)
 async def create_keypair(request: Request) -> Response:
     """Import a keypair, or (before 2.92) generate one and return its private key once."""
     ctx = context(request)
@@ -134,7 +134,7 @@ async def create_keypair(request: Request) -> Response:
     return ok({"keypair": out}, 201 if mv.at_least("2.2") else 200)
 
 
-@documented(query=SHOW_QUERY, tag="compute")
+@documented(query=SHOW_QUERY, tag="compute", policy=READER)
 async def show_keypair(request: Request) -> Response:
     """One keypair."""
     ctx = context(request)
@@ -164,7 +164,7 @@ async def show_keypair(request: Request) -> Response:
     return ok({"keypair": out})
 
 
-@documented(query=SHOW_QUERY, tag="compute")
+@documented(query=SHOW_QUERY, tag="compute", policy=MEMBER)
 async def delete_keypair(request: Request) -> Response:
     """Delete a keypair."""
     ctx = context(request)

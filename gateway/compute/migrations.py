@@ -18,7 +18,7 @@ from gateway.compute.views_time import iso_micro
 from gateway.conductor import call
 from gateway.errors import BadRequest, NotFound
 from gateway.microversion import Microversion
-from gateway.routing import checked_body, checked_query, documented
+from gateway.routing import ADMIN, checked_body, checked_query, documented
 from gateway.state import gateway_of, microversion, request_id
 from gateway.validation import Query, QueryParam, VersionedSchema, compile_schema
 from gateway.validation.booleans import BOOLEAN_SCHEMA, parse_bool
@@ -259,7 +259,7 @@ def _query_for(mv: Microversion) -> Query:
     return _QUERIES[minor]
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=ADMIN)
 async def list_migrations(request: Request) -> Response:
     """Migration records of every project (admin), newest first."""
     ctx = context(request)
@@ -356,7 +356,7 @@ def _require_2_23(mv: Microversion) -> None:
         raise NotFound("The resource could not be found.")
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=ADMIN)
 async def list_server_migrations(request: Request) -> Response:
     """A server's in-progress live migrations (2.23+, admin)."""
     ctx = context(request)
@@ -367,7 +367,7 @@ async def list_server_migrations(request: Request) -> Response:
     return ok({"migrations": [_server_migration_view(m, mv) for m in found]})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=ADMIN)
 async def show_server_migration(request: Request) -> Response:
     """One in-progress live migration of a server (2.23+, admin)."""
     ctx = context(request)

@@ -16,7 +16,7 @@ from gateway.auth.context import RequestContext
 from gateway.compute.common import context, ok
 from gateway.conductor import call
 from gateway.errors import ApiError, BadRequest, NotFound
-from gateway.routing import documented
+from gateway.routing import AUTHENTICATED, READER, documented
 from gateway.state import gateway_of, json_body, microversion
 
 _GONE = "The resource could not be found."
@@ -50,7 +50,7 @@ def network_view(net: network_pb2.Network, is_admin: bool) -> dict[str, Any]:
     return body
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=READER)
 async def list_networks(request: Request) -> Response:
     """The networks the caller sees (its own and shared ones; all for an admin)."""
     _until_2_35(request)
@@ -63,7 +63,7 @@ async def list_networks(request: Request) -> Response:
     return ok({"networks": [network_view(n, ctx.is_admin) for n in reply.networks]})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=READER)
 async def show_network(request: Request) -> Response:
     """One network the caller sees; 404 otherwise."""
     _until_2_35(request)
@@ -87,25 +87,25 @@ async def _gone(request: Request) -> Response:
     raise ApiError(410, "The resource is gone: networks are managed through the Network API.")
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=AUTHENTICATED)
 async def create_network(request: Request) -> Response:
     """Gone (410), as in Nova since nova-network: create networks with the Network API."""
     return await _gone(request)
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=AUTHENTICATED)
 async def add_network(request: Request) -> Response:
     """Gone (410), as in Nova since nova-network."""
     return await _gone(request)
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=AUTHENTICATED)
 async def delete_network(request: Request) -> Response:
     """Gone (410), as in Nova since nova-network: delete networks with the Network API."""
     return await _gone(request)
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=AUTHENTICATED)
 async def network_action(request: Request) -> Response:
     """`disassociate` is gone (410), as in Nova since nova-network; no other action exists."""
     _until_2_35(request)

@@ -15,7 +15,14 @@ from gateway.compute.common import context, ok
 from gateway.conductor import call
 from gateway.errors import BadRequest, Forbidden
 from gateway.microversion import Microversion
-from gateway.routing import checked_body, checked_query, documented
+from gateway.routing import (
+    ADMIN,
+    READER,
+    READER_OF_PROJECT,
+    checked_body,
+    checked_query,
+    documented,
+)
 from gateway.state import gateway_of, json_body, microversion, request_id
 from gateway.validation import Query, QueryParam, VersionedSchema
 from gateway.validation.booleans import BOOLEAN_SCHEMA
@@ -126,7 +133,7 @@ async def _quotas(request: Request, project_id: str, user_id: str) -> quotas_pb2
 LIMITS_QUERY = Query(QueryParam("tenant_id"), QueryParam("reserved"))
 
 
-@documented(query=LIMITS_QUERY, tag="compute")
+@documented(query=LIMITS_QUERY, tag="compute", policy=READER)
 async def limits(request: Request) -> Response:
     """The project's absolute limits and usage."""
     ctx = context(request)
@@ -169,7 +176,7 @@ async def limits(request: Request) -> Response:
     return ok({"limits": {"absolute": absolute, "rate": []}})
 
 
-@documented(query=QUERY, tag="compute")
+@documented(query=QUERY, tag="compute", policy=READER_OF_PROJECT)
 async def show_quotas(request: Request) -> Response:
     """A project's quota limits."""
     ctx = context(request)
@@ -183,7 +190,7 @@ async def show_quotas(request: Request) -> Response:
     return ok({"quota_set": body})
 
 
-@documented(query=QUERY, tag="compute")
+@documented(query=QUERY, tag="compute", policy=READER_OF_PROJECT)
 async def show_quota_detail(request: Request) -> Response:
     """A project's quota limits with usage."""
     ctx = context(request)
@@ -202,7 +209,7 @@ async def show_quota_detail(request: Request) -> Response:
     return ok({"quota_set": body})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=READER)
 async def show_defaults(request: Request) -> Response:
     """The default quota limits."""
     ctx = context(request)
@@ -215,7 +222,7 @@ async def show_defaults(request: Request) -> Response:
     return ok({"quota_set": body})
 
 
-@documented(body=UPDATE.newest, tag="compute")
+@documented(body=UPDATE.newest, tag="compute", policy=ADMIN)
 async def update_quotas(request: Request) -> Response:
     """Change a project's quota limits (admin)."""
     ctx = context(request)
@@ -236,7 +243,7 @@ async def update_quotas(request: Request) -> Response:
     return ok({"quota_set": {n: _limit(reply.limits, n) for n in quota_names(mv)}})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=ADMIN)
 async def revert_quotas(request: Request) -> Response:
     """Reset a project's quotas to the defaults (admin)."""
     ctx = context(request)
@@ -263,7 +270,7 @@ def _class_body(
     return {"quota_class_set": body}
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=ADMIN)
 async def show_quota_class(request: Request) -> Response:
     """A quota class's limits (admin); the class "default" holds every project's defaults."""
     ctx = context(request)
@@ -276,7 +283,7 @@ async def show_quota_class(request: Request) -> Response:
     return ok(_class_body(reply.limits, microversion(request), name))
 
 
-@documented(body=CLASS_UPDATE.newest, tag="compute")
+@documented(body=CLASS_UPDATE.newest, tag="compute", policy=ADMIN)
 async def update_quota_class(request: Request) -> Response:
     """Store a quota class's limits (admin); "default" changes every project's defaults."""
     ctx = context(request)

@@ -22,7 +22,7 @@ from gateway.compute.common import context, ok
 from gateway.compute.interfaces import server_of
 from gateway.compute.server_networks import call_network, network_stub
 from gateway.errors import ApiError, BadRequest, NotFound
-from gateway.routing import documented
+from gateway.routing import MEMBER, READER, documented
 from gateway.state import json_body, microversion, request_id
 
 _GONE = "The resource could not be found."
@@ -148,7 +148,7 @@ async def _group_body(request: Request) -> dict[str, Any]:
     return group
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=READER)
 async def list_groups(request: Request) -> Response:
     """The project's security groups (every project's for an admin with all_tenants)."""
     _until_2_35(request)
@@ -172,7 +172,7 @@ async def list_groups(request: Request) -> Response:
     return ok({"security_groups": [_group_view(g, names) for g in groups]})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=MEMBER)
 async def create_group(request: Request) -> Response:
     """A new security group (name and description, each at most 255 characters)."""
     _until_2_35(request)
@@ -196,7 +196,7 @@ async def create_group(request: Request) -> Response:
     return ok({"security_group": _group_view(group, await _names(request, ctx, [group]))})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=READER)
 async def show_group(request: Request) -> Response:
     """One security group."""
     _until_2_35(request)
@@ -206,7 +206,7 @@ async def show_group(request: Request) -> Response:
     return ok({"security_group": _group_view(group, await _names(request, ctx, [group]))})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=MEMBER)
 async def update_group(request: Request) -> Response:
     """A group's new name or description."""
     _until_2_35(request)
@@ -232,7 +232,7 @@ async def update_group(request: Request) -> Response:
     return ok({"security_group": _group_view(group, await _names(request, ctx, [group]))})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=MEMBER)
 async def delete_group(request: Request) -> Response:
     """Deletes a group; 400 for the default group or one in use."""
     _until_2_35(request)
@@ -304,7 +304,7 @@ def _rule(body: dict[str, Any]) -> tuple[str | None, int | None, int | None, str
     return protocol, None if low == -1 else low, None if high == -1 else high, cidr
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=MEMBER)
 async def create_rule(request: Request) -> Response:
     """An ingress rule in a group: a protocol and port range from a CIDR or a group."""
     _until_2_35(request)
@@ -349,7 +349,7 @@ async def create_rule(request: Request) -> Response:
     return ok({"security_group_rule": _rule_view(reply.rule, names)})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=MEMBER)
 async def delete_rule(request: Request) -> Response:
     """Deletes a rule."""
     _until_2_35(request)
@@ -370,7 +370,7 @@ async def delete_rule(request: Request) -> Response:
     return Response(status_code=202)
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=READER)
 async def server_groups(request: Request) -> Response:
     """The security groups of a server's ports."""
     _until_2_35(request)

@@ -14,7 +14,7 @@ from gateway.auth.context import RequestContext
 from gateway.compute.common import context, empty, ok
 from gateway.conductor import call
 from gateway.microversion import Microversion
-from gateway.routing import checked_body, checked_query, documented
+from gateway.routing import MEMBER, READER, Policy, checked_body, checked_query, documented
 from gateway.state import gateway_of, json_body, microversion, request_id
 from gateway.validation import Query, QueryParam, VersionedSchema
 
@@ -99,7 +99,7 @@ def _scope(ctx: RequestContext) -> str:
     return "" if ctx.is_admin else ctx.project_id
 
 
-@documented(query=LIST_QUERY, tag="compute")
+@documented(query=LIST_QUERY, tag="compute", policy=Policy("reader", target="all_projects: admin"))
 async def list_groups(request: Request) -> Response:
     """Server groups of the project (admins: of every project with all_projects)."""
     ctx = context(request)
@@ -124,7 +124,7 @@ async def list_groups(request: Request) -> Response:
     return ok({"server_groups": [view(g, mv) for g in reply.groups]})
 
 
-@documented(body=CREATE.newest, tag="compute")
+@documented(body=CREATE.newest, tag="compute", policy=MEMBER)
 async def create_group(request: Request) -> Response:
     """Create a server group."""
     ctx = context(request)
@@ -151,7 +151,7 @@ async def create_group(request: Request) -> Response:
     return ok({"server_group": view(reply.group, mv)})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=READER)
 async def show_group(request: Request) -> Response:
     """One server group."""
     ctx = context(request)
@@ -165,7 +165,7 @@ async def show_group(request: Request) -> Response:
     return ok({"server_group": view(reply.group, microversion(request))})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=MEMBER)
 async def delete_group(request: Request) -> Response:
     """Delete a server group (204)."""
     ctx = context(request)

@@ -24,7 +24,16 @@ from gateway.compute.views_time import iso_micro
 from gateway.conductor import call
 from gateway.errors import ApiError, BadRequest, Forbidden, NotFound
 from gateway.microversion import Microversion
-from gateway.routing import checked_body, checked_query, documented
+from gateway.routing import (
+    ADMIN,
+    MEMBER,
+    READER,
+    Policy,
+    Rule,
+    checked_body,
+    checked_query,
+    documented,
+)
 from gateway.state import gateway_of, json_body, microversion, request_id
 from gateway.validation import Query, QueryParam, VersionedSchema, compile_schema
 from gateway.validation.booleans import BOOLEAN_SCHEMA, TRUE_WORDS
@@ -493,19 +502,27 @@ async def _list(request: Request, detailed: bool) -> Response:
     return ok(body)
 
 
-@documented(query=LIST_QUERY, tag="compute")
+@documented(
+    query=LIST_QUERY,
+    tag="compute",
+    policy=Policy("reader", target="all_tenants, and filtering by another project: admin"),
+)
 async def list_servers(request: Request) -> Response:
     """Servers (id, name, links), filtered and paginated."""
     return await _list(request, detailed=False)
 
 
-@documented(query=LIST_QUERY, tag="compute")
+@documented(
+    query=LIST_QUERY,
+    tag="compute",
+    policy=Policy("reader", target="all_tenants, and filtering by another project: admin"),
+)
 async def list_servers_detail(request: Request) -> Response:
     """Servers with every field, filtered and paginated."""
     return await _list(request, detailed=True)
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=READER)
 async def show_server(request: Request) -> Response:
     """One server."""
     ctx = context(request)
@@ -550,7 +567,11 @@ def _truthy(value: Any) -> bool:
     return str(value).strip().lower() in TRUE_WORDS
 
 
-@documented(body=CREATE.newest, tag="compute")
+@documented(
+    body=CREATE.newest,
+    tag="compute",
+    policy=Policy("member", target="a forced host (an availability_zone of zone:host): admin"),
+)
 async def create_server(request: Request) -> Response:
     """Create one or more servers (202; the build goes on asynchronously)."""
     ctx = context(request)
@@ -646,7 +667,7 @@ async def create_server(request: Request) -> Response:
 # ------------------------------------------------------------------ update / delete / actions
 
 
-@documented(body=UPDATE.newest, tag="compute")
+@documented(body=UPDATE.newest, tag="compute", policy=MEMBER)
 async def update_server(request: Request) -> Response:
     """Rename or redescribe a server."""
     ctx = context(request)
@@ -698,7 +719,7 @@ async def _groups_from_2_75(
     return (await server_security_groups.names_by_server(request, ctx, [server])).get(server.id)
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=MEMBER)
 async def delete_server(request: Request) -> Response:
     """Delete a server (204)."""
     ctx = context(request)
@@ -738,14 +759,75 @@ _ACTION_POLICIES = {
     "removeSecurityGroup": "os_compute_api:os-security-groups:remove",
 }
 
+# Who may send each action (the body's one key): the dispatcher's table, published in
+# /openapi.json and checked by the generated policy matrix. A project's member acts on
+# its own servers; moving a server between hosts, offloading it and forcing its state are
+# an operator's (admin's).
+SERVER_ACTION_POLICY = Policy(
+    "member",
+    actions={
+        **{
+            action: MEMBER
+            for action in (
+                *(a for a in _ACTION_POLICIES if a not in ("shelveOffload", "os-resetState")),
+                "resize",
+                "confirmResize",
+                "revertResize",
+                *consoles.CONSOLE_ACTIONS,
+            )
+        },
+        **{
+            action: ADMIN
+            for action in (
+                "shelveOffload",
+                "os-resetState",
+                "migrate",
+                "os-migrateLive",
+                "evacuate",
+            )
+        },
+        "unshelve": Policy("member", target="a host to unshelve onto: admin"),
+        "unlock": Policy("member", target="a server an admin locked: admin"),
+    },
+)
 
-@documented(body=ACTION, tag="compute")
+
+# The name each action is refused under, as the handlers of each kind name it.
+_POLICY_NAMES = {
+    **_ACTION_POLICIES,
+    "resize": "os_compute_api:servers:resize",
+    "confirmResize": "os_compute_api:servers:confirm_resize",
+    "revertResize": "os_compute_api:servers:revert_resize",
+    "migrate": "os_compute_api:os-migrate-server:migrate",
+    "os-migrateLive": "os_compute_api:os-migrate-server:migrate_live",
+    "evacuate": "os_compute_api:os-evacuate",
+    "os-getConsoleOutput": "os_compute_api:os-console-output",
+    "os-getVNCConsole": "os_compute_api:os-remote-consoles",
+}
+
+
+def _require(ctx: RequestContext, rule: Rule, name: str) -> None:
+    """Refuses (403) a caller whose roles fall short of `rule` (the token is checked)."""
+    if rule == "admin":
+        ctx.require_admin(name)
+    elif rule == "member":
+        ctx.require_write(name)
+    elif rule == "reader":
+        ctx.require_read(name)
+
+
+@documented(body=ACTION, tag="compute", policy=SERVER_ACTION_POLICY)
 async def server_action(request: Request) -> Response:
     """Server actions: os-start, os-stop, reboot, pause, unpause, suspend, resume, lock,
     unlock, shelve, shelveOffload, unshelve, rebuild, os-resetState, restore, forceDelete,
     addSecurityGroup, removeSecurityGroup (202); the console actions (200)."""
     ctx = context(request)
     body = await json_body(request)
+    named = next(iter(body)) if isinstance(body, dict) and len(body) == 1 else ""
+    if named in SERVER_ACTION_POLICY.actions:
+        # The action's declared rule before its body: whoever may not act learns nothing
+        # of the body's shape.
+        _require(ctx, SERVER_ACTION_POLICY.actions[named].rule, _POLICY_NAMES[named])
     if isinstance(body, dict) and len(body) == 1 and next(iter(body)) in migrations.MOVE_ACTIONS:
         return await migrations.move_action(request, ctx, body)
     if isinstance(body, dict) and len(body) == 1:
@@ -983,7 +1065,7 @@ def _check_meta_keys(items: dict[str, str]) -> None:
             raise BadRequest("Metadata keys must be 1-255 characters.")
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=READER)
 async def list_metadata(request: Request) -> Response:
     """A server's metadata."""
     ctx = context(request)
@@ -991,7 +1073,7 @@ async def list_metadata(request: Request) -> Response:
     return ok({"metadata": dict((await _get(request, ctx)).metadata)})
 
 
-@documented(body=METADATA, tag="compute")
+@documented(body=METADATA, tag="compute", policy=MEMBER)
 async def merge_metadata(request: Request) -> Response:
     """Merge metadata items (POST) or replace all metadata (PUT)."""
     ctx = context(request)
@@ -1004,7 +1086,7 @@ async def merge_metadata(request: Request) -> Response:
     return ok({"metadata": result})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=READER)
 async def show_metadata_item(request: Request) -> Response:
     """One metadata item."""
     ctx = context(request)
@@ -1016,7 +1098,7 @@ async def show_metadata_item(request: Request) -> Response:
     return ok({"meta": {key: meta[key]}})
 
 
-@documented(body=META_ITEM, tag="compute")
+@documented(body=META_ITEM, tag="compute", policy=MEMBER)
 async def set_metadata_item(request: Request) -> Response:
     """Set one metadata item; the body's key must match the URL's."""
     ctx = context(request)
@@ -1031,7 +1113,7 @@ async def set_metadata_item(request: Request) -> Response:
     return ok({"meta": body["meta"]})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=MEMBER)
 async def delete_metadata_item(request: Request) -> Response:
     """Remove one metadata item (204)."""
     ctx = context(request)
@@ -1052,7 +1134,7 @@ async def delete_metadata_item(request: Request) -> Response:
 # ------------------------------------------------------------------ ips and actions
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=READER)
 async def list_ips(request: Request) -> Response:
     """A server's addresses by network."""
     ctx = context(request)
@@ -1060,7 +1142,7 @@ async def list_ips(request: Request) -> Response:
     return ok({"addresses": views.addresses(await _get(request, ctx))})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=READER)
 async def show_ips(request: Request) -> Response:
     """A server's addresses on one network."""
     ctx = context(request)
@@ -1087,7 +1169,7 @@ def _action(a: servers_pb2.InstanceAction, mv: Microversion) -> dict[str, Any]:
     return body
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=READER)
 async def list_instance_actions(request: Request) -> Response:
     """Actions recorded for a server, newest first."""
     ctx = context(request)
@@ -1102,7 +1184,7 @@ async def list_instance_actions(request: Request) -> Response:
     return ok({"instanceActions": [_action(a, mv) for a in reply.actions]})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=READER)
 async def show_instance_action(request: Request) -> Response:
     """One action with its events."""
     ctx = context(request)
@@ -1145,7 +1227,7 @@ VOLUME_ATTACHMENTS_QUERY = Query(
 )
 
 
-@documented(query=VOLUME_ATTACHMENTS_QUERY, tag="compute")
+@documented(query=VOLUME_ATTACHMENTS_QUERY, tag="compute", policy=READER)
 async def list_volume_attachments(request: Request) -> Response:
     """A server's volume attachments: always none, since Loom has no volumes yet."""
     ctx = context(request)
@@ -1155,7 +1237,7 @@ async def list_volume_attachments(request: Request) -> Response:
     return ok({"volumeAttachments": []})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=READER)
 async def show_volume_attachment(request: Request) -> Response:
     """One volume attachment: none exists (404) while Loom has no volumes."""
     ctx = context(request)

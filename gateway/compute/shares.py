@@ -18,7 +18,7 @@ from gateway.auth.context import RequestContext
 from gateway.compute.common import context, ok
 from gateway.compute.interfaces import server_of
 from gateway.errors import ApiError, Conflict, Forbidden, NotFound
-from gateway.routing import checked_body, checked_query, documented
+from gateway.routing import MEMBER, READER, checked_body, checked_query, documented
 from gateway.state import json_body, microversion
 from gateway.validation import Query, compile_schema
 from gateway.validation.schema import shorten
@@ -66,7 +66,7 @@ def _share_not_found(request: Request) -> ApiError:
     return NotFound(f"Share {shorten(request.path_params['share_id'])} could not be found.")
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=READER)
 async def list_shares(request: Request) -> Response:
     """The shares attached to a server: none, since Loom has no share service."""
     ctx = context(request)
@@ -76,7 +76,7 @@ async def list_shares(request: Request) -> Response:
     return ok({"shares": []})
 
 
-@documented(body=ATTACH, tag="compute")
+@documented(body=ATTACH, tag="compute", policy=MEMBER)
 async def attach_share(request: Request) -> Response:
     """Attach a share to a stopped server: refused (403), Loom has no share service."""
     ctx = context(request)
@@ -88,7 +88,7 @@ async def attach_share(request: Request) -> Response:
     raise Forbidden("Loom has no shared file system service: shares cannot be attached.")
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=READER)
 async def show_share(request: Request) -> Response:
     """One attached share: never found."""
     ctx = context(request)
@@ -98,7 +98,7 @@ async def show_share(request: Request) -> Response:
     raise _share_not_found(request)
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=MEMBER)
 async def detach_share(request: Request) -> Response:
     """Detach a share from a stopped (or failed) server: never found."""
     ctx = context(request)

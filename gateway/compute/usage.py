@@ -20,7 +20,7 @@ from gateway.compute.common import context, next_link, ok
 from gateway.conductor import call
 from gateway.errors import BadRequest, Forbidden
 from gateway.microversion import Microversion
-from gateway.routing import checked_query, documented
+from gateway.routing import ADMIN, READER_OF_PROJECT, checked_query, documented
 from gateway.state import gateway_of, microversion
 from gateway.validation import Query, QueryParam
 from gateway.validation.schema import shorten
@@ -158,7 +158,7 @@ def _query(mv: Microversion, plain: Query, paged: Query) -> tuple[Query, bool]:
     return (paged, True) if mv.at_least("2.40") else (plain, False)
 
 
-@documented(query=INDEX_QUERY_240, tag="compute")
+@documented(query=INDEX_QUERY_240, tag="compute", policy=ADMIN)
 async def list_usages(request: Request) -> Response:
     """Usage of every project over a period (admin); `detailed=1` lists each server."""
     context(request).require_admin("os_compute_api:os-simple-tenant-usage:list")
@@ -174,7 +174,7 @@ async def list_usages(request: Request) -> Response:
     return ok(body)
 
 
-@documented(query=SHOW_QUERY_240, tag="compute")
+@documented(query=SHOW_QUERY_240, tag="compute", policy=READER_OF_PROJECT)
 async def show_usage(request: Request) -> Response:
     """One project's usage over a period, server by server (its members or an admin)."""
     ctx = context(request)

@@ -9,7 +9,7 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.compute.common import COMPUTE
 from gateway.microversion import MAX_VERSION, MIN_VERSION
-from gateway.routing import documented
+from gateway.routing import PUBLIC, documented
 from gateway.state import base_url
 
 
@@ -50,20 +50,20 @@ def _detail(doc: dict[str, Any], media_version: str) -> dict[str, Any]:
     return doc
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=PUBLIC)
 async def list_versions(request: Request) -> Response:
     """Compute API versions."""
     base = base_url(request)
     return JSONResponse({"versions": [_v20(base), _v21(base)]})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=PUBLIC)
 async def show_v21(request: Request) -> Response:
     """The v2.1 version document with the microversion range."""
     return JSONResponse({"version": _detail(_v21(base_url(request)), "2.1")})
 
 
-@documented(tag="compute")
+@documented(tag="compute", policy=PUBLIC)
 async def show_v20(request: Request) -> Response:
     """The deprecated v2.0 version document."""
     return JSONResponse({"version": _detail(_v20(base_url(request)), "2")})

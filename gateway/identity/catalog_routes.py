@@ -12,7 +12,7 @@ from starlette.routing import BaseRoute, Route
 from gateway.auth.context import authenticate
 from gateway.errors import NotFound
 from gateway.identity import views
-from gateway.routing import documented
+from gateway.routing import AUTHENTICATED, documented
 from gateway.state import base_url, gateway_of
 
 
@@ -53,7 +53,7 @@ def _endpoints(catalog: list[dict[str, Any]], base: str) -> list[dict[str, Any]]
     ]
 
 
-@documented(tag="identity")
+@documented(tag="identity", policy=AUTHENTICATED)
 async def list_services(request: Request) -> Response:
     """Services of the catalog."""
     base = base_url(request)
@@ -64,7 +64,7 @@ async def list_services(request: Request) -> Response:
     return JSONResponse({"services": services, "links": _links(request)})
 
 
-@documented(tag="identity")
+@documented(tag="identity", policy=AUTHENTICATED)
 async def show_service(request: Request) -> Response:
     """One service."""
     base = base_url(request)
@@ -74,7 +74,7 @@ async def show_service(request: Request) -> Response:
     raise NotFound(f"Could not find service: {request.path_params['service_id']}.")
 
 
-@documented(tag="identity")
+@documented(tag="identity", policy=AUTHENTICATED)
 async def list_endpoints(request: Request) -> Response:
     """Endpoints of the catalog."""
     endpoints = _endpoints(_catalog(request), base_url(request))
@@ -85,7 +85,7 @@ async def list_endpoints(request: Request) -> Response:
     return JSONResponse({"endpoints": endpoints, "links": _links(request)})
 
 
-@documented(tag="identity")
+@documented(tag="identity", policy=AUTHENTICATED)
 async def show_endpoint(request: Request) -> Response:
     """One endpoint."""
     for e in _endpoints(_catalog(request), base_url(request)):
@@ -94,7 +94,7 @@ async def show_endpoint(request: Request) -> Response:
     raise NotFound(f"Could not find endpoint: {request.path_params['endpoint_id']}.")
 
 
-@documented(tag="identity")
+@documented(tag="identity", policy=AUTHENTICATED)
 async def list_regions(request: Request) -> Response:
     """The region (one per Loom installation)."""
     authenticate(request, gateway_of(request).signer)

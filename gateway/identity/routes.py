@@ -30,7 +30,17 @@ from gateway.identity.schemas import (
     USER_CREATE,
     USER_UPDATE,
 )
-from gateway.routing import checked_body, checked_query, documented
+from gateway.routing import (
+    ADMIN,
+    AUTHENTICATED,
+    AUTHENTICATED_IN_PROJECT,
+    PUBLIC,
+    SELF_OR_ADMIN,
+    Policy,
+    checked_body,
+    checked_query,
+    documented,
+)
 from gateway.state import base_url, gateway_of, json_body, request_id
 from gateway.validation import Query, QueryParam
 from gateway.validation.schema import shorten
@@ -96,13 +106,13 @@ def refuse_options(resource: str, fields: dict[str, Any]) -> None:
         )
 
 
-@documented(tag=_TAG)
+@documented(tag=_TAG, policy=PUBLIC)
 async def versions(request: Request) -> Response:
     """Identity API versions."""
     return _json({"versions": {"values": [views.version_doc(base_url(request))]}}, 300)
 
 
-@documented(tag=_TAG)
+@documented(tag=_TAG, policy=PUBLIC)
 async def version_v3(request: Request) -> Response:
     """The Identity v3 version document."""
     return _json({"version": views.version_doc(base_url(request))})
@@ -132,7 +142,7 @@ def _domain_ref(ref: dict[str, Any] | None) -> str:
     return str(ref.get("id") or ref.get("name") or "default")
 
 
-@documented(body=AUTH_SCHEMA, tag=_TAG)
+@documented(body=AUTH_SCHEMA, tag=_TAG, policy=PUBLIC)
 async def issue_token(request: Request) -> Response:
     """Authenticate with a password or a token; returns a signed token (X-Subject-Token)."""
     gw = gateway_of(request)
@@ -253,6 +263,10 @@ async def _try_default_project(
     return project
 
 
+# Any valid token may ask, for a token of its own user; an admin's, for anyone's.
+REVOKE = Policy("authenticated", target="the subject token's user, or an admin (else 403)")
+
+
 def _subject(request: Request) -> tuple[TokenClaims, str]:
     gw = gateway_of(request)
     authenticate_any(request)
@@ -274,7 +288,11 @@ def authenticate_any(request: Request) -> TokenClaims:
         raise Unauthorized(str(exc)) from exc
 
 
-@documented(query=Query(QueryParam("nocatalog"), QueryParam("allow_expired")), tag=_TAG)
+@documented(
+    query=Query(QueryParam("nocatalog"), QueryParam("allow_expired")),
+    tag=_TAG,
+    policy=AUTHENTICATED,
+)
 async def validate_token(request: Request) -> Response:
     """Validate the token in X-Subject-Token (GET returns it, HEAD only checks it)."""
     claims, subject = _subject(request)
@@ -337,7 +355,7 @@ def _timestamp(moment: datetime) -> Timestamp:
     return ts
 
 
-@documented(tag=_TAG)
+@documented(tag=_TAG, policy=REVOKE)
 async def revoke_token(request: Request) -> Response:
     """Revoke the token in X-Subject-Token: at once on this gateway, within seconds on the
     others. A user may revoke their own tokens; an admin any."""
@@ -358,7 +376,7 @@ async def revoke_token(request: Request) -> Response:
     return Response(status_code=204)
 
 
-@documented(tag=_TAG)
+@documented(tag=_TAG, policy=AUTHENTICATED)
 async def auth_projects(request: Request) -> Response:
     """Projects the token's user holds a role on."""
     claims = authenticate_any(request)
@@ -372,7 +390,7 @@ async def auth_projects(request: Request) -> Response:
     )
 
 
-@documented(tag=_TAG)
+@documented(tag=_TAG, policy=AUTHENTICATED)
 async def auth_catalog(request: Request) -> Response:
     """The service catalog of the token."""
     authenticate_any(request)
@@ -389,7 +407,7 @@ def _links(request: Request) -> dict[str, Any]:
 # ------------------------------------------------------------------------ domains
 
 
-@documented(query=_LIST_Q, tag=_TAG)
+@documented(query=_LIST_Q, tag=_TAG, policy=AUTHENTICATED)
 async def list_domains(request: Request) -> Response:
     """Domains (Loom has only the default domain)."""
     authenticate_any(request)
@@ -400,7 +418,7 @@ async def list_domains(request: Request) -> Response:
     return _json({"domains": doms, "links": _links(request)})
 
 
-@documented(tag=_TAG)
+@documented(tag=_TAG, policy=AUTHENTICATED)
 async def show_domain(request: Request) -> Response:
     """The default domain."""
     authenticate_any(request)
@@ -428,7 +446,7 @@ def _listed(items: Iterable[_E], q: dict[str, Any]) -> list[_E]:
     return [i for i in items if "enabled" not in q or i.enabled == q["enabled"]]
 
 
-@documented(query=_LIST_Q, tag=_TAG)
+@documented(query=_LIST_Q, tag=_TAG, policy=ADMIN)
 async def list_projects(request: Request) -> Response:
     """Projects (admin)."""
     _admin(request)
@@ -442,7 +460,7 @@ async def list_projects(request: Request) -> Response:
     return _json({"projects": [views.project(p, base) for p in projects], "links": _links(request)})
 
 
-@documented(body=PROJECT_CREATE, tag=_TAG)
+@documented(body=PROJECT_CREATE, tag=_TAG, policy=ADMIN)
 async def create_project(request: Request) -> Response:
     """Create a project (admin)."""
     _admin(request)
@@ -479,7 +497,7 @@ async def _project_by_id(request: Request, project_id: str) -> identity_pb2.Proj
     return project
 
 
-@documented(tag=_TAG)
+@documented(tag=_TAG, policy=AUTHENTICATED_IN_PROJECT)
 async def show_project(request: Request) -> Response:
     """One project (admin, or a member of it)."""
     ctx = authenticate(request, gateway_of(request).signer)
@@ -493,7 +511,7 @@ async def show_project(request: Request) -> Response:
     return _json({"project": views.project(project, base_url(request))})
 
 
-@documented(body=PROJECT_UPDATE, tag=_TAG)
+@documented(body=PROJECT_UPDATE, tag=_TAG, policy=ADMIN)
 async def update_project(request: Request) -> Response:
     """Change a project's name, description or enabled flag (admin)."""
     _admin(request)
@@ -514,7 +532,7 @@ async def update_project(request: Request) -> Response:
     return _json({"project": views.project(reply.project, base_url(request))})
 
 
-@documented(tag=_TAG)
+@documented(tag=_TAG, policy=ADMIN)
 async def delete_project(request: Request) -> Response:
     """Delete a project and its role assignments (admin)."""
     _admin(request)
@@ -530,7 +548,7 @@ async def delete_project(request: Request) -> Response:
 # ------------------------------------------------------------------------ users
 
 
-@documented(query=_LIST_Q, tag=_TAG)
+@documented(query=_LIST_Q, tag=_TAG, policy=ADMIN)
 async def list_users(request: Request) -> Response:
     """Users (admin)."""
     _admin(request)
@@ -551,7 +569,7 @@ def _extra_json(u: dict[str, Any]) -> str:
     return json.dumps(extra, sort_keys=True) if extra else ""
 
 
-@documented(body=USER_CREATE, tag=_TAG)
+@documented(body=USER_CREATE, tag=_TAG, policy=ADMIN)
 async def create_user(request: Request) -> Response:
     """Create a user (admin)."""
     _admin(request)
@@ -586,7 +604,7 @@ def _self_or_admin(request: Request, user_id: str) -> None:
         raise Forbidden("You are not authorized to perform the requested action.")
 
 
-@documented(tag=_TAG)
+@documented(tag=_TAG, policy=SELF_OR_ADMIN)
 async def show_user(request: Request) -> Response:
     """One user (admin, or the user)."""
     uid = request.path_params["user_id"]
@@ -599,7 +617,7 @@ async def show_user(request: Request) -> Response:
     return _json({"user": views.user(reply.user, base_url(request))})
 
 
-@documented(body=USER_UPDATE, tag=_TAG)
+@documented(body=USER_UPDATE, tag=_TAG, policy=ADMIN)
 async def update_user(request: Request) -> Response:
     """Change a user (admin)."""
     _admin(request)
@@ -623,7 +641,7 @@ async def update_user(request: Request) -> Response:
     return _json({"user": views.user(reply.user, base_url(request))})
 
 
-@documented(tag=_TAG)
+@documented(tag=_TAG, policy=ADMIN)
 async def delete_user(request: Request) -> Response:
     """Delete a user and their role assignments (admin)."""
     _admin(request)
@@ -637,7 +655,7 @@ async def delete_user(request: Request) -> Response:
     return Response(status_code=204)
 
 
-@documented(tag=_TAG)
+@documented(tag=_TAG, policy=SELF_OR_ADMIN)
 async def user_projects(request: Request) -> Response:
     """Projects a user holds a role on (admin, or the user)."""
     uid = request.path_params["user_id"]
@@ -655,7 +673,7 @@ async def user_projects(request: Request) -> Response:
 # ------------------------------------------------------------------------ roles
 
 
-@documented(query=_LIST_Q, tag=_TAG)
+@documented(query=_LIST_Q, tag=_TAG, policy=AUTHENTICATED)
 async def list_roles(request: Request) -> Response:
     """Roles."""
     authenticate(request, gateway_of(request).signer)
@@ -668,7 +686,7 @@ async def list_roles(request: Request) -> Response:
     return _json({"roles": [views.role(r, base) for r in reply.roles], "links": _links(request)})
 
 
-@documented(body=ROLE_CREATE, tag=_TAG)
+@documented(body=ROLE_CREATE, tag=_TAG, policy=ADMIN)
 async def create_role(request: Request) -> Response:
     """Create a role (admin)."""
     _admin(request)
@@ -682,7 +700,7 @@ async def create_role(request: Request) -> Response:
     return _json({"role": views.role(reply.role, base_url(request))}, 201)
 
 
-@documented(tag=_TAG)
+@documented(tag=_TAG, policy=AUTHENTICATED)
 async def show_role(request: Request) -> Response:
     """One role."""
     authenticate(request, gateway_of(request).signer)
@@ -707,7 +725,7 @@ async def _role_id(request: Request, ref: str) -> identity_pb2.Role:
     raise NotFound(f"Could not find role: {ref}.")
 
 
-@documented(tag=_TAG)
+@documented(tag=_TAG, policy=ADMIN)
 async def grant_role(request: Request) -> Response:
     """Grant (PUT), check (HEAD/GET) or revoke (DELETE) a role of a user on a project."""
     _admin(request)
@@ -740,7 +758,7 @@ async def grant_role(request: Request) -> Response:
     return Response(status_code=204)
 
 
-@documented(tag=_TAG)
+@documented(tag=_TAG, policy=ADMIN)
 async def list_grants(request: Request) -> Response:
     """Roles a user holds on a project (admin)."""
     _admin(request)
@@ -758,7 +776,7 @@ async def list_grants(request: Request) -> Response:
     return _json({"roles": roles, "links": _links(request)})
 
 
-@documented(query=_ASSIGN_Q, tag=_TAG)
+@documented(query=_ASSIGN_Q, tag=_TAG, policy=ADMIN)
 async def list_role_assignments(request: Request) -> Response:
     """Role assignments, filtered by user, project and role (admin)."""
     _admin(request)

@@ -18,7 +18,15 @@ from gateway.conductor import call
 from gateway.errors import ApiError, BadRequest, Conflict, Forbidden
 from gateway.image import views
 from gateway.image.access import delete_with_data, require_owner, scope
-from gateway.routing import checked_body, checked_query, documented
+from gateway.routing import (
+    IMAGE_OWNER,
+    MEMBER,
+    PUBLIC,
+    READER,
+    checked_body,
+    checked_query,
+    documented,
+)
 from gateway.state import base_url, gateway_of, json_body, request_id
 from gateway.validation import Query, QueryParam, compile_schema
 from gateway.validation.schema import shorten
@@ -115,13 +123,13 @@ def _version_list(request: Request) -> dict[str, Any]:
     return {"versions": values}
 
 
-@documented(tag=_TAG)
+@documented(tag=_TAG, policy=PUBLIC)
 async def versions(request: Request) -> Response:
     """Image API versions."""
     return JSONResponse(_version_list(request), status_code=300)
 
 
-@documented(query=LIST_QUERY, tag=_TAG)
+@documented(query=LIST_QUERY, tag=_TAG, policy=READER)
 async def list_images(request: Request) -> Response:
     """Images visible to the project, filtered and paginated."""
     ctx = _ctx(request)
@@ -170,7 +178,7 @@ def _reject_read_only(keys: list[str]) -> None:
             raise Forbidden(f"Attribute '{shorten(key)}' is read-only.")
 
 
-@documented(body=CREATE_SCHEMA, tag=_TAG)
+@documented(body=CREATE_SCHEMA, tag=_TAG, policy=MEMBER)
 async def create_image(request: Request) -> Response:
     """Register an image (queued until its data is uploaded)."""
     ctx = _ctx(request)
@@ -217,7 +225,7 @@ async def _get(request: Request, ctx: RequestContext) -> images_pb2.Image:
     return image
 
 
-@documented(tag=_TAG)
+@documented(tag=_TAG, policy=READER)
 async def show_image(request: Request) -> Response:
     """One image."""
     ctx = _ctx(request)
@@ -242,7 +250,7 @@ def _from_v2_0_patch(ops: Any) -> Any:
     return out
 
 
-@documented(body=PATCH_SCHEMA, tag=_TAG)
+@documented(body=PATCH_SCHEMA, tag=_TAG, policy=IMAGE_OWNER)
 async def update_image(request: Request) -> Response:
     """Change an image with a JSON patch (application/openstack-images-v2.1-json-patch)."""
     ctx = _ctx(request)
@@ -292,7 +300,7 @@ async def update_image(request: Request) -> Response:
     return JSONResponse(views.image(reply.image))
 
 
-@documented(tag=_TAG)
+@documented(tag=_TAG, policy=IMAGE_OWNER)
 async def delete_image(request: Request) -> Response:
     """Delete an image and its data."""
     ctx = _ctx(request)
@@ -301,7 +309,7 @@ async def delete_image(request: Request) -> Response:
     return Response(status_code=204)
 
 
-@documented(tag=_TAG)
+@documented(tag=_TAG, policy=IMAGE_OWNER)
 async def upload_image(request: Request) -> Response:
     """Upload the image data (application/octet-stream); the image becomes active."""
     ctx = _ctx(request)
@@ -332,7 +340,7 @@ async def upload_image(request: Request) -> Response:
     return Response(status_code=204)
 
 
-@documented(tag=_TAG)
+@documented(tag=_TAG, policy=READER)
 async def download_image(request: Request) -> Response:
     """Download the image data."""
     ctx = _ctx(request)
@@ -349,7 +357,7 @@ async def download_image(request: Request) -> Response:
     )
 
 
-@documented(tag=_TAG)
+@documented(tag=_TAG, policy=PUBLIC)
 async def image_schema(request: Request) -> Response:
     """A minimal image schema document (clients fetch it to learn the properties)."""
     props = {k: v for k, v in _CORE_SCHEMA.items()}

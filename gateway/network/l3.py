@@ -26,7 +26,7 @@ from gateway.network.common import (
     stub,
 )
 from gateway.network.ports import fixed_ips
-from gateway.routing import documented
+from gateway.routing import MEMBER, READER, documented
 from gateway.state import json_body, request_id
 from gateway.validation import ValidationFailed
 
@@ -46,7 +46,7 @@ def _gateway(info: dict[str, Any] | None) -> pb.GatewayRequest:
     return gw
 
 
-@documented(tag=TAG)
+@documented(tag=TAG, policy=READER)
 async def list_routers(request: Request) -> Response:
     """Routers the caller sees."""
     ctx = context(request)
@@ -62,7 +62,7 @@ async def list_routers(request: Request) -> Response:
     return await listing(request, "routers", fetch, attrs=views.ROUTER_ATTRS)
 
 
-@documented(body=schemas.wrapped("router", schemas.ROUTER_CREATE), tag=TAG)
+@documented(body=schemas.wrapped("router", schemas.ROUTER_CREATE), tag=TAG, policy=MEMBER)
 async def create_router(request: Request) -> Response:
     """Create a router, with a gateway on an external network when asked."""
     ctx = context(request)
@@ -85,14 +85,14 @@ async def create_router(request: Request) -> Response:
     return ok({"router": views.router(reply.router)}, 201)
 
 
-@documented(tag=TAG)
+@documented(tag=TAG, policy=READER)
 async def show_router(request: Request) -> Response:
     """One router."""
     reply = await get_by_id(request, "get_router", "GetRouter")
     return one(request, "router", views.router(reply.router))
 
 
-@documented(body=schemas.wrapped("router", schemas.ROUTER_UPDATE), tag=TAG)
+@documented(body=schemas.wrapped("router", schemas.ROUTER_UPDATE), tag=TAG, policy=MEMBER)
 async def update_router(request: Request) -> Response:
     """Change a router or its gateway (static routes are not supported)."""
     ctx = context(request)
@@ -110,7 +110,7 @@ async def update_router(request: Request) -> Response:
     return ok({"router": views.router(reply.router)})
 
 
-@documented(tag=TAG)
+@documented(tag=TAG, policy=MEMBER)
 async def delete_router(request: Request) -> Response:
     """Delete a router (409 RouterInUse while it has interfaces)."""
     return await delete_by_id(request, "delete_router", "DeleteRouter")
@@ -128,7 +128,7 @@ async def _interface_body(request: Request) -> dict[str, str]:
     return out
 
 
-@documented(body=schemas.ROUTER_INTERFACE, tag=TAG)
+@documented(body=schemas.ROUTER_INTERFACE, tag=TAG, policy=MEMBER)
 async def add_router_interface(request: Request) -> Response:
     """Attach a subnet (a port holding its gateway address) or a port to a router."""
     ctx = context(request)
@@ -147,7 +147,7 @@ async def add_router_interface(request: Request) -> Response:
     return ok(views.router_interface(reply.interface))
 
 
-@documented(body=schemas.ROUTER_INTERFACE, tag=TAG)
+@documented(body=schemas.ROUTER_INTERFACE, tag=TAG, policy=MEMBER)
 async def remove_router_interface(request: Request) -> Response:
     """Detach a subnet or port from a router, deleting the interface's port."""
     ctx = context(request)
@@ -169,7 +169,7 @@ async def remove_router_interface(request: Request) -> Response:
 # ------------------------------------------------------------------ floating IPs
 
 
-@documented(tag=TAG)
+@documented(tag=TAG, policy=READER)
 async def list_floating_ips(request: Request) -> Response:
     """Floating IPs the caller sees."""
     ctx = context(request)
@@ -185,7 +185,7 @@ async def list_floating_ips(request: Request) -> Response:
     return await listing(request, "floatingips", fetch, attrs=views.FLOATING_IP_ATTRS)
 
 
-@documented(body=schemas.wrapped("floatingip", schemas.FLOATING_IP_CREATE), tag=TAG)
+@documented(body=schemas.wrapped("floatingip", schemas.FLOATING_IP_CREATE), tag=TAG, policy=MEMBER)
 async def create_floating_ip(request: Request) -> Response:
     """Allocate a floating IP from an external network (and associate it when asked)."""
     ctx = context(request)
@@ -211,14 +211,14 @@ async def create_floating_ip(request: Request) -> Response:
     return ok({"floatingip": views.floating_ip(reply.floating_ip)}, 201)
 
 
-@documented(tag=TAG)
+@documented(tag=TAG, policy=READER)
 async def show_floating_ip(request: Request) -> Response:
     """One floating IP."""
     reply = await get_by_id(request, "get_floatingip", "GetFloatingIp")
     return one(request, "floatingip", views.floating_ip(reply.floating_ip))
 
 
-@documented(body=schemas.wrapped("floatingip", schemas.FLOATING_IP_UPDATE), tag=TAG)
+@documented(body=schemas.wrapped("floatingip", schemas.FLOATING_IP_UPDATE), tag=TAG, policy=MEMBER)
 async def update_floating_ip(request: Request) -> Response:
     """Associate a floating IP with a port (`port_id`), or disassociate it (null)."""
     ctx = context(request)
@@ -238,7 +238,7 @@ async def update_floating_ip(request: Request) -> Response:
     return ok({"floatingip": views.floating_ip(reply.floating_ip)})
 
 
-@documented(tag=TAG)
+@documented(tag=TAG, policy=MEMBER)
 async def delete_floating_ip(request: Request) -> Response:
     """Release a floating IP."""
     return await delete_by_id(request, "delete_floatingip", "DeleteFloatingIp")

@@ -23,7 +23,7 @@ from gateway.network.common import (
     scope,
     stub,
 )
-from gateway.routing import documented
+from gateway.routing import MEMBER, READER, Policy, documented
 from gateway.state import request_id
 
 # ------------------------------------------------------------------ networks
@@ -39,7 +39,7 @@ def _set_network_fields(net: pb.Network, body: dict[str, Any]) -> None:
         net.project_id = body["project_id"]
 
 
-@documented(tag=TAG)
+@documented(tag=TAG, policy=READER)
 async def list_networks(request: Request) -> Response:
     """Networks the caller sees: its own, shared ones (and all, for an admin)."""
     ctx = context(request)
@@ -55,7 +55,11 @@ async def list_networks(request: Request) -> Response:
     return await listing(request, "networks", fetch, attrs=views.NETWORK_ATTRS)
 
 
-@documented(body=schemas.wrapped("network", schemas.NETWORK_CREATE), tag=TAG)
+@documented(
+    body=schemas.wrapped("network", schemas.NETWORK_CREATE),
+    tag=TAG,
+    policy=Policy("member", target="shared and router:external: admin"),
+)
 async def create_network(request: Request) -> Response:
     """Create a network (shared and router:external: admin only)."""
     ctx = context(request)
@@ -76,14 +80,14 @@ async def create_network(request: Request) -> Response:
     return ok({"network": views.network(reply.network)}, 201)
 
 
-@documented(tag=TAG)
+@documented(tag=TAG, policy=READER)
 async def show_network(request: Request) -> Response:
     """One network."""
     reply = await get_by_id(request, "get_network", "GetNetwork")
     return one(request, "network", views.network(reply.network))
 
 
-@documented(body=schemas.wrapped("network", schemas.NETWORK_UPDATE), tag=TAG)
+@documented(body=schemas.wrapped("network", schemas.NETWORK_UPDATE), tag=TAG, policy=MEMBER)
 async def update_network(request: Request) -> Response:
     """Change a network."""
     ctx = context(request)
@@ -101,7 +105,7 @@ async def update_network(request: Request) -> Response:
     return ok({"network": views.network(reply.network)})
 
 
-@documented(tag=TAG)
+@documented(tag=TAG, policy=MEMBER)
 async def delete_network(request: Request) -> Response:
     """Delete a network and its subnets (409 NetworkInUse while ports remain)."""
     return await delete_by_id(request, "delete_network", "DeleteNetwork")
@@ -110,7 +114,7 @@ async def delete_network(request: Request) -> Response:
 # ------------------------------------------------------------------ subnets
 
 
-@documented(tag=TAG)
+@documented(tag=TAG, policy=READER)
 async def list_subnets(request: Request) -> Response:
     """Subnets the caller sees."""
     ctx = context(request)
@@ -134,7 +138,7 @@ async def list_subnets(request: Request) -> Response:
     )
 
 
-@documented(body=schemas.wrapped("subnet", schemas.SUBNET_CREATE), tag=TAG)
+@documented(body=schemas.wrapped("subnet", schemas.SUBNET_CREATE), tag=TAG, policy=MEMBER)
 async def create_subnet(request: Request) -> Response:
     """Create an IPv4 subnet: gateway the first address and the rest one pool unless given."""
     ctx = context(request)
@@ -175,14 +179,14 @@ async def create_subnet(request: Request) -> Response:
     return ok({"subnet": views.subnet(reply.subnet)}, 201)
 
 
-@documented(tag=TAG)
+@documented(tag=TAG, policy=READER)
 async def show_subnet(request: Request) -> Response:
     """One subnet."""
     reply = await get_by_id(request, "get_subnet", "GetSubnet")
     return one(request, "subnet", views.subnet(reply.subnet))
 
 
-@documented(body=schemas.wrapped("subnet", schemas.SUBNET_UPDATE), tag=TAG)
+@documented(body=schemas.wrapped("subnet", schemas.SUBNET_UPDATE), tag=TAG, policy=MEMBER)
 async def update_subnet(request: Request) -> Response:
     """Change a subnet: name, gateway, DHCP, DNS servers, host routes, pools."""
     ctx = context(request)
@@ -209,7 +213,7 @@ async def update_subnet(request: Request) -> Response:
     return ok({"subnet": views.subnet(reply.subnet)})
 
 
-@documented(tag=TAG)
+@documented(tag=TAG, policy=MEMBER)
 async def delete_subnet(request: Request) -> Response:
     """Delete a subnet (409 SubnetInUse while a port holds one of its addresses)."""
     return await delete_by_id(request, "delete_subnet", "DeleteSubnet")

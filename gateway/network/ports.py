@@ -22,7 +22,7 @@ from gateway.network.common import (
     scope,
     stub,
 )
-from gateway.routing import documented
+from gateway.routing import MEMBER, READER, Policy, documented
 from gateway.state import request_id
 
 # ------------------------------------------------------------------ ports
@@ -35,7 +35,7 @@ def fixed_ips(values: list[dict[str, str]]) -> list[pb.FixedIp]:
     ]
 
 
-@documented(tag=TAG)
+@documented(tag=TAG, policy=READER)
 async def list_ports(request: Request) -> Response:
     """Ports the caller sees."""
     ctx = context(request)
@@ -76,7 +76,11 @@ def address_pairs(given: list[dict[str, Any]] | None) -> list[pb.AddressPair]:
     ]
 
 
-@documented(body=schemas.wrapped("port", schemas.PORT_CREATE), tag=TAG)
+@documented(
+    body=schemas.wrapped("port", schemas.PORT_CREATE),
+    tag=TAG,
+    policy=Policy("member", target="binding:host_id: admin"),
+)
 async def create_port(request: Request) -> Response:
     """Create a port: a MAC, addresses from the network's subnets, the default group."""
     ctx = context(request)
@@ -113,14 +117,18 @@ async def create_port(request: Request) -> Response:
     return ok({"port": views.port(reply.port, admin=ctx.is_admin)}, 201)
 
 
-@documented(tag=TAG)
+@documented(tag=TAG, policy=READER)
 async def show_port(request: Request) -> Response:
     """One port."""
     reply = await get_by_id(request, "get_port", "GetPort")
     return one(request, "port", views.port(reply.port, admin=context(request).is_admin))
 
 
-@documented(body=schemas.wrapped("port", schemas.PORT_UPDATE), tag=TAG)
+@documented(
+    body=schemas.wrapped("port", schemas.PORT_UPDATE),
+    tag=TAG,
+    policy=Policy("member", target="binding:host_id: admin"),
+)
 async def update_port(request: Request) -> Response:
     """Change a port (binding:host_id: admin only)."""
     ctx = context(request)
@@ -154,7 +162,7 @@ async def update_port(request: Request) -> Response:
     return ok({"port": views.port(reply.port, admin=ctx.is_admin)})
 
 
-@documented(tag=TAG)
+@documented(tag=TAG, policy=MEMBER)
 async def delete_port(request: Request) -> Response:
     """Delete a port and free its addresses."""
     return await delete_by_id(request, "delete_port", "DeletePort")

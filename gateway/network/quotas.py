@@ -16,7 +16,7 @@ from gateway.network.common import (
     scope,
     stub,
 )
-from gateway.routing import documented
+from gateway.routing import ADMIN, READER_OF_PROJECT, documented
 from gateway.state import request_id
 
 # ------------------------------------------------------------------ quotas
@@ -26,7 +26,7 @@ def _limits(q: pb.Quota) -> dict[str, int]:
     return dict(sorted(q.limits.items()))
 
 
-@documented(tag=TAG)
+@documented(tag=TAG, policy=ADMIN)
 async def list_quotas(request: Request) -> Response:
     """Projects with limits of their own (admin)."""
     ctx = context(request)
@@ -55,19 +55,19 @@ async def _get_quota(request: Request, *, defaults: bool) -> pb.Quota:
     return quota
 
 
-@documented(tag=TAG)
+@documented(tag=TAG, policy=READER_OF_PROJECT)
 async def show_quota(request: Request) -> Response:
     """A project's limits."""
     return ok({"quota": _limits(await _get_quota(request, defaults=False))})
 
 
-@documented(tag=TAG)
+@documented(tag=TAG, policy=READER_OF_PROJECT)
 async def show_quota_defaults(request: Request) -> Response:
     """The default limits."""
     return ok({"quota": _limits(await _get_quota(request, defaults=True))})
 
 
-@documented(tag=TAG)
+@documented(tag=TAG, policy=READER_OF_PROJECT)
 async def show_quota_details(request: Request) -> Response:
     """A project's limits with what it uses."""
     q = await _get_quota(request, defaults=False)
@@ -81,7 +81,7 @@ async def show_quota_details(request: Request) -> Response:
     )
 
 
-@documented(body=schemas.wrapped("quota", schemas.QUOTA_UPDATE), tag=TAG)
+@documented(body=schemas.wrapped("quota", schemas.QUOTA_UPDATE), tag=TAG, policy=ADMIN)
 async def update_quota(request: Request) -> Response:
     """Set some of a project's limits (admin)."""
     ctx = context(request)
@@ -99,7 +99,7 @@ async def update_quota(request: Request) -> Response:
     return ok({"quota": _limits(reply.quota)})
 
 
-@documented(tag=TAG)
+@documented(tag=TAG, policy=ADMIN)
 async def delete_quota(request: Request) -> Response:
     """Back to the default limits (admin)."""
     ctx = context(request)

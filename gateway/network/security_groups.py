@@ -22,13 +22,13 @@ from gateway.network.common import (
     scope,
     stub,
 )
-from gateway.routing import documented
+from gateway.routing import MEMBER, READER, documented
 from gateway.state import request_id
 
 # ------------------------------------------------------------------ security groups
 
 
-@documented(tag=TAG)
+@documented(tag=TAG, policy=READER)
 async def list_security_groups(request: Request) -> Response:
     """Security groups the caller sees (its project's default made on first use)."""
     ctx = context(request)
@@ -44,7 +44,9 @@ async def list_security_groups(request: Request) -> Response:
     return await listing(request, "security_groups", fetch, attrs=views.SECURITY_GROUP_ATTRS)
 
 
-@documented(body=schemas.wrapped("security_group", schemas.SECURITY_GROUP_CREATE), tag=TAG)
+@documented(
+    body=schemas.wrapped("security_group", schemas.SECURITY_GROUP_CREATE), tag=TAG, policy=MEMBER
+)
 async def create_security_group(request: Request) -> Response:
     """Create a security group (with egress rules for IPv4 and IPv6)."""
     ctx = context(request)
@@ -64,14 +66,16 @@ async def create_security_group(request: Request) -> Response:
     return ok({"security_group": views.security_group(reply.security_group)}, 201)
 
 
-@documented(tag=TAG)
+@documented(tag=TAG, policy=READER)
 async def show_security_group(request: Request) -> Response:
     """One security group with its rules."""
     reply = await get_by_id(request, "get_security_group", "GetSecurityGroup")
     return one(request, "security_group", views.security_group(reply.security_group))
 
 
-@documented(body=schemas.wrapped("security_group", schemas.SECURITY_GROUP_UPDATE), tag=TAG)
+@documented(
+    body=schemas.wrapped("security_group", schemas.SECURITY_GROUP_UPDATE), tag=TAG, policy=MEMBER
+)
 async def update_security_group(request: Request) -> Response:
     """Rename or describe a security group."""
     ctx = context(request)
@@ -87,13 +91,13 @@ async def update_security_group(request: Request) -> Response:
     return ok({"security_group": views.security_group(reply.security_group)})
 
 
-@documented(tag=TAG)
+@documented(tag=TAG, policy=MEMBER)
 async def delete_security_group(request: Request) -> Response:
     """Delete a security group (409 SecurityGroupInUse while a port uses it)."""
     return await delete_by_id(request, "delete_security_group", "DeleteSecurityGroup")
 
 
-@documented(tag=TAG)
+@documented(tag=TAG, policy=READER)
 async def list_rules(request: Request) -> Response:
     """Security group rules the caller sees."""
     ctx = context(request)
@@ -109,7 +113,9 @@ async def list_rules(request: Request) -> Response:
     return await listing(request, "security_group_rules", fetch, attrs=views.RULE_ATTRS)
 
 
-@documented(body=schemas.wrapped("security_group_rule", schemas.RULE_CREATE), tag=TAG)
+@documented(
+    body=schemas.wrapped("security_group_rule", schemas.RULE_CREATE), tag=TAG, policy=MEMBER
+)
 async def create_rule(request: Request) -> Response:
     """Create a rule (409 SecurityGroupRuleExists for a duplicate)."""
     ctx = context(request)
@@ -138,14 +144,14 @@ async def create_rule(request: Request) -> Response:
     return ok({"security_group_rule": views.rule(reply.rule)}, 201)
 
 
-@documented(tag=TAG)
+@documented(tag=TAG, policy=READER)
 async def show_rule(request: Request) -> Response:
     """One security group rule."""
     reply = await get_by_id(request, "get_security_group_rule", "GetSecurityGroupRule")
     return one(request, "security_group_rule", views.rule(reply.rule))
 
 
-@documented(tag=TAG)
+@documented(tag=TAG, policy=MEMBER)
 async def delete_rule(request: Request) -> Response:
     """Delete a security group rule."""
     return await delete_by_id(request, "delete_security_group_rule", "DeleteSecurityGroupRule")

@@ -14,7 +14,7 @@ from gateway.network.common import (
     NeutronError,
     context,
 )
-from gateway.routing import documented
+from gateway.routing import PUBLIC, READER, documented
 from gateway.state import base_url
 
 # ------------------------------------------------------------------ versions, extensions
@@ -110,11 +110,13 @@ def _version(request: Request) -> dict[str, Any]:
     }
 
 
+@documented(policy=PUBLIC)
 async def versions(request: Request) -> Response:
     """Network API versions."""
     return ok({"versions": [_version(request)]})
 
 
+@documented(policy=PUBLIC)
 async def v2_resources(request: Request) -> Response:
     """Network v2.0 resources."""
     base = f"{base_url(request)}{API}"
@@ -142,14 +144,14 @@ def _extension(alias: str, name: str, description: str) -> dict[str, Any]:
     }
 
 
-@documented(tag=TAG)
+@documented(tag=TAG, policy=READER)
 async def list_extensions(request: Request) -> Response:
     """The extensions this cloud serves."""
     context(request).require_read("get_extension")
     return ok({"extensions": [_extension(*e) for e in EXTENSIONS]})
 
 
-@documented(tag=TAG)
+@documented(tag=TAG, policy=READER)
 async def show_extension(request: Request) -> Response:
     """One extension."""
     context(request).require_read("get_extension")
@@ -160,14 +162,14 @@ async def show_extension(request: Request) -> Response:
     raise NeutronError(404, f"Extension with alias {alias[:64]} does not exist", "HTTPNotFound")
 
 
-@documented(tag=TAG)
+@documented(tag=TAG, policy=READER)
 async def list_availability_zones(request: Request) -> Response:
     """Availability zones of network resources: none (every network spans every host)."""
     context(request).require_read("get_availability_zone")
     return ok({"availability_zones": []})
 
 
-@documented(tag=TAG)
+@documented(tag=TAG, policy=READER)
 async def tags_refused(request: Request) -> Response:
     """Resource tags: not served (the standard-attr-tag extension is not listed)."""
     context(request).require_read("get_tags")

@@ -20,7 +20,7 @@ from gateway.auth.context import RequestContext, authenticate
 from gateway.conductor import call
 from gateway.errors import ApiError, BadRequest, NotFound
 from gateway.placement import version
-from gateway.routing import checked_query, documented
+from gateway.routing import ADMIN, PUBLIC, checked_query, documented
 from gateway.state import gateway_of
 from gateway.validation import Query, QueryParam
 
@@ -161,7 +161,7 @@ async def _provider(request: Request) -> providers_pb2.ResourceProvider:
     return found[0]
 
 
-@documented(tag=_TAG)
+@documented(tag=_TAG, policy=PUBLIC)
 async def root(request: Request) -> Response:
     """The version document (no token needed)."""
     mv = version.requested(request)
@@ -181,7 +181,7 @@ async def root(request: Request) -> Response:
     )
 
 
-@documented(tag=_TAG, query=PROVIDERS_QUERY)
+@documented(tag=_TAG, query=PROVIDERS_QUERY, policy=ADMIN)
 async def list_providers(request: Request) -> Response:
     """Resource providers (every host is one), filtered by name, uuid, aggregate (1.3+),
     tree (1.14+), free resources (1.4+) and required traits (1.18+)."""
@@ -210,14 +210,14 @@ async def list_providers(request: Request) -> Response:
     return _json({"resource_providers": [_provider_view(request, rp, mv) for rp in found]}, mv)
 
 
-@documented(tag=_TAG)
+@documented(tag=_TAG, policy=ADMIN)
 async def show_provider(request: Request) -> Response:
     """One resource provider."""
     _, mv = _admin(request, "resource_providers:show")
     return _json(_provider_view(request, await _provider(request), mv), mv)
 
 
-@documented(tag=_TAG)
+@documented(tag=_TAG, policy=ADMIN)
 async def list_inventories(request: Request) -> Response:
     """A provider's inventory per resource class."""
     _, mv = _admin(request, "resource_providers:inventories:list")
@@ -231,7 +231,7 @@ async def list_inventories(request: Request) -> Response:
     )
 
 
-@documented(tag=_TAG)
+@documented(tag=_TAG, policy=ADMIN)
 async def show_inventory(request: Request) -> Response:
     """A provider's inventory of one resource class."""
     _, mv = _admin(request, "resource_providers:inventories:show")
@@ -245,7 +245,7 @@ async def show_inventory(request: Request) -> Response:
     raise NotFound(f"No inventory of class {rc} for {rp.uuid}")
 
 
-@documented(tag=_TAG)
+@documented(tag=_TAG, policy=ADMIN)
 async def provider_usages(request: Request) -> Response:
     """What is claimed of each resource class on a provider."""
     _, mv = _admin(request, "resource_providers:usages")
@@ -259,7 +259,7 @@ async def provider_usages(request: Request) -> Response:
     )
 
 
-@documented(tag=_TAG)
+@documented(tag=_TAG, policy=ADMIN)
 async def provider_aggregates(request: Request) -> Response:
     """The host aggregates (UUIDs) a provider is a member of (1.1+)."""
     _, mv = _admin(request, "resource_providers:aggregates:list", since=(1, 1))
@@ -270,7 +270,7 @@ async def provider_aggregates(request: Request) -> Response:
     return _json(body, mv)
 
 
-@documented(tag=_TAG)
+@documented(tag=_TAG, policy=ADMIN)
 async def provider_traits(request: Request) -> Response:
     """A provider's traits (1.6+): Loom's hosts carry none."""
     _, mv = _admin(request, "resource_providers:traits:list", since=(1, 6))
@@ -278,7 +278,7 @@ async def provider_traits(request: Request) -> Response:
     return _json({"traits": [], "resource_provider_generation": rp.generation}, mv)
 
 
-@documented(tag=_TAG)
+@documented(tag=_TAG, policy=ADMIN)
 async def provider_allocations(request: Request) -> Response:
     """Every consumer's allocation on a provider."""
     _, mv = _admin(request, "resource_providers:allocations:list")
@@ -298,7 +298,7 @@ async def provider_allocations(request: Request) -> Response:
     )
 
 
-@documented(tag=_TAG)
+@documented(tag=_TAG, policy=ADMIN)
 async def consumer_allocations(request: Request) -> Response:
     """One consumer's allocations, per provider; empty for an unknown consumer."""
     _, mv = _admin(request, "allocations:list")
@@ -323,7 +323,7 @@ async def consumer_allocations(request: Request) -> Response:
     return _json(body, mv)
 
 
-@documented(tag=_TAG, query=USAGES_QUERY)
+@documented(tag=_TAG, query=USAGES_QUERY, policy=ADMIN)
 async def project_usages(request: Request) -> Response:
     """What a project's consumers hold in all, per resource class (1.9+)."""
     _, mv = _admin(request, "usages", since=(1, 9))
@@ -343,7 +343,7 @@ async def project_usages(request: Request) -> Response:
     return _json({"usages": usages if resp.allocations else {}}, mv)
 
 
-@documented(tag=_TAG)
+@documented(tag=_TAG, policy=ADMIN)
 async def list_resource_classes(request: Request) -> Response:
     """The resource classes Loom's providers have (1.2+)."""
     _, mv = _admin(request, "resource_classes:list", since=(1, 2))
@@ -361,7 +361,7 @@ async def list_resource_classes(request: Request) -> Response:
     )
 
 
-@documented(tag=_TAG)
+@documented(tag=_TAG, policy=ADMIN)
 async def list_traits(request: Request) -> Response:
     """The traits there are (1.6+): none."""
     _, mv = _admin(request, "traits:list", since=(1, 6))

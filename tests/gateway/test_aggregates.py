@@ -183,6 +183,15 @@ async def test_a_member_may_not_see_or_change_aggregates(cloud: Cloud) -> None:
     assert r.status_code == 403
 
 
+async def test_a_member_is_refused_an_aggregate_action_before_its_body_is_read(
+    cloud: Cloud,
+) -> None:
+    h = await cloud.headers()
+    for body in ({}, {"add_host": {"host": "h1"}}):
+        r = await cloud.client.post(f"{AGG}/1/action", json=body, headers=h)
+        assert r.status_code == 403, r.text
+
+
 async def test_image_pre_caching_is_refused_plainly_from_2_81_and_absent_before(
     cloud: Cloud,
 ) -> None:

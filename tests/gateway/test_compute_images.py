@@ -77,3 +77,30 @@ async def test_only_an_image_s_owner_changes_it_and_another_project_s_image_is_n
     assert (await cloud.client.delete(f"{IMAGES}/{public}", headers=h)).status_code == 403
     assert (await cloud.client.get(f"{IMAGES}/{private}", headers=h)).status_code == 404
     assert (await cloud.client.get(f"{IMAGES}/not-a-uuid", headers=h)).status_code == 404
+
+
+async def test_a_reader_of_the_owning_project_may_look_at_its_image_but_not_change_it(
+    cloud: Cloud,
+) -> None:
+    image_id = await _image(cloud)
+    await cloud.make_user("rita", "reader", "demo")
+    h = {
+        "X-Auth-Token": await cloud.token("rita", project="demo", password="pw-rita"),
+        "OpenStack-API-Version": "compute 2.35",
+    }
+    meta = f"{IMAGES}/{image_id}/metadata"
+    assert (await cloud.client.get(f"{IMAGES}/{image_id}", headers=h)).status_code == 200
+    refused = [
+        await cloud.client.post(meta, json={"metadata": {"x": "y"}}, headers=h),
+        await cloud.client.put(meta, json={"metadata": {"x": "y"}}, headers=h),
+        await cloud.client.put(f"{meta}/x", json={"meta": {"x": "y"}}, headers=h),
+        await cloud.client.delete(f"{meta}/x", headers=h),
+        await cloud.client.delete(f"{IMAGES}/{image_id}", headers=h),
+    ]
+    assert [r.status_code for r in refused] == [403] * 5
+    # Not even an invalid body is looked at: the policy comes first.
+    r = await cloud.client.post(meta, json={}, headers=h)
+    assert r.status_code == 403
+    owner = await cloud.headers(version="2.35")
+    r = await cloud.client.get(f"{IMAGES}/{image_id}", headers=owner)
+    assert (r.status_code, r.json()["image"]["metadata"]) == (200, {})

@@ -112,6 +112,18 @@ async def test_a_reader_gets_no_console_of_any_kind(cloud: Cloud) -> None:
         assert "Policy doesn't allow" in _nova_error(r, 403, "forbidden")["message"]
 
 
+async def test_a_reader_is_refused_a_remote_console_before_its_body_is_read(
+    cloud: Cloud,
+) -> None:
+    await cloud.make_user("rita", "reader", "demo")
+    h = {
+        "X-Auth-Token": await cloud.token("rita", project="demo", password="pw-rita"),
+        "OpenStack-API-Version": "compute 2.6",
+    }
+    r = await cloud.client.post(REMOTE, json={}, headers=h)
+    assert "Policy doesn't allow" in _nova_error(r, 403, "forbidden")["message"]
+
+
 async def test_console_tokens_are_shown_to_admins_only(cloud: Cloud) -> None:
     r = await cloud.client.get(
         "/compute/v2.1/os-console-auth-tokens/abc", headers=await cloud.headers(version="2.31")
