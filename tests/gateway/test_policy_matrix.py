@@ -43,7 +43,12 @@ _PLACEHOLDERS = {
     "host_name": "h",
 }
 # Compute microversions at which a route or action exists (the newest one elsewhere).
-_OLD_COMPUTE = ("/compute/v2.1/os-hosts", "/compute/v2.1/os-networks", "/compute/v2.1/images")
+_OLD_COMPUTE = (
+    "/compute/v2.1/os-hosts",
+    "/compute/v2.1/os-networks",
+    "/compute/v2.1/images",
+    "/compute/v2.1/os-security-group",
+)
 # A body each action's schema accepts.
 ACTION_BODIES: dict[str, Any] = {
     "reboot": {"type": "SOFT"},
@@ -136,7 +141,11 @@ def _path(route: Route, values: dict[str, str]) -> str:
 
 
 def _version(case: Case) -> str:
-    old = case.route.path.startswith(_OLD_COMPUTE) or case.action == "os-getVNCConsole"
+    old = (
+        case.route.path.startswith(_OLD_COMPUTE)
+        or case.route.path.endswith("/os-security-groups")
+        or case.action == "os-getVNCConsole"
+    )
     return "compute 2.1" if old else "compute latest"
 
 
@@ -258,6 +267,8 @@ KIND_OF_COLLECTION = {
     "ports": "port",
     "security-groups": "security_group",
     "security-group-rules": "security_group_rule",
+    "os-security-groups": "security_group",
+    "os-security-group-rules": "security_group_rule",
     "routers": "router",
     "floatingips": "floatingip",
 }
