@@ -21,6 +21,7 @@ from gateway.compute import (
     quotas,
     security_groups,
     server_groups,
+    server_tags,
     servers,
     shares,
     usage,
@@ -55,4 +56,5 @@ def routes() -> list[BaseRoute]:
         *audit_log.routes(),
         *networks.routes(),
         *security_groups.routes(),
+        *server_tags.routes(),
     ]

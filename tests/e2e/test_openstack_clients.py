@@ -843,3 +843,39 @@ def test_the_openstack_cli_manages_networks_subnets_ports_rules_routers_and_floa
     osc(cloud, "subnet", "delete", "s1")
     osc(cloud, "network", "delete", "n1")
     assert osc(cloud, "network", "list", "-f", "json") == []
+
+
+def test_server_tags_are_set_checked_and_deleted_with_the_cli_and_the_api(
+    ready_cloud: Stack,
+) -> None:
+    with _sdk(ready_cloud, "loom") as conn:
+        server = _boot(conn, "tagged")
+        osc(ready_cloud, "--os-compute-api-version", "2.26", "server", "set", "--tag", "web",
+            "tagged")  # fmt: skip
+        shown = osc(
+            ready_cloud, "--os-compute-api-version", "2.26", "server", "show", "tagged", "-f",
+            "json",
+        )  # fmt: skip
+        assert shown["tags"] == ["web"]
+        v = "2.26"
+        tags = f"/servers/{server.id}/tags"
+        h = {"OpenStack-API-Version": f"compute {v}"}
+        assert conn.compute.put(f"{tags}/web", headers=h).status_code == 204  # had it
+        made = conn.compute.put(f"{tags}/db", headers=h)
+        assert made.status_code == 201, made.text
+        assert made.headers["Location"].endswith(f"{tags}/db")
+        assert _get(conn, tags, v).json() == {"tags": ["web", "db"]}
+        assert _get(conn, f"{tags}/db", v).status_code == 204
+        assert _get(conn, f"{tags}/nope", v).status_code == 404
+        assert conn.compute.delete(f"{tags}/db", headers=h).status_code == 204
+        assert conn.compute.delete(f"{tags}/db", headers=h).status_code == 404
+        bad = conn.compute.put(tags, json={"tags": ["a,b"]}, headers=h)
+        assert bad.status_code == 400, bad.text
+        too_many = conn.compute.put(tags, json={"tags": [f"t{i}" for i in range(51)]}, headers=h)
+        assert too_many.status_code == 400, too_many.text
+        replaced = conn.compute.put(tags, json={"tags": ["x", "y"]}, headers=h)
+        assert replaced.json() == {"tags": ["x", "y"]}
+        assert conn.compute.delete(tags, headers=h).status_code == 204
+        assert _get(conn, tags, v).json() == {"tags": []}
+        assert _get(conn, tags, "2.25").status_code == 404
+        conn.delete_server(server.id, wait=True)

@@ -691,6 +691,55 @@ async def delete_metadata_item(
         await session.commit()
 
 
+MAX_TAGS = 50
+MAX_TAG_LENGTH = 60
+
+
+def check_tag(tag: str) -> None:
+    """A tag is 1-60 characters with no "," or "/" (the compute API's rule)."""
+    if not 1 <= len(tag) <= MAX_TAG_LENGTH or "," in tag or "/" in tag:
+        raise InvalidArgument(
+            f"Tag '{tag[:64]}' is invalid: a tag is 1-{MAX_TAG_LENGTH} characters without"
+            " ',' or '/'."
+        )
+
+
+async def set_tags(
+    conductor: Conductor,
+    instance_uuid: str,
+    project_id: str,
+    tags: list[str],
+    *,
+    replace: bool,
+    remove: list[str],
+) -> tuple[list[str], bool]:
+    """The server's tags after replacing them with `tags`, or adding `tags` and removing
+    `remove`; and whether that changed them. Never more than MAX_TAGS; a building server
+    is refused, as the compute API refuses it."""
+    for tag in [*tags, *remove]:
+        check_tag(tag)
+    async with conductor.sessions() as session:
+        row = await load_instance(session, instance_uuid, project_id, for_update=_locks(session))
+        if row.vm_state == VmState.BUILDING:
+            raise Conflict(
+                f"Cannot 'update tags' instance {row.uuid} while it is in vm_state building"
+            )
+        old = [str(t) for t in row.tags or []]
+        missing = [t for t in remove if t not in old]
+        if missing:
+            raise NotFound(f"Tag {missing[0][:64]} could not be found on the server.")
+        new = list(dict.fromkeys(tags)) if replace else list(dict.fromkeys([*old, *tags]))
+        new = [t for t in new if t not in remove]
+        if len(new) > MAX_TAGS:
+            raise InvalidArgument(f"The number of tags exceeded the per-server limit {MAX_TAGS}")
+        changed = new != old
+        if changed:
+            row.tags = new
+            row.updated_at = datetime.now(UTC)
+        await session.commit()
+        return new, changed
+
+
 def _locks(session: AsyncSession) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 

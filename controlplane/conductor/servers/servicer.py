@@ -163,6 +163,20 @@ class ServersServicer(servers_pb2_grpc.ServersServiceServicer):
         return servers_pb2.SetServerMetadataResponse(metadata=merged)
 
     @grpc_errors
+    async def SetServerTags(
+        self, request: servers_pb2.SetServerTagsRequest, context: Ctx
+    ) -> servers_pb2.SetServerTagsResponse:
+        tags, changed = await actions.set_tags(
+            self._c,
+            request.id,
+            request.project_id,
+            list(request.tags),
+            replace=request.replace,
+            remove=list(request.remove),
+        )
+        return servers_pb2.SetServerTagsResponse(tags=tags, changed=changed)
+
+    @grpc_errors
     async def DeleteServerMetadataItem(
         self, request: servers_pb2.DeleteServerMetadataItemRequest, context: Ctx
     ) -> servers_pb2.DeleteServerMetadataItemResponse:

@@ -85,6 +85,11 @@ class ServersServiceStub:
                 request_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.DeleteServerMetadataItemRequest.SerializeToString,
                 response_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.DeleteServerMetadataItemResponse.FromString,
                 _registered_method=True)
+        self.SetServerTags = channel.unary_unary(
+                '/loom.conductor.v1.ServersService/SetServerTags',
+                request_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.SetServerTagsRequest.SerializeToString,
+                response_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.SetServerTagsResponse.FromString,
+                _registered_method=True)
         self.ListInstanceActions = channel.unary_unary(
                 '/loom.conductor.v1.ServersService/ListInstanceActions',
                 request_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.ListInstanceActionsRequest.SerializeToString,
@@ -227,6 +232,14 @@ class ServersServiceServicer:
 
     def DeleteServerMetadataItem(self, request, context):
         """Remove one metadata key. NOT_FOUND when absent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetServerTags(self, request, context):
+        """Replace a server's tags, or add and remove some. INVALID_ARGUMENT past the limit of 50
+        or for a bad tag; FAILED_PRECONDITION while the server is building.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -389,6 +402,11 @@ def add_ServersServiceServicer_to_server(servicer, server):
                     servicer.DeleteServerMetadataItem,
                     request_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.DeleteServerMetadataItemRequest.FromString,
                     response_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.DeleteServerMetadataItemResponse.SerializeToString,
+            ),
+            'SetServerTags': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetServerTags,
+                    request_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.SetServerTagsRequest.FromString,
+                    response_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.SetServerTagsResponse.SerializeToString,
             ),
             'ListInstanceActions': grpc.unary_unary_rpc_method_handler(
                     servicer.ListInstanceActions,
@@ -732,6 +750,33 @@ class ServersService:
             '/loom.conductor.v1.ServersService/DeleteServerMetadataItem',
             loom_dot_conductor_dot_v1_dot_servers__pb2.DeleteServerMetadataItemRequest.SerializeToString,
             loom_dot_conductor_dot_v1_dot_servers__pb2.DeleteServerMetadataItemResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetServerTags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.conductor.v1.ServersService/SetServerTags',
+            loom_dot_conductor_dot_v1_dot_servers__pb2.SetServerTagsRequest.SerializeToString,
+            loom_dot_conductor_dot_v1_dot_servers__pb2.SetServerTagsResponse.FromString,
             options,
             channel_credentials,
             insecure,

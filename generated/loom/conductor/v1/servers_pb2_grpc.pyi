@@ -58,6 +58,10 @@ class ServersServiceStub:
     """Replace or merge metadata."""
     DeleteServerMetadataItem: _grpc.UnaryUnaryMultiCallable[_servers_pb2.DeleteServerMetadataItemRequest, _servers_pb2.DeleteServerMetadataItemResponse]
     """Remove one metadata key. NOT_FOUND when absent."""
+    SetServerTags: _grpc.UnaryUnaryMultiCallable[_servers_pb2.SetServerTagsRequest, _servers_pb2.SetServerTagsResponse]
+    """Replace a server's tags, or add and remove some. INVALID_ARGUMENT past the limit of 50
+    or for a bad tag; FAILED_PRECONDITION while the server is building.
+    """
     ListInstanceActions: _grpc.UnaryUnaryMultiCallable[_servers_pb2.ListInstanceActionsRequest, _servers_pb2.ListInstanceActionsResponse]
     """Actions recorded for a server."""
     GetInstanceAction: _grpc.UnaryUnaryMultiCallable[_servers_pb2.GetInstanceActionRequest, _servers_pb2.GetInstanceActionResponse]
@@ -127,6 +131,10 @@ class ServersServiceAsyncStub(ServersServiceStub):
     """Replace or merge metadata."""
     DeleteServerMetadataItem: _aio.UnaryUnaryMultiCallable[_servers_pb2.DeleteServerMetadataItemRequest, _servers_pb2.DeleteServerMetadataItemResponse]  # type: ignore[assignment]
     """Remove one metadata key. NOT_FOUND when absent."""
+    SetServerTags: _aio.UnaryUnaryMultiCallable[_servers_pb2.SetServerTagsRequest, _servers_pb2.SetServerTagsResponse]  # type: ignore[assignment]
+    """Replace a server's tags, or add and remove some. INVALID_ARGUMENT past the limit of 50
+    or for a bad tag; FAILED_PRECONDITION while the server is building.
+    """
     ListInstanceActions: _aio.UnaryUnaryMultiCallable[_servers_pb2.ListInstanceActionsRequest, _servers_pb2.ListInstanceActionsResponse]  # type: ignore[assignment]
     """Actions recorded for a server."""
     GetInstanceAction: _aio.UnaryUnaryMultiCallable[_servers_pb2.GetInstanceActionRequest, _servers_pb2.GetInstanceActionResponse]  # type: ignore[assignment]
@@ -253,6 +261,16 @@ class ServersServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_servers_pb2.DeleteServerMetadataItemResponse, _abc.Awaitable[_servers_pb2.DeleteServerMetadataItemResponse]]:
         """Remove one metadata key. NOT_FOUND when absent."""
+
+    @_abc_1.abstractmethod
+    def SetServerTags(
+        self,
+        request: _servers_pb2.SetServerTagsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_servers_pb2.SetServerTagsResponse, _abc.Awaitable[_servers_pb2.SetServerTagsResponse]]:
+        """Replace a server's tags, or add and remove some. INVALID_ARGUMENT past the limit of 50
+        or for a bad tag; FAILED_PRECONDITION while the server is building.
+        """
 
     @_abc_1.abstractmethod
     def ListInstanceActions(
