@@ -21,6 +21,7 @@ from gateway.compute import (
     quotas,
     security_groups,
     server_groups,
+    server_password,
     server_tags,
     servers,
     shares,
@@ -57,4 +58,5 @@ def routes() -> list[BaseRoute]:
         *networks.routes(),
         *security_groups.routes(),
         *server_tags.routes(),
+        *server_password.routes(),
     ]

@@ -879,3 +879,15 @@ def test_server_tags_are_set_checked_and_deleted_with_the_cli_and_the_api(
         assert _get(conn, tags, v).json() == {"tags": []}
         assert _get(conn, tags, "2.25").status_code == 404
         conn.delete_server(server.id, wait=True)
+
+
+def test_a_server_s_password_is_empty_since_no_guest_can_post_one(ready_cloud: Stack) -> None:
+    with _sdk(ready_cloud, "loom") as conn:
+        server = _boot(conn, "pw")
+        path = f"/servers/{server.id}/os-server-password"
+        shown = _get(conn, path, "2.1")
+        assert (shown.status_code, shown.json()) == (200, {"password": ""})
+        assert conn.compute.delete(path).status_code == 204
+        assert _get(conn, "/servers/00000000-0000-4000-8000-000000000000/os-server-password",
+                    "2.1").status_code == 404  # fmt: skip
+        conn.delete_server(server.id, wait=True)
