@@ -132,10 +132,10 @@ def _text(body: dict[str, Any], key: str, *, required: bool) -> str | None:
     value = body[key]
     if not isinstance(value, str):
         raise BadRequest(f"Security group {key} is not a string or unicode")
-    value = value.strip()
-    if key == "name" and not value:
+    # Checked without surrounding spaces, kept as given (as Nova keeps it).
+    if key == "name" and not value.strip():
         raise BadRequest("Security group name cannot be empty")
-    if len(value) > _MAX_LEN:
+    if len(value.strip()) > _MAX_LEN:
         raise BadRequest(f"{key} has more than {_MAX_LEN} characters.")
     return value
 

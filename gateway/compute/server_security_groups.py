@@ -23,7 +23,8 @@ async def names_by_server(
     request: Request, ctx: RequestContext, servers: Sequence[servers_pb2.Server]
 ) -> dict[str, list[str]]:
     """Each server's security group names (its ports' groups, in order, once each); a
-    server with no port is left out, as Nova leaves out its `security_groups`. A server's
+    server with no port, or whose ports are in no group, is left out, as Nova leaves out
+    its `security_groups`. A server's
     ports are bound with its addresses (in one transaction), so one without addresses
     costs no call."""
     ids = [s.id for s in servers if s.addresses]
@@ -45,7 +46,8 @@ async def names_by_server(
             name = name_of.get(group_id, group_id)
             if name not in names:
                 names.append(name)
-    return out
+    # A server whose ports are in no group shows no `security_groups`, as Nova shows it.
+    return {server_id: names for server_id, names in out.items() if names}
 
 
 def _group_name(body: Any) -> str:

@@ -831,6 +831,9 @@ def test_the_openstack_cli_manages_networks_subnets_ports_rules_routers_and_floa
     )  # fmt: skip
     assert refused.returncode != 0
     assert "is not associated with the instance" in refused.stderr
+    # With its last group gone, the server shows no security_groups at all.
+    osc(cloud, "server", "remove", "security", "group", "vm-fip", "web")
+    assert "security_groups" not in osc(cloud, "server", "show", "vm-fip", "-f", "json")
     osc(cloud, "server", "delete", "--wait", "vm-fip")
     osc(cloud, "security", "group", "delete", "web")
     osc(cloud, "floating", "ip", "delete", spare["id"])

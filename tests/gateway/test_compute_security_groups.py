@@ -56,6 +56,9 @@ async def test_groups_are_made_shown_renamed_listed_and_deleted_in_the_compute_s
     default = next(g for g in listed["security_groups"] if g["name"] == "default")
     r = await cloud.client.delete(f"{C}/os-security-groups/{default['id']}", headers=h)
     assert r.status_code == 400, r.text
+    # A name is checked without its surrounding spaces and kept as given.
+    spaced = await _group(cloud, h, " spaced name ")
+    assert spaced["name"] == " spaced name "
     # Gone from 2.36, as in Nova.
     r = await cloud.client.get(
         f"{C}/os-security-groups", headers=await cloud.headers("demo", "2.36")
