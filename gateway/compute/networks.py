@@ -117,7 +117,56 @@ async def network_action(request: Request) -> Response:
     raise BadRequest(f"There is no such action: {str(name)[:64]}")
 
 
+def tenant_network_view(net: network_pb2.Network) -> dict[str, Any]:
+    """os-tenant-networks' body: the id, the name as `label`, and no single `cidr` (a
+    network of the network service may hold several subnets)."""
+    return {"id": net.id, "label": net.name, "cidr": None}
+
+
+@documented(tag="compute", policy=READER)
+async def list_tenant_networks(request: Request) -> Response:
+    """The networks the caller's project sees (up to 2.35)."""
+    _until_2_35(request)
+    ctx = context(request)
+    ctx.require_read("os_compute_api:os-tenant-networks:list")
+    reply = await call(
+        gateway_of(request).conductor.network.ListNetworks,
+        network_pb2.ListNetworksRequest(
+            scope=network_pb2.Scope(project_id=ctx.project_id, is_admin=False)
+        ),
+    )
+    return ok({"networks": [tenant_network_view(n) for n in reply.networks]})
+
+
+@documented(tag="compute", policy=READER)
+async def show_tenant_network(request: Request) -> Response:
+    """One network the caller's project sees; 404 otherwise."""
+    _until_2_35(request)
+    ctx = context(request)
+    ctx.require_read("os_compute_api:os-tenant-networks:show")
+    try:
+        reply = await call(
+            gateway_of(request).conductor.network.GetNetwork,
+            network_pb2.GetNetworkRequest(
+                scope=network_pb2.Scope(project_id=ctx.project_id, is_admin=False),
+                id=request.path_params["network_id"],
+            ),
+        )
+    except ApiError as exc:
+        if exc.status in (400, 404):
+            raise NotFound("Network not found") from exc
+        raise
+    return ok({"network": tenant_network_view(reply.network)})
+
+
+@documented(tag="compute", policy=AUTHENTICATED)
+async def change_tenant_network(request: Request) -> Response:
+    """Creating or deleting a tenant network is gone (410): the Network API does it."""
+    return await _gone(request)
+
+
 def routes() -> list[BaseRoute]:
+    t = "/compute/v2.1/os-tenant-networks"
     p = "/compute/v2.1/os-networks"
     return [
         Route(p, list_networks, methods=["GET"]),
@@ -126,4 +175,8 @@ def routes() -> list[BaseRoute]:
         Route(p + "/{network_id}", show_network, methods=["GET"]),
         Route(p + "/{network_id}", delete_network, methods=["DELETE"]),
         Route(p + "/{network_id}/action", network_action, methods=["POST"]),
+        Route(t, list_tenant_networks, methods=["GET"]),
+        Route(t, change_tenant_network, methods=["POST"]),
+        Route(t + "/{network_id}", show_tenant_network, methods=["GET"]),
+        Route(t + "/{network_id}", change_tenant_network, methods=["DELETE"]),
     ]

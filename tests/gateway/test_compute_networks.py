@@ -39,6 +39,29 @@ async def test_os_networks_lists_and_shows_the_callers_networks_as_nova_over_neu
     assert r.status_code == 404
 
 
+async def test_os_tenant_networks_lists_and_shows_the_projects_networks_until_2_35(
+    cloud: Cloud,
+) -> None:
+    demo = await cloud.headers("demo")
+    r = await cloud.client.post(
+        "/network/v2.0/networks", json={"network": {"name": "green"}}, headers=demo
+    )
+    net_id = r.json()["network"]["id"]
+    listed = (await cloud.client.get(f"{C}/os-tenant-networks", headers=demo)).json()
+    assert {"id": net_id, "label": "green", "cidr": None} in listed["networks"]
+    shown = (await cloud.client.get(f"{C}/os-tenant-networks/{net_id}", headers=demo)).json()
+    assert shown == {"network": {"id": net_id, "label": "green", "cidr": None}}
+    other = await cloud.headers("admin")
+    r = await cloud.client.get(f"{C}/os-tenant-networks/{net_id}", headers=other)
+    assert r.status_code == 404, "another project's network, even to an admin"
+    r = await cloud.client.delete(f"{C}/os-tenant-networks/{net_id}", headers=demo)
+    assert r.status_code == 410
+    r = await cloud.client.get(
+        f"{C}/os-tenant-networks", headers=await cloud.headers("demo", "2.36")
+    )
+    assert r.status_code == 404
+
+
 async def test_os_networks_changes_are_gone_as_in_nova(cloud: Cloud) -> None:
     admin = await cloud.headers("admin")
     for method, path, body in (

@@ -46,6 +46,7 @@ _PLACEHOLDERS = {
 _OLD_COMPUTE = (
     "/compute/v2.1/os-hosts",
     "/compute/v2.1/os-networks",
+    "/compute/v2.1/os-tenant-networks",
     "/compute/v2.1/images",
     "/compute/v2.1/os-security-group",
 )
@@ -263,6 +264,7 @@ KIND_OF_COLLECTION = {
     "images": "image",
     "networks": "network",
     "os-networks": "network",
+    "os-tenant-networks": "network",
     "subnets": "subnet",
     "ports": "port",
     "security-groups": "security_group",
@@ -280,6 +282,7 @@ NOT_SERVED = {
     network_versions.tags_refused,
     compute_networks.delete_network,
     compute_networks.network_action,
+    compute_networks.change_tenant_network,
 }
 N = "/network/v2.0"
 # Bodies the schema accepts for the changes made by id (an empty object elsewhere).
