@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.db.models import (
     AutoAllocatedNetwork,
+    DefaultSecurityGroup,
     IpAllocation,
     Network,
     Port,
@@ -69,24 +70,34 @@ class BoundPorts:
     dhcp_missing: list[str]
 
 
+class DefaultGroupMissing(Exception):
+    """The project has no default security group yet: make it (in its own transaction,
+    security_groups.ensure_default) and bind again."""
+
+
 async def _networks(
     s: AsyncSession, network_ids: Sequence[str], caller: Caller | None
-) -> tuple[dict[str, Network], dict[str, SubnetRow], list[str]]:
-    """The networks (those `caller` sees, or all), their subnets, and which of them have a
-    DHCP subnet but no DHCP port yet."""
+) -> tuple[dict[str, Network], dict[str, SubnetRow], list[str], str | None]:
+    """The networks (those `caller` sees, or all), their subnets, which of them have a
+    DHCP subnet but no DHCP port yet, and (with a caller) its default security group."""
     wanted = list(dict.fromkeys(network_ids))
     if not wanted:
-        return {}, {}, []
+        return {}, {}, [], None
     dhcp_ids = [dhcp_port_id(n) for n in wanted]
     has_dhcp_port = (
         exists().where(Port.id.in_(dhcp_ids), Port.network_id == Network.id).label("has_dhcp")
     )
-    query = select(Network, has_dhcp_port).where(Network.id.in_(wanted))
+    default_group = (
+        select(DefaultSecurityGroup.security_group_id)
+        .where(DefaultSecurityGroup.project_id == (caller.project_id if caller else ""))
+        .scalar_subquery()
+    )
+    query = select(Network, has_dhcp_port, default_group).where(Network.id.in_(wanted))
     if caller is not None:
         query = query.where(networks_visible(caller))
     rows = (await s.execute(query)).all()
-    nets = {n.id: n for n, _ in rows}
-    served = {n.id for n, has in rows if has}
+    nets = {n.id: n for n, _, _ in rows}
+    served = {n.id for n, has, _ in rows if has}
     subnets = {sub.id: sub for sub in await ports.network_subnets(s, list(nets))}
     missing = [
         n
@@ -95,14 +106,16 @@ async def _networks(
         and n not in served
         and any(sub.network_id == n and sub.enable_dhcp for sub in subnets.values())
     ]
-    return nets, subnets, missing
+    return nets, subnets, missing, rows[0][2] if rows else None
 
 
 async def bind_device_ports(
-    s: AsyncSession, req: pb.BindDevicePortsRequest, default_group: str | None
+    s: AsyncSession, req: pb.BindDevicePortsRequest, default_group: str | None = None
 ) -> BoundPorts:
     """The server's ports, in NIC order, each bound to req.host. A port the user handed
-    in must be the project's and free (or the server's already): PortInUse otherwise."""
+    in must be the project's and free (or the server's already): PortInUse otherwise.
+    A port made without req.security_groups_set joins the project's default group:
+    `default_group`, or the one read here (DefaultGroupMissing when there is none)."""
     tenant = Caller(req.project_id, False)
     idents = {
         index: server_port_id(req.device_id, index)
@@ -112,7 +125,7 @@ async def bind_device_ports(
     found: dict[str, Port] = {}
     if idents:
         found = {p.id: p for p in await s.scalars(select(Port).where(Port.id.in_(idents.values())))}
-    nets, subnets, missing = await _networks(
+    nets, subnets, missing, project_default = await _networks(
         s,
         [
             wanted.network_id
@@ -121,6 +134,10 @@ async def bind_device_ports(
         ],
         tenant,
     )
+    if nets and not req.security_groups_set and default_group is None:
+        if project_default is None:
+            raise DefaultGroupMissing
+        default_group = project_default
     out: list[Port] = []
     written = True
     for index, wanted in enumerate(req.requested):
@@ -175,7 +192,7 @@ async def bind_device_ports(
     # The networks of ports found or handed in, not read above.
     more = [p.network_id for p in out if p.network_id not in nets]
     if more:
-        more_nets, more_subnets, more_missing = await _networks(s, more, None)
+        more_nets, more_subnets, more_missing, _ = await _networks(s, more, None)
         nets |= more_nets
         subnets |= more_subnets
         missing += more_missing
@@ -303,7 +320,7 @@ async def host_view(
     if loaded is not None and all(n in loaded[0] for n in network_ids):
         nets, subnets = loaded
     else:
-        nets, subnets, _ = await _networks(s, network_ids, None)
+        nets, subnets, _, _ = await _networks(s, network_ids, None)
     vnis = await _segmentation_ids(s, network_ids, nets)
     ips, groups = await ports.details(s, [p.id for p in server_ports])
     bindings = await _bindings(s, server_ports, vnis, nets, subnets, revision, ips, groups)

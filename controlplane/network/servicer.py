@@ -347,9 +347,17 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
     async def BindDevicePorts(self, request: pb.BindDevicePortsRequest, context: Any) -> Any:
         if not request.project_id or not request.device_id or not request.host:
             raise Invalid("project_id, device_id and host are required")
-        default_group = None
-        if not request.security_groups_set and any(not r.port_id for r in request.requested):
+        try:
+            return await self._bind(request, None)
+        except bindings.DefaultGroupMissing:
+            # The project's first port: its default group is made in a transaction of its
+            # own (nothing of the first attempt was written).
             default_group = await security_groups.ensure_default(self._sessions, request.project_id)
+            return await self._bind(request, default_group)
+
+    async def _bind(
+        self, request: pb.BindDevicePortsRequest, default_group: str | None
+    ) -> pb.BindDevicePortsResponse:
         async with self._sessions.begin() as s:
             try:
                 bound = await bindings.bind_device_ports(s, request, default_group)

@@ -18,7 +18,7 @@ from tests.network.conftest import Net
 
 # Binding a new one-NIC server on a network whose DHCP port and default group exist (the
 # steady state of a boot storm), port quota at its default.
-BIND_BUDGET = 20
+BIND_BUDGET = 16
 DELETE_BUDGET = 4
 
 
