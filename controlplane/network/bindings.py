@@ -1,14 +1,16 @@
 """A server's ports on a host: what the compute service gets in one call.
 
 `bind_device_ports` gets or creates the server's ports (a new port's id follows from the
-server's id and the NIC's index, so a retried call finds what the first made), takes over
-the ports a user handed in, and binds every one to the host, in ONE transaction: on
+server's id and the NIC's index, so a retried call finds what the first made), takes
+over the ports a user handed in, and binds every one to the host, in ONE transaction: on
 failure none of this call's ports is left. `host_view` then reads what the host's agent
-wires: a PortBinding per port (the network's VNI, the addresses with their subnets'
-prefix, gateway and DNS, the rules of the port's groups with remote groups resolved to
-their members' addresses) and a NetworkDhcp per network (its DHCP port's address on each
-DHCP subnet and its MAC, the same on every host, and the leases of the network's ports
-bound to the host).
+wires, in that same transaction when every network's DHCP port exists (a network's first
+server makes it first, with `ensure_dhcp_ports`, and reads in a second transaction): a
+PortBinding per port (the network's VNI, the addresses with their subnets' prefix,
+gateway and DNS, the rules of the port's groups with remote groups resolved to their
+members' addresses) and a NetworkDhcp per network (its DHCP port's address on each DHCP
+subnet and its MAC, the same on every host, and the leases of the network's ports bound
+to the host).
 
 `auto_allocated_network` is "get me a network": one network per project, made once."""
 
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 
 from loom.compute.v1 import agent_bus_pb2 as agent
 from loom.network.v1 import network_pb2 as pb
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import String, and_, exists, func, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -87,14 +89,15 @@ async def _networks(
     has_dhcp_port = (
         exists().where(Port.id.in_(dhcp_ids), Port.network_id == Network.id).label("has_dhcp")
     )
-    default_group = (
-        select(DefaultSecurityGroup.security_group_id)
-        .where(DefaultSecurityGroup.project_id == (caller.project_id if caller else ""))
-        .scalar_subquery()
-    )
-    query = select(Network, has_dhcp_port, default_group).where(Network.id.in_(wanted))
+    query = select(Network, has_dhcp_port, literal(None, String).label("default_group"))
     if caller is not None:
-        query = query.where(networks_visible(caller))
+        default_group = (
+            select(DefaultSecurityGroup.security_group_id)
+            .where(DefaultSecurityGroup.project_id == caller.project_id)
+            .scalar_subquery()
+        )
+        query = select(Network, has_dhcp_port, default_group).where(networks_visible(caller))
+    query = query.where(Network.id.in_(wanted))
     rows = (await s.execute(query)).all()
     nets = {n.id: n for n, _, _ in rows}
     served = {n.id for n, has, _ in rows if has}
@@ -333,8 +336,8 @@ async def port_bindings(
 ) -> list[agent.PortBinding]:
     """The current bindings of ports already bound (their networks have VNIs), in order."""
     network_ids = list(dict.fromkeys(p.network_id for p in bound))
-    vnis = await _segmentation_ids(s, network_ids)
     nets = {n.id: n for n in await s.scalars(select(Network).where(Network.id.in_(network_ids)))}
+    vnis = await _segmentation_ids(s, network_ids, nets)
     subnets = {
         sub.id: sub
         for sub in await s.scalars(select(SubnetRow).where(SubnetRow.network_id.in_(network_ids)))
@@ -445,7 +448,7 @@ async def _dhcp_services(
         .outerjoin(IpAllocation, IpAllocation.port_id == Port.id)
         .where(
             or_(
-                Port.id.in_(servers),
+                Port.id.in_(list(servers)),
                 and_(
                     Port.network_id.in_(list(servers.values())),
                     Port.binding_host_id == host,
