@@ -1,14 +1,16 @@
 """A server's ports on a host: what the compute service gets in one call.
 
 `bind_device_ports` gets or creates the server's ports (a new port's id follows from the
-server's id and the NIC's index, so a retried call finds what the first made), takes over
-the ports a user handed in, and binds every one to the host, in ONE transaction: on
+server's id and the NIC's index, so a retried call finds what the first made), takes
+over the ports a user handed in, and binds every one to the host, in ONE transaction: on
 failure none of this call's ports is left. `host_view` then reads what the host's agent
-wires: a PortBinding per port (the network's VNI, the addresses with their subnets'
-prefix, gateway and DNS, the rules of the port's groups with remote groups resolved to
-their members' addresses) and a NetworkDhcp per network (its DHCP port's address on each
-DHCP subnet and its MAC, the same on every host, and the leases of the network's ports
-bound to the host).
+wires, in that same transaction when every network's DHCP port exists (a network's first
+server makes it first, with `ensure_dhcp_ports`, and reads in a second transaction): a
+PortBinding per port (the network's VNI, the addresses with their subnets' prefix,
+gateway and DNS, the rules of the port's groups with remote groups resolved to their
+members' addresses) and a NetworkDhcp per network (its DHCP port's address on each DHCP
+subnet and its MAC, the same on every host, and the leases of the network's ports bound
+to the host).
 
 `auto_allocated_network` is "get me a network": one network per project, made once."""
 
@@ -21,12 +23,13 @@ from dataclasses import dataclass
 
 from loom.compute.v1 import agent_bus_pb2 as agent
 from loom.network.v1 import network_pb2 as pb
-from sqlalchemy import func, select, update
+from sqlalchemy import String, and_, exists, func, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.db.models import (
     AutoAllocatedNetwork,
+    DefaultSecurityGroup,
     IpAllocation,
     Network,
     Port,
@@ -36,7 +39,7 @@ from controlplane.db.models import (
 from controlplane.db.models import Subnet as SubnetRow
 from controlplane.network import addresses, networks, ports, security_groups
 from controlplane.network.errors import Conflict, Invalid, not_found
-from controlplane.network.scope import Caller
+from controlplane.network.scope import Caller, networks_visible
 from controlplane.runtime.rpc import id_for_request, now
 
 COMPUTE_OWNER = "compute:nova"
@@ -55,14 +58,93 @@ def dhcp_port_id(network_id: str) -> str:
     return id_for_request("network.dhcp_port", network_id)
 
 
+@dataclass
+class BoundPorts:
+    """What bind_device_ports did: the server's ports in NIC order; `written`, whether
+    this transaction wrote every one of them (made or bound it here, so its row stays
+    locked to the end); the networks and subnets it read (by id); and the networks whose
+    DHCP port is still to be made (ensure_dhcp_ports, in its own transaction)."""
+
+    ports: list[Port]
+    written: bool
+    nets: dict[str, Network]
+    subnets: dict[str, SubnetRow]
+    dhcp_missing: list[str]
+
+
+class DefaultGroupMissing(Exception):
+    """The project has no default security group yet: make it (in its own transaction,
+    security_groups.ensure_default) and bind again."""
+
+
+async def _networks(
+    s: AsyncSession, network_ids: Sequence[str], caller: Caller | None
+) -> tuple[dict[str, Network], dict[str, SubnetRow], list[str], str | None]:
+    """The networks (those `caller` sees, or all), their subnets, which of them have a
+    DHCP subnet but no DHCP port yet, and (with a caller) its default security group."""
+    wanted = list(dict.fromkeys(network_ids))
+    if not wanted:
+        return {}, {}, [], None
+    dhcp_ids = [dhcp_port_id(n) for n in wanted]
+    has_dhcp_port = (
+        exists().where(Port.id.in_(dhcp_ids), Port.network_id == Network.id).label("has_dhcp")
+    )
+    query = select(Network, has_dhcp_port, literal(None, String).label("default_group"))
+    if caller is not None:
+        default_group = (
+            select(DefaultSecurityGroup.security_group_id)
+            .where(DefaultSecurityGroup.project_id == caller.project_id)
+            .scalar_subquery()
+        )
+        query = select(Network, has_dhcp_port, default_group).where(networks_visible(caller))
+    query = query.where(Network.id.in_(wanted))
+    rows = (await s.execute(query)).all()
+    nets = {n.id: n for n, _, _ in rows}
+    served = {n.id for n, has, _ in rows if has}
+    subnets = {sub.id: sub for sub in await ports.network_subnets(s, list(nets))}
+    missing = [
+        n
+        for n in wanted
+        if n in nets
+        and n not in served
+        and any(sub.network_id == n and sub.enable_dhcp for sub in subnets.values())
+    ]
+    return nets, subnets, missing, rows[0][2] if rows else None
+
+
 async def bind_device_ports(
-    s: AsyncSession, req: pb.BindDevicePortsRequest, default_group: str | None
-) -> list[Port]:
+    s: AsyncSession, req: pb.BindDevicePortsRequest, default_group: str | None = None
+) -> BoundPorts:
     """The server's ports, in NIC order, each bound to req.host. A port the user handed
-    in must be the project's and free (or the server's already): PortInUse otherwise."""
+    in must be the project's and free (or the server's already): PortInUse otherwise.
+    A port made without req.security_groups_set joins the project's default group:
+    `default_group`, or the one read here (DefaultGroupMissing when there is none)."""
     tenant = Caller(req.project_id, False)
+    idents = {
+        index: server_port_id(req.device_id, index)
+        for index, wanted in enumerate(req.requested)
+        if not wanted.port_id
+    }
+    found: dict[str, Port] = {}
+    if idents:
+        found = {p.id: p for p in await s.scalars(select(Port).where(Port.id.in_(idents.values())))}
+    nets, subnets, missing, project_default = await _networks(
+        s,
+        [
+            wanted.network_id
+            for index, wanted in enumerate(req.requested)
+            if index in idents and idents[index] not in found
+        ],
+        tenant,
+    )
+    if nets and not req.security_groups_set and default_group is None:
+        if project_default is None:
+            raise DefaultGroupMissing
+        default_group = project_default
     out: list[Port] = []
+    written = True
     for index, wanted in enumerate(req.requested):
+        made = False
         if wanted.port_id:
             port = await ports.get_port(s, tenant, wanted.port_id)
             if port.device_id and port.device_id != req.device_id:
@@ -72,44 +154,68 @@ async def bind_device_ports(
                 )
             port.device_id = req.device_id
             port.device_owner = COMPUTE_OWNER
+        elif idents[index] in found:
+            port = found[idents[index]]
         else:
-            ident = server_port_id(req.device_id, index)
-            found = await s.get(Port, ident)
-            if found is not None:
-                port = found
-            else:
-                create = pb.CreatePortRequest(
-                    scope=pb.Scope(project_id=req.project_id),
-                    port=pb.Port(
-                        network_id=wanted.network_id,
-                        device_id=req.device_id,
-                        device_owner=COMPUTE_OWNER,
-                        fixed_ips=[pb.FixedIp(ip_address=wanted.fixed_ip)]
-                        if wanted.fixed_ip
-                        else [],
-                        security_group_ids=list(req.security_group_ids),
-                    ),
-                    fixed_ips_set=bool(wanted.fixed_ip),
-                    security_groups_set=req.security_groups_set,
-                )
-                port = await ports.create_port(s, tenant, create, default_group, ident)
+            network = nets.get(wanted.network_id)
+            if network is None:
+                raise not_found("Network", wanted.network_id)
+            create = pb.CreatePortRequest(
+                scope=pb.Scope(project_id=req.project_id),
+                port=pb.Port(
+                    network_id=wanted.network_id,
+                    device_id=req.device_id,
+                    device_owner=COMPUTE_OWNER,
+                    fixed_ips=[pb.FixedIp(ip_address=wanted.fixed_ip)] if wanted.fixed_ip else [],
+                    security_group_ids=list(req.security_group_ids),
+                ),
+                fixed_ips_set=bool(wanted.fixed_ip),
+                security_groups_set=req.security_groups_set,
+            )
+            own = [sub for sub in subnets.values() if sub.network_id == network.id]
+            port = await ports.create_port(
+                s,
+                tenant,
+                create,
+                default_group,
+                idents[index],
+                loaded=(network, sorted(own, key=lambda x: (x.created_at, x.id))),
+                bound_to=req.host,
+            )
+            made = True
         if port.binding_host_id != req.host:
             port.binding_host_id = req.host
             port.status = "ACTIVE"
             port.revision_number += 1
             port.updated_at = now()
+        elif not made:
+            written = False  # already bound here (a retry, say): maybe not written here
         out.append(port)
     await s.flush()
-    return out
+    # The networks of ports found or handed in, not read above.
+    more = [p.network_id for p in out if p.network_id not in nets]
+    if more:
+        more_nets, more_subnets, more_missing, _ = await _networks(s, more, None)
+        nets |= more_nets
+        subnets |= more_subnets
+        missing += more_missing
+    return BoundPorts(out, written, nets, subnets, missing)
 
 
-async def _segmentation_ids(s: AsyncSession, network_ids: Sequence[str]) -> dict[str, int]:
+async def _segmentation_ids(
+    s: AsyncSession, network_ids: Sequence[str], nets: dict[str, Network] | None = None
+) -> dict[str, int]:
     """Each network's VNI, given on first need: the next free number (UNIQUE decides a
-    race; the loser takes the next)."""
-    result = await s.execute(
-        select(Network.id, Network.segmentation_id).where(Network.id.in_(network_ids))
-    )
-    rows: dict[str, int | None] = {str(i): v for i, v in result}
+    race; the loser takes the next). `nets`: the networks as read in this transaction (a
+    VNI once given never changes)."""
+    rows: dict[str, int | None]
+    if nets is not None:
+        rows = {n: nets[n].segmentation_id for n in network_ids if n in nets}
+    else:
+        result = await s.execute(
+            select(Network.id, Network.segmentation_id).where(Network.id.in_(network_ids))
+        )
+        rows = {str(i): v for i, v in result}
     out: dict[str, int] = {}
     for network_id in network_ids:
         vni = rows.get(network_id)
@@ -192,6 +298,9 @@ class HostView:
     bindings: list[agent.PortBinding]
     dhcp: list[agent.NetworkDhcp]
     network_names: list[str]
+    # The ports' addresses and security groups, as the bindings were read from.
+    ips: dict[str, list[IpAllocation]]
+    groups: dict[str, list[str]]
 
 
 def _lease_hostname(address: str) -> str:
@@ -199,20 +308,27 @@ def _lease_hostname(address: str) -> str:
 
 
 async def host_view(
-    s: AsyncSession, server_ports: Sequence[Port], host: str, revision: int
+    s: AsyncSession,
+    server_ports: Sequence[Port],
+    host: str,
+    revision: int,
+    loaded: tuple[dict[str, Network], dict[str, SubnetRow]] | None = None,
 ) -> HostView:
     """What `host`'s agent needs for these ports (see the module's docstring); the bindings
-    carry `revision` (port_security.next_revision)."""
+    carry `revision` (port_security.next_revision). `loaded`: the ports' networks and
+    their subnets as this transaction read them already (what the bindings take of them,
+    VNI, MTU, prefixes, gateways and DNS servers, is no security change: the revision
+    orders nothing of it); read here otherwise."""
     network_ids = list(dict.fromkeys(p.network_id for p in server_ports))
-    vnis = await _segmentation_ids(s, network_ids)
-    nets = {n.id: n for n in await s.scalars(select(Network).where(Network.id.in_(network_ids)))}
-    subnets = {
-        sub.id: sub
-        for sub in await s.scalars(select(SubnetRow).where(SubnetRow.network_id.in_(network_ids)))
-    }
-    bindings = await _bindings(s, server_ports, vnis, nets, subnets, revision)
+    if loaded is not None and all(n in loaded[0] for n in network_ids):
+        nets, subnets = loaded
+    else:
+        nets, subnets, _, _ = await _networks(s, network_ids, None)
+    vnis = await _segmentation_ids(s, network_ids, nets)
+    ips, groups = await ports.details(s, [p.id for p in server_ports])
+    bindings = await _bindings(s, server_ports, vnis, nets, subnets, revision, ips, groups)
     dhcp = await _dhcp_services(s, network_ids, nets, subnets, vnis, host)
-    return HostView(bindings, dhcp, [nets[p.network_id].name for p in server_ports])
+    return HostView(bindings, dhcp, [nets[p.network_id].name for p in server_ports], ips, groups)
 
 
 async def port_bindings(
@@ -220,13 +336,14 @@ async def port_bindings(
 ) -> list[agent.PortBinding]:
     """The current bindings of ports already bound (their networks have VNIs), in order."""
     network_ids = list(dict.fromkeys(p.network_id for p in bound))
-    vnis = await _segmentation_ids(s, network_ids)
     nets = {n.id: n for n in await s.scalars(select(Network).where(Network.id.in_(network_ids)))}
+    vnis = await _segmentation_ids(s, network_ids, nets)
     subnets = {
         sub.id: sub
         for sub in await s.scalars(select(SubnetRow).where(SubnetRow.network_id.in_(network_ids)))
     }
-    return await _bindings(s, bound, vnis, nets, subnets, revision)
+    ips, groups = await ports.details(s, [p.id for p in bound])
+    return await _bindings(s, bound, vnis, nets, subnets, revision, ips, groups)
 
 
 async def _bindings(
@@ -236,8 +353,9 @@ async def _bindings(
     nets: dict[str, Network],
     subnets: dict[str, SubnetRow],
     revision: int,
+    ips: dict[str, list[IpAllocation]],
+    groups: dict[str, list[str]],
 ) -> list[agent.PortBinding]:
-    ips, groups = await ports.details(s, [p.id for p in server_ports])
     group_ids = sorted({g for gs in groups.values() for g in gs})
     rules = await security_groups.rules_of(s, group_ids)
     remote_ids = sorted(
@@ -308,51 +426,76 @@ async def _dhcp_services(
     vnis: dict[str, int],
     host: str,
 ) -> list[agent.NetworkDhcp]:
-    out: list[agent.NetworkDhcp] = []
-    for network_id in network_ids:
-        served = [
+    served: dict[str, list[SubnetRow]] = {
+        network_id: [
             sub for sub in subnets.values() if sub.network_id == network_id and sub.enable_dhcp
         ]
-        server = await s.get(Port, dhcp_port_id(network_id))
-        if not served or server is None:
-            continue
-        server_ips = {
-            a.subnet_id: a.ip_address
-            for a in await s.scalars(select(IpAllocation).where(IpAllocation.port_id == server.id))
-        }
-        leased = await s.execute(
-            select(Port.mac_address, IpAllocation.ip_address, IpAllocation.subnet_id)
-            .join(IpAllocation, IpAllocation.port_id == Port.id)
-            .where(
-                Port.network_id == network_id,
-                Port.binding_host_id == host,
-                Port.device_owner.like("compute:%"),
-            )
-            .order_by(Port.id, IpAllocation.id)
+        for network_id in network_ids
+    }
+    servers = {dhcp_port_id(n): n for n, subs in served.items() if subs}
+    if not servers:
+        return []
+    # One read for every network: its DHCP port with its addresses, and the addresses of
+    # its compute ports bound to the host (the leases), by port then address.
+    rows = await s.execute(
+        select(
+            Port.id,
+            Port.network_id,
+            Port.mac_address,
+            IpAllocation.ip_address,
+            IpAllocation.subnet_id,
         )
-        served_ids = {sub.id for sub in served}
+        .outerjoin(IpAllocation, IpAllocation.port_id == Port.id)
+        .where(
+            or_(
+                Port.id.in_(list(servers)),
+                and_(
+                    Port.network_id.in_(list(servers.values())),
+                    Port.binding_host_id == host,
+                    Port.device_owner.like("compute:%"),
+                ),
+            )
+        )
+        .order_by(Port.id, IpAllocation.id)
+    )
+    server_macs: dict[str, str] = {}
+    server_ips: dict[str, dict[str, str]] = defaultdict(dict)
+    leased: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
+    for port_id, network_id, mac, address, subnet_id in rows:
+        if port_id in servers:
+            server_macs[network_id] = mac
+            if address is not None:
+                server_ips[network_id][subnet_id] = address
+        elif address is not None:
+            leased[network_id].append((mac, address, subnet_id))
+    out: list[agent.NetworkDhcp] = []
+    for network_id in network_ids:
+        if not served[network_id] or network_id not in server_macs:
+            continue
+        served_ids = {sub.id for sub in served[network_id]}
+        addresses_of_server = server_ips[network_id]
         out.append(
             agent.NetworkDhcp(
                 network_id=network_id,
                 vni=vnis[network_id],
                 mtu=nets[network_id].mtu,
-                dhcp_mac_address=server.mac_address,
+                dhcp_mac_address=server_macs[network_id],
                 subnets=[
                     agent.DhcpSubnet(
                         subnet_id=sub.id,
                         cidr=sub.cidr,
                         gateway_ip=sub.gateway_ip or "",
                         dns_nameservers=[str(d) for d in sub.dns_nameservers or []],
-                        dhcp_server_ip=server_ips[sub.id],
+                        dhcp_server_ip=addresses_of_server[sub.id],
                     )
-                    for sub in sorted(served, key=lambda x: (x.created_at, x.id))
-                    if sub.id in server_ips
+                    for sub in sorted(served[network_id], key=lambda x: (x.created_at, x.id))
+                    if sub.id in addresses_of_server
                 ],
                 leases=[
                     agent.DhcpLease(
                         mac_address=mac, ip_address=address, hostname=_lease_hostname(address)
                     )
-                    for mac, address, subnet_id in leased
+                    for mac, address, subnet_id in leased[network_id]
                     if subnet_id in served_ids
                 ],
             )

@@ -18,7 +18,7 @@ from loom.network.v1 import network_pb2 as pb
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from controlplane.db.dialect import upsert_insert
+from controlplane.db.dialect import locks_rows, upsert_insert
 from controlplane.db.models import (
     FloatingIp,
     IpAllocation,
@@ -47,8 +47,12 @@ _MAC_ATTEMPTS = 16
 _IP_ATTEMPTS = 10_000
 
 
-async def get_port(s: AsyncSession, caller: Caller, port_id: str) -> Port:
-    row = await s.scalar(select(Port).where(Port.id == port_id, owned(caller, Port.project_id)))
+async def get_port(s: AsyncSession, caller: Caller, port_id: str, lock: bool = False) -> Port:
+    """The caller's port; with `lock`, its row locked to the end of the transaction."""
+    query = select(Port).where(Port.id == port_id, owned(caller, Port.project_id))
+    if lock and locks_rows(s):
+        query = query.with_for_update()
+    row = await s.scalar(query)
     if row is None:
         raise not_found("Port", port_id)
     return row
@@ -146,19 +150,27 @@ async def _subnet_holding(
     raise Invalid(f"IP address {address} is not in any subnet of network {network_id}")
 
 
+async def network_subnets(s: AsyncSession, network_ids: Sequence[str]) -> list[SubnetRow]:
+    """The networks' subnets, oldest first (the order addresses are taken in)."""
+    return list(
+        await s.scalars(
+            select(SubnetRow)
+            .where(SubnetRow.network_id.in_(network_ids))
+            .order_by(SubnetRow.created_at, SubnetRow.id)
+        )
+    )
+
+
 async def _assign_addresses(
     s: AsyncSession,
     network: Network,
     port: Port,
     requested: Sequence[pb.FixedIp] | None,
+    subnets: Sequence[SubnetRow] | None = None,
 ) -> None:
-    subnets = list(
-        await s.scalars(
-            select(SubnetRow)
-            .where(SubnetRow.network_id == network.id)
-            .order_by(SubnetRow.created_at, SubnetRow.id)
-        )
-    )
+    """`subnets`: the network's subnets, oldest first, when the caller has read them."""
+    if subnets is None:
+        subnets = await network_subnets(s, [network.id])
     if requested is None:
         # No fixed_ips asked for: one address from the first subnet with a free one.
         last: Conflict | None = None
@@ -278,11 +290,17 @@ async def create_port(
     req: pb.CreatePortRequest,
     default_group: str | None,
     ident: str,
+    *,
+    loaded: tuple[Network, Sequence[SubnetRow]] | None = None,
+    bound_to: str = "",
 ) -> Port:
     """`default_group` is the port's project's default security group (made beforehand in
-    its own transaction), used unless the request names groups."""
+    its own transaction), used unless the request names groups. `loaded` is the port's
+    network (as get_network gives it to the caller) and its subnets, oldest first, when
+    the caller has read them. A port made `bound_to` a host is bound to it as it is made,
+    the same port as one made and then bound (its revision counts the binding)."""
     p = req.port
-    network = await get_network(s, caller, p.network_id)
+    network = loaded[0] if loaded else await get_network(s, caller, p.network_id)
     if not network.shared and not caller.owns(network.project_id):
         # An external network is seen by all, but only its floating IPs are theirs.
         raise Forbidden(f"Tenant {caller.project_id} not allowed to create port on this network")
@@ -320,13 +338,24 @@ async def create_port(
         created_at=now(),
         updated_at=None,
     )
+    if bound_to:
+        port.binding_host_id = bound_to
+        port.status = "ACTIVE"
+        port.revision_number += 1
+        port.updated_at = now()
     s.add(port)
     mac = port.mac_address
     port.allowed_address_pairs = address_pairs(p.allowed_address_pairs, mac, port_security)
     # The MAC is UNIQUE: a racing create with the same MAC fails here (IntegrityError,
     # turned into MacAddressInUse by the servicer), with nothing written.
     await s.flush()
-    await _assign_addresses(s, network, port, list(p.fixed_ips) if req.fixed_ips_set else None)
+    await _assign_addresses(
+        s,
+        network,
+        port,
+        list(p.fixed_ips) if req.fixed_ips_set else None,
+        loaded[1] if loaded else None,
+    )
     s.add_all(PortSecurityGroup(port_id=port.id, security_group_id=g) for g in groups)
     await security_changes.note_groups(s, groups)  # new members
     await s.flush()
@@ -459,11 +488,16 @@ async def new_device_port(
 
 async def forget_floating_ips(s: AsyncSession, port_ids: Sequence[str]) -> None:
     """A deleted port's floating IPs stay allocated, associated with nothing; their
-    routers' host is told."""
+    routers' host is told. The caller holds the ports' rows locked (FOR UPDATE): no
+    floating IP can be associated with them meanwhile, so when none is now, nothing is
+    left to update."""
     if port_ids:
-        router_changes.note(
-            s, await s.scalars(select(FloatingIp.router_id).where(FloatingIp.port_id.in_(port_ids)))
+        routers = list(
+            await s.execute(select(FloatingIp.router_id).where(FloatingIp.port_id.in_(port_ids)))
         )
+        if not routers:
+            return
+        router_changes.note(s, (r for (r,) in routers))
         await s.execute(
             update(FloatingIp)
             .where(FloatingIp.port_id.in_(port_ids))
@@ -472,7 +506,7 @@ async def forget_floating_ips(s: AsyncSession, port_ids: Sequence[str]) -> None:
 
 
 async def delete_port(s: AsyncSession, caller: Caller, port_id: str) -> None:
-    port = await get_port(s, caller, port_id)
+    port = await get_port(s, caller, port_id, lock=True)  # see forget_floating_ips
     if port.device_owner in SERVICE_OWNERS:
         raise Conflict(
             "ServicePortInUse",
@@ -480,7 +514,7 @@ async def delete_port(s: AsyncSession, caller: Caller, port_id: str) -> None:
             f" {port.device_owner}.",
         )
     await forget_floating_ips(s, [port.id])
-    await security_changes.note_groups(s, await security_changes.groups_of(s, [port.id]))
+    await security_changes.note_groups_of(s, [port.id])
     await s.delete(port)
 
 
@@ -491,15 +525,16 @@ async def delete_device_ports(
     no device) and stay, as a port a user handed to a server does when it goes."""
     if not device_id:
         raise Invalid("device_id is required")
-    ids = list(
-        await s.scalars(
-            select(Port.id).where(
-                Port.device_id == device_id,
-                owned(caller, Port.project_id),
-                Port.device_owner.not_in(SERVICE_OWNERS),
-            )
-        )
+    query = select(Port.id).where(
+        Port.device_id == device_id,
+        owned(caller, Port.project_id),
+        Port.device_owner.not_in(SERVICE_OWNERS),
     )
+    if locks_rows(s):
+        # Locked to the end: nothing can be associated with (or join a group through)
+        # these ports between what is read of them below and their deletion.
+        query = query.with_for_update()
+    ids = list(await s.scalars(query))
     kept = [i for i in ids if i in set(keep)]
     if kept:
         await s.execute(
@@ -516,7 +551,7 @@ async def delete_device_ports(
         )
     ids = [i for i in ids if i not in set(keep)]
     await forget_floating_ips(s, ids)
-    await security_changes.note_groups(s, await security_changes.groups_of(s, ids))
+    await security_changes.note_groups_of(s, ids)
     if ids:
         await s.execute(delete(Port).where(Port.id.in_(ids)))
     return ids

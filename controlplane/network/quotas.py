@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import case, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -64,11 +64,17 @@ async def usage(s: AsyncSession, project_id: str) -> dict[str, int]:
 
 
 async def check(s: AsyncSession, project_id: str, resource: str, adding: int = 1) -> None:
-    """OverQuota unless the project may hold `adding` more of `resource`."""
-    limit = (await limits(s, project_id))[resource]
-    if limit < 0:
-        return
-    if await _count(s, resource, project_id) + adding > limit:
+    """OverQuota unless the project may hold `adding` more of `resource`. One statement:
+    the limit, and the count only where the limit is not unlimited (-1)."""
+    limit = func.coalesce(
+        select(NetworkQuota.hard_limit)
+        .where(NetworkQuota.project_id == project_id, NetworkQuota.resource == resource)
+        .scalar_subquery(),
+        DEFAULT_LIMITS[resource],
+    )
+    count = select(func.count()).where(_PROJECT_COLUMNS[resource] == project_id).scalar_subquery()
+    row = (await s.execute(select(limit, case((limit < 0, 0), else_=count)))).one()
+    if row[0] >= 0 and int(row[1] or 0) + adding > row[0]:
         raise OverQuota(resource)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import insert, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.db.models import Port, PortSecurityChange, PortSecurityGroup, SecurityGroupRule
@@ -16,6 +16,26 @@ async def note_groups(s: AsyncSession, group_ids: Iterable[str]) -> None:
     """The rules or the members of these groups changed."""
     at = now()
     s.add_all(PortSecurityChange(group_id=g, created_at=at) for g in dict.fromkeys(group_ids))
+
+
+async def note_groups_of(s: AsyncSession, port_ids: Sequence[str]) -> None:
+    """The members of these ports' groups change (the ports go): note_groups of
+    groups_of, in one statement."""
+    if not port_ids:
+        return
+    members = (
+        select(
+            PortSecurityGroup.security_group_id,
+            literal(now(), PortSecurityChange.created_at.type),
+        )
+        .where(PortSecurityGroup.port_id.in_(port_ids))
+        .distinct()
+    )
+    await s.execute(
+        insert(PortSecurityChange).from_select(
+            [PortSecurityChange.group_id, PortSecurityChange.created_at], members
+        )
+    )
 
 
 async def note_ports(s: AsyncSession, port_ids: Iterable[str]) -> None:

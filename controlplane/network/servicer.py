@@ -363,32 +363,63 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
     async def BindDevicePorts(self, request: pb.BindDevicePortsRequest, context: Any) -> Any:
         if not request.project_id or not request.device_id or not request.host:
             raise Invalid("project_id, device_id and host are required")
-        default_group = None
-        if not request.security_groups_set and any(not r.port_id for r in request.requested):
-            default_group = await security_groups.ensure_default(self._sessions, request.project_id)
         try:
-            async with self._sessions.begin() as s:
-                rows = await bindings.bind_device_ports(s, request, default_group)
-                port_ids = [r.id for r in rows]
-                network_ids = [r.network_id for r in rows]
-        except IntegrityError as exc:
-            # Only the MAC can collide here (a racing create chose the same one).
-            raise Conflict(
-                "MacAddressInUse", "Unable to complete operation: the mac address is in use."
-            ) from exc
-        await bindings.ensure_dhcp_ports(self._sessions, network_ids)
+            return await self._bind(request, None)
+        except bindings.DefaultGroupMissing:
+            # The project's first port: its default group is made in a transaction of its
+            # own (nothing of the first attempt was written).
+            default_group = await security_groups.ensure_default(self._sessions, request.project_id)
+            return await self._bind(request, default_group)
+
+    async def _bind(
+        self, request: pb.BindDevicePortsRequest, default_group: str | None
+    ) -> pb.BindDevicePortsResponse:
         async with self._sessions.begin() as s:
-            rows = list(await s.scalars(select(Port).where(Port.id.in_(port_ids))))
-            by_id = {r.id: r for r in rows}
-            ordered = [by_id[i] for i in port_ids]
-            revision = await port_security.next_revision(s)  # before anything is read
-            view = await bindings.host_view(s, ordered, request.host, revision)
-            return pb.BindDevicePortsResponse(
-                ports=[await self._port_pb(s, r) for r in ordered],
-                bindings=view.bindings,
-                dhcp=view.dhcp,
-                network_names=view.network_names,
+            try:
+                bound = await bindings.bind_device_ports(s, request, default_group)
+            except IntegrityError as exc:
+                # Only the MAC can collide here (a racing create chose the same one).
+                raise Conflict(
+                    "MacAddressInUse", "Unable to complete operation: the mac address is in use."
+                ) from exc
+            if not bound.dhcp_missing:
+                # The usual case: every network's DHCP port exists, and what the host
+                # needs is read in the same transaction, the ports as written above.
+                return await self._bound(
+                    s, request.host, bound.ports, bound.written, (bound.nets, bound.subnets)
+                )
+        # A network's first server: its DHCP port is made in a transaction of its own (two
+        # first binds racing make one), then what the host needs is read.
+        await bindings.ensure_dhcp_ports(self._sessions, bound.dhcp_missing)
+        async with self._sessions.begin() as s:
+            return await self._bound(s, request.host, bound.ports, False, None)
+
+    async def _bound(
+        self,
+        s: AsyncSession,
+        host: str,
+        rows: list[Port],
+        written: bool,
+        loaded: tuple[dict[str, Network], dict[str, SubnetRow]] | None,
+    ) -> pb.BindDevicePortsResponse:
+        """The answer of a bind: the ports and what the host's agent needs, read after the
+        security revision is taken. Ports this transaction wrote are locked by it and as
+        written; others are read again."""
+        revision = await port_security.next_revision(s)  # before anything is read
+        if not written:
+            port_ids = [r.id for r in rows]
+            found = await s.scalars(
+                select(Port).where(Port.id.in_(port_ids)).execution_options(populate_existing=True)
             )
+            by_id = {r.id: r for r in found}
+            rows = [by_id[i] for i in port_ids]
+        view = await bindings.host_view(s, rows, host, revision, loaded)
+        return pb.BindDevicePortsResponse(
+            ports=[port_pb(r, view.ips.get(r.id, []), view.groups.get(r.id, [])) for r in rows],
+            bindings=view.bindings,
+            dhcp=view.dhcp,
+            network_names=view.network_names,
+        )
 
     @network_errors
     async def GetAutoAllocatedNetwork(
