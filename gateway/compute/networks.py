@@ -69,16 +69,23 @@ async def show_network(request: Request) -> Response:
     _until_2_35(request)
     ctx = context(request)
     ctx.require_read("os_compute_api:os-networks:show")
+    network = await _network(request, _scope(ctx))
+    return ok({"network": network_view(network, ctx.is_admin)})
+
+
+async def _network(request: Request, scope: network_pb2.Scope) -> network_pb2.Network:
+    """The path's network as `scope` sees it; 404 "Network not found" otherwise."""
     try:
         reply = await call(
             gateway_of(request).conductor.network.GetNetwork,
-            network_pb2.GetNetworkRequest(scope=_scope(ctx), id=request.path_params["network_id"]),
+            network_pb2.GetNetworkRequest(scope=scope, id=request.path_params["network_id"]),
         )
     except ApiError as exc:
         if exc.status in (400, 404):
             raise NotFound("Network not found") from exc
         raise
-    return ok({"network": network_view(reply.network, ctx.is_admin)})
+    network: network_pb2.Network = reply.network
+    return network
 
 
 async def _gone(request: Request) -> Response:
@@ -144,19 +151,8 @@ async def show_tenant_network(request: Request) -> Response:
     _until_2_35(request)
     ctx = context(request)
     ctx.require_read("os_compute_api:os-tenant-networks:show")
-    try:
-        reply = await call(
-            gateway_of(request).conductor.network.GetNetwork,
-            network_pb2.GetNetworkRequest(
-                scope=network_pb2.Scope(project_id=ctx.project_id, is_admin=False),
-                id=request.path_params["network_id"],
-            ),
-        )
-    except ApiError as exc:
-        if exc.status in (400, 404):
-            raise NotFound("Network not found") from exc
-        raise
-    return ok({"network": tenant_network_view(reply.network)})
+    own = network_pb2.Scope(project_id=ctx.project_id, is_admin=False)
+    return ok({"network": tenant_network_view(await _network(request, own))})
 
 
 @documented(tag="compute", policy=AUTHENTICATED)

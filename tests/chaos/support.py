@@ -8,7 +8,9 @@ from dataclasses import dataclass
 import httpx
 
 from bench.client import CloudEndpoint
-from controlplane.runtime.natsserver import free_port
+from controlplane.config import NatsConfig
+from controlplane.runtime import bus
+from controlplane.runtime.natsserver import NatsCluster, free_port
 from tests.support.stack import Stack
 
 
@@ -84,3 +86,15 @@ class Layout:
         shares (same data directory)."""
         for i, port in enumerate(self.gateway_ports):
             self.stack.start(f"gateway#{i}", env={"LOOM_GATEWAY__PORT": str(port)})
+
+
+async def stream_leader(cluster: NatsCluster, stream: str) -> int:
+    """The index of the cluster node leading the stream."""
+    nc = await bus.connect(cluster.url, NatsConfig(), "chaos-observer", max_reconnect_attempts=3)
+    try:
+        info = await nc.jetstream().stream_info(stream)
+    finally:
+        await nc.close()
+    leader = info.cluster.leader if info.cluster else None
+    names = [n.cluster.server_name if n.cluster else "" for n in cluster.nodes]
+    return names.index(str(leader))

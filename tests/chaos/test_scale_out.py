@@ -24,12 +24,11 @@ import httpx
 import pytest
 
 from bench.client import CloudEndpoint, resolve_cloud
-from controlplane.config import NatsConfig
 from controlplane.db import migrate
 from controlplane.runtime import bus
 from controlplane.runtime.natsserver import NatsCluster
 from tests.chaos.conftest import Report, scale
-from tests.chaos.support import Layout, headers, public_image
+from tests.chaos.support import Layout, headers, public_image, stream_leader
 from tests.e2e.support import (
     OVERCOMMITTED_HOSTS_SQL,
     USAGE_MISMATCH_SQL,
@@ -212,17 +211,6 @@ def _stall_figures(storm: Storm) -> dict[str, Any]:
     }
 
 
-async def _stream_leader(cluster: NatsCluster, stream: str) -> int:
-    nc = await bus.connect(cluster.url, NatsConfig(), "r6-observer", max_reconnect_attempts=3)
-    try:
-        info = await nc.jetstream().stream_info(stream)
-    finally:
-        await nc.close()
-    leader = info.cluster.leader if info.cluster else None
-    names = [n.cluster.server_name if n.cluster else "" for n in cluster.nodes]
-    return names.index(str(leader))
-
-
 async def test_r6_two_of_each_service_on_a_nats_cluster_lose_nothing_when_one_of_anything_dies(
     private_pg: PrivatePostgres, nats_cluster: NatsCluster, tmp_path: Path, chaos_report: Report
 ) -> None:
@@ -261,7 +249,7 @@ async def test_r6_two_of_each_service_on_a_nats_cluster_lose_nothing_when_one_of
 
                 async def kill(kind: str = kind, victim: dict[str, int] = victim) -> None:
                     if kind == "nats":
-                        victim["node"] = await _stream_leader(nats_cluster, bus.COMPUTE_STREAM)
+                        victim["node"] = await stream_leader(nats_cluster, bus.COMPUTE_STREAM)
                         nats_cluster.nodes[victim["node"]].kill()
                     else:
                         stack.kill(f"{kind}#0")

@@ -29,12 +29,11 @@ import pytest
 from loom.compute.v1 import compute_pb2, compute_pb2_grpc
 
 from bench.client import CloudEndpoint, resolve_cloud
-from controlplane.config import NatsConfig
 from controlplane.db import migrate
 from controlplane.runtime import bus
 from controlplane.runtime.natsserver import NatsCluster, free_port
 from tests.chaos.conftest import FULL, Report, scale
-from tests.chaos.support import Layout, headers, public_image
+from tests.chaos.support import Layout, headers, public_image, stream_leader
 from tests.e2e.support import db_scalar, wait_for_hosts
 from tests.support import invariants
 from tests.support.partition import Partition
@@ -269,17 +268,6 @@ async def _domains(agent_ports: list[int], hosts: dict[int, list[str]]) -> list[
     return found
 
 
-async def _stream_leader(cluster: NatsCluster, stream: str) -> int:
-    nc = await bus.connect(cluster.url, NatsConfig(), "r1-observer", max_reconnect_attempts=3)
-    try:
-        info = await nc.jetstream().stream_info(stream)
-    finally:
-        await nc.close()
-    leader = info.cluster.leader if info.cluster else None
-    names = [n.cluster.server_name if n.cluster else "" for n in cluster.nodes]
-    return names.index(str(leader))
-
-
 async def _wait_outbox_empty(url: str, within: float) -> int:
     deadline = time.monotonic() + within
     while True:
@@ -351,7 +339,7 @@ async def test_r1_a_boot_storm_survives_every_component_failing_once_and_loses_n
             await asyncio.to_thread(stack.start, name)
 
         async def kill_nats_leader() -> None:
-            victim["node"] = await _stream_leader(nats_cluster, bus.COMPUTE_STREAM)
+            victim["node"] = await stream_leader(nats_cluster, bus.COMPUTE_STREAM)
             nats_cluster.nodes[victim["node"]].kill()
 
         async def restart_nats() -> None:
