@@ -27,6 +27,7 @@ import grpc
 import httpx
 import pytest
 from loom.compute.v1 import compute_pb2, compute_pb2_grpc
+from sqlalchemy.exc import OperationalError
 
 from bench.client import CloudEndpoint, resolve_cloud
 from controlplane.db import migrate
@@ -92,6 +93,10 @@ class Fault:
     injected_after_s: float | None = None
     undone_after_s: float | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+
+
+class NoListing(Exception):
+    """Neither gateway listed the servers (each refused, cut off or answered 503)."""
 
 
 class Clients:
@@ -185,7 +190,7 @@ class Clients:
                     marker = str(page[-1]["id"])
             except httpx.TransportError:
                 continue
-        raise AssertionError("no gateway listed the servers")
+        raise NoListing("no gateway listed the servers")
 
 
 async def _storm(clients: Clients, boots: Boots, faults: list[Fault]) -> None:
@@ -205,7 +210,7 @@ async def _storm(clients: Clients, boots: Boots, faults: list[Fault]) -> None:
 
     async def watch() -> None:
         while not (sent.is_set() and all(e.is_set() for e in boots.settled.values())):
-            with contextlib.suppress(AssertionError):
+            with contextlib.suppress(NoListing):
                 for s in await clients.servers():
                     if s["status"] in ("ACTIVE", "ERROR"):
                         event = boots.settled_event(str(s["id"]))
@@ -243,10 +248,19 @@ async def _storm(clients: Clients, boots: Boots, faults: list[Fault]) -> None:
 
 
 async def _settle(clients: Clients, within: float) -> tuple[list[dict[str, Any]], float]:
-    """Polls until no server of the storm is still building; returns them and how long."""
+    """Polls until no server of the storm is still building; returns them and how long. A
+    listing refused meanwhile (503 while PostgreSQL, restarted by the last fault, finishes
+    its recovery) is asked again."""
     began = time.monotonic()
     while True:
-        servers = [s for s in await clients.servers() if str(s["name"]).startswith("r1-")]
+        try:
+            listed = await clients.servers()
+        except NoListing:
+            if time.monotonic() - began > within:
+                raise
+            await asyncio.sleep(1)
+            continue
+        servers = [s for s in listed if str(s["name"]).startswith("r1-")]
         if all(s["status"] in ("ACTIVE", "ERROR") for s in servers):
             return servers, time.monotonic() - began
         if time.monotonic() - began > within:
@@ -269,9 +283,17 @@ async def _domains(agent_ports: list[int], hosts: dict[int, list[str]]) -> list[
 
 
 async def _wait_outbox_empty(url: str, within: float) -> int:
+    """The outbox rows left once Loom is idle (0), waiting up to `within` for them to go,
+    and for PostgreSQL to accept connections again after the last fault."""
     deadline = time.monotonic() + within
     while True:
-        rows = int(db_scalar(url, invariants.OUTBOX_ROWS_SQL))
+        try:
+            rows = int(db_scalar(url, invariants.OUTBOX_ROWS_SQL))
+        except OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(1)
+            continue
         if rows == 0 or time.monotonic() > deadline:
             return rows
         await asyncio.sleep(1)
