@@ -39,6 +39,8 @@ def find_nats_server() -> str:
 
 _EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _LOWEST_CHOSEN_PORT = 10000
+# Ports free_port has handed out in this process.
+_HANDED_OUT: set[int] = set()
 
 
 def ephemeral_port_range() -> tuple[int, int]:
@@ -59,13 +61,16 @@ def free_port(host: str = "127.0.0.1") -> int:
     fleet of agents opens hundreds), and the service then fails with "Address already in use".
     Outside that range only another explicit bind can take it."""
     low, _ = ephemeral_port_range()
-    candidates = list(range(_LOWEST_CHOSEN_PORT, low))
+    candidates = [p for p in range(_LOWEST_CHOSEN_PORT, low) if p not in _HANDED_OUT]
     for port in random.sample(candidates, min(len(candidates), 64)):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
                 s.bind((host, port))
             except OSError:
                 continue
+            # A port handed out may not be bound yet (its service starts later): never
+            # hand it out again in this process.
+            _HANDED_OUT.add(port)
             return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))

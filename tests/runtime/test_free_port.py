@@ -19,3 +19,10 @@ def test_a_free_port_can_be_bound_by_the_service_that_asked_for_it() -> None:
         s.bind(("127.0.0.1", port))
         s.listen()
         assert s.getsockname()[1] == port
+
+
+def test_one_process_is_never_handed_the_same_port_twice() -> None:
+    """Services started later bind their ports later: a port handed out and not bound yet
+    must not be handed out again (two services of one stack would then race for it)."""
+    ports = [free_port() for _ in range(1000)]
+    assert len(set(ports)) == len(ports)
