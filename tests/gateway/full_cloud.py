@@ -14,7 +14,6 @@ from typing import Any, cast
 
 import grpc
 import httpx
-from loom.scheduler.v1 import aggregates_pb2, aggregates_pb2_grpc, providers_pb2, providers_pb2_grpc
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -31,21 +30,19 @@ from controlplane.network.client import GrpcPortsClient, PortsClient
 from controlplane.network.service import NetworkDomain
 from controlplane.runtime.domain import DomainService
 from controlplane.runtime.grpcserver import (
-    Registration,
     insecure_or_secure_channel,
     start_grpc_server,
 )
-from controlplane.scheduler.aggregates_servicer import AggregatesServicer
 from controlplane.scheduler.hostcache import HostCache
 from controlplane.scheduler.pipeline import build_pipeline
 from controlplane.scheduler.placement import PlacementService
-from controlplane.scheduler.providers_servicer import ResourceProvidersServicer
 from controlplane.scheduler.store import ProviderStore
 from controlplane.seedfile import load_or_create
 from gateway.app import build_app
 from gateway.scheduler import Scheduler
 from gateway.service import make_gateway
 from tests.gateway.conftest import Cloud
+from tests.gateway.scheduler_cloud import scheduler_api_registrations
 from tests.support.catalog import RunningCatalog
 from tests.support.scheduler import running_scheduler
 
@@ -84,18 +81,7 @@ async def full_cloud(pg_url: str, data_dir: Path) -> AsyncIterator[Cloud]:
                 "127.0.0.1:0",
                 [
                     *registrations(conductor, hosted),
-                    Registration.of(
-                        AggregatesServicer(placement),
-                        aggregates_pb2,
-                        aggregates_pb2_grpc,
-                        "AggregatesService",
-                    ),
-                    Registration.of(
-                        ResourceProvidersServicer(sched_engine),
-                        providers_pb2,
-                        providers_pb2_grpc,
-                        "ResourceProvidersService",
-                    ),
+                    *scheduler_api_registrations(placement, sched_engine),
                 ],
                 None,
                 [DatabaseOutage()],

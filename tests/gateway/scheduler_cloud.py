@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import httpx
 from loom.scheduler.v1 import aggregates_pb2, aggregates_pb2_grpc, providers_pb2, providers_pb2_grpc
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from controlplane.config import SchedulerConfig
 from controlplane.db.engine import make_engine
@@ -38,6 +39,23 @@ class ScheduledCloud:
     hosts: dict[str, HostState]
 
 
+def scheduler_api_registrations(
+    placement: PlacementService, engine: AsyncEngine
+) -> list[Registration]:
+    """The scheduler's own APIs the gateway calls: aggregates and resource providers."""
+    return [
+        Registration.of(
+            AggregatesServicer(placement), aggregates_pb2, aggregates_pb2_grpc, "AggregatesService"
+        ),
+        Registration.of(
+            ResourceProvidersServicer(engine),
+            providers_pb2,
+            providers_pb2_grpc,
+            "ResourceProvidersService",
+        ),
+    ]
+
+
 @asynccontextmanager
 async def scheduled_cloud(pg_url: str, tmp_path: Path) -> AsyncIterator[ScheduledCloud]:
     engine = make_engine(pg_url)
@@ -45,23 +63,7 @@ async def scheduled_cloud(pg_url: str, tmp_path: Path) -> AsyncIterator[Schedule
     store = ProviderStore(engine)
     placement = PlacementService(store, HostCache(store), build_pipeline(cfg), cfg)
     hosts = {name: await add_host(store, name) for name in ("h1", "h2")}
-    server = await start_grpc_server(
-        "127.0.0.1:0",
-        [
-            Registration.of(
-                AggregatesServicer(placement),
-                aggregates_pb2,
-                aggregates_pb2_grpc,
-                "AggregatesService",
-            ),
-            Registration.of(
-                ResourceProvidersServicer(engine),
-                providers_pb2,
-                providers_pb2_grpc,
-                "ResourceProvidersService",
-            ),
-        ],
-    )
+    server = await start_grpc_server("127.0.0.1:0", scheduler_api_registrations(placement, engine))
     try:
         async with running_catalog(pg_url, tmp_path / "data") as cat:
             gateway = make_gateway(cat.cfg)
