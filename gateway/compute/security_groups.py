@@ -109,6 +109,11 @@ async def _names(
     return names
 
 
+async def _one(request: Request, ctx: RequestContext, group: npb.SecurityGroup) -> Response:
+    """The answer showing one group."""
+    return ok({"security_group": _group_view(group, await _names(request, ctx, [group]))})
+
+
 async def _get(request: Request, ctx: RequestContext, group_id: str) -> npb.SecurityGroup:
     try:
         reply = await call_network(
@@ -193,7 +198,7 @@ async def create_group(request: Request) -> Response:
     except ApiError as exc:
         raise _as_400(exc) from exc
     group = reply.security_group
-    return ok({"security_group": _group_view(group, await _names(request, ctx, [group]))})
+    return await _one(request, ctx, group)
 
 
 @documented(tag="compute", policy=READER)
@@ -203,7 +208,7 @@ async def show_group(request: Request) -> Response:
     ctx = context(request)
     ctx.require_read("os_compute_api:os-security-groups:get")
     group = await _get(request, ctx, request.path_params["group_id"])
-    return ok({"security_group": _group_view(group, await _names(request, ctx, [group]))})
+    return await _one(request, ctx, group)
 
 
 @documented(tag="compute", policy=MEMBER)
@@ -229,7 +234,7 @@ async def update_group(request: Request) -> Response:
     except ApiError as exc:
         raise _as_400(exc) from exc
     group = reply.security_group
-    return ok({"security_group": _group_view(group, await _names(request, ctx, [group]))})
+    return await _one(request, ctx, group)
 
 
 @documented(tag="compute", policy=MEMBER)
