@@ -93,6 +93,19 @@ _ACTS_ON_DOMAIN = frozenset(
 # Build requests remembered as deleted, per host: enough for every redelivery JetStream
 # can still make (a build is redelivered until acked, at most a few times ack_wait late).
 _DELETED_BUILDS_KEPT = 65536
+# How many instances' last carried-out command sequence the agent keeps (oldest dropped).
+_APPLIED_SEQS_KEPT = 65536
+
+
+def _command_seq(msg: Msg) -> int | None:
+    """The outbox sequence of a relayed command (controlplane/runtime/bus.py), if any."""
+    raw = msg.headers.get(bus.COMMAND_SEQ_HEADER) if msg.headers else None
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        return None
 
 
 def _valid_uuid(value: str) -> bool:
@@ -226,6 +239,11 @@ class HostAgent:
         # again: it would leave a domain nobody owns (chaos scenario R3).
         self._built: dict[str, str] = {}
         self._deleted_builds: dict[str, None] = {}
+        # instance → the sequence of the newest command carried out for it (oldest entries
+        # dropped past _APPLIED_SEQS_KEPT). A command with an older sequence is stale: a
+        # redelivery whose first delivery was carried out and answered, since overtaken
+        # (a stop coming back after the start that followed it would stop the guest).
+        self._applied_seqs: dict[str, int] = {}
         self._last_inventory = b""
         self._psub: JetStreamContext.PullSubscription | None = None
         self._leader_sub: Subscription | None = None
@@ -479,6 +497,17 @@ class HostAgent:
             serve = driver.refresh_routers if isinstance(driver, RouterDriver) else None
             await self._refresh(msg, "routers", serve, list(command.routers))
             return
+        iid = command.spec.instance_id if verb in ("build", "rebuild") else command.instance_id
+        seq = _command_seq(msg)
+        if seq is not None and seq < self._applied_seqs.get(iid, -1):
+            log.warning(
+                "stale %s skipped: a newer command for the instance was carried out",
+                verb,
+                extra={"host": self.host, "instance": iid, "seq": seq},
+            )
+            self._counters.stale_command()
+            await msg.ack()
+            return
         if verb in _ACTS_ON_DOMAIN and self._domain_may_come_back(command.instance_id):
             # Its domain died with the previous agent process; the first reconcile re-creates
             # it (nodeagent/reconcile.py). Acting now would find nothing and fail the task.
@@ -493,17 +522,12 @@ class HostAgent:
             with tracing.child_span(
                 f"agent {verb}",
                 traceparent,
-                {
-                    "loom.host": self.host,
-                    "loom.instance_id": command.spec.instance_id
-                    if verb in ("build", "rebuild")
-                    else command.instance_id,
-                }
-                if tracing.enabled()
-                else None,
+                {"loom.host": self.host, "loom.instance_id": iid} if tracing.enabled() else None,
             ):
                 async with self._lock:
                     event = await self._execute(verb, command)
+                    if seq is not None:
+                        self._note_applied(iid, seq)
                     with tracing.span("agent publish event"):
                         await self._publish_event(event)
         except Exception:
@@ -543,6 +567,13 @@ class HostAgent:
                 await msg.nak(delay=2.0)
             return
         await msg.ack()
+
+    def _note_applied(self, iid: str, seq: int) -> None:
+        seqs = self._applied_seqs
+        seqs.pop(iid, None)  # re-inserted last: the dict keeps recency order
+        seqs[iid] = seq
+        while len(seqs) > _APPLIED_SEQS_KEPT:
+            del seqs[next(iter(seqs))]
 
     def _domain_may_come_back(self, iid: str) -> bool:
         """True until the first reconcile of a hypervisor whose domains die with the agent

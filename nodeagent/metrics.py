@@ -23,6 +23,12 @@ RECONCILE_ACTIONS = Counter(
     "sync) and kind (destroy_orphan, recreate, report_missing, report_power_state).",
     ["host", "phase", "kind"],
 )
+STALE_COMMANDS = Counter(
+    "loom_agent_stale_commands_skipped",
+    "Commands the agent acknowledged without carrying out because a newer command for the "
+    "same instance had been carried out already (a redelivery overtaken by later work).",
+    ["host"],
+)
 
 
 class HostCounters:
@@ -30,7 +36,11 @@ class HostCounters:
 
     def __init__(self, host: str) -> None:
         self.heartbeats_sent = HEARTBEATS_SENT.labels(host)
+        self._stale_commands = STALE_COMMANDS.labels(host)
         self._host = host
+
+    def stale_command(self) -> None:
+        self._stale_commands.inc()
 
     def reconcile_action(self, phase: str, kind: str) -> None:
         RECONCILE_ACTIONS.labels(self._host, phase, kind).inc()

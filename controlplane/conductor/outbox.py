@@ -113,10 +113,11 @@ async def _unless_lost(work: asyncio.Future[list[T]], link: asyncio.Event | None
     return None
 
 
-def _headers(msg_id: str, traceparent: str | None) -> dict[str, str]:
-    if traceparent is None:
-        return {"Nats-Msg-Id": msg_id}
-    return {"Nats-Msg-Id": msg_id, tracing.TRACEPARENT: traceparent}
+def _headers(msg_id: str, seq: int, traceparent: str | None) -> dict[str, str]:
+    headers = {"Nats-Msg-Id": msg_id, bus.COMMAND_SEQ_HEADER: str(seq)}
+    if traceparent is not None:
+        headers[tracing.TRACEPARENT] = traceparent
+    return headers
 
 
 def _log_relay_failed(state: RetryCallState) -> None:
@@ -188,7 +189,7 @@ class Relay:
                         r.subject,
                         r.payload,
                         timeout=self._timeout,
-                        headers=_headers(r.msg_id, r.traceparent),
+                        headers=_headers(r.msg_id, r.id, r.traceparent),
                     )
                     for r in rows
                 ),

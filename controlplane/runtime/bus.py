@@ -6,6 +6,12 @@ Streams (all file-backed, deduplicated by Nats-Msg-Id):
   LOOM_EVENTS     loom.events.instance.<host>  instance events from agents (work queue)
   LOOM_INVENTORY  loom.events.inventory.<host> host inventories (last value per host)
 Heartbeats are plain NATS (loom.events.heartbeat.<host>): losing one only delays liveness.
+
+Every message the conductor's outbox relays carries its outbox row id as the
+Loom-Command-Seq header. Commands for one instance are queued in transactions that follow
+one another (each takes the instance's row), so their ids grow in the order they were
+decided; an agent skips a command older than one it has already carried out for the same
+instance (a stale redelivery, whose first delivery's effect and event already happened).
 """
 
 from __future__ import annotations
@@ -32,6 +38,9 @@ COMPUTE_STREAM = "LOOM_COMPUTE"
 CONDUCTOR_STREAM = "LOOM_CONDUCTOR"
 EVENTS_STREAM = "LOOM_EVENTS"
 INVENTORY_STREAM = "LOOM_INVENTORY"
+
+# The outbox row id of a relayed message (see above).
+COMMAND_SEQ_HEADER = "Loom-Command-Seq"
 
 # Command verbs an agent accepts on loom.compute.<host>.<verb>.
 VERBS = (

@@ -160,10 +160,13 @@ async def _end_state(
 
 
 def _scrape(url: str) -> dict[str, float]:
-    """Sums of the loom_bus_* counters one service serves, over their labels."""
+    """Sums of the loom_bus_* and loom_agent_stale_* counters one service serves, over
+    their labels."""
     sums: dict[str, float] = {}
     for line in httpx.get(url, timeout=10).text.splitlines():
-        match = re.match(r"^(loom_bus_\w+)_total(\{[^}]*\})? ([0-9.e+]+)$", line)
+        match = re.match(
+            r"^(loom_bus_\w+|loom_agent_stale_\w+)_total(\{[^}]*\})? ([0-9.e+]+)$", line
+        )
         if match:
             sums[match.group(1)] = sums.get(match.group(1), 0.0) + float(match.group(3))
     return sums
@@ -256,6 +259,7 @@ async def test_r3_duplicated_and_unacked_bus_messages_end_where_a_clean_run_ends
         "messages_duplicated": int(counters.get("loom_bus_fault_duplicated", 0)),
         "acks_dropped": int(counters.get("loom_bus_fault_ack_dropped", 0)),
         "redelivered": int(counters.get("loom_bus_redelivered", 0)),
+        "stale_commands_skipped": int(counters.get("loom_agent_stale_commands_skipped", 0)),
         "gateway_answered_after_restart_s": round(gateway_back_s, 1),
         "clean_storm_s": round(clean_s, 1),
         "faulty_storm_s": round(faulty_s, 1),

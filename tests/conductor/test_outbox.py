@@ -115,6 +115,9 @@ async def test_a_message_queued_inside_a_span_is_published_with_that_span_as_tra
     finally:
         await nc.drain()
     assert sender is not None
+    # Each also carries its outbox sequence, growing in the order they were queued.
+    seqs = {k: int(h.pop(bus.COMMAND_SEQ_HEADER)) for k, h in headers.items() if h is not None}
+    assert seqs["inside"] < seqs["outside"]
     assert headers["inside"] == {"Nats-Msg-Id": "inside", "traceparent": sender}
     assert headers["outside"] == {"Nats-Msg-Id": "outside"}
 

@@ -44,16 +44,21 @@ def build_command(
 
 
 async def send(
-    js: JetStreamContext, host: str, verb: str, command: object, msg_id: str = ""
+    js: JetStreamContext,
+    host: str,
+    verb: str,
+    command: object,
+    msg_id: str = "",
+    seq: int | None = None,
 ) -> None:
-    """Publishes a command as the conductor's outbox relay does."""
+    """Publishes a command as the conductor's outbox relay does (`seq`: its outbox row id)."""
     data = command.SerializeToString()  # type: ignore[attr-defined]
     request_id = command.request_id  # type: ignore[attr-defined]
+    headers = {"Nats-Msg-Id": msg_id or request_id}
+    if seq is not None:
+        headers[bus.COMMAND_SEQ_HEADER] = str(seq)
     await js.publish(
-        bus.compute_subject(host, verb),
-        data,
-        stream=bus.COMPUTE_STREAM,
-        headers={"Nats-Msg-Id": msg_id or request_id},
+        bus.compute_subject(host, verb), data, stream=bus.COMPUTE_STREAM, headers=headers
     )
 
 

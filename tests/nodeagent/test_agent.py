@@ -541,6 +541,39 @@ async def test_after_a_nats_restart_an_agent_takes_commands_again_within_seconds
         await nc.close()
 
 
+async def test_a_stop_redelivered_after_the_start_that_followed_it_leaves_the_guest_running(
+    make_agent: AgentFactory, bus_nc: NATS
+) -> None:
+    # Found by chaos scenario R3 (about one run in ten): a stop whose ack never reached
+    # JetStream came back after the start that followed it and shut the guest down.
+    agent = make_agent()
+    await agent.start()
+    events = await EventReader.open(bus_nc, "h1")
+    js = bus_nc.jetstream()
+    spec = make_spec()
+    iid = spec.instance_id
+    await send(js, "h1", "build", build_command(spec), seq=10)
+    assert (await events.next()).kind == agent_bus_pb2.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED
+    stop = agent_bus_pb2.StopInstanceCommand(request_id="stop-1", instance_id=iid)
+    await send(js, "h1", "stop", stop, seq=11)
+    assert (await events.next()).power_state == agent_bus_pb2.POWER_STATE_SHUTDOWN
+    start = agent_bus_pb2.StartInstanceCommand(request_id="start-1", instance_id=iid)
+    await send(js, "h1", "start", start, seq=12)
+    assert (await events.next()).power_state == agent_bus_pb2.POWER_STATE_RUNNING
+
+    # The stop again, as JetStream redelivers one it never saw acked.
+    await send(js, "h1", "stop", stop, msg_id=f"redelivered-{uuid.uuid4()}", seq=11)
+    await _wait_drained(bus_nc, "h1")
+    assert agent.driver.list_instances() == {iid: PowerState.RUNNING}
+    assert await events.none_within(0.5)
+
+    # A newer command is carried out as ever.
+    stop_again = agent_bus_pb2.StopInstanceCommand(request_id="stop-2", instance_id=iid)
+    await send(js, "h1", "stop", stop_again, seq=13)
+    assert (await events.next()).power_state == agent_bus_pb2.POWER_STATE_SHUTDOWN
+    assert agent.driver.list_instances() == {iid: PowerState.SHUTDOWN}
+
+
 async def test_a_build_redelivered_after_its_instance_was_deleted_does_not_bring_it_back(
     make_agent: AgentFactory, bus_nc: NATS
 ) -> None:
