@@ -50,7 +50,7 @@ from controlplane.conductor.shelving import ShelvedOffloader
 from controlplane.conductor.stranded import StrandedBuilds
 from controlplane.config import HostableDomain, LoomConfig
 from controlplane.db.engine import engine_for, session_factory
-from controlplane.db.outage import DatabaseOutage
+from controlplane.db.outage import DatabaseOutage, wait_until_reachable
 from controlplane.identity.service import IdentityDomain
 from controlplane.image.service import ImageDomain
 from controlplane.network.client import GrpcPortsClient
@@ -123,6 +123,9 @@ async def serve(cfg: LoomConfig, stop: asyncio.Event, **_options: object) -> Non
     """Serves until stop is set, then stops taking requests, lets the workers finish their
     current batch and closes NATS, the scheduler channel and the database pool."""
     engine = engine_for(cfg.database, cfg.database_url)
+    if not await wait_until_reachable(engine, stop, "conductor"):
+        await engine.dispose()
+        return
     sessions = session_factory(engine)
     # Standalone runs without a configured URL expect a nats-server on the default port.
     nats_url = cfg.nats.url or "nats://127.0.0.1:4222"

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.config import LoomConfig
 from controlplane.db.engine import engine_for, session_factory
-from controlplane.db.outage import DatabaseOutage
+from controlplane.db.outage import DatabaseOutage, wait_until_reachable
 from controlplane.runtime.grpcserver import Registration, start_grpc_server
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,8 @@ async def serve_domain(
     engine = engine_for(cfg.database, cfg.database_url)
     try:
         domain = factory(session_factory(engine), cfg)
+        if not await wait_until_reachable(engine, stop, domain.name):
+            return
         # Seeded before serving: the compute service reads the catalog's default flavors
         # and quota limits from the first boot on, without calling this process.
         await domain.seed()

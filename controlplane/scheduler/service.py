@@ -21,7 +21,7 @@ from nats.aio.client import Client as NATS
 
 from controlplane.config import LoomConfig
 from controlplane.db.engine import engine_for
-from controlplane.db.outage import DatabaseOutage
+from controlplane.db.outage import DatabaseOutage, wait_until_reachable
 from controlplane.runtime import bus
 from controlplane.runtime.grpcserver import Registration, start_grpc_server
 from controlplane.scheduler import convert
@@ -86,6 +86,8 @@ async def serve(cfg: LoomConfig, stop: asyncio.Event) -> None:
     server = None
     stop_watching = watch_hosts(cache, placement.down_after)
     try:
+        if not await wait_until_reachable(engine, stop, BINARY):
+            return
         await cache.refresh_all()
         nc = await bus.connect(cfg.nats.url, cfg.nats, BINARY)
         await bus.ensure_streams(nc.jetstream(), cfg.nats)
