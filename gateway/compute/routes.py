@@ -12,6 +12,7 @@ from gateway.compute import (
     extensions,
     flavors,
     fleet,
+    floating_ips,
     hosts,
     images,
     interfaces,
@@ -57,6 +58,7 @@ def routes() -> list[BaseRoute]:
         *audit_log.routes(),
         *networks.routes(),
         *security_groups.routes(),
+        *floating_ips.routes(),
         *server_tags.routes(),
         *server_password.routes(),
     ]

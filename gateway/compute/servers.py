@@ -18,7 +18,13 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.auth.context import RequestContext
-from gateway.compute import consoles, migrations, server_networks, server_security_groups
+from gateway.compute import (
+    consoles,
+    floating_ips,
+    migrations,
+    server_networks,
+    server_security_groups,
+)
 from gateway.compute.common import context, empty, links, next_link, ok
 from gateway.compute.views_time import iso_micro
 from gateway.conductor import call
@@ -256,6 +262,9 @@ ACTION_SCHEMA: dict[str, Any] = {
         # Parsed as Nova does, with its messages (server_security_groups.py).
         "addSecurityGroup": {},
         "removeSecurityGroup": {},
+        # Up to 2.43; checked with Nova's messages in floating_ips.py.
+        "addFloatingIp": {},
+        "removeFloatingIp": {},
         "shelve": {"type": ["null", "object"]},
         # Checked against the microversion's schema in _rebuild.
         "rebuild": {"type": "object"},
@@ -757,6 +766,8 @@ _ACTION_POLICIES = {
     "forceDelete": "os_compute_api:os-deferred-delete:force",
     "addSecurityGroup": "os_compute_api:os-security-groups:add",
     "removeSecurityGroup": "os_compute_api:os-security-groups:remove",
+    "addFloatingIp": "os_compute_api:os-floating-ips:add",
+    "removeFloatingIp": "os_compute_api:os-floating-ips:remove",
 }
 
 # Who may send each action (the body's one key): the dispatcher's table, published in
@@ -820,7 +831,8 @@ def _require(ctx: RequestContext, rule: Rule, name: str) -> None:
 async def server_action(request: Request) -> Response:
     """Server actions: os-start, os-stop, reboot, pause, unpause, suspend, resume, lock,
     unlock, shelve, shelveOffload, unshelve, rebuild, os-resetState, restore, forceDelete,
-    addSecurityGroup, removeSecurityGroup (202); the console actions (200)."""
+    addSecurityGroup, removeSecurityGroup, addFloatingIp and removeFloatingIp (up to 2.43)
+    (202); the console actions (200)."""
     ctx = context(request)
     body = await json_body(request)
     named = next(iter(body)) if isinstance(body, dict) and len(body) == 1 else ""
@@ -848,6 +860,12 @@ async def server_action(request: Request) -> Response:
     }
     if action in ("lock", "unlock"):
         await _lock(request, ctx, action, body[action], common)
+        return empty(202)
+    if action in floating_ips.ACTIONS:
+        floating_ips.refuse_after_2_43(request)
+        await floating_ips.server_action(
+            request, ctx, await _get(request, ctx), action, body[action]
+        )
         return empty(202)
     if action in ("addSecurityGroup", "removeSecurityGroup"):
         await server_security_groups.change(
