@@ -23,6 +23,7 @@ from nodeagent.driver.base import (
     BuildFailed,
     InstanceNotFound,
     NotSupported,
+    PauseSuspendDriver,
     PowerState,
     ResizeInPlaceDriver,
 )
@@ -102,6 +103,11 @@ async def execute(
             except BuildFailed as exc:
                 agent.forget(iid)
                 return _answer(agent, verb, cmd, PowerState.NOSTATE, (500, str(exc)))
+            if cmd.paused:
+                driver = agent.driver
+                if not isinstance(driver, PauseSuspendDriver):
+                    raise NotSupported("This host's hypervisor cannot pause instances.")
+                state = await agent.call_driver(driver.pause, iid)
             agent.note_power(iid, state)
             return _answer(agent, verb, cmd, state)
         if verb == DROP:

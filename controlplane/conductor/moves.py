@@ -151,6 +151,7 @@ def command(
     mig: Migration,
     *,
     power_on: bool = False,
+    paused: bool = False,
     spec: agent_bus_pb2.InstanceSpec | None = None,
     nics_found: nics.Nics | None = None,
 ) -> Outgoing:
@@ -163,6 +164,7 @@ def command(
         instance_id=mig.instance_uuid,
         spec=spec,
         power_on=power_on,
+        paused=paused,
         source_host=mig.source_compute,
         # The DHCP of the server's networks on the host its ports were just bound to.
         dhcp=() if nics_found is None else nics_found.dhcp,
@@ -327,6 +329,7 @@ async def start_move(
                     dest.host,
                     mig,
                     power_on=True,
+                    paused=loaded[0].vm_state == VmState.PAUSED,
                     spec=instance_spec(*loaded),
                     nics_found=found,
                 ),

@@ -435,6 +435,6 @@ def check_resized(action: str, vm_state: str, task_state: str | None) -> None:
 
 
 def check_live_migration(action: str, vm_state: str, task_state: str | None) -> None:
-    """A live migration needs a running (active) server with no task."""
-    if vm_state != VmState.ACTIVE or task_state is not None:
+    """A live migration needs a running (active) or paused server with no task."""
+    if vm_state not in (VmState.ACTIVE, VmState.PAUSED) or task_state is not None:
         raise InvalidState(action, vm_state, task_state)

@@ -589,6 +589,37 @@ async def test_a_live_migration_starts_the_server_on_the_destination_then_drops_
     assert list(in_progress.migrations) == []
 
 
+async def test_a_paused_server_live_migrates_and_stays_paused_on_the_destination(
+    two_hosts: Fleet,
+) -> None:
+    f = two_hosts
+    s = await boot(f)
+    await f.h.servers.PauseServer(servers_pb2.PauseServerRequest(request_id="req-pause", id=s.id))
+    await wait_status(f, s.id, S.SERVER_STATUS_PAUSED)
+    await live_migrate(f, s.id, host="h2")
+
+    async def completed() -> bool:
+        return (await migration(f, s.id)).status == "completed"
+
+    await eventually(completed, MOVE_S)
+    moved = await server(f, s.id)
+    assert (moved.status, moved.host, moved.task_state) == (
+        S.SERVER_STATUS_PAUSED,
+        "h2",
+        servers_pb2.TASK_STATE_UNSPECIFIED,
+    )
+    assert f.driver("h2").describe(s.id) == PowerState.PAUSED
+    assert s.id not in f.driver("h1").list_instances()
+    assert await claims(f) == {s.id: "h2"}
+    await assert_usage_is_the_sum_of_allocations(f)
+    # It unpauses where it is now.
+    await f.h.servers.UnpauseServer(
+        servers_pb2.UnpauseServerRequest(request_id="req-unpause", id=s.id)
+    )
+    await wait_status(f, s.id, S.SERVER_STATUS_ACTIVE)
+    assert f.driver("h2").describe(s.id) == PowerState.RUNNING
+
+
 async def test_a_live_migration_of_a_stopped_server_is_a_conflict(two_hosts: Fleet) -> None:
     f = two_hosts
     s = await boot(f)

@@ -1441,6 +1441,7 @@ class MoveInstanceCommand(_message.Message):
     SOURCE_HOST_FIELD_NUMBER: _builtins.int
     FROM_IMAGE_FIELD_NUMBER: _builtins.int
     DHCP_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per command; also the NATS message id."""
     migration_id: _builtins.str
@@ -1454,6 +1455,10 @@ class MoveInstanceCommand(_message.Message):
     from_image: _builtins.bool
     """move_finish_dest of an evacuation: build fresh disks from the image as a boot does;
     nothing is received from the source (which is down).
+    """
+    paused: _builtins.bool
+    """move_finish_dest of a live migration of a paused server: the domain is paused once
+    started, as the source's is (power_on is set too).
     """
     @_builtins.property
     def spec(self) -> Global___InstanceSpec:
@@ -1477,10 +1482,11 @@ class MoveInstanceCommand(_message.Message):
         source_host: _builtins.str = ...,
         from_image: _builtins.bool = ...,
         dhcp: _abc.Iterable[Global___NetworkDhcp] | None = ...,
+        paused: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dhcp", b"dhcp", "from_image", b"from_image", "instance_id", b"instance_id", "migration_id", b"migration_id", "power_on", b"power_on", "request_id", b"request_id", "source_host", b"source_host", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dhcp", b"dhcp", "from_image", b"from_image", "instance_id", b"instance_id", "migration_id", b"migration_id", "paused", b"paused", "power_on", b"power_on", "request_id", b"request_id", "source_host", b"source_host", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
