@@ -47,6 +47,7 @@ from nodeagent.driver.base import (
 from nodeagent.fleet import ExpectedInstance, FleetView
 from nodeagent.metrics import HostCounters
 from nodeagent.reconcile import ReconcilePlan, plan_reconcile, wanted_power_on
+from nodeagent.snapshots import SnapshotFailed, SnapshotTaker
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ _COMMANDS: dict[str, type[Any]] = {
     "shelve_offload": agent_bus_pb2.ShelveOffloadInstanceCommand,
     "unshelve": agent_bus_pb2.UnshelveInstanceCommand,
     "rebuild": agent_bus_pb2.RebuildInstanceCommand,
+    "snapshot": agent_bus_pb2.SnapshotInstanceCommand,
     "port_security": agent_bus_pb2.RefreshPortSecurityCommand,
     "routers": agent_bus_pb2.RefreshRoutersCommand,
 }
@@ -85,6 +87,7 @@ _ACTS_ON_DOMAIN = frozenset(
         "suspend",
         "resume",
         "shelve",
+        "snapshot",
         moves.STOP_SOURCE,
         moves.RESTORE_SOURCE,
     }
@@ -201,6 +204,7 @@ class HostAgent:
         ack_wait: float = 30.0,
         watch: bus.ConnectionWatch | None = None,
         faults: BusFaults | None = None,
+        snapshots: SnapshotTaker | None = None,
     ) -> None:
         if not bus.valid_host_name(host):
             raise ValueError(f"host name {host!r} cannot be a NATS subject token")
@@ -218,6 +222,8 @@ class HostAgent:
         self._ack_wait = ack_wait
         # Chaos faults on the commands fetched (none by default; redeliveries counted).
         self._faults = faults or BusFaults()
+        # Where snapshots' bytes go (None: this host cannot upload images).
+        self._snapshots = snapshots
         # The expiry of each pull request. Long is cheap (an idle host sends one pull request
         # per expiry) and nothing waits it out: a pull request lost with a restarted server
         # is replaced as soon as the connection is back (watch), and stop ends the open one.
@@ -600,6 +606,8 @@ class HostAgent:
             return await self._offload(command)
         if verb == "rebuild":
             return await self._rebuild(command)
+        if verb == "snapshot":
+            return await self._snapshot(command)
         iid = command.instance_id
         action: Callable[[], PowerState]
         if verb in ("pause", "unpause", "suspend", "resume"):
@@ -768,6 +776,62 @@ class HostAgent:
             )
         self._set_known(iid, state)
         return answer(m.ACTION_SUCCEEDED, state)
+
+    async def _snapshot(
+        self, cmd: agent_bus_pb2.SnapshotInstanceCommand
+    ) -> agent_bus_pb2.InstanceEvent:
+        iid = cmd.instance_id
+
+        def answer(
+            kind: m.Kind, state: PowerState, fault: common_pb2.Fault | None = None
+        ) -> agent_bus_pb2.InstanceEvent:
+            return m.instance_event(
+                host=self.host,
+                instance_id=iid,
+                kind=kind,
+                power_state=state,
+                request_id=cmd.request_id,
+                action="snapshot",
+                fault=fault,
+            )
+
+        if self._snapshots is None:
+            return answer(
+                m.ACTION_FAILED,
+                self._known.get(iid, PowerState.NOSTATE),
+                m.fault(501, "This host cannot upload images (agent.image_url is not set)."),
+            )
+        taker = self._snapshots
+        try:
+            # A worker thread whatever the driver: the copy and the upload are long I/O.
+            state = await asyncio.to_thread(
+                taker.take, self.driver, iid, cmd.base_image, cmd.image_id
+            )
+        except InstanceNotFound as exc:
+            self._forget(iid)
+            return answer(m.ACTION_FAILED, PowerState.NOSTATE, m.fault(404, str(exc)))
+        except SnapshotFailed as exc:
+            log.warning(
+                "snapshot failed", extra={"host": self.host, "instance": iid, "error": str(exc)}
+            )
+            return answer(m.ACTION_FAILED, await self._state_of(iid), m.fault(500, str(exc)))
+        except Exception:
+            log.exception("snapshot failed", extra={"host": self.host, "instance": iid})
+            return answer(
+                m.ACTION_FAILED,
+                await self._state_of(iid),
+                m.fault(500, "The hypervisor could not snapshot the instance."),
+            )
+        self._set_known(iid, state)
+        return answer(m.ACTION_SUCCEEDED, state)
+
+    async def _state_of(self, iid: str) -> PowerState:
+        try:
+            state = await self.call_driver(self.driver.describe, iid)
+        except Exception:
+            return PowerState.NOSTATE
+        self._set_known(iid, state)
+        return state
 
     async def _offload(
         self, cmd: agent_bus_pb2.ShelveOffloadInstanceCommand

@@ -28,8 +28,10 @@ from nodeagent.fleet import GrpcFleetView
 from nodeagent.grpc_api import SERVICE_NAME, ComputeApi
 from nodeagent.images.cache import ImageCache
 from nodeagent.images.source import HttpImageSource, ImageSource, LocalImageSource, file_token
+from nodeagent.images.upload import HttpImageUploader
 from nodeagent.metrics import watch_consumers
 from nodeagent.network import DataPlaneConfig, HostDataPlane
+from nodeagent.snapshots import SnapshotTaker
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,20 @@ def default_vtep_address() -> str:
         return "127.0.0.1"
     finally:
         probe.close()
+
+
+def make_snapshot_taker(cfg: LoomConfig) -> SnapshotTaker | None:
+    """Snapshots need somewhere to upload to: the image service over HTTP
+    (`agent.image_url`); without it the host refuses snapshots."""
+    if not cfg.agent.image_url:
+        return None
+    token_file = cfg.agent.image_token_file
+    token = file_token(Path(token_file)) if token_file else (lambda: "")
+    return SnapshotTaker(
+        source=make_image_source(cfg),
+        uploader=HttpImageUploader(cfg.agent.image_url, token),
+        scratch=cfg.data_path / "agent" / "snapshots",
+    )
 
 
 def make_driver(cfg: LoomConfig, host: str) -> LibvirtDriver:
@@ -195,6 +211,7 @@ async def serve(
             cfg.agent.conductor_target or cfg.conductor.listen, cfg.tls
         )
         fleet = GrpcFleetView(channel)
+        snapshots = make_snapshot_taker(cfg)
         for host in hosts:
             agents[host] = HostAgent(
                 host=host,
@@ -208,6 +225,7 @@ async def serve(
                 watch=watch,
                 ack_wait=cfg.nats.ack_wait_s or 30.0,
                 faults=BusFaults.from_config(cfg.nats),
+                snapshots=snapshots,
             )
 
         async def start(agent: HostAgent) -> None:

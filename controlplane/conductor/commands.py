@@ -91,6 +91,16 @@ def simple(verb: str, host: str, instance_uuid: str, request_id: str) -> Outgoin
     return Outgoing(bus.compute_subject(host, verb), msg_id, payload)
 
 
+def snapshot(
+    host: str, instance_uuid: str, request_id: str, image_id: str, base: agent_bus_pb2.ImageRef
+) -> Outgoing:
+    msg_id = f"snapshot-{instance_uuid}-{request_id}"
+    payload = agent_bus_pb2.SnapshotInstanceCommand(
+        request_id=msg_id, instance_id=instance_uuid, image_id=image_id, base_image=base
+    )
+    return Outgoing(bus.compute_subject(host, "snapshot"), msg_id, payload)
+
+
 def rebuild(
     host: str, spec: agent_bus_pb2.InstanceSpec, request_id: str, *, power_on: bool
 ) -> Outgoing:

@@ -51,6 +51,7 @@ _ACTION_TASKS = {
     "reboot": {TaskState.REBOOTING.value, TaskState.REBOOTING_HARD.value},
     **{verb: {a.task.value} for verb, a in states.SIMPLE_ACTIONS.items()},
     "rebuild": set(states.REBUILD_TASKS),
+    "snapshot": {TaskState.IMAGE_SNAPSHOT.value},
 }
 
 
@@ -71,6 +72,8 @@ def _action_of(verb: str, command_id: str) -> str:
     shelve's last step."""
     if verb == "shelve_offload" and f"-{AUTO_OFFLOAD}" in command_id:
         return "shelve"
+    if verb == "snapshot":
+        return "createImage"
     return verb
 
 
@@ -402,6 +405,10 @@ class EventConsumer:
                 await self._offloaded(session, inst, event)
                 return
             vm_state, power = states.after_action(verb, ok, int(event.power_state))
+            if verb == "snapshot":
+                # A snapshot leaves the server as it was, whether or not it succeeded (a
+                # failure's image is left queued without data, and says so in the event).
+                vm_state, power = VmState(inst.vm_state), int(event.power_state)
             if inst.task_state == TaskState.SOFT_DELETING:
                 # Deleted for its owner whatever the power-off did; the reclaim deletes it.
                 vm_state = VmState.SOFT_DELETED

@@ -53,6 +53,7 @@ class TaskState(StrEnum):
     REBUILD_SPAWNING = "rebuild_spawning"
     SOFT_DELETING = "soft-deleting"
     RESTORING = "restoring"
+    IMAGE_SNAPSHOT = "image_snapshot"
 
 
 class PowerState(IntEnum):
@@ -347,6 +348,16 @@ def check_restore(instance_uuid: str, vm_state: str, task_state: str | None) -> 
         raise InvalidState("restore", vm_state, None, instance_uuid)
     if task_state is not None:
         raise InvalidState("restore", vm_state, task_state, instance_uuid)
+
+
+# The states a snapshot may be taken in (Nova's): the guest keeps its state.
+SNAPSHOT_STATES = frozenset({VmState.ACTIVE, VmState.STOPPED, VmState.PAUSED, VmState.SUSPENDED})
+
+
+def check_snapshot(instance_uuid: str, vm_state: str, task_state: str | None) -> None:
+    """A snapshot needs an active, stopped, paused or suspended server with no task."""
+    if vm_state not in SNAPSHOT_STATES or task_state is not None:
+        raise InvalidState("createImage", vm_state, task_state, instance_uuid)
 
 
 def can_delete(vm_state: str, task_state: str | None) -> bool:

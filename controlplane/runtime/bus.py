@@ -62,6 +62,8 @@ VERBS = (
     "shelve_offload",
     "unshelve",
     "rebuild",
+    # A copy of the root disk into an image (loom.compute.v1.SnapshotInstanceCommand).
+    "snapshot",
     # The current security of the host's ports (loom.compute.v1.RefreshPortSecurityCommand).
     "port_security",
     # The current state of the routers the host serves (loom.compute.v1.RefreshRoutersCommand).

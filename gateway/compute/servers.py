@@ -22,6 +22,7 @@ from gateway.compute import (
     consoles,
     floating_ips,
     migrations,
+    server_images,
     server_networks,
     server_security_groups,
 )
@@ -262,6 +263,12 @@ ACTION_SCHEMA: dict[str, Any] = {
         # Parsed as Nova does, with its messages (server_security_groups.py).
         "addSecurityGroup": {},
         "removeSecurityGroup": {},
+        "createImage": {
+            "type": "object",
+            "required": ["name"],
+            "additionalProperties": False,
+            "properties": {"name": _NAME, "metadata": _META},
+        },
         # Up to 2.43; checked with Nova's messages in floating_ips.py.
         "addFloatingIp": {},
         "removeFloatingIp": {},
@@ -766,6 +773,7 @@ _ACTION_POLICIES = {
     "forceDelete": "os_compute_api:os-deferred-delete:force",
     "addSecurityGroup": "os_compute_api:os-security-groups:add",
     "removeSecurityGroup": "os_compute_api:os-security-groups:remove",
+    "createImage": "os_compute_api:servers:create_image",
     "addFloatingIp": "os_compute_api:os-floating-ips:add",
     "removeFloatingIp": "os_compute_api:os-floating-ips:remove",
 }
@@ -831,8 +839,8 @@ def _require(ctx: RequestContext, rule: Rule, name: str) -> None:
 async def server_action(request: Request) -> Response:
     """Server actions: os-start, os-stop, reboot, pause, unpause, suspend, resume, lock,
     unlock, shelve, shelveOffload, unshelve, rebuild, os-resetState, restore, forceDelete,
-    addSecurityGroup, removeSecurityGroup, addFloatingIp and removeFloatingIp (up to 2.43)
-    (202); the console actions (200)."""
+    addSecurityGroup, removeSecurityGroup, addFloatingIp and removeFloatingIp (up to 2.43),
+    createImage (202); the console actions (200)."""
     ctx = context(request)
     body = await json_body(request)
     named = next(iter(body)) if isinstance(body, dict) and len(body) == 1 else ""
@@ -884,6 +892,10 @@ async def server_action(request: Request) -> Response:
         return empty(202)
     # Admins act on locked servers; the conductor refuses everyone else.
     common["override_lock"] = ctx.is_admin
+    if action == "createImage":
+        return await server_images.create_image(
+            request, ctx, await _get(request, ctx), body[action], common
+        )
     if action == "shelveOffload":
         # Nova's default policy keeps offloading to admins.
         ctx.require_admin(_ACTION_POLICIES[action])

@@ -55,6 +55,7 @@ TASK_STATES = {
     servers_pb2.TASK_STATE_REBUILD_SPAWNING: "rebuild_spawning",
     servers_pb2.TASK_STATE_SOFT_DELETING: "soft-deleting",
     servers_pb2.TASK_STATE_RESTORING: "restoring",
+    servers_pb2.TASK_STATE_IMAGE_SNAPSHOT: "image_snapshot",
 }
 STATUSES = {
     servers_pb2.SERVER_STATUS_BUILD: "BUILD",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from loom.compute.v1 import agent_bus_pb2
@@ -285,6 +286,17 @@ class RebuildDriver(Protocol):
         is gone from the host and BuildFailed is raised. Idempotent per rebuild_id: when
         that rebuild already finished nothing changes and the current state is returned.
         """
+        ...
+
+
+@runtime_checkable
+class SnapshotDriver(Protocol):
+    """Optional: reading an instance's root disk for a snapshot."""
+
+    def root_disk(self, instance_id: str) -> Path | None:
+        """The file of the instance's root disk (qcow2), or None when the host keeps no disk
+        of its own for it (a simulated guest, whose disk is its image). InstanceNotFound
+        if absent."""
         ...
 
 

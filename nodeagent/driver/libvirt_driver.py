@@ -796,6 +796,15 @@ class LibvirtDriver:
             dom.resume()
         return self._power(dom)
 
+    def root_disk(self, instance_id: str) -> Path | None:
+        self._require(instance_id)
+        if self._domain_type == "test":
+            return None  # a simulated guest has no disk: its image is its disk
+        disk = self._instance_dir(instance_id) / "disk"
+        if not disk.exists():
+            raise InstanceNotFound(f"Instance {instance_id} has no root disk on this host.")
+        return disk
+
     def destroy(self, instance_id: str) -> None:
         self._simulate_latency()
         dom = self._lookup(instance_id)

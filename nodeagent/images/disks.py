@@ -79,3 +79,22 @@ def create_blank(path: Path, size_bytes: int) -> DiskInfo:
     """Creates an empty qcow2 disk of `size_bytes` (ephemeral and swap disks)."""
     _qemu_img("create", "-q", "-f", "qcow2", str(path), str(size_bytes))
     return disk_info(path, "qcow2")
+
+
+def export_qcow2(src: Path, src_format: str, dest: Path, timeout: float = 3600.0) -> DiskInfo:
+    """Writes `src` (read as `src_format`, never probed) as one standalone qcow2 file at
+    `dest`: an overlay's backing chain is folded in. `--force-share` lets it read a disk a
+    guest holds open (the caller pauses a running guest first, so the copy is whole)."""
+    _qemu_img(
+        "convert",
+        "--force-share",
+        "-q",
+        "-f",
+        src_format,
+        "-O",
+        "qcow2",
+        str(src),
+        str(dest),
+        timeout=timeout,
+    )
+    return disk_info(dest, "qcow2")

@@ -58,6 +58,7 @@ ACTION_BODIES: dict[str, Any] = {
     "os-resetState": {"state": "active"},
     "addSecurityGroup": {"name": "default"},
     "removeSecurityGroup": {"name": "default"},
+    "createImage": {"name": "snap"},
     "addFloatingIp": {"address": "192.0.2.1"},
     "removeFloatingIp": {"address": "192.0.2.1"},
     "resize": {"flavorRef": "1"},

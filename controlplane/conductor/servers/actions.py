@@ -13,6 +13,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from loom.compute.v1 import agent_bus_pb2
 from loom.conductor.v1 import servers_pb2
 from sqlalchemy import Table, delete, exists, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -22,7 +23,7 @@ from controlplane.catalog.quotas import check_metadata_items, limit_of
 from controlplane.conductor import commands, nics, outbox, states
 from controlplane.conductor.context import Conductor
 from controlplane.conductor.convert import instance_spec
-from controlplane.conductor.scheduling import record_event
+from controlplane.conductor.scheduling import load_with_image, record_event
 from controlplane.conductor.servers.query import load_instance
 from controlplane.conductor.states import PowerState, TaskState, VmState
 from controlplane.db.models import (
@@ -631,6 +632,47 @@ async def restore_server(
         )
         _record_action(session, row, "restore", rid, user_id, now)
         await outbox.add(session, commands.start(row.host, row.uuid, rid))
+        await session.commit()
+    conductor.wakeup.set()
+
+
+async def snapshot_server(
+    conductor: Conductor,
+    instance_uuid: str,
+    project_id: str,
+    user_id: str,
+    request_id: str,
+    image_id: str,
+    *,
+    override_lock: bool = False,
+) -> None:
+    """Snapshots the server's root disk into the queued image `image_id`. Postcondition:
+    task image_snapshot, a `createImage` action recorded and a snapshot command queued for
+    its host, together (the agent's answer clears the task; the server keeps its state);
+    or FAILED_PRECONDITION and nothing changed. A retry with the same request_id is a
+    no-op."""
+    rid = _request_id(request_id)
+    async with conductor.sessions() as session:
+        row = await load_instance(session, instance_uuid, project_id)
+        if request_id and await _action_exists(session, row.uuid, rid):
+            return
+        check_lock(row, override_lock)
+        states.check_snapshot(row.uuid, row.vm_state, row.task_state)
+        loaded = await load_with_image(session, row.uuid)
+        base = instance_spec(*loaded).image if loaded is not None else None
+        if not row.host:
+            raise Conflict(f"Instance {row.uuid} has no host; cannot snapshot it.")
+        now = datetime.now(UTC)
+        await _guarded_update(
+            session, row, "createImage", task_state=TaskState.IMAGE_SNAPSHOT.value, updated_at=now
+        )
+        _record_action(session, row, "createImage", rid, user_id, now)
+        await outbox.add(
+            session,
+            commands.snapshot(
+                row.host, row.uuid, rid, image_id, base or agent_bus_pb2.ImageRef(id=row.image_id)
+            ),
+        )
         await session.commit()
     conductor.wakeup.set()
 

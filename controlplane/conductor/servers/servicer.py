@@ -103,6 +103,21 @@ class ServersServicer(servers_pb2_grpc.ServersServiceServicer):
         return servers_pb2.RestoreServerResponse()
 
     @grpc_errors
+    async def SnapshotServer(
+        self, request: servers_pb2.SnapshotServerRequest, context: Ctx
+    ) -> servers_pb2.SnapshotServerResponse:
+        await actions.snapshot_server(
+            self._c,
+            request.id,
+            request.project_id,
+            request.user_id,
+            request.request_id,
+            request.image_id,
+            override_lock=request.override_lock,
+        )
+        return servers_pb2.SnapshotServerResponse()
+
+    @grpc_errors
     async def StartServer(
         self, request: servers_pb2.StartServerRequest, context: Ctx
     ) -> servers_pb2.StartServerResponse:

@@ -977,6 +977,45 @@ class UnshelveInstanceCommand(_message.Message):
 Global___UnshelveInstanceCommand: _TypeAlias = UnshelveInstanceCommand  # noqa: Y015
 
 @_typing.final
+class SnapshotInstanceCommand(_message.Message):
+    """Copy an instance's root disk into an image (qcow2) and upload it to the image service
+    as the image `image_id`'s data. The guest keeps its power state (a running one is paused
+    while its disk is read). Answered with an InstanceEvent whose action is "snapshot".
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    IMAGE_ID_FIELD_NUMBER: _builtins.int
+    BASE_IMAGE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per command; also the NATS message id."""
+    instance_id: _builtins.str
+    """Instance UUID."""
+    image_id: _builtins.str
+    """The queued image the bytes go to."""
+    @_builtins.property
+    def base_image(self) -> Global___ImageRef:
+        """The image the instance was built from (a simulated host's disk holds its bytes)."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
+        image_id: _builtins.str = ...,
+        base_image: Global___ImageRef | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["base_image", b"base_image"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_image", b"base_image", "image_id", b"image_id", "instance_id", b"instance_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotInstanceCommand: _TypeAlias = SnapshotInstanceCommand  # noqa: Y015
+
+@_typing.final
 class RebuildInstanceCommand(_message.Message):
     """Rebuild an instance on this host: destroy its domain and disks, then build them again
     from spec (its image may differ). Idempotent: a redelivered command for a rebuild that

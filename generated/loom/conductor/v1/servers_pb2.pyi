@@ -148,6 +148,8 @@ class _TaskStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskState.V
     """A soft delete: the host powers the server off."""
     TASK_STATE_RESTORING: _TaskState.ValueType  # 28
     """A restore of a soft-deleted server: the host powers it on."""
+    TASK_STATE_IMAGE_SNAPSHOT: _TaskState.ValueType  # 29
+    """A snapshot: the host copies the root disk into an image and uploads it."""
 
 class TaskState(_TaskState, metaclass=_TaskStateEnumTypeWrapper):
     """What is happening to a server right now, as Nova names it."""
@@ -208,6 +210,8 @@ TASK_STATE_SOFT_DELETING: TaskState.ValueType  # 27
 """A soft delete: the host powers the server off."""
 TASK_STATE_RESTORING: TaskState.ValueType  # 28
 """A restore of a soft-deleted server: the host powers it on."""
+TASK_STATE_IMAGE_SNAPSHOT: TaskState.ValueType  # 29
+"""A snapshot: the host copies the root disk into an image and uploads it."""
 Global___TaskState: _TypeAlias = TaskState  # noqa: Y015
 
 class _ServerStatus:
@@ -1287,6 +1291,65 @@ class DeleteServerResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteServerResponse: _TypeAlias = DeleteServerResponse  # noqa: Y015
+
+@_typing.final
+class SnapshotServerRequest(_message.Message):
+    """Request for SnapshotServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
+    IMAGE_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call; a retry with the same id is a no-op."""
+    id: _builtins.str
+    """UUID."""
+    project_id: _builtins.str
+    """When set, NOT_FOUND unless the server belongs to this project."""
+    user_id: _builtins.str
+    """Who asks (for the action record)."""
+    override_lock: _builtins.bool
+    """The caller may act on a locked server (an admin)."""
+    image_id: _builtins.str
+    """The queued image the snapshot's bytes go to."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        override_lock: _builtins.bool = ...,
+        image_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "image_id", b"image_id", "override_lock", b"override_lock", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotServerRequest: _TypeAlias = SnapshotServerRequest  # noqa: Y015
+
+@_typing.final
+class SnapshotServerResponse(_message.Message):
+    """Response of SnapshotServer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotServerResponse: _TypeAlias = SnapshotServerResponse  # noqa: Y015
 
 @_typing.final
 class RestoreServerRequest(_message.Message):

@@ -160,6 +160,11 @@ class ServersServiceStub:
                 request_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.RestoreServerRequest.SerializeToString,
                 response_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.RestoreServerResponse.FromString,
                 _registered_method=True)
+        self.SnapshotServer = channel.unary_unary(
+                '/loom.conductor.v1.ServersService/SnapshotServer',
+                request_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.SnapshotServerRequest.SerializeToString,
+                response_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.SnapshotServerResponse.FromString,
+                _registered_method=True)
 
 
 class ServersServiceServicer:
@@ -350,6 +355,16 @@ class ServersServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SnapshotServer(self, request, context):
+        """A snapshot of the server's root disk into a queued image the caller registered: the
+        host copies the disk (as qcow2) and uploads it, and the image becomes active. The
+        server keeps its state. FAILED_PRECONDITION unless ACTIVE, SHUTOFF, PAUSED or
+        SUSPENDED with no task.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ServersServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -477,6 +492,11 @@ def add_ServersServiceServicer_to_server(servicer, server):
                     servicer.RestoreServer,
                     request_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.RestoreServerRequest.FromString,
                     response_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.RestoreServerResponse.SerializeToString,
+            ),
+            'SnapshotServer': grpc.unary_unary_rpc_method_handler(
+                    servicer.SnapshotServer,
+                    request_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.SnapshotServerRequest.FromString,
+                    response_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.SnapshotServerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1155,6 +1175,33 @@ class ServersService:
             '/loom.conductor.v1.ServersService/RestoreServer',
             loom_dot_conductor_dot_v1_dot_servers__pb2.RestoreServerRequest.SerializeToString,
             loom_dot_conductor_dot_v1_dot_servers__pb2.RestoreServerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SnapshotServer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.conductor.v1.ServersService/SnapshotServer',
+            loom_dot_conductor_dot_v1_dot_servers__pb2.SnapshotServerRequest.SerializeToString,
+            loom_dot_conductor_dot_v1_dot_servers__pb2.SnapshotServerResponse.FromString,
             options,
             channel_credentials,
             insecure,

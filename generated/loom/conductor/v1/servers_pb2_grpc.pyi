@@ -103,6 +103,12 @@ class ServersServiceStub:
     """Brings a soft-deleted server back: the host powers it on and it is ACTIVE again.
     FAILED_PRECONDITION unless it is soft-deleted with no task.
     """
+    SnapshotServer: _grpc.UnaryUnaryMultiCallable[_servers_pb2.SnapshotServerRequest, _servers_pb2.SnapshotServerResponse]
+    """A snapshot of the server's root disk into a queued image the caller registered: the
+    host copies the disk (as qcow2) and uploads it, and the image becomes active. The
+    server keeps its state. FAILED_PRECONDITION unless ACTIVE, SHUTOFF, PAUSED or
+    SUSPENDED with no task.
+    """
 
 @_typing.type_check_only
 class ServersServiceAsyncStub(ServersServiceStub):
@@ -175,6 +181,12 @@ class ServersServiceAsyncStub(ServersServiceStub):
     RestoreServer: _aio.UnaryUnaryMultiCallable[_servers_pb2.RestoreServerRequest, _servers_pb2.RestoreServerResponse]  # type: ignore[assignment]
     """Brings a soft-deleted server back: the host powers it on and it is ACTIVE again.
     FAILED_PRECONDITION unless it is soft-deleted with no task.
+    """
+    SnapshotServer: _aio.UnaryUnaryMultiCallable[_servers_pb2.SnapshotServerRequest, _servers_pb2.SnapshotServerResponse]  # type: ignore[assignment]
+    """A snapshot of the server's root disk into a queued image the caller registered: the
+    host copies the disk (as qcow2) and uploads it, and the image becomes active. The
+    server keeps its state. FAILED_PRECONDITION unless ACTIVE, SHUTOFF, PAUSED or
+    SUSPENDED with no task.
     """
 
 class ServersServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -395,6 +407,18 @@ class ServersServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_servers_pb2.RestoreServerResponse, _abc.Awaitable[_servers_pb2.RestoreServerResponse]]:
         """Brings a soft-deleted server back: the host powers it on and it is ACTIVE again.
         FAILED_PRECONDITION unless it is soft-deleted with no task.
+        """
+
+    @_abc_1.abstractmethod
+    def SnapshotServer(
+        self,
+        request: _servers_pb2.SnapshotServerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_servers_pb2.SnapshotServerResponse, _abc.Awaitable[_servers_pb2.SnapshotServerResponse]]:
+        """A snapshot of the server's root disk into a queued image the caller registered: the
+        host copies the disk (as qcow2) and uploads it, and the image becomes active. The
+        server keeps its state. FAILED_PRECONDITION unless ACTIVE, SHUTOFF, PAUSED or
+        SUSPENDED with no task.
         """
 
 def add_ServersServiceServicer_to_server(servicer: ServersServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

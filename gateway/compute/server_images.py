@@ -1,0 +1,100 @@
+"""The createImage server action: a snapshot of the server's root disk as a new private
+image of the server's project.
+
+The image is registered here, queued (qcow2, bare), with what Nova records of a
+snapshot: `image_type` snapshot, `instance_uuid`, `user_id`, `base_image_ref` and the
+base image's own properties, `min_disk` and `min_ram` no smaller than the server's
+flavor and base image need, then the user's metadata. The conductor then has the host
+copy the disk and upload it (controlplane/conductor, nodeagent/snapshots.py); the image
+becomes active once its bytes arrive. A server the conductor refuses to snapshot (its
+state, its lock) leaves no image behind."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loom.conductor.v1 import servers_pb2
+from loom.image.v1 import images_pb2
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.auth.context import RequestContext
+from gateway.compute.common import empty, ok
+from gateway.conductor import call
+from gateway.errors import ApiError
+from gateway.state import gateway_of, microversion, request_id
+
+# Base image properties a snapshot does not inherit: they describe that image's own
+# bytes or bookkeeping, not the guest's.
+_NOT_INHERITED = frozenset(
+    {"image_type", "instance_uuid", "user_id", "base_image_ref", "image_location"}
+)
+
+
+async def _base_image(request: Request, image_id: str) -> images_pb2.Image | None:
+    try:
+        reply = await call(
+            gateway_of(request).conductor.images.GetImage, images_pb2.GetImageRequest(id=image_id)
+        )
+    except ApiError:
+        return None  # deleted since: nothing to inherit
+    image: images_pb2.Image = reply.image
+    return image
+
+
+async def create_image(
+    request: Request,
+    ctx: RequestContext,
+    server: servers_pb2.Server,
+    body: dict[str, Any],
+    common: dict[str, Any],
+) -> Response:
+    """202; before 2.45 the image's URL in `Location`, from 2.45 `{"image_id": ...}`."""
+    gw = gateway_of(request)
+    base = await _base_image(request, server.image_id) if server.image_id else None
+    properties: dict[str, str] = {}
+    if base is not None:
+        properties.update({k: v for k, v in base.properties.items() if k not in _NOT_INHERITED})
+    properties.update(
+        {
+            "image_type": "snapshot",
+            "instance_uuid": server.id,
+            "user_id": ctx.user_id,
+            "base_image_ref": server.image_id,
+        }
+    )
+    properties.update({str(k): str(v) for k, v in (body.get("metadata") or {}).items()})
+    created = await call(
+        gw.conductor.images.CreateImage,
+        images_pb2.CreateImageRequest(
+            request_id=request_id(request),
+            image=images_pb2.Image(
+                name=body["name"],
+                visibility="private",
+                disk_format="qcow2",
+                container_format="bare",
+                min_disk=max(server.flavor.root_gb, base.min_disk if base else 0),
+                min_ram=base.min_ram if base else 0,
+                owner=server.project_id,
+                properties=properties,
+            ),
+        ),
+    )
+    image_id = created.image.id
+    try:
+        await call(
+            gw.conductor.servers.SnapshotServer,
+            servers_pb2.SnapshotServerRequest(**common, image_id=image_id),
+        )
+    except ApiError:
+        await call(
+            gw.conductor.images.DeleteImage,
+            images_pb2.DeleteImageRequest(request_id=f"{request_id(request)}-undo", id=image_id),
+        )
+        raise
+    if microversion(request).at_least("2.45"):
+        return ok({"image_id": image_id}, 202)
+    response = empty(202)
+    base_url = str(request.base_url).rstrip("/")
+    response.headers["Location"] = f"{base_url}/compute/v2.1/images/{image_id}"
+    return response

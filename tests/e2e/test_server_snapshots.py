@@ -1,0 +1,174 @@
+"""createImage through the whole stack: the gateway registers the snapshot image, the
+conductor has the host copy the disk, the agent uploads it through the Image API with the
+service token, and the image holds the server's disk."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from bench.client import resolve_cloud
+from tests.e2e.conftest import _stack
+from tests.e2e.support import wait_for_hosts
+from tests.support import polling
+from tests.support.nats import RestartableNats
+from tests.support.stack import Stack
+
+pytestmark = pytest.mark.slow
+
+# A raw disk with a marker a reader can find in the snapshot.
+MARKER = b"loom-snapshot-marker"
+DISK = MARKER + b"\0" * (1024 * 1024 - len(MARKER))
+
+
+@pytest.fixture
+def uploading_cloud(pg_url: str, nats: RestartableNats, tmp_path: Path) -> Iterator[Stack]:
+    """Every service, with an agent that uploads to the gateway's Image API as the admin."""
+    s = _stack(pg_url, nats, tmp_path)
+    try:
+        s.start("scheduler")
+        s.start("conductor")
+        s.start("gateway")
+        admin = resolve_cloud("loom-admin", s.data_dir / "clouds.yaml")
+        token_file = tmp_path / "image-token"
+        token_file.write_text(admin.token)
+        s.start(
+            "agent",
+            "--simulate",
+            "2",
+            "--host-prefix",
+            "snap",
+            env={
+                "LOOM_AGENT__IMAGE_URL": f"{s.gateway_url}/image",
+                "LOOM_AGENT__IMAGE_TOKEN_FILE": str(token_file),
+            },
+        )
+        yield s
+    finally:
+        s.stop_all()
+
+
+@pytest.fixture
+async def ready(uploading_cloud: Stack) -> Stack:
+    await wait_for_hosts(uploading_cloud, 2)
+    return uploading_cloud
+
+
+def _wait(http: httpx.Client, url: str, key: str, field: str, want: object) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+
+    def reached() -> bool:
+        nonlocal seen
+        got = http.get(url).json()
+        seen = got[key] if key else got
+        return bool(seen.get(field) == want)
+
+    polling.wait_until(reached, polling.boot_s(), f"{url} {field} {want}", every=0.3)
+    return seen
+
+
+@pytest.mark.timeout(600)
+def test_a_snapshot_becomes_an_image_holding_the_server_s_disk(
+    ready: Stack, tmp_path: Path
+) -> None:
+    cloud = ready
+    tenant = resolve_cloud("loom", cloud.data_dir / "clouds.yaml")
+    base = tenant.compute_url.split("/compute")[0]
+    c = tenant.compute_url
+    h = {"X-Auth-Token": tenant.token}
+    with httpx.Client(headers=h, timeout=60) as http:
+        image = http.post(
+            f"{base}/image/v2/images",
+            json={
+                "name": "marked",
+                "disk_format": "raw",
+                "container_format": "bare",
+                "os_distro": "loomos",
+            },
+        ).json()
+        r = http.put(
+            f"{base}/image/v2/images/{image['id']}/file",
+            content=DISK,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        assert r.status_code == 204, r.text
+        server = http.post(
+            f"{c}/servers",
+            json={
+                "server": {
+                    "name": "snapped",
+                    "imageRef": image["id"],
+                    "flavorRef": "1",
+                    "networks": "none",
+                }
+            },
+            headers={"OpenStack-API-Version": "compute 2.45"},
+        )
+        assert server.status_code == 202, server.text
+        sid = server.json()["server"]["id"]
+        _wait(http, f"{c}/servers/{sid}", "server", "status", "ACTIVE")
+
+        action = f"{c}/servers/{sid}/action"
+        r = http.post(
+            action,
+            json={"createImage": {"name": "snap-1", "metadata": {"purpose": "backup"}}},
+            headers={"OpenStack-API-Version": "compute 2.45"},
+        )
+        assert r.status_code == 202, r.text
+        snap_id = r.json()["image_id"]
+        snap = _wait(http, f"{base}/image/v2/images/{snap_id}", "", "status", "active")
+        assert (snap["name"], snap["visibility"], snap["disk_format"]) == (
+            "snap-1",
+            "private",
+            "qcow2",
+        )
+        assert (snap["image_type"], snap["instance_uuid"], snap["base_image_ref"]) == (
+            "snapshot",
+            sid,
+            image["id"],
+        )
+        assert (snap["purpose"], snap["os_distro"]) == ("backup", "loomos")
+        after = _wait(http, f"{c}/servers/{sid}", "server", "status", "ACTIVE")
+        assert after["OS-EXT-STS:task_state"] is None
+        actions = http.get(f"{c}/servers/{sid}/os-instance-actions").json()["instanceActions"]
+        assert "createImage" in {a["action"] for a in actions}
+
+        # The snapshot's bytes are the server's disk (a simulated guest's disk is its image).
+        data = http.get(f"{base}/image/v2/images/{snap_id}/file").content
+        qcow2 = tmp_path / "snap.qcow2"
+        qcow2.write_bytes(data)
+        raw = tmp_path / "snap.raw"
+        subprocess.run(
+            ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(qcow2), str(raw)], check=True
+        )
+        assert raw.read_bytes()[: len(DISK)] == DISK
+
+        # Before 2.45 the answer is the image's URL; a stopped server can be snapshot too.
+        r = http.post(action, json={"os-stop": None})
+        assert r.status_code == 202, r.text
+        _wait(http, f"{c}/servers/{sid}", "server", "status", "SHUTOFF")
+        r = http.post(action, json={"createImage": {"name": "snap-2"}})
+        assert r.status_code == 202, r.text
+        assert "/images/" in r.headers["Location"]
+        second = r.headers["Location"].rsplit("/", 1)[-1]
+        _wait(http, f"{base}/image/v2/images/{second}", "", "status", "active")
+        _wait(http, f"{c}/servers/{sid}", "server", "OS-EXT-STS:task_state", None)
+
+        # A server that cannot be snapshot leaves no image behind.
+        r = http.post(action, json={"shelve": None})
+        assert r.status_code == 202, r.text
+        _wait(http, f"{c}/servers/{sid}", "server", "status", "SHELVED_OFFLOADED")
+        before = {i["id"] for i in http.get(f"{base}/image/v2/images").json()["images"]}
+        r = http.post(action, json={"createImage": {"name": "snap-3"}})
+        assert r.status_code == 409, r.text
+        after_ids = {i["id"] for i in http.get(f"{base}/image/v2/images").json()["images"]}
+        assert after_ids == before
+        # Bad bodies are 400s.
+        for bad in ({}, {"name": ""}, {"name": "x", "color": "red"}, {"name": "x", "metadata": 1}):
+            r = http.post(action, json={"createImage": bad})
+            assert r.status_code == 400, (bad, r.text)
