@@ -1,0 +1,108 @@
+"""Snapshots on the host: a root disk (a qcow2 overlay on its image) copied whole into one
+qcow2 file with qemu-img, around a pause of the running guest on libvirt's test driver."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from loom.compute.v1 import agent_bus_pb2
+
+from nodeagent.driver.base import PowerState
+from nodeagent.driver.libvirt_driver import LibvirtDriver
+from nodeagent.images.disks import create_overlay
+from nodeagent.images.source import LocalImageSource
+from nodeagent.snapshots import SnapshotFailed, SnapshotTaker
+from tests.nodeagent.support import make_spec, make_test_driver
+
+MARKER = b"loom-base-image-marker"
+
+
+class _DiskHost(LibvirtDriver):
+    """A test:/// host whose instance has a real root disk file: the overlay given."""
+
+    disk: Path
+
+    def root_disk(self, instance_id: str) -> Path | None:
+        super().root_disk(instance_id)  # InstanceNotFound for an absent instance
+        return self.disk
+
+
+class _KeptUpload:
+    """The image service's side of an upload, as bytes kept per image."""
+
+    def __init__(self) -> None:
+        self.images: dict[str, bytes] = {}
+
+    def upload(self, image_id: str, path: Path) -> int:
+        self.images[image_id] = path.read_bytes()
+        return len(self.images[image_id])
+
+
+def _raw_of(qcow2: bytes, tmp: Path) -> bytes:
+    src, dst = tmp / "in.qcow2", tmp / "out.raw"
+    src.write_bytes(qcow2)
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(src), str(dst)], check=True
+    )
+    return dst.read_bytes()
+
+
+@pytest.fixture
+def driver(tmp_path: Path) -> LibvirtDriver:
+    d = make_test_driver(tmp_path, "h1")
+    d.open()
+    return d
+
+
+def test_a_running_guest_s_overlay_is_copied_with_its_image_folded_in_and_left_running(
+    tmp_path: Path,
+) -> None:
+    base = tmp_path / "base.raw"
+    base.write_bytes(MARKER + b"\0" * (1024 * 1024 - len(MARKER)))
+    overlay = tmp_path / "disk"
+    create_overlay(base, "raw", overlay, 2 * 1024 * 1024)
+    plain = make_test_driver(tmp_path, "h1")
+    host = _DiskHost(plain.uri, host="h1", instances_dir=tmp_path / "instances", disk_gb=100)
+    host.disk = overlay
+    host.open()
+    spec = make_spec()
+    assert host.create(spec) == PowerState.RUNNING
+    kept = _KeptUpload()
+    taker = SnapshotTaker(LocalImageSource(tmp_path / "images"), kept, tmp_path / "scratch")
+
+    state = taker.take(host, spec.instance_id, spec.image, "snap-1")
+
+    assert state == PowerState.RUNNING
+    assert host.describe(spec.instance_id) == PowerState.RUNNING
+    raw = _raw_of(kept.images["snap-1"], tmp_path)
+    assert raw.startswith(MARKER)
+    assert len(raw) == 2 * 1024 * 1024  # the overlay's size, not the base's
+    assert list((tmp_path / "scratch").iterdir()) == []  # the copy is not left behind
+
+
+def test_a_simulated_guest_s_snapshot_holds_its_image_s_bytes(
+    driver: LibvirtDriver, tmp_path: Path
+) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "img-raw").write_bytes(MARKER + b"\0" * 4096)
+    spec = make_spec(image=agent_bus_pb2.ImageRef(id="img-raw", disk_format="raw"))
+    driver.create(spec)
+    driver.stop(spec.instance_id, 0)
+    kept = _KeptUpload()
+    taker = SnapshotTaker(LocalImageSource(images), kept, tmp_path / "scratch")
+
+    assert taker.take(driver, spec.instance_id, spec.image, "snap-2") == PowerState.SHUTDOWN
+    assert _raw_of(kept.images["snap-2"], tmp_path).startswith(MARKER)
+
+
+def test_an_image_that_is_not_a_disk_cannot_be_a_snapshot(
+    driver: LibvirtDriver, tmp_path: Path
+) -> None:
+    spec = make_spec(image=agent_bus_pb2.ImageRef(id="kernel", disk_format="aki"))
+    driver.create(spec)
+    taker = SnapshotTaker(LocalImageSource(tmp_path), _KeptUpload(), tmp_path / "scratch")
+    with pytest.raises(SnapshotFailed, match="aki"):
+        taker.take(driver, spec.instance_id, spec.image, "snap-3")
