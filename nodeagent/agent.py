@@ -649,7 +649,32 @@ class HostAgent:
             def action() -> PowerState:
                 return self.driver.reboot(iid, hard=hard)
 
-        return await self._power_action(verb, command.request_id, iid, action)
+        event = await self._power_action(verb, command.request_id, iid, action)
+        if event.kind != m.ACTION_SUCCEEDED:
+            return event
+        if verb == "shelve" and command.image_id:
+            return await self._shelve_snapshot(command, event)
+        if verb == "unshelve" and command.drop_image_id:
+            await self._drop_image(command.drop_image_id)
+        return event
+
+    async def _shelve_snapshot(
+        self, cmd: agent_bus_pb2.ShelveInstanceCommand, stopped: agent_bus_pb2.InstanceEvent
+    ) -> agent_bus_pb2.InstanceEvent:
+        """The shut-off disk into the shelve's image; the shelve fails with the snapshot."""
+        failed = await self._take_snapshot(cmd.instance_id, cmd.base_image, cmd.image_id)
+        if failed is None:
+            return stopped
+        failed_event = agent_bus_pb2.InstanceEvent()
+        failed_event.CopyFrom(stopped)
+        failed_event.kind = m.ACTION_FAILED
+        failed_event.fault.CopyFrom(failed)
+        return failed_event
+
+    async def _drop_image(self, image_id: str) -> None:
+        """Deletes an image no longer needed (a shelve's snapshot once the server runs)."""
+        if self._snapshots is not None:
+            await asyncio.to_thread(self._snapshots.drop, image_id)
 
     async def _build(self, cmd: agent_bus_pb2.BuildInstanceCommand) -> agent_bus_pb2.InstanceEvent:
         spec = cmd.spec
@@ -697,6 +722,9 @@ class HostAgent:
             )
         self._set_known(iid, state)
         self._built[iid] = cmd.request_id
+        if cmd.drop_image_id:
+            # Unshelved from the shelve's snapshot: the disk is here now.
+            await self._drop_image(cmd.drop_image_id)
         return answer(m.BUILD_SUCCEEDED, state)
 
     async def _delete(
@@ -795,35 +823,38 @@ class HostAgent:
                 fault=fault,
             )
 
+        failed = await self._take_snapshot(iid, cmd.base_image, cmd.image_id)
+        state = self._known.get(iid, PowerState.NOSTATE)
+        if failed is not None:
+            return answer(m.ACTION_FAILED, state, failed)
+        return answer(m.ACTION_SUCCEEDED, state)
+
+    async def _take_snapshot(
+        self, iid: str, base: agent_bus_pb2.ImageRef, image_id: str
+    ) -> common_pb2.Fault | None:
+        """Snapshots the instance into `image_id`; None on success, else the fault (the
+        image is then deleted). The instance's known power state is brought up to date."""
         if self._snapshots is None:
-            return answer(
-                m.ACTION_FAILED,
-                self._known.get(iid, PowerState.NOSTATE),
-                m.fault(501, "This host cannot upload images (agent.image_url is not set)."),
-            )
+            return m.fault(501, "This host cannot upload images (agent.image_url is not set).")
         taker = self._snapshots
         try:
             # A worker thread whatever the driver: the copy and the upload are long I/O.
-            state = await asyncio.to_thread(
-                taker.take, self.driver, iid, cmd.base_image, cmd.image_id
-            )
+            state = await asyncio.to_thread(taker.take, self.driver, iid, base, image_id)
         except InstanceNotFound as exc:
             self._forget(iid)
-            return answer(m.ACTION_FAILED, PowerState.NOSTATE, m.fault(404, str(exc)))
+            return m.fault(404, str(exc))
         except SnapshotFailed as exc:
             log.warning(
                 "snapshot failed", extra={"host": self.host, "instance": iid, "error": str(exc)}
             )
-            return answer(m.ACTION_FAILED, await self._state_of(iid), m.fault(500, str(exc)))
+            await self._state_of(iid)
+            return m.fault(500, str(exc))
         except Exception:
             log.exception("snapshot failed", extra={"host": self.host, "instance": iid})
-            return answer(
-                m.ACTION_FAILED,
-                await self._state_of(iid),
-                m.fault(500, "The hypervisor could not snapshot the instance."),
-            )
+            await self._state_of(iid)
+            return m.fault(500, "The hypervisor could not snapshot the instance.")
         self._set_known(iid, state)
-        return answer(m.ACTION_SUCCEEDED, state)
+        return None
 
     async def _state_of(self, iid: str) -> PowerState:
         try:

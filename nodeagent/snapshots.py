@@ -46,7 +46,28 @@ class SnapshotTaker:
     ) -> PowerState:
         """Copies the instance's root disk and uploads it as `image_id`'s data; returns
         the guest's power state after (as before). InstanceNotFound if the instance is
-        not here; SnapshotFailed for anything else."""
+        not here; SnapshotFailed for anything else. A snapshot that fails deletes its
+        image (a queued image without data is of use to no one)."""
+        try:
+            return self._take(driver, instance_id, base, image_id)
+        except BaseException:
+            self.drop(image_id)
+            raise
+
+    def drop(self, image_id: str) -> None:
+        """Deletes the image, logging (not raising) when the image service refuses."""
+        try:
+            self.uploader.delete(image_id)
+        except ImageError as exc:
+            log.warning("image not deleted", extra={"image": image_id, "error": str(exc)})
+
+    def _take(
+        self,
+        driver: Driver,
+        instance_id: str,
+        base: agent_bus_pb2.ImageRef,
+        image_id: str,
+    ) -> PowerState:
         if not isinstance(driver, SnapshotDriver):
             raise SnapshotFailed("This host's hypervisor cannot take snapshots.")
         self.scratch.mkdir(parents=True, exist_ok=True)

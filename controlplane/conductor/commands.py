@@ -8,6 +8,7 @@ JetStream keeps only one copy.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from loom.compute.v1 import agent_bus_pb2
 from loom.conductor.v1 import conductor_bus_pb2
@@ -32,10 +33,15 @@ def build(
     spec: agent_bus_pb2.InstanceSpec,
     attempt: int,
     dhcp: Sequence[agent_bus_pb2.NetworkDhcp] = (),
+    drop_image_id: str = "",
 ) -> Outgoing:
     msg_id = f"build-{spec.instance_id}-{attempt}"
     payload = agent_bus_pb2.BuildInstanceCommand(
-        request_id=msg_id, spec=spec, attempt=attempt, dhcp=list(dhcp)
+        request_id=msg_id,
+        spec=spec,
+        attempt=attempt,
+        dhcp=list(dhcp),
+        drop_image_id=drop_image_id,
     )
     return Outgoing(bus.compute_subject(host, "build"), msg_id, payload)
 
@@ -83,11 +89,12 @@ _SIMPLE_COMMANDS = {
 }
 
 
-def simple(verb: str, host: str, instance_uuid: str, request_id: str) -> Outgoing:
+def simple(verb: str, host: str, instance_uuid: str, request_id: str, **fields: Any) -> Outgoing:
     """pause, unpause, suspend, resume, shelve, shelve_offload or unshelve (of a server
-    still on its host): each carries only the instance."""
+    still on its host): each carries the instance, and `fields` of its own (a shelve's
+    snapshot image, an unshelve's image to drop)."""
     msg_id = f"{verb}-{instance_uuid}-{request_id}"
-    payload = _SIMPLE_COMMANDS[verb](request_id=msg_id, instance_id=instance_uuid)
+    payload = _SIMPLE_COMMANDS[verb](request_id=msg_id, instance_id=instance_uuid, **fields)
     return Outgoing(bus.compute_subject(host, verb), msg_id, payload)
 
 

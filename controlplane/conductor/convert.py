@@ -198,7 +198,8 @@ def instance_spec(row: Instance, image: Image | None, zone: str = "") -> agent_b
     hold it yet."""
     props = dict(image.properties or {}) if image is not None else {}
     image_ref = agent_bus_pb2.ImageRef(
-        id=row.image_id,
+        # The image row given (a shelved server's snapshot), else the server's own.
+        id=image.id if image is not None else row.image_id,
         kernel_id=row.kernel_id,
         ramdisk_id=row.ramdisk_id,
         properties={str(k): str(v) for k, v in props.items() if str(k).startswith(("hw_", "os_"))},

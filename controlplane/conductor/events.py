@@ -185,6 +185,8 @@ class EventConsumer:
                 power_state=int(PowerState.RUNNING),
                 launched_at=_when(event),
                 shelved_at=None,
+                # The agent dropped the shelve's snapshot once the server ran.
+                shelved_image_id=None,
                 updated_at=datetime.now(UTC),
             )
         )
@@ -309,6 +311,7 @@ class EventConsumer:
                             nics.with_ports(instance_spec(inst, image), alt_nics),
                             next_attempt,
                             () if alt_nics is None else alt_nics.dhcp,
+                            inst.shelved_image_id or "",
                         ),
                     )
                     await session.commit()
@@ -423,6 +426,10 @@ class EventConsumer:
                 values["fault"] = make_fault(
                     fault.code or 500, fault.message or f"{verb} failed", fault.details
                 )
+            if verb == "unshelve" and ok:
+                values["shelved_image_id"] = None  # dropped by the agent once it ran
+            if verb == "shelve" and not ok:
+                values["shelved_image_id"] = None  # the failed snapshot's image is deleted
             offload_now = False
             if ok and verb == "shelve":
                 values["shelved_at"] = datetime.now(UTC)

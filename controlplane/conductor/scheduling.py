@@ -25,7 +25,7 @@ from loom.scheduler.v1 import scheduler_pb2
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
-from sqlalchemy import JSON, Integer, String, Table, column, false, select, update, values
+from sqlalchemy import JSON, Integer, String, Table, column, false, func, select, update, values
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.conductor import commands, outbox
@@ -56,12 +56,17 @@ class InvalidSchedulingRequest(Exception):
 INSTANCES = cast(Table, Instance.__table__)
 
 
+# The image an instance is (re)built from: the shelve's snapshot while it has one.
+_IMAGE_OF_INSTANCE = func.coalesce(Instance.shelved_image_id, Instance.image_id)
+
+
 async def load_with_image(session: AsyncSession, uuid: str) -> tuple[Instance, Image | None] | None:
-    """The instance and its image row in one statement; None when the instance is unknown."""
+    """The instance and its image row in one statement; None when the instance is unknown.
+    A shelved server's image is the shelve's snapshot (it is unshelved from it)."""
     row = (
         await session.execute(
             select(Instance, Image)
-            .outerjoin(Image, Image.id == Instance.image_id)
+            .outerjoin(Image, Image.id == _IMAGE_OF_INSTANCE)
             .where(Instance.uuid == uuid)
         )
     ).one_or_none()
@@ -76,7 +81,7 @@ async def load_many_with_image(
         return {}
     rows = await session.execute(
         select(Instance, Image)
-        .outerjoin(Image, Image.id == Instance.image_id)
+        .outerjoin(Image, Image.id == _IMAGE_OF_INSTANCE)
         .where(Instance.uuid.in_(uuids))
     )
     return {inst.uuid: (inst, image) for inst, image in rows}
@@ -412,8 +417,12 @@ class SchedulingWorker:
             spec: agent_bus_pb2.InstanceSpec,
             attempt: int,
             nics: nics_.Nics | None = None,
+            shelved_image_id: str | None = None,
         ) -> outbox.Outgoing:
-            command = commands.build(host, spec, attempt, () if nics is None else nics.dhcp)
+            # An unshelve builds from the shelve's snapshot, dropped once the server runs.
+            command = commands.build(
+                host, spec, attempt, () if nics is None else nics.dhcp, shelved_image_id or ""
+            )
             if traced is None or traced[i] is None:
                 return command
             return dataclasses.replace(command, traceparent=tracing.traceparent_of(traced[i]))
@@ -449,6 +458,7 @@ class SchedulingWorker:
                                 nics_.with_ports(instance_spec(inst, image), placed_nics),
                                 message.attempt,
                                 placed_nics,
+                                inst.shelved_image_id,
                             )
                         )
                 elif inst.task_state == TaskState.SCHEDULING:
@@ -547,6 +557,7 @@ class SchedulingWorker:
                                 ),
                                 p.attempt,
                                 p.nics,
+                                p.inst.shelved_image_id,
                             )
                             for p in recorded
                         ),

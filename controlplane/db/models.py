@@ -111,6 +111,9 @@ class Instance(TimestampMixin, Base):
     locked_by: Mapped[str | None] = mapped_column(String(16), nullable=True)
     # When it was last shelved: a shelved server is offloaded shelved_offload_time later.
     shelved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # The snapshot image the shelve took; an offloaded server is unshelved from it, and it
+    # is deleted once the server runs again (or is deleted).
+    shelved_image_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     access_ipv4: Mapped[str] = mapped_column(String(64), default="")
     access_ipv6: Mapped[str] = mapped_column(String(64), default="")
     config_drive: Mapped[str] = mapped_column(String(16), default="")

@@ -1,5 +1,5 @@
-"""The createImage server action: a snapshot of the server's root disk as a new private
-image of the server's project.
+"""Snapshots of a server's root disk as new private images of its project: the
+createImage action, and the image a shelve takes (`<name>-shelved`).
 
 The image is registered here, queued (qcow2, bare), with what Nova records of a
 snapshot: `image_type` snapshot, `instance_uuid`, `user_id`, `base_image_ref` and the
@@ -7,7 +7,9 @@ base image's own properties, `min_disk` and `min_ram` no smaller than the server
 flavor and base image need, then the user's metadata. The conductor then has the host
 copy the disk and upload it (controlplane/conductor, nodeagent/snapshots.py); the image
 becomes active once its bytes arrive. A server the conductor refuses to snapshot (its
-state, its lock) leaves no image behind."""
+state, its lock) leaves no image behind, and neither does a failed snapshot (the host
+deletes it). A shelve's image is deleted by the host once the server runs again, or here
+when the server is deleted (the conductor's delete answer names it)."""
 
 from __future__ import annotations
 
@@ -42,15 +44,15 @@ async def _base_image(request: Request, image_id: str) -> images_pb2.Image | Non
     return image
 
 
-async def create_image(
+async def register_snapshot(
     request: Request,
     ctx: RequestContext,
     server: servers_pb2.Server,
-    body: dict[str, Any],
-    common: dict[str, Any],
-) -> Response:
-    """202; before 2.45 the image's URL in `Location`, from 2.45 `{"image_id": ...}`."""
-    gw = gateway_of(request)
+    name: str,
+    metadata: dict[str, Any] | None = None,
+) -> str:
+    """A queued private image of the server's project for a snapshot of its root disk;
+    returns its id."""
     base = await _base_image(request, server.image_id) if server.image_id else None
     properties: dict[str, str] = {}
     if base is not None:
@@ -63,13 +65,13 @@ async def create_image(
             "base_image_ref": server.image_id,
         }
     )
-    properties.update({str(k): str(v) for k, v in (body.get("metadata") or {}).items()})
+    properties.update({str(k): str(v) for k, v in (metadata or {}).items()})
     created = await call(
-        gw.conductor.images.CreateImage,
+        gateway_of(request).conductor.images.CreateImage,
         images_pb2.CreateImageRequest(
-            request_id=request_id(request),
+            request_id=f"{request_id(request)}-{name}",
             image=images_pb2.Image(
-                name=body["name"],
+                name=name,
                 visibility="private",
                 disk_format="qcow2",
                 container_format="bare",
@@ -80,17 +82,42 @@ async def create_image(
             ),
         ),
     )
-    image_id = created.image.id
+    image_id: str = created.image.id
+    return image_id
+
+
+async def discard(request: Request, image_id: str) -> None:
+    """Deletes an image this API made for a snapshot, with its bytes if it has any."""
+    gw = gateway_of(request)
+    try:
+        reply = await call(
+            gw.conductor.images.DeleteImage,
+            images_pb2.DeleteImageRequest(request_id=f"{request_id(request)}-discard", id=image_id),
+        )
+    except ApiError as exc:
+        if exc.status == 404:
+            return
+        raise
+    if reply.location:
+        gw.image_store.delete(reply.location)
+
+
+async def create_image(
+    request: Request,
+    ctx: RequestContext,
+    server: servers_pb2.Server,
+    body: dict[str, Any],
+    common: dict[str, Any],
+) -> Response:
+    """202; before 2.45 the image's URL in `Location`, from 2.45 `{"image_id": ...}`."""
+    image_id = await register_snapshot(request, ctx, server, body["name"], body.get("metadata"))
     try:
         await call(
-            gw.conductor.servers.SnapshotServer,
+            gateway_of(request).conductor.servers.SnapshotServer,
             servers_pb2.SnapshotServerRequest(**common, image_id=image_id),
         )
     except ApiError:
-        await call(
-            gw.conductor.images.DeleteImage,
-            images_pb2.DeleteImageRequest(request_id=f"{request_id(request)}-undo", id=image_id),
-        )
+        await discard(request, image_id)
         raise
     if microversion(request).at_least("2.45"):
         return ok({"image_id": image_id}, 202)
@@ -98,3 +125,19 @@ async def create_image(
     base_url = str(request.base_url).rstrip("/")
     response.headers["Location"] = f"{base_url}/compute/v2.1/images/{image_id}"
     return response
+
+
+async def shelve(
+    request: Request, ctx: RequestContext, server: servers_pb2.Server, common: dict[str, Any]
+) -> None:
+    """shelve: the host shuts the server off and snapshots its disk into `<name>-shelved`
+    (an offloaded server is unshelved from it; the image goes once the server runs)."""
+    image_id = await register_snapshot(request, ctx, server, f"{server.name}-shelved")
+    try:
+        await call(
+            gateway_of(request).conductor.servers.ShelveServer,
+            servers_pb2.ShelveServerRequest(**common, image_id=image_id),
+        )
+    except ApiError:
+        await discard(request, image_id)
+        raise

@@ -740,7 +740,7 @@ async def delete_server(request: Request) -> Response:
     """Delete a server (204)."""
     ctx = context(request)
     ctx.require_write("os_compute_api:servers:delete")
-    await call(
+    deleted = await call(
         gateway_of(request).conductor.servers.DeleteServer,
         servers_pb2.DeleteServerRequest(
             request_id=request_id(request),
@@ -750,6 +750,8 @@ async def delete_server(request: Request) -> Response:
             override_lock=ctx.is_admin,
         ),
     )
+    if deleted.shelved_image_id:
+        await server_images.discard(request, deleted.shelved_image_id)
     return empty(204)
 
 
@@ -917,13 +919,17 @@ async def server_action(request: Request) -> Response:
     elif action == "resume":
         await call(conductor.ResumeServer, servers_pb2.ResumeServerRequest(**common))
     elif action == "shelve":
-        await call(conductor.ShelveServer, servers_pb2.ShelveServerRequest(**common))
+        await server_images.shelve(request, ctx, await _get(request, ctx), common)
     elif action == "shelveOffload":
         await call(conductor.ShelveOffloadServer, servers_pb2.ShelveOffloadServerRequest(**common))
     elif action == "restore":
         await call(conductor.RestoreServer, servers_pb2.RestoreServerRequest(**common))
     elif action == "forceDelete":
-        await call(conductor.DeleteServer, servers_pb2.DeleteServerRequest(**common, force=True))
+        deleted = await call(
+            conductor.DeleteServer, servers_pb2.DeleteServerRequest(**common, force=True)
+        )
+        if deleted.shelved_image_id:
+            await server_images.discard(request, deleted.shelved_image_id)
     else:
         kind = (
             agent_bus_pb2.REBOOT_TYPE_HARD

@@ -15,15 +15,20 @@ _CHUNK = 1024 * 1024
 
 
 class ImageUploadFailed(ImageError):
-    """The bytes did not reach the image service (the image stays queued)."""
+    """The image service did not take the bytes (or the deletion)."""
 
 
 class ImageUploader(Protocol):
-    """Uploads a file as a queued image's data."""
+    """Uploads a file as a queued image's data, and deletes images the host made."""
 
     def upload(self, image_id: str, path: Path) -> int:
         """Sends every byte of `path` as the data of image `image_id`; returns how many.
         ImageUploadFailed when the image service did not take them."""
+        ...
+
+    def delete(self, image_id: str) -> None:
+        """Deletes image `image_id` and its data; succeeds if it is already gone.
+        ImageUploadFailed when the image service refused."""
         ...
 
 
@@ -44,12 +49,25 @@ class HttpImageUploader:
         self._timeout = timeout
         self._transport = transport
 
+    def _headers(self) -> dict[str, str]:
+        token = self._token()
+        return {"X-Auth-Token": token} if token else {}
+
+    def delete(self, image_id: str) -> None:
+        url = f"{self.base_url}/v2/images/{check_image_id(image_id)}"
+        try:
+            with httpx.Client(timeout=30.0, transport=self._transport) as client:
+                resp = client.delete(url, headers=self._headers())
+        except httpx.HTTPError as exc:
+            raise ImageUploadFailed(f"Image {image_id} could not be deleted.") from exc
+        if resp.status_code not in (204, 404):
+            raise ImageUploadFailed(
+                f"The image service answered {resp.status_code} to deleting image {image_id}."
+            )
+
     def upload(self, image_id: str, path: Path) -> int:
         url = f"{self.base_url}/v2/images/{check_image_id(image_id)}/file"
-        headers = {"Content-Type": "application/octet-stream"}
-        token = self._token()
-        if token:
-            headers["X-Auth-Token"] = token
+        headers = {"Content-Type": "application/octet-stream", **self._headers()}
         size = path.stat().st_size
 
         def chunks() -> Iterator[bytes]:

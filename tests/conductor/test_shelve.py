@@ -18,6 +18,7 @@ from controlplane.db.models import Allocation, Instance
 from controlplane.runtime import bus
 from controlplane.runtime.natsserver import NatsServerProcess
 from tests.conductor.conftest import Agent, Harness, conductor_config, harness, running_workers
+from tests.conductor.factories import make_image
 from tests.conductor.test_flow import K, S, active_server, server, wait_for
 
 T = servers_pb2
@@ -273,3 +274,59 @@ async def test_an_unshelve_build_stranded_on_a_host_that_went_down_is_reschedule
     assert [(e.event, e.result) for e in unshelve.action.events] == [
         ("compute_unshelve_instance", "Error")
     ]
+
+
+async def test_a_shelve_with_a_snapshot_unshelves_from_it_and_has_the_host_drop_it(
+    stack: Harness,
+) -> None:
+    await stack.scheduler.add_host("host-a")
+    sid, agent = await active_server(stack)
+    snapshot = make_image(name="vm-shelved", status="active", visibility="private")
+    async with stack.sessions() as session:
+        base_image = (
+            await session.execute(select(Instance.image_id).where(Instance.uuid == sid))
+        ).scalar_one()
+        session.add(snapshot)
+        await session.commit()
+
+    await stack.servers.ShelveServer(
+        T.ShelveServerRequest(id=sid, request_id="sh-snap", image_id=snapshot.id)
+    )
+    got, data = await agent.next_command()
+    assert got == "shelve"
+    shelve = agent_bus_pb2.ShelveInstanceCommand.FromString(data)
+    # The shelve's snapshot is taken of the disk built from the server's own image.
+    assert (shelve.image_id, shelve.base_image.id) == (snapshot.id, base_image)
+    event = agent_bus_pb2.InstanceEvent(
+        request_id=shelve.request_id,
+        instance_id=sid,
+        host=agent.host,
+        kind=K.INSTANCE_EVENT_KIND_ACTION_SUCCEEDED,
+        power_state=agent_bus_pb2.POWER_STATE_SHUTDOWN,
+        action="shelve",
+    )
+    await agent.js.publish(
+        bus.instance_event_subject(agent.host),
+        event.SerializeToString(),
+        headers={"Nats-Msg-Id": f"{shelve.request_id}:done"},
+    )
+    await _answer(agent, sid, "shelve_offload", agent_bus_pb2.POWER_STATE_UNSPECIFIED)
+    await wait_for(
+        stack, sid, lambda s: s.status == S.SERVER_STATUS_SHELVED_OFFLOADED and not s.task_state
+    )
+
+    await stack.servers.UnshelveServer(T.UnshelveServerRequest(id=sid, request_id="un-snap"))
+    build = await agent.build_command()
+    # Built from the snapshot, which the host drops once the server runs.
+    assert (build.spec.image.id, build.drop_image_id) == (snapshot.id, snapshot.id)
+    await agent.report(
+        sid,
+        K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED,
+        attempt=2,
+        power_state=agent_bus_pb2.POWER_STATE_RUNNING,
+    )
+    active = await wait_for(stack, sid, lambda s: s.status == S.SERVER_STATUS_ACTIVE)
+    assert active.image_id == base_image  # the server still shows the image it came from
+    async with stack.sessions() as session:
+        row = (await session.execute(select(Instance).where(Instance.uuid == sid))).scalar_one()
+        assert row.shelved_image_id is None

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.client import resolve_cloud
 from controlplane.runtime.natsserver import start_nats_server
 from tests.e2e.support import Client, seed_catalog
 from tests.support.nats import RestartableNats
@@ -56,8 +57,22 @@ def cloud(pg_url: str, nats: RestartableNats, tmp_path: Path) -> Iterator[Stack]
     try:
         s.start("scheduler")
         s.start("conductor")
-        s.start("agent", "--simulate", "3", "--host-prefix", "cloud")
         s.start("gateway")
+        # The agent reaches the Image API as loom up's does (snapshots are uploaded there),
+        # with the admin's token in place of the service user's.
+        token_file = tmp_path / "image-token"
+        token_file.write_text(resolve_cloud("loom-admin", s.data_dir / "clouds.yaml").token)
+        s.start(
+            "agent",
+            "--simulate",
+            "3",
+            "--host-prefix",
+            "cloud",
+            env={
+                "LOOM_AGENT__IMAGE_URL": f"{s.gateway_url}/image",
+                "LOOM_AGENT__IMAGE_TOKEN_FILE": str(token_file),
+            },
+        )
         yield s
     finally:
         s.stop_all()

@@ -5,7 +5,6 @@ service token, and the image holds the server's disk."""
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +12,8 @@ import httpx
 import pytest
 
 from bench.client import resolve_cloud
-from tests.e2e.conftest import _stack
 from tests.e2e.support import wait_for_hosts
 from tests.support import polling
-from tests.support.nats import RestartableNats
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.slow
@@ -26,37 +23,19 @@ MARKER = b"loom-snapshot-marker"
 DISK = MARKER + b"\0" * (1024 * 1024 - len(MARKER))
 
 
-@pytest.fixture
-def uploading_cloud(pg_url: str, nats: RestartableNats, tmp_path: Path) -> Iterator[Stack]:
-    """Every service, with an agent that uploads to the gateway's Image API as the admin."""
-    s = _stack(pg_url, nats, tmp_path)
-    try:
-        s.start("scheduler")
-        s.start("conductor")
-        s.start("gateway")
-        admin = resolve_cloud("loom-admin", s.data_dir / "clouds.yaml")
-        token_file = tmp_path / "image-token"
-        token_file.write_text(admin.token)
-        s.start(
-            "agent",
-            "--simulate",
-            "2",
-            "--host-prefix",
-            "snap",
-            env={
-                "LOOM_AGENT__IMAGE_URL": f"{s.gateway_url}/image",
-                "LOOM_AGENT__IMAGE_TOKEN_FILE": str(token_file),
-            },
-        )
-        yield s
-    finally:
-        s.stop_all()
+def _raw_of(qcow2: bytes, tmp: Path) -> bytes:
+    src, dst = tmp / "snap.qcow2", tmp / "snap.raw"
+    src.write_bytes(qcow2)
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(src), str(dst)], check=True
+    )
+    return dst.read_bytes()
 
 
 @pytest.fixture
-async def ready(uploading_cloud: Stack) -> Stack:
-    await wait_for_hosts(uploading_cloud, 2)
-    return uploading_cloud
+async def ready(cloud: Stack) -> Stack:
+    await wait_for_hosts(cloud, 3)
+    return cloud
 
 
 def _wait(http: httpx.Client, url: str, key: str, field: str, want: object) -> dict[str, Any]:
@@ -140,13 +119,7 @@ def test_a_snapshot_becomes_an_image_holding_the_server_s_disk(
 
         # The snapshot's bytes are the server's disk (a simulated guest's disk is its image).
         data = http.get(f"{base}/image/v2/images/{snap_id}/file").content
-        qcow2 = tmp_path / "snap.qcow2"
-        qcow2.write_bytes(data)
-        raw = tmp_path / "snap.raw"
-        subprocess.run(
-            ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(qcow2), str(raw)], check=True
-        )
-        assert raw.read_bytes()[: len(DISK)] == DISK
+        assert _raw_of(data, tmp_path)[: len(DISK)] == DISK
 
         # Before 2.45 the answer is the image's URL; a stopped server can be snapshot too.
         r = http.post(action, json={"os-stop": None})
@@ -168,6 +141,31 @@ def test_a_snapshot_becomes_an_image_holding_the_server_s_disk(
         assert r.status_code == 409, r.text
         after_ids = {i["id"] for i in http.get(f"{base}/image/v2/images").json()["images"]}
         assert after_ids == before
+
+        # The shelve took a snapshot: the offloaded server comes back from it, and then it
+        # goes; deleting a shelved server takes its snapshot with it.
+        def shelved_images() -> list[dict[str, Any]]:
+            images = http.get(f"{base}/image/v2/images").json()["images"]
+            return [i for i in images if i["name"] == "snapped-shelved"]
+
+        [shelved] = shelved_images()
+        assert (shelved["status"], shelved["instance_uuid"]) == ("active", sid)
+        assert (
+            _raw_of(http.get(f"{base}/image/v2/images/{shelved['id']}/file").content, tmp_path)[
+                : len(DISK)
+            ]
+            == DISK
+        )
+        r = http.post(action, json={"unshelve": None})
+        assert r.status_code == 202, r.text
+        _wait(http, f"{c}/servers/{sid}", "server", "status", "ACTIVE")
+        polling.wait_until(lambda: shelved_images() == [], 30, "the shelve's snapshot deleted")
+        r = http.post(action, json={"shelve": None})
+        assert r.status_code == 202, r.text
+        _wait(http, f"{c}/servers/{sid}", "server", "status", "SHELVED_OFFLOADED")
+        assert len(shelved_images()) == 1
+        assert http.delete(f"{c}/servers/{sid}").status_code == 204
+        assert shelved_images() == []
         # Bad bodies are 400s.
         for bad in ({}, {"name": ""}, {"name": "x", "color": "red"}, {"name": "x", "metadata": 1}):
             r = http.post(action, json={"createImage": bad})

@@ -34,10 +34,15 @@ class _KeptUpload:
 
     def __init__(self) -> None:
         self.images: dict[str, bytes] = {}
+        self.deleted: list[str] = []
 
     def upload(self, image_id: str, path: Path) -> int:
         self.images[image_id] = path.read_bytes()
         return len(self.images[image_id])
+
+    def delete(self, image_id: str) -> None:
+        self.images.pop(image_id, None)
+        self.deleted.append(image_id)
 
 
 def _raw_of(qcow2: bytes, tmp: Path) -> bytes:
@@ -103,6 +108,8 @@ def test_an_image_that_is_not_a_disk_cannot_be_a_snapshot(
 ) -> None:
     spec = make_spec(image=agent_bus_pb2.ImageRef(id="kernel", disk_format="aki"))
     driver.create(spec)
-    taker = SnapshotTaker(LocalImageSource(tmp_path), _KeptUpload(), tmp_path / "scratch")
+    kept = _KeptUpload()
+    taker = SnapshotTaker(LocalImageSource(tmp_path), kept, tmp_path / "scratch")
     with pytest.raises(SnapshotFailed, match="aki"):
         taker.take(driver, spec.instance_id, spec.image, "snap-3")
+    assert kept.deleted == ["snap-3"]  # the failed snapshot's image does not linger

@@ -157,11 +157,13 @@ async def simple_action(
     request_id: str,
     *,
     override_lock: bool = False,
+    image_id: str = "",
 ) -> None:
     """Pause, unpause, suspend, resume, shelve or shelve_offload. Postcondition: the
     action's task_state is set, a `verb` action is recorded and the command is queued for
     the host, together; or FAILED_PRECONDITION and nothing changed. A retry with the same
-    request_id is a no-op."""
+    request_id is a no-op. A shelve with `image_id` has the host snapshot the shut-off
+    disk into that queued image, recorded as the server's shelved image."""
     action = states.SIMPLE_ACTIONS[verb]
     rid = _request_id(request_id)
     async with conductor.sessions() as session:
@@ -173,9 +175,18 @@ async def simple_action(
         if not row.host:
             raise Conflict(f"Instance {row.uuid} has no host; cannot {verb} it.")
         now = datetime.now(UTC)
-        await _guarded_update(session, row, verb, task_state=action.task.value, updated_at=now)
+        extra: dict[str, Any] = {}
+        changes: dict[str, Any] = {}
+        if verb == "shelve" and image_id:
+            loaded = await load_with_image(session, row.uuid)  # before the image is recorded
+            base = instance_spec(*loaded).image if loaded is not None else None
+            extra = {"image_id": image_id, "base_image": base}
+            changes["shelved_image_id"] = image_id
+        await _guarded_update(
+            session, row, verb, task_state=action.task.value, updated_at=now, **changes
+        )
         _record_action(session, row, verb, rid, user_id, now)
-        await outbox.add(session, commands.simple(verb, row.host, row.uuid, rid))
+        await outbox.add(session, commands.simple(verb, row.host, row.uuid, rid, **extra))
         await session.commit()
     conductor.wakeup.set()
 
@@ -219,7 +230,12 @@ async def unshelve(
                 session, row, "unshelve", task_state=action.task.value, updated_at=now
             )
             _record_action(session, row, "unshelve", rid, user_id, now)
-            await outbox.add(session, commands.simple("unshelve", row.host, row.uuid, rid))
+            await outbox.add(
+                session,
+                commands.simple(
+                    "unshelve", row.host, row.uuid, rid, drop_image_id=row.shelved_image_id or ""
+                ),
+            )
         else:
             values: dict[str, object] = {
                 "task_state": TaskState.SCHEDULING.value,
@@ -382,7 +398,7 @@ async def delete_server(
     *,
     override_lock: bool = False,
     force: bool = False,
-) -> None:
+) -> str:
     """Deletes in every state. With reclaim_instance_interval > 0 and not `force`, a
     launched server with no task on a host that is up is soft deleted instead: task
     soft-deleting and a power-off queued (the agent's answer makes it SOFT_DELETED), its
@@ -392,7 +408,10 @@ async def delete_server(
     queued (the agent's DELETED event finishes it); with a host that is down ("local
     delete"), or no host yet, the server is deleted at once and its claim released — a
     down host still gets the delete command, for when it returns. Idempotent: deleting a
-    deleted server succeeds."""
+    deleted server succeeds.
+
+    Returns the snapshot a shelve took that the deleted server leaves (for the caller to
+    delete with its bytes), or "" (none, or reported by an earlier delete)."""
     rid = _request_id(request_id)
     # Delete wins over whatever task raced it: a guard that lost simply looks again.
     for _ in range(5):
@@ -413,7 +432,7 @@ async def _delete_once(
     rid: str,
     override_lock: bool,
     force: bool = False,
-) -> None:
+) -> str:
     release = False
     async with conductor.sessions() as session:
         # The instance and whether this request's action is recorded already, in ONE
@@ -433,19 +452,20 @@ async def _delete_once(
             raise NotFound(f"Instance {instance_uuid} could not be found.")
         row, action_recorded = found[0], bool(found[1])
         if row.deleted:
-            return
+            return ""
+        shelved = row.shelved_image_id or ""
         check_lock(row, override_lock)
         # Whether the host is down is the scheduler's to say; a host it does not know, or
         # a scheduler that cannot answer, is not called down: nothing says so.
         if row.host and await conductor.scheduler.is_down(row.host):
             await _delete_locally(conductor, session, row, rid, user_id)
-            return
+            return shelved
         if row.task_state == TaskState.DELETING:
-            return
+            return ""
         now = datetime.now(UTC)
         soft = conductor.cfg.conductor.reclaim_instance_interval > 0 and not force
         if soft and row.vm_state == VmState.SOFT_DELETED:
-            return  # already waiting to be reclaimed
+            return ""  # already waiting to be reclaimed
         if (
             soft
             and row.host
@@ -465,7 +485,7 @@ async def _delete_once(
             await outbox.add(session, commands.stop(row.host, row.uuid, rid))
             await session.commit()
             conductor.wakeup.set()
-            return
+            return ""
         if row.host:
             await _guarded_update(
                 session, row, "delete", task_state=TaskState.DELETING.value, updated_at=now
@@ -537,6 +557,7 @@ async def _delete_once(
                 exc,
                 extra={"instance": instance_uuid},
             )
+    return shelved
 
 
 async def _delete_locally(

@@ -77,7 +77,7 @@ class ServersServicer(servers_pb2_grpc.ServersServiceServicer):
     async def DeleteServer(
         self, request: servers_pb2.DeleteServerRequest, context: Ctx
     ) -> servers_pb2.DeleteServerResponse:
-        await actions.delete_server(
+        shelved = await actions.delete_server(
             self._c,
             request.id,
             request.project_id,
@@ -86,7 +86,7 @@ class ServersServicer(servers_pb2_grpc.ServersServiceServicer):
             override_lock=request.override_lock,
             force=request.force,
         )
-        return servers_pb2.DeleteServerResponse()
+        return servers_pb2.DeleteServerResponse(shelved_image_id=shelved)
 
     @grpc_errors
     async def RestoreServer(
@@ -244,7 +244,7 @@ class ServersServicer(servers_pb2_grpc.ServersServiceServicer):
             ).scalars()
             return servers_pb2.GetInstanceActionResponse(action=action_pb(action, list(events)))
 
-    async def _simple(self, verb: str, request: _SimpleRequest) -> None:
+    async def _simple(self, verb: str, request: _SimpleRequest, image_id: str = "") -> None:
         await actions.simple_action(
             self._c,
             verb,
@@ -253,6 +253,7 @@ class ServersServicer(servers_pb2_grpc.ServersServiceServicer):
             request.user_id,
             request.request_id,
             override_lock=request.override_lock,
+            image_id=image_id,
         )
 
     @grpc_errors
@@ -317,7 +318,7 @@ class ServersServicer(servers_pb2_grpc.ServersServiceServicer):
     async def ShelveServer(
         self, request: servers_pb2.ShelveServerRequest, context: Ctx
     ) -> servers_pb2.ShelveServerResponse:
-        await self._simple("shelve", request)
+        await self._simple("shelve", request, request.image_id)
         return servers_pb2.ShelveServerResponse()
 
     @grpc_errors

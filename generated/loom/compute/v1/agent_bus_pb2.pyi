@@ -641,10 +641,15 @@ class BuildInstanceCommand(_message.Message):
     SPEC_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     DHCP_FIELD_NUMBER: _builtins.int
+    DROP_IMAGE_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per command; also the NATS message id."""
     attempt: _builtins.int
     """1 for the first host tried, 2 for the first reschedule and so on."""
+    drop_image_id: _builtins.str
+    """An unshelve from the shelve's snapshot (spec.image): that image, deleted from the
+    image service once the instance runs; empty otherwise.
+    """
     @_builtins.property
     def spec(self) -> Global___InstanceSpec:
         """What to build."""
@@ -663,10 +668,11 @@ class BuildInstanceCommand(_message.Message):
         spec: Global___InstanceSpec | None = ...,
         attempt: _builtins.int = ...,
         dhcp: _abc.Iterable[Global___NetworkDhcp] | None = ...,
+        drop_image_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "dhcp", b"dhcp", "request_id", b"request_id", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "dhcp", b"dhcp", "drop_image_id", b"drop_image_id", "request_id", b"request_id", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -899,22 +905,34 @@ class ShelveInstanceCommand(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    IMAGE_ID_FIELD_NUMBER: _builtins.int
+    BASE_IMAGE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per command; also the NATS message id."""
     instance_id: _builtins.str
     """Instance UUID."""
     timeout_seconds: _builtins.int
     """Seconds to wait for a graceful shutdown before forcing it; 0 means the agent default."""
+    image_id: _builtins.str
+    """Once shut off, the root disk is snapshot into this queued image (as snapshot does);
+    empty for no snapshot.
+    """
+    @_builtins.property
+    def base_image(self) -> Global___ImageRef:
+        """The image the instance was built from (a simulated host's disk holds its bytes)."""
+
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
         instance_id: _builtins.str = ...,
         timeout_seconds: _builtins.int = ...,
+        image_id: _builtins.str = ...,
+        base_image: Global___ImageRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["base_image", b"base_image"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "request_id", b"request_id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_image", b"base_image", "image_id", b"image_id", "instance_id", b"instance_id", "request_id", b"request_id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -958,19 +976,25 @@ class UnshelveInstanceCommand(_message.Message):
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    DROP_IMAGE_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per command; also the NATS message id."""
     instance_id: _builtins.str
     """Instance UUID."""
+    drop_image_id: _builtins.str
+    """The shelve's snapshot, deleted from the image service once the instance runs (its
+    disk stayed here, so it is not needed); empty for none.
+    """
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
         instance_id: _builtins.str = ...,
+        drop_image_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drop_image_id", b"drop_image_id", "instance_id", b"instance_id", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

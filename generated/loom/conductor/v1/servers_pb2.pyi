@@ -1281,12 +1281,19 @@ class DeleteServerResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    SHELVED_IMAGE_ID_FIELD_NUMBER: _builtins.int
+    shelved_image_id: _builtins.str
+    """The snapshot a shelve took, which the server leaves behind: the caller, who can
+    reach the image's bytes, deletes it. Empty for none.
+    """
     def __init__(
         self,
+        *,
+        shelved_image_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["shelved_image_id", b"shelved_image_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2269,6 +2276,7 @@ class ShelveServerRequest(_message.Message):
     PROJECT_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
+    IMAGE_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per call; a retry with the same id is a no-op."""
     id: _builtins.str
@@ -2279,6 +2287,10 @@ class ShelveServerRequest(_message.Message):
     """Who asks (for the action record)."""
     override_lock: _builtins.bool
     """The caller may act on a locked server (an admin)."""
+    image_id: _builtins.str
+    """The queued image the host snapshots the shut-off disk into (an offloaded server is
+    unshelved from it, then it is deleted); empty for no snapshot.
+    """
     def __init__(
         self,
         *,
@@ -2287,10 +2299,11 @@ class ShelveServerRequest(_message.Message):
         project_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
         override_lock: _builtins.bool = ...,
+        image_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "override_lock", b"override_lock", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "image_id", b"image_id", "override_lock", b"override_lock", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
