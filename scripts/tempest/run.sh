@@ -84,6 +84,12 @@ if [ "$neutron" = true ]; then
   osc subnet show tempest-public-v4 >/dev/null 2>&1 ||
     osc subnet create --network tempest-public --subnet-range 203.0.113.0/24 --no-dhcp tempest-public-v4 >/dev/null
   public_id=$(osc network show tempest-public -f value -c id)
+  # As in a cloud with floating IPs: a router joins the shared network to the public one,
+  # so a server on the shared network can be given a floating IP.
+  if ! osc router show tempest-router >/dev/null 2>&1; then
+    osc router create --external-gateway tempest-public tempest-router >/dev/null
+    osc router add subnet tempest-router tempest-shared-v4 >/dev/null
+  fi
 fi
 
 image=$(osc image show loom-tiny -f value -c id)
