@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import uuid
@@ -756,18 +757,7 @@ class HostAgent:
         spec = cmd.spec
         iid = spec.instance_id
 
-        def answer(
-            kind: m.Kind, state: PowerState, fault: common_pb2.Fault | None = None
-        ) -> agent_bus_pb2.InstanceEvent:
-            return m.instance_event(
-                host=self.host,
-                instance_id=iid,
-                kind=kind,
-                power_state=state,
-                request_id=cmd.request_id,
-                action="rebuild",
-                fault=fault,
-            )
+        answer = functools.partial(self._answer, iid, cmd.request_id, "rebuild")
 
         driver = self.driver
         if not isinstance(driver, RebuildDriver):
@@ -805,23 +795,32 @@ class HostAgent:
         self._set_known(iid, state)
         return answer(m.ACTION_SUCCEEDED, state)
 
+    def _answer(
+        self,
+        iid: str,
+        request_id: str,
+        action: str,
+        kind: m.Kind,
+        state: PowerState,
+        fault: common_pb2.Fault | None = None,
+    ) -> agent_bus_pb2.InstanceEvent:
+        """The event answering an action's command (bind the first three with a partial)."""
+        return m.instance_event(
+            host=self.host,
+            instance_id=iid,
+            kind=kind,
+            power_state=state,
+            request_id=request_id,
+            action=action,
+            fault=fault,
+        )
+
     async def _snapshot(
         self, cmd: agent_bus_pb2.SnapshotInstanceCommand
     ) -> agent_bus_pb2.InstanceEvent:
         iid = cmd.instance_id
 
-        def answer(
-            kind: m.Kind, state: PowerState, fault: common_pb2.Fault | None = None
-        ) -> agent_bus_pb2.InstanceEvent:
-            return m.instance_event(
-                host=self.host,
-                instance_id=iid,
-                kind=kind,
-                power_state=state,
-                request_id=cmd.request_id,
-                action="snapshot",
-                fault=fault,
-            )
+        answer = functools.partial(self._answer, iid, cmd.request_id, "snapshot")
 
         failed = await self._take_snapshot(iid, cmd.base_image, cmd.image_id)
         state = self._known.get(iid, PowerState.NOSTATE)
