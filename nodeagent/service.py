@@ -111,7 +111,7 @@ def make_snapshot_taker(cfg: LoomConfig) -> SnapshotTaker | None:
     token = file_token(Path(token_file)) if token_file else (lambda: "")
     return SnapshotTaker(
         source=make_image_source(cfg),
-        uploader=HttpImageUploader(cfg.agent.image_url, token),
+        uploader=HttpImageUploader(cfg.agent.image_url, token, timeout=600.0),
         scratch=cfg.data_path / "agent" / "snapshots",
     )
 

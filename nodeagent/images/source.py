@@ -82,10 +82,10 @@ class LocalImageSource:
 TokenProvider = Callable[[], str]
 
 
-class HttpImageSource:
-    """The image service's Image v2 API: `GET {base_url}/v2/images/{id}/file`.
+class ImageApiClient:
+    """A client of the image service's Image v2 API at `base_url` (its /v2 is below it).
 
-    `token` is called for every download, so a rotated token is picked up without a
+    `token` is called for every request, so a rotated token is picked up without a
     restart; an empty token sends no X-Auth-Token header.
     """
 
@@ -102,16 +102,26 @@ class HttpImageSource:
         self._timeout = timeout
         self._transport = transport
 
-    def fetch(self, image_id: str, out: Sink) -> int:
-        url = f"{self.base_url}/v2/images/{check_image_id(image_id)}/file"
+    def _url(self, image_id: str, suffix: str = "") -> str:
+        return f"{self.base_url}/v2/images/{check_image_id(image_id)}{suffix}"
+
+    def _headers(self) -> dict[str, str]:
         token = self._token()
-        headers = {"X-Auth-Token": token} if token else {}
+        return {"X-Auth-Token": token} if token else {}
+
+    def _client(self) -> httpx.Client:
+        return httpx.Client(timeout=self._timeout, transport=self._transport)
+
+
+class HttpImageSource(ImageApiClient):
+    """Downloads: `GET {base_url}/v2/images/{id}/file`."""
+
+    def fetch(self, image_id: str, out: Sink) -> int:
+        url = self._url(image_id, "/file")
+        headers = self._headers()
         written = 0
         try:
-            with (
-                httpx.Client(timeout=self._timeout, transport=self._transport) as client,
-                client.stream("GET", url, headers=headers) as resp,
-            ):
+            with self._client() as client, client.stream("GET", url, headers=headers) as resp:
                 if resp.status_code == 404:
                     raise ImageNotFound(f"Image {image_id} is not in the image service.")
                 if resp.status_code == 204:

@@ -9,7 +9,7 @@ from typing import Protocol
 
 import httpx
 
-from nodeagent.images.source import ImageError, TokenProvider, check_image_id
+from nodeagent.images.source import ImageApiClient, ImageError
 
 _CHUNK = 1024 * 1024
 
@@ -32,32 +32,15 @@ class ImageUploader(Protocol):
         ...
 
 
-class HttpImageUploader:
-    """Streams the file to the Image v2 API with the service token (read for every
-    upload, so a rotated token is picked up)."""
-
-    def __init__(
-        self,
-        base_url: str,
-        token: TokenProvider,
-        *,
-        timeout: float = 600.0,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self._token = token
-        self._timeout = timeout
-        self._transport = transport
-
-    def _headers(self) -> dict[str, str]:
-        token = self._token()
-        return {"X-Auth-Token": token} if token else {}
+class HttpImageUploader(ImageApiClient):
+    """Uploads (`PUT {base_url}/v2/images/{id}/file`, the file streamed) and deletions
+    (`DELETE {base_url}/v2/images/{id}`), with the service token. Uploads may be long:
+    give a `timeout` to match."""
 
     def delete(self, image_id: str) -> None:
-        url = f"{self.base_url}/v2/images/{check_image_id(image_id)}"
         try:
-            with httpx.Client(timeout=30.0, transport=self._transport) as client:
-                resp = client.delete(url, headers=self._headers())
+            with self._client() as client:
+                resp = client.delete(self._url(image_id), headers=self._headers())
         except httpx.HTTPError as exc:
             raise ImageUploadFailed(f"Image {image_id} could not be deleted.") from exc
         if resp.status_code not in (204, 404):
@@ -66,7 +49,6 @@ class HttpImageUploader:
             )
 
     def upload(self, image_id: str, path: Path) -> int:
-        url = f"{self.base_url}/v2/images/{check_image_id(image_id)}/file"
         headers = {"Content-Type": "application/octet-stream", **self._headers()}
         size = path.stat().st_size
 
@@ -76,8 +58,8 @@ class HttpImageUploader:
                     yield chunk
 
         try:
-            with httpx.Client(timeout=self._timeout, transport=self._transport) as client:
-                resp = client.put(url, content=chunks(), headers=headers)
+            with self._client() as client:
+                resp = client.put(self._url(image_id, "/file"), content=chunks(), headers=headers)
         except httpx.HTTPError as exc:
             raise ImageUploadFailed(f"Image {image_id} could not be uploaded.") from exc
         if resp.status_code == 404:
