@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -660,7 +661,7 @@ def test_from_2_99_spice_direct_is_unavailable_and_token_lookups_refuse_unknown_
         assert "'extra' was unexpected" in refused.json()["badRequest"]["message"]
 
 
-def test_scheduler_hints_loom_does_not_honour_are_refused_and_from_2_100_the_group_shows(
+def test_scheduler_hints_loom_does_not_honour_are_refused_and_from_2_100_the_given_show(
     ready_cloud: Stack,
 ) -> None:
     with _sdk(ready_cloud, "loom") as conn:
@@ -683,14 +684,15 @@ def test_scheduler_hints_loom_does_not_honour_are_refused_and_from_2_100_the_gro
                 headers={"OpenStack-API-Version": f"compute {version}"},
             )
 
-        refused = create({"group": group.id, "same_host": [group.id]}, "2.37")
+        refused = create({"group": group.id, "build_near_host_ip": "10.0.0.1"}, "2.37")
         assert refused.status_code == 400
-        assert "same_host" in refused.json()["badRequest"]["message"]
-        created = create({"group": group.id})
+        assert "build_near_host_ip" in refused.json()["badRequest"]["message"]
+        elsewhere = str(uuid.uuid4())  # no such server: it rules out no host
+        created = create({"group": group.id, "different_host": elsewhere})
         assert created.status_code == 202, created.text
         sid = created.json()["server"]["id"]
         shown = _get(conn, f"/servers/{sid}", "2.100").json()["server"]
-        assert shown["scheduler_hints"] == {"group": [group.id]}
+        assert shown["scheduler_hints"] == {"group": [group.id], "different_host": [elsewhere]}
         assert "scheduler_hints" not in _get(conn, f"/servers/{sid}", "2.99").json()["server"]
         conn.delete_server(sid, wait=True)
 
