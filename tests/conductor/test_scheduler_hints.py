@@ -13,7 +13,9 @@ import grpc
 import pytest
 from loom.compute.v1 import agent_bus_pb2
 from loom.conductor.v1 import migrations_pb2, servers_pb2
+from sqlalchemy import select
 
+from controlplane.db.models import Instance
 from controlplane.runtime.natsserver import NatsServerProcess
 from tests.conductor.conftest import Agent, Harness
 from tests.conductor.test_create import create_request
@@ -61,6 +63,30 @@ async def host_of(h: Harness, sid: str) -> str:
 
 async def errored(h: Harness, sid: str) -> servers_pb2.Server:
     return await wait_for(h, sid, lambda s: s.status == S.SERVER_STATUS_ERROR)
+
+
+async def test_create_keeps_each_hinted_uuid_once_canonical_and_refuses_what_is_not_one(
+    pg: Harness,
+) -> None:
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+    (sid,) = await create(
+        pg, "kept", same_host=(a.replace("-", "").upper(), a), different_host=(b,)
+    )
+    kept = await server(pg, sid)
+    assert (list(kept.same_host), list(kept.different_host)) == ([a], [b])
+    (plain,) = await create(pg, "plain")
+    async with pg.sessions() as session:
+        rows = dict((await session.execute(select(Instance.uuid, Instance.scheduler_hints))).all())
+    assert rows == {sid: {"same_host": [a], "different_host": [b]}, plain: None}
+
+    too_many = tuple(str(uuid.uuid4()) for _ in range(1001))
+    for bad in ({"same_host": ("not-a-uuid",)}, {"different_host": too_many}):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await create(pg, "bad", **bad)  # type: ignore[arg-type]
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "scheduler hint" in (err.value.details() or "")
+    async with pg.sessions() as session:
+        assert len((await session.execute(select(Instance.id))).all()) == 2
 
 
 async def test_servers_booted_with_same_host_land_on_the_named_servers_host(
