@@ -271,6 +271,48 @@ def test_anti_affinity_puts_members_on_different_hosts_and_refuses_one_too_many(
     assert osc(cloud, "server", "group", "show", "g1", "-f", "json")["members"] in ("", [])
 
 
+def test_same_host_and_different_host_hints_from_the_cli_place_servers_by_another_one(
+    ready_cloud: Stack,
+) -> None:
+    """`openstack server create --hint` on `loom up`'s default filters. The weigher spreads
+    servers, so `same_host` is what keeps the near ones together; tests/conductor's hint
+    tests show `different_host` refusing the host the weigher prefers."""
+    cloud = ready_cloud
+
+    def boot(name: str, *hints: str) -> str:
+        args = [a for h in hints for a in ("--hint", h)]
+        return str(
+            osc(
+                cloud,
+                "server",
+                "create",
+                "--flavor",
+                "m1.tiny",
+                "--image",
+                "tiny",
+                "--nic",
+                "none",
+                *args,
+                "--wait",
+                name,
+                "-f",
+                "json",
+            )["id"]
+        )
+
+    def host(sid: str) -> str:
+        shown = osc(cloud, "server", "show", sid, "-f", "json", admin=True)
+        assert shown["status"] == "ACTIVE", shown
+        return str(shown["OS-EXT-SRV-ATTR:host"])
+
+    anchor = boot("anchor")
+    near = [boot(f"near{i}", f"same_host={anchor}") for i in range(2)]
+    apart = [boot(f"apart{i}", f"different_host={anchor}") for i in range(3)]
+    assert {host(s) for s in near} == {host(anchor)}
+    assert host(anchor) not in {host(s) for s in apart}
+    osc(cloud, "server", "delete", "--wait", anchor, *near, *apart)
+
+
 def test_limit_zero_lists_no_servers_os_stop_takes_an_empty_object_and_metadata_has_a_quota(
     ready_cloud: Stack,
 ) -> None:
