@@ -7,6 +7,7 @@ moves."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -19,12 +20,14 @@ from controlplane.db.models import Instance
 from controlplane.runtime.natsserver import NatsServerProcess
 from tests.conductor.conftest import Agent, Harness
 from tests.conductor.test_create import create_request
+from tests.conductor.test_evacuate import evacuate, host_goes_down
 from tests.conductor.test_flow import server, wait_for
 from tests.conductor.test_moves import (
     Fleet,
     assert_usage_is_the_sum_of_allocations,
     claims,
     fleet,
+    live_migrate,
     wait_status,
 )
 
@@ -230,3 +233,43 @@ async def test_a_cold_migration_with_no_host_apart_is_refused_and_changes_nothin
         after = await server(f.h, b.id)
         assert (after.status, after.task_state, after.host) == (S.SERVER_STATUS_ACTIVE, 0, "h1")
         assert await claims(f) == {a.id: "h2", b.id: "h1"}
+
+
+@pytest.fixture
+async def b_apart_from_a(
+    pg_url: str, fresh_nats: NatsServerProcess, tmp_path: Path
+) -> AsyncIterator[tuple[Fleet, str, str]]:
+    """Three hosts with agents; a on h2, the weigher's favourite, and b on h1, booted with
+    different_host=[a]."""
+    hosts = {"h1": {}, "h2": {"memory_mb": 65536}, "h3": {}}
+    async with fleet(pg_url, fresh_nats, tmp_path, agents=("h1", "h2", "h3"), hosts=hosts) as f:
+        a = await boot_hinted(f, "a", "h2")
+        b = await boot_hinted(f, "b", "h1", different_host=(a.id,))
+        yield f, a.id, b.id
+
+
+async def test_a_live_migration_keeps_the_different_host_hint(
+    b_apart_from_a: tuple[Fleet, str, str],
+) -> None:
+    f, a, b = b_apart_from_a
+    mig = await live_migrate(f, b)
+    assert (mig.migration_type, mig.dest_compute) == ("live-migration", "h3")
+    moved = await wait_status(f, b, S.SERVER_STATUS_ACTIVE)
+    assert moved.host == "h3"
+    assert (await claims(f))[a] == "h2"
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await live_migrate(f, b, host="h2")  # a requested host is checked by the filters
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "different_host removed 1" in (err.value.details() or "")
+
+
+async def test_an_evacuation_keeps_the_different_host_hint(
+    b_apart_from_a: tuple[Fleet, str, str],
+) -> None:
+    f, a, b = b_apart_from_a
+    await host_goes_down(f, "h1")
+    mig = await evacuate(f, b)
+    assert (mig.source_compute, mig.dest_compute) == ("h1", "h3")
+    moved = await wait_status(f, b, S.SERVER_STATUS_ACTIVE)
+    assert moved.host == "h3"
+    assert (await claims(f))[a] == "h2"
