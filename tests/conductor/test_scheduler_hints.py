@@ -30,6 +30,7 @@ from tests.conductor.test_moves import (
     live_migrate,
     wait_status,
 )
+from tests.conductor.test_shelve import _answer as answer
 
 K = agent_bus_pb2.InstanceEventKind
 S = servers_pb2.ServerStatus
@@ -186,6 +187,35 @@ async def test_a_rescheduled_build_keeps_its_different_host_hint(stack: Harness)
     assert "1 removed by different_host" in failed.fault.message
     assert stack.scheduler.decisions == 3  # a, then the two of the hinted server
     assert await stack.scheduler.claims() == {a: "h1"}
+
+
+async def test_an_unshelve_after_offload_keeps_the_different_host_hint(stack: Harness) -> None:
+    # h2 is the weigher's favourite, and holds the server b must stay apart from.
+    await stack.scheduler.add_host("h1")
+    await stack.scheduler.add_host("h2", memory_mb=65536)
+    await stack.scheduler.add_host("h3")
+    assert stack.js is not None
+    (a,) = await create(stack, "a", force_host="h2")
+    assert await host_of(stack, a) == "h2"
+    (b,) = await create(stack, "b", different_host=(a,))
+    agent = Agent(stack.js, await host_of(stack, b))
+    cmd = await agent.build_command()
+    await agent.report(
+        b,
+        K.INSTANCE_EVENT_KIND_BUILD_SUCCEEDED,
+        attempt=cmd.attempt,
+        power_state=agent_bus_pb2.POWER_STATE_RUNNING,
+    )
+    await wait_for(stack, b, lambda s: s.status == S.SERVER_STATUS_ACTIVE)
+    await stack.servers.ShelveServer(servers_pb2.ShelveServerRequest(id=b, request_id="sh"))
+    await answer(agent, b, "shelve", agent_bus_pb2.POWER_STATE_SHUTDOWN)
+    await answer(agent, b, "shelve_offload", agent_bus_pb2.POWER_STATE_UNSPECIFIED)
+    await wait_for(stack, b, lambda s: s.status == S.SERVER_STATUS_SHELVED_OFFLOADED)
+
+    await stack.servers.UnshelveServer(servers_pb2.UnshelveServerRequest(id=b, request_id="un"))
+    back = await host_of(stack, b)
+    assert back in ("h1", "h3")
+    assert (await stack.scheduler.claims())[b] == back
 
 
 # ------------------------------------------------------------------ moves
