@@ -1,8 +1,8 @@
 """The same_host and different_host scheduler hints on the conductor's whole path: kept
 with the server at create, and carried to Loom's real scheduler at every placement of it
-(its boot, a reschedule after a failed build, a cold migration). Real PostgreSQL, real
-NATS; agents played on NATS for boots, real node agents on libvirt's test:/// driver for
-moves."""
+(its boot, a reschedule after a failed build, an unshelve after offload, a cold or live
+migration, an evacuation). Real PostgreSQL, real NATS; agents played on NATS for boots,
+real node agents on libvirt's test:/// driver for moves."""
 
 from __future__ import annotations
 
