@@ -201,10 +201,14 @@ class NetworkConfig(DomainServiceConfig):
 
 class SchedulerConfig(_Section):
     listen: str = "127.0.0.1:50052"
-    # Filters run in this order; names come from the filter registry.
+    # Filters run in this order; names come from the filter registry. The request's own
+    # constraints run whether named or not: requested_hosts (added first), same_host,
+    # different_host and server_group (added last), since the API accepted them.
     filters: tuple[str, ...] = (
         "enabled_and_up",
         "availability_zone",
+        "same_host",
+        "different_host",
         "aggregate_multitenancy_isolation",
         "aggregate_image_properties_isolation",
         "aggregate_instance_extra_specs",

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from controlplane.conductor.outbox import Wakeup
 from controlplane.config import LoomConfig
-from controlplane.db.models import ServerGroup
+from controlplane.db.models import Instance, ServerGroup
 from controlplane.network.client import PortsClient
 
 log = logging.getLogger(__name__)
@@ -195,6 +195,12 @@ def resources_of(
     """Placement's view of a flavor: swap counts as disk, rounded up to whole GiB."""
     disk = root_gb + ephemeral_gb + (swap_mb + 1023) // 1024
     return common_pb2.Resources(vcpus=vcpus, memory_mb=memory_mb, disk_gb=disk)
+
+
+def scheduler_hint(inst: Instance, name: str) -> list[str]:
+    """The server UUIDs of one of the instance's stored scheduler hints ("same_host",
+    "different_host"); empty when it was not given. The scheduler takes them as consumers."""
+    return [str(v) for v in (inst.scheduler_hints or {}).get(name) or []]
 
 
 async def group_policies(

@@ -175,6 +175,8 @@ def server_pb(row: Instance | Row[Any]) -> servers_pb2.Server:
         kernel_id=row.kernel_id,
         ramdisk_id=row.ramdisk_id,
         server_group_id=row.server_group_id or "",
+        same_host=[str(v) for v in (row.scheduler_hints or {}).get("same_host") or []],
+        different_host=[str(v) for v in (row.scheduler_hints or {}).get("different_host") or []],
         attempts=row.attempts,
         deleted=row.deleted,
     )

@@ -42,7 +42,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.catalog.quotas import load_project_quota
 from controlplane.conductor import nics, outbox, states
-from controlplane.conductor.context import Conductor, group_policies, resources_of
+from controlplane.conductor.context import (
+    Conductor,
+    group_policies,
+    resources_of,
+    scheduler_hint,
+)
 from controlplane.conductor.convert import instance_spec, make_fault
 from controlplane.conductor.outbox import Outgoing
 from controlplane.conductor.scheduling import load_with_image, record_event
@@ -374,7 +379,8 @@ async def record_and_ask_placement(
 ) -> scheduler_pb2.SelectDestinationsRequest:
     """Records a move's migration and its instance action (committed), and returns the
     placement request for its destination: the flavor's resources, the server's zone,
-    group and image properties, `ignore_hosts` and `force_host` as given."""
+    group, same_host and different_host hints and image properties, `ignore_hosts` and
+    `force_host` as given."""
     session.add(mig)
     session.add(
         InstanceAction(
@@ -402,6 +408,8 @@ async def record_and_ask_placement(
         num_alternates=0,
         force_host=force_host,
         server_group=groups.get(inst.server_group_id or ""),
+        same_host=scheduler_hint(inst, "same_host"),
+        different_host=scheduler_hint(inst, "different_host"),
         flavor_extra_specs={str(k): str(v) for k, v in flavor["flavor_extra_specs"].items()},
         image_properties={
             str(k): str(v) for k, v in ((image.properties if image else None) or {}).items()

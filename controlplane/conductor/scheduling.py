@@ -35,6 +35,7 @@ from controlplane.conductor.context import (
     SchedulerClient,
     group_policies,
     resources_of,
+    scheduler_hint,
 )
 from controlplane.conductor.convert import instance_spec, make_fault
 from controlplane.conductor.metrics import BOOTS_NO_VALID_HOST
@@ -652,6 +653,8 @@ class SchedulingWorker:
             num_alternates=self._c.cfg.scheduler.num_alternates,
             force_host=inst.force_host or "",
             server_group=groups.get(inst.server_group_id or ""),
+            same_host=scheduler_hint(inst, "same_host"),
+            different_host=scheduler_hint(inst, "different_host"),
             # For the aggregate filters (instance extra specs, image properties isolation).
             flavor_extra_specs=_strings(inst.flavor_extra_specs),
             image_properties=_strings(image.properties if image is not None else None),

@@ -134,6 +134,10 @@ class Instance(TimestampMixin, Base):
     failed_hosts: Mapped[list[Any]] = mapped_column(default=list)
     alternates: Mapped[list[Any]] = mapped_column(default=list)
     force_host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # The placement hints it was created with besides its group (migration 0020):
+    # {"same_host": [uuid, ...], "different_host": [uuid, ...]}, each key only when
+    # given; null for neither. Every scheduling of the server keeps them.
+    scheduler_hints: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # The CreateServers request_id: a retry returns the same servers.
     create_request_id: Mapped[str] = mapped_column(String(255))
     launched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

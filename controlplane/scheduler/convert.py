@@ -4,6 +4,7 @@ knows both shapes. Bad input raises InvalidInput with a message fit for the call
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Protocol
 
@@ -26,6 +27,8 @@ from controlplane.scheduler.request import GroupPolicy, PlacementRequest
 
 MAX_ALTERNATES = 20
 MAX_CONSUMER_ID = 36
+# Instances one same_host or different_host hint may name.
+MAX_HINT_INSTANCES = 1000
 
 
 class InvalidInput(ValueError):
@@ -82,6 +85,17 @@ def group_policy(pb: scheduler_pb2.ServerGroupPolicy) -> GroupPolicy | None:
         raise InvalidInput(f"server_group: {exc}") from exc
 
 
+def hint_instances(ids: Iterable[str], field: str) -> frozenset[str]:
+    """The instances (consumer ids) a same_host or different_host hint names."""
+    out = frozenset(ids)
+    if len(out) > MAX_HINT_INSTANCES:
+        raise InvalidInput(f"{field} names more than {MAX_HINT_INSTANCES} instances")
+    for consumer in out:
+        if not consumer or len(consumer) > MAX_CONSUMER_ID:
+            raise InvalidInput(f"{field}: each instance id has 1 to {MAX_CONSUMER_ID} characters")
+    return out
+
+
 def placement_request(
     req: scheduler_pb2.SelectDestinationsRequest, cfg: SchedulerConfig
 ) -> PlacementRequest:
@@ -100,6 +114,8 @@ def placement_request(
         num_alternates=req.num_alternates or cfg.num_alternates,
         request_id=req.request_id,
         group=group_policy(req.server_group),
+        same_host=hint_instances(req.same_host, "same_host"),
+        different_host=hint_instances(req.different_host, "different_host"),
         flavor_extra_specs=dict(req.flavor_extra_specs),
         image_properties=dict(req.image_properties),
     )

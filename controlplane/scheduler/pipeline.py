@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from controlplane.config import SchedulerConfig
-from controlplane.scheduler.filters import Filter, build_filters, requested_hosts, server_group
+from controlplane.scheduler.filters import (
+    Filter,
+    build_filters,
+    different_host,
+    requested_hosts,
+    same_host,
+    server_group,
+)
 from controlplane.scheduler.hoststate import HostState
 from controlplane.scheduler.request import CycleState
 from controlplane.scheduler.weighers import WeightedWeigher, build_weighers
@@ -84,13 +91,18 @@ def build_pipeline(cfg: SchedulerConfig) -> Pipeline:
 
     The request's own host constraints (ignore_hosts, force_host) always apply, first,
     and its server group's policy always applies, last, even when the configuration does
-    not name them: a policy the API accepted is never ignored. Raises on unknown names.
+    not name them: a policy the API accepted is never ignored. So do its same_host and
+    different_host hints (just before the group's policy when not named). Raises on
+    unknown names.
     """
     names = list(cfg.filters)
     if requested_hosts.NAME not in names:
         names.insert(0, requested_hosts.NAME)
     if server_group.NAME not in names:
         names.append(server_group.NAME)
+    for hint in (same_host.NAME, different_host.NAME):
+        if hint not in names:
+            names.insert(names.index(server_group.NAME), hint)
     return Pipeline(
         filters=tuple(build_filters(names)),
         weighers=tuple(build_weighers(cfg.weighers)),

@@ -22,7 +22,14 @@ from controlplane.scheduler.hostorder import HostOrder, order_spec_for
 from controlplane.scheduler.hoststate import HostState, InventoryUpdate
 from controlplane.scheduler.metrics import count_conflict
 from controlplane.scheduler.pipeline import Decision, Pipeline, rank_hosts
-from controlplane.scheduler.request import CycleState, GroupPolicy, GroupRule, PlacementRequest
+from controlplane.scheduler.request import (
+    NO_HINT_HOSTS,
+    CycleState,
+    GroupPolicy,
+    GroupRule,
+    HintHosts,
+    PlacementRequest,
+)
 from controlplane.scheduler.store import (
     AllocationRecord,
     ClaimResult,
@@ -104,13 +111,34 @@ class PlacementService:
         # the group's claims across processes.
         self._group_locks: dict[str, _GroupGate] = {}
 
-    def cycle_for(self, request: PlacementRequest, rule: GroupRule | None = None) -> CycleState:
+    def cycle_for(
+        self,
+        request: PlacementRequest,
+        rule: GroupRule | None = None,
+        hint_hosts: HintHosts = NO_HINT_HOSTS,
+    ) -> CycleState:
         return CycleState(
             request=request,
             now=self.cache.clock(),
             down_after=self.down_after,
             group_rule=rule,
+            hint_hosts=hint_hosts,
             default_zone=self.cfg.default_availability_zone,
+        )
+
+    async def hint_hosts(self, request: PlacementRequest) -> HintHosts:
+        """Where the instances named by the request's same_host and different_host hints
+        are, from the allocations (one read; none without such hints). The consumer itself
+        never counts: a move has handed its allocation to the migration already."""
+        if not request.same_host and not request.different_host:
+            return NO_HINT_HOSTS
+        named = (request.same_host | request.different_host) - {request.consumer_id}
+        held = await self.store.hosts_of(named)
+        return HintHosts(
+            same_host=frozenset(held[c] for c in request.same_host if c in held)
+            if request.same_host
+            else None,
+            different_host=frozenset(held[c] for c in request.different_host if c in held),
         )
 
     def is_up(self, host: HostState) -> bool:
@@ -122,14 +150,17 @@ class PlacementService:
         Postconditions: Placed means the allocation is committed on `selected` (a retry for
         the same consumer returns the host that already holds it, changing nothing);
         NotPlaced means nothing was claimed. A member of a server group is placed only
-        where its group's policy allows, counted from the group's allocations.
+        where its group's policy allows, counted from the group's allocations, and only
+        where its same_host and different_host hints allow, from the named instances'
+        allocations.
         """
+        hints = await self.hint_hosts(request)
         if request.group is not None:
-            return await self._select_in_group(request, request.group)
+            return await self._select_in_group(request, request.group, hints)
         rechecked = False
         decision: Decision | None = None
         for _ in range(MAX_CLAIM_ATTEMPTS):
-            decision = self._rank(request)
+            decision = self._rank(request, hints=hints)
             if not decision.found:
                 if not rechecked and await self.cache.refresh_if_older(STALE_SNAPSHOT_S):
                     rechecked = True
@@ -156,20 +187,20 @@ class PlacementService:
         )
 
     async def _select_in_group(
-        self, request: PlacementRequest, group: GroupPolicy
+        self, request: PlacementRequest, group: GroupPolicy, hints: HintHosts
     ) -> Placed | NotPlaced:
         gate = self._group_locks.setdefault(group.id, _GroupGate())
         gate.users += 1
         try:
             async with gate.lock:
-                return await self._select_in_group_locked(request, group)
+                return await self._select_in_group_locked(request, group, hints)
         finally:
             gate.users -= 1
             if gate.users == 0:
                 del self._group_locks[group.id]
 
     async def _select_in_group_locked(
-        self, request: PlacementRequest, group: GroupPolicy
+        self, request: PlacementRequest, group: GroupPolicy, hints: HintHosts
     ) -> Placed | NotPlaced:
         rechecked = False
         decision: Decision | None = None
@@ -178,7 +209,7 @@ class PlacementService:
             # A soft policy's tiers end with one that allows every host, so its NoValidHost
             # is the plain one; a hard policy has one tier, whose removals are the answer.
             for rule in GroupRule.tiers(group, members):
-                decision = self._rank(request, rule)
+                decision = self._rank(request, rule, hints)
                 if decision.found:
                     break
             assert decision is not None
@@ -211,8 +242,13 @@ class PlacementService:
         others = (wh.host for wh in decision.ranked if wh.host.name != selected.name)
         return Placed(selected, tuple(islice(others, alternates)))
 
-    def _rank(self, request: PlacementRequest, rule: GroupRule | None = None) -> Decision:
-        cycle = self.cycle_for(request, rule)
+    def _rank(
+        self,
+        request: PlacementRequest,
+        rule: GroupRule | None = None,
+        hints: HintHosts = NO_HINT_HOSTS,
+    ) -> Decision:
+        cycle = self.cycle_for(request, rule, hints)
         keep = request.num_alternates + 1
         if self.order is not None:
             return rank_walking(self.order, self.cache.hosts, cycle, self.pipeline, keep)

@@ -87,9 +87,29 @@ class PlacementRequest:
     num_alternates: int = 0
     request_id: str = ""
     group: GroupPolicy | None = None
+    # Instances (consumer ids) the host must hold one of (same_host hint; empty: no such
+    # constraint), and instances it must hold none of (different_host hint).
+    same_host: frozenset[str] = frozenset()
+    different_host: frozenset[str] = frozenset()
     # Read by the aggregate filters.
     flavor_extra_specs: Mapping[str, str] = field(default_factory=dict, compare=False)
     image_properties: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class HintHosts:
+    """Where the instances a request's same_host and different_host hints name are: the
+    hosts holding their allocations, read once per decision. A named instance that holds
+    no allocation (unknown, deleted, not placed yet) is on no host and does not count."""
+
+    # Hosts holding at least one same_host instance; None when the request has no
+    # same_host hint (any host will do), empty when none of its instances is anywhere.
+    same_host: frozenset[str] | None = None
+    # Hosts holding at least one different_host instance.
+    different_host: frozenset[str] = frozenset()
+
+
+NO_HINT_HOSTS = HintHosts()
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +125,8 @@ class CycleState:
     down_after: timedelta
     # The server-group rule this decision keeps; None when the consumer has no group.
     group_rule: GroupRule | None = None
+    # The hosts of the instances named by the same_host and different_host hints.
+    hint_hosts: HintHosts = NO_HINT_HOSTS
     # The zone of hosts in no zone aggregate.
     default_zone: str = DEFAULT_AVAILABILITY_ZONE
     # The zone a host must be in, or None for any ("nova" also matches hosts in no zone).

@@ -14,7 +14,7 @@ import enum
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -294,6 +294,21 @@ class ProviderStore:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
         return [AllocationRecord(r.name, Resources(r.vcpus, r.memory_mb, r.disk_gb)) for r in rows]
+
+    async def hosts_of(self, consumer_ids: Iterable[str]) -> dict[str, str]:
+        """The host of each named consumer that holds an allocation (consumer → host name);
+        consumers holding none are absent. One statement, none for no consumer."""
+        ids = sorted(set(consumer_ids))
+        if not ids:
+            return {}
+        stmt = (
+            select(ALLOC.c.consumer_id, RP.c.name)
+            .join(RP, RP.c.id == ALLOC.c.provider_id)
+            .where(ALLOC.c.consumer_id.in_(ids))
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return {str(consumer): str(host) for consumer, host in rows}
 
     async def group_members(self, group_id: str, but: str = "") -> dict[str, int]:
         """Members of the group per host, as allocations (every consumer but `but`)."""

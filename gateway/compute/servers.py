@@ -56,6 +56,11 @@ _META = {
     "additionalProperties": False,
 }
 _UUID = {"type": "string", "format": "uuid"}
+# Servers one same_host or different_host hint may name (Nova sets no bound; the
+# conductor and the scheduler take this many).
+MAX_HINT_SERVERS = 1000
+# same_host and different_host: one server UUID, or a list of them (Nova's schema).
+_SERVERS_HINT = {"oneOf": [_UUID, {"type": "array", "items": _UUID, "maxItems": MAX_HINT_SERVERS}]}
 _IP_ADDRESS = {"type": "string", "oneOf": [{"format": "ipv4"}, {"format": "ipv6"}]}
 _HOSTNAME = {
     "type": "string",
@@ -146,7 +151,7 @@ def _create_schema(mv: Microversion) -> dict[str, Any]:
     required = ["name", "flavorRef"] + (["networks"] if mv.at_least("2.37") else [])
     hints = {
         "type": "object",
-        "properties": {"group": _UUID},
+        "properties": {"group": _UUID, "same_host": _SERVERS_HINT, "different_host": _SERVERS_HINT},
         "additionalProperties": True,
     }
     return {
@@ -169,7 +174,7 @@ def _create_schema(mv: Microversion) -> dict[str, Any]:
 CREATE = VersionedSchema(_create_schema)
 
 # The scheduler hints placement acts on; any other is refused rather than ignored.
-_HONOURED_HINTS = frozenset({"group"})
+_HONOURED_HINTS = frozenset({"group", "same_host", "different_host"})
 
 
 def _update_schema(mv: Microversion) -> dict[str, Any]:
@@ -577,6 +582,39 @@ def _canonical_ipv6(text: str) -> str:
     return ipaddress.IPv6Address(text).compressed if text else ""
 
 
+_SERVERS_HINT_VALUE = compile_schema(_SERVERS_HINT)
+
+
+def _check_servers_hints(body: Any) -> None:
+    """Refuses a same_host or different_host hint that is not a server UUID or a list of
+    them, naming the hint (the body's schema says the same, but of a list's item it would
+    name only the item's index)."""
+    if not isinstance(body, dict):
+        return
+    for key in ("os:scheduler_hints", "OS-SCH-HNT:scheduler_hints"):
+        hints = body.get(key)
+        if not isinstance(hints, dict):
+            continue
+        for name in ("same_host", "different_host"):
+            if name in hints and not _SERVERS_HINT_VALUE.is_valid(hints[name]):
+                value = hints[name]
+                raise BadRequest(
+                    f"Invalid input for field/attribute {name}. Value:"
+                    f" {shorten(value if isinstance(value, str) else str(value))}."
+                    f" The {name} scheduler hint takes a server UUID or a list of at most"
+                    f" {MAX_HINT_SERVERS} server UUIDs."
+                )
+
+
+def _servers_hint(hints: dict[str, Any], name: str) -> list[str]:
+    """A same_host or different_host hint as a list of canonical server UUIDs (the schema
+    has checked each is a UUID); empty when not given."""
+    value = hints.get(name)
+    if value is None:
+        return []
+    return [str(uuid.UUID(v)) for v in ([value] if isinstance(value, str) else value)]
+
+
 def _truthy(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -594,6 +632,7 @@ async def create_server(request: Request) -> Response:
     ctx.require_write("os_compute_api:servers:create")
     mv = microversion(request)
     body = await json_body(request)
+    _check_servers_hints(body)
     checked_body(CREATE.at(mv), body)
     s = body["server"]
     hints = body.get("os:scheduler_hints") or body.get("OS-SCH-HNT:scheduler_hints") or {}
@@ -601,7 +640,8 @@ async def create_server(request: Request) -> Response:
     if unhonoured:
         raise BadRequest(
             "Loom's scheduler does not honour the scheduler hint(s)"
-            f" {shorten(', '.join(unhonoured))}; only 'group' is."
+            f" {shorten(', '.join(unhonoured))}; only 'different_host', 'group' and"
+            " 'same_host' are."
         )
 
     min_count = _count(s.get("min_count", 1), "min_count")
@@ -653,6 +693,8 @@ async def create_server(request: Request) -> Response:
             description=s.get("description") or "",
             hostname=hostname,
             server_group_id=hints.get("group", ""),
+            same_host=_servers_hint(hints, "same_host"),
+            different_host=_servers_hint(hints, "different_host"),
             tags=s.get("tags", []),
             access_ipv4=s.get("accessIPv4", ""),
             access_ipv6=_canonical_ipv6(s.get("accessIPv6", "")),

@@ -145,9 +145,17 @@ def _image(request: Request, server: servers_pb2.Server, mv: Microversion) -> di
 
 
 def scheduler_hints(server: servers_pb2.Server) -> dict[str, list[str]]:
-    """The hints the server was created with (2.100): Loom honours only `group`, and
-    refuses the others at creation, so the group is all there is to show."""
-    return {"group": [server.server_group_id]} if server.server_group_id else {}
+    """The hints the server was created with (2.100), values as lists: Loom honours
+    `group`, `same_host` and `different_host`, and refuses the others at creation, so these
+    are all there is to show."""
+    hints: dict[str, list[str]] = {}
+    if server.server_group_id:
+        hints["group"] = [server.server_group_id]
+    if server.same_host:
+        hints["same_host"] = list(server.same_host)
+    if server.different_host:
+        hints["different_host"] = list(server.different_host)
+    return hints
 
 
 def fault(server: servers_pb2.Server, is_admin: bool) -> dict[str, Any] | None:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -268,6 +269,48 @@ def test_anti_affinity_puts_members_on_different_hosts_and_refuses_one_too_many(
 
     osc(cloud, "server", "delete", "--wait", *names)
     assert osc(cloud, "server", "group", "show", "g1", "-f", "json")["members"] in ("", [])
+
+
+def test_same_host_and_different_host_hints_from_the_cli_place_servers_by_another_one(
+    ready_cloud: Stack,
+) -> None:
+    """`openstack server create --hint` on `loom up`'s default filters. The weigher spreads
+    servers, so `same_host` is what keeps the near ones together; tests/conductor's hint
+    tests show `different_host` refusing the host the weigher prefers."""
+    cloud = ready_cloud
+
+    def boot(name: str, *hints: str) -> str:
+        args = [a for h in hints for a in ("--hint", h)]
+        return str(
+            osc(
+                cloud,
+                "server",
+                "create",
+                "--flavor",
+                "m1.tiny",
+                "--image",
+                "tiny",
+                "--nic",
+                "none",
+                *args,
+                "--wait",
+                name,
+                "-f",
+                "json",
+            )["id"]
+        )
+
+    def host(sid: str) -> str:
+        shown = osc(cloud, "server", "show", sid, "-f", "json", admin=True)
+        assert shown["status"] == "ACTIVE", shown
+        return str(shown["OS-EXT-SRV-ATTR:host"])
+
+    anchor = boot("anchor")
+    near = [boot(f"near{i}", f"same_host={anchor}") for i in range(2)]
+    apart = [boot(f"apart{i}", f"different_host={anchor}") for i in range(3)]
+    assert {host(s) for s in near} == {host(anchor)}
+    assert host(anchor) not in {host(s) for s in apart}
+    osc(cloud, "server", "delete", "--wait", anchor, *near, *apart)
 
 
 def test_limit_zero_lists_no_servers_os_stop_takes_an_empty_object_and_metadata_has_a_quota(
@@ -660,7 +703,7 @@ def test_from_2_99_spice_direct_is_unavailable_and_token_lookups_refuse_unknown_
         assert "'extra' was unexpected" in refused.json()["badRequest"]["message"]
 
 
-def test_scheduler_hints_loom_does_not_honour_are_refused_and_from_2_100_the_group_shows(
+def test_scheduler_hints_loom_does_not_honour_are_refused_and_from_2_100_the_given_show(
     ready_cloud: Stack,
 ) -> None:
     with _sdk(ready_cloud, "loom") as conn:
@@ -683,14 +726,15 @@ def test_scheduler_hints_loom_does_not_honour_are_refused_and_from_2_100_the_gro
                 headers={"OpenStack-API-Version": f"compute {version}"},
             )
 
-        refused = create({"group": group.id, "same_host": [group.id]}, "2.37")
+        refused = create({"group": group.id, "build_near_host_ip": "10.0.0.1"}, "2.37")
         assert refused.status_code == 400
-        assert "same_host" in refused.json()["badRequest"]["message"]
-        created = create({"group": group.id})
+        assert "build_near_host_ip" in refused.json()["badRequest"]["message"]
+        elsewhere = str(uuid.uuid4())  # no such server: it rules out no host
+        created = create({"group": group.id, "different_host": elsewhere})
         assert created.status_code == 202, created.text
         sid = created.json()["server"]["id"]
         shown = _get(conn, f"/servers/{sid}", "2.100").json()["server"]
-        assert shown["scheduler_hints"] == {"group": [group.id]}
+        assert shown["scheduler_hints"] == {"group": [group.id], "different_host": [elsewhere]}
         assert "scheduler_hints" not in _get(conn, f"/servers/{sid}", "2.99").json()["server"]
         conn.delete_server(sid, wait=True)
 

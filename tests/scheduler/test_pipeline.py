@@ -34,6 +34,8 @@ def test_each_filter_records_how_many_hosts_it_removed_and_why() -> None:
         "requested_hosts": (1, {"host in ignore_hosts": 1}),
         "enabled_and_up": (2, {"host disabled": 1, "host down": 1}),
         "availability_zone": (1, {"not in the requested availability zone": 1}),
+        "same_host": (0, {}),
+        "different_host": (0, {}),
         "aggregate_multitenancy_isolation": (0, {}),
         "aggregate_image_properties_isolation": (0, {}),
         "aggregate_instance_extra_specs": (0, {}),
@@ -42,9 +44,26 @@ def test_each_filter_records_how_many_hosts_it_removed_and_why() -> None:
     }
 
 
-def test_the_request_host_filter_runs_first_and_the_group_filter_last_even_unconfigured() -> None:
+def test_requested_hosts_first_and_the_hint_and_group_filters_last_even_unconfigured() -> None:
     pipeline = build_pipeline(SchedulerConfig(filters=("capacity",)))
-    assert [f.name for f in pipeline.filters] == ["requested_hosts", "capacity", "server_group"]
+    assert [f.name for f in pipeline.filters] == [
+        "requested_hosts",
+        "capacity",
+        "same_host",
+        "different_host",
+        "server_group",
+    ]
+
+
+def test_hint_filters_an_operator_places_stay_where_they_are_named() -> None:
+    pipeline = build_pipeline(SchedulerConfig(filters=("different_host", "capacity", "same_host")))
+    assert [f.name for f in pipeline.filters] == [
+        "requested_hosts",
+        "different_host",
+        "capacity",
+        "same_host",
+        "server_group",
+    ]
 
 
 def test_no_valid_host_explains_which_filters_removed_how_many_hosts() -> None:

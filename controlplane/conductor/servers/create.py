@@ -115,6 +115,44 @@ def _requested_networks(request: servers_pb2.CreateServersRequest) -> dict[str, 
     return {"networks": nics, "security_group_ids": groups}
 
 
+# Instances one same_host or different_host hint may name (as many as the scheduler takes).
+MAX_HINT_INSTANCES = 1000
+
+
+def _hint(values: list[str], name: str) -> list[str]:
+    """One hint's server UUIDs, canonical (lower case, hyphenated), each once, in order."""
+    if len(values) > MAX_HINT_INSTANCES:
+        raise InvalidArgument(
+            f"The {name} scheduler hint names at most {MAX_HINT_INSTANCES} servers."
+        )
+    out: list[str] = []
+    for value in values:
+        try:
+            canonical = str(uuid.UUID(value))
+        except ValueError:
+            raise InvalidArgument(
+                f"The {name} scheduler hint takes server UUIDs, not {value[:64]!r}."
+            ) from None
+        if canonical not in out:
+            out.append(canonical)
+    return out
+
+
+def scheduler_hints(request: servers_pb2.CreateServersRequest) -> dict[str, list[str]] | None:
+    """The same_host and different_host hints as the instances keep them (each key only
+    when given); None when neither is. Raises InvalidArgument for a value that is not a
+    UUID, or too many of them."""
+    hints = {
+        name: _hint(list(values), name)
+        for name, values in (
+            ("same_host", request.same_host),
+            ("different_host", request.different_host),
+        )
+        if values
+    }
+    return hints or None
+
+
 def _counts(request: servers_pb2.CreateServersRequest) -> tuple[int, int]:
     min_count = request.min_count or 1
     max_count = request.max_count or min_count
@@ -162,6 +200,7 @@ async def create_servers(
     cfg = conductor.cfg.conductor
     min_count, max_count = _counts(request)
     requested = _requested_networks(request)
+    hints = scheduler_hints(request)
     if not request.project_id or not request.user_id:
         raise InvalidArgument("project_id and user_id are required")
     if request.availability_zone and ":" in request.availability_zone and not request.force_host:
@@ -302,6 +341,7 @@ async def create_servers(
                     failed_hosts=[],
                     alternates=[],
                     force_host=forced or None,
+                    scheduler_hints=hints,
                     create_request_id=request.request_id,
                     created_at=now,
                     updated_at=now,

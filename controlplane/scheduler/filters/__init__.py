@@ -14,8 +14,10 @@ from controlplane.scheduler.filters import (
     aggregate_multitenancy_isolation,
     availability_zone,
     capacity,
+    different_host,
     enabled_and_up,
     requested_hosts,
+    same_host,
     server_group,
 )
 from controlplane.scheduler.filters.base import PASSED, Filter, Verdict
@@ -26,6 +28,8 @@ REGISTRY: dict[str, FilterFactory] = {
     requested_hosts.NAME: requested_hosts.RequestedHostsFilter,
     enabled_and_up.NAME: enabled_and_up.EnabledAndUpFilter,
     availability_zone.NAME: availability_zone.AvailabilityZoneFilter,
+    same_host.NAME: same_host.SameHostFilter,
+    different_host.NAME: different_host.DifferentHostFilter,
     capacity.NAME: capacity.CapacityFilter,
     server_group.NAME: server_group.ServerGroupFilter,
     aggregate_instance_extra_specs.NAME: (

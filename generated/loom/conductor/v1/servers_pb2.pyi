@@ -498,6 +498,8 @@ class Server(_message.Message):
     DELETED_FIELD_NUMBER: _builtins.int
     IMAGE_PROPERTIES_FIELD_NUMBER: _builtins.int
     LOCKED_BY_FIELD_NUMBER: _builtins.int
+    SAME_HOST_FIELD_NUMBER: _builtins.int
+    DIFFERENT_HOST_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """UUID."""
     name: _builtins.str
@@ -598,6 +600,14 @@ class Server(_message.Message):
     def image_properties(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """The image's properties as they were when the server was created."""
 
+    @_builtins.property
+    def same_host(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The same_host scheduler hint it was created with (server UUIDs); empty for none."""
+
+    @_builtins.property
+    def different_host(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The different_host scheduler hint it was created with (server UUIDs); empty for none."""
+
     def __init__(
         self,
         *,
@@ -641,10 +651,12 @@ class Server(_message.Message):
         deleted: _builtins.bool = ...,
         image_properties: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         locked_by: _builtins.str = ...,
+        same_host: _abc.Iterable[_builtins.str] | None = ...,
+        different_host: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "fault", b"fault", "flavor", b"flavor", "launched_at", b"launched_at", "terminated_at", b"terminated_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_ipv4", b"access_ipv4", "access_ipv6", b"access_ipv6", "addresses", b"addresses", "attempts", b"attempts", "availability_zone", b"availability_zone", "config_drive", b"config_drive", "created_at", b"created_at", "deleted", b"deleted", "description", b"description", "fault", b"fault", "flavor", b"flavor", "host", b"host", "hostname", b"hostname", "id", b"id", "image_id", b"image_id", "image_properties", b"image_properties", "instance_name", b"instance_name", "kernel_id", b"kernel_id", "key_name", b"key_name", "launch_index", b"launch_index", "launched_at", b"launched_at", "locked", b"locked", "locked_by", b"locked_by", "locked_reason", b"locked_reason", "metadata", b"metadata", "name", b"name", "node", b"node", "power_state", b"power_state", "project_id", b"project_id", "ramdisk_id", b"ramdisk_id", "reservation_id", b"reservation_id", "server_group_id", b"server_group_id", "status", b"status", "tags", b"tags", "task_state", b"task_state", "terminated_at", b"terminated_at", "updated_at", b"updated_at", "user_data", b"user_data", "user_id", b"user_id", "vm_state", b"vm_state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_ipv4", b"access_ipv4", "access_ipv6", b"access_ipv6", "addresses", b"addresses", "attempts", b"attempts", "availability_zone", b"availability_zone", "config_drive", b"config_drive", "created_at", b"created_at", "deleted", b"deleted", "description", b"description", "different_host", b"different_host", "fault", b"fault", "flavor", b"flavor", "host", b"host", "hostname", b"hostname", "id", b"id", "image_id", b"image_id", "image_properties", b"image_properties", "instance_name", b"instance_name", "kernel_id", b"kernel_id", "key_name", b"key_name", "launch_index", b"launch_index", "launched_at", b"launched_at", "locked", b"locked", "locked_by", b"locked_by", "locked_reason", b"locked_reason", "metadata", b"metadata", "name", b"name", "node", b"node", "power_state", b"power_state", "project_id", b"project_id", "ramdisk_id", b"ramdisk_id", "reservation_id", b"reservation_id", "same_host", b"same_host", "server_group_id", b"server_group_id", "status", b"status", "tags", b"tags", "task_state", b"task_state", "terminated_at", b"terminated_at", "updated_at", b"updated_at", "user_data", b"user_data", "user_id", b"user_id", "vm_state", b"vm_state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -806,6 +818,8 @@ class CreateServersRequest(_message.Message):
     PRIVATE_FLAVORS_ALLOWED_FIELD_NUMBER: _builtins.int
     REQUESTED_NETWORKS_FIELD_NUMBER: _builtins.int
     SECURITY_GROUP_IDS_FIELD_NUMBER: _builtins.int
+    SAME_HOST_FIELD_NUMBER: _builtins.int
+    DIFFERENT_HOST_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per API call; a retry with the same id returns the same servers."""
     project_id: _builtins.str
@@ -868,6 +882,19 @@ class CreateServersRequest(_message.Message):
     def security_group_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Security groups of the new ports (ids in the project); none: the project's default."""
 
+    @_builtins.property
+    def same_host(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The same_host scheduler hint: server UUIDs, at least one of which must be on the
+        chosen host (at every scheduling of the server: boot, reschedule and moves). At most
+        1,000; empty for none.
+        """
+
+    @_builtins.property
+    def different_host(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The different_host scheduler hint: server UUIDs none of which may be on the chosen
+        host. At most 1,000; empty for none.
+        """
+
     def __init__(
         self,
         *,
@@ -895,10 +922,12 @@ class CreateServersRequest(_message.Message):
         private_flavors_allowed: _builtins.bool = ...,
         requested_networks: _abc.Iterable[_network_pb2.RequestedPort] | None = ...,
         security_group_ids: _abc.Iterable[_builtins.str] | None = ...,
+        same_host: _abc.Iterable[_builtins.str] | None = ...,
+        different_host: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_ipv4", b"access_ipv4", "access_ipv6", b"access_ipv6", "availability_zone", b"availability_zone", "config_drive", b"config_drive", "description", b"description", "flavor_id", b"flavor_id", "force_host", b"force_host", "hostname", b"hostname", "image_id", b"image_id", "key_name", b"key_name", "max_count", b"max_count", "metadata", b"metadata", "min_count", b"min_count", "name", b"name", "networks", b"networks", "private_flavors_allowed", b"private_flavors_allowed", "project_id", b"project_id", "request_id", b"request_id", "requested_networks", b"requested_networks", "security_group_ids", b"security_group_ids", "server_group_id", b"server_group_id", "tags", b"tags", "user_data", b"user_data", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_ipv4", b"access_ipv4", "access_ipv6", b"access_ipv6", "availability_zone", b"availability_zone", "config_drive", b"config_drive", "description", b"description", "different_host", b"different_host", "flavor_id", b"flavor_id", "force_host", b"force_host", "hostname", b"hostname", "image_id", b"image_id", "key_name", b"key_name", "max_count", b"max_count", "metadata", b"metadata", "min_count", b"min_count", "name", b"name", "networks", b"networks", "private_flavors_allowed", b"private_flavors_allowed", "project_id", b"project_id", "request_id", b"request_id", "requested_networks", b"requested_networks", "same_host", b"same_host", "security_group_ids", b"security_group_ids", "server_group_id", b"server_group_id", "tags", b"tags", "user_data", b"user_data", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

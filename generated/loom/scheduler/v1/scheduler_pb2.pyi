@@ -338,6 +338,8 @@ class SelectDestinationsRequest(_message.Message):
     SERVER_GROUP_FIELD_NUMBER: _builtins.int
     FLAVOR_EXTRA_SPECS_FIELD_NUMBER: _builtins.int
     IMAGE_PROPERTIES_FIELD_NUMBER: _builtins.int
+    SAME_HOST_FIELD_NUMBER: _builtins.int
+    DIFFERENT_HOST_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per attempt, for logs and tracing."""
     consumer_id: _builtins.str
@@ -370,6 +372,20 @@ class SelectDestinationsRequest(_message.Message):
     def image_properties(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """The image's properties (aggregate_image_properties_isolation filter)."""
 
+    @_builtins.property
+    def same_host(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Instances (consumer ids, the instance UUIDs) the chosen host must hold at least one of
+        (the same_host filter: Nova's same_host hint); empty for no such constraint. Named
+        instances that hold no allocation do not count, so naming only those leaves no host.
+        At most 1,000.
+        """
+
+    @_builtins.property
+    def different_host(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Instances the chosen host must hold none of (the different_host filter: Nova's
+        different_host hint); empty for no such constraint. At most 1,000.
+        """
+
     def __init__(
         self,
         *,
@@ -384,10 +400,12 @@ class SelectDestinationsRequest(_message.Message):
         server_group: Global___ServerGroupPolicy | None = ...,
         flavor_extra_specs: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         image_properties: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        same_host: _abc.Iterable[_builtins.str] | None = ...,
+        different_host: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources", "server_group", b"server_group"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["availability_zone", b"availability_zone", "consumer_id", b"consumer_id", "flavor_extra_specs", b"flavor_extra_specs", "force_host", b"force_host", "ignore_hosts", b"ignore_hosts", "image_properties", b"image_properties", "num_alternates", b"num_alternates", "project_id", b"project_id", "request_id", b"request_id", "resources", b"resources", "server_group", b"server_group"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["availability_zone", b"availability_zone", "consumer_id", b"consumer_id", "different_host", b"different_host", "flavor_extra_specs", b"flavor_extra_specs", "force_host", b"force_host", "ignore_hosts", b"ignore_hosts", "image_properties", b"image_properties", "num_alternates", b"num_alternates", "project_id", b"project_id", "request_id", b"request_id", "resources", b"resources", "same_host", b"same_host", "server_group", b"server_group"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
