@@ -161,7 +161,8 @@ async def _all(request: Request, ctx: RequestContext, name: str) -> list[images_
 def _matches(i: images_pb2.Image, q: dict[str, Any]) -> bool:
     if "status" in q and _STATUS.get(i.status, "UNKNOWN") != q["status"].upper():
         return False
-    if "server" in q and i.properties.get("instance_uuid") != q["server"]:
+    # `server` may be a server's link (its href): the id is its last segment, as in Nova.
+    if "server" in q and i.properties.get("instance_uuid") != q["server"].rsplit("/", 1)[-1]:
         return False
     if "type" in q and i.properties.get("image_type", "") != q["type"]:
         return False

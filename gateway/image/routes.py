@@ -232,6 +232,16 @@ async def show_image(request: Request) -> Response:
     return JSONResponse(views.image(await _get(request, ctx)))
 
 
+@documented(tag=_TAG, policy=READER)
+async def image_tasks(request: Request) -> Response:
+    """The image's tasks: none, ever. Loom runs no import tasks (an image's data arrives by
+    upload, a snapshot's from its host), so the list is empty for every image the caller
+    sees, and 404 for any other."""
+    ctx = _ctx(request)
+    await _get(request, ctx)
+    return JSONResponse({"tasks": []})
+
+
 def _from_v2_0_patch(ops: Any) -> Any:
     """The v2.0 patch media type writes an operation as its verb naming the path
     (`{"replace": "/name", "value": ...}`); v2.1's is `{"op", "path", "value"}`. Anything
@@ -386,4 +396,5 @@ def routes() -> list[BaseRoute]:
         Route(p + "/{image_id}", delete_image, methods=["DELETE"]),
         Route(p + "/{image_id}/file", upload_image, methods=["PUT"]),
         Route(p + "/{image_id}/file", download_image, methods=["GET"]),
+        Route(p + "/{image_id}/tasks", image_tasks, methods=["GET"]),
     ]

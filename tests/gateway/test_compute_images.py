@@ -104,3 +104,24 @@ async def test_a_reader_of_the_owning_project_may_look_at_its_image_but_not_chan
     owner = await cloud.headers(version="2.35")
     r = await cloud.client.get(f"{IMAGES}/{image_id}", headers=owner)
     assert (r.status_code, r.json()["image"]["metadata"]) == (200, {})
+
+
+async def test_images_filter_by_their_server_given_as_an_id_or_a_link(cloud: Cloud) -> None:
+    sid = "4f7a1c2e-0000-4000-8000-00000000beef"
+    snap = await _image(cloud, instance_uuid=sid, image_type="snapshot")
+    other = await _image(cloud)
+    h = await cloud.headers(version="2.35")
+    for ref in (sid, f"http://cloud/compute/v2.1/servers/{sid}", f"http://cloud/servers/{sid}"):
+        listed = (await cloud.client.get(IMAGES, params={"server": ref}, headers=h)).json()
+        ids = [i["id"] for i in listed["images"]]
+        assert snap in ids, ref
+        assert other not in ids, ref
+
+
+async def test_an_image_has_no_tasks_and_an_unseen_image_is_not_found(cloud: Cloud) -> None:
+    image_id = await _image(cloud)
+    r = await cloud.client.get(f"/image/v2/images/{image_id}/tasks", headers=await cloud.headers())
+    assert (r.status_code, r.json()) == (200, {"tasks": []})
+    private = await _image(cloud, "admin")
+    r = await cloud.client.get(f"/image/v2/images/{private}/tasks", headers=await cloud.headers())
+    assert r.status_code == 404
