@@ -515,7 +515,7 @@ class HostAgent:
             self._counters.stale_command()
             await msg.ack()
             return
-        if verb in _ACTS_ON_DOMAIN and self._domain_may_come_back(command.instance_id):
+        if verb in _ACTS_ON_DOMAIN and self._domain_may_come_back(iid):
             # Its domain died with the previous agent process; the first reconcile re-creates
             # it (nodeagent/reconcile.py). Acting now would find nothing and fail the task.
             await msg.nak(delay=1.0)
@@ -819,9 +819,7 @@ class HostAgent:
         self, cmd: agent_bus_pb2.SnapshotInstanceCommand
     ) -> agent_bus_pb2.InstanceEvent:
         iid = cmd.instance_id
-
         answer = functools.partial(self._answer, iid, cmd.request_id, "snapshot")
-
         failed = await self._take_snapshot(iid, cmd.base_image, cmd.image_id)
         state = self._known.get(iid, PowerState.NOSTATE)
         if failed is not None:
@@ -856,6 +854,8 @@ class HostAgent:
         return None
 
     async def _state_of(self, iid: str) -> PowerState:
+        """What the hypervisor says of the instance now (known from then on); NOSTATE when
+        it cannot say."""
         try:
             state = await self.call_driver(self.driver.describe, iid)
         except Exception:
@@ -895,19 +895,11 @@ class HostAgent:
             kind, state, fault = m.ACTION_FAILED, PowerState.NOSTATE, m.fault(404, str(exc))
         except ActionFailed as exc:
             kind, fault = m.ACTION_FAILED, m.fault(409, str(exc))
-            try:
-                state = await self.call_driver(self.driver.describe, iid)
-                self._set_known(iid, state)
-            except Exception:
-                state = PowerState.NOSTATE
+            state = await self._state_of(iid)
         except Exception:
             log.exception("%s failed", verb, extra={"host": self.host, "instance": iid})
             kind, fault = m.ACTION_FAILED, m.fault(500, f"The hypervisor could not {verb} it.")
-            try:
-                state = await self.call_driver(self.driver.describe, iid)
-                self._set_known(iid, state)
-            except Exception:
-                state = PowerState.NOSTATE
+            state = await self._state_of(iid)
         return m.instance_event(
             host=self.host,
             instance_id=iid,
