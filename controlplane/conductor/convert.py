@@ -194,23 +194,28 @@ def server_pb(row: Instance | Row[Any]) -> servers_pb2.Server:
     return server
 
 
-def instance_spec(row: Instance, image: Image | None, zone: str = "") -> agent_bus_pb2.InstanceSpec:
-    """Everything an agent needs to build the instance, from its row and its image's row.
-    `zone` is the availability zone of the placement being made, when the row does not
-    hold it yet."""
+def image_ref(row: Instance, image: Image | None) -> agent_bus_pb2.ImageRef:
+    """The image an agent builds the instance's disk from: the image row given (a shelved
+    server's snapshot), else the server's own id with what its row knows."""
     props = dict(image.properties or {}) if image is not None else {}
-    image_ref = agent_bus_pb2.ImageRef(
-        # The image row given (a shelved server's snapshot), else the server's own.
+    ref = agent_bus_pb2.ImageRef(
         id=image.id if image is not None else row.image_id,
         kernel_id=row.kernel_id,
         ramdisk_id=row.ramdisk_id,
         properties={str(k): str(v) for k, v in props.items() if str(k).startswith(("hw_", "os_"))},
     )
     if image is not None:
-        image_ref.disk_format = image.disk_format or ""
-        image_ref.size = image.size or 0
-        image_ref.hash_value = image.os_hash_value or ""
-        image_ref.hash_algo = image.os_hash_algo or ""
+        ref.disk_format = image.disk_format or ""
+        ref.size = image.size or 0
+        ref.hash_value = image.os_hash_value or ""
+        ref.hash_algo = image.os_hash_algo or ""
+    return ref
+
+
+def instance_spec(row: Instance, image: Image | None, zone: str = "") -> agent_bus_pb2.InstanceSpec:
+    """Everything an agent needs to build the instance, from its row and its image's row.
+    `zone` is the availability zone of the placement being made, when the row does not
+    hold it yet."""
     return agent_bus_pb2.InstanceSpec(
         instance_id=row.uuid,
         instance_name=instance_name(row.id),
@@ -220,7 +225,7 @@ def instance_spec(row: Instance, image: Image | None, zone: str = "") -> agent_b
         root_gb=row.root_gb,
         ephemeral_gb=row.ephemeral_gb,
         swap_mb=row.swap_mb,
-        image=image_ref,
+        image=image_ref(row, image),
         user_data=row.user_data or "",
         key_data=row.key_data or "",
         metadata={str(k): str(v) for k, v in (row.metadata_ or {}).items()},

@@ -22,8 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from controlplane.catalog.quotas import check_metadata_items, limit_of
 from controlplane.conductor import commands, nics, outbox, states
 from controlplane.conductor.context import Conductor
-from controlplane.conductor.convert import instance_spec
-from controlplane.conductor.scheduling import load_with_image, record_event
+from controlplane.conductor.convert import image_ref, instance_spec
+from controlplane.conductor.scheduling import record_event
 from controlplane.conductor.servers.query import load_instance
 from controlplane.conductor.states import PowerState, TaskState, VmState
 from controlplane.db.models import (
@@ -178,9 +178,8 @@ async def simple_action(
         extra: dict[str, Any] = {}
         changes: dict[str, Any] = {}
         if verb == "shelve" and image_id:
-            loaded = await load_with_image(session, row.uuid)  # before the image is recorded
-            base = instance_spec(*loaded).image if loaded is not None else None
-            extra = {"image_id": image_id, "base_image": base}
+            # Before the snapshot is recorded: the disk was built from the server's own image.
+            extra = {"image_id": image_id, "base_image": await _base_image(session, row)}
             changes["shelved_image_id"] = image_id
         await _guarded_update(
             session, row, verb, task_state=action.task.value, updated_at=now, **changes
@@ -657,6 +656,12 @@ async def restore_server(
     conductor.wakeup.set()
 
 
+async def _base_image(session: AsyncSession, row: Instance) -> agent_bus_pb2.ImageRef:
+    """The image the server's disk was built from, as its host needs it for a snapshot."""
+    image = await session.get(Image, row.image_id) if row.image_id else None
+    return image_ref(row, image)
+
+
 async def snapshot_server(
     conductor: Conductor,
     instance_uuid: str,
@@ -679,8 +684,6 @@ async def snapshot_server(
             return
         check_lock(row, override_lock)
         states.check_snapshot(row.uuid, row.vm_state, row.task_state)
-        loaded = await load_with_image(session, row.uuid)
-        base = instance_spec(*loaded).image if loaded is not None else None
         if not row.host:
             raise Conflict(f"Instance {row.uuid} has no host; cannot snapshot it.")
         now = datetime.now(UTC)
@@ -690,9 +693,7 @@ async def snapshot_server(
         _record_action(session, row, "createImage", rid, user_id, now)
         await outbox.add(
             session,
-            commands.snapshot(
-                row.host, row.uuid, rid, image_id, base or agent_bus_pb2.ImageRef(id=row.image_id)
-            ),
+            commands.snapshot(row.host, row.uuid, rid, image_id, await _base_image(session, row)),
         )
         await session.commit()
     conductor.wakeup.set()
