@@ -48,7 +48,7 @@ from nodeagent.driver.base import (
 from nodeagent.fleet import ExpectedInstance, FleetView
 from nodeagent.metrics import HostCounters
 from nodeagent.reconcile import ReconcilePlan, plan_reconcile, wanted_power_on
-from nodeagent.snapshots import SnapshotFailed, SnapshotTaker
+from nodeagent.snapshots import RotationFailed, SnapshotFailed, SnapshotTaker
 
 log = logging.getLogger(__name__)
 
@@ -821,6 +821,12 @@ class HostAgent:
         iid = cmd.instance_id
         answer = functools.partial(self._answer, iid, cmd.request_id, "snapshot")
         failed = await self._take_snapshot(iid, cmd.base_image, cmd.image_id)
+        if failed is None and cmd.HasField("backup") and self._snapshots is not None:
+            # A backup: the older ones of its type go once the new one is uploaded.
+            try:
+                await asyncio.to_thread(self._snapshots.rotate, iid, cmd.backup)
+            except RotationFailed as exc:
+                failed = m.fault(500, str(exc))
         state = self._known.get(iid, PowerState.NOSTATE)
         if failed is not None:
             return answer(m.ACTION_FAILED, state, failed)

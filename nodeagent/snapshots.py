@@ -28,6 +28,11 @@ class SnapshotFailed(Exception):
     """The snapshot could not be taken or uploaded; `str()` is one sentence for the user."""
 
 
+class RotationFailed(Exception):
+    """The backup was uploaded but older backups could not all be deleted; `str()` says
+    so in one sentence for the user."""
+
+
 @dataclass(frozen=True)
 class SnapshotTaker:
     """What a host needs to take snapshots: where simulated guests' images come from,
@@ -60,6 +65,35 @@ class SnapshotTaker:
             self.uploader.delete(image_id)
         except ImageError as exc:
             log.warning("image not deleted", extra={"image": image_id, "error": str(exc)})
+
+    def rotate(self, instance_id: str, rotation: agent_bus_pb2.BackupRotation) -> list[str]:
+        """Deletes the instance's backups of `rotation.backup_type` beyond the newest
+        `rotation.rotation` (a rotation of 0 deletes them all); returns the ids deleted.
+        RotationFailed when the list or a deletion failed (the others are still tried)."""
+        try:
+            backups = self.uploader.backups(instance_id, rotation.backup_type)
+        except ImageError as exc:
+            raise RotationFailed(
+                f"The backup was uploaded, but older backups were not deleted: {exc}"
+            ) from exc
+        excess = backups[max(rotation.rotation, 0) :]
+        failed: list[str] = []
+        for image_id in excess:
+            try:
+                self.uploader.delete(image_id)
+            except ImageError as exc:
+                log.warning("backup not rotated", extra={"image": image_id, "error": str(exc)})
+                failed.append(image_id)
+        if failed:
+            raise RotationFailed(
+                "The backup was uploaded, but older backups could not be deleted: "
+                + ", ".join(failed)
+            )
+        log.info(
+            "backups rotated",
+            extra={"instance": instance_id, "kept": len(backups) - len(excess), "deleted": excess},
+        )
+        return excess
 
     def _take(
         self,

@@ -99,12 +99,19 @@ def simple(verb: str, host: str, instance_uuid: str, request_id: str, **fields: 
 
 
 def snapshot(
-    host: str, instance_uuid: str, request_id: str, image_id: str, base: agent_bus_pb2.ImageRef
+    host: str,
+    instance_uuid: str,
+    request_id: str,
+    image_id: str,
+    base: agent_bus_pb2.ImageRef,
+    backup: agent_bus_pb2.BackupRotation | None = None,
 ) -> Outgoing:
     msg_id = f"snapshot-{instance_uuid}-{request_id}"
     payload = agent_bus_pb2.SnapshotInstanceCommand(
         request_id=msg_id, instance_id=instance_uuid, image_id=image_id, base_image=base
     )
+    if backup is not None:
+        payload.backup.CopyFrom(backup)
     return Outgoing(bus.compute_subject(host, "snapshot"), msg_id, payload)
 
 

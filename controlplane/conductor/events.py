@@ -51,7 +51,7 @@ _ACTION_TASKS = {
     "reboot": {TaskState.REBOOTING.value, TaskState.REBOOTING_HARD.value},
     **{verb: {a.task.value} for verb, a in states.SIMPLE_ACTIONS.items()},
     "rebuild": set(states.REBUILD_TASKS),
-    "snapshot": {TaskState.IMAGE_SNAPSHOT.value},
+    "snapshot": {TaskState.IMAGE_SNAPSHOT.value, TaskState.IMAGE_BACKUP.value},
 }
 
 
@@ -64,6 +64,7 @@ AUTO_OFFLOAD = "auto-"
 _ACTION_BY_TASK = {
     TaskState.SOFT_DELETING.value: ("delete", "compute_soft_delete_instance"),
     TaskState.RESTORING.value: ("restore", "compute_restore_instance"),
+    TaskState.IMAGE_BACKUP.value: ("createBackup", "compute_backup_instance"),
 }
 
 

@@ -54,6 +54,7 @@ class TaskState(StrEnum):
     SOFT_DELETING = "soft-deleting"
     RESTORING = "restoring"
     IMAGE_SNAPSHOT = "image_snapshot"
+    IMAGE_BACKUP = "image_backup"
 
 
 class PowerState(IntEnum):
@@ -354,10 +355,13 @@ def check_restore(instance_uuid: str, vm_state: str, task_state: str | None) -> 
 SNAPSHOT_STATES = frozenset({VmState.ACTIVE, VmState.STOPPED, VmState.PAUSED, VmState.SUSPENDED})
 
 
-def check_snapshot(instance_uuid: str, vm_state: str, task_state: str | None) -> None:
-    """A snapshot needs an active, stopped, paused or suspended server with no task."""
+def check_snapshot(
+    instance_uuid: str, vm_state: str, task_state: str | None, action: str = "createImage"
+) -> None:
+    """A snapshot (or backup) needs an active, stopped, paused or suspended server with no
+    task."""
     if vm_state not in SNAPSHOT_STATES or task_state is not None:
-        raise InvalidState("createImage", vm_state, task_state, instance_uuid)
+        raise InvalidState(action, vm_state, task_state, instance_uuid)
 
 
 def can_delete(vm_state: str, task_state: str | None) -> bool:

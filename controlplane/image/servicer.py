@@ -150,6 +150,8 @@ class ImagesServicer(images_pb2_grpc.ImagesServiceServicer):
             query = query.where(Image.status == request.status)
         if request.visibility:
             query = query.where(Image.visibility == request.visibility)
+        for prop, value in request.properties.items():
+            query = query.where(Image.properties[prop].as_string() == value)
         async with self._sessions() as s:
             rows = list(await s.scalars(query))
         # Sorted in memory with the id as tiebreak, so a marker always resumes exactly.

@@ -1,5 +1,7 @@
 """Snapshots of a server's root disk as new private images of its project: the
-createImage action, and the image a shelve takes (`<name>-shelved`).
+createImage action, the createBackup action (a snapshot with `image_type` backup and a
+`backup_type`, after which the host deletes the server's older backups of that type beyond
+the rotation), and the image a shelve takes (`<name>-shelved`).
 
 The image is registered here, queued (qcow2, bare), with what Nova records of a
 snapshot: `image_type` snapshot, `instance_uuid`, `user_id`, `base_image_ref` and the
@@ -50,21 +52,25 @@ async def register_snapshot(
     server: servers_pb2.Server,
     name: str,
     metadata: dict[str, Any] | None = None,
+    *,
+    backup_type: str | None = None,
 ) -> str:
-    """A queued private image of the server's project for a snapshot of its root disk;
-    returns its id."""
+    """A queued private image of the server's project for a snapshot of its root disk (a
+    backup of `backup_type` when that is given); returns its id."""
     base = await _base_image(request, server.image_id) if server.image_id else None
     properties: dict[str, str] = {}
     if base is not None:
         properties.update({k: v for k, v in base.properties.items() if k not in _NOT_INHERITED})
     properties.update(
         {
-            "image_type": "snapshot",
+            "image_type": "snapshot" if backup_type is None else "backup",
             "instance_uuid": server.id,
             "user_id": ctx.user_id,
             "base_image_ref": server.image_id,
         }
     )
+    if backup_type is not None:
+        properties["backup_type"] = backup_type
     properties.update({str(k): str(v) for k, v in (metadata or {}).items()})
     created = await call(
         gateway_of(request).conductor.images.CreateImage,
@@ -111,19 +117,57 @@ async def create_image(
 ) -> Response:
     """202; before 2.45 the image's URL in `Location`, from 2.45 `{"image_id": ...}`."""
     image_id = await register_snapshot(request, ctx, server, body["name"], body.get("metadata"))
+    await _snapshot(request, common, image_id)
+    return _accepted(request, image_id, location=True)
+
+
+async def create_backup(
+    request: Request,
+    ctx: RequestContext,
+    server: servers_pb2.Server,
+    body: dict[str, Any],
+    common: dict[str, Any],
+) -> Response:
+    """202; from 2.45 `{"image_id": ...}`, before it the image's URL in `Location` unless
+    the rotation is 0 (that backup is deleted with the rest once it is uploaded)."""
+    rotation = int(body["rotation"])
+    backup_type = str(body["backup_type"])
+    image_id = await register_snapshot(
+        request, ctx, server, body["name"], body.get("metadata"), backup_type=backup_type
+    )
+    await _snapshot(
+        request,
+        common,
+        image_id,
+        servers_pb2.BackupRotation(backup_type=backup_type, rotation=rotation),
+    )
+    return _accepted(request, image_id, location=rotation > 0)
+
+
+async def _snapshot(
+    request: Request,
+    common: dict[str, Any],
+    image_id: str,
+    backup: servers_pb2.BackupRotation | None = None,
+) -> None:
+    """Asks the conductor for the snapshot into `image_id`; a refusal deletes the image."""
     try:
         await call(
             gateway_of(request).conductor.servers.SnapshotServer,
-            servers_pb2.SnapshotServerRequest(**common, image_id=image_id),
+            servers_pb2.SnapshotServerRequest(**common, image_id=image_id, backup=backup),
         )
     except ApiError:
         await discard(request, image_id)
         raise
+
+
+def _accepted(request: Request, image_id: str, *, location: bool) -> Response:
     if microversion(request).at_least("2.45"):
         return ok({"image_id": image_id}, 202)
     response = empty(202)
-    base_url = str(request.base_url).rstrip("/")
-    response.headers["Location"] = f"{base_url}/compute/v2.1/images/{image_id}"
+    if location:
+        base_url = str(request.base_url).rstrip("/")
+        response.headers["Location"] = f"{base_url}/compute/v2.1/images/{image_id}"
     return response
 
 

@@ -274,6 +274,23 @@ ACTION_SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "properties": {"name": _NAME, "metadata": _META},
         },
+        "createBackup": {
+            "type": "object",
+            "required": ["name", "backup_type", "rotation"],
+            "additionalProperties": False,
+            "properties": {
+                "name": _NAME,
+                "backup_type": {"type": "string"},
+                # A whole number, or its digits as a string (the compute API's rule).
+                "rotation": {
+                    "type": ["integer", "string"],
+                    "pattern": "^[0-9]{1,9}$",
+                    "minimum": 0,
+                    "maximum": 2147483647,
+                },
+                "metadata": _META,
+            },
+        },
         # Up to 2.43; checked with Nova's messages in floating_ips.py.
         "addFloatingIp": {},
         "removeFloatingIp": {},
@@ -818,6 +835,7 @@ _ACTION_POLICIES = {
     "addSecurityGroup": "os_compute_api:os-security-groups:add",
     "removeSecurityGroup": "os_compute_api:os-security-groups:remove",
     "createImage": "os_compute_api:servers:create_image",
+    "createBackup": "os_compute_api:os-create-backup",
     "addFloatingIp": "os_compute_api:os-floating-ips:add",
     "removeFloatingIp": "os_compute_api:os-floating-ips:remove",
 }
@@ -884,7 +902,7 @@ async def server_action(request: Request) -> Response:
     """Server actions: os-start, os-stop, reboot, pause, unpause, suspend, resume, lock,
     unlock, shelve, shelveOffload, unshelve, rebuild, os-resetState, restore, forceDelete,
     addSecurityGroup, removeSecurityGroup, addFloatingIp and removeFloatingIp (up to 2.43),
-    createImage (202); the console actions (200)."""
+    createImage, createBackup (202); the console actions (200)."""
     ctx = context(request)
     body = await json_body(request)
     named = next(iter(body)) if isinstance(body, dict) and len(body) == 1 else ""
@@ -938,6 +956,10 @@ async def server_action(request: Request) -> Response:
     common["override_lock"] = ctx.is_admin
     if action == "createImage":
         return await server_images.create_image(
+            request, ctx, await _get(request, ctx), body[action], common
+        )
+    if action == "createBackup":
+        return await server_images.create_backup(
             request, ctx, await _get(request, ctx), body[action], common
         )
     if action == "shelveOffload":

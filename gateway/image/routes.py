@@ -131,9 +131,11 @@ async def versions(request: Request) -> Response:
 
 @documented(query=LIST_QUERY, tag=_TAG, policy=READER)
 async def list_images(request: Request) -> Response:
-    """Images visible to the project, filtered and paginated."""
+    """Images visible to the project, filtered and paginated. A parameter that is not
+    one of the list's own is a filter on the property of that name (exact value)."""
     ctx = _ctx(request)
-    q = checked_query(request, LIST_QUERY)
+    q = checked_query(request, LIST_QUERY, ignore_unknown=True)
+    properties = _property_filters(request)
     ids: list[str] = []
     if "id" in q:
         raw = q["id"]
@@ -156,6 +158,7 @@ async def list_images(request: Request) -> Response:
             marker=q.get("marker", ""),
             sort_key=sort_key,
             sort_dir=sort_dir,
+            properties=properties,
         ),
     )
     body: dict[str, Any] = {
@@ -170,6 +173,21 @@ async def list_images(request: Request) -> Response:
         params.append(("marker", reply.next_marker))
         body["next"] = f"/v2/images?{urlencode(params)}"
     return JSONResponse(body)
+
+
+def _property_filters(request: Request) -> dict[str, str]:
+    """The query's property filters: every parameter the list does not define. A core
+    attribute it cannot filter on is refused, not taken for a property nobody has."""
+    filters: dict[str, str] = {}
+    for key, value in request.query_params.multi_items():
+        if key in LIST_QUERY:
+            continue
+        if key in views.CORE or key in views.READ_ONLY:
+            raise BadRequest(f"Filtering images by {shorten(key)} is not supported.")
+        if key in filters and filters[key] != value:
+            raise BadRequest(f"Property {shorten(key)} is given twice with different values.")
+        filters[key] = value
+    return filters
 
 
 def _reject_read_only(keys: list[str]) -> None:

@@ -87,6 +87,9 @@ class Query:
     def __iter__(self) -> Iterator[QueryParam]:
         return iter(self.params)
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
     def parse(self, params: QueryParams, *, ignore_unknown: bool = False) -> dict[str, Any]:
         """Parsed values by name (lists for multi). Raises ValidationFailed for a malformed
         or repeated parameter, and an unknown one unless `ignore_unknown` (Nova ignores

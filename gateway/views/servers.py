@@ -56,6 +56,7 @@ TASK_STATES = {
     servers_pb2.TASK_STATE_SOFT_DELETING: "soft-deleting",
     servers_pb2.TASK_STATE_RESTORING: "restoring",
     servers_pb2.TASK_STATE_IMAGE_SNAPSHOT: "image_snapshot",
+    servers_pb2.TASK_STATE_IMAGE_BACKUP: "image_backup",
 }
 STATUSES = {
     servers_pb2.SERVER_STATUS_BUILD: "BUILD",

@@ -1,17 +1,21 @@
 """Where image bytes go: the image service's Image v2 API, `PUT {base_url}/v2/images/{id}/file`
-(a snapshot's data, from the host that took it)."""
+(a snapshot's data, from the host that took it); and the images a host looks up and deletes
+to rotate an instance's backups."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+from urllib.parse import urlencode
 
 import httpx
 
 from nodeagent.images.source import ImageApiClient, ImageError
 
 _CHUNK = 1024 * 1024
+# The image service's largest page.
+_PAGE = 1000
 
 
 class ImageUploadFailed(ImageError):
@@ -31,11 +35,47 @@ class ImageUploader(Protocol):
         ImageUploadFailed when the image service refused."""
         ...
 
+    def backups(self, instance_id: str, backup_type: str) -> list[str]:
+        """The ids of the instance's backups of this type (images whose properties are
+        image_type=backup, instance_uuid and backup_type), newest first, whatever their
+        status. ImageUploadFailed when the image service did not answer."""
+        ...
+
 
 class HttpImageUploader(ImageApiClient):
-    """Uploads (`PUT {base_url}/v2/images/{id}/file`, the file streamed) and deletions
-    (`DELETE {base_url}/v2/images/{id}`), with the service token. Uploads may be long:
-    give a `timeout` to match."""
+    """Uploads (`PUT {base_url}/v2/images/{id}/file`, the file streamed), deletions
+    (`DELETE {base_url}/v2/images/{id}`) and backup lookups (`GET {base_url}/v2/images`
+    filtered by property, every page), with the service token. Uploads may be long: give
+    a `timeout` to match."""
+
+    def backups(self, instance_id: str, backup_type: str) -> list[str]:
+        query = {
+            "image_type": "backup",
+            "instance_uuid": instance_id,
+            "backup_type": backup_type,
+            "sort_key": "created_at",
+            "sort_dir": "desc",
+            "limit": str(_PAGE),
+        }
+        path: str | None = f"/v2/images?{urlencode(query)}"
+        ids: list[str] = []
+        try:
+            with self._client() as client:
+                while path:
+                    resp = client.get(f"{self.base_url}{path}", headers=self._headers())
+                    if resp.status_code != 200:
+                        raise ImageUploadFailed(
+                            f"The image service answered {resp.status_code} to the list of"
+                            f" instance {instance_id}'s backups."
+                        )
+                    page: dict[str, Any] = resp.json()
+                    ids.extend(str(i["id"]) for i in page.get("images", []))
+                    path = page.get("next")
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            raise ImageUploadFailed(
+                f"Instance {instance_id}'s backups could not be listed."
+            ) from exc
+        return ids
 
     def delete(self, image_id: str) -> None:
         try:

@@ -51,6 +51,26 @@ def _wait(http: httpx.Client, url: str, key: str, field: str, want: object) -> d
     return seen
 
 
+def _marked_image(http: httpx.Client, base: str) -> dict[str, Any]:
+    """An active raw image of DISK, with an os_distro a snapshot inherits."""
+    image: dict[str, Any] = http.post(
+        f"{base}/image/v2/images",
+        json={
+            "name": "marked",
+            "disk_format": "raw",
+            "container_format": "bare",
+            "os_distro": "loomos",
+        },
+    ).json()
+    r = http.put(
+        f"{base}/image/v2/images/{image['id']}/file",
+        content=DISK,
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    assert r.status_code == 204, r.text
+    return image
+
+
 @pytest.mark.timeout(600)
 def test_a_snapshot_becomes_an_image_holding_the_server_s_disk(
     ready: Stack, tmp_path: Path
@@ -61,21 +81,7 @@ def test_a_snapshot_becomes_an_image_holding_the_server_s_disk(
     c = tenant.compute_url
     h = {"X-Auth-Token": tenant.token}
     with httpx.Client(headers=h, timeout=60) as http:
-        image = http.post(
-            f"{base}/image/v2/images",
-            json={
-                "name": "marked",
-                "disk_format": "raw",
-                "container_format": "bare",
-                "os_distro": "loomos",
-            },
-        ).json()
-        r = http.put(
-            f"{base}/image/v2/images/{image['id']}/file",
-            content=DISK,
-            headers={"Content-Type": "application/octet-stream"},
-        )
-        assert r.status_code == 204, r.text
+        image = _marked_image(http, base)
         server = http.post(
             f"{c}/servers",
             json={
@@ -169,4 +175,94 @@ def test_a_snapshot_becomes_an_image_holding_the_server_s_disk(
         # Bad bodies are 400s.
         for bad in ({}, {"name": ""}, {"name": "x", "color": "red"}, {"name": "x", "metadata": 1}):
             r = http.post(action, json={"createImage": bad})
+            assert r.status_code == 400, (bad, r.text)
+
+
+@pytest.mark.timeout(600)
+def test_backups_keep_the_newest_of_their_type_and_a_rotation_of_zero_keeps_none(
+    ready: Stack,
+) -> None:
+    cloud = ready
+    tenant = resolve_cloud("loom", cloud.data_dir / "clouds.yaml")
+    base = tenant.compute_url.split("/compute")[0]
+    c = tenant.compute_url
+    v245 = {"OpenStack-API-Version": "compute 2.45"}
+    with httpx.Client(headers={"X-Auth-Token": tenant.token}, timeout=60) as http:
+        image_id = _marked_image(http, base)["id"]
+        server = http.post(
+            f"{c}/servers",
+            json={
+                "server": {
+                    "name": "backed",
+                    "imageRef": image_id,
+                    "flavorRef": "1",
+                    "networks": "none",
+                }
+            },
+            headers=v245,
+        )
+        assert server.status_code == 202, server.text
+        sid = server.json()["server"]["id"]
+        _wait(http, f"{c}/servers/{sid}", "server", "status", "ACTIVE")
+        action = f"{c}/servers/{sid}/action"
+
+        def backup(name: str, backup_type: str, rotation: object) -> str:
+            r = http.post(
+                action,
+                json={
+                    "createBackup": {
+                        "name": name,
+                        "backup_type": backup_type,
+                        "rotation": rotation,
+                    }
+                },
+                headers=v245,
+            )
+            assert r.status_code == 202, r.text
+            backup_id = str(r.json()["image_id"])
+            _wait(http, f"{c}/servers/{sid}", "server", "OS-EXT-STS:task_state", None)
+            return backup_id
+
+        def backups(backup_type: str) -> list[str]:
+            query = (
+                f"image_type=backup&backup_type={backup_type}&instance_uuid={sid}"
+                "&sort_key=created_at&sort_dir=asc"
+            )
+            images = http.get(f"{base}/image/v2/images?{query}").json()["images"]
+            return [str(i["name"]) for i in images]
+
+        weekly = backup("weekly-1", "weekly", 1)
+        shown = http.get(f"{base}/image/v2/images/{weekly}").json()
+        assert (shown["status"], shown["image_type"], shown["backup_type"]) == (
+            "active",
+            "backup",
+            "weekly",
+        )
+        backup("daily-1", "daily", 2)
+        backup("daily-2", "daily", "2")  # the rotation may be given as digits
+        assert backups("daily") == ["daily-1", "daily-2"]
+        backup("daily-3", "daily", 2)
+        assert backups("daily") == ["daily-2", "daily-3"]  # the oldest went
+        assert backups("weekly") == ["weekly-1"]  # another type is left alone
+        actions = http.get(f"{c}/servers/{sid}/os-instance-actions").json()["instanceActions"]
+        assert [a["action"] for a in actions].count("createBackup") == 4
+
+        # Before 2.45 a rotation of 0 has no Location: that backup goes with the others.
+        r = http.post(
+            action, json={"createBackup": {"name": "gone", "backup_type": "daily", "rotation": 0}}
+        )
+        assert r.status_code == 202, r.text
+        assert "Location" not in r.headers
+        _wait(http, f"{c}/servers/{sid}", "server", "OS-EXT-STS:task_state", None)
+        assert backups("daily") == []
+        assert backups("weekly") == ["weekly-1"]
+
+        for bad in (
+            {"name": "x", "backup_type": "daily"},
+            {"name": "x", "backup_type": "daily", "rotation": -1},
+            {"name": "x", "backup_type": "daily", "rotation": "two"},
+            {"name": "x", "backup_type": 7, "rotation": 1},
+            {"name": "x", "backup_type": "daily", "rotation": 1, "color": "red"},
+        ):
+            r = http.post(action, json={"createBackup": bad})
             assert r.status_code == 400, (bad, r.text)

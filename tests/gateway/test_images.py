@@ -133,7 +133,28 @@ async def test_lists_filter_and_page_with_next_links(cloud: Cloud) -> None:
     assert [i["name"] for i in named["images"]] == ["img-1"]
     chosen = (await cloud.client.get(f"{IMAGES}?id=in:{ids[0]},{ids[2]}", headers=h)).json()
     assert {i["id"] for i in chosen["images"]} == {ids[0], ids[2]}
-    assert (await cloud.client.get(f"{IMAGES}?bogus=1", headers=h)).status_code == 400
+    # A parameter the list does not define filters on the property of that name.
+    none = await cloud.client.get(f"{IMAGES}?bogus=1", headers=h)
+    assert (none.status_code, none.json()["images"]) == (200, [])
+    refused = await cloud.client.get(f"{IMAGES}?disk_format=raw", headers=h)
+    assert refused.status_code == 400
+    assert "disk_format is not supported" in refused.text
+
+
+async def test_extra_parameters_filter_images_by_their_properties_exactly(cloud: Cloud) -> None:
+    h = await cloud.headers()
+    daily = [
+        str((await _image(cloud, h, name=f"b-{i}", image_type="backup", backup_type="daily"))["id"])
+        for i in range(2)
+    ]
+    await _image(cloud, h, name="w", image_type="backup", backup_type="weekly")
+    await _image(cloud, h, name="s", image_type="snapshot", backup_type="daily")
+    url = f"{IMAGES}?image_type=backup&backup_type=daily&sort_key=created_at&sort_dir=asc"
+    got = (await cloud.client.get(url, headers=h)).json()["images"]
+    assert [i["id"] for i in got] == daily
+    assert (await cloud.client.get(f"{IMAGES}?backup_type=dail", headers=h)).json()["images"] == []
+    twice = await cloud.client.get(f"{IMAGES}?backup_type=daily&backup_type=weekly", headers=h)
+    assert twice.status_code == 400
 
 
 async def test_a_private_image_is_invisible_to_another_project(cloud: Cloud) -> None:

@@ -59,6 +59,7 @@ ACTION_BODIES: dict[str, Any] = {
     "addSecurityGroup": {"name": "default"},
     "removeSecurityGroup": {"name": "default"},
     "createImage": {"name": "snap"},
+    "createBackup": {"name": "nightly", "backup_type": "daily", "rotation": 1},
     "addFloatingIp": {"address": "192.0.2.1"},
     "removeFloatingIp": {"address": "192.0.2.1"},
     "resize": {"flavorRef": "1"},

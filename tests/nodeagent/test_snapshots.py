@@ -13,7 +13,8 @@ from nodeagent.driver.base import PowerState
 from nodeagent.driver.libvirt_driver import LibvirtDriver
 from nodeagent.images.disks import create_overlay
 from nodeagent.images.source import LocalImageSource
-from nodeagent.snapshots import SnapshotFailed, SnapshotTaker
+from nodeagent.images.upload import ImageUploadFailed
+from nodeagent.snapshots import RotationFailed, SnapshotFailed, SnapshotTaker
 from tests.nodeagent.support import make_spec, make_test_driver
 
 MARKER = b"loom-base-image-marker"
@@ -43,6 +44,24 @@ class _KeptUpload:
     def delete(self, image_id: str) -> None:
         self.images.pop(image_id, None)
         self.deleted.append(image_id)
+
+    def backups(self, instance_id: str, backup_type: str) -> list[str]:
+        """Ids named `<instance>-<type>-<n>`, highest n (newest) first."""
+        prefix = f"{instance_id}-{backup_type}-"
+        return sorted((i for i in self.images if i.startswith(prefix)), reverse=True)
+
+
+class _StuckDelete(_KeptUpload):
+    """An image service that refuses to delete one image."""
+
+    def __init__(self, stuck: str) -> None:
+        super().__init__()
+        self.stuck = stuck
+
+    def delete(self, image_id: str) -> None:
+        if image_id == self.stuck:
+            raise ImageUploadFailed(f"The image service answered 409 to deleting {image_id}.")
+        super().delete(image_id)
 
 
 def _raw_of(qcow2: bytes, tmp: Path) -> bytes:
@@ -113,3 +132,27 @@ def test_an_image_that_is_not_a_disk_cannot_be_a_snapshot(
     with pytest.raises(SnapshotFailed, match="aki"):
         taker.take(driver, spec.instance_id, spec.image, "snap-3")
     assert kept.deleted == ["snap-3"]  # the failed snapshot's image does not linger
+
+
+def test_a_backup_rotation_keeps_the_newest_of_its_type_and_names_what_it_could_not_delete(
+    tmp_path: Path,
+) -> None:
+    kept = _StuckDelete(stuck="i1-daily-2")
+    for name in ("i1-daily-1", "i1-daily-2", "i1-daily-3", "i1-daily-4", "i1-weekly-1"):
+        kept.images[name] = b"x"
+    taker = SnapshotTaker(LocalImageSource(tmp_path), kept, tmp_path / "scratch")
+    rotation = agent_bus_pb2.BackupRotation(backup_type="daily", rotation=2)
+
+    with pytest.raises(RotationFailed, match="i1-daily-2"):
+        taker.rotate("i1", rotation)
+    # The other excess backup went all the same; the newest two and the other type stay.
+    assert kept.deleted == ["i1-daily-1"]
+    assert sorted(kept.images) == ["i1-daily-2", "i1-daily-3", "i1-daily-4", "i1-weekly-1"]
+
+    kept.stuck = ""
+    assert taker.rotate("i1", agent_bus_pb2.BackupRotation(backup_type="daily")) == [
+        "i1-daily-4",
+        "i1-daily-3",
+        "i1-daily-2",
+    ]
+    assert sorted(kept.images) == ["i1-weekly-1"]  # rotation 0 keeps none of its type

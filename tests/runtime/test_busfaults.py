@@ -9,6 +9,7 @@ from controlplane.config import NatsConfig
 from controlplane.runtime import bus
 from controlplane.runtime.busfaults import BusFaults
 from controlplane.runtime.natsserver import NatsServerProcess
+from tests.support.polling import eventually
 
 
 async def test_faults_handle_each_message_twice_and_a_withheld_ack_brings_it_back(
@@ -47,7 +48,13 @@ async def test_faults_handle_each_message_twice_and_a_withheld_ack_brings_it_bac
         assert clean == again
         await clean[0].ack()
         await nc.flush()
-        info = await js.consumer_info("T", "c")
-        assert (info.num_pending, info.num_ack_pending) == (0, 0)
+
+        # An ack is a plain publish: the server applies it to the consumer after it has
+        # read it, so the consumer's state is polled rather than read once.
+        async def settled() -> bool:
+            info = await js.consumer_info("T", "c")
+            return (info.num_pending, info.num_ack_pending) == (0, 0)
+
+        await eventually(settled, within=5.0, what="the clean ack reaches JetStream")
     finally:
         await nc.close()

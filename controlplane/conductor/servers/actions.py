@@ -671,29 +671,31 @@ async def snapshot_server(
     image_id: str,
     *,
     override_lock: bool = False,
+    backup: agent_bus_pb2.BackupRotation | None = None,
 ) -> None:
     """Snapshots the server's root disk into the queued image `image_id`. Postcondition:
     task image_snapshot, a `createImage` action recorded and a snapshot command queued for
     its host, together (the agent's answer clears the task; the server keeps its state);
-    or FAILED_PRECONDITION and nothing changed. A retry with the same request_id is a
-    no-op."""
+    or FAILED_PRECONDITION and nothing changed. With `backup` it is a backup: task
+    image_backup, action `createBackup`, and the host rotates the server's backups once
+    the image is uploaded. A retry with the same request_id is a no-op."""
     rid = _request_id(request_id)
+    action = "createImage" if backup is None else "createBackup"
+    task = TaskState.IMAGE_SNAPSHOT if backup is None else TaskState.IMAGE_BACKUP
     async with conductor.sessions() as session:
         row = await load_instance(session, instance_uuid, project_id)
         if request_id and await _action_exists(session, row.uuid, rid):
             return
         check_lock(row, override_lock)
-        states.check_snapshot(row.uuid, row.vm_state, row.task_state)
+        states.check_snapshot(row.uuid, row.vm_state, row.task_state, action)
         if not row.host:
             raise Conflict(f"Instance {row.uuid} has no host; cannot snapshot it.")
         now = datetime.now(UTC)
-        await _guarded_update(
-            session, row, "createImage", task_state=TaskState.IMAGE_SNAPSHOT.value, updated_at=now
-        )
-        _record_action(session, row, "createImage", rid, user_id, now)
+        await _guarded_update(session, row, action, task_state=task.value, updated_at=now)
+        _record_action(session, row, action, rid, user_id, now)
+        base = await _base_image(session, row)
         await outbox.add(
-            session,
-            commands.snapshot(row.host, row.uuid, rid, image_id, await _base_image(session, row)),
+            session, commands.snapshot(row.host, row.uuid, rid, image_id, base, backup)
         )
         await session.commit()
     conductor.wakeup.set()

@@ -15,7 +15,7 @@ from controlplane.conductor.servers import actions
 from controlplane.conductor.servers.create import create_servers
 from controlplane.conductor.servers.query import list_servers, load_instance
 from controlplane.db.models import InstanceAction, InstanceActionEvent
-from controlplane.runtime.errors import NotFound
+from controlplane.runtime.errors import InvalidArgument, NotFound
 from controlplane.runtime.rpc import grpc_errors
 
 Ctx: TypeAlias = grpc.aio.ServicerContext
@@ -106,6 +106,13 @@ class ServersServicer(servers_pb2_grpc.ServersServiceServicer):
     async def SnapshotServer(
         self, request: servers_pb2.SnapshotServerRequest, context: Ctx
     ) -> servers_pb2.SnapshotServerResponse:
+        backup = None
+        if request.HasField("backup"):
+            if request.backup.rotation < 0:
+                raise InvalidArgument("A backup's rotation cannot be negative.")
+            backup = agent_bus_pb2.BackupRotation(
+                backup_type=request.backup.backup_type, rotation=request.backup.rotation
+            )
         await actions.snapshot_server(
             self._c,
             request.id,
@@ -114,6 +121,7 @@ class ServersServicer(servers_pb2_grpc.ServersServiceServicer):
             request.request_id,
             request.image_id,
             override_lock=request.override_lock,
+            backup=backup,
         )
         return servers_pb2.SnapshotServerResponse()
 

@@ -1013,6 +1013,7 @@ class SnapshotInstanceCommand(_message.Message):
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
     IMAGE_ID_FIELD_NUMBER: _builtins.int
     BASE_IMAGE_FIELD_NUMBER: _builtins.int
+    BACKUP_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per command; also the NATS message id."""
     instance_id: _builtins.str
@@ -1023,6 +1024,12 @@ class SnapshotInstanceCommand(_message.Message):
     def base_image(self) -> Global___ImageRef:
         """The image the instance was built from (a simulated host's disk holds its bytes)."""
 
+    @_builtins.property
+    def backup(self) -> Global___BackupRotation:
+        """Set for a backup: once the image is uploaded, the instance's images with properties
+        image_type=backup and this backup_type, newest first, are deleted beyond `rotation`.
+        """
+
     def __init__(
         self,
         *,
@@ -1030,14 +1037,41 @@ class SnapshotInstanceCommand(_message.Message):
         instance_id: _builtins.str = ...,
         image_id: _builtins.str = ...,
         base_image: Global___ImageRef | None = ...,
+        backup: Global___BackupRotation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["base_image", b"base_image"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["backup", b"backup", "base_image", b"base_image"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_image", b"base_image", "image_id", b"image_id", "instance_id", b"instance_id", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup", b"backup", "base_image", b"base_image", "image_id", b"image_id", "instance_id", b"instance_id", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SnapshotInstanceCommand: _TypeAlias = SnapshotInstanceCommand  # noqa: Y015
+
+@_typing.final
+class BackupRotation(_message.Message):
+    """Which of an instance's backups a new one keeps."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BACKUP_TYPE_FIELD_NUMBER: _builtins.int
+    ROTATION_FIELD_NUMBER: _builtins.int
+    backup_type: _builtins.str
+    """The backup's type, its images' `backup_type` property."""
+    rotation: _builtins.int
+    """How many to keep, the new one among them; 0 keeps none."""
+    def __init__(
+        self,
+        *,
+        backup_type: _builtins.str = ...,
+        rotation: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_type", b"backup_type", "rotation", b"rotation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BackupRotation: _TypeAlias = BackupRotation  # noqa: Y015
 
 @_typing.final
 class RebuildInstanceCommand(_message.Message):

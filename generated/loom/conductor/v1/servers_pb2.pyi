@@ -150,6 +150,10 @@ class _TaskStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskState.V
     """A restore of a soft-deleted server: the host powers it on."""
     TASK_STATE_IMAGE_SNAPSHOT: _TaskState.ValueType  # 29
     """A snapshot: the host copies the root disk into an image and uploads it."""
+    TASK_STATE_IMAGE_BACKUP: _TaskState.ValueType  # 30
+    """A backup: a snapshot, then the server's older backups of its type beyond the rotation
+    are deleted.
+    """
 
 class TaskState(_TaskState, metaclass=_TaskStateEnumTypeWrapper):
     """What is happening to a server right now, as Nova names it."""
@@ -212,6 +216,10 @@ TASK_STATE_RESTORING: TaskState.ValueType  # 28
 """A restore of a soft-deleted server: the host powers it on."""
 TASK_STATE_IMAGE_SNAPSHOT: TaskState.ValueType  # 29
 """A snapshot: the host copies the root disk into an image and uploads it."""
+TASK_STATE_IMAGE_BACKUP: TaskState.ValueType  # 30
+"""A backup: a snapshot, then the server's older backups of its type beyond the rotation
+are deleted.
+"""
 Global___TaskState: _TypeAlias = TaskState  # noqa: Y015
 
 class _ServerStatus:
@@ -1340,6 +1348,7 @@ class SnapshotServerRequest(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
     IMAGE_ID_FIELD_NUMBER: _builtins.int
+    BACKUP_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per call; a retry with the same id is a no-op."""
     id: _builtins.str
@@ -1352,6 +1361,10 @@ class SnapshotServerRequest(_message.Message):
     """The caller may act on a locked server (an admin)."""
     image_id: _builtins.str
     """The queued image the snapshot's bytes go to."""
+    @_builtins.property
+    def backup(self) -> Global___BackupRotation:
+        """Set for a backup (createBackup); unset for a plain snapshot (createImage)."""
+
     def __init__(
         self,
         *,
@@ -1361,14 +1374,43 @@ class SnapshotServerRequest(_message.Message):
         user_id: _builtins.str = ...,
         override_lock: _builtins.bool = ...,
         image_id: _builtins.str = ...,
+        backup: Global___BackupRotation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["backup", b"backup"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "image_id", b"image_id", "override_lock", b"override_lock", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup", b"backup", "id", b"id", "image_id", b"image_id", "override_lock", b"override_lock", "project_id", b"project_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SnapshotServerRequest: _TypeAlias = SnapshotServerRequest  # noqa: Y015
+
+@_typing.final
+class BackupRotation(_message.Message):
+    """Which of a server's backups a new one keeps: the backups of the server whose
+    `backup_type` property matches, newest first, the new one among them.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BACKUP_TYPE_FIELD_NUMBER: _builtins.int
+    ROTATION_FIELD_NUMBER: _builtins.int
+    backup_type: _builtins.str
+    """The backup's type (daily, weekly: any name the caller gives)."""
+    rotation: _builtins.int
+    """How many of them to keep; 0 keeps none (not even the new one)."""
+    def __init__(
+        self,
+        *,
+        backup_type: _builtins.str = ...,
+        rotation: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_type", b"backup_type", "rotation", b"rotation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BackupRotation: _TypeAlias = BackupRotation  # noqa: Y015
 
 @_typing.final
 class SnapshotServerResponse(_message.Message):

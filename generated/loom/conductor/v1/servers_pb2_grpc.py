@@ -307,8 +307,8 @@ class ServersServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ShelveServer(self, request, context):
-        """Shelve: shut the guest off and keep its disk on the host (Loom takes no snapshot).
-        FAILED_PRECONDITION unless ACTIVE, SHUTOFF, PAUSED or SUSPENDED with no task.
+        """Shelve: shut the guest off and, when the request names an image, snapshot its disk
+        into it. FAILED_PRECONDITION unless ACTIVE, SHUTOFF, PAUSED or SUSPENDED with no task.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -359,7 +359,9 @@ class ServersServiceServicer:
         """A snapshot of the server's root disk into a queued image the caller registered: the
         host copies the disk (as qcow2) and uploads it, and the image becomes active. The
         server keeps its state. FAILED_PRECONDITION unless ACTIVE, SHUTOFF, PAUSED or
-        SUSPENDED with no task.
+        SUSPENDED with no task. With `backup` set it is a backup (task image_backup, action
+        createBackup): once the image is uploaded, the host deletes the server's backups of
+        that type beyond the newest `rotation`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

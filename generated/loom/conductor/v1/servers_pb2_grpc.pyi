@@ -79,8 +79,8 @@ class ServersServiceStub:
     UnlockServer: _grpc.UnaryUnaryMultiCallable[_servers_pb2.UnlockServerRequest, _servers_pb2.UnlockServerResponse]
     """Unlock. Idempotent."""
     ShelveServer: _grpc.UnaryUnaryMultiCallable[_servers_pb2.ShelveServerRequest, _servers_pb2.ShelveServerResponse]
-    """Shelve: shut the guest off and keep its disk on the host (Loom takes no snapshot).
-    FAILED_PRECONDITION unless ACTIVE, SHUTOFF, PAUSED or SUSPENDED with no task.
+    """Shelve: shut the guest off and, when the request names an image, snapshot its disk
+    into it. FAILED_PRECONDITION unless ACTIVE, SHUTOFF, PAUSED or SUSPENDED with no task.
     """
     ShelveOffloadServer: _grpc.UnaryUnaryMultiCallable[_servers_pb2.ShelveOffloadServerRequest, _servers_pb2.ShelveOffloadServerResponse]
     """Remove a shelved server from its host and free its claim. FAILED_PRECONDITION unless
@@ -107,7 +107,9 @@ class ServersServiceStub:
     """A snapshot of the server's root disk into a queued image the caller registered: the
     host copies the disk (as qcow2) and uploads it, and the image becomes active. The
     server keeps its state. FAILED_PRECONDITION unless ACTIVE, SHUTOFF, PAUSED or
-    SUSPENDED with no task.
+    SUSPENDED with no task. With `backup` set it is a backup (task image_backup, action
+    createBackup): once the image is uploaded, the host deletes the server's backups of
+    that type beyond the newest `rotation`.
     """
 
 @_typing.type_check_only
@@ -158,8 +160,8 @@ class ServersServiceAsyncStub(ServersServiceStub):
     UnlockServer: _aio.UnaryUnaryMultiCallable[_servers_pb2.UnlockServerRequest, _servers_pb2.UnlockServerResponse]  # type: ignore[assignment]
     """Unlock. Idempotent."""
     ShelveServer: _aio.UnaryUnaryMultiCallable[_servers_pb2.ShelveServerRequest, _servers_pb2.ShelveServerResponse]  # type: ignore[assignment]
-    """Shelve: shut the guest off and keep its disk on the host (Loom takes no snapshot).
-    FAILED_PRECONDITION unless ACTIVE, SHUTOFF, PAUSED or SUSPENDED with no task.
+    """Shelve: shut the guest off and, when the request names an image, snapshot its disk
+    into it. FAILED_PRECONDITION unless ACTIVE, SHUTOFF, PAUSED or SUSPENDED with no task.
     """
     ShelveOffloadServer: _aio.UnaryUnaryMultiCallable[_servers_pb2.ShelveOffloadServerRequest, _servers_pb2.ShelveOffloadServerResponse]  # type: ignore[assignment]
     """Remove a shelved server from its host and free its claim. FAILED_PRECONDITION unless
@@ -186,7 +188,9 @@ class ServersServiceAsyncStub(ServersServiceStub):
     """A snapshot of the server's root disk into a queued image the caller registered: the
     host copies the disk (as qcow2) and uploads it, and the image becomes active. The
     server keeps its state. FAILED_PRECONDITION unless ACTIVE, SHUTOFF, PAUSED or
-    SUSPENDED with no task.
+    SUSPENDED with no task. With `backup` set it is a backup (task image_backup, action
+    createBackup): once the image is uploaded, the host deletes the server's backups of
+    that type beyond the newest `rotation`.
     """
 
 class ServersServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -354,8 +358,8 @@ class ServersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _servers_pb2.ShelveServerRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_servers_pb2.ShelveServerResponse, _abc.Awaitable[_servers_pb2.ShelveServerResponse]]:
-        """Shelve: shut the guest off and keep its disk on the host (Loom takes no snapshot).
-        FAILED_PRECONDITION unless ACTIVE, SHUTOFF, PAUSED or SUSPENDED with no task.
+        """Shelve: shut the guest off and, when the request names an image, snapshot its disk
+        into it. FAILED_PRECONDITION unless ACTIVE, SHUTOFF, PAUSED or SUSPENDED with no task.
         """
 
     @_abc_1.abstractmethod
@@ -418,7 +422,9 @@ class ServersServiceServicer(metaclass=_abc_1.ABCMeta):
         """A snapshot of the server's root disk into a queued image the caller registered: the
         host copies the disk (as qcow2) and uploads it, and the image becomes active. The
         server keeps its state. FAILED_PRECONDITION unless ACTIVE, SHUTOFF, PAUSED or
-        SUSPENDED with no task.
+        SUSPENDED with no task. With `backup` set it is a backup (task image_backup, action
+        createBackup): once the image is uploaded, the host deletes the server's backups of
+        that type beyond the newest `rotation`.
         """
 
 def add_ServersServiceServicer_to_server(servicer: ServersServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -255,6 +255,26 @@ class ListImagesRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class PropertiesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     PROJECT_ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     IDS_FIELD_NUMBER: _builtins.int
@@ -264,6 +284,7 @@ class ListImagesRequest(_message.Message):
     VISIBILITY_FIELD_NUMBER: _builtins.int
     SORT_KEY_FIELD_NUMBER: _builtins.int
     SORT_DIR_FIELD_NUMBER: _builtins.int
+    PROPERTIES_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     """Only images visible to this project; empty for all."""
     name: _builtins.str
@@ -284,6 +305,10 @@ class ListImagesRequest(_message.Message):
     def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Only these ids."""
 
+    @_builtins.property
+    def properties(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Only images with each of these properties at exactly this value."""
+
     def __init__(
         self,
         *,
@@ -296,10 +321,11 @@ class ListImagesRequest(_message.Message):
         visibility: _builtins.str = ...,
         sort_key: _builtins.str = ...,
         sort_dir: _builtins.str = ...,
+        properties: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids", b"ids", "limit", b"limit", "marker", b"marker", "name", b"name", "project_id", b"project_id", "sort_dir", b"sort_dir", "sort_key", b"sort_key", "status", b"status", "visibility", b"visibility"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids", b"ids", "limit", b"limit", "marker", b"marker", "name", b"name", "project_id", b"project_id", "properties", b"properties", "sort_dir", b"sort_dir", "sort_key", b"sort_key", "status", b"status", "visibility", b"visibility"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
