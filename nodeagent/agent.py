@@ -39,6 +39,7 @@ from nodeagent.driver.base import (
     Driver,
     ImageCacheDriver,
     InstanceNotFound,
+    NetworkWiringDriver,
     PauseSuspendDriver,
     PortSecurityDriver,
     PowerState,
@@ -71,6 +72,7 @@ _COMMANDS: dict[str, type[Any]] = {
     "unshelve": agent_bus_pb2.UnshelveInstanceCommand,
     "rebuild": agent_bus_pb2.RebuildInstanceCommand,
     "snapshot": agent_bus_pb2.SnapshotInstanceCommand,
+    "inject_network_info": agent_bus_pb2.InjectNetworkInfoCommand,
     "port_security": agent_bus_pb2.RefreshPortSecurityCommand,
     "routers": agent_bus_pb2.RefreshRoutersCommand,
 }
@@ -89,6 +91,7 @@ _ACTS_ON_DOMAIN = frozenset(
         "resume",
         "shelve",
         "snapshot",
+        "inject_network_info",
         moves.STOP_SOURCE,
         moves.RESTORE_SOURCE,
     }
@@ -609,6 +612,8 @@ class HostAgent:
             return await self._rebuild(command)
         if verb == "snapshot":
             return await self._snapshot(command)
+        if verb == "inject_network_info":
+            return await self._inject_network_info(command)
         iid = command.instance_id
         action: Callable[[], PowerState]
         if verb in ("pause", "unpause", "suspend", "resume"):
@@ -814,6 +819,30 @@ class HostAgent:
             action=action,
             fault=fault,
         )
+
+    async def _inject_network_info(
+        self, cmd: agent_bus_pb2.InjectNetworkInfoCommand
+    ) -> agent_bus_pb2.InstanceEvent:
+        """Wires the instance's ports again; the answer says whether it could."""
+        iid = cmd.instance_id
+        answer = functools.partial(self._answer, iid, cmd.request_id, "inject_network_info")
+        driver = self.driver
+        if not isinstance(driver, NetworkWiringDriver):
+            fault = m.fault(400, "This host's hypervisor cannot wire an instance's ports again.")
+            return answer(m.ACTION_FAILED, self._known.get(iid, PowerState.NOSTATE), fault)
+        try:
+            wired = await self.call_driver(driver.rewire, iid)
+        except InstanceNotFound as exc:
+            self._forget(iid)
+            return answer(m.ACTION_FAILED, PowerState.NOSTATE, m.fault(404, str(exc)))
+        except Exception:
+            log.exception("network info not injected", extra={"host": self.host, "instance": iid})
+            fault = m.fault(500, "The host could not wire the instance's ports again.")
+            return answer(m.ACTION_FAILED, await self._state_of(iid), fault)
+        log.info(
+            "network info injected", extra={"host": self.host, "instance": iid, "ports": wired}
+        )
+        return answer(m.ACTION_SUCCEEDED, self._known.get(iid, PowerState.NOSTATE))
 
     async def _snapshot(
         self, cmd: agent_bus_pb2.SnapshotInstanceCommand

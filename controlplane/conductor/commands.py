@@ -86,13 +86,14 @@ _SIMPLE_COMMANDS = {
     "shelve": agent_bus_pb2.ShelveInstanceCommand,
     "shelve_offload": agent_bus_pb2.ShelveOffloadInstanceCommand,
     "unshelve": agent_bus_pb2.UnshelveInstanceCommand,
+    "inject_network_info": agent_bus_pb2.InjectNetworkInfoCommand,
 }
 
 
 def simple(verb: str, host: str, instance_uuid: str, request_id: str, **fields: Any) -> Outgoing:
-    """pause, unpause, suspend, resume, shelve, shelve_offload or unshelve (of a server
-    still on its host): each carries the instance, and `fields` of its own (a shelve's
-    snapshot image, an unshelve's image to drop)."""
+    """pause, unpause, suspend, resume, shelve, shelve_offload, unshelve (of a server
+    still on its host) or inject_network_info: each carries the instance, and `fields` of
+    its own (a shelve's snapshot image, an unshelve's image to drop)."""
     msg_id = f"{verb}-{instance_uuid}-{request_id}"
     payload = _SIMPLE_COMMANDS[verb](request_id=msg_id, instance_id=instance_uuid, **fields)
     return Outgoing(bus.compute_subject(host, verb), msg_id, payload)

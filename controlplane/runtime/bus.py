@@ -64,6 +64,8 @@ VERBS = (
     "rebuild",
     # A copy of the root disk into an image (loom.compute.v1.SnapshotInstanceCommand).
     "snapshot",
+    # An instance's ports wired again (loom.compute.v1.InjectNetworkInfoCommand).
+    "inject_network_info",
     # The current security of the host's ports (loom.compute.v1.RefreshPortSecurityCommand).
     "port_security",
     # The current state of the routers the host serves (loom.compute.v1.RefreshRoutersCommand).

@@ -308,6 +308,7 @@ ACTION_SCHEMA: dict[str, Any] = {
                 "host": {"type": "string", "minLength": 1, "maxLength": 255},
             },
         },
+        "injectNetworkInfo": {"type": ["null", "object"], "additionalProperties": False},
         "os-resetState": {
             "type": "object",
             "required": ["state"],
@@ -830,6 +831,7 @@ _ACTION_POLICIES = {
     "unshelve": "os_compute_api:os-shelve:unshelve",
     "rebuild": "os_compute_api:servers:rebuild",
     "os-resetState": "os_compute_api:os-admin-actions:reset_state",
+    "injectNetworkInfo": "os_compute_api:os-admin-actions:inject_network_info",
     "restore": "os_compute_api:os-deferred-delete:restore",
     "forceDelete": "os_compute_api:os-deferred-delete:force",
     "addSecurityGroup": "os_compute_api:os-security-groups:add",
@@ -850,7 +852,11 @@ SERVER_ACTION_POLICY = Policy(
         **{
             action: MEMBER
             for action in (
-                *(a for a in _ACTION_POLICIES if a not in ("shelveOffload", "os-resetState")),
+                *(
+                    a
+                    for a in _ACTION_POLICIES
+                    if a not in ("shelveOffload", "os-resetState", "injectNetworkInfo")
+                ),
                 "resize",
                 "confirmResize",
                 "revertResize",
@@ -862,6 +868,7 @@ SERVER_ACTION_POLICY = Policy(
             for action in (
                 "shelveOffload",
                 "os-resetState",
+                "injectNetworkInfo",
                 "migrate",
                 "os-migrateLive",
                 "evacuate",
@@ -902,7 +909,7 @@ async def server_action(request: Request) -> Response:
     """Server actions: os-start, os-stop, reboot, pause, unpause, suspend, resume, lock,
     unlock, shelve, shelveOffload, unshelve, rebuild, os-resetState, restore, forceDelete,
     addSecurityGroup, removeSecurityGroup, addFloatingIp and removeFloatingIp (up to 2.43),
-    createImage, createBackup (202); the console actions (200)."""
+    createImage, createBackup, injectNetworkInfo (202); the console actions (200)."""
     ctx = context(request)
     body = await json_body(request)
     named = next(iter(body)) if isinstance(body, dict) and len(body) == 1 else ""
@@ -949,6 +956,16 @@ async def server_action(request: Request) -> Response:
             conductor.ResetServerState,
             servers_pb2.ResetServerStateRequest(
                 request_id=common["request_id"], id=common["id"], state=body[action]["state"]
+            ),
+        )
+        return empty(202)
+    if action == "injectNetworkInfo":
+        # An operator's act: the host wires the server's ports again.
+        ctx.require_admin(_ACTION_POLICIES[action])
+        await call(
+            conductor.InjectNetworkInfo,
+            servers_pb2.InjectNetworkInfoRequest(
+                request_id=common["request_id"], id=common["id"], override_lock=True
             ),
         )
         return empty(202)

@@ -263,6 +263,19 @@ class PortSecurityDriver(Protocol):
 
 
 @runtime_checkable
+class NetworkWiringDriver(Protocol):
+    """Optional: wiring an instance's ports again on demand (injectNetworkInfo)."""
+
+    def rewire(self, instance_id: str) -> int:
+        """Makes the instance's ports as the host's records of them say: taps, bridges,
+        security chains, the networks' DHCP and the metadata documents, whatever is there
+        now. Returns how many ports were wired (0 on a host with no data plane, whose
+        ports live in the domain XML only). InstanceNotFound if the instance is not here.
+        Idempotent."""
+        ...
+
+
+@runtime_checkable
 class RouterDriver(Protocol):
     """Optional: serving routers (the L3 host): their namespaces, legs and NAT."""
 

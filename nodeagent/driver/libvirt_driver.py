@@ -575,6 +575,14 @@ class LibvirtDriver:
             self.dataplane.plug(port, services.get(port.network_id))
         self._publish_metadata(instance_id, ports)
 
+    def rewire(self, instance_id: str) -> int:
+        self._require(instance_id)
+        if self.dataplane is None:
+            return 0
+        with tracing.span("agent rewire ports"):
+            self._wire(instance_id)
+        return len(self._recorded_ports(instance_id))
+
     def _publish_metadata(self, instance_id: str, ports: list[Port]) -> None:
         assert self.dataplane is not None
         documents = netrecords.metadata(self._instance_dir(instance_id))

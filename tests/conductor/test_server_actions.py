@@ -238,3 +238,45 @@ async def test_an_operator_resets_a_server_stuck_in_a_task_to_active_or_error(
             )
         )
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_inject_network_info_sends_its_host_the_command_and_changes_nothing_else(
+    stack: Harness,
+) -> None:
+    await stack.scheduler.add_host("host-a")
+    sid, agent = await active_server(stack)
+    before = await server(stack, sid)
+
+    await stack.servers.InjectNetworkInfo(T.InjectNetworkInfoRequest(id=sid, request_id="n1"))
+    verb, data = await agent.next_command()
+    assert verb == "inject_network_info"
+    cmd = agent_bus_pb2.InjectNetworkInfoCommand.FromString(data)
+    assert (cmd.instance_id, cmd.request_id) == (sid, f"inject_network_info-{sid}-n1")
+    after = await server(stack, sid)
+    assert (after.status, after.task_state) == (before.status, T.TASK_STATE_UNSPECIFIED)
+    listed = await stack.servers.ListInstanceActions(T.ListInstanceActionsRequest(id=sid))
+    assert [a.action for a in listed.actions] == ["create"]
+    # The host's answer, whatever it is, leaves the server as it was.
+    await agent.report(
+        sid,
+        K.INSTANCE_EVENT_KIND_ACTION_FAILED,
+        action="inject_network_info",
+        power_state=agent_bus_pb2.POWER_STATE_RUNNING,
+    )
+    await stack.servers.LockServer(T.LockServerRequest(id=sid, request_id="l1"))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stack.servers.InjectNetworkInfo(T.InjectNetworkInfoRequest(id=sid, request_id="n2"))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    await stack.servers.InjectNetworkInfo(
+        T.InjectNetworkInfoRequest(id=sid, request_id="n3", override_lock=True)
+    )
+    assert (await agent.next_command())[0] == "inject_network_info"
+    settled = await server(stack, sid)
+    assert (settled.status, settled.task_state) == (S.SERVER_STATUS_ACTIVE, 0)
+
+    await stack.servers.UnlockServer(T.UnlockServerRequest(id=sid, request_id="u1"))
+    await stack.servers.DeleteServer(T.DeleteServerRequest(id=sid, request_id="d1"))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stack.servers.InjectNetworkInfo(T.InjectNetworkInfoRequest(id=sid, request_id="n4"))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "being deleted" in (info.value.details() or "")

@@ -71,6 +71,17 @@ def test_the_openstack_cli_pauses_suspends_locks_and_an_admin_resets_a_server(
             f"/servers/{made['id']}/action", json={"os-resetState": {"state": "error"}}
         )
         assert refused.status_code == 403, refused.text
+        # Wiring a server's ports again is an operator's act too.
+        inject = {"injectNetworkInfo": None}
+        refused = conn.compute.post(f"/servers/{made['id']}/action", json=inject)
+        assert refused.status_code == 403, refused.text
+    with _sdk(cloud, "loom-admin") as admin:
+        injected = admin.compute.post(f"/servers/{made['id']}/action", json=inject)
+        assert injected.status_code == 202, injected.text
+        bad = admin.compute.post(
+            f"/servers/{made['id']}/action", json={"injectNetworkInfo": {"now": True}}
+        )
+        assert bad.status_code == 400, bad.text
     osc(cloud, "server", "set", "--auto-approve", "--state", "error", made["id"], admin=True)
     _wait_status(cloud, "vm1", "ERROR")
     osc(cloud, "server", "set", "--auto-approve", "--state", "active", made["id"], admin=True)

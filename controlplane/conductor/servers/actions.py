@@ -701,6 +701,33 @@ async def snapshot_server(
     conductor.wakeup.set()
 
 
+async def inject_network_info(
+    conductor: Conductor,
+    instance_uuid: str,
+    project_id: str,
+    request_id: str,
+    *,
+    override_lock: bool = False,
+) -> None:
+    """Has the server's host wire its ports again (InjectNetworkInfoCommand). Postcondition:
+    the command is queued for the host; no task, no state and no action change (the
+    compute API records none). FAILED_PRECONDITION when the server has no host (being
+    scheduled, offloaded) or is being deleted; a locked server needs `override_lock`."""
+    rid = _request_id(request_id)
+    async with conductor.sessions() as session:
+        row = await load_instance(session, instance_uuid, project_id)
+        check_lock(row, override_lock)
+        if row.task_state in (TaskState.DELETING.value, TaskState.SOFT_DELETING.value) or (
+            row.vm_state == VmState.SOFT_DELETED
+        ):
+            raise Conflict(f"Instance {row.uuid} is being deleted; its network is not injected.")
+        if not row.host:
+            raise Conflict(f"Instance {row.uuid} has no host; cannot inject its network info.")
+        await outbox.add(session, commands.simple("inject_network_info", row.host, row.uuid, rid))
+        await session.commit()
+    conductor.wakeup.set()
+
+
 async def update_server(
     conductor: Conductor, instance_uuid: str, project_id: str, values: dict[str, object]
 ) -> Instance:

@@ -103,6 +103,19 @@ class ServersServicer(servers_pb2_grpc.ServersServiceServicer):
         return servers_pb2.RestoreServerResponse()
 
     @grpc_errors
+    async def InjectNetworkInfo(
+        self, request: servers_pb2.InjectNetworkInfoRequest, context: Ctx
+    ) -> servers_pb2.InjectNetworkInfoResponse:
+        await actions.inject_network_info(
+            self._c,
+            request.id,
+            request.project_id,
+            request.request_id,
+            override_lock=request.override_lock,
+        )
+        return servers_pb2.InjectNetworkInfoResponse()
+
+    @grpc_errors
     async def SnapshotServer(
         self, request: servers_pb2.SnapshotServerRequest, context: Ctx
     ) -> servers_pb2.SnapshotServerResponse:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+import pytest
 from loom.compute.v1 import agent_bus_pb2 as pb
 
-from nodeagent.driver.base import PowerState
+from nodeagent.driver.base import InstanceNotFound, PowerState
 from nodeagent.driver.libvirt_driver import LibvirtDriver, write_simulated_node
 from nodeagent.network import HostDataPlane, bridge_name, tap_name
 from tests.nodeagent.network.netlab import Lab, sh
@@ -69,5 +70,45 @@ def test_ports_are_wired_at_build_rewired_after_a_restart_or_at_start_and_remove
         assert plane.state().ports == {}
         assert bridge_name(net) not in _links(plane)
         assert plane.firewall.chains() == []
+    finally:
+        driver.close()
+
+
+def test_rewiring_a_running_instance_makes_its_lost_tap_bridge_and_chains_again(
+    lab: Lab, tmp_path: Path
+) -> None:
+    plane, _ = lab.hosts(2, tmp_path)
+    net = str(uuid.uuid4())
+    port = _binding(net, "10.77.0.52", 2)
+    spec = make_spec(ports=[port])
+    driver = _driver(tmp_path, plane)
+    driver.open()
+    try:
+        assert driver.create(spec) == PowerState.RUNNING
+        # Someone flushed the host's network: the guest runs on, unreachable.
+        plane.reconcile([])
+        assert tap_name(port.port_id) not in _links(plane)
+        assert plane.firewall.chains() == []
+
+        assert driver.rewire(spec.instance_id) == 1
+        assert tap_name(port.port_id) in _links(plane)
+        assert plane.state().ports == {port.port_id: net}
+        assert plane.firewall.port_keys() == {port.port_id[:11]}
+        assert driver.describe(spec.instance_id) == PowerState.RUNNING  # never restarted
+        assert driver.rewire(spec.instance_id) == 1  # idempotent
+        assert plane.state().ports == {port.port_id: net}
+    finally:
+        driver.close()
+
+
+def test_rewiring_an_instance_that_is_not_here_is_instance_not_found(
+    lab: Lab, tmp_path: Path
+) -> None:
+    plane, _ = lab.hosts(2, tmp_path)
+    driver = _driver(tmp_path, plane)
+    driver.open()
+    try:
+        with pytest.raises(InstanceNotFound):
+            driver.rewire(str(uuid.uuid4()))
     finally:
         driver.close()

@@ -791,6 +791,36 @@ class RebootInstanceCommand(_message.Message):
 Global___RebootInstanceCommand: _TypeAlias = RebootInstanceCommand  # noqa: Y015
 
 @_typing.final
+class InjectNetworkInfoCommand(_message.Message):
+    """Wire the instance's ports again as the host's records of them say: taps, bridges,
+    security chains, the networks' DHCP and the metadata documents, made or rewritten
+    whatever is there now (the network part of a reboot, without the reboot). Idempotent.
+    Answered with an InstanceEvent whose action is "inject_network_info".
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per command; also the NATS message id."""
+    instance_id: _builtins.str
+    """Instance UUID."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InjectNetworkInfoCommand: _TypeAlias = InjectNetworkInfoCommand  # noqa: Y015
+
+@_typing.final
 class PauseInstanceCommand(_message.Message):
     """Pause a running instance: its vCPUs stop, its memory stays. Idempotent: succeeds if already paused."""
 

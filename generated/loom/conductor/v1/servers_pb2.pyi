@@ -1430,6 +1430,57 @@ class SnapshotServerResponse(_message.Message):
 Global___SnapshotServerResponse: _TypeAlias = SnapshotServerResponse  # noqa: Y015
 
 @_typing.final
+class InjectNetworkInfoRequest(_message.Message):
+    """Request for InjectNetworkInfo."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    OVERRIDE_LOCK_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call."""
+    id: _builtins.str
+    """UUID."""
+    project_id: _builtins.str
+    """When set, NOT_FOUND unless the server belongs to this project."""
+    override_lock: _builtins.bool
+    """The caller may act on a locked server (an admin)."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        override_lock: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "override_lock", b"override_lock", "project_id", b"project_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InjectNetworkInfoRequest: _TypeAlias = InjectNetworkInfoRequest  # noqa: Y015
+
+@_typing.final
+class InjectNetworkInfoResponse(_message.Message):
+    """Response of InjectNetworkInfo."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InjectNetworkInfoResponse: _TypeAlias = InjectNetworkInfoResponse  # noqa: Y015
+
+@_typing.final
 class RestoreServerRequest(_message.Message):
     """Request for RestoreServer."""
 

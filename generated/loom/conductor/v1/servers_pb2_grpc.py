@@ -165,6 +165,11 @@ class ServersServiceStub:
                 request_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.SnapshotServerRequest.SerializeToString,
                 response_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.SnapshotServerResponse.FromString,
                 _registered_method=True)
+        self.InjectNetworkInfo = channel.unary_unary(
+                '/loom.conductor.v1.ServersService/InjectNetworkInfo',
+                request_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.InjectNetworkInfoRequest.SerializeToString,
+                response_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.InjectNetworkInfoResponse.FromString,
+                _registered_method=True)
 
 
 class ServersServiceServicer:
@@ -367,6 +372,16 @@ class ServersServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InjectNetworkInfo(self, request, context):
+        """An operator's injectNetworkInfo: the server's host wires its ports again as its
+        records say (taps, bridges, security chains, DHCP and metadata), whatever is there
+        now. No task and no state change. FAILED_PRECONDITION when the server has no host or
+        is being deleted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ServersServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -499,6 +514,11 @@ def add_ServersServiceServicer_to_server(servicer, server):
                     servicer.SnapshotServer,
                     request_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.SnapshotServerRequest.FromString,
                     response_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.SnapshotServerResponse.SerializeToString,
+            ),
+            'InjectNetworkInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.InjectNetworkInfo,
+                    request_deserializer=loom_dot_conductor_dot_v1_dot_servers__pb2.InjectNetworkInfoRequest.FromString,
+                    response_serializer=loom_dot_conductor_dot_v1_dot_servers__pb2.InjectNetworkInfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1204,6 +1224,33 @@ class ServersService:
             '/loom.conductor.v1.ServersService/SnapshotServer',
             loom_dot_conductor_dot_v1_dot_servers__pb2.SnapshotServerRequest.SerializeToString,
             loom_dot_conductor_dot_v1_dot_servers__pb2.SnapshotServerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InjectNetworkInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.conductor.v1.ServersService/InjectNetworkInfo',
+            loom_dot_conductor_dot_v1_dot_servers__pb2.InjectNetworkInfoRequest.SerializeToString,
+            loom_dot_conductor_dot_v1_dot_servers__pb2.InjectNetworkInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,

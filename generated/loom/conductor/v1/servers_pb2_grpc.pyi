@@ -111,6 +111,12 @@ class ServersServiceStub:
     createBackup): once the image is uploaded, the host deletes the server's backups of
     that type beyond the newest `rotation`.
     """
+    InjectNetworkInfo: _grpc.UnaryUnaryMultiCallable[_servers_pb2.InjectNetworkInfoRequest, _servers_pb2.InjectNetworkInfoResponse]
+    """An operator's injectNetworkInfo: the server's host wires its ports again as its
+    records say (taps, bridges, security chains, DHCP and metadata), whatever is there
+    now. No task and no state change. FAILED_PRECONDITION when the server has no host or
+    is being deleted.
+    """
 
 @_typing.type_check_only
 class ServersServiceAsyncStub(ServersServiceStub):
@@ -191,6 +197,12 @@ class ServersServiceAsyncStub(ServersServiceStub):
     SUSPENDED with no task. With `backup` set it is a backup (task image_backup, action
     createBackup): once the image is uploaded, the host deletes the server's backups of
     that type beyond the newest `rotation`.
+    """
+    InjectNetworkInfo: _aio.UnaryUnaryMultiCallable[_servers_pb2.InjectNetworkInfoRequest, _servers_pb2.InjectNetworkInfoResponse]  # type: ignore[assignment]
+    """An operator's injectNetworkInfo: the server's host wires its ports again as its
+    records say (taps, bridges, security chains, DHCP and metadata), whatever is there
+    now. No task and no state change. FAILED_PRECONDITION when the server has no host or
+    is being deleted.
     """
 
 class ServersServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -425,6 +437,18 @@ class ServersServiceServicer(metaclass=_abc_1.ABCMeta):
         SUSPENDED with no task. With `backup` set it is a backup (task image_backup, action
         createBackup): once the image is uploaded, the host deletes the server's backups of
         that type beyond the newest `rotation`.
+        """
+
+    @_abc_1.abstractmethod
+    def InjectNetworkInfo(
+        self,
+        request: _servers_pb2.InjectNetworkInfoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_servers_pb2.InjectNetworkInfoResponse, _abc.Awaitable[_servers_pb2.InjectNetworkInfoResponse]]:
+        """An operator's injectNetworkInfo: the server's host wires its ports again as its
+        records say (taps, bridges, security chains, DHCP and metadata), whatever is there
+        now. No task and no state change. FAILED_PRECONDITION when the server has no host or
+        is being deleted.
         """
 
 def add_ServersServiceServicer_to_server(servicer: ServersServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
