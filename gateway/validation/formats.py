@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import unicodedata
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from jsonschema import FormatChecker
@@ -59,12 +59,25 @@ def is_name(value: object) -> bool:
     return True
 
 
+def parse_date_time(value: str) -> datetime:
+    """An ISO 8601 date and time, with or without a zone (as Nova parses `changes-since`),
+    that is a moment in years 1 to 9999 in UTC too (where timestamps are kept); ValueError
+    otherwise (`0001-01-01T00:00:00+01:00` is a moment before year 1)."""
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is not None:
+        try:
+            moment.astimezone(UTC)
+        except OverflowError:
+            raise ValueError(f"{value} is out of range") from None
+    return moment
+
+
 @FORMAT_CHECKER.checks("date-time", raises=ValueError)
 def is_date_time(value: object) -> bool:
-    """An ISO 8601 date and time, with or without a zone (as Nova parses `changes-since`)."""
+    """See parse_date_time."""
     if not isinstance(value, str):
         return True
-    datetime.fromisoformat(value)
+    parse_date_time(value)
     return True
 
 

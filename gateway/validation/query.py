@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from starlette.datastructures import QueryParams
 
 from gateway.validation.booleans import BOOLEAN_SCHEMA, parse_bool
+from gateway.validation.formats import parse_date_time
 from gateway.validation.schema import CompiledSchema, Schema
 
 # What one value of each kind must look like; the schema has checked it before it is parsed.
@@ -42,7 +42,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "integer": _bounded_int,
     "nonneg_integer": _bounded_int,
     "boolean": parse_bool,
-    "datetime": datetime.fromisoformat,
+    "datetime": parse_date_time,
 }
 
 

@@ -318,3 +318,22 @@ async def test_an_id_longer_than_the_database_holds_is_a_400_not_a_500(cloud: Cl
     assert r.json()["badRequest"]["message"] == (
         "A value is too long or out of range for what it names."
     )
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/compute/v2.1/servers?changes-since=0001-01-01T00:00:00%2B01:00",
+        "/compute/v2.1/servers/detail?changes-before=9999-12-31T23:30:00-01:00",
+        "/compute/v2.1/os-migrations?changes-since=0001-01-01T00:00:00%2B05:00",
+    ],
+    ids=["before year 1 in UTC", "after year 9999 in UTC", "a migration filter"],
+)
+async def test_a_moment_outside_years_1_to_9999_in_utc_is_a_400_not_a_500(
+    cloud: Cloud, path: str
+) -> None:
+    # At 2.80, where the migration list takes both filters.
+    headers = {**await cloud.headers("admin"), "OpenStack-API-Version": "compute 2.80"}
+    r = await cloud.client.get(path, headers=headers)
+    assert r.status_code == 400, r.text[:300]
+    assert "is not a 'date-time'" in r.json()["badRequest"]["message"]
