@@ -15,8 +15,10 @@ when the server is deleted (the conductor's delete answer names it)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from google.protobuf.message import Message
 from loom.conductor.v1 import servers_pb2
 from loom.image.v1 import images_pb2
 from starlette.requests import Request
@@ -150,12 +152,22 @@ async def _snapshot(
     image_id: str,
     backup: servers_pb2.BackupRotation | None = None,
 ) -> None:
-    """Asks the conductor for the snapshot into `image_id`; a refusal deletes the image."""
+    """Asks the conductor for the snapshot into `image_id`."""
+    await _or_discard(
+        request,
+        image_id,
+        gateway_of(request).conductor.servers.SnapshotServer,
+        servers_pb2.SnapshotServerRequest(**common, image_id=image_id, backup=backup),
+    )
+
+
+async def _or_discard(
+    request: Request, image_id: str, method: Callable[..., Awaitable[Any]], message: Message
+) -> None:
+    """Calls the conductor about an image just registered for it; when the conductor
+    refuses, the image is deleted (nobody will ever upload its bytes)."""
     try:
-        await call(
-            gateway_of(request).conductor.servers.SnapshotServer,
-            servers_pb2.SnapshotServerRequest(**common, image_id=image_id, backup=backup),
-        )
+        await call(method, message)
     except ApiError:
         await discard(request, image_id)
         raise
@@ -177,11 +189,9 @@ async def shelve(
     """shelve: the host shuts the server off and snapshots its disk into `<name>-shelved`
     (an offloaded server is unshelved from it; the image goes once the server runs)."""
     image_id = await register_snapshot(request, ctx, server, f"{server.name}-shelved")
-    try:
-        await call(
-            gateway_of(request).conductor.servers.ShelveServer,
-            servers_pb2.ShelveServerRequest(**common, image_id=image_id),
-        )
-    except ApiError:
-        await discard(request, image_id)
-        raise
+    await _or_discard(
+        request,
+        image_id,
+        gateway_of(request).conductor.servers.ShelveServer,
+        servers_pb2.ShelveServerRequest(**common, image_id=image_id),
+    )
