@@ -70,8 +70,13 @@ def _rule_row(
     remote_group_id: str | None = None,
     description: str = "",
 ) -> SecurityGroupRule:
-    # Any address (a /0) restricts nothing: the same rule as one without a prefix.
-    matched_prefix = None if remote_ip_prefix in ("0.0.0.0/0", "::/0") else remote_ip_prefix
+    # A prefix is kept as given (10.2.3.124/24), and matches as its network (10.2.3.0/24);
+    # any address (a /0) restricts nothing: the same rule as one without a prefix.
+    matched_prefix = (
+        str(ipaddress.ip_network(remote_ip_prefix, strict=False)) if remote_ip_prefix else None
+    )
+    if matched_prefix in ("0.0.0.0/0", "::/0"):
+        matched_prefix = None
     signature = "|".join(
         "" if v is None else str(v)
         for v in (
@@ -335,7 +340,9 @@ async def create_rule(
                 f"Conflicting value ethertype {ethertype} for CIDR {net}",
                 "SecurityGroupRuleParameterConflict",
             )
-        prefix = str(net)
+        # Shown as given, with its mask made explicit (10.2.3.124 is 10.2.3.124/32), as
+        # the Network API does; the hosts match its network.
+        prefix = str(ipaddress.ip_interface(r.remote_ip_prefix))
     remote_group: str | None = None
     if r.remote_group_id:
         if r.remote_ip_prefix:

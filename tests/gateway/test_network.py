@@ -262,6 +262,24 @@ async def test_a_duplicate_rule_answers_409_security_group_rule_exists(cloud: Cl
         f"{N}/security-group-rules", json={"security_group_rule": no_prefix}, headers=h
     )
     _neutron_error(r, 409, "SecurityGroupRuleExists")
+    # A prefix with host bits is shown as given (its mask made explicit), and is the same
+    # rule as its network.
+    hosted = {**rule, "remote_ip_prefix": "10.2.3.124/24"}
+    r = await cloud.client.post(
+        f"{N}/security-group-rules", json={"security_group_rule": hosted}, headers=h
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["security_group_rule"]["remote_ip_prefix"] == "10.2.3.124/24"
+    as_network = {**rule, "remote_ip_prefix": "10.2.3.0/24"}
+    r = await cloud.client.post(
+        f"{N}/security-group-rules", json={"security_group_rule": as_network}, headers=h
+    )
+    _neutron_error(r, 409, "SecurityGroupRuleExists")
+    one = {**rule, "remote_ip_prefix": "10.2.3.7"}
+    r = await cloud.client.post(
+        f"{N}/security-group-rules", json={"security_group_rule": one}, headers=h
+    )
+    assert r.json()["security_group_rule"]["remote_ip_prefix"] == "10.2.3.7/32"
     bad = {**rule, "port_range_min": 30, "port_range_max": 20}
     r = await cloud.client.post(
         f"{N}/security-group-rules", json={"security_group_rule": bad}, headers=h
