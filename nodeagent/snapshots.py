@@ -52,12 +52,33 @@ class SnapshotTaker:
         """Copies the instance's root disk and uploads it as `image_id`'s data; returns
         the guest's power state after (as before). InstanceNotFound if the instance is
         not here; SnapshotFailed for anything else. A snapshot that fails deletes its
-        image (a queued image without data is of use to no one)."""
+        image (a queued image without data is of use to no one).
+
+        Only a queued image is taken: a redelivered command whose image is active already
+        changes nothing (the snapshot was uploaded), and one whose image is in any other
+        state fails without touching it (an upload may be under way, or the image gone)."""
+        status = self._status(image_id)
+        if status == "active":
+            log.info(
+                "snapshot already uploaded; nothing to do",
+                extra={"instance": instance_id, "image": image_id},
+            )
+            return driver.describe(instance_id)
+        if status != "queued":
+            raise SnapshotFailed(
+                f"Image {image_id} is {status or 'gone'}; the snapshot was not taken again."
+            )
         try:
             return self._take(driver, instance_id, base, image_id)
         except BaseException:
             self.drop(image_id)
             raise
+
+    def _status(self, image_id: str) -> str | None:
+        try:
+            return self.uploader.status(image_id)
+        except ImageError as exc:
+            raise SnapshotFailed(str(exc)) from exc
 
     def drop(self, image_id: str) -> None:
         """Deletes the image, logging (not raising) when the image service refuses."""

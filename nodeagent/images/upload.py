@@ -35,6 +35,11 @@ class ImageUploader(Protocol):
         ImageUploadFailed when the image service refused."""
         ...
 
+    def status(self, image_id: str) -> str | None:
+        """The image's status (queued, saving, active, ...), None when it is gone.
+        ImageUploadFailed when the image service did not answer."""
+        ...
+
     def backups(self, instance_id: str, backup_type: str) -> list[str]:
         """The ids of the instance's backups of this type (images whose properties are
         image_type=backup, instance_uuid and backup_type), newest first, whatever their
@@ -47,6 +52,20 @@ class HttpImageUploader(ImageApiClient):
     (`DELETE {base_url}/v2/images/{id}`) and backup lookups (`GET {base_url}/v2/images`
     filtered by property, every page), with the service token. Uploads may be long: give
     a `timeout` to match."""
+
+    def status(self, image_id: str) -> str | None:
+        try:
+            with self._client() as client:
+                resp = client.get(self._url(image_id), headers=self._headers())
+            if resp.status_code == 404:
+                return None
+            if resp.status_code != 200:
+                raise ImageUploadFailed(
+                    f"The image service answered {resp.status_code} for image {image_id}."
+                )
+            return str(resp.json()["status"])
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            raise ImageUploadFailed(f"Image {image_id} could not be looked up.") from exc
 
     def backups(self, instance_id: str, backup_type: str) -> list[str]:
         query = {

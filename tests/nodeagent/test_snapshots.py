@@ -38,8 +38,22 @@ class _KeptUpload:
         self.deleted: list[str] = []
 
     def upload(self, image_id: str, path: Path) -> int:
+        if self.images.get(image_id):
+            # As the image service does: an image's data is set once.
+            raise ImageUploadFailed(f"The image service answered 409 to the upload of {image_id}.")
         self.images[image_id] = path.read_bytes()
         return len(self.images[image_id])
+
+    def status(self, image_id: str) -> str | None:
+        if image_id not in self.images:
+            return None
+        return "active" if self.images[image_id] else "queued"
+
+    def queue(self, *image_ids: str) -> _KeptUpload:
+        """Registers images without data, as the gateway does before a snapshot."""
+        for image_id in image_ids:
+            self.images[image_id] = b""
+        return self
 
     def delete(self, image_id: str) -> None:
         self.images.pop(image_id, None)
@@ -93,7 +107,7 @@ def test_a_running_guest_s_overlay_is_copied_with_its_image_folded_in_and_left_r
     host.open()
     spec = make_spec()
     assert host.create(spec) == PowerState.RUNNING
-    kept = _KeptUpload()
+    kept = _KeptUpload().queue("snap-1")
     taker = SnapshotTaker(LocalImageSource(tmp_path / "images"), kept, tmp_path / "scratch")
 
     state = taker.take(host, spec.instance_id, spec.image, "snap-1")
@@ -115,7 +129,7 @@ def test_a_simulated_guest_s_snapshot_holds_its_image_s_bytes(
     spec = make_spec(image=agent_bus_pb2.ImageRef(id="img-raw", disk_format="raw"))
     driver.create(spec)
     driver.stop(spec.instance_id, 0)
-    kept = _KeptUpload()
+    kept = _KeptUpload().queue("snap-2")
     taker = SnapshotTaker(LocalImageSource(images), kept, tmp_path / "scratch")
 
     assert taker.take(driver, spec.instance_id, spec.image, "snap-2") == PowerState.SHUTDOWN
@@ -127,7 +141,7 @@ def test_an_image_that_is_not_a_disk_cannot_be_a_snapshot(
 ) -> None:
     spec = make_spec(image=agent_bus_pb2.ImageRef(id="kernel", disk_format="aki"))
     driver.create(spec)
-    kept = _KeptUpload()
+    kept = _KeptUpload().queue("snap-3")
     taker = SnapshotTaker(LocalImageSource(tmp_path), kept, tmp_path / "scratch")
     with pytest.raises(SnapshotFailed, match="aki"):
         taker.take(driver, spec.instance_id, spec.image, "snap-3")
@@ -156,3 +170,27 @@ def test_a_backup_rotation_keeps_the_newest_of_its_type_and_names_what_it_could_
         "i1-daily-2",
     ]
     assert sorted(kept.images) == ["i1-weekly-1"]  # rotation 0 keeps none of its type
+
+
+def test_a_redelivered_snapshot_leaves_the_uploaded_image_alone_and_takes_nothing_again(
+    driver: LibvirtDriver, tmp_path: Path
+) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "img-raw").write_bytes(MARKER + b"\0" * 4096)
+    spec = make_spec(image=agent_bus_pb2.ImageRef(id="img-raw", disk_format="raw"))
+    driver.create(spec)
+    kept = _KeptUpload().queue("snap-4")
+    taker = SnapshotTaker(LocalImageSource(images), kept, tmp_path / "scratch")
+    assert taker.take(driver, spec.instance_id, spec.image, "snap-4") == PowerState.RUNNING
+    uploaded = kept.images["snap-4"]
+
+    # The same command again (its ack was lost): the image stays, with its bytes.
+    assert taker.take(driver, spec.instance_id, spec.image, "snap-4") == PowerState.RUNNING
+    assert kept.images["snap-4"] == uploaded
+    assert kept.deleted == []
+
+    # An image that is gone, or not queued, is not taken and not deleted.
+    with pytest.raises(SnapshotFailed, match="gone"):
+        taker.take(driver, spec.instance_id, spec.image, "snap-5")
+    assert kept.deleted == []
