@@ -277,10 +277,12 @@ def _rule(body: dict[str, Any]) -> tuple[str | None, int | None, int | None, str
     if body.get("group_id") is None:
         cidr = body.get("cidr") or "0.0.0.0/0"
         try:
-            net = ipaddress.ip_network(str(cidr), strict=False)
+            ipaddress.ip_network(str(cidr), strict=False)
         except ValueError:
             raise BadRequest(f"Invalid CIDR {str(cidr)[:64]}") from None
-        cidr = str(net)
+        # Kept as given (10.2.3.124/24 stays so, as the compute API shows it); the network
+        # service matches it as its network.
+        cidr = str(ipaddress.ip_interface(str(cidr)))
     elif protocol in ("tcp", "udp") and low is None and high is None:
         low, high = 1, 65535
     elif protocol == "icmp" and low is None and high is None:

@@ -117,8 +117,25 @@ async def test_rules_allow_a_cidr_or_a_group_and_refuse_what_nova_refuses(cloud:
         -1,
         {"cidr": "10.0.0.0/8"},
     )
+    # A cidr with host bits is shown as given.
+    r = await _rule(
+        cloud,
+        h,
+        parent_group_id=web["id"],
+        ip_protocol="tcp",
+        from_port=80,
+        to_port=80,
+        cidr="10.2.3.124/24",
+    )
+    assert r.status_code == 200, r.text
+    http = r.json()["security_group_rule"]
+    assert http["ip_range"] == {"cidr": "10.2.3.124/24"}
     shown = (await cloud.client.get(f"{C}/os-security-groups/{web['id']}", headers=h)).json()
-    assert {r["id"] for r in shown["security_group"]["rules"]} == {ssh["id"], icmp["id"]}
+    assert {r["id"] for r in shown["security_group"]["rules"]} == {
+        ssh["id"],
+        icmp["id"],
+        http["id"],
+    }
 
     refused = [
         dict(parent_group_id=web["id"], ip_protocol="tcp", from_port=22, to_port=22),  # exists
