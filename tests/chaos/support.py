@@ -18,6 +18,16 @@ def headers(cloud: CloudEndpoint, version: str = "2.37") -> dict[str, str]:
     return {"X-Auth-Token": cloud.token, "OpenStack-API-Version": f"compute {version}"}
 
 
+async def lift_quotas(http: httpx.AsyncClient, admin: CloudEndpoint, project_id: str) -> None:
+    """No instance, core or RAM limit for the project: a storm is bounded by the hosts."""
+    lifted = await http.put(
+        f"{admin.compute_url}/os-quota-sets/{project_id}",
+        json={"quota_set": {"instances": -1, "cores": -1, "ram": -1}},
+        headers=headers(admin),
+    )
+    assert lifted.status_code == 200, lifted.text
+
+
 async def public_image(
     http: httpx.AsyncClient, stack: Stack, admin: CloudEndpoint, name: str
 ) -> str:

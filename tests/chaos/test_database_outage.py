@@ -13,7 +13,7 @@ import pytest
 
 from bench.client import CloudEndpoint, resolve_cloud
 from tests.chaos.conftest import Report, scale
-from tests.chaos.support import public_image
+from tests.chaos.support import lift_quotas, public_image
 from tests.e2e.support import wait_for_hosts
 from tests.support.private_postgres import PrivatePostgres
 from tests.support.stack import Stack
@@ -49,12 +49,7 @@ async def test_r5_a_database_outage_answers_503_with_retry_after_and_loses_no_ac
 
     async with httpx.AsyncClient(timeout=60) as http:
         image = await public_image(http, stack, admin, "chaos")
-        lifted = await http.put(
-            f"{admin.compute_url}/os-quota-sets/{member.project_id}",
-            json={"quota_set": {"instances": -1, "cores": -1, "ram": -1}},
-            headers=_h(admin),
-        )
-        assert lifted.status_code == 200, lifted.text
+        await lift_quotas(http, admin, member.project_id)
         body: dict[str, Any] = {
             "server": {"name": "r5", "imageRef": image, "flavorRef": "1", "networks": "none"}
         }

@@ -22,7 +22,7 @@ from loom.compute.v1 import agent_bus_pb2, compute_pb2, compute_pb2_grpc
 from bench.client import CloudEndpoint, resolve_cloud
 from controlplane.runtime.natsserver import free_port
 from tests.chaos.conftest import Report, scale
-from tests.chaos.support import public_image
+from tests.chaos.support import lift_quotas, public_image
 from tests.e2e.support import db_scalar, wait_for_hosts
 from tests.support import invariants
 from tests.support.stack import Stack
@@ -207,12 +207,7 @@ async def test_r3_duplicated_and_unacked_bus_messages_end_where_a_clean_run_ends
 
     async with httpx.AsyncClient(timeout=60) as http:
         image = await public_image(http, stack, admin, "r3")
-        lifted = await http.put(
-            f"{admin.compute_url}/os-quota-sets/{admin.project_id}",
-            json={"quota_set": {"instances": -1, "cores": -1, "ram": -1}},
-            headers=_h(admin),
-        )
-        assert lifted.status_code == 200, lifted.text
+        await lift_quotas(http, admin, admin.project_id)
 
         began = time.monotonic()
         clean_ids = await _storm(http, admin, image, "clean", n)

@@ -28,7 +28,7 @@ from controlplane.db import migrate
 from controlplane.runtime import bus
 from controlplane.runtime.natsserver import NatsCluster
 from tests.chaos.conftest import Report, scale
-from tests.chaos.support import Layout, headers, public_image, stream_leader
+from tests.chaos.support import Layout, headers, lift_quotas, public_image, stream_leader
 from tests.e2e.support import (
     OVERCOMMITTED_HOSTS_SQL,
     USAGE_MISMATCH_SQL,
@@ -235,12 +235,7 @@ async def test_r6_two_of_each_service_on_a_nats_cluster_lose_nothing_when_one_of
         limits = httpx.Limits(max_keepalive_connections=0)
         async with httpx.AsyncClient(timeout=60, limits=limits) as http:
             image = await public_image(http, stack, admin, "r6")
-            lifted = await http.put(
-                f"{admin.compute_url}/os-quota-sets/{member.project_id}",
-                json={"quota_set": {"instances": -1, "cores": -1, "ram": -1}},
-                headers=_h(admin),
-            )
-            assert lifted.status_code == 200, lifted.text
+            await lift_quotas(http, admin, member.project_id)
             gateways = Gateways(http, layout.gateway_ports, member)
 
             for kind in KILLS:

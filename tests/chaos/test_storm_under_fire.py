@@ -34,7 +34,7 @@ from controlplane.db import migrate
 from controlplane.runtime import bus
 from controlplane.runtime.natsserver import NatsCluster, free_port
 from tests.chaos.conftest import FULL, Report, scale
-from tests.chaos.support import Layout, headers, public_image, stream_leader
+from tests.chaos.support import Layout, headers, lift_quotas, public_image, stream_leader
 from tests.e2e.support import db_scalar, wait_for_hosts
 from tests.support import invariants
 from tests.support.partition import Partition
@@ -426,12 +426,7 @@ async def test_r1_a_boot_storm_survives_every_component_failing_once_and_loses_n
         limits = httpx.Limits(max_connections=CLIENTS + 8, max_keepalive_connections=CLIENTS)
         async with httpx.AsyncClient(timeout=120, limits=limits) as http:
             image = await public_image(http, stack, admin, "r1")
-            lifted = await http.put(
-                f"{admin.compute_url}/os-quota-sets/{member.project_id}",
-                json={"quota_set": {"instances": -1, "cores": -1, "ram": -1}},
-                headers=headers(admin),
-            )
-            assert lifted.status_code == 200, lifted.text
+            await lift_quotas(http, admin, member.project_id)
             clients = Clients(http, layout.gateway_ports, member, admin, image)
             boots = Boots()
             await _storm(clients, boots, faults)
