@@ -3,11 +3,15 @@ the commands on NATS, the agent's answers and the instance actions."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from loom.compute.v1 import agent_bus_pb2
 from loom.conductor.v1 import servers_pb2
+from sqlalchemy import select
 
+from controlplane.db.models import Instance
 from tests.conductor.conftest import Agent, Harness
 from tests.conductor.test_flow import K, S, active_server, server, wait_for
 
@@ -280,3 +284,23 @@ async def test_inject_network_info_sends_its_host_the_command_and_changes_nothin
         await stack.servers.InjectNetworkInfo(T.InjectNetworkInfoRequest(id=sid, request_id="n4"))
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "being deleted" in (info.value.details() or "")
+
+
+async def test_inject_network_info_waits_for_a_transaction_holding_the_server_s_row(
+    stack: Harness,
+) -> None:
+    # Its command's sequence must follow every command decided before it: a command
+    # queued while another transaction holds the row would overtake it, and the agent
+    # would then skip the earlier one as stale.
+    await stack.scheduler.add_host("host-a")
+    sid, agent = await active_server(stack)
+    async with stack.sessions() as holder:
+        await holder.execute(select(Instance.id).where(Instance.uuid == sid).with_for_update())
+        injecting = asyncio.ensure_future(
+            stack.servers.InjectNetworkInfo(T.InjectNetworkInfoRequest(id=sid, request_id="n1"))
+        )
+        await asyncio.sleep(1.0)
+        assert not injecting.done()
+        await holder.rollback()
+    await asyncio.wait_for(injecting, 10)
+    assert (await agent.next_command())[0] == "inject_network_info"

@@ -715,7 +715,9 @@ async def inject_network_info(
     scheduled, offloaded) or is being deleted; a locked server needs `override_lock`."""
     rid = _request_id(request_id)
     async with conductor.sessions() as session:
-        row = await load_instance(session, instance_uuid, project_id)
+        # The row is taken, as every command for an instance takes it, so the command's
+        # outbox id (its Loom-Command-Seq) follows every command decided before it.
+        row = await load_instance(session, instance_uuid, project_id, for_update=_locks(session))
         check_lock(row, override_lock)
         if row.task_state in (TaskState.DELETING.value, TaskState.SOFT_DELETING.value) or (
             row.vm_state == VmState.SOFT_DELETED
