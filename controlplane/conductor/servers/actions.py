@@ -81,6 +81,23 @@ def check_lock(row: Instance, override_lock: bool) -> None:
         raise Conflict(f"Instance {row.uuid} is locked")
 
 
+async def _new_action_on(
+    session: AsyncSession,
+    instance_uuid: str,
+    project_id: str,
+    request_id: str,
+    override_lock: bool,
+) -> tuple[Instance, bool]:
+    """The server an action is asked of, and whether this request's action is recorded
+    already (a retry, with nothing more to do). NotFound for a server the project cannot
+    see; a new action on a locked server is refused unless `override_lock`."""
+    row = await load_instance(session, instance_uuid, project_id)
+    if request_id and await _action_exists(session, row.uuid, _request_id(request_id)):
+        return row, True
+    check_lock(row, override_lock)
+    return row, False
+
+
 async def _guarded_update(
     session: AsyncSession, row: Instance, action: str, **values: object
 ) -> None:
@@ -119,10 +136,11 @@ async def power_action(
     nothing changed. A retry with the same request_id is a no-op."""
     rid = _request_id(request_id)
     async with conductor.sessions() as session:
-        row = await load_instance(session, instance_uuid, project_id)
-        if request_id and await _action_exists(session, row.uuid, rid):
+        row, retried = await _new_action_on(
+            session, instance_uuid, project_id, request_id, override_lock
+        )
+        if retried:
             return
-        check_lock(row, override_lock)
         if verb == "start":
             states.check_start(row.vm_state, row.task_state, instance_uuid=row.uuid)
             task = TaskState.POWERING_ON
@@ -167,10 +185,11 @@ async def simple_action(
     action = states.SIMPLE_ACTIONS[verb]
     rid = _request_id(request_id)
     async with conductor.sessions() as session:
-        row = await load_instance(session, instance_uuid, project_id)
-        if request_id and await _action_exists(session, row.uuid, rid):
+        row, retried = await _new_action_on(
+            session, instance_uuid, project_id, request_id, override_lock
+        )
+        if retried:
             return
-        check_lock(row, override_lock)
         states.check_simple(action, row.uuid, row.vm_state, row.task_state)
         if not row.host:
             raise Conflict(f"Instance {row.uuid} has no host; cannot {verb} it.")
@@ -210,10 +229,11 @@ async def unshelve(
     rid = _request_id(request_id)
     action = states.SIMPLE_ACTIONS["unshelve"]
     async with conductor.sessions() as session:
-        row = await load_instance(session, instance_uuid, project_id)
-        if request_id and await _action_exists(session, row.uuid, rid):
+        row, retried = await _new_action_on(
+            session, instance_uuid, project_id, request_id, override_lock
+        )
+        if retried:
             return
-        check_lock(row, override_lock)
         states.check_simple(action, row.uuid, row.vm_state, row.task_state)
         now = datetime.now(UTC)
         if row.vm_state == VmState.SHELVED:
@@ -262,10 +282,11 @@ async def rebuild(conductor: Conductor, request: servers_pb2.RebuildServerReques
     A retry with the same request_id is a no-op returning the server."""
     rid = _request_id(request.request_id)
     async with conductor.sessions() as session:
-        row = await load_instance(session, request.id, request.project_id)
-        if request.request_id and await _action_exists(session, row.uuid, rid):
+        row, retried = await _new_action_on(
+            session, request.id, request.project_id, request.request_id, request.override_lock
+        )
+        if retried:
             return row
-        check_lock(row, request.override_lock)
         states.check_rebuild(row.uuid, row.vm_state, row.task_state)
         if not row.host:
             raise Conflict(f"Instance {row.uuid} has no host; cannot rebuild it.")
@@ -634,10 +655,11 @@ async def restore_server(
     with the same request_id is a no-op."""
     rid = _request_id(request_id)
     async with conductor.sessions() as session:
-        row = await load_instance(session, instance_uuid, project_id)
-        if request_id and await _action_exists(session, row.uuid, rid):
+        row, retried = await _new_action_on(
+            session, instance_uuid, project_id, request_id, override_lock
+        )
+        if retried:
             return
-        check_lock(row, override_lock)
         states.check_restore(row.uuid, row.vm_state, row.task_state)
         if not row.host:
             raise Conflict(f"Instance {row.uuid} has no host; cannot restore it.")
@@ -683,10 +705,11 @@ async def snapshot_server(
     action = "createImage" if backup is None else "createBackup"
     task = TaskState.IMAGE_SNAPSHOT if backup is None else TaskState.IMAGE_BACKUP
     async with conductor.sessions() as session:
-        row = await load_instance(session, instance_uuid, project_id)
-        if request_id and await _action_exists(session, row.uuid, rid):
+        row, retried = await _new_action_on(
+            session, instance_uuid, project_id, request_id, override_lock
+        )
+        if retried:
             return
-        check_lock(row, override_lock)
         states.check_snapshot(row.uuid, row.vm_state, row.task_state, action)
         if not row.host:
             raise Conflict(f"Instance {row.uuid} has no host; cannot snapshot it.")
