@@ -120,14 +120,22 @@ def test_a_running_guest_s_overlay_is_copied_with_its_image_folded_in_and_left_r
     assert list((tmp_path / "scratch").iterdir()) == []  # the copy is not left behind
 
 
-def test_a_simulated_guest_s_snapshot_holds_its_image_s_bytes(
+def _raw_image_guest(
     driver: LibvirtDriver, tmp_path: Path
-) -> None:
+) -> tuple[Path, agent_bus_pb2.InstanceSpec]:
+    """A running simulated guest of a raw image holding MARKER; the images' folder too."""
     images = tmp_path / "images"
     images.mkdir()
     (images / "img-raw").write_bytes(MARKER + b"\0" * 4096)
     spec = make_spec(image=agent_bus_pb2.ImageRef(id="img-raw", disk_format="raw"))
     driver.create(spec)
+    return images, spec
+
+
+def test_a_simulated_guest_s_snapshot_holds_its_image_s_bytes(
+    driver: LibvirtDriver, tmp_path: Path
+) -> None:
+    images, spec = _raw_image_guest(driver, tmp_path)
     driver.stop(spec.instance_id, 0)
     kept = _KeptUpload().queue("snap-2")
     taker = SnapshotTaker(LocalImageSource(images), kept, tmp_path / "scratch")
@@ -175,11 +183,7 @@ def test_a_backup_rotation_keeps_the_newest_of_its_type_and_names_what_it_could_
 def test_a_redelivered_snapshot_leaves_the_uploaded_image_alone_and_takes_nothing_again(
     driver: LibvirtDriver, tmp_path: Path
 ) -> None:
-    images = tmp_path / "images"
-    images.mkdir()
-    (images / "img-raw").write_bytes(MARKER + b"\0" * 4096)
-    spec = make_spec(image=agent_bus_pb2.ImageRef(id="img-raw", disk_format="raw"))
-    driver.create(spec)
+    images, spec = _raw_image_guest(driver, tmp_path)
     kept = _KeptUpload().queue("snap-4")
     taker = SnapshotTaker(LocalImageSource(images), kept, tmp_path / "scratch")
     assert taker.take(driver, spec.instance_id, spec.image, "snap-4") == PowerState.RUNNING
