@@ -9,10 +9,17 @@ import grpc
 import pytest
 from loom.compute.v1 import agent_bus_pb2
 from loom.conductor.v1 import servers_pb2
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from controlplane.db.models import Instance
-from tests.conductor.conftest import Agent, Harness
+from controlplane.runtime.natsserver import NatsServerProcess
+from tests.conductor.conftest import (
+    Agent,
+    Harness,
+    conductor_config,
+    harness,
+    running_workers,
+)
 from tests.conductor.test_flow import K, S, active_server, server, wait_for
 
 T = servers_pb2
@@ -304,3 +311,26 @@ async def test_inject_network_info_waits_for_a_transaction_holding_the_server_s_
         await holder.rollback()
     await asyncio.wait_for(injecting, 10)
     assert (await agent.next_command())[0] == "inject_network_info"
+
+
+async def test_a_server_still_holding_a_shelve_snapshot_is_deleted_for_real_and_names_it(
+    pg_url: str, fresh_nats: NatsServerProcess
+) -> None:
+    # With soft delete on, the reclaim would delete the server later, in the conductor,
+    # which cannot reach the snapshot's bytes: the image would be left behind.
+    cfg = conductor_config(reclaim_instance_interval=3600)
+    async with harness(pg_url, cfg) as h, running_workers(h, fresh_nats.url):
+        await h.scheduler.add_host("host-a")
+        sid, agent = await active_server(h)
+        # An unshelve from the snapshot that failed on its host.
+        async with h.sessions() as s:
+            await s.execute(
+                update(Instance)
+                .where(Instance.uuid == sid)
+                .values(vm_state="error", shelved_image_id="img-shelved")
+            )
+            await s.commit()
+        reply = await h.servers.DeleteServer(T.DeleteServerRequest(id=sid, request_id="d1"))
+        assert reply.shelved_image_id == "img-shelved"
+        assert (await server(h, sid)).task_state == T.TASK_STATE_DELETING
+        assert (await agent.next_command())[0] == "delete"

@@ -490,6 +490,9 @@ async def _delete_once(
             soft
             and row.host
             and row.launched_at is not None
+            # A shelve's snapshot still held (an unshelve that failed on its host) goes with
+            # a real delete, whose answer names it: the reclaim could not delete its bytes.
+            and not shelved
             and states.check_soft_delete(row.vm_state, row.task_state)
         ):
             await _guarded_update(
