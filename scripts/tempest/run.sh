@@ -93,6 +93,15 @@ if [ "$neutron" = true ]; then
 fi
 
 image=$(osc image show loom-tiny -f value -c id)
+# A second image with loom-tiny's bytes (image_ref_alt): rebuild and image tests want two.
+if ! osc image show tempest-alt >/dev/null 2>&1; then
+  bytes=$(mktemp)
+  osc image save --file "$bytes" loom-tiny
+  format=$(osc image show loom-tiny -f value -c disk_format)
+  osc image create --public --disk-format "$format" --container-format bare --file "$bytes" tempest-alt >/dev/null
+  rm -f "$bytes"
+fi
+image_alt=$(osc image show tempest-alt -f value -c id)
 flavor=$(osc flavor show m1.tiny -f value -c id)
 flavor_alt=$(osc flavor show m1.small -f value -c id)
 admin_password=$("$repo/.venv/bin/python" -c '
@@ -100,6 +109,7 @@ import sys, yaml
 clouds = yaml.safe_load(open(sys.argv[1]))["clouds"]
 print(clouds["loom-admin"]["auth"]["password"])' "$data/clouds.yaml")
 sed -e "s#@WORKSPACE@#$ws#g" -e "s#@ADMIN_PASSWORD@#$admin_password#g" -e "s#@URL@#$url#g" -e "s#@IMAGE@#$image#g" \
+    -e "s#@IMAGE_ALT@#$image_alt#g" \
     -e "s#@FLAVOR@#$flavor#g" -e "s#@FLAVOR_ALT@#$flavor_alt#g" \
     -e "s#@NEUTRON@#$neutron#g" -e "s#@PUBLIC_NETWORK_ID@#$public_id#g" \
     "$here/tempest.conf.in" > "$ws/etc/tempest.conf"
