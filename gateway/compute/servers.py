@@ -846,17 +846,17 @@ _ACTION_POLICIES = {
 # /openapi.json and checked by the generated policy matrix. A project's member acts on
 # its own servers; moving a server between hosts, offloading it and forcing its state are
 # an operator's (admin's).
+# The actions of _ACTION_POLICIES kept to admins (the move actions, admin too, are
+# dispatched apart).
+_ADMIN_ONLY_ACTIONS = ("shelveOffload", "os-resetState", "injectNetworkInfo")
+
 SERVER_ACTION_POLICY = Policy(
     "member",
     actions={
         **{
             action: MEMBER
             for action in (
-                *(
-                    a
-                    for a in _ACTION_POLICIES
-                    if a not in ("shelveOffload", "os-resetState", "injectNetworkInfo")
-                ),
+                *(a for a in _ACTION_POLICIES if a not in _ADMIN_ONLY_ACTIONS),
                 "resize",
                 "confirmResize",
                 "revertResize",
@@ -866,9 +866,7 @@ SERVER_ACTION_POLICY = Policy(
         **{
             action: ADMIN
             for action in (
-                "shelveOffload",
-                "os-resetState",
-                "injectNetworkInfo",
+                *_ADMIN_ONLY_ACTIONS,
                 "migrate",
                 "os-migrateLive",
                 "evacuate",
