@@ -1,7 +1,8 @@
 """Router changes wait in the network domain until the compute service takes them to the
 host that serves routers (network.l3_host): each take gives the changed routers' whole
 bindings (gateway and interface legs, floating IPs) at a revision newer than any before,
-and acknowledging them makes the floating IPs they serve ACTIVE."""
+and acknowledging them makes the floating IPs they serve, and the routers' own ports,
+ACTIVE."""
 
 from __future__ import annotations
 
@@ -173,6 +174,52 @@ async def test_a_router_set_down_is_sent_down_and_its_floating_ips_go_down(net: 
     assert not down.deleted
     got = await net.stub.GetFloatingIp(pb.GetFloatingIpRequest(scope=net.scope(), id=fip.id))
     assert got.floating_ip.status == "DOWN"
+
+
+async def _router_ports(net: Net, router_id: str) -> list[tuple[str, str]]:
+    """The router's ports as (device_owner, status), by owner."""
+    listed = await net.stub.ListPorts(
+        pb.ListPortsRequest(scope=net.scope(admin=True), device_id=router_id)
+    )
+    return sorted((p.device_owner, p.status) for p in listed.ports)
+
+
+async def test_a_routers_ports_go_active_once_sent_to_the_l3_host_and_down_with_the_router(
+    net: Net,
+) -> None:
+    r = await _routed(net, "10.52.0.0/24")
+    gateway, interface = "network:router_gateway", "network:router_interface"
+    # Not yet sent to the router's host.
+    assert await _router_ports(net, r.router.id) == [(gateway, "DOWN"), (interface, "DOWN")]
+    await _take_all(net)
+    assert await _router_ports(net, r.router.id) == [(gateway, "ACTIVE"), (interface, "ACTIVE")]
+
+    # An interface added later is DOWN until its change is sent.
+    _, second = await net.network_with_subnet("10.53.0.0/24")
+    await net.stub.AddRouterInterface(
+        pb.AddRouterInterfaceRequest(scope=net.scope(), router_id=r.router.id, subnet_id=second)
+    )
+    assert await _router_ports(net, r.router.id) == [
+        (gateway, "ACTIVE"),
+        (interface, "ACTIVE"),
+        (interface, "DOWN"),
+    ]
+    await _take_all(net)
+    assert await _router_ports(net, r.router.id) == [
+        (gateway, "ACTIVE"),
+        (interface, "ACTIVE"),
+        (interface, "ACTIVE"),
+    ]
+
+    await net.stub.UpdateRouter(
+        pb.UpdateRouterRequest(scope=net.scope(), id=r.router.id, admin_state_up=False)
+    )
+    await _take_all(net)
+    assert await _router_ports(net, r.router.id) == [
+        (gateway, "DOWN"),
+        (interface, "DOWN"),
+        (interface, "DOWN"),
+    ]
 
 
 async def test_without_an_l3_host_gateways_and_floating_ip_associations_are_refused(
