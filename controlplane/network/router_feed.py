@@ -6,8 +6,8 @@ admin state, a floating IP associated, moved or released (also when its port goe
 router deleted. The conductor takes the noted changes (`take`: claimed for a lease),
 queues the routers' bindings for the host that serves routers (`network.l3_host`) as a
 RefreshRoutersCommand in its outbox, then acknowledges them (`ack`), which marks the
-routers' associated floating IPs and their own ports (gateway, interfaces) ACTIVE, or DOWN
-for a router whose admin state is down. A floating IP's change also names its ports'
+routers' associated floating IPs ACTIVE (or DOWN) and their own ports (gateway, interfaces)
+ACTIVE. A floating IP's change also names its ports'
 devices: the take gives each such server's floating IPs now, for the compute service's
 addresses. Each binding carries a revision from the `router` counter, taken before the
 routers are read, so the host that keeps the newest keeps the newest state.
@@ -152,10 +152,12 @@ async def take(s: AsyncSession, limit: int, lease_s: float, l3_host: str) -> Rou
     return RouterTake([c.id for c in changes], hosts, devices)
 
 
-async def ack(s: AsyncSession, change_ids: Sequence[int]) -> None:
-    """Forgets the changes. What their routers serve is now queued for the L3 host: their
-    associated floating IPs and their ports are ACTIVE where the router is up (a floating
-    IP also needs the router's gateway), DOWN otherwise."""
+async def ack(s: AsyncSession, change_ids: Sequence[int], *, served: bool) -> None:
+    """Forgets the changes. Their routers' associated floating IPs are now ACTIVE where the
+    router is up with a gateway, DOWN otherwise; and when a host serves routers (`served`),
+    the routers' own ports (gateway, interfaces) are ACTIVE: sent to their host, whatever
+    the router's admin state (the host takes an admin-down router's namespace down, and its
+    ports stay ACTIVE, as the API shows them)."""
     if not change_ids:
         return
     router_ids = [
@@ -182,13 +184,9 @@ async def ack(s: AsyncSession, change_ids: Sequence[int]) -> None:
             .where(FloatingIp.router_id.in_(router_ids), FloatingIp.router_id.not_in(up))
             .values(status="DOWN")
         )
-        enabled = select(Router.id).where(
-            Router.id.in_(router_ids), Router.admin_state_up.is_(True)
-        )
-        own = Port.device_id.in_(router_ids), Port.device_owner.in_(ROUTER_PORT_OWNERS)
-        await s.execute(
-            update(Port).where(*own, Port.device_id.in_(enabled)).values(status="ACTIVE")
-        )
-        await s.execute(
-            update(Port).where(*own, Port.device_id.not_in(enabled)).values(status="DOWN")
-        )
+        if served:
+            await s.execute(
+                update(Port)
+                .where(Port.device_id.in_(router_ids), Port.device_owner.in_(ROUTER_PORT_OWNERS))
+                .values(status="ACTIVE")
+            )

@@ -147,6 +147,13 @@ def _caller(scope: pb.Scope) -> Caller:
     return Caller(scope.project_id, scope.is_admin)
 
 
+async def _create_subnet(s: AsyncSession, request: pb.CreateSubnetRequest) -> SubnetRow:
+    caller, ident = _caller(request.scope), _ident("subnet", request.request_id)
+    return await _replayed(s, SubnetRow, ident, caller) or await networks.create_subnet(
+        s, caller, request, ident
+    )
+
+
 class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
     def __init__(
         self,
@@ -171,12 +178,21 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
 
     @network_errors
     async def CreateNetwork(self, request: pb.CreateNetworkRequest, context: Any) -> Any:
-        caller, ident = _caller(request.scope), _ident("network", request.request_id)
         async with self._sessions.begin() as s:
-            row = await _replayed(s, Network, ident, caller) or await networks.create_network(
-                s, caller, request, ident
-            )
-            return pb.CreateNetworkResponse(network=await self._network_pb(s, row))
+            return pb.CreateNetworkResponse(network=await self._create_network(s, request))
+
+    @network_errors
+    async def CreateNetworks(self, request: pb.CreateNetworksRequest, context: Any) -> Any:
+        async with self._sessions.begin() as s:
+            made = [await self._create_network(s, item) for item in request.networks]
+            return pb.CreateNetworksResponse(networks=made)
+
+    async def _create_network(self, s: AsyncSession, request: pb.CreateNetworkRequest) -> Any:
+        caller, ident = _caller(request.scope), _ident("network", request.request_id)
+        row = await _replayed(s, Network, ident, caller) or await networks.create_network(
+            s, caller, request, ident
+        )
+        return await self._network_pb(s, row)
 
     @network_errors
     async def GetNetwork(self, request: pb.GetNetworkRequest, context: Any) -> Any:
@@ -209,12 +225,15 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
 
     @network_errors
     async def CreateSubnet(self, request: pb.CreateSubnetRequest, context: Any) -> Any:
-        caller, ident = _caller(request.scope), _ident("subnet", request.request_id)
         async with self._sessions.begin() as s:
-            row = await _replayed(s, SubnetRow, ident, caller) or await networks.create_subnet(
-                s, caller, request, ident
-            )
+            row = await _create_subnet(s, request)
             return pb.CreateSubnetResponse(subnet=(await _subnets_pb(s, [row]))[0])
+
+    @network_errors
+    async def CreateSubnets(self, request: pb.CreateSubnetsRequest, context: Any) -> Any:
+        async with self._sessions.begin() as s:
+            rows = [await _create_subnet(s, item) for item in request.subnets]
+            return pb.CreateSubnetsResponse(subnets=await _subnets_pb(s, rows))
 
     @network_errors
     async def GetSubnet(self, request: pb.GetSubnetRequest, context: Any) -> Any:
@@ -250,23 +269,43 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
 
     @network_errors
     async def CreatePort(self, request: pb.CreatePortRequest, context: Any) -> Any:
-        caller, ident = _caller(request.scope), _ident("port", request.request_id)
-        default_group = None
-        if not request.security_groups_set:
-            project_id = caller.target_project(request.port.project_id)
-            default_group = await security_groups.ensure_default(self._sessions, project_id)
+        made = await self._create_ports([request])
+        return pb.CreatePortResponse(port=made[0])
+
+    @network_errors
+    async def CreatePorts(self, request: pb.CreatePortsRequest, context: Any) -> Any:
+        return pb.CreatePortsResponse(ports=await self._create_ports(request.ports))
+
+    async def _create_ports(self, requests: Sequence[pb.CreatePortRequest]) -> list[Any]:
+        """Makes the ports in one transaction: all of them or none."""
+        defaults: dict[str, str] = {}
+        for request in requests:
+            if not request.security_groups_set:
+                project_id = _caller(request.scope).target_project(request.port.project_id)
+                if project_id not in defaults:
+                    defaults[project_id] = await security_groups.ensure_default(
+                        self._sessions, project_id
+                    )
         try:
             async with self._sessions.begin() as s:
-                row = await _replayed(s, Port, ident, caller) or await ports.create_port(
-                    s, caller, request, default_group, ident
-                )
-                reply = pb.CreatePortResponse(port=await self._port_pb(s, row))
+                made = []
+                for request in requests:
+                    caller, ident = _caller(request.scope), _ident("port", request.request_id)
+                    default_group = (
+                        None
+                        if request.security_groups_set
+                        else defaults[caller.target_project(request.port.project_id)]
+                    )
+                    row = await _replayed(s, Port, ident, caller) or await ports.create_port(
+                        s, caller, request, default_group, ident
+                    )
+                    made.append(await self._port_pb(s, row))
         except IntegrityError as exc:
             # Only the MAC can still collide here (a racing create chose the same one).
             raise Conflict(
                 "MacAddressInUse", "Unable to complete operation: the mac address is in use."
             ) from exc
-        return reply
+        return made
 
     @network_errors
     async def GetPort(self, request: pb.GetPortRequest, context: Any) -> Any:
@@ -348,7 +387,7 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
     @network_errors
     async def AckRouterChanges(self, request: pb.AckRouterChangesRequest, context: Any) -> Any:
         async with self._sessions.begin() as s:
-            await router_feed.ack(s, list(request.change_ids))
+            await router_feed.ack(s, list(request.change_ids), served=bool(self._l3_host))
         return pb.AckRouterChangesResponse()
 
     def _require_l3_host(self, what: str) -> None:

@@ -85,13 +85,40 @@ def project_fields(project_id: str) -> dict[str, str]:
     return {"tenant_id": project_id, "project_id": project_id}
 
 
+# The most resources one bulk create makes (one transaction holds them all).
+MAX_BULK = 100
+
+
 async def resource_body(request: Request, key: str, schema: CompiledSchema) -> dict[str, Any]:
     """The `{key: {...}}` body, checked against the object's schema (unknown attributes are
     refused by name), with tenant_id folded into project_id."""
     body = await json_body(request)
     if not isinstance(body, dict) or set(body) != {key} or not isinstance(body[key], dict):
         raise BadRequest(f"Resource body required with key '{key}'.")
-    item: dict[str, Any] = body[key]
+    return _checked_item(body[key], schema)
+
+
+async def resource_bodies(
+    request: Request, key: str, schema: CompiledSchema
+) -> tuple[list[dict[str, Any]], bool]:
+    """A create's body: `{key: {...}}`, or a bulk create's `{key + "s": [{...}, ...]}` (at
+    least one, at most MAX_BULK), each item checked as resource_body checks one. Returns
+    the items and whether the body was a bulk one."""
+    body = await json_body(request)
+    plural = f"{key}s"
+    if isinstance(body, dict) and set(body) == {plural}:
+        items = body[plural]
+        if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
+            raise BadRequest(f"Resources required: '{plural}' must be a list of objects.")
+        if len(items) > MAX_BULK:
+            raise BadRequest(f"Too many {plural} in one request: at most {MAX_BULK}.")
+        return [_checked_item(i, schema) for i in items], True
+    if not isinstance(body, dict) or set(body) != {key} or not isinstance(body[key], dict):
+        raise BadRequest(f"Resource body required with key '{key}' or '{plural}'.")
+    return [_checked_item(body[key], schema)], False
+
+
+def _checked_item(item: dict[str, Any], schema: CompiledSchema) -> dict[str, Any]:
     if not encodable(item):
         raise BadRequest("Malformed request body: strings must be valid UTF-8.")
     unknown = sorted(set(item) - set(schema.schema["properties"]))
@@ -107,6 +134,13 @@ async def resource_body(request: Request, key: str, schema: CompiledSchema) -> d
             raise BadRequest("Invalid input: tenant_id and project_id do not match.")
         item["project_id"] = tenant
     return item
+
+
+def item_request_id(request: Request, index: int, bulk: bool) -> str:
+    """The request id of one resource of a create: a bulk create's items each have their
+    own (so a retried bulk finds each item its first attempt made)."""
+    rid = request_id(request)
+    return f"{rid}/{index}" if bulk and rid else rid
 
 
 def encodable(value: Any) -> bool:

@@ -17,8 +17,10 @@ from gateway.network.common import (
     context,
     delete_by_id,
     get_by_id,
+    item_request_id,
     listing,
     one,
+    resource_bodies,
     resource_body,
     scope,
     stub,
@@ -56,27 +58,33 @@ async def list_networks(request: Request) -> Response:
 
 
 @documented(
-    body=schemas.wrapped("network", schemas.NETWORK_CREATE),
+    body=schemas.created("network", schemas.NETWORK_CREATE),
     tag=TAG,
     policy=Policy("member", target="shared and router:external: admin"),
 )
 async def create_network(request: Request) -> Response:
-    """Create a network (shared and router:external: admin only)."""
+    """Create a network, or several at once (`networks`: all or none); shared and
+    router:external: admin only."""
     ctx = context(request)
     ctx.require_write("create_network")
-    body = await resource_body(request, "network", schemas.NETWORK_CREATE)
-    net = pb.Network()
-    _set_network_fields(net, body)
-    reply = await call(
-        stub(request).CreateNetwork,
-        pb.CreateNetworkRequest(
-            request_id=request_id(request),
-            scope=scope(ctx),
-            network=net,
-            admin_state_up_set="admin_state_up" in body,
-            port_security_enabled_set="port_security_enabled" in body,
-        ),
-    )
+    bodies, bulk = await resource_bodies(request, "network", schemas.NETWORK_CREATE)
+    items = []
+    for index, body in enumerate(bodies):
+        net = pb.Network()
+        _set_network_fields(net, body)
+        items.append(
+            pb.CreateNetworkRequest(
+                request_id=item_request_id(request, index, bulk),
+                scope=scope(ctx),
+                network=net,
+                admin_state_up_set="admin_state_up" in body,
+                port_security_enabled_set="port_security_enabled" in body,
+            )
+        )
+    if bulk:
+        made = await call(stub(request).CreateNetworks, pb.CreateNetworksRequest(networks=items))
+        return ok({"networks": [views.network(n) for n in made.networks]}, 201)
+    reply = await call(stub(request).CreateNetwork, items[0])
     return ok({"network": views.network(reply.network)}, 201)
 
 
@@ -138,12 +146,25 @@ async def list_subnets(request: Request) -> Response:
     )
 
 
-@documented(body=schemas.wrapped("subnet", schemas.SUBNET_CREATE), tag=TAG, policy=MEMBER)
+@documented(body=schemas.created("subnet", schemas.SUBNET_CREATE), tag=TAG, policy=MEMBER)
 async def create_subnet(request: Request) -> Response:
-    """Create an IPv4 subnet: gateway the first address and the rest one pool unless given."""
+    """Create an IPv4 subnet, or several at once (`subnets`: all or none): gateway the first
+    address and the rest one pool unless given."""
     ctx = context(request)
     ctx.require_write("create_subnet")
-    body = await resource_body(request, "subnet", schemas.SUBNET_CREATE)
+    bodies, bulk = await resource_bodies(request, "subnet", schemas.SUBNET_CREATE)
+    items = [
+        _subnet_request(body, item_request_id(request, index, bulk), scope(ctx))
+        for index, body in enumerate(bodies)
+    ]
+    if bulk:
+        made = await call(stub(request).CreateSubnets, pb.CreateSubnetsRequest(subnets=items))
+        return ok({"subnets": [views.subnet(s) for s in made.subnets]}, 201)
+    reply = await call(stub(request).CreateSubnet, items[0])
+    return ok({"subnet": views.subnet(reply.subnet)}, 201)
+
+
+def _subnet_request(body: dict[str, Any], rid: str, caller: pb.Scope) -> pb.CreateSubnetRequest:
     if body.get("ip_version", 4) != 4:
         raise BadRequest(
             "Invalid input for operation: IPv6 subnets are not supported by this cloud."
@@ -166,17 +187,13 @@ async def create_subnet(request: Request) -> Response:
         dns_nameservers=body.get("dns_nameservers", []),
         host_routes=[pb.HostRoute(**r) for r in body.get("host_routes", [])],
     )
-    reply = await call(
-        stub(request).CreateSubnet,
-        pb.CreateSubnetRequest(
-            request_id=request_id(request),
-            scope=scope(ctx),
-            subnet=sub,
-            gateway_ip_set="gateway_ip" in body,
-            enable_dhcp_set="enable_dhcp" in body,
-        ),
+    return pb.CreateSubnetRequest(
+        request_id=rid,
+        scope=caller,
+        subnet=sub,
+        gateway_ip_set="gateway_ip" in body,
+        enable_dhcp_set="enable_dhcp" in body,
     )
-    return ok({"subnet": views.subnet(reply.subnet)}, 201)
 
 
 @documented(tag=TAG, policy=READER)

@@ -16,8 +16,10 @@ from gateway.network.common import (
     context,
     delete_by_id,
     get_by_id,
+    item_request_id,
     listing,
     one,
+    resource_bodies,
     resource_body,
     scope,
     stub,
@@ -77,15 +79,28 @@ def address_pairs(given: list[dict[str, Any]] | None) -> list[pb.AddressPair]:
 
 
 @documented(
-    body=schemas.wrapped("port", schemas.PORT_CREATE),
+    body=schemas.created("port", schemas.PORT_CREATE),
     tag=TAG,
     policy=Policy("member", target="binding:host_id: admin"),
 )
 async def create_port(request: Request) -> Response:
-    """Create a port: a MAC, addresses from the network's subnets, the default group."""
+    """Create a port, or several at once (`ports`: all or none): a MAC, addresses from the
+    network's subnets, the default group."""
     ctx = context(request)
     ctx.require_write("create_port")
-    body = await resource_body(request, "port", schemas.PORT_CREATE)
+    bodies, bulk = await resource_bodies(request, "port", schemas.PORT_CREATE)
+    items = [
+        _port_request(body, item_request_id(request, index, bulk), scope(ctx))
+        for index, body in enumerate(bodies)
+    ]
+    if bulk:
+        made = await call(stub(request).CreatePorts, pb.CreatePortsRequest(ports=items))
+        return ok({"ports": [views.port(p, admin=ctx.is_admin) for p in made.ports]}, 201)
+    reply = await call(stub(request).CreatePort, items[0])
+    return ok({"port": views.port(reply.port, admin=ctx.is_admin)}, 201)
+
+
+def _port_request(body: dict[str, Any], rid: str, caller: pb.Scope) -> pb.CreatePortRequest:
     groups = body.get("security_groups")
     port = pb.Port(
         network_id=body["network_id"],
@@ -102,19 +117,15 @@ async def create_port(request: Request) -> Response:
         port_security_enabled=body.get("port_security_enabled", True),
         allowed_address_pairs=address_pairs(body.get("allowed_address_pairs")),
     )
-    reply = await call(
-        stub(request).CreatePort,
-        pb.CreatePortRequest(
-            request_id=request_id(request),
-            scope=scope(ctx),
-            port=port,
-            fixed_ips_set="fixed_ips" in body,
-            security_groups_set="security_groups" in body,
-            admin_state_up_set="admin_state_up" in body,
-            port_security_enabled_set="port_security_enabled" in body,
-        ),
+    return pb.CreatePortRequest(
+        request_id=rid,
+        scope=caller,
+        port=port,
+        fixed_ips_set="fixed_ips" in body,
+        security_groups_set="security_groups" in body,
+        admin_state_up_set="admin_state_up" in body,
+        port_security_enabled_set="port_security_enabled" in body,
     )
-    return ok({"port": views.port(reply.port, admin=ctx.is_admin)}, 201)
 
 
 @documented(tag=TAG, policy=READER)

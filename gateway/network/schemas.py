@@ -26,6 +26,25 @@ def wrapped(key: str, inner: CompiledSchema) -> CompiledSchema:
     )
 
 
+def created(key: str, inner: CompiledSchema) -> CompiledSchema:
+    """A create's whole body: `{key: {...}}`, or a bulk create's `{key + "s": [...]}`."""
+    return compile_schema(
+        {
+            "oneOf": [
+                wrapped(key, inner).schema,
+                {
+                    "type": "object",
+                    "required": [f"{key}s"],
+                    "additionalProperties": False,
+                    "properties": {
+                        f"{key}s": {"type": "array", "minItems": 1, "items": inner.schema}
+                    },
+                },
+            ]
+        }
+    )
+
+
 def _obj(props: dict[str, Any], required: tuple[str, ...] = ()) -> CompiledSchema:
     schema: dict[str, Any] = {
         "type": "object",

@@ -499,3 +499,92 @@ async def test_a_subnets_pools_can_change_and_new_ports_come_from_the_new_pools(
         headers=h,
     )
     _neutron_error(r, 409, "GatewayConflictWithAllocationPools")
+
+
+async def test_bulk_creates_make_every_network_subnet_and_port_in_order(cloud: Cloud) -> None:
+    h = await cloud.headers("demo")
+    r = await cloud.client.post(
+        f"{N}/networks", json={"networks": [{"name": "b1"}, {"name": "b2", "mtu": 1400}]}, headers=h
+    )
+    assert r.status_code == 201, r.text
+    nets = r.json()["networks"]
+    assert [(n["name"], n["mtu"]) for n in nets] == [("b1", 1450), ("b2", 1400)]
+    r = await cloud.client.post(
+        f"{N}/subnets",
+        json={
+            "subnets": [
+                {"network_id": nets[0]["id"], "ip_version": 4, "cidr": "10.20.0.0/24"},
+                {"network_id": nets[1]["id"], "ip_version": 4, "cidr": "10.21.0.0/24"},
+            ]
+        },
+        headers=h,
+    )
+    assert r.status_code == 201, r.text
+    assert [s["cidr"] for s in r.json()["subnets"]] == ["10.20.0.0/24", "10.21.0.0/24"]
+    r = await cloud.client.post(
+        f"{N}/ports",
+        json={"ports": [{"network_id": nets[0]["id"]}, {"network_id": nets[0]["id"]}]},
+        headers=h,
+    )
+    assert r.status_code == 201, r.text
+    made = r.json()["ports"]
+    addresses = [p["fixed_ips"][0]["ip_address"] for p in made]
+    assert len(set(addresses)) == 2
+    assert all(a.startswith("10.20.0.") for a in addresses)
+    assert all(p["security_groups"] for p in made)  # each got the project's default group
+    listed = (await cloud.client.get(f"{N}/ports", headers=h)).json()["ports"]
+    assert sorted(p["id"] for p in listed) == sorted(p["id"] for p in made)
+
+
+async def test_a_bulk_create_with_one_bad_item_makes_none_of_them(cloud: Cloud) -> None:
+    h = await cloud.headers("demo")
+    net = await _net(cloud.client, h)
+    await _subnet(cloud.client, h, net["id"], "10.30.0.0/24")
+    # The second subnet overlaps the first: the service refuses it, and the third is not made.
+    r = await cloud.client.post(
+        f"{N}/subnets",
+        json={
+            "subnets": [
+                {"network_id": net["id"], "ip_version": 4, "cidr": "10.31.0.0/24"},
+                {"network_id": net["id"], "ip_version": 4, "cidr": "10.30.0.0/25"},
+            ]
+        },
+        headers=h,
+    )
+    _neutron_error(r, 400, "InvalidInput")
+    subnets = (await cloud.client.get(f"{N}/subnets", headers=h)).json()["subnets"]
+    assert [s["cidr"] for s in subnets] == ["10.30.0.0/24"]
+    # A port asking for an address another port of the same request takes.
+    r = await cloud.client.post(
+        f"{N}/ports",
+        json={
+            "ports": [
+                {"network_id": net["id"], "fixed_ips": [{"ip_address": "10.30.0.50"}]},
+                {"network_id": net["id"], "fixed_ips": [{"ip_address": "10.30.0.50"}]},
+            ]
+        },
+        headers=h,
+    )
+    _neutron_error(r, 409, "IpAddressAlreadyAllocated")
+    assert (await cloud.client.get(f"{N}/ports", headers=h)).json()["ports"] == []
+    # An item the gateway refuses (an unknown attribute) stops the whole request too.
+    r = await cloud.client.post(
+        f"{N}/networks", json={"networks": [{"name": "ok"}, {"colour": "red"}]}, headers=h
+    )
+    assert "colour" in _neutron_error(r, 400, "HTTPBadRequest")
+    names = [
+        n["name"] for n in (await cloud.client.get(f"{N}/networks", headers=h)).json()["networks"]
+    ]
+    assert names == ["n1"]
+
+
+async def test_a_bulk_body_must_be_a_non_empty_list_of_objects(cloud: Cloud) -> None:
+    h = await cloud.headers("demo")
+    for body in ({"networks": []}, {"networks": {"name": "x"}}, {"networks": ["x"]}):
+        r = await cloud.client.post(f"{N}/networks", json=body, headers=h)
+        _neutron_error(r, 400, "HTTPBadRequest")
+    r = await cloud.client.post(
+        f"{N}/networks", json={"networks": [{"name": str(i)} for i in range(101)]}, headers=h
+    )
+    assert "at most 100" in _neutron_error(r, 400, "HTTPBadRequest")
+    assert (await cloud.client.get(f"{N}/networks", headers=h)).json()["networks"] == []

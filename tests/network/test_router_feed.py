@@ -184,7 +184,7 @@ async def _router_ports(net: Net, router_id: str) -> list[tuple[str, str]]:
     return sorted((p.device_owner, p.status) for p in listed.ports)
 
 
-async def test_a_routers_ports_go_active_once_sent_to_the_l3_host_and_down_with_the_router(
+async def test_a_routers_ports_go_active_once_sent_to_the_l3_host_whatever_its_admin_state(
     net: Net,
 ) -> None:
     r = await _routed(net, "10.52.0.0/24")
@@ -211,15 +211,19 @@ async def test_a_routers_ports_go_active_once_sent_to_the_l3_host_and_down_with_
         (interface, "ACTIVE"),
     ]
 
+    # An admin-down router (its host takes its namespace down) keeps its ports ACTIVE, and
+    # an interface added to it goes ACTIVE once sent, as for one that is up.
     await net.stub.UpdateRouter(
         pb.UpdateRouterRequest(scope=net.scope(), id=r.router.id, admin_state_up=False)
     )
+    _, third = await net.network_with_subnet("10.54.0.0/24")
+    await net.stub.AddRouterInterface(
+        pb.AddRouterInterfaceRequest(scope=net.scope(), router_id=r.router.id, subnet_id=third)
+    )
     await _take_all(net)
-    assert await _router_ports(net, r.router.id) == [
-        (gateway, "DOWN"),
-        (interface, "DOWN"),
-        (interface, "DOWN"),
-    ]
+    assert (
+        await _router_ports(net, r.router.id) == [(gateway, "ACTIVE")] + [(interface, "ACTIVE")] * 3
+    )
 
 
 async def test_without_an_l3_host_gateways_and_floating_ip_associations_are_refused(

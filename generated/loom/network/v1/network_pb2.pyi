@@ -821,6 +821,54 @@ class CreateNetworkResponse(_message.Message):
 Global___CreateNetworkResponse: _TypeAlias = CreateNetworkResponse  # noqa: Y015
 
 @_typing.final
+class CreateNetworksRequest(_message.Message):
+    """Request for CreateNetworks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NETWORKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def networks(self) -> _containers.RepeatedCompositeFieldContainer[Global___CreateNetworkRequest]:
+        """Each network's request (its own request id and scope), in order."""
+
+    def __init__(
+        self,
+        *,
+        networks: _abc.Iterable[Global___CreateNetworkRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["networks", b"networks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateNetworksRequest: _TypeAlias = CreateNetworksRequest  # noqa: Y015
+
+@_typing.final
+class CreateNetworksResponse(_message.Message):
+    """Response of CreateNetworks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NETWORKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def networks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Network]:
+        """As stored, in the request's order."""
+
+    def __init__(
+        self,
+        *,
+        networks: _abc.Iterable[Global___Network] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["networks", b"networks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateNetworksResponse: _TypeAlias = CreateNetworksResponse  # noqa: Y015
+
+@_typing.final
 class GetNetworkRequest(_message.Message):
     """Request for GetNetwork."""
 
@@ -1153,6 +1201,54 @@ class CreateSubnetResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateSubnetResponse: _TypeAlias = CreateSubnetResponse  # noqa: Y015
+
+@_typing.final
+class CreateSubnetsRequest(_message.Message):
+    """Request for CreateSubnets."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBNETS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subnets(self) -> _containers.RepeatedCompositeFieldContainer[Global___CreateSubnetRequest]:
+        """Each subnet's request (its own request id and scope), in order."""
+
+    def __init__(
+        self,
+        *,
+        subnets: _abc.Iterable[Global___CreateSubnetRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subnets", b"subnets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateSubnetsRequest: _TypeAlias = CreateSubnetsRequest  # noqa: Y015
+
+@_typing.final
+class CreateSubnetsResponse(_message.Message):
+    """Response of CreateSubnets."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBNETS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subnets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Subnet]:
+        """As stored, in the request's order."""
+
+    def __init__(
+        self,
+        *,
+        subnets: _abc.Iterable[Global___Subnet] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subnets", b"subnets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateSubnetsResponse: _TypeAlias = CreateSubnetsResponse  # noqa: Y015
 
 @_typing.final
 class GetSubnetRequest(_message.Message):
@@ -1567,6 +1663,54 @@ class CreatePortResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreatePortResponse: _TypeAlias = CreatePortResponse  # noqa: Y015
+
+@_typing.final
+class CreatePortsRequest(_message.Message):
+    """Request for CreatePorts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ports(self) -> _containers.RepeatedCompositeFieldContainer[Global___CreatePortRequest]:
+        """Each port's request (its own request id and scope), in order."""
+
+    def __init__(
+        self,
+        *,
+        ports: _abc.Iterable[Global___CreatePortRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ports", b"ports"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreatePortsRequest: _TypeAlias = CreatePortsRequest  # noqa: Y015
+
+@_typing.final
+class CreatePortsResponse(_message.Message):
+    """Response of CreatePorts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ports(self) -> _containers.RepeatedCompositeFieldContainer[Global___Port]:
+        """As stored, in the request's order."""
+
+    def __init__(
+        self,
+        *,
+        ports: _abc.Iterable[Global___Port] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ports", b"ports"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreatePortsResponse: _TypeAlias = CreatePortsResponse  # noqa: Y015
 
 @_typing.final
 class GetPortRequest(_message.Message):

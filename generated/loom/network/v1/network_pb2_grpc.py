@@ -45,6 +45,11 @@ class NetworkServiceStub:
                 request_serializer=loom_dot_network_dot_v1_dot_network__pb2.CreateNetworkRequest.SerializeToString,
                 response_deserializer=loom_dot_network_dot_v1_dot_network__pb2.CreateNetworkResponse.FromString,
                 _registered_method=True)
+        self.CreateNetworks = channel.unary_unary(
+                '/loom.network.v1.NetworkService/CreateNetworks',
+                request_serializer=loom_dot_network_dot_v1_dot_network__pb2.CreateNetworksRequest.SerializeToString,
+                response_deserializer=loom_dot_network_dot_v1_dot_network__pb2.CreateNetworksResponse.FromString,
+                _registered_method=True)
         self.GetNetwork = channel.unary_unary(
                 '/loom.network.v1.NetworkService/GetNetwork',
                 request_serializer=loom_dot_network_dot_v1_dot_network__pb2.GetNetworkRequest.SerializeToString,
@@ -70,6 +75,11 @@ class NetworkServiceStub:
                 request_serializer=loom_dot_network_dot_v1_dot_network__pb2.CreateSubnetRequest.SerializeToString,
                 response_deserializer=loom_dot_network_dot_v1_dot_network__pb2.CreateSubnetResponse.FromString,
                 _registered_method=True)
+        self.CreateSubnets = channel.unary_unary(
+                '/loom.network.v1.NetworkService/CreateSubnets',
+                request_serializer=loom_dot_network_dot_v1_dot_network__pb2.CreateSubnetsRequest.SerializeToString,
+                response_deserializer=loom_dot_network_dot_v1_dot_network__pb2.CreateSubnetsResponse.FromString,
+                _registered_method=True)
         self.GetSubnet = channel.unary_unary(
                 '/loom.network.v1.NetworkService/GetSubnet',
                 request_serializer=loom_dot_network_dot_v1_dot_network__pb2.GetSubnetRequest.SerializeToString,
@@ -94,6 +104,11 @@ class NetworkServiceStub:
                 '/loom.network.v1.NetworkService/CreatePort',
                 request_serializer=loom_dot_network_dot_v1_dot_network__pb2.CreatePortRequest.SerializeToString,
                 response_deserializer=loom_dot_network_dot_v1_dot_network__pb2.CreatePortResponse.FromString,
+                _registered_method=True)
+        self.CreatePorts = channel.unary_unary(
+                '/loom.network.v1.NetworkService/CreatePorts',
+                request_serializer=loom_dot_network_dot_v1_dot_network__pb2.CreatePortsRequest.SerializeToString,
+                response_deserializer=loom_dot_network_dot_v1_dot_network__pb2.CreatePortsResponse.FromString,
                 _registered_method=True)
         self.GetPort = channel.unary_unary(
                 '/loom.network.v1.NetworkService/GetPort',
@@ -293,6 +308,13 @@ class NetworkServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateNetworks(self, request, context):
+        """Create several networks in one transaction: all of them or none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetNetwork(self, request, context):
         """One network.
         """
@@ -329,6 +351,13 @@ class NetworkServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSubnets(self, request, context):
+        """Create several subnets in one transaction: all of them or none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetSubnet(self, request, context):
         """One subnet.
         """
@@ -359,6 +388,13 @@ class NetworkServiceServicer:
 
     def CreatePort(self, request, context):
         """Create a port, allocating its addresses atomically.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreatePorts(self, request, context):
+        """Create several ports in one transaction: all of them, with their addresses, or none.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -636,6 +672,11 @@ def add_NetworkServiceServicer_to_server(servicer, server):
                     request_deserializer=loom_dot_network_dot_v1_dot_network__pb2.CreateNetworkRequest.FromString,
                     response_serializer=loom_dot_network_dot_v1_dot_network__pb2.CreateNetworkResponse.SerializeToString,
             ),
+            'CreateNetworks': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateNetworks,
+                    request_deserializer=loom_dot_network_dot_v1_dot_network__pb2.CreateNetworksRequest.FromString,
+                    response_serializer=loom_dot_network_dot_v1_dot_network__pb2.CreateNetworksResponse.SerializeToString,
+            ),
             'GetNetwork': grpc.unary_unary_rpc_method_handler(
                     servicer.GetNetwork,
                     request_deserializer=loom_dot_network_dot_v1_dot_network__pb2.GetNetworkRequest.FromString,
@@ -661,6 +702,11 @@ def add_NetworkServiceServicer_to_server(servicer, server):
                     request_deserializer=loom_dot_network_dot_v1_dot_network__pb2.CreateSubnetRequest.FromString,
                     response_serializer=loom_dot_network_dot_v1_dot_network__pb2.CreateSubnetResponse.SerializeToString,
             ),
+            'CreateSubnets': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSubnets,
+                    request_deserializer=loom_dot_network_dot_v1_dot_network__pb2.CreateSubnetsRequest.FromString,
+                    response_serializer=loom_dot_network_dot_v1_dot_network__pb2.CreateSubnetsResponse.SerializeToString,
+            ),
             'GetSubnet': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSubnet,
                     request_deserializer=loom_dot_network_dot_v1_dot_network__pb2.GetSubnetRequest.FromString,
@@ -685,6 +731,11 @@ def add_NetworkServiceServicer_to_server(servicer, server):
                     servicer.CreatePort,
                     request_deserializer=loom_dot_network_dot_v1_dot_network__pb2.CreatePortRequest.FromString,
                     response_serializer=loom_dot_network_dot_v1_dot_network__pb2.CreatePortResponse.SerializeToString,
+            ),
+            'CreatePorts': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreatePorts,
+                    request_deserializer=loom_dot_network_dot_v1_dot_network__pb2.CreatePortsRequest.FromString,
+                    response_serializer=loom_dot_network_dot_v1_dot_network__pb2.CreatePortsResponse.SerializeToString,
             ),
             'GetPort': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPort,
@@ -911,6 +962,33 @@ class NetworkService:
             _registered_method=True)
 
     @staticmethod
+    def CreateNetworks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.network.v1.NetworkService/CreateNetworks',
+            loom_dot_network_dot_v1_dot_network__pb2.CreateNetworksRequest.SerializeToString,
+            loom_dot_network_dot_v1_dot_network__pb2.CreateNetworksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GetNetwork(request,
             target,
             options=(),
@@ -1046,6 +1124,33 @@ class NetworkService:
             _registered_method=True)
 
     @staticmethod
+    def CreateSubnets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.network.v1.NetworkService/CreateSubnets',
+            loom_dot_network_dot_v1_dot_network__pb2.CreateSubnetsRequest.SerializeToString,
+            loom_dot_network_dot_v1_dot_network__pb2.CreateSubnetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GetSubnet(request,
             target,
             options=(),
@@ -1170,6 +1275,33 @@ class NetworkService:
             '/loom.network.v1.NetworkService/CreatePort',
             loom_dot_network_dot_v1_dot_network__pb2.CreatePortRequest.SerializeToString,
             loom_dot_network_dot_v1_dot_network__pb2.CreatePortResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreatePorts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.network.v1.NetworkService/CreatePorts',
+            loom_dot_network_dot_v1_dot_network__pb2.CreatePortsRequest.SerializeToString,
+            loom_dot_network_dot_v1_dot_network__pb2.CreatePortsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,8 @@ class NetworkServiceStub:
     def __new__(cls, channel: _aio.Channel) -> NetworkServiceAsyncStub: ...
     CreateNetwork: _grpc.UnaryUnaryMultiCallable[_network_pb2.CreateNetworkRequest, _network_pb2.CreateNetworkResponse]
     """Create a network."""
+    CreateNetworks: _grpc.UnaryUnaryMultiCallable[_network_pb2.CreateNetworksRequest, _network_pb2.CreateNetworksResponse]
+    """Create several networks in one transaction: all of them or none."""
     GetNetwork: _grpc.UnaryUnaryMultiCallable[_network_pb2.GetNetworkRequest, _network_pb2.GetNetworkResponse]
     """One network."""
     ListNetworks: _grpc.UnaryUnaryMultiCallable[_network_pb2.ListNetworksRequest, _network_pb2.ListNetworksResponse]
@@ -58,6 +60,8 @@ class NetworkServiceStub:
     """
     CreateSubnet: _grpc.UnaryUnaryMultiCallable[_network_pb2.CreateSubnetRequest, _network_pb2.CreateSubnetResponse]
     """Create a subnet."""
+    CreateSubnets: _grpc.UnaryUnaryMultiCallable[_network_pb2.CreateSubnetsRequest, _network_pb2.CreateSubnetsResponse]
+    """Create several subnets in one transaction: all of them or none."""
     GetSubnet: _grpc.UnaryUnaryMultiCallable[_network_pb2.GetSubnetRequest, _network_pb2.GetSubnetResponse]
     """One subnet."""
     ListSubnets: _grpc.UnaryUnaryMultiCallable[_network_pb2.ListSubnetsRequest, _network_pb2.ListSubnetsResponse]
@@ -68,6 +72,8 @@ class NetworkServiceStub:
     """Delete a subnet; FAILED_PRECONDITION (SubnetInUse) while a port holds an address of it."""
     CreatePort: _grpc.UnaryUnaryMultiCallable[_network_pb2.CreatePortRequest, _network_pb2.CreatePortResponse]
     """Create a port, allocating its addresses atomically."""
+    CreatePorts: _grpc.UnaryUnaryMultiCallable[_network_pb2.CreatePortsRequest, _network_pb2.CreatePortsResponse]
+    """Create several ports in one transaction: all of them, with their addresses, or none."""
     GetPort: _grpc.UnaryUnaryMultiCallable[_network_pb2.GetPortRequest, _network_pb2.GetPortResponse]
     """One port."""
     ListPorts: _grpc.UnaryUnaryMultiCallable[_network_pb2.ListPortsRequest, _network_pb2.ListPortsResponse]
@@ -172,6 +178,8 @@ class NetworkServiceAsyncStub(NetworkServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateNetwork: _aio.UnaryUnaryMultiCallable[_network_pb2.CreateNetworkRequest, _network_pb2.CreateNetworkResponse]  # type: ignore[assignment]
     """Create a network."""
+    CreateNetworks: _aio.UnaryUnaryMultiCallable[_network_pb2.CreateNetworksRequest, _network_pb2.CreateNetworksResponse]  # type: ignore[assignment]
+    """Create several networks in one transaction: all of them or none."""
     GetNetwork: _aio.UnaryUnaryMultiCallable[_network_pb2.GetNetworkRequest, _network_pb2.GetNetworkResponse]  # type: ignore[assignment]
     """One network."""
     ListNetworks: _aio.UnaryUnaryMultiCallable[_network_pb2.ListNetworksRequest, _network_pb2.ListNetworksResponse]  # type: ignore[assignment]
@@ -184,6 +192,8 @@ class NetworkServiceAsyncStub(NetworkServiceStub):
     """
     CreateSubnet: _aio.UnaryUnaryMultiCallable[_network_pb2.CreateSubnetRequest, _network_pb2.CreateSubnetResponse]  # type: ignore[assignment]
     """Create a subnet."""
+    CreateSubnets: _aio.UnaryUnaryMultiCallable[_network_pb2.CreateSubnetsRequest, _network_pb2.CreateSubnetsResponse]  # type: ignore[assignment]
+    """Create several subnets in one transaction: all of them or none."""
     GetSubnet: _aio.UnaryUnaryMultiCallable[_network_pb2.GetSubnetRequest, _network_pb2.GetSubnetResponse]  # type: ignore[assignment]
     """One subnet."""
     ListSubnets: _aio.UnaryUnaryMultiCallable[_network_pb2.ListSubnetsRequest, _network_pb2.ListSubnetsResponse]  # type: ignore[assignment]
@@ -194,6 +204,8 @@ class NetworkServiceAsyncStub(NetworkServiceStub):
     """Delete a subnet; FAILED_PRECONDITION (SubnetInUse) while a port holds an address of it."""
     CreatePort: _aio.UnaryUnaryMultiCallable[_network_pb2.CreatePortRequest, _network_pb2.CreatePortResponse]  # type: ignore[assignment]
     """Create a port, allocating its addresses atomically."""
+    CreatePorts: _aio.UnaryUnaryMultiCallable[_network_pb2.CreatePortsRequest, _network_pb2.CreatePortsResponse]  # type: ignore[assignment]
+    """Create several ports in one transaction: all of them, with their addresses, or none."""
     GetPort: _aio.UnaryUnaryMultiCallable[_network_pb2.GetPortRequest, _network_pb2.GetPortResponse]  # type: ignore[assignment]
     """One port."""
     ListPorts: _aio.UnaryUnaryMultiCallable[_network_pb2.ListPortsRequest, _network_pb2.ListPortsResponse]  # type: ignore[assignment]
@@ -303,6 +315,14 @@ class NetworkServiceServicer(metaclass=_abc_1.ABCMeta):
         """Create a network."""
 
     @_abc_1.abstractmethod
+    def CreateNetworks(
+        self,
+        request: _network_pb2.CreateNetworksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_network_pb2.CreateNetworksResponse, _abc.Awaitable[_network_pb2.CreateNetworksResponse]]:
+        """Create several networks in one transaction: all of them or none."""
+
+    @_abc_1.abstractmethod
     def GetNetwork(
         self,
         request: _network_pb2.GetNetworkRequest,
@@ -345,6 +365,14 @@ class NetworkServiceServicer(metaclass=_abc_1.ABCMeta):
         """Create a subnet."""
 
     @_abc_1.abstractmethod
+    def CreateSubnets(
+        self,
+        request: _network_pb2.CreateSubnetsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_network_pb2.CreateSubnetsResponse, _abc.Awaitable[_network_pb2.CreateSubnetsResponse]]:
+        """Create several subnets in one transaction: all of them or none."""
+
+    @_abc_1.abstractmethod
     def GetSubnet(
         self,
         request: _network_pb2.GetSubnetRequest,
@@ -383,6 +411,14 @@ class NetworkServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_network_pb2.CreatePortResponse, _abc.Awaitable[_network_pb2.CreatePortResponse]]:
         """Create a port, allocating its addresses atomically."""
+
+    @_abc_1.abstractmethod
+    def CreatePorts(
+        self,
+        request: _network_pb2.CreatePortsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_network_pb2.CreatePortsResponse, _abc.Awaitable[_network_pb2.CreatePortsResponse]]:
+        """Create several ports in one transaction: all of them, with their addresses, or none."""
 
     @_abc_1.abstractmethod
     def GetPort(
