@@ -409,7 +409,18 @@ async def _bindings(
             if p.port_security_enabled
             else [],
             port_security_enabled=p.port_security_enabled,
-            allowed_address_pairs=[a["ip_address"] for a in p.allowed_address_pairs or []]
+            # Hosts that read only the older list get the pairs with the port's own MAC.
+            allowed_address_pairs=[
+                a["ip_address"]
+                for a in p.allowed_address_pairs or []
+                if a["mac_address"] == p.mac_address
+            ]
+            if p.port_security_enabled
+            else [],
+            address_pairs=[
+                agent.AllowedAddressPair(ip_address=a["ip_address"], mac_address=a["mac_address"])
+                for a in p.allowed_address_pairs or []
+            ]
             if p.port_security_enabled
             else [],
             security_revision=revision,

@@ -247,8 +247,8 @@ def _pairs_need_port_security(has_pairs: bool, port_security: bool) -> None:
 def address_pairs(
     pairs: Sequence[pb.AddressPair], mac: str, port_security: bool
 ) -> list[dict[str, str]]:
-    """A port's allowed address pairs as stored, checked: IPv4 addresses or networks,
-    each once, with the port's own MAC (the host holds a port to its MAC), at most
+    """A port's allowed address pairs as stored, checked: IPv4 addresses or networks, each
+    with a unicast MAC (the port's own unless given), each (address, MAC) once, at most
     MAX_ADDRESS_PAIRS, and only with port security (nothing to allow without it)."""
     _pairs_need_port_security(bool(pairs), port_security)
     if len(pairs) > MAX_ADDRESS_PAIRS:
@@ -267,17 +267,12 @@ def address_pairs(
             ) from None
         if net.version != 4:
             raise Invalid("Only IPv4 allowed address pairs are supported.", "HTTPBadRequest")
-        if pair.mac_address and pair.mac_address.lower() != mac.lower():
-            raise Invalid(
-                "An allowed address pair must use the port's own MAC address: its host"
-                " holds the port to that MAC.",
-                "HTTPBadRequest",
-            )
+        pair_mac = addresses.normalise_mac(pair.mac_address) if pair.mac_address else mac
         ip = str(net.network_address) if net.prefixlen == 32 else str(net)
-        item = {"ip_address": ip, "mac_address": mac}
+        item = {"ip_address": ip, "mac_address": pair_mac}
         if item in out:
             raise Invalid(
-                f"Request contains duplicate address pair: mac_address {mac} ip_address {ip}.",
+                f"Request contains duplicate address pair: mac_address {pair_mac} ip_address {ip}.",
                 "DuplicateAddressPairInRequest",
             )
         out.append(item)

@@ -11,14 +11,16 @@ An egress chain RETURNs what the port may send and drops the rest; an ingress ch
 ACCEPTs what the port may receive and drops the rest. Egress is checked first, so a frame
 between two ports of one host passes the sender's egress and the receiver's ingress.
 Both are stateful (conntrack ESTABLISHED,RELATED first), ingress denies by default, and
-`loom-s-<p>` holds the port's (IP, MAC) pairs: anything else it sends is dropped.
+`loom-s-<p>` holds the port's (IP, MAC) pairs (fixed addresses and allowed address pairs):
+anything else it sends is dropped.
 
 IPv6 is not filtered by rule: every IPv6 frame to or from a port with port security is
 dropped (ip6tables `loom-fwd`), so nothing passes unfiltered.
 
 iptables never sees ARP, nor frames that are not IP. So each port with port security also
-has an ebtables chain `loom-a-<p>` (bridge table, FORWARD, `-i tap`): frames from another
-source MAC are dropped, ARP only with the port's own (IP, MAC) pairs passes. Its policy is
+has an ebtables chain `loom-a-<p>` (bridge table, FORWARD, `-i tap`): ARP passes only with
+the port's (IP, MAC) pairs (its fixed addresses with its MAC, each allowed address pair
+with its MAC), other frames only from the port's MAC or an allowed pair's. Its policy is
 DROP, so while it is being rewritten it fails closed.
 """
 
@@ -61,13 +63,18 @@ def arp_chain(port_id: str) -> str:
 
 
 def arp_rules(port: Port) -> list[list[str]]:
-    """The ebtables rules of a port's `loom-a-` chain, in order."""
-    rules = [["-s", "!", port.mac, "-j", "DROP"]]
-    sources = [f.ip for f in port.fixed_ips] + list(port.allowed_pairs) + ["0.0.0.0"]
-    for src in sources:  # 0.0.0.0: address conflict probes before the guest has one
-        rules.append(["-p", "ARP", "--arp-ip-src", src, "--arp-mac-src", port.mac, "-j", "RETURN"])
+    """The ebtables rules of a port's `loom-a-` chain, in order: ARP only for the port's
+    (address, MAC) pairs, anything else only from the MACs it may use."""
+    pairs = [(f.ip, port.mac) for f in port.fixed_ips]
+    pairs += [(p.net, p.mac) for p in port.allowed_pairs]
+    pairs.append(("0.0.0.0", port.mac))  # address conflict probes before the guest has one
+    rules = [
+        ["-p", "ARP", "-s", mac, "--arp-ip-src", ip, "--arp-mac-src", mac, "-j", "RETURN"]
+        for ip, mac in pairs
+    ]
     rules.append(["-p", "ARP", "-j", "DROP"])
-    rules.append(["-j", "RETURN"])
+    rules += [["-s", mac, "-j", "RETURN"] for mac in port.source_macs()]
+    rules.append(["-j", "DROP"])
     return rules
 
 
@@ -109,7 +116,7 @@ def port_chains(port: Port) -> list[str]:
     for fixed in port.fixed_ips:
         lines.append(f"-A {s} -s {fixed.ip}/32 -m mac --mac-source {port.mac} -j RETURN")
     for pair in port.allowed_pairs:
-        lines.append(f"-A {s} -s {pair} -m mac --mac-source {port.mac} -j RETURN")
+        lines.append(f"-A {s} -s {pair.net} -m mac --mac-source {pair.mac} -j RETURN")
     lines.append(f"-A {s} -j DROP")
     # Egress: a DHCP discover comes from 0.0.0.0, before the port has its address.
     lines += [

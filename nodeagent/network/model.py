@@ -91,6 +91,15 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class AddressPair:
+    """An allowed address pair: an IPv4 network (a /32 for one address) the port may send
+    from, with the source MAC it may use for it."""
+
+    net: str
+    mac: str
+
+
+@dataclass(frozen=True)
 class Port:
     port_id: str
     network_id: str
@@ -100,7 +109,15 @@ class Port:
     mtu: int = DEFAULT_MTU
     rules: tuple[Rule, ...] = ()
     port_security: bool = True
-    allowed_pairs: tuple[str, ...] = ()
+    allowed_pairs: tuple[AddressPair, ...] = ()
+
+    def source_macs(self) -> list[str]:
+        """The MACs the port may send from: its own, then its pairs' others, each once."""
+        macs = [self.mac]
+        for pair in self.allowed_pairs:
+            if pair.mac not in macs:
+                macs.append(pair.mac)
+        return macs
 
 
 @dataclass(frozen=True)
@@ -243,17 +260,24 @@ def port_from_proto(msg: agent_bus_pb2.PortBinding) -> Port:
     """A validated `Port`; raises InvalidNetworkInput naming the bad field."""
     fixed = _fixed_ips(msg.fixed_ips)
     rules = tuple(r for r in map(_rule_from_proto, msg.security_group_rules) if r is not None)
+    mac = _mac(msg.mac_address)
+    given = (
+        [(p.ip_address, p.mac_address) for p in msg.address_pairs]
+        if msg.address_pairs
+        else [(ip, mac) for ip in msg.allowed_address_pairs]  # a control plane before pair MACs
+    )
     pairs = []
-    for pair in msg.allowed_address_pairs:
+    for ip, pair_mac in given:
         try:
-            pairs.append(str(ipaddress.IPv4Network(pair, strict=False)))
+            net = str(ipaddress.IPv4Network(ip, strict=False))
         except ValueError as exc:
             raise InvalidNetworkInput("allowed address pair is not IPv4") from exc
+        pairs.append(AddressPair(net, _mac(pair_mac, "allowed address pair mac_address")))
     return Port(
         port_id=_id(msg.port_id, "port_id"),
         network_id=_id(msg.network_id, "network_id"),
         vni=_vni(msg.segmentation_id),
-        mac=_mac(msg.mac_address),
+        mac=mac,
         fixed_ips=fixed,
         mtu=_mtu(msg.mtu),
         rules=rules,

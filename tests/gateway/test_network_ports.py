@@ -191,7 +191,7 @@ async def test_port_security_off_refuses_security_groups(cloud: Cloud) -> None:
     assert _type(r, 409) == "PortSecurityAndIPRequiredForSecurityGroups"
 
 
-async def test_allowed_address_pairs_are_kept_with_the_ports_mac_and_checked(
+async def test_allowed_address_pairs_are_kept_with_their_mac_or_the_ports_and_checked(
     cloud: Cloud,
 ) -> None:
     h = await cloud.headers("demo")
@@ -230,9 +230,21 @@ async def test_allowed_address_pairs_are_kept_with_the_ports_mac_and_checked(
     ]
     shown = (await cloud.client.get(f"{N}/ports/{port['id']}", headers=h)).json()["port"]
     assert len(shown["allowed_address_pairs"]) == 2
-    # Refused: another MAC, IPv6, garbage, duplicates, too many, and port security off.
+    # A pair may name another MAC (a virtual router's), and one address may go with two MACs.
+    other = [
+        {"ip_address": "10.4.0.9", "mac_address": "fa:16:3e:00:00:01"},
+        {"ip_address": "10.4.0.9", "mac_address": mac},
+    ]
+    r = await cloud.client.put(
+        f"{N}/ports/{port['id']}", json={"port": {"allowed_address_pairs": other}}, headers=h
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["port"]["allowed_address_pairs"] == other
+    # Refused: a bad or multicast MAC, IPv6, garbage, duplicates, too many, and port
+    # security off.
     for pairs, status, kind in (
-        ([{"ip_address": "10.4.0.9", "mac_address": "fa:16:3e:00:00:01"}], 400, "HTTPBadRequest"),
+        ([{"ip_address": "10.4.0.9", "mac_address": "not-a-mac"}], 400, "InvalidInput"),
+        ([{"ip_address": "10.4.0.9", "mac_address": "01:00:5e:00:00:01"}], 400, "InvalidInput"),
         ([{"ip_address": "2001:db8::1"}], 400, "HTTPBadRequest"),
         ([{"ip_address": "not-an-ip"}], 400, "HTTPBadRequest"),
         ([{"ip_address": "10.4.0.9"}, {"ip_address": "10.4.0.9"}], 400,

@@ -137,7 +137,9 @@ async def test_changes_taken_and_not_acknowledged_are_taken_again_after_their_le
     assert again.hosts[0].ports[0].security_revision > first.hosts[0].ports[0].security_revision
 
 
-async def test_a_ports_allowed_address_pairs_reach_its_host_when_they_change(net: Net) -> None:
+async def test_a_ports_allowed_address_pairs_reach_its_host_with_their_macs_when_they_change(
+    net: Net,
+) -> None:
     network_id, _ = await net.network_with_subnet("10.44.0.0/24")
     a = await _bind(net, network_id, "h1")
     assert list(a.bindings[0].allowed_address_pairs) == []
@@ -147,9 +149,19 @@ async def test_a_ports_allowed_address_pairs_reach_its_host_when_they_change(net
             scope=net.scope(),
             id=a.ports[0].id,
             allowed_address_pairs=pb.AddressPairList(
-                pairs=[pb.AddressPair(ip_address="10.44.0.250")]
+                pairs=[
+                    pb.AddressPair(ip_address="10.44.0.250"),
+                    pb.AddressPair(ip_address="10.44.0.251", mac_address="fa:16:3e:12:34:56"),
+                ]
             ),
         )
     )
     hosts = await _take_all(net)
-    assert list(hosts["h1"][a.ports[0].id].allowed_address_pairs) == ["10.44.0.250"]
+    sent = hosts["h1"][a.ports[0].id]
+    own = a.ports[0].mac_address
+    assert [(p.ip_address, p.mac_address) for p in sent.address_pairs] == [
+        ("10.44.0.250", own),
+        ("10.44.0.251", "fa:16:3e:12:34:56"),
+    ]
+    # A host that reads only the older list is sent the pairs with the port's own MAC.
+    assert list(sent.allowed_address_pairs) == ["10.44.0.250"]

@@ -462,6 +462,7 @@ class PortBinding(_message.Message):
     PORT_SECURITY_ENABLED_FIELD_NUMBER: _builtins.int
     ALLOWED_ADDRESS_PAIRS_FIELD_NUMBER: _builtins.int
     SECURITY_REVISION_FIELD_NUMBER: _builtins.int
+    ADDRESS_PAIRS_FIELD_NUMBER: _builtins.int
     port_id: _builtins.str
     """Port UUID."""
     network_id: _builtins.str
@@ -489,7 +490,15 @@ class PortBinding(_message.Message):
 
     @_builtins.property
     def allowed_address_pairs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Extra addresses the port may send from (allowed address pairs), CIDR or IP."""
+        """Extra addresses the port may send from (allowed address pairs), CIDR or IP, each with
+        the port's own MAC. A host that reads `address_pairs` ignores this list.
+        """
+
+    @_builtins.property
+    def address_pairs(self) -> _containers.RepeatedCompositeFieldContainer[Global___AllowedAddressPair]:
+        """Every allowed address pair, each with the MAC the port may send it from (its own or
+        another); when present, it supersedes `allowed_address_pairs`.
+        """
 
     def __init__(
         self,
@@ -504,14 +513,41 @@ class PortBinding(_message.Message):
         port_security_enabled: _builtins.bool = ...,
         allowed_address_pairs: _abc.Iterable[_builtins.str] | None = ...,
         security_revision: _builtins.int = ...,
+        address_pairs: _abc.Iterable[Global___AllowedAddressPair] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_address_pairs", b"allowed_address_pairs", "fixed_ips", b"fixed_ips", "mac_address", b"mac_address", "mtu", b"mtu", "network_id", b"network_id", "port_id", b"port_id", "port_security_enabled", b"port_security_enabled", "security_group_rules", b"security_group_rules", "security_revision", b"security_revision", "segmentation_id", b"segmentation_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address_pairs", b"address_pairs", "allowed_address_pairs", b"allowed_address_pairs", "fixed_ips", b"fixed_ips", "mac_address", b"mac_address", "mtu", b"mtu", "network_id", b"network_id", "port_id", b"port_id", "port_security_enabled", b"port_security_enabled", "security_group_rules", b"security_group_rules", "security_revision", b"security_revision", "segmentation_id", b"segmentation_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PortBinding: _TypeAlias = PortBinding  # noqa: Y015
+
+@_typing.final
+class AllowedAddressPair(_message.Message):
+    """An address (or network) a port may send from, and the source MAC it may use for it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IP_ADDRESS_FIELD_NUMBER: _builtins.int
+    MAC_ADDRESS_FIELD_NUMBER: _builtins.int
+    ip_address: _builtins.str
+    """IPv4 address or CIDR."""
+    mac_address: _builtins.str
+    """Lower-case colon-separated MAC."""
+    def __init__(
+        self,
+        *,
+        ip_address: _builtins.str = ...,
+        mac_address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ip_address", b"ip_address", "mac_address", b"mac_address"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AllowedAddressPair: _TypeAlias = AllowedAddressPair  # noqa: Y015
 
 @_typing.final
 class DhcpLease(_message.Message):
