@@ -33,6 +33,8 @@ osc() { "$repo/.venv/bin/openstack" --os-cloud loom-admin "$@"; }
 password=tempest-$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')
 if [ ! -f "$ws/.stestr.conf" ]; then
   rm -rf "$ws"
+  # Tempest keeps a registry of workspaces by name: forget a removed one's entry first.
+  "$venv/bin/tempest" workspace remove --name "$(basename "$ws")" >/dev/null 2>&1 || true
   "$venv/bin/tempest" init "$ws" >/dev/null
 fi
 mkdir -p "$ws/etc" "$ws/logs"
