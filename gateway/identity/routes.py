@@ -418,12 +418,17 @@ async def list_domains(request: Request) -> Response:
     return _json({"domains": doms, "links": _links(request)})
 
 
+def require_domain(domain_id: str | None) -> None:
+    """Loom has one domain, `default`: any other is not found."""
+    if domain_id is not None and domain_id not in ("default", "Default"):
+        raise NotFound(f"Could not find domain: {domain_id[:64]}.")
+
+
 @documented(tag=_TAG, policy=AUTHENTICATED)
 async def show_domain(request: Request) -> Response:
     """The default domain."""
     authenticate_any(request)
-    if request.path_params["domain_id"] not in ("default", "Default"):
-        raise NotFound(f"Could not find domain: {request.path_params['domain_id']}.")
+    require_domain(request.path_params["domain_id"])
     return _json({"domain": views.domain(base_url(request))})
 
 
@@ -468,6 +473,7 @@ async def create_project(request: Request) -> Response:
     checked_body(PROJECT_CREATE, body)
     p = body["project"]
     refuse_options("project", p)
+    require_domain(p.get("domain_id"))
     if p.get("parent_id") not in (None, "default"):
         raise BadRequest("Loom projects have no hierarchy: parent_id must be the domain.")
     reply = await call(
@@ -519,6 +525,7 @@ async def update_project(request: Request) -> Response:
     checked_body(PROJECT_UPDATE, body)
     p = body["project"]
     refuse_options("project", p)
+    require_domain(p.get("domain_id"))
     req = identity_pb2.UpdateProjectRequest(
         request_id=request_id(request), id=request.path_params["project_id"]
     )
@@ -577,6 +584,7 @@ async def create_user(request: Request) -> Response:
     checked_body(USER_CREATE, body)
     u = body["user"]
     refuse_options("user", u)
+    require_domain(u.get("domain_id"))
     reply = await call(
         gateway_of(request).conductor.identity.CreateUser,
         identity_pb2.CreateUserRequest(

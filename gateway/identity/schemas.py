@@ -77,7 +77,8 @@ AUTH_SCHEMA = compile_schema(
     }
 )
 
-_DOMAIN_ID = {"type": "string", "enum": ["default"]}
+# Any id is read; one other than the default domain is a 404 (routes.require_domain).
+_DOMAIN_ID = {"type": "string", "minLength": 1, "maxLength": 255}
 PROJECT_CREATE = compile_schema(
     {
         "type": "object",

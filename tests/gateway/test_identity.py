@@ -196,6 +196,25 @@ async def test_only_the_default_domain_exists(cloud: Cloud) -> None:
     assert (await cloud.client.get("/identity/v3/domains/other", headers=h)).status_code == 404
 
 
+async def test_a_user_or_project_in_a_domain_that_does_not_exist_is_404_and_not_made(
+    cloud: Cloud,
+) -> None:
+    h = await cloud.headers("admin")
+    for path, body in (
+        ("users", {"user": {"name": "u-elsewhere", "domain_id": "d1f3"}}),
+        ("projects", {"project": {"name": "p-elsewhere", "domain_id": "d1f3"}}),
+    ):
+        r = await cloud.client.post(f"/identity/v3/{path}", json=body, headers=h)
+        assert r.status_code == 404, r.text
+        assert r.json()["error"]["message"] == "Could not find domain: d1f3."
+        listed = (await cloud.client.get(f"/identity/v3/{path}", headers=h)).json()[path]
+        assert not [x for x in listed if x["name"].endswith("-elsewhere")]
+    made = await cloud.client.post(
+        "/identity/v3/users", json={"user": {"name": "u-here", "domain_id": "default"}}, headers=h
+    )
+    assert made.status_code == 201, made.text
+
+
 async def test_services_and_endpoints_mirror_the_token_catalog(cloud: Cloud) -> None:
     h = await cloud.headers()
     services = (await cloud.client.get("/identity/v3/services", headers=h)).json()["services"]
