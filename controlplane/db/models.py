@@ -369,14 +369,16 @@ class Role(Base):
 
 class TokenRevocation(Base):
     """Tokens no longer valid before their expiry: one token (audit_id), or every token of a
-    user issued at or before issued_before. Written by the identity service alone; token
-    validators keep a copy (ListRevocations). Dropped once expired."""
+    user (those scoped to project_id only, when it is set) issued at or before
+    issued_before. Written by the identity service alone; token validators keep a copy
+    (ListRevocations). Dropped once expired."""
 
     __tablename__ = "token_revocations"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     audit_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     user_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    project_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     issued_before: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 

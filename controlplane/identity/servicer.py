@@ -32,17 +32,22 @@ def revocation_pb(r: TokenRevocation) -> identity_pb2.Revocation:
         id=r.id,
         audit_id=r.audit_id or "",
         user_id=r.user_id or "",
+        project_id=r.project_id or "",
         issued_before=timestamp(r.issued_before),
         expires_at=timestamp(r.expires_at),
     )
 
 
-def revoke_user_tokens(s: AsyncSession, user_id: str) -> TokenRevocation:
+def revoke_user_tokens(
+    s: AsyncSession, user_id: str, project_id: str | None = None
+) -> TokenRevocation:
     """Revokes every token of the user issued until now (in the caller's transaction): a
-    password change, a disable, a delete or a role taken away ends the user's sessions."""
+    password change, a disable or a delete ends the user's sessions; a role taken away on a
+    project (`project_id`) ends those scoped to that project, the only ones carrying it."""
     moment = now()
     row = TokenRevocation(
         user_id=user_id,
+        project_id=project_id,
         issued_before=moment,
         expires_at=moment + timedelta(seconds=MAX_TOKEN_TTL_S),
     )
@@ -437,8 +442,9 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
                     grpc.StatusCode.NOT_FOUND,
                     f"role {role.name} is not granted to {user.name} on {project.name}",
                 )
-            # Tokens carry their roles: the user's tokens go, so none keeps the role.
-            revoke_user_tokens(s, user.id)
+            # Tokens carry their roles: the user's tokens on the project go, so none keeps
+            # the role (a token scoped elsewhere carries none of this project's roles).
+            revoke_user_tokens(s, user.id, project.id)
         return identity_pb2.UnassignRoleResponse()
 
     async def ListRoleAssignments(

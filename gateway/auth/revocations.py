@@ -31,8 +31,9 @@ class Revocations:
         self._fetch = fetch
         self._interval_s = interval_s
         self._by_audit: dict[str, datetime] = {}
-        # user id -> (issued_before, expires_at): the latest revocation of that user.
-        self._by_user: dict[str, tuple[datetime, datetime]] = {}
+        # (user id, project id) -> (issued_before, expires_at): the latest revocation of the
+        # user's tokens scoped to that project, or of all of them for project id "".
+        self._by_user: dict[tuple[str, str], tuple[datetime, datetime]] = {}
         self._last_id = 0
         self._fetched_at = float("-inf")
         self._lock = asyncio.Lock()
@@ -40,10 +41,15 @@ class Revocations:
     def revoked(self, claims: TokenClaims) -> bool:
         if claims.audit_id in self._by_audit:
             return True
-        by_user = self._by_user.get(claims.user_id)
         # Token times are whole seconds: a token issued in the very second of a revocation
         # counts as issued before it (sign in again a second later).
-        return by_user is not None and claims.issued <= by_user[0]
+        for found in (
+            self._by_user.get((claims.user_id, "")),
+            self._by_user.get((claims.user_id, claims.project_id)),
+        ):
+            if found is not None and claims.issued <= found[0]:
+                return True
+        return False
 
     def add(self, revocation: identity_pb2.Revocation) -> None:
         expires = revocation.expires_at.ToDatetime(tzinfo=UTC)
@@ -51,9 +57,10 @@ class Revocations:
             self._by_audit[revocation.audit_id] = expires
         if revocation.user_id:
             issued_before = revocation.issued_before.ToDatetime(tzinfo=UTC)
-            known = self._by_user.get(revocation.user_id)
+            key = (revocation.user_id, revocation.project_id)
+            known = self._by_user.get(key)
             if known is None or known[0] < issued_before:
-                self._by_user[revocation.user_id] = (issued_before, expires)
+                self._by_user[key] = (issued_before, expires)
 
     def refresh_soon(self) -> None:
         """The next request refreshes the copy first (after a change made through this
@@ -82,5 +89,5 @@ class Revocations:
     def _drop_expired(self, now: datetime) -> None:
         for audit_id in [a for a, expires in self._by_audit.items() if expires <= now]:
             del self._by_audit[audit_id]
-        for user_id in [u for u, (_, expires) in self._by_user.items() if expires <= now]:
-            del self._by_user[user_id]
+        for key in [k for k, (_, expires) in self._by_user.items() if expires <= now]:
+            del self._by_user[key]

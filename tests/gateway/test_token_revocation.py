@@ -1,5 +1,5 @@
-"""Token revocation: DELETE /auth/tokens, and a password change, a disable, a delete or a
-role taken away revoking the user's tokens. Revoked tokens answer 401 (404 as a subject)."""
+"""Token revocation: DELETE /auth/tokens, a password change, a disable or a delete revoking
+the user's tokens, and a role taken away revoking those on its project. Revoked tokens answer 401 (404 as a subject)."""
 
 from __future__ import annotations
 
@@ -108,6 +108,25 @@ async def test_disabling_a_user_or_taking_a_role_away_revokes_their_tokens(
     grant += member["roles"][0]["id"]
     assert (await cloud.client.delete(grant, headers=admin)).status_code == 204
     assert await _status(cloud, token) == 401
+
+
+async def test_taking_a_role_away_on_one_project_leaves_the_users_tokens_on_another(
+    cloud: Cloud,
+) -> None:
+    uid = await _user(cloud, "hugo")
+    admin = await cloud.headers("admin")
+    made = await cloud.client.post(
+        f"{V3}/projects", json={"project": {"name": "side"}}, headers=admin
+    )
+    member = (await cloud.client.get(f"{V3}/roles?name=member", headers=admin)).json()
+    grant = f"{V3}/projects/{made.json()['project']['id']}/users/{uid}/roles/"
+    grant += member["roles"][0]["id"]
+    assert (await cloud.client.put(grant, headers=admin)).status_code == 204
+    on_demo = await cloud.token("hugo", project="demo", password="pw-hugo")
+    on_side = await cloud.token("hugo", project="side", password="pw-hugo")
+    assert (await cloud.client.delete(grant, headers=admin)).status_code == 204
+    assert await _status(cloud, on_side) == 401
+    assert await _status(cloud, on_demo) == 200
 
 
 async def test_another_gateway_refuses_a_revoked_token_once_it_refreshes(cloud: Cloud) -> None:

@@ -32,12 +32,17 @@ class Revocation(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     ISSUED_BEFORE_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Increasing id: the cursor of ListRevocations."""
     audit_id: _builtins.str
     """One token's audit id; empty when the revocation is by user."""
     user_id: _builtins.str
     """Every token of this user issued at or before issued_before; empty when by audit id."""
+    project_id: _builtins.str
+    """With user_id: only the user's tokens scoped to this project (a role taken away there);
+    empty for all the user's tokens.
+    """
     @_builtins.property
     def issued_before(self) -> _timestamp_pb2.Timestamp:
         """Tokens issued at or before this instant are revoked."""
@@ -54,10 +59,11 @@ class Revocation(_message.Message):
         user_id: _builtins.str = ...,
         issued_before: _timestamp_pb2.Timestamp | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
+        project_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "issued_before", b"issued_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_id", b"audit_id", "expires_at", b"expires_at", "id", b"id", "issued_before", b"issued_before", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_id", b"audit_id", "expires_at", b"expires_at", "id", b"id", "issued_before", b"issued_before", "project_id", b"project_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
