@@ -1,5 +1,6 @@
-"""Token revocation: DELETE /auth/tokens, a password change, a disable or a delete revoking
-the user's tokens, and a role taken away revoking those on its project. Revoked tokens answer 401 (404 as a subject)."""
+"""Token revocation: DELETE /auth/tokens, a password change, a disable or a delete
+revoking the user's tokens, and a role taken away revoking those on its project. Revoked
+tokens answer 401 (404 as a subject)."""
 
 from __future__ import annotations
 
