@@ -38,6 +38,10 @@ def revocation_pb(r: TokenRevocation) -> identity_pb2.Revocation:
     )
 
 
+# The roles the gateway's policies name: never deleted.
+POLICY_ROLES = frozenset({"admin", "member", "reader"})
+
+
 def revoke_user_tokens(
     s: AsyncSession, user_id: str, project_id: str | None = None
 ) -> TokenRevocation:
@@ -385,6 +389,31 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
                 context, grpc.StatusCode.ALREADY_EXISTS, f"role {request.name} already exists"
             )
         return identity_pb2.CreateRoleResponse(role=identity_pb2.Role(id=role.id, name=role.name))
+
+    async def DeleteRole(self, request: identity_pb2.DeleteRoleRequest, context: Any) -> Any:
+        await self._seeder.ensure()
+        async with self._sessions.begin() as s:
+            role = await s.get(Role, request.id)
+            if role is None:
+                await abort(context, grpc.StatusCode.NOT_FOUND, f"role {request.id} not found")
+            if role.name in POLICY_ROLES:
+                await abort(
+                    context,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"role {role.name} cannot be deleted: this cloud's policies name it",
+                )
+            grants = (
+                await s.execute(
+                    delete(RoleAssignment)
+                    .where(RoleAssignment.role_id == role.id)
+                    .returning(RoleAssignment.user_id, RoleAssignment.project_id)
+                )
+            ).all()
+            # Tokens carry their roles: those scoped where the role was held go.
+            for user_id, project_id in sorted(set(grants)):
+                revoke_user_tokens(s, user_id, project_id)
+            await s.delete(role)
+        return identity_pb2.DeleteRoleResponse()
 
     async def _grant_parts(
         self, s: AsyncSession, context: Any, user_id: str, project_id: str, role_ref: str

@@ -192,16 +192,20 @@ class TokenSigner:
         roles: Iterable[str],
         methods: tuple[str, ...] = ("password",),
         now: datetime | None = None,
+        expires: datetime | None = None,
     ) -> tuple[str, TokenClaims]:
+        """A new token; `expires` (a token made from another keeps that one's expiry) may
+        only shorten its lifetime."""
         # Fernet timestamps are whole seconds, and the token's issued_at is its timestamp.
         issued_ts = int((now or datetime.now(UTC)).timestamp())
         issued = datetime.fromtimestamp(issued_ts, UTC)
+        lifetime_end = issued + timedelta(seconds=self._ttl_s)
         claims = TokenClaims(
             user_id=user_id,
             project_id=project_id,
             roles=tuple(roles),
             issued=issued,
-            expires=issued + timedelta(seconds=self._ttl_s),
+            expires=min(lifetime_end, expires) if expires is not None else lifetime_end,
             audit_id=base64.urlsafe_b64encode(secrets.token_bytes(16)).rstrip(b"=").decode(),
             methods=tuple(m for m in METHODS if m in methods),
         )

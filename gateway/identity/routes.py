@@ -156,6 +156,7 @@ async def issue_token(request: Request) -> Response:
     if isinstance(scope, dict) and set(scope) - {"project"}:
         raise ApiError(401, "Only project-scoped and unscoped tokens are supported.")
 
+    inherited_expiry: datetime | None = None
     if "password" in methods and "password" in identity:
         u = identity["password"]["user"]
         if not u.get("id") and not u.get("name"):
@@ -203,6 +204,9 @@ async def issue_token(request: Request) -> Response:
         except InvalidToken as exc:
             raise Unauthorized(str(exc)) from exc
         user_id = prior.user_id
+        # A token made from a token keeps its expiry and says how the first was got.
+        inherited_expiry = prior.expires
+        methods = [*prior.methods, *(m for m in methods if m not in prior.methods)]
         try:
             # The token holds the user's id only (as Keystone's): its name is looked up.
             found_user = await call(
@@ -235,6 +239,7 @@ async def issue_token(request: Request) -> Response:
         project_id=project.id if project else "",
         roles=(name for _, name in roles),
         methods=tuple(methods),
+        expires=inherited_expiry,
     )
     body = views.token(
         claims,
@@ -708,6 +713,19 @@ async def create_role(request: Request) -> Response:
     return _json({"role": views.role(reply.role, base_url(request))}, 201)
 
 
+@documented(tag=_TAG, policy=ADMIN)
+async def delete_role(request: Request) -> Response:
+    """Delete a role (admin) with its grants; the users' tokens on those projects are
+    revoked. admin, member and reader, which the policies name, are 403."""
+    _admin(request)
+    await call(
+        gateway_of(request).conductor.identity.DeleteRole,
+        identity_pb2.DeleteRoleRequest(id=request.path_params["role_id"]),
+    )
+    _revocations_changed(request)
+    return Response(status_code=204)
+
+
 @documented(tag=_TAG, policy=AUTHENTICATED)
 async def show_role(request: Request) -> Response:
     """One role."""
@@ -861,6 +879,7 @@ def routes() -> list[BaseRoute]:
         Route(v3 + "/roles", list_roles, methods=["GET"]),
         Route(v3 + "/roles", create_role, methods=["POST"]),
         Route(v3 + "/roles/{role_id}", show_role, methods=["GET"]),
+        Route(v3 + "/roles/{role_id}", delete_role, methods=["DELETE"]),
         Route(v3 + "/role_assignments", list_role_assignments, methods=["GET"]),
         *catalog_routes.routes(),
     ]

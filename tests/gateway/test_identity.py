@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from datetime import UTC, datetime, timedelta
 
@@ -121,6 +122,41 @@ async def test_a_token_rescopes_with_the_token_method(cloud: Cloud) -> None:
     r = await cloud.client.post("/identity/v3/auth/tokens", json=body)
     assert r.status_code == 201
     assert r.json()["token"]["project"]["name"] == "admin"
+
+
+async def test_a_rescoped_token_keeps_the_first_tokens_expiry_and_methods(cloud: Cloud) -> None:
+    first = await cloud.client.post(
+        "/identity/v3/auth/tokens",
+        json={
+            "auth": {
+                "identity": {
+                    "methods": ["password"],
+                    "password": {
+                        "user": {
+                            "name": "admin",
+                            "domain": {"id": "default"},
+                            "password": cloud.seed.user("admin").password,
+                        }
+                    },
+                }
+            }
+        },
+    )
+    assert first.status_code == 201, first.text
+    # Token times are whole seconds: a rescope in a later second would otherwise expire later.
+    await asyncio.sleep(1.1)
+    body = {
+        "auth": {
+            "identity": {"methods": ["token"], "token": {"id": first.headers["X-Subject-Token"]}},
+            "scope": {"project": {"name": "admin", "domain": {"id": "default"}}},
+        }
+    }
+    r = await cloud.client.post("/identity/v3/auth/tokens", json=body)
+    assert r.status_code == 201, r.text
+    token = r.json()["token"]
+    assert token["expires_at"] == first.json()["token"]["expires_at"]
+    assert token["issued_at"] > first.json()["token"]["issued_at"]
+    assert sorted(token["methods"]) == ["password", "token"]
 
 
 async def test_an_admin_manages_projects_users_and_grants(cloud: Cloud) -> None:

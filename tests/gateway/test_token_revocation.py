@@ -156,3 +156,33 @@ async def test_another_gateway_refuses_a_revoked_token_once_it_refreshes(cloud: 
             )
     finally:
         await other_gateway.conductor.close()
+
+
+async def test_deleting_a_role_takes_its_grants_and_the_tokens_that_carry_it(cloud: Cloud) -> None:
+    uid = await _user(cloud, "ines")
+    admin = await cloud.headers("admin")
+    made = await cloud.client.post(f"{V3}/roles", json={"role": {"name": "auditor"}}, headers=admin)
+    assert made.status_code == 201, made.text
+    role_id = made.json()["role"]["id"]
+    demo = (await cloud.client.get(f"{V3}/projects?name=demo", headers=admin)).json()
+    grant = f"{V3}/projects/{demo['projects'][0]['id']}/users/{uid}/roles/{role_id}"
+    assert (await cloud.client.put(grant, headers=admin)).status_code == 204
+    token = await cloud.token("ines", project="demo", password="pw-ines")
+    assert (await cloud.client.delete(f"{V3}/roles/{role_id}", headers=admin)).status_code == 204
+    assert await _status(cloud, token) == 401
+    assert (await cloud.client.get(f"{V3}/roles/{role_id}", headers=admin)).status_code == 404
+    assert (await cloud.client.delete(f"{V3}/roles/{role_id}", headers=admin)).status_code == 404
+    grants = await cloud.client.get(f"{V3}/role_assignments?user.id={uid}", headers=admin)
+    assert grants.status_code == 200, grants.text
+    held = [a["role"]["id"] for a in grants.json()["role_assignments"]]
+    assert held  # the member role stays
+    assert role_id not in held
+    # The roles the policies name stay; a member may delete none.
+    roles = (await cloud.client.get(f"{V3}/roles", headers=admin)).json()["roles"]
+    for r in roles:
+        if r["name"] in ("admin", "member", "reader"):
+            gone = await cloud.client.delete(f"{V3}/roles/{r['id']}", headers=admin)
+            assert gone.status_code == 403, gone.text
+    member = await cloud.headers("demo")
+    some = roles[0]["id"]
+    assert (await cloud.client.delete(f"{V3}/roles/{some}", headers=member)).status_code == 403

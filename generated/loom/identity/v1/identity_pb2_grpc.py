@@ -100,6 +100,11 @@ class IdentityServiceStub:
                 request_serializer=loom_dot_identity_dot_v1_dot_identity__pb2.CreateRoleRequest.SerializeToString,
                 response_deserializer=loom_dot_identity_dot_v1_dot_identity__pb2.CreateRoleResponse.FromString,
                 _registered_method=True)
+        self.DeleteRole = channel.unary_unary(
+                '/loom.identity.v1.IdentityService/DeleteRole',
+                request_serializer=loom_dot_identity_dot_v1_dot_identity__pb2.DeleteRoleRequest.SerializeToString,
+                response_deserializer=loom_dot_identity_dot_v1_dot_identity__pb2.DeleteRoleResponse.FromString,
+                _registered_method=True)
         self.AssignRole = channel.unary_unary(
                 '/loom.identity.v1.IdentityService/AssignRole',
                 request_serializer=loom_dot_identity_dot_v1_dot_identity__pb2.AssignRoleRequest.SerializeToString,
@@ -224,6 +229,14 @@ class IdentityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteRole(self, request, context):
+        """Delete a role with its grants, revoking the tokens that carry it; the roles Loom's
+        policies name (admin, member, reader) are PERMISSION_DENIED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AssignRole(self, request, context):
         """Grant a role to a user on a project. Idempotent.
         """
@@ -328,6 +341,11 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.CreateRole,
                     request_deserializer=loom_dot_identity_dot_v1_dot_identity__pb2.CreateRoleRequest.FromString,
                     response_serializer=loom_dot_identity_dot_v1_dot_identity__pb2.CreateRoleResponse.SerializeToString,
+            ),
+            'DeleteRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRole,
+                    request_deserializer=loom_dot_identity_dot_v1_dot_identity__pb2.DeleteRoleRequest.FromString,
+                    response_serializer=loom_dot_identity_dot_v1_dot_identity__pb2.DeleteRoleResponse.SerializeToString,
             ),
             'AssignRole': grpc.unary_unary_rpc_method_handler(
                     servicer.AssignRole,
@@ -707,6 +725,33 @@ class IdentityService:
             '/loom.identity.v1.IdentityService/CreateRole',
             loom_dot_identity_dot_v1_dot_identity__pb2.CreateRoleRequest.SerializeToString,
             loom_dot_identity_dot_v1_dot_identity__pb2.CreateRoleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.identity.v1.IdentityService/DeleteRole',
+            loom_dot_identity_dot_v1_dot_identity__pb2.DeleteRoleRequest.SerializeToString,
+            loom_dot_identity_dot_v1_dot_identity__pb2.DeleteRoleResponse.FromString,
             options,
             channel_credentials,
             insecure,

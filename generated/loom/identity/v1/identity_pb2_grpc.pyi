@@ -64,6 +64,10 @@ class IdentityServiceStub:
     """The roles (admin, member, reader and any created)."""
     CreateRole: _grpc.UnaryUnaryMultiCallable[_identity_pb2.CreateRoleRequest, _identity_pb2.CreateRoleResponse]
     """Create a role. ALREADY_EXISTS on a duplicate name."""
+    DeleteRole: _grpc.UnaryUnaryMultiCallable[_identity_pb2.DeleteRoleRequest, _identity_pb2.DeleteRoleResponse]
+    """Delete a role with its grants, revoking the tokens that carry it; the roles Loom's
+    policies name (admin, member, reader) are PERMISSION_DENIED.
+    """
     AssignRole: _grpc.UnaryUnaryMultiCallable[_identity_pb2.AssignRoleRequest, _identity_pb2.AssignRoleResponse]
     """Grant a role to a user on a project. Idempotent."""
     UnassignRole: _grpc.UnaryUnaryMultiCallable[_identity_pb2.UnassignRoleRequest, _identity_pb2.UnassignRoleResponse]
@@ -112,6 +116,10 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     """The roles (admin, member, reader and any created)."""
     CreateRole: _aio.UnaryUnaryMultiCallable[_identity_pb2.CreateRoleRequest, _identity_pb2.CreateRoleResponse]  # type: ignore[assignment]
     """Create a role. ALREADY_EXISTS on a duplicate name."""
+    DeleteRole: _aio.UnaryUnaryMultiCallable[_identity_pb2.DeleteRoleRequest, _identity_pb2.DeleteRoleResponse]  # type: ignore[assignment]
+    """Delete a role with its grants, revoking the tokens that carry it; the roles Loom's
+    policies name (admin, member, reader) are PERMISSION_DENIED.
+    """
     AssignRole: _aio.UnaryUnaryMultiCallable[_identity_pb2.AssignRoleRequest, _identity_pb2.AssignRoleResponse]  # type: ignore[assignment]
     """Grant a role to a user on a project. Idempotent."""
     UnassignRole: _aio.UnaryUnaryMultiCallable[_identity_pb2.UnassignRoleRequest, _identity_pb2.UnassignRoleResponse]  # type: ignore[assignment]
@@ -235,6 +243,16 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.CreateRoleResponse, _abc.Awaitable[_identity_pb2.CreateRoleResponse]]:
         """Create a role. ALREADY_EXISTS on a duplicate name."""
+
+    @_abc_1.abstractmethod
+    def DeleteRole(
+        self,
+        request: _identity_pb2.DeleteRoleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.DeleteRoleResponse, _abc.Awaitable[_identity_pb2.DeleteRoleResponse]]:
+        """Delete a role with its grants, revoking the tokens that carry it; the roles Loom's
+        policies name (admin, member, reader) are PERMISSION_DENIED.
+        """
 
     @_abc_1.abstractmethod
     def AssignRole(
