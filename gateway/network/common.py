@@ -4,7 +4,7 @@ error types, Neutron's list conventions (filters by attribute, `fields`, sorting
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC
 from typing import Any, TypeVar
 from urllib.parse import urlencode
@@ -134,6 +134,26 @@ def _checked_item(item: dict[str, Any], schema: CompiledSchema) -> dict[str, Any
             raise BadRequest("Invalid input: tenant_id and project_id do not match.")
         item["project_id"] = tenant
     return item
+
+
+async def created(
+    request: Request,
+    key: str,
+    items: Sequence[Any],
+    bulk: bool,
+    *,
+    one: Any,
+    many: Any,
+    many_request: Callable[[Sequence[Any]], Any],
+    view: Callable[[Any], dict[str, Any]],
+) -> Response:
+    """The 201 of a create: `{key: ...}` made by `one`, or for a bulk body all the items
+    made by `many` in one call (`{key + "s": [...]}`, in order)."""
+    if bulk:
+        made = await call(many, many_request(items))
+        return ok({f"{key}s": [view(x) for x in getattr(made, f"{key}s")]}, 201)
+    reply = await call(one, items[0])
+    return ok({key: view(getattr(reply, key))}, 201)
 
 
 def item_request_id(request: Request, index: int, bulk: bool) -> str:

@@ -15,6 +15,7 @@ from gateway.network.common import (
     TAG,
     call,
     context,
+    created,
     delete_by_id,
     get_by_id,
     item_request_id,
@@ -81,11 +82,16 @@ async def create_network(request: Request) -> Response:
                 port_security_enabled_set="port_security_enabled" in body,
             )
         )
-    if bulk:
-        made = await call(stub(request).CreateNetworks, pb.CreateNetworksRequest(networks=items))
-        return ok({"networks": [views.network(n) for n in made.networks]}, 201)
-    reply = await call(stub(request).CreateNetwork, items[0])
-    return ok({"network": views.network(reply.network)}, 201)
+    return await created(
+        request,
+        "network",
+        items,
+        bulk,
+        one=stub(request).CreateNetwork,
+        many=stub(request).CreateNetworks,
+        many_request=lambda made: pb.CreateNetworksRequest(networks=made),
+        view=views.network,
+    )
 
 
 @documented(tag=TAG, policy=READER)
@@ -157,11 +163,16 @@ async def create_subnet(request: Request) -> Response:
         _subnet_request(body, item_request_id(request, index, bulk), scope(ctx))
         for index, body in enumerate(bodies)
     ]
-    if bulk:
-        made = await call(stub(request).CreateSubnets, pb.CreateSubnetsRequest(subnets=items))
-        return ok({"subnets": [views.subnet(s) for s in made.subnets]}, 201)
-    reply = await call(stub(request).CreateSubnet, items[0])
-    return ok({"subnet": views.subnet(reply.subnet)}, 201)
+    return await created(
+        request,
+        "subnet",
+        items,
+        bulk,
+        one=stub(request).CreateSubnet,
+        many=stub(request).CreateSubnets,
+        many_request=lambda made: pb.CreateSubnetsRequest(subnets=made),
+        view=views.subnet,
+    )
 
 
 def _subnet_request(body: dict[str, Any], rid: str, caller: pb.Scope) -> pb.CreateSubnetRequest:

@@ -14,6 +14,7 @@ from gateway.network.common import (
     TAG,
     call,
     context,
+    created,
     delete_by_id,
     get_by_id,
     item_request_id,
@@ -93,11 +94,16 @@ async def create_port(request: Request) -> Response:
         _port_request(body, item_request_id(request, index, bulk), scope(ctx))
         for index, body in enumerate(bodies)
     ]
-    if bulk:
-        made = await call(stub(request).CreatePorts, pb.CreatePortsRequest(ports=items))
-        return ok({"ports": [views.port(p, admin=ctx.is_admin) for p in made.ports]}, 201)
-    reply = await call(stub(request).CreatePort, items[0])
-    return ok({"port": views.port(reply.port, admin=ctx.is_admin)}, 201)
+    return await created(
+        request,
+        "port",
+        items,
+        bulk,
+        one=stub(request).CreatePort,
+        many=stub(request).CreatePorts,
+        many_request=lambda made: pb.CreatePortsRequest(ports=made),
+        view=lambda p: views.port(p, admin=ctx.is_admin),
+    )
 
 
 def _port_request(body: dict[str, Any], rid: str, caller: pb.Scope) -> pb.CreatePortRequest:

@@ -6,6 +6,7 @@ import asyncio
 import base64
 from datetime import UTC, datetime, timedelta
 
+from controlplane.servicetoken import password_auth
 from gateway.auth.keys import KeyRepository
 from gateway.auth.tokens import TokenSigner
 from tests.gateway.conftest import Cloud
@@ -127,20 +128,7 @@ async def test_a_token_rescopes_with_the_token_method(cloud: Cloud) -> None:
 async def test_a_rescoped_token_keeps_the_first_tokens_expiry_and_methods(cloud: Cloud) -> None:
     first = await cloud.client.post(
         "/identity/v3/auth/tokens",
-        json={
-            "auth": {
-                "identity": {
-                    "methods": ["password"],
-                    "password": {
-                        "user": {
-                            "name": "admin",
-                            "domain": {"id": "default"},
-                            "password": cloud.seed.user("admin").password,
-                        }
-                    },
-                }
-            }
-        },
+        json=password_auth("admin", cloud.seed.user("admin").password, "admin"),
     )
     assert first.status_code == 201, first.text
     # Token times are whole seconds: a rescope in a later second would otherwise expire later.
