@@ -180,6 +180,10 @@ class IdentityConfig(DomainServiceConfig):
 
 class ImageConfig(DomainServiceConfig):
     listen: str = "127.0.0.1:50054"
+    # The most projects one shared image is offered to, and the most tags one image
+    # carries (Glance's image_member_quota and image_tag_quota); past them, 413.
+    member_limit: int = Field(default=128, ge=0)
+    tag_limit: int = Field(default=128, ge=0)
 
 
 class CatalogConfig(DomainServiceConfig):

@@ -77,6 +77,13 @@ IMAGE_OWNER = Policy(
     target="the image's owner or an admin: another project's image the caller sees"
     " (public or shared) is 403, one it does not see 404",
 )
+# An answer to an image offered to the caller's project: a member, and that project
+# itself (the image's owner is 403; a project the image is not offered to, 404).
+IMAGE_MEMBER = Policy(
+    "member",
+    target="the member project itself or an admin: the image's owner is 403, a project"
+    " the image is not offered to 404",
+)
 
 
 @dataclass(frozen=True)

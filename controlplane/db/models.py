@@ -1,9 +1,9 @@
 """The schema, as typed SQLAlchemy 2.0 models. Alembic's chain in migrations/ must match it.
 
 Ownership (the only writer of each table):
-  conductor: instances, instance_actions, instance_action_events, flavors, images, keypairs,
-             quotas, quota_classes, services, outbox, projects, users, roles, role_assignments,
-             server_groups, console_auth_tokens, migrations
+  conductor: instances, instance_actions, instance_action_events, flavors, images,
+             image_members, keypairs, quotas, quota_classes, services, outbox, projects,
+             users, roles, role_assignments, server_groups, console_auth_tokens, migrations
   scheduler: resource_providers, allocations, aggregates, aggregate_hosts, aggregate_metadata
   network:   networks, subnets, ports, port_security_groups, ip_allocations, security_groups,
              security_group_rules, default_security_groups, routers, floating_ips,
@@ -230,6 +230,23 @@ class Image(TimestampMixin, Base):
     tags: Mapped[list[Any]] = mapped_column(default=list)
     location: Mapped[str | None] = mapped_column(Text, nullable=True)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ImageMember(TimestampMixin, Base):
+    """A project a shared image is offered to, and its answer (0022). An image's
+    deletion removes its members; a change of visibility away from shared keeps them,
+    but only a shared image's members see it."""
+
+    __tablename__ = "image_members"
+    __table_args__ = (
+        UniqueConstraint("image_id", "member_id", name="uq_image_members_image_member"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    member_id: Mapped[str] = mapped_column(String(255), index=True)
+    # pending, accepted or rejected.
+    status: Mapped[str] = mapped_column(String(16))
 
 
 class Keypair(Base):

@@ -20,13 +20,16 @@ class ImageDomain:
     name = "image"
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], cfg: LoomConfig) -> None:
-        del cfg  # the image service has no settings of its own yet
         self._sessions = sessions
+        self._cfg = cfg.image
 
     def registrations(self) -> list[Registration]:
         return [
             Registration.of(
-                ImagesServicer(self._sessions), images_pb2, images_pb2_grpc, "ImagesService"
+                ImagesServicer(self._sessions, self._cfg),
+                images_pb2,
+                images_pb2_grpc,
+                "ImagesService",
             )
         ]
 

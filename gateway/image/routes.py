@@ -3,7 +3,6 @@ conductor and whose bytes stream to the gateway's image store."""
 
 from __future__ import annotations
 
-import re
 import uuid
 from typing import Any
 from urllib.parse import urlencode
@@ -16,8 +15,14 @@ from starlette.routing import BaseRoute, Route
 from gateway.auth.context import RequestContext, authenticate
 from gateway.conductor import call
 from gateway.errors import ApiError, BadRequest, Conflict, Forbidden
-from gateway.image import views
-from gateway.image.access import delete_with_data, require_owner, scope
+from gateway.image import activation, members, tags, views
+from gateway.image.access import (
+    call_image,
+    delete_with_data,
+    get_image,
+    require_owner,
+    scope,
+)
 from gateway.routing import (
     IMAGE_OWNER,
     MEMBER,
@@ -52,6 +57,7 @@ _CORE_SCHEMA: dict[str, Any] = {
         "maxItems": 128,
     },
     "os_hidden": {"type": "boolean"},
+    "owner": {"type": ["string", "null"], "maxLength": 255},
 }
 CREATE_SCHEMA = compile_schema(
     {
@@ -96,12 +102,19 @@ LIST_QUERY = Query(
     QueryParam("sort_key"),
     QueryParam("sort_dir", enum=("asc", "desc")),
     QueryParam("sort"),
-    # Accepted for client compatibility; Loom has no members and no hidden images.
-    QueryParam("member_status"),
+    # Which shared images of other projects are listed: those the caller's project
+    # answered so (default accepted).
+    QueryParam("member_status", enum=("pending", "accepted", "rejected", "all")),
+    # Accepted for client compatibility; Loom has no hidden images.
     QueryParam("os_hidden", "boolean"),
 )
 _MAX_LIMIT = 1000
-_UUID = re.compile(r"^[0-9a-fA-F-]{36}$")
+# The document of GET /v2/schemas/image (and the items of /v2/schemas/images).
+_IMAGE_SCHEMA: dict[str, Any] = {
+    "name": "image",
+    "properties": {"id": {"type": "string"}, **_CORE_SCHEMA},
+    "additionalProperties": {"type": "string"},
+}
 
 
 def _ctx(request: Request) -> RequestContext:
@@ -131,8 +144,11 @@ async def versions(request: Request) -> Response:
 
 @documented(query=LIST_QUERY, tag=_TAG, policy=READER)
 async def list_images(request: Request) -> Response:
-    """Images visible to the project, filtered and paginated. A parameter that is not
-    one of the list's own is a filter on the property of that name (exact value)."""
+    """Images listed for the project, filtered and paginated: public ones, its own, and
+    the shared ones offered to it that it accepted (`member_status` chooses another
+    answer; other projects' community images only with `visibility=community` or `all`).
+    A parameter that is not one of the list's own is a filter on the property of that
+    name (exact value)."""
     ctx = _ctx(request)
     q = checked_query(request, LIST_QUERY, ignore_unknown=True)
     properties = _property_filters(request)
@@ -153,7 +169,8 @@ async def list_images(request: Request) -> Response:
             name=q.get("name", ""),
             ids=ids,
             status=q.get("status", ""),
-            visibility="" if visibility == "all" else visibility,
+            visibility=visibility,
+            member_status=q.get("member_status", ""),
             limit=limit,
             marker=q.get("marker", ""),
             sort_key=sort_key,
@@ -208,8 +225,11 @@ async def create_image(request: Request) -> Response:
     checked_body(CREATE_SCHEMA, body)
     if body.get("visibility") == "public" and not ctx.is_admin:
         raise Forbidden("You are not authorized to complete publicize_image action.")
+    owner = body.get("owner", ctx.project_id)
+    if owner != ctx.project_id and not ctx.is_admin:
+        raise Forbidden(f"You are not permitted to create images owned by '{shorten(owner)}'.")
     props = {k: v for k, v in body.items() if k not in views.CORE and k not in ("id", "os_hidden")}
-    reply = await call(
+    reply = await call_image(
         gateway_of(request).conductor.images.CreateImage,
         images_pb2.CreateImageRequest(
             request_id=request_id(request),
@@ -223,7 +243,7 @@ async def create_image(request: Request) -> Response:
                 disk_format=body.get("disk_format") or "",
                 container_format=body.get("container_format") or "",
                 tags=body.get("tags", []),
-                owner=ctx.project_id,
+                owner=owner or "",
                 properties=props,
             ),
         ),
@@ -231,23 +251,11 @@ async def create_image(request: Request) -> Response:
     return JSONResponse(views.image(reply.image), status_code=201)
 
 
-async def _get(request: Request, ctx: RequestContext) -> images_pb2.Image:
-    image_id = request.path_params["image_id"]
-    if not _UUID.match(image_id):
-        raise ApiError(404, f"No image found with ID {image_id}")
-    reply = await call(
-        gateway_of(request).conductor.images.GetImage,
-        images_pb2.GetImageRequest(id=image_id, project_id=scope(ctx)),
-    )
-    image: images_pb2.Image = reply.image
-    return image
-
-
 @documented(tag=_TAG, policy=READER)
 async def show_image(request: Request) -> Response:
     """One image."""
     ctx = _ctx(request)
-    return JSONResponse(views.image(await _get(request, ctx)))
+    return JSONResponse(views.image(await get_image(request, ctx)))
 
 
 @documented(tag=_TAG, policy=READER)
@@ -256,7 +264,7 @@ async def image_tasks(request: Request) -> Response:
     upload, a snapshot's from its host), so the list is empty for every image the caller
     sees, and 404 for any other."""
     ctx = _ctx(request)
-    await _get(request, ctx)
+    await get_image(request, ctx)
     return JSONResponse({"tasks": []})
 
 
@@ -294,7 +302,7 @@ async def update_image(request: Request) -> Response:
     if ctype == PATCH_MEDIA_TYPES[1]:
         ops = _from_v2_0_patch(ops)
     checked_body(PATCH_SCHEMA, ops)
-    image = await _get(request, ctx)
+    image = await get_image(request, ctx)
     require_owner(ctx, image)
     req = images_pb2.UpdateImageRequest(
         request_id=request_id(request), id=image.id, project_id=scope(ctx)
@@ -311,6 +319,10 @@ async def update_image(request: Request) -> Response:
             value = op["value"]
             if key == "visibility" and value == "public" and not ctx.is_admin:
                 raise Forbidden("You are not authorized to complete publicize_image action.")
+            if key == "owner" and value != ctx.project_id and not ctx.is_admin:
+                raise Forbidden(
+                    f"You are not permitted to give this image to '{shorten(str(value))}'."
+                )
             if key == "tags":
                 req.replace_tags = True
                 req.tags[:] = sorted(set(value))
@@ -324,7 +336,7 @@ async def update_image(request: Request) -> Response:
             if not isinstance(op["value"], str):
                 raise BadRequest(f"Property {shorten(key)} must be a string.")
             req.set_properties[key] = op["value"]
-    reply = await call(gateway_of(request).conductor.images.UpdateImage, req)
+    reply = await call_image(gateway_of(request).conductor.images.UpdateImage, req)
     return JSONResponse(views.image(reply.image))
 
 
@@ -333,7 +345,7 @@ async def delete_image(request: Request) -> Response:
     """Delete an image and its data."""
     ctx = _ctx(request)
     ctx.require_write("delete_image")
-    await delete_with_data(request, ctx, await _get(request, ctx))
+    await delete_with_data(request, ctx, await get_image(request, ctx))
     return Response(status_code=204)
 
 
@@ -342,7 +354,7 @@ async def upload_image(request: Request) -> Response:
     """Upload the image data (application/octet-stream); the image becomes active."""
     ctx = _ctx(request)
     ctx.require_write("upload_image")
-    image = await _get(request, ctx)
+    image = await get_image(request, ctx)
     require_owner(ctx, image)
     if image.status != "queued":
         raise Conflict(f"Image {image.id} is {image.status}: its data cannot be replaced.")
@@ -370,13 +382,18 @@ async def upload_image(request: Request) -> Response:
 
 @documented(tag=_TAG, policy=READER)
 async def download_image(request: Request) -> Response:
-    """Download the image data."""
+    """Download the image data (204 while there is none). A deactivated image's data is
+    an admin's only (403)."""
     ctx = _ctx(request)
     ctx.require_read("download_image")
-    image = await _get(request, ctx)
+    image = await get_image(request, ctx)
+    if image.status == "deactivated" and not ctx.is_admin:
+        raise Forbidden(
+            "The requested image has been deactivated. Image data download is forbidden."
+        )
     gw = gateway_of(request)
     path = gw.image_store.path_of(image.location) if image.location else None
-    if image.status != "active" or path is None:
+    if image.status not in ("active", "deactivated") or path is None:
         return Response(status_code=204)
     return StreamingResponse(
         gw.image_store.read(path),
@@ -388,12 +405,26 @@ async def download_image(request: Request) -> Response:
 @documented(tag=_TAG, policy=PUBLIC)
 async def image_schema(request: Request) -> Response:
     """A minimal image schema document (clients fetch it to learn the properties)."""
-    props = {k: v for k, v in _CORE_SCHEMA.items()}
+    return JSONResponse(_IMAGE_SCHEMA)
+
+
+@documented(tag=_TAG, policy=PUBLIC)
+async def images_schema(request: Request) -> Response:
+    """A minimal image list schema document."""
     return JSONResponse(
         {
-            "name": "image",
-            "properties": {"id": {"type": "string"}, **props},
-            "additionalProperties": {"type": "string"},
+            "name": "images",
+            "properties": {
+                "images": {"type": "array", "items": _IMAGE_SCHEMA},
+                "schema": {"type": "string"},
+                "first": {"type": "string"},
+                "next": {"type": "string"},
+            },
+            "links": [
+                {"rel": "first", "href": "{first}"},
+                {"rel": "next", "href": "{next}"},
+                {"rel": "describedby", "href": "{schema}"},
+            ],
         }
     )
 
@@ -407,6 +438,7 @@ def routes() -> list[BaseRoute]:
         Route("/image/v2", versions, methods=["GET"]),
         Route("/image/v2/", versions, methods=["GET"]),
         Route("/image/v2/schemas/image", image_schema, methods=["GET"]),
+        Route("/image/v2/schemas/images", images_schema, methods=["GET"]),
         Route(p, list_images, methods=["GET"]),
         Route(p, create_image, methods=["POST"]),
         Route(p + "/{image_id}", show_image, methods=["GET"]),
@@ -415,4 +447,7 @@ def routes() -> list[BaseRoute]:
         Route(p + "/{image_id}/file", upload_image, methods=["PUT"]),
         Route(p + "/{image_id}/file", download_image, methods=["GET"]),
         Route(p + "/{image_id}/tasks", image_tasks, methods=["GET"]),
+        *members.routes(),
+        *tags.routes(),
+        *activation.routes(),
     ]

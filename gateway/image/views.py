@@ -22,7 +22,6 @@ READ_ONLY = frozenset(
         "self",
         "file",
         "schema",
-        "owner",
         "locations",
         "direct_url",
         "deleted",
@@ -41,11 +40,13 @@ CORE = frozenset(
         "disk_format",
         "container_format",
         "tags",
+        "owner",
     }
 )
 
 
-def _time(ts: Any) -> str:
+def time(ts: Any) -> str:
+    """A timestamp as Glance writes it (UTC, seconds, Z)."""
     return str(ts.ToDatetime(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
 
 
@@ -68,8 +69,8 @@ def image(i: images_pb2.Image) -> dict[str, Any]:
         "min_disk": i.min_disk,
         "min_ram": i.min_ram,
         "tags": list(i.tags),
-        "created_at": _time(i.created_at),
-        "updated_at": _time(i.updated_at),
+        "created_at": time(i.created_at),
+        "updated_at": time(i.updated_at),
         "self": f"/v2/images/{i.id}",
         "file": f"/v2/images/{i.id}/file",
         "schema": "/v2/schemas/image",

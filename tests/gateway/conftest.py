@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,12 +76,22 @@ class Cloud:
         assert r.status_code == 204, r.text
 
 
-@pytest.fixture
-async def cloud(pg_url: str, tmp_path: Path) -> AsyncIterator[Cloud]:
-    async with running_catalog(pg_url, tmp_path / "data") as cat:
+@asynccontextmanager
+async def gateway_cloud(
+    pg_url: str, data_dir: Path, overrides: dict[str, Any] | None = None
+) -> AsyncIterator[Cloud]:
+    """The gateway in-process before the services of `running_catalog` (with `overrides`
+    to their configuration)."""
+    async with running_catalog(pg_url, data_dir, overrides) as cat:
         gateway = make_gateway(cat.cfg)
         app = build_app(gateway)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://loom.test") as client:
             yield Cloud(client=client, seed=load_or_create(cat.cfg.data_path), catalog=cat)
         await gateway.conductor.close()
+
+
+@pytest.fixture
+async def cloud(pg_url: str, tmp_path: Path) -> AsyncIterator[Cloud]:
+    async with gateway_cloud(pg_url, tmp_path / "data") as cloud:
+        yield cloud

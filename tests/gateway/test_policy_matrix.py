@@ -415,13 +415,22 @@ async def resources(
             {"policy": "affinity"},
         )
     if "image" in wanted:
+        # Shared (seen by its owner alone while it has no members) and active, so its
+        # members and its deactivation reach it.
         r = await cloud.client.post(
             "/image/v2/images",
-            json={"name": "mine", "visibility": "private", META_KEY: "v"},
+            json={"name": "mine", "visibility": "shared", META_KEY: "v"}
+            | {"disk_format": "raw", "container_format": "bare"},
             headers=h,
         )
         assert r.status_code == 201, r.text
         made["image"] = r.json()["id"]
+        r = await cloud.client.put(
+            f"/image/v2/images/{made['image']}/file",
+            content=b"\0" * 16,
+            headers={**h, "Content-Type": "application/octet-stream"},
+        )
+        assert r.status_code == 204, r.text
     if "network" in wanted:
         made["network"] = await _made(cloud, h, f"{N}/networks", "network", {})
     if "subnet" in wanted:

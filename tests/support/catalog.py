@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from loom.conductor.v1 import server_groups_pb2, server_groups_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
@@ -35,13 +36,22 @@ class RunningCatalog:
 
 
 @asynccontextmanager
-async def running_catalog(db_url: str, data_dir: Path) -> AsyncIterator[RunningCatalog]:
+async def running_catalog(
+    db_url: str, data_dir: Path, overrides: dict[str, Any] | None = None
+) -> AsyncIterator[RunningCatalog]:
+    """The services on `db_url`; `overrides` are configuration the services read (the
+    image service's limits, ...)."""
     # NullPool: every connection closes when its session ends, so none outlives the test
     # (a pooled one closed only at dispose can be collected before, which warns).
     engine = create_async_engine(async_database_url(db_url), poolclass=NullPool)
     sessions = session_factory(engine)
     cfg = load_config(
-        environ={}, overrides={"data_dir": str(data_dir), "network": {"l3_host": "l3-host"}}
+        environ={},
+        overrides={
+            "data_dir": str(data_dir),
+            "network": {"l3_host": "l3-host"},
+            **(overrides or {}),
+        },
     )
     domains = (IdentityDomain, ImageDomain, CatalogDomain, NetworkDomain)
     registrations = [

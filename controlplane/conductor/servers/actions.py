@@ -34,6 +34,7 @@ from controlplane.db.models import (
     Keypair,
     OutboxMessage,
 )
+from controlplane.image.visibility import visible_to
 from controlplane.runtime.errors import Conflict, InvalidArgument, NotFound
 
 log = logging.getLogger(__name__)
@@ -290,8 +291,13 @@ async def rebuild(conductor: Conductor, request: servers_pb2.RebuildServerReques
         states.check_rebuild(row.uuid, row.vm_state, row.task_state)
         if not row.host:
             raise Conflict(f"Instance {row.uuid} has no host; cannot rebuild it.")
-        image = await session.get(Image, request.image_id)
-        if image is None or image.deleted or not _image_visible(image, row.project_id):
+        found = (
+            await session.execute(
+                select(Image, visible_to(row.project_id)).where(Image.id == request.image_id)
+            )
+        ).one_or_none()
+        image = found[0] if found is not None else None
+        if image is None or image.deleted or found is None or not found[1]:
             raise InvalidArgument(f"Image {request.image_id} could not be found.")
         if image.status != "active":
             raise InvalidArgument(f"Image {request.image_id} is not active.")
@@ -361,10 +367,6 @@ async def rebuild(conductor: Conductor, request: servers_pb2.RebuildServerReques
         await session.commit()
     conductor.wakeup.set()
     return row
-
-
-def _image_visible(image: Image, project_id: str) -> bool:
-    return image.visibility in ("public", "community") or image.owner == project_id
 
 
 async def set_lock(

@@ -54,6 +54,7 @@ from controlplane.db.models import (
     Keypair,
     ServerGroup,
 )
+from controlplane.image.visibility import visible_to
 from controlplane.runtime.errors import InvalidArgument, QuotaExceeded
 
 # Stable instance UUIDs per (project, request_id, index): a retried request collides on the
@@ -163,12 +164,6 @@ def _counts(request: servers_pb2.CreateServersRequest) -> tuple[int, int]:
     return min_count, max_count
 
 
-def _image_visible(image: Image, project_id: str) -> bool:
-    return (
-        image.visibility in ("public", "community") or not project_id or image.owner == project_id
-    )
-
-
 # A transaction-scoped advisory lock per project (released at commit or rollback), in
 # psycopg's parameter style: it goes straight to the driver, prepared, as the create's
 # other statements do.
@@ -254,11 +249,12 @@ async def create_servers(
         quota = project_quota_from(tuple(found[2:8]), cfg)
         key_data, metadata_limit = found[8], found[9]
         shared_with_project = bool(found[10])
+        image_visible = bool(found[11])
         if not (flavor.is_public or request.private_flavors_allowed or shared_with_project):
             raise InvalidArgument(f"Flavor {request.flavor_id} could not be found.")
         if flavor.disabled:
             raise InvalidArgument(f"Flavor {request.flavor_id} is disabled and cannot be used.")
-        if image is None or image.deleted or not _image_visible(image, request.project_id):
+        if image is None or image.deleted or not image_visible:
             raise InvalidArgument(f"Image {request.image_id} could not be found.")
         if image.status != "active":
             raise InvalidArgument(f"Image {request.image_id} is not active.")
@@ -365,7 +361,7 @@ async def create_servers(
         scheduled = [commands.schedule(row.uuid, 1) for row in rows]
         try:
             if postgres:
-                for row, new_id in zip(rows, found[11], strict=False):
+                for row, new_id in zip(rows, found[12], strict=False):
                     row.id = int(new_id)
                 # ONE statement writes the instances, their actions and their schedule
                 # messages (writable CTEs); the rows stay plain objects, never flushed.
@@ -543,6 +539,8 @@ def _validation_query(with_key: bool, postgres: bool) -> Select[Any]:
         exists()
         .where(FlavorProject.flavor_id == Flavor.id, FlavorProject.project_id == project)
         .correlate(Flavor),
+        # Whether the project sees the image: the image service's rule (members included).
+        visible_to(project),
     ]
     if postgres:
         # The new instances' ids, drawn from their sequence in this same statement, so the

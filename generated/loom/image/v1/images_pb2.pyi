@@ -285,6 +285,7 @@ class ListImagesRequest(_message.Message):
     SORT_KEY_FIELD_NUMBER: _builtins.int
     SORT_DIR_FIELD_NUMBER: _builtins.int
     PROPERTIES_FIELD_NUMBER: _builtins.int
+    MEMBER_STATUS_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     """Only images visible to this project; empty for all."""
     name: _builtins.str
@@ -296,11 +297,18 @@ class ListImagesRequest(_message.Message):
     marker: _builtins.str
     """Id of the last image of the previous page."""
     visibility: _builtins.str
-    """Only this visibility."""
+    """Only this visibility, or "all". Empty: every visibility but other projects'
+    community images.
+    """
     sort_key: _builtins.str
     """Sort key (default created_at)."""
     sort_dir: _builtins.str
     """asc or desc (default desc)."""
+    member_status: _builtins.str
+    """The shared images of which the project is a member are listed when its answer is
+    this: pending, accepted, rejected or all; empty means accepted. Its own images are
+    listed whatever their members said.
+    """
     @_builtins.property
     def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Only these ids."""
@@ -322,10 +330,11 @@ class ListImagesRequest(_message.Message):
         sort_key: _builtins.str = ...,
         sort_dir: _builtins.str = ...,
         properties: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        member_status: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids", b"ids", "limit", b"limit", "marker", b"marker", "name", b"name", "project_id", b"project_id", "properties", b"properties", "sort_dir", b"sort_dir", "sort_key", b"sort_key", "status", b"status", "visibility", b"visibility"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids", b"ids", "limit", b"limit", "marker", b"marker", "member_status", b"member_status", "name", b"name", "project_id", b"project_id", "properties", b"properties", "sort_dir", b"sort_dir", "sort_key", b"sort_key", "status", b"status", "visibility", b"visibility"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -399,6 +408,7 @@ class UpdateImageRequest(_message.Message):
     MIN_RAM_FIELD_NUMBER: _builtins.int
     DISK_FORMAT_FIELD_NUMBER: _builtins.int
     CONTAINER_FORMAT_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per call."""
     id: _builtins.str
@@ -421,6 +431,8 @@ class UpdateImageRequest(_message.Message):
     """New disk format, when given (only while queued)."""
     container_format: _builtins.str
     """New container format, when given (only while queued)."""
+    owner: _builtins.str
+    """New owning project, when given. PERMISSION_DENIED when project_id is set and differs."""
     @_builtins.property
     def set_properties(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Properties to set."""
@@ -450,10 +462,11 @@ class UpdateImageRequest(_message.Message):
         min_ram: _builtins.int | None = ...,
         disk_format: _builtins.str | None = ...,
         container_format: _builtins.str | None = ...,
+        owner: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_container_format", b"_container_format", "_disk_format", b"_disk_format", "_min_disk", b"_min_disk", "_min_ram", b"_min_ram", "_name", b"_name", "_protected", b"_protected", "_visibility", b"_visibility", "container_format", b"container_format", "disk_format", b"disk_format", "min_disk", b"min_disk", "min_ram", b"min_ram", "name", b"name", "protected", b"protected", "visibility", b"visibility"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_container_format", b"_container_format", "_disk_format", b"_disk_format", "_min_disk", b"_min_disk", "_min_ram", b"_min_ram", "_name", b"_name", "_owner", b"_owner", "_protected", b"_protected", "_visibility", b"_visibility", "container_format", b"container_format", "disk_format", b"disk_format", "min_disk", b"min_disk", "min_ram", b"min_ram", "name", b"name", "owner", b"owner", "protected", b"protected", "visibility", b"visibility"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_container_format", b"_container_format", "_disk_format", b"_disk_format", "_min_disk", b"_min_disk", "_min_ram", b"_min_ram", "_name", b"_name", "_protected", b"_protected", "_visibility", b"_visibility", "container_format", b"container_format", "disk_format", b"disk_format", "id", b"id", "min_disk", b"min_disk", "min_ram", b"min_ram", "name", b"name", "project_id", b"project_id", "protected", b"protected", "remove_properties", b"remove_properties", "replace_tags", b"replace_tags", "request_id", b"request_id", "set_properties", b"set_properties", "tags", b"tags", "visibility", b"visibility"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_container_format", b"_container_format", "_disk_format", b"_disk_format", "_min_disk", b"_min_disk", "_min_ram", b"_min_ram", "_name", b"_name", "_owner", b"_owner", "_protected", b"_protected", "_visibility", b"_visibility", "container_format", b"container_format", "disk_format", b"disk_format", "id", b"id", "min_disk", b"min_disk", "min_ram", b"min_ram", "name", b"name", "owner", b"owner", "project_id", b"project_id", "protected", b"protected", "remove_properties", b"remove_properties", "replace_tags", b"replace_tags", "request_id", b"request_id", "set_properties", b"set_properties", "tags", b"tags", "visibility", b"visibility"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__container_format: _TypeAlias = _typing.Literal["container_format"]  # noqa: Y015
     _WhichOneofArgType__container_format: _TypeAlias = _typing.Literal["_container_format", b"_container_format"]  # noqa: Y015
@@ -465,6 +478,8 @@ class UpdateImageRequest(_message.Message):
     _WhichOneofArgType__min_ram: _TypeAlias = _typing.Literal["_min_ram", b"_min_ram"]  # noqa: Y015
     _WhichOneofReturnType__name: _TypeAlias = _typing.Literal["name"]  # noqa: Y015
     _WhichOneofArgType__name: _TypeAlias = _typing.Literal["_name", b"_name"]  # noqa: Y015
+    _WhichOneofReturnType__owner: _TypeAlias = _typing.Literal["owner"]  # noqa: Y015
+    _WhichOneofArgType__owner: _TypeAlias = _typing.Literal["_owner", b"_owner"]  # noqa: Y015
     _WhichOneofReturnType__protected: _TypeAlias = _typing.Literal["protected"]  # noqa: Y015
     _WhichOneofArgType__protected: _TypeAlias = _typing.Literal["_protected", b"_protected"]  # noqa: Y015
     _WhichOneofReturnType__visibility: _TypeAlias = _typing.Literal["visibility"]  # noqa: Y015
@@ -479,6 +494,8 @@ class UpdateImageRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__min_ram) -> _WhichOneofReturnType__min_ram | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__name) -> _WhichOneofReturnType__name | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__owner) -> _WhichOneofReturnType__owner | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__protected) -> _WhichOneofReturnType__protected | None: ...
     @_typing.overload
@@ -635,3 +652,544 @@ class RecordImageDataResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RecordImageDataResponse: _TypeAlias = RecordImageDataResponse  # noqa: Y015
+
+@_typing.final
+class ImageMember(_message.Message):
+    """A project a shared image is offered to, and its answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    image_id: _builtins.str
+    """The image's UUID."""
+    member_id: _builtins.str
+    """The member project's id."""
+    status: _builtins.str
+    """pending, accepted or rejected."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """Offered."""
+
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """Last answered."""
+
+    def __init__(
+        self,
+        *,
+        image_id: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+        status: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "image_id", b"image_id", "member_id", b"member_id", "status", b"status", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageMember: _TypeAlias = ImageMember  # noqa: Y015
+
+@_typing.final
+class AddImageTagRequest(_message.Message):
+    """Request for AddImageTag."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    TAG_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call."""
+    id: _builtins.str
+    """UUID."""
+    project_id: _builtins.str
+    """When set, NOT_FOUND unless owned by this project."""
+    tag: _builtins.str
+    """The tag."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        tag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "project_id", b"project_id", "request_id", b"request_id", "tag", b"tag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddImageTagRequest: _TypeAlias = AddImageTagRequest  # noqa: Y015
+
+@_typing.final
+class AddImageTagResponse(_message.Message):
+    """Response of AddImageTag."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def image(self) -> Global___Image:
+        """The image as stored."""
+
+    def __init__(
+        self,
+        *,
+        image: Global___Image | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddImageTagResponse: _TypeAlias = AddImageTagResponse  # noqa: Y015
+
+@_typing.final
+class RemoveImageTagRequest(_message.Message):
+    """Request for RemoveImageTag."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    TAG_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call."""
+    id: _builtins.str
+    """UUID."""
+    project_id: _builtins.str
+    """When set, NOT_FOUND unless owned by this project."""
+    tag: _builtins.str
+    """The tag."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        tag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "project_id", b"project_id", "request_id", b"request_id", "tag", b"tag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveImageTagRequest: _TypeAlias = RemoveImageTagRequest  # noqa: Y015
+
+@_typing.final
+class RemoveImageTagResponse(_message.Message):
+    """Response of RemoveImageTag."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def image(self) -> Global___Image:
+        """The image as stored."""
+
+    def __init__(
+        self,
+        *,
+        image: Global___Image | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveImageTagResponse: _TypeAlias = RemoveImageTagResponse  # noqa: Y015
+
+@_typing.final
+class DeactivateImageRequest(_message.Message):
+    """Request for DeactivateImage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call."""
+    id: _builtins.str
+    """UUID."""
+    project_id: _builtins.str
+    """When set, NOT_FOUND unless owned by this project."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "project_id", b"project_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeactivateImageRequest: _TypeAlias = DeactivateImageRequest  # noqa: Y015
+
+@_typing.final
+class DeactivateImageResponse(_message.Message):
+    """Response of DeactivateImage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def image(self) -> Global___Image:
+        """The image as stored."""
+
+    def __init__(
+        self,
+        *,
+        image: Global___Image | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeactivateImageResponse: _TypeAlias = DeactivateImageResponse  # noqa: Y015
+
+@_typing.final
+class ReactivateImageRequest(_message.Message):
+    """Request for ReactivateImage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call."""
+    id: _builtins.str
+    """UUID."""
+    project_id: _builtins.str
+    """When set, NOT_FOUND unless owned by this project."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "project_id", b"project_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReactivateImageRequest: _TypeAlias = ReactivateImageRequest  # noqa: Y015
+
+@_typing.final
+class ReactivateImageResponse(_message.Message):
+    """Response of ReactivateImage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def image(self) -> Global___Image:
+        """The image as stored."""
+
+    def __init__(
+        self,
+        *,
+        image: Global___Image | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReactivateImageResponse: _TypeAlias = ReactivateImageResponse  # noqa: Y015
+
+@_typing.final
+class CreateImageMemberRequest(_message.Message):
+    """Request for CreateImageMember."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    IMAGE_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call."""
+    image_id: _builtins.str
+    """The image's UUID."""
+    project_id: _builtins.str
+    """The caller's project: NOT_FOUND unless it sees the image; empty sees every image."""
+    member_id: _builtins.str
+    """The project the image is offered to."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        image_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_id", b"image_id", "member_id", b"member_id", "project_id", b"project_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateImageMemberRequest: _TypeAlias = CreateImageMemberRequest  # noqa: Y015
+
+@_typing.final
+class CreateImageMemberResponse(_message.Message):
+    """Response of CreateImageMember."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def member(self) -> Global___ImageMember:
+        """The new member."""
+
+    def __init__(
+        self,
+        *,
+        member: Global___ImageMember | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["member", b"member"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member", b"member"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateImageMemberResponse: _TypeAlias = CreateImageMemberResponse  # noqa: Y015
+
+@_typing.final
+class ListImageMembersRequest(_message.Message):
+    """Request for ListImageMembers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    image_id: _builtins.str
+    """The image's UUID."""
+    project_id: _builtins.str
+    """The caller's project: NOT_FOUND unless it sees the image; empty sees every image."""
+    def __init__(
+        self,
+        *,
+        image_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_id", b"image_id", "project_id", b"project_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListImageMembersRequest: _TypeAlias = ListImageMembersRequest  # noqa: Y015
+
+@_typing.final
+class ListImageMembersResponse(_message.Message):
+    """Response of ListImageMembers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImageMember]:
+        """The members the caller may see, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        members: _abc.Iterable[Global___ImageMember] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListImageMembersResponse: _TypeAlias = ListImageMembersResponse  # noqa: Y015
+
+@_typing.final
+class GetImageMemberRequest(_message.Message):
+    """Request for GetImageMember."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    image_id: _builtins.str
+    """The image's UUID."""
+    project_id: _builtins.str
+    """The caller's project: NOT_FOUND unless it sees the image; empty sees every image."""
+    member_id: _builtins.str
+    """The member project's id."""
+    def __init__(
+        self,
+        *,
+        image_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_id", b"image_id", "member_id", b"member_id", "project_id", b"project_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetImageMemberRequest: _TypeAlias = GetImageMemberRequest  # noqa: Y015
+
+@_typing.final
+class GetImageMemberResponse(_message.Message):
+    """Response of GetImageMember."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def member(self) -> Global___ImageMember:
+        """The member."""
+
+    def __init__(
+        self,
+        *,
+        member: Global___ImageMember | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["member", b"member"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member", b"member"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetImageMemberResponse: _TypeAlias = GetImageMemberResponse  # noqa: Y015
+
+@_typing.final
+class UpdateImageMemberRequest(_message.Message):
+    """Request for UpdateImageMember."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    IMAGE_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call."""
+    image_id: _builtins.str
+    """The image's UUID."""
+    project_id: _builtins.str
+    """The caller's project: NOT_FOUND unless it sees the image; empty sees every image."""
+    member_id: _builtins.str
+    """The member project's id."""
+    status: _builtins.str
+    """pending, accepted or rejected (INVALID_ARGUMENT otherwise)."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        image_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+        status: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_id", b"image_id", "member_id", b"member_id", "project_id", b"project_id", "request_id", b"request_id", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateImageMemberRequest: _TypeAlias = UpdateImageMemberRequest  # noqa: Y015
+
+@_typing.final
+class UpdateImageMemberResponse(_message.Message):
+    """Response of UpdateImageMember."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def member(self) -> Global___ImageMember:
+        """The member as stored."""
+
+    def __init__(
+        self,
+        *,
+        member: Global___ImageMember | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["member", b"member"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member", b"member"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateImageMemberResponse: _TypeAlias = UpdateImageMemberResponse  # noqa: Y015
+
+@_typing.final
+class DeleteImageMemberRequest(_message.Message):
+    """Request for DeleteImageMember."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    IMAGE_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Unique per call."""
+    image_id: _builtins.str
+    """The image's UUID."""
+    project_id: _builtins.str
+    """The caller's project: NOT_FOUND unless it sees the image; empty sees every image."""
+    member_id: _builtins.str
+    """The member project's id."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        image_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_id", b"image_id", "member_id", b"member_id", "project_id", b"project_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteImageMemberRequest: _TypeAlias = DeleteImageMemberRequest  # noqa: Y015
+
+@_typing.final
+class DeleteImageMemberResponse(_message.Message):
+    """Response of DeleteImageMember."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteImageMemberResponse: _TypeAlias = DeleteImageMemberResponse  # noqa: Y015

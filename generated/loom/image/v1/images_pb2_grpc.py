@@ -65,6 +65,51 @@ class ImagesServiceStub:
                 request_serializer=loom_dot_image_dot_v1_dot_images__pb2.RecordImageDataRequest.SerializeToString,
                 response_deserializer=loom_dot_image_dot_v1_dot_images__pb2.RecordImageDataResponse.FromString,
                 _registered_method=True)
+        self.AddImageTag = channel.unary_unary(
+                '/loom.image.v1.ImagesService/AddImageTag',
+                request_serializer=loom_dot_image_dot_v1_dot_images__pb2.AddImageTagRequest.SerializeToString,
+                response_deserializer=loom_dot_image_dot_v1_dot_images__pb2.AddImageTagResponse.FromString,
+                _registered_method=True)
+        self.RemoveImageTag = channel.unary_unary(
+                '/loom.image.v1.ImagesService/RemoveImageTag',
+                request_serializer=loom_dot_image_dot_v1_dot_images__pb2.RemoveImageTagRequest.SerializeToString,
+                response_deserializer=loom_dot_image_dot_v1_dot_images__pb2.RemoveImageTagResponse.FromString,
+                _registered_method=True)
+        self.DeactivateImage = channel.unary_unary(
+                '/loom.image.v1.ImagesService/DeactivateImage',
+                request_serializer=loom_dot_image_dot_v1_dot_images__pb2.DeactivateImageRequest.SerializeToString,
+                response_deserializer=loom_dot_image_dot_v1_dot_images__pb2.DeactivateImageResponse.FromString,
+                _registered_method=True)
+        self.ReactivateImage = channel.unary_unary(
+                '/loom.image.v1.ImagesService/ReactivateImage',
+                request_serializer=loom_dot_image_dot_v1_dot_images__pb2.ReactivateImageRequest.SerializeToString,
+                response_deserializer=loom_dot_image_dot_v1_dot_images__pb2.ReactivateImageResponse.FromString,
+                _registered_method=True)
+        self.CreateImageMember = channel.unary_unary(
+                '/loom.image.v1.ImagesService/CreateImageMember',
+                request_serializer=loom_dot_image_dot_v1_dot_images__pb2.CreateImageMemberRequest.SerializeToString,
+                response_deserializer=loom_dot_image_dot_v1_dot_images__pb2.CreateImageMemberResponse.FromString,
+                _registered_method=True)
+        self.ListImageMembers = channel.unary_unary(
+                '/loom.image.v1.ImagesService/ListImageMembers',
+                request_serializer=loom_dot_image_dot_v1_dot_images__pb2.ListImageMembersRequest.SerializeToString,
+                response_deserializer=loom_dot_image_dot_v1_dot_images__pb2.ListImageMembersResponse.FromString,
+                _registered_method=True)
+        self.GetImageMember = channel.unary_unary(
+                '/loom.image.v1.ImagesService/GetImageMember',
+                request_serializer=loom_dot_image_dot_v1_dot_images__pb2.GetImageMemberRequest.SerializeToString,
+                response_deserializer=loom_dot_image_dot_v1_dot_images__pb2.GetImageMemberResponse.FromString,
+                _registered_method=True)
+        self.UpdateImageMember = channel.unary_unary(
+                '/loom.image.v1.ImagesService/UpdateImageMember',
+                request_serializer=loom_dot_image_dot_v1_dot_images__pb2.UpdateImageMemberRequest.SerializeToString,
+                response_deserializer=loom_dot_image_dot_v1_dot_images__pb2.UpdateImageMemberResponse.FromString,
+                _registered_method=True)
+        self.DeleteImageMember = channel.unary_unary(
+                '/loom.image.v1.ImagesService/DeleteImageMember',
+                request_serializer=loom_dot_image_dot_v1_dot_images__pb2.DeleteImageMemberRequest.SerializeToString,
+                response_deserializer=loom_dot_image_dot_v1_dot_images__pb2.DeleteImageMemberResponse.FromString,
+                _registered_method=True)
 
 
 class ImagesServiceServicer:
@@ -93,14 +138,14 @@ class ImagesServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateImage(self, request, context):
-        """Change name, visibility, protection, properties or tags.
+        """Change name, visibility, protection, owner, properties or tags.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteImage(self, request, context):
-        """Delete. FAILED_PRECONDITION when protected.
+        """Delete, with its members. FAILED_PRECONDITION when protected.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -108,6 +153,72 @@ class ImagesServiceServicer:
 
     def RecordImageData(self, request, context):
         """Record that the bytes are stored: size, hashes, location; status becomes active.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddImageTag(self, request, context):
+        """Add one tag; idempotent. RESOURCE_EXHAUSTED past the per-image tag limit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveImageTag(self, request, context):
+        """Remove one tag. NOT_FOUND when the image lacks it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeactivateImage(self, request, context):
+        """An active image becomes deactivated (idempotent); FAILED_PRECONDITION in any other status.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReactivateImage(self, request, context):
+        """A deactivated image becomes active (idempotent); FAILED_PRECONDITION in any other status.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateImageMember(self, request, context):
+        """Offer a shared image to a project (status pending). Only the owner (or an empty
+        project_id) may: PERMISSION_DENIED otherwise, or when the image is not shared;
+        ALREADY_EXISTS for a member it has; RESOURCE_EXHAUSTED past the member limit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListImageMembers(self, request, context):
+        """A shared image's members: all of them for its owner, only its own for a member.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetImageMember(self, request, context):
+        """One member, as ListImageMembers shows them. NOT_FOUND when not there or not shown.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateImageMember(self, request, context):
+        """A member's answer (pending, accepted, rejected). Only the member itself (or an empty
+        project_id) may: PERMISSION_DENIED for the owner.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteImageMember(self, request, context):
+        """Withdraw the image from a project. Only the owner (or an empty project_id) may.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -145,6 +256,51 @@ def add_ImagesServiceServicer_to_server(servicer, server):
                     servicer.RecordImageData,
                     request_deserializer=loom_dot_image_dot_v1_dot_images__pb2.RecordImageDataRequest.FromString,
                     response_serializer=loom_dot_image_dot_v1_dot_images__pb2.RecordImageDataResponse.SerializeToString,
+            ),
+            'AddImageTag': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddImageTag,
+                    request_deserializer=loom_dot_image_dot_v1_dot_images__pb2.AddImageTagRequest.FromString,
+                    response_serializer=loom_dot_image_dot_v1_dot_images__pb2.AddImageTagResponse.SerializeToString,
+            ),
+            'RemoveImageTag': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveImageTag,
+                    request_deserializer=loom_dot_image_dot_v1_dot_images__pb2.RemoveImageTagRequest.FromString,
+                    response_serializer=loom_dot_image_dot_v1_dot_images__pb2.RemoveImageTagResponse.SerializeToString,
+            ),
+            'DeactivateImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeactivateImage,
+                    request_deserializer=loom_dot_image_dot_v1_dot_images__pb2.DeactivateImageRequest.FromString,
+                    response_serializer=loom_dot_image_dot_v1_dot_images__pb2.DeactivateImageResponse.SerializeToString,
+            ),
+            'ReactivateImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReactivateImage,
+                    request_deserializer=loom_dot_image_dot_v1_dot_images__pb2.ReactivateImageRequest.FromString,
+                    response_serializer=loom_dot_image_dot_v1_dot_images__pb2.ReactivateImageResponse.SerializeToString,
+            ),
+            'CreateImageMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateImageMember,
+                    request_deserializer=loom_dot_image_dot_v1_dot_images__pb2.CreateImageMemberRequest.FromString,
+                    response_serializer=loom_dot_image_dot_v1_dot_images__pb2.CreateImageMemberResponse.SerializeToString,
+            ),
+            'ListImageMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListImageMembers,
+                    request_deserializer=loom_dot_image_dot_v1_dot_images__pb2.ListImageMembersRequest.FromString,
+                    response_serializer=loom_dot_image_dot_v1_dot_images__pb2.ListImageMembersResponse.SerializeToString,
+            ),
+            'GetImageMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetImageMember,
+                    request_deserializer=loom_dot_image_dot_v1_dot_images__pb2.GetImageMemberRequest.FromString,
+                    response_serializer=loom_dot_image_dot_v1_dot_images__pb2.GetImageMemberResponse.SerializeToString,
+            ),
+            'UpdateImageMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateImageMember,
+                    request_deserializer=loom_dot_image_dot_v1_dot_images__pb2.UpdateImageMemberRequest.FromString,
+                    response_serializer=loom_dot_image_dot_v1_dot_images__pb2.UpdateImageMemberResponse.SerializeToString,
+            ),
+            'DeleteImageMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteImageMember,
+                    request_deserializer=loom_dot_image_dot_v1_dot_images__pb2.DeleteImageMemberRequest.FromString,
+                    response_serializer=loom_dot_image_dot_v1_dot_images__pb2.DeleteImageMemberResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +466,249 @@ class ImagesService:
             '/loom.image.v1.ImagesService/RecordImageData',
             loom_dot_image_dot_v1_dot_images__pb2.RecordImageDataRequest.SerializeToString,
             loom_dot_image_dot_v1_dot_images__pb2.RecordImageDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddImageTag(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.image.v1.ImagesService/AddImageTag',
+            loom_dot_image_dot_v1_dot_images__pb2.AddImageTagRequest.SerializeToString,
+            loom_dot_image_dot_v1_dot_images__pb2.AddImageTagResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveImageTag(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.image.v1.ImagesService/RemoveImageTag',
+            loom_dot_image_dot_v1_dot_images__pb2.RemoveImageTagRequest.SerializeToString,
+            loom_dot_image_dot_v1_dot_images__pb2.RemoveImageTagResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeactivateImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.image.v1.ImagesService/DeactivateImage',
+            loom_dot_image_dot_v1_dot_images__pb2.DeactivateImageRequest.SerializeToString,
+            loom_dot_image_dot_v1_dot_images__pb2.DeactivateImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReactivateImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.image.v1.ImagesService/ReactivateImage',
+            loom_dot_image_dot_v1_dot_images__pb2.ReactivateImageRequest.SerializeToString,
+            loom_dot_image_dot_v1_dot_images__pb2.ReactivateImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateImageMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.image.v1.ImagesService/CreateImageMember',
+            loom_dot_image_dot_v1_dot_images__pb2.CreateImageMemberRequest.SerializeToString,
+            loom_dot_image_dot_v1_dot_images__pb2.CreateImageMemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListImageMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.image.v1.ImagesService/ListImageMembers',
+            loom_dot_image_dot_v1_dot_images__pb2.ListImageMembersRequest.SerializeToString,
+            loom_dot_image_dot_v1_dot_images__pb2.ListImageMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetImageMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.image.v1.ImagesService/GetImageMember',
+            loom_dot_image_dot_v1_dot_images__pb2.GetImageMemberRequest.SerializeToString,
+            loom_dot_image_dot_v1_dot_images__pb2.GetImageMemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateImageMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.image.v1.ImagesService/UpdateImageMember',
+            loom_dot_image_dot_v1_dot_images__pb2.UpdateImageMemberRequest.SerializeToString,
+            loom_dot_image_dot_v1_dot_images__pb2.UpdateImageMemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteImageMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.image.v1.ImagesService/DeleteImageMember',
+            loom_dot_image_dot_v1_dot_images__pb2.DeleteImageMemberRequest.SerializeToString,
+            loom_dot_image_dot_v1_dot_images__pb2.DeleteImageMemberResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,11 +42,34 @@ class ImagesServiceStub:
     ListImages: _grpc.UnaryUnaryMultiCallable[_images_pb2.ListImagesRequest, _images_pb2.ListImagesResponse]
     """Images visible to a project, filtered and paginated."""
     UpdateImage: _grpc.UnaryUnaryMultiCallable[_images_pb2.UpdateImageRequest, _images_pb2.UpdateImageResponse]
-    """Change name, visibility, protection, properties or tags."""
+    """Change name, visibility, protection, owner, properties or tags."""
     DeleteImage: _grpc.UnaryUnaryMultiCallable[_images_pb2.DeleteImageRequest, _images_pb2.DeleteImageResponse]
-    """Delete. FAILED_PRECONDITION when protected."""
+    """Delete, with its members. FAILED_PRECONDITION when protected."""
     RecordImageData: _grpc.UnaryUnaryMultiCallable[_images_pb2.RecordImageDataRequest, _images_pb2.RecordImageDataResponse]
     """Record that the bytes are stored: size, hashes, location; status becomes active."""
+    AddImageTag: _grpc.UnaryUnaryMultiCallable[_images_pb2.AddImageTagRequest, _images_pb2.AddImageTagResponse]
+    """Add one tag; idempotent. RESOURCE_EXHAUSTED past the per-image tag limit."""
+    RemoveImageTag: _grpc.UnaryUnaryMultiCallable[_images_pb2.RemoveImageTagRequest, _images_pb2.RemoveImageTagResponse]
+    """Remove one tag. NOT_FOUND when the image lacks it."""
+    DeactivateImage: _grpc.UnaryUnaryMultiCallable[_images_pb2.DeactivateImageRequest, _images_pb2.DeactivateImageResponse]
+    """An active image becomes deactivated (idempotent); FAILED_PRECONDITION in any other status."""
+    ReactivateImage: _grpc.UnaryUnaryMultiCallable[_images_pb2.ReactivateImageRequest, _images_pb2.ReactivateImageResponse]
+    """A deactivated image becomes active (idempotent); FAILED_PRECONDITION in any other status."""
+    CreateImageMember: _grpc.UnaryUnaryMultiCallable[_images_pb2.CreateImageMemberRequest, _images_pb2.CreateImageMemberResponse]
+    """Offer a shared image to a project (status pending). Only the owner (or an empty
+    project_id) may: PERMISSION_DENIED otherwise, or when the image is not shared;
+    ALREADY_EXISTS for a member it has; RESOURCE_EXHAUSTED past the member limit.
+    """
+    ListImageMembers: _grpc.UnaryUnaryMultiCallable[_images_pb2.ListImageMembersRequest, _images_pb2.ListImageMembersResponse]
+    """A shared image's members: all of them for its owner, only its own for a member."""
+    GetImageMember: _grpc.UnaryUnaryMultiCallable[_images_pb2.GetImageMemberRequest, _images_pb2.GetImageMemberResponse]
+    """One member, as ListImageMembers shows them. NOT_FOUND when not there or not shown."""
+    UpdateImageMember: _grpc.UnaryUnaryMultiCallable[_images_pb2.UpdateImageMemberRequest, _images_pb2.UpdateImageMemberResponse]
+    """A member's answer (pending, accepted, rejected). Only the member itself (or an empty
+    project_id) may: PERMISSION_DENIED for the owner.
+    """
+    DeleteImageMember: _grpc.UnaryUnaryMultiCallable[_images_pb2.DeleteImageMemberRequest, _images_pb2.DeleteImageMemberResponse]
+    """Withdraw the image from a project. Only the owner (or an empty project_id) may."""
 
 @_typing.type_check_only
 class ImagesServiceAsyncStub(ImagesServiceStub):
@@ -60,11 +83,34 @@ class ImagesServiceAsyncStub(ImagesServiceStub):
     ListImages: _aio.UnaryUnaryMultiCallable[_images_pb2.ListImagesRequest, _images_pb2.ListImagesResponse]  # type: ignore[assignment]
     """Images visible to a project, filtered and paginated."""
     UpdateImage: _aio.UnaryUnaryMultiCallable[_images_pb2.UpdateImageRequest, _images_pb2.UpdateImageResponse]  # type: ignore[assignment]
-    """Change name, visibility, protection, properties or tags."""
+    """Change name, visibility, protection, owner, properties or tags."""
     DeleteImage: _aio.UnaryUnaryMultiCallable[_images_pb2.DeleteImageRequest, _images_pb2.DeleteImageResponse]  # type: ignore[assignment]
-    """Delete. FAILED_PRECONDITION when protected."""
+    """Delete, with its members. FAILED_PRECONDITION when protected."""
     RecordImageData: _aio.UnaryUnaryMultiCallable[_images_pb2.RecordImageDataRequest, _images_pb2.RecordImageDataResponse]  # type: ignore[assignment]
     """Record that the bytes are stored: size, hashes, location; status becomes active."""
+    AddImageTag: _aio.UnaryUnaryMultiCallable[_images_pb2.AddImageTagRequest, _images_pb2.AddImageTagResponse]  # type: ignore[assignment]
+    """Add one tag; idempotent. RESOURCE_EXHAUSTED past the per-image tag limit."""
+    RemoveImageTag: _aio.UnaryUnaryMultiCallable[_images_pb2.RemoveImageTagRequest, _images_pb2.RemoveImageTagResponse]  # type: ignore[assignment]
+    """Remove one tag. NOT_FOUND when the image lacks it."""
+    DeactivateImage: _aio.UnaryUnaryMultiCallable[_images_pb2.DeactivateImageRequest, _images_pb2.DeactivateImageResponse]  # type: ignore[assignment]
+    """An active image becomes deactivated (idempotent); FAILED_PRECONDITION in any other status."""
+    ReactivateImage: _aio.UnaryUnaryMultiCallable[_images_pb2.ReactivateImageRequest, _images_pb2.ReactivateImageResponse]  # type: ignore[assignment]
+    """A deactivated image becomes active (idempotent); FAILED_PRECONDITION in any other status."""
+    CreateImageMember: _aio.UnaryUnaryMultiCallable[_images_pb2.CreateImageMemberRequest, _images_pb2.CreateImageMemberResponse]  # type: ignore[assignment]
+    """Offer a shared image to a project (status pending). Only the owner (or an empty
+    project_id) may: PERMISSION_DENIED otherwise, or when the image is not shared;
+    ALREADY_EXISTS for a member it has; RESOURCE_EXHAUSTED past the member limit.
+    """
+    ListImageMembers: _aio.UnaryUnaryMultiCallable[_images_pb2.ListImageMembersRequest, _images_pb2.ListImageMembersResponse]  # type: ignore[assignment]
+    """A shared image's members: all of them for its owner, only its own for a member."""
+    GetImageMember: _aio.UnaryUnaryMultiCallable[_images_pb2.GetImageMemberRequest, _images_pb2.GetImageMemberResponse]  # type: ignore[assignment]
+    """One member, as ListImageMembers shows them. NOT_FOUND when not there or not shown."""
+    UpdateImageMember: _aio.UnaryUnaryMultiCallable[_images_pb2.UpdateImageMemberRequest, _images_pb2.UpdateImageMemberResponse]  # type: ignore[assignment]
+    """A member's answer (pending, accepted, rejected). Only the member itself (or an empty
+    project_id) may: PERMISSION_DENIED for the owner.
+    """
+    DeleteImageMember: _aio.UnaryUnaryMultiCallable[_images_pb2.DeleteImageMemberRequest, _images_pb2.DeleteImageMemberResponse]  # type: ignore[assignment]
+    """Withdraw the image from a project. Only the owner (or an empty project_id) may."""
 
 class ImagesServiceServicer(metaclass=_abc_1.ABCMeta):
     """Image metadata."""
@@ -99,7 +145,7 @@ class ImagesServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _images_pb2.UpdateImageRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_images_pb2.UpdateImageResponse, _abc.Awaitable[_images_pb2.UpdateImageResponse]]:
-        """Change name, visibility, protection, properties or tags."""
+        """Change name, visibility, protection, owner, properties or tags."""
 
     @_abc_1.abstractmethod
     def DeleteImage(
@@ -107,7 +153,7 @@ class ImagesServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _images_pb2.DeleteImageRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_images_pb2.DeleteImageResponse, _abc.Awaitable[_images_pb2.DeleteImageResponse]]:
-        """Delete. FAILED_PRECONDITION when protected."""
+        """Delete, with its members. FAILED_PRECONDITION when protected."""
 
     @_abc_1.abstractmethod
     def RecordImageData(
@@ -116,5 +162,82 @@ class ImagesServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_images_pb2.RecordImageDataResponse, _abc.Awaitable[_images_pb2.RecordImageDataResponse]]:
         """Record that the bytes are stored: size, hashes, location; status becomes active."""
+
+    @_abc_1.abstractmethod
+    def AddImageTag(
+        self,
+        request: _images_pb2.AddImageTagRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_images_pb2.AddImageTagResponse, _abc.Awaitable[_images_pb2.AddImageTagResponse]]:
+        """Add one tag; idempotent. RESOURCE_EXHAUSTED past the per-image tag limit."""
+
+    @_abc_1.abstractmethod
+    def RemoveImageTag(
+        self,
+        request: _images_pb2.RemoveImageTagRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_images_pb2.RemoveImageTagResponse, _abc.Awaitable[_images_pb2.RemoveImageTagResponse]]:
+        """Remove one tag. NOT_FOUND when the image lacks it."""
+
+    @_abc_1.abstractmethod
+    def DeactivateImage(
+        self,
+        request: _images_pb2.DeactivateImageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_images_pb2.DeactivateImageResponse, _abc.Awaitable[_images_pb2.DeactivateImageResponse]]:
+        """An active image becomes deactivated (idempotent); FAILED_PRECONDITION in any other status."""
+
+    @_abc_1.abstractmethod
+    def ReactivateImage(
+        self,
+        request: _images_pb2.ReactivateImageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_images_pb2.ReactivateImageResponse, _abc.Awaitable[_images_pb2.ReactivateImageResponse]]:
+        """A deactivated image becomes active (idempotent); FAILED_PRECONDITION in any other status."""
+
+    @_abc_1.abstractmethod
+    def CreateImageMember(
+        self,
+        request: _images_pb2.CreateImageMemberRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_images_pb2.CreateImageMemberResponse, _abc.Awaitable[_images_pb2.CreateImageMemberResponse]]:
+        """Offer a shared image to a project (status pending). Only the owner (or an empty
+        project_id) may: PERMISSION_DENIED otherwise, or when the image is not shared;
+        ALREADY_EXISTS for a member it has; RESOURCE_EXHAUSTED past the member limit.
+        """
+
+    @_abc_1.abstractmethod
+    def ListImageMembers(
+        self,
+        request: _images_pb2.ListImageMembersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_images_pb2.ListImageMembersResponse, _abc.Awaitable[_images_pb2.ListImageMembersResponse]]:
+        """A shared image's members: all of them for its owner, only its own for a member."""
+
+    @_abc_1.abstractmethod
+    def GetImageMember(
+        self,
+        request: _images_pb2.GetImageMemberRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_images_pb2.GetImageMemberResponse, _abc.Awaitable[_images_pb2.GetImageMemberResponse]]:
+        """One member, as ListImageMembers shows them. NOT_FOUND when not there or not shown."""
+
+    @_abc_1.abstractmethod
+    def UpdateImageMember(
+        self,
+        request: _images_pb2.UpdateImageMemberRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_images_pb2.UpdateImageMemberResponse, _abc.Awaitable[_images_pb2.UpdateImageMemberResponse]]:
+        """A member's answer (pending, accepted, rejected). Only the member itself (or an empty
+        project_id) may: PERMISSION_DENIED for the owner.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteImageMember(
+        self,
+        request: _images_pb2.DeleteImageMemberRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_images_pb2.DeleteImageMemberResponse, _abc.Awaitable[_images_pb2.DeleteImageMemberResponse]]:
+        """Withdraw the image from a project. Only the owner (or an empty project_id) may."""
 
 def add_ImagesServiceServicer_to_server(servicer: ImagesServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
