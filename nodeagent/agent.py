@@ -90,6 +90,7 @@ _ACTS_ON_DOMAIN = frozenset(
         "suspend",
         "resume",
         "shelve",
+        "unshelve",
         "snapshot",
         "inject_network_info",
         moves.STOP_SOURCE,

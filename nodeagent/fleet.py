@@ -21,6 +21,9 @@ class ExpectedInstance:
     vm_state: servers_pb2.VmState.ValueType
     task_state: servers_pb2.TaskState.ValueType
     power_state: PowerState
+    # Listed for this host only because an open move keeps a copy here (a resize's source,
+    # or a destination still being defined): the states above are of its own host.
+    move_copy: bool = False
 
     @property
     def instance_id(self) -> str:
@@ -50,6 +53,7 @@ class GrpcFleetView:
                 vm_state=item.vm_state,
                 task_state=item.task_state,
                 power_state=power_from_pb(item.power_state),
+                move_copy=item.move_copy,
             )
             for item in resp.instances
         ]

@@ -6,7 +6,7 @@ Planning is pure (this module); the agent applies the plan under its host lock.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from loom.conductor.v1 import servers_pb2
 
@@ -24,6 +24,8 @@ _AT_REST = frozenset(
         servers_pb2.VM_STATE_SHELVED,
         # Powered off, kept until reclaimed or restored.
         servers_pb2.VM_STATE_SOFT_DELETED,
+        # Moved here, waiting for a confirm or a revert (VERIFY_RESIZE).
+        servers_pb2.VM_STATE_RESIZED,
     }
 )
 
@@ -43,7 +45,35 @@ _ACTS_ON_DOMAIN = frozenset(
         servers_pb2.TASK_STATE_SUSPENDING,
         servers_pb2.TASK_STATE_RESUMING,
         servers_pb2.TASK_STATE_SHELVING,
+        # A shelved server still on this host is started again.
+        servers_pb2.TASK_STATE_UNSHELVING,
+        servers_pb2.TASK_STATE_IMAGE_SNAPSHOT,
+        servers_pb2.TASK_STATE_IMAGE_BACKUP,
+        # The moved server runs here while the source drops its copy.
+        servers_pb2.TASK_STATE_RESIZE_CONFIRMING,
+        # Back on its source, which starts the domain it kept (re-created shut off, see
+        # below; before the destination has dropped its copy the server is still the
+        # destination's, and that copy goes anyway).
+        servers_pb2.TASK_STATE_RESIZE_REVERTING,
     }
+)
+
+# Tasks in which this host is a resize's source that has stopped the server and keeps
+# its domain, shut off, for a revert: the server is not on the destination yet (finish),
+# or is coming back (reverting; the revert starts it if the server ran).
+_SOURCE_KEPT_SHUT_OFF = frozenset(
+    {
+        servers_pb2.TASK_STATE_RESIZE_MIGRATED,
+        servers_pb2.TASK_STATE_RESIZE_FINISH,
+        servers_pb2.TASK_STATE_RESIZE_REVERTING,
+    }
+)
+
+# A resize's source keeps its domain, shut off, for as long as a revert may need it: while
+# the server waits in VERIFY_RESIZE and while it is reverted. Any other copy a move keeps
+# (a destination still being defined, a source being dropped) comes from its command.
+_KEPT_FOR_REVERT = frozenset(
+    {servers_pb2.TASK_STATE_UNSPECIFIED, servers_pb2.TASK_STATE_RESIZE_REVERTING}
 )
 
 
@@ -89,10 +119,24 @@ def plan_reconcile(
         if iid in deleted_since_start:
             continue
         actual = now.get(iid)
+        if exp.move_copy:
+            # Its states are those of its own host: only a source's kept domain is re-created
+            # (shut off), and nothing is reported about a copy.
+            if (
+                actual is None
+                and not persistent
+                and exp.vm_state == servers_pb2.VM_STATE_RESIZED
+                and exp.task_state in _KEPT_FOR_REVERT
+            ):
+                recreate.append(replace(exp, power_state=PowerState.SHUTDOWN))
+            continue
         if actual is None:
             at_rest = (
                 exp.vm_state in _AT_REST and exp.task_state == servers_pb2.TASK_STATE_UNSPECIFIED
             )
+            if not persistent and exp.task_state in _SOURCE_KEPT_SHUT_OFF:
+                recreate.append(replace(exp, power_state=PowerState.SHUTDOWN))
+                continue
             if not persistent and exp.task_state in _ACTS_ON_DOMAIN:
                 recreate.append(exp)
                 continue

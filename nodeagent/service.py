@@ -10,6 +10,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from loom.compute.v1 import compute_pb2_grpc
@@ -175,6 +176,13 @@ async def serve(
 ) -> None:
     """Runs the agents until `stop` is set; then drains them and closes everything."""
     hosts = host_names(cfg, simulate, host_prefix)
+    # Hypervisor calls that block run in worker threads (HostAgent.call_driver, snapshots).
+    # asyncio's default pool has cpu_count + 4 of them: in a fleet of simulated hosts with
+    # a slow hypervisor, one host's call would wait for another host's to end, as no two
+    # real hosts do. A thread per host, and a few for the process's own work.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=max(_PARALLEL, len(hosts) + 4), thread_name_prefix="driver")
+    )
     # Tells every host to replace its pull request after a reconnect: the old one may
     # have died with a restarted server, and waiting out its expiry would stall commands.
     watch = bus.ConnectionWatch()

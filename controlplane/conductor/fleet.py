@@ -428,5 +428,6 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
                 vm_state=VM_STATE_PB[VmState(inst.vm_state)],
                 task_state=TASK_STATE_PB[task] if task else servers_pb2.TASK_STATE_UNSPECIFIED,
                 power_state=agent_bus_pb2.PowerState.ValueType(inst.power_state or 0),
+                move_copy=inst.host != request.host,
             )
         return out

@@ -152,9 +152,9 @@ class LibvirtDriver:
         """`images` is required for real hypervisors (it makes their disks); `virt_type`
         "auto" decides kvm or qemu on open (nodeagent.driver.hypervisor).
         `simulated_latency_s` (test:/// only) makes each call that changes a domain (build,
-        start, stop, reboot, delete, pause, suspend, their reverses, resize in place) take
-        that long in the hypervisor, as a slow real one does; its calls then run off the
-        agent's loop."""
+        start, stop, reboot, delete, pause, suspend, their reverses, resize in place) and
+        a snapshot's copy of the disk take that long in the hypervisor, as a slow real one
+        does; its calls then run off the agent's loop, and each is logged as it starts."""
         self.uri = uri
         self.host = host
         self.instances_dir = instances_dir
@@ -363,8 +363,18 @@ class LibvirtDriver:
 
     # -- verbs --------------------------------------------------------------------------
 
-    def _simulate_latency(self) -> None:
+    def _simulate_latency(self, call: str, instance_id: str) -> None:
         if self._latency_s:
+            # Logged, so a chaos scenario can tell which calls a kill cut short.
+            log.info(
+                "simulated hypervisor call",
+                extra={
+                    "host": self.host,
+                    "instance": instance_id,
+                    "call": call,
+                    "seconds": self._latency_s,
+                },
+            )
             time.sleep(self._latency_s)  # a simulated slow hypervisor (off the loop)
 
     def create(
@@ -381,7 +391,7 @@ class LibvirtDriver:
             # One libvirt serving two hosts (two agents on one machine) holds one domain
             # per UUID: defining it again would take over the other host's domain.
             raise BuildFailed("This hypervisor already defines that instance for another host.")
-        self._simulate_latency()
+        self._simulate_latency("create", spec.instance_id)
         spec = self._with_newest_bindings(spec)
         dom: Any = None
         step = "check the ports"
@@ -647,14 +657,14 @@ class LibvirtDriver:
             self._publish_metadata(folder.name, netrecords.ports(folder))
 
     def start(self, instance_id: str) -> PowerState:
-        self._simulate_latency()
+        self._simulate_latency("start", instance_id)
         dom = self._require(instance_id)
         if not dom.isActive():
             self._start_domain(dom, instance_id)
         return self._power(dom)
 
     def stop(self, instance_id: str, timeout: float) -> PowerState:
-        self._simulate_latency()
+        self._simulate_latency("stop", instance_id)
         dom = self._require(instance_id)
         if not dom.isActive():
             # A suspended guest is stopped by forgetting its saved memory.
@@ -678,7 +688,7 @@ class LibvirtDriver:
         return self._power(dom)
 
     def reboot(self, instance_id: str, *, hard: bool) -> PowerState:
-        self._simulate_latency()
+        self._simulate_latency("reboot", instance_id)
         dom = self._require(instance_id)
         if not dom.isActive():
             self._start_domain(dom, instance_id)
@@ -721,7 +731,7 @@ class LibvirtDriver:
         """Gives an existing domain the flavor's vCPUs and memory (a move that stays on this
         host): powered off, redefined from its own XML with the new sizes, started when
         `power_on`. Its disks stay as they are. Idempotent; raises InstanceNotFound."""
-        self._simulate_latency()
+        self._simulate_latency("resize_in_place", spec.instance_id)
         dom = self._require(spec.instance_id)
         if dom.isActive():
             dom.destroy()
@@ -762,7 +772,7 @@ class LibvirtDriver:
     # -- PauseSuspendDriver -------------------------------------------------------------
 
     def pause(self, instance_id: str) -> PowerState:
-        self._simulate_latency()
+        self._simulate_latency("pause", instance_id)
         dom = self._require(instance_id)
         state = self._power(dom)
         if state == PowerState.PAUSED:
@@ -773,7 +783,7 @@ class LibvirtDriver:
         return self._power(dom)
 
     def unpause(self, instance_id: str) -> PowerState:
-        self._simulate_latency()
+        self._simulate_latency("unpause", instance_id)
         dom = self._require(instance_id)
         state = self._power(dom)
         if state == PowerState.RUNNING:
@@ -784,7 +794,7 @@ class LibvirtDriver:
         return self._power(dom)
 
     def suspend(self, instance_id: str) -> PowerState:
-        self._simulate_latency()
+        self._simulate_latency("suspend", instance_id)
         dom = self._require(instance_id)
         state = self._power(dom)
         if state == PowerState.SUSPENDED:
@@ -795,7 +805,7 @@ class LibvirtDriver:
         return self._power(dom)
 
     def resume(self, instance_id: str) -> PowerState:
-        self._simulate_latency()
+        self._simulate_latency("resume", instance_id)
         dom = self._require(instance_id)
         if not dom.isActive():
             # Starting a domain that has a managed save restores it from that save.
@@ -807,14 +817,17 @@ class LibvirtDriver:
     def root_disk(self, instance_id: str) -> Path | None:
         self._require(instance_id)
         if self._domain_type == "test":
-            return None  # a simulated guest has no disk: its image is its disk
+            # A simulated guest has no disk: its image is its disk. Asked for it, a snapshot
+            # is about to copy it, which takes a slow hypervisor its latency as well.
+            self._simulate_latency("snapshot", instance_id)
+            return None
         disk = self._instance_dir(instance_id) / "disk"
         if not disk.exists():
             raise InstanceNotFound(f"Instance {instance_id} has no root disk on this host.")
         return disk
 
     def destroy(self, instance_id: str) -> None:
-        self._simulate_latency()
+        self._simulate_latency("destroy", instance_id)
         dom = self._lookup(instance_id)
         if dom is not None:
             self._remove_domain(dom)

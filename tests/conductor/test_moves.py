@@ -184,7 +184,10 @@ async def test_a_resize_holds_both_hosts_until_confirm_then_only_the_destination
     assert (await migration(f, s.id)).status == "finished"
     # The source's kept domain is still expected there (a reconcile must not destroy it).
     listed = await f.h.fleet.ListHostInstances(fleet_pb2.ListHostInstancesRequest(host="h1"))
-    assert [i.spec.instance_id for i in listed.instances] == [s.id]
+    assert [(i.spec.instance_id, i.move_copy) for i in listed.instances] == [(s.id, True)]
+    # ...as a copy: the server is h2's, where it is listed as its own.
+    listed = await f.h.fleet.ListHostInstances(fleet_pb2.ListHostInstancesRequest(host="h2"))
+    assert [(i.spec.instance_id, i.move_copy) for i in listed.instances] == [(s.id, False)]
 
     await f.migrations.ConfirmResize(
         migrations_pb2.ConfirmResizeRequest(request_id="req-confirm", id=s.id, user_id=USER)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -311,6 +312,79 @@ def test_a_lost_simulated_domain_mid_task_is_recreated_for_its_redelivered_comma
     assert plan.missing == ()
 
 
+def test_a_lost_simulated_domain_is_recreated_for_a_snapshot_an_unshelve_or_a_resize_end() -> None:
+    # Found by chaos scenario R2: an agent of simulated hosts killed during a snapshot, a
+    # backup or an unshelve came back without the domain; the redelivered command found
+    # nothing (the snapshot failed and the server lost its domain; the unshelve left it
+    # SHELVED). A moved server waiting in VERIFY_RESIZE, or being confirmed, lost the domain
+    # it runs on for good; one being reverted lost the source's, and went to ERROR, as a
+    # later revert of one killed in resize_finish would have.
+    lost = {
+        (C.VM_STATE_ACTIVE, C.TASK_STATE_IMAGE_SNAPSHOT): PowerState.RUNNING,
+        (C.VM_STATE_ACTIVE, C.TASK_STATE_IMAGE_BACKUP): PowerState.RUNNING,
+        (C.VM_STATE_SHELVED, C.TASK_STATE_UNSHELVING): PowerState.SHUTDOWN,
+        (C.VM_STATE_RESIZED, C.TASK_STATE_UNSPECIFIED): PowerState.RUNNING,
+        (C.VM_STATE_RESIZED, C.TASK_STATE_RESIZE_CONFIRMING): PowerState.RUNNING,
+    }
+    specs = {key: make_spec() for key in lost}
+    # A source that stopped the server and keeps its domain for a revert.
+    kept = {
+        (C.VM_STATE_RESIZED, C.TASK_STATE_RESIZE_REVERTING): make_spec(),
+        (C.VM_STATE_ACTIVE, C.TASK_STATE_RESIZE_FINISH): make_spec(),
+    }
+    plan = plan_reconcile(
+        [
+            *(_expected(specs[(vm, t)], vm, p, t) for (vm, t), p in lost.items()),
+            *(_expected(spec, vm, PowerState.RUNNING, t) for (vm, t), spec in kept.items()),
+        ],
+        {},
+        {},
+        persistent=False,
+    )
+    recreated = {e.instance_id: e.power_state for e in plan.recreate}
+    assert recreated == {
+        **{specs[key].instance_id: power for key, power in lost.items()},
+        # Shut off, as the source kept it: a revert starts it if the server ran.
+        **{spec.instance_id: PowerState.SHUTDOWN for spec in kept.values()},
+    }
+
+
+def test_a_resize_source_gets_its_kept_domain_back_shut_off_and_no_other_move_copy() -> None:
+    # The conductor lists a server with an open move for both hosts, with the states of its
+    # own host (move_copy on the other). A source killed while the server waited in
+    # VERIFY_RESIZE must get back the domain a revert starts, shut off; a destination still
+    # being defined (resize_migrating, resize_finish) or a source being dropped (confirm)
+    # gets it from its command, and nothing is reported about a copy.
+    waiting, reverting, confirming = make_spec(), make_spec(), make_spec()
+    migrating, finishing, drifted = make_spec(), make_spec(), make_spec()
+
+    def copy(
+        spec: agent_bus_pb2.InstanceSpec,
+        vm: servers_pb2.VmState.ValueType,
+        task: servers_pb2.TaskState.ValueType,
+    ) -> ExpectedInstance:
+        return replace(_expected(spec, vm, PowerState.RUNNING, task), move_copy=True)
+
+    plan = plan_reconcile(
+        [
+            copy(waiting, C.VM_STATE_RESIZED, C.TASK_STATE_UNSPECIFIED),
+            copy(reverting, C.VM_STATE_RESIZED, C.TASK_STATE_RESIZE_REVERTING),
+            copy(confirming, C.VM_STATE_RESIZED, C.TASK_STATE_RESIZE_CONFIRMING),
+            copy(migrating, C.VM_STATE_ACTIVE, C.TASK_STATE_RESIZE_MIGRATING),
+            copy(finishing, C.VM_STATE_ACTIVE, C.TASK_STATE_RESIZE_FINISH),
+            copy(drifted, C.VM_STATE_RESIZED, C.TASK_STATE_UNSPECIFIED),
+        ],
+        {drifted.instance_id: PowerState.SHUTDOWN},
+        {drifted.instance_id: PowerState.SHUTDOWN},
+        persistent=False,
+    )
+    assert {e.instance_id: e.power_state for e in plan.recreate} == {
+        waiting.instance_id: PowerState.SHUTDOWN,
+        reverting.instance_id: PowerState.SHUTDOWN,
+    }
+    assert (plan.missing, plan.drifted, plan.orphans) == ((), (), ())
+
+
 async def test_a_command_for_a_domain_reconcile_may_bring_back_waits_for_that_reconcile(
     make_agent: AgentFactory, bus_nc: NATS, fleet_port: int
 ) -> None:
@@ -349,6 +423,50 @@ async def test_a_command_for_a_domain_reconcile_may_bring_back_waits_for_that_re
             agent_bus_pb2.INSTANCE_EVENT_KIND_ACTION_SUCCEEDED,
             "s1",
             agent_bus_pb2.POWER_STATE_SHUTDOWN,
+        )
+    finally:
+        await channel.close()
+
+
+async def test_a_redelivered_unshelve_waits_for_the_reconcile_that_brings_its_domain_back(
+    make_agent: AgentFactory, bus_nc: NATS, fleet_port: int
+) -> None:
+    # Found by chaos scenario R2: the unshelve redelivered to a restarted agent of simulated
+    # hosts ran before reconcile, found no domain, and the server stayed SHELVED.
+    shelved = make_spec()
+    channel = _channel(fleet_port)
+    try:
+        agent = make_agent(fleet=GrpcFleetView(channel))
+        await agent.start()
+        events = await EventReader.open(bus_nc, "h1")
+        unshelve = agent_bus_pb2.UnshelveInstanceCommand(
+            request_id="u1", instance_id=shelved.instance_id
+        )
+        await send(bus_nc.jetstream(), "h1", "unshelve", unshelve)
+        # The conductor is unreachable: no reconcile yet, so no answer either.
+        assert await events.none_within(1.5)
+
+        fleet = RecordedFleet(
+            {
+                "h1": [
+                    _record(
+                        shelved,
+                        C.VM_STATE_SHELVED,
+                        agent_bus_pb2.POWER_STATE_SHUTDOWN,
+                        C.TASK_STATE_UNSHELVING,
+                    )
+                ]
+            }
+        )
+        server = await _serve_fleet(fleet, fleet_port)
+        try:
+            event = await events.next()
+        finally:
+            await server.stop(0)
+        assert (event.kind, event.request_id, event.power_state) == (
+            agent_bus_pb2.INSTANCE_EVENT_KIND_ACTION_SUCCEEDED,
+            "u1",
+            agent_bus_pb2.POWER_STATE_RUNNING,
         )
     finally:
         await channel.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ class Fleet:
     channel: grpc.aio.Channel
 
 
-def _config(tmp_path: Path, nats_url: str) -> LoomConfig:
+def _config(tmp_path: Path, nats_url: str, latency_s: float = 0.0) -> LoomConfig:
     return load_config(
         environ={},
         overrides={
@@ -37,7 +38,11 @@ def _config(tmp_path: Path, nats_url: str) -> LoomConfig:
             "nats": {"url": nats_url},
             # Nobody listens here: reconcile keeps retrying in the background.
             "conductor": {"listen": f"127.0.0.1:{free_port()}"},
-            "agent": {"heartbeat_interval": 3600, "power_sync_interval": 3600},
+            "agent": {
+                "heartbeat_interval": 3600,
+                "power_sync_interval": 3600,
+                "sim_hypervisor_latency_s": latency_s,
+            },
         },
     )
 
@@ -196,3 +201,44 @@ def test_a_real_host_with_the_data_plane_on_gets_one_and_needs_its_vtep_address(
     assert plane.config.state_dir.name == "network"
     with pytest.raises(ValueError, match="network_local_ip"):
         make_dataplane(_agent_config(tmp_path, network_dataplane=True), "h1", simulated=False)
+
+
+async def test_simulated_hosts_with_a_slow_hypervisor_each_have_a_call_in_progress_at_once(
+    tmp_path: Path, fresh_nats: NatsServerProcess, bus_nc: NATS, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fleet of more simulated hosts than asyncio's default worker threads (cpu_count + 4):
+    a build sent to each at once is in the hypervisor on every host at once. Each host's
+    slow call waited for another host's to end (chaos scenario R2 saw them run 6 at a
+    time, 8 s apart, on a 2-core machine)."""
+    hosts = (os.cpu_count() or 1) + 6
+    latency_s = 5.0
+    stop = asyncio.Event()
+    caplog.set_level(logging.INFO, logger="nodeagent")
+    cfg = _config(tmp_path, fresh_nats.url, latency_s)
+    task = asyncio.create_task(serve(cfg, stop, simulate=hosts))
+
+    def calls() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage() == "simulated hypervisor call"]
+
+    try:
+
+        async def ready() -> bool:
+            if task.done():
+                task.result()
+            return any(r.getMessage() == "ready" for r in caplog.records)
+
+        await polling.eventually(ready, polling.SERVICE_READY_S, "serve() logging ready")
+        js = bus_nc.jetstream()
+        for i in range(hosts):
+            await send(js, f"sim-{i:04d}", "build", build_command(make_spec()))
+
+        async def all_started() -> bool:
+            return len(calls()) >= hosts
+
+        await polling.eventually(all_started, 6 * latency_s, "every host's build in the hypervisor")
+        starts = sorted(r.created for r in calls())
+        # Every call started before the first could end: none waited for another's.
+        assert starts[-1] - starts[0] < latency_s, starts
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)

@@ -93,6 +93,25 @@ class Stack:
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.gateway_port}"
 
+    @property
+    def image_token_file(self) -> Path:
+        return self.data_dir / "agent" / "image-token"
+
+    def agent_image_env(self) -> dict[str, str]:
+        """An agent's settings to reach the Image API through this stack's gateway, as
+        `loom up` gives its agent (snapshots and shelves upload there). The token is read
+        from `image_token_file` at every request: write it with `write_image_token`."""
+        return {
+            "LOOM_AGENT__IMAGE_URL": f"{self.gateway_url}/image",
+            "LOOM_AGENT__IMAGE_TOKEN_FILE": str(self.image_token_file),
+        }
+
+    def write_image_token(self, token: str) -> None:
+        """The token agents started with `agent_image_env` send to the Image API (in
+        place of `loom up`'s service user's, e.g. the admin's from clouds.yaml)."""
+        self.image_token_file.parent.mkdir(parents=True, exist_ok=True)
+        self.image_token_file.write_text(token + "\n")
+
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LOOM_")}
         env.update(

@@ -597,12 +597,19 @@ class HostInstance(_message.Message):
     VM_STATE_FIELD_NUMBER: _builtins.int
     TASK_STATE_FIELD_NUMBER: _builtins.int
     POWER_STATE_FIELD_NUMBER: _builtins.int
+    MOVE_COPY_FIELD_NUMBER: _builtins.int
     vm_state: _servers_pb2.VmState.ValueType
     """Its stable state."""
     task_state: _servers_pb2.TaskState.ValueType
     """Its current task."""
     power_state: _agent_bus_pb2.PowerState.ValueType
     """The power state last recorded."""
+    move_copy: _builtins.bool
+    """True when the instance is listed for this host only because a move still open keeps
+    a copy of it here (a resize's source keeping its domain for a revert, or a
+    destination still being defined); its own host is the other one, and vm_state,
+    task_state and power_state describe it there.
+    """
     @_builtins.property
     def spec(self) -> _agent_bus_pb2.InstanceSpec:
         """Everything needed to (re)build it."""
@@ -614,10 +621,11 @@ class HostInstance(_message.Message):
         vm_state: _servers_pb2.VmState.ValueType = ...,
         task_state: _servers_pb2.TaskState.ValueType = ...,
         power_state: _agent_bus_pb2.PowerState.ValueType = ...,
+        move_copy: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["power_state", b"power_state", "spec", b"spec", "task_state", b"task_state", "vm_state", b"vm_state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["move_copy", b"move_copy", "power_state", b"power_state", "spec", b"spec", "task_state", b"task_state", "vm_state", b"vm_state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
