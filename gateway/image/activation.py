@@ -20,33 +20,31 @@ _TAG = "image"
 @documented(tag=_TAG, policy=IMAGE_OWNER)
 async def deactivate(request: Request) -> Response:
     """An active image becomes deactivated (204; idempotent). 403 in any other status."""
-    ctx = authenticate(request, gateway_of(request).signer)
-    ctx.require_write("deactivate")
-    image = await get_image(request, ctx)
-    require_owner(ctx, image)
-    await call_image(
-        gateway_of(request).conductor.images.DeactivateImage,
-        images_pb2.DeactivateImageRequest(
-            request_id=request_id(request), id=image.id, project_id=scope(ctx)
-        ),
-        refused_state=403,
-    )
-    return Response(status_code=204)
+    return await _change(request, "deactivate")
 
 
 @documented(tag=_TAG, policy=IMAGE_OWNER)
 async def reactivate(request: Request) -> Response:
     """A deactivated image becomes active again (204; idempotent). 403 in any other
     status."""
+    return await _change(request, "reactivate")
+
+
+async def _change(request: Request, action: str) -> Response:
+    """The owner's (or an admin's) deactivate or reactivate, by the image service."""
     ctx = authenticate(request, gateway_of(request).signer)
-    ctx.require_write("reactivate")
+    ctx.require_write(action)
     image = await get_image(request, ctx)
     require_owner(ctx, image)
+    images = gateway_of(request).conductor.images
+    rpc, message = (
+        (images.DeactivateImage, images_pb2.DeactivateImageRequest)
+        if action == "deactivate"
+        else (images.ReactivateImage, images_pb2.ReactivateImageRequest)
+    )
     await call_image(
-        gateway_of(request).conductor.images.ReactivateImage,
-        images_pb2.ReactivateImageRequest(
-            request_id=request_id(request), id=image.id, project_id=scope(ctx)
-        ),
+        rpc,
+        message(request_id=request_id(request), id=image.id, project_id=scope(ctx)),
         refused_state=403,
     )
     return Response(status_code=204)

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -385,88 +386,64 @@ def test_a_resize_source_gets_its_kept_domain_back_shut_off_and_no_other_move_co
     assert (plan.missing, plan.drifted, plan.orphans) == ((), (), ())
 
 
-async def test_a_command_for_a_domain_reconcile_may_bring_back_waits_for_that_reconcile(
-    make_agent: AgentFactory, bus_nc: NATS, fleet_port: int
-) -> None:
-    # Found by chaos scenario R2: the stop redelivered to a restarted agent of simulated
-    # hosts ran before reconcile had re-created the domain, found none, and the server went
-    # to ERROR.
-    stopping = make_spec()
-    channel = _channel(fleet_port)
-    try:
-        agent = make_agent(fleet=GrpcFleetView(channel))
-        await agent.start()
-        events = await EventReader.open(bus_nc, "h1")
-        stop = agent_bus_pb2.StopInstanceCommand(request_id="s1", instance_id=stopping.instance_id)
-        await send(bus_nc.jetstream(), "h1", "stop", stop)
-        # The conductor is unreachable: no reconcile yet, so no answer either.
-        assert await events.none_within(1.5)
-
-        fleet = RecordedFleet(
-            {
-                "h1": [
-                    _record(
-                        stopping,
-                        C.VM_STATE_ACTIVE,
-                        agent_bus_pb2.POWER_STATE_RUNNING,
-                        C.TASK_STATE_POWERING_OFF,
-                    )
-                ]
-            }
-        )
-        server = await _serve_fleet(fleet, fleet_port)
-        try:
-            event = await events.next()
-        finally:
-            await server.stop(0)
-        assert (event.kind, event.request_id, event.power_state) == (
-            agent_bus_pb2.INSTANCE_EVENT_KIND_ACTION_SUCCEEDED,
-            "s1",
-            agent_bus_pb2.POWER_STATE_SHUTDOWN,
-        )
-    finally:
-        await channel.close()
-
-
-async def test_a_redelivered_unshelve_waits_for_the_reconcile_that_brings_its_domain_back(
-    make_agent: AgentFactory, bus_nc: NATS, fleet_port: int
-) -> None:
-    # Found by chaos scenario R2: the unshelve redelivered to a restarted agent of simulated
-    # hosts ran before reconcile, found no domain, and the server stayed SHELVED.
-    shelved = make_spec()
-    channel = _channel(fleet_port)
-    try:
-        agent = make_agent(fleet=GrpcFleetView(channel))
-        await agent.start()
-        events = await EventReader.open(bus_nc, "h1")
-        unshelve = agent_bus_pb2.UnshelveInstanceCommand(
-            request_id="u1", instance_id=shelved.instance_id
-        )
-        await send(bus_nc.jetstream(), "h1", "unshelve", unshelve)
-        # The conductor is unreachable: no reconcile yet, so no answer either.
-        assert await events.none_within(1.5)
-
-        fleet = RecordedFleet(
-            {
-                "h1": [
-                    _record(
-                        shelved,
-                        C.VM_STATE_SHELVED,
-                        agent_bus_pb2.POWER_STATE_SHUTDOWN,
-                        C.TASK_STATE_UNSHELVING,
-                    )
-                ]
-            }
-        )
-        server = await _serve_fleet(fleet, fleet_port)
-        try:
-            event = await events.next()
-        finally:
-            await server.stop(0)
-        assert (event.kind, event.request_id, event.power_state) == (
-            agent_bus_pb2.INSTANCE_EVENT_KIND_ACTION_SUCCEEDED,
-            "u1",
+@pytest.mark.parametrize(
+    ("verb", "command", "vm_state", "power", "task", "ends"),
+    [
+        # The stop redelivered to a restarted agent of simulated hosts ran before reconcile
+        # had re-created the domain, found none, and the server went to ERROR.
+        (
+            "stop",
+            agent_bus_pb2.StopInstanceCommand,
+            C.VM_STATE_ACTIVE,
             agent_bus_pb2.POWER_STATE_RUNNING,
+            C.TASK_STATE_POWERING_OFF,
+            agent_bus_pb2.POWER_STATE_SHUTDOWN,
+        ),
+        # The unshelve, likewise, found no domain, and the server stayed SHELVED.
+        (
+            "unshelve",
+            agent_bus_pb2.UnshelveInstanceCommand,
+            C.VM_STATE_SHELVED,
+            agent_bus_pb2.POWER_STATE_SHUTDOWN,
+            C.TASK_STATE_UNSHELVING,
+            agent_bus_pb2.POWER_STATE_RUNNING,
+        ),
+    ],
+)
+async def test_a_command_for_a_domain_reconcile_may_bring_back_waits_for_that_reconcile(
+    make_agent: AgentFactory,
+    bus_nc: NATS,
+    fleet_port: int,
+    verb: str,
+    command: Any,
+    vm_state: Any,
+    power: Any,
+    task: Any,
+    ends: Any,
+) -> None:
+    # Found by chaos scenario R2.
+    spec = make_spec()
+    channel = _channel(fleet_port)
+    try:
+        agent = make_agent(fleet=GrpcFleetView(channel))
+        await agent.start()
+        events = await EventReader.open(bus_nc, "h1")
+        await send(
+            bus_nc.jetstream(), "h1", verb, command(request_id="r1", instance_id=spec.instance_id)
+        )
+        # The conductor is unreachable: no reconcile yet, so no answer either.
+        assert await events.none_within(1.5)
+
+        fleet = RecordedFleet({"h1": [_record(spec, vm_state, power, task)]})
+        server = await _serve_fleet(fleet, fleet_port)
+        try:
+            event = await events.next()
+        finally:
+            await server.stop(0)
+        assert (event.kind, event.request_id, event.power_state) == (
+            agent_bus_pb2.INSTANCE_EVENT_KIND_ACTION_SUCCEEDED,
+            "r1",
+            ends,
         )
     finally:
         await channel.close()
