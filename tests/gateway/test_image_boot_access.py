@@ -11,8 +11,7 @@ import pytest
 
 from tests.gateway.conftest import Cloud
 from tests.gateway.full_cloud import full_cloud
-
-IMAGES = "/image/v2/images"
+from tests.gateway.images import IMAGES, make_image
 
 
 @pytest.fixture
@@ -25,18 +24,7 @@ async def cloud(pg_url: str, tmp_path: Path) -> AsyncIterator[Cloud]:
 
 
 async def _active_image(cloud: Cloud, h: dict[str, str], **fields: object) -> str:
-    r = await cloud.client.post(
-        IMAGES, json={"disk_format": "raw", "container_format": "bare", **fields}, headers=h
-    )
-    assert r.status_code == 201, r.text
-    image_id = str(r.json()["id"])
-    r = await cloud.client.put(
-        f"{IMAGES}/{image_id}/file",
-        content=b"\0" * 1024,
-        headers={**h, "Content-Type": "application/octet-stream"},
-    )
-    assert r.status_code == 204, r.text
-    return image_id
+    return await make_image(cloud.client, h, b"\0" * 1024, **fields)
 
 
 async def _boot(cloud: Cloud, h: dict[str, str], image_id: str) -> tuple[int, str]:

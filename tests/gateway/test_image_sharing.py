@@ -9,9 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.gateway.conftest import Cloud, gateway_cloud
-
-IMAGES = "/image/v2/images"
-PATCH = {"Content-Type": "application/openstack-images-v2.1-json-patch"}
+from tests.gateway.images import IMAGES, PATCH, make_image
 
 
 @dataclass
@@ -45,19 +43,7 @@ async def projects(cloud: Cloud) -> Projects:
 
 
 async def _image(cloud: Cloud, h: dict[str, str], data: bytes = b"", **fields: object) -> str:
-    r = await cloud.client.post(
-        IMAGES, json={"disk_format": "raw", "container_format": "bare", **fields}, headers=h
-    )
-    assert r.status_code == 201, r.text
-    image_id = str(r.json()["id"])
-    if data:
-        r = await cloud.client.put(
-            f"{IMAGES}/{image_id}/file",
-            content=data,
-            headers={**h, "Content-Type": "application/octet-stream"},
-        )
-        assert r.status_code == 204, r.text
-    return image_id
+    return await make_image(cloud.client, h, data, **fields)
 
 
 async def _listed(cloud: Cloud, h: dict[str, str], query: str = "") -> set[str]:
