@@ -187,6 +187,11 @@ async def ack(s: AsyncSession, change_ids: Sequence[int], *, served: bool) -> No
         if served:
             await s.execute(
                 update(Port)
-                .where(Port.device_id.in_(router_ids), Port.device_owner.in_(ROUTER_PORT_OWNERS))
+                .where(
+                    Port.device_id.in_(router_ids),
+                    Port.device_owner.in_(ROUTER_PORT_OWNERS),
+                    # Only the new ones: every later change of the router rewrote them all.
+                    Port.status != "ACTIVE",
+                )
                 .values(status="ACTIVE")
             )
